@@ -1,0 +1,134 @@
+// Package auth mints and verifies the HS256 JSON Web Tokens that Lucid's
+// gateway accepts: `sub` names the caller, `tier` sets its rate limit, and
+// `exp` is required.
+//
+// Verification is strict: only HS256 is accepted (so `none` and RS256/HS256
+// confusion fail), `exp` must be present, and clocks may disagree by Leeway.
+package auth
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// MinSecretLen is the shortest JWT_SECRET_KEY accepted: HS256 keys shorter
+// than the hash output weaken the MAC.
+const MinSecretLen = 32
+
+// Leeway is the clock skew tolerated when checking exp and nbf.
+const Leeway = 30 * time.Second
+
+// ErrWeakSecret reports a missing or too short signing secret.
+var ErrWeakSecret = errors.New("JWT secret is too short")
+
+// Tier is a rate-limit tier.
+type Tier string
+
+// The tiers, from the Phase 2 rate-limit table.
+const (
+	TierFree       Tier = "free"
+	TierPremium    Tier = "premium"
+	TierEnterprise Tier = "enterprise"
+)
+
+// Tiers lists every valid tier.
+var Tiers = []Tier{TierFree, TierPremium, TierEnterprise}
+
+// ParseTier returns the tier called s.
+func ParseTier(s string) (Tier, error) {
+	for _, t := range Tiers {
+		if string(t) == s {
+			return t, nil
+		}
+	}
+	return "", fmt.Errorf("unknown tier %q (want free, premium or enterprise)", s)
+}
+
+// Claims are the token claims Lucid uses.
+type Claims struct {
+	Tier Tier `json:"tier"`
+	jwt.RegisteredClaims
+}
+
+// CheckSecret reports whether secret is strong enough to sign with.
+func CheckSecret(secret []byte) error {
+	if len(secret) == 0 {
+		return fmt.Errorf("%w: it is empty", ErrWeakSecret)
+	}
+	if len(secret) < MinSecretLen {
+		return fmt.Errorf("%w: %d bytes, at least %d are required", ErrWeakSecret, len(secret), MinSecretLen)
+	}
+	return nil
+}
+
+// MintOptions describe a token to mint.
+type MintOptions struct {
+	Subject string
+	Tier    Tier
+	TTL     time.Duration
+	// Now is the issue time; zero means time.Now.
+	Now time.Time
+}
+
+// Mint returns a signed HS256 token and its claims.
+func Mint(secret []byte, opts MintOptions) (string, Claims, error) {
+	if err := CheckSecret(secret); err != nil {
+		return "", Claims{}, err
+	}
+	if opts.Subject == "" {
+		return "", Claims{}, errors.New("a token needs a subject")
+	}
+	if _, err := ParseTier(string(opts.Tier)); err != nil {
+		return "", Claims{}, err
+	}
+	if opts.TTL <= 0 {
+		return "", Claims{}, fmt.Errorf("token lifetime must be positive, got %s", opts.TTL)
+	}
+	now := opts.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	now = now.Truncate(time.Second)
+	claims := Claims{
+		Tier: opts.Tier,
+		RegisteredClaims: jwt.RegisteredClaims{
+			Subject:   opts.Subject,
+			IssuedAt:  jwt.NewNumericDate(now),
+			NotBefore: jwt.NewNumericDate(now),
+			ExpiresAt: jwt.NewNumericDate(now.Add(opts.TTL)),
+		},
+	}
+	signed, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
+	if err != nil {
+		return "", Claims{}, fmt.Errorf("sign token: %w", err)
+	}
+	return signed, claims, nil
+}
+
+// Parse verifies token with secret and returns its claims. Only HS256 is
+// accepted, exp is required and nbf honoured, within Leeway.
+func Parse(secret []byte, token string, now func() time.Time) (Claims, error) {
+	opts := []jwt.ParserOption{
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithExpirationRequired(),
+		jwt.WithLeeway(Leeway),
+	}
+	if now != nil {
+		opts = append(opts, jwt.WithTimeFunc(now))
+	}
+	var claims Claims
+	_, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return secret, nil }, opts...)
+	if err != nil {
+		return Claims{}, err
+	}
+	if claims.Subject == "" {
+		return Claims{}, errors.New("token has no subject")
+	}
+	if _, err := ParseTier(string(claims.Tier)); err != nil {
+		return Claims{}, err
+	}
+	return claims, nil
+}

@@ -1,0 +1,78 @@
+package auth
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+var secret = []byte(strings.Repeat("s", MinSecretLen))
+
+func TestMintParse(t *testing.T) {
+	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	tok, claims, err := Mint(secret, MintOptions{Subject: "alice", Tier: TierPremium, TTL: time.Hour, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if claims.ExpiresAt.Time != now.Add(time.Hour) {
+		t.Errorf("exp = %v", claims.ExpiresAt)
+	}
+	got, err := Parse(secret, tok, func() time.Time { return now.Add(time.Minute) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Subject != "alice" || got.Tier != TierPremium {
+		t.Errorf("claims = %+v", got)
+	}
+	if _, err := Parse(secret, tok, func() time.Time { return now.Add(2 * time.Hour) }); err == nil {
+		t.Error("expired token accepted")
+	}
+	if _, err := Parse([]byte(strings.Repeat("x", MinSecretLen)), tok, func() time.Time { return now }); err == nil {
+		t.Error("token accepted with the wrong secret")
+	}
+}
+
+func TestMintRefuses(t *testing.T) {
+	tests := []struct {
+		name   string
+		secret []byte
+		opts   MintOptions
+		weak   bool
+	}{
+		{"empty secret", nil, MintOptions{Subject: "a", Tier: TierFree, TTL: time.Hour}, true},
+		{"short secret", []byte("short"), MintOptions{Subject: "a", Tier: TierFree, TTL: time.Hour}, true},
+		{"no subject", secret, MintOptions{Tier: TierFree, TTL: time.Hour}, false},
+		{"bad tier", secret, MintOptions{Subject: "a", Tier: "gold", TTL: time.Hour}, false},
+		{"no ttl", secret, MintOptions{Subject: "a", Tier: TierFree}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := Mint(tt.secret, tt.opts)
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			if errors.Is(err, ErrWeakSecret) != tt.weak {
+				t.Errorf("errors.Is(err, ErrWeakSecret) = %v, want %v (%v)", !tt.weak, tt.weak, err)
+			}
+		})
+	}
+}
+
+// TestParseStrict checks the refusals the gateway relies on.
+func TestParseStrict(t *testing.T) {
+	now := time.Now()
+	claims := Claims{Tier: TierFree, RegisteredClaims: jwt.RegisteredClaims{Subject: "a", ExpiresAt: jwt.NewNumericDate(now.Add(time.Hour))}}
+	none, _ := jwt.NewWithClaims(jwt.SigningMethodNone, claims).SignedString(jwt.UnsafeAllowNoneSignatureType)
+	hs512, _ := jwt.NewWithClaims(jwt.SigningMethodHS512, claims).SignedString(secret)
+	noExp := claims
+	noExp.ExpiresAt = nil
+	noExpTok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, noExp).SignedString(secret)
+	for name, tok := range map[string]string{"alg none": none, "HS512": hs512, "no exp": noExpTok} {
+		if _, err := Parse(secret, tok, nil); err == nil {
+			t.Errorf("%s: token accepted", name)
+		}
+	}
+}

@@ -1,0 +1,129 @@
+// Package catalog is the one list of Lucid's core services: their names,
+// containers, ports and the services each one needs before it can start.
+//
+// Everything that enumerates services reads it: `lucid --help`, the local
+// supervisor behind `lucidctl up`, and later the compose renderer and the
+// deploy health gate. A new service joins all of them by being added to
+// Services here (and its package to cmd/lucid's dispatch table, which a test
+// keeps in step).
+package catalog
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Service describes one core service of the lucid binary.
+type Service struct {
+	// Name is the subcommand of the lucid binary: `lucid <Name>`.
+	Name string
+	// Summary is the one-line description shown by `lucid --help`.
+	Summary string
+	// Container is the compose service and container name.
+	Container string
+	// Port is the TCP port the service listens on by default.
+	Port int
+	// DependsOn names the services that must be ready before this one starts.
+	DependsOn []string
+	// Secrets names the environment variables the service refuses to start
+	// without.
+	Secrets []string
+}
+
+// Services lists the core services in a valid start order.
+var Services = []Service{
+	{
+		Name:      "mesh",
+		Summary:   "service mesh controller: Consul registration, mesh CA, Envoy configs",
+		Container: "lucid-service-mesh-controller",
+		Port:      8088,
+	},
+	{
+		Name:      "engine",
+		Summary:   "blockchain engine: mempool, block production, consensus, chain store",
+		Container: "lucid-blockchain-engine",
+		Port:      8084,
+	},
+	{
+		Name:      "anchoring",
+		Summary:   "session anchoring: manifests in, anchor transactions out, receipts",
+		Container: "lucid-session-anchoring",
+		Port:      8085,
+		DependsOn: []string{"engine"},
+	},
+	{
+		Name:      "blocks",
+		Summary:   "block manager: verifies and indexes blocks, serves queries and proofs",
+		Container: "lucid-block-manager",
+		Port:      8086,
+		DependsOn: []string{"engine"},
+	},
+	{
+		Name:      "datachain",
+		Summary:   "data chain: content-addressed chunk store, session Merkle trees",
+		Container: "lucid-data-chain",
+		Port:      8087,
+		DependsOn: []string{"anchoring"},
+	},
+	{
+		Name:      "gateway",
+		Summary:   "API gateway: routing, JWT auth, rate limits, the only public door",
+		Container: "lucid-api-gateway",
+		Port:      8080,
+		DependsOn: []string{"engine", "anchoring", "blocks", "datachain"},
+		Secrets:   []string{"JWT_SECRET_KEY"},
+	},
+}
+
+// Lookup returns the service called name.
+func Lookup(name string) (Service, bool) {
+	i := slices.IndexFunc(Services, func(s Service) bool { return s.Name == name })
+	if i < 0 {
+		return Service{}, false
+	}
+	return Services[i], true
+}
+
+// Names returns the service names in start order.
+func Names() []string {
+	names := make([]string, len(Services))
+	for i, s := range Services {
+		names[i] = s.Name
+	}
+	return names
+}
+
+// Closure returns the named services together with everything they depend
+// on, transitively, in start order. It fails on an unknown name.
+func Closure(names []string) ([]Service, error) {
+	want := map[string]bool{}
+	var add func(string) error
+	add = func(name string) error {
+		s, ok := Lookup(name)
+		if !ok {
+			return fmt.Errorf("unknown service %q (services: %v)", name, Names())
+		}
+		if want[name] {
+			return nil
+		}
+		want[name] = true
+		for _, d := range s.DependsOn {
+			if err := add(d); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, n := range names {
+		if err := add(n); err != nil {
+			return nil, err
+		}
+	}
+	var out []Service
+	for _, s := range Services {
+		if want[s.Name] {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,86 @@
+package service
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+)
+
+// Error codes shared by every service (DESIGN.md, "The gateway").
+const (
+	CodeBadRequest = "LUCID_ERR_1001"
+	CodeNotFound   = "LUCID_ERR_1004"
+	CodeAuth       = "LUCID_ERR_2001"
+	CodeRateLimit  = "LUCID_ERR_3001"
+	CodeInternal   = "LUCID_ERR_5000"
+	CodeUnready    = "LUCID_ERR_5003"
+)
+
+// HTTPError is an error with the status, code and short message a client
+// sees. Its cause, if any, is logged and never sent.
+type HTTPError struct {
+	Status  int
+	Code    string
+	Message string
+	Cause   error
+}
+
+func (e *HTTPError) Error() string {
+	if e.Cause != nil {
+		return fmt.Sprintf("%d %s: %s: %v", e.Status, e.Code, e.Message, e.Cause)
+	}
+	return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Message)
+}
+
+func (e *HTTPError) Unwrap() error { return e.Cause }
+
+// Errorf returns an HTTPError with a formatted client message.
+func Errorf(status int, code, format string, args ...any) *HTTPError {
+	return &HTTPError{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// errorBody is the JSON error shape of DESIGN.md.
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// WriteError writes err as a JSON error response. An error that is not an
+// HTTPError becomes a 500 whose detail stays in the log.
+func WriteError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err error) {
+	var he *HTTPError
+	if !errors.As(err, &he) {
+		he = &HTTPError{Status: http.StatusInternalServerError, Code: CodeInternal, Message: "internal error", Cause: err}
+	}
+	level := slog.LevelInfo
+	if he.Status >= 500 {
+		level = slog.LevelError
+	}
+	logger.Log(r.Context(), level, "request failed", "method", r.Method, "path", r.URL.Path, "status", he.Status, "code", he.Code, "error", err)
+	writeErrorBody(w, r, he)
+}
+
+func writeErrorBody(w http.ResponseWriter, r *http.Request, he *HTTPError) {
+	var body errorBody
+	body.Error.Code = he.Code
+	body.Error.Message = he.Message
+	body.RequestID = RequestID(r.Context())
+	WriteJSON(w, he.Status, body)
+}
+
+// WriteJSON writes v as a JSON response with status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing to do
+}
+
+// HandlerFunc is an HTTP handler that returns its error instead of writing
+// it, so every failure is answered and logged the same way.
+type HandlerFunc func(w http.ResponseWriter, r *http.Request) error

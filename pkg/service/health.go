@@ -1,0 +1,96 @@
+package service
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/pickme/lucid/pkg/buildinfo"
+)
+
+// Check reports whether one dependency is usable. It must honour ctx.
+type Check func(ctx context.Context) error
+
+type namedCheck struct {
+	name  string
+	check Check
+}
+
+// CheckResult is one dependency's line in the /ready answer.
+type CheckResult struct {
+	Name       string  `json:"name"`
+	Status     string  `json:"status"` // "ok" or "fail"
+	Error      string  `json:"error,omitempty"`
+	DurationMS float64 `json:"duration_ms"`
+}
+
+// Readiness is the /ready answer.
+type Readiness struct {
+	Service string        `json:"service"`
+	Status  string        `json:"status"` // "ready", "not_ready" or "draining"
+	Checks  []CheckResult `json:"checks"`
+}
+
+// Health is the /health answer.
+type Health struct {
+	Service string `json:"service"`
+	Status  string `json:"status"`
+	Version string `json:"version"`
+}
+
+// checkTimeout bounds each readiness check so /ready answers promptly even
+// when a dependency hangs.
+const checkTimeout = 2 * time.Second
+
+func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request) error {
+	WriteJSON(w, http.StatusOK, Health{Service: s.cfg.Name, Status: "ok", Version: buildinfo.Read().Version})
+	return nil
+}
+
+func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) error {
+	rd := s.Ready(r.Context())
+	status := http.StatusOK
+	if rd.Status != "ready" {
+		status = http.StatusServiceUnavailable
+	}
+	WriteJSON(w, status, rd)
+	return nil
+}
+
+// Ready runs every readiness check concurrently and reports the result.
+func (s *Server) Ready(ctx context.Context) Readiness {
+	s.mu.Lock()
+	checks := append([]namedCheck(nil), s.checks...)
+	s.mu.Unlock()
+
+	results := make([]CheckResult, len(checks))
+	var wg sync.WaitGroup
+	for i, c := range checks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+			defer cancel()
+			start := time.Now()
+			err := c.check(cctx)
+			res := CheckResult{Name: c.name, Status: "ok", DurationMS: float64(time.Since(start).Microseconds()) / 1000}
+			if err != nil {
+				res.Status, res.Error = "fail", err.Error()
+			}
+			results[i] = res
+		}()
+	}
+	wg.Wait()
+
+	rd := Readiness{Service: s.cfg.Name, Status: "ready", Checks: results}
+	for _, res := range results {
+		if res.Status != "ok" {
+			rd.Status = "not_ready"
+		}
+	}
+	if s.draining.Load() {
+		rd.Status = "draining"
+	}
+	return rd
+}

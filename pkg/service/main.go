@@ -1,0 +1,77 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/pickme/lucid/pkg/envconfig"
+)
+
+// App is what a service package adds to the shared plumbing. Its life:
+// Configure reads and validates, Provision builds state and routes, and the
+// server runs until the context ends; Close, if the App has it, cleans up.
+type App interface {
+	// Configure reads the service's own settings. Problems are recorded in r
+	// so that every one is reported at once.
+	Configure(r *envconfig.Reader)
+	// Provision opens state, installs routes and readiness checks on srv,
+	// and starts background work bound to ctx.
+	Provision(ctx context.Context, srv *Server) error
+}
+
+// ConfigError reports a configuration the service refuses to start with.
+type ConfigError struct {
+	Service string
+	Err     error
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("%s: invalid configuration:\n  %s", e.Service, strings.ReplaceAll(e.Err.Error(), "\n", "\n  "))
+}
+
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// Main runs the service called name: it validates the configuration from
+// lookup, logs JSON lines to logw, and serves until ctx ends.
+func Main(ctx context.Context, name string, app App, lookup envconfig.Lookup, logw io.Writer) (err error) {
+	r := envconfig.New(lookup)
+	cfg := LoadConfig(r, name)
+	app.Configure(r)
+	if err := r.Err(); err != nil {
+		return &ConfigError{Service: name, Err: err}
+	}
+
+	logger := NewLogger(logw, cfg.LogLevel, name)
+	srv := New(cfg, logger)
+	if c, ok := app.(io.Closer); ok {
+		defer func() {
+			if cerr := c.Close(); cerr != nil {
+				err = errors.Join(err, fmt.Errorf("close: %w", cerr))
+			}
+		}()
+	}
+	if err := app.Provision(ctx, srv); err != nil {
+		logger.Error("provision failed", "error", err)
+		return fmt.Errorf("provision %s: %w", name, err)
+	}
+	if err := srv.Run(ctx); err != nil {
+		logger.Error("server stopped", "error", err)
+		return err
+	}
+	return nil
+}
+
+// Basic is an App with nothing but the shared endpoints. Services start
+// from it until they grow routes of their own.
+type Basic struct{}
+
+var _ App = Basic{}
+
+// Configure reads nothing.
+func (Basic) Configure(*envconfig.Reader) {}
+
+// Provision installs nothing.
+func (Basic) Provision(context.Context, *Server) error { return nil }

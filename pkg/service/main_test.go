@@ -1,0 +1,127 @@
+package service
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pickme/lucid/pkg/envconfig"
+)
+
+// slowApp serves GET /slow, which takes a while; the helper process runs it.
+type slowApp struct{ Basic }
+
+func (slowApp) Provision(_ context.Context, srv *Server) error {
+	srv.Handle("GET /slow", func(w http.ResponseWriter, _ *http.Request) error {
+		time.Sleep(time.Second)
+		_, err := io.WriteString(w, "finished")
+		return err
+	})
+	return nil
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv("LUCID_SERVICE_TEST_HELPER") == "slow" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		defer stop()
+		if err := Main(ctx, "engine", slowApp{}, envconfig.OS, os.Stderr); err != nil {
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// TestSIGTERMDrainsSlowRequest runs a real service process, sends it SIGTERM
+// during a slow request, and checks that the request still gets its answer
+// and the process exits cleanly within the deadline.
+func TestSIGTERMDrainsSlowRequest(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no SIGTERM on Windows")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "LUCID_SERVICE_TEST_HELPER=slow", "LUCID_ADDR=127.0.0.1:0", "LUCID_SHUTDOWN_TIMEOUT=5s")
+	logs, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+
+	// The service logs its address once it listens.
+	addr := ""
+	sc := bufio.NewScanner(logs)
+	for addr == "" && sc.Scan() {
+		var rec struct{ Msg, Addr string }
+		if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "serving" {
+			addr = rec.Addr
+		}
+	}
+	if addr == "" {
+		t.Fatal("service never logged its address")
+	}
+	go func() { _, _ = io.Copy(io.Discard, logs) }()
+
+	type result struct {
+		body string
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		resp, err := http.Get("http://" + addr + "/slow")
+		if err != nil {
+			res <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		res <- result{string(b), err}
+	}()
+	time.Sleep(200 * time.Millisecond) // the request is in flight
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	r := <-res
+	if r.err != nil || r.body != "finished" {
+		t.Fatalf("slow request after SIGTERM: %q, %v", r.body, r.err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("service exited with %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("service did not exit after draining")
+	}
+}
+
+func TestMainRefusesBadConfig(t *testing.T) {
+	err := Main(context.Background(), "gateway", appFunc(func(r *envconfig.Reader) {
+		r.Secret("JWT_SECRET_KEY", 32, "tokens are verified with it")
+	}), envconfig.Map(map[string]string{}), io.Discard)
+	var ce *ConfigError
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "JWT_SECRET_KEY") {
+		t.Fatalf("Main without JWT_SECRET_KEY = %v", err)
+	}
+}
+
+// appFunc is an App whose Configure is f.
+type appFunc func(r *envconfig.Reader)
+
+func (f appFunc) Configure(r *envconfig.Reader)          { f(r) }
+func (appFunc) Provision(context.Context, *Server) error { return nil }

@@ -1,0 +1,148 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pickme/lucid/pkg/buildinfo"
+)
+
+// Server timeouts. Slowloris-style clients are cut off by ReadHeaderTimeout;
+// bodies (chunks up to 16 MiB from a Pi on Wi-Fi) get ReadTimeout. There is
+// no WriteTimeout: follow streams are long-lived by design, and handlers that
+// need a write deadline set one with http.ResponseController.
+const (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 2 * time.Minute
+	idleTimeout       = 2 * time.Minute
+	maxHeaderBytes    = 64 << 10
+)
+
+// Server is one service's HTTP server with the shared endpoints and
+// middleware in place.
+type Server struct {
+	cfg      Config
+	logger   *slog.Logger
+	mux      *http.ServeMux
+	registry *prometheus.Registry
+	metrics  *httpMetrics
+	handler  http.Handler
+
+	mu       sync.Mutex
+	checks   []namedCheck
+	draining atomic.Bool
+}
+
+// New provisions a server for cfg: /health, /ready and /metrics are routed,
+// and every route gets request IDs, logging, metrics and panic recovery.
+func New(cfg Config, logger *slog.Logger) *Server {
+	bi := buildinfo.Read()
+	s := &Server{
+		cfg:      cfg,
+		logger:   logger,
+		mux:      http.NewServeMux(),
+		registry: newRegistry(map[string]string{"service": cfg.Name, "version": bi.Version, "commit": bi.Commit, "go_version": bi.GoVersion}),
+	}
+	s.metrics = newHTTPMetrics(s.registry)
+	s.handler = requestIDMiddleware(instrument(logger, s.metrics, recoverPanics(logger, s.mux)))
+
+	s.Handle("GET /health", s.handleHealth)
+	s.Handle("GET /ready", s.handleReady)
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{Registry: s.registry}))
+	s.Handle("/", func(http.ResponseWriter, *http.Request) error {
+		return Errorf(http.StatusNotFound, CodeNotFound, "no such endpoint")
+	})
+	return s
+}
+
+// Handle routes pattern (ServeMux syntax) to h; a returned error is written
+// as a JSON error response and logged.
+func (s *Server) Handle(pattern string, h HandlerFunc) {
+	s.mux.Handle(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			WriteError(w, r, s.logger, err)
+		}
+	}))
+}
+
+// HandleHTTP routes pattern to a plain http.Handler, such as a reverse proxy.
+func (s *Server) HandleHTTP(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// AddCheck adds a dependency to /ready.
+func (s *Server) AddCheck(name string, c Check) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.checks = append(s.checks, namedCheck{name, c})
+}
+
+// Registerer is where a service registers its own metrics.
+func (s *Server) Registerer() prometheus.Registerer { return s.registry }
+
+// Logger is the service's logger.
+func (s *Server) Logger() *slog.Logger { return s.logger }
+
+// Handler is the complete handler chain, for tests and embedding.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Run listens on the configured address and serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve serves on ln until ctx ends, then stops accepting, reports
+// "draining" on /ready, and waits up to the shutdown timeout for requests in
+// flight. Requests still running after that are cut off and Serve says so.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+	}
+	bi := buildinfo.Read()
+	s.logger.Info("serving", "addr", ln.Addr().String(), "version", bi.Version, "commit", bi.Commit)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+
+	s.draining.Store(true)
+	s.logger.Info("shutting down", "deadline", s.cfg.ShutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		_ = srv.Close()
+		return fmt.Errorf("shutdown: requests still running after %s were cut off", s.cfg.ShutdownTimeout)
+	}
+	if err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	s.logger.Info("stopped")
+	return nil
+}

@@ -1,0 +1,226 @@
+package service
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func testServer(t *testing.T, logs io.Writer) *Server {
+	t.Helper()
+	if logs == nil {
+		logs = io.Discard
+	}
+	cfg := Config{Name: "engine", Addr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second}
+	return New(cfg, NewLogger(logs, slog.LevelDebug, "engine"))
+}
+
+func get(t *testing.T, h http.Handler, path string, hdr ...string) *httptest.ResponseRecorder {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodGet, path, nil)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+func TestHealthAndReady(t *testing.T) {
+	s := testServer(t, nil)
+	if rec := get(t, s.Handler(), "/health"); rec.Code != 200 || !strings.Contains(rec.Body.String(), `"status":"ok"`) {
+		t.Fatalf("/health = %d %s", rec.Code, rec.Body)
+	}
+	s.AddCheck("engine", func(context.Context) error { return nil })
+	if rec := get(t, s.Handler(), "/ready"); rec.Code != 200 {
+		t.Fatalf("/ready with passing checks = %d %s", rec.Code, rec.Body)
+	}
+	s.AddCheck("consul", func(context.Context) error { return errors.New("connection refused") })
+	rec := get(t, s.Handler(), "/ready")
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("/ready with a failing check = %d", rec.Code)
+	}
+	var rd Readiness
+	if err := json.Unmarshal(rec.Body.Bytes(), &rd); err != nil {
+		t.Fatal(err)
+	}
+	if rd.Status != "not_ready" || len(rd.Checks) != 2 || rd.Checks[1].Name != "consul" || rd.Checks[1].Error != "connection refused" {
+		t.Errorf("readiness = %+v", rd)
+	}
+}
+
+func TestRequestIDAndErrors(t *testing.T) {
+	var logs bytes.Buffer
+	s := testServer(t, &logs)
+	s.Handle("GET /api/v1/boom", func(http.ResponseWriter, *http.Request) error {
+		return errors.New("disk on fire at /var/lib/lucid")
+	})
+	rec := get(t, s.Handler(), "/api/v1/boom", HeaderRequestID, "abc-123")
+	if rec.Code != 500 || rec.Header().Get(HeaderRequestID) != "abc-123" {
+		t.Fatalf("code %d, request id %q", rec.Code, rec.Header().Get(HeaderRequestID))
+	}
+	body := rec.Body.String()
+	if !strings.Contains(body, `"code":"LUCID_ERR_5000"`) || !strings.Contains(body, `"request_id":"abc-123"`) {
+		t.Errorf("body = %s", body)
+	}
+	if strings.Contains(body, "disk on fire") {
+		t.Errorf("internal detail reached the client: %s", body)
+	}
+	if !strings.Contains(logs.String(), "disk on fire") || !strings.Contains(logs.String(), `"request_id":"abc-123"`) {
+		t.Errorf("log lacks the detail or the request id: %s", logs.String())
+	}
+
+	// A malformed incoming ID is replaced, not echoed into logs.
+	rec = get(t, s.Handler(), "/health", HeaderRequestID, "bad id\r\nX-Evil: 1")
+	if id := rec.Header().Get(HeaderRequestID); len(id) != 32 {
+		t.Errorf("request id = %q, want a fresh one", id)
+	}
+	if rec := get(t, s.Handler(), "/nope"); rec.Code != 404 || !strings.Contains(rec.Body.String(), CodeNotFound) {
+		t.Errorf("unknown path = %d %s", rec.Code, rec.Body)
+	}
+}
+
+func TestPanicRecovery(t *testing.T) {
+	var logs bytes.Buffer
+	s := testServer(t, &logs)
+	s.Handle("GET /panic", func(http.ResponseWriter, *http.Request) error { panic("nil map") })
+	rec := get(t, s.Handler(), "/panic")
+	if rec.Code != 500 || !strings.Contains(rec.Body.String(), CodeInternal) {
+		t.Fatalf("panic = %d %s", rec.Code, rec.Body)
+	}
+	if !strings.Contains(logs.String(), "handler panicked") {
+		t.Errorf("panic not logged: %s", logs.String())
+	}
+}
+
+func TestMetricsPerRoute(t *testing.T) {
+	s := testServer(t, nil)
+	s.Handle("GET /api/v1/blocks/{height}", func(w http.ResponseWriter, _ *http.Request) error {
+		WriteJSON(w, 200, map[string]int{"height": 1})
+		return nil
+	})
+	for _, p := range []string{"/api/v1/blocks/1", "/api/v1/blocks/2", "/api/v1/blocks/3"} {
+		get(t, s.Handler(), p)
+	}
+	body := get(t, s.Handler(), "/metrics").Body.String()
+	for _, want := range []string{
+		`lucid_http_requests_total{code="200",method="GET",route="GET /api/v1/blocks/{height}"} 3`,
+		`lucid_http_request_duration_seconds_count{method="GET",route="GET /api/v1/blocks/{height}"} 3`,
+		`lucid_build_info{`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if strings.Contains(body, `route="/api/v1/blocks/1"`) {
+		t.Error("raw paths leak into route labels")
+	}
+}
+
+// TestGracefulShutdown: a request in flight when the service is told to stop
+// finishes and gets its answer; /ready reports draining meanwhile.
+func TestGracefulShutdown(t *testing.T) {
+	s := testServer(t, nil)
+	started := make(chan struct{})
+	s.Handle("GET /slow", func(w http.ResponseWriter, _ *http.Request) error {
+		close(started)
+		time.Sleep(500 * time.Millisecond)
+		_, err := io.WriteString(w, "done")
+		return err
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ctx, ln) }()
+
+	type result struct {
+		body string
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		resp, err := http.Get("http://" + ln.Addr().String() + "/slow")
+		if err != nil {
+			res <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		res <- result{string(b), err}
+	}()
+	<-started
+	stop()
+	time.Sleep(50 * time.Millisecond)
+	if rd := s.Ready(context.Background()); rd.Status != "draining" {
+		t.Errorf("readiness while draining = %q", rd.Status)
+	}
+	r := <-res
+	if r.err != nil || r.body != "done" {
+		t.Fatalf("slow request: %q, %v", r.body, r.err)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+}
+
+// TestShutdownDeadline: a request that outlives the deadline is cut off and
+// Serve reports it rather than hanging.
+func TestShutdownDeadline(t *testing.T) {
+	s := testServer(t, nil)
+	s.cfg.ShutdownTimeout = 200 * time.Millisecond
+	started := make(chan struct{})
+	s.Handle("GET /stuck", func(_ http.ResponseWriter, r *http.Request) error {
+		close(started)
+		time.Sleep(5 * time.Second)
+		return nil
+	})
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ctx, ln) }()
+	go func() {
+		if resp, err := http.Get("http://" + ln.Addr().String() + "/stuck"); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-started
+	begin := time.Now()
+	stop()
+	err := <-served
+	if err == nil || !strings.Contains(err.Error(), "cut off") {
+		t.Fatalf("Serve = %v, want a cut-off error", err)
+	}
+	if d := time.Since(begin); d > 2*time.Second {
+		t.Errorf("shutdown took %s", d)
+	}
+}
+
+func TestProbe(t *testing.T) {
+	s := testServer(t, nil)
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(ts.URL, "http://"))
+	if err := Probe(context.Background(), ":"+port, "/health"); err != nil {
+		t.Errorf("Probe healthy: %v", err)
+	}
+	s.AddCheck("engine", func(context.Context) error { return errors.New("down") })
+	if err := Probe(context.Background(), ":"+port, "/ready"); err == nil {
+		t.Error("Probe of an unready service succeeded")
+	}
+	ts.Close()
+	if err := Probe(context.Background(), ":"+port, "/health"); err == nil {
+		t.Error("Probe of a closed port succeeded")
+	}
+}
