@@ -1,0 +1,401 @@
+package supervise
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The test binary doubles as the supervised programs: with
+// LUCID_SUPERVISE_HELPER set it behaves as the named kind of program.
+func TestMain(m *testing.M) {
+	if mode := os.Getenv("LUCID_SUPERVISE_HELPER"); mode != "" {
+		helper(mode)
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func helper(mode string) {
+	writePID := func() {
+		if dir := os.Getenv("HELPER_PID_DIR"); dir != "" {
+			name := os.Getenv("HELPER_NAME")
+			_ = os.WriteFile(filepath.Join(dir, name+".pid"), []byte(strconv.Itoa(os.Getpid())), 0o644)
+		}
+	}
+	waitTerm := func() {
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, syscall.SIGTERM)
+		<-c
+		os.Exit(0)
+	}
+	switch mode {
+	case "crash":
+		fmt.Println("crashing")
+		os.Exit(3)
+	case "sleep":
+		writePID()
+		fmt.Println("hello from stdout")
+		fmt.Fprintln(os.Stderr, "hello from stderr")
+		waitTerm()
+	case "ready-after":
+		d, _ := time.ParseDuration(os.Getenv("HELPER_DELAY"))
+		time.Sleep(d)
+		_ = os.WriteFile(os.Getenv("HELPER_READY_FILE"), nil, 0o644)
+		waitTerm()
+	case "ignore-term":
+		signal.Ignore(syscall.SIGTERM)
+		writePID()
+		select {}
+	case "grandchild":
+		gc := exec.Command(os.Args[0])
+		gc.Env = append(os.Environ(), "LUCID_SUPERVISE_HELPER=ignore-term", "HELPER_NAME=grandchild")
+		if err := gc.Start(); err != nil {
+			os.Exit(1)
+		}
+		writePID()
+		waitTerm()
+	case "supervisor":
+		var specs []Spec
+		for _, name := range []string{"a", "b"} {
+			specs = append(specs, helperSpec(name, "sleep"))
+		}
+		sup, err := New(specs, Options{})
+		if err != nil {
+			os.Exit(1)
+		}
+		_ = sup.Run(context.Background())
+	}
+}
+
+func helperSpec(name, mode string, env ...string) Spec {
+	return Spec{
+		Name: name,
+		Path: os.Args[0],
+		Env:  append(append(os.Environ(), "LUCID_SUPERVISE_HELPER="+mode, "HELPER_NAME="+name), env...),
+	}
+}
+
+func skipUnlessUnix(t *testing.T) {
+	t.Helper()
+	if runtime.GOOS == "windows" {
+		t.Skip("process groups and signals are Unix")
+	}
+}
+
+// alive reports whether pid is a live process (not a zombie).
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return runtime.GOOS != "linux"
+	}
+	i := strings.LastIndexByte(string(stat), ')')
+	return i < 0 || !strings.HasPrefix(string(stat[i+1:]), " Z")
+}
+
+func readPID(t *testing.T, path string) int {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
+			pid, err := strconv.Atoi(string(b))
+			if err == nil {
+				return pid
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no pid in %s", path)
+	return 0
+}
+
+func waitGone(t *testing.T, pid int, within time.Duration, what string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("%s (pid %d) still alive after %s", what, pid, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// recorder keeps every snapshot OnChange reports, with its time.
+type recorder struct {
+	mu    sync.Mutex
+	snaps []timedSnap
+}
+
+type timedSnap struct {
+	at   time.Time
+	snap []Status
+}
+
+func (r *recorder) record(s []Status) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.snaps = append(r.snaps, timedSnap{time.Now(), s})
+}
+
+// transitions returns the times at which program name entered state.
+func (r *recorder) transitions(name string, state State) []time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []time.Time
+	prev := State("")
+	for _, ts := range r.snaps {
+		for _, st := range ts.snap {
+			if st.Name == name {
+				if st.State == state && prev != state {
+					out = append(out, ts.at)
+				}
+				prev = st.State
+			}
+		}
+	}
+	return out
+}
+
+func (r *recorder) waitState(t *testing.T, sup *Supervisor, name string, state State, within time.Duration) Status {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		for _, st := range sup.Status() {
+			if st.Name == name && st.State == state {
+				return st
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("%s never reached %s; status %+v", name, state, sup.Status())
+	return Status{}
+}
+
+// start runs a supervisor for specs; the returned stop cancels it and waits
+// for Run to return, once.
+func start(t *testing.T, specs []Spec, opts Options) (sup *Supervisor, rec *recorder, stop func()) {
+	t.Helper()
+	rec = &recorder{}
+	opts.OnChange = rec.record
+	sup, err := New(specs, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	stop = sync.OnceFunc(func() {
+		cancel()
+		<-done
+	})
+	t.Cleanup(stop)
+	return sup, rec, stop
+}
+
+func TestCrashRestartsWithGrowingBackoffThenFails(t *testing.T) {
+	skipUnlessUnix(t)
+	spec := helperSpec("crashy", "crash")
+	spec.Restart = RestartPolicy{InitialBackoff: 50 * time.Millisecond, MaxBackoff: 400 * time.Millisecond, MaxDeaths: 5, Window: time.Minute}
+	sup, rec, _ := start(t, []Spec{spec}, Options{})
+
+	st := rec.waitState(t, sup, "crashy", StateFailed, 20*time.Second)
+	if st.Restarts != 4 {
+		t.Errorf("restarts = %d, want 4 (five deaths, the fifth gives up)", st.Restarts)
+	}
+	if st.LastExit != "exit status 3" {
+		t.Errorf("last exit = %q", st.LastExit)
+	}
+	starts := rec.transitions("crashy", StateStarting)
+	if len(starts) != 5 {
+		t.Fatalf("started %d times, want 5", len(starts))
+	}
+	// The delays before restarts 1..4 are at least 50, 100, 200, 400 ms.
+	for i, min := range []time.Duration{50, 100, 200, 400} {
+		if gap := starts[i+1].Sub(starts[i]); gap < min*time.Millisecond {
+			t.Errorf("gap before restart %d = %s, want at least %dms", i+1, gap, min)
+		}
+	}
+	time.Sleep(600 * time.Millisecond)
+	if got := len(rec.transitions("crashy", StateStarting)); got != 5 {
+		t.Errorf("a failed program was started again (%d starts)", got)
+	}
+}
+
+func TestBackoffPolicy(t *testing.T) {
+	p := RestartPolicy{InitialBackoff: time.Second, MaxBackoff: 8 * time.Second, StableAfter: time.Minute}.withDefaults()
+	var d time.Duration
+	var got []time.Duration
+	for range 6 {
+		d = p.next(d, time.Second)
+		got = append(got, d)
+	}
+	want := []time.Duration{1, 2, 4, 8, 8, 8}
+	for i := range want {
+		if got[i] != want[i]*time.Second {
+			t.Fatalf("backoff sequence = %v", got)
+		}
+	}
+	if d = p.next(d, 2*time.Minute); d != time.Second {
+		t.Errorf("after a stable run, backoff = %s, want reset to 1s", d)
+	}
+}
+
+func TestStopKillsProgramIgnoringSIGTERM(t *testing.T) {
+	skipUnlessUnix(t)
+	dir := t.TempDir()
+	spec := helperSpec("stubborn", "ignore-term", "HELPER_PID_DIR="+dir)
+	spec.StopTimeout = 300 * time.Millisecond
+	sup, rec, stop := start(t, []Spec{spec}, Options{})
+	rec.waitState(t, sup, "stubborn", StateReady, 10*time.Second)
+	pid := readPID(t, filepath.Join(dir, "stubborn.pid"))
+
+	begin := time.Now()
+	stop()
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Errorf("stop took %s with a 300ms deadline", d)
+	}
+	waitGone(t, pid, 2*time.Second, "program ignoring SIGTERM")
+	if st := sup.Status()[0]; st.State != StateStopped || st.LastExit != "signal: killed" {
+		t.Errorf("status after stop = %+v", st)
+	}
+}
+
+func TestGrandchildDoesNotOutliveStop(t *testing.T) {
+	skipUnlessUnix(t)
+	dir := t.TempDir()
+	spec := helperSpec("parent", "grandchild", "HELPER_PID_DIR="+dir)
+	spec.StopTimeout = 500 * time.Millisecond
+	sup, rec, stop := start(t, []Spec{spec}, Options{})
+	rec.waitState(t, sup, "parent", StateReady, 10*time.Second)
+	gc := readPID(t, filepath.Join(dir, "grandchild.pid"))
+	if !alive(gc) {
+		t.Fatal("grandchild not running")
+	}
+	stop()
+	waitGone(t, gc, 3*time.Second, "grandchild")
+}
+
+func TestSupervisorKilledLeavesNoChild(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("children die with their parent only on Linux")
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "LUCID_SUPERVISE_HELPER=supervisor", "HELPER_PID_DIR="+dir)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a := readPID(t, filepath.Join(dir, "a.pid"))
+	b := readPID(t, filepath.Join(dir, "b.pid"))
+	if err := cmd.Process.Kill(); err != nil { // SIGKILL: no chance to clean up
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	waitGone(t, a, 5*time.Second, "child a")
+	waitGone(t, b, 5*time.Second, "child b")
+}
+
+func TestReadinessGatesDependants(t *testing.T) {
+	skipUnlessUnix(t)
+	readyFile := filepath.Join(t.TempDir(), "db.ready")
+	db := helperSpec("db", "ready-after", "HELPER_DELAY=700ms", "HELPER_READY_FILE="+readyFile)
+	db.Ready = func(context.Context) error {
+		_, err := os.Stat(readyFile)
+		return err
+	}
+	api := helperSpec("api", "sleep")
+	api.DependsOn = []string{"db"}
+	web := helperSpec("web", "sleep")
+	web.DependsOn = []string{"api"}
+	// Listed out of order on purpose: the supervisor orders them.
+	sup, rec, _ := start(t, []Spec{web, api, db}, Options{ProbeInterval: 20 * time.Millisecond})
+
+	rec.waitState(t, sup, "web", StateReady, 15*time.Second)
+	dbReady := rec.transitions("db", StateReady)
+	apiStart := rec.transitions("api", StateStarting)
+	apiReady := rec.transitions("api", StateReady)
+	webStart := rec.transitions("web", StateStarting)
+	if len(dbReady) != 1 || len(apiStart) != 1 || len(apiReady) != 1 || len(webStart) != 1 {
+		t.Fatalf("transitions: db ready %v, api start %v, web start %v", dbReady, apiStart, webStart)
+	}
+	if apiStart[0].Before(dbReady[0]) {
+		t.Errorf("api started %s before db was ready", dbReady[0].Sub(apiStart[0]))
+	}
+	if webStart[0].Before(apiReady[0]) {
+		t.Errorf("web started before api was ready")
+	}
+	if names := []string{sup.Status()[0].Name, sup.Status()[1].Name, sup.Status()[2].Name}; names[0] != "db" || names[2] != "web" {
+		t.Errorf("status order = %v, want start order", names)
+	}
+}
+
+type lineSink struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (s *lineSink) Line(program string, stream Stream, line []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lines = append(s.lines, program+"/"+string(stream)+": "+string(line))
+}
+
+func (s *lineSink) has(want string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.lines {
+		if l == want {
+			return true
+		}
+	}
+	return false
+}
+
+func TestOutputReachesSink(t *testing.T) {
+	skipUnlessUnix(t)
+	sink := &lineSink{}
+	sup, rec, _ := start(t, []Spec{helperSpec("talker", "sleep")}, Options{Logs: sink})
+	rec.waitState(t, sup, "talker", StateReady, 10*time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for !(sink.has("talker/stdout: hello from stdout") && sink.has("talker/stderr: hello from stderr")) {
+		if time.Now().After(deadline) {
+			t.Fatalf("lines = %v", sink.lines)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name  string
+		specs []Spec
+		want  string
+	}{
+		{"cycle", []Spec{{Name: "a", Path: "x", DependsOn: []string{"b"}}, {Name: "b", Path: "x", DependsOn: []string{"a"}}}, "cycle"},
+		{"unknown dep", []Spec{{Name: "a", Path: "x", DependsOn: []string{"nope"}}}, `"nope"`},
+		{"duplicate", []Spec{{Name: "a", Path: "x"}, {Name: "a", Path: "x"}}, "twice"},
+		{"no command", []Spec{{Name: "a"}}, "no command"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := New(tt.specs, Options{})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("New = %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
