@@ -1,0 +1,143 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/projectconfig"
+)
+
+// Exit codes, documented in docs/cli.md. Scripts rely on them.
+const (
+	ExitOK          = 0
+	ExitFailure     = 1
+	ExitUsage       = 2
+	ExitProblems    = 3 // a verification ran and found problems
+	ExitAuth        = 4 // SSH or authentication failed
+	ExitInterrupted = 130
+)
+
+// codedError carries an exit code and an optional hint.
+type codedError struct {
+	code int
+	hint string
+	err  error
+}
+
+func (e *codedError) Error() string { return e.err.Error() }
+func (e *codedError) Unwrap() error { return e.err }
+
+// Usage marks err as a command-line mistake (exit 2).
+func Usage(err error) error { return &codedError{code: ExitUsage, err: err} }
+
+// Problems marks err as a verification that found problems (exit 3).
+func Problems(err error) error { return &codedError{code: ExitProblems, err: err} }
+
+// Auth marks err as an SSH or authentication failure (exit 4).
+func Auth(err error) error { return &codedError{code: ExitAuth, err: err} }
+
+// WithHint attaches a one-line hint, shown under the error.
+func WithHint(err error, hint string) error {
+	code := ExitFailure
+	var ce *codedError
+	if errors.As(err, &ce) {
+		code = ce.code
+	}
+	return &codedError{code: code, hint: hint, err: err}
+}
+
+// SilentError is returned by a command that has already reported its
+// failure (a status table, a list of problems); only its code matters.
+type SilentError struct{ Code int }
+
+func (e *SilentError) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
+
+// knownHints gives known failures their hint, in one place.
+var knownHints = []struct {
+	err  error
+	hint string
+}{
+	{auth.ErrWeakSecret, "generate one with `lucidctl up` (local) or `lucidctl render`, or export a JWT_SECRET_KEY of at least 32 characters"},
+	{projectconfig.ErrUnknownKey, "fix the key's spelling; docs/configuration.md lists every key"},
+	{projectconfig.ErrNotFound, "run lucidctl from the project directory, or name the file with --config"},
+}
+
+// ExitCode maps err to lucidctl's exit code. ctx is the command's context:
+// once it is cancelled (Ctrl-C, SIGTERM) the result is 130 whatever failed.
+func ExitCode(ctx context.Context, err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	if ctx.Err() != nil || errors.Is(err, context.Canceled) {
+		return ExitInterrupted
+	}
+	var se *SilentError
+	if errors.As(err, &se) {
+		return se.Code
+	}
+	var ce *codedError
+	if errors.As(err, &ce) {
+		return ce.code
+	}
+	if isCobraUsage(err) {
+		return ExitUsage
+	}
+	return ExitFailure
+}
+
+// Hint returns the hint for err, or "".
+func Hint(err error) string {
+	var ce *codedError
+	for e := err; errors.As(e, &ce); e = ce.err {
+		if ce.hint != "" {
+			return ce.hint
+		}
+	}
+	for _, h := range knownHints {
+		if errors.Is(err, h.err) {
+			return h.hint
+		}
+	}
+	if isCobraUsage(err) {
+		return "see `lucidctl --help`"
+	}
+	return ""
+}
+
+// isCobraUsage recognises the usage errors cobra returns untyped.
+func isCobraUsage(err error) bool {
+	msg := err.Error()
+	return strings.HasPrefix(msg, "unknown command ") || strings.HasPrefix(msg, "unknown flag") ||
+		strings.HasPrefix(msg, "unknown shorthand flag") || strings.Contains(msg, "arg(s), received")
+}
+
+// Report prints err and its hint to stderr and returns the exit code.
+func Report(ctx context.Context, io *iostreams.IOStreams, err error) int {
+	code := ExitCode(ctx, err)
+	if err == nil {
+		return code
+	}
+	var se *SilentError
+	if errors.As(err, &se) {
+		return code
+	}
+	st := io.ErrStyles()
+	if code == ExitInterrupted {
+		fmt.Fprintln(io.ErrOut, st.Warning.Render("interrupted"))
+		return code
+	}
+	printError(io.ErrOut, st, err)
+	if h := Hint(err); h != "" {
+		fmt.Fprintln(io.ErrOut, st.Dim.Render("hint: "+h))
+	}
+	return code
+}
+
+func printError(w io.Writer, st *iostreams.Styles, err error) {
+	fmt.Fprintln(w, st.Error.Render("error:")+" "+err.Error())
+}

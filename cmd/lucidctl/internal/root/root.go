@@ -1,0 +1,85 @@
+// Package root assembles lucidctl's command tree and runs it: global flags,
+// the subcommands, and the final mapping of the outcome to an exit code.
+package root
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/stack"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/token"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/version"
+	"github.com/pickme/lucid/pkg/buildinfo"
+)
+
+// NewCmd returns the root command with every subcommand.
+func NewCmd(env *cli.Env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "lucidctl <command>",
+		Short: "Build, deploy, run and check the Lucid core services",
+		Long: `lucidctl is the operations toolkit of Lucid: it runs the core services
+locally, and builds, deploys and verifies them on Raspberry Pi targets.
+
+Results go to stdout; progress and diagnostics go to stderr.`,
+		Version:       buildinfo.Read().String(),
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          unknownCommand,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			env.Init(cmd)
+			return env.CheckJSON(cmd)
+		},
+	}
+	cmd.SetIn(env.IO.In)
+	cmd.SetOut(env.IO.Out)
+	cmd.SetErr(env.IO.ErrOut)
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.Usage(err) })
+
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&env.ConfigPath, "config", env.ConfigPath, "project file (env LUCID_CONFIG)")
+	pf.BoolVarP(&env.Verbose, "verbose", "v", false, "log diagnostics to stderr")
+	pf.BoolVar(&env.JSON, "json", false, "print the result as JSON (commands that have a result)")
+	pf.BoolVar(&env.NoColor, "no-color", false, "never use color (also NO_COLOR=1)")
+
+	cmd.AddGroup(&cobra.Group{ID: "local", Title: "Local stack:"}, &cobra.Group{ID: "tools", Title: "Tools:"})
+	for _, c := range stack.NewCmds(env) {
+		c.GroupID = "local"
+		cmd.AddCommand(c)
+	}
+	tok := token.NewCmd(env)
+	tok.GroupID = "tools"
+	cmd.AddCommand(tok, version.NewCmd(env))
+	return cmd
+}
+
+// unknownCommand reports a mistyped command as a usage error, with cobra's
+// suggestions.
+func unknownCommand(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		msg += fmt.Sprintf(" (did you mean %q?)", s[0])
+	}
+	return cli.Usage(errors.New(msg))
+}
+
+// Execute runs lucidctl with args and returns the process exit code.
+func Execute(ctx context.Context, args []string, io *iostreams.IOStreams, getenv func(string) string) int {
+	env := cli.NewEnv(io, getenv)
+	cmd := NewCmd(env)
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(ctx)
+	if env.NoColor {
+		io.DisableColor() // the error may predate the flags taking effect
+	}
+	return cli.Report(ctx, io, err)
+}
+

@@ -1,0 +1,76 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+)
+
+// DownOptions are the inputs of `lucidctl down`.
+type DownOptions struct {
+	Env     *cli.Env
+	Timeout time.Duration
+}
+
+func newDownCmd(env *cli.Env) *cobra.Command {
+	opts := &DownOptions{Env: env}
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Stop the local stack",
+		Long: `Stop the local stack: dependants first, each service's whole process group,
+SIGTERM then SIGKILL after its deadline. Stopping a stack that is not running
+is not an error.`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDown(cmd.Context(), opts)
+		},
+	}
+	cmd.Flags().DurationVar(&opts.Timeout, "timeout", 2*time.Minute, "how long to wait for the stack to stop")
+	return cmd
+}
+
+func runDown(ctx context.Context, opts *DownOptions) error {
+	cfg, err := opts.Env.Config()
+	if err != nil {
+		return err
+	}
+	l := layout{cfg.Abs(cfg.Local.StateDir)}
+	st, err := readState(l)
+	if err != nil && !errors.Is(err, errNoState) {
+		return err
+	}
+	if !st.live() {
+		fmt.Fprintln(opts.Env.IO.ErrOut, errNotRunning.Error())
+		return nil
+	}
+	pid := st.SupervisorPID
+	if err := os.WriteFile(l.stopFile(), nil, 0o644); err != nil {
+		return fmt.Errorf("request stop: %w", err)
+	}
+	if err := signalStop(pid); err != nil {
+		opts.Env.Logger.Debug("signal failed; relying on the stop file", "pid", pid, "error", err)
+	}
+	fmt.Fprintf(opts.Env.IO.ErrOut, "stopping the local stack (supervisor pid %d) ...\n", pid)
+
+	deadline := time.Now().Add(opts.Timeout)
+	for processAlive(pid) {
+		if time.Now().After(deadline) {
+			return cli.WithHint(fmt.Errorf("the supervisor (pid %d) is still running after %s", pid, opts.Timeout),
+				"`lucidctl logs lucidctl` shows what it is waiting for")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	_ = os.Remove(l.stopFile())
+	fmt.Fprintln(opts.Env.IO.ErrOut, "stopped")
+	return nil
+}

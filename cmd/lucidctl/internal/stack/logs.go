@@ -1,0 +1,204 @@
+package stack
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/pkg/catalog"
+)
+
+// LogsOptions are the inputs of `lucidctl logs`.
+type LogsOptions struct {
+	Env     *cli.Env
+	Service string
+	Follow  bool
+	Tail    int
+}
+
+func newLogsCmd(env *cli.Env) *cobra.Command {
+	opts := &LogsOptions{Env: env}
+	cmd := &cobra.Command{
+		Use:   "logs [service]",
+		Short: "Print the local stack's logs",
+		Long: `Print the logs of the local stack: every service merged, each line prefixed
+with its service, or one service's own log. "lucidctl" names the supervisor's
+own lines (starts, deaths, restarts).`,
+		Example: `  lucidctl logs
+  lucidctl logs -f gateway
+  lucidctl logs --tail 50 engine`,
+		Args:      cli.MaxArgs(1),
+		ValidArgs: append(catalog.Names(), consulName, supervisorName),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				opts.Service = args[0]
+			}
+			return runLogs(cmd.Context(), opts)
+		},
+	}
+	cmd.Flags().BoolVarP(&opts.Follow, "follow", "f", false, "keep printing new lines until interrupted")
+	cmd.Flags().IntVarP(&opts.Tail, "tail", "n", -1, "print only the last N lines (-1: all)")
+	return cmd
+}
+
+func runLogs(ctx context.Context, opts *LogsOptions) error {
+	cfg, err := opts.Env.Config()
+	if err != nil {
+		return err
+	}
+	l := layout{cfg.Abs(cfg.Local.StateDir)}
+	path := l.stackLog()
+	if s := opts.Service; s != "" && s != supervisorName {
+		if !slices.Contains(append(catalog.Names(), consulName), s) {
+			return cli.Usage(fmt.Errorf("unknown service %q (services: %s)", s, strings.Join(catalog.Names(), ", ")))
+		}
+		path = l.serviceLog(s)
+	}
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return cli.WithHint(fmt.Errorf("no logs yet at %s", path), "`lucidctl up` starts the stack")
+	}
+	if err != nil {
+		return err
+	}
+	defer func() { f.Close() }()
+
+	w := &lineWriter{out: opts.Env.IO.Out, styles: opts.Env.IO.OutStyles(), only: ""}
+	if opts.Service == supervisorName {
+		w.only = supervisorName
+	}
+	if opts.Service == "" || opts.Service == supervisorName {
+		w.prefixed = true
+	}
+	if opts.Tail >= 0 {
+		if err := skipToTail(f, opts.Tail); err != nil {
+			return err
+		}
+	}
+	r := bufio.NewReader(f)
+	var partial []byte
+	for {
+		line, err := r.ReadBytes('\n')
+		if len(line) > 0 && line[len(line)-1] == '\n' {
+			w.write(append(partial, line[:len(line)-1]...))
+			partial = partial[:0]
+		} else {
+			partial = append(partial, line...)
+		}
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, io.EOF) {
+			return err
+		}
+		if !opts.Follow {
+			if len(partial) > 0 {
+				w.write(partial)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil // Ctrl-C is how -f ends
+		case <-time.After(200 * time.Millisecond):
+		}
+		// A new run or a rotation replaced the file: start on the new one.
+		if moved(f, path) {
+			nf, err := os.Open(path)
+			if err == nil {
+				f.Close()
+				f, r, partial = nf, bufio.NewReader(nf), partial[:0]
+			}
+		}
+	}
+}
+
+// moved reports whether path no longer names the open file f, or f shrank.
+func moved(f *os.File, path string) bool {
+	a, err1 := f.Stat()
+	b, err2 := os.Stat(path)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	if !os.SameFile(a, b) {
+		return true
+	}
+	pos, err := f.Seek(0, io.SeekCurrent)
+	return err == nil && b.Size() < pos
+}
+
+// skipToTail positions f at the start of its last n lines.
+func skipToTail(f *os.File, n int) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	size := fi.Size()
+	const block = 64 << 10
+	buf := make([]byte, block)
+	count := 0
+	for off := size; off > 0; {
+		step := min(int64(block), off)
+		off -= step
+		if _, err := f.ReadAt(buf[:step], off); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		for i := step - 1; i >= 0; i-- {
+			if buf[i] != '\n' || off+i == size-1 {
+				continue
+			}
+			count++
+			if count > n {
+				_, err := f.Seek(off+i+1, io.SeekStart)
+				return err
+			}
+		}
+	}
+	_, err = f.Seek(0, io.SeekStart)
+	return err
+}
+
+// lineWriter prints log lines, coloring the "<service> |" prefix of merged
+// lines on a terminal.
+type lineWriter struct {
+	out      io.Writer
+	styles   *iostreams.Styles
+	prefixed bool
+	only     string
+	colors   map[string]int
+}
+
+func (w *lineWriter) write(line []byte) {
+	if !w.prefixed {
+		fmt.Fprintf(w.out, "%s\n", line)
+		return
+	}
+	name, rest, ok := strings.Cut(string(line), " | ")
+	if !ok {
+		fmt.Fprintf(w.out, "%s\n", line)
+		return
+	}
+	if w.only != "" && name != w.only {
+		return
+	}
+	if w.colors == nil {
+		w.colors = map[string]int{}
+	}
+	i, ok := w.colors[name]
+	if !ok {
+		i = len(w.colors)
+		w.colors[name] = i
+	}
+	fmt.Fprintf(w.out, "%s %s\n", w.styles.Pick(i).Render(fmt.Sprintf("%-9s |", name)), rest)
+}

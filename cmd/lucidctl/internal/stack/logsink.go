@@ -1,0 +1,148 @@
+package stack
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/pkg/supervise"
+)
+
+// maxLogBytes is the size at which a log file is rotated to <name>.1, so a
+// stack left running for weeks does not fill the disk.
+const maxLogBytes = 16 << 20
+
+// logSink writes every service's output to its own log file, to the merged
+// stack log ("<service> | <line>") that `lucidctl logs` reads, and, for a
+// foreground `up`, to the terminal with a colored prefix.
+type logSink struct {
+	mu       sync.Mutex
+	files    map[string]*rotatingFile
+	stack    *rotatingFile
+	term     io.Writer // nil when detached
+	styles   *iostreams.Styles
+	width    int
+	prefixes map[string]string
+}
+
+var _ supervise.LogSink = (*logSink)(nil)
+
+// supervisorName labels lucidctl's own lines in the merged log.
+const supervisorName = "lucidctl"
+
+func newLogSink(l layout, names []string, term io.Writer, styles *iostreams.Styles) (*logSink, error) {
+	if err := os.MkdirAll(l.logDir(), 0o755); err != nil {
+		return nil, err
+	}
+	s := &logSink{files: map[string]*rotatingFile{}, term: term, styles: styles, prefixes: map[string]string{}}
+	all := append([]string{supervisorName}, names...)
+	for _, n := range all {
+		s.width = max(s.width, len(n))
+	}
+	for i, n := range all {
+		s.prefixes[n] = styles.Pick(i).Render(fmt.Sprintf("%-*s |", s.width, n))
+	}
+	var err error
+	if s.stack, err = openRotating(l.stackLog(), true); err != nil {
+		return nil, err
+	}
+	for _, n := range names {
+		if s.files[n], err = openRotating(l.serviceLog(n), true); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Line implements supervise.LogSink.
+func (s *logSink) Line(program string, _ supervise.Stream, line []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f := s.files[program]; f != nil {
+		f.writeLine("", line)
+	}
+	s.stack.writeLine(program+" | ", line)
+	if s.term != nil {
+		fmt.Fprintf(s.term, "%s %s\n", s.prefixes[program], line)
+	}
+}
+
+// Note records one of lucidctl's own lines (a service became ready, died,
+// was given up on).
+func (s *logSink) Note(format string, args ...any) {
+	s.Line(supervisorName, supervise.Stderr, []byte(fmt.Sprintf(format, args...)))
+}
+
+func (s *logSink) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, f := range s.files {
+		f.close()
+	}
+	if s.stack != nil {
+		s.stack.close()
+	}
+}
+
+// rotatingFile is an append-only log file that moves itself aside to
+// <path>.1 when it grows past maxLogBytes.
+type rotatingFile struct {
+	path string
+	f    *os.File
+	size int64
+}
+
+// openRotating opens path for appending; fresh moves a previous run's file
+// aside first, so each run starts a new log and the last one is kept.
+func openRotating(path string, fresh bool) (*rotatingFile, error) {
+	if fresh {
+		if fi, err := os.Stat(path); err == nil && fi.Size() > 0 {
+			_ = os.Rename(path, path+".1")
+		}
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &rotatingFile{path: path, f: f, size: fi.Size()}, nil
+}
+
+func (r *rotatingFile) writeLine(prefix string, line []byte) {
+	if r.f == nil {
+		return
+	}
+	n := int64(len(prefix) + len(line) + 1)
+	if r.size+n > maxLogBytes {
+		r.f.Close()
+		_ = os.Rename(r.path, r.path+".1")
+		f, err := os.OpenFile(r.path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+		if err != nil {
+			r.f = nil
+			return
+		}
+		r.f, r.size = f, 0
+	}
+	var b strings.Builder
+	b.Grow(int(n))
+	b.WriteString(prefix)
+	b.Write(line)
+	b.WriteByte('\n')
+	w, _ := io.WriteString(r.f, b.String())
+	r.size += int64(w)
+}
+
+func (r *rotatingFile) close() {
+	if r.f != nil {
+		r.f.Close()
+		r.f = nil
+	}
+}

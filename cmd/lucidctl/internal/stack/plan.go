@@ -1,0 +1,152 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/supervise"
+)
+
+// consulName is Consul's name in the local stack.
+const consulName = "consul"
+
+// Consul dev agent ports, shifted by --port-offset like the services'.
+const (
+	consulHTTPPort   = 8500
+	consulGRPCPort   = 8502
+	consulServerPort = 8300
+	consulSerfLAN    = 8301
+	consulSerfWAN    = 8302
+)
+
+// plan is what `up` will run.
+type plan struct {
+	lucid      string
+	consul     string // "" when not supervised
+	portOffset int
+	services   []catalog.Service
+	env        []string // base environment of every service
+}
+
+func (p *plan) port(s catalog.Service) int { return s.Port + p.portOffset }
+
+func (p *plan) url(s catalog.Service) string {
+	return "http://127.0.0.1:" + strconv.Itoa(p.port(s))
+}
+
+func (p *plan) names() []string {
+	var out []string
+	if p.consul != "" {
+		out = append(out, consulName)
+	}
+	for _, s := range p.services {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+// urls maps each program to the URL shown by status.
+func (p *plan) urls() map[string]string {
+	m := map[string]string{}
+	if p.consul != "" {
+		m[consulName] = "http://127.0.0.1:" + strconv.Itoa(consulHTTPPort+p.portOffset)
+	}
+	for _, s := range p.services {
+		m[s.Name] = p.url(s)
+	}
+	return m
+}
+
+// specs turns the plan into supervisor programs.
+func (p *plan) specs(l layout) ([]supervise.Spec, error) {
+	var specs []supervise.Spec
+	common := slices.Clone(p.env)
+	// Every service learns where the others are; the Phase 2 names first.
+	for _, s := range catalog.Services {
+		common = append(common, "LUCID_"+strings.ToUpper(s.Name)+"_URL="+p.url(s))
+		if s.Name == "engine" {
+			common = append(common, "BLOCKCHAIN_ENGINE_URL="+p.url(s), "BLOCKCHAIN_CORE_URL="+p.url(s))
+		}
+	}
+	if p.consul != "" {
+		common = append(common, "CONSUL_HOST=127.0.0.1", "CONSUL_PORT="+strconv.Itoa(consulHTTPPort+p.portOffset))
+		specs = append(specs, p.consulSpec())
+	}
+	for _, s := range p.services {
+		data := l.dataDir(s.Name)
+		if err := os.MkdirAll(data, 0o700); err != nil {
+			return nil, err
+		}
+		deps := slices.Clone(s.DependsOn)
+		if p.consul != "" && (s.Name == "mesh" || s.Name == "gateway") {
+			deps = append(deps, consulName)
+		}
+		specs = append(specs, supervise.Spec{
+			Name: s.Name,
+			Path: p.lucid,
+			Args: []string{s.Name},
+			Env: append(slices.Clone(common),
+				"LUCID_ADDR=127.0.0.1:"+strconv.Itoa(p.port(s)),
+				"LUCID_DATA_DIR="+data,
+			),
+			DependsOn: deps,
+			Ready:     supervise.HTTPProbe(p.url(s) + "/ready"),
+		})
+	}
+	return specs, nil
+}
+
+// consulSpec runs Consul as a single in-memory dev agent on loopback.
+func (p *plan) consulSpec() supervise.Spec {
+	o := p.portOffset
+	http := consulHTTPPort + o
+	return supervise.Spec{
+		Name: consulName,
+		Path: p.consul,
+		Args: []string{
+			"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-node=lucid-local",
+			"-http-port=" + strconv.Itoa(http),
+			"-grpc-port=" + strconv.Itoa(consulGRPCPort+o),
+			"-grpc-tls-port=-1",
+			"-server-port=" + strconv.Itoa(consulServerPort+o),
+			"-serf-lan-port=" + strconv.Itoa(consulSerfLAN+o),
+			"-serf-wan-port=" + strconv.Itoa(consulSerfWAN+o),
+			"-dns-port=-1",
+		},
+		Env:   p.env,
+		Ready: consulLeaderProbe("http://127.0.0.1:" + strconv.Itoa(http)),
+	}
+}
+
+// consulLeaderProbe is ready once the agent answers and has elected itself
+// leader: before that its catalog refuses writes.
+func consulLeaderProbe(base string) supervise.Probe {
+	client := &http.Client{Timeout: time.Second}
+	return func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/status/leader", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("consul: %s", resp.Status)
+		}
+		if leader := strings.Trim(strings.TrimSpace(string(body)), `"`); leader == "" {
+			return fmt.Errorf("consul has no leader yet")
+		}
+		return nil
+	}
+}

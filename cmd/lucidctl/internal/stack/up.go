@@ -1,0 +1,351 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/envfile"
+	"github.com/pickme/lucid/pkg/projectconfig"
+	"github.com/pickme/lucid/pkg/supervise"
+)
+
+// UpOptions are the inputs of `lucidctl up`.
+type UpOptions struct {
+	Env         *cli.Env
+	Services    []string
+	Detach      bool
+	Lucid       string
+	Consul      string
+	PortOffset  int
+	WaitTimeout time.Duration
+	// supervisor is set in the background process that `up -d` starts.
+	supervisor bool
+}
+
+func newUpCmd(env *cli.Env) *cobra.Command {
+	opts := &UpOptions{Env: env}
+	cmd := &cobra.Command{
+		Use:   "up [service...]",
+		Short: "Run the core services locally under a supervisor",
+		Long: `Run Lucid's core services on this machine from the lucid binary, each as a
+supervised child process: started in dependency order once what they need is
+ready, restarted with capped backoff when they die, given up on after too
+many deaths, and stopped together.
+
+Naming services runs those and what they depend on. A consul binary on PATH
+(or given by --consul) runs as a dev agent and the services are pointed at it.
+Secrets the services need and the env file lacks are generated into it.
+
+In the foreground, logs stream here with a colored prefix and Ctrl-C stops
+the stack. With -d the supervisor runs in the background; use status, logs
+and down.`,
+		Example: `  lucidctl up
+  lucidctl up -d
+  lucidctl up gateway --port-offset 1000`,
+		ValidArgs: catalog.Names(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Services = args
+			return runUp(cmd.Context(), opts)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVarP(&opts.Detach, "detach", "d", false, "run in the background and return once the services are ready")
+	f.StringVar(&opts.Lucid, "lucid", "", "the lucid binary to run (default: next to lucidctl, on PATH, or built from the source tree)")
+	f.StringVar(&opts.Consul, "consul", "", `consul binary to supervise, or "off" (default: local.consul of lucid.yaml, "auto" = consul on PATH)`)
+	f.IntVar(&opts.PortOffset, "port-offset", 0, "add N to every port, to run a second stack beside the first")
+	f.DurationVar(&opts.WaitTimeout, "wait-timeout", 2*time.Minute, "with -d, how long to wait for the services to be ready")
+	f.BoolVar(&opts.supervisor, "supervisor", false, "run as the background supervisor (used by up -d)")
+	_ = f.MarkHidden("supervisor")
+	return cmd
+}
+
+func runUp(ctx context.Context, opts *UpOptions) error {
+	cfg, err := opts.Env.Config()
+	if err != nil {
+		return err
+	}
+	l := layout{cfg.Abs(cfg.Local.StateDir)}
+	if st, err := readState(l); err == nil && st.live() && st.SupervisorPID != os.Getpid() {
+		return cli.WithHint(fmt.Errorf("the local stack is already running (supervisor pid %d)", st.SupervisorPID),
+			"`lucidctl status` shows it; `lucidctl down` stops it")
+	}
+	if opts.PortOffset < 0 || opts.PortOffset > 50000 {
+		return cli.Usage(fmt.Errorf("--port-offset %d is outside 0..50000", opts.PortOffset))
+	}
+	p, err := makePlan(ctx, opts, cfg, l)
+	if err != nil {
+		return err
+	}
+	if opts.Detach && !opts.supervisor {
+		return startDetached(ctx, opts, l, p)
+	}
+	return supervisePlan(ctx, opts, l, p)
+}
+
+// makePlan resolves the binaries, services and environment of the stack.
+func makePlan(ctx context.Context, opts *UpOptions, cfg *projectconfig.Config, l layout) (*plan, error) {
+	services := catalog.Services
+	if len(opts.Services) > 0 {
+		var err error
+		if services, err = catalog.Closure(opts.Services); err != nil {
+			return nil, cli.Usage(err)
+		}
+	}
+	p := &plan{portOffset: opts.PortOffset, services: services}
+
+	var err error
+	if p.lucid, err = findLucid(ctx, opts.Lucid, l.binDir(), opts.Env.IO.ErrOut); err != nil {
+		return nil, err
+	}
+	consul := cfg.Local.Consul
+	if opts.Consul != "" {
+		consul = opts.Consul
+	}
+	if p.consul, err = findConsul(consul); err != nil {
+		return nil, err
+	}
+	if p.env, err = serviceEnv(opts, cfg, services); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// serviceEnv is the environment services start with: ours, then the env
+// file's values for what ours lacks. Secrets that a service needs and
+// neither has are generated into the env file first.
+func serviceEnv(opts *UpOptions, cfg *projectconfig.Config, services []catalog.Service) ([]string, error) {
+	path := cfg.Abs(cfg.Local.EnvFile)
+	missing := map[string]string{}
+	for _, s := range services {
+		for _, key := range s.Secrets {
+			if opts.Env.Getenv(key) == "" {
+				missing[key] = envfile.NewSecret(48)
+			}
+		}
+	}
+	if len(missing) > 0 && !opts.supervisor {
+		added, err := envfile.AddMissing(path, missing)
+		if err != nil {
+			return nil, err
+		}
+		for _, k := range added {
+			fmt.Fprintf(opts.Env.IO.ErrOut, "generated %s in %s (mode 0600)\n", k, path)
+		}
+	}
+	fileVars := map[string]string{}
+	if _, err := os.Stat(path); err == nil {
+		if fileVars, err = envfile.Read(path); err != nil {
+			return nil, err
+		}
+	}
+	env := os.Environ()
+	keys := make([]string, 0, len(fileVars))
+	for k := range fileVars {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		if opts.Env.Getenv(k) == "" {
+			env = append(env, k+"="+fileVars[k])
+		}
+	}
+	return env, nil
+}
+
+// supervisePlan runs the stack in this process until ctx ends.
+func supervisePlan(ctx context.Context, opts *UpOptions, l layout, p *plan) error {
+	specs, err := p.specs(l)
+	if err != nil {
+		return err
+	}
+	var term = opts.Env.IO.ErrOut
+	if opts.supervisor {
+		term = nil // the background supervisor's output is the log files
+	}
+	sink, err := newLogSink(l, p.names(), term, opts.Env.IO.ErrStyles())
+	if err != nil {
+		return err
+	}
+	defer sink.Close()
+
+	_ = os.Remove(l.stopFile())
+	urls := p.urls()
+	st := &stackState{Running: true, SupervisorPID: os.Getpid(), StartedAt: time.Now().UTC()}
+	var prev []supervise.Status
+	onChange := func(snap []supervise.Status) {
+		noteTransitions(sink, prev, snap, urls)
+		prev = snap
+		st.Services = st.Services[:0]
+		for _, s := range snap {
+			st.Services = append(st.Services, serviceState{Status: s, URL: urls[s.Name]})
+		}
+		if err := writeState(l, st); err != nil {
+			opts.Env.Logger.Warn("cannot write the state file", "error", err)
+		}
+	}
+	sup, err := supervise.New(specs, supervise.Options{Logs: sink, OnChange: onChange, Logger: opts.Env.Logger})
+	if err != nil {
+		return err
+	}
+	onChange(sup.Status())
+	sink.Note("supervising %s (lucid: %s)", strings.Join(p.names(), ", "), p.lucid)
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go watchStopFile(runCtx, l, cancel)
+	err = sup.Run(runCtx)
+	st.Running = false
+	onChange(sup.Status())
+	sink.Note("stopped")
+	return err
+}
+
+// watchStopFile cancels the stack when `down` asks for it through the stop
+// file, the way that works on every OS.
+func watchStopFile(ctx context.Context, l layout, cancel context.CancelFunc) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := os.Stat(l.stopFile()); err == nil {
+				cancel()
+				return
+			}
+		}
+	}
+}
+
+// noteTransitions writes one line per state change a person cares about.
+func noteTransitions(sink *logSink, prev, cur []supervise.Status, urls map[string]string) {
+	was := map[string]supervise.Status{}
+	for _, s := range prev {
+		was[s.Name] = s
+	}
+	for _, s := range cur {
+		if p, ok := was[s.Name]; ok && p.State == s.State {
+			continue
+		}
+		switch s.State {
+		case supervise.StateStarting:
+			sink.Note("%s started (pid %d)", s.Name, s.PID)
+		case supervise.StateReady:
+			sink.Note("%s is ready at %s", s.Name, urls[s.Name])
+		case supervise.StateBackoff:
+			wait := ""
+			if s.NextStart != nil {
+				wait = " in " + time.Until(*s.NextStart).Round(100*time.Millisecond).String()
+			}
+			sink.Note("%s exited (%s); restarting%s", s.Name, s.LastExit, wait)
+		case supervise.StateFailed:
+			sink.Note("%s FAILED: it kept dying (%s); not restarting it. See `lucidctl logs %s`", s.Name, s.LastExit, s.Name)
+		case supervise.StateStopped:
+			if _, ok := was[s.Name]; ok {
+				sink.Note("%s stopped", s.Name)
+			}
+		}
+	}
+}
+
+// startDetached starts the supervisor in the background and waits until the
+// services are ready, one has failed, or the wait times out.
+func startDetached(ctx context.Context, opts *UpOptions, l layout, p *plan) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	consul := p.consul
+	if consul == "" {
+		consul = "off"
+	}
+	args := []string{"up", "--supervisor", "--detach", "--lucid", p.lucid, "--consul", consul,
+		"--port-offset", strconv.Itoa(p.portOffset)}
+	if opts.Env.ConfigExplicit() {
+		cfgPath, err := filepath.Abs(opts.Env.ConfigPath)
+		if err != nil {
+			return err
+		}
+		args = append(args, "--config", cfgPath)
+	}
+	if opts.Env.Verbose {
+		args = append(args, "--verbose")
+	}
+	args = append(args, opts.Services...)
+
+	if err := os.MkdirAll(l.logDir(), 0o755); err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(l.supervisorLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(self, args...)
+	cmd.Env = p.env
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = detachAttr()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start the background supervisor: %w", err)
+	}
+	pid := cmd.Process.Pid
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	fmt.Fprintf(opts.Env.IO.ErrOut, "supervisor started in the background (pid %d); waiting for %s ...\n", pid, strings.Join(p.names(), ", "))
+
+	deadline := time.After(opts.WaitTimeout)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-exited:
+			return cli.WithHint(fmt.Errorf("the background supervisor exited during start"), "see "+l.supervisorLog())
+		case <-deadline:
+			st, _ := readState(l)
+			printTable(opts.Env, st)
+			return cli.WithHint(fmt.Errorf("services not ready after %s; the stack keeps running", opts.WaitTimeout),
+				"`lucidctl logs <service>` shows why; `lucidctl down` stops it")
+		case <-tick.C:
+		}
+		st, err := readState(l)
+		if err != nil || st.SupervisorPID != pid {
+			continue
+		}
+		ready, failed := 0, []string{}
+		for _, s := range st.Services {
+			switch s.State {
+			case supervise.StateReady:
+				ready++
+			case supervise.StateFailed:
+				failed = append(failed, s.Name)
+			}
+		}
+		if len(failed) > 0 {
+			printTable(opts.Env, st)
+			return cli.WithHint(fmt.Errorf("%s failed to start; the rest keep running", strings.Join(failed, ", ")),
+				"`lucidctl logs "+failed[0]+"` shows why; `lucidctl down` stops the stack")
+		}
+		if ready == len(st.Services) && ready > 0 {
+			printTable(opts.Env, st)
+			return nil
+		}
+	}
+}
+
+// errNotRunning reports that there is no local stack to act on.
+var errNotRunning = errors.New("the local stack is not running")

@@ -1,0 +1,96 @@
+package token
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/pkg/auth"
+)
+
+const goodSecret = "0123456789abcdefghijklmnopqrstuvwxyzABCD"
+
+func TestTokenFromEnvironment(t *testing.T) {
+	io, _, out, _ := iostreams.Test()
+	env := cli.NewEnv(io, func(k string) string { return map[string]string{"JWT_SECRET_KEY": goodSecret}[k] })
+	opts := &Options{Env: env, Subject: "alice", Tier: "enterprise", TTL: time.Hour, Now: time.Now}
+	if err := run(context.Background(), opts); err != nil {
+		t.Fatal(err)
+	}
+	tok := strings.TrimSpace(out.String())
+	claims, err := auth.Parse([]byte(goodSecret), tok, nil)
+	if err != nil {
+		t.Fatalf("minted token does not verify: %v", err)
+	}
+	if claims.Subject != "alice" || claims.Tier != auth.TierEnterprise {
+		t.Errorf("claims = %+v", claims)
+	}
+}
+
+func TestTokenFromEnvFileAsJSON(t *testing.T) {
+	dir := t.TempDir()
+	envFile := filepath.Join(dir, ".env.core")
+	if err := os.WriteFile(envFile, []byte("JWT_SECRET_KEY="+goodSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	io, _, out, _ := iostreams.Test()
+	env := cli.NewEnv(io, func(string) string { return "" })
+	env.JSON = true
+	opts := &Options{Env: env, Subject: "bob", Tier: "free", TTL: time.Minute, EnvFile: envFile, Now: time.Now}
+	if err := run(context.Background(), opts); err != nil {
+		t.Fatal(err)
+	}
+	var o Output
+	if err := json.Unmarshal([]byte(out.String()), &o); err != nil {
+		t.Fatalf("stdout is not JSON: %v", err)
+	}
+	if _, err := auth.Parse([]byte(goodSecret), o.Token, nil); err != nil || o.Tier != "free" || o.Subject != "bob" {
+		t.Errorf("output %+v, verify: %v", o, err)
+	}
+	if strings.Contains(out.String(), goodSecret) {
+		t.Error("the secret reached the output")
+	}
+}
+
+func TestTokenRefusesWeakOrMissingSecret(t *testing.T) {
+	dir := t.TempDir()
+	short := filepath.Join(dir, "short.env")
+	empty := filepath.Join(dir, "empty.env")
+	_ = os.WriteFile(short, []byte("JWT_SECRET_KEY=hunter2\n"), 0o600)
+	_ = os.WriteFile(empty, []byte("JWT_SECRET_KEY=\n"), 0o600)
+	tests := []struct {
+		name    string
+		envFile string
+		want    string
+	}{
+		{"short", short, "7 bytes, at least 32 are required"},
+		{"empty", empty, "it is empty"},
+		{"missing file", filepath.Join(dir, "none.env"), "does not exist"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			io, _, out, _ := iostreams.Test()
+			env := cli.NewEnv(io, func(string) string { return "" })
+			opts := &Options{Env: env, Subject: "a", Tier: "free", TTL: time.Hour, EnvFile: tt.envFile, Now: time.Now}
+			err := run(context.Background(), opts)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to say %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("the secret reached the error: %v", err)
+			}
+			if cli.Hint(err) == "" {
+				t.Errorf("no hint for %v", err)
+			}
+			if out.Len() != 0 {
+				t.Errorf("stdout = %q", out.String())
+			}
+		})
+	}
+}

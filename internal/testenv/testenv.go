@@ -1,0 +1,55 @@
+// Package testenv finds the real tools that Lucid's tests run against
+// (consul, sshd, redis-server, wrk) and decides what happens when one is
+// missing: the test is skipped on a developer's machine, and fails in CI
+// (CI=true), where scripts/test.sh has installed everything.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// InCI reports whether the tests run in CI, where no tool may be missing.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// Tool returns the path of the tool called name: the file named by the
+// environment variable envVar if it is set (scripts/test.sh sets
+// LUCID_CONSUL_BIN to its cached build), else name on PATH. When the tool is
+// missing it skips t, or fails it in CI.
+func Tool(t testing.TB, name, envVar string) string {
+	t.Helper()
+	if envVar != "" {
+		if p := os.Getenv(envVar); p != "" {
+			if _, err := os.Stat(p); err == nil {
+				return p
+			}
+			Missing(t, name+" ("+envVar+"="+p+" does not exist)")
+		}
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		for _, dir := range []string{"/usr/sbin", "/usr/local/sbin", "/sbin"} {
+			if q := filepath.Join(dir, name); isFile(q) {
+				return q
+			}
+		}
+		Missing(t, name)
+	}
+	return p
+}
+
+// Missing skips t because what is named is missing, or fails it in CI.
+func Missing(t testing.TB, what string) {
+	t.Helper()
+	if InCI() {
+		t.Fatalf("%s is missing; CI=true requires it (scripts/test.sh installs it)", what)
+	}
+	t.Skipf("%s is missing; skipping (scripts/test.sh installs it)", what)
+}
+
+func isFile(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && !fi.IsDir()
+}

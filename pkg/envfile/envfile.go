@@ -1,0 +1,130 @@
+// Package envfile reads and extends the env files (`KEY=value` lines) that
+// hold Lucid's secrets, such as configs/environment/.env.core.
+//
+// Files are parsed with compose-go's dotenv parser, so lucidctl reads them
+// exactly as `docker compose` does. Writes are atomic (a temporary file, then
+// a rename) and leave the file with mode 0600: a reader sees the old file or
+// the new one, never half of one, and no other user can read the secrets.
+package envfile
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/compose-spec/compose-go/v2/dotenv"
+)
+
+// Mode is the permission env files are written with.
+const Mode fs.FileMode = 0o600
+
+// Read parses the env file at path. Variables are not expanded from the
+// process environment: what is in the file is what counts.
+func Read(path string) (map[string]string, error) {
+	vars, err := dotenv.ReadFile(path, func(string) (string, bool) { return "", false })
+	if err != nil {
+		return nil, fmt.Errorf("read env file %s: %w", path, err)
+	}
+	return vars, nil
+}
+
+// secretAlphabet needs no quoting in any env file or compose version: no $,
+// quotes, spaces, # or backslashes.
+const secretAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+// NewSecret returns n characters from crypto/rand, uniformly over an
+// alphabet that is safe in env files unquoted (about 5.95 bits each).
+func NewSecret(n int) string {
+	out := make([]byte, n)
+	// Reject bytes that would bias the distribution: 256 is not a multiple
+	// of 62, so only bytes below 248 (= 4*62) are used.
+	limit := byte(len(secretAlphabet) * (256 / len(secretAlphabet)))
+	var buf [64]byte
+	for i := 0; i < n; {
+		_, _ = rand.Read(buf[:]) // crypto/rand.Read never fails
+		for _, b := range buf {
+			if b < limit && i < n {
+				out[i] = secretAlphabet[int(b)%len(secretAlphabet)]
+				i++
+			}
+		}
+	}
+	return string(out)
+}
+
+// AddMissing appends to the env file at path each key of values that the
+// file does not define yet (an empty value counts as missing), creating the
+// file and its directory if needed. Existing lines are kept byte for byte.
+// It returns the keys it added, sorted.
+func AddMissing(path string, values map[string]string) ([]string, error) {
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read env file %s: %w", path, err)
+	}
+	have := map[string]string{}
+	if len(old) > 0 {
+		if have, err = Read(path); err != nil {
+			return nil, err
+		}
+	}
+	var added []string
+	for k := range values {
+		if have[k] == "" {
+			added = append(added, k)
+		}
+	}
+	if len(added) == 0 {
+		return nil, nil
+	}
+	slices.Sort(added)
+
+	var buf bytes.Buffer
+	buf.Write(old)
+	if len(old) > 0 && old[len(old)-1] != '\n' {
+		buf.WriteByte('\n')
+	}
+	for _, k := range added {
+		fmt.Fprintf(&buf, "%s=%s\n", k, values[k])
+	}
+	if err := WriteAtomic(path, buf.Bytes()); err != nil {
+		return nil, err
+	}
+	return added, nil
+}
+
+// WriteAtomic replaces the file at path with data, mode 0600.
+func WriteAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	if err := tmp.Chmod(Mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write env file %s: %w", path, err)
+	}
+	return nil
+}

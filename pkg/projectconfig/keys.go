@@ -1,0 +1,136 @@
+package projectconfig
+
+import (
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// ErrUnknownKey marks an unknown key in the file.
+var ErrUnknownKey = fmt.Errorf("unknown key")
+
+func typeOf(v any) reflect.Type { return reflect.TypeOf(v) }
+
+// checkKeys walks the YAML tree alongside the Go type it decodes into and
+// reports every mapping key the type has no field for, with its position.
+// yaml.v3's KnownFields reports only the first, without the allowed keys.
+func checkKeys(file string, n *yaml.Node, t reflect.Type, at string) []error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	var errs []error
+	switch t.Kind() {
+	case reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			return nil // a type error; the decoder reports it
+		}
+		fields := yamlFields(t)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			f, ok := fields[k.Value]
+			if !ok {
+				errs = append(errs, unknownKey(file, k, at, fields))
+				continue
+			}
+			errs = append(errs, checkKeys(file, v, f.Type, join(at, k.Value))...)
+		}
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			return nil
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			errs = append(errs, checkKeys(file, n.Content[i+1], t.Elem(), join(at, n.Content[i].Value))...)
+		}
+	case reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			return nil
+		}
+		for i, item := range n.Content {
+			errs = append(errs, checkKeys(file, item, t.Elem(), fmt.Sprintf("%s[%d]", at, i))...)
+		}
+	}
+	return errs
+}
+
+func join(at, key string) string {
+	if at == "" {
+		return key
+	}
+	return at + "." + key
+}
+
+func yamlFields(t reflect.Type) map[string]reflect.StructField {
+	out := map[string]reflect.StructField{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "-" || !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		out[name] = f
+	}
+	return out
+}
+
+func unknownKey(file string, k *yaml.Node, at string, fields map[string]reflect.StructField) error {
+	known := make([]string, 0, len(fields))
+	for name := range fields {
+		known = append(known, name)
+	}
+	slices.Sort(known)
+	where := "at the top level"
+	if at != "" {
+		where = "in " + at
+	}
+	msg := fmt.Sprintf("%s:%d:%d: %s %q %s", file, k.Line, k.Column, ErrUnknownKey, k.Value, where)
+	if s := closest(k.Value, known); s != "" {
+		msg += fmt.Sprintf(" (did you mean %q?)", s)
+	}
+	msg += "; known keys: " + strings.Join(known, ", ")
+	return &keyError{msg}
+}
+
+type keyError struct{ msg string }
+
+func (e *keyError) Error() string        { return e.msg }
+func (e *keyError) Is(target error) bool { return target == ErrUnknownKey }
+
+// closest returns the candidate within edit distance 2 of s, if any.
+func closest(s string, candidates []string) string {
+	best, bestD := "", 3
+	for _, c := range candidates {
+		if d := editDistance(s, c); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}

@@ -1,0 +1,221 @@
+// Package projectconfig loads lucid.yaml, the project file that tells
+// lucidctl where the Pis are, what the images are called, which platforms to
+// build and how the local stack runs.
+//
+// Loading is strict: an unknown key is an error that names the key, its line
+// and the keys that are allowed there, so a typo never silently turns into a
+// default.
+package projectconfig
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// DefaultFile is the project file's name.
+const DefaultFile = "lucid.yaml"
+
+// Config is the content of lucid.yaml.
+type Config struct {
+	// Targets are the hosts lucidctl deploys to, by name ("pi").
+	Targets map[string]Target `yaml:"targets"`
+	// Images names the service images.
+	Images Images `yaml:"images"`
+	// Platforms are the OS/arch pairs to build for.
+	Platforms []string `yaml:"platforms"`
+	// Local configures the stack `lucidctl up` runs on this machine.
+	Local Local `yaml:"local"`
+
+	// Dir is the directory of the file (or the working directory when there
+	// is no file); relative paths in the file are relative to it.
+	Dir string `yaml:"-"`
+	// Path is the file the configuration came from; empty for defaults.
+	Path string `yaml:"-"`
+}
+
+// Target is one host to deploy to.
+type Target struct {
+	Host string `yaml:"host"`
+	User string `yaml:"user"`
+	Port int    `yaml:"port"`
+	Dir  string `yaml:"dir"`
+}
+
+// Images names the service images: Name with "{service}" replaced by the
+// service name, and Tag.
+type Images struct {
+	Name string `yaml:"name"`
+	Tag  string `yaml:"tag"`
+}
+
+// Local configures the local stack.
+type Local struct {
+	// StateDir holds the supervisor's state file, logs and service data.
+	StateDir string `yaml:"state_dir"`
+	// EnvFile is the env file services read secrets from.
+	EnvFile string `yaml:"env_file"`
+	// Consul is "auto" (supervise a consul found on PATH), "off", or the
+	// path of a consul binary.
+	Consul string `yaml:"consul"`
+}
+
+// Defaults, from DESIGN.md.
+const (
+	DefaultImageName = "pickme/lucid-{service}"
+	DefaultImageTag  = "latest-arm64"
+	DefaultDeployDir = "/opt/lucid/production"
+	DefaultStateDir  = ".lucid"
+	DefaultEnvFile   = "configs/environment/.env.core"
+)
+
+// Default returns the configuration used when there is no lucid.yaml.
+func Default(dir string) *Config {
+	c := &Config{Dir: dir}
+	c.applyDefaults()
+	return c
+}
+
+func (c *Config) applyDefaults() {
+	if c.Images.Name == "" {
+		c.Images.Name = DefaultImageName
+	}
+	if c.Images.Tag == "" {
+		c.Images.Tag = DefaultImageTag
+	}
+	if len(c.Platforms) == 0 {
+		c.Platforms = []string{"linux/arm64"}
+	}
+	if c.Local.StateDir == "" {
+		c.Local.StateDir = DefaultStateDir
+	}
+	if c.Local.EnvFile == "" {
+		c.Local.EnvFile = DefaultEnvFile
+	}
+	if c.Local.Consul == "" {
+		c.Local.Consul = "auto"
+	}
+	for name, t := range c.Targets {
+		if t.Port == 0 {
+			t.Port = 22
+		}
+		if t.Dir == "" {
+			t.Dir = DefaultDeployDir
+		}
+		c.Targets[name] = t
+	}
+}
+
+// ErrNotFound reports that the file does not exist.
+var ErrNotFound = errors.New("project file not found")
+
+// Load reads the file at p. When required is false and the file does not
+// exist, it returns the defaults for the file's directory.
+func Load(p string, required bool) (*Config, error) {
+	data, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		if required {
+			return nil, fmt.Errorf("%s: %w", p, ErrNotFound)
+		}
+		return Default(filepath.Dir(p)), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	c, err := Parse(p, data)
+	if err != nil {
+		return nil, err
+	}
+	c.Dir = filepath.Dir(p)
+	return c, nil
+}
+
+// Parse decodes data, the content of the file called name.
+func Parse(name string, data []byte) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	c := &Config{Path: name}
+	if len(root.Content) > 0 {
+		if errs := checkKeys(name, root.Content[0], typeOf(c), ""); len(errs) > 0 {
+			return nil, errors.Join(errs...)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec.KnownFields(true)
+		if err := dec.Decode(c); err != nil {
+			return nil, fmt.Errorf("%s: %s", name, strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n  "))
+		}
+	}
+	c.applyDefaults()
+	if err := c.validate(name); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+var platformRE = regexp.MustCompile(`^[a-z0-9]+/[a-z0-9]+(/v[0-9]+)?$`)
+
+func (c *Config) validate(name string) error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
+	}
+	for tn, t := range c.Targets {
+		if t.Host == "" {
+			bad("targets.%s.host is required", tn)
+		}
+		if t.Port < 1 || t.Port > 65535 {
+			bad("targets.%s.port %d is not a TCP port", tn, t.Port)
+		}
+		if !path.IsAbs(t.Dir) {
+			bad("targets.%s.dir %q must be an absolute path", tn, t.Dir)
+		}
+	}
+	for _, p := range c.Platforms {
+		if !platformRE.MatchString(p) {
+			bad("platforms: %q is not os/arch (for example linux/arm64)", p)
+		}
+	}
+	if !strings.Contains(c.Images.Name, "{service}") {
+		bad("images.name %q must contain {service}", c.Images.Name)
+	}
+	return errors.Join(errs...)
+}
+
+// Target returns the target called name.
+func (c *Config) Target(name string) (Target, error) {
+	t, ok := c.Targets[name]
+	if !ok {
+		return Target{}, fmt.Errorf("no target %q in %s", name, c.describe())
+	}
+	return t, nil
+}
+
+// Image returns the image reference of a service.
+func (c *Config) Image(service string) string {
+	return strings.ReplaceAll(c.Images.Name, "{service}", service) + ":" + c.Images.Tag
+}
+
+// Abs resolves a path from the file against the file's directory.
+func (c *Config) Abs(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.Dir, p)
+}
+
+func (c *Config) describe() string {
+	if c.Path == "" {
+		return "the default configuration (no " + DefaultFile + ")"
+	}
+	return c.Path
+}

@@ -1,0 +1,90 @@
+package projectconfig
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseExample(t *testing.T) {
+	data, err := os.ReadFile("../../lucid.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse("lucid.yaml", data)
+	if err != nil {
+		t.Fatalf("the shipped lucid.yaml does not load: %v", err)
+	}
+	pi, err := c.Target("pi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pi.Port != 22 || pi.Dir != DefaultDeployDir {
+		t.Errorf("pi = %+v", pi)
+	}
+	if got := c.Image("gateway"); got != "pickme/lucid-gateway:latest-arm64" {
+		t.Errorf("Image = %q", got)
+	}
+}
+
+func TestUnknownKeys(t *testing.T) {
+	src := `targets:
+  pi:
+    host: pi.local
+    hots: typo
+images:
+  tag: v1
+platfroms: [linux/arm64]
+`
+	_, err := Parse("lucid.yaml", []byte(src))
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	if !errors.Is(err, ErrUnknownKey) {
+		t.Errorf("error is not ErrUnknownKey: %v", err)
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		`lucid.yaml:4:5: unknown key "hots" in targets.pi (did you mean "host"?); known keys: dir, host, port, user`,
+		`lucid.yaml:7:1: unknown key "platfroms" at the top level (did you mean "platforms"?)`,
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error\n%s\nlacks\n%s", msg, want)
+		}
+	}
+}
+
+func TestInvalidValues(t *testing.T) {
+	tests := map[string]string{
+		"targets:\n  pi:\n    port: 22\n":                       "targets.pi.host is required",
+		"targets:\n  pi:\n    host: a\n    port: 70000\n":       "not a TCP port",
+		"targets:\n  pi:\n    host: a\n    dir: relative/dir\n": "absolute path",
+		"platforms: [arm64]\n":                                  "not os/arch",
+		"images:\n  name: pickme/lucid\n":                       "must contain {service}",
+		"targets:\n  pi:\n    host: a\n    port: twenty-two\n":  "line 4",
+		"targets: [a, b\n":                                      "lucid.yaml",
+	}
+	for src, want := range tests {
+		_, err := Parse("lucid.yaml", []byte(src))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Parse(%q) = %v, want an error containing %q", src, err, want)
+		}
+	}
+}
+
+func TestLoadMissing(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "lucid.yaml")
+	c, err := Load(p, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Local.StateDir != DefaultStateDir || c.Abs(c.Local.EnvFile) != filepath.Join(dir, DefaultEnvFile) {
+		t.Errorf("defaults = %+v", c.Local)
+	}
+	if _, err := Load(p, true); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Load(required) = %v", err)
+	}
+}
