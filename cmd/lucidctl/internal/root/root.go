@@ -82,4 +82,3 @@ func Execute(ctx context.Context, args []string, io *iostreams.IOStreams, getenv
 	}
 	return cli.Report(ctx, io, err)
 }
-

@@ -1,0 +1,38 @@
+# Lucid's everyday commands. Every target also works without make: see the
+# command it runs.
+
+MODULE  := github.com/pickme/lucid
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -s -w -X $(MODULE)/pkg/buildinfo.Version=$(VERSION) -X $(MODULE)/pkg/buildinfo.Commit=$(COMMIT)
+
+.PHONY: build run test test-race vet fmt clean consul
+
+## build: lucidctl and lucid into bin/
+build:
+	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o bin/ ./cmd/lucidctl ./cmd/lucid
+
+## run: the whole stack locally, in the foreground (Ctrl-C stops it)
+run: build
+	bin/lucidctl up
+
+## test: install test tools if missing, then vet and run every test
+test:
+	./scripts/test.sh
+
+## test-race: the tests under the race detector
+test-race:
+	./scripts/test.sh -race
+
+vet:
+	go vet ./...
+
+fmt:
+	gofmt -w cmd pkg services internal
+
+## consul: build (once) and print the path of the Consul agent tests use
+consul:
+	./scripts/build-consul.sh
+
+clean:
+	rm -rf bin dist

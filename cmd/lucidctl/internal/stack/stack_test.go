@@ -1,0 +1,361 @@
+package stack_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/root"
+	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/envfile"
+)
+
+// lucidBin is the lucid binary the tests supervise, built once.
+var lucidBin string
+
+// TestMain builds lucid, and makes the test binary act as lucidctl when `up
+// -d` starts it again as the background supervisor.
+func TestMain(m *testing.M) {
+	if os.Getenv("LUCIDCTL_TEST_AS_CLI") == "1" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := root.Execute(ctx, os.Args[1:], iostreams.System(), os.Getenv)
+		stop()
+		os.Exit(code)
+	}
+	os.Setenv("LUCIDCTL_TEST_AS_CLI", "1")
+	dir, err := os.MkdirTemp("", "lucid-test-bin")
+	if err != nil {
+		panic(err)
+	}
+	lucidBin = filepath.Join(dir, "lucid")
+	if out, err := exec.Command("go", "build", "-o", lucidBin, "github.com/pickme/lucid/cmd/lucid").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build lucid: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// project is a scratch project directory with its own lucid.yaml.
+type project struct {
+	t      *testing.T
+	dir    string
+	config string
+	offset int
+}
+
+func newProject(t *testing.T, offset int) *project {
+	t.Helper()
+	if runtime.GOOS == "windows" {
+		t.Skip("the end-to-end stack tests use Unix signals")
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "lucid.yaml")
+	yaml := "local:\n  state_dir: state\n  env_file: secrets.env\n  consul: \"off\"\n"
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := &project{t: t, dir: dir, config: cfg, offset: offset}
+	t.Cleanup(func() { p.lucidctl(context.Background(), "down") })
+	return p
+}
+
+type result struct {
+	code        int
+	out, errOut string
+}
+
+func (p *project) lucidctl(ctx context.Context, args ...string) result {
+	p.t.Helper()
+	io, _, out, errOut := iostreams.Test()
+	full := append([]string{"--config", p.config}, args...)
+	code := root.Execute(ctx, full, io, os.Getenv)
+	return result{code, out.String(), errOut.String()}
+}
+
+func (p *project) up(args ...string) result {
+	p.t.Helper()
+	base := []string{"up", "-d", "--lucid", lucidBin, "--port-offset", strconv.Itoa(p.offset), "--wait-timeout", "60s"}
+	r := p.lucidctl(context.Background(), append(base, args...)...)
+	if r.code != 0 {
+		p.t.Fatalf("up: exit %d\nstdout:\n%s\nstderr:\n%s\nsupervisor log:\n%s", r.code, r.out, r.errOut, p.read("state/logs/supervisor.log"))
+	}
+	return r
+}
+
+func (p *project) read(rel string) string {
+	b, _ := os.ReadFile(filepath.Join(p.dir, rel))
+	return string(b)
+}
+
+type statusJSON struct {
+	Running       bool      `json:"running"`
+	SupervisorPID int       `json:"supervisor_pid"`
+	Services      []svcJSON `json:"services"`
+}
+
+type svcJSON struct {
+	Name     string `json:"name"`
+	State    string `json:"state"`
+	PID      int    `json:"pid"`
+	Restarts int    `json:"restarts"`
+	URL      string `json:"url"`
+	LastExit string `json:"last_exit"`
+}
+
+func (p *project) status() (statusJSON, result) {
+	p.t.Helper()
+	r := p.lucidctl(context.Background(), "status", "--json")
+	var st statusJSON
+	if err := json.Unmarshal([]byte(r.out), &st); err != nil {
+		p.t.Fatalf("status --json printed something that is not JSON: %v\n%q", err, r.out)
+	}
+	return st, r
+}
+
+func (st statusJSON) service(name string) svcJSON {
+	for _, s := range st.Services {
+		if s.Name == name {
+			return s
+		}
+	}
+	return svcJSON{}
+}
+
+// alive reports whether pid is a live process; a zombie waiting for an init
+// that does not reap counts as dead.
+func alive(pid int) bool {
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return runtime.GOOS != "linux"
+	}
+	i := strings.LastIndexByte(string(stat), ')')
+	return i < 0 || !strings.HasPrefix(string(stat[i+1:]), " Z")
+}
+
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestUpStatusLogsDown(t *testing.T) {
+	p := newProject(t, 20000)
+	r := p.up()
+	for _, s := range catalog.Services {
+		if !strings.Contains(r.out, s.Name) {
+			t.Errorf("up -d table lacks %s:\n%s", s.Name, r.out)
+		}
+	}
+
+	// The generated secret is in the env file, private, and usable.
+	fi, err := os.Stat(filepath.Join(p.dir, "secrets.env"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("env file: %v, mode %v", err, fi.Mode().Perm())
+	}
+	vars, err := envfile.Read(filepath.Join(p.dir, "secrets.env"))
+	if err != nil || len(vars["JWT_SECRET_KEY"]) != 48 {
+		t.Fatalf("JWT_SECRET_KEY not generated: %v", err)
+	}
+	if tok := p.lucidctl(context.Background(), "token"); tok.code != 0 || strings.Count(tok.out, ".") != 2 {
+		t.Errorf("token from the generated env file: exit %d %q %q", tok.code, tok.out, tok.errOut)
+	}
+
+	// status --json: only JSON, with the stable fields.
+	r = p.lucidctl(context.Background(), "status", "--json")
+	if r.code != 0 {
+		t.Fatalf("status: exit %d %s", r.code, r.errOut)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal([]byte(r.out), &raw); err != nil {
+		t.Fatalf("status --json stdout is not JSON: %q", r.out)
+	}
+	keys := func(m map[string]any) []string {
+		var k []string
+		for key := range m {
+			k = append(k, key)
+		}
+		slices.Sort(k)
+		return k
+	}
+	if got := strings.Join(keys(raw), ","); got != "running,services,started_at,supervisor_pid,updated_at" {
+		t.Errorf("status --json fields = %s", got)
+	}
+	for _, s := range raw["services"].([]any) {
+		for _, k := range keys(s.(map[string]any)) {
+			if !slices.Contains([]string{"name", "state", "pid", "restarts", "since", "last_exit", "next_start", "url"}, k) {
+				t.Errorf("unexpected service field %q", k)
+			}
+		}
+	}
+	st, _ := p.status()
+	if !st.Running || len(st.Services) != len(catalog.Services) {
+		t.Fatalf("status = %+v", st)
+	}
+	gw := st.service("gateway")
+	resp, err := http.Get(gw.URL + "/health")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("gateway /health: %v", err)
+	}
+	resp.Body.Close()
+
+	// A second up is refused while the first runs.
+	if again := p.lucidctl(context.Background(), "up", "-d", "--lucid", lucidBin, "--port-offset", strconv.Itoa(p.offset)); again.code == 0 || !strings.Contains(again.errOut, "already running") {
+		t.Errorf("second up: exit %d %q", again.code, again.errOut)
+	}
+
+	// A service killed behind the supervisor's back is restarted.
+	engine := st.service("engine")
+	if err := syscall.Kill(engine.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "engine restarted", func() bool {
+		st, _ := p.status()
+		e := st.service("engine")
+		return e.State == "ready" && e.Restarts == 1 && e.PID != engine.PID
+	})
+	if st, _ := p.status(); st.service("engine").LastExit != "signal: killed" {
+		t.Errorf("engine last exit = %q", st.service("engine").LastExit)
+	}
+
+	logs := p.lucidctl(context.Background(), "logs", "engine")
+	if logs.code != 0 || !strings.Contains(logs.out, `"msg":"serving"`) {
+		t.Errorf("logs engine: exit %d %q", logs.code, logs.out)
+	}
+	merged := p.lucidctl(context.Background(), "logs", "--tail", "1000")
+	if !strings.Contains(merged.out, "lucidctl  | engine exited (signal: killed)") {
+		t.Errorf("merged logs lack the restart note:\n%s", merged.out)
+	}
+	if tail := p.lucidctl(context.Background(), "logs", "lucidctl", "--tail", "1"); strings.Count(tail.out, "\n") != 1 {
+		t.Errorf("logs --tail 1 printed %q", tail.out)
+	}
+
+	// down stops everything, and status says so.
+	st, _ = p.status()
+	var pids []int
+	for _, s := range st.Services {
+		pids = append(pids, s.PID)
+	}
+	if d := p.lucidctl(context.Background(), "down"); d.code != 0 {
+		t.Fatalf("down: exit %d %s", d.code, d.errOut)
+	}
+	for _, pid := range pids {
+		if alive(pid) {
+			t.Errorf("service pid %d survived down", pid)
+		}
+	}
+	if alive(st.SupervisorPID) {
+		t.Errorf("supervisor survived down")
+	}
+	st, r = p.status()
+	if st.Running || r.code != 3 {
+		t.Errorf("status after down: running=%v exit %d", st.Running, r.code)
+	}
+	for _, s := range st.Services {
+		if s.State != "stopped" {
+			t.Errorf("%s is %s after down", s.Name, s.State)
+		}
+	}
+}
+
+func TestSupervisorKilledTakesServicesWithIt(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("children die with their parent only on Linux")
+	}
+	p := newProject(t, 20100)
+	p.up("engine", "blocks")
+	st, _ := p.status()
+	if len(st.Services) != 2 {
+		t.Fatalf("up engine blocks ran %d services", len(st.Services))
+	}
+	if err := syscall.Kill(st.SupervisorPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st.Services {
+		eventually(t, 5*time.Second, s.Name+" gone after kill -9 of the supervisor", func() bool { return !alive(s.PID) })
+	}
+	after, r := p.status()
+	if after.Running || r.code != 3 {
+		t.Errorf("status after the supervisor died: running=%v exit %d", after.Running, r.code)
+	}
+}
+
+func TestForegroundUpStopsOnInterrupt(t *testing.T) {
+	p := newProject(t, 20200)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan result, 1)
+	go func() {
+		done <- p.lucidctl(ctx, "up", "--lucid", lucidBin, "--port-offset", strconv.Itoa(p.offset), "datachain")
+	}()
+	var pids []int
+	eventually(t, 30*time.Second, "foreground stack ready", func() bool {
+		r := p.lucidctl(context.Background(), "status", "--json")
+		if r.code != 0 {
+			return false
+		}
+		var st statusJSON
+		_ = json.Unmarshal([]byte(r.out), &st)
+		pids = pids[:0]
+		for _, s := range st.Services {
+			if s.State != "ready" {
+				return false
+			}
+			pids = append(pids, s.PID)
+		}
+		return len(pids) == 3 // datachain with anchoring and engine
+	})
+	cancel() // what Ctrl-C does
+	r := <-done
+	if !strings.Contains(r.errOut, "datachain | ") || !strings.Contains(r.errOut, "lucidctl  | datachain stopped") {
+		t.Errorf("foreground output lacks prefixed service lines:\n%s", r.errOut)
+	}
+	for _, pid := range pids {
+		if alive(pid) {
+			t.Errorf("pid %d survived the interrupt", pid)
+		}
+	}
+}
+
+func TestUpSupervisesConsul(t *testing.T) {
+	consul := testenv.Tool(t, "consul", "LUCID_CONSUL_BIN")
+	p := newProject(t, 21000)
+	p.up("mesh", "--consul", consul)
+	st, _ := p.status()
+	c := st.service("consul")
+	if c.State != "ready" || c.URL != "http://127.0.0.1:29500" {
+		t.Fatalf("consul = %+v", c)
+	}
+	resp, err := http.Get(c.URL + "/v1/status/leader")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	// mesh was pointed at the agent.
+	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", st.service("mesh").PID))
+	if err == nil && !strings.Contains(string(environ), "CONSUL_PORT=29500\x00") {
+		t.Errorf("mesh was not given CONSUL_PORT=29500")
+	}
+}
