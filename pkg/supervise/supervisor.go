@@ -60,7 +60,8 @@ type Options struct {
 	// Logs receives program output; nil discards it.
 	Logs LogSink
 	// OnChange is called after every state change with a full snapshot.
-	// Calls are serialised.
+	// Calls are serialised and arrive in order. It must not call the
+	// Supervisor's methods.
 	OnChange func([]Status)
 	// Logger receives the supervisor's own diagnostics; nil discards them.
 	Logger *slog.Logger
@@ -79,7 +80,10 @@ type Supervisor struct {
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every state change
 
-	notifyMu sync.Mutex // serialises OnChange
+	// notifyMu serialises OnChange. It is taken before mu is released
+	// (hand over hand), so snapshots reach OnChange in the order they were
+	// taken without holding mu during the callback.
+	notifyMu sync.Mutex
 }
 
 type program struct {
@@ -167,12 +171,11 @@ func (s *Supervisor) set(p *program, update func(*Status)) {
 	close(s.changed)
 	s.changed = make(chan struct{})
 	snap := s.snapshotLocked()
+	s.notifyMu.Lock()
 	s.mu.Unlock()
-
+	defer s.notifyMu.Unlock()
 	if s.opts.OnChange != nil {
-		s.notifyMu.Lock()
 		s.opts.OnChange(snap)
-		s.notifyMu.Unlock()
 	}
 }
 
