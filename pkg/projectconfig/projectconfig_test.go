@@ -88,3 +88,32 @@ func TestLoadMissing(t *testing.T) {
 		t.Errorf("Load(required) = %v", err)
 	}
 }
+
+func TestApplyEnv(t *testing.T) {
+	c, err := Parse("lucid.yaml", []byte("targets:\n  pi:\n    host: pi.local\nlocal:\n  consul: auto\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{
+		"LUCID_TARGETS_PI_HOST":  "10.0.0.9",
+		"LUCID_TARGETS_PI_PORT":  "2222",
+		"LUCID_LOCAL_CONSUL":     "off",
+		"LUCID_PLATFORMS":        "linux/arm64, linux/amd64",
+		"LUCID_IMAGES_TAG":       "v2",
+		"LUCID_TARGETS_NAS_HOST": "ignored: no such target in the file",
+	}
+	if err := c.ApplyEnv(func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	pi := c.Targets["pi"]
+	if pi.Host != "10.0.0.9" || pi.Port != 2222 || c.Local.Consul != "off" || c.Images.Tag != "v2" || len(c.Platforms) != 2 {
+		t.Errorf("after env: %+v %+v %v", pi, c.Local, c.Platforms)
+	}
+	if len(c.Targets) != 1 {
+		t.Errorf("targets = %v", c.Targets)
+	}
+	bad := map[string]string{"LUCID_TARGETS_PI_PORT": "ssh"}
+	if err := c.ApplyEnv(func(k string) string { return bad[k] }); err == nil || !strings.Contains(err.Error(), "LUCID_TARGETS_PI_PORT") {
+		t.Errorf("bad port from env: %v", err)
+	}
+}

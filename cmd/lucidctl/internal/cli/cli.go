@@ -85,6 +85,9 @@ func (e *Env) Config() (*projectconfig.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := c.ApplyEnv(e.Getenv); err != nil {
+		return nil, err
+	}
 	e.config = c
 	return c, nil
 }
