@@ -75,21 +75,7 @@ func TestSIGTERMDrainsSlowRequest(t *testing.T) {
 	}
 	go func() { _, _ = io.Copy(io.Discard, logs) }()
 
-	type result struct {
-		body string
-		err  error
-	}
-	res := make(chan result, 1)
-	go func() {
-		resp, err := http.Get("http://" + addr + "/slow")
-		if err != nil {
-			res <- result{err: err}
-			return
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		res <- result{string(b), err}
-	}()
+	res := getAsync("http://" + addr + "/slow")
 	time.Sleep(200 * time.Millisecond) // the request is in flight
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

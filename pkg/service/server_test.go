@@ -35,6 +35,28 @@ func get(t *testing.T, h http.Handler, path string, hdr ...string) *httptest.Res
 	return rec
 }
 
+// result is the outcome of a GET made in the background.
+type result struct {
+	body string
+	err  error
+}
+
+// getAsync GETs url in the background and delivers the body when done.
+func getAsync(url string) <-chan result {
+	res := make(chan result, 1)
+	go func() {
+		resp, err := http.Get(url)
+		if err != nil {
+			res <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		res <- result{string(b), err}
+	}()
+	return res
+}
+
 func TestHealthAndReady(t *testing.T) {
 	s := testServer(t, nil)
 	if rec := get(t, s.Handler(), "/health"); rec.Code != 200 || !strings.Contains(rec.Body.String(), `"status":"ok"`) {
@@ -145,21 +167,7 @@ func TestGracefulShutdown(t *testing.T) {
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ctx, ln) }()
 
-	type result struct {
-		body string
-		err  error
-	}
-	res := make(chan result, 1)
-	go func() {
-		resp, err := http.Get("http://" + ln.Addr().String() + "/slow")
-		if err != nil {
-			res <- result{err: err}
-			return
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		res <- result{string(b), err}
-	}()
+	res := getAsync("http://" + ln.Addr().String() + "/slow")
 	<-started
 	stop()
 	time.Sleep(50 * time.Millisecond)

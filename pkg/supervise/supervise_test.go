@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pickme/lucid/internal/testenv"
 )
 
 // The test binary doubles as the supervised programs: with
@@ -93,19 +95,6 @@ func skipUnlessUnix(t *testing.T) {
 	}
 }
 
-// alive reports whether pid is a live process (not a zombie).
-func alive(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
-		return false
-	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return runtime.GOOS != "linux"
-	}
-	i := strings.LastIndexByte(string(stat), ')')
-	return i < 0 || !strings.HasPrefix(string(stat[i+1:]), " Z")
-}
-
 func readPID(t *testing.T, path string) int {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -125,7 +114,7 @@ func readPID(t *testing.T, path string) int {
 func waitGone(t *testing.T, pid int, within time.Duration, what string) {
 	t.Helper()
 	deadline := time.Now().Add(within)
-	for alive(pid) {
+	for testenv.ProcessAlive(pid) {
 		if time.Now().After(deadline) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 			t.Fatalf("%s (pid %d) still alive after %s", what, pid, within)
@@ -282,7 +271,7 @@ func TestGrandchildDoesNotOutliveStop(t *testing.T) {
 	sup, rec, stop := start(t, []Spec{spec}, Options{})
 	rec.waitState(t, sup, "parent", StateReady, 10*time.Second)
 	gc := readPID(t, filepath.Join(dir, "grandchild.pid"))
-	if !alive(gc) {
+	if !testenv.ProcessAlive(gc) {
 		t.Fatal("grandchild not running")
 	}
 	stop()

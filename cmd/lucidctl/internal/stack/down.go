@@ -36,11 +36,10 @@ is not an error.`,
 }
 
 func runDown(ctx context.Context, opts *DownOptions) error {
-	cfg, err := opts.Env.Config()
+	l, err := stackLayout(opts.Env)
 	if err != nil {
 		return err
 	}
-	l := layout{cfg.Abs(cfg.Local.StateDir)}
 	st, err := readState(l)
 	if err != nil && !errors.Is(err, errNoState) {
 		return err

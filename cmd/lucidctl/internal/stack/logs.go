@@ -53,11 +53,10 @@ own lines (starts, deaths, restarts).`,
 }
 
 func runLogs(ctx context.Context, opts *LogsOptions) error {
-	cfg, err := opts.Env.Config()
+	l, err := stackLayout(opts.Env)
 	if err != nil {
 		return err
 	}
-	l := layout{cfg.Abs(cfg.Local.StateDir)}
 	path := l.stackLog()
 	if s := opts.Service; s != "" && s != supervisorName {
 		if !slices.Contains(append(catalog.Names(), consulName), s) {

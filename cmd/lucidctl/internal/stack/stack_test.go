@@ -137,20 +137,6 @@ func (st statusJSON) service(name string) svcJSON {
 	return svcJSON{}
 }
 
-// alive reports whether pid is a live process; a zombie waiting for an init
-// that does not reap counts as dead.
-func alive(pid int) bool {
-	if pid <= 0 || syscall.Kill(pid, 0) != nil {
-		return false
-	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return runtime.GOOS != "linux"
-	}
-	i := strings.LastIndexByte(string(stat), ')')
-	return i < 0 || !strings.HasPrefix(string(stat[i+1:]), " Z")
-}
-
 func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
@@ -263,11 +249,11 @@ func TestUpStatusLogsDown(t *testing.T) {
 		t.Fatalf("down: exit %d %s", d.code, d.errOut)
 	}
 	for _, pid := range pids {
-		if alive(pid) {
+		if testenv.ProcessAlive(pid) {
 			t.Errorf("service pid %d survived down", pid)
 		}
 	}
-	if alive(st.SupervisorPID) {
+	if testenv.ProcessAlive(st.SupervisorPID) {
 		t.Errorf("supervisor survived down")
 	}
 	st, r = p.status()
@@ -295,7 +281,7 @@ func TestSupervisorKilledTakesServicesWithIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range st.Services {
-		eventually(t, 5*time.Second, s.Name+" gone after kill -9 of the supervisor", func() bool { return !alive(s.PID) })
+		eventually(t, 5*time.Second, s.Name+" gone after kill -9 of the supervisor", func() bool { return !testenv.ProcessAlive(s.PID) })
 	}
 	after, r := p.status()
 	if after.Running || r.code != 3 {
@@ -333,7 +319,7 @@ func TestForegroundUpStopsOnInterrupt(t *testing.T) {
 		t.Errorf("foreground output lacks prefixed service lines:\n%s", r.errOut)
 	}
 	for _, pid := range pids {
-		if alive(pid) {
+		if testenv.ProcessAlive(pid) {
 			t.Errorf("pid %d survived the interrupt", pid)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/supervise"
 )
@@ -24,6 +25,15 @@ func (l layout) supervisorLog() string      { return filepath.Join(l.logDir(), "
 func (l layout) serviceLog(n string) string { return filepath.Join(l.logDir(), n+".log") }
 func (l layout) dataDir(n string) string    { return filepath.Join(l.dir, "data", n) }
 func (l layout) binDir() string             { return filepath.Join(l.dir, "bin") }
+
+// stackLayout loads the project file and returns the layout of its stack.
+func stackLayout(env *cli.Env) (layout, error) {
+	cfg, err := env.Config()
+	if err != nil {
+		return layout{}, err
+	}
+	return layout{cfg.Abs(cfg.Local.StateDir)}, nil
+}
 
 // stackState is the state file the supervisor keeps up to date and that
 // status, logs and down read. Its fields are the --json form of status.

@@ -35,11 +35,10 @@ not running or a service is not ready.`,
 }
 
 func runStatus(_ context.Context, opts *StatusOptions) error {
-	cfg, err := opts.Env.Config()
+	l, err := stackLayout(opts.Env)
 	if err != nil {
 		return err
 	}
-	l := layout{cfg.Abs(cfg.Local.StateDir)}
 	st, err := readState(l)
 	if errors.Is(err, errNoState) {
 		st = &stackState{}
