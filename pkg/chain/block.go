@@ -1,0 +1,118 @@
+package chain
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/pickme/lucid/pkg/logtree"
+)
+
+// Block is a signed header and the transactions it seals, as stored,
+// streamed and served.
+type Block struct {
+	Height uint64 `json:"height"`
+	Hash   string `json:"hash"`
+	// Checkpoint is the signed note of the header.
+	Checkpoint string `json:"checkpoint"`
+	// Transactions are canonical transactions, in log order.
+	Transactions []json.RawMessage `json:"transactions"`
+}
+
+// Encode returns the block's JSON form.
+func (b *Block) Encode() ([]byte, error) { return json.Marshal(b) }
+
+// DecodeBlock parses a block strictly.
+func DecodeBlock(data []byte) (*Block, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var b Block
+	if err := dec.Decode(&b); err != nil {
+		return nil, fmt.Errorf("block: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("block: trailing data")
+	}
+	return &b, nil
+}
+
+// LeafHashes returns the log leaf hashes of the block's transactions.
+func (b *Block) LeafHashes() [][]byte {
+	out := make([][]byte, len(b.Transactions))
+	for i, tx := range b.Transactions {
+		out[i] = logtree.Hasher.HashLeaf(tx)
+	}
+	return out
+}
+
+// BlockError reports a block that must not be accepted, and why.
+type BlockError struct {
+	Height uint64
+	Reason string
+}
+
+func (e *BlockError) Error() string { return fmt.Sprintf("block %d rejected: %s", e.Height, e.Reason) }
+
+// VerifyBlock checks b independently as the block after prev (nil for the
+// first block) on a chain whose log before b is tree: the signature by a
+// known validator, the hash link and height, the time, every transaction,
+// and that appending the transactions to the log gives exactly the size and
+// root the header claims (which also proves the new checkpoint consistent
+// with the previous one). It does not change tree.
+func VerifyBlock(b *Block, prev *Header, origin string, tree *logtree.Tree, validators note.Verifiers) (*Header, error) {
+	reject := func(format string, args ...any) (*Header, error) {
+		return nil, &BlockError{Height: b.Height, Reason: fmt.Sprintf(format, args...)}
+	}
+	h, err := OpenHeader([]byte(b.Checkpoint), validators)
+	if err != nil {
+		return reject("%v", err)
+	}
+	if h.Origin != origin {
+		return reject("origin %q, want %q", h.Origin, origin)
+	}
+	if h.Height != b.Height {
+		return reject("header height %d differs from the block's %d", h.Height, b.Height)
+	}
+	if hash := h.Hash(); hash != b.Hash {
+		return reject("hash %s does not match the header (%s)", b.Hash, hash)
+	}
+	wantPrev, wantHeight := ZeroHash, uint64(1)
+	if prev != nil {
+		wantPrev, wantHeight = prev.Hash(), prev.Height+1
+		if !h.Time.After(prev.Time) {
+			return reject("time %s is not after the previous block's %s", h.Time, prev.Time)
+		}
+	}
+	if h.Height != wantHeight {
+		return reject("height %d, want %d", h.Height, wantHeight)
+	}
+	if h.Prev != wantPrev {
+		return reject("previous hash %s, want %s (the chain is forked or altered)", h.Prev, wantPrev)
+	}
+	if h.TxCount != len(b.Transactions) {
+		return reject("header counts %d transactions, the block has %d", h.TxCount, len(b.Transactions))
+	}
+	for i, raw := range b.Transactions {
+		tx, err := DecodeTransaction(raw)
+		if err != nil {
+			return reject("transaction %d: %v", i, err)
+		}
+		if err := tx.Validate(); err != nil {
+			return reject("transaction %d: %v", i, err)
+		}
+	}
+	size, root, err := tree.RootWith(b.LeafHashes())
+	if err != nil {
+		return reject("recompute root: %v", err)
+	}
+	if size != h.TreeSize {
+		return reject("tree size %d, but the log would have %d", h.TreeSize, size)
+	}
+	if !bytes.Equal(root, h.Root) {
+		return reject("root does not match the transactions (recomputed %x, header %x)", root, h.Root)
+	}
+	return h, nil
+}

@@ -1,0 +1,104 @@
+package chain
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/mod/sumdb/note"
+)
+
+// Validator keys are note keys (Ed25519). The signer key stays in the
+// node's data dir (<dir>/validator.key, mode 0600); the verifier key
+// "<name>+<hash>+<data>" (<dir>/validator.pub) is public and is what
+// `lucidctl verify receipt --key` takes.
+
+// GenerateKey returns a new validator key pair named name.
+func GenerateKey(name string) (signerKey, verifierKey string, err error) {
+	return note.GenerateKey(rand.Reader, name)
+}
+
+// LoadOrCreateKey reads the validator key pair in dir, or creates one named
+// name on first start. It returns the signer and the public verifier key.
+func LoadOrCreateKey(dir, name string) (note.Signer, string, error) {
+	skPath, pkPath := filepath.Join(dir, "validator.key"), filepath.Join(dir, "validator.pub")
+	sk, err := os.ReadFile(skPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		skey, vkey, err := GenerateKey(name)
+		if err != nil {
+			return nil, "", err
+		}
+		if err := writeNew(pkPath, vkey, 0o644); err != nil {
+			return nil, "", err
+		}
+		if err := writeNew(skPath, skey, 0o600); err != nil {
+			return nil, "", err
+		}
+		sk = []byte(skey)
+	} else if err != nil {
+		return nil, "", fmt.Errorf("read validator key: %w", err)
+	}
+	pk, err := os.ReadFile(pkPath)
+	if err != nil {
+		return nil, "", fmt.Errorf("read validator public key: %w", err)
+	}
+	signer, err := note.NewSigner(strings.TrimSpace(string(sk)))
+	if err != nil {
+		// The key material never goes into an error.
+		return nil, "", fmt.Errorf("%s is not a valid validator key", skPath)
+	}
+	vkey := strings.TrimSpace(string(pk))
+	verifier, err := ParseVerifier(vkey)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w", pkPath, err)
+	}
+	if verifier.Name() != signer.Name() || verifier.KeyHash() != signer.KeyHash() {
+		return nil, "", fmt.Errorf("%s does not belong to %s", pkPath, skPath)
+	}
+	return signer, vkey, nil
+}
+
+func writeNew(path, content string, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(content + "\n"); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// ParseVerifier parses a verifier key.
+func ParseVerifier(vkey string) (note.Verifier, error) {
+	v, err := note.NewVerifier(strings.TrimSpace(vkey))
+	if err != nil {
+		return nil, fmt.Errorf("not a validator public key (want name+hash+key): %v", err)
+	}
+	return v, nil
+}
+
+// Verifiers parses a list of verifier keys.
+func Verifiers(vkeys []string) (note.Verifiers, error) {
+	var vs []note.Verifier
+	for _, k := range vkeys {
+		v, err := ParseVerifier(k)
+		if err != nil {
+			return nil, err
+		}
+		vs = append(vs, v)
+	}
+	return note.VerifierList(vs...), nil
+}

@@ -1,0 +1,96 @@
+package chain
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+
+	"github.com/transparency-dev/formats/proof"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/pickme/lucid/pkg/logtree"
+)
+
+// Receipt proves offline that a transaction is in the chain: the
+// transaction, its leaf index, an inclusion proof, and the signed checkpoint
+// of the block that sealed it. Its encoding is the C2SP tlog-proof layout
+// (c2sp.org/tlog-proof@v1) with the canonical transaction as "extra" data.
+type Receipt struct {
+	Tx         []byte
+	Index      uint64
+	Proof      [][]byte
+	Checkpoint []byte
+}
+
+// ReceiptExt is the file extension C2SP recommends.
+const ReceiptExt = ".tlog-proof"
+
+// Marshal returns the tlog-proof encoding.
+func (r *Receipt) Marshal() []byte {
+	p := proof.TLogProof{Index: r.Index, Checkpoint: r.Checkpoint, ExtraData: r.Tx}
+	for _, h := range r.Proof {
+		p.Hashes = append(p.Hashes, [sha256.Size]byte(h))
+	}
+	return p.Marshal()
+}
+
+// ParseReceipt decodes a receipt strictly: it must re-encode to the same
+// bytes.
+func ParseReceipt(data []byte) (*Receipt, error) {
+	var p proof.TLogProof
+	if err := p.Unmarshal(data); err != nil {
+		return nil, fmt.Errorf("receipt: %w", err)
+	}
+	if len(p.ExtraData) == 0 {
+		return nil, errors.New("receipt: no transaction (the extra line is missing)")
+	}
+	r := &Receipt{Tx: p.ExtraData, Index: p.Index, Checkpoint: p.Checkpoint}
+	for _, h := range p.Hashes {
+		r.Proof = append(r.Proof, bytes.Clone(h[:]))
+	}
+	if !bytes.Equal(r.Marshal(), data) {
+		return nil, errors.New("receipt: not in canonical form")
+	}
+	return r, nil
+}
+
+// VerifiedReceipt is what a receipt proves.
+type VerifiedReceipt struct {
+	TxID   string
+	Tx     *Transaction
+	Index  uint64
+	Header *Header
+}
+
+// Errors of VerifyReceipt, for callers that map them to exit codes.
+var (
+	ErrInclusion = errors.New("inclusion proof does not lead to the checkpoint's root")
+)
+
+// VerifyReceipt checks a receipt against the validators' public keys: the
+// checkpoint's signature, the transaction's form, and the inclusion proof.
+func VerifyReceipt(data []byte, validators note.Verifiers) (*VerifiedReceipt, error) {
+	r, err := ParseReceipt(data)
+	if err != nil {
+		return nil, err
+	}
+	h, err := OpenHeader(r.Checkpoint, validators)
+	if err != nil {
+		return nil, err
+	}
+	tx, err := DecodeTransaction(r.Tx)
+	if err != nil {
+		return nil, fmt.Errorf("receipt transaction: %w", err)
+	}
+	if err := tx.Validate(); err != nil {
+		return nil, fmt.Errorf("receipt transaction: %w", err)
+	}
+	if r.Index >= h.TreeSize {
+		return nil, fmt.Errorf("receipt index %d is outside the checkpoint's tree of %d", r.Index, h.TreeSize)
+	}
+	if err := logtree.VerifyInclusion(r.Index, h.TreeSize, logtree.Hasher.HashLeaf(r.Tx), r.Proof, h.Root); err != nil {
+		return nil, fmt.Errorf("%w: the transaction, index or proof was altered (%v)", ErrInclusion, err)
+	}
+	return &VerifiedReceipt{TxID: TxID(r.Tx), Tx: tx, Index: r.Index, Header: h}, nil
+}

@@ -1,0 +1,116 @@
+package logtree
+
+import (
+	"bytes"
+	"fmt"
+	"testing"
+)
+
+func leaf(i int) []byte { return []byte(fmt.Sprintf("leaf-%d", i)) }
+
+// TestProofsAtEverySize builds a tree leaf by leaf and checks inclusion and
+// consistency proofs for every pair of sizes against the library verifier.
+func TestProofsAtEverySize(t *testing.T) {
+	store := MemoryStore{}
+	tree, err := New(store, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := [][]byte{Hasher.EmptyRoot()}
+	const n = 37
+	for i := 0; i < n; i++ {
+		idx, err := tree.AppendLeaf(leaf(i))
+		if err != nil || idx != uint64(i) {
+			t.Fatalf("append %d: %d %v", i, idx, err)
+		}
+		r, err := tree.Root()
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots = append(roots, r)
+	}
+	for size := uint64(1); size <= n; size++ {
+		if r, err := tree.RootAt(size); err != nil || !bytes.Equal(r, roots[size]) {
+			t.Fatalf("RootAt(%d) = %x, %v; want %x", size, r, err, roots[size])
+		}
+		for i := uint64(0); i < size; i++ {
+			p, err := tree.InclusionProof(i, size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := VerifyInclusion(i, size, Hasher.HashLeaf(leaf(int(i))), p, roots[size]); err != nil {
+				t.Fatalf("inclusion %d in %d: %v", i, size, err)
+			}
+		}
+		for s1 := uint64(0); s1 <= size; s1++ {
+			p, err := tree.ConsistencyProof(s1, size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := VerifyConsistency(s1, size, p, roots[s1], roots[size]); err != nil {
+				t.Fatalf("consistency %d..%d: %v", s1, size, err)
+			}
+		}
+	}
+	// Reopening the tree from the store gives the same root.
+	again, err := New(store, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := again.Root(); !bytes.Equal(r, roots[n]) {
+		t.Error("reopened tree has another root")
+	}
+	if _, err := tree.InclusionProof(n, n); err == nil {
+		t.Error("proof beyond the tree")
+	}
+}
+
+// TestKnownRoot pins the RFC 6962 root of a small tree, so a change of hash
+// function or leaf encoding cannot pass unnoticed.
+func TestKnownRoot(t *testing.T) {
+	tree, _ := New(MemoryStore{}, 0)
+	for _, l := range []string{"", "\x00", "\x10", "\x20\x21", "\x30\x31", "\x40\x41\x42\x43", "\x50\x51\x52\x53\x54\x55\x56\x57", "\x60\x61\x62\x63\x64\x65\x66\x67\x68\x69\x6a\x6b\x6c\x6d\x6e\x6f"} {
+		if _, err := tree.AppendLeaf([]byte(l)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// RFC 6962 test vector for these eight leaves.
+	const want = "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"
+	r, _ := tree.Root()
+	if fmt.Sprintf("%x", r) != want {
+		t.Errorf("root = %x, want %s", r, want)
+	}
+}
+
+func BenchmarkVerifyInclusion(b *testing.B) {
+	tree, _ := New(MemoryStore{}, 0)
+	const n = 1 << 17
+	for i := 0; i < n; i++ {
+		_, _ = tree.AppendLeaf(leaf(i))
+	}
+	root, _ := tree.Root()
+	p, _ := tree.InclusionProof(12345, n)
+	lh := Hasher.HashLeaf(leaf(12345))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := VerifyInclusion(12345, n, lh, p, root); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkInclusionProof(b *testing.B) {
+	tree, _ := New(MemoryStore{}, 0)
+	const n = 1 << 17
+	for i := 0; i < n; i++ {
+		_, _ = tree.AppendLeaf(leaf(i))
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := tree.InclusionProof(uint64(i%n), n); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
