@@ -26,7 +26,7 @@ const MaxTxBytes = 16 << 10
 // Transaction is one entry of the chain's log. Exactly one of Anchor and
 // System is set, matching Type.
 type Transaction struct {
-	Type   string        `json:"type"`
+	Type   string         `json:"type"`
 	Anchor *SessionAnchor `json:"anchor,omitempty"`
 	System *SystemChange  `json:"system,omitempty"`
 }
