@@ -77,8 +77,18 @@ func Anchor(i int) *chain.Transaction {
 	}
 }
 
-// Append seals txs into the next block, one second after the previous.
+// AddValidator returns the system transaction that adds vkey.
+func AddValidator(vkey string) *chain.Transaction {
+	return &chain.Transaction{Type: chain.TypeSystem, System: &chain.SystemChange{Action: chain.ActionAddValidator, Key: vkey, Node: "node-1"}}
+}
+
+// Append seals txs into the next block, one second after the previous. The
+// first block starts with the system transaction that makes the chain's key
+// its validator, as the engine's genesis block does.
 func (c *Chain) Append(txs ...*chain.Transaction) *chain.Block {
+	if len(c.Blocks) == 0 {
+		txs = append([]*chain.Transaction{AddValidator(c.Verifier)}, txs...)
+	}
 	var raws []json.RawMessage
 	for _, tx := range txs {
 		b, err := tx.Encode()

@@ -1,0 +1,82 @@
+package chain
+
+import (
+	"slices"
+
+	"github.com/pickme/lucid/pkg/logtree"
+)
+
+// GenesisValidators returns the validator keys the first block adds: the
+// first block is accepted when signed by a validator it adds itself, and
+// everything after is checked against the set that grows from there.
+func GenesisValidators(b *Block) []string {
+	return ApplyValidatorChanges(nil, b)
+}
+
+// ApplyValidatorChanges returns the validator set after b's system
+// transactions.
+func ApplyValidatorChanges(validators []string, b *Block) []string {
+	out := slices.Clone(validators)
+	for _, raw := range b.Transactions {
+		tx, err := DecodeTransaction(raw)
+		if err != nil || tx.Type != TypeSystem {
+			continue
+		}
+		switch tx.System.Action {
+		case ActionAddValidator:
+			if !slices.Contains(out, tx.System.Key) {
+				out = append(out, tx.System.Key)
+			}
+		case ActionRemoveValidator:
+			out = slices.DeleteFunc(out, func(k string) bool { return k == tx.System.Key })
+		}
+	}
+	return out
+}
+
+// Auditor re-verifies a chain block by block from its first block, in
+// memory: what `lucidctl verify chain` and the block manager's audit run.
+type Auditor struct {
+	origin     string
+	validators []string
+	pinned     bool
+	tree       *logtree.Tree
+	head       *Header
+	Txs        uint64
+}
+
+// NewAuditor audits the chain with origin. If validators is non-empty the
+// first block must be signed by one of them; otherwise the first block's
+// own validators are trusted.
+func NewAuditor(origin string, validators []string) *Auditor {
+	t, _ := logtree.New(logtree.MemoryStore{}, 0)
+	return &Auditor{origin: origin, validators: validators, pinned: len(validators) > 0, tree: t}
+}
+
+// Head returns the last verified header.
+func (a *Auditor) Head() *Header { return a.head }
+
+// Next verifies b as the next block.
+func (a *Auditor) Next(b *Block) error {
+	keys := a.validators
+	if a.head == nil && !a.pinned {
+		keys = GenesisValidators(b)
+	}
+	vs, err := Verifiers(keys)
+	if err != nil {
+		return err
+	}
+	h, err := VerifyBlock(b, a.head, a.origin, a.tree, vs)
+	if err != nil {
+		return err
+	}
+	for _, lh := range b.LeafHashes() {
+		if _, err := a.tree.AppendHash(lh); err != nil {
+			return err
+		}
+	}
+	a.validators = ApplyValidatorChanges(a.validators, b)
+	a.head = h
+	a.Txs += uint64(len(b.Transactions))
+	return nil
+}

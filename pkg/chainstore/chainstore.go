@@ -1,0 +1,410 @@
+// Package chainstore keeps a verified copy of the chain in bbolt: blocks by
+// height and hash, every transaction's position, the Merkle log's nodes, and
+// the validator set. The engine keeps the authoritative copy in one; the
+// block manager keeps its independently verified index in another.
+//
+// Append accepts only a block that chain.VerifyBlock accepts as the next
+// one, and commits it in one bbolt transaction, fsynced before Append
+// returns: a block a caller announces is on disk.
+package chainstore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/transparency-dev/merkle/compact"
+
+	"github.com/pickme/lucid/pkg/chain"
+	"github.com/pickme/lucid/pkg/logtree"
+)
+
+var (
+	bucketMeta     = []byte("meta")
+	bucketBlocks   = []byte("blocks")   // height → block JSON
+	bucketHashes   = []byte("hashes")   // block hash → height
+	bucketTxs      = []byte("txs")      // tx id → height(8) ‖ leaf index(8)
+	bucketNodes    = []byte("nodes")    // logtree node key → hash
+	bucketSessions = []byte("sessions") // session id → tx id
+	keyHeight      = []byte("height")
+	keyValidators  = []byte("validators")
+)
+
+// ErrNotFound reports a block or transaction the store does not have.
+var ErrNotFound = errors.New("not found")
+
+// Store is a chain on disk. It is safe for concurrent use.
+type Store struct {
+	db     *bolt.DB
+	origin string
+
+	mu         sync.RWMutex
+	head       *chain.Header // nil before the first block
+	tree       *logtree.Tree
+	validators []string
+	changed    chan struct{} // closed and replaced when a block is added
+}
+
+// Open opens (or creates) the store at path for the chain with origin.
+func Open(path, origin string) (*Store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open chain store %s: %w", path, err)
+	}
+	s := &Store{db: db, origin: origin, changed: make(chan struct{})}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMeta, bucketBlocks, bucketHashes, bucketTxs, bucketNodes, bucketSessions} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = s.load()
+	}
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open chain store %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close closes the store.
+func (s *Store) Close() error { return s.db.Close() }
+
+func (s *Store) load() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if v := meta.Get(keyValidators); v != nil {
+			if err := json.Unmarshal(v, &s.validators); err != nil {
+				return fmt.Errorf("validators: %w", err)
+			}
+		}
+		var size uint64
+		if v := meta.Get(keyHeight); v != nil {
+			b, err := decodeBlock(tx.Bucket(bucketBlocks).Get(v))
+			if err != nil {
+				return err
+			}
+			h, err := chain.ParseHeaderBody(headerBody(b.Checkpoint))
+			if err != nil {
+				return fmt.Errorf("head block: %w", err)
+			}
+			s.head, size = h, h.TreeSize
+		}
+		t, err := logtree.New(boltNodes{s.db}, size)
+		if err != nil {
+			return fmt.Errorf("log tree: %w", err)
+		}
+		s.tree = t
+		return nil
+	})
+}
+
+// headerBody returns the text of a signed note (before the blank line).
+func headerBody(signed string) []byte {
+	i := bytes.Index([]byte(signed), []byte("\n\n"))
+	if i < 0 {
+		return []byte(signed)
+	}
+	return []byte(signed[:i+1])
+}
+
+func decodeBlock(v []byte) (*chain.Block, error) {
+	if v == nil {
+		return nil, ErrNotFound
+	}
+	return chain.DecodeBlock(v)
+}
+
+func u64(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
+
+// Head returns the newest block's header, or nil for an empty chain.
+func (s *Store) Head() *chain.Header {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.head
+}
+
+// Height returns the newest block's height (0 for an empty chain).
+func (s *Store) Height() uint64 {
+	if h := s.Head(); h != nil {
+		return h.Height
+	}
+	return 0
+}
+
+// Validators returns the validator set's public keys.
+func (s *Store) Validators() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return slices.Clone(s.validators)
+}
+
+// Changed returns a channel closed when the next block is added.
+func (s *Store) Changed() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.changed
+}
+
+// Verify checks b as the next block without storing it. The first block
+// may be signed by the validator it adds (the genesis key); after that only
+// the recorded validators count.
+func (s *Store) Verify(b *chain.Block) (*chain.Header, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.verifyLocked(b)
+}
+
+func (s *Store) verifyLocked(b *chain.Block) (*chain.Header, error) {
+	keys := s.validators
+	if s.head == nil && len(keys) == 0 {
+		keys = chain.GenesisValidators(b)
+	}
+	vs, err := chain.Verifiers(keys)
+	if err != nil {
+		return nil, err
+	}
+	return chain.VerifyBlock(b, s.head, s.origin, s.tree, vs)
+}
+
+// Append verifies b as the next block and stores it durably. A block at a
+// height already stored is accepted again only if it is the same block
+// (raft replays entries after a restart); any other is refused.
+func (s *Store) Append(b *chain.Block) (*chain.Header, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.head != nil && b.Height <= s.head.Height {
+		have, err := s.block(b.Height)
+		if err != nil {
+			return nil, err
+		}
+		if have.Hash != b.Hash {
+			return nil, &chain.BlockError{Height: b.Height, Reason: fmt.Sprintf("a different block (%s) is already stored at this height", have.Hash)}
+		}
+		return chain.ParseHeaderBody(headerBody(have.Checkpoint))
+	}
+	h, err := s.verifyLocked(b)
+	if err != nil {
+		return nil, err
+	}
+	validators := chain.ApplyValidatorChanges(s.validators, b)
+	enc, err := b.Encode()
+	if err != nil {
+		return nil, err
+	}
+	first := h.TreeSize - uint64(len(b.Transactions))
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketBlocks).Put(u64(b.Height), enc); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketHashes).Put([]byte(b.Hash), u64(b.Height)); err != nil {
+			return err
+		}
+		txs, sessions := tx.Bucket(bucketTxs), tx.Bucket(bucketSessions)
+		for i, raw := range b.Transactions {
+			id := chain.TxID(raw)
+			loc := append(u64(b.Height), u64(first+uint64(i))...)
+			if err := txs.Put([]byte(id), loc); err != nil {
+				return err
+			}
+			if t, err := chain.DecodeTransaction(raw); err == nil && t.Anchor != nil {
+				if err := sessions.Put([]byte(t.Anchor.SessionID), []byte(id)); err != nil {
+					return err
+				}
+			}
+		}
+		tree, err := logtree.New(txNodes{tx.Bucket(bucketNodes)}, first)
+		if err != nil {
+			return err
+		}
+		for _, lh := range b.LeafHashes() {
+			if _, err := tree.AppendHash(lh); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		vj, _ := json.Marshal(validators)
+		if err := meta.Put(keyValidators, vj); err != nil {
+			return err
+		}
+		return meta.Put(keyHeight, u64(b.Height))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store block %d: %w", b.Height, err)
+	}
+	t, err := logtree.New(boltNodes{s.db}, h.TreeSize)
+	if err != nil {
+		return nil, err
+	}
+	s.head, s.tree, s.validators = h, t, validators
+	close(s.changed)
+	s.changed = make(chan struct{})
+	return h, nil
+}
+
+// Block returns the block at height.
+func (s *Store) Block(height uint64) (*chain.Block, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.block(height)
+}
+
+func (s *Store) block(height uint64) (*chain.Block, error) {
+	var b *chain.Block
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		b, err = decodeBlock(tx.Bucket(bucketBlocks).Get(u64(height)))
+		return err
+	})
+	return b, err
+}
+
+// BlockByHash returns the block with hash.
+func (s *Store) BlockByHash(hash string) (*chain.Block, error) {
+	var height uint64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketHashes).Get([]byte(hash))
+		if v == nil {
+			return ErrNotFound
+		}
+		height = binary.BigEndian.Uint64(v)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s.Block(height)
+}
+
+// Blocks calls fn for each block from height from (inclusive) up to to
+// (inclusive), in order, until fn returns an error.
+func (s *Store) Blocks(from, to uint64, fn func(raw []byte) error) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketBlocks).Cursor()
+		for k, v := c.Seek(u64(from)); k != nil && binary.BigEndian.Uint64(k) <= to; k, v = c.Next() {
+			if err := fn(v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// TxLocation is where a transaction is in the chain.
+type TxLocation struct {
+	ID     string `json:"id"`
+	Height uint64 `json:"height"`
+	Index  uint64 `json:"index"`
+}
+
+// Tx returns where transaction id was sealed.
+func (s *Store) Tx(id string) (TxLocation, error) {
+	loc := TxLocation{ID: id}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketTxs).Get([]byte(id))
+		if len(v) != 16 {
+			return ErrNotFound
+		}
+		loc.Height, loc.Index = binary.BigEndian.Uint64(v[:8]), binary.BigEndian.Uint64(v[8:])
+		return nil
+	})
+	return loc, err
+}
+
+// SessionTx returns the id of the anchor transaction of a session.
+func (s *Store) SessionTx(sessionID string) (string, error) {
+	var id string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketSessions).Get([]byte(sessionID))
+		if v == nil {
+			return ErrNotFound
+		}
+		id = string(v)
+		return nil
+	})
+	return id, err
+}
+
+// Receipt builds the receipt of transaction id as of the block that sealed
+// it.
+func (s *Store) Receipt(id string) (*chain.Receipt, error) {
+	loc, err := s.Tx(id)
+	if err != nil {
+		return nil, err
+	}
+	b, err := s.Block(loc.Height)
+	if err != nil {
+		return nil, err
+	}
+	h, err := chain.ParseHeaderBody(headerBody(b.Checkpoint))
+	if err != nil {
+		return nil, err
+	}
+	first := h.TreeSize - uint64(len(b.Transactions))
+	s.mu.RLock()
+	p, err := s.tree.InclusionProof(loc.Index, h.TreeSize)
+	s.mu.RUnlock()
+	if err != nil {
+		return nil, err
+	}
+	return &chain.Receipt{Tx: b.Transactions[loc.Index-first], Index: loc.Index, Proof: p, Checkpoint: []byte(b.Checkpoint)}, nil
+}
+
+// ConsistencyProof proves the log of size1 a prefix of the log of size2.
+func (s *Store) ConsistencyProof(size1, size2 uint64) ([][]byte, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.tree.ConsistencyProof(size1, size2)
+}
+
+// InclusionProof proves leaf index in the log of size.
+func (s *Store) InclusionProof(index, size uint64) ([][]byte, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.tree.InclusionProof(index, size)
+}
+
+// boltNodes reads log nodes from the database, one read transaction each.
+type boltNodes struct{ db *bolt.DB }
+
+func (n boltNodes) Node(id compact.NodeID) ([]byte, error) {
+	var h []byte
+	err := n.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketNodes).Get(logtree.NodeKey(id))
+		if v == nil {
+			return ErrNotFound
+		}
+		h = bytes.Clone(v)
+		return nil
+	})
+	return h, err
+}
+
+func (n boltNodes) SetNode(compact.NodeID, []byte) error {
+	return errors.New("the log is appended only inside a block commit")
+}
+
+// txNodes reads and writes log nodes inside one write transaction.
+type txNodes struct{ b *bolt.Bucket }
+
+func (n txNodes) Node(id compact.NodeID) ([]byte, error) {
+	v := n.b.Get(logtree.NodeKey(id))
+	if v == nil {
+		return nil, ErrNotFound
+	}
+	return bytes.Clone(v), nil
+}
+
+func (n txNodes) SetNode(id compact.NodeID, hash []byte) error {
+	return n.b.Put(logtree.NodeKey(id), hash)
+}
