@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/envconfig"
 )
 
 func TestEveryCatalogServiceHasAnImplementation(t *testing.T) {
@@ -62,5 +66,54 @@ func TestVersionJSON(t *testing.T) {
 	var v map[string]string
 	if err := json.Unmarshal(out.Bytes(), &v); err != nil || v["go_version"] == "" {
 		t.Errorf("version --json = %q (%v)", out.String(), err)
+	}
+}
+
+// TestSecretsMatchCatalog checks that each service refuses to start without
+// exactly the secrets the catalog lists for it, and accepts them when set,
+// so `lucidctl up` and the compose renderer provide what is needed.
+func TestSecretsMatchCatalog(t *testing.T) {
+	for _, s := range catalog.Services {
+		r := envconfig.New(envconfig.Map(map[string]string{}))
+		apps[s.Name]().Configure(r)
+		err := r.Err()
+		for _, key := range s.Secrets {
+			if err == nil || !strings.Contains(err.Error(), key) {
+				t.Errorf("%s starts without %s, which the catalog lists", s.Name, key)
+			}
+		}
+		set := map[string]string{}
+		for _, key := range s.Secrets {
+			set[key] = strings.Repeat("k", catalog.SecretMinLen)
+		}
+		r = envconfig.New(envconfig.Map(set))
+		apps[s.Name]().Configure(r)
+		if err := r.Err(); err != nil {
+			t.Errorf("%s refuses its catalog secrets: %v", s.Name, err)
+		}
+	}
+}
+
+func TestHealthcheckCommand(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(srv.URL, "http://"))
+	t.Setenv("LUCID_ADDR", ":"+port)
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"engine", "healthcheck"}, &out, &errOut); code != 0 {
+		t.Errorf("healthy: exit %d %s", code, errOut.String())
+	}
+	if code := run(context.Background(), []string{"engine", "healthcheck", "--ready"}, &out, &errOut); code != 1 {
+		t.Errorf("unready with --ready: exit %d", code)
+	}
+	srv.Close()
+	if code := run(context.Background(), []string{"engine", "healthcheck"}, &out, &errOut); code != 1 {
+		t.Errorf("down: exit %d", code)
 	}
 }

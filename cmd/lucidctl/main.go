@@ -12,7 +12,9 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too: a foreground `up` whose terminal closes stops its stack
+	// cleanly instead of dying with it.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	code := root.Execute(ctx, os.Args[1:], iostreams.System(), os.Getenv)
 	stop()
 	os.Exit(code)

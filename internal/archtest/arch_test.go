@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -108,19 +109,22 @@ func TestLibrariesDoNotPrint(t *testing.T) {
 		if !within(p.ImportPath, "pkg") {
 			continue
 		}
-		cmd := exec.Command("go", "list", "-f", `{{join .GoFiles "\n"}}`, p.ImportPath)
-		cmd.Dir = "../.."
-		out, err := cmd.Output()
+		// Every non-test file, whatever platform it builds for.
+		dir := strings.TrimPrefix(p.ImportPath, module+"/")
+		files, err := filepath.Glob("../../" + dir + "/*.go")
 		if err != nil {
 			t.Fatal(err)
 		}
-		dir := strings.TrimPrefix(p.ImportPath, module+"/")
-		for _, f := range strings.Fields(string(out)) {
-			src, err := readFile("../../" + dir + "/" + f)
+		for _, path := range files {
+			if strings.HasSuffix(path, "_test.go") {
+				continue
+			}
+			f := filepath.Base(path)
+			src, err := readFile(path)
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, bad := range []string{"os.Exit(", "fmt.Print", "os.Stdout", "log.Fatal", "log.Print"} {
+			for _, bad := range []string{"os.Exit(", "fmt.Print", "os.Stdout", "os.Stderr", "log.Fatal", "log.Print"} {
 				if strings.Contains(src, bad) {
 					t.Errorf("%s/%s uses %s: libraries never print or exit", dir, f, bad)
 				}

@@ -26,23 +26,34 @@ type Service struct {
 	// DependsOn names the services that must be ready before this one starts.
 	DependsOn []string
 	// Secrets names the environment variables the service refuses to start
-	// without.
+	// without (a test checks each service's configuration agrees).
 	Secrets []string
+	// URLEnv names extra variables that carry this service's URL to the
+	// others, beside LUCID_<NAME>_URL: the Phase 2 names.
+	URLEnv []string
+	// UsesConsul marks services that register in or discover through
+	// Consul, and so start after it when it runs.
+	UsesConsul bool
 }
+
+// SecretMinLen is the shortest value a Secrets variable may have.
+const SecretMinLen = 32
 
 // Services lists the core services in a valid start order.
 var Services = []Service{
 	{
-		Name:      "mesh",
-		Summary:   "service mesh controller: Consul registration, mesh CA, Envoy configs",
-		Container: "lucid-service-mesh-controller",
-		Port:      8088,
+		Name:       "mesh",
+		Summary:    "service mesh controller: Consul registration, mesh CA, Envoy configs",
+		Container:  "lucid-service-mesh-controller",
+		Port:       8088,
+		UsesConsul: true,
 	},
 	{
 		Name:      "engine",
 		Summary:   "blockchain engine: mempool, block production, consensus, chain store",
 		Container: "lucid-blockchain-engine",
 		Port:      8084,
+		URLEnv:    []string{"BLOCKCHAIN_ENGINE_URL", "BLOCKCHAIN_CORE_URL"},
 	},
 	{
 		Name:      "anchoring",
@@ -66,12 +77,13 @@ var Services = []Service{
 		DependsOn: []string{"anchoring"},
 	},
 	{
-		Name:      "gateway",
-		Summary:   "API gateway: routing, JWT auth, rate limits, the only public door",
-		Container: "lucid-api-gateway",
-		Port:      8080,
-		DependsOn: []string{"engine", "anchoring", "blocks", "datachain"},
-		Secrets:   []string{"JWT_SECRET_KEY"},
+		Name:       "gateway",
+		Summary:    "API gateway: routing, JWT auth, rate limits, the only public door",
+		Container:  "lucid-api-gateway",
+		Port:       8080,
+		DependsOn:  []string{"engine", "anchoring", "blocks", "datachain"},
+		Secrets:    []string{"JWT_SECRET_KEY"},
+		UsesConsul: true,
 	},
 }
 

@@ -26,11 +26,29 @@ const Mode fs.FileMode = 0o600
 // Read parses the env file at path. Variables are not expanded from the
 // process environment: what is in the file is what counts.
 func Read(path string) (map[string]string, error) {
-	vars, err := dotenv.ReadFile(path, func(string) (string, bool) { return "", false })
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read env file %s: %w", path, err)
 	}
+	vars, err := dotenv.UnmarshalBytesWithLookup(data, func(string) (string, bool) { return "", false })
+	if err != nil {
+		// The parser quotes the offending text, which may be a secret.
+		return nil, fmt.Errorf("read env file %s: %w", path, syntaxError(data))
+	}
 	return vars, nil
+}
+
+// syntaxError names the first line the parser refuses, without its text.
+func syntaxError(data []byte) error {
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	var upTo []byte
+	for i, line := range lines {
+		upTo = append(upTo, line...)
+		if _, err := dotenv.UnmarshalBytesWithLookup(upTo, func(string) (string, bool) { return "", false }); err != nil {
+			return fmt.Errorf("line %d: syntax error (the value is not shown; it may be a secret)", i+1)
+		}
+	}
+	return errors.New("syntax error (the value is not shown; it may be a secret)")
 }
 
 // secretAlphabet needs no quoting in any env file or compose version: no $,

@@ -73,3 +73,20 @@ func TestReadDoesNotExpandFromEnvironment(t *testing.T) {
 		t.Error("env file value expanded from the process environment")
 	}
 }
+
+func TestParseErrorsDoNotLeakValues(t *testing.T) {
+	p := filepath.Join(t.TempDir(), ".env")
+	if err := os.WriteFile(p, []byte("A=1\nJWT_SECRET_KEY=\"TOPSECRETVALUE\nB=2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Read(p)
+	if err == nil {
+		t.Fatal("want a syntax error")
+	}
+	if strings.Contains(err.Error(), "TOPSECRET") {
+		t.Errorf("the error shows the value: %v", err)
+	}
+	if !strings.Contains(err.Error(), "line 2") {
+		t.Errorf("the error does not name the line: %v", err)
+	}
+}

@@ -388,3 +388,39 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestNotReadyInTimeIsKilledAndRestarted: a program that starts but never
+// becomes ready is killed after ReadyTimeout and counts as a death.
+func TestNotReadyInTimeIsKilledAndRestarted(t *testing.T) {
+	skipUnlessUnix(t)
+	spec := helperSpec("sluggish", "sleep")
+	spec.Ready = func(context.Context) error { return fmt.Errorf("not yet") }
+	spec.Restart = RestartPolicy{InitialBackoff: 20 * time.Millisecond, MaxDeaths: 2, Window: time.Minute}
+	sup, rec, _ := start(t, []Spec{spec}, Options{ReadyTimeout: 300 * time.Millisecond, ProbeInterval: 20 * time.Millisecond})
+	st := rec.waitState(t, sup, "sluggish", StateFailed, 10*time.Second)
+	if st.LastExit != "signal: killed" || st.Restarts != 1 {
+		t.Errorf("status = %+v", st)
+	}
+	if got := len(rec.transitions("sluggish", StateReady)); got != 0 {
+		t.Errorf("reported ready %d times", got)
+	}
+}
+
+// TestDeathsAgeOutOfTheWindow: deaths spread wider than the window never
+// add up to a failure.
+func TestDeathsAgeOutOfTheWindow(t *testing.T) {
+	skipUnlessUnix(t)
+	spec := helperSpec("flaky", "crash")
+	spec.Restart = RestartPolicy{InitialBackoff: 150 * time.Millisecond, MaxBackoff: 150 * time.Millisecond, MaxDeaths: 3, Window: 200 * time.Millisecond}
+	sup, rec, _ := start(t, []Spec{spec}, Options{})
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if st := sup.Status()[0]; st.State == StateFailed {
+			t.Fatalf("failed after %d restarts although deaths were %s apart with a %s window", st.Restarts, 150*time.Millisecond, 200*time.Millisecond)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := len(rec.transitions("flaky", StateStarting)); n < 5 {
+		t.Errorf("only %d starts in 2s", n)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -207,6 +208,11 @@ func (s *Supervisor) waitDeps(p *program) bool {
 
 // supervise is the life of one program: wait, start, watch, restart.
 func (s *Supervisor) supervise(p *program) {
+	// Linux delivers a child's parent-death signal when the thread that
+	// started it exits (go.dev/issue/27505). Pinning this goroutine to its
+	// thread keeps that thread alive exactly as long as the child matters.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	log := s.opts.Logger.With("program", p.spec.Name)
 	var deaths []time.Time
 	var backoff time.Duration
@@ -282,6 +288,7 @@ func (s *Supervisor) runOnce(p *program, log *slog.Logger) (exit string, stopped
 	go func() { readyc <- s.awaitReady(probeCtx, p) }()
 
 	var waitErr error
+	deadline := time.Now().Add(p.spec.StopTimeout) // for a group left after a crash
 	for done := false; !done; {
 		select {
 		case err := <-readyc:
@@ -295,13 +302,15 @@ func (s *Supervisor) runOnce(p *program, log *slog.Logger) (exit string, stopped
 			done = true
 		case <-p.stop:
 			s.set(p, func(st *Status) { st.State = StateStopping })
-			waitErr = stopGroup(cmd.Process, exited, p.spec.StopTimeout)
+			deadline = time.Now().Add(p.spec.StopTimeout)
+			waitErr = stopGroup(cmd.Process, exited, deadline)
 			stopped = true
 			done = true
 		}
 	}
-	// Whatever the leader left behind in its group goes with it.
-	reapGroup(cmd.Process.Pid, p.spec.StopTimeout)
+	// Whatever the leader left behind in its group goes with it, within the
+	// same deadline.
+	reapGroup(cmd.Process.Pid, deadline)
 	readers.Wait()
 	return describeExit(waitErr), stopped
 }
@@ -333,26 +342,25 @@ func (s *Supervisor) awaitReady(ctx context.Context, p *program) error {
 }
 
 // stopGroup asks the group to stop, and kills it if the leader has not
-// exited within timeout.
-func stopGroup(proc *os.Process, exited <-chan error, timeout time.Duration) error {
+// exited by deadline.
+func stopGroup(proc *os.Process, exited <-chan error, deadline time.Time) error {
 	_ = terminate(proc)
 	select {
 	case err := <-exited:
 		return err
-	case <-time.After(timeout):
+	case <-time.After(time.Until(deadline)):
 		_ = kill(proc)
 		return <-exited
 	}
 }
 
-// reapGroup waits up to timeout for the rest of the leader's group to exit
+// reapGroup gives the rest of the leader's group until deadline to exit
 // after SIGTERM, then kills what remains.
-func reapGroup(pgid int, timeout time.Duration) {
+func reapGroup(pgid int, deadline time.Time) {
 	if !groupAlive(pgid) {
 		return
 	}
 	_ = signalTerm(pgid)
-	deadline := time.Now().Add(timeout)
 	for groupAlive(pgid) && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -73,7 +73,7 @@ func ExitCode(ctx context.Context, err error) int {
 	if err == nil {
 		return ExitOK
 	}
-	if ctx.Err() != nil || errors.Is(err, context.Canceled) {
+	if ctx.Err() != nil {
 		return ExitInterrupted
 	}
 	var se *SilentError

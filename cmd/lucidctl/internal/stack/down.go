@@ -40,25 +40,30 @@ func runDown(ctx context.Context, opts *DownOptions) error {
 	if err != nil {
 		return err
 	}
-	st, err := readState(l)
-	if err != nil && !errors.Is(err, errNoState) {
-		return err
-	}
-	if !st.live() {
+	if !supervisorRunning(l) {
 		fmt.Fprintln(opts.Env.IO.ErrOut, errNotRunning.Error())
 		return nil
 	}
-	pid := st.SupervisorPID
 	if err := os.WriteFile(l.stopFile(), nil, 0o644); err != nil {
 		return fmt.Errorf("request stop: %w", err)
 	}
-	if err := signalStop(pid); err != nil {
-		opts.Env.Logger.Debug("signal failed; relying on the stop file", "pid", pid, "error", err)
+	// The lock proves the supervisor in the state file is alive, so its pid
+	// is not a recycled one; the signal only makes the stop immediate.
+	pid := 0
+	if st, err := readState(l); err == nil {
+		pid = st.SupervisorPID
+	} else if !errors.Is(err, errNoState) {
+		return err
+	}
+	if pid > 0 {
+		if err := signalStop(pid); err != nil {
+			opts.Env.Logger.Debug("signal failed; relying on the stop file", "pid", pid, "error", err)
+		}
 	}
 	fmt.Fprintf(opts.Env.IO.ErrOut, "stopping the local stack (supervisor pid %d) ...\n", pid)
 
 	deadline := time.Now().Add(opts.Timeout)
-	for processAlive(pid) {
+	for supervisorRunning(l) {
 		if time.Now().After(deadline) {
 			return cli.WithHint(fmt.Errorf("the supervisor (pid %d) is still running after %s", pid, opts.Timeout),
 				"`lucidctl logs lucidctl` shows what it is waiting for")

@@ -80,12 +80,18 @@ func runLogs(ctx context.Context, opts *LogsOptions) error {
 	if opts.Service == "" || opts.Service == supervisorName {
 		w.prefixed = true
 	}
-	if opts.Tail >= 0 {
+	if opts.Tail >= 0 && w.only == "" {
 		if err := skipToTail(f, opts.Tail); err != nil {
 			return err
 		}
 	}
 	r := bufio.NewReader(f)
+	if opts.Tail >= 0 && w.only != "" {
+		// Filtered lines: keep the last N that match, then print them.
+		if err := w.tail(r, opts.Tail); err != nil {
+			return err
+		}
+	}
 	var partial []byte
 	for {
 		line, err := r.ReadBytes('\n')
@@ -107,18 +113,20 @@ func runLogs(ctx context.Context, opts *LogsOptions) error {
 			}
 			return nil
 		}
-		select {
-		case <-ctx.Done():
-			return nil // Ctrl-C is how -f ends
-		case <-time.After(200 * time.Millisecond):
-		}
-		// A new run or a rotation replaced the file: start on the new one.
+		// A new run or a rotation replaced the file: what was left in the
+		// old one has just been read, so move to the new one.
 		if moved(f, path) {
 			nf, err := os.Open(path)
 			if err == nil {
 				f.Close()
-				f, r, partial = nf, bufio.NewReader(nf), partial[:0]
+				f, r = nf, bufio.NewReader(nf)
+				continue
 			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil // Ctrl-C is how -f ends
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
@@ -144,6 +152,10 @@ func skipToTail(f *os.File, n int) error {
 		return err
 	}
 	size := fi.Size()
+	if n == 0 {
+		_, err := f.Seek(0, io.SeekEnd)
+		return err
+	}
 	const block = 64 << 10
 	buf := make([]byte, block)
 	count := 0
@@ -154,11 +166,12 @@ func skipToTail(f *os.File, n int) error {
 			return err
 		}
 		for i := step - 1; i >= 0; i-- {
+			// The newline ending the last line does not start a line.
 			if buf[i] != '\n' || off+i == size-1 {
 				continue
 			}
 			count++
-			if count > n {
+			if count == n {
 				_, err := f.Seek(off+i+1, io.SeekStart)
 				return err
 			}
@@ -176,6 +189,42 @@ type lineWriter struct {
 	prefixed bool
 	only     string
 	colors   map[string]int
+}
+
+// tail reads r to its end and prints the last n lines that pass the
+// filter.
+func (w *lineWriter) tail(r *bufio.Reader, n int) error {
+	var keep [][]byte
+	for {
+		line, err := r.ReadBytes('\n')
+		if len(line) > 0 && line[len(line)-1] == '\n' {
+			line = line[:len(line)-1]
+			if w.passes(line) {
+				keep = append(keep, line)
+				if len(keep) > n {
+					keep = keep[1:]
+				}
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	for _, l := range keep {
+		w.write(l)
+	}
+	return nil
+}
+
+func (w *lineWriter) passes(line []byte) bool {
+	if w.only == "" {
+		return true
+	}
+	name, _, _ := strings.Cut(string(line), " | ")
+	return name == w.only
 }
 
 func (w *lineWriter) write(line []byte) {

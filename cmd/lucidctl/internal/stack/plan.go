@@ -72,8 +72,8 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 	// Every service learns where the others are; the Phase 2 names first.
 	for _, s := range catalog.Services {
 		common = append(common, "LUCID_"+strings.ToUpper(s.Name)+"_URL="+p.url(s))
-		if s.Name == "engine" {
-			common = append(common, "BLOCKCHAIN_ENGINE_URL="+p.url(s), "BLOCKCHAIN_CORE_URL="+p.url(s))
+		for _, name := range s.URLEnv {
+			common = append(common, name+"="+p.url(s))
 		}
 	}
 	if p.consul != "" {
@@ -86,7 +86,7 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 			return nil, err
 		}
 		deps := slices.Clone(s.DependsOn)
-		if p.consul != "" && (s.Name == "mesh" || s.Name == "gateway") {
+		if p.consul != "" && s.UsesConsul {
 			deps = append(deps, consulName)
 		}
 		specs = append(specs, supervise.Spec{

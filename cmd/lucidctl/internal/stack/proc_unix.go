@@ -2,16 +2,7 @@
 
 package stack
 
-import (
-	"errors"
-	"syscall"
-)
-
-// processAlive reports whether a process with pid exists.
-func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
-}
+import "syscall"
 
 // signalStop asks the supervisor to stop at once; the stop file is the
 // portable fallback it also watches.

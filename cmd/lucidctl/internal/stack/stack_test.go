@@ -345,3 +345,17 @@ func TestUpSupervisesConsul(t *testing.T) {
 		t.Errorf("mesh was not given CONSUL_PORT=29500")
 	}
 }
+
+func TestUpRefusesWeakSecret(t *testing.T) {
+	p := newProject(t, 20300)
+	if err := os.WriteFile(filepath.Join(p.dir, "secrets.env"), []byte("JWT_SECRET_KEY=short\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := p.lucidctl(context.Background(), "up", "-d", "--lucid", lucidBin, "--port-offset", strconv.Itoa(p.offset))
+	if r.code != 1 || !strings.Contains(r.errOut, "JWT_SECRET_KEY from") || !strings.Contains(r.errOut, "is 5 bytes") {
+		t.Errorf("exit %d, stderr %q", r.code, r.errOut)
+	}
+	if strings.Contains(r.errOut, "=short") {
+		t.Error("the secret's value reached the error")
+	}
+}

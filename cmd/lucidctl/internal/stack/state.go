@@ -19,6 +19,7 @@ type layout struct{ dir string }
 
 func (l layout) stateFile() string          { return filepath.Join(l.dir, "supervisor.json") }
 func (l layout) stopFile() string           { return filepath.Join(l.dir, "stop-requested") }
+func (l layout) lockFile() string           { return filepath.Join(l.dir, "supervisor.lock") }
 func (l layout) logDir() string             { return filepath.Join(l.dir, "logs") }
 func (l layout) stackLog() string           { return filepath.Join(l.logDir(), "stack.log") }
 func (l layout) supervisorLog() string      { return filepath.Join(l.logDir(), "supervisor.log") }
@@ -78,7 +79,9 @@ func writeState(l layout, st *stackState) error {
 	return envfile.WriteAtomic(l.stateFile(), append(data, '\n'))
 }
 
-// live reports whether the state describes a supervisor that is running now.
-func (st *stackState) live() bool {
-	return st != nil && st.Running && st.SupervisorPID > 0 && processAlive(st.SupervisorPID)
-}
+// errLocked means another supervisor holds the state directory's lock.
+var errLocked = errors.New("the state directory is locked by a running supervisor")
+
+// supervisorRunning reports whether a supervisor runs for this state
+// directory: whether it holds the lock.
+func supervisorRunning(l layout) bool { return lockHeld(l.lockFile()) }

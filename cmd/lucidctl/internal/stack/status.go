@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"text/tabwriter"
+	"strings"
 	"time"
 
+	"github.com/charmbracelet/lipgloss"
 	"github.com/spf13/cobra"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/pkg/supervise"
 )
 
@@ -45,7 +47,7 @@ func runStatus(_ context.Context, opts *StatusOptions) error {
 	} else if err != nil {
 		return err
 	}
-	st = current(st)
+	st = current(st, supervisorRunning(l))
 
 	if opts.Env.JSON {
 		if st.Services == nil {
@@ -73,8 +75,8 @@ func runStatus(_ context.Context, opts *StatusOptions) error {
 
 // current corrects a state file whose supervisor has died without saying
 // so (kill -9): its children died with it, so nothing is running.
-func current(st *stackState) *stackState {
-	if st.Running && !st.live() {
+func current(st *stackState, running bool) *stackState {
+	if st.Running && !running {
 		st.Running = false
 		for i := range st.Services {
 			s := &st.Services[i].Status
@@ -86,31 +88,56 @@ func current(st *stackState) *stackState {
 	return st
 }
 
-// printTable writes the services as a table to stdout.
+// printTable writes the services as a table to stdout. Cells are padded
+// before they are colored, so escape codes do not upset the columns.
 func printTable(env *cli.Env, st *stackState) {
 	if st == nil || len(st.Services) == 0 {
 		return
 	}
 	styles := env.IO.OutStyles()
-	tw := tabwriter.NewWriter(env.IO.Out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, styles.Bold.Render("SERVICE")+"\t"+styles.Bold.Render("STATE")+"\tPID\tRESTARTS\tSINCE\tURL\tLAST EXIT")
+	rows := [][]string{{"SERVICE", "STATE", "PID", "RESTARTS", "SINCE", "URL", "LAST EXIT"}}
 	for _, s := range st.Services {
-		state := string(s.State)
-		switch s.State {
-		case supervise.StateReady:
-			state = styles.Success.Render(state)
-		case supervise.StateFailed:
-			state = styles.Error.Render(state)
-		case supervise.StateBackoff, supervise.StateStarting, supervise.StateWaiting:
-			state = styles.Warning.Render(state)
-		}
 		pid := "-"
 		if s.PID > 0 {
 			pid = fmt.Sprint(s.PID)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.Name, state, pid, s.Restarts, ago(s.Since), s.URL, s.LastExit)
+		rows = append(rows, []string{s.Name, string(s.State), pid, fmt.Sprint(s.Restarts), ago(s.Since), s.URL, s.LastExit})
 	}
-	_ = tw.Flush()
+	widths := make([]int, len(rows[0]))
+	for _, r := range rows {
+		for i, c := range r {
+			widths[i] = max(widths[i], len(c))
+		}
+	}
+	for ri, r := range rows {
+		var line strings.Builder
+		for i, c := range r {
+			cell := c
+			if i < len(r)-1 {
+				cell = fmt.Sprintf("%-*s", widths[i]+2, c)
+			}
+			switch {
+			case ri == 0:
+				cell = styles.Bold.Render(cell)
+			case i == 1:
+				cell = stateStyle(styles, supervise.State(c)).Render(cell)
+			}
+			line.WriteString(cell)
+		}
+		fmt.Fprintln(env.IO.Out, strings.TrimRight(line.String(), " "))
+	}
+}
+
+func stateStyle(styles *iostreams.Styles, s supervise.State) lipgloss.Style {
+	switch s {
+	case supervise.StateReady:
+		return styles.Success
+	case supervise.StateFailed:
+		return styles.Error
+	case supervise.StateBackoff, supervise.StateStarting, supervise.StateWaiting:
+		return styles.Warning
+	}
+	return styles.Dim
 }
 
 func ago(t time.Time) string {

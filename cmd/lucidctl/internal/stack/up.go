@@ -77,9 +77,12 @@ func runUp(ctx context.Context, opts *UpOptions) error {
 		return err
 	}
 	l := layout{cfg.Abs(cfg.Local.StateDir)}
-	if st, err := readState(l); err == nil && st.live() && st.SupervisorPID != os.Getpid() {
-		return cli.WithHint(fmt.Errorf("the local stack is already running (supervisor pid %d)", st.SupervisorPID),
-			"`lucidctl status` shows it; `lucidctl down` stops it")
+	if supervisorRunning(l) {
+		pid := 0
+		if st, err := readState(l); err == nil {
+			pid = st.SupervisorPID
+		}
+		return errAlreadyRunning(pid)
 	}
 	if opts.PortOffset < 0 || opts.PortOffset > 50000 {
 		return cli.Usage(fmt.Errorf("--port-offset %d is outside 0..50000", opts.PortOffset))
@@ -150,6 +153,21 @@ func serviceEnv(opts *UpOptions, cfg *projectconfig.Config, services []catalog.S
 			return nil, err
 		}
 	}
+	// A secret that is there but too weak would crash-loop its service;
+	// say so now, once.
+	for _, s := range services {
+		for _, key := range s.Secrets {
+			v := opts.Env.Getenv(key)
+			from := "the environment"
+			if v == "" {
+				v, from = fileVars[key], path
+			}
+			if len(v) < catalog.SecretMinLen {
+				return nil, cli.WithHint(fmt.Errorf("%s from %s is %d bytes; %s needs at least %d", key, from, len(v), s.Name, catalog.SecretMinLen),
+					"remove it from "+from+" and `lucidctl up` generates a strong one")
+			}
+		}
+	}
 	env := os.Environ()
 	keys := make([]string, 0, len(fileVars))
 	for k := range fileVars {
@@ -174,6 +192,16 @@ func supervisePlan(ctx context.Context, opts *UpOptions, l layout, p *plan) erro
 	if opts.supervisor {
 		term = nil // the background supervisor's output is the log files
 	}
+	if err := os.MkdirAll(l.dir, 0o755); err != nil {
+		return err
+	}
+	release, err := acquireLock(l.lockFile())
+	if errors.Is(err, errLocked) {
+		return errAlreadyRunning(0)
+	} else if err != nil {
+		return fmt.Errorf("lock %s: %w", l.lockFile(), err)
+	}
+	defer release()
 	sink, err := newLogSink(l, p.names(), term, opts.Env.IO.ErrStyles())
 	if err != nil {
 		return err
@@ -345,6 +373,14 @@ func startDetached(ctx context.Context, opts *UpOptions, l layout, p *plan) erro
 			return nil
 		}
 	}
+}
+
+func errAlreadyRunning(pid int) error {
+	msg := "the local stack is already running"
+	if pid > 0 {
+		msg += fmt.Sprintf(" (supervisor pid %d)", pid)
+	}
+	return cli.WithHint(errors.New(msg), "`lucidctl status` shows it; `lucidctl down` stops it")
 }
 
 // errNotRunning reports that there is no local stack to act on.
