@@ -31,6 +31,9 @@ type Service struct {
 	// URLEnv names extra variables that carry this service's URL to the
 	// others, beside LUCID_<NAME>_URL: the Phase 2 names.
 	URLEnv []string
+	// ExtraPorts are further listen addresses, by environment variable,
+	// with their default ports (the engine's Raft transport).
+	ExtraPorts map[string]int
 	// UsesConsul marks services that register in or discover through
 	// Consul, and so start after it when it runs.
 	UsesConsul bool
@@ -49,11 +52,12 @@ var Services = []Service{
 		UsesConsul: true,
 	},
 	{
-		Name:      "engine",
-		Summary:   "blockchain engine: mempool, block production, consensus, chain store",
-		Container: "lucid-blockchain-engine",
-		Port:      8084,
-		URLEnv:    []string{"BLOCKCHAIN_ENGINE_URL", "BLOCKCHAIN_CORE_URL"},
+		Name:       "engine",
+		Summary:    "blockchain engine: mempool, block production, consensus, chain store",
+		Container:  "lucid-blockchain-engine",
+		Port:       8084,
+		URLEnv:     []string{"BLOCKCHAIN_ENGINE_URL", "BLOCKCHAIN_CORE_URL"},
+		ExtraPorts: map[string]int{"LUCID_RAFT_ADDR": 8094},
 	},
 	{
 		Name:      "anchoring",

@@ -19,10 +19,16 @@ func TestStartOrder(t *testing.T) {
 				t.Errorf("%s is listed before its dependency %s", s.Name, d)
 			}
 		}
-		if other, ok := ports[s.Port]; ok {
-			t.Errorf("%s and %s both use port %d", s.Name, other, s.Port)
+		all := []int{s.Port}
+		for _, p := range s.ExtraPorts {
+			all = append(all, p)
 		}
-		ports[s.Port] = s.Name
+		for _, p := range all {
+			if other, ok := ports[p]; ok {
+				t.Errorf("%s and %s both use port %d", s.Name, other, p)
+			}
+			ports[p] = s.Name
+		}
 		seen[s.Name] = true
 	}
 }

@@ -408,3 +408,11 @@ func (n txNodes) Node(id compact.NodeID) ([]byte, error) {
 func (n txNodes) SetNode(id compact.NodeID, hash []byte) error {
 	return n.b.Put(logtree.NodeKey(id), hash)
 }
+
+// NextRoot returns the log size and root after appending leafHashes to
+// the stored log, without storing anything.
+func (s *Store) NextRoot(leafHashes [][]byte) (uint64, []byte, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.tree.RootWith(leafHashes)
+}

@@ -48,6 +48,9 @@ func New(lookup Lookup) *Reader {
 // Err returns every problem found so far, joined, or nil.
 func (r *Reader) Err() error { return errors.Join(r.errs...) }
 
+// Fail records a problem with key found by the caller's own checks.
+func (r *Reader) Fail(key, format string, args ...any) { r.fail(key, format, args...) }
+
 func (r *Reader) fail(key, format string, args ...any) {
 	r.errs = append(r.errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
 }

@@ -12,6 +12,8 @@ import (
 const (
 	CodeBadRequest = "LUCID_ERR_1001"
 	CodeNotFound   = "LUCID_ERR_1004"
+	CodeConflict   = "LUCID_ERR_1009"
+	CodeTooLarge   = "LUCID_ERR_1013"
 	CodeAuth       = "LUCID_ERR_2001"
 	CodeRateLimit  = "LUCID_ERR_3001"
 	CodeInternal   = "LUCID_ERR_5000"
@@ -24,7 +26,10 @@ type HTTPError struct {
 	Status  int
 	Code    string
 	Message string
-	Cause   error
+	// Fields, when set, lists field-level problems (it is sent as
+	// error.fields).
+	Fields any
+	Cause  error
 }
 
 func (e *HTTPError) Error() string {
@@ -46,6 +51,7 @@ type errorBody struct {
 	Error struct {
 		Code    string `json:"code"`
 		Message string `json:"message"`
+		Fields  any    `json:"fields,omitempty"`
 	} `json:"error"`
 	RequestID string `json:"request_id,omitempty"`
 }
@@ -69,6 +75,7 @@ func writeErrorBody(w http.ResponseWriter, r *http.Request, he *HTTPError) {
 	var body errorBody
 	body.Error.Code = he.Code
 	body.Error.Message = he.Message
+	body.Error.Fields = he.Fields
 	body.RequestID = RequestID(r.Context())
 	WriteJSON(w, he.Status, body)
 }

@@ -88,6 +88,9 @@ func (s *Server) AddCheck(name string, c Check) {
 // Registerer is where a service registers its own metrics.
 func (s *Server) Registerer() prometheus.Registerer { return s.registry }
 
+// Config is the service's base configuration.
+func (s *Server) Config() Config { return s.cfg }
+
 // Logger is the service's logger.
 func (s *Server) Logger() *slog.Logger { return s.logger }
 

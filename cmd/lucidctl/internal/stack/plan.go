@@ -90,18 +90,26 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 			deps = append(deps, consulName)
 		}
 		specs = append(specs, supervise.Spec{
-			Name: s.Name,
-			Path: p.lucid,
-			Args: []string{s.Name},
-			Env: append(slices.Clone(common),
-				"LUCID_ADDR=127.0.0.1:"+strconv.Itoa(p.port(s)),
-				"LUCID_DATA_DIR="+data,
-			),
+			Name:      s.Name,
+			Path:      p.lucid,
+			Args:      []string{s.Name},
+			Env:       append(append(slices.Clone(common), p.extraPorts(s)...), "LUCID_ADDR=127.0.0.1:"+strconv.Itoa(p.port(s)), "LUCID_DATA_DIR="+data),
 			DependsOn: deps,
 			Ready:     supervise.HTTPProbe(p.url(s) + "/ready"),
 		})
 	}
 	return specs, nil
+}
+
+// extraPorts sets a service's further listen addresses, shifted like its
+// main port.
+func (p *plan) extraPorts(s catalog.Service) []string {
+	var env []string
+	for key, port := range s.ExtraPorts {
+		env = append(env, key+"=127.0.0.1:"+strconv.Itoa(port+p.portOffset))
+	}
+	slices.Sort(env)
+	return env
 }
 
 // consulSpec runs Consul as a single in-memory dev agent on loopback.

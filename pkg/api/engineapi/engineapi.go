@@ -1,0 +1,288 @@
+// Package engineapi is the typed HTTP client of the blockchain engine, and
+// the JSON shapes of its API, for the services and tools that talk to it
+// (session anchoring, the block manager, lucidctl).
+package engineapi
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pickme/lucid/pkg/chain"
+)
+
+// Error codes the engine adds to the shared ones.
+const (
+	CodeNotLeader   = "LUCID_ERR_5101"
+	CodeMempoolFull = "LUCID_ERR_5102"
+	CodeConsensus   = "LUCID_ERR_5103"
+)
+
+// ReceiptContentType is the media type of a receipt.
+const ReceiptContentType = "text/plain; charset=utf-8"
+
+// Transaction statuses.
+const (
+	StatusPending = "pending"
+	StatusSealed  = "sealed"
+)
+
+// TxStatus is where a transaction is.
+type TxStatus struct {
+	ID            string  `json:"id"`
+	Status        string  `json:"status"`
+	Height        uint64  `json:"height,omitempty"`
+	Index         *uint64 `json:"index,omitempty"`
+	BlockHash     string  `json:"block_hash,omitempty"`
+	Confirmations uint64  `json:"confirmations,omitempty"`
+}
+
+// SubmitResponse answers POST /api/v1/transactions.
+type SubmitResponse struct {
+	Transactions []TxStatus `json:"transactions"`
+}
+
+// ChainInfo answers GET /api/v1/chain.
+type ChainInfo struct {
+	ChainID       string    `json:"chain_id"`
+	Origin        string    `json:"origin"`
+	Height        uint64    `json:"height"`
+	HeadHash      string    `json:"head_hash,omitempty"`
+	HeadTime      time.Time `json:"head_time,omitzero"`
+	TreeSize      uint64    `json:"tree_size"`
+	Root          string    `json:"root"`
+	Validators    []string  `json:"validators"`
+	ValidatorKey  string    `json:"validator_key"`
+	NodeID        string    `json:"node_id"`
+	Leader        bool      `json:"leader"`
+	BlockInterval string    `json:"block_interval"`
+}
+
+// ConsistencyProof answers GET /api/v1/consistency.
+type ConsistencyProof struct {
+	From  uint64   `json:"from"`
+	To    uint64   `json:"to"`
+	Proof []string `json:"proof"`
+}
+
+// Server is a Raft cluster member.
+type Server struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+	Voter   bool   `json:"voter"`
+}
+
+// ConsensusStatus answers GET /api/v1/consensus/status.
+type ConsensusStatus struct {
+	NodeID       string   `json:"node_id"`
+	State        string   `json:"state"`
+	LeaderID     string   `json:"leader_id"`
+	LeaderAddr   string   `json:"leader_addr"`
+	RaftAddr     string   `json:"raft_addr"`
+	Term         uint64   `json:"term"`
+	LastIndex    uint64   `json:"last_index"`
+	AppliedIndex uint64   `json:"applied_index"`
+	Height       uint64   `json:"height"`
+	ValidatorKey string   `json:"validator_key"`
+	Servers      []Server `json:"servers"`
+}
+
+// AddVoterRequest is the body of POST /api/v1/consensus/voters.
+type AddVoterRequest struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+	Key     string `json:"key"`
+}
+
+// Error is an error answer of a Lucid service.
+type Error struct {
+	Status  int
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Message) }
+
+// ErrNotFound is matched by a 404 answer.
+var ErrNotFound = errors.New("not found")
+
+// Is makes errors.Is(err, ErrNotFound) true for a 404.
+func (e *Error) Is(target error) bool { return target == ErrNotFound && e.Status == http.StatusNotFound }
+
+// Client talks to one engine.
+type Client struct {
+	base string
+	http *http.Client
+}
+
+// New returns a client for the engine at base (http://host:port).
+func New(base string, hc *http.Client) *Client {
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	return &Client{base: strings.TrimRight(base, "/"), http: hc}
+}
+
+// URL is the engine's base URL.
+func (c *Client) URL() string { return c.base }
+
+func (c *Client) do(ctx context.Context, method, path string, body []byte, out any) error {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return decodeError(resp)
+	}
+	switch v := out.(type) {
+	case nil:
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	case *[]byte:
+		*v, err = io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+		return err
+	default:
+		return json.NewDecoder(resp.Body).Decode(out)
+	}
+}
+
+func decodeError(resp *http.Response) error {
+	var body struct {
+		Error Error `json:"error"`
+	}
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if json.Unmarshal(data, &body) != nil || body.Error.Code == "" {
+		return &Error{Status: resp.StatusCode, Message: strings.TrimSpace(string(data))}
+	}
+	body.Error.Status = resp.StatusCode
+	return &body.Error
+}
+
+// Submit sends canonical transactions (at most 1000) and returns their
+// statuses.
+func (c *Client) Submit(ctx context.Context, txs [][]byte) (*SubmitResponse, error) {
+	var buf bytes.Buffer
+	buf.WriteByte('[')
+	for i, tx := range txs {
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		buf.Write(tx)
+	}
+	buf.WriteByte(']')
+	var out SubmitResponse
+	if err := c.do(ctx, http.MethodPost, "/api/v1/transactions", buf.Bytes(), &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Tx returns a transaction's status.
+func (c *Client) Tx(ctx context.Context, id string) (*TxStatus, error) {
+	var out TxStatus
+	if err := c.do(ctx, http.MethodGet, "/api/v1/transactions/"+url.PathEscape(id), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Receipt returns a sealed transaction's receipt (tlog-proof bytes).
+func (c *Client) Receipt(ctx context.Context, id string) ([]byte, error) {
+	var out []byte
+	err := c.do(ctx, http.MethodGet, "/api/v1/transactions/"+url.PathEscape(id)+"/receipt", nil, &out)
+	return out, err
+}
+
+// Chain returns the chain's head and validators.
+func (c *Client) Chain(ctx context.Context) (*ChainInfo, error) {
+	var out ChainInfo
+	if err := c.do(ctx, http.MethodGet, "/api/v1/chain", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Block returns the block at height.
+func (c *Client) Block(ctx context.Context, height uint64) (*chain.Block, error) {
+	var raw []byte
+	if err := c.do(ctx, http.MethodGet, "/api/v1/blocks/"+strconv.FormatUint(height, 10), nil, &raw); err != nil {
+		return nil, err
+	}
+	return chain.DecodeBlock(raw)
+}
+
+// Consensus returns the node's consensus status.
+func (c *Client) Consensus(ctx context.Context) (*ConsensusStatus, error) {
+	var out ConsensusStatus
+	if err := c.do(ctx, http.MethodGet, "/api/v1/consensus/status", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// AddVoter asks the leader to add a node.
+func (c *Client) AddVoter(ctx context.Context, req AddVoterRequest) error {
+	body, _ := json.Marshal(req)
+	return c.do(ctx, http.MethodPost, "/api/v1/consensus/voters", body, nil)
+}
+
+// Follow streams blocks from height from, calling fn for each in order,
+// until ctx ends, fn fails, or the stream breaks (the error says which).
+// Callers reconnect from the height after the last block they handled.
+func (c *Client) Follow(ctx context.Context, from uint64, fn func(*chain.Block) error) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/api/v1/blocks/stream?from="+strconv.FormatUint(from, 10), nil)
+	if err != nil {
+		return err
+	}
+	// The stream is long-lived: no client timeout, only ctx.
+	hc := *c.http
+	hc.Timeout = 0
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return decodeError(resp)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	for sc.Scan() {
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 {
+			continue // keep-alive
+		}
+		b, err := chain.DecodeBlock(line)
+		if err != nil {
+			return fmt.Errorf("follow: %w", err)
+		}
+		if err := fn(b); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	return io.ErrUnexpectedEOF
+}

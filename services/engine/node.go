@@ -1,0 +1,320 @@
+package engine
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/pickme/lucid/pkg/chain"
+	"github.com/pickme/lucid/pkg/chainstore"
+)
+
+// node is one engine: its chain store, its raft member, its mempool and,
+// while it leads, its block producer.
+type node struct {
+	cfg      Config
+	logger   *slog.Logger
+	store    *chainstore.Store
+	guard    *guard
+	mempool  *mempool
+	signer   note.Signer
+	vkey     string
+	raft     *raft.Raft
+	raftDB   *raftboltdb.BoltStore
+	trans    *raft.NetworkTransport
+	metrics  *metrics
+	origin   string
+	applyErr chan error // test hook: FSM apply failures
+}
+
+func openNode(cfg Config, logger *slog.Logger, m *metrics) (n *node, err error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, err
+	}
+	n = &node{cfg: cfg, logger: logger, mempool: newMempool(cfg.MempoolMax), metrics: m, origin: chain.Origin(cfg.ChainID)}
+	defer func() {
+		if err != nil {
+			n.close()
+		}
+	}()
+	if n.signer, n.vkey, err = chain.LoadOrCreateKey(cfg.DataDir, cfg.NodeID); err != nil {
+		return nil, err
+	}
+	if n.store, err = chainstore.Open(filepath.Join(cfg.DataDir, "chain.db"), n.origin); err != nil {
+		return nil, err
+	}
+	if n.guard, err = openGuard(filepath.Join(cfg.DataDir, "guard.db")); err != nil {
+		return nil, err
+	}
+	if err := n.startRaft(); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+func (n *node) startRaft() error {
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(n.cfg.NodeID)
+	// The chain store is itself durable: on start, raft need not rebuild it
+	// from a snapshot; replayed entries are recognised and skipped.
+	rc.NoSnapshotRestoreOnStart = true
+	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Output: n.cfg.RaftLog, JSONFormat: true, Level: hclog.Warn})
+	if n.cfg.FastElections {
+		rc.HeartbeatTimeout = 300 * time.Millisecond
+		rc.ElectionTimeout = 300 * time.Millisecond
+		rc.LeaderLeaseTimeout = 150 * time.Millisecond
+	}
+
+	var err error
+	n.raftDB, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(n.cfg.DataDir, "raft.db")})
+	if err != nil {
+		return fmt.Errorf("raft log: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.DataDir, 2, rc.Logger)
+	if err != nil {
+		return fmt.Errorf("raft snapshots: %w", err)
+	}
+	advertise, err := net.ResolveTCPAddr("tcp", n.cfg.RaftAdvertise)
+	if err != nil {
+		return fmt.Errorf("LUCID_RAFT_ADVERTISE %q: %w", n.cfg.RaftAdvertise, err)
+	}
+	n.trans, err = raft.NewTCPTransportWithLogger(n.cfg.RaftAddr, advertise, 3, 10*time.Second, rc.Logger)
+	if err != nil {
+		return fmt.Errorf("raft transport on %s: %w", n.cfg.RaftAddr, err)
+	}
+	existing, err := raft.HasExistingState(n.raftDB, n.raftDB, snaps)
+	if err != nil {
+		return err
+	}
+	n.raft, err = raft.NewRaft(rc, (*fsm)(n), n.raftDB, n.raftDB, snaps, n.trans)
+	if err != nil {
+		return fmt.Errorf("raft: %w", err)
+	}
+	if !existing && n.cfg.Bootstrap {
+		f := n.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
+			ID: rc.LocalID, Address: n.trans.LocalAddr(), Suffrage: raft.Voter,
+		}}})
+		if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			return fmt.Errorf("bootstrap: %w", err)
+		}
+		n.logger.Info("bootstrapped a one-voter cluster", "node", n.cfg.NodeID, "raft", n.trans.LocalAddr())
+	}
+	return nil
+}
+
+func (n *node) close() error {
+	var errs []error
+	if n.raft != nil {
+		errs = append(errs, n.raft.Shutdown().Error())
+	}
+	if n.trans != nil {
+		errs = append(errs, n.trans.Close())
+	}
+	if n.raftDB != nil {
+		errs = append(errs, n.raftDB.Close())
+	}
+	if n.guard != nil {
+		errs = append(errs, n.guard.close())
+	}
+	if n.store != nil {
+		errs = append(errs, n.store.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func (n *node) isLeader() bool { return n.raft.State() == raft.Leader }
+
+// nextSlot returns the first slot boundary (a multiple of interval since
+// the Unix epoch) strictly after t.
+func nextSlot(t time.Time, interval time.Duration) time.Time {
+	return t.Truncate(interval).Add(interval)
+}
+
+// produce cuts a block at every slot while this node leads.
+func (n *node) produce(ctx context.Context) {
+	for {
+		slot := nextSlot(time.Now(), n.cfg.BlockInterval)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Until(slot)):
+		}
+		if !n.isLeader() {
+			continue
+		}
+		n.metrics.slotLag.Observe(time.Since(slot).Seconds())
+		if err := n.propose(slot); err != nil {
+			n.logger.Warn("block not produced", "slot", slot, "error", err)
+		}
+	}
+}
+
+// propose seals the mempool into the block for slot and commits it through
+// raft. The signed block is recorded in the guard before it leaves the node.
+func (n *node) propose(slot time.Time) error {
+	// Apply everything the cluster has committed before building on it.
+	if err := n.raft.Barrier(n.cfg.BlockInterval).Error(); err != nil {
+		return fmt.Errorf("barrier: %w", err)
+	}
+	head := n.store.Head()
+	height, prev := uint64(1), chain.ZeroHash
+	if head != nil {
+		if !slot.After(head.Time) {
+			return nil // this slot is taken (a clock step back, or a re-elected leader)
+		}
+		height, prev = head.Height+1, head.Hash()
+	}
+	b, err := n.guard.signed(height)
+	if err != nil {
+		return err
+	}
+	if b != nil {
+		n.logger.Info("re-proposing the block this node already signed", "height", height)
+	} else {
+		if b, err = n.build(slot, height, prev); err != nil {
+			return err
+		}
+		if b, err = n.guard.record(b); err != nil {
+			return fmt.Errorf("record signed block: %w", err)
+		}
+	}
+	enc, err := b.Encode()
+	if err != nil {
+		return err
+	}
+	f := n.raft.Apply(enc, 2*n.cfg.BlockInterval)
+	if err := f.Error(); err != nil {
+		return fmt.Errorf("commit block %d: %w", height, err)
+	}
+	if resp, ok := f.Response().(error); ok && resp != nil {
+		return fmt.Errorf("apply block %d: %w", height, resp)
+	}
+	if height > 100 {
+		_ = n.guard.forget(height - 100)
+	}
+	return nil
+}
+
+// build makes and signs the block at height from the mempool.
+func (n *node) build(slot time.Time, height uint64, prev string) (*chain.Block, error) {
+	_, txs := n.mempool.next(n.cfg.BlockMaxTxs)
+	raws := make([]json.RawMessage, 0, len(txs)+1)
+	if height == 1 {
+		genesis, err := (&chain.Transaction{Type: chain.TypeSystem, System: &chain.SystemChange{
+			Action: chain.ActionAddValidator, Key: n.vkey, Node: n.cfg.NodeID,
+		}}).Encode()
+		if err != nil {
+			return nil, err
+		}
+		raws = append(raws, genesis)
+	}
+	for _, tx := range txs {
+		// A transaction sealed while it waited (resubmitted by a client
+		// after a leader change) must not enter the log twice.
+		if _, err := n.store.Tx(chain.TxID(tx)); err == nil {
+			continue
+		}
+		raws = append(raws, tx)
+	}
+	blk := &chain.Block{Height: height, Transactions: raws}
+	size, root, err := n.store.NextRoot(blk.LeafHashes())
+	if err != nil {
+		return nil, err
+	}
+	h := &chain.Header{
+		Origin: n.origin, TreeSize: size, Root: root, Height: height, Prev: prev,
+		Time: slot.UTC(), TxCount: len(raws), Proposer: n.signer.Name(),
+	}
+	signed, err := chain.SignHeader(h, n.signer)
+	if err != nil {
+		return nil, err
+	}
+	blk.Hash, blk.Checkpoint = h.Hash(), string(signed)
+	return blk, nil
+}
+
+// fsm applies committed blocks to the chain store.
+type fsm node
+
+var _ raft.FSM = (*fsm)(nil)
+
+func (f *fsm) Apply(l *raft.Log) any {
+	b, err := chain.DecodeBlock(l.Data)
+	if err != nil {
+		return fmt.Errorf("raft entry %d is not a block: %w", l.Index, err)
+	}
+	start := time.Now()
+	h, err := f.store.Append(b)
+	if err != nil {
+		f.logger.Error("block refused", "height", b.Height, "error", err)
+		return err
+	}
+	ids := make([]string, len(b.Transactions))
+	for i, raw := range b.Transactions {
+		ids[i] = chain.TxID(raw)
+	}
+	f.mempool.remove(ids)
+	f.metrics.blocks.Inc()
+	f.metrics.txs.Add(float64(len(ids)))
+	f.metrics.height.Set(float64(h.Height))
+	f.logger.Info("block sealed", "height", h.Height, "txs", h.TxCount, "tree_size", h.TreeSize,
+		"hash", h.Hash(), "proposer", h.Proposer, "apply_ms", time.Since(start).Milliseconds())
+	return nil
+}
+
+// Snapshot streams every block; a follower that is too far behind for the
+// log gets them through Restore.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	return &snapshot{store: f.store, height: f.store.Height()}, nil
+}
+
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	sc := bufio.NewScanner(rc)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	for sc.Scan() {
+		b, err := chain.DecodeBlock(sc.Bytes())
+		if err != nil {
+			return err
+		}
+		if _, err := f.store.Append(b); err != nil {
+			return fmt.Errorf("restore block %d: %w", b.Height, err)
+		}
+	}
+	return sc.Err()
+}
+
+type snapshot struct {
+	store  *chainstore.Store
+	height uint64
+}
+
+func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+	err := s.store.Blocks(1, s.height, func(raw []byte) error {
+		if _, err := sink.Write(raw); err != nil {
+			return err
+		}
+		_, err := sink.Write([]byte("\n"))
+		return err
+	})
+	if err != nil {
+		_ = sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (s *snapshot) Release() {}
