@@ -37,7 +37,8 @@ type node struct {
 	trans    *raft.NetworkTransport
 	metrics  *metrics
 	origin   string
-	applyErr chan error // test hook: FSM apply failures
+	// onSlot, if set, is told how late each block production started.
+	onSlot func(lag time.Duration)
 }
 
 func openNode(cfg Config, logger *slog.Logger, m *metrics) (n *node, err error) {
@@ -155,7 +156,11 @@ func (n *node) produce(ctx context.Context) {
 		if !n.isLeader() {
 			continue
 		}
-		n.metrics.slotLag.Observe(time.Since(slot).Seconds())
+		lag := time.Since(slot)
+		n.metrics.slotLag.Observe(lag.Seconds())
+		if n.onSlot != nil {
+			n.onSlot(lag)
+		}
 		if err := n.propose(slot); err != nil {
 			n.logger.Warn("block not produced", "slot", slot, "error", err)
 		}

@@ -1,0 +1,294 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/chain"
+	"github.com/pickme/lucid/pkg/chain/chaintest"
+	"github.com/pickme/lucid/pkg/service"
+)
+
+// testNode is an engine running in the test process.
+type testNode struct {
+	app    *App
+	http   *httptest.Server
+	client *engineapi.Client
+	cfg    Config
+	cancel context.CancelFunc
+}
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func nodeConfig(t testing.TB, id string, bootstrap bool) Config {
+	addr := freeAddr(t)
+	return Config{
+		DataDir: filepath.Join(t.TempDir(), id), ChainID: "test", NodeID: id,
+		BlockInterval: time.Second, RaftAddr: addr, RaftAdvertise: addr, Bootstrap: bootstrap,
+		MempoolMax: 100_000, BlockMaxTxs: 20_000, FastElections: true, RaftLog: io.Discard,
+	}
+}
+
+func startNode(t testing.TB, cfg Config) *testNode {
+	t.Helper()
+	app := &App{cfg: cfg}
+	logger := slog.New(slog.DiscardHandler)
+	srv := service.New(service.Config{Name: "engine", DataDir: cfg.DataDir, ShutdownTimeout: time.Second}, logger)
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := app.Provision(ctx, srv); err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	n := &testNode{app: app, http: hs, client: engineapi.New(hs.URL, nil), cfg: cfg, cancel: cancel}
+	t.Cleanup(n.stop)
+	return n
+}
+
+func (n *testNode) stop() {
+	if n.cancel == nil {
+		return
+	}
+	n.cancel()
+	n.http.CloseClientConnections()
+	n.http.Close()
+	_ = n.app.Close()
+	n.cancel = nil
+}
+
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func anchorJSON(i int) []byte {
+	b, _ := chaintest.Anchor(i).Encode()
+	return b
+}
+
+func TestSealAndReceiptSurviveRestart(t *testing.T) {
+	cfg := nodeConfig(t, "solo", true)
+	n := startNode(t, cfg)
+	ctx := context.Background()
+	waitFor(t, 10*time.Second, "first block", func() bool { info, err := n.client.Chain(ctx); return err == nil && info.Height >= 1 })
+
+	res, err := n.client.Submit(ctx, [][]byte{anchorJSON(1), anchorJSON(2), anchorJSON(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Transactions) != 3 || res.Transactions[0].ID != res.Transactions[2].ID {
+		t.Fatalf("submit = %+v", res)
+	}
+	id := res.Transactions[1].ID
+	waitFor(t, 10*time.Second, "sealed", func() bool { st, err := n.client.Tx(ctx, id); return err == nil && st.Status == engineapi.StatusSealed })
+	info, _ := n.client.Chain(ctx)
+	vs, _ := chain.Verifiers(info.Validators)
+	receipt, err := n.client.Receipt(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := chain.VerifyReceipt(receipt, vs); err != nil || v.TxID != id {
+		t.Fatalf("receipt: %v", err)
+	}
+	// Sealed once: the duplicate in the same call and a later resubmission
+	// do not enter the log again.
+	again, err := n.client.Submit(ctx, [][]byte{anchorJSON(2)})
+	if err != nil || again.Transactions[0].Status != engineapi.StatusSealed {
+		t.Fatalf("resubmit: %+v %v", again, err)
+	}
+	height := info.Height
+	n.stop()
+
+	n2 := startNode(t, cfg)
+	waitFor(t, 10*time.Second, "chain grows after restart", func() bool {
+		i, err := n2.client.Chain(ctx)
+		return err == nil && i.Height > height
+	})
+	i2, _ := n2.client.Chain(ctx)
+	if i2.TreeSize != 3 { // genesis validator + two anchors
+		t.Errorf("tree size after restart = %d, want 3", i2.TreeSize)
+	}
+	// The whole chain audits cleanly.
+	a := chain.NewAuditor(chain.Origin("test"), nil)
+	for h := uint64(1); h <= i2.Height; h++ {
+		b, err := n2.client.Block(ctx, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Next(b); err != nil {
+			t.Fatalf("audit: %v", err)
+		}
+	}
+}
+
+// TestHostileInput: malformed and hostile requests get a 4xx with a
+// message naming the problem, never a 500.
+func TestHostileInput(t *testing.T) {
+	n := startNode(t, nodeConfig(t, "solo", true))
+	waitFor(t, 10*time.Second, "leader", func() bool { info, err := n.client.Chain(context.Background()); return err == nil && info.Leader })
+	many := "[" + strings.TrimSuffix(strings.Repeat(string(anchorJSON(1))+",", 10_000), ",") + "]"
+	valid := chaintest.Anchor(5)
+	valid.Anchor.ChunkCount = -1
+	negative, _ := json.Marshal(valid)
+	tests := []struct {
+		name   string
+		body   string
+		status int
+		want   string
+	}{
+		{"not JSON", "{nope", 400, "malformed JSON"},
+		{"empty", "", 400, "empty body"},
+		{"wrong type", `{"type":"session_anchor","anchor":{"chunk_count":"ten"}}`, 400, "chunk_count"},
+		{"unknown field", `{"type":"system","evil":true}`, 400, "unknown field"},
+		{"missing fields", `{"type":"session_anchor","anchor":{}}`, 400, "anchor.session_id"},
+		{"bad type", `{"type":"payment"}`, 400, "type"},
+		{"negative count", string(negative), 400, "anchor.chunk_count"},
+		{"ten thousand", many, 413, "at most 1000"},
+		{"huge body", `"` + strings.Repeat("x", 9<<20) + `"`, 413, "larger than"},
+		{"empty array", "[]", 400, "empty"},
+		{"trailing", string(anchorJSON(1)) + "{}", 400, "after the JSON"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := http.Post(n.http.URL+"/api/v1/transactions", "application/json", strings.NewReader(tt.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.status || !bytes.Contains(body, []byte(tt.want)) {
+				t.Errorf("status %d, body %s; want %d containing %q", resp.StatusCode, body, tt.status, tt.want)
+			}
+		})
+	}
+	for _, path := range []string{"/api/v1/blocks/abc", "/api/v1/blocks/0", "/api/v1/consistency?from=5&to=1", "/api/v1/blocks/stream?from=x"} {
+		resp, err := http.Get(n.http.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 400 {
+			t.Errorf("GET %s = %d, want 400", path, resp.StatusCode)
+		}
+	}
+}
+
+// TestThreeVoters: a leader and two joined voters; the leader is killed,
+// another is elected, blocks continue, and every height has exactly one
+// block on every node.
+func TestThreeVoters(t *testing.T) {
+	ctx := context.Background()
+	nodes := []*testNode{startNode(t, nodeConfig(t, "n1", true))}
+	waitFor(t, 10*time.Second, "n1 leads", func() bool { i, err := nodes[0].client.Chain(ctx); return err == nil && i.Leader && i.Height >= 1 })
+	for _, id := range []string{"n2", "n3"} {
+		n := startNode(t, nodeConfig(t, id, false))
+		st, err := n.client.Consensus(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nodes[0].client.AddVoter(ctx, engineapi.AddVoterRequest{ID: id, Address: n.cfg.RaftAddr, Key: st.ValidatorKey}); err != nil {
+			t.Fatalf("add %s: %v", id, err)
+		}
+		nodes = append(nodes, n)
+	}
+	info, _ := nodes[0].client.Chain(ctx)
+	if len(info.Validators) != 3 {
+		t.Fatalf("validators = %v", info.Validators)
+	}
+	_, _ = nodes[0].client.Submit(ctx, [][]byte{anchorJSON(1)})
+	h0 := info.Height
+	waitFor(t, 10*time.Second, "followers catch up", func() bool {
+		for _, n := range nodes[1:] {
+			if i, err := n.client.Chain(ctx); err != nil || i.Height < h0+1 {
+				return false
+			}
+		}
+		return true
+	})
+
+	nodes[0].stop() // the leader dies
+	var leader *testNode
+	waitFor(t, 15*time.Second, "a new leader", func() bool {
+		for _, n := range nodes[1:] {
+			if i, err := n.client.Chain(ctx); err == nil && i.Leader {
+				leader = n
+				return true
+			}
+		}
+		return false
+	})
+	before, _ := leader.client.Chain(ctx)
+	res, err := leader.client.Submit(ctx, [][]byte{anchorJSON(2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "blocks continue under the new leader", func() bool {
+		st, err := leader.client.Tx(ctx, res.Transactions[0].ID)
+		i, _ := leader.client.Chain(ctx)
+		return err == nil && st.Status == engineapi.StatusSealed && i.Height >= before.Height+2
+	})
+
+	// The two survivors hold the same chain, block for block, and it audits.
+	final, _ := leader.client.Chain(ctx)
+	waitFor(t, 10*time.Second, "the survivors agree", func() bool {
+		i, err := nodes[1].client.Chain(ctx)
+		j, err2 := nodes[2].client.Chain(ctx)
+		return err == nil && err2 == nil && i.Height >= final.Height && j.Height >= final.Height
+	})
+	a := chain.NewAuditor(chain.Origin("test"), nil)
+	proposers := map[string]bool{}
+	for h := uint64(1); h <= final.Height; h++ {
+		b1, err1 := nodes[1].client.Block(ctx, h)
+		b2, err2 := nodes[2].client.Block(ctx, h)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("block %d: %v %v", h, err1, err2)
+		}
+		if b1.Hash != b2.Hash {
+			t.Fatalf("height %d has two blocks: %s and %s", h, b1.Hash, b2.Hash)
+		}
+		if err := a.Next(b1); err != nil {
+			t.Fatalf("audit: %v", err)
+		}
+		proposers[a.Head().Proposer] = true
+	}
+	if len(proposers) < 2 {
+		t.Errorf("proposers %v: the new leader signed nothing", proposers)
+	}
+}
+
+func TestNextSlot(t *testing.T) {
+	base := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		now  time.Duration
+		want time.Duration
+	}{{0, 10 * time.Second}, {time.Millisecond, 10 * time.Second}, {9999 * time.Millisecond, 10 * time.Second}, {10 * time.Second, 20 * time.Second}} {
+		if got := nextSlot(base.Add(tt.now), 10*time.Second); !got.Equal(base.Add(tt.want)) {
+			t.Errorf("nextSlot(+%s) = %s", tt.now, got)
+		}
+	}
+}
+
