@@ -94,7 +94,7 @@ func (s *Store) load() error {
 			if err != nil {
 				return err
 			}
-			h, err := chain.ParseHeaderBody(headerBody(b.Checkpoint))
+			h, err := b.Header()
 			if err != nil {
 				return fmt.Errorf("head block: %w", err)
 			}
@@ -107,15 +107,6 @@ func (s *Store) load() error {
 		s.tree = t
 		return nil
 	})
-}
-
-// headerBody returns the text of a signed note (before the blank line).
-func headerBody(signed string) []byte {
-	i := bytes.Index([]byte(signed), []byte("\n\n"))
-	if i < 0 {
-		return []byte(signed)
-	}
-	return []byte(signed[:i+1])
 }
 
 func decodeBlock(v []byte) (*chain.Block, error) {
@@ -191,7 +182,7 @@ func (s *Store) Append(b *chain.Block) (*chain.Header, error) {
 		if have.Hash != b.Hash {
 			return nil, &chain.BlockError{Height: b.Height, Reason: fmt.Sprintf("a different block (%s) is already stored at this height", have.Hash)}
 		}
-		return chain.ParseHeaderBody(headerBody(have.Checkpoint))
+		return have.Header()
 	}
 	h, err := s.verifyLocked(b)
 	if err != nil {
@@ -346,7 +337,7 @@ func (s *Store) Receipt(id string) (*chain.Receipt, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := chain.ParseHeaderBody(headerBody(b.Checkpoint))
+	h, err := b.Header()
 	if err != nil {
 		return nil, err
 	}
@@ -415,4 +406,10 @@ func (s *Store) NextRoot(leafHashes [][]byte) (uint64, []byte, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.tree.RootWith(leafHashes)
+}
+
+// HasTx reports whether transaction id is sealed.
+func (s *Store) HasTx(id string) bool {
+	_, err := s.Tx(id)
+	return err == nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/pickme/lucid/pkg/envconfig"
@@ -52,6 +53,9 @@ func Main(ctx context.Context, name string, app App, lookup envconfig.Lookup, lo
 				err = errors.Join(err, fmt.Errorf("close: %w", cerr))
 			}
 		}()
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data directory (LUCID_DATA_DIR): %w", err)
 	}
 	if err := app.Provision(ctx, srv); err != nil {
 		logger.Error("provision failed", "error", err)

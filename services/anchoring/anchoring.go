@@ -1,11 +1,224 @@
 // Package anchoring is session anchoring (`lucid anchoring`, port 8085): it
-// accepts session manifests, submits anchor transactions to the engine,
-// tracks them until sealed and serves receipts.
-//
-// So far it serves only the shared endpoints (/health, /ready, /metrics).
+// accepts session manifests, queues each as an anchor transaction on disk
+// before it answers 202, submits the queue to the engine until every anchor
+// is sealed (idempotently: a transaction's id is its content), and serves
+// each anchor's status and, once sealed, its offline-verifiable receipt.
 package anchoring
 
-import "github.com/pickme/lucid/pkg/service"
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
 
-// New returns the anchoring service.
-func New() service.App { return service.Basic{} }
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/chain"
+	"github.com/pickme/lucid/pkg/envconfig"
+	"github.com/pickme/lucid/pkg/service"
+)
+
+// App is the session anchoring service.
+type App struct {
+	engineURL     string
+	batch         int
+	resubmitAfter time.Duration
+
+	store  *store
+	engine *engineapi.Client
+	logger *slog.Logger
+	kick   chan struct{} // new anchors: submit now
+
+	mu        sync.Mutex
+	submitted map[string]time.Time // tx id → last submission
+	head      uint64               // the engine's height, as last seen
+	chainID   string
+	vkeys     []string
+	accepted  prometheus.Counter
+	sealed    prometheus.Counter
+}
+
+var _ service.App = (*App)(nil)
+
+// New returns the anchoring service, ready to be configured.
+func New() service.App { return &App{} }
+
+// Configure reads the engine's URL and the queue's tuning.
+func (a *App) Configure(r *envconfig.Reader) {
+	u := r.URL("BLOCKCHAIN_ENGINE_URL")
+	a.engineURL = "http://127.0.0.1:8084"
+	if u != nil {
+		a.engineURL = u.String()
+	}
+	a.batch = r.Int("LUCID_ANCHOR_BATCH", 1000, 1, 1000)
+	a.resubmitAfter = r.Duration("LUCID_ANCHOR_RESUBMIT", 15*time.Second, time.Second, time.Hour)
+}
+
+// Provision opens the queue and starts the submitter and the follower.
+func (a *App) Provision(ctx context.Context, srv *service.Server) error {
+	var err error
+	if a.store, err = openStore(filepath.Join(srv.Config().DataDir, "anchors.db")); err != nil {
+		return err
+	}
+	a.engine = engineapi.New(a.engineURL, nil)
+	a.logger = srv.Logger()
+	a.kick = make(chan struct{}, 1)
+	a.submitted = map[string]time.Time{}
+	a.accepted = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_anchoring_accepted_total", Help: "Anchors accepted (durably queued)."})
+	a.sealed = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_anchoring_sealed_total", Help: "Anchors seen sealed in a block."})
+	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lucid_anchoring_pending", Help: "Anchors waiting to be sealed."},
+		func() float64 { return float64(a.store.pendingCount()) })
+	srv.Registerer().MustRegister(a.accepted, a.sealed, pending)
+	srv.AddCheck("engine", func(ctx context.Context) error {
+		_, err := a.engine.Chain(ctx)
+		return err
+	})
+	go a.submitLoop(ctx)
+	go a.followLoop(ctx)
+	(&api{app: a}).routes(srv)
+	return nil
+}
+
+// Close closes the queue.
+func (a *App) Close() error {
+	if a.store != nil {
+		return a.store.close()
+	}
+	return nil
+}
+
+func (a *App) poke() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// submitLoop sends pending anchors to the engine: new ones at once,
+// unsealed ones again after resubmitAfter (the engine drops duplicates).
+func (a *App) submitLoop(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.kick:
+		case <-tick.C:
+		}
+		for ctx.Err() == nil {
+			n, err := a.submitOnce(ctx)
+			if err != nil {
+				a.logger.Warn("submit to the engine failed; retrying", "error", err, "backoff", backoff)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				backoff = min(backoff*2, 5*time.Second)
+				continue
+			}
+			backoff = 100 * time.Millisecond
+			if n < a.batch {
+				break
+			}
+		}
+	}
+}
+
+func (a *App) submitOnce(ctx context.Context) (int, error) {
+	now := time.Now()
+	a.mu.Lock()
+	skip := func(id string) bool {
+		t, ok := a.submitted[id]
+		return ok && now.Sub(t) < a.resubmitAfter
+	}
+	ids, txs, err := a.store.pending(a.batch, skip)
+	a.mu.Unlock()
+	if err != nil || len(ids) == 0 {
+		return 0, err
+	}
+	if _, err := a.engine.Submit(ctx, txs); err != nil {
+		return 0, err
+	}
+	a.mu.Lock()
+	for _, id := range ids {
+		a.submitted[id] = now
+	}
+	a.mu.Unlock()
+	return len(ids), nil
+}
+
+// followLoop follows the engine's blocks from the last one seen and marks
+// the anchors they seal, reconnecting whenever the stream breaks.
+func (a *App) followLoop(ctx context.Context) {
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		from := a.store.followed() + 1
+		err := a.engine.Follow(ctx, from, func(b *chain.Block) error {
+			backoff = 200 * time.Millisecond
+			return a.onBlock(b)
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		a.logger.Warn("following the engine failed; reconnecting", "from", from, "error", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// onBlock records which of our anchors b sealed. The engine verified the
+// block; the receipt we hand out is verifiable by anyone anyway.
+func (a *App) onBlock(b *chain.Block) error {
+	h, err := b.Header()
+	if err != nil {
+		return err
+	}
+	first := h.TreeSize - uint64(len(b.Transactions))
+	txs := make([]sealedTx, len(b.Transactions))
+	for i, raw := range b.Transactions {
+		txs[i] = sealedTx{id: chain.TxID(raw), height: b.Height, index: first + uint64(i)}
+	}
+	n, err := a.store.markSealed(b.Height, txs)
+	if err != nil {
+		return err
+	}
+	a.sealed.Add(float64(n))
+	a.mu.Lock()
+	a.head = b.Height
+	for _, t := range txs {
+		delete(a.submitted, t.id)
+	}
+	a.mu.Unlock()
+	return nil
+}
+
+// validators returns the chain's validator keys, from the engine, cached.
+func (a *App) validators(ctx context.Context) ([]string, error) {
+	a.mu.Lock()
+	if a.vkeys != nil {
+		defer a.mu.Unlock()
+		return a.vkeys, nil
+	}
+	a.mu.Unlock()
+	info, err := a.engine.Chain(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(info.Validators) == 0 {
+		return nil, errors.New("the engine has no validators yet")
+	}
+	a.mu.Lock()
+	a.vkeys, a.chainID = info.Validators, info.ChainID
+	a.mu.Unlock()
+	return info.Validators, nil
+}

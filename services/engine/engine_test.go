@@ -291,4 +291,3 @@ func TestNextSlot(t *testing.T) {
 		}
 	}
 }
-

@@ -25,18 +25,18 @@ import (
 // node is one engine: its chain store, its raft member, its mempool and,
 // while it leads, its block producer.
 type node struct {
-	cfg      Config
-	logger   *slog.Logger
-	store    *chainstore.Store
-	guard    *guard
-	mempool  *mempool
-	signer   note.Signer
-	vkey     string
-	raft     *raft.Raft
-	raftDB   *raftboltdb.BoltStore
-	trans    *raft.NetworkTransport
-	metrics  *metrics
-	origin   string
+	cfg     Config
+	logger  *slog.Logger
+	store   *chainstore.Store
+	guard   *guard
+	mempool *mempool
+	signer  note.Signer
+	vkey    string
+	raft    *raft.Raft
+	raftDB  *raftboltdb.BoltStore
+	trans   *raft.NetworkTransport
+	metrics *metrics
+	origin  string
 	// onSlot, if set, is told how late each block production started.
 	onSlot func(lag time.Duration)
 }
@@ -226,14 +226,17 @@ func (n *node) build(slot time.Time, height uint64, prev string) (*chain.Block, 
 		}
 		raws = append(raws, genesis)
 	}
+	var stale []string
 	for _, tx := range txs {
 		// A transaction sealed while it waited (resubmitted by a client
 		// after a leader change) must not enter the log twice.
-		if _, err := n.store.Tx(chain.TxID(tx)); err == nil {
+		if id := chain.TxID(tx); n.store.HasTx(id) {
+			stale = append(stale, id)
 			continue
 		}
 		raws = append(raws, tx)
 	}
+	n.mempool.remove(stale)
 	blk := &chain.Block{Height: height, Transactions: raws}
 	size, root, err := n.store.NextRoot(blk.LeafHashes())
 	if err != nil {

@@ -1,0 +1,158 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var lucidBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "lucid-e2e")
+	if err != nil {
+		panic(err)
+	}
+	lucidBin = filepath.Join(dir, "lucid")
+	if out, err := exec.Command("go", "build", "-o", lucidBin, "github.com/pickme/lucid/cmd/lucid").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build lucid: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// proc is one lucid service process that can be killed and restarted with
+// the same data directory and environment.
+type proc struct {
+	t    testing.TB
+	name string
+	env  []string
+	url  string
+	logs *syncBuffer
+
+	mu  sync.Mutex
+	cmd *exec.Cmd
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newProc(t testing.TB, name string, env ...string) *proc {
+	t.Helper()
+	if runtime.GOOS == "windows" {
+		t.Skip("SIGKILL tests are Unix")
+	}
+	port := freePort(t)
+	p := &proc{
+		t: t, name: name, url: fmt.Sprintf("http://127.0.0.1:%d", port), logs: &syncBuffer{},
+		env: append(os.Environ(),
+			fmt.Sprintf("LUCID_ADDR=127.0.0.1:%d", port),
+			"LUCID_DATA_DIR="+filepath.Join(t.TempDir(), name),
+			"LUCID_LOG_LEVEL=warn",
+		),
+	}
+	p.env = append(p.env, env...)
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("%s log:\n%s", name, tail(p.logs.String(), 4000))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func (p *proc) start() {
+	p.t.Helper()
+	cmd := exec.Command(lucidBin, p.name)
+	cmd.Env = p.env
+	cmd.Stdout, cmd.Stderr = p.logs, p.logs
+	if err := cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	p.mu.Lock()
+	p.cmd = cmd
+	p.mu.Unlock()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if cmd.ProcessState != nil || (cmd.Process.Signal(syscall.Signal(0)) != nil) {
+			break // it died
+		}
+		if resp, err := http.Get(p.url + "/health"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.t.Fatalf("%s did not come up:\n%s", p.name, tail(p.logs.String(), 3000))
+}
+
+// kill sends SIGKILL: no chance to flush or clean up.
+func (p *proc) kill() {
+	p.mu.Lock()
+	cmd := p.cmd
+	p.cmd = nil
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Wait()
+}
+
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+var _ = context.Background

@@ -1,0 +1,150 @@
+package anchoring
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/pickme/lucid/pkg/chain"
+	"github.com/pickme/lucid/pkg/service"
+)
+
+type api struct{ app *App }
+
+func (a *api) routes(srv *service.Server) {
+	srv.Handle("POST /api/v1/anchors", a.create)
+	srv.Handle("GET /api/v1/anchors/{session_id}", a.get)
+	srv.Handle("POST /api/v1/anchors/verify", a.verify)
+}
+
+// AnchorStatus is the answer about one anchor.
+type AnchorStatus struct {
+	SessionID     string  `json:"session_id"`
+	TxID          string  `json:"tx_id"`
+	Status        string  `json:"status"`
+	Height        uint64  `json:"height,omitempty"`
+	Index         *uint64 `json:"index,omitempty"`
+	Confirmations uint64  `json:"confirmations,omitempty"`
+	Receipt       string  `json:"receipt,omitempty"`
+}
+
+func (a *api) create(w http.ResponseWriter, r *http.Request) error {
+	var m chain.SessionAnchor
+	if err := service.DecodeJSON(w, r, 64<<10, &m); err != nil {
+		return err
+	}
+	tx := &chain.Transaction{Type: chain.TypeSessionAnchor, Anchor: &m}
+	if err := m.Validate(); err != nil {
+		var fe chain.FieldErrors
+		errors.As(err, &fe)
+		he := service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "invalid manifest: %s", fe.Error())
+		he.Fields = fe
+		return he
+	}
+	canon, err := tx.Encode()
+	if err != nil {
+		return err
+	}
+	rec := &record{SessionID: m.SessionID, TxID: chain.TxID(canon), Tx: canon, Status: statusPending, CreatedAt: time.Now().UTC()}
+	existing, created, err := a.app.store.accept(rec)
+	if errors.Is(err, errConflict) {
+		return service.Errorf(http.StatusConflict, service.CodeConflict, "session %s is already anchored with another manifest (transaction %s)", m.SessionID, existing.TxID)
+	}
+	if err != nil {
+		return err
+	}
+	if created {
+		a.app.accepted.Inc()
+		a.app.poke()
+	} else {
+		rec = existing
+	}
+	service.WriteJSON(w, http.StatusAccepted, a.status(rec))
+	return nil
+}
+
+func (a *api) status(rec *record) AnchorStatus {
+	st := AnchorStatus{SessionID: rec.SessionID, TxID: rec.TxID, Status: rec.Status}
+	if rec.Status == statusSealed {
+		idx := rec.Index
+		st.Height, st.Index = rec.Height, &idx
+		a.app.mu.Lock()
+		if a.app.head >= rec.Height {
+			st.Confirmations = a.app.head - rec.Height + 1
+		}
+		a.app.mu.Unlock()
+		st.Receipt = string(rec.Receipt)
+	}
+	return st
+}
+
+func (a *api) get(w http.ResponseWriter, r *http.Request) error {
+	sid := r.PathValue("session_id")
+	if _, err := uuid.Parse(sid); err != nil {
+		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "session_id must be a UUID")
+	}
+	rec, err := a.app.store.get(sid)
+	if err != nil {
+		return err
+	}
+	if rec == nil {
+		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no anchor for session %s", sid)
+	}
+	if rec.Status == statusSealed && rec.Receipt == nil {
+		receipt, err := a.app.engine.Receipt(r.Context(), rec.TxID)
+		if err != nil {
+			a.app.logger.WarnContext(r.Context(), "receipt not available yet", "tx", rec.TxID, "error", err)
+		} else {
+			rec.Receipt = receipt
+			if err := a.app.store.saveReceipt(sid, receipt); err != nil {
+				return err
+			}
+		}
+	}
+	service.WriteJSON(w, http.StatusOK, a.status(rec))
+	return nil
+}
+
+// VerifyResult answers POST /api/v1/anchors/verify.
+type VerifyResult struct {
+	Valid     bool   `json:"valid"`
+	Reason    string `json:"reason,omitempty"`
+	TxID      string `json:"tx_id,omitempty"`
+	SessionID string `json:"session_id,omitempty"`
+	Height    uint64 `json:"height,omitempty"`
+}
+
+// verify checks a receipt (the tlog-proof text as the body) against the
+// chain's validators.
+func (a *api) verify(w http.ResponseWriter, r *http.Request) error {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 256<<10))
+	if err != nil {
+		return service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge, "a receipt is at most 256 KiB")
+	}
+	if !strings.HasPrefix(string(body), "c2sp.org/tlog-proof@v1\n") {
+		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "the body must be a receipt (c2sp.org/tlog-proof@v1)")
+	}
+	keys, err := a.app.validators(r.Context())
+	if err != nil {
+		return service.Errorf(http.StatusServiceUnavailable, service.CodeUnready, "validator keys unavailable: %v", err)
+	}
+	vs, err := chain.Verifiers(keys)
+	if err != nil {
+		return err
+	}
+	v, err := chain.VerifyReceipt(body, vs)
+	if err != nil {
+		service.WriteJSON(w, http.StatusOK, VerifyResult{Valid: false, Reason: err.Error()})
+		return nil
+	}
+	res := VerifyResult{Valid: true, TxID: v.TxID, Height: v.Header.Height}
+	if v.Tx.Anchor != nil {
+		res.SessionID = v.Tx.Anchor.SessionID
+	}
+	service.WriteJSON(w, http.StatusOK, res)
+	return nil
+}
