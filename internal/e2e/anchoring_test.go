@@ -225,6 +225,8 @@ func TestKillNineUnderLoad(t *testing.T) {
 		t.Fatalf("only %d anchors acknowledged; the load did not run", len(sessions))
 	}
 	t.Logf("%d anchors acknowledged across %d kills", len(sessions), rounds)
+	began := time.Now()
+	defer func() { t.Logf("checked in %s", time.Since(began)) }()
 	deadline := time.Now().Add(60 * time.Second)
 	for _, sid := range sessions {
 		for {
@@ -239,6 +241,7 @@ func TestKillNineUnderLoad(t *testing.T) {
 		}
 	}
 
+	t.Logf("all sealed after %s", time.Since(began))
 	// Audit the chain: every block verifies, none changed, and every
 	// acknowledged transaction is in it exactly once.
 	info, err := s.client.Chain(context.Background())

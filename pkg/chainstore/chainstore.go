@@ -30,7 +30,8 @@ var (
 	bucketMeta     = []byte("meta")
 	bucketBlocks   = []byte("blocks")   // height → block JSON
 	bucketHashes   = []byte("hashes")   // block hash → height
-	bucketTxs      = []byte("txs")      // tx id → height(8) ‖ leaf index(8)
+	bucketTxs      = []byte("txs")      // tx id → height(8) ‖ leaf index(8) ‖ canonical tx
+	bucketHeaders  = []byte("headers")  // height → signed checkpoint
 	bucketNodes    = []byte("nodes")    // logtree node key → hash
 	bucketSessions = []byte("sessions") // session id → tx id
 	keyHeight      = []byte("height")
@@ -60,7 +61,7 @@ func Open(path, origin string) (*Store, error) {
 	}
 	s := &Store{db: db, origin: origin, changed: make(chan struct{})}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketBlocks, bucketHashes, bucketTxs, bucketNodes, bucketSessions} {
+		for _, b := range [][]byte{bucketMeta, bucketBlocks, bucketHashes, bucketTxs, bucketHeaders, bucketNodes, bucketSessions} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -201,11 +202,14 @@ func (s *Store) Append(b *chain.Block) (*chain.Header, error) {
 		if err := tx.Bucket(bucketHashes).Put([]byte(b.Hash), u64(b.Height)); err != nil {
 			return err
 		}
+		if err := tx.Bucket(bucketHeaders).Put(u64(b.Height), []byte(b.Checkpoint)); err != nil {
+			return err
+		}
 		txs, sessions := tx.Bucket(bucketTxs), tx.Bucket(bucketSessions)
 		for i, raw := range b.Transactions {
 			id := chain.TxID(raw)
-			loc := append(u64(b.Height), u64(first+uint64(i))...)
-			if err := txs.Put([]byte(id), loc); err != nil {
+			val := append(append(u64(b.Height), u64(first+uint64(i))...), raw...)
+			if err := txs.Put([]byte(id), val); err != nil {
 				return err
 			}
 			if t, err := chain.DecodeTransaction(raw); err == nil && t.Anchor != nil {
@@ -303,7 +307,7 @@ func (s *Store) Tx(id string) (TxLocation, error) {
 	loc := TxLocation{ID: id}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketTxs).Get([]byte(id))
-		if len(v) != 16 {
+		if len(v) < 16 {
 			return ErrNotFound
 		}
 		loc.Height, loc.Index = binary.BigEndian.Uint64(v[:8]), binary.BigEndian.Uint64(v[8:])
@@ -327,28 +331,38 @@ func (s *Store) SessionTx(sessionID string) (string, error) {
 }
 
 // Receipt builds the receipt of transaction id as of the block that sealed
-// it.
+// it, reading only that transaction and that block's checkpoint.
 func (s *Store) Receipt(id string) (*chain.Receipt, error) {
-	loc, err := s.Tx(id)
+	var r chain.Receipt
+	var height uint64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketTxs).Get([]byte(id))
+		if len(v) < 16 {
+			return ErrNotFound
+		}
+		height, r.Index = binary.BigEndian.Uint64(v[:8]), binary.BigEndian.Uint64(v[8:16])
+		r.Tx = bytes.Clone(v[16:])
+		cp := tx.Bucket(bucketHeaders).Get(u64(height))
+		if cp == nil {
+			return fmt.Errorf("checkpoint of block %d: %w", height, ErrNotFound)
+		}
+		r.Checkpoint = bytes.Clone(cp)
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	b, err := s.Block(loc.Height)
+	h, err := (&chain.Block{Checkpoint: string(r.Checkpoint)}).Header()
 	if err != nil {
 		return nil, err
 	}
-	h, err := b.Header()
-	if err != nil {
-		return nil, err
-	}
-	first := h.TreeSize - uint64(len(b.Transactions))
 	s.mu.RLock()
-	p, err := s.tree.InclusionProof(loc.Index, h.TreeSize)
+	r.Proof, err = s.tree.InclusionProof(r.Index, h.TreeSize)
 	s.mu.RUnlock()
 	if err != nil {
 		return nil, err
 	}
-	return &chain.Receipt{Tx: b.Transactions[loc.Index-first], Index: loc.Index, Proof: p, Checkpoint: []byte(b.Checkpoint)}, nil
+	return &r, nil
 }
 
 // ConsistencyProof proves the log of size1 a prefix of the log of size2.

@@ -77,7 +77,6 @@ func (a *api) status(rec *record) AnchorStatus {
 			st.Confirmations = a.app.head - rec.Height + 1
 		}
 		a.app.mu.Unlock()
-		st.Receipt = string(rec.Receipt)
 	}
 	return st
 }
@@ -94,18 +93,17 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) error {
 	if rec == nil {
 		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no anchor for session %s", sid)
 	}
-	if rec.Status == statusSealed && rec.Receipt == nil {
+	st := a.status(rec)
+	if rec.Status == statusSealed {
+		// The engine builds receipts from its chain store on demand; the
+		// queue need not keep a copy.
 		receipt, err := a.app.engine.Receipt(r.Context(), rec.TxID)
 		if err != nil {
-			a.app.logger.WarnContext(r.Context(), "receipt not available yet", "tx", rec.TxID, "error", err)
-		} else {
-			rec.Receipt = receipt
-			if err := a.app.store.saveReceipt(sid, receipt); err != nil {
-				return err
-			}
+			a.app.logger.WarnContext(r.Context(), "receipt not available", "tx", rec.TxID, "error", err)
 		}
+		st.Receipt = string(receipt)
 	}
-	service.WriteJSON(w, http.StatusOK, a.status(rec))
+	service.WriteJSON(w, http.StatusOK, st)
 	return nil
 }
 

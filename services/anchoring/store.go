@@ -28,7 +28,6 @@ type record struct {
 	Status    string          `json:"status"`
 	Height    uint64          `json:"height,omitempty"`
 	Index     uint64          `json:"index,omitempty"`
-	Receipt   []byte          `json:"receipt,omitempty"`
 	CreatedAt time.Time       `json:"created_at"`
 	SealedAt  time.Time       `json:"sealed_at,omitzero"`
 }
@@ -190,21 +189,4 @@ func (s *store) followed() uint64 {
 		return nil
 	})
 	return h
-}
-
-// saveReceipt caches a sealed anchor's receipt.
-func (s *store) saveReceipt(sessionID string, receipt []byte) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		anchors := tx.Bucket(bucketAnchors)
-		var rec record
-		if err := json.Unmarshal(anchors.Get([]byte(sessionID)), &rec); err != nil {
-			return err
-		}
-		rec.Receipt = receipt
-		enc, err := json.Marshal(&rec)
-		if err != nil {
-			return err
-		}
-		return anchors.Put([]byte(sessionID), enc)
-	})
 }
