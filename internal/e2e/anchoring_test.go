@@ -8,6 +8,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,6 +32,7 @@ func startStack(t *testing.T) *stack {
 	eng := newProc(t, "engine", "LUCID_BLOCK_INTERVAL=1s", "LUCID_CHAIN_ID=e2e", "LUCID_RAFT_FAST=true",
 		fmt.Sprintf("LUCID_RAFT_ADDR=127.0.0.1:%d", raft))
 	eng.start()
+	eng.ready() // a leader is elected
 	anc := newProc(t, "anchoring", "BLOCKCHAIN_ENGINE_URL="+eng.url, "LUCID_ANCHOR_RESUBMIT=2s")
 	anc.start()
 	return &stack{engine: eng, anchoring: anc, client: engineapi.New(eng.url, nil)}
@@ -152,7 +155,7 @@ func TestAnchoringRejectsHostileInput(t *testing.T) {
 	}
 }
 
-// TestKillNineUnderLoad kills the engine and the anchoring service with
+// TestKillNineUnderLoad (LUCID_CHAOS_ROUNDS kills, default 4) kills the engine and the anchoring service with
 // SIGKILL at random moments while anchors pour in, restarts them, and then
 // checks: every anchor that got a 202 is sealed, exactly once; no block
 // seen before a kill changed; the whole chain audits.
@@ -197,7 +200,10 @@ func TestKillNineUnderLoad(t *testing.T) {
 			}
 		}
 	}
-	const rounds = 4
+	rounds := 4
+	if n, err := strconv.Atoi(os.Getenv("LUCID_CHAOS_ROUNDS")); err == nil && n > 0 {
+		rounds = n
+	}
 	for r := 0; r < rounds; r++ {
 		time.Sleep(time.Duration(500+rng.IntN(1500)) * time.Millisecond)
 		record()

@@ -131,6 +131,19 @@ func (p *proc) start() {
 	p.t.Fatalf("%s did not come up:\n%s", p.name, tail(p.logs.String(), 3000))
 }
 
+// ready waits until the service answers /ready with 200.
+func (p *proc) ready() {
+	p.t.Helper()
+	waitFor(p.t, 20*time.Second, p.name+" ready", func() bool {
+		resp, err := http.Get(p.url + "/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+}
+
 // kill sends SIGKILL: no chance to flush or clean up.
 func (p *proc) kill() {
 	p.mu.Lock()

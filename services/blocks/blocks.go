@@ -1,11 +1,189 @@
-// Package blocks is the block manager (`lucid blocks`, port 8086): it
-// follows the engine, re-verifies every block, indexes it and serves queries,
-// proofs and chain audits.
-//
-// So far it serves only the shared endpoints (/health, /ready, /metrics).
+// Package blocks is the block manager (`lucid blocks`, port 8086). It
+// follows the engine's block stream and re-verifies every block on its own
+// (the validator's signature, the hash link, the height and time, every
+// transaction, and the Merkle root recomputed from the transactions, which
+// also proves the checkpoint consistent with the previous one) before it
+// indexes it. A block that fails is refused and reported, never indexed. It
+// serves blocks, transactions, anchors by session, inclusion proofs, and a
+// full audit of the chain it holds.
 package blocks
 
-import "github.com/pickme/lucid/pkg/service"
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
 
-// New returns the blocks service.
-func New() service.App { return service.Basic{} }
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/chain"
+	"github.com/pickme/lucid/pkg/chainstore"
+	"github.com/pickme/lucid/pkg/envconfig"
+	"github.com/pickme/lucid/pkg/service"
+)
+
+// App is the block manager.
+type App struct {
+	engineURL  string
+	chainID    string
+	validators []string // LUCID_VALIDATOR_KEYS: pinned genesis validators
+
+	store  *chainstore.Store
+	engine *engineapi.Client
+	logger *slog.Logger
+
+	mu       sync.Mutex
+	rejected *Rejection
+	engineH  uint64
+	lastErr  string
+
+	indexed  prometheus.Counter
+	refusals prometheus.Counter
+}
+
+// Rejection records a block that failed verification.
+type Rejection struct {
+	Height uint64    `json:"height"`
+	Hash   string    `json:"hash"`
+	Reason string    `json:"reason"`
+	At     time.Time `json:"at"`
+}
+
+var _ service.App = (*App)(nil)
+
+// New returns the block manager, ready to be configured.
+func New() service.App { return &App{} }
+
+// Configure reads the engine's URL, the chain id and optional pinned
+// validator keys.
+func (a *App) Configure(r *envconfig.Reader) {
+	a.engineURL = "http://127.0.0.1:8084"
+	if u := r.URL("BLOCKCHAIN_ENGINE_URL"); u != nil {
+		a.engineURL = u.String()
+	}
+	a.chainID = r.String("LUCID_CHAIN_ID", "lucid")
+	if v := r.String("LUCID_VALIDATOR_KEYS", ""); v != "" {
+		for _, k := range strings.Split(v, ",") {
+			k = strings.TrimSpace(k)
+			if _, err := chain.ParseVerifier(k); err != nil {
+				r.Fail("LUCID_VALIDATOR_KEYS", "%v", err)
+			}
+			a.validators = append(a.validators, k)
+		}
+	}
+}
+
+// Provision opens the index and starts following the engine.
+func (a *App) Provision(ctx context.Context, srv *service.Server) error {
+	var err error
+	a.store, err = chainstore.Open(filepath.Join(srv.Config().DataDir, "index.db"), chain.Origin(a.chainID))
+	if err != nil {
+		return err
+	}
+	a.engine = engineapi.New(a.engineURL, nil)
+	a.logger = srv.Logger()
+	a.indexed = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_blocks_indexed_total", Help: "Blocks verified and indexed."})
+	a.refusals = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_blocks_refused_total", Help: "Blocks that failed verification."})
+	height := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lucid_blocks_height", Help: "Height of the newest verified block."},
+		func() float64 { return float64(a.store.Height()) })
+	srv.Registerer().MustRegister(a.indexed, a.refusals, height)
+	srv.AddCheck("engine", func(ctx context.Context) error {
+		_, err := a.engine.Chain(ctx)
+		return err
+	})
+	srv.AddCheck("chain", func(context.Context) error {
+		if r := a.rejection(); r != nil {
+			return errors.New("refused block " + r.Hash + ": " + r.Reason)
+		}
+		return nil
+	})
+	go a.follow(ctx)
+	(&api{app: a}).routes(srv)
+	return nil
+}
+
+// Close closes the index.
+func (a *App) Close() error {
+	if a.store != nil {
+		return a.store.Close()
+	}
+	return nil
+}
+
+func (a *App) rejection() *Rejection {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.rejected
+}
+
+// follow indexes the engine's blocks, reconnecting when the engine
+// restarts. After a refusal it keeps trying from the same height: if the
+// engine serves a valid block there later, indexing goes on.
+func (a *App) follow(ctx context.Context) {
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		from := a.store.Height() + 1
+		err := a.engine.Follow(ctx, from, func(b *chain.Block) error {
+			backoff = 200 * time.Millisecond
+			return a.index(b)
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		var be *chain.BlockError
+		if errors.As(err, &be) {
+			backoff = 5 * time.Second
+		}
+		a.mu.Lock()
+		a.lastErr = err.Error()
+		a.mu.Unlock()
+		a.logger.Warn("following the engine stopped; resuming", "from", from, "error", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// index verifies b independently and stores it, or refuses it.
+func (a *App) index(b *chain.Block) error {
+	if a.store.Height() == 0 && len(a.validators) > 0 {
+		// Pinned validators: the first block must be signed by one of them.
+		vs, err := chain.Verifiers(a.validators)
+		if err != nil {
+			return err
+		}
+		if _, err := chain.OpenHeader([]byte(b.Checkpoint), vs); err != nil {
+			return a.refuse(b, err)
+		}
+	}
+	h, err := a.store.Append(b)
+	if err != nil {
+		return a.refuse(b, err)
+	}
+	a.indexed.Inc()
+	a.mu.Lock()
+	a.rejected, a.lastErr = nil, ""
+	a.engineH = max(a.engineH, h.Height)
+	a.mu.Unlock()
+	return nil
+}
+
+func (a *App) refuse(b *chain.Block, err error) error {
+	a.refusals.Inc()
+	a.mu.Lock()
+	a.rejected = &Rejection{Height: b.Height, Hash: b.Hash, Reason: err.Error(), At: time.Now().UTC()}
+	a.mu.Unlock()
+	a.logger.Error("block refused", "height", b.Height, "hash", b.Hash, "reason", err)
+	var be *chain.BlockError
+	if errors.As(err, &be) {
+		return err
+	}
+	return &chain.BlockError{Height: b.Height, Reason: err.Error()}
+}

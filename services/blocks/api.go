@@ -1,0 +1,282 @@
+package blocks
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/pickme/lucid/pkg/chain"
+	"github.com/pickme/lucid/pkg/chainstore"
+	"github.com/pickme/lucid/pkg/service"
+)
+
+type api struct{ app *App }
+
+func (a *api) routes(srv *service.Server) {
+	srv.Handle("GET /api/v1/blocks", a.list)
+	srv.Handle("GET /api/v1/blocks/latest", a.latest)
+	srv.Handle("GET /api/v1/blocks/{height}", a.byHeight)
+	srv.Handle("GET /api/v1/blocks/hash/{hash}", a.byHash)
+	srv.Handle("GET /api/v1/chain/status", a.status)
+	srv.Handle("GET /api/v1/chain/transactions/{id}", a.tx)
+	srv.Handle("GET /api/v1/chain/anchors/{session_id}", a.anchor)
+	srv.Handle("GET /api/v1/chain/proofs/{id}", a.proof)
+	srv.Handle("GET /api/v1/chain/verify", a.verify)
+}
+
+// BlockSummary is a block without its transactions.
+type BlockSummary struct {
+	Height   uint64    `json:"height"`
+	Hash     string    `json:"hash"`
+	Prev     string    `json:"prev"`
+	Time     time.Time `json:"time"`
+	TxCount  int       `json:"tx_count"`
+	TreeSize uint64    `json:"tree_size"`
+	Proposer string    `json:"proposer"`
+}
+
+// BlockPage answers GET /api/v1/blocks.
+type BlockPage struct {
+	Blocks []BlockSummary `json:"blocks"`
+	// Next is the ?to= of the next (older) page; absent on the last.
+	Next *uint64 `json:"next,omitempty"`
+}
+
+const maxPage = 100
+
+// list pages through blocks, newest first: ?to= (default: the head) and
+// ?limit= (default 20, at most 100); ?from= bounds the range below.
+func (a *api) list(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	head := a.app.store.Height()
+	num := func(key string, def uint64) (uint64, error) {
+		v := q.Get(key)
+		if v == "" {
+			return def, nil
+		}
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "%s must be a whole number", key)
+		}
+		return n, nil
+	}
+	to, err := num("to", head)
+	if err != nil {
+		return err
+	}
+	from, err := num("from", 1)
+	if err != nil {
+		return err
+	}
+	limit, err := num("limit", 20)
+	if err != nil {
+		return err
+	}
+	if limit == 0 || limit > maxPage {
+		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "limit must be 1..%d", maxPage)
+	}
+	to = min(to, head)
+	from = max(from, 1)
+	page := BlockPage{Blocks: []BlockSummary{}}
+	if to >= from {
+		lo := from
+		if to-from+1 > limit {
+			lo = to - limit + 1
+		}
+		err := a.app.store.Blocks(lo, to, func(raw []byte) error {
+			b, err := chain.DecodeBlock(raw)
+			if err != nil {
+				return err
+			}
+			h, err := b.Header()
+			if err != nil {
+				return err
+			}
+			page.Blocks = append(page.Blocks, BlockSummary{h.Height, b.Hash, h.Prev, h.Time, h.TxCount, h.TreeSize, h.Proposer})
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		// Newest first.
+		for i, j := 0, len(page.Blocks)-1; i < j; i, j = i+1, j-1 {
+			page.Blocks[i], page.Blocks[j] = page.Blocks[j], page.Blocks[i]
+		}
+		if lo > from {
+			next := lo - 1
+			page.Next = &next
+		}
+	}
+	service.WriteJSON(w, http.StatusOK, page)
+	return nil
+}
+
+func (a *api) writeBlock(w http.ResponseWriter, b *chain.Block, err error, what string) error {
+	if errors.Is(err, chainstore.ErrNotFound) {
+		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no verified block %s", what)
+	}
+	if err != nil {
+		return err
+	}
+	service.WriteJSON(w, http.StatusOK, b)
+	return nil
+}
+
+func (a *api) latest(w http.ResponseWriter, _ *http.Request) error {
+	h := a.app.store.Height()
+	if h == 0 {
+		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no block verified yet")
+	}
+	b, err := a.app.store.Block(h)
+	return a.writeBlock(w, b, err, "latest")
+}
+
+func (a *api) byHeight(w http.ResponseWriter, r *http.Request) error {
+	h, err := strconv.ParseUint(r.PathValue("height"), 10, 64)
+	if err != nil || h == 0 {
+		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "height must be a positive whole number")
+	}
+	b, err := a.app.store.Block(h)
+	return a.writeBlock(w, b, err, "at height "+r.PathValue("height"))
+}
+
+func (a *api) byHash(w http.ResponseWriter, r *http.Request) error {
+	b, err := a.app.store.BlockByHash(r.PathValue("hash"))
+	return a.writeBlock(w, b, err, "with hash "+r.PathValue("hash"))
+}
+
+// Status answers GET /api/v1/chain/status.
+type Status struct {
+	Height     uint64     `json:"height"`
+	HeadHash   string     `json:"head_hash,omitempty"`
+	Validators []string   `json:"validators"`
+	Rejected   *Rejection `json:"rejected,omitempty"`
+	LastError  string     `json:"last_error,omitempty"`
+}
+
+func (a *api) status(w http.ResponseWriter, _ *http.Request) error {
+	st := Status{Height: a.app.store.Height(), Validators: a.app.store.Validators(), Rejected: a.app.rejection()}
+	if h := a.app.store.Head(); h != nil {
+		st.HeadHash = h.Hash()
+	}
+	a.app.mu.Lock()
+	st.LastError = a.app.lastErr
+	a.app.mu.Unlock()
+	service.WriteJSON(w, http.StatusOK, st)
+	return nil
+}
+
+// TxInfo answers the transaction and anchor lookups.
+type TxInfo struct {
+	ID          string          `json:"id"`
+	Height      uint64          `json:"height"`
+	Index       uint64          `json:"index"`
+	Transaction json.RawMessage `json:"transaction"`
+}
+
+func (a *api) txInfo(id string) (*TxInfo, error) {
+	rc, err := a.app.store.Receipt(id)
+	if errors.Is(err, chainstore.ErrNotFound) {
+		return nil, service.Errorf(http.StatusNotFound, service.CodeNotFound, "no verified transaction %s", id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	loc, err := a.app.store.Tx(id)
+	if err != nil {
+		return nil, err
+	}
+	return &TxInfo{ID: id, Height: loc.Height, Index: loc.Index, Transaction: rc.Tx}, nil
+}
+
+func (a *api) tx(w http.ResponseWriter, r *http.Request) error {
+	info, err := a.txInfo(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	service.WriteJSON(w, http.StatusOK, info)
+	return nil
+}
+
+func (a *api) anchor(w http.ResponseWriter, r *http.Request) error {
+	id, err := a.app.store.SessionTx(r.PathValue("session_id"))
+	if errors.Is(err, chainstore.ErrNotFound) {
+		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no anchor for session %s in the verified chain", r.PathValue("session_id"))
+	}
+	if err != nil {
+		return err
+	}
+	info, err := a.txInfo(id)
+	if err != nil {
+		return err
+	}
+	service.WriteJSON(w, http.StatusOK, info)
+	return nil
+}
+
+// proof serves a transaction's receipt (inclusion proof and checkpoint).
+func (a *api) proof(w http.ResponseWriter, r *http.Request) error {
+	rc, err := a.app.store.Receipt(r.PathValue("id"))
+	if errors.Is(err, chainstore.ErrNotFound) {
+		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no verified transaction %s", r.PathValue("id"))
+	}
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, err = w.Write(rc.Marshal())
+	return err
+}
+
+// AuditProgress is one line of GET /api/v1/chain/verify.
+type AuditProgress struct {
+	Done         bool    `json:"done"`
+	OK           bool    `json:"ok"`
+	Height       uint64  `json:"height"`
+	Blocks       uint64  `json:"blocks"`
+	Transactions uint64  `json:"transactions"`
+	Reason       string  `json:"reason,omitempty"`
+	DurationMS   float64 `json:"duration_ms,omitempty"`
+}
+
+// verify re-verifies every stored block from the first, streaming a
+// progress line every 1,000 blocks and a final verdict (NDJSON).
+func (a *api) verify(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	rc := http.NewResponseController(w)
+	enc := json.NewEncoder(w)
+	start := time.Now()
+	vs := a.app.validators
+	auditor := chain.NewAuditor(chain.Origin(a.app.chainID), vs)
+	var blocks uint64
+	to := a.app.store.Height()
+	err := a.app.store.Blocks(1, to, func(raw []byte) error {
+		if err := r.Context().Err(); err != nil {
+			return err
+		}
+		b, err := chain.DecodeBlock(raw)
+		if err != nil {
+			return &chain.BlockError{Height: blocks + 1, Reason: err.Error()}
+		}
+		if err := auditor.Next(b); err != nil {
+			return err
+		}
+		blocks++
+		if blocks%1000 == 0 {
+			_ = enc.Encode(AuditProgress{Height: b.Height, Blocks: blocks, Transactions: auditor.Txs})
+			_ = rc.Flush()
+		}
+		return nil
+	})
+	final := AuditProgress{Done: true, OK: err == nil, Blocks: blocks, Transactions: auditor.Txs,
+		DurationMS: float64(time.Since(start).Microseconds()) / 1000}
+	if h := auditor.Head(); h != nil {
+		final.Height = h.Height
+	}
+	if err != nil {
+		final.Reason = err.Error()
+	}
+	return enc.Encode(final)
+}
