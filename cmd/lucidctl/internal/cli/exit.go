@@ -113,7 +113,8 @@ func Hint(err error) string {
 func isCobraUsage(err error) bool {
 	msg := err.Error()
 	return strings.HasPrefix(msg, "unknown command ") || strings.HasPrefix(msg, "unknown flag") ||
-		strings.HasPrefix(msg, "unknown shorthand flag") || strings.Contains(msg, "arg(s), received")
+		strings.HasPrefix(msg, "unknown shorthand flag") || strings.Contains(msg, "arg(s), received") ||
+		strings.HasPrefix(msg, "required flag") || strings.HasPrefix(msg, "invalid argument")
 }
 
 // Report prints err and its hint to stderr and returns the exit code.

@@ -13,6 +13,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/stack"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/token"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/verify"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/version"
 	"github.com/pickme/lucid/pkg/buildinfo"
 )
@@ -52,9 +53,9 @@ Results go to stdout; progress and diagnostics go to stderr.`,
 		c.GroupID = "local"
 		cmd.AddCommand(c)
 	}
-	tok := token.NewCmd(env)
-	tok.GroupID = "tools"
-	cmd.AddCommand(tok, version.NewCmd(env))
+	tok, ver := token.NewCmd(env), verify.NewCmd(env)
+	tok.GroupID, ver.GroupID = "tools", "tools"
+	cmd.AddCommand(tok, ver, version.NewCmd(env))
 	return cmd
 }
 
