@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X $(MODULE)/pkg/buildinfo.Version=$(VERSION) -X $(MODULE)/pkg/buildinfo.Commit=$(COMMIT)
 
-.PHONY: build run test test-race vet fmt clean consul
+.PHONY: build run test test-race bench vet fmt clean consul
 
 ## build: lucidctl and lucid into bin/
 build:
@@ -23,6 +23,13 @@ test:
 ## test-race: the tests under the race detector
 test-race:
 	./scripts/test.sh -race
+
+## bench: the chain's benchmarks (figures in docs/chain.md)
+bench:
+	go test -run '^$$' -bench Accept -benchtime 20000x ./services/anchoring
+	go test -run '^$$' -bench VerifyInclusion ./pkg/logtree
+	go test -run '^$$' -bench Audit100k -benchtime 2x ./pkg/chain
+	LUCID_BENCH_SLOTS=100 go test -run '^$$' -bench SlotAccuracy -benchtime 1x ./services/engine
 
 vet:
 	go vet ./...
