@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/chain/chaintest"
@@ -28,7 +29,7 @@ type stack struct {
 }
 
 func startStack(t *testing.T) *stack {
-	raft := freePort(t)
+	raft := testenv.FreePort(t)
 	eng := newProc(t, "engine", "LUCID_BLOCK_INTERVAL=1s", "LUCID_CHAIN_ID=e2e", "LUCID_RAFT_FAST=true",
 		fmt.Sprintf("LUCID_RAFT_ADDR=127.0.0.1:%d", raft))
 	eng.start()
@@ -98,7 +99,7 @@ func TestAnchorSealedWithVerifiableReceipt(t *testing.T) {
 	}
 
 	var sealed anchorStatus
-	waitFor(t, 20*time.Second, "sealed with a receipt", func() bool {
+	testenv.Eventually(t, 20*time.Second, "sealed with a receipt", func() bool {
 		sealed, err = getAnchor(s.anchoring.url, st.SessionID)
 		return err == nil && sealed.Status == "sealed" && sealed.Receipt != ""
 	})

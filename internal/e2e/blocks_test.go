@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/chain/chaintest"
 )
@@ -46,7 +47,7 @@ func TestBlockManagerFollowsAndSurvivesEngineRestart(t *testing.T) {
 		Height uint64
 		Index  uint64
 	}
-	waitFor(t, 20*time.Second, "indexed by the block manager", func() bool {
+	testenv.Eventually(t, 20*time.Second, "indexed by the block manager", func() bool {
 		return getJSON(t, bm.url+"/api/v1/chain/anchors/"+tx.Anchor.SessionID, &info) == 200
 	})
 	if info.ID != id {
@@ -68,7 +69,7 @@ func TestBlockManagerFollowsAndSurvivesEngineRestart(t *testing.T) {
 	s.engine.kill()
 	s.engine.start()
 	after, _ := s.client.Chain(ctx)
-	waitFor(t, 20*time.Second, "following again after the engine restart", func() bool {
+	testenv.Eventually(t, 20*time.Second, "following again after the engine restart", func() bool {
 		var st struct{ Height uint64 }
 		getJSON(t, bm.url+"/api/v1/chain/status", &st)
 		return st.Height >= max(after.Height+1, 3)

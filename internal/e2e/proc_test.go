@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pickme/lucid/internal/testenv"
 )
 
 var lucidBin string
@@ -23,24 +23,13 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	lucidBin = filepath.Join(dir, "lucid")
-	if out, err := exec.Command("go", "build", "-o", lucidBin, "github.com/pickme/lucid/cmd/lucid").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build lucid: %v\n%s", err, out)
+	if lucidBin, err = testenv.BuildLucid(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // proc is one lucid service process that can be killed and restarted with
@@ -78,7 +67,7 @@ func newProc(t testing.TB, name string, env ...string) *proc {
 	if runtime.GOOS == "windows" {
 		t.Skip("SIGKILL tests are Unix")
 	}
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	p := &proc{
 		t: t, name: name, url: fmt.Sprintf("http://127.0.0.1:%d", port), logs: &syncBuffer{},
 		env: append(os.Environ(),
@@ -134,7 +123,7 @@ func (p *proc) start() {
 // ready waits until the service answers /ready with 200.
 func (p *proc) ready() {
 	p.t.Helper()
-	waitFor(p.t, 20*time.Second, p.name+" ready", func() bool {
+	testenv.Eventually(p.t, 20*time.Second, p.name+" ready", func() bool {
 		resp, err := http.Get(p.url + "/ready")
 		if err != nil {
 			return false
@@ -156,16 +145,3 @@ func (p *proc) kill() {
 	_ = cmd.Process.Signal(syscall.SIGKILL)
 	_ = cmd.Wait()
 }
-
-func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, within)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-var _ = context.Background

@@ -6,6 +6,7 @@ package testenv
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // InCI reports whether the tests run in CI, where no tool may be missing.
@@ -75,4 +77,37 @@ func ProcessAlive(pid int) bool {
 	}
 	i := strings.LastIndexByte(string(stat), ')')
 	return i < 0 || !strings.HasPrefix(string(stat[i+1:]), " Z")
+}
+
+// Eventually polls cond every 20 ms until it holds, failing t after within.
+func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// BuildLucid builds the lucid service binary into dir and returns its path;
+// TestMain functions call it once for their package.
+func BuildLucid(dir string) (string, error) {
+	bin := filepath.Join(dir, "lucid")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/pickme/lucid/cmd/lucid").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build lucid: %v\n%s", err, out)
+	}
+	return bin, nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/chainstore"
+	"github.com/pickme/lucid/pkg/chainstore/storehttp"
 	"github.com/pickme/lucid/pkg/service"
 )
 
@@ -16,13 +17,12 @@ type api struct{ app *App }
 
 func (a *api) routes(srv *service.Server) {
 	srv.Handle("GET /api/v1/blocks", a.list)
-	srv.Handle("GET /api/v1/blocks/latest", a.latest)
-	srv.Handle("GET /api/v1/blocks/{height}", a.byHeight)
-	srv.Handle("GET /api/v1/blocks/hash/{hash}", a.byHash)
+	store := storehttp.Handlers{Store: a.app.store}
+	store.Register(srv)
 	srv.Handle("GET /api/v1/chain/status", a.status)
 	srv.Handle("GET /api/v1/chain/transactions/{id}", a.tx)
 	srv.Handle("GET /api/v1/chain/anchors/{session_id}", a.anchor)
-	srv.Handle("GET /api/v1/chain/proofs/{id}", a.proof)
+	srv.Handle("GET /api/v1/chain/proofs/{id}", store.Receipt)
 	srv.Handle("GET /api/v1/chain/verify", a.verify)
 }
 
@@ -113,40 +113,6 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (a *api) writeBlock(w http.ResponseWriter, b *chain.Block, err error, what string) error {
-	if errors.Is(err, chainstore.ErrNotFound) {
-		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no verified block %s", what)
-	}
-	if err != nil {
-		return err
-	}
-	service.WriteJSON(w, http.StatusOK, b)
-	return nil
-}
-
-func (a *api) latest(w http.ResponseWriter, _ *http.Request) error {
-	h := a.app.store.Height()
-	if h == 0 {
-		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no block verified yet")
-	}
-	b, err := a.app.store.Block(h)
-	return a.writeBlock(w, b, err, "latest")
-}
-
-func (a *api) byHeight(w http.ResponseWriter, r *http.Request) error {
-	h, err := strconv.ParseUint(r.PathValue("height"), 10, 64)
-	if err != nil || h == 0 {
-		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "height must be a positive whole number")
-	}
-	b, err := a.app.store.Block(h)
-	return a.writeBlock(w, b, err, "at height "+r.PathValue("height"))
-}
-
-func (a *api) byHash(w http.ResponseWriter, r *http.Request) error {
-	b, err := a.app.store.BlockByHash(r.PathValue("hash"))
-	return a.writeBlock(w, b, err, "with hash "+r.PathValue("hash"))
-}
-
 // Status answers GET /api/v1/chain/status.
 type Status struct {
 	Height     uint64     `json:"height"`
@@ -214,20 +180,6 @@ func (a *api) anchor(w http.ResponseWriter, r *http.Request) error {
 	}
 	service.WriteJSON(w, http.StatusOK, info)
 	return nil
-}
-
-// proof serves a transaction's receipt (inclusion proof and checkpoint).
-func (a *api) proof(w http.ResponseWriter, r *http.Request) error {
-	rc, err := a.app.store.Receipt(r.PathValue("id"))
-	if errors.Is(err, chainstore.ErrNotFound) {
-		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no verified transaction %s", r.PathValue("id"))
-	}
-	if err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	_, err = w.Write(rc.Marshal())
-	return err
 }
 
 // AuditProgress is one line of GET /api/v1/chain/verify.

@@ -15,7 +15,7 @@ import (
 
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
-	"github.com/pickme/lucid/pkg/chainstore"
+	"github.com/pickme/lucid/pkg/chainstore/storehttp"
 	"github.com/pickme/lucid/pkg/logtree"
 	"github.com/pickme/lucid/pkg/service"
 )
@@ -32,12 +32,11 @@ type api struct{ node *node }
 func (a *api) routes(srv *service.Server) {
 	srv.Handle("POST /api/v1/transactions", a.submit)
 	srv.Handle("GET /api/v1/transactions/{id}", a.txStatus)
-	srv.Handle("GET /api/v1/transactions/{id}/receipt", a.receipt)
+	store := storehttp.Handlers{Store: a.node.store}
+	srv.Handle("GET /api/v1/transactions/{id}/receipt", store.Receipt)
 	srv.Handle("GET /api/v1/chain", a.chainInfo)
 	srv.Handle("GET /status", a.chainInfo) // the Phase 2 path
-	srv.Handle("GET /api/v1/blocks/latest", a.latest)
-	srv.Handle("GET /api/v1/blocks/{height}", a.byHeight)
-	srv.Handle("GET /api/v1/blocks/hash/{hash}", a.byHash)
+	store.Register(srv)
 	srv.Handle("GET /api/v1/blocks/stream", a.stream)
 	srv.Handle("GET /api/v1/consistency", a.consistency)
 	srv.Handle("GET /api/v1/consensus/status", a.consensus)
@@ -147,19 +146,6 @@ func (a *api) txStatus(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (a *api) receipt(w http.ResponseWriter, r *http.Request) error {
-	rc, err := a.node.store.Receipt(r.PathValue("id"))
-	if errors.Is(err, chainstore.ErrNotFound) {
-		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "transaction %s is not sealed", r.PathValue("id"))
-	}
-	if err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", engineapi.ReceiptContentType)
-	_, err = w.Write(rc.Marshal())
-	return err
-}
-
 func (a *api) chainInfo(w http.ResponseWriter, _ *http.Request) error {
 	n := a.node
 	info := engineapi.ChainInfo{
@@ -174,40 +160,6 @@ func (a *api) chainInfo(w http.ResponseWriter, _ *http.Request) error {
 	}
 	service.WriteJSON(w, http.StatusOK, info)
 	return nil
-}
-
-func (a *api) writeBlock(w http.ResponseWriter, b *chain.Block, err error, what string) error {
-	if errors.Is(err, chainstore.ErrNotFound) {
-		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no block %s", what)
-	}
-	if err != nil {
-		return err
-	}
-	service.WriteJSON(w, http.StatusOK, b)
-	return nil
-}
-
-func (a *api) latest(w http.ResponseWriter, _ *http.Request) error {
-	h := a.node.store.Height()
-	if h == 0 {
-		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "the chain has no block yet")
-	}
-	b, err := a.node.store.Block(h)
-	return a.writeBlock(w, b, err, "latest")
-}
-
-func (a *api) byHeight(w http.ResponseWriter, r *http.Request) error {
-	h, err := strconv.ParseUint(r.PathValue("height"), 10, 64)
-	if err != nil || h == 0 {
-		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "height must be a positive whole number")
-	}
-	b, err := a.node.store.Block(h)
-	return a.writeBlock(w, b, err, "at height "+r.PathValue("height"))
-}
-
-func (a *api) byHash(w http.ResponseWriter, r *http.Request) error {
-	b, err := a.node.store.BlockByHash(r.PathValue("hash"))
-	return a.writeBlock(w, b, err, "with hash "+r.PathValue("hash"))
 }
 
 // stream sends every block from ?from= (default 1) as NDJSON, then each

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/chain/chaintest"
@@ -74,17 +75,6 @@ func (n *testNode) stop() {
 	n.cancel = nil
 }
 
-func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, within)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func anchorJSON(i int) []byte {
 	b, _ := chaintest.Anchor(i).Encode()
 	return b
@@ -94,7 +84,7 @@ func TestSealAndReceiptSurviveRestart(t *testing.T) {
 	cfg := nodeConfig(t, "solo", true)
 	n := startNode(t, cfg)
 	ctx := context.Background()
-	waitFor(t, 10*time.Second, "first block", func() bool { info, err := n.client.Chain(ctx); return err == nil && info.Height >= 1 })
+	testenv.Eventually(t, 10*time.Second, "first block", func() bool { info, err := n.client.Chain(ctx); return err == nil && info.Height >= 1 })
 
 	res, err := n.client.Submit(ctx, [][]byte{anchorJSON(1), anchorJSON(2), anchorJSON(1)})
 	if err != nil {
@@ -104,7 +94,7 @@ func TestSealAndReceiptSurviveRestart(t *testing.T) {
 		t.Fatalf("submit = %+v", res)
 	}
 	id := res.Transactions[1].ID
-	waitFor(t, 10*time.Second, "sealed", func() bool { st, err := n.client.Tx(ctx, id); return err == nil && st.Status == engineapi.StatusSealed })
+	testenv.Eventually(t, 10*time.Second, "sealed", func() bool { st, err := n.client.Tx(ctx, id); return err == nil && st.Status == engineapi.StatusSealed })
 	info, _ := n.client.Chain(ctx)
 	vs, _ := chain.Verifiers(info.Validators)
 	receipt, err := n.client.Receipt(ctx, id)
@@ -124,7 +114,7 @@ func TestSealAndReceiptSurviveRestart(t *testing.T) {
 	n.stop()
 
 	n2 := startNode(t, cfg)
-	waitFor(t, 10*time.Second, "chain grows after restart", func() bool {
+	testenv.Eventually(t, 10*time.Second, "chain grows after restart", func() bool {
 		i, err := n2.client.Chain(ctx)
 		return err == nil && i.Height > height
 	})
@@ -149,7 +139,7 @@ func TestSealAndReceiptSurviveRestart(t *testing.T) {
 // message naming the problem, never a 500.
 func TestHostileInput(t *testing.T) {
 	n := startNode(t, nodeConfig(t, "solo", true))
-	waitFor(t, 10*time.Second, "leader", func() bool { info, err := n.client.Chain(context.Background()); return err == nil && info.Leader })
+	testenv.Eventually(t, 10*time.Second, "leader", func() bool { info, err := n.client.Chain(context.Background()); return err == nil && info.Leader })
 	many := "[" + strings.TrimSuffix(strings.Repeat(string(anchorJSON(1))+",", 10_000), ",") + "]"
 	valid := chaintest.Anchor(5)
 	valid.Anchor.ChunkCount = -1
@@ -203,7 +193,7 @@ func TestHostileInput(t *testing.T) {
 func TestThreeVoters(t *testing.T) {
 	ctx := context.Background()
 	nodes := []*testNode{startNode(t, nodeConfig(t, "n1", true))}
-	waitFor(t, 10*time.Second, "n1 leads", func() bool { i, err := nodes[0].client.Chain(ctx); return err == nil && i.Leader && i.Height >= 1 })
+	testenv.Eventually(t, 10*time.Second, "n1 leads", func() bool { i, err := nodes[0].client.Chain(ctx); return err == nil && i.Leader && i.Height >= 1 })
 	for _, id := range []string{"n2", "n3"} {
 		n := startNode(t, nodeConfig(t, id, false))
 		st, err := n.client.Consensus(ctx)
@@ -221,7 +211,7 @@ func TestThreeVoters(t *testing.T) {
 	}
 	_, _ = nodes[0].client.Submit(ctx, [][]byte{anchorJSON(1)})
 	h0 := info.Height
-	waitFor(t, 10*time.Second, "followers catch up", func() bool {
+	testenv.Eventually(t, 10*time.Second, "followers catch up", func() bool {
 		for _, n := range nodes[1:] {
 			if i, err := n.client.Chain(ctx); err != nil || i.Height < h0+1 {
 				return false
@@ -232,7 +222,7 @@ func TestThreeVoters(t *testing.T) {
 
 	nodes[0].stop() // the leader dies
 	var leader *testNode
-	waitFor(t, 15*time.Second, "a new leader", func() bool {
+	testenv.Eventually(t, 15*time.Second, "a new leader", func() bool {
 		for _, n := range nodes[1:] {
 			if i, err := n.client.Chain(ctx); err == nil && i.Leader {
 				leader = n
@@ -246,7 +236,7 @@ func TestThreeVoters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "blocks continue under the new leader", func() bool {
+	testenv.Eventually(t, 15*time.Second, "blocks continue under the new leader", func() bool {
 		st, err := leader.client.Tx(ctx, res.Transactions[0].ID)
 		i, _ := leader.client.Chain(ctx)
 		return err == nil && st.Status == engineapi.StatusSealed && i.Height >= before.Height+2
@@ -254,7 +244,7 @@ func TestThreeVoters(t *testing.T) {
 
 	// The two survivors hold the same chain, block for block, and it audits.
 	final, _ := leader.client.Chain(ctx)
-	waitFor(t, 10*time.Second, "the survivors agree", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the survivors agree", func() bool {
 		i, err := nodes[1].client.Chain(ctx)
 		j, err2 := nodes[2].client.Chain(ctx)
 		return err == nil && err2 == nil && i.Height >= final.Height && j.Height >= final.Height

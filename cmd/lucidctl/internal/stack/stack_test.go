@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -41,9 +40,8 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	lucidBin = filepath.Join(dir, "lucid")
-	if out, err := exec.Command("go", "build", "-o", lucidBin, "github.com/pickme/lucid/cmd/lucid").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build lucid: %v\n%s", err, out)
+	if lucidBin, err = testenv.BuildLucid(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -137,17 +135,6 @@ func (st statusJSON) service(name string) svcJSON {
 	return svcJSON{}
 }
 
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, within)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func TestUpStatusLogsDown(t *testing.T) {
 	p := newProject(t, 20000)
 	r := p.up()
@@ -218,7 +205,7 @@ func TestUpStatusLogsDown(t *testing.T) {
 	if err := syscall.Kill(engine.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Second, "engine restarted", func() bool {
+	testenv.Eventually(t, 15*time.Second, "engine restarted", func() bool {
 		st, _ := p.status()
 		e := st.service("engine")
 		return e.State == "ready" && e.Restarts == 1 && e.PID != engine.PID
@@ -281,11 +268,11 @@ func TestSupervisorKilledTakesServicesWithIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range st.Services {
-		eventually(t, 5*time.Second, s.Name+" gone after kill -9 of the supervisor", func() bool { return !testenv.ProcessAlive(s.PID) })
+		testenv.Eventually(t, 5*time.Second, s.Name+" gone after kill -9 of the supervisor", func() bool { return !testenv.ProcessAlive(s.PID) })
 	}
 	// The kernel releases the supervisor's lock once its last thread has
 	// exited, which may be a moment after its children got their signal.
-	eventually(t, 5*time.Second, "status says the stack is not running", func() bool {
+	testenv.Eventually(t, 5*time.Second, "status says the stack is not running", func() bool {
 		after, r := p.status()
 		return !after.Running && r.code == 3
 	})
@@ -299,7 +286,7 @@ func TestForegroundUpStopsOnInterrupt(t *testing.T) {
 		done <- p.lucidctl(ctx, "up", "--lucid", lucidBin, "--port-offset", strconv.Itoa(p.offset), "datachain")
 	}()
 	var pids []int
-	eventually(t, 30*time.Second, "foreground stack ready", func() bool {
+	testenv.Eventually(t, 30*time.Second, "foreground stack ready", func() bool {
 		r := p.lucidctl(context.Background(), "status", "--json")
 		if r.code != 0 {
 			return false
