@@ -84,15 +84,23 @@ func TestKnownRoot(t *testing.T) {
 	}
 }
 
-func BenchmarkVerifyInclusion(b *testing.B) {
+// benchProof returns the proof of leaf 12345 in a tree of n leaves (17
+// hashes), with the root and the leaf hash.
+const n = 1 << 17
+
+func benchProof(b *testing.B) (root []byte, p [][]byte, lh []byte) {
+	b.Helper()
 	tree, _ := New(MemoryStore{}, 0)
-	const n = 1 << 17
 	for i := 0; i < n; i++ {
 		_, _ = tree.AppendLeaf(leaf(i))
 	}
-	root, _ := tree.Root()
-	p, _ := tree.InclusionProof(12345, n)
-	lh := Hasher.HashLeaf(leaf(12345))
+	root, _ = tree.Root()
+	p, _ = tree.InclusionProof(12345, n)
+	return root, p, Hasher.HashLeaf(leaf(12345))
+}
+
+func BenchmarkVerifyInclusion(b *testing.B) {
+	root, p, lh := benchProof(b)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -104,7 +112,6 @@ func BenchmarkVerifyInclusion(b *testing.B) {
 
 func BenchmarkInclusionProof(b *testing.B) {
 	tree, _ := New(MemoryStore{}, 0)
-	const n = 1 << 17
 	for i := 0; i < n; i++ {
 		_, _ = tree.AppendLeaf(leaf(i))
 	}
@@ -161,14 +168,7 @@ func TestVerifyInclusionAgreesWithLibrary(t *testing.T) {
 // BenchmarkVerifyInclusionParallel verifies a proof in a 131,072-leaf tree
 // (17 hashes) on every core and reports proofs per second.
 func BenchmarkVerifyInclusionParallel(b *testing.B) {
-	tree, _ := New(MemoryStore{}, 0)
-	const n = 1 << 17
-	for i := 0; i < n; i++ {
-		_, _ = tree.AppendLeaf(leaf(i))
-	}
-	root, _ := tree.Root()
-	p, _ := tree.InclusionProof(12345, n)
-	lh := Hasher.HashLeaf(leaf(12345))
+	root, p, lh := benchProof(b)
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
