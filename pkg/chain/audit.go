@@ -1,6 +1,8 @@
 package chain
 
 import (
+	"errors"
+	"fmt"
 	"slices"
 
 	"github.com/pickme/lucid/pkg/logtree"
@@ -78,5 +80,30 @@ func (a *Auditor) Next(b *Block) error {
 	a.validators = ApplyValidatorChanges(a.validators, b)
 	a.head = h
 	a.Txs += uint64(len(b.Transactions))
+	return nil
+}
+
+// ErrInconsistent reports two checkpoints of one chain that cannot both be
+// true: the later log does not extend the earlier one.
+var ErrInconsistent = errors.New("checkpoints are not consistent")
+
+// CheckConsistency checks that the log committed to by newer extends the
+// log committed to by older, with a consistency proof between their sizes
+// (from the engine's /api/v1/consistency). Both headers should come from
+// OpenHeader, so that their signatures are already checked.
+func CheckConsistency(older, newer *Header, p [][]byte) error {
+	if older.Origin != newer.Origin {
+		return fmt.Errorf("%w: different chains (%s, %s)", ErrInconsistent, older.Origin, newer.Origin)
+	}
+	if older.TreeSize > newer.TreeSize {
+		return fmt.Errorf("%w: the log shrank from %d to %d entries", ErrInconsistent, older.TreeSize, newer.TreeSize)
+	}
+	if older.Height == newer.Height && older.Hash() != newer.Hash() {
+		return fmt.Errorf("%w: two different blocks at height %d (%s, %s)", ErrInconsistent, older.Height, older.Hash(), newer.Hash())
+	}
+	if err := logtree.VerifyConsistency(older.TreeSize, newer.TreeSize, p, older.Root, newer.Root); err != nil {
+		return fmt.Errorf("%w: the log at size %d (block %d) is not a prefix of the log at size %d (block %d): history was rewritten (%v)",
+			ErrInconsistent, older.TreeSize, older.Height, newer.TreeSize, newer.Height, err)
+	}
 	return nil
 }

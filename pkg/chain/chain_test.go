@@ -242,13 +242,20 @@ func TestConsistencyBetweenCheckpoints(t *testing.T) {
 	if err := logtree.VerifyConsistency(h1.TreeSize, h3.TreeSize, p, h1.Root, h3.Root); err != nil {
 		t.Errorf("consistent checkpoints refused: %v", err)
 	}
+	if err := chain.CheckConsistency(h1, h3, p); err != nil {
+		t.Errorf("CheckConsistency of good checkpoints: %v", err)
+	}
 	// A checkpoint from a rewritten history is not consistent.
 	forked := chaintest.New()
 	forked.Append(chaintest.Anchor(1), chaintest.Anchor(2), chaintest.Anchor(99))
 	if forked.Headers[0].TreeSize != h1.TreeSize {
 		t.Fatal("fixture sizes differ")
 	}
-	if err := logtree.VerifyConsistency(h1.TreeSize, h3.TreeSize, p, forked.Headers[0].Root, h3.Root); err == nil {
-		t.Error("inconsistent checkpoint accepted")
+	err = chain.CheckConsistency(forked.Headers[0], h3, p)
+	if !errors.Is(err, chain.ErrInconsistent) || !strings.Contains(err.Error(), "history was rewritten") {
+		t.Errorf("rewritten history: %v", err)
+	}
+	if err := chain.CheckConsistency(h3, h1, nil); err == nil || !strings.Contains(err.Error(), "the log shrank from 5 to 4") {
+		t.Errorf("shrunk log: %v", err)
 	}
 }
