@@ -23,10 +23,23 @@ type Block struct {
 	Transactions []json.RawMessage `json:"transactions"`
 }
 
-// Encode returns the block's JSON form.
-func (b *Block) Encode() ([]byte, error) { return json.Marshal(b) }
+// Encode returns the block's JSON form. HTML escaping is off: it would
+// rewrite '<', '>' and '&' inside the canonical transactions, and a block
+// must carry their exact bytes.
+func (b *Block) Encode() ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(b); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
 
-// DecodeBlock parses a block strictly.
+// DecodeBlock parses a block strictly: unknown fields and trailing data
+// are refused, and the block must be in the form Encode gives (surrounding
+// white space aside), so its transactions are exactly the bytes that were
+// sealed.
 func DecodeBlock(data []byte) (*Block, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -36,6 +49,13 @@ func DecodeBlock(data []byte) (*Block, error) {
 	}
 	if dec.More() {
 		return nil, errors.New("block: trailing data")
+	}
+	enc, err := b.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("block: %w", err)
+	}
+	if !bytes.Equal(enc, bytes.TrimSpace(data)) {
+		return nil, errors.New("block: not in canonical form")
 	}
 	return &b, nil
 }

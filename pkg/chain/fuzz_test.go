@@ -3,7 +3,6 @@ package chain_test
 import (
 	"bytes"
 	"os"
-	"reflect"
 	"testing"
 
 	"github.com/pickme/lucid/pkg/chain"
@@ -89,24 +88,8 @@ func FuzzDecodeBlock(f *testing.F) {
 			return
 		}
 		enc, err := blk.Encode()
-		if err != nil {
-			return // raw transactions that are not JSON values
-		}
-		again, err := chain.DecodeBlock(enc)
-		if err != nil || !reflect.DeepEqual(normal(again), normal(blk)) {
-			t.Fatalf("block %q does not survive a round trip: %v", b, err)
+		if err != nil || !bytes.Equal(enc, bytes.TrimSpace(b)) {
+			t.Fatalf("block %q re-encodes to %q (%v)", b, enc, err)
 		}
 	})
-}
-
-// normal compacts raw transactions, which encoding/json re-indents.
-func normal(b *chain.Block) *chain.Block {
-	cp := *b
-	cp.Transactions = nil
-	for _, raw := range b.Transactions {
-		var buf bytes.Buffer
-		_ = compact(&buf, raw)
-		cp.Transactions = append(cp.Transactions, buf.Bytes())
-	}
-	return &cp
 }

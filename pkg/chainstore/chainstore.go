@@ -212,7 +212,8 @@ func (s *Store) Append(b *chain.Block) (*chain.Header, error) {
 			if err := txs.Put([]byte(id), val); err != nil {
 				return err
 			}
-			if t, err := chain.DecodeTransaction(raw); err == nil && t.Anchor != nil {
+			// The first anchor of a session is the session's anchor.
+			if t, err := chain.DecodeTransaction(raw); err == nil && t.Anchor != nil && sessions.Get([]byte(t.Anchor.SessionID)) == nil {
 				if err := sessions.Put([]byte(t.Anchor.SessionID), []byte(id)); err != nil {
 					return err
 				}

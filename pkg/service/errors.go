@@ -80,12 +80,16 @@ func writeErrorBody(w http.ResponseWriter, r *http.Request, he *HTTPError) {
 	WriteJSON(w, he.Status, body)
 }
 
-// WriteJSON writes v as a JSON response with status.
+// WriteJSON writes v as a JSON response with status. HTML escaping is off
+// so that embedded canonical JSON (transactions in blocks) keeps its exact
+// bytes; the content type and nosniff keep browsers from reading it as HTML.
 func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing to do
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v) // the client went away; nothing to do
 }
 
 // HandlerFunc is an HTTP handler that returns its error instead of writing

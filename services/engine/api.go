@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -87,6 +88,12 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) error {
 			fields = append(fields, chain.FieldError{Field: strings.TrimSuffix(prefix, "."), Message: err.Error()})
 			continue
 		}
+		if tx.Type == chain.TypeSystem {
+			// Validator changes come only from the voter API, which is
+			// authenticated and checks what it changes.
+			fields = append(fields, chain.FieldError{Field: prefix + "type", Message: "system transactions are made by the engine itself (use the consensus voter API)"})
+			continue
+		}
 		if err := tx.Validate(); err != nil {
 			var fe chain.FieldErrors
 			if errors.As(err, &fe) {
@@ -117,8 +124,8 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) error {
 		st := engineapi.TxStatus{ID: id, Status: engineapi.StatusPending}
 		if loc, err := a.node.store.Tx(id); err == nil {
 			st.Status, st.Height, st.Index = engineapi.StatusSealed, loc.Height, &loc.Index
-		} else if _, err := a.node.mempool.add(id, c, false); err != nil {
-			return service.Errorf(http.StatusServiceUnavailable, engineapi.CodeMempoolFull, "%v; retry later", err)
+		} else if err := a.node.admit(id, c); err != nil {
+			return err
 		}
 		out.Transactions[i] = st
 	}
@@ -250,6 +257,9 @@ func (a *api) consensus(w http.ResponseWriter, _ *http.Request) error {
 // system transaction, sealed), then the node joins Raft as a voter, so every
 // block it may sign is verifiable by everyone.
 func (a *api) addVoter(w http.ResponseWriter, r *http.Request) error {
+	if err := a.node.authorizeAdmin(r); err != nil {
+		return err
+	}
 	var req engineapi.AddVoterRequest
 	if err := service.DecodeJSON(w, r, 64<<10, &req); err != nil {
 		return err
@@ -283,11 +293,21 @@ func (a *api) addVoter(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *api) removeVoter(w http.ResponseWriter, r *http.Request) error {
+	if err := a.node.authorizeAdmin(r); err != nil {
+		return err
+	}
 	if !a.node.isLeader() {
 		return notLeader(a.node)
 	}
 	id := r.PathValue("id")
 	if key := r.URL.Query().Get("key"); key != "" {
+		vals := a.node.store.Validators()
+		if key == a.node.vkey {
+			return service.Errorf(http.StatusConflict, service.CodeConflict, "the leader cannot remove its own validator key; remove it from another leader")
+		}
+		if len(vals) == 1 && vals[0] == key {
+			return service.Errorf(http.StatusConflict, service.CodeConflict, "that is the last validator; the chain would stop")
+		}
 		tx := &chain.Transaction{Type: chain.TypeSystem, System: &chain.SystemChange{Action: chain.ActionRemoveValidator, Key: key, Node: id}}
 		if err := tx.Validate(); err != nil {
 			return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "key: %v", err)
@@ -310,7 +330,7 @@ func (n *node) sealSystem(ctx context.Context, tx *chain.Transaction) error {
 		return err
 	}
 	id := chain.TxID(c)
-	if _, err := n.mempool.add(id, c, true); err != nil {
+	if _, err := n.mempool.add(id, c, "", true); err != nil {
 		return service.Errorf(http.StatusServiceUnavailable, engineapi.CodeMempoolFull, "%v", err)
 	}
 	deadline := time.After(3*n.cfg.BlockInterval + 5*time.Second)
@@ -327,6 +347,41 @@ func (n *node) sealSystem(ctx context.Context, tx *chain.Transaction) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// admit queues a canonical transaction, refusing a second, different
+// anchor for a session that already has one sealed or queued.
+func (n *node) admit(id string, c []byte) error {
+	tx, err := chain.DecodeTransaction(c)
+	if err != nil {
+		return err
+	}
+	var session string
+	if tx.Anchor != nil {
+		session = tx.Anchor.SessionID
+		if other, err := n.store.SessionTx(session); err == nil && other != id {
+			return service.Errorf(http.StatusConflict, service.CodeConflict, "session %s is already anchored by transaction %s", session, other)
+		}
+	}
+	if other, err := n.mempool.add(id, c, session, false); errors.Is(err, errSessionTaken) {
+		return service.Errorf(http.StatusConflict, service.CodeConflict, "session %s already has transaction %s waiting", session, other)
+	} else if err != nil {
+		return service.Errorf(http.StatusServiceUnavailable, engineapi.CodeMempoolFull, "%v; retry later", err)
+	}
+	return nil
+}
+
+// authorizeAdmin guards the cluster-changing endpoints with
+// LUCID_ENGINE_ADMIN_TOKEN; without one configured they are closed.
+func (n *node) authorizeAdmin(r *http.Request) error {
+	if n.cfg.AdminToken == "" {
+		return service.Errorf(http.StatusForbidden, service.CodeAuth, "cluster changes are disabled: set LUCID_ENGINE_ADMIN_TOKEN to enable them")
+	}
+	got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if subtle.ConstantTimeCompare([]byte(got), []byte(n.cfg.AdminToken)) != 1 {
+		return service.Errorf(http.StatusUnauthorized, service.CodeAuth, "a valid admin token is required")
+	}
+	return nil
 }
 
 func (n *node) checkLeader(context.Context) error {

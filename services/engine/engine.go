@@ -35,6 +35,8 @@ type Config struct {
 	Bootstrap     bool          // LUCID_RAFT_BOOTSTRAP
 	MempoolMax    int           // LUCID_MEMPOOL_MAX_TXS
 	BlockMaxTxs   int           // LUCID_BLOCK_MAX_TXS
+	MempoolBytes  int           // LUCID_MEMPOOL_MAX_BYTES
+	AdminToken    string        // LUCID_ENGINE_ADMIN_TOKEN: guards voter changes
 	FastElections bool          // LUCID_RAFT_FAST (tests)
 	RaftLog       io.Writer
 }
@@ -72,7 +74,9 @@ func (a *App) Configure(r *envconfig.Reader) {
 		RaftAddr:      r.ListenAddr("LUCID_RAFT_ADDR", "127.0.0.1:8094"),
 		Bootstrap:     r.Bool("LUCID_RAFT_BOOTSTRAP", true),
 		MempoolMax:    r.Int("LUCID_MEMPOOL_MAX_TXS", 200_000, 1, 10_000_000),
-		BlockMaxTxs:   r.Int("LUCID_BLOCK_MAX_TXS", 20_000, 1, 1_000_000),
+		BlockMaxTxs:   r.Int("LUCID_BLOCK_MAX_TXS", 20_000, 1, 100_000),
+		MempoolBytes:  r.Int("LUCID_MEMPOOL_MAX_BYTES", 256<<20, 1<<20, 4<<30),
+		AdminToken:    r.String("LUCID_ENGINE_ADMIN_TOKEN", ""),
 		FastElections: r.Bool("LUCID_RAFT_FAST", false),
 		RaftLog:       os.Stderr,
 	}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,6 +21,8 @@ import (
 	"github.com/pickme/lucid/pkg/chain/chaintest"
 	"github.com/pickme/lucid/pkg/service"
 )
+
+const testAdminToken = "test-admin-token"
 
 // testNode is an engine running in the test process.
 type testNode struct {
@@ -45,7 +48,8 @@ func nodeConfig(t testing.TB, id string, bootstrap bool) Config {
 	return Config{
 		DataDir: filepath.Join(t.TempDir(), id), ChainID: "test", NodeID: id,
 		BlockInterval: time.Second, RaftAddr: addr, RaftAdvertise: addr, Bootstrap: bootstrap,
-		MempoolMax: 100_000, BlockMaxTxs: 20_000, FastElections: true, RaftLog: io.Discard,
+		MempoolMax: 100_000, MempoolBytes: 256 << 20, BlockMaxTxs: 20_000, FastElections: true, RaftLog: io.Discard,
+		AdminToken: testAdminToken,
 	}
 }
 
@@ -200,7 +204,7 @@ func TestThreeVoters(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := nodes[0].client.AddVoter(ctx, engineapi.AddVoterRequest{ID: id, Address: n.cfg.RaftAddr, Key: st.ValidatorKey}); err != nil {
+		if err := nodes[0].client.AddVoter(ctx, testAdminToken, engineapi.AddVoterRequest{ID: id, Address: n.cfg.RaftAddr, Key: st.ValidatorKey}); err != nil {
 			t.Fatalf("add %s: %v", id, err)
 		}
 		nodes = append(nodes, n)
@@ -279,5 +283,80 @@ func TestNextSlot(t *testing.T) {
 		if got := nextSlot(base.Add(tt.now), 10*time.Second); !got.Equal(base.Add(tt.want)) {
 			t.Errorf("nextSlot(+%s) = %s", tt.now, got)
 		}
+	}
+}
+
+// TestClusterChangesAreGuarded: validator changes cannot come through the
+// public transaction endpoint, the voter API needs the admin token, and the
+// last validator cannot be removed.
+func TestClusterChangesAreGuarded(t *testing.T) {
+	n := startNode(t, nodeConfig(t, "solo", true))
+	ctx := context.Background()
+	testenv.Eventually(t, 10*time.Second, "leader with a validator", func() bool {
+		i, err := n.client.Chain(ctx)
+		return err == nil && i.Leader && len(i.Validators) == 1
+	})
+	info, _ := n.client.Chain(ctx)
+	_, other := chaintest.Key("mallory", 3)
+	for _, body := range []string{
+		`{"type":"system","system":{"action":"remove_validator","key":"` + info.Validators[0] + `"}}`,
+		`{"type":"system","system":{"action":"add_validator","key":"` + other + `"}}`,
+	} {
+		resp, err := http.Post(n.http.URL+"/api/v1/transactions", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 400 || !bytes.Contains(b, []byte("system transactions are made by the engine")) {
+			t.Errorf("system transaction through the public endpoint: %d %s", resp.StatusCode, b)
+		}
+	}
+	if err := n.client.AddVoter(ctx, "wrong", engineapi.AddVoterRequest{ID: "x", Address: "127.0.0.1:1", Key: other}); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("voter change with a wrong token: %v", err)
+	}
+	req, _ := http.NewRequest(http.MethodDelete, n.http.URL+"/api/v1/consensus/voters/solo?key="+url.QueryEscape(info.Validators[0]), nil)
+	req.Header.Set("Authorization", "Bearer "+testAdminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusConflict {
+		t.Errorf("removing the leader's own key = %d, want 409", resp.StatusCode)
+	}
+	if i, _ := n.client.Chain(ctx); len(i.Validators) != 1 {
+		t.Errorf("validators changed: %v", i.Validators)
+	}
+}
+
+// TestEscapableCharactersAreSealed: an anchor whose owner holds '<', '&'
+// and U+2028 is sealed and the chain keeps growing (a JSON encoder that
+// escapes them would make the block unappliable).
+func TestEscapableCharactersAreSealed(t *testing.T) {
+	n := startNode(t, nodeConfig(t, "solo", true))
+	ctx := context.Background()
+	testenv.Eventually(t, 10*time.Second, "leader", func() bool { i, err := n.client.Chain(ctx); return err == nil && i.Leader })
+	tx := chaintest.Anchor(7)
+	tx.Anchor.Owner = "Alice <alice@example.org> & co\u2028"
+	raw, _ := tx.Encode()
+	res, err := n.client.Submit(ctx, [][]byte{raw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "sealed", func() bool {
+		st, err := n.client.Tx(ctx, res.Transactions[0].ID)
+		return err == nil && st.Status == engineapi.StatusSealed
+	})
+	before, _ := n.client.Chain(ctx)
+	testenv.Eventually(t, 10*time.Second, "the chain goes on", func() bool {
+		i, err := n.client.Chain(ctx)
+		return err == nil && i.Height > before.Height
+	})
+	// A second, different anchor for the same session is refused.
+	tx.Anchor.ChunkCount++
+	raw2, _ := tx.Encode()
+	if _, err := n.client.Submit(ctx, [][]byte{raw2}); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Errorf("second anchor of a session: %v", err)
 	}
 }

@@ -9,38 +9,54 @@ import (
 // retry later (anchoring does).
 var errMempoolFull = errors.New("mempool is full")
 
+// errSessionTaken is returned for a second anchor of a session.
+var errSessionTaken = errors.New("session already has a queued anchor")
+
 // mempool holds canonical transactions waiting for a block, in arrival
 // order, de-duplicated by id, with system transactions first.
 type mempool struct {
-	mu     sync.Mutex
-	max    int
-	order  []string // ids, oldest first; system transactions are kept in front
-	system int      // how many ids at the front of order are system transactions
-	txs    map[string][]byte
+	mu       sync.Mutex
+	max      int // transactions
+	maxBytes int
+	bytes    int
+	order    []string // ids, oldest first; system transactions are kept in front
+	system   int      // how many ids at the front of order are system transactions
+	txs      map[string][]byte
+	sessions map[string]string // session id → queued anchor's tx id
+	owner    map[string]string // tx id → its session id
 }
 
-func newMempool(max int) *mempool {
-	return &mempool{max: max, txs: map[string][]byte{}}
+func newMempool(max, maxBytes int) *mempool {
+	return &mempool{max: max, maxBytes: maxBytes, txs: map[string][]byte{}, sessions: map[string]string{}, owner: map[string]string{}}
 }
 
-// add queues tx. It reports false when the id is already queued.
-func (m *mempool) add(id string, tx []byte, system bool) (bool, error) {
+// add queues tx (an anchor of session, if session is set). For an id
+// already queued it does nothing; for a session that already has another
+// anchor queued it returns errSessionTaken and that anchor's id.
+func (m *mempool) add(id string, tx []byte, session string, system bool) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.txs[id]; ok {
-		return false, nil
+		return "", nil
 	}
-	if len(m.txs) >= m.max {
-		return false, errMempoolFull
+	if other, ok := m.sessions[session]; ok && session != "" {
+		return other, errSessionTaken
+	}
+	if len(m.txs) >= m.max || m.bytes+len(tx) > m.maxBytes {
+		return "", errMempoolFull
 	}
 	m.txs[id] = tx
+	m.bytes += len(tx)
+	if session != "" {
+		m.sessions[session], m.owner[id] = id, session
+	}
 	if system {
 		m.order = append(m.order[:m.system], append([]string{id}, m.order[m.system:]...)...)
 		m.system++
 	} else {
 		m.order = append(m.order, id)
 	}
-	return true, nil
+	return "", nil
 }
 
 func (m *mempool) has(id string) bool {
@@ -77,9 +93,14 @@ func (m *mempool) remove(ids []string) {
 	defer m.mu.Unlock()
 	gone := map[string]bool{}
 	for _, id := range ids {
-		if _, ok := m.txs[id]; ok {
+		if tx, ok := m.txs[id]; ok {
 			gone[id] = true
+			m.bytes -= len(tx)
 			delete(m.txs, id)
+			if s, ok := m.owner[id]; ok {
+				delete(m.sessions, s)
+				delete(m.owner, id)
+			}
 		}
 	}
 	if len(gone) == 0 {

@@ -45,7 +45,7 @@ func openNode(cfg Config, logger *slog.Logger, m *metrics) (n *node, err error) 
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
-	n = &node{cfg: cfg, logger: logger, mempool: newMempool(cfg.MempoolMax), metrics: m, origin: chain.Origin(cfg.ChainID)}
+	n = &node{cfg: cfg, logger: logger, mempool: newMempool(cfg.MempoolMax, cfg.MempoolBytes), metrics: m, origin: chain.Origin(cfg.ChainID)}
 	defer func() {
 		if err != nil {
 			n.close()
@@ -192,6 +192,11 @@ func (n *node) propose(slot time.Time) error {
 		if b, err = n.build(slot, height, prev); err != nil {
 			return err
 		}
+		// Never sign away a block the chain would refuse: the guard would
+		// make this node re-propose it forever.
+		if _, err := n.store.Verify(b); err != nil {
+			return fmt.Errorf("built an invalid block: %w", err)
+		}
 		if b, err = n.guard.record(b); err != nil {
 			return fmt.Errorf("record signed block: %w", err)
 		}
@@ -213,6 +218,10 @@ func (n *node) propose(slot time.Time) error {
 	return nil
 }
 
+// maxBlockBytes bounds the transactions of one block, so a block stays a
+// reasonable Raft entry and stream line whatever the transaction count.
+const maxBlockBytes = 32 << 20
+
 // build makes and signs the block at height from the mempool.
 func (n *node) build(slot time.Time, height uint64, prev string) (*chain.Block, error) {
 	_, txs := n.mempool.next(n.cfg.BlockMaxTxs)
@@ -227,7 +236,11 @@ func (n *node) build(slot time.Time, height uint64, prev string) (*chain.Block, 
 		raws = append(raws, genesis)
 	}
 	var stale []string
+	blockBytes := 0
 	for _, tx := range txs {
+		if blockBytes += len(tx); blockBytes > maxBlockBytes {
+			break // the rest waits for the next block
+		}
 		// A transaction sealed while it waited (resubmitted by a client
 		// after a leader change) must not enter the log twice.
 		if id := chain.TxID(tx); n.store.HasTx(id) {
@@ -266,9 +279,19 @@ func (f *fsm) Apply(l *raft.Log) any {
 	}
 	start := time.Now()
 	h, err := f.store.Append(b)
-	if err != nil {
+	var refused *chain.BlockError
+	if errors.As(err, &refused) {
+		// Every node refuses the same invalid block the same way, so the
+		// replicas stay equal.
 		f.logger.Error("block refused", "height", b.Height, "error", err)
 		return err
+	}
+	if err != nil {
+		// A storage failure would leave this node without a block its
+		// peers have; stopping (and replaying the log on restart) is the
+		// only way not to diverge.
+		f.logger.Error("cannot store a committed block; stopping", "height", b.Height, "error", err)
+		panic(fmt.Sprintf("apply block %d: %v", b.Height, err))
 	}
 	ids := make([]string, len(b.Transactions))
 	for i, raw := range b.Transactions {
@@ -292,7 +315,7 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	sc := bufio.NewScanner(rc)
-	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	sc.Buffer(make([]byte, 1<<20), 512<<20)
 	for sc.Scan() {
 		b, err := chain.DecodeBlock(sc.Bytes())
 		if err != nil {

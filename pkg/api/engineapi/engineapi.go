@@ -138,6 +138,10 @@ func New(base string, hc *http.Client) *Client {
 func (c *Client) URL() string { return c.base }
 
 func (c *Client) do(ctx context.Context, method, path string, body []byte, out any) error {
+	return c.doAuth(ctx, method, path, "", body, out)
+}
+
+func (c *Client) doAuth(ctx context.Context, method, path, token string, body []byte, out any) error {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -148,6 +152,9 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, out a
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -243,10 +250,11 @@ func (c *Client) Consensus(ctx context.Context) (*ConsensusStatus, error) {
 	return &out, nil
 }
 
-// AddVoter asks the leader to add a node.
-func (c *Client) AddVoter(ctx context.Context, req AddVoterRequest) error {
+// AddVoter asks the leader to add a node; adminToken is the engine's
+// LUCID_ENGINE_ADMIN_TOKEN.
+func (c *Client) AddVoter(ctx context.Context, adminToken string, req AddVoterRequest) error {
 	body, _ := json.Marshal(req)
-	return c.do(ctx, http.MethodPost, "/api/v1/consensus/voters", body, nil)
+	return c.doAuth(ctx, http.MethodPost, "/api/v1/consensus/voters", adminToken, body, nil)
 }
 
 // Follow streams blocks from height from, calling fn for each in order,
@@ -269,7 +277,7 @@ func (c *Client) Follow(ctx context.Context, from uint64, fn func(*chain.Block) 
 		return decodeError(resp)
 	}
 	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	sc.Buffer(make([]byte, 1<<20), 512<<20)
 	for sc.Scan() {
 		line := bytes.TrimSpace(sc.Bytes())
 		if len(line) == 0 {
