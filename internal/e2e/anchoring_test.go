@@ -108,7 +108,7 @@ func TestAnchorSealedWithVerifiableReceipt(t *testing.T) {
 		t.Fatal(err)
 	}
 	vs, _ := chain.Verifiers(info.Validators)
-	v, err := chain.VerifyReceipt([]byte(sealed.Receipt), vs)
+	v, err := chain.VerifyReceipt([]byte(sealed.Receipt), vs, "")
 	if err != nil || v.TxID != st.TxID || v.Header.Height != sealed.Height {
 		t.Fatalf("offline verification: %v", err)
 	}

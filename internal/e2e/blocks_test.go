@@ -61,7 +61,7 @@ func TestBlockManagerFollowsAndSurvivesEngineRestart(t *testing.T) {
 	resp.Body.Close()
 	ci, _ := s.client.Chain(ctx)
 	vs, _ := chain.Verifiers(ci.Validators)
-	if _, err := chain.VerifyReceipt(proof, vs); err != nil {
+	if _, err := chain.VerifyReceipt(proof, vs, ""); err != nil {
 		t.Fatalf("block manager proof: %v", err)
 	}
 

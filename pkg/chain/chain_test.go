@@ -195,7 +195,7 @@ func TestReceipts(t *testing.T) {
 	c := fixture(t)
 	for idx, height := range map[uint64]int{0: 1, 2: 1, 3: 3, 4: 3} {
 		r := c.Receipt(idx, height)
-		v, err := chain.VerifyReceipt(r.Marshal(), c.Verifiers())
+		v, err := chain.VerifyReceipt(r.Marshal(), c.Verifiers(), "")
 		if err != nil {
 			t.Fatalf("receipt %d: %v", idx, err)
 		}
@@ -209,7 +209,7 @@ func TestReceipts(t *testing.T) {
 	for i := range good {
 		bad := bytes.Clone(good)
 		bad[i] ^= 0x01
-		if _, err := chain.VerifyReceipt(bad, c.Verifiers()); err == nil {
+		if _, err := chain.VerifyReceipt(bad, c.Verifiers(), ""); err == nil {
 			t.Fatalf("receipt with byte %d flipped (%q) verified", i, good[i])
 		}
 	}
@@ -219,7 +219,7 @@ func TestReceipts(t *testing.T) {
 	skey, _ := chaintest.Key("validator-1", 7) // same name, other key
 	other.Signer, _ = noteSigner(skey)
 	other.Append(chaintest.Anchor(1), chaintest.Anchor(2))
-	_, err := chain.VerifyReceipt(other.Receipt(1, 1).Marshal(), c.Verifiers())
+	_, err := chain.VerifyReceipt(other.Receipt(1, 1).Marshal(), c.Verifiers(), "")
 	if !errors.Is(err, chain.ErrSignature) {
 		t.Errorf("receipt signed by another key: %v", err)
 	}
@@ -227,7 +227,7 @@ func TestReceipts(t *testing.T) {
 	// A proof for another leaf.
 	r := c.Receipt(1, 3)
 	r.Index = 3
-	if _, err := chain.VerifyReceipt(r.Marshal(), c.Verifiers()); !errors.Is(err, chain.ErrInclusion) {
+	if _, err := chain.VerifyReceipt(r.Marshal(), c.Verifiers(), ""); !errors.Is(err, chain.ErrInclusion) {
 		t.Errorf("wrong index: %v", err)
 	}
 }
@@ -279,5 +279,16 @@ func TestBlocksKeepTransactionBytes(t *testing.T) {
 	a := chain.NewAuditor(chain.Origin(chaintest.ChainID), nil)
 	if err := a.Next(b); err != nil {
 		t.Fatalf("a block with escapable characters does not verify after encoding: %v", err)
+	}
+}
+
+func TestReceiptFromAnotherChain(t *testing.T) {
+	c := fixture(t)
+	data := c.Receipt(1, 1).Marshal()
+	if _, err := chain.VerifyReceipt(data, c.Verifiers(), chain.Origin("production")); err == nil || !strings.Contains(err.Error(), `not "lucid.chain/production"`) {
+		t.Errorf("receipt of another chain: %v", err)
+	}
+	if _, err := chain.VerifyReceipt(data, c.Verifiers(), chain.Origin(chaintest.ChainID)); err != nil {
+		t.Errorf("receipt of this chain: %v", err)
 	}
 }

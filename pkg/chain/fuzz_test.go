@@ -76,7 +76,7 @@ func FuzzParseReceipt(f *testing.F) {
 		if !bytes.Equal(r.Marshal(), b) {
 			t.Fatalf("receipt %q re-encodes differently", b)
 		}
-		_, _ = chain.VerifyReceipt(b, vs)
+		_, _ = chain.VerifyReceipt(b, vs, "")
 	})
 }
 

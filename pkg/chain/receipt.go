@@ -69,8 +69,9 @@ var (
 )
 
 // VerifyReceipt checks a receipt against the validators' public keys: the
-// checkpoint's signature, the transaction's form, and the inclusion proof.
-func VerifyReceipt(data []byte, validators note.Verifiers) (*VerifiedReceipt, error) {
+// checkpoint's signature, the chain (origin, unless empty), the
+// transaction's form, and the inclusion proof.
+func VerifyReceipt(data []byte, validators note.Verifiers, origin string) (*VerifiedReceipt, error) {
 	r, err := ParseReceipt(data)
 	if err != nil {
 		return nil, err
@@ -78,6 +79,9 @@ func VerifyReceipt(data []byte, validators note.Verifiers) (*VerifiedReceipt, er
 	h, err := OpenHeader(r.Checkpoint, validators)
 	if err != nil {
 		return nil, err
+	}
+	if origin != "" && h.Origin != origin {
+		return nil, fmt.Errorf("receipt is from chain %q, not %q", h.Origin, origin)
 	}
 	tx, err := DecodeTransaction(r.Tx)
 	if err != nil {

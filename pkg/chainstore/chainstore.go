@@ -428,3 +428,25 @@ func (s *Store) HasTx(id string) bool {
 	_, err := s.Tx(id)
 	return err == nil
 }
+
+// BlockRange returns copies of the stored blocks from height from up to to
+// (inclusive), stopping after about maxBytes. Callers that write blocks to
+// a network peer use it so that no database transaction waits on a slow
+// reader.
+func (s *Store) BlockRange(from, to uint64, maxBytes int) ([][]byte, error) {
+	var out [][]byte
+	size := 0
+	err := s.Blocks(from, to, func(raw []byte) error {
+		out = append(out, bytes.Clone(raw))
+		if size += len(raw); size >= maxBytes {
+			return errStop
+		}
+		return nil
+	})
+	if errors.Is(err, errStop) {
+		err = nil
+	}
+	return out, err
+}
+
+var errStop = errors.New("stop")

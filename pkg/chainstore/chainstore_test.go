@@ -52,7 +52,7 @@ func TestAppendReopenReceipts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := chain.VerifyReceipt(r.Marshal(), c.Verifiers())
+	v, err := chain.VerifyReceipt(r.Marshal(), c.Verifiers(), "")
 	if err != nil || v.TxID != id || v.Header.Height != 3 {
 		t.Fatalf("receipt: %+v %v", v, err)
 	}

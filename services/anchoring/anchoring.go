@@ -142,12 +142,32 @@ func (a *App) submitOnce(ctx context.Context) (int, error) {
 	if err != nil || len(ids) == 0 {
 		return 0, err
 	}
-	if _, err := a.engine.Submit(ctx, txs); err != nil {
+	res, err := a.engine.Submit(ctx, txs)
+	if err != nil {
 		return 0, err
+	}
+	// A transaction the engine already sealed (sent there by another
+	// route, or sealed in a block this follower passed before a restore)
+	// is marked here, or it would stay pending for ever.
+	var sealed []sealedTx
+	for _, st := range res.Transactions {
+		if st.Status == engineapi.StatusSealed && st.Index != nil {
+			sealed = append(sealed, sealedTx{id: st.ID, height: st.Height, index: *st.Index})
+		}
+	}
+	if len(sealed) > 0 {
+		n, err := a.store.markSealedOnly(sealed)
+		if err != nil {
+			return 0, err
+		}
+		a.sealed.Add(float64(n))
 	}
 	a.mu.Lock()
 	for _, id := range ids {
 		a.submitted[id] = now
+	}
+	for _, st := range sealed {
+		delete(a.submitted, st.id)
 	}
 	a.mu.Unlock()
 	return len(ids), nil
@@ -202,23 +222,51 @@ func (a *App) onBlock(b *chain.Block) error {
 	return nil
 }
 
-// validators returns the chain's validator keys, from the engine, cached.
-func (a *App) validators(ctx context.Context) ([]string, error) {
+// keysUnavailableError means the engine could not be asked for the
+// validator keys.
+type keysUnavailableError struct{ err error }
+
+func (e *keysUnavailableError) Error() string { return "validator keys unavailable: " + e.err.Error() }
+
+// chainKeys returns the chain's origin and validator keys from the engine,
+// cached; refresh asks again.
+func (a *App) chainKeys(ctx context.Context, refresh bool) (string, []string, error) {
 	a.mu.Lock()
-	if a.vkeys != nil {
+	if a.vkeys != nil && !refresh {
 		defer a.mu.Unlock()
-		return a.vkeys, nil
+		return chain.Origin(a.chainID), a.vkeys, nil
 	}
 	a.mu.Unlock()
 	info, err := a.engine.Chain(ctx)
 	if err != nil {
-		return nil, err
+		return "", nil, &keysUnavailableError{err}
 	}
 	if len(info.Validators) == 0 {
-		return nil, errors.New("the engine has no validators yet")
+		return "", nil, &keysUnavailableError{errors.New("the engine has no validators yet")}
 	}
 	a.mu.Lock()
 	a.vkeys, a.chainID = info.Validators, info.ChainID
 	a.mu.Unlock()
-	return info.Validators, nil
+	return chain.Origin(info.ChainID), info.Validators, nil
+}
+
+// verifyReceipt checks a receipt against this chain. A signature by an
+// unknown key is checked once more with fresh keys, since validators join.
+func (a *App) verifyReceipt(ctx context.Context, receipt []byte) (*chain.VerifiedReceipt, error) {
+	for _, refresh := range []bool{false, true} {
+		origin, keys, err := a.chainKeys(ctx, refresh)
+		if err != nil {
+			return nil, err
+		}
+		vs, err := chain.Verifiers(keys)
+		if err != nil {
+			return nil, err
+		}
+		v, err := chain.VerifyReceipt(receipt, vs, origin)
+		if errors.Is(err, chain.ErrSignature) && !refresh {
+			continue
+		}
+		return v, err
+	}
+	panic("unreachable")
 }

@@ -126,16 +126,12 @@ func (a *api) verify(w http.ResponseWriter, r *http.Request) error {
 	if !strings.HasPrefix(string(body), "c2sp.org/tlog-proof@v1\n") {
 		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "the body must be a receipt (c2sp.org/tlog-proof@v1)")
 	}
-	keys, err := a.app.validators(r.Context())
+	v, err := a.app.verifyReceipt(r.Context(), body)
 	if err != nil {
-		return service.Errorf(http.StatusServiceUnavailable, service.CodeUnready, "validator keys unavailable: %v", err)
-	}
-	vs, err := chain.Verifiers(keys)
-	if err != nil {
-		return err
-	}
-	v, err := chain.VerifyReceipt(body, vs)
-	if err != nil {
+		var unavailable *keysUnavailableError
+		if errors.As(err, &unavailable) {
+			return service.Errorf(http.StatusServiceUnavailable, service.CodeUnready, "%v", err)
+		}
 		service.WriteJSON(w, http.StatusOK, VerifyResult{Valid: false, Reason: err.Error()})
 		return nil
 	}

@@ -150,6 +150,13 @@ type sealedTx struct {
 }
 
 func (s *store) markSealed(height uint64, txs []sealedTx) (int, error) {
+	return s.mark(txs, &height)
+}
+
+// markSealedOnly marks anchors sealed without moving the follower.
+func (s *store) markSealedOnly(txs []sealedTx) (int, error) { return s.mark(txs, nil) }
+
+func (s *store) mark(txs []sealedTx, followed *uint64) (int, error) {
 	marked := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		pending, anchors := tx.Bucket(bucketPending), tx.Bucket(bucketAnchors)
@@ -175,7 +182,10 @@ func (s *store) markSealed(height uint64, txs []sealedTx) (int, error) {
 			}
 			marked++
 		}
-		return tx.Bucket(bucketMeta).Put(keyFollowed, binary.BigEndian.AppendUint64(nil, height))
+		if followed == nil {
+			return nil
+		}
+		return tx.Bucket(bucketMeta).Put(keyFollowed, binary.BigEndian.AppendUint64(nil, *followed))
 	})
 	return marked, err
 }

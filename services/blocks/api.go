@@ -196,6 +196,13 @@ type AuditProgress struct {
 // verify re-verifies every stored block from the first, streaming a
 // progress line every 1,000 blocks and a final verdict (NDJSON).
 func (a *api) verify(w http.ResponseWriter, r *http.Request) error {
+	// One audit at a time: each holds the whole log's hashes in memory.
+	select {
+	case a.app.auditSlot <- struct{}{}:
+		defer func() { <-a.app.auditSlot }()
+	default:
+		return service.Errorf(http.StatusServiceUnavailable, service.CodeUnready, "an audit is already running; try again when it ends")
+	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	rc := http.NewResponseController(w)
 	enc := json.NewEncoder(w)
@@ -204,24 +211,33 @@ func (a *api) verify(w http.ResponseWriter, r *http.Request) error {
 	auditor := chain.NewAuditor(chain.Origin(a.app.chainID), vs)
 	var blocks uint64
 	to := a.app.store.Height()
-	err := a.app.store.Blocks(1, to, func(raw []byte) error {
-		if err := r.Context().Err(); err != nil {
-			return err
-		}
-		b, err := chain.DecodeBlock(raw)
-		if err != nil {
-			return &chain.BlockError{Height: blocks + 1, Reason: err.Error()}
-		}
-		if err := auditor.Next(b); err != nil {
-			return err
-		}
-		blocks++
-		if blocks%1000 == 0 {
-			_ = enc.Encode(AuditProgress{Height: b.Height, Blocks: blocks, Transactions: auditor.Txs})
-			_ = rc.Flush()
+	err := func() error {
+		for next := uint64(1); next <= to; {
+			if err := r.Context().Err(); err != nil {
+				return err
+			}
+			batch, err := a.app.store.BlockRange(next, to, 8<<20)
+			if err != nil {
+				return err
+			}
+			for _, raw := range batch {
+				b, err := chain.DecodeBlock(raw)
+				if err != nil {
+					return &chain.BlockError{Height: next, Reason: err.Error()}
+				}
+				if err := auditor.Next(b); err != nil {
+					return err
+				}
+				blocks++
+				next++
+				if blocks%1000 == 0 {
+					_ = enc.Encode(AuditProgress{Height: b.Height, Blocks: blocks, Transactions: auditor.Txs})
+					_ = rc.Flush()
+				}
+			}
 		}
 		return nil
-	})
+	}()
 	final := AuditProgress{Done: true, OK: err == nil, Blocks: blocks, Transactions: auditor.Txs,
 		DurationMS: float64(time.Since(start).Microseconds()) / 1000}
 	if h := auditor.Head(); h != nil {

@@ -11,6 +11,7 @@ package blocks
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -41,8 +42,9 @@ type App struct {
 	engineH  uint64
 	lastErr  string
 
-	indexed  prometheus.Counter
-	refusals prometheus.Counter
+	indexed   prometheus.Counter
+	refusals  prometheus.Counter
+	auditSlot chan struct{}
 }
 
 // Rejection records a block that failed verification.
@@ -86,6 +88,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	}
 	a.engine = engineapi.New(a.engineURL, nil)
 	a.logger = srv.Logger()
+	a.auditSlot = make(chan struct{}, 1)
 	a.indexed = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_blocks_indexed_total", Help: "Blocks verified and indexed."})
 	a.refusals = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_blocks_refused_total", Help: "Blocks that failed verification."})
 	height := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lucid_blocks_height", Help: "Height of the newest verified block."},
@@ -127,10 +130,13 @@ func (a *App) follow(ctx context.Context) {
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
 		from := a.store.Height() + 1
-		err := a.engine.Follow(ctx, from, func(b *chain.Block) error {
-			backoff = 200 * time.Millisecond
-			return a.index(b)
-		})
+		err := a.checkConsistency(ctx)
+		if err == nil {
+			err = a.engine.Follow(ctx, from, func(b *chain.Block) error {
+				backoff = 200 * time.Millisecond
+				return a.index(b)
+			})
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -149,6 +155,36 @@ func (a *App) follow(ctx context.Context) {
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
+}
+
+// checkConsistency asks the engine to prove that its current log extends
+// the one verified here, before following it again: an engine whose history
+// was rewritten (restored from an old disk, or forked) is refused.
+func (a *App) checkConsistency(ctx context.Context) error {
+	ours := a.store.Head()
+	if ours == nil {
+		return nil
+	}
+	info, err := a.engine.Chain(ctx)
+	if err != nil || info.Height <= ours.Height {
+		return err // nothing newer to compare with
+	}
+	b, err := a.engine.Block(ctx, info.Height)
+	if err != nil {
+		return err
+	}
+	theirs, err := b.Header()
+	if err != nil {
+		return err
+	}
+	p, err := a.engine.Consistency(ctx, ours.TreeSize, theirs.TreeSize)
+	if err != nil {
+		return err
+	}
+	if err := chain.CheckConsistency(ours, theirs, p); err != nil {
+		return a.refuse(b, fmt.Errorf("the engine's chain does not extend the verified one: %w", err))
+	}
+	return nil
 }
 
 // index verifies b independently and stores it, or refuses it.

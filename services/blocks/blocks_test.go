@@ -2,44 +2,84 @@ package blocks
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
-	"github.com/pickme/lucid/pkg/chain"
+	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/chain/chaintest"
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/service"
 )
 
-// fakeEngine streams a fixed list of blocks, as the engine's follow stream
-// does. It stands in for an engine that serves a forged block.
-func fakeEngine(t *testing.T, blocks []*chain.Block) *httptest.Server {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/api/v1/chain" {
-			_, _ = io.WriteString(w, `{"chain_id":"test"}`)
-			return
-		}
-		from := uint64(1)
-		if v := r.URL.Query().Get("from"); v != "" {
-			_ = json.Unmarshal([]byte(v), &from)
-		}
-		for _, b := range blocks {
-			if b.Height >= from {
-				enc, _ := b.Encode()
-				_, _ = w.Write(append(enc, '\n'))
+// fakeEngine serves a chain the way the engine does (info, blocks, the
+// follow stream, consistency proofs). It stands in for an engine that
+// serves a forged block or a rewritten history; set swaps the chain.
+type fakeEngine struct {
+	*httptest.Server
+	mu sync.Mutex
+	c  *chaintest.Chain
+}
+
+func (f *fakeEngine) set(c *chaintest.Chain) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.c = c
+}
+
+func newFakeEngine(t *testing.T, c *chaintest.Chain) *fakeEngine {
+	f := &fakeEngine{c: c}
+	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		c := f.c
+		f.mu.Unlock()
+		switch {
+		case r.URL.Path == "/api/v1/chain":
+			_ = json.NewEncoder(w).Encode(map[string]any{"chain_id": chaintest.ChainID, "height": len(c.Blocks)})
+		case r.URL.Path == "/api/v1/consistency":
+			from, _ := strconv.ParseUint(r.URL.Query().Get("from"), 10, 64)
+			to, _ := strconv.ParseUint(r.URL.Query().Get("to"), 10, 64)
+			p, err := c.Tree.ConsistencyProof(from, to)
+			if err != nil {
+				http.Error(w, err.Error(), 400)
+				return
 			}
+			var enc []string
+			for _, h := range p {
+				enc = append(enc, base64.StdEncoding.EncodeToString(h))
+			}
+			_ = json.NewEncoder(w).Encode(map[string]any{"from": from, "to": to, "proof": enc})
+		case strings.HasPrefix(r.URL.Path, "/api/v1/blocks/stream"):
+			from, _ := strconv.ParseUint(r.URL.Query().Get("from"), 10, 64)
+			for _, b := range c.Blocks {
+				if b.Height >= from {
+					enc, _ := b.Encode()
+					_, _ = w.Write(append(enc, '\n'))
+				}
+			}
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		case strings.HasPrefix(r.URL.Path, "/api/v1/blocks/"):
+			h, _ := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/api/v1/blocks/"))
+			if h < 1 || h > len(c.Blocks) {
+				http.NotFound(w, r)
+				return
+			}
+			enc, _ := c.Blocks[h-1].Encode()
+			_, _ = w.Write(enc)
+		default:
+			http.NotFound(w, r)
 		}
-		w.(http.Flusher).Flush()
-		<-r.Context().Done()
 	}))
-	t.Cleanup(srv.Close)
-	return srv
+	t.Cleanup(f.Close)
+	return f
 }
 
 func startApp(t *testing.T, engineURL string, env map[string]string) (*App, http.Handler) {
@@ -72,7 +112,8 @@ func TestForgedBlockIsRefused(t *testing.T) {
 	forged := *c.Blocks[2]
 	forged.Transactions = append([]json.RawMessage(nil), forged.Transactions...)
 	forged.Transactions[0] = json.RawMessage(strings.Replace(string(forged.Transactions[0]), "operator@", "mallory@", 1))
-	eng := fakeEngine(t, []*chain.Block{c.Blocks[0], c.Blocks[1], &forged})
+	c.Blocks[2] = &forged
+	eng := newFakeEngine(t, c)
 
 	app, h := startApp(t, eng.URL, map[string]string{})
 	deadline := time.Now().Add(10 * time.Second)
@@ -102,7 +143,7 @@ func TestPinnedValidatorsRefuseAForeignGenesis(t *testing.T) {
 	c := chaintest.New()
 	c.Append(chaintest.Anchor(1))
 	_, other := chaintest.Key("someone-else", 5)
-	app, _ := startApp(t, fakeEngine(t, c.Blocks).URL, map[string]string{"LUCID_VALIDATOR_KEYS": other})
+	app, _ := startApp(t, newFakeEngine(t, c).URL, map[string]string{"LUCID_VALIDATOR_KEYS": other})
 	deadline := time.Now().Add(10 * time.Second)
 	for app.rejection() == nil {
 		if time.Now().After(deadline) {
@@ -112,5 +153,32 @@ func TestPinnedValidatorsRefuseAForeignGenesis(t *testing.T) {
 	}
 	if !strings.Contains(app.rejection().Reason, "not signed by a known validator") {
 		t.Errorf("reason = %q", app.rejection().Reason)
+	}
+}
+
+// TestRewrittenHistoryIsRefused: after indexing an engine's chain, the
+// block manager meets the engine again with a longer chain whose past was
+// rewritten; the consistency proof fails and the new chain is refused.
+func TestRewrittenHistoryIsRefused(t *testing.T) {
+	a := chaintest.New()
+	a.Append(chaintest.Anchor(1), chaintest.Anchor(2))
+	a.Append(chaintest.Anchor(3))
+	eng := newFakeEngine(t, a)
+	app, _ := startApp(t, eng.URL, map[string]string{})
+	testenv.Eventually(t, 10*time.Second, "indexed", func() bool { return app.store.Height() == 2 })
+
+	b := chaintest.New() // same key, other history
+	b.Append(chaintest.Anchor(1), chaintest.Anchor(99))
+	b.Append(chaintest.Anchor(3))
+	b.Append(chaintest.Anchor(4))
+	b.Append(chaintest.Anchor(5))
+	eng.set(b)
+	eng.CloseClientConnections() // the engine "restarts"
+	testenv.Eventually(t, 15*time.Second, "refused", func() bool { return app.rejection() != nil })
+	if r := app.rejection(); !strings.Contains(r.Reason, "does not extend the verified one") || !strings.Contains(r.Reason, "history was rewritten") {
+		t.Errorf("reason = %q", r.Reason)
+	}
+	if app.store.Height() != 2 {
+		t.Errorf("height = %d after the rewrite", app.store.Height())
 	}
 }

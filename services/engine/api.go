@@ -187,16 +187,18 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request) error {
 	for {
 		changed := a.node.store.Changed()
 		head := a.node.store.Height()
-		if head >= next {
-			err := a.node.store.Blocks(next, head, func(raw []byte) error {
+		for head >= next {
+			// Copy a batch out, then write it: a slow reader must not
+			// hold a database transaction open.
+			batch, err := a.node.store.BlockRange(next, head, 4<<20)
+			if err != nil {
+				return err
+			}
+			for _, raw := range batch {
 				if _, err := w.Write(append(raw, '\n')); err != nil {
-					return err
+					return nil // the client went away
 				}
 				next++
-				return nil
-			})
-			if err != nil {
-				return nil // the client went away
 			}
 			if err := rc.Flush(); err != nil {
 				return nil

@@ -105,7 +105,7 @@ func TestSealAndReceiptSurviveRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v, err := chain.VerifyReceipt(receipt, vs); err != nil || v.TxID != id {
+	if v, err := chain.VerifyReceipt(receipt, vs, ""); err != nil || v.TxID != id {
 		t.Fatalf("receipt: %v", err)
 	}
 	// Sealed once: the duplicate in the same call and a later resubmission

@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -241,6 +242,25 @@ func (c *Client) Block(ctx context.Context, height uint64) (*chain.Block, error)
 	return chain.DecodeBlock(raw)
 }
 
+// Consistency returns the proof that the log of size from is a prefix of
+// the log of size to.
+func (c *Client) Consistency(ctx context.Context, from, to uint64) ([][]byte, error) {
+	var out ConsistencyProof
+	path := "/api/v1/consistency?from=" + strconv.FormatUint(from, 10) + "&to=" + strconv.FormatUint(to, 10)
+	if err := c.do(ctx, http.MethodGet, path, nil, &out); err != nil {
+		return nil, err
+	}
+	p := make([][]byte, len(out.Proof))
+	for i, h := range out.Proof {
+		b, err := base64.StdEncoding.DecodeString(h)
+		if err != nil {
+			return nil, fmt.Errorf("consistency proof: %w", err)
+		}
+		p[i] = b
+	}
+	return p, nil
+}
+
 // Consensus returns the node's consensus status.
 func (c *Client) Consensus(ctx context.Context) (*ConsensusStatus, error) {
 	var out ConsensusStatus
@@ -261,6 +281,12 @@ func (c *Client) AddVoter(ctx context.Context, adminToken string, req AddVoterRe
 // until ctx ends, fn fails, or the stream breaks (the error says which).
 // Callers reconnect from the height after the last block they handled.
 func (c *Client) Follow(ctx context.Context, from uint64, fn func(*chain.Block) error) error {
+	// The engine writes a keep-alive line every 30 s; a stream silent for
+	// much longer is a dead peer (power loss, partition), not a quiet one.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	idle := time.AfterFunc(FollowIdleTimeout, func() { cancel(errIdle) })
+	defer idle.Stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/api/v1/blocks/stream?from="+strconv.FormatUint(from, 10), nil)
 	if err != nil {
 		return err
@@ -279,6 +305,7 @@ func (c *Client) Follow(ctx context.Context, from uint64, fn func(*chain.Block) 
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 512<<20)
 	for sc.Scan() {
+		idle.Reset(FollowIdleTimeout)
 		line := bytes.TrimSpace(sc.Bytes())
 		if len(line) == 0 {
 			continue // keep-alive
@@ -291,8 +318,17 @@ func (c *Client) Follow(ctx context.Context, from uint64, fn func(*chain.Block) 
 			return err
 		}
 	}
+	if cause := context.Cause(ctx); errors.Is(cause, errIdle) {
+		return cause
+	}
 	if err := sc.Err(); err != nil {
 		return err
 	}
 	return io.ErrUnexpectedEOF
 }
+
+// FollowIdleTimeout is how long Follow waits for any line, keep-alives
+// included, before it gives up on the stream.
+var FollowIdleTimeout = 90 * time.Second
+
+var errIdle = errors.New("follow: the stream was silent too long; reconnecting")

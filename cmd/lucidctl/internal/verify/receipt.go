@@ -15,9 +15,10 @@ import (
 
 // ReceiptOptions are the inputs of `lucidctl verify receipt`.
 type ReceiptOptions struct {
-	Env  *cli.Env
-	File string
-	Keys []string
+	Env     *cli.Env
+	File    string
+	Keys    []string
+	ChainID string
 }
 
 func newReceiptCmd(env *cli.Env) *cobra.Command {
@@ -40,6 +41,7 @@ several validators.`,
 		},
 	}
 	cmd.Flags().StringArrayVar(&opts.Keys, "key", nil, "validator public key (repeatable)")
+	cmd.Flags().StringVar(&opts.ChainID, "chain-id", "", "require the receipt to be from this chain (lucid.chain/<id>)")
 	_ = cmd.MarkFlagRequired("key")
 	return cli.SupportsJSON(cmd)
 }
@@ -73,7 +75,11 @@ func runReceipt(_ context.Context, opts *ReceiptOptions) error {
 		return fmt.Errorf("read receipt: %w", err)
 	}
 	res := ReceiptResult{Valid: true}
-	v, verr := chain.VerifyReceipt(data, vs)
+	origin := ""
+	if opts.ChainID != "" {
+		origin = chain.Origin(opts.ChainID)
+	}
+	v, verr := chain.VerifyReceipt(data, vs, origin)
 	if verr != nil {
 		res = ReceiptResult{Valid: false, Reason: verr.Error()}
 	} else {
