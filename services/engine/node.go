@@ -187,6 +187,15 @@ func (n *node) propose(slot time.Time) error {
 		return err
 	}
 	if b != nil {
+		h, err := b.Header()
+		if err != nil {
+			return err
+		}
+		if h.Prev != prev {
+			// Cannot happen with Raft's committed history; refuse to sign
+			// a second block at this height all the same.
+			return fmt.Errorf("this node signed a block at height %d on another parent (%s, head is %s); not signing another", height, h.Prev, prev)
+		}
 		n.logger.Info("re-proposing the block this node already signed", "height", height)
 	} else {
 		if b, err = n.build(slot, height, prev); err != nil {
