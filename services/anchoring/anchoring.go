@@ -132,13 +132,15 @@ func (a *App) submitLoop(ctx context.Context) {
 
 func (a *App) submitOnce(ctx context.Context) (int, error) {
 	now := time.Now()
-	a.mu.Lock()
 	skip := func(id string) bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
 		t, ok := a.submitted[id]
 		return ok && now.Sub(t) < a.resubmitAfter
 	}
+	// The queue is read without holding a.mu, so status requests and the
+	// follower are not held up by a long pending list.
 	ids, txs, err := a.store.pending(a.batch, skip)
-	a.mu.Unlock()
 	if err != nil || len(ids) == 0 {
 		return 0, err
 	}
