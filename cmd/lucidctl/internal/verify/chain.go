@@ -117,17 +117,8 @@ func runChain(ctx context.Context, opts *ChainOptions) error {
 		res.HeadHash = h.Hash()
 	}
 	res.Validators = info.Validators
-	if opts.Env.JSON {
-		if err := opts.Env.PrintJSON(res); err != nil {
-			return err
-		}
-		if !res.Valid {
-			return &cli.SilentError{Code: cli.ExitProblems}
-		}
-		return nil
-	}
-	if !res.Valid {
-		return cli.Problems(fmt.Errorf("chain does not verify: %s", res.Reason))
+	if done, err := verdict(opts.Env, res, res.Valid, "chain", res.Reason); done {
+		return err
 	}
 	fmt.Fprintf(opts.Env.IO.Out, "%s %d blocks, %d transactions, head %s (%s)\n",
 		opts.Env.IO.OutStyles().Success.Render("chain OK:"), res.Blocks, res.Transactions, res.HeadHash, time.Duration(res.DurationMS)*time.Millisecond)

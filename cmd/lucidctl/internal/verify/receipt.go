@@ -89,17 +89,8 @@ func runReceipt(_ context.Context, opts *ReceiptOptions) error {
 			res.SessionID = v.Tx.Anchor.SessionID
 		}
 	}
-	if opts.Env.JSON {
-		if err := opts.Env.PrintJSON(res); err != nil {
-			return err
-		}
-		if !res.Valid {
-			return &cli.SilentError{Code: cli.ExitProblems}
-		}
-		return nil
-	}
-	if !res.Valid {
-		return cli.Problems(fmt.Errorf("receipt does not verify: %w", verr))
+	if done, err := verdict(opts.Env, res, res.Valid, "receipt", res.Reason); done {
+		return err
 	}
 	st := opts.Env.IO.OutStyles()
 	fmt.Fprintf(opts.Env.IO.Out, "%s transaction %s\n", st.Success.Render("receipt OK:"), res.TxID)

@@ -5,6 +5,8 @@
 package verify
 
 import (
+	"fmt"
+
 	"github.com/spf13/cobra"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
@@ -24,4 +26,23 @@ is printed), 1 when it could not run.`,
 	}
 	cmd.AddCommand(newReceiptCmd(env), newChainCmd(env))
 	return cmd
+}
+
+// verdict ends a check the same way for every verify command: with --json
+// the result document (exit 3 when invalid); otherwise nil when valid, for
+// the caller to print its summary, or the problem (exit 3) when not.
+func verdict(env *cli.Env, res any, valid bool, what, reason string) (printed bool, err error) {
+	if env.JSON {
+		if err := env.PrintJSON(res); err != nil {
+			return true, err
+		}
+		if !valid {
+			return true, &cli.SilentError{Code: cli.ExitProblems}
+		}
+		return true, nil
+	}
+	if !valid {
+		return true, cli.Problems(fmt.Errorf("%s does not verify: %s", what, reason))
+	}
+	return false, nil
 }
