@@ -176,6 +176,22 @@ func (r *Reader) URL(key string) *url.URL {
 	return u
 }
 
+// URLList returns key's value as a comma-separated list of absolute
+// URLs, or def when unset.
+func (r *Reader) URLList(key, def string) string {
+	v := r.value(key)
+	if v == "" {
+		return def
+	}
+	for _, part := range strings.Split(v, ",") {
+		if u, err := url.Parse(strings.TrimSpace(part)); err != nil || u.Host == "" {
+			r.fail(key, "%q is not a comma-separated list of absolute URLs", v)
+			return def
+		}
+	}
+	return v
+}
+
 // OneOf returns key's value when it is one of allowed, or def when unset.
 func (r *Reader) OneOf(key, def string, allowed ...string) string {
 	v := r.value(key)

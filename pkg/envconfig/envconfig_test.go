@@ -69,3 +69,13 @@ func TestListenAddr(t *testing.T) {
 		}
 	}
 }
+
+func TestURLList(t *testing.T) {
+	r := New(Map(map[string]string{"OK": "http://a:1, http://b:2", "BAD": "http://a:1,nope"}))
+	if got := r.URLList("OK", ""); got != "http://a:1, http://b:2" || r.Err() != nil {
+		t.Errorf("URLList = %q, %v", got, r.Err())
+	}
+	if r.URLList("BAD", "d"); r.Err() == nil {
+		t.Error("a list with a bad URL accepted")
+	}
+}

@@ -48,11 +48,9 @@ func New() service.App { return &App{} }
 
 // Configure reads the engine's URL and the queue's tuning.
 func (a *App) Configure(r *envconfig.Reader) {
-	u := r.URL("BLOCKCHAIN_ENGINE_URL")
-	a.engineURL = "http://127.0.0.1:8084"
-	if u != nil {
-		a.engineURL = u.String()
-	}
+	// One engine, or every node of a cluster (comma-separated): the client
+	// moves on from a node that is down or not the leader.
+	a.engineURL = r.URLList("BLOCKCHAIN_ENGINE_URL", "http://127.0.0.1:8084")
 	a.batch = r.Int("LUCID_ANCHOR_BATCH", 1000, 1, 1000)
 	a.resubmitAfter = r.Duration("LUCID_ANCHOR_RESUBMIT", 15*time.Second, time.Second, time.Hour)
 }

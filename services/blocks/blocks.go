@@ -63,10 +63,9 @@ func New() service.App { return &App{} }
 // Configure reads the engine's URL, the chain id and optional pinned
 // validator keys.
 func (a *App) Configure(r *envconfig.Reader) {
-	a.engineURL = "http://127.0.0.1:8084"
-	if u := r.URL("BLOCKCHAIN_ENGINE_URL"); u != nil {
-		a.engineURL = u.String()
-	}
+	// One engine, or every node of a cluster (comma-separated): the client
+	// moves on from a node that is down or not the leader.
+	a.engineURL = r.URLList("BLOCKCHAIN_ENGINE_URL", "http://127.0.0.1:8084")
 	a.chainID = r.String("LUCID_CHAIN_ID", "lucid")
 	if v := r.String("LUCID_VALIDATOR_KEYS", ""); v != "" {
 		for _, k := range strings.Split(v, ",") {

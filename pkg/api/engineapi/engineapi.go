@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/pickme/lucid/pkg/chain"
@@ -121,33 +122,74 @@ func (e *Error) Is(target error) bool {
 	return target == ErrNotFound && e.Status == http.StatusNotFound
 }
 
-// Client talks to one engine.
+// Client talks to the engine nodes of one chain. Given several URLs it
+// sticks to the last one that answered, and moves on when a node is
+// unreachable or is not the leader (for writes).
 type Client struct {
-	base string
-	http *http.Client
+	bases []string
+	cur   atomic.Int32
+	http  *http.Client
 }
 
-// New returns a client for the engine at base (http://host:port).
+// New returns a client for the engine at base (http://host:port), or for
+// several nodes given as a comma-separated list.
 func New(base string, hc *http.Client) *Client {
 	if hc == nil {
 		hc = &http.Client{Timeout: 30 * time.Second}
 	}
-	return &Client{base: strings.TrimRight(base, "/"), http: hc}
+	c := &Client{http: hc}
+	for _, b := range strings.Split(base, ",") {
+		if b = strings.TrimRight(strings.TrimSpace(b), "/"); b != "" {
+			c.bases = append(c.bases, b)
+		}
+	}
+	if len(c.bases) == 0 {
+		c.bases = []string{""}
+	}
+	return c
 }
 
-// URL is the engine's base URL.
-func (c *Client) URL() string { return c.base }
+// URL is the base URL of the node in use.
+func (c *Client) URL() string { return c.bases[int(c.cur.Load())%len(c.bases)] }
+
+// retryElsewhere reports whether another node may answer where this one
+// could not: it is down, or it is not the leader.
+func retryElsewhere(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code == CodeNotLeader
+	}
+	return true // transport error
+}
 
 func (c *Client) do(ctx context.Context, method, path string, body []byte, out any) error {
 	return c.doAuth(ctx, method, path, "", body, out)
 }
 
 func (c *Client) doAuth(ctx context.Context, method, path, token string, body []byte, out any) error {
+	var err error
+	start := int(c.cur.Load())
+	for i := range c.bases {
+		idx := (start + i) % len(c.bases)
+		if err = c.doOnce(ctx, c.bases[idx], method, path, token, body, out); err == nil || !retryElsewhere(ctx, err) {
+			if err == nil {
+				c.cur.Store(int32(idx))
+			}
+			return err
+		}
+	}
+	return err
+}
+
+func (c *Client) doOnce(ctx context.Context, base, method, path, token string, body []byte, out any) error {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
 		return err
 	}
@@ -287,14 +329,23 @@ func (c *Client) Follow(ctx context.Context, from uint64, fn func(*chain.Block) 
 	defer cancel(nil)
 	idle := time.AfterFunc(FollowIdleTimeout, func() { cancel(errIdle) })
 	defer idle.Stop()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/api/v1/blocks/stream?from="+strconv.FormatUint(from, 10), nil)
-	if err != nil {
-		return err
-	}
 	// The stream is long-lived: no client timeout, only ctx.
 	hc := *c.http
 	hc.Timeout = 0
-	resp, err := hc.Do(req)
+	var resp *http.Response
+	var err error
+	start := int(c.cur.Load())
+	for i := range c.bases {
+		idx := (start + i) % len(c.bases)
+		req, rerr := http.NewRequestWithContext(ctx, http.MethodGet, c.bases[idx]+"/api/v1/blocks/stream?from="+strconv.FormatUint(from, 10), nil)
+		if rerr != nil {
+			return rerr
+		}
+		if resp, err = hc.Do(req); err == nil {
+			c.cur.Store(int32(idx))
+			break
+		}
+	}
 	if err != nil {
 		return err
 	}
