@@ -1,0 +1,444 @@
+// Package packstore is the data chain's content-addressed chunk store.
+//
+// Chunk bytes go to append-only pack files as checksummed records; the
+// index (chunk id → pack, offset, length; session → chunk ids in index
+// order) lives in bbolt. Writes are group-committed: concurrent Puts share
+// one pack write, one fsync of the pack and one index commit, and a Put
+// returns only after both are durable. On open, bytes after the last
+// committed record of the newest pack (a torn tail from a crash) are cut
+// off. Every read checks the record's CRC and the chunk's SHA-256 against
+// its id, so a damaged chunk is an error, never wrong data. With a key,
+// payloads are encrypted at rest with XChaCha20-Poly1305.
+package packstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/cipher"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	bucketChunks   = []byte("chunks")   // id → pack(4) offset(8) length(4)
+	bucketSessions = []byte("sessions") // session id → Session JSON
+	bucketMembers  = []byte("members")  // session id ‖ index(8) → id
+	bucketRefs     = []byte("refs")     // id ‖ session id → ""
+	bucketMeta     = []byte("meta")
+	keyActivePack  = []byte("active_pack")
+	keyPackEnd     = []byte("pack_end") // committed end of the active pack
+	keyKeyCheck    = []byte("key_check")
+	keyDeadBytes   = []byte("dead_bytes")
+)
+
+// Errors callers map to answers.
+var (
+	ErrNotFound   = errors.New("chunk not found")
+	ErrSealed     = errors.New("session is sealed")
+	ErrIndexTaken = errors.New("another chunk holds that index in the session")
+	ErrReferenced = errors.New("chunk is referenced by a sealed session")
+)
+
+// Options configure a Store.
+type Options struct {
+	// Dir holds packs/ and index.db.
+	Dir string
+	// Key, when set, encrypts payloads at rest. A store keeps the mode and
+	// key it was created with; opening it otherwise is an error.
+	Key []byte
+	// MaxPackBytes starts a new pack once the active one is this big.
+	MaxPackBytes int64
+}
+
+// Store is a chunk store. It is safe for concurrent use.
+type Store struct {
+	opts Options
+	db   *bolt.DB
+	aead cipher.AEAD
+
+	writes chan *writeReq
+	done   chan struct{}
+
+	mu       sync.Mutex // active pack
+	active   *os.File
+	activeN  uint32
+	activeSz int64
+
+	readMu  sync.Mutex
+	readers map[uint32]*os.File
+}
+
+// Location is where a chunk's record is.
+type Location struct {
+	Pack   uint32
+	Offset int64
+	Length uint32 // of the whole record
+}
+
+func (l Location) encode() []byte {
+	b := binary.BigEndian.AppendUint32(nil, l.Pack)
+	b = binary.BigEndian.AppendUint64(b, uint64(l.Offset))
+	return binary.BigEndian.AppendUint32(b, l.Length)
+}
+
+func decodeLocation(v []byte) Location {
+	return Location{Pack: binary.BigEndian.Uint32(v[0:4]), Offset: int64(binary.BigEndian.Uint64(v[4:12])), Length: binary.BigEndian.Uint32(v[12:16])}
+}
+
+// Open opens or creates the store in opts.Dir, cutting off a torn tail.
+func Open(opts Options) (*Store, error) {
+	if opts.MaxPackBytes <= 0 {
+		opts.MaxPackBytes = 1 << 30
+	}
+	if err := os.MkdirAll(filepath.Join(opts.Dir, "packs"), 0o700); err != nil {
+		return nil, err
+	}
+	db, err := bolt.Open(filepath.Join(opts.Dir, "index.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open chunk index: %w", err)
+	}
+	s := &Store{opts: opts, db: db, writes: make(chan *writeReq, 256), done: make(chan struct{}), readers: map[uint32]*os.File{}}
+	if err := s.init(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	go s.writer()
+	return s, nil
+}
+
+func (s *Store) init() error {
+	if s.opts.Key != nil {
+		aead, err := newAEAD(s.opts.Key)
+		if err != nil {
+			return err
+		}
+		s.aead = aead
+	}
+	var packEnd int64
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketChunks, bucketSessions, bucketMembers, bucketRefs, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		check := meta.Get(keyKeyCheck)
+		switch {
+		case check == nil && meta.Get(keyActivePack) == nil: // a new store: record its mode
+			v := []byte("plain")
+			if s.aead != nil {
+				v = seal(s.aead, []byte("key check"), []byte("lucid data chain"))
+			}
+			if err := meta.Put(keyKeyCheck, v); err != nil {
+				return err
+			}
+			if err := meta.Put(keyActivePack, binary.BigEndian.AppendUint32(nil, 1)); err != nil {
+				return err
+			}
+		case string(check) == "plain" && s.aead != nil:
+			return errors.New("ENCRYPTION_KEY is set, but this data chain was created without encryption")
+		case string(check) != "plain" && s.aead == nil:
+			return errors.New("this data chain is encrypted; ENCRYPTION_KEY is required")
+		case s.aead != nil:
+			if _, err := open(s.aead, []byte("key check"), check); err != nil {
+				return ErrWrongKey
+			}
+		}
+		s.activeN = binary.BigEndian.Uint32(meta.Get(keyActivePack))
+		if v := meta.Get(keyPackEnd); len(v) == 8 {
+			packEnd = int64(binary.BigEndian.Uint64(v))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(s.packPath(s.activeN), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return err
+	}
+	if fi.Size() > packEnd {
+		// Bytes after the last committed record: a crash between the pack
+		// write and the index commit. No Put returned for them.
+		if err := f.Truncate(packEnd); err != nil {
+			f.Close()
+			return fmt.Errorf("cut torn tail of %s: %w", s.packPath(s.activeN), err)
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	s.active, s.activeSz = f, packEnd
+	return nil
+}
+
+func (s *Store) packPath(n uint32) string {
+	return filepath.Join(s.opts.Dir, "packs", fmt.Sprintf("pack-%06d.dat", n))
+}
+
+// Close stops the writer and closes every file.
+func (s *Store) Close() error {
+	close(s.writes)
+	<-s.done
+	s.readMu.Lock()
+	for _, f := range s.readers {
+		f.Close()
+	}
+	s.readMu.Unlock()
+	return errors.Join(s.active.Close(), s.db.Close())
+}
+
+// ID returns the id of a chunk: hex SHA-256 of its bytes.
+func ID(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+// Member places a chunk in a session.
+type Member struct {
+	Session string
+	Index   uint64
+}
+
+type writeReq struct {
+	id     [sha256.Size]byte
+	data   []byte
+	member *Member
+	reply  chan error
+}
+
+// Put stores data durably (once, whatever the number of Puts) and, with
+// m, records it at m.Index of session m.Session. It returns the chunk id.
+func (s *Store) Put(ctx context.Context, data []byte, m *Member) (string, error) {
+	req := &writeReq{id: sha256.Sum256(data), data: data, member: m, reply: make(chan error, 1)}
+	select {
+	case s.writes <- req:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	select {
+	case err := <-req.reply:
+		return hex.EncodeToString(req.id[:]), err
+	case <-ctx.Done():
+		// The write may still land; a retry is idempotent.
+		return "", ctx.Err()
+	}
+}
+
+// batchBytes bounds one group commit.
+const batchBytes = 64 << 20
+
+// writer group-commits Puts: it takes what is queued, appends it to the
+// active pack in one write, fsyncs, commits the index once, and answers.
+func (s *Store) writer() {
+	defer close(s.done)
+	for req := range s.writes {
+		batch := []*writeReq{req}
+		size := len(req.data)
+	more:
+		for size < batchBytes && len(batch) < 512 {
+			select {
+			case r, ok := <-s.writes:
+				if !ok {
+					break more
+				}
+				batch = append(batch, r)
+				size += len(r.data)
+			default:
+				break more
+			}
+		}
+		s.commit(batch)
+	}
+}
+
+func (s *Store) commit(batch []*writeReq) {
+	// Which chunks are new? Checked against the index and within the batch.
+	fresh := map[[sha256.Size]byte]bool{}
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		chunks := tx.Bucket(bucketChunks)
+		for _, r := range batch {
+			if chunks.Get([]byte(hex.EncodeToString(r.id[:]))) == nil {
+				fresh[r.id] = true
+			}
+		}
+		return nil
+	})
+	var buf bytes.Buffer
+	locs := map[[sha256.Size]byte]Location{}
+	start := s.activeSz
+	for _, r := range batch {
+		if !fresh[r.id] {
+			continue
+		}
+		if _, done := locs[r.id]; done {
+			continue
+		}
+		payload, flags := r.data, byte(0)
+		if s.aead != nil {
+			payload, flags = seal(s.aead, r.id[:], r.data), flagEncrypted
+		}
+		var h [headerSize]byte
+		encodeHeader(h[:], r.id, flags, payload)
+		off := start + int64(buf.Len())
+		buf.Write(h[:])
+		buf.Write(payload)
+		locs[r.id] = Location{Pack: s.activeN, Offset: off, Length: uint32(headerSize + len(payload))}
+	}
+	fail := func(err error) {
+		for _, r := range batch {
+			r.reply <- err
+		}
+	}
+	if buf.Len() > 0 {
+		if _, err := s.active.WriteAt(buf.Bytes(), start); err != nil {
+			fail(fmt.Errorf("write pack: %w", err))
+			return
+		}
+		if err := s.active.Sync(); err != nil {
+			fail(fmt.Errorf("sync pack: %w", err))
+			return
+		}
+	}
+	end := start + int64(buf.Len())
+	errs := make([]error, len(batch))
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		chunks, meta := tx.Bucket(bucketChunks), tx.Bucket(bucketMeta)
+		for id, loc := range locs {
+			if err := chunks.Put([]byte(hex.EncodeToString(id[:])), loc.encode()); err != nil {
+				return err
+			}
+		}
+		for i, r := range batch {
+			if r.member != nil {
+				errs[i] = addMember(tx, hex.EncodeToString(r.id[:]), *r.member)
+			}
+		}
+		return meta.Put(keyPackEnd, binary.BigEndian.AppendUint64(nil, uint64(end)))
+	})
+	if err != nil {
+		fail(fmt.Errorf("commit index: %w", err))
+		return
+	}
+	s.activeSz = end
+	for i, r := range batch {
+		r.reply <- errs[i]
+	}
+	if s.activeSz >= s.opts.MaxPackBytes {
+		if err := s.rotate(); err != nil {
+			// The active pack just keeps growing; reads are unaffected.
+			_ = err
+		}
+	}
+}
+
+// rotate starts a new active pack.
+func (s *Store) rotate() error {
+	next := s.activeN + 1
+	f, err := os.OpenFile(s.packPath(next), os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if err := meta.Put(keyActivePack, binary.BigEndian.AppendUint32(nil, next)); err != nil {
+			return err
+		}
+		return meta.Put(keyPackEnd, binary.BigEndian.AppendUint64(nil, 0))
+	})
+	if err != nil {
+		f.Close()
+		return err
+	}
+	old := s.active
+	s.active, s.activeN, s.activeSz = f, next, 0
+	return old.Close()
+}
+
+// Get returns chunk id's bytes, verified: a damaged record or a hash
+// mismatch is an error wrapping ErrCorrupt, never data.
+func (s *Store) Get(id string) ([]byte, error) {
+	loc, err := s.Locate(id)
+	if err != nil {
+		return nil, err
+	}
+	return s.read(id, loc)
+}
+
+// Locate returns where chunk id is stored.
+func (s *Store) Locate(id string) (Location, error) {
+	var loc Location
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketChunks).Get([]byte(id))
+		if len(v) != 16 {
+			return ErrNotFound
+		}
+		loc = decodeLocation(v)
+		return nil
+	})
+	return loc, err
+}
+
+// Has reports whether chunk id is stored.
+func (s *Store) Has(id string) bool {
+	_, err := s.Locate(id)
+	return err == nil
+}
+
+func (s *Store) reader(pack uint32) (*os.File, error) {
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	if f, ok := s.readers[pack]; ok {
+		return f, nil
+	}
+	f, err := os.Open(s.packPath(pack))
+	if err != nil {
+		return nil, err
+	}
+	s.readers[pack] = f
+	return f, nil
+}
+
+func (s *Store) read(id string, loc Location) ([]byte, error) {
+	f, err := s.reader(loc.Pack)
+	if err != nil {
+		return nil, err
+	}
+	rec := make([]byte, loc.Length)
+	if _, err := f.ReadAt(rec, loc.Offset); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("read chunk %s: %w", id, err)
+	}
+	rid, flags, payload, err := decodeRecord(rec)
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s in pack %d at %d: %w", id, loc.Pack, loc.Offset, err)
+	}
+	data := payload
+	if flags&flagEncrypted != 0 {
+		if s.aead == nil {
+			return nil, fmt.Errorf("chunk %s is encrypted and no key is set", id)
+		}
+		if data, err = open(s.aead, rid[:], payload); err != nil {
+			return nil, fmt.Errorf("chunk %s: %w", id, err)
+		}
+	}
+	if got := sha256.Sum256(data); hex.EncodeToString(got[:]) != id || got != rid {
+		return nil, fmt.Errorf("chunk %s: %w: its bytes hash to %x", id, ErrCorrupt, got)
+	}
+	return data, nil
+}

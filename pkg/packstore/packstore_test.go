@@ -1,0 +1,183 @@
+package packstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func chunk(i, size int) []byte {
+	b := bytes.Repeat([]byte{byte(i)}, size)
+	copy(b, fmt.Sprintf("chunk-%d-", i))
+	return b
+}
+
+func openT(t *testing.T, dir string, key []byte) *Store {
+	t.Helper()
+	s, err := Open(Options{Dir: dir, Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestPutGetDedupSessions(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, nil)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	ids := make([]string, 20)
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id, err := s.Put(ctx, chunk(i, 4096), &Member{Session: "s1", Index: uint64(19 - i)})
+			if err != nil {
+				t.Error(err)
+			}
+			ids[i] = id
+		}()
+	}
+	wg.Wait()
+	// The same bytes again are stored once.
+	if _, err := s.Put(ctx, chunk(3, 4096), nil); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := s.Stats()
+	if st.Chunks != 20 || st.PackBytes != 20*(headerSize+4096) {
+		t.Errorf("stats = %+v", st)
+	}
+	sess, order, err := s.SessionChunks("s1")
+	if err != nil || sess.Chunks != 20 || order[0] != ids[19] || order[19] != ids[0] {
+		t.Fatalf("session = %+v %v", sess, err)
+	}
+	if _, err := s.Put(ctx, chunk(99, 10), &Member{Session: "s1", Index: 0}); !errors.Is(err, ErrIndexTaken) {
+		t.Errorf("second chunk at one index: %v", err)
+	}
+	if _, err := s.Seal("s1", "tx"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(ctx, chunk(98, 10), &Member{Session: "s1", Index: 50}); !errors.Is(err, ErrSealed) {
+		t.Errorf("chunk into a sealed session: %v", err)
+	}
+	if err := s.Delete(ids[0]); !errors.Is(err, ErrReferenced) {
+		t.Errorf("delete of a sealed session's chunk: %v", err)
+	}
+	s.Close()
+
+	s = openT(t, dir, nil)
+	defer s.Close()
+	for i, id := range ids {
+		got, err := s.Get(id)
+		if err != nil || !bytes.Equal(got, chunk(i, 4096)) {
+			t.Fatalf("chunk %d after reopen: %v", i, err)
+		}
+	}
+	free, _ := s.Put(ctx, chunk(7, 100), &Member{Session: "s2", Index: 0})
+	if err := s.Delete(free); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if _, err := s.Get(free); !errors.Is(err, ErrNotFound) {
+		t.Errorf("deleted chunk: %v", err)
+	}
+	if sess, ids, _ := s.SessionChunks("s2"); sess.Chunks != 0 || len(ids) != 0 {
+		t.Errorf("open session still holds the deleted chunk: %+v %v", sess, ids)
+	}
+}
+
+// TestTornTailIsCut: bytes written after the last committed record (a
+// crash mid-batch) are cut on open, and the store goes on appending.
+func TestTornTailIsCut(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, nil)
+	id, _ := s.Put(context.Background(), chunk(1, 1000), nil)
+	s.Close()
+	f, _ := os.OpenFile(s.packPath(1), os.O_APPEND|os.O_WRONLY, 0)
+	_, _ = f.Write([]byte("LPK1 half a record"))
+	f.Close()
+
+	s = openT(t, dir, nil)
+	defer s.Close()
+	if fi, _ := os.Stat(s.packPath(1)); fi.Size() != headerSize+1000 {
+		t.Errorf("pack is %d bytes after open; the torn tail was not cut", fi.Size())
+	}
+	id2, err := s.Put(context.Background(), chunk(2, 1000), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range []string{id, id2} {
+		if got, err := s.Get(id); err != nil || !bytes.Equal(got, chunk(i+1, 1000)) {
+			t.Errorf("chunk %d: %v", i+1, err)
+		}
+	}
+}
+
+// TestFlippedByteIsFound: one flipped byte in a pack makes that chunk's
+// read fail with ErrCorrupt (never wrong data) and shows in the scrub with
+// its session.
+func TestFlippedByteIsFound(t *testing.T) {
+	for _, key := range [][]byte{nil, []byte("an operator secret of enough length")} {
+		dir := t.TempDir()
+		s := openT(t, dir, key)
+		ctx := context.Background()
+		a, _ := s.Put(ctx, chunk(1, 2000), &Member{Session: "sess", Index: 0})
+		b, _ := s.Put(ctx, chunk(2, 2000), &Member{Session: "sess", Index: 1})
+		loc, _ := s.Locate(b)
+		f, _ := os.OpenFile(s.packPath(loc.Pack), os.O_RDWR, 0)
+		one := make([]byte, 1)
+		_, _ = f.ReadAt(one, loc.Offset+headerSize+500)
+		one[0] ^= 0x20
+		_, _ = f.WriteAt(one, loc.Offset+headerSize+500)
+		f.Close()
+
+		if _, err := s.Get(a); err != nil {
+			t.Errorf("intact chunk: %v", err)
+		}
+		if data, err := s.Get(b); !errors.Is(err, ErrCorrupt) || data != nil {
+			t.Errorf("damaged chunk: %v (data %d bytes)", err, len(data))
+		}
+		rep, err := s.Scrub(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Chunks != 1 || len(rep.Damaged) != 1 || rep.Damaged[0].ID != b || strings.Join(rep.Damaged[0].Sessions, ",") != "sess" {
+			t.Errorf("scrub = %+v", rep)
+		}
+		s.Close()
+	}
+}
+
+func TestEncryptionAtRest(t *testing.T) {
+	dir := t.TempDir()
+	key := []byte("the first operator secret, long enough")
+	s := openT(t, dir, key)
+	secret := []byte("SESSION-PLAINTEXT-MARKER " + strings.Repeat("x", 1000))
+	id, _ := s.Put(context.Background(), secret, nil)
+	s.Close()
+	pack, _ := os.ReadFile(s.packPath(1))
+	if bytes.Contains(pack, []byte("SESSION-PLAINTEXT-MARKER")) {
+		t.Error("plaintext found in the pack")
+	}
+	if _, err := Open(Options{Dir: dir, Key: []byte("another secret of the same good length")}); !errors.Is(err, ErrWrongKey) {
+		t.Errorf("wrong key: %v", err)
+	}
+	if _, err := Open(Options{Dir: dir}); err == nil || !strings.Contains(err.Error(), "ENCRYPTION_KEY is required") {
+		t.Errorf("no key: %v", err)
+	}
+	s = openT(t, dir, key)
+	defer s.Close()
+	if got, err := s.Get(id); err != nil || !bytes.Equal(got, secret) {
+		t.Errorf("read back: %v", err)
+	}
+	plain := t.TempDir()
+	p := openT(t, plain, nil)
+	p.Close()
+	if _, err := Open(Options{Dir: plain, Key: key}); err == nil || !strings.Contains(err.Error(), "created without encryption") {
+		t.Errorf("key on a plain store: %v", err)
+	}
+}

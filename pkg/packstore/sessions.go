@@ -1,0 +1,290 @@
+package packstore
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Session is what the store keeps about a recording session.
+type Session struct {
+	ID       string    `json:"id"`
+	Chunks   uint64    `json:"chunks"`
+	Sealed   bool      `json:"sealed"`
+	SealedAt time.Time `json:"sealed_at,omitzero"`
+	// Anchor is what the caller recorded when sealing (the anchor's id).
+	Anchor string `json:"anchor,omitempty"`
+}
+
+func memberKey(session string, index uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte(session+"\x00"), index)
+}
+
+func getSession(tx *bolt.Tx, id string) (*Session, error) {
+	v := tx.Bucket(bucketSessions).Get([]byte(id))
+	if v == nil {
+		return nil, nil
+	}
+	var s Session
+	return &s, json.Unmarshal(v, &s)
+}
+
+func putSession(tx *bolt.Tx, s *Session) error {
+	v, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketSessions).Put([]byte(s.ID), v)
+}
+
+// addMember records chunk id at m.Index of m.Session. The same chunk at
+// the same index again is a no-op.
+func addMember(tx *bolt.Tx, id string, m Member) error {
+	sess, err := getSession(tx, m.Session)
+	if err != nil {
+		return err
+	}
+	if sess == nil {
+		sess = &Session{ID: m.Session}
+	}
+	if sess.Sealed {
+		return fmt.Errorf("%w: %s", ErrSealed, m.Session)
+	}
+	members := tx.Bucket(bucketMembers)
+	key := memberKey(m.Session, m.Index)
+	if have := members.Get(key); have != nil {
+		if string(have) == id {
+			return nil
+		}
+		return fmt.Errorf("%w: index %d of session %s holds %s", ErrIndexTaken, m.Index, m.Session, have)
+	}
+	if err := members.Put(key, []byte(id)); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketRefs).Put([]byte(id+"\x00"+m.Session), nil); err != nil {
+		return err
+	}
+	sess.Chunks++
+	return putSession(tx, sess)
+}
+
+// SessionChunks returns a session and its chunk ids in index order.
+func (s *Store) SessionChunks(id string) (*Session, []string, error) {
+	var sess *Session
+	var ids []string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		if sess, err = getSession(tx, id); err != nil || sess == nil {
+			return err
+		}
+		c := tx.Bucket(bucketMembers).Cursor()
+		prefix := []byte(id + "\x00")
+		for k, v := c.Seek(prefix); k != nil && len(k) == len(prefix)+8 && string(k[:len(prefix)]) == string(prefix); k, v = c.Next() {
+			ids = append(ids, string(v))
+		}
+		return nil
+	})
+	if err == nil && sess == nil {
+		err = fmt.Errorf("session %s: %w", id, ErrNotFound)
+	}
+	return sess, ids, err
+}
+
+// Seal freezes a session: no chunk is added to it after. anchor is kept
+// with it. Sealing again returns the session as it is.
+func (s *Store) Seal(id, anchor string) (*Session, error) {
+	var sess *Session
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		if sess, err = getSession(tx, id); err != nil {
+			return err
+		}
+		if sess == nil {
+			return fmt.Errorf("session %s: %w", id, ErrNotFound)
+		}
+		if sess.Sealed {
+			return nil
+		}
+		sess.Sealed, sess.SealedAt, sess.Anchor = true, time.Now().UTC(), anchor
+		return putSession(tx, sess)
+	})
+	return sess, err
+}
+
+// Delete removes chunk id, unless a sealed session references it; it
+// leaves the sessions that are still open. Its bytes stay in the pack
+// (counted as dead) until the pack is compacted.
+func (s *Store) Delete(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		chunks := tx.Bucket(bucketChunks)
+		v := chunks.Get([]byte(id))
+		if v == nil {
+			return ErrNotFound
+		}
+		refs := tx.Bucket(bucketRefs)
+		prefix := []byte(id + "\x00")
+		var sessions []string
+		c := refs.Cursor()
+		for k, _ := c.Seek(prefix); k != nil && string(k[:min(len(k), len(prefix))]) == string(prefix); k, _ = c.Next() {
+			sessions = append(sessions, string(k[len(prefix):]))
+		}
+		for _, sid := range sessions {
+			sess, err := getSession(tx, sid)
+			if err != nil {
+				return err
+			}
+			if sess != nil && sess.Sealed {
+				return fmt.Errorf("%w %s", ErrReferenced, sid)
+			}
+		}
+		// Open sessions let go of the chunk.
+		members := tx.Bucket(bucketMembers)
+		for _, sid := range sessions {
+			// Collect first: deleting under a bbolt cursor can skip keys.
+			var keys [][]byte
+			mc := members.Cursor()
+			sp := []byte(sid + "\x00")
+			for k, mv := mc.Seek(sp); k != nil && len(k) == len(sp)+8 && string(k[:len(sp)]) == string(sp); k, mv = mc.Next() {
+				if string(mv) == id {
+					keys = append(keys, append([]byte(nil), k...))
+				}
+			}
+			for _, k := range keys {
+				if err := members.Delete(k); err != nil {
+					return err
+				}
+			}
+			if sess, err := getSession(tx, sid); err == nil && sess != nil {
+				sess.Chunks -= uint64(len(keys))
+				if err := putSession(tx, sess); err != nil {
+					return err
+				}
+			}
+			if err := refs.Delete([]byte(id + "\x00" + sid)); err != nil {
+				return err
+			}
+		}
+		loc := decodeLocation(v)
+		meta := tx.Bucket(bucketMeta)
+		dead := uint64(loc.Length)
+		if d := meta.Get(keyDeadBytes); len(d) == 8 {
+			dead += binary.BigEndian.Uint64(d)
+		}
+		if err := meta.Put(keyDeadBytes, binary.BigEndian.AppendUint64(nil, dead)); err != nil {
+			return err
+		}
+		return chunks.Delete([]byte(id))
+	})
+}
+
+// Damage is one chunk a scrub found unreadable.
+type Damage struct {
+	ID       string   `json:"id"`
+	Sessions []string `json:"sessions"`
+	Error    string   `json:"error"`
+}
+
+// ScrubReport is what a scrub found.
+type ScrubReport struct {
+	StartedAt  time.Time `json:"started_at"`
+	FinishedAt time.Time `json:"finished_at"`
+	Chunks     int       `json:"chunks"`
+	Bytes      int64     `json:"bytes"`
+	Damaged    []Damage  `json:"damaged"`
+}
+
+// Scrub re-reads every chunk, checking its record and hash, and reports
+// the damaged ones with the sessions that hold them. It reads outside any
+// index transaction, so writes go on meanwhile.
+func (s *Store) Scrub(ctx context.Context) (*ScrubReport, error) {
+	rep := &ScrubReport{StartedAt: time.Now().UTC(), Damaged: []Damage{}}
+	type entry struct {
+		id  string
+		loc Location
+	}
+	var all []entry
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketChunks).ForEach(func(k, v []byte) error {
+			all = append(all, entry{string(k), decodeLocation(v)})
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range all {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		data, err := s.read(e.id, e.loc)
+		if err != nil {
+			if !s.Has(e.id) {
+				continue // deleted meanwhile
+			}
+			rep.Damaged = append(rep.Damaged, Damage{ID: e.id, Sessions: s.sessionsOf(e.id), Error: err.Error()})
+			continue
+		}
+		rep.Chunks++
+		rep.Bytes += int64(len(data))
+	}
+	rep.FinishedAt = time.Now().UTC()
+	return rep, nil
+}
+
+func (s *Store) sessionsOf(id string) []string {
+	out := []string{}
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		prefix := []byte(id + "\x00")
+		c := tx.Bucket(bucketRefs).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && len(k) > len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
+			out = append(out, string(k[len(prefix):]))
+		}
+		return nil
+	})
+	return out
+}
+
+// Stats are the store's counts.
+type Stats struct {
+	Chunks    int   `json:"chunks"`
+	Sessions  int   `json:"sessions"`
+	Packs     int   `json:"packs"`
+	PackBytes int64 `json:"pack_bytes"`
+	DeadBytes int64 `json:"dead_bytes"`
+	Encrypted bool  `json:"encrypted"`
+}
+
+// Stats counts chunks, sessions, packs and bytes.
+func (s *Store) Stats() (Stats, error) {
+	st := Stats{Encrypted: s.aead != nil}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		st.Chunks = tx.Bucket(bucketChunks).Stats().KeyN
+		st.Sessions = tx.Bucket(bucketSessions).Stats().KeyN
+		if d := tx.Bucket(bucketMeta).Get(keyDeadBytes); len(d) == 8 {
+			st.DeadBytes = int64(binary.BigEndian.Uint64(d))
+		}
+		return nil
+	})
+	if err != nil {
+		return st, err
+	}
+	entries, err := os.ReadDir(s.packDir())
+	if err != nil {
+		return st, err
+	}
+	for _, e := range entries {
+		if fi, err := e.Info(); err == nil && !e.IsDir() {
+			st.Packs++
+			st.PackBytes += fi.Size()
+		}
+	}
+	return st, nil
+}
+
+func (s *Store) packDir() string { return s.opts.Dir + string(os.PathSeparator) + "packs" }
+
