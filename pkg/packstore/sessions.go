@@ -19,6 +19,23 @@ type Session struct {
 	SealedAt time.Time `json:"sealed_at,omitzero"`
 	// Anchor is what the caller recorded when sealing (the anchor's id).
 	Anchor string `json:"anchor,omitempty"`
+	// Version changes whenever the session's chunks change, so a caller
+	// can cache what it derives from them (its Merkle tree).
+	Version uint64 `json:"version"`
+}
+
+// Session returns a session's metadata without listing its chunks.
+func (s *Store) Session(id string) (*Session, error) {
+	var sess *Session
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		sess, err = getSession(tx, id)
+		return err
+	})
+	if err == nil && sess == nil {
+		err = fmt.Errorf("session %s: %w", id, ErrNotFound)
+	}
+	return sess, err
 }
 
 func memberKey(session string, index uint64) []byte {
@@ -70,6 +87,7 @@ func addMember(tx *bolt.Tx, id string, m Member) error {
 		return err
 	}
 	sess.Chunks++
+	sess.Version++
 	return putSession(tx, sess)
 }
 
@@ -161,6 +179,7 @@ func (s *Store) Delete(id string) error {
 			}
 			if sess, err := getSession(tx, sid); err == nil && sess != nil {
 				sess.Chunks -= uint64(len(keys))
+				sess.Version++
 				if err := putSession(tx, sess); err != nil {
 					return err
 				}

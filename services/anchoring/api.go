@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/pickme/lucid/pkg/api/anchoringapi"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/service"
 )
@@ -22,15 +23,7 @@ func (a *api) routes(srv *service.Server) {
 }
 
 // AnchorStatus is the answer about one anchor.
-type AnchorStatus struct {
-	SessionID     string  `json:"session_id"`
-	TxID          string  `json:"tx_id"`
-	Status        string  `json:"status"`
-	Height        uint64  `json:"height,omitempty"`
-	Index         *uint64 `json:"index,omitempty"`
-	Confirmations uint64  `json:"confirmations,omitempty"`
-	Receipt       string  `json:"receipt,omitempty"`
-}
+type AnchorStatus = anchoringapi.AnchorStatus
 
 func (a *api) create(w http.ResponseWriter, r *http.Request) error {
 	var m chain.SessionAnchor

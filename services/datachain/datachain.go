@@ -1,11 +1,177 @@
 // Package datachain is the data chain (`lucid datachain`, port 8087): a
-// content-addressed chunk store with per-session Merkle trees that seals a
-// session by anchoring its root.
-//
-// So far it serves only the shared endpoints (/health, /ready, /metrics).
+// content-addressed store for the encrypted chunks of recorded sessions,
+// with per-session RFC 6962 Merkle trees and proofs. Sealing a session
+// freezes it and anchors its root on the chain through session anchoring.
 package datachain
 
-import "github.com/pickme/lucid/pkg/service"
+import (
+	"context"
+	"encoding/hex"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
 
-// New returns the datachain service.
-func New() service.App { return service.Basic{} }
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pickme/lucid/pkg/api/anchoringapi"
+	"github.com/pickme/lucid/pkg/envconfig"
+	"github.com/pickme/lucid/pkg/logtree"
+	"github.com/pickme/lucid/pkg/packstore"
+	"github.com/pickme/lucid/pkg/service"
+)
+
+// App is the data chain service.
+type App struct {
+	key           []byte
+	minChunk      int
+	maxChunk      int
+	anchoringURL  string
+	scrubInterval time.Duration
+
+	store     *packstore.Store
+	anchoring *anchoringapi.Client
+	logger    *slog.Logger
+
+	mu        sync.Mutex
+	trees     map[string]*sessionTree // cached per session
+	lastScrub *packstore.ScrubReport
+	scrubbing sync.Mutex
+
+	stored prometheus.Counter
+	bytes  prometheus.Counter
+}
+
+// sessionTree is a session's Merkle tree over its chunk ids, in index
+// order, as of a chunk count.
+type sessionTree struct {
+	ids     []string
+	tree    *logtree.Tree
+	root    []byte
+	version uint64
+}
+
+var _ service.App = (*App)(nil)
+
+// New returns the data chain, ready to be configured.
+func New() service.App { return &App{} }
+
+// Configure reads the limits, the encryption key and the anchoring URL.
+func (a *App) Configure(r *envconfig.Reader) {
+	if k := r.String("ENCRYPTION_KEY", ""); k != "" {
+		if len(k) < 32 {
+			r.Fail("ENCRYPTION_KEY", "is %d bytes; at least 32 are required", len(k))
+		}
+		a.key = []byte(k)
+	}
+	a.minChunk = r.Int("LUCID_CHUNK_MIN_BYTES", 1<<10, 1, 16<<20)
+	a.maxChunk = r.Int("LUCID_CHUNK_MAX_BYTES", 16<<20, 1, 64<<20)
+	if a.minChunk > a.maxChunk {
+		r.Fail("LUCID_CHUNK_MIN_BYTES", "is larger than LUCID_CHUNK_MAX_BYTES")
+	}
+	a.anchoringURL = r.URLList("LUCID_ANCHORING_URL", "http://127.0.0.1:8085")
+	a.scrubInterval = r.Duration("LUCID_SCRUB_INTERVAL", 24*time.Hour, time.Minute, 30*24*time.Hour)
+}
+
+// Provision opens the store and starts the periodic scrub.
+func (a *App) Provision(ctx context.Context, srv *service.Server) error {
+	var err error
+	a.store, err = packstore.Open(packstore.Options{Dir: filepath.Join(srv.Config().DataDir, "chunks"), Key: a.key})
+	if err != nil {
+		return err
+	}
+	a.anchoring = anchoringapi.New(a.anchoringURL, nil)
+	a.logger = srv.Logger()
+	a.trees = map[string]*sessionTree{}
+	a.stored = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_datachain_chunks_stored_total", Help: "Chunks stored (new bytes)."})
+	a.bytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_datachain_bytes_stored_total", Help: "Chunk bytes received and stored."})
+	srv.Registerer().MustRegister(a.stored, a.bytes)
+	srv.AddCheck("store", func(context.Context) error {
+		_, err := a.store.Stats()
+		return err
+	})
+	go a.scrubLoop(ctx)
+	(&api{app: a}).routes(srv)
+	return nil
+}
+
+// Close closes the store.
+func (a *App) Close() error {
+	if a.store != nil {
+		return a.store.Close()
+	}
+	return nil
+}
+
+func (a *App) scrubLoop(ctx context.Context) {
+	t := time.NewTicker(a.scrubInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := a.scrub(ctx); err != nil && ctx.Err() == nil {
+				a.logger.Warn("scrub failed", "error", err)
+			}
+		}
+	}
+}
+
+// scrub runs one scrub at a time and keeps its report.
+func (a *App) scrub(ctx context.Context) (*packstore.ScrubReport, error) {
+	a.scrubbing.Lock()
+	defer a.scrubbing.Unlock()
+	rep, err := a.store.Scrub(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range rep.Damaged {
+		a.logger.Error("damaged chunk", "chunk", d.ID, "sessions", d.Sessions, "error", d.Error)
+	}
+	a.mu.Lock()
+	a.lastScrub = rep
+	a.mu.Unlock()
+	return rep, nil
+}
+
+// tree returns the session's Merkle tree over its current chunks; it is
+// rebuilt only when the session's version has changed.
+func (a *App) tree(sessionID string) (*packstore.Session, *sessionTree, error) {
+	sess, err := a.store.Session(sessionID)
+	if err != nil {
+		return nil, nil, err
+	}
+	a.mu.Lock()
+	cached := a.trees[sessionID]
+	a.mu.Unlock()
+	if cached != nil && cached.version == sess.Version {
+		return sess, cached, nil
+	}
+	sess, ids, err := a.store.SessionChunks(sessionID)
+	if err != nil {
+		return nil, nil, err
+	}
+	t, _ := logtree.New(logtree.MemoryStore{}, 0)
+	for _, id := range ids {
+		raw, err := hex.DecodeString(id)
+		if err != nil {
+			return nil, nil, err
+		}
+		if _, err := t.AppendLeaf(raw); err != nil {
+			return nil, nil, err
+		}
+	}
+	root, err := t.Root()
+	if err != nil {
+		return nil, nil, err
+	}
+	st := &sessionTree{ids: ids, tree: t, root: root, version: sess.Version}
+	a.mu.Lock()
+	if len(a.trees) >= 64 { // a small cache: open sessions are few
+		clear(a.trees)
+	}
+	a.trees[sessionID] = st
+	a.mu.Unlock()
+	return sess, st, nil
+}

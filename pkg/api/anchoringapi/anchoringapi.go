@@ -1,0 +1,94 @@
+// Package anchoringapi is the typed HTTP client of session anchoring and
+// the JSON shapes of its API.
+package anchoringapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/pickme/lucid/pkg/chain"
+)
+
+// AnchorStatus is the answer about one anchor.
+type AnchorStatus struct {
+	SessionID     string  `json:"session_id"`
+	TxID          string  `json:"tx_id"`
+	Status        string  `json:"status"`
+	Height        uint64  `json:"height,omitempty"`
+	Index         *uint64 `json:"index,omitempty"`
+	Confirmations uint64  `json:"confirmations,omitempty"`
+	Receipt       string  `json:"receipt,omitempty"`
+}
+
+// Client talks to session anchoring.
+type Client struct {
+	base string
+	http *http.Client
+}
+
+// New returns a client for the anchoring service at base.
+func New(base string, hc *http.Client) *Client {
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	return &Client{base: strings.TrimRight(base, "/"), http: hc}
+}
+
+// Error is an error answer.
+type Error struct {
+	Status  int
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("anchoring: %d %s: %s", e.Status, e.Code, e.Message) }
+
+func (c *Client) do(ctx context.Context, method, path string, body []byte) (*AnchorStatus, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode >= 300 {
+		var eb struct {
+			Error Error `json:"error"`
+		}
+		_ = json.Unmarshal(data, &eb)
+		eb.Error.Status = resp.StatusCode
+		return nil, &eb.Error
+	}
+	var st AnchorStatus
+	return &st, json.Unmarshal(data, &st)
+}
+
+// Anchor submits a session manifest; the answer comes once it is durably
+// queued.
+func (c *Client) Anchor(ctx context.Context, m *chain.SessionAnchor) (*AnchorStatus, error) {
+	body, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return c.do(ctx, http.MethodPost, "/api/v1/anchors", body)
+}
+
+// Get returns a session's anchor status (and receipt once sealed).
+func (c *Client) Get(ctx context.Context, sessionID string) (*AnchorStatus, error) {
+	return c.do(ctx, http.MethodGet, "/api/v1/anchors/"+url.PathEscape(sessionID), nil)
+}

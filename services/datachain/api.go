@@ -1,0 +1,334 @@
+package datachain
+
+import (
+	"encoding/hex"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/pickme/lucid/pkg/api/anchoringapi"
+	"github.com/pickme/lucid/pkg/chain"
+	"github.com/pickme/lucid/pkg/packstore"
+	"github.com/pickme/lucid/pkg/service"
+)
+
+// Error codes of the data chain.
+const (
+	CodeDamaged   = "LUCID_ERR_5201"
+	CodeAnchoring = "LUCID_ERR_5202"
+)
+
+type api struct{ app *App }
+
+func (a *api) routes(srv *service.Server) {
+	srv.Handle("PUT /api/v1/chunks", a.put)
+	srv.Handle("GET /api/v1/chunks/{id}", a.get)
+	srv.Handle("HEAD /api/v1/chunks/{id}", a.head)
+	srv.Handle("DELETE /api/v1/chunks/{id}", a.delete)
+	srv.Handle("GET /api/v1/sessions/{id}", a.session)
+	srv.Handle("GET /api/v1/sessions/{id}/proof/{index}", a.proof)
+	srv.Handle("POST /api/v1/sessions/{id}/seal", a.seal)
+	srv.Handle("POST /api/v1/verify", a.verify)
+	srv.Handle("GET /api/v1/status", a.status)
+}
+
+// ChunkStored answers PUT /api/v1/chunks.
+type ChunkStored struct {
+	ID        string  `json:"id"`
+	Size      int     `json:"size"`
+	SessionID string  `json:"session_id,omitempty"`
+	Index     *uint64 `json:"index,omitempty"`
+}
+
+// put stores a chunk: the raw body, or the "chunk" part of a multipart
+// form; session_id and index come from the query or the form.
+func (a *api) put(w http.ResponseWriter, r *http.Request) error {
+	limit := int64(a.app.maxChunk)
+	if r.ContentLength > limit+64<<10 {
+		return tooLarge(a.app.maxChunk)
+	}
+	var data []byte
+	var err error
+	sid, idx := r.URL.Query().Get("session_id"), r.URL.Query().Get("index")
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if mt == "multipart/form-data" {
+		r.Body = http.MaxBytesReader(w, r.Body, limit+64<<10)
+		if err := r.ParseMultipartForm(limit + 64<<10); err != nil {
+			var tb *http.MaxBytesError
+			if errors.As(err, &tb) {
+				return tooLarge(a.app.maxChunk)
+			}
+			return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "malformed multipart form: %v", err)
+		}
+		defer r.MultipartForm.RemoveAll()
+		f, _, err := r.FormFile("chunk")
+		if err != nil {
+			return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "the form has no \"chunk\" file")
+		}
+		defer f.Close()
+		if data, err = io.ReadAll(io.LimitReader(f, limit+1)); err != nil {
+			return err
+		}
+		if v := r.FormValue("session_id"); v != "" {
+			sid = v
+		}
+		if v := r.FormValue("index"); v != "" {
+			idx = v
+		}
+	} else {
+		data, err = io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+		var tb *http.MaxBytesError
+		if errors.As(err, &tb) {
+			return tooLarge(a.app.maxChunk)
+		}
+		if err != nil {
+			return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "reading the body: %v", err)
+		}
+	}
+	if len(data) > a.app.maxChunk {
+		return tooLarge(a.app.maxChunk)
+	}
+	if len(data) < a.app.minChunk {
+		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "chunk is %d bytes; at least %d are required", len(data), a.app.minChunk)
+	}
+	var member *packstore.Member
+	out := ChunkStored{Size: len(data)}
+	switch {
+	case sid == "" && idx == "":
+	case sid == "" || idx == "":
+		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "session_id and index go together")
+	default:
+		if u, err := uuid.Parse(sid); err != nil || u.String() != sid {
+			return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "session_id must be a lower-case UUID")
+		}
+		n, err := strconv.ParseUint(idx, 10, 64)
+		if err != nil {
+			return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "index must be a whole number")
+		}
+		member = &packstore.Member{Session: sid, Index: n}
+		out.SessionID, out.Index = sid, &n
+	}
+	existed := a.app.store.Has(packstore.ID(data))
+	id, err := a.app.store.Put(r.Context(), data, member)
+	switch {
+	case errors.Is(err, packstore.ErrSealed):
+		return service.Errorf(http.StatusConflict, service.CodeConflict, "session %s is sealed; it takes no more chunks", sid)
+	case errors.Is(err, packstore.ErrIndexTaken):
+		return service.Errorf(http.StatusConflict, service.CodeConflict, "%v", err)
+	case err != nil:
+		return err
+	}
+	if !existed {
+		a.app.stored.Inc()
+	}
+	a.app.bytes.Add(float64(len(data)))
+	out.ID = id
+	service.WriteJSON(w, http.StatusCreated, out)
+	return nil
+}
+
+func tooLarge(max int) error {
+	return service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge, "a chunk is at most %d bytes", max)
+}
+
+func chunkError(id string, err error) error {
+	switch {
+	case errors.Is(err, packstore.ErrNotFound):
+		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no chunk %s", id)
+	case errors.Is(err, packstore.ErrCorrupt):
+		he := service.Errorf(http.StatusInternalServerError, CodeDamaged, "chunk %s is damaged on disk; it will not be served (run POST /api/v1/verify)", id)
+		he.Cause = err
+		return he
+	}
+	return err
+}
+
+// get streams a chunk back after checking it against its id.
+func (a *api) get(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	data, err := a.app.store.Get(id)
+	if err != nil {
+		return chunkError(id, err)
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	w.Header().Set("ETag", `"`+id+`"`)
+	_, err = w.Write(data)
+	return err
+}
+
+func (a *api) head(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if _, err := a.app.store.Locate(id); err != nil {
+		if errors.Is(err, packstore.ErrNotFound) {
+			w.WriteHeader(http.StatusNotFound)
+			return nil
+		}
+		return err
+	}
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+func (a *api) delete(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	err := a.app.store.Delete(id)
+	if errors.Is(err, packstore.ErrReferenced) {
+		return service.Errorf(http.StatusConflict, service.CodeConflict, "%v", err)
+	}
+	if err != nil {
+		return chunkError(id, err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// SessionInfo answers GET /api/v1/sessions/{id}.
+type SessionInfo struct {
+	SessionID string    `json:"session_id"`
+	Sealed    bool      `json:"sealed"`
+	SealedAt  time.Time `json:"sealed_at,omitzero"`
+	Anchor    string    `json:"anchor_tx,omitempty"`
+	ChunkIDs  []string  `json:"chunks"`
+	Root      string    `json:"root"`
+}
+
+func (a *api) session(w http.ResponseWriter, r *http.Request) error {
+	sid := r.PathValue("id")
+	sess, t, err := a.app.tree(sid)
+	if err != nil {
+		return chunkError(sid, err)
+	}
+	service.WriteJSON(w, http.StatusOK, SessionInfo{SessionID: sid, Sealed: sess.Sealed, SealedAt: sess.SealedAt, Anchor: sess.Anchor,
+		ChunkIDs: t.ids, Root: hex.EncodeToString(t.root)})
+	return nil
+}
+
+// ChunkProof proves a chunk is at an index of a session's tree.
+type ChunkProof struct {
+	SessionID string   `json:"session_id"`
+	Index     uint64   `json:"index"`
+	ChunkID   string   `json:"chunk_id"`
+	TreeSize  uint64   `json:"tree_size"`
+	Root      string   `json:"root"`
+	Proof     []string `json:"proof"`
+}
+
+// proof gives the inclusion proof of the chunk at position {index} (its
+// place in index order) of the session's tree.
+func (a *api) proof(w http.ResponseWriter, r *http.Request) error {
+	sid := r.PathValue("id")
+	i, err := strconv.ParseUint(r.PathValue("index"), 10, 64)
+	if err != nil {
+		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "index must be a whole number")
+	}
+	_, t, err := a.app.tree(sid)
+	if err != nil {
+		return chunkError(sid, err)
+	}
+	size := uint64(len(t.ids))
+	if i >= size {
+		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "session %s has %d chunks; no position %d", sid, size, i)
+	}
+	p, err := t.tree.InclusionProof(i, size)
+	if err != nil {
+		return err
+	}
+	out := ChunkProof{SessionID: sid, Index: i, ChunkID: t.ids[i], TreeSize: size, Root: hex.EncodeToString(t.root), Proof: make([]string, len(p))}
+	for j, h := range p {
+		out.Proof[j] = hex.EncodeToString(h)
+	}
+	service.WriteJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// SealRequest is the body of POST /api/v1/sessions/{id}/seal: the parts of
+// the anchor manifest the data chain does not know.
+type SealRequest struct {
+	Owner        string `json:"owner"`
+	ManifestHash string `json:"manifest_hash"`
+	StartedAt    string `json:"started_at"`
+	EndedAt      string `json:"ended_at"`
+}
+
+// SealResponse answers a seal.
+type SealResponse struct {
+	SessionID  string                     `json:"session_id"`
+	Root       string                     `json:"merkle_root"`
+	ChunkCount int                        `json:"chunk_count"`
+	Anchor     *anchoringapi.AnchorStatus `json:"anchor"`
+}
+
+// seal freezes the session and anchors its root. Sealing again re-submits
+// the same anchor (anchoring keeps one per session), so a seal that failed
+// to reach anchoring is simply retried.
+func (a *api) seal(w http.ResponseWriter, r *http.Request) error {
+	sid := r.PathValue("id")
+	var req SealRequest
+	if err := service.DecodeJSON(w, r, 16<<10, &req); err != nil {
+		return err
+	}
+	if _, err := a.app.store.Session(sid); err != nil {
+		return chunkError(sid, err)
+	}
+	// Check the request before freezing anything (the root is filled in
+	// below, once the session can no longer change).
+	m := &chain.SessionAnchor{SessionID: sid, Owner: req.Owner, ManifestHash: req.ManifestHash,
+		MerkleRoot: strings.Repeat("0", 64), StartedAt: req.StartedAt, EndedAt: req.EndedAt}
+	if err := m.Validate(); err != nil {
+		var fe chain.FieldErrors
+		errors.As(err, &fe)
+		he := service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "invalid seal request: %s", fe.Error())
+		he.Fields = fe
+		return he
+	}
+	if _, err := a.app.store.Seal(sid, ""); err != nil {
+		return err
+	}
+	_, t, err := a.app.tree(sid)
+	if err != nil {
+		return err
+	}
+	m.MerkleRoot, m.ChunkCount = hex.EncodeToString(t.root), int64(len(t.ids))
+	st, err := a.app.anchoring.Anchor(r.Context(), m)
+	if err != nil {
+		he := service.Errorf(http.StatusBadGateway, CodeAnchoring, "the session is sealed but anchoring did not accept it yet; seal again to retry")
+		he.Cause = err
+		return he
+	}
+	service.WriteJSON(w, http.StatusOK, SealResponse{SessionID: sid, Root: m.MerkleRoot, ChunkCount: len(t.ids), Anchor: st})
+	return nil
+}
+
+func (a *api) verify(w http.ResponseWriter, r *http.Request) error {
+	rep, err := a.app.scrub(r.Context())
+	if err != nil {
+		return err
+	}
+	service.WriteJSON(w, http.StatusOK, rep)
+	return nil
+}
+
+// Status answers GET /api/v1/status.
+type Status struct {
+	packstore.Stats
+	LastScrub *packstore.ScrubReport `json:"last_scrub"`
+}
+
+func (a *api) status(w http.ResponseWriter, _ *http.Request) error {
+	st, err := a.app.store.Stats()
+	if err != nil {
+		return err
+	}
+	a.app.mu.Lock()
+	out := Status{Stats: st, LastScrub: a.app.lastScrub}
+	a.app.mu.Unlock()
+	service.WriteJSON(w, http.StatusOK, out)
+	return nil
+}
