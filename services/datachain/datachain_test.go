@@ -1,0 +1,143 @@
+package datachain
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pickme/lucid/pkg/envconfig"
+	"github.com/pickme/lucid/pkg/packstore"
+	"github.com/pickme/lucid/pkg/service"
+)
+
+const sid = "11111111-2222-4333-8444-555555555555"
+
+func start(t testing.TB) (*App, *httptest.Server, string) {
+	t.Helper()
+	app := New().(*App)
+	r := envconfig.New(envconfig.Map(map[string]string{"LUCID_CHUNK_MAX_BYTES": "65536"}))
+	app.Configure(r)
+	if err := r.Err(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	srv := service.New(service.Config{Name: "datachain", DataDir: dir}, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := app.Provision(ctx, srv); err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() { hs.Close(); cancel(); _ = app.Close() })
+	return app, hs, dir
+}
+
+func do(t *testing.T, method, url, ctype string, body []byte) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, bytes.NewReader(body))
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestChunkAPI(t *testing.T) {
+	_, hs, _ := start(t)
+	chunk := bytes.Repeat([]byte("c"), 2048)
+	tests := []struct {
+		name   string
+		query  string
+		body   []byte
+		status int
+		want   string
+	}{
+		{"stored", "?session_id=" + sid + "&index=0", chunk, 201, `"id"`},
+		{"again is fine", "?session_id=" + sid + "&index=0", chunk, 201, `"id"`},
+		{"too small", "", []byte("tiny"), 400, "at least 1024"},
+		{"too large", "", bytes.Repeat([]byte("x"), 70000), 413, "at most 65536"},
+		{"bad session", "?session_id=nope&index=1", chunk, 400, "UUID"},
+		{"index alone", "?index=1", chunk, 400, "go together"},
+		{"bad index", "?session_id=" + sid + "&index=-1", chunk, 400, "whole number"},
+		{"index taken", "?session_id=" + sid + "&index=0", bytes.Repeat([]byte("d"), 2048), 409, "holds"},
+	}
+	for _, tt := range tests {
+		code, body := do(t, http.MethodPut, hs.URL+"/api/v1/chunks"+tt.query, "application/octet-stream", tt.body)
+		if code != tt.status || !strings.Contains(body, tt.want) {
+			t.Errorf("%s: %d %s; want %d with %q", tt.name, code, body, tt.status, tt.want)
+		}
+	}
+	// Multipart upload.
+	var mp bytes.Buffer
+	mw := multipart.NewWriter(&mp)
+	_ = mw.WriteField("session_id", sid)
+	_ = mw.WriteField("index", "1")
+	fw, _ := mw.CreateFormFile("chunk", "c1")
+	_, _ = fw.Write(bytes.Repeat([]byte("m"), 3000))
+	mw.Close()
+	if code, body := do(t, http.MethodPut, hs.URL+"/api/v1/chunks", mw.FormDataContentType(), mp.Bytes()); code != 201 {
+		t.Errorf("multipart: %d %s", code, body)
+	}
+	id := packstore.ID(chunk)
+	if code, body := do(t, http.MethodGet, hs.URL+"/api/v1/chunks/"+id, "", nil); code != 200 || body != string(chunk) {
+		t.Errorf("get: %d", code)
+	}
+	if code, _ := do(t, http.MethodHead, hs.URL+"/api/v1/chunks/"+id, "", nil); code != 200 {
+		t.Errorf("head: %d", code)
+	}
+	if code, _ := do(t, http.MethodHead, hs.URL+"/api/v1/chunks/"+strings.Repeat("0", 64), "", nil); code != 404 {
+		t.Errorf("head of a missing chunk: %d", code)
+	}
+	var sess SessionInfo
+	_, body := do(t, http.MethodGet, hs.URL+"/api/v1/sessions/"+sid, "", nil)
+	_ = json.Unmarshal([]byte(body), &sess)
+	if len(sess.ChunkIDs) != 2 || sess.ChunkIDs[0] != id || len(sess.Root) != 64 {
+		t.Errorf("session = %+v", sess)
+	}
+	if code, _ := do(t, http.MethodGet, hs.URL+"/api/v1/sessions/"+sid+"/proof/2", "", nil); code != 404 {
+		t.Errorf("proof beyond the session: %d", code)
+	}
+	if code, body := do(t, http.MethodPost, hs.URL+"/api/v1/sessions/"+sid+"/seal", "application/json", []byte(`{"owner":""}`)); code != 400 || !strings.Contains(body, "owner") {
+		t.Errorf("seal with a bad manifest: %d %s", code, body)
+	}
+	// The invalid seal did not freeze the session.
+	if code, _ := do(t, http.MethodPut, hs.URL+"/api/v1/chunks?session_id="+sid+"&index=2", "", bytes.Repeat([]byte("e"), 2048)); code != 201 {
+		t.Errorf("the session was frozen by an invalid seal: %d", code)
+	}
+}
+
+func TestDamagedChunkIsNotServed(t *testing.T) {
+	app, hs, dir := start(t)
+	chunk := bytes.Repeat([]byte("z"), 4096)
+	do(t, http.MethodPut, hs.URL+"/api/v1/chunks?session_id="+sid+"&index=0", "", chunk)
+	id := packstore.ID(chunk)
+	loc, _ := app.store.Locate(id)
+	pack := filepath.Join(dir, "chunks", "packs", "pack-000001.dat")
+	f, err := os.OpenFile(pack, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = f.WriteAt([]byte{'Z'}, loc.Offset+100)
+	f.Close()
+	code, body := do(t, http.MethodGet, hs.URL+"/api/v1/chunks/"+id, "", nil)
+	if code != 500 || !strings.Contains(body, "LUCID_ERR_5201") || !strings.Contains(body, "damaged") || strings.Contains(body, "zzzz") {
+		t.Errorf("damaged chunk: %d %s", code, body)
+	}
+	_, body = do(t, http.MethodPost, hs.URL+"/api/v1/verify", "", nil)
+	if !strings.Contains(body, id) || !strings.Contains(body, sid) {
+		t.Errorf("scrub report does not name the chunk and its session: %s", body)
+	}
+}
