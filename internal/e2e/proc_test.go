@@ -16,14 +16,17 @@ import (
 	"github.com/pickme/lucid/internal/testenv"
 )
 
-var lucidBin string
+var lucidBin, lucidctlBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "lucid-e2e")
 	if err != nil {
 		panic(err)
 	}
-	if lucidBin, err = testenv.BuildLucid(dir); err != nil {
+	if lucidBin, err = testenv.BuildLucid(dir); err == nil {
+		lucidctlBin, err = testenv.BuildLucidctl(dir)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}

@@ -104,10 +104,15 @@ func FreePort(t testing.TB) int {
 
 // BuildLucid builds the lucid service binary into dir and returns its path;
 // TestMain functions call it once for their package.
-func BuildLucid(dir string) (string, error) {
-	bin := filepath.Join(dir, "lucid")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/pickme/lucid/cmd/lucid").CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build lucid: %v\n%s", err, out)
+func BuildLucid(dir string) (string, error) { return build(dir, "lucid") }
+
+// BuildLucidctl builds lucidctl into dir and returns its path.
+func BuildLucidctl(dir string) (string, error) { return build(dir, "lucidctl") }
+
+func build(dir, name string) (string, error) {
+	bin := filepath.Join(dir, name)
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/pickme/lucid/cmd/"+name).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build %s: %v\n%s", name, err, out)
 	}
 	return bin, nil
 }

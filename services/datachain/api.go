@@ -12,7 +12,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/pickme/lucid/pkg/api/anchoringapi"
+	"github.com/pickme/lucid/pkg/api/datachainapi"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/packstore"
 	"github.com/pickme/lucid/pkg/service"
@@ -250,20 +250,10 @@ func (a *api) proof(w http.ResponseWriter, r *http.Request) error {
 
 // SealRequest is the body of POST /api/v1/sessions/{id}/seal: the parts of
 // the anchor manifest the data chain does not know.
-type SealRequest struct {
-	Owner        string `json:"owner"`
-	ManifestHash string `json:"manifest_hash"`
-	StartedAt    string `json:"started_at"`
-	EndedAt      string `json:"ended_at"`
-}
+type SealRequest = datachainapi.SealRequest
 
 // SealResponse answers a seal.
-type SealResponse struct {
-	SessionID  string                     `json:"session_id"`
-	Root       string                     `json:"merkle_root"`
-	ChunkCount int                        `json:"chunk_count"`
-	Anchor     *anchoringapi.AnchorStatus `json:"anchor"`
-}
+type SealResponse = datachainapi.Sealed
 
 // seal freezes the session and anchors its root. Sealing again re-submits
 // the same anchor (anchoring keeps one per session), so a seal that failed

@@ -11,6 +11,7 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/session"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/stack"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/token"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/verify"
@@ -53,9 +54,9 @@ Results go to stdout; progress and diagnostics go to stderr.`,
 		c.GroupID = "local"
 		cmd.AddCommand(c)
 	}
-	tok, ver := token.NewCmd(env), verify.NewCmd(env)
-	tok.GroupID, ver.GroupID = "tools", "tools"
-	cmd.AddCommand(tok, ver, version.NewCmd(env))
+	tok, ver, sess := token.NewCmd(env), verify.NewCmd(env), session.NewCmd(env)
+	tok.GroupID, ver.GroupID, sess.GroupID = "tools", "tools", "tools"
+	cmd.AddCommand(tok, ver, sess, version.NewCmd(env))
 	return cmd
 }
 

@@ -1,0 +1,259 @@
+// Package session implements `lucidctl session push`: it stores a
+// directory of chunk files as one session in the data chain, in file name
+// order, with a progress bar, and can seal it into the chain.
+package session
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/spf13/cobra"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/pkg/api/datachainapi"
+)
+
+// NewCmd returns the session command.
+func NewCmd(env *cli.Env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "session <command>",
+		Short: "Store recorded sessions in the data chain",
+		Args:  cli.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+	}
+	cmd.AddCommand(newPushCmd(env))
+	return cmd
+}
+
+// PushOptions are the inputs of `lucidctl session push`.
+type PushOptions struct {
+	Env       *cli.Env
+	Dir       string
+	URL       string
+	SessionID string
+	Seal      bool
+	Owner     string
+	StartedAt string
+	EndedAt   string
+	Workers   int
+}
+
+func newPushCmd(env *cli.Env) *cobra.Command {
+	opts := &PushOptions{Env: env}
+	cmd := &cobra.Command{
+		Use:   "push DIR",
+		Short: "Store a directory of chunk files as a session, and optionally seal it",
+		Long: `Store every regular file of DIR as one chunk of a session, in file name
+order (index 0, 1, ...), then, with --seal, freeze the session and anchor its
+Merkle root on the chain. A push can be repeated: chunks already stored at
+their index are accepted again.
+
+The manifest hash sealed with the session is the SHA-256 of the lines
+"<index> <chunk id> <file name>", one per chunk.`,
+		Example: `  lucidctl session push ./recording --seal --owner alice@example.org`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Dir = args[0]
+			return runPush(cmd.Context(), opts)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&opts.URL, "url", "http://127.0.0.1:8087", "data chain URL")
+	f.StringVar(&opts.SessionID, "session-id", "", "session id (a UUID; default: a new one)")
+	f.BoolVar(&opts.Seal, "seal", false, "seal the session and anchor its root when all chunks are stored")
+	f.StringVar(&opts.Owner, "owner", "", "owner recorded in the anchor (with --seal)")
+	f.StringVar(&opts.StartedAt, "started-at", "", "session start, RFC 3339 (default: the oldest file's time)")
+	f.StringVar(&opts.EndedAt, "ended-at", "", "session end, RFC 3339 (default: the newest file's time)")
+	f.IntVar(&opts.Workers, "workers", 4, "chunks in flight at once")
+	return cli.SupportsJSON(cmd)
+}
+
+// PushResult is the --json form of a push.
+type PushResult struct {
+	SessionID string               `json:"session_id"`
+	Chunks    int                  `json:"chunks"`
+	Bytes     int64                `json:"bytes"`
+	ChunkIDs  []string             `json:"chunk_ids"`
+	Sealed    *datachainapi.Sealed `json:"sealed,omitempty"`
+}
+
+type file struct {
+	name string
+	size int64
+	mod  time.Time
+}
+
+func runPush(ctx context.Context, opts *PushOptions) error {
+	if opts.SessionID == "" {
+		opts.SessionID = uuid.NewString()
+	} else if u, err := uuid.Parse(opts.SessionID); err != nil || u.String() != opts.SessionID {
+		return cli.Usage(fmt.Errorf("--session-id %q is not a lower-case UUID", opts.SessionID))
+	}
+	if opts.Seal && opts.Owner == "" {
+		return cli.Usage(errors.New("--seal needs --owner"))
+	}
+	if opts.Workers < 1 || opts.Workers > 64 {
+		return cli.Usage(fmt.Errorf("--workers %d is outside 1..64", opts.Workers))
+	}
+	entries, err := os.ReadDir(opts.Dir)
+	if err != nil {
+		return err
+	}
+	var files []file
+	var total int64
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			return err
+		}
+		files = append(files, file{e.Name(), fi.Size(), fi.ModTime()})
+		total += fi.Size()
+	}
+	if len(files) == 0 {
+		return fmt.Errorf("%s has no files to push", opts.Dir)
+	}
+	slices.SortFunc(files, func(a, b file) int { return strings.Compare(a.name, b.name) })
+
+	client := datachainapi.New(opts.URL, nil)
+	bar := newProgress(opts.Env, total, len(files))
+	ids := make([]string, len(files))
+	jobs := make(chan int)
+	var firstErr error
+	var errOnce sync.Once
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for w := 0; w < opts.Workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				data, err := os.ReadFile(filepath.Join(opts.Dir, files[i].name))
+				if err == nil {
+					var st *datachainapi.Stored
+					if st, err = client.PutChunk(ctx, opts.SessionID, uint64(i), data); err == nil {
+						ids[i] = st.ID
+						bar.add(int64(len(data)))
+						continue
+					}
+				}
+				errOnce.Do(func() { firstErr = fmt.Errorf("chunk %d (%s): %w", i, files[i].name, err); cancel() })
+			}
+		}()
+	}
+	for i := range files {
+		select {
+		case jobs <- i:
+		case <-ctx.Done():
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	bar.done()
+	if firstErr != nil {
+		return firstErr
+	}
+
+	res := PushResult{SessionID: opts.SessionID, Chunks: len(files), Bytes: total, ChunkIDs: ids}
+	if opts.Seal {
+		h := sha256.New()
+		for i, f := range files {
+			fmt.Fprintf(h, "%d %s %s\n", i, ids[i], f.name)
+		}
+		start, end := opts.StartedAt, opts.EndedAt
+		if start == "" {
+			start = slices.MinFunc(files, func(a, b file) int { return a.mod.Compare(b.mod) }).mod.UTC().Format(time.RFC3339)
+		}
+		if end == "" {
+			end = slices.MaxFunc(files, func(a, b file) int { return a.mod.Compare(b.mod) }).mod.UTC().Format(time.RFC3339)
+		}
+		sealed, err := client.Seal(ctx, opts.SessionID, datachainapi.SealRequest{
+			Owner: opts.Owner, ManifestHash: hex.EncodeToString(h.Sum(nil)), StartedAt: start, EndedAt: end,
+		})
+		if err != nil {
+			return fmt.Errorf("seal: %w", err)
+		}
+		res.Sealed = sealed
+	}
+	if opts.Env.JSON {
+		return opts.Env.PrintJSON(res)
+	}
+	out := opts.Env.IO.Out
+	fmt.Fprintf(out, "session %s: %d chunks, %d bytes\n", res.SessionID, res.Chunks, res.Bytes)
+	if res.Sealed != nil {
+		fmt.Fprintf(out, "sealed: merkle root %s\n", res.Sealed.Root)
+		if a := res.Sealed.Anchor; a != nil {
+			fmt.Fprintf(out, "anchor: transaction %s, %s\n", a.TxID, a.Status)
+		}
+	}
+	return nil
+}
+
+// progress shows bytes pushed on stderr: a redrawn bar on a terminal, a
+// line every few seconds otherwise.
+type progress struct {
+	w      io.Writer
+	tty    bool
+	total  int64
+	files  int
+	pushed atomic.Int64
+	count  atomic.Int64
+	mu     sync.Mutex
+	last   time.Time
+	start  time.Time
+}
+
+func newProgress(env *cli.Env, total int64, files int) *progress {
+	return &progress{w: env.IO.ErrOut, tty: env.IO.IsStderrTTY(), total: total, files: files, start: time.Now()}
+}
+
+func (p *progress) add(n int64) {
+	d, c := p.pushed.Add(n), p.count.Add(1)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	every := 3 * time.Second
+	if p.tty {
+		every = 100 * time.Millisecond
+	}
+	if time.Since(p.last) < every && c != int64(p.files) {
+		return
+	}
+	p.last = time.Now()
+	p.draw(d, c)
+}
+
+func (p *progress) draw(d, c int64) {
+	pct := 100.0
+	if p.total > 0 {
+		pct = float64(d) * 100 / float64(p.total)
+	}
+	rate := float64(d) / time.Since(p.start).Seconds() / (1 << 20)
+	if p.tty {
+		const width = 30
+		fill := int(pct / 100 * width)
+		fmt.Fprintf(p.w, "\r[%s%s] %5.1f%%  %d/%d chunks  %.1f MiB/s ", strings.Repeat("=", fill), strings.Repeat(" ", width-fill), pct, c, p.files, rate)
+		return
+	}
+	fmt.Fprintf(p.w, "pushed %d/%d chunks, %d/%d bytes (%.1f%%), %.1f MiB/s\n", c, p.files, d, p.total, pct, rate)
+}
+
+func (p *progress) done() {
+	if p.tty {
+		fmt.Fprintln(p.w)
+	}
+}
