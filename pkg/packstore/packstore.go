@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -220,7 +221,11 @@ type writeReq struct {
 	id     [sha256.Size]byte
 	data   []byte
 	member *Member
-	reply  chan error
+	// raw and from move an existing record (compaction): raw is the whole
+	// record, from where it is now.
+	raw   []byte
+	from  *Location
+	reply chan error
 }
 
 // Put stores data durably (once, whatever the number of Puts) and, with
@@ -250,7 +255,7 @@ func (s *Store) writer() {
 	defer close(s.done)
 	for req := range s.writes {
 		batch := []*writeReq{req}
-		size := len(req.data)
+		size := len(req.data) + len(req.raw)
 	more:
 		for size < batchBytes && len(batch) < 512 {
 			select {
@@ -259,7 +264,7 @@ func (s *Store) writer() {
 					break more
 				}
 				batch = append(batch, r)
-				size += len(r.data)
+				size += len(r.data) + len(r.raw)
 			default:
 				break more
 			}
@@ -283,7 +288,13 @@ func (s *Store) commit(batch []*writeReq) {
 	var buf bytes.Buffer
 	locs := map[[sha256.Size]byte]Location{}
 	start := s.activeSz
+	moved := map[[sha256.Size]byte]Location{}
 	for _, r := range batch {
+		if r.raw != nil {
+			moved[r.id] = Location{Pack: s.activeN, Offset: start + int64(buf.Len()), Length: uint32(len(r.raw))}
+			buf.Write(r.raw)
+			continue
+		}
 		if !fresh[r.id] {
 			continue
 		}
@@ -323,6 +334,18 @@ func (s *Store) commit(batch []*writeReq) {
 		for id, loc := range locs {
 			if err := chunks.Put([]byte(hex.EncodeToString(id[:])), loc.encode()); err != nil {
 				return err
+			}
+		}
+		for _, r := range batch {
+			// A moved record takes over only if the chunk is still where
+			// the compactor found it (not deleted or moved meanwhile).
+			if r.from != nil {
+				key := []byte(hex.EncodeToString(r.id[:]))
+				if v := chunks.Get(key); len(v) == 16 && decodeLocation(v) == *r.from {
+					if err := chunks.Put(key, moved[r.id].encode()); err != nil {
+						return err
+					}
+				}
 			}
 		}
 		for i, r := range batch {
@@ -378,7 +401,16 @@ func (s *Store) Get(id string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.read(id, loc)
+	data, err := s.read(id, loc)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, os.ErrClosed) {
+		// Compaction moved the chunk and removed its old pack between the
+		// lookup and the read: look again.
+		if loc, err = s.Locate(id); err != nil {
+			return nil, err
+		}
+		return s.read(id, loc)
+	}
+	return data, err
 }
 
 // Locate returns where chunk id is stored.

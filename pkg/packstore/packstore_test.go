@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -179,5 +180,72 @@ func TestEncryptionAtRest(t *testing.T) {
 	p.Close()
 	if _, err := Open(Options{Dir: plain, Key: key}); err == nil || !strings.Contains(err.Error(), "created without encryption") {
 		t.Errorf("key on a plain store: %v", err)
+	}
+}
+
+// TestCompactReclaimsWithoutBlockingReads deletes most chunks, compacts
+// while readers keep reading the survivors, and checks that no read fails,
+// space comes back and everything survives a reopen.
+func TestCompactReclaimsWithoutBlockingReads(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Options{Dir: dir, MaxPackBytes: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var keep []string
+	for i := 0; i < 100; i++ {
+		id, err := s.Put(ctx, chunk(i, 4096), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%5 == 0 {
+			keep = append(keep, id)
+		} else if err := s.Delete(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, _ := s.Stats()
+
+	stop := make(chan struct{})
+	var readErr atomic.Value
+	var wg sync.WaitGroup
+	for r := 0; r < 4; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := s.Get(keep[i%len(keep)]); err != nil {
+					readErr.Store(err)
+					return
+				}
+			}
+		}()
+	}
+	rep, err := s.Compact(ctx)
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := readErr.Load(); e != nil {
+		t.Fatalf("a read failed during compaction: %v", e)
+	}
+	after, _ := s.Stats()
+	if len(rep.Packs) == 0 || after.PackBytes >= before.PackBytes || after.DeadBytes >= before.DeadBytes {
+		t.Errorf("compaction %+v: pack bytes %d -> %d, dead %d -> %d", rep, before.PackBytes, after.PackBytes, before.DeadBytes, after.DeadBytes)
+	}
+	s.Close()
+	s = openT(t, dir, nil)
+	defer s.Close()
+	for i, id := range keep {
+		if got, err := s.Get(id); err != nil || !bytes.Equal(got, chunk(i*5, 4096)) {
+			t.Fatalf("chunk %d after compaction and reopen: %v", i*5, err)
+		}
 	}
 }

@@ -306,4 +306,3 @@ func (s *Store) Stats() (Stats, error) {
 }
 
 func (s *Store) packDir() string { return s.opts.Dir + string(os.PathSeparator) + "packs" }
-

@@ -114,6 +114,11 @@ func (a *App) scrubLoop(ctx context.Context) {
 			if _, err := a.scrub(ctx); err != nil && ctx.Err() == nil {
 				a.logger.Warn("scrub failed", "error", err)
 			}
+			if rep, err := a.store.Compact(ctx); err != nil && ctx.Err() == nil {
+				a.logger.Warn("compaction failed", "error", err)
+			} else if rep != nil && len(rep.Packs) > 0 {
+				a.logger.Info("compacted", "packs", rep.Packs, "reclaimed_bytes", rep.ReclaimedBytes)
+			}
 		}
 	}
 }

@@ -1,0 +1,139 @@
+package packstore
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// CompactReport says what a compaction did.
+type CompactReport struct {
+	Packs          []uint32 `json:"packs"`
+	MovedChunks    int      `json:"moved_chunks"`
+	ReclaimedBytes int64    `json:"reclaimed_bytes"`
+}
+
+// Compact rewrites every closed pack whose live records fill less than
+// half of it: the live records are appended to the active pack through the
+// writer (so they are group-committed like any Put), the index is pointed
+// at them, and the old pack is removed. Reads go on throughout: a read that
+// meets a pack removed under it looks the chunk up again.
+func (s *Store) Compact(ctx context.Context) (*CompactReport, error) {
+	type rec struct {
+		id  string
+		loc Location
+	}
+	live := map[uint32][]rec{}
+	liveBytes := map[uint32]int64{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketChunks).ForEach(func(k, v []byte) error {
+			loc := decodeLocation(v)
+			live[loc.Pack] = append(live[loc.Pack], rec{string(k), loc})
+			liveBytes[loc.Pack] += int64(loc.Length)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(s.packDir())
+	if err != nil {
+		return nil, err
+	}
+	rep := &CompactReport{Packs: []uint32{}}
+	for _, e := range entries {
+		var n uint32
+		if _, err := fmt.Sscanf(e.Name(), "pack-%06d.dat", &n); err != nil {
+			continue
+		}
+		s.mu.Lock()
+		active := s.activeN
+		s.mu.Unlock()
+		fi, err := e.Info()
+		if err != nil || n >= active || fi.Size() == 0 || liveBytes[n]*2 >= fi.Size() {
+			continue
+		}
+		for _, r := range live[n] {
+			if err := ctx.Err(); err != nil {
+				return rep, err
+			}
+			if err := s.move(ctx, r.id, r.loc); err != nil {
+				return rep, fmt.Errorf("compact pack %d: %w", n, err)
+			}
+			rep.MovedChunks++
+		}
+		if err := s.dropPack(n, fi.Size()-liveBytes[n]); err != nil {
+			return rep, err
+		}
+		rep.Packs = append(rep.Packs, n)
+		rep.ReclaimedBytes += fi.Size() - liveBytes[n]
+	}
+	return rep, nil
+}
+
+// move copies one record, checked, to the active pack.
+func (s *Store) move(ctx context.Context, id string, loc Location) error {
+	f, err := s.reader(loc.Pack)
+	if err != nil {
+		return err
+	}
+	raw := make([]byte, loc.Length)
+	if _, err := f.ReadAt(raw, loc.Offset); err != nil {
+		return err
+	}
+	if _, _, _, err := decodeRecord(raw); err != nil {
+		return fmt.Errorf("chunk %s: %w (left in place; the scrub reports it)", id, err)
+	}
+	b, err := hex.DecodeString(id)
+	if err != nil {
+		return err
+	}
+	req := &writeReq{id: [32]byte(b), raw: raw, from: &loc, reply: make(chan error, 1)}
+	select {
+	case s.writes <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return <-req.reply
+}
+
+// dropPack removes a compacted pack whose dead bytes were dead.
+func (s *Store) dropPack(n uint32, dead int64) error {
+	var stillUsed bool
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		err := tx.Bucket(bucketChunks).ForEach(func(_, v []byte) error {
+			if decodeLocation(v).Pack == n {
+				stillUsed = true
+			}
+			return nil
+		})
+		if err != nil || stillUsed {
+			return err
+		}
+		meta := tx.Bucket(bucketMeta)
+		var cur int64
+		if d := meta.Get(keyDeadBytes); len(d) == 8 {
+			cur = int64(binary.BigEndian.Uint64(d))
+		}
+		return meta.Put(keyDeadBytes, binary.BigEndian.AppendUint64(nil, uint64(max(cur-dead, 0))))
+	})
+	if err != nil || stillUsed {
+		return err // a record that could not be moved keeps its pack
+	}
+	s.readMu.Lock()
+	if f, ok := s.readers[n]; ok {
+		delete(s.readers, n) // readers holding it finish; the next ones look again
+		defer f.Close()
+	}
+	s.readMu.Unlock()
+	if err := os.Remove(s.packPath(n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
