@@ -24,12 +24,14 @@ test:
 test-race:
 	./scripts/test.sh -race
 
-## bench: the chain's benchmarks (figures in docs/chain.md)
+## bench: the chain's and data chain's benchmarks (figures in docs/)
 bench:
 	go test -run '^$$' -bench Accept -benchtime 20000x ./services/anchoring
 	go test -run '^$$' -bench VerifyInclusion ./pkg/logtree
 	go test -run '^$$' -bench Audit100k -benchtime 2x ./pkg/chain
 	LUCID_BENCH_SLOTS=100 go test -run '^$$' -bench SlotAccuracy -benchtime 1x ./services/engine
+	go test -run '^$$' -bench 'Ingest|Read' -benchtime 1000x ./pkg/packstore
+	go test -run '^$$' -bench SessionProof ./services/datachain
 
 vet:
 	go vet ./...
