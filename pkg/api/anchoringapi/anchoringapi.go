@@ -48,7 +48,9 @@ type Error struct {
 	Message string `json:"message"`
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("anchoring: %d %s: %s", e.Status, e.Code, e.Message) }
+func (e *Error) Error() string {
+	return fmt.Sprintf("anchoring: %d %s: %s", e.Status, e.Code, e.Message)
+}
 
 func (c *Client) do(ctx context.Context, method, path string, body []byte) (*AnchorStatus, error) {
 	var rd io.Reader
