@@ -3,16 +3,15 @@
 package anchoringapi
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
+	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/chain"
 )
 
@@ -41,43 +40,12 @@ func New(base string, hc *http.Client) *Client {
 	return &Client{base: strings.TrimRight(base, "/"), http: hc}
 }
 
-// Error is an error answer.
-type Error struct {
-	Status  int
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
-func (e *Error) Error() string {
-	return fmt.Sprintf("anchoring: %d %s: %s", e.Status, e.Code, e.Message)
-}
-
 func (c *Client) do(ctx context.Context, method, path string, body []byte) (*AnchorStatus, error) {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode >= 300 {
-		var eb struct {
-			Error Error `json:"error"`
-		}
-		_ = json.Unmarshal(data, &eb)
-		eb.Error.Status = resp.StatusCode
-		return nil, &eb.Error
-	}
 	var st AnchorStatus
-	return &st, json.Unmarshal(data, &st)
+	if err := api.Do(ctx, c.http, api.Request{Method: method, URL: c.base + path, Body: body}, &st); err != nil {
+		return nil, fmt.Errorf("anchoring: %w", err)
+	}
+	return &st, nil
 }
 
 // Anchor submits a session manifest; the answer comes once it is durably

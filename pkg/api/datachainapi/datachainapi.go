@@ -3,17 +3,16 @@
 package datachainapi
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/anchoringapi"
 )
 
@@ -31,46 +30,11 @@ func New(base string, hc *http.Client) *Client {
 	return &Client{base: strings.TrimRight(base, "/"), http: hc}
 }
 
-// Error is an error answer.
-type Error struct {
-	Status  int
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
-func (e *Error) Error() string {
-	return fmt.Sprintf("data chain: %d %s: %s", e.Status, e.Code, e.Message)
-}
-
-func (c *Client) do(ctx context.Context, method, path string, body io.Reader, ctype string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
-	if err != nil {
-		return err
+func (c *Client) do(ctx context.Context, method, path string, body []byte, ctype string, out any) error {
+	if err := api.Do(ctx, c.http, api.Request{Method: method, URL: c.base + path, Body: body, ContentType: ctype}, out); err != nil {
+		return fmt.Errorf("data chain: %w", err)
 	}
-	if ctype != "" {
-		req.Header.Set("Content-Type", ctype)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if resp.StatusCode >= 300 {
-		var eb struct {
-			Error Error `json:"error"`
-		}
-		_ = json.Unmarshal(data, &eb)
-		eb.Error.Status = resp.StatusCode
-		if eb.Error.Message == "" {
-			eb.Error.Message = strings.TrimSpace(string(data))
-		}
-		return &eb.Error
-	}
-	if out == nil {
-		return nil
-	}
-	return json.Unmarshal(data, out)
+	return nil
 }
 
 // Stored answers a PutChunk.
@@ -83,7 +47,7 @@ type Stored struct {
 func (c *Client) PutChunk(ctx context.Context, session string, index uint64, data []byte) (*Stored, error) {
 	var out Stored
 	path := "/api/v1/chunks?session_id=" + url.QueryEscape(session) + "&index=" + strconv.FormatUint(index, 10)
-	return &out, c.do(ctx, http.MethodPut, path, bytes.NewReader(data), "application/octet-stream", &out)
+	return &out, c.do(ctx, http.MethodPut, path, data, "application/octet-stream", &out)
 }
 
 // SealRequest is what sealing needs beyond the chunks.
@@ -106,5 +70,5 @@ type Sealed struct {
 func (c *Client) Seal(ctx context.Context, session string, req SealRequest) (*Sealed, error) {
 	body, _ := json.Marshal(req)
 	var out Sealed
-	return &out, c.do(ctx, http.MethodPost, "/api/v1/sessions/"+url.PathEscape(session)+"/seal", bytes.NewReader(body), "application/json", &out)
+	return &out, c.do(ctx, http.MethodPost, "/api/v1/sessions/"+url.PathEscape(session)+"/seal", body, "application/json", &out)
 }

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/chain"
 )
 
@@ -105,22 +106,11 @@ type AddVoterRequest struct {
 	Key     string `json:"key"`
 }
 
-// Error is an error answer of a Lucid service.
-type Error struct {
-	Status  int
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
-func (e *Error) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Message) }
+// Error is an error answer of the engine.
+type Error = api.Error
 
 // ErrNotFound is matched by a 404 answer.
-var ErrNotFound = errors.New("not found")
-
-// Is makes errors.Is(err, ErrNotFound) true for a 404.
-func (e *Error) Is(target error) bool {
-	return target == ErrNotFound && e.Status == http.StatusNotFound
-}
+var ErrNotFound = api.ErrNotFound
 
 // Client talks to the engine nodes of one chain. Given several URLs it
 // sticks to the last one that answered, and moves on when a node is
@@ -185,50 +175,7 @@ func (c *Client) doAuth(ctx context.Context, method, path, token string, body []
 }
 
 func (c *Client) doOnce(ctx context.Context, base, method, path, token string, body []byte, out any) error {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
-	if err != nil {
-		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return decodeError(resp)
-	}
-	switch v := out.(type) {
-	case nil:
-		_, _ = io.Copy(io.Discard, resp.Body)
-		return nil
-	case *[]byte:
-		*v, err = io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-		return err
-	default:
-		return json.NewDecoder(resp.Body).Decode(out)
-	}
-}
-
-func decodeError(resp *http.Response) error {
-	var body struct {
-		Error Error `json:"error"`
-	}
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if json.Unmarshal(data, &body) != nil || body.Error.Code == "" {
-		return &Error{Status: resp.StatusCode, Message: strings.TrimSpace(string(data))}
-	}
-	body.Error.Status = resp.StatusCode
-	return &body.Error
+	return api.Do(ctx, c.http, api.Request{Method: method, URL: base + path, Body: body, Token: token}, out)
 }
 
 // Submit sends canonical transactions (at most 1000) and returns their
@@ -351,7 +298,7 @@ func (c *Client) Follow(ctx context.Context, from uint64, fn func(*chain.Block) 
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return decodeError(resp)
+		return api.DecodeError(resp)
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 512<<20)

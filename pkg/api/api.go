@@ -1,0 +1,96 @@
+// Package api holds what the typed clients of Lucid's services share: the
+// error answer every service gives ({"error":{"code","message"}}) and one
+// request helper. The clients themselves are in its subpackages.
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// Error is an error answer of a Lucid service.
+type Error struct {
+	Status  int
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Message) }
+
+// ErrNotFound is matched by a 404 answer.
+var ErrNotFound = errors.New("not found")
+
+// Is makes errors.Is(err, ErrNotFound) true for a 404.
+func (e *Error) Is(target error) bool {
+	return target == ErrNotFound && e.Status == http.StatusNotFound
+}
+
+// DecodeError turns a non-2xx answer into an *Error.
+func DecodeError(resp *http.Response) error {
+	var body struct {
+		Error Error `json:"error"`
+	}
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if json.Unmarshal(data, &body) != nil || body.Error.Code == "" {
+		return &Error{Status: resp.StatusCode, Message: strings.TrimSpace(string(data))}
+	}
+	body.Error.Status = resp.StatusCode
+	return &body.Error
+}
+
+// Request describes one call.
+type Request struct {
+	Method      string
+	URL         string
+	Body        []byte
+	ContentType string // default application/json when Body is set
+	Token       string // bearer token, if any
+}
+
+// Do sends r and decodes a 2xx answer into out: nil discards it, *[]byte
+// takes the raw body (up to 16 MiB), anything else is JSON. Other answers
+// are *Error.
+func Do(ctx context.Context, hc *http.Client, r Request, out any) error {
+	var body io.Reader
+	if r.Body != nil {
+		body = bytes.NewReader(r.Body)
+	}
+	req, err := http.NewRequestWithContext(ctx, r.Method, r.URL, body)
+	if err != nil {
+		return err
+	}
+	if r.Body != nil {
+		ct := r.ContentType
+		if ct == "" {
+			ct = "application/json"
+		}
+		req.Header.Set("Content-Type", ct)
+	}
+	if r.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+r.Token)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return DecodeError(resp)
+	}
+	switch v := out.(type) {
+	case nil:
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	case *[]byte:
+		*v, err = io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+		return err
+	default:
+		return json.NewDecoder(resp.Body).Decode(out)
+	}
+}
