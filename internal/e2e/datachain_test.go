@@ -114,25 +114,36 @@ func TestChunksSealedIntoTheChain(t *testing.T) {
 }
 
 // TestKillNineDuringIngest kills the data chain with SIGKILL during heavy
-// ingest, repeatedly; every chunk whose PUT succeeded reads back intact.
+// ingest into sessions, encrypted, with packs rotating every 4 MiB,
+// repeatedly; every chunk whose PUT succeeded reads back intact and stays
+// in its session.
 func TestKillNineDuringIngest(t *testing.T) {
-	dc := newProc(t, "datachain", "LUCID_ANCHORING_URL=http://127.0.0.1:1")
+	dc := newProc(t, "datachain", "LUCID_ANCHORING_URL=http://127.0.0.1:1", "LUCID_PACK_MAX_BYTES=4194304",
+		"ENCRYPTION_KEY=an-e2e-encryption-key-of-enough-length")
 	dc.start()
 	rng := rand.New(rand.NewPCG(3, 4))
 	var mu sync.Mutex
 	acked := map[string][]byte{}
+	members := map[string]map[int]string{} // session → index → chunk id
 	var stop atomic.Bool
 	var wg sync.WaitGroup
+	var seq atomic.Int64
 	for w := 0; w < 6; w++ {
 		wg.Add(1)
+		session := fmt.Sprintf("00000000-0000-4000-8000-%012d", w)
 		go func() {
 			defer wg.Done()
 			for !stop.Load() {
 				data := randomChunk(64<<10 + rng.IntN(256<<10))
-				id, code, err := putChunk(dc.url, "", 0, data)
+				idx := int(seq.Add(1))
+				id, code, err := putChunk(dc.url, session, idx, data)
 				if err == nil && code == 201 {
 					mu.Lock()
 					acked[id] = data
+					if members[session] == nil {
+						members[session] = map[int]string{}
+					}
+					members[session][idx] = id
 					mu.Unlock()
 				} else {
 					time.Sleep(20 * time.Millisecond)
@@ -163,6 +174,21 @@ func TestKillNineDuringIngest(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != 200 || !bytes.Equal(got, want) {
 			t.Fatalf("acknowledged chunk %s: status %d, %d bytes", id, resp.StatusCode, len(got))
+		}
+	}
+	for session, m := range members {
+		var info struct {
+			Chunks []string `json:"chunks"`
+		}
+		getJSON(t, dc.url+"/api/v1/sessions/"+session, &info)
+		have := map[string]bool{}
+		for _, id := range info.Chunks {
+			have[id] = true
+		}
+		for idx, id := range m {
+			if !have[id] {
+				t.Fatalf("session %s lost acknowledged chunk %d (%s)", session, idx, id)
+			}
 		}
 	}
 	var rep struct {

@@ -14,7 +14,9 @@ import (
 
 // CompactReport says what a compaction did.
 type CompactReport struct {
-	Packs          []uint32 `json:"packs"`
+	Packs []uint32 `json:"packs"`
+	// Skipped packs hold a damaged record; they stay until it is repaired.
+	Skipped        []uint32 `json:"skipped,omitempty"`
 	MovedChunks    int      `json:"moved_chunks"`
 	ReclaimedBytes int64    `json:"reclaimed_bytes"`
 }
@@ -25,6 +27,8 @@ type CompactReport struct {
 // at them, and the old pack is removed. Reads go on throughout: a read that
 // meets a pack removed under it looks the chunk up again.
 func (s *Store) Compact(ctx context.Context) (*CompactReport, error) {
+	s.compactMu.Lock()
+	defer s.compactMu.Unlock()
 	type rec struct {
 		id  string
 		loc Location
@@ -59,22 +63,59 @@ func (s *Store) Compact(ctx context.Context) (*CompactReport, error) {
 		if err != nil || n >= active || fi.Size() == 0 || liveBytes[n]*2 >= fi.Size() {
 			continue
 		}
+		moved, skip := 0, false
 		for _, r := range live[n] {
 			if err := ctx.Err(); err != nil {
 				return rep, err
 			}
 			if err := s.move(ctx, r.id, r.loc); err != nil {
+				if errors.Is(err, ErrCorrupt) {
+					// A damaged record stays where the scrub can report
+					// it; its pack stays too. Other packs go on.
+					rep.Skipped = append(rep.Skipped, n)
+					skip = true
+					break
+				}
 				return rep, fmt.Errorf("compact pack %d: %w", n, err)
 			}
-			rep.MovedChunks++
+			moved++
 		}
-		if err := s.dropPack(n, fi.Size()-liveBytes[n]); err != nil {
+		rep.MovedChunks += moved
+		if skip {
+			continue
+		}
+		dropped, err := s.dropPack(n)
+		if err != nil {
 			return rep, err
 		}
-		rep.Packs = append(rep.Packs, n)
-		rep.ReclaimedBytes += fi.Size() - liveBytes[n]
+		if dropped {
+			rep.Packs = append(rep.Packs, n)
+			rep.ReclaimedBytes += fi.Size() - liveBytes[n]
+		}
 	}
-	return rep, nil
+	return rep, s.recountDead()
+}
+
+// recountDead sets the dead-bytes figure from what is on disk and what
+// the index still points at.
+func (s *Store) recountDead() error {
+	st, err := s.Stats()
+	if err != nil {
+		return err
+	}
+	var live int64
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketChunks).ForEach(func(_, v []byte) error {
+			live += int64(decodeLocation(v).Length)
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keyDeadBytes, binary.BigEndian.AppendUint64(nil, uint64(max(st.PackBytes-live, 0))))
+	})
 }
 
 // move copies one record, checked, to the active pack.
@@ -88,43 +129,33 @@ func (s *Store) move(ctx context.Context, id string, loc Location) error {
 		return err
 	}
 	if _, _, _, err := decodeRecord(raw); err != nil {
-		return fmt.Errorf("chunk %s: %w (left in place; the scrub reports it)", id, err)
+		return fmt.Errorf("chunk %s: %w", id, err)
 	}
 	b, err := hex.DecodeString(id)
 	if err != nil {
 		return err
 	}
 	req := &writeReq{id: [32]byte(b), raw: raw, from: &loc, reply: make(chan error, 1)}
-	select {
-	case s.writes <- req:
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := s.enqueue(ctx, req); err != nil {
+		return err
 	}
 	return <-req.reply
 }
 
-// dropPack removes a compacted pack whose dead bytes were dead.
-func (s *Store) dropPack(n uint32, dead int64) error {
+// dropPack removes a compacted pack if the index no longer points into
+// it (a record that could not be moved keeps it).
+func (s *Store) dropPack(n uint32) (bool, error) {
 	var stillUsed bool
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		err := tx.Bucket(bucketChunks).ForEach(func(_, v []byte) error {
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketChunks).ForEach(func(_, v []byte) error {
 			if decodeLocation(v).Pack == n {
 				stillUsed = true
 			}
 			return nil
 		})
-		if err != nil || stillUsed {
-			return err
-		}
-		meta := tx.Bucket(bucketMeta)
-		var cur int64
-		if d := meta.Get(keyDeadBytes); len(d) == 8 {
-			cur = int64(binary.BigEndian.Uint64(d))
-		}
-		return meta.Put(keyDeadBytes, binary.BigEndian.AppendUint64(nil, uint64(max(cur-dead, 0))))
 	})
 	if err != nil || stillUsed {
-		return err // a record that could not be moved keeps its pack
+		return false, err
 	}
 	s.readMu.Lock()
 	if f, ok := s.readers[n]; ok {
@@ -133,7 +164,7 @@ func (s *Store) dropPack(n uint32, dead int64) error {
 	}
 	s.readMu.Unlock()
 	if err := os.Remove(s.packPath(n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+		return false, err
 	}
-	return nil
+	return true, syncDir(s.packDir())
 }

@@ -36,6 +36,7 @@ var (
 	bucketMembers  = []byte("members")  // session id ‖ index(8) → id
 	bucketRefs     = []byte("refs")     // id ‖ session id → ""
 	bucketMeta     = []byte("meta")
+	bucketDamaged  = []byte("damaged") // id → "" for chunks a scrub found damaged
 	keyActivePack  = []byte("active_pack")
 	keyPackEnd     = []byte("pack_end") // committed end of the active pack
 	keyKeyCheck    = []byte("key_check")
@@ -69,6 +70,15 @@ type Store struct {
 
 	writes chan *writeReq
 	done   chan struct{}
+	// life guards writes against Close: senders hold it shared, Close
+	// takes it to close the queue, so nobody sends on a closed channel.
+	life   sync.RWMutex
+	closed bool
+	// commitMu serialises index changes that depend on what the index
+	// holds: a batch commit (check, write, commit) and a Delete.
+	commitMu sync.Mutex
+	// compactMu lets one compaction run at a time.
+	compactMu sync.Mutex
 
 	mu       sync.Mutex // active pack
 	active   *os.File
@@ -127,7 +137,7 @@ func (s *Store) init() error {
 	}
 	var packEnd int64
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketChunks, bucketSessions, bucketMembers, bucketRefs, bucketMeta} {
+		for _, b := range [][]byte{bucketChunks, bucketSessions, bucketMembers, bucketRefs, bucketMeta, bucketDamaged} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -168,10 +178,18 @@ func (s *Store) init() error {
 	if err != nil {
 		return err
 	}
+	if err := syncDir(s.packDir()); err != nil {
+		f.Close()
+		return err
+	}
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
 		return err
+	}
+	if fi.Size() < packEnd {
+		f.Close()
+		return fmt.Errorf("%s is %d bytes but the index has records up to %d: the pack was truncated or replaced", s.packPath(s.activeN), fi.Size(), packEnd)
 	}
 	if fi.Size() > packEnd {
 		// Bytes after the last committed record: a crash between the pack
@@ -193,9 +211,25 @@ func (s *Store) packPath(n uint32) string {
 	return filepath.Join(s.opts.Dir, "packs", fmt.Sprintf("pack-%06d.dat", n))
 }
 
-// Close stops the writer and closes every file.
+// syncDir makes a new file's directory entry durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// ErrClosed is returned by a Store that is closing.
+var ErrClosed = errors.New("chunk store is closed")
+
+// Close stops the writer (after what is queued) and closes every file.
 func (s *Store) Close() error {
+	s.life.Lock()
+	s.closed = true
 	close(s.writes)
+	s.life.Unlock()
 	<-s.done
 	s.readMu.Lock()
 	for _, f := range s.readers {
@@ -232,10 +266,8 @@ type writeReq struct {
 // m, records it at m.Index of session m.Session. It returns the chunk id.
 func (s *Store) Put(ctx context.Context, data []byte, m *Member) (string, error) {
 	req := &writeReq{id: sha256.Sum256(data), data: data, member: m, reply: make(chan error, 1)}
-	select {
-	case s.writes <- req:
-	case <-ctx.Done():
-		return "", ctx.Err()
+	if err := s.enqueue(ctx, req); err != nil {
+		return "", err
 	}
 	select {
 	case err := <-req.reply:
@@ -243,6 +275,21 @@ func (s *Store) Put(ctx context.Context, data []byte, m *Member) (string, error)
 	case <-ctx.Done():
 		// The write may still land; a retry is idempotent.
 		return "", ctx.Err()
+	}
+}
+
+// enqueue hands req to the writer unless the store is closing.
+func (s *Store) enqueue(ctx context.Context, req *writeReq) error {
+	s.life.RLock()
+	defer s.life.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	select {
+	case s.writes <- req:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -274,12 +321,19 @@ func (s *Store) writer() {
 }
 
 func (s *Store) commit(batch []*writeReq) {
-	// Which chunks are new? Checked against the index and within the batch.
+	// Held from the check to the commit: a Delete in between would leave
+	// a session member pointing at a chunk the check saw but the commit
+	// does not have.
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	// Which chunks need writing? New ones, and ones a scrub found damaged
+	// (an upload of the same bytes repairs them).
 	fresh := map[[sha256.Size]byte]bool{}
 	_ = s.db.View(func(tx *bolt.Tx) error {
-		chunks := tx.Bucket(bucketChunks)
+		chunks, damaged := tx.Bucket(bucketChunks), tx.Bucket(bucketDamaged)
 		for _, r := range batch {
-			if chunks.Get([]byte(hex.EncodeToString(r.id[:]))) == nil {
+			k := []byte(hex.EncodeToString(r.id[:]))
+			if chunks.Get(k) == nil || damaged.Get(k) != nil {
 				fresh[r.id] = true
 			}
 		}
@@ -332,7 +386,11 @@ func (s *Store) commit(batch []*writeReq) {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		chunks, meta := tx.Bucket(bucketChunks), tx.Bucket(bucketMeta)
 		for id, loc := range locs {
-			if err := chunks.Put([]byte(hex.EncodeToString(id[:])), loc.encode()); err != nil {
+			k := []byte(hex.EncodeToString(id[:]))
+			if err := chunks.Put(k, loc.encode()); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketDamaged).Delete(k); err != nil {
 				return err
 			}
 		}
@@ -359,7 +417,9 @@ func (s *Store) commit(batch []*writeReq) {
 		fail(fmt.Errorf("commit index: %w", err))
 		return
 	}
+	s.mu.Lock()
 	s.activeSz = end
+	s.mu.Unlock()
 	for i, r := range batch {
 		r.reply <- errs[i]
 	}
@@ -378,6 +438,10 @@ func (s *Store) rotate() error {
 	if err != nil {
 		return err
 	}
+	if err := syncDir(s.packDir()); err != nil {
+		f.Close()
+		return err
+	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if err := meta.Put(keyActivePack, binary.BigEndian.AppendUint32(nil, next)); err != nil {
@@ -389,8 +453,10 @@ func (s *Store) rotate() error {
 		f.Close()
 		return err
 	}
+	s.mu.Lock()
 	old := s.active
 	s.active, s.activeN, s.activeSz = f, next, 0
+	s.mu.Unlock()
 	return old.Close()
 }
 

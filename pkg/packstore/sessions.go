@@ -69,16 +69,16 @@ func addMember(tx *bolt.Tx, id string, m Member) error {
 	if sess == nil {
 		sess = &Session{ID: m.Session}
 	}
-	if sess.Sealed {
-		return fmt.Errorf("%w: %s", ErrSealed, m.Session)
-	}
 	members := tx.Bucket(bucketMembers)
 	key := memberKey(m.Session, m.Index)
 	if have := members.Get(key); have != nil {
 		if string(have) == id {
-			return nil
+			return nil // already there: a retried upload, sealed or not
 		}
 		return fmt.Errorf("%w: index %d of session %s holds %s", ErrIndexTaken, m.Index, m.Session, have)
+	}
+	if sess.Sealed {
+		return fmt.Errorf("%w: %s", ErrSealed, m.Session)
 	}
 	if err := members.Put(key, []byte(id)); err != nil {
 		return err
@@ -113,6 +113,18 @@ func (s *Store) SessionChunks(id string) (*Session, []string, error) {
 	return sess, ids, err
 }
 
+// SetAnchor records the anchor transaction of a sealed session.
+func (s *Store) SetAnchor(id, anchor string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		sess, err := getSession(tx, id)
+		if err != nil || sess == nil {
+			return err
+		}
+		sess.Anchor = anchor
+		return putSession(tx, sess)
+	})
+}
+
 // Seal freezes a session: no chunk is added to it after. anchor is kept
 // with it. Sealing again returns the session as it is.
 func (s *Store) Seal(id, anchor string) (*Session, error) {
@@ -138,6 +150,8 @@ func (s *Store) Seal(id, anchor string) (*Session, error) {
 // leaves the sessions that are still open. Its bytes stay in the pack
 // (counted as dead) until the pack is compacted.
 func (s *Store) Delete(id string) error {
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
 	return s.db.Update(func(tx *bolt.Tx) error {
 		chunks := tx.Bucket(bucketChunks)
 		v := chunks.Get([]byte(id))
@@ -242,10 +256,21 @@ func (s *Store) Scrub(ctx context.Context) (*ScrubReport, error) {
 		}
 		data, err := s.read(e.id, e.loc)
 		if err != nil {
-			if !s.Has(e.id) {
-				continue // deleted meanwhile
+			// Deleted or moved (compaction) since the listing: check
+			// where it is now before calling it damaged.
+			now, lerr := s.Locate(e.id)
+			if lerr != nil {
+				continue
+			}
+			if now != e.loc {
+				if data, err = s.read(e.id, now); err == nil {
+					rep.Chunks++
+					rep.Bytes += int64(len(data))
+					continue
+				}
 			}
 			rep.Damaged = append(rep.Damaged, Damage{ID: e.id, Sessions: s.sessionsOf(e.id), Error: err.Error()})
+			_ = s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDamaged).Put([]byte(e.id), nil) })
 			continue
 		}
 		rep.Chunks++

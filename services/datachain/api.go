@@ -1,6 +1,7 @@
 package datachain
 
 import (
+	"bytes"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -50,12 +51,16 @@ type ChunkStored struct {
 // put stores a chunk: the raw body, or the "chunk" part of a multipart
 // form; session_id and index come from the query or the form.
 func (a *api) put(w http.ResponseWriter, r *http.Request) error {
+	release, err := acquire(r, a.app.putSlots)
+	if err != nil {
+		return err
+	}
+	defer release()
 	limit := int64(a.app.maxChunk)
 	if r.ContentLength > limit+64<<10 {
 		return tooLarge(a.app.maxChunk)
 	}
 	var data []byte
-	var err error
 	sid, idx := r.URL.Query().Get("session_id"), r.URL.Query().Get("index")
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if mt == "multipart/form-data" {
@@ -83,7 +88,9 @@ func (a *api) put(w http.ResponseWriter, r *http.Request) error {
 			idx = v
 		}
 	} else {
-		data, err = io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+		buf := bytes.NewBuffer(make([]byte, 0, min(max(r.ContentLength, 0), limit)+512))
+		_, err = buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
+		data = buf.Bytes()
 		var tb *http.MaxBytesError
 		if errors.As(err, &tb) {
 			return tooLarge(a.app.maxChunk)
@@ -134,6 +141,16 @@ func (a *api) put(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// acquire takes a slot, waiting while the client is there.
+func acquire(r *http.Request, slots chan struct{}) (func(), error) {
+	select {
+	case slots <- struct{}{}:
+		return func() { <-slots }, nil
+	case <-r.Context().Done():
+		return nil, r.Context().Err()
+	}
+}
+
 func tooLarge(max int) error {
 	return service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge, "a chunk is at most %d bytes", max)
 }
@@ -152,6 +169,11 @@ func chunkError(id string, err error) error {
 
 // get streams a chunk back after checking it against its id.
 func (a *api) get(w http.ResponseWriter, r *http.Request) error {
+	release, err := acquire(r, a.app.getSlots)
+	if err != nil {
+		return err
+	}
+	defer release()
 	id := r.PathValue("id")
 	data, err := a.app.store.Get(id)
 	if err != nil {
@@ -292,6 +314,9 @@ func (a *api) seal(w http.ResponseWriter, r *http.Request) error {
 		he := service.Errorf(http.StatusBadGateway, CodeAnchoring, "the session is sealed but anchoring did not accept it yet; seal again to retry")
 		he.Cause = err
 		return he
+	}
+	if err := a.app.store.SetAnchor(sid, st.TxID); err != nil {
+		return err
 	}
 	service.WriteJSON(w, http.StatusOK, SealResponse{SessionID: sid, Root: m.MerkleRoot, ChunkCount: len(t.ids), Anchor: st})
 	return nil

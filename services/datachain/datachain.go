@@ -28,6 +28,7 @@ type App struct {
 	maxChunk      int
 	anchoringURL  string
 	scrubInterval time.Duration
+	packBytes     int
 
 	store     *packstore.Store
 	anchoring *anchoringapi.Client
@@ -40,6 +41,12 @@ type App struct {
 
 	stored prometheus.Counter
 	bytes  prometheus.Counter
+
+	// Uploads and reads hold whole chunks (up to 16 MiB, more while
+	// encrypting); these bound how many are in memory at once.
+	putSlots chan struct{}
+	getSlots chan struct{}
+	loops    sync.WaitGroup
 }
 
 // sessionTree is a session's Merkle tree over its chunk ids, in index
@@ -71,18 +78,20 @@ func (a *App) Configure(r *envconfig.Reader) {
 	}
 	a.anchoringURL = r.URLList("LUCID_ANCHORING_URL", "http://127.0.0.1:8085")
 	a.scrubInterval = r.Duration("LUCID_SCRUB_INTERVAL", 24*time.Hour, time.Minute, 30*24*time.Hour)
+	a.packBytes = r.Int("LUCID_PACK_MAX_BYTES", 1<<30, 1<<20, 1<<40)
 }
 
 // Provision opens the store and starts the periodic scrub.
 func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	var err error
-	a.store, err = packstore.Open(packstore.Options{Dir: filepath.Join(srv.Config().DataDir, "chunks"), Key: a.key})
+	a.store, err = packstore.Open(packstore.Options{Dir: filepath.Join(srv.Config().DataDir, "chunks"), Key: a.key, MaxPackBytes: int64(a.packBytes)})
 	if err != nil {
 		return err
 	}
 	a.anchoring = anchoringapi.New(a.anchoringURL, nil)
 	a.logger = srv.Logger()
 	a.trees = map[string]*sessionTree{}
+	a.putSlots, a.getSlots = make(chan struct{}, 8), make(chan struct{}, 16)
 	a.stored = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_datachain_chunks_stored_total", Help: "Chunks stored (new bytes)."})
 	a.bytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_datachain_bytes_stored_total", Help: "Chunk bytes received and stored."})
 	srv.Registerer().MustRegister(a.stored, a.bytes)
@@ -90,13 +99,19 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		_, err := a.store.Stats()
 		return err
 	})
-	go a.scrubLoop(ctx)
+	a.loops.Add(1)
+	go func() {
+		defer a.loops.Done()
+		a.scrubLoop(ctx)
+	}()
 	(&api{app: a}).routes(srv)
 	return nil
 }
 
-// Close closes the store.
+// Close waits for the scrub loop (its context has ended) and closes the
+// store.
 func (a *App) Close() error {
+	a.loops.Wait()
 	if a.store != nil {
 		return a.store.Close()
 	}

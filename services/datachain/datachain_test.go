@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/pickme/lucid/pkg/envconfig"
@@ -139,5 +140,68 @@ func TestDamagedChunkIsNotServed(t *testing.T) {
 	_, body = do(t, http.MethodPost, hs.URL+"/api/v1/verify", "", nil)
 	if !strings.Contains(body, id) || !strings.Contains(body, sid) {
 		t.Errorf("scrub report does not name the chunk and its session: %s", body)
+	}
+}
+
+// TestSealRetryAndDelete: a seal whose anchoring call fails leaves the
+// session sealed and says to retry; the retry (and a repeated push of the
+// same chunks) succeeds once anchoring answers. DELETE refuses a sealed
+// session's chunk and removes a free one.
+func TestSealRetryAndDelete(t *testing.T) {
+	var up atomic.Bool
+	anchoring := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !up.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = io.WriteString(w, `{"session_id":"`+sid+`","tx_id":"abc","status":"pending"}`)
+	}))
+	defer anchoring.Close()
+	app := New().(*App)
+	r := envconfig.New(envconfig.Map(map[string]string{"LUCID_ANCHORING_URL": anchoring.URL}))
+	app.Configure(r)
+	srv := service.New(service.Config{Name: "datachain", DataDir: t.TempDir()}, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := app.Provision(ctx, srv); err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	defer func() { hs.Close(); cancel(); _ = app.Close() }()
+
+	chunk := bytes.Repeat([]byte("s"), 2048)
+	do(t, http.MethodPut, hs.URL+"/api/v1/chunks?session_id="+sid+"&index=0", "", chunk)
+	seal := []byte(`{"owner":"o@example.org","manifest_hash":"` + strings.Repeat("a", 64) + `","started_at":"2026-11-26T09:00:00Z","ended_at":"2026-11-26T10:00:00Z"}`)
+	if code, body := do(t, http.MethodPost, hs.URL+"/api/v1/sessions/"+sid+"/seal", "application/json", seal); code != 502 || !strings.Contains(body, "seal again") {
+		t.Fatalf("seal with anchoring down: %d %s", code, body)
+	}
+	// A repeated push of the same chunk into the now sealed session is fine.
+	if code, body := do(t, http.MethodPut, hs.URL+"/api/v1/chunks?session_id="+sid+"&index=0", "", chunk); code != 201 {
+		t.Errorf("repeated push after seal: %d %s", code, body)
+	}
+	up.Store(true)
+	if code, body := do(t, http.MethodPost, hs.URL+"/api/v1/sessions/"+sid+"/seal", "application/json", seal); code != 200 || !strings.Contains(body, `"tx_id":"abc"`) {
+		t.Fatalf("seal retry: %d %s", code, body)
+	}
+	var info SessionInfo
+	_, body := do(t, http.MethodGet, hs.URL+"/api/v1/sessions/"+sid, "", nil)
+	_ = json.Unmarshal([]byte(body), &info)
+	if !info.Sealed || info.Anchor != "abc" {
+		t.Errorf("session after seal = %+v", info)
+	}
+	id := packstore.ID(chunk)
+	if code, _ := do(t, http.MethodDelete, hs.URL+"/api/v1/chunks/"+id, "", nil); code != 409 {
+		t.Errorf("delete of a sealed session's chunk: %d", code)
+	}
+	free := bytes.Repeat([]byte("f"), 2048)
+	do(t, http.MethodPut, hs.URL+"/api/v1/chunks", "", free)
+	if code, _ := do(t, http.MethodDelete, hs.URL+"/api/v1/chunks/"+packstore.ID(free), "", nil); code != 204 {
+		t.Errorf("delete of a free chunk: %d", code)
+	}
+	var st Status
+	_, body = do(t, http.MethodGet, hs.URL+"/api/v1/status", "", nil)
+	_ = json.Unmarshal([]byte(body), &st)
+	if st.Chunks != 1 || st.Sessions != 1 || st.DeadBytes == 0 {
+		t.Errorf("status = %+v", st)
 	}
 }
