@@ -1,0 +1,89 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// TestTiersAllowExactlyTheirBudget runs each Phase 2 tier against a fake
+// clock: a fresh key gets its burst at once and then exactly the sustained
+// rate, and a refusal says when to retry.
+func TestTiersAllowExactlyTheirBudget(t *testing.T) {
+	for _, perMin := range []int{100, 1000, 10000} {
+		l := Limit{Limit: perMin, Period: time.Minute, Burst: perMin / 10}
+		m := NewMemory(1000)
+		now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+		ctx := context.Background()
+		allowed := 0
+		for i := 0; i < 2*perMin; i++ {
+			if d, _ := m.Allow(ctx, "k", l, now); d.Allowed {
+				allowed++
+			}
+		}
+		// At one instant: the burst plus the one request the interval allows.
+		if want := l.Burst + 1; allowed != want {
+			t.Errorf("%d/min: %d allowed at once, want %d", perMin, allowed, want)
+		}
+		d, _ := m.Allow(ctx, "k", l, now)
+		if d.Allowed || d.RetryAfter <= 0 || d.RetryAfter > l.interval() || d.Remaining != 0 {
+			t.Errorf("%d/min: refusal = %+v", perMin, d)
+		}
+		// Over the following minute, exactly the sustained rate more.
+		allowed = 0
+		step := l.interval() / 4
+		for at := now.Add(step); !at.After(now.Add(time.Minute)); at = at.Add(step) {
+			if d, _ := m.Allow(ctx, "k", l, at); d.Allowed {
+				allowed++
+			}
+		}
+		if allowed != perMin {
+			t.Errorf("%d/min: %d allowed over the next minute, want %d", perMin, allowed, perMin)
+		}
+	}
+}
+
+func TestRemainingCountsDown(t *testing.T) {
+	l := Limit{Limit: 60, Period: time.Minute, Burst: 5}
+	m := NewMemory(100)
+	now := time.Unix(1_800_000_000, 0)
+	var got []int
+	for i := 0; i < 7; i++ {
+		d, _ := m.Allow(context.Background(), "k", l, now)
+		got = append(got, d.Remaining)
+	}
+	if fmt.Sprint(got) != "[5 4 3 2 1 0 0]" {
+		t.Errorf("remaining = %v", got)
+	}
+}
+
+func TestMemoryIsBounded(t *testing.T) {
+	m := NewMemory(1024)
+	l := Limit{Limit: 100, Period: time.Minute, Burst: 10}
+	now := time.Unix(1_800_000_000, 0)
+	for i := 0; i < 100_000; i++ {
+		_, _ = m.Allow(context.Background(), fmt.Sprint("ip-", i), l, now)
+	}
+	if n := m.Len(); n > 1024+64 {
+		t.Errorf("holds %d keys; bound is about 1024", n)
+	}
+}
+
+func BenchmarkMemoryAllow(b *testing.B) {
+	m := NewMemory(100_000)
+	l := Limit{Limit: 10000, Period: time.Minute, Burst: 1000}
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = fmt.Sprint("user-", i)
+	}
+	now := time.Now()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			_, _ = m.Allow(context.Background(), keys[i%len(keys)], l, now)
+			i++
+		}
+	})
+}
