@@ -41,6 +41,7 @@ type Server struct {
 	mu       sync.Mutex
 	checks   []namedCheck
 	draining atomic.Bool
+	fallback atomic.Pointer[http.Handler]
 }
 
 // New provisions a server for cfg: /health, /ready and /metrics are routed,
@@ -59,11 +60,19 @@ func New(cfg Config, logger *slog.Logger) *Server {
 	s.Handle("GET /health", s.handleHealth)
 	s.Handle("GET /ready", s.handleReady)
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{Registry: s.registry}))
-	s.Handle("/", func(http.ResponseWriter, *http.Request) error {
-		return Errorf(http.StatusNotFound, CodeNotFound, "no such endpoint")
-	})
+	s.mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h := s.fallback.Load(); h != nil {
+			(*h).ServeHTTP(w, r)
+			return
+		}
+		WriteError(w, r, s.logger, Errorf(http.StatusNotFound, CodeNotFound, "no such endpoint"))
+	}))
 	return s
 }
+
+// SetFallback serves every request no route matches (by default a JSON
+// 404); the gateway puts its proxy here.
+func (s *Server) SetFallback(h http.Handler) { s.fallback.Store(&h) }
 
 // Handle routes pattern (ServeMux syntax) to h; a returned error is written
 // as a JSON error response and logged.

@@ -1,22 +1,41 @@
 // Package gateway is the API gateway (`lucid gateway`, port 8080), the only
-// public door of a Lucid deployment: routing, JWT auth, tiered rate limits.
-//
-// So far it validates its configuration (it refuses to start without a
-// strong JWT_SECRET_KEY) and serves the shared endpoints (/health, /ready,
-// /metrics); routing and auth are built on this skeleton.
+// public door of a Lucid deployment: it routes by path prefix to the core
+// services, verifies HS256 JWTs, applies tiered GCRA rate limits, sets
+// X-Forwarded-* and X-Request-ID, and passes the caller's sub and tier
+// upstream in headers it first strips from the request.
 package gateway
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/envconfig"
+	"github.com/pickme/lucid/pkg/ratelimit"
 	"github.com/pickme/lucid/pkg/service"
 )
 
 // App is the gateway service.
 type App struct {
-	secret []byte
+	secret  []byte
+	routes  []Route
+	lookup  func(string) string
+	trusted []*net.IPNet
+	limits  map[auth.Tier]ratelimit.Limit
+	cors    cors
+	now     func() time.Time
+
+	limiter ratelimit.Limiter
+	logger  *slog.Logger
+	metrics *metrics
 }
 
 var _ service.App = (*App)(nil)
@@ -24,10 +43,113 @@ var _ service.App = (*App)(nil)
 // New returns the gateway, ready to be configured.
 func New() service.App { return &App{} }
 
-// Configure reads JWT_SECRET_KEY, which the gateway cannot work without.
+// Configure reads JWT_SECRET_KEY, the rate limits, trusted proxies and CORS.
 func (a *App) Configure(r *envconfig.Reader) {
 	a.secret = []byte(r.Secret("JWT_SECRET_KEY", auth.MinSecretLen, "the gateway verifies client tokens with it"))
+	a.routes = DefaultRoutes()
+	a.lookup = func(k string) string { return r.String(k, "") }
+	if _, err := upstreams(a.routes, a.lookup); err != nil {
+		r.Fail("routes", "%v", err)
+	}
+	divisor := r.Int("LUCID_RATE_BURST_DIVISOR", 10, 1, 1000)
+	a.limits = map[auth.Tier]ratelimit.Limit{}
+	for _, t := range []struct {
+		tier auth.Tier
+		key  string
+		def  int
+	}{{auth.TierFree, "LUCID_RATE_FREE", 100}, {auth.TierPremium, "LUCID_RATE_PREMIUM", 1000}, {auth.TierEnterprise, "LUCID_RATE_ENTERPRISE", 10000}} {
+		n := r.Int(t.key, t.def, 1, 100_000_000)
+		a.limits[t.tier] = ratelimit.Limit{Limit: n, Period: time.Minute, Burst: max(n/divisor, 1)}
+	}
+	for _, c := range strings.Split(r.String("LUCID_TRUSTED_PROXIES", ""), ",") {
+		if c = strings.TrimSpace(c); c == "" {
+			continue
+		}
+		if !strings.Contains(c, "/") {
+			if strings.Contains(c, ":") {
+				c += "/128"
+			} else {
+				c += "/32"
+			}
+		}
+		_, n, err := net.ParseCIDR(c)
+		if err != nil {
+			r.Fail("LUCID_TRUSTED_PROXIES", "%q is not an address or CIDR", c)
+			continue
+		}
+		a.trusted = append(a.trusted, n)
+	}
+	a.cors = newCORS(r.String("LUCID_CORS_ORIGINS", ""))
+	a.now = time.Now
 }
 
-// Provision installs the gateway's routes; so far only the shared ones exist.
-func (a *App) Provision(context.Context, *service.Server) error { return nil }
+// Provision builds a proxy per route and registers them.
+func (a *App) Provision(_ context.Context, srv *service.Server) error {
+	ups, err := upstreams(a.routes, a.lookup)
+	if err != nil {
+		return err
+	}
+	a.logger = srv.Logger()
+	if a.limiter == nil {
+		a.limiter = ratelimit.NewMemory(1_000_000)
+	}
+	a.metrics = newMetrics(srv.Registerer())
+	buffers := newBufferPool()
+	transports := map[time.Duration]*http.Transport{}
+	for _, rt := range a.routes {
+		tr, ok := transports[rt.Timeout]
+		if !ok {
+			tr = newTransport(rt.Timeout)
+			transports[rt.Timeout] = tr
+		}
+		h := a.newRouteProxy(rt, ups[rt.Service], tr, buffers)
+		// Both the exact prefix and its subtree, so metrics are labelled
+		// by route, not by raw path.
+		srv.HandleHTTP(rt.Prefix, h)
+		srv.HandleHTTP(strings.TrimSuffix(rt.Prefix, "/")+"/", h)
+	}
+	for _, svc := range []string{"engine", "anchoring", "blocks", "datachain"} {
+		u := ups[svc]
+		srv.AddCheck(svc, func(ctx context.Context) error { return probe(ctx, u.String()+"/health") })
+	}
+	return nil
+}
+
+// probe is a readiness check of an upstream.
+func probe(ctx context.Context, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return nil
+}
+
+type metrics struct {
+	decisions      *prometheus.CounterVec
+	upstreamErrors *prometheus.CounterVec
+	authFailures   prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lucid_gateway_ratelimit_decisions_total", Help: "Rate-limit decisions by tier and outcome.",
+		}, []string{"tier", "outcome"}),
+		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lucid_gateway_upstream_errors_total", Help: "Requests the gateway could not get answered upstream.",
+		}, []string{"service"}),
+		authFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_gateway_auth_failures_total", Help: "Requests refused for a missing or invalid token."}),
+	}
+	reg.MustRegister(m.decisions, m.upstreamErrors, m.authFailures)
+	return m
+}
+
+var _ httputil.BufferPool = (*bufferPool)(nil)

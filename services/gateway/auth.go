@@ -1,0 +1,152 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/service"
+)
+
+// maxAuthHeader bounds the Authorization header: a JWT of Lucid's claims
+// is a few hundred bytes.
+const maxAuthHeader = 4096
+
+// authenticate verifies the bearer token; the error is for the log only.
+func (a *App) authenticate(r *http.Request) (*auth.Claims, error) {
+	h := r.Header.Get("Authorization")
+	switch {
+	case h == "":
+		return nil, errors.New("no Authorization header")
+	case len(h) > maxAuthHeader:
+		return nil, fmt.Errorf("Authorization header of %d bytes", len(h))
+	}
+	tok, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok {
+		return nil, errors.New("not a Bearer token")
+	}
+	c, err := auth.Parse(a.secret, strings.TrimSpace(tok), a.now)
+	if err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// clientIP is the address the request came from; X-Forwarded-For counts
+// only when the direct peer is a trusted proxy, and then the rightmost
+// address not itself trusted is the client.
+func (a *App) clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	if !a.isTrusted(host) {
+		return host
+	}
+	hops := strings.Split(r.Header.Get("X-Forwarded-For"), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		ip := strings.TrimSpace(hops[i])
+		if net.ParseIP(ip) == nil {
+			break
+		}
+		if !a.isTrusted(ip) {
+			return ip
+		}
+	}
+	return host
+}
+
+func (a *App) isTrusted(s string) bool {
+	ip := net.ParseIP(s)
+	if ip == nil {
+		return false
+	}
+	for _, n := range a.trusted {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// limit applies the caller's budget: its tier by sub, or the free tier by
+// client IP. It sets the RateLimit-* headers and, when refused, answers
+// 429 with Retry-After.
+func (a *App) limit(w http.ResponseWriter, r *http.Request, c *auth.Claims) error {
+	tier, key := auth.TierFree, "ip:"+a.clientIP(r)
+	if c != nil {
+		tier, key = c.Tier, "sub:"+c.Subject
+	}
+	l := a.limits[tier]
+	d, err := a.limiter.Allow(r.Context(), key, l, a.now())
+	if err != nil {
+		// The limiter's store is unreachable: let traffic through, loudly.
+		a.logger.WarnContext(r.Context(), "rate limiter unavailable; allowing the request", "error", err)
+		a.metrics.decisions.WithLabelValues(string(tier), "error").Inc()
+		return nil
+	}
+	hdr := w.Header()
+	hdr.Set("RateLimit-Limit", strconv.Itoa(d.Limit))
+	hdr.Set("RateLimit-Remaining", strconv.Itoa(d.Remaining))
+	hdr.Set("RateLimit-Reset", strconv.Itoa(int(math.Ceil(d.Reset.Seconds()))))
+	if d.Allowed {
+		a.metrics.decisions.WithLabelValues(string(tier), "allowed").Inc()
+		return nil
+	}
+	a.metrics.decisions.WithLabelValues(string(tier), "limited").Inc()
+	hdr.Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(d.RetryAfter.Seconds())))))
+	return service.Errorf(http.StatusTooManyRequests, service.CodeRateLimit, "rate limit of %d requests per minute exceeded", l.Limit)
+}
+
+// cors answers preflights and marks responses for the configured origins.
+type cors struct {
+	any     bool
+	origins map[string]bool
+}
+
+func newCORS(spec string) cors {
+	c := cors{origins: map[string]bool{}}
+	for _, o := range strings.Split(spec, ",") {
+		switch o = strings.TrimSpace(o); o {
+		case "":
+		case "*":
+			c.any = true
+		default:
+			c.origins[o] = true
+		}
+	}
+	return c
+}
+
+func (c cors) allowed(origin string) bool { return origin != "" && (c.any || c.origins[origin]) }
+
+// preflight answers an OPTIONS preflight itself; it reports whether it did.
+func (c cors) preflight(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method != http.MethodOptions || r.Header.Get("Access-Control-Request-Method") == "" {
+		return false
+	}
+	origin := r.Header.Get("Origin")
+	if c.allowed(origin) {
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", origin)
+		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, HEAD, OPTIONS")
+		h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Request-ID")
+		h.Set("Access-Control-Max-Age", "600")
+		h.Add("Vary", "Origin")
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return true
+}
+
+func (c cors) headers(w http.ResponseWriter, r *http.Request) {
+	if origin := r.Header.Get("Origin"); c.allowed(origin) {
+		w.Header().Set("Access-Control-Allow-Origin", origin)
+		w.Header().Set("Access-Control-Expose-Headers", "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Retry-After, X-Request-ID")
+		w.Header().Add("Vary", "Origin")
+	}
+}

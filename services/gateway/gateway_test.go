@@ -1,0 +1,261 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/envconfig"
+	"github.com/pickme/lucid/pkg/service"
+)
+
+var secret = strings.Repeat("k", 40)
+
+// backend records what reached it.
+type backend struct {
+	*httptest.Server
+	mu   sync.Mutex
+	last *http.Request
+}
+
+func newBackend(t *testing.T) *backend {
+	b := &backend{}
+	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.mu.Lock()
+		b.last = r.Clone(context.Background())
+		b.mu.Unlock()
+		_, _ = io.WriteString(w, "upstream:"+r.URL.Path)
+	}))
+	t.Cleanup(b.Close)
+	return b
+}
+
+func (b *backend) lastRequest() *http.Request {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.last
+}
+
+type gw struct {
+	app *App
+	url string
+	now time.Time
+	mu  sync.Mutex
+}
+
+func startGateway(t *testing.T, upstream string, env map[string]string) *gw {
+	t.Helper()
+	vars := map[string]string{"JWT_SECRET_KEY": secret}
+	for _, svc := range []string{"ENGINE", "ANCHORING", "BLOCKS", "DATACHAIN"} {
+		vars["LUCID_"+svc+"_URL"] = upstream
+	}
+	vars["AUTH_SERVICE_URL"] = upstream
+	for k, v := range env {
+		vars[k] = v
+	}
+	app := New().(*App)
+	r := envconfig.New(envconfig.Map(vars))
+	app.Configure(r)
+	if err := r.Err(); err != nil {
+		t.Fatal(err)
+	}
+	g := &gw{app: app, now: time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)}
+	app.now = func() time.Time { g.mu.Lock(); defer g.mu.Unlock(); return g.now }
+	srv := service.New(service.Config{Name: "gateway"}, slog.New(slog.DiscardHandler))
+	if err := app.Provision(context.Background(), srv); err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(hs.Close)
+	g.url = hs.URL
+	return g
+}
+
+func (g *gw) advance(d time.Duration) { g.mu.Lock(); g.now = g.now.Add(d); g.mu.Unlock() }
+
+func (g *gw) token(t *testing.T, sub string, tier auth.Tier) string {
+	tok, _, err := auth.Mint([]byte(secret), auth.MintOptions{Subject: sub, Tier: tier, TTL: time.Hour, Now: g.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func (g *gw) get(t *testing.T, path string, hdr map[string]string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, g.url+path, nil)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+func TestTokens(t *testing.T) {
+	be := newBackend(t)
+	g := startGateway(t, be.URL, nil)
+	now := g.now
+	claims := func(mod func(*auth.Claims)) *auth.Claims {
+		c := &auth.Claims{Tier: auth.TierPremium, RegisteredClaims: jwt.RegisteredClaims{
+			Subject: "alice", ExpiresAt: jwt.NewNumericDate(now.Add(time.Hour)), NotBefore: jwt.NewNumericDate(now.Add(-time.Minute)),
+		}}
+		if mod != nil {
+			mod(c)
+		}
+		return c
+	}
+	sign := func(m jwt.SigningMethod, key any, c *auth.Claims) string {
+		s, err := jwt.NewWithClaims(m, c).SignedString(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	valid := sign(jwt.SigningMethodHS256, []byte(secret), claims(nil))
+	parts := strings.Split(valid, ".")
+	forgedPayload, _ := json.Marshal(map[string]any{"sub": "alice", "tier": "enterprise", "exp": now.Add(time.Hour).Unix()})
+	forged := parts[0] + "." + base64.RawURLEncoding.EncodeToString(forgedPayload) + "." + parts[2]
+	none, _ := jwt.NewWithClaims(jwt.SigningMethodNone, claims(nil)).SignedString(jwt.UnsafeAllowNoneSignatureType)
+	// RS256 header, HMAC signature with the shared secret as "public key".
+	rsHeader := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"RS256","typ":"JWT"}`))
+	body := rsHeader + "." + parts[1]
+	sig, _ := jwt.SigningMethodHS256.Sign(body, []byte(secret))
+	confused := body + "." + base64.RawURLEncoding.EncodeToString(sig)
+
+	tests := []struct {
+		name  string
+		token string
+		ok    bool
+	}{
+		{"valid", valid, true},
+		{"expired", sign(jwt.SigningMethodHS256, []byte(secret), claims(func(c *auth.Claims) { c.ExpiresAt = jwt.NewNumericDate(now.Add(-time.Hour)) })), false},
+		{"not yet valid", sign(jwt.SigningMethodHS256, []byte(secret), claims(func(c *auth.Claims) { c.NotBefore = jwt.NewNumericDate(now.Add(time.Hour)) })), false},
+		{"wrong secret", sign(jwt.SigningMethodHS256, []byte(strings.Repeat("w", 40)), claims(nil)), false},
+		{"alg none", none, false},
+		{"alg HS512", sign(jwt.SigningMethodHS512, []byte(secret), claims(nil)), false},
+		{"RS256 signed with RSA", sign(jwt.SigningMethodRS256, rsaKey, claims(nil)), false},
+		{"RS256/HS256 confusion", confused, false},
+		{"missing exp", sign(jwt.SigningMethodHS256, []byte(secret), claims(func(c *auth.Claims) { c.ExpiresAt = nil })), false},
+		{"malformed", "not.a.jwt", false},
+		{"oversized", strings.Repeat("a", 5000), false},
+		{"forged tier", forged, false},
+	}
+	for _, tt := range tests {
+		resp, body := g.get(t, "/api/v1/blocks/1", map[string]string{"Authorization": "Bearer " + tt.token})
+		if tt.ok && resp.StatusCode != 200 {
+			t.Errorf("%s: %d %s", tt.name, resp.StatusCode, body)
+		}
+		if !tt.ok && (resp.StatusCode != 401 || !strings.Contains(body, "LUCID_ERR_2001")) {
+			t.Errorf("%s: %d %s, want 401 LUCID_ERR_2001", tt.name, resp.StatusCode, body)
+		}
+		if !tt.ok && strings.Contains(body, tt.token[:min(len(tt.token), 20)]) {
+			t.Errorf("%s: the token is echoed", tt.name)
+		}
+	}
+	if resp, _ := g.get(t, "/api/v1/blocks/1", nil); resp.StatusCode != 401 {
+		t.Errorf("no token: %d", resp.StatusCode)
+	}
+}
+
+func TestProxyHeadersAndPaths(t *testing.T) {
+	be := newBackend(t)
+	g := startGateway(t, be.URL, nil)
+	tok := g.token(t, "alice", auth.TierPremium)
+	resp, body := g.get(t, "/blockchain/api/v1/chain", map[string]string{
+		"Authorization": "Bearer " + tok, "X-Lucid-Sub": "mallory", "X-Lucid-Tier": "enterprise", "X-Request-ID": "req-123",
+	})
+	if resp.StatusCode != 200 || body != "upstream:/api/v1/chain" {
+		t.Fatalf("strip prefix: %d %q", resp.StatusCode, body)
+	}
+	r := be.lastRequest()
+	if r.Header.Get(HeaderSub) != "alice" || r.Header.Get(HeaderTier) != "premium" {
+		t.Errorf("identity headers upstream: sub %q tier %q", r.Header.Get(HeaderSub), r.Header.Get(HeaderTier))
+	}
+	if r.Header.Get("X-Request-ID") != "req-123" || r.Header.Get("X-Forwarded-For") == "" || r.Header.Get("X-Forwarded-Proto") != "http" {
+		t.Errorf("forwarding headers: %v", r.Header)
+	}
+	if resp.Header.Get("RateLimit-Limit") != "1000" {
+		t.Errorf("RateLimit-Limit = %q", resp.Header.Get("RateLimit-Limit"))
+	}
+	if _, body := g.get(t, "/api/v1/anchors/x", map[string]string{"Authorization": "Bearer " + tok}); body != "upstream:/api/v1/anchors/x" {
+		t.Errorf("kept prefix: %q", body)
+	}
+	// A public route without a token still strips forged identity.
+	g.get(t, "/auth/login", map[string]string{"X-Lucid-Sub": "mallory"})
+	if be.lastRequest().Header.Get(HeaderSub) != "" {
+		t.Error("a forged X-Lucid-Sub reached the upstream")
+	}
+	if resp, _ := g.get(t, "/nowhere", nil); resp.StatusCode != 404 {
+		t.Errorf("unrouted path: %d", resp.StatusCode)
+	}
+}
+
+func TestRateLimitsPerTier(t *testing.T) {
+	be := newBackend(t)
+	g := startGateway(t, be.URL, map[string]string{"LUCID_RATE_FREE": "60", "LUCID_RATE_PREMIUM": "600"})
+	count := func(hdr map[string]string, n int) (allowed int, last *http.Response) {
+		for i := 0; i < n; i++ {
+			resp, _ := g.get(t, "/auth/x", hdr)
+			if resp.StatusCode == 200 {
+				allowed++
+			}
+			last = resp
+		}
+		return allowed, last
+	}
+	// Anonymous: the free tier by IP, burst 6 + 1 at one instant.
+	allowed, last := count(nil, 20)
+	if allowed != 7 || last.StatusCode != 429 || last.Header.Get("Retry-After") != "1" || last.Header.Get("RateLimit-Remaining") != "0" {
+		t.Errorf("free: %d allowed, last %d retry-after %q", allowed, last.StatusCode, last.Header.Get("Retry-After"))
+	}
+	// A minute later the budget is back.
+	g.advance(time.Minute)
+	if allowed, _ := count(nil, 1); allowed != 1 {
+		t.Error("budget not restored after a minute")
+	}
+	// Premium by sub: its own budget, 60 + 1.
+	tok := g.token(t, "bob", auth.TierPremium)
+	if allowed, _ := count(map[string]string{"Authorization": "Bearer " + tok}, 100); allowed != 61 {
+		t.Errorf("premium: %d allowed, want 61", allowed)
+	}
+	// Preflights are never counted.
+	for i := 0; i < 50; i++ {
+		req, _ := http.NewRequest(http.MethodOptions, g.url+"/auth/x", nil)
+		req.Header.Set("Access-Control-Request-Method", "GET")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 204 {
+			t.Fatalf("preflight %d: %d", i, resp.StatusCode)
+		}
+	}
+}
+
+func TestUpstreamDown(t *testing.T) {
+	g := startGateway(t, "http://127.0.0.1:1", nil)
+	resp, body := g.get(t, "/auth/x", nil)
+	if resp.StatusCode != 502 || !strings.Contains(body, CodeUpstream) || strings.Contains(body, "127.0.0.1:1") {
+		t.Errorf("upstream down: %d %s", resp.StatusCode, body)
+	}
+}

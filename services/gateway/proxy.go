@@ -1,0 +1,162 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/service"
+)
+
+// Headers the gateway sets for upstreams. A client's own copies are
+// removed first, so they cannot be forged.
+const (
+	HeaderSub  = "X-Lucid-Sub"
+	HeaderTier = "X-Lucid-Tier"
+)
+
+// Error codes of the gateway.
+const (
+	CodeUpstream = "LUCID_ERR_5002"
+	CodeTimeout  = "LUCID_ERR_5004"
+)
+
+// bufferPool lends the proxy its copy buffers, so a request does not
+// allocate 32 KiB.
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
+func (b *bufferPool) Put(v []byte) { b.p.Put(&v) }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+}
+
+// newTransport keeps warm, pooled connections to the few upstreams; the
+// route's timeout bounds the wait for response headers (bodies such as
+// follow streams may last).
+func newTransport(headerTimeout time.Duration) *http.Transport {
+	return &http.Transport{
+		ResponseHeaderTimeout: headerTimeout,
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true, // pass bodies through as they are
+	}
+}
+
+type ctxKey int
+
+const claimsKey ctxKey = 0
+
+// routeProxy is the handler of one route.
+type routeProxy struct {
+	route  Route
+	proxy  *httputil.ReverseProxy
+	gw     *App
+	logger *slog.Logger
+}
+
+func (a *App) newRouteProxy(r Route, target *url.URL, transport http.RoundTripper, buffers httputil.BufferPool) *routeProxy {
+	rp := &routeProxy{route: r, gw: a, logger: a.logger}
+	rp.proxy = &httputil.ReverseProxy{
+		Transport:     transport,
+		BufferPool:    buffers,
+		FlushInterval: -1, // stream: follow streams and audits are NDJSON
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			if r.Strip {
+				p := strings.TrimPrefix(pr.In.URL.Path, r.Prefix)
+				if !strings.HasPrefix(p, "/") {
+					p = "/" + p
+				}
+				pr.Out.URL.Path = singleJoin(target.Path, p)
+				pr.Out.URL.RawPath = ""
+			}
+			pr.SetXForwarded()
+			pr.Out.Header.Set(service.HeaderRequestID, service.RequestID(pr.In.Context()))
+			pr.Out.Header.Del(HeaderSub)
+			pr.Out.Header.Del(HeaderTier)
+			if c, ok := pr.In.Context().Value(claimsKey).(*auth.Claims); ok {
+				pr.Out.Header.Set(HeaderSub, c.Subject)
+				pr.Out.Header.Set(HeaderTier, string(c.Tier))
+			}
+		},
+		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
+			code, status, msg := CodeUpstream, http.StatusBadGateway, "upstream unavailable"
+			var ne net.Error
+			if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+				code, status, msg = CodeTimeout, http.StatusGatewayTimeout, "upstream timed out"
+			}
+			rp.gw.metrics.upstreamErrors.WithLabelValues(r.Service).Inc()
+			if errors.Is(err, context.Canceled) && req.Context().Err() != nil {
+				return // the client went away
+			}
+			he := service.Errorf(status, code, "%s", msg)
+			he.Cause = err
+			service.WriteError(w, req, rp.logger, he)
+		},
+	}
+	return rp
+}
+
+func singleJoin(a, b string) string {
+	switch {
+	case a == "" || a == "/":
+		return b
+	case strings.HasSuffix(a, "/"):
+		return a + strings.TrimPrefix(b, "/")
+	}
+	return a + b
+}
+
+// ServeHTTP authenticates, rate-limits and proxies one request.
+func (rp *routeProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := rp.serve(w, r); err != nil {
+		service.WriteError(w, r, rp.logger, err)
+	}
+}
+
+func (rp *routeProxy) serve(w http.ResponseWriter, r *http.Request) error {
+	a := rp.gw
+	if len(rp.route.Methods) > 0 && !slices.Contains(rp.route.Methods, r.Method) && r.Method != http.MethodOptions {
+		return service.Errorf(http.StatusMethodNotAllowed, service.CodeBadRequest, "%s is not allowed here", r.Method)
+	}
+	if a.cors.preflight(w, r) {
+		return nil // never counted, never proxied
+	}
+	a.cors.headers(w, r)
+
+	var claims *auth.Claims
+	if h := r.Header.Get("Authorization"); h != "" || !rp.route.Public {
+		c, err := a.authenticate(r)
+		if err != nil {
+			if !rp.route.Public || h != "" {
+				rp.logger.InfoContext(r.Context(), "authentication failed", "reason", err.Error(), "path", r.URL.Path)
+				a.metrics.authFailures.Inc()
+				return service.Errorf(http.StatusUnauthorized, service.CodeAuth, "invalid or missing token")
+			}
+		}
+		claims = c
+	}
+	if err := a.limit(w, r, claims); err != nil {
+		return err
+	}
+	if claims != nil {
+		r = r.WithContext(context.WithValue(r.Context(), claimsKey, claims))
+	}
+	rp.proxy.ServeHTTP(w, r)
+	return nil
+}
