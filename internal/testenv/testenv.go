@@ -116,3 +116,31 @@ func build(dir, name string) (string, error) {
 	}
 	return bin, nil
 }
+
+// StartRedis runs a private redis-server (no persistence) on a free
+// loopback port for the test and returns its address. It skips, or fails
+// in CI, when redis-server is missing.
+func StartRedis(t testing.TB) string {
+	t.Helper()
+	bin := Tool(t, "redis-server", "LUCID_REDIS_BIN")
+	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start redis-server: %v", err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	Eventually(t, 10*time.Second, "redis-server up", func() bool {
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_, _ = c.Write([]byte("PING\r\n"))
+		buf := make([]byte, 7)
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		n, _ := c.Read(buf)
+		return strings.HasPrefix(string(buf[:n]), "+PONG")
+	})
+	return addr
+}

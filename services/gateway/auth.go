@@ -85,9 +85,15 @@ func (a *App) limit(w http.ResponseWriter, r *http.Request, c *auth.Claims) erro
 	l := a.limits[tier]
 	d, err := a.limiter.Allow(r.Context(), key, l, a.now())
 	if err != nil {
-		// The limiter's store is unreachable: let traffic through, loudly.
-		a.logger.WarnContext(r.Context(), "rate limiter unavailable; allowing the request", "error", err)
 		a.metrics.decisions.WithLabelValues(string(tier), "error").Inc()
+		if a.failClosed {
+			a.logger.WarnContext(r.Context(), "rate limiter unavailable; refusing the request", "error", err)
+			he := service.Errorf(http.StatusServiceUnavailable, service.CodeRateLimit, "rate limiting is unavailable; try again shortly")
+			he.Cause = err
+			return he
+		}
+		// The default: let traffic through, loudly.
+		a.logger.WarnContext(r.Context(), "rate limiter unavailable; allowing the request", "error", err)
 		return nil
 	}
 	hdr := w.Header()

@@ -7,6 +7,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -32,10 +33,25 @@ type App struct {
 	limits  map[auth.Tier]ratelimit.Limit
 	cors    cors
 	now     func() time.Time
+	// redisURL, if set, moves the limiter's state to Redis so several
+	// gateways share one budget; failClosed refuses requests (503) when
+	// Redis cannot decide instead of letting them through.
+	redisURL   string
+	failClosed bool
 
 	limiter ratelimit.Limiter
 	logger  *slog.Logger
 	metrics *metrics
+	closers []func() error
+}
+
+// Close releases the Redis client, if any.
+func (a *App) Close() error {
+	var errs []error
+	for _, c := range a.closers {
+		errs = append(errs, c())
+	}
+	return errors.Join(errs...)
 }
 
 var _ service.App = (*App)(nil)
@@ -80,6 +96,8 @@ func (a *App) Configure(r *envconfig.Reader) {
 		a.trusted = append(a.trusted, n)
 	}
 	a.cors = newCORS(r.String("LUCID_CORS_ORIGINS", ""))
+	a.redisURL = r.String("REDIS_URL", "")
+	a.failClosed = r.OneOf("LUCID_RATE_LIMIT_ON_ERROR", "open", "open", "closed") == "closed"
 	a.now = time.Now
 }
 
@@ -91,7 +109,17 @@ func (a *App) Provision(_ context.Context, srv *service.Server) error {
 	}
 	a.logger = srv.Logger()
 	if a.limiter == nil {
-		a.limiter = ratelimit.NewMemory(1_000_000)
+		if a.redisURL != "" {
+			client, err := ratelimit.ParseRedisURL(a.redisURL)
+			if err != nil {
+				return err
+			}
+			a.closers = append(a.closers, client.Close)
+			a.limiter = ratelimit.NewRedis(client, "lucid:ratelimit:")
+			srv.AddCheck("ratelimit-redis", func(ctx context.Context) error { return client.Ping(ctx).Err() })
+		} else {
+			a.limiter = ratelimit.NewMemory(1_000_000)
+		}
 	}
 	a.metrics = newMetrics(srv.Registerer())
 	buffers := newBufferPool()

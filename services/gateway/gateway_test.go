@@ -17,6 +17,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/service"
@@ -79,7 +80,7 @@ func startGateway(t *testing.T, upstream string, env map[string]string) *gw {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(hs.Close)
+	t.Cleanup(func() { hs.Close(); _ = app.Close() })
 	g.url = hs.URL
 	return g
 }
@@ -257,5 +258,37 @@ func TestUpstreamDown(t *testing.T) {
 	resp, body := g.get(t, "/auth/x", nil)
 	if resp.StatusCode != 502 || !strings.Contains(body, CodeUpstream) || strings.Contains(body, "127.0.0.1:1") {
 		t.Errorf("upstream down: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestTwoGatewaysShareARedisBudget: with REDIS_URL, two gateways count
+// against one budget; with Redis gone the default policy lets requests
+// through and the closed policy refuses them.
+func TestTwoGatewaysShareARedisBudget(t *testing.T) {
+	addr := testenv.StartRedis(t)
+	be := newBackend(t)
+	env := map[string]string{"REDIS_URL": "redis://" + addr + "/0", "LUCID_RATE_FREE": "60"}
+	g1, g2 := startGateway(t, be.URL, env), startGateway(t, be.URL, env)
+	g2.app.now = g1.app.now // one clock
+	allowed := 0
+	for i := 0; i < 30; i++ {
+		g := g1
+		if i%2 == 1 {
+			g = g2
+		}
+		if resp, _ := g.get(t, "/auth/x", nil); resp.StatusCode == 200 {
+			allowed++
+		}
+	}
+	if allowed != 7 {
+		t.Errorf("two gateways allowed %d, want 7 (burst 6 + 1 of one shared budget)", allowed)
+	}
+	closed := startGateway(t, be.URL, map[string]string{"REDIS_URL": "redis://127.0.0.1:1/0", "LUCID_RATE_LIMIT_ON_ERROR": "closed"})
+	if resp, body := closed.get(t, "/auth/x", nil); resp.StatusCode != 503 || !strings.Contains(body, "unavailable") {
+		t.Errorf("closed policy with Redis down: %d %s", resp.StatusCode, body)
+	}
+	open := startGateway(t, be.URL, map[string]string{"REDIS_URL": "redis://127.0.0.1:1/0"})
+	if resp, _ := open.get(t, "/auth/x", nil); resp.StatusCode != 200 {
+		t.Errorf("open policy with Redis down: %d", resp.StatusCode)
 	}
 }
