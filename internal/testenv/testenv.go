@@ -6,12 +6,14 @@ package testenv
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -143,4 +145,59 @@ func StartRedis(t testing.TB) string {
 		return strings.HasPrefix(string(buf[:n]), "+PONG")
 	})
 	return addr
+}
+
+// StartConsul runs a private Consul dev agent on free loopback ports for
+// the test and returns its HTTP address (host:port) once it has a leader.
+// It skips, or fails in CI, when no consul binary is found.
+func StartConsul(t testing.TB) string {
+	t.Helper()
+	bin := Tool(t, "consul", "LUCID_CONSUL_BIN")
+	port := func() string { return fmt.Sprint(FreePort(t)) }
+	httpPort := port()
+	cmd := exec.Command(bin, "agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-node=lucid-test",
+		"-http-port="+httpPort, "-grpc-port=-1", "-grpc-tls-port=-1", "-dns-port=-1",
+		"-server-port="+port(), "-serf-lan-port="+port(), "-serf-wan-port="+port())
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("consul output:\n%s", out.String())
+		}
+	})
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start consul: %v", err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	addr := "127.0.0.1:" + httpPort
+	Eventually(t, 30*time.Second, "consul has a leader", func() bool {
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_, _ = c.Write([]byte("GET /v1/status/leader HTTP/1.0\r\n\r\n"))
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		resp, _ := io.ReadAll(c) // HTTP/1.0: the server closes when done
+		return strings.Contains(string(resp), "200 OK") && strings.Contains(string(resp), `"127.0.0.1:`) // a leader address
+	})
+	return addr
+}
+
+// syncBuffer collects a child's output from several goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

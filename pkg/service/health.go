@@ -14,14 +14,19 @@ type Check func(ctx context.Context) error
 
 type namedCheck struct {
 	name  string
-	check Check
+	check func(ctx context.Context) (string, error)
 }
+
+// DetailedCheck is a Check that also says something worth showing on
+// /ready (which mode it is in, what it sees).
+type DetailedCheck func(ctx context.Context) (detail string, err error)
 
 // CheckResult is one dependency's line in the /ready answer.
 type CheckResult struct {
 	Name       string  `json:"name"`
 	Status     string  `json:"status"` // "ok" or "fail"
 	Error      string  `json:"error,omitempty"`
+	Detail     string  `json:"detail,omitempty"`
 	DurationMS float64 `json:"duration_ms"`
 }
 
@@ -73,8 +78,8 @@ func (s *Server) Ready(ctx context.Context) Readiness {
 			cctx, cancel := context.WithTimeout(ctx, checkTimeout)
 			defer cancel()
 			start := time.Now()
-			err := c.check(cctx)
-			res := CheckResult{Name: c.name, Status: "ok", DurationMS: float64(time.Since(start).Microseconds()) / 1000}
+			detail, err := c.check(cctx)
+			res := CheckResult{Name: c.name, Status: "ok", Detail: detail, DurationMS: float64(time.Since(start).Microseconds()) / 1000}
 			if err != nil {
 				res.Status, res.Error = "fail", err.Error()
 			}

@@ -89,6 +89,12 @@ func (s *Server) HandleHTTP(pattern string, h http.Handler) { s.mux.Handle(patte
 
 // AddCheck adds a dependency to /ready.
 func (s *Server) AddCheck(name string, c Check) {
+	s.AddDetailedCheck(name, func(ctx context.Context) (string, error) { return "", c(ctx) })
+}
+
+// AddDetailedCheck adds a dependency to /ready whose result carries a
+// detail line.
+func (s *Server) AddDetailedCheck(name string, c DetailedCheck) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.checks = append(s.checks, namedCheck{name, c})

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"strconv"
 	"strings"
 	"time"
 
@@ -43,6 +44,10 @@ type App struct {
 	logger  *slog.Logger
 	metrics *metrics
 	closers []func() error
+	pools   map[string]*pool
+	// consulAddr, from CONSUL_HOST and CONSUL_PORT, switches upstreams
+	// from static addresses to Consul's healthy instances.
+	consulAddr string
 }
 
 // Close releases the Redis client, if any.
@@ -97,12 +102,15 @@ func (a *App) Configure(r *envconfig.Reader) {
 	}
 	a.cors = newCORS(r.String("LUCID_CORS_ORIGINS", ""))
 	a.redisURL = r.String("REDIS_URL", "")
+	if h := r.String("CONSUL_HOST", ""); h != "" {
+		a.consulAddr = net.JoinHostPort(h, strconv.Itoa(r.Int("CONSUL_PORT", 8500, 1, 65535)))
+	}
 	a.failClosed = r.OneOf("LUCID_RATE_LIMIT_ON_ERROR", "open", "open", "closed") == "closed"
 	a.now = time.Now
 }
 
 // Provision builds a proxy per route and registers them.
-func (a *App) Provision(_ context.Context, srv *service.Server) error {
+func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	ups, err := upstreams(a.routes, a.lookup)
 	if err != nil {
 		return err
@@ -123,6 +131,10 @@ func (a *App) Provision(_ context.Context, srv *service.Server) error {
 	}
 	a.metrics = newMetrics(srv.Registerer())
 	buffers := newBufferPool()
+	a.pools = map[string]*pool{}
+	for svc, u := range ups {
+		a.pools[svc] = newPool(svc, u)
+	}
 	transports := map[time.Duration]*http.Transport{}
 	for _, rt := range a.routes {
 		tr, ok := transports[rt.Timeout]
@@ -130,26 +142,50 @@ func (a *App) Provision(_ context.Context, srv *service.Server) error {
 			tr = newTransport(rt.Timeout)
 			transports[rt.Timeout] = tr
 		}
-		h := a.newRouteProxy(rt, ups[rt.Service], tr, buffers)
+		h := a.newRouteProxy(rt, a.pools[rt.Service], tr, buffers)
 		// Both the exact prefix and its subtree, so metrics are labelled
 		// by route, not by raw path.
 		srv.HandleHTTP(rt.Prefix, h)
 		srv.HandleHTTP(strings.TrimSuffix(rt.Prefix, "/")+"/", h)
 	}
-	for _, svc := range []string{"engine", "anchoring", "blocks", "datachain"} {
-		u := ups[svc]
-		srv.AddCheck(svc, func(ctx context.Context) error { return probe(ctx, u.String()+"/health") })
+	probes := &http.Client{Timeout: time.Second}
+	for svc, p := range a.pools {
+		if svc != "auth" { // the Phase 1 auth service need not be up for ours
+			go p.probeLoop(ctx, probes)
+		}
 	}
+	mode := "static"
+	if a.consulAddr != "" {
+		mode = "consul"
+		if err := a.discover(ctx); err != nil {
+			return err
+		}
+	}
+	srv.AddDetailedCheck("upstreams", func(context.Context) (string, error) {
+		var parts, missing []string
+		for _, svc := range []string{"engine", "anchoring", "blocks", "datachain"} {
+			h := a.pools[svc].healthyURLs(a.now())
+			parts = append(parts, svc+"="+strings.Join(h, ","))
+			if len(h) == 0 {
+				missing = append(missing, svc)
+			}
+		}
+		detail := mode + ": " + strings.Join(parts, " ")
+		if len(missing) > 0 {
+			return detail, fmt.Errorf("no healthy instance of %s", strings.Join(missing, ", "))
+		}
+		return detail, nil
+	})
 	return nil
 }
 
-// probe is a readiness check of an upstream.
-func probe(ctx context.Context, url string) error {
+// probe asks an upstream's health endpoint.
+func probe(ctx context.Context, client *http.Client, url string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}

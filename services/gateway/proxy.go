@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -64,18 +63,20 @@ const claimsKey ctxKey = 0
 // routeProxy is the handler of one route.
 type routeProxy struct {
 	route  Route
+	pool   *pool
 	proxy  *httputil.ReverseProxy
 	gw     *App
 	logger *slog.Logger
 }
 
-func (a *App) newRouteProxy(r Route, target *url.URL, transport http.RoundTripper, buffers httputil.BufferPool) *routeProxy {
-	rp := &routeProxy{route: r, gw: a, logger: a.logger}
+func (a *App) newRouteProxy(r Route, p *pool, transport http.RoundTripper, buffers httputil.BufferPool) *routeProxy {
+	rp := &routeProxy{route: r, gw: a, logger: a.logger, pool: p}
 	rp.proxy = &httputil.ReverseProxy{
-		Transport:     transport,
+		Transport:     &retryTransport{base: transport, pool: p, now: a.now},
 		BufferPool:    buffers,
 		FlushInterval: -1, // stream: follow streams and audits are NDJSON
 		Rewrite: func(pr *httputil.ProxyRequest) {
+			target := pr.In.Context().Value(instanceKey{}).(*instance).url
 			pr.SetURL(target)
 			if r.Strip {
 				p := strings.TrimPrefix(pr.In.URL.Path, r.Prefix)
@@ -154,9 +155,16 @@ func (rp *routeProxy) serve(w http.ResponseWriter, r *http.Request) error {
 	if err := a.limit(w, r, claims); err != nil {
 		return err
 	}
-	if claims != nil {
-		r = r.WithContext(context.WithValue(r.Context(), claimsKey, claims))
+	inst, err := rp.pool.pick(a.now())
+	if err != nil {
+		he := service.Errorf(http.StatusServiceUnavailable, service.CodeUnready, "no healthy %s instance", rp.route.Service)
+		he.Cause = err
+		return he
 	}
-	rp.proxy.ServeHTTP(w, r)
+	ctx := context.WithValue(r.Context(), instanceKey{}, inst)
+	if claims != nil {
+		ctx = context.WithValue(ctx, claimsKey, claims)
+	}
+	rp.proxy.ServeHTTP(w, r.WithContext(ctx))
 	return nil
 }

@@ -1,0 +1,69 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"time"
+
+	consul "github.com/hashicorp/consul/api"
+)
+
+// discover starts following Consul's healthy instances of each service
+// with blocking queries (no polling storm): a change reaches the pool as
+// soon as Consul sees it, and when Consul is unreachable the last good set
+// is kept. Services are registered in Consul under their catalog names.
+func (a *App) discover(ctx context.Context) error {
+	cfg := consul.DefaultConfig()
+	cfg.Address = a.consulAddr
+	client, err := consul.NewClient(cfg)
+	if err != nil {
+		return fmt.Errorf("consul at %s: %w", a.consulAddr, err)
+	}
+	for svc, p := range a.pools {
+		if svc == "auth" {
+			continue
+		}
+		go a.watch(ctx, client, svc, p)
+	}
+	return nil
+}
+
+func (a *App) watch(ctx context.Context, client *consul.Client, svc string, p *pool) {
+	var index uint64
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		opts := (&consul.QueryOptions{WaitIndex: index, WaitTime: 30 * time.Second}).WithContext(ctx)
+		entries, meta, err := client.Health().Service(svc, "", true, opts)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.logger.Warn("consul query failed; keeping the last known instances", "service", svc, "error", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 200 * time.Millisecond
+		if meta.LastIndex < index {
+			index = 0 // Consul's index went backwards (a restart): start over
+		} else {
+			index = meta.LastIndex
+		}
+		var urls []*url.URL
+		for _, e := range entries {
+			host := e.Service.Address
+			if host == "" {
+				host = e.Node.Address
+			}
+			urls = append(urls, &url.URL{Scheme: "http", Host: net.JoinHostPort(host, strconv.Itoa(e.Service.Port))})
+		}
+		p.set(urls)
+	}
+}

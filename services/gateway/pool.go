@@ -1,0 +1,174 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// How long an instance that failed a request stays out (passive health),
+// and how often instances are probed (active health).
+const (
+	ejectFor      = 10 * time.Second
+	probeInterval = 5 * time.Second
+)
+
+// errNoUpstream means every instance of a service is out.
+var errNoUpstream = errors.New("no healthy instance")
+
+// instance is one address of a service.
+type instance struct {
+	url       *url.URL
+	downUntil atomic.Int64 // unix nanos; passive ejection
+	probeDown atomic.Bool  // active check failing
+}
+
+func (i *instance) healthy(now time.Time) bool {
+	return !i.probeDown.Load() && i.downUntil.Load() < now.UnixNano()
+}
+
+// pool is the instances of one service, from configuration or Consul,
+// picked round robin among the healthy ones.
+type pool struct {
+	service string
+	mu      sync.RWMutex
+	all     []*instance
+	next    atomic.Uint64
+}
+
+func newPool(service string, urls ...*url.URL) *pool {
+	p := &pool{service: service}
+	p.set(urls)
+	return p
+}
+
+// set replaces the instance list, keeping the health state of instances
+// that stay.
+func (p *pool) set(urls []*url.URL) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := map[string]*instance{}
+	for _, i := range p.all {
+		old[i.url.String()] = i
+	}
+	var next []*instance
+	for _, u := range urls {
+		if i, ok := old[u.String()]; ok {
+			next = append(next, i)
+		} else {
+			next = append(next, &instance{url: u})
+		}
+	}
+	p.all = next
+}
+
+// pick returns a healthy instance other than the ones in skip.
+func (p *pool) pick(now time.Time, skip ...*instance) (*instance, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	n := len(p.all)
+	start := p.next.Add(1)
+	for k := 0; k < n; k++ {
+		i := p.all[(int(start)+k)%n]
+		if i.healthy(now) && !slices.Contains(skip, i) {
+			return i, nil
+		}
+	}
+	return nil, fmt.Errorf("%s: %w (%d known)", p.service, errNoUpstream, n)
+}
+
+// eject takes an instance out for a while after a failed request.
+func (p *pool) eject(i *instance, now time.Time) { i.downUntil.Store(now.Add(ejectFor).UnixNano()) }
+
+// healthyURLs lists the instances in service.
+func (p *pool) healthyURLs(now time.Time) []string {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	var out []string
+	for _, i := range p.all {
+		if i.healthy(now) {
+			out = append(out, i.url.String())
+		}
+	}
+	return out
+}
+
+// probe checks every instance's /health once.
+func (p *pool) probe(ctx context.Context, client *http.Client) {
+	p.mu.RLock()
+	all := slices.Clone(p.all)
+	p.mu.RUnlock()
+	var wg sync.WaitGroup
+	for _, i := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			i.probeDown.Store(probe(ctx, client, strings.TrimSuffix(i.url.String(), "/")+"/health") != nil)
+		}()
+	}
+	wg.Wait()
+}
+
+// probeLoop runs active health checks until ctx ends.
+func (p *pool) probeLoop(ctx context.Context, client *http.Client) {
+	t := time.NewTicker(probeInterval)
+	defer t.Stop()
+	for {
+		p.probe(ctx, client)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+type instanceKey struct{}
+
+// retryTransport sends a request to the instance chosen for it and, for an
+// idempotent request without a body, once more to another healthy instance
+// if the first fails at the transport level. Failing instances are ejected.
+type retryTransport struct {
+	base http.RoundTripper
+	pool *pool
+	now  func() time.Time
+}
+
+func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	first, _ := req.Context().Value(instanceKey{}).(*instance)
+	resp, err := t.base.RoundTrip(req)
+	if err == nil || first == nil || req.Context().Err() != nil {
+		return resp, err
+	}
+	t.pool.eject(first, t.now())
+	if !idempotent(req) {
+		return nil, err
+	}
+	other, perr := t.pool.pick(t.now(), first)
+	if perr != nil {
+		return nil, err
+	}
+	retry := req.Clone(req.Context())
+	retry.URL.Scheme, retry.URL.Host = other.url.Scheme, other.url.Host
+	retry.Host = other.url.Host
+	resp, err = t.base.RoundTrip(retry)
+	if err != nil {
+		t.pool.eject(other, t.now())
+	}
+	return resp, err
+}
+
+func idempotent(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
+	}
+	return false
+}
