@@ -8,8 +8,10 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -59,6 +61,27 @@ type gw struct {
 
 func startGateway(t *testing.T, upstream string, env map[string]string) *gw {
 	t.Helper()
+	return startGatewayWith(t, upstream, env, nil)
+}
+
+// startGatewayWithRoutes starts a gateway with its own route table.
+func startGatewayWithRoutes(t *testing.T, upstream string, routes []Route) *gw {
+	t.Helper()
+	return startGatewayWith(t, upstream, nil, routes)
+}
+
+func mustURL(t *testing.T, raw string) *url.URL {
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func urls(us ...*url.URL) []*url.URL { return us }
+
+func startGatewayWith(t *testing.T, upstream string, env map[string]string, routes []Route) *gw {
+	t.Helper()
 	vars := map[string]string{"JWT_SECRET_KEY": secret}
 	for _, svc := range []string{"ENGINE", "ANCHORING", "BLOCKS", "DATACHAIN"} {
 		vars["LUCID_"+svc+"_URL"] = upstream
@@ -73,15 +96,26 @@ func startGateway(t *testing.T, upstream string, env map[string]string) *gw {
 	if err := r.Err(); err != nil {
 		t.Fatal(err)
 	}
+	if routes != nil {
+		app.routes = append([]Route(nil), routes...)
+	}
 	g := &gw{app: app, now: time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)}
 	app.now = func() time.Time { g.mu.Lock(); defer g.mu.Unlock(); return g.now }
 	srv := service.New(service.Config{Name: "gateway"}, slog.New(slog.DiscardHandler))
-	if err := app.Provision(context.Background(), srv); err != nil {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := app.Provision(ctx, srv); err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(func() { hs.Close(); _ = app.Close() })
-	g.url = hs.URL
+	// The service's own server, with its real timeouts.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() { defer close(served); _ = srv.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-served; _ = app.Close() })
+	g.url = "http://" + ln.Addr().String()
 	return g
 }
 
