@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X $(MODULE)/pkg/buildinfo.Version=$(VERSION) -X $(MODULE)/pkg/buildinfo.Commit=$(COMMIT)
 
-.PHONY: build run test test-race bench vet fmt clean consul
+.PHONY: build run test test-race bench bench-gateway vet fmt clean consul
 
 ## build: lucidctl and lucid into bin/
 build:
@@ -32,6 +32,10 @@ bench:
 	LUCID_BENCH_SLOTS=100 go test -run '^$$' -bench SlotAccuracy -benchtime 1x ./services/engine
 	go test -run '^$$' -bench 'Ingest|Read' -benchtime 1000x ./pkg/packstore
 	go test -run '^$$' -bench SessionProof ./services/datachain
+
+## bench-gateway: the gateway against nginx with wrk on 127.0.0.1
+bench-gateway:
+	./scripts/bench-gateway.sh
 
 vet:
 	go vet ./...

@@ -66,6 +66,14 @@ func (r *Redis) Allow(ctx context.Context, key string, l Limit, now time.Time) (
 	return d, nil
 }
 
+// quiet keeps go-redis from printing: its failures reach callers as
+// errors, and the caller logs them.
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
+
+func init() { redis.SetLogger(quiet{}) }
+
 // ParseRedisURL opens a client for REDIS_URL (redis://[user:pass@]host:port/db).
 func ParseRedisURL(raw string) (*redis.Client, error) {
 	opts, err := redis.ParseURL(raw)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/service"
@@ -30,10 +31,16 @@ func (a *App) authenticate(r *http.Request) (*auth.Claims, error) {
 	if !ok {
 		return nil, errors.New("not a Bearer token")
 	}
-	c, err := auth.Parse(a.secret, strings.TrimSpace(tok), a.now)
+	tok = strings.TrimSpace(tok)
+	now := a.now()
+	if c := a.tokens.get(tok, now); c != nil {
+		return c, nil
+	}
+	c, err := auth.Parse(a.secret, tok, func() time.Time { return now })
 	if err != nil {
 		return nil, err
 	}
+	a.tokens.put(tok, &c)
 	return &c, nil
 }
 

@@ -45,6 +45,7 @@ type App struct {
 	metrics *metrics
 	closers []func() error
 	pools   map[string]*pool
+	tokens  *tokenCache
 	// consulAddr, from CONSUL_HOST and CONSUL_PORT, switches upstreams
 	// from static addresses to Consul's healthy instances.
 	consulAddr string
@@ -130,6 +131,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		}
 	}
 	a.metrics = newMetrics(srv.Registerer())
+	a.tokens = newTokenCache(100_000)
 	buffers := newBufferPool()
 	a.pools = map[string]*pool{}
 	for svc, u := range ups {
@@ -197,13 +199,18 @@ func probe(ctx context.Context, client *http.Client, url string) error {
 }
 
 type metrics struct {
-	decisions      *prometheus.CounterVec
-	upstreamErrors *prometheus.CounterVec
-	authFailures   prometheus.Counter
+	upstreamLatency *prometheus.HistogramVec
+	decisions       *prometheus.CounterVec
+	upstreamErrors  *prometheus.CounterVec
+	authFailures    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
+		upstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "lucid_gateway_upstream_duration_seconds", Help: "Time from sending a request upstream to its response headers, by service.",
+			Buckets: []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 5},
+		}, []string{"service"}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lucid_gateway_ratelimit_decisions_total", Help: "Rate-limit decisions by tier and outcome.",
 		}, []string{"tier", "outcome"}),
@@ -212,7 +219,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"service"}),
 		authFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_gateway_auth_failures_total", Help: "Requests refused for a missing or invalid token."}),
 	}
-	reg.MustRegister(m.decisions, m.upstreamErrors, m.authFailures)
+	reg.MustRegister(m.upstreamLatency, m.decisions, m.upstreamErrors, m.authFailures)
 	return m
 }
 

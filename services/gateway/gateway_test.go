@@ -37,6 +37,9 @@ type backend struct {
 func newBackend(t *testing.T) *backend {
 	b := &backend{}
 	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" { // the gateway's active checks
+			return
+		}
 		b.mu.Lock()
 		b.last = r.Clone(context.Background())
 		b.mu.Unlock()

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // How long an instance that failed a request stays out (passive health),
@@ -136,14 +138,19 @@ type instanceKey struct{}
 // idempotent request without a body, once more to another healthy instance
 // if the first fails at the transport level. Failing instances are ejected.
 type retryTransport struct {
-	base http.RoundTripper
-	pool *pool
-	now  func() time.Time
+	base    http.RoundTripper
+	pool    *pool
+	now     func() time.Time
+	latency prometheus.Observer // upstream time to response headers
 }
 
 func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	first, _ := req.Context().Value(instanceKey{}).(*instance)
+	start := time.Now()
 	resp, err := t.base.RoundTrip(req)
+	if err == nil && t.latency != nil {
+		t.latency.Observe(time.Since(start).Seconds())
+	}
 	if err == nil || first == nil || req.Context().Err() != nil {
 		return resp, err
 	}

@@ -72,9 +72,12 @@ type routeProxy struct {
 func (a *App) newRouteProxy(r Route, p *pool, transport http.RoundTripper, buffers httputil.BufferPool) *routeProxy {
 	rp := &routeProxy{route: r, gw: a, logger: a.logger, pool: p}
 	rp.proxy = &httputil.ReverseProxy{
-		Transport:     &retryTransport{base: transport, pool: p, now: a.now},
-		BufferPool:    buffers,
-		FlushInterval: -1, // stream: follow streams and audits are NDJSON
+		Transport:  &retryTransport{base: transport, pool: p, now: a.now},
+		BufferPool: buffers,
+		// No forced flushing: a response of known length goes out in one
+		// write. Streams (follow, audits) have no Content-Length, and
+		// ReverseProxy flushes those after every write by itself.
+		FlushInterval: 0,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			target := pr.In.Context().Value(instanceKey{}).(*instance).url
 			pr.SetURL(target)

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# bench-gateway.sh compares the gateway with nginx as a plain reverse proxy
+# to the same trivial backend, on 127.0.0.1 only: requests/s and p50/p99 at
+# 1 and 16 connections for direct, nginx and the gateway (JWT and rate
+# limiting on, enterprise tier with a limit that never triggers), then the
+# gateway's memory for 10,000 idle keep-alive connections.
+#
+#   ./scripts/bench-gateway.sh [seconds per run, default 8]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-8}"
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
+if ((${#need[@]})); then
+	echo "installing ${need[*]}" >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	"$NGINX" -p "$work" -c "$work/nginx.conf" -s stop 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+go build -o "$work/" ./cmd/lucid ./cmd/lucidctl ./internal/loadtool
+
+BACK=127.0.0.1:19101 NGX=127.0.0.1:19102 GW=127.0.0.1:19103
+"$work/loadtool" backend -addr "$BACK" & pids+=($!)
+
+mkdir -p "$work/logs"
+cat >"$work/nginx.conf" <<NGINX
+worker_processes 2;
+error_log $work/logs/error.log warn;
+pid $work/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream backend { server $BACK; keepalive 64; }
+  server {
+    listen $NGX;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+NGINX
+"$NGINX" -p "$work" -c "$work/nginx.conf"
+
+secret="$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 48)"
+export JWT_SECRET_KEY="$secret"
+for s in ENGINE ANCHORING BLOCKS DATACHAIN; do export "LUCID_${s}_URL=http://$BACK"; done
+LUCID_ADDR="$GW" LUCID_RATE_ENTERPRISE=100000000 LUCID_LOG_LEVEL=warn AUTH_SERVICE_URL="http://$BACK" \
+	"$work/lucid" gateway 2>"$work/gateway.log" & gwpid=$!
+pids+=($gwpid)
+token="$("$work/lucidctl" token --tier enterprise --sub bench --ttl 1h)"
+
+for i in $(seq 50); do
+	curl -fsS -o /dev/null "http://$GW/health" 2>/dev/null && curl -fsS -o /dev/null "http://$NGX/" && break
+	sleep 0.1
+done
+
+# run NAME URL CONNS [header] -> "rps p50 p99"
+run() {
+	local out
+	out="$(wrk -t "$(( $3 < 2 ? 1 : 2 ))" -c "$3" -d "${secs}s" --latency ${4:+-H "$4"} "$2")"
+	local rps p50 p99
+	rps="$(awk '/Requests\/sec/ {print $2}' <<<"$out")"
+	p50="$(awk '$1=="50%" {print $2}' <<<"$out")"
+	p99="$(awk '$1=="99%" {print $2}' <<<"$out")"
+	printf "%-8s %5s conns  %12s req/s  p50 %9s  p99 %9s\n" "$1" "$3" "$rps" "$p50" "$p99"
+	echo "$rps" >"$work/rps-$1-$3"
+}
+
+echo "== gateway vs nginx, ${secs}s per run (results on stdout)" >&2
+for c in 1 16; do
+	run direct "http://$BACK/api/v1/anchors/x" "$c"
+	run nginx "http://$NGX/api/v1/anchors/x" "$c"
+	run gateway "http://$GW/api/v1/anchors/x" "$c" "Authorization: Bearer $token"
+done
+for c in 1 16; do
+	awk -v g="$(cat "$work/rps-gateway-$c")" -v n="$(cat "$work/rps-nginx-$c")" -v c="$c" \
+		'BEGIN { printf "gateway/nginx at %s conns: %.2f\n", c, g / n }'
+done
+
+echo "== memory for 10,000 idle keep-alive connections" >&2
+ulimit -n 65536 2>/dev/null || true
+rss() { awk '/VmRSS/ {print $2}' "/proc/$gwpid/status"; }
+before="$(rss)"
+"$work/loadtool" idle -url "http://$GW/api/v1/anchors/x" -n 10000 -hold 5s -header "Authorization: Bearer $token" >/dev/null &
+idlepid=$!
+sleep 4
+held="$(rss)"
+wait "$idlepid" || echo "idle connections could not all be opened (ulimit?)" >&2
+awk -v b="$before" -v h="$held" 'BEGIN { printf "gateway RSS: %.1f MiB before, %.1f MiB with 10,000 idle connections (%.1f KiB each)\n", b/1024, h/1024, (h-b)/10000 }'
