@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
 	"net/http"
 	"os"
@@ -42,27 +41,10 @@ type proc struct {
 	name string
 	env  []string
 	url  string
-	logs *syncBuffer
+	logs *testenv.SyncBuffer
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func newProc(t testing.TB, name string, env ...string) *proc {
@@ -72,7 +54,7 @@ func newProc(t testing.TB, name string, env ...string) *proc {
 	}
 	port := testenv.FreePort(t)
 	p := &proc{
-		t: t, name: name, url: fmt.Sprintf("http://127.0.0.1:%d", port), logs: &syncBuffer{},
+		t: t, name: name, url: fmt.Sprintf("http://127.0.0.1:%d", port), logs: &testenv.SyncBuffer{},
 		env: append(os.Environ(),
 			fmt.Sprintf("LUCID_ADDR=127.0.0.1:%d", port),
 			"LUCID_DATA_DIR="+filepath.Join(t.TempDir(), name),

@@ -158,7 +158,7 @@ func StartConsul(t testing.TB) string {
 	cmd := exec.Command(bin, "agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-node=lucid-test",
 		"-http-port="+httpPort, "-grpc-port=-1", "-grpc-tls-port=-1", "-dns-port=-1",
 		"-server-port="+port(), "-serf-lan-port="+port(), "-serf-wan-port="+port())
-	var out syncBuffer
+	var out SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -178,25 +178,28 @@ func StartConsul(t testing.TB) string {
 		defer c.Close()
 		_, _ = c.Write([]byte("GET /v1/status/leader HTTP/1.0\r\n\r\n"))
 		_ = c.SetReadDeadline(time.Now().Add(time.Second))
-		resp, _ := io.ReadAll(c) // HTTP/1.0: the server closes when done
+		resp, _ := io.ReadAll(c)                                                                         // HTTP/1.0: the server closes when done
 		return strings.Contains(string(resp), "200 OK") && strings.Contains(string(resp), `"127.0.0.1:`) // a leader address
 	})
 	return addr
 }
 
-// syncBuffer collects a child's output from several goroutines.
-type syncBuffer struct {
+// SyncBuffer collects a child process's output, written from several
+// goroutines.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  strings.Builder
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+// Write implements io.Writer.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+// String returns what was written.
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
