@@ -132,8 +132,6 @@ func (p *pool) probeLoop(ctx context.Context, client *http.Client) {
 	}
 }
 
-type instanceKey struct{}
-
 // retryTransport sends a request to the instance chosen for it and, for an
 // idempotent request without a body, once more to another healthy instance
 // if the first fails at the transport level. Failing instances are ejected.
@@ -145,11 +143,20 @@ type retryTransport struct {
 }
 
 func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	first, _ := req.Context().Value(instanceKey{}).(*instance)
+	var first *instance
+	if px := proxiedOf(req); px != nil {
+		first = px.inst
+	}
 	start := time.Now()
 	resp, err := t.base.RoundTrip(req)
 	if err == nil && t.latency != nil {
 		t.latency.Observe(time.Since(start).Seconds())
+	}
+	if err == nil && first != nil && unavailable(resp.StatusCode) {
+		// The instance answers but cannot serve (it is starting, draining
+		// or broken): the answer goes back to the client, and the
+		// instance sits out for a while.
+		t.pool.eject(first, t.now())
 	}
 	if err == nil || first == nil || req.Context().Err() != nil {
 		return resp, err
@@ -170,6 +177,12 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		t.pool.eject(other, t.now())
 	}
 	return resp, err
+}
+
+// unavailable are the answers that say the instance, not the request, is
+// the problem.
+func unavailable(code int) bool {
+	return code == http.StatusBadGateway || code == http.StatusServiceUnavailable || code == http.StatusGatewayTimeout
 }
 
 func idempotent(r *http.Request) bool {

@@ -56,9 +56,19 @@ func newTransport(headerTimeout time.Duration) *http.Transport {
 	}
 }
 
-type ctxKey int
+// proxied is what serve decided for a request, for the proxy's Rewrite
+// and transport: one context value rather than one per item.
+type proxied struct {
+	inst   *instance
+	claims *auth.Claims
+}
 
-const claimsKey ctxKey = 0
+type proxiedKey struct{}
+
+func proxiedOf(r *http.Request) *proxied {
+	p, _ := r.Context().Value(proxiedKey{}).(*proxied)
+	return p
+}
 
 // routeProxy is the handler of one route.
 type routeProxy struct {
@@ -79,7 +89,8 @@ func (a *App) newRouteProxy(r Route, p *pool, transport http.RoundTripper, buffe
 		// ReverseProxy flushes those after every write by itself.
 		FlushInterval: 0,
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			target := pr.In.Context().Value(instanceKey{}).(*instance).url
+			px := proxiedOf(pr.In)
+			target := px.inst.url
 			pr.SetURL(target)
 			if r.Strip {
 				p := strings.TrimPrefix(pr.In.URL.Path, r.Prefix)
@@ -93,7 +104,7 @@ func (a *App) newRouteProxy(r Route, p *pool, transport http.RoundTripper, buffe
 			pr.Out.Header.Set(service.HeaderRequestID, service.RequestID(pr.In.Context()))
 			pr.Out.Header.Del(HeaderSub)
 			pr.Out.Header.Del(HeaderTier)
-			if c, ok := pr.In.Context().Value(claimsKey).(*auth.Claims); ok {
+			if c := px.claims; c != nil {
 				pr.Out.Header.Set(HeaderSub, c.Subject)
 				pr.Out.Header.Set(HeaderTier, string(c.Tier))
 			}
@@ -164,10 +175,7 @@ func (rp *routeProxy) serve(w http.ResponseWriter, r *http.Request) error {
 		he.Cause = err
 		return he
 	}
-	ctx := context.WithValue(r.Context(), instanceKey{}, inst)
-	if claims != nil {
-		ctx = context.WithValue(ctx, claimsKey, claims)
-	}
+	ctx := context.WithValue(r.Context(), proxiedKey{}, &proxied{inst: inst, claims: claims})
 	rp.proxy.ServeHTTP(w, r.WithContext(ctx))
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -111,4 +112,26 @@ func TestSlowClientsAndSlowUpstreams(t *testing.T) {
 		_, err := io.ReadAll(conns[0])
 		return err == nil // EOF: the server closed it
 	})
+}
+
+// TestUnavailableInstanceIsEjected: an instance answering 503 passes that
+// answer on once, then sits out while the other instance serves.
+func TestUnavailableInstanceIsEjected(t *testing.T) {
+	sickSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer sickSrv.Close()
+	live := newInstance(t, "live")
+	be := newBackend(t)
+	g := startGateway(t, be.URL, nil)
+	g.app.pools["anchoring"].set(urls(mustURL(t, sickSrv.URL), mustURL(t, live.URL)))
+	tok := g.token(t, "u", "enterprise")
+	codes := map[int]int{}
+	for i := 0; i < 10; i++ {
+		resp, _ := g.get(t, "/api/v1/anchors/x", map[string]string{"Authorization": "Bearer " + tok})
+		codes[resp.StatusCode]++
+	}
+	if codes[503] > 1 || codes[200] < 9 {
+		t.Errorf("outcomes %v: the 503 instance should be out after its first answer", codes)
+	}
 }
