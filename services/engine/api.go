@@ -155,9 +155,13 @@ func (a *api) txStatus(w http.ResponseWriter, r *http.Request) error {
 
 func (a *api) chainInfo(w http.ResponseWriter, _ *http.Request) error {
 	n := a.node
+	vals := n.store.Validators()
+	if vals == nil {
+		vals = []string{} // a stable shape before the first block
+	}
 	info := engineapi.ChainInfo{
 		ChainID: n.cfg.ChainID, Origin: n.origin, NodeID: n.cfg.NodeID, ValidatorKey: n.vkey,
-		Validators: n.store.Validators(), BlockInterval: n.cfg.BlockInterval.String(), Leader: n.isLeader(),
+		Validators: vals, BlockInterval: n.cfg.BlockInterval.String(), Leader: n.isLeader(),
 		Root: base64.StdEncoding.EncodeToString(logtree.Hasher.EmptyRoot()),
 	}
 	if h := n.store.Head(); h != nil {

@@ -43,6 +43,7 @@ func newBackend(t *testing.T) *backend {
 		b.mu.Lock()
 		b.last = r.Clone(context.Background())
 		b.mu.Unlock()
+		w.Header().Set("X-Request-ID", r.Header.Get("X-Request-ID")) // as Lucid services do
 		_, _ = io.WriteString(w, "upstream:"+r.URL.Path)
 	}))
 	t.Cleanup(b.Close)
@@ -230,6 +231,9 @@ func TestProxyHeadersAndPaths(t *testing.T) {
 	}
 	if r.Header.Get("X-Request-ID") != "req-123" || r.Header.Get("X-Forwarded-For") == "" || r.Header.Get("X-Forwarded-Proto") != "http" {
 		t.Errorf("forwarding headers: %v", r.Header)
+	}
+	if ids := resp.Header.Values("X-Request-ID"); len(ids) != 1 || ids[0] != "req-123" {
+		t.Errorf("X-Request-ID on the response = %v", ids)
 	}
 	if resp.Header.Get("RateLimit-Limit") != "1000" {
 		t.Errorf("RateLimit-Limit = %q", resp.Header.Get("RateLimit-Limit"))

@@ -109,6 +109,12 @@ func (a *App) newRouteProxy(r Route, p *pool, transport http.RoundTripper, buffe
 				pr.Out.Header.Set(HeaderTier, string(c.Tier))
 			}
 		},
+		ModifyResponse: func(resp *http.Response) error {
+			// The upstream echoes the request id the gateway gave it; the
+			// gateway has set it on the response already.
+			resp.Header.Del(service.HeaderRequestID)
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
 			code, status, msg := CodeUpstream, http.StatusBadGateway, "upstream unavailable"
 			var ne net.Error
