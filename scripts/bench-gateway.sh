@@ -57,7 +57,7 @@ NGINX
 secret="$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 48)"
 export JWT_SECRET_KEY="$secret"
 for s in ENGINE ANCHORING BLOCKS DATACHAIN; do export "LUCID_${s}_URL=http://$BACK"; done
-LUCID_ADDR="$GW" LUCID_RATE_ENTERPRISE=100000000 LUCID_LOG_LEVEL=warn AUTH_SERVICE_URL="http://$BACK" \
+LUCID_ADDR="$GW" LUCID_RATE_ENTERPRISE=10000000 LUCID_LOG_LEVEL=warn AUTH_SERVICE_URL="http://$BACK" \
 	"$work/lucid" gateway 2>"$work/gateway.log" & gwpid=$!
 pids+=($gwpid)
 token="$("$work/lucidctl" token --tier enterprise --sub bench --ttl 1h)"

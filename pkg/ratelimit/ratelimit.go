@@ -113,21 +113,27 @@ func (m *Memory) Allow(_ context.Context, key string, l Limit, now time.Time) (D
 	return d, nil
 }
 
-// evict drops keys whose TAT has passed (their budget is whole again, so
-// forgetting them changes nothing); if none has, it drops one at random.
+// evict makes room by sampling: it looks at up to 32 keys (map order is
+// random), drops those whose TAT has passed (their budget is whole again,
+// so forgetting them changes nothing) and, if none had, the sampled key
+// closest to whole. Constant work however full the shard is.
 func (sh *shard) evict(now time.Time) {
-	dropped := false
+	var victim string
+	var earliest time.Time
+	n, dropped := 0, false
 	for k, t := range sh.tats {
 		if !t.After(now) {
 			delete(sh.tats, k)
 			dropped = true
+		} else if victim == "" || t.Before(earliest) {
+			victim, earliest = k, t
+		}
+		if n++; n == 32 {
+			break
 		}
 	}
-	if !dropped {
-		for k := range sh.tats {
-			delete(sh.tats, k)
-			return
-		}
+	if !dropped && victim != "" {
+		delete(sh.tats, victim)
 	}
 }
 

@@ -48,14 +48,13 @@ func (a *App) authenticate(r *http.Request) (*auth.Claims, error) {
 // only when the direct peer is a trusted proxy, and then the rightmost
 // address not itself trusted is the client.
 func (a *App) clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
+	host := peerHost(r)
 	if !a.isTrusted(host) {
 		return host
 	}
-	hops := strings.Split(r.Header.Get("X-Forwarded-For"), ",")
+	// All X-Forwarded-For lines, in order: a client's own line comes
+	// first, the trusted proxy's last, and only the tail is believed.
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
 	for i := len(hops) - 1; i >= 0; i-- {
 		ip := strings.TrimSpace(hops[i])
 		if net.ParseIP(ip) == nil {
@@ -64,6 +63,15 @@ func (a *App) clientIP(r *http.Request) string {
 		if !a.isTrusted(ip) {
 			return ip
 		}
+	}
+	return host
+}
+
+// peerHost is the address of the direct peer.
+func peerHost(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
 	}
 	return host
 }

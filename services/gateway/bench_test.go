@@ -20,7 +20,7 @@ func BenchmarkProxy(b *testing.B) {
 	}))
 	defer backend.Close()
 	t := &testing.T{}
-	g := startGatewayWith(t, backend.URL, map[string]string{"LUCID_RATE_ENTERPRISE": "100000000"}, nil)
+	g := startGatewayWith(t, backend.URL, map[string]string{"LUCID_RATE_ENTERPRISE": "10000000"}, nil)
 	tok := g.token(t, "bench", auth.TierEnterprise)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	b.ReportAllocs()

@@ -51,9 +51,10 @@ func (a *App) watch(ctx context.Context, client *consul.Client, svc string, p *p
 			continue
 		}
 		backoff = 200 * time.Millisecond
-		if meta.LastIndex < index {
-			index = 0 // Consul's index went backwards (a restart): start over
-		} else {
+		switch {
+		case meta.LastIndex < index, meta.LastIndex == 0:
+			index = 1 // went backwards (a restart) or unset: start over, still blocking
+		default:
 			index = meta.LastIndex
 		}
 		var urls []*url.URL

@@ -80,7 +80,9 @@ func (a *App) Configure(r *envconfig.Reader) {
 		key  string
 		def  int
 	}{{auth.TierFree, "LUCID_RATE_FREE", 100}, {auth.TierPremium, "LUCID_RATE_PREMIUM", 1000}, {auth.TierEnterprise, "LUCID_RATE_ENTERPRISE", 10000}} {
-		n := r.Int(t.key, t.def, 1, 100_000_000)
+		// Bounded so one request's interval stays at least a microsecond,
+		// the Redis limiter's resolution.
+		n := r.Int(t.key, t.def, 1, 10_000_000)
 		a.limits[t.tier] = ratelimit.Limit{Limit: n, Period: time.Minute, Burst: max(n/divisor, 1)}
 	}
 	for _, c := range strings.Split(r.String("LUCID_TRUSTED_PROXIES", ""), ",") {
@@ -150,17 +152,17 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		srv.HandleHTTP(rt.Prefix, h)
 		srv.HandleHTTP(strings.TrimSuffix(rt.Prefix, "/")+"/", h)
 	}
-	probes := &http.Client{Timeout: time.Second}
-	for svc, p := range a.pools {
-		if svc != "auth" { // the Phase 1 auth service need not be up for ours
-			go p.probeLoop(ctx, probes)
-		}
-	}
 	mode := "static"
 	if a.consulAddr != "" {
 		mode = "consul"
 		if err := a.discover(ctx); err != nil {
 			return err
+		}
+	}
+	probes := &http.Client{Timeout: time.Second}
+	for svc, p := range a.pools {
+		if svc != "auth" { // the Phase 1 auth service need not be up for ours
+			go p.probeLoop(ctx, probes)
 		}
 	}
 	srv.AddDetailedCheck("upstreams", func(context.Context) (string, error) {

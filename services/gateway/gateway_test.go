@@ -150,7 +150,9 @@ func (g *gw) get(t *testing.T, path string, hdr map[string]string) (*http.Respon
 
 func TestTokens(t *testing.T) {
 	be := newBackend(t)
-	g := startGateway(t, be.URL, nil)
+	// Bad tokens count against the client's address: a budget that the
+	// table's refusals do not exhaust.
+	g := startGateway(t, be.URL, map[string]string{"LUCID_RATE_FREE": "10000"})
 	now := g.now
 	claims := func(mod func(*auth.Claims)) *auth.Claims {
 		c := &auth.Claims{Tier: auth.TierPremium, RegisteredClaims: jwt.RegisteredClaims{

@@ -86,8 +86,22 @@ func (p *pool) pick(now time.Time, skip ...*instance) (*instance, error) {
 	return nil, fmt.Errorf("%s: %w (%d known)", p.service, errNoUpstream, n)
 }
 
-// eject takes an instance out for a while after a failed request.
-func (p *pool) eject(i *instance, now time.Time) { i.downUntil.Store(now.Add(ejectFor).UnixNano()) }
+// eject takes an instance out for a while after a failed request, unless
+// it is the last healthy one: a lone instance's passing fault must not
+// become ten seconds of refusals.
+func (p *pool) eject(i *instance, now time.Time) {
+	p.mu.RLock()
+	others := 0
+	for _, o := range p.all {
+		if o != i && o.healthy(now) {
+			others++
+		}
+	}
+	p.mu.RUnlock()
+	if others > 0 {
+		i.downUntil.Store(now.Add(ejectFor).UnixNano())
+	}
+}
 
 // healthyURLs lists the instances in service.
 func (p *pool) healthyURLs(now time.Time) []string {
@@ -152,17 +166,13 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err == nil && t.latency != nil {
 		t.latency.Observe(time.Since(start).Seconds())
 	}
-	if err == nil && first != nil && unavailable(resp.StatusCode) {
-		// The instance answers but cannot serve (it is starting, draining
-		// or broken): the answer goes back to the client, and the
-		// instance sits out for a while.
-		t.pool.eject(first, t.now())
-	}
 	if err == nil || first == nil || req.Context().Err() != nil {
 		return resp, err
 	}
 	t.pool.eject(first, t.now())
-	if !idempotent(req) {
+	// Retry only an idempotent request, and only a quick failure (a refused
+	// or reset connection): after a timeout, a second wait would double it.
+	if !idempotent(req) || time.Since(start) > time.Second {
 		return nil, err
 	}
 	other, perr := t.pool.pick(t.now(), first)
@@ -177,12 +187,6 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		t.pool.eject(other, t.now())
 	}
 	return resp, err
-}
-
-// unavailable are the answers that say the instance, not the request, is
-// the problem.
-func unavailable(code int) bool {
-	return code == http.StatusBadGateway || code == http.StatusServiceUnavailable || code == http.StatusGatewayTimeout
 }
 
 func idempotent(r *http.Request) bool {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -82,7 +83,8 @@ type routeProxy struct {
 func (a *App) newRouteProxy(r Route, p *pool, transport http.RoundTripper, buffers httputil.BufferPool) *routeProxy {
 	rp := &routeProxy{route: r, gw: a, logger: a.logger, pool: p}
 	rp.proxy = &httputil.ReverseProxy{
-		Transport:  &retryTransport{base: transport, pool: p, now: a.now},
+		Transport: &retryTransport{base: transport, pool: p, now: a.now,
+			latency: a.metrics.upstreamLatency.WithLabelValues(r.Service)},
 		BufferPool: buffers,
 		// No forced flushing: a response of known length goes out in one
 		// write. Streams (follow, audits) have no Content-Length, and
@@ -93,12 +95,23 @@ func (a *App) newRouteProxy(r Route, p *pool, transport http.RoundTripper, buffe
 			target := px.inst.url
 			pr.SetURL(target)
 			if r.Strip {
-				p := strings.TrimPrefix(pr.In.URL.Path, r.Prefix)
+				// Work on the escaped path so %2F and %2e stay what they
+				// are; a stripped path that climbs out is refused in serve.
+				p := strings.TrimPrefix(pr.In.URL.EscapedPath(), r.Prefix)
 				if !strings.HasPrefix(p, "/") {
 					p = "/" + p
 				}
-				pr.Out.URL.Path = singleJoin(target.Path, p)
-				pr.Out.URL.RawPath = ""
+				raw := singleJoin(target.EscapedPath(), p)
+				pr.Out.URL.RawPath = raw
+				pr.Out.URL.Path, _ = url.PathUnescape(raw)
+			}
+			// Behind a trusted proxy the client's forwarding chain is kept
+			// (SetXForwarded then appends the peer); from anyone else it is
+			// dropped, so a client cannot plant addresses upstream.
+			if a.isTrusted(peerHost(pr.In)) {
+				if v := pr.In.Header.Values("X-Forwarded-For"); len(v) > 0 {
+					pr.Out.Header["X-Forwarded-For"] = []string{strings.Join(v, ", ")}
+				}
 			}
 			pr.SetXForwarded()
 			pr.Out.Header.Set(service.HeaderRequestID, service.RequestID(pr.In.Context()))
@@ -160,15 +173,21 @@ func (rp *routeProxy) serve(w http.ResponseWriter, r *http.Request) error {
 	}
 	a.cors.headers(w, r)
 
+	if rp.route.Strip && strings.Contains(r.URL.Path, "..") {
+		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "the path may not contain \"..\"")
+	}
 	var claims *auth.Claims
 	if h := r.Header.Get("Authorization"); h != "" || !rp.route.Public {
 		c, err := a.authenticate(r)
 		if err != nil {
-			if !rp.route.Public || h != "" {
-				rp.logger.InfoContext(r.Context(), "authentication failed", "reason", err.Error(), "path", r.URL.Path)
-				a.metrics.authFailures.Inc()
-				return service.Errorf(http.StatusUnauthorized, service.CodeAuth, "invalid or missing token")
+			rp.logger.InfoContext(r.Context(), "authentication failed", "reason", err.Error(), "path", r.URL.Path)
+			a.metrics.authFailures.Inc()
+			// Failed attempts count against the client's address, so
+			// guessing tokens is rate limited like anything else.
+			if lerr := a.limit(w, r, nil); lerr != nil {
+				return lerr
 			}
+			return service.Errorf(http.StatusUnauthorized, service.CodeAuth, "invalid or missing token")
 		}
 		claims = c
 	}

@@ -114,24 +114,61 @@ func TestSlowClientsAndSlowUpstreams(t *testing.T) {
 	})
 }
 
-// TestUnavailableInstanceIsEjected: an instance answering 503 passes that
-// answer on once, then sits out while the other instance serves.
-func TestUnavailableInstanceIsEjected(t *testing.T) {
-	sickSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// TestClientCaused5xxDoesNotEject: a service's own 503 (an audit already
+// running, a full mempool) is an answer, not a failure of the instance; it
+// goes back to the client and the instance stays in rotation.
+func TestClientCaused5xxDoesNotEject(t *testing.T) {
+	busy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" {
+			return
+		}
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}))
-	defer sickSrv.Close()
-	live := newInstance(t, "live")
+	defer busy.Close()
 	be := newBackend(t)
 	g := startGateway(t, be.URL, nil)
-	g.app.pools["anchoring"].set(urls(mustURL(t, sickSrv.URL), mustURL(t, live.URL)))
+	g.app.pools["anchoring"].set(urls(mustURL(t, busy.URL)))
 	tok := g.token(t, "u", "enterprise")
+	for i := 0; i < 5; i++ {
+		resp, body := g.get(t, "/api/v1/anchors/x", map[string]string{"Authorization": "Bearer " + tok})
+		if resp.StatusCode != 503 || strings.Contains(body, "no healthy") {
+			t.Fatalf("request %d: %d %s; want the upstream's own 503 every time", i, resp.StatusCode, body)
+		}
+	}
+}
+
+// TestForwardingAndGuessing: X-Forwarded-For from a trusted proxy is read
+// across all its lines (a client's own line cannot win), bad tokens count
+// against the client's address, and a stripped path cannot climb out.
+func TestForwardingAndGuessing(t *testing.T) {
+	be := newBackend(t)
+	g := startGateway(t, be.URL, map[string]string{"LUCID_TRUSTED_PROXIES": "127.0.0.1", "LUCID_RATE_FREE": "60"})
+	req := httptest.NewRequest(http.MethodGet, "/x", nil)
+	req.RemoteAddr = "127.0.0.1:5555"
+	req.Header.Add("X-Forwarded-For", "9.9.9.9")
+	req.Header.Add("X-Forwarded-For", "5.5.5.5")
+	if ip := g.app.clientIP(req); ip != "5.5.5.5" {
+		t.Errorf("client IP = %s, want 5.5.5.5 (the line the trusted proxy added)", ip)
+	}
 	codes := map[int]int{}
-	for i := 0; i < 10; i++ {
-		resp, _ := g.get(t, "/api/v1/anchors/x", map[string]string{"Authorization": "Bearer " + tok})
+	for i := 0; i < 20; i++ {
+		resp, _ := g.get(t, "/api/v1/blocks/1", map[string]string{"Authorization": "Bearer guess-" + strings.Repeat("x", i)})
 		codes[resp.StatusCode]++
 	}
-	if codes[503] > 1 || codes[200] < 9 {
-		t.Errorf("outcomes %v: the 503 instance should be out after its first answer", codes)
+	if codes[429] == 0 || codes[401] > 7 {
+		t.Errorf("token guessing: %v; want 429 after the free burst", codes)
+	}
+	g.advance(time.Minute)
+	tok := g.token(t, "u", "enterprise")
+	for _, p := range []string{"/blockchain/..%2Fapi%2Fv1%2Fx", "/blockchain/%2e%2e/x"} {
+		resp, _ := g.get(t, p, map[string]string{"Authorization": "Bearer " + tok})
+		if resp.StatusCode != 400 && resp.StatusCode != 404 {
+			t.Errorf("%s: %d, want it refused", p, resp.StatusCode)
+		}
+	}
+	if resp, body := g.get(t, "/blockchain/api/v1/a%2Fb", map[string]string{"Authorization": "Bearer " + tok}); resp.StatusCode != 200 || body != "upstream:/api/v1/a/b" {
+		t.Errorf("escaped slash: %d %q", resp.StatusCode, body)
+	} else if raw := be.lastRequest().URL.RawPath; raw != "/api/v1/a%2Fb" && be.lastRequest().RequestURI != "/api/v1/a%2Fb" {
+		t.Errorf("escaped slash reached the upstream as %q (%q)", be.lastRequest().RequestURI, raw)
 	}
 }
