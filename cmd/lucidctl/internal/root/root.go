@@ -25,7 +25,8 @@ func NewCmd(env *cli.Env) *cobra.Command {
 		Use:   "lucidctl <command>",
 		Short: "Build, deploy, run and check the Lucid core services",
 		Long: `lucidctl is the operations toolkit of Lucid: it runs the core services
-locally, and builds, deploys and verifies them on Raspberry Pi targets.
+locally, mints test tokens, pushes sessions into the data chain, and verifies
+receipts and chains without trusting a server.
 
 Results go to stdout; progress and diagnostics go to stderr.`,
 		Version:       buildinfo.Read().String(),
