@@ -257,24 +257,34 @@ type writeReq struct {
 	member *Member
 	// raw and from move an existing record (compaction): raw is the whole
 	// record, from where it is now.
-	raw   []byte
-	from  *Location
+	raw  []byte
+	from *Location
+	// wrote is set by the writer before it replies: the bytes were new
+	// (or repaired) and went to a pack.
+	wrote bool
 	reply chan error
 }
 
 // Put stores data durably (once, whatever the number of Puts) and, with
 // m, records it at m.Index of session m.Session. It returns the chunk id.
 func (s *Store) Put(ctx context.Context, data []byte, m *Member) (string, error) {
+	id, _, err := s.Add(ctx, data, m)
+	return id, err
+}
+
+// Add is Put that also reports whether the bytes were new to the store
+// (false when they were already stored: nothing was written).
+func (s *Store) Add(ctx context.Context, data []byte, m *Member) (id string, isNew bool, err error) {
 	req := &writeReq{id: sha256.Sum256(data), data: data, member: m, reply: make(chan error, 1)}
 	if err := s.enqueue(ctx, req); err != nil {
-		return "", err
+		return "", false, err
 	}
 	select {
 	case err := <-req.reply:
-		return hex.EncodeToString(req.id[:]), err
+		return hex.EncodeToString(req.id[:]), req.wrote, err
 	case <-ctx.Done():
 		// The write may still land; a retry is idempotent.
-		return "", ctx.Err()
+		return "", false, ctx.Err()
 	}
 }
 
@@ -355,6 +365,7 @@ func (s *Store) commit(batch []*writeReq) {
 		if _, done := locs[r.id]; done {
 			continue
 		}
+		r.wrote = true
 		payload, flags := r.data, byte(0)
 		if s.aead != nil {
 			payload, flags = seal(s.aead, r.id[:], r.data), flagEncrypted

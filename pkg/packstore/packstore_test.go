@@ -340,3 +340,15 @@ func TestCompactionAndScrubTogether(t *testing.T) {
 		}
 	}
 }
+
+func TestAddReportsNewBytes(t *testing.T) {
+	s := openT(t, t.TempDir(), nil)
+	defer s.Close()
+	ctx := context.Background()
+	if _, isNew, err := s.Add(ctx, chunk(1, 2000), nil); err != nil || !isNew {
+		t.Errorf("first Add: new=%v %v", isNew, err)
+	}
+	if _, isNew, err := s.Add(ctx, chunk(1, 2000), &Member{Session: "s", Index: 0}); err != nil || isNew {
+		t.Errorf("second Add of the same bytes: new=%v %v", isNew, err)
+	}
+}

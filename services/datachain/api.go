@@ -122,8 +122,7 @@ func (a *api) put(w http.ResponseWriter, r *http.Request) error {
 		member = &packstore.Member{Session: sid, Index: n}
 		out.SessionID, out.Index = sid, &n
 	}
-	existed := a.app.store.Has(packstore.ID(data))
-	id, err := a.app.store.Put(r.Context(), data, member)
+	id, isNew, err := a.app.store.Add(r.Context(), data, member)
 	switch {
 	case errors.Is(err, packstore.ErrSealed):
 		return service.Errorf(http.StatusConflict, service.CodeConflict, "session %s is sealed; it takes no more chunks", sid)
@@ -132,7 +131,7 @@ func (a *api) put(w http.ResponseWriter, r *http.Request) error {
 	case err != nil:
 		return err
 	}
-	if !existed {
+	if isNew {
 		a.app.stored.Inc()
 	}
 	a.app.bytes.Add(float64(len(data)))
@@ -153,6 +152,14 @@ func acquire(r *http.Request, slots chan struct{}) (func(), error) {
 
 func tooLarge(max int) error {
 	return service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge, "a chunk is at most %d bytes", max)
+}
+
+// sessionError is chunkError for a session lookup.
+func sessionError(id string, err error) error {
+	if errors.Is(err, packstore.ErrNotFound) {
+		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no session %s", id)
+	}
+	return err
 }
 
 func chunkError(id string, err error) error {
@@ -226,7 +233,7 @@ func (a *api) session(w http.ResponseWriter, r *http.Request) error {
 	sid := r.PathValue("id")
 	sess, t, err := a.app.tree(sid)
 	if err != nil {
-		return chunkError(sid, err)
+		return sessionError(sid, err)
 	}
 	service.WriteJSON(w, http.StatusOK, SessionInfo{SessionID: sid, Sealed: sess.Sealed, SealedAt: sess.SealedAt, Anchor: sess.Anchor,
 		ChunkIDs: t.ids, Root: hex.EncodeToString(t.root)})
@@ -253,7 +260,7 @@ func (a *api) proof(w http.ResponseWriter, r *http.Request) error {
 	}
 	_, t, err := a.app.tree(sid)
 	if err != nil {
-		return chunkError(sid, err)
+		return sessionError(sid, err)
 	}
 	size := uint64(len(t.ids))
 	if i >= size {
@@ -288,7 +295,7 @@ func (a *api) seal(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if _, err := a.app.store.Session(sid); err != nil {
-		return chunkError(sid, err)
+		return sessionError(sid, err)
 	}
 	// Check the request before freezing anything (the root is filled in
 	// below, once the session can no longer change).

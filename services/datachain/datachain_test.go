@@ -108,6 +108,9 @@ func TestChunkAPI(t *testing.T) {
 	if len(sess.ChunkIDs) != 2 || sess.ChunkIDs[0] != id || len(sess.Root) != 64 {
 		t.Errorf("session = %+v", sess)
 	}
+	if code, body := do(t, http.MethodGet, hs.URL+"/api/v1/sessions/00000000-0000-4000-8000-000000000000", "", nil); code != 404 || !strings.Contains(body, "no session") {
+		t.Errorf("unknown session: %d %s", code, body)
+	}
 	if code, _ := do(t, http.MethodGet, hs.URL+"/api/v1/sessions/"+sid+"/proof/2", "", nil); code != 404 {
 		t.Errorf("proof beyond the session: %d", code)
 	}
