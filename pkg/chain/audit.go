@@ -12,16 +12,21 @@ import (
 // first block is accepted when signed by a validator it adds itself, and
 // everything after is checked against the set that grows from there.
 func GenesisValidators(b *Block) []string {
-	return ApplyValidatorChanges(nil, b)
+	var txs []*Transaction
+	for _, raw := range b.Transactions {
+		if tx, err := DecodeTransaction(raw); err == nil {
+			txs = append(txs, tx)
+		}
+	}
+	return ApplyValidatorChanges(nil, txs)
 }
 
-// ApplyValidatorChanges returns the validator set after b's system
-// transactions.
-func ApplyValidatorChanges(validators []string, b *Block) []string {
+// ApplyValidatorChanges returns the validator set after a block's system
+// transactions (as VerifyBlockTxs returns them).
+func ApplyValidatorChanges(validators []string, txs []*Transaction) []string {
 	out := slices.Clone(validators)
-	for _, raw := range b.Transactions {
-		tx, err := DecodeTransaction(raw)
-		if err != nil || tx.Type != TypeSystem {
+	for _, tx := range txs {
+		if tx.Type != TypeSystem {
 			continue
 		}
 		switch tx.System.Action {
@@ -68,7 +73,7 @@ func (a *Auditor) Next(b *Block) error {
 	if err != nil {
 		return err
 	}
-	h, err := VerifyBlock(b, a.head, a.origin, a.tree, vs)
+	h, txs, err := VerifyBlockTxs(b, a.head, a.origin, a.tree, vs)
 	if err != nil {
 		return err
 	}
@@ -77,7 +82,7 @@ func (a *Auditor) Next(b *Block) error {
 			return err
 		}
 	}
-	a.validators = ApplyValidatorChanges(a.validators, b)
+	a.validators = ApplyValidatorChanges(a.validators, txs)
 	a.head = h
 	a.Txs += uint64(len(b.Transactions))
 	return nil

@@ -84,8 +84,16 @@ func (e *BlockError) Error() string { return fmt.Sprintf("block %d rejected: %s"
 // root the header claims (which also proves the new checkpoint consistent
 // with the previous one). It does not change tree.
 func VerifyBlock(b *Block, prev *Header, origin string, tree *logtree.Tree, validators note.Verifiers) (*Header, error) {
-	reject := func(format string, args ...any) (*Header, error) {
-		return nil, &BlockError{Height: b.Height, Reason: fmt.Sprintf(format, args...)}
+	h, _, err := VerifyBlockTxs(b, prev, origin, tree, validators)
+	return h, err
+}
+
+// VerifyBlockTxs is VerifyBlock that also returns the block's decoded
+// transactions, so a caller that stores or indexes them does not decode
+// them a second time.
+func VerifyBlockTxs(b *Block, prev *Header, origin string, tree *logtree.Tree, validators note.Verifiers) (*Header, []*Transaction, error) {
+	reject := func(format string, args ...any) (*Header, []*Transaction, error) {
+		return nil, nil, &BlockError{Height: b.Height, Reason: fmt.Sprintf(format, args...)}
 	}
 	h, err := OpenHeader([]byte(b.Checkpoint), validators)
 	if err != nil {
@@ -116,6 +124,7 @@ func VerifyBlock(b *Block, prev *Header, origin string, tree *logtree.Tree, vali
 	if h.TxCount != len(b.Transactions) {
 		return reject("header counts %d transactions, the block has %d", h.TxCount, len(b.Transactions))
 	}
+	txs := make([]*Transaction, len(b.Transactions))
 	for i, raw := range b.Transactions {
 		tx, err := DecodeTransaction(raw)
 		if err != nil {
@@ -124,6 +133,7 @@ func VerifyBlock(b *Block, prev *Header, origin string, tree *logtree.Tree, vali
 		if err := tx.Validate(); err != nil {
 			return reject("transaction %d: %v", i, err)
 		}
+		txs[i] = tx
 	}
 	size, root, err := tree.RootWith(b.LeafHashes())
 	if err != nil {
@@ -135,7 +145,7 @@ func VerifyBlock(b *Block, prev *Header, origin string, tree *logtree.Tree, vali
 	if !bytes.Equal(root, h.Root) {
 		return reject("root does not match the transactions (recomputed %x, header %x)", root, h.Root)
 	}
-	return h, nil
+	return h, txs, nil
 }
 
 // Header parses the block's header from its checkpoint without checking

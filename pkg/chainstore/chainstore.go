@@ -154,19 +154,20 @@ func (s *Store) Changed() <-chan struct{} {
 func (s *Store) Verify(b *chain.Block) (*chain.Header, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.verifyLocked(b)
+	h, _, err := s.verifyLocked(b)
+	return h, err
 }
 
-func (s *Store) verifyLocked(b *chain.Block) (*chain.Header, error) {
+func (s *Store) verifyLocked(b *chain.Block) (*chain.Header, []*chain.Transaction, error) {
 	keys := s.validators
 	if s.head == nil && len(keys) == 0 {
 		keys = chain.GenesisValidators(b)
 	}
 	vs, err := chain.Verifiers(keys)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return chain.VerifyBlock(b, s.head, s.origin, s.tree, vs)
+	return chain.VerifyBlockTxs(b, s.head, s.origin, s.tree, vs)
 }
 
 // Append verifies b as the next block and stores it durably. A block at a
@@ -185,11 +186,11 @@ func (s *Store) Append(b *chain.Block) (*chain.Header, error) {
 		}
 		return have.Header()
 	}
-	h, err := s.verifyLocked(b)
+	h, txs, err := s.verifyLocked(b)
 	if err != nil {
 		return nil, err
 	}
-	validators := chain.ApplyValidatorChanges(s.validators, b)
+	validators := chain.ApplyValidatorChanges(s.validators, txs)
 	enc, err := b.Encode()
 	if err != nil {
 		return nil, err
@@ -205,15 +206,15 @@ func (s *Store) Append(b *chain.Block) (*chain.Header, error) {
 		if err := tx.Bucket(bucketHeaders).Put(u64(b.Height), []byte(b.Checkpoint)); err != nil {
 			return err
 		}
-		txs, sessions := tx.Bucket(bucketTxs), tx.Bucket(bucketSessions)
+		txBucket, sessions := tx.Bucket(bucketTxs), tx.Bucket(bucketSessions)
 		for i, raw := range b.Transactions {
 			id := chain.TxID(raw)
 			val := append(append(u64(b.Height), u64(first+uint64(i))...), raw...)
-			if err := txs.Put([]byte(id), val); err != nil {
+			if err := txBucket.Put([]byte(id), val); err != nil {
 				return err
 			}
 			// The first anchor of a session is the session's anchor.
-			if t, err := chain.DecodeTransaction(raw); err == nil && t.Anchor != nil && sessions.Get([]byte(t.Anchor.SessionID)) == nil {
+			if t := txs[i]; t.Anchor != nil && sessions.Get([]byte(t.Anchor.SessionID)) == nil {
 				if err := sessions.Put([]byte(t.Anchor.SessionID), []byte(id)); err != nil {
 					return err
 				}

@@ -78,6 +78,7 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) error {
 	// Validate everything before accepting anything.
 	var fields chain.FieldErrors
 	canon := make([][]byte, len(items))
+	sessions := make([]string, len(items)) // anchors' session ids
 	for i, item := range items {
 		prefix := ""
 		if len(items) > 1 || strings.HasPrefix(trimmed, "[") {
@@ -103,6 +104,9 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) error {
 			}
 			continue
 		}
+		if tx.Anchor != nil {
+			sessions[i] = tx.Anchor.SessionID
+		}
 		if canon[i], err = tx.Encode(); err != nil {
 			return err
 		}
@@ -124,7 +128,7 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) error {
 		st := engineapi.TxStatus{ID: id, Status: engineapi.StatusPending}
 		if loc, err := a.node.store.Tx(id); err == nil {
 			st.Status, st.Height, st.Index = engineapi.StatusSealed, loc.Height, &loc.Index
-		} else if err := a.node.admit(id, c); err != nil {
+		} else if err := a.node.admit(id, c, sessions[i]); err != nil {
 			return err
 		}
 		out.Transactions[i] = st
@@ -355,16 +359,11 @@ func (n *node) sealSystem(ctx context.Context, tx *chain.Transaction) error {
 	}
 }
 
-// admit queues a canonical transaction, refusing a second, different
-// anchor for a session that already has one sealed or queued.
-func (n *node) admit(id string, c []byte) error {
-	tx, err := chain.DecodeTransaction(c)
-	if err != nil {
-		return err
-	}
-	var session string
-	if tx.Anchor != nil {
-		session = tx.Anchor.SessionID
+// admit queues a canonical transaction (an anchor of session, if session
+// is set), refusing a second, different anchor for a session that already
+// has one sealed or queued.
+func (n *node) admit(id string, c []byte, session string) error {
+	if session != "" {
 		if other, err := n.store.SessionTx(session); err == nil && other != id {
 			return service.Errorf(http.StatusConflict, service.CodeConflict, "session %s is already anchored by transaction %s", session, other)
 		}
