@@ -98,7 +98,7 @@ func (a *App) poke() {
 // submitLoop sends pending anchors to the engine: new ones at once,
 // unsealed ones again after resubmitAfter (the engine drops duplicates).
 func (a *App) submitLoop(ctx context.Context) {
-	backoff := 100 * time.Millisecond
+	backoff := service.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -111,16 +111,13 @@ func (a *App) submitLoop(ctx context.Context) {
 		for ctx.Err() == nil {
 			n, err := a.submitOnce(ctx)
 			if err != nil {
-				a.logger.Warn("submit to the engine failed; retrying", "error", err, "backoff", backoff)
-				select {
-				case <-ctx.Done():
+				a.logger.Warn("submit to the engine failed; retrying", "error", err, "backoff", backoff.Delay())
+				if !backoff.Wait(ctx) {
 					return
-				case <-time.After(backoff):
 				}
-				backoff = min(backoff*2, 5*time.Second)
 				continue
 			}
-			backoff = 100 * time.Millisecond
+			backoff.Reset()
 			if n < a.batch {
 				break
 			}
@@ -176,23 +173,20 @@ func (a *App) submitOnce(ctx context.Context) (int, error) {
 // followLoop follows the engine's blocks from the last one seen and marks
 // the anchors they seal, reconnecting whenever the stream breaks.
 func (a *App) followLoop(ctx context.Context) {
-	backoff := 200 * time.Millisecond
+	backoff := service.Backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second}
 	for ctx.Err() == nil {
 		from := a.store.followed() + 1
 		err := a.engine.Follow(ctx, from, func(b *chain.Block) error {
-			backoff = 200 * time.Millisecond
+			backoff.Reset()
 			return a.onBlock(b)
 		})
 		if ctx.Err() != nil {
 			return
 		}
-		a.logger.Warn("following the engine failed; reconnecting", "from", from, "error", err, "backoff", backoff)
-		select {
-		case <-ctx.Done():
+		a.logger.Warn("following the engine failed; reconnecting", "from", from, "error", err, "backoff", backoff.Delay())
+		if !backoff.Wait(ctx) {
 			return
-		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 

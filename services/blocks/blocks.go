@@ -126,13 +126,13 @@ func (a *App) rejection() *Rejection {
 // restarts. After a refusal it keeps trying from the same height: if the
 // engine serves a valid block there later, indexing goes on.
 func (a *App) follow(ctx context.Context) {
-	backoff := 200 * time.Millisecond
+	backoff := service.Backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second}
 	for ctx.Err() == nil {
 		from := a.store.Height() + 1
 		err := a.checkConsistency(ctx)
 		if err == nil {
 			err = a.engine.Follow(ctx, from, func(b *chain.Block) error {
-				backoff = 200 * time.Millisecond
+				backoff.Reset()
 				return a.index(b)
 			})
 		}
@@ -141,18 +141,15 @@ func (a *App) follow(ctx context.Context) {
 		}
 		var be *chain.BlockError
 		if errors.As(err, &be) {
-			backoff = 5 * time.Second
+			backoff.AtLeast(5 * time.Second) // a refused block will not fix itself at once
 		}
 		a.mu.Lock()
 		a.lastErr = err.Error()
 		a.mu.Unlock()
-		a.logger.Warn("following the engine stopped; resuming", "from", from, "error", err, "backoff", backoff)
-		select {
-		case <-ctx.Done():
+		a.logger.Warn("following the engine stopped; resuming", "from", from, "error", err, "backoff", backoff.Delay())
+		if !backoff.Wait(ctx) {
 			return
-		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	consul "github.com/hashicorp/consul/api"
+
+	"github.com/pickme/lucid/pkg/service"
 )
 
 // discover starts following Consul's healthy instances of each service
@@ -33,7 +35,7 @@ func (a *App) discover(ctx context.Context) error {
 
 func (a *App) watch(ctx context.Context, client *consul.Client, svc string, p *pool) {
 	var index uint64
-	backoff := 200 * time.Millisecond
+	backoff := service.Backoff{Min: 200 * time.Millisecond, Max: 5 * time.Second}
 	for ctx.Err() == nil {
 		opts := (&consul.QueryOptions{WaitIndex: index, WaitTime: 30 * time.Second}).WithContext(ctx)
 		entries, meta, err := client.Health().Service(svc, "", true, opts)
@@ -42,15 +44,12 @@ func (a *App) watch(ctx context.Context, client *consul.Client, svc string, p *p
 				return
 			}
 			a.logger.Warn("consul query failed; keeping the last known instances", "service", svc, "error", err)
-			select {
-			case <-ctx.Done():
+			if !backoff.Wait(ctx) {
 				return
-			case <-time.After(backoff):
 			}
-			backoff = min(backoff*2, 5*time.Second)
 			continue
 		}
-		backoff = 200 * time.Millisecond
+		backoff.Reset()
 		switch {
 		case meta.LastIndex < index, meta.LastIndex == 0:
 			index = 1 // went backwards (a restart) or unset: start over, still blocking
