@@ -21,7 +21,21 @@ type Error struct {
 	Message string `json:"message"`
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Message) }
+func (e *Error) Error() string {
+	if e.Code != "" {
+		return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Message)
+	}
+	// Not a Lucid error body (a proxy's page, a readiness report): the
+	// status, and the start of the body.
+	msg := e.Message
+	if len(msg) > 200 {
+		msg = msg[:200] + "..."
+	}
+	if msg == "" {
+		return fmt.Sprintf("%d %s", e.Status, http.StatusText(e.Status))
+	}
+	return fmt.Sprintf("%d %s: %s", e.Status, http.StatusText(e.Status), msg)
+}
 
 // ErrNotFound is matched by a 404 answer.
 var ErrNotFound = errors.New("not found")

@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	neturl "net/url"
 	"time"
+
+	"github.com/pickme/lucid/pkg/api"
 )
 
 // Probe asks the service listening on addr (a listen address such as ":8084")
@@ -26,20 +27,11 @@ func Probe(ctx context.Context, addr, path string) error {
 
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
+	err = api.Do(ctx, http.DefaultClient, api.Request{Method: http.MethodGet, URL: url}, nil)
 	if ue := (*neturl.Error)(nil); errors.As(err, &ue) {
 		return fmt.Errorf("GET %s: %w", url, ue.Err)
 	} else if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
+		return fmt.Errorf("GET %s: %w", url, err)
 	}
 	return nil
 }

@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"time"
+
+	"github.com/pickme/lucid/pkg/api"
 )
 
 // Spec describes one supervised program.
@@ -89,24 +90,11 @@ func (p RestartPolicy) next(prev, ran time.Duration) time.Duration {
 // Probe reports whether a started program is ready.
 type Probe func(ctx context.Context) error
 
-// HTTPProbe is ready when GET url answers 200.
+// HTTPProbe is ready when GET url answers with success.
 func HTTPProbe(url string) Probe {
 	client := &http.Client{Timeout: time.Second}
 	return func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET %s: %s", url, resp.Status)
-		}
-		return nil
+		return api.Do(ctx, client, api.Request{Method: http.MethodGet, URL: url}, nil)
 	}
 }
 

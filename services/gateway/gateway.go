@@ -183,23 +183,6 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	return nil
 }
 
-// probe asks an upstream's health endpoint.
-func probe(ctx context.Context, client *http.Client, url string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	return nil
-}
-
 type metrics struct {
 	upstreamLatency *prometheus.HistogramVec
 	decisions       *prometheus.CounterVec

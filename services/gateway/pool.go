@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pickme/lucid/pkg/api"
 )
 
 // How long an instance that failed a request stays out (passive health),
@@ -126,7 +128,8 @@ func (p *pool) probe(ctx context.Context, client *http.Client) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			i.probeDown.Store(probe(ctx, client, strings.TrimSuffix(i.url.String(), "/")+"/health") != nil)
+			health := api.Request{Method: http.MethodGet, URL: strings.TrimSuffix(i.url.String(), "/") + "/health"}
+			i.probeDown.Store(api.Do(ctx, client, health, nil) != nil)
 		}()
 	}
 	wg.Wait()
