@@ -55,9 +55,6 @@ func (s *IOStreams) SetTTY(out, err bool) { s.outTTY, s.errTTY = out, err }
 // DisableColor turns color off for good (--no-color).
 func (s *IOStreams) DisableColor() { s.noColor = true }
 
-// IsStdoutTTY reports whether stdout is a terminal.
-func (s *IOStreams) IsStdoutTTY() bool { return s.outTTY }
-
 // IsStderrTTY reports whether stderr is a terminal.
 func (s *IOStreams) IsStderrTTY() bool { return s.errTTY }
 
