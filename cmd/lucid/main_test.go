@@ -12,6 +12,7 @@ import (
 
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/envconfig"
+	"github.com/pickme/lucid/pkg/service"
 )
 
 func TestEveryCatalogServiceHasAnImplementation(t *testing.T) {
@@ -74,7 +75,9 @@ func TestVersionJSON(t *testing.T) {
 // so `lucidctl up` and the compose renderer provide what is needed.
 func TestSecretsMatchCatalog(t *testing.T) {
 	for _, s := range catalog.Services {
+		// As service.Main reads them: the shared settings, then the app's.
 		r := envconfig.New(envconfig.Map(map[string]string{}))
+		service.LoadConfig(r, s.Name)
 		apps[s.Name]().Configure(r)
 		err := r.Err()
 		for _, key := range s.Secrets {
@@ -87,6 +90,7 @@ func TestSecretsMatchCatalog(t *testing.T) {
 			set[key] = strings.Repeat("k", catalog.SecretMinLen)
 		}
 		r = envconfig.New(envconfig.Map(set))
+		service.LoadConfig(r, s.Name)
 		apps[s.Name]().Configure(r)
 		if err := r.Err(); err != nil {
 			t.Errorf("%s refuses its catalog secrets: %v", s.Name, err)
@@ -115,5 +119,20 @@ func TestHealthcheckCommand(t *testing.T) {
 	srv.Close()
 	if code := run(context.Background(), []string{"engine", "healthcheck"}, &out, &errOut); code != 1 {
 		t.Errorf("down: exit %d", code)
+	}
+}
+
+// TestHealthcheckCommandOverTLS: with the mesh on, services serve TLS and
+// the healthcheck speaks it (without a mesh certificate: health is open).
+func TestHealthcheckCommandOverTLS(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer srv.Close()
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(srv.URL, "https://"))
+	t.Setenv("LUCID_ADDR", ":"+port)
+	t.Setenv("LUCID_MESH_URL", "https://127.0.0.1:8088")
+	t.Setenv("LUCID_MESH_TOKEN", strings.Repeat("t", catalog.SecretMinLen))
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"engine", "healthcheck"}, &out, &errOut); code != 0 {
+		t.Errorf("healthy over TLS: exit %d %s", code, errOut.String())
 	}
 }

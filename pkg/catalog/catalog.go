@@ -37,6 +37,10 @@ type Service struct {
 	// UsesConsul marks services that register in or discover through
 	// Consul, and so start after it when it runs.
 	UsesConsul bool
+	// Calls names the services this one sends requests to: the mesh's
+	// allow list. With mTLS on, any other call is refused (every service
+	// may call the mesh controller).
+	Calls []string
 }
 
 // SecretMinLen is the shortest value a Secrets variable may have.
@@ -49,6 +53,7 @@ var Services = []Service{
 		Summary:    "service mesh controller: Consul registration, mesh CA, Envoy configs",
 		Container:  "lucid-service-mesh-controller",
 		Port:       8088,
+		Secrets:    []string{"LUCID_MESH_TOKEN"},
 		UsesConsul: true,
 	},
 	{
@@ -65,6 +70,7 @@ var Services = []Service{
 		Container: "lucid-session-anchoring",
 		Port:      8085,
 		DependsOn: []string{"engine"},
+		Calls:     []string{"engine"},
 	},
 	{
 		Name:      "blocks",
@@ -72,6 +78,7 @@ var Services = []Service{
 		Container: "lucid-block-manager",
 		Port:      8086,
 		DependsOn: []string{"engine"},
+		Calls:     []string{"engine"},
 	},
 	{
 		Name:      "datachain",
@@ -79,6 +86,7 @@ var Services = []Service{
 		Container: "lucid-data-chain",
 		Port:      8087,
 		DependsOn: []string{"anchoring"},
+		Calls:     []string{"anchoring"},
 	},
 	{
 		Name:       "gateway",
@@ -88,7 +96,33 @@ var Services = []Service{
 		DependsOn:  []string{"engine", "anchoring", "blocks", "datachain"},
 		Secrets:    []string{"JWT_SECRET_KEY"},
 		UsesConsul: true,
+		Calls:      []string{"engine", "anchoring", "blocks", "datachain"},
 	},
+}
+
+// MeshService is the mesh controller, which every service may call.
+const MeshService = "mesh"
+
+// MayCall reports whether the allow list lets caller send requests to
+// callee.
+func MayCall(caller, callee string) bool {
+	if callee == MeshService {
+		_, known := Lookup(caller)
+		return known
+	}
+	s, ok := Lookup(caller)
+	return ok && slices.Contains(s.Calls, callee)
+}
+
+// Callers lists the services that may call callee.
+func Callers(callee string) []string {
+	var out []string
+	for _, s := range Services {
+		if MayCall(s.Name, callee) {
+			out = append(out, s.Name)
+		}
+	}
+	return out
 }
 
 // Lookup returns the service called name.

@@ -24,7 +24,16 @@ type Config struct {
 	LogLevel slog.Level
 	// ShutdownTimeout bounds the drain on SIGTERM, LUCID_SHUTDOWN_TIMEOUT.
 	ShutdownTimeout time.Duration
+	// MeshURL is the mesh controller, LUCID_MESH_URL. When set, the service
+	// obtains a mesh certificate, serves mTLS and calls the others over it.
+	MeshURL string
+	// MeshToken is the mesh bootstrap token, LUCID_MESH_TOKEN: required
+	// with MeshURL, and by the controller itself.
+	MeshToken string
 }
+
+// MTLS reports whether the service speaks mTLS.
+func (c Config) MTLS() bool { return c.MeshURL != "" }
 
 // Environment variables read by LoadConfig.
 const (
@@ -32,6 +41,8 @@ const (
 	EnvDataDir         = "LUCID_DATA_DIR"
 	EnvLogLevel        = "LUCID_LOG_LEVEL"
 	EnvShutdownTimeout = "LUCID_SHUTDOWN_TIMEOUT"
+	EnvMeshURL         = "LUCID_MESH_URL"
+	EnvMeshToken       = "LUCID_MESH_TOKEN"
 )
 
 // LoadConfig reads the base configuration of the service called name. Errors
@@ -46,6 +57,12 @@ func LoadConfig(r *envconfig.Reader, name string) Config {
 		Addr:            r.ListenAddr(EnvAddr, ":"+strconv.Itoa(svc.Port)),
 		DataDir:         r.String(EnvDataDir, filepath.Join("/var/lib/lucid", name)),
 		ShutdownTimeout: r.Duration(EnvShutdownTimeout, 15*time.Second, 0, 10*time.Minute),
+	}
+	if u := r.URL(EnvMeshURL); u != nil {
+		cfg.MeshURL = u.String()
+	}
+	if cfg.MeshURL != "" || name == catalog.MeshService {
+		cfg.MeshToken = r.Secret(EnvMeshToken, catalog.SecretMinLen, "the mesh bootstrap token")
 	}
 	switch r.OneOf(EnvLogLevel, "info", "debug", "info", "warn", "error") {
 	case "debug":

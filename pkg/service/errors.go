@@ -15,6 +15,7 @@ const (
 	CodeConflict   = "LUCID_ERR_1009"
 	CodeTooLarge   = "LUCID_ERR_1013"
 	CodeAuth       = "LUCID_ERR_2001"
+	CodeForbidden  = "LUCID_ERR_2003"
 	CodeRateLimit  = "LUCID_ERR_3001"
 	CodeInternal   = "LUCID_ERR_5000"
 	CodeUnready    = "LUCID_ERR_5003"

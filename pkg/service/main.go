@@ -7,8 +7,10 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/pickme/lucid/pkg/envconfig"
+	"github.com/pickme/lucid/pkg/meshtls"
 )
 
 // App is what a service package adds to the shared plumbing. Its life:
@@ -57,14 +59,50 @@ func Main(ctx context.Context, name string, app App, lookup envconfig.Lookup, lo
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory (LUCID_DATA_DIR): %w", err)
 	}
+	// A service gets its mesh certificate before Provision, so the clients
+	// it makes there speak mTLS; the controller issues its own after
+	// Provision has opened its CA.
+	selfIssuer, isController := app.(MeshIssuer)
+	if cfg.MTLS() && !isController {
+		if err := obtainIdentity(ctx, srv, meshtls.NewRemote(cfg.MeshURL, cfg.MeshToken)); err != nil {
+			return err
+		}
+	}
 	if err := app.Provision(ctx, srv); err != nil {
 		logger.Error("provision failed", "error", err)
 		return fmt.Errorf("provision %s: %w", name, err)
+	}
+	if cfg.MTLS() && isController {
+		if err := obtainIdentity(ctx, srv, selfIssuer.MeshIssuer()); err != nil {
+			return err
+		}
 	}
 	if err := srv.Run(ctx); err != nil {
 		logger.Error("server stopped", "error", err)
 		return err
 	}
+	return nil
+}
+
+// MeshIssuer is implemented by the mesh controller, which certifies itself.
+type MeshIssuer interface {
+	MeshIssuer() meshtls.Issuer
+}
+
+// identityTimeout bounds the wait for the first mesh certificate; the
+// supervisor or the container runtime restarts a service that gives up.
+const identityTimeout = time.Minute
+
+func obtainIdentity(ctx context.Context, srv *Server, issuer meshtls.Issuer) error {
+	octx, cancel := context.WithTimeout(ctx, identityTimeout)
+	defer cancel()
+	id, err := meshtls.Obtain(octx, srv.cfg.Name, issuer, meshtls.Options{Logger: srv.logger})
+	if err != nil {
+		srv.logger.Error("no mesh certificate", "error", err)
+		return err
+	}
+	go id.Run(ctx)
+	srv.SetIdentity(id)
 	return nil
 }
 

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pickme/lucid/pkg/buildinfo"
+	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/meshtls"
 )
 
 // Server timeouts. Slowloris-style clients are cut off by ReadHeaderTimeout;
@@ -42,6 +45,7 @@ type Server struct {
 	checks   []namedCheck
 	draining atomic.Bool
 	fallback atomic.Pointer[http.Handler]
+	identity atomic.Pointer[meshtls.Identity]
 }
 
 // New provisions a server for cfg: /health, /ready and /metrics are routed,
@@ -55,7 +59,7 @@ func New(cfg Config, logger *slog.Logger) *Server {
 		registry: newRegistry(map[string]string{"service": cfg.Name, "version": bi.Version, "commit": bi.Commit, "go_version": bi.GoVersion}),
 	}
 	s.metrics = newHTTPMetrics(s.registry)
-	s.handler = requestIDMiddleware(instrument(logger, s.metrics, recoverPanics(logger, s.mux)))
+	s.handler = requestIDMiddleware(instrument(logger, s.metrics, recoverPanics(logger, s.requireCaller(s.mux))))
 
 	s.Handle("GET /health", s.handleHealth)
 	s.Handle("GET /ready", s.handleReady)
@@ -109,6 +113,62 @@ func (s *Server) Config() Config { return s.cfg }
 // Logger is the service's logger.
 func (s *Server) Logger() *slog.Logger { return s.logger }
 
+// SetIdentity switches the server to mTLS with id: Serve then listens with
+// TLS and the mesh's allow list, and Client calls the others over mTLS.
+// It is set once, before Serve.
+func (s *Server) SetIdentity(id *meshtls.Identity) { s.identity.Store(id) }
+
+// Identity is the service's mesh identity, or nil when mTLS is off.
+func (s *Server) Identity() *meshtls.Identity { return s.identity.Load() }
+
+// Client returns an HTTP client for calling other Lucid services: over
+// mTLS, checking the server against the allow list, when the mesh is on;
+// plain otherwise. A zero timeout means none (for streams).
+func (s *Server) Client(timeout time.Duration) *http.Client {
+	c := &http.Client{Timeout: timeout}
+	if id := s.identity.Load(); id != nil {
+		c.Transport = id.Transport(nil, s.mayCall)
+	}
+	return c
+}
+
+// MeshClientTLS is the TLS configuration for calling other Lucid services
+// over mTLS, or nil when the mesh is off: for services that build their own
+// transports, such as the gateway.
+func (s *Server) MeshClientTLS() *tls.Config {
+	if id := s.identity.Load(); id != nil {
+		return id.ClientTLS(s.mayCall)
+	}
+	return nil
+}
+
+// mayCall is the client side of the allow list.
+func (s *Server) mayCall(server string) bool { return catalog.MayCall(s.cfg.Name, server) }
+
+// mayBeCalledBy is the server side of the allow list.
+func (s *Server) mayBeCalledBy(caller string) bool { return catalog.MayCall(caller, s.cfg.Name) }
+
+// requireCaller refuses, when mTLS is on, a request whose client presented
+// no mesh certificate, except for /health, /ready and /metrics (container
+// health checks, Consul and Prometheus have none). The mesh controller's own
+// handlers authenticate by token or certificate themselves.
+func (s *Server) requireCaller(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.identity.Load() != nil && s.cfg.Name != catalog.MeshService {
+			switch r.URL.Path {
+			case "/health", "/ready", "/metrics":
+			default:
+				if _, ok := meshtls.Caller(r); !ok {
+					s.logger.Warn("mesh: refused a request without a mesh certificate", "remote", r.RemoteAddr, "path", r.URL.Path)
+					WriteError(w, r, s.logger, Errorf(http.StatusForbidden, CodeForbidden, "a mesh certificate is required"))
+					return
+				}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 // Handler is the complete handler chain, for tests and embedding.
 func (s *Server) Handler() http.Handler { return s.handler }
 
@@ -134,8 +194,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
 	}
+	scheme := "http"
+	if id := s.identity.Load(); id != nil {
+		ln = tls.NewListener(ln, id.ServerTLS(s.mayBeCalledBy))
+		scheme = "https (mTLS)"
+	}
 	bi := buildinfo.Read()
-	s.logger.Info("serving", "addr", ln.Addr().String(), "version", bi.Version, "commit", bi.Commit)
+	s.logger.Info("serving", "addr", ln.Addr().String(), "scheme", scheme, "version", bi.Version, "commit", bi.Commit)
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

@@ -220,15 +220,15 @@ func TestProbe(t *testing.T) {
 	ts := httptest.NewServer(s.Handler())
 	defer ts.Close()
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(ts.URL, "http://"))
-	if err := Probe(context.Background(), ":"+port, "/health"); err != nil {
+	if err := Probe(context.Background(), ":"+port, "/health", false); err != nil {
 		t.Errorf("Probe healthy: %v", err)
 	}
 	s.AddCheck("engine", func(context.Context) error { return errors.New("down") })
-	if err := Probe(context.Background(), ":"+port, "/ready"); err == nil {
+	if err := Probe(context.Background(), ":"+port, "/ready", false); err == nil {
 		t.Error("Probe of an unready service succeeded")
 	}
 	ts.Close()
-	if err := Probe(context.Background(), ":"+port, "/health"); err == nil {
+	if err := Probe(context.Background(), ":"+port, "/health", false); err == nil {
 		t.Error("Probe of a closed port succeeded")
 	}
 }

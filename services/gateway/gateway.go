@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/ratelimit"
 	"github.com/pickme/lucid/pkg/service"
@@ -136,15 +137,27 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	a.tokens = newTokenCache(100_000)
 	buffers := newBufferPool()
 	a.pools = map[string]*pool{}
+	// With the mesh on, the Lucid services are called over mTLS; the Phase 1
+	// auth service is not in the mesh and keeps its own scheme.
+	meshTLS := srv.MeshClientTLS()
+	inMesh := func(svc string) bool { _, ok := catalog.Lookup(svc); return ok && meshTLS != nil }
 	for svc, u := range ups {
-		a.pools[svc] = newPool(svc, u)
+		a.pools[svc] = newPool(svc, inMesh(svc), u)
 	}
-	transports := map[time.Duration]*http.Transport{}
+	type transportKey struct {
+		timeout time.Duration
+		mesh    bool
+	}
+	transports := map[transportKey]*http.Transport{}
 	for _, rt := range a.routes {
-		tr, ok := transports[rt.Timeout]
+		key := transportKey{rt.Timeout, inMesh(rt.Service)}
+		tr, ok := transports[key]
 		if !ok {
 			tr = newTransport(rt.Timeout)
-			transports[rt.Timeout] = tr
+			if key.mesh {
+				tr.TLSClientConfig = meshTLS
+			}
+			transports[key] = tr
 		}
 		h := a.newRouteProxy(rt, a.pools[rt.Service], tr, buffers)
 		// Both the exact prefix and its subtree, so metrics are labelled
@@ -159,7 +172,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 			return err
 		}
 	}
-	probes := &http.Client{Timeout: time.Second}
+	probes := srv.Client(time.Second)
 	for svc, p := range a.pools {
 		if svc != "auth" { // the Phase 1 auth service need not be up for ours
 			go p.probeLoop(ctx, probes)

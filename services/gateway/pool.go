@@ -42,13 +42,16 @@ func (i *instance) healthy(now time.Time) bool {
 // picked round robin among the healthy ones.
 type pool struct {
 	service string
+	mtls    bool
 	mu      sync.RWMutex
 	all     []*instance
 	next    atomic.Uint64
 }
 
-func newPool(service string, urls ...*url.URL) *pool {
-	p := &pool{service: service}
+// newPool makes the pool of service; with mtls its instances are called
+// over https whatever scheme their addresses came with.
+func newPool(service string, mtls bool, urls ...*url.URL) *pool {
+	p := &pool{service: service, mtls: mtls}
 	p.set(urls)
 	return p
 }
@@ -64,6 +67,11 @@ func (p *pool) set(urls []*url.URL) {
 	}
 	var next []*instance
 	for _, u := range urls {
+		if p.mtls && u.Scheme == "http" {
+			tu := *u
+			tu.Scheme = "https"
+			u = &tu
+		}
 		if i, ok := old[u.String()]; ok {
 			next = append(next, i)
 		} else {

@@ -1,11 +1,210 @@
 // Package mesh is the service mesh controller (`lucid mesh`, port 8088):
-// Consul registration, the mesh CA that issues mTLS certificates, and Envoy
-// bootstrap configs.
+// it runs the mesh CA that gives every Lucid service its mTLS certificate,
+// registers the services in Consul and keeps those registrations in line
+// with what runs, and renders Envoy bootstraps for operators who run
+// sidecars.
 //
-// So far it serves only the shared endpoints (/health, /ready, /metrics).
+// Its API:
+//
+//	GET    /certificates/ca             trust bundle (PEM), MAC'd with the bootstrap token
+//	POST   /certificates/{service}      issue a leaf from a CSR (bootstrap token; rate-limited)
+//	POST   /ca/rotate                   replace the root by cross-signing (bootstrap token)
+//	GET    /services                    every registered instance, healthy or not, from Consul
+//	GET    /services/{name}             the instances of one service
+//	POST   /services/register           register a service outside the stack
+//	DELETE /services/{name}             deregister a service outside the stack
+//	GET    /envoy/{service}/bootstrap   Envoy bootstrap (YAML) for that service's sidecar
+//
+// All but the bundle need the bootstrap token or, over mTLS, a mesh
+// certificate.
 package mesh
 
-import "github.com/pickme/lucid/pkg/service"
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
 
-// New returns the mesh service.
-func New() service.App { return service.Basic{} }
+	consul "github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/envconfig"
+	"github.com/pickme/lucid/pkg/meshca"
+	"github.com/pickme/lucid/pkg/meshtls"
+	"github.com/pickme/lucid/pkg/ratelimit"
+	"github.com/pickme/lucid/pkg/service"
+)
+
+// App is the mesh controller.
+type App struct {
+	leafTTL       time.Duration
+	signRate      int
+	consulAddr    string
+	checkInterval time.Duration
+	syncInterval  time.Duration
+	// members are the stack's services to register, by name, at the
+	// address their URL variable gives.
+	members map[string]*url.URL
+
+	token   string
+	mtls    bool
+	ca      *meshca.CA
+	limiter *ratelimit.Memory
+	logger  *slog.Logger
+	reg     *registrar
+	metrics *metrics
+
+	loops sync.WaitGroup
+}
+
+var (
+	_ service.App        = (*App)(nil)
+	_ service.MeshIssuer = (*App)(nil)
+)
+
+// New returns the mesh controller, ready to be configured.
+func New() service.App { return &App{} }
+
+// Configure reads the CA settings, Consul's address, and where the stack's
+// services are.
+func (a *App) Configure(r *envconfig.Reader) {
+	a.leafTTL = r.Duration("LUCID_MESH_LEAF_TTL", meshca.DefaultLeafTTL, time.Minute, 90*24*time.Hour)
+	a.signRate = r.Int("LUCID_MESH_SIGN_RATE", 50, 1, 100_000)
+	if h := r.String("CONSUL_HOST", ""); h != "" {
+		a.consulAddr = net.JoinHostPort(h, strconv.Itoa(r.Int("CONSUL_PORT", 8500, 1, 65535)))
+	}
+	a.checkInterval = r.Duration("LUCID_MESH_CHECK_INTERVAL", time.Second, 100*time.Millisecond, 5*time.Minute)
+	a.syncInterval = r.Duration("LUCID_MESH_SYNC_INTERVAL", 2*time.Second, 100*time.Millisecond, 5*time.Minute)
+	a.members = map[string]*url.URL{}
+	for _, s := range catalog.Services {
+		key := "LUCID_" + strings.ToUpper(s.Name) + "_URL"
+		if u := r.URL(key); u != nil {
+			if u.Port() == "" {
+				r.Fail(key, "needs a port to be registered in Consul")
+				continue
+			}
+			a.members[s.Name] = u
+		}
+	}
+}
+
+// Provision opens the CA and the registry, installs the API, and starts
+// keeping Consul in line.
+func (a *App) Provision(ctx context.Context, srv *service.Server) error {
+	cfg := srv.Config()
+	a.logger = srv.Logger()
+	a.token = cfg.MeshToken
+	a.mtls = cfg.MTLS()
+	if !a.mtls {
+		a.logger.Warn("LUCID_MESH_URL is not set: the controller serves plain HTTP, so certificates and the bootstrap token cross the network in the clear")
+	}
+	ca, err := meshca.Open(ctx, filepath.Join(cfg.DataDir, "ca"), meshca.Options{LeafTTL: a.leafTTL})
+	if err != nil {
+		return err
+	}
+	a.ca = ca
+	a.logger.Info("mesh CA ready", "root_sha256", ca.Fingerprint(), "leaf_ttl", a.leafTTL.String())
+	a.limiter = ratelimit.NewMemory(16)
+	a.metrics = newMetrics(srv.Registerer())
+
+	a.reg, err = openRegistrar(filepath.Join(cfg.DataDir, "mesh.db"), a.logger)
+	if err != nil {
+		return err
+	}
+	if a.consulAddr != "" {
+		ccfg := consul.DefaultConfig()
+		ccfg.Address = a.consulAddr
+		client, err := consul.NewClient(ccfg)
+		if err != nil {
+			return fmt.Errorf("consul at %s: %w", a.consulAddr, err)
+		}
+		a.reg.consul = client
+		a.reg.desired = a.stackRegistrations()
+		a.loops.Add(1)
+		go func() {
+			defer a.loops.Done()
+			a.reg.run(ctx, a.syncInterval)
+		}()
+		srv.AddDetailedCheck("consul", a.reg.check)
+	}
+	a.routes(srv)
+	return nil
+}
+
+// Close waits for the registrar to deregister the stack and closes its
+// database.
+func (a *App) Close() error {
+	a.loops.Wait()
+	if a.reg != nil {
+		return a.reg.close()
+	}
+	return nil
+}
+
+// stackRegistrations are the Consul registrations of the stack's services,
+// each with an HTTP check on /ready.
+func (a *App) stackRegistrations() []*consul.AgentServiceRegistration {
+	var out []*consul.AgentServiceRegistration
+	for _, s := range catalog.Services {
+		u, ok := a.members[s.Name]
+		if !ok {
+			continue
+		}
+		port, _ := strconv.Atoi(u.Port())
+		scheme, tags := "http", []string{"lucid", "core"}
+		if a.mtls {
+			scheme, tags = "https", append(tags, "mtls")
+		}
+		out = append(out, &consul.AgentServiceRegistration{
+			ID:      "lucid-" + s.Name,
+			Name:    s.Name,
+			Address: u.Hostname(),
+			Port:    port,
+			Tags:    tags,
+			Meta: map[string]string{
+				"container":  s.Container,
+				"spiffe_id":  meshca.SPIFFEID(s.Name).String(),
+				"managed_by": managedBy,
+			},
+			Check: &consul.AgentServiceCheck{
+				CheckID:  "lucid-" + s.Name + "-ready",
+				Name:     s.Name + " /ready",
+				HTTP:     scheme + "://" + u.Host + "/ready",
+				Interval: a.checkInterval.String(),
+				Timeout:  min(a.checkInterval, 2*time.Second).String(),
+				// /ready carries nothing secret, and Consul holds no mesh
+				// certificate to prove the server with.
+				TLSSkipVerify: a.mtls,
+			},
+		})
+	}
+	return out
+}
+
+// MeshIssuer certifies the controller itself from its own CA.
+func (a *App) MeshIssuer() meshtls.Issuer { return meshtls.Local(a.ca) }
+
+type metrics struct {
+	issued  *prometheus.CounterVec
+	refused prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		issued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lucid_mesh_certificates_issued_total", Help: "Leaf certificates issued, by service.",
+		}, []string{"service"}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lucid_mesh_sign_rate_limited_total", Help: "Certificate requests refused by the signing rate limit.",
+		}),
+	}
+	reg.MustRegister(m.issued, m.refused)
+	return m
+}

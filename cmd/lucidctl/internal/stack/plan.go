@@ -32,6 +32,7 @@ type plan struct {
 	lucid      string
 	consul     string // "" when not supervised
 	portOffset int
+	mtls       bool // the services speak mTLS with mesh certificates
 	services   []catalog.Service
 	env        []string // base environment of every service
 }
@@ -39,7 +40,11 @@ type plan struct {
 func (p *plan) port(s catalog.Service) int { return s.Port + p.portOffset }
 
 func (p *plan) url(s catalog.Service) string {
-	return "http://127.0.0.1:" + strconv.Itoa(p.port(s))
+	scheme := "http"
+	if p.mtls {
+		scheme = "https"
+	}
+	return scheme + "://127.0.0.1:" + strconv.Itoa(p.port(s))
 }
 
 func (p *plan) names() []string {
@@ -70,7 +75,11 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 	var specs []supervise.Spec
 	common := slices.Clone(p.env)
 	// Every service learns where the others are; the Phase 2 names first.
+	// LUCID_MESH_URL also switches mTLS on, so it is set only then.
 	for _, s := range catalog.Services {
+		if s.Name == catalog.MeshService && !p.mtls {
+			continue
+		}
 		common = append(common, "LUCID_"+strings.ToUpper(s.Name)+"_URL="+p.url(s))
 		for _, name := range s.URLEnv {
 			common = append(common, name+"="+p.url(s))
@@ -88,6 +97,9 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 		deps := slices.Clone(s.DependsOn)
 		if p.consul != "" && s.UsesConsul {
 			deps = append(deps, consulName)
+		}
+		if p.mtls && s.Name != catalog.MeshService {
+			deps = append(deps, catalog.MeshService) // it issues their certificates
 		}
 		specs = append(specs, supervise.Spec{
 			Name:      s.Name,

@@ -2,6 +2,7 @@ package stack_test
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -188,10 +189,21 @@ func TestUpStatusLogsDown(t *testing.T) {
 	if !st.Running || len(st.Services) != len(catalog.Services) {
 		t.Fatalf("status = %+v", st)
 	}
+	// With mTLS on (the default) every service serves TLS: health
+	// endpoints to anyone, the rest only to a holder of a mesh certificate.
 	gw := st.service("gateway")
-	resp, err := http.Get(gw.URL + "/health")
+	if !strings.HasPrefix(gw.URL, "https://") {
+		t.Fatalf("gateway URL %s: want https with mTLS on", gw.URL)
+	}
+	noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := noCert.Get(gw.URL + "/health")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("gateway /health: %v", err)
+	}
+	resp.Body.Close()
+	resp, err = noCert.Get(st.service("engine").URL + "/api/v1/chain")
+	if err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("engine API without a mesh certificate: %v %v, want 403", resp, err)
 	}
 	resp.Body.Close()
 
@@ -261,7 +273,7 @@ func TestSupervisorKilledTakesServicesWithIt(t *testing.T) {
 	p := newProject(t, 20100)
 	p.up("engine", "blocks")
 	st, _ := p.status()
-	if len(st.Services) != 2 {
+	if len(st.Services) != 3 { // and the mesh, for their certificates
 		t.Fatalf("up engine blocks ran %d services", len(st.Services))
 	}
 	if err := syscall.Kill(st.SupervisorPID, syscall.SIGKILL); err != nil {
@@ -300,7 +312,7 @@ func TestForegroundUpStopsOnInterrupt(t *testing.T) {
 			}
 			pids = append(pids, s.PID)
 		}
-		return len(pids) == 3 // datachain with anchoring and engine
+		return len(pids) == 4 // datachain with anchoring and engine, and the mesh
 	})
 	cancel() // what Ctrl-C does
 	r := <-done
@@ -333,6 +345,17 @@ func TestUpSupervisesConsul(t *testing.T) {
 	if err == nil && !strings.Contains(string(environ), "CONSUL_PORT=29500\x00") {
 		t.Errorf("mesh was not given CONSUL_PORT=29500")
 	}
+	// and registered itself there, with a passing check over mTLS.
+	testenv.Eventually(t, 10*time.Second, "mesh registered and passing in consul", func() bool {
+		resp, err := http.Get(c.URL + "/v1/health/service/mesh?passing=true")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var entries []struct{ Service struct{ Tags []string } }
+		_ = json.NewDecoder(resp.Body).Decode(&entries)
+		return len(entries) == 1 && slices.Contains(entries[0].Service.Tags, "mtls")
+	})
 }
 
 func TestUpRefusesWeakSecret(t *testing.T) {

@@ -29,6 +29,7 @@ type UpOptions struct {
 	Lucid       string
 	Consul      string
 	PortOffset  int
+	NoMTLS      bool
 	WaitTimeout time.Duration
 	// supervisor is set in the background process that `up -d` starts.
 	supervisor bool
@@ -48,6 +49,9 @@ Naming services runs those and what they depend on. A consul binary on PATH
 (or given by --consul) runs as a dev agent and the services are pointed at it.
 Secrets the services need and the env file lacks are generated into it.
 
+The services speak mTLS to each other with certificates from the mesh
+controller, which therefore always runs; --no-mtls turns that off.
+
 In the foreground, logs stream here with a colored prefix and Ctrl-C stops
 the stack. With -d the supervisor runs in the background; use status, logs
 and down.`,
@@ -64,6 +68,7 @@ and down.`,
 	f.BoolVarP(&opts.Detach, "detach", "d", false, "run in the background and return once the services are ready")
 	f.StringVar(&opts.Lucid, "lucid", "", "the lucid binary to run (default: next to lucidctl, on PATH, or built from the source tree)")
 	f.StringVar(&opts.Consul, "consul", "", `consul binary to supervise, or "off" (default: local.consul of lucid.yaml, "auto" = consul on PATH)`)
+	f.BoolVar(&opts.NoMTLS, "no-mtls", false, "run without the mesh's mTLS: plain HTTP between services")
 	f.IntVar(&opts.PortOffset, "port-offset", 0, "add N to every port, to run a second stack beside the first")
 	f.DurationVar(&opts.WaitTimeout, "wait-timeout", 2*time.Minute, "with -d, how long to wait for the services to be ready")
 	f.BoolVar(&opts.supervisor, "supervisor", false, "run as the background supervisor (used by up -d)")
@@ -101,12 +106,16 @@ func runUp(ctx context.Context, opts *UpOptions) error {
 func makePlan(ctx context.Context, opts *UpOptions, cfg *projectconfig.Config, l layout) (*plan, error) {
 	services := catalog.Services
 	if len(opts.Services) > 0 {
+		names := opts.Services
+		if !opts.NoMTLS {
+			names = append(slices.Clone(names), catalog.MeshService)
+		}
 		var err error
-		if services, err = catalog.Closure(opts.Services); err != nil {
+		if services, err = catalog.Closure(names); err != nil {
 			return nil, cli.Usage(err)
 		}
 	}
-	p := &plan{portOffset: opts.PortOffset, services: services}
+	p := &plan{portOffset: opts.PortOffset, mtls: !opts.NoMTLS, services: services}
 
 	var err error
 	if p.lucid, err = findLucid(ctx, opts.Lucid, l.binDir(), opts.Env.IO.ErrOut); err != nil {
@@ -302,6 +311,9 @@ func startDetached(ctx context.Context, opts *UpOptions, l layout, p *plan) erro
 	}
 	args := []string{"up", "--supervisor", "--detach", "--lucid", p.lucid, "--consul", consul,
 		"--port-offset", strconv.Itoa(p.portOffset)}
+	if !p.mtls {
+		args = append(args, "--no-mtls")
+	}
 	if opts.Env.ConfigExplicit() {
 		cfgPath, err := filepath.Abs(opts.Env.ConfigPath)
 		if err != nil {

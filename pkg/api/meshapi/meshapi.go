@@ -1,0 +1,206 @@
+// Package meshapi is the typed HTTP client of the mesh controller and the
+// JSON shapes of its API: certificates, the trust bundle, the service
+// registry and Envoy bootstraps.
+//
+// The trust bundle is fetched before the caller trusts anything, so the
+// controller authenticates it with an HMAC keyed by the bootstrap token
+// (header BundleMACHeader): a caller holding the token accepts the bundle
+// only if the MAC matches, whatever network sat in between.
+package meshapi
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/pickme/lucid/pkg/api"
+	"github.com/pickme/lucid/pkg/meshca"
+)
+
+// BundleMACHeader carries the hex HMAC-SHA256 of the bundle body, keyed by
+// the bootstrap token.
+const BundleMACHeader = "Lucid-Bundle-Mac"
+
+// BundleMAC is the MAC the controller sends with bundle.
+func BundleMAC(token string, bundle []byte) string {
+	m := hmac.New(sha256.New, []byte(token))
+	m.Write(bundle)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// IssueRequest asks for a leaf.
+type IssueRequest struct {
+	// CSR is a PEM certificate request signed by the caller's EC P-256 key.
+	CSR string `json:"csr"`
+}
+
+// Issued is a leaf with its chain and the bundle to trust.
+type Issued struct {
+	// CertificateChain is the leaf first, then intermediates, in PEM.
+	CertificateChain string `json:"certificate_chain"`
+	// CABundle is the roots to trust, in PEM.
+	CABundle string    `json:"ca_bundle"`
+	NotAfter time.Time `json:"not_after"`
+	SPIFFEID string    `json:"spiffe_id"`
+}
+
+// Rotated answers a root rotation.
+type Rotated struct {
+	// Fingerprint is the hex SHA-256 of the new root.
+	Fingerprint string `json:"fingerprint"`
+}
+
+// Instance is one registered instance of a service, as Consul sees it.
+type Instance struct {
+	ID      string            `json:"id"`
+	Service string            `json:"service"`
+	Address string            `json:"address"`
+	Port    int               `json:"port"`
+	Tags    []string          `json:"tags,omitempty"`
+	Meta    map[string]string `json:"meta,omitempty"`
+	// Status is passing, warning or critical.
+	Status string `json:"status"`
+	// Output is the last health check output, when not passing.
+	Output string `json:"output,omitempty"`
+}
+
+// Registration registers a service that runs outside the stack.
+type Registration struct {
+	Name    string            `json:"name"`
+	ID      string            `json:"id,omitempty"` // default name-address-port
+	Address string            `json:"address"`
+	Port    int               `json:"port"`
+	Tags    []string          `json:"tags,omitempty"`
+	Meta    map[string]string `json:"meta,omitempty"`
+	// Check is the HTTP(S) URL Consul polls; empty means no check.
+	Check string `json:"check,omitempty"`
+	// Interval of the check (default 10s).
+	Interval string `json:"interval,omitempty"`
+}
+
+// Client talks to the mesh controller.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// New returns a client for the controller at base, authenticating with the
+// bootstrap token. hc carries the transport (nil: a plain client).
+func New(base, token string, hc *http.Client) *Client {
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	return &Client{base: strings.TrimRight(base, "/"), token: token, http: hc}
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	r := api.Request{Method: method, URL: c.base + path, Token: c.token}
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		r.Body = b
+	}
+	if err := api.Do(ctx, c.http, r, out); err != nil {
+		return fmt.Errorf("mesh: %w", err)
+	}
+	return nil
+}
+
+// Bundle fetches the trust bundle and checks its MAC against the token.
+// It sends no credential, so it may use a connection that is not yet
+// trusted.
+func (c *Client) Bundle(ctx context.Context) ([]*x509.Certificate, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/certificates/ca", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("mesh: trust bundle: %w", api.DecodeError(resp))
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("mesh: trust bundle: %w", err)
+	}
+	if !hmac.Equal([]byte(resp.Header.Get(BundleMACHeader)), []byte(BundleMAC(c.token, body))) {
+		return nil, errors.New("mesh: the trust bundle's MAC does not match the bootstrap token (wrong LUCID_MESH_TOKEN, or not the mesh controller)")
+	}
+	return meshca.DecodeCerts(body)
+}
+
+// Issue asks for a leaf for service, from a PEM certificate request.
+func (c *Client) Issue(ctx context.Context, service string, csrPEM []byte) (*Issued, error) {
+	var out Issued
+	if err := c.do(ctx, http.MethodPost, "/certificates/"+url.PathEscape(service), IssueRequest{CSR: string(csrPEM)}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Rotate replaces the mesh root.
+func (c *Client) Rotate(ctx context.Context) (*Rotated, error) {
+	var out Rotated
+	if err := c.do(ctx, http.MethodPost, "/ca/rotate", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Services lists every registered instance.
+func (c *Client) Services(ctx context.Context) ([]Instance, error) {
+	var out struct {
+		Instances []Instance `json:"instances"`
+	}
+	if err := c.do(ctx, http.MethodGet, "/services", nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Instances, nil
+}
+
+// Service lists the instances of one service.
+func (c *Client) Service(ctx context.Context, name string) ([]Instance, error) {
+	var out struct {
+		Instances []Instance `json:"instances"`
+	}
+	if err := c.do(ctx, http.MethodGet, "/services/"+url.PathEscape(name), nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Instances, nil
+}
+
+// Register registers a service that runs outside the stack.
+func (c *Client) Register(ctx context.Context, r Registration) error {
+	return c.do(ctx, http.MethodPost, "/services/register", r, nil)
+}
+
+// Deregister removes every instance of an outside service.
+func (c *Client) Deregister(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/services/"+url.PathEscape(name), nil, nil)
+}
+
+// EnvoyBootstrap returns the Envoy bootstrap YAML for service's sidecar.
+func (c *Client) EnvoyBootstrap(ctx context.Context, service string) ([]byte, error) {
+	var out []byte
+	r := api.Request{Method: http.MethodGet, URL: c.base + "/envoy/" + url.PathEscape(service) + "/bootstrap", Token: c.token}
+	if err := api.Do(ctx, c.http, r, &out); err != nil {
+		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	return out, nil
+}

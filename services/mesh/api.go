@@ -1,0 +1,222 @@
+package mesh
+
+import (
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pickme/lucid/pkg/api/meshapi"
+	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/meshca"
+	"github.com/pickme/lucid/pkg/meshtls"
+	"github.com/pickme/lucid/pkg/ratelimit"
+	"github.com/pickme/lucid/pkg/service"
+)
+
+func (a *App) routes(srv *service.Server) {
+	srv.Handle("GET /certificates/ca", a.handleBundle)
+	srv.Handle("POST /certificates/{service}", a.tokenOnly(a.handleIssue))
+	srv.Handle("POST /ca/rotate", a.tokenOnly(a.handleRotate))
+	srv.Handle("GET /services", a.member(a.handleServices))
+	srv.Handle("GET /services/{name}", a.member(a.handleServices))
+	srv.Handle("POST /services/register", a.member(a.handleRegister))
+	srv.Handle("DELETE /services/{name}", a.member(a.handleDeregister))
+	srv.Handle("GET /envoy/{service}/bootstrap", a.member(a.handleEnvoy))
+}
+
+// validToken checks the bootstrap token in constant time.
+func (a *App) validToken(r *http.Request) bool {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(tok), []byte(a.token)) == 1
+}
+
+var errToken = service.Errorf(http.StatusUnauthorized, service.CodeAuth, "a valid mesh bootstrap token is required")
+
+// tokenOnly guards what only a holder of the bootstrap token may do:
+// obtain an identity, rotate the root.
+func (a *App) tokenOnly(h service.HandlerFunc) service.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if !a.validToken(r) {
+			a.logger.Warn("mesh: refused a request without a valid bootstrap token", "remote", r.RemoteAddr, "path", r.URL.Path)
+			return errToken
+		}
+		return h(w, r)
+	}
+}
+
+// member lets in the token holder and any service of the mesh (over mTLS,
+// already verified in the handshake).
+func (a *App) member(h service.HandlerFunc) service.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if _, ok := meshtls.Caller(r); ok || a.validToken(r) {
+			return h(w, r)
+		}
+		a.logger.Warn("mesh: refused a request without a token or mesh certificate", "remote", r.RemoteAddr, "path", r.URL.Path)
+		return errToken
+	}
+}
+
+func (a *App) handleBundle(w http.ResponseWriter, _ *http.Request) error {
+	body := meshca.EncodeCerts(a.ca.Bundle())
+	w.Header().Set("Content-Type", "application/pem-certificate-chain")
+	w.Header().Set(meshapi.BundleMACHeader, meshapi.BundleMAC(a.token, body))
+	w.Header().Set("Cache-Control", "no-store")
+	_, err := w.Write(body)
+	return err
+}
+
+func (a *App) handleIssue(w http.ResponseWriter, r *http.Request) error {
+	svc := r.PathValue("service")
+	if _, ok := catalog.Lookup(svc); !ok {
+		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no Lucid service %q (services: %s)", svc, strings.Join(catalog.Names(), ", "))
+	}
+	d, err := a.limiter.Allow(r.Context(), "sign", ratelimit.Limit{Limit: a.signRate, Period: time.Second, Burst: a.signRate}, time.Now())
+	if err != nil {
+		return err
+	}
+	if !d.Allowed {
+		a.metrics.refused.Inc()
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int((d.RetryAfter+time.Second-1)/time.Second))))
+		return service.Errorf(http.StatusTooManyRequests, service.CodeRateLimit, "certificate signing is rate-limited; retry shortly")
+	}
+	var req meshapi.IssueRequest
+	if err := service.DecodeJSON(w, r, 64<<10, &req); err != nil {
+		return err
+	}
+	csr, err := meshca.ParseCSR([]byte(req.CSR))
+	if err != nil {
+		return &service.HTTPError{Status: http.StatusBadRequest, Code: service.CodeBadRequest, Message: err.Error()}
+	}
+	leaf, err := a.ca.Sign(r.Context(), csr, svc)
+	if err != nil {
+		return &service.HTTPError{Status: http.StatusBadRequest, Code: service.CodeBadRequest, Message: err.Error()}
+	}
+	a.metrics.issued.WithLabelValues(svc).Inc()
+	a.logger.Debug("leaf issued", "service", svc, "serial", leaf.Chain[0].SerialNumber.Text(16), "not_after", leaf.NotAfter)
+	service.WriteJSON(w, http.StatusOK, meshapi.Issued{
+		CertificateChain: string(leaf.ChainPEM()),
+		CABundle:         string(meshca.EncodeCerts(a.ca.Bundle())),
+		NotAfter:         leaf.NotAfter,
+		SPIFFEID:         meshca.SPIFFEID(svc).String(),
+	})
+	return nil
+}
+
+func (a *App) handleRotate(w http.ResponseWriter, r *http.Request) error {
+	if err := a.ca.Rotate(r.Context()); err != nil {
+		return err
+	}
+	fp := a.ca.Fingerprint()
+	a.logger.Info("mesh root rotated; the old root stays trusted until its leaves expire", "root_sha256", fp)
+	service.WriteJSON(w, http.StatusOK, meshapi.Rotated{Fingerprint: fp})
+	return nil
+}
+
+// registryError maps registrar errors to answers: Consul missing or down is
+// 503, the detail stays in the log.
+func registryError(err error) error {
+	if errors.Is(err, errNoConsul) {
+		return service.Errorf(http.StatusServiceUnavailable, service.CodeUnready, "%v", err)
+	}
+	return &service.HTTPError{Status: http.StatusServiceUnavailable, Code: service.CodeUnready, Message: "consul is unreachable", Cause: err}
+}
+
+func (a *App) handleServices(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	in, err := a.reg.instances(r.Context(), name)
+	if err != nil {
+		return registryError(err)
+	}
+	if name != "" && len(in) == 0 {
+		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no instance of %q is registered", name)
+	}
+	service.WriteJSON(w, http.StatusOK, map[string]any{"instances": in})
+	return nil
+}
+
+func (a *App) handleRegister(w http.ResponseWriter, r *http.Request) error {
+	var reg meshapi.Registration
+	if err := service.DecodeJSON(w, r, 64<<10, &reg); err != nil {
+		return err
+	}
+	if err := validateRegistration(&reg); err != nil {
+		return err
+	}
+	if err := a.reg.register(r.Context(), reg); err != nil {
+		return registryError(err)
+	}
+	a.logger.Info("outside service registered", "id", reg.ID, "service", reg.Name)
+	service.WriteJSON(w, http.StatusCreated, reg)
+	return nil
+}
+
+// validateRegistration checks an outside registration and fills defaults.
+func validateRegistration(reg *meshapi.Registration) error {
+	var problems []string
+	if err := meshca.ValidServiceName(reg.Name); err != nil {
+		problems = append(problems, "name: "+err.Error())
+	} else if _, ok := catalog.Lookup(reg.Name); ok {
+		return service.Errorf(http.StatusConflict, service.CodeConflict, "%q is a stack service; the controller registers it itself", reg.Name)
+	}
+	if reg.Address == "" || strings.ContainsAny(reg.Address, "/ ") {
+		problems = append(problems, "address: a host name or IP address is required")
+	}
+	if reg.Port < 1 || reg.Port > 65535 {
+		problems = append(problems, "port: must be 1 to 65535")
+	}
+	if reg.Check != "" {
+		if u, err := url.Parse(reg.Check); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			problems = append(problems, "check: must be an http(s) URL")
+		}
+		if reg.Interval == "" {
+			reg.Interval = "10s"
+		}
+		if d, err := time.ParseDuration(reg.Interval); err != nil || d < 100*time.Millisecond {
+			problems = append(problems, "interval: must be a duration of at least 100ms")
+		}
+	}
+	if reg.ID == "" {
+		reg.ID = fmt.Sprintf("%s-%s-%d", reg.Name, reg.Address, reg.Port)
+	}
+	if len(problems) > 0 {
+		return &service.HTTPError{Status: http.StatusBadRequest, Code: service.CodeBadRequest, Message: "invalid registration", Fields: problems}
+	}
+	return nil
+}
+
+func (a *App) handleDeregister(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if _, ok := catalog.Lookup(name); ok {
+		return service.Errorf(http.StatusConflict, service.CodeConflict, "%q is a stack service; the controller keeps it registered while it runs", name)
+	}
+	n, err := a.reg.deregister(r.Context(), name)
+	if err != nil {
+		return registryError(err)
+	}
+	if n == 0 {
+		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no outside service %q is registered", name)
+	}
+	a.logger.Info("outside service deregistered", "service", name, "instances", n)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *App) handleEnvoy(w http.ResponseWriter, r *http.Request) error {
+	svc := r.PathValue("service")
+	s, ok := catalog.Lookup(svc)
+	if !ok {
+		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no Lucid service %q", svc)
+	}
+	body, err := envoyBootstrap(s, envoyOptionsFrom(r.URL.Query()))
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/yaml")
+	_, err = w.Write(body)
+	return err
+}

@@ -1,0 +1,293 @@
+package mesh
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	consul "github.com/hashicorp/consul/api"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/pickme/lucid/pkg/api/meshapi"
+)
+
+// managedBy marks, in Consul meta, the registrations this controller owns.
+const managedBy = "lucid-mesh"
+
+var externalBucket = []byte("external")
+
+// errNoConsul is returned by registry calls when Consul is not configured.
+var errNoConsul = errors.New("consul is not configured (CONSUL_HOST)")
+
+// registrar keeps Consul's registrations in line with the stack and with
+// the outside services registered through the API, which it keeps in bbolt
+// so they survive a restart of the controller or of Consul.
+type registrar struct {
+	db      *bolt.DB
+	consul  *consul.Client // nil without Consul
+	desired []*consul.AgentServiceRegistration
+	logger  *slog.Logger
+
+	mu       sync.Mutex
+	lastErr  error
+	lastSync time.Time
+	synced   int
+}
+
+func openRegistrar(path string, logger *slog.Logger) (*registrar, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(externalBucket)
+		return err
+	}); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &registrar{db: db, logger: logger}, nil
+}
+
+func (g *registrar) close() error { return g.db.Close() }
+
+// run syncs every interval until ctx ends, then deregisters the stack.
+// Syncing is a diff against the local agent's list, so a Consul restart
+// (which forgets every registration) is repaired on the next round.
+func (g *registrar) run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		g.sync(ctx)
+		select {
+		case <-ctx.Done():
+			g.deregisterStack()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// sync registers what is missing or changed.
+func (g *registrar) sync(ctx context.Context) {
+	want, err := g.wanted()
+	if err == nil {
+		err = g.apply(ctx, want)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch {
+	case err != nil && g.lastErr == nil:
+		g.logger.Warn("consul sync failed; retrying", "error", err)
+	case err == nil && g.lastErr != nil:
+		g.logger.Info("consul sync recovered", "registrations", len(want))
+	}
+	g.lastErr = err
+	if err == nil {
+		g.lastSync, g.synced = time.Now(), len(want)
+	}
+}
+
+func (g *registrar) apply(ctx context.Context, want []*consul.AgentServiceRegistration) error {
+	have, err := g.consul.Agent().ServicesWithFilterOpts("", (&consul.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return err
+	}
+	for _, r := range want {
+		if cur, ok := have[r.ID]; ok && sameRegistration(cur, r) {
+			continue
+		}
+		if err := g.consul.Agent().ServiceRegisterOpts(r, consul.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)); err != nil {
+			return fmt.Errorf("register %s: %w", r.ID, err)
+		}
+		g.logger.Info("registered in consul", "id", r.ID, "service", r.Name, "address", fmt.Sprintf("%s:%d", r.Address, r.Port))
+	}
+	// Ours but no longer wanted (an outside service deleted while Consul
+	// was away): remove.
+	for id, cur := range have {
+		if cur.Meta["managed_by"] == managedBy && !slices.ContainsFunc(want, func(r *consul.AgentServiceRegistration) bool { return r.ID == id }) {
+			if err := g.consul.Agent().ServiceDeregisterOpts(id, (&consul.QueryOptions{}).WithContext(ctx)); err != nil {
+				return fmt.Errorf("deregister %s: %w", id, err)
+			}
+		}
+	}
+	return nil
+}
+
+func sameRegistration(cur *consul.AgentService, r *consul.AgentServiceRegistration) bool {
+	return cur.Service == r.Name && cur.Address == r.Address && cur.Port == r.Port &&
+		slices.Equal(cur.Tags, r.Tags) && maps.Equal(cur.Meta, r.Meta)
+}
+
+// wanted is the stack plus the stored outside services.
+func (g *registrar) wanted() ([]*consul.AgentServiceRegistration, error) {
+	ext, err := g.external()
+	if err != nil {
+		return nil, err
+	}
+	want := slices.Clone(g.desired)
+	for _, r := range ext {
+		want = append(want, externalRegistration(r))
+	}
+	return want, nil
+}
+
+func externalRegistration(r meshapi.Registration) *consul.AgentServiceRegistration {
+	meta := maps.Clone(r.Meta)
+	if meta == nil {
+		meta = map[string]string{}
+	}
+	meta["managed_by"] = managedBy
+	meta["external"] = "true"
+	reg := &consul.AgentServiceRegistration{ID: r.ID, Name: r.Name, Address: r.Address, Port: r.Port, Tags: r.Tags, Meta: meta}
+	if r.Check != "" {
+		reg.Check = &consul.AgentServiceCheck{CheckID: r.ID + "-check", Name: r.Name + " check", HTTP: r.Check, Interval: r.Interval, Timeout: "2s"}
+	}
+	return reg
+}
+
+func (g *registrar) external() ([]meshapi.Registration, error) {
+	var out []meshapi.Registration
+	err := g.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(externalBucket).ForEach(func(_, v []byte) error {
+			var r meshapi.Registration
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			out = append(out, r)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// register stores an outside service and registers it now.
+func (g *registrar) register(ctx context.Context, r meshapi.Registration) error {
+	if g.consul == nil {
+		return errNoConsul
+	}
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := g.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(externalBucket).Put([]byte(r.ID), data) }); err != nil {
+		return err
+	}
+	return g.consul.Agent().ServiceRegisterOpts(externalRegistration(r), consul.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx))
+}
+
+// deregister forgets every outside instance of name and removes it from
+// Consul; it reports how many there were.
+func (g *registrar) deregister(ctx context.Context, name string) (int, error) {
+	if g.consul == nil {
+		return 0, errNoConsul
+	}
+	var ids []string
+	err := g.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(externalBucket)
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			var r meshapi.Registration
+			if json.Unmarshal(v, &r) == nil && r.Name == name {
+				ids = append(ids, string(k))
+			}
+		}
+		for _, id := range ids {
+			if err := b.Delete([]byte(id)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, id := range ids {
+		if err := g.consul.Agent().ServiceDeregisterOpts(id, (&consul.QueryOptions{}).WithContext(ctx)); err != nil {
+			return len(ids), fmt.Errorf("deregister %s (it will be retried): %w", id, err)
+		}
+	}
+	return len(ids), nil
+}
+
+// deregisterStack removes the stack's registrations on shutdown; outside
+// services keep theirs, as they keep running.
+func (g *registrar) deregisterStack() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, r := range g.desired {
+		if err := g.consul.Agent().ServiceDeregisterOpts(r.ID, (&consul.QueryOptions{}).WithContext(ctx)); err != nil {
+			g.logger.Warn("deregister on shutdown failed", "id", r.ID, "error", err)
+			return
+		}
+	}
+	g.logger.Info("deregistered the stack from consul", "registrations", len(g.desired))
+}
+
+// check is the controller's /ready line for Consul.
+func (g *registrar) check(context.Context) (string, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.lastErr != nil {
+		return "", fmt.Errorf("consul sync: %w", g.lastErr)
+	}
+	if g.lastSync.IsZero() {
+		return "", errors.New("consul: not synced yet")
+	}
+	return fmt.Sprintf("%d registrations in sync", g.synced), nil
+}
+
+// instances lists the instances of name (every service when name is ""),
+// healthy or not, with their aggregated check status.
+func (g *registrar) instances(ctx context.Context, name string) ([]meshapi.Instance, error) {
+	if g.consul == nil {
+		return nil, errNoConsul
+	}
+	q := (&consul.QueryOptions{}).WithContext(ctx)
+	names := []string{name}
+	if name == "" {
+		services, _, err := g.consul.Catalog().Services(q)
+		if err != nil {
+			return nil, err
+		}
+		names = names[:0]
+		for n := range services {
+			if n != "consul" {
+				names = append(names, n)
+			}
+		}
+		sort.Strings(names)
+	}
+	out := []meshapi.Instance{}
+	for _, n := range names {
+		entries, _, err := g.consul.Health().Service(n, "", false, q)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range entries {
+			addr := e.Service.Address
+			if addr == "" {
+				addr = e.Node.Address
+			}
+			in := meshapi.Instance{ID: e.Service.ID, Service: e.Service.Service, Address: addr, Port: e.Service.Port,
+				Tags: e.Service.Tags, Meta: e.Service.Meta, Status: e.Checks.AggregatedStatus()}
+			if in.Status != consul.HealthPassing {
+				for _, c := range e.Checks {
+					if c.Status != consul.HealthPassing && c.Output != "" {
+						in.Output = c.Output
+						break
+					}
+				}
+			}
+			out = append(out, in)
+		}
+	}
+	return out, nil
+}
