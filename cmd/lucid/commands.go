@@ -89,7 +89,7 @@ alive. Container images have no curl; their HEALTHCHECK runs this instead.`,
 			if ready {
 				path = "/ready"
 			}
-			return service.Probe(cmd.Context(), cfg.Addr, path, cfg.MTLS())
+			return service.Probe(cmd.Context(), cfg.Addr, path, cfg.ServesTLS())
 		},
 	}
 	hc.Flags().BoolVar(&ready, "ready", false, "check /ready (dependencies reachable) instead of /health")

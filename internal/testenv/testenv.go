@@ -150,28 +150,66 @@ func StartRedis(t testing.TB) string {
 // StartConsul runs a private Consul dev agent on free loopback ports for
 // the test and returns its HTTP address (host:port) once it has a leader.
 // It skips, or fails in CI, when no consul binary is found.
-func StartConsul(t testing.TB) string {
+func StartConsul(t testing.TB) string { return StartConsulAgent(t).Addr }
+
+// ConsulAgent is a Consul dev agent run for a test.
+type ConsulAgent struct {
+	// Addr is the HTTP address, host:port.
+	Addr string
+	bin  string
+	args []string
+	cmd  *exec.Cmd
+	out  SyncBuffer
+}
+
+// StartConsulAgent is StartConsul for tests that also restart the agent.
+func StartConsulAgent(t testing.TB) *ConsulAgent {
 	t.Helper()
 	bin := Tool(t, "consul", "LUCID_CONSUL_BIN")
 	port := func() string { return fmt.Sprint(FreePort(t)) }
 	httpPort := port()
-	cmd := exec.Command(bin, "agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-node=lucid-test",
-		"-http-port="+httpPort, "-grpc-port=-1", "-grpc-tls-port=-1", "-dns-port=-1",
-		"-server-port="+port(), "-serf-lan-port="+port(), "-serf-wan-port="+port())
-	var out SyncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	a := &ConsulAgent{
+		Addr: "127.0.0.1:" + httpPort,
+		bin:  bin,
+		args: []string{"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-node=lucid-test",
+			"-http-port=" + httpPort, "-grpc-port=-1", "-grpc-tls-port=-1", "-dns-port=-1",
+			"-server-port=" + port(), "-serf-lan-port=" + port(), "-serf-wan-port=" + port()},
+	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("consul output:\n%s", out.String())
+			t.Logf("consul output:\n%s", a.out.String())
 		}
 	})
-	if err := cmd.Start(); err != nil {
+	t.Cleanup(a.stop)
+	a.start(t)
+	return a
+}
+
+// Restart kills the agent and starts a new one on the same ports. A dev
+// agent keeps nothing, so every registration is gone, as after a crash.
+func (a *ConsulAgent) Restart(t testing.TB) {
+	t.Helper()
+	a.stop()
+	a.start(t)
+}
+
+func (a *ConsulAgent) stop() {
+	if a.cmd != nil {
+		_ = a.cmd.Process.Kill()
+		_ = a.cmd.Wait()
+		a.cmd = nil
+	}
+}
+
+func (a *ConsulAgent) start(t testing.TB) {
+	t.Helper()
+	a.cmd = exec.Command(a.bin, a.args...)
+	a.cmd.Stdout, a.cmd.Stderr = &a.out, &a.out
+	if err := a.cmd.Start(); err != nil {
 		t.Fatalf("start consul: %v", err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	addr := "127.0.0.1:" + httpPort
 	Eventually(t, 30*time.Second, "consul has a leader", func() bool {
-		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		c, err := net.DialTimeout("tcp", a.Addr, 100*time.Millisecond)
 		if err != nil {
 			return false
 		}
@@ -181,7 +219,6 @@ func StartConsul(t testing.TB) string {
 		resp, _ := io.ReadAll(c)                                                                         // HTTP/1.0: the server closes when done
 		return strings.Contains(string(resp), "200 OK") && strings.Contains(string(resp), `"127.0.0.1:`) // a leader address
 	})
-	return addr
 }
 
 // SyncBuffer collects a child process's output, written from several

@@ -108,3 +108,26 @@ func Do(ctx context.Context, hc *http.Client, r Request, out any) error {
 		return json.NewDecoder(resp.Body).Decode(out)
 	}
 }
+
+// WithBearer returns a transport that sends token as the bearer credential
+// of every request (through the gateway, say), on top of base (nil: the
+// default transport).
+func WithBearer(base http.RoundTripper, token string) http.RoundTripper {
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	return bearer{base, "Bearer " + token}
+}
+
+type bearer struct {
+	base   http.RoundTripper
+	header string
+}
+
+func (b bearer) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Header.Get("Authorization") == "" {
+		req = req.Clone(req.Context())
+		req.Header.Set("Authorization", b.header)
+	}
+	return b.base.RoundTrip(req)
+}

@@ -37,6 +37,10 @@ type Service struct {
 	// UsesConsul marks services that register in or discover through
 	// Consul, and so start after it when it runs.
 	UsesConsul bool
+	// Public marks the service whose listener faces clients (the gateway):
+	// it never serves mesh mTLS, only plain HTTP or an operator's TLS
+	// certificate, though its own calls to the others use mTLS.
+	Public bool
 	// Calls names the services this one sends requests to: the mesh's
 	// allow list. With mTLS on, any other call is refused (every service
 	// may call the mesh controller).
@@ -96,6 +100,7 @@ var Services = []Service{
 		DependsOn:  []string{"engine", "anchoring", "blocks", "datachain"},
 		Secrets:    []string{"JWT_SECRET_KEY"},
 		UsesConsul: true,
+		Public:     true,
 		Calls:      []string{"engine", "anchoring", "blocks", "datachain"},
 	},
 }
@@ -123,6 +128,15 @@ func Callers(callee string) []string {
 		}
 	}
 	return out
+}
+
+// Scheme is the URL scheme other programs reach s with: https when the
+// mesh's mTLS is on, except for a public service.
+func (s Service) Scheme(mtls bool) string {
+	if mtls && !s.Public {
+		return "https"
+	}
+	return "http"
 }
 
 // Lookup returns the service called name.

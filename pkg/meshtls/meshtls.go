@@ -106,6 +106,9 @@ func Obtain(ctx context.Context, service string, issuer Issuer, opts Options) (*
 // Service is the name this identity speaks for.
 func (id *Identity) Service() string { return id.service }
 
+// Certificate is the current leaf with its chain and key.
+func (id *Identity) Certificate() *tls.Certificate { return id.cert.Load() }
+
 // NotAfter is the current leaf's expiry.
 func (id *Identity) NotAfter() time.Time {
 	id.mu.Lock()

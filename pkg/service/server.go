@@ -148,13 +148,14 @@ func (s *Server) mayCall(server string) bool { return catalog.MayCall(s.cfg.Name
 // mayBeCalledBy is the server side of the allow list.
 func (s *Server) mayBeCalledBy(caller string) bool { return catalog.MayCall(caller, s.cfg.Name) }
 
-// requireCaller refuses, when mTLS is on, a request whose client presented
+// requireCaller refuses, when mTLS is on (and the listener is not public), a
+// request whose client presented
 // no mesh certificate, except for /health, /ready and /metrics (container
 // health checks, Consul and Prometheus have none). The mesh controller's own
 // handlers authenticate by token or certificate themselves.
 func (s *Server) requireCaller(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.identity.Load() != nil && s.cfg.Name != catalog.MeshService {
+		if s.identity.Load() != nil && s.cfg.Name != catalog.MeshService && !s.cfg.Public {
 			switch r.URL.Path {
 			case "/health", "/ready", "/metrics":
 			default:
@@ -195,7 +196,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
 	}
 	scheme := "http"
-	if id := s.identity.Load(); id != nil {
+	switch id := s.identity.Load(); {
+	case s.cfg.Public && s.cfg.TLSCertFile != "":
+		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("TLS certificate (%s, %s): %w", EnvTLSCertFile, EnvTLSKeyFile, err)
+		}
+		ln = tls.NewListener(ln, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}})
+		scheme = "https"
+	case s.cfg.Public:
+		// Clients reach a public listener without mesh certificates.
+	case id != nil:
 		ln = tls.NewListener(ln, id.ServerTLS(s.mayBeCalledBy))
 		scheme = "https (mTLS)"
 	}

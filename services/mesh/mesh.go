@@ -158,9 +158,9 @@ func (a *App) stackRegistrations() []*consul.AgentServiceRegistration {
 			continue
 		}
 		port, _ := strconv.Atoi(u.Port())
-		scheme, tags := "http", []string{"lucid", "core"}
-		if a.mtls {
-			scheme, tags = "https", append(tags, "mtls")
+		scheme, tags := s.Scheme(a.mtls), []string{"lucid", "core"}
+		if scheme == "https" {
+			tags = append(tags, "mtls")
 		}
 		out = append(out, &consul.AgentServiceRegistration{
 			ID:      "lucid-" + s.Name,
@@ -181,7 +181,7 @@ func (a *App) stackRegistrations() []*consul.AgentServiceRegistration {
 				Timeout:  min(a.checkInterval, 2*time.Second).String(),
 				// /ready carries nothing secret, and Consul holds no mesh
 				// certificate to prove the server with.
-				TLSSkipVerify: a.mtls,
+				TLSSkipVerify: scheme == "https",
 			},
 		})
 	}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,6 +23,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/datachainapi"
 )
 
@@ -42,6 +44,7 @@ type PushOptions struct {
 	Env       *cli.Env
 	Dir       string
 	URL       string
+	Token     string
 	SessionID string
 	Seal      bool
 	Owner     string
@@ -70,7 +73,8 @@ The manifest hash sealed with the session is the SHA-256 of the lines
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&opts.URL, "url", "http://127.0.0.1:8087", "data chain URL")
+	f.StringVar(&opts.URL, "url", "http://127.0.0.1:8087", "data chain URL, or the gateway's (with --token)")
+	f.StringVar(&opts.Token, "token", os.Getenv("LUCID_TOKEN"), "bearer token to send, for the gateway (default $LUCID_TOKEN)")
 	f.StringVar(&opts.SessionID, "session-id", "", "session id (a UUID; default: a new one)")
 	f.BoolVar(&opts.Seal, "seal", false, "seal the session and anchor its root when all chunks are stored")
 	f.StringVar(&opts.Owner, "owner", "", "owner recorded in the anchor (with --seal)")
@@ -129,7 +133,11 @@ func runPush(ctx context.Context, opts *PushOptions) error {
 	}
 	slices.SortFunc(files, func(a, b file) int { return strings.Compare(a.name, b.name) })
 
-	client := datachainapi.New(opts.URL, nil)
+	hc := &http.Client{Timeout: 2 * time.Minute}
+	if opts.Token != "" {
+		hc.Transport = api.WithBearer(nil, opts.Token)
+	}
+	client := datachainapi.New(opts.URL, hc)
 	bar := newProgress(opts.Env, total, len(files))
 	ids := make([]string, len(files))
 	jobs := make(chan int)

@@ -40,11 +40,7 @@ type plan struct {
 func (p *plan) port(s catalog.Service) int { return s.Port + p.portOffset }
 
 func (p *plan) url(s catalog.Service) string {
-	scheme := "http"
-	if p.mtls {
-		scheme = "https"
-	}
-	return scheme + "://127.0.0.1:" + strconv.Itoa(p.port(s))
+	return s.Scheme(p.mtls) + "://127.0.0.1:" + strconv.Itoa(p.port(s))
 }
 
 func (p *plan) names() []string {

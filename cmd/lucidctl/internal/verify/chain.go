@@ -4,20 +4,23 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
 )
 
 // ChainOptions are the inputs of `lucidctl verify chain`.
 type ChainOptions struct {
-	Env  *cli.Env
-	URL  string
-	Keys []string
+	Env   *cli.Env
+	URL   string
+	Token string
+	Keys  []string
 }
 
 func newChainCmd(env *cli.Env) *cobra.Command {
@@ -38,7 +41,8 @@ so on stderr).`,
 			return runChain(cmd.Context(), opts)
 		},
 	}
-	cmd.Flags().StringVar(&opts.URL, "url", "http://127.0.0.1:8084", "engine URL")
+	cmd.Flags().StringVar(&opts.URL, "url", "http://127.0.0.1:8084", "engine URL, or the gateway's /blockchain prefix (with --token)")
+	cmd.Flags().StringVar(&opts.Token, "token", os.Getenv("LUCID_TOKEN"), "bearer token to send, for a URL through the gateway (default $LUCID_TOKEN)")
 	cmd.Flags().StringArrayVar(&opts.Keys, "key", nil, "validator public key the chain must start with (repeatable)")
 	return cli.SupportsJSON(cmd)
 }
@@ -59,7 +63,11 @@ func runChain(ctx context.Context, opts *ChainOptions) error {
 	if _, err := chain.Verifiers(opts.Keys); err != nil {
 		return cli.Usage(fmt.Errorf("--key: %w", err))
 	}
-	client := engineapi.New(opts.URL, &http.Client{Timeout: 30 * time.Second})
+	hc := &http.Client{Timeout: 30 * time.Second}
+	if opts.Token != "" {
+		hc.Transport = api.WithBearer(nil, opts.Token)
+	}
+	client := engineapi.New(opts.URL, hc)
 	info, err := client.Chain(ctx)
 	if err != nil {
 		return fmt.Errorf("chain info from %s: %w", opts.URL, err)

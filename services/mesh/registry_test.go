@@ -1,0 +1,153 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/api"
+	"github.com/pickme/lucid/pkg/api/meshapi"
+)
+
+// fakeEngine answers /ready, or fails it when sick.
+type fakeEngine struct {
+	*httptest.Server
+	sick atomic.Bool
+}
+
+func newFakeEngine(t *testing.T) *fakeEngine {
+	f := &fakeEngine{}
+	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if f.sick.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	t.Cleanup(f.Close)
+	return f
+}
+
+func statusOf(in []meshapi.Instance, id string) string {
+	for _, i := range in {
+		if i.ID == id {
+			return i.Status
+		}
+	}
+	return ""
+}
+
+// TestRegistrationFollowsConsul, against a real Consul agent: the stack's
+// services are registered with a health check, outside services can be
+// added and removed, everything comes back after Consul restarts without
+// restarting anything else, and the stack is deregistered on shutdown.
+func TestRegistrationFollowsConsul(t *testing.T) {
+	agent := testenv.StartConsulAgent(t)
+	host, port, _ := net.SplitHostPort(agent.Addr)
+	engine := newFakeEngine(t)
+	c := startController(t, map[string]string{
+		"LUCID_MESH_URL":            "", // plain HTTP: the fake engine speaks no mTLS
+		"CONSUL_HOST":               host,
+		"CONSUL_PORT":               port,
+		"LUCID_ENGINE_URL":          engine.URL,
+		"LUCID_MESH_CHECK_INTERVAL": "200ms",
+		"LUCID_MESH_SYNC_INTERVAL":  "200ms",
+	})
+	client := meshapi.New(c.url, testToken, nil)
+	ctx := context.Background()
+	status := func(name, id string) string {
+		in, err := client.Service(ctx, name)
+		if err != nil {
+			return ""
+		}
+		return statusOf(in, id)
+	}
+
+	testenv.Eventually(t, 10*time.Second, "engine registered and passing", func() bool { return status("engine", "lucid-engine") == "passing" })
+	engine.sick.Store(true)
+	testenv.Eventually(t, 5*time.Second, "engine critical once its /ready fails", func() bool { return status("engine", "lucid-engine") == "critical" })
+	engine.sick.Store(false)
+	testenv.Eventually(t, 5*time.Second, "engine passing again", func() bool { return status("engine", "lucid-engine") == "passing" })
+
+	// An outside service.
+	outside := newFakeEngine(t)
+	oh, op, _ := net.SplitHostPort(outside.Listener.Addr().String())
+	opn, _ := strconv.Atoi(op)
+	reg := meshapi.Registration{Name: "auth", Address: oh, Port: opn, Check: outside.URL + "/health", Interval: "200ms", Tags: []string{"phase1"}}
+	if err := client.Register(ctx, reg); err != nil {
+		t.Fatal(err)
+	}
+	outsideID := "auth-" + oh + "-" + op
+	testenv.Eventually(t, 5*time.Second, "outside service passing", func() bool { return status("auth", outsideID) == "passing" })
+
+	// Bad registrations are refused with reasons.
+	for name, bad := range map[string]meshapi.Registration{
+		"stack name":  {Name: "engine", Address: "10.0.0.1", Port: 1},
+		"no address":  {Name: "x", Port: 1},
+		"bad port":    {Name: "x", Address: "10.0.0.1", Port: 70000},
+		"bad check":   {Name: "x", Address: "10.0.0.1", Port: 1, Check: "ftp://x"},
+		"upper case":  {Name: "Auth", Address: "10.0.0.1", Port: 1},
+		"short check": {Name: "x", Address: "10.0.0.1", Port: 1, Check: "http://x/", Interval: "1ms"},
+	} {
+		var ae *api.Error
+		if err := client.Register(ctx, bad); !errors.As(err, &ae) || (ae.Status != http.StatusBadRequest && ae.Status != http.StatusConflict) {
+			t.Errorf("%s: %v, want 400 or 409", name, err)
+		}
+	}
+
+	// Consul forgets everything; the controller puts it back.
+	agent.Restart(t)
+	testenv.Eventually(t, 10*time.Second, "registrations back after a Consul restart", func() bool {
+		return status("engine", "lucid-engine") == "passing" && status("auth", outsideID) == "passing"
+	})
+
+	all, err := client.Services(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 2 {
+		t.Errorf("GET /services lists %d instances, want engine and auth: %+v", len(all), all)
+	}
+
+	var ae *api.Error
+	if err := client.Deregister(ctx, "engine"); !errors.As(err, &ae) || ae.Status != http.StatusConflict {
+		t.Errorf("deregistering a stack service: %v, want 409", err)
+	}
+	if err := client.Deregister(ctx, "auth"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Service(ctx, "auth"); !errors.Is(err, api.ErrNotFound) {
+		t.Errorf("auth after DELETE: %v, want 404", err)
+	}
+	if err := client.Deregister(ctx, "auth"); !errors.Is(err, api.ErrNotFound) {
+		t.Errorf("second DELETE: %v, want 404", err)
+	}
+
+	// Shutdown deregisters the stack.
+	if err := c.stop(); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get("http://" + agent.Addr + "/v1/agent/service/lucid-engine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("engine still registered after the controller stopped: %s", resp.Status)
+	}
+}
+
+// TestServicesWithoutConsul: the registry endpoints say Consul is missing.
+func TestServicesWithoutConsul(t *testing.T) {
+	c := startController(t, map[string]string{"LUCID_MESH_URL": ""})
+	_, err := meshapi.New(c.url, testToken, nil).Services(context.Background())
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable || ae.Message == "" {
+		t.Fatalf("GET /services without Consul = %v, want 503 saying so", err)
+	}
+}
