@@ -189,6 +189,13 @@ func (ca *CA) Rotate(ctx context.Context) error {
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
 	now := ca.opts.Now()
+	// A second rotation inside the overlap would leave peers that have not
+	// renewed since the first one without a path to the newest root.
+	for _, t := range ca.trust {
+		if !t.until.IsZero() && t.until.After(now) {
+			return &RotationInProgressError{Until: t.until}
+		}
+	}
 	root, rootK, err := newRoot(now, nil, nil)
 	if err != nil {
 		return err
@@ -216,6 +223,14 @@ func (ca *CA) Rotate(ctx context.Context) error {
 	ca.trust = append(trust, trusted{cert: root})
 	ca.root, ca.rootK, ca.inter, ca.interK, ca.cross = root, rootK, inter, interK, cross
 	return ca.save()
+}
+
+// RotationInProgressError refuses a rotation while the previous root is
+// still trusted.
+type RotationInProgressError struct{ Until time.Time }
+
+func (e *RotationInProgressError) Error() string {
+	return "a root rotation is already in progress; the previous root is trusted until " + e.Until.UTC().Format(time.RFC3339)
 }
 
 // Sign issues a leaf for service from a certificate request. The request

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -189,6 +190,11 @@ func TestRotation(t *testing.T) {
 		}
 	}
 
+	var busy *RotationInProgressError
+	if err := ca.Rotate(ctx); !errors.As(err, &busy) {
+		t.Fatalf("a second rotation inside the overlap: %v, want RotationInProgressError", err)
+	}
+
 	// The rotation survives a restart.
 	reopened, err := Open(ctx, dir, Options{LeafTTL: time.Hour, Now: clk.now})
 	if err != nil {
@@ -198,8 +204,8 @@ func TestRotation(t *testing.T) {
 		t.Fatal("the rotation was not kept on disk")
 	}
 
-	// After the overlap the old root is gone and leaves no longer carry the
-	// cross certificate.
+	// After the overlap the old root is gone, leaves no longer carry the
+	// cross certificate, and the next rotation may start.
 	clk.t = clk.t.Add(time.Hour + 2*time.Minute)
 	if n := len(ca.Bundle()); n != 1 {
 		t.Fatalf("bundle after the overlap has %d roots, want 1", n)
@@ -213,6 +219,9 @@ func TestRotation(t *testing.T) {
 	}
 	if err := verify(late, ca.Bundle(), clk.t); err != nil {
 		t.Fatal(err)
+	}
+	if err := ca.Rotate(ctx); err != nil {
+		t.Fatalf("rotation after the overlap: %v", err)
 	}
 }
 

@@ -195,6 +195,10 @@ func TestRootRotationKeepsTheMeshTalking(t *testing.T) {
 	if rotated.Fingerprint == "" {
 		t.Fatal("no fingerprint")
 	}
+	var ae *api.Error
+	if _, err := c.client(t, "blocks").Rotate(context.Background()); !errors.As(err, &ae) || ae.Status != http.StatusConflict {
+		t.Fatalf("second rotation inside the overlap: %v, want 409", err)
+	}
 	after := c.identity(t, "anchoring", meshtls.Options{})
 	url := serveAs(t, before)
 	if got, err := callAs(after, url); err != nil || got != "anchoring" {
