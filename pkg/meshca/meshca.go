@@ -106,7 +106,14 @@ type CA struct {
 	dir  string
 	opts Options
 
-	mu     sync.RWMutex
+	mu sync.RWMutex
+	authority
+}
+
+// authority is the CA's keys and certificates: what ca.json holds. A
+// change is built as a new value, saved, and only then swapped in, so the
+// CA never signs with keys that are not on disk.
+type authority struct {
 	root   *x509.Certificate
 	rootK  *ecdsa.PrivateKey
 	inter  *x509.Certificate
@@ -174,9 +181,12 @@ func (ca *CA) create(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ca.root, ca.rootK, ca.inter, ca.interK = root, rootK, inter, interK
-	ca.trust = []trusted{{cert: root}}
-	return ca.save()
+	next := authority{root: root, rootK: rootK, inter: inter, interK: interK, trust: []trusted{{cert: root}}}
+	if err := ca.save(next); err != nil {
+		return err
+	}
+	ca.authority = next
+	return nil
 }
 
 // Rotate replaces the root: a new root and intermediate, the new root
@@ -220,10 +230,19 @@ func (ca *CA) Rotate(ctx context.Context) error {
 			trust = append(trust, t)
 		}
 	}
-	ca.trust = append(trust, trusted{cert: root})
-	ca.root, ca.rootK, ca.inter, ca.interK, ca.cross = root, rootK, inter, interK, cross
-	return ca.save()
+	next := authority{root: root, rootK: rootK, inter: inter, interK: interK, cross: cross, trust: append(trust, trusted{cert: root})}
+	if err := ca.save(next); err != nil {
+		return err
+	}
+	ca.authority = next
+	return nil
 }
+
+// RequestError is a certificate request the CA refuses; any other Sign
+// error is the CA's own.
+type RequestError struct{ Reason string }
+
+func (e *RequestError) Error() string { return e.Reason }
 
 // RotationInProgressError refuses a rotation while the previous root is
 // still trusted.
@@ -242,14 +261,14 @@ func (ca *CA) Sign(ctx context.Context, csr *x509.CertificateRequest, service st
 		return Leaf{}, err
 	}
 	if err := ValidServiceName(service); err != nil {
-		return Leaf{}, err
+		return Leaf{}, &RequestError{err.Error()}
 	}
 	if err := csr.CheckSignature(); err != nil {
-		return Leaf{}, fmt.Errorf("certificate request signature: %w", err)
+		return Leaf{}, &RequestError{"certificate request signature: " + err.Error()}
 	}
 	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
 	if !ok || pub.Curve != elliptic.P256() {
-		return Leaf{}, errors.New("certificate request: the key must be EC P-256")
+		return Leaf{}, &RequestError{"certificate request: the key must be EC P-256"}
 	}
 	if err := ca.refreshIntermediate(); err != nil {
 		return Leaf{}, err
@@ -334,8 +353,13 @@ func (ca *CA) refreshIntermediate() error {
 	if err != nil {
 		return err
 	}
-	ca.inter, ca.interK = inter, interK
-	return ca.save()
+	next := ca.authority
+	next.inter, next.interK = inter, interK
+	if err := ca.save(next); err != nil {
+		return err
+	}
+	ca.authority = next
+	return nil
 }
 
 // newRoot makes a self-signed root, or, when parent is set, a certificate
@@ -445,21 +469,21 @@ type trustRecord struct {
 
 func pemOf(c *x509.Certificate) string { return string(EncodeCerts([]*x509.Certificate{c})) }
 
-// save writes the state, then the exported bundle.
-func (ca *CA) save() error {
-	st := state{RootCert: pemOf(ca.root), IntermediateCert: pemOf(ca.inter)}
+// save writes a's state, then the exported bundle.
+func (ca *CA) save(a authority) error {
+	st := state{RootCert: pemOf(a.root), IntermediateCert: pemOf(a.inter)}
 	var err error
-	if st.RootKey, err = encodeKey(ca.rootK); err != nil {
+	if st.RootKey, err = encodeKey(a.rootK); err != nil {
 		return err
 	}
-	if st.IntermediateKey, err = encodeKey(ca.interK); err != nil {
+	if st.IntermediateKey, err = encodeKey(a.interK); err != nil {
 		return err
 	}
-	if ca.cross != nil {
-		st.CrossCert = pemOf(ca.cross)
+	if a.cross != nil {
+		st.CrossCert = pemOf(a.cross)
 	}
 	var bundle []*x509.Certificate
-	for _, t := range ca.trust {
+	for _, t := range a.trust {
 		st.Trust = append(st.Trust, trustRecord{Cert: pemOf(t.cert), Until: t.until})
 		bundle = append(bundle, t.cert)
 	}

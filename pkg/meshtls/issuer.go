@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/pickme/lucid/pkg/api/meshapi"
@@ -28,7 +29,8 @@ type Remote struct {
 	timeout    time.Duration
 }
 
-// NewRemote returns an issuer for the controller at url.
+// NewRemote returns an issuer for the controller at url, which must be
+// https: the token is never sent in the clear.
 func NewRemote(url, token string) *Remote {
 	return &Remote{url: url, token: token, timeout: 10 * time.Second}
 }
@@ -47,6 +49,9 @@ func (r *Remote) Bundle(ctx context.Context) ([]*x509.Certificate, error) {
 // Issue fetches the bundle, then asks the controller, verified against it,
 // for a leaf.
 func (r *Remote) Issue(ctx context.Context, service string, csrPEM []byte) (chain, bundle []*x509.Certificate, err error) {
+	if !strings.HasPrefix(r.url, "https://") {
+		return nil, nil, fmt.Errorf("mesh URL %s: must be https, so the bootstrap token is not sent in the clear", r.url)
+	}
 	bundle, err = r.Bundle(ctx)
 	if err != nil {
 		return nil, nil, err

@@ -144,11 +144,21 @@ func (id *Identity) Run(ctx context.Context) {
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(min(delay, max(left/4, 100*time.Millisecond))):
+			case <-time.After(retryWait(delay, left)):
 			}
 			delay = min(2*delay, 30*time.Second)
 		}
 	}
+}
+
+// retryWait is the pause before another renewal attempt: the backoff,
+// shortened while the leaf still has time left so that a renewal lands
+// before it expires; once it has expired, the plain backoff (no storm).
+func retryWait(backoff, left time.Duration) time.Duration {
+	if left <= 0 {
+		return backoff
+	}
+	return min(backoff, max(left/4, 100*time.Millisecond))
 }
 
 // renew makes a fresh key, has it certified, and swaps leaf and bundle in.

@@ -131,6 +131,15 @@ func TestRefusals(t *testing.T) {
 			t.Fatalf("datachain → blocks: %v, want a refusal", err)
 		}
 	})
+	t.Run("a client expecting one service refuses another", func(t *testing.T) {
+		// The gateway may call both engine and anchoring; a connection
+		// meant for anchoring must not accept engine's identity.
+		gw := identity(t, ca, "gateway", Options{})
+		c := &http.Client{Timeout: 5 * time.Second, Transport: gw.Transport(nil, func(p string) bool { return p == "anchoring" })}
+		if _, err := get(c, url); err == nil || !strings.Contains(err.Error(), `"engine" is not allowed`) {
+			t.Fatalf("gateway expecting anchoring, reaching engine: %v, want a refusal", err)
+		}
+	})
 	t.Run("no certificate reaches the handler unauthenticated", func(t *testing.T) {
 		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 		got, err := get(c, strings.Replace(url, "http:", "https:", 1))

@@ -83,6 +83,10 @@ func LoadConfig(r *envconfig.Reader, name string) Config {
 		}
 	}
 	if u := r.URL(EnvMeshURL); u != nil {
+		// The bootstrap token goes to this URL: never in the clear.
+		if u.Scheme != "https" {
+			r.Fail(EnvMeshURL, "must be an https URL (the mesh controller speaks TLS)")
+		}
 		cfg.MeshURL = u.String()
 	}
 	if cfg.MeshURL != "" || name == catalog.MeshService {

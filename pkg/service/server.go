@@ -121,29 +121,35 @@ func (s *Server) SetIdentity(id *meshtls.Identity) { s.identity.Store(id) }
 // Identity is the service's mesh identity, or nil when mTLS is off.
 func (s *Server) Identity() *meshtls.Identity { return s.identity.Load() }
 
-// Client returns an HTTP client for calling other Lucid services: over
-// mTLS, checking the server against the allow list, when the mesh is on;
-// plain otherwise. A zero timeout means none (for streams).
-func (s *Server) Client(timeout time.Duration) *http.Client {
+// Client returns an HTTP client for calling the Lucid service called
+// target: over mTLS when the mesh is on, accepting only a server that holds
+// target's identity (and only if the allow list lets this service call
+// it); plain otherwise. A zero timeout means none (for streams).
+func (s *Server) Client(target string, timeout time.Duration) *http.Client {
 	c := &http.Client{Timeout: timeout}
 	if id := s.identity.Load(); id != nil {
-		c.Transport = id.Transport(nil, s.mayCall)
+		c.Transport = id.Transport(nil, s.calling(target))
 	}
 	return c
 }
 
-// MeshClientTLS is the TLS configuration for calling other Lucid services
-// over mTLS, or nil when the mesh is off: for services that build their own
-// transports, such as the gateway.
-func (s *Server) MeshClientTLS() *tls.Config {
+// MeshClientTLS is the TLS configuration for calling target over mTLS, or
+// nil when the mesh is off: for services that build their own transports,
+// such as the gateway.
+func (s *Server) MeshClientTLS(target string) *tls.Config {
 	if id := s.identity.Load(); id != nil {
-		return id.ClientTLS(s.mayCall)
+		return id.ClientTLS(s.calling(target))
 	}
 	return nil
 }
 
-// mayCall is the client side of the allow list.
-func (s *Server) mayCall(server string) bool { return catalog.MayCall(s.cfg.Name, server) }
+// calling is the client side of the allow list for one target: the server
+// must be exactly target, so a service that may be called cannot stand in
+// for another.
+func (s *Server) calling(target string) meshtls.Authorizer {
+	allowed := catalog.MayCall(s.cfg.Name, target)
+	return func(server string) bool { return allowed && server == target }
+}
 
 // mayBeCalledBy is the server side of the allow list.
 func (s *Server) mayBeCalledBy(caller string) bool { return catalog.MayCall(caller, s.cfg.Name) }

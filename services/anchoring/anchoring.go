@@ -61,7 +61,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	if a.store, err = openStore(filepath.Join(srv.Config().DataDir, "anchors.db")); err != nil {
 		return err
 	}
-	a.engine = engineapi.New(a.engineURL, srv.Client(30*time.Second))
+	a.engine = engineapi.New(a.engineURL, srv.Client("engine", 30*time.Second))
 	a.logger = srv.Logger()
 	a.kick = make(chan struct{}, 1)
 	a.submitted = map[string]time.Time{}

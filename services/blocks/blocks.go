@@ -85,7 +85,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	if err != nil {
 		return err
 	}
-	a.engine = engineapi.New(a.engineURL, srv.Client(30*time.Second))
+	a.engine = engineapi.New(a.engineURL, srv.Client("engine", 30*time.Second))
 	a.logger = srv.Logger()
 	a.auditSlot = make(chan struct{}, 1)
 	a.indexed = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_blocks_indexed_total", Help: "Blocks verified and indexed."})

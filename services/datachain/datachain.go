@@ -88,7 +88,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	if err != nil {
 		return err
 	}
-	a.anchoring = anchoringapi.New(a.anchoringURL, srv.Client(30*time.Second))
+	a.anchoring = anchoringapi.New(a.anchoringURL, srv.Client("anchoring", 30*time.Second))
 	a.logger = srv.Logger()
 	a.trees = map[string]*sessionTree{}
 	a.putSlots, a.getSlots = make(chan struct{}, 8), make(chan struct{}, 16)

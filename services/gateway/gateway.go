@@ -137,25 +137,28 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	a.tokens = newTokenCache(100_000)
 	buffers := newBufferPool()
 	a.pools = map[string]*pool{}
-	// With the mesh on, the Lucid services are called over mTLS; the Phase 1
-	// auth service is not in the mesh and keeps its own scheme.
-	meshTLS := srv.MeshClientTLS()
-	inMesh := func(svc string) bool { _, ok := catalog.Lookup(svc); return ok && meshTLS != nil }
+	// With the mesh on, the Lucid services are called over mTLS, each
+	// through a transport that accepts only that service's identity; the
+	// Phase 1 auth service is not in the mesh and keeps its own scheme.
+	inMesh := func(svc string) bool { _, ok := catalog.Lookup(svc); return ok && srv.Identity() != nil }
 	for svc, u := range ups {
 		a.pools[svc] = newPool(svc, inMesh(svc), u)
 	}
 	type transportKey struct {
 		timeout time.Duration
-		mesh    bool
+		service string // "" for transports outside the mesh, shared
 	}
 	transports := map[transportKey]*http.Transport{}
 	for _, rt := range a.routes {
-		key := transportKey{rt.Timeout, inMesh(rt.Service)}
+		key := transportKey{timeout: rt.Timeout}
+		if inMesh(rt.Service) {
+			key.service = rt.Service
+		}
 		tr, ok := transports[key]
 		if !ok {
 			tr = newTransport(rt.Timeout)
-			if key.mesh {
-				tr.TLSClientConfig = meshTLS
+			if key.service != "" {
+				tr.TLSClientConfig = srv.MeshClientTLS(key.service)
 			}
 			transports[key] = tr
 		}
@@ -172,10 +175,9 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 			return err
 		}
 	}
-	probes := srv.Client(time.Second)
 	for svc, p := range a.pools {
 		if svc != "auth" { // the Phase 1 auth service need not be up for ours
-			go p.probeLoop(ctx, probes)
+			go p.probeLoop(ctx, srv.Client(svc, time.Second))
 		}
 	}
 	srv.AddDetailedCheck("upstreams", func(context.Context) (string, error) {

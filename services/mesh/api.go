@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -61,10 +62,14 @@ func (a *App) member(h service.HandlerFunc) service.HandlerFunc {
 	}
 }
 
-func (a *App) handleBundle(w http.ResponseWriter, _ *http.Request) error {
+func (a *App) handleBundle(w http.ResponseWriter, r *http.Request) error {
+	nonce := r.URL.Query().Get("nonce")
+	if len(nonce) > meshapi.MaxNonceLen {
+		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "nonce longer than %d", meshapi.MaxNonceLen)
+	}
 	body := meshca.EncodeCerts(a.ca.Bundle())
 	w.Header().Set("Content-Type", "application/pem-certificate-chain")
-	w.Header().Set(meshapi.BundleMACHeader, meshapi.BundleMAC(a.token, body))
+	w.Header().Set(meshapi.BundleMACHeader, meshapi.BundleMAC(a.token, nonce, body))
 	w.Header().Set("Cache-Control", "no-store")
 	_, err := w.Write(body)
 	return err
@@ -93,8 +98,10 @@ func (a *App) handleIssue(w http.ResponseWriter, r *http.Request) error {
 		return &service.HTTPError{Status: http.StatusBadRequest, Code: service.CodeBadRequest, Message: err.Error()}
 	}
 	leaf, err := a.ca.Sign(r.Context(), csr, svc)
-	if err != nil {
-		return &service.HTTPError{Status: http.StatusBadRequest, Code: service.CodeBadRequest, Message: err.Error()}
+	if bad := (*meshca.RequestError)(nil); errors.As(err, &bad) {
+		return &service.HTTPError{Status: http.StatusBadRequest, Code: service.CodeBadRequest, Message: bad.Reason}
+	} else if err != nil {
+		return err // a 500; the detail goes to the log only
 	}
 	a.metrics.issued.WithLabelValues(svc).Inc()
 	a.logger.Debug("leaf issued", "service", svc, "serial", leaf.Chain[0].SerialNumber.Text(16), "not_after", leaf.NotAfter)
@@ -118,6 +125,11 @@ func (a *App) handleRotate(w http.ResponseWriter, r *http.Request) error {
 	a.logger.Info("mesh root rotated; the old root stays trusted until its leaves expire", "root_sha256", fp)
 	service.WriteJSON(w, http.StatusOK, meshapi.Rotated{Fingerprint: fp})
 	return nil
+}
+
+func isPending(err error) bool {
+	var p *pendingError
+	return errors.As(err, &p)
 }
 
 // registryError maps registrar errors to answers: Consul missing or down is
@@ -150,13 +162,19 @@ func (a *App) handleRegister(w http.ResponseWriter, r *http.Request) error {
 	if err := validateRegistration(&reg); err != nil {
 		return err
 	}
-	if err := a.reg.register(r.Context(), reg); err != nil {
+	status := http.StatusCreated
+	if err := a.reg.register(r.Context(), reg); isPending(err) {
+		a.logger.Warn("outside service saved; consul will get it on the next sync", "id", reg.ID, "error", err)
+		status = http.StatusAccepted
+	} else if err != nil {
 		return registryError(err)
 	}
 	a.logger.Info("outside service registered", "id", reg.ID, "service", reg.Name)
-	service.WriteJSON(w, http.StatusCreated, reg)
+	service.WriteJSON(w, status, reg)
 	return nil
 }
+
+var registrationID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // validateRegistration checks an outside registration and fills defaults.
 func validateRegistration(reg *meshapi.Registration) error {
@@ -184,7 +202,11 @@ func validateRegistration(reg *meshapi.Registration) error {
 		}
 	}
 	if reg.ID == "" {
-		reg.ID = fmt.Sprintf("%s-%s-%d", reg.Name, reg.Address, reg.Port)
+		reg.ID = fmt.Sprintf("%s-%s-%d", reg.Name, strings.ReplaceAll(reg.Address, ":", "-"), reg.Port)
+	}
+	// IDs go into Consul's API paths and must not take over the stack's.
+	if !registrationID.MatchString(reg.ID) || strings.HasPrefix(reg.ID, "lucid-") {
+		problems = append(problems, "id: letters, digits, dots, dashes and underscores only, not starting with lucid-")
 	}
 	if len(problems) > 0 {
 		return &service.HTTPError{Status: http.StatusBadRequest, Code: service.CodeBadRequest, Message: "invalid registration", Fields: problems}
@@ -198,14 +220,18 @@ func (a *App) handleDeregister(w http.ResponseWriter, r *http.Request) error {
 		return service.Errorf(http.StatusConflict, service.CodeConflict, "%q is a stack service; the controller keeps it registered while it runs", name)
 	}
 	n, err := a.reg.deregister(r.Context(), name)
-	if err != nil {
+	status := http.StatusNoContent
+	if isPending(err) {
+		a.logger.Warn("outside service forgotten; consul will drop it on the next sync", "service", name, "error", err)
+		status = http.StatusAccepted
+	} else if err != nil {
 		return registryError(err)
 	}
 	if n == 0 {
 		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no outside service %q is registered", name)
 	}
 	a.logger.Info("outside service deregistered", "service", name, "instances", n)
-	w.WriteHeader(http.StatusNoContent)
+	w.WriteHeader(status)
 	return nil
 }
 

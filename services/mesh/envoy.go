@@ -52,8 +52,8 @@ func sanMatchers(services []string) []any {
 }
 
 // envoyBootstrap renders the bootstrap of s's sidecar: an inbound mTLS
-// listener that admits the services allowed to call s, a cluster to the
-// local app, and for each service s may call a local listener and an mTLS
+// listener that admits exactly the services allowed to call s (plain for a
+// public service), a cluster to the local app, and for each service s may call a local listener and an mTLS
 // cluster that accepts only that service's identity.
 func envoyBootstrap(s catalog.Service, o envoyOptions) ([]byte, error) {
 	if !path.IsAbs(o.certDir) {
@@ -94,20 +94,29 @@ func envoyBootstrap(s catalog.Service, o envoyOptions) ([]byte, error) {
 		}
 	}
 
-	listeners := []any{m{
-		"name":    "inbound",
-		"address": socketAddress("0.0.0.0", s.Port+inboundShift),
-		"filter_chains": []any{m{
-			"filters": []any{hcm("inbound_"+s.Name, "local_app")},
-			"transport_socket": m{
-				"name": "envoy.transport_sockets.tls",
-				"typed_config": m{
-					"@type":                      "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-					"require_client_certificate": true,
-					"common_tls_context":         common(catalog.Callers(s.Name)),
-				},
+	inbound := m{"filters": []any{hcm("inbound_"+s.Name, "local_app")}}
+	callers := catalog.Callers(s.Name)
+	switch {
+	case s.Public:
+		// Clients hold no mesh certificate: a public service's sidecar
+		// takes them in plain, as the service itself does.
+	case len(callers) == 0:
+		// An empty SAN list would admit any mesh identity.
+		return nil, service.Errorf(http.StatusConflict, service.CodeConflict, "no service may call %s, so its sidecar would have no inbound listener", s.Name)
+	default:
+		inbound["transport_socket"] = m{
+			"name": "envoy.transport_sockets.tls",
+			"typed_config": m{
+				"@type":                      "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+				"require_client_certificate": true,
+				"common_tls_context":         common(callers),
 			},
-		}},
+		}
+	}
+	listeners := []any{m{
+		"name":          "inbound",
+		"address":       socketAddress("0.0.0.0", s.Port+inboundShift),
+		"filter_chains": []any{inbound},
 	}}
 	clusters := []any{m{
 		"name":            "local_app",

@@ -108,19 +108,25 @@ func TestEnvoyBootstrapsValidate(t *testing.T) {
 			}
 
 			inbound := b.StaticResources.Listeners[0]
-			var down tlsv3.DownstreamTlsContext
-			if err := inbound.FilterChains[0].TransportSocket.GetTypedConfig().UnmarshalTo(&down); err != nil {
-				t.Fatal(err)
-			}
-			if !down.RequireClientCertificate.GetValue() {
-				t.Error("inbound listener does not require client certificates")
-			}
-			var admitted []string
-			for _, m := range down.CommonTlsContext.GetValidationContext().GetMatchTypedSubjectAltNames() {
-				admitted = append(admitted, strings.TrimPrefix(m.Matcher.GetExact(), "spiffe://lucid/service/"))
-			}
-			if !slices.Equal(admitted, catalog.Callers(s.Name)) {
-				t.Errorf("inbound admits %v, allow list says %v", admitted, catalog.Callers(s.Name))
+			if s.Public {
+				if inbound.FilterChains[0].TransportSocket != nil {
+					t.Error("a public service's sidecar asks clients for mesh certificates")
+				}
+			} else {
+				var down tlsv3.DownstreamTlsContext
+				if err := inbound.FilterChains[0].TransportSocket.GetTypedConfig().UnmarshalTo(&down); err != nil {
+					t.Fatal(err)
+				}
+				if !down.RequireClientCertificate.GetValue() {
+					t.Error("inbound listener does not require client certificates")
+				}
+				var admitted []string
+				for _, m := range down.CommonTlsContext.GetValidationContext().GetMatchTypedSubjectAltNames() {
+					admitted = append(admitted, strings.TrimPrefix(m.Matcher.GetExact(), "spiffe://lucid/service/"))
+				}
+				if len(admitted) == 0 || !slices.Equal(admitted, catalog.Callers(s.Name)) { // empty would admit anyone
+					t.Errorf("inbound admits %v, allow list says %v", admitted, catalog.Callers(s.Name))
+				}
 			}
 
 			want := slices.Clone(s.Calls)

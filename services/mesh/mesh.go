@@ -61,7 +61,8 @@ type App struct {
 	reg     *registrar
 	metrics *metrics
 
-	loops sync.WaitGroup
+	loops    sync.WaitGroup
+	stopSync context.CancelFunc
 }
 
 var (
@@ -127,10 +128,14 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		}
 		a.reg.consul = client
 		a.reg.desired = a.stackRegistrations()
+		// Its own context, so Close can stop it even when the server never
+		// ran (a port in use) and ctx is still live.
+		rctx, stop := context.WithCancel(ctx)
+		a.stopSync = stop
 		a.loops.Add(1)
 		go func() {
 			defer a.loops.Done()
-			a.reg.run(ctx, a.syncInterval)
+			a.reg.run(rctx, a.syncInterval)
 		}()
 		srv.AddDetailedCheck("consul", a.reg.check)
 	}
@@ -138,9 +143,12 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	return nil
 }
 
-// Close waits for the registrar to deregister the stack and closes its
+// Close stops the registrar, which deregisters the stack, and closes its
 // database.
 func (a *App) Close() error {
+	if a.stopSync != nil {
+		a.stopSync()
+	}
 	a.loops.Wait()
 	if a.reg != nil {
 		return a.reg.close()

@@ -259,3 +259,30 @@ func BenchmarkIssueHTTP(b *testing.B) {
 		}
 	}
 }
+
+// TestFailedStartExits: a controller that cannot listen exits with the
+// error, even with its Consul sync running, so a supervisor can restart it.
+func TestFailedStartExits(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	env := envconfig.Map(map[string]string{
+		"LUCID_ADDR":       busy.Addr().String(),
+		"LUCID_DATA_DIR":   t.TempDir(),
+		"LUCID_MESH_TOKEN": testToken,
+		"CONSUL_HOST":      "127.0.0.1",
+		"CONSUL_PORT":      strconv.Itoa(testenv.FreePort(t)), // nobody there
+	})
+	done := make(chan error, 1)
+	go func() { done <- service.Main(context.Background(), "mesh", New(), env, io.Discard) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "listen") {
+			t.Fatalf("Main = %v, want a listen error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the controller hangs after failing to listen")
+	}
+}

@@ -180,8 +180,18 @@ func (g *registrar) register(ctx context.Context, r meshapi.Registration) error 
 	if err := g.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(externalBucket).Put([]byte(r.ID), data) }); err != nil {
 		return err
 	}
-	return g.consul.Agent().ServiceRegisterOpts(externalRegistration(r), consul.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx))
+	if err := g.consul.Agent().ServiceRegisterOpts(externalRegistration(r), consul.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)); err != nil {
+		return &pendingError{err}
+	}
+	return nil
 }
+
+// pendingError says a change is saved but Consul has not taken it yet; the
+// sync loop applies it once Consul answers.
+type pendingError struct{ err error }
+
+func (e *pendingError) Error() string { return "saved; consul has not taken it yet: " + e.err.Error() }
+func (e *pendingError) Unwrap() error { return e.err }
 
 // deregister forgets every outside instance of name and removes it from
 // Consul; it reports how many there were.
@@ -211,7 +221,7 @@ func (g *registrar) deregister(ctx context.Context, name string) (int, error) {
 	}
 	for _, id := range ids {
 		if err := g.consul.Agent().ServiceDeregisterOpts(id, (&consul.QueryOptions{}).WithContext(ctx)); err != nil {
-			return len(ids), fmt.Errorf("deregister %s (it will be retried): %w", id, err)
+			return len(ids), &pendingError{err}
 		}
 	}
 	return len(ids), nil

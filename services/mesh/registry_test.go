@@ -93,6 +93,8 @@ func TestRegistrationFollowsConsul(t *testing.T) {
 		"bad check":   {Name: "x", Address: "10.0.0.1", Port: 1, Check: "ftp://x"},
 		"upper case":  {Name: "Auth", Address: "10.0.0.1", Port: 1},
 		"short check": {Name: "x", Address: "10.0.0.1", Port: 1, Check: "http://x/", Interval: "1ms"},
+		"stack id":    {Name: "x", ID: "lucid-engine", Address: "10.0.0.1", Port: 1},
+		"path id":     {Name: "x", ID: "x/../../agent", Address: "10.0.0.1", Port: 1},
 	} {
 		var ae *api.Error
 		if err := client.Register(ctx, bad); !errors.As(err, &ae) || (ae.Status != http.StatusBadRequest && ae.Status != http.StatusConflict) {

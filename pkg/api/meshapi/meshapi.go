@@ -3,14 +3,16 @@
 // registry and Envoy bootstraps.
 //
 // The trust bundle is fetched before the caller trusts anything, so the
-// controller authenticates it with an HMAC keyed by the bootstrap token
-// (header BundleMACHeader): a caller holding the token accepts the bundle
-// only if the MAC matches, whatever network sat in between.
+// controller authenticates it with an HMAC keyed by the bootstrap token over
+// a fresh nonce of the caller's and the bundle (header BundleMACHeader): a
+// caller holding the token accepts only the bundle the controller holds
+// now, not one replayed from before a rotation.
 package meshapi
 
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -27,13 +29,18 @@ import (
 	"github.com/pickme/lucid/pkg/meshca"
 )
 
-// BundleMACHeader carries the hex HMAC-SHA256 of the bundle body, keyed by
-// the bootstrap token.
+// BundleMACHeader carries the hex HMAC-SHA256, keyed by the bootstrap
+// token, of the request's nonce, a newline, and the bundle body.
 const BundleMACHeader = "Lucid-Bundle-Mac"
 
-// BundleMAC is the MAC the controller sends with bundle.
-func BundleMAC(token string, bundle []byte) string {
+// MaxNonceLen bounds the nonce a caller may send.
+const MaxNonceLen = 128
+
+// BundleMAC is the MAC the controller sends with bundle for nonce.
+func BundleMAC(token, nonce string, bundle []byte) string {
 	m := hmac.New(sha256.New, []byte(token))
+	m.Write([]byte(nonce))
+	m.Write([]byte{'\n'})
 	m.Write(bundle)
 	return hex.EncodeToString(m.Sum(nil))
 }
@@ -123,7 +130,10 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 // It sends no credential, so it may use a connection that is not yet
 // trusted.
 func (c *Client) Bundle(ctx context.Context) ([]*x509.Certificate, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/certificates/ca", nil)
+	var raw [16]byte
+	_, _ = rand.Read(raw[:])
+	nonce := hex.EncodeToString(raw[:])
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/certificates/ca?nonce="+nonce, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +149,7 @@ func (c *Client) Bundle(ctx context.Context) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: trust bundle: %w", err)
 	}
-	if !hmac.Equal([]byte(resp.Header.Get(BundleMACHeader)), []byte(BundleMAC(c.token, body))) {
+	if !hmac.Equal([]byte(resp.Header.Get(BundleMACHeader)), []byte(BundleMAC(c.token, nonce, body))) {
 		return nil, errors.New("mesh: the trust bundle's MAC does not match the bootstrap token (wrong LUCID_MESH_TOKEN, or not the mesh controller)")
 	}
 	return meshca.DecodeCerts(body)
