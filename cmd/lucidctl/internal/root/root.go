@@ -11,6 +11,7 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/render"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/session"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/stack"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/token"
@@ -50,11 +51,14 @@ Results go to stdout; progress and diagnostics go to stderr.`,
 	pf.BoolVar(&env.JSON, "json", false, "print the result as JSON (commands that have a result)")
 	pf.BoolVar(&env.NoColor, "no-color", false, "never use color (also NO_COLOR=1)")
 
-	cmd.AddGroup(&cobra.Group{ID: "local", Title: "Local stack:"}, &cobra.Group{ID: "tools", Title: "Tools:"})
+	cmd.AddGroup(&cobra.Group{ID: "local", Title: "Local stack:"}, &cobra.Group{ID: "deploy", Title: "Deployment:"}, &cobra.Group{ID: "tools", Title: "Tools:"})
 	for _, c := range stack.NewCmds(env) {
 		c.GroupID = "local"
 		cmd.AddCommand(c)
 	}
+	rend := render.NewCmd(env)
+	rend.GroupID = "deploy"
+	cmd.AddCommand(rend)
 	tok, ver, sess := token.NewCmd(env), verify.NewCmd(env), session.NewCmd(env)
 	tok.GroupID, ver.GroupID, sess.GroupID = "tools", "tools", "tools"
 	cmd.AddCommand(tok, ver, sess, version.NewCmd(env))

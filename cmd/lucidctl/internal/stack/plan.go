@@ -71,9 +71,12 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 	var specs []supervise.Spec
 	common := slices.Clone(p.env)
 	// Every service learns where the others are; the Phase 2 names first.
-	// LUCID_MESH_URL also switches mTLS on, so it is set only then.
+	// LUCID_MESH_URL also switches mTLS on, so it is set only then; set
+	// empty otherwise, as is CONSUL_HOST without a supervised Consul, so a
+	// rendered env file's deployment values (container names) do not leak in.
 	for _, s := range catalog.Services {
 		if s.Name == catalog.MeshService && !p.mtls {
+			common = append(common, "LUCID_MESH_URL=")
 			continue
 		}
 		common = append(common, "LUCID_"+strings.ToUpper(s.Name)+"_URL="+p.url(s))
@@ -84,6 +87,8 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 	if p.consul != "" {
 		common = append(common, "CONSUL_HOST=127.0.0.1", "CONSUL_PORT="+strconv.Itoa(consulHTTPPort+p.portOffset))
 		specs = append(specs, p.consulSpec())
+	} else {
+		common = append(common, "CONSUL_HOST=")
 	}
 	for _, s := range p.services {
 		data := l.dataDir(s.Name)

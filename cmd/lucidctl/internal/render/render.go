@@ -1,0 +1,204 @@
+// Package render implements `lucidctl render`: it writes the compose file
+// of the core services and the env file they share from the embedded
+// templates, keeping existing values and generating missing secrets.
+package render
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/envfile"
+)
+
+// Options are the inputs of `lucidctl render`.
+type Options struct {
+	Env    *cli.Env
+	DryRun bool
+	Set    []string
+	// Dir is where configs/ goes (default: lucid.yaml's directory).
+	Dir string
+}
+
+// NewCmd returns the render command.
+func NewCmd(env *cli.Env) *cobra.Command {
+	opts := &Options{Env: env}
+	cmd := &cobra.Command{
+		Use:   "render",
+		Short: "Write the compose and env files of the core services",
+		Long: `Write configs/docker/docker-compose.core.yml (the seven services: Consul and
+the six Lucid services, hardened, with health-gated dependencies) and
+configs/environment/.env.core (secrets, service URLs, the mesh token) from
+the embedded templates and lucid.yaml's image names.
+
+Values the env file already has are kept; --set overrides one. Missing
+secrets are generated from crypto/rand in an alphabet that needs no quoting.
+The env file is written atomically with mode 0600. Secret values never
+appear in any output: --dry-run shows a diff with them redacted.`,
+		Example: `  lucidctl render
+  lucidctl render --dry-run
+  lucidctl render --set REDIS_URL=redis://lucid-redis:6379/0`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd.Context(), opts)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&opts.DryRun, "dry-run", false, "print what would change, as a diff with secrets redacted, and write nothing")
+	f.StringArrayVar(&opts.Set, "set", nil, "set an env value, `KEY=VALUE` (repeatable; beats the existing file)")
+	f.StringVar(&opts.Dir, "dir", "", "directory to write configs/ under (default: the directory of lucid.yaml)")
+	return cli.SupportsJSON(cmd)
+}
+
+// File is one written (or, with --dry-run, would-be-written) file.
+type File struct {
+	Path string `json:"path"`
+	// Status is created, updated or unchanged.
+	Status string `json:"status"`
+	// Diff is the change, secrets redacted (with --dry-run only).
+	Diff string `json:"diff,omitempty"`
+}
+
+// Output is the --json result.
+type Output struct {
+	DryRun bool   `json:"dry_run"`
+	Files  []File `json:"files"`
+	// Generated names the secrets made up (their values are never shown).
+	Generated []string `json:"generated"`
+}
+
+var envKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+func run(ctx context.Context, opts *Options) error {
+	cfg, err := opts.Env.Config()
+	if err != nil {
+		return err
+	}
+	dir := opts.Dir
+	if dir == "" {
+		dir = cfg.Dir
+	}
+	set := map[string]string{}
+	for _, kv := range opts.Set {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || !envKey.MatchString(k) {
+			return cli.Usage(fmt.Errorf("--set %q: want KEY=VALUE with a variable name as KEY", deployfiles.RedactEnv([]byte(kv))))
+		}
+		if strings.ContainsAny(v, "\n\r") {
+			return cli.Usage(fmt.Errorf("--set %s: the value may not span lines", k))
+		}
+		set[k] = v
+	}
+
+	composePath := filepath.Join(dir, filepath.FromSlash(deployfiles.ComposePath))
+	envPath := filepath.Join(dir, filepath.FromSlash(deployfiles.EnvPath))
+	oldEnv, err := readIfExists(envPath)
+	if err != nil {
+		return err
+	}
+	var existing map[string]string
+	if oldEnv != nil {
+		if existing, err = envfile.Read(envPath); err != nil {
+			return err // names the file and line, never a value
+		}
+	}
+	oldCompose, err := readIfExists(composePath)
+	if err != nil {
+		return err
+	}
+
+	files, err := deployfiles.Render(ctx, deployfiles.Options{
+		ImageName: cfg.Images.Name, ImageTag: cfg.Images.Tag, Existing: existing, Set: set,
+	})
+	if err != nil {
+		return err
+	}
+
+	out := Output{DryRun: opts.DryRun, Generated: files.Generated}
+	if out.Generated == nil {
+		out.Generated = []string{}
+	}
+	for _, f := range []struct {
+		path, rel string
+		old, new  []byte
+		secret    bool
+	}{
+		{composePath, deployfiles.ComposePath, oldCompose, files.Compose, false},
+		{envPath, deployfiles.EnvPath, oldEnv, files.Env, true},
+	} {
+		rec := File{Path: f.rel, Status: status(f.old, f.new)}
+		if opts.DryRun {
+			old, new := f.old, f.new
+			if f.secret {
+				old, new = redactOrNil(old), deployfiles.RedactEnvChanges(new, existing)
+			}
+			rec.Diff = deployfiles.Diff(f.rel, old, new)
+		} else if rec.Status != "unchanged" {
+			if err := envfile.WriteAtomic(f.path, f.new); err != nil {
+				return fmt.Errorf("write %s: %w", f.path, err)
+			}
+		}
+		out.Files = append(out.Files, rec)
+	}
+	return report(opts, out)
+}
+
+func report(opts *Options, out Output) error {
+	if opts.Env.JSON {
+		return opts.Env.PrintJSON(out)
+	}
+	w := opts.Env.IO.Out
+	for _, f := range out.Files {
+		if opts.DryRun {
+			if f.Diff == "" {
+				fmt.Fprintf(opts.Env.IO.ErrOut, "%s: no change\n", f.Path)
+			}
+			fmt.Fprint(w, f.Diff)
+			continue
+		}
+		fmt.Fprintf(w, "%-9s %s\n", f.Status, f.Path)
+	}
+	verb := "generated"
+	if opts.DryRun {
+		verb = "would generate"
+	}
+	for _, k := range out.Generated {
+		fmt.Fprintf(opts.Env.IO.ErrOut, "%s %s (the value is in the env file only)\n", verb, k)
+	}
+	return nil
+}
+
+func status(old, new []byte) string {
+	switch {
+	case old == nil:
+		return "created"
+	case string(old) == string(new):
+		return "unchanged"
+	default:
+		return "updated"
+	}
+}
+
+func redactOrNil(b []byte) []byte {
+	if b == nil {
+		return nil
+	}
+	return deployfiles.RedactEnv(b)
+}
+
+func readIfExists(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	return b, err
+}

@@ -1,0 +1,107 @@
+package render
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/envfile"
+)
+
+func render(t *testing.T, dir string, json bool, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	io, _, out, errOut := iostreams.Test()
+	env := cli.NewEnv(io, func(string) string { return "" })
+	env.JSON = json
+	opts := &Options{Env: env, Dir: dir}
+	for i := 0; i < len(args); i++ {
+		switch args[i] {
+		case "--dry-run":
+			opts.DryRun = true
+		case "--set":
+			i++
+			opts.Set = append(opts.Set, args[i])
+		}
+	}
+	err = run(context.Background(), opts)
+	return out.String(), errOut.String(), err
+}
+
+func TestRenderWritesThenKeeps(t *testing.T) {
+	dir := t.TempDir()
+	out, errOut, err := render(t, dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "created   configs/docker/docker-compose.core.yml") || !strings.Contains(errOut, "generated JWT_SECRET_KEY") {
+		t.Errorf("first render: stdout %q stderr %q", out, errOut)
+	}
+	envPath := filepath.Join(dir, deployfiles.EnvPath)
+	fi, err := os.Stat(envPath)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("env file: %v %v", err, fi.Mode())
+	}
+	before, _ := envfile.Read(envPath)
+
+	out, errOut, err = render(t, dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var o Output
+	if err := json.Unmarshal([]byte(out), &o); err != nil {
+		t.Fatalf("--json: %v: %q", err, out)
+	}
+	if len(o.Generated) != 0 || o.Files[0].Status != "unchanged" || o.Files[1].Status != "unchanged" {
+		t.Errorf("second render: %+v (stderr %q)", o, errOut)
+	}
+	after, _ := envfile.Read(envPath)
+	for _, k := range deployfiles.Secrets {
+		if before[k] == "" || before[k] != after[k] {
+			t.Errorf("%s not kept", k)
+		}
+		if strings.Contains(out+errOut, before[k]) {
+			t.Errorf("%s reached the output", k)
+		}
+	}
+}
+
+func TestRenderDryRunRedactsAndWritesNothing(t *testing.T) {
+	dir := t.TempDir()
+	if _, _, err := render(t, dir, false); err != nil {
+		t.Fatal(err)
+	}
+	secrets, _ := envfile.Read(filepath.Join(dir, deployfiles.EnvPath))
+	envBefore, _ := os.ReadFile(filepath.Join(dir, deployfiles.EnvPath))
+
+	out, _, err := render(t, dir, false, "--dry-run", "--set", "REDIS_URL=redis://u:pw@lucid-redis:6379/0", "--set", "JWT_SECRET_KEY=an-operator-chosen-secret-of-enough-length")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"--- a/configs/environment/.env.core", "-REDIS_URL=", "+REDIS_URL=redis://u:xxxxx@lucid-redis:6379/0", "+JWT_SECRET_KEY=<redacted, changed>", " LUCID_MESH_TOKEN=<redacted>"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dry-run diff lacks %q:\n%s", want, out)
+		}
+	}
+	for _, leak := range []string{"pw@", "an-operator-chosen", secrets["JWT_SECRET_KEY"], secrets["LUCID_MESH_TOKEN"]} {
+		if strings.Contains(out, leak) {
+			t.Errorf("dry-run output shows %q", leak)
+		}
+	}
+	envAfter, _ := os.ReadFile(filepath.Join(dir, deployfiles.EnvPath))
+	if string(envBefore) != string(envAfter) {
+		t.Error("--dry-run wrote the env file")
+	}
+}
+
+func TestRenderRefusesBadSet(t *testing.T) {
+	_, _, err := render(t, t.TempDir(), false, "--set", "not a key=1")
+	if cli.ExitCode(context.Background(), err) != cli.ExitUsage {
+		t.Fatalf("bad --set: %v, want a usage error", err)
+	}
+}
