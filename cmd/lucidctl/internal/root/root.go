@@ -15,6 +15,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/session"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/stack"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/token"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/validate"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/verify"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/version"
 	"github.com/pickme/lucid/pkg/buildinfo"
@@ -56,9 +57,9 @@ Results go to stdout; progress and diagnostics go to stderr.`,
 		c.GroupID = "local"
 		cmd.AddCommand(c)
 	}
-	rend := render.NewCmd(env)
-	rend.GroupID = "deploy"
-	cmd.AddCommand(rend)
+	rend, val := render.NewCmd(env), validate.NewCmd(env)
+	rend.GroupID, val.GroupID = "deploy", "deploy"
+	cmd.AddCommand(rend, val)
 	tok, ver, sess := token.NewCmd(env), verify.NewCmd(env), session.NewCmd(env)
 	tok.GroupID, ver.GroupID, sess.GroupID = "tools", "tools", "tools"
 	cmd.AddCommand(tok, ver, sess, version.NewCmd(env))

@@ -1,0 +1,62 @@
+package validate
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/pkg/deployfiles"
+)
+
+func TestPhase2FileExitsThreeWithJSON(t *testing.T) {
+	io, _, out, _ := iostreams.Test()
+	env := cli.NewEnv(io, func(string) string { return "" })
+	env.JSON = true
+	err := run(context.Background(), &Options{Env: env, ComposeFile: "../../../../testdata/phase2/docker-compose.core.yml"})
+	if code := cli.ExitCode(context.Background(), err); code != cli.ExitProblems {
+		t.Fatalf("exit %d (%v), want %d", code, err, cli.ExitProblems)
+	}
+	var o Output
+	if err := json.Unmarshal([]byte(out.String()), &o); err != nil {
+		t.Fatalf("stdout is not JSON: %v", err)
+	}
+	var collision bool
+	for _, p := range o.Problems {
+		collision = collision || (p.Rule == deployfiles.RulePortCollision && strings.Contains(p.Message, "8086"))
+	}
+	if !collision {
+		t.Errorf("the 8086 clash is not in %+v", o.Problems)
+	}
+}
+
+func TestRenderedFilesPass(t *testing.T) {
+	dir := t.TempDir()
+	f, err := deployfiles.Render(context.Background(), deployfiles.Options{ImageName: "pickme/lucid-{service}", ImageTag: "latest-arm64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rel, data := range map[string][]byte{deployfiles.ComposePath: f.Compose, deployfiles.EnvPath: f.Env} {
+		p := filepath.Join(dir, rel)
+		_ = os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte("images:\n  tag: latest-arm64\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	io, _, out, errOut := iostreams.Test()
+	env := cli.NewEnv(io, func(string) string { return "" })
+	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
+	if err := run(context.Background(), &Options{Env: env}); err != nil {
+		t.Fatalf("validate of rendered files: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(errOut.String(), "no problems") {
+		t.Errorf("stderr %q", errOut.String())
+	}
+}

@@ -1,0 +1,131 @@
+package deployfiles
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func validate(t *testing.T, o ValidateOptions) []Problem {
+	t.Helper()
+	problems, err := Validate(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return problems
+}
+
+func has(problems []Problem, rule, service, text string, line int) bool {
+	return slices.ContainsFunc(problems, func(p Problem) bool {
+		return p.Rule == rule && p.Service == service && strings.Contains(p.Message, text) && (line == 0 || p.Line == line)
+	})
+}
+
+// TestPhase2ComposeIsRejected feeds the Phase 2 document's compose file:
+// its 8086 clash, its undefined dependencies, its python healthchecks,
+// its image names and its unset variables are all reported, with lines.
+func TestPhase2ComposeIsRejected(t *testing.T) {
+	problems := validate(t, ValidateOptions{ComposeFile: "../../testdata/phase2/docker-compose.core.yml", ImageName: "pickme/lucid-{service}", ImageTag: "latest-arm64"})
+	for _, want := range []struct {
+		rule, service, text string
+		line                int
+	}{
+		{RulePortCollision, "lucid-service-mesh-controller", "8086/tcp is also published by lucid-block-manager", 41},
+		{RuleUndefinedDep, "lucid-api-gateway", "lucid-auth-service", 22},
+		{RuleUndefinedDep, "lucid-blockchain-engine", "lucid-mongodb", 71},
+		{RuleUndefinedDep, "lucid-data-chain", "lucid-redis", 147},
+		{RuleHealthcheck, "lucid-block-manager", "runs python", 126},
+		{RuleImage, "lucid-api-gateway", "pickme/lucid-gateway:latest-arm64", 9},
+		{RuleVariable, "", "${JWT_SECRET_KEY} is not set", 17},
+		{RuleSecret, "lucid-api-gateway", "JWT_SECRET_KEY", 8},
+	} {
+		if !has(problems, want.rule, want.service, want.text, want.line) {
+			t.Errorf("no %s problem for %s about %q at line %d", want.rule, want.service, want.text, want.line)
+		}
+	}
+	if t.Failed() {
+		for _, p := range problems {
+			t.Log(p)
+		}
+	}
+}
+
+// TestRenderedFilesValidate is the round trip: what render writes,
+// validate passes.
+func TestRenderedFilesValidate(t *testing.T) {
+	dir := t.TempDir()
+	f, err := Render(context.Background(), Options{ImageName: "pickme/lucid-{service}", ImageTag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, data := range map[string][]byte{ComposePath: f.Compose, EnvPath: f.Env} {
+		p := filepath.Join(dir, filepath.FromSlash(path))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	problems := validate(t, ValidateOptions{ComposeFile: filepath.Join(dir, ComposePath), ImageName: "pickme/lucid-{service}", ImageTag: "v1"})
+	for _, p := range problems {
+		t.Errorf("rendered files: %s", p)
+	}
+	// The same files against other image names: every service is named.
+	problems = validate(t, ValidateOptions{ComposeFile: filepath.Join(dir, ComposePath), ImageName: "registry.local/{service}", ImageTag: "v1"})
+	if n := len(problems); n != 6 {
+		t.Errorf("%d image problems, want 6", n)
+	}
+	// Without the env file, each service says so.
+	if err := os.Remove(filepath.Join(dir, EnvPath)); err != nil {
+		t.Fatal(err)
+	}
+	problems = validate(t, ValidateOptions{ComposeFile: filepath.Join(dir, ComposePath)})
+	if !has(problems, RuleEnvFile, "lucid-api-gateway", "does not exist", 0) || !has(problems, RuleSecret, "lucid-api-gateway", "JWT_SECRET_KEY", 0) {
+		t.Errorf("missing env file not reported: %v", problems)
+	}
+}
+
+func TestPortsAndVariables(t *testing.T) {
+	dir := t.TempDir()
+	compose := `services:
+  a:
+    image: x
+    ports: ["127.0.0.1:8080:80", "9000:9000/udp", "127.0.0.2:7000:7000"]
+    environment:
+      - A=${DEFAULTED:-x}
+      - B=$${NOT_A_VARIABLE}
+      - C=${EMPTY_OK?}
+      - D=${EMPTY_BAD:?must be set}
+      - E=$PLAIN_MISSING
+  b:
+    image: x
+    ports: ["8080:8080", "9000:9000/tcp", "127.0.0.3:7000:7000"]
+`
+	path := filepath.Join(dir, "compose.yml")
+	env := filepath.Join(dir, ".env")
+	if err := os.WriteFile(path, []byte(compose), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(env, []byte("EMPTY_OK=\nEMPTY_BAD=\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	problems := validate(t, ValidateOptions{ComposeFile: path, EnvFiles: []string{env}})
+	var got []string
+	for _, p := range problems {
+		got = append(got, p.Rule+":"+p.Message)
+	}
+	want := []string{
+		RulePortCollision + ":host port 8080/tcp is also published by a (line 4)",
+		RuleVariable + ":${EMPTY_BAD} is empty in " + env,
+		RuleVariable + ":${PLAIN_MISSING} is not set in " + env,
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("problems:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
