@@ -1,0 +1,74 @@
+package imagebuild
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// CompileOptions say how to build the lucid binary for one platform.
+type CompileOptions struct {
+	// SourceDir is the root of Lucid's module.
+	SourceDir string
+	Platform  v1.Platform
+	// Out is the binary to write.
+	Out string
+	// Version and Commit are stamped into pkg/buildinfo.
+	Version, Commit string
+	// Epoch, when set, is SOURCE_DATE_EPOCH for the build.
+	Epoch time.Time
+}
+
+// Compile cross-compiles lucid: CGO off, -trimpath, no build id or VCS
+// stamp, version and commit set by the linker, so the same source and Go
+// toolchain give the same bytes.
+func Compile(ctx context.Context, o CompileOptions) error {
+	goarch, goarm, err := goArch(o.Platform)
+	if err != nil {
+		return err
+	}
+	ldflags := "-s -w -buildid= " +
+		"-X github.com/pickme/lucid/pkg/buildinfo.Version=" + o.Version + " " +
+		"-X github.com/pickme/lucid/pkg/buildinfo.Commit=" + o.Commit
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false", "-ldflags", ldflags, "-o", o.Out, "./cmd/lucid")
+	cmd.Dir = o.SourceDir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS="+o.Platform.OS, "GOARCH="+goarch, "GOFLAGS=-mod=readonly")
+	if goarm != "" {
+		cmd.Env = append(cmd.Env, "GOARM="+goarm)
+	}
+	if !o.Epoch.IsZero() {
+		cmd.Env = append(cmd.Env, "SOURCE_DATE_EPOCH="+strconv.FormatInt(o.Epoch.Unix(), 10))
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("go build for %s: %w\n%s", o.Platform, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// goArch maps an image platform to GOARCH (and GOARM for arm/v6, arm/v7).
+func goArch(p v1.Platform) (arch, arm string, err error) {
+	if p.OS != "linux" {
+		return "", "", fmt.Errorf("platform %s: images are linux only", p)
+	}
+	switch p.Architecture {
+	case "amd64", "arm64", "riscv64", "ppc64le", "s390x", "386":
+		return p.Architecture, "", nil
+	case "arm":
+		switch p.Variant {
+		case "v6":
+			return "arm", "6", nil
+		case "v7", "":
+			return "arm", "7", nil
+		}
+	}
+	return "", "", fmt.Errorf("platform %s is not supported", p)
+}
