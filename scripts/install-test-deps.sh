@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install-test-deps.sh installs the real servers Lucid's tests run against
-# when they are missing: sshd (openssh-server), Redis (redis-server) and the
-# wrk load generator, from Debian's packages. Without root or apt-get it only
+# when they are missing: sshd (openssh-server), Redis (redis-server), the
+# wrk load generator and qemu-aarch64-static (qemu-user-static, to run the
+# arm64 build), from Debian's packages. Without root or apt-get it only
 # says what is missing; the tests that need a tool then skip, or fail when
 # CI=true.
 set -euo pipefail
@@ -12,6 +13,7 @@ need=()
 have sshd || need+=(openssh-server)
 have redis-server || need+=(redis-server)
 have wrk || need+=(wrk)
+have qemu-aarch64-static || need+=(qemu-user-static)
 if ((${#need[@]} == 0)); then
 	exit 0
 fi

@@ -233,7 +233,13 @@ func (o Options) serviceImage(s catalog.Service, p v1.Platform, base v1.Image, l
 		Test:     []string{"CMD", deployfiles.Binary, s.Name, "healthcheck"},
 		Interval: 10 * time.Second, Timeout: 3 * time.Second, StartPeriod: 15 * time.Second, Retries: 3,
 	}
-	c.Labels = map[string]string{
+	c.Labels = o.labels(s)
+	return mutate.ConfigFile(img, cf)
+}
+
+// labels are the OCI labels of s's image (empty values left out).
+func (o Options) labels(s catalog.Service) map[string]string {
+	l := map[string]string{
 		"org.opencontainers.image.title":       s.Container,
 		"org.opencontainers.image.description": s.Summary,
 		"org.opencontainers.image.version":     o.Version,
@@ -243,12 +249,12 @@ func (o Options) serviceImage(s catalog.Service, p v1.Platform, base v1.Image, l
 		"org.opencontainers.image.vendor":      "Lucid",
 		"io.lucid.service":                     s.Name,
 	}
-	for k, v := range c.Labels {
+	for k, v := range l {
 		if v == "" {
-			delete(c.Labels, k)
+			delete(l, k)
 		}
 	}
-	return mutate.ConfigFile(img, cf)
+	return l
 }
 
 // mergeEnv sets each KEY=VALUE in env, replacing an existing KEY.
@@ -281,6 +287,16 @@ type tarEntry struct {
 // layerOf writes entries as a deterministic tar and makes a gzip layer of
 // it, compressed once.
 func layerOf(entries []tarEntry, mtime time.Time) (v1.Layer, error) {
+	data, err := tarOf(entries, mtime)
+	if err != nil {
+		return nil, err
+	}
+	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil },
+		tarball.WithMediaType(types.OCILayer), tarball.WithCompressedCaching)
+}
+
+// tarOf writes entries as a tar with fixed times.
+func tarOf(entries []tarEntry, mtime time.Time) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, e := range entries {
@@ -302,17 +318,20 @@ func layerOf(entries []tarEntry, mtime time.Time) (v1.Layer, error) {
 	if err := tw.Close(); err != nil {
 		return nil, err
 	}
-	data := buf.Bytes()
-	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil },
-		tarball.WithMediaType(types.OCILayer), tarball.WithCompressedCaching)
+	return buf.Bytes(), nil
 }
 
 // baseLayer is what distroless would give: CA certificates, passwd and
 // group with the nonroot user, its home, and /tmp.
 func baseLayer(certs []byte, mtime time.Time) (v1.Layer, error) {
+	return layerOf(baseEntries("", certs), mtime)
+}
+
+// baseEntries are the scratch base's files, under prefix.
+func baseEntries(prefix string, certs []byte) []tarEntry {
 	passwd := "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n"
 	group := "root:x:0:\nnonroot:x:65532:\n"
-	return layerOf([]tarEntry{
+	entries := []tarEntry{
 		{name: "etc", dir: true, mode: 0o755},
 		{name: "etc/passwd", mode: 0o644, data: []byte(passwd)},
 		{name: "etc/group", mode: 0o644, data: []byte(group)},
@@ -322,7 +341,11 @@ func baseLayer(certs []byte, mtime time.Time) (v1.Layer, error) {
 		{name: "home", dir: true, mode: 0o755},
 		{name: "home/nonroot", dir: true, mode: 0o700, uid: nonrootUID, gid: nonrootUID},
 		{name: "tmp", dir: true, mode: 0o1777},
-	}, mtime)
+	}
+	for i := range entries {
+		entries[i].name = path.Join(prefix, entries[i].name)
+	}
+	return entries
 }
 
 // lucidLayer holds the binary and every service's data directory, owned

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -358,5 +359,19 @@ func TestEscapableCharactersAreSealed(t *testing.T) {
 	raw2, _ := tx.Encode()
 	if _, err := n.client.Submit(ctx, [][]byte{raw2}); err == nil || !strings.Contains(err.Error(), "409") {
 		t.Errorf("second anchor of a session: %v", err)
+	}
+}
+
+// TestOpenFailureIsAnError: a store that cannot be opened (here chain.db is
+// a directory) is reported, not a panic while cleaning up.
+func TestOpenFailureIsAnError(t *testing.T) {
+	cfg := nodeConfig(t, "broken", true)
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "chain.db"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	app := &App{cfg: cfg}
+	srv := service.New(service.Config{Name: "engine", DataDir: cfg.DataDir, ShutdownTimeout: time.Second}, slog.New(slog.DiscardHandler))
+	if err := app.Provision(context.Background(), srv); err == nil || !strings.Contains(err.Error(), "chain.db") {
+		t.Fatalf("Provision with a broken store = %v, want an error naming chain.db", err)
 	}
 }

@@ -46,9 +46,12 @@ func openNode(cfg Config, logger *slog.Logger, m *metrics) (n *node, err error) 
 		return nil, err
 	}
 	n = &node{cfg: cfg, logger: logger, mempool: newMempool(cfg.MempoolMax, cfg.MempoolBytes), metrics: m, origin: chain.Origin(cfg.ChainID)}
+	// Close what was opened when a later step fails; not through n, which
+	// the failing return has set to nil.
+	opened := n
 	defer func() {
 		if err != nil {
-			n.close()
+			opened.close()
 		}
 	}()
 	if n.signer, n.vkey, err = chain.LoadOrCreateKey(cfg.DataDir, cfg.NodeID); err != nil {

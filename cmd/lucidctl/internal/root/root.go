@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pickme/lucid/cmd/lucidctl/internal/build"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/render"
@@ -57,9 +58,9 @@ Results go to stdout; progress and diagnostics go to stderr.`,
 		c.GroupID = "local"
 		cmd.AddCommand(c)
 	}
-	rend, val := render.NewCmd(env), validate.NewCmd(env)
-	rend.GroupID, val.GroupID = "deploy", "deploy"
-	cmd.AddCommand(rend, val)
+	rend, val, bld := render.NewCmd(env), validate.NewCmd(env), build.NewCmd(env)
+	rend.GroupID, val.GroupID, bld.GroupID = "deploy", "deploy", "deploy"
+	cmd.AddCommand(rend, val, bld)
 	tok, ver, sess := token.NewCmd(env), verify.NewCmd(env), session.NewCmd(env)
 	tok.GroupID, ver.GroupID, sess.GroupID = "tools", "tools", "tools"
 	cmd.AddCommand(tok, ver, sess, version.NewCmd(env))

@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -10,13 +9,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 )
-
-// modulePath identifies Lucid's source tree.
-const modulePath = "github.com/pickme/lucid"
 
 // findLucid returns the lucid binary to supervise: the one given, the one
 // next to lucidctl, the one on PATH, or one built from the source tree that
@@ -44,7 +39,7 @@ func findLucid(ctx context.Context, given, buildDir string, progress io.Writer) 
 	if err != nil {
 		return "", err
 	}
-	root := sourceRoot(wd)
+	root := cli.SourceRoot(wd)
 	if root == "" {
 		return "", cli.WithHint(errors.New("cannot find the lucid binary: it is not next to lucidctl, not on PATH, and this is not the Lucid source tree"),
 			"install lucid beside lucidctl, or pass --lucid PATH")
@@ -58,26 +53,6 @@ func findLucid(ctx context.Context, given, buildDir string, progress io.Writer) 
 		return "", fmt.Errorf("build lucid from source: %w", err)
 	}
 	return out, nil
-}
-
-// sourceRoot returns the directory at or above dir whose go.mod declares
-// Lucid's module, or "".
-func sourceRoot(dir string) string {
-	for {
-		if f, err := os.Open(filepath.Join(dir, "go.mod")); err == nil {
-			sc := bufio.NewScanner(f)
-			sc.Scan()
-			f.Close()
-			if strings.TrimSpace(sc.Text()) == "module "+modulePath {
-				return dir
-			}
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return ""
-		}
-		dir = parent
-	}
 }
 
 func isExecutable(p string) bool {

@@ -1,0 +1,146 @@
+package imagebuild
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/build"
+	"github.com/docker/docker/client"
+
+	dockerfiles "github.com/pickme/lucid/Dockerfiles"
+	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/deployfiles"
+)
+
+// ErrDockerPlatforms refuses a multi-platform build through the Docker
+// Engine, which stores one platform per tag.
+var ErrDockerPlatforms = errors.New("the docker builder makes one platform at a time; use the default builder for several")
+
+// BuildWithDocker builds the same six images through the Docker Engine
+// API, from Dockerfiles/Dockerfile and a context holding the binary and
+// the base files: nothing is pulled, nothing compiled in a container.
+func BuildWithDocker(ctx context.Context, o Options) ([]Row, error) {
+	if len(o.Platforms) != 1 {
+		return nil, ErrDockerPlatforms
+	}
+	p := o.Platforms[0]
+	bin, ok := o.Binaries[p.String()]
+	if !ok {
+		return nil, fmt.Errorf("no lucid binary for %s", p)
+	}
+	if o.Progress == nil {
+		o.Progress = func(Event) {}
+	}
+	buildCtx, err := o.dockerContext(bin)
+	if err != nil {
+		return nil, err
+	}
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("docker: %w", err)
+	}
+	defer cli.Close()
+
+	var rows []Row
+	for _, s := range catalog.Services {
+		ref := deployfiles.Image(o.ImageName, o.Tag, s)
+		resp, err := cli.ImageBuild(ctx, bytes.NewReader(buildCtx), build.ImageBuildOptions{
+			Tags: []string{ref}, Dockerfile: "Dockerfile", Target: s.Name, Platform: p.String(),
+			Remove: true, ForceRemove: true, Version: build.BuilderV1, BuildArgs: o.buildArgs(),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("docker build %s: %w", ref, err)
+		}
+		err = o.followBuild(resp.Body, ref, p.String())
+		resp.Body.Close()
+		if err != nil {
+			return nil, fmt.Errorf("docker build %s: %w", ref, err)
+		}
+		inspect, err := cli.ImageInspect(ctx, ref)
+		if err != nil {
+			return nil, fmt.Errorf("docker image inspect %s: %w", ref, err)
+		}
+		rows = append(rows, Row{Image: ref, Platform: p.String(), Digest: inspect.ID, Size: inspect.Size})
+		o.Progress(Event{Image: ref, Platform: p.String(), Step: "image", Detail: short12(inspect.ID)})
+	}
+	return rows, nil
+}
+
+// followBuild reads the daemon's JSON progress stream, passing steps on
+// and returning the build's error, if any.
+func (o Options) followBuild(body io.Reader, ref, platform string) error {
+	dec := json.NewDecoder(body)
+	for {
+		var msg struct {
+			Stream      string `json:"stream"`
+			Error       string `json:"error"`
+			ErrorDetail *struct {
+				Message string `json:"message"`
+			} `json:"errorDetail"`
+		}
+		if err := dec.Decode(&msg); errors.Is(err, io.EOF) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if msg.Error != "" {
+			return errors.New(msg.Error)
+		}
+		if line := strings.TrimSpace(msg.Stream); strings.HasPrefix(line, "Step ") {
+			o.Progress(Event{Image: ref, Platform: platform, Step: "docker", Detail: line})
+		}
+	}
+}
+
+// dockerContext is the build context: the Dockerfile, the binary, rootfs/
+// and data/.
+func (o Options) dockerContext(binary string) ([]byte, error) {
+	data, err := os.ReadFile(binary)
+	if err != nil {
+		return nil, fmt.Errorf("lucid binary: %w", err)
+	}
+	certs := o.CACerts
+	if certs == nil {
+		if certs, err = os.ReadFile(caBundle); err != nil {
+			return nil, fmt.Errorf("CA certificates (%s): %w", caBundle, err)
+		}
+	}
+	entries := []tarEntry{
+		{name: "Dockerfile", mode: 0o644, data: dockerfiles.Dockerfile},
+		{name: "lucid", mode: 0o755, data: data},
+		{name: "rootfs", dir: true, mode: 0o755},
+	}
+	entries = append(entries, baseEntries("rootfs", certs)...)
+	entries = append(entries, tarEntry{name: "data", dir: true, mode: 0o755})
+	for _, s := range catalog.Services {
+		entries = append(entries, tarEntry{name: "data/" + s.Name, dir: true, mode: 0o700})
+	}
+	return tarOf(entries, o.created())
+}
+
+func short12(id string) string {
+	id = strings.TrimPrefix(id, "sha256:")
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// buildArgs fill the Dockerfile's labels, as the daemonless builder sets
+// them (the description stays with that builder: it is no build arg).
+func (o Options) buildArgs() map[string]*string {
+	args := map[string]*string{}
+	for k, v := range map[string]string{"VERSION": o.Version, "REVISION": o.Revision, "CREATED": o.created().Format(time.RFC3339), "SOURCE": o.Source} {
+		if v != "" {
+			args[k] = &v
+		}
+	}
+	return args
+}
