@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test.sh is Lucid's test command (the README's, and what .ci/run calls).
 # On a fresh machine with only Go it first installs or builds what the tests
-# need: sshd, Redis and wrk from apt, and a real Consul agent built from the
-# Go module proxy (cached, so only the first run pays for it). Then it checks
+# need: sshd, Redis, wrk and qemu-user-static from apt, and a real Consul
+# agent and GoReleaser built from the Go module proxy (cached, so only the
+# first run pays for them). Then it checks
 # formatting, vets, cross-compiles lucidctl for the operator platforms and
 # runs every test. Extra arguments go to `go test`.
 set -euo pipefail
@@ -10,7 +11,8 @@ cd "$(dirname "$0")/.."
 
 ./scripts/install-test-deps.sh
 LUCID_CONSUL_BIN="$(./scripts/build-consul.sh)"
-export LUCID_CONSUL_BIN
+LUCID_GORELEASER_BIN="$(./scripts/build-goreleaser.sh)"
+export LUCID_CONSUL_BIN LUCID_GORELEASER_BIN
 
 echo "== gofmt" >&2
 unformatted="$(gofmt -l cmd pkg services internal)"
