@@ -30,28 +30,57 @@ func RedactEnvChanges(env []byte, old map[string]string) []byte {
 
 func redactEnv(env []byte, old map[string]string) []byte {
 	lines := strings.SplitAfter(string(env), "\n")
+	quote := byte(0) // inside a multi-line quoted value: every line is hidden
 	for i, line := range lines {
-		body := strings.TrimRight(line, "\n")
+		body := strings.TrimRight(line, "\r\n")
+		if quote != 0 {
+			if strings.IndexByte(body, quote) >= 0 {
+				quote = 0
+			}
+			lines[i] = Redacted + line[len(body):]
+			continue
+		}
 		k, v, ok := strings.Cut(body, "=")
 		if !ok || strings.HasPrefix(strings.TrimSpace(body), "#") || v == "" {
 			continue
 		}
+		if q := v[0]; (q == '\'' || q == '"') && strings.IndexByte(v[1:], q) < 0 {
+			quote = q // the value goes on past this line
+		}
 		key := strings.TrimSpace(strings.TrimPrefix(k, "export "))
 		switch {
-		case slices.Contains(Secrets, key) || isSecretName(key):
-			if pv, ok := old[key]; old != nil && (!ok || pv != v) {
+		case slices.Contains(Secrets, key) || isSecretName(key) || quote != 0:
+			if pv, ok := old[key]; old != nil && (!ok || pv != unquote(v)) {
 				v = RedactedChanged
 			} else {
 				v = Redacted
 			}
 		default:
-			if u, err := url.Parse(v); err == nil && u.User != nil {
-				v = u.Redacted()
-			}
+			v = redactURL(unquote(v), v)
 		}
 		lines[i] = k + "=" + v + line[len(body):]
 	}
 	return []byte(strings.Join(lines, ""))
+}
+
+// redactURL masks the password of a URL value; a value that looks like it
+// carries credentials but does not parse is hidden whole.
+func redactURL(value, raw string) string {
+	if !strings.Contains(value, "://") || !strings.Contains(value, "@") {
+		return raw
+	}
+	if u, err := url.Parse(value); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return Redacted
+}
+
+// unquote strips one pair of matching quotes.
+func unquote(v string) string {
+	if len(v) >= 2 && (v[0] == '\'' || v[0] == '"') && v[len(v)-1] == v[0] {
+		return v[1 : len(v)-1]
+	}
+	return v
 }
 
 // isSecretName catches secrets an operator added under a telling name.

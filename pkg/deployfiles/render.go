@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"maps"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -110,11 +111,9 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 		o.NewSecret = envfile.NewSecret
 	}
 	values, urlKeys := defaults()
-	for k, v := range o.Existing {
-		if v != "" {
-			values[k] = v
-		}
-	}
+	// An existing value wins even when empty: an operator who emptied
+	// CONSUL_HOST or LUCID_MESH_URL turned that off (secrets excepted).
+	maps.Copy(values, o.Existing)
 	maps.Copy(values, o.Set)
 	var generated []string
 	for _, k := range Secrets {
@@ -126,7 +125,7 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 
 	tmpl, err := template.New("").Funcs(template.FuncMap{
 		"join":  quotedList,
-		"value": func(k string) string { return values[k] },
+		"value": func(k string) (string, error) { return EnvValue(k, values[k]) },
 	}).ParseFS(templates.FS, "*.tmpl")
 	if err != nil {
 		return nil, fmt.Errorf("templates: %w", err)
@@ -135,19 +134,24 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 	if err := tmpl.ExecuteTemplate(&env, "env.core.tmpl", map[string]any{"URLKeys": urlKeys}); err != nil {
 		return nil, fmt.Errorf("env template: %w", err)
 	}
-	// Keys the file had that the template does not know stay, at the end.
+	// Keys the template does not know (from the file or --set) stay, at
+	// the end.
 	known := templateKeys(env.Bytes())
 	var extra []string
-	for k := range o.Existing {
+	for k := range values {
 		if !known[k] {
 			extra = append(extra, k)
 		}
 	}
 	if len(extra) > 0 {
 		slices.Sort(extra)
-		env.WriteString("\n# Kept from the previous file.\n")
+		env.WriteString("\n# Not from the template: kept from the previous file or --set.\n")
 		for _, k := range extra {
-			fmt.Fprintf(&env, "%s=%s\n", k, o.Existing[k])
+			v, err := EnvValue(k, values[k])
+			if err != nil {
+				return nil, err
+			}
+			fmt.Fprintf(&env, "%s=%s\n", k, v)
 		}
 	}
 
@@ -255,6 +259,23 @@ func quotedList(items []string) string {
 		q[i] = strconv.Quote(it)
 	}
 	return strings.Join(q, ", ")
+}
+
+// plainEnvValue needs no quoting in any compose version's env file.
+var plainEnvValue = regexp.MustCompile(`^[A-Za-z0-9_./:@,+=%-]*$`)
+
+// EnvValue is value as written in an env file: bare when safe, else in
+// single quotes, which compose reads literally (no $ expansion, # kept).
+// A value with a single quote or a line break cannot be written safely
+// for every compose version and is refused, naming the key only.
+func EnvValue(key, value string) (string, error) {
+	if plainEnvValue.MatchString(value) {
+		return value, nil
+	}
+	if strings.ContainsAny(value, "'\n\r") {
+		return "", fmt.Errorf("%s: a value with a single quote or a line break cannot be written to the env file", key)
+	}
+	return "'" + value + "'", nil
 }
 
 // templateKeys lists the KEY= lines of a rendered env file.

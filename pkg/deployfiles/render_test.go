@@ -105,3 +105,53 @@ func TestRedactEnv(t *testing.T) {
 		}
 	}
 }
+
+// TestRenderRoundTripsAwkwardValues: values with $, # and spaces survive a
+// render and a read back (compose's own parser), an emptied setting stays
+// empty, a --set key the template lacks is kept, and a value that cannot be
+// written safely is refused by name.
+func TestRenderRoundTripsAwkwardValues(t *testing.T) {
+	existing := map[string]string{
+		"JWT_SECRET_KEY":   "abc$def${HOME}ghi#jkl mno0123456789012345678901",
+		"REDIS_URL":        "redis://:pa ss #x@h:6379/0",
+		"CONSUL_HOST":      "",
+		"ENCRYPTION_KEY":   strings.Repeat("e", 48),
+		"LUCID_MESH_TOKEN": strings.Repeat("m", 48),
+	}
+	f, err := Render(context.Background(), Options{ImageName: "x/{service}", ImageTag: "t", Existing: existing, Set: map[string]string{"LUCID_LOG_LEVEL": "debug"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), ".env")
+	if err := os.WriteFile(path, f.Env, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	back, err := envfile.Read(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range existing {
+		if back[k] != v {
+			t.Errorf("%s: wrote %q, read back %q", k, v, back[k])
+		}
+	}
+	if back["LUCID_LOG_LEVEL"] != "debug" {
+		t.Errorf("--set of a new key lost: %q", back["LUCID_LOG_LEVEL"])
+	}
+	if _, err := Render(context.Background(), Options{ImageName: "x/{service}", ImageTag: "t", Set: map[string]string{"JWT_SECRET_KEY": "it's"}}); err == nil || strings.Contains(err.Error(), "it's") {
+		t.Errorf("a value with a quote: %v, want a refusal that does not show it", err)
+	}
+}
+
+func TestRedactEnvAwkward(t *testing.T) {
+	in := "REDIS_URL=\"redis://:pw1@h:6379\"\nMONGODB_URI=mongodb://u:se#cr%zz@h\nMULTI='first\nsecond-secret\nthird'\nAFTER=visible\n"
+	got := string(RedactEnv([]byte(in)))
+	for _, leak := range []string{"pw1", "se#cr", "second-secret", "third", "first"} {
+		if strings.Contains(got, leak) {
+			t.Errorf("redacted output still has %q:\n%s", leak, got)
+		}
+	}
+	if !strings.Contains(got, "AFTER=visible") {
+		t.Errorf("redaction ran past the multi-line value:\n%s", got)
+	}
+}

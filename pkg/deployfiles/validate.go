@@ -26,16 +26,15 @@ import (
 
 // Problem rules.
 const (
-	RuleSyntax         = "syntax"
-	RuleVariable       = "missing-variable"
-	RuleSecret         = "missing-secret"
-	RuleEnvFile        = "missing-env-file"
-	RulePortCollision  = "port-collision"
-	RuleUndefinedDep   = "undefined-dependency"
-	RuleUnhealthyDep   = "dependency-without-healthcheck"
-	RuleImage          = "image-name"
-	RuleHealthcheck    = "healthcheck-tool"
-	RuleUnknownService = "unknown-service"
+	RuleSyntax        = "syntax"
+	RuleVariable      = "missing-variable"
+	RuleSecret        = "missing-secret"
+	RuleEnvFile       = "missing-env-file"
+	RulePortCollision = "port-collision"
+	RuleUndefinedDep  = "undefined-dependency"
+	RuleUnhealthyDep  = "dependency-without-healthcheck"
+	RuleImage         = "image-name"
+	RuleHealthcheck   = "healthcheck-tool"
 )
 
 // Problem is one thing that would break a deployment.
@@ -75,6 +74,12 @@ func Validate(ctx context.Context, o ValidateOptions) ([]Problem, error) {
 	data, err := os.ReadFile(o.ComposeFile)
 	if err != nil {
 		return nil, err
+	}
+	if o.EnvFiles == nil {
+		// As compose does: a .env beside the compose file, if there is one.
+		if dotenv := filepath.Join(filepath.Dir(o.ComposeFile), ".env"); fileExists(dotenv) {
+			o.EnvFiles = []string{dotenv}
+		}
 	}
 	v := &validation{file: o.ComposeFile, opts: o, vars: map[string]string{}}
 	for _, f := range o.EnvFiles {
@@ -181,9 +186,7 @@ var varRef = regexp.MustCompile(`\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)([:]?[-?+]?)[^
 // not set (or set empty), unless the reference has a default.
 func (v *validation) checkVariables(data []byte) {
 	for i, line := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(strings.TrimSpace(line), "#") {
-			continue
-		}
+		line = stripComment(line)
 		for _, m := range varRef.FindAllStringSubmatch(line, -1) {
 			if m[0] == "$$" {
 				continue
@@ -239,15 +242,13 @@ func (v *validation) checkService(project *types.Project, key string, svc types.
 			v.add(v.line("services", key, "depends_on", d), key, RuleUndefinedDep, "depends on %s, which this file does not define", d)
 			continue
 		}
-		if svc.DependsOn[d].Condition == types.ServiceConditionHealthy && dep.HealthCheck == nil {
+		_, depIsOurs := lucidService(d, dep) // our images carry a HEALTHCHECK
+		if svc.DependsOn[d].Condition == types.ServiceConditionHealthy && dep.HealthCheck == nil && !depIsOurs {
 			v.add(v.line("services", key, "depends_on", d), key, RuleUnhealthyDep, "waits for %s to be healthy, but %s has no healthcheck", d, d)
 		}
 	}
 	s, ours := lucidService(key, svc)
 	if !ours {
-		if strings.HasPrefix(key, "lucid-") && svc.Image != ConsulImage && !strings.Contains(svc.Image, "consul") {
-			v.add(v.line("services", key), key, RuleUnknownService, "is not a Lucid core service (services: %s)", containerNames())
-		}
 		return
 	}
 	if v.opts.ImageName != "" {
@@ -267,7 +268,7 @@ func (v *validation) checkHealthcheck(key string, s catalog.Service, svc types.S
 	want := fmt.Sprintf(`["CMD", %q, %q, "healthcheck"]`, Binary, s.Name)
 	switch {
 	case hc == nil || len(hc.Test) == 0:
-		v.add(v.line("services", key), key, RuleHealthcheck, "has no healthcheck; use %s", want)
+		// The image's own HEALTHCHECK applies.
 	case hc.Test[0] == "CMD-SHELL" || (hc.Test[0] != "CMD" && hc.Test[0] != "NONE"):
 		v.add(line, key, RuleHealthcheck, "the healthcheck needs a shell, which the distroless image lacks; use %s", want)
 	case hc.Test[0] == "CMD" && len(hc.Test) > 1 && filepath.Base(hc.Test[1]) != "lucid":
@@ -277,17 +278,18 @@ func (v *validation) checkHealthcheck(key string, s catalog.Service, svc types.S
 
 // checkEnvFiles: the service's env files exist and hold its secrets.
 func (v *validation) checkEnvFiles(key string, s catalog.Service, svc types.ServiceConfig) {
+	// What the container sees: its env files and environment. --env-file
+	// values only fill ${VAR} in the compose file; no container gets them.
 	vals := map[string]string{}
-	for k, val := range v.vars {
-		vals[k] = val
-	}
 	for _, ef := range svc.EnvFiles {
 		path := ef.Path
 		if !filepath.IsAbs(path) {
 			path = filepath.Join(filepath.Dir(v.file), path)
 		}
 		got, err := envfile.Read(path)
-		if errors.Is(err, fs.ErrNotExist) {
+		if errors.Is(err, fs.ErrNotExist) && !bool(ef.Required) {
+			continue // required: false
+		} else if errors.Is(err, fs.ErrNotExist) {
 			v.add(v.line("services", key, "env_file"), key, RuleEnvFile, "env file %s does not exist (lucidctl render writes it)", ef.Path)
 			continue
 		} else if err != nil {
@@ -356,12 +358,24 @@ func (v *validation) checkPorts(project *types.Project, names []string) {
 	}
 }
 
-func containerNames() string {
-	var out []string
-	for _, s := range catalog.Services {
-		out = append(out, s.Container)
+// stripComment drops a YAML comment: a # at the start or after a space,
+// outside quotes.
+func stripComment(line string) string {
+	var quote byte
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case quote != 0:
+			if c == quote {
+				quote = 0
+			}
+		case c == '\'' || c == '"':
+			quote = c
+		case c == '#' && (i == 0 || line[i-1] == ' ' || line[i-1] == '\t'):
+			return line[:i]
+		}
 	}
-	return strings.Join(out, ", ")
+	return line
 }
 
 var yamlLine = regexp.MustCompile(`line (\d+)`)
@@ -377,3 +391,8 @@ func lineOfYAMLError(err error) int {
 // compose-go logs through logrus's global logger (unset variables, obsolete
 // keys); Validate reports those itself, and a library must not print.
 func init() { logrus.SetOutput(io.Discard) }
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}

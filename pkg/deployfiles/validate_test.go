@@ -129,3 +129,25 @@ func TestPortsAndVariables(t *testing.T) {
 		t.Errorf("problems:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestSecretOnlyForInterpolation: a secret in --env-file does not reach
+// the container, so a service that needs it is still reported.
+func TestSecretOnlyForInterpolation(t *testing.T) {
+	dir := t.TempDir()
+	compose := "services:\n  lucid-api-gateway:\n    image: x/gateway:t\n    ports: [\"8080:8080\"]\n"
+	path := filepath.Join(dir, "compose.yml")
+	env := filepath.Join(dir, "vars.env")
+	if err := os.WriteFile(path, []byte(compose), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(env, []byte("JWT_SECRET_KEY="+strings.Repeat("k", 40)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	problems := validate(t, ValidateOptions{ComposeFile: path, EnvFiles: []string{env}, ImageName: "x/{service}", ImageTag: "t"})
+	if !has(problems, RuleSecret, "lucid-api-gateway", "JWT_SECRET_KEY", 0) {
+		t.Errorf("a secret only in --env-file passed: %v", problems)
+	}
+	if has(problems, RuleHealthcheck, "lucid-api-gateway", "", 0) {
+		t.Errorf("a service without a compose healthcheck was flagged (the image has one): %v", problems)
+	}
+}

@@ -39,7 +39,10 @@ func Compile(ctx context.Context, o CompileOptions) error {
 		"-X github.com/pickme/lucid/pkg/buildinfo.Commit=" + o.Commit
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false", "-ldflags", ldflags, "-o", o.Out, "./cmd/lucid")
 	cmd.Dir = o.SourceDir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS="+o.Platform.OS, "GOARCH="+goarch, "GOFLAGS=-mod=readonly")
+	// Microarchitecture levels and experiments are pinned, so the caller's
+	// environment does not change the bytes (the Go toolchain still does).
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS="+o.Platform.OS, "GOARCH="+goarch, "GOFLAGS=-mod=readonly",
+		"GOAMD64=v1", "GOARM64=v8.0", "GOEXPERIMENT=")
 	if goarm != "" {
 		cmd.Env = append(cmd.Env, "GOARM="+goarm)
 	}

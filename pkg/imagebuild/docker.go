@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"strings"
 	"time"
 
@@ -29,6 +30,9 @@ var ErrDockerPlatforms = errors.New("the docker builder makes one platform at a 
 func BuildWithDocker(ctx context.Context, o Options) ([]Row, error) {
 	if len(o.Platforms) != 1 {
 		return nil, ErrDockerPlatforms
+	}
+	if o.Base != "" && o.Base != BaseAuto && o.Base != BaseScratch {
+		return nil, errors.New("the docker builder builds on scratch only; --base is for the default builder")
 	}
 	p := o.Platforms[0]
 	bin, ok := o.Binaries[p.String()]
@@ -67,7 +71,7 @@ func BuildWithDocker(ctx context.Context, o Options) ([]Row, error) {
 		if err != nil {
 			return nil, fmt.Errorf("docker image inspect %s: %w", ref, err)
 		}
-		rows = append(rows, Row{Image: ref, Platform: p.String(), Digest: inspect.ID, Size: inspect.Size})
+		rows = append(rows, Row{Image: ref, Platform: p.String(), ID: inspect.ID, Size: inspect.Size})
 		o.Progress(Event{Image: ref, Platform: p.String(), Step: "image", Detail: short12(inspect.ID)})
 	}
 	return rows, nil
@@ -117,7 +121,15 @@ func (o Options) dockerContext(binary string) ([]byte, error) {
 		{name: "lucid", mode: 0o755, data: data},
 		{name: "rootfs", dir: true, mode: 0o755},
 	}
-	entries = append(entries, baseEntries("rootfs", certs)...)
+	for _, e := range baseEntries("", certs) {
+		// The Dockerfile copies home/ with the nonroot owner, the rest as root.
+		if e.name == "home" || strings.HasPrefix(e.name, "home/") {
+			e.name = path.Join("homes", strings.TrimPrefix(strings.TrimPrefix(e.name, "home"), "/"))
+		} else {
+			e.name = path.Join("rootfs", e.name)
+		}
+		entries = append(entries, e)
+	}
 	entries = append(entries, tarEntry{name: "data", dir: true, mode: 0o755})
 	for _, s := range catalog.Services {
 		entries = append(entries, tarEntry{name: "data/" + s.Name, dir: true, mode: 0o700})

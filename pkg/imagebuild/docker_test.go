@@ -128,10 +128,10 @@ func TestDockerBuilderMakesTheSameImages(t *testing.T) {
 	for i, s := range catalog.Services {
 		ref := deployfiles.Image("lucid-test/{service}", tag, s)
 		got := docker(t, "image", "inspect", ref, "--format",
-			`{{.Config.User}}|{{json .Config.Entrypoint}}|{{json .Config.Healthcheck.Test}}|{{index .Config.Labels "io.lucid.service"}}|{{index .Config.Labels "org.opencontainers.image.version"}}|{{.Os}}/{{.Architecture}}`)
+			`{{.Config.User}}|{{json .Config.Entrypoint}}|{{json .Config.Healthcheck.Test}}|{{index .Config.Labels "io.lucid.service"}}|{{index .Config.Labels "org.opencontainers.image.version"}}|{{index .Config.Labels "org.opencontainers.image.description"}}|{{.Os}}/{{.Architecture}}`)
 		cf, _ := built[i].Images[0].Image.ConfigFile()
 		c := cf.Config
-		want := fmt.Sprintf("%s|%s|%s|%s|%s|%s/%s", c.User, jsonList(c.Entrypoint), jsonList(c.Healthcheck.Test), c.Labels["io.lucid.service"], c.Labels["org.opencontainers.image.version"], cf.OS, cf.Architecture)
+		want := fmt.Sprintf("%s|%s|%s|%s|%s|%s|%s/%s", c.User, jsonList(c.Entrypoint), jsonList(c.Healthcheck.Test), c.Labels["io.lucid.service"], c.Labels["org.opencontainers.image.version"], c.Labels["org.opencontainers.image.description"], cf.OS, cf.Architecture)
 		if got != want {
 			t.Errorf("%s through docker:\n got %s\nwant %s", ref, got, want)
 		}

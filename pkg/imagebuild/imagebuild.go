@@ -105,17 +105,27 @@ func Assemble(ctx context.Context, o Options) ([]Built, error) {
 		base   v1.Image
 		layers []mutate.Addendum
 	}
+	baseRef, err := o.resolveBase(ctx)
+	if err != nil {
+		return nil, err
+	}
 	pp := map[string]perPlatform{}
 	for _, p := range o.Platforms {
 		bin, ok := o.Binaries[p.String()]
 		if !ok {
 			return nil, fmt.Errorf("no lucid binary for %s", p)
 		}
-		base, baseLayers, err := o.base(ctx, p)
+		base, baseLayers, err := o.base(ctx, baseRef, p)
 		if err != nil {
 			return nil, err
 		}
-		lucid, err := lucidLayer(bin, o.created())
+		// Our layer takes the base's media types, so a manifest never mixes
+		// Docker and OCI descriptors.
+		layerType := types.OCILayer
+		if mt, err := base.MediaType(); err == nil && mt == types.DockerManifestSchema2 {
+			layerType = types.DockerLayer
+		}
+		lucid, err := lucidLayer(bin, o.created(), layerType)
 		if err != nil {
 			return nil, err
 		}
@@ -169,34 +179,51 @@ func (o Options) created() time.Time {
 	return o.Created.UTC()
 }
 
-// base returns the base image and the layers to add for it.
-func (o Options) base(ctx context.Context, p v1.Platform) (v1.Image, []mutate.Addendum, error) {
-	if o.Base != BaseScratch {
-		ref := o.Base
-		if ref == BaseAuto {
-			ref = DistrolessBase
+// resolveBase picks the base once for every platform, so a build never
+// mixes bases: "" means scratch. With BaseAuto, distroless is used when its
+// registry answers a quick check, else scratch.
+func (o Options) resolveBase(ctx context.Context) (string, error) {
+	switch o.Base {
+	case BaseScratch:
+		return "", nil
+	case BaseAuto:
+		r, err := name.ParseReference(DistrolessBase)
+		if err != nil {
+			return "", err
 		}
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if _, err := remote.Head(r, remote.WithContext(hctx)); err != nil {
+			o.Progress(Event{Image: "base", Step: "base", Detail: "scratch (" + DistrolessBase + " unreachable)"})
+			return "", nil
+		}
+		return DistrolessBase, nil
+	default:
+		return o.Base, nil
+	}
+}
+
+// base returns the base image for p and the layers to add for it.
+func (o Options) base(ctx context.Context, ref string, p v1.Platform) (v1.Image, []mutate.Addendum, error) {
+	if ref != "" {
 		r, err := name.ParseReference(ref)
 		if err != nil {
 			return nil, nil, fmt.Errorf("base image %q: %w", ref, err)
 		}
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		img, err := remote.Image(r, remote.WithContext(rctx), remote.WithPlatform(p))
-		cancel()
-		if err == nil {
-			o.Progress(Event{Image: "base", Platform: p.String(), Step: "base", Detail: ref})
-			return mutate.MediaType(img, types.OCIManifestSchema1), nil, nil
+		// The context stays live: layers are fetched later, when written.
+		img, err := remote.Image(r, remote.WithContext(ctx), remote.WithPlatform(p))
+		if err != nil {
+			return nil, nil, fmt.Errorf("base image %s for %s: %w", ref, p, err)
 		}
-		if o.Base != BaseAuto {
-			return nil, nil, fmt.Errorf("base image %s: %w", ref, err)
-		}
-		o.Progress(Event{Image: "base", Platform: p.String(), Step: "base", Detail: "scratch (" + ref + " unreachable)"})
+		d, _ := img.Digest()
+		o.Progress(Event{Image: "base", Platform: p.String(), Step: "base", Detail: ref + "@" + d.String()})
+		return img, nil, nil
 	}
 	certs := o.CACerts
 	if certs == nil {
 		var err error
 		if certs, err = os.ReadFile(caBundle); err != nil {
-			return nil, nil, fmt.Errorf("CA certificates for the scratch base (%s): %w", caBundle, err)
+			return nil, nil, fmt.Errorf("CA certificates for the scratch base: %w (give a PEM bundle with --ca-certs)", err)
 		}
 	}
 	layer, err := baseLayer(certs, o.created())
@@ -286,13 +313,13 @@ type tarEntry struct {
 
 // layerOf writes entries as a deterministic tar and makes a gzip layer of
 // it, compressed once.
-func layerOf(entries []tarEntry, mtime time.Time) (v1.Layer, error) {
+func layerOf(entries []tarEntry, mtime time.Time, mediaType types.MediaType) (v1.Layer, error) {
 	data, err := tarOf(entries, mtime)
 	if err != nil {
 		return nil, err
 	}
 	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil },
-		tarball.WithMediaType(types.OCILayer), tarball.WithCompressedCaching)
+		tarball.WithMediaType(mediaType), tarball.WithCompressedCaching)
 }
 
 // tarOf writes entries as a tar with fixed times.
@@ -324,7 +351,7 @@ func tarOf(entries []tarEntry, mtime time.Time) ([]byte, error) {
 // baseLayer is what distroless would give: CA certificates, passwd and
 // group with the nonroot user, its home, and /tmp.
 func baseLayer(certs []byte, mtime time.Time) (v1.Layer, error) {
-	return layerOf(baseEntries("", certs), mtime)
+	return layerOf(baseEntries("", certs), mtime, types.OCILayer)
 }
 
 // baseEntries are the scratch base's files, under prefix.
@@ -350,7 +377,7 @@ func baseEntries(prefix string, certs []byte) []tarEntry {
 
 // lucidLayer holds the binary and every service's data directory, owned
 // by the nonroot user so a fresh named volume inherits that ownership.
-func lucidLayer(binary string, mtime time.Time) (v1.Layer, error) {
+func lucidLayer(binary string, mtime time.Time, mediaType types.MediaType) (v1.Layer, error) {
 	data, err := os.ReadFile(binary)
 	if err != nil {
 		return nil, fmt.Errorf("lucid binary: %w", err)
@@ -367,7 +394,7 @@ func lucidLayer(binary string, mtime time.Time) (v1.Layer, error) {
 	for _, s := range catalog.Services {
 		entries = append(entries, tarEntry{name: path.Join(strings.TrimPrefix(deployfiles.DataRoot, "/"), s.Name), dir: true, mode: 0o700, uid: nonrootUID, gid: nonrootUID})
 	}
-	return layerOf(entries, mtime)
+	return layerOf(entries, mtime, mediaType)
 }
 
 func short(h v1.Hash) string {

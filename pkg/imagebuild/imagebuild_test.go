@@ -18,9 +18,13 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	dockerfiles "github.com/pickme/lucid/Dockerfiles"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deployfiles"
 )
@@ -214,3 +218,80 @@ func sum(t *testing.T, path string) string {
 }
 
 func nilLogger() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// TestRegistryBase builds on a base image from a registry: its layers come
+// first, ours on top, and the images still push (the base's blobs are
+// fetched when written, after the base was resolved).
+func TestRegistryBase(t *testing.T) {
+	ctx := context.Background()
+	reg := httptest.NewServer(registry.New(registry.Logger(nilLogger())))
+	defer reg.Close()
+	host := strings.TrimPrefix(reg.URL, "http://")
+	baseImg, err := random.Image(512, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	amd := testPlatforms[0]
+	cf, _ := baseImg.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = amd.OS, amd.Architecture
+	baseImg, _ = mutate.ConfigFile(baseImg, cf)
+	baseIdx := mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: baseImg, Descriptor: v1.Descriptor{Platform: &amd}})
+	baseRef, _ := name.NewTag(host+"/base:1", name.Insecure)
+	if err := remote.WriteIndex(baseRef, baseIdx); err != nil {
+		t.Fatal(err)
+	}
+
+	o := testOptions(t, host+"/lucid-{service}", amd)
+	o.Base = baseRef.String()
+	built, err := Assemble(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Push(ctx, built, true); err != nil {
+		t.Fatalf("push on a registry base: %v", err)
+	}
+	engine, _ := catalog.Lookup("engine")
+	ref, _ := name.NewTag(deployfiles.Image(host+"/lucid-{service}", "v1", engine), name.Insecure)
+	img, err := remote.Image(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	if len(layers) != 3 {
+		t.Fatalf("%d layers, want the base's two and ours", len(layers))
+	}
+	mt, _ := img.MediaType()
+	baseMT, _ := baseImg.MediaType()
+	if mt != baseMT {
+		t.Errorf("manifest media type %s, base's %s", mt, baseMT)
+	}
+	lmt, _ := layers[2].MediaType()
+	blmt, _ := layers[0].MediaType()
+	if lmt != blmt {
+		t.Errorf("our layer is %s on a base of %s layers", lmt, blmt)
+	}
+}
+
+// TestDockerfileMatchesCatalog keeps Dockerfiles/Dockerfile's targets in
+// step with the catalog: one per service, with its port, title and
+// description.
+func TestDockerfileMatchesCatalog(t *testing.T) {
+	df := string(dockerfiles.Dockerfile)
+	for _, s := range catalog.Services {
+		for _, want := range []string{
+			"FROM base AS " + s.Name + "\n",
+			fmt.Sprintf("EXPOSE %d/tcp", s.Port),
+			"org.opencontainers.image.title=" + s.Container + " io.lucid.service=" + s.Name,
+			fmt.Sprintf("org.opencontainers.image.description=%q", s.Summary),
+			fmt.Sprintf(`ENTRYPOINT ["%s", "%s"]`, deployfiles.Binary, s.Name),
+		} {
+			if !strings.Contains(df, want) {
+				t.Errorf("Dockerfile lacks %q", want)
+			}
+		}
+	}
+	if n := strings.Count(df, "\nFROM base AS "); n != len(catalog.Services) {
+		t.Errorf("Dockerfile has %d service targets, the catalog %d services", n, len(catalog.Services))
+	}
+}

@@ -19,8 +19,12 @@ import (
 type Row struct {
 	Image    string `json:"image"`
 	Platform string `json:"platform"` // "index" for a multi-platform index
-	Digest   string `json:"digest"`
-	Size     int64  `json:"size"` // compressed layers and config, bytes
+	// Digest is the manifest digest a registry will show (empty for the
+	// docker builder, whose images have only a local ID).
+	Digest string `json:"digest,omitempty"`
+	// ID is the Docker Engine's image ID (docker builder only).
+	ID   string `json:"id,omitempty"`
+	Size int64  `json:"size"` // the daemonless builder: compressed layers and config; docker: as the Engine reports
 }
 
 // Summary lists every image (and index) built.

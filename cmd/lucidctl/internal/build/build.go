@@ -34,6 +34,7 @@ type Options struct {
 	Platforms []string
 	Builder   string
 	Base      string
+	CACerts   string
 	Tag       string
 	Version   string
 	Push      bool
@@ -75,6 +76,7 @@ platform, digest, size) to stdout.`,
 	f.StringSliceVar(&opts.Platforms, "platform", nil, "platforms to build, os/arch[/variant] (repeatable or comma-separated; default: lucid.yaml's)")
 	f.StringVar(&opts.Builder, "builder", builderOCI, "oci (no daemon) or docker (the Docker Engine API)")
 	f.StringVar(&opts.Base, "base", imagebuild.BaseAuto, `base image: auto (distroless if reachable, else scratch), scratch, or a reference`)
+	f.StringVar(&opts.CACerts, "ca-certs", "", "PEM bundle the scratch base carries (default: the build host's /etc/ssl/certs/ca-certificates.crt; pin one for digests that do not depend on the host)")
 	f.StringVar(&opts.Tag, "tag", "", "image tag (default: images.tag of lucid.yaml)")
 	f.StringVar(&opts.Version, "version", "", "version to stamp (default: git describe)")
 	f.BoolVar(&opts.Push, "push", false, "push the images to their registries")
@@ -105,6 +107,8 @@ func run(ctx context.Context, opts *Options) error {
 	switch {
 	case opts.Builder != builderOCI && opts.Builder != builderDocker:
 		return cli.Usage(fmt.Errorf("--builder %q: use oci or docker", opts.Builder))
+	case opts.Builder == builderDocker && opts.Base != imagebuild.BaseAuto && opts.Base != imagebuild.BaseScratch:
+		return cli.Usage(errors.New("--builder docker builds on scratch only; --base is for the default builder"))
 	case opts.Builder == builderDocker && len(platforms) != 1:
 		return cli.Usage(imagebuild.ErrDockerPlatforms)
 	case opts.Builder == builderDocker && (opts.OCIDir != "" || opts.Tarball != "" || opts.Push):
@@ -146,7 +150,14 @@ func run(ctx context.Context, opts *Options) error {
 		progress(imagebuild.Event{Step: "compile", Platform: p.String(), Image: "lucid", Detail: fmt.Sprintf("%.1f MiB in %s", float64(fi.Size())/(1<<20), time.Since(t).Round(10*time.Millisecond))})
 		binaries[p.String()] = out
 	}
+	var caCerts []byte
+	if opts.CACerts != "" {
+		if caCerts, err = os.ReadFile(opts.CACerts); err != nil {
+			return cli.Usage(fmt.Errorf("--ca-certs: %w", err))
+		}
+	}
 	bo := imagebuild.Options{
+		CACerts:  caCerts,
 		Binaries: binaries, Platforms: platforms, Base: opts.Base,
 		ImageName: cfg.Images.Name, Tag: tag,
 		Version: stamp.version, Revision: stamp.commit, Source: stamp.source, Created: stamp.created,
@@ -199,7 +210,11 @@ func run(ctx context.Context, opts *Options) error {
 		if r.Size > 0 {
 			size = fmt.Sprintf("%.1f MiB", float64(r.Size)/(1<<20))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Image, r.Platform, r.Digest, size)
+		id := r.Digest
+		if id == "" {
+			id = "image id " + r.ID
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Image, r.Platform, id, size)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

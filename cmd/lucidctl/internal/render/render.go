@@ -88,13 +88,14 @@ func run(ctx context.Context, opts *Options) error {
 		dir = cfg.Dir
 	}
 	set := map[string]string{}
-	for _, kv := range opts.Set {
+	for i, kv := range opts.Set {
+		// The argument is never echoed: it may be a secret.
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || !envKey.MatchString(k) {
-			return cli.Usage(fmt.Errorf("--set %q: want KEY=VALUE with a variable name as KEY", deployfiles.RedactEnv([]byte(kv))))
+			return cli.Usage(fmt.Errorf("--set number %d: want KEY=VALUE with a variable name as KEY", i+1))
 		}
-		if strings.ContainsAny(v, "\n\r") {
-			return cli.Usage(fmt.Errorf("--set %s: the value may not span lines", k))
+		if _, err := deployfiles.EnvValue(k, v); err != nil {
+			return cli.Usage(fmt.Errorf("--set %w", err))
 		}
 		set[k] = v
 	}

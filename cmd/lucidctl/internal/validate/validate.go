@@ -31,8 +31,8 @@ func NewCmd(env *cli.Env) *cobra.Command {
 		Long: `Load a compose file (default: the rendered configs/docker/docker-compose.core.yml)
 with compose-go and report, with file and line:
 
-  missing-variable               ${VAR} not set, or empty, in the env files
-  missing-secret                 a service's required secret absent from its env files
+  missing-variable               ${VAR} not set, or empty, in the --env-files (default: .env beside it)
+  missing-secret                 a service's required secret absent from what its container gets
   missing-env-file               an env_file that does not exist
   port-collision                 two services publishing the same host port
   undefined-dependency           depends_on naming a service the file lacks
