@@ -1,0 +1,171 @@
+package sshx
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path"
+	"strings"
+	"sync"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+)
+
+// ExitError is a remote command that ran and failed.
+type ExitError struct {
+	Command string
+	Code    int
+	Stderr  string
+}
+
+func (e *ExitError) Error() string {
+	msg := strings.TrimSpace(e.Stderr)
+	if len(msg) > 500 {
+		msg = msg[:500] + "..."
+	}
+	return fmt.Sprintf("%s: exit status %d: %s", e.Command, e.Code, msg)
+}
+
+// Run runs cmd (a shell command line) with stdin, and returns its stdout.
+// ctx ending closes the session.
+func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader) ([]byte, error) {
+	s, err := c.ssh.NewSession()
+	if err != nil {
+		return nil, fmt.Errorf("ssh session to %s: %w", c.addr, err)
+	}
+	defer s.Close()
+	var stdout, stderr bytes.Buffer
+	s.Stdout, s.Stderr, s.Stdin = &stdout, &stderr, stdin
+	done := make(chan error, 1)
+	go func() { done <- s.Run(cmd) }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		_ = s.Signal(ssh.SIGTERM)
+		s.Close()
+		return nil, ctx.Err()
+	}
+	var ee *ssh.ExitError
+	switch {
+	case errors.As(err, &ee):
+		return stdout.Bytes(), &ExitError{Command: firstWord(cmd), Code: ee.ExitStatus(), Stderr: stderr.String()}
+	case err != nil:
+		return nil, fmt.Errorf("%s on %s: %w", firstWord(cmd), c.addr, err)
+	}
+	return stdout.Bytes(), nil
+}
+
+func firstWord(cmd string) string {
+	if f := strings.Fields(cmd); len(f) > 0 {
+		return f[0]
+	}
+	return cmd
+}
+
+// Quote makes s one word for a POSIX shell.
+func Quote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// WriteFile writes data to path on the host with mode: to a temporary name
+// beside it, then renamed, so a reader never sees half a file. It uses SFTP
+// with concurrent writes, or, when the host has no SFTP subsystem, a plain
+// command.
+func (c *Client) WriteFile(ctx context.Context, p string, data []byte, mode os.FileMode) error {
+	if err := c.writeSFTP(p, data, mode); err == nil {
+		return nil
+	} else if !errors.Is(err, errNoSFTP) {
+		return err
+	}
+	tmp := p + ".lucid-tmp"
+	cmd := fmt.Sprintf("mkdir -p %s && umask 077 && cat > %s && chmod %o %s && mv -f %s %s",
+		Quote(path.Dir(p)), Quote(tmp), mode.Perm(), Quote(tmp), Quote(tmp), Quote(p))
+	if _, err := c.Run(ctx, cmd, bytes.NewReader(data)); err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	return nil
+}
+
+var errNoSFTP = errors.New("no sftp subsystem")
+
+// sftpClient is opened once per connection; a host without the subsystem
+// is remembered as such.
+func (c *Client) sftpClient() (*sftp.Client, error) {
+	c.sftpOnce.Do(func() {
+		c.sftp, c.sftpErr = sftp.NewClient(c.ssh, sftp.UseConcurrentWrites(true))
+		if c.sftpErr != nil {
+			c.sftpErr = fmt.Errorf("%w: %v", errNoSFTP, c.sftpErr)
+		}
+	})
+	return c.sftp, c.sftpErr
+}
+
+func (c *Client) writeSFTP(p string, data []byte, mode os.FileMode) error {
+	sc, err := c.sftpClient()
+	if err != nil {
+		return err
+	}
+	if err := sc.MkdirAll(path.Dir(p)); err != nil {
+		return fmt.Errorf("mkdir %s: %w", path.Dir(p), err)
+	}
+	tmp := p + ".lucid-tmp"
+	f, err := sc.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", tmp, err)
+	}
+	if err := f.Chmod(mode.Perm()); err != nil {
+		f.Close()
+		return fmt.Errorf("chmod %s: %w", tmp, err)
+	}
+	if _, err := f.ReadFrom(bytes.NewReader(data)); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := sc.PosixRename(tmp, p); err != nil {
+		return fmt.Errorf("rename %s: %w", p, err)
+	}
+	return nil
+}
+
+// DialUnix opens a stream to a Unix socket on the host (its Docker
+// socket), over this connection.
+func (c *Client) DialUnix(socket string) (net.Conn, error) {
+	conn, err := c.ssh.Dial("unix", socket)
+	if err != nil {
+		return nil, fmt.Errorf("%s on %s: %w", socket, c.addr, err)
+	}
+	return conn, nil
+}
+
+// DialTCP opens a stream to addr as seen from the host.
+func (c *Client) DialTCP(addr string) (net.Conn, error) {
+	conn, err := c.ssh.Dial("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s via %s: %w", addr, c.addr, err)
+	}
+	return conn, nil
+}
+
+var (
+	probeOnce sync.Once
+	probe     ssh.PublicKey
+)
+
+// probeKey is a throwaway key for asking known_hosts what it knows.
+func probeKey() ssh.PublicKey {
+	probeOnce.Do(func() {
+		pub, _, err := ed25519.GenerateKey(nil)
+		if err != nil {
+			panic(err)
+		}
+		probe, _ = ssh.NewPublicKey(pub)
+	})
+	return probe
+}

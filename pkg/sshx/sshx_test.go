@@ -1,0 +1,168 @@
+package sshx
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pickme/lucid/internal/testenv"
+)
+
+func dial(t *testing.T, s *testenv.SSHD, o Options) (*Client, error) {
+	t.Helper()
+	if o.KnownHosts == "" {
+		o.KnownHosts = s.KnownHosts
+	}
+	if len(o.KeyFiles) == 0 {
+		o.KeyFiles = []string{s.ClientKey}
+	}
+	o.NoAgent, o.ConfigFile = true, "none"
+	c, err := Dial(context.Background(), Target{Host: s.Host, Port: s.Port, User: s.User}, o)
+	if err == nil {
+		t.Cleanup(func() { c.Close() })
+	}
+	return c, err
+}
+
+func TestRunAndWriteFile(t *testing.T) {
+	for _, noSFTP := range []bool{false, true} {
+		name := "sftp"
+		if noSFTP {
+			name = "without sftp"
+		}
+		t.Run(name, func(t *testing.T) {
+			s := testenv.StartSSHD(t, testenv.SSHDOptions{NoSFTP: noSFTP})
+			c, err := dial(t, s, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := c.Run(context.Background(), "echo hello; echo oops >&2", nil)
+			if err != nil || strings.TrimSpace(string(out)) != "hello" {
+				t.Fatalf("Run = %q, %v", out, err)
+			}
+			var ee *ExitError
+			if _, err := c.Run(context.Background(), "echo broken >&2; exit 3", nil); !errors.As(err, &ee) || ee.Code != 3 || !strings.Contains(ee.Stderr, "broken") {
+				t.Fatalf("failing command: %v", err)
+			}
+			dst := filepath.Join(t.TempDir(), "sub dir", "it's.env")
+			data := []byte("JWT_SECRET_KEY=abc\n")
+			if err := c.WriteFile(context.Background(), dst, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(dst)
+			fi, _ := os.Stat(dst)
+			if err != nil || string(got) != string(data) || fi.Mode().Perm() != 0o600 {
+				t.Fatalf("written file: %q %v mode %v", got, err, fi.Mode())
+			}
+			if _, err := os.Stat(dst + ".lucid-tmp"); !errors.Is(err, os.ErrNotExist) {
+				t.Error("the temporary file was left behind")
+			}
+		})
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	s := testenv.StartSSHD(t, testenv.SSHDOptions{})
+	t.Run("unknown host key", func(t *testing.T) {
+		empty := filepath.Join(t.TempDir(), "known_hosts")
+		_, err := dial(t, s, Options{KnownHosts: empty})
+		var hk *HostKeyError
+		if !errors.Is(err, ErrUnknownHostKey) || !errors.As(err, &hk) || !strings.HasPrefix(hk.Fingerprint, "SHA256:") {
+			t.Fatalf("unknown host: %v", err)
+		}
+		// --accept-new-host-key records it, and the next dial trusts it.
+		if _, err := dial(t, s, Options{KnownHosts: empty, AcceptNewHostKey: true}); err != nil {
+			t.Fatalf("accepting a new key: %v", err)
+		}
+		if _, err := dial(t, s, Options{KnownHosts: empty}); err != nil {
+			t.Fatalf("after recording the key: %v", err)
+		}
+	})
+	t.Run("changed host key", func(t *testing.T) {
+		other := testenv.StartSSHD(t, testenv.SSHDOptions{})
+		// A known_hosts that names this address with another server's key.
+		kh := filepath.Join(t.TempDir(), "known_hosts")
+		line := strings.Replace(mustRead(t, other.KnownHosts), "]:"+itoa(other.Port)+" ", "]:"+itoa(s.Port)+" ", 1)
+		if err := os.WriteFile(kh, []byte(line), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := dial(t, s, Options{KnownHosts: kh, AcceptNewHostKey: true})
+		if !errors.Is(err, ErrHostKeyChanged) || !strings.Contains(err.Error(), "SHA256:") {
+			t.Fatalf("changed host key (even with accept-new): %v", err)
+		}
+	})
+	t.Run("wrong user key", func(t *testing.T) {
+		_, err := dial(t, s, Options{KeyFiles: []string{testenv.NewKeyFile(t)}})
+		if !errors.Is(err, ErrAuth) {
+			t.Fatalf("stranger's key: %v", err)
+		}
+	})
+	t.Run("refused", func(t *testing.T) {
+		_, err := Dial(context.Background(), Target{Host: "127.0.0.1", Port: testenv.FreePort(t), User: s.User}, Options{NoAgent: true, ConfigFile: "none", KnownHosts: s.KnownHosts})
+		if !errors.Is(err, ErrRefused) {
+			t.Fatalf("closed port: %v", err)
+		}
+	})
+}
+
+// TestConfigAlias: a ~/.ssh/config Host alias gives host, port, user and key.
+func TestConfigAlias(t *testing.T) {
+	s := testenv.StartSSHD(t, testenv.SSHDOptions{})
+	cfg := filepath.Join(t.TempDir(), "config")
+	content := "Host pi-test\n  HostName 127.0.0.1\n  Port " + itoa(s.Port) + "\n  User " + s.User + "\n  IdentityFile " + s.ClientKey + "\n"
+	if err := os.WriteFile(cfg, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Dial(context.Background(), Target{Host: "pi-test"}, Options{NoAgent: true, ConfigFile: cfg, KnownHosts: s.KnownHosts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if c.Addr() != "127.0.0.1:"+itoa(s.Port) {
+		t.Errorf("addr %s", c.Addr())
+	}
+}
+
+// TestDockerSocketOverSSH reaches the host's Docker Engine through the
+// connection (the deploy's way of talking to the Pi's daemon).
+func TestDockerSocketOverSSH(t *testing.T) {
+	if err := exec.Command("docker", "version").Run(); err != nil {
+		testenv.Missing(t, "a running Docker Engine")
+	}
+	s := testenv.StartSSHD(t, testenv.SSHDOptions{})
+	c, err := dial(t, s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(context.Context, string, string) (net.Conn, error) { return c.DialUnix("/var/run/docker.sock") },
+	}}
+	resp, err := hc.Get("http://docker/_ping")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if string(body) != "OK" {
+		t.Fatalf("docker _ping over ssh: %s %q", resp.Status, body)
+	}
+}
+
+func mustRead(t *testing.T, p string) string {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
