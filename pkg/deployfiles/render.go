@@ -68,6 +68,12 @@ type Options struct {
 	Set map[string]string
 	// NewSecret generates a secret (default envfile.NewSecret); tests fix it.
 	NewSecret func(n int) string
+	// NoConsul leaves the Consul container out (Consul runs elsewhere, or
+	// not at all: the gateway then uses the services' static URLs).
+	NoConsul bool
+	// PortOffset shifts every published host port (container ports stay),
+	// to run a second stack beside the first on one host.
+	PortOffset int
 }
 
 // Files are the rendered files.
@@ -114,6 +120,9 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 	// An existing value wins even when empty: an operator who emptied
 	// CONSUL_HOST or LUCID_MESH_URL turned that off (secrets excepted).
 	maps.Copy(values, o.Existing)
+	if o.NoConsul {
+		values["CONSUL_HOST"], values["CONSUL_PORT"] = "", ""
+	}
 	maps.Copy(values, o.Set)
 	var generated []string
 	for _, k := range Secrets {
@@ -193,13 +202,15 @@ func defaults() (map[string]string, []string) {
 
 func composeServices(o Options) []composeService {
 	var out []composeService
-	out = append(out, composeService{
-		Container:   ConsulContainer,
-		Image:       ConsulImage,
-		Command:     []string{"agent", "-dev", "-client=0.0.0.0"},
-		Ports:       []string{"127.0.0.1:" + strconv.Itoa(consulPort) + ":" + strconv.Itoa(consulPort)},
-		Healthcheck: []string{"CMD", "consul", "members"},
-	})
+	if !o.NoConsul {
+		out = append(out, composeService{
+			Container:   ConsulContainer,
+			Image:       ConsulImage,
+			Command:     []string{"agent", "-dev", "-client=0.0.0.0"},
+			Ports:       []string{"127.0.0.1:" + strconv.Itoa(consulPort+o.PortOffset) + ":" + strconv.Itoa(consulPort)},
+			Healthcheck: []string{"CMD", "consul", "members"},
+		})
+	}
 	for _, s := range catalog.Services {
 		port := strconv.Itoa(s.Port)
 		// Only the gateway faces the network; the others are reachable from
@@ -213,7 +224,7 @@ func composeServices(o Options) []composeService {
 			Image:       Image(o.ImageName, o.ImageTag, s),
 			Hardened:    true,
 			EnvFile:     true,
-			Ports:       []string{bind + port + ":" + port},
+			Ports:       []string{bind + strconv.Itoa(s.Port+o.PortOffset) + ":" + port},
 			Volume:      s.Container + "-data",
 			DataDir:     filepath.ToSlash(filepath.Join(DataRoot, s.Name)),
 			Healthcheck: []string{"CMD", Binary, s.Name, "healthcheck", "--ready"},
@@ -228,7 +239,7 @@ func composeServices(o Options) []composeService {
 			deps = append(deps, catalog.MeshService) // it issues the certificates
 		}
 		deps = append(deps, s.DependsOn...)
-		if s.UsesConsul {
+		if s.UsesConsul && !o.NoConsul {
 			cs.DependsOn = append(cs.DependsOn, ConsulContainer)
 		}
 		for _, d := range deps {

@@ -26,7 +26,9 @@ type Options struct {
 	DryRun bool
 	Set    []string
 	// Dir is where configs/ goes (default: lucid.yaml's directory).
-	Dir string
+	Dir        string
+	NoConsul   bool
+	PortOffset int
 }
 
 // NewCmd returns the render command.
@@ -55,6 +57,8 @@ appear in any output: --dry-run shows a diff with them redacted.`,
 	f := cmd.Flags()
 	f.BoolVar(&opts.DryRun, "dry-run", false, "print what would change, as a diff with secrets redacted, and write nothing")
 	f.StringArrayVar(&opts.Set, "set", nil, "set an env value, `KEY=VALUE` (repeatable; beats the existing file)")
+	f.BoolVar(&opts.NoConsul, "no-consul", false, "leave the Consul container out (Consul runs elsewhere, or the gateway uses static URLs)")
+	f.IntVar(&opts.PortOffset, "port-offset", 0, "add N to every published host port, to run a second stack on one host")
 	f.StringVar(&opts.Dir, "dir", "", "directory to write configs/ under (default: the directory of lucid.yaml)")
 	return cli.SupportsJSON(cmd)
 }
@@ -119,6 +123,7 @@ func run(ctx context.Context, opts *Options) error {
 
 	files, err := deployfiles.Render(ctx, deployfiles.Options{
 		ImageName: cfg.Images.Name, ImageTag: cfg.Images.Tag, Existing: existing, Set: set,
+		NoConsul: opts.NoConsul, PortOffset: opts.PortOffset,
 	})
 	if err != nil {
 		return err

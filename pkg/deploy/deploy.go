@@ -1,0 +1,473 @@
+// Package deploy puts a release on a host over SSH: preflight, a deploy
+// lock, the images without a registry (only the layers the host's Docker
+// Engine lacks, streamed over the same connection), the release's compose
+// and env files in a release directory, compose up, a health gate, and an
+// automatic return to the previous release when the gate fails.
+//
+// A release lives in <dir>/releases/<id> (compose file with the images
+// pinned to the release's own tags, env file, release.json); <dir>/current
+// points at the live one and moves only after a release passed its gate.
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/imagebuild"
+	"github.com/pickme/lucid/pkg/sshx"
+)
+
+// Options describe one deploy to one host.
+type Options struct {
+	// Name is the target's name in lucid.yaml, for messages.
+	Name string
+	// SSH is the open connection to the host.
+	SSH *sshx.Client
+	// Dir is the deploy directory on the host.
+	Dir string
+	// DockerSocket is the Engine's socket on the host.
+	DockerSocket string
+	// Compose and Env are the rendered files; ImageName and Tag name the
+	// images in Compose.
+	Compose, Env    []byte
+	ImageName, Tag  string
+	Version         string
+	Images          []imagebuild.Built
+	Network         string
+	MinFreeBytes    int64
+	MaxClockSkew    time.Duration
+	HealthTimeout   time.Duration
+	LockWait        time.Duration
+	LockTTL         time.Duration
+	KeepReleases    int
+	GatewayHostPort int
+	DryRun          bool
+	// Events hears every step (required).
+	Events func(Event)
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Event is one step of a deploy, for progress and --json.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Target  string    `json:"target"`
+	Step    string    `json:"step"`
+	Status  string    `json:"status"` // start, ok, fail, info
+	Message string    `json:"message,omitempty"`
+	Bytes   int64     `json:"bytes,omitempty"`
+	Total   int64     `json:"total,omitempty"`
+}
+
+// Result is what a deploy did.
+type Result struct {
+	Target     string     `json:"target"`
+	Release    string     `json:"release"`
+	Preflight  *Preflight `json:"preflight"`
+	SentBytes  int64      `json:"sent_bytes"`
+	SentLayers int        `json:"sent_layers"`
+	KeptLayers int        `json:"kept_layers"`
+	RolledBack string     `json:"rolled_back_to,omitempty"`
+	DryRun     bool       `json:"dry_run"`
+	// Plan, with DryRun: what would change.
+	Plan *Plan `json:"plan,omitempty"`
+}
+
+// Plan is a dry run's answer.
+type Plan struct {
+	Files    []string `json:"files_changed"`
+	Layers   int      `json:"layers_to_send"`
+	Bytes    int64    `json:"bytes_to_send"`
+	Services []string `json:"services_to_restart"`
+}
+
+func (o *Options) defaults() {
+	if o.DockerSocket == "" {
+		o.DockerSocket = "/var/run/docker.sock"
+	}
+	if o.Network == "" {
+		o.Network = deployfiles.Network
+	}
+	if o.MaxClockSkew == 0 {
+		o.MaxClockSkew = 5 * time.Minute
+	}
+	if o.HealthTimeout == 0 {
+		o.HealthTimeout = 3 * time.Minute
+	}
+	if o.LockTTL == 0 {
+		o.LockTTL = 30 * time.Minute
+	}
+	if o.KeepReleases == 0 {
+		o.KeepReleases = 5
+	}
+	if o.GatewayHostPort == 0 {
+		gw, _ := catalog.Lookup("gateway")
+		o.GatewayHostPort = gw.Port
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+// Deploy runs one deploy.
+func Deploy(ctx context.Context, o Options) (*Result, error) {
+	o.defaults()
+	emit := func(step, status, msg string) {
+		o.Events(Event{Time: o.Now(), Target: o.Name, Step: step, Status: status, Message: msg})
+	}
+	res := &Result{Target: o.Name, DryRun: o.DryRun}
+	h, err := newHost(o.Name, o.SSH, o.Dir, o.DockerSocket)
+	if err != nil {
+		return nil, err
+	}
+	defer h.docker.Close()
+
+	emit("preflight", "start", "")
+	var platforms []v1.Platform
+	if len(o.Images) > 0 {
+		for _, pi := range o.Images[0].Images {
+			platforms = append(platforms, pi.Platform)
+		}
+	}
+	pf, err := h.preflight(ctx, o, platforms, o.DryRun)
+	if err != nil {
+		emit("preflight", "fail", err.Error())
+		return nil, err
+	}
+	res.Preflight = pf
+	emit("preflight", "ok", fmt.Sprintf("docker %s, %s, %s, %d MiB free, clock %s, network %s", pf.Docker, pf.Compose, pf.Platform, pf.FreeBytes>>20, pf.ClockSkew, pf.Network))
+
+	id := releaseID(o.Now(), o.Version)
+	res.Release = id
+	images, err := o.transferImages(pf.Platform, id)
+	if err != nil {
+		return nil, err
+	}
+
+	if !o.DryRun {
+		me := lockInfo{Host: localHost(), PID: os.Getpid(), User: localUser(), Since: o.Now().UTC(), Expires: o.Now().Add(o.LockTTL).UTC()}
+		emit("lock", "start", "")
+		if err := h.lock(ctx, me, o.LockWait, func(m string) { emit("lock", "info", m) }); err != nil {
+			emit("lock", "fail", err.Error())
+			return nil, err
+		}
+		defer h.unlock(ctx)
+		emit("lock", "ok", h.lockPath())
+	}
+
+	prev, err := h.current(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: releases: %w", o.Name, err)
+	}
+	plan, err := planTransfer(ctx, h.docker, images)
+	if err != nil {
+		return nil, err
+	}
+	res.SentLayers, res.KeptLayers = len(plan.Send), plan.KeptLayers
+	compose := pinImages(o.Compose, o.ImageName, o.Tag, id)
+
+	if o.DryRun {
+		res.Plan = o.dryRunPlan(ctx, h, prev, plan)
+		emit("plan", "ok", fmt.Sprintf("%d files change, %d layers (%d bytes) to send, restart %s",
+			len(res.Plan.Files), res.Plan.Layers, res.Plan.Bytes, strings.Join(res.Plan.Services, ", ")))
+		return res, nil
+	}
+
+	how := "only the missing layers"
+	if plan.Full {
+		how = "all layers: the host's containerd image store cannot skip any"
+	}
+	emit("images", "start", fmt.Sprintf("%d layers to send (%d bytes), %d already there; %s", len(plan.Send), plan.SendBytes, plan.KeptLayers, how))
+	var lastReport time.Time
+	err = plan.load(ctx, h.docker, func(sent int64) {
+		res.SentBytes = sent
+		if time.Since(lastReport) > 200*time.Millisecond {
+			lastReport = time.Now()
+			o.Events(Event{Time: o.Now(), Target: o.Name, Step: "images", Status: "info", Bytes: sent, Total: plan.SendBytes})
+		}
+	})
+	if err != nil {
+		emit("images", "fail", err.Error())
+		return nil, fmt.Errorf("%s: %w (nothing was changed; the previous release still runs)", o.Name, err)
+	}
+	o.Events(Event{Time: o.Now(), Target: o.Name, Step: "images", Status: "ok", Bytes: res.SentBytes, Total: plan.SendBytes,
+		Message: fmt.Sprintf("%d layers sent, %d kept", len(plan.Send), plan.KeptLayers)})
+
+	rel := Release{ID: id, Version: o.Version, Created: o.Now().UTC(), By: localUser() + "@" + localHost(), Images: imageIDs(images), Status: "deploying"}
+	emit("release", "start", id)
+	if err := h.writeRelease(ctx, rel, compose, o.Env); err != nil {
+		emit("release", "fail", err.Error())
+		return nil, fmt.Errorf("%s: write release %s: %w (the previous release still runs)", o.Name, id, err)
+	}
+	emit("release", "ok", h.releaseDir(id))
+
+	emit("up", "start", "")
+	gateErr := h.up(ctx, id)
+	if gateErr != nil {
+		// Compose gives up when a dependency never turns healthy; say
+		// which services failed, as the gate would.
+		if list, lerr := h.projectContainers(ctx); lerr == nil {
+			if gf, ok := h.gateFailure(ctx, id, list).(*GateFailure); ok && len(gf.Services) > 0 {
+				gf.Smoke = gateErr.Error()
+				gateErr = gf
+			}
+		}
+	} else {
+		emit("up", "ok", "")
+		emit("health", "start", fmt.Sprintf("every service healthy within %s, then the gateway's /health", o.HealthTimeout))
+		gateErr = h.gate(ctx, id, len(catalog.Services), o.HealthTimeout, "127.0.0.1:"+strconv.Itoa(o.GatewayHostPort))
+	}
+	if gateErr == nil {
+		rel.Status = "live"
+		if err := h.makeCurrent(ctx, id); err != nil {
+			return nil, fmt.Errorf("%s: point current at %s: %w", o.Name, id, err)
+		}
+		_ = h.writeRecord(ctx, rel)
+		if prev != nil {
+			prev.Status = "replaced"
+			_ = h.writeRecord(ctx, *prev)
+		}
+		emit("health", "ok", "release "+id+" is live")
+		h.prune(ctx, o, emit)
+		return res, nil
+	}
+
+	emit("health", "fail", gateErr.Error())
+	rel.Status = "failed"
+	_ = h.writeRecord(context.WithoutCancel(ctx), rel)
+	if prev == nil {
+		return nil, fmt.Errorf("%s: %w (no previous release to return to)", o.Name, gateErr)
+	}
+	emit("rollback", "start", "back to "+prev.ID)
+	if err := h.up(context.WithoutCancel(ctx), prev.ID); err != nil {
+		emit("rollback", "fail", err.Error())
+		return nil, fmt.Errorf("%s: %w; and the rollback to %s failed: %v", o.Name, gateErr, prev.ID, err)
+	}
+	if err := h.gate(context.WithoutCancel(ctx), prev.ID, len(catalog.Services), o.HealthTimeout, "127.0.0.1:"+strconv.Itoa(o.GatewayHostPort)); err != nil {
+		emit("rollback", "fail", err.Error())
+		return nil, fmt.Errorf("%s: %w; and the previous release %s is not healthy either: %v", o.Name, gateErr, prev.ID, err)
+	}
+	emit("rollback", "ok", "release "+prev.ID+" is serving again")
+	res.RolledBack = prev.ID
+	return res, &RolledBackError{Release: id, Previous: prev.ID, Cause: gateErr}
+}
+
+// RolledBackError is a deploy whose release failed and was replaced by the
+// previous one, which serves again.
+type RolledBackError struct {
+	Release, Previous string
+	Cause             error
+}
+
+func (e *RolledBackError) Error() string {
+	return fmt.Sprintf("%v\nrolled back to release %s, which serves again", e.Cause, e.Previous)
+}
+
+func (e *RolledBackError) Unwrap() error { return e.Cause }
+
+// transferImages picks each service's image for the host's platform and
+// tags it with the configured tag and the release's own.
+func (o *Options) transferImages(platform, id string) ([]TransferImage, error) {
+	var out []TransferImage
+	for _, b := range o.Images {
+		var img v1.Image
+		for _, pi := range b.Images {
+			if platformString(pi.Platform) == platform {
+				img = pi.Image
+			}
+		}
+		if img == nil {
+			return nil, fmt.Errorf("%s: no image of %s for %s", o.Name, b.Ref, platform)
+		}
+		out = append(out, TransferImage{Image: img, Tags: []string{b.Ref, releaseTag(b.Ref, id)}})
+	}
+	return out, nil
+}
+
+// releaseTag is ref with the release's tag: repo:lucid-<id>.
+func releaseTag(ref, id string) string {
+	repo := ref
+	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
+		repo = ref[:i]
+	}
+	return repo + ":lucid-" + id
+}
+
+// pinImages points the compose file's images at the release's tags, so a
+// rollback runs exactly the images that release had.
+func pinImages(compose []byte, name, tag, id string) []byte {
+	s := string(compose)
+	for _, svc := range catalog.Services {
+		ref := deployfiles.Image(name, tag, svc)
+		s = strings.ReplaceAll(s, "image: "+ref+"\n", "image: "+releaseTag(ref, id)+"\n")
+	}
+	return []byte(s)
+}
+
+func imageIDs(images []TransferImage) map[string]string {
+	m := map[string]string{}
+	for i, ti := range images {
+		if d, err := ti.Image.ConfigName(); err == nil && i < len(catalog.Services) {
+			m[catalog.Services[i].Name] = d.String()
+		}
+	}
+	return m
+}
+
+// dryRunPlan says what a deploy would change, without changing anything.
+func (o *Options) dryRunPlan(ctx context.Context, h *host, prev *Release, plan *TransferPlan) *Plan {
+	p := &Plan{Layers: len(plan.Send), Bytes: plan.SendBytes}
+	if prev == nil {
+		p.Files = []string{deployfiles.ComposePath, deployfiles.EnvPath}
+	} else {
+		for _, f := range []struct {
+			rel string
+			new []byte
+			pin bool
+		}{{deployfiles.ComposePath, o.Compose, true}, {deployfiles.EnvPath, o.Env, false}} {
+			old, _ := h.ssh.Run(ctx, "cat "+sshx.Quote(h.releaseDir(prev.ID)+"/"+f.rel), nil)
+			cur := f.new
+			if f.pin {
+				cur = pinImages(f.new, o.ImageName, o.Tag, prev.ID)
+			}
+			if string(old) != string(cur) {
+				p.Files = append(p.Files, f.rel)
+			}
+		}
+	}
+	ids := imageIDs(plan.Images)
+	for _, s := range catalog.Services {
+		if prev == nil || prev.Images[s.Name] != ids[s.Name] {
+			p.Services = append(p.Services, s.Name)
+		}
+	}
+	return p
+}
+
+// prune removes releases beyond the newest KeepReleases, with their tags.
+func (h *host) prune(ctx context.Context, o Options, emit func(step, status, msg string)) {
+	rs, err := h.releases(ctx)
+	if err != nil || len(rs) <= o.KeepReleases {
+		return
+	}
+	for _, r := range rs[o.KeepReleases:] {
+		if r.Current {
+			continue
+		}
+		for _, s := range catalog.Services {
+			_, _ = h.run(ctx, "docker rmi "+sshx.Quote(releaseTag(deployfiles.Image(o.ImageName, o.Tag, s), r.ID))+" >/dev/null 2>&1; true")
+		}
+		if _, err := h.run(ctx, "rm -rf "+sshx.Quote(h.releaseDir(r.ID))); err == nil {
+			emit("prune", "info", "removed release "+r.ID)
+		}
+	}
+}
+
+// releaseID names a release by time (sortable) and version.
+func releaseID(t time.Time, version string) string {
+	id := t.UTC().Format("20060102T150405Z")
+	if v := strings.Map(func(r rune) rune {
+		if r == '.' || r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' {
+			return r
+		}
+		return -1
+	}, version); v != "" {
+		id += "-" + v
+	}
+	return id
+}
+
+func localUser() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return "unknown"
+}
+
+func localHost() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "unknown"
+	}
+	return h
+}
+
+// ErrNoRelease is asked for a release the host does not have.
+var ErrNoRelease = errors.New("no such release")
+
+// Releases lists the host's releases, newest first.
+func Releases(ctx context.Context, ssh *sshx.Client, dir string) ([]Release, error) {
+	h := &host{name: ssh.Addr(), ssh: ssh, dir: dir}
+	return h.releases(ctx)
+}
+
+// Rollback brings release id back (by default the newest release older
+// than the current one that went live), gates it, and makes it current.
+func Rollback(ctx context.Context, o Options, id string) (string, error) {
+	o.defaults()
+	emit := func(step, status, msg string) {
+		o.Events(Event{Time: o.Now(), Target: o.Name, Step: step, Status: status, Message: msg})
+	}
+	h, err := newHost(o.Name, o.SSH, o.Dir, o.DockerSocket)
+	if err != nil {
+		return "", err
+	}
+	defer h.docker.Close()
+	if _, err := h.preflight(ctx, o, nil, false); err != nil && !errors.Is(err, ErrArchitecture) {
+		return "", err
+	}
+	rs, err := h.releases(ctx)
+	if err != nil {
+		return "", err
+	}
+	var target *Release
+	seenCurrent := false
+	for i := range rs {
+		r := &rs[i]
+		switch {
+		case id != "" && r.ID == id:
+			target = r
+		case id == "" && r.Current:
+			seenCurrent = true
+		case id == "" && seenCurrent && target == nil && r.Status != "failed":
+			target = r
+		}
+	}
+	if target == nil {
+		if id == "" {
+			return "", fmt.Errorf("%s: %w: no earlier release that went live", o.Name, ErrNoRelease)
+		}
+		return "", fmt.Errorf("%s: %w %q", o.Name, ErrNoRelease, id)
+	}
+	me := lockInfo{Host: localHost(), PID: os.Getpid(), User: localUser(), Since: o.Now().UTC(), Expires: o.Now().Add(o.LockTTL).UTC()}
+	if err := h.lock(ctx, me, o.LockWait, func(m string) { emit("lock", "info", m) }); err != nil {
+		return "", err
+	}
+	defer h.unlock(ctx)
+	emit("rollback", "start", target.ID)
+	if err := h.up(ctx, target.ID); err != nil {
+		emit("rollback", "fail", err.Error())
+		return "", err
+	}
+	if err := h.gate(ctx, target.ID, len(catalog.Services), o.HealthTimeout, "127.0.0.1:"+strconv.Itoa(o.GatewayHostPort)); err != nil {
+		emit("rollback", "fail", err.Error())
+		return "", err
+	}
+	if err := h.makeCurrent(ctx, target.ID); err != nil {
+		return "", err
+	}
+	target.Status = "live"
+	_ = h.writeRecord(ctx, *target)
+	emit("rollback", "ok", "release "+target.ID+" is live")
+	return target.ID, nil
+}

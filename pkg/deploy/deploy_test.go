@@ -1,0 +1,336 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/imagebuild"
+	"github.com/pickme/lucid/pkg/sshx"
+)
+
+// The stack under test publishes its ports shifted, beside anything else
+// on this host.
+const (
+	portOffset = 31000
+	imageName  = "lucid-deploytest/{service}"
+	imageTag   = "t"
+)
+
+var amd64 = v1.Platform{OS: "linux", Architecture: "amd64"}
+
+// fixture is a "Pi": a throwaway sshd on 127.0.0.1 whose Docker is this
+// machine's Engine.
+type fixture struct {
+	sshd    *testenv.SSHD
+	dir     string
+	compose []byte
+	env     []byte
+	clock   atomic.Int64
+	secrets []string
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	if err := exec.Command("docker", "version").Run(); err != nil {
+		testenv.Missing(t, "a running Docker Engine")
+	}
+	f := &fixture{sshd: testenv.StartSSHD(t, testenv.SSHDOptions{}), dir: filepath.Join(t.TempDir(), "production")}
+	files, err := deployfiles.Render(context.Background(), deployfiles.Options{ImageName: imageName, ImageTag: imageTag, NoConsul: true, PortOffset: portOffset})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.compose, f.env = files.Compose, files.Env
+	for _, k := range deployfiles.Secrets {
+		f.secrets = append(f.secrets, files.EnvValues[k])
+	}
+	f.clock.Store(time.Now().Unix())
+	t.Cleanup(func() {
+		out, _ := exec.Command("docker-compose", "-p", ComposeProject, "-f", filepath.Join(f.dir, "current", deployfiles.ComposePath), "down", "-v", "--remove-orphans").CombinedOutput()
+		if t.Failed() {
+			t.Logf("compose down:\n%s", out)
+		}
+		list, _ := exec.Command("docker", "images", "--format", "{{.Repository}}:{{.Tag}}", "lucid-deploytest/*").Output()
+		for _, ref := range strings.Fields(string(list)) {
+			_ = exec.Command("docker", "rmi", "-f", ref).Run()
+		}
+	})
+	return f
+}
+
+func (f *fixture) dial(t *testing.T) *sshx.Client {
+	t.Helper()
+	c, err := sshx.Dial(context.Background(), sshx.Target{Host: f.sshd.Host, Port: f.sshd.Port, User: f.sshd.User},
+		sshx.Options{KeyFiles: []string{f.sshd.ClientKey}, KnownHosts: f.sshd.KnownHosts, NoAgent: true, ConfigFile: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// lucidBinary is the real lucid for amd64, built once.
+func lucidBinary(t *testing.T) string {
+	binOnce.Do(func() {
+		binPath = filepath.Join(os.TempDir(), fmt.Sprintf("lucid-deploytest-%d", os.Getpid()))
+		binErr = imagebuild.Compile(context.Background(), imagebuild.CompileOptions{SourceDir: "../..", Platform: amd64, Out: binPath, Version: "v1.0.0-test", Commit: "test"})
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// brokenBinary exits at once: every service of its images fails.
+func brokenBinary(t *testing.T) string {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module broken\n\ngo 1.26\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte("package main\n\nimport \"os\"\n\nfunc main() { os.Exit(3) }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "lucid")
+	cmd := exec.Command("go", "build", "-o", out, ".")
+	cmd.Dir, cmd.Env = dir, append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the broken binary: %v\n%s", err, b)
+	}
+	return out
+}
+
+func images(t *testing.T, binary, version string) []imagebuild.Built {
+	t.Helper()
+	built, err := imagebuild.Assemble(context.Background(), imagebuild.Options{
+		Binaries: map[string]string{amd64.String(): binary}, Platforms: []v1.Platform{amd64}, Base: imagebuild.BaseScratch,
+		ImageName: imageName, Tag: imageTag, Version: version,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return built
+}
+
+// options for a deploy; each gets its own second, so release ids differ.
+func (f *fixture) options(t *testing.T, c *sshx.Client, built []imagebuild.Built, events *[]Event) Options {
+	var mu sync.Mutex
+	return Options{
+		Name: "pi", SSH: c, Dir: f.dir, Compose: f.compose, Env: f.env, ImageName: imageName, Tag: imageTag,
+		Version: "test", Images: built, MinFreeBytes: 64 << 20, HealthTimeout: 90 * time.Second,
+		GatewayHostPort: 8080 + portOffset,
+		Now:             func() time.Time { return time.Unix(f.clock.Add(1), 0) },
+		Events: func(e Event) {
+			mu.Lock()
+			defer mu.Unlock()
+			*events = append(*events, e)
+		},
+	}
+}
+
+func (f *fixture) gatewayHealthy() bool {
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/health", 8080+portOffset))
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+func (f *fixture) current(t *testing.T) string {
+	link, err := os.Readlink(filepath.Join(f.dir, "current"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Base(link)
+}
+
+// noSecrets checks that no event carries a secret value.
+func (f *fixture) noSecrets(t *testing.T, events []Event) {
+	t.Helper()
+	for _, e := range events {
+		for _, s := range f.secrets {
+			if strings.Contains(e.Message, s) {
+				t.Fatalf("event %s/%s carries a secret", e.Step, e.Status)
+			}
+		}
+	}
+}
+
+// TestDeployEndToEnd: the first deploy sends the shared binary layer once
+// and brings every service up healthy; a second deploy of the same images
+// sends no layer; a broken release is rolled back and the previous one
+// keeps serving; a connection cut mid-transfer leaves the host on its
+// release, and the next deploy succeeds.
+func TestDeployEndToEnd(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	good := images(t, lucidBinary(t), "v1")
+
+	var events []Event
+	res, err := Deploy(ctx, f.options(t, f.dial(t), good, &events))
+	if err != nil {
+		t.Fatalf("first deploy: %v", err)
+	}
+	if res.SentLayers != 2 {
+		t.Errorf("first deploy sent %d layers, want 2 (base and the shared binary layer, once each)", res.SentLayers)
+	}
+	if !f.gatewayHealthy() {
+		t.Fatal("gateway not healthy after the first deploy")
+	}
+	first := f.current(t)
+	env, err := os.Stat(filepath.Join(f.dir, "releases", first, deployfiles.EnvPath))
+	if err != nil || env.Mode().Perm() != 0o600 {
+		t.Errorf("release env file: %v %v", err, env)
+	}
+	f.noSecrets(t, events)
+
+	events = nil
+	res, err = Deploy(ctx, f.options(t, f.dial(t), good, &events))
+	if err != nil {
+		t.Fatalf("second deploy: %v", err)
+	}
+	if res.SentLayers != 0 || res.KeptLayers != 2 {
+		t.Errorf("redeploy of the same images sent %d layers (kept %d), want none", res.SentLayers, res.KeptLayers)
+	}
+	second := f.current(t)
+	if second == first {
+		t.Fatal("the second deploy did not make a new release")
+	}
+
+	events = nil
+	_, err = Deploy(ctx, f.options(t, f.dial(t), images(t, brokenBinary(t), "broken"), &events))
+	var rb *RolledBackError
+	if !errors.As(err, &rb) || rb.Previous != second {
+		t.Fatalf("broken deploy: %v, want a rollback to %s", err, second)
+	}
+	var gf *GateFailure
+	if !errors.As(err, &gf) || len(gf.Services) == 0 {
+		t.Errorf("the failure does not name the failing services: %v", err)
+	}
+	if f.current(t) != second || !f.gatewayHealthy() {
+		t.Fatalf("after the rollback: current %s, gateway healthy %v", f.current(t), f.gatewayHealthy())
+	}
+	f.noSecrets(t, events)
+
+	// A new binary (another version) means a layer to send; cut the
+	// connection as soon as bytes flow.
+	cutImages := images(t, buildVersion(t, "v1.0.1-cut"), "v1.0.1")
+	c := f.dial(t)
+	o := f.options(t, c, cutImages, &events)
+	var cut sync.Once
+	inner := o.Events
+	o.Events = func(e Event) {
+		inner(e)
+		if e.Step == "images" && e.Bytes > 0 {
+			cut.Do(func() { f.sshd.KillSessions(t) })
+		}
+	}
+	if _, err := Deploy(ctx, o); err == nil {
+		t.Fatal("a deploy whose connection was cut succeeded")
+	}
+	if f.current(t) != second || !f.gatewayHealthy() {
+		t.Fatalf("after the cut: current %s, gateway healthy %v", f.current(t), f.gatewayHealthy())
+	}
+	// The next deploy takes over the lock the cut one left and succeeds.
+	o = f.options(t, f.dial(t), cutImages, &events)
+	o.LockTTL = time.Minute
+	if _, err := Deploy(ctx, o); err == nil || !errors.Is(err, ErrLocked) {
+		t.Fatalf("deploy while the cut deploy's lock is live: %v, want ErrLocked", err)
+	}
+	if _, err := exec.Command("rm", "-f", filepath.Join(f.dir, ".deploy.lock")).CombinedOutput(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Deploy(ctx, f.options(t, f.dial(t), cutImages, &events)); err != nil {
+		t.Fatalf("deploy after the cut: %v", err)
+	}
+	rs, err := Releases(ctx, f.dial(t), f.dir)
+	// first, second, the broken one (failed) and this one; the cut deploy
+	// never wrote a release.
+	if err != nil || len(rs) != 4 || !rs[0].Current || rs[0].Status != "live" || rs[1].Status != "failed" {
+		t.Errorf("releases after it all: %+v %v", rs, err)
+	}
+}
+
+// buildVersion is lucid stamped with another version: a new binary layer.
+func buildVersion(t *testing.T, version string) string {
+	out := filepath.Join(t.TempDir(), "lucid")
+	if err := imagebuild.Compile(context.Background(), imagebuild.CompileOptions{SourceDir: "../..", Platform: amd64, Out: out, Version: version, Commit: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestPreflightRefusals: each refusal comes before anything changes.
+func TestPreflightRefusals(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	good := images(t, lucidBinary(t), "v1")
+	var events []Event
+	for name, tc := range map[string]struct {
+		mutate func(*Options)
+		want   error
+	}{
+		"no docker":         {func(o *Options) { o.DockerSocket = "/nonexistent/docker.sock" }, ErrNoDocker},
+		"wrong arch":        {func(o *Options) { o.Images = armImages(t) }, ErrArchitecture},
+		"disk too full":     {func(o *Options) { o.MinFreeBytes = 1 << 60 }, ErrDiskFull},
+		"clock out of step": {func(o *Options) { o.Now = func() time.Time { return time.Now().Add(time.Hour) } }, ErrClockSkew},
+	} {
+		t.Run(name, func(t *testing.T) {
+			o := f.options(t, f.dial(t), good, &events)
+			tc.mutate(&o)
+			if _, err := Deploy(ctx, o); !errors.Is(err, tc.want) {
+				t.Fatalf("%v, want %v", err, tc.want)
+			}
+			if _, err := os.Stat(filepath.Join(f.dir, "releases")); !errors.Is(err, os.ErrNotExist) {
+				t.Error("a refused deploy wrote a release")
+			}
+		})
+	}
+	t.Run("a second deploy at once", func(t *testing.T) {
+		c := f.dial(t)
+		h := &host{name: "pi", ssh: c, dir: f.dir}
+		if err := h.lock(ctx, lockInfo{Host: "elsewhere", PID: 1, User: "other", Since: time.Now(), Expires: time.Now().Add(time.Hour)}, 0, func(string) {}); err != nil {
+			t.Fatal(err)
+		}
+		defer h.unlock(ctx)
+		o := f.options(t, c, good, &events)
+		_, err := Deploy(ctx, o)
+		if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "other@elsewhere") {
+			t.Fatalf("%v, want ErrLocked naming the holder", err)
+		}
+	})
+}
+
+func armImages(t *testing.T) []imagebuild.Built {
+	arm := v1.Platform{OS: "linux", Architecture: "arm64"}
+	out := filepath.Join(t.TempDir(), "lucid")
+	if err := imagebuild.Compile(context.Background(), imagebuild.CompileOptions{SourceDir: "../..", Platform: arm, Out: out, Version: "v1", Commit: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	built, err := imagebuild.Assemble(context.Background(), imagebuild.Options{
+		Binaries: map[string]string{arm.String(): out}, Platforms: []v1.Platform{arm}, Base: imagebuild.BaseScratch, ImageName: imageName, Tag: imageTag,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return built
+}

@@ -1,0 +1,238 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/pkg/stdcopy"
+
+	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/sshx"
+)
+
+// ComposeProject is the compose project name of every release, so a new
+// release replaces the previous one's containers.
+const ComposeProject = "lucid"
+
+// Release is one deploy on a host: a directory under <dir>/releases.
+type Release struct {
+	ID      string            `json:"id"`
+	Version string            `json:"version"`
+	Created time.Time         `json:"created"`
+	By      string            `json:"by"`
+	Images  map[string]string `json:"images"` // service → image ID
+	Status  string            `json:"status"` // deploying, live, failed, replaced
+	Current bool              `json:"current"`
+}
+
+func (h *host) releasesDir() string         { return path.Join(h.dir, "releases") }
+func (h *host) releaseDir(id string) string { return path.Join(h.releasesDir(), id) }
+func (h *host) currentLink() string         { return path.Join(h.dir, "current") }
+
+// releases lists the host's releases, newest first.
+func (h *host) releases(ctx context.Context) ([]Release, error) {
+	out, err := h.run(ctx, fmt.Sprintf("cd %s 2>/dev/null && for d in */; do cat \"$d/release.json\" 2>/dev/null && echo; done; true", sshx.Quote(h.releasesDir())))
+	if err != nil {
+		return nil, err
+	}
+	cur, _ := h.run(ctx, "readlink "+sshx.Quote(h.currentLink())+" 2>/dev/null; true")
+	cur = path.Base(cur)
+	var rs []Release
+	dec := json.NewDecoder(strings.NewReader(out))
+	for dec.More() {
+		var r Release
+		if err := dec.Decode(&r); err != nil {
+			break
+		}
+		r.Current = r.ID == cur
+		rs = append(rs, r)
+	}
+	sort.Slice(rs, func(i, j int) bool { return rs[i].ID > rs[j].ID })
+	return rs, nil
+}
+
+func (h *host) current(ctx context.Context) (*Release, error) {
+	rs, err := h.releases(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range rs {
+		if r.Current {
+			return &r, nil
+		}
+	}
+	return nil, nil
+}
+
+// writeRelease puts the release's files on the host: compose (images
+// pinned to the release's tags), env (0600) and release.json.
+func (h *host) writeRelease(ctx context.Context, r Release, compose, env []byte) error {
+	dir := h.releaseDir(r.ID)
+	if err := h.ssh.WriteFile(ctx, path.Join(dir, deployfiles.ComposePath), compose, 0o644); err != nil {
+		return err
+	}
+	if err := h.ssh.WriteFile(ctx, path.Join(dir, deployfiles.EnvPath), env, 0o600); err != nil {
+		return err
+	}
+	return h.writeRecord(ctx, r)
+}
+
+func (h *host) writeRecord(ctx context.Context, r Release) error {
+	r.Current = false
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return h.ssh.WriteFile(ctx, path.Join(h.releaseDir(r.ID), "release.json"), append(data, '\n'), 0o644)
+}
+
+// up runs compose up for a release.
+func (h *host) up(ctx context.Context, id string) error {
+	cmd := fmt.Sprintf("cd %s && %s -p %s -f %s up -d --remove-orphans 2>&1",
+		sshx.Quote(h.releaseDir(id)), h.compose, ComposeProject, sshx.Quote(deployfiles.ComposePath))
+	out, err := h.ssh.Run(ctx, cmd, nil)
+	if err != nil {
+		return fmt.Errorf("%s: compose up of release %s: %w\n%s", h.name, id, err, lastLines(string(out), 15))
+	}
+	return nil
+}
+
+// makeCurrent points <dir>/current at a release, atomically.
+func (h *host) makeCurrent(ctx context.Context, id string) error {
+	tmp := h.currentLink() + ".new"
+	_, err := h.run(ctx, fmt.Sprintf("ln -sfn %s %s && mv -Tf %s %s", sshx.Quote(path.Join("releases", id)), sshx.Quote(tmp), sshx.Quote(tmp), sshx.Quote(h.currentLink())))
+	return err
+}
+
+// GateFailure is a release that did not become healthy: which services,
+// with their health output and last log lines.
+type GateFailure struct {
+	Release  string
+	Services []ServiceFailure
+	Smoke    string
+}
+
+// ServiceFailure is one service that failed the gate.
+type ServiceFailure struct {
+	Container string `json:"container"`
+	State     string `json:"state"`
+	Health    string `json:"health,omitempty"`
+	Logs      string `json:"logs,omitempty"`
+}
+
+func (g *GateFailure) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "release %s failed its health gate", g.Release)
+	if g.Smoke != "" {
+		fmt.Fprintf(&b, ": %s", g.Smoke)
+	}
+	for _, s := range g.Services {
+		fmt.Fprintf(&b, "\n  %s: %s", s.Container, s.State)
+		if s.Health != "" {
+			fmt.Fprintf(&b, "\n    health: %s", s.Health)
+		}
+		if s.Logs != "" {
+			fmt.Fprintf(&b, "\n    log:\n      %s", strings.ReplaceAll(s.Logs, "\n", "\n      "))
+		}
+	}
+	return b.String()
+}
+
+// gate waits until every container of the project is running and healthy,
+// then checks the gateway's /health through the SSH connection.
+func (h *host) gate(ctx context.Context, release string, want int, timeout time.Duration, gatewayAddr string) error {
+	deadline := time.Now().Add(timeout)
+	var last []container.Summary
+	for {
+		list, err := h.projectContainers(ctx)
+		if err != nil {
+			return err
+		}
+		last = list
+		healthy, broken := 0, false
+		for _, c := range list {
+			st := c.State
+			switch {
+			case st == "exited" || st == "dead" || strings.Contains(c.Status, "unhealthy") || st == "restarting":
+				broken = true
+			case st == "running" && (strings.Contains(c.Status, "(healthy)") || !strings.Contains(c.Status, "health")):
+				healthy++
+			}
+		}
+		if healthy >= want && len(list) >= want && !broken {
+			break
+		}
+		if broken || time.Now().After(deadline) {
+			return h.gateFailure(ctx, release, last)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(context.Context, string, string) (net.Conn, error) { return h.ssh.DialTCP(gatewayAddr) },
+	}}
+	resp, err := hc.Get("http://" + gatewayAddr + "/health")
+	if err != nil {
+		return &GateFailure{Release: release, Smoke: err.Error()}
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return &GateFailure{Release: release, Smoke: "gateway /health: " + resp.Status}
+	}
+	return nil
+}
+
+func (h *host) projectContainers(ctx context.Context) ([]container.Summary, error) {
+	list, err := h.docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+ComposeProject))})
+	if err != nil {
+		return nil, fmt.Errorf("%s: docker ps: %w", h.name, err)
+	}
+	return list, nil
+}
+
+// gateFailure collects what went wrong for each unhealthy container.
+func (h *host) gateFailure(ctx context.Context, release string, list []container.Summary) error {
+	g := &GateFailure{Release: release}
+	for _, c := range list {
+		if c.State == "running" && (strings.Contains(c.Status, "(healthy)") || !strings.Contains(c.Status, "health")) {
+			continue
+		}
+		name := strings.TrimPrefix(strings.Join(c.Names, ","), "/")
+		sf := ServiceFailure{Container: name, State: c.Status}
+		if in, err := h.docker.ContainerInspect(ctx, c.ID); err == nil && in.State != nil && in.State.Health != nil {
+			if n := len(in.State.Health.Log); n > 0 {
+				sf.Health = strings.TrimSpace(in.State.Health.Log[n-1].Output)
+			}
+		}
+		if rc, err := h.docker.ContainerLogs(ctx, c.ID, container.LogsOptions{ShowStdout: true, ShowStderr: true, Tail: "15"}); err == nil {
+			var out bytes.Buffer
+			_, _ = stdcopy.StdCopy(&out, &out, io.LimitReader(rc, 64<<10))
+			rc.Close()
+			sf.Logs = strings.TrimSpace(out.String())
+		}
+		g.Services = append(g.Services, sf)
+	}
+	return g
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,236 @@
+package deploy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/pickme/lucid/pkg/sshx"
+)
+
+// host is one target over one SSH connection: commands, files, and its
+// Docker Engine through the forwarded socket.
+type host struct {
+	name   string
+	ssh    *sshx.Client
+	docker *client.Client
+	dir    string
+	// compose is the compose command line the host has.
+	compose string
+}
+
+func newHost(name string, ssh *sshx.Client, dir, socket string) (*host, error) {
+	dc, err := client.NewClientWithOpts(
+		client.WithHost("http://docker"),
+		client.WithHTTPClient(&http.Client{Transport: &http.Transport{
+			DialContext: func(context.Context, string, string) (net.Conn, error) { return ssh.DialUnix(socket) },
+		}}),
+		client.WithAPIVersionNegotiation(),
+	)
+	if err != nil {
+		return nil, err
+	}
+	return &host{name: name, ssh: ssh, docker: dc, dir: dir}, nil
+}
+
+func (h *host) run(ctx context.Context, cmd string) (string, error) {
+	out, err := h.ssh.Run(ctx, cmd, nil)
+	return strings.TrimSpace(string(out)), err
+}
+
+// Preflight failures, for callers and tests to tell apart.
+var (
+	ErrNoDocker     = errors.New("docker is not reachable on the host")
+	ErrNoCompose    = errors.New("neither `docker compose` nor `docker-compose` is on the host")
+	ErrArchitecture = errors.New("the host's architecture does not match the images")
+	ErrDiskFull     = errors.New("not enough free disk on the host")
+	ErrClockSkew    = errors.New("the host's clock is too far off")
+)
+
+// Preflight is what a host offers, checked before anything changes.
+type Preflight struct {
+	Docker    string `json:"docker"`
+	Compose   string `json:"compose"`
+	Platform  string `json:"platform"`
+	FreeBytes int64  `json:"free_bytes"`
+	ClockSkew string `json:"clock_skew"`
+	Network   string `json:"network"`
+}
+
+// preflight checks the host: Docker, compose, architecture (a 32-bit
+// userland on a 64-bit kernel counts as 32-bit), free disk, clock, and the
+// external network (created when missing, unless dry).
+func (h *host) preflight(ctx context.Context, o Options, platforms []v1.Platform, dry bool) (*Preflight, error) {
+	pf := &Preflight{}
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	ver, err := h.docker.ServerVersion(pctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", h.name, ErrNoDocker, err)
+	}
+	pf.Docker = ver.Version
+
+	if v, err := h.run(ctx, "docker compose version --short"); err == nil && v != "" {
+		h.compose, pf.Compose = "docker compose", "docker compose "+v
+	} else if v, err := h.run(ctx, "docker-compose version --short"); err == nil && v != "" {
+		h.compose, pf.Compose = "docker-compose", "docker-compose "+v
+	} else {
+		return nil, fmt.Errorf("%s: %w", h.name, ErrNoCompose)
+	}
+
+	machine, err := h.run(ctx, "uname -m; getconf LONG_BIT")
+	if err != nil {
+		return nil, fmt.Errorf("%s: architecture: %w", h.name, err)
+	}
+	pf.Platform = platformOf(machine)
+	match := false
+	for _, p := range platforms {
+		if platformString(p) == pf.Platform {
+			match = true
+		}
+	}
+	if !match {
+		var built []string
+		for _, p := range platforms {
+			built = append(built, platformString(p))
+		}
+		return nil, fmt.Errorf("%s: %w: the host is %s, the images are %s", h.name, ErrArchitecture, pf.Platform, strings.Join(built, ", "))
+	}
+
+	df, err := h.run(ctx, "mkdir -p "+sshx.Quote(h.dir)+" 2>/dev/null; df -Pk "+sshx.Quote(h.dir)+" | tail -1")
+	if err != nil {
+		return nil, fmt.Errorf("%s: free disk: %w", h.name, err)
+	}
+	if f := strings.Fields(df); len(f) >= 4 {
+		kb, _ := strconv.ParseInt(f[3], 10, 64)
+		pf.FreeBytes = kb * 1024
+	}
+	if pf.FreeBytes < o.MinFreeBytes {
+		return nil, fmt.Errorf("%s: %w: %d MiB free under %s, %d MiB needed", h.name, ErrDiskFull, pf.FreeBytes>>20, h.dir, o.MinFreeBytes>>20)
+	}
+
+	before, start := o.Now(), time.Now()
+	secs, err := h.run(ctx, "date +%s")
+	if err != nil {
+		return nil, fmt.Errorf("%s: clock: %w", h.name, err)
+	}
+	remote, _ := strconv.ParseInt(secs, 10, 64)
+	skew := time.Unix(remote, 0).Sub(before.Add(time.Since(start) / 2)).Round(time.Second)
+	pf.ClockSkew = skew.String()
+	if skew > o.MaxClockSkew || -skew > o.MaxClockSkew {
+		return nil, fmt.Errorf("%s: %w: %s (tokens and mesh certificates need clocks within %s)", h.name, ErrClockSkew, skew, o.MaxClockSkew)
+	}
+
+	if _, err := h.docker.NetworkInspect(ctx, o.Network, network.InspectOptions{}); err == nil {
+		pf.Network = o.Network + " (exists)"
+	} else if dry {
+		pf.Network = o.Network + " (would be created)"
+	} else if _, err := h.docker.NetworkCreate(ctx, o.Network, network.CreateOptions{Driver: "bridge"}); err != nil {
+		return nil, fmt.Errorf("%s: create network %s: %w", h.name, o.Network, err)
+	} else {
+		pf.Network = o.Network + " (created)"
+	}
+	return pf, nil
+}
+
+// platformOf maps `uname -m` and `getconf LONG_BIT` to an image platform.
+func platformOf(out string) string {
+	lines := strings.Fields(out)
+	if len(lines) == 0 {
+		return "unknown"
+	}
+	machine, bits := lines[0], ""
+	if len(lines) > 1 {
+		bits = lines[1]
+	}
+	switch machine {
+	case "x86_64", "amd64":
+		if bits == "32" {
+			return "linux/386"
+		}
+		return "linux/amd64"
+	case "aarch64", "arm64":
+		if bits == "32" {
+			return "linux/arm/v7" // a 32-bit userland on a 64-bit kernel
+		}
+		return "linux/arm64"
+	case "armv7l", "armv8l":
+		return "linux/arm/v7"
+	case "armv6l":
+		return "linux/arm/v6"
+	}
+	return "linux/" + machine
+}
+
+func platformString(p v1.Platform) string {
+	s := p.OS + "/" + p.Architecture
+	if p.Variant != "" {
+		s += "/" + p.Variant
+	}
+	return s
+}
+
+// lockInfo is the content of the deploy lock on the host.
+type lockInfo struct {
+	Host    string    `json:"host"`
+	PID     int       `json:"pid"`
+	User    string    `json:"user"`
+	Since   time.Time `json:"since"`
+	Expires time.Time `json:"expires"`
+}
+
+// ErrLocked means another deploy holds the host.
+var ErrLocked = errors.New("another deploy holds the lock")
+
+func (h *host) lockPath() string { return path.Join(h.dir, ".deploy.lock") }
+
+// lock takes the host's deploy lock, waiting up to wait for a live one
+// and taking over an expired one. The lock is created with noclobber, so
+// two deploys cannot both get it.
+func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify func(string)) error {
+	data, _ := json.Marshal(me)
+	deadline := time.Now().Add(wait)
+	for {
+		cmd := fmt.Sprintf("mkdir -p %s && set -C && printf '%%s\\n' %s > %s", sshx.Quote(h.dir), sshx.Quote(string(data)), sshx.Quote(h.lockPath()))
+		_, err := h.run(ctx, cmd)
+		if err == nil {
+			return nil
+		}
+		raw, rerr := h.run(ctx, "cat "+sshx.Quote(h.lockPath()))
+		var held lockInfo
+		if rerr != nil || json.Unmarshal([]byte(raw), &held) != nil {
+			return fmt.Errorf("%s: deploy lock %s: %w", h.name, h.lockPath(), err)
+		}
+		if time.Now().After(held.Expires) {
+			notify(fmt.Sprintf("taking over a stale lock of %s@%s (pid %d, expired %s)", held.User, held.Host, held.PID, held.Expires.Format(time.RFC3339)))
+			if _, err := h.run(ctx, "rm -f "+sshx.Quote(h.lockPath())); err != nil {
+				return err
+			}
+			continue
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: %w: %s@%s, pid %d, since %s (expires %s); use --lock-wait to wait",
+				h.name, ErrLocked, held.User, held.Host, held.PID, held.Since.Format(time.RFC3339), held.Expires.Format(time.RFC3339))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+func (h *host) unlock(ctx context.Context) {
+	_, _ = h.run(context.WithoutCancel(ctx), "rm -f "+sshx.Quote(h.lockPath()))
+}
