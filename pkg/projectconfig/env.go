@@ -45,8 +45,15 @@ func applyEnv(v reflect.Value, prefix string, getenv func(string) string) error 
 			for _, k := range keys {
 				elem := reflect.New(fv.Type().Elem()).Elem()
 				elem.Set(fv.MapIndex(k))
-				if err := applyEnv(elem, key+"_"+strings.ToUpper(k.String())+"_", getenv); err != nil {
-					return err
+				ekey := key + "_" + strings.ToUpper(k.String())
+				if elem.Kind() == reflect.Struct {
+					if err := applyEnv(elem, ekey+"_", getenv); err != nil {
+						return err
+					}
+				} else if s := getenv(ekey); s != "" {
+					if err := setScalar(elem, ekey, s); err != nil {
+						return err
+					}
 				}
 				fv.SetMapIndex(k, elem)
 			}

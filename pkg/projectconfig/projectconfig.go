@@ -28,6 +28,8 @@ const DefaultFile = "lucid.yaml"
 type Config struct {
 	// Targets are the hosts lucidctl deploys to, by name ("pi").
 	Targets map[string]Target `yaml:"targets"`
+	// Groups name lists of targets that deploy rolls out host by host.
+	Groups map[string][]string `yaml:"groups"`
 	// Images names the service images.
 	Images Images `yaml:"images"`
 	// Platforms are the OS/arch pairs to build for.
@@ -180,6 +182,19 @@ func (c *Config) validate(name string) error {
 			bad("targets.%s.dir %q must be an absolute path", tn, t.Dir)
 		}
 	}
+	for gn, members := range c.Groups {
+		if _, clash := c.Targets[gn]; clash {
+			bad("groups.%s: a target has that name too", gn)
+		}
+		if len(members) == 0 {
+			bad("groups.%s lists no targets", gn)
+		}
+		for _, m := range members {
+			if _, ok := c.Targets[m]; !ok {
+				bad("groups.%s: %q is not a target", gn, m)
+			}
+		}
+	}
 	for _, p := range c.Platforms {
 		if !platformRE.MatchString(p) {
 			bad("platforms: %q is not os/arch (for example linux/arm64)", p)
@@ -198,6 +213,18 @@ func (c *Config) Target(name string) (Target, error) {
 		return Target{}, fmt.Errorf("no target %q in %s", name, c.describe())
 	}
 	return t, nil
+}
+
+// Resolve returns the targets a name stands for: the target itself, or a
+// group's members in order.
+func (c *Config) Resolve(name string) ([]string, error) {
+	if _, ok := c.Targets[name]; ok {
+		return []string{name}, nil
+	}
+	if members, ok := c.Groups[name]; ok {
+		return members, nil
+	}
+	return nil, fmt.Errorf("no target or group %q in %s", name, c.describe())
 }
 
 // Image returns the image reference of a service.

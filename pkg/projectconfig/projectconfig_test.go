@@ -117,3 +117,29 @@ func TestApplyEnv(t *testing.T) {
 		t.Errorf("bad port from env: %v", err)
 	}
 }
+
+func TestGroups(t *testing.T) {
+	yml := "targets:\n  pi1: {host: 10.0.0.1}\n  pi2: {host: 10.0.0.2}\ngroups:\n  fleet: [pi1, pi2]\n"
+	c, err := Parse("lucid.yaml", []byte(yml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.Resolve("fleet"); err != nil || strings.Join(got, ",") != "pi1,pi2" {
+		t.Errorf("Resolve(fleet) = %v, %v", got, err)
+	}
+	if got, err := c.Resolve("pi2"); err != nil || strings.Join(got, ",") != "pi2" {
+		t.Errorf("Resolve(pi2) = %v, %v", got, err)
+	}
+	if _, err := c.Resolve("nope"); err == nil {
+		t.Error("Resolve of an unknown name succeeded")
+	}
+	if err := c.ApplyEnv(func(k string) string { return map[string]string{"LUCID_GROUPS_FLEET": "pi2"}[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := c.Resolve("fleet"); strings.Join(got, ",") != "pi2" {
+		t.Errorf("LUCID_GROUPS_FLEET did not override: %v", got)
+	}
+	if _, err := Parse("lucid.yaml", []byte(yml+"  broken: [pi3]\n")); err == nil || !strings.Contains(err.Error(), `"pi3" is not a target`) {
+		t.Errorf("unknown member: %v", err)
+	}
+}

@@ -8,9 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -130,9 +128,9 @@ func run(ctx context.Context, opts *Options) error {
 	if tag == "" {
 		tag = cfg.Images.Tag
 	}
-	stamp := gitStamp(ctx, src, opts.Env.Getenv)
+	stamp := imagebuild.ReadStamp(ctx, src, opts.Env.Getenv)
 	if opts.Version != "" {
-		stamp.version = opts.Version
+		stamp.Version = opts.Version
 	}
 	progress := func(e imagebuild.Event) {
 		fmt.Fprintf(opts.Env.IO.ErrOut, "%-8s %-12s %s %s\n", e.Step, e.Platform, e.Image, e.Detail)
@@ -143,7 +141,7 @@ func run(ctx context.Context, opts *Options) error {
 	for _, p := range platforms {
 		out := filepath.Join(binDir, strings.ReplaceAll(p.String(), "/", "-"), "lucid")
 		t := time.Now()
-		if err := imagebuild.Compile(ctx, imagebuild.CompileOptions{SourceDir: src, Platform: p, Out: out, Version: stamp.version, Commit: stamp.commit, Epoch: stamp.created}); err != nil {
+		if err := imagebuild.Compile(ctx, imagebuild.CompileOptions{SourceDir: src, Platform: p, Out: out, Version: stamp.Version, Commit: stamp.Commit, Epoch: stamp.Created}); err != nil {
 			return err
 		}
 		fi, _ := os.Stat(out)
@@ -160,7 +158,7 @@ func run(ctx context.Context, opts *Options) error {
 		CACerts:  caCerts,
 		Binaries: binaries, Platforms: platforms, Base: opts.Base,
 		ImageName: cfg.Images.Name, Tag: tag,
-		Version: stamp.version, Revision: stamp.commit, Source: stamp.source, Created: stamp.created,
+		Version: stamp.Version, Revision: stamp.Commit, Source: stamp.Source, Created: stamp.Created,
 		Progress: progress,
 	}
 
@@ -240,42 +238,4 @@ func parsePlatforms(flags, fromConfig []string) ([]v1.Platform, error) {
 		return nil, errors.New("no platform to build")
 	}
 	return out, nil
-}
-
-// stamp is what a build records of its source.
-type stamp struct {
-	version, commit, source string
-	created                 time.Time
-}
-
-// gitStamp reads the version, commit and commit time from git;
-// SOURCE_DATE_EPOCH, when set, is the creation time. Without git the
-// version is "dev" and the time the Unix epoch, which keeps builds
-// reproducible.
-func gitStamp(ctx context.Context, dir string, getenv func(string) string) stamp {
-	git := func(args ...string) string {
-		cmd := exec.CommandContext(ctx, "git", args...)
-		cmd.Dir = dir
-		out, err := cmd.Output()
-		if err != nil {
-			return ""
-		}
-		return strings.TrimSpace(string(out))
-	}
-	s := stamp{version: git("describe", "--tags", "--always", "--dirty"), commit: git("rev-parse", "HEAD"), source: "https://github.com/pickme/lucid"}
-	if s.version == "" {
-		s.version = "dev"
-	}
-	if s.commit == "" {
-		s.commit = "unknown"
-	}
-	if ts, err := strconv.ParseInt(git("log", "-1", "--format=%ct"), 10, 64); err == nil {
-		s.created = time.Unix(ts, 0).UTC()
-	}
-	if e := getenv("SOURCE_DATE_EPOCH"); e != "" {
-		if ts, err := strconv.ParseInt(e, 10, 64); err == nil {
-			s.created = time.Unix(ts, 0).UTC()
-		}
-	}
-	return s
 }

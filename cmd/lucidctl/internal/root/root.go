@@ -11,6 +11,7 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/build"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/deploy"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/render"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/session"
@@ -61,6 +62,10 @@ Results go to stdout; progress and diagnostics go to stderr.`,
 	rend, val, bld := render.NewCmd(env), validate.NewCmd(env), build.NewCmd(env)
 	rend.GroupID, val.GroupID, bld.GroupID = "deploy", "deploy", "deploy"
 	cmd.AddCommand(rend, val, bld)
+	for _, c := range deploy.NewCmds(env) {
+		c.GroupID = "deploy"
+		cmd.AddCommand(c)
+	}
 	tok, ver, sess := token.NewCmd(env), verify.NewCmd(env), session.NewCmd(env)
 	tok.GroupID, ver.GroupID, sess.GroupID = "tools", "tools", "tools"
 	cmd.AddCommand(tok, ver, sess, version.NewCmd(env))

@@ -1,0 +1,392 @@
+// Package deploy implements `lucidctl deploy`, `lucidctl rollback` and
+// `lucidctl releases`: putting what render and build make on the targets of
+// lucid.yaml over SSH, and moving between releases there.
+package deploy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/spf13/cobra"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/pkg/deploy"
+	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/imagebuild"
+	"github.com/pickme/lucid/pkg/projectconfig"
+	"github.com/pickme/lucid/pkg/sshx"
+)
+
+// Connection flags every command here shares.
+type sshFlags struct {
+	identities   []string
+	knownHosts   string
+	acceptNew    bool
+	noAgent      bool
+	dockerSocket string
+}
+
+func (f *sshFlags) add(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringArrayVarP(&f.identities, "identity", "i", nil, "private key file to offer (repeatable; default: ~/.ssh/config, then ~/.ssh/id_*)")
+	fl.StringVar(&f.knownHosts, "known-hosts", "", "known_hosts file (default ~/.ssh/known_hosts)")
+	fl.BoolVar(&f.acceptNew, "accept-new-host-key", false, "trust and record the key of a host not yet in known_hosts (a changed key is always refused)")
+	fl.BoolVar(&f.noAgent, "no-agent", false, "do not use ssh-agent")
+	fl.StringVar(&f.dockerSocket, "docker-socket", "/var/run/docker.sock", "the Docker Engine's socket on the host")
+}
+
+// dial connects to a target; SSH failures exit 4.
+func (f *sshFlags) dial(ctx context.Context, env *cli.Env, t projectconfig.Target) (*sshx.Client, error) {
+	c, err := sshx.Dial(ctx, sshx.Target{Host: t.Host, Port: t.Port, User: t.User}, sshx.Options{
+		KeyFiles: f.identities, KnownHosts: f.knownHosts, AcceptNewHostKey: f.acceptNew, NoAgent: f.noAgent, Getenv: env.Getenv,
+	})
+	switch {
+	case errors.Is(err, sshx.ErrUnknownHostKey):
+		return nil, cli.Auth(cli.WithHint(err, "check the fingerprint with the host's owner, then run again with --accept-new-host-key"))
+	case err != nil:
+		return nil, cli.Auth(err)
+	}
+	return c, nil
+}
+
+// Options are the inputs of `lucidctl deploy`.
+type Options struct {
+	Env           *cli.Env
+	Names         []string
+	SSH           sshFlags
+	DryRun        bool
+	LockWait      time.Duration
+	HealthTimeout time.Duration
+	MinFreeMiB    int64
+	Platforms     []string
+	Base          string
+	Lucid         string
+	SourceDir     string
+}
+
+// NewCmds returns deploy, rollback and releases.
+func NewCmds(env *cli.Env) []*cobra.Command {
+	return []*cobra.Command{newDeployCmd(env), newRollbackCmd(env), newReleasesCmd(env)}
+}
+
+func newDeployCmd(env *cli.Env) *cobra.Command {
+	opts := &Options{Env: env}
+	cmd := &cobra.Command{
+		Use:   "deploy [TARGET|GROUP...]",
+		Short: "Deploy the rendered files and the images to targets over SSH",
+		Long: `Deploy to each target (or each target of a group) of lucid.yaml, one host at a
+time, stopping at the first that fails:
+
+  1. check the rendered compose and env files (as lucidctl validate does);
+  2. build the images (or take --lucid, a ready binary) for lucid.yaml's platforms;
+  3. connect over SSH (known_hosts verified), and check the host: Docker, compose,
+     architecture, free disk, clock, the external network;
+  4. take the host's deploy lock;
+  5. send only the image layers the host's Docker lacks, over the same connection;
+  6. write a release directory (compose, env 0600, release.json) under the deploy dir;
+  7. compose up, then wait until every service is healthy and the gateway answers;
+  8. on failure, bring the previous release back and show the failing services'
+     health output and logs; on success, point current at the new release.
+
+--dry-run prints the plan (files that change, layers to send, services to
+restart) and changes nothing. Steps are reported on stderr; --json prints one
+JSON event per step on stdout. Secrets never appear in either.`,
+		Example: `  lucidctl deploy pi
+  lucidctl deploy pi --dry-run
+  lucidctl deploy fleet --json
+  lucidctl deploy pi --accept-new-host-key   # the first time, after checking the fingerprint`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Names = args
+			return runDeploy(cmd.Context(), opts)
+		},
+	}
+	opts.SSH.add(cmd)
+	f := cmd.Flags()
+	f.BoolVar(&opts.DryRun, "dry-run", false, "print what would change, and change nothing")
+	f.DurationVar(&opts.LockWait, "lock-wait", 0, "wait this long for another deploy's lock")
+	f.DurationVar(&opts.HealthTimeout, "health-timeout", 3*time.Minute, "how long every service gets to become healthy")
+	f.Int64Var(&opts.MinFreeMiB, "min-free", 1024, "free disk (MiB) the deploy dir needs")
+	f.StringSliceVar(&opts.Platforms, "platform", nil, "image platforms (default: lucid.yaml's)")
+	f.StringVar(&opts.Base, "base", imagebuild.BaseAuto, "base image (see lucidctl build)")
+	f.StringVar(&opts.Lucid, "lucid", "", "use this lucid binary instead of building one (one platform)")
+	f.StringVar(&opts.SourceDir, "source", "", "Lucid's source tree (default: the one the working directory is in)")
+	return cli.SupportsJSON(cmd)
+}
+
+func runDeploy(ctx context.Context, opts *Options) error {
+	cfg, err := opts.Env.Config()
+	if err != nil {
+		return err
+	}
+	names := opts.Names
+	if len(names) == 0 {
+		names = []string{"pi"}
+	}
+	var targets []string
+	for _, n := range names {
+		ts, err := cfg.Resolve(n)
+		if err != nil {
+			return cli.Usage(err)
+		}
+		targets = append(targets, ts...)
+	}
+	compose, env, err := readRendered(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	built, version, err := buildImages(ctx, opts, cfg)
+	if err != nil {
+		return err
+	}
+
+	report := newReporter(opts.Env)
+	for _, name := range targets {
+		t, _ := cfg.Target(name)
+		c, err := opts.SSH.dial(ctx, opts.Env, t)
+		if err != nil {
+			report.event(deploy.Event{Time: time.Now(), Target: name, Step: "connect", Status: "fail", Message: err.Error()})
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		res, err := deploy.Deploy(ctx, deploy.Options{
+			Name: name, SSH: c, Dir: t.Dir, DockerSocket: opts.SSH.dockerSocket,
+			Compose: compose, Env: env, ImageName: cfg.Images.Name, Tag: cfg.Images.Tag, Version: version,
+			Images: built, MinFreeBytes: opts.MinFreeMiB << 20, HealthTimeout: opts.HealthTimeout,
+			LockWait: opts.LockWait, DryRun: opts.DryRun, Events: report.event,
+		})
+		c.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		report.result(res)
+	}
+	return nil
+}
+
+// readRendered reads the rendered files and refuses them when validate
+// finds problems.
+func readRendered(ctx context.Context, cfg *projectconfig.Config) (compose, env []byte, err error) {
+	cp := filepath.Join(cfg.Dir, filepath.FromSlash(deployfiles.ComposePath))
+	ep := filepath.Join(cfg.Dir, filepath.FromSlash(deployfiles.EnvPath))
+	if compose, err = os.ReadFile(cp); err != nil {
+		return nil, nil, cli.WithHint(fmt.Errorf("compose file: %w", err), "`lucidctl render` writes it")
+	}
+	if env, err = os.ReadFile(ep); err != nil {
+		return nil, nil, cli.WithHint(fmt.Errorf("env file: %w", err), "`lucidctl render` writes it")
+	}
+	problems, err := deployfiles.Validate(ctx, deployfiles.ValidateOptions{ComposeFile: cp, ImageName: cfg.Images.Name, ImageTag: cfg.Images.Tag})
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(problems) > 0 {
+		var lines []string
+		for _, p := range problems {
+			lines = append(lines, "  "+p.String())
+		}
+		return nil, nil, cli.Problems(fmt.Errorf("the rendered files have problems; nothing was deployed:\n%s", strings.Join(lines, "\n")))
+	}
+	return compose, env, nil
+}
+
+// buildImages compiles (or takes --lucid) and assembles the images.
+func buildImages(ctx context.Context, opts *Options, cfg *projectconfig.Config) ([]imagebuild.Built, string, error) {
+	names := opts.Platforms
+	if len(names) == 0 {
+		names = cfg.Platforms
+	}
+	var platforms []v1.Platform
+	for _, n := range names {
+		p, err := v1.ParsePlatform(n)
+		if err != nil {
+			return nil, "", cli.Usage(fmt.Errorf("platform %q: %w", n, err))
+		}
+		platforms = append(platforms, *p)
+	}
+	binaries := map[string]string{}
+	version := "dev"
+	if opts.Lucid != "" {
+		if len(platforms) != 1 {
+			return nil, "", cli.Usage(errors.New("--lucid is one binary: give exactly one --platform"))
+		}
+		binaries[platforms[0].String()] = opts.Lucid
+	} else {
+		src := opts.SourceDir
+		if src == "" {
+			wd, _ := os.Getwd()
+			if src = cli.SourceRoot(wd); src == "" {
+				return nil, "", cli.WithHint(errors.New("not in Lucid's source tree, and no --lucid binary"), "run from a checkout, or pass --lucid FILE")
+			}
+		}
+		stamp := imagebuild.ReadStamp(ctx, src, opts.Env.Getenv)
+		version = stamp.Version
+		for _, p := range platforms {
+			out := filepath.Join(cfg.Abs(cfg.Local.StateDir), "build", strings.ReplaceAll(p.String(), "/", "-"), "lucid")
+			if err := imagebuild.Compile(ctx, imagebuild.CompileOptions{SourceDir: src, Platform: p, Out: out, Version: stamp.Version, Commit: stamp.Commit, Epoch: stamp.Created}); err != nil {
+				return nil, "", err
+			}
+			binaries[p.String()] = out
+		}
+	}
+	built, err := imagebuild.Assemble(ctx, imagebuild.Options{
+		Binaries: binaries, Platforms: platforms, Base: opts.Base, ImageName: cfg.Images.Name, Tag: cfg.Images.Tag, Version: version,
+	})
+	return built, version, err
+}
+
+// reporter prints events: lines on stderr, or JSON lines on stdout.
+type reporter struct {
+	env  *cli.Env
+	mu   sync.Mutex
+	tty  bool
+	last string
+}
+
+func newReporter(env *cli.Env) *reporter {
+	return &reporter{env: env, tty: env.IO.IsStderrTTY()}
+}
+
+func (r *reporter) event(e deploy.Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.env.JSON {
+		b, _ := json.Marshal(e)
+		fmt.Fprintln(r.env.IO.Out, string(b))
+		return
+	}
+	w := r.env.IO.ErrOut
+	if e.Step == "images" && e.Status == "info" {
+		if r.tty {
+			fmt.Fprintf(w, "\r%-8s %-9s %s / %s", e.Target, e.Step, mib(e.Bytes), mib(e.Total))
+			r.last = "progress"
+		}
+		return
+	}
+	if r.last == "progress" {
+		fmt.Fprintln(w)
+		r.last = ""
+	}
+	fmt.Fprintf(w, "%-8s %-9s %-5s %s\n", e.Target, e.Step, e.Status, e.Message)
+}
+
+func (r *reporter) result(res *deploy.Result) {
+	if r.env.JSON {
+		b, _ := json.Marshal(map[string]any{"step": "result", "result": res})
+		fmt.Fprintln(r.env.IO.Out, string(b))
+		return
+	}
+	if res.DryRun {
+		p := res.Plan
+		fmt.Fprintf(r.env.IO.Out, "%s: plan for release %s\n  files that change: %s\n  layers to send: %d (%s)\n  services to restart: %s\n",
+			res.Target, res.Release, orNone(p.Files), p.Layers, mib(p.Bytes), orNone(p.Services))
+		return
+	}
+	fmt.Fprintf(r.env.IO.Out, "%s: release %s is live (%d layers sent, %s; %d already there)\n", res.Target, res.Release, res.SentLayers, mib(res.SentBytes), res.KeptLayers)
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+func newRollbackCmd(env *cli.Env) *cobra.Command {
+	var f sshFlags
+	var healthTimeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "rollback TARGET [RELEASE]",
+		Short: "Bring back a previous release on a target",
+		Long: `Bring back RELEASE (default: the newest earlier release that went live), wait
+until every service is healthy, and point current at it. lucidctl releases
+lists them.`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := env.Config()
+			if err != nil {
+				return err
+			}
+			t, err := cfg.Target(args[0])
+			if err != nil {
+				return cli.Usage(err)
+			}
+			c, err := f.dial(cmd.Context(), env, t)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			id := ""
+			if len(args) == 2 {
+				id = args[1]
+			}
+			report := newReporter(env)
+			got, err := deploy.Rollback(cmd.Context(), deploy.Options{Name: args[0], SSH: c, Dir: t.Dir, DockerSocket: f.dockerSocket, HealthTimeout: healthTimeout, Events: report.event}, id)
+			if err != nil {
+				return err
+			}
+			if env.JSON {
+				return env.PrintJSON(map[string]string{"target": args[0], "release": got})
+			}
+			fmt.Fprintf(env.IO.Out, "%s: release %s is live\n", args[0], got)
+			return nil
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().DurationVar(&healthTimeout, "health-timeout", 3*time.Minute, "how long every service gets to become healthy")
+	return cli.SupportsJSON(cmd)
+}
+
+func newReleasesCmd(env *cli.Env) *cobra.Command {
+	var f sshFlags
+	cmd := &cobra.Command{
+		Use:   "releases TARGET",
+		Short: "List the releases on a target",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := env.Config()
+			if err != nil {
+				return err
+			}
+			t, err := cfg.Target(args[0])
+			if err != nil {
+				return cli.Usage(err)
+			}
+			c, err := f.dial(cmd.Context(), env, t)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			rs, err := deploy.Releases(cmd.Context(), c, t.Dir)
+			if err != nil {
+				return err
+			}
+			if env.JSON {
+				if rs == nil {
+					rs = []deploy.Release{}
+				}
+				return env.PrintJSON(map[string]any{"target": args[0], "releases": rs})
+			}
+			tw := tabwriter.NewWriter(env.IO.Out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "RELEASE\tVERSION\tSTATUS\tCREATED\tBY\t")
+			for _, r := range rs {
+				mark := ""
+				if r.Current {
+					mark = "(current)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Version, r.Status, r.Created.Format(time.RFC3339), r.By, mark)
+			}
+			return tw.Flush()
+		},
+	}
+	f.add(cmd)
+	return cli.SupportsJSON(cmd)
+}

@@ -1,0 +1,108 @@
+package deploy
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/envfile"
+	"github.com/pickme/lucid/pkg/imagebuild"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// project is a lucid.yaml naming the throwaway sshd as target pi, with
+// rendered files.
+func project(t *testing.T, s *testenv.SSHD) (dir, deployDir string) {
+	dir = t.TempDir()
+	deployDir = filepath.Join(t.TempDir(), "production")
+	yml := fmt.Sprintf("targets:\n  pi:\n    host: %s\n    port: %d\n    user: %s\n    dir: %s\nimages:\n  name: lucid-clitest/{service}\n  tag: t\nplatforms: [linux/amd64]\n", s.Host, s.Port, s.User, deployDir)
+	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := deployfiles.Render(context.Background(), deployfiles.Options{ImageName: "lucid-clitest/{service}", ImageTag: "t", NoConsul: true, PortOffset: 32000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rel, data := range map[string][]byte{deployfiles.ComposePath: f.Compose, deployfiles.EnvPath: f.Env} {
+		if err := envfile.WriteAtomic(filepath.Join(dir, rel), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir, deployDir
+}
+
+func lucidAmd64(t *testing.T) string {
+	out := filepath.Join(t.TempDir(), "lucid")
+	if err := imagebuild.Compile(context.Background(), imagebuild.CompileOptions{SourceDir: "../../../..", Platform: v1.Platform{OS: "linux", Architecture: "amd64"}, Out: out, Version: "v0-test", Commit: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestDryRunChangesNothing runs `lucidctl deploy pi --dry-run --json`
+// against a real sshd whose Docker is this machine's: one JSON event per
+// line, a plan, nothing written, no secret in the output.
+func TestDryRunChangesNothing(t *testing.T) {
+	if err := exec.Command("docker", "version").Run(); err != nil {
+		testenv.Missing(t, "a running Docker Engine")
+	}
+	s := testenv.StartSSHD(t, testenv.SSHDOptions{})
+	dir, deployDir := project(t, s)
+	io, _, out, errOut := iostreams.Test()
+	env := cli.NewEnv(io, func(string) string { return "" })
+	env.JSON, env.ConfigPath = true, filepath.Join(dir, "lucid.yaml")
+	opts := &Options{Env: env, Names: []string{"pi"}, DryRun: true, MinFreeMiB: 16, Base: imagebuild.BaseScratch, Lucid: lucidAmd64(t)}
+	opts.SSH = sshFlags{identities: []string{s.ClientKey}, knownHosts: s.KnownHosts, noAgent: true, dockerSocket: "/var/run/docker.sock"}
+	if err := runDeploy(context.Background(), opts); err != nil {
+		t.Fatalf("%v\n%s", err, errOut.String())
+	}
+	var steps []string
+	sc := bufio.NewScanner(strings.NewReader(out.String()))
+	for sc.Scan() {
+		var e struct{ Step, Status string }
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			t.Fatalf("stdout line is not JSON: %q", sc.Text())
+		}
+		steps = append(steps, e.Step+"/"+e.Status)
+	}
+	want := []string{"preflight/start", "preflight/ok", "plan/ok", "result/"}
+	if strings.Join(steps, " ") != strings.Join(want, " ") {
+		t.Errorf("events %v, want %v", steps, want)
+	}
+	if _, err := os.Stat(filepath.Join(deployDir, "releases")); !os.IsNotExist(err) {
+		t.Error("a dry run wrote a release")
+	}
+	secrets, _ := envfile.Read(filepath.Join(dir, deployfiles.EnvPath))
+	for _, k := range deployfiles.Secrets {
+		if strings.Contains(out.String()+errOut.String(), secrets[k]) {
+			t.Errorf("%s reached the output", k)
+		}
+	}
+}
+
+// TestUnknownHostExitsFour: an unknown host key is an SSH failure with a
+// hint, before anything is built.
+func TestUnknownHostExitsFour(t *testing.T) {
+	s := testenv.StartSSHD(t, testenv.SSHDOptions{})
+	dir, _ := project(t, s)
+	io, _, _, _ := iostreams.Test()
+	env := cli.NewEnv(io, func(string) string { return "" })
+	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
+	opts := &Options{Env: env, Names: []string{"pi"}, Base: imagebuild.BaseScratch, Lucid: lucidAmd64(t), MinFreeMiB: 16}
+	opts.SSH = sshFlags{identities: []string{s.ClientKey}, knownHosts: filepath.Join(t.TempDir(), "known_hosts"), noAgent: true}
+	err := runDeploy(context.Background(), opts)
+	if code := cli.ExitCode(context.Background(), err); code != cli.ExitAuth || !strings.Contains(cli.Hint(err), "--accept-new-host-key") {
+		t.Fatalf("exit %d (%v), hint %q", code, err, cli.Hint(err))
+	}
+}
