@@ -13,13 +13,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/user"
+	"path"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/docker/docker/api/types/image"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deployfiles"
@@ -52,6 +58,11 @@ type Options struct {
 	KeepReleases    int
 	GatewayHostPort int
 	DryRun          bool
+	// ViaRegistry, when set ("host:port/prefix"), sends the images through
+	// that registry: pushed from here, pulled by the host's Engine.
+	ViaRegistry string
+	// InsecureRegistry allows plain HTTP to ViaRegistry.
+	InsecureRegistry bool
 	// Events hears every step (required).
 	Events func(Event)
 	// Now is the clock (default time.Now).
@@ -183,6 +194,16 @@ func Deploy(ctx context.Context, o Options) (*Result, error) {
 		return res, nil
 	}
 
+	if o.ViaRegistry != "" {
+		res.SentLayers, res.KeptLayers = 0, 0 // none over SSH
+		emit("images", "start", "through "+o.ViaRegistry)
+		if err := o.throughRegistry(ctx, h, images); err != nil {
+			emit("images", "fail", err.Error())
+			return nil, fmt.Errorf("%s: %w (nothing was changed; the previous release still runs)", o.Name, err)
+		}
+		emit("images", "ok", "pulled by the host from "+o.ViaRegistry)
+		return o.rollout(ctx, h, res, prev, images, compose, id, emit)
+	}
 	how := "only the missing layers"
 	if plan.Full {
 		how = "all layers: the host's containerd image store cannot skip any"
@@ -202,7 +223,12 @@ func Deploy(ctx context.Context, o Options) (*Result, error) {
 	}
 	o.Events(Event{Time: o.Now(), Target: o.Name, Step: "images", Status: "ok", Bytes: res.SentBytes, Total: plan.SendBytes,
 		Message: fmt.Sprintf("%d layers sent, %d kept", len(plan.Send), plan.KeptLayers)})
+	return o.rollout(ctx, h, res, prev, images, compose, id, emit)
+}
 
+// rollout writes the release, starts it, gates it, and either makes it
+// current or brings the previous release back.
+func (o *Options) rollout(ctx context.Context, h *host, res *Result, prev *Release, images []TransferImage, compose []byte, id string, emit func(step, status, msg string)) (*Result, error) {
 	rel := Release{ID: id, Version: o.Version, Created: o.Now().UTC(), By: localUser() + "@" + localHost(), Images: imageIDs(images), Status: "deploying"}
 	emit("release", "start", id)
 	if err := h.writeRelease(ctx, rel, compose, o.Env); err != nil {
@@ -238,7 +264,7 @@ func Deploy(ctx context.Context, o Options) (*Result, error) {
 			_ = h.writeRecord(ctx, *prev)
 		}
 		emit("health", "ok", "release "+id+" is live")
-		h.prune(ctx, o, emit)
+		h.prune(ctx, *o, emit)
 		return res, nil
 	}
 
@@ -260,6 +286,44 @@ func Deploy(ctx context.Context, o Options) (*Result, error) {
 	emit("rollback", "ok", "release "+prev.ID+" is serving again")
 	res.RolledBack = prev.ID
 	return res, &RolledBackError{Release: id, Previous: prev.ID, Cause: gateErr}
+}
+
+// throughRegistry pushes the images to ViaRegistry and has the host's
+// Engine pull them and tag them as a direct transfer would.
+func (o *Options) throughRegistry(ctx context.Context, h *host, images []TransferImage) error {
+	var nameOpts []name.Option
+	if o.InsecureRegistry {
+		nameOpts = append(nameOpts, name.Insecure)
+	}
+	for _, ti := range images {
+		// Tags[1] is repo:lucid-<release>; the registry copy keeps the
+		// repository's last element and the release tag.
+		rel := ti.Tags[1]
+		cut := strings.LastIndex(rel, ":")
+		via := strings.TrimSuffix(o.ViaRegistry, "/") + "/" + path.Base(rel[:cut]) + rel[cut:]
+		ref, err := name.NewTag(via, nameOpts...)
+		if err != nil {
+			return fmt.Errorf("registry reference %q: %w", via, err)
+		}
+		if err := remote.Write(ref, ti.Image, remote.WithContext(ctx), remote.WithAuthFromKeychain(authn.DefaultKeychain)); err != nil {
+			return fmt.Errorf("push %s: %w", via, err)
+		}
+		rc, err := h.docker.ImagePull(ctx, via, image.PullOptions{})
+		if err != nil {
+			return fmt.Errorf("the host pulling %s: %w", via, err)
+		}
+		_, err = io.Copy(io.Discard, rc)
+		rc.Close()
+		if err != nil {
+			return fmt.Errorf("the host pulling %s: %w", via, err)
+		}
+		for _, tag := range ti.Tags {
+			if err := h.docker.ImageTag(ctx, via, tag); err != nil {
+				return fmt.Errorf("tag %s: %w", tag, err)
+			}
+		}
+	}
+	return nil
 }
 
 // RolledBackError is a deploy whose release failed and was replaced by the

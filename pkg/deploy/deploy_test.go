@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pickme/lucid/internal/testenv"
@@ -190,6 +194,7 @@ func TestDeployEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatalf("first deploy: %v", err)
 	}
+	t.Logf("first deploy: %d layers, %d bytes over ssh", res.SentLayers, res.SentBytes)
 	if res.SentLayers != 2 {
 		t.Errorf("first deploy sent %d layers, want 2 (base and the shared binary layer, once each)", res.SentLayers)
 	}
@@ -208,6 +213,7 @@ func TestDeployEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatalf("second deploy: %v", err)
 	}
+	t.Logf("redeploy: %d layers, %d bytes over ssh (configs and manifest only)", res.SentLayers, res.SentBytes)
 	if res.SentLayers != 0 || res.KeptLayers != 2 {
 		t.Errorf("redeploy of the same images sent %d layers (kept %d), want none", res.SentLayers, res.KeptLayers)
 	}
@@ -333,4 +339,22 @@ func armImages(t *testing.T) []imagebuild.Built {
 		t.Fatal(err)
 	}
 	return built
+}
+
+// TestDeployViaRegistry sends the images through a registry the host's
+// Engine pulls from, instead of over the SSH connection.
+func TestDeployViaRegistry(t *testing.T) {
+	f := newFixture(t)
+	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer reg.Close()
+	var events []Event
+	o := f.options(t, f.dial(t), images(t, lucidBinary(t), "v1"), &events)
+	o.ViaRegistry, o.InsecureRegistry = strings.TrimPrefix(reg.URL, "http://")+"/lucid", true
+	res, err := Deploy(context.Background(), o)
+	if err != nil {
+		t.Fatalf("deploy via a registry: %v", err)
+	}
+	if res.SentLayers != 0 || !f.gatewayHealthy() {
+		t.Errorf("sent %d layers over ssh, gateway healthy %v", res.SentLayers, f.gatewayHealthy())
+	}
 }

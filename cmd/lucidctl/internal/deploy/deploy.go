@@ -71,6 +71,8 @@ type Options struct {
 	Base          string
 	Lucid         string
 	SourceDir     string
+	ViaRegistry   string
+	Insecure      bool
 }
 
 // NewCmds returns deploy, rollback and releases.
@@ -118,6 +120,8 @@ JSON event per step on stdout. Secrets never appear in either.`,
 	f.StringSliceVar(&opts.Platforms, "platform", nil, "image platforms (default: lucid.yaml's)")
 	f.StringVar(&opts.Base, "base", imagebuild.BaseAuto, "base image (see lucidctl build)")
 	f.StringVar(&opts.Lucid, "lucid", "", "use this lucid binary instead of building one (one platform)")
+	f.StringVar(&opts.ViaRegistry, "via-registry", "", "send the images through this registry (host:port/prefix), which the host pulls from, instead of over SSH")
+	f.BoolVar(&opts.Insecure, "insecure-registry", false, "plain HTTP to the --via-registry registry")
 	f.StringVar(&opts.SourceDir, "source", "", "Lucid's source tree (default: the one the working directory is in)")
 	return cli.SupportsJSON(cmd)
 }
@@ -161,6 +165,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 			Compose: compose, Env: env, ImageName: cfg.Images.Name, Tag: cfg.Images.Tag, Version: version,
 			Images: built, MinFreeBytes: opts.MinFreeMiB << 20, HealthTimeout: opts.HealthTimeout,
 			LockWait: opts.LockWait, DryRun: opts.DryRun, Events: report.event,
+			ViaRegistry: opts.ViaRegistry, InsecureRegistry: opts.Insecure,
 		})
 		c.Close()
 		if err != nil {
