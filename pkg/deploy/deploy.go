@@ -11,6 +11,7 @@ package deploy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -185,7 +186,10 @@ func Deploy(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 	res.SentLayers, res.KeptLayers = len(plan.Send), plan.KeptLayers
-	compose := pinImages(o.Compose, o.ImageName, o.Tag, id)
+	compose, err := pinImages(o.Compose, o.ImageName, o.Tag, id)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", o.Name, err)
+	}
 
 	if o.DryRun {
 		res.Plan = o.dryRunPlan(ctx, h, prev, plan)
@@ -210,8 +214,7 @@ func Deploy(ctx context.Context, o Options) (*Result, error) {
 	}
 	emit("images", "start", fmt.Sprintf("%d layers to send (%d bytes), %d already there; %s", len(plan.Send), plan.SendBytes, plan.KeptLayers, how))
 	var lastReport time.Time
-	err = plan.load(ctx, h.docker, func(sent int64) {
-		res.SentBytes = sent
+	res.SentBytes, err = plan.load(ctx, h.docker, func(sent int64) {
 		if time.Since(lastReport) > 200*time.Millisecond {
 			lastReport = time.Now()
 			o.Events(Event{Time: o.Now(), Target: o.Name, Step: "images", Status: "info", Bytes: sent, Total: plan.SendBytes})
@@ -312,7 +315,7 @@ func (o *Options) throughRegistry(ctx context.Context, h *host, images []Transfe
 		if err != nil {
 			return fmt.Errorf("the host pulling %s: %w", via, err)
 		}
-		_, err = io.Copy(io.Discard, rc)
+		err = jsonStreamError(rc)
 		rc.Close()
 		if err != nil {
 			return fmt.Errorf("the host pulling %s: %w", via, err)
@@ -324,6 +327,25 @@ func (o *Options) throughRegistry(ctx context.Context, h *host, images []Transfe
 		}
 	}
 	return nil
+}
+
+// jsonStreamError reads a Docker progress stream to its end and returns
+// the error it reports, if any (the HTTP status says nothing).
+func jsonStreamError(r io.Reader) error {
+	dec := json.NewDecoder(r)
+	for {
+		var msg struct {
+			Error string `json:"error"`
+		}
+		if err := dec.Decode(&msg); errors.Is(err, io.EOF) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if msg.Error != "" {
+			return errors.New(msg.Error)
+		}
+	}
 }
 
 // RolledBackError is a deploy whose release failed and was replaced by the
@@ -368,14 +390,19 @@ func releaseTag(ref, id string) string {
 }
 
 // pinImages points the compose file's images at the release's tags, so a
-// rollback runs exactly the images that release had.
-func pinImages(compose []byte, name, tag, id string) []byte {
-	s := string(compose)
+// rollback runs exactly the images that release had. Every service must be
+// pinned: an unpinned one would run whatever its tag points at later.
+func pinImages(compose []byte, name, tag, id string) ([]byte, error) {
+	s := strings.ReplaceAll(string(compose), "\r\n", "\n")
 	for _, svc := range catalog.Services {
 		ref := deployfiles.Image(name, tag, svc)
-		s = strings.ReplaceAll(s, "image: "+ref+"\n", "image: "+releaseTag(ref, id)+"\n")
+		line := "image: " + ref + "\n"
+		if !strings.Contains(s, line) {
+			return nil, fmt.Errorf("the compose file does not run %s as `image: %s` (render it again with lucidctl render)", svc.Name, ref)
+		}
+		s = strings.ReplaceAll(s, line, "image: "+releaseTag(ref, id)+"\n")
 	}
-	return []byte(s)
+	return []byte(s), nil
 }
 
 func imageIDs(images []TransferImage) map[string]string {
@@ -402,7 +429,7 @@ func (o *Options) dryRunPlan(ctx context.Context, h *host, prev *Release, plan *
 			old, _ := h.ssh.Run(ctx, "cat "+sshx.Quote(h.releaseDir(prev.ID)+"/"+f.rel), nil)
 			cur := f.new
 			if f.pin {
-				cur = pinImages(f.new, o.ImageName, o.Tag, prev.ID)
+				cur, _ = pinImages(f.new, o.ImageName, o.Tag, prev.ID)
 			}
 			if string(old) != string(cur) {
 				p.Files = append(p.Files, f.rel)
@@ -487,7 +514,7 @@ func Rollback(ctx context.Context, o Options, id string) (string, error) {
 		return "", err
 	}
 	defer h.docker.Close()
-	if _, err := h.preflight(ctx, o, nil, false); err != nil && !errors.Is(err, ErrArchitecture) {
+	if _, err := h.preflight(ctx, o, nil, false); err != nil {
 		return "", err
 	}
 	rs, err := h.releases(ctx)
@@ -503,7 +530,7 @@ func Rollback(ctx context.Context, o Options, id string) (string, error) {
 			target = r
 		case id == "" && r.Current:
 			seenCurrent = true
-		case id == "" && seenCurrent && target == nil && r.Status != "failed":
+		case id == "" && seenCurrent && target == nil && (r.Status == "replaced" || r.Status == "live"):
 			target = r
 		}
 	}
@@ -529,6 +556,12 @@ func Rollback(ctx context.Context, o Options, id string) (string, error) {
 	}
 	if err := h.makeCurrent(ctx, target.ID); err != nil {
 		return "", err
+	}
+	for _, r := range rs {
+		if r.Current && r.ID != target.ID {
+			r.Status = "replaced"
+			_ = h.writeRecord(ctx, r)
+		}
 	}
 	target.Status = "live"
 	_ = h.writeRecord(ctx, *target)

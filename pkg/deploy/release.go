@@ -3,12 +3,15 @@ package deploy
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"path"
+	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -40,20 +43,33 @@ func (h *host) releasesDir() string         { return path.Join(h.dir, "releases"
 func (h *host) releaseDir(id string) string { return path.Join(h.releasesDir(), id) }
 func (h *host) currentLink() string         { return path.Join(h.dir, "current") }
 
-// releases lists the host's releases, newest first.
+// releaseIDPattern is what releaseID makes; anything else under releases/
+// is not ours to list or remove.
+var releaseIDPattern = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z(-[A-Za-z0-9.-]+)?$`)
+
+// releases lists the host's releases, newest first. A release is named by
+// its directory; a missing or unreadable release.json leaves it with an
+// unknown status.
 func (h *host) releases(ctx context.Context) ([]Release, error) {
-	out, err := h.run(ctx, fmt.Sprintf("cd %s 2>/dev/null && for d in */; do cat \"$d/release.json\" 2>/dev/null && echo; done; true", sshx.Quote(h.releasesDir())))
+	out, err := h.run(ctx, fmt.Sprintf("cd %s 2>/dev/null || exit 0; for d in */; do printf '%%s\\n' \"${d%%/}\"; base64 -w0 \"$d/release.json\" 2>/dev/null; echo; done", sshx.Quote(h.releasesDir())))
 	if err != nil {
 		return nil, err
 	}
 	cur, _ := h.run(ctx, "readlink "+sshx.Quote(h.currentLink())+" 2>/dev/null; true")
 	cur = path.Base(cur)
 	var rs []Release
-	dec := json.NewDecoder(strings.NewReader(out))
-	for dec.More() {
-		var r Release
-		if err := dec.Decode(&r); err != nil {
-			break
+	lines := strings.Split(out, "\n")
+	for i := 0; i+1 < len(lines); i += 2 {
+		dir := strings.TrimSpace(lines[i])
+		if !releaseIDPattern.MatchString(dir) {
+			continue
+		}
+		r := Release{ID: dir, Status: "unknown"}
+		if raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(lines[i+1])); err == nil {
+			var rec Release
+			if json.Unmarshal(raw, &rec) == nil && rec.ID == dir {
+				r = rec
+			}
 		}
 		r.Current = r.ID == cur
 		rs = append(rs, r)
@@ -161,6 +177,8 @@ func (h *host) gate(ctx context.Context, release string, want int, timeout time.
 		}
 		last = list
 		healthy, broken := 0, false
+		list = slices.DeleteFunc(list, func(c container.Summary) bool { return c.Labels["com.docker.compose.oneoff"] == "True" })
+		last = list
 		for _, c := range list {
 			st := c.State
 			switch {
@@ -170,7 +188,9 @@ func (h *host) gate(ctx context.Context, release string, want int, timeout time.
 				healthy++
 			}
 		}
-		if healthy >= want && len(list) >= want && !broken {
+		// Every container of the project, Consul included when it runs,
+		// and at least every Lucid service.
+		if healthy == len(list) && len(list) >= want && !broken {
 			break
 		}
 		if broken || time.Now().After(deadline) {
@@ -182,9 +202,9 @@ func (h *host) gate(ctx context.Context, release string, want int, timeout time.
 		case <-time.After(time.Second):
 		}
 	}
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(context.Context, string, string) (net.Conn, error) { return h.ssh.DialTCP(gatewayAddr) },
-	}}
+	tr := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) { return h.ssh.DialTCP(gatewayAddr) }}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: tr}
 	resp, err := hc.Get("http://" + gatewayAddr + "/health")
 	if err != nil {
 		return &GateFailure{Release: release, Smoke: err.Error()}

@@ -2,6 +2,8 @@ package deploy
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +30,8 @@ type host struct {
 	dir    string
 	// compose is the compose command line the host has.
 	compose string
+	// lockContent is what this deploy wrote into the lock, if it holds it.
+	lockContent string
 }
 
 func newHost(name string, ssh *sshx.Client, dir, socket string) (*host, error) {
@@ -94,7 +98,7 @@ func (h *host) preflight(ctx context.Context, o Options, platforms []v1.Platform
 		return nil, fmt.Errorf("%s: architecture: %w", h.name, err)
 	}
 	pf.Platform = platformOf(machine)
-	match := false
+	match := len(platforms) == 0 // nothing to send (a rollback)
 	for _, p := range platforms {
 		if platformString(p) == pf.Platform {
 			match = true
@@ -108,14 +112,20 @@ func (h *host) preflight(ctx context.Context, o Options, platforms []v1.Platform
 		return nil, fmt.Errorf("%s: %w: the host is %s, the images are %s", h.name, ErrArchitecture, pf.Platform, strings.Join(built, ", "))
 	}
 
-	df, err := h.run(ctx, "mkdir -p "+sshx.Quote(h.dir)+" 2>/dev/null; df -Pk "+sshx.Quote(h.dir)+" | tail -1")
+	df, err := h.run(ctx, "mkdir -p "+sshx.Quote(h.dir)+" && df -Pk "+sshx.Quote(h.dir))
 	if err != nil {
-		return nil, fmt.Errorf("%s: free disk: %w", h.name, err)
+		return nil, fmt.Errorf("%s: deploy directory %s: %w", h.name, h.dir, err)
 	}
-	if f := strings.Fields(df); len(f) >= 4 {
-		kb, _ := strconv.ParseInt(f[3], 10, 64)
-		pf.FreeBytes = kb * 1024
+	lines := strings.Split(df, "\n")
+	f := strings.Fields(lines[len(lines)-1])
+	if len(f) < 4 {
+		return nil, fmt.Errorf("%s: free disk: cannot read df's answer %q", h.name, df)
 	}
+	kb, err := strconv.ParseInt(f[3], 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("%s: free disk: cannot read df's answer %q", h.name, df)
+	}
+	pf.FreeBytes = kb * 1024
 	if pf.FreeBytes < o.MinFreeBytes {
 		return nil, fmt.Errorf("%s: %w: %d MiB free under %s, %d MiB needed", h.name, ErrDiskFull, pf.FreeBytes>>20, h.dir, o.MinFreeBytes>>20)
 	}
@@ -188,6 +198,9 @@ type lockInfo struct {
 	User    string    `json:"user"`
 	Since   time.Time `json:"since"`
 	Expires time.Time `json:"expires"`
+	// Nonce makes each lock's content unique, so a deploy removes only its
+	// own lock, and two deploys taking over one stale lock cannot both win.
+	Nonce string `json:"nonce"`
 }
 
 // ErrLocked means another deploy holds the host.
@@ -199,7 +212,13 @@ func (h *host) lockPath() string { return path.Join(h.dir, ".deploy.lock") }
 // and taking over an expired one. The lock is created with noclobber, so
 // two deploys cannot both get it.
 func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify func(string)) error {
+	if me.Nonce == "" {
+		var b [12]byte
+		_, _ = rand.Read(b[:])
+		me.Nonce = hex.EncodeToString(b[:])
+	}
 	data, _ := json.Marshal(me)
+	h.lockContent = string(data)
 	deadline := time.Now().Add(wait)
 	for {
 		cmd := fmt.Sprintf("mkdir -p %s && set -C && printf '%%s\\n' %s > %s", sshx.Quote(h.dir), sshx.Quote(string(data)), sshx.Quote(h.lockPath()))
@@ -214,7 +233,9 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 		}
 		if time.Now().After(held.Expires) {
 			notify(fmt.Sprintf("taking over a stale lock of %s@%s (pid %d, expired %s)", held.User, held.Host, held.PID, held.Expires.Format(time.RFC3339)))
-			if _, err := h.run(ctx, "rm -f "+sshx.Quote(h.lockPath())); err != nil {
+			// Only if it is still that stale lock: another deploy may have
+			// taken it over a moment ago.
+			if err := h.removeLockIf(ctx, raw); err != nil {
 				return err
 			}
 			continue
@@ -231,6 +252,16 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 	}
 }
 
+// unlock removes the lock if it is still ours.
 func (h *host) unlock(ctx context.Context) {
-	_, _ = h.run(context.WithoutCancel(ctx), "rm -f "+sshx.Quote(h.lockPath()))
+	if h.lockContent != "" {
+		_ = h.removeLockIf(context.WithoutCancel(ctx), h.lockContent)
+	}
+}
+
+// removeLockIf removes the lock file when its content is content.
+func (h *host) removeLockIf(ctx context.Context, content string) error {
+	lp := sshx.Quote(h.lockPath())
+	_, err := h.run(ctx, fmt.Sprintf(`[ "$(cat %s 2>/dev/null)" = %s ] && rm -f %s; true`, lp, sshx.Quote(strings.TrimSpace(content)), lp))
+	return err
 }

@@ -64,7 +64,10 @@ func planTransfer(ctx context.Context, dc *client.Client, images []TransferImage
 			}
 		}
 	}
-	seen := map[v1.Hash]bool{}
+	// A blob is sent when any image needs it (its chain there is missing),
+	// once.
+	need := map[v1.Hash]bool{}
+	var order []v1.Layer
 	for _, ti := range images {
 		cf, err := ti.Image.ConfigFile()
 		if err != nil {
@@ -84,21 +87,24 @@ func planTransfer(ctx context.Context, dc *client.Client, images []TransferImage
 			if err != nil {
 				return nil, err
 			}
-			if seen[d] {
-				continue
+			if _, known := need[d]; !known {
+				order = append(order, l)
 			}
-			seen[d] = true
-			if have[chains[i]] {
-				plan.KeptLayers++
-				continue
-			}
-			size, err := l.Size()
-			if err != nil {
-				return nil, err
-			}
-			plan.Send = append(plan.Send, l)
-			plan.SendBytes += size
+			need[d] = need[d] || !have[chains[i]]
 		}
+	}
+	for _, l := range order {
+		d, _ := l.Digest()
+		if !need[d] {
+			plan.KeptLayers++
+			continue
+		}
+		size, err := l.Size()
+		if err != nil {
+			return nil, err
+		}
+		plan.Send = append(plan.Send, l)
+		plan.SendBytes += size
 	}
 	return plan, nil
 }
@@ -199,33 +205,31 @@ func (p *TransferPlan) writeTarball(w io.Writer) error {
 	return tw.Close()
 }
 
-// load streams the plan into the host's Engine, counting bytes.
-func (p *TransferPlan) load(ctx context.Context, dc *client.Client, progress func(sent int64)) error {
+// load streams the plan into the host's Engine and returns the bytes
+// sent; progress hears the count as it grows (from another goroutine).
+func (p *TransferPlan) load(ctx context.Context, dc *client.Client, progress func(sent int64)) (int64, error) {
 	pr, pw := io.Pipe()
+	defer pr.Close() // unblocks the writer if the Engine stops reading
+	done := make(chan int64, 1)
 	go func() {
 		cw := &countingWriter{w: pw, report: progress}
 		pw.CloseWithError(p.writeTarball(cw))
+		done <- cw.n
 	}()
 	resp, err := dc.ImageLoad(ctx, pr, client.ImageLoadWithQuiet(true))
 	if err != nil {
 		pr.CloseWithError(err)
-		return fmt.Errorf("docker load: %w", err)
+		<-done
+		return 0, fmt.Errorf("docker load: %w", err)
 	}
-	defer resp.Body.Close()
-	dec := json.NewDecoder(resp.Body)
-	for {
-		var msg struct {
-			Error string `json:"error"`
-		}
-		if err := dec.Decode(&msg); err == io.EOF {
-			return nil
-		} else if err != nil {
-			return fmt.Errorf("docker load: %w", err)
-		}
-		if msg.Error != "" {
-			return fmt.Errorf("docker load: %s", msg.Error)
-		}
+	err = jsonStreamError(resp.Body)
+	resp.Body.Close()
+	pr.Close()
+	sent := <-done
+	if err != nil {
+		return sent, fmt.Errorf("docker load: %w", err)
 	}
+	return sent, nil
 }
 
 type countingWriter struct {

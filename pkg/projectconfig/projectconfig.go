@@ -48,7 +48,7 @@ type Config struct {
 type Target struct {
 	Host string `yaml:"host"`
 	User string `yaml:"user"`
-	Port int    `yaml:"port"`
+	Port int    `yaml:"port"` // 0: ~/.ssh/config, else 22
 	Dir  string `yaml:"dir"`
 }
 
@@ -106,9 +106,6 @@ func (c *Config) applyDefaults() {
 		c.Local.Consul = "auto"
 	}
 	for name, t := range c.Targets {
-		if t.Port == 0 {
-			t.Port = 22
-		}
 		if t.Dir == "" {
 			t.Dir = DefaultDeployDir
 		}
@@ -175,7 +172,7 @@ func (c *Config) validate(name string) error {
 		if t.Host == "" {
 			bad("targets.%s.host is required", tn)
 		}
-		if t.Port < 1 || t.Port > 65535 {
+		if t.Port < 0 || t.Port > 65535 {
 			bad("targets.%s.port %d is not a TCP port", tn, t.Port)
 		}
 		if !path.IsAbs(t.Dir) {

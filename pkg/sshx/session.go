@@ -49,21 +49,23 @@ func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader) ([]byte, 
 	case <-ctx.Done():
 		_ = s.Signal(ssh.SIGTERM)
 		s.Close()
-		return nil, ctx.Err()
+		return nil, fmt.Errorf("%s on %s: %w", shorten(cmd), c.addr, ctx.Err())
 	}
 	var ee *ssh.ExitError
 	switch {
 	case errors.As(err, &ee):
-		return stdout.Bytes(), &ExitError{Command: firstWord(cmd), Code: ee.ExitStatus(), Stderr: stderr.String()}
+		return stdout.Bytes(), &ExitError{Command: shorten(cmd), Code: ee.ExitStatus(), Stderr: stderr.String()}
 	case err != nil:
-		return nil, fmt.Errorf("%s on %s: %w", firstWord(cmd), c.addr, err)
+		return nil, fmt.Errorf("%s on %s: %w", shorten(cmd), c.addr, err)
 	}
 	return stdout.Bytes(), nil
 }
 
-func firstWord(cmd string) string {
-	if f := strings.Fields(cmd); len(f) > 0 {
-		return f[0]
+// shorten keeps error messages readable; commands carry no secrets (the
+// env file travels on standard input or by SFTP).
+func shorten(cmd string) string {
+	if len(cmd) > 160 {
+		return cmd[:160] + "..."
 	}
 	return cmd
 }
@@ -129,7 +131,11 @@ func (c *Client) writeSFTP(p string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}
 	if err := sc.PosixRename(tmp, p); err != nil {
-		return fmt.Errorf("rename %s: %w", p, err)
+		// Servers without the posix-rename extension: replace by hand.
+		_ = sc.Remove(p)
+		if err2 := sc.Rename(tmp, p); err2 != nil {
+			return fmt.Errorf("rename %s: %w", p, err)
+		}
 	}
 	return nil
 }

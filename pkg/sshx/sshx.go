@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -172,6 +173,8 @@ func Dial(ctx context.Context, t Target, o Options) (*Client, error) {
 // Close ends the connection.
 func (c *Client) Close() error {
 	c.once.Do(func() { close(c.stop) })
+	// Settle the SFTP client first: opened by now, or never to be.
+	c.sftpOnce.Do(func() { c.sftpErr = errNoSFTP })
 	if c.sftp != nil {
 		c.sftp.Close()
 	}
@@ -243,7 +246,7 @@ func resolve(t Target, o Options, home string) (host string, port int, user stri
 	}
 	if user == "" {
 		if user = get("User"); user == "" {
-			user = o.Getenv("USER")
+			user = localUser(o.Getenv)
 		}
 	}
 	if id := get("IdentityFile"); id != "" {
@@ -253,6 +256,21 @@ func resolve(t Target, o Options, home string) (host string, port int, user stri
 		identities = append(identities, filepath.Join(home, ".ssh", name))
 	}
 	return host, port, user, identities
+}
+
+// localUser is the user running lucidctl, without a Windows domain.
+func localUser(getenv func(string) string) string {
+	if u := getenv("USER"); u != "" {
+		return u
+	}
+	if u, err := user.Current(); err == nil {
+		name := u.Username
+		if i := strings.LastIndex(name, `\`); i >= 0 {
+			name = name[i+1:]
+		}
+		return name
+	}
+	return ""
 }
 
 func expandHome(p, home string) string {

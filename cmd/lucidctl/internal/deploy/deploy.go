@@ -169,7 +169,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 		})
 		c.Close()
 		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+			return err // it names the target
 		}
 		report.result(res)
 	}
