@@ -19,6 +19,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pickme/lucid/pkg/isolation"
 )
 
 // DefaultFile is the project file's name.
@@ -36,6 +38,8 @@ type Config struct {
 	Platforms []string `yaml:"platforms"`
 	// Local configures the stack `lucidctl up` runs on this machine.
 	Local Local `yaml:"local"`
+	// Isolation is the TRON-isolation scan's policy; nil means the default.
+	Isolation *isolation.Policy `yaml:"isolation"`
 
 	// Dir is the directory of the file (or the working directory when there
 	// is no file); relative paths in the file are relative to it.

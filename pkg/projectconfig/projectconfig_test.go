@@ -143,3 +143,16 @@ func TestGroups(t *testing.T) {
 		t.Errorf("unknown member: %v", err)
 	}
 }
+
+func TestIsolationSection(t *testing.T) {
+	c, err := Parse("lucid.yaml", []byte("isolation:\n  core_paths: [chain/]\n  isolated_dirs: []\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Isolation == nil || len(c.Isolation.CorePaths) != 1 || c.Isolation.IsolatedDirs == nil {
+		t.Fatalf("isolation = %+v", c.Isolation)
+	}
+	if _, err := Parse("lucid.yaml", []byte("isolation:\n  core_path: [chain/]\n")); err == nil || !strings.Contains(err.Error(), "core_paths") {
+		t.Errorf("a typo in the isolation section: %v", err)
+	}
+}

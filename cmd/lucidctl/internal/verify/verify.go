@@ -1,7 +1,8 @@
 // Package verify implements `lucidctl verify`: checks that need no trust in
 // the server. `verify receipt` checks an anchor receipt offline against
 // validator public keys; `verify chain` walks a running chain block by block
-// and re-verifies all of it.
+// and re-verifies all of it; `verify tron-isolation` scans a source tree for
+// payment code reaching the chain.
 package verify
 
 import (
@@ -16,7 +17,7 @@ import (
 func NewCmd(env *cli.Env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "verify <check>",
-		Short: "Verify receipts and chains without trusting a server",
+		Short: "Verify receipts, chains, and the chain code's isolation from payments",
 		Long: `Verify runs checks whose answer does not depend on trusting a server.
 
 Exit status: 0 when the check passes, 3 when it finds a problem (the reason
@@ -24,7 +25,7 @@ is printed), 1 when it could not run.`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(newReceiptCmd(env), newChainCmd(env))
+	cmd.AddCommand(newReceiptCmd(env), newChainCmd(env), newIsolationCmd(env))
 	return cmd
 }
 

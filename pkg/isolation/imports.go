@@ -1,0 +1,236 @@
+package isolation
+
+import (
+	"fmt"
+	"go/parser"
+	"go/token"
+	"path"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// moduleRef is a module a line of script imports, and where.
+type moduleRef struct {
+	module string
+	col    int
+}
+
+var (
+	pyImport     = regexp.MustCompile(`^\s*import\s+(.+)$`)
+	pyFrom       = regexp.MustCompile(`^\s*from\s+([\w.]+)\s+import\b`)
+	pyDynamic    = regexp.MustCompile(`(?:__import__|import_module)\(\s*['"]([\w.]+)['"]`)
+	jsFrom       = regexp.MustCompile(`\bfrom\s*['"]([^'"]+)['"]`)
+	jsBare       = regexp.MustCompile(`^\s*import\s*['"]([^'"]+)['"]`)
+	jsCall       = regexp.MustCompile("\\b(?:require|import)\\s*\\(\\s*['\"`]([^'\"`]+)['\"`]\\s*\\)")
+	pyImportItem = regexp.MustCompile(`^\s*([\w.]+)`)
+)
+
+// pythonImports finds `import a, b as c`, `from x.y import z as w` and
+// __import__/import_module("x").
+func pythonImports(line string) []moduleRef {
+	var out []moduleRef
+	if m := pyFrom.FindStringSubmatchIndex(line); m != nil {
+		out = append(out, moduleRef{line[m[2]:m[3]], m[2]})
+	} else if m := pyImport.FindStringSubmatchIndex(line); m != nil {
+		list := line[m[2]:m[3]]
+		off := m[2]
+		for _, item := range strings.Split(list, ",") {
+			if im := pyImportItem.FindStringSubmatchIndex(item); im != nil {
+				out = append(out, moduleRef{item[im[2]:im[3]], off + im[2]})
+			}
+			off += len(item) + 1
+		}
+	}
+	for _, m := range pyDynamic.FindAllStringSubmatchIndex(line, -1) {
+		out = append(out, moduleRef{line[m[2]:m[3]], m[2]})
+	}
+	return out
+}
+
+// jsImports finds `import x from 'm'`, `import {a as b} from "m"`,
+// `import 'm'`, `require('m')` and dynamic `import('m')`.
+func jsImports(line string) []moduleRef {
+	var out []moduleRef
+	for _, re := range []*regexp.Regexp{jsFrom, jsBare, jsCall} {
+		for _, m := range re.FindAllStringSubmatchIndex(line, -1) {
+			out = append(out, moduleRef{line[m[2]:m[3]], m[2]})
+		}
+	}
+	return out
+}
+
+// scriptImports checks a core script's imports: forbidden packages, and
+// anything inside an isolated dir (a relative path, or a Python dotted path
+// that spells one).
+func (s *scanner) scriptImports(rel string, lines []string, find func(string) []moduleRef) []Finding {
+	var out []Finding
+	for i, line := range lines {
+		if s.p.ExemptMarker != "" && strings.Contains(line, s.p.ExemptMarker) {
+			continue
+		}
+		for _, ref := range find(line) {
+			msg := ""
+			if m, bad := s.forbiddenModule(packageName(ref.module)); bad {
+				msg = fmt.Sprintf("imports %s, a forbidden module (%s)", ref.module, m)
+			} else if dir, bad := s.intoIsolated(rel, ref.module); bad {
+				msg = fmt.Sprintf("imports %s, inside the isolated tree %s", ref.module, dir)
+			}
+			if msg != "" {
+				out = append(out, Finding{Path: rel, Line: i + 1, Column: ref.col + 1, Rule: RuleImport, Match: ref.module, Text: line, Message: msg})
+			}
+		}
+	}
+	return out
+}
+
+// packageName is the package a script import names: "@scope/pkg" or the
+// first element of a path or a dotted module.
+func packageName(module string) string {
+	if strings.HasPrefix(module, "@") {
+		parts := strings.SplitN(module, "/", 3)
+		if len(parts) >= 2 {
+			return parts[0] + "/" + parts[1]
+		}
+	}
+	if parts := strings.FieldsFunc(module, func(r rune) bool { return r == '/' || r == '.' }); len(parts) > 0 {
+		return parts[0]
+	}
+	return module
+}
+
+// intoIsolated reports whether a script import resolves inside an isolated
+// dir: a relative path from the importing file, or a dotted Python path.
+func (s *scanner) intoIsolated(rel, module string) (string, bool) {
+	var target string
+	switch {
+	case strings.HasPrefix(module, "./") || strings.HasPrefix(module, "../"):
+		target = path.Join(path.Dir(rel), module)
+	case strings.HasPrefix(module, "/"):
+		target = strings.TrimPrefix(module, "/")
+	default:
+		target = strings.ReplaceAll(module, ".", "/")
+	}
+	for _, d := range s.p.IsolatedDirs {
+		for _, form := range []string{d, strings.ReplaceAll(d, "-", "_")} {
+			if target+"/" == form || strings.HasPrefix(target+"/", form) {
+				return d, true
+			}
+		}
+	}
+	return "", false
+}
+
+// goFile is one Go file's package directory and imports.
+type goFile struct {
+	rel     string // the file
+	dir     string // its directory, slash-separated
+	imports []goImport
+}
+
+type goImport struct {
+	path      string
+	line, col int
+}
+
+func parseGoImports(rel string, data []byte) goFile {
+	gf := goFile{rel: rel, dir: path.Dir(rel)}
+	fset := token.NewFileSet()
+	f, err := parser.ParseFile(fset, rel, data, parser.ImportsOnly)
+	if err != nil {
+		return gf
+	}
+	for _, is := range f.Imports {
+		p, err := strconv.Unquote(is.Path.Value)
+		if err != nil {
+			continue
+		}
+		pos := fset.Position(is.Path.Pos())
+		gf.imports = append(gf.imports, goImport{path: p, line: pos.Line, col: pos.Column})
+	}
+	return gf
+}
+
+// goImports follows the import graph from every Go file under a core path
+// through the tree's own packages and reports each import that leads,
+// directly or transitively, into an isolated dir or to a forbidden module,
+// with the chain that gets there.
+func (s *scanner) goImports(files []goFile) []Finding {
+	mod := modulePath(s.root)
+	// The tree's packages by import path, and their imports.
+	pkgImports := map[string][]string{}
+	pkgDir := map[string]string{}
+	for _, f := range files {
+		ip := f.dir
+		if mod != "" {
+			ip = path.Join(mod, f.dir)
+			if f.dir == "." {
+				ip = mod
+			}
+		}
+		pkgDir[ip] = f.dir
+		for _, im := range f.imports {
+			if !slices.Contains(pkgImports[ip], im.path) {
+				pkgImports[ip] = append(pkgImports[ip], im.path)
+			}
+		}
+	}
+	// bad finds, from an import path, the chain to the first forbidden
+	// package, memoised; nil when there is none.
+	memo := map[string][]string{}
+	visiting := map[string]bool{}
+	var bad func(ip string) []string
+	bad = func(ip string) []string {
+		if c, ok := memo[ip]; ok {
+			return c
+		}
+		if _, ok := s.forbiddenModule(ip); ok {
+			return []string{ip}
+		}
+		dir, local := pkgDir[ip]
+		if !local {
+			return nil
+		}
+		if under(dir+"/", s.p.IsolatedDirs) {
+			return []string{ip}
+		}
+		if visiting[ip] {
+			return nil
+		}
+		visiting[ip] = true
+		defer delete(visiting, ip)
+		var chain []string
+		for _, next := range pkgImports[ip] {
+			if c := bad(next); c != nil {
+				chain = append([]string{ip}, c...)
+				break
+			}
+		}
+		memo[ip] = chain
+		return chain
+	}
+	var out []Finding
+	for _, f := range files {
+		if !under(f.rel, s.p.CorePaths) {
+			continue
+		}
+		for _, im := range f.imports {
+			chain := bad(im.path)
+			if chain == nil {
+				continue
+			}
+			end := chain[len(chain)-1]
+			why := "a forbidden module"
+			if d, ok := pkgDir[end]; ok && under(d+"/", s.p.IsolatedDirs) {
+				why = "inside the isolated tree"
+			}
+			msg := fmt.Sprintf("imports %s, %s", im.path, why)
+			if len(chain) > 1 {
+				msg = fmt.Sprintf("imports %s, which reaches %s: %s", im.path, why, strings.Join(chain, " -> "))
+			}
+			out = append(out, Finding{Path: f.rel, Line: im.line, Column: im.col, Rule: RuleImport, Match: im.path, Message: msg})
+		}
+	}
+	return out
+}
