@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # install-test-deps.sh installs the real servers Lucid's tests run against
 # when they are missing: sshd (openssh-server), Redis (redis-server), the
-# wrk load generator and qemu-aarch64-static (qemu-user-static, to run the
-# arm64 build), from Debian's packages. Without root or apt-get it only
+# wrk load generator, qemu-aarch64-static (qemu-user-static, to run the
+# arm64 build) and a headless Chromium (to render the bench report), from
+# Debian's packages. Without root or apt-get it only
 # says what is missing; the tests that need a tool then skip, or fail when
 # CI=true.
 set -euo pipefail
@@ -14,6 +15,7 @@ have sshd || need+=(openssh-server)
 have redis-server || need+=(redis-server)
 have wrk || need+=(wrk)
 have qemu-aarch64-static || need+=(qemu-user-static)
+have chromium || need+=(chromium)
 if ((${#need[@]} == 0)); then
 	exit 0
 fi

@@ -50,7 +50,8 @@ type Result struct {
 	P95        time.Duration `json:"p95_ns"`
 	P99        time.Duration `json:"p99_ns"`
 	Max        time.Duration `json:"max_ns"`
-	// PerSecond counts the requests finished in each second of the run.
+	// PerSecond counts the requests finished in each whole second of the
+	// run.
 	PerSecond []int64 `json:"per_second"`
 	// Histogram holds every latency, in microseconds.
 	Histogram *hdrhistogram.Histogram `json:"-"`
@@ -178,7 +179,7 @@ func Run(ctx context.Context, o Options) Result {
 	us := func(q float64) time.Duration { return time.Duration(h.ValueAtQuantile(q)) * time.Microsecond }
 	r.P50, r.P95, r.P99, r.Max = us(50), us(95), us(99), time.Duration(h.Max())*time.Microsecond
 	for i := range perSecond {
-		if i < int(elapsed/time.Second)+1 {
+		if i < int(elapsed/time.Second) { // whole seconds only: a partial one would look like a drop
 			r.PerSecond = append(r.PerSecond, perSecond[i].Load())
 		}
 	}
