@@ -40,6 +40,9 @@ type Config struct {
 	Local Local `yaml:"local"`
 	// Isolation is the TRON-isolation scan's policy; nil means the default.
 	Isolation *isolation.Policy `yaml:"isolation"`
+	// Bench holds our own performance goals, which `lucidctl bench`
+	// checks beside the Phase 2 targets; zero means no goal.
+	Bench BenchGoals `yaml:"bench"`
 
 	// Dir is the directory of the file (or the working directory when there
 	// is no file); relative paths in the file are relative to it.
@@ -61,6 +64,15 @@ type Target struct {
 type Images struct {
 	Name string `yaml:"name"`
 	Tag  string `yaml:"tag"`
+}
+
+// BenchGoals are performance goals for `lucidctl bench`.
+type BenchGoals struct {
+	GatewayRPS       float64 `yaml:"gateway_rps"`        // at least
+	GatewayP95Ms     float64 `yaml:"gateway_p95_ms"`     // at most
+	QueryP95Ms       float64 `yaml:"query_p95_ms"`       // at most
+	MeshOverheadMs   float64 `yaml:"mesh_overhead_ms"`   // at most
+	AnchorsPerSecond float64 `yaml:"anchors_per_second"` // at least, submission to sealed
 }
 
 // Local configures the local stack.

@@ -23,6 +23,7 @@ import (
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/loadgen"
+	"github.com/pickme/lucid/pkg/projectconfig"
 )
 
 // Scenarios, in the order they run.
@@ -97,7 +98,8 @@ target of lucid.yaml) and measure:
   mesh-overhead         one request direct to a service over mTLS and through the gateway
 
 Each is compared with the Phase 2 targets (gateway > 500 req/s, a block per
-10 s, queries p95 < 10 ms, mesh overhead < 5 ms). A table goes to stdout
+10 s, queries p95 < 10 ms, mesh overhead < 5 ms) and with the goals in the
+bench section of lucid.yaml. A table goes to stdout
 (--json for a document), progress to stderr; --report DIR writes an HTML
 report with charts, viewable offline. Ctrl-C stops the run and still reports.
 Exit status 3 when a target is missed.`,
@@ -138,7 +140,11 @@ func runBench(ctx context.Context, opts *BenchOptions) error {
 	progress := func(format string, args ...any) {
 		fmt.Fprintf(opts.Env.IO.ErrOut, format+"\n", args...)
 	}
-	b := &bench{opts: opts, e: e, progress: progress}
+	cfg, err := opts.Env.Config()
+	if err != nil {
+		return err
+	}
+	b := &bench{opts: opts, e: e, progress: progress, goals: cfg.Bench}
 	for _, name := range allScenarios {
 		if !slices.Contains(opts.Scenarios, name) {
 			continue
@@ -178,6 +184,7 @@ func runBench(ctx context.Context, opts *BenchOptions) error {
 
 type bench struct {
 	opts     *BenchOptions
+	goals    projectconfig.BenchGoals
 	e        *endpoints
 	progress func(string, ...any)
 	// anchored are sessions the anchoring scenario sealed, with their
@@ -208,7 +215,40 @@ func (b *bench) run(ctx context.Context, name string) ScenarioResult {
 		r.Error = err.Error()
 		r.Checks = append(r.Checks, Check{Metric: "ran", Want: "without error", Pass: false})
 	}
+	b.goalChecks(&r)
 	return r
+}
+
+// goalChecks adds lucid.yaml's own goals (bench:) beside the Phase 2
+// targets.
+func (b *bench) goalChecks(r *ScenarioResult) {
+	type goal struct {
+		scenario, metric string
+		value            float64
+		atLeast          bool
+	}
+	g := b.goals
+	for _, gl := range []goal{
+		{ScenarioThroughput, "requests_per_second", g.GatewayRPS, true},
+		{ScenarioLatency, "p95_ms", g.GatewayP95Ms, false},
+		{ScenarioQueries, "block_p95_ms", g.QueryP95Ms, false},
+		{ScenarioQueries, "anchor_p95_ms", g.QueryP95Ms, false},
+		{ScenarioQueries, "proof_p95_ms", g.QueryP95Ms, false},
+		{ScenarioMesh, "overhead_p50_ms", g.MeshOverheadMs, false},
+		{ScenarioAnchoring, "sealed_per_second", g.AnchorsPerSecond, true},
+	} {
+		v, ok := r.Metrics[gl.metric]
+		if gl.scenario != r.Name || gl.value == 0 || !ok {
+			continue
+		}
+		c := Check{Metric: gl.metric, Value: v}
+		if gl.atLeast {
+			c.Want, c.Pass = fmt.Sprintf(">= %g (lucid.yaml goal)", gl.value), v >= gl.value
+		} else {
+			c.Want, c.Pass = fmt.Sprintf("<= %g (lucid.yaml goal)", gl.value), v <= gl.value
+		}
+		r.Checks = append(r.Checks, c)
+	}
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -507,13 +547,16 @@ func printTable(env *cli.Env, res *BenchResult) {
 		}
 		slices.Sort(keys)
 		for _, k := range keys {
-			want, result := "", ""
+			printed := false
 			for _, c := range s.Checks {
 				if c.Metric == k {
-					want, result = c.Want, map[bool]string{true: "ok", false: "MISSED"}[c.Pass]
+					fmt.Fprintf(tw, "%s\t%s\t%g\t%s\t%s\n", s.Name, k, s.Metrics[k], c.Want, map[bool]string{true: "ok", false: "MISSED"}[c.Pass])
+					printed = true
 				}
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%g\t%s\t%s\n", s.Name, k, s.Metrics[k], want, result)
+			if !printed {
+				fmt.Fprintf(tw, "%s\t%s\t%g\t\t\n", s.Name, k, s.Metrics[k])
+			}
 		}
 		if s.Skipped != "" {
 			fmt.Fprintf(tw, "%s\t(skipped)\t\t\t%s\n", s.Name, s.Skipped)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/projectconfig"
 )
 
 func sampleResult() *BenchResult {
@@ -66,5 +67,20 @@ func TestReportRendersInChromium(t *testing.T) {
 	}
 	if len(colors) < 3 {
 		t.Errorf("the screenshot has %d colors: nothing drawn", len(colors))
+	}
+}
+
+// TestGoals: lucid.yaml's goals are checked beside the Phase 2 targets.
+func TestGoals(t *testing.T) {
+	b := &bench{goals: projectconfig.BenchGoals{GatewayRPS: 20000, QueryP95Ms: 5}}
+	thr := ScenarioResult{Name: ScenarioThroughput, Metrics: map[string]float64{"requests_per_second": 9000}}
+	b.goalChecks(&thr)
+	q := ScenarioResult{Name: ScenarioQueries, Metrics: map[string]float64{"block_p95_ms": 2, "anchor_p95_ms": 7}}
+	b.goalChecks(&q)
+	if len(thr.Checks) != 1 || thr.Checks[0].Pass || !strings.Contains(thr.Checks[0].Want, "lucid.yaml") {
+		t.Errorf("throughput goal: %+v", thr.Checks)
+	}
+	if len(q.Checks) != 2 || !q.Checks[0].Pass || q.Checks[1].Pass {
+		t.Errorf("query goals: %+v", q.Checks)
 	}
 }
