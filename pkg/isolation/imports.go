@@ -5,6 +5,7 @@ import (
 	"go/parser"
 	"go/token"
 	"path"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -19,7 +20,7 @@ type moduleRef struct {
 
 var (
 	pyImport     = regexp.MustCompile(`^\s*import\s+(.+)$`)
-	pyFrom       = regexp.MustCompile(`^\s*from\s+([\w.]+)\s+import\b`)
+	pyFrom       = regexp.MustCompile(`^\s*from\s+(\.*[\w.]*)\s+import\b`)
 	pyDynamic    = regexp.MustCompile(`(?:__import__|import_module)\(\s*['"]([\w.]+)['"]`)
 	jsFrom       = regexp.MustCompile(`\bfrom\s*['"]([^'"]+)['"]`)
 	jsBare       = regexp.MustCompile(`^\s*import\s*['"]([^'"]+)['"]`)
@@ -27,21 +28,26 @@ var (
 	pyImportItem = regexp.MustCompile(`^\s*([\w.]+)`)
 )
 
-// pythonImports finds `import a, b as c`, `from x.y import z as w` and
+// pythonImports finds `import a, b as c`, `from x.y import z as w`
+// (relative ones keep their leading dots), statements after a `;`, and
 // __import__/import_module("x").
 func pythonImports(line string) []moduleRef {
 	var out []moduleRef
-	if m := pyFrom.FindStringSubmatchIndex(line); m != nil {
-		out = append(out, moduleRef{line[m[2]:m[3]], m[2]})
-	} else if m := pyImport.FindStringSubmatchIndex(line); m != nil {
-		list := line[m[2]:m[3]]
-		off := m[2]
-		for _, item := range strings.Split(list, ",") {
-			if im := pyImportItem.FindStringSubmatchIndex(item); im != nil {
-				out = append(out, moduleRef{item[im[2]:im[3]], off + im[2]})
+	base := 0
+	for _, stmt := range strings.Split(line, ";") {
+		if m := pyFrom.FindStringSubmatchIndex(stmt); m != nil {
+			out = append(out, moduleRef{stmt[m[2]:m[3]], base + m[2]})
+		} else if m := pyImport.FindStringSubmatchIndex(stmt); m != nil {
+			list := stmt[m[2]:m[3]]
+			off := base + m[2]
+			for _, item := range strings.Split(list, ",") {
+				if im := pyImportItem.FindStringSubmatchIndex(item); im != nil {
+					out = append(out, moduleRef{item[im[2]:im[3]], off + im[2]})
+				}
+				off += len(item) + 1
 			}
-			off += len(item) + 1
 		}
+		base += len(stmt) + 1
 	}
 	for _, m := range pyDynamic.FindAllStringSubmatchIndex(line, -1) {
 		out = append(out, moduleRef{line[m[2]:m[3]], m[2]})
@@ -109,6 +115,15 @@ func (s *scanner) intoIsolated(rel, module string) (string, bool) {
 		target = path.Join(path.Dir(rel), module)
 	case strings.HasPrefix(module, "/"):
 		target = strings.TrimPrefix(module, "/")
+	case strings.HasPrefix(module, "."):
+		// A relative Python import: one dot is the file's package, each
+		// more goes up one.
+		dots := len(module) - len(strings.TrimLeft(module, "."))
+		dir := path.Dir(rel)
+		for range dots - 1 {
+			dir = path.Dir(dir)
+		}
+		target = path.Join(dir, strings.ReplaceAll(module[dots:], ".", "/"))
 	default:
 		target = strings.ReplaceAll(module, ".", "/")
 	}
@@ -157,31 +172,34 @@ func parseGoImports(rel string, data []byte) goFile {
 // directly or transitively, into an isolated dir or to a forbidden module,
 // with the chain that gets there.
 func (s *scanner) goImports(files []goFile) []Finding {
-	mod := modulePath(s.root)
-	// The tree's packages by import path, and their imports.
+	// The tree's packages by import path (each directory under the
+	// nearest go.mod: nested modules included), and their imports. Test
+	// files' imports are not part of the package others import.
+	mods := newModuleIndex(s.root)
 	pkgImports := map[string][]string{}
 	pkgDir := map[string]string{}
 	for _, f := range files {
-		ip := f.dir
-		if mod != "" {
-			ip = path.Join(mod, f.dir)
-			if f.dir == "." {
-				ip = mod
-			}
-		}
+		ip := mods.importPath(f.dir)
 		pkgDir[ip] = f.dir
+		if strings.HasSuffix(f.rel, "_test.go") {
+			continue
+		}
 		for _, im := range f.imports {
 			if !slices.Contains(pkgImports[ip], im.path) {
 				pkgImports[ip] = append(pkgImports[ip], im.path)
 			}
 		}
 	}
-	// bad finds, from an import path, the chain to the first forbidden
-	// package, memoised; nil when there is none.
+	// bad finds, from an import path, a chain to a forbidden package: a
+	// depth-first search with its own visited set, in sorted order, so the
+	// answer does not depend on map order or cycles. Found chains are
+	// memoised; "none" is not, as a cycle cut short could make it wrong.
+	for ip := range pkgImports {
+		slices.Sort(pkgImports[ip])
+	}
 	memo := map[string][]string{}
-	visiting := map[string]bool{}
-	var bad func(ip string) []string
-	bad = func(ip string) []string {
+	var search func(ip string, seen map[string]bool) []string
+	search = func(ip string, seen map[string]bool) []string {
 		if c, ok := memo[ip]; ok {
 			return c
 		}
@@ -189,27 +207,23 @@ func (s *scanner) goImports(files []goFile) []Finding {
 			return []string{ip}
 		}
 		dir, local := pkgDir[ip]
-		if !local {
+		if !local || seen[ip] {
 			return nil
 		}
 		if under(dir+"/", s.p.IsolatedDirs) {
 			return []string{ip}
 		}
-		if visiting[ip] {
-			return nil
-		}
-		visiting[ip] = true
-		defer delete(visiting, ip)
-		var chain []string
+		seen[ip] = true
 		for _, next := range pkgImports[ip] {
-			if c := bad(next); c != nil {
-				chain = append([]string{ip}, c...)
-				break
+			if c := search(next, seen); c != nil {
+				chain := append([]string{ip}, c...)
+				memo[ip] = chain
+				return chain
 			}
 		}
-		memo[ip] = chain
-		return chain
+		return nil
 	}
+	bad := func(ip string) []string { return search(ip, map[string]bool{}) }
 	var out []Finding
 	for _, f := range files {
 		if !under(f.rel, s.p.CorePaths) {
@@ -233,4 +247,43 @@ func (s *scanner) goImports(files []goFile) []Finding {
 		}
 	}
 	return out
+}
+
+// moduleIndex names directories by import path: each under the nearest
+// go.mod above it; without one, by its path.
+type moduleIndex struct {
+	root  string
+	cache map[string]string // dir -> module root dir ("" none) + "\x00" + module path
+}
+
+func newModuleIndex(root string) *moduleIndex {
+	return &moduleIndex{root: root, cache: map[string]string{}}
+}
+
+func (m *moduleIndex) importPath(dir string) string {
+	modDir, mod := m.module(dir)
+	if mod == "" {
+		return dir
+	}
+	rel := strings.TrimPrefix(strings.TrimPrefix(dir, modDir), "/")
+	if dir == modDir || rel == "" || rel == "." {
+		return mod
+	}
+	return path.Join(mod, rel)
+}
+
+// module finds the go.mod governing dir (a slash path relative to root).
+func (m *moduleIndex) module(dir string) (string, string) {
+	if v, ok := m.cache[dir]; ok {
+		d, mod, _ := strings.Cut(v, "\x00")
+		return d, mod
+	}
+	d, mod := "", ""
+	if p := modulePath(filepath.Join(m.root, filepath.FromSlash(dir))); p != "" {
+		d, mod = dir, p
+	} else if dir != "." && dir != "" {
+		d, mod = m.module(path.Dir(dir))
+	}
+	m.cache[dir] = d + "\x00" + mod
+	return d, mod
 }

@@ -228,3 +228,48 @@ func BenchmarkScan50k(b *testing.B) {
 		}
 	}
 }
+
+func TestReviewCases(t *testing.T) {
+	terms := set(Default().ForbiddenTerms)
+	for _, found := range []string{"TRXs", "USDTs", "sendTRXs"} {
+		if len(findTerms(found, terms)) == 0 {
+			t.Errorf("%q: plural not found", found)
+		}
+	}
+	dir := t.TempDir()
+	write := func(rel, content string) {
+		p := filepath.Join(dir, filepath.FromSlash(rel))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("go.mod", "module example.com/root\n")
+	write("payment-systems/tron/go.mod", "module example.com/pay\n")
+	write("payment-systems/tron/pay/pay.go", "package pay\n")
+	write("blockchain/core/a.go", "package core\n\nimport _ \"example.com/pay/pay\"\n")                     // a nested module
+	write("blockchain/lib/lib.go", "package lib\n")                                                         // clean...
+	write("blockchain/lib/lib_test.go", "package lib\n\nimport _ \"example.com/root/payment-systems/x\"\n") // ...but its test is not
+	write("blockchain/core/b.go", "package core\n\nimport _ \"example.com/root/blockchain/lib\"\n")
+	write("blockchain/py/tool.py", "import os; import tronapi\nfrom ...payment_systems.tron import client\n")
+	rep, err := Scan(context.Background(), dir, Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, f := range rep.Violations {
+		if f.Rule == RuleImport {
+			got[fmt.Sprintf("%s:%d:%s", f.Path, f.Line, f.Match)] = true
+		}
+	}
+	for _, want := range []string{"blockchain/core/a.go:3:example.com/pay/pay", "blockchain/py/tool.py:1:tronapi", "blockchain/py/tool.py:2:...payment_systems.tron"} {
+		if !got[want] {
+			t.Errorf("missing import finding %s (got %v)", want, got)
+		}
+	}
+	if got["blockchain/core/b.go:3:example.com/root/blockchain/lib"] {
+		t.Error("a test-only import of lib reached its importer")
+	}
+}

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"strings"
+	"unicode/utf16"
 )
 
 // WriteJSON writes the report in its stable shape:
@@ -94,9 +96,9 @@ func WriteSARIF(w io.Writer, r *Report, version string) error {
 	add := func(fs []Finding, level string) {
 		for _, f := range fs {
 			var loc location
-			loc.PhysicalLocation.ArtifactLocation.URI = f.Path
+			loc.PhysicalLocation.ArtifactLocation.URI = uriOf(f.Path)
 			if f.Line > 0 {
-				loc.PhysicalLocation.Region = &region{StartLine: f.Line, StartColumn: f.Column}
+				loc.PhysicalLocation.Region = &region{StartLine: f.Line, StartColumn: utf16Column(f)}
 			}
 			results = append(results, result{RuleID: f.Rule, Level: level, Message: text{f.Message}, Locations: []location{loc}})
 		}
@@ -118,4 +120,23 @@ func WriteSARIF(w io.Writer, r *Report, version string) error {
 	enc.SetEscapeHTML(false)
 	enc.SetIndent("", "  ")
 	return enc.Encode(doc)
+}
+
+// uriOf percent-encodes each segment of a slash path: a valid URI
+// reference, relative to the scanned root.
+func uriOf(p string) string {
+	segs := strings.Split(strings.TrimSuffix(p, "/"), "/")
+	for i, seg := range segs {
+		segs[i] = url.PathEscape(seg)
+	}
+	return strings.Join(segs, "/")
+}
+
+// utf16Column converts a finding's byte column to SARIF's default unit,
+// UTF-16 code units, when the line is known.
+func utf16Column(f Finding) int {
+	if f.Text == "" || f.Column < 1 || f.Column-1 > len(f.Text) {
+		return f.Column
+	}
+	return len(utf16.Encode([]rune(f.Text[:f.Column-1]))) + 1
 }

@@ -132,18 +132,21 @@ func Scan(ctx context.Context, root string, p Policy) (*Report, error) {
 }
 
 func sortFindings(fs []Finding) {
-	sort.Slice(fs, func(i, j int) bool {
+	sort.SliceStable(fs, func(i, j int) bool {
 		a, b := fs[i], fs[j]
-		if a.Path != b.Path {
+		switch {
+		case a.Path != b.Path:
 			return a.Path < b.Path
-		}
-		if a.Line != b.Line {
+		case a.Line != b.Line:
 			return a.Line < b.Line
-		}
-		if a.Column != b.Column {
+		case a.Column != b.Column:
 			return a.Column < b.Column
+		case a.Rule != b.Rule:
+			return a.Rule < b.Rule
+		case a.Match != b.Match:
+			return a.Match < b.Match
 		}
-		return a.Rule < b.Rule
+		return a.Message < b.Message
 	})
 }
 

@@ -36,8 +36,14 @@ func findTerms(line string, terms map[string]bool) []tokenMatch {
 			out = append(out, tokenMatch{col: i, text: word, term: t})
 		} else {
 			for _, p := range camelParts(word) {
-				if t := strings.ToLower(word[p[0]:p[1]]); terms[t] {
-					out = append(out, tokenMatch{col: i + p[0], text: word[p[0]:p[1]], term: t})
+				part := word[p[0]:p[1]]
+				t := strings.ToLower(part)
+				// A plural of an acronym (TRXs, USDTs) names the same thing.
+				if !terms[t] && len(part) > 2 && part[len(part)-1] == 's' && isUpper(part[len(part)-2]) {
+					t = t[:len(t)-1]
+				}
+				if terms[t] {
+					out = append(out, tokenMatch{col: i + p[0], text: part, term: t})
 				}
 			}
 		}
@@ -57,8 +63,8 @@ func camelParts(w string) [][2]int {
 		switch {
 		case (isLower(prev) || isDigit(prev)) && isUpper(cur):
 			split = true // isTron, trc20Token
-		case isUpper(prev) && isUpper(cur) && k+1 < len(w) && isLower(w[k+1]):
-			split = true // TRXAmount: TRX | Amount
+		case isUpper(prev) && isUpper(cur) && k+1 < len(w) && isLower(w[k+1]) && w[k+1:] != "s":
+			split = true // TRXAmount: TRX | Amount; but TRXs is a plural
 		}
 		if split {
 			parts = append(parts, [2]int{start, k})

@@ -9,6 +9,7 @@ package loadgen
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,6 +60,10 @@ type Result struct {
 	FirstError string `json:"first_error,omitempty"`
 }
 
+// errStalled marks a request the run ended while it waited (due for over a
+// second): the server stalled.
+var errStalled = errors.New("still waiting at the end of the run: the server stalled")
+
 // Latency range the histogram keeps: 1 µs to 1 minute, 3 significant digits.
 const (
 	minMicros = 1
@@ -79,9 +84,11 @@ func Run(ctx context.Context, o Options) Result {
 	secs := int(o.Duration/time.Second) + 2
 	perSecond := make([]atomic.Int64, secs)
 	hists := make([]*hdrhistogram.Histogram, o.Concurrency)
+	unsent := hdrhistogram.New(minMicros, maxMicros, sigFigs)
 	record := func(w int, due time.Time, err error) {
 		now := time.Now()
-		_ = hists[w].RecordValue(max(now.Sub(due).Microseconds(), minMicros))
+		// Clamped, never dropped: the worst latencies are the ones to keep.
+		_ = hists[w].RecordValue(min(max(now.Sub(due).Microseconds(), minMicros), maxMicros))
 		requests.Add(1)
 		if err != nil {
 			errs.Add(1)
@@ -137,6 +144,11 @@ func Run(ctx context.Context, o Options) Result {
 				for t := range due {
 					err := o.Do(ctx, w)
 					if ctx.Err() != nil {
+						// Cut off by the end of the run. One that has waited
+						// long is a stall the run must show, as a failure.
+						if time.Since(t) > time.Second {
+							record(w, t, errStalled)
+						}
 						continue
 					}
 					record(w, t, err) // from when it was due
@@ -144,9 +156,10 @@ func Run(ctx context.Context, o Options) Result {
 			}()
 		}
 		interval := time.Duration(float64(time.Second) / o.Rate)
+		next := 0 // the next slot to hand to a worker
 	schedule:
-		for i := 0; ; i++ {
-			at := start.Add(time.Duration(i) * interval)
+		for ; ; next++ {
+			at := start.Add(time.Duration(next) * interval)
 			if d := time.Until(at); d > 0 {
 				select {
 				case <-ctx.Done():
@@ -161,6 +174,19 @@ func Run(ctx context.Context, o Options) Result {
 			}
 		}
 		close(due)
+		// Slots that fell due but were never handed out (every worker was
+		// held up) count too, as failures, with their wait until the end.
+		end := time.Now()
+		for ; ; next++ {
+			at := start.Add(time.Duration(next) * interval)
+			if at.After(end) {
+				break
+			}
+			_ = unsent.RecordValue(min(max(end.Sub(at).Microseconds(), minMicros), maxMicros))
+			requests.Add(1)
+			errs.Add(1)
+			firstErr.CompareAndSwap(nil, errStalled.Error())
+		}
 	}
 	wg.Wait()
 	if progressDone != nil {
@@ -169,6 +195,7 @@ func Run(ctx context.Context, o Options) Result {
 
 	elapsed := time.Since(start)
 	h := hdrhistogram.New(minMicros, maxMicros, sigFigs)
+	h.Merge(unsent)
 	for _, x := range hists {
 		h.Merge(x)
 	}

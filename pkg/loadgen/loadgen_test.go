@@ -61,3 +61,21 @@ func TestCancelStillReports(t *testing.T) {
 		t.Fatalf("cancelled run: %+v", r)
 	}
 }
+
+// TestOpenLoopHungServer: a server that never answers is a run of
+// failures, not an empty one.
+func TestOpenLoopHungServer(t *testing.T) {
+	block := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-block:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(block)
+	r := Run(context.Background(), Options{Do: get(srv.Client(), srv.URL), Concurrency: 4, Rate: 50, Duration: 2 * time.Second})
+	if r.Requests < 50 || r.Errors != r.Requests || r.P95 < 500*time.Millisecond {
+		t.Fatalf("hung server: %d requests, %d errors, p95 %s", r.Requests, r.Errors, r.P95)
+	}
+}

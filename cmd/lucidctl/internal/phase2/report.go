@@ -26,8 +26,9 @@ var reportPage = template.Must(template.New("report").Parse(`<!doctype html>
 <p>Target {{.Res.Target}}, started {{.Res.Started.Format "2006-01-02 15:04:05 MST"}}.{{if .Res.Interrupted}} Interrupted: the results cover what ran.{{end}}
 Phase 2 targets: {{if .Res.Passed}}all met{{else}}<span class="missed">some missed</span>{{end}}.</p>
 <table><tr><th>scenario</th><th>metric</th><th>value</th><th>target</th><th>result</th></tr>
-{{range .Res.Scenarios}}{{$s := .}}{{range $k, $v := .Metrics}}<tr><td>{{$s.Name}}</td><td>{{$k}}</td><td>{{$v}}</td>{{with index $.Checks $s.Name $k}}<td>{{.Want}}</td><td{{if not .Pass}} class="missed"{{end}}>{{if .Pass}}ok{{else}}missed{{end}}</td>{{else}}<td></td><td></td>{{end}}</tr>
-{{end}}{{if .Skipped}}<tr><td>{{.Name}}</td><td colspan="4">skipped: {{.Skipped}}</td></tr>{{end}}{{if .Error}}<tr><td>{{.Name}}</td><td colspan="4" class="missed">{{.Error}}</td></tr>{{end}}{{end}}
+{{range .Res.Scenarios}}{{$s := .}}{{range $k, $v := .Metrics}}{{$cs := index $.Checks $s.Name $k}}{{if $cs}}{{range $cs}}<tr><td>{{$s.Name}}</td><td>{{$k}}</td><td>{{$v}}</td><td>{{.Want}}</td><td{{if not .Pass}} class="missed"{{end}}>{{if .Pass}}ok{{else}}missed{{end}}</td></tr>
+{{end}}{{else}}<tr><td>{{$s.Name}}</td><td>{{$k}}</td><td>{{$v}}</td><td></td><td></td></tr>
+{{end}}{{end}}{{if .Skipped}}<tr><td>{{.Name}}</td><td colspan="4">skipped: {{.Skipped}}</td></tr>{{end}}{{if .Error}}<tr><td>{{.Name}}</td><td colspan="4" class="missed">{{.Error}}</td></tr>{{end}}{{end}}
 </table>
 {{range .Charts}}<figure id="{{.ID}}"><figcaption>{{.Title}}</figcaption>{{.SVG}}</figure>
 {{end}}
@@ -37,12 +38,12 @@ Phase 2 targets: {{if .Res.Passed}}all met{{else}}<span class="missed">some miss
 // writeReport writes DIR/index.html: the results and their charts, drawn
 // as inline SVG with gonum/plot, so the page needs nothing online.
 func writeReport(dir string, res *BenchResult) error {
-	checks := map[string]map[string]*Check{}
+	checks := map[string]map[string][]Check{}
 	var charts []chart
 	for _, s := range res.Scenarios {
-		checks[s.Name] = map[string]*Check{}
+		checks[s.Name] = map[string][]Check{}
 		for _, c := range s.Checks {
-			checks[s.Name][c.Metric] = &c
+			checks[s.Name][c.Metric] = append(checks[s.Name][c.Metric], c)
 		}
 		switch {
 		case len(s.latencies) > 0 && s.Name == ScenarioLatency:

@@ -191,8 +191,12 @@ func (v *validator) anchor(ctx context.Context) (string, error) {
 			Receipt string `json:"receipt"`
 		}
 		if err := api.Do(ctx, v.client, api.Request{Method: http.MethodGet, URL: v.e.Gateway + "/api/v1/anchors/" + sid, Token: tok}, &st); err == nil && st.Status == "sealed" {
-			if _, err := chain.VerifyReceipt([]byte(st.Receipt), vs, chain.Origin(info.ChainID)); err != nil {
+			vr, err := chain.VerifyReceipt([]byte(st.Receipt), vs, chain.Origin(info.ChainID))
+			if err != nil {
 				return "", fmt.Errorf("the receipt does not verify: %w", err)
+			}
+			if vr.Tx.Anchor == nil || vr.Tx.Anchor.SessionID != sid || vr.Tx.Anchor.ManifestHash != hex.EncodeToString(sum[:]) {
+				return "", errors.New("the receipt proves another transaction than the one submitted")
 			}
 			return fmt.Sprintf("session %s sealed in block %d; receipt verified offline", sid[:8], st.Height), nil
 		}
