@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -102,6 +103,18 @@ func TestPhase2FullStack(t *testing.T) {
 	out, errOut, code := p.lucidctl(t, "validate", "phase2", p.offsetFlag(), "--source", repo)
 	if code != 0 || strings.Count(out, "ok  ") != 7 {
 		t.Fatalf("validate phase2: exit %d\n%s\n%s", code, out, errOut)
+	}
+
+	// The same checks against the stack as a deployed target: through SSH,
+	// as the target itself sees its ports.
+	sshd := testenv.StartSSHD(t, testenv.SSHDOptions{})
+	yml := fmt.Sprintf("isolation:\n  isolated_dirs: []\ntargets:\n  pi:\n    host: %s\n    port: %d\n    user: %s\n", sshd.Host, sshd.Port, sshd.User)
+	if err := os.WriteFile(filepath.Join(p.dir, "lucid.yaml"), []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code = p.lucidctl(t, "validate", "phase2", "--target", "pi", "-i", sshd.ClientKey, "--known-hosts", sshd.KnownHosts, p.offsetFlag(), "--source", repo)
+	if code != 0 || strings.Count(out, "ok  ") != 7 {
+		t.Fatalf("validate phase2 --target pi (through SSH): exit %d\n%s\n%s", code, out, errOut)
 	}
 
 	report := filepath.Join(t.TempDir(), "report")

@@ -110,9 +110,7 @@ Exit status 3 when a target is missed.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runBench(cmd.Context(), opts) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&opts.Target.target, "target", "", "local (default), a gateway URL, or a target of lucid.yaml")
-	f.IntVar(&opts.Target.portOffset, "port-offset", 0, "the local stack's --port-offset")
-	f.StringVar(&opts.Target.envFile, "env-file", "", "env file with JWT_SECRET_KEY (default: lucid.yaml's local.env_file)")
+	opts.Target.add(f)
 	f.StringSliceVar(&opts.Scenarios, "scenarios", allScenarios, "scenarios to run")
 	f.DurationVar(&opts.Duration, "duration", 10*time.Second, "how long each load scenario runs")
 	f.IntVar(&opts.Concurrency, "concurrency", 32, "workers for the closed-loop scenarios")
@@ -136,6 +134,7 @@ func runBench(ctx context.Context, opts *BenchOptions) error {
 	if err != nil {
 		return err
 	}
+	defer e.Close()
 	res := &BenchResult{Target: e.Gateway, Started: time.Now().UTC(), Passed: true}
 	progress := func(format string, args ...any) {
 		fmt.Fprintf(opts.Env.IO.ErrOut, format+"\n", args...)
@@ -273,7 +272,7 @@ func (b *bench) tokens(n int) ([]string, error) {
 }
 
 func (b *bench) getter(url string, tokens []string) func(context.Context, int) error {
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	client := b.e.client(10 * time.Second)
 	var next atomic.Uint64
 	return func(ctx context.Context, _ int) error {
 		tok := tokens[next.Add(1)%uint64(len(tokens))]
@@ -344,7 +343,7 @@ func (b *bench) blockInterval(ctx context.Context, s *ScenarioResult) error {
 	var info struct {
 		BlockInterval string `json:"block_interval"`
 	}
-	if err := api.Do(ctx, &http.Client{Timeout: 10 * time.Second}, api.Request{Method: http.MethodGet, URL: b.e.Gateway + "/blockchain/api/v1/chain", Token: tok}, &info); err != nil {
+	if err := api.Do(ctx, b.e.client(10*time.Second), api.Request{Method: http.MethodGet, URL: b.e.Gateway + "/blockchain/api/v1/chain", Token: tok}, &info); err != nil {
 		return fmt.Errorf("chain info: %w", err)
 	}
 	want := 10.0
@@ -358,7 +357,7 @@ func (b *bench) blockInterval(ctx context.Context, s *ScenarioResult) error {
 		} `json:"blocks"`
 	}
 	url := fmt.Sprintf("%s/api/v1/blocks?limit=%d", b.e.Gateway, min(b.opts.Blocks+1, 100))
-	if err := api.Do(ctx, &http.Client{Timeout: 10 * time.Second}, api.Request{Method: http.MethodGet, URL: url, Token: tok}, &page); err != nil {
+	if err := api.Do(ctx, b.e.client(10*time.Second), api.Request{Method: http.MethodGet, URL: url, Token: tok}, &page); err != nil {
 		return err
 	}
 	if len(page.Blocks) < 3 {
@@ -401,7 +400,7 @@ func (b *bench) anchoring(ctx context.Context, s *ScenarioResult) error {
 	if err != nil {
 		return err
 	}
-	client := &http.Client{Timeout: 30 * time.Second}
+	client := b.e.client(30 * time.Second)
 	var info struct {
 		ChainID      string `json:"chain_id"`
 		ValidatorKey string `json:"validator_key"`
@@ -492,7 +491,7 @@ func (b *bench) queries(ctx context.Context, s *ScenarioResult) error {
 	if err != nil {
 		return err
 	}
-	client := &http.Client{Timeout: 10 * time.Second}
+	client := b.e.client(10 * time.Second)
 	kinds := []struct {
 		name string
 		url  func(i int) string
@@ -532,7 +531,7 @@ func (b *bench) queries(ctx context.Context, s *ScenarioResult) error {
 func (b *bench) meshOverhead(ctx context.Context, s *ScenarioResult) error {
 	direct := b.e.Service["blocks"]
 	if direct == "" {
-		s.Skipped = "needs the local stack (internal ports are not reachable from here)"
+		s.Skipped = "needs the local stack or a lucid.yaml target (internal ports are not reachable through a URL)"
 		return nil
 	}
 	mc, err := b.e.meshClient(ctx)

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -19,15 +20,51 @@ import (
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/meshtls"
+	"github.com/pickme/lucid/pkg/sshx"
+	"github.com/spf13/pflag"
 )
 
 // endpoints are where a stack answers.
 type endpoints struct {
 	Gateway string            // public URL
-	Service map[string]string // internal service URLs (local stack only)
-	Consul  string            // local stack only
+	Service map[string]string // internal service URLs (the local stack, or a target through SSH)
+	Consul  string            // likewise
 	secret  []byte            // JWT_SECRET_KEY
 	mesh    string            // the mesh bootstrap token, if known
+	// dial, when set, reaches every address through an SSH connection to
+	// the target: its internal ports listen on its loopback only.
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	ssh  *sshx.Client
+}
+
+// transport is an HTTP transport for the stack (through SSH for a target).
+func (e *endpoints) transport(insecure bool) *http.Transport {
+	tr := &http.Transport{MaxIdleConnsPerHost: 256}
+	if insecure {
+		tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} // health endpoints only: nothing secret
+	}
+	if e.dial != nil {
+		tr.DialContext = e.dial
+	}
+	return tr
+}
+
+// client is an HTTP client for the stack.
+func (e *endpoints) client(timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: e.transport(false)}
+}
+
+// insecure is a client that reads the services' health over TLS without
+// a certificate check.
+func (e *endpoints) insecure(timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: e.transport(true)}
+}
+
+// Close ends the SSH connection, if any.
+func (e *endpoints) Close() {
+	if e.ssh != nil {
+		e.ssh.Close()
+	}
 }
 
 // targetFlags choose the stack.
@@ -35,6 +72,17 @@ type targetFlags struct {
 	target     string
 	portOffset int
 	envFile    string
+	// For a target of lucid.yaml, reached through SSH.
+	identities []string
+	knownHosts string
+}
+
+func (f *targetFlags) add(fs *pflag.FlagSet) {
+	fs.StringVar(&f.target, "target", "", "local (default), a gateway URL, or a target of lucid.yaml (reached through SSH)")
+	fs.IntVar(&f.portOffset, "port-offset", 0, "the local stack's --port-offset")
+	fs.StringVar(&f.envFile, "env-file", "", "env file with JWT_SECRET_KEY (default: lucid.yaml's local.env_file)")
+	fs.StringArrayVarP(&f.identities, "identity", "i", nil, "SSH key for a lucid.yaml target (default: ~/.ssh/config, ~/.ssh/id_*, ssh-agent)")
+	fs.StringVar(&f.knownHosts, "known-hosts", "", "known_hosts for a lucid.yaml target (default ~/.ssh/known_hosts)")
 }
 
 // resolve finds the stack's endpoints: the local one (lucidctl up), a
@@ -63,46 +111,50 @@ func (f targetFlags) resolve(ctx context.Context, env *cli.Env) (*endpoints, err
 		return nil, cli.WithHint(fmt.Errorf("JWT_SECRET_KEY is in neither the environment nor %s", path), "the benchmarks sign their own tokens with the gateway's secret")
 	}
 	e.secret = []byte(secret)
-	local := func(port int) string { return "127.0.0.1:" + strconv.Itoa(port+f.portOffset) }
-	switch {
-	case f.target == "" || f.target == "local":
+	offset := f.portOffset
+	loopback := func() {
+		local := func(port int) string { return "127.0.0.1:" + strconv.Itoa(port+offset) }
 		gw, _ := catalog.Lookup("gateway")
 		e.Gateway = "http://" + local(gw.Port)
 		for _, s := range catalog.Services {
-			if s.Public {
-				continue
+			if !s.Public {
+				e.Service[s.Name] = e.scheme(ctx, local(s.Port)) + "://" + local(s.Port)
 			}
-			e.Service[s.Name] = scheme(ctx, local(s.Port)) + "://" + local(s.Port)
 		}
 		e.Consul = "http://" + local(8500)
+	}
+	switch {
+	case f.target == "" || f.target == "local":
+		loopback()
 	case strings.HasPrefix(f.target, "http://") || strings.HasPrefix(f.target, "https://"):
 		e.Gateway = strings.TrimRight(f.target, "/")
 	default:
+		// A deployed target: everything as the Pi itself sees it, through
+		// one SSH connection (its internal ports listen on its loopback).
 		t, err := cfg.Target(f.target)
 		if err != nil {
 			return nil, cli.Usage(err)
 		}
-		gw, _ := catalog.Lookup("gateway")
-		e.Gateway = "http://" + t.Host + ":" + strconv.Itoa(gw.Port)
+		c, err := sshx.Dial(ctx, sshx.Target{Host: t.Host, Port: t.Port, User: t.User}, sshx.Options{KeyFiles: f.identities, KnownHosts: f.knownHosts, Getenv: env.Getenv})
+		if err != nil {
+			return nil, cli.Auth(err)
+		}
+		e.ssh = c
+		e.dial = func(_ context.Context, _, addr string) (net.Conn, error) { return c.DialTCP(addr) }
+		loopback() // --port-offset applies on the target too (a stack rendered with one)
 	}
 	return e, nil
 }
 
-// scheme tells whether a local service speaks TLS (the mesh is on).
-func scheme(ctx context.Context, hostport string) string {
-	c := insecureClient(2 * time.Second)
+// scheme tells whether a service speaks TLS (the mesh is on).
+func (e *endpoints) scheme(ctx context.Context, hostport string) string {
+	c := e.insecure(2 * time.Second)
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+hostport+"/health", nil)
 	if resp, err := c.Do(req); err == nil {
 		resp.Body.Close()
 		return "https"
 	}
 	return "http"
-}
-
-// insecureClient reads health endpoints over TLS without a certificate
-// check: they carry nothing secret.
-func insecureClient(timeout time.Duration) *http.Client {
-	return &http.Client{Timeout: timeout, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 }
 
 // token signs a JWT for the gateway.
@@ -120,9 +172,12 @@ func (e *endpoints) meshClient(ctx context.Context) (*http.Client, error) {
 	}
 	octx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
+	if e.dial != nil {
+		return nil, errors.New("the mesh identity is obtained on the local stack only")
+	}
 	id, err := meshtls.Obtain(octx, "gateway", meshtls.NewRemote(meshURL, e.mesh), meshtls.Options{})
 	if err != nil {
 		return nil, err
 	}
-	return &http.Client{Timeout: 10 * time.Second, Transport: id.Transport(nil, func(string) bool { return true })}, nil
+	return &http.Client{Timeout: 10 * time.Second, Transport: id.Transport(e.transport(false), func(string) bool { return true })}, nil
 }

@@ -56,9 +56,7 @@ One line per check; exit status 3 when any fails; --json for a document.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runValidate(cmd.Context(), opts) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&opts.Target.target, "target", "", "local (default), a gateway URL, or a target of lucid.yaml")
-	f.IntVar(&opts.Target.portOffset, "port-offset", 0, "the local stack's --port-offset")
-	f.StringVar(&opts.Target.envFile, "env-file", "", "env file with JWT_SECRET_KEY (default: lucid.yaml's local.env_file)")
+	opts.Target.add(f)
 	f.StringVar(&opts.Source, "source", ".", "source tree for the isolation scan")
 	return cli.SupportsJSON(cmd)
 }
@@ -68,7 +66,8 @@ func runValidate(ctx context.Context, opts *ValidateOptions) error {
 	if err != nil {
 		return err
 	}
-	v := &validator{e: e, client: &http.Client{Timeout: 10 * time.Second}}
+	defer e.Close()
+	v := &validator{e: e, client: e.client(10 * time.Second)}
 	var results []CheckResult
 	add := func(name string, err error, detail string) {
 		r := CheckResult{Name: name, Pass: err == nil, Detail: detail}
@@ -116,14 +115,14 @@ type validator struct {
 	client *http.Client
 }
 
-var errRemote = errors.New("needs the local stack: internal ports are not reachable from here")
+var errRemote = errors.New("needs the local stack or a lucid.yaml target: internal ports are not reachable through a URL")
 
 func (v *validator) health(ctx context.Context) (string, error) {
 	urls := map[string]string{"gateway": v.e.Gateway}
 	for k, u := range v.e.Service {
 		urls[k] = u
 	}
-	hc := insecureClient(5 * time.Second)
+	hc := v.e.insecure(5 * time.Second)
 	n := 0
 	for _, s := range catalog.Services {
 		u, ok := urls[s.Name]
@@ -236,7 +235,7 @@ func (v *validator) mesh(ctx context.Context) (string, error) {
 	if len(v.e.Service) == 0 {
 		return "", errRemote
 	}
-	hc := insecureClient(5 * time.Second)
+	hc := v.e.insecure(5 * time.Second)
 	for _, s := range catalog.Services {
 		u, ok := v.e.Service[s.Name]
 		if !ok || s.Name == catalog.MeshService {
