@@ -15,7 +15,7 @@ LUCID_GORELEASER_BIN="$(./scripts/build-goreleaser.sh)"
 export LUCID_CONSUL_BIN LUCID_GORELEASER_BIN
 
 echo "== gofmt" >&2
-unformatted="$(gofmt -l cmd pkg services internal)"
+unformatted="$(gofmt -l cmd pkg services internal templates Dockerfiles)"
 if [[ -n "$unformatted" ]]; then
 	echo "gofmt: these files need formatting:" >&2
 	echo "$unformatted" >&2
