@@ -27,9 +27,10 @@ import (
 )
 
 // The stack under test publishes its ports shifted, beside anything else
-// on this host.
+// on this host, and below the ephemeral range (32768 and up) that other
+// tests' free ports come from.
 const (
-	portOffset = 31000
+	portOffset = 21500
 	imageName  = "lucid-deploytest/{service}"
 	imageTag   = "t"
 )
@@ -63,9 +64,14 @@ func newFixture(t *testing.T) *fixture {
 	}
 	f.clock.Store(time.Now().Unix())
 	t.Cleanup(func() {
-		out, _ := exec.Command("docker-compose", "-p", ComposeProject, "-f", filepath.Join(f.dir, "current", deployfiles.ComposePath), "down", "-v", "--remove-orphans").CombinedOutput()
-		if t.Failed() {
-			t.Logf("compose down:\n%s", out)
+		// Whatever the test left, even without a current release.
+		ids, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=com.docker.compose.project="+ComposeProject).Output()
+		for _, id := range strings.Fields(string(ids)) {
+			_ = exec.Command("docker", "rm", "-f", "-v", id).Run()
+		}
+		vols, _ := exec.Command("docker", "volume", "ls", "-q", "--filter", "label=com.docker.compose.project="+ComposeProject).Output()
+		for _, v := range strings.Fields(string(vols)) {
+			_ = exec.Command("docker", "volume", "rm", v).Run()
 		}
 		list, _ := exec.Command("docker", "images", "--format", "{{.Repository}}:{{.Tag}}").Output()
 		for _, ref := range strings.Fields(string(list)) {

@@ -30,7 +30,7 @@ func project(t *testing.T, s *testenv.SSHD) (dir, deployDir string) {
 	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte(yml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	f, err := deployfiles.Render(context.Background(), deployfiles.Options{ImageName: "lucid-clitest/{service}", ImageTag: "t", NoConsul: true, PortOffset: 32000})
+	f, err := deployfiles.Render(context.Background(), deployfiles.Options{ImageName: "lucid-clitest/{service}", ImageTag: "t", NoConsul: true, PortOffset: 22500})
 	if err != nil {
 		t.Fatal(err)
 	}
