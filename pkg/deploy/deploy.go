@@ -11,7 +11,6 @@ package deploy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +22,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/pkg/jsonmessage"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -332,20 +332,7 @@ func (o *Options) throughRegistry(ctx context.Context, h *host, images []Transfe
 // jsonStreamError reads a Docker progress stream to its end and returns
 // the error it reports, if any (the HTTP status says nothing).
 func jsonStreamError(r io.Reader) error {
-	dec := json.NewDecoder(r)
-	for {
-		var msg struct {
-			Error string `json:"error"`
-		}
-		if err := dec.Decode(&msg); errors.Is(err, io.EOF) {
-			return nil
-		} else if err != nil {
-			return err
-		}
-		if msg.Error != "" {
-			return errors.New(msg.Error)
-		}
-	}
+	return jsonmessage.DisplayJSONMessagesStream(r, io.Discard, 0, false, nil)
 }
 
 // RolledBackError is a deploy whose release failed and was replaced by the
@@ -375,7 +362,7 @@ func (o *Options) transferImages(platform, id string) ([]TransferImage, error) {
 		if img == nil {
 			return nil, fmt.Errorf("%s: no image of %s for %s", o.Name, b.Ref, platform)
 		}
-		out = append(out, TransferImage{Image: img, Tags: []string{b.Ref, releaseTag(b.Ref, id)}})
+		out = append(out, TransferImage{Service: b.Service, Image: img, Tags: []string{b.Ref, releaseTag(b.Ref, id)}})
 	}
 	return out, nil
 }
@@ -405,11 +392,12 @@ func pinImages(compose []byte, name, tag, id string) ([]byte, error) {
 	return []byte(s), nil
 }
 
+// imageIDs maps each service to its image ID (the config digest).
 func imageIDs(images []TransferImage) map[string]string {
 	m := map[string]string{}
-	for i, ti := range images {
-		if d, err := ti.Image.ConfigName(); err == nil && i < len(catalog.Services) {
-			m[catalog.Services[i].Name] = d.String()
+	for _, ti := range images {
+		if d, err := ti.Image.ConfigName(); err == nil {
+			m[ti.Service] = d.String()
 		}
 	}
 	return m

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -118,8 +119,14 @@ func (h *host) up(ctx context.Context, id string) error {
 	cmd := fmt.Sprintf("cd %s && %s -p %s -f %s up -d --remove-orphans 2>&1",
 		sshx.Quote(h.releaseDir(id)), h.compose, ComposeProject, sshx.Quote(deployfiles.ComposePath))
 	out, err := h.ssh.Run(ctx, cmd, nil)
-	if err != nil {
-		return fmt.Errorf("%s: compose up of release %s: %w\n%s", h.name, id, err, lastLines(string(out), 15))
+	var ee *sshx.ExitError
+	switch {
+	case errors.As(err, &ee):
+		// The command line says nothing the operator needs; compose's own
+		// words (it writes them all to stdout here) do.
+		return fmt.Errorf("%s: compose up of release %s failed (exit %d):\n%s", h.name, id, ee.Code, lastLines(string(out), 15))
+	case err != nil:
+		return fmt.Errorf("%s: compose up of release %s: %w", h.name, id, err)
 	}
 	return nil
 }

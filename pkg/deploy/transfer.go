@@ -15,10 +15,12 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
-// TransferImage is one image to put on the host, under these tags.
+// TransferImage is one service's image to put on the host, under these
+// tags.
 type TransferImage struct {
-	Image v1.Image
-	Tags  []string
+	Service string
+	Image   v1.Image
+	Tags    []string
 }
 
 // TransferPlan is what a load will send.

@@ -3,7 +3,6 @@ package imagebuild
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/client"
+	"github.com/docker/docker/pkg/jsonmessage"
 
 	dockerfiles "github.com/pickme/lucid/Dockerfiles"
 	"github.com/pickme/lucid/pkg/catalog"
@@ -77,30 +77,28 @@ func BuildWithDocker(ctx context.Context, o Options) ([]Row, error) {
 	return rows, nil
 }
 
-// followBuild reads the daemon's JSON progress stream, passing steps on
-// and returning the build's error, if any.
+// followBuild reads the daemon's JSON progress stream (with the docker
+// library's reader), passing the Dockerfile steps on, and returns the
+// build's error, if any.
 func (o Options) followBuild(body io.Reader, ref, platform string) error {
-	dec := json.NewDecoder(body)
-	for {
-		var msg struct {
-			Stream      string `json:"stream"`
-			Error       string `json:"error"`
-			ErrorDetail *struct {
-				Message string `json:"message"`
-			} `json:"errorDetail"`
-		}
-		if err := dec.Decode(&msg); errors.Is(err, io.EOF) {
-			return nil
-		} else if err != nil {
-			return err
-		}
-		if msg.Error != "" {
-			return errors.New(msg.Error)
-		}
-		if line := strings.TrimSpace(msg.Stream); strings.HasPrefix(line, "Step ") {
+	steps := lineWriter(func(line string) {
+		if line = strings.TrimSpace(line); strings.HasPrefix(line, "Step ") {
 			o.Progress(Event{Image: ref, Platform: platform, Step: "docker", Detail: line})
 		}
+	})
+	return jsonmessage.DisplayJSONMessagesStream(body, steps, 0, false, nil)
+}
+
+// lineWriter calls its function with each line written to it.
+type lineWriter func(string)
+
+func (f lineWriter) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(string(p), "\n") {
+		if line != "" {
+			f(line)
+		}
 	}
+	return len(p), nil
 }
 
 // dockerContext is the build context: the Dockerfile, the binary, rootfs/

@@ -173,7 +173,7 @@ func (ca *CA) create(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	root, rootK, err := newRoot(ca.opts.Now(), nil, nil)
+	root, rootK, err := newRoot(ca.opts.Now())
 	if err != nil {
 		return err
 	}
@@ -206,11 +206,11 @@ func (ca *CA) Rotate(ctx context.Context) error {
 			return &RotationInProgressError{Until: t.until}
 		}
 	}
-	root, rootK, err := newRoot(now, nil, nil)
+	root, rootK, err := newRoot(now)
 	if err != nil {
 		return err
 	}
-	cross, _, err := newRoot(now, ca.root, ca.rootK, rootK)
+	cross, err := crossSign(now, rootK, ca.root, ca.rootK)
 	if err != nil {
 		return err
 	}
@@ -362,20 +362,27 @@ func (ca *CA) refreshIntermediate() error {
 	return nil
 }
 
-// newRoot makes a self-signed root, or, when parent is set, a certificate
-// for the key reuse (same subject and key id) signed by parent: the cross
-// certificate of a rotation.
-func newRoot(now time.Time, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, reuse ...*ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	var key *ecdsa.PrivateKey
-	var err error
-	if len(reuse) > 0 {
-		key = reuse[0]
-	} else if key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
-		return nil, nil, err
-	}
-	skid, err := keyID(key.Public())
+// newRoot makes a fresh key and its self-signed root certificate.
+func newRoot(now time.Time) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
+	}
+	cert, err := rootCert(now, key, nil, key)
+	return cert, key, err
+}
+
+// crossSign certifies root's key (same subject and key id) under parent:
+// the cross certificate of a rotation.
+func crossSign(now time.Time, rootKey *ecdsa.PrivateKey, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, error) {
+	return rootCert(now, rootKey, parent, parentKey)
+}
+
+// rootCert certifies key as a root CA, signed by parent (nil: itself).
+func rootCert(now time.Time, key *ecdsa.PrivateKey, parent *x509.Certificate, signerKey *ecdsa.PrivateKey) (*x509.Certificate, error) {
+	skid, err := keyID(key.Public())
+	if err != nil {
+		return nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          randomSerial(),
@@ -388,16 +395,14 @@ func newRoot(now time.Time, parent *x509.Certificate, parentKey *ecdsa.PrivateKe
 		IsCA:                  true,
 		MaxPathLen:            2, // root → cross → intermediate → leaf
 	}
-	signer, signerKey := tmpl, key
-	if parent != nil {
-		signer, signerKey = parent, parentKey
+	if parent == nil {
+		parent = tmpl
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, key.Public(), signerKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signerKey)
 	if err != nil {
-		return nil, nil, fmt.Errorf("create root: %w", err)
+		return nil, fmt.Errorf("create root: %w", err)
 	}
-	cert, err := x509.ParseCertificate(der)
-	return cert, key, err
+	return x509.ParseCertificate(der)
 }
 
 func newIntermediate(now time.Time, root *x509.Certificate, rootK *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey, error) {

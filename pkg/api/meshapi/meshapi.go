@@ -175,21 +175,19 @@ func (c *Client) Rotate(ctx context.Context) (*Rotated, error) {
 
 // Services lists every registered instance.
 func (c *Client) Services(ctx context.Context) ([]Instance, error) {
-	var out struct {
-		Instances []Instance `json:"instances"`
-	}
-	if err := c.do(ctx, http.MethodGet, "/services", nil, &out); err != nil {
-		return nil, err
-	}
-	return out.Instances, nil
+	return c.instances(ctx, "/services")
 }
 
 // Service lists the instances of one service.
 func (c *Client) Service(ctx context.Context, name string) ([]Instance, error) {
+	return c.instances(ctx, "/services/"+url.PathEscape(name))
+}
+
+func (c *Client) instances(ctx context.Context, path string) ([]Instance, error) {
 	var out struct {
 		Instances []Instance `json:"instances"`
 	}
-	if err := c.do(ctx, http.MethodGet, "/services/"+url.PathEscape(name), nil, &out); err != nil {
+	if err := c.do(ctx, http.MethodGet, path, nil, &out); err != nil {
 		return nil, err
 	}
 	return out.Instances, nil

@@ -44,6 +44,20 @@ func (f *sshFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.dockerSocket, "docker-socket", "/var/run/docker.sock", "the Docker Engine's socket on the host")
 }
 
+// connect looks up the target called name in lucid.yaml and dials it.
+func (f *sshFlags) connect(ctx context.Context, env *cli.Env, name string) (projectconfig.Target, *sshx.Client, error) {
+	cfg, err := env.Config()
+	if err != nil {
+		return projectconfig.Target{}, nil, err
+	}
+	t, err := cfg.Target(name)
+	if err != nil {
+		return t, nil, cli.Usage(err)
+	}
+	c, err := f.dial(ctx, env, t)
+	return t, c, err
+}
+
 // dial connects to a target; SSH failures exit 4.
 func (f *sshFlags) dial(ctx context.Context, env *cli.Env, t projectconfig.Target) (*sshx.Client, error) {
 	c, err := sshx.Dial(ctx, sshx.Target{Host: t.Host, Port: t.Port, User: t.User}, sshx.Options{
@@ -248,10 +262,11 @@ func buildImages(ctx context.Context, opts *Options, cfg *projectconfig.Config) 
 
 // reporter prints events: lines on stderr, or JSON lines on stdout.
 type reporter struct {
-	env  *cli.Env
-	mu   sync.Mutex
-	tty  bool
-	last string
+	env *cli.Env
+	mu  sync.Mutex
+	tty bool
+	// midLine is set while a progress line waits for its newline.
+	midLine bool
 }
 
 func newReporter(env *cli.Env) *reporter {
@@ -270,13 +285,13 @@ func (r *reporter) event(e deploy.Event) {
 	if e.Step == "images" && e.Status == "info" {
 		if r.tty {
 			fmt.Fprintf(w, "\r%-8s %-9s %s / %s", e.Target, e.Step, mib(e.Bytes), mib(e.Total))
-			r.last = "progress"
+			r.midLine = true
 		}
 		return
 	}
-	if r.last == "progress" {
+	if r.midLine {
 		fmt.Fprintln(w)
-		r.last = ""
+		r.midLine = false
 	}
 	fmt.Fprintf(w, "%-8s %-9s %-5s %s\n", e.Target, e.Step, e.Status, e.Message)
 }
@@ -316,15 +331,7 @@ until every service is healthy, and point current at it. lucidctl releases
 lists them.`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := env.Config()
-			if err != nil {
-				return err
-			}
-			t, err := cfg.Target(args[0])
-			if err != nil {
-				return cli.Usage(err)
-			}
-			c, err := f.dial(cmd.Context(), env, t)
+			t, c, err := f.connect(cmd.Context(), env, args[0])
 			if err != nil {
 				return err
 			}
@@ -357,15 +364,7 @@ func newReleasesCmd(env *cli.Env) *cobra.Command {
 		Short: "List the releases on a target",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := env.Config()
-			if err != nil {
-				return err
-			}
-			t, err := cfg.Target(args[0])
-			if err != nil {
-				return cli.Usage(err)
-			}
-			c, err := f.dial(cmd.Context(), env, t)
+			t, c, err := f.connect(cmd.Context(), env, args[0])
 			if err != nil {
 				return err
 			}

@@ -189,6 +189,7 @@ type bench struct {
 	// anchored are sessions the anchoring scenario sealed, with their
 	// transactions, for the query scenario.
 	anchored []anchoredSession
+	pool     []string // the token pool, see tokens
 }
 
 type anchoredSession struct{ session, tx string }
@@ -257,10 +258,13 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // send: the benchmark measures the gateway, not its limits.
 const tokenPool = 1024
 
-// tokens signs the pool (n is a floor).
-func (b *bench) tokens(n int) ([]string, error) {
+// tokens returns the pool, signed once per run.
+func (b *bench) tokens() ([]string, error) {
+	if b.pool != nil {
+		return b.pool, nil
+	}
 	run := uuid.NewString()[:8]
-	out := make([]string, max(n, tokenPool))
+	out := make([]string, tokenPool)
 	for i := range out {
 		t, err := b.e.token(fmt.Sprintf("bench-%s-%d", run, i), auth.TierEnterprise)
 		if err != nil {
@@ -268,6 +272,7 @@ func (b *bench) tokens(n int) ([]string, error) {
 		}
 		out[i] = t
 	}
+	b.pool = out
 	return out, nil
 }
 
@@ -304,7 +309,7 @@ func (b *bench) report(r loadgen.Result, s *ScenarioResult) {
 }
 
 func (b *bench) throughput(ctx context.Context, s *ScenarioResult) error {
-	toks, err := b.tokens(b.opts.Concurrency)
+	toks, err := b.tokens()
 	if err != nil {
 		return err
 	}
@@ -319,7 +324,7 @@ func (b *bench) throughput(ctx context.Context, s *ScenarioResult) error {
 }
 
 func (b *bench) latency(ctx context.Context, s *ScenarioResult) error {
-	toks, err := b.tokens(64)
+	toks, err := b.tokens()
 	if err != nil {
 		return err
 	}
@@ -487,7 +492,7 @@ func (b *bench) anchoring(ctx context.Context, s *ScenarioResult) error {
 
 // queries times block, anchor and proof lookups through the gateway.
 func (b *bench) queries(ctx context.Context, s *ScenarioResult) error {
-	toks, err := b.tokens(8)
+	toks, err := b.tokens()
 	if err != nil {
 		return err
 	}
@@ -539,7 +544,7 @@ func (b *bench) meshOverhead(ctx context.Context, s *ScenarioResult) error {
 		s.Skipped = "no mesh identity: " + err.Error()
 		return nil
 	}
-	toks, err := b.tokens(8)
+	toks, err := b.tokens()
 	if err != nil {
 		return err
 	}
