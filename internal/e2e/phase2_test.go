@@ -157,9 +157,6 @@ func TestPhase2FullStack(t *testing.T) {
 
 	// Slow the block manager on purpose: stopped half of every 100 ms.
 	blocks := p.servicePID(t, "blocks")
-	if cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(blocks) + "/cmdline"); err == nil {
-		t.Logf("slowing pid %d: %q", blocks, cmdline)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		for ctx.Err() == nil {
