@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -48,7 +49,7 @@ Phase 2 names such as JWT_SECRET_KEY), logs JSON lines to stderr, serves
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddGroup(&cobra.Group{ID: "services", Title: "Services:"})
 	for _, svc := range catalog.Services {
-		root.AddCommand(newServiceCmd(svc, stderr))
+		root.AddCommand(newServiceCmd(svc, stdout, stderr))
 	}
 	root.AddCommand(newVersionCmd(stdout))
 	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
@@ -61,7 +62,7 @@ Phase 2 names such as JWT_SECRET_KEY), logs JSON lines to stderr, serves
 	return root
 }
 
-func newServiceCmd(svc catalog.Service, stderr io.Writer) *cobra.Command {
+func newServiceCmd(svc catalog.Service, stdout, stderr io.Writer) *cobra.Command {
 	newApp := apps[svc.Name]
 	cmd := &cobra.Command{
 		Use:     svc.Name,
@@ -94,7 +95,39 @@ alive. Container images have no curl; their HEALTHCHECK runs this instead.`,
 	}
 	hc.Flags().BoolVar(&ready, "ready", false, "check /ready (dependencies reachable) instead of /health")
 	cmd.AddCommand(hc)
+	if svc.Name == "gateway" {
+		cmd.AddCommand(newRoutesCmd(stdout))
+	}
 	return cmd
+}
+
+// newRoutesCmd prints the gateway's route table: an operator's starting
+// point for LUCID_GATEWAY_ROUTES, and a check of an edited one.
+func newRoutesCmd(stdout io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "routes",
+		Short: "Check and print the gateway's route table (" + gateway.EnvRoutes + ", else the default) as YAML",
+		Long: `routes reads the route table the gateway would start with: the YAML file
+named by ` + gateway.EnvRoutes + `, or the default table when it is unset. It
+prints the table with every default filled in, or reports each problem with
+its line and exits 2.
+
+  lucid gateway routes > routes.yaml      # start from the defaults
+  ` + gateway.EnvRoutes + `=routes.yaml lucid gateway routes   # check an edit`,
+		Args: noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			routes, err := gateway.LoadRoutes(os.Getenv(gateway.EnvRoutes))
+			if err != nil {
+				return &service.ConfigError{Service: "gateway", Err: err}
+			}
+			out, err := gateway.MarshalRoutes(routes)
+			if err != nil {
+				return err
+			}
+			_, err = stdout.Write(out)
+			return err
+		},
+	}
 }
 
 func newVersionCmd(stdout io.Writer) *cobra.Command {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 
@@ -134,5 +135,29 @@ func TestHealthcheckCommandOverTLS(t *testing.T) {
 	var out, errOut bytes.Buffer
 	if code := run(context.Background(), []string{"engine", "healthcheck"}, &out, &errOut); code != 0 {
 		t.Errorf("healthy over TLS: exit %d %s", code, errOut.String())
+	}
+}
+
+func TestGatewayRoutesPrintsAndChecksTheTable(t *testing.T) {
+	t.Setenv("LUCID_GATEWAY_ROUTES", "")
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"gateway", "routes"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), "prefix: /api/v1/anchors") || errOut.Len() != 0 {
+		t.Errorf("stdout %q, stderr %q", out.String(), errOut.String())
+	}
+	bad := t.TempDir() + "/routes.yaml"
+	if err := os.WriteFile(bad, []byte("routes:\n  - prefix: /x\n    service: mesh\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("LUCID_GATEWAY_ROUTES", bad)
+	out.Reset()
+	errOut.Reset()
+	if code := run(context.Background(), []string{"gateway", "routes"}, &out, &errOut); code != 2 {
+		t.Errorf("a bad table: exit %d, want 2", code)
+	}
+	if out.Len() != 0 || !strings.Contains(errOut.String(), "routes.yaml:2: route 1 (/x)") {
+		t.Errorf("stdout %q, stderr %q", out.String(), errOut.String())
 	}
 }

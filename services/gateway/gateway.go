@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -66,10 +67,15 @@ var _ service.App = (*App)(nil)
 // New returns the gateway, ready to be configured.
 func New() service.App { return &App{} }
 
-// Configure reads JWT_SECRET_KEY, the rate limits, trusted proxies and CORS.
+// Configure reads JWT_SECRET_KEY, the route table (LUCID_GATEWAY_ROUTES),
+// the rate limits, trusted proxies and CORS.
 func (a *App) Configure(r *envconfig.Reader) {
 	a.secret = []byte(r.Secret("JWT_SECRET_KEY", auth.MinSecretLen, "the gateway verifies client tokens with it"))
-	a.routes = DefaultRoutes()
+	routes, err := LoadRoutes(r.String(EnvRoutes, ""))
+	if err != nil {
+		r.Fail(EnvRoutes, "%v", err)
+	}
+	a.routes = routes
 	a.lookup = func(k string) string { return r.String(k, "") }
 	if _, err := upstreams(a.routes, a.lookup); err != nil {
 		r.Fail("routes", "%v", err)
@@ -165,7 +171,9 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		h := a.newRouteProxy(rt, a.pools[rt.Service], tr, buffers)
 		// Both the exact prefix and its subtree, so metrics are labelled
 		// by route, not by raw path.
-		srv.HandleHTTP(rt.Prefix, h)
+		if rt.Prefix != "/" {
+			srv.HandleHTTP(rt.Prefix, h)
+		}
 		srv.HandleHTTP(strings.TrimSuffix(rt.Prefix, "/")+"/", h)
 	}
 	mode := "static"
@@ -180,9 +188,18 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 			go p.probeLoop(ctx, srv.Client(svc, time.Second))
 		}
 	}
+	// The Lucid services the routes name; the Phase 1 auth service is
+	// outside the stack and does not hold up readiness.
+	var routedServices []string
+	for svc := range a.pools {
+		if svc != "auth" {
+			routedServices = append(routedServices, svc)
+		}
+	}
+	slices.Sort(routedServices)
 	srv.AddDetailedCheck("upstreams", func(context.Context) (string, error) {
 		var parts, missing []string
-		for _, svc := range []string{"engine", "anchoring", "blocks", "datachain"} {
+		for _, svc := range routedServices {
 			h := a.pools[svc].healthyURLs(a.now())
 			parts = append(parts, svc+"="+strings.Join(h, ","))
 			if len(h) == 0 {

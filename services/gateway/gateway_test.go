@@ -135,7 +135,12 @@ func (g *gw) token(t *testing.T, sub string, tier auth.Tier) string {
 
 func (g *gw) get(t *testing.T, path string, hdr map[string]string) (*http.Response, string) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, g.url+path, nil)
+	return g.request(t, http.MethodGet, path, hdr)
+}
+
+func (g *gw) request(t *testing.T, method, path string, hdr map[string]string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, g.url+path, nil)
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}

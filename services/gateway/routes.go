@@ -1,32 +1,49 @@
 package gateway
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
+	"os"
+	"slices"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/pickme/lucid/pkg/catalog"
 )
 
+// EnvRoutes names a YAML file that replaces the default route table.
+const EnvRoutes = "LUCID_GATEWAY_ROUTES"
+
 // Route sends requests whose path starts with Prefix to a service.
 type Route struct {
-	Prefix string
+	Prefix string `yaml:"prefix"`
 	// Service is a catalog name, or "auth" for the Phase 1 auth service.
-	Service string
+	Service string `yaml:"service"`
 	// Strip removes Prefix from the path sent upstream.
-	Strip bool
+	Strip bool `yaml:"strip,omitempty"`
 	// Public routes need no token (they are still rate limited by IP).
-	Public bool
+	Public bool `yaml:"public,omitempty"`
 	// Methods, if set, are the only methods allowed.
-	Methods []string
+	Methods []string `yaml:"methods,omitempty,flow"`
 	// Timeout bounds the wait for the upstream's response headers.
-	Timeout time.Duration
+	Timeout time.Duration `yaml:"timeout"`
 }
+
+// Bounds and default of a route's timeout.
+const (
+	defaultRouteTimeout = 30 * time.Second
+	minRouteTimeout     = 100 * time.Millisecond
+	maxRouteTimeout     = time.Hour
+)
 
 // DefaultRoutes is DESIGN.md's route table.
 func DefaultRoutes() []Route {
-	const t = 30 * time.Second
+	const t = defaultRouteTimeout
 	return []Route{
 		{Prefix: "/auth", Service: "auth", Public: true, Timeout: t},
 		{Prefix: "/blockchain", Service: "engine", Strip: true, Timeout: t},
@@ -37,6 +54,149 @@ func DefaultRoutes() []Route {
 		{Prefix: "/api/v1/chunks", Service: "datachain", Timeout: 2 * time.Minute},
 		{Prefix: "/api/v1/sessions", Service: "datachain", Timeout: t},
 	}
+}
+
+// routesFile is the YAML form of a route table.
+type routesFile struct {
+	Routes []Route `yaml:"routes"`
+}
+
+// LoadRoutes reads the route table from path, or returns DefaultRoutes when
+// path is "".
+func LoadRoutes(path string) ([]Route, error) {
+	if path == "" {
+		return DefaultRoutes(), nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("route table: %w", err)
+	}
+	return ParseRoutes(path, data)
+}
+
+// ParseRoutes decodes and checks a route table; name is the file's name
+// for messages. Every problem is reported, each with its line.
+func ParseRoutes(name string, data []byte) ([]Route, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true) // a misspelt key must not silently mean "false"
+	var f routesFile
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	lines := routeLines(&doc)
+	var errs []error
+	seen := map[string]int{}
+	for i := range f.Routes {
+		rt := &f.Routes[i]
+		line := 0
+		if i < len(lines) {
+			line = lines[i]
+		}
+		for _, err := range checkRoute(rt) {
+			errs = append(errs, fmt.Errorf("%s:%d: route %d (%s): %w", name, line, i+1, rt.Prefix, err))
+		}
+		if prev, dup := seen[rt.Prefix]; dup && rt.Prefix != "" {
+			errs = append(errs, fmt.Errorf("%s:%d: route %d: prefix %s is already routed on line %d", name, line, i+1, rt.Prefix, prev))
+		}
+		seen[rt.Prefix] = line
+	}
+	if len(f.Routes) == 0 && len(errs) == 0 {
+		errs = append(errs, fmt.Errorf("%s: no routes (a top-level \"routes:\" list is required)", name))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return f.Routes, nil
+}
+
+// routeLines is the line of each item of the top-level routes list.
+func routeLines(doc *yaml.Node) []int {
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+		return nil
+	}
+	m := doc.Content[0].Content
+	for i := 0; i+1 < len(m); i += 2 {
+		if m[i].Value == "routes" && m[i+1].Kind == yaml.SequenceNode {
+			var out []int
+			for _, item := range m[i+1].Content {
+				out = append(out, item.Line)
+			}
+			return out
+		}
+	}
+	return nil
+}
+
+// reservedPaths are the gateway's own endpoints; no route may shadow them.
+var reservedPaths = []string{"/health", "/ready", "/metrics"}
+
+// checkRoute validates one route and fills in its defaults.
+func checkRoute(rt *Route) []error {
+	var errs []error
+	switch p := rt.Prefix; {
+	case p == "":
+		errs = append(errs, errors.New("prefix is required"))
+	case !strings.HasPrefix(p, "/"):
+		errs = append(errs, fmt.Errorf("prefix %q must start with /", p))
+	case strings.ContainsAny(p, "{}?#%* \t") || strings.Contains(p, "//") || slices.Contains(strings.Split(p, "/"), ".."):
+		// ServeMux would read braces as wildcards; the rest cannot be a
+		// literal path prefix.
+		errs = append(errs, fmt.Errorf("prefix %q may hold only plain path segments", p))
+	default:
+		if p != "/" {
+			rt.Prefix = strings.TrimSuffix(p, "/")
+		}
+		for _, r := range reservedPaths {
+			if rt.Prefix == r || strings.HasPrefix(rt.Prefix, r+"/") {
+				errs = append(errs, fmt.Errorf("prefix %s would hide the gateway's own %s", rt.Prefix, r))
+			}
+		}
+	}
+	// Only the services the gateway may call: never itself or the mesh CA.
+	if !slices.Contains(routable(), rt.Service) {
+		errs = append(errs, fmt.Errorf("service %q is not one the gateway routes to (%s)", rt.Service, strings.Join(routable(), ", ")))
+	}
+	for i, m := range rt.Methods {
+		m = strings.ToUpper(strings.TrimSpace(m))
+		if !slices.Contains(routeMethods, m) {
+			errs = append(errs, fmt.Errorf("method %q is not one of %s", rt.Methods[i], strings.Join(routeMethods, ", ")))
+		}
+		rt.Methods[i] = m
+	}
+	switch {
+	case rt.Timeout == 0:
+		rt.Timeout = defaultRouteTimeout
+	case rt.Timeout < minRouteTimeout || rt.Timeout > maxRouteTimeout:
+		errs = append(errs, fmt.Errorf("timeout %s is outside %s..%s", rt.Timeout, minRouteTimeout, maxRouteTimeout))
+	}
+	return errs
+}
+
+var routeMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions}
+
+// routable lists the services a route may name: the Phase 1 auth service
+// and the ones the catalog lets the gateway call.
+func routable() []string {
+	gw, _ := catalog.Lookup("gateway")
+	return append([]string{"auth"}, gw.Calls...)
+}
+
+// MarshalRoutes renders a route table in the form ParseRoutes reads.
+func MarshalRoutes(routes []Route) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(routesFile{Routes: routes}); err != nil {
+		return nil, err
+	}
+	if err := enc.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 // upstreams maps each route's service to its base URL: LUCID_<NAME>_URL
