@@ -78,8 +78,8 @@ func Mint(secret []byte, opts MintOptions) (string, Claims, error) {
 	if err := CheckSecret(secret); err != nil {
 		return "", Claims{}, err
 	}
-	if opts.Subject == "" {
-		return "", Claims{}, errors.New("a token needs a subject")
+	if err := checkSubject(opts.Subject); err != nil {
+		return "", Claims{}, err
 	}
 	if _, err := ParseTier(string(opts.Tier)); err != nil {
 		return "", Claims{}, err
@@ -108,6 +108,27 @@ func Mint(secret []byte, opts MintOptions) (string, Claims, error) {
 	return signed, claims, nil
 }
 
+// MaxSubjectLen bounds a token's subject, which the gateway passes upstream
+// in a header and keys rate limits by.
+const MaxSubjectLen = 256
+
+// checkSubject accepts a subject that is non-empty, short, and free of
+// control characters, so it is safe as a header value and a log field.
+func checkSubject(sub string) error {
+	switch {
+	case sub == "":
+		return errors.New("token has no subject")
+	case len(sub) > MaxSubjectLen:
+		return fmt.Errorf("token subject of %d bytes (at most %d)", len(sub), MaxSubjectLen)
+	}
+	for _, c := range []byte(sub) {
+		if c < 0x20 || c == 0x7f {
+			return errors.New("token subject holds control characters")
+		}
+	}
+	return nil
+}
+
 // Parse verifies token with secret and returns its claims. Only HS256 is
 // accepted, exp is required and nbf honoured, within Leeway.
 func Parse(secret []byte, token string, now func() time.Time) (Claims, error) {
@@ -124,8 +145,8 @@ func Parse(secret []byte, token string, now func() time.Time) (Claims, error) {
 	if err != nil {
 		return Claims{}, err
 	}
-	if claims.Subject == "" {
-		return Claims{}, errors.New("token has no subject")
+	if err := checkSubject(claims.Subject); err != nil {
+		return Claims{}, err
 	}
 	if _, err := ParseTier(string(claims.Tier)); err != nil {
 		return Claims{}, err

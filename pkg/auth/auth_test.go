@@ -45,6 +45,8 @@ func TestMintRefuses(t *testing.T) {
 		{"empty secret", nil, MintOptions{Subject: "a", Tier: TierFree, TTL: time.Hour}, true},
 		{"short secret", []byte("short"), MintOptions{Subject: "a", Tier: TierFree, TTL: time.Hour}, true},
 		{"no subject", secret, MintOptions{Tier: TierFree, TTL: time.Hour}, false},
+		{"subject with a newline", secret, MintOptions{Subject: "a\r\nX-Lucid-Tier: enterprise", Tier: TierFree, TTL: time.Hour}, false},
+		{"long subject", secret, MintOptions{Subject: strings.Repeat("a", MaxSubjectLen+1), Tier: TierFree, TTL: time.Hour}, false},
 		{"bad tier", secret, MintOptions{Subject: "a", Tier: "gold", TTL: time.Hour}, false},
 		{"no ttl", secret, MintOptions{Subject: "a", Tier: TierFree}, false},
 	}
@@ -70,7 +72,11 @@ func TestParseStrict(t *testing.T) {
 	noExp := claims
 	noExp.ExpiresAt = nil
 	noExpTok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, noExp).SignedString(secret)
-	for name, tok := range map[string]string{"alg none": none, "HS512": hs512, "no exp": noExpTok} {
+	// A validly signed subject that would split a header line upstream.
+	ctl := claims
+	ctl.Subject = "a\nX-Lucid-Tier: enterprise"
+	ctlTok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, ctl).SignedString(secret)
+	for name, tok := range map[string]string{"alg none": none, "HS512": hs512, "no exp": noExpTok, "control characters in sub": ctlTok} {
 		if _, err := Parse(secret, tok, nil); err == nil {
 			t.Errorf("%s: token accepted", name)
 		}

@@ -47,15 +47,22 @@ func validRequestID(id string) bool {
 	return true
 }
 
+// canonicalRequestID is HeaderRequestID as http.Header stores it; using it
+// directly spares canonicalising the name on every request.
+const canonicalRequestID = "X-Request-Id"
+
 // requestIDMiddleware keeps a well-formed incoming X-Request-ID, or makes a
 // new one, and puts it in the context and the response.
 func requestIDMiddleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id := r.Header.Get(HeaderRequestID)
+		var id string
+		if v := r.Header[canonicalRequestID]; len(v) > 0 {
+			id = v[0]
+		}
 		if !validRequestID(id) {
 			id = NewRequestID()
 		}
-		w.Header().Set(HeaderRequestID, id)
+		w.Header()[canonicalRequestID] = []string{id}
 		next.ServeHTTP(w, r.WithContext(WithRequestID(r.Context(), id)))
 	})
 }

@@ -10,7 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/ratelimit"
 	"github.com/pickme/lucid/pkg/service"
 )
 
@@ -97,10 +100,10 @@ func (a *App) limit(w http.ResponseWriter, r *http.Request, c *auth.Claims) erro
 	if c != nil {
 		tier, key = c.Tier, "sub:"+c.Subject
 	}
-	l := a.limits[tier]
-	d, err := a.limiter.Allow(r.Context(), key, l, a.now())
+	b := a.budgets[tier]
+	d, err := a.limiter.Allow(r.Context(), key, b.limit, a.now())
 	if err != nil {
-		a.metrics.decisions.WithLabelValues(string(tier), "error").Inc()
+		b.errored.Inc()
 		if a.failClosed {
 			a.logger.WarnContext(r.Context(), "rate limiter unavailable; refusing the request", "error", err)
 			he := service.Errorf(http.StatusServiceUnavailable, service.CodeRateLimit, "rate limiting is unavailable; try again shortly")
@@ -111,17 +114,41 @@ func (a *App) limit(w http.ResponseWriter, r *http.Request, c *auth.Claims) erro
 		a.logger.WarnContext(r.Context(), "rate limiter unavailable; allowing the request", "error", err)
 		return nil
 	}
+	// Canonical keys and one backing array: this runs on every request.
+	vals := make([]string, 3)
+	vals[0], vals[1], vals[2] = b.limitText, strconv.Itoa(d.Remaining), strconv.Itoa(int(math.Ceil(d.Reset.Seconds())))
 	hdr := w.Header()
-	hdr.Set("RateLimit-Limit", strconv.Itoa(d.Limit))
-	hdr.Set("RateLimit-Remaining", strconv.Itoa(d.Remaining))
-	hdr.Set("RateLimit-Reset", strconv.Itoa(int(math.Ceil(d.Reset.Seconds()))))
+	hdr["Ratelimit-Limit"] = vals[0:1:1]
+	hdr["Ratelimit-Remaining"] = vals[1:2:2]
+	hdr["Ratelimit-Reset"] = vals[2:3:3]
 	if d.Allowed {
-		a.metrics.decisions.WithLabelValues(string(tier), "allowed").Inc()
+		b.allowed.Inc()
 		return nil
 	}
-	a.metrics.decisions.WithLabelValues(string(tier), "limited").Inc()
+	b.limited.Inc()
 	hdr.Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(d.RetryAfter.Seconds())))))
-	return service.Errorf(http.StatusTooManyRequests, service.CodeRateLimit, "rate limit of %d requests per minute exceeded", l.Limit)
+	return service.Errorf(http.StatusTooManyRequests, service.CodeRateLimit, "rate limit of %d requests per minute exceeded", b.limit.Limit)
+}
+
+// budget is one tier's limit with its header text and decision counters,
+// resolved once rather than per request.
+type budget struct {
+	limit                     ratelimit.Limit
+	limitText                 string
+	allowed, limited, errored prometheus.Counter
+}
+
+func newBudgets(limits map[auth.Tier]ratelimit.Limit, m *metrics) map[auth.Tier]*budget {
+	out := map[auth.Tier]*budget{}
+	for tier, l := range limits {
+		out[tier] = &budget{
+			limit: l, limitText: strconv.Itoa(l.Limit),
+			allowed: m.decisions.WithLabelValues(string(tier), "allowed"),
+			limited: m.decisions.WithLabelValues(string(tier), "limited"),
+			errored: m.decisions.WithLabelValues(string(tier), "error"),
+		}
+	}
+	return out
 }
 
 // cors answers preflights and marks responses for the configured origins.

@@ -7,6 +7,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -34,6 +35,7 @@ type App struct {
 	lookup  func(string) string
 	trusted []*net.IPNet
 	limits  map[auth.Tier]ratelimit.Limit
+	budgets map[auth.Tier]*budget
 	cors    cors
 	now     func() time.Time
 	// redisURL, if set, moves the limiter's state to Redis so several
@@ -53,8 +55,12 @@ type App struct {
 	consulAddr string
 }
 
-// Close releases the Redis client, if any.
+// Close releases the Redis client, if any, and the idle upstream
+// connections.
 func (a *App) Close() error {
+	for _, p := range a.pools {
+		p.close()
+	}
 	var errs []error
 	for _, c := range a.closers {
 		errs = append(errs, c())
@@ -140,6 +146,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		}
 	}
 	a.metrics = newMetrics(srv.Registerer())
+	a.budgets = newBudgets(a.limits, a.metrics)
 	a.tokens = newTokenCache(100_000)
 	buffers := newBufferPool()
 	a.pools = map[string]*pool{}
@@ -148,7 +155,11 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	// Phase 1 auth service is not in the mesh and keeps its own scheme.
 	inMesh := func(svc string) bool { _, ok := catalog.Lookup(svc); return ok && srv.Identity() != nil }
 	for svc, u := range ups {
-		a.pools[svc] = newPool(svc, inMesh(svc), u)
+		var tlsConfig *tls.Config
+		if inMesh(svc) {
+			tlsConfig = srv.MeshClientTLS(svc)
+		}
+		a.pools[svc] = newPool(svc, tlsConfig, u)
 	}
 	type transportKey struct {
 		timeout time.Duration

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/http"
@@ -30,6 +31,7 @@ var errNoUpstream = errors.New("no healthy instance")
 // instance is one address of a service.
 type instance struct {
 	url       *url.URL
+	conns     *connPool    // the fast path's keep-alive connections
 	downUntil atomic.Int64 // unix nanos; passive ejection
 	probeDown atomic.Bool  // active check failing
 }
@@ -42,22 +44,22 @@ func (i *instance) healthy(now time.Time) bool {
 // picked round robin among the healthy ones.
 type pool struct {
 	service string
-	mtls    bool
+	tls     *tls.Config // the mesh's client side, nil when it is off
 	mu      sync.RWMutex
 	all     []*instance
 	next    atomic.Uint64
 }
 
-// newPool makes the pool of service; with mtls its instances are called
-// over https whatever scheme their addresses came with.
-func newPool(service string, mtls bool, urls ...*url.URL) *pool {
-	p := &pool{service: service, mtls: mtls}
+// newPool makes the pool of service; with tlsConfig (mTLS) its instances
+// are called over https whatever scheme their addresses came with.
+func newPool(service string, tlsConfig *tls.Config, urls ...*url.URL) *pool {
+	p := &pool{service: service, tls: tlsConfig}
 	p.set(urls)
 	return p
 }
 
-// set replaces the instance list, keeping the health state of instances
-// that stay.
+// set replaces the instance list, keeping the health state and
+// connections of instances that stay and closing those of the others.
 func (p *pool) set(urls []*url.URL) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -67,18 +69,31 @@ func (p *pool) set(urls []*url.URL) {
 	}
 	var next []*instance
 	for _, u := range urls {
-		if p.mtls && u.Scheme == "http" {
+		if p.tls != nil && u.Scheme == "http" {
 			tu := *u
 			tu.Scheme = "https"
 			u = &tu
 		}
 		if i, ok := old[u.String()]; ok {
 			next = append(next, i)
+			delete(old, u.String())
 		} else {
-			next = append(next, &instance{url: u})
+			next = append(next, &instance{url: u, conns: newConnPool(u, p.tls)})
 		}
 	}
 	p.all = next
+	for _, gone := range old {
+		gone.conns.close()
+	}
+}
+
+// close drops every instance's idle connections.
+func (p *pool) close() {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	for _, i := range p.all {
+		i.conns.close()
+	}
 }
 
 // pick returns a healthy instance other than the ones in skip.

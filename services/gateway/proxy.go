@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/service"
 )
@@ -34,8 +36,12 @@ const (
 // allocate 32 KiB.
 type bufferPool struct{ p sync.Pool }
 
-func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
-func (b *bufferPool) Put(v []byte) { b.p.Put(&v) }
+// Get and Put serve httputil.ReverseProxy; the fast path keeps the
+// pointer and so spares an allocation per Put.
+func (b *bufferPool) Get() []byte   { return *b.get() }
+func (b *bufferPool) Put(v []byte)  { b.p.Put(&v) }
+func (b *bufferPool) get() *[]byte  { return b.p.Get().(*[]byte) }
+func (b *bufferPool) put(v *[]byte) { b.p.Put(v) }
 
 func newBufferPool() *bufferPool {
 	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
@@ -73,18 +79,22 @@ func proxiedOf(r *http.Request) *proxied {
 
 // routeProxy is the handler of one route.
 type routeProxy struct {
-	route  Route
-	pool   *pool
-	proxy  *httputil.ReverseProxy
-	gw     *App
-	logger *slog.Logger
+	route   Route
+	pool    *pool
+	proxy   *httputil.ReverseProxy // for what the fast path does not carry
+	gw      *App
+	logger  *slog.Logger
+	buffers *bufferPool
+	latency prometheus.Observer // upstream time to response headers
+	errors  prometheus.Counter  // requests not answered upstream
 }
 
-func (a *App) newRouteProxy(r Route, p *pool, transport http.RoundTripper, buffers httputil.BufferPool) *routeProxy {
-	rp := &routeProxy{route: r, gw: a, logger: a.logger, pool: p}
+func (a *App) newRouteProxy(r Route, p *pool, transport http.RoundTripper, buffers *bufferPool) *routeProxy {
+	rp := &routeProxy{route: r, gw: a, logger: a.logger, pool: p, buffers: buffers,
+		latency: a.metrics.upstreamLatency.WithLabelValues(r.Service),
+		errors:  a.metrics.upstreamErrors.WithLabelValues(r.Service)}
 	rp.proxy = &httputil.ReverseProxy{
-		Transport: &retryTransport{base: transport, pool: p, now: a.now,
-			latency: a.metrics.upstreamLatency.WithLabelValues(r.Service)},
+		Transport:  &retryTransport{base: transport, pool: p, now: a.now, latency: rp.latency},
 		BufferPool: buffers,
 		// No forced flushing: a response of known length goes out in one
 		// write. Streams (follow, audits) have no Content-Length, and
@@ -94,17 +104,11 @@ func (a *App) newRouteProxy(r Route, p *pool, transport http.RoundTripper, buffe
 			px := proxiedOf(pr.In)
 			target := px.inst.url
 			pr.SetURL(target)
-			if r.Strip {
-				// Work on the escaped path so %2F and %2e stay what they
-				// are; a stripped path that climbs out is refused in serve.
-				p := strings.TrimPrefix(pr.In.URL.EscapedPath(), r.Prefix)
-				if !strings.HasPrefix(p, "/") {
-					p = "/" + p
-				}
-				raw := singleJoin(target.EscapedPath(), p)
-				pr.Out.URL.RawPath = raw
-				pr.Out.URL.Path, _ = url.PathUnescape(raw)
-			}
+			// The escaped path, so %2F and %2e stay what they are; a
+			// stripped path that climbs out is refused in serve.
+			raw := rp.upstreamPath(pr.In, target)
+			pr.Out.URL.RawPath = raw
+			pr.Out.URL.Path, _ = url.PathUnescape(raw)
 			// Behind a trusted proxy the client's forwarding chain is kept
 			// (SetXForwarded then appends the peer); from anyone else it is
 			// dropped, so a client cannot plant addresses upstream.
@@ -128,22 +132,39 @@ func (a *App) newRouteProxy(r Route, p *pool, transport http.RoundTripper, buffe
 			resp.Header.Del(service.HeaderRequestID)
 			return nil
 		},
-		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
-			code, status, msg := CodeUpstream, http.StatusBadGateway, "upstream unavailable"
-			var ne net.Error
-			if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
-				code, status, msg = CodeTimeout, http.StatusGatewayTimeout, "upstream timed out"
-			}
-			rp.gw.metrics.upstreamErrors.WithLabelValues(r.Service).Inc()
-			if errors.Is(err, context.Canceled) && req.Context().Err() != nil {
-				return // the client went away
-			}
-			he := service.Errorf(status, code, "%s", msg)
-			he.Cause = err
-			service.WriteError(w, req, rp.logger, he)
-		},
+		ErrorHandler: rp.upstreamFailed,
+		ErrorLog:     slog.NewLogLogger(a.logger.Handler(), slog.LevelWarn),
 	}
 	return rp
+}
+
+// upstreamPath is the escaped path r goes to on target: the route's prefix
+// stripped if it says so, joined to the target's own path.
+func (rp *routeProxy) upstreamPath(r *http.Request, target *url.URL) string {
+	p := r.URL.EscapedPath()
+	if rp.route.Strip {
+		p = strings.TrimPrefix(p, rp.route.Prefix)
+		if !strings.HasPrefix(p, "/") {
+			p = "/" + p
+		}
+	}
+	return singleJoin(target.EscapedPath(), p)
+}
+
+// upstreamFailed answers a request the upstream did not: 504 after a
+// timeout, 502 otherwise, and nothing when the client itself went away.
+func (rp *routeProxy) upstreamFailed(w http.ResponseWriter, r *http.Request, err error) {
+	rp.errors.Inc()
+	if r.Context().Err() != nil {
+		return // the client went away
+	}
+	code, status, msg := CodeUpstream, http.StatusBadGateway, "upstream unavailable"
+	if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+		code, status, msg = CodeTimeout, http.StatusGatewayTimeout, "upstream timed out"
+	}
+	he := service.Errorf(status, code, "%s", msg)
+	he.Cause = err
+	service.WriteError(w, r, rp.logger, he)
 }
 
 func singleJoin(a, b string) string {
@@ -199,6 +220,10 @@ func (rp *routeProxy) serve(w http.ResponseWriter, r *http.Request) error {
 		he := service.Errorf(http.StatusServiceUnavailable, service.CodeUnready, "no healthy %s instance", rp.route.Service)
 		he.Cause = err
 		return he
+	}
+	if fastPath(r) {
+		rp.forward(w, r, inst, claims)
+		return nil
 	}
 	ctx := context.WithValue(r.Context(), proxiedKey{}, &proxied{inst: inst, claims: claims})
 	rp.proxy.ServeHTTP(w, r.WithContext(ctx))

@@ -1,0 +1,273 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pickme/lucid/pkg/auth"
+)
+
+// The gateway proxies reads on its own fast path and everything else
+// through httputil.ReverseProxy. Both must behave the same, so each case
+// here runs once per path: GET takes the fast path, POST the other.
+var proxyPaths = []struct{ name, method string }{{"fast path", http.MethodGet}, {"ReverseProxy", http.MethodPost}}
+
+func TestBothProxyPathsAgree(t *testing.T) {
+	var seen atomic.Pointer[http.Request]
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" {
+			return
+		}
+		seen.Store(r.Clone(context.Background()))
+		h := w.Header()
+		switch r.URL.Path {
+		case "/api/v1/anchors/stream":
+			// A stream: the first event must reach the client before the
+			// upstream is done.
+			_, _ = io.WriteString(w, "first\n")
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		case "/api/v1/anchors/trailer":
+			h.Set("Trailer", "X-Checksum")
+			_, _ = io.WriteString(w, "body")
+			h.Set("X-Checksum", "abc")
+		case "/api/v1/anchors/cut":
+			h.Set("Content-Length", "100")
+			_, _ = io.WriteString(w, "only part")
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		default:
+			h.Set("Connection", "X-Internal")
+			h.Set("X-Internal", "secret")
+			h.Set("Keep-Alive", "timeout=5")
+			h.Set("X-Request-ID", "from-upstream")
+			h.Set("X-Answer", "42")
+			_, _ = io.WriteString(w, "ok "+r.Method)
+		}
+	}))
+	defer up.Close()
+	g := startGateway(t, up.URL, map[string]string{"LUCID_RATE_ENTERPRISE": "100000"})
+	tok := g.token(t, "alice", auth.TierEnterprise)
+
+	for _, pp := range proxyPaths {
+		t.Run(pp.name, func(t *testing.T) {
+			do := func(ctx context.Context, path string, hdr map[string]string) *http.Response {
+				t.Helper()
+				var body io.Reader
+				if pp.method == http.MethodPost {
+					body = strings.NewReader("{}")
+				}
+				req, _ := http.NewRequestWithContext(ctx, pp.method, g.url+path, body)
+				req.Header.Set("Authorization", "Bearer "+tok)
+				for k, v := range hdr {
+					req.Header.Set(k, v)
+				}
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return resp
+			}
+
+			resp := do(context.Background(), "/api/v1/anchors/x?a=1&b=%2F", map[string]string{
+				"Connection": "X-Hop", "X-Hop": "1", "Proxy-Authorization": "Basic eA==", "Te": "trailers",
+				"Forwarded": "for=6.6.6.6", "X-Forwarded-Host": "evil.example", "X-Lucid-Tier": "enterprise",
+				"X-Request-ID": "rid-1", "User-Agent": "lucid-test",
+			})
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(body) != "ok "+pp.method {
+				t.Fatalf("%d %q", resp.StatusCode, body)
+			}
+			r := seen.Load()
+			if r.URL.RawQuery != "a=1&b=%2F" || r.URL.Path != "/api/v1/anchors/x" {
+				t.Errorf("upstream got %s ? %s", r.URL.Path, r.URL.RawQuery)
+			}
+			for _, k := range []string{"X-Hop", "Proxy-Authorization", "Forwarded"} {
+				if v := r.Header.Get(k); v != "" {
+					t.Errorf("%s: %q reached the upstream", k, v)
+				}
+			}
+			if r.Header.Get("Te") != "trailers" || r.Header.Get("User-Agent") != "lucid-test" {
+				t.Errorf("end-to-end headers lost: Te %q, User-Agent %q", r.Header.Get("Te"), r.Header.Get("User-Agent"))
+			}
+			if r.Header.Get("X-Forwarded-For") != "127.0.0.1" || r.Header.Get("X-Forwarded-Proto") != "http" ||
+				r.Header.Get("X-Forwarded-Host") != strings.TrimPrefix(g.url, "http://") {
+				t.Errorf("forwarding headers: %v", r.Header)
+			}
+			if r.Header.Get(HeaderSub) != "alice" || r.Header.Get(HeaderTier) != "enterprise" || len(r.Header.Values(HeaderTier)) != 1 {
+				t.Errorf("identity: %v", r.Header)
+			}
+			if r.Header.Get("X-Request-ID") != "rid-1" || r.Host != strings.TrimPrefix(up.URL, "http://") {
+				t.Errorf("request ID %q, Host %q", r.Header.Get("X-Request-ID"), r.Host)
+			}
+			if resp.Header.Get("X-Internal") != "" || resp.Header.Get("Keep-Alive") != "" {
+				t.Errorf("hop-by-hop response headers relayed: %v", resp.Header)
+			}
+			if ids := resp.Header.Values("X-Request-ID"); len(ids) != 1 || ids[0] != "rid-1" || resp.Header.Get("X-Answer") != "42" {
+				t.Errorf("response headers: %v", resp.Header)
+			}
+			if resp.Header.Get("RateLimit-Limit") == "" {
+				t.Error("the gateway's own headers were lost")
+			}
+
+			// Streams are flushed as they come.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			resp = do(ctx, "/api/v1/anchors/stream", nil)
+			line, err := bufio.NewReader(resp.Body).ReadString('\n')
+			if err != nil || line != "first\n" {
+				t.Errorf("stream: %q %v", line, err)
+			}
+			cancel()
+			resp.Body.Close()
+
+			resp = do(context.Background(), "/api/v1/anchors/trailer", nil)
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(body) != "body" || resp.Trailer.Get("X-Checksum") != "abc" {
+				t.Errorf("trailer: body %q, trailer %v", body, resp.Trailer)
+			}
+
+			// An upstream that breaks off mid-body must not look like a
+			// complete answer: the client gets no response or a short one.
+			req, _ := http.NewRequest(pp.method, g.url+"/api/v1/anchors/cut", strings.NewReader("{}"))
+			req.Header.Set("Authorization", "Bearer "+tok)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				if _, err := io.ReadAll(resp.Body); err == nil {
+					t.Error("a cut-off body read as complete")
+				}
+				resp.Body.Close()
+			}
+		})
+	}
+}
+
+// TestFastPathKeepsAliveAndRecovers: sequential reads share one upstream
+// connection; a kept-alive connection the upstream closed is replaced
+// without failing the request or ejecting the instance; informational
+// answers are skipped; HEAD has no body to wait for.
+func TestFastPathKeepsAliveAndRecovers(t *testing.T) {
+	var mu sync.Mutex
+	peers := map[string]bool{} // the gateway's connections that carried requests
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/health" {
+			mu.Lock()
+			peers[r.RemoteAddr] = true
+			mu.Unlock()
+		}
+		if r.URL.Path == "/api/v1/anchors/hints" {
+			w.Header().Set("Link", "</x>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+		}
+		w.Header().Set("Content-Length", "2")
+		_, _ = io.WriteString(w, "ok")
+	}))
+	defer up.Close()
+	g := startGateway(t, up.URL, map[string]string{"LUCID_RATE_ENTERPRISE": "100000"})
+	hdr := map[string]string{"Authorization": "Bearer " + g.token(t, "u", auth.TierEnterprise)}
+	for i := range 20 {
+		if resp, body := g.get(t, "/api/v1/anchors/x", hdr); resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+	}
+	mu.Lock()
+	if len(peers) != 1 {
+		t.Errorf("20 sequential requests came over %d upstream connections, want 1", len(peers))
+	}
+	mu.Unlock()
+	if resp, body := g.get(t, "/api/v1/anchors/hints", hdr); resp.StatusCode != 200 || body != "ok" {
+		t.Errorf("after 103 Early Hints: %d %q", resp.StatusCode, body)
+	}
+	if resp, body := g.request(t, http.MethodHead, "/api/v1/anchors/x", hdr); resp.StatusCode != 200 || body != "" || resp.ContentLength != 2 {
+		t.Errorf("HEAD: %d %q length %d", resp.StatusCode, body, resp.ContentLength)
+	}
+
+	// An upstream that answers once per connection and hangs up without
+	// saying so: every reuse finds a dead connection.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
+			}()
+		}
+	}()
+	p := g.app.pools["anchoring"]
+	p.set(urls(mustURL(t, "http://"+ln.Addr().String())))
+	for i := range 5 {
+		if resp, body := g.get(t, "/api/v1/anchors/again", hdr); resp.StatusCode != 200 || body != "/api/v1/anchors/again" {
+			t.Fatalf("request %d over a closed keep-alive connection: %d %q", i, resp.StatusCode, body)
+		}
+	}
+	if h := p.healthyURLs(g.app.now()); len(h) != 1 {
+		t.Errorf("the instance was ejected for closing idle connections: %v", h)
+	}
+}
+
+// TestClientLeavingReleasesTheUpstream: a client that gives up, while the
+// upstream thinks or while it streams, ends the upstream request at once
+// instead of at the route's timeout.
+func TestClientLeavingReleasesTheUpstream(t *testing.T) {
+	released := make(chan string, 4)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" {
+			return
+		}
+		if r.URL.Path == "/api/v1/anchors/stream" {
+			_, _ = io.WriteString(w, "event\n")
+			w.(http.Flusher).Flush()
+		}
+		select {
+		case <-r.Context().Done():
+			released <- r.URL.Path
+		case <-time.After(20 * time.Second):
+		}
+	}))
+	defer up.Close()
+	g := startGateway(t, up.URL, nil)
+	tok := g.token(t, "u", auth.TierEnterprise)
+	for _, path := range []string{"/api/v1/anchors/think", "/api/v1/anchors/stream"} {
+		ctx, cancel := context.WithCancel(context.Background())
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, g.url+path, nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		go func() {
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				_, _ = bufio.NewReader(resp.Body).ReadString('\n')
+				resp.Body.Close()
+			}
+		}()
+		time.Sleep(300 * time.Millisecond)
+		cancel()
+		select {
+		case got := <-released:
+			if got != path {
+				t.Errorf("released %s, want %s", got, path)
+			}
+		case <-time.After(3 * time.Second):
+			t.Errorf("%s: the upstream request outlived its client", path)
+		}
+	}
+}
