@@ -182,10 +182,12 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		h := a.newRouteProxy(rt, a.pools[rt.Service], tr, buffers)
 		// Both the exact prefix and its subtree, so metrics are labelled
 		// by route, not by raw path.
-		if rt.Prefix != "/" {
-			srv.HandleHTTP(rt.Prefix, h)
+		if rt.Prefix == "/" {
+			srv.SetFallback(h) // "/" is the server's own catch-all pattern
+			continue
 		}
-		srv.HandleHTTP(strings.TrimSuffix(rt.Prefix, "/")+"/", h)
+		srv.HandleHTTP(rt.Prefix, h)
+		srv.HandleHTTP(rt.Prefix+"/", h)
 	}
 	mode := "static"
 	if a.consulAddr != "" {

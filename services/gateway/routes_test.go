@@ -92,10 +92,15 @@ func TestGatewayServesConfiguredRoutes(t *testing.T) {
     service: engine
     public: true
     timeout: 2s
+  - prefix: /
+    service: blocks
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	g := startGateway(t, be.URL, map[string]string{EnvRoutes: file})
+	if len(g.app.routes) != 3 {
+		t.Fatalf("the file's table did not replace the default: %+v", g.app.routes)
+	}
 	if got := g.app.routes[1].Timeout; got != 2*time.Second {
 		t.Errorf("timeout = %s", got)
 	}
@@ -109,8 +114,13 @@ func TestGatewayServesConfiguredRoutes(t *testing.T) {
 	if resp, body := g.get(t, "/status", nil); resp.StatusCode != 200 || body != "upstream:/status" {
 		t.Errorf("public route: %d %q", resp.StatusCode, body)
 	}
-	if resp, _ := g.get(t, "/api/v1/anchors/abc", tok); resp.StatusCode != 404 {
-		t.Errorf("a default route is still served: %d", resp.StatusCode)
+	// Paths no other route takes go to the catch-all route; the
+	// gateway's own endpoints stay its own.
+	if resp, body := g.get(t, "/api/v1/anchors/abc", tok); resp.StatusCode != 200 || body != "upstream:/api/v1/anchors/abc" {
+		t.Errorf("catch-all route: %d %q", resp.StatusCode, body)
+	}
+	if resp, body := g.get(t, "/health", nil); resp.StatusCode != 200 || strings.HasPrefix(body, "upstream:") {
+		t.Errorf("/health under a catch-all route: %d %q", resp.StatusCode, body)
 	}
 	if resp, _ := g.request(t, "POST", "/v2/anchors/abc", tok); resp.StatusCode != 405 {
 		t.Errorf("POST on a GET-only route: %d", resp.StatusCode)
