@@ -22,7 +22,7 @@ import (
 const maxAuthHeader = 4096
 
 // authenticate verifies the bearer token; the error is for the log only.
-func (a *App) authenticate(r *http.Request) (*auth.Claims, error) {
+func (a *App) authenticate(r *http.Request, now time.Time) (*auth.Claims, error) {
 	h := r.Header.Get("Authorization")
 	switch {
 	case h == "":
@@ -35,7 +35,6 @@ func (a *App) authenticate(r *http.Request) (*auth.Claims, error) {
 		return nil, errors.New("not a Bearer token")
 	}
 	tok = strings.TrimSpace(tok)
-	now := a.now()
 	if c := a.tokens.get(tok, now); c != nil {
 		return c, nil
 	}
@@ -95,13 +94,13 @@ func (a *App) isTrusted(s string) bool {
 // limit applies the caller's budget: its tier by sub, or the free tier by
 // client IP. It sets the RateLimit-* headers and, when refused, answers
 // 429 with Retry-After.
-func (a *App) limit(w http.ResponseWriter, r *http.Request, c *auth.Claims) error {
+func (a *App) limit(w http.ResponseWriter, r *http.Request, c *auth.Claims, now time.Time) error {
 	tier, key := auth.TierFree, "ip:"+a.clientIP(r)
 	if c != nil {
 		tier, key = c.Tier, "sub:"+c.Subject
 	}
 	b := a.budgets[tier]
-	d, err := a.limiter.Allow(r.Context(), key, b.limit, a.now())
+	d, err := a.limiter.Allow(r.Context(), key, b.limit, now)
 	if err != nil {
 		b.errored.Inc()
 		if a.failClosed {

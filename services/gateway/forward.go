@@ -196,13 +196,13 @@ func (rp *routeProxy) forward(w http.ResponseWriter, r *http.Request, inst *inst
 	stop := context.AfterFunc(r.Context(), cw.leave)
 	defer stop()
 	start := time.Now()
-	resp, uc, err := rp.exchange(r, inst, claims, cw)
+	resp, uc, err := rp.exchange(r, inst, claims, cw, start)
 	if err != nil && r.Context().Err() == nil {
 		rp.pool.eject(inst, rp.gw.now())
 		if !isTimeout(err) && time.Since(start) <= time.Second {
 			if other, perr := rp.pool.pick(rp.gw.now(), inst); perr == nil {
 				inst = other
-				if resp, uc, err = rp.exchange(r, other, claims, cw); err != nil {
+				if resp, uc, err = rp.exchange(r, other, claims, cw, time.Now()); err != nil {
 					rp.pool.eject(other, rp.gw.now())
 				}
 			}
@@ -212,7 +212,7 @@ func (rp *routeProxy) forward(w http.ResponseWriter, r *http.Request, inst *inst
 		rp.upstreamFailed(w, r, err)
 		return
 	}
-	rp.relay(w, r, resp, uc, inst, stop)
+	rp.relay(w, r, resp, uc, inst, stop, start)
 }
 
 // errClientLeft ends an exchange whose client has gone.
@@ -238,24 +238,25 @@ func (cw *clientWatch) leave() {
 	}
 }
 
-// deadline points the watch at nc and sets its deadline (zero: none).
-func (cw *clientWatch) deadline(nc net.Conn, t time.Time) error {
+// readDeadline points the watch at nc and sets its read deadline (zero:
+// none). Only reading can wait on the upstream: a request without a body
+// fits in the socket's buffer.
+func (cw *clientWatch) readDeadline(nc net.Conn, t time.Time) error {
 	cw.mu.Lock()
 	defer cw.mu.Unlock()
 	if cw.gone {
 		return errClientLeft
 	}
 	cw.nc = nc
-	return nc.SetDeadline(t)
+	return nc.SetReadDeadline(t)
 }
 
 // exchange sends r to inst and reads the response headers. A kept-alive
 // connection that fails without a timeout was most likely closed by the
 // upstream while idle, so the request, being idempotent, is sent once more
 // on a fresh connection.
-func (rp *routeProxy) exchange(r *http.Request, inst *instance, claims *auth.Claims, cw *clientWatch) (*http.Response, *upstreamConn, error) {
+func (rp *routeProxy) exchange(r *http.Request, inst *instance, claims *auth.Claims, cw *clientWatch, start time.Time) (*http.Response, *upstreamConn, error) {
 	ctx := r.Context()
-	start := time.Now()
 	uc, err := inst.conns.get(ctx, start)
 	if err != nil {
 		return nil, nil, err
@@ -284,7 +285,7 @@ func isTimeout(err error) bool {
 // roundTrip writes the request on uc and reads the response headers,
 // within the route's timeout and for as long as the client stays.
 func (rp *routeProxy) roundTrip(uc *upstreamConn, r *http.Request, inst *instance, claims *auth.Claims, cw *clientWatch, start time.Time) (*http.Response, error) {
-	if err := cw.deadline(uc.nc, start.Add(rp.route.Timeout)); err != nil {
+	if err := cw.readDeadline(uc.nc, start.Add(rp.route.Timeout)); err != nil {
 		return nil, err
 	}
 	if err := rp.writeRequest(uc.bw, r, inst.url, claims); err != nil {
@@ -302,7 +303,7 @@ func (rp *routeProxy) roundTrip(uc *upstreamConn, r *http.Request, inst *instanc
 		return nil, errors.New("upstream switched protocols on a request that did not ask to")
 	}
 	// The body may stream for as long as it takes (follow, audits).
-	return resp, cw.deadline(uc.nc, time.Time{})
+	return resp, cw.readDeadline(uc.nc, time.Time{})
 }
 
 // writeRequest writes r as the upstream sees it: the target's path, the
@@ -377,7 +378,7 @@ func joinQuery(target, in string) string {
 // relay sends the upstream's response to the client and keeps the
 // connection if the body was read to its end. A response without a length
 // is a stream, flushed as it comes.
-func (rp *routeProxy) relay(w http.ResponseWriter, r *http.Request, resp *http.Response, uc *upstreamConn, inst *instance, stopWatch func() bool) {
+func (rp *routeProxy) relay(w http.ResponseWriter, r *http.Request, resp *http.Response, uc *upstreamConn, inst *instance, stopWatch func() bool, start time.Time) {
 	dst := w.Header()
 	conn := connectionTokens(resp.Header)
 	for k, vv := range resp.Header {
@@ -413,7 +414,7 @@ func (rp *routeProxy) relay(w http.ResponseWriter, r *http.Request, resp *http.R
 		if resp.Close {
 			_ = uc.nc.Close()
 		} else {
-			inst.conns.put(uc, time.Now())
+			inst.conns.put(uc, start) // idle since a little before now: errs on the safe side
 		}
 		return
 	}

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -53,7 +54,16 @@ type App struct {
 	// consulAddr, from CONSUL_HOST and CONSUL_PORT, switches upstreams
 	// from static addresses to Consul's healthy instances.
 	consulAddr string
+	// gcPercent, unless GOGC is set, replaces the runtime's default.
+	gcPercent int
 }
+
+// defaultGCPercent is the gateway's garbage-collection target. Its live
+// heap is small (a few MiB plus about 20 KiB per open connection) while
+// every request makes short-lived garbage, so collecting at 5x the live
+// heap rather than 2x buys about 5-10 % more requests per second for a
+// few MiB of memory (docs/gateway.md).
+const defaultGCPercent = 400
 
 // Close releases the Redis client, if any, and the idle upstream
 // connections.
@@ -122,6 +132,9 @@ func (a *App) Configure(r *envconfig.Reader) {
 		a.consulAddr = net.JoinHostPort(h, strconv.Itoa(r.Int("CONSUL_PORT", 8500, 1, 65535)))
 	}
 	a.failClosed = r.OneOf("LUCID_RATE_LIMIT_ON_ERROR", "open", "open", "closed") == "closed"
+	if r.String("GOGC", "") == "" { // the runtime has applied an operator's own
+		a.gcPercent = defaultGCPercent
+	}
 	a.now = time.Now
 }
 
@@ -132,6 +145,9 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		return err
 	}
 	a.logger = srv.Logger()
+	if a.gcPercent > 0 {
+		debug.SetGCPercent(a.gcPercent)
+	}
 	if a.limiter == nil {
 		if a.redisURL != "" {
 			client, err := ratelimit.ParseRedisURL(a.redisURL)

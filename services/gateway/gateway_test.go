@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -338,5 +339,21 @@ func TestTwoGatewaysShareARedisBudget(t *testing.T) {
 	open := startGateway(t, be.URL, map[string]string{"REDIS_URL": "redis://127.0.0.1:1/0"})
 	if resp, _ := open.get(t, "/auth/x", nil); resp.StatusCode != 200 {
 		t.Errorf("open policy with Redis down: %d", resp.StatusCode)
+	}
+}
+
+// The gateway collects garbage at its own target unless the operator set
+// GOGC, which the runtime has applied already.
+func TestGCTarget(t *testing.T) {
+	restore := debug.SetGCPercent(100)
+	defer debug.SetGCPercent(restore)
+	be := newBackend(t)
+	startGateway(t, be.URL, nil)
+	if got := debug.SetGCPercent(100); got != defaultGCPercent {
+		t.Errorf("GC percent %d without GOGC, want %d", got, defaultGCPercent)
+	}
+	startGateway(t, be.URL, map[string]string{"GOGC": "150"})
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("GC percent %d with GOGC set, want it left alone", got)
 	}
 }

@@ -197,25 +197,26 @@ func (rp *routeProxy) serve(w http.ResponseWriter, r *http.Request) error {
 	if rp.route.Strip && strings.Contains(r.URL.Path, "..") {
 		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "the path may not contain \"..\"")
 	}
+	now := a.now() // once: the token, the budget and the pick see one instant
 	var claims *auth.Claims
 	if h := r.Header.Get("Authorization"); h != "" || !rp.route.Public {
-		c, err := a.authenticate(r)
+		c, err := a.authenticate(r, now)
 		if err != nil {
 			rp.logger.InfoContext(r.Context(), "authentication failed", "reason", err.Error(), "path", r.URL.Path)
 			a.metrics.authFailures.Inc()
 			// Failed attempts count against the client's address, so
 			// guessing tokens is rate limited like anything else.
-			if lerr := a.limit(w, r, nil); lerr != nil {
+			if lerr := a.limit(w, r, nil, now); lerr != nil {
 				return lerr
 			}
 			return service.Errorf(http.StatusUnauthorized, service.CodeAuth, "invalid or missing token")
 		}
 		claims = c
 	}
-	if err := a.limit(w, r, claims); err != nil {
+	if err := a.limit(w, r, claims, now); err != nil {
 		return err
 	}
-	inst, err := rp.pool.pick(a.now())
+	inst, err := rp.pool.pick(now)
 	if err != nil {
 		he := service.Errorf(http.StatusServiceUnavailable, service.CodeUnready, "no healthy %s instance", rp.route.Service)
 		he.Cause = err
