@@ -5,10 +5,11 @@
 # limiting on, enterprise tier with a limit that never triggers), then the
 # gateway's memory for 10,000 idle keep-alive connections.
 #
-#   ./scripts/bench-gateway.sh [seconds per run, default 8]
+#   ./scripts/bench-gateway.sh [seconds per run, default 8] [rounds, default 3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-8}"
+rounds="${2:-3}"
 
 need=()
 command -v wrk >/dev/null || need+=(wrk)
@@ -67,28 +68,46 @@ for i in $(seq 50); do
 	sleep 0.1
 done
 
-# run NAME URL CONNS [header] -> "rps p50 p99"
+# The two cores are shared by wrk, the backend and the proxy under test, so
+# a single run swings by a third. Each configuration is run ROUNDS times,
+# interleaved, and the medians are reported.
+#
+# run NAME URL CONNS [header]: one wrk run, appended to $work/NAME-CONNS as
+# "rps p50_us p99_us".
+to_us() { awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); print v } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 } else { sub(/s$/, "", v); print v * 1000000 } }' <<<"$1"; }
 run() {
-	local out
+	local out rps p50 p99
 	out="$(wrk -t "$(( $3 < 2 ? 1 : 2 ))" -c "$3" -d "${secs}s" --latency ${4:+-H "$4"} "$2")"
-	local rps p50 p99
 	rps="$(awk '/Requests\/sec/ {print $2}' <<<"$out")"
-	p50="$(awk '$1=="50%" {print $2}' <<<"$out")"
-	p99="$(awk '$1=="99%" {print $2}' <<<"$out")"
-	printf "%-8s %5s conns  %12s req/s  p50 %9s  p99 %9s\n" "$1" "$3" "$rps" "$p50" "$p99"
-	echo "$rps" >"$work/rps-$1-$3"
+	p50="$(to_us "$(awk '$1=="50%" {print $2}' <<<"$out")")"
+	p99="$(to_us "$(awk '$1=="99%" {print $2}' <<<"$out")")"
+	echo "$rps $p50 $p99" >>"$work/$1-$3"
+	printf "  round %s: %-8s %2s conns %9.0f req/s  p50 %7.0f us  p99 %7.0f us\n" "$round" "$1" "$3" "$rps" "$p50" "$p99" >&2
 }
+# median FILE COLUMN
+median() { sort -n -k"$2","$2" "$1" | awk -v c="$2" '{ v[NR] = $c } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-echo "== gateway vs nginx, ${secs}s per run (results on stdout)" >&2
+echo "== gateway vs nginx: ${secs}s per run, $rounds rounds, medians on stdout" >&2
 for c in 1 16; do
-	run direct "http://$BACK/api/v1/anchors/x" "$c"
-	run nginx "http://$NGX/api/v1/anchors/x" "$c"
-	run gateway "http://$GW/api/v1/anchors/x" "$c" "Authorization: Bearer $token"
+	for round in $(seq "$rounds"); do
+		run direct "http://$BACK/api/v1/anchors/x" "$c"
+		run nginx "http://$NGX/api/v1/anchors/x" "$c"
+		run gateway "http://$GW/api/v1/anchors/x" "$c" "Authorization: Bearer $token"
+		paste "$work/gateway-$c" "$work/nginx-$c" | tail -1 | awk '{ print $1 / $4 }' >>"$work/ratio-$c"
+	done
+done
+printf "%-8s %5s  %12s  %10s  %10s\n" target conns "req/s" "p50" "p99"
+for c in 1 16; do
+	for t in direct nginx gateway; do
+		printf "%-8s %5s  %12.0f  %7.0f us  %7.0f us\n" "$t" "$c" "$(median "$work/$t-$c" 1)" "$(median "$work/$t-$c" 2)" "$(median "$work/$t-$c" 3)"
+	done
 done
 for c in 1 16; do
-	awk -v g="$(cat "$work/rps-gateway-$c")" -v n="$(cat "$work/rps-nginx-$c")" -v c="$c" \
-		'BEGIN { printf "gateway/nginx at %s conns: %.2f\n", c, g / n }'
+	printf "gateway/nginx req/s at %2s conns: %.2f (median of %s rounds; %s)\n" "$c" "$(median "$work/ratio-$c" 1)" "$rounds" \
+		"$(sort -n "$work/ratio-$c" | awk '{ printf "%s%.2f", (NR > 1 ? " " : ""), $1 }')"
 done
+awk -v g="$(median "$work/gateway-1" 2)" -v d="$(median "$work/direct-1" 2)" \
+	'BEGIN { printf "added latency at 1 conn: %.0f us p50 over direct (goal <= 100 us)\n", g - d }'
 
 echo "== memory for 10,000 idle keep-alive connections" >&2
 ulimit -n 65536 2>/dev/null || true
