@@ -70,7 +70,13 @@ type connPool struct {
 	closed bool
 }
 
+// newConnPool makes the pool of the instance at u. tlsConfig is the mesh's;
+// without it an https instance is still called over TLS, verified against
+// the system's roots as http.Transport would.
 func newConnPool(u *url.URL, tlsConfig *tls.Config) *connPool {
+	if tlsConfig == nil && u.Scheme == "https" {
+		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
 	host := u.Host
 	if u.Port() == "" {
 		port := "80"
@@ -123,8 +129,8 @@ func (p *connPool) dial(ctx context.Context) (*upstreamConn, error) {
 }
 
 // put returns a connection whose exchange completed cleanly.
-func (p *connPool) put(c *upstreamConn, now time.Time) {
-	c.idleSince = now
+func (p *connPool) put(c *upstreamConn) {
+	c.idleSince = time.Now()
 	p.mu.Lock()
 	if !p.closed && len(p.idle) < maxIdleUpstreamConns {
 		p.idle = append(p.idle, c)
@@ -133,6 +139,27 @@ func (p *connPool) put(c *upstreamConn, now time.Time) {
 	}
 	p.mu.Unlock()
 	_ = c.nc.Close()
+}
+
+// prune closes the connections idle since before the idle timeout, so
+// ones the upstream has closed do not linger until the next request.
+func (p *connPool) prune(now time.Time) {
+	p.mu.Lock()
+	var stale []*upstreamConn
+	keep := p.idle[:0]
+	for _, c := range p.idle {
+		if now.Sub(c.idleSince) < upstreamIdleTimeout {
+			keep = append(keep, c)
+		} else {
+			stale = append(stale, c)
+		}
+	}
+	clear(p.idle[len(keep):])
+	p.idle = keep
+	p.mu.Unlock()
+	for _, c := range stale {
+		_ = c.nc.Close()
+	}
 }
 
 // close drops the idle connections and any returned later.
@@ -183,7 +210,7 @@ func connectionTokens(h http.Header) []string {
 func gatewaySetHeader(k string) bool {
 	switch k {
 	case "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded",
-		"X-Request-Id", HeaderSub, HeaderTier:
+		"X-Request-Id", HeaderSub, HeaderTier, "Host":
 		return true
 	}
 	return false
@@ -212,7 +239,7 @@ func (rp *routeProxy) forward(w http.ResponseWriter, r *http.Request, inst *inst
 		rp.upstreamFailed(w, r, err)
 		return
 	}
-	rp.relay(w, r, resp, uc, inst, stop, start)
+	rp.relay(w, r, resp, uc, inst, stop)
 }
 
 // errClientLeft ends an exchange whose client has gone.
@@ -332,7 +359,7 @@ func (rp *routeProxy) writeRequest(bw *bufio.Writer, r *http.Request, target *ur
 	}
 	// A client may say it accepts trailers; nothing else of TE is ours
 	// to pass on.
-	if te := r.Header["Te"]; slices.ContainsFunc(te, func(v string) bool { return strings.EqualFold(textproto.TrimString(v), "trailers") }) {
+	if hasToken(r.Header["Te"], "trailers") {
 		writeHeader(bw, "Te", "trailers")
 	}
 	peer := peerHost(r)
@@ -360,6 +387,18 @@ func (rp *routeProxy) writeRequest(bw *bufio.Writer, r *http.Request, target *ur
 	return bw.Flush()
 }
 
+// hasToken reports whether a comma-separated header holds token.
+func hasToken(values []string, token string) bool {
+	for _, v := range values {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(textproto.TrimString(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func writeHeader(bw *bufio.Writer, k, v string) {
 	bw.WriteString(k)
 	bw.WriteString(": ")
@@ -378,7 +417,7 @@ func joinQuery(target, in string) string {
 // relay sends the upstream's response to the client and keeps the
 // connection if the body was read to its end. A response without a length
 // is a stream, flushed as it comes.
-func (rp *routeProxy) relay(w http.ResponseWriter, r *http.Request, resp *http.Response, uc *upstreamConn, inst *instance, stopWatch func() bool, start time.Time) {
+func (rp *routeProxy) relay(w http.ResponseWriter, r *http.Request, resp *http.Response, uc *upstreamConn, inst *instance, stopWatch func() bool) {
 	dst := w.Header()
 	conn := connectionTokens(resp.Header)
 	for k, vv := range resp.Header {
@@ -414,7 +453,7 @@ func (rp *routeProxy) relay(w http.ResponseWriter, r *http.Request, resp *http.R
 		if resp.Close {
 			_ = uc.nc.Close()
 		} else {
-			inst.conns.put(uc, start) // idle since a little before now: errs on the safe side
+			inst.conns.put(uc)
 		}
 		return
 	}

@@ -217,6 +217,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 			go p.probeLoop(ctx, srv.Client(svc, time.Second))
 		}
 	}
+	go a.pruneLoop(ctx)
 	// The Lucid services the routes name; the Phase 1 auth service is
 	// outside the stack and does not hold up readiness.
 	var routedServices []string
@@ -242,6 +243,23 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		return detail, nil
 	})
 	return nil
+}
+
+// pruneLoop closes idle upstream connections past their time until ctx
+// ends.
+func (a *App) pruneLoop(ctx context.Context) {
+	t := time.NewTicker(upstreamIdleTimeout / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			for _, p := range a.pools {
+				p.prune(now)
+			}
+		}
+	}
 }
 
 type metrics struct {

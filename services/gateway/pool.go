@@ -87,6 +87,15 @@ func (p *pool) set(urls []*url.URL) {
 	}
 }
 
+// prune closes the idle connections that have outlived the idle timeout.
+func (p *pool) prune(now time.Time) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	for _, i := range p.all {
+		i.conns.prune(now)
+	}
+}
+
 // close drops every instance's idle connections.
 func (p *pool) close() {
 	p.mu.RLock()

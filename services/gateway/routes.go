@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path"
 	"slices"
 	"strings"
 	"time"
@@ -131,6 +132,11 @@ func routeLines(doc *yaml.Node) []int {
 	return nil
 }
 
+// plainPathChar reports whether c may appear in a route prefix as it is.
+func plainPathChar(c rune) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-._~/", c)
+}
+
 // reservedPaths are the gateway's own endpoints; no route may shadow them.
 var reservedPaths = []string{"/health", "/ready", "/metrics"}
 
@@ -142,10 +148,11 @@ func checkRoute(rt *Route) []error {
 		errs = append(errs, errors.New("prefix is required"))
 	case !strings.HasPrefix(p, "/"):
 		errs = append(errs, fmt.Errorf("prefix %q must start with /", p))
-	case strings.ContainsAny(p, "{}?#%* \t") || strings.Contains(p, "//") || slices.Contains(strings.Split(p, "/"), ".."):
-		// ServeMux would read braces as wildcards; the rest cannot be a
-		// literal path prefix.
-		errs = append(errs, fmt.Errorf("prefix %q may hold only plain path segments", p))
+	case strings.IndexFunc(p, func(c rune) bool { return !plainPathChar(c) }) >= 0 || path.Clean(p) != strings.TrimSuffix(p, "/") && p != "/":
+		// Only what needs no escaping and no cleaning: a request path is
+		// matched unescaped and clean, and ServeMux reads braces as
+		// wildcards.
+		errs = append(errs, fmt.Errorf("prefix %q may hold only plain path segments (letters, digits, - . _ ~)", p))
 	default:
 		if p != "/" {
 			rt.Prefix = strings.TrimSuffix(p, "/")
