@@ -349,8 +349,9 @@ func (rp *routeProxy) writeRequest(bw *bufio.Writer, r *http.Request, target *ur
 	bw.WriteString(" HTTP/1.1\r\n")
 	writeHeader(bw, "Host", target.Host)
 	conn := connectionTokens(r.Header)
+	keepAuth := rp.keepsAuthorization()
 	for k, vv := range r.Header {
-		if hopHeader(k) || gatewaySetHeader(k) || (conn != nil && slices.Contains(conn, k)) {
+		if hopHeader(k) || gatewaySetHeader(k) || (conn != nil && slices.Contains(conn, k)) || (k == "Authorization" && !keepAuth) {
 			continue
 		}
 		for _, v := range vv {

@@ -99,7 +99,7 @@ func TestBothProxyPathsAgree(t *testing.T) {
 			if r.URL.RawQuery != "a=1&b=%2F" || r.URL.Path != "/api/v1/anchors/x" {
 				t.Errorf("upstream got %s ? %s", r.URL.Path, r.URL.RawQuery)
 			}
-			for _, k := range []string{"X-Hop", "Proxy-Authorization", "Forwarded"} {
+			for _, k := range []string{"X-Hop", "Proxy-Authorization", "Forwarded", "Authorization"} {
 				if v := r.Header.Get(k); v != "" {
 					t.Errorf("%s: %q reached the upstream", k, v)
 				}

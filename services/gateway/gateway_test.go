@@ -249,6 +249,15 @@ func TestProxyHeadersAndPaths(t *testing.T) {
 	if _, body := g.get(t, "/api/v1/anchors/x", map[string]string{"Authorization": "Bearer " + tok}); body != "upstream:/api/v1/anchors/x" {
 		t.Errorf("kept prefix: %q", body)
 	}
+	// The client's token stays with the gateway, except for the auth
+	// service, which issues and checks tokens.
+	if a := r.Header.Get("Authorization"); a != "" {
+		t.Errorf("a Lucid service got the client's token: %q", a)
+	}
+	g.get(t, "/auth/refresh", map[string]string{"Authorization": "Bearer " + tok})
+	if a := be.lastRequest().Header.Get("Authorization"); a != "Bearer "+tok {
+		t.Errorf("the auth service got Authorization %q", a)
+	}
 	// A public route without a token still strips forged identity.
 	g.get(t, "/auth/login", map[string]string{"X-Lucid-Sub": "mallory"})
 	if be.lastRequest().Header.Get(HeaderSub) != "" {

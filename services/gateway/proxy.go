@@ -121,6 +121,9 @@ func (a *App) newRouteProxy(r Route, p *pool, transport http.RoundTripper, buffe
 			pr.Out.Header.Set(service.HeaderRequestID, service.RequestID(pr.In.Context()))
 			pr.Out.Header.Del(HeaderSub)
 			pr.Out.Header.Del(HeaderTier)
+			if !rp.keepsAuthorization() {
+				pr.Out.Header.Del("Authorization")
+			}
 			if c := px.claims; c != nil {
 				pr.Out.Header.Set(HeaderSub, c.Subject)
 				pr.Out.Header.Set(HeaderTier, string(c.Tier))
@@ -137,6 +140,13 @@ func (a *App) newRouteProxy(r Route, p *pool, transport http.RoundTripper, buffe
 	}
 	return rp
 }
+
+// keepsAuthorization reports whether the client's Authorization header
+// goes upstream. The gateway verifies every token it is shown, and Lucid
+// services get the caller in X-Lucid-Sub and X-Lucid-Tier, so they never
+// see a client's bearer token. Only the Phase 1 auth service, which issues
+// and checks those tokens, gets it.
+func (rp *routeProxy) keepsAuthorization() bool { return rp.route.Service == "auth" }
 
 // upstreamPath is the escaped path r goes to on target: the route's prefix
 // stripped if it says so, joined to the target's own path.
