@@ -3,6 +3,7 @@ package service
 import (
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,6 +16,20 @@ type httpMetrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	inflight prometheus.Gauge
+	// byRoute caches each label set's counter and histogram (observerKey
+	// to *routeObservers): every request is observed, and a lock-free load
+	// is cheaper than resolving the labels again.
+	byRoute sync.Map
+}
+
+type observerKey struct {
+	route, method string
+	code          int
+}
+
+type routeObservers struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
 }
 
 func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
@@ -71,7 +86,15 @@ func methodLabel(m string) string {
 }
 
 func (m *httpMetrics) observe(r *http.Request, status int, elapsed time.Duration) {
-	rt, method := route(r), methodLabel(r.Method)
-	m.requests.WithLabelValues(rt, method, strconv.Itoa(status)).Inc()
-	m.duration.WithLabelValues(rt, method).Observe(elapsed.Seconds())
+	k := observerKey{route(r), methodLabel(r.Method), status}
+	v, ok := m.byRoute.Load(k)
+	if !ok {
+		v, _ = m.byRoute.LoadOrStore(k, &routeObservers{
+			requests: m.requests.WithLabelValues(k.route, k.method, strconv.Itoa(status)),
+			duration: m.duration.WithLabelValues(k.route, k.method),
+		})
+	}
+	o := v.(*routeObservers)
+	o.requests.Inc()
+	o.duration.Observe(elapsed.Seconds())
 }
