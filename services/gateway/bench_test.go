@@ -24,9 +24,8 @@ func BenchmarkProxy(b *testing.B) {
 		_, _ = w.Write([]byte(`{"ok":true}`))
 	}))
 	defer backend.Close()
-	t := &testing.T{}
-	g := startGatewayWith(t, backend.URL, map[string]string{"LUCID_RATE_ENTERPRISE": "10000000"}, nil)
-	tok := g.token(t, "bench", auth.TierEnterprise)
+	g := startGatewayWith(b, backend.URL, map[string]string{"LUCID_RATE_ENTERPRISE": "10000000"}, nil)
+	tok := g.token(b, "bench", auth.TierEnterprise)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	for _, bc := range []struct{ name, method, body string }{
 		{"read", http.MethodGet, ""},

@@ -173,13 +173,6 @@ func (p *connPool) close() {
 	}
 }
 
-// idleCount is the number of idle connections, for tests.
-func (p *connPool) idleCount() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.idle)
-}
-
 // hopHeader reports whether k is a hop-by-hop header (RFC 9110 7.6.1),
 // which a proxy never forwards.
 func hopHeader(k string) bool {

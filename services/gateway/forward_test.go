@@ -237,7 +237,7 @@ func TestFastPathKeepsAliveAndRecovers(t *testing.T) {
 // upstream thinks or while it streams, ends the upstream request at once
 // instead of at the route's timeout.
 func TestClientLeavingReleasesTheUpstream(t *testing.T) {
-	released := make(chan string, 4)
+	arrived, released := make(chan string, 4), make(chan string, 4)
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/health" {
 			return
@@ -246,6 +246,7 @@ func TestClientLeavingReleasesTheUpstream(t *testing.T) {
 			_, _ = io.WriteString(w, "event\n")
 			w.(http.Flusher).Flush()
 		}
+		arrived <- r.URL.Path
 		select {
 		case <-r.Context().Done():
 			released <- r.URL.Path
@@ -259,14 +260,23 @@ func TestClientLeavingReleasesTheUpstream(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, g.url+path, nil)
 		req.Header.Set("Authorization", "Bearer "+tok)
+		firstEvent, done := make(chan struct{}), make(chan struct{})
 		go func() {
+			defer close(done)
 			if resp, err := http.DefaultClient.Do(req); err == nil {
-				_, _ = bufio.NewReader(resp.Body).ReadString('\n')
+				if _, err := bufio.NewReader(resp.Body).ReadString('\n'); err == nil {
+					close(firstEvent)
+				}
+				<-ctx.Done()
 				resp.Body.Close()
 			}
 		}()
-		time.Sleep(300 * time.Millisecond)
+		<-arrived // the upstream holds the request
+		if path == "/api/v1/anchors/stream" {
+			<-firstEvent // and the client is reading the stream
+		}
 		cancel()
+		<-done
 		select {
 		case got := <-released:
 			if got != path {
@@ -332,8 +342,8 @@ func TestIdleConnectionsArePruned(t *testing.T) {
 		p.idle = append(p.idle, &upstreamConn{nc: closeCounter{c1, &closed}, idleSince: now.Add(-age)})
 	}
 	p.prune(now)
-	if p.idleCount() != 1 || closed.Load() != 2 {
-		t.Errorf("after pruning: %d idle, %d closed; want 1 and 2", p.idleCount(), closed.Load())
+	if len(p.idle) != 1 || closed.Load() != 2 {
+		t.Errorf("after pruning: %d idle, %d closed; want 1 and 2", len(p.idle), closed.Load())
 	}
 	c1, c2 := net.Pipe()
 	defer c2.Close()

@@ -64,18 +64,18 @@ type gw struct {
 	mu  sync.Mutex
 }
 
-func startGateway(t *testing.T, upstream string, env map[string]string) *gw {
+func startGateway(t testing.TB, upstream string, env map[string]string) *gw {
 	t.Helper()
 	return startGatewayWith(t, upstream, env, nil)
 }
 
 // startGatewayWithRoutes starts a gateway with its own route table.
-func startGatewayWithRoutes(t *testing.T, upstream string, routes []Route) *gw {
+func startGatewayWithRoutes(t testing.TB, upstream string, routes []Route) *gw {
 	t.Helper()
 	return startGatewayWith(t, upstream, nil, routes)
 }
 
-func mustURL(t *testing.T, raw string) *url.URL {
+func mustURL(t testing.TB, raw string) *url.URL {
 	u, err := url.Parse(raw)
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +85,7 @@ func mustURL(t *testing.T, raw string) *url.URL {
 
 func urls(us ...*url.URL) []*url.URL { return us }
 
-func startGatewayWith(t *testing.T, upstream string, env map[string]string, routes []Route) *gw {
+func startGatewayWith(t testing.TB, upstream string, env map[string]string, routes []Route) *gw {
 	t.Helper()
 	vars := map[string]string{"JWT_SECRET_KEY": secret}
 	for _, svc := range []string{"ENGINE", "ANCHORING", "BLOCKS", "DATACHAIN"} {
@@ -126,7 +126,7 @@ func startGatewayWith(t *testing.T, upstream string, env map[string]string, rout
 
 func (g *gw) advance(d time.Duration) { g.mu.Lock(); g.now = g.now.Add(d); g.mu.Unlock() }
 
-func (g *gw) token(t *testing.T, sub string, tier auth.Tier) string {
+func (g *gw) token(t testing.TB, sub string, tier auth.Tier) string {
 	tok, _, err := auth.Mint([]byte(secret), auth.MintOptions{Subject: sub, Tier: tier, TTL: time.Hour, Now: g.now})
 	if err != nil {
 		t.Fatal(err)

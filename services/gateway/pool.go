@@ -181,53 +181,26 @@ func (p *pool) probeLoop(ctx context.Context, client *http.Client) {
 	}
 }
 
-// retryTransport sends a request to the instance chosen for it and, for an
-// idempotent request without a body, once more to another healthy instance
-// if the first fails at the transport level. Failing instances are ejected.
-type retryTransport struct {
+// ejectingTransport is the transport of the requests ReverseProxy carries
+// (those with bodies, and upgrades): it takes a failing instance out of
+// rotation and times the upstream. It does not retry: the requests that
+// may safely be sent twice take the fast path, which does (forward).
+type ejectingTransport struct {
 	base    http.RoundTripper
 	pool    *pool
 	now     func() time.Time
 	latency prometheus.Observer // upstream time to response headers
 }
 
-func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	var first *instance
-	if px := proxiedOf(req); px != nil {
-		first = px.inst
-	}
+func (t *ejectingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	start := time.Now()
 	resp, err := t.base.RoundTrip(req)
-	if err == nil && t.latency != nil {
+	if err == nil {
 		t.latency.Observe(time.Since(start).Seconds())
+		return resp, nil
 	}
-	if err == nil || first == nil || req.Context().Err() != nil {
-		return resp, err
+	if px := proxiedOf(req); px != nil && req.Context().Err() == nil {
+		t.pool.eject(px.inst, t.now())
 	}
-	t.pool.eject(first, t.now())
-	// Retry only an idempotent request, and only a quick failure (a refused
-	// or reset connection): after a timeout, a second wait would double it.
-	if !idempotent(req) || time.Since(start) > time.Second {
-		return nil, err
-	}
-	other, perr := t.pool.pick(t.now(), first)
-	if perr != nil {
-		return nil, err
-	}
-	retry := req.Clone(req.Context())
-	retry.URL.Scheme, retry.URL.Host = other.url.Scheme, other.url.Host
-	retry.Host = other.url.Host
-	resp, err = t.base.RoundTrip(retry)
-	if err != nil {
-		t.pool.eject(other, t.now())
-	}
-	return resp, err
-}
-
-func idempotent(r *http.Request) bool {
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
-		return r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0
-	}
-	return false
+	return nil, err
 }

@@ -94,7 +94,7 @@ func (a *App) newRouteProxy(r Route, p *pool, transport http.RoundTripper, buffe
 		latency: a.metrics.upstreamLatency.WithLabelValues(r.Service),
 		errors:  a.metrics.upstreamErrors.WithLabelValues(r.Service)}
 	rp.proxy = &httputil.ReverseProxy{
-		Transport:  &retryTransport{base: transport, pool: p, now: a.now, latency: rp.latency},
+		Transport:  &ejectingTransport{base: transport, pool: p, now: a.now, latency: rp.latency},
 		BufferPool: buffers,
 		// No forced flushing: a response of known length goes out in one
 		// write. Streams (follow, audits) have no Content-Length, and
