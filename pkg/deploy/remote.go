@@ -112,7 +112,13 @@ func (h *host) preflight(ctx context.Context, o Options, platforms []v1.Platform
 		return nil, fmt.Errorf("%s: %w: the host is %s, the images are %s", h.name, ErrArchitecture, pf.Platform, strings.Join(built, ", "))
 	}
 
-	df, err := h.run(ctx, "mkdir -p "+sshx.Quote(h.dir)+" && df -Pk "+sshx.Quote(h.dir))
+	// The free space where releases will go; a dry run creates nothing,
+	// so it asks about the nearest directory that exists.
+	space := "mkdir -p " + sshx.Quote(h.dir) + " && df -Pk " + sshx.Quote(h.dir)
+	if dry {
+		space = "d=" + sshx.Quote(h.dir) + `; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; df -Pk "$d"`
+	}
+	df, err := h.run(ctx, space)
 	if err != nil {
 		return nil, fmt.Errorf("%s: deploy directory %s: %w", h.name, h.dir, err)
 	}

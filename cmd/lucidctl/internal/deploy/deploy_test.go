@@ -80,8 +80,8 @@ func TestDryRunChangesNothing(t *testing.T) {
 	if strings.Join(steps, " ") != strings.Join(want, " ") {
 		t.Errorf("events %v, want %v", steps, want)
 	}
-	if _, err := os.Stat(filepath.Join(deployDir, "releases")); !os.IsNotExist(err) {
-		t.Error("a dry run wrote a release")
+	if _, err := os.Stat(deployDir); !os.IsNotExist(err) {
+		t.Error("a dry run created the deploy directory")
 	}
 	secrets, _ := envfile.Read(filepath.Join(dir, deployfiles.EnvPath))
 	for _, k := range deployfiles.Secrets {
