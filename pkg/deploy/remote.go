@@ -247,7 +247,7 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 			continue
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: %w: %s@%s, pid %d, since %s (expires %s); use --lock-wait to wait",
+			return fmt.Errorf("%s: %w: %s@%s, pid %d, since %s (expires %s)",
 				h.name, ErrLocked, held.User, held.Host, held.PID, held.Since.Format(time.RFC3339), held.Expires.Format(time.RFC3339))
 		}
 		select {

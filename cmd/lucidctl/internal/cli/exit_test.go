@@ -9,6 +9,8 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/deploy"
+	"github.com/pickme/lucid/pkg/sshx"
 )
 
 func TestExitCode(t *testing.T) {
@@ -44,6 +46,12 @@ func TestExitCode(t *testing.T) {
 func TestHints(t *testing.T) {
 	if h := Hint(fmt.Errorf("token: %w", auth.ErrWeakSecret)); !strings.Contains(h, "JWT_SECRET_KEY") {
 		t.Errorf("weak secret hint = %q", h)
+	}
+	if h := Hint(Auth(fmt.Errorf("pi: %w", sshx.ErrUnknownHostKey))); !strings.Contains(h, "--accept-new-host-key") {
+		t.Errorf("unknown host key hint = %q", h)
+	}
+	if h := Hint(fmt.Errorf("pi: %w: ci@builder", deploy.ErrLocked)); !strings.Contains(h, "--lock-wait") {
+		t.Errorf("deploy lock hint = %q", h)
 	}
 	if h := Hint(WithHint(errors.New("x"), "do y")); h != "do y" {
 		t.Errorf("explicit hint = %q", h)

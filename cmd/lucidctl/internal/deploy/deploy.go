@@ -63,10 +63,7 @@ func (f *sshFlags) dial(ctx context.Context, env *cli.Env, t projectconfig.Targe
 	c, err := sshx.Dial(ctx, sshx.Target{Host: t.Host, Port: t.Port, User: t.User}, sshx.Options{
 		KeyFiles: f.identities, KnownHosts: f.knownHosts, AcceptNewHostKey: f.acceptNew, NoAgent: f.noAgent, Getenv: env.Getenv,
 	})
-	switch {
-	case errors.Is(err, sshx.ErrUnknownHostKey):
-		return nil, cli.Auth(cli.WithHint(err, "check the fingerprint with the host's owner, then run again with --accept-new-host-key"))
-	case err != nil:
+	if err != nil {
 		return nil, cli.Auth(err)
 	}
 	return c, nil
@@ -322,7 +319,7 @@ func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 func newRollbackCmd(env *cli.Env) *cobra.Command {
 	var f sshFlags
-	var healthTimeout time.Duration
+	var healthTimeout, lockWait time.Duration
 	cmd := &cobra.Command{
 		Use:   "rollback TARGET [RELEASE]",
 		Short: "Bring back a previous release on a target",
@@ -341,7 +338,7 @@ lists them.`,
 				id = args[1]
 			}
 			report := newReporter(env)
-			got, err := deploy.Rollback(cmd.Context(), deploy.Options{Name: args[0], SSH: c, Dir: t.Dir, DockerSocket: f.dockerSocket, HealthTimeout: healthTimeout, Events: report.event}, id)
+			got, err := deploy.Rollback(cmd.Context(), deploy.Options{Name: args[0], SSH: c, Dir: t.Dir, DockerSocket: f.dockerSocket, HealthTimeout: healthTimeout, LockWait: lockWait, Events: report.event}, id)
 			if err != nil {
 				return err
 			}
@@ -354,6 +351,7 @@ lists them.`,
 	}
 	f.add(cmd)
 	cmd.Flags().DurationVar(&healthTimeout, "health-timeout", 3*time.Minute, "how long every service gets to become healthy")
+	cmd.Flags().DurationVar(&lockWait, "lock-wait", 0, "wait this long for another deploy's lock")
 	return cli.SupportsJSON(cmd)
 }
 
