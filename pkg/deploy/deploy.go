@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/user"
 	"path"
 	"strconv"
 	"strings"
@@ -355,7 +354,7 @@ func (o *Options) transferImages(platform, id string) ([]TransferImage, error) {
 	for _, b := range o.Images {
 		var img v1.Image
 		for _, pi := range b.Images {
-			if platformString(pi.Platform) == platform {
+			if pi.Platform.String() == platform {
 				img = pi.Image
 			}
 		}
@@ -467,8 +466,8 @@ func releaseID(t time.Time, version string) string {
 }
 
 func localUser() string {
-	if u, err := user.Current(); err == nil {
-		return u.Username
+	if u := sshx.LocalUser(os.Getenv); u != "" {
+		return u
 	}
 	return "unknown"
 }

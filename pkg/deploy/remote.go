@@ -100,14 +100,14 @@ func (h *host) preflight(ctx context.Context, o Options, platforms []v1.Platform
 	pf.Platform = platformOf(machine)
 	match := len(platforms) == 0 // nothing to send (a rollback)
 	for _, p := range platforms {
-		if platformString(p) == pf.Platform {
+		if p.String() == pf.Platform {
 			match = true
 		}
 	}
 	if !match {
 		var built []string
 		for _, p := range platforms {
-			built = append(built, platformString(p))
+			built = append(built, p.String())
 		}
 		return nil, fmt.Errorf("%s: %w: the host is %s, the images are %s", h.name, ErrArchitecture, pf.Platform, strings.Join(built, ", "))
 	}
@@ -187,14 +187,6 @@ func platformOf(out string) string {
 		return "linux/arm/v6"
 	}
 	return "linux/" + machine
-}
-
-func platformString(p v1.Platform) string {
-	s := p.OS + "/" + p.Architecture
-	if p.Variant != "" {
-		s += "/" + p.Variant
-	}
-	return s
 }
 
 // lockInfo is the content of the deploy lock on the host.

@@ -97,7 +97,6 @@ func (e *HostKeyError) Is(target error) bool {
 type Client struct {
 	ssh  *ssh.Client
 	addr string
-	user string
 	stop chan struct{}
 	once sync.Once
 
@@ -108,9 +107,6 @@ type Client struct {
 
 // Addr is host:port of the connection.
 func (c *Client) Addr() string { return c.addr }
-
-// User is the remote user.
-func (c *Client) User() string { return c.user }
 
 // Dial connects to t and authenticates.
 func Dial(ctx context.Context, t Target, o Options) (*Client, error) {
@@ -139,10 +135,10 @@ func Dial(ctx context.Context, t Target, o Options) (*Client, error) {
 	if len(o.KeyFiles) == 0 {
 		o.KeyFiles = identities
 	}
-	auth, closeAgent := authMethods(o, home)
-	defer closeAgent()
+	creds := authMethods(o, home)
+	defer creds.close()
 	cfg := &ssh.ClientConfig{
-		User: user, Auth: auth, HostKeyCallback: hostKeys, HostKeyAlgorithms: algos,
+		User: user, Auth: creds.methods, HostKeyCallback: hostKeys, HostKeyAlgorithms: algos,
 		Timeout: o.Timeout,
 	}
 
@@ -160,12 +156,12 @@ func Dial(ctx context.Context, t Target, o Options) (*Client, error) {
 		case errors.As(err, &hk):
 			return nil, hk
 		case strings.Contains(err.Error(), "unable to authenticate"):
-			return nil, fmt.Errorf("%s as %s: %w (offered: %s)", addr, user, ErrAuth, describeAuth(o, len(auth)))
+			return nil, fmt.Errorf("%s as %s: %w (offered: %s)", addr, user, ErrAuth, creds.describe())
 		}
 		return nil, fmt.Errorf("ssh handshake with %s: %w", addr, err)
 	}
 	_ = conn.SetDeadline(time.Time{})
-	c := &Client{ssh: ssh.NewClient(sc, chans, reqs), addr: addr, user: user, stop: make(chan struct{})}
+	c := &Client{ssh: ssh.NewClient(sc, chans, reqs), addr: addr, stop: make(chan struct{})}
 	go c.keepAlive(o.KeepAlive)
 	return c, nil
 }
@@ -246,7 +242,7 @@ func resolve(t Target, o Options, home string) (host string, port int, user stri
 	}
 	if user == "" {
 		if user = get("User"); user == "" {
-			user = localUser(o.Getenv)
+			user = LocalUser(o.Getenv)
 		}
 	}
 	if id := get("IdentityFile"); id != "" {
@@ -258,8 +254,9 @@ func resolve(t Target, o Options, home string) (host string, port int, user stri
 	return host, port, user, identities
 }
 
-// localUser is the user running lucidctl, without a Windows domain.
-func localUser(getenv func(string) string) string {
+// LocalUser is the user running lucidctl ($USER, else the account name
+// without a Windows domain), or "" when neither is known.
+func LocalUser(getenv func(string) string) string {
 	if u := getenv("USER"); u != "" {
 		return u
 	}
@@ -340,15 +337,23 @@ func algorithmsFor(keyType string) []string {
 	return []string{keyType}
 }
 
+// credentials are what Dial offers the server, and what it could not use.
+type credentials struct {
+	methods []ssh.AuthMethod
+	agent   bool     // an ssh-agent answered
+	keys    []string // key files loaded
+	locked  []string // key files that need a passphrase
+	close   func()
+}
+
 // authMethods offers the agent's keys, then the key files.
-func authMethods(o Options, home string) ([]ssh.AuthMethod, func()) {
-	var methods []ssh.AuthMethod
-	closeAgent := func() {}
+func authMethods(o Options, home string) credentials {
+	cr := credentials{close: func() {}}
 	if !o.NoAgent {
 		if conn, err := dialAgent(o.Getenv("SSH_AUTH_SOCK")); err == nil {
 			ag := agent.NewClient(conn)
-			methods = append(methods, ssh.PublicKeysCallback(ag.Signers))
-			closeAgent = func() { conn.Close() }
+			cr.methods = append(cr.methods, ssh.PublicKeysCallback(ag.Signers))
+			cr.agent, cr.close = true, func() { conn.Close() }
 		}
 	}
 	var signers []ssh.Signer
@@ -358,31 +363,36 @@ func authMethods(o Options, home string) ([]ssh.AuthMethod, func()) {
 			continue
 		}
 		s, err := ssh.ParsePrivateKey(data)
-		if err != nil {
-			continue // passphrase-protected or not a key: the agent's business
+		var locked *ssh.PassphraseMissingError
+		switch {
+		case errors.As(err, &locked):
+			cr.locked = append(cr.locked, f) // the agent's business
+		case err == nil:
+			signers = append(signers, s)
+			cr.keys = append(cr.keys, f)
 		}
-		signers = append(signers, s)
 	}
 	if len(signers) > 0 {
-		methods = append(methods, ssh.PublicKeys(signers...))
+		cr.methods = append(cr.methods, ssh.PublicKeys(signers...))
 	}
-	return methods, closeAgent
+	return cr
 }
 
-func describeAuth(o Options, methods int) string {
-	if methods == 0 {
-		return "no usable key: none of the key files could be read and no ssh-agent answered"
-	}
+// describe says what was offered, for an authentication failure.
+func (cr credentials) describe() string {
 	var parts []string
-	if !o.NoAgent {
-		parts = append(parts, "ssh-agent keys, if any")
+	if cr.agent {
+		parts = append(parts, "the ssh-agent's keys")
 	}
-	for _, f := range o.KeyFiles {
-		if _, err := os.Stat(f); err == nil {
-			parts = append(parts, f)
-		}
+	parts = append(parts, cr.keys...)
+	offered := strings.Join(parts, ", ")
+	if offered == "" {
+		offered = "no key: no key file could be read and no ssh-agent answered"
 	}
-	return strings.Join(parts, ", ")
+	if len(cr.locked) > 0 {
+		offered += fmt.Sprintf("; %s need a passphrase: add them to the agent with ssh-add", strings.Join(cr.locked, ", "))
+	}
+	return offered
 }
 
 // dialError names a dial failure.

@@ -2,6 +2,9 @@ package sshx
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
 	"errors"
 	"io"
 	"net"
@@ -13,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 
 	"github.com/pickme/lucid/internal/testenv"
 )
@@ -104,6 +109,21 @@ func TestRefusals(t *testing.T) {
 		_, err := dial(t, s, Options{KeyFiles: []string{testenv.NewKeyFile(t)}})
 		if !errors.Is(err, ErrAuth) {
 			t.Fatalf("stranger's key: %v", err)
+		}
+	})
+	t.Run("key with a passphrase", func(t *testing.T) {
+		_, priv, _ := ed25519.GenerateKey(rand.Reader)
+		block, err := ssh.MarshalPrivateKeyWithPassphrase(priv, "", []byte("secret phrase"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		locked := filepath.Join(t.TempDir(), "id_locked")
+		if err := os.WriteFile(locked, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err = dial(t, s, Options{KeyFiles: []string{locked}})
+		if !errors.Is(err, ErrAuth) || !strings.Contains(err.Error(), locked+" need a passphrase") || !strings.Contains(err.Error(), "ssh-add") {
+			t.Fatalf("a passphrase-protected key: %v", err)
 		}
 	})
 	t.Run("refused", func(t *testing.T) {
