@@ -227,7 +227,7 @@ func composeServices(o Options) []composeService {
 			Ports:       []string{bind + strconv.Itoa(s.Port+o.PortOffset) + ":" + port},
 			Volume:      s.Container + "-data",
 			DataDir:     filepath.ToSlash(filepath.Join(DataRoot, s.Name)),
-			Healthcheck: []string{"CMD", Binary, s.Name, "healthcheck", "--ready"},
+			Healthcheck: HealthcheckTest(s.Name),
 		}
 		if s.Name == "engine" {
 			// Raft remembers its node id; a container's hostname changes

@@ -260,12 +260,19 @@ func (v *validation) checkService(project *types.Project, key string, svc types.
 	v.checkEnvFiles(key, s, svc)
 }
 
+// HealthcheckTest is the compose healthcheck of a Lucid service: the lucid
+// binary asks the service's /ready, so depends_on waits for dependencies
+// that are reachable, not merely alive.
+func HealthcheckTest(service string) []string {
+	return []string{"CMD", Binary, service, "healthcheck", "--ready"}
+}
+
 // checkHealthcheck: Lucid images are distroless (no shell, no curl, no
 // python); the only tool in them is the lucid binary.
 func (v *validation) checkHealthcheck(key string, s catalog.Service, svc types.ServiceConfig) {
 	hc := svc.HealthCheck
 	line := v.line("services", key, "healthcheck", "test")
-	want := fmt.Sprintf(`["CMD", %q, %q, "healthcheck"]`, Binary, s.Name)
+	want := `["` + strings.Join(HealthcheckTest(s.Name), `", "`) + `"]`
 	switch {
 	case hc == nil || len(hc.Test) == 0:
 		// The image's own HEALTHCHECK applies.
@@ -331,7 +338,9 @@ func (v *validation) checkPorts(project *types.Project, names []string) {
 		service string
 		line    int
 	}
-	seen := map[hostPort]owner{}
+	// In order of appearance, so the problems come out the same every run.
+	var seen []hostPort
+	owners := map[hostPort]owner{}
 	for _, name := range names {
 		for i, p := range project.Services[name].Ports {
 			if p.Published == "" {
@@ -346,13 +355,15 @@ func (v *validation) checkPorts(project *types.Project, names []string) {
 				hp.ip = ""
 			}
 			line := v.line("services", name, "ports", i)
-			for other, o := range seen {
+			for _, other := range seen {
+				o := owners[other]
 				if other.port == hp.port && other.proto == hp.proto && (other.ip == hp.ip || other.ip == "" || hp.ip == "") && o.service != name {
 					v.add(line, name, RulePortCollision, "host port %s/%s is also published by %s (line %d)", hp.port, proto, o.service, o.line)
 				}
 			}
-			if _, dup := seen[hp]; !dup {
-				seen[hp] = owner{name, line}
+			if _, dup := owners[hp]; !dup {
+				owners[hp] = owner{name, line}
+				seen = append(seen, hp)
 			}
 		}
 	}

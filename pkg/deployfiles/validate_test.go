@@ -151,3 +151,28 @@ func TestSecretOnlyForInterpolation(t *testing.T) {
 		t.Errorf("a service without a compose healthcheck was flagged (the image has one): %v", problems)
 	}
 }
+
+// TestProblemsComeInOneOrder: one port taken by four services gives the
+// same problems in the same order every run (--json must be stable).
+func TestProblemsComeInOneOrder(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "compose.yml")
+	compose := "services:\n  a:\n    image: x\n    ports: [\"127.0.0.1:8080:80\"]\n  b:\n    image: x\n    ports: [\"127.0.0.2:8080:80\"]\n  c:\n    image: x\n    ports: [\"127.0.0.3:8080:80\"]\n  d:\n    image: x\n    ports: [\"8080:80\"]\n"
+	if err := os.WriteFile(path, []byte(compose), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var first []string
+	for i := range 20 {
+		var got []string
+		for _, p := range validate(t, ValidateOptions{ComposeFile: path}) {
+			got = append(got, p.Message)
+		}
+		if i == 0 {
+			first = got
+		} else if !slices.Equal(got, first) {
+			t.Fatalf("run %d:\n%s\nfirst run:\n%s", i, strings.Join(got, "\n"), strings.Join(first, "\n"))
+		}
+	}
+	if len(first) != 3 {
+		t.Errorf("d's port on every address clashes with a, b and c; got %v", first)
+	}
+}

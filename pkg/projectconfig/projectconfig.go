@@ -240,11 +240,6 @@ func (c *Config) Resolve(name string) ([]string, error) {
 	return nil, fmt.Errorf("no target or group %q in %s", name, c.describe())
 }
 
-// Image returns the image reference of a service.
-func (c *Config) Image(service string) string {
-	return strings.ReplaceAll(c.Images.Name, "{service}", service) + ":" + c.Images.Tag
-}
-
 // Abs resolves a path from the file against the file's directory.
 func (c *Config) Abs(p string) string {
 	if filepath.IsAbs(p) {

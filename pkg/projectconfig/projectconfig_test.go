@@ -24,8 +24,8 @@ func TestParseExample(t *testing.T) {
 	if pi.Port != 22 || pi.Dir != DefaultDeployDir {
 		t.Errorf("pi = %+v", pi)
 	}
-	if got := c.Image("gateway"); got != "pickme/lucid-gateway:latest-arm64" {
-		t.Errorf("Image = %q", got)
+	if c.Images.Name != "pickme/lucid-{service}" || c.Images.Tag != "latest-arm64" {
+		t.Errorf("images = %+v, want DESIGN.md's pickme/lucid-<service>:latest-arm64", c.Images)
 	}
 }
 
