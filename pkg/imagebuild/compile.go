@@ -3,9 +3,11 @@ package imagebuild
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -74,4 +76,48 @@ func goArch(p v1.Platform) (arch, arm string, err error) {
 		}
 	}
 	return "", "", fmt.Errorf("platform %s is not supported", p)
+}
+
+// ParsePlatforms reads platform names such as linux/arm64 or linux/arm/v7.
+func ParsePlatforms(names []string) ([]v1.Platform, error) {
+	var out []v1.Platform
+	for _, n := range names {
+		p, err := v1.ParsePlatform(strings.TrimSpace(n))
+		if err != nil || p.OS == "" || p.Architecture == "" {
+			return nil, fmt.Errorf("platform %q: want os/arch[/variant], such as linux/arm64", n)
+		}
+		out = append(out, *p)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no platform to build")
+	}
+	return out, nil
+}
+
+// CompileAll compiles lucid from src for each platform, stamped with
+// stamp, into dir/<os-arch[-variant]>/lucid, and returns the binaries as
+// Options.Binaries wants them. progress, if set, hears of each binary.
+func CompileAll(ctx context.Context, src, dir string, platforms []v1.Platform, stamp Stamp, progress func(Event)) (map[string]string, error) {
+	binaries := map[string]string{}
+	for _, p := range platforms {
+		out := filepath.Join(dir, strings.ReplaceAll(p.String(), "/", "-"), "lucid")
+		start := time.Now()
+		if err := Compile(ctx, CompileOptions{SourceDir: src, Platform: p, Out: out, Version: stamp.Version, Commit: stamp.Commit, Epoch: stamp.Created}); err != nil {
+			return nil, err
+		}
+		if progress != nil {
+			fi, err := os.Stat(out)
+			if err != nil {
+				return nil, err
+			}
+			progress(Event{Step: "compile", Platform: p.String(), Image: "lucid", Detail: fmt.Sprintf("%.1f MiB in %s", float64(fi.Size())/(1<<20), time.Since(start).Round(10*time.Millisecond))})
+		}
+		binaries[p.String()] = out
+	}
+	return binaries, nil
+}
+
+// Label sets the OCI labels and creation time of o from the stamp.
+func (s Stamp) Label(o *Options) {
+	o.Version, o.Revision, o.Source, o.Created = s.Version, s.Commit, s.Source, s.Created
 }

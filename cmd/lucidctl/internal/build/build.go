@@ -9,11 +9,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"text/tabwriter"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
@@ -98,7 +96,11 @@ func run(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
-	platforms, err := parsePlatforms(opts.Platforms, cfg.Platforms)
+	names := opts.Platforms
+	if len(names) == 0 {
+		names = cfg.Platforms
+	}
+	platforms, err := imagebuild.ParsePlatforms(names)
 	if err != nil {
 		return cli.Usage(err)
 	}
@@ -136,17 +138,9 @@ func run(ctx context.Context, opts *Options) error {
 		fmt.Fprintf(opts.Env.IO.ErrOut, "%-8s %-12s %s %s\n", e.Step, e.Platform, e.Image, e.Detail)
 	}
 
-	binDir := filepath.Join(cfg.Abs(cfg.Local.StateDir), "build")
-	binaries := map[string]string{}
-	for _, p := range platforms {
-		out := filepath.Join(binDir, strings.ReplaceAll(p.String(), "/", "-"), "lucid")
-		t := time.Now()
-		if err := imagebuild.Compile(ctx, imagebuild.CompileOptions{SourceDir: src, Platform: p, Out: out, Version: stamp.Version, Commit: stamp.Commit, Epoch: stamp.Created}); err != nil {
-			return err
-		}
-		fi, _ := os.Stat(out)
-		progress(imagebuild.Event{Step: "compile", Platform: p.String(), Image: "lucid", Detail: fmt.Sprintf("%.1f MiB in %s", float64(fi.Size())/(1<<20), time.Since(t).Round(10*time.Millisecond))})
-		binaries[p.String()] = out
+	binaries, err := imagebuild.CompileAll(ctx, src, filepath.Join(cfg.Abs(cfg.Local.StateDir), "build"), platforms, stamp, progress)
+	if err != nil {
+		return err
 	}
 	var caCerts []byte
 	if opts.CACerts != "" {
@@ -158,9 +152,9 @@ func run(ctx context.Context, opts *Options) error {
 		CACerts:  caCerts,
 		Binaries: binaries, Platforms: platforms, Base: opts.Base,
 		ImageName: cfg.Images.Name, Tag: tag,
-		Version: stamp.Version, Revision: stamp.Commit, Source: stamp.Source, Created: stamp.Created,
 		Progress: progress,
 	}
+	stamp.Label(&bo)
 
 	var rows []imagebuild.Row
 	if opts.Builder == builderDocker {
@@ -219,23 +213,4 @@ func run(ctx context.Context, opts *Options) error {
 	}
 	fmt.Fprintf(opts.Env.IO.ErrOut, "built %d images in %s\n", len(rows), time.Since(start).Round(10*time.Millisecond))
 	return nil
-}
-
-func parsePlatforms(flags, fromConfig []string) ([]v1.Platform, error) {
-	names := flags
-	if len(names) == 0 {
-		names = fromConfig
-	}
-	var out []v1.Platform
-	for _, n := range names {
-		p, err := v1.ParsePlatform(strings.TrimSpace(n))
-		if err != nil || p.OS == "" || p.Architecture == "" {
-			return nil, fmt.Errorf("platform %q: want os/arch[/variant], such as linux/arm64", n)
-		}
-		out = append(out, *p)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("no platform to build")
-	}
-	return out, nil
 }

@@ -15,7 +15,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
@@ -212,27 +211,23 @@ func readRendered(ctx context.Context, cfg *projectconfig.Config) (compose, env 
 	return compose, env, nil
 }
 
-// buildImages compiles (or takes --lucid) and assembles the images.
+// buildImages compiles (or takes --lucid) and assembles the images, as
+// lucidctl build does, so a deployed image is the one build makes.
 func buildImages(ctx context.Context, opts *Options, cfg *projectconfig.Config) ([]imagebuild.Built, string, error) {
 	names := opts.Platforms
 	if len(names) == 0 {
 		names = cfg.Platforms
 	}
-	var platforms []v1.Platform
-	for _, n := range names {
-		p, err := v1.ParsePlatform(n)
-		if err != nil {
-			return nil, "", cli.Usage(fmt.Errorf("platform %q: %w", n, err))
-		}
-		platforms = append(platforms, *p)
+	platforms, err := imagebuild.ParsePlatforms(names)
+	if err != nil {
+		return nil, "", cli.Usage(err)
 	}
-	binaries := map[string]string{}
-	version := "dev"
+	bo := imagebuild.Options{Platforms: platforms, Base: opts.Base, ImageName: cfg.Images.Name, Tag: cfg.Images.Tag, Version: "dev"}
 	if opts.Lucid != "" {
 		if len(platforms) != 1 {
 			return nil, "", cli.Usage(errors.New("--lucid is one binary: give exactly one --platform"))
 		}
-		binaries[platforms[0].String()] = opts.Lucid
+		bo.Binaries = map[string]string{platforms[0].String(): opts.Lucid}
 	} else {
 		src := opts.SourceDir
 		if src == "" {
@@ -242,19 +237,13 @@ func buildImages(ctx context.Context, opts *Options, cfg *projectconfig.Config) 
 			}
 		}
 		stamp := imagebuild.ReadStamp(ctx, src, opts.Env.Getenv)
-		version = stamp.Version
-		for _, p := range platforms {
-			out := filepath.Join(cfg.Abs(cfg.Local.StateDir), "build", strings.ReplaceAll(p.String(), "/", "-"), "lucid")
-			if err := imagebuild.Compile(ctx, imagebuild.CompileOptions{SourceDir: src, Platform: p, Out: out, Version: stamp.Version, Commit: stamp.Commit, Epoch: stamp.Created}); err != nil {
-				return nil, "", err
-			}
-			binaries[p.String()] = out
+		if bo.Binaries, err = imagebuild.CompileAll(ctx, src, filepath.Join(cfg.Abs(cfg.Local.StateDir), "build"), platforms, stamp, nil); err != nil {
+			return nil, "", err
 		}
+		stamp.Label(&bo)
 	}
-	built, err := imagebuild.Assemble(ctx, imagebuild.Options{
-		Binaries: binaries, Platforms: platforms, Base: opts.Base, ImageName: cfg.Images.Name, Tag: cfg.Images.Tag, Version: version,
-	})
-	return built, version, err
+	built, err := imagebuild.Assemble(ctx, bo)
+	return built, bo.Version, err
 }
 
 // reporter prints events: lines on stderr, or JSON lines on stdout.
