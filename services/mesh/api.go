@@ -4,9 +4,11 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -166,6 +168,8 @@ func (a *App) handleRegister(w http.ResponseWriter, r *http.Request) error {
 	if err := a.reg.register(r.Context(), reg); isPending(err) {
 		a.logger.Warn("outside service saved; consul will get it on the next sync", "id", reg.ID, "error", err)
 		status = http.StatusAccepted
+	} else if refused := (*refusedError)(nil); errors.As(err, &refused) {
+		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "%v", refused)
 	} else if err != nil {
 		return registryError(err)
 	}
@@ -174,7 +178,31 @@ func (a *App) handleRegister(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-var registrationID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+var (
+	registrationID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	metaKey        = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
+)
+
+// checkMeta applies Consul's own limits on service metadata, so a
+// registration it would refuse is refused here with a reason, and the keys
+// the controller sets itself are not taken.
+func checkMeta(meta map[string]string) []string {
+	var problems []string
+	if len(meta) > 62 { // Consul allows 64; the controller adds two
+		problems = append(problems, fmt.Sprintf("meta: %d keys, at most 62", len(meta)))
+	}
+	for _, k := range slices.Sorted(maps.Keys(meta)) {
+		switch {
+		case !metaKey.MatchString(k) || strings.HasPrefix(k, "consul-"):
+			problems = append(problems, fmt.Sprintf("meta: key %q: letters, digits, dashes and underscores only, at most 128, not starting with consul-", k))
+		case k == "managed_by" || k == "external":
+			problems = append(problems, fmt.Sprintf("meta: key %q is the controller's own", k))
+		case len(meta[k]) > 512:
+			problems = append(problems, fmt.Sprintf("meta: value of %q is %d bytes, at most 512", k, len(meta[k])))
+		}
+	}
+	return problems
+}
 
 // validateRegistration checks an outside registration and fills defaults.
 func validateRegistration(reg *meshapi.Registration) error {
@@ -201,6 +229,7 @@ func validateRegistration(reg *meshapi.Registration) error {
 			problems = append(problems, "interval: must be a duration of at least 100ms")
 		}
 	}
+	problems = append(problems, checkMeta(reg.Meta)...)
 	if reg.ID == "" {
 		reg.ID = fmt.Sprintf("%s-%s-%d", reg.Name, strings.ReplaceAll(reg.Address, ":", "-"), reg.Port)
 	}

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -100,12 +101,15 @@ func (g *registrar) apply(ctx context.Context, want []*consul.AgentServiceRegist
 	if err != nil {
 		return err
 	}
+	// One registration Consul refuses must not keep the others out.
+	var errs []error
 	for _, r := range want {
 		if cur, ok := have[r.ID]; ok && sameRegistration(cur, r) {
 			continue
 		}
 		if err := g.consul.Agent().ServiceRegisterOpts(r, consul.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)); err != nil {
-			return fmt.Errorf("register %s: %w", r.ID, err)
+			errs = append(errs, fmt.Errorf("register %s: %w", r.ID, err))
+			continue
 		}
 		g.logger.Info("registered in consul", "id", r.ID, "service", r.Name, "address", fmt.Sprintf("%s:%d", r.Address, r.Port))
 	}
@@ -114,11 +118,11 @@ func (g *registrar) apply(ctx context.Context, want []*consul.AgentServiceRegist
 	for id, cur := range have {
 		if cur.Meta["managed_by"] == managedBy && !slices.ContainsFunc(want, func(r *consul.AgentServiceRegistration) bool { return r.ID == id }) {
 			if err := g.consul.Agent().ServiceDeregisterOpts(id, (&consul.QueryOptions{}).WithContext(ctx)); err != nil {
-				return fmt.Errorf("deregister %s: %w", id, err)
+				errs = append(errs, fmt.Errorf("deregister %s: %w", id, err))
 			}
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func sameRegistration(cur *consul.AgentService, r *consul.AgentServiceRegistration) bool {
@@ -181,10 +185,23 @@ func (g *registrar) register(ctx context.Context, r meshapi.Registration) error 
 		return err
 	}
 	if err := g.consul.Agent().ServiceRegisterOpts(externalRegistration(r), consul.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)); err != nil {
+		var refused consul.StatusError
+		if errors.As(err, &refused) && refused.Code >= 400 && refused.Code < 500 {
+			// Consul will never take it: keeping it would fail every sync.
+			if derr := g.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(externalBucket).Delete([]byte(r.ID)) }); derr != nil {
+				return derr
+			}
+			return &refusedError{strings.TrimSpace(refused.Body)}
+		}
 		return &pendingError{err}
 	}
 	return nil
 }
+
+// refusedError is Consul turning a registration down; nothing is kept.
+type refusedError struct{ reason string }
+
+func (e *refusedError) Error() string { return "consul refused the registration: " + e.reason }
 
 // pendingError says a change is saved but Consul has not taken it yet; the
 // sync loop applies it once Consul answers.

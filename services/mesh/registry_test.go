@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -86,21 +87,41 @@ func TestRegistrationFollowsConsul(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, "outside service passing", func() bool { return status("auth", outsideID) == "passing" })
 
 	// Bad registrations are refused with reasons.
-	for name, bad := range map[string]meshapi.Registration{
-		"stack name":  {Name: "engine", Address: "10.0.0.1", Port: 1},
-		"no address":  {Name: "x", Port: 1},
-		"bad port":    {Name: "x", Address: "10.0.0.1", Port: 70000},
-		"bad check":   {Name: "x", Address: "10.0.0.1", Port: 1, Check: "ftp://x"},
-		"upper case":  {Name: "Auth", Address: "10.0.0.1", Port: 1},
-		"short check": {Name: "x", Address: "10.0.0.1", Port: 1, Check: "http://x/", Interval: "1ms"},
-		"stack id":    {Name: "x", ID: "lucid-engine", Address: "10.0.0.1", Port: 1},
-		"path id":     {Name: "x", ID: "x/../../agent", Address: "10.0.0.1", Port: 1},
+	for name, tc := range map[string]struct {
+		reg    meshapi.Registration
+		status int
+	}{
+		"stack name":        {meshapi.Registration{Name: "engine", Address: "10.0.0.1", Port: 1}, http.StatusConflict},
+		"no address":        {meshapi.Registration{Name: "x", Port: 1}, http.StatusBadRequest},
+		"bad port":          {meshapi.Registration{Name: "x", Address: "10.0.0.1", Port: 70000}, http.StatusBadRequest},
+		"bad check":         {meshapi.Registration{Name: "x", Address: "10.0.0.1", Port: 1, Check: "ftp://x"}, http.StatusBadRequest},
+		"upper case":        {meshapi.Registration{Name: "Auth", Address: "10.0.0.1", Port: 1}, http.StatusBadRequest},
+		"short check":       {meshapi.Registration{Name: "x", Address: "10.0.0.1", Port: 1, Check: "http://x/", Interval: "1ms"}, http.StatusBadRequest},
+		"stack id":          {meshapi.Registration{Name: "x", ID: "lucid-engine", Address: "10.0.0.1", Port: 1}, http.StatusBadRequest},
+		"path id":           {meshapi.Registration{Name: "x", ID: "x/../../agent", Address: "10.0.0.1", Port: 1}, http.StatusBadRequest},
+		"meta key with dot": {meshapi.Registration{Name: "x", Address: "10.0.0.1", Port: 1, Meta: map[string]string{"a.b": "x"}}, http.StatusBadRequest},
+		"consul's meta key": {meshapi.Registration{Name: "x", Address: "10.0.0.1", Port: 1, Meta: map[string]string{"consul-version": "x"}}, http.StatusBadRequest},
+		"controller's key":  {meshapi.Registration{Name: "x", Address: "10.0.0.1", Port: 1, Meta: map[string]string{"managed_by": "me"}}, http.StatusBadRequest},
+		"long meta value":   {meshapi.Registration{Name: "x", Address: "10.0.0.1", Port: 1, Meta: map[string]string{"k": strings.Repeat("v", 513)}}, http.StatusBadRequest},
+		"refused by consul": {meshapi.Registration{Name: "x", Address: "0.0.0.0", Port: 1}, http.StatusBadRequest},
 	} {
 		var ae *api.Error
-		if err := client.Register(ctx, bad); !errors.As(err, &ae) || (ae.Status != http.StatusBadRequest && ae.Status != http.StatusConflict) {
-			t.Errorf("%s: %v, want 400 or 409", name, err)
+		if err := client.Register(ctx, tc.reg); !errors.As(err, &ae) || ae.Status != tc.status {
+			t.Errorf("%s: %v, want %d", name, err, tc.status)
 		}
 	}
+	// Nothing refused was kept: the controller stays ready.
+	if in, err := client.Service(ctx, "x"); err == nil {
+		t.Errorf("a refused registration is listed: %v", in)
+	}
+	testenv.Eventually(t, 5*time.Second, "controller ready after refusals", func() bool {
+		resp, err := http.Get(c.url + "/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 
 	// Consul forgets everything; the controller puts it back.
 	agent.Restart(t)
