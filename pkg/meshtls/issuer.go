@@ -10,12 +10,9 @@ import (
 	"time"
 
 	"github.com/pickme/lucid/pkg/api/meshapi"
+	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/meshca"
 )
-
-// MeshService is the controller's own service name: the identity a
-// Remote issuer requires of the server it sends the token to.
-const MeshService = "mesh"
 
 // Remote is an Issuer backed by the mesh controller at a URL.
 //
@@ -69,7 +66,7 @@ func (r *Remote) Issue(ctx context.Context, service string, csrPEM []byte) (chai
 				if err != nil {
 					return fmt.Errorf("mesh controller certificate: %w", err)
 				}
-				if name != MeshService {
+				if name != catalog.MeshService {
 					return fmt.Errorf("mesh controller certificate names %q", name)
 				}
 				return nil

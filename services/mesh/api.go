@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -66,8 +67,8 @@ func (a *App) member(h service.HandlerFunc) service.HandlerFunc {
 
 func (a *App) handleBundle(w http.ResponseWriter, r *http.Request) error {
 	nonce := r.URL.Query().Get("nonce")
-	if len(nonce) > meshapi.MaxNonceLen {
-		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "nonce longer than %d", meshapi.MaxNonceLen)
+	if _, err := hex.DecodeString(nonce); err != nil || len(nonce) != meshapi.NonceLen {
+		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "nonce must be %d hex digits", meshapi.NonceLen)
 	}
 	body := meshca.EncodeCerts(a.ca.Bundle())
 	w.Header().Set("Content-Type", "application/pem-certificate-chain")

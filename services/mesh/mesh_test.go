@@ -114,6 +114,19 @@ func TestCertificates(t *testing.T) {
 		}
 	})
 	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: insecureTLS()}}
+	t.Run("only a random nonce gets a MAC", func(t *testing.T) {
+		// A chosen text would come back with a MAC over it and the bundle.
+		for _, nonce := range []string{"", "short", strings.Repeat("g", 32), "-----BEGIN%20CERTIFICATE-----" + strings.Repeat("0", 3)} {
+			resp, err := insecure.Get(c.url + "/certificates/ca?nonce=" + nonce)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest || resp.Header.Get(meshapi.BundleMACHeader) != "" {
+				t.Errorf("nonce %q: %d, MAC %q", nonce, resp.StatusCode, resp.Header.Get(meshapi.BundleMACHeader))
+			}
+		}
+	})
 	post := func(path, token, body string) *http.Response {
 		req, _ := http.NewRequest(http.MethodPost, c.url+path, strings.NewReader(body))
 		if token != "" {

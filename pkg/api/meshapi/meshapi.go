@@ -33,8 +33,10 @@ import (
 // token, of the request's nonce, a newline, and the bundle body.
 const BundleMACHeader = "Lucid-Bundle-Mac"
 
-// MaxNonceLen bounds the nonce a caller may send.
-const MaxNonceLen = 128
+// NonceLen is the length of the nonce a caller sends for the bundle: 16
+// random bytes in hex. The MAC covers nonce and bundle together, so a
+// nonce of any other shape is refused rather than signed.
+const NonceLen = 32
 
 // BundleMAC is the MAC the controller sends with bundle for nonce.
 func BundleMAC(token, nonce string, bundle []byte) string {
@@ -206,9 +208,6 @@ func (c *Client) Deregister(ctx context.Context, name string) error {
 // EnvoyBootstrap returns the Envoy bootstrap YAML for service's sidecar.
 func (c *Client) EnvoyBootstrap(ctx context.Context, service string) ([]byte, error) {
 	var out []byte
-	r := api.Request{Method: http.MethodGet, URL: c.base + "/envoy/" + url.PathEscape(service) + "/bootstrap", Token: c.token}
-	if err := api.Do(ctx, c.http, r, &out); err != nil {
-		return nil, fmt.Errorf("mesh: %w", err)
-	}
-	return out, nil
+	err := c.do(ctx, http.MethodGet, "/envoy/"+url.PathEscape(service)+"/bootstrap", nil, &out)
+	return out, err
 }
