@@ -115,3 +115,22 @@ func TestCompletion(t *testing.T) {
 		t.Errorf("completion bash: exit %d", r.code)
 	}
 }
+
+// A token in the environment is never shown, not even as a flag default
+// in --help.
+func TestTokenStaysOutOfHelp(t *testing.T) {
+	const secret = "eyJhbGciOiJIUzI1NiJ9.secret-token-payload.sig"
+	t.Setenv("LUCID_TOKEN", secret)
+	for _, args := range [][]string{{"verify", "chain", "--help"}, {"session", "push", "--help"}} {
+		r := execute(t, map[string]string{"LUCID_TOKEN": secret}, false, args...)
+		if r.code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, r.code, r.errOut)
+		}
+		if strings.Contains(r.out+r.errOut, secret) {
+			t.Errorf("%v printed the token", args)
+		}
+		if !strings.Contains(r.out, "--token") {
+			t.Errorf("%v: no --token in the help:\n%s", args, r.out)
+		}
+	}
+}

@@ -74,7 +74,7 @@ The manifest hash sealed with the session is the SHA-256 of the lines
 	}
 	f := cmd.Flags()
 	f.StringVar(&opts.URL, "url", "http://127.0.0.1:8087", "data chain URL, or the gateway's (with --token)")
-	f.StringVar(&opts.Token, "token", os.Getenv("LUCID_TOKEN"), "bearer token to send, for the gateway (default $LUCID_TOKEN)")
+	f.StringVar(&opts.Token, "token", "", "bearer token to send, for the gateway (default $LUCID_TOKEN)")
 	f.StringVar(&opts.SessionID, "session-id", "", "session id (a UUID; default: a new one)")
 	f.BoolVar(&opts.Seal, "seal", false, "seal the session and anchor its root when all chunks are stored")
 	f.StringVar(&opts.Owner, "owner", "", "owner recorded in the anchor (with --seal)")
@@ -100,6 +100,9 @@ type file struct {
 }
 
 func runPush(ctx context.Context, opts *PushOptions) error {
+	if opts.Token == "" { // read here, not as the flag's default, which --help would print
+		opts.Token = opts.Env.Getenv("LUCID_TOKEN")
+	}
 	if opts.SessionID == "" {
 		opts.SessionID = uuid.NewString()
 	} else if u, err := uuid.Parse(opts.SessionID); err != nil || u.String() != opts.SessionID {

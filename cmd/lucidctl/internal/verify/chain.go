@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -42,7 +41,7 @@ so on stderr).`,
 		},
 	}
 	cmd.Flags().StringVar(&opts.URL, "url", "http://127.0.0.1:8084", "engine URL, or the gateway's /blockchain prefix (with --token)")
-	cmd.Flags().StringVar(&opts.Token, "token", os.Getenv("LUCID_TOKEN"), "bearer token to send, for a URL through the gateway (default $LUCID_TOKEN)")
+	cmd.Flags().StringVar(&opts.Token, "token", "", "bearer token to send, for a URL through the gateway (default $LUCID_TOKEN)")
 	cmd.Flags().StringArrayVar(&opts.Keys, "key", nil, "validator public key the chain must start with (repeatable)")
 	return cli.SupportsJSON(cmd)
 }
@@ -60,6 +59,9 @@ type ChainResult struct {
 }
 
 func runChain(ctx context.Context, opts *ChainOptions) error {
+	if opts.Token == "" { // read here, not as the flag's default, which --help would print
+		opts.Token = opts.Env.Getenv("LUCID_TOKEN")
+	}
 	if _, err := chain.Verifiers(opts.Keys); err != nil {
 		return cli.Usage(fmt.Errorf("--key: %w", err))
 	}
