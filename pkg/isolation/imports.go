@@ -191,39 +191,58 @@ func (s *scanner) goImports(files []goFile) []Finding {
 		}
 	}
 	// bad finds, from an import path, a chain to a forbidden package: a
-	// depth-first search with its own visited set, in sorted order, so the
-	// answer does not depend on map order or cycles. Found chains are
-	// memoised; "none" is not, as a cycle cut short could make it wrong.
+	// depth-first search in sorted order, so the answer does not depend on
+	// map order. Found chains are memoised, and so is "none" when it is
+	// exact: when the search below a package met no package already on
+	// its way (a cycle cut short), or when it started from the top.
 	for ip := range pkgImports {
 		slices.Sort(pkgImports[ip])
 	}
 	memo := map[string][]string{}
-	var search func(ip string, seen map[string]bool) []string
-	search = func(ip string, seen map[string]bool) []string {
+	clean := map[string]bool{}
+	var search func(ip string, seen map[string]bool) (chain []string, exact bool)
+	search = func(ip string, seen map[string]bool) ([]string, bool) {
 		if c, ok := memo[ip]; ok {
-			return c
+			return c, true
+		}
+		if clean[ip] {
+			return nil, true
 		}
 		if _, ok := s.forbiddenModule(ip); ok {
-			return []string{ip}
+			return []string{ip}, true
 		}
 		dir, local := pkgDir[ip]
-		if !local || seen[ip] {
-			return nil
-		}
-		if under(dir+"/", s.p.IsolatedDirs) {
-			return []string{ip}
+		switch {
+		case !local:
+			return nil, true
+		case seen[ip]:
+			return nil, false
+		case under(dir+"/", s.p.IsolatedDirs):
+			return []string{ip}, true
 		}
 		seen[ip] = true
+		exact := true
 		for _, next := range pkgImports[ip] {
-			if c := search(next, seen); c != nil {
+			c, ok := search(next, seen)
+			if c != nil {
 				chain := append([]string{ip}, c...)
 				memo[ip] = chain
-				return chain
+				return chain, true
 			}
+			exact = exact && ok
 		}
-		return nil
+		if exact {
+			clean[ip] = true
+		}
+		return nil, exact
 	}
-	bad := func(ip string) []string { return search(ip, map[string]bool{}) }
+	bad := func(ip string) []string {
+		chain, _ := search(ip, map[string]bool{})
+		if chain == nil {
+			clean[ip] = true // a search from the top is exact either way
+		}
+		return chain
+	}
 	var out []Finding
 	for _, f := range files {
 		if !under(f.rel, s.p.CorePaths) {

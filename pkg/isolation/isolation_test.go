@@ -249,9 +249,9 @@ func TestReviewCases(t *testing.T) {
 	write("go.mod", "module example.com/root\n")
 	write("payment-systems/tron/go.mod", "module example.com/pay\n")
 	write("payment-systems/tron/pay/pay.go", "package pay\n")
-	write("blockchain/core/a.go", "package core\n\nimport _ \"example.com/pay/pay\"\n")                     // a nested module
-	write("blockchain/lib/lib.go", "package lib\n")                                                         // clean...
-	write("blockchain/lib/lib_test.go", "package lib\n\nimport _ \"example.com/root/payment-systems/x\"\n") // ...but its test is not
+	write("blockchain/core/a.go", "package core\n\nimport _ \"example.com/pay/pay\"\n")      // a nested module
+	write("blockchain/lib/lib.go", "package lib\n")                                          // clean...
+	write("blockchain/lib/lib_test.go", "package lib\n\nimport _ \"example.com/pay/pay\"\n") // ...but its test is not
 	write("blockchain/core/b.go", "package core\n\nimport _ \"example.com/root/blockchain/lib\"\n")
 	write("blockchain/py/tool.py", "import os; import tronapi\nfrom ...payment_systems.tron import client\n")
 	rep, err := Scan(context.Background(), dir, Policy{})
@@ -271,5 +271,42 @@ func TestReviewCases(t *testing.T) {
 	}
 	if got["blockchain/core/b.go:3:example.com/root/blockchain/lib"] {
 		t.Error("a test-only import of lib reached its importer")
+	}
+}
+
+// BenchmarkImportGraph scans a clean core of 400 Go packages, five files
+// each, every file importing ten of the others: each import's search runs
+// once, however many files repeat it.
+func BenchmarkImportGraph(b *testing.B) {
+	root := b.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "go.mod"), []byte("module example.com/big\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "payment-systems", "tron"), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	const pkgs = 400
+	for p := range pkgs {
+		dir := filepath.Join(root, "blockchain", fmt.Sprintf("p%03d", p))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		for f := range 5 {
+			var imports strings.Builder
+			for k := 1; k <= 10; k++ {
+				fmt.Fprintf(&imports, "import _ \"example.com/big/blockchain/p%03d\"\n", (p+k*7+f)%pkgs)
+			}
+			src := fmt.Sprintf("package p%03d\n\n%s", p, imports.String())
+			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%d.go", f)), []byte(src), 0o644); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		rep, err := Scan(context.Background(), root, Policy{})
+		if err != nil || len(rep.Violations) != 0 {
+			b.Fatalf("%v %v", err, rep.Violations)
+		}
 	}
 }

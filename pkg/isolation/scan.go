@@ -57,6 +57,9 @@ func Scan(ctx context.Context, root string, p Policy) (*Report, error) {
 	}
 	p = p.Merge(root)
 	s := &scanner{root: root, p: p, terms: set(p.ForbiddenTerms), warnTerms: set(p.IsolatedWarnTerms), mods: p.ForbiddenModules}
+	for _, m := range p.ForbiddenModules {
+		s.modsLower = append(s.modsLower, strings.ToLower(m))
+	}
 	s.scoped = map[string][]string{}
 	for _, st := range p.ScopedTerms {
 		s.scoped[strings.ToLower(st.Term)] = st.Paths
@@ -166,6 +169,7 @@ type scanner struct {
 	scoped      map[string][]string
 	scopedTerms map[string]bool
 	mods        []string
+	modsLower   []string // mods in lower case, for forbiddenModule
 }
 
 // fileResult is one worker's findings.
@@ -244,9 +248,12 @@ func (s *scanner) scanFile(file string, r *fileResult) {
 // forbiddenModule reports whether an import path names a forbidden module
 // (itself or a subpackage).
 func (s *scanner) forbiddenModule(imp string) (string, bool) {
-	for _, m := range s.mods {
-		if strings.EqualFold(imp, m) || strings.HasPrefix(strings.ToLower(imp), strings.ToLower(m)+"/") || strings.HasPrefix(strings.ToLower(imp), strings.ToLower(m)+".") {
-			return m, true
+	// Runs for every step of the import graph's searches: one lower-casing
+	// of imp, none of the modules.
+	low := strings.ToLower(imp)
+	for i, m := range s.modsLower {
+		if rest, ok := strings.CutPrefix(low, m); ok && (rest == "" || rest[0] == '/' || rest[0] == '.') {
+			return s.mods[i], true
 		}
 	}
 	return "", false
