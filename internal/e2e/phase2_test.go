@@ -122,11 +122,12 @@ func TestPhase2FullStack(t *testing.T) {
 	var res struct {
 		Passed    bool
 		Scenarios []struct {
-			Name    string
-			Error   string
-			Skipped string
-			Metrics map[string]float64
-			Checks  []struct {
+			Name        string
+			Error       string
+			Skipped     string
+			Metrics     map[string]float64
+			FirstErrors map[string]string `json:"first_errors"`
+			Checks      []struct {
 				Metric string
 				Pass   bool
 			}
@@ -173,10 +174,13 @@ func TestPhase2FullStack(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("slowed bench: %v\n%s", err, out)
 	}
-	m := map[string]float64{}
+	m, why := map[string]float64{}, map[string]string{}
 	for _, s := range res.Scenarios {
 		for k, v := range s.Metrics {
 			m[k] = v
+		}
+		for k, v := range s.FirstErrors {
+			why[k] = v
 		}
 	}
 	// The lookups the block manager serves miss: slow, or failed by the
@@ -184,7 +188,7 @@ func TestPhase2FullStack(t *testing.T) {
 	// anchor lookups, served by session anchoring, keep working.
 	slowed := func(kind string) bool { return m[kind+"_p95_ms"] >= 10 || m[kind+"_errors"] > 0 }
 	if code != 3 || !slowed("block") || !slowed("proof") || m["anchor_errors"] != 0 {
-		t.Errorf("slowed block manager: exit %d, metrics %v", code, m)
+		t.Errorf("slowed block manager: exit %d, metrics %v, first errors %v", code, m, why)
 	}
 
 	down()

@@ -2,9 +2,6 @@ package phase2
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"math"
 	"net/http"
@@ -66,6 +63,10 @@ type ScenarioResult struct {
 	Checks  []Check            `json:"checks"`
 	Skipped string             `json:"skipped,omitempty"`
 	Error   string             `json:"error,omitempty"`
+	// FirstErrors names, per load that had failed requests ("requests",
+	// or a lookup kind), the first failure: a count alone says nothing
+	// about why.
+	FirstErrors map[string]string `json:"first_errors,omitempty"`
 	// For the report's charts.
 	perSecond []int64
 	latencies []float64 // ms, a sample
@@ -285,9 +286,20 @@ func (b *bench) getter(url string, tokens []string) func(context.Context, int) e
 	}
 }
 
+func (s *ScenarioResult) noteFirstError(load string, r loadgen.Result) {
+	if r.FirstError == "" {
+		return
+	}
+	if s.FirstErrors == nil {
+		s.FirstErrors = map[string]string{}
+	}
+	s.FirstErrors[load] = r.FirstError
+}
+
 func (b *bench) report(r loadgen.Result, s *ScenarioResult) {
 	s.Metrics["requests"] = float64(r.Requests)
 	s.Metrics["errors"] = float64(r.Errors)
+	s.noteFirstError("requests", r)
 	s.Metrics["requests_per_second"] = math.Round(r.Throughput*10) / 10
 	s.Metrics["p50_ms"], s.Metrics["p95_ms"], s.Metrics["p99_ms"], s.Metrics["max_ms"] = ms(r.P50), ms(r.P95), ms(r.P99), ms(r.Max)
 	s.perSecond = r.PerSecond
@@ -405,35 +417,23 @@ func (b *bench) anchoring(ctx context.Context, s *ScenarioResult) error {
 	if err != nil {
 		return err
 	}
-	client := b.e.client(30 * time.Second)
-	var info struct {
-		ChainID      string `json:"chain_id"`
-		ValidatorKey string `json:"validator_key"`
-	}
-	if err := api.Do(ctx, client, api.Request{Method: http.MethodGet, URL: b.e.Gateway + "/blockchain/api/v1/chain", Token: tok}, &info); err != nil {
-		return fmt.Errorf("chain info: %w", err)
-	}
-	vs, err := chain.Verifiers([]string{info.ValidatorKey})
+	probe, err := newAnchorProbe(ctx, b.e, tok, 30*time.Second)
 	if err != nil {
 		return err
 	}
 	start := time.Now()
-	sessions := make([]string, b.opts.Anchors)
+	sessions := make([]*chain.SessionAnchor, b.opts.Anchors)
 	var wg sync.WaitGroup
 	var submitErr atomic.Value
 	sem := make(chan struct{}, 16)
 	for i := range sessions {
-		sessions[i] = uuid.NewString()
+		sessions[i] = testAnchor(uuid.NewString(), "bench@lucid")
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			sum := sha256.Sum256([]byte(sessions[i]))
-			m := chain.SessionAnchor{SessionID: sessions[i], Owner: "bench@lucid", ManifestHash: hex.EncodeToString(sum[:]), MerkleRoot: hex.EncodeToString(sum[:]),
-				ChunkCount: 1, StartedAt: "2026-01-01T00:00:00Z", EndedAt: "2026-01-01T00:10:00Z"}
-			body, _ := json.Marshal(m)
-			if err := api.Do(ctx, client, api.Request{Method: http.MethodPost, URL: b.e.Gateway + "/api/v1/anchors", Token: tok, Body: body}, nil); err != nil {
+			if err := probe.submit(ctx, sessions[i]); err != nil {
 				submitErr.CompareAndSwap(nil, err)
 			}
 		}()
@@ -447,30 +447,23 @@ func (b *bench) anchoring(ctx context.Context, s *ScenarioResult) error {
 	pending := slices.Clone(sessions)
 	verified := 0
 	deadline := time.Now().Add(2 * time.Minute)
+	var lastWait error // why the last pending anchor was not sealed yet
 	for len(pending) > 0 {
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("%d of %d anchors not sealed in time", len(pending), len(sessions))
+			return fmt.Errorf("%d of %d anchors not sealed in time (%v)", len(pending), len(sessions), lastWait)
 		}
-		var still []string
-		for _, sid := range pending {
-			var st struct {
-				Status  string `json:"status"`
-				TxID    string `json:"tx_id"`
-				Receipt string `json:"receipt"`
-			}
-			if err := api.Do(ctx, client, api.Request{Method: http.MethodGet, URL: b.e.Gateway + "/api/v1/anchors/" + sid, Token: tok}, &st); err != nil || st.Status != "sealed" {
-				still = append(still, sid)
+		var still []*chain.SessionAnchor
+		for _, m := range pending {
+			st, err := probe.check(ctx, m)
+			if isNotSealed(err) {
+				still, lastWait = append(still, m), err
 				continue
 			}
-			v, err := chain.VerifyReceipt([]byte(st.Receipt), vs, chain.Origin(info.ChainID))
 			if err != nil {
-				return fmt.Errorf("receipt of %s does not verify: %w", sid, err)
-			}
-			if v.Tx.Anchor == nil || v.Tx.Anchor.SessionID != sid {
-				return fmt.Errorf("the receipt given for %s proves another transaction", sid)
+				return err
 			}
 			verified++
-			b.anchored = append(b.anchored, anchoredSession{session: sid, tx: st.TxID})
+			b.anchored = append(b.anchored, anchoredSession{session: m.SessionID, tx: st.TxID})
 		}
 		pending = still
 		if len(pending) > 0 {
@@ -525,6 +518,7 @@ func (b *bench) queries(ctx context.Context, s *ScenarioResult) error {
 		}})
 		s.Metrics[k.name+"_p95_ms"] = ms(r.P95)
 		s.Metrics[k.name+"_errors"] = float64(r.Errors)
+		s.noteFirstError(k.name, r)
 		worst = max(worst, r.P95)
 		s.Checks = append(s.Checks, Check{Metric: k.name + "_p95_ms", Want: "< 10 (Phase 2)", Value: ms(r.P95), Pass: r.P95 < 10*time.Millisecond && r.Errors == 0})
 	}

@@ -2,9 +2,6 @@ package phase2
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -19,7 +16,6 @@ import (
 	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
-	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/isolation"
 )
 
@@ -164,44 +160,32 @@ func (v *validator) anchor(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var info struct {
-		ChainID      string `json:"chain_id"`
-		ValidatorKey string `json:"validator_key"`
-	}
-	if err := api.Do(ctx, v.client, api.Request{Method: http.MethodGet, URL: v.e.Gateway + "/blockchain/api/v1/chain", Token: tok}, &info); err != nil {
-		return "", fmt.Errorf("chain info: %w", err)
-	}
-	sid := uuid.NewString()
-	sum := sha256.Sum256([]byte(sid))
-	body, _ := json.Marshal(chain.SessionAnchor{SessionID: sid, Owner: "validate@lucid", ManifestHash: hex.EncodeToString(sum[:]), MerkleRoot: hex.EncodeToString(sum[:]),
-		ChunkCount: 1, StartedAt: "2026-01-01T00:00:00Z", EndedAt: "2026-01-01T00:10:00Z"})
-	if err := api.Do(ctx, v.client, api.Request{Method: http.MethodPost, URL: v.e.Gateway + "/api/v1/anchors", Token: tok, Body: body}, nil); err != nil {
-		return "", fmt.Errorf("submit: %w", err)
-	}
-	vs, err := chain.Verifiers([]string{info.ValidatorKey})
+	probe, err := newAnchorProbe(ctx, v.e, tok, 10*time.Second)
 	if err != nil {
 		return "", err
 	}
-	deadline := time.Now().Add(90 * time.Second)
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		var st struct {
-			Status  string `json:"status"`
-			Height  uint64 `json:"height"`
-			Receipt string `json:"receipt"`
-		}
-		if err := api.Do(ctx, v.client, api.Request{Method: http.MethodGet, URL: v.e.Gateway + "/api/v1/anchors/" + sid, Token: tok}, &st); err == nil && st.Status == "sealed" {
-			vr, err := chain.VerifyReceipt([]byte(st.Receipt), vs, chain.Origin(info.ChainID))
-			if err != nil {
-				return "", fmt.Errorf("the receipt does not verify: %w", err)
-			}
-			if vr.Tx.Anchor == nil || vr.Tx.Anchor.SessionID != sid || vr.Tx.Anchor.ManifestHash != hex.EncodeToString(sum[:]) {
-				return "", errors.New("the receipt proves another transaction than the one submitted")
-			}
-			return fmt.Sprintf("session %s sealed in block %d; receipt verified offline", sid[:8], st.Height), nil
-		}
-		time.Sleep(500 * time.Millisecond)
+	m := testAnchor(uuid.NewString(), "validate@lucid")
+	if err := probe.submit(ctx, m); err != nil {
+		return "", fmt.Errorf("submit: %w", err)
 	}
-	return "", fmt.Errorf("session %s not sealed within 90 s", sid)
+	const wait = 90 * time.Second
+	deadline := time.Now().Add(wait)
+	for {
+		st, err := probe.check(ctx, m)
+		switch {
+		case err == nil:
+			return fmt.Sprintf("session %s sealed in block %d; receipt verified offline", m.SessionID[:8], st.Height), nil
+		case !isNotSealed(err):
+			return "", err
+		case time.Now().After(deadline):
+			return "", fmt.Errorf("session %s not sealed within %s (%v)", m.SessionID, wait, err)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 func (v *validator) rateLimit(ctx context.Context) (string, error) {
@@ -228,6 +212,9 @@ func (v *validator) noToken(ctx context.Context) (string, error) {
 	if errors.As(err, &ae) && ae.Status == http.StatusUnauthorized {
 		return "401 " + ae.Code, nil
 	}
+	if err == nil {
+		return "", errors.New("a request without a token was answered; want 401")
+	}
 	return "", fmt.Errorf("without a token: %v, want 401", err)
 }
 
@@ -243,8 +230,11 @@ func (v *validator) mesh(ctx context.Context) (string, error) {
 		}
 		err := api.Do(ctx, hc, api.Request{Method: http.MethodGet, URL: u + "/api/v1/nothing"}, nil)
 		var ae *api.Error
-		if !errors.As(err, &ae) || ae.Status != http.StatusForbidden {
-			return "", fmt.Errorf("%s answered a caller without a mesh certificate: %v", s.Name, err)
+		switch {
+		case err == nil:
+			return "", fmt.Errorf("%s answered a caller without a mesh certificate", s.Name)
+		case !errors.As(err, &ae) || ae.Status != http.StatusForbidden:
+			return "", fmt.Errorf("%s, called without a mesh certificate: %v, want 403", s.Name, err)
 		}
 	}
 	return "every internal service refuses a caller without a certificate (403)", nil

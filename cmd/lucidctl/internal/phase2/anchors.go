@@ -1,0 +1,91 @@
+package phase2
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/pickme/lucid/pkg/api"
+	"github.com/pickme/lucid/pkg/api/anchoringapi"
+	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/chain"
+)
+
+// anchorProbe submits test anchors through the gateway and checks each
+// sealed one's receipt offline, against the chain's validator key: what
+// validate phase2 does once and the anchoring benchmark does many times.
+type anchorProbe struct {
+	anchors   *anchoringapi.Client
+	verifiers note.Verifiers
+	origin    string
+}
+
+// newAnchorProbe reads the chain's identity through the gateway, calling
+// with token.
+func newAnchorProbe(ctx context.Context, e *endpoints, token string, timeout time.Duration) (*anchorProbe, error) {
+	hc := &http.Client{Timeout: timeout, Transport: api.WithBearer(e.transport(false), token)}
+	info, err := engineapi.New(e.Gateway+"/blockchain", hc).Chain(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("chain info: %w", err)
+	}
+	vs, err := chain.Verifiers([]string{info.ValidatorKey})
+	if err != nil {
+		return nil, err
+	}
+	return &anchorProbe{anchors: anchoringapi.New(e.Gateway, hc), verifiers: vs, origin: chain.Origin(info.ChainID)}, nil
+}
+
+// testAnchor is a made-up session of one chunk, owned by owner.
+func testAnchor(sessionID, owner string) *chain.SessionAnchor {
+	sum := sha256.Sum256([]byte(sessionID))
+	return &chain.SessionAnchor{SessionID: sessionID, Owner: owner, ManifestHash: hex.EncodeToString(sum[:]), MerkleRoot: hex.EncodeToString(sum[:]),
+		ChunkCount: 1, StartedAt: "2026-01-01T00:00:00Z", EndedAt: "2026-01-01T00:10:00Z"}
+}
+
+func (p *anchorProbe) submit(ctx context.Context, m *chain.SessionAnchor) error {
+	_, err := p.anchors.Anchor(ctx, m)
+	return err
+}
+
+// errNotSealed says an anchor is not in a block yet; Cause, if any, is why
+// its status could not be read.
+type errNotSealed struct{ cause error }
+
+func (e *errNotSealed) Error() string {
+	if e.cause != nil {
+		return "not sealed yet: " + e.cause.Error()
+	}
+	return "not sealed yet"
+}
+
+// check returns m's status once it is sealed and its receipt proves m;
+// *errNotSealed while it is not, any other error when the receipt is wrong.
+func (p *anchorProbe) check(ctx context.Context, m *chain.SessionAnchor) (*anchoringapi.AnchorStatus, error) {
+	st, err := p.anchors.Get(ctx, m.SessionID)
+	if err != nil {
+		return nil, &errNotSealed{err}
+	}
+	if st.Status != "sealed" {
+		return nil, &errNotSealed{}
+	}
+	v, err := chain.VerifyReceipt([]byte(st.Receipt), p.verifiers, p.origin)
+	if err != nil {
+		return nil, fmt.Errorf("the receipt of %s does not verify: %w", m.SessionID, err)
+	}
+	if v.Tx.Anchor == nil || v.Tx.Anchor.SessionID != m.SessionID || v.Tx.Anchor.ManifestHash != m.ManifestHash {
+		return nil, fmt.Errorf("the receipt given for %s proves another transaction than the one submitted", m.SessionID)
+	}
+	return st, nil
+}
+
+// isNotSealed reports whether err is check's "not yet".
+func isNotSealed(err error) bool {
+	var ns *errNotSealed
+	return errors.As(err, &ns)
+}
