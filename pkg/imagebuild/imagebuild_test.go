@@ -277,21 +277,35 @@ func TestRegistryBase(t *testing.T) {
 // step with the catalog: one per service, with its port, title and
 // description.
 func TestDockerfileMatchesCatalog(t *testing.T) {
-	df := string(dockerfiles.Dockerfile)
-	for _, s := range catalog.Services {
-		for _, want := range []string{
-			"FROM base AS " + s.Name + "\n",
-			fmt.Sprintf("EXPOSE %d/tcp", s.Port),
-			"org.opencontainers.image.title=" + s.Container + " io.lucid.service=" + s.Name,
-			fmt.Sprintf("org.opencontainers.image.description=%q", s.Summary),
-			fmt.Sprintf(`ENTRYPOINT ["%s", "%s"]`, deployfiles.Binary, s.Name),
-		} {
-			if !strings.Contains(df, want) {
-				t.Errorf("Dockerfile lacks %q", want)
-			}
+	// Each service's stage, from its FROM line to the next one: a line in
+	// the wrong stage is as wrong as a missing one.
+	stages := map[string]string{}
+	for _, part := range strings.Split(string(dockerfiles.Dockerfile), "\nFROM ")[1:] {
+		header, body, _ := strings.Cut(part, "\n")
+		if name, ok := strings.CutPrefix(header, "base AS "); ok {
+			stages[name] = body
 		}
 	}
-	if n := strings.Count(df, "\nFROM base AS "); n != len(catalog.Services) {
-		t.Errorf("Dockerfile has %d service targets, the catalog %d services", n, len(catalog.Services))
+	if len(stages) != len(catalog.Services) {
+		t.Errorf("Dockerfile has %d service stages, the catalog %d services", len(stages), len(catalog.Services))
+	}
+	for _, s := range catalog.Services {
+		stage, ok := stages[s.Name]
+		if !ok {
+			t.Errorf("Dockerfile has no stage %q", s.Name)
+			continue
+		}
+		for _, want := range []string{
+			"ENV LUCID_DATA_DIR=" + deployfiles.DataRoot + "/" + s.Name + "\n",
+			fmt.Sprintf("EXPOSE %d/tcp\n", s.Port),
+			"org.opencontainers.image.title=" + s.Container + " io.lucid.service=" + s.Name + " ",
+			fmt.Sprintf("org.opencontainers.image.description=%q", s.Summary),
+			fmt.Sprintf(`CMD ["%s", "%s", "healthcheck"]`, deployfiles.Binary, s.Name),
+			fmt.Sprintf(`ENTRYPOINT ["%s", "%s"]`, deployfiles.Binary, s.Name),
+		} {
+			if !strings.Contains(stage, want) {
+				t.Errorf("stage %s lacks %q", s.Name, want)
+			}
+		}
 	}
 }
