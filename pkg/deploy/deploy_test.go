@@ -269,7 +269,9 @@ func TestDeployEndToEnd(t *testing.T) {
 	if f.current(t) != second || !f.gatewayHealthy() {
 		t.Fatalf("after the cut: current %s, gateway healthy %v", f.current(t), f.gatewayHealthy())
 	}
-	// The next deploy takes over the lock the cut one left and succeeds.
+	// The cut deploy's lock outlives it: the next deploy is refused until
+	// the lock expires (taking over an expired one is tested on its own)
+	// or, here, is removed.
 	o = f.options(t, f.dial(t), cutImages, &events)
 	o.LockTTL = time.Minute
 	if _, err := Deploy(ctx, o); err == nil || !errors.Is(err, ErrLocked) {
@@ -324,6 +326,22 @@ func TestPreflightRefusals(t *testing.T) {
 			}
 		})
 	}
+	t.Run("an expired lock is taken over", func(t *testing.T) {
+		h := &host{name: "pi", ssh: f.dial(t), dir: f.dir}
+		long := time.Now().Add(-2 * time.Hour)
+		if err := h.lock(ctx, lockInfo{Host: "gone", PID: 7, User: "crashed", Since: long, Expires: long.Add(time.Hour)}, 0, func(string) {}); err != nil {
+			t.Fatal(err)
+		}
+		var said []string
+		me := lockInfo{Host: "here", PID: 8, User: "me", Since: time.Now(), Expires: time.Now().Add(time.Hour)}
+		if err := h.lock(ctx, me, 0, func(m string) { said = append(said, m) }); err != nil {
+			t.Fatalf("an expired lock was not taken over: %v", err)
+		}
+		defer h.unlock(ctx)
+		if len(said) != 1 || !strings.Contains(said[0], "taking over a stale lock of crashed@gone") {
+			t.Errorf("notices %q", said)
+		}
+	})
 	t.Run("a second deploy at once", func(t *testing.T) {
 		c := f.dial(t)
 		h := &host{name: "pi", ssh: c, dir: f.dir}
