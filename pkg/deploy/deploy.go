@@ -180,9 +180,13 @@ func Deploy(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: releases: %w", o.Name, err)
 	}
-	plan, err := planTransfer(ctx, h.docker, images)
-	if err != nil {
-		return nil, err
+	// Through a registry the host pulls what it lacks itself: nothing is
+	// sent over SSH, so there is nothing to ask its Engine.
+	plan := &TransferPlan{Images: images}
+	if o.ViaRegistry == "" {
+		if plan, err = planTransfer(ctx, h.docker, images); err != nil {
+			return nil, err
+		}
 	}
 	res.SentLayers, res.KeptLayers = len(plan.Send), plan.KeptLayers
 	compose, err := pinImages(o.Compose, o.ImageName, o.Tag, id)
@@ -198,7 +202,6 @@ func Deploy(ctx context.Context, o Options) (*Result, error) {
 	}
 
 	if o.ViaRegistry != "" {
-		res.SentLayers, res.KeptLayers = 0, 0 // none over SSH
 		emit("images", "start", "through "+o.ViaRegistry)
 		if err := o.throughRegistry(ctx, h, images); err != nil {
 			emit("images", "fail", err.Error())
