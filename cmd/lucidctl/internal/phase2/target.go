@@ -103,12 +103,16 @@ func (f targetFlags) resolve(ctx context.Context, env *cli.Env) (*endpoints, err
 		return nil, err
 	}
 	e := &endpoints{Service: map[string]string{}, mesh: vars["LUCID_MESH_TOKEN"]}
-	secret := env.Getenv("JWT_SECRET_KEY")
+	secret, source := env.Getenv("JWT_SECRET_KEY"), "the environment"
 	if secret == "" {
-		secret = vars["JWT_SECRET_KEY"]
+		secret, source = vars["JWT_SECRET_KEY"], path
 	}
 	if secret == "" {
 		return nil, cli.WithHint(fmt.Errorf("JWT_SECRET_KEY is in neither the environment nor %s", path), "the benchmarks sign their own tokens with the gateway's secret")
+	}
+	// Refused once, here, rather than by every scenario that signs a token.
+	if err := auth.CheckSecret([]byte(secret)); err != nil {
+		return nil, fmt.Errorf("JWT_SECRET_KEY from %s: %w", source, err)
 	}
 	e.secret = []byte(secret)
 	offset := f.portOffset
