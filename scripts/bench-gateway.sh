@@ -3,7 +3,9 @@
 # to the same trivial backend, on 127.0.0.1 only: requests/s and p50/p99 at
 # 1 and 16 connections for direct, nginx and the gateway (JWT and rate
 # limiting on, enterprise tier with a limit that never triggers), then the
-# gateway's memory for 10,000 idle keep-alive connections.
+# gateway's memory for 10,000 idle keep-alive connections. For reference it
+# also compares two servers answering a constant without proxying: the
+# backend (Go's net/http, on which the gateway is built) and nginx.
 #
 #   ./scripts/bench-gateway.sh [seconds per run, default 8] [rounds, default 3]
 set -euo pipefail
@@ -45,6 +47,10 @@ http {
   upstream backend { server $BACK; keepalive 64; }
   server {
     listen $NGX;
+    location = /constant {
+      default_type application/json;
+      return 200 '{"ok":true}';
+    }
     location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -96,6 +102,13 @@ for c in 1 16; do
 		paste "$work/gateway-$c" "$work/nginx-$c" | tail -1 | awk '{ print $1 / $4 }' >>"$work/ratio-$c"
 	done
 done
+# The reference: what net/http itself does against nginx, with no proxy
+# in between, at 16 connections.
+for round in $(seq "$rounds"); do
+	run go-const "http://$BACK/constant" 16
+	run ngx-const "http://$NGX/constant" 16
+	paste "$work/go-const-16" "$work/ngx-const-16" | tail -1 | awk '{ print $1 / $4 }' >>"$work/ratio-const"
+done
 printf "%-8s %5s  %12s  %10s  %10s\n" target conns "req/s" "p50" "p99"
 for c in 1 16; do
 	for t in direct nginx gateway; do
@@ -106,6 +119,9 @@ for c in 1 16; do
 	printf "gateway/nginx req/s at %2s conns: %.2f (median of %s rounds; %s)\n" "$c" "$(median "$work/ratio-$c" 1)" "$rounds" \
 		"$(sort -n "$work/ratio-$c" | awk '{ printf "%s%.2f", (NR > 1 ? " " : ""), $1 }')"
 done
+printf "reference, a constant answer at 16 conns: net/http %.0f req/s, nginx %.0f req/s, ratio %.2f (median; %s)\n" \
+	"$(median "$work/go-const-16" 1)" "$(median "$work/ngx-const-16" 1)" "$(median "$work/ratio-const" 1)" \
+	"$(sort -n "$work/ratio-const" | awk '{ printf "%s%.2f", (NR > 1 ? " " : ""), $1 }')"
 awk -v g="$(median "$work/gateway-1" 2)" -v d="$(median "$work/direct-1" 2)" \
 	'BEGIN { printf "added latency at 1 conn: %.0f us p50 over direct (goal <= 100 us)\n", g - d }'
 
