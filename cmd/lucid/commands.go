@@ -11,6 +11,7 @@ import (
 	"github.com/pickme/lucid/pkg/buildinfo"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/envconfig"
+	"github.com/pickme/lucid/pkg/routetable"
 	"github.com/pickme/lucid/pkg/service"
 	"github.com/pickme/lucid/services/anchoring"
 	"github.com/pickme/lucid/services/blocks"
@@ -106,21 +107,21 @@ alive. Container images have no curl; their HEALTHCHECK runs this instead.`,
 func newRoutesCmd(stdout io.Writer) *cobra.Command {
 	return &cobra.Command{
 		Use:   "routes",
-		Short: "Check and print the gateway's route table (" + gateway.EnvRoutes + ", else the default) as YAML",
+		Short: "Check and print the gateway's route table (" + routetable.EnvVar + ", else the default) as YAML",
 		Long: `routes reads the route table the gateway would start with: the YAML file
-named by ` + gateway.EnvRoutes + `, or the default table when it is unset. It
+named by ` + routetable.EnvVar + `, or the default table when it is unset. It
 prints the table with every default filled in, or reports each problem with
 its line and exits 2.
 
   lucid gateway routes > routes.yaml      # start from the defaults
-  ` + gateway.EnvRoutes + `=routes.yaml lucid gateway routes   # check an edit`,
+  ` + routetable.EnvVar + `=routes.yaml lucid gateway routes   # check an edit`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
-			routes, err := gateway.LoadRoutes(os.Getenv(gateway.EnvRoutes))
+			routes, err := routetable.Load(os.Getenv(routetable.EnvVar))
 			if err != nil {
 				return &service.ConfigError{Service: "gateway", Err: err}
 			}
-			out, err := gateway.MarshalRoutes(routes)
+			out, err := routetable.Marshal(routes)
 			if err != nil {
 				return err
 			}

@@ -26,13 +26,14 @@ import (
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/ratelimit"
+	"github.com/pickme/lucid/pkg/routetable"
 	"github.com/pickme/lucid/pkg/service"
 )
 
 // App is the gateway service.
 type App struct {
 	secret  []byte
-	routes  []Route
+	routes  []routetable.Route
 	lookup  func(string) string
 	trusted []*net.IPNet
 	limits  map[auth.Tier]ratelimit.Limit
@@ -87,9 +88,9 @@ func New() service.App { return &App{} }
 // the rate limits, trusted proxies and CORS.
 func (a *App) Configure(r *envconfig.Reader) {
 	a.secret = []byte(r.Secret("JWT_SECRET_KEY", auth.MinSecretLen, "the gateway verifies client tokens with it"))
-	routes, err := LoadRoutes(r.String(EnvRoutes, ""))
+	routes, err := routetable.Load(r.String(routetable.EnvVar, ""))
 	if err != nil {
-		r.Fail(EnvRoutes, "%v", err)
+		r.Fail(routetable.EnvVar, "%v", err)
 	}
 	a.routes = routes
 	a.lookup = func(k string) string { return r.String(k, "") }

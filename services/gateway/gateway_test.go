@@ -23,6 +23,7 @@ import (
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/envconfig"
+	"github.com/pickme/lucid/pkg/routetable"
 	"github.com/pickme/lucid/pkg/service"
 )
 
@@ -70,7 +71,7 @@ func startGateway(t testing.TB, upstream string, env map[string]string) *gw {
 }
 
 // startGatewayWithRoutes starts a gateway with its own route table.
-func startGatewayWithRoutes(t testing.TB, upstream string, routes []Route) *gw {
+func startGatewayWithRoutes(t testing.TB, upstream string, routes []routetable.Route) *gw {
 	t.Helper()
 	return startGatewayWith(t, upstream, nil, routes)
 }
@@ -85,7 +86,7 @@ func mustURL(t testing.TB, raw string) *url.URL {
 
 func urls(us ...*url.URL) []*url.URL { return us }
 
-func startGatewayWith(t testing.TB, upstream string, env map[string]string, routes []Route) *gw {
+func startGatewayWith(t testing.TB, upstream string, env map[string]string, routes []routetable.Route) *gw {
 	t.Helper()
 	vars := map[string]string{"JWT_SECRET_KEY": secret}
 	for _, svc := range []string{"ENGINE", "ANCHORING", "BLOCKS", "DATACHAIN"} {
@@ -102,7 +103,7 @@ func startGatewayWith(t testing.TB, upstream string, env map[string]string, rout
 		t.Fatal(err)
 	}
 	if routes != nil {
-		app.routes = append([]Route(nil), routes...)
+		app.routes = append([]routetable.Route(nil), routes...)
 	}
 	g := &gw{app: app, now: time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)}
 	app.now = func() time.Time { g.mu.Lock(); defer g.mu.Unlock(); return g.now }

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/routetable"
 	"github.com/pickme/lucid/pkg/service"
 )
 
@@ -79,7 +80,7 @@ func proxiedOf(r *http.Request) *proxied {
 
 // routeProxy is the handler of one route.
 type routeProxy struct {
-	route   Route
+	route   routetable.Route
 	pool    *pool
 	proxy   *httputil.ReverseProxy // for what the fast path does not carry
 	gw      *App
@@ -89,7 +90,7 @@ type routeProxy struct {
 	errors  prometheus.Counter  // requests not answered upstream
 }
 
-func (a *App) newRouteProxy(r Route, p *pool, transport http.RoundTripper, buffers *bufferPool) *routeProxy {
+func (a *App) newRouteProxy(r routetable.Route, p *pool, transport http.RoundTripper, buffers *bufferPool) *routeProxy {
 	rp := &routeProxy{route: r, gw: a, logger: a.logger, pool: p, buffers: buffers,
 		latency: a.metrics.upstreamLatency.WithLabelValues(r.Service),
 		errors:  a.metrics.upstreamErrors.WithLabelValues(r.Service)}
