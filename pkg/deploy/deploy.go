@@ -45,7 +45,10 @@ type Options struct {
 	DockerSocket string
 	// Compose and Env are the rendered files; ImageName and Tag name the
 	// images in Compose.
-	Compose, Env    []byte
+	Compose, Env []byte
+	// Routes is the gateway's route table the compose file mounts
+	// (deployfiles.RoutesPath); nil when it mounts none.
+	Routes          []byte
 	ImageName, Tag  string
 	Version         string
 	Images          []imagebuild.Built
@@ -236,7 +239,7 @@ func Deploy(ctx context.Context, o Options) (*Result, error) {
 func (o *Options) rollout(ctx context.Context, h *host, res *Result, prev *Release, images []TransferImage, compose []byte, id string, emit func(step, status, msg string)) (*Result, error) {
 	rel := Release{ID: id, Version: o.Version, Created: o.Now().UTC(), By: localUser() + "@" + localHost(), Images: imageIDs(images), Status: "deploying"}
 	emit("release", "start", id)
-	if err := h.writeRelease(ctx, rel, compose, o.Env); err != nil {
+	if err := h.writeRelease(ctx, rel, compose, o.Env, o.Routes); err != nil {
 		emit("release", "fail", err.Error())
 		return nil, fmt.Errorf("%s: write release %s: %w (the previous release still runs)", o.Name, id, err)
 	}
@@ -408,14 +411,21 @@ func imageIDs(images []TransferImage) map[string]string {
 // dryRunPlan says what a deploy would change, without changing anything.
 func (o *Options) dryRunPlan(ctx context.Context, h *host, prev *Release, plan *TransferPlan) *Plan {
 	p := &Plan{Layers: len(plan.Send), Bytes: plan.SendBytes}
+	type file struct {
+		rel string
+		new []byte
+		pin bool // written with the images pinned to the release
+	}
+	files := []file{{deployfiles.ComposePath, o.Compose, true}, {deployfiles.EnvPath, o.Env, false}}
+	if o.Routes != nil {
+		files = append(files, file{deployfiles.RoutesPath, o.Routes, false})
+	}
 	if prev == nil {
-		p.Files = []string{deployfiles.ComposePath, deployfiles.EnvPath}
+		for _, f := range files {
+			p.Files = append(p.Files, f.rel)
+		}
 	} else {
-		for _, f := range []struct {
-			rel string
-			new []byte
-			pin bool
-		}{{deployfiles.ComposePath, o.Compose, true}, {deployfiles.EnvPath, o.Env, false}} {
+		for _, f := range files {
 			old, _ := h.ssh.Run(ctx, "cat "+sshx.Quote(h.releaseDir(prev.ID)+"/"+f.rel), nil)
 			cur := f.new
 			if f.pin {

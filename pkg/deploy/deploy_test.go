@@ -23,6 +23,7 @@ import (
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/imagebuild"
+	"github.com/pickme/lucid/pkg/routetable"
 	"github.com/pickme/lucid/pkg/sshx"
 )
 
@@ -44,6 +45,7 @@ type fixture struct {
 	dir     string
 	compose []byte
 	env     []byte
+	routes  []byte
 	clock   atomic.Int64
 	secrets []string
 }
@@ -54,11 +56,17 @@ func newFixture(t *testing.T) *fixture {
 		testenv.Missing(t, "a running Docker Engine")
 	}
 	f := &fixture{sshd: testenv.StartSSHD(t, testenv.SSHDOptions{}), dir: filepath.Join(t.TempDir(), "production")}
-	files, err := deployfiles.Render(context.Background(), deployfiles.Options{ImageName: imageName, ImageTag: imageTag, NoConsul: true, PortOffset: portOffset})
+	// The operator's route table: DESIGN.md's, and a public route to the
+	// engine's own endpoints that only this table has.
+	routes, err := routetable.Marshal(append(routetable.Default(), routetable.Route{Prefix: "/engine", Service: "engine", Strip: true, Public: true}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.compose, f.env = files.Compose, files.Env
+	files, err := deployfiles.Render(context.Background(), deployfiles.Options{ImageName: imageName, ImageTag: imageTag, NoConsul: true, PortOffset: portOffset, Routes: routes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.compose, f.env, f.routes = files.Compose, files.Env, routes
 	for _, k := range deployfiles.Secrets {
 		f.secrets = append(f.secrets, files.EnvValues[k])
 	}
@@ -148,7 +156,7 @@ func images(t *testing.T, binary, version string) []imagebuild.Built {
 func (f *fixture) options(t *testing.T, c *sshx.Client, built []imagebuild.Built, events *[]Event) Options {
 	var mu sync.Mutex
 	return Options{
-		Name: "pi", SSH: c, Dir: f.dir, Compose: f.compose, Env: f.env, ImageName: imageName, Tag: imageTag,
+		Name: "pi", SSH: c, Dir: f.dir, Compose: f.compose, Env: f.env, Routes: f.routes, ImageName: imageName, Tag: imageTag,
 		Version: "test", Images: built, MinFreeBytes: 64 << 20, HealthTimeout: 90 * time.Second,
 		GatewayHostPort: 8080 + portOffset,
 		Now:             func() time.Time { return time.Unix(f.clock.Add(1), 0) },
@@ -161,12 +169,19 @@ func (f *fixture) options(t *testing.T, c *sshx.Client, built []imagebuild.Built
 }
 
 func (f *fixture) gatewayHealthy() bool {
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/health", 8080+portOffset))
+	code, _ := f.gatewayGet("/health")
+	return code == http.StatusOK
+}
+
+// gatewayGet is GET path on the deployed gateway: the status and body.
+func (f *fixture) gatewayGet(path string) (int, string) {
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", 8080+portOffset, path))
 	if err != nil {
-		return false
+		return 0, err.Error()
 	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
 }
 
 func (f *fixture) current(t *testing.T) string {
@@ -218,6 +233,14 @@ func TestDeployEndToEnd(t *testing.T) {
 	env, err := os.Stat(filepath.Join(f.dir, "releases", first, deployfiles.EnvPath))
 	if err != nil || env.Mode().Perm() != 0o600 {
 		t.Errorf("release env file: %v %v", err, env)
+	}
+	// The route table went with the release, readable by the gateway's
+	// user, and the gateway runs it.
+	if rt, err := os.Stat(filepath.Join(f.dir, "releases", first, deployfiles.RoutesPath)); err != nil || rt.Mode().Perm() != 0o644 {
+		t.Errorf("release route table: %v %v", err, rt)
+	}
+	if code, body := f.gatewayGet("/engine/health"); code != http.StatusOK || !strings.Contains(body, `"service":"engine"`) {
+		t.Errorf("the route only the deployed table has: %d %s", code, body)
 	}
 	f.noSecrets(t, events)
 

@@ -93,14 +93,21 @@ func (h *host) current(ctx context.Context) (*Release, error) {
 }
 
 // writeRelease puts the release's files on the host: compose (images
-// pinned to the release's tags), env (0600) and release.json.
-func (h *host) writeRelease(ctx context.Context, r Release, compose, env []byte) error {
+// pinned to the release's tags), env (0600), the gateway's route table if
+// there is one, and release.json.
+func (h *host) writeRelease(ctx context.Context, r Release, compose, env, routes []byte) error {
 	dir := h.releaseDir(r.ID)
 	if err := h.ssh.WriteFile(ctx, path.Join(dir, deployfiles.ComposePath), compose, 0o644); err != nil {
 		return err
 	}
 	if err := h.ssh.WriteFile(ctx, path.Join(dir, deployfiles.EnvPath), env, 0o600); err != nil {
 		return err
+	}
+	// Readable by the gateway's non-root user, through a read-only mount.
+	if routes != nil {
+		if err := h.ssh.WriteFile(ctx, path.Join(dir, deployfiles.RoutesPath), routes, 0o644); err != nil {
+			return err
+		}
 	}
 	return h.writeRecord(ctx, r)
 }

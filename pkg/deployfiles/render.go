@@ -1,5 +1,6 @@
 // Package deployfiles makes and checks the files a Pi deployment runs
-// from: the compose file of the core services and the env file they share.
+// from: the compose file of the core services, the env file they share
+// and, when the project has one, the gateway's route table.
 //
 // Render fills the embedded templates (package templates) from lucid.yaml's
 // image names and the catalog, keeping every value an existing env file
@@ -22,6 +23,7 @@ import (
 
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/envfile"
+	"github.com/pickme/lucid/pkg/routetable"
 	"github.com/pickme/lucid/templates"
 )
 
@@ -29,7 +31,15 @@ import (
 const (
 	ComposePath = "configs/docker/docker-compose.core.yml"
 	EnvPath     = "configs/environment/.env.core"
+	// RoutesPath is the gateway's route table (package routetable). It is
+	// the operator's own file, not rendered: when a project has one, the
+	// compose file mounts it and a deploy ships it; without one the
+	// gateway runs DESIGN.md's table.
+	RoutesPath = "configs/gateway/routes.yaml"
 )
+
+// RoutesMount is where the gateway's container sees RoutesPath.
+const RoutesMount = "/etc/lucid/gateway-routes.yaml"
 
 // In-image facts the compose file relies on; the image builder makes them
 // true.
@@ -74,6 +84,9 @@ type Options struct {
 	// PortOffset shifts every published host port (container ports stay),
 	// to run a second stack beside the first on one host.
 	PortOffset int
+	// Routes is the content of RoutesPath, nil when the project has none.
+	// It is checked, and the gateway's container mounts the file.
+	Routes []byte
 }
 
 // Files are the rendered files.
@@ -104,6 +117,7 @@ type composeService struct {
 	Environment      []string
 	Ports            []string
 	Volume, DataDir  string
+	Mounts           []string // read-only bind mounts, "source:target"
 	DependsOn        []string
 	Healthcheck      []string
 }
@@ -115,6 +129,11 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 	}
 	if o.NewSecret == nil {
 		o.NewSecret = envfile.NewSecret
+	}
+	if o.Routes != nil {
+		if _, err := routetable.Parse(RoutesPath, o.Routes); err != nil {
+			return nil, err
+		}
 	}
 	values, urlKeys := defaults()
 	// An existing value wins even when empty: an operator who emptied
@@ -169,7 +188,7 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 		"Services": composeServices(o),
 		"User":     User,
 		"Network":  Network,
-		"EnvFile":  envFileFromCompose(),
+		"EnvFile":  fromCompose(EnvPath),
 	}
 	if err := tmpl.ExecuteTemplate(&compose, "docker-compose.core.yml.tmpl", data); err != nil {
 		return nil, fmt.Errorf("compose template: %w", err)
@@ -229,6 +248,10 @@ func composeServices(o Options) []composeService {
 			DataDir:     filepath.ToSlash(filepath.Join(DataRoot, s.Name)),
 			Healthcheck: HealthcheckTest(s.Name),
 		}
+		if s.Name == "gateway" && o.Routes != nil {
+			cs.Mounts = append(cs.Mounts, fromCompose(RoutesPath)+":"+RoutesMount)
+			cs.Environment = append(cs.Environment, routetable.EnvVar+"="+RoutesMount)
+		}
 		if s.Name == "engine" {
 			// Raft remembers its node id; a container's hostname changes
 			// when it is recreated.
@@ -253,10 +276,10 @@ func composeServices(o Options) []composeService {
 	return out
 }
 
-// envFileFromCompose is the env file's path relative to the compose file's
-// directory, as compose resolves it.
-func envFileFromCompose() string {
-	rel, err := filepath.Rel(filepath.Dir(ComposePath), EnvPath)
+// fromCompose is a project path (EnvPath, RoutesPath) relative to the
+// compose file's directory, as compose resolves it.
+func fromCompose(p string) string {
+	rel, err := filepath.Rel(filepath.Dir(ComposePath), p)
 	if err != nil {
 		panic(err) // two constant relative paths
 	}

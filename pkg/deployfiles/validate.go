@@ -22,6 +22,7 @@ import (
 
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/envfile"
+	"github.com/pickme/lucid/pkg/routetable"
 )
 
 // Problem rules.
@@ -35,6 +36,8 @@ const (
 	RuleUnhealthyDep  = "dependency-without-healthcheck"
 	RuleImage         = "image-name"
 	RuleHealthcheck   = "healthcheck-tool"
+	RuleMount         = "missing-mount-source"
+	RuleRoutes        = "route-table"
 )
 
 // Problem is one thing that would break a deployment.
@@ -258,6 +261,37 @@ func (v *validation) checkService(project *types.Project, key string, svc types.
 	}
 	v.checkHealthcheck(key, s, svc)
 	v.checkEnvFiles(key, s, svc)
+	v.checkMounts(key, svc)
+}
+
+// checkMounts: a bind mount's source exists (else Docker makes an empty
+// directory in its place), and a route table mounted into the gateway
+// parses, as the gateway will refuse to start otherwise.
+func (v *validation) checkMounts(key string, svc types.ServiceConfig) {
+	for i, m := range svc.Volumes {
+		if m.Type != types.VolumeTypeBind {
+			continue
+		}
+		src := m.Source
+		if !filepath.IsAbs(src) {
+			src = filepath.Join(filepath.Dir(v.file), src)
+		}
+		line := v.line("services", key, "volumes", i)
+		data, err := os.ReadFile(src)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			v.add(line, key, RuleMount, "mounts %s, which does not exist", src)
+		case m.Target != RoutesMount:
+		case err != nil:
+			v.add(line, key, RuleRoutes, "%v", err)
+		default:
+			if _, err := routetable.Parse(src, data); err != nil {
+				for _, e := range strings.Split(err.Error(), "\n") {
+					v.add(line, key, RuleRoutes, "%s", e)
+				}
+			}
+		}
+	}
 }
 
 // HealthcheckTest is the compose healthcheck of a Lucid service: the lucid

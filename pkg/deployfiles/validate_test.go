@@ -176,3 +176,60 @@ func TestProblemsComeInOneOrder(t *testing.T) {
 		t.Errorf("d's port on every address clashes with a, b and c; got %v", first)
 	}
 }
+
+// TestRouteTableIsMountedAndChecked: a project's route table is checked
+// by render, mounted read-only into the gateway alone, and validate
+// reports it missing or broken, with the table's own lines.
+func TestRouteTableIsMountedAndChecked(t *testing.T) {
+	routes := []byte("routes:\n  - prefix: /v2/anchors\n    service: anchoring\n")
+	if _, err := Render(context.Background(), Options{ImageName: "pickme/lucid-{service}", ImageTag: "v1", Routes: []byte("routes:\n  - prefix: /x\n    service: nope\n")}); err == nil ||
+		!strings.Contains(err.Error(), RoutesPath+":2") {
+		t.Errorf("render took a broken route table: %v", err)
+	}
+	f, err := Render(context.Background(), Options{ImageName: "pickme/lucid-{service}", ImageTag: "v1", Routes: routes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mount := "- ../gateway/routes.yaml:" + RoutesMount + ":ro"
+	if n := strings.Count(string(f.Compose), mount); n != 1 {
+		t.Errorf("the route table is mounted %d times, want once (into the gateway):\n%s", n, f.Compose)
+	}
+	if !strings.Contains(string(f.Compose), "LUCID_GATEWAY_ROUTES="+RoutesMount) {
+		t.Errorf("the gateway is not told where its route table is:\n%s", f.Compose)
+	}
+	plain, err := Render(context.Background(), Options{ImageName: "pickme/lucid-{service}", ImageTag: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(plain.Compose), RoutesMount) {
+		t.Error("without a route table, the compose file still mounts one")
+	}
+
+	dir := t.TempDir()
+	write := func(rel string, data []byte) {
+		t.Helper()
+		p := filepath.Join(dir, filepath.FromSlash(rel))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(ComposePath, f.Compose)
+	write(EnvPath, f.Env)
+	compose := filepath.Join(dir, filepath.FromSlash(ComposePath))
+	problems := validate(t, ValidateOptions{ComposeFile: compose})
+	if !has(problems, RuleMount, "lucid-api-gateway", "routes.yaml, which does not exist", 0) {
+		t.Errorf("a missing route table is not reported: %v", problems)
+	}
+	write(RoutesPath, routes)
+	for _, p := range validate(t, ValidateOptions{ComposeFile: compose}) {
+		t.Errorf("with its route table in place: %s", p)
+	}
+	write(RoutesPath, []byte("routes:\n  - prefix: /x\n    service: engine\n    stirp: true\n  - prefix: /health\n    service: engine\n"))
+	problems = validate(t, ValidateOptions{ComposeFile: compose})
+	if !has(problems, RuleRoutes, "lucid-api-gateway", "field stirp not found", 0) {
+		t.Errorf("a broken route table is not reported: %v", problems)
+	}
+}

@@ -4,6 +4,7 @@
 package deploy
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -153,7 +154,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 		}
 		targets = append(targets, ts...)
 	}
-	compose, env, err := readRendered(ctx, cfg)
+	files, err := readRendered(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -172,7 +173,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 		}
 		res, err := deploy.Deploy(ctx, deploy.Options{
 			Name: name, SSH: c, Dir: t.Dir, DockerSocket: opts.SSH.dockerSocket,
-			Compose: compose, Env: env, ImageName: cfg.Images.Name, Tag: cfg.Images.Tag, Version: version,
+			Compose: files.compose, Env: files.env, Routes: files.routes, ImageName: cfg.Images.Name, Tag: cfg.Images.Tag, Version: version,
 			Images: built, MinFreeBytes: opts.MinFreeMiB << 20, HealthTimeout: opts.HealthTimeout,
 			LockWait: opts.LockWait, DryRun: opts.DryRun, Events: report.event,
 			ViaRegistry: opts.ViaRegistry, InsecureRegistry: opts.Insecure,
@@ -186,29 +187,50 @@ func runDeploy(ctx context.Context, opts *Options) error {
 	return nil
 }
 
-// readRendered reads the rendered files and refuses them when validate
-// finds problems.
-func readRendered(ctx context.Context, cfg *projectconfig.Config) (compose, env []byte, err error) {
+// rendered are the files a release is made of.
+type rendered struct {
+	compose, env []byte
+	routes       []byte // nil unless the compose file mounts a route table
+}
+
+// readRendered reads the rendered files and the gateway's route table, and
+// refuses them when validate finds problems.
+func readRendered(ctx context.Context, cfg *projectconfig.Config) (*rendered, error) {
 	cp := filepath.Join(cfg.Dir, filepath.FromSlash(deployfiles.ComposePath))
 	ep := filepath.Join(cfg.Dir, filepath.FromSlash(deployfiles.EnvPath))
-	if compose, err = os.ReadFile(cp); err != nil {
-		return nil, nil, cli.WithHint(fmt.Errorf("compose file: %w", err), "`lucidctl render` writes it")
+	rp := filepath.Join(cfg.Dir, filepath.FromSlash(deployfiles.RoutesPath))
+	var r rendered
+	var err error
+	if r.compose, err = os.ReadFile(cp); err != nil {
+		return nil, cli.WithHint(fmt.Errorf("compose file: %w", err), "`lucidctl render` writes it")
 	}
-	if env, err = os.ReadFile(ep); err != nil {
-		return nil, nil, cli.WithHint(fmt.Errorf("env file: %w", err), "`lucidctl render` writes it")
+	if r.env, err = os.ReadFile(ep); err != nil {
+		return nil, cli.WithHint(fmt.Errorf("env file: %w", err), "`lucidctl render` writes it")
 	}
 	problems, err := deployfiles.Validate(ctx, deployfiles.ValidateOptions{ComposeFile: cp, ImageName: cfg.Images.Name, ImageTag: cfg.Images.Tag})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if len(problems) > 0 {
 		var lines []string
 		for _, p := range problems {
 			lines = append(lines, "  "+p.String())
 		}
-		return nil, nil, cli.Problems(fmt.Errorf("the rendered files have problems; nothing was deployed:\n%s", strings.Join(lines, "\n")))
+		return nil, cli.Problems(fmt.Errorf("the rendered files have problems; nothing was deployed:\n%s", strings.Join(lines, "\n")))
 	}
-	return compose, env, nil
+	// Validate has checked a mounted table; one the compose file does not
+	// mount would be ignored on the Pi, which is never what was meant.
+	mounted := bytes.Contains(r.compose, []byte(deployfiles.RoutesMount))
+	switch _, err := os.Stat(rp); {
+	case mounted:
+		if r.routes, err = os.ReadFile(rp); err != nil {
+			return nil, err
+		}
+	case err == nil:
+		return nil, cli.WithHint(fmt.Errorf("%s exists but the compose file does not mount it; nothing was deployed", deployfiles.RoutesPath),
+			"`lucidctl render` mounts it into the gateway")
+	}
+	return &r, nil
 }
 
 // buildImages compiles (or takes --lucid) and assembles the images, as

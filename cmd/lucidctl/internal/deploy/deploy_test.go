@@ -17,6 +17,7 @@ import (
 	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/imagebuild"
+	"github.com/pickme/lucid/pkg/projectconfig"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -104,5 +105,38 @@ func TestUnknownHostExitsFour(t *testing.T) {
 	err := runDeploy(context.Background(), opts)
 	if code := cli.ExitCode(context.Background(), err); code != cli.ExitAuth || !strings.Contains(cli.Hint(err), "--accept-new-host-key") {
 		t.Fatalf("exit %d (%v), hint %q", code, err, cli.Hint(err))
+	}
+}
+
+// TestRouteTableGoesOnlyWhenMounted: a route table the compose file mounts
+// is read for the release; one it does not mount stops the deploy, since
+// the Pi would silently run the default table.
+func TestRouteTableGoesOnlyWhenMounted(t *testing.T) {
+	dir := t.TempDir()
+	cfg := projectconfig.Default(dir)
+	table := []byte("routes:\n  - prefix: /x\n    service: engine\n")
+	write := func(routes []byte) {
+		t.Helper()
+		f, err := deployfiles.Render(context.Background(), deployfiles.Options{ImageName: cfg.Images.Name, ImageTag: cfg.Images.Tag, NoConsul: true, Routes: routes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rel, data := range map[string][]byte{deployfiles.ComposePath: f.Compose, deployfiles.EnvPath: f.Env, deployfiles.RoutesPath: table} {
+			if err := envfile.WriteAtomic(filepath.Join(dir, rel), data); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write(nil)
+	if _, err := readRendered(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "does not mount it") {
+		t.Errorf("an unmounted route table: %v", err)
+	}
+	write(table)
+	r, err := readRendered(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("a mounted route table: %v", err)
+	}
+	if string(r.routes) != string(table) {
+		t.Errorf("the release would carry %q as its route table", r.routes)
 	}
 }

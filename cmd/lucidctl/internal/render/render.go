@@ -18,6 +18,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/envfile"
+	"github.com/pickme/lucid/pkg/routetable"
 )
 
 // Options are the inputs of `lucidctl render`.
@@ -45,7 +46,12 @@ the embedded templates and lucid.yaml's image names.
 Values the env file already has are kept; --set overrides one. Missing
 secrets are generated from crypto/rand in an alphabet that needs no quoting.
 The env file is written atomically with mode 0600. Secret values never
-appear in any output: --dry-run shows a diff with them redacted.`,
+appear in any output: --dry-run shows a diff with them redacted.
+
+When configs/gateway/routes.yaml exists it is the gateway's route table
+(start one with ` + "`lucid gateway routes > configs/gateway/routes.yaml`" + `): it is
+checked, the compose file mounts it read-only into the gateway, and
+lucidctl deploy ships it. Without it the gateway runs DESIGN.md's table.`,
 		Example: `  lucidctl render
   lucidctl render --dry-run
   lucidctl render --set REDIS_URL=redis://lucid-redis:6379/0`,
@@ -78,6 +84,9 @@ type Output struct {
 	Files  []File `json:"files"`
 	// Generated names the secrets made up (their values are never shown).
 	Generated []string `json:"generated"`
+	// Routes is the gateway's route table the compose file mounts, if the
+	// project has one (deployfiles.RoutesPath).
+	Routes string `json:"routes,omitempty"`
 }
 
 var envKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -120,16 +129,28 @@ func run(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
+	routes, err := readIfExists(filepath.Join(dir, filepath.FromSlash(deployfiles.RoutesPath)))
+	if err != nil {
+		return err
+	}
+	if routes != nil {
+		if _, err := routetable.Parse(deployfiles.RoutesPath, routes); err != nil {
+			return cli.Problems(err) // every problem, with its line; nothing written
+		}
+	}
 
 	files, err := deployfiles.Render(ctx, deployfiles.Options{
 		ImageName: cfg.Images.Name, ImageTag: cfg.Images.Tag, Existing: existing, Set: set,
-		NoConsul: opts.NoConsul, PortOffset: opts.PortOffset,
+		NoConsul: opts.NoConsul, PortOffset: opts.PortOffset, Routes: routes,
 	})
 	if err != nil {
 		return err
 	}
 
 	out := Output{DryRun: opts.DryRun, Generated: files.Generated}
+	if routes != nil {
+		out.Routes = deployfiles.RoutesPath
+	}
 	if out.Generated == nil {
 		out.Generated = []string{}
 	}
@@ -179,6 +200,9 @@ func report(opts *Options, out Output) error {
 	}
 	for _, k := range out.Generated {
 		fmt.Fprintf(opts.Env.IO.ErrOut, "%s %s (the value is in the env file only)\n", verb, k)
+	}
+	if out.Routes != "" {
+		fmt.Fprintf(opts.Env.IO.ErrOut, "the gateway's route table is %s (mounted read-only)\n", out.Routes)
 	}
 	return nil
 }

@@ -105,3 +105,39 @@ func TestRenderRefusesBadSet(t *testing.T) {
 		t.Fatalf("bad --set: %v, want a usage error", err)
 	}
 }
+
+// TestRenderMountsTheProjectsRouteTable: configs/gateway/routes.yaml, when
+// the project has one, is checked and mounted, and render says so; a
+// broken one stops render before anything is written.
+func TestRenderMountsTheProjectsRouteTable(t *testing.T) {
+	dir := t.TempDir()
+	routes := filepath.Join(dir, filepath.FromSlash(deployfiles.RoutesPath))
+	if err := os.MkdirAll(filepath.Dir(routes), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(routes, []byte("routes:\n  - prefix: /x\n    service: engine\n    public: yes please\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := render(t, dir, false); err == nil || !strings.Contains(err.Error(), deployfiles.RoutesPath) || !strings.Contains(err.Error(), "line 4") || cli.ExitCode(context.Background(), err) != cli.ExitProblems {
+		t.Errorf("a broken route table: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, deployfiles.ComposePath)); err == nil {
+		t.Error("render wrote the compose file despite a broken route table")
+	}
+
+	if err := os.WriteFile(routes, []byte("routes:\n  - prefix: /x\n    service: engine\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := render(t, dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var o Output
+	if err := json.Unmarshal([]byte(out), &o); err != nil || o.Routes != deployfiles.RoutesPath {
+		t.Errorf("--json routes = %q (%v)", o.Routes, err)
+	}
+	compose, _ := os.ReadFile(filepath.Join(dir, deployfiles.ComposePath))
+	if !strings.Contains(string(compose), deployfiles.RoutesMount+":ro") {
+		t.Errorf("the compose file does not mount the route table:\n%s", compose)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/routetable"
 	"github.com/pickme/lucid/pkg/supervise"
 )
 
@@ -35,6 +36,9 @@ type plan struct {
 	mtls       bool // the services speak mTLS with mesh certificates
 	services   []catalog.Service
 	env        []string // base environment of every service
+	// routes is the project's gateway route table (deployfiles.RoutesPath),
+	// "" to run the default one.
+	routes string
 }
 
 func (p *plan) port(s catalog.Service) int { return s.Port + p.portOffset }
@@ -102,11 +106,15 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 		if p.mtls && s.Name != catalog.MeshService {
 			deps = append(deps, catalog.MeshService) // it issues their certificates
 		}
+		env := append(append(slices.Clone(common), p.extraPorts(s)...), "LUCID_ADDR=127.0.0.1:"+strconv.Itoa(p.port(s)), "LUCID_DATA_DIR="+data)
+		if s.Name == "gateway" && p.routes != "" {
+			env = append(env, routetable.EnvVar+"="+p.routes)
+		}
 		specs = append(specs, supervise.Spec{
 			Name:      s.Name,
 			Path:      p.lucid,
 			Args:      []string{s.Name},
-			Env:       append(append(slices.Clone(common), p.extraPorts(s)...), "LUCID_ADDR=127.0.0.1:"+strconv.Itoa(p.port(s)), "LUCID_DATA_DIR="+data),
+			Env:       env,
 			DependsOn: deps,
 			Ready:     supervise.HTTPProbe(p.url(s) + "/ready"),
 		})

@@ -18,11 +18,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/root"
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/envfile"
+	"github.com/pickme/lucid/pkg/routetable"
 )
 
 // lucidBin is the lucid binary the tests supervise, built once.
@@ -98,6 +101,17 @@ func (p *project) up(args ...string) result {
 	return r
 }
 
+func (p *project) write(rel, data string) {
+	p.t.Helper()
+	path := filepath.Join(p.dir, filepath.FromSlash(rel))
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		p.t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
 func (p *project) read(rel string) string {
 	b, _ := os.ReadFile(filepath.Join(p.dir, rel))
 	return string(b)
@@ -139,6 +153,10 @@ func (st statusJSON) service(name string) svcJSON {
 
 func TestUpStatusLogsDown(t *testing.T) {
 	p := newProject(t, 20000)
+	// The project's route table: DESIGN.md's, and a public route to the
+	// engine's own endpoints that only this table has.
+	p.write(deployfiles.RoutesPath, "routes:\n  - prefix: /engine\n    service: engine\n    strip: true\n    public: true\n"+
+		strings.TrimPrefix(mustMarshal(t, routetable.Default()), "routes:\n"))
 	r := p.up()
 	for _, s := range catalog.Services {
 		if !strings.Contains(r.out, s.Name) {
@@ -201,6 +219,14 @@ func TestUpStatusLogsDown(t *testing.T) {
 	resp, err := http.Get(gw.URL + "/health")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("gateway /health: %v", err)
+	}
+	resp.Body.Close()
+	resp, err = http.Get(gw.URL + "/engine/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body, _ := io.ReadAll(resp.Body); resp.StatusCode != 200 || !strings.Contains(string(body), `"service":"engine"`) {
+		t.Errorf("the project's own route: %s %s", resp.Status, body)
 	}
 	resp.Body.Close()
 	noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
@@ -375,6 +401,29 @@ func TestUpSupervisesConsul(t *testing.T) {
 		_ = json.NewDecoder(resp.Body).Decode(&entries)
 		return len(entries) == 1 && slices.Contains(entries[0].Service.Tags, "mtls")
 	})
+}
+
+// TestUpRefusesBrokenRouteTable: a route table the gateway would refuse
+// stops up before anything starts, naming the file and line.
+func TestUpRefusesBrokenRouteTable(t *testing.T) {
+	p := newProject(t, 20400)
+	p.write(deployfiles.RoutesPath, "routes:\n  - prefix: /x\n    service: nope\n")
+	r := p.lucidctl(context.Background(), "up", "-d", "--lucid", lucidBin, "--port-offset", strconv.Itoa(p.offset))
+	if r.code != cli.ExitProblems || !strings.Contains(r.errOut, "routes.yaml:2") || !strings.Contains(r.errOut, `service "nope"`) {
+		t.Errorf("exit %d, stderr %q", r.code, r.errOut)
+	}
+	if _, err := os.Stat(filepath.Join(p.dir, "state", "logs", "supervisor.log")); err == nil {
+		t.Error("a supervisor started")
+	}
+}
+
+func mustMarshal(t *testing.T, routes []routetable.Route) string {
+	t.Helper()
+	b, err := routetable.Marshal(routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 func TestUpRefusesWeakSecret(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,8 +17,10 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/projectconfig"
+	"github.com/pickme/lucid/pkg/routetable"
 	"github.com/pickme/lucid/pkg/supervise"
 )
 
@@ -117,6 +120,14 @@ func makePlan(ctx context.Context, opts *UpOptions, cfg *projectconfig.Config, l
 	}
 	p := &plan{portOffset: opts.PortOffset, mtls: !opts.NoMTLS, services: services}
 
+	// The project's route table, checked now rather than by a gateway
+	// that would exit and be restarted over and over.
+	if rp := filepath.Join(cfg.Dir, filepath.FromSlash(deployfiles.RoutesPath)); !isNotExist(rp) {
+		if _, err := routetable.Load(rp); err != nil {
+			return nil, cli.Problems(err)
+		}
+		p.routes = rp
+	}
 	var err error
 	if p.lucid, err = findLucid(ctx, opts.Lucid, l.binDir(), opts.Env.IO.ErrOut); err != nil {
 		return nil, err
@@ -397,3 +408,10 @@ func errAlreadyRunning(pid int) error {
 
 // errNotRunning reports that there is no local stack to act on.
 var errNotRunning = errors.New("the local stack is not running")
+
+// isNotExist reports whether nothing is at path; an unreadable path
+// counts as there, so that reading it reports why.
+func isNotExist(path string) bool {
+	_, err := os.Stat(path)
+	return errors.Is(err, fs.ErrNotExist)
+}
