@@ -169,13 +169,13 @@ func Deploy(ctx context.Context, o Options) (*Result, error) {
 	}
 
 	if !o.DryRun {
-		me := lockInfo{Host: localHost(), PID: os.Getpid(), User: localUser(), Since: o.Now().UTC(), Expires: o.Now().Add(o.LockTTL).UTC()}
 		emit("lock", "start", "")
-		if err := h.lock(ctx, me, o.LockWait, func(m string) { emit("lock", "info", m) }); err != nil {
+		release, err := o.holdLock(ctx, h, emit)
+		if err != nil {
 			emit("lock", "fail", err.Error())
 			return nil, err
 		}
-		defer h.unlock(ctx)
+		defer release()
 		emit("lock", "ok", h.lockPath())
 	}
 
@@ -408,6 +408,21 @@ func imageIDs(images []TransferImage) map[string]string {
 	return m
 }
 
+// holdLock takes the host's deploy lock for this deploy or rollback and
+// keeps it until release, which says so if renewing it ever failed.
+func (o *Options) holdLock(ctx context.Context, h *host, emit func(step, status, msg string)) (release func(), err error) {
+	me := lockInfo{Host: localHost(), PID: os.Getpid(), User: localUser(), Since: o.Now().UTC(), Expires: o.Now().Add(o.LockTTL).UTC()}
+	unlock, err := h.holdLock(ctx, me, o.LockWait, o.LockTTL, o.Now, func(m string) { emit("lock", "info", m) })
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		if err := unlock(); err != nil {
+			emit("lock", "info", err.Error())
+		}
+	}, nil
+}
+
 // dryRunPlan says what a deploy would change, without changing anything.
 func (o *Options) dryRunPlan(ctx context.Context, h *host, prev *Release, plan *TransferPlan) *Plan {
 	p := &Plan{Layers: len(plan.Send), Bytes: plan.SendBytes}
@@ -540,11 +555,11 @@ func Rollback(ctx context.Context, o Options, id string) (string, error) {
 		}
 		return "", fmt.Errorf("%s: %w %q", o.Name, ErrNoRelease, id)
 	}
-	me := lockInfo{Host: localHost(), PID: os.Getpid(), User: localUser(), Since: o.Now().UTC(), Expires: o.Now().Add(o.LockTTL).UTC()}
-	if err := h.lock(ctx, me, o.LockWait, func(m string) { emit("lock", "info", m) }); err != nil {
+	release, err := o.holdLock(ctx, h, emit)
+	if err != nil {
 		return "", err
 	}
-	defer h.unlock(ctx)
+	defer release()
 	emit("rollback", "start", target.ID)
 	if err := h.up(ctx, target.ID); err != nil {
 		emit("rollback", "fail", err.Error())

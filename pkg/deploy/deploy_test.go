@@ -412,3 +412,49 @@ func TestDeployViaRegistry(t *testing.T) {
 		t.Errorf("sent %d layers over ssh, gateway healthy %v", res.SentLayers, f.gatewayHealthy())
 	}
 }
+
+// TestLockIsKeptWhileTheDeployRuns: a deploy that outlives the lock's TTL
+// keeps renewing it, so a second deploy is refused rather than taking it
+// over halfway; a lock taken from under it is reported and left alone.
+func TestLockIsKeptWhileTheDeployRuns(t *testing.T) {
+	f := &fixture{sshd: testenv.StartSSHD(t, testenv.SSHDOptions{}), dir: filepath.Join(t.TempDir(), "production")}
+	ctx := context.Background()
+	const ttl = 1500 * time.Millisecond
+	mine := &host{name: "pi", ssh: f.dial(t), dir: f.dir}
+	me := lockInfo{Host: "here", PID: 1, User: "me", Since: time.Now(), Expires: time.Now().Add(ttl)}
+	release, err := mine.holdLock(ctx, me, 0, ttl, time.Now, func(string) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * ttl)
+	other := &host{name: "pi", ssh: f.dial(t), dir: f.dir}
+	var said []string
+	err = other.lock(ctx, lockInfo{Host: "there", PID: 2, User: "other", Since: time.Now(), Expires: time.Now().Add(time.Hour)}, 0, func(m string) { said = append(said, m) })
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "me@here") {
+		t.Fatalf("a second deploy after twice the TTL: %v (%q), want ErrLocked by me@here", err, said)
+	}
+	if err := release(); err != nil {
+		t.Errorf("release: %v", err)
+	}
+	lockFile := filepath.Join(f.dir, ".deploy.lock")
+	if _, err := os.Stat(lockFile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the lock outlived its deploy: %v", err)
+	}
+
+	// Taken over from under the deploy: the renewal says so, and the
+	// deploy does not remove the new holder's lock.
+	if release, err = mine.holdLock(ctx, me, 0, ttl, time.Now, func(string) {}); err != nil {
+		t.Fatal(err)
+	}
+	theirs := []byte(`{"host":"there","user":"other"}` + "\n")
+	if err := os.WriteFile(lockFile, theirs, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(ttl)
+	if err := release(); err == nil || !strings.Contains(err.Error(), "no longer this deploy's") {
+		t.Errorf("release after a takeover: %v", err)
+	}
+	if got, _ := os.ReadFile(lockFile); string(got) != string(theirs) {
+		t.Errorf("the other deploy's lock became %q", got)
+	}
+}

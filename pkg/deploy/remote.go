@@ -250,6 +250,63 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 	}
 }
 
+// holdLock takes the lock as me and keeps it for as long as the deploy
+// runs: every ttl/3 the expiry moves to ttl from now, so a deploy slower
+// than ttl (a slow link, a long health gate) is not taken over halfway,
+// while a crashed one's lock still expires. release stops the renewal,
+// removes the lock and returns the first renewal failure, if any.
+func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duration, now func() time.Time, notify func(string)) (release func() error, err error) {
+	if err := h.lock(ctx, me, wait, notify); err != nil {
+		return nil, err
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	var renewErr error
+	go func() {
+		defer close(done)
+		t := time.NewTicker(ttl / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-t.C:
+				if err := h.renewLock(rctx, now().Add(ttl)); err != nil && rctx.Err() == nil && renewErr == nil {
+					renewErr = err
+				}
+			}
+		}
+	}()
+	return func() error {
+		stop()
+		<-done // the renewal no longer touches lockContent
+		h.unlock(ctx)
+		return renewErr
+	}, nil
+}
+
+// renewLock moves the lock's expiry to until, if the lock is still this
+// deploy's; the new content replaces the old in one rename.
+func (h *host) renewLock(ctx context.Context, until time.Time) error {
+	var me lockInfo
+	if err := json.Unmarshal([]byte(h.lockContent), &me); err != nil {
+		return err
+	}
+	me.Expires = until.UTC()
+	data, _ := json.Marshal(me)
+	lp, tmp := sshx.Quote(h.lockPath()), sshx.Quote(h.lockPath()+".renew")
+	out, err := h.run(ctx, fmt.Sprintf(`[ "$(cat %s 2>/dev/null)" = %s ] && printf '%%s\n' %s > %s && mv -f %s %s && echo renewed; true`,
+		lp, sshx.Quote(strings.TrimSpace(h.lockContent)), sshx.Quote(string(data)), tmp, tmp, lp))
+	if err != nil {
+		return fmt.Errorf("renewing the deploy lock: %w", err)
+	}
+	if strings.TrimSpace(out) != "renewed" {
+		return errors.New("renewing the deploy lock: it is no longer this deploy's")
+	}
+	h.lockContent = string(data)
+	return nil
+}
+
 // unlock removes the lock if it is still ours.
 func (h *host) unlock(ctx context.Context) {
 	if h.lockContent != "" {
