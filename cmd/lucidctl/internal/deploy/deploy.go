@@ -100,14 +100,18 @@ func newDeployCmd(env *cli.Env) *cobra.Command {
 time, stopping at the first that fails:
 
   1. check the rendered compose and env files (as lucidctl validate does);
-  2. build the images (or take --lucid, a ready binary) for lucid.yaml's platforms;
-  3. connect over SSH (known_hosts verified), and check the host: Docker, compose,
-     architecture, free disk, clock, the external network;
-  4. take the host's deploy lock;
-  5. send only the image layers the host's Docker lacks, over the same connection;
-  6. write a release directory (compose, env 0600, release.json) under the deploy dir;
-  7. compose up, then wait until every service is healthy and the gateway answers;
-  8. on failure, bring the previous release back and show the failing services'
+  2. connect to every host over SSH (known_hosts verified), so that a wrong key
+     or an unknown host stops the deploy before anything is built or changed;
+  3. build the images (or take --lucid, a ready binary) for lucid.yaml's platforms;
+  then, host by host:
+  4. check the host: Docker, compose, architecture, free disk, clock, the
+     external network;
+  5. take the host's deploy lock (renewed while the deploy runs);
+  6. send only the image layers the host's Docker lacks, over the same connection;
+  7. write a release directory (compose, env 0600, the gateway's route table,
+     release.json) under the deploy dir;
+  8. compose up, then wait until every service is healthy and the gateway answers;
+  9. on failure, bring the previous release back and show the failing services'
      health output and logs; on success, point current at the new release.
 
 --dry-run prints the plan (files that change, layers to send, services to
@@ -158,18 +162,36 @@ func runDeploy(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
+	report := newReporter(opts.Env)
+	connect := func(name string) (*sshx.Client, error) {
+		t, _ := cfg.Target(name)
+		c, err := opts.SSH.dial(ctx, opts.Env, t)
+		if err != nil {
+			report.event(deploy.Event{Time: time.Now(), Target: name, Step: "connect", Status: "fail", Message: err.Error()})
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		return c, nil
+	}
+	// Every host once before the build: a wrong key or an unknown host key
+	// is said at once, not after a build, and a group stops before its
+	// first host changes rather than halfway through.
+	for _, name := range targets {
+		c, err := connect(name)
+		if err != nil {
+			return err
+		}
+		c.Close()
+	}
 	built, version, err := buildImages(ctx, opts, cfg)
 	if err != nil {
 		return err
 	}
 
-	report := newReporter(opts.Env)
 	for _, name := range targets {
 		t, _ := cfg.Target(name)
-		c, err := opts.SSH.dial(ctx, opts.Env, t)
+		c, err := connect(name)
 		if err != nil {
-			report.event(deploy.Event{Time: time.Now(), Target: name, Step: "connect", Status: "fail", Message: err.Error()})
-			return fmt.Errorf("%s: %w", name, err)
+			return err
 		}
 		res, err := deploy.Deploy(ctx, deploy.Options{
 			Name: name, SSH: c, Dir: t.Dir, DockerSocket: opts.SSH.dockerSocket,

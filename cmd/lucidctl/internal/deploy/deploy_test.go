@@ -100,7 +100,8 @@ func TestUnknownHostExitsFour(t *testing.T) {
 	io, _, _, _ := iostreams.Test()
 	env := cli.NewEnv(io, func(string) string { return "" })
 	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
-	opts := &Options{Env: env, Names: []string{"pi"}, Base: imagebuild.BaseScratch, Lucid: lucidAmd64(t), MinFreeMiB: 16}
+	// No binary: the host key must stop the deploy before any build.
+	opts := &Options{Env: env, Names: []string{"pi"}, Base: imagebuild.BaseScratch, Lucid: filepath.Join(t.TempDir(), "no-such-lucid"), MinFreeMiB: 16}
 	opts.SSH = sshFlags{identities: []string{s.ClientKey}, knownHosts: filepath.Join(t.TempDir(), "known_hosts"), noAgent: true}
 	err := runDeploy(context.Background(), opts)
 	if code := cli.ExitCode(context.Background(), err); code != cli.ExitAuth || !strings.Contains(cli.Hint(err), "--accept-new-host-key") {
