@@ -271,9 +271,13 @@ func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duratio
 			case <-rctx.Done():
 				return
 			case <-t.C:
-				if err := h.renewLock(rctx, now().Add(ttl)); err != nil && rctx.Err() == nil && renewErr == nil {
+				// Not cut short by the end of the deploy: a rename done but
+				// not recorded would leave a lock unlock does not recognise.
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(rctx), ttl/3)
+				if err := h.renewLock(cctx, now().Add(ttl)); err != nil && renewErr == nil {
 					renewErr = err
 				}
+				cancel()
 			}
 		}
 	}()
