@@ -243,11 +243,12 @@ func readRendered(ctx context.Context, cfg *projectconfig.Config) (*rendered, er
 	// Validate has checked a mounted table; one the compose file does not
 	// mount would be ignored on the Pi, which is never what was meant.
 	mounted := bytes.Contains(r.compose, []byte(deployfiles.RoutesMount))
-	switch _, err := os.Stat(rp); {
+	routes, err := os.ReadFile(rp)
+	switch {
+	case mounted && err != nil:
+		return nil, err
 	case mounted:
-		if r.routes, err = os.ReadFile(rp); err != nil {
-			return nil, err
-		}
+		r.routes = routes
 	case err == nil:
 		return nil, cli.WithHint(fmt.Errorf("%s exists but the compose file does not mount it; nothing was deployed", deployfiles.RoutesPath),
 			"`lucidctl render` mounts it into the gateway")

@@ -122,10 +122,12 @@ func makePlan(ctx context.Context, opts *UpOptions, cfg *projectconfig.Config, l
 
 	// The project's route table, checked now rather than by a gateway
 	// that would exit and be restarted over and over.
-	if rp := filepath.Join(cfg.Dir, filepath.FromSlash(deployfiles.RoutesPath)); !isNotExist(rp) {
-		if _, err := routetable.Load(rp); err != nil {
-			return nil, cli.Problems(err)
-		}
+	rp := filepath.Join(cfg.Dir, filepath.FromSlash(deployfiles.RoutesPath))
+	switch _, err := routetable.Load(rp); {
+	case errors.Is(err, fs.ErrNotExist): // the default table
+	case err != nil:
+		return nil, cli.Problems(err)
+	default:
 		p.routes = rp
 	}
 	var err error
@@ -408,10 +410,3 @@ func errAlreadyRunning(pid int) error {
 
 // errNotRunning reports that there is no local stack to act on.
 var errNotRunning = errors.New("the local stack is not running")
-
-// isNotExist reports whether nothing is at path; an unreadable path
-// counts as there, so that reading it reports why.
-func isNotExist(path string) bool {
-	_, err := os.Stat(path)
-	return errors.Is(err, fs.ErrNotExist)
-}
