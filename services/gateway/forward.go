@@ -235,6 +235,9 @@ func (rp *routeProxy) forward(w http.ResponseWriter, r *http.Request, inst *inst
 	rp.relay(w, r, resp, uc, inst, stop)
 }
 
+// errIdleTimedOut is a 408 found on a reused connection.
+var errIdleTimedOut = errors.New("the upstream timed out the idle connection (408)")
+
 // errClientLeft ends an exchange whose client has gone.
 var errClientLeft = errors.New("the client went away")
 
@@ -282,6 +285,11 @@ func (rp *routeProxy) exchange(r *http.Request, inst *instance, claims *auth.Cla
 		return nil, nil, err
 	}
 	resp, err := rp.roundTrip(uc, r, inst, claims, cw, start)
+	if err == nil && uc.reused && resp.StatusCode == http.StatusRequestTimeout {
+		// As http.Transport reads it: a 408 on a kept-alive connection is
+		// the upstream closing it while idle, not an answer to r.
+		err = errIdleTimedOut
+	}
 	if err != nil && uc.reused && ctx.Err() == nil && !isTimeout(err) {
 		_ = uc.nc.Close()
 		if uc, err = inst.conns.dial(ctx); err != nil {
@@ -444,7 +452,10 @@ func (rp *routeProxy) relay(w http.ResponseWriter, r *http.Request, resp *http.R
 		for k, vv := range resp.Trailer {
 			dst[http.TrailerPrefix+k] = vv
 		}
-		if resp.Close {
+		// Bytes past the response were never asked for (a late 408, a
+		// broken upstream): they would be read as the next request's
+		// answer.
+		if resp.Close || uc.br.Buffered() > 0 {
 			_ = uc.nc.Close()
 		} else {
 			inst.conns.put(uc)
