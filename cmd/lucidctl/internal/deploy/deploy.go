@@ -28,20 +28,13 @@ import (
 
 // Connection flags every command here shares.
 type sshFlags struct {
-	identities   []string
-	knownHosts   string
-	acceptNew    bool
-	noAgent      bool
+	cli.SSHFlags
 	dockerSocket string
 }
 
 func (f *sshFlags) add(cmd *cobra.Command) {
-	fl := cmd.Flags()
-	fl.StringArrayVarP(&f.identities, "identity", "i", nil, "private key file to offer (repeatable; default: ~/.ssh/config, then ~/.ssh/id_*)")
-	fl.StringVar(&f.knownHosts, "known-hosts", "", "known_hosts file (default ~/.ssh/known_hosts)")
-	fl.BoolVar(&f.acceptNew, "accept-new-host-key", false, "trust and record the key of a host not yet in known_hosts (a changed key is always refused)")
-	fl.BoolVar(&f.noAgent, "no-agent", false, "do not use ssh-agent")
-	fl.StringVar(&f.dockerSocket, "docker-socket", "/var/run/docker.sock", "the Docker Engine's socket on the host")
+	f.SSHFlags.Add(cmd.Flags())
+	cmd.Flags().StringVar(&f.dockerSocket, "docker-socket", "/var/run/docker.sock", "the Docker Engine's socket on the host")
 }
 
 // connect looks up the target called name in lucid.yaml and dials it.
@@ -54,19 +47,8 @@ func (f *sshFlags) connect(ctx context.Context, env *cli.Env, name string) (proj
 	if err != nil {
 		return t, nil, cli.Usage(err)
 	}
-	c, err := f.dial(ctx, env, t)
+	c, err := f.Dial(ctx, env, t)
 	return t, c, err
-}
-
-// dial connects to a target; SSH failures exit 4.
-func (f *sshFlags) dial(ctx context.Context, env *cli.Env, t projectconfig.Target) (*sshx.Client, error) {
-	c, err := sshx.Dial(ctx, sshx.Target{Host: t.Host, Port: t.Port, User: t.User}, sshx.Options{
-		KeyFiles: f.identities, KnownHosts: f.knownHosts, AcceptNewHostKey: f.acceptNew, NoAgent: f.noAgent, Getenv: env.Getenv,
-	})
-	if err != nil {
-		return nil, cli.Auth(err)
-	}
-	return c, nil
 }
 
 // Options are the inputs of `lucidctl deploy`.
@@ -165,7 +147,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 	report := newReporter(opts.Env)
 	connect := func(name string) (*sshx.Client, error) {
 		t, _ := cfg.Target(name)
-		c, err := opts.SSH.dial(ctx, opts.Env, t)
+		c, err := opts.SSH.Dial(ctx, opts.Env, t)
 		if err != nil {
 			report.event(deploy.Event{Time: time.Now(), Target: name, Step: "connect", Status: "fail", Message: err.Error()})
 			return nil, fmt.Errorf("%s: %w", name, err)

@@ -64,7 +64,7 @@ func TestDryRunChangesNothing(t *testing.T) {
 	env := cli.NewEnv(io, func(string) string { return "" })
 	env.JSON, env.ConfigPath = true, filepath.Join(dir, "lucid.yaml")
 	opts := &Options{Env: env, Names: []string{"pi"}, DryRun: true, MinFreeMiB: 16, Base: imagebuild.BaseScratch, Lucid: lucidAmd64(t)}
-	opts.SSH = sshFlags{identities: []string{s.ClientKey}, knownHosts: s.KnownHosts, noAgent: true, dockerSocket: "/var/run/docker.sock"}
+	opts.SSH = sshFlags{SSHFlags: cli.SSHFlags{Identities: []string{s.ClientKey}, KnownHosts: s.KnownHosts, NoAgent: true}, dockerSocket: "/var/run/docker.sock"}
 	if err := runDeploy(context.Background(), opts); err != nil {
 		t.Fatalf("%v\n%s", err, errOut.String())
 	}
@@ -102,7 +102,7 @@ func TestUnknownHostExitsFour(t *testing.T) {
 	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
 	// No binary: the host key must stop the deploy before any build.
 	opts := &Options{Env: env, Names: []string{"pi"}, Base: imagebuild.BaseScratch, Lucid: filepath.Join(t.TempDir(), "no-such-lucid"), MinFreeMiB: 16}
-	opts.SSH = sshFlags{identities: []string{s.ClientKey}, knownHosts: filepath.Join(t.TempDir(), "known_hosts"), noAgent: true}
+	opts.SSH = sshFlags{SSHFlags: cli.SSHFlags{Identities: []string{s.ClientKey}, KnownHosts: filepath.Join(t.TempDir(), "known_hosts"), NoAgent: true}}
 	err := runDeploy(context.Background(), opts)
 	if code := cli.ExitCode(context.Background(), err); code != cli.ExitAuth || !strings.Contains(cli.Hint(err), "--accept-new-host-key") {
 		t.Fatalf("exit %d (%v), hint %q", code, err, cli.Hint(err))

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
@@ -35,18 +36,33 @@ type endpoints struct {
 	// the target: its internal ports listen on its loopback only.
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	ssh  *sshx.Client
+
+	mu         sync.Mutex
+	transports [2]*http.Transport // verifying, insecure; made on first use
 }
 
-// transport is an HTTP transport for the stack (through SSH for a target).
+// transport is the HTTP transport for the stack (through SSH for a
+// target's internal ports), one of each kind per run, so that its idle
+// connections (SSH channels, for a target) are shared and closed at the
+// end.
 func (e *endpoints) transport(insecure bool) *http.Transport {
-	tr := &http.Transport{MaxIdleConnsPerHost: 256}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	i := 0
 	if insecure {
-		tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} // health endpoints only: nothing secret
+		i = 1
 	}
-	if e.dial != nil {
-		tr.DialContext = e.dial
+	if e.transports[i] == nil {
+		tr := &http.Transport{MaxIdleConnsPerHost: 256}
+		if insecure {
+			tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} // health endpoints only: nothing secret
+		}
+		if e.dial != nil {
+			tr.DialContext = e.dial
+		}
+		e.transports[i] = tr
 	}
-	return tr
+	return e.transports[i]
 }
 
 // client is an HTTP client for the stack.
@@ -60,8 +76,13 @@ func (e *endpoints) insecure(timeout time.Duration) *http.Client {
 	return &http.Client{Timeout: timeout, Transport: e.transport(true)}
 }
 
-// Close ends the SSH connection, if any.
+// Close drops the idle connections and ends the SSH connection, if any.
 func (e *endpoints) Close() {
+	for _, tr := range e.transports {
+		if tr != nil {
+			tr.CloseIdleConnections()
+		}
+	}
 	if e.ssh != nil {
 		e.ssh.Close()
 	}
@@ -72,17 +93,16 @@ type targetFlags struct {
 	target     string
 	portOffset int
 	envFile    string
-	// For a target of lucid.yaml, reached through SSH.
-	identities []string
-	knownHosts string
+	// For a target of lucid.yaml, whose internal ports are reached
+	// through SSH.
+	ssh cli.SSHFlags
 }
 
 func (f *targetFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.target, "target", "", "local (default), a gateway URL, or a target of lucid.yaml (reached through SSH)")
 	fs.IntVar(&f.portOffset, "port-offset", 0, "the local stack's --port-offset")
 	fs.StringVar(&f.envFile, "env-file", "", "env file with JWT_SECRET_KEY (default: lucid.yaml's local.env_file)")
-	fs.StringArrayVarP(&f.identities, "identity", "i", nil, "SSH key for a lucid.yaml target (default: ~/.ssh/config, ~/.ssh/id_*, ssh-agent)")
-	fs.StringVar(&f.knownHosts, "known-hosts", "", "known_hosts for a lucid.yaml target (default ~/.ssh/known_hosts)")
+	f.ssh.Add(fs)
 }
 
 // resolve finds the stack's endpoints: the local one (lucidctl up), a
@@ -133,19 +153,28 @@ func (f targetFlags) resolve(ctx context.Context, env *cli.Env) (*endpoints, err
 	case strings.HasPrefix(f.target, "http://") || strings.HasPrefix(f.target, "https://"):
 		e.Gateway = strings.TrimRight(f.target, "/")
 	default:
-		// A deployed target: everything as the Pi itself sees it, through
-		// one SSH connection (its internal ports listen on its loopback).
+		// A deployed target: its gateway as clients reach it, and its
+		// internal ports, which listen on its loopback only, through one
+		// SSH connection as the Pi itself sees them.
 		t, err := cfg.Target(f.target)
 		if err != nil {
 			return nil, cli.Usage(err)
 		}
-		c, err := sshx.Dial(ctx, sshx.Target{Host: t.Host, Port: t.Port, User: t.User}, sshx.Options{KeyFiles: f.identities, KnownHosts: f.knownHosts, Getenv: env.Getenv})
+		c, err := f.ssh.Dial(ctx, env, t)
 		if err != nil {
-			return nil, cli.Auth(err)
+			return nil, err
 		}
 		e.ssh = c
-		e.dial = func(_ context.Context, _, addr string) (net.Conn, error) { return c.DialTCP(addr) }
+		var direct net.Dialer
+		e.dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if host, _, _ := net.SplitHostPort(addr); host == "127.0.0.1" {
+				return c.DialTCP(addr)
+			}
+			return direct.DialContext(ctx, network, addr)
+		}
 		loopback() // --port-offset applies on the target too (a stack rendered with one)
+		gw, _ := catalog.Lookup("gateway")
+		e.Gateway = "http://" + net.JoinHostPort(t.Host, strconv.Itoa(gw.Port+offset))
 	}
 	return e, nil
 }
@@ -161,9 +190,10 @@ func (e *endpoints) scheme(ctx context.Context, hostport string) string {
 	return "http"
 }
 
-// token signs a JWT for the gateway.
+// token signs a JWT for the gateway, valid for longer than the longest
+// scenario (--duration is at most an hour) with its setup.
 func (e *endpoints) token(sub string, tier auth.Tier) (string, error) {
-	tok, _, err := auth.Mint(e.secret, auth.MintOptions{Subject: sub, Tier: tier, TTL: time.Hour, Now: time.Now()})
+	tok, _, err := auth.Mint(e.secret, auth.MintOptions{Subject: sub, Tier: tier, TTL: 2 * time.Hour, Now: time.Now()})
 	return tok, err
 }
 
