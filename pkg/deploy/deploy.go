@@ -77,7 +77,7 @@ type Event struct {
 	Time    time.Time `json:"time"`
 	Target  string    `json:"target"`
 	Step    string    `json:"step"`
-	Status  string    `json:"status"` // start, ok, fail, info
+	Status  string    `json:"status"` // start, ok, fail, info, warn
 	Message string    `json:"message,omitempty"`
 	Bytes   int64     `json:"bytes,omitempty"`
 	Total   int64     `json:"total,omitempty"`
@@ -411,14 +411,14 @@ func imageIDs(images []TransferImage) map[string]string {
 // holdLock takes the host's deploy lock for this deploy or rollback and
 // keeps it until release, which says so if renewing it ever failed.
 func (o *Options) holdLock(ctx context.Context, h *host, emit func(step, status, msg string)) (release func(), err error) {
-	me := lockInfo{Host: localHost(), PID: os.Getpid(), User: localUser(), Since: o.Now().UTC(), Expires: o.Now().Add(o.LockTTL).UTC()}
+	me := lockInfo{Host: localHost(), PID: os.Getpid(), User: localUser()}
 	unlock, err := h.holdLock(ctx, me, o.LockWait, o.LockTTL, o.Now, func(m string) { emit("lock", "info", m) })
 	if err != nil {
 		return nil, err
 	}
 	return func() {
 		if err := unlock(); err != nil {
-			emit("lock", "info", err.Error())
+			emit("lock", "warn", err.Error())
 		}
 	}, nil
 }

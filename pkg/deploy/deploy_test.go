@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -296,7 +297,6 @@ func TestDeployEndToEnd(t *testing.T) {
 	// the lock expires (taking over an expired one is tested on its own)
 	// or, here, is removed.
 	o = f.options(t, f.dial(t), cutImages, &events)
-	o.LockTTL = time.Minute
 	if _, err := Deploy(ctx, o); err == nil || !errors.Is(err, ErrLocked) {
 		t.Fatalf("deploy while the cut deploy's lock is live: %v, want ErrLocked", err)
 	}
@@ -419,41 +419,64 @@ func TestDeployViaRegistry(t *testing.T) {
 func TestLockIsKeptWhileTheDeployRuns(t *testing.T) {
 	f := &fixture{sshd: testenv.StartSSHD(t, testenv.SSHDOptions{}), dir: filepath.Join(t.TempDir(), "production")}
 	ctx := context.Background()
-	const ttl = 1500 * time.Millisecond
+	lockFile := filepath.Join(f.dir, ".deploy.lock")
+	expires := func() time.Time {
+		var l lockInfo
+		data, _ := os.ReadFile(lockFile)
+		_ = json.Unmarshal(data, &l)
+		return l.Expires
+	}
+	other := &host{name: "pi", ssh: f.dial(t), dir: f.dir}
+	refused := func() bool {
+		err := other.lock(ctx, lockInfo{Host: "there", PID: 2, User: "other", Since: time.Now(), Expires: time.Now().Add(time.Hour)}, 0, func(string) {})
+		if err == nil {
+			other.unlock(ctx)
+		}
+		return errors.Is(err, ErrLocked)
+	}
+
+	// A renewal makes a lock that had run out live again.
 	mine := &host{name: "pi", ssh: f.dial(t), dir: f.dir}
-	me := lockInfo{Host: "here", PID: 1, User: "me", Since: time.Now(), Expires: time.Now().Add(ttl)}
-	release, err := mine.holdLock(ctx, me, 0, ttl, time.Now, func(string) {})
+	past := time.Now().Add(-time.Minute)
+	if err := mine.lock(ctx, lockInfo{Host: "here", PID: 1, User: "me", Since: past, Expires: past}, 0, func(string) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := mine.renewLock(ctx, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if !refused() {
+		t.Fatal("a second deploy took over a renewed lock")
+	}
+	mine.unlock(ctx)
+
+	// holdLock renews by itself, and release removes the lock.
+	const ttl = 600 * time.Millisecond
+	release, err := mine.holdLock(ctx, lockInfo{Host: "here", PID: 1, User: "me"}, 0, ttl, time.Now, func(string) {})
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * ttl)
-	other := &host{name: "pi", ssh: f.dial(t), dir: f.dir}
-	var said []string
-	err = other.lock(ctx, lockInfo{Host: "there", PID: 2, User: "other", Since: time.Now(), Expires: time.Now().Add(time.Hour)}, 0, func(m string) { said = append(said, m) })
-	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "me@here") {
-		t.Fatalf("a second deploy after twice the TTL: %v (%q), want ErrLocked by me@here", err, said)
-	}
+	first := expires()
+	testenv.Eventually(t, 20*time.Second, "the lock renewed", func() bool { return expires().After(first) })
 	if err := release(); err != nil {
 		t.Errorf("release: %v", err)
 	}
-	lockFile := filepath.Join(f.dir, ".deploy.lock")
 	if _, err := os.Stat(lockFile); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the lock outlived its deploy: %v", err)
 	}
 
 	// Taken over from under the deploy: the renewal says so, and the
 	// deploy does not remove the new holder's lock.
-	if release, err = mine.holdLock(ctx, me, 0, ttl, time.Now, func(string) {}); err != nil {
+	if err := mine.lock(ctx, lockInfo{Host: "here", PID: 1, User: "me", Since: time.Now(), Expires: time.Now().Add(time.Hour)}, 0, func(string) {}); err != nil {
 		t.Fatal(err)
 	}
-	theirs := []byte(`{"host":"there","user":"other"}` + "\n")
+	theirs := []byte(`{"host":"there","user":"other","nonce":"0123"}` + "\n")
 	if err := os.WriteFile(lockFile, theirs, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(ttl)
-	if err := release(); err == nil || !strings.Contains(err.Error(), "no longer this deploy's") {
-		t.Errorf("release after a takeover: %v", err)
+	if err := mine.renewLock(ctx, time.Now().Add(time.Hour)); !errors.Is(err, errLockTaken) {
+		t.Errorf("renewing a lock taken over: %v", err)
 	}
+	mine.unlock(ctx)
 	if got, _ := os.ReadFile(lockFile); string(got) != string(theirs) {
 		t.Errorf("the other deploy's lock became %q", got)
 	}

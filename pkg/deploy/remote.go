@@ -30,8 +30,8 @@ type host struct {
 	dir    string
 	// compose is the compose command line the host has.
 	compose string
-	// lockContent is what this deploy wrote into the lock, if it holds it.
-	lockContent string
+	// held is the lock this deploy holds (a zero Nonce: none).
+	held lockInfo
 }
 
 func newHost(name string, ssh *sshx.Client, dir, socket string) (*host, error) {
@@ -216,12 +216,12 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 		me.Nonce = hex.EncodeToString(b[:])
 	}
 	data, _ := json.Marshal(me)
-	h.lockContent = string(data)
 	deadline := time.Now().Add(wait)
 	for {
 		cmd := fmt.Sprintf("mkdir -p %s && set -C && printf '%%s\\n' %s > %s", sshx.Quote(h.dir), sshx.Quote(string(data)), sshx.Quote(h.lockPath()))
 		_, err := h.run(ctx, cmd)
 		if err == nil {
+			h.held = me
 			return nil
 		}
 		raw, rerr := h.run(ctx, "cat "+sshx.Quote(h.lockPath()))
@@ -250,16 +250,20 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 	}
 }
 
-// holdLock takes the lock as me and keeps it for as long as the deploy
-// runs: every ttl/3 the expiry moves to ttl from now, so a deploy slower
-// than ttl (a slow link, a long health gate) is not taken over halfway,
-// while a crashed one's lock still expires. release stops the renewal,
-// removes the lock and returns the first renewal failure, if any.
+// holdLock takes the lock as me, for ttl from now, and keeps it for as
+// long as the deploy runs: every ttl/3 the expiry moves to ttl from now,
+// so a deploy slower than ttl (a slow link, a long health gate) is not
+// taken over halfway, while a crashed one's lock still expires. release
+// stops the renewal, removes the lock and returns the first renewal
+// failure, if any.
 func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duration, now func() time.Time, notify func(string)) (release func() error, err error) {
+	me.Since, me.Expires = now().UTC(), now().Add(ttl).UTC()
 	if err := h.lock(ctx, me, wait, notify); err != nil {
 		return nil, err
 	}
-	rctx, stop := context.WithCancel(ctx)
+	// Renewed until release, even past an interrupt: a rollback may still
+	// be running under the lock.
+	rctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	var renewErr error
 	go func() {
@@ -271,9 +275,7 @@ func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duratio
 			case <-rctx.Done():
 				return
 			case <-t.C:
-				// Not cut short by the end of the deploy: a rename done but
-				// not recorded would leave a lock unlock does not recognise.
-				cctx, cancel := context.WithTimeout(context.WithoutCancel(rctx), ttl/3)
+				cctx, cancel := context.WithTimeout(rctx, ttl/3)
 				if err := h.renewLock(cctx, now().Add(ttl)); err != nil && renewErr == nil {
 					renewErr = err
 				}
@@ -283,38 +285,48 @@ func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duratio
 	}()
 	return func() error {
 		stop()
-		<-done // the renewal no longer touches lockContent
+		<-done // the renewal no longer touches h.held
 		h.unlock(ctx)
 		return renewErr
 	}, nil
 }
 
+// errLockTaken reports that the lock stopped being this deploy's.
+var errLockTaken = errors.New("another deploy took the deploy lock over while this one ran")
+
 // renewLock moves the lock's expiry to until, if the lock is still this
-// deploy's; the new content replaces the old in one rename.
+// deploy's; the new content replaces the old in one rename. The lock is
+// known by its nonce, which a renewal keeps, so a renewal that renamed but
+// did not hear back leaves a lock that is still recognised.
 func (h *host) renewLock(ctx context.Context, until time.Time) error {
-	var me lockInfo
-	if err := json.Unmarshal([]byte(h.lockContent), &me); err != nil {
-		return err
-	}
+	me := h.held
 	me.Expires = until.UTC()
 	data, _ := json.Marshal(me)
 	lp, tmp := sshx.Quote(h.lockPath()), sshx.Quote(h.lockPath()+".renew")
-	out, err := h.run(ctx, fmt.Sprintf(`[ "$(cat %s 2>/dev/null)" = %s ] && printf '%%s\n' %s > %s && mv -f %s %s && echo renewed; true`,
-		lp, sshx.Quote(strings.TrimSpace(h.lockContent)), sshx.Quote(string(data)), tmp, tmp, lp))
+	out, err := h.run(ctx, fmt.Sprintf(`%s && printf '%%s\n' %s > %s && mv -f %s %s && echo renewed; true`, h.ownsLock(), sshx.Quote(string(data)), tmp, tmp, lp))
 	if err != nil {
-		return fmt.Errorf("renewing the deploy lock: %w", err)
+		// The cause, not the shell line.
+		if cause := errors.Unwrap(err); cause != nil {
+			err = cause
+		}
+		return fmt.Errorf("the deploy lock could not be renewed (%w); another deploy may have run meanwhile", err)
 	}
-	if strings.TrimSpace(out) != "renewed" {
-		return errors.New("renewing the deploy lock: it is no longer this deploy's")
+	if out != "renewed" {
+		return errLockTaken
 	}
-	h.lockContent = string(data)
+	h.held = me
 	return nil
+}
+
+// ownsLock is a shell test that the lock file is this deploy's.
+func (h *host) ownsLock() string {
+	return fmt.Sprintf("grep -qF %s %s", sshx.Quote(`"nonce":"`+h.held.Nonce+`"`), sshx.Quote(h.lockPath()))
 }
 
 // unlock removes the lock if it is still ours.
 func (h *host) unlock(ctx context.Context) {
-	if h.lockContent != "" {
-		_ = h.removeLockIf(context.WithoutCancel(ctx), h.lockContent)
+	if h.held.Nonce != "" {
+		_, _ = h.run(context.WithoutCancel(ctx), fmt.Sprintf("%s && rm -f %s; true", h.ownsLock(), sshx.Quote(h.lockPath())))
 	}
 }
 
