@@ -277,18 +277,16 @@ func (v *validation) checkMounts(key string, svc types.ServiceConfig) {
 			src = filepath.Join(filepath.Dir(v.file), src)
 		}
 		line := v.line("services", key, "volumes", i)
-		data, err := os.ReadFile(src)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
+		if _, err := os.Stat(src); errors.Is(err, fs.ErrNotExist) {
 			v.add(line, key, RuleMount, "mounts %s, which does not exist", src)
-		case m.Target != RoutesMount:
-		case err != nil:
-			v.add(line, key, RuleRoutes, "%v", err)
-		default:
-			if _, err := routetable.Parse(src, data); err != nil {
-				for _, e := range strings.Split(err.Error(), "\n") {
-					v.add(line, key, RuleRoutes, "%s", e)
-				}
+			continue
+		}
+		if m.Target != RoutesMount {
+			continue
+		}
+		if _, err := routetable.Load(src); err != nil {
+			for _, e := range strings.Split(err.Error(), "\n") {
+				v.add(line, key, RuleRoutes, "%s", e)
 			}
 		}
 	}

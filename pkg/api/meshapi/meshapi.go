@@ -132,7 +132,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 // It sends no credential, so it may use a connection that is not yet
 // trusted.
 func (c *Client) Bundle(ctx context.Context) ([]*x509.Certificate, error) {
-	var raw [16]byte
+	var raw [NonceLen / 2]byte
 	_, _ = rand.Read(raw[:])
 	nonce := hex.EncodeToString(raw[:])
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/certificates/ca?nonce="+nonce, nil)

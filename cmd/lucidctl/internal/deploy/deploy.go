@@ -145,44 +145,43 @@ func runDeploy(ctx context.Context, opts *Options) error {
 		return err
 	}
 	report := newReporter(opts.Env)
-	connect := func(name string) (*sshx.Client, error) {
+	// Every host before the build: a wrong key or an unknown host key is
+	// said at once, not after a build, and a group stops before its first
+	// host changes rather than halfway through. Keep-alives hold the
+	// connections open while the build and the hosts before run.
+	clients := make([]*sshx.Client, len(targets))
+	defer func() {
+		for _, c := range clients {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	for i, name := range targets {
 		t, _ := cfg.Target(name)
 		c, err := opts.SSH.Dial(ctx, opts.Env, t)
 		if err != nil {
 			report.event(deploy.Event{Time: time.Now(), Target: name, Step: "connect", Status: "fail", Message: err.Error()})
-			return nil, fmt.Errorf("%s: %w", name, err)
+			return fmt.Errorf("%s: %w", name, err)
 		}
-		return c, nil
-	}
-	// Every host once before the build: a wrong key or an unknown host key
-	// is said at once, not after a build, and a group stops before its
-	// first host changes rather than halfway through.
-	for _, name := range targets {
-		c, err := connect(name)
-		if err != nil {
-			return err
-		}
-		c.Close()
+		clients[i] = c
 	}
 	built, version, err := buildImages(ctx, opts, cfg)
 	if err != nil {
 		return err
 	}
 
-	for _, name := range targets {
+	for i, name := range targets {
 		t, _ := cfg.Target(name)
-		c, err := connect(name)
-		if err != nil {
-			return err
-		}
 		res, err := deploy.Deploy(ctx, deploy.Options{
-			Name: name, SSH: c, Dir: t.Dir, DockerSocket: opts.SSH.dockerSocket,
+			Name: name, SSH: clients[i], Dir: t.Dir, DockerSocket: opts.SSH.dockerSocket,
 			Compose: files.compose, Env: files.env, Routes: files.routes, ImageName: cfg.Images.Name, Tag: cfg.Images.Tag, Version: version,
 			Images: built, MinFreeBytes: opts.MinFreeMiB << 20, HealthTimeout: opts.HealthTimeout,
 			LockWait: opts.LockWait, DryRun: opts.DryRun, Events: report.event,
 			ViaRegistry: opts.ViaRegistry, InsecureRegistry: opts.Insecure,
 		})
-		c.Close()
+		clients[i].Close()
+		clients[i] = nil
 		if err != nil {
 			return err // it names the target
 		}
