@@ -24,10 +24,15 @@ import (
 // EnvVar names a YAML file that replaces the default route table.
 const EnvVar = "LUCID_GATEWAY_ROUTES"
 
+// AuthService names the Phase 1 auth service in a route. It is outside the
+// Lucid catalog and the stack: not in the mesh or Consul, not probed, and
+// the only upstream that sees a client's bearer token.
+const AuthService = "auth"
+
 // Route sends requests whose path starts with Prefix to a service.
 type Route struct {
 	Prefix string `yaml:"prefix"`
-	// Service is a catalog name, or "auth" for the Phase 1 auth service.
+	// Service is a catalog name, or AuthService.
 	Service string `yaml:"service"`
 	// Strip removes Prefix from the path sent upstream.
 	Strip bool `yaml:"strip,omitempty"`
@@ -50,7 +55,7 @@ const (
 func Default() []Route {
 	const t = DefaultTimeout
 	return []Route{
-		{Prefix: "/auth", Service: "auth", Public: true, Timeout: t},
+		{Prefix: "/auth", Service: AuthService, Public: true, Timeout: t},
 		{Prefix: "/blockchain", Service: "engine", Strip: true, Timeout: t},
 		{Prefix: "/api/v1/transactions", Service: "engine", Timeout: t},
 		{Prefix: "/api/v1/anchors", Service: "anchoring", Timeout: t},
@@ -193,7 +198,7 @@ var routeMethods = []string{http.MethodGet, http.MethodHead, http.MethodPost, ht
 // and the ones the catalog lets the gateway call.
 func routable() []string {
 	gw, _ := catalog.Lookup("gateway")
-	return append([]string{"auth"}, gw.Calls...)
+	return append([]string{AuthService}, gw.Calls...)
 }
 
 // Marshal renders a route table in the form Parse reads.

@@ -7,8 +7,10 @@ import (
 	"net/http"
 )
 
-// HeaderRequestID carries a request's ID between client, gateway and services.
-const HeaderRequestID = "X-Request-ID"
+// HeaderRequestID carries a request's ID between client, gateway and
+// services. It is spelt as http.Header stores it (names are
+// case-insensitive on the wire), so it indexes a Header directly.
+const HeaderRequestID = "X-Request-Id"
 
 type requestIDKey struct{}
 
@@ -47,22 +49,18 @@ func validRequestID(id string) bool {
 	return true
 }
 
-// canonicalRequestID is HeaderRequestID as http.Header stores it; using it
-// directly spares canonicalising the name on every request.
-const canonicalRequestID = "X-Request-Id"
-
 // requestIDMiddleware keeps a well-formed incoming X-Request-ID, or makes a
 // new one, and puts it in the context and the response.
 func requestIDMiddleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var id string
-		if v := r.Header[canonicalRequestID]; len(v) > 0 {
+		if v := r.Header[HeaderRequestID]; len(v) > 0 {
 			id = v[0]
 		}
 		if !validRequestID(id) {
 			id = NewRequestID()
 		}
-		w.Header()[canonicalRequestID] = []string{id}
+		w.Header()[HeaderRequestID] = []string{id}
 		next.ServeHTTP(w, r.WithContext(WithRequestID(r.Context(), id)))
 	})
 }

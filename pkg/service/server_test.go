@@ -232,9 +232,3 @@ func TestProbe(t *testing.T) {
 		t.Error("Probe of a closed port succeeded")
 	}
 }
-
-func TestCanonicalRequestIDHeader(t *testing.T) {
-	if got := http.CanonicalHeaderKey(HeaderRequestID); got != canonicalRequestID {
-		t.Errorf("canonicalRequestID = %q, http.Header stores %q", canonicalRequestID, got)
-	}
-}

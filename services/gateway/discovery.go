@@ -10,6 +10,7 @@ import (
 
 	consul "github.com/hashicorp/consul/api"
 
+	"github.com/pickme/lucid/pkg/routetable"
 	"github.com/pickme/lucid/pkg/service"
 )
 
@@ -25,7 +26,7 @@ func (a *App) discover(ctx context.Context) error {
 		return fmt.Errorf("consul at %s: %w", a.consulAddr, err)
 	}
 	for svc, p := range a.pools {
-		if svc == "auth" {
+		if svc == routetable.AuthService {
 			continue
 		}
 		go a.watch(ctx, client, svc, p)

@@ -203,7 +203,7 @@ func connectionTokens(h http.Header) []string {
 func gatewaySetHeader(k string) bool {
 	switch k {
 	case "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded",
-		"X-Request-Id", HeaderSub, HeaderTier, "Host":
+		service.HeaderRequestID, HeaderSub, HeaderTier, "Host":
 		return true
 	}
 	return false
@@ -424,7 +424,7 @@ func (rp *routeProxy) relay(w http.ResponseWriter, r *http.Request, resp *http.R
 	conn := connectionTokens(resp.Header)
 	for k, vv := range resp.Header {
 		// The gateway has set the request ID on the response already.
-		if hopHeader(k) || k == "X-Request-Id" || (conn != nil && slices.Contains(conn, k)) {
+		if hopHeader(k) || k == service.HeaderRequestID || (conn != nil && slices.Contains(conn, k)) {
 			continue
 		}
 		if old, ok := dst[k]; ok {

@@ -213,21 +213,18 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 			return err
 		}
 	}
-	for svc, p := range a.pools {
-		if svc != "auth" { // the Phase 1 auth service need not be up for ours
-			go p.probeLoop(ctx, srv.Client(svc, time.Second))
-		}
-	}
-	go a.pruneLoop(ctx)
-	// The Lucid services the routes name; the Phase 1 auth service is
-	// outside the stack and does not hold up readiness.
+	// The Lucid services the routes name are probed and make readiness;
+	// the Phase 1 auth service is outside the stack, and need not be up
+	// for ours.
 	var routedServices []string
-	for svc := range a.pools {
-		if svc != "auth" {
+	for svc, p := range a.pools {
+		if svc != routetable.AuthService {
+			go p.probeLoop(ctx, srv.Client(svc, time.Second))
 			routedServices = append(routedServices, svc)
 		}
 	}
 	slices.Sort(routedServices)
+	go a.pruneLoop(ctx)
 	srv.AddDetailedCheck("upstreams", func(context.Context) (string, error) {
 		var parts, missing []string
 		for _, svc := range routedServices {

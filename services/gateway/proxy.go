@@ -147,7 +147,7 @@ func (a *App) newRouteProxy(r routetable.Route, p *pool, transport http.RoundTri
 // services get the caller in X-Lucid-Sub and X-Lucid-Tier, so they never
 // see a client's bearer token. Only the Phase 1 auth service, which issues
 // and checks those tokens, gets it.
-func (rp *routeProxy) keepsAuthorization() bool { return rp.route.Service == "auth" }
+func (rp *routeProxy) keepsAuthorization() bool { return rp.route.Service == routetable.AuthService }
 
 // upstreamPath is the escaped path r goes to on target: the route's prefix
 // stripped if it says so, joined to the target's own path.

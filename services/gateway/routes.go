@@ -18,7 +18,7 @@ func upstreams(routes []routetable.Route, lookup func(string) string) (map[strin
 			continue
 		}
 		key, def := "LUCID_"+strings.ToUpper(r.Service)+"_URL", ""
-		if r.Service == "auth" {
+		if r.Service == routetable.AuthService {
 			key, def = "AUTH_SERVICE_URL", "http://127.0.0.1:8081"
 		} else if svc, ok := catalog.Lookup(r.Service); ok {
 			def = fmt.Sprintf("http://127.0.0.1:%d", svc.Port)
