@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/http"
 	"slices"
 	"sort"
 	"strings"
@@ -181,18 +182,32 @@ func (g *registrar) register(ctx context.Context, r meshapi.Registration) error 
 	if err != nil {
 		return err
 	}
-	if err := g.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(externalBucket).Put([]byte(r.ID), data) }); err != nil {
+	var previous []byte // the registration r replaces, if any
+	if err := g.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(externalBucket)
+		if old := b.Get([]byte(r.ID)); old != nil {
+			previous = slices.Clone(old) // bolt's bytes live only as long as tx
+		}
+		return b.Put([]byte(r.ID), data)
+	}); err != nil {
 		return err
 	}
 	if err := g.consul.Agent().ServiceRegisterOpts(externalRegistration(r), consul.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)); err != nil {
 		var refused consul.StatusError
-		if errors.As(err, &refused) && refused.Code >= 400 && refused.Code < 500 {
+		if errors.As(err, &refused) && refused.Code == http.StatusBadRequest {
 			// Consul will never take it: keeping it would fail every sync.
-			if derr := g.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(externalBucket).Delete([]byte(r.ID)) }); derr != nil {
+			// What it replaced, which Consul still holds, stays.
+			if derr := g.db.Update(func(tx *bolt.Tx) error {
+				if previous != nil {
+					return tx.Bucket(externalBucket).Put([]byte(r.ID), previous)
+				}
+				return tx.Bucket(externalBucket).Delete([]byte(r.ID))
+			}); derr != nil {
 				return derr
 			}
 			return &refusedError{strings.TrimSpace(refused.Body)}
 		}
+		// Anything else (unreachable, 403, 429, 5xx) may pass later.
 		return &pendingError{err}
 	}
 	return nil

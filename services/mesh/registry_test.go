@@ -110,6 +110,14 @@ func TestRegistrationFollowsConsul(t *testing.T) {
 			t.Errorf("%s: %v, want %d", name, err, tc.status)
 		}
 	}
+	// A refused update of the outside service keeps what it would have
+	// replaced: the restart below brings it back from the store.
+	bad := reg
+	bad.ID, bad.Address = outsideID, "0.0.0.0"
+	var refusal *api.Error
+	if err := client.Register(ctx, bad); !errors.As(err, &refusal) || refusal.Status != http.StatusBadRequest {
+		t.Errorf("an update Consul refuses: %v, want 400", err)
+	}
 	// Nothing refused was kept: the controller stays ready.
 	if in, err := client.Service(ctx, "x"); err == nil {
 		t.Errorf("a refused registration is listed: %v", in)
