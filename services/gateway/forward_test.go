@@ -259,8 +259,8 @@ func TestFastPathKeepsAliveAndRecovers(t *testing.T) {
 }
 
 // oneShotUpstream serves one request per connection, answering 200 with
-// the path, then writes after (if any, pause later) and hangs up; it
-// returns its URL.
+// the path, then writes after (if any: with the answer, or pause later)
+// and hangs up; it returns its URL.
 func oneShotUpstream(t *testing.T, after string, pause time.Duration) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -280,11 +280,17 @@ func oneShotUpstream(t *testing.T, after string, pause time.Duration) string {
 				if err != nil {
 					return
 				}
-				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
-				if after != "" {
+				answer := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
+				switch {
+				case after == "" || req.URL.Path == "/health": // the gateway's probes are not under test
+				case pause == 0:
+					answer += after // in the same segment as the answer
+				default:
+					_, _ = io.WriteString(c, answer)
 					time.Sleep(pause)
-					_, _ = io.WriteString(c, after)
+					answer = after
 				}
+				_, _ = io.WriteString(c, answer)
 			}()
 		}
 	}()
