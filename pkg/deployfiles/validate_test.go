@@ -229,7 +229,7 @@ func TestRouteTableIsMountedAndChecked(t *testing.T) {
 	}
 	write(RoutesPath, []byte("routes:\n  - prefix: /x\n    service: engine\n    stirp: true\n  - prefix: /health\n    service: engine\n"))
 	problems = validate(t, ValidateOptions{ComposeFile: compose})
-	if !has(problems, RuleRoutes, "lucid-api-gateway", "field stirp not found", 0) {
+	if !has(problems, RuleRoutes, "lucid-api-gateway", `unknown key "stirp" in routes[0] (did you mean "strip"?)`, 0) {
 		t.Errorf("a broken route table is not reported: %v", problems)
 	}
 }

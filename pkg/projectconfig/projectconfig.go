@@ -21,7 +21,11 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/pickme/lucid/pkg/isolation"
+	"github.com/pickme/lucid/pkg/yamlkeys"
 )
+
+// ErrUnknownKey marks an unknown key in the file.
+var ErrUnknownKey = yamlkeys.ErrUnknownKey
 
 // DefaultFile is the project file's name.
 const DefaultFile = "lucid.yaml"
@@ -161,7 +165,7 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 	c := &Config{Path: name}
 	if len(root.Content) > 0 {
-		if errs := checkKeys(name, root.Content[0], typeOf(c), ""); len(errs) > 0 {
+		if errs := yamlkeys.Check(name, &root, c); len(errs) > 0 {
 			return nil, errors.Join(errs...)
 		}
 		dec := yaml.NewDecoder(bytes.NewReader(data))

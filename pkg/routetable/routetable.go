@@ -19,6 +19,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/yamlkeys"
 )
 
 // EnvVar names a YAML file that replaces the default route table.
@@ -91,11 +92,19 @@ func Parse(name string, data []byte) ([]Route, error) {
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true) // a misspelt key must not silently mean "false"
 	var f routesFile
+	// A misspelt key must not silently mean "false": every one is named,
+	// with the keys allowed there.
+	if errs := yamlkeys.Check(name, &doc, &f); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+		// In the file's terms rather than Go's.
+		msg := strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n  ")
+		msg = strings.ReplaceAll(msg, "into time.Duration", "into a duration (such as 30s or 2m)")
+		return nil, fmt.Errorf("%s: %s", name, msg)
 	}
 	lines := routeLines(&doc)
 	var errs []error

@@ -42,7 +42,7 @@ routes:
 
 func TestParseRefuses(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
-		{"misspelt key", "routes:\n  - prefix: /x\n    service: engine\n    stirp: true\n", "field stirp not found"},
+		{"misspelt key", "routes:\n  - prefix: /x\n    service: engine\n    stirp: true\n", `r.yaml:4:5: unknown key "stirp" in routes[0] (did you mean "strip"?)`},
 		{"not YAML", "routes: [\n", "r.yaml: yaml:"},
 		{"empty", "routes: []\n", "no routes"},
 		{"no prefix", "routes:\n  - service: engine\n", "r.yaml:2: route 1 (): prefix is required"},
@@ -58,7 +58,7 @@ func TestParseRefuses(t *testing.T) {
 		{"itself", "routes:\n  - prefix: /gw\n    service: gateway\n", `service "gateway" is not one`},
 		{"unknown method", "routes:\n  - prefix: /x\n    service: engine\n    methods: [FETCH]\n", `method "FETCH" is not one of`},
 		{"long timeout", "routes:\n  - prefix: /x\n    service: engine\n    timeout: 2h\n", "timeout 2h0m0s is outside"},
-		{"bad timeout", "routes:\n  - prefix: /x\n    service: engine\n    timeout: soon\n", "r.yaml: yaml:"},
+		{"bad timeout", "routes:\n  - prefix: /x\n    service: engine\n    timeout: soon\n", "r.yaml: line 4: cannot unmarshal !!str `soon` into a duration (such as 30s or 2m)"},
 		{"duplicate", "routes:\n  - prefix: /x\n    service: engine\n  - prefix: /x/\n    service: blocks\n", "r.yaml:4: route 2: prefix /x is already routed on line 2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"github.com/pickme/lucid/pkg/deploy"
 	"github.com/pickme/lucid/pkg/projectconfig"
 	"github.com/pickme/lucid/pkg/sshx"
+	"github.com/pickme/lucid/pkg/yamlkeys"
 )
 
 // Exit codes, documented in docs/cli.md. Scripts rely on them.
@@ -65,7 +66,7 @@ var knownHints = []struct {
 	hint string
 }{
 	{auth.ErrWeakSecret, "generate one with `lucidctl up` (local) or `lucidctl render`, or export a JWT_SECRET_KEY of at least 32 characters"},
-	{projectconfig.ErrUnknownKey, "fix the key's spelling; docs/configuration.md lists every key"},
+	{yamlkeys.ErrUnknownKey, "fix the key's spelling: the error lists the keys allowed there"},
 	{projectconfig.ErrNotFound, "run lucidctl from the project directory, or name the file with --config"},
 	{sshx.ErrUnknownHostKey, "check the fingerprint with the host's owner, then run again with --accept-new-host-key"},
 	{deploy.ErrLocked, "wait for it with --lock-wait; a lock past its expiry is taken over by the next deploy"},

@@ -1,6 +1,11 @@
-package projectconfig
+// Package yamlkeys finds the keys of a YAML document that the Go type it
+// decodes into has no field for: every one, with its line and column, the
+// keys allowed there and the likely intended one. yaml.v3's KnownFields
+// stops at the first and names the Go type instead.
+package yamlkeys
 
 import (
+	"errors"
 	"fmt"
 	"reflect"
 	"slices"
@@ -9,14 +14,24 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// ErrUnknownKey marks an unknown key in the file.
-var ErrUnknownKey = fmt.Errorf("unknown key")
+// ErrUnknownKey marks an unknown key.
+var ErrUnknownKey = errors.New("unknown key")
 
-func typeOf(v any) reflect.Type { return reflect.TypeOf(v) }
+// Check reports every mapping key of document (a yaml.DocumentNode, or
+// any node) that v's type, which it decodes into, has no field for. file
+// names the document in messages.
+func Check(file string, document *yaml.Node, v any) []error {
+	n := document
+	if n.Kind == yaml.DocumentNode {
+		if len(n.Content) == 0 {
+			return nil
+		}
+		n = n.Content[0]
+	}
+	return checkKeys(file, n, reflect.TypeOf(v), "")
+}
 
-// checkKeys walks the YAML tree alongside the Go type it decodes into and
-// reports every mapping key the type has no field for, with its position.
-// yaml.v3's KnownFields reports only the first, without the allowed keys.
+// checkKeys walks the YAML tree alongside the Go type it decodes into.
 func checkKeys(file string, n *yaml.Node, t reflect.Type, at string) []error {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
