@@ -192,54 +192,49 @@ func (s *scanner) goImports(files []goFile) []Finding {
 	}
 	// bad finds, from an import path, a chain to a forbidden package: a
 	// depth-first search in sorted order, so the answer does not depend on
-	// map order. Found chains are memoised, and so is "none" when it is
-	// exact: when the search below a package met no package already on
-	// its way (a cycle cut short), or when it started from the top.
+	// map order. Found chains are memoised; so is "none" for every package
+	// a search that found nothing went through, since all they reach was
+	// searched too.
 	for ip := range pkgImports {
 		slices.Sort(pkgImports[ip])
 	}
 	memo := map[string][]string{}
 	clean := map[string]bool{}
-	var search func(ip string, seen map[string]bool) (chain []string, exact bool)
-	search = func(ip string, seen map[string]bool) ([]string, bool) {
+	var search func(ip string, visited map[string]bool) []string
+	search = func(ip string, visited map[string]bool) []string {
 		if c, ok := memo[ip]; ok {
-			return c, true
+			return c
 		}
-		if clean[ip] {
-			return nil, true
+		if clean[ip] || visited[ip] {
+			return nil
 		}
 		if _, ok := s.forbiddenModule(ip); ok {
-			return []string{ip}, true
+			return []string{ip}
 		}
 		dir, local := pkgDir[ip]
 		switch {
 		case !local:
-			return nil, true
-		case seen[ip]:
-			return nil, false
+			return nil
 		case under(dir+"/", s.p.IsolatedDirs):
-			return []string{ip}, true
+			return []string{ip}
 		}
-		seen[ip] = true
-		exact := true
+		visited[ip] = true
 		for _, next := range pkgImports[ip] {
-			c, ok := search(next, seen)
-			if c != nil {
+			if c := search(next, visited); c != nil {
 				chain := append([]string{ip}, c...)
 				memo[ip] = chain
-				return chain, true
+				return chain
 			}
-			exact = exact && ok
 		}
-		if exact {
-			clean[ip] = true
-		}
-		return nil, exact
+		return nil
 	}
 	bad := func(ip string) []string {
-		chain, _ := search(ip, map[string]bool{})
+		visited := map[string]bool{}
+		chain := search(ip, visited)
 		if chain == nil {
-			clean[ip] = true // a search from the top is exact either way
+			for v := range visited {
+				clean[v] = true
+			}
 		}
 		return chain
 	}
