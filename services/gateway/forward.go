@@ -198,17 +198,6 @@ func connectionTokens(h http.Header) []string {
 	return out
 }
 
-// gatewaySetHeader reports whether the gateway writes k itself, so a
-// client's copy must not reach the upstream.
-func gatewaySetHeader(k string) bool {
-	switch k {
-	case "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded",
-		service.HeaderRequestID, HeaderSub, HeaderTier, "Host":
-		return true
-	}
-	return false
-}
-
 // forward proxies r on the fast path. A failure before the upstream has
 // answered ejects the instance and, if it came quickly, tries one other.
 func (rp *routeProxy) forward(w http.ResponseWriter, r *http.Request, inst *instance, claims *auth.Claims) {
@@ -350,9 +339,8 @@ func (rp *routeProxy) writeRequest(bw *bufio.Writer, r *http.Request, target *ur
 	bw.WriteString(" HTTP/1.1\r\n")
 	writeHeader(bw, "Host", target.Host)
 	conn := connectionTokens(r.Header)
-	keepAuth := rp.keepsAuthorization()
 	for k, vv := range r.Header {
-		if hopHeader(k) || gatewaySetHeader(k) || (conn != nil && slices.Contains(conn, k)) || (k == "Authorization" && !keepAuth) {
+		if hopHeader(k) || !rp.passesHeader(k) || (conn != nil && slices.Contains(conn, k)) {
 			continue
 		}
 		for _, v := range vv {
@@ -364,27 +352,7 @@ func (rp *routeProxy) writeRequest(bw *bufio.Writer, r *http.Request, target *ur
 	if hasToken(r.Header["Te"], "trailers") {
 		writeHeader(bw, "Te", "trailers")
 	}
-	peer := peerHost(r)
-	bw.WriteString("X-Forwarded-For: ")
-	if prior := r.Header["X-Forwarded-For"]; len(prior) > 0 && rp.gw.isTrusted(peer) {
-		for _, v := range prior {
-			bw.WriteString(v)
-			bw.WriteString(", ")
-		}
-	}
-	bw.WriteString(peer)
-	bw.WriteString("\r\n")
-	writeHeader(bw, "X-Forwarded-Host", r.Host)
-	if r.TLS != nil {
-		writeHeader(bw, "X-Forwarded-Proto", "https")
-	} else {
-		writeHeader(bw, "X-Forwarded-Proto", "http")
-	}
-	writeHeader(bw, service.HeaderRequestID, service.RequestID(r.Context()))
-	if claims != nil {
-		writeHeader(bw, HeaderSub, claims.Subject)
-		writeHeader(bw, HeaderTier, string(claims.Tier))
-	}
+	rp.forwardHeaders(r, claims, func(k, v string) { writeHeader(bw, k, v) })
 	bw.WriteString("\r\n")
 	return bw.Flush()
 }

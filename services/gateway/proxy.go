@@ -110,25 +110,12 @@ func (a *App) newRouteProxy(r routetable.Route, p *pool, transport http.RoundTri
 			raw := rp.upstreamPath(pr.In, target)
 			pr.Out.URL.RawPath = raw
 			pr.Out.URL.Path, _ = url.PathUnescape(raw)
-			// Behind a trusted proxy the client's forwarding chain is kept
-			// (SetXForwarded then appends the peer); from anyone else it is
-			// dropped, so a client cannot plant addresses upstream.
-			if a.isTrusted(peerHost(pr.In)) {
-				if v := pr.In.Header.Values("X-Forwarded-For"); len(v) > 0 {
-					pr.Out.Header["X-Forwarded-For"] = []string{strings.Join(v, ", ")}
+			for k := range pr.Out.Header {
+				if !rp.passesHeader(k) {
+					delete(pr.Out.Header, k)
 				}
 			}
-			pr.SetXForwarded()
-			pr.Out.Header.Set(service.HeaderRequestID, service.RequestID(pr.In.Context()))
-			pr.Out.Header.Del(HeaderSub)
-			pr.Out.Header.Del(HeaderTier)
-			if !rp.keepsAuthorization() {
-				pr.Out.Header.Del("Authorization")
-			}
-			if c := px.claims; c != nil {
-				pr.Out.Header.Set(HeaderSub, c.Subject)
-				pr.Out.Header.Set(HeaderTier, string(c.Tier))
-			}
+			rp.forwardHeaders(pr.In, px.claims, pr.Out.Header.Set)
 		},
 		ModifyResponse: func(resp *http.Response) error {
 			// The upstream echoes the request id the gateway gave it; the
@@ -148,6 +135,48 @@ func (a *App) newRouteProxy(r routetable.Route, p *pool, transport http.RoundTri
 // see a client's bearer token. Only the Phase 1 auth service, which issues
 // and checks those tokens, gets it.
 func (rp *routeProxy) keepsAuthorization() bool { return rp.route.Service == routetable.AuthService }
+
+// gatewaySetHeader reports whether the gateway writes k itself, so a
+// client's copy must not reach the upstream.
+func gatewaySetHeader(k string) bool {
+	switch k {
+	case "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded",
+		service.HeaderRequestID, HeaderSub, HeaderTier, "Host":
+		return true
+	}
+	return false
+}
+
+// passesHeader reports whether a client's end-to-end header k goes
+// upstream as it came: not one the gateway writes itself, and not the
+// bearer token, except to the auth service.
+func (rp *routeProxy) passesHeader(k string) bool {
+	return !gatewaySetHeader(k) && (k != "Authorization" || rp.keepsAuthorization())
+}
+
+// forwardHeaders gives set each header the gateway writes upstream itself,
+// on both proxy paths: the forwarding chain (a client's own kept only
+// behind a trusted proxy, so a client cannot plant addresses upstream),
+// the original host and scheme, the request ID, and the caller's identity.
+func (rp *routeProxy) forwardHeaders(r *http.Request, claims *auth.Claims, set func(k, v string)) {
+	peer := peerHost(r)
+	xff := peer
+	if prior := r.Header["X-Forwarded-For"]; len(prior) > 0 && rp.gw.isTrusted(peer) {
+		xff = strings.Join(prior, ", ") + ", " + peer
+	}
+	set("X-Forwarded-For", xff)
+	set("X-Forwarded-Host", r.Host)
+	proto := "http"
+	if r.TLS != nil {
+		proto = "https"
+	}
+	set("X-Forwarded-Proto", proto)
+	set(service.HeaderRequestID, service.RequestID(r.Context()))
+	if claims != nil {
+		set(HeaderSub, claims.Subject)
+		set(HeaderTier, string(claims.Tier))
+	}
+}
 
 // upstreamPath is the escaped path r goes to on target: the route's prefix
 // stripped if it says so, joined to the target's own path.
