@@ -12,8 +12,11 @@ package deployfiles
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -40,6 +43,16 @@ const (
 
 // RoutesMount is where the gateway's container sees RoutesPath.
 const RoutesMount = "/etc/lucid/gateway-routes.yaml"
+
+// ReadRoutes returns the route table of the project in dir, nil if it has
+// none. It is not checked here.
+func ReadRoutes(dir string) ([]byte, error) {
+	data, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(RoutesPath)))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	return data, err
+}
 
 // In-image facts the compose file relies on; the image builder makes them
 // true.

@@ -201,7 +201,6 @@ type rendered struct {
 func readRendered(ctx context.Context, cfg *projectconfig.Config) (*rendered, error) {
 	cp := filepath.Join(cfg.Dir, filepath.FromSlash(deployfiles.ComposePath))
 	ep := filepath.Join(cfg.Dir, filepath.FromSlash(deployfiles.EnvPath))
-	rp := filepath.Join(cfg.Dir, filepath.FromSlash(deployfiles.RoutesPath))
 	var r rendered
 	var err error
 	if r.compose, err = os.ReadFile(cp); err != nil {
@@ -223,14 +222,13 @@ func readRendered(ctx context.Context, cfg *projectconfig.Config) (*rendered, er
 	}
 	// Validate has checked a mounted table; one the compose file does not
 	// mount would be ignored on the Pi, which is never what was meant.
-	mounted := bytes.Contains(r.compose, []byte(deployfiles.RoutesMount))
-	routes, err := os.ReadFile(rp)
-	switch {
-	case mounted && err != nil:
+	routes, err := deployfiles.ReadRoutes(cfg.Dir)
+	switch mounted := bytes.Contains(r.compose, []byte(deployfiles.RoutesMount)); {
+	case err != nil:
 		return nil, err
 	case mounted:
-		r.routes = routes
-	case err == nil:
+		r.routes = routes // there: validate reports a mounted table that is missing
+	case routes != nil:
 		return nil, cli.WithHint(fmt.Errorf("%s exists but the compose file does not mount it; nothing was deployed", deployfiles.RoutesPath),
 			"`lucidctl render` mounts it into the gateway")
 	}

@@ -129,7 +129,7 @@ func run(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
-	routes, err := readIfExists(filepath.Join(dir, filepath.FromSlash(deployfiles.RoutesPath)))
+	routes, err := deployfiles.ReadRoutes(dir)
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -122,12 +121,14 @@ func makePlan(ctx context.Context, opts *UpOptions, cfg *projectconfig.Config, l
 
 	// The project's route table, checked now rather than by a gateway
 	// that would exit and be restarted over and over.
-	rp := filepath.Join(cfg.Dir, filepath.FromSlash(deployfiles.RoutesPath))
-	switch _, err := routetable.Load(rp); {
-	case errors.Is(err, fs.ErrNotExist): // the default table
+	switch routes, err := deployfiles.ReadRoutes(cfg.Dir); {
 	case err != nil:
-		return nil, cli.Problems(err)
-	default:
+		return nil, err
+	case routes != nil:
+		rp := filepath.Join(cfg.Dir, filepath.FromSlash(deployfiles.RoutesPath))
+		if _, err := routetable.Parse(rp, routes); err != nil {
+			return nil, cli.Problems(err)
+		}
 		p.routes = rp
 	}
 	var err error
