@@ -68,7 +68,12 @@ func (e *errNotSealed) Error() string {
 // *errNotSealed while it is not, any other error when the receipt is wrong.
 func (p *anchorProbe) check(ctx context.Context, m *chain.SessionAnchor) (*anchoringapi.AnchorStatus, error) {
 	st, err := p.anchors.Get(ctx, m.SessionID)
-	if err != nil {
+	var ae *api.Error
+	switch {
+	case errors.As(err, &ae) && ae.Status < 500 && ae.Status != http.StatusTooManyRequests && ae.Status != http.StatusNotFound:
+		// Refused (a bad token, say): waiting will not change it.
+		return nil, fmt.Errorf("status of %s: %w", m.SessionID, err)
+	case err != nil:
 		return nil, &errNotSealed{err}
 	}
 	if st.Status != "sealed" {
@@ -82,6 +87,41 @@ func (p *anchorProbe) check(ctx context.Context, m *chain.SessionAnchor) (*ancho
 		return nil, fmt.Errorf("the receipt given for %s proves another transaction than the one submitted", m.SessionID)
 	}
 	return st, nil
+}
+
+// waitSealed checks every anchor until each is sealed and its receipt
+// verified, calling sealed for each, or until within has passed. Sweeps
+// are paced at about 100 lookups a second, inside any tier's budget.
+func (p *anchorProbe) waitSealed(ctx context.Context, anchors []*chain.SessionAnchor, within time.Duration, sealed func(*chain.SessionAnchor, *anchoringapi.AnchorStatus)) error {
+	deadline := time.Now().Add(within)
+	pending := anchors
+	for {
+		var still []*chain.SessionAnchor
+		var lastWait error // why the last pending anchor was not sealed yet
+		for _, m := range pending {
+			st, err := p.check(ctx, m)
+			if isNotSealed(err) {
+				still, lastWait = append(still, m), err
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			sealed(m, st)
+		}
+		pending = still
+		switch {
+		case len(pending) == 0:
+			return nil
+		case time.Now().After(deadline):
+			return fmt.Errorf("%d of %d anchors not sealed within %s (%v)", len(pending), len(anchors), within, lastWait)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(max(200*time.Millisecond, time.Duration(len(pending))*10*time.Millisecond)):
+		}
+	}
 }
 
 // isNotSealed reports whether err is check's "not yet".

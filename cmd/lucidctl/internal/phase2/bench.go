@@ -3,6 +3,7 @@ package phase2
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"net/http"
 	"slices"
@@ -17,6 +18,8 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/api"
+	"github.com/pickme/lucid/pkg/api/anchoringapi"
+	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/loadgen"
@@ -311,9 +314,6 @@ func (b *bench) report(r loadgen.Result, s *ScenarioResult) {
 			s.latencies = append(s.latencies, float64(bar.From)/1000)
 		}
 	}
-	if r.FirstError != "" {
-		s.Error = "first failure: " + r.FirstError
-	}
 }
 
 func (b *bench) throughput(ctx context.Context, s *ScenarioResult) error {
@@ -355,10 +355,8 @@ func (b *bench) blockInterval(ctx context.Context, s *ScenarioResult) error {
 	if err != nil {
 		return err
 	}
-	var info struct {
-		BlockInterval string `json:"block_interval"`
-	}
-	if err := api.Do(ctx, b.e.client(10*time.Second), api.Request{Method: http.MethodGet, URL: b.e.Gateway + "/blockchain/api/v1/chain", Token: tok}, &info); err != nil {
+	info, err := engineapi.New(b.e.Gateway+"/blockchain", &http.Client{Timeout: 10 * time.Second, Transport: api.WithBearer(b.e.transport(false), tok)}).Chain(ctx)
+	if err != nil {
 		return fmt.Errorf("chain info: %w", err)
 	}
 	want := 10.0
@@ -442,34 +440,12 @@ func (b *bench) anchoring(ctx context.Context, s *ScenarioResult) error {
 	}
 	submitted := time.Since(start)
 	b.progress("  %d anchors submitted in %s; waiting until sealed", len(sessions), submitted.Round(time.Millisecond))
-	pending := slices.Clone(sessions)
 	verified := 0
-	deadline := time.Now().Add(2 * time.Minute)
-	var lastWait error // why the last pending anchor was not sealed yet
-	for len(pending) > 0 {
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("%d of %d anchors not sealed in time (%v)", len(pending), len(sessions), lastWait)
-		}
-		var still []*chain.SessionAnchor
-		for _, m := range pending {
-			st, err := probe.check(ctx, m)
-			if isNotSealed(err) {
-				still, lastWait = append(still, m), err
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			verified++
-			b.anchored = append(b.anchored, anchoredSession{session: m.SessionID, tx: st.TxID})
-		}
-		pending = still
-		if len(pending) > 0 {
-			select {
-			case <-ctx.Done():
-			case <-time.After(200 * time.Millisecond):
-			}
-		}
+	if err := probe.waitSealed(ctx, sessions, 2*time.Minute, func(m *chain.SessionAnchor, st *anchoringapi.AnchorStatus) {
+		verified++
+		b.anchored = append(b.anchored, anchoredSession{session: m.SessionID, tx: st.TxID})
+	}); err != nil {
+		return err
 	}
 	all := time.Since(start)
 	s.Metrics["anchors"] = float64(len(sessions))
@@ -579,6 +555,9 @@ func printTable(env *cli.Env, res *BenchResult) {
 		}
 		if s.Error != "" {
 			fmt.Fprintf(tw, "%s\t(error)\t\t\t%s\n", s.Name, s.Error)
+		}
+		for _, load := range slices.Sorted(maps.Keys(s.FirstErrors)) {
+			fmt.Fprintf(tw, "%s\t(first failure: %s)\t\t\t%s\n", s.Name, load, s.FirstErrors[load])
 		}
 	}
 	_ = tw.Flush()

@@ -28,7 +28,7 @@ Phase 2 targets: {{if .Res.Passed}}all met{{else}}<span class="missed">some miss
 <table><tr><th>scenario</th><th>metric</th><th>value</th><th>target</th><th>result</th></tr>
 {{range .Res.Scenarios}}{{$s := .}}{{range $k, $v := .Metrics}}{{$cs := index $.Checks $s.Name $k}}{{if $cs}}{{range $cs}}<tr><td>{{$s.Name}}</td><td>{{$k}}</td><td>{{$v}}</td><td>{{.Want}}</td><td{{if not .Pass}} class="missed"{{end}}>{{if .Pass}}ok{{else}}missed{{end}}</td></tr>
 {{end}}{{else}}<tr><td>{{$s.Name}}</td><td>{{$k}}</td><td>{{$v}}</td><td></td><td></td></tr>
-{{end}}{{end}}{{if .Skipped}}<tr><td>{{.Name}}</td><td colspan="4">skipped: {{.Skipped}}</td></tr>{{end}}{{if .Error}}<tr><td>{{.Name}}</td><td colspan="4" class="missed">{{.Error}}</td></tr>{{end}}{{end}}
+{{end}}{{end}}{{if .Skipped}}<tr><td>{{.Name}}</td><td colspan="4">skipped: {{.Skipped}}</td></tr>{{end}}{{if .Error}}<tr><td>{{.Name}}</td><td colspan="4" class="missed">{{.Error}}</td></tr>{{end}}{{range $load, $e := .FirstErrors}}<tr><td>{{$s.Name}}</td><td colspan="4" class="missed">first failure ({{$load}}): {{$e}}</td></tr>{{end}}{{end}}
 </table>
 {{range .Charts}}<figure id="{{.ID}}"><figcaption>{{.Title}}</figcaption>{{.SVG}}</figure>
 {{end}}

@@ -18,7 +18,8 @@ func sampleResult() *BenchResult {
 	for i := range 500 {
 		lat.latencies = append(lat.latencies, 1+float64(i%40)/10)
 	}
-	thr := ScenarioResult{Name: ScenarioThroughput, Metrics: map[string]float64{"requests_per_second": 9000}, perSecond: []int64{8800, 9100, 9050, 9200, 8900}}
+	thr := ScenarioResult{Name: ScenarioThroughput, Metrics: map[string]float64{"requests_per_second": 9000}, perSecond: []int64{8800, 9100, 9050, 9200, 8900},
+		FirstErrors: map[string]string{"requests": "503 LUCID_ERR_5003: no healthy engine instance"}}
 	blk := ScenarioResult{Name: ScenarioBlocks, Metrics: map[string]float64{"mean_interval_s": 10}, intervals: []float64{10, 10.01, 9.99, 10, 10}}
 	return &BenchResult{Target: "http://127.0.0.1:8080", Started: time.Now(), Passed: true, Scenarios: []ScenarioResult{thr, lat, blk}}
 }
@@ -36,6 +37,9 @@ func TestReportRendersInChromium(t *testing.T) {
 	dom, err := exec.Command(chromium, append(args, "--dump-dom", page)...).Output()
 	if err != nil {
 		t.Fatalf("chromium --dump-dom: %v", err)
+	}
+	if !strings.Contains(string(dom), "<td>"+ScenarioThroughput+"</td><td colspan=\"4\" class=\"missed\">first failure (requests): 503 LUCID_ERR_5003") {
+		t.Error("the rendered page does not name the first failure")
 	}
 	for _, id := range []string{"latency-histogram", "throughput-over-time", "block-intervals"} {
 		i := strings.Index(string(dom), `id="`+id+`"`)

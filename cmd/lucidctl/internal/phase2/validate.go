@@ -14,8 +14,10 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/api"
+	"github.com/pickme/lucid/pkg/api/anchoringapi"
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/isolation"
 )
 
@@ -168,24 +170,11 @@ func (v *validator) anchor(ctx context.Context) (string, error) {
 	if err := probe.submit(ctx, m); err != nil {
 		return "", fmt.Errorf("submit: %w", err)
 	}
-	const wait = 90 * time.Second
-	deadline := time.Now().Add(wait)
-	for {
-		st, err := probe.check(ctx, m)
-		switch {
-		case err == nil:
-			return fmt.Sprintf("session %s sealed in block %d; receipt verified offline", m.SessionID[:8], st.Height), nil
-		case !isNotSealed(err):
-			return "", err
-		case time.Now().After(deadline):
-			return "", fmt.Errorf("session %s not sealed within %s (%v)", m.SessionID, wait, err)
-		}
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
+	var block uint64
+	if err := probe.waitSealed(ctx, []*chain.SessionAnchor{m}, 90*time.Second, func(_ *chain.SessionAnchor, st *anchoringapi.AnchorStatus) { block = st.Height }); err != nil {
+		return "", err
 	}
+	return fmt.Sprintf("session %s sealed in block %d; receipt verified offline", m.SessionID[:8], block), nil
 }
 
 func (v *validator) rateLimit(ctx context.Context) (string, error) {
