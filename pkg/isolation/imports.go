@@ -16,6 +16,10 @@ import (
 type moduleRef struct {
 	module string
 	col    int
+	// below are modules the import names under module (a relative Python
+	// `from .. import x` names ..x), checked when module itself is not
+	// isolated.
+	below []string
 }
 
 var (
@@ -36,13 +40,27 @@ func pythonImports(line string) []moduleRef {
 	base := 0
 	for _, stmt := range strings.Split(line, ";") {
 		if m := pyFrom.FindStringSubmatchIndex(stmt); m != nil {
-			out = append(out, moduleRef{stmt[m[2]:m[3]], base + m[2]})
+			ref := moduleRef{module: stmt[m[2]:m[3]], col: base + m[2]}
+			// A relative import may name the isolated package only after
+			// `import` (from ..payment_systems import tron).
+			if strings.HasPrefix(ref.module, ".") {
+				sep := "."
+				if strings.HasSuffix(ref.module, ".") {
+					sep = ""
+				}
+				for _, item := range strings.Split(strings.Trim(stmt[m[1]:], " ()"), ",") {
+					if im := pyImportItem.FindStringSubmatch(item); im != nil {
+						ref.below = append(ref.below, ref.module+sep+im[1])
+					}
+				}
+			}
+			out = append(out, ref)
 		} else if m := pyImport.FindStringSubmatchIndex(stmt); m != nil {
 			list := stmt[m[2]:m[3]]
 			off := base + m[2]
 			for _, item := range strings.Split(list, ",") {
 				if im := pyImportItem.FindStringSubmatchIndex(item); im != nil {
-					out = append(out, moduleRef{item[im[2]:im[3]], off + im[2]})
+					out = append(out, moduleRef{module: item[im[2]:im[3]], col: off + im[2]})
 				}
 				off += len(item) + 1
 			}
@@ -50,7 +68,7 @@ func pythonImports(line string) []moduleRef {
 		base += len(stmt) + 1
 	}
 	for _, m := range pyDynamic.FindAllStringSubmatchIndex(line, -1) {
-		out = append(out, moduleRef{line[m[2]:m[3]], m[2]})
+		out = append(out, moduleRef{module: line[m[2]:m[3]], col: m[2]})
 	}
 	return out
 }
@@ -61,7 +79,7 @@ func jsImports(line string) []moduleRef {
 	var out []moduleRef
 	for _, re := range []*regexp.Regexp{jsFrom, jsBare, jsCall} {
 		for _, m := range re.FindAllStringSubmatchIndex(line, -1) {
-			out = append(out, moduleRef{line[m[2]:m[3]], m[2]})
+			out = append(out, moduleRef{module: line[m[2]:m[3]], col: m[2]})
 		}
 	}
 	return out
@@ -80,8 +98,13 @@ func (s *scanner) scriptImports(rel string, lines []string, find func(string) []
 			msg := ""
 			if m, bad := s.forbiddenModule(packageName(ref.module)); bad {
 				msg = fmt.Sprintf("imports %s, a forbidden module (%s)", ref.module, m)
-			} else if dir, bad := s.intoIsolated(rel, ref.module); bad {
-				msg = fmt.Sprintf("imports %s, inside the isolated tree %s", ref.module, dir)
+			} else {
+				for _, mod := range append([]string{ref.module}, ref.below...) {
+					if dir, bad := s.intoIsolated(rel, mod); bad {
+						msg = fmt.Sprintf("imports %s, inside the isolated tree %s", mod, dir)
+						break
+					}
+				}
 			}
 			if msg != "" {
 				out = append(out, Finding{Path: rel, Line: i + 1, Column: ref.col + 1, Rule: RuleImport, Match: ref.module, Text: line, Message: msg})

@@ -247,7 +247,7 @@ func TestReviewCases(t *testing.T) {
 	write("blockchain/lib/lib.go", "package lib\n")                                          // clean...
 	write("blockchain/lib/lib_test.go", "package lib\n\nimport _ \"example.com/pay/pay\"\n") // ...but its test is not
 	write("blockchain/core/b.go", "package core\n\nimport _ \"example.com/root/blockchain/lib\"\n")
-	write("blockchain/py/tool.py", "import os; import tronapi\nfrom ...payment_systems.tron import client\n")
+	write("blockchain/py/tool.py", "import os; import tronapi\nfrom ...payment_systems.tron import client\nfrom ...payment_systems import (os, tron)\n")
 	rep, err := Scan(context.Background(), dir, Policy{})
 	if err != nil {
 		t.Fatal(err)
@@ -258,7 +258,7 @@ func TestReviewCases(t *testing.T) {
 			got[fmt.Sprintf("%s:%d:%s", f.Path, f.Line, f.Match)] = true
 		}
 	}
-	for _, want := range []string{"blockchain/core/a.go:3:example.com/pay/pay", "blockchain/py/tool.py:1:tronapi", "blockchain/py/tool.py:2:...payment_systems.tron"} {
+	for _, want := range []string{"blockchain/core/a.go:3:example.com/pay/pay", "blockchain/py/tool.py:1:tronapi", "blockchain/py/tool.py:2:...payment_systems.tron", "blockchain/py/tool.py:3:...payment_systems"} {
 		if !got[want] {
 			t.Errorf("missing import finding %s (got %v)", want, got)
 		}
