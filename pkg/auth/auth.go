@@ -78,7 +78,7 @@ func Mint(secret []byte, opts MintOptions) (string, Claims, error) {
 	if err := CheckSecret(secret); err != nil {
 		return "", Claims{}, err
 	}
-	if err := checkSubject(opts.Subject); err != nil {
+	if err := CheckSubject(opts.Subject); err != nil {
 		return "", Claims{}, fmt.Errorf("a token needs a subject: one of 1..%d bytes without control characters (%w)", MaxSubjectLen, err)
 	}
 	if _, err := ParseTier(string(opts.Tier)); err != nil {
@@ -112,9 +112,10 @@ func Mint(secret []byte, opts MintOptions) (string, Claims, error) {
 // in a header and keys rate limits by.
 const MaxSubjectLen = 256
 
-// checkSubject accepts a subject that is non-empty, short, and free of
-// control characters, so it is safe as a header value and a log field.
-func checkSubject(sub string) error {
+// CheckSubject accepts a subject that is non-empty, short, and free of
+// control characters, so it is safe as a header value, a log field and a
+// key prefix in the services' stores.
+func CheckSubject(sub string) error {
 	switch {
 	case sub == "":
 		return errors.New("token has no subject")
@@ -145,7 +146,7 @@ func Parse(secret []byte, token string, now func() time.Time) (Claims, error) {
 	if err != nil {
 		return Claims{}, err
 	}
-	if err := checkSubject(claims.Subject); err != nil {
+	if err := CheckSubject(claims.Subject); err != nil {
 		return Claims{}, err
 	}
 	if _, err := ParseTier(string(claims.Tier)); err != nil {

@@ -45,6 +45,11 @@ type Service struct {
 	// allow list. With mTLS on, any other call is refused (every service
 	// may call the mesh controller).
 	Calls []string
+	// PassesPrincipal marks a service that acts for users towards the
+	// services it calls: the gateway, which turns a verified token into a
+	// principal, and the data chain, which anchors a sealed session for
+	// its owner. A service believes the principal headers only from these.
+	PassesPrincipal bool
 }
 
 // SecretMinLen is the shortest value a Secrets variable may have.
@@ -85,28 +90,33 @@ var Services = []Service{
 		Calls:     []string{"engine"},
 	},
 	{
-		Name:      "datachain",
-		Summary:   "data chain: content-addressed chunk store, session Merkle trees",
-		Container: "lucid-data-chain",
-		Port:      8087,
-		DependsOn: []string{"anchoring"},
-		Calls:     []string{"anchoring"},
+		Name:            "datachain",
+		Summary:         "data chain: content-addressed chunk store, session Merkle trees",
+		Container:       "lucid-data-chain",
+		Port:            8087,
+		DependsOn:       []string{"anchoring"},
+		Calls:           []string{"anchoring"},
+		PassesPrincipal: true,
 	},
 	{
-		Name:       "gateway",
-		Summary:    "API gateway: routing, JWT auth, rate limits, the only public door",
-		Container:  "lucid-api-gateway",
-		Port:       8080,
-		DependsOn:  []string{"engine", "anchoring", "blocks", "datachain"},
-		Secrets:    []string{"JWT_SECRET_KEY"},
-		UsesConsul: true,
-		Public:     true,
-		Calls:      []string{"engine", "anchoring", "blocks", "datachain"},
+		Name:            "gateway",
+		Summary:         "API gateway: routing, JWT auth, rate limits, the only public door",
+		Container:       "lucid-api-gateway",
+		Port:            8080,
+		DependsOn:       []string{"engine", "anchoring", "blocks", "datachain"},
+		Secrets:         []string{"JWT_SECRET_KEY"},
+		UsesConsul:      true,
+		Public:          true,
+		Calls:           []string{"engine", "anchoring", "blocks", "datachain"},
+		PassesPrincipal: true,
 	},
 }
 
 // MeshService is the mesh controller, which every service may call.
 const MeshService = "mesh"
+
+// GatewayService is the gateway, the only service users reach.
+const GatewayService = "gateway"
 
 // MayCall reports whether the allow list lets caller send requests to
 // callee.
@@ -117,6 +127,13 @@ func MayCall(caller, callee string) bool {
 	}
 	s, ok := Lookup(caller)
 	return ok && slices.Contains(s.Calls, callee)
+}
+
+// MayActFor reports whether callee believes the principal caller passes
+// on: caller acts for users and may call callee.
+func MayActFor(caller, callee string) bool {
+	s, ok := Lookup(caller)
+	return ok && s.PassesPrincipal && MayCall(caller, callee)
 }
 
 // Callers lists the services that may call callee.

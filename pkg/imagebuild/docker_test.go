@@ -14,6 +14,8 @@ import (
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/service"
+	"github.com/pickme/lucid/pkg/service/servicetest"
 )
 
 func docker(t *testing.T, args ...string) string {
@@ -50,7 +52,7 @@ func runsAndAnswers(t *testing.T, image string) {
 	// As compose runs it: read-only, no capabilities, a fresh volume on the
 	// data directory (which takes the image directory's nonroot owner).
 	docker(t, "run", "-d", "--name", name, "--read-only", "--cap-drop", "ALL", "-v", deployfiles.DataRoot+"/engine",
-		"-p", fmt.Sprintf("127.0.0.1:%d:8084", port), image)
+		"-e", service.EnvServiceKey+"="+servicetest.Key, "-p", fmt.Sprintf("127.0.0.1:%d:8084", port), image)
 	t.Cleanup(func() {
 		if t.Failed() {
 			out, _ := exec.Command("docker", "logs", name).CombinedOutput()

@@ -1,6 +1,8 @@
 package service
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -36,6 +38,15 @@ type Config struct {
 	// MeshToken is the mesh bootstrap token, LUCID_MESH_TOKEN: required
 	// with MeshURL, and by the controller itself.
 	MeshToken string
+	// ServiceKey, LUCID_SERVICE_KEY, is how the services know each other
+	// when the mesh is off: each request carries a signature made with it
+	// (see SignCaller). Required then, by every service but the mesh
+	// controller; unused with the mesh, where certificates say who calls.
+	ServiceKey []byte
+	// OperatorTokenHash is the SHA-256 of the operator token,
+	// LUCID_OPERATOR_TOKEN_SHA256 (hex): a request bearing that token may
+	// use the operator's endpoints. Unset, nobody may.
+	OperatorTokenHash []byte
 }
 
 // MTLS reports whether the service calls the others over mTLS.
@@ -60,6 +71,8 @@ const (
 	EnvMeshToken       = "LUCID_MESH_TOKEN"
 	EnvTLSCertFile     = "LUCID_TLS_CERT_FILE"
 	EnvTLSKeyFile      = "LUCID_TLS_KEY_FILE"
+	EnvServiceKey      = "LUCID_SERVICE_KEY"
+	EnvOperatorHash    = "LUCID_OPERATOR_TOKEN_SHA256"
 )
 
 // LoadConfig reads the base configuration of the service called name. Errors
@@ -91,6 +104,17 @@ func LoadConfig(r *envconfig.Reader, name string) Config {
 	}
 	if cfg.MeshURL != "" || name == catalog.MeshService {
 		cfg.MeshToken = r.Secret(EnvMeshToken, catalog.SecretMinLen, "the mesh bootstrap token")
+	}
+	if cfg.MeshURL == "" && name != catalog.MeshService {
+		cfg.ServiceKey = []byte(r.Secret(EnvServiceKey, catalog.SecretMinLen,
+			"without the mesh ("+EnvMeshURL+"), the services know each other by this shared key"))
+	}
+	if h := r.String(EnvOperatorHash, ""); h != "" {
+		sum, err := hex.DecodeString(h)
+		if err != nil || len(sum) != sha256.Size {
+			r.Fail(EnvOperatorHash, "must be 64 hex digits (the SHA-256 of the operator token)")
+		}
+		cfg.OperatorTokenHash = sum
 	}
 	switch r.OneOf(EnvLogLevel, "info", "debug", "info", "warn", "error") {
 	case "debug":

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 )
 
 // Error codes shared by every service (DESIGN.md, "The gateway").
@@ -30,7 +31,9 @@ type HTTPError struct {
 	// Fields, when set, lists field-level problems (it is sent as
 	// error.fields).
 	Fields any
-	Cause  error
+	// RetryAfter, when positive, is sent as Retry-After (seconds).
+	RetryAfter int
+	Cause      error
 }
 
 func (e *HTTPError) Error() string {
@@ -73,6 +76,9 @@ func WriteError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 }
 
 func writeErrorBody(w http.ResponseWriter, r *http.Request, he *HTTPError) {
+	if he.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(he.RetryAfter))
+	}
 	var body errorBody
 	body.Error.Code = he.Code
 	body.Error.Message = he.Message

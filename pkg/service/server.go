@@ -59,7 +59,7 @@ func New(cfg Config, logger *slog.Logger) *Server {
 		registry: newRegistry(map[string]string{"service": cfg.Name, "version": bi.Version, "commit": bi.Commit, "go_version": bi.GoVersion}),
 	}
 	s.metrics = newHTTPMetrics(s.registry)
-	s.handler = requestIDMiddleware(instrument(logger, s.metrics, recoverPanics(logger, s.requireCaller(s.mux))))
+	s.handler = requestIDMiddleware(instrument(logger, s.metrics, recoverPanics(logger, s.identify(s.mux))))
 
 	s.Handle("GET /health", s.handleHealth)
 	s.Handle("GET /ready", s.handleReady)
@@ -124,11 +124,16 @@ func (s *Server) Identity() *meshtls.Identity { return s.identity.Load() }
 // Client returns an HTTP client for calling the Lucid service called
 // target: over mTLS when the mesh is on, accepting only a server that holds
 // target's identity (and only if the allow list lets this service call
-// it); plain otherwise. A zero timeout means none (for streams).
+// it); signed with the service key otherwise. Towards a service this one
+// acts for users towards, a request passes on the principal of the
+// request its context belongs to. A zero timeout means none (for streams).
 func (s *Server) Client(target string, timeout time.Duration) *http.Client {
 	c := &http.Client{Timeout: timeout}
-	if id := s.identity.Load(); id != nil {
-		c.Transport = id.Transport(nil, s.calling(target))
+	switch id := s.identity.Load(); {
+	case id != nil:
+		c.Transport = &principalTransport{base: id.Transport(nil, s.calling(target)), caller: s.cfg.Name, target: target}
+	case len(s.cfg.ServiceKey) > 0:
+		c.Transport = &signingTransport{base: http.DefaultTransport, key: s.cfg.ServiceKey, caller: s.cfg.Name, target: target}
 	}
 	return c
 }
@@ -153,28 +158,6 @@ func (s *Server) calling(target string) meshtls.Authorizer {
 
 // mayBeCalledBy is the server side of the allow list.
 func (s *Server) mayBeCalledBy(caller string) bool { return catalog.MayCall(caller, s.cfg.Name) }
-
-// requireCaller refuses, when mTLS is on (and the listener is not public), a
-// request whose client presented
-// no mesh certificate, except for /health, /ready and /metrics (container
-// health checks, Consul and Prometheus have none). The mesh controller's own
-// handlers authenticate by token or certificate themselves.
-func (s *Server) requireCaller(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.identity.Load() != nil && s.cfg.Name != catalog.MeshService && !s.cfg.Public {
-			switch r.URL.Path {
-			case "/health", "/ready", "/metrics":
-			default:
-				if _, ok := meshtls.Caller(r); !ok {
-					s.logger.Warn("mesh: refused a request without a mesh certificate", "remote", r.RemoteAddr, "path", r.URL.Path)
-					WriteError(w, r, s.logger, Errorf(http.StatusForbidden, CodeForbidden, "a mesh certificate is required"))
-					return
-				}
-			}
-		}
-		next.ServeHTTP(w, r)
-	})
-}
 
 // Handler is the complete handler chain, for tests and embedding.
 func (s *Server) Handler() http.Handler { return s.handler }

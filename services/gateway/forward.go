@@ -329,9 +329,10 @@ func (rp *routeProxy) roundTrip(uc *upstreamConn, r *http.Request, inst *instanc
 // were validated by net/http when the request was read, and claims by
 // auth.Parse, so all are safe to write as they are.
 func (rp *routeProxy) writeRequest(bw *bufio.Writer, r *http.Request, target *url.URL, claims *auth.Claims) error {
+	path := rp.upstreamPath(r, target)
 	bw.WriteString(r.Method)
 	bw.WriteByte(' ')
-	bw.WriteString(rp.upstreamPath(r, target))
+	bw.WriteString(path)
 	if q := joinQuery(target.RawQuery, r.URL.RawQuery); q != "" {
 		bw.WriteByte('?')
 		bw.WriteString(q)
@@ -352,7 +353,7 @@ func (rp *routeProxy) writeRequest(bw *bufio.Writer, r *http.Request, target *ur
 	if hasToken(r.Header["Te"], "trailers") {
 		writeHeader(bw, "Te", "trailers")
 	}
-	rp.forwardHeaders(r, claims, func(k, v string) { writeHeader(bw, k, v) })
+	rp.forwardHeaders(r, path, claims, func(k, v string) { writeHeader(bw, k, v) })
 	bw.WriteString("\r\n")
 	return bw.Flush()
 }

@@ -197,6 +197,9 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 			transports[key] = tr
 		}
 		h := a.newRouteProxy(rt, a.pools[rt.Service], tr, buffers)
+		if _, ok := catalog.Lookup(rt.Service); ok && srv.Identity() == nil {
+			h.serviceKey = srv.Config().ServiceKey
+		}
 		// Both the exact prefix and its subtree, so metrics are labelled
 		// by route, not by raw path.
 		if rt.Prefix == "/" {

@@ -16,15 +16,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/routetable"
 	"github.com/pickme/lucid/pkg/service"
 )
 
-// Headers the gateway sets for upstreams. A client's own copies are
-// removed first, so they cannot be forged.
+// Headers the gateway sets for upstreams: the principal (see package
+// service). A client's own copies are removed first, so they cannot be
+// forged.
 const (
-	HeaderSub  = "X-Lucid-Sub"
-	HeaderTier = "X-Lucid-Tier"
+	HeaderSub  = service.HeaderSub
+	HeaderTier = service.HeaderTier
 )
 
 // Error codes of the gateway.
@@ -88,6 +90,9 @@ type routeProxy struct {
 	buffers *bufferPool
 	latency prometheus.Observer // upstream time to response headers
 	errors  prometheus.Counter  // requests not answered upstream
+	// serviceKey signs requests to a Lucid service when the mesh is off
+	// (nil with the mesh, and towards the Phase 1 auth service).
+	serviceKey []byte
 }
 
 func (a *App) newRouteProxy(r routetable.Route, p *pool, transport http.RoundTripper, buffers *bufferPool) *routeProxy {
@@ -115,7 +120,7 @@ func (a *App) newRouteProxy(r routetable.Route, p *pool, transport http.RoundTri
 					delete(pr.Out.Header, k)
 				}
 			}
-			rp.forwardHeaders(pr.In, px.claims, pr.Out.Header.Set)
+			rp.forwardHeaders(pr.In, raw, px.claims, pr.Out.Header.Set)
 		},
 		ModifyResponse: func(resp *http.Response) error {
 			// The upstream echoes the request id the gateway gave it; the
@@ -141,7 +146,7 @@ func (rp *routeProxy) keepsAuthorization() bool { return rp.route.Service == rou
 func gatewaySetHeader(k string) bool {
 	switch k {
 	case "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded",
-		service.HeaderRequestID, HeaderSub, HeaderTier, "Host":
+		service.HeaderRequestID, HeaderSub, HeaderTier, service.HeaderCaller, "Host":
 		return true
 	}
 	return false
@@ -157,8 +162,9 @@ func (rp *routeProxy) passesHeader(k string) bool {
 // forwardHeaders gives set each header the gateway writes upstream itself,
 // on both proxy paths: the forwarding chain (a client's own kept only
 // behind a trusted proxy, so a client cannot plant addresses upstream),
-// the original host and scheme, the request ID, and the caller's identity.
-func (rp *routeProxy) forwardHeaders(r *http.Request, claims *auth.Claims, set func(k, v string)) {
+// the original host and scheme, the request ID, the principal and, with
+// the mesh off, the gateway's signature over the request to path.
+func (rp *routeProxy) forwardHeaders(r *http.Request, path string, claims *auth.Claims, set func(k, v string)) {
 	peer := peerHost(r)
 	xff := peer
 	if prior := r.Header["X-Forwarded-For"]; len(prior) > 0 && rp.gw.isTrusted(peer) {
@@ -172,9 +178,14 @@ func (rp *routeProxy) forwardHeaders(r *http.Request, claims *auth.Claims, set f
 	}
 	set("X-Forwarded-Proto", proto)
 	set(service.HeaderRequestID, service.RequestID(r.Context()))
+	var p *service.Principal
 	if claims != nil {
+		p = &service.Principal{Subject: claims.Subject, Tier: claims.Tier}
 		set(HeaderSub, claims.Subject)
 		set(HeaderTier, string(claims.Tier))
+	}
+	if rp.serviceKey != nil {
+		set(service.HeaderCaller, service.SignCaller(rp.serviceKey, catalog.GatewayService, rp.gw.now(), r.Method, path, p))
 	}
 }
 
