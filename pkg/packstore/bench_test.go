@@ -58,7 +58,7 @@ func benchIngest(b *testing.B, size int) {
 				}
 				copy(buf, chunks[i%64])
 				copy(buf, strconv.FormatInt(i, 10)+"/") // distinct chunks
-				if _, err := s.Put(context.Background(), buf, &Member{Session: "bench", Index: uint64(i)}); err != nil {
+				if _, err := s.Put(context.Background(), owner, buf, &Member{Session: "bench", Index: uint64(i)}); err != nil {
 					b.Error(err)
 					return
 				}
@@ -91,14 +91,14 @@ func BenchmarkRead1MiB(b *testing.B) {
 	for i := range ids {
 		c := make([]byte, 1<<20)
 		_, _ = rand.Read(c)
-		ids[i], _ = s.Put(context.Background(), c, nil)
+		ids[i], _ = s.Put(context.Background(), owner, c, nil)
 	}
 	b.SetBytes(1 << 20)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
 		for pb.Next() {
-			if _, err := s.Get(ids[i%64]); err != nil {
+			if _, err := s.Get(owner, ids[i%64]); err != nil {
 				b.Error(err)
 				return
 			}

@@ -30,7 +30,7 @@ func (s *Store) Compact(ctx context.Context) (*CompactReport, error) {
 	s.compactMu.Lock()
 	defer s.compactMu.Unlock()
 	type rec struct {
-		id  string
+		key string // the chunk's index key (owner-scoped id)
 		loc Location
 	}
 	live := map[uint32][]rec{}
@@ -68,7 +68,7 @@ func (s *Store) Compact(ctx context.Context) (*CompactReport, error) {
 			if err := ctx.Err(); err != nil {
 				return rep, err
 			}
-			if err := s.move(ctx, r.id, r.loc); err != nil {
+			if err := s.move(ctx, r.key, r.loc); err != nil {
 				if errors.Is(err, ErrCorrupt) {
 					// A damaged record stays where the scrub can report
 					// it; its pack stays too. Other packs go on.
@@ -118,8 +118,10 @@ func (s *Store) recountDead() error {
 	})
 }
 
-// move copies one record, checked, to the active pack.
-func (s *Store) move(ctx context.Context, id string, loc Location) error {
+// move copies the record of the chunk with index key key, checked, to the
+// active pack.
+func (s *Store) move(ctx context.Context, key string, loc Location) error {
+	owner, id := unscoped(key)
 	f, err := s.reader(loc.Pack)
 	if err != nil {
 		return err
@@ -135,7 +137,7 @@ func (s *Store) move(ctx context.Context, id string, loc Location) error {
 	if err != nil {
 		return err
 	}
-	req := &writeReq{id: [32]byte(b), raw: raw, from: &loc, reply: make(chan error, 1)}
+	req := &writeReq{id: [32]byte(b), owner: owner, raw: raw, from: &loc, reply: make(chan error, 1)}
 	if err := s.enqueue(ctx, req); err != nil {
 		return err
 	}

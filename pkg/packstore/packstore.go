@@ -9,6 +9,13 @@
 // off. Every read checks the record's CRC and the chunk's SHA-256 against
 // its id, so a damaged chunk is an error, never wrong data. With a key,
 // payloads are encrypted at rest with XChaCha20-Poly1305.
+//
+// Every chunk and session belongs to an owner (the principal that stored
+// it), and each owner has a namespace of its own: the same bytes stored by
+// two owners are two chunks, and a session id names one session per
+// owner. So nothing one owner does or asks can tell it whether another
+// owner stored something, not even by timing. The empty owner holds what
+// was stored before owners existed.
 package packstore
 
 import (
@@ -24,19 +31,22 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
 
+// Index keys are scoped by owner (see scoped): a chunk's key is its id,
+// a session's its id, each scoped.
 var (
-	bucketChunks   = []byte("chunks")   // id → pack(4) offset(8) length(4)
-	bucketSessions = []byte("sessions") // session id → Session JSON
-	bucketMembers  = []byte("members")  // session id ‖ index(8) → id
-	bucketRefs     = []byte("refs")     // id ‖ session id → ""
+	bucketChunks   = []byte("chunks")   // chunk key → pack(4) offset(8) length(4)
+	bucketSessions = []byte("sessions") // session key → Session JSON
+	bucketMembers  = []byte("members")  // session key ‖ 0 ‖ index(8) → chunk id
+	bucketRefs     = []byte("refs")     // chunk key ‖ 0 ‖ session id → ""
 	bucketMeta     = []byte("meta")
-	bucketDamaged  = []byte("damaged") // id → "" for chunks a scrub found damaged
+	bucketDamaged  = []byte("damaged") // chunk key → "" for chunks a scrub found damaged
 	keyActivePack  = []byte("active_pack")
 	keyPackEnd     = []byte("pack_end") // committed end of the active pack
 	keyKeyCheck    = []byte("key_check")
@@ -245,7 +255,29 @@ func ID(data []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// Member places a chunk in a session.
+// scoped is the index key of name (a chunk or session id) of owner:
+// name itself for the empty owner, whose keys are as they were before
+// owners existed, else 0x01 ‖ owner ‖ 0x00 ‖ name. Owners hold no control
+// characters (auth.CheckSubject) and names are hex or UUIDs, so no key of
+// one owner is a prefix of, or equal to, another owner's.
+func scoped(owner, name string) string {
+	if owner == "" {
+		return name
+	}
+	return "\x01" + owner + "\x00" + name
+}
+
+// unscoped splits an index key into its owner and name.
+func unscoped(key string) (owner, name string) {
+	if rest, ok := strings.CutPrefix(key, "\x01"); ok {
+		if o, n, ok := strings.Cut(rest, "\x00"); ok {
+			return o, n
+		}
+	}
+	return "", key
+}
+
+// Member places a chunk in one of its owner's sessions.
 type Member struct {
 	Session string
 	Index   uint64
@@ -253,6 +285,7 @@ type Member struct {
 
 type writeReq struct {
 	id     [sha256.Size]byte
+	owner  string
 	data   []byte
 	member *Member
 	// raw and from move an existing record (compaction): raw is the whole
@@ -265,17 +298,18 @@ type writeReq struct {
 	reply chan error
 }
 
-// Put stores data durably (once, whatever the number of Puts) and, with
-// m, records it at m.Index of session m.Session. It returns the chunk id.
-func (s *Store) Put(ctx context.Context, data []byte, m *Member) (string, error) {
-	id, _, err := s.Add(ctx, data, m)
+// Put stores data for owner durably (once, whatever the number of Puts)
+// and, with m, records it at m.Index of owner's session m.Session. It
+// returns the chunk id.
+func (s *Store) Put(ctx context.Context, owner string, data []byte, m *Member) (string, error) {
+	id, _, err := s.Add(ctx, owner, data, m)
 	return id, err
 }
 
-// Add is Put that also reports whether the bytes were new to the store
-// (false when they were already stored: nothing was written).
-func (s *Store) Add(ctx context.Context, data []byte, m *Member) (id string, isNew bool, err error) {
-	req := &writeReq{id: sha256.Sum256(data), data: data, member: m, reply: make(chan error, 1)}
+// Add is Put that also reports whether the bytes were new to owner
+// (false when owner had stored them already: nothing was written).
+func (s *Store) Add(ctx context.Context, owner string, data []byte, m *Member) (id string, isNew bool, err error) {
+	req := &writeReq{id: sha256.Sum256(data), owner: owner, data: data, member: m, reply: make(chan error, 1)}
 	if err := s.enqueue(ctx, req); err != nil {
 		return "", false, err
 	}
@@ -338,31 +372,34 @@ func (s *Store) commit(batch []*writeReq) {
 	defer s.commitMu.Unlock()
 	// Which chunks need writing? New ones, and ones a scrub found damaged
 	// (an upload of the same bytes repairs them).
-	fresh := map[[sha256.Size]byte]bool{}
+	keys := make([]string, len(batch))
+	fresh := map[string]bool{}
 	_ = s.db.View(func(tx *bolt.Tx) error {
 		chunks, damaged := tx.Bucket(bucketChunks), tx.Bucket(bucketDamaged)
-		for _, r := range batch {
-			k := []byte(hex.EncodeToString(r.id[:]))
+		for i, r := range batch {
+			keys[i] = scoped(r.owner, hex.EncodeToString(r.id[:]))
+			k := []byte(keys[i])
 			if chunks.Get(k) == nil || damaged.Get(k) != nil {
-				fresh[r.id] = true
+				fresh[keys[i]] = true
 			}
 		}
 		return nil
 	})
 	var buf bytes.Buffer
-	locs := map[[sha256.Size]byte]Location{}
+	locs := map[string]Location{}
 	start := s.activeSz
-	moved := map[[sha256.Size]byte]Location{}
-	for _, r := range batch {
+	moved := map[string]Location{}
+	for i, r := range batch {
+		key := keys[i]
 		if r.raw != nil {
-			moved[r.id] = Location{Pack: s.activeN, Offset: start + int64(buf.Len()), Length: uint32(len(r.raw))}
+			moved[key] = Location{Pack: s.activeN, Offset: start + int64(buf.Len()), Length: uint32(len(r.raw))}
 			buf.Write(r.raw)
 			continue
 		}
-		if !fresh[r.id] {
+		if !fresh[key] {
 			continue
 		}
-		if _, done := locs[r.id]; done {
+		if _, done := locs[key]; done {
 			continue
 		}
 		r.wrote = true
@@ -375,7 +412,7 @@ func (s *Store) commit(batch []*writeReq) {
 		off := start + int64(buf.Len())
 		buf.Write(h[:])
 		buf.Write(payload)
-		locs[r.id] = Location{Pack: s.activeN, Offset: off, Length: uint32(headerSize + len(payload))}
+		locs[key] = Location{Pack: s.activeN, Offset: off, Length: uint32(headerSize + len(payload))}
 	}
 	fail := func(err error) {
 		for _, r := range batch {
@@ -396,8 +433,8 @@ func (s *Store) commit(batch []*writeReq) {
 	errs := make([]error, len(batch))
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		chunks, meta := tx.Bucket(bucketChunks), tx.Bucket(bucketMeta)
-		for id, loc := range locs {
-			k := []byte(hex.EncodeToString(id[:]))
+		for key, loc := range locs {
+			k := []byte(key)
 			if err := chunks.Put(k, loc.encode()); err != nil {
 				return err
 			}
@@ -405,13 +442,13 @@ func (s *Store) commit(batch []*writeReq) {
 				return err
 			}
 		}
-		for _, r := range batch {
+		for i, r := range batch {
 			// A moved record takes over only if the chunk is still where
 			// the compactor found it (not deleted or moved meanwhile).
 			if r.from != nil {
-				key := []byte(hex.EncodeToString(r.id[:]))
+				key := []byte(keys[i])
 				if v := chunks.Get(key); len(v) == 16 && decodeLocation(v) == *r.from {
-					if err := chunks.Put(key, moved[r.id].encode()); err != nil {
+					if err := chunks.Put(key, moved[keys[i]].encode()); err != nil {
 						return err
 					}
 				}
@@ -419,7 +456,7 @@ func (s *Store) commit(batch []*writeReq) {
 		}
 		for i, r := range batch {
 			if r.member != nil {
-				errs[i] = addMember(tx, hex.EncodeToString(r.id[:]), *r.member)
+				errs[i] = addMember(tx, r.owner, hex.EncodeToString(r.id[:]), *r.member)
 			}
 		}
 		return meta.Put(keyPackEnd, binary.BigEndian.AppendUint64(nil, uint64(end)))
@@ -471,10 +508,10 @@ func (s *Store) rotate() error {
 	return old.Close()
 }
 
-// Get returns chunk id's bytes, verified: a damaged record or a hash
-// mismatch is an error wrapping ErrCorrupt, never data.
-func (s *Store) Get(id string) ([]byte, error) {
-	loc, err := s.Locate(id)
+// Get returns the bytes of owner's chunk id, verified: a damaged record or
+// a hash mismatch is an error wrapping ErrCorrupt, never data.
+func (s *Store) Get(owner, id string) ([]byte, error) {
+	loc, err := s.Locate(owner, id)
 	if err != nil {
 		return nil, err
 	}
@@ -482,7 +519,7 @@ func (s *Store) Get(id string) ([]byte, error) {
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, os.ErrClosed) {
 		// Compaction moved the chunk and removed its old pack between the
 		// lookup and the read: look again.
-		if loc, err = s.Locate(id); err != nil {
+		if loc, err = s.Locate(owner, id); err != nil {
 			return nil, err
 		}
 		return s.read(id, loc)
@@ -490,11 +527,11 @@ func (s *Store) Get(id string) ([]byte, error) {
 	return data, err
 }
 
-// Locate returns where chunk id is stored.
-func (s *Store) Locate(id string) (Location, error) {
+// Locate returns where owner's chunk id is stored.
+func (s *Store) Locate(owner, id string) (Location, error) {
 	var loc Location
 	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketChunks).Get([]byte(id))
+		v := tx.Bucket(bucketChunks).Get([]byte(scoped(owner, id)))
 		if len(v) != 16 {
 			return ErrNotFound
 		}
@@ -504,9 +541,9 @@ func (s *Store) Locate(id string) (Location, error) {
 	return loc, err
 }
 
-// Has reports whether chunk id is stored.
-func (s *Store) Has(id string) bool {
-	_, err := s.Locate(id)
+// Has reports whether owner has chunk id stored.
+func (s *Store) Has(owner, id string) bool {
+	_, err := s.Locate(owner, id)
 	return err == nil
 }
 

@@ -10,7 +10,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 )
+
+// owner is the principal the tests store as.
+const owner = "alice@example.org"
 
 func chunk(i, size int) []byte {
 	b := bytes.Repeat([]byte{byte(i)}, size)
@@ -37,7 +42,7 @@ func TestPutGetDedupSessions(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			id, err := s.Put(ctx, chunk(i, 4096), &Member{Session: "s1", Index: uint64(19 - i)})
+			id, err := s.Put(ctx, owner, chunk(i, 4096), &Member{Session: "s1", Index: uint64(19 - i)})
 			if err != nil {
 				t.Error(err)
 			}
@@ -46,27 +51,27 @@ func TestPutGetDedupSessions(t *testing.T) {
 	}
 	wg.Wait()
 	// The same bytes again are stored once.
-	if _, err := s.Put(ctx, chunk(3, 4096), nil); err != nil {
+	if _, err := s.Put(ctx, owner, chunk(3, 4096), nil); err != nil {
 		t.Fatal(err)
 	}
 	st, _ := s.Stats()
 	if st.Chunks != 20 || st.PackBytes != 20*(headerSize+4096) {
 		t.Errorf("stats = %+v", st)
 	}
-	sess, order, err := s.SessionChunks("s1")
+	sess, order, err := s.SessionChunks(owner, "s1")
 	if err != nil || sess.Chunks != 20 || order[0] != ids[19] || order[19] != ids[0] {
 		t.Fatalf("session = %+v %v", sess, err)
 	}
-	if _, err := s.Put(ctx, chunk(99, 10), &Member{Session: "s1", Index: 0}); !errors.Is(err, ErrIndexTaken) {
+	if _, err := s.Put(ctx, owner, chunk(99, 10), &Member{Session: "s1", Index: 0}); !errors.Is(err, ErrIndexTaken) {
 		t.Errorf("second chunk at one index: %v", err)
 	}
-	if _, err := s.Seal("s1", "tx"); err != nil {
+	if _, err := s.Seal(owner, "s1", "tx"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Put(ctx, chunk(98, 10), &Member{Session: "s1", Index: 50}); !errors.Is(err, ErrSealed) {
+	if _, err := s.Put(ctx, owner, chunk(98, 10), &Member{Session: "s1", Index: 50}); !errors.Is(err, ErrSealed) {
 		t.Errorf("chunk into a sealed session: %v", err)
 	}
-	if err := s.Delete(ids[0]); !errors.Is(err, ErrReferenced) {
+	if err := s.Delete(owner, ids[0]); !errors.Is(err, ErrReferenced) {
 		t.Errorf("delete of a sealed session's chunk: %v", err)
 	}
 	s.Close()
@@ -74,19 +79,19 @@ func TestPutGetDedupSessions(t *testing.T) {
 	s = openT(t, dir, nil)
 	defer s.Close()
 	for i, id := range ids {
-		got, err := s.Get(id)
+		got, err := s.Get(owner, id)
 		if err != nil || !bytes.Equal(got, chunk(i, 4096)) {
 			t.Fatalf("chunk %d after reopen: %v", i, err)
 		}
 	}
-	free, _ := s.Put(ctx, chunk(7, 100), &Member{Session: "s2", Index: 0})
-	if err := s.Delete(free); err != nil {
+	free, _ := s.Put(ctx, owner, chunk(7, 100), &Member{Session: "s2", Index: 0})
+	if err := s.Delete(owner, free); err != nil {
 		t.Fatalf("delete: %v", err)
 	}
-	if _, err := s.Get(free); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Get(owner, free); !errors.Is(err, ErrNotFound) {
 		t.Errorf("deleted chunk: %v", err)
 	}
-	if sess, ids, _ := s.SessionChunks("s2"); sess.Chunks != 0 || len(ids) != 0 {
+	if sess, ids, _ := s.SessionChunks(owner, "s2"); sess.Chunks != 0 || len(ids) != 0 {
 		t.Errorf("open session still holds the deleted chunk: %+v %v", sess, ids)
 	}
 }
@@ -96,7 +101,7 @@ func TestPutGetDedupSessions(t *testing.T) {
 func TestTornTailIsCut(t *testing.T) {
 	dir := t.TempDir()
 	s := openT(t, dir, nil)
-	id, _ := s.Put(context.Background(), chunk(1, 1000), nil)
+	id, _ := s.Put(context.Background(), owner, chunk(1, 1000), nil)
 	s.Close()
 	f, _ := os.OpenFile(s.packPath(1), os.O_APPEND|os.O_WRONLY, 0)
 	_, _ = f.Write([]byte("LPK1 half a record"))
@@ -107,12 +112,12 @@ func TestTornTailIsCut(t *testing.T) {
 	if fi, _ := os.Stat(s.packPath(1)); fi.Size() != headerSize+1000 {
 		t.Errorf("pack is %d bytes after open; the torn tail was not cut", fi.Size())
 	}
-	id2, err := s.Put(context.Background(), chunk(2, 1000), nil)
+	id2, err := s.Put(context.Background(), owner, chunk(2, 1000), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i, id := range []string{id, id2} {
-		if got, err := s.Get(id); err != nil || !bytes.Equal(got, chunk(i+1, 1000)) {
+		if got, err := s.Get(owner, id); err != nil || !bytes.Equal(got, chunk(i+1, 1000)) {
 			t.Errorf("chunk %d: %v", i+1, err)
 		}
 	}
@@ -126,9 +131,9 @@ func TestFlippedByteIsFound(t *testing.T) {
 		dir := t.TempDir()
 		s := openT(t, dir, key)
 		ctx := context.Background()
-		a, _ := s.Put(ctx, chunk(1, 2000), &Member{Session: "sess", Index: 0})
-		b, _ := s.Put(ctx, chunk(2, 2000), &Member{Session: "sess", Index: 1})
-		loc, _ := s.Locate(b)
+		a, _ := s.Put(ctx, owner, chunk(1, 2000), &Member{Session: "sess", Index: 0})
+		b, _ := s.Put(ctx, owner, chunk(2, 2000), &Member{Session: "sess", Index: 1})
+		loc, _ := s.Locate(owner, b)
 		f, _ := os.OpenFile(s.packPath(loc.Pack), os.O_RDWR, 0)
 		one := make([]byte, 1)
 		_, _ = f.ReadAt(one, loc.Offset+headerSize+500)
@@ -136,10 +141,10 @@ func TestFlippedByteIsFound(t *testing.T) {
 		_, _ = f.WriteAt(one, loc.Offset+headerSize+500)
 		f.Close()
 
-		if _, err := s.Get(a); err != nil {
+		if _, err := s.Get(owner, a); err != nil {
 			t.Errorf("intact chunk: %v", err)
 		}
-		if data, err := s.Get(b); !errors.Is(err, ErrCorrupt) || data != nil {
+		if data, err := s.Get(owner, b); !errors.Is(err, ErrCorrupt) || data != nil {
 			t.Errorf("damaged chunk: %v (data %d bytes)", err, len(data))
 		}
 		rep, err := s.Scrub(ctx)
@@ -158,7 +163,7 @@ func TestEncryptionAtRest(t *testing.T) {
 	key := []byte("the first operator secret, long enough")
 	s := openT(t, dir, key)
 	secret := []byte("SESSION-PLAINTEXT-MARKER " + strings.Repeat("x", 1000))
-	id, _ := s.Put(context.Background(), secret, nil)
+	id, _ := s.Put(context.Background(), owner, secret, nil)
 	s.Close()
 	pack, _ := os.ReadFile(s.packPath(1))
 	if bytes.Contains(pack, []byte("SESSION-PLAINTEXT-MARKER")) {
@@ -172,7 +177,7 @@ func TestEncryptionAtRest(t *testing.T) {
 	}
 	s = openT(t, dir, key)
 	defer s.Close()
-	if got, err := s.Get(id); err != nil || !bytes.Equal(got, secret) {
+	if got, err := s.Get(owner, id); err != nil || !bytes.Equal(got, secret) {
 		t.Errorf("read back: %v", err)
 	}
 	plain := t.TempDir()
@@ -195,13 +200,13 @@ func TestCompactReclaimsWithoutBlockingReads(t *testing.T) {
 	ctx := context.Background()
 	var keep []string
 	for i := 0; i < 100; i++ {
-		id, err := s.Put(ctx, chunk(i, 4096), nil)
+		id, err := s.Put(ctx, owner, chunk(i, 4096), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if i%5 == 0 {
 			keep = append(keep, id)
-		} else if err := s.Delete(id); err != nil {
+		} else if err := s.Delete(owner, id); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -220,7 +225,7 @@ func TestCompactReclaimsWithoutBlockingReads(t *testing.T) {
 					return
 				default:
 				}
-				if _, err := s.Get(keep[i%len(keep)]); err != nil {
+				if _, err := s.Get(owner, keep[i%len(keep)]); err != nil {
 					readErr.Store(err)
 					return
 				}
@@ -244,7 +249,7 @@ func TestCompactReclaimsWithoutBlockingReads(t *testing.T) {
 	s = openT(t, dir, nil)
 	defer s.Close()
 	for i, id := range keep {
-		if got, err := s.Get(id); err != nil || !bytes.Equal(got, chunk(i*5, 4096)) {
+		if got, err := s.Get(owner, id); err != nil || !bytes.Equal(got, chunk(i*5, 4096)) {
 			t.Fatalf("chunk %d after compaction and reopen: %v", i*5, err)
 		}
 	}
@@ -253,7 +258,7 @@ func TestCompactReclaimsWithoutBlockingReads(t *testing.T) {
 // damage flips one payload byte of chunk id on disk.
 func damage(t *testing.T, s *Store, id string) {
 	t.Helper()
-	loc, err := s.Locate(id)
+	loc, err := s.Locate(owner, id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,8 +277,8 @@ func TestReuploadRepairsDamage(t *testing.T) {
 	defer s.Close()
 	ctx := context.Background()
 	data := chunk(5, 3000)
-	id, _ := s.Put(ctx, data, &Member{Session: "s", Index: 0})
-	if _, err := s.Seal("s", ""); err != nil {
+	id, _ := s.Put(ctx, owner, data, &Member{Session: "s", Index: 0})
+	if _, err := s.Seal(owner, "s", ""); err != nil {
 		t.Fatal(err)
 	}
 	damage(t, s, id)
@@ -282,10 +287,10 @@ func TestReuploadRepairsDamage(t *testing.T) {
 	}
 	// The same upload again (a retried push into the sealed session) is
 	// accepted and repairs the chunk.
-	if _, err := s.Put(ctx, data, &Member{Session: "s", Index: 0}); err != nil {
+	if _, err := s.Put(ctx, owner, data, &Member{Session: "s", Index: 0}); err != nil {
 		t.Fatalf("re-upload: %v", err)
 	}
-	if got, err := s.Get(id); err != nil || !bytes.Equal(got, data) {
+	if got, err := s.Get(owner, id); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("after re-upload: %v", err)
 	}
 	if rep, _ := s.Scrub(ctx); len(rep.Damaged) != 0 {
@@ -305,12 +310,12 @@ func TestCompactionAndScrubTogether(t *testing.T) {
 	ctx := context.Background()
 	var ids []string
 	for i := 0; i < 120; i++ {
-		id, _ := s.Put(ctx, chunk(i, 4096), nil)
+		id, _ := s.Put(ctx, owner, chunk(i, 4096), nil)
 		ids = append(ids, id)
 	}
 	for i, id := range ids {
 		if i%4 != 0 {
-			_ = s.Delete(id)
+			_ = s.Delete(owner, id)
 		}
 	}
 	damage(t, s, ids[0]) // in pack 1
@@ -335,7 +340,7 @@ func TestCompactionAndScrubTogether(t *testing.T) {
 		t.Errorf("compaction = %+v; want pack 1 skipped and others reclaimed", rep)
 	}
 	for i := 4; i < len(ids); i += 4 {
-		if _, err := s.Get(ids[i]); err != nil {
+		if _, err := s.Get(owner, ids[i]); err != nil {
 			t.Fatalf("chunk %d after compaction: %v", i, err)
 		}
 	}
@@ -345,10 +350,91 @@ func TestAddReportsNewBytes(t *testing.T) {
 	s := openT(t, t.TempDir(), nil)
 	defer s.Close()
 	ctx := context.Background()
-	if _, isNew, err := s.Add(ctx, chunk(1, 2000), nil); err != nil || !isNew {
+	if _, isNew, err := s.Add(ctx, owner, chunk(1, 2000), nil); err != nil || !isNew {
 		t.Errorf("first Add: new=%v %v", isNew, err)
 	}
-	if _, isNew, err := s.Add(ctx, chunk(1, 2000), &Member{Session: "s", Index: 0}); err != nil || isNew {
+	if _, isNew, err := s.Add(ctx, owner, chunk(1, 2000), &Member{Session: "s", Index: 0}); err != nil || isNew {
 		t.Errorf("second Add of the same bytes: new=%v %v", isNew, err)
+	}
+}
+
+// TestOwnersAreApart: what one owner stores, the other cannot see, read,
+// delete, add to or seal, and the same bytes or session id stored by both
+// are two things; the empty owner's keys are the ones of a store from
+// before owners (a session id, a chunk id), so such a store reads as is.
+func TestOwnersAreApart(t *testing.T) {
+	s := openT(t, t.TempDir(), nil)
+	defer s.Close()
+	ctx := context.Background()
+	const sess, mallory = "11111111-2222-4333-8444-555555555555", "mallory"
+	data := chunk(1, 4096)
+	id, isNew, err := s.Add(ctx, owner, data, &Member{Session: sess, Index: 0})
+	if err != nil || !isNew {
+		t.Fatalf("alice's put: new=%v %v", isNew, err)
+	}
+	if _, err := s.Seal(owner, sess, "tx"); err != nil {
+		t.Fatal(err)
+	}
+	for name, err := range map[string]error{
+		"get":     func() error { _, err := s.Get(mallory, id); return err }(),
+		"locate":  func() error { _, err := s.Locate(mallory, id); return err }(),
+		"delete":  s.Delete(mallory, id),
+		"session": func() error { _, err := s.Session(mallory, sess); return err }(),
+		"seal":    func() error { _, err := s.Seal(mallory, sess, ""); return err }(),
+		"chunks":  func() error { _, _, err := s.SessionChunks(mallory, sess); return err }(),
+		"legacy":  func() error { _, err := s.Get("", id); return err }(),
+	} {
+		if !errors.Is(err, ErrNotFound) {
+			t.Errorf("mallory's %s of alice's: %v, want ErrNotFound", name, err)
+		}
+	}
+	// The same bytes and session id are mallory's own: stored anew (no
+	// shortcut that timing could tell apart), in an open session.
+	mid, isNew, err := s.Add(ctx, mallory, data, &Member{Session: sess, Index: 0})
+	if err != nil || !isNew || mid != id {
+		t.Fatalf("mallory's put of the same bytes: id %s new=%v %v", mid, isNew, err)
+	}
+	if _, err := s.Put(ctx, mallory, chunk(2, 2048), &Member{Session: sess, Index: 1}); err != nil {
+		t.Fatalf("mallory's own session took no chunk: %v", err)
+	}
+	if err := s.Delete(mallory, mid); err != nil {
+		t.Fatalf("mallory's delete of her own chunk: %v", err)
+	}
+	if got, err := s.Get(owner, id); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("alice's chunk after mallory deleted her copy: %v", err)
+	}
+	st, _, err := s.SessionChunks(owner, sess)
+	if err != nil || !st.Sealed || st.Owner != owner || st.Chunks != 1 {
+		t.Fatalf("alice's session: %+v %v", st, err)
+	}
+
+	// Before owners: keys were the bare ids.
+	lid, err := s.Put(ctx, "", chunk(3, 1500), &Member{Session: sess, Index: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketChunks).Get([]byte(lid)) == nil || tx.Bucket(bucketSessions).Get([]byte(sess)) == nil {
+			return errors.New("the empty owner's keys are not the bare ids")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ids, err := s.SessionChunks("", sess); err != nil || len(ids) != 1 || ids[0] != lid {
+		t.Fatalf("the ownerless session: %v %v", ids, err)
+	}
+}
+
+func TestScopedKeys(t *testing.T) {
+	for _, tc := range []struct{ owner, name string }{{"", "abc"}, {"alice", "abc"}, {"a b@c", "11111111-2222-4333-8444-555555555555"}} {
+		if o, n := unscoped(scoped(tc.owner, tc.name)); o != tc.owner || n != tc.name {
+			t.Errorf("unscoped(scoped(%q, %q)) = %q, %q", tc.owner, tc.name, o, n)
+		}
+	}
+	// An owner whose name is another's id shares no prefix with it.
+	if strings.HasPrefix(scoped("abc", "x"), "abc") {
+		t.Error("an owned key starts with a bare id")
 	}
 }

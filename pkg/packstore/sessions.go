@@ -13,7 +13,10 @@ import (
 
 // Session is what the store keeps about a recording session.
 type Session struct {
-	ID       string    `json:"id"`
+	ID string `json:"id"`
+	// Owner is the principal the session belongs to ("" for sessions
+	// stored before owners existed).
+	Owner    string    `json:"owner,omitempty"`
 	Chunks   uint64    `json:"chunks"`
 	Sealed   bool      `json:"sealed"`
 	SealedAt time.Time `json:"sealed_at,omitzero"`
@@ -24,12 +27,12 @@ type Session struct {
 	Version uint64 `json:"version"`
 }
 
-// Session returns a session's metadata without listing its chunks.
-func (s *Store) Session(id string) (*Session, error) {
+// Session returns owner's session id without listing its chunks.
+func (s *Store) Session(owner, id string) (*Session, error) {
 	var sess *Session
 	err := s.db.View(func(tx *bolt.Tx) error {
 		var err error
-		sess, err = getSession(tx, id)
+		sess, err = getSession(tx, owner, id)
 		return err
 	})
 	if err == nil && sess == nil {
@@ -38,12 +41,18 @@ func (s *Store) Session(id string) (*Session, error) {
 	return sess, err
 }
 
-func memberKey(session string, index uint64) []byte {
-	return binary.BigEndian.AppendUint64([]byte(session+"\x00"), index)
+// memberPrefix is where the members of a session start; each is followed
+// by its index (8 bytes).
+func memberPrefix(owner, session string) []byte {
+	return []byte(scoped(owner, session) + "\x00")
 }
 
-func getSession(tx *bolt.Tx, id string) (*Session, error) {
-	v := tx.Bucket(bucketSessions).Get([]byte(id))
+func memberKey(owner, session string, index uint64) []byte {
+	return binary.BigEndian.AppendUint64(memberPrefix(owner, session), index)
+}
+
+func getSession(tx *bolt.Tx, owner, id string) (*Session, error) {
+	v := tx.Bucket(bucketSessions).Get([]byte(scoped(owner, id)))
 	if v == nil {
 		return nil, nil
 	}
@@ -56,21 +65,26 @@ func putSession(tx *bolt.Tx, s *Session) error {
 	if err != nil {
 		return err
 	}
-	return tx.Bucket(bucketSessions).Put([]byte(s.ID), v)
+	return tx.Bucket(bucketSessions).Put([]byte(scoped(s.Owner, s.ID)), v)
 }
 
-// addMember records chunk id at m.Index of m.Session. The same chunk at
-// the same index again is a no-op.
-func addMember(tx *bolt.Tx, id string, m Member) error {
-	sess, err := getSession(tx, m.Session)
+// refKey records that owner's session holds owner's chunk id.
+func refKey(owner, id, session string) []byte {
+	return []byte(scoped(owner, id) + "\x00" + session)
+}
+
+// addMember records owner's chunk id at m.Index of owner's session
+// m.Session. The same chunk at the same index again is a no-op.
+func addMember(tx *bolt.Tx, owner, id string, m Member) error {
+	sess, err := getSession(tx, owner, m.Session)
 	if err != nil {
 		return err
 	}
 	if sess == nil {
-		sess = &Session{ID: m.Session}
+		sess = &Session{ID: m.Session, Owner: owner}
 	}
 	members := tx.Bucket(bucketMembers)
-	key := memberKey(m.Session, m.Index)
+	key := memberKey(owner, m.Session, m.Index)
 	if have := members.Get(key); have != nil {
 		if string(have) == id {
 			return nil // already there: a retried upload, sealed or not
@@ -83,7 +97,7 @@ func addMember(tx *bolt.Tx, id string, m Member) error {
 	if err := members.Put(key, []byte(id)); err != nil {
 		return err
 	}
-	if err := tx.Bucket(bucketRefs).Put([]byte(id+"\x00"+m.Session), nil); err != nil {
+	if err := tx.Bucket(bucketRefs).Put(refKey(owner, id, m.Session), nil); err != nil {
 		return err
 	}
 	sess.Chunks++
@@ -91,17 +105,18 @@ func addMember(tx *bolt.Tx, id string, m Member) error {
 	return putSession(tx, sess)
 }
 
-// SessionChunks returns a session and its chunk ids in index order.
-func (s *Store) SessionChunks(id string) (*Session, []string, error) {
+// SessionChunks returns owner's session id and its chunk ids in index
+// order.
+func (s *Store) SessionChunks(owner, id string) (*Session, []string, error) {
 	var sess *Session
 	var ids []string
 	err := s.db.View(func(tx *bolt.Tx) error {
 		var err error
-		if sess, err = getSession(tx, id); err != nil || sess == nil {
+		if sess, err = getSession(tx, owner, id); err != nil || sess == nil {
 			return err
 		}
 		c := tx.Bucket(bucketMembers).Cursor()
-		prefix := []byte(id + "\x00")
+		prefix := memberPrefix(owner, id)
 		for k, v := c.Seek(prefix); k != nil && len(k) == len(prefix)+8 && string(k[:len(prefix)]) == string(prefix); k, v = c.Next() {
 			ids = append(ids, string(v))
 		}
@@ -113,10 +128,10 @@ func (s *Store) SessionChunks(id string) (*Session, []string, error) {
 	return sess, ids, err
 }
 
-// SetAnchor records the anchor transaction of a sealed session.
-func (s *Store) SetAnchor(id, anchor string) error {
+// SetAnchor records the anchor transaction of owner's sealed session id.
+func (s *Store) SetAnchor(owner, id, anchor string) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		sess, err := getSession(tx, id)
+		sess, err := getSession(tx, owner, id)
 		if err != nil || sess == nil {
 			return err
 		}
@@ -125,13 +140,13 @@ func (s *Store) SetAnchor(id, anchor string) error {
 	})
 }
 
-// Seal freezes a session: no chunk is added to it after. anchor is kept
-// with it. Sealing again returns the session as it is.
-func (s *Store) Seal(id, anchor string) (*Session, error) {
+// Seal freezes owner's session id: no chunk is added to it after. anchor
+// is kept with it. Sealing again returns the session as it is.
+func (s *Store) Seal(owner, id, anchor string) (*Session, error) {
 	var sess *Session
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		var err error
-		if sess, err = getSession(tx, id); err != nil {
+		if sess, err = getSession(tx, owner, id); err != nil {
 			return err
 		}
 		if sess == nil {
@@ -146,27 +161,28 @@ func (s *Store) Seal(id, anchor string) (*Session, error) {
 	return sess, err
 }
 
-// Delete removes chunk id, unless a sealed session references it; it
-// leaves the sessions that are still open. Its bytes stay in the pack
-// (counted as dead) until the pack is compacted.
-func (s *Store) Delete(id string) error {
+// Delete removes owner's chunk id, unless one of owner's sealed sessions
+// references it; it leaves owner's sessions that are still open. Its bytes
+// stay in the pack (counted as dead) until the pack is compacted.
+func (s *Store) Delete(owner, id string) error {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	return s.db.Update(func(tx *bolt.Tx) error {
 		chunks := tx.Bucket(bucketChunks)
-		v := chunks.Get([]byte(id))
+		key := []byte(scoped(owner, id))
+		v := chunks.Get(key)
 		if v == nil {
 			return ErrNotFound
 		}
 		refs := tx.Bucket(bucketRefs)
-		prefix := []byte(id + "\x00")
+		prefix := []byte(scoped(owner, id) + "\x00")
 		var sessions []string
 		c := refs.Cursor()
 		for k, _ := c.Seek(prefix); k != nil && string(k[:min(len(k), len(prefix))]) == string(prefix); k, _ = c.Next() {
 			sessions = append(sessions, string(k[len(prefix):]))
 		}
 		for _, sid := range sessions {
-			sess, err := getSession(tx, sid)
+			sess, err := getSession(tx, owner, sid)
 			if err != nil {
 				return err
 			}
@@ -180,7 +196,7 @@ func (s *Store) Delete(id string) error {
 			// Collect first: deleting under a bbolt cursor can skip keys.
 			var keys [][]byte
 			mc := members.Cursor()
-			sp := []byte(sid + "\x00")
+			sp := memberPrefix(owner, sid)
 			for k, mv := mc.Seek(sp); k != nil && len(k) == len(sp)+8 && string(k[:len(sp)]) == string(sp); k, mv = mc.Next() {
 				if string(mv) == id {
 					keys = append(keys, append([]byte(nil), k...))
@@ -191,14 +207,14 @@ func (s *Store) Delete(id string) error {
 					return err
 				}
 			}
-			if sess, err := getSession(tx, sid); err == nil && sess != nil {
+			if sess, err := getSession(tx, owner, sid); err == nil && sess != nil {
 				sess.Chunks -= uint64(len(keys))
 				sess.Version++
 				if err := putSession(tx, sess); err != nil {
 					return err
 				}
 			}
-			if err := refs.Delete([]byte(id + "\x00" + sid)); err != nil {
+			if err := refs.Delete(refKey(owner, id, sid)); err != nil {
 				return err
 			}
 		}
@@ -211,13 +227,19 @@ func (s *Store) Delete(id string) error {
 		if err := meta.Put(keyDeadBytes, binary.BigEndian.AppendUint64(nil, dead)); err != nil {
 			return err
 		}
-		return chunks.Delete([]byte(id))
+		if err := tx.Bucket(bucketDamaged).Delete(key); err != nil {
+			return err
+		}
+		return chunks.Delete(key)
 	})
 }
 
 // Damage is one chunk a scrub found unreadable.
 type Damage struct {
-	ID       string   `json:"id"`
+	ID string `json:"id"`
+	// Owner holds the chunk and Sessions are the owner's sessions that
+	// reference it: a scrub is the operator's, who sees every owner.
+	Owner    string   `json:"owner,omitempty"`
 	Sessions []string `json:"sessions"`
 	Error    string   `json:"error"`
 }
@@ -237,13 +259,14 @@ type ScrubReport struct {
 func (s *Store) Scrub(ctx context.Context) (*ScrubReport, error) {
 	rep := &ScrubReport{StartedAt: time.Now().UTC(), Damaged: []Damage{}}
 	type entry struct {
-		id  string
-		loc Location
+		owner, id string
+		loc       Location
 	}
 	var all []entry
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketChunks).ForEach(func(k, v []byte) error {
-			all = append(all, entry{string(k), decodeLocation(v)})
+			owner, id := unscoped(string(k))
+			all = append(all, entry{owner, id, decodeLocation(v)})
 			return nil
 		})
 	})
@@ -258,7 +281,7 @@ func (s *Store) Scrub(ctx context.Context) (*ScrubReport, error) {
 		if err != nil {
 			// Deleted or moved (compaction) since the listing: check
 			// where it is now before calling it damaged.
-			now, lerr := s.Locate(e.id)
+			now, lerr := s.Locate(e.owner, e.id)
 			if lerr != nil {
 				continue
 			}
@@ -269,8 +292,10 @@ func (s *Store) Scrub(ctx context.Context) (*ScrubReport, error) {
 					continue
 				}
 			}
-			rep.Damaged = append(rep.Damaged, Damage{ID: e.id, Sessions: s.sessionsOf(e.id), Error: err.Error()})
-			_ = s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDamaged).Put([]byte(e.id), nil) })
+			rep.Damaged = append(rep.Damaged, Damage{ID: e.id, Owner: e.owner, Sessions: s.sessionsOf(e.owner, e.id), Error: err.Error()})
+			if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDamaged).Put([]byte(scoped(e.owner, e.id)), nil) }); err != nil {
+				return nil, fmt.Errorf("record damaged chunk %s: %w", e.id, err)
+			}
 			continue
 		}
 		rep.Chunks++
@@ -280,10 +305,10 @@ func (s *Store) Scrub(ctx context.Context) (*ScrubReport, error) {
 	return rep, nil
 }
 
-func (s *Store) sessionsOf(id string) []string {
+func (s *Store) sessionsOf(owner, id string) []string {
 	out := []string{}
 	_ = s.db.View(func(tx *bolt.Tx) error {
-		prefix := []byte(id + "\x00")
+		prefix := []byte(scoped(owner, id) + "\x00")
 		c := tx.Bucket(bucketRefs).Cursor()
 		for k, _ := c.Seek(prefix); k != nil && len(k) > len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
 			out = append(out, string(k[len(prefix):]))

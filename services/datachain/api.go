@@ -27,17 +27,21 @@ const (
 
 type api struct{ app *App }
 
+// routes installs the API. Chunks and sessions belong to the principal
+// that stored them and are answered only for it: another principal gets
+// what it would get for something that does not exist. Scrub, compaction,
+// the store's status and deleting any owner's chunk are the operator's.
 func (a *api) routes(srv *service.Server) {
-	srv.Handle("PUT /api/v1/chunks", a.put)
-	srv.Handle("GET /api/v1/chunks/{id}", a.get)
-	srv.Handle("HEAD /api/v1/chunks/{id}", a.head)
+	srv.Handle("PUT /api/v1/chunks", service.ForUser(a.put))
+	srv.Handle("GET /api/v1/chunks/{id}", service.ForUser(a.get))
+	srv.Handle("HEAD /api/v1/chunks/{id}", service.ForUser(a.head))
 	srv.Handle("DELETE /api/v1/chunks/{id}", a.delete)
-	srv.Handle("GET /api/v1/sessions/{id}", a.session)
-	srv.Handle("GET /api/v1/sessions/{id}/proof/{index}", a.proof)
-	srv.Handle("POST /api/v1/sessions/{id}/seal", a.seal)
-	srv.Handle("POST /api/v1/verify", a.verify)
-	srv.Handle("POST /api/v1/compact", a.compact)
-	srv.Handle("GET /api/v1/status", a.status)
+	srv.Handle("GET /api/v1/sessions/{id}", service.ForUser(a.session))
+	srv.Handle("GET /api/v1/sessions/{id}/proof/{index}", service.ForUser(a.proof))
+	srv.Handle("POST /api/v1/sessions/{id}/seal", service.ForUser(a.seal))
+	srv.Handle("POST /api/v1/verify", service.ForOperator(a.verify))
+	srv.Handle("POST /api/v1/compact", service.ForOperator(a.compact))
+	srv.Handle("GET /api/v1/status", service.ForOperator(a.status))
 }
 
 // ChunkStored answers PUT /api/v1/chunks.
@@ -50,7 +54,7 @@ type ChunkStored struct {
 
 // put stores a chunk: the raw body, or the "chunk" part of a multipart
 // form; session_id and index come from the query or the form.
-func (a *api) put(w http.ResponseWriter, r *http.Request) error {
+func (a *api) put(w http.ResponseWriter, r *http.Request, p service.Principal) error {
 	release, err := acquire(r, a.app.putSlots)
 	if err != nil {
 		return err
@@ -122,7 +126,7 @@ func (a *api) put(w http.ResponseWriter, r *http.Request) error {
 		member = &packstore.Member{Session: sid, Index: n}
 		out.SessionID, out.Index = sid, &n
 	}
-	id, isNew, err := a.app.store.Add(r.Context(), data, member)
+	id, isNew, err := a.app.store.Add(r.Context(), p.Subject, data, member)
 	switch {
 	case errors.Is(err, packstore.ErrSealed):
 		return service.Errorf(http.StatusConflict, service.CodeConflict, "session %s is sealed; it takes no more chunks", sid)
@@ -175,14 +179,14 @@ func chunkError(id string, err error) error {
 }
 
 // get streams a chunk back after checking it against its id.
-func (a *api) get(w http.ResponseWriter, r *http.Request) error {
+func (a *api) get(w http.ResponseWriter, r *http.Request, p service.Principal) error {
 	release, err := acquire(r, a.app.getSlots)
 	if err != nil {
 		return err
 	}
 	defer release()
 	id := r.PathValue("id")
-	data, err := a.app.store.Get(id)
+	data, err := a.app.store.Get(p.Subject, id)
 	if err != nil {
 		return chunkError(id, err)
 	}
@@ -193,9 +197,9 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) error {
 	return err
 }
 
-func (a *api) head(w http.ResponseWriter, r *http.Request) error {
+func (a *api) head(w http.ResponseWriter, r *http.Request, p service.Principal) error {
 	id := r.PathValue("id")
-	if _, err := a.app.store.Locate(id); err != nil {
+	if _, err := a.app.store.Locate(p.Subject, id); err != nil {
 		if errors.Is(err, packstore.ErrNotFound) {
 			w.WriteHeader(http.StatusNotFound)
 			return nil
@@ -206,9 +210,19 @@ func (a *api) head(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// delete removes one of the principal's chunks, or, for the operator,
+// the chunk of the owner named by ?owner= (empty: stored before owners).
 func (a *api) delete(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
-	err := a.app.store.Delete(id)
+	var owner string
+	if p, ok := service.PrincipalOf(r.Context()); ok {
+		owner = p.Subject
+	} else if service.IsOperator(r.Context()) {
+		owner = r.URL.Query().Get("owner")
+	} else {
+		return service.Errorf(http.StatusUnauthorized, service.CodeAuth, "deleting a chunk needs a user's token (through the gateway) or the operator credential")
+	}
+	err := a.app.store.Delete(owner, id)
 	if errors.Is(err, packstore.ErrReferenced) {
 		return service.Errorf(http.StatusConflict, service.CodeConflict, "%v", err)
 	}
@@ -229,9 +243,9 @@ type SessionInfo struct {
 	Root      string    `json:"root"`
 }
 
-func (a *api) session(w http.ResponseWriter, r *http.Request) error {
+func (a *api) session(w http.ResponseWriter, r *http.Request, p service.Principal) error {
 	sid := r.PathValue("id")
-	sess, t, err := a.app.tree(sid)
+	sess, t, err := a.app.tree(p.Subject, sid)
 	if err != nil {
 		return sessionError(sid, err)
 	}
@@ -252,13 +266,13 @@ type ChunkProof struct {
 
 // proof gives the inclusion proof of the chunk at position {index} (its
 // place in index order) of the session's tree.
-func (a *api) proof(w http.ResponseWriter, r *http.Request) error {
+func (a *api) proof(w http.ResponseWriter, r *http.Request, p service.Principal) error {
 	sid := r.PathValue("id")
 	i, err := strconv.ParseUint(r.PathValue("index"), 10, 64)
 	if err != nil {
 		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "index must be a whole number")
 	}
-	_, t, err := a.app.tree(sid)
+	_, t, err := a.app.tree(p.Subject, sid)
 	if err != nil {
 		return sessionError(sid, err)
 	}
@@ -266,12 +280,12 @@ func (a *api) proof(w http.ResponseWriter, r *http.Request) error {
 	if i >= size {
 		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "session %s has %d chunks; no position %d", sid, size, i)
 	}
-	p, err := t.tree.InclusionProof(i, size)
+	proof, err := t.tree.InclusionProof(i, size)
 	if err != nil {
 		return err
 	}
-	out := ChunkProof{SessionID: sid, Index: i, ChunkID: t.ids[i], TreeSize: size, Root: hex.EncodeToString(t.root), Proof: make([]string, len(p))}
-	for j, h := range p {
+	out := ChunkProof{SessionID: sid, Index: i, ChunkID: t.ids[i], TreeSize: size, Root: hex.EncodeToString(t.root), Proof: make([]string, len(proof))}
+	for j, h := range proof {
 		out.Proof[j] = hex.EncodeToString(h)
 	}
 	service.WriteJSON(w, http.StatusOK, out)
@@ -285,21 +299,26 @@ type SealRequest = datachainapi.SealRequest
 // SealResponse answers a seal.
 type SealResponse = datachainapi.Sealed
 
-// seal freezes the session and anchors its root. Sealing again re-submits
-// the same anchor (anchoring keeps one per session), so a seal that failed
-// to reach anchoring is simply retried.
-func (a *api) seal(w http.ResponseWriter, r *http.Request) error {
+// seal freezes the session and anchors its root for its owner, the
+// principal. Sealing again re-submits the same anchor (anchoring keeps one
+// per session), so a seal that failed to reach anchoring is simply retried.
+func (a *api) seal(w http.ResponseWriter, r *http.Request, p service.Principal) error {
 	sid := r.PathValue("id")
 	var req SealRequest
 	if err := service.DecodeJSON(w, r, 16<<10, &req); err != nil {
 		return err
 	}
-	if _, err := a.app.store.Session(sid); err != nil {
+	if _, err := a.app.store.Session(p.Subject, sid); err != nil {
 		return sessionError(sid, err)
+	}
+	// The owner on the chain is who asks, never what the body says; a
+	// body naming someone else is a mistake worth saying.
+	if req.Owner != "" && req.Owner != p.Subject {
+		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "owner: a session is anchored for its owner, the token's subject; leave owner out")
 	}
 	// Check the request before freezing anything (the root is filled in
 	// below, once the session can no longer change).
-	m := &chain.SessionAnchor{SessionID: sid, Owner: req.Owner, ManifestHash: req.ManifestHash,
+	m := &chain.SessionAnchor{SessionID: sid, Owner: p.Subject, ManifestHash: req.ManifestHash,
 		MerkleRoot: strings.Repeat("0", 64), StartedAt: req.StartedAt, EndedAt: req.EndedAt}
 	if err := m.Validate(); err != nil {
 		var fe chain.FieldErrors
@@ -308,10 +327,10 @@ func (a *api) seal(w http.ResponseWriter, r *http.Request) error {
 		he.Fields = fe
 		return he
 	}
-	if _, err := a.app.store.Seal(sid, ""); err != nil {
+	if _, err := a.app.store.Seal(p.Subject, sid, ""); err != nil {
 		return err
 	}
-	_, t, err := a.app.tree(sid)
+	_, t, err := a.app.tree(p.Subject, sid)
 	if err != nil {
 		return err
 	}
@@ -322,7 +341,7 @@ func (a *api) seal(w http.ResponseWriter, r *http.Request) error {
 		he.Cause = err
 		return he
 	}
-	if err := a.app.store.SetAnchor(sid, st.TxID); err != nil {
+	if err := a.app.store.SetAnchor(p.Subject, sid, st.TxID); err != nil {
 		return err
 	}
 	service.WriteJSON(w, http.StatusOK, SealResponse{SessionID: sid, Root: m.MerkleRoot, ChunkCount: len(t.ids), Anchor: st})

@@ -31,7 +31,7 @@ func BenchmarkSessionProof(b *testing.B) {
 					return
 				}
 				binary.BigEndian.PutUint64(buf, uint64(i))
-				if _, err := app.store.Put(context.Background(), buf, &packstore.Member{Session: sid, Index: uint64(i)}); err != nil {
+				if _, err := app.store.Put(context.Background(), owner, buf, &packstore.Member{Session: sid, Index: uint64(i)}); err != nil {
 					b.Error(err)
 					return
 				}
@@ -39,7 +39,7 @@ func BenchmarkSessionProof(b *testing.B) {
 		}()
 	}
 	wg.Wait()
-	if _, _, err := app.tree(sid); err != nil { // build the cache once
+	if _, _, err := app.tree(owner, sid); err != nil { // build the cache once
 		b.Fatal(err)
 	}
 	b.ResetTimer()
@@ -47,7 +47,7 @@ func BenchmarkSessionProof(b *testing.B) {
 		i := uint64(7)
 		for pb.Next() {
 			i = (i*2862933555777941757 + 3037000493) % n
-			_, t, err := app.tree(sid)
+			_, t, err := app.tree(owner, sid)
 			if err != nil {
 				b.Error(err)
 				return

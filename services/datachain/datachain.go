@@ -35,7 +35,7 @@ type App struct {
 	logger    *slog.Logger
 
 	mu        sync.Mutex
-	trees     map[string]*sessionTree // cached per session
+	trees     map[treeKey]*sessionTree // cached per session
 	lastScrub *packstore.ScrubReport
 	scrubbing sync.Mutex
 
@@ -48,6 +48,9 @@ type App struct {
 	getSlots chan struct{}
 	loops    sync.WaitGroup
 }
+
+// treeKey names a session: its owner and id.
+type treeKey struct{ owner, session string }
 
 // sessionTree is a session's Merkle tree over its chunk ids, in index
 // order, as of a chunk count.
@@ -90,7 +93,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	}
 	a.anchoring = anchoringapi.New(a.anchoringURL, srv.Client("anchoring", 30*time.Second))
 	a.logger = srv.Logger()
-	a.trees = map[string]*sessionTree{}
+	a.trees = map[treeKey]*sessionTree{}
 	a.putSlots, a.getSlots = make(chan struct{}, 8), make(chan struct{}, 16)
 	a.stored = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_datachain_chunks_stored_total", Help: "Chunks stored (new bytes)."})
 	a.bytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_datachain_bytes_stored_total", Help: "Chunk bytes received and stored."})
@@ -155,20 +158,21 @@ func (a *App) scrub(ctx context.Context) (*packstore.ScrubReport, error) {
 	return rep, nil
 }
 
-// tree returns the session's Merkle tree over its current chunks; it is
-// rebuilt only when the session's version has changed.
-func (a *App) tree(sessionID string) (*packstore.Session, *sessionTree, error) {
-	sess, err := a.store.Session(sessionID)
+// tree returns the Merkle tree of owner's session over its current chunks;
+// it is rebuilt only when the session's version has changed.
+func (a *App) tree(owner, sessionID string) (*packstore.Session, *sessionTree, error) {
+	sess, err := a.store.Session(owner, sessionID)
 	if err != nil {
 		return nil, nil, err
 	}
+	key := treeKey{owner, sessionID}
 	a.mu.Lock()
-	cached := a.trees[sessionID]
+	cached := a.trees[key]
 	a.mu.Unlock()
 	if cached != nil && cached.version == sess.Version {
 		return sess, cached, nil
 	}
-	sess, ids, err := a.store.SessionChunks(sessionID)
+	sess, ids, err := a.store.SessionChunks(owner, sessionID)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -191,7 +195,7 @@ func (a *App) tree(sessionID string) (*packstore.Session, *sessionTree, error) {
 	if len(a.trees) >= 64 { // a small cache: open sessions are few
 		clear(a.trees)
 	}
-	a.trees[sessionID] = st
+	a.trees[key] = st
 	a.mu.Unlock()
 	return sess, st, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"mime/multipart"
@@ -18,6 +19,7 @@ import (
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/packstore"
 	"github.com/pickme/lucid/pkg/service"
+	"github.com/pickme/lucid/pkg/service/servicetest"
 )
 
 const sid = "11111111-2222-4333-8444-555555555555"
@@ -31,7 +33,7 @@ func start(t testing.TB) (*App, *httptest.Server, string) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	srv := service.New(service.Config{Name: "datachain", DataDir: dir}, slog.New(slog.DiscardHandler))
+	srv := service.New(servicetest.Config("datachain", dir), slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := app.Provision(ctx, srv); err != nil {
 		t.Fatal(err)
@@ -41,13 +43,27 @@ func start(t testing.TB) (*App, *httptest.Server, string) {
 	return app, hs, dir
 }
 
+// owner is the user the tests act for, through the gateway's identity.
+const owner = "alice@example.org"
+
+var (
+	alice    = servicetest.User(owner)
+	operator = servicetest.Operator()
+)
+
+// do sends a request for alice.
 func do(t *testing.T, method, url, ctype string, body []byte) (int, string) {
+	t.Helper()
+	return doAs(t, alice, method, url, ctype, body)
+}
+
+func doAs(t *testing.T, c *http.Client, method, url, ctype string, body []byte) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(method, url, bytes.NewReader(body))
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +130,7 @@ func TestChunkAPI(t *testing.T) {
 	if code, _ := do(t, http.MethodGet, hs.URL+"/api/v1/sessions/"+sid+"/proof/2", "", nil); code != 404 {
 		t.Errorf("proof beyond the session: %d", code)
 	}
-	if code, body := do(t, http.MethodPost, hs.URL+"/api/v1/sessions/"+sid+"/seal", "application/json", []byte(`{"owner":""}`)); code != 400 || !strings.Contains(body, "owner") {
+	if code, body := do(t, http.MethodPost, hs.URL+"/api/v1/sessions/"+sid+"/seal", "application/json", []byte(`{}`)); code != 400 || !strings.Contains(body, "manifest_hash") {
 		t.Errorf("seal with a bad manifest: %d %s", code, body)
 	}
 	// The invalid seal did not freeze the session.
@@ -128,7 +144,7 @@ func TestDamagedChunkIsNotServed(t *testing.T) {
 	chunk := bytes.Repeat([]byte("z"), 4096)
 	do(t, http.MethodPut, hs.URL+"/api/v1/chunks?session_id="+sid+"&index=0", "", chunk)
 	id := packstore.ID(chunk)
-	loc, _ := app.store.Locate(id)
+	loc, _ := app.store.Locate(owner, id)
 	pack := filepath.Join(dir, "chunks", "packs", "pack-000001.dat")
 	f, err := os.OpenFile(pack, os.O_RDWR, 0)
 	if err != nil {
@@ -140,9 +156,9 @@ func TestDamagedChunkIsNotServed(t *testing.T) {
 	if code != 500 || !strings.Contains(body, "LUCID_ERR_5201") || !strings.Contains(body, "damaged") || strings.Contains(body, "zzzz") {
 		t.Errorf("damaged chunk: %d %s", code, body)
 	}
-	_, body = do(t, http.MethodPost, hs.URL+"/api/v1/verify", "", nil)
-	if !strings.Contains(body, id) || !strings.Contains(body, sid) {
-		t.Errorf("scrub report does not name the chunk and its session: %s", body)
+	_, body = doAs(t, operator, http.MethodPost, hs.URL+"/api/v1/verify", "", nil)
+	if !strings.Contains(body, id) || !strings.Contains(body, sid) || !strings.Contains(body, owner) {
+		t.Errorf("scrub report does not name the chunk, its owner and its session: %s", body)
 	}
 }
 
@@ -152,7 +168,11 @@ func TestDamagedChunkIsNotServed(t *testing.T) {
 // session's chunk and removes a free one.
 func TestSealRetryAndDelete(t *testing.T) {
 	var up atomic.Bool
+	var actedFor atomic.Value
 	anchoring := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.Header.Get(service.HeaderCaller), "datachain ") {
+			actedFor.Store(r.Header.Get(service.HeaderSub))
+		}
 		if !up.Load() {
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
@@ -164,7 +184,7 @@ func TestSealRetryAndDelete(t *testing.T) {
 	app := New().(*App)
 	r := envconfig.New(envconfig.Map(map[string]string{"LUCID_ANCHORING_URL": anchoring.URL}))
 	app.Configure(r)
-	srv := service.New(service.Config{Name: "datachain", DataDir: t.TempDir()}, slog.New(slog.DiscardHandler))
+	srv := service.New(servicetest.Config("datachain", t.TempDir()), slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := app.Provision(ctx, srv); err != nil {
 		t.Fatal(err)
@@ -174,7 +194,7 @@ func TestSealRetryAndDelete(t *testing.T) {
 
 	chunk := bytes.Repeat([]byte("s"), 2048)
 	do(t, http.MethodPut, hs.URL+"/api/v1/chunks?session_id="+sid+"&index=0", "", chunk)
-	seal := []byte(`{"owner":"o@example.org","manifest_hash":"` + strings.Repeat("a", 64) + `","started_at":"2026-11-26T09:00:00Z","ended_at":"2026-11-26T10:00:00Z"}`)
+	seal := []byte(`{"manifest_hash":"` + strings.Repeat("a", 64) + `","started_at":"2026-11-26T09:00:00Z","ended_at":"2026-11-26T10:00:00Z"}`)
 	if code, body := do(t, http.MethodPost, hs.URL+"/api/v1/sessions/"+sid+"/seal", "application/json", seal); code != 502 || !strings.Contains(body, "seal again") {
 		t.Fatalf("seal with anchoring down: %d %s", code, body)
 	}
@@ -185,6 +205,9 @@ func TestSealRetryAndDelete(t *testing.T) {
 	up.Store(true)
 	if code, body := do(t, http.MethodPost, hs.URL+"/api/v1/sessions/"+sid+"/seal", "application/json", seal); code != 200 || !strings.Contains(body, `"tx_id":"abc"`) {
 		t.Fatalf("seal retry: %d %s", code, body)
+	}
+	if got, _ := actedFor.Load().(string); got != owner {
+		t.Errorf("the data chain anchored for %q, want the session's owner %q", got, owner)
 	}
 	var info SessionInfo
 	_, body := do(t, http.MethodGet, hs.URL+"/api/v1/sessions/"+sid, "", nil)
@@ -202,9 +225,108 @@ func TestSealRetryAndDelete(t *testing.T) {
 		t.Errorf("delete of a free chunk: %d", code)
 	}
 	var st Status
-	_, body = do(t, http.MethodGet, hs.URL+"/api/v1/status", "", nil)
+	_, body = doAs(t, operator, http.MethodGet, hs.URL+"/api/v1/status", "", nil)
 	_ = json.Unmarshal([]byte(body), &st)
 	if st.Chunks != 1 || st.Sessions != 1 || st.DeadBytes == 0 {
 		t.Errorf("status = %+v", st)
 	}
+}
+
+// TestSessionsBelongToTheirOwner: a chunk or session alice stored is, to
+// mallory, exactly what something that does not exist is; what mallory
+// stores under the same ids is her own; the owner on the chain is who
+// seals; only the operator scrubs, compacts, reads the status and deletes
+// any owner's chunk; and nobody but a Lucid service gets in at all.
+func TestSessionsBelongToTheirOwner(t *testing.T) {
+	_, hs, _ := start(t)
+	mallory := servicetest.User("mallory")
+	data := bytes.Repeat([]byte("a"), 2048)
+	id := packstore.ID(data)
+	if code, body := do(t, http.MethodPut, hs.URL+"/api/v1/chunks?session_id="+sid+"&index=0", "", data); code != 201 {
+		t.Fatalf("alice's put: %d %s", code, body)
+	}
+	missing := strings.Repeat("0", 64)
+	for _, tc := range []struct{ method, path string }{
+		{http.MethodGet, "/api/v1/chunks/%s"},
+		{http.MethodHead, "/api/v1/chunks/%s"},
+		{http.MethodDelete, "/api/v1/chunks/%s"},
+		{http.MethodGet, "/api/v1/sessions/" + sid + "%.0s"},
+		{http.MethodGet, "/api/v1/sessions/" + sid + "/proof/0%.0s"},
+	} {
+		theirs, theirsBody := doAs(t, mallory, tc.method, hs.URL+fmt.Sprintf(tc.path, id), "", nil)
+		none, noneBody := doAs(t, mallory, tc.method, hs.URL+fmt.Sprintf(strings.ReplaceAll(tc.path, sid, "00000000-0000-4000-8000-000000000000"), missing), "", nil)
+		if theirs != 404 || theirs != none || stripIDs(theirsBody, id, sid) != stripIDs(noneBody, missing, "00000000-0000-4000-8000-000000000000") {
+			t.Errorf("mallory's %s %s: %d %q; for nothing: %d %q", tc.method, tc.path, theirs, theirsBody, none, noneBody)
+		}
+	}
+	sealBody := []byte(`{"manifest_hash":"` + strings.Repeat("a", 64) + `","started_at":"2026-11-26T09:00:00Z","ended_at":"2026-11-26T10:00:00Z"}`)
+	if code, body := doAs(t, mallory, http.MethodPost, hs.URL+"/api/v1/sessions/"+sid+"/seal", "application/json", sealBody); code != 404 {
+		t.Errorf("mallory sealing alice's session: %d %s", code, body)
+	}
+	// The same bytes, the same session id: mallory's own, answered as for
+	// anything new.
+	if code, body := doAs(t, mallory, http.MethodPut, hs.URL+"/api/v1/chunks?session_id="+sid+"&index=0", "", data); code != 201 || !strings.Contains(body, id) {
+		t.Errorf("mallory's put of the same bytes: %d %s", code, body)
+	}
+	if code, _ := doAs(t, mallory, http.MethodDelete, hs.URL+"/api/v1/chunks/"+id, "", nil); code != 204 {
+		t.Errorf("mallory deleting her own copy: %d", code)
+	}
+	if code, _ := do(t, http.MethodGet, hs.URL+"/api/v1/chunks/"+id, "", nil); code != 200 {
+		t.Errorf("alice's chunk after mallory deleted hers: %d", code)
+	}
+	// Sealing names the sealer, never the body's owner.
+	withOwner := []byte(`{"owner":"mallory","manifest_hash":"` + strings.Repeat("a", 64) + `","started_at":"2026-11-26T09:00:00Z","ended_at":"2026-11-26T10:00:00Z"}`)
+	if code, body := do(t, http.MethodPost, hs.URL+"/api/v1/sessions/"+sid+"/seal", "application/json", withOwner); code != 400 || !strings.Contains(body, "owner") {
+		t.Errorf("alice sealing with owner mallory: %d %s", code, body)
+	}
+	// The operator's endpoints refuse users; the operator deletes any
+	// owner's chunk by naming the owner.
+	for _, path := range []string{"/api/v1/verify", "/api/v1/compact"} {
+		if code, _ := do(t, http.MethodPost, hs.URL+path, "", nil); code != 403 {
+			t.Errorf("a user's POST %s: %d, want 403", path, code)
+		}
+	}
+	if code, _ := do(t, http.MethodGet, hs.URL+"/api/v1/status", "", nil); code != 403 {
+		t.Errorf("a user's status: %d, want 403", code)
+	}
+	if code, _ := doAs(t, operator, http.MethodPost, hs.URL+"/api/v1/compact", "", nil); code != 200 {
+		t.Errorf("the operator's compaction: %d", code)
+	}
+	if code, _ := doAs(t, operator, http.MethodGet, hs.URL+"/api/v1/chunks/"+id, "", nil); code != 401 {
+		t.Errorf("the operator reading a user's chunk: %d, want 401 (not a user)", code)
+	}
+	// Nobody known: no signature, a forged one, a service acting for
+	// nobody, a service that may not act for users.
+	forged := &http.Client{Transport: &servicetest.Transport{Caller: "gateway", Principal: &service.Principal{Subject: "mallory"}}}
+	for name, c := range map[string]*http.Client{"unsigned": http.DefaultClient, "signed, with a malformed principal": forged} {
+		req, _ := http.NewRequest(http.MethodGet, hs.URL+"/api/v1/chunks/"+id, nil)
+		req.Header.Set(service.HeaderSub, owner)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 403 {
+			t.Errorf("%s request claiming to be alice: %d, want 403", name, resp.StatusCode)
+		}
+	}
+	blocks := &http.Client{Transport: &servicetest.Transport{Caller: "blocks", Principal: &service.Principal{Subject: owner, Tier: "free"}}}
+	if code, _ := doAs(t, blocks, http.MethodGet, hs.URL+"/api/v1/chunks/"+id, "", nil); code != 403 {
+		t.Errorf("the block manager (which may not call the data chain) claiming alice: %d, want 403", code)
+	}
+	if code, _ := doAs(t, servicetest.Client("gateway"), http.MethodGet, hs.URL+"/api/v1/chunks/"+id, "", nil); code != 401 {
+		t.Errorf("the gateway acting for nobody: %d, want 401", code)
+	}
+}
+
+// stripIDs hides the ids an answer names, so two answers about different
+// ids compare equal when they say the same thing.
+func stripIDs(body string, ids ...string) string {
+	for _, id := range ids {
+		body = strings.ReplaceAll(body, id, "ID")
+	}
+	if i := strings.Index(body, `"request_id"`); i >= 0 {
+		body = body[:i]
+	}
+	return body
 }
