@@ -33,8 +33,11 @@ var (
 	bucketTxs      = []byte("txs")      // tx id → height(8) ‖ leaf index(8) ‖ canonical tx
 	bucketHeaders  = []byte("headers")  // height → signed checkpoint
 	bucketNodes    = []byte("nodes")    // logtree node key → hash
-	bucketSessions = []byte("sessions") // session id → tx id
-	keyHeight      = []byte("height")
+	bucketSessions = []byte("anchors")  // owner ‖ 0 ‖ session id → tx id
+	// bucketOldSessions (session id → tx id) is the index of stores from
+	// before sessions were per owner; Open rebuilds it as bucketSessions.
+	bucketOldSessions = []byte("sessions")
+	keyHeight         = []byte("height")
 	keyValidators  = []byte("validators")
 )
 
@@ -61,10 +64,14 @@ func Open(path, origin string) (*Store, error) {
 	}
 	s := &Store{db: db, origin: origin, changed: make(chan struct{})}
 	err = db.Update(func(tx *bolt.Tx) error {
+		rebuild := tx.Bucket(bucketSessions) == nil && tx.Bucket(bucketTxs) != nil
 		for _, b := range [][]byte{bucketMeta, bucketBlocks, bucketHashes, bucketTxs, bucketHeaders, bucketNodes, bucketSessions} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
+		}
+		if rebuild {
+			return reindexAnchors(tx)
 		}
 		return nil
 	})
@@ -108,6 +115,53 @@ func (s *Store) load() error {
 		s.tree = t
 		return nil
 	})
+}
+
+// anchorKey indexes the anchor of an owner's session: sessions are per
+// owner, as in the data chain.
+func anchorKey(owner, sessionID string) []byte {
+	return []byte(owner + "\x00" + sessionID)
+}
+
+// reindexAnchors builds the owner-and-session index from the stored
+// transactions, keeping each session's first anchor, as storing the
+// blocks one by one would have; the index it replaces goes.
+func reindexAnchors(tx *bolt.Tx) error {
+	type first struct {
+		id    string
+		index uint64
+	}
+	firsts := map[string]first{}
+	err := tx.Bucket(bucketTxs).ForEach(func(k, v []byte) error {
+		if len(v) < 16 {
+			return fmt.Errorf("transaction %s: short record", k)
+		}
+		t, err := chain.ParseTransaction(v[16:])
+		if err != nil {
+			return fmt.Errorf("transaction %s: %w", k, err)
+		}
+		if t.Anchor == nil {
+			return nil
+		}
+		key, idx := string(anchorKey(t.Anchor.Owner, t.Anchor.SessionID)), binary.BigEndian.Uint64(v[8:16])
+		if f, ok := firsts[key]; !ok || idx < f.index {
+			firsts[key] = first{string(k), idx}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("reindex anchors: %w", err)
+	}
+	b := tx.Bucket(bucketSessions)
+	for key, f := range firsts {
+		if err := b.Put([]byte(key), []byte(f.id)); err != nil {
+			return err
+		}
+	}
+	if tx.Bucket(bucketOldSessions) != nil {
+		return tx.DeleteBucket(bucketOldSessions)
+	}
+	return nil
 }
 
 func decodeBlock(v []byte) (*chain.Block, error) {
@@ -214,9 +268,11 @@ func (s *Store) Append(b *chain.Block) (*chain.Header, error) {
 				return err
 			}
 			// The first anchor of a session is the session's anchor.
-			if t := txs[i]; t.Anchor != nil && sessions.Get([]byte(t.Anchor.SessionID)) == nil {
-				if err := sessions.Put([]byte(t.Anchor.SessionID), []byte(id)); err != nil {
-					return err
+			if t := txs[i]; t.Anchor != nil {
+				if k := anchorKey(t.Anchor.Owner, t.Anchor.SessionID); sessions.Get(k) == nil {
+					if err := sessions.Put(k, []byte(id)); err != nil {
+						return err
+					}
 				}
 			}
 		}
@@ -318,11 +374,11 @@ func (s *Store) Tx(id string) (TxLocation, error) {
 	return loc, err
 }
 
-// SessionTx returns the id of the anchor transaction of a session.
-func (s *Store) SessionTx(sessionID string) (string, error) {
+// SessionTx returns the id of the anchor transaction of owner's session.
+func (s *Store) SessionTx(owner, sessionID string) (string, error) {
 	var id string
 	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketSessions).Get([]byte(sessionID))
+		v := tx.Bucket(bucketSessions).Get(anchorKey(owner, sessionID))
 		if v == nil {
 			return ErrNotFound
 		}

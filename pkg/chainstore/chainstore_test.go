@@ -56,8 +56,12 @@ func TestAppendReopenReceipts(t *testing.T) {
 	if err != nil || v.TxID != id || v.Header.Height != 3 {
 		t.Fatalf("receipt: %+v %v", v, err)
 	}
-	if sid, err := s.SessionTx(chaintest.Anchor(3).Anchor.SessionID); err != nil || sid != id {
+	a3 := chaintest.Anchor(3).Anchor
+	if sid, err := s.SessionTx(a3.Owner, a3.SessionID); err != nil || sid != id {
 		t.Errorf("session index: %q %v", sid, err)
+	}
+	if _, err := s.SessionTx("someone else", a3.SessionID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("another owner's session of the same id: %v, want ErrNotFound", err)
 	}
 	if _, err := s.Tx("nope"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("unknown tx: %v", err)
@@ -112,4 +116,59 @@ func TestAuditFindsBlockAlteredOnDisk(t *testing.T) {
 	if !errors.As(err, &be) || be.Height != 3 || !strings.Contains(err.Error(), "root does not match the transactions") {
 		t.Fatalf("audit of altered block: %v", err)
 	}
+}
+
+// TestOldSessionIndexIsRebuilt: a store whose anchor index was by session
+// alone (before sessions were per owner) gets the per-owner index on open.
+func TestOldSessionIndexIsRebuilt(t *testing.T) {
+	c := chaintest.New()
+	c.Append(chaintest.Anchor(1), chaintest.Anchor(2))
+	path := filepath.Join(t.TempDir(), "chain.db")
+	s, err := Open(path, chain.Origin(chaintest.ChainID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range c.Blocks {
+		if _, err := s.Append(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	// Back to the old layout.
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bucketSessions); err != nil {
+			return err
+		}
+		old, err := tx.CreateBucket(bucketOldSessions)
+		if err != nil {
+			return err
+		}
+		return old.Put([]byte(chaintest.Anchor(1).Anchor.SessionID), []byte("x"))
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(path, chain.Origin(chaintest.ChainID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := 1; i <= 2; i++ {
+		a := chaintest.Anchor(i)
+		raw, _ := a.Encode()
+		if id, err := s.SessionTx(a.Anchor.Owner, a.Anchor.SessionID); err != nil || id != chain.TxID(raw) {
+			t.Errorf("anchor %d after the rebuild: %q %v", i, id, err)
+		}
+	}
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketOldSessions) != nil {
+			t.Error("the old index is still there")
+		}
+		return nil
+	})
 }

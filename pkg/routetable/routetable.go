@@ -52,13 +52,16 @@ const (
 	maxTimeout     = time.Hour
 )
 
-// Default is DESIGN.md's route table.
+// Default is DESIGN.md's route table. The engine's routes are for reading
+// the chain: users anchor through session anchoring, and the engine takes
+// transactions from it alone (it refuses the gateway's anyway).
 func Default() []Route {
 	const t = DefaultTimeout
+	read := []string{"GET", "HEAD"}
 	return []Route{
 		{Prefix: "/auth", Service: AuthService, Public: true, Timeout: t},
-		{Prefix: "/blockchain", Service: "engine", Strip: true, Timeout: t},
-		{Prefix: "/api/v1/transactions", Service: "engine", Timeout: t},
+		{Prefix: "/blockchain", Service: "engine", Strip: true, Methods: read, Timeout: t},
+		{Prefix: "/api/v1/transactions", Service: "engine", Methods: read, Timeout: t},
 		{Prefix: "/api/v1/anchors", Service: "anchoring", Timeout: t},
 		{Prefix: "/api/v1/blocks", Service: "blocks", Timeout: t},
 		{Prefix: "/api/v1/chain", Service: "blocks", Timeout: 5 * time.Minute}, // audits stream

@@ -1,13 +1,16 @@
 // Package anchoring is session anchoring (`lucid anchoring`, port 8085): it
-// accepts session manifests, queues each as an anchor transaction on disk
-// before it answers 202, submits the queue to the engine until every anchor
-// is sealed (idempotently: a transaction's id is its content), and serves
-// each anchor's status and, once sealed, its offline-verifiable receipt.
+// accepts session manifests for the principal the gateway names, queues
+// each as an anchor transaction on disk before it answers 202, submits the
+// queue to the engine until every anchor is sealed or refused
+// (idempotently: a transaction's id is its content), and serves each
+// anchor's status to its owner: once sealed with its offline-verifiable
+// receipt, once refused with the reason.
 package anchoring
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"sync"
@@ -39,6 +42,7 @@ type App struct {
 	vkeys     []string
 	accepted  prometheus.Counter
 	sealed    prometheus.Counter
+	refused   prometheus.Counter
 }
 
 var _ service.App = (*App)(nil)
@@ -67,9 +71,10 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	a.submitted = map[string]time.Time{}
 	a.accepted = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_anchoring_accepted_total", Help: "Anchors accepted (durably queued)."})
 	a.sealed = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_anchoring_sealed_total", Help: "Anchors seen sealed in a block."})
+	a.refused = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_anchoring_refused_total", Help: "Anchors the engine refused for good (their status says why)."})
 	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lucid_anchoring_pending", Help: "Anchors waiting to be sealed."},
 		func() float64 { return float64(a.store.pendingCount()) })
-	srv.Registerer().MustRegister(a.accepted, a.sealed, pending)
+	srv.Registerer().MustRegister(a.accepted, a.sealed, a.refused, pending)
 	srv.AddCheck("engine", func(ctx context.Context) error {
 		_, err := a.engine.Chain(ctx)
 		return err
@@ -143,13 +148,25 @@ func (a *App) submitOnce(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	// A transaction the engine already sealed (sent there by another
-	// route, or sealed in a block this follower passed before a restore)
-	// is marked here, or it would stay pending for ever.
+	if len(res.Transactions) != len(ids) {
+		return 0, fmt.Errorf("the engine answered %d items for %d transactions", len(res.Transactions), len(ids))
+	}
+	// The engine answers item by item. A transaction it already sealed
+	// (sent there by another route, or sealed in a block this follower
+	// passed before a restore) is marked here, or it would stay pending
+	// for ever; one it refused leaves the queue with its reason, so it
+	// never holds back the others.
 	var sealed []sealedTx
-	for _, st := range res.Transactions {
-		if st.Status == engineapi.StatusSealed && st.Index != nil {
-			sealed = append(sealed, sealedTx{id: st.ID, height: st.Height, index: *st.Index})
+	var refused []refusal
+	for i, st := range res.Transactions {
+		switch st.Status {
+		case engineapi.StatusSealed:
+			if st.Index != nil {
+				sealed = append(sealed, sealedTx{id: ids[i], height: st.Height, index: *st.Index})
+			}
+		case engineapi.StatusRefused:
+			refused = append(refused, refusal{id: ids[i], code: st.Code, reason: st.Reason})
+			a.logger.Warn("the engine refused an anchor", "tx", ids[i], "code", st.Code, "reason", st.Reason)
 		}
 	}
 	if len(sealed) > 0 {
@@ -159,12 +176,22 @@ func (a *App) submitOnce(ctx context.Context) (int, error) {
 		}
 		a.sealed.Add(float64(n))
 	}
+	if len(refused) > 0 {
+		n, err := a.store.markRefused(refused)
+		if err != nil {
+			return 0, err
+		}
+		a.refused.Add(float64(n))
+	}
 	a.mu.Lock()
 	for _, id := range ids {
 		a.submitted[id] = now
 	}
 	for _, st := range sealed {
 		delete(a.submitted, st.id)
+	}
+	for _, r := range refused {
+		delete(a.submitted, r.id)
 	}
 	a.mu.Unlock()
 	return len(ids), nil

@@ -16,19 +16,33 @@ import (
 
 type api struct{ app *App }
 
+// routes installs the API. An anchor belongs to the principal it was
+// submitted for, and sessions are per owner: another principal's lookup of
+// the same session id finds nothing, and its anchor of that id is its own.
+// Checking a receipt needs no owner: a receipt proves itself.
 func (a *api) routes(srv *service.Server) {
-	srv.Handle("POST /api/v1/anchors", a.create)
-	srv.Handle("GET /api/v1/anchors/{session_id}", a.get)
+	srv.Handle("POST /api/v1/anchors", service.ForUser(a.create))
+	srv.Handle("GET /api/v1/anchors/{session_id}", service.ForUser(a.get))
 	srv.Handle("POST /api/v1/anchors/verify", a.verify)
 }
 
 // AnchorStatus is the answer about one anchor.
 type AnchorStatus = anchoringapi.AnchorStatus
 
-func (a *api) create(w http.ResponseWriter, r *http.Request) error {
+func (a *api) create(w http.ResponseWriter, r *http.Request, p service.Principal) error {
 	var m chain.SessionAnchor
 	if err := service.DecodeJSON(w, r, 64<<10, &m); err != nil {
 		return err
+	}
+	// The owner on the chain is who asks, never what the body says.
+	switch m.Owner {
+	case "", p.Subject:
+		m.Owner = p.Subject
+	default:
+		fe := chain.FieldErrors{{Field: "owner", Message: "a session is anchored for its owner, the token's subject; leave owner out"}}
+		he := service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "invalid manifest: %s", fe.Error())
+		he.Fields = fe
+		return he
 	}
 	tx := &chain.Transaction{Type: chain.TypeSessionAnchor, Anchor: &m}
 	if err := m.Validate(); err != nil {
@@ -42,7 +56,7 @@ func (a *api) create(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	rec := &record{SessionID: m.SessionID, TxID: chain.TxID(canon), Tx: canon, Status: statusPending, CreatedAt: time.Now().UTC()}
+	rec := &record{Owner: p.Subject, SessionID: m.SessionID, TxID: chain.TxID(canon), Tx: canon, Status: statusPending, CreatedAt: time.Now().UTC()}
 	existing, created, err := a.app.store.accept(rec)
 	if errors.Is(err, errConflict) {
 		return service.Errorf(http.StatusConflict, service.CodeConflict, "session %s is already anchored with another manifest (transaction %s)", m.SessionID, existing.TxID)
@@ -61,7 +75,7 @@ func (a *api) create(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *api) status(rec *record) AnchorStatus {
-	st := AnchorStatus{SessionID: rec.SessionID, TxID: rec.TxID, Status: rec.Status}
+	st := AnchorStatus{SessionID: rec.SessionID, TxID: rec.TxID, Status: string(rec.Status), Code: rec.Code, Reason: rec.Reason}
 	if rec.Status == statusSealed {
 		idx := rec.Index
 		st.Height, st.Index = rec.Height, &idx
@@ -74,12 +88,12 @@ func (a *api) status(rec *record) AnchorStatus {
 	return st
 }
 
-func (a *api) get(w http.ResponseWriter, r *http.Request) error {
+func (a *api) get(w http.ResponseWriter, r *http.Request, p service.Principal) error {
 	sid := r.PathValue("session_id")
 	if _, err := uuid.Parse(sid); err != nil {
 		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "session_id must be a UUID")
 	}
-	rec, err := a.app.store.get(sid)
+	rec, err := a.app.store.get(p.Subject, sid)
 	if err != nil {
 		return err
 	}

@@ -15,9 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/chain/chaintest"
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/service"
+	"github.com/pickme/lucid/pkg/service/servicetest"
 )
 
 func startAnchoring(tb testing.TB) *httptest.Server {
@@ -27,7 +29,7 @@ func startAnchoring(tb testing.TB) *httptest.Server {
 	// backs off quietly.
 	r := envconfig.New(envconfig.Map(map[string]string{"BLOCKCHAIN_ENGINE_URL": "http://127.0.0.1:1"}))
 	app.Configure(r)
-	srv := service.New(service.Config{Name: "anchoring", DataDir: tb.TempDir()}, slog.New(slog.DiscardHandler))
+	srv := service.New(servicetest.Config("anchoring", tb.TempDir()), slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := app.Provision(ctx, srv); err != nil {
 		tb.Fatal(err)
@@ -48,7 +50,8 @@ func BenchmarkAccept(b *testing.B) {
 	for i := range bodies {
 		bodies[i], _ = json.Marshal(chaintest.Anchor(i).Anchor)
 	}
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 128}}
+	owner := &service.Principal{Subject: chaintest.Anchor(0).Anchor.Owner, Tier: auth.TierEnterprise}
+	client := &http.Client{Transport: &servicetest.Transport{Caller: "gateway", Principal: owner, Base: &http.Transport{MaxIdleConnsPerHost: 128}}}
 	lat := make([]time.Duration, b.N)
 	var next atomic.Int64
 	var wg sync.WaitGroup

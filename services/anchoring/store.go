@@ -8,34 +8,54 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/pickme/lucid/pkg/chain"
 )
 
 // The durable queue: an anchor is on disk (bbolt commit, fsynced) before
 // the client hears 202, and stays pending until the follower sees the block
-// that seals it.
+// that seals it, or the engine refuses it.
 var (
-	bucketAnchors = []byte("anchors") // session id → record JSON
-	bucketPending = []byte("pending") // tx id → session id
+	bucketAnchors = []byte("anchors") // owner ‖ 0 ‖ session id → record JSON
+	bucketPending = []byte("pending") // tx id → its key in anchors
 	bucketMeta    = []byte("meta")
 	keyFollowed   = []byte("followed") // height of the last block seen
+	keySchema     = []byte("schema")   // layout version, see migrate
 )
+
+// schema is the layout this code writes: 2 keys anchors by owner and
+// session; 1 (no key) keyed them by session alone.
+const schema = "2"
 
 // record is one anchor's state.
 type record struct {
+	// Owner is the principal the anchor was accepted for.
+	Owner     string          `json:"owner"`
 	SessionID string          `json:"session_id"`
 	TxID      string          `json:"tx_id"`
 	Tx        json.RawMessage `json:"tx"`
-	Status    string          `json:"status"`
+	Status    status          `json:"status"`
 	Height    uint64          `json:"height,omitempty"`
 	Index     uint64          `json:"index,omitempty"`
-	CreatedAt time.Time       `json:"created_at"`
-	SealedAt  time.Time       `json:"sealed_at,omitzero"`
+	// Code and Reason say why the engine refused the anchor.
+	Code      string    `json:"code,omitempty"`
+	Reason    string    `json:"reason,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	SealedAt  time.Time `json:"sealed_at,omitzero"`
 }
 
+// status is where an anchor is: pending until sealed or refused, both of
+// which are final.
+type status string
+
 const (
-	statusPending = "pending"
-	statusSealed  = "sealed"
+	statusPending status = "pending"
+	statusSealed  status = "sealed"
+	statusRefused status = "refused"
 )
+
+// anchorKey is a record's key: sessions are per owner.
+func anchorKey(owner, sessionID string) []byte { return []byte(owner + "\x00" + sessionID) }
 
 var errConflict = errors.New("session already anchored with a different manifest")
 
@@ -55,25 +75,88 @@ func openStore(path string) (*store, error) {
 				return err
 			}
 		}
-		return nil
+		return migrate(tx)
 	})
 	if err != nil {
 		db.Close()
-		return nil, err
+		return nil, fmt.Errorf("open anchor queue %s: %w", path, err)
 	}
 	return &store{db: db}, nil
 }
 
+// migrate moves a queue of schema 1 (records keyed by session alone) to
+// schema 2: each record under its owner (the one its transaction names;
+// the gateway set it then too, or the client did) and session, and the
+// pending index pointing at the new keys. One transaction: all or none.
+func migrate(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	if string(meta.Get(keySchema)) == schema {
+		return nil
+	}
+	anchors, pending := tx.Bucket(bucketAnchors), tx.Bucket(bucketPending)
+	type moved struct{ old, new, value []byte }
+	var moves []moved
+	err := anchors.ForEach(func(k, v []byte) error {
+		var rec record
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return fmt.Errorf("anchor %s: %w", k, err)
+		}
+		t, err := chain.ParseTransaction(rec.Tx)
+		if err != nil || t.Anchor == nil {
+			return fmt.Errorf("anchor %s: its transaction does not parse: %v", k, err)
+		}
+		rec.Owner = t.Anchor.Owner
+		enc, err := json.Marshal(&rec)
+		if err != nil {
+			return err
+		}
+		moves = append(moves, moved{append([]byte(nil), k...), anchorKey(rec.Owner, rec.SessionID), enc})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("migrate the anchor queue: %w", err)
+	}
+	keyOf := map[string][]byte{}
+	for _, m := range moves {
+		if err := anchors.Delete(m.old); err != nil {
+			return err
+		}
+		keyOf[string(m.old)] = m.new
+	}
+	for _, m := range moves {
+		if err := anchors.Put(m.new, m.value); err != nil {
+			return err
+		}
+	}
+	var repoint [][2][]byte
+	err = pending.ForEach(func(k, v []byte) error {
+		if nk, ok := keyOf[string(v)]; ok {
+			repoint = append(repoint, [2][]byte{append([]byte(nil), k...), nk})
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, kv := range repoint {
+		if err := pending.Put(kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	return meta.Put(keySchema, []byte(schema))
+}
+
 func (s *store) close() error { return s.db.Close() }
 
-// accept queues rec unless its session is already anchored: the same
-// transaction again is the same anchor (created=false); another is a
+// accept queues rec unless its owner's session is already anchored: the
+// same transaction again is the same anchor (created=false); another is a
 // conflict.
 func (s *store) accept(rec *record) (existing *record, created bool, err error) {
+	key := anchorKey(rec.Owner, rec.SessionID)
 	err = s.db.Batch(func(tx *bolt.Tx) error {
 		existing, created = nil, false
 		anchors := tx.Bucket(bucketAnchors)
-		if v := anchors.Get([]byte(rec.SessionID)); v != nil {
+		if v := anchors.Get(key); v != nil {
 			var old record
 			if err := json.Unmarshal(v, &old); err != nil {
 				return err
@@ -89,19 +172,20 @@ func (s *store) accept(rec *record) (existing *record, created bool, err error) 
 		if err != nil {
 			return err
 		}
-		if err := anchors.Put([]byte(rec.SessionID), enc); err != nil {
+		if err := anchors.Put(key, enc); err != nil {
 			return err
 		}
 		created = true
-		return tx.Bucket(bucketPending).Put([]byte(rec.TxID), []byte(rec.SessionID))
+		return tx.Bucket(bucketPending).Put([]byte(rec.TxID), key)
 	})
 	return existing, created, err
 }
 
-func (s *store) get(sessionID string) (*record, error) {
+// get returns owner's anchor of a session, nil if there is none.
+func (s *store) get(owner, sessionID string) (*record, error) {
 	var rec *record
 	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketAnchors).Get([]byte(sessionID))
+		v := tx.Bucket(bucketAnchors).Get(anchorKey(owner, sessionID))
 		if v == nil {
 			return nil
 		}
@@ -150,37 +234,60 @@ type sealedTx struct {
 }
 
 func (s *store) markSealed(height uint64, txs []sealedTx) (int, error) {
-	return s.mark(txs, &height)
+	return s.mark(txs, &height, nil)
 }
 
 // markSealedOnly marks anchors sealed without moving the follower.
-func (s *store) markSealedOnly(txs []sealedTx) (int, error) { return s.mark(txs, nil) }
+func (s *store) markSealedOnly(txs []sealedTx) (int, error) { return s.mark(txs, nil, nil) }
 
-func (s *store) mark(txs []sealedTx, followed *uint64) (int, error) {
+// refusal is the engine's final no to one pending anchor.
+type refusal struct {
+	id           string
+	code, reason string
+}
+
+// markRefused records the engine's refusals: those anchors leave the
+// queue with their reason, so one bad anchor never holds back the rest.
+func (s *store) markRefused(refused []refusal) (int, error) { return s.mark(nil, nil, refused) }
+
+// mark moves pending anchors to sealed or refused and, with followed,
+// records the block the follower has seen, in one transaction.
+func (s *store) mark(txs []sealedTx, followed *uint64, refused []refusal) (int, error) {
 	marked := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		pending, anchors := tx.Bucket(bucketPending), tx.Bucket(bucketAnchors)
-		for _, st := range txs {
-			sid := pending.Get([]byte(st.id))
-			if sid == nil {
-				continue
+		update := func(id string, change func(*record)) error {
+			key := pending.Get([]byte(id))
+			if key == nil {
+				return nil
 			}
 			var rec record
-			if err := json.Unmarshal(anchors.Get(sid), &rec); err != nil {
+			if err := json.Unmarshal(anchors.Get(key), &rec); err != nil {
 				return err
 			}
-			rec.Status, rec.Height, rec.Index, rec.SealedAt = statusSealed, st.height, st.index, time.Now().UTC()
+			change(&rec)
 			enc, err := json.Marshal(&rec)
 			if err != nil {
 				return err
 			}
-			if err := anchors.Put(sid, enc); err != nil {
-				return err
-			}
-			if err := pending.Delete([]byte(st.id)); err != nil {
+			if err := anchors.Put(key, enc); err != nil {
 				return err
 			}
 			marked++
+			return pending.Delete([]byte(id))
+		}
+		for _, st := range txs {
+			err := update(st.id, func(rec *record) {
+				rec.Status, rec.Height, rec.Index, rec.SealedAt = statusSealed, st.height, st.index, time.Now().UTC()
+			})
+			if err != nil {
+				return err
+			}
+		}
+		for _, r := range refused {
+			if err := update(r.id, func(rec *record) { rec.Status, rec.Code, rec.Reason = statusRefused, r.code, r.reason }); err != nil {
+				return err
+			}
 		}
 		if followed == nil {
 			return nil

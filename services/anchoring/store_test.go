@@ -1,10 +1,17 @@
 package anchoring
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/pickme/lucid/pkg/chain"
+	"github.com/pickme/lucid/pkg/chain/chaintest"
 )
 
 // TestQueueSurvivesReopen: what accept returned is on disk, pending, after
@@ -15,7 +22,7 @@ func TestQueueSurvivesReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &record{SessionID: "s1", TxID: "t1", Tx: []byte(`{"type":"session_anchor"}`), Status: statusPending, CreatedAt: time.Now()}
+	rec := &record{Owner: "alice", SessionID: "s1", TxID: "t1", Tx: []byte(`{"type":"session_anchor"}`), Status: statusPending, CreatedAt: time.Now()}
 	if _, created, err := s.accept(rec); err != nil || !created {
 		t.Fatalf("accept: %v %v", created, err)
 	}
@@ -26,6 +33,18 @@ func TestQueueSurvivesReopen(t *testing.T) {
 	other.TxID = "t2"
 	if _, _, err := s.accept(&other); !errors.Is(err, errConflict) {
 		t.Fatalf("conflicting anchor: %v", err)
+	}
+	// Sessions are per owner: mallory's s1 is hers, and alice's stays.
+	mallorys := other
+	mallorys.Owner = "mallory"
+	if _, created, err := s.accept(&mallorys); err != nil || !created {
+		t.Fatalf("another owner's anchor of the same session id: created=%v %v", created, err)
+	}
+	if got, _ := s.get("mallory", "s1"); got == nil || got.TxID != "t2" {
+		t.Fatalf("mallory's s1 = %+v", got)
+	}
+	if n, err := s.markRefused([]refusal{{id: "t2", code: "LUCID_ERR_1009", reason: "taken"}}); err != nil || n != 1 {
+		t.Fatalf("markRefused = %d %v", n, err)
 	}
 	s.close()
 
@@ -41,8 +60,90 @@ func TestQueueSurvivesReopen(t *testing.T) {
 	if n, err := s.markSealed(7, []sealedTx{{id: "t1", height: 7, index: 3}, {id: "unknown", height: 7}}); err != nil || n != 1 {
 		t.Fatalf("markSealed = %d %v", n, err)
 	}
-	got, _ := s.get("s1")
+	got, _ := s.get("alice", "s1")
 	if got.Status != statusSealed || got.Height != 7 || got.Index != 3 || s.followed() != 7 || s.pendingCount() != 0 {
 		t.Errorf("after sealing: %+v followed %d pending %d", got, s.followed(), s.pendingCount())
+	}
+}
+
+// TestRefusedLeavesTheQueueWithItsReason: a refused anchor is final, says
+// why, and is never offered to the engine again.
+func TestRefusedLeavesTheQueueWithItsReason(t *testing.T) {
+	s, err := openStore(filepath.Join(t.TempDir(), "anchors.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	for i, id := range []string{"t1", "t2", "t3"} {
+		rec := &record{Owner: "alice", SessionID: fmt.Sprintf("s%d", i), TxID: id, Tx: []byte(`{}`), Status: statusPending}
+		if _, _, err := s.accept(rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.markRefused([]refusal{{id: "t2", code: "C", reason: "why"}}); err != nil {
+		t.Fatal(err)
+	}
+	ids, _, _ := s.pending(10, func(string) bool { return false })
+	if len(ids) != 2 || ids[0] != "t1" || ids[1] != "t3" {
+		t.Errorf("pending = %v, want t1 t3", ids)
+	}
+	got, _ := s.get("alice", "s1")
+	if got.Status != statusRefused || got.Code != "C" || got.Reason != "why" {
+		t.Errorf("refused record = %+v", got)
+	}
+}
+
+// TestOldQueueIsMigrated: a queue keyed by session alone (schema 1) opens
+// with every record under its owner, pending ones still pending.
+func TestOldQueueIsMigrated(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "anchors.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a1, a2 := chaintest.Anchor(1), chaintest.Anchor(2)
+	err = db.Update(func(tx *bolt.Tx) error {
+		anchors, _ := tx.CreateBucket(bucketAnchors)
+		pending, _ := tx.CreateBucket(bucketPending)
+		for i, a := range []*chain.Transaction{a1, a2} {
+			raw, _ := a.Encode()
+			st := "pending"
+			if i == 1 {
+				st = "sealed"
+			}
+			v, _ := json.Marshal(map[string]any{"session_id": a.Anchor.SessionID, "tx_id": chain.TxID(raw), "tx": json.RawMessage(raw), "status": st})
+			if err := anchors.Put([]byte(a.Anchor.SessionID), v); err != nil {
+				return err
+			}
+			if i == 0 {
+				if err := pending.Put([]byte(chain.TxID(raw)), []byte(a.Anchor.SessionID)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := openStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	for _, a := range []*chain.Transaction{a1, a2} {
+		if got, err := s.get(a.Anchor.Owner, a.Anchor.SessionID); err != nil || got == nil || got.Owner != a.Anchor.Owner {
+			t.Fatalf("%s after the migration: %+v %v", a.Anchor.SessionID, got, err)
+		}
+	}
+	ids, txs, err := s.pending(10, func(string) bool { return false })
+	raw, _ := a1.Encode()
+	if err != nil || len(ids) != 1 || ids[0] != chain.TxID(raw) || string(txs[0]) != string(raw) {
+		t.Fatalf("pending after the migration: %v %v", ids, err)
+	}
+	n, err := s.markSealed(3, []sealedTx{{id: ids[0], height: 3}})
+	if err != nil || n != 1 {
+		t.Fatalf("sealing the migrated anchor: %d %v", n, err)
 	}
 }

@@ -166,8 +166,18 @@ func (a *api) tx(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// anchor looks up the anchor of one of the principal's sessions (sessions
+// are per owner), or, for the operator, of the owner named by ?owner=.
 func (a *api) anchor(w http.ResponseWriter, r *http.Request) error {
-	id, err := a.app.store.SessionTx(r.PathValue("session_id"))
+	var owner string
+	if p, ok := service.PrincipalOf(r.Context()); ok {
+		owner = p.Subject
+	} else if service.IsOperator(r.Context()) {
+		owner = r.URL.Query().Get("owner")
+	} else {
+		return service.Errorf(http.StatusUnauthorized, service.CodeAuth, "an anchor is looked up for its owner: call through the gateway with a token")
+	}
+	id, err := a.app.store.SessionTx(owner, r.PathValue("session_id"))
 	if errors.Is(err, chainstore.ErrNotFound) {
 		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no anchor for session %s in the verified chain", r.PathValue("session_id"))
 	}
@@ -193,16 +203,19 @@ type AuditProgress struct {
 	DurationMS   float64 `json:"duration_ms,omitempty"`
 }
 
+// auditWriteTimeout bounds each progress write of an audit.
+const auditWriteTimeout = 30 * time.Second
+
 // verify re-verifies every stored block from the first, streaming a
 // progress line every 1,000 blocks and a final verdict (NDJSON).
 func (a *api) verify(w http.ResponseWriter, r *http.Request) error {
-	// One audit at a time: each holds the whole log's hashes in memory.
-	select {
-	case a.app.auditSlot <- struct{}{}:
-		defer func() { <-a.app.auditSlot }()
-	default:
-		return service.Errorf(http.StatusServiceUnavailable, service.CodeUnready, "an audit is already running; try again when it ends")
+	// Each audit holds the whole log's hashes in memory: a user runs one
+	// at a time, and all users together at most LUCID_AUDITS_MAX.
+	release, err := a.app.audits.Acquire(r.Context())
+	if err != nil {
+		return err
 	}
+	defer release()
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	rc := http.NewResponseController(w)
 	enc := json.NewEncoder(w)
@@ -211,7 +224,7 @@ func (a *api) verify(w http.ResponseWriter, r *http.Request) error {
 	auditor := chain.NewAuditor(chain.Origin(a.app.chainID), vs)
 	var blocks uint64
 	to := a.app.store.Height()
-	err := func() error {
+	err = func() error {
 		for next := uint64(1); next <= to; {
 			if err := r.Context().Err(); err != nil {
 				return err
@@ -231,7 +244,12 @@ func (a *api) verify(w http.ResponseWriter, r *http.Request) error {
 				blocks++
 				next++
 				if blocks%1000 == 0 {
-					_ = enc.Encode(AuditProgress{Height: b.Height, Blocks: blocks, Transactions: auditor.Txs})
+					// A reader that stopped reading is cut off rather
+					// than holding its slot for good.
+					_ = rc.SetWriteDeadline(time.Now().Add(auditWriteTimeout))
+					if err := enc.Encode(AuditProgress{Height: b.Height, Blocks: blocks, Transactions: auditor.Txs}); err != nil {
+						return err
+					}
 					_ = rc.Flush()
 				}
 			}

@@ -44,7 +44,8 @@ type App struct {
 
 	indexed   prometheus.Counter
 	refusals  prometheus.Counter
-	auditSlot chan struct{}
+	auditsMax int
+	audits    *service.Slots
 }
 
 // Rejection records a block that failed verification.
@@ -67,6 +68,7 @@ func (a *App) Configure(r *envconfig.Reader) {
 	// moves on from a node that is down or not the leader.
 	a.engineURL = r.URLList("BLOCKCHAIN_ENGINE_URL", "http://127.0.0.1:8084")
 	a.chainID = r.String("LUCID_CHAIN_ID", "lucid")
+	a.auditsMax = r.Int("LUCID_AUDITS_MAX", 2, 1, 64)
 	if v := r.String("LUCID_VALIDATOR_KEYS", ""); v != "" {
 		for _, k := range strings.Split(v, ",") {
 			k = strings.TrimSpace(k)
@@ -87,7 +89,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	}
 	a.engine = engineapi.New(a.engineURL, srv.Client("engine", 30*time.Second))
 	a.logger = srv.Logger()
-	a.auditSlot = make(chan struct{}, 1)
+	a.audits = service.NewSlots("chain audits", a.auditsMax, 1)
 	a.indexed = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_blocks_indexed_total", Help: "Blocks verified and indexed."})
 	a.refusals = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_blocks_refused_total", Help: "Blocks that failed verification."})
 	height := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lucid_blocks_height", Help: "Height of the newest verified block."},

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -28,8 +27,18 @@ const (
 	maxBody  = 8 << 20
 )
 
-type api struct{ node *node }
+type api struct {
+	node    *node
+	streams *service.Slots // users' block streams
+}
 
+// streamWriteTimeout cuts off a stream whose reader stopped reading, so it
+// holds neither its slot nor a goroutine for good.
+const streamWriteTimeout = 30 * time.Second
+
+// routes installs the API. The chain is read by anyone the services let
+// in (users through the gateway); only session anchoring submits, and only
+// the operator changes the voters.
 func (a *api) routes(srv *service.Server) {
 	srv.Handle("POST /api/v1/transactions", a.submit)
 	srv.Handle("GET /api/v1/transactions/{id}", a.txStatus)
@@ -42,8 +51,8 @@ func (a *api) routes(srv *service.Server) {
 	srv.Handle("GET /api/v1/consistency", a.consistency)
 	srv.Handle("GET /api/v1/consensus/status", a.consensus)
 	srv.Handle("GET /consensus/status", a.consensus)
-	srv.Handle("POST /api/v1/consensus/voters", a.addVoter)
-	srv.Handle("DELETE /api/v1/consensus/voters/{id}", a.removeVoter)
+	srv.Handle("POST /api/v1/consensus/voters", service.ForOperator(a.addVoter))
+	srv.Handle("DELETE /api/v1/consensus/voters/{id}", service.ForOperator(a.removeVoter))
 }
 
 func notLeader(n *node) error {
@@ -53,8 +62,21 @@ func notLeader(n *node) error {
 	return he
 }
 
-// submit accepts one transaction object or an array of them.
+// submitter is the one caller that may submit transactions: session
+// anchoring, which checks and owns every anchor it sends. Users reach the
+// chain only through it, so nobody can put an anchor on the chain for a
+// session that is not theirs, or one anchoring does not know about.
+const submitter = "anchoring"
+
+// submit accepts one transaction object or an array of them and answers
+// item by item: each is pending, sealed, refused (with its reason: it is
+// invalid, or its session already has another anchor) or deferred (the
+// mempool is full; send it again later). One refused item never holds
+// back another.
 func (a *api) submit(w http.ResponseWriter, r *http.Request) error {
+	if caller, _ := service.CallerOf(r.Context()); caller != submitter {
+		return service.Errorf(http.StatusForbidden, service.CodeForbidden, "transactions are submitted by session anchoring (POST /api/v1/anchors)")
+	}
 	var raw json.RawMessage
 	if err := service.DecodeJSON(w, r, maxBody, &raw); err != nil {
 		return err
@@ -74,67 +96,64 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) error {
 	} else {
 		items = []json.RawMessage{raw}
 	}
-
-	// Validate everything before accepting anything.
-	var fields chain.FieldErrors
-	canon := make([][]byte, len(items))
-	sessions := make([]string, len(items)) // anchors' session ids
-	for i, item := range items {
-		prefix := ""
-		if len(items) > 1 || strings.HasPrefix(trimmed, "[") {
-			prefix = fmt.Sprintf("[%d].", i)
-		}
-		tx, err := chain.ParseTransaction(item)
-		if err != nil {
-			fields = append(fields, chain.FieldError{Field: strings.TrimSuffix(prefix, "."), Message: err.Error()})
-			continue
-		}
-		if tx.Type == chain.TypeSystem {
-			// Validator changes come only from the voter API, which is
-			// authenticated and checks what it changes.
-			fields = append(fields, chain.FieldError{Field: prefix + "type", Message: "system transactions are made by the engine itself (use the consensus voter API)"})
-			continue
-		}
-		if err := tx.Validate(); err != nil {
-			var fe chain.FieldErrors
-			if errors.As(err, &fe) {
-				for _, e := range fe {
-					fields = append(fields, chain.FieldError{Field: prefix + e.Field, Message: e.Message})
-				}
-			}
-			continue
-		}
-		if tx.Anchor != nil {
-			sessions[i] = tx.Anchor.SessionID
-		}
-		if canon[i], err = tx.Encode(); err != nil {
-			return err
-		}
-		if len(canon[i]) > chain.MaxTxBytes {
-			fields = append(fields, chain.FieldError{Field: strings.TrimSuffix(prefix, "."), Message: fmt.Sprintf("transaction is larger than %d bytes", chain.MaxTxBytes)})
-		}
-	}
-	if len(fields) > 0 {
-		he := service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "invalid transaction: %s", fields[0].Field+": "+fields[0].Message)
-		he.Fields = fields
-		return he
-	}
 	if !a.node.isLeader() {
 		return notLeader(a.node)
 	}
-	out := engineapi.SubmitResponse{Transactions: make([]engineapi.TxStatus, len(canon))}
-	for i, c := range canon {
-		id := chain.TxID(c)
-		st := engineapi.TxStatus{ID: id, Status: engineapi.StatusPending}
-		if loc, err := a.node.store.Tx(id); err == nil {
-			st.Status, st.Height, st.Index = engineapi.StatusSealed, loc.Height, &loc.Index
-		} else if err := a.node.admit(id, c, sessions[i]); err != nil {
-			return err
-		}
-		out.Transactions[i] = st
+	out := engineapi.SubmitResponse{Transactions: make([]engineapi.TxStatus, len(items))}
+	for i, item := range items {
+		out.Transactions[i] = a.node.submitOne(item)
 	}
 	service.WriteJSON(w, http.StatusAccepted, out)
 	return nil
+}
+
+// submitOne checks and admits one transaction.
+func (n *node) submitOne(item []byte) engineapi.TxStatus {
+	refuse := func(st engineapi.TxStatus, code, format string, args ...any) engineapi.TxStatus {
+		st.Status, st.Code, st.Reason = engineapi.StatusRefused, code, fmt.Sprintf(format, args...)
+		return st
+	}
+	var st engineapi.TxStatus
+	tx, err := chain.ParseTransaction(item)
+	if err != nil {
+		return refuse(st, service.CodeBadRequest, "%v", err)
+	}
+	if tx.Type == chain.TypeSystem {
+		// Validator changes come only from the voter API, which is
+		// authenticated and checks what it changes.
+		return refuse(st, service.CodeBadRequest, "type: system transactions are made by the engine itself (use the consensus voter API)")
+	}
+	if err := tx.Validate(); err != nil {
+		return refuse(st, service.CodeBadRequest, "%v", err)
+	}
+	c, err := tx.Encode()
+	if err != nil {
+		return refuse(st, service.CodeBadRequest, "%v", err)
+	}
+	st.ID = chain.TxID(c)
+	if len(c) > chain.MaxTxBytes {
+		return refuse(st, service.CodeTooLarge, "transaction is larger than %d bytes", chain.MaxTxBytes)
+	}
+	if loc, err := n.store.Tx(st.ID); err == nil {
+		st.Status, st.Height, st.Index = engineapi.StatusSealed, loc.Height, &loc.Index
+		return st
+	}
+	var owner, session string
+	if tx.Anchor != nil {
+		owner, session = tx.Anchor.Owner, tx.Anchor.SessionID
+	}
+	switch other, err := n.admit(st.ID, c, owner, session); {
+	case errors.Is(err, errSessionTaken):
+		return refuse(st, service.CodeConflict, "session %s of %s is already anchored by transaction %s", session, owner, other)
+	case errors.Is(err, errMempoolFull):
+		st.Status, st.Code, st.Reason = engineapi.StatusDeferred, engineapi.CodeMempoolFull, err.Error()+"; send it again later"
+		return st
+	case err != nil:
+		st.Status, st.Code, st.Reason = engineapi.StatusDeferred, service.CodeInternal, "not admitted; send it again later"
+		return st
+	}
+	st.Status = engineapi.StatusPending
+	return st
 }
 
 func (a *api) txStatus(w http.ResponseWriter, r *http.Request) error {
@@ -188,11 +207,17 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request) error {
 		}
 		from = n
 	}
+	release, err := a.streams.Acquire(r.Context())
+	if err != nil {
+		return err
+	}
+	defer release()
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	next := from
 	for {
+		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 		changed := a.node.store.Changed()
 		head := a.node.store.Height()
 		for head >= next {
@@ -267,9 +292,6 @@ func (a *api) consensus(w http.ResponseWriter, _ *http.Request) error {
 // system transaction, sealed), then the node joins Raft as a voter, so every
 // block it may sign is verifiable by everyone.
 func (a *api) addVoter(w http.ResponseWriter, r *http.Request) error {
-	if err := a.node.authorizeAdmin(r); err != nil {
-		return err
-	}
 	var req engineapi.AddVoterRequest
 	if err := service.DecodeJSON(w, r, 64<<10, &req); err != nil {
 		return err
@@ -303,9 +325,6 @@ func (a *api) addVoter(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *api) removeVoter(w http.ResponseWriter, r *http.Request) error {
-	if err := a.node.authorizeAdmin(r); err != nil {
-		return err
-	}
 	if !a.node.isLeader() {
 		return notLeader(a.node)
 	}
@@ -340,7 +359,7 @@ func (n *node) sealSystem(ctx context.Context, tx *chain.Transaction) error {
 		return err
 	}
 	id := chain.TxID(c)
-	if _, err := n.mempool.add(id, c, "", true); err != nil {
+	if _, err := n.mempool.add(id, c, "", "", true); err != nil {
 		return service.Errorf(http.StatusServiceUnavailable, engineapi.CodeMempoolFull, "%v", err)
 	}
 	deadline := time.After(3*n.cfg.BlockInterval + 5*time.Second)
@@ -359,34 +378,17 @@ func (n *node) sealSystem(ctx context.Context, tx *chain.Transaction) error {
 	}
 }
 
-// admit queues a canonical transaction (an anchor of session, if session
-// is set), refusing a second, different anchor for a session that already
-// has one sealed or queued.
-func (n *node) admit(id string, c []byte, session string) error {
+// admit queues a canonical transaction (an anchor of owner's session, if
+// session is set), refusing (errSessionTaken, with the other anchor's id)
+// a second, different anchor for a session that already has one sealed or
+// queued.
+func (n *node) admit(id string, c []byte, owner, session string) (string, error) {
 	if session != "" {
-		if other, err := n.store.SessionTx(session); err == nil && other != id {
-			return service.Errorf(http.StatusConflict, service.CodeConflict, "session %s is already anchored by transaction %s", session, other)
+		if other, err := n.store.SessionTx(owner, session); err == nil && other != id {
+			return other, errSessionTaken
 		}
 	}
-	if other, err := n.mempool.add(id, c, session, false); errors.Is(err, errSessionTaken) {
-		return service.Errorf(http.StatusConflict, service.CodeConflict, "session %s already has transaction %s waiting", session, other)
-	} else if err != nil {
-		return service.Errorf(http.StatusServiceUnavailable, engineapi.CodeMempoolFull, "%v; retry later", err)
-	}
-	return nil
-}
-
-// authorizeAdmin guards the cluster-changing endpoints with
-// LUCID_ENGINE_ADMIN_TOKEN; without one configured they are closed.
-func (n *node) authorizeAdmin(r *http.Request) error {
-	if n.cfg.AdminToken == "" {
-		return service.Errorf(http.StatusForbidden, service.CodeAuth, "cluster changes are disabled: set LUCID_ENGINE_ADMIN_TOKEN to enable them")
-	}
-	got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if subtle.ConstantTimeCompare([]byte(got), []byte(n.cfg.AdminToken)) != 1 {
-		return service.Errorf(http.StatusUnauthorized, service.CodeAuth, "a valid admin token is required")
-	}
-	return nil
+	return n.mempool.add(id, c, owner, session, false)
 }
 
 func (n *node) checkLeader(context.Context) error {

@@ -36,9 +36,12 @@ type Config struct {
 	MempoolMax    int           // LUCID_MEMPOOL_MAX_TXS
 	BlockMaxTxs   int           // LUCID_BLOCK_MAX_TXS
 	MempoolBytes  int           // LUCID_MEMPOOL_MAX_BYTES
-	AdminToken    string        // LUCID_ENGINE_ADMIN_TOKEN: guards voter changes
 	FastElections bool          // LUCID_RAFT_FAST (tests)
-	RaftLog       io.Writer
+	// Block streams users may hold open: LUCID_STREAMS_PER_USER each,
+	// LUCID_STREAMS_MAX together (the stack's own followers are not
+	// counted).
+	StreamsPerUser, StreamsMax int
+	RaftLog                    io.Writer
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -68,17 +71,18 @@ func (a *App) Configure(r *envconfig.Reader) {
 		host = "node-1"
 	}
 	a.cfg = Config{
-		ChainID:       r.String("LUCID_CHAIN_ID", "lucid"),
-		NodeID:        r.String("LUCID_NODE_ID", host),
-		BlockInterval: r.Duration("LUCID_BLOCK_INTERVAL", 10*time.Second, time.Second, 10*time.Minute),
-		RaftAddr:      r.ListenAddr("LUCID_RAFT_ADDR", "127.0.0.1:8094"),
-		Bootstrap:     r.Bool("LUCID_RAFT_BOOTSTRAP", true),
-		MempoolMax:    r.Int("LUCID_MEMPOOL_MAX_TXS", 200_000, 1, 10_000_000),
-		BlockMaxTxs:   r.Int("LUCID_BLOCK_MAX_TXS", 20_000, 1, 100_000),
-		MempoolBytes:  r.Int("LUCID_MEMPOOL_MAX_BYTES", 256<<20, 1<<20, 4<<30),
-		AdminToken:    r.String("LUCID_ENGINE_ADMIN_TOKEN", ""),
-		FastElections: r.Bool("LUCID_RAFT_FAST", false),
-		RaftLog:       os.Stderr,
+		ChainID:        r.String("LUCID_CHAIN_ID", "lucid"),
+		NodeID:         r.String("LUCID_NODE_ID", host),
+		BlockInterval:  r.Duration("LUCID_BLOCK_INTERVAL", 10*time.Second, time.Second, 10*time.Minute),
+		RaftAddr:       r.ListenAddr("LUCID_RAFT_ADDR", "127.0.0.1:8094"),
+		Bootstrap:      r.Bool("LUCID_RAFT_BOOTSTRAP", true),
+		MempoolMax:     r.Int("LUCID_MEMPOOL_MAX_TXS", 200_000, 1, 10_000_000),
+		BlockMaxTxs:    r.Int("LUCID_BLOCK_MAX_TXS", 20_000, 1, 100_000),
+		MempoolBytes:   r.Int("LUCID_MEMPOOL_MAX_BYTES", 256<<20, 1<<20, 4<<30),
+		FastElections:  r.Bool("LUCID_RAFT_FAST", false),
+		RaftLog:        os.Stderr,
+		StreamsPerUser: r.Int("LUCID_STREAMS_PER_USER", 2, 1, 1000),
+		StreamsMax:     r.Int("LUCID_STREAMS_MAX", 64, 1, 100_000),
 	}
 	a.cfg.RaftAdvertise = r.String("LUCID_RAFT_ADVERTISE", a.cfg.RaftAddr)
 	for key, v := range map[string]string{"LUCID_CHAIN_ID": a.cfg.ChainID, "LUCID_NODE_ID": a.cfg.NodeID} {
@@ -108,7 +112,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		func() float64 { return float64(n.mempool.size()) })
 	srv.Registerer().MustRegister(m.mempool)
 	srv.AddCheck("consensus", n.checkLeader)
-	(&api{node: n}).routes(srv)
+	(&api{node: n, streams: service.NewSlots("block streams", a.cfg.StreamsMax, a.cfg.StreamsPerUser)}).routes(srv)
 	return nil
 }
 

@@ -21,9 +21,9 @@ import (
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/chain/chaintest"
 	"github.com/pickme/lucid/pkg/service"
+	"github.com/pickme/lucid/pkg/service/servicetest"
 )
 
-const testAdminToken = "test-admin-token"
 
 // testNode is an engine running in the test process.
 type testNode struct {
@@ -50,7 +50,7 @@ func nodeConfig(t testing.TB, id string, bootstrap bool) Config {
 		DataDir: filepath.Join(t.TempDir(), id), ChainID: "test", NodeID: id,
 		BlockInterval: time.Second, RaftAddr: addr, RaftAdvertise: addr, Bootstrap: bootstrap,
 		MempoolMax: 100_000, MempoolBytes: 256 << 20, BlockMaxTxs: 20_000, FastElections: true, RaftLog: io.Discard,
-		AdminToken: testAdminToken,
+		StreamsPerUser: 2, StreamsMax: 4,
 	}
 }
 
@@ -58,13 +58,14 @@ func startNode(t testing.TB, cfg Config) *testNode {
 	t.Helper()
 	app := &App{cfg: cfg}
 	logger := slog.New(slog.DiscardHandler)
-	srv := service.New(service.Config{Name: "engine", DataDir: cfg.DataDir, ShutdownTimeout: time.Second}, logger)
+	srv := service.New(servicetest.Config("engine", cfg.DataDir), logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := app.Provision(ctx, srv); err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(srv.Handler())
-	n := &testNode{app: app, http: hs, client: engineapi.New(hs.URL, nil), cfg: cfg, cancel: cancel}
+	// Session anchoring is the one submitter.
+	n := &testNode{app: app, http: hs, client: engineapi.New(hs.URL, servicetest.Client("anchoring")), cfg: cfg, cancel: cancel}
 	t.Cleanup(n.stop)
 	return n
 }
@@ -140,16 +141,25 @@ func TestSealAndReceiptSurviveRestart(t *testing.T) {
 	}
 }
 
-// TestHostileInput: malformed and hostile requests get a 4xx with a
-// message naming the problem, never a 500.
+// TestHostileInput: a request that cannot be read as a whole gets a 4xx
+// naming the problem; within a readable batch, each bad item is refused
+// with its reason and the others go on; never a 500.
 func TestHostileInput(t *testing.T) {
 	n := startNode(t, nodeConfig(t, "solo", true))
 	testenv.Eventually(t, 10*time.Second, "leader", func() bool { info, err := n.client.Chain(context.Background()); return err == nil && info.Leader })
+	anchoring := servicetest.Client("anchoring")
+	post := func(t *testing.T, body string) (int, []byte) {
+		t.Helper()
+		resp, err := anchoring.Post(n.http.URL+"/api/v1/transactions", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, b
+	}
 	many := "[" + strings.TrimSuffix(strings.Repeat(string(anchorJSON(1))+",", 10_000), ",") + "]"
-	valid := chaintest.Anchor(5)
-	valid.Anchor.ChunkCount = -1
-	negative, _ := json.Marshal(valid)
-	tests := []struct {
+	for _, tt := range []struct {
 		name   string
 		body   string
 		status int
@@ -157,31 +167,49 @@ func TestHostileInput(t *testing.T) {
 	}{
 		{"not JSON", "{nope", 400, "malformed JSON"},
 		{"empty", "", 400, "empty body"},
-		{"wrong type", `{"type":"session_anchor","anchor":{"chunk_count":"ten"}}`, 400, "chunk_count"},
-		{"unknown field", `{"type":"system","evil":true}`, 400, "unknown field"},
-		{"missing fields", `{"type":"session_anchor","anchor":{}}`, 400, "anchor.session_id"},
-		{"bad type", `{"type":"payment"}`, 400, "type"},
-		{"negative count", string(negative), 400, "anchor.chunk_count"},
 		{"ten thousand", many, 413, "at most 1000"},
 		{"huge body", `"` + strings.Repeat("x", 9<<20) + `"`, 413, "larger than"},
 		{"empty array", "[]", 400, "empty"},
 		{"trailing", string(anchorJSON(1)) + "{}", 400, "after the JSON"},
-	}
-	for _, tt := range tests {
+	} {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, err := http.Post(n.http.URL+"/api/v1/transactions", "application/json", strings.NewReader(tt.body))
-			if err != nil {
-				t.Fatal(err)
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != tt.status || !bytes.Contains(body, []byte(tt.want)) {
-				t.Errorf("status %d, body %s; want %d containing %q", resp.StatusCode, body, tt.status, tt.want)
+			if status, body := post(t, tt.body); status != tt.status || !bytes.Contains(body, []byte(tt.want)) {
+				t.Errorf("status %d, body %s; want %d containing %q", status, body, tt.status, tt.want)
 			}
 		})
 	}
+	valid := chaintest.Anchor(5)
+	valid.Anchor.ChunkCount = -1
+	negative, _ := json.Marshal(valid)
+	items := []struct{ body, want string }{
+		{`{"type":"session_anchor","anchor":{"chunk_count":"ten"}}`, "chunk_count"},
+		{`{"type":"system","evil":true}`, "unknown field"},
+		{`{"type":"session_anchor","anchor":{}}`, "anchor.session_id"},
+		{`{"type":"payment"}`, "type"},
+		{string(negative), "anchor.chunk_count"},
+		{`"just a string"`, "transaction"},
+	}
+	var batch []string
+	for _, it := range items {
+		batch = append(batch, it.body)
+	}
+	batch = append(batch, string(anchorJSON(6)))
+	status, body := post(t, "["+strings.Join(batch, ",")+"]")
+	var res engineapi.SubmitResponse
+	if err := json.Unmarshal(body, &res); status != 202 || err != nil || len(res.Transactions) != len(batch) {
+		t.Fatalf("a batch of bad items and one good: %d %s", status, body)
+	}
+	for i, it := range items {
+		st := res.Transactions[i]
+		if st.Status != engineapi.StatusRefused || !strings.Contains(st.Reason, it.want) || st.Code == "" {
+			t.Errorf("item %d (%s): %+v, want refused naming %q", i, it.body, st, it.want)
+		}
+	}
+	if last := res.Transactions[len(batch)-1]; last.Status != engineapi.StatusPending || last.ID == "" {
+		t.Errorf("the good item after the bad ones: %+v", last)
+	}
 	for _, path := range []string{"/api/v1/blocks/abc", "/api/v1/blocks/0", "/api/v1/consistency?from=5&to=1", "/api/v1/blocks/stream?from=x"} {
-		resp, err := http.Get(n.http.URL + path)
+		resp, err := anchoring.Get(n.http.URL + path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -189,6 +217,66 @@ func TestHostileInput(t *testing.T) {
 		if resp.StatusCode != 400 {
 			t.Errorf("GET %s = %d, want 400", path, resp.StatusCode)
 		}
+	}
+}
+
+// TestOnlyAnchoringSubmits: users, through the gateway, and the other
+// services cannot put a transaction on the chain; nor can anyone unknown.
+func TestOnlyAnchoringSubmits(t *testing.T) {
+	n := startNode(t, nodeConfig(t, "solo", true))
+	for name, c := range map[string]*http.Client{
+		"a user":            servicetest.User("mallory"),
+		"the gateway":       servicetest.Client("gateway"),
+		"the block manager": servicetest.Client("blocks"),
+		"nobody known":      http.DefaultClient,
+	} {
+		resp, err := c.Post(n.http.URL+"/api/v1/transactions", "application/json", bytes.NewReader(anchorJSON(1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("%s submitting: %d %s, want 403", name, resp.StatusCode, b)
+		}
+	}
+}
+
+// TestOneRefusalHoldsBackNothing: in one batch, an anchor of a session
+// that already has another is refused with its reason while the rest are
+// sealed; the same session id of another owner is that owner's own.
+func TestOneRefusalHoldsBackNothing(t *testing.T) {
+	n := startNode(t, nodeConfig(t, "solo", true))
+	ctx := context.Background()
+	testenv.Eventually(t, 10*time.Second, "leader", func() bool { i, err := n.client.Chain(ctx); return err == nil && i.Leader })
+	first := chaintest.Anchor(1)
+	conflicting := chaintest.Anchor(1)
+	conflicting.Anchor.ManifestHash = strings.Repeat("b", 64)
+	otherOwner := chaintest.Anchor(1)
+	otherOwner.Anchor.Owner = "mallory"
+	enc := func(tx *chain.Transaction) []byte { b, _ := tx.Encode(); return b }
+	res, err := n.client.Submit(ctx, [][]byte{enc(first), enc(conflicting), anchorJSON(2), enc(otherOwner), enc(first)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{engineapi.StatusPending, engineapi.StatusRefused, engineapi.StatusPending, engineapi.StatusPending, engineapi.StatusPending}
+	for i, st := range res.Transactions {
+		if st.Status != want[i] {
+			t.Errorf("item %d: %+v, want %s", i, st, want[i])
+		}
+	}
+	if r := res.Transactions[1]; r.Code != service.CodeConflict || !strings.Contains(r.Reason, "already anchored") {
+		t.Errorf("the conflicting anchor's refusal: %+v", r)
+	}
+	for _, i := range []int{0, 2, 3} {
+		id := res.Transactions[i].ID
+		testenv.Eventually(t, 10*time.Second, "sealed", func() bool { st, err := n.client.Tx(ctx, id); return err == nil && st.Status == engineapi.StatusSealed })
+	}
+	// Once sealed, the conflicting anchor is still refused, and the
+	// sealed one answers sealed.
+	res, err = n.client.Submit(ctx, [][]byte{enc(conflicting), enc(first)})
+	if err != nil || res.Transactions[0].Status != engineapi.StatusRefused || res.Transactions[1].Status != engineapi.StatusSealed {
+		t.Fatalf("after sealing: %+v %v", res, err)
 	}
 }
 
@@ -205,7 +293,7 @@ func TestThreeVoters(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := nodes[0].client.AddVoter(ctx, testAdminToken, engineapi.AddVoterRequest{ID: id, Address: n.cfg.RaftAddr, Key: st.ValidatorKey}); err != nil {
+		if err := nodes[0].client.AddVoter(ctx, servicetest.OperatorToken, engineapi.AddVoterRequest{ID: id, Address: n.cfg.RaftAddr, Key: st.ValidatorKey}); err != nil {
 			t.Fatalf("add %s: %v", id, err)
 		}
 		nodes = append(nodes, n)
@@ -288,8 +376,8 @@ func TestNextSlot(t *testing.T) {
 }
 
 // TestClusterChangesAreGuarded: validator changes cannot come through the
-// public transaction endpoint, the voter API needs the admin token, and the
-// last validator cannot be removed.
+// transaction endpoint, the voter API needs the operator credential, and
+// the last validator cannot be removed.
 func TestClusterChangesAreGuarded(t *testing.T) {
 	n := startNode(t, nodeConfig(t, "solo", true))
 	ctx := context.Background()
@@ -303,22 +391,16 @@ func TestClusterChangesAreGuarded(t *testing.T) {
 		`{"type":"system","system":{"action":"remove_validator","key":"` + info.Validators[0] + `"}}`,
 		`{"type":"system","system":{"action":"add_validator","key":"` + other + `"}}`,
 	} {
-		resp, err := http.Post(n.http.URL+"/api/v1/transactions", "application/json", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 400 || !bytes.Contains(b, []byte("system transactions are made by the engine")) {
-			t.Errorf("system transaction through the public endpoint: %d %s", resp.StatusCode, b)
+		res, err := n.client.Submit(ctx, [][]byte{[]byte(body)})
+		if err != nil || res.Transactions[0].Status != engineapi.StatusRefused || !strings.Contains(res.Transactions[0].Reason, "system transactions are made by the engine") {
+			t.Errorf("system transaction through the transaction endpoint: %+v %v", res, err)
 		}
 	}
-	if err := n.client.AddVoter(ctx, "wrong", engineapi.AddVoterRequest{ID: "x", Address: "127.0.0.1:1", Key: other}); err == nil || !strings.Contains(err.Error(), "401") {
+	if err := n.client.AddVoter(ctx, "wrong", engineapi.AddVoterRequest{ID: "x", Address: "127.0.0.1:1", Key: other}); err == nil || !strings.Contains(err.Error(), "403") {
 		t.Errorf("voter change with a wrong token: %v", err)
 	}
 	req, _ := http.NewRequest(http.MethodDelete, n.http.URL+"/api/v1/consensus/voters/solo?key="+url.QueryEscape(info.Validators[0]), nil)
-	req.Header.Set("Authorization", "Bearer "+testAdminToken)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := servicetest.Operator().Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,8 +439,8 @@ func TestEscapableCharactersAreSealed(t *testing.T) {
 	// A second, different anchor for the same session is refused.
 	tx.Anchor.ChunkCount++
 	raw2, _ := tx.Encode()
-	if _, err := n.client.Submit(ctx, [][]byte{raw2}); err == nil || !strings.Contains(err.Error(), "409") {
-		t.Errorf("second anchor of a session: %v", err)
+	if res, err := n.client.Submit(ctx, [][]byte{raw2}); err != nil || res.Transactions[0].Status != engineapi.StatusRefused {
+		t.Errorf("second anchor of a session: %+v %v", res, err)
 	}
 }
 
@@ -370,7 +452,7 @@ func TestOpenFailureIsAnError(t *testing.T) {
 		t.Fatal(err)
 	}
 	app := &App{cfg: cfg}
-	srv := service.New(service.Config{Name: "engine", DataDir: cfg.DataDir, ShutdownTimeout: time.Second}, slog.New(slog.DiscardHandler))
+	srv := service.New(servicetest.Config("engine", cfg.DataDir), slog.New(slog.DiscardHandler))
 	if err := app.Provision(context.Background(), srv); err == nil || !strings.Contains(err.Error(), "chain.db") {
 		t.Fatalf("Provision with a broken store = %v, want an error naming chain.db", err)
 	}

@@ -22,25 +22,28 @@ type mempool struct {
 	order    []string // ids, oldest first; system transactions are kept in front
 	system   int      // how many ids at the front of order are system transactions
 	txs      map[string][]byte
-	sessions map[string]string // session id → queued anchor's tx id
-	owner    map[string]string // tx id → its session id
+	sessions map[string]string // owner ‖ 0 ‖ session id → queued anchor's tx id
+	owner    map[string]string // tx id → its key in sessions
 }
 
 func newMempool(max, maxBytes int) *mempool {
 	return &mempool{max: max, maxBytes: maxBytes, txs: map[string][]byte{}, sessions: map[string]string{}, owner: map[string]string{}}
 }
 
-// add queues tx (an anchor of session, if session is set). For an id
-// already queued it does nothing; for a session that already has another
-// anchor queued it returns errSessionTaken and that anchor's id.
-func (m *mempool) add(id string, tx []byte, session string, system bool) (string, error) {
+// add queues tx (an anchor of owner's session, if session is set). For
+// an id already queued it does nothing; for a session that already has
+// another anchor queued it returns errSessionTaken and that anchor's id.
+func (m *mempool) add(id string, tx []byte, owner, session string, system bool) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.txs[id]; ok {
 		return "", nil
 	}
-	if other, ok := m.sessions[session]; ok && session != "" {
-		return other, errSessionTaken
+	if session != "" {
+		session = owner + "\x00" + session
+		if other, ok := m.sessions[session]; ok {
+			return other, errSessionTaken
+		}
 	}
 	if len(m.txs) >= m.max || m.bytes+len(tx) > m.maxBytes {
 		return "", errMempoolFull

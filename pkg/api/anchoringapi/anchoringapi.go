@@ -15,11 +15,21 @@ import (
 	"github.com/pickme/lucid/pkg/chain"
 )
 
+// Anchor statuses: pending until the chain seals the anchor or the engine
+// refuses it (Code and Reason then say why); both are final.
+const (
+	StatusPending = "pending"
+	StatusSealed  = "sealed"
+	StatusRefused = "refused"
+)
+
 // AnchorStatus is the answer about one anchor.
 type AnchorStatus struct {
 	SessionID     string  `json:"session_id"`
 	TxID          string  `json:"tx_id"`
 	Status        string  `json:"status"`
+	Code          string  `json:"code,omitempty"`
+	Reason        string  `json:"reason,omitempty"`
 	Height        uint64  `json:"height,omitempty"`
 	Index         *uint64 `json:"index,omitempty"`
 	Confirmations uint64  `json:"confirmations,omitempty"`

@@ -33,16 +33,23 @@ const (
 // ReceiptContentType is the media type of a receipt.
 const ReceiptContentType = "text/plain; charset=utf-8"
 
-// Transaction statuses.
+// Transaction statuses. Refused and deferred are answers to a submission
+// only: a refused transaction will never be sealed (Code and Reason say
+// why), a deferred one was not taken now and may be sent again.
 const (
-	StatusPending = "pending"
-	StatusSealed  = "sealed"
+	StatusPending  = "pending"
+	StatusSealed   = "sealed"
+	StatusRefused  = "refused"
+	StatusDeferred = "deferred"
 )
 
 // TxStatus is where a transaction is.
 type TxStatus struct {
-	ID            string  `json:"id"`
+	// ID is empty for an item too malformed to have one.
+	ID            string  `json:"id,omitempty"`
 	Status        string  `json:"status"`
+	Code          string  `json:"code,omitempty"`
+	Reason        string  `json:"reason,omitempty"`
 	Height        uint64  `json:"height,omitempty"`
 	Index         *uint64 `json:"index,omitempty"`
 	BlockHash     string  `json:"block_hash,omitempty"`
@@ -259,11 +266,11 @@ func (c *Client) Consensus(ctx context.Context) (*ConsensusStatus, error) {
 	return &out, nil
 }
 
-// AddVoter asks the leader to add a node; adminToken is the engine's
-// LUCID_ENGINE_ADMIN_TOKEN.
-func (c *Client) AddVoter(ctx context.Context, adminToken string, req AddVoterRequest) error {
+// AddVoter asks the leader to add a node; operatorToken is the operator
+// credential (the engine holds its SHA-256, LUCID_OPERATOR_TOKEN_SHA256).
+func (c *Client) AddVoter(ctx context.Context, operatorToken string, req AddVoterRequest) error {
 	body, _ := json.Marshal(req)
-	return c.doAuth(ctx, http.MethodPost, "/api/v1/consensus/voters", adminToken, body, nil)
+	return c.doAuth(ctx, http.MethodPost, "/api/v1/consensus/voters", operatorToken, body, nil)
 }
 
 // Follow streams blocks from height from, calling fn for each in order,
