@@ -83,7 +83,7 @@ alive. Container images have no curl; their HEALTHCHECK runs this instead.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r := envconfig.New(envconfig.OS)
-			cfg := service.LoadConfig(r, svc.Name)
+			addr, tls := service.ProbeTarget(r, svc.Name)
 			if err := r.Err(); err != nil {
 				return &service.ConfigError{Service: svc.Name, Err: err}
 			}
@@ -91,7 +91,7 @@ alive. Container images have no curl; their HEALTHCHECK runs this instead.`,
 			if ready {
 				path = "/ready"
 			}
-			return service.Probe(cmd.Context(), cfg.Addr, path, cfg.ServesTLS())
+			return service.Probe(cmd.Context(), addr, path, tls)
 		},
 	}
 	hc.Flags().BoolVar(&ready, "ready", false, "check /ready (dependencies reachable) instead of /health")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -72,29 +73,67 @@ func TestVersionJSON(t *testing.T) {
 }
 
 // TestSecretsMatchCatalog checks that each service refuses to start without
-// exactly the secrets the catalog lists for it, and accepts them when set,
-// so `lucidctl up` and the compose renderer provide what is needed.
+// exactly the secrets the catalog says it needs, with the mesh on and off,
+// and accepts them when set, so `lucidctl up` and the compose renderer
+// provide what is needed.
 func TestSecretsMatchCatalog(t *testing.T) {
-	for _, s := range catalog.Services {
-		// As service.Main reads them: the shared settings, then the app's.
-		r := envconfig.New(envconfig.Map(map[string]string{}))
-		service.LoadConfig(r, s.Name)
-		apps[s.Name]().Configure(r)
-		err := r.Err()
-		for _, key := range s.Secrets {
-			if err == nil || !strings.Contains(err.Error(), key) {
-				t.Errorf("%s starts without %s, which the catalog lists", s.Name, key)
+	for _, mesh := range []bool{false, true} {
+		base := map[string]string{}
+		if mesh {
+			base["LUCID_MESH_URL"] = "https://127.0.0.1:8088"
+		}
+		for _, s := range catalog.Services {
+			// As service.Main reads them: the shared settings, then the app's.
+			r := envconfig.New(envconfig.Map(base))
+			service.LoadConfig(r, s.Name)
+			apps[s.Name]().Configure(r)
+			err := r.Err()
+			required := s.RequiredSecrets(mesh)
+			for _, key := range required {
+				if err == nil || !strings.Contains(err.Error(), key) {
+					t.Errorf("mesh %v: %s starts without %s, which the catalog lists", mesh, s.Name, key)
+				}
+			}
+			set := maps.Clone(base)
+			for _, key := range required {
+				set[key] = strings.Repeat("k", catalog.SecretMinLen)
+			}
+			r = envconfig.New(envconfig.Map(set))
+			service.LoadConfig(r, s.Name)
+			apps[s.Name]().Configure(r)
+			if err := r.Err(); err != nil {
+				t.Errorf("mesh %v: %s refuses its catalog secrets: %v", mesh, s.Name, err)
 			}
 		}
-		set := map[string]string{}
-		for _, key := range s.Secrets {
-			set[key] = strings.Repeat("k", catalog.SecretMinLen)
+	}
+}
+
+// TestEnvMatchesCatalog checks that the variables each service reads are
+// exactly those the catalog lists for it (Service.Vars), so that its
+// env file gives it all it uses and nothing else.
+func TestEnvMatchesCatalog(t *testing.T) {
+	// Settings that open every branch that reads more.
+	full := map[string]string{"LUCID_MESH_URL": "https://127.0.0.1:8088", "CONSUL_HOST": "127.0.0.1"}
+	for _, s := range catalog.Services {
+		read := map[string]bool{}
+		for _, env := range []map[string]string{{}, full} {
+			r := envconfig.New(func(k string) (string, bool) {
+				read[k] = true
+				v, ok := env[k]
+				return v, ok
+			})
+			service.LoadConfig(r, s.Name)
+			apps[s.Name]().Configure(r)
 		}
-		r = envconfig.New(envconfig.Map(set))
-		service.LoadConfig(r, s.Name)
-		apps[s.Name]().Configure(r)
-		if err := r.Err(); err != nil {
-			t.Errorf("%s refuses its catalog secrets: %v", s.Name, err)
+		for k := range read {
+			if !s.Reads(k) {
+				t.Errorf("%s reads %s, which the catalog does not list for it", s.Name, k)
+			}
+		}
+		for _, k := range s.Vars() {
+			if !read[k] {
+				t.Errorf("the catalog lists %s for %s, which does not read it", k, s.Name)
+			}
 		}
 	}
 }

@@ -7,6 +7,8 @@
 package auth
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -153,4 +155,13 @@ func Parse(secret []byte, token string, now func() time.Time) (Claims, error) {
 		return Claims{}, err
 	}
 	return claims, nil
+}
+
+// OperatorTokenHash is the hex SHA-256 of an operator token. Services are
+// given the hash (LUCID_OPERATOR_TOKEN_SHA256), never the token, so no
+// container holds the operator's credential; the token is long and random,
+// so the hash gives nothing away.
+func OperatorTokenHash(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
 }

@@ -11,6 +11,7 @@ package catalog
 import (
 	"fmt"
 	"slices"
+	"strings"
 )
 
 // Service describes one core service of the lucid binary.
@@ -26,8 +27,14 @@ type Service struct {
 	// DependsOn names the services that must be ready before this one starts.
 	DependsOn []string
 	// Secrets names the environment variables the service refuses to start
-	// without (a test checks each service's configuration agrees).
+	// without, beside the mesh credential (see RequiredSecrets; a test
+	// checks each service's configuration agrees).
 	Secrets []string
+	// Env names every other variable the service reads, beside SharedEnv:
+	// a service's env file holds these and nothing else, so no container
+	// gets a secret it does not use (a test checks the list against what
+	// each service's configuration reads).
+	Env []string
 	// URLEnv names extra variables that carry this service's URL to the
 	// others, beside LUCID_<NAME>_URL: the Phase 2 names.
 	URLEnv []string
@@ -55,14 +62,63 @@ type Service struct {
 // SecretMinLen is the shortest value a Secrets variable may have.
 const SecretMinLen = 32
 
+// SharedEnv names the variables every service reads (package service's
+// base configuration), and every service but the mesh controller reads
+// LUCID_SERVICE_KEY too.
+var SharedEnv = []string{"LUCID_ADDR", "LUCID_DATA_DIR", "LUCID_LOG_LEVEL", "LUCID_SHUTDOWN_TIMEOUT",
+	"LUCID_MESH_URL", "LUCID_MESH_TOKEN", "LUCID_OPERATOR_TOKEN_SHA256"}
+
+// urlKeys names the variables that say where each service is
+// (LUCID_<NAME>_URL).
+func urlKeys(names ...string) []string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = URLKey(n)
+	}
+	return out
+}
+
+// URLKey is the variable that says where the service called name is.
+func URLKey(name string) string { return "LUCID_" + strings.ToUpper(name) + "_URL" }
+
+// Vars names every variable s reads.
+func (s Service) Vars() []string {
+	out := append(slices.Clone(SharedEnv), s.Env...)
+	if s.Name != MeshService {
+		out = append(out, "LUCID_SERVICE_KEY")
+	}
+	return out
+}
+
+// Reads reports whether s reads the variable key.
+func (s Service) Reads(key string) bool { return slices.Contains(s.Vars(), key) }
+
+// RequiredSecrets is what s refuses to start without: its Secrets, and
+// the credential the services know each other by, which is the mesh
+// enrolment token with the mesh on and the shared service key without it
+// (the mesh controller holds the mesh token either way).
+func (s Service) RequiredSecrets(mesh bool) []string {
+	out := slices.Clone(s.Secrets)
+	switch {
+	case s.Name == MeshService:
+	case mesh:
+		out = append(out, "LUCID_MESH_TOKEN")
+	default:
+		out = append(out, "LUCID_SERVICE_KEY")
+	}
+	return out
+}
+
 // Services lists the core services in a valid start order.
 var Services = []Service{
 	{
-		Name:       "mesh",
-		Summary:    "service mesh controller: Consul registration, mesh CA, Envoy configs",
-		Container:  "lucid-service-mesh-controller",
-		Port:       8088,
-		Secrets:    []string{"LUCID_MESH_TOKEN"},
+		Name:      "mesh",
+		Summary:   "service mesh controller: Consul registration, mesh CA, Envoy configs",
+		Container: "lucid-service-mesh-controller",
+		Port:      8088,
+		Secrets:   []string{"LUCID_MESH_TOKEN"},
+		Env: append([]string{"LUCID_MESH_LEAF_TTL", "LUCID_MESH_SIGN_RATE", "LUCID_MESH_CHECK_INTERVAL", "LUCID_MESH_SYNC_INTERVAL",
+			"CONSUL_HOST", "CONSUL_PORT", "CONSUL_HTTP_TOKEN"}, urlKeys("engine", "anchoring", "blocks", "datachain", "gateway")...),
 		UsesConsul: true,
 	},
 	{
@@ -72,6 +128,9 @@ var Services = []Service{
 		Port:       8084,
 		URLEnv:     []string{"BLOCKCHAIN_ENGINE_URL", "BLOCKCHAIN_CORE_URL"},
 		ExtraPorts: map[string]int{"LUCID_RAFT_ADDR": 8094},
+		Env: []string{"LUCID_CHAIN_ID", "LUCID_NODE_ID", "LUCID_BLOCK_INTERVAL", "LUCID_RAFT_ADDR", "LUCID_RAFT_ADVERTISE",
+			"LUCID_RAFT_BOOTSTRAP", "LUCID_RAFT_FAST", "LUCID_MEMPOOL_MAX_TXS", "LUCID_MEMPOOL_MAX_BYTES", "LUCID_BLOCK_MAX_TXS",
+			"LUCID_STREAMS_PER_USER", "LUCID_STREAMS_MAX"},
 	},
 	{
 		Name:      "anchoring",
@@ -80,6 +139,7 @@ var Services = []Service{
 		Port:      8085,
 		DependsOn: []string{"engine"},
 		Calls:     []string{"engine"},
+		Env:       []string{"BLOCKCHAIN_ENGINE_URL", "LUCID_ANCHOR_BATCH", "LUCID_ANCHOR_RESUBMIT"},
 	},
 	{
 		Name:      "blocks",
@@ -88,6 +148,7 @@ var Services = []Service{
 		Port:      8086,
 		DependsOn: []string{"engine"},
 		Calls:     []string{"engine"},
+		Env:       []string{"BLOCKCHAIN_ENGINE_URL", "LUCID_CHAIN_ID", "LUCID_VALIDATOR_KEYS", "LUCID_AUDITS_MAX"},
 	},
 	{
 		Name:            "datachain",
@@ -97,14 +158,20 @@ var Services = []Service{
 		DependsOn:       []string{"anchoring"},
 		Calls:           []string{"anchoring"},
 		PassesPrincipal: true,
+		Env: []string{"ENCRYPTION_KEY", "LUCID_ANCHORING_URL", "LUCID_CHUNK_MIN_BYTES", "LUCID_CHUNK_MAX_BYTES",
+			"LUCID_SCRUB_INTERVAL", "LUCID_PACK_MAX_BYTES"},
 	},
 	{
-		Name:            "gateway",
-		Summary:         "API gateway: routing, JWT auth, rate limits, the only public door",
-		Container:       "lucid-api-gateway",
-		Port:            8080,
-		DependsOn:       []string{"engine", "anchoring", "blocks", "datachain"},
-		Secrets:         []string{"JWT_SECRET_KEY"},
+		Name:      "gateway",
+		Summary:   "API gateway: routing, JWT auth, rate limits, the only public door",
+		Container: "lucid-api-gateway",
+		Port:      8080,
+		DependsOn: []string{"engine", "anchoring", "blocks", "datachain"},
+		Secrets:   []string{"JWT_SECRET_KEY"},
+		Env: append([]string{"JWT_SECRET_KEY", "LUCID_GATEWAY_ROUTES", "AUTH_SERVICE_URL", "LUCID_RATE_FREE", "LUCID_RATE_PREMIUM",
+			"LUCID_RATE_ENTERPRISE", "LUCID_RATE_BURST_DIVISOR", "LUCID_RATE_LIMIT_ON_ERROR", "LUCID_TRUSTED_PROXIES",
+			"LUCID_CORS_ORIGINS", "REDIS_URL", "CONSUL_HOST", "CONSUL_PORT", "CONSUL_HTTP_TOKEN", "GOGC",
+			"LUCID_TLS_CERT_FILE", "LUCID_TLS_KEY_FILE"}, urlKeys("engine", "anchoring", "blocks", "datachain")...),
 		UsesConsul:      true,
 		Public:          true,
 		Calls:           []string{"engine", "anchoring", "blocks", "datachain"},

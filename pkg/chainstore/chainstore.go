@@ -28,17 +28,17 @@ import (
 
 var (
 	bucketMeta     = []byte("meta")
-	bucketBlocks   = []byte("blocks")   // height → block JSON
-	bucketHashes   = []byte("hashes")   // block hash → height
-	bucketTxs      = []byte("txs")      // tx id → height(8) ‖ leaf index(8) ‖ canonical tx
-	bucketHeaders  = []byte("headers")  // height → signed checkpoint
-	bucketNodes    = []byte("nodes")    // logtree node key → hash
-	bucketSessions = []byte("anchors")  // owner ‖ 0 ‖ session id → tx id
+	bucketBlocks   = []byte("blocks")  // height → block JSON
+	bucketHashes   = []byte("hashes")  // block hash → height
+	bucketTxs      = []byte("txs")     // tx id → height(8) ‖ leaf index(8) ‖ canonical tx
+	bucketHeaders  = []byte("headers") // height → signed checkpoint
+	bucketNodes    = []byte("nodes")   // logtree node key → hash
+	bucketSessions = []byte("anchors") // owner ‖ 0 ‖ session id → tx id
 	// bucketOldSessions (session id → tx id) is the index of stores from
 	// before sessions were per owner; Open rebuilds it as bucketSessions.
 	bucketOldSessions = []byte("sessions")
 	keyHeight         = []byte("height")
-	keyValidators  = []byte("validators")
+	keyValidators     = []byte("validators")
 )
 
 // ErrNotFound reports a block or transaction the store does not have.

@@ -14,8 +14,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -43,9 +45,13 @@ type Options struct {
 	Dir string
 	// DockerSocket is the Engine's socket on the host.
 	DockerSocket string
-	// Compose and Env are the rendered files; ImageName and Tag name the
-	// images in Compose.
-	Compose, Env []byte
+	// Compose is the rendered compose file; ImageName and Tag name the
+	// images in it.
+	Compose []byte
+	// EnvFiles are the containers' env files by path relative to the
+	// project (deployfiles.ServiceEnvPath), written with mode 0600. The
+	// operator's own env file is never among them.
+	EnvFiles map[string][]byte
 	// Routes is the gateway's route table the compose file mounts
 	// (deployfiles.RoutesPath); nil when it mounts none.
 	Routes          []byte
@@ -239,7 +245,7 @@ func Deploy(ctx context.Context, o Options) (*Result, error) {
 func (o *Options) rollout(ctx context.Context, h *host, res *Result, prev *Release, images []TransferImage, compose []byte, id string, emit func(step, status, msg string)) (*Result, error) {
 	rel := Release{ID: id, Version: o.Version, Created: o.Now().UTC(), By: localUser() + "@" + localHost(), Images: imageIDs(images), Status: "deploying"}
 	emit("release", "start", id)
-	if err := h.writeRelease(ctx, rel, compose, o.Env, o.Routes); err != nil {
+	if err := h.writeRelease(ctx, rel, compose, o.EnvFiles, o.Routes); err != nil {
 		emit("release", "fail", err.Error())
 		return nil, fmt.Errorf("%s: write release %s: %w (the previous release still runs)", o.Name, id, err)
 	}
@@ -431,7 +437,10 @@ func (o *Options) dryRunPlan(ctx context.Context, h *host, prev *Release, plan *
 		new []byte
 		pin bool // written with the images pinned to the release
 	}
-	files := []file{{deployfiles.ComposePath, o.Compose, true}, {deployfiles.EnvPath, o.Env, false}}
+	files := []file{{deployfiles.ComposePath, o.Compose, true}}
+	for _, p := range slices.Sorted(maps.Keys(o.EnvFiles)) {
+		files = append(files, file{p, o.EnvFiles[p], false})
+	}
 	if o.Routes != nil {
 		files = append(files, file{deployfiles.RoutesPath, o.Routes, false})
 	}

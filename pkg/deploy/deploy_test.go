@@ -45,7 +45,7 @@ type fixture struct {
 	sshd    *testenv.SSHD
 	dir     string
 	compose []byte
-	env     []byte
+	envs    map[string][]byte
 	routes  []byte
 	clock   atomic.Int64
 	secrets []string
@@ -67,7 +67,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.compose, f.env, f.routes = files.Compose, files.Env, routes
+	f.compose, f.envs, f.routes = files.Compose, files.ServiceEnvs, routes
 	for _, k := range deployfiles.Secrets {
 		f.secrets = append(f.secrets, files.EnvValues[k])
 	}
@@ -157,7 +157,7 @@ func images(t *testing.T, binary, version string) []imagebuild.Built {
 func (f *fixture) options(t *testing.T, c *sshx.Client, built []imagebuild.Built, events *[]Event) Options {
 	var mu sync.Mutex
 	return Options{
-		Name: "pi", SSH: c, Dir: f.dir, Compose: f.compose, Env: f.env, Routes: f.routes, ImageName: imageName, Tag: imageTag,
+		Name: "pi", SSH: c, Dir: f.dir, Compose: f.compose, EnvFiles: f.envs, Routes: f.routes, ImageName: imageName, Tag: imageTag,
 		Version: "test", Images: built, MinFreeBytes: 64 << 20, HealthTimeout: 90 * time.Second,
 		GatewayHostPort: 8080 + portOffset,
 		Now:             func() time.Time { return time.Unix(f.clock.Add(1), 0) },
@@ -231,9 +231,15 @@ func TestDeployEndToEnd(t *testing.T) {
 		t.Fatal("gateway not healthy after the first deploy")
 	}
 	first := f.current(t)
-	env, err := os.Stat(filepath.Join(f.dir, "releases", first, deployfiles.EnvPath))
-	if err != nil || env.Mode().Perm() != 0o600 {
-		t.Errorf("release env file: %v %v", err, env)
+	// Each container's own env file, and never the operator's.
+	for p := range f.envs {
+		env, err := os.Stat(filepath.Join(f.dir, "releases", first, p))
+		if err != nil || env.Mode().Perm() != 0o600 {
+			t.Errorf("release env file %s: %v %v", p, err, env)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, "releases", first, deployfiles.EnvPath)); err == nil {
+		t.Errorf("the operator's env file %s was deployed", deployfiles.EnvPath)
 	}
 	// The route table went with the release, readable by the gateway's
 	// user, and the gateway runs it.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"path"
@@ -93,15 +94,20 @@ func (h *host) current(ctx context.Context) (*Release, error) {
 }
 
 // writeRelease puts the release's files on the host: compose (images
-// pinned to the release's tags), env (0600), the gateway's route table if
-// there is one, and release.json.
-func (h *host) writeRelease(ctx context.Context, r Release, compose, env, routes []byte) error {
+// pinned to the release's tags), each container's env file (0600), the
+// gateway's route table if there is one, and release.json. A release of
+// before per-service env files has one shared env file; the next release
+// simply does not, so a deploy is the migration, and a rollback to the old
+// release brings its own files back.
+func (h *host) writeRelease(ctx context.Context, r Release, compose []byte, envFiles map[string][]byte, routes []byte) error {
 	dir := h.releaseDir(r.ID)
 	if err := h.ssh.WriteFile(ctx, path.Join(dir, deployfiles.ComposePath), compose, 0o644); err != nil {
 		return err
 	}
-	if err := h.ssh.WriteFile(ctx, path.Join(dir, deployfiles.EnvPath), env, 0o600); err != nil {
-		return err
+	for _, p := range slices.Sorted(maps.Keys(envFiles)) {
+		if err := h.ssh.WriteFile(ctx, path.Join(dir, p), envFiles[p], 0o600); err != nil {
+			return err
+		}
 	}
 	// Readable by the gateway's non-root user, through a read-only mount.
 	if routes != nil {

@@ -1,12 +1,17 @@
 // Package deployfiles makes and checks the files a Pi deployment runs
-// from: the compose file of the core services, the env file they share
-// and, when the project has one, the gateway's route table.
+// from: the compose file of the core services, the operator's env file,
+// each service's own env file and, when the project has one, the gateway's
+// route table.
 //
 // Render fills the embedded templates (package templates) from lucid.yaml's
 // image names and the catalog, keeping every value an existing env file
-// already has and generating missing secrets. Validate loads any compose
-// and env files with compose-go and reports what would break a deployment,
-// with file and line.
+// already has and generating missing secrets. The operator's env file
+// (EnvPath) holds every secret and stays on the operator's machine; each
+// service gets an env file of its own (ServiceEnvPath) with only what it
+// reads, its mesh credentials derived for its name (ServiceEnv), so one
+// compromised container holds no other's secrets. Validate loads any
+// compose and env files with compose-go and reports what would break a
+// deployment, with file and line.
 package deployfiles
 
 import (
@@ -17,6 +22,7 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -24,6 +30,11 @@ import (
 	"strings"
 	"text/template"
 
+	"github.com/google/uuid"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/pickme/lucid/pkg/api/meshapi"
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/routetable"
@@ -33,7 +44,9 @@ import (
 // Paths of the rendered files, relative to the project directory.
 const (
 	ComposePath = "configs/docker/docker-compose.core.yml"
-	EnvPath     = "configs/environment/.env.core"
+	// EnvPath is the operator's env file: every secret, the source every
+	// service's env file is derived from. It is never deployed.
+	EnvPath = "configs/environment/.env.core"
 	// RoutesPath is the gateway's route table (package routetable). It is
 	// the operator's own file, not rendered: when a project has one, the
 	// compose file mounts it and a deploy ships it; without one the
@@ -74,8 +87,22 @@ const (
 	consulPort      = 8500
 )
 
-// Secrets are the env keys generated when missing and redacted in output.
-var Secrets = []string{"JWT_SECRET_KEY", "ENCRYPTION_KEY", "LUCID_MESH_TOKEN"}
+// ServiceEnvPath is the env file of the service (or Consul's container)
+// called name, relative to the project directory: what is deployed.
+func ServiceEnvPath(name string) string { return "configs/environment/" + name + ".env" }
+
+// Secrets are the env keys of the operator's file generated when missing
+// and redacted in output.
+var Secrets = []string{"JWT_SECRET_KEY", "ENCRYPTION_KEY", "LUCID_MESH_TOKEN", "LUCID_SERVICE_KEY", "LUCID_OPERATOR_TOKEN", ConsulTokenKey}
+
+// ConsulTokenKey holds Consul's management token in the operator's env
+// file and the mesh controller's, and the gateway's own token in its
+// file; it must be a UUID.
+const ConsulTokenKey = "CONSUL_HTTP_TOKEN"
+
+// ConsulConfigKey is the Consul container's configuration (its image reads
+// it): ACLs on, with the management token, so it is a secret too.
+const ConsulConfigKey = "CONSUL_LOCAL_CONFIG"
 
 // secretLength is the length of a generated secret.
 const secretLength = 48
@@ -89,8 +116,10 @@ type Options struct {
 	Existing map[string]string
 	// Set overrides env values (flags); it beats Existing.
 	Set map[string]string
-	// NewSecret generates a secret (default envfile.NewSecret); tests fix it.
+	// NewSecret generates a secret (default envfile.NewSecret) and NewUUID
+	// a UUID one (default random); tests fix them.
 	NewSecret func(n int) string
+	NewUUID   func() string
 	// NoConsul leaves the Consul container out (Consul runs elsewhere, or
 	// not at all: the gateway then uses the services' static URLs).
 	NoConsul bool
@@ -105,9 +134,17 @@ type Options struct {
 // Files are the rendered files.
 type Files struct {
 	Compose []byte
-	Env     []byte
-	// EnvValues is the env file's content as values.
+	// Env is the operator's env file (EnvPath).
+	Env []byte
+	// EnvValues is the operator's env file's content as values.
 	EnvValues map[string]string
+	// ServiceEnvs are the env files the containers get, by path
+	// (ServiceEnvPath), and ServiceEnvNames the paths in compose order.
+	ServiceEnvs     map[string][]byte
+	ServiceEnvNames []string
+	// Unread names keys of the operator's env file that no service reads
+	// and that are not the operator's own: likely typos.
+	Unread []string
 	// Generated lists the secrets made up this time.
 	Generated []string
 }
@@ -126,13 +163,14 @@ type composeService struct {
 	Container, Image string
 	Command          []string
 	Hardened         bool
-	EnvFile          bool
+	EnvFile          string // relative to the compose file
 	Environment      []string
 	Ports            []string
 	Volume, DataDir  string
 	Mounts           []string // read-only bind mounts, "source:target"
 	DependsOn        []string
 	Healthcheck      []string
+	envName          string // its env file's name (ServiceEnvPath)
 }
 
 // Render fills the templates.
@@ -142,6 +180,9 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 	}
 	if o.NewSecret == nil {
 		o.NewSecret = envfile.NewSecret
+	}
+	if o.NewUUID == nil {
+		o.NewUUID = uuid.NewString
 	}
 	if o.Routes != nil {
 		if _, err := routetable.Parse(RoutesPath, o.Routes); err != nil {
@@ -159,9 +200,16 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 	var generated []string
 	for _, k := range Secrets {
 		if values[k] == "" {
-			values[k] = o.NewSecret(secretLength)
+			if k == ConsulTokenKey {
+				values[k] = o.NewUUID()
+			} else {
+				values[k] = o.NewSecret(secretLength)
+			}
 			generated = append(generated, k)
 		}
+	}
+	if _, err := uuid.Parse(values[ConsulTokenKey]); err != nil {
+		return nil, fmt.Errorf("%s: Consul's management token must be a UUID", ConsulTokenKey)
 	}
 
 	tmpl, err := template.New("").Funcs(template.FuncMap{
@@ -196,17 +244,157 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 		}
 	}
 
+	files := &Files{Env: env.Bytes(), EnvValues: values, Generated: generated, ServiceEnvs: map[string][]byte{}}
+	for _, k := range extra {
+		if !readBySomeone(k) && !operatorOnly[k] {
+			files.Unread = append(files.Unread, k)
+		}
+	}
+	services := composeServices(o)
+	for _, cs := range services {
+		path := ServiceEnvPath(cs.envName)
+		vals := map[string]string{}
+		if cs.envName == consulEnvName {
+			if vals, err = consulEnv(values); err != nil {
+				return nil, err
+			}
+		} else {
+			s, _ := catalog.Lookup(cs.envName)
+			vals = ServiceEnv(values, s)
+		}
+		b, err := serviceEnvFile(cs.envName, vals)
+		if err != nil {
+			return nil, err
+		}
+		files.ServiceEnvs[path] = b
+		files.ServiceEnvNames = append(files.ServiceEnvNames, path)
+	}
+
 	var compose bytes.Buffer
 	data := map[string]any{
-		"Services": composeServices(o),
+		"Services": services,
 		"User":     User,
 		"Network":  Network,
-		"EnvFile":  fromCompose(EnvPath),
 	}
 	if err := tmpl.ExecuteTemplate(&compose, "docker-compose.core.yml.tmpl", data); err != nil {
 		return nil, fmt.Errorf("compose template: %w", err)
 	}
-	return &Files{Compose: compose.Bytes(), Env: env.Bytes(), EnvValues: values, Generated: generated}, nil
+	files.Compose = compose.Bytes()
+	return files, nil
+}
+
+// File is one rendered file.
+type File struct {
+	// Path is relative to the project directory, with slashes.
+	Path    string
+	Content []byte
+	// Secret files are written with mode 0600 and redacted in output.
+	Secret bool
+	// Deployed files are shipped to a Pi; the operator's env file is not.
+	Deployed bool
+}
+
+// All lists the rendered files: the compose file, the operator's env file,
+// then each container's env file in compose order.
+func (f *Files) All() []File {
+	out := []File{{Path: ComposePath, Content: f.Compose, Deployed: true}, {Path: EnvPath, Content: f.Env, Secret: true}}
+	for _, p := range f.ServiceEnvNames {
+		out = append(out, File{Path: p, Content: f.ServiceEnvs[p], Secret: true, Deployed: true})
+	}
+	return out
+}
+
+// operatorOnly are keys of the operator's env file that no container
+// reads as they are: the operator token (services get its hash), and the
+// Phase 1 name accepted for compatibility.
+var operatorOnly = map[string]bool{"LUCID_OPERATOR_TOKEN": true, "MONGODB_URI": true}
+
+func readBySomeone(key string) bool {
+	for _, s := range catalog.Services {
+		if s.Reads(key) {
+			return true
+		}
+	}
+	return false
+}
+
+// ServiceEnv is what service s's env file holds, from the operator's
+// values: each variable s reads that has a value, and its credentials
+// derived for its name. The mesh controller gets the mesh token and
+// Consul's management token; every other service the enrolment token of
+// its own name (with the mesh on) or the service key (with it off); the
+// gateway a Consul token of its own; all the operator token's hash, never
+// the token. LUCID_ADDR and LUCID_DATA_DIR are the container's, set by the
+// compose file or the supervisor.
+func ServiceEnv(values map[string]string, s catalog.Service) map[string]string {
+	mesh := values["LUCID_MESH_URL"] != ""
+	consul := values["CONSUL_HOST"] != ""
+	out := map[string]string{}
+	for _, k := range s.Vars() {
+		v := values[k]
+		switch k {
+		case "LUCID_ADDR", "LUCID_DATA_DIR":
+			continue
+		case "LUCID_MESH_TOKEN":
+			switch {
+			case s.Name == catalog.MeshService:
+			case !mesh || v == "":
+				continue
+			default:
+				v = meshapi.EnrolmentToken(v, s.Name)
+			}
+		case "LUCID_SERVICE_KEY":
+			if mesh {
+				continue
+			}
+		case "LUCID_OPERATOR_TOKEN_SHA256":
+			if tok := values["LUCID_OPERATOR_TOKEN"]; v == "" && tok != "" {
+				v = auth.OperatorTokenHash(tok)
+			}
+		case ConsulTokenKey:
+			switch {
+			case !consul || v == "":
+				continue
+			case s.Name != catalog.MeshService:
+				_, v = meshapi.ConsulToken(v, s.Name)
+			}
+		}
+		if v != "" {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// consulEnvName names Consul's env file (ServiceEnvPath).
+const consulEnvName = "consul"
+
+// consulEnv is the Consul container's environment: ACLs on, default deny,
+// with the management token, which its own CLI (the healthcheck's
+// `consul members`) uses too.
+func consulEnv(values map[string]string) (map[string]string, error) {
+	cfg, err := meshapi.ConsulAgentConfig(values[ConsulTokenKey])
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{ConsulConfigKey: string(cfg), ConsulTokenKey: values[ConsulTokenKey]}, nil
+}
+
+// serviceEnvFile writes vals as the env file of the container name.
+func serviceEnvFile(name string, vals map[string]string) ([]byte, error) {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "# The environment of %s, written by `lucidctl render` from\n", name)
+	fmt.Fprintf(&b, "# %s: edit that file and render again. Only what this\n", EnvPath)
+	b.WriteString("# service reads is here. Mode 0600; never commit it.\n")
+	keys := slices.Sorted(maps.Keys(vals))
+	for _, k := range keys {
+		v, err := EnvValue(k, vals[k])
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(&b, "%s=%s\n", k, v)
+	}
+	return b.Bytes(), nil
 }
 
 // defaults are the env values before the existing file and flags, and the
@@ -238,6 +426,8 @@ func composeServices(o Options) []composeService {
 		out = append(out, composeService{
 			Container:   ConsulContainer,
 			Image:       ConsulImage,
+			EnvFile:     fromCompose(ServiceEnvPath(consulEnvName)),
+			envName:     consulEnvName,
 			Command:     []string{"agent", "-dev", "-client=0.0.0.0"},
 			Ports:       []string{"127.0.0.1:" + strconv.Itoa(consulPort+o.PortOffset) + ":" + strconv.Itoa(consulPort)},
 			Healthcheck: []string{"CMD", "consul", "members"},
@@ -255,7 +445,8 @@ func composeServices(o Options) []composeService {
 			Container:   s.Container,
 			Image:       Image(o.ImageName, o.ImageTag, s),
 			Hardened:    true,
-			EnvFile:     true,
+			EnvFile:     fromCompose(ServiceEnvPath(s.Name)),
+			envName:     s.Name,
 			Ports:       []string{bind + strconv.Itoa(s.Port+o.PortOffset) + ":" + port},
 			Volume:      s.Container + "-data",
 			DataDir:     filepath.ToSlash(filepath.Join(DataRoot, s.Name)),
@@ -287,6 +478,58 @@ func composeServices(o Options) []composeService {
 		out = append(out, cs)
 	}
 	return out
+}
+
+// EnvFilesOf lists the env files a compose file's services read, as
+// project paths (slashes), by service name. A path that leaves the
+// project's configs/ is refused, since a deploy ships what is listed, and
+// so is the operator's env file, which no container may read.
+func EnvFilesOf(compose []byte) ([]string, error) {
+	var doc struct {
+		Services map[string]struct {
+			EnvFile yaml.Node `yaml:"env_file"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(compose, &doc); err != nil {
+		return nil, fmt.Errorf("compose file: %w", err)
+	}
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(doc.Services)) {
+		n := doc.Services[name].EnvFile
+		var paths []string
+		switch n.Kind {
+		case 0:
+		case yaml.ScalarNode:
+			paths = []string{n.Value}
+		case yaml.SequenceNode:
+			for _, item := range n.Content {
+				if item.Kind == yaml.MappingNode { // the long form: {path: ..., required: ...}
+					var long struct{ Path string }
+					if err := item.Decode(&long); err != nil {
+						return nil, fmt.Errorf("compose file: service %s: env_file: %w", name, err)
+					}
+					paths = append(paths, long.Path)
+				} else {
+					paths = append(paths, item.Value)
+				}
+			}
+		default:
+			return nil, fmt.Errorf("compose file: service %s: env_file is neither a path nor a list", name)
+		}
+		for _, p := range paths {
+			rel := path.Clean(path.Join(path.Dir(ComposePath), filepath.ToSlash(p)))
+			switch {
+			case !strings.HasPrefix(rel, "configs/") || path.IsAbs(p):
+				return nil, fmt.Errorf("compose file: service %s: env file %s is outside configs/, which a deploy ships", name, p)
+			case rel == EnvPath:
+				return nil, fmt.Errorf("compose file: service %s reads %s, the operator's file with every secret: render again, and each service gets its own", name, EnvPath)
+			}
+			if !slices.Contains(out, rel) {
+				out = append(out, rel)
+			}
+		}
+	}
+	return out, nil
 }
 
 // fromCompose is a project path (EnvPath, RoutesPath) relative to the

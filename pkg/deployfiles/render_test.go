@@ -5,9 +5,13 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/pickme/lucid/pkg/api/meshapi"
+	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/envfile"
 )
 
@@ -34,13 +38,21 @@ func golden(t *testing.T, name string, got []byte) {
 	}
 }
 
+// placeholderUUID is placeholderSecret for Consul's token.
+func placeholderUUID() string { return "55555555-5555-4555-9555-555555555555" }
+
 func TestRenderGolden(t *testing.T) {
-	f, err := Render(context.Background(), Options{ImageName: "pickme/lucid-{service}", ImageTag: "latest-arm64", NewSecret: placeholderSecret})
+	f, err := Render(context.Background(), Options{ImageName: "pickme/lucid-{service}", ImageTag: "latest-arm64", NewSecret: placeholderSecret, NewUUID: placeholderUUID})
 	if err != nil {
 		t.Fatal(err)
 	}
 	golden(t, "docker-compose.core.yml.golden", f.Compose)
 	golden(t, "env.core.golden", f.Env)
+	var envs []byte
+	for _, p := range f.ServiceEnvNames {
+		envs = append(append(envs, "== "+p+"\n"...), f.ServiceEnvs[p]...)
+	}
+	golden(t, "service-envs.golden", envs)
 	if len(f.Generated) != len(Secrets) {
 		t.Errorf("generated %v, want every secret", f.Generated)
 	}
@@ -64,8 +76,12 @@ func TestRenderKeepsValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range Secrets {
-		if len(existing[k]) != secretLength || existing[k] == strings.Repeat("S", secretLength) {
-			t.Errorf("%s = %d chars, want a random %d", k, len(existing[k]), secretLength)
+		want := secretLength
+		if k == ConsulTokenKey {
+			want = len(placeholderUUID())
+		}
+		if len(existing[k]) != want || strings.Trim(existing[k], "S5-") == "" {
+			t.Errorf("%s = %d chars, want a random %d", k, len(existing[k]), want)
 		}
 	}
 	existing["OPERATOR_NOTE"] = "kept"
@@ -153,5 +169,82 @@ func TestRedactEnvAwkward(t *testing.T) {
 	}
 	if !strings.Contains(got, "AFTER=visible") {
 		t.Errorf("redaction ran past the multi-line value:\n%s", got)
+	}
+}
+
+// TestEachServiceGetsOnlyItsOwn: a service's env file holds what it reads
+// and its own credentials: the gateway no encryption key, nobody but the
+// controller the mesh token (the others their own enrolment tokens), nobody
+// the operator token (all its hash), the gateway a Consul token of its own;
+// the service key only with the mesh off. A key of the operator's file that
+// no service reads is named.
+func TestEachServiceGetsOnlyItsOwn(t *testing.T) {
+	f, err := Render(context.Background(), Options{ImageName: "x/{service}", ImageTag: "t",
+		Existing: map[string]string{"LUCID_RATE_FREEE": "200", "LUCID_RATE_FREE": "300"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := f.EnvValues
+	env := func(name string) map[string]string {
+		t.Helper()
+		path := filepath.Join(t.TempDir(), name+".env")
+		if err := os.WriteFile(path, f.ServiceEnvs[ServiceEnvPath(name)], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := envfile.Read(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	for _, s := range catalog.Services {
+		got := env(s.Name)
+		for k := range got {
+			if !s.Reads(k) {
+				t.Errorf("%s is given %s, which it does not read", s.Name, k)
+			}
+		}
+		if got["LUCID_OPERATOR_TOKEN_SHA256"] != auth.OperatorTokenHash(v["LUCID_OPERATOR_TOKEN"]) {
+			t.Errorf("%s has not the operator token's hash", s.Name)
+		}
+		for _, val := range got {
+			if val == v["LUCID_OPERATOR_TOKEN"] || (s.Name != "gateway" && val == v["JWT_SECRET_KEY"]) || (s.Name != "datachain" && val == v["ENCRYPTION_KEY"]) {
+				t.Errorf("%s is given another's secret", s.Name)
+			}
+		}
+		if _, ok := got["LUCID_SERVICE_KEY"]; ok {
+			t.Errorf("%s has the service key while the mesh is on", s.Name)
+		}
+		want := meshapi.EnrolmentToken(v["LUCID_MESH_TOKEN"], s.Name)
+		if s.Name == catalog.MeshService {
+			want = v["LUCID_MESH_TOKEN"]
+		}
+		if got["LUCID_MESH_TOKEN"] != want {
+			t.Errorf("%s's mesh token is not its own", s.Name)
+		}
+	}
+	if _, gw := meshapi.ConsulToken(v[ConsulTokenKey], "gateway"); env("gateway")[ConsulTokenKey] != gw || env("mesh")[ConsulTokenKey] != v[ConsulTokenKey] {
+		t.Error("Consul tokens: the controller's is not the management token or the gateway's not its own")
+	}
+	if env("gateway")["LUCID_RATE_FREE"] != "300" {
+		t.Error("the gateway did not get its own setting from the operator's file")
+	}
+	if !slices.Contains(f.Unread, "LUCID_RATE_FREEE") || slices.Contains(f.Unread, "LUCID_RATE_FREE") {
+		t.Errorf("unread keys = %v, want the typo only", f.Unread)
+	}
+	if cfg := env("consul")[ConsulConfigKey]; !strings.Contains(cfg, `"default_policy":"deny"`) || !strings.Contains(cfg, v[ConsulTokenKey]) {
+		t.Errorf("Consul's configuration: %s", cfg)
+	}
+
+	// With the mesh off, the services know each other by the service key.
+	off, err := Render(context.Background(), Options{ImageName: "x/{service}", ImageTag: "t", Set: map[string]string{"LUCID_MESH_URL": ""}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range catalog.Services {
+		got := string(off.ServiceEnvs[ServiceEnvPath(s.Name)])
+		if has := strings.Contains(got, "LUCID_SERVICE_KEY="+off.EnvValues["LUCID_SERVICE_KEY"]); has == (s.Name == catalog.MeshService) {
+			t.Errorf("mesh off: %s has the service key: %v", s.Name, has)
+		}
 	}
 }

@@ -30,6 +30,7 @@ const (
 	RuleSyntax        = "syntax"
 	RuleVariable      = "missing-variable"
 	RuleSecret        = "missing-secret"
+	RuleExcessSecret  = "excess-secret"
 	RuleEnvFile       = "missing-env-file"
 	RulePortCollision = "port-collision"
 	RuleUndefinedDep  = "undefined-dependency"
@@ -344,9 +345,13 @@ func (v *validation) checkEnvFiles(key string, s catalog.Service, svc types.Serv
 			vals[k] = *val
 		}
 	}
-	required := slices.Clone(s.Secrets)
-	if vals["LUCID_MESH_URL"] != "" && !slices.Contains(required, "LUCID_MESH_TOKEN") {
-		required = append(required, "LUCID_MESH_TOKEN")
+	required := s.RequiredSecrets(vals["LUCID_MESH_URL"] != "")
+	// A secret a service does not use is one more a compromise of it
+	// gives away.
+	for _, k := range slices.Sorted(maps.Keys(vals)) {
+		if (slices.Contains(Secrets, k) || k == ConsulConfigKey) && !s.Reads(k) {
+			v.add(v.line("services", key), key, RuleExcessSecret, "%s is given %s, which it does not use (lucidctl render gives each service only its own)", s.Name, k)
+		}
 	}
 	for _, k := range required {
 		switch val := vals[k]; {

@@ -61,15 +61,7 @@ func TestRenderedFilesValidate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for path, data := range map[string][]byte{ComposePath: f.Compose, EnvPath: f.Env} {
-		p := filepath.Join(dir, filepath.FromSlash(path))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeRendered(t, dir, f)
 	problems := validate(t, ValidateOptions{ComposeFile: filepath.Join(dir, ComposePath), ImageName: "pickme/lucid-{service}", ImageTag: "v1"})
 	for _, p := range problems {
 		t.Errorf("rendered files: %s", p)
@@ -79,8 +71,16 @@ func TestRenderedFilesValidate(t *testing.T) {
 	if n := len(problems); n != 6 {
 		t.Errorf("%d image problems, want 6", n)
 	}
-	// Without the env file, each service says so.
-	if err := os.Remove(filepath.Join(dir, EnvPath)); err != nil {
+	// A service given the operator's file holds secrets it does not use.
+	if err := os.WriteFile(filepath.Join(dir, ServiceEnvPath("gateway")), f.Env, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	problems = validate(t, ValidateOptions{ComposeFile: filepath.Join(dir, ComposePath), ImageName: "pickme/lucid-{service}", ImageTag: "v1"})
+	if !has(problems, RuleExcessSecret, "lucid-api-gateway", "ENCRYPTION_KEY", 0) || !has(problems, RuleExcessSecret, "lucid-api-gateway", "LUCID_OPERATOR_TOKEN", 0) {
+		t.Errorf("the gateway with every secret: %v", problems)
+	}
+	// Without its env file, a service says so.
+	if err := os.Remove(filepath.Join(dir, ServiceEnvPath("gateway"))); err != nil {
 		t.Fatal(err)
 	}
 	problems = validate(t, ValidateOptions{ComposeFile: filepath.Join(dir, ComposePath)})
@@ -216,8 +216,9 @@ func TestRouteTableIsMountedAndChecked(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write(ComposePath, f.Compose)
-	write(EnvPath, f.Env)
+	for _, rf := range f.All() {
+		write(rf.Path, rf.Content)
+	}
 	compose := filepath.Join(dir, filepath.FromSlash(ComposePath))
 	problems := validate(t, ValidateOptions{ComposeFile: compose})
 	if !has(problems, RuleMount, "lucid-api-gateway", "routes.yaml, which does not exist", 0) {
@@ -231,5 +232,19 @@ func TestRouteTableIsMountedAndChecked(t *testing.T) {
 	problems = validate(t, ValidateOptions{ComposeFile: compose})
 	if !has(problems, RuleRoutes, "lucid-api-gateway", `unknown key "stirp" in routes[0] (did you mean "strip"?)`, 0) {
 		t.Errorf("a broken route table is not reported: %v", problems)
+	}
+}
+
+// writeRendered writes every rendered file under dir, as render does.
+func writeRendered(t *testing.T, dir string, f *Files) {
+	t.Helper()
+	for _, rf := range f.All() {
+		p := filepath.Join(dir, filepath.FromSlash(rf.Path))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, rf.Content, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -30,10 +30,19 @@ func Read(path string) (map[string]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read env file %s: %w", path, err)
 	}
+	vars, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("read env file %s: %w", path, err)
+	}
+	return vars, nil
+}
+
+// Parse parses env file content as Read does.
+func Parse(data []byte) (map[string]string, error) {
 	vars, err := dotenv.UnmarshalBytesWithLookup(data, func(string) (string, bool) { return "", false })
 	if err != nil {
 		// The parser quotes the offending text, which may be a secret.
-		return nil, fmt.Errorf("read env file %s: %w", path, syntaxError(data))
+		return nil, syntaxError(data)
 	}
 	return vars, nil
 }

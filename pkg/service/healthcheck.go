@@ -8,10 +8,28 @@ import (
 	"net"
 	"net/http"
 	neturl "net/url"
+	"strconv"
 	"time"
 
 	"github.com/pickme/lucid/pkg/api"
+	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/envconfig"
 )
+
+// ProbeTarget reads from r only what a health probe of the service called
+// name needs: its listen address and whether it serves TLS. A probe holds
+// no credential, so a missing secret is not its concern.
+func ProbeTarget(r *envconfig.Reader, name string) (addr string, tls bool) {
+	svc, ok := catalog.Lookup(name)
+	if !ok {
+		panic(fmt.Sprintf("service %q is not in the catalog", name))
+	}
+	addr = r.ListenAddr(EnvAddr, ":"+strconv.Itoa(svc.Port))
+	if svc.Public {
+		return addr, r.String(EnvTLSCertFile, "") != ""
+	}
+	return addr, r.String(EnvMeshURL, "") != ""
+}
 
 // Probe asks the service listening on addr (a listen address such as ":8084")
 // whether path ("/health" or "/ready") answers 200, over TLS when mtls is

@@ -4,7 +4,10 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+
+	"github.com/google/uuid"
 )
 
 // Every service's mesh credentials are derived from two secrets the
@@ -43,4 +46,27 @@ func uuidOf(h string) string {
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// ConsulAgentConfig is the configuration (JSON, as `consul agent
+// -config-file` and the official image's CONSUL_LOCAL_CONFIG take it) of
+// a Consul agent with ACLs on and nothing allowed without a token;
+// managementToken (a UUID) is the management token and the agent's own.
+func ConsulAgentConfig(managementToken string) ([]byte, error) {
+	if _, err := uuid.Parse(managementToken); err != nil {
+		return nil, fmt.Errorf("Consul's management token must be a UUID")
+	}
+	type tokens struct {
+		InitialManagement string `json:"initial_management"`
+		Agent             string `json:"agent"`
+	}
+	type acl struct {
+		Enabled                bool   `json:"enabled"`
+		DefaultPolicy          string `json:"default_policy"`
+		EnableTokenPersistence bool   `json:"enable_token_persistence"`
+		Tokens                 tokens `json:"tokens"`
+	}
+	return json.Marshal(struct {
+		ACL acl `json:"acl"`
+	}{acl{Enabled: true, DefaultPolicy: "deny", EnableTokenPersistence: true, Tokens: tokens{managementToken, managementToken}}})
 }

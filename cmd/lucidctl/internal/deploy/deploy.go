@@ -175,7 +175,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 		t, _ := cfg.Target(name)
 		res, err := deploy.Deploy(ctx, deploy.Options{
 			Name: name, SSH: clients[i], Dir: t.Dir, DockerSocket: opts.SSH.dockerSocket,
-			Compose: files.compose, Env: files.env, Routes: files.routes, ImageName: cfg.Images.Name, Tag: cfg.Images.Tag, Version: version,
+			Compose: files.compose, EnvFiles: files.envs, Routes: files.routes, ImageName: cfg.Images.Name, Tag: cfg.Images.Tag, Version: version,
 			Images: built, MinFreeBytes: opts.MinFreeMiB << 20, HealthTimeout: opts.HealthTimeout,
 			LockWait: opts.LockWait, DryRun: opts.DryRun, Events: report.event,
 			ViaRegistry: opts.ViaRegistry, InsecureRegistry: opts.Insecure,
@@ -192,22 +192,30 @@ func runDeploy(ctx context.Context, opts *Options) error {
 
 // rendered are the files a release is made of.
 type rendered struct {
-	compose, env []byte
-	routes       []byte // nil unless the compose file mounts a route table
+	compose []byte
+	envs    map[string][]byte // the containers' env files, by project path
+	routes  []byte            // nil unless the compose file mounts a route table
 }
 
 // readRendered reads the rendered files and the gateway's route table, and
 // refuses them when validate finds problems.
 func readRendered(ctx context.Context, cfg *projectconfig.Config) (*rendered, error) {
 	cp := filepath.Join(cfg.Dir, filepath.FromSlash(deployfiles.ComposePath))
-	ep := filepath.Join(cfg.Dir, filepath.FromSlash(deployfiles.EnvPath))
-	var r rendered
+	r := rendered{envs: map[string][]byte{}}
 	var err error
 	if r.compose, err = os.ReadFile(cp); err != nil {
 		return nil, cli.WithHint(fmt.Errorf("compose file: %w", err), "`lucidctl render` writes it")
 	}
-	if r.env, err = os.ReadFile(ep); err != nil {
-		return nil, cli.WithHint(fmt.Errorf("env file: %w", err), "`lucidctl render` writes it")
+	// The containers' env files, never the operator's: a release of
+	// before per-service files is migrated by deploying a render of now.
+	envPaths, err := deployfiles.EnvFilesOf(r.compose)
+	if err != nil {
+		return nil, cli.WithHint(err, "`lucidctl render` writes the compose file and each service's env file")
+	}
+	for _, p := range envPaths {
+		if r.envs[p], err = os.ReadFile(filepath.Join(cfg.Dir, filepath.FromSlash(p))); err != nil {
+			return nil, cli.WithHint(fmt.Errorf("env file: %w", err), "`lucidctl render` writes it")
+		}
 	}
 	problems, err := deployfiles.Validate(ctx, deployfiles.ValidateOptions{ComposeFile: cp, ImageName: cfg.Images.Name, ImageTag: cfg.Images.Tag})
 	if err != nil {

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -35,8 +37,8 @@ func project(t *testing.T, s *testenv.SSHD) (dir, deployDir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for rel, data := range map[string][]byte{deployfiles.ComposePath: f.Compose, deployfiles.EnvPath: f.Env} {
-		if err := envfile.WriteAtomic(filepath.Join(dir, rel), data); err != nil {
+	for _, rf := range f.All() {
+		if err := envfile.WriteAtomic(filepath.Join(dir, rf.Path), rf.Content); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -122,8 +124,8 @@ func TestRouteTableGoesOnlyWhenMounted(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for rel, data := range map[string][]byte{deployfiles.ComposePath: f.Compose, deployfiles.EnvPath: f.Env, deployfiles.RoutesPath: table} {
-			if err := envfile.WriteAtomic(filepath.Join(dir, rel), data); err != nil {
+		for _, rf := range append(f.All(), deployfiles.File{Path: deployfiles.RoutesPath, Content: table}) {
+			if err := envfile.WriteAtomic(filepath.Join(dir, rf.Path), rf.Content); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -139,5 +141,37 @@ func TestRouteTableGoesOnlyWhenMounted(t *testing.T) {
 	}
 	if string(r.routes) != string(table) {
 		t.Errorf("the release would carry %q as its route table", r.routes)
+	}
+}
+
+// TestOnlyContainersEnvFilesAreShipped: a deploy reads each container's
+// own env file and never the operator's; a compose file from before
+// per-service env files (every service reading .env.core) is refused
+// with the way out.
+func TestOnlyContainersEnvFilesAreShipped(t *testing.T) {
+	dir := t.TempDir()
+	cfg := projectconfig.Default(dir)
+	f, err := deployfiles.Render(context.Background(), deployfiles.Options{ImageName: cfg.Images.Name, ImageTag: cfg.Images.Tag})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rf := range f.All() {
+		if err := envfile.WriteAtomic(filepath.Join(dir, rf.Path), rf.Content); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := readRendered(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.envs[deployfiles.EnvPath]; ok || len(r.envs) != len(f.ServiceEnvNames) {
+		t.Errorf("shipped env files %v, want the %d containers' own", slices.Collect(maps.Keys(r.envs)), len(f.ServiceEnvNames))
+	}
+	old := strings.ReplaceAll(string(f.Compose), "../environment/gateway.env", "../environment/.env.core")
+	if err := envfile.WriteAtomic(filepath.Join(dir, deployfiles.ComposePath), []byte(old)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readRendered(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "render again") {
+		t.Errorf("a compose file giving the gateway the operator's env file: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 // Package render implements `lucidctl render`: it writes the compose file
-// of the core services and the env file they share from the embedded
-// templates, keeping existing values and generating missing secrets.
+// of the core services, the operator's env file and each service's own env
+// file from the embedded templates, keeping existing values and generating
+// missing secrets.
 package render
 
 import (
@@ -39,13 +40,20 @@ func NewCmd(env *cli.Env) *cobra.Command {
 		Use:   "render",
 		Short: "Write the compose and env files of the core services",
 		Long: `Write configs/docker/docker-compose.core.yml (the seven services: Consul and
-the six Lucid services, hardened, with health-gated dependencies) and
-configs/environment/.env.core (secrets, service URLs, the mesh token) from
-the embedded templates and lucid.yaml's image names.
+the six Lucid services, hardened, with health-gated dependencies),
+configs/environment/.env.core (the operator's file: every secret, the
+service URLs, the settings) and configs/environment/<service>.env, one per
+container, from the embedded templates and lucid.yaml's image names.
+
+.env.core stays on this machine. Each service's env file holds only what
+that service reads, with its mesh credentials derived for its own name and
+the operator token's hash rather than the token: a deploy ships these, so
+one compromised container holds no other's secrets. A key of .env.core
+that no service reads is named (a typo, most likely).
 
 Values the env file already has are kept; --set overrides one. Missing
 secrets are generated from crypto/rand in an alphabet that needs no quoting.
-The env file is written atomically with mode 0600. Secret values never
+Env files are written atomically with mode 0600. Secret values never
 appear in any output: --dry-run shows a diff with them redacted.
 
 When configs/gateway/routes.yaml exists it is the gateway's route table
@@ -87,6 +95,8 @@ type Output struct {
 	// Routes is the gateway's route table the compose file mounts, if the
 	// project has one (deployfiles.RoutesPath).
 	Routes string `json:"routes,omitempty"`
+	// Unread names keys of the operator's env file that no service reads.
+	Unread []string `json:"unread,omitempty"`
 }
 
 var envKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -113,7 +123,6 @@ func run(ctx context.Context, opts *Options) error {
 		set[k] = v
 	}
 
-	composePath := filepath.Join(dir, filepath.FromSlash(deployfiles.ComposePath))
 	envPath := filepath.Join(dir, filepath.FromSlash(deployfiles.EnvPath))
 	oldEnv, err := readIfExists(envPath)
 	if err != nil {
@@ -124,10 +133,6 @@ func run(ctx context.Context, opts *Options) error {
 		if existing, err = envfile.Read(envPath); err != nil {
 			return err // names the file and line, never a value
 		}
-	}
-	oldCompose, err := readIfExists(composePath)
-	if err != nil {
-		return err
 	}
 	routes, err := deployfiles.ReadRoutes(dir)
 	if err != nil {
@@ -147,31 +152,33 @@ func run(ctx context.Context, opts *Options) error {
 		return err
 	}
 
-	out := Output{DryRun: opts.DryRun, Generated: files.Generated}
+	out := Output{DryRun: opts.DryRun, Generated: files.Generated, Unread: files.Unread}
 	if routes != nil {
 		out.Routes = deployfiles.RoutesPath
 	}
 	if out.Generated == nil {
 		out.Generated = []string{}
 	}
-	for _, f := range []struct {
-		path, rel string
-		old, new  []byte
-		secret    bool
-	}{
-		{composePath, deployfiles.ComposePath, oldCompose, files.Compose, false},
-		{envPath, deployfiles.EnvPath, oldEnv, files.Env, true},
-	} {
-		rec := File{Path: f.rel, Status: status(f.old, f.new)}
+	for _, f := range files.All() {
+		path := filepath.Join(dir, filepath.FromSlash(f.Path))
+		old, err := readIfExists(path)
+		if err != nil {
+			return err
+		}
+		rec := File{Path: f.Path, Status: status(old, f.Content)}
 		if opts.DryRun {
-			old, new := f.old, f.new
-			if f.secret {
-				old, new = redactOrNil(old), deployfiles.RedactEnvChanges(new, existing)
+			newer := f.Content
+			if f.Secret {
+				var was map[string]string
+				if old != nil {
+					was, _ = envfile.Parse(old)
+				}
+				old, newer = redactOrNil(old), deployfiles.RedactEnvChanges(newer, was)
 			}
-			rec.Diff = deployfiles.Diff(f.rel, old, new)
+			rec.Diff = deployfiles.Diff(f.Path, old, newer)
 		} else if rec.Status != "unchanged" {
-			if err := envfile.WriteAtomic(f.path, f.new); err != nil {
-				return fmt.Errorf("write %s: %w", f.path, err)
+			if err := envfile.WriteAtomic(path, f.Content); err != nil {
+				return fmt.Errorf("write %s: %w", path, err)
 			}
 		}
 		out.Files = append(out.Files, rec)
@@ -203,6 +210,9 @@ func report(opts *Options, out Output) error {
 	}
 	if out.Routes != "" {
 		fmt.Fprintf(opts.Env.IO.ErrOut, "the gateway's route table is %s (mounted read-only)\n", out.Routes)
+	}
+	for _, k := range out.Unread {
+		fmt.Fprintf(opts.Env.IO.ErrOut, "warning: %s in %s is read by no service (a typo?); it stays there and goes nowhere\n", k, deployfiles.EnvPath)
 	}
 	return nil
 }

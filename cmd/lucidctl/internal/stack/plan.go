@@ -4,14 +4,19 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/pickme/lucid/pkg/api/meshapi"
 	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/routetable"
 	"github.com/pickme/lucid/pkg/supervise"
 )
@@ -35,7 +40,9 @@ type plan struct {
 	portOffset int
 	mtls       bool // the services speak mTLS with mesh certificates
 	services   []catalog.Service
-	env        []string // base environment of every service
+	// values are the operator's settings and secrets (the env file's and
+	// the environment's); each service gets its own part of them.
+	values map[string]string
 	// routes is the project's gateway route table (deployfiles.RoutesPath),
 	// "" to run the default one.
 	routes string
@@ -70,30 +77,37 @@ func (p *plan) urls() map[string]string {
 	return m
 }
 
-// specs turns the plan into supervisor programs.
+// specs turns the plan into supervisor programs. Each service gets the
+// environment of lucidctl without the stack's variables, then only what
+// it reads of the operator's values and its own credentials, as a
+// deployed container gets its own env file (deployfiles.ServiceEnv).
 func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 	var specs []supervise.Spec
-	common := slices.Clone(p.env)
-	// Every service learns where the others are; the Phase 2 names first.
+	values := maps.Clone(p.values)
+	// Every service learns where the others are; the Phase 2 names too.
 	// LUCID_MESH_URL also switches mTLS on, so it is set only then; set
 	// empty otherwise, as is CONSUL_HOST without a supervised Consul, so a
 	// rendered env file's deployment values (container names) do not leak in.
 	for _, s := range catalog.Services {
 		if s.Name == catalog.MeshService && !p.mtls {
-			common = append(common, "LUCID_MESH_URL=")
+			values[catalog.URLKey(s.Name)] = ""
 			continue
 		}
-		common = append(common, "LUCID_"+strings.ToUpper(s.Name)+"_URL="+p.url(s))
+		values[catalog.URLKey(s.Name)] = p.url(s)
 		for _, name := range s.URLEnv {
-			common = append(common, name+"="+p.url(s))
+			values[name] = p.url(s)
 		}
 	}
+	values["CONSUL_HOST"], values["CONSUL_PORT"] = "", ""
 	if p.consul != "" {
-		common = append(common, "CONSUL_HOST=127.0.0.1", "CONSUL_PORT="+strconv.Itoa(consulHTTPPort+p.portOffset))
-		specs = append(specs, p.consulSpec())
-	} else {
-		common = append(common, "CONSUL_HOST=")
+		values["CONSUL_HOST"], values["CONSUL_PORT"] = "127.0.0.1", strconv.Itoa(consulHTTPPort+p.portOffset)
+		spec, err := p.consulSpec(l)
+		if err != nil {
+			return nil, err
+		}
+		specs = append(specs, spec)
 	}
+	base := withoutKeys(os.Environ(), lucidKeys())
 	for _, s := range p.services {
 		data := l.dataDir(s.Name)
 		if err := os.MkdirAll(data, 0o700); err != nil {
@@ -106,7 +120,12 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 		if p.mtls && s.Name != catalog.MeshService {
 			deps = append(deps, catalog.MeshService) // it issues their certificates
 		}
-		env := append(append(slices.Clone(common), p.extraPorts(s)...), "LUCID_ADDR=127.0.0.1:"+strconv.Itoa(p.port(s)), "LUCID_DATA_DIR="+data)
+		env := slices.Clone(base)
+		own := deployfiles.ServiceEnv(values, s)
+		for _, k := range slices.Sorted(maps.Keys(own)) {
+			env = append(env, k+"="+own[k])
+		}
+		env = append(append(env, p.extraPorts(s)...), "LUCID_ADDR=127.0.0.1:"+strconv.Itoa(p.port(s)), "LUCID_DATA_DIR="+data)
 		if s.Name == "gateway" && p.routes != "" {
 			env = append(env, routetable.EnvVar+"="+p.routes)
 		}
@@ -122,6 +141,18 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 	return specs, nil
 }
 
+// withoutKeys is env without the variables keys names.
+func withoutKeys(env, keys []string) []string {
+	var out []string
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(keys, k) {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
 // extraPorts sets a service's further listen addresses, shifted like its
 // main port.
 func (p *plan) extraPorts(s catalog.Service) []string {
@@ -133,15 +164,26 @@ func (p *plan) extraPorts(s catalog.Service) []string {
 	return env
 }
 
-// consulSpec runs Consul as a single in-memory dev agent on loopback.
-func (p *plan) consulSpec() supervise.Spec {
+// consulSpec runs Consul as a single in-memory dev agent on loopback, with
+// ACLs on and nothing allowed without a token: its configuration, which
+// holds the management token, is a 0600 file in the state directory,
+// never an argument other users could read.
+func (p *plan) consulSpec(l layout) (supervise.Spec, error) {
 	o := p.portOffset
 	http := consulHTTPPort + o
+	cfg, err := meshapi.ConsulAgentConfig(p.values[deployfiles.ConsulTokenKey])
+	if err != nil {
+		return supervise.Spec{}, err
+	}
+	cfgPath := filepath.Join(l.dir, "consul-acl.json")
+	if err := envfile.WriteAtomic(cfgPath, cfg); err != nil {
+		return supervise.Spec{}, fmt.Errorf("consul configuration: %w", err)
+	}
 	return supervise.Spec{
 		Name: consulName,
 		Path: p.consul,
 		Args: []string{
-			"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-node=lucid-local",
+			"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-node=lucid-local", "-config-file=" + cfgPath,
 			"-http-port=" + strconv.Itoa(http),
 			"-grpc-port=" + strconv.Itoa(consulGRPCPort+o),
 			"-grpc-tls-port=-1",
@@ -150,9 +192,9 @@ func (p *plan) consulSpec() supervise.Spec {
 			"-serf-wan-port=" + strconv.Itoa(consulSerfWAN+o),
 			"-dns-port=-1",
 		},
-		Env:   p.env,
+		Env:   withoutKeys(os.Environ(), lucidKeys()),
 		Ready: consulLeaderProbe("http://127.0.0.1:" + strconv.Itoa(http)),
-	}
+	}, nil
 }
 
 // consulLeaderProbe is ready once the agent answers and has elected itself

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
@@ -142,21 +143,46 @@ func makePlan(ctx context.Context, opts *UpOptions, cfg *projectconfig.Config, l
 	if p.consul, err = findConsul(consul); err != nil {
 		return nil, err
 	}
-	if p.env, err = serviceEnv(opts, cfg, services); err != nil {
+	if p.values, err = operatorValues(opts, cfg, upSecrets(services, p.mtls, p.consul != "")); err != nil {
 		return nil, err
 	}
 	return p, nil
 }
 
-// serviceEnv is the environment services start with: ours, then the env
-// file's values for what ours lacks. Secrets that a service needs and
-// neither has are generated into the env file first.
-func serviceEnv(opts *UpOptions, cfg *projectconfig.Config, services []catalog.Service) ([]string, error) {
+// upSecrets are the secrets a stack needs: the catalog's and each
+// service's credential (see catalog.Service.RequiredSecrets), the operator
+// token for maintenance, and Consul's management token when Consul runs.
+func upSecrets(services []catalog.Service, mtls, consul bool) []string {
+	keys := []string{"LUCID_OPERATOR_TOKEN"}
+	for _, s := range services {
+		for _, k := range s.RequiredSecrets(mtls) {
+			if !slices.Contains(keys, k) {
+				keys = append(keys, k)
+			}
+		}
+	}
+	if mtls && !slices.Contains(keys, "LUCID_MESH_TOKEN") {
+		keys = append(keys, "LUCID_MESH_TOKEN") // the controller's
+	}
+	if consul {
+		keys = append(keys, deployfiles.ConsulTokenKey)
+	}
+	return keys
+}
+
+// operatorValues are the operator's settings and secrets for the stack:
+// the environment's, then the env file's for what the environment lacks.
+// Secrets the stack needs and neither has are generated into the env file
+// first. Each service is then given only its own part (deployfiles.
+// ServiceEnv), as a deployed container is.
+func operatorValues(opts *UpOptions, cfg *projectconfig.Config, secrets []string) (map[string]string, error) {
 	path := cfg.Abs(cfg.Local.EnvFile)
 	missing := map[string]string{}
-	for _, s := range services {
-		for _, key := range s.Secrets {
-			if opts.Env.Getenv(key) == "" {
+	for _, key := range secrets {
+		if opts.Env.Getenv(key) == "" {
+			if key == deployfiles.ConsulTokenKey {
+				missing[key] = uuid.NewString()
+			} else {
 				missing[key] = envfile.NewSecret(48)
 			}
 		}
@@ -170,39 +196,51 @@ func serviceEnv(opts *UpOptions, cfg *projectconfig.Config, services []catalog.S
 			fmt.Fprintf(opts.Env.IO.ErrOut, "generated %s in %s (mode 0600)\n", k, path)
 		}
 	}
-	fileVars := map[string]string{}
+	values := map[string]string{}
 	if _, err := os.Stat(path); err == nil {
-		if fileVars, err = envfile.Read(path); err != nil {
+		if values, err = envfile.Read(path); err != nil {
 			return nil, err
+		}
+	}
+	for _, k := range lucidKeys() {
+		if v := opts.Env.Getenv(k); v != "" {
+			values[k] = v
 		}
 	}
 	// A secret that is there but too weak would crash-loop its service;
 	// say so now, once.
-	for _, s := range services {
-		for _, key := range s.Secrets {
-			v := opts.Env.Getenv(key)
-			from := "the environment"
-			if v == "" {
-				v, from = fileVars[key], path
-			}
-			if len(v) < catalog.SecretMinLen {
-				return nil, cli.WithHint(fmt.Errorf("%s from %s is %d bytes; %s needs at least %d", key, from, len(v), s.Name, catalog.SecretMinLen),
-					"remove it from "+from+" and `lucidctl up` generates a strong one")
+	for _, key := range secrets {
+		v := values[key]
+		from := path
+		if opts.Env.Getenv(key) != "" {
+			from = "the environment"
+		}
+		if key != deployfiles.ConsulTokenKey && len(v) < catalog.SecretMinLen {
+			return nil, cli.WithHint(fmt.Errorf("%s from %s is %d bytes; the stack needs at least %d", key, from, len(v), catalog.SecretMinLen),
+				"remove it from "+from+" and `lucidctl up` generates a strong one")
+		}
+	}
+	if consul := values[deployfiles.ConsulTokenKey]; consul != "" {
+		if _, err := uuid.Parse(consul); err != nil {
+			return nil, cli.WithHint(fmt.Errorf("%s must be a UUID (Consul's management token)", deployfiles.ConsulTokenKey),
+				"remove it from "+path+" and `lucidctl up` generates one")
+		}
+	}
+	return values, nil
+}
+
+// lucidKeys names every variable of the stack: what any service reads and
+// the operator's secrets. A service's process gets only its own of these.
+func lucidKeys() []string {
+	keys := slices.Clone(deployfiles.Secrets)
+	for _, s := range catalog.Services {
+		for _, k := range s.Vars() {
+			if !slices.Contains(keys, k) {
+				keys = append(keys, k)
 			}
 		}
 	}
-	env := os.Environ()
-	keys := make([]string, 0, len(fileVars))
-	for k := range fileVars {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		if opts.Env.Getenv(k) == "" {
-			env = append(env, k+"="+fileVars[k])
-		}
-	}
-	return env, nil
+	return keys
 }
 
 // supervisePlan runs the stack in this process until ctx ends.
@@ -349,7 +387,7 @@ func startDetached(ctx context.Context, opts *UpOptions, l layout, p *plan) erro
 	}
 	defer logf.Close()
 	cmd := exec.Command(self, args...)
-	cmd.Env = p.env
+	cmd.Env = os.Environ() // the supervisor reads the env file itself
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = detachAttr()
 	if err := cmd.Start(); err != nil {
