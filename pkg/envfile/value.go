@@ -37,9 +37,9 @@ var keyName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
 // Value returns the text to write after "key=" in an env file so that both
 // compose parsers read value back byte for byte: value itself when it is
 // plain, else value in single quotes. It refuses a value with a backslash, a
-// single quote, "${", a control character (line breaks, tab, NUL included),
-// a Unicode line or paragraph separator, or bytes that are not UTF-8, and a
-// key that is not a variable name. The error names the key, never the value.
+// single quote, "${", a control character (CR, LF, tab and NUL included) or
+// bytes that are not UTF-8, and a key that is not a variable name. The error
+// names the key, never the value.
 func Value(key, value string) (string, error) {
 	if !keyName.MatchString(key) {
 		return "", fmt.Errorf("env file key %q: not a variable name (letters, digits, _ . -, not starting with a digit)", key)
@@ -49,7 +49,7 @@ func Value(key, value string) (string, error) {
 	}
 	if why := unquotable(value); why != "" {
 		// The reason must not quote the value: it may be a secret.
-		return "", fmt.Errorf("%s: its value has %s, which docker compose and docker-compose v1 would not both read back unchanged; it cannot be written to an env file (the value is not shown)", key, why)
+		return "", fmt.Errorf("%s: a value with %s cannot be written to an env file so that docker compose and docker-compose v1 surely read it back unchanged (the value is not shown)", key, why)
 	}
 	return "'" + value + "'", nil
 }
@@ -67,10 +67,11 @@ func unquotable(value string) string {
 		return "a dollar sign followed by a brace"
 	}
 	for _, r := range value {
-		// CR and LF are rewritten or split by line-oriented readers, NUL
-		// cannot be in an environment variable; the other controls are
-		// refused with them rather than proven harmless one by one.
-		if unicode.IsControl(r) || r == '\u2028' || r == '\u2029' {
+		// python-dotenv reads CR as LF, and no environment variable can
+		// hold NUL. The other controls (LF, tab, C1) survive both parsers
+		// inside quotes today, but a secret never needs them, and
+		// line-oriented readers of env files would split at LF.
+		if unicode.IsControl(r) {
 			return "a control character or line break"
 		}
 	}
