@@ -2,10 +2,11 @@
 # install-test-deps.sh installs the real servers Lucid's tests run against
 # when they are missing: sshd (openssh-server), Redis (redis-server), the
 # wrk load generator, qemu-aarch64-static (qemu-user-static, to run the
-# arm64 build) and a headless Chromium (to render the bench report), from
-# Debian's packages. Without root or apt-get it only
-# says what is missing; the tests that need a tool then skip, or fail when
-# CI=true.
+# arm64 build), a headless Chromium (to render the bench report) and
+# docker-compose v1 (its python-dotenv is the second env-file reader that
+# envfile's tests check), from Debian's packages. Without root or apt-get it
+# only says what is missing; the tests that need a tool then skip, or fail
+# when CI=true.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]; }
@@ -16,6 +17,7 @@ have redis-server || need+=(redis-server)
 have wrk || need+=(wrk)
 have qemu-aarch64-static || need+=(qemu-user-static)
 have chromium || need+=(chromium)
+have docker-compose || need+=(docker-compose)
 if ((${#need[@]} == 0)); then
 	exit 0
 fi

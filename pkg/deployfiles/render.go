@@ -24,7 +24,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -214,7 +213,7 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 
 	tmpl, err := template.New("").Funcs(template.FuncMap{
 		"join":  quotedList,
-		"value": func(k string) (string, error) { return EnvValue(k, values[k]) },
+		"value": func(k string) (string, error) { return envfile.Value(k, values[k]) },
 	}).ParseFS(templates.FS, "*.tmpl")
 	if err != nil {
 		return nil, fmt.Errorf("templates: %w", err)
@@ -236,7 +235,7 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 		slices.Sort(extra)
 		env.WriteString("\n# Not from the template: kept from the previous file or --set.\n")
 		for _, k := range extra {
-			v, err := EnvValue(k, values[k])
+			v, err := envfile.Value(k, values[k])
 			if err != nil {
 				return nil, err
 			}
@@ -549,23 +548,6 @@ func quotedList(items []string) string {
 		q[i] = strconv.Quote(it)
 	}
 	return strings.Join(q, ", ")
-}
-
-// plainEnvValue needs no quoting in any compose version's env file.
-var plainEnvValue = regexp.MustCompile(`^[A-Za-z0-9_./:@,+=%-]*$`)
-
-// EnvValue is value as written in an env file: bare when safe, else in
-// single quotes, which compose reads literally (no $ expansion, # kept).
-// A value with a single quote or a line break cannot be written safely
-// for every compose version and is refused, naming the key only.
-func EnvValue(key, value string) (string, error) {
-	if plainEnvValue.MatchString(value) {
-		return value, nil
-	}
-	if strings.ContainsAny(value, "'\n\r") {
-		return "", fmt.Errorf("%s: a value with a single quote or a line break cannot be written to the env file", key)
-	}
-	return "'" + value + "'", nil
 }
 
 // templateKeys lists the KEY= lines of a rendered env file.

@@ -124,11 +124,12 @@ func TestRedactEnv(t *testing.T) {
 
 // TestRenderRoundTripsAwkwardValues: values with $, # and spaces survive a
 // render and a read back (compose's own parser), an emptied setting stays
-// empty, a --set key the template lacks is kept, and a value that cannot be
-// written safely is refused by name.
+// empty, a --set key the template lacks is kept, and values that cannot be
+// written safely (a quote; ${, which docker-compose v1 expands even in
+// single quotes; a trailing backslash) are refused by name.
 func TestRenderRoundTripsAwkwardValues(t *testing.T) {
 	existing := map[string]string{
-		"JWT_SECRET_KEY":   "abc$def${HOME}ghi#jkl mno0123456789012345678901",
+		"JWT_SECRET_KEY":   "abc$def$HOMEghi#jkl mno0123456789012345678901",
 		"REDIS_URL":        "redis://:pa ss #x@h:6379/0",
 		"CONSUL_HOST":      "",
 		"ENCRYPTION_KEY":   strings.Repeat("e", 48),
@@ -154,8 +155,11 @@ func TestRenderRoundTripsAwkwardValues(t *testing.T) {
 	if back["LUCID_LOG_LEVEL"] != "debug" {
 		t.Errorf("--set of a new key lost: %q", back["LUCID_LOG_LEVEL"])
 	}
-	if _, err := Render(context.Background(), Options{ImageName: "x/{service}", ImageTag: "t", Set: map[string]string{"JWT_SECRET_KEY": "it's"}}); err == nil || strings.Contains(err.Error(), "it's") {
-		t.Errorf("a value with a quote: %v, want a refusal that does not show it", err)
+	for _, bad := range []string{"it's", "a${HOME}b", `secret\`} {
+		_, err := Render(context.Background(), Options{ImageName: "x/{service}", ImageTag: "t", Set: map[string]string{"JWT_SECRET_KEY": bad}})
+		if err == nil || !strings.Contains(err.Error(), "JWT_SECRET_KEY") || strings.Contains(err.Error(), bad) {
+			t.Errorf("value %q: %v, want a refusal that names the key and does not show the value", bad, err)
+		}
 	}
 }
 

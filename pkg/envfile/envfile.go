@@ -2,7 +2,9 @@
 // hold Lucid's secrets, such as configs/environment/.env.core.
 //
 // Files are parsed with compose-go's dotenv parser, so lucidctl reads them
-// exactly as `docker compose` does. Writes are atomic (a temporary file, then
+// exactly as `docker compose` does. Values are written with Value, in a form
+// that compose-go and docker-compose v1's python-dotenv both read back
+// unchanged, or refused. Writes are atomic (a temporary file, then
 // a rename) and leave the file with mode 0600: a reader sees the old file or
 // the new one, never half of one, and no other user can read the secrets.
 package envfile
@@ -87,7 +89,8 @@ func NewSecret(n int) string {
 // AddMissing appends to the env file at path each key of values that the
 // file does not define yet (an empty value counts as missing), creating the
 // file and its directory if needed. Existing lines are kept byte for byte.
-// It returns the keys it added, sorted.
+// Values are written with Value; if one cannot be, nothing is written and
+// the error names its key. It returns the keys it added, sorted.
 func AddMissing(path string, values map[string]string) ([]string, error) {
 	old, err := os.ReadFile(path)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -116,7 +119,11 @@ func AddMissing(path string, values map[string]string) ([]string, error) {
 		buf.WriteByte('\n')
 	}
 	for _, k := range added {
-		fmt.Fprintf(&buf, "%s=%s\n", k, values[k])
+		v, err := Value(k, values[k])
+		if err != nil {
+			return nil, fmt.Errorf("env file %s: %w", path, err) // nothing written
+		}
+		fmt.Fprintf(&buf, "%s=%s\n", k, v)
 	}
 	if err := WriteAtomic(path, buf.Bytes()); err != nil {
 		return nil, err

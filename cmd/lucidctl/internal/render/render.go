@@ -117,7 +117,7 @@ func run(ctx context.Context, opts *Options) error {
 		if !ok || !envKey.MatchString(k) {
 			return cli.Usage(fmt.Errorf("--set number %d: want KEY=VALUE with a variable name as KEY", i+1))
 		}
-		if _, err := deployfiles.EnvValue(k, v); err != nil {
+		if _, err := envfile.Value(k, v); err != nil {
 			return cli.Usage(fmt.Errorf("--set %w", err))
 		}
 		set[k] = v

@@ -104,6 +104,16 @@ func TestRenderRefusesBadSet(t *testing.T) {
 	if cli.ExitCode(context.Background(), err) != cli.ExitUsage {
 		t.Fatalf("bad --set: %v, want a usage error", err)
 	}
+	// A trailing backslash would escape the closing quote for both compose
+	// parsers and swallow the next lines.
+	dir := t.TempDir()
+	_, errOut, err := render(t, dir, false, "--set", `JWT_SECRET_KEY=TOPSECRET\`)
+	if cli.ExitCode(context.Background(), err) != cli.ExitUsage || !strings.Contains(err.Error(), "JWT_SECRET_KEY") || strings.Contains(err.Error()+errOut, "TOPSECRET") {
+		t.Fatalf("--set of an unwritable value: %v, want a usage error naming the key only", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, deployfiles.EnvPath)); err == nil {
+		t.Error("render wrote the env file despite a refused --set")
+	}
 }
 
 // TestRenderMountsTheProjectsRouteTable: configs/gateway/routes.yaml, when
