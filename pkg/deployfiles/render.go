@@ -387,7 +387,7 @@ func serviceEnvFile(name string, vals map[string]string) ([]byte, error) {
 	b.WriteString("# service reads is here. Mode 0600; never commit it.\n")
 	keys := slices.Sorted(maps.Keys(vals))
 	for _, k := range keys {
-		v, err := EnvValue(k, vals[k])
+		v, err := envfile.Value(k, vals[k])
 		if err != nil {
 			return nil, err
 		}
