@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -20,6 +19,7 @@ import (
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/chain/chaintest"
+	"github.com/pickme/lucid/pkg/service/servicetest"
 )
 
 // stack is an engine and a session anchoring service, as processes.
@@ -36,7 +36,7 @@ func startStack(t *testing.T) *stack {
 	eng.ready() // a leader is elected
 	anc := newProc(t, "anchoring", "BLOCKCHAIN_ENGINE_URL="+eng.url, "LUCID_ANCHOR_RESUBMIT=2s")
 	anc.start()
-	return &stack{engine: eng, anchoring: anc, client: engineapi.New(eng.url, nil)}
+	return &stack{engine: eng, anchoring: anc, client: engineapi.New(eng.url, servicetest.Client("anchoring"))}
 }
 
 func manifest(i int) []byte {
@@ -55,7 +55,7 @@ type anchorStatus struct {
 }
 
 func postAnchor(url string, body []byte) (int, anchorStatus, string, error) {
-	resp, err := http.Post(url+"/api/v1/anchors", "application/json", bytes.NewReader(body))
+	resp, err := user.Post(url+"/api/v1/anchors", "application/json", bytes.NewReader(body))
 	if err != nil {
 		return 0, anchorStatus{}, "", err
 	}
@@ -67,7 +67,7 @@ func postAnchor(url string, body []byte) (int, anchorStatus, string, error) {
 }
 
 func getAnchor(url, sid string) (anchorStatus, error) {
-	resp, err := http.Get(url + "/api/v1/anchors/" + sid)
+	resp, err := user.Get(url + "/api/v1/anchors/" + sid)
 	if err != nil {
 		return anchorStatus{}, err
 	}
@@ -117,7 +117,7 @@ func TestAnchorSealedWithVerifiableReceipt(t *testing.T) {
 		receipt string
 		valid   bool
 	}{{sealed.Receipt, true}, {strings.Replace(sealed.Receipt, "index ", "index 1", 1), false}} {
-		resp, err := http.Post(s.anchoring.url+"/api/v1/anchors/verify", "text/plain", strings.NewReader(tc.receipt))
+		resp, err := user.Post(s.anchoring.url+"/api/v1/anchors/verify", "text/plain", strings.NewReader(tc.receipt))
 		if err != nil {
 			t.Fatal(err)
 		}

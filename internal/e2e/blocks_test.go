@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net/http"
 	"testing"
 	"time"
 
@@ -16,7 +15,7 @@ import (
 
 func getJSON(t *testing.T, url string, v any) int {
 	t.Helper()
-	resp, err := http.Get(url)
+	resp, err := user.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +52,7 @@ func TestBlockManagerFollowsAndSurvivesEngineRestart(t *testing.T) {
 	if info.ID != id {
 		t.Fatalf("anchor lookup = %+v", info)
 	}
-	resp, err := http.Get(bm.url + "/api/v1/chain/proofs/" + id)
+	resp, err := user.Get(bm.url + "/api/v1/chain/proofs/" + id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +81,7 @@ func TestBlockManagerFollowsAndSurvivesEngineRestart(t *testing.T) {
 	if code := getJSON(t, bm.url+"/api/v1/blocks?limit=2", &page); code != 200 || len(page.Blocks) != 2 || page.Blocks[0].Height <= page.Blocks[1].Height || page.Next == nil {
 		t.Errorf("page = %d %+v", code, page)
 	}
-	resp, err = http.Get(bm.url + "/api/v1/chain/verify")
+	resp, err = user.Get(bm.url + "/api/v1/chain/verify")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,17 +10,15 @@ import (
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/chain/chaintest"
+	"github.com/pickme/lucid/pkg/service/servicetest"
 )
-
-const adminToken = "e2e-admin-token"
 
 func engineNode(t *testing.T, id string, bootstrap bool) (*proc, *engineapi.Client, string) {
 	raft := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 	p := newProc(t, "engine", "LUCID_BLOCK_INTERVAL=1s", "LUCID_CHAIN_ID=e2e", "LUCID_RAFT_FAST=true",
-		"LUCID_NODE_ID="+id, "LUCID_RAFT_ADDR="+raft, fmt.Sprintf("LUCID_RAFT_BOOTSTRAP=%v", bootstrap),
-		"LUCID_ENGINE_ADMIN_TOKEN="+adminToken)
+		"LUCID_NODE_ID="+id, "LUCID_RAFT_ADDR="+raft, fmt.Sprintf("LUCID_RAFT_BOOTSTRAP=%v", bootstrap))
 	p.start()
-	return p, engineapi.New(p.url, nil), raft
+	return p, engineapi.New(p.url, servicetest.Client("anchoring")), raft
 }
 
 // TestThreeVoterFailoverWithKill runs three engine processes, kills the
@@ -42,7 +40,7 @@ func TestThreeVoterFailoverWithKill(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := c1.AddVoter(ctx, adminToken, engineapi.AddVoterRequest{ID: id, Address: raft, Key: st.ValidatorKey}); err != nil {
+		if err := c1.AddVoter(ctx, servicetest.OperatorToken, engineapi.AddVoterRequest{ID: id, Address: raft, Key: st.ValidatorKey}); err != nil {
 			t.Fatalf("add %s: %v", id, err)
 		}
 		members = append(members, member{p, c})

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/service/servicetest"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/logtree"
 )
@@ -30,7 +32,7 @@ func putChunk(url, session string, index int, data []byte) (string, int, error) 
 		u += fmt.Sprintf("?session_id=%s&index=%d", session, index)
 	}
 	req, _ := http.NewRequest(http.MethodPut, u, bytes.NewReader(data))
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := user.Do(req)
 	if err != nil {
 		return "", 0, err
 	}
@@ -62,8 +64,8 @@ func TestChunksSealedIntoTheChain(t *testing.T) {
 		}
 		ids = append(ids, id)
 	}
-	body := `{"owner":"operator@example.org","manifest_hash":"` + hex.EncodeToString(make([]byte, 32)) + `","started_at":"2026-11-26T09:00:00Z","ended_at":"2026-11-26T09:30:00Z"}`
-	resp, err := http.Post(dc.url+"/api/v1/sessions/"+sid+"/seal", "application/json", bytes.NewReader([]byte(body)))
+	body := `{"manifest_hash":"` + hex.EncodeToString(make([]byte, 32)) + `","started_at":"2026-11-26T09:00:00Z","ended_at":"2026-11-26T09:30:00Z"}`
+	resp, err := user.Post(dc.url+"/api/v1/sessions/"+sid+"/seal", "application/json", bytes.NewReader([]byte(body)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +168,7 @@ func TestKillNineDuringIngest(t *testing.T) {
 		t.Fatalf("only %d chunks acknowledged", len(acked))
 	}
 	for id, want := range acked {
-		resp, err := http.Get(dc.url + "/api/v1/chunks/" + id)
+		resp, err := user.Get(dc.url + "/api/v1/chunks/" + id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -195,7 +197,7 @@ func TestKillNineDuringIngest(t *testing.T) {
 		Chunks  int
 		Damaged []any
 	}
-	resp, err := http.Post(dc.url+"/api/v1/verify", "application/json", nil)
+	resp, err := servicetest.Operator().Post(dc.url+"/api/v1/verify", "application/json", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,11 +210,20 @@ func TestKillNineDuringIngest(t *testing.T) {
 }
 
 // TestSessionPush runs `lucidctl session push --seal` on a directory of
-// chunk files against the real services.
+// chunk files against the real services, through the gateway with a
+// user's token: the session and its anchor are that user's.
 func TestSessionPush(t *testing.T) {
 	s := startStack(t)
 	dc := newProc(t, "datachain", "LUCID_ANCHORING_URL="+s.anchoring.url)
 	dc.start()
+	const secret = "an-e2e-jwt-secret-of-enough-length-0123456789"
+	gw := newProc(t, "gateway", "JWT_SECRET_KEY="+secret, "LUCID_DATACHAIN_URL="+dc.url, "LUCID_ANCHORING_URL="+s.anchoring.url,
+		"LUCID_ENGINE_URL="+s.engine.url, "LUCID_BLOCKS_URL=http://127.0.0.1:1")
+	gw.start()
+	token, _, err := auth.Mint([]byte(secret), auth.MintOptions{Subject: owner, Tier: auth.TierEnterprise, TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
 	for i := 0; i < 12; i++ {
 		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("chunk-%03d.bin", i)), randomChunk(2048+i*100), 0o644); err != nil {
@@ -220,7 +231,7 @@ func TestSessionPush(t *testing.T) {
 		}
 	}
 	const sid = "99999999-2222-4333-8444-555555555555"
-	cmd := exec.Command(lucidctlBin, "session", "push", dir, "--url", dc.url, "--session-id", sid, "--seal", "--owner", "ops@example.org", "--json")
+	cmd := exec.Command(lucidctlBin, "session", "push", dir, "--url", gw.url, "--token", token, "--session-id", sid, "--seal", "--json")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {

@@ -13,6 +13,15 @@ import (
 	"time"
 
 	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/chain/chaintest"
+	"github.com/pickme/lucid/pkg/service/servicetest"
+)
+
+// owner is the user the tests act for, as the gateway would (the owner
+// chaintest's anchors name), and user its client.
+var (
+	owner = chaintest.Anchor(0).Anchor.Owner
+	user  = servicetest.User(owner)
 )
 
 var lucidBin, lucidctlBin string
@@ -61,6 +70,9 @@ func newProc(t testing.TB, name string, env ...string) *proc {
 			"LUCID_LOG_LEVEL=warn",
 		),
 	}
+	// The mesh is off here: the services know each other, and the tests
+	// reach them, by the test service key (servicetest).
+	p.env = append(p.env, servicetest.Env()...)
 	p.env = append(p.env, env...)
 	t.Cleanup(func() {
 		p.kill()

@@ -63,9 +63,14 @@ order (index 0, 1, ...), then, with --seal, freeze the session and anchor its
 Merkle root on the chain. A push can be repeated: chunks already stored at
 their index are accepted again.
 
+The session belongs to the user the token names (its subject): only that
+user can read, add to or seal it, and the anchor on the chain names them as
+its owner. --owner, if given, must be that subject.
+
 The manifest hash sealed with the session is the SHA-256 of the lines
 "<index> <chunk id> <file name>", one per chunk.`,
-		Example: `  lucidctl session push ./recording --seal --owner alice@example.org`,
+		Example: `  export LUCID_TOKEN=$(lucidctl token --sub alice@example.org)
+  lucidctl session push ./recording --seal`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Dir = args[0]
@@ -73,11 +78,11 @@ The manifest hash sealed with the session is the SHA-256 of the lines
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&opts.URL, "url", "http://127.0.0.1:8087", "data chain URL, or the gateway's (with --token)")
-	f.StringVar(&opts.Token, "token", "", "bearer token to send, for the gateway (default $LUCID_TOKEN)")
+	f.StringVar(&opts.URL, "url", "http://127.0.0.1:8080", "the gateway's URL")
+	f.StringVar(&opts.Token, "token", "", "the user's token (default $LUCID_TOKEN; `lucidctl token` mints one)")
 	f.StringVar(&opts.SessionID, "session-id", "", "session id (a UUID; default: a new one)")
 	f.BoolVar(&opts.Seal, "seal", false, "seal the session and anchor its root when all chunks are stored")
-	f.StringVar(&opts.Owner, "owner", "", "owner recorded in the anchor (with --seal)")
+	f.StringVar(&opts.Owner, "owner", "", "the owner the anchor names: the token's subject, which is the default and the only value allowed")
 	f.StringVar(&opts.StartedAt, "started-at", "", "session start, RFC 3339 (default: the oldest file's time)")
 	f.StringVar(&opts.EndedAt, "ended-at", "", "session end, RFC 3339 (default: the newest file's time)")
 	f.IntVar(&opts.Workers, "workers", 4, "chunks in flight at once")
@@ -108,8 +113,9 @@ func runPush(ctx context.Context, opts *PushOptions) error {
 	} else if u, err := uuid.Parse(opts.SessionID); err != nil || u.String() != opts.SessionID {
 		return cli.Usage(fmt.Errorf("--session-id %q is not a lower-case UUID", opts.SessionID))
 	}
-	if opts.Seal && opts.Owner == "" {
-		return cli.Usage(errors.New("--seal needs --owner"))
+	if opts.Token == "" {
+		return cli.WithHint(errors.New("a session belongs to a user: give their token with --token or $LUCID_TOKEN"),
+			"`lucidctl token --sub NAME` mints one from the env file's JWT_SECRET_KEY")
 	}
 	if opts.Workers < 1 || opts.Workers > 64 {
 		return cli.Usage(fmt.Errorf("--workers %d is outside 1..64", opts.Workers))
@@ -136,10 +142,7 @@ func runPush(ctx context.Context, opts *PushOptions) error {
 	}
 	slices.SortFunc(files, func(a, b file) int { return strings.Compare(a.name, b.name) })
 
-	hc := &http.Client{Timeout: 2 * time.Minute}
-	if opts.Token != "" {
-		hc.Transport = api.WithBearer(nil, opts.Token)
-	}
+	hc := &http.Client{Timeout: 2 * time.Minute, Transport: api.WithBearer(nil, opts.Token)}
 	client := datachainapi.New(opts.URL, hc)
 	bar := newProgress(opts.Env, total, len(files))
 	ids := make([]string, len(files))
