@@ -3,17 +3,23 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
+	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/api/engineapi"
@@ -48,6 +54,7 @@ type anchorStatus struct {
 	SessionID     string  `json:"session_id"`
 	TxID          string  `json:"tx_id"`
 	Status        string  `json:"status"`
+	Reason        string  `json:"reason"`
 	Height        uint64  `json:"height"`
 	Index         *uint64 `json:"index"`
 	Confirmations uint64  `json:"confirmations"`
@@ -55,7 +62,12 @@ type anchorStatus struct {
 }
 
 func postAnchor(url string, body []byte) (int, anchorStatus, string, error) {
-	resp, err := user.Post(url+"/api/v1/anchors", "application/json", bytes.NewReader(body))
+	return postAnchorAs(user, url, body)
+}
+
+// postAnchorAs posts a manifest for the user of client c.
+func postAnchorAs(c *http.Client, url string, body []byte) (int, anchorStatus, string, error) {
+	resp, err := c.Post(url+"/api/v1/anchors", "application/json", bytes.NewReader(body))
 	if err != nil {
 		return 0, anchorStatus{}, "", err
 	}
@@ -66,8 +78,11 @@ func postAnchor(url string, body []byte) (int, anchorStatus, string, error) {
 	return resp.StatusCode, st, string(raw), nil
 }
 
-func getAnchor(url, sid string) (anchorStatus, error) {
-	resp, err := user.Get(url + "/api/v1/anchors/" + sid)
+func getAnchor(url, sid string) (anchorStatus, error) { return getAnchorAs(user, url, sid) }
+
+// getAnchorAs asks for a session's anchor as the user of client c.
+func getAnchorAs(c *http.Client, url, sid string) (anchorStatus, error) {
+	resp, err := c.Get(url + "/api/v1/anchors/" + sid)
 	if err != nil {
 		return anchorStatus{}, err
 	}
@@ -278,4 +293,281 @@ func TestKillNineUnderLoad(t *testing.T) {
 			t.Errorf("anchor of session %s is in the chain %d times", sid, n)
 		}
 	}
+}
+
+// TestNoAnchorWedgesTheQueue submits, from several users at once and in a
+// random order, valid anchors, the same ones again, conflicting manifests
+// for sessions already anchored, another user's anchors of the same session
+// ids, malformed manifests, and anchors the engine must refuse because the
+// chain already holds another for their session (one put there behind
+// anchoring's back: the wedge of old). Session anchoring is killed and
+// restarted halfway. Then every valid anchor is sealed exactly once with a
+// receipt that verifies, every refused one says why, nothing else reached
+// the chain, and the queue is empty. LUCID_QUEUE_SEED repeats a run.
+func TestNoAnchorWedgesTheQueue(t *testing.T) {
+	s := startStack(t)
+	seed := uint64(time.Now().UnixNano())
+	if v, err := strconv.ParseUint(os.Getenv("LUCID_QUEUE_SEED"), 10, 64); err == nil {
+		seed = v
+	}
+	t.Logf("seed %d (LUCID_QUEUE_SEED)", seed)
+	rng := rand.New(rand.NewPCG(seed, 16))
+	users := []string{"alice", "bob", "carol", "dave", "erin", "mallory"}
+	clients := map[string]*http.Client{}
+	for _, u := range users {
+		clients[u] = servicetest.User(u)
+	}
+	hash := func() string {
+		var b [32]byte
+		for i := range b {
+			b[i] = byte(rng.IntN(256))
+		}
+		return hex.EncodeToString(b[:])
+	}
+	newSession := func() string {
+		var b [16]byte
+		for i := range b {
+			b[i] = byte(rng.IntN(256))
+		}
+		b[6], b[8] = b[6]&0x0f|0x40, b[8]&0x3f|0x80
+		return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+	}
+	anchorOf := func(owner, sid string) *chain.SessionAnchor {
+		return &chain.SessionAnchor{SessionID: sid, Owner: owner, ManifestHash: hash(), MerkleRoot: hash(), ChunkCount: int64(rng.IntN(100)),
+			StartedAt: "2026-12-01T10:00:00Z", EndedAt: "2026-12-01T11:00:00Z"}
+	}
+	txID := func(m *chain.SessionAnchor) string {
+		raw, err := (&chain.Transaction{Type: chain.TypeSessionAnchor, Anchor: m}).Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return chain.TxID(raw)
+	}
+
+	// An operation is one POST and the answer it must get.
+	type op struct {
+		kind string
+		user string
+		body []byte
+		want int
+		m    *chain.SessionAnchor
+	}
+	post := func(o op) anchorStatus {
+		t.Helper()
+		for {
+			code, st, body, err := postAnchorAs(clients[o.user], s.anchoring.url, o.body)
+			if err != nil { // anchoring is down (killed): a client tries again
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			if code != o.want {
+				t.Errorf("%s by %s: %d %s, want %d", o.kind, o.user, code, body, o.want)
+			}
+			return st
+		}
+	}
+	run := func(ops []op, each func(op, anchorStatus)) {
+		jobs := make(chan op)
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for w := 0; w < 6; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for o := range jobs {
+					st := post(o)
+					mu.Lock()
+					each(o, st)
+					mu.Unlock()
+				}
+			}()
+		}
+		for _, o := range ops {
+			jobs <- o
+		}
+		close(jobs)
+		wg.Wait()
+	}
+	body := func(m *chain.SessionAnchor) []byte { b, _ := json.Marshal(m); return b }
+
+	valid := map[string]*chain.SessionAnchor{} // tx id → anchor, each to be sealed once
+	outside := map[string]bool{}               // tx ids put on the chain behind anchoring's back
+	var never []string                         // tx ids that must never reach the chain
+	type refused struct{ user, sid string }
+	var poisoned []refused
+	record := func(o op, st anchorStatus) {
+		switch o.kind {
+		case "valid", "another user's id":
+			if st.TxID != txID(o.m) {
+				t.Errorf("%s: tx %s, want %s", o.kind, st.TxID, txID(o.m))
+			}
+			valid[st.TxID] = o.m
+		case "again":
+			if st.TxID != txID(o.m) {
+				t.Errorf("the same anchor again: tx %s, want the first %s", st.TxID, txID(o.m))
+			}
+		}
+	}
+
+	// Half the valid anchors, then anchoring dies and comes back.
+	var first []op
+	for range 120 {
+		u := users[rng.IntN(len(users))]
+		m := anchorOf(u, newSession())
+		first = append(first, op{"valid", u, body(m), 202, m})
+	}
+	half := len(first) / 2
+	run(first[:half], record)
+	s.anchoring.kill()
+	go s.anchoring.start() // requests meanwhile are refused; their clients try again
+	run(first[half:], record)
+	accepted := slices.Collect(maps.Values(valid))
+
+	// Then everything else, shuffled.
+	var mixed []op
+	for range 120 {
+		u := users[rng.IntN(len(users))]
+		m := anchorOf(u, newSession())
+		mixed = append(mixed, op{"valid", u, body(m), 202, m})
+	}
+	for range 40 {
+		m := accepted[rng.IntN(len(accepted))]
+		mixed = append(mixed, op{"again", m.Owner, body(m), 202, m})
+	}
+	for range 40 {
+		orig := accepted[rng.IntN(len(accepted))]
+		m := anchorOf(orig.Owner, orig.SessionID)
+		never = append(never, txID(m))
+		mixed = append(mixed, op{"conflicting", orig.Owner, body(m), 409, m})
+	}
+	for range 30 {
+		orig := accepted[rng.IntN(len(accepted))]
+		u := users[rng.IntN(len(users))]
+		if u == orig.Owner {
+			continue
+		}
+		m := anchorOf(u, orig.SessionID)
+		mixed = append(mixed, op{"another user's id", u, body(m), 202, m})
+	}
+	for i := range 40 {
+		u := users[rng.IntN(len(users))]
+		m := anchorOf(u, newSession())
+		var b []byte
+		switch i % 5 {
+		case 0:
+			m.SessionID = "not-a-uuid"
+		case 1:
+			m.MerkleRoot = "zz"
+		case 2:
+			m.Owner = users[(slices.Index(users, u)+1)%len(users)] // someone else's name
+		case 3:
+			m.EndedAt = "2026-11-30T10:00:00Z" // before it started
+		}
+		if b = body(m); i%5 == 4 {
+			b = append(b[:len(b)-1], []byte(`,"extra":1}`)...)
+		}
+		never = append(never, txID(m))
+		mixed = append(mixed, op{"malformed", u, b, 400, m})
+	}
+	// Anchors the engine will refuse: the chain gets another anchor of
+	// their session first, from outside anchoring's queue.
+	for range 6 {
+		u := users[rng.IntN(len(users))]
+		sid := newSession()
+		raw, _ := (&chain.Transaction{Type: chain.TypeSessionAnchor, Anchor: anchorOf(u, sid)}).Encode()
+		if _, err := s.client.Submit(context.Background(), [][]byte{raw}); err != nil {
+			t.Fatal(err)
+		}
+		outside[chain.TxID(raw)] = true
+		m := anchorOf(u, sid)
+		never = append(never, txID(m))
+		poisoned = append(poisoned, refused{u, sid})
+		mixed = append(mixed, op{"poisoned", u, body(m), 202, m})
+	}
+	rng.Shuffle(len(mixed), func(i, j int) { mixed[i], mixed[j] = mixed[j], mixed[i] })
+	run(mixed, record)
+
+	// Every valid anchor sealed with a receipt that verifies, every
+	// poisoned one refused with its reason.
+	deadline := time.Now().Add(90 * time.Second)
+	for id, m := range valid {
+		for {
+			st, err := getAnchorAs(clients[m.Owner], s.anchoring.url, m.SessionID)
+			if err == nil && st.Status == "sealed" && st.TxID == id {
+				if _, err := chain.VerifyReceipt([]byte(st.Receipt), verifiers(t, s), chain.Origin("e2e")); err != nil {
+					t.Errorf("%s's receipt of %s: %v", m.Owner, m.SessionID, err)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s's anchor of %s (tx %s) not sealed: %+v %v", m.Owner, m.SessionID, id, st, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	for _, p := range poisoned {
+		testenv.Eventually(t, 30*time.Second, "the poisoned anchor refused", func() bool {
+			st, err := getAnchorAs(clients[p.user], s.anchoring.url, p.sid)
+			return err == nil && st.Status == "refused" && strings.Contains(st.Reason, "already anchored")
+		})
+	}
+
+	// The chain holds each valid anchor once and nothing that was refused.
+	info0, err := s.client.Chain(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	a := chain.NewAuditor(chain.Origin("e2e"), nil)
+	for h := uint64(1); h <= info0.Height; h++ {
+		b, err := s.client.Block(context.Background(), h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Next(b); err != nil {
+			t.Fatalf("audit: %v", err)
+		}
+		for _, raw := range b.Transactions {
+			count[chain.TxID(raw)]++
+		}
+	}
+	for id, m := range valid {
+		if count[id] != 1 {
+			t.Errorf("%s's anchor of %s is in the chain %d times", m.Owner, m.SessionID, count[id])
+		}
+	}
+	for id := range outside {
+		if count[id] != 1 {
+			t.Errorf("the outside anchor %s is in the chain %d times", id, count[id])
+		}
+	}
+	for _, id := range never {
+		if count[id] != 0 {
+			t.Errorf("transaction %s should never have been sealed", id)
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, "the queue drained", func() bool {
+		resp, err := user.Get(s.anchoring.url + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), "\nlucid_anchoring_pending 0\n")
+	})
+	t.Logf("%d anchors sealed once each, %d refused or never sent, %d poisoned anchors refused", len(valid)+len(outside), len(never), len(poisoned))
+}
+
+// verifiers are the chain's validator keys, for checking receipts.
+func verifiers(t *testing.T, s *stack) note.Verifiers {
+	t.Helper()
+	info, err := s.client.Chain(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs, err := chain.Verifiers(info.Validators)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return vs
 }
