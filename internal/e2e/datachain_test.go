@@ -21,9 +21,9 @@ import (
 
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/auth"
-	"github.com/pickme/lucid/pkg/service/servicetest"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/logtree"
+	"github.com/pickme/lucid/pkg/service/servicetest"
 )
 
 func putChunk(url, session string, index int, data []byte) (string, int, error) {
