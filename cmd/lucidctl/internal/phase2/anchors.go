@@ -41,10 +41,11 @@ func newAnchorProbe(ctx context.Context, e *endpoints, token string, timeout tim
 	return &anchorProbe{anchors: anchoringapi.New(e.Gateway, hc), verifiers: vs, origin: chain.Origin(info.ChainID)}, nil
 }
 
-// testAnchor is a made-up session of one chunk, owned by owner.
-func testAnchor(sessionID, owner string) *chain.SessionAnchor {
+// testAnchor is a made-up session of one chunk. It names no owner: the
+// anchor is the token's subject's.
+func testAnchor(sessionID string) *chain.SessionAnchor {
 	sum := sha256.Sum256([]byte(sessionID))
-	return &chain.SessionAnchor{SessionID: sessionID, Owner: owner, ManifestHash: hex.EncodeToString(sum[:]), MerkleRoot: hex.EncodeToString(sum[:]),
+	return &chain.SessionAnchor{SessionID: sessionID, ManifestHash: hex.EncodeToString(sum[:]), MerkleRoot: hex.EncodeToString(sum[:]),
 		ChunkCount: 1, StartedAt: "2026-01-01T00:00:00Z", EndedAt: "2026-01-01T00:10:00Z"}
 }
 
@@ -76,7 +77,11 @@ func (p *anchorProbe) check(ctx context.Context, m *chain.SessionAnchor) (*ancho
 	case err != nil:
 		return nil, &errNotSealed{err}
 	}
-	if st.Status != "sealed" {
+	switch st.Status {
+	case anchoringapi.StatusSealed:
+	case anchoringapi.StatusRefused:
+		return nil, fmt.Errorf("the chain refused the anchor of %s: %s", m.SessionID, st.Reason)
+	default:
 		return nil, &errNotSealed{}
 	}
 	v, err := chain.VerifyReceipt([]byte(st.Receipt), p.verifiers, p.origin)

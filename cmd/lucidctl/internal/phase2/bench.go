@@ -423,7 +423,7 @@ func (b *bench) anchoring(ctx context.Context, s *ScenarioResult) error {
 	var submitErr atomic.Value
 	sem := make(chan struct{}, 16)
 	for i := range sessions {
-		sessions[i] = testAnchor(uuid.NewString(), "bench@lucid")
+		sessions[i] = testAnchor(uuid.NewString())
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {

@@ -166,7 +166,7 @@ func (v *validator) anchor(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	m := testAnchor(uuid.NewString(), "validate@lucid")
+	m := testAnchor(uuid.NewString())
 	if err := probe.submit(ctx, m); err != nil {
 		return "", fmt.Errorf("submit: %w", err)
 	}
