@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -72,4 +73,40 @@ func contains(s, sub string) bool {
 		}
 	}
 	return false
+}
+
+// TestRedisCostsAgreeWithMemory: requests of several units and charges
+// after the fact decide the same in Redis as in memory, step by step.
+func TestRedisCostsAgreeWithMemory(t *testing.T) {
+	addr := testenv.StartRedis(t)
+	c, err := ParseRedisURL("redis://" + addr + "/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r, m := NewRedis(c, "lucid:rl:"), NewMemory(100)
+	l := Limit{Limit: 100, Period: time.Minute, Burst: 10}
+	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	ctx := context.Background()
+	for i, n := range []int{9, 3, 2, 1, -5, 11, 1, -20, 1, 4, 1, 11} {
+		at := now.Add(time.Duration(i) * 700 * time.Millisecond)
+		if n < 0 { // a charge after the fact
+			if err := r.Charge(ctx, "k", l, -n, at); err != nil {
+				t.Fatal(err)
+			}
+			_ = m.Charge(ctx, "k", l, -n, at)
+			continue
+		}
+		dm, _ := m.AllowN(ctx, "k", l, n, at)
+		dr, err := r.AllowN(ctx, "k", l, n, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dm != dr {
+			t.Fatalf("step %d (%d units): memory %+v, redis %+v", i, n, dm, dr)
+		}
+	}
+	if _, err := r.AllowN(ctx, "k", l, 12, now); !errors.Is(err, ErrCost) {
+		t.Errorf("cost above the budget: %v", err)
+	}
 }

@@ -100,7 +100,7 @@ func (a *App) limit(w http.ResponseWriter, r *http.Request, c *auth.Claims, now 
 		tier, key = c.Tier, "sub:"+c.Subject
 	}
 	b := a.budgets[tier]
-	d, err := a.limiter.Allow(r.Context(), key, b.limit, now)
+	d, err := a.limiter.AllowN(r.Context(), key, b.limit, 1, now)
 	if err != nil {
 		b.errored.Inc()
 		if a.failClosed {
