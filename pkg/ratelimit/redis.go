@@ -106,14 +106,34 @@ func (quiet) Printf(context.Context, string, ...any) {}
 
 func init() { redis.SetLogger(quiet{}) }
 
-// ParseRedisURL opens a client for REDIS_URL (redis://[user:pass@]host:port/db).
+// Timeouts of the Redis client. A decision is on a request's path, so a
+// Redis that cannot answer must cost little: go-redis's defaults (5 s to
+// dial, each dial tried 5 times 100 ms apart, each command retried 3
+// times) made one decision against a stopped Redis take 1.8 s. With these
+// it fails in about 15 ms, against a Redis that accepts and stays silent in
+// 0.2 s, against an unreachable one in at most about 0.5 s (two dials); and
+// Fallback keeps even that off all but the requests in flight when Redis
+// went away.
+const (
+	redisDialTimeout = 250 * time.Millisecond // a LAN of Pis dials in well under 10 ms
+	redisIOTimeout   = 200 * time.Millisecond // one GCRA script runs in microseconds
+	redisPoolTimeout = 250 * time.Millisecond // waiting for a free connection
+)
+
+// ParseRedisURL opens a client for REDIS_URL (redis://[user:pass@]host:port/db),
+// with timeouts fit for a request's path.
 func ParseRedisURL(raw string) (*redis.Client, error) {
 	opts, err := redis.ParseURL(raw)
 	if err != nil {
 		// The URL may hold a password: say what is wrong, not what it is.
 		return nil, fmt.Errorf("REDIS_URL is not a redis:// URL")
 	}
-	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = time.Second, 200*time.Millisecond, 200*time.Millisecond
+	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = redisDialTimeout, redisIOTimeout, redisIOTimeout
+	opts.PoolTimeout = redisPoolTimeout
+	opts.DialerRetries = 1 // one dial per attempt
+	// One retry, soon: it rescues a command sent on a connection Redis
+	// closed (a restart) without doubling a long wait.
+	opts.MaxRetries, opts.MinRetryBackoff, opts.MaxRetryBackoff = 1, 5*time.Millisecond, 20*time.Millisecond
 	opts.PoolSize = 64
 	return redis.NewClient(opts), nil
 }

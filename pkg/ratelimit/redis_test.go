@@ -110,3 +110,19 @@ func TestRedisCostsAgreeWithMemory(t *testing.T) {
 		t.Errorf("cost above the budget: %v", err)
 	}
 }
+
+// TestRedisClientFitsARequestPath: the client's timeouts and retries are
+// short, so a Redis that cannot answer costs a request little.
+func TestRedisClientFitsARequestPath(t *testing.T) {
+	c, err := ParseRedisURL("redis://127.0.0.1:1/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	o := c.Options()
+	if o.DialTimeout > 250*time.Millisecond || o.ReadTimeout > 200*time.Millisecond || o.WriteTimeout > 200*time.Millisecond ||
+		o.PoolTimeout > 250*time.Millisecond || o.MaxRetries > 1 || o.DialerRetries != 1 || o.MaxRetryBackoff > 50*time.Millisecond {
+		t.Errorf("dial %s read %s write %s pool %s, %d retries (backoff up to %s), %d dials per attempt",
+			o.DialTimeout, o.ReadTimeout, o.WriteTimeout, o.PoolTimeout, o.MaxRetries, o.MaxRetryBackoff, o.DialerRetries)
+	}
+}
