@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,5 +125,68 @@ func TestRedisClientFitsARequestPath(t *testing.T) {
 		o.PoolTimeout > 250*time.Millisecond || o.MaxRetries > 1 || o.DialerRetries != 1 || o.MaxRetryBackoff > 50*time.Millisecond {
 		t.Errorf("dial %s read %s write %s pool %s, %d retries (backoff up to %s), %d dials per attempt",
 			o.DialTimeout, o.ReadTimeout, o.WriteTimeout, o.PoolTimeout, o.MaxRetries, o.MaxRetryBackoff, o.DialerRetries)
+	}
+}
+
+// TestFallbackWhenRedisDies: over a real Redis, limits hold from Redis;
+// with Redis killed they still hold, from the local budget, and the move is
+// reported once; with Redis back, decisions return to it.
+func TestFallbackWhenRedisDies(t *testing.T) {
+	srv := testenv.StartRedisServer(t)
+	c, err := ParseRedisURL("redis://" + srv.Addr + "/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var ch changes
+	f := NewFallback(NewRedis(c, "lucid:rl:"), NewMemory(100), FallbackOptions{Retry: 50 * time.Millisecond, OnChange: ch.record})
+	l := Limit{Limit: 100, Period: time.Minute, Burst: 10}
+	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	ctx := context.Background()
+	burst := func(key string) int {
+		t.Helper()
+		allowed := 0
+		for range 30 {
+			d, err := f.AllowN(ctx, key, l, 1, now)
+			if err != nil {
+				t.Fatalf("Fallback answered an error: %v", err)
+			}
+			if d.Allowed {
+				allowed++
+			}
+		}
+		return allowed
+	}
+	if n := burst("sub:alice"); n != 11 || f.Active() {
+		t.Fatalf("from Redis: %d allowed (want 11), fallback active %v", n, f.Active())
+	}
+	if n, _ := c.Exists(ctx, "lucid:rl:sub:alice").Result(); n != 1 {
+		t.Fatal("the decisions were not Redis's")
+	}
+
+	srv.Stop()
+	if n := burst("sub:alice"); n != 11 {
+		t.Errorf("with Redis dead: %d allowed, want 11 from the local budget", n)
+	}
+	if !f.Active() || f.LocalDecisions() != 30 {
+		t.Errorf("with Redis dead: active %v, %d local decisions", f.Active(), f.LocalDecisions())
+	}
+	if got := ch.list(); len(got) != 1 || !strings.HasPrefix(got[0], "local: rate limit in redis") {
+		t.Errorf("changes: %q", got)
+	}
+
+	srv.Start(t)
+	testenv.Eventually(t, 10*time.Second, "decisions back on Redis", func() bool {
+		_, _ = f.AllowN(ctx, "sub:probe-trigger", l, 1, now)
+		return !f.Active()
+	})
+	if n := burst("sub:bob"); n != 11 {
+		t.Errorf("Redis back: %d allowed, want 11", n)
+	}
+	if n, _ := c.Exists(ctx, "lucid:rl:sub:bob").Result(); n != 1 {
+		t.Error("after Redis came back, decisions were not Redis's")
+	}
+	if got := ch.list(); len(got) != 2 || got[1] != "primary" {
+		t.Errorf("changes: %q", got)
 	}
 }
