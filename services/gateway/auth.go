@@ -6,6 +6,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -69,6 +70,28 @@ func (a *App) clientIP(r *http.Request) string {
 	return host
 }
 
+// clientKey is the rate-limit key of an anonymous client: its IPv4
+// address, or the /64 prefix of its IPv6 address. An IPv6 host is given a
+// whole /64 (SLAAC, privacy addresses) and may rotate through it at will,
+// so keying by address would give it 2^64 budgets. An IPv4-mapped address
+// (::ffff:192.0.2.1, from a dual-stack listener) is its IPv4 address.
+func (a *App) clientKey(r *http.Request) string { return "ip:" + addrKey(a.clientIP(r)) }
+
+// addrKey is what clientKey keys an address by.
+func addrKey(s string) string {
+	ip, err := netip.ParseAddr(s)
+	switch {
+	case err != nil:
+		return s
+	case ip.Is4():
+		return s // as the peer or the proxy wrote it: no allocation
+	case ip.Is4In6():
+		return ip.Unmap().String()
+	}
+	p, _ := ip.WithZone("").Prefix(64)
+	return p.String()
+}
+
 // peerHost is the address of the direct peer.
 func peerHost(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
@@ -92,10 +115,10 @@ func (a *App) isTrusted(s string) bool {
 }
 
 // limit applies the caller's budget: its tier by sub, or the free tier by
-// client IP. It sets the RateLimit-* headers and, when refused, answers
+// client address (clientKey). It sets the RateLimit-* headers and, when refused, answers
 // 429 with Retry-After.
 func (a *App) limit(w http.ResponseWriter, r *http.Request, c *auth.Claims, now time.Time) error {
-	tier, key := auth.TierFree, "ip:"+a.clientIP(r)
+	tier, key := auth.TierFree, a.clientKey(r)
 	if c != nil {
 		tier, key = c.Tier, "sub:"+c.Subject
 	}
