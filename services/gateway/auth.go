@@ -125,16 +125,12 @@ func (a *App) limit(w http.ResponseWriter, r *http.Request, c *auth.Claims, now 
 	b := a.budgets[tier]
 	d, err := a.limiter.AllowN(r.Context(), key, b.limit, 1, now)
 	if err != nil {
+		// Redis without a fallback (LUCID_RATE_LIMIT_ON_ERROR=closed), or
+		// a client that has gone: never a pass without a limit.
 		b.errored.Inc()
-		if a.failClosed {
-			a.logger.WarnContext(r.Context(), "rate limiter unavailable; refusing the request", "error", err)
-			he := service.Errorf(http.StatusServiceUnavailable, service.CodeRateLimit, "rate limiting is unavailable; try again shortly")
-			he.Cause = err
-			return he
-		}
-		// The default: let traffic through, loudly.
-		a.logger.WarnContext(r.Context(), "rate limiter unavailable; allowing the request", "error", err)
-		return nil
+		he := service.Errorf(http.StatusServiceUnavailable, service.CodeRateLimit, "rate limiting is unavailable; try again shortly")
+		he.Cause = err
+		return he
 	}
 	// Canonical keys and one backing array: this runs on every request.
 	vals := make([]string, 3)

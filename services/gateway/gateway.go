@@ -41,10 +41,13 @@ type App struct {
 	cors    cors
 	now     func() time.Time
 	// redisURL, if set, moves the limiter's state to Redis so several
-	// gateways share one budget; failClosed refuses requests (503) when
-	// Redis cannot decide instead of letting them through.
-	redisURL   string
-	failClosed bool
+	// gateways share one budget. While Redis cannot decide, each gateway
+	// limits from its own in-memory budget, or with failClosed refuses
+	// requests (503). onErrorOpen remembers the retired value "open", read
+	// as the default with a warning at start.
+	redisURL    string
+	failClosed  bool
+	onErrorOpen bool
 
 	limiter ratelimit.Limiter
 	logger  *slog.Logger
@@ -132,7 +135,14 @@ func (a *App) Configure(r *envconfig.Reader) {
 	if h := r.String("CONSUL_HOST", ""); h != "" {
 		a.consulAddr = net.JoinHostPort(h, strconv.Itoa(r.Int("CONSUL_PORT", 8500, 1, 65535)))
 	}
-	a.failClosed = r.OneOf("LUCID_RATE_LIMIT_ON_ERROR", "open", "open", "closed") == "closed"
+	if strings.EqualFold(r.String(envOnError, ""), "open") {
+		// "open" let requests through unlimited while Redis was down. It
+		// is no longer a choice, but refusing it would stop a gateway whose
+		// env file still says it: it becomes the default, loudly.
+		a.onErrorOpen = true
+	} else {
+		a.failClosed = r.OneOf(envOnError, "local", "local", "closed") == "closed"
+	}
 	if r.String("GOGC", "") == "" { // the runtime has applied an operator's own
 		a.gcPercent = defaultGCPercent
 	}
@@ -149,6 +159,11 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	if a.gcPercent > 0 {
 		debug.SetGCPercent(a.gcPercent)
 	}
+	a.metrics = newMetrics(srv.Registerer())
+	if a.onErrorOpen {
+		a.logger.Warn(envOnError + "=open is retired: a failing Redis no longer lifts the limits; " +
+			"treating it as local (each gateway limits from its own budget while Redis cannot decide); set local or closed")
+	}
 	if a.limiter == nil {
 		if a.redisURL != "" {
 			client, err := ratelimit.ParseRedisURL(a.redisURL)
@@ -156,13 +171,20 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 				return err
 			}
 			a.closers = append(a.closers, client.Close)
-			a.limiter = ratelimit.NewRedis(client, "lucid:ratelimit:")
-			srv.AddCheck("ratelimit-redis", func(ctx context.Context) error { return client.Ping(ctx).Err() })
+			shared := ratelimit.NewRedis(client, "lucid:ratelimit:")
+			if a.failClosed {
+				// Without Redis every request is refused: not ready.
+				a.limiter = shared
+				srv.AddCheck("ratelimit-redis", func(ctx context.Context) error { return client.Ping(ctx).Err() })
+			} else {
+				// Without Redis the gateway still serves, within its own
+				// budgets: the metrics and the log say so, not /ready.
+				a.limiter = a.newFallback(shared, srv.Registerer())
+			}
 		} else {
-			a.limiter = ratelimit.NewMemory(1_000_000)
+			a.limiter = ratelimit.NewMemory(memoryKeys)
 		}
 	}
-	a.metrics = newMetrics(srv.Registerer())
 	a.budgets = newBudgets(a.limits, a.metrics)
 	a.tokens = newTokenCache(100_000)
 	buffers := newBufferPool()
@@ -241,6 +263,43 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		return detail, nil
 	})
 	return nil
+}
+
+// envOnError chooses what happens while Redis cannot decide.
+const envOnError = "LUCID_RATE_LIMIT_ON_ERROR"
+
+// memoryKeys bounds an in-memory limiter's keys (about 100 bytes each).
+const memoryKeys = 1_000_000
+
+// newFallback wraps the shared limiter so that, while Redis cannot decide,
+// this gateway decides from its own in-memory budget: a per-gateway limit
+// rather than none. The move each way is logged once, and metered.
+func (a *App) newFallback(shared ratelimit.Limiter, reg prometheus.Registerer) *ratelimit.Fallback {
+	fb := ratelimit.NewFallback(shared, ratelimit.NewMemory(memoryKeys), ratelimit.FallbackOptions{
+		OnChange: func(active bool, err error) {
+			if active {
+				a.logger.Warn("rate limits: Redis cannot decide; this gateway limits from its own budget until it answers", "error", err)
+			} else {
+				a.logger.Warn("rate limits: Redis answers again; budgets are shared again")
+			}
+		},
+	})
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "lucid_gateway_ratelimit_fallback_active",
+			Help: "1 while Redis cannot decide and this gateway limits from its own in-memory budget, else 0.",
+		}, func() float64 {
+			if fb.Active() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "lucid_gateway_ratelimit_fallback_decisions_total",
+			Help: "Rate-limit decisions made from this gateway's own budget because Redis could not decide.",
+		}, func() float64 { return float64(fb.LocalDecisions()) }),
+	)
+	return fb
 }
 
 // pruneLoop closes idle upstream connections past their time until ctx
