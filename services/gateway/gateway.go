@@ -38,8 +38,15 @@ type App struct {
 	trusted []*net.IPNet
 	limits  map[auth.Tier]ratelimit.Limit
 	budgets map[auth.Tier]*budget
-	cors    cors
-	now     func() time.Time
+	// concurrency bounds each principal's requests in progress, per tier;
+	// inflight counts them.
+	concurrency map[auth.Tier]int
+	inflight    *inflight
+	// uploadUnit is LUCID_RATE_UPLOAD_UNIT_BYTES: each started unit of a
+	// request's body costs one more rate-limit unit.
+	uploadUnit int64
+	cors       cors
+	now        func() time.Time
 	// redisURL, if set, moves the limiter's state to Redis so several
 	// gateways share one budget. While Redis cannot decide, each gateway
 	// limits from its own in-memory budget, or with failClosed refuses
@@ -102,16 +109,25 @@ func (a *App) Configure(r *envconfig.Reader) {
 	}
 	divisor := r.Int("LUCID_RATE_BURST_DIVISOR", 10, 1, 1000)
 	a.limits = map[auth.Tier]ratelimit.Limit{}
+	a.concurrency = map[auth.Tier]int{}
+	// Requests in progress per principal at once, at each gateway: a free
+	// principal gets 8 (a browser's 6 connections to a host and a couple
+	// of follow streams); premium 32 and enterprise 128 carry several
+	// session pipelines with their streams. What they bound is long-lived
+	// streams: one user cannot hold unbounded upstream connections.
 	for _, t := range []struct {
-		tier auth.Tier
-		key  string
-		def  int
-	}{{auth.TierFree, "LUCID_RATE_FREE", 100}, {auth.TierPremium, "LUCID_RATE_PREMIUM", 1000}, {auth.TierEnterprise, "LUCID_RATE_ENTERPRISE", 10000}} {
+		tier       auth.Tier
+		key        string
+		def        int
+		concurrent int
+	}{{auth.TierFree, "FREE", 100, 8}, {auth.TierPremium, "PREMIUM", 1000, 32}, {auth.TierEnterprise, "ENTERPRISE", 10000, 128}} {
 		// Bounded so one request's interval stays at least a microsecond,
 		// the Redis limiter's resolution.
-		n := r.Int(t.key, t.def, 1, 10_000_000)
+		n := r.Int("LUCID_RATE_"+t.key, t.def, 1, 10_000_000)
 		a.limits[t.tier] = ratelimit.Limit{Limit: n, Period: time.Minute, Burst: max(n/divisor, 1)}
+		a.concurrency[t.tier] = r.Int("LUCID_CONCURRENCY_"+t.key, t.concurrent, 1, 1_000_000)
 	}
+	a.uploadUnit = int64(r.Int("LUCID_RATE_UPLOAD_UNIT_BYTES", defaultUploadUnit, 1024, 1<<30))
 	for _, c := range strings.Split(r.String("LUCID_TRUSTED_PROXIES", ""), ",") {
 		if c = strings.TrimSpace(c); c == "" {
 			continue
@@ -185,7 +201,8 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 			a.limiter = ratelimit.NewMemory(memoryKeys)
 		}
 	}
-	a.budgets = newBudgets(a.limits, a.metrics)
+	a.budgets = newBudgets(a.limits, a.concurrency, a.metrics)
+	a.inflight = newInflight()
 	a.tokens = newTokenCache(100_000)
 	buffers := newBufferPool()
 	a.pools = map[string]*pool{}
@@ -320,10 +337,13 @@ func (a *App) pruneLoop(ctx context.Context) {
 }
 
 type metrics struct {
-	upstreamLatency *prometheus.HistogramVec
-	decisions       *prometheus.CounterVec
-	upstreamErrors  *prometheus.CounterVec
-	authFailures    prometheus.Counter
+	upstreamLatency    *prometheus.HistogramVec
+	decisions          *prometheus.CounterVec
+	upstreamErrors     *prometheus.CounterVec
+	authFailures       prometheus.Counter
+	bodyUnits          *prometheus.CounterVec
+	inProgress         *prometheus.GaugeVec
+	concurrencyLimited *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -339,8 +359,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lucid_gateway_upstream_errors_total", Help: "Requests the gateway could not get answered upstream.",
 		}, []string{"service"}),
 		authFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_gateway_auth_failures_total", Help: "Requests refused for a missing or invalid token."}),
+		bodyUnits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lucid_gateway_ratelimit_body_units_total", Help: "Rate-limit units charged for request bodies (beyond each request's own), by tier.",
+		}, []string{"tier"}),
+		inProgress: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lucid_gateway_requests_in_progress", Help: "Requests being proxied, by the tier they count against.",
+		}, []string{"tier"}),
+		concurrencyLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lucid_gateway_concurrency_limited_total", Help: "Requests refused (429) because their principal had its tier's limit of requests in progress.",
+		}, []string{"tier"}),
 	}
-	reg.MustRegister(m.upstreamLatency, m.decisions, m.upstreamErrors, m.authFailures)
+	reg.MustRegister(m.upstreamLatency, m.decisions, m.upstreamErrors, m.authFailures, m.bodyUnits, m.inProgress, m.concurrencyLimited)
 	return m
 }
 
