@@ -32,7 +32,11 @@ import (
 
 // App is the gateway service.
 type App struct {
-	secret  []byte
+	secret []byte
+	// verify holds what a token must carry besides a valid signature and
+	// exp: the issuer and audience, when LUCID_JWT_ISSUER and
+	// LUCID_JWT_AUDIENCE are set.
+	verify  []auth.ParseOption
 	routes  []routetable.Route
 	lookup  func(string) string
 	trusted []*net.IPNet
@@ -98,6 +102,12 @@ func New() service.App { return &App{} }
 // the rate limits, trusted proxies and CORS.
 func (a *App) Configure(r *envconfig.Reader) {
 	a.secret = []byte(r.Secret("JWT_SECRET_KEY", auth.MinSecretLen, "the gateway verifies client tokens with it"))
+	if iss := r.String(auth.EnvIssuer, ""); iss != "" {
+		a.verify = append(a.verify, auth.WithIssuer(iss))
+	}
+	if aud := r.String(auth.EnvAudience, ""); aud != "" {
+		a.verify = append(a.verify, auth.WithAudience(aud))
+	}
 	routes, err := routetable.Load(r.String(routetable.EnvVar, ""))
 	if err != nil {
 		r.Fail(routetable.EnvVar, "%v", err)
