@@ -152,3 +152,23 @@ func TestChargeGoesIntoDebt(t *testing.T) {
 		t.Errorf("charge of 0: %v", err)
 	}
 }
+
+// BenchmarkMemoryAllowN is BenchmarkMemoryAllow for requests of 3 units
+// (a 4 MiB upload at the gateway's default unit).
+func BenchmarkMemoryAllowN(b *testing.B) {
+	m := NewMemory(100_000)
+	l := Limit{Limit: 10000, Period: time.Minute, Burst: 1000}
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = fmt.Sprint("user-", i)
+	}
+	now := time.Now()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			_, _ = m.AllowN(context.Background(), keys[i%len(keys)], l, 3, now)
+			i++
+		}
+	})
+}
