@@ -32,25 +32,14 @@ import (
 
 // App is the gateway service.
 type App struct {
-	secret []byte
-	// verify holds what a token must carry besides a valid signature and
-	// exp: the issuer and audience, when LUCID_JWT_ISSUER and
-	// LUCID_JWT_AUDIENCE are set.
-	verify  []auth.ParseOption
+	secret  []byte
 	routes  []routetable.Route
 	lookup  func(string) string
 	trusted []*net.IPNet
 	limits  map[auth.Tier]ratelimit.Limit
 	budgets map[auth.Tier]*budget
-	// concurrency bounds each principal's requests in progress, per tier;
-	// inflight counts them.
-	concurrency map[auth.Tier]int
-	inflight    *inflight
-	// uploadUnit is LUCID_RATE_UPLOAD_UNIT_BYTES: each started unit of a
-	// request's body costs one more rate-limit unit.
-	uploadUnit int64
-	cors       cors
-	now        func() time.Time
+	cors    cors
+	now     func() time.Time
 	// redisURL, if set, moves the limiter's state to Redis so several
 	// gateways share one budget. While Redis cannot decide, each gateway
 	// limits from its own in-memory budget, or with failClosed refuses
@@ -71,6 +60,18 @@ type App struct {
 	consulAddr string
 	// gcPercent, unless GOGC is set, replaces the runtime's default.
 	gcPercent int
+
+	// verify holds what a token must carry besides a valid signature and
+	// exp: the issuer and audience, when LUCID_JWT_ISSUER and
+	// LUCID_JWT_AUDIENCE are set.
+	verify []auth.ParseOption
+	// concurrency bounds each principal's requests in progress, per tier;
+	// inflight counts them.
+	concurrency map[auth.Tier]int
+	inflight    *inflight
+	// uploadUnit is LUCID_RATE_UPLOAD_UNIT_BYTES: each started unit of a
+	// request's body costs one more rate-limit unit.
+	uploadUnit int64
 }
 
 // defaultGCPercent is the gateway's garbage-collection target. Its live
