@@ -122,18 +122,51 @@ func build(dir, name string) (string, error) {
 // StartRedis runs a private redis-server (no persistence) on a free
 // loopback port for the test and returns its address. It skips, or fails
 // in CI, when redis-server is missing.
-func StartRedis(t testing.TB) string {
+func StartRedis(t testing.TB) string { return StartRedisServer(t).Addr }
+
+// RedisServer is a redis-server run for a test.
+type RedisServer struct {
+	// Addr is its address, host:port.
+	Addr string
+	bin  string
+	dir  string
+	cmd  *exec.Cmd
+}
+
+// StartRedisServer is StartRedis for tests that also stop and restart the
+// server.
+func StartRedisServer(t testing.TB) *RedisServer {
 	t.Helper()
-	bin := Tool(t, "redis-server", "LUCID_REDIS_BIN")
-	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
-	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	if err := cmd.Start(); err != nil {
+	r := &RedisServer{
+		bin:  Tool(t, "redis-server", "LUCID_REDIS_BIN"),
+		Addr: fmt.Sprintf("127.0.0.1:%d", FreePort(t)),
+		dir:  t.TempDir(),
+	}
+	t.Cleanup(r.Stop)
+	r.Start(t)
+	return r
+}
+
+// Stop kills the server (as a crash would: it keeps nothing).
+func (r *RedisServer) Stop() {
+	if r.cmd != nil {
+		_ = r.cmd.Process.Kill()
+		_ = r.cmd.Wait()
+		r.cmd = nil
+	}
+}
+
+// Start starts the server on its address, empty, and waits until it
+// answers.
+func (r *RedisServer) Start(t testing.TB) {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(r.Addr)
+	r.cmd = exec.Command(r.bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", r.dir)
+	if err := r.cmd.Start(); err != nil {
 		t.Fatalf("start redis-server: %v", err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	Eventually(t, 10*time.Second, "redis-server up", func() bool {
-		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		c, err := net.DialTimeout("tcp", r.Addr, 100*time.Millisecond)
 		if err != nil {
 			return false
 		}
@@ -144,7 +177,6 @@ func StartRedis(t testing.TB) string {
 		n, _ := c.Read(buf)
 		return strings.HasPrefix(string(buf[:n]), "+PONG")
 	})
-	return addr
 }
 
 // StartConsul runs a private Consul dev agent on free loopback ports for

@@ -4,6 +4,7 @@
 //
 // Verification is strict: only HS256 is accepted (so `none` and RS256/HS256
 // confusion fail), `exp` must be present, and clocks may disagree by Leeway.
+// A verifier may also require an issuer (`iss`) and an audience (`aud`).
 package auth
 
 import (
@@ -14,6 +15,13 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+)
+
+// The variables naming the issuer and audience a deployment's tokens carry:
+// the gateway requires them when set, and lucidctl token mints them.
+const (
+	EnvIssuer   = "LUCID_JWT_ISSUER"
+	EnvAudience = "LUCID_JWT_AUDIENCE"
 )
 
 // MinSecretLen is the shortest JWT_SECRET_KEY accepted: HS256 keys shorter
@@ -73,6 +81,10 @@ type MintOptions struct {
 	TTL     time.Duration
 	// Now is the issue time; zero means time.Now.
 	Now time.Time
+	// Issuer, if set, is the token's iss claim.
+	Issuer string
+	// Audience, if set, is the token's aud claim.
+	Audience []string
 }
 
 // Mint returns a signed HS256 token and its claims.
@@ -98,10 +110,14 @@ func Mint(secret []byte, opts MintOptions) (string, Claims, error) {
 		Tier: opts.Tier,
 		RegisteredClaims: jwt.RegisteredClaims{
 			Subject:   opts.Subject,
+			Issuer:    opts.Issuer,
 			IssuedAt:  jwt.NewNumericDate(now),
 			NotBefore: jwt.NewNumericDate(now),
 			ExpiresAt: jwt.NewNumericDate(now.Add(opts.TTL)),
 		},
+	}
+	if len(opts.Audience) > 0 {
+		claims.Audience = jwt.ClaimStrings(opts.Audience)
 	}
 	signed, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
 	if err != nil {
@@ -132,9 +148,33 @@ func CheckSubject(sub string) error {
 	return nil
 }
 
+// ParseOption adds a requirement to Parse.
+type ParseOption func(*[]jwt.ParserOption)
+
+// WithIssuer requires the token's iss claim to be iss; empty requires
+// nothing.
+func WithIssuer(iss string) ParseOption {
+	return func(o *[]jwt.ParserOption) {
+		if iss != "" {
+			*o = append(*o, jwt.WithIssuer(iss))
+		}
+	}
+}
+
+// WithAudience requires the token's aud claim to include aud; empty
+// requires nothing.
+func WithAudience(aud string) ParseOption {
+	return func(o *[]jwt.ParserOption) {
+		if aud != "" {
+			*o = append(*o, jwt.WithAudience(aud))
+		}
+	}
+}
+
 // Parse verifies token with secret and returns its claims. Only HS256 is
-// accepted, exp is required and nbf honoured, within Leeway.
-func Parse(secret []byte, token string, now func() time.Time) (Claims, error) {
+// accepted, exp is required and nbf honoured, within Leeway; with options,
+// iss and aud are required too.
+func Parse(secret []byte, token string, now func() time.Time, options ...ParseOption) (Claims, error) {
 	opts := []jwt.ParserOption{
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithExpirationRequired(),
@@ -142,6 +182,9 @@ func Parse(secret []byte, token string, now func() time.Time) (Claims, error) {
 	}
 	if now != nil {
 		opts = append(opts, jwt.WithTimeFunc(now))
+	}
+	for _, o := range options {
+		o(&opts)
 	}
 	var claims Claims
 	_, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return secret, nil }, opts...)

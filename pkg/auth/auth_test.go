@@ -2,6 +2,7 @@ package auth
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -80,5 +81,48 @@ func TestParseStrict(t *testing.T) {
 		if _, err := Parse(secret, tok, nil); err == nil {
 			t.Errorf("%s: token accepted", name)
 		}
+	}
+}
+
+// TestIssuerAndAudience: a token minted with an issuer and audiences
+// passes a parser that requires them; one without, or with others, fails;
+// a parser that requires nothing accepts both.
+func TestIssuerAndAudience(t *testing.T) {
+	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	at := func() time.Time { return now }
+	mint := func(iss string, aud ...string) string {
+		t.Helper()
+		tok, _, err := Mint(secret, MintOptions{Subject: "alice", Tier: TierFree, TTL: time.Hour, Now: now, Issuer: iss, Audience: aud})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	require := []ParseOption{WithIssuer("https://auth.lucid"), WithAudience("lucid-gateway")}
+	for _, tc := range []struct {
+		name string
+		tok  string
+		ok   bool
+	}{
+		{"both", mint("https://auth.lucid", "lucid-gateway"), true},
+		{"the audience among others", mint("https://auth.lucid", "billing", "lucid-gateway"), true},
+		{"no issuer", mint("", "lucid-gateway"), false},
+		{"another issuer", mint("https://evil", "lucid-gateway"), false},
+		{"no audience", mint("https://auth.lucid"), false},
+		{"another audience", mint("https://auth.lucid", "billing"), false},
+	} {
+		c, err := Parse(secret, tc.tok, at, require...)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: err = %v, want ok %v", tc.name, err, tc.ok)
+		}
+		if _, err := Parse(secret, tc.tok, at); err != nil {
+			t.Errorf("%s, nothing required: %v", tc.name, err)
+		}
+		if tc.ok && (c.Issuer != "https://auth.lucid" || !slices.Contains(c.Audience, "lucid-gateway")) {
+			t.Errorf("%s: claims %+v", tc.name, c)
+		}
+	}
+	if _, err := Parse(secret, mint(""), at, WithIssuer(""), WithAudience("")); err != nil {
+		t.Errorf("empty requirements require nothing: %v", err)
 	}
 }

@@ -3,13 +3,17 @@
 // requests per Period, and a burst of Burst requests above it.
 //
 // GCRA keeps one time per key (the theoretical arrival time, TAT), so a
-// decision is O(1) and the state is 8 bytes a key. The in-memory Limiter
-// here is sharded, bounded and forgets idle keys; a Redis-backed one shares
-// a budget between gateways.
+// decision is O(1) and the state is 8 bytes a key. A request may cost more
+// than one unit (AllowN), and work found out only afterwards can be charged
+// (Charge). The in-memory Limiter here is sharded, bounded and forgets idle
+// keys; a Redis-backed one shares a budget between gateways, and Fallback
+// decides from a local one while Redis cannot.
 package ratelimit
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"hash/maphash"
 	"sync"
 	"time"
@@ -28,33 +32,67 @@ func (l Limit) interval() time.Duration { return l.Period / time.Duration(l.Limi
 // tolerance is how far ahead of now the TAT may run: the burst.
 func (l Limit) tolerance() time.Duration { return time.Duration(l.Burst) * l.interval() }
 
+// MaxCost is the most a single decision can charge: a whole budget, the
+// burst plus the one unit the interval allows. A dearer request could never
+// be allowed, so AllowN refuses to decide it (ErrCost); a caller caps what
+// it charges up front and may Charge the rest afterwards.
+func (l Limit) MaxCost() int { return l.Burst + 1 }
+
+// ErrCost is returned by AllowN for a cost outside 1..MaxCost, and by
+// Charge for one below 1.
+var ErrCost = errors.New("ratelimit: cost outside the budget")
+
+// checkCost refuses the costs AllowN cannot decide.
+func (l Limit) checkCost(n int) error {
+	if n < 1 || n > l.MaxCost() {
+		return fmt.Errorf("%w: %d units, budget holds 1..%d", ErrCost, n, l.MaxCost())
+	}
+	return nil
+}
+
+// cost is the time n units take from the budget; the common n=1 spares the
+// multiplication.
+func (l Limit) cost(n int) time.Duration {
+	if n == 1 {
+		return l.interval()
+	}
+	return time.Duration(n) * l.interval()
+}
+
 // Decision is the answer for one request, with what the RateLimit-*
 // headers say.
 type Decision struct {
 	Allowed bool
 	// Limit is the budget's requests per period.
 	Limit int
-	// Remaining is how many more requests would be allowed right now.
+	// Remaining is how many more units would be allowed right now.
 	Remaining int
 	// Reset is how long until the budget is fully restored.
 	Reset time.Duration
-	// RetryAfter, when refused, is how long until one request fits.
+	// RetryAfter, when refused, is how long until the request fits.
 	RetryAfter time.Duration
 }
 
-// Limiter decides requests against budgets, per key.
+// Limiter decides requests against budgets, per key. A request costs
+// units: 1 for most, more for work such as a large upload.
 type Limiter interface {
-	Allow(ctx context.Context, key string, l Limit, now time.Time) (Decision, error)
+	// AllowN decides a request costing n units (1..l.MaxCost(), else
+	// ErrCost) and, if it is allowed, takes them from key's budget.
+	AllowN(ctx context.Context, key string, l Limit, n int, now time.Time) (Decision, error)
+	// Charge takes n more units from key's budget whatever is left: for
+	// work found out after the request was allowed (a body without a
+	// length). The budget may go into debt; the key's next request waits.
+	Charge(ctx context.Context, key string, l Limit, n int, now time.Time) error
 }
 
-// decide applies GCRA to a stored TAT (zero if none) and returns the new
-// TAT (unchanged when refused) and the decision.
-func decide(tat time.Time, l Limit, now time.Time) (time.Time, Decision) {
+// decide applies GCRA to a stored TAT (zero if none) for a request of n
+// units and returns the new TAT (unchanged when refused) and the decision.
+func decide(tat time.Time, l Limit, n int, now time.Time) (time.Time, Decision) {
 	interval, tol := l.interval(), l.tolerance()
 	if tat.Before(now) {
 		tat = now
 	}
-	newTAT := tat.Add(interval)
+	newTAT := tat.Add(l.cost(n))
 	allowAt := newTAT.Add(-tol - interval)
 	d := Decision{Limit: l.Limit}
 	if now.Before(allowAt) {
@@ -70,6 +108,14 @@ func decide(tat time.Time, l Limit, now time.Time) (time.Time, Decision) {
 		d.Remaining = 0
 	}
 	return newTAT, d
+}
+
+// charge adds n units to a stored TAT unconditionally.
+func charge(tat time.Time, l Limit, n int, now time.Time) time.Time {
+	if tat.Before(now) {
+		tat = now
+	}
+	return tat.Add(l.cost(n))
 }
 
 // Memory is an in-memory Limiter: shards of keys with their TATs, each
@@ -98,19 +144,51 @@ func NewMemory(maxKeys int) *Memory {
 	return m
 }
 
-// Allow implements Limiter.
-func (m *Memory) Allow(_ context.Context, key string, l Limit, now time.Time) (Decision, error) {
-	sh := &m.shards[maphash.String(m.seed, key)%uint64(len(m.shards))]
+// Allow decides a request of one unit.
+func (m *Memory) Allow(ctx context.Context, key string, l Limit, now time.Time) (Decision, error) {
+	return m.AllowN(ctx, key, l, 1, now)
+}
+
+// AllowN implements Limiter.
+func (m *Memory) AllowN(_ context.Context, key string, l Limit, n int, now time.Time) (Decision, error) {
+	if n != 1 {
+		if err := l.checkCost(n); err != nil {
+			return Decision{}, err
+		}
+	}
+	sh := m.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	tat, d := decide(sh.tats[key], l, now)
+	tat, d := decide(sh.tats[key], l, n, now)
 	if d.Allowed {
-		if _, ok := sh.tats[key]; !ok && len(sh.tats) >= m.max {
-			sh.evict(now)
-		}
-		sh.tats[key] = tat
+		sh.store(key, tat, m.max, now)
 	}
 	return d, nil
+}
+
+// Charge implements Limiter.
+func (m *Memory) Charge(_ context.Context, key string, l Limit, n int, now time.Time) error {
+	if n < 1 {
+		return fmt.Errorf("%w: charge of %d units", ErrCost, n)
+	}
+	sh := m.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	sh.store(key, charge(sh.tats[key], l, n, now), m.max, now)
+	return nil
+}
+
+func (m *Memory) shard(key string) *shard {
+	return &m.shards[maphash.String(m.seed, key)%uint64(len(m.shards))]
+}
+
+// store sets key's TAT, making room first if key is new and the shard is
+// full.
+func (sh *shard) store(key string, tat time.Time, max int, now time.Time) {
+	if _, ok := sh.tats[key]; !ok && len(sh.tats) >= max {
+		sh.evict(now)
+	}
+	sh.tats[key] = tat
 }
 
 // evict makes room by sampling: it looks at up to 32 keys (map order is

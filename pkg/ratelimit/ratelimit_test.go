@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -83,6 +84,90 @@ func BenchmarkMemoryAllow(b *testing.B) {
 		i := 0
 		for pb.Next() {
 			_, _ = m.Allow(context.Background(), keys[i%len(keys)], l, now)
+			i++
+		}
+	})
+}
+
+// TestCostTakesUnits: a request of n units takes n from the budget, is
+// refused with the time until all n fit, and can take at most the whole
+// budget (MaxCost) at once.
+func TestCostTakesUnits(t *testing.T) {
+	l := Limit{Limit: 60, Period: time.Minute, Burst: 10} // a unit a second
+	m := NewMemory(100)
+	ctx := context.Background()
+	now := time.Unix(1_800_000_000, 0)
+	type step struct {
+		n          int
+		allowed    bool
+		remaining  int
+		retryAfter time.Duration
+	}
+	for i, s := range []step{
+		{9, true, 2, 0},
+		{3, false, 0, time.Second}, // 2 left: one more unit in a second
+		{2, true, 0, 0},
+		{1, false, 0, time.Second},
+	} {
+		d, err := m.AllowN(ctx, "k", l, s.n, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Allowed != s.allowed || d.Remaining != s.remaining || d.RetryAfter != s.retryAfter {
+			t.Errorf("step %d (%d units): %+v, want allowed %v remaining %d retry after %s", i, s.n, d, s.allowed, s.remaining, s.retryAfter)
+		}
+	}
+	if d, err := m.AllowN(ctx, "fresh", l, l.MaxCost(), now); err != nil || !d.Allowed || d.Remaining != 0 {
+		t.Errorf("a whole budget at once: %+v, %v", d, err)
+	}
+	for _, n := range []int{0, -1, l.MaxCost() + 1} {
+		if _, err := m.AllowN(ctx, "other", l, n, now); !errors.Is(err, ErrCost) {
+			t.Errorf("cost %d: err = %v, want ErrCost", n, err)
+		}
+	}
+}
+
+// TestChargeGoesIntoDebt: work found out after the decision is charged
+// whatever is left, and the key's next request waits for it.
+func TestChargeGoesIntoDebt(t *testing.T) {
+	l := Limit{Limit: 60, Period: time.Minute, Burst: 10}
+	m := NewMemory(100)
+	ctx := context.Background()
+	now := time.Unix(1_800_000_000, 0)
+	if d, _ := m.AllowN(ctx, "k", l, 1, now); !d.Allowed {
+		t.Fatal("first request refused")
+	}
+	if err := m.Charge(ctx, "k", l, 30, now); err != nil {
+		t.Fatal(err)
+	}
+	// TAT is now+31 s; one more unit fits once it is within 11 s of now.
+	d, _ := m.AllowN(ctx, "k", l, 1, now)
+	if d.Allowed || d.RetryAfter != 21*time.Second {
+		t.Errorf("after a charge of 30: %+v, want refused for 21 s", d)
+	}
+	if d, _ := m.AllowN(ctx, "k", l, 1, now.Add(21*time.Second)); !d.Allowed {
+		t.Errorf("21 s later: %+v", d)
+	}
+	if err := m.Charge(ctx, "k", l, 0, now); !errors.Is(err, ErrCost) {
+		t.Errorf("charge of 0: %v", err)
+	}
+}
+
+// BenchmarkMemoryAllowN is BenchmarkMemoryAllow for requests of 3 units
+// (a 4 MiB upload at the gateway's default unit).
+func BenchmarkMemoryAllowN(b *testing.B) {
+	m := NewMemory(100_000)
+	l := Limit{Limit: 10000, Period: time.Minute, Burst: 1000}
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = fmt.Sprint("user-", i)
+	}
+	now := time.Now()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			_, _ = m.AllowN(context.Background(), keys[i%len(keys)], l, 3, now)
 			i++
 		}
 	})

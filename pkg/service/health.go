@@ -59,8 +59,46 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) error {
 	if rd.Status != "ready" {
 		status = http.StatusServiceUnavailable
 	}
+	if s.cfg.Public {
+		// A public listener answers anyone: names and status only, no
+		// internal addresses or error text. The log keeps what failed.
+		s.logFailures(rd)
+		rd = rd.public()
+	}
 	WriteJSON(w, status, rd)
 	return nil
+}
+
+// public is rd without the checks' details and errors.
+func (rd Readiness) public() Readiness {
+	checks := make([]CheckResult, len(rd.Checks))
+	for i, c := range rd.Checks {
+		c.Detail, c.Error = "", ""
+		checks[i] = c
+	}
+	rd.Checks = checks
+	return rd
+}
+
+// logFailures logs a check's error when it starts failing or fails
+// differently, and when it passes again: once per change, not per probe.
+func (s *Server) logFailures(rd Readiness) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lastFailure == nil {
+		s.lastFailure = map[string]string{}
+	}
+	for _, c := range rd.Checks {
+		last, failed := s.lastFailure[c.Name]
+		switch {
+		case c.Status != "ok" && (!failed || last != c.Error):
+			s.lastFailure[c.Name] = c.Error
+			s.logger.Warn("readiness check failing", "check", c.Name, "error", c.Error, "detail", c.Detail)
+		case c.Status == "ok" && failed:
+			delete(s.lastFailure, c.Name)
+			s.logger.Info("readiness check passing again", "check", c.Name, "detail", c.Detail)
+		}
+	}
 }
 
 // Ready runs every readiness check concurrently and reports the result.

@@ -46,6 +46,10 @@ type Server struct {
 	draining atomic.Bool
 	fallback atomic.Pointer[http.Handler]
 	identity atomic.Pointer[meshtls.Identity]
+
+	// lastFailure is each failing check's error as last logged (a public
+	// listener, whose /ready does not show it); under mu.
+	lastFailure map[string]string
 }
 
 // New provisions a server for cfg: /health, /ready and /metrics are routed,

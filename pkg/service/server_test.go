@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -78,6 +80,72 @@ func TestHealthAndReady(t *testing.T) {
 	if rd.Status != "not_ready" || len(rd.Checks) != 2 || rd.Checks[1].Name != "consul" || rd.Checks[1].Error != "connection refused" {
 		t.Errorf("readiness = %+v", rd)
 	}
+}
+
+// TestPublicReadyHidesDetail: a public listener's /ready names its checks
+// and their status, never a detail or an error (internal addresses, error
+// text); its log says what failed, once per change. Other services keep
+// the details.
+func TestPublicReadyHidesDetail(t *testing.T) {
+	var logs syncBuffer
+	cfg := Config{Name: "gateway", Addr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second, Public: true}
+	pub := New(cfg, NewLogger(&logs, slog.LevelDebug, "gateway"))
+	internal := testServer(t, nil)
+	var failing atomic.Bool
+	failing.Store(true)
+	for _, s := range []*Server{pub, internal} {
+		s.AddDetailedCheck("upstreams", func(context.Context) (string, error) {
+			if failing.Load() {
+				return "static: engine=http://127.0.0.1:8084", errors.New("dial tcp 127.0.0.1:8085: connection refused")
+			}
+			return "static: engine=http://127.0.0.1:8084", nil
+		})
+		s.AddCheck("redis", func(context.Context) error { return nil })
+	}
+	for range 3 {
+		rec := get(t, pub.Handler(), "/ready")
+		body := rec.Body.String()
+		var rd Readiness
+		if err := json.Unmarshal(rec.Body.Bytes(), &rd); err != nil {
+			t.Fatal(err)
+		}
+		if rec.Code != 503 || rd.Status != "not_ready" || len(rd.Checks) != 2 || rd.Checks[0].Name != "upstreams" || rd.Checks[0].Status != "fail" || rd.Checks[1].Status != "ok" {
+			t.Errorf("public /ready: %d %s", rec.Code, body)
+		}
+		if strings.Contains(body, "127.0.0.1") || strings.Contains(body, "refused") || strings.Contains(body, "detail") || strings.Contains(body, `"error"`) {
+			t.Errorf("public /ready shows internals: %s", body)
+		}
+	}
+	if rec := get(t, internal.Handler(), "/ready"); !strings.Contains(rec.Body.String(), "engine=http://127.0.0.1:8084") || !strings.Contains(rec.Body.String(), "connection refused") {
+		t.Errorf("an internal service's /ready lost its details: %s", rec.Body)
+	}
+	if n := strings.Count(logs.String(), "readiness check failing"); n != 1 || !strings.Contains(logs.String(), "connection refused") {
+		t.Errorf("failure logged %d times, want once with its error:\n%s", n, logs.String())
+	}
+	failing.Store(false)
+	get(t, pub.Handler(), "/ready")
+	get(t, pub.Handler(), "/ready")
+	if n := strings.Count(logs.String(), "readiness check passing again"); n != 1 {
+		t.Errorf("recovery logged %d times, want once", n)
+	}
+}
+
+// syncBuffer is a log sink for handlers running on several goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func TestRequestIDAndErrors(t *testing.T) {

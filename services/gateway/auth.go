@@ -6,6 +6,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -38,7 +39,7 @@ func (a *App) authenticate(r *http.Request, now time.Time) (*auth.Claims, error)
 	if c := a.tokens.get(tok, now); c != nil {
 		return c, nil
 	}
-	c, err := auth.Parse(a.secret, tok, func() time.Time { return now })
+	c, err := auth.Parse(a.secret, tok, func() time.Time { return now }, a.verify...)
 	if err != nil {
 		return nil, err
 	}
@@ -69,6 +70,28 @@ func (a *App) clientIP(r *http.Request) string {
 	return host
 }
 
+// clientKey is the rate-limit key of an anonymous client: its IPv4
+// address, or the /64 prefix of its IPv6 address. An IPv6 host is given a
+// whole /64 (SLAAC, privacy addresses) and may rotate through it at will,
+// so keying by address would give it 2^64 budgets. An IPv4-mapped address
+// (::ffff:192.0.2.1, from a dual-stack listener) is its IPv4 address.
+func (a *App) clientKey(r *http.Request) string {
+	s := a.clientIP(r)
+	ip, err := netip.ParseAddr(s)
+	if err != nil || ip.Is4() {
+		return "ip:" + s
+	}
+	var buf [64]byte // one allocation, the key itself, as for IPv4
+	k := append(buf[:0], "ip:"...)
+	if ip.Is4In6() {
+		k = ip.Unmap().AppendTo(k)
+	} else {
+		p, _ := ip.WithZone("").Prefix(64)
+		k = p.AppendTo(k)
+	}
+	return string(k)
+}
+
 // peerHost is the address of the direct peer.
 func peerHost(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
@@ -91,27 +114,26 @@ func (a *App) isTrusted(s string) bool {
 	return false
 }
 
-// limit applies the caller's budget: its tier by sub, or the free tier by
-// client IP. It sets the RateLimit-* headers and, when refused, answers
-// 429 with Retry-After.
-func (a *App) limit(w http.ResponseWriter, r *http.Request, c *auth.Claims, now time.Time) error {
-	tier, key := auth.TierFree, "ip:"+a.clientIP(r)
+// principal is whom a request's limits apply to: its tier's budget and
+// its key, by sub, or the free tier by client address (clientKey).
+func (a *App) principal(r *http.Request, c *auth.Claims) (*budget, string) {
 	if c != nil {
-		tier, key = c.Tier, "sub:"+c.Subject
+		return a.budgets[c.Tier], "sub:" + c.Subject
 	}
-	b := a.budgets[tier]
-	d, err := a.limiter.Allow(r.Context(), key, b.limit, now)
+	return a.budgets[auth.TierFree], a.clientKey(r)
+}
+
+// limit takes n units (requestCost) from key's budget b. It sets the
+// RateLimit-* headers and, when refused, answers 429 with Retry-After.
+func (a *App) limit(w http.ResponseWriter, r *http.Request, b *budget, key string, n int, now time.Time) error {
+	d, err := a.limiter.AllowN(r.Context(), key, b.limit, n, now)
 	if err != nil {
+		// Redis without a fallback (LUCID_RATE_LIMIT_ON_ERROR=closed), or
+		// a client that has gone: never a pass without a limit.
 		b.errored.Inc()
-		if a.failClosed {
-			a.logger.WarnContext(r.Context(), "rate limiter unavailable; refusing the request", "error", err)
-			he := service.Errorf(http.StatusServiceUnavailable, service.CodeRateLimit, "rate limiting is unavailable; try again shortly")
-			he.Cause = err
-			return he
-		}
-		// The default: let traffic through, loudly.
-		a.logger.WarnContext(r.Context(), "rate limiter unavailable; allowing the request", "error", err)
-		return nil
+		he := service.Errorf(http.StatusServiceUnavailable, service.CodeRateLimit, "rate limiting is unavailable; try again shortly")
+		he.Cause = err
+		return he
 	}
 	// Canonical keys and one backing array: this runs on every request.
 	vals := make([]string, 3)
@@ -126,25 +148,40 @@ func (a *App) limit(w http.ResponseWriter, r *http.Request, c *auth.Claims, now 
 	}
 	b.limited.Inc()
 	hdr.Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(d.RetryAfter.Seconds())))))
+	if n > 1 {
+		return service.Errorf(http.StatusTooManyRequests, service.CodeRateLimit, "rate limit of %d requests per minute exceeded (this request's body counts it as %d)", b.limit.Limit, n)
+	}
 	return service.Errorf(http.StatusTooManyRequests, service.CodeRateLimit, "rate limit of %d requests per minute exceeded", b.limit.Limit)
 }
 
-// budget is one tier's limit with its header text and decision counters,
+// budget is one tier's limits with their header text and metrics,
 // resolved once rather than per request.
 type budget struct {
 	limit                     ratelimit.Limit
 	limitText                 string
 	allowed, limited, errored prometheus.Counter
+	// bodyUnits counts the units charged for request bodies.
+	bodyUnits prometheus.Counter
+	// concurrency bounds a principal's requests in progress at this
+	// gateway; inProgress and concurrencyLimited meter it.
+	concurrency        int
+	inProgress         prometheus.Gauge
+	concurrencyLimited prometheus.Counter
 }
 
-func newBudgets(limits map[auth.Tier]ratelimit.Limit, m *metrics) map[auth.Tier]*budget {
+func newBudgets(limits map[auth.Tier]ratelimit.Limit, concurrency map[auth.Tier]int, m *metrics) map[auth.Tier]*budget {
 	out := map[auth.Tier]*budget{}
 	for tier, l := range limits {
+		t := string(tier)
 		out[tier] = &budget{
 			limit: l, limitText: strconv.Itoa(l.Limit),
-			allowed: m.decisions.WithLabelValues(string(tier), "allowed"),
-			limited: m.decisions.WithLabelValues(string(tier), "limited"),
-			errored: m.decisions.WithLabelValues(string(tier), "error"),
+			allowed:            m.decisions.WithLabelValues(t, "allowed"),
+			limited:            m.decisions.WithLabelValues(t, "limited"),
+			errored:            m.decisions.WithLabelValues(t, "error"),
+			bodyUnits:          m.bodyUnits.WithLabelValues(t),
+			concurrency:        concurrency[tier],
+			inProgress:         m.inProgress.WithLabelValues(t),
+			concurrencyLimited: m.concurrencyLimited.WithLabelValues(t),
 		}
 	}
 	return out

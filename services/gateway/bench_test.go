@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pickme/lucid/pkg/auth"
 )
@@ -54,6 +55,57 @@ func BenchmarkProxy(b *testing.B) {
 					}
 				}
 			})
+		})
+	}
+}
+
+// BenchmarkAdmission is the gateway's own per-request work before
+// proxying, without the network: the principal's key, the concurrency slot
+// and the rate-limit decision (in memory), for a token's sub and for an
+// anonymous IPv4 and IPv6 client. "rate limit" alone is what a request paid
+// before concurrency limits.
+func BenchmarkAdmission(b *testing.B) {
+	be := httptest.NewServer(http.NotFoundHandler())
+	defer be.Close()
+	g := startGatewayWith(b, be.URL, map[string]string{"LUCID_RATE_ENTERPRISE": "10000000", "LUCID_RATE_FREE": "10000000"}, nil)
+	a := g.app
+	tok := g.token(b, "bench", auth.TierEnterprise)
+	claims, err := auth.Parse([]byte(secret), tok, func() time.Time { return g.now })
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := g.now // moves on through every run, so no key runs out of budget
+	for _, bc := range []struct {
+		name, remote string
+		claims       *auth.Claims
+		concurrency  bool
+	}{
+		{"sub/rate limit", "203.0.113.7:1234", &claims, false},
+		{"sub/rate limit and concurrency", "203.0.113.7:1234", &claims, true},
+		{"ipv4/rate limit and concurrency", "203.0.113.7:1234", nil, true},
+		{"ipv6/rate limit and concurrency", "[2001:db8:1:2::7]:1234", nil, true},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			r := httptest.NewRequest(http.MethodGet, "/api/v1/anchors/x", nil)
+			r.RemoteAddr = bc.remote
+			w := httptest.NewRecorder()
+			b.ReportAllocs()
+			for b.Loop() {
+				now = now.Add(time.Millisecond)
+				bud, key := a.principal(r, bc.claims)
+				if bc.concurrency {
+					if err := a.enter(w, bud, key); err != nil {
+						b.Fatal(err)
+					}
+				}
+				cost, _, _ := a.requestCost(r, bud)
+				if err := a.limit(w, r, bud, key, cost, now); err != nil {
+					b.Fatal(err)
+				}
+				if bc.concurrency {
+					a.leave(bud, key)
+				}
+			}
 		})
 	}
 }

@@ -41,10 +41,13 @@ type App struct {
 	cors    cors
 	now     func() time.Time
 	// redisURL, if set, moves the limiter's state to Redis so several
-	// gateways share one budget; failClosed refuses requests (503) when
-	// Redis cannot decide instead of letting them through.
-	redisURL   string
-	failClosed bool
+	// gateways share one budget. While Redis cannot decide, each gateway
+	// limits from its own in-memory budget, or with failClosed refuses
+	// requests (503). onErrorOpen remembers the retired value "open", read
+	// as the default with a warning at start.
+	redisURL    string
+	failClosed  bool
+	onErrorOpen bool
 
 	limiter ratelimit.Limiter
 	logger  *slog.Logger
@@ -57,6 +60,18 @@ type App struct {
 	consulAddr string
 	// gcPercent, unless GOGC is set, replaces the runtime's default.
 	gcPercent int
+
+	// verify holds what a token must carry besides a valid signature and
+	// exp: the issuer and audience, when LUCID_JWT_ISSUER and
+	// LUCID_JWT_AUDIENCE are set.
+	verify []auth.ParseOption
+	// concurrency bounds each principal's requests in progress, per tier;
+	// inflight counts them.
+	concurrency map[auth.Tier]int
+	inflight    *inflight
+	// uploadUnit is LUCID_RATE_UPLOAD_UNIT_BYTES: each started unit of a
+	// request's body costs one more rate-limit unit.
+	uploadUnit int64
 }
 
 // defaultGCPercent is the gateway's garbage-collection target. Its live
@@ -88,6 +103,12 @@ func New() service.App { return &App{} }
 // the rate limits, trusted proxies and CORS.
 func (a *App) Configure(r *envconfig.Reader) {
 	a.secret = []byte(r.Secret("JWT_SECRET_KEY", auth.MinSecretLen, "the gateway verifies client tokens with it"))
+	if iss := r.String(auth.EnvIssuer, ""); iss != "" {
+		a.verify = append(a.verify, auth.WithIssuer(iss))
+	}
+	if aud := r.String(auth.EnvAudience, ""); aud != "" {
+		a.verify = append(a.verify, auth.WithAudience(aud))
+	}
 	routes, err := routetable.Load(r.String(routetable.EnvVar, ""))
 	if err != nil {
 		r.Fail(routetable.EnvVar, "%v", err)
@@ -99,16 +120,25 @@ func (a *App) Configure(r *envconfig.Reader) {
 	}
 	divisor := r.Int("LUCID_RATE_BURST_DIVISOR", 10, 1, 1000)
 	a.limits = map[auth.Tier]ratelimit.Limit{}
+	a.concurrency = map[auth.Tier]int{}
+	// Requests in progress per principal at once, at each gateway: a free
+	// principal gets 8 (a browser's 6 connections to a host and a couple
+	// of follow streams); premium 32 and enterprise 128 carry several
+	// session pipelines with their streams. What they bound is long-lived
+	// streams: one user cannot hold unbounded upstream connections.
 	for _, t := range []struct {
-		tier auth.Tier
-		key  string
-		def  int
-	}{{auth.TierFree, "LUCID_RATE_FREE", 100}, {auth.TierPremium, "LUCID_RATE_PREMIUM", 1000}, {auth.TierEnterprise, "LUCID_RATE_ENTERPRISE", 10000}} {
+		tier       auth.Tier
+		key        string
+		def        int
+		concurrent int
+	}{{auth.TierFree, "FREE", 100, 8}, {auth.TierPremium, "PREMIUM", 1000, 32}, {auth.TierEnterprise, "ENTERPRISE", 10000, 128}} {
 		// Bounded so one request's interval stays at least a microsecond,
 		// the Redis limiter's resolution.
-		n := r.Int(t.key, t.def, 1, 10_000_000)
+		n := r.Int("LUCID_RATE_"+t.key, t.def, 1, 10_000_000)
 		a.limits[t.tier] = ratelimit.Limit{Limit: n, Period: time.Minute, Burst: max(n/divisor, 1)}
+		a.concurrency[t.tier] = r.Int("LUCID_CONCURRENCY_"+t.key, t.concurrent, 1, 1_000_000)
 	}
+	a.uploadUnit = int64(r.Int("LUCID_RATE_UPLOAD_UNIT_BYTES", defaultUploadUnit, 1024, 1<<30))
 	for _, c := range strings.Split(r.String("LUCID_TRUSTED_PROXIES", ""), ",") {
 		if c = strings.TrimSpace(c); c == "" {
 			continue
@@ -132,7 +162,14 @@ func (a *App) Configure(r *envconfig.Reader) {
 	if h := r.String("CONSUL_HOST", ""); h != "" {
 		a.consulAddr = net.JoinHostPort(h, strconv.Itoa(r.Int("CONSUL_PORT", 8500, 1, 65535)))
 	}
-	a.failClosed = r.OneOf("LUCID_RATE_LIMIT_ON_ERROR", "open", "open", "closed") == "closed"
+	if strings.EqualFold(r.String(envOnError, ""), "open") {
+		// "open" let requests through unlimited while Redis was down. It
+		// is no longer a choice, but refusing it would stop a gateway whose
+		// env file still says it: it becomes the default, loudly.
+		a.onErrorOpen = true
+	} else {
+		a.failClosed = r.OneOf(envOnError, "local", "local", "closed") == "closed"
+	}
 	if r.String("GOGC", "") == "" { // the runtime has applied an operator's own
 		a.gcPercent = defaultGCPercent
 	}
@@ -149,6 +186,11 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	if a.gcPercent > 0 {
 		debug.SetGCPercent(a.gcPercent)
 	}
+	a.metrics = newMetrics(srv.Registerer())
+	if a.onErrorOpen {
+		a.logger.Warn(envOnError + "=open is retired: a failing Redis no longer lifts the limits; " +
+			"treating it as local (each gateway limits from its own budget while Redis cannot decide); set local or closed")
+	}
 	if a.limiter == nil {
 		if a.redisURL != "" {
 			client, err := ratelimit.ParseRedisURL(a.redisURL)
@@ -156,14 +198,22 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 				return err
 			}
 			a.closers = append(a.closers, client.Close)
-			a.limiter = ratelimit.NewRedis(client, "lucid:ratelimit:")
-			srv.AddCheck("ratelimit-redis", func(ctx context.Context) error { return client.Ping(ctx).Err() })
+			shared := ratelimit.NewRedis(client, "lucid:ratelimit:")
+			if a.failClosed {
+				// Without Redis every request is refused: not ready.
+				a.limiter = shared
+				srv.AddCheck("ratelimit-redis", func(ctx context.Context) error { return client.Ping(ctx).Err() })
+			} else {
+				// Without Redis the gateway still serves, within its own
+				// budgets: the metrics and the log say so, not /ready.
+				a.limiter = a.newFallback(shared, srv.Registerer())
+			}
 		} else {
-			a.limiter = ratelimit.NewMemory(1_000_000)
+			a.limiter = ratelimit.NewMemory(memoryKeys)
 		}
 	}
-	a.metrics = newMetrics(srv.Registerer())
-	a.budgets = newBudgets(a.limits, a.metrics)
+	a.budgets = newBudgets(a.limits, a.concurrency, a.metrics)
+	a.inflight = newInflight()
 	a.tokens = newTokenCache(100_000)
 	buffers := newBufferPool()
 	a.pools = map[string]*pool{}
@@ -246,6 +296,43 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	return nil
 }
 
+// envOnError chooses what happens while Redis cannot decide.
+const envOnError = "LUCID_RATE_LIMIT_ON_ERROR"
+
+// memoryKeys bounds an in-memory limiter's keys (about 100 bytes each).
+const memoryKeys = 1_000_000
+
+// newFallback wraps the shared limiter so that, while Redis cannot decide,
+// this gateway decides from its own in-memory budget: a per-gateway limit
+// rather than none. The move each way is logged once, and metered.
+func (a *App) newFallback(shared ratelimit.Limiter, reg prometheus.Registerer) *ratelimit.Fallback {
+	fb := ratelimit.NewFallback(shared, ratelimit.NewMemory(memoryKeys), ratelimit.FallbackOptions{
+		OnChange: func(active bool, err error) {
+			if active {
+				a.logger.Warn("rate limits: Redis cannot decide; this gateway limits from its own budget until it answers", "error", err)
+			} else {
+				a.logger.Warn("rate limits: Redis answers again; budgets are shared again")
+			}
+		},
+	})
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "lucid_gateway_ratelimit_fallback_active",
+			Help: "1 while Redis cannot decide and this gateway limits from its own in-memory budget, else 0.",
+		}, func() float64 {
+			if fb.Active() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "lucid_gateway_ratelimit_fallback_decisions_total",
+			Help: "Rate-limit decisions made from this gateway's own budget because Redis could not decide.",
+		}, func() float64 { return float64(fb.LocalDecisions()) }),
+	)
+	return fb
+}
+
 // pruneLoop closes idle upstream connections past their time until ctx
 // ends.
 func (a *App) pruneLoop(ctx context.Context) {
@@ -264,10 +351,13 @@ func (a *App) pruneLoop(ctx context.Context) {
 }
 
 type metrics struct {
-	upstreamLatency *prometheus.HistogramVec
-	decisions       *prometheus.CounterVec
-	upstreamErrors  *prometheus.CounterVec
-	authFailures    prometheus.Counter
+	upstreamLatency    *prometheus.HistogramVec
+	decisions          *prometheus.CounterVec
+	upstreamErrors     *prometheus.CounterVec
+	authFailures       prometheus.Counter
+	bodyUnits          *prometheus.CounterVec
+	inProgress         *prometheus.GaugeVec
+	concurrencyLimited *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -283,8 +373,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lucid_gateway_upstream_errors_total", Help: "Requests the gateway could not get answered upstream.",
 		}, []string{"service"}),
 		authFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_gateway_auth_failures_total", Help: "Requests refused for a missing or invalid token."}),
+		bodyUnits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lucid_gateway_ratelimit_body_units_total", Help: "Rate-limit units charged for request bodies (beyond each request's own), by tier.",
+		}, []string{"tier"}),
+		inProgress: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lucid_gateway_requests_in_progress", Help: "Requests being proxied, by the tier they count against.",
+		}, []string{"tier"}),
+		concurrencyLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lucid_gateway_concurrency_limited_total", Help: "Requests refused (429) because their principal had its tier's limit of requests in progress.",
+		}, []string{"tier"}),
 	}
-	reg.MustRegister(m.upstreamLatency, m.decisions, m.upstreamErrors, m.authFailures)
+	reg.MustRegister(m.upstreamLatency, m.decisions, m.upstreamErrors, m.authFailures, m.bodyUnits, m.inProgress, m.concurrencyLimited)
 	return m
 }
 

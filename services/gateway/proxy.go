@@ -257,14 +257,21 @@ func (rp *routeProxy) serve(w http.ResponseWriter, r *http.Request) error {
 			a.metrics.authFailures.Inc()
 			// Failed attempts count against the client's address, so
 			// guessing tokens is rate limited like anything else.
-			if lerr := a.limit(w, r, nil, now); lerr != nil {
+			b, key := a.principal(r, nil)
+			if lerr := a.limit(w, r, b, key, 1, now); lerr != nil {
 				return lerr
 			}
 			return service.Errorf(http.StatusUnauthorized, service.CodeAuth, "invalid or missing token")
 		}
 		claims = c
 	}
-	if err := a.limit(w, r, claims, now); err != nil {
+	b, key := a.principal(r, claims)
+	if err := a.enter(w, b, key); err != nil {
+		return err
+	}
+	defer a.leave(b, key)
+	cost, later, counted := a.requestCost(r, b)
+	if err := a.limit(w, r, b, key, cost, now); err != nil {
 		return err
 	}
 	inst, err := rp.pool.pick(now)
@@ -277,7 +284,25 @@ func (rp *routeProxy) serve(w http.ResponseWriter, r *http.Request) error {
 		rp.forward(w, r, inst, claims)
 		return nil
 	}
-	ctx := context.WithValue(r.Context(), proxiedKey{}, &proxied{inst: inst, claims: claims})
-	rp.proxy.ServeHTTP(w, r.WithContext(ctx))
+	if cost > 1 {
+		b.bodyUnits.Add(float64(cost - 1))
+	}
+	rp.proxyBody(w, r, &proxied{inst: inst, claims: claims}, b, key, later, counted)
 	return nil
+}
+
+// proxyBody proxies a request the fast path does not carry through
+// httputil.ReverseProxy, and then charges what its body costs beyond what
+// was taken up front: later units, or, for a body without a length, those
+// of the bytes that passed. The charge stands however the request ends.
+func (rp *routeProxy) proxyBody(w http.ResponseWriter, r *http.Request, px *proxied, b *budget, key string, later int, counted bool) {
+	out := r.WithContext(context.WithValue(r.Context(), proxiedKey{}, px))
+	if counted {
+		body := &countingBody{ReadCloser: r.Body}
+		out.Body = body
+		defer func() { rp.gw.charge(r, b, key, rp.gw.bodyUnits(body.n.Load(), b)) }()
+	} else if later > 0 {
+		defer rp.gw.charge(r, b, key, later)
+	}
+	rp.proxy.ServeHTTP(w, out)
 }

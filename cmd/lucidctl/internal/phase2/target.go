@@ -32,6 +32,11 @@ type endpoints struct {
 	Consul  string            // likewise
 	secret  []byte            // JWT_SECRET_KEY
 	mesh    string            // the mesh bootstrap token, if known
+
+	// issuer and audience, LUCID_JWT_ISSUER and LUCID_JWT_AUDIENCE, go
+	// into the tokens, for a gateway that requires them.
+	issuer, audience string
+
 	// dial, when set, reaches every address through an SSH connection to
 	// the target: its internal ports listen on its loopback only.
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -135,6 +140,13 @@ func (f targetFlags) resolve(ctx context.Context, env *cli.Env) (*endpoints, err
 		return nil, fmt.Errorf("JWT_SECRET_KEY from %s: %w", source, err)
 	}
 	e.secret = []byte(secret)
+	setting := func(key string) string {
+		if v := env.Getenv(key); v != "" {
+			return v
+		}
+		return vars[key]
+	}
+	e.issuer, e.audience = setting(auth.EnvIssuer), setting(auth.EnvAudience)
 	offset := f.portOffset
 	loopback := func() {
 		local := func(port int) string { return "127.0.0.1:" + strconv.Itoa(port+offset) }
@@ -193,7 +205,11 @@ func (e *endpoints) scheme(ctx context.Context, hostport string) string {
 // token signs a JWT for the gateway, valid for longer than the longest
 // scenario (--duration is at most an hour) with its setup.
 func (e *endpoints) token(sub string, tier auth.Tier) (string, error) {
-	tok, _, err := auth.Mint(e.secret, auth.MintOptions{Subject: sub, Tier: tier, TTL: 2 * time.Hour, Now: time.Now()})
+	opts := auth.MintOptions{Subject: sub, Tier: tier, TTL: 2 * time.Hour, Now: time.Now(), Issuer: e.issuer}
+	if e.audience != "" {
+		opts.Audience = []string{e.audience}
+	}
+	tok, _, err := auth.Mint(e.secret, opts)
 	return tok, err
 }
 

@@ -2,11 +2,13 @@ package phase2
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -129,12 +131,47 @@ func (v *validator) health(ctx context.Context) (string, error) {
 		}
 		for _, p := range []string{"/health", "/ready"} {
 			if err := api.Do(ctx, hc, api.Request{Method: http.MethodGet, URL: u + p}, nil); err != nil {
+				if failing := failingChecks(err); failing != "" {
+					err = fmt.Errorf("%s; %s's log says why", failing, s.Name)
+				}
 				return "", fmt.Errorf("%s %s: %w", s.Name, p, err)
 			}
 		}
 		n++
 	}
 	return fmt.Sprintf("%d services answer /health and /ready", n), nil
+}
+
+// failingChecks names the failing checks of a /ready answer that is not
+// ready ("not_ready: upstreams fail"), or is empty when err is not one.
+// The gateway's public /ready gives names and status only, so that is
+// what is shown for every service; the details are in the service's log
+// (lucidctl logs).
+func failingChecks(err error) string {
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable {
+		return ""
+	}
+	var rd struct {
+		Status string `json:"status"`
+		Checks []struct {
+			Name   string `json:"name"`
+			Status string `json:"status"`
+		} `json:"checks"`
+	}
+	if json.Unmarshal([]byte(ae.Message), &rd) != nil || rd.Status == "" {
+		return ""
+	}
+	var failing []string
+	for _, c := range rd.Checks {
+		if c.Status != "ok" {
+			failing = append(failing, c.Name+" "+c.Status)
+		}
+	}
+	if len(failing) == 0 {
+		return rd.Status
+	}
+	return rd.Status + ": " + strings.Join(failing, ", ")
 }
 
 func (v *validator) consul(ctx context.Context) (string, error) {

@@ -25,6 +25,12 @@ type Options struct {
 	TTL     time.Duration
 	EnvFile string
 	Now     func() time.Time
+	// Issuer and Audience are the iss and aud claims (--issuer,
+	// --audience; empty: none). Nil takes LUCID_JWT_ISSUER and
+	// LUCID_JWT_AUDIENCE from where JWT_SECRET_KEY is found, the
+	// environment or else the env file, so that a token is what the
+	// deployment's gateway requires.
+	Issuer, Audience *string
 }
 
 // maxTTL keeps test tokens from living forever by accident.
@@ -36,23 +42,36 @@ func NewCmd(env *cli.Env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "token",
 		Short: "Mint a JWT for a tier, signed with JWT_SECRET_KEY",
-		Long: `Mint an HS256 JWT that the gateway accepts, with claims sub, tier and exp.
+		Long: `Mint an HS256 JWT that the gateway accepts, with claims sub, tier and exp,
+and iss and aud when the deployment's gateway requires them.
 
 The secret is JWT_SECRET_KEY from the environment or, when that is unset,
 from the project's env file (local.env_file in lucid.yaml, by default
-configs/environment/.env.core). The token goes to stdout, alone on its line.`,
+configs/environment/.env.core). The issuer and audience default to
+LUCID_JWT_ISSUER and LUCID_JWT_AUDIENCE, found the same way. The token goes
+to stdout, alone on its line.`,
 		Example: `  lucidctl token --tier premium
-  curl -H "Authorization: Bearer $(lucidctl token --sub alice)" localhost:8080/api/v1/blocks/latest`,
+  curl -H "Authorization: Bearer $(lucidctl token --sub alice)" localhost:8080/api/v1/blocks/latest
+  lucidctl token --issuer https://auth.example --audience lucid-gateway`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !cmd.Flags().Changed("issuer") {
+				opts.Issuer = nil
+			}
+			if !cmd.Flags().Changed("audience") {
+				opts.Audience = nil
+			}
 			return run(cmd.Context(), opts)
 		},
 	}
+	opts.Issuer, opts.Audience = new(string), new(string)
 	f := cmd.Flags()
 	f.StringVar(&opts.Subject, "sub", "lucidctl", "subject (`sub` claim) the token is for")
 	f.StringVar(&opts.Tier, "tier", string(auth.TierFree), "rate-limit tier: free, premium or enterprise")
 	f.DurationVar(&opts.TTL, "ttl", time.Hour, "lifetime of the token")
 	f.StringVar(&opts.EnvFile, "env-file", "", "env file to read JWT_SECRET_KEY from (default: local.env_file of lucid.yaml)")
+	f.StringVar(opts.Issuer, "issuer", "", "issuer (`iss` claim; default "+auth.EnvIssuer+" from the environment or the env file; empty: none)")
+	f.StringVar(opts.Audience, "audience", "", "audience (`aud` claim; default "+auth.EnvAudience+" from the environment or the env file; empty: none)")
 	_ = cmd.RegisterFlagCompletionFunc("tier", cobra.FixedCompletions([]string{"free", "premium", "enterprise"}, cobra.ShellCompDirectiveNoFileComp))
 	return cli.SupportsJSON(cmd)
 }
@@ -62,6 +81,8 @@ type Output struct {
 	Token     string    `json:"token"`
 	Subject   string    `json:"sub"`
 	Tier      string    `json:"tier"`
+	Issuer    string    `json:"iss,omitempty"`
+	Audience  []string  `json:"aud,omitempty"`
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
@@ -73,37 +94,71 @@ func run(_ context.Context, opts *Options) error {
 	if opts.TTL <= 0 || opts.TTL > maxTTL {
 		return cli.Usage(fmt.Errorf("--ttl %s is outside 1s..%s", opts.TTL, maxTTL))
 	}
-	secret, source, err := findSecret(opts)
+	d := &deployment{opts: opts}
+	secret, source, err := d.secret()
 	if err != nil {
 		return err
 	}
-	opts.Env.Logger.Debug("signing token", "secret_from", source)
-	tok, claims, err := auth.Mint([]byte(secret), auth.MintOptions{Subject: opts.Subject, Tier: tier, TTL: opts.TTL, Now: opts.Now()})
+	mint := auth.MintOptions{Subject: opts.Subject, Tier: tier, TTL: opts.TTL, Now: opts.Now()}
+	if mint.Issuer, err = d.setting(opts.Issuer, auth.EnvIssuer); err != nil {
+		return err
+	}
+	aud, err := d.setting(opts.Audience, auth.EnvAudience)
+	if err != nil {
+		return err
+	}
+	if aud != "" {
+		mint.Audience = []string{aud}
+	}
+	opts.Env.Logger.Debug("signing token", "secret_from", source, "issuer", mint.Issuer, "audience", aud)
+	tok, claims, err := auth.Mint([]byte(secret), mint)
 	if err != nil {
 		return fmt.Errorf("JWT_SECRET_KEY from %s: %w", source, err)
 	}
 	if opts.Env.JSON {
-		return opts.Env.PrintJSON(Output{Token: tok, Subject: claims.Subject, Tier: string(claims.Tier), ExpiresAt: claims.ExpiresAt.UTC()})
+		return opts.Env.PrintJSON(Output{Token: tok, Subject: claims.Subject, Tier: string(claims.Tier),
+			Issuer: claims.Issuer, Audience: claims.Audience, ExpiresAt: claims.ExpiresAt.UTC()})
 	}
 	_, err = fmt.Fprintln(opts.Env.IO.Out, tok)
 	return err
 }
 
-// findSecret returns JWT_SECRET_KEY and where it came from (never the
+// deployment reads the deployment's settings, each from the environment
+// or else from the env file, read once when first needed.
+type deployment struct {
+	opts *Options
+	path string
+	vars map[string]string // nil until read; empty when there is no file
+}
+
+// file returns the env file's variables and its path; err wraps
+// fs.ErrNotExist when there is no file.
+func (d *deployment) file() (map[string]string, string, error) {
+	if d.vars != nil {
+		return d.vars, d.path, nil
+	}
+	if d.path = d.opts.EnvFile; d.path == "" {
+		cfg, err := d.opts.Env.Config()
+		if err != nil {
+			return nil, "", err
+		}
+		d.path = cfg.Abs(cfg.Local.EnvFile)
+	}
+	vars, err := envfile.Read(d.path)
+	if err != nil {
+		return nil, d.path, err
+	}
+	d.vars = vars
+	return vars, d.path, nil
+}
+
+// secret returns JWT_SECRET_KEY and where it came from (never the
 // value, which must not reach any message).
-func findSecret(opts *Options) (secret, source string, err error) {
-	if s := opts.Env.Getenv("JWT_SECRET_KEY"); s != "" {
+func (d *deployment) secret() (secret, source string, err error) {
+	if s := d.opts.Env.Getenv("JWT_SECRET_KEY"); s != "" {
 		return s, "the environment", nil
 	}
-	path := opts.EnvFile
-	if path == "" {
-		cfg, err := opts.Env.Config()
-		if err != nil {
-			return "", "", err
-		}
-		path = cfg.Abs(cfg.Local.EnvFile)
-	}
-	vars, err := envfile.Read(path)
+	vars, path, err := d.file()
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", "", cli.WithHint(fmt.Errorf("JWT_SECRET_KEY is not set and %s does not exist", path),
 			"`lucidctl up` or `lucidctl render` creates the env file; or export JWT_SECRET_KEY")
@@ -116,4 +171,23 @@ func findSecret(opts *Options) (secret, source string, err error) {
 		return "", "", fmt.Errorf("JWT_SECRET_KEY from %s: %w: it is empty", path, auth.ErrWeakSecret)
 	}
 	return s, path, nil
+}
+
+// setting returns flag's value if it was given, else key from the
+// environment, else from the env file (none if there is no file).
+func (d *deployment) setting(flag *string, key string) (string, error) {
+	if flag != nil {
+		return *flag, nil
+	}
+	if v := d.opts.Env.Getenv(key); v != "" {
+		return v, nil
+	}
+	vars, _, err := d.file()
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return vars[key], nil
 }

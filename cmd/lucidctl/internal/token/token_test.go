@@ -94,3 +94,54 @@ func TestTokenRefusesWeakOrMissingSecret(t *testing.T) {
 		})
 	}
 }
+
+// TestTokenIssuerAndAudience: by default the token carries
+// LUCID_JWT_ISSUER and LUCID_JWT_AUDIENCE from where JWT_SECRET_KEY is
+// found (the environment beats the env file), so it passes a gateway that
+// requires them; --issuer and --audience beat both, and empty means none.
+func TestTokenIssuerAndAudience(t *testing.T) {
+	dir := t.TempDir()
+	envFile := filepath.Join(dir, ".env.core")
+	content := "JWT_SECRET_KEY=" + goodSecret + "\nLUCID_JWT_ISSUER=https://auth.lucid\nLUCID_JWT_AUDIENCE=lucid-gateway\n"
+	if err := os.WriteFile(envFile, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		environ  map[string]string
+		envFile  string
+		args     []string
+		iss, aud string
+	}{
+		{"from the env file", nil, envFile, nil, "https://auth.lucid", "lucid-gateway"},
+		{"the environment beats the file", map[string]string{"LUCID_JWT_ISSUER": "https://env"}, envFile, nil, "https://env", "lucid-gateway"},
+		{"all from the environment, no file", map[string]string{"JWT_SECRET_KEY": goodSecret, "LUCID_JWT_AUDIENCE": "aud-env"}, filepath.Join(dir, "none.env"), nil, "", "aud-env"},
+		{"flags beat both", map[string]string{"LUCID_JWT_ISSUER": "https://env"}, envFile, []string{"--issuer", "https://flag", "--audience", "aud-flag"}, "https://flag", "aud-flag"},
+		{"empty flags mean none", nil, envFile, []string{"--issuer=", "--audience="}, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			io, _, out, _ := iostreams.Test()
+			env := cli.NewEnv(io, func(k string) string { return tc.environ[k] })
+			cmd := NewCmd(env)
+			cmd.SetArgs(append([]string{"--sub", "alice", "--env-file", tc.envFile}, tc.args...))
+			if err := cmd.ExecuteContext(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			tok := strings.TrimSpace(out.String())
+			var opts []auth.ParseOption
+			if tc.iss != "" {
+				opts = append(opts, auth.WithIssuer(tc.iss))
+			}
+			if tc.aud != "" {
+				opts = append(opts, auth.WithAudience(tc.aud))
+			}
+			c, err := auth.Parse([]byte(goodSecret), tok, nil, opts...)
+			if err != nil {
+				t.Fatalf("the token does not pass a gateway requiring iss %q aud %q: %v", tc.iss, tc.aud, err)
+			}
+			if c.Issuer != tc.iss || (tc.aud == "") != (len(c.Audience) == 0) {
+				t.Errorf("claims iss %q aud %q, want %q %q", c.Issuer, c.Audience, tc.iss, tc.aud)
+			}
+		})
+	}
+}
