@@ -58,11 +58,11 @@ type identity struct {
 	principal *Principal
 }
 
-type identityKey struct{}
-
 func identityOf(ctx context.Context) *identity {
-	id, _ := ctx.Value(identityKey{}).(*identity)
-	return id
+	if ri := requestInfoOf(ctx); ri != nil {
+		return ri.who
+	}
+	return nil
 }
 
 // CallerOf returns the Lucid service that made the request ctx belongs to.
@@ -94,10 +94,14 @@ func IsOperator(ctx context.Context) bool {
 // programs that are not serving a request from the gateway, such as tests.
 func WithPrincipal(ctx context.Context, p Principal) context.Context {
 	id := &identity{principal: &p}
-	if old := identityOf(ctx); old != nil {
-		id.caller, id.operator = old.caller, old.operator
+	ri := &requestInfo{who: id}
+	if old := requestInfoOf(ctx); old != nil {
+		ri.id = old.id
+		if old.who != nil {
+			id.caller, id.operator = old.who.caller, old.who.operator
+		}
 	}
-	return context.WithValue(ctx, identityKey{}, id)
+	return context.WithValue(ctx, requestInfoKey{}, ri)
 }
 
 // OperatorTokenHash is the hex SHA-256 of an operator token: what services
@@ -217,7 +221,11 @@ func (s *Server) identify(next http.Handler) http.Handler {
 			return
 		}
 		if id.caller != "" || id.operator {
-			r = r.WithContext(context.WithValue(r.Context(), identityKey{}, id))
+			if ri := requestInfoOf(r.Context()); ri != nil {
+				ri.who = id
+			} else { // a handler chain without the request-ID middleware
+				r = r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, &requestInfo{who: id}))
+			}
 		}
 		next.ServeHTTP(w, r)
 	})

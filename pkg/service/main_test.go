@@ -51,7 +51,7 @@ func TestSIGTERMDrainsSlowRequest(t *testing.T) {
 		t.Skip("no SIGTERM on Windows")
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "LUCID_SERVICE_TEST_HELPER=slow", "LUCID_ADDR=127.0.0.1:0", "LUCID_SHUTDOWN_TIMEOUT=5s")
+	cmd.Env = append(os.Environ(), "LUCID_SERVICE_TEST_HELPER=slow", "LUCID_ADDR=127.0.0.1:0", "LUCID_SHUTDOWN_TIMEOUT=5s", EnvServiceKey+"="+testKey)
 	logs, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -12,17 +12,38 @@ import (
 // case-insensitive on the wire), so it indexes a Header directly.
 const HeaderRequestID = "X-Request-Id"
 
-type requestIDKey struct{}
+// requestInfo is what a request's context carries about it: its ID and,
+// once identify has run, who made it. One value, set once by the outermost
+// middleware, so that the handlers inside see the same *http.Request (a
+// copy made with WithContext would hide the pattern the mux sets from the
+// metrics and log around it).
+type requestInfo struct {
+	id  string
+	who *identity
+}
+
+type requestInfoKey struct{}
+
+func requestInfoOf(ctx context.Context) *requestInfo {
+	ri, _ := ctx.Value(requestInfoKey{}).(*requestInfo)
+	return ri
+}
 
 // RequestID returns the request ID stored in ctx, or "".
 func RequestID(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey{}).(string)
-	return id
+	if ri := requestInfoOf(ctx); ri != nil {
+		return ri.id
+	}
+	return ""
 }
 
 // WithRequestID returns a context carrying id.
 func WithRequestID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, requestIDKey{}, id)
+	ri := &requestInfo{id: id}
+	if old := requestInfoOf(ctx); old != nil {
+		ri.who = old.who
+	}
+	return context.WithValue(ctx, requestInfoKey{}, ri)
 }
 
 // NewRequestID returns a fresh random request ID (128 bits, hex).

@@ -22,13 +22,31 @@ func testServer(t *testing.T, logs io.Writer) *Server {
 	if logs == nil {
 		logs = io.Discard
 	}
-	cfg := Config{Name: "engine", Addr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second}
+	cfg := Config{Name: "engine", Addr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second, ServiceKey: []byte(testKey)}
 	return New(cfg, NewLogger(logs, slog.LevelDebug, "engine"))
+}
+
+// testKey is the service key of the test servers; requests are signed as
+// session anchoring, which may call the engine they play.
+const testKey = "service-key-of-the-package-tests-0123456789"
+
+func signAsAnchoring(req *http.Request) *http.Request {
+	req.Header.Set(HeaderCaller, SignCaller([]byte(testKey), "anchoring", time.Now(), req.Method, req.URL.EscapedPath(), nil))
+	return req
+}
+
+// signedGet is http.Get, signed.
+func signedGet(url string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	return http.DefaultClient.Do(signAsAnchoring(req))
 }
 
 func get(t *testing.T, h http.Handler, path string, hdr ...string) *httptest.ResponseRecorder {
 	t.Helper()
-	req := httptest.NewRequest(http.MethodGet, path, nil)
+	req := signAsAnchoring(httptest.NewRequest(http.MethodGet, path, nil))
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
@@ -47,7 +65,7 @@ type result struct {
 func getAsync(url string) <-chan result {
 	res := make(chan result, 1)
 	go func() {
-		resp, err := http.Get(url)
+		resp, err := signedGet(url)
 		if err != nil {
 			res <- result{err: err}
 			return
@@ -267,7 +285,7 @@ func TestShutdownDeadline(t *testing.T) {
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ctx, ln) }()
 	go func() {
-		if resp, err := http.Get("http://" + ln.Addr().String() + "/stuck"); err == nil {
+		if resp, err := signedGet("http://" + ln.Addr().String() + "/stuck"); err == nil {
 			resp.Body.Close()
 		}
 	}()
