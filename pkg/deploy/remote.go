@@ -60,6 +60,8 @@ var (
 	ErrArchitecture = errors.New("the host's architecture does not match the images")
 	ErrDiskFull     = errors.New("not enough free disk on the host")
 	ErrClockSkew    = errors.New("the host's clock is too far off")
+	// ErrNoFlock: flock(1) guards every step of the deploy lock.
+	ErrNoFlock = errors.New("flock (util-linux) is not on the host; the deploy lock needs it")
 )
 
 // Preflight is what a host offers, checked before anything changes.
@@ -91,6 +93,15 @@ func (h *host) preflight(ctx context.Context, o Options, platforms []v1.Platform
 		h.compose, pf.Compose = "docker-compose", "docker-compose "+v
 	} else {
 		return nil, fmt.Errorf("%s: %w", h.name, ErrNoCompose)
+	}
+
+	// Every step of the deploy lock runs under flock.
+	if _, err := h.run(ctx, "command -v flock"); err != nil {
+		var ee *sshx.ExitError
+		if errors.As(err, &ee) {
+			return nil, fmt.Errorf("%s: %w", h.name, ErrNoFlock)
+		}
+		return nil, fmt.Errorf("%s: look for flock: %w", h.name, err)
 	}
 
 	machine, err := h.run(ctx, "uname -m; getconf LONG_BIT")
