@@ -32,6 +32,10 @@ type host struct {
 	compose string
 	// held is the lock this deploy holds (a zero Nonce: none).
 	held lockInfo
+	// stepGate, set only by tests, is a shell command the host runs before
+	// each lock step takes its guard, so that a test can start two
+	// deploys' steps at the same instant.
+	stepGate string
 }
 
 func newHost(name string, ssh *sshx.Client, dir, socket string) (*host, error) {
@@ -269,6 +273,9 @@ func (h *host) lockStep(ctx context.Context, script string, args ...string) (str
 		dir, int(guardWait/time.Second), guardBusy, dir, sshx.Quote(script), sshx.Quote(h.lockPath()), sshx.Quote(h.lockPath()+".new"))
 	for _, a := range args {
 		cmd += " " + sshx.Quote(a)
+	}
+	if h.stepGate != "" {
+		cmd = h.stepGate + " && " + cmd
 	}
 	out, err := h.ssh.Run(ctx, cmd, nil)
 	var ee *sshx.ExitError
