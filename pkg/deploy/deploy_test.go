@@ -456,7 +456,10 @@ func TestLockIsKeptWhileTheDeployRuns(t *testing.T) {
 	mine.unlock(ctx)
 
 	// holdLock renews by itself, and release removes the lock.
-	const ttl = 600 * time.Millisecond
+	// A renewal gets ttl/3 to finish: room for an SSH session that starts
+	// slowly (a busy machine, a heavy shell profile), and the first one is
+	// still due within seconds.
+	const ttl = 9 * time.Second
 	release, err := mine.holdLock(ctx, lockInfo{Host: "here", PID: 1, User: "me"}, 0, ttl, time.Now, func(string) {})
 	if err != nil {
 		t.Fatal(err)

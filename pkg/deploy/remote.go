@@ -32,6 +32,10 @@ type host struct {
 	compose string
 	// held is the lock this deploy holds (a zero Nonce: none).
 	held lockInfo
+	// stepGate, set only by tests, is a shell command the host runs before
+	// each lock step takes its guard, so that a test can start two
+	// deploys' steps at the same instant.
+	stepGate string
 }
 
 func newHost(name string, ssh *sshx.Client, dir, socket string) (*host, error) {
@@ -60,6 +64,8 @@ var (
 	ErrArchitecture = errors.New("the host's architecture does not match the images")
 	ErrDiskFull     = errors.New("not enough free disk on the host")
 	ErrClockSkew    = errors.New("the host's clock is too far off")
+	// ErrNoFlock: flock(1) guards every step of the deploy lock.
+	ErrNoFlock = errors.New("flock (util-linux) is not on the host; the deploy lock needs it")
 )
 
 // Preflight is what a host offers, checked before anything changes.
@@ -91,6 +97,15 @@ func (h *host) preflight(ctx context.Context, o Options, platforms []v1.Platform
 		h.compose, pf.Compose = "docker-compose", "docker-compose "+v
 	} else {
 		return nil, fmt.Errorf("%s: %w", h.name, ErrNoCompose)
+	}
+
+	// Every step of the deploy lock runs under flock.
+	if _, err := h.run(ctx, "command -v flock"); err != nil {
+		var ee *sshx.ExitError
+		if errors.As(err, &ee) {
+			return nil, fmt.Errorf("%s: %w", h.name, ErrNoFlock)
+		}
+		return nil, fmt.Errorf("%s: look for flock: %w", h.name, err)
 	}
 
 	machine, err := h.run(ctx, "uname -m; getconf LONG_BIT")
@@ -196,8 +211,9 @@ type lockInfo struct {
 	User    string    `json:"user"`
 	Since   time.Time `json:"since"`
 	Expires time.Time `json:"expires"`
-	// Nonce makes each lock's content unique, so a deploy removes only its
-	// own lock, and two deploys taking over one stale lock cannot both win.
+	// Nonce makes each lock's content unique, so a deploy removes or
+	// renews only its own lock, and a takeover replaces only the very
+	// lock it saw expire.
 	Nonce string `json:"nonce"`
 }
 
@@ -206,38 +222,122 @@ var ErrLocked = errors.New("another deploy holds the lock")
 
 func (h *host) lockPath() string { return path.Join(h.dir, ".deploy.lock") }
 
+// The deploy lock's steps (take, take over, renew, release) each read the
+// lock file, decide, and write it. Each runs as one script on the host
+// under flock(1) on the deploy directory, so to every other deploy a step
+// is a single event: two deploys' steps never interleave. The flock lasts
+// only for the step (a few file operations), never for the deploy; the
+// kernel drops it when its holder exits, so a deploy cut off mid-step
+// leaves no guard behind. The lock file itself is only ever replaced by
+// rename, so it always holds a whole lockInfo.
+const (
+	// guardBusy is flock's exit status when the guard stays taken.
+	guardBusy = 75
+	// guardWait bounds the wait for the guard: a step holds it for
+	// milliseconds, so a longer wait means a host in trouble.
+	guardWait = 20 * time.Second
+)
+
+// The steps' scripts; "$1" is the lock file, "$2" a temporary file beside
+// it (free to use under the guard).
+const (
+	// acquireScript creates the lock as "$3", or replaces it when its
+	// content is exactly "$4" (a takeover of the lock seen expired: a
+	// renewal or another takeover since then changed the content). It
+	// answers "taken", or "held" and the lock's content.
+	acquireScript = `if [ -e "$1" ]; then
+	cur=$(cat "$1") || exit
+	if [ -z "$4" ] || [ "$cur" != "$4" ]; then printf 'held\n%s\n' "$cur"; exit 0; fi
+fi
+printf '%s\n' "$3" > "$2" && mv -f "$2" "$1" && echo taken`
+
+	// ownsScript answers "lost" and stops unless the lock names nonce "$3".
+	ownsScript = `if [ -e "$1" ]; then grep -qF -e "$3" -- "$1"; else false; fi
+case $? in 0) ;; 1) echo lost; exit 0 ;; *) exit 2 ;; esac
+`
+	// renewScript replaces our lock with "$4" (the same nonce, a later
+	// expiry).
+	renewScript = ownsScript + `printf '%s\n' "$4" > "$2" && mv -f "$2" "$1" && echo renewed`
+
+	// releaseScript removes our lock, and a temporary file a step cut
+	// off may have left.
+	releaseScript = ownsScript + `rm -f -- "$1" "$2" && echo released`
+)
+
+// lockStep runs one of the scripts above under the guard, with args after
+// the lock file and its temporary file, and returns its answer.
+func (h *host) lockStep(ctx context.Context, script string, args ...string) (string, error) {
+	dir := sshx.Quote(h.dir)
+	// mkdir first: flock creates a missing file, not a directory.
+	cmd := fmt.Sprintf("mkdir -p %s && flock -w %d -E %d %s sh -c %s lucid-lock %s %s",
+		dir, int(guardWait/time.Second), guardBusy, dir, sshx.Quote(script), sshx.Quote(h.lockPath()), sshx.Quote(h.lockPath()+".new"))
+	for _, a := range args {
+		cmd += " " + sshx.Quote(a)
+	}
+	if h.stepGate != "" {
+		cmd = h.stepGate + " && " + cmd
+	}
+	out, err := h.ssh.Run(ctx, cmd, nil)
+	var ee *sshx.ExitError
+	switch {
+	case errors.As(err, &ee) && ee.Code == guardBusy:
+		return "", fmt.Errorf("the lock's guard (flock on %s) stayed taken for over %s; is a lucidctl step stuck on the host?", h.dir, guardWait)
+	case errors.As(err, &ee) && ee.Code == 127 && strings.Contains(ee.Stderr, "flock"):
+		return "", ErrNoFlock
+	case errors.As(err, &ee):
+		// The host's words, not the script.
+		return "", fmt.Errorf("exit status %d: %s", ee.Code, strings.TrimSpace(ee.Stderr))
+	case err != nil:
+		if cause := errors.Unwrap(err); cause != nil {
+			err = cause // the cause, not the shell line
+		}
+		return "", err
+	}
+	return string(out), nil
+}
+
 // lock takes the host's deploy lock, waiting up to wait for a live one
-// and taking over an expired one. The lock is created with noclobber, so
-// two deploys cannot both get it.
+// and taking over an expired one.
 func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify func(string)) error {
 	if me.Nonce == "" {
 		var b [12]byte
-		_, _ = rand.Read(b[:])
+		_, _ = rand.Read(b[:]) // never fails (crypto/rand)
 		me.Nonce = hex.EncodeToString(b[:])
 	}
-	data, _ := json.Marshal(me)
+	data, err := json.Marshal(me)
+	if err != nil {
+		return fmt.Errorf("%s: deploy lock: %w", h.name, err)
+	}
 	deadline := time.Now().Add(wait)
+	stale := "" // the content of the expired lock to take over
 	for {
-		cmd := fmt.Sprintf("mkdir -p %s && set -C && printf '%%s\\n' %s > %s", sshx.Quote(h.dir), sshx.Quote(string(data)), sshx.Quote(h.lockPath()))
-		_, err := h.run(ctx, cmd)
-		if err == nil {
+		out, err := h.lockStep(ctx, acquireScript, string(data), stale)
+		if err != nil {
+			return fmt.Errorf("%s: deploy lock %s: %w", h.name, h.lockPath(), err)
+		}
+		if out == "taken\n" {
 			h.held = me
 			return nil
 		}
-		raw, rerr := h.run(ctx, "cat "+sshx.Quote(h.lockPath()))
+		raw, ok := strings.CutPrefix(out, "held\n")
+		raw, ok2 := strings.CutSuffix(raw, "\n")
 		var held lockInfo
-		if rerr != nil || json.Unmarshal([]byte(raw), &held) != nil {
-			return fmt.Errorf("%s: deploy lock %s: %w", h.name, h.lockPath(), err)
+		if !ok || !ok2 {
+			return fmt.Errorf("%s: deploy lock %s: unexpected answer %q", h.name, h.lockPath(), out)
+		}
+		if err := json.Unmarshal([]byte(raw), &held); err != nil {
+			return fmt.Errorf("%s: deploy lock %s holds %q, not a lock (%v); remove it if no deploy runs there", h.name, h.lockPath(), raw, err)
 		}
 		if time.Now().After(held.Expires) {
-			notify(fmt.Sprintf("taking over a stale lock of %s@%s (pid %d, expired %s)", held.User, held.Host, held.PID, held.Expires.Format(time.RFC3339)))
-			// Only if it is still that stale lock: another deploy may have
-			// taken it over a moment ago.
-			if err := h.removeLockIf(ctx, raw); err != nil {
-				return err
+			// Replaced only if it is still this content, exactly as read:
+			// a renewal or another takeover since then changes it.
+			if raw != stale {
+				notify(fmt.Sprintf("taking over a stale lock of %s@%s (pid %d, expired %s)", held.User, held.Host, held.PID, held.Expires.Format(time.RFC3339)))
 			}
+			stale = raw
 			continue
 		}
+		stale = ""
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s: %w: %s@%s, pid %d, since %s (expires %s)",
 				h.name, ErrLocked, held.User, held.Host, held.PID, held.Since.Format(time.RFC3339), held.Expires.Format(time.RFC3339))
@@ -255,7 +355,7 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 // so a deploy slower than ttl (a slow link, a long health gate) is not
 // taken over halfway, while a crashed one's lock still expires. release
 // stops the renewal, removes the lock and returns the first renewal
-// failure, if any.
+// failure and the removal's, if any.
 func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duration, now func() time.Time, notify func(string)) (release func() error, err error) {
 	me.Since, me.Expires = now().UTC(), now().Add(ttl).UTC()
 	if err := h.lock(ctx, me, wait, notify); err != nil {
@@ -286,8 +386,11 @@ func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duratio
 	return func() error {
 		stop()
 		<-done // the renewal no longer touches h.held
-		h.unlock(ctx)
-		return renewErr
+		err := h.unlock(ctx)
+		if errors.Is(renewErr, errLockTaken) && errors.Is(err, errLockTaken) {
+			return renewErr // said once
+		}
+		return errors.Join(renewErr, err)
 	}, nil
 }
 
@@ -295,44 +398,51 @@ func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duratio
 var errLockTaken = errors.New("another deploy took the deploy lock over while this one ran")
 
 // renewLock moves the lock's expiry to until, if the lock is still this
-// deploy's; the new content replaces the old in one rename. The lock is
-// known by its nonce, which a renewal keeps, so a renewal that renamed but
-// did not hear back leaves a lock that is still recognised.
+// deploy's. The lock is known by its nonce, which a renewal keeps, so a
+// renewal that was made but not heard back leaves a lock that is still
+// recognised. Under the guard, a renewal and a takeover of the same
+// expired lock are ordered: a takeover after the renewal finds content it
+// did not see expire and leaves it; a renewal after the takeover finds
+// another nonce and reports errLockTaken.
 func (h *host) renewLock(ctx context.Context, until time.Time) error {
 	me := h.held
 	me.Expires = until.UTC()
-	data, _ := json.Marshal(me)
-	lp, tmp := sshx.Quote(h.lockPath()), sshx.Quote(h.lockPath()+".renew")
-	out, err := h.run(ctx, fmt.Sprintf(`%s && printf '%%s\n' %s > %s && mv -f %s %s && echo renewed; true`, h.ownsLock(), sshx.Quote(string(data)), tmp, tmp, lp))
+	data, err := json.Marshal(me)
 	if err != nil {
-		// The cause, not the shell line.
-		if cause := errors.Unwrap(err); cause != nil {
-			err = cause
-		}
-		return fmt.Errorf("the deploy lock could not be renewed (%w); another deploy may have run meanwhile", err)
+		return fmt.Errorf("the deploy lock could not be renewed: %w", err)
 	}
-	if out != "renewed" {
+	out, err := h.lockStep(ctx, renewScript, h.nonceMark(), string(data))
+	switch {
+	case err != nil:
+		return fmt.Errorf("the deploy lock could not be renewed (%w); another deploy may have run meanwhile", err)
+	case out == "lost\n":
 		return errLockTaken
+	case out != "renewed\n":
+		return fmt.Errorf("the deploy lock could not be renewed: unexpected answer %q", out)
 	}
 	h.held = me
 	return nil
 }
 
-// ownsLock is a shell test that the lock file is this deploy's.
-func (h *host) ownsLock() string {
-	return fmt.Sprintf("grep -qF %s %s", sshx.Quote(`"nonce":"`+h.held.Nonce+`"`), sshx.Quote(h.lockPath()))
-}
+// nonceMark is how the lock file names this deploy's nonce.
+func (h *host) nonceMark() string { return `"nonce":"` + h.held.Nonce + `"` }
 
-// unlock removes the lock if it is still ours.
-func (h *host) unlock(ctx context.Context) {
-	if h.held.Nonce != "" {
-		_, _ = h.run(context.WithoutCancel(ctx), fmt.Sprintf("%s && rm -f %s; true", h.ownsLock(), sshx.Quote(h.lockPath())))
+// unlock removes the lock if it is still ours; errLockTaken if it is not.
+func (h *host) unlock(ctx context.Context) error {
+	if h.held.Nonce == "" {
+		return nil
 	}
-}
-
-// removeLockIf removes the lock file when its content is content.
-func (h *host) removeLockIf(ctx context.Context, content string) error {
-	lp := sshx.Quote(h.lockPath())
-	_, err := h.run(ctx, fmt.Sprintf(`[ "$(cat %s 2>/dev/null)" = %s ] && rm -f %s; true`, lp, sshx.Quote(strings.TrimSpace(content)), lp))
-	return err
+	out, err := h.lockStep(context.WithoutCancel(ctx), releaseScript, h.nonceMark())
+	switch {
+	case err != nil:
+		return fmt.Errorf("the deploy lock %s could not be removed (%w); the next deploy waits for it to expire at %s",
+			h.lockPath(), err, h.held.Expires.Format(time.RFC3339))
+	case out == "lost\n":
+		h.held = lockInfo{}
+		return errLockTaken
+	case out != "released\n":
+		return fmt.Errorf("the deploy lock %s could not be removed: unexpected answer %q", h.lockPath(), out)
+	}
+	h.held = lockInfo{}
+	return nil
 }

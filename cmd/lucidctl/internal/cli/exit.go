@@ -70,6 +70,7 @@ var knownHints = []struct {
 	{projectconfig.ErrNotFound, "run lucidctl from the project directory, or name the file with --config"},
 	{sshx.ErrUnknownHostKey, "check the fingerprint with the host's owner, then run again with --accept-new-host-key"},
 	{deploy.ErrLocked, "wait for it with --lock-wait; a lock past its expiry is taken over by the next deploy"},
+	{deploy.ErrNoFlock, "install util-linux on the host (sudo apt-get install util-linux), which Raspberry Pi OS and Debian normally include"},
 }
 
 // ExitCode maps err to lucidctl's exit code. ctx is the command's context:

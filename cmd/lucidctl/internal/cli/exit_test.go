@@ -53,6 +53,9 @@ func TestHints(t *testing.T) {
 	if h := Hint(fmt.Errorf("pi: %w: ci@builder", deploy.ErrLocked)); !strings.Contains(h, "--lock-wait") {
 		t.Errorf("deploy lock hint = %q", h)
 	}
+	if h := Hint(fmt.Errorf("pi: %w", deploy.ErrNoFlock)); !strings.Contains(h, "util-linux") {
+		t.Errorf("missing flock hint = %q", h)
+	}
 	if h := Hint(WithHint(errors.New("x"), "do y")); h != "do y" {
 		t.Errorf("explicit hint = %q", h)
 	}

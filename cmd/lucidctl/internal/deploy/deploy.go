@@ -86,8 +86,8 @@ time, stopping at the first that fails:
      or an unknown host stops the deploy before anything is built or changed;
   3. build the images (or take --lucid, a ready binary) for lucid.yaml's platforms;
   then, host by host:
-  4. check the host: Docker, compose, architecture, free disk, clock, the
-     external network;
+  4. check the host: Docker, compose, flock, architecture, free disk, clock,
+     the external network;
   5. take the host's deploy lock (renewed while the deploy runs);
   6. send only the image layers the host's Docker lacks, over the same connection;
   7. write a release directory (compose, env 0600, the gateway's route table,
