@@ -40,10 +40,10 @@ func TestRenderedFilesPass(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for rel, data := range map[string][]byte{deployfiles.ComposePath: f.Compose, deployfiles.EnvPath: f.Env} {
-		p := filepath.Join(dir, rel)
+	for _, rf := range f.All() {
+		p := filepath.Join(dir, rf.Path)
 		_ = os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, data, 0o600); err != nil {
+		if err := os.WriteFile(p, rf.Content, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
