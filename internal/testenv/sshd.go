@@ -76,6 +76,10 @@ func StartSSHD(t testing.TB, o SSHDOptions) *SSHD {
 		"AllowStreamLocalForwarding yes",
 		"AllowTcpForwarding yes",
 		"LogLevel VERBOSE",
+		// A remote command's bash reads the user's ~/.bashrc only at shell
+		// level 1; this machine's (pyenv init) costs about a second a
+		// session, which the deploy and lock tests open by the hundred.
+		"SetEnv SHLVL=1",
 	}
 	if !o.NoSFTP {
 		for _, p := range []string{"/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server"} {
