@@ -16,40 +16,44 @@ import (
 
 // Remote is an Issuer backed by the mesh controller at a URL.
 //
-// The bootstrap token is the root of trust: the bundle is fetched over a
-// connection that is not yet verified (no credential is sent on it) and
+// The service's enrolment token (meshapi.EnrolmentToken: what its
+// LUCID_MESH_TOKEN holds) is the root of trust: the bundle is fetched over
+// a connection that is not yet verified (no credential is sent on it) and
 // accepted only if its MAC, keyed by the token, matches; the token itself
 // then goes only to a server whose leaf verifies against that bundle and
-// names the mesh controller.
+// names the mesh controller. The controller accepts the token for that
+// one service's leaf only.
 type Remote struct {
 	url, token string
 	timeout    time.Duration
 }
 
 // NewRemote returns an issuer for the controller at url, which must be
-// https: the token is never sent in the clear.
+// https: the token is never sent in the clear. token is the enrolment
+// token of the service the leaves are for.
 func NewRemote(url, token string) *Remote {
 	return &Remote{url: url, token: token, timeout: 10 * time.Second}
 }
 
-// Bundle fetches and authenticates the trust bundle.
-func (r *Remote) Bundle(ctx context.Context) ([]*x509.Certificate, error) {
+// Bundle fetches the trust bundle as service is given it, and
+// authenticates it with service's enrolment token.
+func (r *Remote) Bundle(ctx context.Context, service string) ([]*x509.Certificate, error) {
 	bootstrap := &http.Client{Timeout: r.timeout, Transport: &http.Transport{
 		// Nothing secret is sent on this connection and the answer is
 		// authenticated by its MAC, so the server need not be known yet.
 		TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true},
 	}}
 	defer bootstrap.CloseIdleConnections()
-	return meshapi.New(r.url, r.token, bootstrap).Bundle(ctx)
+	return meshapi.New(r.url, r.token, bootstrap).Bundle(ctx, service)
 }
 
 // Issue fetches the bundle, then asks the controller, verified against it,
 // for a leaf.
 func (r *Remote) Issue(ctx context.Context, service string, csrPEM []byte) (chain, bundle []*x509.Certificate, err error) {
 	if !strings.HasPrefix(r.url, "https://") {
-		return nil, nil, fmt.Errorf("mesh URL %s: must be https, so the bootstrap token is not sent in the clear", r.url)
+		return nil, nil, fmt.Errorf("mesh URL %s: must be https, so the enrolment token is not sent in the clear", r.url)
 	}
-	bundle, err = r.Bundle(ctx)
+	bundle, err = r.Bundle(ctx, service)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -95,7 +99,9 @@ func Local(ca *meshca.CA) Issuer { return local{ca} }
 
 type local struct{ ca *meshca.CA }
 
-func (l local) Bundle(context.Context) ([]*x509.Certificate, error) { return l.ca.Bundle(), nil }
+func (l local) Bundle(context.Context, string) ([]*x509.Certificate, error) {
+	return l.ca.Bundle(), nil
+}
 
 func (l local) Issue(ctx context.Context, service string, csrPEM []byte) (chain, bundle []*x509.Certificate, err error) {
 	csr, err := meshca.ParseCSR(csrPEM)

@@ -34,8 +34,9 @@ import (
 // Issuer is where an identity gets its certificates: the mesh controller
 // over HTTP (Remote), or the controller's own CA in-process.
 type Issuer interface {
-	// Bundle returns the roots to trust.
-	Bundle(ctx context.Context) ([]*x509.Certificate, error)
+	// Bundle returns the roots to trust, as service (the name the
+	// issuer's credential is for) is given them.
+	Bundle(ctx context.Context, service string) ([]*x509.Certificate, error)
 	// Issue signs a leaf for service from a PEM certificate request and
 	// returns its chain (leaf first) and the current bundle.
 	Issue(ctx context.Context, service string, csrPEM []byte) (chain, bundle []*x509.Certificate, err error)

@@ -35,8 +35,10 @@ type Config struct {
 	// Public is the catalog's mark of a client-facing listener, which the
 	// mesh's mTLS leaves alone.
 	Public bool
-	// MeshToken is the mesh bootstrap token, LUCID_MESH_TOKEN: required
-	// with MeshURL, and by the controller itself.
+	// MeshToken is LUCID_MESH_TOKEN, required with MeshURL and by the
+	// controller: for the controller the mesh token, for any other service
+	// its enrolment token (meshapi.EnrolmentToken), which obtains its own
+	// leaf and nothing else.
 	MeshToken string
 	// ServiceKey, LUCID_SERVICE_KEY, is how the services know each other
 	// when the mesh is off: each request carries a signature made with it
@@ -103,7 +105,11 @@ func LoadConfig(r *envconfig.Reader, name string) Config {
 		cfg.MeshURL = u.String()
 	}
 	if cfg.MeshURL != "" || name == catalog.MeshService {
-		cfg.MeshToken = r.Secret(EnvMeshToken, catalog.SecretMinLen, "the mesh bootstrap token")
+		why := "this service's mesh enrolment token"
+		if name == catalog.MeshService {
+			why = "the mesh token, from which each service's enrolment token is derived"
+		}
+		cfg.MeshToken = r.Secret(EnvMeshToken, catalog.SecretMinLen, why)
 	}
 	if cfg.MeshURL == "" && name != catalog.MeshService {
 		cfg.ServiceKey = []byte(r.Secret(EnvServiceKey, catalog.SecretMinLen,

@@ -17,71 +17,113 @@ import (
 	"github.com/pickme/lucid/pkg/api/meshapi"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/meshca"
-	"github.com/pickme/lucid/pkg/meshtls"
 	"github.com/pickme/lucid/pkg/ratelimit"
 	"github.com/pickme/lucid/pkg/service"
 )
 
 func (a *App) routes(srv *service.Server) {
 	srv.Handle("GET /certificates/ca", a.handleBundle)
-	srv.Handle("POST /certificates/{service}", a.tokenOnly(a.handleIssue))
-	srv.Handle("POST /ca/rotate", a.tokenOnly(a.handleRotate))
+	srv.Handle("POST /certificates/{service}", a.handleIssue)
+	srv.Handle("POST /ca/rotate", a.operator(a.handleRotate))
 	srv.Handle("GET /services", a.member(a.handleServices))
 	srv.Handle("GET /services/{name}", a.member(a.handleServices))
-	srv.Handle("POST /services/register", a.member(a.handleRegister))
-	srv.Handle("DELETE /services/{name}", a.member(a.handleDeregister))
+	srv.Handle("POST /services/register", a.operator(a.handleRegister))
+	srv.Handle("DELETE /services/{name}", a.operator(a.handleDeregister))
 	srv.Handle("GET /envoy/{service}/bootstrap", a.member(a.handleEnvoy))
 }
 
-// validToken checks the bootstrap token in constant time.
-func (a *App) validToken(r *http.Request) bool {
-	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(tok), []byte(a.token)) == 1
+// enrolmentTokens derives, from the mesh token, the enrolment token of
+// every service that obtains its leaf from the controller: all but the
+// controller itself, whose leaf comes from its own CA in-process, so no
+// credential anywhere yields the controller's identity.
+func enrolmentTokens(meshToken string) map[string][]byte {
+	out := map[string][]byte{}
+	for _, s := range catalog.Services {
+		if s.Name != catalog.MeshService {
+			out[s.Name] = []byte(meshapi.EnrolmentToken(meshToken, s.Name))
+		}
+	}
+	return out
 }
 
-var errToken = service.Errorf(http.StatusUnauthorized, service.CodeAuth, "a valid mesh bootstrap token is required")
+// enrolled reports whether r bears svc's enrolment token, compared in
+// constant time.
+func (a *App) enrolled(r *http.Request, svc string) bool {
+	want, ok := a.enrolment[svc]
+	tok, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && bearer && subtle.ConstantTimeCompare([]byte(tok), want) == 1
+}
 
-// tokenOnly guards what only a holder of the bootstrap token may do:
-// obtain an identity, rotate the root.
-func (a *App) tokenOnly(h service.HandlerFunc) service.HandlerFunc {
+var errEnrolment = service.Errorf(http.StatusUnauthorized, service.CodeAuth, "this service's enrolment token is required")
+
+// operator guards what only the operator may do: rotate the root, and
+// register or deregister outside services. The controller is exempt from
+// the server's refusal of unknown callers (it authenticates enrolment
+// itself), so the check is made here.
+func (a *App) operator(h service.HandlerFunc) service.HandlerFunc {
+	guarded := service.ForOperator(h)
 	return func(w http.ResponseWriter, r *http.Request) error {
-		if !a.validToken(r) {
-			a.logger.Warn("mesh: refused a request without a valid bootstrap token", "remote", r.RemoteAddr, "path", r.URL.Path)
-			return errToken
+		if !service.IsOperator(r.Context()) {
+			who := "an unknown caller"
+			if caller, ok := service.CallerOf(r.Context()); ok {
+				who = "service " + caller
+			}
+			a.logger.Warn("mesh: refused an operator action without the operator credential", "caller", who, "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path)
 		}
-		return h(w, r)
+		return guarded(w, r)
 	}
 }
 
-// member lets in the token holder and any service of the mesh (over mTLS,
-// already verified in the handshake).
+// member lets in the services of the mesh (over mTLS, verified in the
+// handshake) and the operator: the registry and the Envoy bootstraps.
 func (a *App) member(h service.HandlerFunc) service.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		if _, ok := meshtls.Caller(r); ok || a.validToken(r) {
+		if _, ok := service.CallerOf(r.Context()); ok || service.IsOperator(r.Context()) {
 			return h(w, r)
 		}
-		a.logger.Warn("mesh: refused a request without a token or mesh certificate", "remote", r.RemoteAddr, "path", r.URL.Path)
-		return errToken
+		a.logger.Warn("mesh: refused a request without a mesh certificate or the operator credential", "remote", r.RemoteAddr, "path", r.URL.Path)
+		return service.Errorf(http.StatusUnauthorized, service.CodeAuth, "a mesh certificate or the operator credential is required")
 	}
 }
 
+// handleBundle answers the trust bundle, MAC'd with the enrolment token of
+// the service that asks, which is all that service holds to check it.
 func (a *App) handleBundle(w http.ResponseWriter, r *http.Request) error {
-	nonce := r.URL.Query().Get("nonce")
+	q := r.URL.Query()
+	nonce, svc := q.Get("nonce"), q.Get("service")
 	if _, err := hex.DecodeString(nonce); err != nil || len(nonce) != meshapi.NonceLen {
 		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "nonce must be %d hex digits", meshapi.NonceLen)
 	}
+	key, ok := a.enrolment[svc]
+	if !ok {
+		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "service must name the Lucid service asking (%s)", strings.Join(slices.Sorted(maps.Keys(a.enrolment)), ", "))
+	}
 	body := meshca.EncodeCerts(a.ca.Bundle())
 	w.Header().Set("Content-Type", "application/pem-certificate-chain")
-	w.Header().Set(meshapi.BundleMACHeader, meshapi.BundleMAC(a.token, nonce, body))
+	w.Header().Set(meshapi.BundleMACHeader, meshapi.BundleMAC(string(key), nonce, body))
 	w.Header().Set("Cache-Control", "no-store")
 	_, err := w.Write(body)
 	return err
 }
 
+// handleIssue signs a leaf for the service named in the path, for the
+// bearer of that service's enrolment token only: what a service holds
+// yields its own identity and no other.
 func (a *App) handleIssue(w http.ResponseWriter, r *http.Request) error {
 	svc := r.PathValue("service")
+	if svc == catalog.MeshService {
+		a.logger.Warn("mesh: refused a request for the controller's own identity", "remote", r.RemoteAddr)
+		return service.Errorf(http.StatusForbidden, service.CodeForbidden, "the mesh controller's identity is issued in-process only")
+	}
 	if _, ok := catalog.Lookup(svc); !ok {
 		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no Lucid service %q (services: %s)", svc, strings.Join(catalog.Names(), ", "))
+	}
+	if !a.enrolled(r, svc) {
+		// Never the presented value: it may be another service's token.
+		_, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		a.logger.Warn("mesh: refused a certificate request without the service's enrolment token", "service", svc, "credential_presented", bearer, "remote", r.RemoteAddr)
+		a.metrics.enrolRefused.WithLabelValues(svc).Inc()
+		return errEnrolment
 	}
 	d, err := a.limiter.Allow(r.Context(), "sign", ratelimit.Limit{Limit: a.signRate, Period: time.Second, Burst: a.signRate}, time.Now())
 	if err != nil {

@@ -6,17 +6,21 @@
 //
 // Its API:
 //
-//	GET    /certificates/ca             trust bundle (PEM), MAC'd with the bootstrap token
-//	POST   /certificates/{service}      issue a leaf from a CSR (bootstrap token; rate-limited)
-//	POST   /ca/rotate                   replace the root by cross-signing (bootstrap token)
+//	GET    /certificates/ca             trust bundle (PEM), MAC'd with the asking service's enrolment token
+//	POST   /certificates/{service}      issue a leaf from a CSR (that service's enrolment token; rate-limited)
+//	POST   /ca/rotate                   replace the root by cross-signing (operator)
 //	GET    /services                    every registered instance, healthy or not, from Consul
 //	GET    /services/{name}             the instances of one service
-//	POST   /services/register           register a service outside the stack
-//	DELETE /services/{name}             deregister a service outside the stack
+//	POST   /services/register           register a service outside the stack (operator)
+//	DELETE /services/{name}             deregister a service outside the stack (operator)
 //	GET    /envoy/{service}/bootstrap   Envoy bootstrap (YAML) for that service's sidecar
 //
-// All but the bundle need the bootstrap token or, over mTLS, a mesh
-// certificate.
+// The controller holds the mesh token (LUCID_MESH_TOKEN); every other
+// service holds only its enrolment token, derived from it for its name
+// (meshapi.EnrolmentToken), which yields that service's leaf and nothing
+// else. The registry and the bootstraps are read with a mesh certificate
+// (mTLS) or the operator credential; what changes the mesh needs the
+// operator credential (service.IsOperator).
 package mesh
 
 import (
@@ -53,13 +57,14 @@ type App struct {
 	// address their URL variable gives.
 	members map[string]*url.URL
 
-	token   string
-	mtls    bool
-	ca      *meshca.CA
-	limiter *ratelimit.Memory
-	logger  *slog.Logger
-	reg     *registrar
-	metrics *metrics
+	// enrolment holds each service's enrolment token, by name.
+	enrolment map[string][]byte
+	mtls      bool
+	ca        *meshca.CA
+	limiter   *ratelimit.Memory
+	logger    *slog.Logger
+	reg       *registrar
+	metrics   *metrics
 
 	loops    sync.WaitGroup
 	stopSync context.CancelFunc
@@ -101,10 +106,10 @@ func (a *App) Configure(r *envconfig.Reader) {
 func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	cfg := srv.Config()
 	a.logger = srv.Logger()
-	a.token = cfg.MeshToken
+	a.enrolment = enrolmentTokens(cfg.MeshToken)
 	a.mtls = cfg.MTLS()
 	if !a.mtls {
-		a.logger.Warn("LUCID_MESH_URL is not set: the controller serves plain HTTP, so certificates and the bootstrap token cross the network in the clear")
+		a.logger.Warn("LUCID_MESH_URL is not set: the controller serves plain HTTP, so certificates and enrolment tokens cross the network in the clear")
 	}
 	ca, err := meshca.Open(ctx, filepath.Join(cfg.DataDir, "ca"), meshca.Options{LeafTTL: a.leafTTL})
 	if err != nil {
@@ -200,8 +205,9 @@ func (a *App) stackRegistrations() []*consul.AgentServiceRegistration {
 func (a *App) MeshIssuer() meshtls.Issuer { return meshtls.Local(a.ca) }
 
 type metrics struct {
-	issued  *prometheus.CounterVec
-	refused prometheus.Counter
+	issued       *prometheus.CounterVec
+	refused      prometheus.Counter
+	enrolRefused *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -212,7 +218,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lucid_mesh_sign_rate_limited_total", Help: "Certificate requests refused by the signing rate limit.",
 		}),
+		enrolRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lucid_mesh_enrolment_refused_total", Help: "Certificate requests refused for want of the service's enrolment token, by service.",
+		}, []string{"service"}),
 	}
-	reg.MustRegister(m.issued, m.refused)
+	reg.MustRegister(m.issued, m.refused, m.enrolRefused)
 	return m
 }

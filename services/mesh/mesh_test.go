@@ -24,7 +24,15 @@ import (
 	"github.com/pickme/lucid/pkg/service"
 )
 
-const testToken = "mesh-bootstrap-token-for-tests-0123456789"
+// testToken is the controller's mesh token; the services hold enrolment
+// tokens derived from it (enrolment), the operator testOperator.
+const (
+	testToken    = "mesh-bootstrap-token-for-tests-0123456789"
+	testOperator = "operator-token-for-tests-0123456789abcdef"
+)
+
+// enrolment is what svc's LUCID_MESH_TOKEN holds.
+func enrolment(svc string) string { return meshapi.EnrolmentToken(testToken, svc) }
 
 // controller is a mesh controller run in-process for a test.
 type controller struct {
@@ -44,6 +52,7 @@ func startController(t testing.TB, env map[string]string) *controller {
 		"LUCID_MESH_TOKEN":       testToken,
 		"LUCID_MESH_URL":         "https://127.0.0.1:" + strconv.Itoa(port),
 		"LUCID_SHUTDOWN_TIMEOUT": "10s",
+		service.EnvOperatorHash:  service.OperatorTokenHash(testOperator),
 	}
 	for k, v := range env {
 		if v == "" {
@@ -84,7 +93,7 @@ func (c *controller) identity(t testing.TB, svc string, opts meshtls.Options) *m
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	id, err := meshtls.Obtain(ctx, svc, meshtls.NewRemote(c.url, testToken), opts)
+	id, err := meshtls.Obtain(ctx, svc, meshtls.NewRemote(c.url, enrolment(svc)), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,12 +101,21 @@ func (c *controller) identity(t testing.TB, svc string, opts meshtls.Options) *m
 }
 
 // client is a mesh API client that reaches the controller as service svc
-// over mTLS and also holds the token.
+// over mTLS, with no token.
 func (c *controller) client(t *testing.T, svc string) *meshapi.Client {
 	id := c.identity(t, svc, meshtls.Options{})
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: id.Transport(nil, func(peer string) bool { return catalog.MayCall(svc, peer) })}
-	return meshapi.New(c.url, testToken, hc)
+	return meshapi.New(c.url, "", hc)
 }
+
+// bearer is a mesh API client without a mesh certificate that presents
+// token: the operator's, or a service's enrolment token.
+func (c *controller) bearer(token string) *meshapi.Client {
+	return meshapi.New(c.url, token, &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: insecureTLS()}})
+}
+
+// operator is the operator's client.
+func (c *controller) operator() *meshapi.Client { return c.bearer(testOperator) }
 
 func TestCertificates(t *testing.T) {
 	c := startController(t, nil)
@@ -107,23 +125,39 @@ func TestCertificates(t *testing.T) {
 		t.Errorf("leaf lifetime %s, want 72 h", left)
 	}
 
-	t.Run("a wrong token does not get the bundle accepted", func(t *testing.T) {
-		_, err := meshtls.NewRemote(c.url, "another-token-of-the-required-length-000").Bundle(context.Background())
-		if err == nil || !strings.Contains(err.Error(), "MAC") {
-			t.Fatalf("Bundle with a wrong token = %v", err)
+	t.Run("the bundle verifies only with the asking service's enrolment token", func(t *testing.T) {
+		for name, tok := range map[string]string{
+			"a wrong token":           "another-token-of-the-required-length-000",
+			"the mesh token itself":   testToken,
+			"another service's token": enrolment("gateway"),
+		} {
+			_, err := meshtls.NewRemote(c.url, tok).Bundle(context.Background(), "engine")
+			if err == nil || !strings.Contains(err.Error(), "MAC") {
+				t.Errorf("engine's bundle checked with %s = %v, want a MAC mismatch", name, err)
+			}
+		}
+		for _, svc := range []string{"engine", "gateway", "datachain"} {
+			if _, err := meshtls.NewRemote(c.url, enrolment(svc)).Bundle(context.Background(), svc); err != nil {
+				t.Errorf("%s's bundle with its own enrolment token: %v", svc, err)
+			}
 		}
 	})
 	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: insecureTLS()}}
-	t.Run("only a random nonce gets a MAC", func(t *testing.T) {
+	t.Run("only a random nonce and a Lucid service get a MAC", func(t *testing.T) {
 		// A chosen text would come back with a MAC over it and the bundle.
-		for _, nonce := range []string{"", "short", strings.Repeat("g", 32), "-----BEGIN%20CERTIFICATE-----" + strings.Repeat("0", 3)} {
-			resp, err := insecure.Get(c.url + "/certificates/ca?nonce=" + nonce)
+		good := strings.Repeat("0", 32)
+		for _, query := range []string{
+			"service=engine", "nonce=short&service=engine", "nonce=" + strings.Repeat("g", 32) + "&service=engine",
+			"nonce=-----BEGIN%20CERTIFICATE-----" + strings.Repeat("0", 3) + "&service=engine",
+			"nonce=" + good, "nonce=" + good + "&service=payments", "nonce=" + good + "&service=mesh",
+		} {
+			resp, err := insecure.Get(c.url + "/certificates/ca?" + query)
 			if err != nil {
 				t.Fatal(err)
 			}
 			resp.Body.Close()
 			if resp.StatusCode != http.StatusBadRequest || resp.Header.Get(meshapi.BundleMACHeader) != "" {
-				t.Errorf("nonce %q: %d, MAC %q", nonce, resp.StatusCode, resp.Header.Get(meshapi.BundleMACHeader))
+				t.Errorf("%q: %d, MAC %q", query, resp.StatusCode, resp.Header.Get(meshapi.BundleMACHeader))
 			}
 		}
 	})
@@ -139,44 +173,109 @@ func TestCertificates(t *testing.T) {
 		resp.Body.Close()
 		return resp
 	}
-	t.Run("issuing needs the token", func(t *testing.T) {
-		for _, tok := range []string{"", "wrong", testToken + "x"} {
+	t.Run("a service's enrolment token yields its own identity only", func(t *testing.T) {
+		refused := []string{"", "wrong", testToken, testOperator, enrolment("gateway"), enrolment("anchoring"), enrolment("engine") + "x", strings.ToUpper(enrolment("engine"))}
+		for _, tok := range refused {
 			if resp := post("/certificates/engine", tok, `{"csr":""}`); resp.StatusCode != http.StatusUnauthorized {
-				t.Errorf("token %q: %s", tok, resp.Status)
+				t.Errorf("engine's leaf with token %.12q...: %s, want 401", tok, resp.Status)
 			}
 		}
-		if strings.Contains(c.log.String(), testToken) {
-			t.Error("the token reached the log")
+		// The real issuer, holding the gateway's token, asks for engine's
+		// leaf: refused (here already by the bundle, MAC'd for engine).
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if _, err := meshtls.Obtain(ctx, "engine", meshtls.NewRemote(c.url, enrolment("gateway")), meshtls.Options{}); err == nil {
+			t.Error("the gateway's enrolment token obtained engine's identity")
+		}
+		// Nobody obtains the controller's identity over the API, not even
+		// with the mesh token or a token derived for it.
+		for _, tok := range []string{testToken, enrolment("mesh")} {
+			if resp := post("/certificates/mesh", tok, `{"csr":""}`); resp.StatusCode != http.StatusForbidden {
+				t.Errorf("the controller's leaf: %s, want 403", resp.Status)
+			}
+		}
+		log := c.log.String()
+		for _, tok := range append(refused[1:], enrolment("engine"), enrolment("mesh")) {
+			if strings.Contains(log, tok) {
+				t.Errorf("a token (%.6q...) reached the log", tok)
+			}
+		}
+		if !strings.Contains(log, "refused a certificate request") {
+			t.Error("the refusals are not logged")
 		}
 	})
 	t.Run("unknown service and bad CSR", func(t *testing.T) {
 		if resp := post("/certificates/payments", testToken, `{"csr":""}`); resp.StatusCode != http.StatusNotFound {
 			t.Errorf("unknown service: %s", resp.Status)
 		}
-		if resp := post("/certificates/engine", testToken, `{"csr":"junk"}`); resp.StatusCode != http.StatusBadRequest {
+		if resp := post("/certificates/engine", enrolment("engine"), `{"csr":"junk"}`); resp.StatusCode != http.StatusBadRequest {
 			t.Errorf("bad CSR: %s", resp.Status)
 		}
 	})
-	t.Run("a mesh member may list, a stranger may not", func(t *testing.T) {
-		resp, err := insecure.Get(c.url + "/envoy/engine/bootstrap")
-		if err != nil {
-			t.Fatal(err)
+	t.Run("a mesh member and the operator may read, nobody else", func(t *testing.T) {
+		for _, tok := range []string{"", testToken, enrolment("blocks")} {
+			var ae *api.Error
+			if _, err := c.bearer(tok).EnvoyBootstrap(context.Background(), "engine"); !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
+				t.Errorf("envoy bootstrap with token %.6q... and no certificate: %v, want 401", tok, err)
+			}
 		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusUnauthorized {
-			t.Errorf("envoy bootstrap without token or certificate: %s", resp.Status)
-		}
-		id := c.identity(t, "blocks", meshtls.Options{})
-		member := meshapi.New(c.url, "", &http.Client{Transport: id.Transport(nil, func(p string) bool { return p == "mesh" })})
-		if _, err := member.EnvoyBootstrap(context.Background(), "engine"); err != nil {
+		if _, err := c.client(t, "blocks").EnvoyBootstrap(context.Background(), "engine"); err != nil {
 			t.Errorf("envoy bootstrap with a mesh certificate: %v", err)
+		}
+		if _, err := c.operator().EnvoyBootstrap(context.Background(), "engine"); err != nil {
+			t.Errorf("envoy bootstrap with the operator credential: %v", err)
 		}
 	})
 }
 
+// TestOperatorActions: rotating the root and registering or deregistering
+// outside services need the operator credential; neither a mesh
+// certificate nor the mesh token nor an enrolment token grants them.
+func TestOperatorActions(t *testing.T) {
+	c := startController(t, nil) // no Consul: the registry answers 503 once let in
+	ctx := context.Background()
+	actions := map[string]func(*meshapi.Client) error{
+		"rotate": func(m *meshapi.Client) error { _, err := m.Rotate(ctx); return err },
+		"register": func(m *meshapi.Client) error {
+			return m.Register(ctx, meshapi.Registration{Name: "auth", Address: "10.0.0.1", Port: 80})
+		},
+		"deregister": func(m *meshapi.Client) error { return m.Deregister(ctx, "auth") },
+	}
+	callers := map[string]*meshapi.Client{
+		"a mesh member":        c.client(t, "gateway"),
+		"the mesh token":       c.bearer(testToken),
+		"an enrolment token":   c.bearer(enrolment("gateway")),
+		"no credential":        c.bearer(""),
+		"a wrong operator one": c.bearer(testOperator + "x"),
+	}
+	for action, do := range actions {
+		for who, m := range callers {
+			var ae *api.Error
+			if err := do(m); !errors.As(err, &ae) || ae.Status != http.StatusForbidden {
+				t.Errorf("%s by %s: %v, want 403", action, who, err)
+			}
+		}
+	}
+	if !strings.Contains(c.log.String(), "refused an operator action") {
+		t.Error("the refusals are not logged")
+	}
+	for _, tok := range []string{testToken, enrolment("gateway"), testOperator} {
+		if strings.Contains(c.log.String(), tok) {
+			t.Errorf("a token (%.6q...) reached the log", tok)
+		}
+	}
+	var ae *api.Error
+	if err := actions["register"](c.operator()); !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable {
+		t.Errorf("register by the operator without Consul: %v, want 503 (let in, no registry)", err)
+	}
+	if r, err := c.operator().Rotate(ctx); err != nil || r.Fingerprint == "" {
+		t.Errorf("rotate by the operator: %v %v", r, err)
+	}
+}
+
 func TestSigningIsRateLimited(t *testing.T) {
 	c := startController(t, map[string]string{"LUCID_MESH_SIGN_RATE": "5"})
-	client := c.client(t, "gateway") // one signature
+	client := c.bearer(enrolment("engine"))
 	var limited atomic.Int64
 	var wg sync.WaitGroup
 	for range 20 {
@@ -201,7 +300,7 @@ func TestSigningIsRateLimited(t *testing.T) {
 func TestRootRotationKeepsTheMeshTalking(t *testing.T) {
 	c := startController(t, nil)
 	before := c.identity(t, "engine", meshtls.Options{})
-	rotated, err := c.client(t, "gateway").Rotate(context.Background())
+	rotated, err := c.operator().Rotate(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +308,7 @@ func TestRootRotationKeepsTheMeshTalking(t *testing.T) {
 		t.Fatal("no fingerprint")
 	}
 	var ae *api.Error
-	if _, err := c.client(t, "blocks").Rotate(context.Background()); !errors.As(err, &ae) || ae.Status != http.StatusConflict {
+	if _, err := c.operator().Rotate(context.Background()); !errors.As(err, &ae) || ae.Status != http.StatusConflict {
 		t.Fatalf("second rotation inside the overlap: %v, want 409", err)
 	}
 	after := c.identity(t, "anchoring", meshtls.Options{})
@@ -265,7 +364,7 @@ func insecureTLS() *tls.Config { return &tls.Config{InsecureSkipVerify: true} }
 // and the new chain checked on receipt. Run with -cpu 1 for one core.
 func BenchmarkIssueHTTP(b *testing.B) {
 	c := startController(b, map[string]string{"LUCID_MESH_SIGN_RATE": "100000", "LUCID_LOG_LEVEL": "warn"})
-	issuer := meshtls.NewRemote(c.url, testToken)
+	issuer := meshtls.NewRemote(c.url, enrolment("engine"))
 	for b.Loop() {
 		if _, err := meshtls.Obtain(context.Background(), "engine", issuer, meshtls.Options{}); err != nil {
 			b.Fatal(err)

@@ -59,7 +59,7 @@ func TestRegistrationFollowsConsul(t *testing.T) {
 		"LUCID_MESH_CHECK_INTERVAL": "200ms",
 		"LUCID_MESH_SYNC_INTERVAL":  "200ms",
 	})
-	client := meshapi.New(c.url, testToken, nil)
+	client := meshapi.New(c.url, testOperator, nil)
 	ctx := context.Background()
 	status := func(name, id string) string {
 		in, err := client.Service(ctx, name)
@@ -176,7 +176,7 @@ func TestRegistrationFollowsConsul(t *testing.T) {
 // TestServicesWithoutConsul: the registry endpoints say Consul is missing.
 func TestServicesWithoutConsul(t *testing.T) {
 	c := startController(t, map[string]string{"LUCID_MESH_URL": ""})
-	_, err := meshapi.New(c.url, testToken, nil).Services(context.Background())
+	_, err := meshapi.New(c.url, testOperator, nil).Services(context.Background())
 	var ae *api.Error
 	if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable || ae.Message == "" {
 		t.Fatalf("GET /services without Consul = %v, want 503 saying so", err)

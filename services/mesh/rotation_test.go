@@ -58,7 +58,7 @@ func TestRotationUnderLoad(t *testing.T) {
 	var newRoot string
 	for time.Since(start) < duration {
 		if !rotated && time.Since(start) > duration/2 {
-			r, err := c.client(t, "gateway").Rotate(ctx)
+			r, err := c.operator().Rotate(ctx)
 			if err != nil {
 				t.Fatalf("rotate: %v", err)
 			}
@@ -102,7 +102,7 @@ func crossFingerprint(t *testing.T, c *controller, crossDER []byte) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bundle, err := meshtls.NewRemote(c.url, testToken).Bundle(context.Background())
+	bundle, err := meshtls.NewRemote(c.url, enrolment("engine")).Bundle(context.Background(), "engine")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,10 +3,11 @@
 // registry and Envoy bootstraps.
 //
 // The trust bundle is fetched before the caller trusts anything, so the
-// controller authenticates it with an HMAC keyed by the bootstrap token over
-// a fresh nonce of the caller's and the bundle (header BundleMACHeader): a
-// caller holding the token accepts only the bundle the controller holds
-// now, not one replayed from before a rotation.
+// controller authenticates it with an HMAC keyed by the asking service's
+// enrolment token (EnrolmentToken) over a fresh nonce of the caller's and
+// the bundle (header BundleMACHeader): a service holding its token accepts
+// only the bundle the controller holds now, not one replayed from before a
+// rotation.
 package meshapi
 
 import (
@@ -17,7 +18,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -29,8 +29,9 @@ import (
 	"github.com/pickme/lucid/pkg/meshca"
 )
 
-// BundleMACHeader carries the hex HMAC-SHA256, keyed by the bootstrap
-// token, of the request's nonce, a newline, and the bundle body.
+// BundleMACHeader carries the hex HMAC-SHA256, keyed by the enrolment
+// token of the service named in the request, of the request's nonce, a
+// newline, and the bundle body.
 const BundleMACHeader = "Lucid-Bundle-Mac"
 
 // NonceLen is the length of the nonce a caller sends for the bundle: 16
@@ -38,7 +39,8 @@ const BundleMACHeader = "Lucid-Bundle-Mac"
 // nonce of any other shape is refused rather than signed.
 const NonceLen = 32
 
-// BundleMAC is the MAC the controller sends with bundle for nonce.
+// BundleMAC is the MAC the controller sends with bundle for nonce; token is
+// the enrolment token of the service that asked.
 func BundleMAC(token, nonce string, bundle []byte) string {
 	m := hmac.New(sha256.New, []byte(token))
 	m.Write([]byte(nonce))
@@ -104,8 +106,11 @@ type Client struct {
 	http  *http.Client
 }
 
-// New returns a client for the controller at base, authenticating with the
-// bootstrap token. hc carries the transport (nil: a plain client).
+// New returns a client for the controller at base that sends token as its
+// bearer credential: a service's enrolment token (to obtain its leaf and
+// check the bundle), or the operator token (to rotate the root and
+// register outside services). Over mTLS a mesh member needs none to read
+// the registry. hc carries the transport (nil: a plain client).
 func New(base, token string, hc *http.Client) *Client {
 	if hc == nil {
 		hc = &http.Client{Timeout: 30 * time.Second}
@@ -128,14 +133,15 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	return nil
 }
 
-// Bundle fetches the trust bundle and checks its MAC against the token.
-// It sends no credential, so it may use a connection that is not yet
-// trusted.
-func (c *Client) Bundle(ctx context.Context) ([]*x509.Certificate, error) {
+// Bundle fetches the trust bundle as service sees it and checks its MAC
+// against the client's token, which must be service's enrolment token. It
+// sends no credential, so it may use a connection that is not yet trusted.
+func (c *Client) Bundle(ctx context.Context, service string) ([]*x509.Certificate, error) {
 	var raw [NonceLen / 2]byte
 	_, _ = rand.Read(raw[:])
 	nonce := hex.EncodeToString(raw[:])
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/certificates/ca?nonce="+nonce, nil)
+	q := url.Values{"nonce": {nonce}, "service": {service}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/certificates/ca?"+q.Encode(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -152,12 +158,13 @@ func (c *Client) Bundle(ctx context.Context) ([]*x509.Certificate, error) {
 		return nil, fmt.Errorf("mesh: trust bundle: %w", err)
 	}
 	if !hmac.Equal([]byte(resp.Header.Get(BundleMACHeader)), []byte(BundleMAC(c.token, nonce, body))) {
-		return nil, errors.New("mesh: the trust bundle's MAC does not match the bootstrap token (wrong LUCID_MESH_TOKEN, or not the mesh controller)")
+		return nil, fmt.Errorf("mesh: the trust bundle's MAC does not match %s's enrolment token (wrong LUCID_MESH_TOKEN, or not the mesh controller)", service)
 	}
 	return meshca.DecodeCerts(body)
 }
 
-// Issue asks for a leaf for service, from a PEM certificate request.
+// Issue asks for a leaf for service, from a PEM certificate request; the
+// client's token must be service's enrolment token.
 func (c *Client) Issue(ctx context.Context, service string, csrPEM []byte) (*Issued, error) {
 	var out Issued
 	if err := c.do(ctx, http.MethodPost, "/certificates/"+url.PathEscape(service), IssueRequest{CSR: string(csrPEM)}, &out); err != nil {
@@ -166,7 +173,7 @@ func (c *Client) Issue(ctx context.Context, service string, csrPEM []byte) (*Iss
 	return &out, nil
 }
 
-// Rotate replaces the mesh root.
+// Rotate replaces the mesh root (the operator's).
 func (c *Client) Rotate(ctx context.Context) (*Rotated, error) {
 	var out Rotated
 	if err := c.do(ctx, http.MethodPost, "/ca/rotate", nil, &out); err != nil {
@@ -195,12 +202,14 @@ func (c *Client) instances(ctx context.Context, path string) ([]Instance, error)
 	return out.Instances, nil
 }
 
-// Register registers a service that runs outside the stack.
+// Register registers a service that runs outside the stack (the
+// operator's).
 func (c *Client) Register(ctx context.Context, r Registration) error {
 	return c.do(ctx, http.MethodPost, "/services/register", r, nil)
 }
 
-// Deregister removes every instance of an outside service.
+// Deregister removes every instance of an outside service (the
+// operator's).
 func (c *Client) Deregister(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/services/"+url.PathEscape(name), nil, nil)
 }
