@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"slices"
@@ -247,6 +249,39 @@ func checkMeta(meta map[string]string) []string {
 	return problems
 }
 
+var hostName = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?$`)
+
+// validAddress reports whether address is an IP address or a host name.
+func validAddress(address string) bool {
+	if _, err := netip.ParseAddr(address); err == nil {
+		return true
+	}
+	return len(address) <= 253 && hostName.MatchString(address)
+}
+
+// checkTarget says why a check URL does not point at the registered
+// address and port, or nil. Consul fetches the URL from its own network
+// position, so a check elsewhere would make it probe whatever the
+// registrant names (a metadata service, Consul's own API); on the
+// service's own address and port it probes only what was registered.
+func checkTarget(raw, address string, port int) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Opaque != "" {
+		return errors.New("must be an http(s) URL")
+	}
+	if u.User != nil {
+		return errors.New("must carry no user name or password")
+	}
+	p := u.Port()
+	if p == "" {
+		p = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	if !strings.EqualFold(u.Hostname(), address) || p != strconv.Itoa(port) {
+		return fmt.Errorf("must point at the registered address and port, %s", net.JoinHostPort(address, strconv.Itoa(port)))
+	}
+	return nil
+}
+
 // validateRegistration checks an outside registration and fills defaults.
 func validateRegistration(reg *meshapi.Registration) error {
 	var problems []string
@@ -255,15 +290,15 @@ func validateRegistration(reg *meshapi.Registration) error {
 	} else if _, ok := catalog.Lookup(reg.Name); ok {
 		return service.Errorf(http.StatusConflict, service.CodeConflict, "%q is a stack service; the controller registers it itself", reg.Name)
 	}
-	if reg.Address == "" || strings.ContainsAny(reg.Address, "/ ") {
+	if !validAddress(reg.Address) {
 		problems = append(problems, "address: a host name or IP address is required")
 	}
 	if reg.Port < 1 || reg.Port > 65535 {
 		problems = append(problems, "port: must be 1 to 65535")
 	}
 	if reg.Check != "" {
-		if u, err := url.Parse(reg.Check); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			problems = append(problems, "check: must be an http(s) URL")
+		if err := checkTarget(reg.Check, reg.Address, reg.Port); err != nil {
+			problems = append(problems, "check: "+err.Error())
 		}
 		if reg.Interval == "" {
 			reg.Interval = "10s"

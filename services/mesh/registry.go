@@ -37,6 +37,11 @@ type registrar struct {
 	desired []*consul.AgentServiceRegistration
 	logger  *slog.Logger
 
+	// refresh names registrations to send to Consul again even if they
+	// look unchanged (what the comparison does not see, their checks,
+	// changed); only the sync loop touches it once it runs.
+	refresh map[string]bool
+
 	mu       sync.Mutex
 	lastErr  error
 	lastSync time.Time
@@ -55,7 +60,45 @@ func openRegistrar(path string, logger *slog.Logger) (*registrar, error) {
 		db.Close()
 		return nil, err
 	}
-	return &registrar{db: db, logger: logger}, nil
+	g := &registrar{db: db, logger: logger, refresh: map[string]bool{}}
+	if err := g.dropForeignChecks(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return g, nil
+}
+
+// dropForeignChecks removes from the stored outside registrations a check
+// that does not point at the registration's own address and port (kept
+// from before that was required): Consul would go on probing whatever it
+// names. The registration stays, without a check, and is sent to Consul
+// again so the old check goes too.
+func (g *registrar) dropForeignChecks() error {
+	return g.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(externalBucket)
+		fixed := map[string][]byte{}
+		err := b.ForEach(func(k, v []byte) error {
+			var r meshapi.Registration
+			if json.Unmarshal(v, &r) != nil || r.Check == "" || checkTarget(r.Check, r.Address, r.Port) == nil {
+				return nil
+			}
+			g.logger.Warn("an outside registration's check does not point at its own address and port; the check is dropped", "id", r.ID, "service", r.Name)
+			r.Check, r.Interval = "", ""
+			data, err := json.Marshal(r)
+			fixed[string(k)] = data
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		for k, v := range fixed {
+			if err := b.Put([]byte(k), v); err != nil {
+				return err
+			}
+			g.refresh[k] = true
+		}
+		return nil
+	})
 }
 
 func (g *registrar) close() error { return g.db.Close() }
@@ -105,13 +148,14 @@ func (g *registrar) apply(ctx context.Context, want []*consul.AgentServiceRegist
 	// One registration Consul refuses must not keep the others out.
 	var errs []error
 	for _, r := range want {
-		if cur, ok := have[r.ID]; ok && sameRegistration(cur, r) {
+		if cur, ok := have[r.ID]; ok && sameRegistration(cur, r) && !g.refresh[r.ID] {
 			continue
 		}
 		if err := g.consul.Agent().ServiceRegisterOpts(r, consul.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)); err != nil {
 			errs = append(errs, fmt.Errorf("register %s: %w", r.ID, err))
 			continue
 		}
+		delete(g.refresh, r.ID)
 		g.logger.Info("registered in consul", "id", r.ID, "service", r.Name, "address", fmt.Sprintf("%s:%d", r.Address, r.Port))
 	}
 	// Ours but no longer wanted (an outside service deleted while Consul
@@ -287,7 +331,8 @@ func (g *registrar) check(context.Context) (string, error) {
 }
 
 // instances lists the instances of name (every service when name is ""),
-// healthy or not, with their aggregated check status.
+// healthy or not, with their aggregated check status (never a check's
+// output).
 func (g *registrar) instances(ctx context.Context, name string) ([]meshapi.Instance, error) {
 	if g.consul == nil {
 		return nil, errNoConsul
@@ -318,17 +363,10 @@ func (g *registrar) instances(ctx context.Context, name string) ([]meshapi.Insta
 			if addr == "" {
 				addr = e.Node.Address
 			}
-			in := meshapi.Instance{ID: e.Service.ID, Service: e.Service.Service, Address: addr, Port: e.Service.Port,
-				Tags: e.Service.Tags, Meta: e.Service.Meta, Status: e.Checks.AggregatedStatus()}
-			if in.Status != consul.HealthPassing {
-				for _, c := range e.Checks {
-					if c.Status != consul.HealthPassing && c.Output != "" {
-						in.Output = c.Output
-						break
-					}
-				}
-			}
-			out = append(out, in)
+			// The status only: a check's output is what Consul fetched,
+			// and passing it on would make the controller its relay.
+			out = append(out, meshapi.Instance{ID: e.Service.ID, Service: e.Service.Service, Address: addr, Port: e.Service.Port,
+				Tags: e.Service.Tags, Meta: e.Service.Meta, Status: e.Checks.AggregatedStatus()})
 		}
 	}
 	return out, nil

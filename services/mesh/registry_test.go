@@ -2,32 +2,43 @@ package mesh
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	consul "github.com/hashicorp/consul/api"
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/meshapi"
 )
 
-// fakeEngine answers /ready, or fails it when sick.
+// fakeEngine answers /ready, or fails it when sick, with sickBody in the
+// answer: what Consul would put in the check's output.
 type fakeEngine struct {
 	*httptest.Server
 	sick atomic.Bool
 }
+
+const sickBody = "internal-detail-that-must-not-travel"
 
 func newFakeEngine(t *testing.T) *fakeEngine {
 	f := &fakeEngine{}
 	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if f.sick.Load() {
 			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(sickBody))
 		}
 	}))
 	t.Cleanup(f.Close)
@@ -72,6 +83,16 @@ func TestRegistrationFollowsConsul(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, "engine registered and passing", func() bool { return status("engine", "lucid-engine") == "passing" })
 	engine.sick.Store(true)
 	testenv.Eventually(t, 5*time.Second, "engine critical once its /ready fails", func() bool { return status("engine", "lucid-engine") == "critical" })
+	// Consul's check output holds the answer it fetched; the controller
+	// hands back the status only.
+	testenv.Eventually(t, 5*time.Second, "consul's check output holds the answer", func() bool {
+		return strings.Contains(getAs(t, "http://"+agent.Addr+"/v1/health/checks/engine", ""), sickBody)
+	})
+	for _, path := range []string{"/services", "/services/engine"} {
+		if body := getAs(t, c.url+path, testOperator); strings.Contains(body, sickBody) || strings.Contains(body, `"output"`) {
+			t.Errorf("GET %s passes a check's output on: %s", path, body)
+		}
+	}
 	engine.sick.Store(false)
 	testenv.Eventually(t, 5*time.Second, "engine passing again", func() bool { return status("engine", "lucid-engine") == "passing" })
 
@@ -96,7 +117,8 @@ func TestRegistrationFollowsConsul(t *testing.T) {
 		"bad port":          {meshapi.Registration{Name: "x", Address: "10.0.0.1", Port: 70000}, http.StatusBadRequest},
 		"bad check":         {meshapi.Registration{Name: "x", Address: "10.0.0.1", Port: 1, Check: "ftp://x"}, http.StatusBadRequest},
 		"upper case":        {meshapi.Registration{Name: "Auth", Address: "10.0.0.1", Port: 1}, http.StatusBadRequest},
-		"short check":       {meshapi.Registration{Name: "x", Address: "10.0.0.1", Port: 1, Check: "http://x/", Interval: "1ms"}, http.StatusBadRequest},
+		"short check":       {meshapi.Registration{Name: "x", Address: "10.0.0.1", Port: 1, Check: "http://10.0.0.1:1/", Interval: "1ms"}, http.StatusBadRequest},
+		"check elsewhere":   {meshapi.Registration{Name: "x", Address: oh, Port: opn, Check: "http://" + agent.Addr + "/v1/agent/self"}, http.StatusBadRequest},
 		"stack id":          {meshapi.Registration{Name: "x", ID: "lucid-engine", Address: "10.0.0.1", Port: 1}, http.StatusBadRequest},
 		"path id":           {meshapi.Registration{Name: "x", ID: "x/../../agent", Address: "10.0.0.1", Port: 1}, http.StatusBadRequest},
 		"meta key with dot": {meshapi.Registration{Name: "x", Address: "10.0.0.1", Port: 1, Meta: map[string]string{"a.b": "x"}}, http.StatusBadRequest},
@@ -173,6 +195,25 @@ func TestRegistrationFollowsConsul(t *testing.T) {
 	}
 }
 
+// getAs GETs url with token as the bearer and returns the body.
+func getAs(t *testing.T, url, token string) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s %s", url, resp.Status, b)
+	}
+	return string(b)
+}
+
 // TestServicesWithoutConsul: the registry endpoints say Consul is missing.
 func TestServicesWithoutConsul(t *testing.T) {
 	c := startController(t, map[string]string{"LUCID_MESH_URL": ""})
@@ -180,5 +221,106 @@ func TestServicesWithoutConsul(t *testing.T) {
 	var ae *api.Error
 	if !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable || ae.Message == "" {
 		t.Fatalf("GET /services without Consul = %v, want 503 saying so", err)
+	}
+}
+
+// TestCheckTarget: an outside registration's check must point at the
+// registered address and port, over http or https.
+func TestCheckTarget(t *testing.T) {
+	for _, tc := range []struct {
+		check, address string
+		port           int
+		ok             bool
+	}{
+		{"http://10.0.0.1:8080/health", "10.0.0.1", 8080, true},
+		{"https://10.0.0.1:8443/health?full=1", "10.0.0.1", 8443, true},
+		{"http://auth.internal/health", "auth.internal", 80, true},
+		{"https://Auth.Internal/health", "auth.internal", 443, true},
+		{"http://[fd00::1]:9000/", "fd00::1", 9000, true},
+		{"http://10.0.0.1/health", "10.0.0.1", 8080, false},                 // port 80, not 8080
+		{"https://10.0.0.1/health", "10.0.0.1", 80, false},                  // 443
+		{"http://169.254.169.254/latest/meta-data/", "10.0.0.1", 80, false}, // another host
+		{"http://127.0.0.1:8500/v1/agent/self", "10.0.0.1", 8500, false},    // Consul's own API
+		{"http://10.0.0.1.evil.example:80/", "10.0.0.1", 80, false},         // a name that starts like it
+		{"http://user:pw@10.0.0.1:80/", "10.0.0.1", 80, false},              // credentials
+		{"ftp://10.0.0.1:21/", "10.0.0.1", 21, false},                       // scheme
+		{"http:10.0.0.1:80", "10.0.0.1", 80, false},                         // opaque
+		{"//10.0.0.1:80/", "10.0.0.1", 80, false},                           // no scheme
+		{"http://10.0.0.1:80@169.254.169.254/", "10.0.0.1", 80, false},      // userinfo trick
+		{"http://10.0.0.1%2f@169.254.169.254:80/", "10.0.0.1", 80, false},   // escaped userinfo
+		{"http://[fd00::1]:9000/", "fd00::2", 9000, false},                  // another IPv6 host
+		{"http://10.0.0.1:08080/", "10.0.0.1", 8080, false},                 // a port spelled otherwise
+	} {
+		err := checkTarget(tc.check, tc.address, tc.port)
+		if (err == nil) != tc.ok {
+			t.Errorf("checkTarget(%q, %s:%d) = %v, want ok=%v", tc.check, tc.address, tc.port, err, tc.ok)
+		}
+		reg := meshapi.Registration{Name: "auth", Address: tc.address, Port: tc.port, Check: tc.check}
+		if err := validateRegistration(&reg); (err == nil) != tc.ok {
+			t.Errorf("registration with check %q on %s:%d: %v, want ok=%v", tc.check, tc.address, tc.port, err, tc.ok)
+		}
+	}
+	for _, addr := range []string{"10.0.0.1", "fd00::1", "auth", "auth.internal", "lucid_auth_1"} {
+		if !validAddress(addr) {
+			t.Errorf("address %q refused", addr)
+		}
+	}
+	for _, addr := range []string{"", "a b", "a/b", "a@b", "a#b", "a:80", "a?b", strings.Repeat("a", 64) + ".b"} {
+		if validAddress(addr) {
+			t.Errorf("address %q accepted", addr)
+		}
+	}
+}
+
+// TestStoredForeignChecksAreDropped: an outside registration stored (and
+// given to Consul) before check URLs had to point at the registration
+// loses its check when the controller starts, in its store and in Consul.
+func TestStoredForeignChecksAreDropped(t *testing.T) {
+	agent := testenv.StartConsulAgent(t)
+	cfg := consul.DefaultConfig()
+	cfg.Address = agent.Addr
+	client, err := consul.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := meshapi.Registration{Name: "auth", ID: "auth-old", Address: "10.0.0.1", Port: 80, Check: "http://" + agent.Addr + "/v1/agent/self", Interval: "1s"}
+	if err := client.Agent().ServiceRegister(externalRegistration(old)); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "mesh.db")
+	g, err := openRegistrar(path, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(old)
+	if err := g.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(externalBucket).Put([]byte(old.ID), data) }); err != nil {
+		t.Fatal(err)
+	}
+	g.close()
+
+	log := &testenv.SyncBuffer{}
+	g, err = openRegistrar(path, slog.New(slog.NewJSONHandler(log, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.close()
+	stored, err := g.external()
+	if err != nil || len(stored) != 1 || stored[0].Check != "" || stored[0].Address != old.Address {
+		t.Fatalf("stored after reopening: %+v %v, want the registration without its check", stored, err)
+	}
+	if !strings.Contains(log.String(), "the check is dropped") || strings.Contains(log.String(), agent.Addr) {
+		t.Errorf("log: %s", log.String())
+	}
+	g.consul = client
+	g.sync(context.Background())
+	checks, err := client.Agent().ChecksWithFilter(`ServiceID == "auth-old"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(checks) != 0 {
+		t.Errorf("consul still runs the old check: %v", checks)
+	}
+	if svc, _, err := client.Agent().Service("auth-old", nil); err != nil || svc.Address != old.Address {
+		t.Errorf("the registration itself: %v %v", svc, err)
 	}
 }

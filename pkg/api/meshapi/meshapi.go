@@ -79,10 +79,10 @@ type Instance struct {
 	Port    int               `json:"port"`
 	Tags    []string          `json:"tags,omitempty"`
 	Meta    map[string]string `json:"meta,omitempty"`
-	// Status is passing, warning or critical.
+	// Status is passing, warning or critical. A check's output is never
+	// passed on: it is whatever Consul fetched, and the controller is no
+	// relay for it.
 	Status string `json:"status"`
-	// Output is the last health check output, when not passing.
-	Output string `json:"output,omitempty"`
 }
 
 // Registration registers a service that runs outside the stack.
@@ -93,7 +93,9 @@ type Registration struct {
 	Port    int               `json:"port"`
 	Tags    []string          `json:"tags,omitempty"`
 	Meta    map[string]string `json:"meta,omitempty"`
-	// Check is the HTTP(S) URL Consul polls; empty means no check.
+	// Check is the HTTP(S) URL Consul polls, on the registration's own
+	// address and port (the scheme's default port counts); empty means no
+	// check.
 	Check string `json:"check,omitempty"`
 	// Interval of the check (default 10s).
 	Interval string `json:"interval,omitempty"`
