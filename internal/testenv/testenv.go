@@ -197,6 +197,23 @@ type ConsulAgent struct {
 // StartConsulAgent is StartConsul for tests that also restart the agent.
 func StartConsulAgent(t testing.TB) *ConsulAgent {
 	t.Helper()
+	return startConsulAgent(t)
+}
+
+// StartConsulAgentWithConfig is StartConsulAgent with a configuration file
+// (JSON, as -config-file takes it) merged into the dev agent's, such as
+// meshapi.ConsulAgentConfig's. A restart keeps it.
+func StartConsulAgentWithConfig(t testing.TB, configJSON []byte) *ConsulAgent {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "lucid.json") // the extension names the format
+	if err := os.WriteFile(path, configJSON, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return startConsulAgent(t, "-config-file="+path)
+}
+
+func startConsulAgent(t testing.TB, extra ...string) *ConsulAgent {
+	t.Helper()
 	bin := Tool(t, "consul", "LUCID_CONSUL_BIN")
 	port := func() string { return fmt.Sprint(FreePort(t)) }
 	httpPort := port()
@@ -207,6 +224,7 @@ func StartConsulAgent(t testing.TB) *ConsulAgent {
 			"-http-port=" + httpPort, "-grpc-port=-1", "-grpc-tls-port=-1", "-dns-port=-1",
 			"-server-port=" + port(), "-serf-lan-port=" + port(), "-serf-wan-port=" + port()},
 	}
+	a.args = append(a.args, extra...)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("consul output:\n%s", a.out.String())

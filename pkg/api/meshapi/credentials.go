@@ -52,8 +52,12 @@ func uuidOf(h string) string {
 // -config-file` and the official image's CONSUL_LOCAL_CONFIG take it) of
 // a Consul agent with ACLs on and nothing allowed without a token;
 // managementToken (a UUID) is the management token and the agent's own.
+// enable_token_persistence keeps tokens set later through the agent's API
+// across a restart. A file must have the .json extension (Consul reads
+// the format from it), and, holding the management token, mode 0600.
 func ConsulAgentConfig(managementToken string) ([]byte, error) {
-	if _, err := uuid.Parse(managementToken); err != nil {
+	// Consul wants the 36-character form (others are deprecated there).
+	if _, err := uuid.Parse(managementToken); err != nil || len(managementToken) != 36 {
 		return nil, fmt.Errorf("Consul's management token must be a UUID")
 	}
 	type tokens struct {
