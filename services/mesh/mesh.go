@@ -21,6 +21,10 @@
 // else. The registry and the bootstraps are read with a mesh certificate
 // (mTLS) or the operator credential; what changes the mesh needs the
 // operator credential (service.IsOperator).
+//
+// Consul runs with ACLs and default deny (pkg/consulacl). The controller
+// holds Consul's management token (CONSUL_HTTP_TOKEN), registers with it,
+// and keeps each service's Consul policy and token in place (acl.go).
 package mesh
 
 import (
@@ -39,6 +43,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/consulacl"
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/meshca"
 	"github.com/pickme/lucid/pkg/meshtls"
@@ -48,9 +53,11 @@ import (
 
 // App is the mesh controller.
 type App struct {
-	leafTTL       time.Duration
-	signRate      int
-	consulAddr    string
+	leafTTL    time.Duration
+	signRate   int
+	consulAddr string
+	// consulToken is Consul's management token, CONSUL_HTTP_TOKEN.
+	consulToken   string
 	checkInterval time.Duration
 	syncInterval  time.Duration
 	// members are the stack's services to register, by name, at the
@@ -78,13 +85,14 @@ var (
 // New returns the mesh controller, ready to be configured.
 func New() service.App { return &App{} }
 
-// Configure reads the CA settings, Consul's address, and where the stack's
-// services are.
+// Configure reads the CA settings, Consul's address and management token,
+// and where the stack's services are.
 func (a *App) Configure(r *envconfig.Reader) {
 	a.leafTTL = r.Duration("LUCID_MESH_LEAF_TTL", meshca.DefaultLeafTTL, time.Minute, 90*24*time.Hour)
 	a.signRate = r.Int("LUCID_MESH_SIGN_RATE", 50, 1, 100_000)
 	if h := r.String("CONSUL_HOST", ""); h != "" {
 		a.consulAddr = net.JoinHostPort(h, strconv.Itoa(r.Int("CONSUL_PORT", 8500, 1, 65535)))
+		a.consulToken = consulacl.Token(r, "Consul's management token: the controller registers the stack with it and keeps each service's Consul token")
 	}
 	a.checkInterval = r.Duration("LUCID_MESH_CHECK_INTERVAL", time.Second, 100*time.Millisecond, 5*time.Minute)
 	a.syncInterval = r.Duration("LUCID_MESH_SYNC_INTERVAL", 2*time.Second, 100*time.Millisecond, 5*time.Minute)
@@ -125,13 +133,14 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		return err
 	}
 	if a.consulAddr != "" {
-		ccfg := consul.DefaultConfig()
-		ccfg.Address = a.consulAddr
-		client, err := consul.NewClient(ccfg)
+		// The token is given explicitly, as read above, never picked up
+		// from the process environment by the client.
+		client, err := consul.NewClient(&consul.Config{Address: a.consulAddr, Scheme: "http", Token: a.consulToken})
 		if err != nil {
 			return fmt.Errorf("consul at %s: %w", a.consulAddr, err)
 		}
 		a.reg.consul = client
+		a.reg.management = a.consulToken
 		a.reg.desired = a.stackRegistrations()
 		// Its own context, so Close can stop it even when the server never
 		// ran (a port in use) and ctx is still live.

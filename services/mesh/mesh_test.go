@@ -381,11 +381,12 @@ func TestFailedStartExits(t *testing.T) {
 	}
 	defer busy.Close()
 	env := envconfig.Map(map[string]string{
-		"LUCID_ADDR":       busy.Addr().String(),
-		"LUCID_DATA_DIR":   t.TempDir(),
-		"LUCID_MESH_TOKEN": testToken,
-		"CONSUL_HOST":      "127.0.0.1",
-		"CONSUL_PORT":      strconv.Itoa(testenv.FreePort(t)), // nobody there
+		"LUCID_ADDR":        busy.Addr().String(),
+		"LUCID_DATA_DIR":    t.TempDir(),
+		"LUCID_MESH_TOKEN":  testToken,
+		"CONSUL_HOST":       "127.0.0.1",
+		"CONSUL_PORT":       strconv.Itoa(testenv.FreePort(t)), // nobody there
+		"CONSUL_HTTP_TOKEN": testManagement,
 	})
 	done := make(chan error, 1)
 	go func() { done <- service.Main(context.Background(), "mesh", New(), env, io.Discard) }()

@@ -36,6 +36,9 @@ type registrar struct {
 	consul  *consul.Client // nil without Consul
 	desired []*consul.AgentServiceRegistration
 	logger  *slog.Logger
+	// management is Consul's management token, which consul carries: the
+	// services' Consul tokens are derived from it (see acl.go).
+	management string
 
 	// refresh names registrations to send to Consul again even if they
 	// look unchanged (what the comparison does not see, their checks,
@@ -120,12 +123,15 @@ func (g *registrar) run(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// sync registers what is missing or changed.
+// sync puts the services' Consul tokens in place, and registers what is
+// missing or changed. Either failing does not hold the other back.
 func (g *registrar) sync(ctx context.Context) {
+	aclErr := g.ensureGrants(ctx)
 	want, err := g.wanted()
 	if err == nil {
 		err = g.apply(ctx, want)
 	}
+	err = errors.Join(aclErr, err)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	switch {

@@ -59,13 +59,14 @@ func statusOf(in []meshapi.Instance, id string) string {
 // added and removed, everything comes back after Consul restarts without
 // restarting anything else, and the stack is deregistered on shutdown.
 func TestRegistrationFollowsConsul(t *testing.T) {
-	agent := testenv.StartConsulAgent(t)
+	agent := startACLConsul(t)
 	host, port, _ := net.SplitHostPort(agent.Addr)
 	engine := newFakeEngine(t)
 	c := startController(t, map[string]string{
 		"LUCID_MESH_URL":            "", // plain HTTP: the fake engine speaks no mTLS
 		"CONSUL_HOST":               host,
 		"CONSUL_PORT":               port,
+		"CONSUL_HTTP_TOKEN":         testManagement,
 		"LUCID_ENGINE_URL":          engine.URL,
 		"LUCID_MESH_CHECK_INTERVAL": "200ms",
 		"LUCID_MESH_SYNC_INTERVAL":  "200ms",
@@ -86,7 +87,7 @@ func TestRegistrationFollowsConsul(t *testing.T) {
 	// Consul's check output holds the answer it fetched; the controller
 	// hands back the status only.
 	testenv.Eventually(t, 5*time.Second, "consul's check output holds the answer", func() bool {
-		return strings.Contains(getAs(t, "http://"+agent.Addr+"/v1/health/checks/engine", ""), sickBody)
+		return strings.Contains(getAs(t, "http://"+agent.Addr+"/v1/health/checks/engine", testManagement), sickBody)
 	})
 	for _, path := range []string{"/services", "/services/engine"} {
 		if body := getAs(t, c.url+path, testOperator); strings.Contains(body, sickBody) || strings.Contains(body, `"output"`) {
@@ -185,7 +186,9 @@ func TestRegistrationFollowsConsul(t *testing.T) {
 	if err := c.stop(); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.Get("http://" + agent.Addr + "/v1/agent/service/lucid-engine")
+	req, _ := http.NewRequest(http.MethodGet, "http://"+agent.Addr+"/v1/agent/service/lucid-engine", nil)
+	req.Header.Set("X-Consul-Token", testManagement)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
