@@ -10,18 +10,27 @@ import (
 
 	consul "github.com/hashicorp/consul/api"
 
+	"github.com/pickme/lucid/pkg/consulacl"
+	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/routetable"
 	"github.com/pickme/lucid/pkg/service"
 )
+
+// consulToken reads the gateway's own Consul token. Consul runs with ACLs
+// and default deny; the mesh controller keeps this token, whose only
+// policy reads services and nodes (pkg/consulacl).
+func consulToken(r *envconfig.Reader) string {
+	return consulacl.Token(r, `the gateway's own Consul token: the secret of meshapi.ConsulToken(management token, "gateway")`)
+}
 
 // discover starts following Consul's healthy instances of each service
 // with blocking queries (no polling storm): a change reaches the pool as
 // soon as Consul sees it, and when Consul is unreachable the last good set
 // is kept. Services are registered in Consul under their catalog names.
+// The queries carry the gateway's own token, given explicitly, never
+// picked up from the process environment.
 func (a *App) discover(ctx context.Context) error {
-	cfg := consul.DefaultConfig()
-	cfg.Address = a.consulAddr
-	client, err := consul.NewClient(cfg)
+	client, err := consul.NewClient(&consul.Config{Address: a.consulAddr, Scheme: "http", Token: a.consulToken})
 	if err != nil {
 		return fmt.Errorf("consul at %s: %w", a.consulAddr, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,6 +13,9 @@ import (
 	consul "github.com/hashicorp/consul/api"
 
 	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/api/meshapi"
+	"github.com/pickme/lucid/pkg/consulacl"
+	"github.com/pickme/lucid/pkg/envconfig"
 )
 
 // instanceServer is a backend that can be made to fail its health check.
@@ -44,17 +48,45 @@ func (s *instanceServer) hostPort() (string, int) {
 	return h, n
 }
 
-// TestDiscoveryFollowsConsul: the gateway routes to Consul's healthy
-// instances of a service, follows a deregistration and a failing health
-// check within a second, and never routes to a failing instance.
-func TestDiscoveryFollowsConsul(t *testing.T) {
-	addr := testenv.StartConsul(t)
-	cfg := consul.DefaultConfig()
-	cfg.Address = addr
-	c, err := consul.NewClient(cfg)
+const management = "5b0d9c3e-2a71-4f86-b4e2-7c19a0d3f658"
+
+// startACLConsul runs Consul with ACLs on and default deny, and gives the
+// gateway its token as the mesh controller would (policy and ids from
+// pkg/consulacl and meshapi.ConsulToken). It returns the agent's address,
+// a client with the management token, and the gateway's token.
+func startACLConsul(t *testing.T) (string, *consul.Client, string) {
+	t.Helper()
+	cfg, err := meshapi.ConsulAgentConfig(management)
 	if err != nil {
 		t.Fatal(err)
 	}
+	addr := testenv.StartConsulAgentWithConfig(t, cfg).Addr
+	c, err := consul.NewClient(&consul.Config{Address: addr, Scheme: "http", Token: management})
+	if err != nil {
+		t.Fatal(err)
+	}
+	grant := consulacl.Grants[0]
+	accessor, secret := meshapi.ConsulToken(management, grant.Service)
+	testenv.Eventually(t, 15*time.Second, "the gateway's policy and token made", func() bool {
+		if p, _, err := c.ACL().PolicyReadByName(grant.Policy, nil); err != nil || p == nil {
+			if _, _, err := c.ACL().PolicyCreate(&consul.ACLPolicy{Name: grant.Policy, Rules: grant.Rules}, nil); err != nil {
+				return false
+			}
+		}
+		_, _, err := c.ACL().TokenCreate(&consul.ACLToken{AccessorID: accessor, SecretID: secret, Policies: []*consul.ACLTokenPolicyLink{{Name: grant.Policy}}}, nil)
+		return err == nil
+	})
+	return addr, c, secret
+}
+
+// TestDiscoveryFollowsConsul: the gateway routes to Consul's healthy
+// instances of a service, follows a deregistration and a failing health
+// check within a second, and never routes to a failing instance. Consul
+// runs with ACLs; the gateway reads with its own token.
+func TestDiscoveryFollowsConsul(t *testing.T) {
+	// Only the configured token counts, not one in the process environment.
+	t.Setenv(consulacl.EnvToken, "00000000-0000-4000-8000-000000000000")
+	addr, c, gatewayToken := startACLConsul(t)
 	a, b := newInstance(t, "a"), newInstance(t, "b")
 	register := func(id string, s *instanceServer) {
 		host, port := s.hostPort()
@@ -71,7 +103,7 @@ func TestDiscoveryFollowsConsul(t *testing.T) {
 
 	host, port, _ := net.SplitHostPort(addr)
 	be := newBackend(t)
-	g := startGateway(t, be.URL, map[string]string{"CONSUL_HOST": host, "CONSUL_PORT": port})
+	g := startGateway(t, be.URL, map[string]string{"CONSUL_HOST": host, "CONSUL_PORT": port, consulacl.EnvToken: gatewayToken})
 	g.app.now = time.Now // health ejection and Consul run on real time
 	g.now = time.Now()
 	tok := g.token(t, "u", "enterprise")
@@ -107,4 +139,34 @@ func TestDiscoveryFollowsConsul(t *testing.T) {
 		s := hitsOf(6)
 		return s["b"] == 6
 	})
+}
+
+// TestGatewayConsulToken: with CONSUL_HOST the gateway needs its own
+// Consul token, a UUID, and names the variable without printing it.
+func TestGatewayConsulToken(t *testing.T) {
+	for _, tc := range []struct {
+		token string
+		ok    bool
+	}{{"", false}, {"a-token-that-is-long-enough-but-no-uuid-at-all", false}, {"0d5030bc-713c-4486-9149-9632ab6ad740", true}} {
+		env := map[string]string{"JWT_SECRET_KEY": secret, "CONSUL_HOST": "127.0.0.1"}
+		for _, svc := range []string{"ENGINE", "ANCHORING", "BLOCKS", "DATACHAIN"} {
+			env["LUCID_"+svc+"_URL"] = "http://127.0.0.1:1"
+		}
+		env["AUTH_SERVICE_URL"] = "http://127.0.0.1:1"
+		if tc.token != "" {
+			env[consulacl.EnvToken] = tc.token
+		}
+		a := New().(*App)
+		r := envconfig.New(envconfig.Map(env))
+		a.Configure(r)
+		err := r.Err()
+		switch {
+		case tc.ok && (err != nil || a.consulToken != tc.token):
+			t.Errorf("token %q: %v, kept %q", tc.token, err, a.consulToken)
+		case !tc.ok && (err == nil || !strings.Contains(err.Error(), consulacl.EnvToken)):
+			t.Errorf("token %q: %v, want an error naming %s", tc.token, err, consulacl.EnvToken)
+		case !tc.ok && tc.token != "" && strings.Contains(err.Error(), tc.token):
+			t.Errorf("the error shows the token: %v", err)
+		}
+	}
 }

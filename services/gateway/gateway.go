@@ -58,6 +58,8 @@ type App struct {
 	// consulAddr, from CONSUL_HOST and CONSUL_PORT, switches upstreams
 	// from static addresses to Consul's healthy instances.
 	consulAddr string
+	// consulToken is the gateway's own, read-only Consul token.
+	consulToken string
 	// gcPercent, unless GOGC is set, replaces the runtime's default.
 	gcPercent int
 
@@ -161,6 +163,7 @@ func (a *App) Configure(r *envconfig.Reader) {
 	a.redisURL = r.String("REDIS_URL", "")
 	if h := r.String("CONSUL_HOST", ""); h != "" {
 		a.consulAddr = net.JoinHostPort(h, strconv.Itoa(r.Int("CONSUL_PORT", 8500, 1, 65535)))
+		a.consulToken = consulToken(r)
 	}
 	if strings.EqualFold(r.String(envOnError, ""), "open") {
 		// "open" let requests through unlimited while Redis was down. It
