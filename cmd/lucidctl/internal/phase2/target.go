@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/pkg/api/meshapi"
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/envfile"
@@ -214,7 +215,9 @@ func (e *endpoints) token(sub string, tier auth.Tier) (string, error) {
 }
 
 // meshClient is a client holding a mesh identity (the gateway's: it may
-// call every service), for calling services directly over mTLS.
+// call every service), for calling services directly over mTLS. The
+// operator holds the controller's mesh token, and so can derive the
+// gateway's enrolment token.
 func (e *endpoints) meshClient(ctx context.Context) (*http.Client, error) {
 	meshURL := e.Service[catalog.MeshService]
 	if e.mesh == "" || !strings.HasPrefix(meshURL, "https://") {
@@ -225,7 +228,7 @@ func (e *endpoints) meshClient(ctx context.Context) (*http.Client, error) {
 	if e.dial != nil {
 		return nil, errors.New("the mesh identity is obtained on the local stack only")
 	}
-	id, err := meshtls.Obtain(octx, "gateway", meshtls.NewRemote(meshURL, e.mesh), meshtls.Options{})
+	id, err := meshtls.Obtain(octx, "gateway", meshtls.NewRemote(meshURL, meshapi.EnrolmentToken(e.mesh, "gateway")), meshtls.Options{})
 	if err != nil {
 		return nil, err
 	}

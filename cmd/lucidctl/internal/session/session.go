@@ -71,7 +71,7 @@ The manifest hash sealed with the session is the SHA-256 of the lines
 "<index> <chunk id> <file name>", one per chunk.`,
 		Example: `  export LUCID_TOKEN=$(lucidctl token --sub alice@example.org)
   lucidctl session push ./recording --seal`,
-		Args:    cobra.ExactArgs(1),
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Dir = args[0]
 			return runPush(cmd.Context(), opts)
