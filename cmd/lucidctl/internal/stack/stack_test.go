@@ -176,6 +176,24 @@ func TestUpStatusLogsDown(t *testing.T) {
 	if tok := p.lucidctl(context.Background(), "token"); tok.code != 0 || strings.Count(tok.out, ".") != 2 {
 		t.Errorf("token from the generated env file: exit %d %q %q", tok.code, tok.out, tok.errOut)
 	}
+	// Each process holds only its own secrets: the gateway no encryption
+	// or mesh token of another's, nobody the operator token or the mesh
+	// token but the controller.
+	st, _ := p.status()
+	for _, svc := range catalog.Services {
+		environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", st.service(svc.Name).PID))
+		if err != nil {
+			continue // not Linux
+		}
+		for k, v := range vars {
+			if v == "" || svc.Reads(k) && (k != "LUCID_MESH_TOKEN" || svc.Name == catalog.MeshService) {
+				continue
+			}
+			if strings.Contains(string(environ), "="+v+"\x00") {
+				t.Errorf("%s holds %s, which is not its own", svc.Name, k)
+			}
+		}
+	}
 
 	// status --json: only JSON, with the stable fields.
 	r = p.lucidctl(context.Background(), "status", "--json")
@@ -204,7 +222,7 @@ func TestUpStatusLogsDown(t *testing.T) {
 			}
 		}
 	}
-	st, _ := p.status()
+	st, _ = p.status()
 	if !st.Running || len(st.Services) != len(catalog.Services) {
 		t.Fatalf("status = %+v", st)
 	}
@@ -386,21 +404,45 @@ func TestUpSupervisesConsul(t *testing.T) {
 	}
 	resp.Body.Close()
 	// mesh was pointed at the agent.
-	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", st.service("mesh").PID))
-	if err == nil && !strings.Contains(string(environ), "CONSUL_PORT=29500\x00") {
+	environ, environErr := os.ReadFile(fmt.Sprintf("/proc/%d/environ", st.service("mesh").PID))
+	if environErr == nil && !strings.Contains(string(environ), "CONSUL_PORT=29500\x00") {
 		t.Errorf("mesh was not given CONSUL_PORT=29500")
 	}
-	// and registered itself there, with a passing check over mTLS.
-	testenv.Eventually(t, 10*time.Second, "mesh registered and passing in consul", func() bool {
-		resp, err := http.Get(c.URL + "/v1/health/service/mesh?passing=true")
+	// and registered itself there, with a passing check over mTLS. Consul
+	// runs with ACLs: the management token (generated into the env file)
+	// sees it, nobody without a token does, and no process but Consul's
+	// and the controller's holds that token.
+	secrets, err := envfile.Read(filepath.Join(p.dir, "secrets.env"))
+	if err != nil || secrets[deployfiles.ConsulTokenKey] == "" {
+		t.Fatalf("no Consul token in the env file: %v", err)
+	}
+	passing := func(token string) int {
+		req, _ := http.NewRequest(http.MethodGet, c.URL+"/v1/health/service/mesh?passing=true", nil)
+		if token != "" {
+			req.Header.Set("X-Consul-Token", token)
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
-			return false
+			return 0
 		}
 		defer resp.Body.Close()
 		var entries []struct{ Service struct{ Tags []string } }
 		_ = json.NewDecoder(resp.Body).Decode(&entries)
-		return len(entries) == 1 && slices.Contains(entries[0].Service.Tags, "mtls")
-	})
+		if len(entries) == 1 && slices.Contains(entries[0].Service.Tags, "mtls") {
+			return 1
+		}
+		return len(entries)
+	}
+	testenv.Eventually(t, 10*time.Second, "mesh registered and passing in consul", func() bool { return passing(secrets[deployfiles.ConsulTokenKey]) == 1 })
+	if n := passing(""); n != 0 {
+		t.Errorf("an anonymous read of Consul found %d instances", n)
+	}
+	if environErr == nil && !strings.Contains(string(environ), deployfiles.ConsulTokenKey+"="+secrets[deployfiles.ConsulTokenKey]+"\x00") {
+		t.Error("the controller was not given Consul's management token")
+	}
+	if cfg, err := os.Stat(filepath.Join(p.dir, "state", "consul-acl.json")); err != nil || cfg.Mode().Perm() != 0o600 {
+		t.Errorf("Consul's configuration: %v %v, want a 0600 file", cfg, err)
+	}
 }
 
 // TestUpRefusesBrokenRouteTable: a route table the gateway would refuse
