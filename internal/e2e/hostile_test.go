@@ -36,6 +36,7 @@ type hostile struct {
 	secrets        map[string]string
 	alice, mallory string // their tokens
 	gateway        string
+	mint           func(sub string, tier auth.Tier) string
 }
 
 func (h *hostile) port(service string) int {
@@ -99,11 +100,16 @@ func sealBody(owner string) []byte {
 // and the obvious variants; each subtest fails if its hole reopens.
 func TestHostileUser(t *testing.T) {
 	consul := testenv.Tool(t, "consul", "LUCID_CONSUL_BIN")
+	redis := testenv.StartRedisServer(t)
 	p := &stackProject{dir: t.TempDir(), offset: 24000}
 	if err := os.WriteFile(filepath.Join(p.dir, "lucid.yaml"), []byte("isolation:\n  isolated_dirs: []\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p.env = append(os.Environ(), "LUCID_BLOCK_INTERVAL=1s", "NO_COLOR=1", "LUCID_STREAMS_PER_USER=2")
+	// The free tier is roomy, so the attacks are not cut short by the
+	// budget; the premium tier is tight (60 units a minute, a burst of
+	// 6), to show what requests cost. Budgets live in a real Redis.
+	p.env = append(os.Environ(), "LUCID_BLOCK_INTERVAL=1s", "NO_COLOR=1", "LUCID_STREAMS_PER_USER=2",
+		"LUCID_RATE_FREE=100000", "LUCID_RATE_PREMIUM=60", "REDIS_URL=redis://"+redis.Addr+"/0")
 	if out, errOut, code := p.lucidctl(t, "up", "-d", "--lucid", lucidBin, "--consul", consul, p.offsetFlag()); code != 0 {
 		t.Fatalf("up: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -114,14 +120,14 @@ func TestHostileUser(t *testing.T) {
 	}
 	h := &hostile{p: p, secrets: secrets}
 	h.gateway = "http://127.0.0.1:" + strconv.Itoa(h.port("gateway"))
-	mint := func(sub string) string {
-		tok, _, err := auth.Mint([]byte(secrets["JWT_SECRET_KEY"]), auth.MintOptions{Subject: sub, Tier: auth.TierFree, TTL: time.Hour})
+	h.mint = func(sub string, tier auth.Tier) string {
+		tok, _, err := auth.Mint([]byte(secrets["JWT_SECRET_KEY"]), auth.MintOptions{Subject: sub, Tier: tier, TTL: time.Hour})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return tok
 	}
-	h.alice, h.mallory = mint("alice"), mint("mallory")
+	h.alice, h.mallory = h.mint("alice", auth.TierFree), h.mint("mallory", auth.TierFree)
 
 	// Alice's session: two chunks, sealed; another still open.
 	sealed, open := randomID(), randomID()
@@ -151,8 +157,8 @@ func TestHostileUser(t *testing.T) {
 			}
 		}
 		// Nor can a batch go to anchoring: one request is one anchor.
-		if code, _ := h.do(t, http.MethodPost, "/api/v1/anchors", h.mallory, batch); code != http.StatusBadRequest {
-			t.Errorf("a batch of 1000 anchors to anchoring: %d, want 400", code)
+		if code, _ := h.do(t, http.MethodPost, "/api/v1/anchors", h.mallory, batch); code != http.StatusBadRequest && code != http.StatusRequestEntityTooLarge {
+			t.Errorf("a batch of 1000 anchors to anchoring: %d, want 400 or 413", code)
 		}
 	})
 
@@ -287,6 +293,53 @@ func TestHostileUser(t *testing.T) {
 		wg.Wait()
 	})
 
+	t.Run("a request costs its work", func(t *testing.T) {
+		carol := h.mint("carol", auth.TierPremium)
+		remaining := func(method, path string, body []byte) (int, int) {
+			t.Helper()
+			req, _ := http.NewRequest(method, h.gateway+path, bytes.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+carol)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			n, _ := strconv.Atoi(resp.Header.Get("Ratelimit-Remaining"))
+			return resp.StatusCode, n
+		}
+		code, before := remaining(http.MethodGet, "/api/v1/chain/status", nil)
+		if code != http.StatusOK || before < 5 {
+			t.Fatalf("carol's first request: %d, %d left", code, before)
+		}
+		// 5 MiB of body: one unit for the request, three for the bytes
+		// (a unit a second comes back meanwhile, at most).
+		code, left := remaining(http.MethodPut, "/api/v1/chunks", bytes.Repeat([]byte("c"), 5<<20))
+		if code != http.StatusCreated || left > before-4+1 {
+			t.Errorf("a 5 MiB upload: %d, %d left of %d, want 201 and 4 units spent", code, left, before)
+		}
+		if code, _ := remaining(http.MethodPut, "/api/v1/chunks", bytes.Repeat([]byte("d"), 5<<20)); code != http.StatusTooManyRequests {
+			t.Errorf("a second 5 MiB upload with %d units left: %d, want 429", left, code)
+		}
+	})
+
+	t.Run("a failing Redis leaves every limit in place", func(t *testing.T) {
+		redis.Stop()
+		dave := h.mint("dave", auth.TierPremium)
+		limited := 0
+		for range 12 {
+			if code, _ := h.do(t, http.MethodGet, "/api/v1/chain/status", dave, nil); code == http.StatusTooManyRequests {
+				limited++
+			}
+		}
+		if limited == 0 {
+			t.Error("with Redis gone, twelve requests of a six-request burst all passed")
+		}
+		_, body := h.do(t, http.MethodGet, "/metrics", "", nil)
+		if !strings.Contains(body, "lucid_gateway_ratelimit_fallback_active 1") {
+			t.Error("the gateway's metrics do not say it is on its own budget")
+		}
+	})
+
 	t.Run("operator endpoints are out of users' reach", func(t *testing.T) {
 		for _, tc := range []struct{ method, path string }{
 			{http.MethodPost, "/blockchain/api/v1/consensus/voters"},
@@ -321,8 +374,8 @@ func TestHostileUser(t *testing.T) {
 		mesh := "https://127.0.0.1:" + strconv.Itoa(h.port("mesh"))
 		csr, _ := json.Marshal(meshapi.IssueRequest{CSR: "-----BEGIN CERTIFICATE REQUEST-----\n-----END CERTIFICATE REQUEST-----\n"})
 		for _, svc := range []string{"gateway", "datachain", "mesh"} {
-			if code, _ := send(t, insecure, http.MethodPost, mesh+"/certificates/"+svc, engineToken, csr); code != http.StatusUnauthorized {
-				t.Errorf("the engine's token asking for %s's certificate: %d, want 401", svc, code)
+			if code, _ := send(t, insecure, http.MethodPost, mesh+"/certificates/"+svc, engineToken, csr); code != http.StatusUnauthorized && code != http.StatusForbidden {
+				t.Errorf("the engine's token asking for %s's certificate: %d, want 401 or 403", svc, code)
 			}
 		}
 		if code, _ := send(t, insecure, http.MethodPost, mesh+"/ca/rotate", engineToken, nil); code != http.StatusUnauthorized && code != http.StatusForbidden {
