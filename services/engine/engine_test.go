@@ -24,7 +24,6 @@ import (
 	"github.com/pickme/lucid/pkg/service/servicetest"
 )
 
-
 // testNode is an engine running in the test process.
 type testNode struct {
 	app    *App
