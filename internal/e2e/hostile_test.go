@@ -26,6 +26,7 @@ import (
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/projectconfig"
+	"github.com/pickme/lucid/pkg/service/servicetest"
 )
 
 // hostile is the stack as `lucidctl up` runs it (mTLS, Consul with ACLs),
@@ -76,7 +77,7 @@ func send(t *testing.T, c *http.Client, method, url, token string, body []byte, 
 // and the request ids are set aside.
 func sameAnswer(t *testing.T, what string, code1 int, body1 string, ids1 []string, code2 int, body2 string, ids2 []string) {
 	t.Helper()
-	if code1 != code2 || stripIDs(body1, ids1...) != stripIDs(body2, ids2...) {
+	if code1 != code2 || servicetest.WithoutIDs(body1, ids1...) != servicetest.WithoutIDs(body2, ids2...) {
 		t.Errorf("%s: %d %q; for nothing at all: %d %q", what, code1, body1, code2, body2)
 	}
 }
@@ -415,16 +416,4 @@ func TestHostileUser(t *testing.T) {
 			}
 		}
 	})
-}
-
-// stripIDs hides the ids an answer names and its request id, so answers
-// about different ids compare equal when they say the same thing.
-func stripIDs(body string, ids ...string) string {
-	for _, id := range ids {
-		body = strings.ReplaceAll(body, id, "ID")
-	}
-	if i := strings.Index(body, `"request_id"`); i >= 0 {
-		body = body[:i]
-	}
-	return body
 }

@@ -81,15 +81,7 @@ func TestAuditFindsBlockAlteredOnDisk(t *testing.T) {
 		c.Append(chaintest.Anchor(2*i), chaintest.Anchor(2*i+1))
 	}
 	path := filepath.Join(t.TempDir(), "chain.db")
-	s, err := Open(path, chain.Origin(chaintest.ChainID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, b := range c.Blocks {
-		if _, err := s.Append(b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s := storeWith(t, path, c)
 	audit := func() error {
 		a := chain.NewAuditor(chain.Origin(chaintest.ChainID), nil)
 		return s.Blocks(1, s.Height(), func(raw []byte) error {
@@ -103,7 +95,7 @@ func TestAuditFindsBlockAlteredOnDisk(t *testing.T) {
 	if err := audit(); err != nil {
 		t.Fatalf("clean chain: %v", err)
 	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		bk := tx.Bucket(bucketBlocks)
 		v := bk.Get(u64(3))
 		return bk.Put(u64(3), []byte(strings.Replace(string(v), "operator@", "intruder@", 1)))
@@ -124,16 +116,7 @@ func TestOldSessionIndexIsRebuilt(t *testing.T) {
 	c := chaintest.New()
 	c.Append(chaintest.Anchor(1), chaintest.Anchor(2))
 	path := filepath.Join(t.TempDir(), "chain.db")
-	s, err := Open(path, chain.Origin(chaintest.ChainID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, b := range c.Blocks {
-		if _, err := s.Append(b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s.Close()
+	storeWith(t, path, c).Close()
 	// Back to the old layout.
 	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {
@@ -153,7 +136,7 @@ func TestOldSessionIndexIsRebuilt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err = Open(path, chain.Origin(chaintest.ChainID))
+	s, err := Open(path, chain.Origin(chaintest.ChainID))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,4 +154,19 @@ func TestOldSessionIndexIsRebuilt(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// storeWith opens a store at path holding c's blocks.
+func storeWith(t *testing.T, path string, c *chaintest.Chain) *Store {
+	t.Helper()
+	s, err := Open(path, chain.Origin(chaintest.ChainID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range c.Blocks {
+		if _, err := s.Append(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
 }

@@ -3,7 +3,6 @@ package ratelimit
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -152,19 +151,5 @@ func TestFallbackPassesCallerErrors(t *testing.T) {
 // BenchmarkFallbackAllow is BenchmarkMemoryAllow through a Fallback whose
 // primary answers: what the decorator adds to every decision.
 func BenchmarkFallbackAllow(b *testing.B) {
-	f := NewFallback(NewMemory(100_000), NewMemory(100_000), FallbackOptions{})
-	l := Limit{Limit: 10000, Period: time.Minute, Burst: 1000}
-	keys := make([]string, 1000)
-	for i := range keys {
-		keys[i] = fmt.Sprint("user-", i)
-	}
-	now := time.Now()
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		i := 0
-		for pb.Next() {
-			_, _ = f.AllowN(context.Background(), keys[i%len(keys)], l, 1, now)
-			i++
-		}
-	})
+	benchDecisions(b, NewFallback(NewMemory(100_000), NewMemory(100_000), FallbackOptions{}), 1)
 }

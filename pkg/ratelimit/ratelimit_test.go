@@ -71,8 +71,11 @@ func TestMemoryIsBounded(t *testing.T) {
 	}
 }
 
-func BenchmarkMemoryAllow(b *testing.B) {
-	m := NewMemory(100_000)
+func BenchmarkMemoryAllow(b *testing.B) { benchDecisions(b, NewMemory(100_000), 1) }
+
+// benchDecisions decides requests of n units from 1,000 keys in parallel
+// with l.
+func benchDecisions(b *testing.B, lim Limiter, n int) {
 	l := Limit{Limit: 10000, Period: time.Minute, Burst: 1000}
 	keys := make([]string, 1000)
 	for i := range keys {
@@ -83,7 +86,7 @@ func BenchmarkMemoryAllow(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
 		for pb.Next() {
-			_, _ = m.Allow(context.Background(), keys[i%len(keys)], l, now)
+			_, _ = lim.AllowN(context.Background(), keys[i%len(keys)], l, n, now)
 			i++
 		}
 	})
@@ -155,20 +158,4 @@ func TestChargeGoesIntoDebt(t *testing.T) {
 
 // BenchmarkMemoryAllowN is BenchmarkMemoryAllow for requests of 3 units
 // (a 4 MiB upload at the gateway's default unit).
-func BenchmarkMemoryAllowN(b *testing.B) {
-	m := NewMemory(100_000)
-	l := Limit{Limit: 10000, Period: time.Minute, Burst: 1000}
-	keys := make([]string, 1000)
-	for i := range keys {
-		keys[i] = fmt.Sprint("user-", i)
-	}
-	now := time.Now()
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		i := 0
-		for pb.Next() {
-			_, _ = m.AllowN(context.Background(), keys[i%len(keys)], l, 3, now)
-			i++
-		}
-	})
-}
+func BenchmarkMemoryAllowN(b *testing.B) { benchDecisions(b, NewMemory(100_000), 3) }

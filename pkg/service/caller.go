@@ -344,3 +344,16 @@ func ForOperator(h HandlerFunc) HandlerFunc {
 		return h(w, r)
 	}
 }
+
+// OwnerOf names whose data r is about: the principal's own, or, for the
+// operator, the owner named by ?owner= (empty: data stored before owners
+// existed). Anyone else gets a 401 saying what would do.
+func OwnerOf(r *http.Request) (string, error) {
+	if p, ok := PrincipalOf(r.Context()); ok {
+		return p.Subject, nil
+	}
+	if IsOperator(r.Context()) {
+		return r.URL.Query().Get("owner"), nil
+	}
+	return "", Errorf(http.StatusUnauthorized, CodeAuth, "this acts for a user's data: call through the gateway with their token, or as the operator naming ?owner=")
+}

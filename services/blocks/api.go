@@ -169,13 +169,9 @@ func (a *api) tx(w http.ResponseWriter, r *http.Request) error {
 // anchor looks up the anchor of one of the principal's sessions (sessions
 // are per owner), or, for the operator, of the owner named by ?owner=.
 func (a *api) anchor(w http.ResponseWriter, r *http.Request) error {
-	var owner string
-	if p, ok := service.PrincipalOf(r.Context()); ok {
-		owner = p.Subject
-	} else if service.IsOperator(r.Context()) {
-		owner = r.URL.Query().Get("owner")
-	} else {
-		return service.Errorf(http.StatusUnauthorized, service.CodeAuth, "an anchor is looked up for its owner: call through the gateway with a token")
+	owner, err := service.OwnerOf(r)
+	if err != nil {
+		return err
 	}
 	id, err := a.app.store.SessionTx(owner, r.PathValue("session_id"))
 	if errors.Is(err, chainstore.ErrNotFound) {

@@ -214,15 +214,11 @@ func (a *api) head(w http.ResponseWriter, r *http.Request, p service.Principal) 
 // the chunk of the owner named by ?owner= (empty: stored before owners).
 func (a *api) delete(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("id")
-	var owner string
-	if p, ok := service.PrincipalOf(r.Context()); ok {
-		owner = p.Subject
-	} else if service.IsOperator(r.Context()) {
-		owner = r.URL.Query().Get("owner")
-	} else {
-		return service.Errorf(http.StatusUnauthorized, service.CodeAuth, "deleting a chunk needs a user's token (through the gateway) or the operator credential")
+	owner, err := service.OwnerOf(r)
+	if err != nil {
+		return err
 	}
-	err := a.app.store.Delete(owner, id)
+	err = a.app.store.Delete(owner, id)
 	if errors.Is(err, packstore.ErrReferenced) {
 		return service.Errorf(http.StatusConflict, service.CodeConflict, "%v", err)
 	}

@@ -148,17 +148,7 @@ func (g *gw) get(t *testing.T, path string, hdr map[string]string) (*http.Respon
 
 func (g *gw) request(t *testing.T, method, path string, hdr map[string]string) (*http.Response, string) {
 	t.Helper()
-	req, _ := http.NewRequest(method, g.url+path, nil)
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp, string(b)
+	return g.send(t, method, path, nil, false, hdr)
 }
 
 func TestTokens(t *testing.T) {
