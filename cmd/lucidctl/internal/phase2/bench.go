@@ -191,8 +191,10 @@ type bench struct {
 	e        *endpoints
 	progress func(string, ...any)
 	// anchored are sessions the anchoring scenario sealed, with their
-	// transactions, for the query scenario.
+	// transactions, for the query scenario, and owner the token of the
+	// user they belong to: only that user's lookups find them.
 	anchored []anchoredSession
+	owner    string
 }
 
 type anchoredSession struct{ session, tx string }
@@ -417,6 +419,7 @@ func (b *bench) anchoring(ctx context.Context, s *ScenarioResult) error {
 	if err != nil {
 		return err
 	}
+	b.owner = tok
 	start := time.Now()
 	sessions := make([]*chain.SessionAnchor, b.opts.Anchors)
 	var wg sync.WaitGroup
@@ -464,20 +467,18 @@ func (b *bench) queries(ctx context.Context, s *ScenarioResult) error {
 		return err
 	}
 	client := b.e.client(10 * time.Second)
-	kinds := []struct {
+	type kind struct {
 		name string
 		url  func(i int) string
-	}{{"block", func(i int) string { return fmt.Sprintf("%s/api/v1/blocks/%d", b.e.Gateway, 1+i%3) }}}
+		// token is the one token to send (an anchor is its owner's to
+		// look up); empty: one of toks.
+		token string
+	}
+	kinds := []kind{{name: "block", url: func(i int) string { return fmt.Sprintf("%s/api/v1/blocks/%d", b.e.Gateway, 1+i%3) }}}
 	if len(b.anchored) > 0 {
 		kinds = append(kinds,
-			struct {
-				name string
-				url  func(i int) string
-			}{"anchor", func(i int) string { return b.e.Gateway + "/api/v1/anchors/" + b.anchored[i%len(b.anchored)].session }},
-			struct {
-				name string
-				url  func(i int) string
-			}{"proof", func(i int) string { return b.e.Gateway + "/api/v1/chain/proofs/" + b.anchored[i%len(b.anchored)].tx }})
+			kind{name: "anchor", token: b.owner, url: func(i int) string { return b.e.Gateway + "/api/v1/anchors/" + b.anchored[i%len(b.anchored)].session }},
+			kind{name: "proof", url: func(i int) string { return b.e.Gateway + "/api/v1/chain/proofs/" + b.anchored[i%len(b.anchored)].tx }})
 	} else {
 		s.Skipped = "anchor and proof lookups need the anchoring scenario"
 	}
@@ -488,7 +489,11 @@ func (b *bench) queries(ctx context.Context, s *ScenarioResult) error {
 		// record one slow request where many were held up.
 		r := loadgen.Run(ctx, loadgen.Options{Concurrency: 16, Rate: 50, Duration: max(b.opts.Duration/3, time.Second), Do: func(ctx context.Context, _ int) error {
 			i := int(n.Add(1))
-			return api.Do(ctx, client, api.Request{Method: http.MethodGet, URL: k.url(i), Token: toks[i%len(toks)]}, nil)
+			tok := k.token
+			if tok == "" {
+				tok = toks[i%len(toks)]
+			}
+			return api.Do(ctx, client, api.Request{Method: http.MethodGet, URL: k.url(i), Token: tok}, nil)
 		}})
 		s.Metrics[k.name+"_p95_ms"] = ms(r.P95)
 		s.Metrics[k.name+"_errors"] = float64(r.Errors)

@@ -37,6 +37,9 @@ type endpoints struct {
 	// issuer and audience, LUCID_JWT_ISSUER and LUCID_JWT_AUDIENCE, go
 	// into the tokens, for a gateway that requires them.
 	issuer, audience string
+	// consulToken, CONSUL_HTTP_TOKEN: Consul runs with ACLs and answers
+	// nothing without one.
+	consulToken string
 
 	// dial, when set, reaches every address through an SSH connection to
 	// the target: its internal ports listen on its loopback only.
@@ -148,6 +151,7 @@ func (f targetFlags) resolve(ctx context.Context, env *cli.Env) (*endpoints, err
 		return vars[key]
 	}
 	e.issuer, e.audience = setting(auth.EnvIssuer), setting(auth.EnvAudience)
+	e.consulToken = setting("CONSUL_HTTP_TOKEN")
 	offset := f.portOffset
 	loopback := func() {
 		local := func(port int) string { return "127.0.0.1:" + strconv.Itoa(port+offset) }

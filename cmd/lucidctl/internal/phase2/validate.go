@@ -179,8 +179,11 @@ func (v *validator) consul(ctx context.Context) (string, error) {
 		return "", errRemote
 	}
 	var services map[string][]string
-	if err := api.Do(ctx, v.client, api.Request{Method: http.MethodGet, URL: v.e.Consul + "/v1/catalog/services"}, &services); err != nil {
+	if err := api.Do(ctx, v.client, api.Request{Method: http.MethodGet, URL: v.e.Consul + "/v1/catalog/services", Token: v.e.consulToken}, &services); err != nil {
 		return "", err
+	}
+	if v.e.consulToken == "" && len(services) == 0 {
+		return "", errors.New("Consul shows nothing without a token: CONSUL_HTTP_TOKEN is in neither the environment nor the env file")
 	}
 	var missing []string
 	for _, s := range catalog.Services {
