@@ -440,12 +440,14 @@ func TestNoAnchorWedgesTheQueue(t *testing.T) {
 		never = append(never, txID(m))
 		mixed = append(mixed, op{"conflicting", orig.Owner, body(m), 409, m})
 	}
+	taken := map[string]bool{} // user ‖ session: one anchor of another user's id each
 	for range 30 {
 		orig := accepted[rng.IntN(len(accepted))]
 		u := users[rng.IntN(len(users))]
-		if u == orig.Owner {
+		if u == orig.Owner || taken[u+"\x00"+orig.SessionID] {
 			continue
 		}
+		taken[u+"\x00"+orig.SessionID] = true
 		m := anchorOf(u, orig.SessionID)
 		mixed = append(mixed, op{"another user's id", u, body(m), 202, m})
 	}
