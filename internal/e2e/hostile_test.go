@@ -312,14 +312,14 @@ func TestHostileUser(t *testing.T) {
 		if code != http.StatusOK || before < 5 {
 			t.Fatalf("carol's first request: %d, %d left", code, before)
 		}
-		// 5 MiB of body: one unit for the request, three for the bytes
-		// (a unit a second comes back meanwhile, at most).
-		code, left := remaining(http.MethodPut, "/api/v1/chunks", bytes.Repeat([]byte("c"), 5<<20))
+		// 7 MiB of body: a unit per started 2 MiB (a unit a second comes
+		// back meanwhile, at most).
+		code, left := remaining(http.MethodPut, "/api/v1/chunks", bytes.Repeat([]byte("c"), 7<<20))
 		if code != http.StatusCreated || left > before-4+1 {
-			t.Errorf("a 5 MiB upload: %d, %d left of %d, want 201 and 4 units spent", code, left, before)
+			t.Errorf("a 7 MiB upload: %d, %d left of %d, want 201 and 4 units spent", code, left, before)
 		}
-		if code, _ := remaining(http.MethodPut, "/api/v1/chunks", bytes.Repeat([]byte("d"), 5<<20)); code != http.StatusTooManyRequests {
-			t.Errorf("a second 5 MiB upload with %d units left: %d, want 429", left, code)
+		if code, _ := remaining(http.MethodPut, "/api/v1/chunks", bytes.Repeat([]byte("d"), 7<<20)); code != http.StatusTooManyRequests {
+			t.Errorf("a second 7 MiB upload with %d units left: %d, want 429", left, code)
 		}
 	})
 

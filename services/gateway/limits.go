@@ -16,23 +16,25 @@ import (
 // may have only so many requests in progress at a gateway at once.
 
 // defaultUploadUnit is LUCID_RATE_UPLOAD_UNIT_BYTES's default: a request
-// costs one unit plus one per started 2 MiB of body, so the data chain's
-// largest chunk (16 MiB) costs 9 units and fits the free tier's burst (10)
-// in one decision, and its default 1 MiB chunk costs 2.
+// costs one unit, which covers its first 2 MiB of body, and one more per
+// further started 2 MiB, so the data chain's default 1 MiB chunk costs what
+// any request does, and its largest (16 MiB) costs 8 units, which fits the
+// free tier's burst (10) in one decision.
 const defaultUploadUnit = 2 << 20
 
 // requestCost is what a request costs: now, in units taken before it is
 // forwarded; and later, in units charged once it is done. A body with a
-// Content-Length costs 1 + one unit per started upload unit, of which at
-// most the tier's burst is taken up front (a dearer decision could never
-// be allowed) and the rest afterwards. A body without a length costs 1 up
-// front and its units afterwards, counted as the bytes pass (counted).
+// Content-Length costs one unit per started upload unit (at least 1: a
+// request's first upload unit comes with it), of which at most the tier's
+// burst is taken up front (a dearer decision could never be allowed) and
+// the rest afterwards. A body without a length costs 1 up front and its
+// further units afterwards, counted as the bytes pass (counted).
 // What is charged afterwards is at most the tier's limit (a period's
 // worth): the principal's next requests wait for it.
 func (a *App) requestCost(r *http.Request, b *budget) (now, later int, counted bool) {
 	switch {
 	case r.ContentLength > 0:
-		units := 1 + (r.ContentLength+a.uploadUnit-1)/a.uploadUnit
+		units := max(1, (r.ContentLength+a.uploadUnit-1)/a.uploadUnit)
 		now = int(min(units, int64(max(b.limit.Burst, 1))))
 		later = int(min(units-int64(now), int64(b.limit.Limit)))
 		return now, later, false
@@ -42,10 +44,10 @@ func (a *App) requestCost(r *http.Request, b *budget) (now, later int, counted b
 	return 1, 0, false
 }
 
-// bodyUnits is what n bytes of body cost afterwards, capped as requestCost
-// says.
+// bodyUnits is what n bytes of a body without a length cost afterwards,
+// beyond the unit taken up front, capped as requestCost says.
 func (a *App) bodyUnits(n int64, b *budget) int {
-	return int(min((n+a.uploadUnit-1)/a.uploadUnit, int64(b.limit.Limit)))
+	return int(min(max((n+a.uploadUnit-1)/a.uploadUnit-1, 0), int64(b.limit.Limit)))
 }
 
 // charge takes units from key's budget once a request is done, whatever is

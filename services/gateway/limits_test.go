@@ -205,11 +205,12 @@ func (g *gw) send(t *testing.T, method, path string, body []byte, chunked bool, 
 	return resp, string(b)
 }
 
-// TestBodiesCostUnits: a request costs one unit plus one per started
-// upload unit of body, from Content-Length before it is forwarded, or for
-// a body without a length from the bytes that passed, charged afterwards
-// so the next request waits; more than the burst is taken up front only up
-// to the burst, the rest afterwards. A read costs one.
+// TestBodiesCostUnits: a request costs one unit per started upload unit of
+// body, at least one (its first upload unit comes with it), from
+// Content-Length before it is forwarded, or for a body without a length
+// from the bytes that passed, charged afterwards so the next request
+// waits; more than the burst is taken up front only up to the burst, the
+// rest afterwards. A read costs one.
 func TestBodiesCostUnits(t *testing.T) {
 	var received atomic.Int64
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -232,10 +233,11 @@ func TestBodiesCostUnits(t *testing.T) {
 	}
 	for _, s := range []step{
 		{"a read (fast path) costs 1", http.MethodGet, nil, false, 200, "6", ""},
-		{"2 KiB with a length costs 3", http.MethodPost, kib(2), false, 200, "3", ""},
-		{"4 KiB costs 5: 3 left, refused", http.MethodPost, kib(4), false, 429, "0", "2"},
-		{"1 KiB + 1 byte without a length: 1 now", http.MethodPost, append(kib(1), 'x'), true, 200, "2", ""},
-		// ... and 2 afterwards: nothing left.
+		{"2 KiB with a length costs 2", http.MethodPost, kib(2), false, 200, "4", ""},
+		{"5 KiB costs 5: 4 left, refused", http.MethodPost, kib(5), false, 429, "0", "1"},
+		{"2 KiB + 1 byte without a length: 1 now", http.MethodPost, append(kib(2), 'x'), true, 200, "3", ""},
+		// ... and 2 afterwards: one left.
+		{"a read takes the last", http.MethodGet, nil, false, 200, "0", ""},
 		{"the next read waits", http.MethodGet, nil, false, 429, "0", "1"},
 	} {
 		resp, body := g.send(t, s.method, "/api/v1/chunks/x", s.body, s.chunked, tok)
@@ -247,26 +249,26 @@ func TestBodiesCostUnits(t *testing.T) {
 			t.Errorf("%s: %s", s.name, body)
 		}
 	}
-	if m := g.scrape(t)[`lucid_gateway_ratelimit_body_units_total{tier="free"}`]; m != 4 {
-		t.Errorf("body units metric %v, want 4 (2 up front, 2 afterwards)", m)
+	if m := g.scrape(t)[`lucid_gateway_ratelimit_body_units_total{tier="free"}`]; m != 3 {
+		t.Errorf("body units metric %v, want 3 (1 up front, 2 afterwards)", m)
 	}
 
-	// 20 KiB costs 21: 6 (the burst) up front, 15 afterwards.
+	// 20 KiB costs 20: 6 (the burst) up front, 14 afterwards.
 	g.advance(time.Minute)
 	if resp, body := g.send(t, http.MethodPost, "/api/v1/chunks/x", kib(20), false, tok); resp.StatusCode != 200 {
 		t.Fatalf("20 KiB on a whole budget: %d %s", resp.StatusCode, body)
 	}
-	if resp, _ := g.send(t, http.MethodGet, "/api/v1/chunks/x", nil, false, tok); resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "15" {
-		t.Errorf("after 20 KiB: %d, retry after %q; want 429 for 15 s", resp.StatusCode, resp.Header.Get("Retry-After"))
+	if resp, _ := g.send(t, http.MethodGet, "/api/v1/chunks/x", nil, false, tok); resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "14" {
+		t.Errorf("after 20 KiB: %d, retry after %q; want 429 for 14 s", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
-	if received.Load() != int64(2*1024+1024+1+20*1024) {
+	if received.Load() != int64(2*1024+2*1024+1+20*1024) {
 		t.Errorf("the upstream received %d bytes", received.Load())
 	}
 }
 
 // TestDefaultUploadUnitFitsTheLargestChunk: with the defaults, a 16 MiB
 // chunk (the data chain's largest) fits the free tier's burst in one
-// decision, and a 1 MiB chunk costs 2.
+// decision, and a 1 MiB chunk costs what any request does.
 func TestDefaultUploadUnitFitsTheLargestChunk(t *testing.T) {
 	be := newBackend(t)
 	g := startGateway(t, be.URL, nil)
@@ -274,7 +276,7 @@ func TestDefaultUploadUnitFitsTheLargestChunk(t *testing.T) {
 	for _, tc := range []struct {
 		size      int64
 		now, rest int
-	}{{16 << 20, 9, 0}, {1 << 20, 2, 0}, {100, 2, 0}, {64 << 20, 10, 23}} {
+	}{{16 << 20, 8, 0}, {1 << 20, 1, 0}, {100, 1, 0}, {3 << 20, 2, 0}, {64 << 20, 10, 22}} {
 		r := httptest.NewRequest(http.MethodPost, "/api/v1/chunks", nil)
 		r.ContentLength = tc.size
 		now, rest, counted := g.app.requestCost(r, b)
