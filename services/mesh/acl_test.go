@@ -6,8 +6,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -43,6 +45,26 @@ func consulAs(t *testing.T, addr, token string) *consul.Client {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// syncs is how many rounds of keeping Consul in place c has finished
+// well, from its metrics.
+func (c *controller) syncs(t *testing.T) float64 {
+	t.Helper()
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: insecureTLS()}}
+	resp, err := client.Get(c.url + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), `lucid_mesh_consul_syncs_total{result="ok"} `); ok {
+			n, _ := strconv.ParseFloat(v, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 func isDenied(err error) bool {
@@ -142,9 +164,11 @@ func TestConsulACLs(t *testing.T) {
 	})
 
 	t.Run("kept idempotently by two controllers", func(t *testing.T) {
+		before := c.syncs(t)
 		second := startController(t, env)
-		_ = second
-		time.Sleep(time.Second) // a few syncs of both
+		testenv.Eventually(t, 20*time.Second, "two more rounds of both controllers", func() bool {
+			return c.syncs(t) >= before+2 && second.syncs(t) >= 2
+		})
 		policies, _, err := management.ACL().PolicyList(nil)
 		if err != nil {
 			t.Fatal(err)

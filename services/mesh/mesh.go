@@ -142,6 +142,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		a.reg.consul = client
 		a.reg.management = a.consulToken
 		a.reg.desired = a.stackRegistrations()
+		a.reg.syncs = a.metrics.syncs
 		// Its own context, so Close can stop it even when the server never
 		// ran (a port in use) and ctx is still live.
 		rctx, stop := context.WithCancel(ctx)
@@ -217,6 +218,7 @@ type metrics struct {
 	issued       *prometheus.CounterVec
 	refused      prometheus.Counter
 	enrolRefused *prometheus.CounterVec
+	syncs        *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -230,7 +232,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		enrolRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lucid_mesh_enrolment_refused_total", Help: "Certificate requests refused for want of the service's enrolment token, by service.",
 		}, []string{"service"}),
+		syncs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lucid_mesh_consul_syncs_total", Help: "Rounds of keeping Consul's registrations and ACL grants in place, by result (ok, failed).",
+		}, []string{"result"}),
 	}
-	reg.MustRegister(m.issued, m.refused, m.enrolRefused)
+	reg.MustRegister(m.issued, m.refused, m.enrolRefused, m.syncs)
 	return m
 }

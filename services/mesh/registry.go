@@ -15,6 +15,7 @@ import (
 	"time"
 
 	consul "github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/pickme/lucid/pkg/api/meshapi"
@@ -44,6 +45,9 @@ type registrar struct {
 	// look unchanged (what the comparison does not see, their checks,
 	// changed); only the sync loop touches it once it runs.
 	refresh map[string]bool
+
+	// syncs counts the rounds of sync by result (nil: not counted).
+	syncs *prometheus.CounterVec
 
 	mu       sync.Mutex
 	lastErr  error
@@ -141,8 +145,12 @@ func (g *registrar) sync(ctx context.Context) {
 		g.logger.Info("consul sync recovered", "registrations", len(want))
 	}
 	g.lastErr = err
+	result := "failed"
 	if err == nil {
-		g.lastSync, g.synced = time.Now(), len(want)
+		g.lastSync, g.synced, result = time.Now(), len(want), "ok"
+	}
+	if g.syncs != nil {
+		g.syncs.WithLabelValues(result).Inc()
 	}
 }
 
