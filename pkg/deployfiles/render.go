@@ -29,8 +29,9 @@ import (
 	"strings"
 	"text/template"
 
+	"github.com/compose-spec/compose-go/v2/loader"
+	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/google/uuid"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/pickme/lucid/pkg/api/meshapi"
 	"github.com/pickme/lucid/pkg/auth"
@@ -252,7 +253,7 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 	services := composeServices(o)
 	for _, cs := range services {
 		path := ServiceEnvPath(cs.envName)
-		vals := map[string]string{}
+		var vals map[string]string
 		if cs.envName == consulEnvName {
 			if vals, err = consulEnv(values); err != nil {
 				return nil, err
@@ -289,16 +290,14 @@ type File struct {
 	Content []byte
 	// Secret files are written with mode 0600 and redacted in output.
 	Secret bool
-	// Deployed files are shipped to a Pi; the operator's env file is not.
-	Deployed bool
 }
 
 // All lists the rendered files: the compose file, the operator's env file,
 // then each container's env file in compose order.
 func (f *Files) All() []File {
-	out := []File{{Path: ComposePath, Content: f.Compose, Deployed: true}, {Path: EnvPath, Content: f.Env, Secret: true}}
+	out := []File{{Path: ComposePath, Content: f.Compose}, {Path: EnvPath, Content: f.Env, Secret: true}}
 	for _, p := range f.ServiceEnvNames {
-		out = append(out, File{Path: p, Content: f.ServiceEnvs[p], Secret: true, Deployed: true})
+		out = append(out, File{Path: p, Content: f.ServiceEnvs[p], Secret: true})
 	}
 	return out
 }
@@ -479,47 +478,32 @@ func composeServices(o Options) []composeService {
 	return out
 }
 
-// EnvFilesOf lists the env files a compose file's services read, as
-// project paths (slashes), by service name. A path that leaves the
-// project's configs/ is refused, since a deploy ships what is listed, and
-// so is the operator's env file, which no container may read.
-func EnvFilesOf(compose []byte) ([]string, error) {
-	var doc struct {
-		Services map[string]struct {
-			EnvFile yaml.Node `yaml:"env_file"`
-		} `yaml:"services"`
-	}
-	if err := yaml.Unmarshal(compose, &doc); err != nil {
+// EnvFilesOf lists the env files the services of compose (the project in
+// dir's compose file) read, as project paths with slashes, as compose-go
+// reads them. A path that leaves the project's configs/ is refused, since
+// a deploy ships what is listed, and so is the operator's env file, which
+// no container may read.
+func EnvFilesOf(ctx context.Context, dir string, compose []byte) ([]string, error) {
+	project, err := loader.LoadWithContext(ctx, types.ConfigDetails{
+		WorkingDir:  filepath.Join(dir, filepath.FromSlash(path.Dir(ComposePath))),
+		ConfigFiles: []types.ConfigFile{{Filename: ComposePath, Content: compose}},
+	}, func(lo *loader.Options) {
+		lo.SkipInterpolation = true // only the paths matter here
+		lo.SkipConsistencyCheck = true
+		lo.SkipResolveEnvironment = true
+		lo.SetProjectName("lucid", false)
+	})
+	if err != nil {
 		return nil, fmt.Errorf("compose file: %w", err)
 	}
 	var out []string
-	for _, name := range slices.Sorted(maps.Keys(doc.Services)) {
-		n := doc.Services[name].EnvFile
-		var paths []string
-		switch n.Kind {
-		case 0:
-		case yaml.ScalarNode:
-			paths = []string{n.Value}
-		case yaml.SequenceNode:
-			for _, item := range n.Content {
-				if item.Kind == yaml.MappingNode { // the long form: {path: ..., required: ...}
-					var long struct{ Path string }
-					if err := item.Decode(&long); err != nil {
-						return nil, fmt.Errorf("compose file: service %s: env_file: %w", name, err)
-					}
-					paths = append(paths, long.Path)
-				} else {
-					paths = append(paths, item.Value)
-				}
-			}
-		default:
-			return nil, fmt.Errorf("compose file: service %s: env_file is neither a path nor a list", name)
-		}
-		for _, p := range paths {
-			rel := path.Clean(path.Join(path.Dir(ComposePath), filepath.ToSlash(p)))
+	for _, name := range slices.Sorted(maps.Keys(project.Services)) {
+		for _, ef := range project.Services[name].EnvFiles {
+			rel, err := filepath.Rel(dir, ef.Path)
+			rel = filepath.ToSlash(rel)
 			switch {
-			case !strings.HasPrefix(rel, "configs/") || path.IsAbs(p):
-				return nil, fmt.Errorf("compose file: service %s: env file %s is outside configs/, which a deploy ships", name, p)
+			case err != nil || !strings.HasPrefix(rel, "configs/"):
+				return nil, fmt.Errorf("compose file: service %s: env file %s is outside configs/, which a deploy ships", name, ef.Path)
 			case rel == EnvPath:
 				return nil, fmt.Errorf("compose file: service %s reads %s, the operator's file with every secret: render again, and each service gets its own", name, EnvPath)
 			}

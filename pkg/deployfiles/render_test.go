@@ -252,3 +252,22 @@ func TestEachServiceGetsOnlyItsOwn(t *testing.T) {
 		}
 	}
 }
+
+// TestEnvFilesOf: the env files a deploy ships are what compose reads, in
+// either form, inside configs/, and never the operator's file.
+func TestEnvFilesOf(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	got, err := EnvFilesOf(ctx, dir, []byte("services:\n  a:\n    image: x\n    env_file: ../environment/a.env\n  b:\n    image: x\n    env_file:\n      - path: ../environment/b.env\n        required: false\n      - ../environment/a.env\n"))
+	if err != nil || strings.Join(got, " ") != "configs/environment/a.env configs/environment/b.env" {
+		t.Errorf("EnvFilesOf = %v %v", got, err)
+	}
+	for compose, want := range map[string]string{
+		"services:\n  a:\n    image: x\n    env_file: ../../../etc/passwd\n":        "outside configs/",
+		"services:\n  a:\n    image: x\n    env_file: ../environment/.env.core\n": "render again",
+	} {
+		if _, err := EnvFilesOf(ctx, dir, []byte(compose)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want an error saying %q", compose, err, want)
+		}
+	}
+}

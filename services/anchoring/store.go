@@ -102,8 +102,11 @@ func migrate(tx *bolt.Tx) error {
 			return fmt.Errorf("anchor %s: %w", k, err)
 		}
 		t, err := chain.ParseTransaction(rec.Tx)
-		if err != nil || t.Anchor == nil {
-			return fmt.Errorf("anchor %s: its transaction does not parse: %v", k, err)
+		if err != nil {
+			return fmt.Errorf("anchor %s: its transaction does not parse: %w", k, err)
+		}
+		if t.Anchor == nil {
+			return fmt.Errorf("anchor %s: its transaction is not a session anchor", k)
 		}
 		rec.Owner = t.Anchor.Owner
 		enc, err := json.Marshal(&rec)

@@ -208,7 +208,7 @@ func readRendered(ctx context.Context, cfg *projectconfig.Config) (*rendered, er
 	}
 	// The containers' env files, never the operator's: a release of
 	// before per-service files is migrated by deploying a render of now.
-	envPaths, err := deployfiles.EnvFilesOf(r.compose)
+	envPaths, err := deployfiles.EnvFilesOf(ctx, cfg.Dir, r.compose)
 	if err != nil {
 		return nil, cli.WithHint(err, "`lucidctl render` writes the compose file and each service's env file")
 	}
