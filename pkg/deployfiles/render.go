@@ -410,7 +410,7 @@ func defaults() (map[string]string, []string) {
 		if s.Name == catalog.MeshService {
 			continue // LUCID_MESH_URL is with the mesh settings
 		}
-		for _, k := range append([]string{"LUCID_" + strings.ToUpper(s.Name) + "_URL"}, s.URLEnv...) {
+		for _, k := range append([]string{catalog.URLKey(s.Name)}, s.URLEnv...) {
 			values[k] = URL(s)
 			keys = append(keys, k)
 		}

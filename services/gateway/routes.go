@@ -3,7 +3,6 @@ package gateway
 import (
 	"fmt"
 	"net/url"
-	"strings"
 
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/routetable"
@@ -17,7 +16,7 @@ func upstreams(routes []routetable.Route, lookup func(string) string) (map[strin
 		if _, ok := out[r.Service]; ok {
 			continue
 		}
-		key, def := "LUCID_"+strings.ToUpper(r.Service)+"_URL", ""
+		key, def := catalog.URLKey(r.Service), ""
 		if r.Service == routetable.AuthService {
 			key, def = "AUTH_SERVICE_URL", "http://127.0.0.1:8081"
 		} else if svc, ok := catalog.Lookup(r.Service); ok {

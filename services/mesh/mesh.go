@@ -35,7 +35,6 @@ import (
 	"net/url"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -98,7 +97,7 @@ func (a *App) Configure(r *envconfig.Reader) {
 	a.syncInterval = r.Duration("LUCID_MESH_SYNC_INTERVAL", 2*time.Second, 100*time.Millisecond, 5*time.Minute)
 	a.members = map[string]*url.URL{}
 	for _, s := range catalog.Services {
-		key := "LUCID_" + strings.ToUpper(s.Name) + "_URL"
+		key := catalog.URLKey(s.Name)
 		if u := r.URL(key); u != nil {
 			if u.Port() == "" {
 				r.Fail(key, "needs a port to be registered in Consul")

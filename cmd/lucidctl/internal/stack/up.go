@@ -150,8 +150,10 @@ func makePlan(ctx context.Context, opts *UpOptions, cfg *projectconfig.Config, l
 }
 
 // upSecrets are the secrets a stack needs: the catalog's and each
-// service's credential (see catalog.Service.RequiredSecrets), the operator
-// token for maintenance, and Consul's management token when Consul runs.
+// service's credential (see catalog.Service.RequiredSecrets; with mTLS the
+// mesh controller always runs, so its mesh token is among them), the
+// operator token for maintenance, and Consul's management token when
+// Consul runs.
 func upSecrets(services []catalog.Service, mtls, consul bool) []string {
 	keys := []string{"LUCID_OPERATOR_TOKEN"}
 	for _, s := range services {
@@ -160,9 +162,6 @@ func upSecrets(services []catalog.Service, mtls, consul bool) []string {
 				keys = append(keys, k)
 			}
 		}
-	}
-	if mtls && !slices.Contains(keys, "LUCID_MESH_TOKEN") {
-		keys = append(keys, "LUCID_MESH_TOKEN") // the controller's
 	}
 	if consul {
 		keys = append(keys, deployfiles.ConsulTokenKey)
