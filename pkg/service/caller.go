@@ -212,9 +212,9 @@ func (s *Server) identify(next http.Handler) http.Handler {
 			return
 		}
 		if id.caller == "" && !id.operator && s.cfg.Name != catalog.MeshService && !sharedEndpoint(r.URL.Path) {
-			msg := "a mesh certificate is required"
+			msg := "a mesh certificate is required (users reach the services through the gateway)"
 			if s.identity.Load() == nil {
-				msg = "a Lucid service signature is required"
+				msg = "a Lucid service signature is required (users reach the services through the gateway)"
 			}
 			s.logger.WarnContext(r.Context(), "refused a request from an unknown caller", "remote", r.RemoteAddr, "path", r.URL.Path)
 			WriteError(w, r, s.logger, Errorf(http.StatusForbidden, CodeForbidden, "%s", msg))

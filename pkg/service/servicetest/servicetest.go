@@ -4,7 +4,7 @@
 package servicetest
 
 import (
-	"encoding/hex"
+	"crypto/sha256"
 	"net/http"
 	"strings"
 	"time"
@@ -17,7 +17,7 @@ import (
 const Key = "lucid-test-service-key-0123456789abcdefghijklmnop"
 
 // OperatorToken is the operator token of test deployments; its hash is in
-// Config and OperatorEnv.
+// Config and Env.
 const OperatorToken = "lucid-test-operator-token-0123456789abcdefghij"
 
 // Config is the base configuration of service name for a test: data in
@@ -31,8 +31,8 @@ func Config(name, dataDir string) service.Config {
 }
 
 func operatorHash() []byte {
-	b, _ := hex.DecodeString(service.OperatorTokenHash(OperatorToken))
-	return b
+	sum := sha256.Sum256([]byte(OperatorToken))
+	return sum[:]
 }
 
 // Env is the environment a test gives a `lucid` process with the mesh
