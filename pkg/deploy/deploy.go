@@ -140,7 +140,7 @@ func (o *Options) defaults() {
 }
 
 // Deploy runs one deploy.
-func Deploy(ctx context.Context, o Options) (*Result, error) {
+func Deploy(ctx context.Context, o Options) (_ *Result, deployErr error) {
 	o.defaults()
 	emit := func(step, status, msg string) {
 		o.Events(Event{Time: o.Now(), Target: o.Name, Step: step, Status: status, Message: msg})
@@ -176,13 +176,15 @@ func Deploy(ctx context.Context, o Options) (*Result, error) {
 
 	if !o.DryRun {
 		emit("lock", "start", "")
-		release, err := o.holdLock(ctx, h, emit)
+		held, release, err := o.holdLock(ctx, h, emit)
 		if err != nil {
 			emit("lock", "fail", err.Error())
 			return nil, err
 		}
 		defer release()
 		emit("lock", "ok", h.lockPath())
+		ctx = held
+		defer func() { deployErr = lockLost(held, deployErr) }()
 	}
 
 	prev, err := h.current(ctx)
@@ -415,18 +417,29 @@ func imageIDs(images []TransferImage) map[string]string {
 }
 
 // holdLock takes the host's deploy lock for this deploy or rollback and
-// keeps it until release, which says so if renewing it ever failed.
-func (o *Options) holdLock(ctx context.Context, h *host, emit func(step, status, msg string)) (release func(), err error) {
+// keeps it until release, which says so if renewing it ever failed. The
+// deploy goes on with the returned context, which ends if the lock is
+// lost to another deploy.
+func (o *Options) holdLock(ctx context.Context, h *host, emit func(step, status, msg string)) (held context.Context, release func(), err error) {
 	me := lockInfo{Host: localHost(), PID: os.Getpid(), User: localUser()}
-	unlock, err := h.holdLock(ctx, me, o.LockWait, o.LockTTL, o.Now, func(m string) { emit("lock", "info", m) })
+	held, unlock, err := h.holdLock(ctx, me, o.LockWait, o.LockTTL, o.Now, func(m string) { emit("lock", "info", m) })
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return func() {
+	return held, func() {
 		if err := unlock(); err != nil {
 			emit("lock", "warn", err.Error())
 		}
 	}, nil
+}
+
+// lockLost puts a step's failure in words when it came of losing the
+// lock: a context that ended for that reason says so, not "canceled".
+func lockLost(ctx context.Context, err error) error {
+	if err != nil && errors.Is(context.Cause(ctx), errLockTaken) {
+		return fmt.Errorf("%w; this deploy stopped (%v)", errLockTaken, err)
+	}
+	return err
 }
 
 // dryRunPlan says what a deploy would change, without changing anything.
@@ -528,7 +541,7 @@ func Releases(ctx context.Context, ssh *sshx.Client, dir string) ([]Release, err
 
 // Rollback brings release id back (by default the newest release older
 // than the current one that went live), gates it, and makes it current.
-func Rollback(ctx context.Context, o Options, id string) (string, error) {
+func Rollback(ctx context.Context, o Options, id string) (_ string, rollbackErr error) {
 	o.defaults()
 	emit := func(step, status, msg string) {
 		o.Events(Event{Time: o.Now(), Target: o.Name, Step: step, Status: status, Message: msg})
@@ -564,11 +577,13 @@ func Rollback(ctx context.Context, o Options, id string) (string, error) {
 		}
 		return "", fmt.Errorf("%s: %w %q", o.Name, ErrNoRelease, id)
 	}
-	release, err := o.holdLock(ctx, h, emit)
+	held, release, err := o.holdLock(ctx, h, emit)
 	if err != nil {
 		return "", err
 	}
 	defer release()
+	ctx = held
+	defer func() { rollbackErr = lockLost(held, rollbackErr) }()
 	emit("rollback", "start", target.ID)
 	if err := h.up(ctx, target.ID); err != nil {
 		emit("rollback", "fail", err.Error())

@@ -460,7 +460,7 @@ func TestLockIsKeptWhileTheDeployRuns(t *testing.T) {
 	// slowly (a busy machine, a heavy shell profile), and the first one is
 	// still due within seconds.
 	const ttl = 9 * time.Second
-	release, err := mine.holdLock(ctx, lockInfo{Host: "here", PID: 1, User: "me"}, 0, ttl, time.Now, func(string) {})
+	held, release, err := mine.holdLock(ctx, lockInfo{Host: "here", PID: 1, User: "me"}, 0, ttl, time.Now, func(string) {})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -468,6 +468,9 @@ func TestLockIsKeptWhileTheDeployRuns(t *testing.T) {
 	testenv.Eventually(t, 20*time.Second, "the lock renewed", func() bool { return expires().After(first) })
 	if err := release(); err != nil {
 		t.Errorf("release: %v", err)
+	}
+	if held.Err() == nil {
+		t.Error("the deploy's context outlived its lock")
 	}
 	if _, err := os.Stat(lockFile); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the lock outlived its deploy: %v", err)
@@ -486,6 +489,33 @@ func TestLockIsKeptWhileTheDeployRuns(t *testing.T) {
 		t.Errorf("renewing a lock taken over: %v", err)
 	}
 	mine.unlock(ctx)
+	if got, _ := os.ReadFile(lockFile); string(got) != string(theirs) {
+		t.Errorf("the other deploy's lock became %q", got)
+	}
+
+	// A deploy whose lock is taken from under it is stopped: its context
+	// ends, naming why.
+	if err := os.Remove(lockFile); err != nil {
+		t.Fatal(err)
+	}
+	held, release, err = mine.holdLock(ctx, lockInfo{Host: "here", PID: 1, User: "me"}, 0, ttl, time.Now, func(string) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(lockFile, theirs, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-held.Done():
+	case <-time.After(2 * ttl):
+		t.Fatal("the deploy went on after its lock was taken")
+	}
+	if cause := context.Cause(held); !errors.Is(cause, errLockTaken) {
+		t.Errorf("the deploy stopped for %v, want errLockTaken", cause)
+	}
+	if err := release(); !errors.Is(err, errLockTaken) {
+		t.Errorf("release after the lock was taken: %v", err)
+	}
 	if got, _ := os.ReadFile(lockFile); string(got) != string(theirs) {
 		t.Errorf("the other deploy's lock became %q", got)
 	}

@@ -269,8 +269,10 @@ case $? in 0) ;; 1) echo lost; exit 0 ;; *) exit 2 ;; esac
 func (h *host) lockStep(ctx context.Context, script string, args ...string) (string, error) {
 	dir := sshx.Quote(h.dir)
 	// mkdir first: flock creates a missing file, not a directory.
-	cmd := fmt.Sprintf("mkdir -p %s && flock -w %d -E %d %s sh -c %s lucid-lock %s %s",
-		dir, int(guardWait/time.Second), guardBusy, dir, sshx.Quote(script), sshx.Quote(h.lockPath()), sshx.Quote(h.lockPath()+".new"))
+	// The mark comes first: whatever the user's shell start-up files print
+	// on the host comes before it and is not the step's answer.
+	cmd := fmt.Sprintf("echo %s && mkdir -p %s && flock -w %d -E %d %s sh -c %s lucid-lock %s %s",
+		stepMark, dir, int(guardWait/time.Second), guardBusy, dir, sshx.Quote(script), sshx.Quote(h.lockPath()), sshx.Quote(h.lockPath()+".new"))
 	for _, a := range args {
 		cmd += " " + sshx.Quote(a)
 	}
@@ -286,15 +288,26 @@ func (h *host) lockStep(ctx context.Context, script string, args ...string) (str
 		return "", ErrNoFlock
 	case errors.As(err, &ee):
 		// The host's words, not the script.
-		return "", fmt.Errorf("exit status %d: %s", ee.Code, strings.TrimSpace(ee.Stderr))
+		words := strings.TrimSpace(ee.Stderr)
+		if words == "" {
+			words = "the host said nothing more"
+		}
+		return "", fmt.Errorf("the lock step on the host failed (exit status %d): %s", ee.Code, words)
 	case err != nil:
 		if cause := errors.Unwrap(err); cause != nil {
 			err = cause // the cause, not the shell line
 		}
 		return "", err
 	}
-	return string(out), nil
+	_, answer, ok := strings.Cut(string(out), stepMark+"\n")
+	if !ok {
+		return "", fmt.Errorf("the lock step on the host gave no answer: %q", out)
+	}
+	return answer, nil
 }
+
+// stepMark precedes a lock step's answer in what the host prints.
+const stepMark = "lucid-lock-step"
 
 // lock takes the host's deploy lock, waiting up to wait for a live one
 // and taking over an expired one.
@@ -353,14 +366,18 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 // holdLock takes the lock as me, for ttl from now, and keeps it for as
 // long as the deploy runs: every ttl/3 the expiry moves to ttl from now,
 // so a deploy slower than ttl (a slow link, a long health gate) is not
-// taken over halfway, while a crashed one's lock still expires. release
-// stops the renewal, removes the lock and returns the first renewal
-// failure and the removal's, if any.
-func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duration, now func() time.Time, notify func(string)) (release func() error, err error) {
+// taken over halfway, while a crashed one's lock still expires. The
+// returned context is ctx, ended with errLockTaken as its cause if a
+// renewal finds the lock is another deploy's now: the deploy must stop
+// changing a host someone else is deploying to. release stops the
+// renewal, removes the lock and returns the first renewal failure and the
+// removal's, if any (a renewal that release itself cut short is none).
+func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duration, now func() time.Time, notify func(string)) (held context.Context, release func() error, err error) {
 	me.Since, me.Expires = now().UTC(), now().Add(ttl).UTC()
 	if err := h.lock(ctx, me, wait, notify); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	held, lost := context.WithCancelCause(ctx)
 	// Renewed until release, even past an interrupt: a rollback may still
 	// be running under the lock.
 	rctx, stop := context.WithCancel(context.WithoutCancel(ctx))
@@ -376,16 +393,25 @@ func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duratio
 				return
 			case <-t.C:
 				cctx, cancel := context.WithTimeout(rctx, ttl/3)
-				if err := h.renewLock(cctx, now().Add(ttl)); err != nil && renewErr == nil {
+				err := h.renewLock(cctx, now().Add(ttl))
+				cancel()
+				switch {
+				case rctx.Err() != nil:
+					return // release is under way; it has the last word
+				case errors.Is(err, errLockTaken):
+					lost(errLockTaken)
+					renewErr = err
+					return
+				case err != nil && renewErr == nil:
 					renewErr = err
 				}
-				cancel()
 			}
 		}
 	}()
-	return func() error {
+	return held, func() error {
 		stop()
 		<-done // the renewal no longer touches h.held
+		lost(nil)
 		err := h.unlock(ctx)
 		if errors.Is(renewErr, errLockTaken) && errors.Is(err, errLockTaken) {
 			return renewErr // said once
