@@ -94,7 +94,7 @@ func BenchmarkAdmission(b *testing.B) {
 				now = now.Add(time.Millisecond)
 				bud, key := a.principal(r, bc.claims)
 				if bc.concurrency {
-					if err := a.enter(w, bud, key); err != nil {
+					if err := a.enter(bud, key); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -25,9 +25,9 @@ const defaultUploadUnit = 2 << 20
 // requestCost is what a request costs: now, in units taken before it is
 // forwarded; and later, in units charged once it is done. A body with a
 // Content-Length costs one unit per started upload unit (at least 1: a
-// request's first upload unit comes with it), of which at most the tier's
-// burst is taken up front (a dearer decision could never be allowed) and
-// the rest afterwards. A body without a length costs 1 up front and its
+// request's first upload unit comes with it), of which at most what one
+// decision can take (Limit.MaxCost: a whole budget; a dearer decision
+// could never be allowed) is taken up front and the rest afterwards. A body without a length costs 1 up front and its
 // further units afterwards, counted as the bytes pass (counted).
 // What is charged afterwards is at most the tier's limit (a period's
 // worth): the principal's next requests wait for it.
@@ -35,7 +35,7 @@ func (a *App) requestCost(r *http.Request, b *budget) (now, later int, counted b
 	switch {
 	case r.ContentLength > 0:
 		units := max(1, (r.ContentLength+a.uploadUnit-1)/a.uploadUnit)
-		now = int(min(units, int64(max(b.limit.Burst, 1))))
+		now = int(min(units, int64(b.limit.MaxCost())))
 		later = int(min(units-int64(now), int64(b.limit.Limit)))
 		return now, later, false
 	case r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody:
@@ -128,12 +128,12 @@ func (c *inflight) release(key string) {
 // enter admits a request of key within its budget's concurrency, or
 // returns the 429 to answer. A request admitted must leave, whatever way
 // it ends (serve defers it, so a client's departure or a panic counts too).
-func (a *App) enter(w http.ResponseWriter, b *budget, key string) error {
+func (a *App) enter(b *budget, key string) error {
 	if !a.inflight.acquire(key, b.concurrency) {
 		b.concurrencyLimited.Inc()
-		// No time is known when one ends; a second is a polite retry.
-		w.Header().Set("Retry-After", "1")
-		return service.Errorf(http.StatusTooManyRequests, service.CodeRateLimit, "more than %d requests at once", b.concurrency)
+		he := service.Errorf(http.StatusTooManyRequests, service.CodeRateLimit, "more than %d requests at once", b.concurrency)
+		he.RetryAfter = 1 // no time is known when one ends; a second is a polite retry
+		return he
 	}
 	b.inProgress.Inc()
 	return nil

@@ -253,7 +253,7 @@ func TestBodiesCostUnits(t *testing.T) {
 		t.Errorf("body units metric %v, want 3 (1 up front, 2 afterwards)", m)
 	}
 
-	// 20 KiB costs 20: 6 (the burst) up front, 14 afterwards.
+	// 20 KiB costs 20: 7 (a whole budget) up front, 13 afterwards.
 	g.advance(time.Minute)
 	if resp, body := g.send(t, http.MethodPost, "/api/v1/chunks/x", kib(20), false, tok); resp.StatusCode != 200 {
 		t.Fatalf("20 KiB on a whole budget: %d %s", resp.StatusCode, body)
@@ -276,15 +276,15 @@ func TestDefaultUploadUnitFitsTheLargestChunk(t *testing.T) {
 	for _, tc := range []struct {
 		size      int64
 		now, rest int
-	}{{16 << 20, 8, 0}, {1 << 20, 1, 0}, {100, 1, 0}, {3 << 20, 2, 0}, {64 << 20, 10, 22}} {
+	}{{16 << 20, 8, 0}, {1 << 20, 1, 0}, {100, 1, 0}, {3 << 20, 2, 0}, {64 << 20, 11, 21}} {
 		r := httptest.NewRequest(http.MethodPost, "/api/v1/chunks", nil)
 		r.ContentLength = tc.size
 		now, rest, counted := g.app.requestCost(r, b)
 		if now != tc.now || rest != tc.rest || counted {
 			t.Errorf("%d bytes: %d now, %d later (counted %v); want %d, %d", tc.size, now, rest, counted, tc.now, tc.rest)
 		}
-		if now > b.limit.Burst {
-			t.Errorf("%d bytes: %d up front is more than the free burst %d", tc.size, now, b.limit.Burst)
+		if now > b.limit.MaxCost() {
+			t.Errorf("%d bytes: %d up front is more than one decision can take (%d)", tc.size, now, b.limit.MaxCost())
 		}
 	}
 }

@@ -266,7 +266,7 @@ func (rp *routeProxy) serve(w http.ResponseWriter, r *http.Request) error {
 		claims = c
 	}
 	b, key := a.principal(r, claims)
-	if err := a.enter(w, b, key); err != nil {
+	if err := a.enter(b, key); err != nil {
 		return err
 	}
 	defer a.leave(b, key)
@@ -303,6 +303,12 @@ func (rp *routeProxy) proxyBody(w http.ResponseWriter, r *http.Request, px *prox
 		defer func() { rp.gw.charge(r, b, key, rp.gw.bodyUnits(body.n.Load(), b)) }()
 	} else if later > 0 {
 		defer rp.gw.charge(r, b, key, later)
+	}
+	// The answer may start before the body is all read (a stream, a large
+	// answer): without full duplex, the server would close the body under
+	// the transport as the answer's headers go out, cutting the request.
+	if err := http.NewResponseController(w).EnableFullDuplex(); err != nil {
+		rp.logger.WarnContext(r.Context(), "full duplex unavailable; a body must be read before the answer starts", "error", err)
 	}
 	rp.proxy.ServeHTTP(w, out)
 }
