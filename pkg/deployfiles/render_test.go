@@ -263,7 +263,7 @@ func TestEnvFilesOf(t *testing.T) {
 		t.Errorf("EnvFilesOf = %v %v", got, err)
 	}
 	for compose, want := range map[string]string{
-		"services:\n  a:\n    image: x\n    env_file: ../../../etc/passwd\n":        "outside configs/",
+		"services:\n  a:\n    image: x\n    env_file: ../../../etc/passwd\n":      "outside configs/",
 		"services:\n  a:\n    image: x\n    env_file: ../environment/.env.core\n": "render again",
 	} {
 		if _, err := EnvFilesOf(ctx, dir, []byte(compose)); err == nil || !strings.Contains(err.Error(), want) {
