@@ -104,10 +104,6 @@ func WithPrincipal(ctx context.Context, p Principal) context.Context {
 	return context.WithValue(ctx, requestInfoKey{}, ri)
 }
 
-// OperatorTokenHash is the hex SHA-256 of an operator token: what services
-// are given (LUCID_OPERATOR_TOKEN_SHA256) to recognise it.
-func OperatorTokenHash(token string) string { return auth.OperatorTokenHash(token) }
-
 // callerSkew is how far a service signature's time may be from the
 // receiver's clock: the services of one deployment share a host or NTP.
 const callerSkew = 2 * time.Minute

@@ -17,7 +17,7 @@ import (
 // request, as the server established it.
 func whoServer(t *testing.T, name string) *Server {
 	t.Helper()
-	s := New(Config{Name: name, ServiceKey: []byte(testKey), OperatorTokenHash: mustHex(OperatorTokenHash("the-operator-token-of-the-tests-0123456789"))},
+	s := New(Config{Name: name, ServiceKey: []byte(testKey), OperatorTokenHash: mustHex(auth.OperatorTokenHash("the-operator-token-of-the-tests-0123456789"))},
 		NewLogger(io.Discard, slog.LevelError, name))
 	s.Handle("GET /who", func(w http.ResponseWriter, r *http.Request) error {
 		caller, _ := CallerOf(r.Context())

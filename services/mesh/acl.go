@@ -109,7 +109,10 @@ func (g *registrar) ensureToken(ctx context.Context, gr consulacl.Grant, retry b
 			return fmt.Errorf("create token %s: %w", accessor, err)
 		}
 		g.logger.Info("consul token created", "service", gr.Service, "accessor_id", accessor, "policy", gr.Policy)
-		return nil
+		// A new token of ours where there was none: the management token
+		// changed (or Consul lost its state). A token derived from an
+		// earlier management token must not keep working.
+		return g.dropEarlierTokens(ctx, want.Description, accessor)
 	case err != nil:
 		return fmt.Errorf("read token %s: %w", accessor, err)
 	case have.SecretID != secret:
@@ -125,6 +128,27 @@ func (g *registrar) ensureToken(ctx context.Context, gr consulacl.Grant, retry b
 			return fmt.Errorf("update token %s: %w", accessor, err)
 		}
 		g.logger.Warn("consul token's privileges differed from Lucid's and were put back", "service", gr.Service, "accessor_id", accessor, "policy", gr.Policy)
+	}
+	return nil
+}
+
+// dropEarlierTokens deletes the tokens Lucid made for the same service
+// (same description) under another accessor id, derived from an earlier
+// management token.
+func (g *registrar) dropEarlierTokens(ctx context.Context, description, accessor string) error {
+	acl := g.consul.ACL()
+	tokens, _, err := acl.TokenList((&consul.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("list tokens: %w", err)
+	}
+	for _, t := range tokens {
+		if t.Description != description || t.AccessorID == accessor {
+			continue
+		}
+		if _, err := acl.TokenDelete(t.AccessorID, (&consul.WriteOptions{}).WithContext(ctx)); err != nil {
+			return fmt.Errorf("delete earlier token %s: %w", t.AccessorID, err)
+		}
+		g.logger.Warn("consul token derived from an earlier management token deleted", "accessor_id", t.AccessorID)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -198,8 +199,10 @@ func TestConsulACLs(t *testing.T) {
 		if n != 1 {
 			t.Errorf("%d gateway tokens", n)
 		}
-		if strings.Contains(c.log.String(), "differed") || strings.Contains(c.log.String(), "replaced") {
-			t.Errorf("the controllers undid each other:\n%s", c.log.String())
+		for _, log := range []string{c.log.String(), second.log.String()} {
+			if strings.Contains(log, "differed") || strings.Contains(log, "replaced") {
+				t.Errorf("the controllers undid each other:\n%s", log)
+			}
 		}
 	})
 
@@ -240,6 +243,26 @@ func TestConsulACLs(t *testing.T) {
 	if strings.Contains(c.log.String(), testManagement) || strings.Contains(c.log.String(), secret) {
 		t.Error("a Consul token reached the log")
 	}
+
+	t.Run("a new management token retires the gateway's old token", func(t *testing.T) {
+		rotated := "3f9a1c2e-5b7d-4e8f-9a0b-1c2d3e4f5a6b"
+		_, _, err := management.ACL().TokenCreate(&consul.ACLToken{SecretID: rotated,
+			Policies: []*consul.ACLTokenPolicyLink{{Name: "global-management"}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.stop(); err != nil {
+			t.Fatal(err)
+		}
+		renv := maps.Clone(env)
+		renv["CONSUL_HTTP_TOKEN"] = rotated
+		startController(t, renv)
+		_, newSecret := meshapi.ConsulToken(rotated, "gateway")
+		fresh := consulAs(t, agent.Addr, newSecret)
+		testenv.Eventually(t, 20*time.Second, "the new gateway token reads, the old one no longer", func() bool {
+			return healthy(fresh, "engine") == 1 && healthy(gateway, "engine") == -1
+		})
+	})
 }
 
 // TestConsulTokenRequired: with CONSUL_HOST the controller needs Consul's

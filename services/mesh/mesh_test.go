@@ -18,6 +18,7 @@ import (
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/meshapi"
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/meshtls"
@@ -52,7 +53,7 @@ func startController(t testing.TB, env map[string]string) *controller {
 		"LUCID_MESH_TOKEN":       testToken,
 		"LUCID_MESH_URL":         "https://127.0.0.1:" + strconv.Itoa(port),
 		"LUCID_SHUTDOWN_TIMEOUT": "10s",
-		service.EnvOperatorHash:  service.OperatorTokenHash(testOperator),
+		service.EnvOperatorHash:  auth.OperatorTokenHash(testOperator),
 	}
 	for k, v := range env {
 		if v == "" {

@@ -38,7 +38,7 @@ func operatorHash() []byte {
 // Env is the environment a test gives a `lucid` process with the mesh
 // off: the service key and the operator token's hash.
 func Env() []string {
-	return []string{service.EnvServiceKey + "=" + Key, service.EnvOperatorHash + "=" + service.OperatorTokenHash(OperatorToken)}
+	return []string{service.EnvServiceKey + "=" + Key, service.EnvOperatorHash + "=" + auth.OperatorTokenHash(OperatorToken)}
 }
 
 // Transport signs each request as service caller; with p set it acts for

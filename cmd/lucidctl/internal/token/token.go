@@ -123,12 +123,16 @@ func run(_ context.Context, opts *Options) error {
 	return err
 }
 
-// deployment reads the deployment's settings, each from the environment
-// or else from the env file, read once when first needed.
+// deployment reads the deployment's settings from where its secret is:
+// the environment, or else the env file, read once when first needed.
+// A secret from the environment takes the environment's settings only, so
+// an env file of another deployment never mixes in.
 type deployment struct {
 	opts *Options
 	path string
 	vars map[string]string // nil until read; empty when there is no file
+	// secretFromEnv says JWT_SECRET_KEY came from the environment.
+	secretFromEnv bool
 }
 
 // file returns the env file's variables and its path; err wraps
@@ -156,6 +160,7 @@ func (d *deployment) file() (map[string]string, string, error) {
 // value, which must not reach any message).
 func (d *deployment) secret() (secret, source string, err error) {
 	if s := d.opts.Env.Getenv("JWT_SECRET_KEY"); s != "" {
+		d.secretFromEnv = true
 		return s, "the environment", nil
 	}
 	vars, path, err := d.file()
@@ -174,12 +179,13 @@ func (d *deployment) secret() (secret, source string, err error) {
 }
 
 // setting returns flag's value if it was given, else key from the
-// environment, else from the env file (none if there is no file).
+// environment, else (when the secret came from it) from the env file
+// (none if there is no file). Call it after secret.
 func (d *deployment) setting(flag *string, key string) (string, error) {
 	if flag != nil {
 		return *flag, nil
 	}
-	if v := d.opts.Env.Getenv(key); v != "" {
+	if v := d.opts.Env.Getenv(key); v != "" || d.secretFromEnv {
 		return v, nil
 	}
 	vars, _, err := d.file()

@@ -96,9 +96,10 @@ func TestTokenRefusesWeakOrMissingSecret(t *testing.T) {
 }
 
 // TestTokenIssuerAndAudience: by default the token carries
-// LUCID_JWT_ISSUER and LUCID_JWT_AUDIENCE from where JWT_SECRET_KEY is
-// found (the environment beats the env file), so it passes a gateway that
-// requires them; --issuer and --audience beat both, and empty means none.
+// LUCID_JWT_ISSUER and LUCID_JWT_AUDIENCE from the environment, else, when
+// JWT_SECRET_KEY came from the env file, from that file, so it passes the
+// gateway the secret is for; --issuer and --audience beat both, and empty
+// means none.
 func TestTokenIssuerAndAudience(t *testing.T) {
 	dir := t.TempDir()
 	envFile := filepath.Join(dir, ".env.core")
@@ -116,6 +117,7 @@ func TestTokenIssuerAndAudience(t *testing.T) {
 		{"from the env file", nil, envFile, nil, "https://auth.lucid", "lucid-gateway"},
 		{"the environment beats the file", map[string]string{"LUCID_JWT_ISSUER": "https://env"}, envFile, nil, "https://env", "lucid-gateway"},
 		{"all from the environment, no file", map[string]string{"JWT_SECRET_KEY": goodSecret, "LUCID_JWT_AUDIENCE": "aud-env"}, filepath.Join(dir, "none.env"), nil, "", "aud-env"},
+		{"a secret from the environment takes nothing from the file", map[string]string{"JWT_SECRET_KEY": goodSecret}, envFile, nil, "", ""},
 		{"flags beat both", map[string]string{"LUCID_JWT_ISSUER": "https://env"}, envFile, []string{"--issuer", "https://flag", "--audience", "aud-flag"}, "https://flag", "aud-flag"},
 		{"empty flags mean none", nil, envFile, []string{"--issuer=", "--audience="}, "", ""},
 	} {
