@@ -107,7 +107,7 @@ func unknownKey(file string, k *yaml.Node, at string, fields map[string]reflect.
 		where = "in " + at
 	}
 	msg := fmt.Sprintf("%s:%d:%d: %s %q %s", file, k.Line, k.Column, ErrUnknownKey, k.Value, where)
-	if s := closest(k.Value, known); s != "" {
+	if s := Closest(k.Value, known); s != "" {
 		msg += fmt.Sprintf(" (did you mean %q?)", s)
 	}
 	msg += "; known keys: " + strings.Join(known, ", ")
@@ -119,8 +119,9 @@ type keyError struct{ msg string }
 func (e *keyError) Error() string        { return e.msg }
 func (e *keyError) Is(target error) bool { return target == ErrUnknownKey }
 
-// closest returns the candidate within edit distance 2 of s, if any.
-func closest(s string, candidates []string) string {
+// Closest returns the candidate within edit distance 2 of s, if any: the
+// "did you mean" of every name a user types (keys, metrics, services).
+func Closest(s string, candidates []string) string {
 	best, bestD := "", 3
 	for _, c := range candidates {
 		if d := editDistance(s, c); d < bestD {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/pkg/auth"
@@ -30,6 +29,9 @@ type codedError struct {
 	code int
 	hint string
 	err  error
+	// help is the command whose --help a usage error points at, set by
+	// Execute once it knows which command failed.
+	help string
 }
 
 func (e *codedError) Error() string { return e.err.Error() }
@@ -37,6 +39,21 @@ func (e *codedError) Unwrap() error { return e.err }
 
 // Usage marks err as a command-line mistake (exit 2).
 func Usage(err error) error { return &codedError{code: ExitUsage, err: err} }
+
+// IsUsage reports whether err is a command-line mistake.
+func IsUsage(err error) bool {
+	var ce *codedError
+	return errors.As(err, &ce) && ce.code == ExitUsage
+}
+
+// UsageOf points a usage error at the --help of the command path given (for
+// example "lucidctl deploy"); other errors are returned as they are.
+func UsageOf(err error, commandPath string) error {
+	if !IsUsage(err) {
+		return err
+	}
+	return &codedError{code: ExitUsage, err: err, help: commandPath}
+}
 
 // Problems marks err as a verification that found problems (exit 3).
 func Problems(err error) error { return &codedError{code: ExitProblems, err: err} }
@@ -90,18 +107,19 @@ func ExitCode(ctx context.Context, err error) int {
 	if errors.As(err, &ce) {
 		return ce.code
 	}
-	if isCobraUsage(err) {
-		return ExitUsage
-	}
 	return ExitFailure
 }
 
 // Hint returns the hint for err, or "".
 func Hint(err error) string {
 	var ce *codedError
+	help := ""
 	for e := err; errors.As(e, &ce); e = ce.err {
 		if ce.hint != "" {
 			return ce.hint
+		}
+		if help == "" {
+			help = ce.help
 		}
 	}
 	for _, h := range knownHints {
@@ -109,18 +127,13 @@ func Hint(err error) string {
 			return h.hint
 		}
 	}
-	if isCobraUsage(err) {
+	if help != "" {
+		return "see `" + help + " --help`"
+	}
+	if IsUsage(err) {
 		return "see `lucidctl --help`"
 	}
 	return ""
-}
-
-// isCobraUsage recognises the usage errors cobra returns untyped.
-func isCobraUsage(err error) bool {
-	msg := err.Error()
-	return strings.HasPrefix(msg, "unknown command ") || strings.HasPrefix(msg, "unknown flag") ||
-		strings.HasPrefix(msg, "unknown shorthand flag") || strings.Contains(msg, "arg(s), received") ||
-		strings.HasPrefix(msg, "required flag") || strings.HasPrefix(msg, "invalid argument")
 }
 
 // Report prints err and its hint to stderr and returns the exit code.

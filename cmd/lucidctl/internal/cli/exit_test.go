@@ -31,7 +31,8 @@ func TestExitCode(t *testing.T) {
 		{"auth", live, Auth(errors.New("permission denied (publickey)")), ExitAuth},
 		{"hint keeps code", live, WithHint(Auth(errors.New("x")), "try ssh-add"), ExitAuth},
 		{"silent", live, &SilentError{Code: ExitProblems}, ExitProblems},
-		{"cobra unknown command", live, errors.New(`unknown command "x" for "lucidctl"`), ExitUsage},
+		{"usage by message alone", live, errors.New(`unknown command "x" for "lucidctl"`), ExitFailure},
+		{"usage pointed at a command", live, UsageOf(Usage(errors.New("x")), "lucidctl deploy"), ExitUsage},
 		{"interrupted", cancelled, errors.New("read: use of closed connection"), ExitInterrupted},
 		{"cancelled without interrupt", live, context.Canceled, ExitFailure},
 		{"interrupted but succeeded", cancelled, nil, ExitOK},
@@ -58,6 +59,12 @@ func TestHints(t *testing.T) {
 	}
 	if h := Hint(WithHint(errors.New("x"), "do y")); h != "do y" {
 		t.Errorf("explicit hint = %q", h)
+	}
+	if h := Hint(UsageOf(Usage(errors.New("x")), "lucidctl verify chain")); h != "see `lucidctl verify chain --help`" {
+		t.Errorf("usage hint = %q", h)
+	}
+	if h := Hint(UsageOf(errors.New("x"), "lucidctl verify chain")); h != "" {
+		t.Errorf("a failure that is no usage error got hint %q", h)
 	}
 	if h := Hint(errors.New("x")); h != "" {
 		t.Errorf("unknown error got hint %q", h)

@@ -77,6 +77,7 @@ func newDeployCmd(env *cli.Env) *cobra.Command {
 	opts := &Options{Env: env}
 	cmd := &cobra.Command{
 		Use:   "deploy [TARGET|GROUP...]",
+		Args:  cli.MinArgs(0),
 		Short: "Deploy the rendered files and the images to targets over SSH",
 		Long: `Deploy to each target (or each target of a group) of lucid.yaml, one host at a
 time, stopping at the first that fails:
@@ -347,7 +348,7 @@ func newRollbackCmd(env *cli.Env) *cobra.Command {
 		Long: `Bring back RELEASE (default: the newest earlier release that went live), wait
 until every service is healthy, and point current at it. lucidctl releases
 lists them.`,
-		Args: cobra.RangeArgs(1, 2),
+		Args: cli.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			t, c, err := f.connect(cmd.Context(), env, args[0])
 			if err != nil {
@@ -381,7 +382,7 @@ func newReleasesCmd(env *cli.Env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "releases TARGET",
 		Short: "List the releases on a target",
-		Args:  cobra.ExactArgs(1),
+		Args:  cli.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			t, c, err := f.connect(cmd.Context(), env, args[0])
 			if err != nil {

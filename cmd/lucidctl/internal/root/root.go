@@ -4,8 +4,6 @@ package root
 
 import (
 	"context"
-	"errors"
-	"fmt"
 
 	"github.com/spf13/cobra"
 
@@ -37,7 +35,7 @@ Results go to stdout; progress and diagnostics go to stderr.`,
 		Version:       buildinfo.Read().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Args:          unknownCommand,
+		Args:          cli.Subcommands,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			env.Init(cmd)
@@ -76,25 +74,16 @@ Results go to stdout; progress and diagnostics go to stderr.`,
 	return cmd
 }
 
-// unknownCommand reports a mistyped command as a usage error, with cobra's
-// suggestions.
-func unknownCommand(cmd *cobra.Command, args []string) error {
-	if len(args) == 0 {
-		return nil
-	}
-	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
-	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
-		msg += fmt.Sprintf(" (did you mean %q?)", s[0])
-	}
-	return cli.Usage(errors.New(msg))
-}
-
 // Execute runs lucidctl with args and returns the process exit code.
 func Execute(ctx context.Context, args []string, io *iostreams.IOStreams, getenv func(string) string) int {
 	env := cli.NewEnv(io, getenv)
 	cmd := NewCmd(env)
 	cmd.SetArgs(args)
-	err := cmd.ExecuteContext(ctx)
+	failed, err := cmd.ExecuteContextC(ctx)
+	if failed != nil {
+		// A usage error points at the --help of the command that failed.
+		err = cli.UsageOf(err, failed.CommandPath())
+	}
 	if env.NoColor {
 		io.DisableColor() // the error may predate the flags taking effect
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
+
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 )
@@ -58,8 +60,13 @@ func TestExitCodes(t *testing.T) {
 		err  string
 	}{
 		{"unknown command", []string{"deploi"}, cli.ExitUsage, "unknown command"},
-		{"unknown flag", []string{"version", "--bogus"}, cli.ExitUsage, "unknown flag"},
+		{"unknown subcommand", []string{"verify", "chian"}, cli.ExitUsage, "see `lucidctl verify --help`"},
+		{"unknown flag", []string{"version", "--bogus"}, cli.ExitUsage, "see `lucidctl version --help`"},
+		{"bad flag value", []string{"deploy", "--lock-wait", "soon"}, cli.ExitUsage, "see `lucidctl deploy --help`"},
 		{"extra argument", []string{"version", "x"}, cli.ExitUsage, "takes no arguments"},
+		{"missing argument", []string{"verify", "receipt"}, cli.ExitUsage, "see `lucidctl verify receipt --help`"},
+		{"missing flag", []string{"verify", "receipt", "r.json"}, cli.ExitUsage, "needs --key"},
+		{"unknown service", []string{"up", "gatewy"}, cli.ExitUsage, `did you mean "gateway"`},
 		{"json unsupported", []string{"down", "--json"}, cli.ExitUsage, "has no --json output"},
 		{"bad tier", []string{"token", "--tier", "gold"}, cli.ExitUsage, "unknown tier"},
 		{"config typo", []string{"--config", bad, "status"}, cli.ExitFailure, `lucid.yaml:3:5: unknown key "hots" in targets.pi (did you mean "host"?)`},
@@ -133,4 +140,24 @@ func TestTokenStaysOutOfHelp(t *testing.T) {
 			t.Errorf("%v: no --token in the help:\n%s", args, r.out)
 		}
 	}
+}
+
+// TestEveryCommandChecksItsArguments walks the tree: a command without its
+// own argument check would take cobra's default, which accepts anything
+// (or answers an untyped error that exits 1 instead of 2).
+func TestEveryCommandChecksItsArguments(t *testing.T) {
+	io, _, _, _ := iostreams.Test()
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.Name() == "help" || c.Name() == "completion" {
+			return // cobra's own
+		}
+		if c.Args == nil {
+			t.Errorf("%s has no argument check (use cli.NoArgs, cli.ExactArgs, cli.Subcommands, ...)", c.CommandPath())
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(NewCmd(cli.NewEnv(io, nil)))
 }

@@ -32,7 +32,7 @@ func NewCmd(env *cli.Env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "session <command>",
 		Short: "Store recorded sessions in the data chain",
-		Args:  cli.NoArgs,
+		Args:  cli.Subcommands,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	cmd.AddCommand(newPushCmd(env))
@@ -71,7 +71,7 @@ The manifest hash sealed with the session is the SHA-256 of the lines
 "<index> <chunk id> <file name>", one per chunk.`,
 		Example: `  export LUCID_TOKEN=$(lucidctl token --sub alice@example.org)
   lucidctl session push ./recording --seal`,
-		Args: cobra.ExactArgs(1),
+		Args: cli.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Dir = args[0]
 			return runPush(cmd.Context(), opts)

@@ -62,6 +62,7 @@ and down.`,
   lucidctl up -d
   lucidctl up gateway --port-offset 1000`,
 		ValidArgs: catalog.Names(),
+		Args:      cli.OnlyValidArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Services = args
 			return runUp(cmd.Context(), opts)

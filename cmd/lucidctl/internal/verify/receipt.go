@@ -34,15 +34,17 @@ FILE may be - for standard input. --key takes a validator public key
 (name+hash+key, as in the engine's /api/v1/chain "validators"); repeat it for
 several validators.`,
 		Example: `  lucidctl verify receipt session.tlog-proof --key lucid-pi+1a2b3c4d+AfK...`,
-		Args:    cobra.ExactArgs(1),
+		Args:    cli.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := cli.RequireFlag(cmd, "key"); err != nil {
+				return err
+			}
 			opts.File = args[0]
 			return runReceipt(cmd.Context(), opts)
 		},
 	}
 	cmd.Flags().StringArrayVar(&opts.Keys, "key", nil, "validator public key (repeatable)")
 	cmd.Flags().StringVar(&opts.ChainID, "chain-id", "", "require the receipt to be from this chain (lucid.chain/<id>)")
-	_ = cmd.MarkFlagRequired("key")
 	return cli.SupportsJSON(cmd)
 }
 

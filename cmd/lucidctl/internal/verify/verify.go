@@ -22,7 +22,7 @@ func NewCmd(env *cli.Env) *cobra.Command {
 
 Exit status: 0 when the check passes, 3 when it finds a problem (the reason
 is printed), 1 when it could not run.`,
-		Args: cli.NoArgs,
+		Args: cli.Subcommands,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	cmd.AddCommand(newReceiptCmd(env), newChainCmd(env), newIsolationCmd(env))
