@@ -12,9 +12,9 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/token"
 	"github.com/pickme/lucid/pkg/api"
+	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
-	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
 )
 
@@ -49,7 +49,7 @@ so on stderr).`,
 		Example: `  lucidctl verify chain
   lucidctl verify chain --url https://pi.example/blockchain --token "$LUCID_TOKEN"
   lucidctl verify chain --url http://raspberrypi.local:8084    # an engine without mTLS`,
-		Args:    cli.NoArgs,
+		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runChain(cmd.Context(), opts)
 		},
