@@ -275,11 +275,6 @@ func runPush(ctx context.Context, opts *PushOptions) error {
 	}
 	if res.ReceiptFile != "" {
 		fmt.Fprintf(out, "receipt: %s\n", res.ReceiptFile)
-		key := "<validator key>"
-		if len(res.Validators) > 0 {
-			key = res.Validators[0]
-		}
-		fmt.Fprintf(opts.Env.IO.ErrOut, "verify it offline: lucidctl verify receipt %s --key %s\n", res.ReceiptFile, key)
 	}
 	return nil
 }
@@ -317,7 +312,12 @@ func waitAndWriteReceipt(ctx context.Context, opts *PushOptions, hc *http.Client
 			if info, err := engineapi.New(opts.URL+"/blockchain", hc).Chain(ctx); err == nil {
 				res.Validators = info.Validators
 			}
-			fmt.Fprintf(opts.Env.IO.ErrOut, "sealed in block %d\n", st.Height)
+			key := "<validator key>"
+			if len(res.Validators) > 0 {
+				key = res.Validators[0]
+			}
+			fmt.Fprintf(opts.Env.IO.ErrOut, "sealed in block %d; receipt written to %s\nverify it offline: lucidctl verify receipt %s --key %s\n",
+				st.Height, opts.Receipt, opts.Receipt, key)
 			return nil
 		}
 		select {

@@ -126,6 +126,7 @@ func (p *project) read(rel string) string {
 
 type statusJSON struct {
 	Running       bool      `json:"running"`
+	Discovery     string    `json:"discovery"`
 	SupervisorPID int       `json:"supervisor_pid"`
 	Services      []svcJSON `json:"services"`
 }
@@ -404,6 +405,9 @@ func TestUpSupervisesConsul(t *testing.T) {
 	c := st.service("consul")
 	if c.State != "ready" || c.URL != "http://127.0.0.1:29500" {
 		t.Fatalf("consul = %+v", c)
+	}
+	if st.Discovery != "consul" {
+		t.Errorf("status says discovery %q, want consul", st.Discovery)
 	}
 	resp, err := http.Get(c.URL + "/v1/status/leader")
 	if err != nil {
