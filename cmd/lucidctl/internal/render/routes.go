@@ -68,7 +68,7 @@ func runRoutes(_ context.Context, opts *RoutesOptions) error {
 	if err != nil {
 		return err
 	}
-	rec := File{Path: deployfiles.RoutesPath, Status: status(oldOrNil(old, err), data)}
+	rec := File{Path: deployfiles.RoutesPath, Status: status(old, data)} // old is nil when there was none
 	if rec.Status != "unchanged" {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			return err
@@ -83,12 +83,4 @@ func runRoutes(_ context.Context, opts *RoutesOptions) error {
 	fmt.Fprintf(opts.Env.IO.Out, "%-9s %s\n", rec.Status, rec.Path)
 	fmt.Fprintln(opts.Env.IO.ErrOut, "the gateway's route table: edit it, then `lucidctl render` mounts it and `lucidctl up` runs it")
 	return nil
-}
-
-// oldOrNil is what a read returned: nil when there was no file.
-func oldOrNil(data []byte, err error) []byte {
-	if err != nil {
-		return nil
-	}
-	return data
 }

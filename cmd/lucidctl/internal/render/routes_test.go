@@ -49,7 +49,7 @@ func TestRenderRoutesStartsTheTable(t *testing.T) {
 	}
 
 	// An edited table is kept unless --force.
-	edited := append(data, []byte("  - prefix: /mine\n    service: engine\n")...)
+	edited := slices.Concat(data, []byte("  - prefix: /mine\n    service: engine\n"))
 	if err := os.WriteFile(path, edited, 0o644); err != nil {
 		t.Fatal(err)
 	}
