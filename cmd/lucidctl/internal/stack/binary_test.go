@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/pickme/lucid/internal/testenv"
 )
 
 // TestFindConsulAuto: "auto" takes LUCID_CONSUL_BIN, else consul on PATH,
@@ -46,5 +48,18 @@ func TestFindConsulAuto(t *testing.T) {
 	}
 	if got, _ := findConsul(context.Background(), consulOff, env(map[string]string{"LUCID_CONSUL_BIN": named}), io.Discard); got != "" {
 		t.Errorf("off ran %s", got)
+	}
+}
+
+// TestBuildConsulFindsTheCachedBuild: --consul build runs the test
+// command's build, which returns the cached agent at once.
+func TestBuildConsulFindsTheCachedBuild(t *testing.T) {
+	cached := consulCache(os.Getenv)
+	if !isExecutable(cached) {
+		testenv.Missing(t, "the cached Consul agent (make consul)")
+	}
+	got, err := buildConsul(context.Background(), io.Discard)
+	if err != nil || got != cached {
+		t.Errorf("buildConsul = %q, %v; want %q", got, err, cached)
 	}
 }
