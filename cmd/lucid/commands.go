@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -105,15 +106,16 @@ alive. Container images have no curl; their HEALTHCHECK runs this instead.`,
 // newRoutesCmd prints the gateway's route table: an operator's starting
 // point for LUCID_GATEWAY_ROUTES, and a check of an edited one.
 func newRoutesCmd(stdout io.Writer) *cobra.Command {
-	return &cobra.Command{
+	var output string
+	cmd := &cobra.Command{
 		Use:   "routes",
 		Short: "Check and print the gateway's route table (" + routetable.EnvVar + ", else the default) as YAML",
 		Long: `routes reads the route table the gateway would start with: the YAML file
 named by ` + routetable.EnvVar + `, or the default table when it is unset. It
 prints the table with every default filled in, or reports each problem with
-its line and exits 2.
+its line and exits 2. -o writes it to a file instead, creating its folder.
 
-  lucid gateway routes > routes.yaml      # start from the defaults
+  lucid gateway routes -o configs/gateway/routes.yaml   # start from the defaults
   ` + routetable.EnvVar + `=routes.yaml lucid gateway routes   # check an edit`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
@@ -125,10 +127,18 @@ its line and exits 2.
 			if err != nil {
 				return err
 			}
-			_, err = stdout.Write(out)
-			return err
+			if output == "" {
+				_, err = stdout.Write(out)
+				return err
+			}
+			if err := os.MkdirAll(filepath.Dir(output), 0o755); err != nil {
+				return err
+			}
+			return os.WriteFile(output, out, 0o644)
 		},
 	}
+	cmd.Flags().StringVarP(&output, "output", "o", "", "write the table to this file (its folder created) instead of stdout")
+	return cmd
 }
 
 func newVersionCmd(stdout io.Writer) *cobra.Command {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -185,6 +186,16 @@ func TestGatewayRoutesPrintsAndChecksTheTable(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "prefix: /api/v1/anchors") || errOut.Len() != 0 {
 		t.Errorf("stdout %q, stderr %q", out.String(), errOut.String())
+	}
+	// -o writes a file, making its folder: a fresh checkout has no
+	// configs/gateway.
+	file := filepath.Join(t.TempDir(), "configs", "gateway", "routes.yaml")
+	out.Reset()
+	if code := run(context.Background(), []string{"gateway", "routes", "-o", file}, &out, &errOut); code != 0 {
+		t.Fatalf("routes -o: exit %d: %s", code, errOut.String())
+	}
+	if data, err := os.ReadFile(file); err != nil || !strings.Contains(string(data), "prefix: /api/v1/anchors") || out.Len() != 0 {
+		t.Errorf("routes -o: %v, file %q, stdout %q", err, data, out.String())
 	}
 	bad := t.TempDir() + "/routes.yaml"
 	if err := os.WriteFile(bad, []byte("routes:\n  - prefix: /x\n    service: mesh\n"), 0o600); err != nil {

@@ -24,8 +24,14 @@ type Service struct {
 	Container string
 	// Port is the TCP port the service listens on by default.
 	Port int
-	// DependsOn names the services that must be ready before this one starts.
+	// DependsOn names the services this one needs to start: they must be
+	// ready first, and naming this service runs them too (Closure).
 	DependsOn []string
+	// After names services this one starts after when they run as well,
+	// without needing them: the gateway routes to every service, and a
+	// route to one that is absent answers 503 until it runs. Closure
+	// leaves them out.
+	After []string
 	// Secrets names the environment variables the service refuses to start
 	// without, beside the mesh credential (see RequiredSecrets; a test
 	// checks each service's configuration agrees).
@@ -166,7 +172,7 @@ var Services = []Service{
 		Summary:   "API gateway: routing, JWT auth, rate limits, the only public door",
 		Container: "lucid-api-gateway",
 		Port:      8080,
-		DependsOn: []string{"engine", "anchoring", "blocks", "datachain"},
+		After:     []string{"engine", "anchoring", "blocks", "datachain"},
 		Secrets:   []string{"JWT_SECRET_KEY"},
 		Env: append([]string{"JWT_SECRET_KEY", "LUCID_GATEWAY_ROUTES", "AUTH_SERVICE_URL", "LUCID_RATE_FREE", "LUCID_RATE_PREMIUM",
 			"LUCID_RATE_ENTERPRISE", "LUCID_RATE_BURST_DIVISOR", "LUCID_RATE_LIMIT_ON_ERROR", "LUCID_TRUSTED_PROXIES",
@@ -243,8 +249,9 @@ func Names() []string {
 	return names
 }
 
-// Closure returns the named services together with everything they depend
-// on, transitively, in start order. It fails on an unknown name.
+// Closure returns the named services together with everything they need
+// to start (DependsOn, transitively, not After), in start order. It fails
+// on an unknown name.
 func Closure(names []string) ([]Service, error) {
 	want := map[string]bool{}
 	var add func(string) error

@@ -463,7 +463,7 @@ func composeServices(o Options) []composeService {
 		if s.Name != catalog.MeshService {
 			deps = append(deps, catalog.MeshService) // it issues the certificates
 		}
-		deps = append(deps, s.DependsOn...)
+		deps = append(append(deps, s.DependsOn...), s.After...)
 		if s.UsesConsul && !o.NoConsul {
 			cs.DependsOn = append(cs.DependsOn, ConsulContainer)
 		}

@@ -85,9 +85,13 @@ type Local struct {
 	StateDir string `yaml:"state_dir"`
 	// EnvFile is the env file services read secrets from.
 	EnvFile string `yaml:"env_file"`
-	// Consul is "auto" (supervise a consul found on PATH), "off", or the
-	// path of a consul binary.
+	// Consul is "auto" (supervise the consul agent found in
+	// LUCID_CONSUL_BIN, on PATH or in the tools cache), "off", "build"
+	// (build and cache one first), or the path of a consul binary.
 	Consul string `yaml:"consul"`
+	// PortOffset is added to every port of the local stack; it also names
+	// the stack (`lucidctl status --port-offset N`).
+	PortOffset int `yaml:"port_offset"`
 }
 
 // Defaults, from DESIGN.md.

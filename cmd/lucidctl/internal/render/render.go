@@ -57,17 +57,18 @@ Env files are written atomically with mode 0600. Secret values never
 appear in any output: --dry-run shows a diff with them redacted.
 
 When configs/gateway/routes.yaml exists it is the gateway's route table
-(start one with ` + "`lucid gateway routes > configs/gateway/routes.yaml`" + `): it is
-checked, the compose file mounts it read-only into the gateway, and
+(start one with ` + "`lucidctl render routes`" + `): it is checked, the compose file mounts it read-only into the gateway, and
 lucidctl deploy ships it. Without it the gateway runs DESIGN.md's table.`,
 		Example: `  lucidctl render
   lucidctl render --dry-run
-  lucidctl render --set REDIS_URL=redis://lucid-redis:6379/0`,
+  lucidctl render --set REDIS_URL=redis://lucid-redis:6379/0
+  lucidctl render routes          # start configs/gateway/routes.yaml`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return run(cmd.Context(), opts)
 		},
 	}
+	cmd.AddCommand(newRoutesCmd(env))
 	f := cmd.Flags()
 	f.BoolVar(&opts.DryRun, "dry-run", false, "print what would change, as a diff with secrets redacted, and write nothing")
 	f.StringArrayVar(&opts.Set, "set", nil, "set an env value, `KEY=VALUE` (repeatable; beats the existing file)")

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,7 +25,10 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/api"
+	"github.com/pickme/lucid/pkg/api/anchoringapi"
 	"github.com/pickme/lucid/pkg/api/datachainapi"
+	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/catalog"
 )
 
 // NewCmd returns the session command.
@@ -51,6 +55,12 @@ type PushOptions struct {
 	StartedAt string
 	EndedAt   string
 	Workers   int
+	// Wait waits, after --seal, until the anchor is sealed or refused.
+	Wait bool
+	// Receipt is the file the sealed anchor's receipt goes to ("": the
+	// session id with .tlog-proof, in the working directory).
+	Receipt     string
+	WaitTimeout time.Duration
 }
 
 func newPushCmd(env *cli.Env) *cobra.Command {
@@ -68,17 +78,34 @@ user can read, add to or seal it, and the anchor on the chain names them as
 its owner. --owner, if given, must be that subject.
 
 The manifest hash sealed with the session is the SHA-256 of the lines
-"<index> <chunk id> <file name>", one per chunk.`,
+"<index> <chunk id> <file name>", one per chunk.
+
+With --wait, push then waits (up to --wait-timeout) until the chain has
+sealed the anchor, which takes a block or two, and writes its receipt, a
+c2sp.org/tlog-proof@v1 file that ` + "`lucidctl verify receipt`" + ` checks offline, to
+--receipt FILE (default <session id>.tlog-proof in the working directory);
+it prints the command that checks it, with the chain's validator key. An
+anchor the chain refuses fails the push (exit 1) with the reason.
+
+--url defaults to the local stack's gateway, http://127.0.0.1:8080 (the
+port shifted by local.port_offset of lucid.yaml).`,
 		Example: `  export LUCID_TOKEN=$(lucidctl token --sub alice@example.org)
-  lucidctl session push ./recording --seal`,
+  lucidctl session push ./recording --seal
+  lucidctl session push ./recording --seal --wait --receipt recording.tlog-proof`,
 		Args: cli.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Dir = args[0]
+			if cmd.Flags().Changed("receipt") || cmd.Flags().Changed("wait-timeout") {
+				opts.Wait = true // either only makes sense waiting
+			}
+			if opts.Wait && !opts.Seal {
+				return cli.Usage(errors.New("--wait, --receipt and --wait-timeout wait for the seal: give --seal too"))
+			}
 			return runPush(cmd.Context(), opts)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&opts.URL, "url", "http://127.0.0.1:8080", "the gateway's URL")
+	f.StringVar(&opts.URL, "url", "", "the gateway's URL (default: the local stack's, http://127.0.0.1:8080)")
 	f.StringVar(&opts.Token, "token", "", "the user's token (default $LUCID_TOKEN; `lucidctl token` mints one)")
 	f.StringVar(&opts.SessionID, "session-id", "", "session id (a UUID; default: a new one)")
 	f.BoolVar(&opts.Seal, "seal", false, "seal the session and anchor its root when all chunks are stored")
@@ -86,6 +113,9 @@ The manifest hash sealed with the session is the SHA-256 of the lines
 	f.StringVar(&opts.StartedAt, "started-at", "", "session start, RFC 3339 (default: the oldest file's time)")
 	f.StringVar(&opts.EndedAt, "ended-at", "", "session end, RFC 3339 (default: the newest file's time)")
 	f.IntVar(&opts.Workers, "workers", 4, "chunks in flight at once")
+	f.BoolVar(&opts.Wait, "wait", false, "with --seal, wait until the anchor is sealed and write its receipt")
+	f.StringVar(&opts.Receipt, "receipt", "", "with --seal, the file the receipt goes to (implies --wait; default <session id>.tlog-proof)")
+	f.DurationVar(&opts.WaitTimeout, "wait-timeout", 2*time.Minute, "with --wait, how long to wait for the seal")
 	return cli.SupportsJSON(cmd)
 }
 
@@ -96,6 +126,11 @@ type PushResult struct {
 	Bytes     int64                `json:"bytes"`
 	ChunkIDs  []string             `json:"chunk_ids"`
 	Sealed    *datachainapi.Sealed `json:"sealed,omitempty"`
+	// With --wait: the anchor once the chain sealed it, where its receipt
+	// was written, and the chain's validator keys it verifies with.
+	Anchor      *anchoringapi.AnchorStatus `json:"anchor,omitempty"`
+	ReceiptFile string                     `json:"receipt_file,omitempty"`
+	Validators  []string                   `json:"validators,omitempty"`
 }
 
 type file struct {
@@ -119,6 +154,20 @@ func runPush(ctx context.Context, opts *PushOptions) error {
 	}
 	if opts.Workers < 1 || opts.Workers > 64 {
 		return cli.Usage(fmt.Errorf("--workers %d is outside 1..64", opts.Workers))
+	}
+	if opts.Wait && opts.WaitTimeout <= 0 {
+		return cli.Usage(fmt.Errorf("--wait-timeout %s is not positive", opts.WaitTimeout))
+	}
+	if opts.URL == "" {
+		cfg, err := opts.Env.Config()
+		if err != nil {
+			return err
+		}
+		gw, _ := catalog.Lookup(catalog.GatewayService)
+		opts.URL = "http://127.0.0.1:" + strconv.Itoa(gw.Port+cfg.Local.PortOffset)
+	}
+	if opts.Wait && opts.Receipt == "" {
+		opts.Receipt = opts.SessionID + ".tlog-proof"
 	}
 	entries, err := os.ReadDir(opts.Dir)
 	if err != nil {
@@ -203,6 +252,11 @@ func runPush(ctx context.Context, opts *PushOptions) error {
 			return fmt.Errorf("seal: %w", err)
 		}
 		res.Sealed = sealed
+		if opts.Wait {
+			if err := waitAndWriteReceipt(ctx, opts, hc, &res); err != nil {
+				return err
+			}
+		}
 	}
 	if opts.Env.JSON {
 		return opts.Env.PrintJSON(res)
@@ -211,9 +265,83 @@ func runPush(ctx context.Context, opts *PushOptions) error {
 	fmt.Fprintf(out, "session %s: %d chunks, %d bytes\n", res.SessionID, res.Chunks, res.Bytes)
 	if res.Sealed != nil {
 		fmt.Fprintf(out, "sealed: merkle root %s\n", res.Sealed.Root)
-		if a := res.Sealed.Anchor; a != nil {
+		a := res.Sealed.Anchor
+		if res.Anchor != nil {
+			a = res.Anchor
+		}
+		if a != nil {
 			fmt.Fprintf(out, "anchor: transaction %s, %s\n", a.TxID, a.Status)
 		}
+	}
+	if res.ReceiptFile != "" {
+		fmt.Fprintf(out, "receipt: %s\n", res.ReceiptFile)
+	}
+	return nil
+}
+
+// pollEvery is how often --wait asks about the anchor: blocks are cut
+// every 10 s by default.
+const pollEvery = time.Second
+
+// waitAndWriteReceipt waits until the session's anchor is sealed (its
+// receipt then written to opts.Receipt) or refused (an error with the
+// chain's reason), or --wait-timeout passes.
+func waitAndWriteReceipt(ctx context.Context, opts *PushOptions, hc *http.Client, res *PushResult) error {
+	anchors := anchoringapi.New(opts.URL, hc)
+	fmt.Fprintf(opts.Env.IO.ErrOut, "waiting for the chain to seal the anchor of session %s ...\n", opts.SessionID)
+	ctx, cancel := context.WithTimeout(ctx, opts.WaitTimeout)
+	defer cancel()
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
+	for {
+		st, err := anchors.Get(ctx, opts.SessionID)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			return fmt.Errorf("anchor status of session %s: %w", opts.SessionID, err)
+		case err != nil:
+		case st.Status == anchoringapi.StatusRefused:
+			return fmt.Errorf("the chain refused the anchor of session %s: %s (%s)", opts.SessionID, st.Reason, st.Code)
+		case st.Status == anchoringapi.StatusSealed && st.Receipt != "":
+			if err := writeReceipt(opts.Receipt, st.Receipt); err != nil {
+				return err
+			}
+			res.Anchor, res.ReceiptFile = st, opts.Receipt
+			res.Anchor.Receipt = "" // it is in the file
+			// The key to check it with, as the chain declares it; a
+			// verifier who wants more pins it from elsewhere.
+			if info, err := engineapi.New(opts.URL+"/blockchain", hc).Chain(ctx); err == nil {
+				res.Validators = info.Validators
+			}
+			key := "<validator key>"
+			if len(res.Validators) > 0 {
+				key = res.Validators[0]
+			}
+			fmt.Fprintf(opts.Env.IO.ErrOut, "sealed in block %d; receipt written to %s\nverify it offline: lucidctl verify receipt %s --key %s\n",
+				st.Height, opts.Receipt, opts.Receipt, key)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return cli.WithHint(fmt.Errorf("the anchor of session %s is not sealed after %s", opts.SessionID, opts.WaitTimeout),
+					"it may still be: GET "+opts.URL+"/api/v1/anchors/"+opts.SessionID+" with the token shows its status and, once sealed, the receipt")
+			}
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// writeReceipt writes a receipt (public: it holds no secret) to path,
+// creating its folder.
+func writeReceipt(path, receipt string) error {
+	if dir := filepath.Dir(path); dir != "." {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("receipt: %w", err)
+		}
+	}
+	if err := os.WriteFile(path, []byte(receipt), 0o644); err != nil {
+		return fmt.Errorf("receipt: %w", err)
 	}
 	return nil
 }

@@ -16,32 +16,43 @@ import (
 type DownOptions struct {
 	Env     *cli.Env
 	Timeout time.Duration
+	// PortOffset names the stack; nil takes local.port_offset of lucid.yaml.
+	PortOffset *int
 }
 
 func newDownCmd(env *cli.Env) *cobra.Command {
 	opts := &DownOptions{Env: env}
+	var offset int
 	cmd := &cobra.Command{
 		Use:   "down",
 		Short: "Stop the local stack",
 		Long: `Stop the local stack: dependants first, each service's whole process group,
 SIGTERM then SIGKILL after its deadline. Stopping a stack that is not running
-is not an error.`,
+is not an error. --port-offset names the stack (the one up started with that
+offset); other stacks keep running.`,
+		Example: `  lucidctl down
+  lucidctl down --port-offset 1000`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts.PortOffset = givenOffset(cmd, offset)
 			return runDown(cmd.Context(), opts)
 		},
 	}
 	cmd.Flags().DurationVar(&opts.Timeout, "timeout", 2*time.Minute, "how long to wait for the stack to stop")
+	portOffsetFlag(cmd, &offset, "the port offset of the stack to stop (default: local.port_offset of lucid.yaml)")
 	return cmd
 }
 
 func runDown(ctx context.Context, opts *DownOptions) error {
-	l, err := stackLayout(opts.Env)
+	l, err := stackLayout(opts.Env, opts.PortOffset)
 	if err != nil {
 		return err
 	}
 	if !supervisorRunning(l) {
 		fmt.Fprintln(opts.Env.IO.ErrOut, errNotRunning.Error())
+		if h := otherStacksHint(l); h != "" {
+			fmt.Fprintln(opts.Env.IO.ErrOut, h)
+		}
 		return nil
 	}
 	if err := os.WriteFile(l.stopFile(), nil, 0o644); err != nil {

@@ -8,7 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
@@ -25,10 +24,13 @@ type LogsOptions struct {
 	Service string
 	Follow  bool
 	Tail    int
+	// PortOffset names the stack; nil takes local.port_offset of lucid.yaml.
+	PortOffset *int
 }
 
 func newLogsCmd(env *cli.Env) *cobra.Command {
 	opts := &LogsOptions{Env: env}
+	var offset int
 	cmd := &cobra.Command{
 		Use:   "logs [service]",
 		Short: "Print the local stack's logs",
@@ -37,31 +39,31 @@ with its service, or one service's own log. "lucidctl" names the supervisor's
 own lines (starts, deaths, restarts).`,
 		Example: `  lucidctl logs
   lucidctl logs -f gateway
-  lucidctl logs --tail 50 engine`,
-		Args:      cli.MaxArgs(1),
+  lucidctl logs --tail 50 engine
+  lucidctl logs --port-offset 1000 gateway`,
+		Args:      cobra.MatchAll(cli.MaxArgs(1), cli.OnlyValidArgs),
 		ValidArgs: append(catalog.Names(), consulName, supervisorName),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
 				opts.Service = args[0]
 			}
+			opts.PortOffset = givenOffset(cmd, offset)
 			return runLogs(cmd.Context(), opts)
 		},
 	}
 	cmd.Flags().BoolVarP(&opts.Follow, "follow", "f", false, "keep printing new lines until interrupted")
 	cmd.Flags().IntVarP(&opts.Tail, "tail", "n", -1, "print only the last N lines (-1: all)")
+	portOffsetFlag(cmd, &offset, "the port offset of the stack (default: local.port_offset of lucid.yaml)")
 	return cmd
 }
 
 func runLogs(ctx context.Context, opts *LogsOptions) error {
-	l, err := stackLayout(opts.Env)
+	l, err := stackLayout(opts.Env, opts.PortOffset)
 	if err != nil {
 		return err
 	}
 	path := l.stackLog()
 	if s := opts.Service; s != "" && s != supervisorName {
-		if !slices.Contains(append(catalog.Names(), consulName), s) {
-			return cli.Usage(fmt.Errorf("unknown service %q (services: %s)", s, strings.Join(catalog.Names(), ", ")))
-		}
 		path = l.serviceLog(s)
 	}
 	f, err := os.Open(path)

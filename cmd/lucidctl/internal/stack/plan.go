@@ -65,6 +65,25 @@ func (p *plan) names() []string {
 	return out
 }
 
+// absent lists the names that are not among the plan's services.
+func (p *plan) absent(names []string) []string {
+	var out []string
+	for _, n := range names {
+		if !slices.ContainsFunc(p.services, func(s catalog.Service) bool { return s.Name == n }) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// discovery is how the stack's gateway finds the services.
+func (p *plan) discovery() discoveryMode {
+	if p.consul != "" {
+		return discoveryConsul
+	}
+	return discoveryStatic
+}
+
 // urls maps each program to the URL shown by status.
 func (p *plan) urls() map[string]string {
 	m := map[string]string{}
@@ -114,6 +133,12 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 			return nil, err
 		}
 		deps := slices.Clone(s.DependsOn)
+		// Those it merely starts after, when they run too.
+		for _, a := range s.After {
+			if len(p.absent([]string{a})) == 0 {
+				deps = append(deps, a)
+			}
+		}
 		if p.consul != "" && s.UsesConsul {
 			deps = append(deps, consulName)
 		}
@@ -129,13 +154,20 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 		if s.Name == "gateway" && p.routes != "" {
 			env = append(env, routetable.EnvVar+"="+p.routes)
 		}
+		// A service is ready when its /ready says so, which for one that
+		// runs without services it routes to never happens: serving
+		// (/health) is all it can be then.
+		probe := "/ready"
+		if len(p.absent(s.After)) > 0 {
+			probe = "/health"
+		}
 		specs = append(specs, supervise.Spec{
 			Name:      s.Name,
 			Path:      p.lucid,
 			Args:      []string{s.Name},
 			Env:       env,
 			DependsOn: deps,
-			Ready:     supervise.HTTPProbe(p.url(s) + "/ready"),
+			Ready:     supervise.HTTPProbe(p.url(s) + probe),
 		})
 	}
 	return specs, nil

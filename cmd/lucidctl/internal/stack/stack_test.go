@@ -69,7 +69,9 @@ func newProject(t *testing.T, offset int) *project {
 	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "lucid.yaml")
-	yaml := "local:\n  state_dir: state\n  env_file: secrets.env\n  consul: \"off\"\n"
+	// The port offset names the stack, so status, logs and down address
+	// it without a flag.
+	yaml := fmt.Sprintf("local:\n  state_dir: state\n  env_file: secrets.env\n  consul: \"off\"\n  port_offset: %d\n", offset)
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -96,9 +98,14 @@ func (p *project) up(args ...string) result {
 	base := []string{"up", "-d", "--lucid", lucidBin, "--port-offset", strconv.Itoa(p.offset), "--wait-timeout", "60s"}
 	r := p.lucidctl(context.Background(), append(base, args...)...)
 	if r.code != 0 {
-		p.t.Fatalf("up: exit %d\nstdout:\n%s\nstderr:\n%s\nsupervisor log:\n%s", r.code, r.out, r.errOut, p.read("state/logs/supervisor.log"))
+		p.t.Fatalf("up: exit %d\nstdout:\n%s\nstderr:\n%s\nsupervisor log:\n%s", r.code, r.out, r.errOut, p.read(p.state("logs/supervisor.log")))
 	}
 	return r
+}
+
+// state is rel in the state directory of the project's stack.
+func (p *project) state(rel string) string {
+	return fmt.Sprintf("state/offset-%d/%s", p.offset, rel)
 }
 
 func (p *project) write(rel, data string) {
@@ -119,6 +126,7 @@ func (p *project) read(rel string) string {
 
 type statusJSON struct {
 	Running       bool      `json:"running"`
+	Discovery     string    `json:"discovery"`
 	SupervisorPID int       `json:"supervisor_pid"`
 	Services      []svcJSON `json:"services"`
 }
@@ -212,7 +220,7 @@ func TestUpStatusLogsDown(t *testing.T) {
 		slices.Sort(k)
 		return k
 	}
-	if got := strings.Join(keys(raw), ","); got != "running,services,started_at,supervisor_pid,updated_at" {
+	if got := strings.Join(keys(raw), ","); got != "discovery,running,services,started_at,supervisor_pid,updated_at" {
 		t.Errorf("status --json fields = %s", got)
 	}
 	for _, s := range raw["services"].([]any) {
@@ -398,6 +406,9 @@ func TestUpSupervisesConsul(t *testing.T) {
 	if c.State != "ready" || c.URL != "http://127.0.0.1:29500" {
 		t.Fatalf("consul = %+v", c)
 	}
+	if st.Discovery != "consul" {
+		t.Errorf("status says discovery %q, want consul", st.Discovery)
+	}
 	resp, err := http.Get(c.URL + "/v1/status/leader")
 	if err != nil {
 		t.Fatal(err)
@@ -440,7 +451,7 @@ func TestUpSupervisesConsul(t *testing.T) {
 	if environErr == nil && !strings.Contains(string(environ), deployfiles.ConsulTokenKey+"="+secrets[deployfiles.ConsulTokenKey]+"\x00") {
 		t.Error("the controller was not given Consul's management token")
 	}
-	if cfg, err := os.Stat(filepath.Join(p.dir, "state", "consul-acl.json")); err != nil || cfg.Mode().Perm() != 0o600 {
+	if cfg, err := os.Stat(filepath.Join(p.dir, p.state("consul-acl.json"))); err != nil || cfg.Mode().Perm() != 0o600 {
 		t.Errorf("Consul's configuration: %v %v, want a 0600 file", cfg, err)
 	}
 }
@@ -454,7 +465,7 @@ func TestUpRefusesBrokenRouteTable(t *testing.T) {
 	if r.code != cli.ExitProblems || !strings.Contains(r.errOut, "routes.yaml:2") || !strings.Contains(r.errOut, `service "nope"`) {
 		t.Errorf("exit %d, stderr %q", r.code, r.errOut)
 	}
-	if _, err := os.Stat(filepath.Join(p.dir, "state", "logs", "supervisor.log")); err == nil {
+	if _, err := os.Stat(filepath.Join(p.dir, p.state("logs/supervisor.log"))); err == nil {
 		t.Error("a supervisor started")
 	}
 }

@@ -18,26 +18,37 @@ import (
 // StatusOptions are the inputs of `lucidctl status`.
 type StatusOptions struct {
 	Env *cli.Env
+	// PortOffset names the stack; nil takes local.port_offset of lucid.yaml.
+	PortOffset *int
 }
 
 func newStatusCmd(env *cli.Env) *cobra.Command {
 	opts := &StatusOptions{Env: env}
-	return cli.SupportsJSON(&cobra.Command{
+	var offset int
+	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the state of the local stack",
-		Long: `Show each service of the local stack: its state, pid, restarts and URL.
+		Long: `Show each service of the local stack: its state, pid, restarts and URL, and
+how the services are discovered: "consul" with a supervised Consul agent,
+"static" (fixed addresses) without one. --port-offset names the stack.
 
 Exit status: 0 when the stack runs and every service is ready, 3 when it is
 not running or a service is not ready.`,
+		Example: `  lucidctl status
+  lucidctl status --json
+  lucidctl status --port-offset 1000`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts.PortOffset = givenOffset(cmd, offset)
 			return runStatus(cmd.Context(), opts)
 		},
-	})
+	}
+	portOffsetFlag(cmd, &offset, "the port offset of the stack to show (default: local.port_offset of lucid.yaml)")
+	return cli.SupportsJSON(cmd)
 }
 
 func runStatus(_ context.Context, opts *StatusOptions) error {
-	l, err := stackLayout(opts.Env)
+	l, err := stackLayout(opts.Env, opts.PortOffset)
 	if err != nil {
 		return err
 	}
@@ -58,10 +69,16 @@ func runStatus(_ context.Context, opts *StatusOptions) error {
 		}
 	} else {
 		printTable(opts.Env, st)
+		if st.Running {
+			fmt.Fprintln(opts.Env.IO.Out, discoveryLine(st.Discovery))
+		}
 	}
 	if !st.Running {
 		if !opts.Env.JSON {
 			fmt.Fprintln(opts.Env.IO.ErrOut, "the local stack is not running; `lucidctl up` starts it")
+			if h := otherStacksHint(l); h != "" {
+				fmt.Fprintln(opts.Env.IO.ErrOut, h)
+			}
 		}
 		return &cli.SilentError{Code: cli.ExitProblems}
 	}
@@ -71,6 +88,18 @@ func runStatus(_ context.Context, opts *StatusOptions) error {
 		}
 	}
 	return nil
+}
+
+// discoveryLine says how the stack's services are discovered, under the
+// status table.
+func discoveryLine(d discoveryMode) string {
+	switch d {
+	case discoveryConsul:
+		return "discovery: consul"
+	case discoveryStatic:
+		return "discovery: static (no Consul agent; the gateway uses fixed addresses)"
+	}
+	return "discovery: unknown"
 }
 
 // current corrects a state file whose supervisor has died without saying

@@ -26,12 +26,14 @@ import (
 
 // UpOptions are the inputs of `lucidctl up`.
 type UpOptions struct {
-	Env         *cli.Env
-	Services    []string
-	Detach      bool
-	Lucid       string
-	Consul      string
-	PortOffset  int
+	Env      *cli.Env
+	Services []string
+	Detach   bool
+	Lucid    string
+	Consul   string
+	// PortOffset shifts every port and names the stack; nil takes
+	// local.port_offset of lucid.yaml.
+	PortOffset  *int
 	NoMTLS      bool
 	WaitTimeout time.Duration
 	// supervisor is set in the background process that `up -d` starts.
@@ -40,6 +42,7 @@ type UpOptions struct {
 
 func newUpCmd(env *cli.Env) *cobra.Command {
 	opts := &UpOptions{Env: env}
+	var offset int
 	cmd := &cobra.Command{
 		Use:   "up [service...]",
 		Short: "Run the core services locally under a supervisor",
@@ -48,32 +51,51 @@ supervised child process: started in dependency order once what they need is
 ready, restarted with capped backoff when they die, given up on after too
 many deaths, and stopped together.
 
-Naming services runs those and what they depend on. A consul binary on PATH
-(or given by --consul) runs as a dev agent and the services are pointed at it.
+Naming services runs those and what they need to start (anchoring needs the
+engine, the data chain anchoring; with mTLS every service needs the mesh
+controller), nothing more: the gateway needs none of the services it routes
+to, and a route to one that is not running answers 503.
+
+Discovery: a Consul agent runs as a dev agent with ACLs and the services are
+pointed at it. --consul auto (the default, local.consul of lucid.yaml) takes
+LUCID_CONSUL_BIN, else consul on PATH, else the agent scripts/build-consul.sh
+(make consul, the test command) caches under ~/.cache/lucid/tools; --consul
+build runs that build first (a few minutes, once; from the source tree);
+--consul PATH names one; --consul off runs without. Without an agent the
+gateway finds the services at their fixed addresses (static discovery), and
+up says so.
+
 Secrets the services need and the env file lacks are generated into it.
 
 The services speak mTLS to each other with certificates from the mesh
 controller, which therefore always runs; --no-mtls turns that off.
+
+A stack is known by its port offset (--port-offset, else local.port_offset
+of lucid.yaml): stacks at different offsets run side by side, each with its
+own state, logs and data (<state_dir>/offset-N), and status, logs and down
+take the same --port-offset to address one.
 
 In the foreground, logs stream here with a colored prefix and Ctrl-C stops
 the stack. With -d the supervisor runs in the background; use status, logs
 and down.`,
 		Example: `  lucidctl up
   lucidctl up -d
-  lucidctl up gateway --port-offset 1000`,
+  lucidctl up -d --consul build
+  lucidctl up -d gateway --port-offset 1000    # beside the first; down --port-offset 1000 stops it`,
 		ValidArgs: catalog.Names(),
 		Args:      cli.OnlyValidArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Services = args
+			opts.PortOffset = givenOffset(cmd, offset)
 			return runUp(cmd.Context(), opts)
 		},
 	}
 	f := cmd.Flags()
 	f.BoolVarP(&opts.Detach, "detach", "d", false, "run in the background and return once the services are ready")
 	f.StringVar(&opts.Lucid, "lucid", "", "the lucid binary to run (default: next to lucidctl, on PATH, or built from the source tree)")
-	f.StringVar(&opts.Consul, "consul", "", `consul binary to supervise, or "off" (default: local.consul of lucid.yaml, "auto" = consul on PATH)`)
+	f.StringVar(&opts.Consul, "consul", "", `Consul agent: "auto", "build", "off" or a path (default: local.consul of lucid.yaml, "auto")`)
 	f.BoolVar(&opts.NoMTLS, "no-mtls", false, "run without the mesh's mTLS: plain HTTP between services")
-	f.IntVar(&opts.PortOffset, "port-offset", 0, "add N to every port, to run a second stack beside the first")
+	portOffsetFlag(cmd, &offset, "add N to every port, to run a second stack beside the first (default: local.port_offset of lucid.yaml)")
 	f.DurationVar(&opts.WaitTimeout, "wait-timeout", 2*time.Minute, "with -d, how long to wait for the services to be ready")
 	f.BoolVar(&opts.supervisor, "supervisor", false, "run as the background supervisor (used by up -d)")
 	_ = f.MarkHidden("supervisor")
@@ -85,18 +107,19 @@ func runUp(ctx context.Context, opts *UpOptions) error {
 	if err != nil {
 		return err
 	}
-	l := layout{cfg.Abs(cfg.Local.StateDir)}
+	offset, err := portOffset(cfg, opts.PortOffset)
+	if err != nil {
+		return err
+	}
+	l := newLayout(cfg.Abs(cfg.Local.StateDir), offset)
 	if supervisorRunning(l) {
 		pid := 0
 		if st, err := readState(l); err == nil {
 			pid = st.SupervisorPID
 		}
-		return errAlreadyRunning(pid)
+		return errAlreadyRunning(pid, offset)
 	}
-	if opts.PortOffset < 0 || opts.PortOffset > 50000 {
-		return cli.Usage(fmt.Errorf("--port-offset %d is outside 0..50000", opts.PortOffset))
-	}
-	p, err := makePlan(ctx, opts, cfg, l)
+	p, err := makePlan(ctx, opts, cfg, l, offset)
 	if err != nil {
 		return err
 	}
@@ -107,7 +130,7 @@ func runUp(ctx context.Context, opts *UpOptions) error {
 }
 
 // makePlan resolves the binaries, services and environment of the stack.
-func makePlan(ctx context.Context, opts *UpOptions, cfg *projectconfig.Config, l layout) (*plan, error) {
+func makePlan(ctx context.Context, opts *UpOptions, cfg *projectconfig.Config, l layout, offset int) (*plan, error) {
 	services := catalog.Services
 	if len(opts.Services) > 0 {
 		names := opts.Services
@@ -119,7 +142,13 @@ func makePlan(ctx context.Context, opts *UpOptions, cfg *projectconfig.Config, l
 			return nil, cli.Usage(err)
 		}
 	}
-	p := &plan{portOffset: opts.PortOffset, mtls: !opts.NoMTLS, services: services}
+	p := &plan{portOffset: offset, mtls: !opts.NoMTLS, services: services}
+	// Say what a service that routes to others runs without.
+	for _, s := range services {
+		if absent := p.absent(s.After); len(absent) > 0 && !opts.supervisor {
+			fmt.Fprintf(opts.Env.IO.ErrOut, "%s runs without %s: its routes to them answer 503 until they run\n", s.Name, strings.Join(absent, ", "))
+		}
+	}
 
 	// The project's route table, checked now rather than by a gateway
 	// that would exit and be restarted over and over.
@@ -141,13 +170,31 @@ func makePlan(ctx context.Context, opts *UpOptions, cfg *projectconfig.Config, l
 	if opts.Consul != "" {
 		consul = opts.Consul
 	}
-	if p.consul, err = findConsul(consul); err != nil {
+	if p.consul, err = findConsul(ctx, consul, opts.Env.Getenv, opts.Env.IO.ErrOut); err != nil {
 		return nil, err
+	}
+	if !opts.supervisor {
+		noteDiscovery(opts.Env, consul, p.consul)
 	}
 	if p.values, err = operatorValues(opts, cfg, upSecrets(services, p.mtls, p.consul != "")); err != nil {
 		return nil, err
 	}
 	return p, nil
+}
+
+// noteDiscovery says on stderr, in one line, how the services will be
+// discovered, and how to get Consul when it does not run.
+func noteDiscovery(env *cli.Env, setting, consul string) {
+	w := env.IO.ErrOut
+	switch {
+	case consul != "":
+		fmt.Fprintf(w, "discovery: consul (agent %s)\n", consul)
+	case setting == consulOff:
+		fmt.Fprintln(w, "discovery: static (Consul is off): the gateway finds the services at their fixed addresses")
+	default:
+		fmt.Fprintf(w, "discovery: static: no Consul agent found (%s); `lucidctl up --consul build` builds one once (a few minutes), or put consul on PATH\n",
+			consulPlaces(env.Getenv))
+	}
 }
 
 // upSecrets are the secrets a stack needs: the catalog's and each
@@ -258,7 +305,7 @@ func supervisePlan(ctx context.Context, opts *UpOptions, l layout, p *plan) erro
 	}
 	release, err := acquireLock(l.lockFile())
 	if errors.Is(err, errLocked) {
-		return errAlreadyRunning(0)
+		return errAlreadyRunning(0, p.portOffset)
 	} else if err != nil {
 		return fmt.Errorf("lock %s: %w", l.lockFile(), err)
 	}
@@ -271,7 +318,7 @@ func supervisePlan(ctx context.Context, opts *UpOptions, l layout, p *plan) erro
 
 	_ = os.Remove(l.stopFile())
 	urls := p.urls()
-	st := &stackState{Running: true, SupervisorPID: os.Getpid(), StartedAt: time.Now().UTC()}
+	st := &stackState{Running: true, SupervisorPID: os.Getpid(), StartedAt: time.Now().UTC(), Discovery: p.discovery()}
 	var prev []supervise.Status
 	onChange := func(snap []supervise.Status) {
 		noteTransitions(sink, prev, snap, urls)
@@ -411,7 +458,7 @@ func startDetached(ctx context.Context, opts *UpOptions, l layout, p *plan) erro
 			st, _ := readState(l)
 			printTable(opts.Env, st)
 			return cli.WithHint(fmt.Errorf("services not ready after %s; the stack keeps running", opts.WaitTimeout),
-				"`lucidctl logs <service>` shows why; `lucidctl down` stops it")
+				"`lucidctl logs"+offsetFlag(p.portOffset)+" <service>` shows why; `lucidctl down"+offsetFlag(p.portOffset)+"` stops it")
 		case <-tick.C:
 		}
 		st, err := readState(l)
@@ -430,7 +477,7 @@ func startDetached(ctx context.Context, opts *UpOptions, l layout, p *plan) erro
 		if len(failed) > 0 {
 			printTable(opts.Env, st)
 			return cli.WithHint(fmt.Errorf("%s failed to start; the rest keep running", strings.Join(failed, ", ")),
-				"`lucidctl logs "+failed[0]+"` shows why; `lucidctl down` stops the stack")
+				"`lucidctl logs"+offsetFlag(p.portOffset)+" "+failed[0]+"` shows why; `lucidctl down"+offsetFlag(p.portOffset)+"` stops the stack")
 		}
 		if ready == len(st.Services) && ready > 0 {
 			printTable(opts.Env, st)
@@ -439,12 +486,25 @@ func startDetached(ctx context.Context, opts *UpOptions, l layout, p *plan) erro
 	}
 }
 
-func errAlreadyRunning(pid int) error {
+func errAlreadyRunning(pid, offset int) error {
 	msg := "the local stack is already running"
+	if offset != 0 {
+		msg = fmt.Sprintf("the local stack at port offset %d is already running", offset)
+	}
 	if pid > 0 {
 		msg += fmt.Sprintf(" (supervisor pid %d)", pid)
 	}
-	return cli.WithHint(errors.New(msg), "`lucidctl status` shows it; `lucidctl down` stops it")
+	return cli.WithHint(errors.New(msg), "`lucidctl status"+offsetFlag(offset)+"` shows it; `lucidctl down"+offsetFlag(offset)+
+		"` stops it; `lucidctl up --port-offset N` runs another beside it")
+}
+
+// offsetFlag is the --port-offset that addresses the stack at offset in a
+// hint, or "" for offset 0.
+func offsetFlag(offset int) string {
+	if offset == 0 {
+		return ""
+	}
+	return " --port-offset " + strconv.Itoa(offset)
 }
 
 // errNotRunning reports that there is no local stack to act on.

@@ -4,13 +4,17 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/token"
 	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/chain"
 )
 
@@ -25,23 +29,33 @@ type ChainOptions struct {
 func newChainCmd(env *cli.Env) *cobra.Command {
 	opts := &ChainOptions{Env: env}
 	cmd := &cobra.Command{
-		Use:   "chain --url URL",
+		Use:   "chain [--url URL]",
 		Short: "Walk every block of a chain and re-verify it",
-		Long: `Fetch every block from an engine (or block manager) and verify the chain
-from its first block: signatures, hash links, heights, times, transactions
-and each block's Merkle root recomputed from its transactions.
+		Long: `Fetch every block from an engine and verify the chain from its first block:
+signatures, hash links, heights, times, transactions and each block's
+Merkle root recomputed from its transactions.
+
+By default the blocks come from the local stack through its gateway
+(http://127.0.0.1:8080/blockchain, the port shifted by local.port_offset of
+lucid.yaml), which needs a user's token: --token, else $LUCID_TOKEN, else
+one minted here for the run from the project's JWT_SECRET_KEY, as
+` + "`lucidctl token`" + ` would. The engine itself answers only mesh members when mTLS
+is on (the default), so --url names a gateway's /blockchain prefix, or an
+engine that runs without mTLS.
 
 With --key the first block must be signed by one of those validators;
 without it, the validators the first block declares are trusted (and said
 so on stderr).`,
-		Example: `  lucidctl verify chain --url http://raspberrypi.local:8084`,
-		Args:    cli.NoArgs,
+		Example: `  lucidctl verify chain
+  lucidctl verify chain --url https://pi.example/blockchain --token "$LUCID_TOKEN"
+  lucidctl verify chain --url http://raspberrypi.local:8084    # an engine without mTLS`,
+		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runChain(cmd.Context(), opts)
 		},
 	}
-	cmd.Flags().StringVar(&opts.URL, "url", "http://127.0.0.1:8084", "engine URL, or the gateway's /blockchain prefix (with --token)")
-	cmd.Flags().StringVar(&opts.Token, "token", "", "bearer token to send, for a URL through the gateway (default $LUCID_TOKEN)")
+	cmd.Flags().StringVar(&opts.URL, "url", "", "the gateway's /blockchain prefix, or an engine's URL (default: the local stack's gateway)")
+	cmd.Flags().StringVar(&opts.Token, "token", "", "bearer token to send, for a URL through the gateway (default $LUCID_TOKEN; for the local stack, one minted from its secret)")
 	cmd.Flags().StringArrayVar(&opts.Keys, "key", nil, "validator public key the chain must start with (repeatable)")
 	return cli.SupportsJSON(cmd)
 }
@@ -65,6 +79,12 @@ func runChain(ctx context.Context, opts *ChainOptions) error {
 	if _, err := chain.Verifiers(opts.Keys); err != nil {
 		return cli.Usage(fmt.Errorf("--key: %w", err))
 	}
+	local := opts.URL == ""
+	if local {
+		if err := localGateway(opts); err != nil {
+			return err
+		}
+	}
 	hc := &http.Client{Timeout: 30 * time.Second}
 	if opts.Token != "" {
 		hc.Transport = api.WithBearer(nil, opts.Token)
@@ -72,7 +92,11 @@ func runChain(ctx context.Context, opts *ChainOptions) error {
 	client := engineapi.New(opts.URL, hc)
 	info, err := client.Chain(ctx)
 	if err != nil {
-		return fmt.Errorf("chain info from %s: %w", opts.URL, err)
+		err = fmt.Errorf("chain info from %s: %w", opts.URL, err)
+		if local {
+			return cli.WithHint(err, "is the local stack running? `lucidctl status` says; `lucidctl up -d` starts it")
+		}
+		return err
 	}
 	if len(opts.Keys) == 0 {
 		fmt.Fprintln(opts.Env.IO.ErrOut, "no --key given: trusting the validators the first block declares")
@@ -132,5 +156,32 @@ func runChain(ctx context.Context, opts *ChainOptions) error {
 	}
 	fmt.Fprintf(opts.Env.IO.Out, "%s %d blocks, %d transactions, head %s (%s)\n",
 		opts.Env.IO.OutStyles().Success.Render("chain OK:"), res.Blocks, res.Transactions, res.HeadHash, time.Duration(res.DurationMS)*time.Millisecond)
+	return nil
+}
+
+// localTokenTTL bounds the token minted for one run against the local
+// stack.
+const localTokenTTL = 15 * time.Minute
+
+// localGateway points opts at the local stack's gateway, with a token
+// minted from the project's secret when none was given. The token is of
+// the enterprise tier: an audit reads every block, and the tier's budget
+// is what lets a long chain through without waiting on rate limits.
+func localGateway(opts *ChainOptions) error {
+	cfg, err := opts.Env.Config()
+	if err != nil {
+		return err
+	}
+	gw, _ := catalog.Lookup(catalog.GatewayService)
+	opts.URL = "http://127.0.0.1:" + strconv.Itoa(gw.Port+cfg.Local.PortOffset) + "/blockchain"
+	if opts.Token != "" {
+		return nil
+	}
+	tok, err := token.Local(opts.Env, "lucidctl-verify", auth.TierEnterprise, localTokenTTL)
+	if err != nil {
+		return cli.WithHint(fmt.Errorf("a token for the local gateway: %w", err),
+			"give one with --token or $LUCID_TOKEN, or name an engine with --url")
+	}
+	opts.Token = tok
 	return nil
 }
