@@ -182,23 +182,37 @@ func TestKillNineUnderLoad(t *testing.T) {
 	s := startStack(t)
 	rng := rand.New(rand.NewPCG(1, 2))
 	var acked sync.Map // session id → tx id
-	var next atomic.Int64
+	var ackCount, next atomic.Int64
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for w := 0; w < 8; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			retry := time.NewTicker(20 * time.Millisecond)
+			defer retry.Stop()
 			for ctx.Err() == nil {
 				i := int(next.Add(1))
 				code, st, _, err := postAnchor(s.anchoring.url, manifest(i))
 				if err == nil && code == 202 {
 					acked.Store(st.SessionID, st.TxID)
+					ackCount.Add(1)
 				} else {
-					time.Sleep(20 * time.Millisecond) // the service is down
+					// The service is down: try again at the next tick.
+					select {
+					case <-ctx.Done():
+					case <-retry.C:
+					}
 				}
 			}
 		}()
+	}
+	// moreAcked waits until the load has had n more anchors acknowledged:
+	// the stack, restarted or not, is serving again.
+	moreAcked := func(n int64) {
+		t.Helper()
+		want := ackCount.Load() + n
+		testenv.Eventually(t, 60*time.Second, fmt.Sprintf("%d more anchors acknowledged", n), func() bool { return ackCount.Load() >= want })
 	}
 
 	seen := map[uint64]string{} // height → hash, as observed before kills
@@ -221,7 +235,7 @@ func TestKillNineUnderLoad(t *testing.T) {
 		rounds = n
 	}
 	for r := 0; r < rounds; r++ {
-		time.Sleep(time.Duration(500+rng.IntN(1500)) * time.Millisecond)
+		moreAcked(int64(10 + rng.IntN(40))) // a random stretch of load between kills
 		record()
 		switch rng.IntN(3) {
 		case 0:
@@ -237,7 +251,7 @@ func TestKillNineUnderLoad(t *testing.T) {
 			s.engine.start()
 		}
 	}
-	time.Sleep(time.Second)
+	moreAcked(20)
 	stop()
 	wg.Wait()
 
@@ -251,15 +265,14 @@ func TestKillNineUnderLoad(t *testing.T) {
 	defer func() { t.Logf("checked in %s", time.Since(began)) }()
 	deadline := time.Now().Add(60 * time.Second)
 	for _, sid := range sessions {
-		for {
-			st, err := getAnchor(s.anchoring.url, sid)
-			if err == nil && st.Status == "sealed" {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("anchor of session %s acknowledged but not sealed: %+v %v", sid, st, err)
-			}
-			time.Sleep(100 * time.Millisecond)
+		var st anchorStatus
+		var err error
+		sealed := testenv.PollUntil(time.Until(deadline), func() bool {
+			st, err = getAnchor(s.anchoring.url, sid)
+			return err == nil && st.Status == "sealed"
+		})
+		if !sealed {
+			t.Fatalf("anchor of session %s acknowledged but not sealed: %+v %v", sid, st, err)
 		}
 	}
 

@@ -135,6 +135,8 @@ func TestKillNineDuringIngest(t *testing.T) {
 		session := fmt.Sprintf("00000000-0000-4000-8000-%012d", w)
 		go func() {
 			defer wg.Done()
+			retry := time.NewTicker(20 * time.Millisecond)
+			defer retry.Stop()
 			for !stop.Load() {
 				data := randomChunk(64<<10 + rng.IntN(256<<10))
 				idx := int(seq.Add(1))
@@ -148,17 +150,30 @@ func TestKillNineDuringIngest(t *testing.T) {
 					members[session][idx] = id
 					mu.Unlock()
 				} else {
-					time.Sleep(20 * time.Millisecond)
+					<-retry.C // the service is down: try again at the next tick
 				}
 			}
 		}()
 	}
+	// moreAcked waits until n more chunks are acknowledged: the service,
+	// restarted or not, is storing again.
+	moreAcked := func(n int) {
+		t.Helper()
+		mu.Lock()
+		want := len(acked) + n
+		mu.Unlock()
+		testenv.Eventually(t, 60*time.Second, fmt.Sprintf("%d more chunks acknowledged", n), func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(acked) >= want
+		})
+	}
 	for round := 0; round < 3; round++ {
-		time.Sleep(time.Duration(300+rng.IntN(700)) * time.Millisecond)
+		moreAcked(3 + round*2) // stretches of load of different lengths between kills
 		dc.kill()
 		dc.start()
 	}
-	time.Sleep(300 * time.Millisecond)
+	moreAcked(3)
 	stop.Store(true)
 	wg.Wait()
 

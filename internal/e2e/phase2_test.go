@@ -160,11 +160,19 @@ func TestPhase2FullStack(t *testing.T) {
 	blocks := p.servicePID(t, "blocks")
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
-		for ctx.Err() == nil {
-			_ = syscall.Kill(blocks, syscall.SIGSTOP)
-			time.Sleep(50 * time.Millisecond)
-			_ = syscall.Kill(blocks, syscall.SIGCONT)
-			time.Sleep(50 * time.Millisecond)
+		half := time.NewTicker(50 * time.Millisecond)
+		defer half.Stop()
+		for stopped := false; ; stopped = !stopped {
+			sig := syscall.SIGSTOP
+			if stopped {
+				sig = syscall.SIGCONT
+			}
+			_ = syscall.Kill(blocks, sig)
+			select {
+			case <-ctx.Done():
+				return
+			case <-half.C:
+			}
 		}
 	}()
 	out, _, code = p.lucidctl(t, "bench", p.offsetFlag(), "--duration=3s", "--anchors=5", "--scenarios=anchoring-throughput,query-latency", "--json")

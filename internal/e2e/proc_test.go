@@ -101,18 +101,19 @@ func (p *proc) start() {
 	p.mu.Lock()
 	p.cmd = cmd
 	p.mu.Unlock()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	healthy := false
+	testenv.PollUntil(20*time.Second, func() bool {
 		if cmd.ProcessState != nil || (cmd.Process.Signal(syscall.Signal(0)) != nil) {
-			break // it died
+			return true // it died
 		}
 		if resp, err := http.Get(p.url + "/health"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
+			_ = resp.Body.Close()
+			healthy = resp.StatusCode == 200
 		}
-		time.Sleep(20 * time.Millisecond)
+		return healthy
+	})
+	if healthy {
+		return
 	}
 	p.t.Fatalf("%s did not come up:\n%s", p.name, tail(p.logs.String(), 3000))
 }

@@ -84,13 +84,27 @@ func ProcessAlive(pid int) bool {
 // Eventually polls cond every 20 ms until it holds, failing t after within.
 func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, within)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !PollUntil(within, cond) {
+		t.Fatalf("%s: not within %s", what, within)
 	}
+}
+
+// PollUntil polls cond every 20 ms until it holds (true) or within has
+// passed (false). cond is the real condition waited for, such as a
+// readiness probe answering, never the mere passing of time.
+func PollUntil(within time.Duration, cond func() bool) bool {
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline.C:
+			return cond()
+		case <-tick.C:
+		}
+	}
+	return true
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -26,6 +27,7 @@ import (
 type Remote struct {
 	url, token string
 	timeout    time.Duration
+	dial       func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // NewRemote returns an issuer for the controller at url, which must be
@@ -35,10 +37,18 @@ func NewRemote(url, token string) *Remote {
 	return &Remote{url: url, token: token, timeout: 10 * time.Second}
 }
 
+// SetDialContext makes r reach the controller through dial rather than
+// the system's TCP dialer: a controller behind another transport, or on
+// a test's in-memory network. It is not safe to call while r is in use.
+func (r *Remote) SetDialContext(dial func(ctx context.Context, network, addr string) (net.Conn, error)) {
+	r.dial = dial
+}
+
 // Bundle fetches the trust bundle as service is given it, and
 // authenticates it with service's enrolment token.
 func (r *Remote) Bundle(ctx context.Context, service string) ([]*x509.Certificate, error) {
 	bootstrap := &http.Client{Timeout: r.timeout, Transport: &http.Transport{
+		DialContext: r.dial,
 		// Nothing secret is sent on this connection and the answer is
 		// authenticated by its MAC, so the server need not be known yet.
 		TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true},
@@ -62,6 +72,7 @@ func (r *Remote) Issue(ctx context.Context, service string, csrPEM []byte) (chai
 		pool.AddCert(c)
 	}
 	verified := &http.Client{Timeout: r.timeout, Transport: &http.Transport{
+		DialContext: r.dial,
 		TLSClientConfig: &tls.Config{
 			MinVersion:         tls.VersionTLS13,
 			InsecureSkipVerify: true, // checked below, by SPIFFE ID

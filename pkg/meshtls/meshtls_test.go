@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/pickme/lucid/internal/testenv"
@@ -44,6 +45,11 @@ func serve(t testing.TB, id *Identity) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveOn(t, ln, id)
+}
+
+// serveOn is serve on ln.
+func serveOn(t testing.TB, ln net.Listener, id *Identity) string {
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			caller, _ := Caller(r)
@@ -150,42 +156,56 @@ func TestRefusals(t *testing.T) {
 }
 
 // TestRenewalHotSwap: short-lived leaves are renewed inside the 60-90 %
-// window and swapped in while requests flow; none fails.
+// window and swapped in while requests flow; none fails. It runs on the
+// fake clock of a synctest bubble over an in-memory network.
 func TestRenewalHotSwap(t *testing.T) {
-	ca := openCA(t, meshca.Options{LeafTTL: 3 * time.Second})
-	var renewals atomic.Int64 // after the first leaf
-	serverID := identity(t, ca, "engine", Options{OnRenew: func(time.Time) { renewals.Add(1) }})
-	renewals.Store(0)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go serverID.Run(ctx)
-	callerID := identity(t, ca, "gateway", Options{})
-	go callerID.Run(ctx)
-	url := serve(t, serverID)
-	keepAlive := client(callerID)
-	fresh := &http.Client{Timeout: 5 * time.Second, Transport: callerID.Transport(&http.Transport{DisableKeepAlives: true}, func(string) bool { return true })}
-
-	first := serverID.cert.Load().Leaf.SerialNumber
-	var ok, failed atomic.Int64
-	deadline := time.Now().Add(8 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, c := range []*http.Client{keepAlive, fresh} {
-			if got, err := get(c, url); err != nil || got != "gateway" {
-				failed.Add(1)
-				t.Errorf("request failed: %q %v", got, err)
-			} else {
-				ok.Add(1)
-			}
+	synctest.Test(t, func(t *testing.T) {
+		const (
+			duration = 8 * time.Second
+			interval = 20 * time.Millisecond // between rounds of requests
+		)
+		var mem testenv.MemNet
+		ca := openCA(t, meshca.Options{LeafTTL: 3 * time.Second})
+		var renewals atomic.Int64 // after the first leaf
+		serverID := identity(t, ca, "engine", Options{OnRenew: func(time.Time) { renewals.Add(1) }})
+		renewals.Store(0)
+		ctx := t.Context()
+		go serverID.Run(ctx)
+		callerID := identity(t, ca, "gateway", Options{})
+		go callerID.Run(ctx)
+		ln, err := mem.Listen("engine:8084")
+		if err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if serverID.cert.Load().Leaf.SerialNumber.Cmp(first) == 0 {
-		t.Fatal("the server's leaf was never renewed")
-	}
-	if n := renewals.Load(); n < 2 {
-		t.Fatalf("%d renewals in 8 s of 3 s leaves, want at least 2", n)
-	}
-	t.Logf("%d requests, %d failed, %d renewals", ok.Load(), failed.Load(), renewals.Load())
+		url := serveOn(t, ln, serverID)
+		allow := func(peer string) bool { return catalog.MayCall(callerID.Service(), peer) }
+		keepAlive := &http.Client{Timeout: 5 * time.Second, Transport: callerID.Transport(&http.Transport{DialContext: mem.DialContext}, allow)}
+		fresh := &http.Client{Timeout: 5 * time.Second, Transport: callerID.Transport(&http.Transport{DialContext: mem.DialContext, DisableKeepAlives: true}, allow)}
+		// Idle connections would keep their readers blocked past the test.
+		t.Cleanup(keepAlive.CloseIdleConnections)
+		t.Cleanup(fresh.CloseIdleConnections)
+
+		first := serverID.cert.Load().Leaf.SerialNumber
+		var ok, failed int
+		for start := time.Now(); time.Since(start) < duration; {
+			for _, c := range []*http.Client{keepAlive, fresh} {
+				if got, err := get(c, url); err != nil || got != "gateway" {
+					failed++
+					t.Errorf("request failed: %q %v", got, err)
+				} else {
+					ok++
+				}
+			}
+			time.Sleep(interval) // the fake clock: leaves age, renewals fire
+		}
+		if serverID.cert.Load().Leaf.SerialNumber.Cmp(first) == 0 {
+			t.Fatal("the server's leaf was never renewed")
+		}
+		if n := renewals.Load(); n < 2 {
+			t.Fatalf("%d renewals in %s of 3 s leaves, want at least 2", n, duration)
+		}
+		t.Logf("%d requests, %d failed, %d renewals", ok+failed, failed, renewals.Load())
+	})
 }
 
 // BenchmarkHop measures a request between two services on loopback with

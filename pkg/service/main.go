@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -39,7 +40,19 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 
 // Main runs the service called name: it validates the configuration from
 // lookup, logs JSON lines to logw, and serves until ctx ends.
-func Main(ctx context.Context, name string, app App, lookup envconfig.Lookup, logw io.Writer) (err error) {
+func Main(ctx context.Context, name string, app App, lookup envconfig.Lookup, logw io.Writer) error {
+	return MainOn(ctx, nil, name, app, lookup, logw)
+}
+
+// MainOn is Main serving on ln instead of listening on LUCID_ADDR (a nil ln
+// listens there): for a listener that is not a TCP socket of this
+// process, such as a test's in-memory network. ln is closed by the time
+// MainOn returns.
+func MainOn(ctx context.Context, ln net.Listener, name string, app App, lookup envconfig.Lookup, logw io.Writer) (err error) {
+	if ln != nil {
+		// Serve closes it too; this covers the returns before serving.
+		defer func() { _ = ln.Close() }()
+	}
 	r := envconfig.New(lookup)
 	cfg := LoadConfig(r, name)
 	app.Configure(r)
@@ -77,7 +90,12 @@ func Main(ctx context.Context, name string, app App, lookup envconfig.Lookup, lo
 			return err
 		}
 	}
-	if err := srv.Run(ctx); err != nil {
+	if ln == nil {
+		err = srv.Run(ctx)
+	} else {
+		err = srv.Serve(ctx, ln)
+	}
+	if err != nil {
 		logger.Error("server stopped", "error", err)
 		return err
 	}

@@ -19,12 +19,21 @@ import (
 	"github.com/pickme/lucid/pkg/envconfig"
 )
 
-// slowApp serves GET /slow, which takes a while; the helper process runs it.
-type slowApp struct{ Basic }
+// slowApp serves GET /slow, which logs that it is in flight and answers
+// only once the service has been told to stop (stopping is closed); the
+// helper process runs it.
+type slowApp struct {
+	Basic
+	stopping <-chan struct{}
+}
 
-func (slowApp) Provision(_ context.Context, srv *Server) error {
+// inFlight is the log message of a /slow request that has started.
+const inFlight = "slow request in flight"
+
+func (a slowApp) Provision(_ context.Context, srv *Server) error {
 	srv.Handle("GET /slow", func(w http.ResponseWriter, _ *http.Request) error {
-		time.Sleep(time.Second)
+		srv.Logger().Info(inFlight)
+		<-a.stopping
 		_, err := io.WriteString(w, "finished")
 		return err
 	})
@@ -35,7 +44,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("LUCID_SERVICE_TEST_HELPER") == "slow" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 		defer stop()
-		if err := Main(ctx, "engine", slowApp{}, envconfig.OS, os.Stderr); err != nil {
+		if err := Main(ctx, "engine", slowApp{stopping: ctx.Done()}, envconfig.OS, os.Stderr); err != nil {
 			os.Exit(1)
 		}
 		os.Exit(0)
@@ -61,22 +70,23 @@ func TestSIGTERMDrainsSlowRequest(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
 
-	// The service logs its address once it listens.
-	addr := ""
+	// The service logs its address once it listens, and the slow request
+	// once it is in flight.
 	sc := bufio.NewScanner(logs)
-	for addr == "" && sc.Scan() {
-		var rec struct{ Msg, Addr string }
-		if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "serving" {
-			addr = rec.Addr
+	untilLogged := func(msg string) (addr string) {
+		for sc.Scan() {
+			var rec struct{ Msg, Addr string }
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == msg {
+				return rec.Addr
+			}
 		}
+		t.Fatalf("service never logged %q", msg)
+		return ""
 	}
-	if addr == "" {
-		t.Fatal("service never logged its address")
-	}
-	go func() { _, _ = io.Copy(io.Discard, logs) }()
-
+	addr := untilLogged("serving")
 	res := getAsync("http://" + addr + "/slow")
-	time.Sleep(200 * time.Millisecond) // the request is in flight
+	untilLogged(inFlight)
+	go func() { _, _ = io.Copy(io.Discard, logs) }()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/pickme/lucid/internal/testenv"
 )
 
 func testServer(t *testing.T, logs io.Writer) *Server {
@@ -238,10 +240,10 @@ func TestMetricsPerRoute(t *testing.T) {
 // finishes and gets its answer; /ready reports draining meanwhile.
 func TestGracefulShutdown(t *testing.T) {
 	s := testServer(t, nil)
-	started := make(chan struct{})
+	started, release := make(chan struct{}), make(chan struct{})
 	s.Handle("GET /slow", func(w http.ResponseWriter, _ *http.Request) error {
 		close(started)
-		time.Sleep(500 * time.Millisecond)
+		<-release // until the test has seen the service draining
 		_, err := io.WriteString(w, "done")
 		return err
 	})
@@ -256,10 +258,10 @@ func TestGracefulShutdown(t *testing.T) {
 	res := getAsync("http://" + ln.Addr().String() + "/slow")
 	<-started
 	stop()
-	time.Sleep(50 * time.Millisecond)
-	if rd := s.Ready(context.Background()); rd.Status != "draining" {
-		t.Errorf("readiness while draining = %q", rd.Status)
-	}
+	testenv.Eventually(t, 5*time.Second, "readiness reports draining while a request is in flight", func() bool {
+		return s.Ready(context.Background()).Status == "draining"
+	})
+	close(release)
 	r := <-res
 	if r.err != nil || r.body != "done" {
 		t.Fatalf("slow request: %q, %v", r.body, r.err)
@@ -277,7 +279,7 @@ func TestShutdownDeadline(t *testing.T) {
 	started := make(chan struct{})
 	s.Handle("GET /stuck", func(_ http.ResponseWriter, r *http.Request) error {
 		close(started)
-		time.Sleep(5 * time.Second)
+		<-r.Context().Done() // only cutting the connection off ends it
 		return nil
 	})
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")

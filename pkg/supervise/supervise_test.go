@@ -50,11 +50,6 @@ func helper(mode string) {
 		fmt.Println("hello from stdout")
 		fmt.Fprintln(os.Stderr, "hello from stderr")
 		waitTerm()
-	case "ready-after":
-		d, _ := time.ParseDuration(os.Getenv("HELPER_DELAY"))
-		time.Sleep(d)
-		_ = os.WriteFile(os.Getenv("HELPER_READY_FILE"), nil, 0o644)
-		waitTerm()
 	case "ignore-term":
 		signal.Ignore(syscall.SIGTERM)
 		writePID()
@@ -95,38 +90,36 @@ func skipUnlessUnix(t *testing.T) {
 	}
 }
 
+// readPID waits for a helper to write its pid to path.
 func readPID(t *testing.T, path string) int {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
-			pid, err := strconv.Atoi(string(b))
-			if err == nil {
-				return pid
-			}
+	var pid int
+	testenv.Eventually(t, 10*time.Second, "a pid in "+path, func() bool {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return false
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("no pid in %s", path)
-	return 0
+		pid, err = strconv.Atoi(string(b))
+		return err == nil
+	})
+	return pid
 }
 
 func waitGone(t *testing.T, pid int, within time.Duration, what string) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for testenv.ProcessAlive(pid) {
-		if time.Now().After(deadline) {
+	t.Cleanup(func() {
+		if testenv.ProcessAlive(pid) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
-			t.Fatalf("%s (pid %d) still alive after %s", what, pid, within)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	})
+	testenv.Eventually(t, within, fmt.Sprintf("%s (pid %d) gone", what, pid), func() bool { return !testenv.ProcessAlive(pid) })
 }
 
 // recorder keeps every snapshot OnChange reports, with its time.
 type recorder struct {
-	mu    sync.Mutex
-	snaps []timedSnap
+	mu      sync.Mutex
+	snaps   []timedSnap
+	changed chan struct{} // closed and replaced at each snapshot
 }
 
 type timedSnap struct {
@@ -138,6 +131,35 @@ func (r *recorder) record(s []Status) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.snaps = append(r.snaps, timedSnap{time.Now(), s})
+	if r.changed != nil {
+		close(r.changed)
+		r.changed = nil
+	}
+}
+
+// await waits until cond holds, checking it at each snapshot the
+// supervisor reports, and fails t after within.
+func (r *recorder) await(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	timeout := time.NewTimer(within)
+	defer timeout.Stop()
+	for {
+		r.mu.Lock()
+		if r.changed == nil {
+			r.changed = make(chan struct{})
+		}
+		changed := r.changed
+		r.mu.Unlock()
+		// Checked after taking the channel, so no change slips between.
+		if cond() {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timeout.C:
+			t.Fatalf("%s: not within %s", what, within)
+		}
+	}
 }
 
 // transitions returns the times at which program name entered state.
@@ -161,17 +183,17 @@ func (r *recorder) transitions(name string, state State) []time.Time {
 
 func (r *recorder) waitState(t *testing.T, sup *Supervisor, name string, state State, within time.Duration) Status {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
+	var found Status
+	r.await(t, within, fmt.Sprintf("%s reaching %s", name, state), func() bool {
 		for _, st := range sup.Status() {
 			if st.Name == name && st.State == state {
-				return st
+				found = st
+				return true
 			}
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("%s never reached %s; status %+v", name, state, sup.Status())
-	return Status{}
+		return false
+	})
+	return found
 }
 
 // start runs a supervisor for specs; the returned stop cancels it and waits
@@ -199,7 +221,7 @@ func TestCrashRestartsWithGrowingBackoffThenFails(t *testing.T) {
 	skipUnlessUnix(t)
 	spec := helperSpec("crashy", "crash")
 	spec.Restart = RestartPolicy{InitialBackoff: 50 * time.Millisecond, MaxBackoff: 400 * time.Millisecond, MaxDeaths: 5, Window: time.Minute}
-	sup, rec, _ := start(t, []Spec{spec}, Options{})
+	sup, rec, stop := start(t, []Spec{spec}, Options{})
 
 	st := rec.waitState(t, sup, "crashy", StateFailed, 20*time.Second)
 	if st.Restarts != 4 {
@@ -218,7 +240,12 @@ func TestCrashRestartsWithGrowingBackoffThenFails(t *testing.T) {
 			t.Errorf("gap before restart %d = %s, want at least %dms", i+1, gap, min)
 		}
 	}
-	time.Sleep(600 * time.Millisecond)
+	// Given up means nothing is scheduled; and until the supervisor stops,
+	// nothing starts it again.
+	if st.NextStart != nil {
+		t.Errorf("a failed program has a restart scheduled at %s", st.NextStart)
+	}
+	stop()
 	if got := len(rec.transitions("crashy", StateStarting)); got != 5 {
 		t.Errorf("a failed program was started again (%d starts)", got)
 	}
@@ -301,7 +328,7 @@ func TestSupervisorKilledLeavesNoChild(t *testing.T) {
 func TestReadinessGatesDependants(t *testing.T) {
 	skipUnlessUnix(t)
 	readyFile := filepath.Join(t.TempDir(), "db.ready")
-	db := helperSpec("db", "ready-after", "HELPER_DELAY=700ms", "HELPER_READY_FILE="+readyFile)
+	db := helperSpec("db", "sleep")
 	db.Ready = func(context.Context) error {
 		_, err := os.Stat(readyFile)
 		return err
@@ -313,6 +340,14 @@ func TestReadinessGatesDependants(t *testing.T) {
 	// Listed out of order on purpose: the supervisor orders them.
 	sup, rec, _ := start(t, []Spec{web, api, db}, Options{ProbeInterval: 20 * time.Millisecond})
 
+	// db runs but is not ready until the test says so; meanwhile api waits.
+	rec.waitState(t, sup, "db", StateStarting, 15*time.Second)
+	if starts := rec.transitions("api", StateStarting); len(starts) != 0 {
+		t.Fatal("api started while db was not ready")
+	}
+	if err := os.WriteFile(readyFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	rec.waitState(t, sup, "web", StateReady, 15*time.Second)
 	dbReady := rec.transitions("db", StateReady)
 	apiStart := rec.transitions("api", StateStarting)
@@ -359,13 +394,9 @@ func TestOutputReachesSink(t *testing.T) {
 	sink := &lineSink{}
 	sup, rec, _ := start(t, []Spec{helperSpec("talker", "sleep")}, Options{Logs: sink})
 	rec.waitState(t, sup, "talker", StateReady, 10*time.Second)
-	deadline := time.Now().Add(5 * time.Second)
-	for !(sink.has("talker/stdout: hello from stdout") && sink.has("talker/stderr: hello from stderr")) {
-		if time.Now().After(deadline) {
-			t.Fatalf("lines = %v", sink.lines)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.Eventually(t, 5*time.Second, "both lines in the sink", func() bool {
+		return sink.has("talker/stdout: hello from stdout") && sink.has("talker/stderr: hello from stderr")
+	})
 }
 
 func TestValidate(t *testing.T) {
@@ -413,14 +444,12 @@ func TestDeathsAgeOutOfTheWindow(t *testing.T) {
 	spec := helperSpec("flaky", "crash")
 	spec.Restart = RestartPolicy{InitialBackoff: 150 * time.Millisecond, MaxBackoff: 150 * time.Millisecond, MaxDeaths: 3, Window: 200 * time.Millisecond}
 	sup, rec, _ := start(t, []Spec{spec}, Options{})
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
-		if st := sup.Status()[0]; st.State == StateFailed {
-			t.Fatalf("failed after %d restarts although deaths were %s apart with a %s window", st.Restarts, 150*time.Millisecond, 200*time.Millisecond)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if n := len(rec.transitions("flaky", StateStarting)); n < 5 {
-		t.Errorf("only %d starts in 2s", n)
+	// Five starts are four deaths, more than MaxDeaths had they counted
+	// together.
+	rec.await(t, 20*time.Second, "five starts of flaky", func() bool {
+		return len(rec.transitions("flaky", StateStarting)) >= 5
+	})
+	if failed := rec.transitions("flaky", StateFailed); len(failed) > 0 {
+		t.Fatalf("failed after %d restarts although deaths were %s apart with a %s window", sup.Status()[0].Restarts, 150*time.Millisecond, 200*time.Millisecond)
 	}
 }

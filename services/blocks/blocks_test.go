@@ -116,13 +116,7 @@ func TestForgedBlockIsRefused(t *testing.T) {
 	eng := newFakeEngine(t, c)
 
 	app, h := startApp(t, eng.URL, map[string]string{})
-	deadline := time.Now().Add(10 * time.Second)
-	for app.rejection() == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("the forged block was not refused")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(t, 10*time.Second, "the forged block refused", func() bool { return app.rejection() != nil })
 	if app.store.Height() != 2 {
 		t.Errorf("indexed height = %d, want 2", app.store.Height())
 	}
@@ -144,13 +138,7 @@ func TestPinnedValidatorsRefuseAForeignGenesis(t *testing.T) {
 	c.Append(chaintest.Anchor(1))
 	_, other := chaintest.Key("someone-else", 5)
 	app, _ := startApp(t, newFakeEngine(t, c).URL, map[string]string{"LUCID_VALIDATOR_KEYS": other})
-	deadline := time.Now().Add(10 * time.Second)
-	for app.rejection() == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("foreign genesis accepted")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(t, 10*time.Second, "the foreign genesis refused", func() bool { return app.rejection() != nil })
 	if !strings.Contains(app.rejection().Reason, "not signed by a known validator") {
 		t.Errorf("reason = %q", app.rejection().Reason)
 	}

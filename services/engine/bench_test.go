@@ -40,9 +40,15 @@ func BenchmarkSlotAccuracy(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
-		for i := 0; ctx.Err() == nil; i++ {
+		pace := time.NewTicker(5 * time.Millisecond)
+		defer pace.Stop()
+		for i := 0; ; i++ {
 			_, _ = n.client.Submit(ctx, [][]byte{anchorJSON(i)})
-			time.Sleep(5 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				return
+			case <-pace.C:
+			}
 		}
 	}()
 	b.ResetTimer()

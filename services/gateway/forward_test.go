@@ -247,7 +247,7 @@ func TestFastPathKeepsAliveAndRecovers(t *testing.T) {
 	// saying so: every reuse finds a dead connection. Two, so that an
 	// ejection would show (a lone instance is never ejected).
 	p := g.app.pools["anchoring"]
-	p.set(urls(mustURL(t, oneShotUpstream(t, "", 0)), mustURL(t, oneShotUpstream(t, "", 0))))
+	p.set(urls(mustURL(t, oneShotUpstream(t, "", nil)), mustURL(t, oneShotUpstream(t, "", nil))))
 	for i := range 6 {
 		if resp, body := g.get(t, "/api/v1/anchors/again", hdr); resp.StatusCode != 200 || body != "/api/v1/anchors/again" {
 			t.Fatalf("request %d over a closed keep-alive connection: %d %q", i, resp.StatusCode, body)
@@ -258,16 +258,26 @@ func TestFastPathKeepsAliveAndRecovers(t *testing.T) {
 	}
 }
 
+// lateAnswer holds an upstream's unasked-for answer back until the test
+// has received the real one (a send on answered), and says when it has
+// been written (written).
+type lateAnswer struct{ answered, written chan struct{} }
+
+func newLateAnswer() *lateAnswer {
+	return &lateAnswer{answered: make(chan struct{}), written: make(chan struct{})}
+}
+
 // oneShotUpstream serves one request per connection, answering 200 with
-// the path, then writes after (if any: with the answer, or pause later)
-// and hangs up; it returns its URL.
-func oneShotUpstream(t *testing.T, after string, pause time.Duration) string {
+// the path, then writes after (if any: in the same segment as the answer,
+// or once late says so) and hangs up; it returns its URL.
+func oneShotUpstream(t *testing.T, after string, late *lateAnswer) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done); ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -283,12 +293,18 @@ func oneShotUpstream(t *testing.T, after string, pause time.Duration) string {
 				answer := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
 				switch {
 				case after == "" || req.URL.Path == "/health": // the gateway's probes are not under test
-				case pause == 0:
+				case late == nil:
 					answer += after // in the same segment as the answer
 				default:
 					_, _ = io.WriteString(c, answer)
-					time.Sleep(pause)
-					answer = after
+					select {
+					case <-late.answered:
+					case <-done:
+						return
+					}
+					_, _ = io.WriteString(c, after)
+					late.written <- struct{}{}
+					return
 				}
 				_, _ = io.WriteString(c, answer)
 			}()
@@ -306,16 +322,29 @@ func TestLateAnswerIsNotTheNextOnes(t *testing.T) {
 	// waits in the socket for the next request on that connection. Any
 	// other unasked-for answer read with one is dropped too.
 	for _, tc := range []struct {
-		late  string
-		pause time.Duration
-	}{{timeout, 0}, {timeout, 50 * time.Millisecond}, {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale", 0}} {
-		g := startGateway(t, oneShotUpstream(t, tc.late, tc.pause), nil)
+		late      string
+		afterward bool // written once the answer is in, not with it
+	}{{timeout, false}, {timeout, true}, {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale", false}} {
+		var late *lateAnswer
+		if tc.afterward {
+			late = newLateAnswer()
+		}
+		g := startGateway(t, oneShotUpstream(t, tc.late, late), nil)
 		hdr := map[string]string{"Authorization": "Bearer " + g.token(t, "u", auth.TierFree)}
 		for i := range 4 {
 			if resp, body := g.get(t, "/api/v1/anchors/x", hdr); resp.StatusCode != 200 || body != "/api/v1/anchors/x" {
-				t.Fatalf("%q after %s, request %d: %d %q", tc.late[:12], tc.pause, i, resp.StatusCode, body)
+				t.Fatalf("%q (afterward %t), request %d: %d %q", tc.late[:12], tc.afterward, i, resp.StatusCode, body)
 			}
-			time.Sleep(2 * tc.pause) // the late answer is there before the next request
+			if late == nil {
+				continue
+			}
+			// The late answer is in the socket before the next request.
+			select {
+			case late.answered <- struct{}{}:
+			case <-time.After(5 * time.Second):
+				t.Fatalf("request %d: no upstream connection holds a late answer", i)
+			}
+			<-late.written
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/pickme/lucid/internal/testenv"
@@ -40,18 +41,53 @@ type controller struct {
 	url  string
 	log  *testenv.SyncBuffer
 	stop func() error // cancels and waits for a clean exit
+	// exited says whether the controller has returned, without waiting.
+	exited func() bool
+	// dial reaches the controller; nil is loopback TCP.
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // startController runs `lucid mesh` with env on a free port, with mTLS on
 // (it certifies itself) unless env sets LUCID_MESH_URL to "".
 func startController(t testing.TB, env map[string]string) *controller {
 	t.Helper()
-	port := testenv.FreePort(t)
+	addr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	c, https := launchController(t, addr, nil, env)
+	testenv.Eventually(t, 10*time.Second, "mesh controller ready", func() bool {
+		return service.Probe(context.Background(), addr, "/ready", https) == nil
+	})
+	return c
+}
+
+// startControllerOn runs `lucid mesh` with env (as startController does) on
+// mem, for tests in a synctest bubble; it returns once the controller
+// serves.
+func startControllerOn(t *testing.T, mem *testenv.MemNet, env map[string]string) *controller {
+	t.Helper()
+	const addr = "127.0.0.1:8088"
+	ln, err := mem.Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := launchController(t, addr, ln, env)
+	c.dial = mem.DialContext
+	// Every goroutine of the bubble blocks durably only once the
+	// controller has provisioned and waits for connections, or has quit.
+	synctest.Wait()
+	if c.exited() {
+		t.Fatalf("mesh controller quit at start: %v\n%s", c.stop(), c.log.String())
+	}
+	return c
+}
+
+// launchController runs the controller at addr (on ln if not nil) and
+// registers its stop; https says whether it serves TLS.
+func launchController(t testing.TB, addr string, ln net.Listener, env map[string]string) (c *controller, https bool) {
 	base := map[string]string{
-		"LUCID_ADDR":             "127.0.0.1:" + strconv.Itoa(port),
+		"LUCID_ADDR":             addr,
 		"LUCID_DATA_DIR":         t.TempDir(),
 		"LUCID_MESH_TOKEN":       testToken,
-		"LUCID_MESH_URL":         "https://127.0.0.1:" + strconv.Itoa(port),
+		"LUCID_MESH_URL":         "https://" + addr,
 		"LUCID_SHUTDOWN_TIMEOUT": "10s",
 		service.EnvOperatorHash:  auth.OperatorTokenHash(testOperator),
 	}
@@ -66,15 +102,24 @@ func startController(t testing.TB, env map[string]string) *controller {
 	if base["LUCID_MESH_URL"] == "" {
 		scheme = "http"
 	}
-	c := &controller{url: scheme + "://127.0.0.1:" + strconv.Itoa(port), log: &testenv.SyncBuffer{}}
+	c = &controller{url: scheme + "://" + addr, log: &testenv.SyncBuffer{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- service.Main(ctx, "mesh", New(), envconfig.Map(base), c.log) }()
+	go func() { done <- service.MainOn(ctx, ln, "mesh", New(), envconfig.Map(base), c.log) }()
 	var once sync.Once
 	var stopErr error
 	c.stop = func() error {
 		once.Do(func() { cancel(); stopErr = <-done })
 		return stopErr
+	}
+	c.exited = func() bool {
+		select {
+		case err := <-done:
+			done <- err
+			return true
+		default:
+			return false
+		}
 	}
 	t.Cleanup(func() {
 		if err := c.stop(); err != nil {
@@ -84,17 +129,21 @@ func startController(t testing.TB, env map[string]string) *controller {
 			t.Logf("mesh log:\n%s", c.log.String())
 		}
 	})
-	testenv.Eventually(t, 10*time.Second, "mesh controller ready", func() bool {
-		return service.Probe(context.Background(), base["LUCID_ADDR"], "/ready", scheme == "https") == nil
-	})
-	return c
+	return c, scheme == "https"
+}
+
+// remote is the issuer svc's identity gets its leaves from.
+func (c *controller) remote(svc string) *meshtls.Remote {
+	r := meshtls.NewRemote(c.url, enrolment(svc))
+	r.SetDialContext(c.dial)
+	return r
 }
 
 func (c *controller) identity(t testing.TB, svc string, opts meshtls.Options) *meshtls.Identity {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	id, err := meshtls.Obtain(ctx, svc, meshtls.NewRemote(c.url, enrolment(svc)), opts)
+	id, err := meshtls.Obtain(ctx, svc, c.remote(svc), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +161,7 @@ func (c *controller) client(t *testing.T, svc string) *meshapi.Client {
 // bearer is a mesh API client without a mesh certificate that presents
 // token: the operator's, or a service's enrolment token.
 func (c *controller) bearer(token string) *meshapi.Client {
-	return meshapi.New(c.url, token, &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: insecureTLS()}})
+	return meshapi.New(c.url, token, &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: c.dial, TLSClientConfig: insecureTLS()}})
 }
 
 // operator is the operator's client.
@@ -330,6 +379,11 @@ func serveAs(t *testing.T, id *meshtls.Identity) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveOn(t, ln, id)
+}
+
+// serveOn serves the caller's name over mTLS as id on ln, and returns its URL.
+func serveOn(t *testing.T, ln net.Listener, id *meshtls.Identity) string {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		caller, _ := meshtls.Caller(r)
 		_, _ = io.WriteString(w, caller)

@@ -9,85 +9,110 @@ import (
 	"net/http"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
+	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/api/meshapi"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/meshtls"
 )
 
 // TestRotationUnderLoad: one-minute leaves under continuous requests for
 // three minutes, with a root rotation half way: every request succeeds,
-// over kept-alive connections and fresh handshakes alike.
+// over kept-alive connections and fresh handshakes alike. It runs on the
+// fake clock of a synctest bubble over an in-memory network, so the leaves
+// really expire and are renewed, and the three minutes take seconds.
 func TestRotationUnderLoad(t *testing.T) {
-	if testing.Short() {
-		t.Skip("takes three minutes")
-	}
 	t.Parallel()
-	const duration = 3 * time.Minute
-	c := startController(t, map[string]string{"LUCID_MESH_LEAF_TTL": "1m"})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	synctest.Test(t, func(t *testing.T) {
+		const (
+			duration = 3 * time.Minute
+			interval = 100 * time.Millisecond // between rounds of requests
+		)
+		var mem testenv.MemNet
+		c := startControllerOn(t, &mem, map[string]string{"LUCID_MESH_LEAF_TTL": "1m"})
+		ctx := t.Context()
 
-	var engineRenewals, gatewayRenewals atomic.Int64
-	engine := c.identity(t, "engine", meshtls.Options{OnRenew: func(time.Time) { engineRenewals.Add(1) }})
-	gateway := c.identity(t, "gateway", meshtls.Options{OnRenew: func(time.Time) { gatewayRenewals.Add(1) }})
-	engineRenewals.Store(0)
-	gatewayRenewals.Store(0)
-	go engine.Run(ctx)
-	go gateway.Run(ctx)
-	url := serveAs(t, engine)
-
-	allow := func(peer string) bool { return catalog.MayCall("gateway", peer) }
-	keepAlive := &http.Client{Timeout: 5 * time.Second, Transport: gateway.Transport(nil, allow)}
-	fresh := &http.Client{Timeout: 5 * time.Second, Transport: gateway.Transport(&http.Transport{DisableKeepAlives: true}, allow)}
-	get := func(hc *http.Client) error {
-		resp, err := hc.Get(url)
+		var engineRenewals, gatewayRenewals atomic.Int64
+		engine := c.identity(t, "engine", meshtls.Options{OnRenew: func(time.Time) { engineRenewals.Add(1) }})
+		gateway := c.identity(t, "gateway", meshtls.Options{OnRenew: func(time.Time) { gatewayRenewals.Add(1) }})
+		engineRenewals.Store(0)
+		gatewayRenewals.Store(0)
+		go engine.Run(ctx)
+		go gateway.Run(ctx)
+		ln, err := mem.Listen("127.0.0.1:8084")
 		if err != nil {
-			return err
+			t.Fatal(err)
 		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return &statusError{resp.Status}
-		}
-		return nil
-	}
+		url := serveOn(t, ln, engine)
+		firstLeaf := engine.NotAfter()
 
-	start := time.Now()
-	rotated := false
-	var ok, failed int
-	var newRoot string
-	for time.Since(start) < duration {
-		if !rotated && time.Since(start) > duration/2 {
-			r, err := c.operator().Rotate(ctx)
-			if err != nil {
-				t.Fatalf("rotate: %v", err)
+		allow := func(peer string) bool { return catalog.MayCall("gateway", peer) }
+		keepAliveTransport := gateway.Transport(&http.Transport{DialContext: mem.DialContext}, allow)
+		freshTransport := gateway.Transport(&http.Transport{DialContext: mem.DialContext, DisableKeepAlives: true}, allow)
+		keepAlive := &http.Client{Timeout: 5 * time.Second, Transport: keepAliveTransport}
+		fresh := &http.Client{Timeout: 5 * time.Second, Transport: freshTransport}
+		// Idle connections would keep their readers blocked past the test.
+		t.Cleanup(keepAlive.CloseIdleConnections)
+		t.Cleanup(fresh.CloseIdleConnections)
+		operator := meshapi.New(c.url, testOperator, &http.Client{Timeout: 10 * time.Second,
+			Transport: &http.Transport{DialContext: mem.DialContext, TLSClientConfig: insecureTLS(), DisableKeepAlives: true}})
+
+		start := time.Now()
+		rotated := false
+		var ok, failed int
+		var newRoot string
+		for time.Since(start) < duration {
+			if !rotated && time.Since(start) > duration/2 {
+				r, err := operator.Rotate(ctx)
+				if err != nil {
+					t.Fatalf("rotate: %v", err)
+				}
+				newRoot, rotated = r.Fingerprint, true
+				t.Logf("root rotated at %s", time.Since(start).Round(time.Second))
 			}
-			newRoot, rotated = r.Fingerprint, true
-			t.Logf("root rotated at %s", time.Since(start).Round(time.Second))
-		}
-		for _, hc := range []*http.Client{keepAlive, fresh} {
-			if err := get(hc); err != nil {
-				failed++
-				t.Errorf("request at %s failed: %v", time.Since(start).Round(time.Millisecond), err)
-			} else {
-				ok++
+			for _, hc := range []*http.Client{keepAlive, fresh} {
+				if err := get(hc, url); err != nil {
+					failed++
+					t.Errorf("request at %s failed: %v", time.Since(start).Round(time.Millisecond), err)
+				} else {
+					ok++
+				}
 			}
+			time.Sleep(interval) // the fake clock: leaves age, renewals fire
 		}
-		time.Sleep(25 * time.Millisecond)
+		t.Logf("%d requests, %d failed; renewals: engine %d, gateway %d", ok+failed, failed, engineRenewals.Load(), gatewayRenewals.Load())
+		if engineRenewals.Load() < 3 || gatewayRenewals.Load() < 3 {
+			t.Errorf("renewals engine %d, gateway %d in %s of 1-minute leaves; want at least 3 each", engineRenewals.Load(), gatewayRenewals.Load(), duration)
+		}
+		// The requests outlived the first leaf: it expired while they ran.
+		if now := time.Now(); !now.After(firstLeaf) {
+			t.Errorf("the test ended at %s, before the first leaf expired at %s", now, firstLeaf)
+		}
+		// The leaves in use now come from the new root: their chain ends with
+		// the cross certificate, which carries the new root's key.
+		chain := engine.Certificate().Certificate
+		if len(chain) != 3 {
+			t.Fatalf("engine's chain has %d certificates after the rotation, want leaf, intermediate, cross", len(chain))
+		}
+		if got := crossFingerprint(t, c, chain[2]); got != newRoot {
+			t.Errorf("engine's leaf chains to %s, want the new root %s", got, newRoot)
+		}
+	})
+}
+
+// get asks url through hc and wants a 200.
+func get(hc *http.Client, url string) error {
+	resp, err := hc.Get(url)
+	if err != nil {
+		return err
 	}
-	t.Logf("%d requests, %d failed; renewals: engine %d, gateway %d", ok+failed, failed, engineRenewals.Load(), gatewayRenewals.Load())
-	if engineRenewals.Load() < 3 || gatewayRenewals.Load() < 3 {
-		t.Errorf("renewals engine %d, gateway %d in %s of 1-minute leaves; want at least 3 each", engineRenewals.Load(), gatewayRenewals.Load(), duration)
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return &statusError{resp.Status}
 	}
-	// The leaves in use now come from the new root: their chain ends with
-	// the cross certificate, which carries the new root's key.
-	chain := engine.Certificate().Certificate
-	if len(chain) != 3 {
-		t.Fatalf("engine's chain has %d certificates after the rotation, want leaf, intermediate, cross", len(chain))
-	}
-	if got := crossFingerprint(t, c, chain[2]); got != newRoot {
-		t.Errorf("engine's leaf chains to %s, want the new root %s", got, newRoot)
-	}
+	return nil
 }
 
 type statusError struct{ status string }
@@ -102,7 +127,7 @@ func crossFingerprint(t *testing.T, c *controller, crossDER []byte) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bundle, err := meshtls.NewRemote(c.url, enrolment("engine")).Bundle(context.Background(), "engine")
+	bundle, err := c.remote("engine").Bundle(context.Background(), "engine")
 	if err != nil {
 		t.Fatal(err)
 	}

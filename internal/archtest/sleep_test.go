@@ -1,0 +1,137 @@
+package archtest
+
+import (
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// TestTestsDoNotSleep: no test waits by sleeping. A sleep stands in for
+// "long enough", which is too long on an idle machine and too short on a
+// busy one. Tests wait for the event itself (a channel, a readiness probe,
+// a polled condition with a deadline), or run in a testing/synctest bubble,
+// where time.Sleep moves a fake clock and is allowed.
+//
+// Caught: time.Sleep(d), and <-time.After(d) as a statement of its own.
+func TestTestsDoNotSleep(t *testing.T) {
+	root := filepath.Join("..", "..")
+	var files int
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if path != root && (d.Name() == "testdata" || d.Name() == "vendor" || strings.HasPrefix(d.Name(), ".")) {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		files++
+		rel, err := filepath.Rel(root, path)
+		if err != nil {
+			return err
+		}
+		for _, s := range sleepsIn(t, path) {
+			t.Errorf("%s:%d: %s: wait for the event, or run the test in a synctest bubble", filepath.ToSlash(rel), s.line, s.what)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files < 50 {
+		t.Fatalf("found only %d test files under the module", files)
+	}
+}
+
+type sleep struct {
+	line int
+	what string
+}
+
+// sleepsIn parses one test file and returns its sleeps outside synctest
+// bubbles.
+func sleepsIn(t *testing.T, path string) []sleep {
+	t.Helper()
+	fset := token.NewFileSet()
+	f, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
+	if err != nil {
+		t.Fatal(err)
+	}
+	timePkg, synctestPkg := importName(f, "time"), importName(f, "testing/synctest")
+	if timePkg == "" {
+		return nil
+	}
+	var found []sleep
+	var walk func(n ast.Node, bubbled bool)
+	walk = func(n ast.Node, bubbled bool) {
+		ast.Inspect(n, func(n ast.Node) bool {
+			switch n := n.(type) {
+			case *ast.CommClause:
+				// A select's time.After case bounds a wait for an
+				// event; it is a timeout, not a sleep.
+				for _, st := range n.Body {
+					walk(st, bubbled)
+				}
+				return false
+			case *ast.CallExpr:
+				if synctestPkg != "" && isCall(n, synctestPkg, "Test") {
+					// The function given to synctest.Test runs on the fake clock.
+					for _, arg := range n.Args {
+						walk(arg, true)
+					}
+					return false
+				}
+				if !bubbled && isCall(n, timePkg, "Sleep") {
+					found = append(found, sleep{fset.Position(n.Pos()).Line, timePkg + ".Sleep"})
+				}
+			case *ast.ExprStmt:
+				if u, ok := n.X.(*ast.UnaryExpr); ok && u.Op == token.ARROW && !bubbled {
+					if c, ok := u.X.(*ast.CallExpr); ok && isCall(c, timePkg, "After") {
+						found = append(found, sleep{fset.Position(n.Pos()).Line, "<-" + timePkg + ".After"})
+					}
+				}
+			}
+			return true
+		})
+	}
+	walk(f, false)
+	return found
+}
+
+// importName is the name under which f imports path, or "" if it does not
+// (a dot or blank import counts as not).
+func importName(f *ast.File, path string) string {
+	for _, imp := range f.Imports {
+		p, err := strconv.Unquote(imp.Path.Value)
+		if err != nil || p != path {
+			continue
+		}
+		if imp.Name == nil {
+			return path[strings.LastIndex(path, "/")+1:]
+		}
+		if imp.Name.Name == "." || imp.Name.Name == "_" {
+			return ""
+		}
+		return imp.Name.Name
+	}
+	return ""
+}
+
+// isCall reports whether c calls pkg.name.
+func isCall(c *ast.CallExpr, pkg, name string) bool {
+	sel, ok := c.Fun.(*ast.SelectorExpr)
+	if !ok || sel.Sel.Name != name {
+		return false
+	}
+	id, ok := sel.X.(*ast.Ident)
+	return ok && id.Name == pkg
+}
