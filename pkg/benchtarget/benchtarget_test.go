@@ -1,7 +1,10 @@
 package benchtarget
 
 import (
+	"fmt"
+	"os"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -53,5 +56,36 @@ func TestTargetsNameScenarios(t *testing.T) {
 	slices.Sort(keys)
 	if len(slices.Compact(keys)) != len(Goals) {
 		t.Errorf("goal keys repeat: %v", GoalKeys())
+	}
+}
+
+// docs/bench.md's table and goals say what is defined here.
+func TestDocsFollowTheTargets(t *testing.T) {
+	data, err := os.ReadFile("../../docs/bench.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := func(scenario string) string {
+		for _, line := range strings.Split(string(data), "\n") {
+			if strings.HasPrefix(line, "| `"+scenario+"` |") {
+				return line
+			}
+		}
+		t.Errorf("docs/bench.md has no row for %s", scenario)
+		return ""
+	}
+	for _, tg := range Phase2 {
+		if r := row(tg.Scenario); !strings.Contains(r, "`"+tg.Name+"`") || !strings.Contains(r, tg.Want()) {
+			t.Errorf("docs/bench.md's %s row does not say %s %s:\n%s", tg.Scenario, tg.Name, tg.Want(), r)
+		}
+	}
+	interval := fmt.Sprintf("± %s (%s: a block per %g s)", BlockIntervalTolerancePercent(), Phase2Source, Phase2BlockInterval.Seconds())
+	if r := row(BlockInterval); !strings.Contains(r, interval) {
+		t.Errorf("docs/bench.md's %s row does not say %s:\n%s", BlockInterval, interval, r)
+	}
+	for _, k := range GoalKeys() {
+		if !strings.Contains(string(data), "\n  "+k+": ") {
+			t.Errorf("docs/bench.md's goals lack %s", k)
+		}
 	}
 }
