@@ -44,16 +44,22 @@ func TestValidateAfterUp(t *testing.T) {
 			p.env = append(os.Environ(), "LUCID_BLOCK_INTERVAL=1s", "NO_COLOR=1")
 
 			// up -d returns once every service is ready.
-			if out, errOut, code := p.lucidctl(t, "up", "-d", "--lucid", lucidBin, "--consul", consul, p.offsetFlag()); code != 0 {
-				t.Fatalf("up -d: exit %d\n%s\n%s", code, out, errOut)
-			}
+			up, upErr, code := p.lucidctl(t, "up", "-d", "--lucid", lucidBin, "--consul", consul, p.offsetFlag())
 			t.Cleanup(func() {
 				if out, errOut, code := p.lucidctl(t, "down"); code != 0 {
 					t.Errorf("down: exit %d\n%s\n%s", code, out, errOut)
 				}
 			})
+			if code != 0 {
+				logs, _, _ := p.lucidctl(t, "logs", "--tail", "20")
+				t.Fatalf("up -d: exit %d\n%s\n%s\nlast log lines:\n%s", code, up, upErr, logs)
+			}
 
 			out, errOut, code := p.lucidctl(t, "validate", "phase2", p.offsetFlag(), "--source", repo)
+			if code != 0 {
+				logs, _, _ := p.lucidctl(t, "logs", "--tail", "20")
+				t.Logf("last log lines:\n%s", logs)
+			}
 			t.Logf("validate phase2:\n%s", out)
 			if code != 0 {
 				t.Fatalf("validate phase2: exit %d\n%s\n%s", code, out, errOut)

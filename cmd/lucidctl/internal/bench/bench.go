@@ -163,7 +163,7 @@ func run(ctx context.Context, opts *Options) error {
 	defer e.Close()
 	res := &Result{Target: e.Gateway, Started: time.Now().UTC(), Passed: true}
 	progress := func(format string, args ...any) {
-		fmt.Fprintf(opts.Env.IO.ErrOut, format+"\n", args...)
+		_, _ = fmt.Fprintf(opts.Env.IO.ErrOut, format+"\n", args...)
 	}
 	cfg, err := opts.Env.Config()
 	if err != nil {
@@ -198,8 +198,8 @@ func run(ctx context.Context, opts *Options) error {
 		if err := opts.Env.PrintJSON(res); err != nil {
 			return err
 		}
-	} else {
-		printTable(opts.Env, res)
+	} else if err := printTable(opts.Env, res); err != nil {
+		return err
 	}
 	if !res.Passed {
 		return &cli.SilentError{Code: cli.ExitProblems}
@@ -550,9 +550,11 @@ func (b *bench) meshOverhead(ctx context.Context, s *ScenarioResult) error {
 	return nil
 }
 
-func printTable(env *cli.Env, res *Result) {
+func printTable(env *cli.Env, res *Result) error {
 	tw := tabwriter.NewWriter(env.IO.Out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SCENARIO\tMETRIC\tVALUE\tTARGET\tRESULT")
+	// The tabwriter holds the table until Flush, whose error is returned.
+	row := func(format string, args ...any) { _, _ = fmt.Fprintf(tw, format, args...) }
+	row("SCENARIO\tMETRIC\tVALUE\tTARGET\tRESULT\n")
 	for _, s := range res.Scenarios {
 		keys := make([]string, 0, len(s.Metrics))
 		for k := range s.Metrics {
@@ -563,26 +565,26 @@ func printTable(env *cli.Env, res *Result) {
 			printed := false
 			for _, c := range s.Checks {
 				if c.Metric == k {
-					fmt.Fprintf(tw, "%s\t%s\t%g\t%s\t%s\n", s.Name, k, s.Metrics[k], c.Want, map[bool]string{true: "ok", false: "MISSED"}[c.Pass])
+					row("%s\t%s\t%g\t%s\t%s\n", s.Name, k, s.Metrics[k], c.Want, map[bool]string{true: "ok", false: "MISSED"}[c.Pass])
 					printed = true
 				}
 			}
 			if !printed {
-				fmt.Fprintf(tw, "%s\t%s\t%g\t\t\n", s.Name, k, s.Metrics[k])
+				row("%s\t%s\t%g\t\t\n", s.Name, k, s.Metrics[k])
 			}
 		}
 		if s.Skipped != "" {
-			fmt.Fprintf(tw, "%s\t(skipped)\t\t\t%s\n", s.Name, s.Skipped)
+			row("%s\t(skipped)\t\t\t%s\n", s.Name, s.Skipped)
 		}
 		if s.Error != "" {
-			fmt.Fprintf(tw, "%s\t(error)\t\t\t%s\n", s.Name, s.Error)
+			row("%s\t(error)\t\t\t%s\n", s.Name, s.Error)
 		}
 		for _, load := range slices.Sorted(maps.Keys(s.FirstErrors)) {
-			fmt.Fprintf(tw, "%s\t(first failure: %s)\t\t\t%s\n", s.Name, load, s.FirstErrors[load])
+			row("%s\t(first failure: %s)\t\t\t%s\n", s.Name, load, s.FirstErrors[load])
 		}
 	}
-	_ = tw.Flush()
 	if res.Interrupted {
-		fmt.Fprintln(env.IO.ErrOut, "interrupted: the results cover what ran")
+		_, _ = fmt.Fprintln(env.IO.ErrOut, "interrupted: the results cover what ran")
 	}
+	return tw.Flush()
 }

@@ -47,8 +47,7 @@ func writeReport(dir string, res *Result) error {
 		for _, c := range s.Checks {
 			checks[s.Name][c.Metric] = append(checks[s.Name][c.Metric], c)
 		}
-		switch {
-		case len(s.latencies) > 0 && s.Name == benchtarget.GatewayLatency:
+		if len(s.latencies) > 0 && s.Name == benchtarget.GatewayLatency {
 			p := plot.New()
 			p.Title.Text, p.X.Label.Text, p.Y.Label.Text = "Gateway latency", "milliseconds", "requests"
 			h, err := plotter.NewHist(plotter.Values(s.latencies), 40)

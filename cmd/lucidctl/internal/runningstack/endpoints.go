@@ -95,7 +95,7 @@ func (e *Endpoints) Close() {
 		}
 	}
 	if e.ssh != nil {
-		e.ssh.Close()
+		_ = e.ssh.Close() // nothing was written through it that could be lost
 	}
 }
 
@@ -206,7 +206,7 @@ func (e *Endpoints) scheme(ctx context.Context, hostport string) string {
 	c := e.Insecure(2 * time.Second)
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+hostport+"/health", nil)
 	if resp, err := c.Do(req); err == nil {
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return "https"
 	}
 	return "http"

@@ -175,7 +175,7 @@ func result(name, detail string, err error) CheckResult {
 var marks = map[Status]string{StatusOK: "ok  ", StatusFailed: "FAIL", StatusSkipped: "skip"}
 
 func printLine(w io.Writer, r CheckResult) {
-	fmt.Fprintf(w, "%s  %-28s %s\n", marks[r.Status], r.Name, r.Detail)
+	_, _ = fmt.Fprintf(w, "%s  %-28s %s\n", marks[r.Status], r.Name, r.Detail) // stdout; nowhere else to report
 }
 
 type validator struct {
@@ -268,7 +268,7 @@ func (v *validator) consul(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("the mesh controller uses Consul, which does not answer: %w", err)
 	}
 	if v.e.ConsulToken == "" && len(services) == 0 {
-		return "", errors.New("Consul shows nothing without a token: CONSUL_HTTP_TOKEN is in neither the environment nor the env file")
+		return "", errors.New("nothing shows in Consul without a token: CONSUL_HTTP_TOKEN is in neither the environment nor the env file")
 	}
 	var missing []string
 	for _, s := range catalog.Services {
@@ -297,7 +297,7 @@ func (v *validator) meshUsesConsul(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("mesh controller /ready: %w", err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	var rd service.Readiness
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&rd); err != nil || rd.Service == "" {
 		return false, fmt.Errorf("mesh controller /ready: %s, not its readiness (%v)", resp.Status, err)
