@@ -111,6 +111,55 @@ func TestMissingPaymentTree(t *testing.T) {
 	}
 }
 
+// The default payment tree is required in any tree but Lucid's, and in
+// Lucid's when a policy names it; in Lucid's, one that exists is still
+// isolated: reaching it from the chain code is a violation.
+func TestPaymentTreeOfLucid(t *testing.T) {
+	write := func(root, rel, text string) {
+		t.Helper()
+		p := filepath.Join(root, filepath.FromSlash(rel))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rules := func(root string, p Policy) []string {
+		t.Helper()
+		rep, err := Scan(context.Background(), root, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, f := range rep.Violations {
+			out = append(out, f.Rule+" "+f.Path)
+		}
+		return out
+	}
+	other := t.TempDir()
+	write(other, "go.mod", "module example.com/blockchain\n")
+	if got := rules(other, Policy{}); !slices.Equal(got, []string{RuleMissingDir + " payment-systems/tron/"}) {
+		t.Errorf("another tree without the payment tree: %v", got)
+	}
+
+	lucid := t.TempDir()
+	write(lucid, "go.mod", "module "+lucidModule+"\n")
+	write(lucid, "pkg/chain/chain.go", "package chain\n\nimport _ \""+lucidModule+"/payment-systems/tron/wallet\"\n")
+	// Without terms, so that only the import rule sees the import.
+	noTerms := Policy{ForbiddenTerms: []string{}}
+	if got := rules(lucid, noTerms); len(got) != 0 {
+		t.Errorf("Lucid without a payment tree: %v", got)
+	}
+	if got := rules(lucid, Policy{ForbiddenTerms: []string{}, IsolatedDirs: []string{"payment-systems/tron/"}}); !slices.Contains(got, RuleMissingDir+" payment-systems/tron/") {
+		t.Errorf("Lucid with a policy naming the payment tree: %v", got)
+	}
+	write(lucid, "payment-systems/tron/wallet/wallet.go", "package wallet\n")
+	if got := rules(lucid, noTerms); !slices.Equal(got, []string{RuleImport + " pkg/chain/chain.go"}) {
+		t.Errorf("Lucid with a payment tree the chain code imports: %v", got)
+	}
+}
+
 // TestPhase2ScriptDiffers runs the Phase 2 document's grep scan on the
 // same tree and records where it is wrong: it flags the traps (and a
 // binary file) and misses TRON_API_KEY, the capitalised Payment and the
@@ -159,10 +208,11 @@ func keys(m map[string]bool) string {
 	return strings.Join(out, ", ")
 }
 
-// TestLucidScansClean: this project's own chain code passes. Lucid holds
-// no payment code, so its scan has no isolated tree to require.
+// TestLucidScansClean: this project's own chain code passes under the
+// default policy, as on a checkout. Lucid holds no payment code, so its
+// scan has no isolated tree to require.
 func TestLucidScansClean(t *testing.T) {
-	rep, err := Scan(context.Background(), "../..", Policy{IsolatedDirs: []string{}})
+	rep, err := Scan(context.Background(), "../..", Policy{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,8 +74,10 @@ var lucidCorePaths = []string{
 	"pkg/chain/", "pkg/chainstore/", "pkg/logtree/", "pkg/packstore/",
 }
 
-// Merge fills p's unset fields from the default; scanning Lucid itself
-// adds its chain services and chain library to the core paths.
+// Merge fills p's unset fields from the default. Scanning Lucid itself
+// adds its chain services and chain library to the core paths, and
+// requires no payment tree: the default ones are isolated only where they
+// exist. Isolated dirs that a policy names must exist.
 func (p Policy) Merge(root string) Policy {
 	d := Default()
 	if p.CorePaths == nil {
@@ -92,6 +94,12 @@ func (p Policy) Merge(root string) Policy {
 	}
 	if p.IsolatedDirs == nil {
 		p.IsolatedDirs = d.IsolatedDirs
+		if modulePath(root) == lucidModule {
+			// Lucid's payment system is a separate system, not a tree of
+			// this one: a payment tree Lucid does not hold is nothing to
+			// be isolated from, while one that appears is isolated.
+			p.IsolatedDirs = existingDirs(root, d.IsolatedDirs)
+		}
 	}
 	if p.IsolatedWarnTerms == nil {
 		p.IsolatedWarnTerms = d.IsolatedWarnTerms
@@ -114,6 +122,17 @@ func (p Policy) Merge(root string) Policy {
 		p.ScopedTerms[i].Paths = cleanDirs(p.ScopedTerms[i].Paths)
 	}
 	return p
+}
+
+// existingDirs are those of dirs that are directories under root.
+func existingDirs(root string, dirs []string) []string {
+	out := []string{}
+	for _, d := range dirs {
+		if st, err := os.Stat(filepath.Join(root, filepath.FromSlash(d))); err == nil && st.IsDir() {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // cleanDirs makes slash-separated directory prefixes ending in "/".

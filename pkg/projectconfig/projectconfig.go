@@ -12,14 +12,18 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/pickme/lucid/pkg/benchtarget"
 	"github.com/pickme/lucid/pkg/isolation"
 	"github.com/pickme/lucid/pkg/yamlkeys"
 )
@@ -70,14 +74,9 @@ type Images struct {
 	Tag  string `yaml:"tag"`
 }
 
-// BenchGoals are performance goals for `lucidctl bench`.
-type BenchGoals struct {
-	GatewayRPS       float64 `yaml:"gateway_rps"`        // at least
-	GatewayP95Ms     float64 `yaml:"gateway_p95_ms"`     // at most
-	QueryP95Ms       float64 `yaml:"query_p95_ms"`       // at most
-	MeshOverheadMs   float64 `yaml:"mesh_overhead_ms"`   // at most
-	AnchorsPerSecond float64 `yaml:"anchors_per_second"` // at least, submission to sealed
-}
+// BenchGoals are performance goals for `lucidctl bench`, by the keys of
+// benchtarget.Goals, which say what each holds; zero means no goal.
+type BenchGoals map[string]float64
 
 // Local configures the local stack.
 type Local struct {
@@ -169,7 +168,9 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 	c := &Config{Path: name}
 	if len(root.Content) > 0 {
-		if errs := yamlkeys.Check(name, &root, c); len(errs) > 0 {
+		errs := yamlkeys.Check(name, &root, c)
+		errs = append(errs, checkBenchGoals(name, &root)...)
+		if len(errs) > 0 {
 			return nil, errors.Join(errs...)
 		}
 		dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -183,6 +184,40 @@ func Parse(name string, data []byte) (*Config, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// checkBenchGoals reports every key of the bench section that names no
+// goal, with its line and the likely intended one: a mistyped goal would
+// otherwise be silently unchecked.
+func checkBenchGoals(name string, document *yaml.Node) []error {
+	top := document
+	if top.Kind == yaml.DocumentNode && len(top.Content) > 0 {
+		top = top.Content[0]
+	}
+	if top.Kind != yaml.MappingNode {
+		return nil
+	}
+	known := benchtarget.GoalKeys()
+	var errs []error
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		if top.Content[i].Value != "bench" || top.Content[i+1].Kind != yaml.MappingNode {
+			continue
+		}
+		bench := top.Content[i+1]
+		for j := 0; j+1 < len(bench.Content); j += 2 {
+			k := bench.Content[j]
+			if slices.Contains(known, k.Value) {
+				continue
+			}
+			hint := ""
+			if s := yamlkeys.Closest(k.Value, known); s != "" {
+				hint = fmt.Sprintf(" (did you mean %q?)", s)
+			}
+			errs = append(errs, fmt.Errorf("%s:%d:%d: %w %q in bench%s; known keys: %s",
+				name, k.Line, k.Column, ErrUnknownKey, k.Value, hint, strings.Join(known, ", ")))
+		}
+	}
+	return errs
 }
 
 var platformRE = regexp.MustCompile(`^[a-z0-9]+/[a-z0-9]+(/v[0-9]+)?$`)
@@ -219,6 +254,11 @@ func (c *Config) validate(name string) error {
 	for _, p := range c.Platforms {
 		if !platformRE.MatchString(p) {
 			bad("platforms: %q is not os/arch (for example linux/arm64)", p)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(c.Bench)) {
+		if v := c.Bench[k]; v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+			bad("bench.%s %g is not a goal: a positive number, or 0 for none", k, v)
 		}
 	}
 	if !strings.Contains(c.Images.Name, "{service}") {

@@ -156,3 +156,40 @@ func TestIsolationSection(t *testing.T) {
 		t.Errorf("a typo in the isolation section: %v", err)
 	}
 }
+
+// A mistyped bench goal is an error with its line and the goal meant, not
+// a goal silently left unchecked; the known ones load.
+func TestBenchGoals(t *testing.T) {
+	src := `bench:
+  gateway_rps: 5000
+  gateway_p59_ms: 5
+  query_latency: 5
+`
+	_, err := Parse("lucid.yaml", []byte(src))
+	if !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("want ErrUnknownKey, got %v", err)
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		`lucid.yaml:3:3: unknown key "gateway_p59_ms" in bench (did you mean "gateway_p95_ms"?); known keys: gateway_rps, gateway_p95_ms, query_p95_ms, mesh_overhead_ms, anchors_per_second`,
+		`lucid.yaml:4:3: unknown key "query_latency" in bench; known keys: `,
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error\n%s\nlacks\n%s", msg, want)
+		}
+	}
+	if n := strings.Count(msg, "unknown key"); n != 2 {
+		t.Errorf("%d unknown keys reported, want the 2 mistyped ones:\n%s", n, msg)
+	}
+
+	c, err := Parse("lucid.yaml", []byte("bench:\n  gateway_rps: 5000\n  query_p95_ms: 5\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Bench["gateway_rps"] != 5000 || c.Bench["query_p95_ms"] != 5 || len(c.Bench) != 2 {
+		t.Errorf("bench = %v", c.Bench)
+	}
+	if _, err := Parse("lucid.yaml", []byte("bench:\n  gateway_rps: -1\n")); err == nil || !strings.Contains(err.Error(), "bench.gateway_rps -1") {
+		t.Errorf("a negative goal: %v", err)
+	}
+}

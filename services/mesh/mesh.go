@@ -41,6 +41,7 @@ import (
 	consul "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pickme/lucid/pkg/api/meshapi"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/consulacl"
 	"github.com/pickme/lucid/pkg/envconfig"
@@ -151,7 +152,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 			defer a.loops.Done()
 			a.reg.run(rctx, a.syncInterval)
 		}()
-		srv.AddDetailedCheck("consul", a.reg.check)
+		srv.AddDetailedCheck(meshapi.ConsulReadyCheck, a.reg.check)
 	}
 	a.routes(srv)
 	return nil

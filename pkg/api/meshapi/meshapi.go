@@ -29,6 +29,11 @@ import (
 	"github.com/pickme/lucid/pkg/meshca"
 )
 
+// ConsulReadyCheck is the check on the controller's /ready that says it
+// registers the stack in Consul; a controller without it runs with static
+// discovery, and nothing is registered.
+const ConsulReadyCheck = "consul"
+
 // BundleMACHeader carries the hex HMAC-SHA256, keyed by the enrolment
 // token of the service named in the request, of the request's nonce, a
 // newline, and the bundle body.

@@ -7,11 +7,11 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pickme/lucid/cmd/lucidctl/internal/bench"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/build"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/deploy"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
-	"github.com/pickme/lucid/cmd/lucidctl/internal/phase2"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/render"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/session"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/stack"
@@ -65,9 +65,9 @@ Results go to stdout; progress and diagnostics go to stderr.`,
 		c.GroupID = "deploy"
 		cmd.AddCommand(c)
 	}
-	bench := phase2.NewBenchCmd(env)
-	bench.GroupID = "deploy"
-	cmd.AddCommand(bench)
+	bch := bench.NewCmd(env)
+	bch.GroupID = "deploy"
+	cmd.AddCommand(bch)
 	tok, ver, sess := token.NewCmd(env), verify.NewCmd(env), session.NewCmd(env)
 	tok.GroupID, ver.GroupID, sess.GroupID = "tools", "tools", "tools"
 	cmd.AddCommand(tok, ver, sess, version.NewCmd(env))

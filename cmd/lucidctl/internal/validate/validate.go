@@ -12,7 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
-	"github.com/pickme/lucid/cmd/lucidctl/internal/phase2"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/stackcheck"
 	"github.com/pickme/lucid/pkg/deployfiles"
 )
 
@@ -53,7 +53,7 @@ Exit status 3 when there are problems.`,
 		},
 	}
 	cmd.Flags().StringArrayVar(&opts.EnvFiles, "env-file", nil, "env file for ${VAR} interpolation (repeatable; later files win)")
-	cmd.AddCommand(phase2.NewValidateCmd(env))
+	cmd.AddCommand(stackcheck.NewCmd(env))
 	return cli.SupportsJSON(cmd)
 }
 

@@ -31,7 +31,9 @@ func newIsolationCmd(env *cli.Env) *cobra.Command {
 isolation section of lucid.yaml, or --policy FILE, over the defaults (core
 paths blockchain/, and this project's chain services and chain library when
 scanning Lucid; terms tron, tronweb, tronpy, trx, trc20, usdt; payment under
-blockchain/core/; the payment tree payment-systems/tron/ must exist).
+blockchain/core/; the payment tree payment-systems/tron/ must exist, except
+in Lucid's own tree, which holds none; a payment tree a policy names must
+always exist).
 
 Terms match as tokens (TronWeb, TRON_API_KEY and amountTRX are found; strong,
 electronic and MATRIX are not). Go imports are followed through the tree's

@@ -1,4 +1,4 @@
-package phase2
+package bench
 
 import (
 	"bytes"
@@ -10,6 +10,8 @@ import (
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
+
+	"github.com/pickme/lucid/pkg/benchtarget"
 )
 
 // chart is one SVG figure of the report.
@@ -37,7 +39,7 @@ Phase 2 targets: {{if .Res.Passed}}all met{{else}}<span class="missed">some miss
 
 // writeReport writes DIR/index.html: the results and their charts, drawn
 // as inline SVG with gonum/plot, so the page needs nothing online.
-func writeReport(dir string, res *BenchResult) error {
+func writeReport(dir string, res *Result) error {
 	checks := map[string]map[string][]Check{}
 	var charts []chart
 	for _, s := range res.Scenarios {
@@ -45,8 +47,7 @@ func writeReport(dir string, res *BenchResult) error {
 		for _, c := range s.Checks {
 			checks[s.Name][c.Metric] = append(checks[s.Name][c.Metric], c)
 		}
-		switch {
-		case len(s.latencies) > 0 && s.Name == ScenarioLatency:
+		if len(s.latencies) > 0 && s.Name == benchtarget.GatewayLatency {
 			p := plot.New()
 			p.Title.Text, p.X.Label.Text, p.Y.Label.Text = "Gateway latency", "milliseconds", "requests"
 			h, err := plotter.NewHist(plotter.Values(s.latencies), 40)
@@ -56,7 +57,7 @@ func writeReport(dir string, res *BenchResult) error {
 			p.Add(h)
 			charts = append(charts, svgChart("latency-histogram", "Latency histogram (open loop)", p))
 		}
-		if len(s.perSecond) > 0 && s.Name == ScenarioThroughput {
+		if len(s.perSecond) > 0 && s.Name == benchtarget.GatewayThroughput {
 			p := plot.New()
 			p.Title.Text, p.X.Label.Text, p.Y.Label.Text = "Gateway throughput", "second", "requests"
 			pts := make(plotter.XYs, len(s.perSecond))

@@ -1,4 +1,4 @@
-package phase2
+package runningstack
 
 import (
 	"context"
@@ -17,19 +17,19 @@ import (
 	"github.com/pickme/lucid/pkg/chain"
 )
 
-// anchorProbe submits test anchors through the gateway and checks each
+// AnchorProbe submits test anchors through the gateway and checks each
 // sealed one's receipt offline, against the chain's validator key: what
 // validate phase2 does once and the anchoring benchmark does many times.
-type anchorProbe struct {
+type AnchorProbe struct {
 	anchors   *anchoringapi.Client
 	verifiers note.Verifiers
 	origin    string
 }
 
-// newAnchorProbe reads the chain's identity through the gateway, calling
+// NewAnchorProbe reads the chain's identity through the gateway, calling
 // with token.
-func newAnchorProbe(ctx context.Context, e *endpoints, token string, timeout time.Duration) (*anchorProbe, error) {
-	hc := &http.Client{Timeout: timeout, Transport: api.WithBearer(e.transport(false), token)}
+func NewAnchorProbe(ctx context.Context, e *Endpoints, token string, timeout time.Duration) (*AnchorProbe, error) {
+	hc := &http.Client{Timeout: timeout, Transport: api.WithBearer(e.Transport(false), token)}
 	info, err := engineapi.New(e.Gateway+"/blockchain", hc).Chain(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("chain info: %w", err)
@@ -38,18 +38,19 @@ func newAnchorProbe(ctx context.Context, e *endpoints, token string, timeout tim
 	if err != nil {
 		return nil, err
 	}
-	return &anchorProbe{anchors: anchoringapi.New(e.Gateway, hc), verifiers: vs, origin: chain.Origin(info.ChainID)}, nil
+	return &AnchorProbe{anchors: anchoringapi.New(e.Gateway, hc), verifiers: vs, origin: chain.Origin(info.ChainID)}, nil
 }
 
-// testAnchor is a made-up session of one chunk. It names no owner: the
+// TestAnchor is a made-up session of one chunk. It names no owner: the
 // anchor is the token's subject's.
-func testAnchor(sessionID string) *chain.SessionAnchor {
+func TestAnchor(sessionID string) *chain.SessionAnchor {
 	sum := sha256.Sum256([]byte(sessionID))
 	return &chain.SessionAnchor{SessionID: sessionID, ManifestHash: hex.EncodeToString(sum[:]), MerkleRoot: hex.EncodeToString(sum[:]),
 		ChunkCount: 1, StartedAt: "2026-01-01T00:00:00Z", EndedAt: "2026-01-01T00:10:00Z"}
 }
 
-func (p *anchorProbe) submit(ctx context.Context, m *chain.SessionAnchor) error {
+// Submit sends m through the gateway.
+func (p *AnchorProbe) Submit(ctx context.Context, m *chain.SessionAnchor) error {
 	_, err := p.anchors.Anchor(ctx, m)
 	return err
 }
@@ -65,9 +66,9 @@ func (e *errNotSealed) Error() string {
 	return "not sealed yet"
 }
 
-// check returns m's status once it is sealed and its receipt proves m;
+// Check returns m's status once it is sealed and its receipt proves m;
 // *errNotSealed while it is not, any other error when the receipt is wrong.
-func (p *anchorProbe) check(ctx context.Context, m *chain.SessionAnchor) (*anchoringapi.AnchorStatus, error) {
+func (p *AnchorProbe) Check(ctx context.Context, m *chain.SessionAnchor) (*anchoringapi.AnchorStatus, error) {
 	st, err := p.anchors.Get(ctx, m.SessionID)
 	var ae *api.Error
 	switch {
@@ -94,17 +95,17 @@ func (p *anchorProbe) check(ctx context.Context, m *chain.SessionAnchor) (*ancho
 	return st, nil
 }
 
-// waitSealed checks every anchor until each is sealed and its receipt
+// WaitSealed checks every anchor until each is sealed and its receipt
 // verified, calling sealed for each, or until within has passed. Sweeps
 // are paced at about 100 lookups a second, inside any tier's budget.
-func (p *anchorProbe) waitSealed(ctx context.Context, anchors []*chain.SessionAnchor, within time.Duration, sealed func(*chain.SessionAnchor, *anchoringapi.AnchorStatus)) error {
+func (p *AnchorProbe) WaitSealed(ctx context.Context, anchors []*chain.SessionAnchor, within time.Duration, sealed func(*chain.SessionAnchor, *anchoringapi.AnchorStatus)) error {
 	deadline := time.Now().Add(within)
 	pending := anchors
 	for {
 		var still []*chain.SessionAnchor
 		var lastWait error // why the last pending anchor was not sealed yet
 		for _, m := range pending {
-			st, err := p.check(ctx, m)
+			st, err := p.Check(ctx, m)
 			if isNotSealed(err) {
 				still, lastWait = append(still, m), err
 				continue

@@ -1,7 +1,9 @@
-// Package phase2 implements `lucidctl bench` and `lucidctl validate
-// phase2`: the Phase 2 benchmarks and integration checks, measured on the
-// real thing, against the local stack or a gateway URL.
-package phase2
+// Package runningstack reaches a running Lucid stack for the commands that
+// check and measure it (`lucidctl validate phase2`, `lucidctl bench`): where
+// it answers (the local stack, a gateway URL, or a lucid.yaml target
+// through SSH), clients for it, tokens signed with its secret, and test
+// anchors whose receipts are verified offline.
+package runningstack
 
 import (
 	"context"
@@ -26,20 +28,20 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// endpoints are where a stack answers.
-type endpoints struct {
+// Endpoints are where a stack answers, and what it takes to call it.
+type Endpoints struct {
 	Gateway string            // public URL
 	Service map[string]string // internal service URLs (the local stack, or a target through SSH)
 	Consul  string            // likewise
-	secret  []byte            // JWT_SECRET_KEY
-	mesh    string            // the mesh bootstrap token, if known
+	// ConsulToken, CONSUL_HTTP_TOKEN: Consul runs with ACLs and answers
+	// nothing without one.
+	ConsulToken string
 
+	secret []byte // JWT_SECRET_KEY
+	mesh   string // the mesh bootstrap token, if known
 	// issuer and audience, LUCID_JWT_ISSUER and LUCID_JWT_AUDIENCE, go
 	// into the tokens, for a gateway that requires them.
 	issuer, audience string
-	// consulToken, CONSUL_HTTP_TOKEN: Consul runs with ACLs and answers
-	// nothing without one.
-	consulToken string
 
 	// dial, when set, reaches every address through an SSH connection to
 	// the target: its internal ports listen on its loopback only.
@@ -50,11 +52,11 @@ type endpoints struct {
 	transports [2]*http.Transport // verifying, insecure; made on first use
 }
 
-// transport is the HTTP transport for the stack (through SSH for a
+// Transport is the HTTP transport for the stack (through SSH for a
 // target's internal ports), one of each kind per run, so that its idle
 // connections (SSH channels, for a target) are shared and closed at the
 // end.
-func (e *endpoints) transport(insecure bool) *http.Transport {
+func (e *Endpoints) Transport(insecure bool) *http.Transport {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	i := 0
@@ -74,31 +76,32 @@ func (e *endpoints) transport(insecure bool) *http.Transport {
 	return e.transports[i]
 }
 
-// client is an HTTP client for the stack.
-func (e *endpoints) client(timeout time.Duration) *http.Client {
-	return &http.Client{Timeout: timeout, Transport: e.transport(false)}
+// Client is an HTTP client for the stack.
+func (e *Endpoints) Client(timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: e.Transport(false)}
 }
 
-// insecure is a client that reads the services' health over TLS without
+// Insecure is a client that reads the services' health over TLS without
 // a certificate check.
-func (e *endpoints) insecure(timeout time.Duration) *http.Client {
-	return &http.Client{Timeout: timeout, Transport: e.transport(true)}
+func (e *Endpoints) Insecure(timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: e.Transport(true)}
 }
 
 // Close drops the idle connections and ends the SSH connection, if any.
-func (e *endpoints) Close() {
+func (e *Endpoints) Close() {
 	for _, tr := range e.transports {
 		if tr != nil {
 			tr.CloseIdleConnections()
 		}
 	}
 	if e.ssh != nil {
-		e.ssh.Close()
+		_ = e.ssh.Close() // nothing was written through it that could be lost
 	}
 }
 
-// targetFlags choose the stack.
-type targetFlags struct {
+// Flags choose the stack: the flags --target, --port-offset, --env-file
+// and the SSH flags.
+type Flags struct {
 	target     string
 	portOffset int
 	envFile    string
@@ -107,16 +110,18 @@ type targetFlags struct {
 	ssh cli.SSHFlags
 }
 
-func (f *targetFlags) add(fs *pflag.FlagSet) {
+// Add registers the flags.
+func (f *Flags) Add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.target, "target", "", "local (default), a gateway URL, or a target of lucid.yaml (reached through SSH)")
 	fs.IntVar(&f.portOffset, "port-offset", 0, "the local stack's --port-offset")
 	fs.StringVar(&f.envFile, "env-file", "", "env file with JWT_SECRET_KEY (default: lucid.yaml's local.env_file)")
 	f.ssh.Add(fs)
 }
 
-// resolve finds the stack's endpoints: the local one (lucidctl up), a
-// gateway URL, or a target of lucid.yaml (its gateway).
-func (f targetFlags) resolve(ctx context.Context, env *cli.Env) (*endpoints, error) {
+// Resolve finds the stack's endpoints: the local one (lucidctl up), a
+// gateway URL, or a target of lucid.yaml (its gateway). The caller closes
+// them.
+func (f Flags) Resolve(ctx context.Context, env *cli.Env) (*Endpoints, error) {
 	cfg, err := env.Config()
 	if err != nil {
 		return nil, err
@@ -131,7 +136,7 @@ func (f targetFlags) resolve(ctx context.Context, env *cli.Env) (*endpoints, err
 	} else if err != nil {
 		return nil, err
 	}
-	e := &endpoints{Service: map[string]string{}, mesh: vars["LUCID_MESH_TOKEN"]}
+	e := &Endpoints{Service: map[string]string{}, mesh: vars["LUCID_MESH_TOKEN"]}
 	secret, source := env.Getenv("JWT_SECRET_KEY"), "the environment"
 	if secret == "" {
 		secret, source = vars["JWT_SECRET_KEY"], path
@@ -151,7 +156,7 @@ func (f targetFlags) resolve(ctx context.Context, env *cli.Env) (*endpoints, err
 		return vars[key]
 	}
 	e.issuer, e.audience = setting(auth.EnvIssuer), setting(auth.EnvAudience)
-	e.consulToken = setting("CONSUL_HTTP_TOKEN")
+	e.ConsulToken = setting("CONSUL_HTTP_TOKEN")
 	offset := f.portOffset
 	loopback := func() {
 		local := func(port int) string { return "127.0.0.1:" + strconv.Itoa(port+offset) }
@@ -197,19 +202,19 @@ func (f targetFlags) resolve(ctx context.Context, env *cli.Env) (*endpoints, err
 }
 
 // scheme tells whether a service speaks TLS (the mesh is on).
-func (e *endpoints) scheme(ctx context.Context, hostport string) string {
-	c := e.insecure(2 * time.Second)
+func (e *Endpoints) scheme(ctx context.Context, hostport string) string {
+	c := e.Insecure(2 * time.Second)
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+hostport+"/health", nil)
 	if resp, err := c.Do(req); err == nil {
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		return "https"
 	}
 	return "http"
 }
 
-// token signs a JWT for the gateway, valid for longer than the longest
+// Token signs a JWT for the gateway, valid for longer than the longest
 // scenario (--duration is at most an hour) with its setup.
-func (e *endpoints) token(sub string, tier auth.Tier) (string, error) {
+func (e *Endpoints) Token(sub string, tier auth.Tier) (string, error) {
 	opts := auth.MintOptions{Subject: sub, Tier: tier, TTL: 2 * time.Hour, Now: time.Now(), Issuer: e.issuer}
 	if e.audience != "" {
 		opts.Audience = []string{e.audience}
@@ -218,11 +223,11 @@ func (e *endpoints) token(sub string, tier auth.Tier) (string, error) {
 	return tok, err
 }
 
-// meshClient is a client holding a mesh identity (the gateway's: it may
+// MeshClient is a client holding a mesh identity (the gateway's: it may
 // call every service), for calling services directly over mTLS. The
 // operator holds the controller's mesh token, and so can derive the
 // gateway's enrolment token.
-func (e *endpoints) meshClient(ctx context.Context) (*http.Client, error) {
+func (e *Endpoints) MeshClient(ctx context.Context) (*http.Client, error) {
 	meshURL := e.Service[catalog.MeshService]
 	if e.mesh == "" || !strings.HasPrefix(meshURL, "https://") {
 		return nil, errors.New("the mesh is off or its token unknown")
@@ -236,5 +241,5 @@ func (e *endpoints) meshClient(ctx context.Context) (*http.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &http.Client{Timeout: 10 * time.Second, Transport: id.Transport(e.transport(false), func(string) bool { return true })}, nil
+	return &http.Client{Timeout: 10 * time.Second, Transport: id.Transport(e.Transport(false), func(string) bool { return true })}, nil
 }

@@ -1,4 +1,4 @@
-package phase2
+package runningstack
 
 import (
 	"context"
@@ -24,7 +24,7 @@ func TestWeakSecretIsRefusedUpFront(t *testing.T) {
 		return ""
 	})
 	env.ConfigPath = filepath.Join(t.TempDir(), "lucid.yaml")
-	_, err := targetFlags{}.resolve(context.Background(), env)
+	_, err := Flags{}.Resolve(context.Background(), env)
 	if !errors.Is(err, auth.ErrWeakSecret) || !strings.Contains(err.Error(), "the environment") || strings.Contains(err.Error(), "short-secret") {
 		t.Fatalf("resolve with a short secret: %v", err)
 	}
@@ -43,12 +43,12 @@ func TestTokensCarryIssuerAndAudience(t *testing.T) {
 	io, _, _, _ := iostreams.Test()
 	env := cli.NewEnv(io, func(k string) string { return map[string]string{"LUCID_JWT_ISSUER": "https://env"}[k] })
 	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
-	e, err := targetFlags{envFile: envFile, target: "http://127.0.0.1:1"}.resolve(context.Background(), env)
+	e, err := Flags{envFile: envFile, target: "http://127.0.0.1:1"}.Resolve(context.Background(), env)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	tok, err := e.token("alice", auth.TierFree)
+	tok, err := e.Token("alice", auth.TierFree)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package phase2
+package bench
 
 import (
 	"image/png"
@@ -10,18 +10,19 @@ import (
 	"time"
 
 	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/benchtarget"
 	"github.com/pickme/lucid/pkg/projectconfig"
 )
 
-func sampleResult() *BenchResult {
-	lat := ScenarioResult{Name: ScenarioLatency, Metrics: map[string]float64{"p95_ms": 1.8}, Checks: []Check{{Metric: "p95_ms", Want: "< 10", Value: 1.8, Pass: true}}}
+func sampleResult() *Result {
+	lat := ScenarioResult{Name: benchtarget.GatewayLatency, Metrics: map[string]float64{"p95_ms": 1.8}, Checks: []Check{{Metric: "p95_ms", Want: "< 10", Value: 1.8, Pass: true}}}
 	for i := range 500 {
 		lat.latencies = append(lat.latencies, 1+float64(i%40)/10)
 	}
-	thr := ScenarioResult{Name: ScenarioThroughput, Metrics: map[string]float64{"requests_per_second": 9000}, perSecond: []int64{8800, 9100, 9050, 9200, 8900},
+	thr := ScenarioResult{Name: benchtarget.GatewayThroughput, Metrics: map[string]float64{"requests_per_second": 9000}, perSecond: []int64{8800, 9100, 9050, 9200, 8900},
 		FirstErrors: map[string]string{"requests": "503 LUCID_ERR_5003: no healthy engine instance"}}
-	blk := ScenarioResult{Name: ScenarioBlocks, Metrics: map[string]float64{"mean_interval_s": 10}, intervals: []float64{10, 10.01, 9.99, 10, 10}}
-	return &BenchResult{Target: "http://127.0.0.1:8080", Started: time.Now(), Passed: true, Scenarios: []ScenarioResult{thr, lat, blk}}
+	blk := ScenarioResult{Name: benchtarget.BlockInterval, Metrics: map[string]float64{"mean_interval_s": 10}, intervals: []float64{10, 10.01, 9.99, 10, 10}}
+	return &Result{Target: "http://127.0.0.1:8080", Started: time.Now(), Passed: true, Scenarios: []ScenarioResult{thr, lat, blk}}
 }
 
 // TestReportRendersInChromium opens the report in headless Chromium: the
@@ -38,7 +39,7 @@ func TestReportRendersInChromium(t *testing.T) {
 	if err != nil {
 		t.Fatalf("chromium --dump-dom: %v", err)
 	}
-	if !strings.Contains(string(dom), "<td>"+ScenarioThroughput+"</td><td colspan=\"4\" class=\"missed\">first failure (requests): 503 LUCID_ERR_5003") {
+	if !strings.Contains(string(dom), "<td>"+benchtarget.GatewayThroughput+"</td><td colspan=\"4\" class=\"missed\">first failure (requests): 503 LUCID_ERR_5003") {
 		t.Error("the rendered page does not name the first failure")
 	}
 	for _, id := range []string{"latency-histogram", "throughput-over-time", "block-intervals"} {
@@ -55,7 +56,7 @@ func TestReportRendersInChromium(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	img, err := png.Decode(f)
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)
@@ -76,10 +77,10 @@ func TestReportRendersInChromium(t *testing.T) {
 
 // TestGoals: lucid.yaml's goals are checked beside the Phase 2 targets.
 func TestGoals(t *testing.T) {
-	b := &bench{goals: projectconfig.BenchGoals{GatewayRPS: 20000, QueryP95Ms: 5}}
-	thr := ScenarioResult{Name: ScenarioThroughput, Metrics: map[string]float64{"requests_per_second": 9000}}
+	b := &bench{goals: projectconfig.BenchGoals{"gateway_rps": 20000, "query_p95_ms": 5}}
+	thr := ScenarioResult{Name: benchtarget.GatewayThroughput, Metrics: map[string]float64{"requests_per_second": 9000}}
 	b.goalChecks(&thr)
-	q := ScenarioResult{Name: ScenarioQueries, Metrics: map[string]float64{"block_p95_ms": 2, "anchor_p95_ms": 7}}
+	q := ScenarioResult{Name: benchtarget.QueryLatency, Metrics: map[string]float64{"block_p95_ms": 2, "anchor_p95_ms": 7}}
 	b.goalChecks(&q)
 	if len(thr.Checks) != 1 || thr.Checks[0].Pass || !strings.Contains(thr.Checks[0].Want, "lucid.yaml") {
 		t.Errorf("throughput goal: %+v", thr.Checks)
