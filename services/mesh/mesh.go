@@ -171,6 +171,10 @@ func (a *App) Close() error {
 	return nil
 }
 
+// stackCheckFailures is how many /ready checks in a row must fail before
+// Consul marks a stack service critical.
+const stackCheckFailures = 3
+
 // stackRegistrations are the Consul registrations of the stack's services,
 // each with an HTTP check on /ready.
 func (a *App) stackRegistrations() []*consul.AgentServiceRegistration {
@@ -202,6 +206,10 @@ func (a *App) stackRegistrations() []*consul.AgentServiceRegistration {
 				HTTP:     scheme + "://" + u.Host + "/ready",
 				Interval: a.checkInterval.String(),
 				Timeout:  min(a.checkInterval, 2*time.Second).String(),
+				// One slow answer on a busy Pi must not take a service out
+				// of the gateway's routing; three in a row do. The gateway's
+				// own passive checks catch a dead instance sooner.
+				FailuresBeforeCritical: stackCheckFailures,
 				// /ready carries nothing secret, and Consul holds no mesh
 				// certificate to prove the server with.
 				TLSSkipVerify: scheme == "https",
