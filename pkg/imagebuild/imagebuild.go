@@ -1,10 +1,15 @@
-// Package imagebuild assembles the six Lucid service images without a
-// Docker daemon, with go-containerregistry: a base (a distroless static
-// image when a registry has one, else scratch plus CA certificates and a
-// nonroot user), one layer holding the lucid binary and the services' data
-// directories that all six images share, and per service only a config:
-// entrypoint `lucid <service>`, user, healthcheck, OCI labels. Several
-// platforms make a multi-platform index per image.
+// Package imagebuild makes the six Lucid service images. Build runs the
+// whole pipeline from a Spec (stamp, compile or take ready binaries,
+// label, assemble), so every command that makes images makes the same
+// ones; a Builder does the assembling, Daemonless or DockerEngine.
+//
+// Daemonless assembles without a Docker daemon, with go-containerregistry:
+// a base (a distroless static image when a registry has one, else scratch
+// plus CA certificates and a nonroot user), one layer holding the lucid
+// binary and the services' data directories that all six images share, and
+// per service only a config: entrypoint `lucid <service>`, user,
+// healthcheck, OCI labels. Several platforms make a multi-platform index
+// per image.
 //
 // Everything is deterministic: tar entries carry SOURCE_DATE_EPOCH (or the
 // zero time), so the same binary gives the same digests.

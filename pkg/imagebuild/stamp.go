@@ -8,6 +8,9 @@ import (
 	"time"
 )
 
+// sourceURL is where Lucid's source lives, for the images' labels.
+const sourceURL = "https://github.com/pickme/lucid"
+
 // Stamp is what a build records of its source.
 type Stamp struct {
 	Version, Commit, Source string
@@ -28,7 +31,7 @@ func ReadStamp(ctx context.Context, dir string, getenv func(string) string) Stam
 		}
 		return strings.TrimSpace(string(out))
 	}
-	s := Stamp{Version: git("describe", "--tags", "--always", "--dirty"), Commit: git("rev-parse", "HEAD"), Source: "https://github.com/pickme/lucid"}
+	s := Stamp{Version: git("describe", "--tags", "--always", "--dirty"), Commit: git("rev-parse", "HEAD"), Source: sourceURL}
 	if s.Version == "" {
 		s.Version = "dev"
 	}
@@ -38,10 +41,18 @@ func ReadStamp(ctx context.Context, dir string, getenv func(string) string) Stam
 	if ts, err := strconv.ParseInt(git("log", "-1", "--format=%ct"), 10, 64); err == nil {
 		s.Created = time.Unix(ts, 0).UTC()
 	}
-	if e := getenv("SOURCE_DATE_EPOCH"); e != "" {
-		if ts, err := strconv.ParseInt(e, 10, 64); err == nil {
-			s.Created = time.Unix(ts, 0).UTC()
-		}
+	if t, ok := sourceDateEpoch(getenv); ok {
+		s.Created = t
 	}
 	return s
+}
+
+// sourceDateEpoch reads SOURCE_DATE_EPOCH, the reproducible-builds way of
+// fixing a build's time.
+func sourceDateEpoch(getenv func(string) string) (time.Time, bool) {
+	ts, err := strconv.ParseInt(getenv("SOURCE_DATE_EPOCH"), 10, 64)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.Unix(ts, 0).UTC(), true
 }

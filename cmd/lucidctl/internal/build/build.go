@@ -7,8 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -26,18 +24,15 @@ const (
 
 // Options are the inputs of `lucidctl build`.
 type Options struct {
-	Env       *cli.Env
-	Platforms []string
-	Builder   string
-	Base      string
-	CACerts   string
-	Tag       string
-	Version   string
-	Push      bool
-	Insecure  bool
-	OCIDir    string
-	Tarball   string
-	SourceDir string
+	Env *cli.Env
+	// Image decides the images' bytes, as for deploy.
+	Image    ImageFlags
+	Builder  string
+	Tag      string
+	Push     bool
+	Insecure bool
+	OCIDir   string
+	Tarball  string
 }
 
 // NewCmd returns the build command.
@@ -49,6 +44,9 @@ func NewCmd(env *cli.Env) *cobra.Command {
 		Long: `Cross-compile lucid (CGO off, -trimpath, version stamped; the same source and
 SOURCE_DATE_EPOCH give the same bytes) for each platform (default: lucid.yaml's
 platforms, linux/arm64) and assemble the six images named by lucid.yaml.
+--lucid FILE takes a ready binary for one platform instead, and labels the
+images with the version it was stamped with. lucidctl deploy takes the same
+image flags and makes the same images.
 
 The default builder needs no Docker daemon: a distroless base when its
 registry answers (else scratch with CA certificates and a nonroot user), one
@@ -62,24 +60,21 @@ are built and summarised only. Progress goes to stderr, the summary (image,
 platform, digest, size) to stdout.`,
 		Example: `  lucidctl build --tar dist/lucid-arm64.tar
   lucidctl build --platform linux/arm64,linux/amd64 --push
-  lucidctl build --platform linux/amd64 --builder docker`,
+  lucidctl build --platform linux/amd64 --builder docker
+  lucidctl build --lucid bin/lucid --platform linux/amd64 --oci dist/oci`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return run(cmd.Context(), opts)
 		},
 	}
 	f := cmd.Flags()
-	f.StringSliceVar(&opts.Platforms, "platform", nil, "platforms to build, os/arch[/variant] (repeatable or comma-separated; default: lucid.yaml's)")
+	opts.Image.Add(f)
 	f.StringVar(&opts.Builder, "builder", builderOCI, "oci (no daemon) or docker (the Docker Engine API)")
-	f.StringVar(&opts.Base, "base", imagebuild.BaseAuto, `base image: auto (distroless if reachable, else scratch), scratch, or a reference`)
-	f.StringVar(&opts.CACerts, "ca-certs", "", "PEM bundle the scratch base carries (default: the build host's /etc/ssl/certs/ca-certificates.crt; pin one for digests that do not depend on the host)")
 	f.StringVar(&opts.Tag, "tag", "", "image tag (default: images.tag of lucid.yaml)")
-	f.StringVar(&opts.Version, "version", "", "version to stamp (default: git describe)")
 	f.BoolVar(&opts.Push, "push", false, "push the images to their registries")
 	f.BoolVar(&opts.Insecure, "insecure-registry", false, "allow plain HTTP to the registry (with --push)")
 	f.StringVar(&opts.OCIDir, "oci", "", "write the images into this OCI image layout directory")
 	f.StringVar(&opts.Tarball, "tar", "", "write a tarball that docker load accepts (one platform)")
-	f.StringVar(&opts.SourceDir, "source", "", "Lucid's source tree (default: the one the working directory is in)")
 	_ = cmd.RegisterFlagCompletionFunc("builder", cobra.FixedCompletions([]string{builderOCI, builderDocker}, cobra.ShellCompDirectiveNoFileComp))
 	return cli.SupportsJSON(cmd)
 }
@@ -96,101 +91,44 @@ func run(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
-	names := opts.Platforms
-	if len(names) == 0 {
-		names = cfg.Platforms
-	}
-	platforms, err := imagebuild.ParsePlatforms(names)
+	spec, err := opts.Image.Spec(cfg, opts.Env.Getenv)
 	if err != nil {
-		return cli.Usage(err)
+		return err
 	}
 	switch {
 	case opts.Builder != builderOCI && opts.Builder != builderDocker:
 		return cli.Usage(fmt.Errorf("--builder %q: use oci or docker", opts.Builder))
-	case opts.Builder == builderDocker && opts.Base != imagebuild.BaseAuto && opts.Base != imagebuild.BaseScratch:
+	case opts.Builder == builderDocker && spec.Base != imagebuild.BaseAuto && spec.Base != imagebuild.BaseScratch:
 		return cli.Usage(errors.New("--builder docker builds on scratch only; --base is for the default builder"))
-	case opts.Builder == builderDocker && len(platforms) != 1:
+	case opts.Builder == builderDocker && len(spec.Platforms) != 1:
 		return cli.Usage(imagebuild.ErrDockerPlatforms)
 	case opts.Builder == builderDocker && (opts.OCIDir != "" || opts.Tarball != "" || opts.Push):
 		return cli.Usage(errors.New("--builder docker leaves the images in the Docker Engine; --push, --oci and --tar are for the default builder"))
-	case opts.Tarball != "" && len(platforms) != 1:
+	case opts.Tarball != "" && len(spec.Platforms) != 1:
 		return cli.Usage(imagebuild.ErrTarballPlatforms)
 	}
-	src := opts.SourceDir
-	if src == "" {
-		wd, err := os.Getwd()
-		if err != nil {
-			return err
-		}
-		if src = cli.SourceRoot(wd); src == "" {
-			return cli.WithHint(errors.New("not in Lucid's source tree"), "run lucidctl build from a checkout, or pass --source DIR")
-		}
+	if opts.Tag != "" {
+		spec.Tag = opts.Tag
 	}
-	tag := opts.Tag
-	if tag == "" {
-		tag = cfg.Images.Tag
-	}
-	stamp := imagebuild.ReadStamp(ctx, src, opts.Env.Getenv)
-	if opts.Version != "" {
-		stamp.Version = opts.Version
+	spec.Builder = imagebuild.Daemonless{}
+	if opts.Builder == builderDocker {
+		spec.Builder = imagebuild.DockerEngine{}
 	}
 	progress := func(e imagebuild.Event) {
 		fmt.Fprintf(opts.Env.IO.ErrOut, "%-8s %-12s %s %s\n", e.Step, e.Platform, e.Image, e.Detail)
 	}
+	spec.Progress = progress
 
-	binaries, err := imagebuild.CompileAll(ctx, src, filepath.Join(cfg.Abs(cfg.Local.StateDir), "build"), platforms, stamp, progress)
+	res, err := imagebuild.Build(ctx, spec)
 	if err != nil {
 		return err
 	}
-	var caCerts []byte
-	if opts.CACerts != "" {
-		if caCerts, err = os.ReadFile(opts.CACerts); err != nil {
-			return cli.Usage(fmt.Errorf("--ca-certs: %w", err))
-		}
-	}
-	bo := imagebuild.Options{
-		CACerts:  caCerts,
-		Binaries: binaries, Platforms: platforms, Base: opts.Base,
-		ImageName: cfg.Images.Name, Tag: tag,
-		Progress: progress,
-	}
-	stamp.Label(&bo)
-
-	var rows []imagebuild.Row
-	if opts.Builder == builderDocker {
-		if rows, err = imagebuild.BuildWithDocker(ctx, bo); err != nil {
-			return err
-		}
-	} else {
-		built, err := imagebuild.Assemble(ctx, bo)
-		if err != nil {
-			return err
-		}
-		if opts.OCIDir != "" {
-			if err := imagebuild.WriteLayout(ctx, opts.OCIDir, built); err != nil {
-				return err
-			}
-			progress(imagebuild.Event{Step: "write", Image: opts.OCIDir, Detail: "OCI layout"})
-		}
-		if opts.Tarball != "" {
-			if err := imagebuild.WriteTarball(ctx, opts.Tarball, built); err != nil {
-				return err
-			}
-			progress(imagebuild.Event{Step: "write", Image: opts.Tarball, Detail: "docker load tarball"})
-		}
-		if opts.Push {
-			if err := imagebuild.Push(ctx, built, opts.Insecure); err != nil {
-				return err
-			}
-			progress(imagebuild.Event{Step: "push", Image: cfg.Images.Name, Detail: "done"})
-		}
-		if opts.OCIDir == "" && opts.Tarball == "" && !opts.Push {
-			fmt.Fprintln(opts.Env.IO.ErrOut, "no --push, --oci or --tar: the images were built and not written")
-		}
-		if rows, err = imagebuild.Summary(built); err != nil {
+	if res.Images != nil {
+		if err := write(ctx, opts, spec.ImageName, res.Images, progress); err != nil {
 			return err
 		}
 	}
+	rows := res.Rows
 	out := Output{Images: rows, Duration: time.Since(start).Seconds()}
 	if opts.Env.JSON {
 		return opts.Env.PrintJSON(out)
@@ -212,5 +150,31 @@ func run(ctx context.Context, opts *Options) error {
 		return err
 	}
 	fmt.Fprintf(opts.Env.IO.ErrOut, "built %d images in %s\n", len(rows), time.Since(start).Round(10*time.Millisecond))
+	return nil
+}
+
+// write sends the daemonless builder's images where the flags say.
+func write(ctx context.Context, opts *Options, imageName string, built []imagebuild.Built, progress func(imagebuild.Event)) error {
+	if opts.OCIDir != "" {
+		if err := imagebuild.WriteLayout(ctx, opts.OCIDir, built); err != nil {
+			return err
+		}
+		progress(imagebuild.Event{Step: "write", Image: opts.OCIDir, Detail: "OCI layout"})
+	}
+	if opts.Tarball != "" {
+		if err := imagebuild.WriteTarball(ctx, opts.Tarball, built); err != nil {
+			return err
+		}
+		progress(imagebuild.Event{Step: "write", Image: opts.Tarball, Detail: "docker load tarball"})
+	}
+	if opts.Push {
+		if err := imagebuild.Push(ctx, built, opts.Insecure); err != nil {
+			return err
+		}
+		progress(imagebuild.Event{Step: "push", Image: imageName, Detail: "done"})
+	}
+	if opts.OCIDir == "" && opts.Tarball == "" && !opts.Push {
+		fmt.Fprintln(opts.Env.IO.ErrOut, "no --push, --oci or --tar: the images were built and not written")
+	}
 	return nil
 }

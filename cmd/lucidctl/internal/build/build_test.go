@@ -19,7 +19,7 @@ func TestBuildToOCILayout(t *testing.T) {
 	dir := t.TempDir()
 	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
 	writeFile(t, env.ConfigPath, "images:\n  name: example.invalid/lucid-{service}\n  tag: t1\n")
-	opts := &Options{Env: env, Platforms: []string{"linux/amd64"}, Builder: builderOCI, Base: "scratch", OCIDir: filepath.Join(dir, "oci"), SourceDir: "../../../.."}
+	opts := &Options{Env: env, Image: ImageFlags{Platforms: []string{"linux/amd64"}, Base: "scratch", SourceDir: "../../../.."}, Builder: builderOCI, OCIDir: filepath.Join(dir, "oci")}
 	if err := run(context.Background(), opts); err != nil {
 		t.Fatalf("%v\n%s", err, errOut.String())
 	}
@@ -37,12 +37,15 @@ func TestBuildToOCILayout(t *testing.T) {
 
 func TestBuildRefusesBadCombinations(t *testing.T) {
 	for name, o := range map[string]Options{
-		"unknown builder":       {Builder: "kaniko", Platforms: []string{"linux/arm64"}},
-		"tarball of two":        {Builder: builderOCI, Platforms: []string{"linux/arm64", "linux/amd64"}, Tarball: "x.tar"},
-		"docker with two":       {Builder: builderDocker, Platforms: []string{"linux/arm64", "linux/amd64"}},
-		"docker with push":      {Builder: builderDocker, Platforms: []string{"linux/amd64"}, Push: true},
-		"not a platform":        {Builder: builderOCI, Platforms: []string{"arm64"}},
-		"not a platform at all": {Builder: builderOCI, Platforms: []string{"linux/"}},
+		"unknown builder":       {Builder: "kaniko", Image: ImageFlags{Platforms: []string{"linux/arm64"}}},
+		"tarball of two":        {Builder: builderOCI, Image: ImageFlags{Platforms: []string{"linux/arm64", "linux/amd64"}}, Tarball: "x.tar"},
+		"docker with two":       {Builder: builderDocker, Image: ImageFlags{Platforms: []string{"linux/arm64", "linux/amd64"}}},
+		"docker with push":      {Builder: builderDocker, Image: ImageFlags{Platforms: []string{"linux/amd64"}}, Push: true},
+		"not a platform":        {Builder: builderOCI, Image: ImageFlags{Platforms: []string{"arm64"}}},
+		"not a platform at all": {Builder: builderOCI, Image: ImageFlags{Platforms: []string{"linux/"}}},
+		"lucid for two":         {Builder: builderOCI, Image: ImageFlags{Platforms: []string{"linux/arm64", "linux/amd64"}, Lucid: "lucid"}},
+		"no such lucid":         {Builder: builderOCI, Image: ImageFlags{Platforms: []string{"linux/arm64"}, Lucid: "no-such-lucid"}},
+		"no such ca-certs":      {Builder: builderOCI, Image: ImageFlags{Platforms: []string{"linux/arm64"}, CACerts: "no-such-bundle.pem"}},
 	} {
 		io, _, _, _ := iostreams.Test()
 		env := cli.NewEnv(io, func(string) string { return "" })

@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pickme/lucid/cmd/lucidctl/internal/build"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/deploy"
 	"github.com/pickme/lucid/pkg/deployfiles"
@@ -60,12 +60,10 @@ type Options struct {
 	LockWait      time.Duration
 	HealthTimeout time.Duration
 	MinFreeMiB    int64
-	Platforms     []string
-	Base          string
-	Lucid         string
-	SourceDir     string
-	ViaRegistry   string
-	Insecure      bool
+	// Image decides the images' bytes, as for lucidctl build.
+	Image       build.ImageFlags
+	ViaRegistry string
+	Insecure    bool
 }
 
 // NewCmds returns deploy, rollback and releases.
@@ -115,12 +113,9 @@ JSON event per step on stdout. Secrets never appear in either.`,
 	f.DurationVar(&opts.LockWait, "lock-wait", 0, "wait this long for another deploy's lock")
 	f.DurationVar(&opts.HealthTimeout, "health-timeout", 3*time.Minute, "how long every service gets to become healthy")
 	f.Int64Var(&opts.MinFreeMiB, "min-free", 1024, "free disk (MiB) the deploy dir needs")
-	f.StringSliceVar(&opts.Platforms, "platform", nil, "image platforms (default: lucid.yaml's)")
-	f.StringVar(&opts.Base, "base", imagebuild.BaseAuto, "base image (see lucidctl build)")
-	f.StringVar(&opts.Lucid, "lucid", "", "use this lucid binary instead of building one (one platform)")
+	opts.Image.Add(f)
 	f.StringVar(&opts.ViaRegistry, "via-registry", "", "send the images through this registry (host:port/prefix), which the host pulls from, instead of over SSH")
 	f.BoolVar(&opts.Insecure, "insecure-registry", false, "plain HTTP to the --via-registry registry")
-	f.StringVar(&opts.SourceDir, "source", "", "Lucid's source tree (default: the one the working directory is in)")
 	return cli.SupportsJSON(cmd)
 }
 
@@ -244,39 +239,19 @@ func readRendered(ctx context.Context, cfg *projectconfig.Config) (*rendered, er
 	return &r, nil
 }
 
-// buildImages compiles (or takes --lucid) and assembles the images, as
-// lucidctl build does, so a deployed image is the one build makes.
+// buildImages makes the images with lucidctl build's pipeline and image
+// flags, so a deployed image is the one build makes, and returns them with
+// the version they are labelled with.
 func buildImages(ctx context.Context, opts *Options, cfg *projectconfig.Config) ([]imagebuild.Built, string, error) {
-	names := opts.Platforms
-	if len(names) == 0 {
-		names = cfg.Platforms
-	}
-	platforms, err := imagebuild.ParsePlatforms(names)
+	spec, err := opts.Image.Spec(cfg, opts.Env.Getenv)
 	if err != nil {
-		return nil, "", cli.Usage(err)
+		return nil, "", err
 	}
-	bo := imagebuild.Options{Platforms: platforms, Base: opts.Base, ImageName: cfg.Images.Name, Tag: cfg.Images.Tag, Version: "dev"}
-	if opts.Lucid != "" {
-		if len(platforms) != 1 {
-			return nil, "", cli.Usage(errors.New("--lucid is one binary: give exactly one --platform"))
-		}
-		bo.Binaries = map[string]string{platforms[0].String(): opts.Lucid}
-	} else {
-		src := opts.SourceDir
-		if src == "" {
-			wd, _ := os.Getwd()
-			if src = cli.SourceRoot(wd); src == "" {
-				return nil, "", cli.WithHint(errors.New("not in Lucid's source tree, and no --lucid binary"), "run from a checkout, or pass --lucid FILE")
-			}
-		}
-		stamp := imagebuild.ReadStamp(ctx, src, opts.Env.Getenv)
-		if bo.Binaries, err = imagebuild.CompileAll(ctx, src, filepath.Join(cfg.Abs(cfg.Local.StateDir), "build"), platforms, stamp, nil); err != nil {
-			return nil, "", err
-		}
-		stamp.Label(&bo)
+	res, err := imagebuild.Build(ctx, spec)
+	if err != nil {
+		return nil, "", err
 	}
-	built, err := imagebuild.Assemble(ctx, bo)
-	return built, bo.Version, err
+	return res.Images, res.Stamp.Version, nil
 }
 
 // reporter prints events: lines on stderr, or JSON lines on stdout.

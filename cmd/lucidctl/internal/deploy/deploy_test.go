@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pickme/lucid/cmd/lucidctl/internal/build"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/internal/testenv"
@@ -65,7 +66,7 @@ func TestDryRunChangesNothing(t *testing.T) {
 	io, _, out, errOut := iostreams.Test()
 	env := cli.NewEnv(io, func(string) string { return "" })
 	env.JSON, env.ConfigPath = true, filepath.Join(dir, "lucid.yaml")
-	opts := &Options{Env: env, Names: []string{"pi"}, DryRun: true, MinFreeMiB: 16, Base: imagebuild.BaseScratch, Lucid: lucidAmd64(t)}
+	opts := &Options{Env: env, Names: []string{"pi"}, DryRun: true, MinFreeMiB: 16, Image: build.ImageFlags{Base: imagebuild.BaseScratch, Lucid: lucidAmd64(t)}}
 	opts.SSH = sshFlags{SSHFlags: cli.SSHFlags{Identities: []string{s.ClientKey}, KnownHosts: s.KnownHosts, NoAgent: true}, dockerSocket: "/var/run/docker.sock"}
 	if err := runDeploy(context.Background(), opts); err != nil {
 		t.Fatalf("%v\n%s", err, errOut.String())
@@ -103,7 +104,7 @@ func TestUnknownHostExitsFour(t *testing.T) {
 	env := cli.NewEnv(io, func(string) string { return "" })
 	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
 	// No binary: the host key must stop the deploy before any build.
-	opts := &Options{Env: env, Names: []string{"pi"}, Base: imagebuild.BaseScratch, Lucid: filepath.Join(t.TempDir(), "no-such-lucid"), MinFreeMiB: 16}
+	opts := &Options{Env: env, Names: []string{"pi"}, Image: build.ImageFlags{Base: imagebuild.BaseScratch, Lucid: filepath.Join(t.TempDir(), "no-such-lucid")}, MinFreeMiB: 16}
 	opts.SSH = sshFlags{SSHFlags: cli.SSHFlags{Identities: []string{s.ClientKey}, KnownHosts: filepath.Join(t.TempDir(), "known_hosts"), NoAgent: true}}
 	err := runDeploy(context.Background(), opts)
 	if code := cli.ExitCode(context.Background(), err); code != cli.ExitAuth || !strings.Contains(cli.Hint(err), "--accept-new-host-key") {
