@@ -4,7 +4,7 @@
 MODULE  := github.com/pickme/lucid
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
-LDFLAGS := -s -w -X $(MODULE)/pkg/buildinfo.Version=$(VERSION) -X $(MODULE)/pkg/buildinfo.Commit=$(COMMIT)
+LDFLAGS := -w -X $(MODULE)/pkg/buildinfo.Version=$(VERSION) -X $(MODULE)/pkg/buildinfo.Commit=$(COMMIT)
 
 .PHONY: build run test test-race bench bench-gateway vet fmt clean consul
 
