@@ -85,7 +85,7 @@ func writeNew(path, content string, mode os.FileMode) error {
 func ParseVerifier(vkey string) (note.Verifier, error) {
 	v, err := note.NewVerifier(strings.TrimSpace(vkey))
 	if err != nil {
-		return nil, fmt.Errorf("not a validator public key (want name+hash+key): %v", err)
+		return nil, fmt.Errorf("not a validator public key (want name+hash+key): %w", err)
 	}
 	return v, nil
 }

@@ -100,7 +100,7 @@ func (c *Client) sftpClient() (*sftp.Client, error) {
 	c.sftpOnce.Do(func() {
 		c.sftp, c.sftpErr = sftp.NewClient(c.ssh, sftp.UseConcurrentWrites(true))
 		if c.sftpErr != nil {
-			c.sftpErr = fmt.Errorf("%w: %v", errNoSFTP, c.sftpErr)
+			c.sftpErr = fmt.Errorf("%w: %w", errNoSFTP, c.sftpErr)
 		}
 	})
 	return c.sftp, c.sftpErr

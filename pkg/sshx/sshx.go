@@ -89,6 +89,8 @@ func (e *HostKeyError) Error() string {
 	return fmt.Sprintf("%s: host key %s is not in %s", e.Host, e.Fingerprint, e.KnownHosts)
 }
 
+// Is makes errors.Is match ErrHostKeyChanged or ErrUnknownHostKey,
+// whichever this error is.
 func (e *HostKeyError) Is(target error) bool {
 	return (e.Changed && target == ErrHostKeyChanged) || (!e.Changed && target == ErrUnknownHostKey)
 }
@@ -402,7 +404,7 @@ func dialError(addr string, err error) error {
 	case strings.Contains(msg, "connection refused"):
 		return fmt.Errorf("%s: %w (is sshd running, and is the port right?)", addr, ErrRefused)
 	case strings.Contains(msg, "no route"), strings.Contains(msg, "unreachable"), strings.Contains(msg, "i/o timeout"), strings.Contains(msg, "no such host"):
-		return fmt.Errorf("%s: %w: %v", addr, ErrNoRoute, err)
+		return fmt.Errorf("%s: %w: %w", addr, ErrNoRoute, err)
 	}
 	return fmt.Errorf("dial %s: %w", addr, err)
 }
