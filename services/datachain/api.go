@@ -154,8 +154,8 @@ func acquire(r *http.Request, slots chan struct{}) (func(), error) {
 	}
 }
 
-func tooLarge(max int) error {
-	return service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge, "a chunk is at most %d bytes", max)
+func tooLarge(limit int) error {
+	return service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge, "a chunk is at most %d bytes", limit)
 }
 
 // sessionError is chunkError for a session lookup.
