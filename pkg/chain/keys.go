@@ -70,12 +70,14 @@ func writeNew(path, content string, mode os.FileMode) error {
 	if err != nil {
 		return err
 	}
+	// On a failed write the file is abandoned: the write's error is the
+	// one to report, not the Close after it.
 	if _, err := f.WriteString(content + "\n"); err != nil {
-		f.Close()
+		_ = f.Close()
 		return err
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
+		_ = f.Close()
 		return err
 	}
 	return f.Close()
