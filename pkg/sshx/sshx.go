@@ -174,7 +174,7 @@ func (c *Client) Close() error {
 	// Settle the SFTP client first: opened by now, or never to be.
 	c.sftpOnce.Do(func() { c.sftpErr = errNoSFTP })
 	if c.sftp != nil {
-		c.sftp.Close()
+		_ = c.sftp.Close() // ends with the connection below; its error is that one
 	}
 	return c.ssh.Close()
 }
@@ -204,7 +204,7 @@ func (c *Client) keepAlive(interval time.Duration) {
 			missed = 0
 		case <-time.After(interval):
 			if missed++; missed >= 3 {
-				c.ssh.Close()
+				_ = c.ssh.Close() // the point is to fail the next step fast
 				return
 			}
 		}
@@ -222,7 +222,7 @@ func resolve(t Target, o Options, home string) (host string, port int, user stri
 		}
 		if f, err := os.Open(path); err == nil {
 			cfg, _ = ssh_config.Decode(f)
-			f.Close()
+			_ = f.Close() // only read: no data to lose
 		}
 	}
 	get := func(key string) string {
@@ -320,9 +320,8 @@ func hostKeyCheck(file, addr string, acceptNew bool) (ssh.HostKeyCallback, []str
 			if ferr != nil {
 				return ferr
 			}
-			defer f.Close()
 			_, ferr = fmt.Fprintln(f, knownhosts.Line([]string{knownhosts.Normalize(hostname)}, key))
-			return ferr
+			return errors.Join(ferr, f.Close())
 		case errors.As(err, &ke):
 			return &HostKeyError{Host: hostname, Fingerprint: ssh.FingerprintSHA256(key), KnownHosts: file}
 		}
