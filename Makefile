@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -w -X $(MODULE)/pkg/buildinfo.Version=$(VERSION) -X $(MODULE)/pkg/buildinfo.Commit=$(COMMIT)
 
-.PHONY: build run test test-race bench bench-gateway vet fmt clean consul
+.PHONY: build run test test-race bench bench-gateway vet lint fmt clean consul
 
 ## build: lucidctl and lucid into bin/
 build:
@@ -39,6 +39,10 @@ bench-gateway:
 
 vet:
 	go vet ./...
+
+## lint: golangci-lint with .golangci.yml (built once, as the test command does)
+lint:
+	"$$(./scripts/build-golangci-lint.sh)" run ./...
 
 fmt:
 	gofmt -w cmd pkg services internal

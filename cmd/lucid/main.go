@@ -34,7 +34,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(stderr, "lucid:", err)
+	_, _ = fmt.Fprintln(stderr, "lucid:", err) // stderr is the last place to report to
 	var ue usageError
 	var ce *service.ConfigError
 	if errors.As(err, &ue) || errors.As(err, &ce) {

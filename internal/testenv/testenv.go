@@ -128,7 +128,7 @@ func BuildLucidctl(dir string) (string, error) { return build(dir, "lucidctl") }
 func build(dir, name string) (string, error) {
 	bin := filepath.Join(dir, name)
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/pickme/lucid/cmd/"+name).CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build %s: %v\n%s", name, err, out)
+		return "", fmt.Errorf("build %s: %w\n%s", name, err, out)
 	}
 	return bin, nil
 }

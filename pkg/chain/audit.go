@@ -107,7 +107,7 @@ func CheckConsistency(older, newer *Header, p [][]byte) error {
 		return fmt.Errorf("%w: two different blocks at height %d (%s, %s)", ErrInconsistent, older.Height, older.Hash(), newer.Hash())
 	}
 	if err := logtree.VerifyConsistency(older.TreeSize, newer.TreeSize, p, older.Root, newer.Root); err != nil {
-		return fmt.Errorf("%w: the log at size %d (block %d) is not a prefix of the log at size %d (block %d): history was rewritten (%v)",
+		return fmt.Errorf("%w: the log at size %d (block %d) is not a prefix of the log at size %d (block %d): history was rewritten (%w)",
 			ErrInconsistent, older.TreeSize, older.Height, newer.TreeSize, newer.Height, err)
 	}
 	return nil

@@ -70,12 +70,14 @@ func writeNew(path, content string, mode os.FileMode) error {
 	if err != nil {
 		return err
 	}
+	// On a failed write the file is abandoned: the write's error is the
+	// one to report, not the Close after it.
 	if _, err := f.WriteString(content + "\n"); err != nil {
-		f.Close()
+		_ = f.Close()
 		return err
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
+		_ = f.Close()
 		return err
 	}
 	return f.Close()
@@ -85,7 +87,7 @@ func writeNew(path, content string, mode os.FileMode) error {
 func ParseVerifier(vkey string) (note.Verifier, error) {
 	v, err := note.NewVerifier(strings.TrimSpace(vkey))
 	if err != nil {
-		return nil, fmt.Errorf("not a validator public key (want name+hash+key): %v", err)
+		return nil, fmt.Errorf("not a validator public key (want name+hash+key): %w", err)
 	}
 	return v, nil
 }

@@ -94,7 +94,7 @@ func VerifyReceipt(data []byte, validators note.Verifiers, origin string) (*Veri
 		return nil, fmt.Errorf("receipt index %d is outside the checkpoint's tree of %d", r.Index, h.TreeSize)
 	}
 	if err := logtree.VerifyInclusion(r.Index, h.TreeSize, logtree.Hasher.HashLeaf(r.Tx), r.Proof, h.Root); err != nil {
-		return nil, fmt.Errorf("%w: the transaction, index or proof was altered (%v)", ErrInclusion, err)
+		return nil, fmt.Errorf("%w: the transaction, index or proof was altered (%w)", ErrInclusion, err)
 	}
 	return &VerifiedReceipt{TxID: TxID(r.Tx), Tx: tx, Index: r.Index, Header: h}, nil
 }

@@ -79,7 +79,7 @@ func Open(path, origin string) (*Store, error) {
 		err = s.load()
 	}
 	if err != nil {
-		db.Close()
+		_ = db.Close() // the open error is the one to report
 		return nil, fmt.Errorf("open chain store %s: %w", path, err)
 	}
 	return s, nil

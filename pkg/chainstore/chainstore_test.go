@@ -2,6 +2,7 @@ package chainstore
 
 import (
 	"errors"
+	"io"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -37,13 +38,13 @@ func TestAppendReopenReceipts(t *testing.T) {
 	if _, err := s.Append(other.Blocks[0]); err == nil || !strings.Contains(err.Error(), "a different block") {
 		t.Errorf("conflicting block 1: %v", err)
 	}
-	s.Close()
+	closeT(t, s)
 
 	s, err = Open(path, chain.Origin(chaintest.ChainID))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	defer closeT(t, s)
 	if s.Height() != 3 || len(s.Validators()) != 1 {
 		t.Fatalf("after reopen: height %d, validators %v", s.Height(), s.Validators())
 	}
@@ -116,7 +117,7 @@ func TestOldSessionIndexIsRebuilt(t *testing.T) {
 	c := chaintest.New()
 	c.Append(chaintest.Anchor(1), chaintest.Anchor(2))
 	path := filepath.Join(t.TempDir(), "chain.db")
-	storeWith(t, path, c).Close()
+	closeT(t, storeWith(t, path, c))
 	// Back to the old layout.
 	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {
@@ -132,15 +133,14 @@ func TestOldSessionIndexIsRebuilt(t *testing.T) {
 		}
 		return old.Put([]byte(chaintest.Anchor(1).Anchor.SessionID), []byte("x"))
 	})
-	db.Close()
-	if err != nil {
+	if err := errors.Join(err, db.Close()); err != nil {
 		t.Fatal(err)
 	}
 	s, err := Open(path, chain.Origin(chaintest.ChainID))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	defer closeT(t, s)
 	for i := 1; i <= 2; i++ {
 		a := chaintest.Anchor(i)
 		raw, _ := a.Encode()
@@ -157,6 +157,15 @@ func TestOldSessionIndexIsRebuilt(t *testing.T) {
 }
 
 // storeWith opens a store at path holding c's blocks.
+// closeT closes c and reports a failure: a store that does not close
+// cleanly may have lost what the test wrote.
+func closeT(t *testing.T, c io.Closer) {
+	t.Helper()
+	if err := c.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+}
+
 func storeWith(t *testing.T, path string, c *chaintest.Chain) *Store {
 	t.Helper()
 	s, err := Open(path, chain.Origin(chaintest.ChainID))

@@ -94,10 +94,10 @@ func isSecretName(key string) bool {
 	return strings.HasSuffix(k, "_KEY")
 }
 
-// Diff is a unified diff from old to new, labelled with path; empty when
+// Diff is a unified diff from old to cur, labelled with path; empty when
 // they are equal.
-func Diff(path string, old, new []byte) string {
-	if string(old) == string(new) {
+func Diff(path string, old, cur []byte) string {
+	if string(old) == string(cur) {
 		return ""
 	}
 	from := "a/" + path
@@ -105,7 +105,7 @@ func Diff(path string, old, new []byte) string {
 		from = "/dev/null"
 	}
 	d, err := difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
-		A: difflib.SplitLines(string(old)), B: difflib.SplitLines(string(new)),
+		A: difflib.SplitLines(string(old)), B: difflib.SplitLines(string(cur)),
 		FromFile: from, ToFile: "b/" + path, Context: 3,
 	})
 	if err != nil {

@@ -141,17 +141,20 @@ func WriteAtomic(path string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
+	// After the rename there is nothing left to remove; before it, the
+	// temporary file is abandoned and its removal or Close failing adds
+	// nothing to the error returned.
+	defer func() { _ = os.Remove(tmp.Name()) }()
 	if err := tmp.Chmod(Mode); err != nil {
-		tmp.Close()
+		_ = tmp.Close()
 		return err
 	}
 	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
+		_ = tmp.Close()
 		return err
 	}
 	if err := tmp.Sync(); err != nil {
-		tmp.Close()
+		_ = tmp.Close()
 		return err
 	}
 	if err := tmp.Close(); err != nil {

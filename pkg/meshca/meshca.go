@@ -587,7 +587,7 @@ func DecodeCerts(data []byte) ([]*x509.Certificate, error) {
 		}
 		out = append(out, c)
 	}
-	if len(strings.TrimSpace(string(data))) > 0 {
+	if strings.TrimSpace(string(data)) != "" {
 		return nil, errors.New("trailing data after the PEM certificates")
 	}
 	if len(out) == 0 {

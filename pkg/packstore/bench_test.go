@@ -1,7 +1,6 @@
 package packstore
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"os"
@@ -15,14 +14,12 @@ import (
 // diskWrites returns the bytes this process has caused to be written to
 // storage (Linux /proc/self/io), or -1.
 func diskWrites() int64 {
-	f, err := os.Open("/proc/self/io")
+	data, err := os.ReadFile("/proc/self/io")
 	if err != nil {
 		return -1
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "write_bytes: "); ok {
+	for line := range strings.Lines(string(data)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "write_bytes: "); ok {
 			n, _ := strconv.ParseInt(v, 10, 64)
 			return n
 		}
@@ -35,7 +32,7 @@ func benchIngest(b *testing.B, size int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer s.Close()
+	defer closeT(b, s)
 	chunks := make([][]byte, 64)
 	for i := range chunks {
 		chunks[i] = make([]byte, size)
@@ -86,7 +83,7 @@ func BenchmarkRead1MiB(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer s.Close()
+	defer closeT(b, s)
 	ids := make([]string, 64)
 	for i := range ids {
 		c := make([]byte, 1<<20)

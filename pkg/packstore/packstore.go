@@ -130,7 +130,7 @@ func Open(opts Options) (*Store, error) {
 	}
 	s := &Store{opts: opts, db: db, writes: make(chan *writeReq, 256), done: make(chan struct{}), readers: map[uint32]*os.File{}}
 	if err := s.init(); err != nil {
-		db.Close()
+		_ = db.Close() // the open error is the one to report
 		return nil, err
 	}
 	go s.writer()
@@ -188,28 +188,30 @@ func (s *Store) init() error {
 	if err != nil {
 		return err
 	}
+	// On failure the pack is left as it was, and the failure is what to
+	// report rather than the Close after it.
 	if err := syncDir(s.packDir()); err != nil {
-		f.Close()
+		_ = f.Close()
 		return err
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		f.Close()
+		_ = f.Close()
 		return err
 	}
 	if fi.Size() < packEnd {
-		f.Close()
+		_ = f.Close()
 		return fmt.Errorf("%s is %d bytes but the index has records up to %d: the pack was truncated or replaced", s.packPath(s.activeN), fi.Size(), packEnd)
 	}
 	if fi.Size() > packEnd {
 		// Bytes after the last committed record: a crash between the pack
 		// write and the index commit. No Put returned for them.
 		if err := f.Truncate(packEnd); err != nil {
-			f.Close()
+			_ = f.Close()
 			return fmt.Errorf("cut torn tail of %s: %w", s.packPath(s.activeN), err)
 		}
 		if err := f.Sync(); err != nil {
-			f.Close()
+			_ = f.Close()
 			return err
 		}
 	}
@@ -227,8 +229,7 @@ func syncDir(dir string) error {
 	if err != nil {
 		return err
 	}
-	defer d.Close()
-	return d.Sync()
+	return errors.Join(d.Sync(), d.Close())
 }
 
 // ErrClosed is returned by a Store that is closing.
@@ -243,7 +244,7 @@ func (s *Store) Close() error {
 	<-s.done
 	s.readMu.Lock()
 	for _, f := range s.readers {
-		f.Close()
+		_ = f.Close() // only ever read: no data to lose
 	}
 	s.readMu.Unlock()
 	return errors.Join(s.active.Close(), s.db.Close())
@@ -487,7 +488,7 @@ func (s *Store) rotate() error {
 		return err
 	}
 	if err := syncDir(s.packDir()); err != nil {
-		f.Close()
+		_ = f.Close() // the new pack is unused; the failure is what to report
 		return err
 	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
@@ -498,7 +499,7 @@ func (s *Store) rotate() error {
 		return meta.Put(keyPackEnd, binary.BigEndian.AppendUint64(nil, 0))
 	})
 	if err != nil {
-		f.Close()
+		_ = f.Close() // the new pack is unused; the failure is what to report
 		return err
 	}
 	s.mu.Lock()

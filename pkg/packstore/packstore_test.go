@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -30,6 +31,15 @@ func openT(t *testing.T, dir string, key []byte) *Store {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// closeT closes c and reports a failure: a store or pack file that does
+// not close cleanly may have lost what the test wrote.
+func closeT(tb testing.TB, c io.Closer) {
+	tb.Helper()
+	if err := c.Close(); err != nil {
+		tb.Errorf("close: %v", err)
+	}
 }
 
 func TestPutGetDedupSessions(t *testing.T) {
@@ -74,10 +84,10 @@ func TestPutGetDedupSessions(t *testing.T) {
 	if err := s.Delete(owner, ids[0]); !errors.Is(err, ErrReferenced) {
 		t.Errorf("delete of a sealed session's chunk: %v", err)
 	}
-	s.Close()
+	closeT(t, s)
 
 	s = openT(t, dir, nil)
-	defer s.Close()
+	defer closeT(t, s)
 	for i, id := range ids {
 		got, err := s.Get(owner, id)
 		if err != nil || !bytes.Equal(got, chunk(i, 4096)) {
@@ -102,13 +112,13 @@ func TestTornTailIsCut(t *testing.T) {
 	dir := t.TempDir()
 	s := openT(t, dir, nil)
 	id, _ := s.Put(context.Background(), owner, chunk(1, 1000), nil)
-	s.Close()
+	closeT(t, s)
 	f, _ := os.OpenFile(s.packPath(1), os.O_APPEND|os.O_WRONLY, 0)
 	_, _ = f.Write([]byte("LPK1 half a record"))
-	f.Close()
+	closeT(t, f)
 
 	s = openT(t, dir, nil)
-	defer s.Close()
+	defer closeT(t, s)
 	if fi, _ := os.Stat(s.packPath(1)); fi.Size() != headerSize+1000 {
 		t.Errorf("pack is %d bytes after open; the torn tail was not cut", fi.Size())
 	}
@@ -139,7 +149,7 @@ func TestFlippedByteIsFound(t *testing.T) {
 		_, _ = f.ReadAt(one, loc.Offset+headerSize+500)
 		one[0] ^= 0x20
 		_, _ = f.WriteAt(one, loc.Offset+headerSize+500)
-		f.Close()
+		closeT(t, f)
 
 		if _, err := s.Get(owner, a); err != nil {
 			t.Errorf("intact chunk: %v", err)
@@ -154,7 +164,7 @@ func TestFlippedByteIsFound(t *testing.T) {
 		if rep.Chunks != 1 || len(rep.Damaged) != 1 || rep.Damaged[0].ID != b || strings.Join(rep.Damaged[0].Sessions, ",") != "sess" {
 			t.Errorf("scrub = %+v", rep)
 		}
-		s.Close()
+		closeT(t, s)
 	}
 }
 
@@ -164,7 +174,7 @@ func TestEncryptionAtRest(t *testing.T) {
 	s := openT(t, dir, key)
 	secret := []byte("SESSION-PLAINTEXT-MARKER " + strings.Repeat("x", 1000))
 	id, _ := s.Put(context.Background(), owner, secret, nil)
-	s.Close()
+	closeT(t, s)
 	pack, _ := os.ReadFile(s.packPath(1))
 	if bytes.Contains(pack, []byte("SESSION-PLAINTEXT-MARKER")) {
 		t.Error("plaintext found in the pack")
@@ -176,13 +186,13 @@ func TestEncryptionAtRest(t *testing.T) {
 		t.Errorf("no key: %v", err)
 	}
 	s = openT(t, dir, key)
-	defer s.Close()
+	defer closeT(t, s)
 	if got, err := s.Get(owner, id); err != nil || !bytes.Equal(got, secret) {
 		t.Errorf("read back: %v", err)
 	}
 	plain := t.TempDir()
 	p := openT(t, plain, nil)
-	p.Close()
+	closeT(t, p)
 	if _, err := Open(Options{Dir: plain, Key: key}); err == nil || !strings.Contains(err.Error(), "created without encryption") {
 		t.Errorf("key on a plain store: %v", err)
 	}
@@ -245,9 +255,9 @@ func TestCompactReclaimsWithoutBlockingReads(t *testing.T) {
 	if len(rep.Packs) == 0 || after.PackBytes >= before.PackBytes || after.DeadBytes >= before.DeadBytes {
 		t.Errorf("compaction %+v: pack bytes %d -> %d, dead %d -> %d", rep, before.PackBytes, after.PackBytes, before.DeadBytes, after.DeadBytes)
 	}
-	s.Close()
+	closeT(t, s)
 	s = openT(t, dir, nil)
-	defer s.Close()
+	defer closeT(t, s)
 	for i, id := range keep {
 		if got, err := s.Get(owner, id); err != nil || !bytes.Equal(got, chunk(i*5, 4096)) {
 			t.Fatalf("chunk %d after compaction and reopen: %v", i*5, err)
@@ -263,7 +273,7 @@ func damage(t *testing.T, s *Store, id string) {
 		t.Fatal(err)
 	}
 	f, _ := os.OpenFile(s.packPath(loc.Pack), os.O_RDWR, 0)
-	defer f.Close()
+	defer closeT(t, f)
 	one := make([]byte, 1)
 	_, _ = f.ReadAt(one, loc.Offset+headerSize+10)
 	one[0] ^= 0xff
@@ -274,7 +284,7 @@ func damage(t *testing.T, s *Store, id string) {
 // upload of the same bytes writes it again, and the session keeps it.
 func TestReuploadRepairsDamage(t *testing.T) {
 	s := openT(t, t.TempDir(), nil)
-	defer s.Close()
+	defer closeT(t, s)
 	ctx := context.Background()
 	data := chunk(5, 3000)
 	id, _ := s.Put(ctx, owner, data, &Member{Session: "s", Index: 0})
@@ -306,7 +316,7 @@ func TestCompactionAndScrubTogether(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	defer closeT(t, s)
 	ctx := context.Background()
 	var ids []string
 	for i := 0; i < 120; i++ {
@@ -348,7 +358,7 @@ func TestCompactionAndScrubTogether(t *testing.T) {
 
 func TestAddReportsNewBytes(t *testing.T) {
 	s := openT(t, t.TempDir(), nil)
-	defer s.Close()
+	defer closeT(t, s)
 	ctx := context.Background()
 	if _, isNew, err := s.Add(ctx, owner, chunk(1, 2000), nil); err != nil || !isNew {
 		t.Errorf("first Add: new=%v %v", isNew, err)
@@ -364,7 +374,7 @@ func TestAddReportsNewBytes(t *testing.T) {
 // before owners (a session id, a chunk id), so such a store reads as is.
 func TestOwnersAreApart(t *testing.T) {
 	s := openT(t, t.TempDir(), nil)
-	defer s.Close()
+	defer closeT(t, s)
 	ctx := context.Background()
 	const sess, mallory = "11111111-2222-4333-8444-555555555555", "mallory"
 	data := chunk(1, 4096)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -355,4 +356,4 @@ func (s *Store) Stats() (Stats, error) {
 	return st, nil
 }
 
-func (s *Store) packDir() string { return s.opts.Dir + string(os.PathSeparator) + "packs" }
+func (s *Store) packDir() string { return filepath.Join(s.opts.Dir, "packs") }

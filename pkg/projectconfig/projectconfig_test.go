@@ -30,6 +30,7 @@ func TestParseExample(t *testing.T) {
 }
 
 func TestUnknownKeys(t *testing.T) {
+	//nolint:misspell // the misspelt keys are what this test is about
 	src := `targets:
   pi:
     host: pi.local
@@ -48,7 +49,7 @@ platfroms: [linux/arm64]
 	msg := err.Error()
 	for _, want := range []string{
 		`lucid.yaml:4:5: unknown key "hots" in targets.pi (did you mean "host"?); known keys: dir, host, port, user`,
-		`lucid.yaml:7:1: unknown key "platfroms" at the top level (did you mean "platforms"?)`,
+		`lucid.yaml:7:1: unknown key "platfroms" at the top level (did you mean "platforms"?)`, //nolint:misspell // the misspelt key, quoted back
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error\n%s\nlacks\n%s", msg, want)

@@ -184,8 +184,8 @@ func (m *Memory) shard(key string) *shard {
 
 // store sets key's TAT, making room first if key is new and the shard is
 // full.
-func (sh *shard) store(key string, tat time.Time, max int, now time.Time) {
-	if _, ok := sh.tats[key]; !ok && len(sh.tats) >= max {
+func (sh *shard) store(key string, tat time.Time, limit int, now time.Time) {
+	if _, ok := sh.tats[key]; !ok && len(sh.tats) >= limit {
 		sh.evict(now)
 	}
 	sh.tats[key] = tat

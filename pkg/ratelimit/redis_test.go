@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -19,8 +20,7 @@ func TestRedisSharedBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := ParseRedisURL("redis://" + addr + "/0")
-	defer a.Close()
-	defer b.Close()
+	defer closeT(t, b)
 	ga, gb := NewRedis(a, "lucid:rl:"), NewRedis(b, "lucid:rl:")
 	l := Limit{Limit: 100, Period: time.Minute, Burst: 10}
 	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
@@ -54,7 +54,7 @@ func TestRedisSharedBudget(t *testing.T) {
 			t.Fatalf("step %d: memory %+v, redis %+v", i, dm, dr)
 		}
 	}
-	a.Close()
+	closeT(t, a)
 	if _, err := ga.Allow(ctx, "x", l, now); err == nil {
 		t.Error("no error with the client closed")
 	}
@@ -84,7 +84,7 @@ func TestRedisCostsAgreeWithMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer closeT(t, c)
 	r, m := NewRedis(c, "lucid:rl:"), NewMemory(100)
 	l := Limit{Limit: 100, Period: time.Minute, Burst: 10}
 	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
@@ -119,7 +119,7 @@ func TestRedisClientFitsARequestPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer closeT(t, c)
 	o := c.Options()
 	if o.DialTimeout > 250*time.Millisecond || o.ReadTimeout > 200*time.Millisecond || o.WriteTimeout > 200*time.Millisecond ||
 		o.PoolTimeout > 250*time.Millisecond || o.MaxRetries > 1 || o.DialerRetries != 1 || o.MaxRetryBackoff > 50*time.Millisecond {
@@ -137,7 +137,7 @@ func TestFallbackWhenRedisDies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer closeT(t, c)
 	var ch changes
 	f := NewFallback(NewRedis(c, "lucid:rl:"), NewMemory(100), FallbackOptions{Retry: 50 * time.Millisecond, OnChange: ch.record})
 	l := Limit{Limit: 100, Period: time.Minute, Burst: 10}
@@ -188,5 +188,13 @@ func TestFallbackWhenRedisDies(t *testing.T) {
 	}
 	if got := ch.list(); len(got) != 2 || got[1] != "primary" {
 		t.Errorf("changes: %q", got)
+	}
+}
+
+// closeT closes c and reports a failure.
+func closeT(t *testing.T, c io.Closer) {
+	t.Helper()
+	if err := c.Close(); err != nil {
+		t.Errorf("close: %v", err)
 	}
 }

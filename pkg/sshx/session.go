@@ -39,7 +39,9 @@ func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader) ([]byte, 
 	if err != nil {
 		return nil, fmt.Errorf("ssh session to %s: %w", c.addr, err)
 	}
-	defer s.Close()
+	// A session's Close reports io.EOF once the command has ended, and
+	// the command's own result is what Run returns.
+	defer func() { _ = s.Close() }()
 	var stdout, stderr bytes.Buffer
 	s.Stdout, s.Stderr, s.Stdin = &stdout, &stderr, stdin
 	done := make(chan error, 1)
@@ -48,7 +50,7 @@ func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader) ([]byte, 
 	case err = <-done:
 	case <-ctx.Done():
 		_ = s.Signal(ssh.SIGTERM)
-		s.Close()
+		_ = s.Close()
 		return nil, fmt.Errorf("%s on %s: %w", shorten(cmd), c.addr, ctx.Err())
 	}
 	var ee *ssh.ExitError
@@ -100,7 +102,7 @@ func (c *Client) sftpClient() (*sftp.Client, error) {
 	c.sftpOnce.Do(func() {
 		c.sftp, c.sftpErr = sftp.NewClient(c.ssh, sftp.UseConcurrentWrites(true))
 		if c.sftpErr != nil {
-			c.sftpErr = fmt.Errorf("%w: %v", errNoSFTP, c.sftpErr)
+			c.sftpErr = fmt.Errorf("%w: %w", errNoSFTP, c.sftpErr)
 		}
 	})
 	return c.sftp, c.sftpErr
@@ -119,12 +121,14 @@ func (c *Client) writeSFTP(p string, data []byte, mode os.FileMode) error {
 	if err != nil {
 		return fmt.Errorf("create %s: %w", tmp, err)
 	}
+	// On failure the temporary file is abandoned (the next upload
+	// truncates it): the failure is what to report, not the Close after it.
 	if err := f.Chmod(mode.Perm()); err != nil {
-		f.Close()
+		_ = f.Close()
 		return fmt.Errorf("chmod %s: %w", tmp, err)
 	}
 	if _, err := f.ReadFrom(bytes.NewReader(data)); err != nil {
-		f.Close()
+		_ = f.Close()
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}
 	if err := f.Close(); err != nil {

@@ -89,6 +89,8 @@ func (e *HostKeyError) Error() string {
 	return fmt.Sprintf("%s: host key %s is not in %s", e.Host, e.Fingerprint, e.KnownHosts)
 }
 
+// Is makes errors.Is match ErrHostKeyChanged or ErrUnknownHostKey,
+// whichever this error is.
 func (e *HostKeyError) Is(target error) bool {
 	return (e.Changed && target == ErrHostKeyChanged) || (!e.Changed && target == ErrUnknownHostKey)
 }
@@ -172,7 +174,7 @@ func (c *Client) Close() error {
 	// Settle the SFTP client first: opened by now, or never to be.
 	c.sftpOnce.Do(func() { c.sftpErr = errNoSFTP })
 	if c.sftp != nil {
-		c.sftp.Close()
+		_ = c.sftp.Close() // ends with the connection below; its error is that one
 	}
 	return c.ssh.Close()
 }
@@ -202,7 +204,7 @@ func (c *Client) keepAlive(interval time.Duration) {
 			missed = 0
 		case <-time.After(interval):
 			if missed++; missed >= 3 {
-				c.ssh.Close()
+				_ = c.ssh.Close() // the point is to fail the next step fast
 				return
 			}
 		}
@@ -220,7 +222,7 @@ func resolve(t Target, o Options, home string) (host string, port int, user stri
 		}
 		if f, err := os.Open(path); err == nil {
 			cfg, _ = ssh_config.Decode(f)
-			f.Close()
+			_ = f.Close() // only read: no data to lose
 		}
 	}
 	get := func(key string) string {
@@ -318,9 +320,8 @@ func hostKeyCheck(file, addr string, acceptNew bool) (ssh.HostKeyCallback, []str
 			if ferr != nil {
 				return ferr
 			}
-			defer f.Close()
 			_, ferr = fmt.Fprintln(f, knownhosts.Line([]string{knownhosts.Normalize(hostname)}, key))
-			return ferr
+			return errors.Join(ferr, f.Close())
 		case errors.As(err, &ke):
 			return &HostKeyError{Host: hostname, Fingerprint: ssh.FingerprintSHA256(key), KnownHosts: file}
 		}
@@ -402,7 +403,7 @@ func dialError(addr string, err error) error {
 	case strings.Contains(msg, "connection refused"):
 		return fmt.Errorf("%s: %w (is sshd running, and is the port right?)", addr, ErrRefused)
 	case strings.Contains(msg, "no route"), strings.Contains(msg, "unreachable"), strings.Contains(msg, "i/o timeout"), strings.Contains(msg, "no such host"):
-		return fmt.Errorf("%s: %w: %v", addr, ErrNoRoute, err)
+		return fmt.Errorf("%s: %w: %w", addr, ErrNoRoute, err)
 	}
 	return fmt.Errorf("dial %s: %w", addr, err)
 }

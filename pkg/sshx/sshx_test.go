@@ -33,7 +33,11 @@ func dial(t *testing.T, s *testenv.SSHD, o Options) (*Client, error) {
 	o.NoAgent, o.ConfigFile = true, "none"
 	c, err := Dial(context.Background(), Target{Host: s.Host, Port: s.Port, User: s.User}, o)
 	if err == nil {
-		t.Cleanup(func() { c.Close() })
+		t.Cleanup(func() {
+			if err := c.Close(); err != nil {
+				t.Errorf("close: %v", err)
+			}
+		})
 	}
 	return c, err
 }
@@ -146,7 +150,11 @@ func TestConfigAlias(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	}()
 	if c.Addr() != "127.0.0.1:"+itoa(s.Port) {
 		t.Errorf("addr %s", c.Addr())
 	}

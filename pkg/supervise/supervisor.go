@@ -269,8 +269,10 @@ func (s *Supervisor) runOnce(p *program, log *slog.Logger) (exit string, stopped
 	}
 	cmd.Stdout, cmd.Stderr = outW, errW
 	err = cmd.Start()
-	outW.Close() // the child holds its own copies
-	errW.Close()
+	// The child holds its own copies; ours only keep the readers from
+	// seeing EOF, and closing them cannot lose data.
+	_ = outW.Close()
+	_ = errW.Close()
 	if err != nil {
 		readers.Wait()
 		log.Warn("start failed", "error", err)
@@ -389,8 +391,8 @@ func (s *Supervisor) pipes(name string, readers *sync.WaitGroup) (outW, errW *os
 	}
 	errR, errW, err := os.Pipe()
 	if err != nil {
-		outR.Close()
-		outW.Close()
+		_ = outR.Close() // unused; the failure is what to report
+		_ = outW.Close()
 		return nil, nil, err
 	}
 	for _, x := range []struct {
@@ -400,7 +402,7 @@ func (s *Supervisor) pipes(name string, readers *sync.WaitGroup) (outW, errW *os
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
-			defer x.r.Close()
+			defer func() { _ = x.r.Close() }() // a read end: no data to lose
 			s.copyLines(name, x.stream, x.r)
 		}()
 	}

@@ -78,7 +78,7 @@ func openStore(path string) (*store, error) {
 		return migrate(tx)
 	})
 	if err != nil {
-		db.Close()
+		_ = db.Close() // the open error is the one to report
 		return nil, fmt.Errorf("open anchor queue %s: %w", path, err)
 	}
 	return &store{db: db}, nil

@@ -46,13 +46,13 @@ func TestQueueSurvivesReopen(t *testing.T) {
 	if n, err := s.markRefused([]refusal{{id: "t2", code: "LUCID_ERR_1009", reason: "taken"}}); err != nil || n != 1 {
 		t.Fatalf("markRefused = %d %v", n, err)
 	}
-	s.close()
+	closeStore(t, s)
 
 	s, err = openStore(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.close()
+	defer closeStore(t, s)
 	ids, _, err := s.pending(10, func(string) bool { return false })
 	if err != nil || len(ids) != 1 || ids[0] != "t1" {
 		t.Fatalf("pending after reopen = %v %v", ids, err)
@@ -73,7 +73,7 @@ func TestRefusedLeavesTheQueueWithItsReason(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.close()
+	defer closeStore(t, s)
 	for i, id := range []string{"t1", "t2", "t3"} {
 		rec := &record{Owner: "alice", SessionID: fmt.Sprintf("s%d", i), TxID: id, Tx: []byte(`{}`), Status: statusPending}
 		if _, _, err := s.accept(rec); err != nil {
@@ -123,15 +123,14 @@ func TestOldQueueIsMigrated(t *testing.T) {
 		}
 		return nil
 	})
-	db.Close()
-	if err != nil {
+	if err := errors.Join(err, db.Close()); err != nil {
 		t.Fatal(err)
 	}
 	s, err := openStore(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.close()
+	defer closeStore(t, s)
 	for _, a := range []*chain.Transaction{a1, a2} {
 		if got, err := s.get(a.Anchor.Owner, a.Anchor.SessionID); err != nil || got == nil || got.Owner != a.Anchor.Owner {
 			t.Fatalf("%s after the migration: %+v %v", a.Anchor.SessionID, got, err)
@@ -145,5 +144,14 @@ func TestOldQueueIsMigrated(t *testing.T) {
 	n, err := s.markSealed(3, []sealedTx{{id: ids[0], height: 3}})
 	if err != nil || n != 1 {
 		t.Fatalf("sealing the migrated anchor: %d %v", n, err)
+	}
+}
+
+// closeStore closes s and reports a failure: a queue that does not close
+// cleanly may have lost what the test wrote.
+func closeStore(t *testing.T, s *store) {
+	t.Helper()
+	if err := s.close(); err != nil {
+		t.Errorf("close: %v", err)
 	}
 }

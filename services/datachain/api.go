@@ -76,12 +76,14 @@ func (a *api) put(w http.ResponseWriter, r *http.Request, p service.Principal) e
 			}
 			return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "malformed multipart form: %v", err)
 		}
-		defer r.MultipartForm.RemoveAll()
+		// Removing the spooled temporary files is best effort: the request
+		// is answered either way.
+		defer func() { _ = r.MultipartForm.RemoveAll() }()
 		f, _, err := r.FormFile("chunk")
 		if err != nil {
 			return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "the form has no \"chunk\" file")
 		}
-		defer f.Close()
+		defer func() { _ = f.Close() }() // only read: no data to lose
 		if data, err = io.ReadAll(io.LimitReader(f, limit+1)); err != nil {
 			return err
 		}
@@ -154,8 +156,8 @@ func acquire(r *http.Request, slots chan struct{}) (func(), error) {
 	}
 }
 
-func tooLarge(max int) error {
-	return service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge, "a chunk is at most %d bytes", max)
+func tooLarge(limit int) error {
+	return service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge, "a chunk is at most %d bytes", limit)
 }
 
 // sessionError is chunkError for a session lookup.

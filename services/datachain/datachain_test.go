@@ -104,7 +104,7 @@ func TestChunkAPI(t *testing.T) {
 	_ = mw.WriteField("index", "1")
 	fw, _ := mw.CreateFormFile("chunk", "c1")
 	_, _ = fw.Write(bytes.Repeat([]byte("m"), 3000))
-	mw.Close()
+	_ = mw.Close() // into a bytes.Buffer, which cannot fail
 	if code, body := do(t, http.MethodPut, hs.URL+"/api/v1/chunks", mw.FormDataContentType(), mp.Bytes()); code != 201 {
 		t.Errorf("multipart: %d %s", code, body)
 	}
@@ -150,8 +150,12 @@ func TestDamagedChunkIsNotServed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _ = f.WriteAt([]byte{'Z'}, loc.Offset+100)
-	f.Close()
+	if _, err := f.WriteAt([]byte{'Z'}, loc.Offset+100); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
 	code, body := do(t, http.MethodGet, hs.URL+"/api/v1/chunks/"+id, "", nil)
 	if code != 500 || !strings.Contains(body, "LUCID_ERR_5201") || !strings.Contains(body, "damaged") || strings.Contains(body, "zzzz") {
 		t.Errorf("damaged chunk: %d %s", code, body)

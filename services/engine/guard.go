@@ -27,7 +27,7 @@ func openGuard(path string) (*guard, error) {
 		_, err := tx.CreateBucketIfNotExists(bucketSigned)
 		return err
 	}); err != nil {
-		db.Close()
+		_ = db.Close() // the open error is the one to report
 		return nil, err
 	}
 	return &guard{db: db}, nil

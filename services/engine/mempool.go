@@ -26,8 +26,8 @@ type mempool struct {
 	owner    map[string]string // tx id → its key in sessions
 }
 
-func newMempool(max, maxBytes int) *mempool {
-	return &mempool{max: max, maxBytes: maxBytes, txs: map[string][]byte{}, sessions: map[string]string{}, owner: map[string]string{}}
+func newMempool(maxTxs, maxBytes int) *mempool {
+	return &mempool{max: maxTxs, maxBytes: maxBytes, txs: map[string][]byte{}, sessions: map[string]string{}, owner: map[string]string{}}
 }
 
 // add queues tx (an anchor of owner's session, if session is set). For

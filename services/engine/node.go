@@ -51,7 +51,7 @@ func openNode(cfg Config, logger *slog.Logger, m *metrics) (n *node, err error) 
 	opened := n
 	defer func() {
 		if err != nil {
-			opened.close()
+			_ = opened.close() // the failed step's error is the one to report
 		}
 	}()
 	if n.signer, n.vkey, err = chain.LoadOrCreateKey(cfg.DataDir, cfg.NodeID); err != nil {

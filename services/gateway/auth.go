@@ -29,7 +29,7 @@ func (a *App) authenticate(r *http.Request, now time.Time) (*auth.Claims, error)
 	case h == "":
 		return nil, errors.New("no Authorization header")
 	case len(h) > maxAuthHeader:
-		return nil, fmt.Errorf("Authorization header of %d bytes", len(h))
+		return nil, fmt.Errorf("an Authorization header of %d bytes", len(h))
 	}
 	tok, ok := strings.CutPrefix(h, "Bearer ")
 	if !ok {

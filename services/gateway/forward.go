@@ -101,9 +101,10 @@ func (p *connPool) get(ctx context.Context, now time.Time) (*upstreamConn, error
 			return c, nil
 		}
 		// The freshest is stale, so all the others are too.
-		stale := append(p.idle, c)
+		stale := p.idle
 		p.idle = nil
 		p.mu.Unlock()
+		_ = c.nc.Close()
 		for _, s := range stale {
 			_ = s.nc.Close()
 		}
@@ -205,13 +206,16 @@ func (rp *routeProxy) forward(w http.ResponseWriter, r *http.Request, inst *inst
 	stop := context.AfterFunc(r.Context(), cw.leave)
 	defer stop()
 	start := time.Now()
-	resp, uc, err := rp.exchange(r, inst, claims, cw, start)
+	// The response is read off the pooled connection uc, and relay ends it
+	// by closing or pooling uc; Body.Close would wait out a stalled
+	// upstream's remaining body instead.
+	resp, uc, err := rp.exchange(r, inst, claims, cw, start) //nolint:bodyclose // relay ends it through uc, see above
 	if err != nil && r.Context().Err() == nil {
 		rp.pool.eject(inst, rp.gw.now())
 		if !isTimeout(err) && time.Since(start) <= time.Second {
 			if other, perr := rp.pool.pick(rp.gw.now(), inst); perr == nil {
 				inst = other
-				if resp, uc, err = rp.exchange(r, other, claims, cw, time.Now()); err != nil {
+				if resp, uc, err = rp.exchange(r, other, claims, cw, time.Now()); err != nil { //nolint:bodyclose // relay ends it through uc
 					rp.pool.eject(other, rp.gw.now())
 				}
 			}

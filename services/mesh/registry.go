@@ -64,12 +64,12 @@ func openRegistrar(path string, logger *slog.Logger) (*registrar, error) {
 		_, err := tx.CreateBucketIfNotExists(externalBucket)
 		return err
 	}); err != nil {
-		db.Close()
+		_ = db.Close() // the open error is the one to report
 		return nil, err
 	}
 	g := &registrar{db: db, logger: logger, refresh: map[string]bool{}}
 	if err := g.dropForeignChecks(); err != nil {
-		db.Close()
+		_ = db.Close()
 		return nil, err
 	}
 	return g, nil

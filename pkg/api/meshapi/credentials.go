@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/google/uuid"
@@ -58,7 +59,7 @@ func uuidOf(h string) string {
 func ConsulAgentConfig(managementToken string) ([]byte, error) {
 	// Consul wants the 36-character form (others are deprecated there).
 	if _, err := uuid.Parse(managementToken); err != nil || len(managementToken) != 36 {
-		return nil, fmt.Errorf("Consul's management token must be a UUID")
+		return nil, errors.New("the management token for Consul must be a UUID")
 	}
 	type tokens struct {
 		InitialManagement string `json:"initial_management"`
