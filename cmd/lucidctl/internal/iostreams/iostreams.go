@@ -22,20 +22,52 @@ type IOStreams struct {
 	Out    io.Writer
 	ErrOut io.Writer
 
+	// result wraps Out and keeps its first write error, so that commands
+	// print their result without checking every line, and a result that
+	// did not reach stdout (a full disk under `> file`) still fails the
+	// run: see OutErr.
+	result *resultWriter
+
 	outTTY, errTTY bool
 	noColor        bool
+}
+
+// resultWriter remembers the first error of the writer it wraps, and
+// writes nothing after it: a result cut short must not look whole.
+type resultWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (r *resultWriter) Write(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	n, err := r.w.Write(p)
+	r.err = err
+	return n, err
+}
+
+// OutErr is the first error writing to stdout, or nil. lucidctl reports
+// it once, at exit, instead of at every line of a result.
+func (s *IOStreams) OutErr() error {
+	if s.result == nil {
+		return nil
+	}
+	return s.result.err
+}
+
+func newStreams(in io.Reader, out, errOut io.Writer) *IOStreams {
+	r := &resultWriter{w: out}
+	return &IOStreams{In: in, Out: r, ErrOut: errOut, result: r}
 }
 
 // System returns the process's own streams, with terminal and NO_COLOR
 // detection.
 func System() *IOStreams {
-	s := &IOStreams{
-		In:     os.Stdin,
-		Out:    os.Stdout,
-		ErrOut: os.Stderr,
-		outTTY: term.IsTerminal(int(os.Stdout.Fd())),
-		errTTY: term.IsTerminal(int(os.Stderr.Fd())),
-	}
+	s := newStreams(os.Stdin, os.Stdout, os.Stderr)
+	s.outTTY = term.IsTerminal(int(os.Stdout.Fd()))
+	s.errTTY = term.IsTerminal(int(os.Stderr.Fd()))
 	// https://no-color.org: any non-empty value disables color.
 	if os.Getenv("NO_COLOR") != "" || os.Getenv("TERM") == "dumb" {
 		s.noColor = true
@@ -46,7 +78,7 @@ func System() *IOStreams {
 // Test returns streams backed by buffers, none of them a terminal.
 func Test() (s *IOStreams, in, out, errOut *bytes.Buffer) {
 	in, out, errOut = &bytes.Buffer{}, &bytes.Buffer{}, &bytes.Buffer{}
-	return &IOStreams{In: in, Out: out, ErrOut: errOut}, in, out, errOut
+	return newStreams(in, out, errOut), in, out, errOut
 }
 
 // SetTTY marks stdout and stderr as terminals or not; tests use it.
@@ -65,7 +97,13 @@ func (s *IOStreams) ColorOut() bool { return s.outTTY && !s.noColor }
 func (s *IOStreams) ColorErr() bool { return s.errTTY && !s.noColor }
 
 // OutStyles returns styles for writing to stdout.
-func (s *IOStreams) OutStyles() *Styles { return newStyles(s.Out, s.ColorOut()) }
+func (s *IOStreams) OutStyles() *Styles {
+	w := s.Out
+	if s.result != nil && w == io.Writer(s.result) {
+		w = s.result.w // the terminal itself, for its color profile
+	}
+	return newStyles(w, s.ColorOut())
+}
 
 // ErrStyles returns styles for writing to stderr.
 func (s *IOStreams) ErrStyles() *Styles { return newStyles(s.ErrOut, s.ColorErr()) }

@@ -1,6 +1,9 @@
 package iostreams
 
 import (
+	"errors"
+	"fmt"
+	"io"
 	"strings"
 	"testing"
 )
@@ -33,4 +36,33 @@ func TestSystemHonoursNoColor(t *testing.T) {
 	if s.ColorOut() || s.ColorErr() {
 		t.Error("NO_COLOR ignored")
 	}
+}
+
+// TestResultWriteErrorIsKept: a result that could not be written is
+// reported once, and nothing is written after the first failure.
+func TestResultWriteErrorIsKept(t *testing.T) {
+	full := &failingWriter{after: 5}
+	s := newStreams(nil, full, io.Discard)
+	if s.OutErr() != nil {
+		t.Fatal("error before any write")
+	}
+	fmt.Fprintln(s.Out, "1234")
+	fmt.Fprintln(s.Out, "5678")
+	fmt.Fprintln(s.Out, "9")
+	if !errors.Is(s.OutErr(), errDiskFull) || full.writes != 2 {
+		t.Errorf("OutErr %v after %d writes; want the disk-full error and no write after it", s.OutErr(), full.writes)
+	}
+}
+
+var errDiskFull = errors.New("no space left on device")
+
+type failingWriter struct{ after, n, writes int }
+
+func (f *failingWriter) Write(p []byte) (int, error) {
+	f.writes++
+	if f.n+len(p) > f.after {
+		return 0, errDiskFull
+	}
+	f.n += len(p)
+	return len(p), nil
 }

@@ -4,6 +4,7 @@ package root
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/spf13/cobra"
 
@@ -83,6 +84,9 @@ func Execute(ctx context.Context, args []string, io *iostreams.IOStreams, getenv
 	if failed != nil {
 		// A usage error points at the --help of the command that failed.
 		err = cli.UsageOf(err, failed.CommandPath())
+	}
+	if err == nil && io.OutErr() != nil {
+		err = fmt.Errorf("writing the result to stdout: %w", io.OutErr())
 	}
 	if env.NoColor {
 		io.DisableColor() // the error may predate the flags taking effect
