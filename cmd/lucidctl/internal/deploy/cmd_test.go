@@ -57,6 +57,42 @@ func execute(t *testing.T, newCmd func(*cli.Env) *cobra.Command, yml string, arg
 
 const imagesYAML = "images:\n  name: lucid-clitest/{service}\n  tag: t\nplatforms: [linux/amd64]\n"
 
+// TestDeployWithoutArgument: `lucidctl deploy` deploys lucid.yaml's only
+// target; with several (or none) it is a usage error naming them.
+func TestDeployWithoutArgument(t *testing.T) {
+	ctx := context.Background()
+	// Port 1 on loopback refuses at once: the deploy got as far as
+	// dialling the one target.
+	one := "targets:\n  solo: {host: 127.0.0.1, port: 1, user: pi, dir: /opt/lucid}\n" + imagesYAML
+	err := execute(t, newDeployCmd, one)
+	if err == nil || cli.IsUsage(err) || !strings.HasPrefix(err.Error(), "solo: ") || cli.ExitCode(ctx, err) != cli.ExitAuth {
+		t.Errorf("one target: %v (exit %d), want a dial of solo", err, cli.ExitCode(ctx, err))
+	}
+
+	several := "targets:\n  pi: {host: a.local}\n  pi2: {host: b.local}\n  pi3: {host: c.local}\ngroups:\n  fleet: [pi, pi2]\n  lab: [pi3]\n" + imagesYAML
+	err = execute(t, newDeployCmd, several)
+	if cli.ExitCode(ctx, err) != cli.ExitUsage {
+		t.Fatalf("several targets: %v (exit %d), want a usage error", err, cli.ExitCode(ctx, err))
+	}
+	for _, name := range []string{"pi, pi2, pi3", "fleet, lab"} {
+		if !strings.Contains(err.Error(), name) {
+			t.Errorf("several targets: %q does not name %s", err, name)
+		}
+	}
+
+	for name, yml := range map[string]string{"no lucid.yaml": "", "no targets": imagesYAML} {
+		err = execute(t, newDeployCmd, yml)
+		if cli.ExitCode(ctx, err) != cli.ExitUsage || !strings.Contains(cli.Hint(err), "targets:") {
+			t.Errorf("%s: %v (exit %d, hint %q), want a usage error saying to add a target", name, err, cli.ExitCode(ctx, err), cli.Hint(err))
+		}
+	}
+
+	// A name is still a name: an unknown one is a usage error.
+	if err = execute(t, newDeployCmd, one, "nosuch"); cli.ExitCode(ctx, err) != cli.ExitUsage {
+		t.Errorf("deploy nosuch: %v", err)
+	}
+}
+
 // TestRollbackAndReleasesArguments: argument mistakes are usage errors.
 func TestRollbackAndReleasesArguments(t *testing.T) {
 	ctx := context.Background()

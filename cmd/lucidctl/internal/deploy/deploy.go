@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -81,7 +83,8 @@ func newDeployCmd(env *cli.Env) *cobra.Command {
 		Args:  cli.MinArgs(0),
 		Short: "Deploy the rendered files and the images to targets over SSH",
 		Long: `Deploy to each target (or each target of a group) of lucid.yaml, one host at a
-time, stopping at the first that fails:
+time, stopping at the first that fails. Without an argument, deploy to
+lucid.yaml's target when it has exactly one; with several, name one.
 
   1. check the rendered compose and env files (as lucidctl validate does);
   2. connect to every host over SSH (known_hosts verified), so that a wrong key
@@ -134,7 +137,9 @@ func runDeploy(ctx context.Context, opts *Options) error {
 	}
 	names := opts.Names
 	if len(names) == 0 {
-		names = []string{"pi"}
+		if names, err = onlyTarget(cfg); err != nil {
+			return err
+		}
 	}
 	var targets []string
 	for _, n := range names {
@@ -213,6 +218,28 @@ func deployTo(ctx context.Context, c deploy.Config, bundle deploy.Bundle, dry bo
 		return d.DryRun(ctx, bundle)
 	}
 	return d.Deploy(ctx, bundle)
+}
+
+// onlyTarget is what `deploy` without an argument deploys to: the one
+// target of lucid.yaml. With none, or several, the operator must say.
+func onlyTarget(cfg *projectconfig.Config) ([]string, error) {
+	targets := slices.Sorted(maps.Keys(cfg.Targets))
+	where := cfg.Path
+	if where == "" {
+		where = "the default configuration (no " + projectconfig.DefaultFile + ")"
+	}
+	switch len(targets) {
+	case 1:
+		return targets, nil
+	case 0:
+		return nil, cli.WithHint(cli.Usage(fmt.Errorf("%s names no target to deploy to", where)),
+			"add one under targets: in "+projectconfig.DefaultFile+" (host, user, dir), then run lucidctl deploy TARGET")
+	}
+	msg := fmt.Sprintf("%s has %d targets; name a target or a group: targets %s", where, len(targets), strings.Join(targets, ", "))
+	if len(cfg.Groups) > 0 {
+		msg += "; groups " + strings.Join(slices.Sorted(maps.Keys(cfg.Groups)), ", ")
+	}
+	return nil, cli.Usage(errors.New(msg))
 }
 
 // rendered are the files a release is made of.
