@@ -35,18 +35,113 @@ import (
 	"github.com/pickme/lucid/pkg/sshx"
 )
 
-// Options describe one deploy to one host.
-type Options struct {
-	// Name is the target's name in lucid.yaml, for messages.
+// Config is one target and how to deploy to it: the connection, the
+// deploy directory, the limits, the clock and who hears the events.
+type Config struct {
+	// Name is the target's name in lucid.yaml, for messages and events.
 	Name string
-	// SSH is the open connection to the host.
+	// SSH is the open connection to the host; the caller closes it.
 	SSH *sshx.Client
 	// Dir is the deploy directory on the host.
 	Dir string
-	// DockerSocket is the Engine's socket on the host.
+	// DockerSocket is the Engine's socket on the host (default
+	// /var/run/docker.sock).
 	DockerSocket string
-	// Compose is the rendered compose file; ImageName and Tag name the
-	// images in it.
+	// ImageName and Tag name the images in the rendered compose file
+	// (lucid.yaml's images.name and images.tag).
+	ImageName, Tag string
+	// Network is the external network the services share (default
+	// deployfiles.Network).
+	Network string
+	// MinFreeBytes is the free disk the deploy directory needs.
+	MinFreeBytes int64
+	// MaxClockSkew is how far the host's clock may be off (default 5m).
+	MaxClockSkew time.Duration
+	// HealthTimeout is how long every service gets to become healthy
+	// (default 3m).
+	HealthTimeout time.Duration
+	// LockWait is how long to wait for another deploy's lock.
+	LockWait time.Duration
+	// LockTTL is how long a lock lives unless renewed (default 30m).
+	LockTTL time.Duration
+	// KeepReleases is how many releases stay on the host (default 5).
+	KeepReleases int
+	// GatewayHostPort is the gateway's port on the host, for the gate's
+	// last check (default the catalog's).
+	GatewayHostPort int
+	// ViaRegistry, when set ("host:port/prefix"), sends the images through
+	// that registry: pushed from here, pulled by the host's Engine.
+	ViaRegistry string
+	// InsecureRegistry allows plain HTTP to ViaRegistry.
+	InsecureRegistry bool
+	// Reporter hears every event (default: none).
+	Reporter Reporter
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func (c *Config) defaults() {
+	if c.DockerSocket == "" {
+		c.DockerSocket = "/var/run/docker.sock"
+	}
+	if c.Network == "" {
+		c.Network = deployfiles.Network
+	}
+	if c.MaxClockSkew == 0 {
+		c.MaxClockSkew = 5 * time.Minute
+	}
+	if c.HealthTimeout == 0 {
+		c.HealthTimeout = 3 * time.Minute
+	}
+	if c.LockTTL == 0 {
+		c.LockTTL = 30 * time.Minute
+	}
+	if c.KeepReleases == 0 {
+		c.KeepReleases = 5
+	}
+	if c.GatewayHostPort == 0 {
+		gw, _ := catalog.Lookup("gateway")
+		c.GatewayHostPort = gw.Port
+	}
+	if c.Reporter == nil {
+		c.Reporter = ReporterFunc(func(Event) {})
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Deployer deploys to one target, rolls it back and lists its releases.
+// Make one per target with New and Close it when done.
+type Deployer struct {
+	cfg Config
+	h   *host
+}
+
+// New returns the Deployer of the target c describes.
+func New(c Config) (*Deployer, error) {
+	c.defaults()
+	h, err := newHost(c.Name, c.SSH, c.Dir, c.DockerSocket)
+	if err != nil {
+		return nil, fmt.Errorf("%s: docker client: %w", c.Name, err)
+	}
+	return &Deployer{cfg: c, h: h}, nil
+}
+
+// Close lets go of the Deployer's Docker client; the SSH connection is
+// the caller's.
+func (d *Deployer) Close() error { return d.h.docker.Close() }
+
+// emit reports an event of this target, now.
+func (d *Deployer) emit(step Step, status EventStatus, msg string) {
+	d.cfg.Reporter.Event(Event{Time: d.cfg.Now(), Target: d.cfg.Name, Step: step, Status: status, Message: msg})
+}
+
+// Bundle is what a deploy puts on a host: the rendered files and the
+// images.
+type Bundle struct {
+	// Compose is the rendered compose file; Config's ImageName and Tag
+	// name the images in it.
 	Compose []byte
 	// EnvFiles are the containers' env files by path relative to the
 	// project (deployfiles.ServiceEnvPath), written with mode 0600. The
@@ -54,42 +149,16 @@ type Options struct {
 	EnvFiles map[string][]byte
 	// Routes is the gateway's route table the compose file mounts
 	// (deployfiles.RoutesPath); nil when it mounts none.
-	Routes          []byte
-	ImageName, Tag  string
-	Version         string
-	Images          []imagebuild.Built
-	Network         string
-	MinFreeBytes    int64
-	MaxClockSkew    time.Duration
-	HealthTimeout   time.Duration
-	LockWait        time.Duration
-	LockTTL         time.Duration
-	KeepReleases    int
-	GatewayHostPort int
-	DryRun          bool
-	// ViaRegistry, when set ("host:port/prefix"), sends the images through
-	// that registry: pushed from here, pulled by the host's Engine.
-	ViaRegistry string
-	// InsecureRegistry allows plain HTTP to ViaRegistry.
-	InsecureRegistry bool
-	// Events hears every step (required).
-	Events func(Event)
-	// Now is the clock (default time.Now).
-	Now func() time.Time
+	Routes []byte
+	// Version is the version the images were built as.
+	Version string
+	// Images are the six services' images, for one or more platforms.
+	Images []imagebuild.Built
 }
 
-// Event is one step of a deploy, for progress and --json.
-type Event struct {
-	Time    time.Time `json:"time"`
-	Target  string    `json:"target"`
-	Step    string    `json:"step"`
-	Status  string    `json:"status"` // start, ok, fail, info, warn
-	Message string    `json:"message,omitempty"`
-	Bytes   int64     `json:"bytes,omitempty"`
-	Total   int64     `json:"total,omitempty"`
-}
-
-// Result is what a deploy did.
+// Result is what a deploy did, or with DryRun would do. A deploy that
+// fails returns none: its error says what happened (a *RolledBackError
+// when the previous release serves again).
 type Result struct {
 	Target     string     `json:"target"`
 	Release    string     `json:"release"`
@@ -97,7 +166,6 @@ type Result struct {
 	SentBytes  int64      `json:"sent_bytes"`
 	SentLayers int        `json:"sent_layers"`
 	KeptLayers int        `json:"kept_layers"`
-	RolledBack string     `json:"rolled_back_to,omitempty"`
 	DryRun     bool       `json:"dry_run"`
 	// Plan, with DryRun: what would change.
 	Plan *Plan `json:"plan,omitempty"`
@@ -111,204 +179,227 @@ type Plan struct {
 	Services []string `json:"services_to_restart"`
 }
 
-func (o *Options) defaults() {
-	if o.DockerSocket == "" {
-		o.DockerSocket = "/var/run/docker.sock"
-	}
-	if o.Network == "" {
-		o.Network = deployfiles.Network
-	}
-	if o.MaxClockSkew == 0 {
-		o.MaxClockSkew = 5 * time.Minute
-	}
-	if o.HealthTimeout == 0 {
-		o.HealthTimeout = 3 * time.Minute
-	}
-	if o.LockTTL == 0 {
-		o.LockTTL = 30 * time.Minute
-	}
-	if o.KeepReleases == 0 {
-		o.KeepReleases = 5
-	}
-	if o.GatewayHostPort == 0 {
-		gw, _ := catalog.Lookup("gateway")
-		o.GatewayHostPort = gw.Port
-	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
+// Deploy puts b on the host as a new release and makes it current once it
+// passes its health gate; a release that fails the gate is replaced by the
+// previous one again (a *RolledBackError).
+func (d *Deployer) Deploy(ctx context.Context, b Bundle) (*Result, error) {
+	return d.deploy(ctx, b, false)
 }
 
-// Deploy runs one deploy.
-func Deploy(ctx context.Context, o Options) (_ *Result, deployErr error) {
-	o.defaults()
-	emit := func(step, status, msg string) {
-		o.Events(Event{Time: o.Now(), Target: o.Name, Step: step, Status: status, Message: msg})
-	}
-	res := &Result{Target: o.Name, DryRun: o.DryRun}
-	h, err := newHost(o.Name, o.SSH, o.Dir, o.DockerSocket)
-	if err != nil {
-		return nil, err
-	}
-	defer h.docker.Close()
+// DryRun says what Deploy would change (files, layers, services to
+// restart) and changes nothing.
+func (d *Deployer) DryRun(ctx context.Context, b Bundle) (*Result, error) {
+	return d.deploy(ctx, b, true)
+}
 
-	emit("preflight", "start", "")
+func (d *Deployer) deploy(ctx context.Context, b Bundle, dry bool) (_ *Result, deployErr error) {
+	name := d.cfg.Name
+	res := &Result{Target: name, DryRun: dry}
 	var platforms []v1.Platform
-	if len(o.Images) > 0 {
-		for _, pi := range o.Images[0].Images {
+	if len(b.Images) > 0 {
+		for _, pi := range b.Images[0].Images {
 			platforms = append(platforms, pi.Platform)
 		}
 	}
-	pf, err := h.preflight(ctx, o, platforms, o.DryRun)
+	pf, err := d.preflight(ctx, platforms, dry)
 	if err != nil {
-		emit("preflight", "fail", err.Error())
 		return nil, err
 	}
 	res.Preflight = pf
-	emit("preflight", "ok", fmt.Sprintf("docker %s, %s, %s, %d MiB free, clock %s, network %s", pf.Docker, pf.Compose, pf.Platform, pf.FreeBytes>>20, pf.ClockSkew, pf.Network))
 
-	id := releaseID(o.Now(), o.Version)
+	id := releaseID(d.cfg.Now(), b.Version)
 	res.Release = id
-	images, err := o.transferImages(pf.Platform, id)
+	images, err := d.transferImages(b.Images, pf.Platform, id)
 	if err != nil {
 		return nil, err
 	}
 
-	if !o.DryRun {
-		emit("lock", "start", "")
-		held, release, err := o.holdLock(ctx, h, emit)
+	if !dry {
+		held, release, err := d.holdLock(ctx)
 		if err != nil {
-			emit("lock", "fail", err.Error())
 			return nil, err
 		}
 		defer release()
-		emit("lock", "ok", h.lockPath())
 		ctx = held
 		defer func() { deployErr = lockLost(held, deployErr) }()
 	}
 
-	prev, err := h.current(ctx)
+	prev, err := d.h.current(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%s: releases: %w", o.Name, err)
+		return nil, fmt.Errorf("%s: releases: %w", name, err)
 	}
 	// Through a registry the host pulls what it lacks itself: nothing is
 	// sent over SSH, so there is nothing to ask its Engine.
 	plan := &TransferPlan{Images: images}
-	if o.ViaRegistry == "" {
-		if plan, err = planTransfer(ctx, h.docker, images); err != nil {
+	if d.cfg.ViaRegistry == "" {
+		if plan, err = planTransfer(ctx, d.h.docker, images); err != nil {
 			return nil, err
 		}
 	}
 	res.SentLayers, res.KeptLayers = len(plan.Send), plan.KeptLayers
-	compose, err := pinImages(o.Compose, o.ImageName, o.Tag, id)
+	compose, err := pinImages(b.Compose, d.cfg.ImageName, d.cfg.Tag, id)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", o.Name, err)
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	ids, err := imageIDs(images)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 
-	if o.DryRun {
-		res.Plan = o.dryRunPlan(ctx, h, prev, plan)
-		emit("plan", "ok", fmt.Sprintf("%d files change, %d layers (%d bytes) to send, restart %s",
+	if dry {
+		if res.Plan, err = d.dryRunPlan(ctx, b, prev, plan, ids); err != nil {
+			d.emit(StepPlan, EventFail, err.Error())
+			return nil, fmt.Errorf("%s: plan: %w", name, err)
+		}
+		d.emit(StepPlan, EventOK, fmt.Sprintf("%d files change, %d layers (%d bytes) to send, restart %s",
 			len(res.Plan.Files), res.Plan.Layers, res.Plan.Bytes, strings.Join(res.Plan.Services, ", ")))
 		return res, nil
 	}
 
-	if o.ViaRegistry != "" {
-		emit("images", "start", "through "+o.ViaRegistry)
-		if err := o.throughRegistry(ctx, h, images); err != nil {
-			emit("images", "fail", err.Error())
-			return nil, fmt.Errorf("%s: %w (nothing was changed; the previous release still runs)", o.Name, err)
+	if res.SentBytes, err = d.sendImages(ctx, plan, images); err != nil {
+		return nil, fmt.Errorf("%s: %w (nothing was changed; the previous release still runs)", name, err)
+	}
+	rel := &Release{ID: id, Version: b.Version, Created: d.cfg.Now().UTC(), By: localUser() + "@" + localHost(), Images: ids}
+	if err := d.rollout(ctx, b, rel, compose, prev); err != nil {
+		return nil, err // a *RolledBackError when the previous release serves again
+	}
+	return res, nil
+}
+
+// sendImages puts the images on the host, over the connection or through
+// the registry, and returns the bytes sent over the connection.
+func (d *Deployer) sendImages(ctx context.Context, plan *TransferPlan, images []TransferImage) (int64, error) {
+	if via := d.cfg.ViaRegistry; via != "" {
+		d.emit(StepImages, EventStart, "through "+via)
+		if err := d.throughRegistry(ctx, images); err != nil {
+			d.emit(StepImages, EventFail, err.Error())
+			return 0, err
 		}
-		emit("images", "ok", "pulled by the host from "+o.ViaRegistry)
-		return o.rollout(ctx, h, res, prev, images, compose, id, emit)
+		d.emit(StepImages, EventOK, "pulled by the host from "+via)
+		return 0, nil
 	}
 	how := "only the missing layers"
 	if plan.Full {
 		how = "all layers: the host's containerd image store cannot skip any"
 	}
-	emit("images", "start", fmt.Sprintf("%d layers to send (%d bytes), %d already there; %s", len(plan.Send), plan.SendBytes, plan.KeptLayers, how))
+	d.emit(StepImages, EventStart, fmt.Sprintf("%d layers to send (%d bytes), %d already there; %s", len(plan.Send), plan.SendBytes, plan.KeptLayers, how))
 	var lastReport time.Time
-	res.SentBytes, err = plan.load(ctx, h.docker, func(sent int64) {
+	sent, err := plan.load(ctx, d.h.docker, func(sent int64) {
 		if time.Since(lastReport) > 200*time.Millisecond {
 			lastReport = time.Now()
-			o.Events(Event{Time: o.Now(), Target: o.Name, Step: "images", Status: "info", Bytes: sent, Total: plan.SendBytes})
+			d.cfg.Reporter.Event(Event{Time: d.cfg.Now(), Target: d.cfg.Name, Step: StepImages, Status: EventInfo, Bytes: sent, Total: plan.SendBytes})
 		}
 	})
 	if err != nil {
-		emit("images", "fail", err.Error())
-		return nil, fmt.Errorf("%s: %w (nothing was changed; the previous release still runs)", o.Name, err)
+		d.emit(StepImages, EventFail, err.Error())
+		return sent, err
 	}
-	o.Events(Event{Time: o.Now(), Target: o.Name, Step: "images", Status: "ok", Bytes: res.SentBytes, Total: plan.SendBytes,
+	d.cfg.Reporter.Event(Event{Time: d.cfg.Now(), Target: d.cfg.Name, Step: StepImages, Status: EventOK, Bytes: sent, Total: plan.SendBytes,
 		Message: fmt.Sprintf("%d layers sent, %d kept", len(plan.Send), plan.KeptLayers)})
-	return o.rollout(ctx, h, res, prev, images, compose, id, emit)
+	return sent, nil
 }
 
-// rollout writes the release, starts it, gates it, and either makes it
-// current or brings the previous release back.
-func (o *Options) rollout(ctx context.Context, h *host, res *Result, prev *Release, images []TransferImage, compose []byte, id string, emit func(step, status, msg string)) (*Result, error) {
-	rel := Release{ID: id, Version: o.Version, Created: o.Now().UTC(), By: localUser() + "@" + localHost(), Images: imageIDs(images), Status: "deploying"}
-	emit("release", "start", id)
-	if err := h.writeRelease(ctx, rel, compose, o.EnvFiles, o.Routes); err != nil {
-		emit("release", "fail", err.Error())
-		return nil, fmt.Errorf("%s: write release %s: %w (the previous release still runs)", o.Name, id, err)
+// rollout writes release rel, activates it, and when it fails its gate
+// records it failed and activates prev again.
+func (d *Deployer) rollout(ctx context.Context, b Bundle, rel *Release, compose []byte, prev *Release) error {
+	name := d.cfg.Name
+	d.emit(StepRelease, EventStart, rel.ID)
+	if err := d.h.writeRelease(ctx, rel, compose, b.EnvFiles, b.Routes); err != nil {
+		d.emit(StepRelease, EventFail, err.Error())
+		return fmt.Errorf("%s: write release %s: %w (the previous release still runs)", name, rel.ID, err)
 	}
-	emit("release", "ok", h.releaseDir(id))
+	d.emit(StepRelease, EventOK, d.h.releaseDir(rel.ID))
 
-	emit("up", "start", "")
-	gateErr := h.up(ctx, id)
-	if gateErr != nil {
+	live, gateErr := d.activate(ctx, rel, prev)
+	switch {
+	case gateErr == nil:
+		d.prune(ctx)
+		return nil
+	case live:
+		// It passed its gate and serves: going back would undo a good
+		// release. The records are what failed, and the error says so.
+		return fmt.Errorf("%s: release %s serves, but: %w", name, rel.ID, gateErr)
+	}
+
+	// From here on an interrupt must not stop the way back.
+	bg := context.WithoutCancel(ctx)
+	recErr := d.h.record(bg, rel, ReleaseFailed)
+	if recErr != nil {
+		d.emit(StepRelease, EventFail, recErr.Error())
+	}
+	if prev == nil {
+		return errors.Join(fmt.Errorf("%s: %w (no previous release to return to)", name, gateErr), recErr)
+	}
+	d.emit(StepRollback, EventStart, "back to "+prev.ID)
+	if _, err := d.activate(bg, prev, nil); err != nil {
+		d.emit(StepRollback, EventFail, err.Error())
+		return errors.Join(fmt.Errorf("%s: %w; and the return to the previous release %s failed: %v", name, gateErr, prev.ID, err), recErr)
+	}
+	d.emit(StepRollback, EventOK, "release "+prev.ID+" is serving again")
+	return errors.Join(&RolledBackError{Release: rel.ID, Previous: prev.ID, Cause: gateErr}, recErr)
+}
+
+// activate is the one way a release goes live, for a deploy's new release,
+// a rollback's target, and the previous release a failed deploy returns
+// to: compose up, the health gate, then current points at r, r is
+// recorded live, and replaces (the release current before, if any) is
+// recorded replaced. live reports whether r passed its gate: then it
+// serves, even when err says current or a record could not be written.
+func (d *Deployer) activate(ctx context.Context, r, replaces *Release) (live bool, err error) {
+	d.emit(StepUp, EventStart, r.ID)
+	if err := d.h.up(ctx, r.ID); err != nil {
 		// Compose gives up when a dependency never turns healthy; say
 		// which services failed, as the gate would.
-		if list, lerr := h.projectContainers(ctx); lerr == nil {
-			if gf, ok := h.gateFailure(ctx, id, list).(*GateFailure); ok && len(gf.Services) > 0 {
-				gf.Smoke = gateErr.Error()
-				gateErr = gf
+		if list, lerr := d.h.projectContainers(ctx); lerr == nil {
+			if gf, ok := d.h.gateFailure(ctx, r.ID, list).(*GateFailure); ok && len(gf.Services) > 0 {
+				gf.Smoke = err.Error()
+				err = gf
 			}
 		}
-	} else {
-		emit("up", "ok", "")
-		emit("health", "start", fmt.Sprintf("every service healthy within %s, then the gateway's /health", o.HealthTimeout))
-		gateErr = h.gate(ctx, id, len(catalog.Services), o.HealthTimeout, "127.0.0.1:"+strconv.Itoa(o.GatewayHostPort))
+		d.emit(StepUp, EventFail, err.Error())
+		return false, err
 	}
-	if gateErr == nil {
-		rel.Status = "live"
-		if err := h.makeCurrent(ctx, id); err != nil {
-			return nil, fmt.Errorf("%s: point current at %s: %w", o.Name, id, err)
-		}
-		_ = h.writeRecord(ctx, rel)
-		if prev != nil {
-			prev.Status = "replaced"
-			_ = h.writeRecord(ctx, *prev)
-		}
-		emit("health", "ok", "release "+id+" is live")
-		h.prune(ctx, *o, emit)
-		return res, nil
+	d.emit(StepUp, EventOK, "")
+	d.emit(StepHealth, EventStart, fmt.Sprintf("every service healthy within %s, then the gateway's /health", d.cfg.HealthTimeout))
+	if err := d.h.gate(ctx, r.ID, len(catalog.Services), d.cfg.HealthTimeout, "127.0.0.1:"+strconv.Itoa(d.cfg.GatewayHostPort)); err != nil {
+		d.emit(StepHealth, EventFail, err.Error())
+		return false, err
 	}
+	d.emit(StepHealth, EventOK, "")
+	return true, d.commit(ctx, r, replaces)
+}
 
-	emit("health", "fail", gateErr.Error())
-	rel.Status = "failed"
-	_ = h.writeRecord(context.WithoutCancel(ctx), rel)
-	if prev == nil {
-		return nil, fmt.Errorf("%s: %w (no previous release to return to)", o.Name, gateErr)
+// commit makes r, which passed its gate, the current release and records
+// it (and the release it replaces) so. Every failure is returned.
+func (d *Deployer) commit(ctx context.Context, r, replaces *Release) error {
+	if err := d.h.makeCurrent(ctx, r.ID); err != nil {
+		err = fmt.Errorf("point current at %s: %w", r.ID, err)
+		d.emit(StepActivate, EventFail, err.Error())
+		return err
 	}
-	emit("rollback", "start", "back to "+prev.ID)
-	if err := h.up(context.WithoutCancel(ctx), prev.ID); err != nil {
-		emit("rollback", "fail", err.Error())
-		return nil, fmt.Errorf("%s: %w; and the rollback to %s failed: %v", o.Name, gateErr, prev.ID, err)
+	var errs []error
+	if err := d.h.record(ctx, r, ReleaseLive); err != nil {
+		errs = append(errs, err)
 	}
-	if err := h.gate(context.WithoutCancel(ctx), prev.ID, len(catalog.Services), o.HealthTimeout, "127.0.0.1:"+strconv.Itoa(o.GatewayHostPort)); err != nil {
-		emit("rollback", "fail", err.Error())
-		return nil, fmt.Errorf("%s: %w; and the previous release %s is not healthy either: %v", o.Name, gateErr, prev.ID, err)
+	if replaces != nil && replaces.ID != r.ID {
+		if err := d.h.record(ctx, replaces, ReleaseReplaced); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	emit("rollback", "ok", "release "+prev.ID+" is serving again")
-	res.RolledBack = prev.ID
-	return res, &RolledBackError{Release: id, Previous: prev.ID, Cause: gateErr}
+	if err := errors.Join(errs...); err != nil {
+		d.emit(StepActivate, EventFail, err.Error())
+		return err
+	}
+	d.emit(StepActivate, EventOK, "release "+r.ID+" is live")
+	return nil
 }
 
 // throughRegistry pushes the images to ViaRegistry and has the host's
 // Engine pull them and tag them as a direct transfer would.
-func (o *Options) throughRegistry(ctx context.Context, h *host, images []TransferImage) error {
+func (d *Deployer) throughRegistry(ctx context.Context, images []TransferImage) error {
+	h := d.h
 	var nameOpts []name.Option
-	if o.InsecureRegistry {
+	if d.cfg.InsecureRegistry {
 		nameOpts = append(nameOpts, name.Insecure)
 	}
 	for _, ti := range images {
@@ -316,7 +407,7 @@ func (o *Options) throughRegistry(ctx context.Context, h *host, images []Transfe
 		// repository's last element and the release tag.
 		rel := ti.Tags[1]
 		cut := strings.LastIndex(rel, ":")
-		via := strings.TrimSuffix(o.ViaRegistry, "/") + "/" + path.Base(rel[:cut]) + rel[cut:]
+		via := strings.TrimSuffix(d.cfg.ViaRegistry, "/") + "/" + path.Base(rel[:cut]) + rel[cut:]
 		ref, err := name.NewTag(via, nameOpts...)
 		if err != nil {
 			return fmt.Errorf("registry reference %q: %w", via, err)
@@ -355,17 +446,19 @@ type RolledBackError struct {
 	Cause             error
 }
 
+// Error is the gate's failure and where the host is now.
 func (e *RolledBackError) Error() string {
 	return fmt.Sprintf("%v\nrolled back to release %s, which serves again", e.Cause, e.Previous)
 }
 
+// Unwrap returns the gate's failure.
 func (e *RolledBackError) Unwrap() error { return e.Cause }
 
 // transferImages picks each service's image for the host's platform and
 // tags it with the configured tag and the release's own.
-func (o *Options) transferImages(platform, id string) ([]TransferImage, error) {
+func (d *Deployer) transferImages(built []imagebuild.Built, platform, id string) ([]TransferImage, error) {
 	var out []TransferImage
-	for _, b := range o.Images {
+	for _, b := range built {
 		var img v1.Image
 		for _, pi := range b.Images {
 			if pi.Platform.String() == platform {
@@ -373,7 +466,7 @@ func (o *Options) transferImages(platform, id string) ([]TransferImage, error) {
 			}
 		}
 		if img == nil {
-			return nil, fmt.Errorf("%s: no image of %s for %s", o.Name, b.Ref, platform)
+			return nil, fmt.Errorf("%s: no image of %s for %s", d.cfg.Name, b.Ref, platform)
 		}
 		out = append(out, TransferImage{Service: b.Service, Image: img, Tags: []string{b.Ref, releaseTag(b.Ref, id)}})
 	}
@@ -405,30 +498,36 @@ func pinImages(compose []byte, name, tag, id string) ([]byte, error) {
 	return []byte(s), nil
 }
 
-// imageIDs maps each service to its image ID (the config digest).
-func imageIDs(images []TransferImage) map[string]string {
+// imageIDs maps each service to its image ID (the config digest), as the
+// release records them.
+func imageIDs(images []TransferImage) (map[string]string, error) {
 	m := map[string]string{}
 	for _, ti := range images {
-		if d, err := ti.Image.ConfigName(); err == nil {
-			m[ti.Service] = d.String()
+		d, err := ti.Image.ConfigName()
+		if err != nil {
+			return nil, fmt.Errorf("image ID of %s: %w", ti.Service, err)
 		}
+		m[ti.Service] = d.String()
 	}
-	return m
+	return m, nil
 }
 
 // holdLock takes the host's deploy lock for this deploy or rollback and
 // keeps it until release, which says so if renewing it ever failed. The
 // deploy goes on with the returned context, which ends if the lock is
 // lost to another deploy.
-func (o *Options) holdLock(ctx context.Context, h *host, emit func(step, status, msg string)) (held context.Context, release func(), err error) {
+func (d *Deployer) holdLock(ctx context.Context) (held context.Context, release func(), err error) {
+	d.emit(StepLock, EventStart, "")
 	me := lockInfo{Host: localHost(), PID: os.Getpid(), User: localUser()}
-	held, unlock, err := h.holdLock(ctx, me, o.LockWait, o.LockTTL, o.Now, func(m string) { emit("lock", "info", m) })
+	held, unlock, err := d.h.holdLock(ctx, me, d.cfg.LockWait, d.cfg.LockTTL, d.cfg.Now, func(m string) { d.emit(StepLock, EventInfo, m) })
 	if err != nil {
+		d.emit(StepLock, EventFail, err.Error())
 		return nil, nil, err
 	}
+	d.emit(StepLock, EventOK, d.h.lockPath())
 	return held, func() {
 		if err := unlock(); err != nil {
-			emit("lock", "warn", err.Error())
+			d.emit(StepLock, EventWarn, err.Error())
 		}
 	}, nil
 }
@@ -443,61 +542,78 @@ func lockLost(ctx context.Context, err error) error {
 }
 
 // dryRunPlan says what a deploy would change, without changing anything.
-func (o *Options) dryRunPlan(ctx context.Context, h *host, prev *Release, plan *TransferPlan) *Plan {
+func (d *Deployer) dryRunPlan(ctx context.Context, b Bundle, prev *Release, plan *TransferPlan, ids map[string]string) (*Plan, error) {
 	p := &Plan{Layers: len(plan.Send), Bytes: plan.SendBytes}
 	type file struct {
 		rel string
 		new []byte
 		pin bool // written with the images pinned to the release
 	}
-	files := []file{{deployfiles.ComposePath, o.Compose, true}}
-	for _, p := range slices.Sorted(maps.Keys(o.EnvFiles)) {
-		files = append(files, file{p, o.EnvFiles[p], false})
+	files := []file{{deployfiles.ComposePath, b.Compose, true}}
+	for _, p := range slices.Sorted(maps.Keys(b.EnvFiles)) {
+		files = append(files, file{p, b.EnvFiles[p], false})
 	}
-	if o.Routes != nil {
-		files = append(files, file{deployfiles.RoutesPath, o.Routes, false})
+	if b.Routes != nil {
+		files = append(files, file{deployfiles.RoutesPath, b.Routes, false})
 	}
-	if prev == nil {
-		for _, f := range files {
+	for _, f := range files {
+		if prev == nil {
+			p.Files = append(p.Files, f.rel)
+			continue
+		}
+		old, err := d.h.ssh.Run(ctx, "cat "+sshx.Quote(d.h.releaseDir(prev.ID)+"/"+f.rel), nil)
+		var ee *sshx.ExitError
+		switch {
+		case errors.As(err, &ee):
+			old = nil // not in the previous release: it changes
+		case err != nil:
+			return nil, fmt.Errorf("read %s of release %s: %w", f.rel, prev.ID, err)
+		}
+		cur := f.new
+		if f.pin {
+			if cur, err = pinImages(f.new, d.cfg.ImageName, d.cfg.Tag, prev.ID); err != nil {
+				return nil, err
+			}
+		}
+		if string(old) != string(cur) {
 			p.Files = append(p.Files, f.rel)
 		}
-	} else {
-		for _, f := range files {
-			old, _ := h.ssh.Run(ctx, "cat "+sshx.Quote(h.releaseDir(prev.ID)+"/"+f.rel), nil)
-			cur := f.new
-			if f.pin {
-				cur, _ = pinImages(f.new, o.ImageName, o.Tag, prev.ID)
-			}
-			if string(old) != string(cur) {
-				p.Files = append(p.Files, f.rel)
-			}
-		}
 	}
-	ids := imageIDs(plan.Images)
 	for _, s := range catalog.Services {
 		if prev == nil || prev.Images[s.Name] != ids[s.Name] {
 			p.Services = append(p.Services, s.Name)
 		}
 	}
-	return p
+	return p, nil
 }
 
 // prune removes releases beyond the newest KeepReleases, with their tags.
-func (h *host) prune(ctx context.Context, o Options, emit func(step, status, msg string)) {
+// What it cannot remove stays, and is said.
+func (d *Deployer) prune(ctx context.Context) {
+	h := d.h
 	rs, err := h.releases(ctx)
-	if err != nil || len(rs) <= o.KeepReleases {
+	if err != nil {
+		d.emit(StepPrune, EventWarn, "old releases left: "+err.Error())
 		return
 	}
-	for _, r := range rs[o.KeepReleases:] {
+	if len(rs) <= d.cfg.KeepReleases {
+		return
+	}
+	for _, r := range rs[d.cfg.KeepReleases:] {
 		if r.Current {
 			continue
 		}
 		for _, s := range catalog.Services {
-			_, _ = h.run(ctx, "docker rmi "+sshx.Quote(releaseTag(deployfiles.Image(o.ImageName, o.Tag, s), r.ID))+" >/dev/null 2>&1; true")
+			// An image tag another release still uses is kept by Docker.
+			if _, err := h.run(ctx, "docker rmi "+sshx.Quote(releaseTag(deployfiles.Image(d.cfg.ImageName, d.cfg.Tag, s), r.ID))+" >/dev/null 2>&1; true"); err != nil {
+				d.emit(StepPrune, EventWarn, fmt.Sprintf("release %s: remove its image of %s: %v", r.ID, s.Name, err))
+			}
 		}
-		if _, err := h.run(ctx, "rm -rf "+sshx.Quote(h.releaseDir(r.ID))); err == nil {
-			emit("prune", "info", "removed release "+r.ID)
+		if _, err := h.run(ctx, "rm -rf "+sshx.Quote(h.releaseDir(r.ID))); err != nil {
+			d.emit(StepPrune, EventWarn, fmt.Sprintf("release %s left: %v", r.ID, err))
+			continue
 		}
+		d.emit(StepPrune, EventInfo, "removed release "+r.ID)
 	}
 }
 
@@ -533,77 +649,80 @@ func localHost() string {
 // ErrNoRelease is asked for a release the host does not have.
 var ErrNoRelease = errors.New("no such release")
 
-// Releases lists the host's releases, newest first.
-func Releases(ctx context.Context, ssh *sshx.Client, dir string) ([]Release, error) {
-	h := &host{name: ssh.Addr(), ssh: ssh, dir: dir}
-	return h.releases(ctx)
+// Releases lists the target's releases, newest first.
+func (d *Deployer) Releases(ctx context.Context) ([]Release, error) {
+	return d.h.releases(ctx)
+}
+
+// RollbackResult is what a rollback did.
+type RollbackResult struct {
+	// Target is the target's name.
+	Target string `json:"target"`
+	// Release is the release that is live now.
+	Release string `json:"release"`
+	// Replaced is the release that was current before, if any.
+	Replaced string `json:"replaced,omitempty"`
 }
 
 // Rollback brings release id back (by default the newest release older
-// than the current one that went live), gates it, and makes it current.
-func Rollback(ctx context.Context, o Options, id string) (_ string, rollbackErr error) {
-	o.defaults()
-	emit := func(step, status, msg string) {
-		o.Events(Event{Time: o.Now(), Target: o.Name, Step: step, Status: status, Message: msg})
+// than the current one that went live) through the same activation as a
+// deploy: compose up, the health gate, current, the records.
+func (d *Deployer) Rollback(ctx context.Context, id string) (_ *RollbackResult, rollbackErr error) {
+	name := d.cfg.Name
+	if _, err := d.preflight(ctx, nil, false); err != nil {
+		return nil, err
 	}
-	h, err := newHost(o.Name, o.SSH, o.Dir, o.DockerSocket)
+	held, release, err := d.holdLock(ctx)
 	if err != nil {
-		return "", err
-	}
-	defer h.docker.Close()
-	if _, err := h.preflight(ctx, o, nil, false); err != nil {
-		return "", err
-	}
-	rs, err := h.releases(ctx)
-	if err != nil {
-		return "", err
-	}
-	var target *Release
-	seenCurrent := false
-	for i := range rs {
-		r := &rs[i]
-		switch {
-		case id != "" && r.ID == id:
-			target = r
-		case id == "" && r.Current:
-			seenCurrent = true
-		case id == "" && seenCurrent && target == nil && (r.Status == "replaced" || r.Status == "live"):
-			target = r
-		}
-	}
-	if target == nil {
-		if id == "" {
-			return "", fmt.Errorf("%s: %w: no earlier release that went live", o.Name, ErrNoRelease)
-		}
-		return "", fmt.Errorf("%s: %w %q", o.Name, ErrNoRelease, id)
-	}
-	held, release, err := o.holdLock(ctx, h, emit)
-	if err != nil {
-		return "", err
+		return nil, err
 	}
 	defer release()
 	ctx = held
 	defer func() { rollbackErr = lockLost(held, rollbackErr) }()
-	emit("rollback", "start", target.ID)
-	if err := h.up(ctx, target.ID); err != nil {
-		emit("rollback", "fail", err.Error())
-		return "", err
+
+	// Chosen under the lock: a deploy finishing meanwhile changes the
+	// answer.
+	rs, err := d.h.releases(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: releases: %w", name, err)
 	}
-	if err := h.gate(ctx, target.ID, len(catalog.Services), o.HealthTimeout, "127.0.0.1:"+strconv.Itoa(o.GatewayHostPort)); err != nil {
-		emit("rollback", "fail", err.Error())
-		return "", err
+	target, cur := pickRollback(rs, id)
+	if target == nil {
+		if id == "" {
+			return nil, fmt.Errorf("%s: %w: no earlier release that went live", name, ErrNoRelease)
+		}
+		return nil, fmt.Errorf("%s: %w %q", name, ErrNoRelease, id)
 	}
-	if err := h.makeCurrent(ctx, target.ID); err != nil {
-		return "", err
+	res := &RollbackResult{Target: name, Release: target.ID}
+	if cur != nil {
+		res.Replaced = cur.ID
 	}
-	for _, r := range rs {
-		if r.Current && r.ID != target.ID {
-			r.Status = "replaced"
-			_ = h.writeRecord(ctx, r)
+	d.emit(StepRollback, EventStart, target.ID)
+	if _, err := d.activate(ctx, target, cur); err != nil {
+		d.emit(StepRollback, EventFail, err.Error())
+		return nil, fmt.Errorf("%s: rollback to %s: %w", name, target.ID, err)
+	}
+	d.emit(StepRollback, EventOK, "release "+target.ID+" is live")
+	return res, nil
+}
+
+// pickRollback finds the release a rollback goes to in rs (newest first):
+// id, or without one the newest release older than the current one that
+// went live. cur is the current release, if any.
+func pickRollback(rs []Release, id string) (target, cur *Release) {
+	for i := range rs {
+		r := &rs[i]
+		if r.Current {
+			cur = r
+		}
+		switch {
+		case id != "":
+			if r.ID == id {
+				target = r
+			}
+		case cur != nil && r != cur && target == nil && r.Status.WentLive():
+			target = r
 		}
 	}
-	target.Status = "live"
-	_ = h.writeRecord(ctx, *target)
-	emit("rollback", "ok", "release "+target.ID+" is live")
-	return target.ID, nil
+	return target, cur
 }

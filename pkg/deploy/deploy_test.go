@@ -153,20 +153,40 @@ func images(t *testing.T, binary, version string) []imagebuild.Built {
 	return built
 }
 
+// deployment is one deploy: the target's Config and what goes there.
+type deployment struct {
+	cfg Config
+	b   Bundle
+}
+
 // options for a deploy; each gets its own second, so release ids differ.
-func (f *fixture) options(t *testing.T, c *sshx.Client, built []imagebuild.Built, events *[]Event) Options {
+func (f *fixture) options(c *sshx.Client, built []imagebuild.Built, events *[]Event) deployment {
 	var mu sync.Mutex
-	return Options{
-		Name: "pi", SSH: c, Dir: f.dir, Compose: f.compose, EnvFiles: f.envs, Routes: f.routes, ImageName: imageName, Tag: imageTag,
-		Version: "test", Images: built, MinFreeBytes: 64 << 20, HealthTimeout: 90 * time.Second,
-		GatewayHostPort: 8080 + portOffset,
-		Now:             func() time.Time { return time.Unix(f.clock.Add(1), 0) },
-		Events: func(e Event) {
-			mu.Lock()
-			defer mu.Unlock()
-			*events = append(*events, e)
+	return deployment{
+		cfg: Config{
+			Name: "pi", SSH: c, Dir: f.dir, ImageName: imageName, Tag: imageTag,
+			MinFreeBytes: 64 << 20, HealthTimeout: 90 * time.Second,
+			GatewayHostPort: 8080 + portOffset,
+			Now:             func() time.Time { return time.Unix(f.clock.Add(1), 0) },
+			Reporter: ReporterFunc(func(e Event) {
+				mu.Lock()
+				defer mu.Unlock()
+				*events = append(*events, e)
+			}),
 		},
+		b: Bundle{Compose: f.compose, EnvFiles: f.envs, Routes: f.routes, Version: "test", Images: built},
 	}
+}
+
+// runDeploy runs one deploy with a Deployer of its own.
+func runDeploy(ctx context.Context, t *testing.T, o deployment) (*Result, error) {
+	t.Helper()
+	d, err := New(o.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	return d.Deploy(ctx, o.b)
 }
 
 func (f *fixture) gatewayHealthy() bool {
@@ -216,7 +236,7 @@ func TestDeployEndToEnd(t *testing.T) {
 	good := images(t, lucidBinary(t), "v1")
 
 	var events []Event
-	res, err := Deploy(ctx, f.options(t, f.dial(t), good, &events))
+	res, err := runDeploy(ctx, t, f.options(f.dial(t), good, &events))
 	if err != nil {
 		t.Fatalf("first deploy: %v", err)
 	}
@@ -252,7 +272,7 @@ func TestDeployEndToEnd(t *testing.T) {
 	f.noSecrets(t, events)
 
 	events = nil
-	res, err = Deploy(ctx, f.options(t, f.dial(t), good, &events))
+	res, err = runDeploy(ctx, t, f.options(f.dial(t), good, &events))
 	if err != nil {
 		t.Fatalf("second deploy: %v", err)
 	}
@@ -266,7 +286,7 @@ func TestDeployEndToEnd(t *testing.T) {
 	}
 
 	events = nil
-	_, err = Deploy(ctx, f.options(t, f.dial(t), images(t, brokenBinary(t), "broken"), &events))
+	_, err = runDeploy(ctx, t, f.options(f.dial(t), images(t, brokenBinary(t), "broken"), &events))
 	var rb *RolledBackError
 	if !errors.As(err, &rb) || rb.Previous != second {
 		t.Fatalf("broken deploy: %v, want a rollback to %s", err, second)
@@ -284,16 +304,16 @@ func TestDeployEndToEnd(t *testing.T) {
 	// connection as soon as bytes flow.
 	cutImages := images(t, buildVersion(t, "v1.0.1-cut"), "v1.0.1")
 	c := f.dial(t)
-	o := f.options(t, c, cutImages, &events)
+	o := f.options(c, cutImages, &events)
 	var cut sync.Once
-	inner := o.Events
-	o.Events = func(e Event) {
-		inner(e)
+	inner := o.cfg.Reporter
+	o.cfg.Reporter = ReporterFunc(func(e Event) {
+		inner.Event(e)
 		if e.Step == "images" && e.Bytes > 0 {
 			cut.Do(func() { f.sshd.KillSessions(t) })
 		}
-	}
-	if _, err := Deploy(ctx, o); err == nil {
+	})
+	if _, err := runDeploy(ctx, t, o); err == nil {
 		t.Fatal("a deploy whose connection was cut succeeded")
 	}
 	if f.current(t) != second || !f.gatewayHealthy() {
@@ -302,22 +322,56 @@ func TestDeployEndToEnd(t *testing.T) {
 	// The cut deploy's lock outlives it: the next deploy is refused until
 	// the lock expires (taking over an expired one is tested on its own)
 	// or, here, is removed.
-	o = f.options(t, f.dial(t), cutImages, &events)
-	if _, err := Deploy(ctx, o); err == nil || !errors.Is(err, ErrLocked) {
+	o = f.options(f.dial(t), cutImages, &events)
+	if _, err := runDeploy(ctx, t, o); err == nil || !errors.Is(err, ErrLocked) {
 		t.Fatalf("deploy while the cut deploy's lock is live: %v, want ErrLocked", err)
 	}
 	if _, err := exec.Command("rm", "-f", filepath.Join(f.dir, ".deploy.lock")).CombinedOutput(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Deploy(ctx, f.options(t, f.dial(t), cutImages, &events)); err != nil {
+	if _, err := runDeploy(ctx, t, f.options(f.dial(t), cutImages, &events)); err != nil {
 		t.Fatalf("deploy after the cut: %v", err)
 	}
-	rs, err := Releases(ctx, f.dial(t), f.dir)
+	d, err := New(Config{Name: "pi", SSH: f.dial(t), Dir: f.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	rs, err := d.Releases(ctx)
 	// first, second, the broken one (failed) and this one; the cut deploy
 	// never wrote a release.
-	if err != nil || len(rs) != 4 || !rs[0].Current || rs[0].Status != "live" || rs[1].Status != "failed" {
-		t.Errorf("releases after it all: %+v %v", rs, err)
+	if err != nil || len(rs) != 4 || !rs[0].Current || rs[0].Status != ReleaseLive || rs[1].Status != ReleaseFailed {
+		t.Fatalf("releases after it all: %+v %v", rs, err)
 	}
+
+	// A rollback skips the failed release, goes back to the newest that
+	// went live, through the same activation, and records both.
+	last := rs[0].ID
+	events = nil
+	rd, err := New(f.options(f.dial(t), nil, &events).cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	rbRes, err := rd.Rollback(ctx, "")
+	if err != nil {
+		t.Fatalf("rollback: %v", err)
+	}
+	if rbRes.Release != second || rbRes.Replaced != last || f.current(t) != second || !f.gatewayHealthy() {
+		t.Fatalf("rollback: %+v, current %s, gateway healthy %v; want %s replacing %s", rbRes, f.current(t), f.gatewayHealthy(), second, last)
+	}
+	rs, err = rd.Releases(ctx)
+	if err != nil || rs[0].Status != ReleaseReplaced || rs[2].ID != second || rs[2].Status != ReleaseLive || !rs[2].Current {
+		t.Errorf("releases after the rollback: %+v %v", rs, err)
+	}
+	var steps []string
+	for _, e := range events {
+		steps = append(steps, string(e.Step)+"/"+string(e.Status))
+	}
+	if want := "preflight/start preflight/ok lock/start lock/ok rollback/start up/start up/ok health/start health/ok activate/ok rollback/ok"; strings.Join(steps, " ") != want {
+		t.Errorf("rollback events %s, want %s", strings.Join(steps, " "), want)
+	}
+	f.noSecrets(t, events)
 }
 
 // buildVersion is lucid stamped with another version: a new binary layer.
@@ -336,18 +390,18 @@ func TestPreflightRefusals(t *testing.T) {
 	good := images(t, lucidBinary(t), "v1")
 	var events []Event
 	for name, tc := range map[string]struct {
-		mutate func(*Options)
+		mutate func(*deployment)
 		want   error
 	}{
-		"no docker":         {func(o *Options) { o.DockerSocket = "/nonexistent/docker.sock" }, ErrNoDocker},
-		"wrong arch":        {func(o *Options) { o.Images = armImages(t) }, ErrArchitecture},
-		"disk too full":     {func(o *Options) { o.MinFreeBytes = 1 << 60 }, ErrDiskFull},
-		"clock out of step": {func(o *Options) { o.Now = func() time.Time { return time.Now().Add(time.Hour) } }, ErrClockSkew},
+		"no docker":         {func(o *deployment) { o.cfg.DockerSocket = "/nonexistent/docker.sock" }, ErrNoDocker},
+		"wrong arch":        {func(o *deployment) { o.b.Images = armImages(t) }, ErrArchitecture},
+		"disk too full":     {func(o *deployment) { o.cfg.MinFreeBytes = 1 << 60 }, ErrDiskFull},
+		"clock out of step": {func(o *deployment) { o.cfg.Now = func() time.Time { return time.Now().Add(time.Hour) } }, ErrClockSkew},
 	} {
 		t.Run(name, func(t *testing.T) {
-			o := f.options(t, f.dial(t), good, &events)
+			o := f.options(f.dial(t), good, &events)
 			tc.mutate(&o)
-			if _, err := Deploy(ctx, o); !errors.Is(err, tc.want) {
+			if _, err := runDeploy(ctx, t, o); !errors.Is(err, tc.want) {
 				t.Fatalf("%v, want %v", err, tc.want)
 			}
 			if _, err := os.Stat(filepath.Join(f.dir, "releases")); !errors.Is(err, os.ErrNotExist) {
@@ -378,8 +432,8 @@ func TestPreflightRefusals(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer h.unlock(ctx)
-		o := f.options(t, c, good, &events)
-		_, err := Deploy(ctx, o)
+		o := f.options(c, good, &events)
+		_, err := runDeploy(ctx, t, o)
 		if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "other@elsewhere") {
 			t.Fatalf("%v, want ErrLocked naming the holder", err)
 		}
@@ -408,9 +462,9 @@ func TestDeployViaRegistry(t *testing.T) {
 	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer reg.Close()
 	var events []Event
-	o := f.options(t, f.dial(t), images(t, lucidBinary(t), "v1"), &events)
-	o.ViaRegistry, o.InsecureRegistry = strings.TrimPrefix(reg.URL, "http://")+"/lucid", true
-	res, err := Deploy(context.Background(), o)
+	o := f.options(f.dial(t), images(t, lucidBinary(t), "v1"), &events)
+	o.cfg.ViaRegistry, o.cfg.InsecureRegistry = strings.TrimPrefix(reg.URL, "http://")+"/lucid", true
+	res, err := runDeploy(context.Background(), t, o)
 	if err != nil {
 		t.Fatalf("deploy via a registry: %v", err)
 	}

@@ -37,8 +37,10 @@ type Release struct {
 	Created time.Time         `json:"created"`
 	By      string            `json:"by"`
 	Images  map[string]string `json:"images"` // service → image ID
-	Status  string            `json:"status"` // deploying, live, failed, replaced
-	Current bool              `json:"current"`
+	Status  ReleaseStatus     `json:"status"`
+	// Current is whether <dir>/current points at the release; it is read
+	// from the link, never from release.json.
+	Current bool `json:"current"`
 }
 
 func (h *host) releasesDir() string         { return path.Join(h.dir, "releases") }
@@ -57,7 +59,12 @@ func (h *host) releases(ctx context.Context) ([]Release, error) {
 	if err != nil {
 		return nil, err
 	}
-	cur, _ := h.run(ctx, "readlink "+sshx.Quote(h.currentLink())+" 2>/dev/null; true")
+	// Which release is current decides what a rollback picks: a failure
+	// to ask is an error, not "none".
+	cur, err := h.run(ctx, "readlink "+sshx.Quote(h.currentLink())+" 2>/dev/null; true")
+	if err != nil {
+		return nil, fmt.Errorf("%s: read %s: %w", h.name, h.currentLink(), err)
+	}
 	cur = path.Base(cur)
 	var rs []Release
 	lines := strings.Split(out, "\n")
@@ -66,7 +73,7 @@ func (h *host) releases(ctx context.Context) ([]Release, error) {
 		if !releaseIDPattern.MatchString(dir) {
 			continue
 		}
-		r := Release{ID: dir, Status: "unknown"}
+		r := Release{ID: dir, Status: ReleaseUnknown}
 		if raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(lines[i+1])); err == nil {
 			var rec Release
 			if json.Unmarshal(raw, &rec) == nil && rec.ID == dir {
@@ -95,11 +102,12 @@ func (h *host) current(ctx context.Context) (*Release, error) {
 
 // writeRelease puts the release's files on the host: compose (images
 // pinned to the release's tags), each container's env file (0600), the
-// gateway's route table if there is one, and release.json. A release of
+// gateway's route table if there is one, and release.json, recording the
+// new release (status "") as deploying. A release of
 // before per-service env files has one shared env file; the next release
 // simply does not, so a deploy is the migration, and a rollback to the old
 // release brings its own files back.
-func (h *host) writeRelease(ctx context.Context, r Release, compose []byte, envFiles map[string][]byte, routes []byte) error {
+func (h *host) writeRelease(ctx context.Context, r *Release, compose []byte, envFiles map[string][]byte, routes []byte) error {
 	dir := h.releaseDir(r.ID)
 	if err := h.ssh.WriteFile(ctx, path.Join(dir, deployfiles.ComposePath), compose, 0o644); err != nil {
 		return err
@@ -115,17 +123,36 @@ func (h *host) writeRelease(ctx context.Context, r Release, compose []byte, envF
 			return err
 		}
 	}
-	return h.writeRecord(ctx, r)
+	return h.record(ctx, r, ReleaseDeploying)
 }
 
-func (h *host) writeRecord(ctx context.Context, r Release) error {
-	r.Current = false
-	data, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
+// record moves release r to status to, as the life cycle allows
+// (Transition), and writes its release.json: the only way a record is
+// written. r's status changes only once the record is on the host; a
+// failed write is a *RecordError. A release already in status to is left
+// as it is.
+func (h *host) record(ctx context.Context, r *Release, to ReleaseStatus) error {
+	if r.Status == to {
+		return nil
 	}
-	return h.ssh.WriteFile(ctx, path.Join(h.releaseDir(r.ID), "release.json"), append(data, '\n'), 0o644)
+	if err := Transition(r.Status, to); err != nil {
+		return &RecordError{Release: r.ID, Status: to, Err: err}
+	}
+	rec := *r
+	rec.Status, rec.Current = to, false
+	data, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return &RecordError{Release: r.ID, Status: to, Err: err}
+	}
+	if err := h.ssh.WriteFile(ctx, path.Join(h.releaseDir(r.ID), releaseRecord), append(data, '\n'), 0o644); err != nil {
+		return &RecordError{Release: r.ID, Status: to, Err: err}
+	}
+	r.Status = to
+	return nil
 }
+
+// releaseRecord is a release's record in its directory.
+const releaseRecord = "release.json"
 
 // up runs compose up for a release.
 func (h *host) up(ctx context.Context, id string) error {
@@ -167,6 +194,8 @@ type ServiceFailure struct {
 	Logs      string `json:"logs,omitempty"`
 }
 
+// Error names the release and, for each failing service, its state,
+// health output and last log lines.
 func (g *GateFailure) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "release %s failed its health gate", g.Release)

@@ -78,10 +78,23 @@ type Preflight struct {
 	Network   string `json:"network"`
 }
 
+// preflight checks the host before anything changes, reporting the step.
+// platforms are the images' (none for a rollback, which sends none).
+func (d *Deployer) preflight(ctx context.Context, platforms []v1.Platform, dry bool) (*Preflight, error) {
+	d.emit(StepPreflight, EventStart, "")
+	pf, err := d.h.preflight(ctx, d.cfg, platforms, dry)
+	if err != nil {
+		d.emit(StepPreflight, EventFail, err.Error())
+		return nil, err
+	}
+	d.emit(StepPreflight, EventOK, fmt.Sprintf("docker %s, %s, %s, %d MiB free, clock %s, network %s", pf.Docker, pf.Compose, pf.Platform, pf.FreeBytes>>20, pf.ClockSkew, pf.Network))
+	return pf, nil
+}
+
 // preflight checks the host: Docker, compose, architecture (a 32-bit
 // userland on a 64-bit kernel counts as 32-bit), free disk, clock, and the
 // external network (created when missing, unless dry).
-func (h *host) preflight(ctx context.Context, o Options, platforms []v1.Platform, dry bool) (*Preflight, error) {
+func (h *host) preflight(ctx context.Context, o Config, platforms []v1.Platform, dry bool) (*Preflight, error) {
 	pf := &Preflight{}
 	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
@@ -156,7 +169,10 @@ func (h *host) preflight(ctx context.Context, o Options, platforms []v1.Platform
 	if err != nil {
 		return nil, fmt.Errorf("%s: clock: %w", h.name, err)
 	}
-	remote, _ := strconv.ParseInt(secs, 10, 64)
+	remote, err := strconv.ParseInt(secs, 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("%s: clock: `date +%%s` answered %q", h.name, secs)
+	}
 	skew := time.Unix(remote, 0).Sub(before.Add(time.Since(start) / 2)).Round(time.Second)
 	pf.ClockSkew = skew.String()
 	if skew > o.MaxClockSkew || -skew > o.MaxClockSkew {

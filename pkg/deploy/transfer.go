@@ -96,7 +96,10 @@ func planTransfer(ctx context.Context, dc *client.Client, images []TransferImage
 		}
 	}
 	for _, l := range order {
-		d, _ := l.Digest()
+		d, err := l.Digest()
+		if err != nil {
+			return nil, err
+		}
 		if !need[d] {
 			plan.KeptLayers++
 			continue
@@ -151,7 +154,10 @@ func (p *TransferPlan) writeTarball(w io.Writer) error {
 	}
 	send := map[v1.Hash]bool{}
 	for _, l := range p.Send {
-		d, _ := l.Digest()
+		d, err := l.Digest()
+		if err != nil {
+			return err
+		}
 		send[d] = true
 	}
 	for _, ti := range p.Images {

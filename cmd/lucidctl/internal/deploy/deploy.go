@@ -8,8 +8,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -33,7 +36,7 @@ type sshFlags struct {
 }
 
 func (f *sshFlags) add(cmd *cobra.Command) {
-	f.SSHFlags.Add(cmd.Flags())
+	f.Add(cmd.Flags())
 	cmd.Flags().StringVar(&f.dockerSocket, "docker-socket", "/var/run/docker.sock", "the Docker Engine's socket on the host")
 }
 
@@ -78,7 +81,8 @@ func newDeployCmd(env *cli.Env) *cobra.Command {
 		Args:  cli.MinArgs(0),
 		Short: "Deploy the rendered files and the images to targets over SSH",
 		Long: `Deploy to each target (or each target of a group) of lucid.yaml, one host at a
-time, stopping at the first that fails:
+time, stopping at the first that fails. Without an argument, deploy to
+lucid.yaml's target when it has exactly one; with several, name one.
 
   1. check the rendered compose and env files (as lucidctl validate does);
   2. connect to every host over SSH (known_hosts verified), so that a wrong key
@@ -92,12 +96,14 @@ time, stopping at the first that fails:
   7. write a release directory (compose, env 0600, the gateway's route table,
      release.json) under the deploy dir;
   8. compose up, then wait until every service is healthy and the gateway answers;
-  9. on failure, bring the previous release back and show the failing services'
-     health output and logs; on success, point current at the new release.
+  9. on success, point current at the new release and record it live; on
+     failure, record it failed, bring the previous release back and show the
+     failing services' health output and logs.
 
 --dry-run prints the plan (files that change, layers to send, services to
 restart) and changes nothing. Steps are reported on stderr; --json prints one
-JSON event per step on stdout. Secrets never appear in either.`,
+JSON event per step on stdout, then a result line. Secrets never appear in
+either.`,
 		Example: `  lucidctl deploy pi
   lucidctl deploy pi --dry-run
   lucidctl deploy fleet --json
@@ -126,7 +132,9 @@ func runDeploy(ctx context.Context, opts *Options) error {
 	}
 	names := opts.Names
 	if len(names) == 0 {
-		names = []string{"pi"}
+		if names, err = onlyTarget(cfg); err != nil {
+			return err
+		}
 	}
 	var targets []string
 	for _, n := range names {
@@ -140,7 +148,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
-	report := newReporter(opts.Env)
+	p := newPrinter(opts.Env)
 	// Every host before the build: a wrong key or an unknown host key is
 	// said at once, not after a build, and a group stops before its first
 	// host changes rather than halfway through. Keep-alives hold the
@@ -154,10 +162,13 @@ func runDeploy(ctx context.Context, opts *Options) error {
 		}
 	}()
 	for i, name := range targets {
-		t, _ := cfg.Target(name)
+		t, err := cfg.Target(name)
+		if err != nil {
+			return cli.Usage(err)
+		}
 		c, err := opts.SSH.Dial(ctx, opts.Env, t)
 		if err != nil {
-			report.event(deploy.Event{Time: time.Now(), Target: name, Step: "connect", Status: "fail", Message: err.Error()})
+			p.Event(deploy.Event{Time: time.Now(), Target: name, Step: deploy.StepConnect, Status: deploy.EventFail, Message: err.Error()})
 			return fmt.Errorf("%s: %w", name, err)
 		}
 		clients[i] = c
@@ -166,24 +177,64 @@ func runDeploy(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
+	bundle := deploy.Bundle{Compose: files.compose, EnvFiles: files.envs, Routes: files.routes, Version: version, Images: built}
 
 	for i, name := range targets {
-		t, _ := cfg.Target(name)
-		res, err := deploy.Deploy(ctx, deploy.Options{
+		t, err := cfg.Target(name)
+		if err != nil {
+			return cli.Usage(err)
+		}
+		res, err := deployTo(ctx, deploy.Config{
 			Name: name, SSH: clients[i], Dir: t.Dir, DockerSocket: opts.SSH.dockerSocket,
-			Compose: files.compose, EnvFiles: files.envs, Routes: files.routes, ImageName: cfg.Images.Name, Tag: cfg.Images.Tag, Version: version,
-			Images: built, MinFreeBytes: opts.MinFreeMiB << 20, HealthTimeout: opts.HealthTimeout,
-			LockWait: opts.LockWait, DryRun: opts.DryRun, Events: report.event,
-			ViaRegistry: opts.ViaRegistry, InsecureRegistry: opts.Insecure,
-		})
+			ImageName: cfg.Images.Name, Tag: cfg.Images.Tag,
+			MinFreeBytes: opts.MinFreeMiB << 20, HealthTimeout: opts.HealthTimeout, LockWait: opts.LockWait,
+			ViaRegistry: opts.ViaRegistry, InsecureRegistry: opts.Insecure, Reporter: p,
+		}, bundle, opts.DryRun)
 		clients[i].Close()
 		clients[i] = nil
 		if err != nil {
 			return err // it names the target
 		}
-		report.result(res)
+		if err := p.Deployed(res); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// deployTo deploys bundle (or, dry, plans it) to the one target c names.
+func deployTo(ctx context.Context, c deploy.Config, bundle deploy.Bundle, dry bool) (*deploy.Result, error) {
+	d, err := deploy.New(c)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	if dry {
+		return d.DryRun(ctx, bundle)
+	}
+	return d.Deploy(ctx, bundle)
+}
+
+// onlyTarget is what `deploy` without an argument deploys to: the one
+// target of lucid.yaml. With none, or several, the operator must say.
+func onlyTarget(cfg *projectconfig.Config) ([]string, error) {
+	targets := slices.Sorted(maps.Keys(cfg.Targets))
+	where := cfg.Path
+	if where == "" {
+		where = "the default configuration (no " + projectconfig.DefaultFile + ")"
+	}
+	switch len(targets) {
+	case 1:
+		return targets, nil
+	case 0:
+		return nil, cli.WithHint(cli.Usage(fmt.Errorf("%s names no target to deploy to", where)),
+			"add one under targets: in "+projectconfig.DefaultFile+" (host, user, dir), then run lucidctl deploy TARGET")
+	}
+	msg := fmt.Sprintf("%s has %d targets; name a target or a group: targets %s", where, len(targets), strings.Join(targets, ", "))
+	if len(cfg.Groups) > 0 {
+		msg += "; groups " + strings.Join(slices.Sorted(maps.Keys(cfg.Groups)), ", ")
+	}
+	return nil, cli.Usage(errors.New(msg))
 }
 
 // rendered are the files a release is made of.
@@ -254,55 +305,116 @@ func buildImages(ctx context.Context, opts *Options, cfg *projectconfig.Config) 
 	return res.Images, res.Stamp.Version, nil
 }
 
-// reporter prints events: lines on stderr, or JSON lines on stdout.
-type reporter struct {
-	env *cli.Env
-	mu  sync.Mutex
-	tty bool
+// printer shows the events of deploy and rollback as they come, and then
+// each target's result: lines on stderr and a summary on stdout
+// (textPrinter), or JSON lines on stdout (jsonPrinter).
+type printer interface {
+	deploy.Reporter
+	// Deployed shows a target's deploy (or dry run) result.
+	Deployed(res *deploy.Result) error
+	// RolledBack shows a target's rollback result.
+	RolledBack(res *deploy.RollbackResult) error
+}
+
+var (
+	_ printer = (*textPrinter)(nil)
+	_ printer = (*jsonPrinter)(nil)
+)
+
+func newPrinter(env *cli.Env) printer {
+	if env.JSON {
+		return &jsonPrinter{enc: json.NewEncoder(env.IO.Out)}
+	}
+	return &textPrinter{out: env.IO.Out, errOut: env.IO.ErrOut, tty: env.IO.IsStderrTTY()}
+}
+
+// textPrinter writes one line per event on stderr (the image transfer as
+// one line rewritten in place on a terminal) and the results on stdout.
+type textPrinter struct {
+	out, errOut io.Writer
+	tty         bool
+	mu          sync.Mutex
 	// midLine is set while a progress line waits for its newline.
 	midLine bool
 }
 
-func newReporter(env *cli.Env) *reporter {
-	return &reporter{env: env, tty: env.IO.IsStderrTTY()}
-}
-
-func (r *reporter) event(e deploy.Event) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.env.JSON {
-		b, _ := json.Marshal(e)
-		fmt.Fprintln(r.env.IO.Out, string(b))
-		return
-	}
-	w := r.env.IO.ErrOut
-	if e.Step == "images" && e.Status == "info" {
-		if r.tty {
-			fmt.Fprintf(w, "\r%-8s %-9s %s / %s", e.Target, e.Step, mib(e.Bytes), mib(e.Total))
-			r.midLine = true
+// Event prints e on stderr.
+func (p *textPrinter) Event(e deploy.Event) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e.Step == deploy.StepImages && e.Status == deploy.EventInfo {
+		if p.tty {
+			fmt.Fprintf(p.errOut, "\r%-8s %-9s %s / %s", e.Target, e.Step, mib(e.Bytes), mib(e.Total))
+			p.midLine = true
 		}
 		return
 	}
-	if r.midLine {
-		fmt.Fprintln(w)
-		r.midLine = false
+	if p.midLine {
+		fmt.Fprintln(p.errOut)
+		p.midLine = false
 	}
-	fmt.Fprintf(w, "%-8s %-9s %-5s %s\n", e.Target, e.Step, e.Status, e.Message)
+	fmt.Fprintf(p.errOut, "%-8s %-9s %-5s %s\n", e.Target, e.Step, e.Status, e.Message)
 }
 
-func (r *reporter) result(res *deploy.Result) {
-	if r.env.JSON {
-		b, _ := json.Marshal(map[string]any{"step": "result", "result": res})
-		fmt.Fprintln(r.env.IO.Out, string(b))
-		return
+// Deployed prints the plan of a dry run, or what a deploy sent.
+func (p *textPrinter) Deployed(res *deploy.Result) error {
+	if res.DryRun && res.Plan != nil {
+		pl := res.Plan
+		_, err := fmt.Fprintf(p.out, "%s: plan for release %s\n  files that change: %s\n  layers to send: %d (%s)\n  services to restart: %s\n",
+			res.Target, res.Release, orNone(pl.Files), pl.Layers, mib(pl.Bytes), orNone(pl.Services))
+		return err
 	}
-	if res.DryRun {
-		p := res.Plan
-		fmt.Fprintf(r.env.IO.Out, "%s: plan for release %s\n  files that change: %s\n  layers to send: %d (%s)\n  services to restart: %s\n",
-			res.Target, res.Release, orNone(p.Files), p.Layers, mib(p.Bytes), orNone(p.Services))
-		return
+	_, err := fmt.Fprintf(p.out, "%s: release %s is live (%d layers sent, %s; %d already there)\n", res.Target, res.Release, res.SentLayers, mib(res.SentBytes), res.KeptLayers)
+	return err
+}
+
+// RolledBack prints which release is live now.
+func (p *textPrinter) RolledBack(res *deploy.RollbackResult) error {
+	_, err := fmt.Fprintf(p.out, "%s: release %s is live\n", res.Target, res.Release)
+	return err
+}
+
+// jsonPrinter writes each event, then each result, as one JSON line on
+// stdout.
+type jsonPrinter struct {
+	mu  sync.Mutex
+	enc *json.Encoder
+	// err is the first failed write, returned with the next result.
+	err error
+}
+
+// resultLine is the line --json ends each target with, after its events:
+// step "result" and the target's result.
+type resultLine[R any] struct {
+	// Step is always "result", so that a reader tells it from an event.
+	Step   string `json:"step"`
+	Result R      `json:"result"`
+}
+
+// resultStep is resultLine's step.
+const resultStep = "result"
+
+// Event writes e as a line. A failed write is returned with the result.
+func (p *jsonPrinter) Event(e deploy.Event) { _ = p.line(e) }
+
+// Deployed writes the deploy's result line.
+func (p *jsonPrinter) Deployed(res *deploy.Result) error {
+	return p.line(resultLine[*deploy.Result]{Step: resultStep, Result: res})
+}
+
+// RolledBack writes the rollback's result line.
+func (p *jsonPrinter) RolledBack(res *deploy.RollbackResult) error {
+	return p.line(resultLine[*deploy.RollbackResult]{Step: resultStep, Result: res})
+}
+
+// line writes v, and returns the first write error so far.
+func (p *jsonPrinter) line(v any) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.enc.Encode(v); err != nil && p.err == nil {
+		p.err = fmt.Errorf("write --json output: %w", err)
 	}
-	fmt.Fprintf(r.env.IO.Out, "%s: release %s is live (%d layers sent, %s; %d already there)\n", res.Target, res.Release, res.SentLayers, mib(res.SentBytes), res.KeptLayers)
+	return p.err
 }
 
 func orNone(s []string) string {
@@ -314,78 +426,144 @@ func orNone(s []string) string {
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
+// RollbackOptions are the inputs of `lucidctl rollback`.
+type RollbackOptions struct {
+	Env *cli.Env
+	// Target is the target of lucid.yaml to roll back.
+	Target string
+	// Release is the release to bring back; empty means the newest
+	// earlier release that went live.
+	Release       string
+	SSH           sshFlags
+	HealthTimeout time.Duration
+	LockWait      time.Duration
+}
+
 func newRollbackCmd(env *cli.Env) *cobra.Command {
-	var f sshFlags
-	var healthTimeout, lockWait time.Duration
+	opts := &RollbackOptions{Env: env}
 	cmd := &cobra.Command{
 		Use:   "rollback TARGET [RELEASE]",
 		Short: "Bring back a previous release on a target",
 		Long: `Bring back RELEASE (default: the newest earlier release that went live), wait
-until every service is healthy, and point current at it. lucidctl releases
-lists them.`,
+until every service is healthy, and point current at it: the same steps as a
+deploy's last ones, under the same deploy lock. lucidctl releases lists them.
+
+Steps are reported on stderr; --json prints one JSON event per step on stdout,
+then a result line.`,
+		Example: `  lucidctl rollback pi
+  lucidctl rollback pi 20261126T100000Z-v0.3.0`,
 		Args: cli.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			t, c, err := f.connect(cmd.Context(), env, args[0])
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			id := ""
+			opts.Target = args[0]
 			if len(args) == 2 {
-				id = args[1]
+				opts.Release = args[1]
 			}
-			report := newReporter(env)
-			got, err := deploy.Rollback(cmd.Context(), deploy.Options{Name: args[0], SSH: c, Dir: t.Dir, DockerSocket: f.dockerSocket, HealthTimeout: healthTimeout, LockWait: lockWait, Events: report.event}, id)
-			if err != nil {
-				return err
-			}
-			if env.JSON {
-				return env.PrintJSON(map[string]string{"target": args[0], "release": got})
-			}
-			fmt.Fprintf(env.IO.Out, "%s: release %s is live\n", args[0], got)
-			return nil
+			return runRollback(cmd.Context(), opts)
 		},
 	}
-	f.add(cmd)
-	cmd.Flags().DurationVar(&healthTimeout, "health-timeout", 3*time.Minute, "how long every service gets to become healthy")
-	cmd.Flags().DurationVar(&lockWait, "lock-wait", 0, "wait this long for another deploy's lock")
+	opts.SSH.add(cmd)
+	cmd.Flags().DurationVar(&opts.HealthTimeout, "health-timeout", 3*time.Minute, "how long every service gets to become healthy")
+	cmd.Flags().DurationVar(&opts.LockWait, "lock-wait", 0, "wait this long for another deploy's lock")
 	return cli.SupportsJSON(cmd)
 }
 
+func runRollback(ctx context.Context, opts *RollbackOptions) error {
+	t, c, err := opts.SSH.connect(ctx, opts.Env, opts.Target)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	p := newPrinter(opts.Env)
+	d, err := deploy.New(deploy.Config{
+		Name: opts.Target, SSH: c, Dir: t.Dir, DockerSocket: opts.SSH.dockerSocket,
+		HealthTimeout: opts.HealthTimeout, LockWait: opts.LockWait, Reporter: p,
+	})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	res, err := d.Rollback(ctx, opts.Release)
+	if err != nil {
+		return err
+	}
+	return p.RolledBack(res)
+}
+
+// ReleasesOptions are the inputs of `lucidctl releases`.
+type ReleasesOptions struct {
+	Env *cli.Env
+	// Target is the target of lucid.yaml whose releases to list.
+	Target string
+	SSH    sshFlags
+}
+
 func newReleasesCmd(env *cli.Env) *cobra.Command {
-	var f sshFlags
+	opts := &ReleasesOptions{Env: env}
 	cmd := &cobra.Command{
 		Use:   "releases TARGET",
 		Short: "List the releases on a target",
-		Args:  cli.ExactArgs(1),
+		Long: `List the releases in the target's deploy directory, newest first, with their
+status (deploying, live, failed, replaced, or unknown when the release has no
+readable release.json) and which is current.`,
+		Example: `  lucidctl releases pi
+  lucidctl releases pi --json`,
+		Args: cli.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			t, c, err := f.connect(cmd.Context(), env, args[0])
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			rs, err := deploy.Releases(cmd.Context(), c, t.Dir)
-			if err != nil {
-				return err
-			}
-			if env.JSON {
-				if rs == nil {
-					rs = []deploy.Release{}
-				}
-				return env.PrintJSON(map[string]any{"target": args[0], "releases": rs})
-			}
-			tw := tabwriter.NewWriter(env.IO.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "RELEASE\tVERSION\tSTATUS\tCREATED\tBY\t")
-			for _, r := range rs {
-				mark := ""
-				if r.Current {
-					mark = "(current)"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Version, r.Status, r.Created.Format(time.RFC3339), r.By, mark)
-			}
-			return tw.Flush()
+			opts.Target = args[0]
+			return runReleases(cmd.Context(), opts)
 		},
 	}
-	f.add(cmd)
+	opts.SSH.add(cmd)
 	return cli.SupportsJSON(cmd)
+}
+
+// releasesOutput is `lucidctl releases --json`.
+type releasesOutput struct {
+	Target   string          `json:"target"`
+	Releases []releaseOutput `json:"releases"`
+}
+
+// releaseOutput is one release in releasesOutput.
+type releaseOutput struct {
+	ID      string               `json:"id"`
+	Version string               `json:"version"`
+	Created time.Time            `json:"created"`
+	By      string               `json:"by"`
+	Images  map[string]string    `json:"images"`
+	Status  deploy.ReleaseStatus `json:"status"`
+	Current bool                 `json:"current"`
+}
+
+func runReleases(ctx context.Context, opts *ReleasesOptions) error {
+	t, c, err := opts.SSH.connect(ctx, opts.Env, opts.Target)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	d, err := deploy.New(deploy.Config{Name: opts.Target, SSH: c, Dir: t.Dir, DockerSocket: opts.SSH.dockerSocket})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	rs, err := d.Releases(ctx)
+	if err != nil {
+		return err
+	}
+	if opts.Env.JSON {
+		out := releasesOutput{Target: opts.Target, Releases: []releaseOutput{}}
+		for _, r := range rs {
+			out.Releases = append(out.Releases, releaseOutput{ID: r.ID, Version: r.Version, Created: r.Created, By: r.By, Images: r.Images, Status: r.Status, Current: r.Current})
+		}
+		return opts.Env.PrintJSON(out)
+	}
+	tw := tabwriter.NewWriter(opts.Env.IO.Out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RELEASE\tVERSION\tSTATUS\tCREATED\tBY\t")
+	for _, r := range rs {
+		mark := ""
+		if r.Current {
+			mark = "(current)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Version, r.Status, r.Created.Format(time.RFC3339), r.By, mark)
+	}
+	return tw.Flush()
 }

@@ -1,0 +1,82 @@
+package deploy
+
+import "time"
+
+// Step names a stage of a deploy or a rollback, in events and --json.
+type Step string
+
+// The steps, in the order a deploy meets them. Their strings are part of
+// lucidctl's --json output and never change.
+const (
+	// StepConnect is reaching the host over SSH (reported by the caller,
+	// which dials).
+	StepConnect Step = "connect"
+	// StepPreflight checks the host before anything changes.
+	StepPreflight Step = "preflight"
+	// StepLock takes, renews and releases the host's deploy lock.
+	StepLock Step = "lock"
+	// StepImages puts the images on the host.
+	StepImages Step = "images"
+	// StepRelease writes the release's files and its record.
+	StepRelease Step = "release"
+	// StepPlan is a dry run's answer.
+	StepPlan Step = "plan"
+	// StepUp is compose up of a release.
+	StepUp Step = "up"
+	// StepHealth is the health gate.
+	StepHealth Step = "health"
+	// StepActivate points current at a release that passed its gate and
+	// records it live.
+	StepActivate Step = "activate"
+	// StepRollback brings an earlier release back.
+	StepRollback Step = "rollback"
+	// StepPrune removes releases beyond the newest few.
+	StepPrune Step = "prune"
+)
+
+// EventStatus says how a step went.
+type EventStatus string
+
+// The statuses of an event. Their strings are part of lucidctl's --json
+// output and never change.
+const (
+	// EventStart: the step begins.
+	EventStart EventStatus = "start"
+	// EventOK: the step is done.
+	EventOK EventStatus = "ok"
+	// EventFail: the step failed; Message says why.
+	EventFail EventStatus = "fail"
+	// EventInfo: progress or a note within the step.
+	EventInfo EventStatus = "info"
+	// EventWarn: something the operator should know that did not stop
+	// the step (a lock that could not be renewed, a release not pruned).
+	EventWarn EventStatus = "warn"
+)
+
+// Event is one step of a deploy or a rollback, for progress and --json.
+// No event carries a secret: messages are made of names, counts and the
+// host's own words about failures.
+type Event struct {
+	Time    time.Time   `json:"time"`
+	Target  string      `json:"target"`
+	Step    Step        `json:"step"`
+	Status  EventStatus `json:"status"`
+	Message string      `json:"message,omitempty"`
+	// Bytes and Total count the image bytes sent so far, and to send.
+	Bytes int64 `json:"bytes,omitempty"`
+	Total int64 `json:"total,omitempty"`
+}
+
+// Reporter hears every event of a deploy or a rollback, as it happens.
+// Event may be called from more than one goroutine, never at once.
+type Reporter interface {
+	Event(Event)
+}
+
+// ReporterFunc is a function that is a Reporter.
+type ReporterFunc func(Event)
+
+// Event calls f.
+func (f ReporterFunc) Event(e Event) { f(e) }
+
+var _ Reporter = ReporterFunc(nil)
