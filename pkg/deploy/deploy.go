@@ -333,7 +333,7 @@ func (d *Deployer) rollout(ctx context.Context, b Bundle, rel *Release, compose 
 	d.emit(StepRollback, EventStart, "back to "+prev.ID)
 	if _, err := d.activate(bg, prev, nil); err != nil {
 		d.emit(StepRollback, EventFail, err.Error())
-		return errors.Join(fmt.Errorf("%s: %w; and the return to the previous release %s failed: %v", name, gateErr, prev.ID, err), recErr)
+		return errors.Join(fmt.Errorf("%s: %w; and the return to the previous release %s failed: %w", name, gateErr, prev.ID, err), recErr)
 	}
 	d.emit(StepRollback, EventOK, "release "+prev.ID+" is serving again")
 	return errors.Join(&RolledBackError{Release: rel.ID, Previous: prev.ID, Cause: gateErr}, recErr)
@@ -351,7 +351,8 @@ func (d *Deployer) activate(ctx context.Context, r, replaces *Release) (live boo
 		// Compose gives up when a dependency never turns healthy; say
 		// which services failed, as the gate would.
 		if list, lerr := d.h.projectContainers(ctx); lerr == nil {
-			if gf, ok := d.h.gateFailure(ctx, r.ID, list).(*GateFailure); ok && len(gf.Services) > 0 {
+			var gf *GateFailure
+			if errors.As(d.h.gateFailure(ctx, r.ID, list), &gf) && len(gf.Services) > 0 {
 				gf.Smoke = err.Error()
 				err = gf
 			}
@@ -536,7 +537,7 @@ func (d *Deployer) holdLock(ctx context.Context) (held context.Context, release 
 // lock: a context that ended for that reason says so, not "canceled".
 func lockLost(ctx context.Context, err error) error {
 	if err != nil && errors.Is(context.Cause(ctx), errLockTaken) {
-		return fmt.Errorf("%w; this deploy stopped (%v)", errLockTaken, err)
+		return fmt.Errorf("%w; this deploy stopped (%w)", errLockTaken, err)
 	}
 	return err
 }

@@ -420,7 +420,7 @@ func TestPreflightRefusals(t *testing.T) {
 		if err := h.lock(ctx, me, 0, func(m string) { said = append(said, m) }); err != nil {
 			t.Fatalf("an expired lock was not taken over: %v", err)
 		}
-		defer h.unlock(ctx)
+		defer unlockT(t, ctx, h)
 		if len(said) != 1 || !strings.Contains(said[0], "taking over a stale lock of crashed@gone") {
 			t.Errorf("notices %q", said)
 		}
@@ -431,7 +431,7 @@ func TestPreflightRefusals(t *testing.T) {
 		if err := h.lock(ctx, lockInfo{Host: "elsewhere", PID: 1, User: "other", Since: time.Now(), Expires: time.Now().Add(time.Hour)}, 0, func(string) {}); err != nil {
 			t.Fatal(err)
 		}
-		defer h.unlock(ctx)
+		defer unlockT(t, ctx, h)
 		o := f.options(c, good, &events)
 		_, err := runDeploy(ctx, t, o)
 		if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "other@elsewhere") {
@@ -490,7 +490,7 @@ func TestLockIsKeptWhileTheDeployRuns(t *testing.T) {
 	refused := func() bool {
 		err := other.lock(ctx, lockInfo{Host: "there", PID: 2, User: "other", Since: time.Now(), Expires: time.Now().Add(time.Hour)}, 0, func(string) {})
 		if err == nil {
-			other.unlock(ctx)
+			unlockT(t, ctx, other)
 		}
 		return errors.Is(err, ErrLocked)
 	}
@@ -507,7 +507,7 @@ func TestLockIsKeptWhileTheDeployRuns(t *testing.T) {
 	if !refused() {
 		t.Fatal("a second deploy took over a renewed lock")
 	}
-	mine.unlock(ctx)
+	unlockT(t, ctx, mine)
 
 	// holdLock renews by itself, and release removes the lock.
 	// A renewal gets ttl/3 to finish: room for an SSH session that starts
@@ -542,7 +542,7 @@ func TestLockIsKeptWhileTheDeployRuns(t *testing.T) {
 	if err := mine.renewLock(ctx, time.Now().Add(time.Hour)); !errors.Is(err, errLockTaken) {
 		t.Errorf("renewing a lock taken over: %v", err)
 	}
-	mine.unlock(ctx)
+	unlockT(t, ctx, mine)
 	if got, _ := os.ReadFile(lockFile); string(got) != string(theirs) {
 		t.Errorf("the other deploy's lock became %q", got)
 	}
@@ -572,5 +572,14 @@ func TestLockIsKeptWhileTheDeployRuns(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(lockFile); string(got) != string(theirs) {
 		t.Errorf("the other deploy's lock became %q", got)
+	}
+}
+
+// unlockT releases a deploy lock the test holds, failing the test if the
+// release fails.
+func unlockT(t *testing.T, ctx context.Context, h *host) {
+	t.Helper()
+	if err := h.unlock(ctx); err != nil {
+		t.Errorf("unlock: %v", err)
 	}
 }

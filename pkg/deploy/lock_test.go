@@ -133,7 +133,9 @@ func (g *gate) letThrough(t *testing.T, done <-chan struct{}) {
 			g.released[name] = true
 		}
 		for _, f := range fifos {
-			f.Close()
+			if err := f.Close(); err != nil {
+				t.Error(err)
+			}
 		}
 	}
 }
@@ -344,7 +346,7 @@ func TestLockStepCutOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stdin.Close()
+	defer func() { _ = stdin.Close() }() // ends cat, if the test did not already
 	stdout, err := holder.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

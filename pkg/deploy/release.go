@@ -224,7 +224,6 @@ func (h *host) gate(ctx context.Context, release string, want int, timeout time.
 		if err != nil {
 			return err
 		}
-		last = list
 		healthy, broken := 0, false
 		list = slices.DeleteFunc(list, func(c container.Summary) bool { return c.Labels["com.docker.compose.oneoff"] == "True" })
 		last = list

@@ -100,7 +100,7 @@ func (h *host) preflight(ctx context.Context, o Config, platforms []v1.Platform,
 	defer cancel()
 	ver, err := h.docker.ServerVersion(pctx)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w: %v", h.name, ErrNoDocker, err)
+		return nil, fmt.Errorf("%s: %w: %w", h.name, ErrNoDocker, err)
 	}
 	pf.Docker = ver.Version
 
@@ -355,7 +355,7 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 			return fmt.Errorf("%s: deploy lock %s: unexpected answer %q", h.name, h.lockPath(), out)
 		}
 		if err := json.Unmarshal([]byte(raw), &held); err != nil {
-			return fmt.Errorf("%s: deploy lock %s holds %q, not a lock (%v); remove it if no deploy runs there", h.name, h.lockPath(), raw, err)
+			return fmt.Errorf("%s: deploy lock %s holds %q, not a lock (%w); remove it if no deploy runs there", h.name, h.lockPath(), raw, err)
 		}
 		if time.Now().After(held.Expires) {
 			// Replaced only if it is still this content, exactly as read:

@@ -217,7 +217,9 @@ func (p *TransferPlan) writeTarball(w io.Writer) error {
 // sent; progress hears the count as it grows (from another goroutine).
 func (p *TransferPlan) load(ctx context.Context, dc *client.Client, progress func(sent int64)) (int64, error) {
 	pr, pw := io.Pipe()
-	defer pr.Close() // unblocks the writer if the Engine stops reading
+	// Closing unblocks the writer if the Engine stops reading; a pipe's
+	// Close never fails.
+	defer func() { _ = pr.Close() }()
 	done := make(chan int64, 1)
 	go func() {
 		cw := &countingWriter{w: pw, report: progress}
@@ -232,7 +234,7 @@ func (p *TransferPlan) load(ctx context.Context, dc *client.Client, progress fun
 	}
 	err = jsonStreamError(resp.Body)
 	resp.Body.Close()
-	pr.Close()
+	_ = pr.Close()
 	sent := <-done
 	if err != nil {
 		return sent, fmt.Errorf("docker load: %w", err)
