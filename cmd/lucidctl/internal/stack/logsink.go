@@ -51,10 +51,12 @@ func newLogSink(l layout, names []string, term io.Writer, styles *iostreams.Styl
 		return nil, err
 	}
 	for _, n := range names {
-		if s.files[n], err = openRotating(l.serviceLog(n), true); err != nil {
+		f, err := openRotating(l.serviceLog(n), true)
+		if err != nil {
 			_ = s.Close() // nothing was written yet
 			return nil, err
 		}
+		s.files[n] = f
 	}
 	return s, nil
 }
