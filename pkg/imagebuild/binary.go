@@ -117,7 +117,7 @@ func symbolStrings(file string) (version, commit string, err error) {
 	if err != nil {
 		return "", "", err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // only read
 	syms, err := f.Symbols()
 	if err != nil {
 		return "", "", err

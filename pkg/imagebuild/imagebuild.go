@@ -120,7 +120,9 @@ func Assemble(ctx context.Context, o Options) ([]Built, error) {
 		if !ok {
 			return nil, fmt.Errorf("no lucid binary for %s", p)
 		}
-		base, baseLayers, err := o.base(ctx, baseRef, p)
+		// layers starts as the base's own (o.base makes a new slice per
+		// call), and the lucid layer goes on top.
+		base, layers, err := o.base(ctx, baseRef, p)
 		if err != nil {
 			return nil, err
 		}
@@ -140,7 +142,7 @@ func Assemble(ctx context.Context, o Options) ([]Built, error) {
 		}
 		size, _ := lucid.Size()
 		o.Progress(Event{Image: "lucid layer", Platform: p.String(), Step: "layer", Detail: fmt.Sprintf("%s %s", short(digest), human(size))})
-		layers := append(baseLayers, mutate.Addendum{Layer: lucid, History: v1.History{
+		layers = append(layers, mutate.Addendum{Layer: lucid, History: v1.History{
 			Created: v1.Time{Time: o.created()}, CreatedBy: "lucidctl build: lucid binary and data directories",
 		}})
 		pp[p.String()] = perPlatform{base, layers}

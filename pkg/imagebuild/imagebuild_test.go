@@ -3,6 +3,7 @@ package imagebuild
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -204,7 +205,7 @@ func TestLayoutAndTarball(t *testing.T) {
 	if len(im.Manifests) != len(catalog.Services) {
 		t.Errorf("layout has %d entries, want %d", len(im.Manifests), len(catalog.Services))
 	}
-	if err := WriteTarball(ctx, filepath.Join(dir, "images.tar"), built); err != ErrTarballPlatforms {
+	if err := WriteTarball(ctx, filepath.Join(dir, "images.tar"), built); !errors.Is(err, ErrTarballPlatforms) {
 		t.Errorf("a two-platform tarball: %v, want ErrTarballPlatforms", err)
 	}
 }
@@ -300,8 +301,8 @@ func TestDockerfileMatchesCatalog(t *testing.T) {
 			fmt.Sprintf("EXPOSE %d/tcp\n", s.Port),
 			"org.opencontainers.image.title=" + s.Container + " io.lucid.service=" + s.Name + " ",
 			fmt.Sprintf("org.opencontainers.image.description=%q", s.Summary),
-			fmt.Sprintf(`CMD ["%s", "%s", "healthcheck"]`, deployfiles.Binary, s.Name),
-			fmt.Sprintf(`ENTRYPOINT ["%s", "%s"]`, deployfiles.Binary, s.Name),
+			fmt.Sprintf(`CMD [%q, %q, "healthcheck"]`, deployfiles.Binary, s.Name),
+			fmt.Sprintf(`ENTRYPOINT [%q, %q]`, deployfiles.Binary, s.Name),
 		} {
 			if !strings.Contains(stage, want) {
 				t.Errorf("stage %s lacks %q", s.Name, want)

@@ -117,7 +117,7 @@ func WriteTarball(ctx context.Context, file string, built []Built) error {
 	}
 	tmp := file + ".partial"
 	if err := tarball.MultiRefWriteToFile(tmp, refs); err != nil {
-		os.Remove(tmp)
+		_ = os.Remove(tmp) // a partial file; the write error is the one to report
 		return fmt.Errorf("write %s: %w", file, err)
 	}
 	return os.Rename(tmp, file)

@@ -221,7 +221,11 @@ func BenchmarkHop(b *testing.B) {
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })
 	plain := &http.Server{Handler: handler}
 	go func() { _ = plain.Serve(plainLn) }()
-	defer plain.Close()
+	defer func() {
+		if err := plain.Close(); err != nil {
+			b.Errorf("close the plain server: %v", err)
+		}
+	}()
 	mtlsURL := serve(b, engine)
 
 	for _, tc := range []struct {

@@ -2,6 +2,7 @@ package service
 
 import (
 	"encoding/hex"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -169,13 +170,14 @@ func TestSlotsBoundUsers(t *testing.T) {
 	if err1 != nil || err2 != nil {
 		t.Fatalf("alice's first two: %v %v", err1, err2)
 	}
-	if he, ok := err3.(*HTTPError); !ok || he.Status != http.StatusTooManyRequests || he.RetryAfter == 0 {
+	var he *HTTPError
+	if !errors.As(err3, &he) || he.Status != http.StatusTooManyRequests || he.RetryAfter == 0 {
 		t.Errorf("alice's third: %v, want 429 with Retry-After", err3)
 	}
 	if _, err := s.Acquire(as("bob").Context()); err != nil {
 		t.Errorf("bob's first: %v", err)
 	}
-	if _, err := s.Acquire(as("carol").Context()); err == nil || err.(*HTTPError).Status != http.StatusServiceUnavailable {
+	if _, err := s.Acquire(as("carol").Context()); !errors.As(err, &he) || he.Status != http.StatusServiceUnavailable {
 		t.Errorf("carol, with all three slots taken: %v, want 503", err)
 	}
 	if _, err := s.Acquire(t.Context()); err != nil {

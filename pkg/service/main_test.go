@@ -43,8 +43,9 @@ func (a slowApp) Provision(_ context.Context, srv *Server) error {
 func TestMain(m *testing.M) {
 	if os.Getenv("LUCID_SERVICE_TEST_HELPER") == "slow" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-		defer stop()
-		if err := Main(ctx, "engine", slowApp{stopping: ctx.Done()}, envconfig.OS, os.Stderr); err != nil {
+		err := Main(ctx, "engine", slowApp{stopping: ctx.Done()}, envconfig.OS, os.Stderr)
+		stop()
+		if err != nil {
 			os.Exit(1)
 		}
 		os.Exit(0)

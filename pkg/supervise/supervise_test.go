@@ -211,7 +211,9 @@ func start(t *testing.T, specs []Spec, opts Options) (sup *Supervisor, rec *reco
 	go func() { done <- sup.Run(ctx) }()
 	stop = sync.OnceFunc(func() {
 		cancel()
-		<-done
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
 	})
 	t.Cleanup(stop)
 	return sup, rec, stop

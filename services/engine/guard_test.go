@@ -23,13 +23,13 @@ func TestGuardKeepsTheFirstSignedBlock(t *testing.T) {
 	if err != nil || first.Hash != a.Blocks[0].Hash {
 		t.Fatalf("record: %v", err)
 	}
-	g.close()
+	closeGuard(t, g)
 
 	g, err = openGuard(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer g.close()
+	defer closeGuard(t, g)
 	got, err := g.record(b.Blocks[0])
 	if err != nil {
 		t.Fatal(err)
@@ -45,5 +45,14 @@ func TestGuardKeepsTheFirstSignedBlock(t *testing.T) {
 	}
 	if s, _ := g.signed(1); s != nil {
 		t.Error("forget kept height 1")
+	}
+}
+
+// closeGuard closes g and reports a failure: the guard's database was
+// written.
+func closeGuard(t *testing.T, g *guard) {
+	t.Helper()
+	if err := g.close(); err != nil {
+		t.Errorf("close: %v", err)
 	}
 }

@@ -454,7 +454,7 @@ func TestIdleConnectionsArePruned(t *testing.T) {
 	var closed atomic.Int32
 	for _, age := range []time.Duration{2 * upstreamIdleTimeout, time.Second, 3 * upstreamIdleTimeout} {
 		c1, c2 := net.Pipe()
-		defer c2.Close()
+		t.Cleanup(func() { _ = c2.Close() }) // a pipe's Close never fails
 		p.idle = append(p.idle, &upstreamConn{nc: closeCounter{c1, &closed}, idleSince: now.Add(-age)})
 	}
 	p.prune(now)

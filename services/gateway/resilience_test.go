@@ -66,9 +66,16 @@ func TestSlowClientsAndSlowUpstreams(t *testing.T) {
 		case <-release:
 		}
 	})}
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	go func() { _ = slowSrv.Serve(ln) }()
-	defer slowSrv.Close()
+	defer func() {
+		if err := slowSrv.Close(); err != nil {
+			t.Errorf("close the slow upstream: %v", err)
+		}
+	}()
 	_ = slow
 
 	be := newBackend(t)

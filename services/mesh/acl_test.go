@@ -298,7 +298,7 @@ func TestConsulWithoutACLs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer reg.close()
+	defer closeRegistrar(t, reg)
 	reg.consul = consulAs(t, agent.Addr, testManagement)
 	reg.management = testManagement
 	reg.desired = a.stackRegistrations()

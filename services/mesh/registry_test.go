@@ -299,14 +299,14 @@ func TestStoredForeignChecksAreDropped(t *testing.T) {
 	if err := g.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(externalBucket).Put([]byte(old.ID), data) }); err != nil {
 		t.Fatal(err)
 	}
-	g.close()
+	closeRegistrar(t, g)
 
 	log := &testenv.SyncBuffer{}
 	g, err = openRegistrar(path, slog.New(slog.NewJSONHandler(log, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer g.close()
+	defer closeRegistrar(t, g)
 	stored, err := g.external()
 	if err != nil || len(stored) != 1 || stored[0].Check != "" || stored[0].Address != old.Address {
 		t.Fatalf("stored after reopening: %+v %v, want the registration without its check", stored, err)
@@ -325,5 +325,13 @@ func TestStoredForeignChecksAreDropped(t *testing.T) {
 	}
 	if svc, _, err := client.Agent().Service("auth-old", nil); err != nil || svc.Address != old.Address {
 		t.Errorf("the registration itself: %v %v", svc, err)
+	}
+}
+
+// closeRegistrar closes g and reports a failure: its database was written.
+func closeRegistrar(t *testing.T, g *registrar) {
+	t.Helper()
+	if err := g.close(); err != nil {
+		t.Errorf("close: %v", err)
 	}
 }

@@ -24,7 +24,7 @@ func TestBuildToOCILayout(t *testing.T) {
 		t.Fatalf("%v\n%s", err, errOut.String())
 	}
 	var o Output
-	if err := json.Unmarshal([]byte(out.String()), &o); err != nil {
+	if err := json.Unmarshal(out.Bytes(), &o); err != nil {
 		t.Fatalf("--json: %v: %q", err, out.String())
 	}
 	if len(o.Images) != 6 || !strings.HasPrefix(o.Images[0].Image, "example.invalid/lucid-mesh:t1") || o.Images[0].Platform != "linux/amd64" {

@@ -17,7 +17,7 @@ func SourceRoot(dir string) string {
 		if f, err := os.Open(filepath.Join(dir, "go.mod")); err == nil {
 			sc := bufio.NewScanner(f)
 			sc.Scan()
-			f.Close()
+			_ = f.Close() // only read
 			if strings.TrimSpace(sc.Text()) == "module "+modulePath {
 				return dir
 			}

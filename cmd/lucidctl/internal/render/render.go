@@ -218,11 +218,11 @@ func report(opts *Options, out Output) error {
 	return nil
 }
 
-func status(old, new []byte) string {
+func status(old, cur []byte) string {
 	switch {
 	case old == nil:
 		return "created"
-	case string(old) == string(new):
+	case string(old) == string(cur):
 		return "unchanged"
 	default:
 		return "updated"

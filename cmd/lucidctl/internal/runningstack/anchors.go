@@ -120,7 +120,7 @@ func (p *AnchorProbe) WaitSealed(ctx context.Context, anchors []*chain.SessionAn
 		case len(pending) == 0:
 			return nil
 		case time.Now().After(deadline):
-			return fmt.Errorf("%d of %d anchors not sealed within %s (%v)", len(pending), len(anchors), within, lastWait)
+			return fmt.Errorf("%d of %d anchors not sealed within %s (%w)", len(pending), len(anchors), within, lastWait)
 		}
 		select {
 		case <-ctx.Done():

@@ -19,13 +19,14 @@ func acquireLock(path string) (release func(), err error) {
 		return nil, err
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
+		_ = f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, errLocked
 		}
 		return nil, err
 	}
-	return func() { f.Close() }, nil
+	// The lock file is never written: closing it only drops the lock.
+	return func() { _ = f.Close() }, nil
 }
 
 func lockHeld(path string) bool {
@@ -33,7 +34,7 @@ func lockHeld(path string) bool {
 	if err != nil {
 		return false
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // only probed, never written
 	err = syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
 	if err == nil {
 		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)

@@ -73,7 +73,8 @@ func runLogs(ctx context.Context, opts *LogsOptions) error {
 	if err != nil {
 		return err
 	}
-	defer func() { f.Close() }()
+	// Only read. The closure closes whichever file -f has moved on to.
+	defer func() { _ = f.Close() }()
 
 	w := &lineWriter{out: opts.Env.IO.Out, styles: opts.Env.IO.OutStyles(), only: ""}
 	if opts.Service == supervisorName {
@@ -120,7 +121,7 @@ func runLogs(ctx context.Context, opts *LogsOptions) error {
 		if moved(f, path) {
 			nf, err := os.Open(path)
 			if err == nil {
-				f.Close()
+				_ = f.Close() // only read, and read to its end
 				f, r = nf, bufio.NewReader(nf)
 				continue
 			}

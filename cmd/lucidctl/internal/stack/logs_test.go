@@ -15,12 +15,20 @@ func TestSkipToTail(t *testing.T) {
 		t.Fatal(err)
 	}
 	for n, want := range map[int]string{0: "", 1: "c\n", 2: "b\nc\n", 3: "a\nb\nc\n", 10: "a\nb\nc\n"} {
-		f, _ := os.Open(p)
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := skipToTail(f, n); err != nil {
 			t.Fatal(err)
 		}
-		got, _ := io.ReadAll(f)
-		f.Close()
+		got, err := io.ReadAll(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Error(err)
+		}
 		if string(got) != want {
 			t.Errorf("tail %d = %q, want %q", n, got, want)
 		}

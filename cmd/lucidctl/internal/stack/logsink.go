@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -50,10 +51,12 @@ func newLogSink(l layout, names []string, term io.Writer, styles *iostreams.Styl
 		return nil, err
 	}
 	for _, n := range names {
-		if s.files[n], err = openRotating(l.serviceLog(n), true); err != nil {
-			s.Close()
+		f, err := openRotating(l.serviceLog(n), true)
+		if err != nil {
+			_ = s.Close() // nothing was written yet
 			return nil, err
 		}
+		s.files[n] = f
 	}
 	return s, nil
 }
@@ -77,15 +80,19 @@ func (s *logSink) Note(format string, args ...any) {
 	s.Line(supervisorName, supervise.Stderr, []byte(fmt.Sprintf(format, args...)))
 }
 
-func (s *logSink) Close() {
+// Close closes the log files. Its error is the first a file met while it
+// was written, rotated or closed: lines that error names may be lost.
+func (s *logSink) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var errs []error
 	for _, f := range s.files {
-		f.close()
+		errs = append(errs, f.close())
 	}
 	if s.stack != nil {
-		s.stack.close()
+		errs = append(errs, s.stack.close())
 	}
+	return errors.Join(errs...)
 }
 
 // rotatingFile is an append-only log file that moves itself aside to
@@ -94,6 +101,9 @@ type rotatingFile struct {
 	path string
 	f    *os.File
 	size int64
+	// err is the first write, rotation or close error, which close returns:
+	// a log line has no caller to report to.
+	err error
 }
 
 // openRotating opens path for appending; fresh moves a previous run's file
@@ -110,7 +120,7 @@ func openRotating(path string, fresh bool) (*rotatingFile, error) {
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		f.Close()
+		_ = f.Close() // nothing was written
 		return nil, err
 	}
 	return &rotatingFile{path: path, f: f, size: fi.Size()}, nil
@@ -122,10 +132,11 @@ func (r *rotatingFile) writeLine(prefix string, line []byte) {
 	}
 	n := int64(len(prefix) + len(line) + 1)
 	if r.size+n > maxLogBytes {
-		r.f.Close()
+		r.keep(r.f.Close())
 		_ = os.Rename(r.path, r.path+".1")
 		f, err := os.OpenFile(r.path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 		if err != nil {
+			r.keep(err)
 			r.f = nil
 			return
 		}
@@ -136,13 +147,23 @@ func (r *rotatingFile) writeLine(prefix string, line []byte) {
 	b.WriteString(prefix)
 	b.Write(line)
 	b.WriteByte('\n')
-	w, _ := io.WriteString(r.f, b.String())
+	w, err := io.WriteString(r.f, b.String())
+	r.keep(err)
 	r.size += int64(w)
 }
 
-func (r *rotatingFile) close() {
+// keep records err if it is the first.
+func (r *rotatingFile) keep(err error) {
+	if r.err == nil && err != nil {
+		r.err = fmt.Errorf("log %s: %w", r.path, err)
+	}
+}
+
+// close closes the file and returns the first error it met.
+func (r *rotatingFile) close() error {
 	if r.f != nil {
-		r.f.Close()
+		r.keep(r.f.Close())
 		r.f = nil
 	}
+	return r.err
 }

@@ -40,7 +40,9 @@ func TestMain(m *testing.M) {
 		stop()
 		os.Exit(code)
 	}
-	os.Setenv("LUCIDCTL_TEST_AS_CLI", "1")
+	if err := os.Setenv("LUCIDCTL_TEST_AS_CLI", "1"); err != nil {
+		panic(err)
+	}
 	dir, err := os.MkdirTemp("", "lucid-test-bin")
 	if err != nil {
 		panic(err)
@@ -50,7 +52,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	// TestMain has no t.TempDir; a directory it cannot remove fails the run
+	// as t.TempDir's cleanup would.
+	if err := os.RemoveAll(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = max(code, 1)
+	}
 	os.Exit(code)
 }
 

@@ -314,7 +314,12 @@ func supervisePlan(ctx context.Context, opts *UpOptions, l layout, p *plan) erro
 	if err != nil {
 		return err
 	}
-	defer sink.Close()
+	defer func() {
+		// Lost log lines do not make the stack's run fail; they are said.
+		if err := sink.Close(); err != nil {
+			opts.Env.Logger.Warn("cannot write the logs", "error", err)
+		}
+	}()
 
 	_ = os.Remove(l.stopFile())
 	urls := p.urls()
@@ -432,7 +437,9 @@ func startDetached(ctx context.Context, opts *UpOptions, l layout, p *plan) erro
 	if err != nil {
 		return err
 	}
-	defer logf.Close()
+	// This process writes nothing to the log: the supervisor writes through
+	// its own descriptor, so closing this one loses nothing.
+	defer func() { _ = logf.Close() }()
 	cmd := exec.Command(self, args...)
 	cmd.Env = os.Environ() // the supervisor reads the env file itself
 	cmd.Stdout, cmd.Stderr = logf, logf

@@ -299,8 +299,11 @@ func (v *validator) meshUsesConsul(ctx context.Context) (bool, error) {
 	}
 	defer func() { _ = resp.Body.Close() }()
 	var rd service.Readiness
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&rd); err != nil || rd.Service == "" {
-		return false, fmt.Errorf("mesh controller /ready: %s, not its readiness (%v)", resp.Status, err)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&rd); err != nil {
+		return false, fmt.Errorf("mesh controller /ready: %s, not its readiness (%w)", resp.Status, err)
+	}
+	if rd.Service == "" {
+		return false, fmt.Errorf("mesh controller /ready: %s, not its readiness (it names no service)", resp.Status)
 	}
 	return slices.ContainsFunc(rd.Checks, func(c service.CheckResult) bool { return c.Name == meshapi.ConsulReadyCheck }), nil
 }
@@ -352,7 +355,7 @@ func (v *validator) noToken(ctx context.Context) (string, error) {
 	if err == nil {
 		return "", fmt.Errorf("a request without a token was answered; want %d", http.StatusUnauthorized)
 	}
-	return "", fmt.Errorf("without a token: %v, want %d", err, http.StatusUnauthorized)
+	return "", fmt.Errorf("without a token: %w, want %d", err, http.StatusUnauthorized)
 }
 
 func (v *validator) mesh(ctx context.Context) (string, error) {
@@ -371,7 +374,7 @@ func (v *validator) mesh(ctx context.Context) (string, error) {
 		case err == nil:
 			return "", fmt.Errorf("%s answered a caller without a mesh certificate", s.Name)
 		case !errors.As(err, &ae) || ae.Status != http.StatusForbidden:
-			return "", fmt.Errorf("%s, called without a mesh certificate: %v, want %d", s.Name, err, http.StatusForbidden)
+			return "", fmt.Errorf("%s, called without a mesh certificate: %w, want %d", s.Name, err, http.StatusForbidden)
 		}
 	}
 	return fmt.Sprintf("every internal service refuses a caller without a certificate (%d)", http.StatusForbidden), nil

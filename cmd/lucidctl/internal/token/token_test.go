@@ -47,7 +47,7 @@ func TestTokenFromEnvFileAsJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	var o Output
-	if err := json.Unmarshal([]byte(out.String()), &o); err != nil {
+	if err := json.Unmarshal(out.Bytes(), &o); err != nil {
 		t.Fatalf("stdout is not JSON: %v", err)
 	}
 	if _, err := auth.Parse([]byte(goodSecret), o.Token, nil); err != nil || o.Tier != "free" || o.Subject != "bob" {

@@ -22,7 +22,7 @@ func TestPhase2FileExitsThreeWithJSON(t *testing.T) {
 		t.Fatalf("exit %d (%v), want %d", code, err, cli.ExitProblems)
 	}
 	var o Output
-	if err := json.Unmarshal([]byte(out.String()), &o); err != nil {
+	if err := json.Unmarshal(out.Bytes(), &o); err != nil {
 		t.Fatalf("stdout is not JSON: %v", err)
 	}
 	var collision bool
