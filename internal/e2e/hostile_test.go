@@ -111,10 +111,10 @@ func TestHostileUser(t *testing.T) {
 	// 6), to show what requests cost. Budgets live in a real Redis.
 	p.env = append(os.Environ(), "LUCID_BLOCK_INTERVAL=1s", "NO_COLOR=1", "LUCID_STREAMS_PER_USER=2",
 		"LUCID_RATE_FREE=100000", "LUCID_RATE_PREMIUM=60", "REDIS_URL=redis://"+redis.Addr+"/0")
+	t.Cleanup(func() { p.lucidctl(t, "down") }) // before up: a half-started stack is stopped too
 	if out, errOut, code := p.lucidctl(t, "up", "-d", "--lucid", lucidBin, "--consul", consul, p.offsetFlag()); code != 0 {
 		t.Fatalf("up: exit %d\n%s\n%s", code, out, errOut)
 	}
-	t.Cleanup(func() { p.lucidctl(t, "down") })
 	secrets, err := envfile.Read(filepath.Join(p.dir, projectconfig.DefaultEnvFile))
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,10 +28,14 @@ type stackProject struct {
 	env    []string
 }
 
+// lucidctl runs a command in the project. Every command addresses the
+// project's own stack: a stack is known by its port offset, and status,
+// logs or down without it would reach (or miss) another.
 func (p *stackProject) lucidctl(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	cmd := exec.Command(lucidctlBin, args...)
-	cmd.Dir, cmd.Env = p.dir, p.env
+	cmd.Dir = p.dir
+	cmd.Env = append(slices.Clip(p.env), "LUCID_LOCAL_PORT_OFFSET="+strconv.Itoa(p.offset))
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
@@ -81,6 +86,14 @@ func TestPhase2FullStack(t *testing.T) {
 	}
 	p.env = append(os.Environ(), "LUCID_BLOCK_INTERVAL=1s", "NO_COLOR=1")
 
+	stopped := false
+	down := func() {
+		if !stopped {
+			stopped = true
+			p.lucidctl(t, "down")
+		}
+	}
+	t.Cleanup(down) // before up: a half-started stack is stopped too
 	if out, errOut, code := p.lucidctl(t, "up", "-d", "--lucid", lucidBin, "--consul", consul, p.offsetFlag()); code != 0 {
 		t.Fatalf("up: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -93,15 +106,6 @@ func TestPhase2FullStack(t *testing.T) {
 	for _, s := range st.Services {
 		pids = append(pids, s.PID)
 	}
-	stopped := false
-	down := func() {
-		if !stopped {
-			stopped = true
-			p.lucidctl(t, "down")
-		}
-	}
-	t.Cleanup(down)
-
 	out, errOut, code := p.lucidctl(t, "validate", "phase2", p.offsetFlag(), "--source", repo)
 	if code != 0 || strings.Count(out, "ok  ") != 7 {
 		t.Fatalf("validate phase2: exit %d\n%s\n%s", code, out, errOut)
