@@ -53,9 +53,7 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	if err := exec.Command("docker", "version").Run(); err != nil {
-		testenv.Missing(t, "a running Docker Engine")
-	}
+	testenv.ExclusiveDocker(t)
 	f := &fixture{sshd: testenv.StartSSHD(t, testenv.SSHDOptions{}), dir: filepath.Join(t.TempDir(), "production")}
 	// The operator's route table: DESIGN.md's, and a public route to the
 	// engine's own endpoints that only this table has.
