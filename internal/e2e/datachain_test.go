@@ -123,7 +123,6 @@ func TestKillNineDuringIngest(t *testing.T) {
 	dc := newProc(t, "datachain", "LUCID_ANCHORING_URL=http://127.0.0.1:1", "LUCID_PACK_MAX_BYTES=4194304",
 		"ENCRYPTION_KEY=an-e2e-encryption-key-of-enough-length")
 	dc.start()
-	rng := rand.New(rand.NewPCG(3, 4))
 	var mu sync.Mutex
 	acked := map[string][]byte{}
 	members := map[string]map[int]string{} // session → index → chunk id
@@ -133,6 +132,7 @@ func TestKillNineDuringIngest(t *testing.T) {
 	for w := 0; w < 6; w++ {
 		wg.Add(1)
 		session := fmt.Sprintf("00000000-0000-4000-8000-%012d", w)
+		rng := rand.New(rand.NewPCG(3, uint64(w))) // a rand.Rand is not safe for several goroutines
 		go func() {
 			defer wg.Done()
 			retry := time.NewTicker(20 * time.Millisecond)
