@@ -72,6 +72,7 @@ type Flags struct {
 
 func (f *Flags) add(fs *pflag.FlagSet) {
 	f.Flags.Add(fs, "the target or group of lucid.yaml to work on")
+	_ = fs.MarkHidden("docker-socket") // fleet's, for the commands that talk to Docker
 	fs.IntVar(&f.PortOffset, "port-offset", 0, "the --port-offset the hosts' stack was rendered with (0: the catalog's ports)")
 	fs.StringVar(&f.EnvFile, "env-file", "", "the operator's env file, with LUCID_OPERATOR_TOKEN and LUCID_MESH_TOKEN (default: local.env_file of lucid.yaml)")
 }

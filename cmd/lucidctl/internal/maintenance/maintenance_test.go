@@ -54,8 +54,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// offset is the private port offset of the test's stack.
-const offset = 29500
+// Private port offsets of the tests' stacks.
+const (
+	offset       = 29500
+	offsetNoMTLS = 29600
+)
 
 type result struct {
 	code        int
@@ -68,8 +71,49 @@ type result struct {
 type project struct {
 	t      *testing.T
 	dir    string
+	offset int
 	sshd   *testenv.SSHD
 	getenv map[string]string
+	secret string // the operator token
+}
+
+// newProject starts sshd, then the project's stack at offset with the up
+// flags given.
+func newProject(t *testing.T, offset int, upArgs ...string) *project {
+	t.Helper()
+	if runtime.GOOS == "windows" {
+		t.Skip("the stack tests use Unix signals")
+	}
+	sshd := testenv.StartSSHD(t, testenv.SSHDOptions{})
+	dir := t.TempDir()
+	p := &project{t: t, dir: dir, offset: offset, sshd: sshd, getenv: map[string]string{}}
+	yml := fmt.Sprintf("local:\n  state_dir: state\n  env_file: secrets.env\n  consul: \"off\"\n  port_offset: %d\ntargets:\n  pi:\n    host: %s\n    port: %d\n    user: %s\n    dir: %s\n",
+		offset, sshd.Host, sshd.Port, sshd.User, filepath.Join(dir, "pi"))
+	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Blocks every second, so that seals and voter changes come quickly.
+	if err := os.WriteFile(filepath.Join(dir, "secrets.env"), []byte("LUCID_BLOCK_INTERVAL=1s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.lucidctl("down") })
+	if r := p.lucidctl(append([]string{"up", "-d", "--lucid", lucidBin, "--wait-timeout", "60s"}, upArgs...)...); r.code != 0 {
+		t.Fatalf("up: exit %d\n%s", r.code, r.errOut)
+	}
+	vars, err := envfile.Read(filepath.Join(dir, "secrets.env"))
+	if err != nil || len(vars["LUCID_OPERATOR_TOKEN"]) < 32 {
+		t.Fatalf("the operator token was not generated: %v", err)
+	}
+	p.secret = vars["LUCID_OPERATOR_TOKEN"]
+	return p
+}
+
+// noSecret fails the test when r printed the operator token.
+func (p *project) noSecret(what string, r result) {
+	p.t.Helper()
+	if strings.Contains(r.out+r.errOut, p.secret) {
+		p.t.Errorf("%s printed the operator token", what)
+	}
 }
 
 func (p *project) lucidctl(args ...string) result {
@@ -88,7 +132,7 @@ func (p *project) lucidctl(args ...string) result {
 // remote runs a maintenance command on target pi.
 func (p *project) remote(args ...string) result {
 	p.t.Helper()
-	ssh := []string{"--target", "pi", "--port-offset", strconv.Itoa(offset), "-i", p.sshd.ClientKey, "--known-hosts", p.sshd.KnownHosts, "--no-agent"}
+	ssh := []string{"--target", "pi", "--port-offset", strconv.Itoa(p.offset), "-i", p.sshd.ClientKey, "--known-hosts", p.sshd.KnownHosts, "--no-agent"}
 	return p.lucidctl(append(append([]string{"maintenance"}, args...), ssh...)...)
 }
 
@@ -105,37 +149,8 @@ func decode[T any](t *testing.T, r result) maintenance.Output[T] {
 // lucidctl, a real sshd, and a real stack with the mesh on, where every
 // service is verified by its mesh certificate.
 func TestMaintenanceThroughSSH(t *testing.T) {
-	if runtime.GOOS == "windows" {
-		t.Skip("the stack tests use Unix signals")
-	}
-	sshd := testenv.StartSSHD(t, testenv.SSHDOptions{})
-	dir := t.TempDir()
-	p := &project{t: t, dir: dir, sshd: sshd, getenv: map[string]string{}}
-	yml := fmt.Sprintf("local:\n  state_dir: state\n  env_file: secrets.env\n  consul: \"off\"\n  port_offset: %d\ntargets:\n  pi:\n    host: %s\n    port: %d\n    user: %s\n    dir: %s\n",
-		offset, sshd.Host, sshd.Port, sshd.User, filepath.Join(dir, "pi"))
-	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte(yml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// Blocks every second, so that seals and voter changes come quickly.
-	if err := os.WriteFile(filepath.Join(dir, "secrets.env"), []byte("LUCID_BLOCK_INTERVAL=1s\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.lucidctl("down") })
-	if r := p.lucidctl("up", "-d", "--lucid", lucidBin, "--wait-timeout", "60s"); r.code != 0 {
-		t.Fatalf("up: exit %d\n%s", r.code, r.errOut)
-	}
-	vars, err := envfile.Read(filepath.Join(dir, "secrets.env"))
-	if err != nil || len(vars["LUCID_OPERATOR_TOKEN"]) < 32 {
-		t.Fatalf("the operator token was not generated: %v", err)
-	}
-	secret := vars["LUCID_OPERATOR_TOKEN"]
-	noSecret := func(what string, r result) {
-		t.Helper()
-		if strings.Contains(r.out+r.errOut, secret) {
-			t.Errorf("%s printed the operator token", what)
-		}
-	}
-
+	p := newProject(t, offset)
+	dir, noSecret := p.dir, p.noSecret
 	// A sealed session of three chunks.
 	tok := p.lucidctl("token", "--sub", "alice")
 	if tok.code != 0 {
@@ -284,5 +299,27 @@ func TestMaintenanceThroughSSH(t *testing.T) {
 	}
 	if !strings.Contains(r.errOut, "the scrub found 1 damaged chunk(s) on pi") {
 		t.Errorf("scrub of a damaged store said:\n%s", r.errOut)
+	}
+}
+
+// TestMaintenanceWithoutMesh: with the mesh off the services speak plain
+// HTTP on the host's loopback, and the token goes through SSH alone;
+// unless the env file says the mesh is on, when lucidctl refuses to send
+// it.
+func TestMaintenanceWithoutMesh(t *testing.T) {
+	p := newProject(t, offsetNoMTLS, "--no-mtls")
+	r := p.remote("scrub", "--json")
+	p.noSecret("scrub", r)
+	if r.code != 0 {
+		t.Fatalf("scrub without the mesh: exit %d\n%s", r.code, r.errOut)
+	}
+	if rep := decode[packstore.ScrubReport](t, r).Hosts[0].Result; rep == nil || rep.Chunks != 0 {
+		t.Errorf("scrub of an empty store: %+v", rep)
+	}
+	p.getenv["LUCID_MESH_URL"] = "https://127.0.0.1:8088"
+	r = p.remote("compact")
+	p.noSecret("compact", r)
+	if r.code != 1 || !strings.Contains(r.errOut, "refusing to send the operator token in the clear") {
+		t.Errorf("plain HTTP where the mesh should be: exit %d\n%s", r.code, r.errOut)
 	}
 }
