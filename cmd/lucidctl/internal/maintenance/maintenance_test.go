@@ -165,7 +165,7 @@ func TestMaintenanceThroughSSH(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if r := p.lucidctl("session", "push", filepath.Join(dir, "rec"), "--seal", "--wait", "--wait-timeout", "60s"); r.code != 0 {
+	if r := p.lucidctl("session", "push", filepath.Join(dir, "rec"), "--seal", "--wait", "--receipt", filepath.Join(dir, "receipt.tlog-proof"), "--wait-timeout", "60s"); r.code != 0 {
 		t.Fatalf("session push: exit %d\n%s", r.code, r.errOut)
 	}
 
