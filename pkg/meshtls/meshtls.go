@@ -337,3 +337,33 @@ func Caller(r *http.Request) (string, bool) {
 	}
 	return meshca.ServiceOf(r.TLS.PeerCertificates[0])
 }
+
+// VerifyServerTLS is the configuration of a client that holds no mesh
+// identity (the operator, reaching a service through SSH): it presents no
+// certificate, and the server must hold a valid leaf, verified against
+// bundle, that names service. The bundle is the caller's to authenticate
+// (see Remote.Bundle).
+func VerifyServerTLS(bundle []*x509.Certificate, service string) *tls.Config {
+	pool := x509.NewCertPool()
+	for _, c := range bundle {
+		pool.AddCert(c)
+	}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		// Verification is VerifyConnection's: by SPIFFE ID, not host name.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("mesh: the server presented no certificate")
+			}
+			name, err := verifyChain(cs.PeerCertificates, pool, time.Now(), x509.ExtKeyUsageServerAuth)
+			if err != nil {
+				return fmt.Errorf("mesh: server %s: %w", Describe(cs.PeerCertificates[0]), err)
+			}
+			if name != service {
+				return fmt.Errorf("mesh: the server is %q, not %q", name, service)
+			}
+			return nil
+		},
+	}
+}

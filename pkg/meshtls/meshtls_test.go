@@ -3,6 +3,7 @@ package meshtls
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"log/slog"
 	"net"
@@ -252,5 +253,27 @@ func BenchmarkHop(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 		})
+	}
+}
+
+// TestVerifyServerTLS: a caller without a mesh identity reaches the service
+// it names, verified by the bundle, and is known to it as nobody; another
+// service, or a server from another CA, is refused in the handshake.
+func TestVerifyServerTLS(t *testing.T) {
+	ca := openCA(t, meshca.Options{})
+	url := "https" + strings.TrimPrefix(serve(t, identity(t, ca, "engine", Options{})), "http")
+	call := func(bundle []*x509.Certificate, service string) (string, error) {
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: VerifyServerTLS(bundle, service)}}
+		defer c.CloseIdleConnections()
+		return get(c, url)
+	}
+	if got, err := call(ca.Bundle(), "engine"); err != nil || got != "" {
+		t.Fatalf("the engine, verified: caller %q, %v", got, err)
+	}
+	if _, err := call(ca.Bundle(), "datachain"); err == nil || !strings.Contains(err.Error(), `not "datachain"`) {
+		t.Errorf("a server that is not the service meant: %v", err)
+	}
+	if _, err := call(openCA(t, meshca.Options{}).Bundle(), "engine"); err == nil {
+		t.Error("a server outside the bundle was accepted")
 	}
 }

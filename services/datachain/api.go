@@ -365,11 +365,8 @@ func (a *api) compact(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// Status answers GET /api/v1/status.
-type Status struct {
-	packstore.Stats
-	LastScrub *packstore.ScrubReport `json:"last_scrub"`
-}
+// Status answers GET /api/v1/status; its shape is the client's.
+type Status = datachainapi.Status
 
 func (a *api) status(w http.ResponseWriter, _ *http.Request) error {
 	st, err := a.app.store.Stats()

@@ -1,5 +1,6 @@
 // Package datachainapi is the typed HTTP client of the data chain: storing
-// chunks into sessions and sealing them.
+// chunks into sessions and sealing them, and the operator's maintenance
+// (scrub, compaction, the store's status).
 package datachainapi
 
 import (
@@ -14,6 +15,7 @@ import (
 
 	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/anchoringapi"
+	"github.com/pickme/lucid/pkg/packstore"
 )
 
 // Client talks to the data chain.
@@ -71,4 +73,32 @@ func (c *Client) Seal(ctx context.Context, session string, req SealRequest) (*Se
 	body, _ := json.Marshal(req)
 	var out Sealed
 	return &out, c.do(ctx, http.MethodPost, "/api/v1/sessions/"+url.PathEscape(session)+"/seal", body, "application/json", &out)
+}
+
+// Status answers GET /api/v1/status (the operator's): the store's counts
+// and the last scrub's report, if one ran since the service started.
+type Status struct {
+	packstore.Stats
+	LastScrub *packstore.ScrubReport `json:"last_scrub"`
+}
+
+// Status returns the store's status. The client's transport must carry
+// the operator credential (api.WithBearer).
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	var out Status
+	return &out, c.do(ctx, http.MethodGet, "/api/v1/status", nil, "", &out)
+}
+
+// Scrub re-reads and checks every chunk now and returns what it found
+// (the operator's). It answers when the scrub is over.
+func (c *Client) Scrub(ctx context.Context) (*packstore.ScrubReport, error) {
+	var out packstore.ScrubReport
+	return &out, c.do(ctx, http.MethodPost, "/api/v1/verify", nil, "", &out)
+}
+
+// Compact rewrites the packs that are mostly deleted chunks now and
+// returns what was reclaimed (the operator's).
+func (c *Client) Compact(ctx context.Context) (*packstore.CompactReport, error) {
+	var out packstore.CompactReport
+	return &out, c.do(ctx, http.MethodPost, "/api/v1/compact", nil, "", &out)
 }

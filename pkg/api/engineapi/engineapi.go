@@ -337,3 +337,18 @@ func (c *Client) Follow(ctx context.Context, from uint64, fn func(*chain.Block) 
 var FollowIdleTimeout = 90 * time.Second
 
 var errIdle = errors.New("follow: the stream was silent too long; reconnecting")
+
+// RemoveVoter asks the leader to remove node id from the voters and, when
+// key is set, its validator key from the chain; operatorToken is the
+// operator credential. The answer is the consensus status afterwards.
+func (c *Client) RemoveVoter(ctx context.Context, operatorToken, id, key string) (*ConsensusStatus, error) {
+	path := "/api/v1/consensus/voters/" + url.PathEscape(id)
+	if key != "" {
+		path += "?key=" + url.QueryEscape(key)
+	}
+	var out ConsensusStatus
+	if err := c.doAuth(ctx, http.MethodDelete, path, operatorToken, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

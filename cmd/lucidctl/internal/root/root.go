@@ -13,6 +13,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/deploy"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/maintenance"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/render"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/session"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/stack"
@@ -66,9 +67,9 @@ Results go to stdout; progress and diagnostics go to stderr.`,
 		c.GroupID = "deploy"
 		cmd.AddCommand(c)
 	}
-	bch := bench.NewCmd(env)
-	bch.GroupID = "deploy"
-	cmd.AddCommand(bch)
+	bch, mnt := bench.NewCmd(env), maintenance.NewCmd(env)
+	bch.GroupID, mnt.GroupID = "deploy", "deploy"
+	cmd.AddCommand(bch, mnt)
 	tok, ver, sess := token.NewCmd(env), verify.NewCmd(env), session.NewCmd(env)
 	tok.GroupID, ver.GroupID, sess.GroupID = "tools", "tools", "tools"
 	cmd.AddCommand(tok, ver, sess, version.NewCmd(env))
