@@ -44,10 +44,10 @@ func (e *Env) CompleteTargets(cmd *cobra.Command, _ []string, toComplete string)
 }
 
 // CompleteTargetArgs completes positional TARGET|GROUP arguments, each
-// once; max > 0 stops after that many arguments.
-func (e *Env) CompleteTargetArgs(max int) cobra.CompletionFunc {
+// once; most > 0 stops after that many arguments.
+func (e *Env) CompleteTargetArgs(most int) cobra.CompletionFunc {
 	return func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
-		if max > 0 && len(args) >= max {
+		if most > 0 && len(args) >= most {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
 		return withPrefix(e.TargetNames(cmd), toComplete, args), cobra.ShellCompDirectiveNoFileComp
