@@ -115,8 +115,11 @@ type ServiceReports struct {
 	NewestBlockAgeSec *float64  `json:"newest_block_age_seconds,omitempty"`
 	// RaftRole is the engine's Raft state: leader, follower, candidate.
 	RaftRole string `json:"raft_role,omitempty"`
-	// AnchorQueue is how many anchors wait to be sealed.
-	AnchorQueue *int64 `json:"anchor_queue,omitempty"`
+	// AnchorQueue is how many anchors wait to be sealed, and
+	// OldestPendingAnchor when the oldest of them was accepted (absent
+	// when none waits).
+	AnchorQueue         *int64    `json:"anchor_queue,omitempty"`
+	OldestPendingAnchor time.Time `json:"oldest_pending_anchor,omitzero"`
 	// DataChainBytes is the size of the data chain's pack files, with its
 	// chunk and session counts.
 	DataChainBytes    *int64 `json:"data_chain_bytes,omitempty"`
@@ -428,22 +431,34 @@ func (d *Deployer) readReports(ctx context.Context, o StatusOptions, st *HostSta
 			mu.Unlock()
 		}
 	})
-	wg.Go(func() { // session anchoring: its queue
-		unknown(FigureOldestAnchor, errors.New("session anchoring does not report its oldest pending anchor"))
+	wg.Go(func() { // session anchoring: its queue and how old its oldest anchor is
 		c, err := client("anchoring")
 		if err != nil {
 			unknown(FigureAnchorQueue, err)
+			unknown(FigureOldestAnchor, err)
 			return
 		}
-		v, err := c.metric(ctx, "lucid_anchoring_pending")
+		m, err := c.metrics(ctx, "lucid_anchoring_pending", "lucid_anchoring_oldest_pending_timestamp_seconds")
 		if err != nil {
 			unknown(FigureAnchorQueue, err)
+			unknown(FigureOldestAnchor, err)
 			return
 		}
-		n := int64(v)
 		mu.Lock()
-		reports.AnchorQueue = &n
-		mu.Unlock()
+		defer mu.Unlock()
+		unknown := func(fig string, err error) { st.Unknown[fig] = oneLine(err.Error()) } // mu is held
+		if v, ok := m["lucid_anchoring_pending"]; ok {
+			n := int64(v)
+			reports.AnchorQueue = &n
+		} else {
+			unknown(FigureAnchorQueue, errors.New("anchoring /metrics has no lucid_anchoring_pending"))
+		}
+		switch v, ok := m["lucid_anchoring_oldest_pending_timestamp_seconds"]; {
+		case !ok:
+			unknown(FigureOldestAnchor, errors.New("this version of session anchoring does not report its oldest pending anchor"))
+		case v > 0:
+			reports.OldestPendingAnchor = time.Unix(0, int64(v*1e9)).UTC()
+		}
 	})
 	wg.Go(func() { // the data chain: its size
 		c, err := client("datachain")
@@ -708,19 +723,36 @@ func (c *serviceClient) getJSON(ctx context.Context, p string, operator bool, v 
 
 // metric reads an unlabelled sample from the service's /metrics.
 func (c *serviceClient) metric(ctx context.Context, name string) (float64, error) {
-	body, err := c.get(ctx, "/metrics", false)
+	m, err := c.metrics(ctx, name)
 	if err != nil {
 		return 0, err
 	}
+	v, ok := m[name]
+	if !ok {
+		return 0, fmt.Errorf("%s /metrics has no %s", c.name, name)
+	}
+	return v, nil
+}
+
+// metrics reads unlabelled samples from the service's /metrics: those of
+// names it has.
+func (c *serviceClient) metrics(ctx context.Context, names ...string) (map[string]float64, error) {
+	body, err := c.get(ctx, "/metrics", false)
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]float64{}
 	sc := bufio.NewScanner(strings.NewReader(string(body)))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) >= 2 && f[0] == name {
-			return strconv.ParseFloat(f[1], 64)
+		if len(f) >= 2 && slices.Contains(names, f[0]) {
+			if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+				m[f[0]] = v
+			}
 		}
 	}
-	return 0, fmt.Errorf("%s /metrics has no %s", c.name, name)
+	return m, nil
 }
 
 // oneLine keeps the first line of s.

@@ -81,8 +81,8 @@ func TestStatusAndLogsOfADeployedHost(t *testing.T) {
 	if r.CertNotAfter.Before(time.Now()) {
 		t.Errorf("certificates expire %s (unknown: %v)", r.CertNotAfter, st.Unknown[FigureCertificates])
 	}
-	if _, ok := st.Unknown[FigureOldestAnchor]; !ok || len(st.Unknown) != 1 {
-		t.Errorf("unknown: %v, want only the oldest anchor", st.Unknown)
+	if len(st.Unknown) != 0 || !r.OldestPendingAnchor.IsZero() {
+		t.Errorf("unknown: %v, oldest pending anchor %s; want every figure, and no anchor pending", st.Unknown, r.OldestPendingAnchor)
 	}
 
 	// Without the operator's token: what needs it is unknown, and says why.

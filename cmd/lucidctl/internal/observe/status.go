@@ -245,10 +245,13 @@ func printHost(w io.Writer, st *iostreams.Styles, h HostDoc, now time.Time) {
 		anchors = fmt.Sprintf("queue %d", *r.AnchorQueue)
 	}
 	anchors += ", oldest pending "
-	if known(deploy.FigureOldestAnchor) {
-		anchors += "-"
-	} else {
+	switch {
+	case !known(deploy.FigureOldestAnchor):
 		anchors += u(deploy.FigureOldestAnchor)
+	case r.OldestPendingAnchor.IsZero():
+		anchors += "none"
+	default:
+		anchors += "accepted " + duration(now.Sub(r.OldestPendingAnchor)) + " ago"
 	}
 	fmt.Fprintln(w, "anchoring:  "+anchors)
 
