@@ -74,7 +74,15 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	a.refused = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_anchoring_refused_total", Help: "Anchors the engine refused for good (their status says why)."})
 	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lucid_anchoring_pending", Help: "Anchors waiting to be sealed."},
 		func() float64 { return float64(a.store.pendingCount()) })
-	srv.Registerer().MustRegister(a.accepted, a.sealed, a.refused, pending)
+	oldest := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lucid_anchoring_oldest_pending_timestamp_seconds", Help: "When the oldest anchor waiting to be sealed was accepted (Unix seconds); 0 when none waits."},
+		func() float64 {
+			t := a.store.oldestPending()
+			if t.IsZero() {
+				return 0
+			}
+			return float64(t.UnixNano()) / 1e9
+		})
+	srv.Registerer().MustRegister(a.accepted, a.sealed, a.refused, pending, oldest)
 	srv.AddCheck("engine", func(ctx context.Context) error {
 		_, err := a.engine.Chain(ctx)
 		return err

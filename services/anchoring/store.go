@@ -219,6 +219,26 @@ func (s *store) pending(n int, skip func(id string) bool) (ids []string, txs [][
 	return ids, txs, err
 }
 
+// oldestPending is when the oldest anchor still pending was accepted;
+// zero when none is. It reads every pending record: the queue is short
+// when the chain keeps up, and /metrics is read seldom.
+func (s *store) oldestPending() time.Time {
+	var oldest time.Time
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		anchors := tx.Bucket(bucketAnchors)
+		return tx.Bucket(bucketPending).ForEach(func(_, v []byte) error {
+			var rec struct {
+				CreatedAt time.Time `json:"created_at"`
+			}
+			if json.Unmarshal(anchors.Get(v), &rec) == nil && !rec.CreatedAt.IsZero() && (oldest.IsZero() || rec.CreatedAt.Before(oldest)) {
+				oldest = rec.CreatedAt
+			}
+			return nil
+		})
+	})
+	return oldest
+}
+
 func (s *store) pendingCount() int {
 	n := 0
 	_ = s.db.View(func(tx *bolt.Tx) error {

@@ -22,9 +22,15 @@ func TestQueueSurvivesReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !s.oldestPending().IsZero() {
+		t.Error("an empty queue has an oldest anchor")
+	}
 	rec := &record{Owner: "alice", SessionID: "s1", TxID: "t1", Tx: []byte(`{"type":"session_anchor"}`), Status: statusPending, CreatedAt: time.Now()}
 	if _, created, err := s.accept(rec); err != nil || !created {
 		t.Fatalf("accept: %v %v", created, err)
+	}
+	if got := s.oldestPending(); !got.Equal(rec.CreatedAt) {
+		t.Errorf("oldest pending %s, want %s", got, rec.CreatedAt)
 	}
 	if _, created, err := s.accept(rec); err != nil || created {
 		t.Fatalf("same anchor again: created=%v %v", created, err)
@@ -61,7 +67,7 @@ func TestQueueSurvivesReopen(t *testing.T) {
 		t.Fatalf("markSealed = %d %v", n, err)
 	}
 	got, _ := s.get("alice", "s1")
-	if got.Status != statusSealed || got.Height != 7 || got.Index != 3 || s.followed() != 7 || s.pendingCount() != 0 {
+	if got.Status != statusSealed || got.Height != 7 || got.Index != 3 || s.followed() != 7 || s.pendingCount() != 0 || !s.oldestPending().IsZero() {
 		t.Errorf("after sealing: %+v followed %d pending %d", got, s.followed(), s.pendingCount())
 	}
 }

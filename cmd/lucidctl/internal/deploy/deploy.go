@@ -78,9 +78,10 @@ func NewCmds(env *cli.Env) []*cobra.Command {
 func newDeployCmd(env *cli.Env) *cobra.Command {
 	opts := &Options{Env: env}
 	cmd := &cobra.Command{
-		Use:   "deploy [TARGET|GROUP...]",
-		Args:  cli.MinArgs(0),
-		Short: "Deploy the rendered files and the images to targets over SSH",
+		Use:               "deploy [TARGET|GROUP...]",
+		ValidArgsFunction: env.CompleteTargetArgs(0),
+		Args:              cli.MinArgs(0),
+		Short:             "Deploy the rendered files and the images to targets over SSH",
 		Long: `Deploy to each target (or each target of a group) of lucid.yaml, one host at a
 time, stopping at the first that fails. Without an argument, deploy to
 lucid.yaml's target when it has exactly one; with several, name one.
@@ -454,6 +455,15 @@ then a result line.`,
 		Example: `  lucidctl rollback pi
   lucidctl rollback pi 20261126T100000Z-v0.3.0`,
 		Args: cli.RangeArgs(1, 2),
+		ValidArgsFunction: func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+			if len(args) == 0 {
+				return env.CompleteTargets(cmd, args, toComplete)
+			}
+			if len(args) == 1 {
+				return completeReleases(cmd, env, &opts.SSH, args[0], toComplete)
+			}
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Target = args[0]
 			if len(args) == 2 {
@@ -490,6 +500,50 @@ func runRollback(ctx context.Context, opts *RollbackOptions) error {
 	return p.RolledBack(res)
 }
 
+// releaseCompletionTimeout bounds the completion of rollback's RELEASE,
+// which asks the host: a shell waits for it.
+const releaseCompletionTimeout = 3 * time.Second
+
+// completeReleases completes rollback's RELEASE with the target's
+// releases, newest first, each described by its version and status. It
+// asks the host over SSH, as rollback would, but never records a new host
+// key, and gives up (completing nothing) after releaseCompletionTimeout.
+func completeReleases(cmd *cobra.Command, env *cli.Env, f *sshFlags, target, toComplete string) ([]string, cobra.ShellCompDirective) {
+	none := cobra.ShellCompDirectiveNoFileComp
+	if len(env.TargetNames(cmd)) == 0 {
+		return nil, none
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), releaseCompletionTimeout)
+	defer cancel()
+	safe := *f
+	safe.AcceptNew = false
+	t, c, err := safe.connect(ctx, env, target)
+	if err != nil {
+		return nil, none
+	}
+	defer c.Close()
+	d, err := deploy.New(deploy.Config{Name: target, SSH: c, Dir: t.Dir, DockerSocket: f.dockerSocket})
+	if err != nil {
+		return nil, none
+	}
+	defer d.Close()
+	rs, err := d.Releases(ctx)
+	if err != nil {
+		return nil, none
+	}
+	var out []string
+	for _, r := range rs {
+		if strings.HasPrefix(r.ID, toComplete) {
+			desc := fmt.Sprintf("%s, %s", r.Version, r.Status)
+			if r.Current {
+				desc += ", current"
+			}
+			out = append(out, r.ID+"\t"+desc)
+		}
+	}
+	return out, none | cobra.ShellCompDirectiveKeepOrder
+}
+
 // ReleasesOptions are the inputs of `lucidctl releases`.
 type ReleasesOptions struct {
 	Env *cli.Env
@@ -508,7 +562,8 @@ status (deploying, live, failed, replaced, or unknown when the release has no
 readable release.json) and which is current.`,
 		Example: `  lucidctl releases pi
   lucidctl releases pi --json`,
-		Args: cli.ExactArgs(1),
+		Args:              cli.ExactArgs(1),
+		ValidArgsFunction: env.CompleteTargetArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Target = args[0]
 			return runReleases(cmd.Context(), opts)

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
@@ -182,4 +183,11 @@ func (f *Fleet) SkippedSummary() string {
 		parts = append(parts, u.Name+" ("+u.Err.Error()+")")
 	}
 	return fmt.Sprintf("skipped %d unreachable host(s): %s", len(f.Unreachable), strings.Join(parts, "; "))
+}
+
+// Complete registers the shell completions of --target (the targets and
+// groups of lucid.yaml) and --hosts (the members of the --target group).
+func Complete(cmd *cobra.Command, env *cli.Env) {
+	_ = cmd.RegisterFlagCompletionFunc("target", env.CompleteTargets)
+	_ = cmd.RegisterFlagCompletionFunc("hosts", env.CompleteGroupMembers)
 }

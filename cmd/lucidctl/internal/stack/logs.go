@@ -8,14 +8,19 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/observe"
 	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/deploy"
 )
 
 // LogsOptions are the inputs of `lucidctl logs`.
@@ -26,24 +31,52 @@ type LogsOptions struct {
 	Tail    int
 	// PortOffset names the stack; nil takes local.port_offset of lucid.yaml.
 	PortOffset *int
+	// Remote are the inputs with --target: deployed hosts' logs.
+	Remote observe.LogsOptions
+	Fleet  fleet.Flags
+	grep   string
 }
 
 func newLogsCmd(env *cli.Env) *cobra.Command {
 	opts := &LogsOptions{Env: env}
 	var offset int
 	cmd := &cobra.Command{
-		Use:   "logs [service]",
-		Short: "Print the local stack's logs",
+		Use:   "logs [service...]",
+		Short: "Print the local stack's logs, or deployed hosts'",
 		Long: `Print the logs of the local stack: every service merged, each line prefixed
 with its service, or one service's own log. "lucidctl" names the supervisor's
-own lines (starts, deaths, restarts).`,
+own lines (starts, deaths, restarts).
+
+With --target (a target or group of lucid.yaml), print the deployed
+services' logs instead, from each host's Docker Engine over SSH: every
+service, or those named, merged as they arrive and prefixed with the
+service (and the host, with several). The services' JSON log records are
+shown as time, level, message and a few key=value; --raw prints them as
+written, --json one JSON object per line. -f follows until interrupted,
+across restarts and recreations of the containers.`,
 		Example: `  lucidctl logs
   lucidctl logs -f gateway
   lucidctl logs --tail 50 engine
-  lucidctl logs --port-offset 1000 gateway`,
-		Args:      cobra.MatchAll(cli.MaxArgs(1), cli.OnlyValidArgs),
+  lucidctl logs --port-offset 1000 gateway
+  lucidctl logs --target pi -f engine anchoring
+  lucidctl logs --target fleet --since 10m --grep 'level":"(WARN|ERROR)'`,
+		Args:      cobra.MatchAll(cli.OnlyValidArgs, logsArgs(&opts.Fleet)),
 		ValidArgs: append(catalog.Names(), consulName, supervisorName),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if opts.Fleet.Target != "" {
+				return runRemoteLogs(cmd, opts, args)
+			}
+			if err := localOnly(cmd); err != nil {
+				return err
+			}
+			for _, name := range []string{"since", "grep", "raw"} {
+				if cmd.Flags().Changed(name) {
+					return cli.Usage(fmt.Errorf("--%s needs --target: the local stack's logs take --tail and -f", name))
+				}
+			}
+			if opts.Env.JSON {
+				return cli.Usage(errors.New("logs of the local stack have no --json output; with --target they do"))
+			}
 			if len(args) == 1 {
 				opts.Service = args[0]
 			}
@@ -52,9 +85,47 @@ own lines (starts, deaths, restarts).`,
 		},
 	}
 	cmd.Flags().BoolVarP(&opts.Follow, "follow", "f", false, "keep printing new lines until interrupted")
-	cmd.Flags().IntVarP(&opts.Tail, "tail", "n", -1, "print only the last N lines (-1: all)")
+	cmd.Flags().IntVarP(&opts.Tail, "tail", "n", -1, "print only the last N lines (-1: all; with --target, per service)")
+	cmd.Flags().DurationVar(&opts.Remote.Since, "since", 0, "with --target: only lines of the last DURATION (10m, 2h)")
+	cmd.Flags().StringVar(&opts.grep, "grep", "", "with --target: only lines that match this regular expression (RE2, on the line as written)")
+	cmd.Flags().BoolVar(&opts.Remote.Raw, "raw", false, "with --target: print the lines as the services wrote them")
 	portOffsetFlag(cmd, &offset, "the port offset of the stack (default: local.port_offset of lucid.yaml)")
-	return cmd
+	opts.Fleet.Add(cmd.Flags(), "print these deployed hosts' logs (a target or group of lucid.yaml) instead of the local stack's")
+	fleet.Complete(cmd, env)
+	return cli.SupportsJSON(cmd)
+}
+
+// logsArgs allows one service for the local stack, any number of the
+// deployed services with --target.
+func logsArgs(f *fleet.Flags) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if f.Target == "" {
+			return cli.MaxArgs(1)(cmd, args)
+		}
+		if slices.Contains(args, supervisorName) {
+			return cli.Usage(fmt.Errorf("%q is the local supervisor; a deployed host has none (its services: %s)", supervisorName, strings.Join(deploy.LogServices(), ", ")))
+		}
+		return nil
+	}
+}
+
+func runRemoteLogs(cmd *cobra.Command, opts *LogsOptions, args []string) error {
+	if cmd.Flags().Changed("port-offset") {
+		return cli.Usage(errors.New("--port-offset names a local stack; it does not go with --target"))
+	}
+	r := opts.Remote
+	r.Env, r.Fleet, r.Services, r.Follow, r.Tail = opts.Env, &opts.Fleet, args, opts.Follow, opts.Tail
+	if opts.grep != "" {
+		re, err := regexp.Compile(opts.grep)
+		if err != nil {
+			return cli.Usage(fmt.Errorf("--grep: %w", err))
+		}
+		r.Grep = re
+	}
+	if r.Since < 0 {
+		return cli.Usage(errors.New("--since wants a positive duration (10m, 2h)"))
+	}
+	return observe.RunLogs(cmd.Context(), &r)
 }
 
 func runLogs(ctx context.Context, opts *LogsOptions) error {

@@ -11,7 +11,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/observe"
 	"github.com/pickme/lucid/pkg/supervise"
 )
 
@@ -20,6 +22,9 @@ type StatusOptions struct {
 	Env *cli.Env
 	// PortOffset names the stack; nil takes local.port_offset of lucid.yaml.
 	PortOffset *int
+	// Fleet, with a --target, shows deployed hosts instead of the local
+	// stack (package observe).
+	Fleet fleet.Flags
 }
 
 func newStatusCmd(env *cli.Env) *cobra.Command {
@@ -27,23 +32,49 @@ func newStatusCmd(env *cli.Env) *cobra.Command {
 	var offset int
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show the state of the local stack",
+		Short: "Show the state of the local stack, or of deployed hosts",
 		Long: `Show each service of the local stack: its state, pid, restarts and URL, and
 how the services are discovered: "consul" with a supervised Consul agent,
 "static" (fixed addresses) without one. --port-offset names the stack.
 
+With --target (a target or group of lucid.yaml), show the deployed hosts
+instead, read over SSH in parallel: the current release, each container's
+state, health, restarts, uptime and image, the host's disk, memory, load,
+Docker version and clock skew, and what the services report (chain height
+and newest block, Raft role, anchoring queue, data-chain size, mesh
+certificate expiry). A figure that cannot be read is shown as
+"unknown (why)". The engine's and the data chain's figures need the
+operator token: LUCID_OPERATOR_TOKEN, else the operator's env file
+(local.env_file of lucid.yaml).
+
 Exit status: 0 when the stack runs and every service is ready, 3 when it is
-not running or a service is not ready.`,
+not running or a service is not ready. With --target: 0 when every host is
+healthy, 3 when a container is not running or not healthy, a host has no
+current release, or a host was skipped as unreachable; 4 when a host cannot
+be reached without --skip-unreachable.`,
 		Example: `  lucidctl status
   lucidctl status --json
-  lucidctl status --port-offset 1000`,
+  lucidctl status --port-offset 1000
+  lucidctl status --target pi
+  lucidctl status --target fleet --skip-unreachable --json`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if opts.Fleet.Target != "" {
+				if cmd.Flags().Changed("port-offset") {
+					return cli.Usage(errors.New("--port-offset names a local stack; it does not go with --target"))
+				}
+				return observe.RunStatus(cmd.Context(), &observe.StatusOptions{Env: opts.Env, Fleet: &opts.Fleet})
+			}
+			if err := localOnly(cmd); err != nil {
+				return err
+			}
 			opts.PortOffset = givenOffset(cmd, offset)
 			return runStatus(cmd.Context(), opts)
 		},
 	}
 	portOffsetFlag(cmd, &offset, "the port offset of the stack to show (default: local.port_offset of lucid.yaml)")
+	opts.Fleet.Add(cmd.Flags(), "show these deployed hosts (a target or group of lucid.yaml) instead of the local stack")
+	fleet.Complete(cmd, env)
 	return cli.SupportsJSON(cmd)
 }
 
@@ -85,6 +116,17 @@ func runStatus(_ context.Context, opts *StatusOptions) error {
 	for _, s := range st.Services {
 		if s.State != supervise.StateReady {
 			return &cli.SilentError{Code: cli.ExitProblems}
+		}
+	}
+	return nil
+}
+
+// localOnly refuses the host-selection flags without --target: they
+// would otherwise be silently ignored by the local stack's command.
+func localOnly(cmd *cobra.Command) error {
+	for _, name := range []string{"hosts", "skip-unreachable", "docker-socket", "identity", "known-hosts", "accept-new-host-key", "no-agent"} {
+		if cmd.Flags().Changed(name) {
+			return cli.Usage(fmt.Errorf("--%s needs --target (a target or group of lucid.yaml)", name))
 		}
 	}
 	return nil

@@ -1,0 +1,351 @@
+// Package observe is `lucidctl status --target` and `lucidctl logs
+// --target`: what the deployed hosts run, how they are, and what their
+// services are saying, read over SSH through each host's Docker Engine
+// (pkg/deploy) and printed here. Without --target the same commands show
+// the local stack (package stack), which calls in here when one is given.
+package observe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/charmbracelet/lipgloss"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/pkg/deploy"
+	"github.com/pickme/lucid/pkg/envfile"
+)
+
+// StatusOptions are the inputs of `lucidctl status --target`.
+type StatusOptions struct {
+	Env   *cli.Env
+	Fleet *fleet.Flags
+	// Now is the clock of relative times (default time.Now).
+	Now func() time.Time
+}
+
+// StatusDoc is `status --target --json`: one document for every host.
+type StatusDoc struct {
+	Hosts []HostDoc `json:"hosts"`
+	// Healthy is true when every host was reached and is healthy.
+	Healthy bool `json:"healthy"`
+}
+
+// HostDoc is one host: its status, or why there is none.
+type HostDoc struct {
+	Target string `json:"target"`
+	// Reachable is false for a host skipped with --skip-unreachable.
+	Reachable bool `json:"reachable"`
+	// Error says why the host has no status (unreachable, or its Docker
+	// Engine did not answer).
+	Error string `json:"error,omitempty"`
+	*deploy.HostStatus
+}
+
+// RunStatus reads every selected host in parallel and prints them; exit 3
+// when a host is unhealthy or was skipped as unreachable.
+func RunStatus(ctx context.Context, opts *StatusOptions) error {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	env := opts.Env
+	fl, err := opts.Fleet.Connect(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer fl.Close()
+	token := operatorToken(env)
+
+	docs := make([]HostDoc, len(fl.Hosts))
+	var wg sync.WaitGroup
+	for i, h := range fl.Hosts {
+		wg.Go(func() {
+			docs[i] = HostDoc{Target: h.Name, Reachable: true}
+			d, err := deploy.New(h.DeployConfig())
+			if err != nil {
+				docs[i].Error = err.Error()
+				return
+			}
+			defer d.Close()
+			st, err := d.Status(ctx, deploy.StatusOptions{OperatorToken: token})
+			if err != nil {
+				docs[i].Error = err.Error()
+				return
+			}
+			docs[i].HostStatus = st
+		})
+	}
+	wg.Wait()
+	for _, u := range fl.Unreachable {
+		docs = append(docs, HostDoc{Target: u.Name, Error: u.Err.Error()})
+	}
+	doc := StatusDoc{Hosts: docs, Healthy: true}
+	for _, h := range docs {
+		if h.HostStatus == nil || !h.Healthy {
+			doc.Healthy = false
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if env.JSON {
+		if err := env.PrintJSON(doc); err != nil {
+			return err
+		}
+	} else {
+		for i, h := range docs {
+			if i > 0 {
+				fmt.Fprintln(env.IO.Out)
+			}
+			printHost(env.IO.Out, env.IO.OutStyles(), h, opts.Now())
+		}
+		if s := fl.SkippedSummary(); s != "" {
+			fmt.Fprintln(env.IO.ErrOut, s)
+		}
+	}
+	if !doc.Healthy {
+		return &cli.SilentError{Code: cli.ExitProblems}
+	}
+	return nil
+}
+
+// operatorToken is LUCID_OPERATOR_TOKEN from the environment, else from
+// the operator's env file; "" when neither has it (the figures that need
+// it are then unknown, and say so).
+func operatorToken(env *cli.Env) string {
+	if t := env.Getenv("LUCID_OPERATOR_TOKEN"); t != "" {
+		return t
+	}
+	cfg, err := env.Config()
+	if err != nil {
+		return ""
+	}
+	vars, err := envfile.Read(cfg.Abs(cfg.Local.EnvFile))
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			env.Logger.Warn("the operator's env file could not be read; figures that need the operator token will be unknown", "error", err)
+		}
+		return ""
+	}
+	return vars["LUCID_OPERATOR_TOKEN"]
+}
+
+// printHost writes one host: a heading with its release, the containers,
+// then the host's figures and the services' reports, one line each.
+func printHost(w io.Writer, st *iostreams.Styles, h HostDoc, now time.Time) {
+	if h.HostStatus == nil {
+		what := "unreachable"
+		if h.Reachable {
+			what = "no status"
+		}
+		fmt.Fprintf(w, "%s  %s (%s)\n", st.Bold.Render(h.Target), st.Error.Render(what), h.Error)
+		return
+	}
+	s := h.HostStatus
+	verdict := st.Success.Render("healthy")
+	if !s.Healthy {
+		verdict = st.Error.Render("UNHEALTHY")
+	}
+	release := "no current release"
+	switch {
+	case s.Release != nil:
+		r := s.Release
+		release = fmt.Sprintf("release %s (version %s), deployed %s by %s", r.ID, r.Version, when(r.Created, now), r.By)
+	case s.Unknown[deploy.FigureRelease] != "":
+		release = "release unknown (" + s.Unknown[deploy.FigureRelease] + ")"
+	}
+	fmt.Fprintf(w, "%s  %s  %s\n", st.Bold.Render(h.Target), verdict, release)
+
+	rows := [][]string{{"SERVICE", "STATE", "HEALTH", "RESTARTS", "UPTIME", "IMAGE", "CERT EXPIRES"}}
+	for _, c := range s.Services {
+		uptime, cert := "-", "-"
+		if c.State == "running" && !c.StartedAt.IsZero() {
+			uptime = duration(time.Duration(c.UptimeSeconds) * time.Second)
+		}
+		if !c.CertNotAfter.IsZero() {
+			cert = "in " + duration(c.CertNotAfter.Sub(now))
+		}
+		rows = append(rows, []string{c.Service, c.State, c.Health, fmt.Sprint(c.Restarts), uptime, shortID(c.ImageID), cert})
+	}
+	table(w, st, rows, func(col int, cell string) lipgloss.Style {
+		switch {
+		case col == 1 && cell != "running", col == 2 && cell == "unhealthy":
+			return st.Error
+		case col == 2 && cell == "starting":
+			return st.Warning
+		case col == 1, col == 2 && cell == "healthy":
+			return st.Success
+		}
+		return lipgloss.NewStyle()
+	})
+
+	u := func(fig string) string { return "unknown (" + s.Unknown[fig] + ")" }
+	known := func(fig string) bool { _, ok := s.Unknown[fig]; return !ok }
+	var host []string
+	if known(deploy.FigureDocker) {
+		host = append(host, "docker "+s.Host.Docker)
+	} else {
+		host = append(host, "docker "+u(deploy.FigureDocker))
+	}
+	if d := s.Host.Disk; d != nil {
+		used := 0.0
+		if d.TotalBytes > 0 {
+			used = 100 * float64(d.TotalBytes-d.FreeBytes) / float64(d.TotalBytes)
+		}
+		host = append(host, fmt.Sprintf("disk %s free of %s on %s (%.0f%% used)", size(d.FreeBytes), size(d.TotalBytes), d.Path, used))
+	} else {
+		host = append(host, "disk "+u(deploy.FigureDisk))
+	}
+	if m := s.Host.Memory; m != nil {
+		host = append(host, fmt.Sprintf("memory %s available of %s", size(m.AvailableBytes), size(m.TotalBytes)))
+	} else {
+		host = append(host, "memory "+u(deploy.FigureMemory))
+	}
+	if l := s.Host.Load; len(l) == 3 {
+		host = append(host, fmt.Sprintf("load %.2f %.2f %.2f", l[0], l[1], l[2]))
+	} else {
+		host = append(host, "load "+u(deploy.FigureLoad))
+	}
+	if c := s.Host.ClockSkewSeconds; c != nil {
+		host = append(host, fmt.Sprintf("clock %+.1fs", *c))
+	} else {
+		host = append(host, "clock "+u(deploy.FigureClock))
+	}
+	fmt.Fprintln(w, "host:       "+strings.Join(host, ", "))
+
+	r := s.Reports
+	var chain []string
+	if r.ChainHeight != nil {
+		chain = append(chain, fmt.Sprintf("height %d", *r.ChainHeight))
+	} else {
+		chain = append(chain, "height "+u(deploy.FigureChainHeight))
+	}
+	if r.NewestBlockAgeSec != nil {
+		chain = append(chain, fmt.Sprintf("newest block %s ago", duration(time.Duration(*r.NewestBlockAgeSec*float64(time.Second)))))
+	} else {
+		chain = append(chain, "newest block "+u(deploy.FigureNewestBlock))
+	}
+	if r.RaftRole != "" {
+		chain = append(chain, "raft "+r.RaftRole)
+	} else {
+		chain = append(chain, "raft "+u(deploy.FigureRaftRole))
+	}
+	fmt.Fprintln(w, "chain:      "+strings.Join(chain, ", "))
+
+	anchors := "queue " + u(deploy.FigureAnchorQueue)
+	if r.AnchorQueue != nil {
+		anchors = fmt.Sprintf("queue %d", *r.AnchorQueue)
+	}
+	anchors += ", oldest pending "
+	switch {
+	case !known(deploy.FigureOldestAnchor):
+		anchors += u(deploy.FigureOldestAnchor)
+	case r.OldestPendingAnchor.IsZero():
+		anchors += "none"
+	default:
+		anchors += "accepted " + duration(now.Sub(r.OldestPendingAnchor)) + " ago"
+	}
+	fmt.Fprintln(w, "anchoring:  "+anchors)
+
+	data := u(deploy.FigureDataChain)
+	if r.DataChainBytes != nil {
+		data = fmt.Sprintf("%s in %d chunks, %d sessions", size(*r.DataChainBytes), deref(r.DataChainChunks), deref(r.DataChainSessions))
+	}
+	fmt.Fprintln(w, "data chain: "+data)
+
+	certs := u(deploy.FigureCertificates)
+	if !r.CertNotAfter.IsZero() {
+		certs = fmt.Sprintf("the first expires %s (in %s)", r.CertNotAfter.Format(time.RFC3339), duration(r.CertNotAfter.Sub(now)))
+	}
+	fmt.Fprintln(w, "mesh certs: "+certs)
+	for _, p := range s.Problems {
+		fmt.Fprintln(w, st.Error.Render("problem:")+"    "+p)
+	}
+}
+
+// table writes rows, the first in bold, padded before coloring.
+func table(w io.Writer, st *iostreams.Styles, rows [][]string, style func(col int, cell string) lipgloss.Style) {
+	widths := make([]int, len(rows[0]))
+	for _, r := range rows {
+		for i, c := range r {
+			widths[i] = max(widths[i], len(c))
+		}
+	}
+	for ri, r := range rows {
+		var line strings.Builder
+		for i, c := range r {
+			cell := c
+			if i < len(r)-1 {
+				cell = fmt.Sprintf("%-*s", widths[i]+2, c)
+			}
+			if ri == 0 {
+				cell = st.Bold.Render(cell)
+			} else {
+				cell = style(i, c).Render(cell)
+			}
+			line.WriteString(cell)
+		}
+		fmt.Fprintln(w, strings.TrimRight(line.String(), " "))
+	}
+}
+
+func deref(p *int64) int64 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+// shortID is an image ID's first 12 hex digits, as docker shows it.
+func shortID(id string) string {
+	id = strings.TrimPrefix(id, "sha256:")
+	if len(id) > 12 {
+		id = id[:12]
+	}
+	if id == "" {
+		return "-"
+	}
+	return id
+}
+
+// duration is d at a glance: 42s, 17m, 5h3m, 3d4h.
+func duration(d time.Duration) string {
+	if d < 0 {
+		return "-" + duration(-d)
+	}
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh%dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd%dh", int(d.Hours())/24, int(d.Hours())%24)
+}
+
+// when is t and how long ago.
+func when(t, now time.Time) string {
+	return fmt.Sprintf("%s (%s ago)", t.Local().Format("2006-01-02 15:04"), duration(now.Sub(t)))
+}
+
+func size(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

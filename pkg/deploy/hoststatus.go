@@ -1,0 +1,776 @@
+package deploy
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+
+	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/meshca"
+	"github.com/pickme/lucid/pkg/sshx"
+)
+
+// StatusOptions tune what Status reads.
+type StatusOptions struct {
+	// OperatorToken is the operator's bearer token (LUCID_OPERATOR_TOKEN):
+	// the engine's chain and consensus and the data chain's status answer
+	// only the operator (or a mesh member). Without it those figures are
+	// unknown. It is sent only to the services, through the connection, and
+	// never appears in the result or an error.
+	OperatorToken string
+	// Timeout bounds each question asked of a service (default 5 s).
+	Timeout time.Duration
+}
+
+// HostStatus is what a deployed host runs and how it is: the current
+// release, each container, the host's resources and what the services say
+// about themselves. A figure that could not be read is left out and named
+// in Unknown with the reason; only the containers decide Healthy.
+type HostStatus struct {
+	Target string `json:"target"`
+	// Release is the current release; nil when the host has none.
+	Release  *Release       `json:"release"`
+	Services []ServiceState `json:"services"`
+	Host     HostFacts      `json:"host"`
+	Reports  ServiceReports `json:"reports"`
+	// Unknown maps each figure that could not be read to why.
+	Unknown map[string]string `json:"unknown,omitempty"`
+	// Problems are what makes the host unhealthy, in words.
+	Problems []string `json:"problems"`
+	Healthy  bool     `json:"healthy"`
+}
+
+// ServiceState is one container of the deployment, as its Docker Engine
+// sees it.
+type ServiceState struct {
+	// Service is the catalog's name (engine, gateway, ...) or "consul".
+	Service   string `json:"service"`
+	Container string `json:"container"`
+	// State is Docker's: running, restarting, exited, dead, created,
+	// paused, or "missing" when the release's container does not exist.
+	State string `json:"state"`
+	// Health is the healthcheck's verdict: healthy, unhealthy, starting,
+	// or "none" without a healthcheck.
+	Health   string `json:"health"`
+	Restarts int    `json:"restarts"`
+	// StartedAt is when the container last started; UptimeSeconds counts
+	// from it while it runs.
+	StartedAt     time.Time `json:"started_at,omitzero"`
+	UptimeSeconds int64     `json:"uptime_seconds"`
+	Image         string    `json:"image,omitempty"`
+	// ImageID is the image's ID (sha256:…), as release.json records it.
+	ImageID string `json:"image_id,omitempty"`
+	// CertNotAfter is when the service's mesh certificate expires, seen in
+	// the TLS handshake with it (mTLS only).
+	CertNotAfter time.Time `json:"cert_not_after,omitzero"`
+}
+
+// HostFacts are the host's own figures.
+type HostFacts struct {
+	Docker string `json:"docker,omitempty"`
+	// Disk is the filesystem of the deploy directory.
+	Disk   *Disk   `json:"disk,omitempty"`
+	Memory *Memory `json:"memory,omitempty"`
+	// Load is the 1, 5 and 15 minute load average.
+	Load []float64 `json:"load,omitempty"`
+	// ClockSkewSeconds is the host's clock minus this machine's.
+	ClockSkewSeconds *float64 `json:"clock_skew_seconds,omitempty"`
+}
+
+// Disk is a filesystem's size and free space.
+type Disk struct {
+	Path       string `json:"path"`
+	TotalBytes int64  `json:"total_bytes"`
+	FreeBytes  int64  `json:"free_bytes"`
+}
+
+// Memory is the host's memory.
+type Memory struct {
+	TotalBytes     int64 `json:"total_bytes"`
+	AvailableBytes int64 `json:"available_bytes"`
+}
+
+// ServiceReports are what the services say about themselves.
+type ServiceReports struct {
+	ChainHeight       *uint64   `json:"chain_height,omitempty"`
+	NewestBlockTime   time.Time `json:"newest_block_time,omitzero"`
+	NewestBlockAgeSec *float64  `json:"newest_block_age_seconds,omitempty"`
+	// RaftRole is the engine's Raft state: leader, follower, candidate.
+	RaftRole string `json:"raft_role,omitempty"`
+	// AnchorQueue is how many anchors wait to be sealed, and
+	// OldestPendingAnchor when the oldest of them was accepted (absent
+	// when none waits).
+	AnchorQueue         *int64    `json:"anchor_queue,omitempty"`
+	OldestPendingAnchor time.Time `json:"oldest_pending_anchor,omitzero"`
+	// DataChainBytes is the size of the data chain's pack files, with its
+	// chunk and session counts.
+	DataChainBytes    *int64 `json:"data_chain_bytes,omitempty"`
+	DataChainChunks   *int64 `json:"data_chain_chunks,omitempty"`
+	DataChainSessions *int64 `json:"data_chain_sessions,omitempty"`
+	// CertNotAfter is the earliest expiry of the services' mesh
+	// certificates (each service's is in its ServiceState).
+	CertNotAfter time.Time `json:"cert_not_after,omitzero"`
+}
+
+// The figures Unknown names.
+const (
+	FigureRelease      = "release"
+	FigureDocker       = "docker"
+	FigureDisk         = "disk"
+	FigureMemory       = "memory"
+	FigureLoad         = "load"
+	FigureClock        = "clock_skew"
+	FigureChainHeight  = "chain_height"
+	FigureNewestBlock  = "newest_block"
+	FigureRaftRole     = "raft_role"
+	FigureAnchorQueue  = "anchor_queue"
+	FigureOldestAnchor = "oldest_pending_anchor"
+	FigureDataChain    = "data_chain_size"
+	FigureCertificates = "cert_expiry"
+)
+
+// Status reads the host: it fails only when the host's Docker Engine
+// cannot be asked which containers run (without that there is no status
+// to give); every other figure that cannot be read is named in Unknown.
+func (d *Deployer) Status(ctx context.Context, o StatusOptions) (*HostStatus, error) {
+	if o.Timeout <= 0 {
+		o.Timeout = 5 * time.Second
+	}
+	h := d.h
+	st := &HostStatus{Target: d.cfg.Name, Unknown: map[string]string{}, Services: []ServiceState{}, Problems: []string{}}
+	unknown := func(fig string, err error) { st.Unknown[fig] = oneLine(err.Error()) }
+
+	list, err := h.projectContainers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex // guards st.Unknown and st.Reports from the readers
+	lockedUnknown := func(fig string, err error) { mu.Lock(); defer mu.Unlock(); unknown(fig, err) }
+
+	wg.Go(func() {
+		cur, err := h.current(ctx)
+		switch {
+		case err != nil:
+			lockedUnknown(FigureRelease, err)
+		case cur != nil:
+			st.Release = cur
+		}
+	})
+	wg.Go(func() { d.hostFacts(ctx, st, lockedUnknown) })
+
+	byService := map[string]container.Summary{}
+	for _, c := range list {
+		if c.Labels["com.docker.compose.oneoff"] == "True" {
+			continue
+		}
+		byService[c.Labels["com.docker.compose.service"]] = c
+	}
+	for _, svc := range expectedContainers(byService) {
+		s := ServiceState{Service: svc.name, Container: svc.container, State: "missing", Health: "none"}
+		if c, ok := byService[svc.container]; ok {
+			s.State, s.Image, s.ImageID = c.State, c.Image, c.ImageID
+			if in, err := h.docker.ContainerInspect(ctx, c.ID); err == nil {
+				s.Restarts = in.RestartCount
+				if in.State != nil {
+					if t, err := time.Parse(time.RFC3339Nano, in.State.StartedAt); err == nil && t.Year() > 1 {
+						s.StartedAt = t.UTC()
+					}
+					if in.State.Health != nil {
+						s.Health = in.State.Health.Status
+					}
+				}
+				if in.Image != "" {
+					s.ImageID = in.Image
+				}
+			}
+		}
+		switch {
+		case s.State == "missing":
+			st.Problems = append(st.Problems, svc.name+": no container "+svc.container)
+		case s.State != "running":
+			st.Problems = append(st.Problems, fmt.Sprintf("%s: %s", svc.name, s.State))
+		case s.Health != "healthy" && s.Health != "none":
+			st.Problems = append(st.Problems, fmt.Sprintf("%s: %s", svc.name, s.Health))
+		}
+		st.Services = append(st.Services, s)
+	}
+
+	wg.Go(func() { d.readReports(ctx, o, st, byService, &mu, lockedUnknown) })
+	wg.Wait()
+	// Ages by the host's clock, which stamped what they count from.
+	now := d.cfg.Now()
+	if skew := st.Host.ClockSkewSeconds; skew != nil {
+		now = now.Add(time.Duration(*skew * float64(time.Second)))
+	}
+	for i := range st.Services {
+		if s := &st.Services[i]; s.State == "running" && !s.StartedAt.IsZero() {
+			s.UptimeSeconds = max(0, int64(now.Sub(s.StartedAt).Seconds()))
+		}
+	}
+	if t := st.Reports.NewestBlockTime; !t.IsZero() {
+		age := float64(max(0, now.Sub(t).Milliseconds()/100)) / 10
+		st.Reports.NewestBlockAgeSec = &age
+	}
+	if st.Release == nil && st.Unknown[FigureRelease] == "" {
+		st.Problems = append(st.Problems, "no current release")
+	}
+	if len(st.Unknown) == 0 {
+		st.Unknown = nil
+	}
+	st.Healthy = len(st.Problems) == 0
+	return st, nil
+}
+
+type expected struct{ name, container string }
+
+// expectedContainers are the six services, and Consul when the release
+// runs it.
+func expectedContainers(running map[string]container.Summary) []expected {
+	var out []expected
+	for _, s := range catalog.Services {
+		out = append(out, expected{s.Name, s.Container})
+	}
+	if _, ok := running[deployfiles.ConsulContainer]; ok {
+		out = append(out, expected{"consul", deployfiles.ConsulContainer})
+	}
+	return out
+}
+
+// hostFacts reads the deploy directory's filesystem, memory, load, clock
+// and Docker version.
+func (d *Deployer) hostFacts(ctx context.Context, st *HostStatus, unknown func(string, error)) {
+	h := d.h
+	if v, err := h.docker.ServerVersion(ctx); err != nil {
+		unknown(FigureDocker, err)
+	} else {
+		st.Host.Docker = v.Version
+	}
+	const mark = "--lucid-status--"
+	cmd := `d=` + sshx.Quote(h.dir) + `; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; df -Pk "$d"; echo ` + mark +
+		`; cat /proc/meminfo; echo ` + mark + `; cat /proc/loadavg; echo ` + mark + `; date +%s.%N`
+	before := d.cfg.Now()
+	start := time.Now()
+	out, err := h.ssh.Run(ctx, cmd, nil)
+	mid := before.Add(time.Since(start) / 2)
+	if err != nil {
+		for _, f := range []string{FigureDisk, FigureMemory, FigureLoad, FigureClock} {
+			unknown(f, err)
+		}
+		return
+	}
+	parts := strings.Split(string(out), mark+"\n")
+	for len(parts) < 4 {
+		parts = append(parts, "")
+	}
+	if disk, err := parseDF(parts[0]); err != nil {
+		unknown(FigureDisk, err)
+	} else {
+		st.Host.Disk = disk
+	}
+	if mem, err := parseMeminfo(parts[1]); err != nil {
+		unknown(FigureMemory, err)
+	} else {
+		st.Host.Memory = mem
+	}
+	if load, err := parseLoad(parts[2]); err != nil {
+		unknown(FigureLoad, err)
+	} else {
+		st.Host.Load = load
+	}
+	if secs, err := strconv.ParseFloat(strings.TrimSpace(parts[3]), 64); err != nil {
+		unknown(FigureClock, fmt.Errorf("`date +%%s.%%N` answered %q", strings.TrimSpace(parts[3])))
+	} else {
+		skew := secs - float64(mid.UnixNano())/1e9
+		skew = float64(int64(skew*1000)) / 1000
+		st.Host.ClockSkewSeconds = &skew
+	}
+}
+
+func parseDF(out string) (*Disk, error) {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	f := strings.Fields(lines[len(lines)-1])
+	if len(f) < 6 {
+		return nil, fmt.Errorf("cannot read df's answer %q", oneLine(out))
+	}
+	total, err1 := strconv.ParseInt(f[1], 10, 64)
+	free, err2 := strconv.ParseInt(f[3], 10, 64)
+	if err1 != nil || err2 != nil {
+		return nil, fmt.Errorf("cannot read df's answer %q", oneLine(out))
+	}
+	return &Disk{Path: f[len(f)-1], TotalBytes: total * 1024, FreeBytes: free * 1024}, nil
+}
+
+func parseMeminfo(out string) (*Memory, error) {
+	m := &Memory{}
+	for line := range strings.SplitSeq(out, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) == 0 {
+			continue
+		}
+		n, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch k {
+		case "MemTotal":
+			m.TotalBytes = n * 1024
+		case "MemAvailable":
+			m.AvailableBytes = n * 1024
+		}
+	}
+	if m.TotalBytes == 0 {
+		return nil, errors.New("/proc/meminfo has no MemTotal")
+	}
+	return m, nil
+}
+
+func parseLoad(out string) ([]float64, error) {
+	f := strings.Fields(out)
+	if len(f) < 3 {
+		return nil, fmt.Errorf("cannot read /proc/loadavg: %q", oneLine(out))
+	}
+	var load []float64
+	for _, s := range f[:3] {
+		v, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return nil, fmt.Errorf("cannot read /proc/loadavg: %q", oneLine(out))
+		}
+		load = append(load, v)
+	}
+	return load, nil
+}
+
+// meshBundlePath is the mesh CA's trust bundle in the mesh controller's
+// container (its data volume).
+var meshBundlePath = path.Join(deployfiles.DataRoot, catalog.MeshService, "ca", "bundle.pem")
+
+// readReports asks the services about themselves through the connection:
+// each on its port published on the host's loopback, over TLS verified
+// against the mesh CA's bundle when the mesh is on.
+func (d *Deployer) readReports(ctx context.Context, o StatusOptions, st *HostStatus, running map[string]container.Summary, mu *sync.Mutex, unknown func(string, error)) {
+	bundle, bundleErr := d.meshBundle(ctx, running)
+	clients := map[string]*serviceClient{}
+	var cmu sync.Mutex
+	client := func(name string) (*serviceClient, error) {
+		cmu.Lock()
+		defer cmu.Unlock()
+		if c, ok := clients[name]; ok {
+			return c, c.err
+		}
+		c := d.serviceClient(ctx, name, running, bundle, bundleErr, o)
+		clients[name] = c
+		return c, c.err
+	}
+	defer func() {
+		for _, c := range clients {
+			c.close()
+		}
+	}()
+	reports := &st.Reports
+	var wg sync.WaitGroup
+
+	wg.Go(func() { // the engine: chain and Raft, else the height from /metrics
+		c, err := client("engine")
+		if err != nil {
+			for _, f := range []string{FigureChainHeight, FigureNewestBlock, FigureRaftRole} {
+				unknown(f, err)
+			}
+			return
+		}
+		var info engineapi.ChainInfo
+		if err := c.getJSON(ctx, "/api/v1/chain", true, &info); err != nil {
+			unknown(FigureNewestBlock, err)
+			if h, merr := c.metric(ctx, "lucid_engine_height"); merr == nil {
+				v := uint64(h)
+				mu.Lock()
+				reports.ChainHeight = &v
+				mu.Unlock()
+			} else {
+				unknown(FigureChainHeight, err)
+			}
+		} else {
+			mu.Lock()
+			reports.ChainHeight = &info.Height
+			if !info.HeadTime.IsZero() {
+				reports.NewestBlockTime = info.HeadTime.UTC()
+			}
+			mu.Unlock()
+			if info.HeadTime.IsZero() {
+				unknown(FigureNewestBlock, errors.New("the chain has no block yet"))
+			}
+		}
+		var cs engineapi.ConsensusStatus
+		if err := c.getJSON(ctx, "/api/v1/consensus/status", true, &cs); err != nil {
+			unknown(FigureRaftRole, err)
+		} else {
+			mu.Lock()
+			reports.RaftRole = cs.State
+			mu.Unlock()
+		}
+	})
+	wg.Go(func() { // session anchoring: its queue and how old its oldest anchor is
+		c, err := client("anchoring")
+		if err != nil {
+			unknown(FigureAnchorQueue, err)
+			unknown(FigureOldestAnchor, err)
+			return
+		}
+		m, err := c.metrics(ctx, "lucid_anchoring_pending", "lucid_anchoring_oldest_pending_timestamp_seconds")
+		if err != nil {
+			unknown(FigureAnchorQueue, err)
+			unknown(FigureOldestAnchor, err)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		unknown := func(fig string, err error) { st.Unknown[fig] = oneLine(err.Error()) } // mu is held
+		if v, ok := m["lucid_anchoring_pending"]; ok {
+			n := int64(v)
+			reports.AnchorQueue = &n
+		} else {
+			unknown(FigureAnchorQueue, errors.New("anchoring /metrics has no lucid_anchoring_pending"))
+		}
+		switch v, ok := m["lucid_anchoring_oldest_pending_timestamp_seconds"]; {
+		case !ok:
+			unknown(FigureOldestAnchor, errors.New("this version of session anchoring does not report its oldest pending anchor"))
+		case v > 0:
+			reports.OldestPendingAnchor = time.Unix(0, int64(v*1e9)).UTC()
+		}
+	})
+	wg.Go(func() { // the data chain: its size
+		c, err := client("datachain")
+		if err != nil {
+			unknown(FigureDataChain, err)
+			return
+		}
+		var s struct {
+			Chunks    int64 `json:"chunks"`
+			Sessions  int64 `json:"sessions"`
+			PackBytes int64 `json:"pack_bytes"`
+		}
+		if err := c.getJSON(ctx, "/api/v1/status", true, &s); err != nil {
+			unknown(FigureDataChain, err)
+			return
+		}
+		mu.Lock()
+		reports.DataChainBytes, reports.DataChainChunks, reports.DataChainSessions = &s.PackBytes, &s.Chunks, &s.Sessions
+		mu.Unlock()
+	})
+	wg.Wait()
+
+	// Every service's certificate, seen in a handshake with it.
+	var why []string
+	for i := range st.Services {
+		s := &st.Services[i]
+		if _, ok := catalog.Lookup(s.Service); !ok || s.State != "running" {
+			continue
+		}
+		c, err := client(s.Service)
+		if err != nil {
+			why = append(why, s.Service+": "+err.Error())
+			continue
+		}
+		if !c.tls {
+			why = append(why, s.Service+": plain HTTP (the mesh is off)")
+			continue
+		}
+		if err := c.handshake(ctx); err != nil {
+			why = append(why, s.Service+": "+err.Error())
+			continue
+		}
+		s.CertNotAfter = c.notAfter
+		if reports.CertNotAfter.IsZero() || c.notAfter.Before(reports.CertNotAfter) {
+			reports.CertNotAfter = c.notAfter
+		}
+	}
+	if reports.CertNotAfter.IsZero() {
+		if len(why) == 0 {
+			why = append(why, "no service runs")
+		}
+		unknown(FigureCertificates, errors.New(strings.Join(why, "; ")))
+	}
+}
+
+// meshBundle reads the mesh CA's bundle from the mesh controller's
+// container.
+func (d *Deployer) meshBundle(ctx context.Context, running map[string]container.Summary) (*x509.CertPool, error) {
+	mesh, _ := catalog.Lookup(catalog.MeshService)
+	c, ok := running[mesh.Container]
+	if !ok {
+		return nil, errors.New("no mesh controller container, so no mesh CA bundle to verify the services by")
+	}
+	rc, _, err := d.h.docker.CopyFromContainer(ctx, c.ID, meshBundlePath)
+	if err != nil {
+		return nil, fmt.Errorf("the mesh CA bundle %s: %w", meshBundlePath, err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	if _, err := tr.Next(); err != nil {
+		return nil, fmt.Errorf("the mesh CA bundle %s: %w", meshBundlePath, err)
+	}
+	pem, err := io.ReadAll(io.LimitReader(tr, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("the mesh CA bundle %s: %w", meshBundlePath, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("the mesh CA bundle %s holds no certificate", meshBundlePath)
+	}
+	return pool, nil
+}
+
+// serviceClient talks to one service through the connection.
+type serviceClient struct {
+	name     string
+	addr     string // on the host's loopback
+	tls      bool
+	token    string
+	hc       *http.Client
+	tr       *http.Transport
+	timeout  time.Duration
+	notAfter time.Time
+	err      error
+}
+
+func (c *serviceClient) close() {
+	if c.tr != nil {
+		c.tr.CloseIdleConnections()
+	}
+}
+
+// serviceClient finds the service's published port and whether it speaks
+// TLS, and returns a client for it (its err says why there is none).
+func (d *Deployer) serviceClient(ctx context.Context, name string, running map[string]container.Summary, bundle *x509.CertPool, bundleErr error, o StatusOptions) *serviceClient {
+	svc, _ := catalog.Lookup(name)
+	sc := &serviceClient{name: name, token: o.OperatorToken, timeout: o.Timeout}
+	c, ok := running[svc.Container]
+	if !ok || c.State != "running" {
+		sc.err = fmt.Errorf("%s does not run", name)
+		return sc
+	}
+	port := 0
+	for _, p := range c.Ports {
+		if int(p.PrivatePort) == svc.Port && p.PublicPort != 0 && p.Type == "tcp" {
+			port = int(p.PublicPort)
+		}
+	}
+	if port == 0 {
+		sc.err = fmt.Errorf("%s publishes no port on the host", name)
+		return sc
+	}
+	sc.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	dial := func(context.Context, string, string) (net.Conn, error) { return d.h.ssh.DialTCP(sc.addr) }
+
+	// TLS when the service speaks it (the mesh is on): a plain HTTP
+	// server answers a ClientHello with something that is no TLS record.
+	conn, err := dial(ctx, "", "")
+	if err != nil {
+		sc.err = fmt.Errorf("%s at %s on the host: %w", name, sc.addr, err)
+		return sc
+	}
+	hctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	probe := tls.Client(conn, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // only to learn whether it speaks TLS; nothing is sent
+	herr := probe.HandshakeContext(hctx)
+	_ = probe.Close() // a probe
+	var rh tls.RecordHeaderError
+	switch {
+	case herr == nil:
+		sc.tls = true
+	case errors.As(herr, &rh):
+		sc.tls = false
+	default:
+		sc.err = fmt.Errorf("%s at %s on the host: %w", name, sc.addr, herr)
+		return sc
+	}
+	sc.tr = &http.Transport{DialContext: dial}
+	if sc.tls {
+		if bundle == nil {
+			sc.err = bundleErr
+			return sc
+		}
+		sc.tr.TLSClientConfig = &tls.Config{
+			// The name is checked below: the SPIFFE ID, not a host name.
+			InsecureSkipVerify: true, //nolint:gosec // VerifyPeerCertificate checks the chain against the mesh CA and the service's identity
+			VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+				return sc.verify(raw, bundle)
+			},
+		}
+	}
+	sc.hc = &http.Client{Timeout: o.Timeout, Transport: sc.tr}
+	return sc
+}
+
+// verify checks the server's chain against the bundle and that it is the
+// service asked for, and keeps the leaf's expiry.
+func (c *serviceClient) verify(raw [][]byte, roots *x509.CertPool) error {
+	var certs []*x509.Certificate
+	for _, r := range raw {
+		cert, err := x509.ParseCertificate(r)
+		if err != nil {
+			return err
+		}
+		certs = append(certs, cert)
+	}
+	if len(certs) == 0 {
+		return errors.New("the service presented no certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, cert := range certs[1:] {
+		inter.AddCert(cert)
+	}
+	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		return fmt.Errorf("its certificate does not chain to the mesh CA: %w", err)
+	}
+	if name, ok := meshca.ServiceOf(certs[0]); !ok || name != c.name {
+		return fmt.Errorf("its certificate is not %s's", c.name)
+	}
+	c.notAfter = certs[0].NotAfter.UTC()
+	return nil
+}
+
+// handshake makes sure a TLS handshake happened (for the certificate's
+// expiry), with a request only the anonymous may make.
+func (c *serviceClient) handshake(ctx context.Context) error {
+	if !c.notAfter.IsZero() {
+		return nil
+	}
+	_, err := c.get(ctx, "/health", false)
+	return err
+}
+
+// get asks the service for p, as the operator when asked and a token is
+// at hand.
+func (c *serviceClient) get(ctx context.Context, p string, operator bool) ([]byte, error) {
+	if operator && c.token == "" {
+		return nil, errors.New("no operator token (LUCID_OPERATOR_TOKEN) to ask " + c.name + " with")
+	}
+	scheme := "http"
+	if c.tls {
+		scheme = "https"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+c.addr+p, nil)
+	if err != nil {
+		return nil, err
+	}
+	if operator {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		var ue interface{ Unwrap() error }
+		if errors.As(err, &ue) && ue.Unwrap() != nil {
+			err = ue.Unwrap() // without the URL, which says nothing new
+		}
+		return nil, fmt.Errorf("%s %s: %w", c.name, p, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", c.name, p, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		msg := resp.Status
+		var e struct {
+			Error struct {
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		if json.Unmarshal(body, &e) == nil && e.Error.Message != "" {
+			msg += ": " + e.Error.Message
+		}
+		if resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusUnauthorized {
+			msg += " (is LUCID_OPERATOR_TOKEN the one deployed?)"
+		}
+		return nil, fmt.Errorf("%s %s: %s", c.name, p, msg)
+	}
+	return body, nil
+}
+
+func (c *serviceClient) getJSON(ctx context.Context, p string, operator bool, v any) error {
+	body, err := c.get(ctx, p, operator)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("%s %s: %w", c.name, p, err)
+	}
+	return nil
+}
+
+// metric reads an unlabelled sample from the service's /metrics.
+func (c *serviceClient) metric(ctx context.Context, name string) (float64, error) {
+	m, err := c.metrics(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	v, ok := m[name]
+	if !ok {
+		return 0, fmt.Errorf("%s /metrics has no %s", c.name, name)
+	}
+	return v, nil
+}
+
+// metrics reads unlabelled samples from the service's /metrics: those of
+// names it has.
+func (c *serviceClient) metrics(ctx context.Context, names ...string) (map[string]float64, error) {
+	body, err := c.get(ctx, "/metrics", false)
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]float64{}
+	sc := bufio.NewScanner(strings.NewReader(string(body)))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 2 && slices.Contains(names, f[0]) {
+			if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+				m[f[0]] = v
+			}
+		}
+	}
+	return m, nil
+}
+
+// oneLine keeps the first line of s.
+func oneLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i] + " …"
+	}
+	return s
+}
+
+// SortedUnknown is the figures of a HostStatus.Unknown in a stable order,
+// for printing.
+func SortedUnknown(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
