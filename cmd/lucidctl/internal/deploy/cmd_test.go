@@ -160,9 +160,9 @@ func TestJSONFields(t *testing.T) {
 			"step result result.target result.release result.preflight result.preflight.docker result.preflight.compose " +
 				"result.preflight.platform result.preflight.free_bytes result.preflight.clock_skew result.preflight.network " +
 				"result.sent_bytes result.sent_layers result.kept_layers result.dry_run result.plan result.plan.files_changed " +
-				"result.plan.layers_to_send result.plan.bytes_to_send result.plan.services_to_restart"},
+				"result.plan.layers_to_send result.plan.bytes_to_send result.plan.services_to_restart result.audit_error"},
 		{"rollback's result line", reflect.TypeFor[resultLine[*deploy.RollbackResult]](),
-			"step result result.target result.release result.replaced"},
+			"step result result.target result.release result.replaced result.audit_error"},
 		{"releases", reflect.TypeFor[releasesOutput](),
 			"target releases releases.id releases.version releases.created releases.by releases.images releases.status releases.current"},
 	} {
@@ -172,12 +172,13 @@ func TestJSONFields(t *testing.T) {
 	}
 	// The steps and statuses are part of the output too.
 	steps := []deploy.Step{deploy.StepConnect, deploy.StepPreflight, deploy.StepLock, deploy.StepImages, deploy.StepRelease, deploy.StepPlan,
-		deploy.StepUp, deploy.StepHealth, deploy.StepActivate, deploy.StepRollback, deploy.StepPrune}
+		deploy.StepUp, deploy.StepHealth, deploy.StepActivate, deploy.StepRollback, deploy.StepPrune,
+		deploy.StepRestart, deploy.StepStop, deploy.StepStart, deploy.StepAudit}
 	var names []string
 	for _, s := range steps {
 		names = append(names, string(s))
 	}
-	if got := strings.Join(names, " "); got != "connect preflight lock images release plan up health activate rollback prune" {
+	if got := strings.Join(names, " "); got != "connect preflight lock images release plan up health activate rollback prune restart stop start audit" {
 		t.Errorf("steps %s", got)
 	}
 	statuses := []deploy.EventStatus{deploy.EventStart, deploy.EventOK, deploy.EventFail, deploy.EventInfo, deploy.EventWarn}
