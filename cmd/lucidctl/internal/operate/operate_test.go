@@ -142,3 +142,24 @@ func TestSkipUnreachable(t *testing.T) {
 		t.Errorf("audit after the restart: %v\n%s", err, out)
 	}
 }
+
+// TestJSONShapes pins the --json documents of docs/cli.md: fields are
+// added, never renamed or removed.
+func TestJSONShapes(t *testing.T) {
+	for _, tc := range []struct {
+		v    any
+		want string
+	}{
+		{serviceOutput{Hosts: []*deploy.ServiceResult{{Dependants: []string{"x"}, AuditError: "x"}}},
+			`{"hosts":[{"target":"","action":"","release":"","services":null,"dependants":["x"],"audit_error":"x"}],"unreachable":null}`},
+		{pruneOutput{Hosts: []*deploy.PruneResult{{Items: []deploy.PruneItem{{Error: "x"}}}}},
+			`{"hosts":[{"target":"","dry_run":false,"kept":null,"items":[{"kind":"","name":"","bytes":0,"error":"x"}],"total_bytes":0}],"total_bytes":0,"unreachable":null}`},
+		{auditOutput{Entries: []deploy.AuditEntry{{Services: []string{"x"}, Args: []string{"x"}, Release: "x", Error: "x"}}, Unreachable: []unreachableOutput{{}}},
+			`{"entries":[{"time":"0001-01-01T00:00:00Z","target":"","user":"","host":"","key":"","action":"","services":["x"],"args":["x"],"release":"x","result":"","error":"x"}],"unreachable":[{"target":"","error":""}]}`},
+	} {
+		got, err := json.Marshal(tc.v)
+		if err != nil || string(got) != tc.want {
+			t.Errorf("got  %s (%v)\nwant %s", got, err, tc.want)
+		}
+	}
+}
