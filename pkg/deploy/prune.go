@@ -160,7 +160,10 @@ func (d *Deployer) Prune(ctx context.Context, o PruneOptions) (res *PruneResult,
 	usedImages := map[string]bool{}
 	for _, c := range list {
 		wd := c.Labels["com.docker.compose.project.working_dir"]
-		stale := c.State != "running" && c.State != "restarting" && c.State != "paused" &&
+		// A stopped container of the current release stays for Start: it
+		// is known by its project directory and, should that be spelt
+		// otherwise (a symlink resolved), by an image a kept release runs.
+		stale := c.State != "running" && c.State != "restarting" && c.State != "paused" && !keepIDs[c.ImageID] &&
 			(curDir == "" && c.Labels["com.docker.compose.oneoff"] == "True" || curDir != "" && wd != curDir && !strings.HasPrefix(wd, curDir+"/"))
 		if !stale {
 			usedImages[c.ImageID] = true
