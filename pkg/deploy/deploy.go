@@ -169,6 +169,9 @@ type Result struct {
 	DryRun     bool       `json:"dry_run"`
 	// Plan, with DryRun: what would change.
 	Plan *Plan `json:"plan,omitempty"`
+	// AuditError says the deploy, which succeeded, is missing from the
+	// host's audit log.
+	AuditError string `json:"audit_error,omitempty"`
 }
 
 // Plan is a dry run's answer.
@@ -209,6 +212,20 @@ func (d *Deployer) deploy(ctx context.Context, b Bundle, dry bool) (_ *Result, d
 
 	id := releaseID(d.cfg.Now(), b.Version)
 	res.Release = id
+	if !dry {
+		// Recorded however it ends; a trail that cannot be written never
+		// undoes a release that went live, and is said either way.
+		defer func() {
+			aerr := d.audited(ctx, AuditEntry{Action: AuditDeploy, Release: id, Args: []string{"version=" + b.Version}}, deployErr)
+			switch {
+			case aerr == nil:
+			case deployErr == nil:
+				res.AuditError = aerr.Error()
+			default:
+				deployErr = errors.Join(deployErr, aerr)
+			}
+		}()
+	}
 	images, err := d.transferImages(b.Images, pf.Platform, id)
 	if err != nil {
 		return nil, err
@@ -663,16 +680,36 @@ type RollbackResult struct {
 	Release string `json:"release"`
 	// Replaced is the release that was current before, if any.
 	Replaced string `json:"replaced,omitempty"`
+	// AuditError says the rollback, which succeeded, is missing from the
+	// host's audit log.
+	AuditError string `json:"audit_error,omitempty"`
 }
 
 // Rollback brings release id back (by default the newest release older
 // than the current one that went live) through the same activation as a
 // deploy: compose up, the health gate, current, the records.
-func (d *Deployer) Rollback(ctx context.Context, id string) (_ *RollbackResult, rollbackErr error) {
+func (d *Deployer) Rollback(ctx context.Context, id string) (res *RollbackResult, rollbackErr error) {
 	name := d.cfg.Name
 	if _, err := d.preflight(ctx, nil, false); err != nil {
 		return nil, err
 	}
+	entry := AuditEntry{Action: AuditRollback, Release: id}
+	if id != "" {
+		entry.Args = []string{id}
+	}
+	defer func() {
+		if res != nil {
+			entry.Release = res.Release
+		}
+		aerr := d.audited(ctx, entry, rollbackErr)
+		switch {
+		case aerr == nil:
+		case rollbackErr == nil:
+			res.AuditError = aerr.Error()
+		default:
+			rollbackErr = errors.Join(rollbackErr, aerr)
+		}
+	}()
 	held, release, err := d.holdLock(ctx)
 	if err != nil {
 		return nil, err
@@ -694,9 +731,10 @@ func (d *Deployer) Rollback(ctx context.Context, id string) (_ *RollbackResult, 
 		}
 		return nil, fmt.Errorf("%s: %w %q", name, ErrNoRelease, id)
 	}
-	res := &RollbackResult{Target: name, Release: target.ID}
+	entry.Release = target.ID
+	out := &RollbackResult{Target: name, Release: target.ID}
 	if cur != nil {
-		res.Replaced = cur.ID
+		out.Replaced = cur.ID
 	}
 	d.emit(StepRollback, EventStart, target.ID)
 	if _, err := d.activate(ctx, target, cur); err != nil {
@@ -704,7 +742,7 @@ func (d *Deployer) Rollback(ctx context.Context, id string) (_ *RollbackResult, 
 		return nil, fmt.Errorf("%s: rollback to %s: %w", name, target.ID, err)
 	}
 	d.emit(StepRollback, EventOK, "release "+target.ID+" is live")
-	return res, nil
+	return out, nil
 }
 
 // pickRollback finds the release a rollback goes to in rs (newest first):

@@ -30,8 +30,16 @@ const (
 	StepActivate Step = "activate"
 	// StepRollback brings an earlier release back.
 	StepRollback Step = "rollback"
-	// StepPrune removes releases beyond the newest few.
+	// StepPrune removes releases beyond the newest few, and with
+	// lucidctl prune what no kept release needs.
 	StepPrune Step = "prune"
+	// StepRestart, StepStop and StepStart change services of the current
+	// release.
+	StepRestart Step = "restart"
+	StepStop    Step = "stop"
+	StepStart   Step = "start"
+	// StepAudit writes the host's audit log.
+	StepAudit Step = "audit"
 )
 
 // EventStatus says how a step went.

@@ -217,6 +217,16 @@ func (g *GateFailure) Error() string {
 // gate waits until every container of the project is running and healthy,
 // then checks the gateway's /health through the SSH connection.
 func (h *host) gate(ctx context.Context, release string, want int, timeout time.Duration, gatewayAddr string) error {
+	if err := h.waitHealthy(ctx, release, want, timeout, nil); err != nil {
+		return err
+	}
+	return h.gatewayHealth(release, gatewayAddr)
+}
+
+// waitHealthy waits until every container of the project (only those
+// whose compose service is in only, when only is not nil) is running and
+// healthy, and there are at least want of them.
+func (h *host) waitHealthy(ctx context.Context, release string, want int, timeout time.Duration, only map[string]bool) error {
 	deadline := time.Now().Add(timeout)
 	var last []container.Summary
 	for {
@@ -225,7 +235,9 @@ func (h *host) gate(ctx context.Context, release string, want int, timeout time.
 			return err
 		}
 		healthy, broken := 0, false
-		list = slices.DeleteFunc(list, func(c container.Summary) bool { return c.Labels["com.docker.compose.oneoff"] == "True" })
+		list = slices.DeleteFunc(list, func(c container.Summary) bool {
+			return c.Labels["com.docker.compose.oneoff"] == "True" || only != nil && !only[c.Labels[composeServiceLabel]]
+		})
 		last = list
 		for _, c := range list {
 			st := c.State
@@ -250,6 +262,14 @@ func (h *host) gate(ctx context.Context, release string, want int, timeout time.
 		case <-time.After(time.Second):
 		}
 	}
+	return nil
+}
+
+// composeServiceLabel names a container's compose service.
+const composeServiceLabel = "com.docker.compose.service"
+
+// gatewayHealth asks the gateway's /health through the SSH connection.
+func (h *host) gatewayHealth(release, gatewayAddr string) error {
 	tr := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) { return h.ssh.DialTCP(gatewayAddr) }}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: tr}

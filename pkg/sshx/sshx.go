@@ -105,7 +105,16 @@ type Client struct {
 	sftpOnce sync.Once
 	sftp     *sftp.Client
 	sftpErr  error
+
+	// keyFP is the SHA256 fingerprint of the key the server accepted.
+	keyFP string
 }
+
+// KeyFingerprint is the fingerprint (SHA256:...) of the public key that
+// authenticated this connection, a key file's or an ssh-agent's alike, so
+// that an audit trail can say which key acted. It is "" only when no key
+// signed (a server that let the user in without one).
+func (c *Client) KeyFingerprint() string { return c.keyFP }
 
 // Addr is host:port of the connection.
 func (c *Client) Addr() string { return c.addr }
@@ -137,7 +146,8 @@ func Dial(ctx context.Context, t Target, o Options) (*Client, error) {
 	if len(o.KeyFiles) == 0 {
 		o.KeyFiles = identities
 	}
-	creds := authMethods(o, home)
+	signed := &signedBy{}
+	creds := authMethods(o, home, signed)
 	defer creds.close()
 	cfg := &ssh.ClientConfig{
 		User: user, Auth: creds.methods, HostKeyCallback: hostKeys, HostKeyAlgorithms: algos,
@@ -163,7 +173,7 @@ func Dial(ctx context.Context, t Target, o Options) (*Client, error) {
 		return nil, fmt.Errorf("ssh handshake with %s: %w", addr, err)
 	}
 	_ = conn.SetDeadline(time.Time{})
-	c := &Client{ssh: ssh.NewClient(sc, chans, reqs), addr: addr, stop: make(chan struct{})}
+	c := &Client{ssh: ssh.NewClient(sc, chans, reqs), addr: addr, stop: make(chan struct{}), keyFP: signed.get()}
 	go c.keepAlive(o.KeepAlive)
 	return c, nil
 }
@@ -348,12 +358,15 @@ type credentials struct {
 }
 
 // authMethods offers the agent's keys, then the key files.
-func authMethods(o Options, home string) credentials {
+func authMethods(o Options, home string, signed *signedBy) credentials {
 	cr := credentials{close: func() {}}
 	if !o.NoAgent {
 		if conn, err := dialAgent(o.Getenv("SSH_AUTH_SOCK")); err == nil {
 			ag := agent.NewClient(conn)
-			cr.methods = append(cr.methods, ssh.PublicKeysCallback(ag.Signers))
+			cr.methods = append(cr.methods, ssh.PublicKeysCallback(func() ([]ssh.Signer, error) {
+				ss, err := ag.Signers()
+				return signed.wrap(ss), err
+			}))
 			cr.agent, cr.close = true, func() { conn.Close() }
 		}
 	}
@@ -374,7 +387,7 @@ func authMethods(o Options, home string) credentials {
 		}
 	}
 	if len(signers) > 0 {
-		cr.methods = append(cr.methods, ssh.PublicKeys(signers...))
+		cr.methods = append(cr.methods, ssh.PublicKeys(signed.wrap(signers)...))
 	}
 	return cr
 }

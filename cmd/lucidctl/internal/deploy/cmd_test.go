@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -159,9 +160,9 @@ func TestJSONFields(t *testing.T) {
 			"step result result.target result.release result.preflight result.preflight.docker result.preflight.compose " +
 				"result.preflight.platform result.preflight.free_bytes result.preflight.clock_skew result.preflight.network " +
 				"result.sent_bytes result.sent_layers result.kept_layers result.dry_run result.plan result.plan.files_changed " +
-				"result.plan.layers_to_send result.plan.bytes_to_send result.plan.services_to_restart"},
+				"result.plan.layers_to_send result.plan.bytes_to_send result.plan.services_to_restart result.audit_error"},
 		{"rollback's result line", reflect.TypeFor[resultLine[*deploy.RollbackResult]](),
-			"step result result.target result.release result.replaced"},
+			"step result result.target result.release result.replaced result.audit_error"},
 		{"releases", reflect.TypeFor[releasesOutput](),
 			"target releases releases.id releases.version releases.created releases.by releases.images releases.status releases.current"},
 	} {
@@ -171,16 +172,59 @@ func TestJSONFields(t *testing.T) {
 	}
 	// The steps and statuses are part of the output too.
 	steps := []deploy.Step{deploy.StepConnect, deploy.StepPreflight, deploy.StepLock, deploy.StepImages, deploy.StepRelease, deploy.StepPlan,
-		deploy.StepUp, deploy.StepHealth, deploy.StepActivate, deploy.StepRollback, deploy.StepPrune}
+		deploy.StepUp, deploy.StepHealth, deploy.StepActivate, deploy.StepRollback, deploy.StepPrune,
+		deploy.StepRestart, deploy.StepStop, deploy.StepStart, deploy.StepAudit}
 	var names []string
 	for _, s := range steps {
 		names = append(names, string(s))
 	}
-	if got := strings.Join(names, " "); got != "connect preflight lock images release plan up health activate rollback prune" {
+	if got := strings.Join(names, " "); got != "connect preflight lock images release plan up health activate rollback prune restart stop start audit" {
 		t.Errorf("steps %s", got)
 	}
 	statuses := []deploy.EventStatus{deploy.EventStart, deploy.EventOK, deploy.EventFail, deploy.EventInfo, deploy.EventWarn}
 	if !slices.Equal(statuses, []deploy.EventStatus{"start", "ok", "fail", "info", "warn"}) {
 		t.Errorf("event statuses %v", statuses)
+	}
+}
+
+// TestDeployHostsAndSkipUnreachable: --hosts keeps members of what was
+// named (another name is a usage error); --skip-unreachable goes on
+// without dead hosts, and when none answers that is an SSH failure.
+func TestDeployHostsAndSkipUnreachable(t *testing.T) {
+	ctx := context.Background()
+	yml := "targets:\n  pi1: {host: 127.0.0.1, port: 1, user: pi}\n  pi2: {host: 127.0.0.1, port: 1, user: pi}\ngroups:\n  fleet: [pi1, pi2]\n" + imagesYAML
+	if err := execute(t, newDeployCmd, yml, "fleet", "--hosts", "pi3"); cli.ExitCode(ctx, err) != cli.ExitUsage {
+		t.Errorf("--hosts pi3: %v, want a usage error", err)
+	}
+	err := execute(t, newDeployCmd, yml, "fleet")
+	if cli.ExitCode(ctx, err) != cli.ExitAuth || !strings.HasPrefix(err.Error(), "pi1: ") || !strings.Contains(cli.Hint(err), "--skip-unreachable") {
+		t.Errorf("a dead group: %v (hint %q), want pi1's dial failure and the hint", err, cli.Hint(err))
+	}
+	err = execute(t, newDeployCmd, yml, "fleet", "--skip-unreachable")
+	if cli.ExitCode(ctx, err) != cli.ExitAuth || !strings.Contains(err.Error(), "no host answered: pi1, pi2") {
+		t.Errorf("a dead group with --skip-unreachable: %v", err)
+	}
+	err = execute(t, newDeployCmd, yml, "fleet", "--hosts", "pi2")
+	if cli.ExitCode(ctx, err) != cli.ExitAuth || !strings.HasPrefix(err.Error(), "pi2: ") || cli.Hint(err) != "" {
+		t.Errorf("--hosts pi2: %v (hint %q), want only pi2 dialled", err, cli.Hint(err))
+	}
+}
+
+// TestGroupFailure: the hint says where a group deploy left the hosts.
+func TestGroupFailure(t *testing.T) {
+	cause := errors.New("gate failed")
+	for _, tc := range []struct {
+		done, untouched []string
+		want            string
+	}{
+		{nil, nil, ""},
+		{nil, []string{"pi2", "pi3"}, "the canary pi1 failed; the other 2 host(s) (pi2, pi3) were not touched"},
+		{[]string{"pi0"}, []string{"pi2"}, "pi0 run the new release; pi2 were not touched"},
+		{[]string{"pi0"}, nil, "pi0 run the new release"},
+	} {
+		err := groupFailure(cause, "pi1", tc.done, tc.untouched)
+		if !errors.Is(err, cause) || cli.Hint(err) != tc.want {
+			t.Errorf("%v/%v: %v, hint %q, want %q", tc.done, tc.untouched, err, cli.Hint(err), tc.want)
+		}
 	}
 }

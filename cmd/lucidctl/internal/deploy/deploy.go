@@ -68,6 +68,10 @@ type Options struct {
 	Image       build.ImageFlags
 	ViaRegistry string
 	Insecure    bool
+	// Hosts keeps only these of the named targets and groups' members.
+	Hosts []string
+	// SkipUnreachable goes on with the hosts that answer.
+	SkipUnreachable bool
 }
 
 // NewCmds returns deploy, rollback and releases.
@@ -85,6 +89,12 @@ func newDeployCmd(env *cli.Env) *cobra.Command {
 		Long: `Deploy to each target (or each target of a group) of lucid.yaml, one host at a
 time, stopping at the first that fails. Without an argument, deploy to
 lucid.yaml's target when it has exactly one; with several, name one.
+
+With several hosts the first is the canary: when it fails, the others are not
+touched; when it passes, "canary pi1 ok; deploying the other 2" and the rest
+follow, still one at a time. --hosts keeps only some of the hosts named;
+--skip-unreachable goes on without the hosts that cannot be reached (named on
+stderr).
 
   1. check the rendered compose and env files (as lucidctl validate does);
   2. connect to every host over SSH (known_hosts verified), so that a wrong key
@@ -109,6 +119,7 @@ either.`,
 		Example: `  lucidctl deploy pi
   lucidctl deploy pi --dry-run
   lucidctl deploy fleet --json
+  lucidctl deploy fleet --hosts pi2,pi3 --skip-unreachable
   lucidctl deploy pi --accept-new-host-key   # the first time, after checking the fingerprint`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Names = args
@@ -124,6 +135,8 @@ either.`,
 	opts.Image.Add(f)
 	f.StringVar(&opts.ViaRegistry, "via-registry", "", "send the images through this registry (host:port/prefix), which the host pulls from, instead of over SSH")
 	f.BoolVar(&opts.Insecure, "insecure-registry", false, "plain HTTP to the --via-registry registry")
+	f.StringSliceVar(&opts.Hosts, "hosts", nil, "only these of the targets named (comma-separated)")
+	f.BoolVar(&opts.SkipUnreachable, "skip-unreachable", false, "go on with the hosts that answer, and name the ones that did not")
 	return cli.SupportsJSON(cmd)
 }
 
@@ -146,6 +159,9 @@ func runDeploy(ctx context.Context, opts *Options) error {
 		}
 		targets = append(targets, ts...)
 	}
+	if targets, err = onlyHosts(targets, opts.Hosts); err != nil {
+		return err
+	}
 	files, err := readRendered(ctx, cfg)
 	if err != nil {
 		return err
@@ -163,6 +179,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 			}
 		}
 	}()
+	var skipped []string
 	for i, name := range targets {
 		t, err := cfg.Target(name)
 		if err != nil {
@@ -171,9 +188,22 @@ func runDeploy(ctx context.Context, opts *Options) error {
 		c, err := opts.SSH.Dial(ctx, opts.Env, t)
 		if err != nil {
 			p.Event(deploy.Event{Time: time.Now(), Target: name, Step: deploy.StepConnect, Status: deploy.EventFail, Message: err.Error()})
+			if opts.SkipUnreachable {
+				skipped = append(skipped, name)
+				continue
+			}
+			if len(targets) > 1 {
+				err = cli.WithHint(err, "--skip-unreachable goes on with the hosts that answer")
+			}
 			return fmt.Errorf("%s: %w", name, err)
 		}
 		clients[i] = c
+	}
+	if len(skipped) == len(targets) {
+		return cli.Auth(fmt.Errorf("no host answered: %s", strings.Join(skipped, ", ")))
+	}
+	if len(skipped) > 0 {
+		fmt.Fprintf(opts.Env.IO.ErrOut, "skipped %d unreachable host(s): %s\n", len(skipped), strings.Join(skipped, ", "))
 	}
 	built, version, err := buildImages(ctx, opts, cfg)
 	if err != nil {
@@ -181,7 +211,15 @@ func runDeploy(ctx context.Context, opts *Options) error {
 	}
 	bundle := deploy.Bundle{Compose: files.compose, EnvFiles: files.envs, Routes: files.routes, Version: version, Images: built}
 
-	for i, name := range targets {
+	var live []int // the hosts to deploy to, in order: the first is the canary
+	for i := range targets {
+		if clients[i] != nil {
+			live = append(live, i)
+		}
+	}
+	var done []string
+	for n, i := range live {
+		name := targets[i]
 		t, err := cfg.Target(name)
 		if err != nil {
 			return cli.Usage(err)
@@ -195,13 +233,56 @@ func runDeploy(ctx context.Context, opts *Options) error {
 		clients[i].Close()
 		clients[i] = nil
 		if err != nil {
-			return err // it names the target
+			return groupFailure(err, name, done, targetsOf(targets, live[n+1:])) // it names the target
 		}
 		if err := p.Deployed(res); err != nil {
 			return err
 		}
+		if res.AuditError != "" {
+			return fmt.Errorf("%s: release %s is live, but %s", name, res.Release, res.AuditError)
+		}
+		done = append(done, name)
+		if n == 0 && len(live) > 1 && !opts.DryRun {
+			fmt.Fprintf(opts.Env.IO.ErrOut, "canary %s ok; deploying the other %d\n", name, len(live)-1)
+		}
 	}
 	return nil
+}
+
+// onlyHosts keeps the targets --hosts names; a name not among them is a
+// usage error.
+func onlyHosts(targets, hosts []string) ([]string, error) {
+	if len(hosts) == 0 {
+		return targets, nil
+	}
+	for _, h := range hosts {
+		if !slices.Contains(targets, h) {
+			return nil, cli.Usage(fmt.Errorf("--hosts: %q is not among the targets named (%s)", h, strings.Join(targets, ", ")))
+		}
+	}
+	return slices.DeleteFunc(slices.Clone(targets), func(t string) bool { return !slices.Contains(hosts, t) }), nil
+}
+
+func targetsOf(targets []string, idx []int) []string {
+	var out []string
+	for _, i := range idx {
+		out = append(out, targets[i])
+	}
+	return out
+}
+
+// groupFailure says where a group deploy that failed on name left the
+// others: the canary's failure touched none of them.
+func groupFailure(err error, name string, done, untouched []string) error {
+	switch {
+	case len(untouched) == 0 && len(done) == 0:
+		return err
+	case len(done) == 0:
+		return cli.WithHint(err, fmt.Sprintf("the canary %s failed; the other %d host(s) (%s) were not touched", name, len(untouched), strings.Join(untouched, ", ")))
+	case len(untouched) == 0:
+		return cli.WithHint(err, fmt.Sprintf("%s run the new release", strings.Join(done, ", ")))
+	}
+	return cli.WithHint(err, fmt.Sprintf("%s run the new release; %s were not touched", strings.Join(done, ", "), strings.Join(untouched, ", ")))
 }
 
 // deployTo deploys bundle (or, dry, plans it) to the one target c names.
@@ -497,7 +578,13 @@ func runRollback(ctx context.Context, opts *RollbackOptions) error {
 	if err != nil {
 		return err
 	}
-	return p.RolledBack(res)
+	if err := p.RolledBack(res); err != nil {
+		return err
+	}
+	if res.AuditError != "" {
+		return fmt.Errorf("%s: release %s is live, but %s", res.Target, res.Release, res.AuditError)
+	}
+	return nil
 }
 
 // releaseCompletionTimeout bounds the completion of rollback's RELEASE,

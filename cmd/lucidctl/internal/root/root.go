@@ -14,6 +14,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/deploy"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/maintenance"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/operate"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/render"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/session"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/stack"
@@ -64,6 +65,10 @@ Results go to stdout; progress and diagnostics go to stderr.`,
 	rend.GroupID, val.GroupID, bld.GroupID = "deploy", "deploy", "deploy"
 	cmd.AddCommand(rend, val, bld)
 	for _, c := range deploy.NewCmds(env) {
+		c.GroupID = "deploy"
+		cmd.AddCommand(c)
+	}
+	for _, c := range operate.NewCmds(env) {
 		c.GroupID = "deploy"
 		cmd.AddCommand(c)
 	}

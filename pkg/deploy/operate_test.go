@@ -1,0 +1,161 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// TestOperateADeployedHost: two releases; a restart (gated, audited, the
+// dependants named); a stop of a service others depend on, refused
+// without force; stop and start; a prune with keep=1 that removes an old
+// release but keeps the previous one, which a rollback then brings back;
+// an audit entry that cannot be written fails no action but is said; and
+// the trail shows every action with the key that authenticated.
+func TestOperateADeployedHost(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	good := images(t, lucidBinary(t), "v1")
+	c := f.dial(t)
+	var events []Event
+	r1, err := runDeploy(ctx, t, f.options(c, good, &events))
+	if err != nil {
+		t.Fatalf("first deploy: %v", err)
+	}
+	r2, err := runDeploy(ctx, t, f.options(c, good, &events))
+	if err != nil {
+		t.Fatalf("second deploy: %v", err)
+	}
+	o := f.options(c, good, &events)
+	d, err := New(o.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+
+	res, err := d.Restart(ctx, ServiceOptions{Services: []string{"engine"}})
+	if err != nil {
+		t.Fatalf("restart engine: %v", err)
+	}
+	if res.Release != r2.Release || !slices.Contains(res.Dependants, "anchoring") || !f.gatewayHealthy() {
+		t.Errorf("restart: %+v, gateway healthy %v", res, f.gatewayHealthy())
+	}
+
+	var de *DependantsError
+	if _, err := d.Stop(ctx, ServiceOptions{Services: []string{"engine"}}); !errors.As(err, &de) || !slices.Contains(de.Dependants, "blocks") {
+		t.Fatalf("stop engine without force: %v, want a DependantsError", err)
+	}
+	if _, err := d.Stop(ctx, ServiceOptions{Services: []string{"gateway"}}); err != nil {
+		t.Fatalf("stop gateway: %v", err)
+	}
+	if f.gatewayHealthy() {
+		t.Error("the gateway answers after stop")
+	}
+	// The trail cannot be written: the start happens and says so.
+	audit := filepath.Join(f.dir, AuditFile)
+	if err := os.Rename(audit, audit+".aside"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(audit, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	res, err = d.Start(ctx, ServiceOptions{Services: []string{"gateway"}})
+	if err != nil || res.AuditError == "" || !f.gatewayHealthy() {
+		t.Fatalf("start gateway with an unwritable trail: %+v, %v", res, err)
+	}
+	if err := os.Remove(audit); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(audit+".aside", audit); err != nil {
+		t.Fatal(err)
+	}
+
+	// An old release, older than both, with its own image tag.
+	old := "20000101T000000Z-old"
+	oldDir := filepath.Join(f.dir, "releases", old)
+	if err := os.MkdirAll(oldDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(oldDir, releaseRecord), []byte(`{"id":"`+old+`","status":"replaced"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	oldTag := "lucid-deploytest/gateway:lucid-" + old
+	if out, err := exec.Command("docker", "tag", "lucid-deploytest/gateway:t", oldTag).CombinedOutput(); err != nil {
+		t.Fatalf("docker tag: %v %s", err, out)
+	}
+	pr, err := d.Prune(ctx, PruneOptions{Keep: 1, DryRun: true})
+	if err != nil || !hasItem(pr, PruneRelease, old) {
+		t.Fatalf("dry run: %+v, %v", pr, err)
+	}
+	if _, err := os.Stat(oldDir); err != nil {
+		t.Fatal("the dry run removed the old release")
+	}
+	pr, err = d.Prune(ctx, PruneOptions{Keep: 1})
+	if err != nil {
+		t.Fatalf("prune: %v", err)
+	}
+	t.Logf("prune: %+v", pr)
+	if !hasItem(pr, PruneRelease, old) || !slices.Equal(pr.Kept, []string{r2.Release, r1.Release}) {
+		t.Errorf("prune removed %+v and kept %v, want %s gone and %s, %s kept", pr.Items, pr.Kept, old, r2.Release, r1.Release)
+	}
+	if _, err := os.Stat(oldDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the old release is still there: %v", err)
+	}
+	if out, _ := exec.Command("docker", "image", "inspect", oldTag).CombinedOutput(); !strings.Contains(string(out), "No such image") {
+		t.Errorf("the old release's tag is still there: %s", out)
+	}
+
+	// The previous release is whole: a rollback brings it back.
+	rb, err := d.Rollback(ctx, "")
+	if err != nil || rb.Release != r1.Release || !f.gatewayHealthy() {
+		t.Fatalf("rollback after prune: %+v, %v", rb, err)
+	}
+
+	entries, err := d.AuditLog(ctx, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range entries {
+		got = append(got, string(e.Action)+"/"+string(e.Result))
+		if e.Key != clientKeyFingerprint(t, f.sshd.ClientKey) || e.Target != "pi" || e.User == "" || e.Host == "" {
+			t.Errorf("entry %+v: want the client key's fingerprint, the target, the user and host", e)
+		}
+	}
+	want := []string{"deploy/ok", "deploy/ok", "restart/ok", "stop/failed", "stop/ok", "prune/ok", "rollback/ok"}
+	if !slices.Equal(got, want) {
+		t.Errorf("audit trail %v, want %v", got, want)
+	}
+	if len(entries) == len(want) && (entries[0].Release != r1.Release || entries[6].Release != r1.Release || !slices.Equal(entries[2].Services, []string{"engine"})) {
+		t.Errorf("entries: %+v", entries)
+	}
+	if later, err := d.AuditLog(ctx, entries[len(entries)-1].Time); err != nil || len(later) == 0 || len(later) >= len(entries) {
+		t.Errorf("since the last entry: %d entries, %v", len(later), err)
+	}
+	f.noSecrets(t, events)
+}
+
+func hasItem(pr *PruneResult, kind PruneKind, name string) bool {
+	return pr != nil && slices.ContainsFunc(pr.Items, func(it PruneItem) bool { return it.Kind == kind && it.Name == name && it.Error == "" })
+}
+
+func clientKeyFingerprint(t *testing.T, file string) string {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ssh.ParsePrivateKey(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ssh.FingerprintSHA256(s.PublicKey())
+}
