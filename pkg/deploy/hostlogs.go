@@ -45,9 +45,6 @@ type LogLine struct {
 	Text string
 }
 
-// ErrUnknownService is a service name Logs does not know.
-var ErrUnknownService = errors.New("no such service")
-
 // LogServices are the names Logs takes: the catalog's and "consul".
 func LogServices() []string { return append(catalog.Names(), "consul") }
 

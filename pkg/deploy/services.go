@@ -48,7 +48,8 @@ func (e *DependantsError) Error() string {
 	return fmt.Sprintf("%s would stop under %s, which depend on it and keep running", strings.Join(e.Services, ", "), strings.Join(e.Dependants, ", "))
 }
 
-// ErrUnknownService is a service name the catalog does not have.
+// ErrUnknownService is a service name the catalog (or, for Logs, the
+// host) does not have.
 var ErrUnknownService = errors.New("no such service")
 
 // Restart restarts services of the current release under the deploy lock

@@ -34,6 +34,7 @@ import (
 	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/meshapi"
 	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/deploy"
 	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/meshtls"
 )
@@ -327,7 +328,10 @@ func each[T any](ctx context.Context, env *cli.Env, f *Flags, action string, fn 
 		defer s.close()
 		res, err := fn(ctx, s)
 		err = classify(err)
-		recordMaintenance(ctx, h, action, res, err)
+		if aerr := recordMaintenance(ctx, h, action, err); aerr != nil {
+			// The action stands; the trail not saying so fails the run.
+			err = errors.Join(err, aerr)
+		}
 		hr := &out.Hosts[index[h.Name]]
 		hr.Result = res
 		if err != nil {
@@ -345,9 +349,20 @@ func each[T any](ctx context.Context, env *cli.Env, f *Flags, action string, fn 
 }
 
 // recordMaintenance records one host's maintenance action and its outcome
-// (result, or err) in the host's audit trail. The audit trail of pkg/deploy
-// records it; until that is wired here it is a no-op.
-func recordMaintenance(_ context.Context, _ *fleet.Host, _ string, _ any, _ error) {}
+// in the host's audit trail (pkg/deploy's): who ran which action, and the
+// error if it failed.
+func recordMaintenance(ctx context.Context, h *fleet.Host, action string, err error) error {
+	d, derr := deploy.New(h.DeployConfig())
+	if derr != nil {
+		return fmt.Errorf("audit trail: %w", derr)
+	}
+	defer func() { _ = d.Close() }()
+	e := deploy.AuditEntry{Action: deploy.AuditMaintenance, Args: []string{action}}
+	if err != nil {
+		e.Error = err.Error()
+	}
+	return d.Audit(ctx, e)
+}
 
 // fingerprint is the hex SHA-256 of a certificate, as the mesh reports its
 // root.

@@ -19,6 +19,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/root"
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/deploy"
 	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/packstore"
 )
@@ -197,6 +198,17 @@ func TestMaintenanceThroughSSH(t *testing.T) {
 	}
 	if !strings.Contains(r.errOut, "pi: compacting: 1 pack(s)") {
 		t.Errorf("compact progress:\n%s", r.errOut)
+	}
+
+	// Both are in the host's audit trail, with the key that ran them.
+	trail, err := os.ReadFile(filepath.Join(dir, "pi", deploy.AuditFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, action := range []string{"datachain.scrub", "datachain.compact"} {
+		if !strings.Contains(string(trail), `"action":"maintenance","args":["`+action+`"]`) || !strings.Contains(string(trail), `"key":"SHA256:`) {
+			t.Errorf("the audit trail lacks %s:\n%s", action, trail)
+		}
 	}
 
 	// A wrong operator token is an authentication failure, and is not
