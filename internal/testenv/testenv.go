@@ -127,7 +127,10 @@ func BuildLucidctl(dir string) (string, error) { return build(dir, "lucidctl") }
 
 func build(dir, name string) (string, error) {
 	bin := filepath.Join(dir, name)
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/pickme/lucid/cmd/"+name).CombinedOutput(); err != nil {
+	// Static, as releases are: the same binary runs here and in an image.
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/pickme/lucid/cmd/"+name)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build %s: %w\n%s", name, err, out)
 	}
 	return bin, nil

@@ -42,6 +42,13 @@ func ReadBinary(file string) (Binary, error) {
 	if info.Path != lucidMain {
 		return Binary{}, fmt.Errorf("%s is %s, not lucid (%s)", file, orNone(info.Path), lucidMain)
 	}
+	// The images have no C library: a binary that needs one starts as
+	// "exec /usr/local/bin/lucid: no such file or directory", on the Pi.
+	if dynamic, err := dynamicallyLinked(file); err != nil {
+		return Binary{}, fmt.Errorf("lucid binary %s: %w", file, err)
+	} else if dynamic {
+		return Binary{}, fmt.Errorf("%s is dynamically linked, and the images have no C library to run it: build it with CGO_ENABLED=0 (as make build does)", file)
+	}
 	b := Binary{Stamp: Stamp{Source: sourceURL}}
 	settings := map[string]string{}
 	for _, s := range info.Settings {
@@ -190,4 +197,20 @@ func orNone(s string) string {
 		return "no Go main package"
 	}
 	return s
+}
+
+// dynamicallyLinked reports whether an ELF file asks for a program
+// interpreter (the C library's dynamic loader) to run.
+func dynamicallyLinked(file string) (bool, error) {
+	f, err := elf.Open(file)
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = f.Close() }() // only read
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return true, nil
+		}
+	}
+	return false, nil
 }

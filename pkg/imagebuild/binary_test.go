@@ -147,3 +147,14 @@ func TestBuildLabelsAReadyBinaryWithItsVersion(t *testing.T) {
 		t.Errorf("an amd64 binary for arm64: %v", err)
 	}
 }
+
+// TestDynamicBinaryIsRefused: a lucid built with cgo would not start in an
+// image without a C library, so it is refused before it is shipped.
+func TestDynamicBinaryIsRefused(t *testing.T) {
+	if dyn, err := dynamicallyLinked("/bin/sh"); err != nil || !dyn {
+		t.Errorf("/bin/sh: dynamic %v, %v", dyn, err)
+	}
+	if dyn, err := dynamicallyLinked(stampedBinaries(t)["ldflags"]); err != nil || dyn {
+		t.Errorf("a CGO_ENABLED=0 lucid: dynamic %v, %v", dyn, err)
+	}
+}
