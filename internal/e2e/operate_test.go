@@ -15,16 +15,26 @@ import (
 // TestOperateAPiFromTheCLI drives the operator's day after a deploy the way
 // docs/operations.md tells it, every step a lucidctl command against a
 // "Pi" (a real sshd on 127.0.0.1 whose Docker is this machine's Engine):
-// deploy, status, logs, a restart, a second deploy, a prune that keeps the
-// previous release, a rollback to it, and the audit trail of all of it.
+// group deploys whose canary fails and passes (beside a Pi that cannot be
+// deployed to), status, logs, a restart, a second deploy, a prune that
+// keeps the previous release, a rollback to it, and the audit trail of all
+// of it.
 func TestOperateAPiFromTheCLI(t *testing.T) {
 	testenv.ExclusiveDocker(t)
 	sshd := testenv.StartSSHD(t, testenv.SSHDOptions{})
 	p := &stackProject{dir: t.TempDir(), offset: 0}
 	p.env = append(os.Environ(), "NO_COLOR=1")
 	deployDir := filepath.Join(p.dir, "pi")
-	yml := fmt.Sprintf("platforms: [linux/amd64]\nimages:\n  name: lucid-e2e/lucid-{service}\n  tag: e2e\ntargets:\n  pi:\n    host: %s\n    port: %d\n    user: %s\n    dir: %s\n",
-		sshd.Host, sshd.Port, sshd.User, deployDir)
+	// broken is a Pi whose deploy directory cannot be made (its parent is
+	// a file): it fails its preflight, before anything changes on it.
+	notADir := filepath.Join(p.dir, "not-a-dir")
+	if err := os.WriteFile(notADir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	target := "    host: %[1]s\n    port: %[2]d\n    user: %[3]s\n"
+	yml := fmt.Sprintf("platforms: [linux/amd64]\nimages:\n  name: lucid-e2e/lucid-{service}\n  tag: e2e\ntargets:\n  pi:\n"+target+"    dir: %[4]s\n  broken:\n"+target+"    dir: %[5]s\n"+
+		"groups:\n  canary-fails: [broken, pi]\n  canary-first: [pi, broken]\n",
+		sshd.Host, sshd.Port, sshd.User, deployDir, filepath.Join(notADir, "pi"))
 	if err := os.WriteFile(filepath.Join(p.dir, "lucid.yaml"), []byte(yml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -42,13 +52,36 @@ func TestOperateAPiFromTheCLI(t *testing.T) {
 		}
 		return out
 	}
-	deploy := func(version string) {
-		t.Helper()
-		run(0, append([]string{"deploy", "pi", "--lucid", lucidBin, "--version", version, "--base", "scratch", "--ca-certs", caCerts, "--min-free", "16"}, ssh...)...)
+	// Each release is a lucid stamped with its version, as make build
+	// stamps one; deploy labels the release with it.
+	binaries := map[string]string{}
+	for _, v := range []string{"v1.0.0", "v2.0.0"} {
+		binaries[v] = filepath.Join(t.TempDir(), "lucid")
+		build := exec.Command("go", "build", "-trimpath", "-ldflags", "-w -X github.com/pickme/lucid/pkg/buildinfo.Version="+v, "-o", binaries[v], "github.com/pickme/lucid/cmd/lucid")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build lucid %s: %v\n%s", v, err, out)
+		}
 	}
-
+	deployArgs := func(to, version string) []string {
+		return append([]string{"deploy", to, "--lucid", binaries[version], "--base", "scratch", "--ca-certs", caCerts, "--min-free", "16"}, ssh...)
+	}
+	deploy := func(version string) { t.Helper(); run(0, deployArgs("pi", version)...) }
 	run(0, "render", "--no-consul")
-	deploy("v1.0.0")
+
+	// A group's first host is its canary: when it fails, the rest are
+	// not touched; when it passes, they are deployed in turn.
+	_, errOut, code := p.lucidctl(t, deployArgs("canary-fails", "v1.0.0")...)
+	if code != 1 || !strings.Contains(errOut, "the canary broken failed; the other 1 host(s) (pi) were not touched") {
+		t.Fatalf("a failing canary: exit %d\n%s", code, errOut)
+	}
+	if _, err := os.Stat(deployDir); !os.IsNotExist(err) {
+		t.Fatalf("a host after the failed canary was touched: %v", err)
+	}
+	_, errOut, code = p.lucidctl(t, deployArgs("canary-first", "v1.0.0")...)
+	if code != 1 || !strings.Contains(errOut, "canary pi ok; deploying the other 1") || !strings.Contains(errOut, "pi run the new release") {
+		t.Fatalf("a passing canary, then a failing host: exit %d\n%s", code, errOut)
+	}
 
 	// Is it up?
 	var status struct {
