@@ -32,7 +32,7 @@ func TestOperateAPiFromTheCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	target := "    host: %[1]s\n    port: %[2]d\n    user: %[3]s\n"
-	yml := fmt.Sprintf("platforms: [linux/amd64]\nimages:\n  name: lucid-e2e/lucid-{service}\n  tag: e2e\ntargets:\n  pi:\n"+target+"    dir: %[4]s\n  broken:\n"+target+"    dir: %[5]s\n"+
+	yml := fmt.Sprintf("platforms: [linux/amd64]\nimages:\n  name: lucid-e2e/lucid-{service}\n  tag: e2e\ntargets:\n  pi:\n"+target+"    dir: %[4]s\n    project: lucid-e2e\n  broken:\n"+target+"    dir: %[5]s\n"+
 		"groups:\n  canary-fails: [broken, pi]\n  canary-first: [pi, broken]\n",
 		sshd.Host, sshd.Port, sshd.User, deployDir, filepath.Join(notADir, "pi"))
 	if err := os.WriteFile(filepath.Join(p.dir, "lucid.yaml"), []byte(yml), 0o600); err != nil {
@@ -42,7 +42,7 @@ func TestOperateAPiFromTheCLI(t *testing.T) {
 	if err := os.WriteFile(caCerts, []byte("e2e bundle\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { removeProject(t, "lucid", "lucid-e2e/") })
+	t.Cleanup(func() { removeProject(t, "lucid-e2e", "lucid-e2e/") })
 	ssh := []string{"-i", sshd.ClientKey, "--known-hosts", sshd.KnownHosts, "--no-agent"}
 	run := func(want int, args ...string) string {
 		t.Helper()

@@ -47,6 +47,9 @@ type Config struct {
 	// DockerSocket is the Engine's socket on the host (default
 	// /var/run/docker.sock).
 	DockerSocket string
+	// Project is the compose project of the target's releases (default
+	// ComposeProject): every container looked at or changed carries it.
+	Project string
 	// ImageName and Tag name the images in the rendered compose file
 	// (lucid.yaml's images.name and images.tag).
 	ImageName, Tag string
@@ -83,6 +86,9 @@ type Config struct {
 func (c *Config) defaults() {
 	if c.DockerSocket == "" {
 		c.DockerSocket = "/var/run/docker.sock"
+	}
+	if c.Project == "" {
+		c.Project = ComposeProject
 	}
 	if c.Network == "" {
 		c.Network = deployfiles.Network
@@ -121,7 +127,7 @@ type Deployer struct {
 // New returns the Deployer of the target c describes.
 func New(c Config) (*Deployer, error) {
 	c.defaults()
-	h, err := newHost(c.Name, c.SSH, c.Dir, c.DockerSocket)
+	h, err := newHost(c.Name, c.SSH, c.Dir, c.DockerSocket, c.Project)
 	if err != nil {
 		return nil, fmt.Errorf("%s: docker client: %w", c.Name, err)
 	}

@@ -111,7 +111,7 @@ func (d *Deployer) serviceLogs(ctx context.Context, name, cname string, o LogOpt
 		starts, evErrs = d.h.docker.Events(ectx, events.ListOptions{Filters: filters.NewArgs(
 			filters.Arg("type", string(events.ContainerEventType)),
 			filters.Arg("event", string(events.ActionStart)),
-			filters.Arg("label", "com.docker.compose.project="+ComposeProject),
+			filters.Arg("label", "com.docker.compose.project="+d.h.project),
 			filters.Arg("label", "com.docker.compose.service="+cname),
 		)})
 	}
@@ -176,7 +176,7 @@ func isNewer(ctx context.Context, d *Deployer, id string, t time.Time) bool {
 // findContainer is the deployment's container called cname, or nil.
 func (d *Deployer) findContainer(ctx context.Context, cname string) (*container.Summary, error) {
 	list, err := d.h.docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
-		filters.Arg("label", "com.docker.compose.project="+ComposeProject),
+		filters.Arg("label", "com.docker.compose.project="+d.h.project),
 		filters.Arg("label", "com.docker.compose.service="+cname),
 	)})
 	if err != nil {

@@ -26,8 +26,9 @@ import (
 	"github.com/pickme/lucid/pkg/sshx"
 )
 
-// ComposeProject is the compose project name of every release, so a new
-// release replaces the previous one's containers.
+// ComposeProject is the compose project of a target's releases unless
+// lucid.yaml names another: one project per target, so that a new release
+// replaces the previous one's containers.
 const ComposeProject = "lucid"
 
 // Release is one deploy on a host: a directory under <dir>/releases.
@@ -157,7 +158,7 @@ const releaseRecord = "release.json"
 // up runs compose up for a release.
 func (h *host) up(ctx context.Context, id string) error {
 	cmd := fmt.Sprintf("cd %s && %s -p %s -f %s up -d --remove-orphans 2>&1",
-		sshx.Quote(h.releaseDir(id)), h.compose, ComposeProject, sshx.Quote(deployfiles.ComposePath))
+		sshx.Quote(h.releaseDir(id)), h.compose, sshx.Quote(h.project), sshx.Quote(deployfiles.ComposePath))
 	out, err := h.ssh.Run(ctx, cmd, nil)
 	var ee *sshx.ExitError
 	switch {
@@ -285,7 +286,7 @@ func (h *host) gatewayHealth(release, gatewayAddr string) error {
 }
 
 func (h *host) projectContainers(ctx context.Context) ([]container.Summary, error) {
-	list, err := h.docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+ComposeProject))})
+	list, err := h.docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+h.project))})
 	if err != nil {
 		return nil, fmt.Errorf("%s: docker ps: %w", h.name, err)
 	}

@@ -28,6 +28,8 @@ type host struct {
 	ssh    *sshx.Client
 	docker *client.Client
 	dir    string
+	// project is the compose project of the target's releases.
+	project string
 	// compose is the compose command line the host has.
 	compose string
 	// held is the lock this deploy holds (a zero Nonce: none).
@@ -38,7 +40,7 @@ type host struct {
 	stepGate string
 }
 
-func newHost(name string, ssh *sshx.Client, dir, socket string) (*host, error) {
+func newHost(name string, ssh *sshx.Client, dir, socket, project string) (*host, error) {
 	dc, err := client.NewClientWithOpts(
 		client.WithHost("http://docker"),
 		client.WithHTTPClient(&http.Client{Transport: &http.Transport{
@@ -49,7 +51,7 @@ func newHost(name string, ssh *sshx.Client, dir, socket string) (*host, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &host{name: name, ssh: ssh, docker: dc, dir: dir}, nil
+	return &host{name: name, ssh: ssh, docker: dc, dir: dir, project: project}, nil
 }
 
 func (h *host) run(ctx context.Context, cmd string) (string, error) {

@@ -59,12 +59,19 @@ type Config struct {
 	Path string `yaml:"-"`
 }
 
+// composeProject is compose's rule for a project name.
+var composeProject = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
+
 // Target is one host to deploy to.
 type Target struct {
 	Host string `yaml:"host"`
 	User string `yaml:"user"`
 	Port int    `yaml:"port"` // 0: ~/.ssh/config, else 22
 	Dir  string `yaml:"dir"`
+	// Project is the compose project the target's releases run as
+	// (default "lucid"): what deploy, status, logs, restart and prune
+	// look for on its Docker Engine, and leave alone when it is another's.
+	Project string `yaml:"project"`
 }
 
 // Images names the service images: Name with "{service}" replaced by the
@@ -98,6 +105,7 @@ const (
 	DefaultImageName = "pickme/lucid-{service}"
 	DefaultImageTag  = "latest-arm64"
 	DefaultDeployDir = "/opt/lucid/production"
+	DefaultProject   = "lucid"
 	DefaultStateDir  = ".lucid"
 	DefaultEnvFile   = "configs/environment/.env.core"
 )
@@ -129,6 +137,9 @@ func (c *Config) applyDefaults() {
 		c.Local.Consul = "auto"
 	}
 	for name, t := range c.Targets {
+		if t.Project == "" {
+			t.Project = DefaultProject
+		}
 		if t.Dir == "" {
 			t.Dir = DefaultDeployDir
 		}
@@ -236,6 +247,9 @@ func (c *Config) validate(name string) error {
 		}
 		if !path.IsAbs(t.Dir) {
 			bad("targets.%s.dir %q must be an absolute path", tn, t.Dir)
+		}
+		if !composeProject.MatchString(t.Project) {
+			bad("targets.%s.project %q is not a compose project name (lowercase letters, digits, - and _, starting with a letter or digit)", tn, t.Project)
 		}
 	}
 	for gn, members := range c.Groups {

@@ -21,7 +21,7 @@ func TestParseExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pi.Port != 22 || pi.Dir != DefaultDeployDir {
+	if pi.Port != 22 || pi.Dir != DefaultDeployDir || pi.Project != "lucid" {
 		t.Errorf("pi = %+v", pi)
 	}
 	if c.Images.Name != "pickme/lucid-{service}" || c.Images.Tag != "latest-arm64" {
@@ -48,7 +48,7 @@ platfroms: [linux/arm64]
 	}
 	msg := err.Error()
 	for _, want := range []string{
-		`lucid.yaml:4:5: unknown key "hots" in targets.pi (did you mean "host"?); known keys: dir, host, port, user`,
+		`lucid.yaml:4:5: unknown key "hots" in targets.pi (did you mean "host"?); known keys: dir, host, port, project, user`,
 		`lucid.yaml:7:1: unknown key "platfroms" at the top level (did you mean "platforms"?)`, //nolint:misspell // the misspelt key, quoted back
 	} {
 		if !strings.Contains(msg, want) {
@@ -62,6 +62,7 @@ func TestInvalidValues(t *testing.T) {
 		"targets:\n  pi:\n    port: 22\n":                       "targets.pi.host is required",
 		"targets:\n  pi:\n    host: a\n    port: 70000\n":       "not a TCP port",
 		"targets:\n  pi:\n    host: a\n    dir: relative/dir\n": "absolute path",
+		"targets:\n  pi:\n    host: a\n    project: Lucid\n":    "not a compose project name",
 		"platforms: [arm64]\n":                                  "not os/arch",
 		"images:\n  name: pickme/lucid\n":                       "must contain {service}",
 		"targets:\n  pi:\n    host: a\n    port: twenty-two\n":  "line 4",

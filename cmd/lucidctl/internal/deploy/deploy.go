@@ -225,7 +225,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 			return cli.Usage(err)
 		}
 		res, err := deployTo(ctx, deploy.Config{
-			Name: name, SSH: clients[i], Dir: t.Dir, DockerSocket: opts.SSH.dockerSocket,
+			Name: name, SSH: clients[i], Dir: t.Dir, Project: t.Project, DockerSocket: opts.SSH.dockerSocket,
 			ImageName: cfg.Images.Name, Tag: cfg.Images.Tag,
 			MinFreeBytes: opts.MinFreeMiB << 20, HealthTimeout: opts.HealthTimeout, LockWait: opts.LockWait,
 			ViaRegistry: opts.ViaRegistry, InsecureRegistry: opts.Insecure, Reporter: p,
@@ -567,7 +567,7 @@ func runRollback(ctx context.Context, opts *RollbackOptions) error {
 	defer c.Close()
 	p := newPrinter(opts.Env)
 	d, err := deploy.New(deploy.Config{
-		Name: opts.Target, SSH: c, Dir: t.Dir, DockerSocket: opts.SSH.dockerSocket,
+		Name: opts.Target, SSH: c, Dir: t.Dir, Project: t.Project, DockerSocket: opts.SSH.dockerSocket,
 		HealthTimeout: opts.HealthTimeout, LockWait: opts.LockWait, Reporter: p,
 	})
 	if err != nil {
@@ -609,7 +609,7 @@ func completeReleases(cmd *cobra.Command, env *cli.Env, f *sshFlags, target, toC
 		return nil, none
 	}
 	defer c.Close()
-	d, err := deploy.New(deploy.Config{Name: target, SSH: c, Dir: t.Dir, DockerSocket: f.dockerSocket})
+	d, err := deploy.New(deploy.Config{Name: target, SSH: c, Dir: t.Dir, Project: t.Project, DockerSocket: f.dockerSocket})
 	if err != nil {
 		return nil, none
 	}
@@ -683,7 +683,7 @@ func runReleases(ctx context.Context, opts *ReleasesOptions) error {
 		return err
 	}
 	defer c.Close()
-	d, err := deploy.New(deploy.Config{Name: opts.Target, SSH: c, Dir: t.Dir, DockerSocket: opts.SSH.dockerSocket})
+	d, err := deploy.New(deploy.Config{Name: opts.Target, SSH: c, Dir: t.Dir, Project: t.Project, DockerSocket: opts.SSH.dockerSocket})
 	if err != nil {
 		return err
 	}

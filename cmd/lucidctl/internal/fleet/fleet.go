@@ -78,7 +78,7 @@ type Host struct {
 // DeployConfig is the pkg/deploy configuration of this host, for the
 // caller to complete.
 func (h *Host) DeployConfig() deploy.Config {
-	return deploy.Config{Name: h.Name, SSH: h.SSH, Dir: h.Target.Dir, DockerSocket: h.DockerSocket}
+	return deploy.Config{Name: h.Name, SSH: h.SSH, Dir: h.Target.Dir, Project: h.Target.Project, DockerSocket: h.DockerSocket}
 }
 
 // Unreachable is a host that could not be connected to.
