@@ -175,7 +175,7 @@ func printHost(w io.Writer, st *iostreams.Styles, h HostDoc, now time.Time) {
 		}
 		rows = append(rows, []string{c.Service, c.State, c.Health, fmt.Sprint(c.Restarts), uptime, shortID(c.ImageID), cert})
 	}
-	table(w, st, rows, func(col int, cell string) lipgloss.Style {
+	st.Table(w, rows, func(col int, cell string) lipgloss.Style {
 		switch {
 		case col == 1 && cell != "running", col == 2 && cell == "unhealthy":
 			return st.Error
@@ -268,32 +268,6 @@ func printHost(w io.Writer, st *iostreams.Styles, h HostDoc, now time.Time) {
 	fmt.Fprintln(w, "mesh certs: "+certs)
 	for _, p := range s.Problems {
 		fmt.Fprintln(w, st.Error.Render("problem:")+"    "+p)
-	}
-}
-
-// table writes rows, the first in bold, padded before coloring.
-func table(w io.Writer, st *iostreams.Styles, rows [][]string, style func(col int, cell string) lipgloss.Style) {
-	widths := make([]int, len(rows[0]))
-	for _, r := range rows {
-		for i, c := range r {
-			widths[i] = max(widths[i], len(c))
-		}
-	}
-	for ri, r := range rows {
-		var line strings.Builder
-		for i, c := range r {
-			cell := c
-			if i < len(r)-1 {
-				cell = fmt.Sprintf("%-*s", widths[i]+2, c)
-			}
-			if ri == 0 {
-				cell = st.Bold.Render(cell)
-			} else {
-				cell = style(i, c).Render(cell)
-			}
-			line.WriteString(cell)
-		}
-		fmt.Fprintln(w, strings.TrimRight(line.String(), " "))
 	}
 }
 

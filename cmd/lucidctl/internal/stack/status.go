@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/charmbracelet/lipgloss"
@@ -174,29 +173,12 @@ func printTable(env *cli.Env, st *stackState) {
 		}
 		rows = append(rows, []string{s.Name, string(s.State), pid, fmt.Sprint(s.Restarts), ago(s.Since), s.URL, s.LastExit})
 	}
-	widths := make([]int, len(rows[0]))
-	for _, r := range rows {
-		for i, c := range r {
-			widths[i] = max(widths[i], len(c))
+	styles.Table(env.IO.Out, rows, func(col int, cell string) lipgloss.Style {
+		if col == 1 {
+			return stateStyle(styles, supervise.State(cell))
 		}
-	}
-	for ri, r := range rows {
-		var line strings.Builder
-		for i, c := range r {
-			cell := c
-			if i < len(r)-1 {
-				cell = fmt.Sprintf("%-*s", widths[i]+2, c)
-			}
-			switch {
-			case ri == 0:
-				cell = styles.Bold.Render(cell)
-			case i == 1:
-				cell = stateStyle(styles, supervise.State(c)).Render(cell)
-			}
-			line.WriteString(cell)
-		}
-		fmt.Fprintln(env.IO.Out, strings.TrimRight(line.String(), " "))
-	}
+		return lipgloss.NewStyle()
+	})
 }
 
 func stateStyle(styles *iostreams.Styles, s supervise.State) lipgloss.Style {
