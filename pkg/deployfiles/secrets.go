@@ -1,0 +1,149 @@
+package deployfiles
+
+import (
+	"maps"
+	"slices"
+
+	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/envfile"
+)
+
+// DataBound are the secrets (keys of Secrets) that a host holding data
+// keeps: once a release ran with one, a release with another breaks what
+// the host or its users already hold, so a deploy refuses to replace one
+// unless told to. A fresh clone's render generates new ones; the host's
+// deployed values are the truth.
+var DataBound = []string{
+	// The data chain encrypts chunks at rest with it: under another key
+	// the packs already on the SD card cannot be read, and the chain
+	// refuses to start.
+	"ENCRYPTION_KEY",
+	// The gateway signs users' tokens with it: under another every token
+	// issued stops working.
+	"JWT_SECRET_KEY",
+	// The mesh controller's, from which each service's enrolment token
+	// derives: the controller's data keeps the CA and the enrolments made
+	// under it, and the operator derives the gateway's token from it to
+	// check the trust bundle.
+	"LUCID_MESH_TOKEN",
+	// Consul's management token, from which the gateway's own token
+	// derives: a Consul that keeps its ACLs (one run elsewhere) and every
+	// script holding it still expect the old one.
+	ConsulTokenKey,
+	// The operator's token: the services hold its hash, the operator and
+	// their scripts the token; a new one locks them out of maintenance.
+	"LUCID_OPERATOR_TOKEN",
+	// LUCID_SERVICE_KEY is not here: only services read it, and a release
+	// gives all of them the new one at once.
+}
+
+// operatorTokenHashKey is the key the services get the operator token's
+// hash under (ServiceEnv).
+const operatorTokenHashKey = "LUCID_OPERATOR_TOKEN_SHA256"
+
+// DeployedSecrets is what a set of service env files, as a release holds
+// them, says of the operator's secrets (Secrets): the value of each one
+// some file holds as it is, and the operator token's hash, which is all a
+// host has of it. Derived values (enrolment tokens, the gateway's Consul
+// token) are not secrets of their own: they follow the one they derive
+// from.
+type DeployedSecrets struct {
+	// Values are the secrets by key of the operator's env file.
+	Values map[string]string
+	// OperatorTokenHash is auth.OperatorTokenHash of LUCID_OPERATOR_TOKEN,
+	// "" when no file holds it.
+	OperatorTokenHash string
+}
+
+// ReadDeployedSecrets reads the env files of a release (by project path,
+// ServiceEnvPath; a release of before per-service env files holds EnvPath
+// itself). A file that does not parse is an error naming its path and
+// line, never a value.
+func ReadDeployedSecrets(files map[string][]byte) (DeployedSecrets, error) {
+	out := DeployedSecrets{Values: map[string]string{}}
+	meshFile := ServiceEnvPath(catalog.MeshService)
+	// raw says whether file p holds key k as the operator's file does.
+	raw := func(p, k string) bool {
+		switch k {
+		case "LUCID_MESH_TOKEN":
+			return p == meshFile || p == EnvPath
+		case ConsulTokenKey:
+			return p == meshFile || p == ServiceEnvPath(consulEnvName) || p == EnvPath
+		case "LUCID_OPERATOR_TOKEN":
+			return p == EnvPath
+		}
+		return true
+	}
+	for _, p := range slices.Sorted(maps.Keys(files)) {
+		vals, err := envfile.Parse(files[p])
+		if err != nil {
+			return DeployedSecrets{}, &envFileError{path: p, err: err}
+		}
+		for _, k := range Secrets {
+			if v := vals[k]; v != "" && raw(p, k) {
+				if _, ok := out.Values[k]; !ok {
+					out.Values[k] = v
+				}
+			}
+		}
+		if h := vals[operatorTokenHashKey]; h != "" && out.OperatorTokenHash == "" {
+			out.OperatorTokenHash = h
+		}
+	}
+	if tok := out.Values["LUCID_OPERATOR_TOKEN"]; tok != "" && out.OperatorTokenHash == "" {
+		out.OperatorTokenHash = auth.OperatorTokenHash(tok)
+	}
+	return out, nil
+}
+
+// Differ lists the keys of Secrets whose values d and other both know and
+// that differ, sorted. The operator token is compared by its hash.
+func (d DeployedSecrets) Differ(other DeployedSecrets) []string {
+	var out []string
+	for _, k := range Secrets {
+		if k == "LUCID_OPERATOR_TOKEN" {
+			if d.OperatorTokenHash != "" && other.OperatorTokenHash != "" && d.OperatorTokenHash != other.OperatorTokenHash {
+				out = append(out, k)
+			}
+			continue
+		}
+		a, b := d.Values[k], other.Values[k]
+		if a != "" && b != "" && a != b {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// OperatorValues are the secrets as the operator's env file holds them,
+// taken from d: every one d holds as it is. values is the operator's file
+// as it is; the operator token, of which a host keeps only the hash, is
+// reported in unknown when values' does not match that hash.
+func (d DeployedSecrets) OperatorValues(values map[string]string) (set map[string]string, unknown []string) {
+	set = map[string]string{}
+	for _, k := range Secrets {
+		if v, ok := d.Values[k]; ok {
+			set[k] = v
+			continue
+		}
+		if k == "LUCID_OPERATOR_TOKEN" && d.OperatorTokenHash != "" {
+			tok := values[k]
+			if tok == "" || auth.OperatorTokenHash(tok) != d.OperatorTokenHash {
+				unknown = append(unknown, k)
+			}
+		}
+	}
+	return set, unknown
+}
+
+// envFileError names a deployed env file that does not parse; the parse
+// error names the line, never a value.
+type envFileError struct {
+	path string
+	err  error
+}
+
+func (e *envFileError) Error() string { return "env file " + e.path + ": " + e.err.Error() }
+func (e *envFileError) Unwrap() error { return e.err }

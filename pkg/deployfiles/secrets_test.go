@@ -1,0 +1,101 @@
+package deployfiles
+
+import (
+	"context"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestDeployedSecretsTakesBackWhatRenderGave: the services' env files of a
+// render give back every secret of the operator's file (the operator
+// token as its hash), with Consul and without, and two renders with other
+// secrets differ in every one.
+func TestDeployedSecretsTakesBackWhatRenderGave(t *testing.T) {
+	ctx := context.Background()
+	for _, noConsul := range []bool{false, true} {
+		a, err := Render(ctx, Options{ImageName: "x/{service}", ImageTag: "t", NoConsul: noConsul})
+		if err != nil {
+			t.Fatal(err)
+		}
+		da, err := ReadDeployedSecrets(a.ServiceEnvs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		set, unknown := da.OperatorValues(a.EnvValues)
+		if len(unknown) != 0 {
+			t.Errorf("noConsul=%v: unknown %v with the right operator token", noConsul, unknown)
+		}
+		for _, k := range []string{"ENCRYPTION_KEY", "JWT_SECRET_KEY", "LUCID_MESH_TOKEN"} {
+			if set[k] != a.EnvValues[k] {
+				t.Errorf("noConsul=%v: %s not taken back as rendered", noConsul, k)
+			}
+		}
+		if !noConsul && set[ConsulTokenKey] != a.EnvValues[ConsulTokenKey] {
+			t.Errorf("%s not taken back as rendered", ConsulTokenKey)
+		}
+		if _, unknown := da.OperatorValues(map[string]string{"LUCID_OPERATOR_TOKEN": "another"}); !slices.Equal(unknown, []string{"LUCID_OPERATOR_TOKEN"}) {
+			t.Errorf("another operator token: unknown %v", unknown)
+		}
+		if d := da.Differ(da); len(d) != 0 {
+			t.Errorf("a render differs from itself in %v", d)
+		}
+
+		b, err := Render(ctx, Options{ImageName: "x/{service}", ImageTag: "t", NoConsul: noConsul})
+		if err != nil {
+			t.Fatal(err)
+		}
+		db, err := ReadDeployedSecrets(b.ServiceEnvs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"ENCRYPTION_KEY", "JWT_SECRET_KEY", "LUCID_MESH_TOKEN", "LUCID_OPERATOR_TOKEN"}
+		if !noConsul {
+			want = append(want, ConsulTokenKey)
+		}
+		slices.Sort(want)
+		if got := da.Differ(db); !reflect.DeepEqual(got, want) {
+			t.Errorf("noConsul=%v: two renders differ in %v, want %v", noConsul, got, want)
+		}
+	}
+}
+
+// TestDeployedSecretsOfASharedEnvFile: a release of before per-service
+// env files holds the operator's file itself; it compares with a render
+// of now.
+func TestDeployedSecretsOfASharedEnvFile(t *testing.T) {
+	f, err := Render(context.Background(), Options{ImageName: "x/{service}", ImageTag: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := ReadDeployedSecrets(map[string][]byte{EnvPath: f.Env})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now, err := ReadDeployedSecrets(f.ServiceEnvs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := old.Differ(now); len(d) != 0 {
+		t.Errorf("the shared file and the services' files of one render differ in %v", d)
+	}
+}
+
+// TestDeployedSecretsParseErrorNamesTheFileOnly: a broken file is named,
+// its text is not.
+func TestDeployedSecretsParseErrorNamesTheFileOnly(t *testing.T) {
+	_, err := ReadDeployedSecrets(map[string][]byte{ServiceEnvPath("gateway"): []byte("JWT_SECRET_KEY=\"s3cr3tvalue\n")})
+	if err == nil || !strings.Contains(err.Error(), ServiceEnvPath("gateway")) || strings.Contains(err.Error(), "s3cr3tvalue") {
+		t.Errorf("error %v", err)
+	}
+}
+
+// TestDataBoundAreSecrets: every data-bound key is a secret render makes.
+func TestDataBoundAreSecrets(t *testing.T) {
+	for _, k := range DataBound {
+		if !slices.Contains(Secrets, k) {
+			t.Errorf("%s is data-bound but not in Secrets", k)
+		}
+	}
+}
