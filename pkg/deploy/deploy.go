@@ -160,6 +160,10 @@ type Bundle struct {
 	Version string
 	// Images are the six services' images, for one or more platforms.
 	Images []imagebuild.Built
+	// Rotate names the data-bound secrets (deployfiles.DataBound) the
+	// release may replace; any other that differs from the host's current
+	// release's refuses the deploy (a *SecretChangeError).
+	Rotate []string
 }
 
 // Result is what a deploy did, or with DryRun would do. A deploy that
@@ -215,6 +219,11 @@ func (d *Deployer) deploy(ctx context.Context, b Bundle, dry bool) (_ *Result, d
 		return nil, err
 	}
 	res.Preflight = pf
+	// Before the lock, the images and the release: a host that holds data
+	// keeps its secrets unless told otherwise.
+	if err := d.CheckSecrets(ctx, b.EnvFiles, b.Rotate); err != nil {
+		return nil, err
+	}
 
 	id := releaseID(d.cfg.Now(), b.Version)
 	res.Release = id

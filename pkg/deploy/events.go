@@ -13,6 +13,9 @@ const (
 	StepConnect Step = "connect"
 	// StepPreflight checks the host before anything changes.
 	StepPreflight Step = "preflight"
+	// StepSecrets compares the release's secrets with the host's current
+	// release's, before anything changes.
+	StepSecrets Step = "secrets"
 	// StepLock takes, renews and releases the host's deploy lock.
 	StepLock Step = "lock"
 	// StepImages puts the images on the host.

@@ -127,6 +127,10 @@ func Hint(err error) string {
 			return h.hint
 		}
 	}
+	var sc *deploy.SecretChangeError
+	if errors.As(err, &sc) {
+		return "`lucidctl secrets pull --target " + sc.Target + "` takes the host's secrets; --rotate KEY replaces one on purpose"
+	}
 	var re *deploy.RecordError
 	if errors.As(err, &re) {
 		return "the host's deploy dir could not be written (full disk? permissions?): free it, then `lucidctl releases TARGET` shows what each release is recorded as"

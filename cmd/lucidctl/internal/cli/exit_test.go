@@ -57,6 +57,9 @@ func TestHints(t *testing.T) {
 	if h := Hint(fmt.Errorf("pi: %w", deploy.ErrNoFlock)); !strings.Contains(h, "util-linux") {
 		t.Errorf("missing flock hint = %q", h)
 	}
+	if h := Hint(fmt.Errorf("deploy: %w", &deploy.SecretChangeError{Target: "pi", Keys: []string{"ENCRYPTION_KEY"}})); !strings.Contains(h, "lucidctl secrets pull --target pi") || !strings.Contains(h, "--rotate KEY") {
+		t.Errorf("secret change hint: %q", h)
+	}
 	if h := Hint(fmt.Errorf("pi: %w", &deploy.RecordError{Release: "r1", Status: deploy.ReleaseLive, Err: errors.New("no space left on device")})); !strings.Contains(h, "lucidctl releases") {
 		t.Errorf("record error hint = %q", h)
 	}

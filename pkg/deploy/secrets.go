@@ -1,0 +1,116 @@
+package deploy
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/sshx"
+)
+
+// SecretChangeError is a deploy refused before anything changed on the
+// host: the release would replace secrets the host's data is bound to
+// (deployfiles.DataBound). It names the keys, never a value.
+type SecretChangeError struct {
+	Target string
+	// Keys are the data-bound secrets that differ, sorted.
+	Keys []string
+}
+
+func (e *SecretChangeError) Error() string {
+	return fmt.Sprintf("%s: the release would replace the host's %s, which its data and its users' tokens are bound to; nothing was changed",
+		e.Target, strings.Join(e.Keys, ", "))
+}
+
+// CurrentSecrets reads the env files of the host's current release and
+// returns the secrets they hold, and the release's id; "" and no secrets
+// when the host has no current release. Values stay in memory: nothing
+// here prints or logs one.
+func (d *Deployer) CurrentSecrets(ctx context.Context) (release string, s deployfiles.DeployedSecrets, err error) {
+	release, files, err := d.h.currentEnvFiles(ctx)
+	if err != nil || release == "" {
+		return release, deployfiles.DeployedSecrets{}, err
+	}
+	s, err = deployfiles.ReadDeployedSecrets(files)
+	if err != nil {
+		return "", s, fmt.Errorf("%s: release %s: %w", d.cfg.Name, release, err)
+	}
+	return release, s, nil
+}
+
+// CheckSecrets compares the secrets of envFiles (a Bundle's) with those of
+// the host's current release and refuses, with a *SecretChangeError, to
+// replace a data-bound one that rotate does not name. A host without a
+// current release accepts anything. It changes nothing on the host.
+func (d *Deployer) CheckSecrets(ctx context.Context, envFiles map[string][]byte, rotate []string) error {
+	d.emit(StepSecrets, EventStart, "")
+	msg, err := d.checkSecrets(ctx, envFiles, rotate)
+	if err != nil {
+		d.emit(StepSecrets, EventFail, err.Error())
+		return err
+	}
+	d.emit(StepSecrets, EventOK, msg)
+	return nil
+}
+
+func (d *Deployer) checkSecrets(ctx context.Context, envFiles map[string][]byte, rotate []string) (string, error) {
+	release, host, err := d.CurrentSecrets(ctx)
+	if err != nil {
+		return "", err
+	}
+	if release == "" {
+		return "no current release: nothing to keep", nil
+	}
+	next, err := deployfiles.ReadDeployedSecrets(envFiles)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", d.cfg.Name, err)
+	}
+	var refused, rotated []string
+	for _, k := range host.Differ(next) {
+		switch {
+		case slices.Contains(rotate, k):
+			rotated = append(rotated, k)
+		case slices.Contains(deployfiles.DataBound, k):
+			refused = append(refused, k)
+		}
+	}
+	if len(refused) > 0 {
+		return "", &SecretChangeError{Target: d.cfg.Name, Keys: refused}
+	}
+	if len(rotated) > 0 {
+		return "those of release " + release + ", but " + strings.Join(rotated, ", ") + " replaced (--rotate)", nil
+	}
+	return "the data-bound ones are those of release " + release, nil
+}
+
+// currentEnvFiles returns the current release's id and its env files
+// (those under configs/environment), by project path; "" when the host
+// has no current release.
+func (h *host) currentEnvFiles(ctx context.Context) (string, map[string][]byte, error) {
+	envDir := path.Dir(deployfiles.EnvPath)
+	script := fmt.Sprintf(`cur=%s; [ -L "$cur" ] || exit 0; readlink "$cur"; cd "$cur"/%s 2>/dev/null || exit 0; for f in * .env*; do [ -f "$f" ] || continue; printf '%%s\n' "$f"; base64 -w0 "$f"; echo; done`,
+		sshx.Quote(h.currentLink()), sshx.Quote(envDir))
+	out, err := h.ssh.Run(ctx, script, nil)
+	if err != nil {
+		return "", nil, fmt.Errorf("%s: read the current release's env files: %w", h.name, err)
+	}
+	lines := strings.Split(string(out), "\n")
+	release := path.Base(strings.TrimSpace(lines[0]))
+	if strings.TrimSpace(lines[0]) == "" {
+		return "", nil, nil
+	}
+	files := map[string][]byte{}
+	for i := 1; i+1 < len(lines); i += 2 {
+		name := lines[i]
+		data, err := base64.StdEncoding.DecodeString(strings.TrimSpace(lines[i+1]))
+		if err != nil {
+			return "", nil, fmt.Errorf("%s: release %s: read %s/%s: %w", h.name, release, envDir, name, err)
+		}
+		files[envDir+"/"+name] = data
+	}
+	return release, files, nil
+}

@@ -1,0 +1,134 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/deployfiles"
+)
+
+// render is a render with new secrets, as a fresh clone makes.
+func render(t *testing.T) *deployfiles.Files {
+	t.Helper()
+	f, err := deployfiles.Render(context.Background(), deployfiles.Options{ImageName: "x/{service}", ImageTag: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// secretsFixture is a host (sshd only, no Docker) without a release.
+func secretsFixture(t *testing.T) (*Deployer, *[]Event) {
+	t.Helper()
+	f := &fixture{sshd: testenv.StartSSHD(t, testenv.SSHDOptions{}), dir: filepath.Join(t.TempDir(), "production")}
+	events := new([]Event)
+	d, err := New(Config{Name: "pi", SSH: f.dial(t), Dir: f.dir, Reporter: ReporterFunc(func(e Event) { *events = append(*events, e) })})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d, events
+}
+
+// deployed makes files the host's current release, as a deploy leaves it.
+func deployed(t *testing.T, d *Deployer, files *deployfiles.Files) {
+	t.Helper()
+	ctx := context.Background()
+	r := &Release{ID: "20260101T000000Z-v1", Version: "v1", Created: time.Unix(1, 0).UTC()}
+	if err := d.h.writeRelease(ctx, r, files.Compose, files.ServiceEnvs, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.h.record(ctx, r, ReleaseLive); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.h.makeCurrent(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCheckSecrets: a host without a release takes any secrets; one with
+// a release refuses a render with other secrets, naming every data-bound
+// key and no value, and takes it when each is rotated on purpose; its own
+// secrets pass.
+func TestCheckSecrets(t *testing.T) {
+	ctx := context.Background()
+	d, events := secretsFixture(t)
+	onHost, fresh := render(t), render(t)
+
+	if err := d.CheckSecrets(ctx, fresh.ServiceEnvs, nil); err != nil {
+		t.Fatalf("a host without a release: %v", err)
+	}
+	deployed(t, d, onHost)
+	if err := d.CheckSecrets(ctx, onHost.ServiceEnvs, nil); err != nil {
+		t.Fatalf("the host's own secrets: %v", err)
+	}
+
+	*events = nil
+	err := d.CheckSecrets(ctx, fresh.ServiceEnvs, nil)
+	var sc *SecretChangeError
+	if !errors.As(err, &sc) || sc.Target != "pi" {
+		t.Fatalf("new secrets: %v, want a *SecretChangeError of pi", err)
+	}
+	if !sameSet(sc.Keys, deployfiles.DataBound) {
+		t.Errorf("refused %v, want %v", sc.Keys, deployfiles.DataBound)
+	}
+	for _, k := range []string{"ENCRYPTION_KEY", "JWT_SECRET_KEY"} {
+		if !strings.Contains(err.Error(), k) {
+			t.Errorf("%q does not name %s", err, k)
+		}
+	}
+	said := err.Error()
+	for _, e := range *events {
+		said += "\n" + e.Message
+	}
+	for _, f := range []*deployfiles.Files{onHost, fresh} {
+		for _, k := range deployfiles.Secrets {
+			if v := f.EnvValues[k]; strings.Contains(said, v) {
+				t.Errorf("the value of %s was said: %q", k, said)
+			}
+		}
+	}
+
+	// Rotating some is not rotating all.
+	err = d.CheckSecrets(ctx, fresh.ServiceEnvs, []string{"ENCRYPTION_KEY"})
+	if !errors.As(err, &sc) || slices.Contains(sc.Keys, "ENCRYPTION_KEY") || !slices.Contains(sc.Keys, "JWT_SECRET_KEY") {
+		t.Errorf("--rotate ENCRYPTION_KEY: %v", err)
+	}
+	if err := d.CheckSecrets(ctx, fresh.ServiceEnvs, deployfiles.DataBound); err != nil {
+		t.Errorf("every one rotated: %v", err)
+	}
+
+	// A secret no data is bound to may change: the service key, which only
+	// services hold, with the mesh off.
+	d, _ = secretsFixture(t)
+	meshOff := func(values map[string]string) *deployfiles.Files {
+		f, err := deployfiles.Render(ctx, deployfiles.Options{ImageName: "x/{service}", ImageTag: "t", Existing: values, Set: map[string]string{"LUCID_MESH_URL": ""}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	before := meshOff(nil)
+	deployed(t, d, before)
+	values := maps.Clone(before.EnvValues)
+	values["LUCID_SERVICE_KEY"] = ""
+	after := meshOff(values)
+	if after.EnvValues["LUCID_SERVICE_KEY"] == before.EnvValues["LUCID_SERVICE_KEY"] {
+		t.Fatal("the service key was not made anew")
+	}
+	if err := d.CheckSecrets(ctx, after.ServiceEnvs, nil); err != nil {
+		t.Errorf("a new LUCID_SERVICE_KEY: %v", err)
+	}
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b))
+	return slices.Equal(a, b)
+}
