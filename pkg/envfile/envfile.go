@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/compose-spec/compose-go/v2/dotenv"
 )
@@ -164,4 +165,92 @@ func WriteAtomic(path string, data []byte) error {
 		return fmt.Errorf("write env file %s: %w", path, err)
 	}
 	return nil
+}
+
+// Set gives each key of values its value in the env file at path (created
+// with its directory if missing): a line that defines the key is replaced,
+// a key the file lacks is appended, and every other line is kept byte for
+// byte. The result is read back before it is written; if any other key's
+// value would change (a value quoted over several lines), nothing is
+// written. It returns the keys whose value changed, sorted.
+func Set(path string, values map[string]string) ([]string, error) {
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read env file %s: %w", path, err)
+	}
+	have := map[string]string{}
+	if len(old) > 0 {
+		if have, err = Parse(old); err != nil {
+			return nil, fmt.Errorf("read env file %s: %w", path, err)
+		}
+	}
+	var changed []string
+	for k, v := range values {
+		if cur, ok := have[k]; !ok || cur != v {
+			changed = append(changed, k)
+		}
+	}
+	if len(changed) == 0 {
+		return nil, nil
+	}
+	slices.Sort(changed)
+	lines := make(map[string]string, len(changed))
+	for _, k := range changed {
+		v, err := Value(k, values[k])
+		if err != nil {
+			return nil, fmt.Errorf("env file %s: %w", path, err) // nothing written
+		}
+		lines[k] = k + "=" + v
+	}
+	var buf bytes.Buffer
+	done := map[string]bool{}
+	for _, line := range bytes.SplitAfter(old, []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		if k := definedKey(line); lines[k] != "" {
+			buf.WriteString(lines[k] + "\n")
+			done[k] = true
+			continue
+		}
+		buf.Write(line)
+	}
+	if buf.Len() > 0 && buf.Bytes()[buf.Len()-1] != '\n' {
+		buf.WriteByte('\n')
+	}
+	for _, k := range changed {
+		if !done[k] {
+			buf.WriteString(lines[k] + "\n")
+		}
+	}
+	got, err := Parse(buf.Bytes())
+	if err != nil {
+		return nil, fmt.Errorf("env file %s: cannot set %s in place (%w); nothing was written", path, strings.Join(changed, ", "), err)
+	}
+	for k := range have {
+		if _, set := values[k]; !set && got[k] != have[k] {
+			return nil, fmt.Errorf("env file %s: setting %s would change %s (a value over several lines?); nothing was written", path, strings.Join(changed, ", "), k)
+		}
+	}
+	for k, v := range values {
+		if got[k] != v {
+			return nil, fmt.Errorf("env file %s: %s would not read back as set; nothing was written", path, k)
+		}
+	}
+	if err := WriteAtomic(path, buf.Bytes()); err != nil {
+		return nil, err
+	}
+	return changed, nil
+}
+
+// definedKey is the key a KEY=value line defines (an `export ` prefix
+// allowed), or "".
+func definedKey(line []byte) string {
+	s := strings.TrimSpace(string(line))
+	s = strings.TrimPrefix(s, "export ")
+	k, _, ok := strings.Cut(s, "=")
+	if !ok || strings.HasPrefix(s, "#") {
+		return ""
+	}
+	return strings.TrimSpace(k)
 }
