@@ -72,6 +72,9 @@ type Options struct {
 	Hosts []string
 	// SkipUnreachable goes on with the hosts that answer.
 	SkipUnreachable bool
+	// Rotate names the data-bound secrets the release may replace on
+	// hosts that hold others.
+	Rotate []string
 }
 
 // NewCmds returns deploy, rollback and releases.
@@ -99,16 +102,20 @@ stderr).
   1. check the rendered compose and env files (as lucidctl validate does);
   2. connect to every host over SSH (known_hosts verified), so that a wrong key
      or an unknown host stops the deploy before anything is built or changed;
-  3. build the images (or take --lucid, a ready binary) for lucid.yaml's platforms;
+  3. compare the secrets the release carries with each host's current
+     release's, and refuse to replace one its data is bound to (ENCRYPTION_KEY,
+     JWT_SECRET_KEY, LUCID_MESH_TOKEN, CONSUL_HTTP_TOKEN, LUCID_OPERATOR_TOKEN)
+     unless --rotate KEY names it (checked again after each host's preflight);
+  4. build the images (or take --lucid, a ready binary) for lucid.yaml's platforms;
   then, host by host:
-  4. check the host: Docker, compose, flock, architecture, free disk, clock,
+  5. check the host: Docker, compose, flock, architecture, free disk, clock,
      the external network;
-  5. take the host's deploy lock (renewed while the deploy runs);
-  6. send only the image layers the host's Docker lacks, over the same connection;
-  7. write a release directory (compose, env 0600, the gateway's route table,
+  6. take the host's deploy lock (renewed while the deploy runs);
+  7. send only the image layers the host's Docker lacks, over the same connection;
+  8. write a release directory (compose, env 0600, the gateway's route table,
      release.json) under the deploy dir;
-  8. compose up, then wait until every service is healthy and the gateway answers;
-  9. on success, point current at the new release and record it live; on
+  9. compose up, then wait until every service is healthy and the gateway answers;
+  10. on success, point current at the new release and record it live; on
      failure, record it failed, bring the previous release back and show the
      failing services' health output and logs.
 
@@ -120,6 +127,7 @@ either.`,
   lucidctl deploy pi --dry-run
   lucidctl deploy fleet --json
   lucidctl deploy fleet --hosts pi2,pi3 --skip-unreachable
+  lucidctl deploy pi --rotate JWT_SECRET_KEY   # every issued token stops working
   lucidctl deploy pi --accept-new-host-key   # the first time, after checking the fingerprint`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Names = args
@@ -137,7 +145,19 @@ either.`,
 	f.BoolVar(&opts.Insecure, "insecure-registry", false, "plain HTTP to the --via-registry registry")
 	f.StringSliceVar(&opts.Hosts, "hosts", nil, "only these of the targets named (comma-separated)")
 	f.BoolVar(&opts.SkipUnreachable, "skip-unreachable", false, "go on with the hosts that answer, and name the ones that did not")
+	f.StringArrayVar(&opts.Rotate, "rotate", nil, "replace this data-bound secret of the hosts' current release on purpose (repeatable)")
+	_ = cmd.RegisterFlagCompletionFunc("rotate", cobra.FixedCompletions(deployfiles.DataBound, cobra.ShellCompDirectiveNoFileComp))
 	return cli.SupportsJSON(cmd)
+}
+
+// checkRotate refuses a --rotate that names no secret render makes.
+func checkRotate(keys []string) error {
+	for _, k := range keys {
+		if !slices.Contains(deployfiles.Secrets, k) {
+			return cli.Usage(fmt.Errorf("--rotate: %q is not a secret of %s (one of: %s)", k, deployfiles.EnvPath, strings.Join(deployfiles.Secrets, ", ")))
+		}
+	}
+	return nil
 }
 
 func runDeploy(ctx context.Context, opts *Options) error {
@@ -160,6 +180,9 @@ func runDeploy(ctx context.Context, opts *Options) error {
 		targets = append(targets, ts...)
 	}
 	if targets, err = onlyHosts(targets, opts.Hosts); err != nil {
+		return err
+	}
+	if err := checkRotate(opts.Rotate); err != nil {
 		return err
 	}
 	files, err := readRendered(ctx, cfg)
@@ -205,11 +228,25 @@ func runDeploy(ctx context.Context, opts *Options) error {
 	if len(skipped) > 0 {
 		fmt.Fprintf(opts.Env.IO.ErrOut, "skipped %d unreachable host(s): %s\n", len(skipped), strings.Join(skipped, ", "))
 	}
+	// Every host's secrets before the build: a fresh clone's new ones are
+	// refused at once, and a group's before its canary changes.
+	for i, name := range targets {
+		if clients[i] == nil {
+			continue
+		}
+		t, err := cfg.Target(name)
+		if err != nil {
+			return cli.Usage(err)
+		}
+		if err := checkSecrets(ctx, deploy.Config{Name: name, SSH: clients[i], Dir: t.Dir, Project: t.Project, DockerSocket: opts.SSH.dockerSocket, Reporter: p}, files.envs, opts.Rotate); err != nil {
+			return err
+		}
+	}
 	built, version, err := buildImages(ctx, opts, cfg)
 	if err != nil {
 		return err
 	}
-	bundle := deploy.Bundle{Compose: files.compose, EnvFiles: files.envs, Routes: files.routes, Version: version, Images: built}
+	bundle := deploy.Bundle{Compose: files.compose, EnvFiles: files.envs, Routes: files.routes, Version: version, Images: built, Rotate: opts.Rotate}
 
 	var live []int // the hosts to deploy to, in order: the first is the canary
 	for i := range targets {
@@ -296,6 +333,17 @@ func deployTo(ctx context.Context, c deploy.Config, bundle deploy.Bundle, dry bo
 		return d.DryRun(ctx, bundle)
 	}
 	return d.Deploy(ctx, bundle)
+}
+
+// checkSecrets compares envFiles' secrets with those of the current
+// release of the one target c names (deploy.Deployer.CheckSecrets).
+func checkSecrets(ctx context.Context, c deploy.Config, envFiles map[string][]byte, rotate []string) error {
+	d, err := deploy.New(c)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.CheckSecrets(ctx, envFiles, rotate)
 }
 
 // onlyTarget is what `deploy` without an argument deploys to: the one
