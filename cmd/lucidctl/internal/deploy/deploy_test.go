@@ -80,7 +80,8 @@ func TestDryRunChangesNothing(t *testing.T) {
 		}
 		steps = append(steps, e.Step+"/"+e.Status)
 	}
-	want := []string{"preflight/start", "preflight/ok", "plan/ok", "result/"}
+	// The secrets are checked before the build, and again after preflight.
+	want := []string{"secrets/start", "secrets/ok", "preflight/start", "preflight/ok", "secrets/start", "secrets/ok", "plan/ok", "result/"}
 	if strings.Join(steps, " ") != strings.Join(want, " ") {
 		t.Errorf("events %v, want %v", steps, want)
 	}
