@@ -14,8 +14,9 @@ import (
 // TestTestsDoNotSleep: no test waits by sleeping. A sleep stands in for
 // "long enough", which is too long on an idle machine and too short on a
 // busy one. Tests wait for the event itself (a channel, a readiness probe,
-// a polled condition with a deadline), or run in a testing/synctest bubble,
-// where time.Sleep moves a fake clock and is allowed.
+// a polled condition with a deadline). In a testing/synctest bubble the
+// fake clock is moved by waiting on a ticker, so even there a sleep is not
+// needed.
 //
 // Caught: time.Sleep(d), and <-time.After(d) as a statement of its own.
 func TestTestsDoNotSleep(t *testing.T) {
@@ -40,7 +41,7 @@ func TestTestsDoNotSleep(t *testing.T) {
 			return err
 		}
 		for _, s := range sleepsIn(t, path) {
-			t.Errorf("%s:%d: %s: wait for the event, or run the test in a synctest bubble", filepath.ToSlash(rel), s.line, s.what)
+			t.Errorf("%s:%d: %s: wait for the event (in a synctest bubble, on a ticker)", filepath.ToSlash(rel), s.line, s.what)
 		}
 		return nil
 	})
@@ -57,8 +58,7 @@ type sleep struct {
 	what string
 }
 
-// sleepsIn parses one test file and returns its sleeps outside synctest
-// bubbles.
+// sleepsIn parses one test file and returns its sleeps.
 func sleepsIn(t *testing.T, path string) []sleep {
 	t.Helper()
 	fset := token.NewFileSet()
@@ -66,35 +66,28 @@ func sleepsIn(t *testing.T, path string) []sleep {
 	if err != nil {
 		t.Fatal(err)
 	}
-	timePkg, synctestPkg := importName(f, "time"), importName(f, "testing/synctest")
+	timePkg := importName(f, "time")
 	if timePkg == "" {
 		return nil
 	}
 	var found []sleep
-	var walk func(n ast.Node, bubbled bool)
-	walk = func(n ast.Node, bubbled bool) {
+	var walk func(n ast.Node)
+	walk = func(n ast.Node) {
 		ast.Inspect(n, func(n ast.Node) bool {
 			switch n := n.(type) {
 			case *ast.CommClause:
 				// A select's time.After case bounds a wait for an
 				// event; it is a timeout, not a sleep.
 				for _, st := range n.Body {
-					walk(st, bubbled)
+					walk(st)
 				}
 				return false
 			case *ast.CallExpr:
-				if synctestPkg != "" && isCall(n, synctestPkg, "Test") {
-					// The function given to synctest.Test runs on the fake clock.
-					for _, arg := range n.Args {
-						walk(arg, true)
-					}
-					return false
-				}
-				if !bubbled && isCall(n, timePkg, "Sleep") {
+				if isCall(n, timePkg, "Sleep") {
 					found = append(found, sleep{fset.Position(n.Pos()).Line, timePkg + ".Sleep"})
 				}
 			case *ast.ExprStmt:
-				if u, ok := n.X.(*ast.UnaryExpr); ok && u.Op == token.ARROW && !bubbled {
+				if u, ok := n.X.(*ast.UnaryExpr); ok && u.Op == token.ARROW {
 					if c, ok := u.X.(*ast.CallExpr); ok && isCall(c, timePkg, "After") {
 						found = append(found, sleep{fset.Position(n.Pos()).Line, "<-" + timePkg + ".After"})
 					}
@@ -103,7 +96,7 @@ func sleepsIn(t *testing.T, path string) []sleep {
 			return true
 		})
 	}
-	walk(f, false)
+	walk(f)
 	return found
 }
 
