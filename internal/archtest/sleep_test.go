@@ -5,6 +5,7 @@ import (
 	"go/parser"
 	"go/token"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -127,4 +128,32 @@ func isCall(c *ast.CallExpr, pkg, name string) bool {
 	}
 	id, ok := sel.X.(*ast.Ident)
 	return ok && id.Name == pkg
+}
+
+// TestSleepsInFindsThem: the guard itself finds a sleep, a bare
+// <-time.After under another import name, and leaves a select's timeout.
+func TestSleepsInFindsThem(t *testing.T) {
+	src := `package x
+
+import (
+	"testing"
+	tm "time"
+)
+
+func TestX(t *testing.T) {
+	tm.Sleep(tm.Second)
+	<-tm.After(tm.Second)
+	select {
+	case <-tm.After(tm.Second):
+	}
+}
+`
+	path := filepath.Join(t.TempDir(), "x_test.go")
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := sleepsIn(t, path)
+	if len(got) != 2 || got[0].what != "tm.Sleep" || got[0].line != 9 || got[1].what != "<-tm.After" || got[1].line != 10 {
+		t.Errorf("found %+v; want tm.Sleep on line 9 and <-tm.After on line 10, and not the select", got)
+	}
 }
