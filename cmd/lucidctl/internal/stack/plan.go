@@ -65,15 +65,14 @@ func (p *plan) names() []string {
 	return out
 }
 
+// runs reports whether the service called name is among the plan's.
+func (p *plan) runs(name string) bool {
+	return slices.ContainsFunc(p.services, func(s catalog.Service) bool { return s.Name == name })
+}
+
 // absent lists the names that are not among the plan's services.
 func (p *plan) absent(names []string) []string {
-	var out []string
-	for _, n := range names {
-		if !slices.ContainsFunc(p.services, func(s catalog.Service) bool { return s.Name == n }) {
-			out = append(out, n)
-		}
-	}
-	return out
+	return slices.DeleteFunc(slices.Clone(names), p.runs)
 }
 
 // discovery is how the stack's gateway finds the services.
@@ -135,7 +134,7 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 		deps := slices.Clone(s.DependsOn)
 		// Those it merely starts after, when they run too.
 		for _, a := range s.After {
-			if len(p.absent([]string{a})) == 0 {
+			if p.runs(a) {
 				deps = append(deps, a)
 			}
 		}
