@@ -19,7 +19,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/http"
 	"strconv"
@@ -35,7 +34,6 @@ import (
 	"github.com/pickme/lucid/pkg/api/meshapi"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deploy"
-	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/meshtls"
 )
 
@@ -95,26 +93,11 @@ type credentials struct {
 // readCredentials takes each value from the environment, else the env
 // file.
 func readCredentials(env *cli.Env, path string) (*credentials, error) {
-	if path == "" {
-		cfg, err := env.Config()
-		if err != nil {
-			return nil, err
-		}
-		path = cfg.Abs(cfg.Local.EnvFile)
-	}
-	vars, err := envfile.Read(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		vars = map[string]string{}
-	case err != nil:
+	vals, err := env.OperatorEnv(path)
+	if err != nil {
 		return nil, err
 	}
-	value := func(k string) (string, string) {
-		if v := env.Getenv(k); v != "" {
-			return v, "the environment"
-		}
-		return vars[k], path
-	}
+	path, value := vals.Path, vals.Value
 	c := &credentials{}
 	c.operator, c.source = value("LUCID_OPERATOR_TOKEN")
 	c.mesh, _ = value("LUCID_MESH_TOKEN")

@@ -7,10 +7,8 @@ package observe
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"strings"
 	"sync"
 	"time"
@@ -21,7 +19,6 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/pkg/deploy"
-	"github.com/pickme/lucid/pkg/envfile"
 )
 
 // StatusOptions are the inputs of `lucidctl status --target`.
@@ -121,21 +118,13 @@ func RunStatus(ctx context.Context, opts *StatusOptions) error {
 // the operator's env file; "" when neither has it (the figures that need
 // it are then unknown, and say so).
 func operatorToken(env *cli.Env) string {
-	if t := env.Getenv("LUCID_OPERATOR_TOKEN"); t != "" {
-		return t
-	}
-	cfg, err := env.Config()
+	vals, err := env.OperatorEnv("")
 	if err != nil {
+		env.Logger.Warn("the operator's env file could not be read; figures that need the operator token will be unknown", "error", err)
 		return ""
 	}
-	vars, err := envfile.Read(cfg.Abs(cfg.Local.EnvFile))
-	if err != nil {
-		if !errors.Is(err, fs.ErrNotExist) {
-			env.Logger.Warn("the operator's env file could not be read; figures that need the operator token will be unknown", "error", err)
-		}
-		return ""
-	}
-	return vars["LUCID_OPERATOR_TOKEN"]
+	token, _ := vals.Value("LUCID_OPERATOR_TOKEN")
+	return token
 }
 
 // printHost writes one host: a heading with its release, the containers,
