@@ -3,6 +3,7 @@ package stack_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -29,9 +30,12 @@ func TestFirstHour(t *testing.T) {
 	// Nowhere for "auto" to find an agent.
 	t.Setenv("LUCID_CONSUL_BIN", "")
 	t.Setenv("LUCID_TOOLS_DIR", t.TempDir())
-	const offset, second = 27000, 28000
+	// Both stacks' ports stay below 32768, out of the kernel's ephemeral
+	// range: a test's outgoing connection may hold any port in that range,
+	// and a stack listening there would then fail to start.
+	const offset, second = 11000, 12000
 	p := newProject(t, offset)
-	p.write("lucid.yaml", "local:\n  state_dir: state\n  env_file: secrets.env\n  consul: auto\n  port_offset: 27000\n")
+	p.write("lucid.yaml", "local:\n  state_dir: state\n  env_file: secrets.env\n  consul: auto\n  port_offset: "+strconv.Itoa(offset)+"\n")
 	// Blocks every second, so that a seal comes quickly.
 	p.write("secrets.env", "LUCID_BLOCK_INTERVAL=1s\n")
 	ctx := context.Background()
@@ -101,7 +105,7 @@ func TestFirstHour(t *testing.T) {
 	t.Cleanup(func() { p.lucidctl(context.Background(), "down", "--port-offset", strconv.Itoa(second)) })
 	r = p.lucidctl(ctx, "up", "-d", "gateway", "--port-offset", strconv.Itoa(second), "--lucid", lucidBin, "--wait-timeout", "60s")
 	if r.code != 0 {
-		t.Fatalf("second up: exit %d\n%s", r.code, r.errOut)
+		t.Fatalf("second up: exit %d\n%s\ngateway log:\n%s", r.code, r.errOut, p.read(fmt.Sprintf("state/offset-%d/logs/gateway.log", second)))
 	}
 	if !strings.Contains(r.errOut, "gateway runs without engine, anchoring, blocks, datachain") {
 		t.Errorf("up gateway does not say what it runs without:\n%s", r.errOut)
@@ -141,7 +145,7 @@ func TestFirstHour(t *testing.T) {
 	if st, sr := p.status(); sr.code != 0 || !st.Running || len(st.Services) != 6 {
 		t.Errorf("the first stack after the second's down: exit %d, running %v", sr.code, st.Running)
 	}
-	if a := p.lucidctl(ctx, "status", "--port-offset", strconv.Itoa(second)); a.code != 3 || !strings.Contains(a.errOut, "running beside it: the stack at --port-offset 27000") {
+	if a := p.lucidctl(ctx, "status", "--port-offset", strconv.Itoa(second)); a.code != 3 || !strings.Contains(a.errOut, "running beside it: the stack at --port-offset "+strconv.Itoa(offset)) {
 		t.Errorf("status of the stopped second stack: exit %d %s", a.code, a.errOut)
 	}
 }
