@@ -352,3 +352,20 @@ func (c *Client) RemoveVoter(ctx context.Context, operatorToken, id, key string)
 	}
 	return &out, nil
 }
+
+// FenceFile is the file, in the engine's data directory, whose presence
+// keeps the engine from producing blocks: a restore writes it, because the
+// node it restores may have signed blocks after the backup that the
+// restored copy does not hold. Only the operator lifts it (see Fence).
+const FenceFile = "fence.json"
+
+// Fence is the content of FenceFile.
+type Fence struct {
+	// Reason says why the engine is fenced ("restored").
+	Reason string `json:"reason"`
+	// Backup is the id of the backup that was restored.
+	Backup string `json:"backup,omitempty"`
+	// RestoredHeight is the chain height the restored copy holds.
+	RestoredHeight uint64    `json:"restored_height"`
+	At             time.Time `json:"at"`
+}
