@@ -1,0 +1,291 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"filippo.io/age"
+	"filippo.io/age/agessh"
+
+	"github.com/pickme/lucid/pkg/api/snapshotapi"
+)
+
+// Backup is a complete backup, loaded.
+type Backup struct {
+	Manifest
+}
+
+// Load reads and decrypts backup id's manifest.
+func (r *Repository) Load(ctx context.Context, id string, identities []age.Identity) (*Backup, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if !validID(id) {
+		return nil, fmt.Errorf("%q: %w", id, ErrNoBackup)
+	}
+	raw, err := os.ReadFile(filepath.Join(r.dir, backupsDir, id+r.manifestSuffix()))
+	if errors.Is(err, os.ErrNotExist) {
+		if _, perr := os.Stat(filepath.Join(r.dir, backupsDir, id+partialSuffix)); perr == nil {
+			return nil, fmt.Errorf("backup %s is partial (it never completed): %w", id, ErrNoBackup)
+		}
+		return nil, fmt.Errorf("backup %s: %w", id, ErrNoBackup)
+	}
+	if err != nil {
+		return nil, err
+	}
+	plain, err := r.open(raw, identities)
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", id, err)
+	}
+	var b Backup
+	if err := json.Unmarshal(plain, &b.Manifest); err != nil {
+		return nil, fmt.Errorf("backup %s: manifest: %w: %w", id, ErrCorrupt, err)
+	}
+	if b.Format != ManifestFormat {
+		return nil, fmt.Errorf("backup %s: manifest format %d, this lucidctl reads %d", id, b.Format, ManifestFormat)
+	}
+	if b.ID != id {
+		return nil, fmt.Errorf("backup %s: its manifest names backup %s: %w", id, b.ID, ErrCorrupt)
+	}
+	return &b, nil
+}
+
+// open decrypts raw in an encrypted repository.
+func (r *Repository) open(raw []byte, identities []age.Identity) ([]byte, error) {
+	if !r.marker.Encrypted {
+		return raw, nil
+	}
+	if len(identities) == 0 {
+		return nil, errors.New("the repository is encrypted and no identity was given")
+	}
+	d, err := age.Decrypt(bytes.NewReader(raw), identities...)
+	if err != nil {
+		var nm *age.NoIdentityMatchError
+		if errors.As(err, &nm) {
+			return nil, ErrWrongIdentity
+		}
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	b, err := io.ReadAll(d)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	return b, nil
+}
+
+// readPiece reads, decrypts and checks the blob of sum.
+func (r *Repository) readPiece(sum string, identities []age.Identity) ([]byte, error) {
+	if !validSum(sum) {
+		return nil, fmt.Errorf("piece %q: %w", sum, ErrCorrupt)
+	}
+	raw, err := os.ReadFile(r.blobPath(sum))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("piece %s is missing: %w", sum, ErrCorrupt)
+	}
+	if err != nil {
+		return nil, err
+	}
+	data, err := r.open(raw, identities)
+	if err != nil {
+		return nil, fmt.Errorf("piece %s: %w", sum, err)
+	}
+	if got := sha256Hex(data); got != sum {
+		return nil, fmt.Errorf("piece %s holds data of SHA-256 %s: %w", sum, got, ErrCorrupt)
+	}
+	return data, nil
+}
+
+// File finds a file of the backup: a service's, or with EnvService one of
+// the host's env files.
+func (b *Backup) File(service, path string) (*snapshotapi.File, error) {
+	var files []snapshotapi.File
+	if service == EnvService {
+		files = b.Env
+	} else {
+		m, ok := b.Service(service)
+		if !ok {
+			return nil, fmt.Errorf("backup %s holds no snapshot of %s", b.ID, service)
+		}
+		files = m.Files
+	}
+	for i := range files {
+		if files[i].Path == path {
+			return &files[i], nil
+		}
+	}
+	return nil, fmt.Errorf("backup %s holds no file %s of %s", b.ID, path, service)
+}
+
+// Open reassembles a file of backup b from its pieces, checking each
+// piece's hash and, at the end, the whole file's: a reader that reaches
+// io.EOF has returned exactly the file that was backed up. The caller
+// closes it.
+func (r *Repository) Open(ctx context.Context, b *Backup, service, path string, identities []age.Identity) (io.ReadCloser, error) {
+	f, err := b.File(service, path)
+	if err != nil {
+		return nil, err
+	}
+	return &fileReader{ctx: ctx, repo: r, file: f, ids: identities, sum: sha256.New()}, nil
+}
+
+type fileReader struct {
+	ctx  context.Context
+	repo *Repository
+	file *snapshotapi.File
+	ids  []age.Identity
+	sum  hash.Hash
+
+	next int    // index of the next piece
+	buf  []byte // the rest of the current piece
+	read int64
+	err  error
+}
+
+func (f *fileReader) Read(p []byte) (int, error) {
+	if f.err != nil {
+		return 0, f.err
+	}
+	for len(f.buf) == 0 {
+		if f.next == len(f.file.Pieces) {
+			f.err = f.finish()
+			return 0, f.err
+		}
+		if err := f.ctx.Err(); err != nil {
+			f.err = err
+			return 0, err
+		}
+		data, err := f.repo.readPiece(f.file.Pieces[f.next], f.ids)
+		if err != nil {
+			f.err = fmt.Errorf("%s: %w", f.file.Path, err)
+			return 0, f.err
+		}
+		f.next++
+		f.sum.Write(data)
+		f.buf = data
+	}
+	n := copy(p, f.buf)
+	f.buf = f.buf[n:]
+	f.read += int64(n)
+	return n, nil
+}
+
+func (f *fileReader) finish() error {
+	if f.read != f.file.Size {
+		return fmt.Errorf("%s: reassembled %d bytes, the manifest says %d: %w", f.file.Path, f.read, f.file.Size, ErrCorrupt)
+	}
+	if got := hex.EncodeToString(f.sum.Sum(nil)); got != f.file.SHA256 {
+		return fmt.Errorf("%s: reassembled file has SHA-256 %s, the manifest says %s: %w", f.file.Path, got, f.file.SHA256, ErrCorrupt)
+	}
+	return io.EOF
+}
+
+func (f *fileReader) Close() error { return nil }
+
+// VerifyReport is what Verify found.
+type VerifyReport struct {
+	ID     string `json:"id"`
+	Pieces int    `json:"pieces"`
+	Bytes  int64  `json:"bytes"`
+	// Problems name each missing or corrupt piece.
+	Problems []string `json:"problems,omitempty"`
+}
+
+// Verify checks that every piece of backup id is present, decrypts, and
+// holds what its name says. Problems found are in the report, and the
+// error then wraps ErrCorrupt.
+func (r *Repository) Verify(ctx context.Context, id string, identities []age.Identity) (*VerifyReport, error) {
+	b, err := r.Load(ctx, id, identities)
+	if err != nil {
+		return nil, err
+	}
+	rep := &VerifyReport{ID: id}
+	seen := map[string]bool{}
+	check := func(where string, f *snapshotapi.File) error {
+		for _, sum := range f.Pieces {
+			if seen[sum] {
+				continue
+			}
+			seen[sum] = true
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			data, err := r.readPiece(sum, identities)
+			if err != nil {
+				rep.Problems = append(rep.Problems, fmt.Sprintf("%s %s: %v", where, f.Path, err))
+				continue
+			}
+			rep.Pieces++
+			rep.Bytes += int64(len(data))
+		}
+		return nil
+	}
+	for _, s := range b.Services {
+		for i := range s.Files {
+			if err := check(s.Service, &s.Files[i]); err != nil {
+				return rep, err
+			}
+		}
+	}
+	for i := range b.Env {
+		if err := check(EnvService, &b.Env[i]); err != nil {
+			return rep, err
+		}
+	}
+	if len(rep.Problems) > 0 {
+		return rep, fmt.Errorf("backup %s: %d problem(s): %w", id, len(rep.Problems), ErrCorrupt)
+	}
+	return rep, nil
+}
+
+// ParseRecipient parses one recipient as lucid.yaml's backup.recipients
+// holds them: an age X25519 key (age1...) or an SSH public key
+// (ssh-ed25519 ..., ssh-rsa ...).
+func ParseRecipient(s string) (age.Recipient, error) {
+	s = strings.TrimSpace(s)
+	if strings.HasPrefix(s, "ssh-") {
+		r, err := agessh.ParseRecipient(s)
+		if err != nil {
+			return nil, fmt.Errorf("ssh recipient: %w", err)
+		}
+		return r, nil
+	}
+	rs, err := age.ParseRecipients(strings.NewReader(s))
+	if err != nil {
+		return nil, err
+	}
+	if len(rs) != 1 {
+		return nil, fmt.Errorf("%d recipients in one entry", len(rs))
+	}
+	return rs[0], nil
+}
+
+// ReadIdentities reads the identities of an age identity file (age-keygen's
+// output) or an unencrypted SSH private key.
+func ReadIdentities(path string) ([]age.Identity, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if bytes.Contains(b, []byte("PRIVATE KEY")) {
+		id, err := agessh.ParseIdentity(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return []age.Identity{id}, nil
+	}
+	ids, err := age.ParseIdentities(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return ids, nil
+}
