@@ -25,6 +25,7 @@ import (
 
 	"github.com/pickme/lucid/pkg/benchtarget"
 	"github.com/pickme/lucid/pkg/isolation"
+	"github.com/pickme/lucid/pkg/backup"
 	"github.com/pickme/lucid/pkg/yamlkeys"
 )
 
@@ -51,6 +52,8 @@ type Config struct {
 	// Bench holds our own performance goals, which `lucidctl bench`
 	// checks beside the Phase 2 targets; zero means no goal.
 	Bench BenchGoals `yaml:"bench"`
+	// Backup configures `lucidctl backup` and `lucidctl restore`.
+	Backup Backup `yaml:"backup"`
 
 	// Dir is the directory of the file (or the working directory when there
 	// is no file); relative paths in the file are relative to it.
@@ -98,6 +101,20 @@ type Local struct {
 	// PortOffset is added to every port of the local stack; it also names
 	// the stack (`lucidctl status --port-offset N`).
 	PortOffset int `yaml:"port_offset"`
+}
+
+// Backup configures the operator's backups.
+type Backup struct {
+	// Dir is the backup repository `lucidctl backup` writes when --to is
+	// not given; relative to the file's directory.
+	Dir string `yaml:"dir"`
+	// Recipients encrypt every backup: age X25519 keys (age1...) or SSH
+	// public keys (ssh-ed25519 ..., ssh-rsa ...). None: backups are
+	// refused unless --plaintext.
+	Recipients []string `yaml:"recipients"`
+	// Identity is the path of the age identity file (or SSH private key)
+	// that decrypts backups for restores; never the key itself.
+	Identity string `yaml:"identity"`
 }
 
 // Defaults, from DESIGN.md.
@@ -274,6 +291,14 @@ func (c *Config) validate(name string) error {
 		if v := c.Bench[k]; v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
 			bad("bench.%s %g is not a goal: a positive number, or 0 for none", k, v)
 		}
+	}
+	for i, r := range c.Backup.Recipients {
+		if _, err := backup.ParseRecipient(r); err != nil {
+			bad("backup.recipients[%d]: %q is not an age recipient (age1...) or an SSH public key (ssh-ed25519 ..., ssh-rsa ...): %v", i, r, err)
+		}
+	}
+	if strings.HasPrefix(strings.TrimSpace(c.Backup.Identity), "AGE-SECRET-KEY-") {
+		bad("backup.identity holds a secret key: it must be the path of the identity file, and the key must not be in lucid.yaml")
 	}
 	if !strings.Contains(c.Images.Name, "{service}") {
 		bad("images.name %q must contain {service}", c.Images.Name)

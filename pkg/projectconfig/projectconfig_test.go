@@ -195,3 +195,31 @@ func TestBenchGoals(t *testing.T) {
 		t.Errorf("a negative goal: %v", err)
 	}
 }
+
+func TestBackupSection(t *testing.T) {
+	src := `backup:
+  dir: backups
+  recipients:
+    - age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+    - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL9maxx8rf4DNNPH5/qmvHd6xxAnows0xI/3bhR8n/Qc op@laptop
+  identity: ~/.config/lucid/backup.key
+`
+	c, err := Parse("lucid.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Backup.Dir != "backups" || len(c.Backup.Recipients) != 2 || c.Backup.Identity == "" {
+		t.Fatalf("backup = %+v", c.Backup)
+	}
+	for src, want := range map[string]string{
+		"backup:\n  recipients: [age1nope]\n":                 "backup.recipients[0]",
+		"backup:\n  identity: AGE-SECRET-KEY-1QQQ\n":          "must be the path of the identity file",
+		"backup:\n  recipient: [age1nope]\n":                  `did you mean "recipients"?`,
+		"backup:\n  recipients: [ssh-ed25519 AAAAnotakey]\n": "SSH public key",
+	} {
+		_, err := Parse("lucid.yaml", []byte(src))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Parse(%q) = %v, want an error containing %q", src, err, want)
+		}
+	}
+}
