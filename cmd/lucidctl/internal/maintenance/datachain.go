@@ -40,7 +40,7 @@ Exits 3 when a scrub found damage on any host.`,
 }
 
 func datachain(ctx context.Context, s *session, timeout time.Duration) (*datachainapi.Client, error) {
-	hc, base, err := s.client(ctx, "datachain", timeout)
+	hc, base, err := s.Client(ctx, "datachain", timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -57,14 +57,14 @@ func runScrub(ctx context.Context, opts *ScrubOptions) error {
 		if err != nil {
 			return nil, err
 		}
-		s.say("scrubbing %d chunk(s) in %d pack(s)", st.Chunks, st.Packs)
+		s.Say("scrubbing %d chunk(s) in %d pack(s)", st.Chunks, st.Packs)
 		stop := ticker(s, "scrubbing")
 		rep, err := dc.Scrub(ctx)
 		stop()
 		if err != nil {
 			return nil, err
 		}
-		s.say("scrubbed %d chunk(s), %s, in %s", rep.Chunks, bytesText(rep.Bytes), rep.FinishedAt.Sub(rep.StartedAt).Round(time.Millisecond))
+		s.Say("scrubbed %d chunk(s), %s, in %s", rep.Chunks, bytesText(rep.Bytes), rep.FinishedAt.Sub(rep.StartedAt).Round(time.Millisecond))
 		return rep, nil
 	})
 	if out == nil {
@@ -140,7 +140,7 @@ func runCompact(ctx context.Context, opts *CompactOptions) error {
 		if err != nil {
 			return nil, err
 		}
-		s.say("compacting: %d pack(s), %s, of which %s dead", before.Packs, bytesText(before.PackBytes), bytesText(before.DeadBytes))
+		s.Say("compacting: %d pack(s), %s, of which %s dead", before.Packs, bytesText(before.PackBytes), bytesText(before.DeadBytes))
 		stop := ticker(s, "compacting")
 		rep, err := dc.Compact(ctx)
 		stop()
@@ -151,7 +151,7 @@ func runCompact(ctx context.Context, opts *CompactOptions) error {
 		if err != nil {
 			return nil, err
 		}
-		s.say("compacted %d pack(s), moved %d chunk(s)", len(rep.Packs), rep.MovedChunks)
+		s.Say("compacted %d pack(s), moved %d chunk(s)", len(rep.Packs), rep.MovedChunks)
 		return &CompactResult{CompactReport: *rep, DeadBytesBefore: before.DeadBytes, DeadBytesAfter: after.DeadBytes}, nil
 	})
 	if out == nil {

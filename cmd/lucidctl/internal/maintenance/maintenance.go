@@ -14,13 +14,10 @@ package maintenance
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -30,11 +27,8 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
-	"github.com/pickme/lucid/pkg/api"
-	"github.com/pickme/lucid/pkg/api/meshapi"
-	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/hostservices"
 	"github.com/pickme/lucid/pkg/deploy"
-	"github.com/pickme/lucid/pkg/meshtls"
 )
 
 // NewCmd returns the maintenance command.
@@ -76,178 +70,8 @@ func (f *Flags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.EnvFile, "env-file", "", "the operator's env file, with LUCID_OPERATOR_TOKEN and LUCID_MESH_TOKEN (default: local.env_file of lucid.yaml)")
 }
 
-// credentials are the operator's: never printed, logged or put in an
-// error.
-type credentials struct {
-	operator string // LUCID_OPERATOR_TOKEN
-	// mesh is the controller's LUCID_MESH_TOKEN, from which the enrolment
-	// token that authenticates the trust bundle is derived.
-	mesh string
-	// meshOn says the env file switches mTLS on (LUCID_MESH_URL): a
-	// service that answers in plain HTTP is then refused.
-	meshOn bool
-	// source names where the operator token came from.
-	source string
-}
-
-// readCredentials takes each value from the environment, else the env
-// file.
-func readCredentials(env *cli.Env, path string) (*credentials, error) {
-	vals, err := env.OperatorEnv(path)
-	if err != nil {
-		return nil, err
-	}
-	path, value := vals.Path, vals.Value
-	c := &credentials{}
-	c.operator, c.source = value("LUCID_OPERATOR_TOKEN")
-	c.mesh, _ = value("LUCID_MESH_TOKEN")
-	meshURL, _ := value("LUCID_MESH_URL")
-	c.meshOn = meshURL != ""
-	if c.operator == "" {
-		return nil, cli.WithHint(fmt.Errorf("LUCID_OPERATOR_TOKEN is in neither the environment nor %s", path),
-			"`lucidctl render` generates it into the env file the deployment is rendered from; use that file (--env-file)")
-	}
-	return c, nil
-}
-
 // session is one host's services, reached through its SSH connection.
-type session struct {
-	host   *fleet.Host
-	offset int
-	creds  *credentials
-	say    func(format string, args ...any) // progress on stderr, named by host
-
-	mu         sync.Mutex
-	probed     bool
-	tls        bool
-	bundle     []*x509.Certificate
-	transports []*http.Transport
-}
-
-// addr is where service listens on the host's loopback.
-func (s *session) addr(service string) string {
-	svc, _ := catalog.Lookup(service)
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(svc.Port+s.offset))
-}
-
-// transport dials every connection to addr through SSH.
-func (s *session) transport(addr string, tc *tls.Config) *http.Transport {
-	tr := &http.Transport{
-		DialContext:     func(context.Context, string, string) (net.Conn, error) { return s.host.SSH.DialTCP(addr) },
-		TLSClientConfig: tc,
-	}
-	s.mu.Lock()
-	s.transports = append(s.transports, tr)
-	s.mu.Unlock()
-	return tr
-}
-
-func (s *session) close() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, tr := range s.transports {
-		tr.CloseIdleConnections()
-	}
-}
-
-// secure finds out whether the host's services speak TLS (the mesh is
-// on), and if so fetches and authenticates the mesh's trust bundle.
-func (s *session) secure(ctx context.Context) error {
-	s.mu.Lock()
-	done := s.probed
-	s.mu.Unlock()
-	if done {
-		return nil
-	}
-	on, err := s.speaksTLS(ctx, s.addr(catalog.MeshService))
-	if err != nil {
-		return err
-	}
-	if !on && s.creds.meshOn {
-		return fmt.Errorf("the mesh controller at %s answers without TLS, but the env file sets LUCID_MESH_URL: refusing to send the operator token in the clear", s.addr(catalog.MeshService))
-	}
-	var bundle []*x509.Certificate
-	if on {
-		if bundle, err = s.fetchBundle(ctx, true); err != nil {
-			return err
-		}
-	}
-	s.mu.Lock()
-	s.probed, s.tls, s.bundle = true, on, bundle
-	s.mu.Unlock()
-	return nil
-}
-
-// speaksTLS tries a TLS handshake with addr; nothing is sent over it.
-func (s *session) speaksTLS(ctx context.Context, addr string) (bool, error) {
-	conn, err := s.host.SSH.DialTCP(addr)
-	if err != nil {
-		return false, fmt.Errorf("is the stack running? %w", err)
-	}
-	defer conn.Close()
-	hctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	// A probe only: whether the server speaks TLS; nothing is sent on it.
-	tc := tls.Client(conn, &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true}) //nolint:gosec // see above
-	err = tc.HandshakeContext(hctx)
-	if ctx.Err() != nil {
-		return false, ctx.Err()
-	}
-	return err == nil, nil
-}
-
-// fetchBundle fetches the mesh's trust bundle (over TLS when the mesh is
-// on) and checks its MAC with the gateway's enrolment token, derived from
-// the mesh token: the connection need not be trusted for that.
-func (s *session) fetchBundle(ctx context.Context, overTLS bool) ([]*x509.Certificate, error) {
-	if s.creds.mesh == "" {
-		return nil, cli.WithHint(errors.New("the mesh is on, and LUCID_MESH_TOKEN is in neither the environment nor the env file: the mesh's trust bundle cannot be authenticated"),
-			"use the env file the deployment was rendered from (--env-file)")
-	}
-	scheme := "http"
-	if overTLS {
-		scheme = "https"
-	}
-	r := meshtls.NewRemote(scheme+"://"+s.addr(catalog.MeshService), meshapi.EnrolmentToken(s.creds.mesh, "gateway"))
-	r.SetDialContext(func(context.Context, string, string) (net.Conn, error) {
-		return s.host.SSH.DialTCP(s.addr(catalog.MeshService))
-	})
-	bundle, err := r.Bundle(ctx, "gateway")
-	if err != nil {
-		return nil, fmt.Errorf("the mesh's trust bundle: %w", err)
-	}
-	return bundle, nil
-}
-
-// client is an HTTP client for service that sends the operator token,
-// verifying the service by its mesh certificate when the mesh is on.
-// timeout 0 leaves the request to ctx.
-func (s *session) client(ctx context.Context, service string, timeout time.Duration) (*http.Client, string, error) {
-	if err := s.secure(ctx); err != nil {
-		return nil, "", err
-	}
-	s.mu.Lock()
-	on, bundle := s.tls, s.bundle
-	s.mu.Unlock()
-	addr := s.addr(service)
-	scheme, tc := "http", (*tls.Config)(nil)
-	svc, _ := catalog.Lookup(service)
-	if on && !svc.Public {
-		scheme, tc = "https", meshtls.VerifyServerTLS(bundle, service)
-	}
-	hc := &http.Client{Timeout: timeout, Transport: api.WithBearer(s.transport(addr, tc), s.creds.operator)}
-	return hc, scheme + "://" + addr, nil
-}
-
-// classify marks a refused operator credential as an authentication
-// failure (exit 4).
-func classify(err error) error {
-	var ae *api.Error
-	if errors.As(err, &ae) && (ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden) {
-		return cli.Auth(cli.WithHint(err, "the host's services hold the SHA-256 of another LUCID_OPERATOR_TOKEN: use the env file the deployment was rendered from (--env-file)"))
-	}
-	return err
-}
+type session = hostservices.Session
 
 // Output is the --json result of a maintenance command: each host's
 // result or error, and the hosts skipped as unreachable.
@@ -285,7 +109,7 @@ const (
 // each with its own session; the hosts' errors come back joined, each
 // naming its host.
 func each[T any](ctx context.Context, env *cli.Env, f *Flags, action string, fn func(context.Context, *session) (*T, error)) (*Output[T], error) {
-	creds, err := readCredentials(env, f.EnvFile)
+	creds, err := hostservices.ReadCredentials(env, f.EnvFile)
 	if err != nil {
 		return nil, err
 	}
@@ -307,10 +131,10 @@ func each[T any](ctx context.Context, env *cli.Env, f *Flags, action string, fn 
 		fmt.Fprintf(env.IO.ErrOut, progressHostPrefix+format+"\n", append([]any{host}, args...)...)
 	}
 	err = fl.Each(ctx, func(ctx context.Context, h *fleet.Host) error {
-		s := &session{host: h, offset: f.PortOffset, creds: creds, say: func(format string, args ...any) { say(h.Name, format, args...) }}
-		defer s.close()
+		s := &session{Dial: h.SSH.DialTCP, Offset: f.PortOffset, Creds: creds, Say: func(format string, args ...any) { say(h.Name, format, args...) }}
+		defer s.Close()
 		res, err := fn(ctx, s)
-		err = classify(err)
+		err = hostservices.Classify(err)
 		if aerr := recordMaintenance(ctx, h, action, err); aerr != nil {
 			// The action stands; the trail not saying so fails the run.
 			err = errors.Join(err, aerr)
@@ -381,7 +205,7 @@ func ticker(s *session, what string) (stop func()) {
 			case <-done:
 				return
 			case <-t.C:
-				s.say("still %s (%s)", what, time.Since(start).Round(time.Second))
+				s.Say("still %s (%s)", what, time.Since(start).Round(time.Second))
 			}
 		}
 	}()

@@ -74,11 +74,11 @@ func runRotateCA(ctx context.Context, opts *RotateCAOptions) error {
 }
 
 func rotateCA(ctx context.Context, s *session) (*RotateResult, error) {
-	if err := s.secure(ctx); err != nil {
+	if err := s.Secure(ctx); err != nil {
 		return nil, err
 	}
-	on := s.tls
-	before, err := s.fetchBundle(ctx, on)
+	on := s.TLS()
+	before, err := s.FetchBundle(ctx, on)
 	if err != nil {
 		return nil, err
 	}
@@ -86,18 +86,18 @@ func rotateCA(ctx context.Context, s *session) (*RotateResult, error) {
 	for _, c := range before {
 		res.Before = append(res.Before, fingerprint(c))
 	}
-	hc, base, err := s.client(ctx, catalog.MeshService, shortRequest)
+	hc, base, err := s.Client(ctx, catalog.MeshService, shortRequest)
 	if err != nil {
 		return nil, err
 	}
-	s.say("rotating the mesh root (bundle: %d root(s))", len(before))
+	s.Say("rotating the mesh root (bundle: %d root(s))", len(before))
 	rot, err := meshapi.New(base, "", hc).Rotate(ctx) // the bearer token is the transport's
 	if err != nil {
 		return nil, err
 	}
 	res.Fingerprint = rot.Fingerprint
-	s.say("new root %s; checking the bundle and the services", rot.Fingerprint)
-	after, err := s.fetchBundle(ctx, on)
+	s.Say("new root %s; checking the bundle and the services", rot.Fingerprint)
+	after, err := s.FetchBundle(ctx, on)
 	if err != nil {
 		return res, err
 	}
@@ -114,7 +114,7 @@ func rotateCA(ctx context.Context, s *session) (*RotateResult, error) {
 		if svc.Public {
 			continue
 		}
-		if err := s.health(ctx, svc.Name, after); err != nil {
+		if err := health(ctx, s, svc.Name, after); err != nil {
 			failed = append(failed, fmt.Errorf("%s: %w", svc.Name, err))
 			continue
 		}
@@ -123,17 +123,17 @@ func rotateCA(ctx context.Context, s *session) (*RotateResult, error) {
 	if len(failed) > 0 {
 		return res, fmt.Errorf("after the rotation: %w", errors.Join(failed...))
 	}
-	s.say("%d service(s) serving with the new bundle", len(res.Serving))
+	s.Say("%d service(s) serving with the new bundle", len(res.Serving))
 	return res, nil
 }
 
 // health asks service's /health, verifying it against bundle when the
 // mesh is on.
-func (s *session) health(ctx context.Context, service string, bundle []*x509.Certificate) error {
-	addr := s.addr(service)
-	scheme, tr := "http", s.transport(addr, nil)
-	if s.tls {
-		scheme, tr = "https", s.transport(addr, meshtls.VerifyServerTLS(bundle, service))
+func health(ctx context.Context, s *session, service string, bundle []*x509.Certificate) error {
+	addr := s.Addr(service)
+	scheme, tr := "http", s.Transport(addr, nil)
+	if s.TLS() {
+		scheme, tr = "https", s.Transport(addr, meshtls.VerifyServerTLS(bundle, service))
 	}
 	hc := &http.Client{Timeout: shortRequest, Transport: tr}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+addr+"/health", nil)

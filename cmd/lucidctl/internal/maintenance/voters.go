@@ -118,24 +118,24 @@ func runVoters(ctx context.Context, opts *VotersOptions) error {
 		action = "chain.voters.list"
 	}
 	out, err := each(ctx, opts.Env, &opts.Flags, action, func(ctx context.Context, s *session) (*engineapi.ConsensusStatus, error) {
-		hc, base, err := s.client(ctx, "engine", shortRequest)
+		hc, base, err := s.Client(ctx, "engine", shortRequest)
 		if err != nil {
 			return nil, err
 		}
 		eng := engineapi.New(base, hc)
 		switch opts.action {
 		case actionVoterAdd:
-			s.say("sealing validator key of %s, then adding it as a voter at %s", opts.ID, opts.Address)
-			if err := eng.AddVoter(ctx, s.creds.operator, engineapi.AddVoterRequest{ID: opts.ID, Address: opts.Address, Key: opts.Key}); err != nil {
+			s.Say("sealing validator key of %s, then adding it as a voter at %s", opts.ID, opts.Address)
+			if err := eng.AddVoter(ctx, s.Creds.Operator, engineapi.AddVoterRequest{ID: opts.ID, Address: opts.Address, Key: opts.Key}); err != nil {
 				return nil, notLeaderHint(err)
 			}
 		case actionVoterRemove:
 			if opts.Key != "" {
-				s.say("sealing the removal of %s's validator key, then removing it from the voters", opts.ID)
+				s.Say("sealing the removal of %s's validator key, then removing it from the voters", opts.ID)
 			} else {
-				s.say("removing %s from the voters", opts.ID)
+				s.Say("removing %s from the voters", opts.ID)
 			}
-			st, err := eng.RemoveVoter(ctx, s.creds.operator, opts.ID, opts.Key)
+			st, err := eng.RemoveVoter(ctx, s.Creds.Operator, opts.ID, opts.Key)
 			if err != nil {
 				return nil, notLeaderHint(err)
 			}
