@@ -28,6 +28,8 @@ const (
 	// AuditMaintenance is a maintenance command (Args says which and how).
 	AuditMaintenance AuditAction = "maintenance"
 	AuditPrune       AuditAction = "prune"
+	// AuditBackup is a backup taken of the host (Args name the backup).
+	AuditBackup AuditAction = "backup"
 )
 
 // AuditResult is how an audited action ended.

@@ -42,6 +42,14 @@ func (d *Deployer) CurrentSecrets(ctx context.Context) (release string, s deploy
 	return release, s, nil
 }
 
+// CurrentEnvFiles returns the env files of the host's current release
+// (configs/environment/..., by project path) and the release's id; "" and
+// none when the host has no current release. They hold secrets: the
+// caller keeps them from every log and output.
+func (d *Deployer) CurrentEnvFiles(ctx context.Context) (release string, files map[string][]byte, err error) {
+	return d.h.currentEnvFiles(ctx)
+}
+
 // CheckSecrets compares the secrets of envFiles (a Bundle's) with those of
 // the host's current release and refuses, with a *SecretChangeError, to
 // replace a data-bound one that rotate does not name. A host without a

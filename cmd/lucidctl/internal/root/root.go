@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pickme/lucid/cmd/lucidctl/internal/backup"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/bench"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/build"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
@@ -73,9 +74,9 @@ Results go to stdout; progress and diagnostics go to stderr.`,
 		c.GroupID = "deploy"
 		cmd.AddCommand(c)
 	}
-	sec := secrets.NewCmd(env)
-	sec.GroupID = "deploy"
-	cmd.AddCommand(sec)
+	sec, bak := secrets.NewCmd(env), backup.NewCmd(env)
+	sec.GroupID, bak.GroupID = "deploy", "deploy"
+	cmd.AddCommand(sec, bak)
 	bch, mnt := bench.NewCmd(env), maintenance.NewCmd(env)
 	bch.GroupID, mnt.GroupID = "deploy", "deploy"
 	cmd.AddCommand(bch, mnt)

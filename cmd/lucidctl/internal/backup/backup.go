@@ -1,0 +1,458 @@
+// Package backup implements `lucidctl backup` and `lucidctl backup list`:
+// an online, consistent, incremental, age-encrypted backup of a deployed
+// host or of the local stack into a repository on the operator's machine
+// (pkg/backup), through the services' snapshot endpoints
+// (pkg/api/snapshotapi), reached as maintenance reaches them
+// (cmd/lucidctl/internal/hostservices).
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"filippo.io/age"
+	"github.com/spf13/cobra"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/hostservices"
+	"github.com/pickme/lucid/pkg/api"
+	"github.com/pickme/lucid/pkg/api/snapshotapi"
+	"github.com/pickme/lucid/pkg/backup"
+	"github.com/pickme/lucid/pkg/buildinfo"
+	"github.com/pickme/lucid/pkg/deploy"
+	"github.com/pickme/lucid/pkg/projectconfig"
+)
+
+// Services are the stateful services a backup copies, in the order their
+// copies are taken: the engine first, so that every anchor the others
+// know as sealed is in its copy or later.
+var Services = []string{"engine", "anchoring", "blocks", "datachain", "mesh"}
+
+// Options are the inputs of `lucidctl backup`.
+type Options struct {
+	Env *cli.Env
+	// To is the repository ("": backup.dir of lucid.yaml).
+	To string
+	// Fleet chooses the target; none: the local stack.
+	Fleet fleet.Flags
+	// PortOffset is the stack's --port-offset; nil: local.port_offset of
+	// lucid.yaml for the local stack, 0 for a target.
+	PortOffset *int
+	// EnvFile holds the operator's tokens ("": local.env_file); for the
+	// local stack it is also the env file backed up.
+	EnvFile string
+	// Plaintext allows a backup without recipients.
+	Plaintext bool
+	// Parallel is how many pieces are fetched at once.
+	Parallel int
+}
+
+// NewCmd returns `lucidctl backup` with its list subcommand.
+func NewCmd(env *cli.Env) *cobra.Command {
+	opts := &Options{Env: env}
+	var offset int
+	cmd := &cobra.Command{
+		Use:   "backup [--target NAME] [--to DIR]",
+		Short: "Back up a host's (or the local stack's) chain, data chain, mesh CA and secrets",
+		Long: `Take an online, consistent backup of the stateful services (engine,
+anchoring, blocks, datachain, mesh) and the host's env files into the
+repository DIR on this machine, while the services keep serving.
+
+Each service takes a consistent copy of its state; lucidctl fetches only the
+1 MiB pieces the repository does not hold yet (sealed pack files and old
+blocks are not sent again), encrypts each with age for backup.recipients of
+lucid.yaml, and writes the backup's manifest last: a backup killed halfway
+leaves earlier ones intact and is listed as partial; its pieces serve the
+next one. The services' copies are deleted at the end.
+
+With --target the host is reached through SSH as maintenance reaches it
+(LUCID_OPERATOR_TOKEN, services verified by their mesh certificates), and the
+env files are those of its current release; the backup is recorded in the
+host's audit log. Without it, the local stack of lucidctl up and its env
+file are backed up.
+
+A backup always holds secrets: without backup.recipients it is refused
+unless --plaintext is given. Progress goes to stderr, the result to stdout.`,
+		Example: `  lucidctl backup --target pi --to /srv/lucid-backups
+  lucidctl backup                     # the local stack, into backup.dir of lucid.yaml
+  lucidctl backup list --to /srv/lucid-backups`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("port-offset") {
+				opts.PortOffset = &offset
+			}
+			return run(cmd.Context(), opts)
+		},
+	}
+	fs := cmd.Flags()
+	opts.Fleet.Add(fs, "the target of lucid.yaml to back up (default: the local stack)")
+	_ = fs.MarkHidden("docker-socket")
+	_ = fs.MarkHidden("hosts")
+	_ = fs.MarkHidden("skip-unreachable")
+	fs.StringVar(&opts.To, "to", "", "the backup repository (default: backup.dir of lucid.yaml)")
+	fs.IntVar(&offset, "port-offset", 0, "the stack's --port-offset (default: local.port_offset for the local stack, 0 for a target)")
+	fs.StringVar(&opts.EnvFile, "env-file", "", "the operator's env file, with LUCID_OPERATOR_TOKEN (default: local.env_file of lucid.yaml)")
+	fs.BoolVar(&opts.Plaintext, "plaintext", false, "write an unencrypted backup (it holds every secret of the host)")
+	fs.IntVar(&opts.Parallel, "parallel", 4, "pieces fetched at once")
+	cmd.AddCommand(newListCmd(env))
+	return cli.SupportsJSON(cmd)
+}
+
+// Output is `lucidctl backup --json`.
+type Output struct {
+	ID         string `json:"id"`
+	Repository string `json:"repository"`
+	Encrypted  bool   `json:"encrypted"`
+	// Target is the lucid.yaml target, or "local".
+	Target string `json:"target"`
+	Host   string `json:"host"`
+	// Services are the services copied, in order, with their facts.
+	Services []ServiceOutput `json:"services"`
+	// Chain and DataChain repeat the engine's and the data chain's facts.
+	Chain     *snapshotapi.ChainFacts     `json:"chain,omitempty"`
+	DataChain *snapshotapi.DataChainFacts `json:"datachain,omitempty"`
+	// EnvFiles name the env files backed up (never their contents).
+	EnvFiles   []string      `json:"env_files"`
+	Totals     backup.Totals `json:"totals"`
+	DurationMS int64         `json:"duration_ms"`
+}
+
+// ServiceOutput is one service's copy.
+type ServiceOutput struct {
+	Name  string            `json:"name"`
+	Files int               `json:"files"`
+	Bytes int64             `json:"bytes"`
+	Facts snapshotapi.Facts `json:"facts"`
+}
+
+func run(ctx context.Context, opts *Options) error {
+	start := time.Now()
+	env := opts.Env
+	cfg, err := env.Config()
+	if err != nil {
+		return err
+	}
+	dir, err := repoDir(cfg, opts.To)
+	if err != nil {
+		return err
+	}
+	recipients, err := readRecipients(cfg, opts.Plaintext)
+	if err != nil {
+		return err
+	}
+	if opts.Parallel < 1 {
+		return cli.Usage(fmt.Errorf("--parallel %d: at least 1", opts.Parallel))
+	}
+	repo, err := backup.InitRepository(ctx, dir, len(recipients) > 0)
+	if errors.Is(err, backup.ErrMixed) {
+		hint := "keep this repository plaintext (--plaintext, no backup.recipients), or back up into another directory"
+		if len(recipients) == 0 {
+			hint = "set backup.recipients in lucid.yaml to this repository's, or back up into another directory"
+		}
+		return cli.Usage(cli.WithHint(err, hint))
+	}
+	if err != nil {
+		return err
+	}
+	creds, err := hostservices.ReadCredentials(env, opts.EnvFile)
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	say := func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(env.IO.ErrOut, format+"\n", args...)
+	}
+	if opts.Fleet.Target == "" {
+		offset := cfg.Local.PortOffset
+		if opts.PortOffset != nil {
+			offset = *opts.PortOffset
+		}
+		host, _ := os.Hostname()
+		s := &hostservices.Session{Dial: dialLocal, Offset: offset, Creds: creds, Say: say}
+		defer s.Close()
+		envPath := opts.EnvFile
+		if envPath == "" {
+			envPath = cfg.Abs(cfg.Local.EnvFile)
+		}
+		files, err := localEnvFiles(envPath)
+		if err != nil {
+			return err
+		}
+		out, err := take(ctx, opts, repo, recipients, s, "local", host, files)
+		if err != nil {
+			return err
+		}
+		out.DurationMS = time.Since(start).Milliseconds()
+		return printOutput(env, out)
+	}
+
+	names, err := opts.Fleet.Names(cfg)
+	if err != nil {
+		return err
+	}
+	if len(names) != 1 {
+		return cli.Usage(fmt.Errorf("--target %s names %d hosts (%s); a backup is of one host: back up each on its own", opts.Fleet.Target, len(names), strings.Join(names, ", ")))
+	}
+	fl, err := opts.Fleet.Connect(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer fl.Close()
+	h := fl.Hosts[0]
+	offset := 0
+	if opts.PortOffset != nil {
+		offset = *opts.PortOffset
+	}
+	s := &hostservices.Session{Dial: h.SSH.DialTCP, Offset: offset, Creds: creds, Say: func(format string, args ...any) { say(h.Name+": "+format, args...) }}
+	defer s.Close()
+	out, err := func() (*Output, error) {
+		d, err := deploy.New(h.DeployConfig())
+		if err != nil {
+			return nil, err
+		}
+		defer func() { _ = d.Close() }()
+		release, files, err := d.CurrentEnvFiles(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if release == "" {
+			return nil, fmt.Errorf("%s has no current release: there is nothing deployed to back up", h.Name)
+		}
+		s.Say("release %s: %d env file(s)", release, len(files))
+		var env []backup.EnvFile
+		for _, p := range sortedKeys(files) {
+			env = append(env, backup.EnvFile{Name: p, Mode: 0o600, Data: files[p]})
+		}
+		return take(ctx, opts, repo, recipients, s, h.Name, h.Target.Host, env)
+	}()
+	err = hostservices.Classify(err)
+	if aerr := record(ctx, h, out, err); aerr != nil {
+		err = errors.Join(err, aerr)
+	}
+	if out == nil {
+		return err
+	}
+	out.DurationMS = time.Since(start).Milliseconds()
+	if perr := printOutput(env, out); perr != nil {
+		return perr
+	}
+	return err
+}
+
+// take backs up the services of s and env files into repo.
+func take(ctx context.Context, opts *Options, repo *backup.Repository, recipients []age.Recipient, s *hostservices.Session, target, host string, env []backup.EnvFile) (*Output, error) {
+	var srcs []backup.Snapshotter
+	for _, name := range Services {
+		hc, base, err := s.Client(ctx, name, 0) // as long as the copy takes: ctx ends it
+		if err != nil {
+			return nil, err
+		}
+		srcs = append(srcs, &named{Client: snapshotapi.New(base, hc), service: name})
+	}
+	var last time.Time
+	var lastService string
+	progress := func(p backup.Progress) {
+		// Every few seconds, and at each service's end.
+		if p.PiecesDone != p.PiecesTotal && p.Service == lastService && time.Since(last) < 2*time.Second {
+			return
+		}
+		last, lastService = time.Now(), p.Service
+		s.Say("%s: %d/%d pieces, %s sent", p.Service, p.PiecesDone, p.PiecesTotal, bytesText(p.BytesSent))
+	}
+	s.Say("backing up into %s (%s)", repo.Dir(), kind(repo))
+	m, err := repo.Backup(ctx, backup.BeginOptions{
+		Target: target, Host: host, Version: buildinfo.Read().String(),
+		Recipients: recipients, Parallel: opts.Parallel, Progress: progress,
+	}, srcs, env, backup.Events{
+		Taken: func(m *snapshotapi.Manifest) {
+			s.Say("%s: copy %s taken: %d file(s), %s", m.Service, m.ID, len(m.Files), bytesText(filesBytes(m.Files)))
+		},
+		DropFailed: func(service string, err error) {
+			s.Say("warning: %s: the copy was not deleted (the service deletes it within %s): %v", service, snapshotapi.MaxAge, err)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := &Output{ID: m.ID, Repository: repo.Dir(), Encrypted: repo.Encrypted(), Target: m.Target, Host: m.Host, Totals: m.Totals}
+	for _, sm := range m.Services {
+		out.Services = append(out.Services, ServiceOutput{Name: sm.Service, Files: len(sm.Files), Bytes: filesBytes(sm.Files), Facts: sm.Facts})
+		if sm.Facts.Chain != nil {
+			out.Chain = sm.Facts.Chain
+		}
+		if sm.Facts.DataChain != nil {
+			out.DataChain = sm.Facts.DataChain
+		}
+	}
+	out.EnvFiles = []string{}
+	for _, f := range m.Env {
+		out.EnvFiles = append(out.EnvFiles, f.Path)
+	}
+	return out, nil
+}
+
+// named says which service an error of the snapshot client is about, and
+// that a service without snapshots is too old.
+type named struct {
+	*snapshotapi.Client
+	service string
+}
+
+func (n *named) Take(ctx context.Context) (*snapshotapi.Manifest, error) {
+	m, err := n.Client.Take(ctx)
+	if errors.Is(err, api.ErrNotFound) {
+		return nil, cli.WithHint(fmt.Errorf("%s: %w", n.service, err), "the service does not serve snapshots: deploy a lucid version with online backups")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", n.service, err)
+	}
+	return m, nil
+}
+
+func printOutput(env *cli.Env, out *Output) error {
+	if env.JSON {
+		return env.PrintJSON(out)
+	}
+	w := env.IO.Out
+	fmt.Fprintf(w, "backup %s of %s (%s) in %s, %s\n", out.ID, out.Target, out.Host, out.Repository, map[bool]string{true: "encrypted", false: "plaintext"}[out.Encrypted])
+	names := make([]string, 0, len(out.Services))
+	for _, s := range out.Services {
+		names = append(names, s.Name)
+	}
+	fmt.Fprintf(w, "  services:  %s; env files: %d\n", strings.Join(names, ", "), len(out.EnvFiles))
+	if c := out.Chain; c != nil {
+		fmt.Fprintf(w, "  chain:     %s height %d, root %s\n", c.ChainID, c.Height, c.Root)
+	}
+	if d := out.DataChain; d != nil {
+		fmt.Fprintf(w, "  datachain: %d chunk(s), %d session(s) (%d sealed), %d pack(s) of %s\n", d.Chunks, d.Sessions, d.SealedSessions, d.Packs, bytesText(d.PackBytes))
+	}
+	t := out.Totals
+	pct := 0.0
+	if t.Bytes > 0 {
+		pct = 100 * float64(t.BytesSent) / float64(t.Bytes)
+	}
+	fmt.Fprintf(w, "  bytes:     %s in %d file(s), %s sent (%.1f%%); pieces: %d new, %d already backed up\n",
+		bytesText(t.Bytes), t.Files, bytesText(t.BytesSent), pct, t.PiecesNew, t.PiecesReused)
+	fmt.Fprintf(w, "  took:      %s\n", (time.Duration(out.DurationMS) * time.Millisecond).String())
+	return nil
+}
+
+// repoDir is --to, else backup.dir of lucid.yaml.
+func repoDir(cfg *projectconfig.Config, to string) (string, error) {
+	if to != "" {
+		return to, nil
+	}
+	if cfg.Backup.Dir != "" {
+		return cfg.Abs(cfg.Backup.Dir), nil
+	}
+	return "", cli.Usage(errors.New("--to DIR is required: the backup repository (or set backup.dir in lucid.yaml)"))
+}
+
+// readRecipients are backup.recipients of lucid.yaml; none only with
+// plaintext.
+func readRecipients(cfg *projectconfig.Config, plaintext bool) ([]age.Recipient, error) {
+	if plaintext {
+		if len(cfg.Backup.Recipients) > 0 {
+			return nil, cli.Usage(errors.New("--plaintext, but backup.recipients of lucid.yaml are set: refusing to write secrets unencrypted that lucid.yaml says to encrypt"))
+		}
+		return nil, nil
+	}
+	if len(cfg.Backup.Recipients) == 0 {
+		return nil, cli.Usage(cli.WithHint(
+			errors.New("no backup.recipients in lucid.yaml: a backup holds every secret of the host, and is encrypted for those recipients"),
+			"add an age public key (age-keygen) or an ssh-ed25519 key under backup.recipients, or pass --plaintext to write it unencrypted"))
+	}
+	var out []age.Recipient
+	for i, s := range cfg.Backup.Recipients {
+		r, err := backup.ParseRecipient(s)
+		if err != nil {
+			return nil, cli.Usage(fmt.Errorf("backup.recipients[%d]: %w", i, err))
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// localEnvFiles is the local stack's env file.
+func localEnvFiles(p string) ([]backup.EnvFile, error) {
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, cli.WithHint(fmt.Errorf("the local stack's env file %s does not exist", p), "lucidctl up writes it; --env-file names another")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return []backup.EnvFile{{Name: path.Base(strings.ReplaceAll(p, "\\", "/")), Mode: 0o600, Data: b}}, nil
+}
+
+func dialLocal(addr string) (net.Conn, error) {
+	return net.DialTimeout("tcp", addr, 10*time.Second)
+}
+
+// record writes the backup into the host's audit trail: its id, or the
+// error.
+func record(ctx context.Context, h *fleet.Host, out *Output, err error) error {
+	d, derr := deploy.New(h.DeployConfig())
+	if derr != nil {
+		return fmt.Errorf("audit trail: %w", derr)
+	}
+	defer func() { _ = d.Close() }()
+	e := deploy.AuditEntry{Action: deploy.AuditBackup}
+	if out != nil {
+		e.Args = []string{out.ID}
+	}
+	if err != nil {
+		e.Error = err.Error()
+	}
+	return d.Audit(ctx, e)
+}
+
+func kind(r *backup.Repository) string {
+	if r.Encrypted() {
+		return "encrypted"
+	}
+	return "plaintext"
+}
+
+func filesBytes(fs []snapshotapi.File) int64 {
+	var n int64
+	for _, f := range fs {
+		n += f.Size
+	}
+	return n
+}
+
+func sortedKeys(m map[string][]byte) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+// bytesText is n bytes for people.
+func bytesText(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

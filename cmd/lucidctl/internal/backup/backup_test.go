@@ -1,0 +1,328 @@
+package backup_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"filippo.io/age"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/backup"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/root"
+	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/api/snapshotapi"
+	repository "github.com/pickme/lucid/pkg/backup"
+	"github.com/pickme/lucid/pkg/backup/backuptest"
+	"github.com/pickme/lucid/pkg/catalog"
+)
+
+// TestMain makes the test binary act as lucidctl when a test starts it
+// again, to kill it mid-backup.
+func TestMain(m *testing.M) {
+	if os.Getenv("LUCIDCTL_TEST_AS_CLI") == "1" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := root.Execute(ctx, os.Args[1:], iostreams.System(), os.Getenv)
+		stop()
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+// offset is this package's private port offset: the fake services listen
+// where the local stack's would (every port below 32768).
+const offset = 17000
+
+const operatorToken = "operator-token-of-the-backup-tests-0123456789"
+
+const secretValue = "jwt-secret-that-must-never-be-in-a-backup-in-clear"
+
+// stack is five fake stateful services on the local stack's ports.
+type stack struct {
+	svcs map[string]*backuptest.Service
+}
+
+func random(seed uint64, n int) []byte {
+	b := make([]byte, n)
+	r := rand.New(rand.NewPCG(seed, seed))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func startStack(t *testing.T, sizes map[string]int) *stack {
+	t.Helper()
+	st := &stack{svcs: map[string]*backuptest.Service{}}
+	for i, name := range backup.Services {
+		svc := backuptest.NewService(name, map[string][]byte{name + ".db": random(uint64(i+1), sizes[name]+1000)})
+		svc.Token = operatorToken
+		switch name {
+		case "engine":
+			svc.Facts.Chain = &snapshotapi.ChainFacts{ChainID: "lucid-test", Height: 1234, Root: "cm9vdC1vZi10aGUtdGVzdA=="}
+		case "datachain":
+			svc.Facts.DataChain = &snapshotapi.DataChainFacts{Chunks: 7, Sessions: 3, SealedSessions: 2, Packs: 1, PackBytes: int64(sizes[name])}
+		}
+		c, _ := catalog.Lookup(name)
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(c.Port+offset))
+		if err != nil {
+			t.Fatalf("the fake %s: %v", name, err)
+		}
+		srv := &http.Server{Handler: svc, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		t.Cleanup(func() { _ = srv.Close() })
+		st.svcs[name] = svc
+	}
+	return st
+}
+
+// project is a scratch project whose local stack is the fake one.
+type project struct {
+	dir, repo string
+	id        *age.X25519Identity
+}
+
+func newProject(t *testing.T, recipients bool) *project {
+	t.Helper()
+	if runtime.GOOS == "windows" {
+		t.Skip("the kill test uses Unix signals")
+	}
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &project{dir: t.TempDir(), id: id}
+	p.repo = filepath.Join(p.dir, "backups")
+	yml := fmt.Sprintf("local:\n  env_file: secrets.env\n  port_offset: %d\nbackup:\n  dir: backups\n", offset)
+	if recipients {
+		yml += "  recipients: [" + id.Recipient().String() + "]\n"
+	}
+	if err := os.WriteFile(filepath.Join(p.dir, "lucid.yaml"), []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := "LUCID_OPERATOR_TOKEN=" + operatorToken + "\nJWT_SECRET_KEY=" + secretValue + "\n"
+	if err := os.WriteFile(filepath.Join(p.dir, "secrets.env"), []byte(env), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+type result struct {
+	code        int
+	out, errOut string
+	err         error
+}
+
+func (p *project) lucidctl(t *testing.T, args ...string) result {
+	t.Helper()
+	io, _, out, errOut := iostreams.Test()
+	getenv := func(k string) string {
+		if strings.HasPrefix(k, "LUCID_") || k == "JWT_SECRET_KEY" {
+			return "" // the project's env file, not the machine's
+		}
+		return os.Getenv(k)
+	}
+	code := root.Execute(t.Context(), append([]string{"--config", filepath.Join(p.dir, "lucid.yaml")}, args...), io, getenv)
+	return result{code: code, out: out.String(), errOut: errOut.String()}
+}
+
+func (p *project) backupJSON(t *testing.T, args ...string) backup.Output {
+	t.Helper()
+	r := p.lucidctl(t, append([]string{"backup", "--json"}, args...)...)
+	if r.code != 0 {
+		t.Fatalf("backup: exit %d\n%s", r.code, r.errOut)
+	}
+	var out backup.Output
+	if err := json.Unmarshal([]byte(r.out), &out); err != nil {
+		t.Fatalf("backup --json: %v\n%s", err, r.out)
+	}
+	if strings.Contains(r.out+r.errOut, secretValue) || strings.Contains(r.out+r.errOut, operatorToken) {
+		t.Fatal("backup printed a secret")
+	}
+	return out
+}
+
+func TestBackupLocalStack(t *testing.T) {
+	st := startStack(t, map[string]int{"engine": 3 << 20, "datachain": 5 << 20, "mesh": 10})
+
+	// Without recipients, refused, naming the key and the way out.
+	plain := newProject(t, false)
+	r := plain.lucidctl(t, "backup")
+	if r.code != cli.ExitUsage || !strings.Contains(r.errOut, "backup.recipients") || !strings.Contains(r.errOut, "--plaintext") {
+		t.Fatalf("backup without recipients: exit %d\n%s", r.code, r.errOut)
+	}
+	if r := plain.lucidctl(t, "backup", "--plaintext", "--to", filepath.Join(plain.dir, "plain")); r.code != 0 {
+		t.Fatalf("backup --plaintext: exit %d\n%s", r.code, r.errOut)
+	}
+
+	p := newProject(t, true)
+	// A plaintext repository is never mixed with encrypted backups.
+	r = p.lucidctl(t, "backup", "--to", filepath.Join(plain.dir, "plain"))
+	if r.code != cli.ExitUsage || !strings.Contains(r.errOut, "plaintext repository") {
+		t.Fatalf("an encrypted backup into a plaintext repository: exit %d\n%s", r.code, r.errOut)
+	}
+
+	first := p.backupJSON(t)
+	if first.Target != "local" || !first.Encrypted || len(first.Services) != 5 || first.Chain == nil || first.Chain.Height != 1234 ||
+		first.DataChain == nil || first.DataChain.Chunks != 7 || len(first.EnvFiles) != 1 || first.Totals.BytesSent == 0 {
+		t.Fatalf("first backup: %+v", first)
+	}
+	for name, svc := range st.svcs {
+		if svc.Live() != 0 {
+			t.Errorf("%s still holds a copy", name)
+		}
+	}
+	// Nothing changed: nothing is sent again but the env file's piece.
+	second := p.backupJSON(t)
+	if second.Totals.BytesSent != 0 || second.Totals.PiecesNew != 0 || second.Totals.Bytes != first.Totals.Bytes {
+		t.Fatalf("second backup: %+v", second.Totals)
+	}
+	// A grown file: only its last piece.
+	st.svcs["datachain"].Set("datachain.db", append(random(4, (5<<20)+1000), random(9, 10)...))
+	third := p.backupJSON(t)
+	if third.Totals.PiecesNew != 1 || third.Totals.BytesSent != 1000+10 {
+		t.Fatalf("third backup: %+v", third.Totals)
+	}
+
+	r = p.lucidctl(t, "backup", "list")
+	if r.code != 0 || strings.Count(r.out, "complete") != 3 || !strings.Contains(r.out, third.ID) {
+		t.Fatalf("backup list: exit %d\n%s%s", r.code, r.out, r.errOut)
+	}
+
+	repo, err := repository.OpenRepository(t.Context(), p.repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := repo.Load(t.Context(), third.ID, []age.Identity{p.id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := repo.Open(t.Context(), b, repository.EnvService, "secrets.env", []age.Identity{p.id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	if _, err := got.ReadFrom(rc); err != nil || !strings.Contains(got.String(), secretValue) {
+		t.Fatalf("the env file in the backup: %v", err)
+	}
+}
+
+// TestKilledBackupLeavesEarlierOnesIntact kills lucidctl (kill -9) in the
+// middle of a backup's transfer.
+func TestKilledBackupLeavesEarlierOnesIntact(t *testing.T) {
+	st := startStack(t, map[string]int{"engine": 2 << 20, "datachain": 12 << 20})
+	p := newProject(t, true)
+	first := p.backupJSON(t)
+	ids := []age.Identity{p.id}
+	before := blobs(t, p.repo)
+
+	// The data chain has new data; its transfer stops after five pieces
+	// until lucidctl is killed.
+	dc := st.svcs["datachain"]
+	dc.Set("datachain.db", random(77, 12<<20))
+	base, _ := dc.Reads()
+	const pieces = 5
+	held := make(chan struct{})
+	var once sync.Once
+	testDone := make(chan struct{})
+	defer close(testDone)
+	dc.OnRead = func(r *http.Request, n int) {
+		if n <= base+pieces {
+			return
+		}
+		once.Do(func() { close(held) })
+		select {
+		case <-r.Context().Done():
+		case <-testDone:
+		}
+	}
+	cmd := exec.Command(os.Args[0], "--config", filepath.Join(p.dir, "lucid.yaml"), "backup", "--parallel", "2")
+	cmd.Env = append(os.Environ(), "LUCIDCTL_TEST_AS_CLI=1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := false
+	defer func() {
+		if !waited {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}()
+	select {
+	case <-held:
+	case <-t.Context().Done():
+		t.Fatal("the backup never reached the data chain")
+	}
+	testenv.Eventually(t, 30*time.Second, "the pieces read stored", func() bool { return blobs(t, p.repo) == before+pieces })
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	waited = true
+
+	repo, err := repository.OpenRepository(t.Context(), p.repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := repo.Backups(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 2 || all[0].ID != first.ID || all[0].Partial || !all[1].Partial {
+		t.Fatalf("after kill -9: %+v\n%s", all, stderr.String())
+	}
+	if latest, err := repo.Latest(t.Context()); err != nil || latest.ID != first.ID {
+		t.Fatalf("latest after kill -9: %+v, %v", latest, err)
+	}
+	if _, err := repo.Verify(t.Context(), first.ID, ids); err != nil {
+		t.Fatalf("the earlier backup after kill -9: %v", err)
+	}
+	r := p.lucidctl(t, "backup", "list")
+	if !strings.Contains(r.out, "PARTIAL") || !strings.Contains(r.out, all[1].ID) {
+		t.Fatalf("backup list does not mark the partial backup:\n%s", r.out)
+	}
+
+	// The next backup reuses the pieces the killed one stored.
+	dc.OnRead = nil
+	next := p.backupJSON(t)
+	if want := 12 - pieces; next.Totals.PiecesNew != want {
+		t.Fatalf("the next backup stored %d new pieces, want %d: %+v", next.Totals.PiecesNew, want, next.Totals)
+	}
+	if _, err := repo.Verify(t.Context(), next.ID, ids); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// blobs counts the repository's stored blobs (not temporary files).
+func blobs(t *testing.T, dir string) int {
+	t.Helper()
+	n := 0
+	err := filepath.WalkDir(filepath.Join(dir, "blobs"), func(_ string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && !strings.HasPrefix(d.Name(), ".") {
+			n++
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
