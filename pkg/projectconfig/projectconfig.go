@@ -23,9 +23,9 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/pickme/lucid/pkg/backup"
 	"github.com/pickme/lucid/pkg/benchtarget"
 	"github.com/pickme/lucid/pkg/isolation"
-	"github.com/pickme/lucid/pkg/backup"
 	"github.com/pickme/lucid/pkg/yamlkeys"
 )
 

@@ -212,9 +212,9 @@ func TestBackupSection(t *testing.T) {
 		t.Fatalf("backup = %+v", c.Backup)
 	}
 	for src, want := range map[string]string{
-		"backup:\n  recipients: [age1nope]\n":                 "backup.recipients[0]",
-		"backup:\n  identity: AGE-SECRET-KEY-1QQQ\n":          "must be the path of the identity file",
-		"backup:\n  recipient: [age1nope]\n":                  `did you mean "recipients"?`,
+		"backup:\n  recipients: [age1nope]\n":                "backup.recipients[0]",
+		"backup:\n  identity: AGE-SECRET-KEY-1QQQ\n":         "must be the path of the identity file",
+		"backup:\n  recipient: [age1nope]\n":                 `did you mean "recipients"?`,
 		"backup:\n  recipients: [ssh-ed25519 AAAAnotakey]\n": "SSH public key",
 	} {
 		_, err := Parse("lucid.yaml", []byte(src))
