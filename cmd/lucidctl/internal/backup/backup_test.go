@@ -200,8 +200,15 @@ func TestBackupLocalStack(t *testing.T) {
 		t.Fatalf("third backup: %+v", third.Totals)
 	}
 
+	r = p.lucidctl(t, "backup")
+	t.Logf("backup:\n%s%s", r.out, r.errOut)
+	for _, want := range []string{"height 1234", "7 chunk(s)", "0 B sent (0.0%)", "env files: 1"} {
+		if r.code != 0 || !strings.Contains(r.out, want) {
+			t.Fatalf("backup: exit %d, stdout lacks %q\n%s%s", r.code, want, r.out, r.errOut)
+		}
+	}
 	r = p.lucidctl(t, "backup", "list")
-	if r.code != 0 || strings.Count(r.out, "complete") != 3 || !strings.Contains(r.out, third.ID) {
+	if r.code != 0 || strings.Count(r.out, "complete") != 4 || !strings.Contains(r.out, third.ID) {
 		t.Fatalf("backup list: exit %d\n%s%s", r.code, r.out, r.errOut)
 	}
 
@@ -325,4 +332,62 @@ func blobs(t *testing.T, dir string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestBackupTarget backs up a target through SSH: a real sshd on this
+// machine, whose loopback holds the fake services as a Pi's would.
+func TestBackupTarget(t *testing.T) {
+	st := startStack(t, map[string]int{"engine": 1 << 20, "datachain": 2 << 20})
+	sshd := testenv.StartSSHD(t, testenv.SSHDOptions{})
+	p := newProject(t, true)
+	deployDir := filepath.Join(t.TempDir(), "production")
+	yml, err := os.ReadFile(filepath.Join(p.dir, "lucid.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	yml = append(yml, fmt.Sprintf("targets:\n  pi:\n    host: %s\n    port: %d\n    user: %s\n    dir: %s\n", sshd.Host, sshd.Port, sshd.User, deployDir)...)
+	if err := os.WriteFile(filepath.Join(p.dir, "lucid.yaml"), yml, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The host's current release, with its env files.
+	rel := filepath.Join(deployDir, "releases", "20260101T000000Z-v1")
+	envDir := filepath.Join(rel, "configs", "environment")
+	if err := os.MkdirAll(envDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{"engine.env": "JWT_SECRET_KEY=" + secretValue + "\n", ".env.core": "LUCID_X=1\n"} {
+		if err := os.WriteFile(filepath.Join(envDir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("releases/20260101T000000Z-v1", filepath.Join(deployDir, "current")); err != nil {
+		t.Fatal(err)
+	}
+	ssh := []string{"--target", "pi", "--port-offset", strconv.Itoa(offset), "-i", sshd.ClientKey, "--known-hosts", sshd.KnownHosts, "--no-agent"}
+	out := p.backupJSON(t, ssh...)
+	if out.Target != "pi" || out.Host != sshd.Host || len(out.EnvFiles) != 2 || out.Chain == nil || len(out.Services) != 5 {
+		t.Fatalf("target backup: %+v", out)
+	}
+	for name, svc := range st.svcs {
+		if svc.Live() != 0 {
+			t.Errorf("%s still holds a copy", name)
+		}
+	}
+	audit, err := os.ReadFile(filepath.Join(deployDir, "audit.log"))
+	if err != nil || !strings.Contains(string(audit), `"action":"backup"`) || !strings.Contains(string(audit), out.ID) {
+		t.Fatalf("the host's audit log: %v\n%s", err, audit)
+	}
+
+	// Another operator token: refused as an authentication failure.
+	other := filepath.Join(p.dir, "other.env")
+	if err := os.WriteFile(other, []byte("LUCID_OPERATOR_TOKEN=another-token-0123456789abcdef0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := p.lucidctl(t, append([]string{"backup", "--env-file", other}, ssh...)...)
+	if r.code != cli.ExitAuth {
+		t.Fatalf("backup with another operator token: exit %d\n%s", r.code, r.errOut)
+	}
+	if audit, _ = os.ReadFile(filepath.Join(deployDir, "audit.log")); !strings.Contains(string(audit), `"result":"failed"`) {
+		t.Fatalf("the failed backup is not in the audit log:\n%s", audit)
+	}
 }
