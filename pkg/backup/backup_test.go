@@ -2,6 +2,8 @@ package backup_test
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"encoding/pem"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -14,6 +16,7 @@ import (
 	"testing"
 
 	"filippo.io/age"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/pickme/lucid/pkg/api/snapshotapi"
 	"github.com/pickme/lucid/pkg/backup"
@@ -362,4 +365,69 @@ func BenchmarkBackup(b *testing.B) {
 			}
 		}
 	})
+}
+
+func TestReadIdentities(t *testing.T) {
+	dir := t.TempDir()
+	id := identity(t)
+	p := filepath.Join(dir, "backup.key")
+	if err := os.WriteFile(p, []byte("# created: now\n"+id.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ids, err := backup.ReadIdentities(p)
+	if err != nil || len(ids) != 1 {
+		t.Fatalf("age identity file: %v", err)
+	}
+	r, err := backup.ParseRecipient(id.Recipient().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An encrypted repository written for r opens with the file's identity.
+	repo, err := backup.InitRepository(t.Context(), filepath.Join(dir, "repo"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := take(t, repo, []age.Recipient{r}, fake(t, backuptest.NewService("mesh", map[string][]byte{"ca.db": []byte("ca")})))
+	if _, err := repo.Verify(t.Context(), m.ID, ids); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := backup.ReadIdentities(filepath.Join(dir, "missing.key")); err == nil {
+		t.Fatal("a missing identity file read")
+	}
+}
+
+func TestSSHRecipient(t *testing.T) {
+	dir := t.TempDir()
+	pub, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "op@laptop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "id_ed25519")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := backup.ParseRecipient(string(ssh.MarshalAuthorizedKey(sshPub)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := backup.ReadIdentities(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, err := backup.InitRepository(t.Context(), filepath.Join(dir, "repo"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := take(t, repo, []age.Recipient{r}, fake(t, backuptest.NewService("mesh", map[string][]byte{"ca.db": []byte("ca")})))
+	if _, err := repo.Verify(t.Context(), m.ID, ids); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -270,8 +270,16 @@ func ParseRecipient(s string) (age.Recipient, error) {
 }
 
 // ReadIdentities reads the identities of an age identity file (age-keygen's
-// output) or an unencrypted SSH private key.
+// output) or an unencrypted SSH private key. A leading ~/ is the user's
+// home directory, as lucid.yaml's backup.identity may say.
 func ReadIdentities(path string) ([]age.Identity, error) {
+	if rest, ok := strings.CutPrefix(path, "~/"); ok {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return nil, err
+		}
+		path = filepath.Join(home, rest)
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
