@@ -85,7 +85,8 @@ A backup always holds secrets: without backup.recipients it is refused
 unless --plaintext is given. Progress goes to stderr, the result to stdout.`,
 		Example: `  lucidctl backup --target pi --to /srv/lucid-backups
   lucidctl backup                     # the local stack, into backup.dir of lucid.yaml
-  lucidctl backup list --to /srv/lucid-backups`,
+  lucidctl backup list --to /srv/lucid-backups
+  lucidctl backup verify --to /srv/lucid-backups`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cmd.Flags().Changed("port-offset") {
@@ -104,7 +105,7 @@ unless --plaintext is given. Progress goes to stderr, the result to stdout.`,
 	fs.StringVar(&opts.EnvFile, "env-file", "", "the operator's env file, with LUCID_OPERATOR_TOKEN (default: local.env_file of lucid.yaml)")
 	fs.BoolVar(&opts.Plaintext, "plaintext", false, "write an unencrypted backup (it holds every secret of the host)")
 	fs.IntVar(&opts.Parallel, "parallel", 4, "pieces fetched at once")
-	cmd.AddCommand(newListCmd(env))
+	cmd.AddCommand(newListCmd(env), newVerifyCmd(env))
 	return cli.SupportsJSON(cmd)
 }
 

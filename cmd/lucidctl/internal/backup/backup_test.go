@@ -212,6 +212,23 @@ func TestBackupLocalStack(t *testing.T) {
 		t.Fatalf("backup list: exit %d\n%s%s", r.code, r.out, r.errOut)
 	}
 
+	// verify: with the identity, all intact; a damaged piece is exit 3.
+	keyFile := filepath.Join(p.dir, "backup.key")
+	if err := os.WriteFile(keyFile, []byte(p.id.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := p.lucidctl(t, "backup", "verify", "--identity", keyFile); r.code != 0 || !strings.Contains(r.out, "all present and intact") {
+		t.Fatalf("backup verify: exit %d\n%s%s", r.code, r.out, r.errOut)
+	}
+	other, _ := age.GenerateX25519Identity()
+	otherFile := filepath.Join(p.dir, "other.key")
+	if err := os.WriteFile(otherFile, []byte(other.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := p.lucidctl(t, "backup", "verify", "--identity", otherFile); r.code != cli.ExitFailure || !strings.Contains(r.errOut, "none of the identities") {
+		t.Fatalf("backup verify with another identity: exit %d\n%s", r.code, r.errOut)
+	}
+
 	repo, err := repository.OpenRepository(t.Context(), p.repo)
 	if err != nil {
 		t.Fatal(err)
@@ -227,6 +244,16 @@ func TestBackupLocalStack(t *testing.T) {
 	var got bytes.Buffer
 	if _, err := got.ReadFrom(rc); err != nil || !strings.Contains(got.String(), secretValue) {
 		t.Fatalf("the env file in the backup: %v", err)
+	}
+	f, err := b.File("engine", "engine.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(p.repo, "blobs", f.Pieces[0][:2], f.Pieces[0]), []byte("damaged"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := p.lucidctl(t, "backup", "verify", third.ID, "--identity", keyFile); r.code != cli.ExitProblems || !strings.Contains(r.out, f.Pieces[0]) {
+		t.Fatalf("backup verify of a damaged piece: exit %d\n%s%s", r.code, r.out, r.errOut)
 	}
 }
 

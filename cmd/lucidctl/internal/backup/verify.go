@@ -1,0 +1,114 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"filippo.io/age"
+	"github.com/spf13/cobra"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/pkg/backup"
+)
+
+// VerifyOptions are the inputs of `lucidctl backup verify`.
+type VerifyOptions struct {
+	Env *cli.Env
+	To  string
+	// ID is the backup ("": the latest complete one).
+	ID string
+	// Identity decrypts it ("": backup.identity of lucid.yaml).
+	Identity string
+}
+
+func newVerifyCmd(env *cli.Env) *cobra.Command {
+	opts := &VerifyOptions{Env: env}
+	cmd := &cobra.Command{
+		Use:   "verify [ID] [--to DIR] [--identity FILE]",
+		Short: "Check that every piece of a backup is present, decrypts and is intact",
+		Long: `Read every piece of the backup (by default the latest complete one), decrypt
+it with the identity (backup.identity of lucid.yaml, or --identity) and check
+its SHA-256 against its name. Exit 3 when a piece is missing or damaged; the
+pieces are named on stdout.`,
+		Example: `  lucidctl backup verify --to /srv/lucid-backups
+  lucidctl backup verify 20261205T140238.179476Z-8ecb6a --identity ~/.config/lucid/backup.key`,
+		Args: cli.MaxArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				opts.ID = args[0]
+			}
+			return runVerify(cmd.Context(), opts)
+		},
+	}
+	cmd.Flags().StringVar(&opts.To, "to", "", "the backup repository (default: backup.dir of lucid.yaml)")
+	cmd.Flags().StringVar(&opts.Identity, "identity", "", "age identity file or SSH private key (default: backup.identity of lucid.yaml)")
+	return cli.SupportsJSON(cmd)
+}
+
+func runVerify(ctx context.Context, opts *VerifyOptions) error {
+	cfg, err := opts.Env.Config()
+	if err != nil {
+		return err
+	}
+	dir, err := repoDir(cfg, opts.To)
+	if err != nil {
+		return err
+	}
+	repo, err := backup.OpenRepository(ctx, dir)
+	if errors.Is(err, backup.ErrNotRepository) {
+		return cli.Usage(err)
+	}
+	if err != nil {
+		return err
+	}
+	var ids []age.Identity
+	if repo.Encrypted() {
+		path := opts.Identity
+		if path == "" && cfg.Backup.Identity != "" {
+			path = cfg.Abs(cfg.Backup.Identity)
+			if strings.HasPrefix(cfg.Backup.Identity, "~/") { // ReadIdentities expands it
+				path = cfg.Backup.Identity
+			}
+		}
+		if path == "" {
+			return cli.Usage(errors.New("the repository is encrypted: --identity FILE, or backup.identity in lucid.yaml, names the key that decrypts it"))
+		}
+		if ids, err = backup.ReadIdentities(path); err != nil {
+			return fmt.Errorf("identity: %w", err)
+		}
+	}
+	id := opts.ID
+	if id == "" {
+		latest, err := repo.Latest(ctx)
+		if err != nil {
+			return err
+		}
+		id = latest.ID
+	}
+	fmt.Fprintf(opts.Env.IO.ErrOut, "verifying backup %s in %s\n", id, dir)
+	rep, err := repo.Verify(ctx, id, ids)
+	if errors.Is(err, backup.ErrWrongIdentity) {
+		return cli.WithHint(err, "use the identity whose public key was in backup.recipients when this backup was taken")
+	}
+	if rep == nil {
+		return err
+	}
+	if opts.Env.JSON {
+		if perr := opts.Env.PrintJSON(rep); perr != nil {
+			return perr
+		}
+	} else {
+		for _, p := range rep.Problems {
+			fmt.Fprintln(opts.Env.IO.Out, p)
+		}
+		if len(rep.Problems) == 0 {
+			fmt.Fprintf(opts.Env.IO.Out, "backup %s: %d piece(s), %s, all present and intact\n", id, rep.Pieces, bytesText(rep.Bytes))
+		}
+	}
+	if errors.Is(err, backup.ErrCorrupt) {
+		return cli.Problems(err)
+	}
+	return err
+}
