@@ -325,35 +325,37 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 	})
 }
 
-func writeAtomicFunc(path string, mode os.FileMode, write func(*os.File) error) (err error) {
+func writeAtomicFunc(path string, mode os.FileMode, write func(*os.File) error) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(tmp) // the rename did not happen: nothing refers to it
-		}
-	}()
-	if err = f.Chmod(mode); err != nil {
+	if err := fill(f, mode, write); err != nil {
+		_ = f.Close()
+		_ = os.Remove(tmp) // the rename did not happen: nothing refers to it
 		return err
 	}
-	if err = write(f); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(tmp, path); err != nil {
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp) // likewise
 		return err
 	}
 	return syncDir(dir)
+}
+
+// fill writes a new file's content durably, and closes it.
+func fill(f *os.File, mode os.FileMode, write func(*os.File) error) error {
+	if err := f.Chmod(mode); err != nil {
+		return err
+	}
+	if err := write(f); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 func syncDir(dir string) error {
@@ -364,7 +366,7 @@ func syncDir(dir string) error {
 	if err != nil {
 		return err
 	}
-	defer d.Close()
+	defer func() { _ = d.Close() }() // opened for reading: nothing to lose
 	if err := d.Sync(); err != nil {
 		return fmt.Errorf("fsync %s: %w", dir, err)
 	}

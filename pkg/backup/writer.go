@@ -392,7 +392,7 @@ type EnvFile struct {
 	Data []byte
 }
 
-// Events, if set, are told of each step of Backup.
+// Events are the callbacks Backup tells of its steps; each may be nil.
 type Events struct {
 	// Taken: a service's copy was taken.
 	Taken func(m *snapshotapi.Manifest)

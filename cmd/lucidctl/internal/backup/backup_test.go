@@ -126,7 +126,6 @@ func newProject(t *testing.T, recipients bool) *project {
 type result struct {
 	code        int
 	out, errOut string
-	err         error
 }
 
 func (p *project) lucidctl(t *testing.T, args ...string) result {
