@@ -40,7 +40,7 @@ type fixture struct {
 	// hold, when set, blocks a take until closed; entered is told when a
 	// take has begun.
 	hold, entered chan struct{}
-	mu   sync.Mutex
+	mu            sync.Mutex
 }
 
 func pattern(n, seed int) []byte {
@@ -423,7 +423,9 @@ func TestGrownFileHashes(t *testing.T) {
 	}
 	// A file rewritten in place (the bbolt copy is new each time) is
 	// hashed again.
-	if err := f.db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("items")).Put([]byte("b"), bytes.Repeat([]byte("x"), 10000)) }); err != nil {
+	if err := f.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("items")).Put([]byte("b"), bytes.Repeat([]byte("x"), 10000))
+	}); err != nil {
 		t.Fatal(err)
 	}
 	fourth, err := f.client.Take(ctx)
