@@ -64,7 +64,7 @@ func (c *hashCache) file(ctx context.Context, path, rel string, length int64, li
 	if err != nil {
 		return snapshotapi.File{}, fileKey{}, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // only read
 	fi, err := f.Stat()
 	if err != nil {
 		return snapshotapi.File{}, fileKey{}, err

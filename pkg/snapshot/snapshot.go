@@ -322,7 +322,7 @@ func (s *Server) Open(id, path string, offset, length int64) (io.ReadCloser, err
 	if err != nil {
 		return nil, ErrNotFound // dropped meanwhile
 	}
-	defer root.Close()
+	defer func() { _ = root.Close() }() // the file opened stays open
 	f, err := root.Open(path)
 	if err != nil {
 		return nil, ErrNotFound

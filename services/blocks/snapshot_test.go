@@ -33,7 +33,7 @@ func TestSnapshotOfTheIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	defer func() { _ = s.Close() }()
 	if s.Height() != 2 {
 		t.Fatalf("the copy opens at height %d", s.Height())
 	}

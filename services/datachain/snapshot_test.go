@@ -82,7 +82,7 @@ func benchSnapshot(b *testing.B, fresh bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer store.Close()
+	defer func() { _ = store.Close() }()
 	chunk := make([]byte, 1<<20)
 	for i := range mib {
 		_, _ = rand.Read(chunk)
