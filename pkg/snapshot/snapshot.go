@@ -110,16 +110,39 @@ func New(opts Options) (*Server, error) {
 	return s, nil
 }
 
+// expireEvery is how often a running service looks for expired copies
+// besides when it takes one.
+const expireEvery = 10 * time.Minute
+
 // Register installs the snapshot endpoints of the service srv serves, for
-// the operator only; take writes its copies.
-func Register(srv *service.Server, take TakeFunc) (*Server, error) {
+// the operator only; take writes its copies. Until ctx ends it also
+// removes expired copies every few minutes, so a backup that died halfway
+// costs disk for little more than snapshotapi.MaxAge even when no other
+// backup follows.
+func Register(ctx context.Context, srv *service.Server, take TakeFunc) (*Server, error) {
 	cfg := srv.Config()
 	s, err := New(Options{Service: cfg.Name, DataDir: cfg.DataDir, Take: take, Logger: srv.Logger()})
 	if err != nil {
 		return nil, err
 	}
 	s.Routes(srv)
+	go s.expireLoop(ctx)
 	return s, nil
+}
+
+func (s *Server) expireLoop(ctx context.Context) {
+	t := time.NewTicker(expireEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.Expire(); err != nil {
+				s.opts.Logger.Warn("expired snapshots not removed", "error", err)
+			}
+		}
+	}
 }
 
 // Routes installs the endpoints on srv, behind the operator credential.

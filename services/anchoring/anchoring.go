@@ -88,7 +88,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		_, err := a.engine.Chain(ctx)
 		return err
 	})
-	if _, err := snapshot.Register(srv, a.takeSnapshot); err != nil {
+	if _, err := snapshot.Register(ctx, srv, a.takeSnapshot); err != nil {
 		return err
 	}
 	go a.submitLoop(ctx)

@@ -106,7 +106,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		}
 		return nil
 	})
-	if _, err := snapshot.Register(srv, a.takeSnapshot); err != nil {
+	if _, err := snapshot.Register(ctx, srv, a.takeSnapshot); err != nil {
 		return err
 	}
 	go a.follow(ctx)

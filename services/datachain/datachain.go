@@ -103,7 +103,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		_, err := a.store.Stats()
 		return err
 	})
-	if _, err := snapshot.Register(srv, a.takeSnapshot); err != nil {
+	if _, err := snapshot.Register(ctx, srv, a.takeSnapshot); err != nil {
 		return err
 	}
 	a.loops.Add(1)

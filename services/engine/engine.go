@@ -102,7 +102,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		return err
 	}
 	a.node = n
-	if _, err := servicecopy.Register(srv, a.takeSnapshot); err != nil {
+	if _, err := servicecopy.Register(ctx, srv, a.takeSnapshot); err != nil {
 		return err
 	}
 	pctx, stop := context.WithCancel(context.WithoutCancel(ctx))

@@ -155,7 +155,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		}()
 		srv.AddDetailedCheck(meshapi.ConsulReadyCheck, a.reg.check)
 	}
-	if _, err := snapshot.Register(srv, a.takeSnapshot); err != nil {
+	if _, err := snapshot.Register(ctx, srv, a.takeSnapshot); err != nil {
 		return err
 	}
 	a.routes(srv)
