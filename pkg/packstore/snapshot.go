@@ -42,7 +42,9 @@ type Snapshot struct {
 // index points at. The read transaction begins, the active pack's end is
 // read and the packs are linked under the commit lock, so no commit lands
 // in between; the index is written after the lock is released, from that
-// transaction. dir must be on the store's file system.
+// transaction. dir must be on the store's file system. Puts go on
+// throughout; only one whose commit must grow the index's memory map waits
+// for the index to be written out.
 func (s *Store) Snapshot(ctx context.Context, dir string) (*Snapshot, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "packs"), 0o700); err != nil {
 		return nil, err
