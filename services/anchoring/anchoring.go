@@ -22,6 +22,7 @@ import (
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/service"
+	"github.com/pickme/lucid/pkg/snapshot"
 )
 
 // App is the session anchoring service.
@@ -87,6 +88,9 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		_, err := a.engine.Chain(ctx)
 		return err
 	})
+	if _, err := snapshot.Register(ctx, srv, a.takeSnapshot); err != nil {
+		return err
+	}
 	go a.submitLoop(ctx)
 	go a.followLoop(ctx)
 	(&api{app: a}).routes(srv)

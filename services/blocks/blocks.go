@@ -25,6 +25,7 @@ import (
 	"github.com/pickme/lucid/pkg/chainstore"
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/service"
+	"github.com/pickme/lucid/pkg/snapshot"
 )
 
 // App is the block manager.
@@ -105,6 +106,9 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		}
 		return nil
 	})
+	if _, err := snapshot.Register(ctx, srv, a.takeSnapshot); err != nil {
+		return err
+	}
 	go a.follow(ctx)
 	(&api{app: a}).routes(srv)
 	return nil

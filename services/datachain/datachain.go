@@ -19,6 +19,7 @@ import (
 	"github.com/pickme/lucid/pkg/logtree"
 	"github.com/pickme/lucid/pkg/packstore"
 	"github.com/pickme/lucid/pkg/service"
+	"github.com/pickme/lucid/pkg/snapshot"
 )
 
 // App is the data chain service.
@@ -102,6 +103,9 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		_, err := a.store.Stats()
 		return err
 	})
+	if _, err := snapshot.Register(ctx, srv, a.takeSnapshot); err != nil {
+		return err
+	}
 	a.loops.Add(1)
 	go func() {
 		defer a.loops.Done()

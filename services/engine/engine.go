@@ -22,6 +22,7 @@ import (
 
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/service"
+	servicecopy "github.com/pickme/lucid/pkg/snapshot"
 )
 
 // Config is the engine's own configuration.
@@ -101,6 +102,9 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		return err
 	}
 	a.node = n
+	if _, err := servicecopy.Register(ctx, srv, a.takeSnapshot); err != nil {
+		return err
+	}
 	pctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	a.stop = stop
 	go func() {

@@ -49,6 +49,7 @@ import (
 	"github.com/pickme/lucid/pkg/meshtls"
 	"github.com/pickme/lucid/pkg/ratelimit"
 	"github.com/pickme/lucid/pkg/service"
+	"github.com/pickme/lucid/pkg/snapshot"
 )
 
 // App is the mesh controller.
@@ -153,6 +154,9 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 			a.reg.run(rctx, a.syncInterval)
 		}()
 		srv.AddDetailedCheck(meshapi.ConsulReadyCheck, a.reg.check)
+	}
+	if _, err := snapshot.Register(ctx, srv, a.takeSnapshot); err != nil {
+		return err
 	}
 	a.routes(srv)
 	return nil
