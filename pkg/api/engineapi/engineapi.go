@@ -241,6 +241,16 @@ func (c *Client) Block(ctx context.Context, height uint64) (*chain.Block, error)
 	return chain.DecodeBlock(raw)
 }
 
+// LatestBlock returns the newest block: the engine's, or a block
+// manager's, which serves the same path.
+func (c *Client) LatestBlock(ctx context.Context) (*chain.Block, error) {
+	var raw []byte
+	if err := c.do(ctx, http.MethodGet, "/api/v1/blocks/latest", nil, &raw); err != nil {
+		return nil, err
+	}
+	return chain.DecodeBlock(raw)
+}
+
 // Consistency returns the proof that the log of size from is a prefix of
 // the log of size to.
 func (c *Client) Consistency(ctx context.Context, from, to uint64) ([][]byte, error) {
