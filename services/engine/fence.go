@@ -205,7 +205,7 @@ func (n *node) liftFence(req engineapi.LiftFenceRequest) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.cur == nil {
-		return service.Errorf(http.StatusConflict, engineapi.CodeFenced, "the engine is not fenced")
+		return service.Errorf(http.StatusConflict, service.CodeConflict, "the engine is not fenced")
 	}
 	held, err := n.guardedHeight()
 	if err != nil {
@@ -247,7 +247,7 @@ func (n *node) importBlocks(blocks []*chain.Block) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.cur == nil {
-		return 0, service.Errorf(http.StatusConflict, engineapi.CodeFenced, "the engine is not fenced: blocks are imported only into a fenced engine")
+		return 0, service.Errorf(http.StatusConflict, service.CodeConflict, "the engine is not fenced: blocks are imported only into a fenced engine")
 	}
 	if !n.isLeader() {
 		return 0, notLeader(n)

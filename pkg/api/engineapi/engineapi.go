@@ -383,9 +383,8 @@ type Fence struct {
 	At             time.Time `json:"at"`
 }
 
-// CodeFenced marks a refusal because the engine is, or is not, fenced:
-// imports need a fence, and a fence cannot be lifted over heights the node
-// does not hold.
+// CodeFenced marks a lift refused because the fenced engine lacks heights
+// the outside world knows.
 const CodeFenced = "LUCID_ERR_5104"
 
 // ForkNote records that the operator lifted a fence accepting a fork: the

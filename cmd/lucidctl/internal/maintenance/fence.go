@@ -19,6 +19,10 @@ import (
 	"github.com/pickme/lucid/pkg/sshx"
 )
 
+// importBatch is how many blocks --blocks-from fetches, then imports, at
+// a time.
+const importBatch = 256
+
 // Audit actions of `maintenance fence`.
 const (
 	actionFenceStatus = "chain.fence.status"
@@ -264,22 +268,27 @@ func liftFence(ctx context.Context, opts *FenceOptions, s *session, eng *enginea
 		s.say("%s holds height %d", opts.BlocksFrom, head)
 	}
 	if remote != nil && res.KnownHeight > st.Height {
-		blocks := make([]*chain.Block, 0, res.KnownHeight-st.Height)
-		s.say("fetching blocks %d..%d from %s", st.Height+1, res.KnownHeight, opts.BlocksFrom)
-		for h := st.Height + 1; h <= res.KnownHeight; h++ {
-			b, err := remote.Block(ctx, h)
-			if err != nil {
-				return nil, fmt.Errorf("block %d from %s: %w", h, opts.BlocksFrom, err)
+		s.say("fetching blocks %d..%d from %s and importing them; the engine checks each", st.Height+1, res.KnownHeight, opts.BlocksFrom)
+		// In batches, so that a long gap is never all in memory.
+		for from := st.Height + 1; from <= res.KnownHeight; {
+			to := min(res.KnownHeight, from+importBatch-1)
+			blocks := make([]*chain.Block, 0, to-from+1)
+			for h := from; h <= to; h++ {
+				b, err := remote.Block(ctx, h)
+				if err != nil {
+					return nil, fmt.Errorf("block %d from %s: %w", h, opts.BlocksFrom, err)
+				}
+				blocks = append(blocks, b)
 			}
-			blocks = append(blocks, b)
+			ir, err := eng.ImportBlocks(ctx, token, blocks)
+			if err != nil {
+				return nil, fmt.Errorf("import: %w", err)
+			}
+			res.Imported += ir.Imported
+			st = &ir.Status
+			s.say("imported blocks %d..%d", from, to)
+			from = to + 1
 		}
-		s.say("importing %d block(s); the engine checks each", len(blocks))
-		ir, err := eng.ImportBlocks(ctx, token, blocks)
-		if err != nil {
-			return nil, fmt.Errorf("import: %w", err)
-		}
-		res.Imported = ir.Imported
-		st = &ir.Status
 	}
 	if opts.AcceptFork && res.KnownHeight > st.GuardedHeight {
 		if err := confirmFork(opts, s.host.Name, st.GuardedHeight+1, res.KnownHeight); err != nil {
