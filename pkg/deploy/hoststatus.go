@@ -250,7 +250,12 @@ func (d *Deployer) Status(ctx context.Context, o StatusOptions) (*HostStatus, er
 // produces no block until the operator lifts the fence.
 func (d *Deployer) readFence(ctx context.Context, c *serviceClient, st *HostStatus, fenced bool, mu *sync.Mutex, unknown func(string, error)) {
 	var fs engineapi.FenceStatus
-	err := c.getJSON(ctx, "/api/v1/fence", true, &fs)
+	body, err := c.get(ctx, "/api/v1/fence", true)
+	if err == nil {
+		if uerr := json.Unmarshal(body, &fs); uerr != nil {
+			err = fmt.Errorf("engine /api/v1/fence: %w", uerr)
+		}
+	}
 	var se *statusError
 	switch {
 	case errors.As(err, &se) && se.code == http.StatusNotFound:

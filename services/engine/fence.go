@@ -76,7 +76,7 @@ func openFence(dir string, g *guard) (*fence, error) {
 	var fc engineapi.Fence
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&fc); err != nil {
-		return nil, fmt.Errorf("the restore fence %s is corrupt (%v): the engine stays down rather than produce blocks unfenced; write a valid fence or ask the restore to write it again", f.path, err)
+		return nil, fmt.Errorf("the restore fence %s is corrupt (%w): the engine stays down rather than produce blocks unfenced; write a valid fence or ask the restore to write it again", f.path, err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("the restore fence %s is corrupt (data after the JSON object): the engine stays down rather than produce blocks unfenced", f.path)
@@ -148,8 +148,11 @@ func (f *fence) remove() error {
 	if err != nil {
 		return fmt.Errorf("sync the data directory: %w", err)
 	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return fmt.Errorf("sync the data directory: %w", err)
 	}
 	return nil

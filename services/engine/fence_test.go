@@ -128,8 +128,11 @@ func storeHeight(t *testing.T, dir string) uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	return s.Height()
+	h := s.Height()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
 
 func copyDir(t *testing.T, src, dst string) {
