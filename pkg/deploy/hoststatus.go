@@ -115,6 +115,10 @@ type ServiceReports struct {
 	NewestBlockAgeSec *float64  `json:"newest_block_age_seconds,omitempty"`
 	// RaftRole is the engine's Raft state: leader, follower, candidate.
 	RaftRole string `json:"raft_role,omitempty"`
+	// Fence is the engine's restore fence and the forks accepted when
+	// lifting one; absent when it was never fenced or forked. A fenced
+	// engine produces no block: the host is then unhealthy.
+	Fence *engineapi.FenceStatus `json:"fence,omitempty"`
 	// AnchorQueue is how many anchors wait to be sealed, and
 	// OldestPendingAnchor when the oldest of them was accepted (absent
 	// when none waits).
@@ -141,6 +145,7 @@ const (
 	FigureChainHeight  = "chain_height"
 	FigureNewestBlock  = "newest_block"
 	FigureRaftRole     = "raft_role"
+	FigureFence        = "fence"
 	FigureAnchorQueue  = "anchor_queue"
 	FigureOldestAnchor = "oldest_pending_anchor"
 	FigureDataChain    = "data_chain_size"
@@ -238,6 +243,39 @@ func (d *Deployer) Status(ctx context.Context, o StatusOptions) (*HostStatus, er
 	}
 	st.Healthy = len(st.Problems) == 0
 	return st, nil
+}
+
+// readFence reads the engine's restore fence (GET /api/v1/fence: 404 when
+// it was never fenced nor forked); a fenced engine is a problem, since it
+// produces no block until the operator lifts the fence.
+func (d *Deployer) readFence(ctx context.Context, c *serviceClient, st *HostStatus, fenced bool, mu *sync.Mutex, unknown func(string, error)) {
+	var fs engineapi.FenceStatus
+	body, err := c.get(ctx, "/api/v1/fence", true)
+	if err == nil {
+		if uerr := json.Unmarshal(body, &fs); uerr != nil {
+			err = fmt.Errorf("engine /api/v1/fence: %w", uerr)
+		}
+	}
+	var se *statusError
+	switch {
+	case errors.As(err, &se) && se.code == http.StatusNotFound:
+		if !fenced {
+			return
+		}
+		fs = engineapi.FenceStatus{Fenced: true} // an engine that says so on /api/v1/chain only
+	case err != nil:
+		unknown(FigureFence, err)
+		if !fenced {
+			return
+		}
+		fs = engineapi.FenceStatus{Fenced: true}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	st.Reports.Fence = &fs
+	if fs.Fenced {
+		st.Problems = append(st.Problems, "engine: fenced after a restore, producing no block until the operator lifts the fence (lucidctl maintenance fence status|lift)")
+	}
 }
 
 type expected struct{ name, container string }
@@ -422,6 +460,7 @@ func (d *Deployer) readReports(ctx context.Context, o StatusOptions, st *HostSta
 				unknown(FigureNewestBlock, errors.New("the chain has no block yet"))
 			}
 		}
+		d.readFence(ctx, c, st, info.Fenced, mu, unknown)
 		var cs engineapi.ConsensusStatus
 		if err := c.getJSON(ctx, "/api/v1/consensus/status", true, &cs); err != nil {
 			unknown(FigureRaftRole, err)
@@ -705,10 +744,18 @@ func (c *serviceClient) get(ctx context.Context, p string, operator bool) ([]byt
 		if resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusUnauthorized {
 			msg += " (is LUCID_OPERATOR_TOKEN the one deployed?)"
 		}
-		return nil, fmt.Errorf("%s %s: %s", c.name, p, msg)
+		return nil, &statusError{code: resp.StatusCode, msg: fmt.Sprintf("%s %s: %s", c.name, p, msg)}
 	}
 	return body, nil
 }
+
+// statusError is a service's answer other than 200.
+type statusError struct {
+	code int
+	msg  string
+}
+
+func (e *statusError) Error() string { return e.msg }
 
 func (c *serviceClient) getJSON(ctx context.Context, p string, operator bool, v any) error {
 	body, err := c.get(ctx, p, operator)

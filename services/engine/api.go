@@ -53,6 +53,7 @@ func (a *api) routes(srv *service.Server) {
 	srv.Handle("GET /consensus/status", a.consensus)
 	srv.Handle("POST /api/v1/consensus/voters", service.ForOperator(a.addVoter))
 	srv.Handle("DELETE /api/v1/consensus/voters/{id}", service.ForOperator(a.removeVoter))
+	a.fenceRoutes(srv)
 }
 
 func notLeader(n *node) error {
@@ -185,7 +186,8 @@ func (a *api) chainInfo(w http.ResponseWriter, _ *http.Request) error {
 	info := engineapi.ChainInfo{
 		ChainID: n.cfg.ChainID, Origin: n.origin, NodeID: n.cfg.NodeID, ValidatorKey: n.vkey,
 		Validators: vals, BlockInterval: n.cfg.BlockInterval.String(), Leader: n.isLeader(),
-		Root: base64.StdEncoding.EncodeToString(logtree.Hasher.EmptyRoot()),
+		Root:   base64.StdEncoding.EncodeToString(logtree.Hasher.EmptyRoot()),
+		Fenced: n.fence.active(),
 	}
 	if h := n.store.Head(); h != nil {
 		info.Height, info.HeadHash, info.TreeSize = h.Height, h.Hash(), h.TreeSize

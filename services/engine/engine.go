@@ -115,6 +115,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	m.mempool = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lucid_engine_mempool_txs", Help: "Transactions waiting for a block."},
 		func() float64 { return float64(n.mempool.size()) })
 	srv.Registerer().MustRegister(m.mempool)
+	n.fence.register(srv.Registerer())
 	srv.AddCheck("consensus", n.checkLeader)
 	(&api{node: n, streams: service.NewSlots("block streams", a.cfg.StreamsMax, a.cfg.StreamsPerUser)}).routes(srv)
 	return nil

@@ -29,6 +29,7 @@ type node struct {
 	logger  *slog.Logger
 	store   *chainstore.Store
 	guard   *guard
+	fence   *fence // the restore fence (fence.go)
 	mempool *mempool
 	signer  note.Signer
 	vkey    string
@@ -62,6 +63,13 @@ func openNode(cfg Config, logger *slog.Logger, m *metrics) (n *node, err error) 
 	}
 	if n.guard, err = openGuard(filepath.Join(cfg.DataDir, "guard.db")); err != nil {
 		return nil, err
+	}
+	if n.fence, err = openFence(cfg.DataDir, n.guard); err != nil {
+		return nil, err
+	}
+	if n.fence.active() {
+		logger.Warn("fenced after a restore: serving reads and taking transactions, producing no block until the operator lifts the fence (lucidctl maintenance fence lift)",
+			"height", n.store.Height(), "restored_height", n.fence.cur.RestoredHeight, "backup", n.fence.cur.Backup)
 	}
 	if err := n.startRaft(); err != nil {
 		return nil, err
@@ -164,7 +172,9 @@ func (n *node) produce(ctx context.Context) {
 		if n.onSlot != nil {
 			n.onSlot(lag)
 		}
-		if err := n.propose(slot); err != nil {
+		if err := n.propose(slot); errors.Is(err, errFenced) {
+			n.fence.skipped.Inc()
+		} else if err != nil {
 			n.logger.Warn("block not produced", "slot", slot, "error", err)
 		}
 	}
@@ -173,6 +183,9 @@ func (n *node) produce(ctx context.Context) {
 // propose seals the mempool into the block for slot and commits it through
 // raft. The signed block is recorded in the guard before it leaves the node.
 func (n *node) propose(slot time.Time) error {
+	if n.fence.active() {
+		return errFenced
+	}
 	// Apply everything the cluster has committed before building on it.
 	if err := n.raft.Barrier(n.cfg.BlockInterval).Error(); err != nil {
 		return fmt.Errorf("barrier: %w", err)

@@ -75,6 +75,9 @@ type ChainInfo struct {
 	NodeID        string    `json:"node_id"`
 	Leader        bool      `json:"leader"`
 	BlockInterval string    `json:"block_interval"`
+	// Fenced is true while the engine produces no block after a restore
+	// (see Fence).
+	Fenced bool `json:"fenced,omitempty"`
 }
 
 // ConsistencyProof answers GET /api/v1/consistency.
@@ -238,6 +241,16 @@ func (c *Client) Block(ctx context.Context, height uint64) (*chain.Block, error)
 	return chain.DecodeBlock(raw)
 }
 
+// LatestBlock returns the newest block: the engine's, or a block
+// manager's, which serves the same path.
+func (c *Client) LatestBlock(ctx context.Context) (*chain.Block, error) {
+	var raw []byte
+	if err := c.do(ctx, http.MethodGet, "/api/v1/blocks/latest", nil, &raw); err != nil {
+		return nil, err
+	}
+	return chain.DecodeBlock(raw)
+}
+
 // Consistency returns the proof that the log of size from is a prefix of
 // the log of size to.
 func (c *Client) Consistency(ctx context.Context, from, to uint64) ([][]byte, error) {
@@ -368,4 +381,113 @@ type Fence struct {
 	// RestoredHeight is the chain height the restored copy holds.
 	RestoredHeight uint64    `json:"restored_height"`
 	At             time.Time `json:"at"`
+}
+
+// CodeFenced marks a lift refused because the fenced engine lacks heights
+// the outside world knows.
+const CodeFenced = "LUCID_ERR_5104"
+
+// ForkNote records that the operator lifted a fence accepting a fork: the
+// blocks the outside world may hold at heights From..To are void, and this
+// chain holds other blocks there.
+type ForkNote struct {
+	From uint64    `json:"from"`
+	To   uint64    `json:"to"`
+	At   time.Time `json:"at"`
+	// By names who accepted it, as lucidctl says (user@host).
+	By string `json:"by,omitempty"`
+	// Backup is the restored backup's id, from the fence.
+	Backup string `json:"backup,omitempty"`
+}
+
+// FenceStatus answers GET /api/v1/fence and the fence's POST calls.
+type FenceStatus struct {
+	Fenced bool `json:"fenced"`
+	// Fence is the fence file's content while fenced.
+	Fence *Fence `json:"fence,omitempty"`
+	// Height is the local chain's height.
+	Height uint64 `json:"height"`
+	// GuardedHeight is the highest height this node can produce again
+	// exactly as it signed it before: its chain's height, plus the blocks
+	// above it that its signing guard holds, linked to it.
+	GuardedHeight uint64 `json:"guarded_height"`
+	// Forks are the forks the operator accepted, oldest first.
+	Forks []ForkNote `json:"forks,omitempty"`
+}
+
+// LiftFenceRequest is the body of POST /api/v1/fence/lift.
+type LiftFenceRequest struct {
+	// KnownHeight is the highest height the outside world knows (from the
+	// newest receipt, or a block manager elsewhere). Required.
+	KnownHeight *uint64 `json:"known_height"`
+	// AcceptFork lifts the fence even though the node lacks heights up to
+	// KnownHeight: those heights become void (a ForkNote records it).
+	AcceptFork bool `json:"accept_fork,omitempty"`
+	// By names who lifts it, for the fork note.
+	By string `json:"by,omitempty"`
+}
+
+// ImportResult answers POST /api/v1/fence/blocks.
+type ImportResult struct {
+	Imported int         `json:"imported"`
+	Status   FenceStatus `json:"status"`
+}
+
+// Fence returns the engine's fence, and the forks accepted; ErrNotFound
+// when it is not fenced and no fork was ever accepted.
+func (c *Client) Fence(ctx context.Context, operatorToken string) (*FenceStatus, error) {
+	var out FenceStatus
+	if err := c.doAuth(ctx, http.MethodGet, "/api/v1/fence", operatorToken, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// LiftFence asks the engine to lift its fence.
+func (c *Client) LiftFence(ctx context.Context, operatorToken string, req LiftFenceRequest) (*FenceStatus, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	var out FenceStatus
+	if err := c.doAuth(ctx, http.MethodPost, "/api/v1/fence/lift", operatorToken, body, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// MaxImportBytes bounds the body of one import call; ImportBlocks splits
+// larger sets.
+const MaxImportBytes = 48 << 20
+
+// ImportBlocks sends a fenced engine the blocks above its height, in
+// order, signed by its own key, as NDJSON; several calls when they are
+// large. The result is the last call's.
+func (c *Client) ImportBlocks(ctx context.Context, operatorToken string, blocks []*chain.Block) (*ImportResult, error) {
+	total := &ImportResult{}
+	for len(blocks) > 0 {
+		var buf bytes.Buffer
+		n := 0
+		for n < len(blocks) {
+			enc, err := blocks[n].Encode()
+			if err != nil {
+				return nil, err
+			}
+			if n > 0 && buf.Len()+len(enc)+1 > MaxImportBytes {
+				break
+			}
+			buf.Write(enc)
+			buf.WriteByte('\n')
+			n++
+		}
+		var out ImportResult
+		req := api.Request{Method: http.MethodPost, URL: c.URL() + "/api/v1/fence/blocks", Body: buf.Bytes(), ContentType: "application/x-ndjson", Token: operatorToken}
+		if err := api.Do(ctx, c.http, req, &out); err != nil {
+			return nil, err
+		}
+		total.Imported += out.Imported
+		total.Status = out.Status
+		blocks = blocks[n:]
+	}
+	return total, nil
 }

@@ -35,7 +35,7 @@ import (
 func NewCmd(env *cli.Env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "maintenance <command>",
-		Short: "Scrub and compact the data chain, rotate the mesh CA, change the chain's voters",
+		Short: "Scrub and compact the data chain, rotate the mesh CA, change the chain's voters, lift a restore fence",
 		Long: `Maintenance of deployed hosts with the operator credential: each command
 reaches the services on the host's loopback through SSH, as the Pi itself
 sees them, and sends LUCID_OPERATOR_TOKEN as the bearer token. With the mesh
@@ -49,7 +49,7 @@ Progress goes to stderr, the result to stdout (--json for scripts).`,
 		Args:    cli.Subcommands,
 		RunE:    func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(newScrubCmd(env), newCompactCmd(env), newRotateCACmd(env), newVotersCmd(env))
+	cmd.AddCommand(newScrubCmd(env), newCompactCmd(env), newRotateCACmd(env), newVotersCmd(env), newFenceCmd(env))
 	return cmd
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/deploy"
 )
 
@@ -228,6 +229,7 @@ func printHost(w io.Writer, st *iostreams.Styles, h HostDoc, now time.Time) {
 		chain = append(chain, "raft "+u(deploy.FigureRaftRole))
 	}
 	fmt.Fprintln(w, "chain:      "+strings.Join(chain, ", "))
+	printFence(w, st, r.Fence)
 
 	anchors := "queue " + u(deploy.FigureAnchorQueue)
 	if r.AnchorQueue != nil {
@@ -258,6 +260,36 @@ func printHost(w io.Writer, st *iostreams.Styles, h HostDoc, now time.Time) {
 	for _, p := range s.Problems {
 		fmt.Fprintln(w, st.Error.Render("problem:")+"    "+p)
 	}
+}
+
+// printFence writes the engine's restore fence and the forks accepted
+// when lifting one, if any.
+func printFence(w io.Writer, st *iostreams.Styles, f *engineapi.FenceStatus) {
+	if f == nil {
+		return
+	}
+	if f.Fenced {
+		line := "FENCED after a restore: producing no block"
+		if f.Fence != nil {
+			line += fmt.Sprintf(" (backup %s restored at height %d", orDash(f.Fence.Backup), f.Fence.RestoredHeight)
+			line += fmt.Sprintf("; holds %d, can re-propose to %d)", f.Height, f.GuardedHeight)
+		}
+		fmt.Fprintln(w, "fence:      "+st.Error.Render(line)+"; see `lucidctl maintenance fence status`")
+	}
+	for _, k := range f.Forks {
+		by := ""
+		if k.By != "" {
+			by = " by " + k.By
+		}
+		fmt.Fprintln(w, "fork:       "+st.Warning.Render(fmt.Sprintf("heights %d..%d void: a fork accepted %s%s", k.From, k.To, k.At.Format(time.RFC3339), by)))
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func deref(p *int64) int64 {
