@@ -181,7 +181,7 @@ func run(ctx context.Context, opts *Options) error {
 			offset = *opts.PortOffset
 		}
 		host, _ := os.Hostname()
-		s := &hostservices.Session{Dial: dialLocal, Offset: offset, Creds: creds, Say: say}
+		s := &hostservices.Session{Host: "local", Dial: dialLocal, Offset: offset, Creds: creds, Say: say}
 		defer s.Close()
 		envPath := opts.EnvFile
 		if envPath == "" {
@@ -216,7 +216,7 @@ func run(ctx context.Context, opts *Options) error {
 	if opts.PortOffset != nil {
 		offset = *opts.PortOffset
 	}
-	s := &hostservices.Session{Dial: h.SSH.DialTCP, Offset: offset, Creds: creds, Say: func(format string, args ...any) { say(h.Name+": "+format, args...) }}
+	s := &hostservices.Session{Host: h.Name, Dial: h.SSH.DialTCP, Offset: offset, Creds: creds, Say: func(format string, args ...any) { say(h.Name+": "+format, args...) }}
 	defer s.Close()
 	out, err := func() (*Output, error) {
 		d, err := deploy.New(h.DeployConfig())

@@ -66,6 +66,8 @@ func ReadCredentials(env *cli.Env, path string) (*Credentials, error) {
 
 // Session is one host's services.
 type Session struct {
+	// Host names the host in lucid.yaml (local for the local stack).
+	Host string
 	// Dial connects to an address on the host's loopback (through SSH for
 	// a deployed host).
 	Dial func(addr string) (net.Conn, error)

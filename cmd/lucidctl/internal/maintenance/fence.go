@@ -203,7 +203,7 @@ func runFence(ctx context.Context, opts *FenceOptions) error {
 		action = actionFenceLiftFork
 	}
 	out, err := each(ctx, opts.Env, &opts.Flags, action, func(ctx context.Context, s *session) (*LiftResult, error) {
-		hc, base, err := s.client(ctx, "engine", time.Minute)
+		hc, base, err := s.Client(ctx, "engine", time.Minute)
 		if err != nil {
 			return nil, err
 		}
@@ -230,7 +230,7 @@ func runFence(ctx context.Context, opts *FenceOptions) error {
 // liftFence works out the known height, imports blocks if asked, confirms
 // a fork, and lifts the fence of one host's engine.
 func liftFence(ctx context.Context, opts *FenceOptions, s *session, eng *engineapi.Client, receipt []byte, remote *engineapi.Client) (*LiftResult, error) {
-	token := s.creds.operator
+	token := s.Creds.Operator
 	st, err := eng.Fence(ctx, token)
 	if errors.Is(err, engineapi.ErrNotFound) {
 		return nil, errors.New("the engine is not fenced: nothing to lift")
@@ -257,7 +257,7 @@ func liftFence(ctx context.Context, opts *FenceOptions, s *session, eng *enginea
 			return nil, cli.Problems(fmt.Errorf("the receipt %s does not verify against the engine's validators: %w", opts.Receipt, err))
 		}
 		res.KnownHeight, res.KnownFrom = v.Header.Height, "receipt"
-		s.say("the receipt's checkpoint is at height %d", res.KnownHeight)
+		s.Say("the receipt's checkpoint is at height %d", res.KnownHeight)
 	case remote != nil && opts.KnownHeight == 0:
 		b, err := remote.LatestBlock(ctx)
 		if err != nil {
@@ -265,10 +265,10 @@ func liftFence(ctx context.Context, opts *FenceOptions, s *session, eng *enginea
 		}
 		head := b.Height
 		res.KnownHeight, res.KnownFrom = head, "blocks-from"
-		s.say("%s holds height %d", opts.BlocksFrom, head)
+		s.Say("%s holds height %d", opts.BlocksFrom, head)
 	}
 	if remote != nil && res.KnownHeight > st.Height {
-		s.say("fetching blocks %d..%d from %s and importing them; the engine checks each", st.Height+1, res.KnownHeight, opts.BlocksFrom)
+		s.Say("fetching blocks %d..%d from %s and importing them; the engine checks each", st.Height+1, res.KnownHeight, opts.BlocksFrom)
 		// In batches, so that a long gap is never all in memory.
 		for from := st.Height + 1; from <= res.KnownHeight; {
 			to := min(res.KnownHeight, from+importBatch-1)
@@ -286,12 +286,12 @@ func liftFence(ctx context.Context, opts *FenceOptions, s *session, eng *enginea
 			}
 			res.Imported += ir.Imported
 			st = &ir.Status
-			s.say("imported blocks %d..%d", from, to)
+			s.Say("imported blocks %d..%d", from, to)
 			from = to + 1
 		}
 	}
 	if opts.AcceptFork && res.KnownHeight > st.GuardedHeight {
-		if err := confirmFork(opts, s.host.Name, st.GuardedHeight+1, res.KnownHeight); err != nil {
+		if err := confirmFork(opts, s.Host, st.GuardedHeight+1, res.KnownHeight); err != nil {
 			return nil, err
 		}
 	}
@@ -330,12 +330,12 @@ func confirmFork(opts *FenceOptions, host string, from, to uint64) error {
 
 func runFenceStatus(ctx context.Context, opts *FenceOptions) error {
 	out, err := each(ctx, opts.Env, &opts.Flags, actionFenceStatus, func(ctx context.Context, s *session) (*engineapi.FenceStatus, error) {
-		hc, base, err := s.client(ctx, "engine", shortRequest)
+		hc, base, err := s.Client(ctx, "engine", shortRequest)
 		if err != nil {
 			return nil, err
 		}
 		eng := engineapi.New(base, hc)
-		st, err := eng.Fence(ctx, s.creds.operator)
+		st, err := eng.Fence(ctx, s.Creds.Operator)
 		if errors.Is(err, engineapi.ErrNotFound) {
 			info, err := eng.Chain(ctx)
 			if err != nil {

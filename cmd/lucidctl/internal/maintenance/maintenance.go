@@ -131,7 +131,7 @@ func each[T any](ctx context.Context, env *cli.Env, f *Flags, action string, fn 
 		fmt.Fprintf(env.IO.ErrOut, progressHostPrefix+format+"\n", append([]any{host}, args...)...)
 	}
 	err = fl.Each(ctx, func(ctx context.Context, h *fleet.Host) error {
-		s := &session{Dial: h.SSH.DialTCP, Offset: f.PortOffset, Creds: creds, Say: func(format string, args ...any) { say(h.Name, format, args...) }}
+		s := &session{Host: h.Name, Dial: h.SSH.DialTCP, Offset: f.PortOffset, Creds: creds, Say: func(format string, args ...any) { say(h.Name, format, args...) }}
 		defer s.Close()
 		res, err := fn(ctx, s)
 		err = hostservices.Classify(err)
