@@ -201,7 +201,6 @@ func rawStream(t *testing.T, m restoredata.Manifest, entries []*tar.Header, bodi
 	return &buf
 }
 
-
 func TestReplaceRefusesPathsThatEscape(t *testing.T) {
 	for _, p := range []string{"../evil", "/etc/passwd", "a/../../evil", "./a", "a//b", `a\..\b`, ".lucid-restore-x/y", ".."} {
 		t.Run(p, func(t *testing.T) {
