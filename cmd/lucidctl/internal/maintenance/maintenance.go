@@ -116,6 +116,9 @@ type session struct {
 	offset int
 	creds  *credentials
 	say    func(format string, args ...any) // progress on stderr, named by host
+	// dial, when set, reaches the services instead of host's SSH
+	// connection (the local stack, for restore's checks).
+	dial func(addr string) (net.Conn, error)
 
 	mu         sync.Mutex
 	probed     bool
@@ -130,10 +133,18 @@ func (s *session) addr(service string) string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(svc.Port+s.offset))
 }
 
+// dialTCP connects to addr on the host's loopback.
+func (s *session) dialTCP(addr string) (net.Conn, error) {
+	if s.dial != nil {
+		return s.dial(addr)
+	}
+	return s.host.SSH.DialTCP(addr)
+}
+
 // transport dials every connection to addr through SSH.
 func (s *session) transport(addr string, tc *tls.Config) *http.Transport {
 	tr := &http.Transport{
-		DialContext:     func(context.Context, string, string) (net.Conn, error) { return s.host.SSH.DialTCP(addr) },
+		DialContext:     func(context.Context, string, string) (net.Conn, error) { return s.dialTCP(addr) },
 		TLSClientConfig: tc,
 	}
 	s.mu.Lock()
@@ -180,7 +191,7 @@ func (s *session) secure(ctx context.Context) error {
 
 // speaksTLS tries a TLS handshake with addr; nothing is sent over it.
 func (s *session) speaksTLS(ctx context.Context, addr string) (bool, error) {
-	conn, err := s.host.SSH.DialTCP(addr)
+	conn, err := s.dialTCP(addr)
 	if err != nil {
 		return false, fmt.Errorf("is the stack running? %w", err)
 	}
@@ -210,7 +221,7 @@ func (s *session) fetchBundle(ctx context.Context, overTLS bool) ([]*x509.Certif
 	}
 	r := meshtls.NewRemote(scheme+"://"+s.addr(catalog.MeshService), meshapi.EnrolmentToken(s.creds.mesh, "gateway"))
 	r.SetDialContext(func(context.Context, string, string) (net.Conn, error) {
-		return s.host.SSH.DialTCP(s.addr(catalog.MeshService))
+		return s.dialTCP(s.addr(catalog.MeshService))
 	})
 	bundle, err := r.Bundle(ctx, "gateway")
 	if err != nil {

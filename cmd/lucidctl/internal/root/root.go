@@ -16,6 +16,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/maintenance"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/operate"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/render"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/restore"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/secrets"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/session"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/stack"
@@ -73,9 +74,9 @@ Results go to stdout; progress and diagnostics go to stderr.`,
 		c.GroupID = "deploy"
 		cmd.AddCommand(c)
 	}
-	sec := secrets.NewCmd(env)
-	sec.GroupID = "deploy"
-	cmd.AddCommand(sec)
+	sec, rst := secrets.NewCmd(env), restore.NewCmd(env)
+	sec.GroupID, rst.GroupID = "deploy", "deploy"
+	cmd.AddCommand(sec, rst)
 	bch, mnt := bench.NewCmd(env), maintenance.NewCmd(env)
 	bch.GroupID, mnt.GroupID = "deploy", "deploy"
 	cmd.AddCommand(bch, mnt)
