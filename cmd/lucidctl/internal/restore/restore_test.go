@@ -88,6 +88,13 @@ func (p *project) dataDir(service string) string {
 // would describe them.
 func (p *project) copyBackup(t *testing.T, dst string, facts snapshotapi.Facts) {
 	t.Helper()
+	copyBackup(t, dst, p.dataDir, facts)
+}
+
+// copyBackup makes a backup directory of the services' data directories
+// (dataDir of each).
+func copyBackup(t *testing.T, dst string, dataDir func(string) string, facts snapshotapi.Facts) {
+	t.Helper()
 	var manifests []snapshotapi.Manifest
 	for _, svc := range []string{"mesh", "engine", "anchoring", "blocks", "datachain"} {
 		m := snapshotapi.Manifest{ID: "copy", Service: svc, PieceSize: snapshotapi.PieceSize}
@@ -97,7 +104,7 @@ func (p *project) copyBackup(t *testing.T, dst string, facts snapshotapi.Facts) 
 		case "datachain":
 			m.Facts.DataChain = facts.DataChain
 		}
-		src := p.dataDir(svc)
+		src := dataDir(svc)
 		err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() {
 				return err
@@ -143,9 +150,15 @@ func TestLocalRestoreEndToEnd(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("the end-to-end stack tests use Unix signals")
 	}
+	// The stack is also target "pi", through a real sshd, as the
+	// maintenance tests do: its services are reached on the loopback as a
+	// Pi's are. It runs no release there.
+	sshd := testenv.StartSSHD(t, testenv.SSHDOptions{})
 	dir := t.TempDir()
 	p := &project{t: t, dir: dir, config: filepath.Join(dir, "lucid.yaml")}
-	yaml := fmt.Sprintf("local:\n  state_dir: state\n  env_file: secrets.env\n  consul: \"off\"\n  port_offset: %d\n", offset)
+	yaml := fmt.Sprintf("local:\n  state_dir: state\n  env_file: secrets.env\n  consul: \"off\"\n  port_offset: %d\ntargets:\n  pi:\n    host: %s\n    port: %d\n    user: %s\n    dir: %s\n",
+		offset, sshd.Host, sshd.Port, sshd.User, filepath.Join(dir, "pi"))
+	ssh := []string{"--target", "pi", "-i", sshd.ClientKey, "--known-hosts", sshd.KnownHosts, "--no-agent"}
 	if err := os.WriteFile(p.config, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -248,6 +261,17 @@ func TestLocalRestoreEndToEnd(t *testing.T) {
 	}
 	if checked.Verification.Restored.DataChainChunk != 3 {
 		t.Errorf("restored data chain: %+v", checked.Verification.Restored)
+	}
+
+	// The same checks through SSH, as on a Pi.
+	remote := p.lucidctl(ctx, append([]string{"--json", "restore", "--from", backup, "--verify-only", "--receipt", receipt, "--port-offset", strconv.Itoa(offset)}, ssh...)...)
+	var viaSSH restore.Output
+	if err := json.Unmarshal([]byte(remote.out), &viaSSH); err != nil || remote.code != 0 || viaSSH.Verification == nil || !viaSSH.Verification.OK || viaSSH.Target != "pi" {
+		t.Errorf("verify-only --target pi: exit %d %v\n%s\n%s", remote.code, err, remote.out, remote.errOut)
+	}
+	// A host without a release: deploy first.
+	if r := p.lucidctl(ctx, append([]string{"restore", "--from", backup, "--yes"}, ssh...)...); r.code != 1 || !strings.Contains(r.errOut, "deploy first") {
+		t.Errorf("restore onto a host without a release: exit %d\n%s", r.code, r.errOut)
 	}
 
 	// A receipt that is not one: the check fails, exit 3.
