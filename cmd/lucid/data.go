@@ -43,7 +43,7 @@ lucidctl restore runs it; it is not meant to be run by hand.`,
 			if err != nil {
 				return fmt.Errorf("restore %s: %w", dir, err)
 			}
-			fmt.Fprintf(stderr, "restored %d files (%d bytes) into %s, removed %d entries\n", res.Files, res.Bytes, dir, res.Removed)
+			_, _ = fmt.Fprintf(stderr, "restored %d files (%d bytes) into %s, removed %d entries\n", res.Files, res.Bytes, dir, res.Removed)
 			return json.NewEncoder(stdout).Encode(res)
 		},
 	}

@@ -325,7 +325,7 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	<-copied
+	copyErr := <-copied
 	if code != 0 {
 		// Its own words say why (a mismatch, a full disk); a stream that
 		// broke on this side comes second.
@@ -340,7 +340,7 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 	}
 	var res restoredata.Result
 	if err := json.Unmarshal(bytes.TrimSpace(stdout.Bytes()), &res); err != nil {
-		return nil, fmt.Errorf("the restore container's answer %q: %w", lastLines(stdout.String(), 3), err)
+		return nil, fmt.Errorf("the restore container's answer %q: %w", lastLines(stdout.String(), 3), errors.Join(err, copyErr))
 	}
 	return &res, nil
 }

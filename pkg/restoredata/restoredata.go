@@ -168,7 +168,7 @@ func WriteStream(ctx context.Context, w io.Writer, m Manifest, open func(ctx con
 // point, or a folder the caller made). Nothing in dir changes until every
 // file arrived whole and matched; then the files are renamed into place,
 // everything else in dir is removed, and the folders are fsynced.
-func Replace(ctx context.Context, dir string, r io.Reader) (*Result, error) {
+func Replace(ctx context.Context, dir string, r io.Reader) (_ *Result, err error) {
 	info, err := os.Stat(dir)
 	if err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
@@ -185,7 +185,13 @@ func Replace(ctx context.Context, dir string, r io.Reader) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("staging folder: %w", err)
 	}
-	defer os.RemoveAll(staging) // after a swap it is empty; after a failure it holds what was staged
+	defer func() {
+		// After a swap it is empty; after a refusal it holds what was
+		// staged. One left behind is removed by the next restore's swap.
+		if rerr := os.RemoveAll(staging); rerr != nil && err == nil {
+			err = fmt.Errorf("remove the staging folder: %w", rerr)
+		}
+	}()
 	res := &Result{}
 	want := map[string]snapshotapi.File{}
 	for _, f := range m.Files {
@@ -369,7 +375,7 @@ func syncDir(d string) error {
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // opened for reading; Sync said what matters
 	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
 		return fmt.Errorf("fsync %s: %w", d, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -24,9 +25,40 @@ import (
 	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/imagebuild"
+	"github.com/pickme/lucid/pkg/sshx"
 )
 
 const dockerImages = "lucid-restoretest/{service}"
+
+// deployRelease deploys the rendered files with images of bin, through
+// pkg/deploy: lucidctl deploy's gate asks the gateway on its catalog port,
+// and this stack's ports are shifted by the test's offset.
+func deployRelease(t *testing.T, sshd *testenv.SSHD, dir, bin string, f *deployfiles.Files) {
+	t.Helper()
+	amd64 := v1.Platform{OS: "linux", Architecture: "amd64"}
+	built, err := imagebuild.Assemble(context.Background(), imagebuild.Options{
+		Binaries: map[string]string{amd64.String(): bin}, Platforms: []v1.Platform{amd64}, Base: imagebuild.BaseScratch,
+		ImageName: dockerImages, Tag: "t", Version: "v0-restoretest",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := sshx.Dial(context.Background(), sshx.Target{Host: sshd.Host, Port: sshd.Port, User: sshd.User},
+		sshx.Options{KeyFiles: []string{sshd.ClientKey}, KnownHosts: sshd.KnownHosts, NoAgent: true, ConfigFile: "none"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	d, err := deploy.New(deploy.Config{Name: "pi", SSH: c, Dir: dir, ImageName: dockerImages, Tag: "t", MinFreeBytes: 16 << 20,
+		HealthTimeout: 2 * time.Minute, GatewayHostPort: 8080 + offset})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := d.Deploy(context.Background(), deploy.Bundle{Compose: f.Compose, EnvFiles: f.ServiceEnvs, Version: "v0-restoretest", Images: built}); err != nil {
+		t.Fatalf("deploy: %v", err)
+	}
+}
 
 // TestTargetRestoreThroughDocker drives `lucidctl restore --target pi`
 // end to end against a real sshd whose Docker Engine is this machine's: a
@@ -83,9 +115,7 @@ func TestTargetRestoreThroughDocker(t *testing.T) {
 		t.Helper()
 		return p.lucidctl(ctx, append(args, ssh...)...)
 	}
-	if r := run("deploy", "pi", "--lucid", bin, "--base", "scratch", "--min-free", "16"); r.code != 0 {
-		t.Fatalf("deploy: exit %d\n%s", r.code, r.errOut)
-	}
+	deployRelease(t, sshd, deployDir, bin, f)
 
 	tok := p.lucidctl(ctx, "token", "--sub", "alice")
 	if tok.code != 0 {
