@@ -79,7 +79,8 @@ func (d *Deployer) CurrentEnvFiles(ctx context.Context) (string, map[string][]by
 }
 
 // Restore writes backed-up data into the services' volumes of the current
-// release, under the deploy lock: it stops the services, runs `lucid data
+// release, under the deploy lock: it stops every service of the release,
+// runs `lucid data
 // restore` for each in a one-shot container of the service's own image
 // with the service's volume mounted (the images have no shell), writes the
 // env files if given, starts the services again and waits until they are
@@ -170,15 +171,28 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 	}
 	res = &RestoreResult{Target: name, Release: cur.ID, Services: map[string]*restoredata.Result{}}
 
-	for i := len(targets) - 1; i >= 0; i-- {
-		t := targets[i]
-		d.emit(StepStop, EventStart, t.data.Service)
-		if err := d.h.docker.ContainerStop(ctx, t.c.ID, container.StopOptions{}); err != nil {
-			err = fmt.Errorf("%s: stop %s: %w", name, t.data.Service, err)
+	// Every service of the release stops and starts again, not only those
+	// restored: the others hold mesh certificates of the CA the restore
+	// replaces, and enrol again with the restored one when they start.
+	type member struct {
+		name string
+		c    container.Summary
+	}
+	var cycle []member
+	for _, s := range catalog.Services {
+		if c, ok := byService[s.Container]; ok {
+			cycle = append(cycle, member{s.Name, c})
+		}
+	}
+	for i := len(cycle) - 1; i >= 0; i-- {
+		m := cycle[i]
+		d.emit(StepStop, EventStart, m.name)
+		if err := d.h.docker.ContainerStop(ctx, m.c.ID, container.StopOptions{}); err != nil {
+			err = fmt.Errorf("%s: stop %s: %w", name, m.name, err)
 			d.emit(StepStop, EventFail, err.Error())
 			return nil, err
 		}
-		d.emit(StepStop, EventOK, t.data.Service)
+		d.emit(StepStop, EventOK, m.name)
 	}
 	for _, t := range targets {
 		d.emit(StepRestore, EventStart, fmt.Sprintf("%s: %d files into volume %s", t.data.Service, len(t.data.Manifest.Files), t.volume))
@@ -193,9 +207,8 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 	}
 
 	only := map[string]bool{}
-	for _, t := range targets {
-		s, _ := catalog.Lookup(t.data.Service)
-		only[s.Container] = true
+	for _, m := range cycle {
+		only[m.c.Labels[composeServiceLabel]] = true
 	}
 	if o.EnvFiles != nil {
 		dir := d.h.releaseDir(cur.ID)
@@ -218,14 +231,14 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 		d.emit(StepUp, EventOK, "")
 		only = nil // every service may have been recreated
 	} else {
-		for _, t := range targets {
-			d.emit(StepStart, EventStart, t.data.Service)
-			if err := d.h.docker.ContainerStart(ctx, t.c.ID, container.StartOptions{}); err != nil {
-				err = fmt.Errorf("%s: start %s: %w", name, t.data.Service, err)
+		for _, m := range cycle {
+			d.emit(StepStart, EventStart, m.name)
+			if err := d.h.docker.ContainerStart(ctx, m.c.ID, container.StartOptions{}); err != nil {
+				err = fmt.Errorf("%s: start %s: %w", name, m.name, err)
 				d.emit(StepStart, EventFail, err.Error())
 				return nil, err
 			}
-			d.emit(StepStart, EventOK, t.data.Service)
+			d.emit(StepStart, EventOK, m.name)
 		}
 	}
 	want := len(only)
