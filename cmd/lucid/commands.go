@@ -54,6 +54,7 @@ Phase 2 names such as JWT_SECRET_KEY), logs JSON lines to stderr, serves
 		root.AddCommand(newServiceCmd(svc, stdout, stderr))
 	}
 	root.AddCommand(newVersionCmd(stdout))
+	root.AddCommand(newDataCmd(stdout, stderr))
 	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
 	root.Args = func(_ *cobra.Command, args []string) error {
 		if len(args) > 0 {

@@ -17,6 +17,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/maintenance"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/operate"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/render"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/restore"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/secrets"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/session"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/stack"
@@ -74,9 +75,9 @@ Results go to stdout; progress and diagnostics go to stderr.`,
 		c.GroupID = "deploy"
 		cmd.AddCommand(c)
 	}
-	sec, bak := secrets.NewCmd(env), backup.NewCmd(env)
-	sec.GroupID, bak.GroupID = "deploy", "deploy"
-	cmd.AddCommand(sec, bak)
+	sec, bak, rst := secrets.NewCmd(env), backup.NewCmd(env), restore.NewCmd(env)
+	sec.GroupID, bak.GroupID, rst.GroupID = "deploy", "deploy", "deploy"
+	cmd.AddCommand(sec, bak, rst)
 	bch, mnt := bench.NewCmd(env), maintenance.NewCmd(env)
 	bch.GroupID, mnt.GroupID = "deploy", "deploy"
 	cmd.AddCommand(bch, mnt)

@@ -1,0 +1,516 @@
+// Package restore implements `lucidctl restore`: a backup's data back into
+// the stateful services of a deployed host (each service's volume written
+// by a one-shot `lucid data restore` container of its own image, through
+// the host's Docker Engine over SSH) or of the local stack (its data
+// directories written in-process), with the engine fenced so that it
+// signs no block until the operator lifts the fence; then the checks that
+// the restore holds what was backed up: the chain's audit, a data-chain
+// scrub, the backup's figures, and receipts issued before the backup.
+package restore
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/maintenance"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/stack"
+	"github.com/pickme/lucid/pkg/api/datachainapi"
+	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/api/snapshotapi"
+	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/deploy"
+	"github.com/pickme/lucid/pkg/restoredata"
+)
+
+// Options are the inputs of `lucidctl restore`.
+type Options struct {
+	Env   *cli.Env
+	Fleet fleet.Flags
+	// From is the backup repository (or backup directory); Backup the
+	// backup's id in it ("" for the newest, or the only one).
+	From, Backup string
+	// Yes answers the confirmations: replacing data a host or the local
+	// stack holds, and stopping a running local stack.
+	Yes bool
+	// WriteEnv writes the backup's env files where they differ from the
+	// deployed ones.
+	WriteEnv bool
+	// Receipts are receipt files issued before the backup, to check.
+	Receipts []string
+	// VerifyOnly checks a restored stack without restoring.
+	VerifyOnly bool
+	// PortOffset is the local stack's (nil: local.port_offset), or the
+	// one a target's stack was rendered with.
+	PortOffset *int
+	// EnvFile holds the operator's tokens ("": local.env_file).
+	EnvFile       string
+	HealthTimeout time.Duration
+	LockWait      time.Duration
+	// DownTimeout bounds stopping a running local stack.
+	DownTimeout time.Duration
+	// Now is the clock of the fence (default time.Now).
+	Now func() time.Time
+}
+
+// Output is `lucidctl restore --json`.
+type Output struct {
+	Backup string `json:"backup"`
+	// Target is the host's name, or "local".
+	Target  string `json:"target"`
+	Release string `json:"release,omitempty"`
+	// Existing says the restore replaced data (it needed confirmation);
+	// Reasons say what data.
+	Existing bool     `json:"existing"`
+	Reasons  []string `json:"reasons,omitempty"`
+	// Services are what each service's data directory received.
+	Services map[string]*restoredata.Result `json:"services"`
+	// Fence is what was written into the engine's data directory.
+	Fence *engineapi.Fence `json:"fence,omitempty"`
+	// EnvDiffer are the deployed env files that differ from the backup's
+	// (paths only); EnvWritten those --env wrote back.
+	EnvDiffer  []string `json:"env_differ"`
+	EnvWritten []string `json:"env_written"`
+	// Verification is what the checks after the restore found (nil for a
+	// local restore, whose stack is started afterwards).
+	Verification *Verification `json:"verification,omitempty"`
+	AuditError   string        `json:"audit_error,omitempty"`
+}
+
+// NewCmd returns the restore command.
+func NewCmd(env *cli.Env) *cobra.Command {
+	opts := &Options{Env: env, Now: time.Now}
+	var offset int
+	cmd := &cobra.Command{
+		Use:   "restore --from DIR [--backup ID] [--target TARGET] [--receipt FILE]...",
+		Short: "Restore a backup onto a deployed host or the local stack, fence the engine, and verify",
+		Long: `Restore the stateful services' data (engine, anchoring, block manager, data
+chain, mesh) of a backup.
+
+With --target, onto a deployed host (one at a time), under its deploy lock:
+the host must run a release (a new SD card: deploy first, then restore). The
+services are stopped, each service's volume is written by a one-shot
+container of the service's own image running ` + "`lucid data restore`" + `, as
+the services' user and without network, which checks every file against
+the backup's SHA-256 before it replaces anything; the engine's data gets a
+restore fence (` + engineapi.FenceFile + `) so that it produces no block until
+the operator lifts it (lucidctl maintenance fence lift). Then the services
+start again behind the health gate, and the checks run: the block manager's
+audit of the whole chain, a data-chain scrub, the chain and data-chain
+figures against the backup's, and each --receipt (verified offline with the
+restored validator key, and its block held against the restored chain).
+
+Without --target, onto the local stack (lucidctl up) at --port-offset: it
+must be down (a running stack is stopped after confirmation, as lucidctl down
+does); its data directories are replaced in-process, the engine fenced.
+Start it with lucidctl up -d, then check it with --verify-only.
+
+A host or a local stack that holds data (the chain holds transactions, the
+data chain holds chunks, or a data directory is not empty) is replaced only
+after confirmation: --yes, or a prompt on a terminal; otherwise exit 2.
+
+The deployed env files are compared with the backup's (names only, never
+values): they are written back only with --env, and a difference is warned
+about otherwise (restored data encrypted with the backup's ENCRYPTION_KEY
+needs it). The restore is recorded in the host's audit log.
+
+Exits 3 when a check fails.`,
+		Example: `  lucidctl restore --target pi --from /backups/lucid --receipt anchor.tlog-proof
+  lucidctl restore --target pi --from /backups/lucid --backup 20261205T120000Z --yes --env
+  lucidctl restore --from /backups/lucid --port-offset 1000 && lucidctl up -d --port-offset 1000
+  lucidctl restore --from /backups/lucid --verify-only --receipt anchor.tlog-proof`,
+		Args: cli.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if opts.From == "" {
+				return cli.Usage(errors.New("--from is required: the backup repository to restore from"))
+			}
+			if cmd.Flags().Changed("port-offset") {
+				opts.PortOffset = &offset
+			}
+			if opts.WriteEnv && opts.Fleet.Target == "" {
+				return cli.Usage(errors.New("--env writes a deployed host's env files: it needs --target (the local stack reads the operator's env file)"))
+			}
+			return run(cmd.Context(), opts)
+		},
+	}
+	opts.Fleet.Add(cmd.Flags(), "the target of lucid.yaml to restore onto (default: the local stack)")
+	_ = cmd.Flags().MarkHidden("skip-unreachable") // one host, which must answer
+	cmd.Flags().StringVar(&opts.From, "from", "", "the backup repository (required)")
+	cmd.Flags().StringVar(&opts.Backup, "backup", "", "the backup's id (default: the newest)")
+	cmd.Flags().BoolVarP(&opts.Yes, "yes", "y", false, "replace existing data, and stop a running local stack, without asking")
+	cmd.Flags().BoolVar(&opts.WriteEnv, "env", false, "write the backup's env files where they differ from the deployed ones")
+	cmd.Flags().StringArrayVar(&opts.Receipts, "receipt", nil, "a receipt issued before the backup, to check against the restored chain (repeatable)")
+	cmd.Flags().BoolVar(&opts.VerifyOnly, "verify-only", false, "only run the checks against the running stack")
+	cmd.Flags().IntVar(&offset, "port-offset", 0, "the local stack's port offset (default: local.port_offset), or the one the target's stack was rendered with")
+	cmd.Flags().StringVar(&opts.EnvFile, "env-file", "", "the operator's env file, with LUCID_OPERATOR_TOKEN (default: local.env_file of lucid.yaml)")
+	cmd.Flags().DurationVar(&opts.HealthTimeout, "health-timeout", 3*time.Minute, "how long the services get to become healthy")
+	cmd.Flags().DurationVar(&opts.LockWait, "lock-wait", 0, "wait this long for another deploy's lock")
+	cmd.Flags().DurationVar(&opts.DownTimeout, "down-timeout", 2*time.Minute, "how long a running local stack gets to stop")
+	return cli.SupportsJSON(cmd)
+}
+
+func run(ctx context.Context, opts *Options) error {
+	src, err := OpenSource(ctx, opts.From, opts.Backup)
+	if err != nil {
+		return err
+	}
+	for _, m := range src.Services() {
+		if _, ok := catalog.Lookup(m.Service); !ok {
+			return fmt.Errorf("backup %s holds service %q, which this lucidctl does not know", src.ID(), m.Service)
+		}
+	}
+	out := &Output{Backup: src.ID(), Target: "local", Services: map[string]*restoredata.Result{}, EnvDiffer: []string{}, EnvWritten: []string{}}
+	var runErr error
+	if opts.Fleet.Target != "" {
+		runErr = runTarget(ctx, opts, src, out)
+	} else {
+		runErr = runLocal(ctx, opts, src, out)
+	}
+	if out.Verification != nil && !out.Verification.OK && runErr == nil {
+		runErr = cli.Problems(errors.New("the restored stack failed a check: " + failed(out.Verification)))
+	}
+	if opts.Env.JSON {
+		if perr := opts.Env.PrintJSON(out); perr != nil {
+			return errors.Join(runErr, perr)
+		}
+		return runErr
+	}
+	printOutput(opts.Env, opts, out)
+	return runErr
+}
+
+func failed(v *Verification) string {
+	var names []string
+	for _, c := range v.Checks {
+		if !c.OK {
+			names = append(names, c.Name)
+		}
+	}
+	return strings.Join(slices.Compact(names), ", ")
+}
+
+func printOutput(env *cli.Env, opts *Options, out *Output) {
+	w := env.IO.Out
+	for _, s := range catalog.Names() {
+		if r := out.Services[s]; r != nil {
+			fmt.Fprintf(w, "%s: %s restored: %d files, %d bytes\n", out.Target, s, r.Files, r.Bytes)
+		}
+	}
+	if out.Fence != nil {
+		fmt.Fprintf(w, "%s: engine fenced at height %d (backup %s): it produces no block until `lucidctl maintenance fence lift`\n", out.Target, out.Fence.RestoredHeight, out.Fence.Backup)
+	}
+	if len(out.EnvWritten) > 0 {
+		fmt.Fprintf(w, "%s: env files written: %s\n", out.Target, strings.Join(out.EnvWritten, ", "))
+	}
+	if v := out.Verification; v != nil {
+		st := env.IO.OutStyles()
+		for _, c := range v.Checks {
+			mark := st.Success.Render("OK  ")
+			if !c.OK {
+				mark = st.Error.Render("FAIL")
+			}
+			fmt.Fprintf(w, "%s %-16s %s\n", mark, c.Name, c.Detail)
+		}
+	}
+	if out.Target == "local" && !opts.VerifyOnly && len(out.Services) > 0 {
+		off := ""
+		if opts.PortOffset != nil {
+			off = fmt.Sprintf(" --port-offset %d", *opts.PortOffset)
+		}
+		fmt.Fprintf(env.IO.ErrOut, "start the stack with `lucidctl up -d%s`, then check it: `lucidctl restore --verify-only --from %s%s`\n", off, opts.From, off)
+	}
+}
+
+// confirm asks the operator to agree to what reasons say, unless --yes.
+// Without a terminal to ask on, it is a usage error naming --yes.
+func confirm(env *cli.Env, yes bool, what string, reasons []string) error {
+	if yes || len(reasons) == 0 {
+		return nil
+	}
+	question := what + ": " + strings.Join(reasons, "; ")
+	f, ok := env.IO.In.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) || !env.IO.IsStderrTTY() {
+		return cli.Usage(fmt.Errorf("%s; pass --yes to go ahead", question))
+	}
+	fmt.Fprintf(env.IO.ErrOut, "%s\nGo ahead? [y/N] ", question)
+	line, err := bufio.NewReader(f).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	if a := strings.ToLower(strings.TrimSpace(line)); a != "y" && a != "yes" {
+		return cli.Usage(errors.New("not confirmed; nothing changed"))
+	}
+	return nil
+}
+
+// fence is the restore fence of src, and its bytes; nil when the backup
+// holds no engine data.
+func fence(src Source, now time.Time) (*engineapi.Fence, []byte, error) {
+	facts := backupFacts(src)
+	if !slices.ContainsFunc(src.Services(), func(m snapshotapi.Manifest) bool { return m.Service == "engine" }) {
+		return nil, nil, nil
+	}
+	f := &engineapi.Fence{Reason: "restored", Backup: src.ID(), At: now.UTC()}
+	if facts.Chain != nil {
+		f.RestoredHeight = facts.Chain.Height
+	}
+	b, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, append(b, '\n'), nil
+}
+
+// serviceData is each service's data of src, in the catalog's order, the
+// engine's with the fence added.
+func serviceData(src Source, fenceBytes []byte) []deploy.ServiceData {
+	var out []deploy.ServiceData
+	for _, name := range catalog.Names() {
+		i := slices.IndexFunc(src.Services(), func(m snapshotapi.Manifest) bool { return m.Service == name })
+		if i < 0 {
+			continue
+		}
+		m := src.Services()[i]
+		man := restoredata.Manifest{Service: name}
+		for _, f := range m.Files {
+			// A backup of a fenced engine holds its old fence: this
+			// restore's replaces it.
+			if name == "engine" && f.Path == engineapi.FenceFile {
+				continue
+			}
+			man.Files = append(man.Files, f)
+		}
+		if name == "engine" && fenceBytes != nil {
+			man.Files = append(man.Files, restoredata.FileOf(engineapi.FenceFile, fenceBytes))
+		}
+		out = append(out, deploy.ServiceData{Service: name, Manifest: man, Open: func(ctx context.Context, p string) (io.ReadCloser, error) {
+			if name == "engine" && p == engineapi.FenceFile && fenceBytes != nil {
+				return io.NopCloser(bytes.NewReader(fenceBytes)), nil
+			}
+			return src.Open(ctx, name, p)
+		}})
+	}
+	return out
+}
+
+// runLocal restores onto the local stack: down first, then each data
+// directory replaced in-process.
+func runLocal(ctx context.Context, opts *Options, src Source, out *Output) error {
+	ld, err := stack.OpenLocalData(opts.Env, opts.PortOffset)
+	if err != nil {
+		return err
+	}
+	say := func(format string, args ...any) { fmt.Fprintf(opts.Env.IO.ErrOut, "local: "+format+"\n", args...) }
+	if opts.VerifyOnly {
+		cl, err := maintenance.OpenServices(opts.Env, nil, ld.Offset, opts.EnvFile)
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		out.Verification, err = verify(ctx, cl, backupFacts(src), opts.Receipts, say)
+		return err
+	}
+	if len(src.EnvFiles()) > 0 {
+		say("the backup's env files are not applied to the local stack: it reads the operator's env file")
+	}
+	data := serviceData(src, nil)
+	var reasons []string
+	for _, sd := range data {
+		entries, err := os.ReadDir(ld.DataDir(sd.Service))
+		if err == nil && len(entries) > 0 {
+			reasons = append(reasons, sd.Service+"'s data directory is not empty")
+		}
+	}
+	out.Existing, out.Reasons = len(reasons) > 0, reasons
+	running := ld.Running()
+	if running {
+		reasons = append([]string{fmt.Sprintf("the local stack at port offset %d runs and will be stopped", ld.Offset)}, reasons...)
+	}
+	if err := confirm(opts.Env, opts.Yes, fmt.Sprintf("restoring backup %s replaces the local stack's data", src.ID()), reasons); err != nil {
+		return err
+	}
+	if running {
+		if err := ld.Stop(ctx, opts.DownTimeout); err != nil {
+			return err
+		}
+	}
+	f, fb, err := fence(src, opts.Now())
+	if err != nil {
+		return err
+	}
+	for _, sd := range serviceData(src, fb) {
+		dir := ld.DataDir(sd.Service)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		say("%s: %d files into %s", sd.Service, len(sd.Manifest.Files), dir)
+		res, err := writeLocal(ctx, dir, sd)
+		if err != nil {
+			return fmt.Errorf("restore %s: %w", sd.Service, err)
+		}
+		out.Services[sd.Service] = res
+	}
+	out.Fence = f
+	return nil
+}
+
+// writeLocal streams sd into dir through the same checks the one-shot
+// containers make.
+func writeLocal(ctx context.Context, dir string, sd deploy.ServiceData) (*restoredata.Result, error) {
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(restoredata.WriteStream(ctx, pw, sd.Manifest, sd.Open))
+	}()
+	res, err := restoredata.Replace(ctx, dir, pr)
+	pr.CloseWithError(errors.New("restore ended")) // unblocks the writer after a refusal
+	return res, err
+}
+
+// runTarget restores onto one deployed host.
+func runTarget(ctx context.Context, opts *Options, src Source, out *Output) error {
+	cfg, err := opts.Env.Config()
+	if err != nil {
+		return err
+	}
+	names, err := opts.Fleet.Names(cfg)
+	if err != nil {
+		return err
+	}
+	if len(names) != 1 {
+		return cli.Usage(fmt.Errorf("--target %s names %d hosts: restore one at a time (--hosts NAME)", opts.Fleet.Target, len(names)))
+	}
+	fl, err := opts.Fleet.Connect(ctx, opts.Env)
+	if err != nil {
+		return err
+	}
+	defer fl.Close()
+	h := fl.Hosts[0]
+	out.Target = h.Name
+	offset := 0
+	if opts.PortOffset != nil {
+		offset = *opts.PortOffset
+	}
+	say := func(format string, args ...any) { fmt.Fprintf(opts.Env.IO.ErrOut, h.Name+": "+format+"\n", args...) }
+	cl, err := maintenance.OpenServices(opts.Env, h, offset, opts.EnvFile)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	if opts.VerifyOnly {
+		out.Verification, err = verify(ctx, cl, backupFacts(src), opts.Receipts, say)
+		return err
+	}
+
+	c := h.DeployConfig()
+	c.ImageName, c.Tag = cfg.Images.Name, cfg.Images.Tag
+	c.HealthTimeout, c.LockWait = opts.HealthTimeout, opts.LockWait
+	c.Reporter = deploy.ReporterFunc(func(e deploy.Event) {
+		fmt.Fprintf(opts.Env.IO.ErrOut, "%-8s %-9s %-5s %s\n", e.Target, e.Step, e.Status, e.Message)
+	})
+	d, err := deploy.New(c)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+
+	release, deployed, err := d.CurrentEnvFiles(ctx)
+	if err != nil {
+		return err
+	}
+	if release == "" {
+		return cli.WithHint(fmt.Errorf("%s: %w", h.Name, deploy.ErrNotDeployed), "a new SD card: `lucidctl deploy "+h.Name+"` first, then restore")
+	}
+	envWrite, err := envDiff(ctx, src, deployed, out)
+	if err != nil {
+		return err
+	}
+	if len(out.EnvDiffer) > 0 && !opts.WriteEnv {
+		say("WARNING: the deployed env files differ from the backup's: %s. Restored data may need the backup's secrets (ENCRYPTION_KEY, the tokens); --env writes them back", strings.Join(out.EnvDiffer, ", "))
+	}
+	var env map[string][]byte
+	if opts.WriteEnv && len(envWrite) > 0 {
+		env = envWrite
+	}
+	f, fb, err := fence(src, opts.Now())
+	if err != nil {
+		return err
+	}
+	res, err := d.Restore(ctx, deploy.RestoreOptions{
+		Data: serviceData(src, fb), EnvFiles: env, Backup: src.ID(),
+		BeforeStop: func(ctx context.Context) error {
+			reasons := holdsData(ctx, cl)
+			out.Existing, out.Reasons = len(reasons) > 0, reasons
+			return confirm(opts.Env, opts.Yes, fmt.Sprintf("restoring backup %s onto %s replaces its data", src.ID(), h.Name), reasons)
+		},
+	})
+	if res != nil {
+		out.Release, out.Services, out.AuditError = res.Release, res.Services, res.AuditError
+		out.EnvWritten = append(out.EnvWritten, res.EnvFiles...)
+	}
+	if err != nil {
+		return err
+	}
+	out.Fence = f
+	out.Verification, err = verify(ctx, cl, backupFacts(src), opts.Receipts, say)
+	return err
+}
+
+// envDiff compares the backup's env files with the deployed ones: the
+// paths that differ go into out, and their backup bytes are returned.
+func envDiff(ctx context.Context, src Source, deployed map[string][]byte, out *Output) (map[string][]byte, error) {
+	write := map[string][]byte{}
+	for _, f := range src.EnvFiles() {
+		rc, err := src.Open(ctx, EnvService, f.Path)
+		if err != nil {
+			return nil, fmt.Errorf("the backup's %s: %w", f.Path, err)
+		}
+		b, err := io.ReadAll(io.LimitReader(rc, 1<<20))
+		rc.Close()
+		if err != nil {
+			return nil, fmt.Errorf("the backup's %s: %w", f.Path, err)
+		}
+		if want := restoredata.FileOf(f.Path, b); f.SHA256 != "" && want.SHA256 != f.SHA256 {
+			return nil, fmt.Errorf("the backup's %s: %w", f.Path, restoredata.ErrMismatch)
+		}
+		if !bytes.Equal(deployed[f.Path], b) {
+			out.EnvDiffer = append(out.EnvDiffer, f.Path)
+			write[f.Path] = b
+		}
+	}
+	return write, nil
+}
+
+// holdsData says what data the running services hold: transactions on
+// the chain (a chain of empty heartbeat blocks holds nothing), chunks in
+// the data chain. A service that cannot be asked counts as holding data.
+func holdsData(ctx context.Context, cl clients) []string {
+	var reasons []string
+	if hc, base, err := cl.Client(ctx, "engine", 30*time.Second); err != nil {
+		reasons = append(reasons, "the engine could not be asked what it holds: "+err.Error())
+	} else if info, err := engineapi.New(base, hc).Chain(ctx); err != nil {
+		reasons = append(reasons, "the engine could not be asked what it holds: "+err.Error())
+	} else if info.TreeSize > 0 {
+		reasons = append(reasons, fmt.Sprintf("the chain holds %d transactions in %d blocks", info.TreeSize, info.Height))
+	}
+	if hc, base, err := cl.Client(ctx, "datachain", 30*time.Second); err != nil {
+		reasons = append(reasons, "the data chain could not be asked what it holds: "+err.Error())
+	} else if st, err := datachainapi.New(base, hc).Status(ctx); err != nil {
+		reasons = append(reasons, "the data chain could not be asked what it holds: "+err.Error())
+	} else if st.Chunks > 0 {
+		reasons = append(reasons, fmt.Sprintf("the data chain holds %d chunks of %d sessions", st.Chunks, st.Sessions))
+	}
+	return reasons
+}

@@ -1,0 +1,374 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/mount"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/pkg/stdcopy"
+
+	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/restoredata"
+)
+
+// AuditRestore is a restore of backed-up data onto the host.
+const AuditRestore AuditAction = "restore"
+
+// StepRestore writes a service's data into its volume.
+const StepRestore Step = "restore"
+
+// ErrNotDeployed is a restore onto a host without a deployed release (or
+// without the containers of one): the volumes and images a restore writes
+// with come from a deploy.
+var ErrNotDeployed = errors.New("no deployed release to restore into: deploy first (lucidctl deploy), then restore")
+
+// ServiceData is one service's files, to be written into its volume.
+type ServiceData struct {
+	// Service is the catalog name.
+	Service string
+	// Manifest lists the files the data directory holds after the restore.
+	Manifest restoredata.Manifest
+	// Open returns a file's bytes; the restore closes it.
+	Open func(ctx context.Context, path string) (io.ReadCloser, error)
+}
+
+// RestoreOptions are a restore's inputs.
+type RestoreOptions struct {
+	// Data are the services to restore; they are stopped, written and
+	// started again, in the catalog's order.
+	Data []ServiceData
+	// EnvFiles, when not nil, replace the current release's env files of
+	// the same paths (deployfiles.ServiceEnvPath), and the services are
+	// recreated with compose up to read them.
+	EnvFiles map[string][]byte
+	// Backup names what is restored, for the audit trail.
+	Backup string
+	// BeforeStop runs under the lock with the services still running; an
+	// error from it stops the restore before anything changed.
+	BeforeStop func(ctx context.Context) error
+}
+
+// RestoreResult is what a restore did on a host.
+type RestoreResult struct {
+	Target   string                         `json:"target"`
+	Release  string                         `json:"release"`
+	Services map[string]*restoredata.Result `json:"services"`
+	// EnvFiles are the env files written (paths only).
+	EnvFiles []string `json:"env_files,omitempty"`
+	// AuditError says the restore, which succeeded, is missing from the
+	// host's audit log.
+	AuditError string `json:"audit_error,omitempty"`
+}
+
+// Restore writes backed-up data into the services' volumes of the current
+// release, under the deploy lock: it stops every service of the release,
+// runs `lucid data
+// restore` for each in a one-shot container of the service's own image
+// with the service's volume mounted (the images have no shell), writes the
+// env files if given, starts the services again and waits until they are
+// healthy. A service whose data failed to arrive whole keeps its old data
+// (restoredata swaps only complete, checked copies) and the restore stops
+// there with the services stopped, for the operator to look at.
+func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreResult, opErr error) {
+	name := d.cfg.Name
+	var names []string
+	for _, s := range catalog.Services {
+		if slices.ContainsFunc(o.Data, func(sd ServiceData) bool { return sd.Service == s.Name }) {
+			names = append(names, s.Name)
+		}
+	}
+	for _, sd := range o.Data {
+		if !slices.Contains(names, sd.Service) {
+			return nil, fmt.Errorf("%w %q", ErrUnknownService, sd.Service)
+		}
+	}
+	held, release, err := d.holdLock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	ctx = held
+	defer func() { opErr = lockLost(held, opErr) }()
+	entry := AuditEntry{Action: AuditRestore, Services: names}
+	if o.Backup != "" {
+		entry.Args = []string{"--backup", o.Backup}
+	}
+	if o.EnvFiles != nil {
+		entry.Args = append(entry.Args, "--env")
+	}
+	defer func() {
+		aerr := d.audited(ctx, entry, opErr)
+		switch {
+		case aerr == nil:
+		case opErr == nil:
+			res.AuditError = aerr.Error()
+		default:
+			opErr = errors.Join(opErr, aerr)
+		}
+	}()
+
+	cur, err := d.h.current(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: releases: %w", name, err)
+	}
+	if cur == nil {
+		return nil, fmt.Errorf("%s: %w", name, ErrNotDeployed)
+	}
+	entry.Release = cur.ID
+	list, err := d.h.projectContainers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byService := map[string]container.Summary{}
+	for _, c := range list {
+		if c.Labels["com.docker.compose.oneoff"] != "True" {
+			byService[c.Labels[composeServiceLabel]] = c
+		}
+	}
+	type target struct {
+		data   ServiceData
+		c      container.Summary
+		volume string
+		dir    string
+	}
+	var targets []target
+	for _, n := range names {
+		s, _ := catalog.Lookup(n)
+		c, ok := byService[s.Container]
+		if !ok {
+			return nil, fmt.Errorf("%s: %s has no container %s: %w", name, n, s.Container, ErrNotDeployed)
+		}
+		dir := path.Join(deployfiles.DataRoot, n)
+		vol, err := d.volumeOf(ctx, c.ID, dir)
+		if err != nil {
+			return nil, err
+		}
+		i := slices.IndexFunc(o.Data, func(sd ServiceData) bool { return sd.Service == n })
+		targets = append(targets, target{data: o.Data[i], c: c, volume: vol, dir: dir})
+	}
+	if o.BeforeStop != nil {
+		if err := o.BeforeStop(ctx); err != nil {
+			return nil, err
+		}
+	}
+	res = &RestoreResult{Target: name, Release: cur.ID, Services: map[string]*restoredata.Result{}}
+
+	// Every service of the release stops and starts again, not only those
+	// restored: the others hold mesh certificates of the CA the restore
+	// replaces, and enrol again with the restored one when they start.
+	type member struct {
+		name string
+		c    container.Summary
+	}
+	var cycle []member
+	for _, s := range catalog.Services {
+		if c, ok := byService[s.Container]; ok {
+			cycle = append(cycle, member{s.Name, c})
+		}
+	}
+	for i := len(cycle) - 1; i >= 0; i-- {
+		m := cycle[i]
+		d.emit(StepStop, EventStart, m.name)
+		if err := d.h.docker.ContainerStop(ctx, m.c.ID, container.StopOptions{}); err != nil {
+			err = fmt.Errorf("%s: stop %s: %w", name, m.name, err)
+			d.emit(StepStop, EventFail, err.Error())
+			return nil, err
+		}
+		d.emit(StepStop, EventOK, m.name)
+	}
+	for _, t := range targets {
+		d.emit(StepRestore, EventStart, fmt.Sprintf("%s: %d files into volume %s", t.data.Service, len(t.data.Manifest.Files), t.volume))
+		r, err := d.writeVolume(ctx, t.c.ImageID, t.volume, t.dir, t.data)
+		if err != nil {
+			err = fmt.Errorf("%s: restore %s: %w", name, t.data.Service, err)
+			d.emit(StepRestore, EventFail, err.Error())
+			return nil, err
+		}
+		res.Services[t.data.Service] = r
+		d.emit(StepRestore, EventOK, fmt.Sprintf("%s: %d files, %d bytes", t.data.Service, r.Files, r.Bytes))
+	}
+
+	only := map[string]bool{}
+	for _, m := range cycle {
+		only[m.c.Labels[composeServiceLabel]] = true
+	}
+	if o.EnvFiles != nil {
+		dir := d.h.releaseDir(cur.ID)
+		for _, p := range slices.Sorted(maps.Keys(o.EnvFiles)) {
+			if err := d.h.ssh.WriteFile(ctx, path.Join(dir, p), o.EnvFiles[p], 0o600); err != nil {
+				return nil, fmt.Errorf("%s: write %s: %w", name, p, err)
+			}
+			res.EnvFiles = append(res.EnvFiles, p)
+		}
+		// A container reads its env file when it is created: compose
+		// recreates those whose file changed, and starts the stopped ones.
+		if err := d.h.detectCompose(ctx); err != nil {
+			return nil, err
+		}
+		d.emit(StepUp, EventStart, cur.ID)
+		if err := d.h.up(ctx, cur.ID); err != nil {
+			d.emit(StepUp, EventFail, err.Error())
+			return nil, err
+		}
+		d.emit(StepUp, EventOK, "")
+		only = nil // every service may have been recreated
+	} else {
+		for _, m := range cycle {
+			d.emit(StepStart, EventStart, m.name)
+			if err := d.h.docker.ContainerStart(ctx, m.c.ID, container.StartOptions{}); err != nil {
+				err = fmt.Errorf("%s: start %s: %w", name, m.name, err)
+				d.emit(StepStart, EventFail, err.Error())
+				return nil, err
+			}
+			d.emit(StepStart, EventOK, m.name)
+		}
+	}
+	want := len(only)
+	if only == nil {
+		want = len(byService)
+	}
+	d.emit(StepHealth, EventStart, fmt.Sprintf("healthy within %s", d.cfg.HealthTimeout))
+	if err := d.h.waitHealthy(ctx, cur.ID, want, d.cfg.HealthTimeout, only); err != nil {
+		d.emit(StepHealth, EventFail, err.Error())
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	d.emit(StepHealth, EventOK, "")
+	return res, nil
+}
+
+// volumeOf is the name of the volume container id mounts at dir.
+func (d *Deployer) volumeOf(ctx context.Context, id, dir string) (string, error) {
+	info, err := d.h.docker.ContainerInspect(ctx, id)
+	if err != nil {
+		return "", fmt.Errorf("%s: inspect %s: %w", d.cfg.Name, id, err)
+	}
+	for _, m := range info.Mounts {
+		if m.Destination == dir && m.Type == mount.TypeVolume && m.Name != "" {
+			return m.Name, nil
+		}
+	}
+	return "", fmt.Errorf("%s: container %s mounts no volume at %s", d.cfg.Name, strings.TrimPrefix(info.Name, "/"), dir)
+}
+
+// restoreLabel marks the one-shot containers of a restore.
+const restoreLabel = "io.lucid.restore"
+
+// writeVolume runs `lucid data restore` in a one-shot container of image
+// with volume mounted at dir, and streams sd's files to its stdin.
+func (d *Deployer) writeVolume(ctx context.Context, image, volume, dir string, sd ServiceData) (*restoredata.Result, error) {
+	return WriteVolume(ctx, d.h.docker, image, volume, dir, sd)
+}
+
+// WriteVolume runs `lucid data restore --dir dir` in a one-shot container
+// of image (one of the services' images, which hold the lucid binary and
+// nothing else) as the services' user, with volume mounted at dir and no
+// network, and streams sd's files to its stdin. The container is removed
+// whatever happens.
+func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir string, sd ServiceData) (*restoredata.Result, error) {
+	created, err := dc.ContainerCreate(ctx, &container.Config{
+		Image:        image,
+		Entrypoint:   []string{deployfiles.Binary},
+		Cmd:          []string{"data", "restore", "--dir", dir},
+		User:         deployfiles.User,
+		OpenStdin:    true,
+		StdinOnce:    true,
+		AttachStdin:  true,
+		AttachStdout: true,
+		AttachStderr: true,
+		Labels:       map[string]string{restoreLabel: sd.Service},
+	}, &container.HostConfig{
+		NetworkMode: "none",
+		Mounts:      []mount.Mount{{Type: mount.TypeVolume, Source: volume, Target: dir}},
+	}, nil, nil, "")
+	if err != nil {
+		return nil, fmt.Errorf("create the restore container: %w", err)
+	}
+	defer func() {
+		// Removed even when ctx ended: a left-over container holds the volume.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		_ = dc.ContainerRemove(rctx, created.ID, container.RemoveOptions{Force: true})
+	}()
+	hj, err := dc.ContainerAttach(ctx, created.ID, container.AttachOptions{Stream: true, Stdin: true, Stdout: true, Stderr: true})
+	if err != nil {
+		return nil, fmt.Errorf("attach to the restore container: %w", err)
+	}
+	defer hj.Close()
+	waitC, waitErr := dc.ContainerWait(ctx, created.ID, container.WaitConditionNextExit)
+	if err := dc.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+		return nil, fmt.Errorf("start the restore container: %w", err)
+	}
+	var stdout, stderr bytes.Buffer
+	copied := make(chan error, 1)
+	go func() {
+		_, err := stdcopy.StdCopy(&stdout, &stderr, hj.Reader)
+		copied <- err
+	}()
+	sendErr := restoredata.WriteStream(ctx, hj.Conn, sd.Manifest, sd.Open)
+	if cerr := hj.CloseWrite(); sendErr == nil {
+		sendErr = cerr
+	}
+	var code int64
+	select {
+	case w := <-waitC:
+		code = w.StatusCode
+		if w.Error != nil {
+			return nil, fmt.Errorf("the restore container: %s", w.Error.Message)
+		}
+	case err := <-waitErr:
+		return nil, fmt.Errorf("wait for the restore container: %w", err)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	copyErr := <-copied
+	if code != 0 {
+		// Its own words say why (a mismatch, a full disk); a stream that
+		// broke on this side comes second.
+		err := fmt.Errorf("lucid data restore exited %d: %s", code, lastStderr(&stderr))
+		if sendErr != nil {
+			err = fmt.Errorf("%w (sending: %w)", err, sendErr)
+		}
+		return nil, err
+	}
+	if sendErr != nil {
+		return nil, fmt.Errorf("send the files: %w", sendErr)
+	}
+	var res restoredata.Result
+	if err := json.Unmarshal(bytes.TrimSpace(stdout.Bytes()), &res); err != nil {
+		return nil, fmt.Errorf("the restore container's answer %q: %w", lastLines(stdout.String(), 3), errors.Join(err, copyErr))
+	}
+	return &res, nil
+}
+
+// detectCompose finds the host's compose command, as preflight does.
+func (h *host) detectCompose(ctx context.Context) error {
+	if h.compose != "" {
+		return nil
+	}
+	if v, err := h.run(ctx, "docker compose version --short"); err == nil && v != "" {
+		h.compose = "docker compose"
+		return nil
+	}
+	if v, err := h.run(ctx, "docker-compose version --short"); err == nil && v != "" {
+		h.compose = "docker-compose"
+		return nil
+	}
+	return fmt.Errorf("%s: %w", h.name, ErrNoCompose)
+}
+
+// lastStderr is the end of a one-shot container's stderr, for an error.
+func lastStderr(b *bytes.Buffer) string {
+	return strings.TrimSpace(lastLines(b.String(), 10))
+}

@@ -1,0 +1,131 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pickme/lucid/pkg/api/snapshotapi"
+	"github.com/pickme/lucid/pkg/restoredata"
+)
+
+// dirData is the ServiceData of the files under dir, plus extra.
+func dirData(t *testing.T, service, dir string, extra map[string]string) ServiceData {
+	t.Helper()
+	sd := ServiceData{Service: service, Manifest: restoredata.Manifest{Service: service}}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		sd.Manifest.Files = append(sd.Manifest.Files, restoredata.FileOf(filepath.ToSlash(rel), b))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p, c := range extra {
+		sd.Manifest.Files = append(sd.Manifest.Files, restoredata.FileOf(p, []byte(c)))
+	}
+	sd.Open = func(_ context.Context, p string) (io.ReadCloser, error) {
+		if c, ok := extra[p]; ok {
+			return io.NopCloser(strings.NewReader(c)), nil
+		}
+		return os.Open(filepath.Join(dir, filepath.FromSlash(p)))
+	}
+	return sd
+}
+
+// TestRestoreIntoTheVolumes: a restore before any deploy says to deploy
+// first; after one, the data chain's own data (taken out of its stopped
+// container) plus a marker file go back into its volume through the
+// one-shot `lucid data restore` container of its image, the service comes
+// back healthy, and the marker is there. A
+// file that does not match its manifest fails the restore and leaves the
+// volume as it was.
+func TestRestoreIntoTheVolumes(t *testing.T) {
+	built := images(t, lucidBinary(t), "v1") // before the fixture's clock starts
+	f := newFixture(t)
+	ctx := context.Background()
+	c := f.dial(t)
+	var events []Event
+	o := f.options(c, built, &events)
+	d, err := New(o.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	empty := ServiceData{Service: "datachain", Open: func(context.Context, string) (io.ReadCloser, error) { return nil, errors.New("unused") }}
+	if _, err := d.Restore(ctx, RestoreOptions{Data: []ServiceData{empty}}); !errors.Is(err, ErrNotDeployed) {
+		t.Fatalf("restore before a deploy: %v, want ErrNotDeployed", err)
+	}
+	if _, err := runDeploy(ctx, t, o); err != nil {
+		t.Fatalf("deploy: %v", err)
+	}
+
+	const ctr = "lucid-data-chain"
+	if out, err := exec.Command("docker", "stop", ctr).CombinedOutput(); err != nil {
+		t.Fatalf("docker stop: %v %s", err, out)
+	}
+	taken := filepath.Join(t.TempDir(), "datachain")
+	if out, err := exec.Command("docker", "cp", ctr+":/var/lib/lucid/datachain", taken).CombinedOutput(); err != nil {
+		t.Fatalf("docker cp: %v %s", err, out)
+	}
+	if out, err := exec.Command("docker", "start", ctr).CombinedOutput(); err != nil {
+		t.Fatalf("docker start: %v %s", err, out)
+	}
+	sd := dirData(t, "datachain", taken, map[string]string{"restored/marker": "from the backup"})
+	if len(sd.Manifest.Files) < 2 {
+		t.Fatalf("the data chain's data holds %d files", len(sd.Manifest.Files))
+	}
+	stopped := false
+	res, err := d.Restore(ctx, RestoreOptions{Data: []ServiceData{sd}, Backup: "test-backup", BeforeStop: func(context.Context) error {
+		stopped = true
+		return nil
+	}})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if !stopped || res.Services["datachain"] == nil || res.Services["datachain"].Files != len(sd.Manifest.Files) {
+		t.Errorf("restore: %+v (BeforeStop ran: %v)", res, stopped)
+	}
+	if !f.gatewayHealthy() {
+		t.Error("the gateway is not healthy after the restore")
+	}
+	check := filepath.Join(t.TempDir(), "check")
+	if out, err := exec.Command("docker", "cp", ctr+":/var/lib/lucid/datachain/restored/marker", check).CombinedOutput(); err != nil {
+		t.Fatalf("the marker is not in the volume: %v %s", err, out)
+	}
+	if b, _ := os.ReadFile(check); string(b) != "from the backup" {
+		t.Errorf("marker %q", b)
+	}
+
+	// A file whose bytes differ from the manifest's: refused, the volume
+	// as it was (the marker stays).
+	bad := dirData(t, "datachain", taken, map[string]string{"restored/other": "x"})
+	for i := range bad.Manifest.Files {
+		if bad.Manifest.Files[i].Path == "restored/other" {
+			bad.Manifest.Files[i] = snapshotapi.File{Path: "restored/other", Size: 1, Mode: 0o600, SHA256: strings.Repeat("0", 64)}
+		}
+	}
+	if _, err := d.Restore(ctx, RestoreOptions{Data: []ServiceData{bad}}); err == nil || !strings.Contains(err.Error(), "does not match") {
+		t.Fatalf("restore of a mismatching file: %v", err)
+	}
+	if out, err := exec.Command("docker", "cp", ctr+":/var/lib/lucid/datachain/restored/marker", check).CombinedOutput(); err != nil {
+		t.Fatalf("the failed restore changed the volume: %v %s", err, out)
+	}
+	log, err := os.ReadFile(filepath.Join(f.dir, AuditFile))
+	if err != nil || strings.Count(string(log), `"action":"restore"`) < 2 {
+		t.Errorf("audit log has %d restores: %s", strings.Count(string(log), `"action":"restore"`), log)
+	}
+}
