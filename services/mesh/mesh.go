@@ -45,9 +45,9 @@ import (
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/consulacl"
 	"github.com/pickme/lucid/pkg/envconfig"
+	"github.com/pickme/lucid/pkg/keyring"
 	"github.com/pickme/lucid/pkg/meshca"
 	"github.com/pickme/lucid/pkg/meshtls"
-	"github.com/pickme/lucid/pkg/keyring"
 	"github.com/pickme/lucid/pkg/ratelimit"
 	"github.com/pickme/lucid/pkg/service"
 )
@@ -74,12 +74,12 @@ type App struct {
 	previousMesh []keyring.Entry
 	previous     []previousEnrolment
 	now          func() time.Time
-	mtls      bool
-	ca        *meshca.CA
-	limiter   *ratelimit.Memory
-	logger    *slog.Logger
-	reg       *registrar
-	metrics   *metrics
+	mtls         bool
+	ca           *meshca.CA
+	limiter      *ratelimit.Memory
+	logger       *slog.Logger
+	reg          *registrar
+	metrics      *metrics
 
 	loops    sync.WaitGroup
 	stopSync context.CancelFunc
