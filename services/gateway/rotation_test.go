@@ -12,6 +12,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/keyring"
 )
 
@@ -146,5 +147,21 @@ func TestKeyRotationMidTrafficDropsNoRequest(t *testing.T) {
 	<-switched
 	if failed.Load() != 0 {
 		t.Fatalf("%d of %d requests failed across the rotation: %s", failed.Load(), sent.Load(), strings.Join(failures[:min(len(failures), 5)], "; "))
+	}
+}
+
+// TestPreviousKeysChecked: a malformed or weak JWT_PREVIOUS_KEYS is a
+// configuration error that shows no value.
+func TestPreviousKeysChecked(t *testing.T) {
+	for _, v := range []string{"not base64!", keyring.Format([]keyring.Entry{{Value: []byte("weak-old-key")}})} {
+		r := envconfig.New(envconfig.Map(map[string]string{"JWT_SECRET_KEY": rotatedKey, keyring.JWTPrevious: v}))
+		New().Configure(r)
+		err := r.Err()
+		if err == nil {
+			t.Fatalf("%q accepted", v)
+		}
+		if strings.Contains(err.Error(), "weak-old-key") || strings.Contains(err.Error(), "base64!") {
+			t.Fatalf("the error shows the value: %v", err)
+		}
 	}
 }
