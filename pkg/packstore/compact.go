@@ -60,16 +60,26 @@ func (s *Store) Compact(ctx context.Context) (*CompactReport, error) {
 	// each live record's header, so only while the ring has other keys.
 	stale := map[uint32]bool{}
 	if s.rekeying() {
+		unread := false
 		for n, recs := range live {
 			for _, r := range recs {
 				kid, encrypted, err := s.headerKey(r.loc)
 				if err != nil {
+					unread = true
 					continue // gone meanwhile, or damaged: the scrub's to report
 				}
 				if encrypted && kid != s.key {
 					stale[n] = true
 					break
 				}
+			}
+		}
+		if len(stale) == 0 && !unread {
+			// Every live record is under the current key: no version 1
+			// record needs the original key any more, so later
+			// compactions need not look.
+			if err := s.forgetLegacy(); err != nil {
+				return nil, err
 			}
 		}
 	}
@@ -210,10 +220,26 @@ func (s *Store) reseal(id string, r record) ([]byte, error) {
 	return out, nil
 }
 
+// forgetLegacy makes the current key the one version 1 records are
+// taken to be sealed with, once none is left under another.
+func (s *Store) forgetLegacy() error {
+	if s.legacy.Load() == s.key {
+		return nil
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keyLegacyKey, binary.BigEndian.AppendUint32(nil, s.key))
+	})
+	if err != nil {
+		return fmt.Errorf("record the legacy key: %w", err)
+	}
+	s.legacy.Store(s.key)
+	return nil
+}
+
 // rekeying reports whether records may be sealed with a key other than
 // the current one.
 func (s *Store) rekeying() bool {
-	return s.aead != nil && (len(s.keys) > 1 || s.legacy != s.key)
+	return s.aead != nil && (len(s.keys) > 1 || s.legacy.Load() != s.key)
 }
 
 // headerKey reads the header of the record at loc and returns the id of
@@ -230,7 +256,7 @@ func (s *Store) headerKey(loc Location) (uint32, bool, error) {
 	}
 	switch [4]byte(h[0:4]) {
 	case magic:
-		return s.legacy, h[4]&flagEncrypted != 0, nil
+		return s.legacy.Load(), h[4]&flagEncrypted != 0, nil
 	case magic2:
 		return binary.BigEndian.Uint32(h[5:9]), h[4]&flagEncrypted != 0, nil
 	}

@@ -39,6 +39,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -93,10 +94,12 @@ type Store struct {
 	// aead seals new records; key is its id. keys opens records by the
 	// key id they name, and legacy is the key of encrypted version 1
 	// records.
-	aead   cipher.AEAD
-	key    uint32
-	keys   map[uint32]cipher.AEAD
-	legacy uint32
+	aead cipher.AEAD
+	key  uint32
+	keys map[uint32]cipher.AEAD
+	// legacy changes once, when a compaction finds no version 1 record
+	// left under a previous key (Compact), while reads go on.
+	legacy atomic.Uint32
 
 	writes chan *writeReq
 	done   chan struct{}
@@ -212,9 +215,9 @@ func (s *Store) checkKey(meta *bolt.Bucket, check []byte) error {
 		return ErrWrongKey
 	}
 	if v := meta.Get(keyLegacyKey); len(v) == 4 {
-		s.legacy = binary.BigEndian.Uint32(v)
+		s.legacy.Store(binary.BigEndian.Uint32(v))
 	} else {
-		s.legacy = matched
+		s.legacy.Store(matched)
 		if err := meta.Put(keyLegacyKey, binary.BigEndian.AppendUint32(nil, matched)); err != nil {
 			return err
 		}
@@ -243,7 +246,7 @@ func (s *Store) init() error {
 			v := []byte("plain")
 			if s.aead != nil {
 				v = seal(s.aead, []byte("key check"), []byte("lucid data chain"))
-				s.legacy = s.key
+				s.legacy.Store(s.key)
 				if err := meta.Put(keyLegacyKey, binary.BigEndian.AppendUint32(nil, s.key)); err != nil {
 					return err
 				}
@@ -705,7 +708,7 @@ func (s *Store) sealedWith(r record) (uint32, bool) {
 	case r.versioned:
 		return r.key, true
 	default:
-		return s.legacy, true
+		return s.legacy.Load(), true
 	}
 }
 

@@ -241,6 +241,23 @@ func TestVersion1RecordsStillRead(t *testing.T) {
 	if err != nil || rep.ReencryptedChunks != 4 {
 		t.Fatalf("compact: %+v %v", rep, err)
 	}
+	if !s.rekeying() {
+		t.Fatal("with A in the ring, compaction has to look")
+	}
+	closeT(t, s)
+	// With A dropped, one compaction finds nothing under it and stops
+	// looking from then on.
+	s = openRing(t, dir, 0, keyB)
+	if !s.rekeying() {
+		t.Fatal("before a compaction, the original key is still A")
+	}
+	if _, err := s.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s.rekeying() || s.legacy.Load() != s.key {
+		t.Fatal("the original key is still taken to be A")
+	}
+	readV1(s)
 	closeT(t, s)
 	assertNoKey(t, dir, mustID(t, keyA))
 	s = openRing(t, dir, 0, keyB)
