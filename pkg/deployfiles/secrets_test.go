@@ -3,6 +3,8 @@ package deployfiles
 import (
 	"context"
 	"maps"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -153,6 +155,20 @@ func TestRotatedKeysReachOnlyTheirServices(t *testing.T) {
 		if !deployed.Keeps(k, first.EnvValues[k]) || deployed.Keeps(k, values[k]) {
 			t.Errorf("%s: the release does not keep the old value as previous", k)
 		}
+	}
+	// The rendered files validate; the operator's file given to the
+	// gateway holds previous keys it does not use.
+	dir := t.TempDir()
+	writeRendered(t, dir, f)
+	vo := ValidateOptions{ComposeFile: filepath.Join(dir, ComposePath), ImageName: "x/{service}", ImageTag: "t"}
+	for _, p := range validate(t, vo) {
+		t.Errorf("rotated files: %s", p)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ServiceEnvPath("gateway")), f.Env, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if problems := validate(t, vo); !has(problems, RuleExcessSecret, "lucid-api-gateway", keyring.EncryptionPrevious, 0) {
+		t.Errorf("the gateway with every previous key: %v", problems)
 	}
 	red := string(redactEnv(f.Env, nil))
 	for _, v := range PreviousKeys {
