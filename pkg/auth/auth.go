@@ -5,6 +5,13 @@
 // Verification is strict: only HS256 is accepted (so `none` and RS256/HS256
 // confusion fail), `exp` must be present, and clocks may disagree by Leeway.
 // A verifier may also require an issuer (`iss`) and an audience (`aud`).
+//
+// Keys form a ring (Keyring) so JWT_SECRET_KEY can be rotated without
+// downtime: the current key signs, and each token names its key in the
+// `kid` header (KeyID, derived from the key and revealing nothing of it);
+// previous keys (JWT_PREVIOUS_KEYS) still verify the tokens they signed
+// until their retirement time. A token without `kid` (minted before key
+// ids) verifies against the current key only; an unknown `kid` is refused.
 package auth
 
 import (
@@ -87,7 +94,8 @@ type MintOptions struct {
 	Audience []string
 }
 
-// Mint returns a signed HS256 token and its claims.
+// Mint returns a signed HS256 token and its claims; its kid header names
+// secret (KeyID).
 func Mint(secret []byte, opts MintOptions) (string, Claims, error) {
 	if err := CheckSecret(secret); err != nil {
 		return "", Claims{}, err
@@ -119,7 +127,9 @@ func Mint(secret []byte, opts MintOptions) (string, Claims, error) {
 	if len(opts.Audience) > 0 {
 		claims.Audience = jwt.ClaimStrings(opts.Audience)
 	}
-	signed, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
+	t := jwt.NewWithClaims(jwt.SigningMethodHS256, claims)
+	t.Header["kid"] = KeyID(secret)
+	signed, err := t.SignedString(secret)
 	if err != nil {
 		return "", Claims{}, fmt.Errorf("sign token: %w", err)
 	}
@@ -171,33 +181,15 @@ func WithAudience(aud string) ParseOption {
 	}
 }
 
-// Parse verifies token with secret and returns its claims. Only HS256 is
-// accepted, exp is required and nbf honoured, within Leeway; with options,
-// iss and aud are required too.
+// Parse verifies token with secret alone (a ring of one key) and returns
+// its claims; see Keyring.Parse.
 func Parse(secret []byte, token string, now func() time.Time, options ...ParseOption) (Claims, error) {
-	opts := []jwt.ParserOption{
-		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
-		jwt.WithExpirationRequired(),
-		jwt.WithLeeway(Leeway),
-	}
-	if now != nil {
-		opts = append(opts, jwt.WithTimeFunc(now))
-	}
-	for _, o := range options {
-		o(&opts)
-	}
-	var claims Claims
-	_, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return secret, nil }, opts...)
+	ring, err := NewKeyring(secret, nil)
 	if err != nil {
 		return Claims{}, err
 	}
-	if err := CheckSubject(claims.Subject); err != nil {
-		return Claims{}, err
-	}
-	if _, err := ParseTier(string(claims.Tier)); err != nil {
-		return Claims{}, err
-	}
-	return claims, nil
+	c, _, err := ring.Parse(token, now, options...)
+	return c, err
 }
 
 // OperatorTokenHash is the hex SHA-256 of an operator token. Services are

@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/pickme/lucid/pkg/keyring"
 )
 
 // Service describes one core service of the lucid binary.
@@ -123,7 +125,7 @@ var Services = []Service{
 		Container: "lucid-service-mesh-controller",
 		Port:      8088,
 		Secrets:   []string{"LUCID_MESH_TOKEN"},
-		Env: append([]string{"LUCID_MESH_LEAF_TTL", "LUCID_MESH_SIGN_RATE", "LUCID_MESH_CHECK_INTERVAL", "LUCID_MESH_SYNC_INTERVAL",
+		Env: append([]string{keyring.MeshPrevious, "LUCID_MESH_LEAF_TTL", "LUCID_MESH_SIGN_RATE", "LUCID_MESH_CHECK_INTERVAL", "LUCID_MESH_SYNC_INTERVAL",
 			"CONSUL_HOST", "CONSUL_PORT", "CONSUL_HTTP_TOKEN"}, urlKeys("engine", "anchoring", "blocks", "datachain", "gateway")...),
 		UsesConsul: true,
 	},
@@ -164,7 +166,7 @@ var Services = []Service{
 		DependsOn:       []string{"anchoring"},
 		Calls:           []string{"anchoring"},
 		PassesPrincipal: true,
-		Env: []string{"ENCRYPTION_KEY", "LUCID_ANCHORING_URL", "LUCID_CHUNK_MIN_BYTES", "LUCID_CHUNK_MAX_BYTES",
+		Env: []string{"ENCRYPTION_KEY", keyring.EncryptionPrevious, "LUCID_ANCHORING_URL", "LUCID_CHUNK_MIN_BYTES", "LUCID_CHUNK_MAX_BYTES",
 			"LUCID_SCRUB_INTERVAL", "LUCID_PACK_MAX_BYTES"},
 	},
 	{
@@ -174,7 +176,7 @@ var Services = []Service{
 		Port:      8080,
 		After:     []string{"engine", "anchoring", "blocks", "datachain"},
 		Secrets:   []string{"JWT_SECRET_KEY"},
-		Env: append([]string{"JWT_SECRET_KEY", "LUCID_GATEWAY_ROUTES", "AUTH_SERVICE_URL", "LUCID_RATE_FREE", "LUCID_RATE_PREMIUM",
+		Env: append([]string{"JWT_SECRET_KEY", keyring.JWTPrevious, "LUCID_GATEWAY_ROUTES", "AUTH_SERVICE_URL", "LUCID_RATE_FREE", "LUCID_RATE_PREMIUM",
 			"LUCID_RATE_ENTERPRISE", "LUCID_RATE_BURST_DIVISOR", "LUCID_RATE_LIMIT_ON_ERROR", "LUCID_TRUSTED_PROXIES",
 			"LUCID_CORS_ORIGINS", "REDIS_URL", "CONSUL_HOST", "CONSUL_PORT", "CONSUL_HTTP_TOKEN", "GOGC",
 			"LUCID_JWT_ISSUER", "LUCID_JWT_AUDIENCE", "LUCID_RATE_UPLOAD_UNIT_BYTES",

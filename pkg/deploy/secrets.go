@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/keyring"
 	"github.com/pickme/lucid/pkg/sshx"
 )
 
@@ -81,10 +82,26 @@ func (d *Deployer) checkSecrets(ctx context.Context, envFiles map[string][]byte,
 	for _, k := range host.Differ(next) {
 		switch {
 		case slices.Contains(rotate, k):
+			// A rotation without downtime keeps the old value among the
+			// previous ones (lucidctl secrets rotate); without, what the
+			// old value made stops working at once.
+			if _, ok := keyring.PreviousVar[k]; ok {
+				if next.Keeps(k, host.Values[k]) {
+					k += " (the old value kept in " + keyring.PreviousVar[k] + ")"
+				} else {
+					k += " (the old value dropped)"
+				}
+			}
 			rotated = append(rotated, k)
 		case slices.Contains(deployfiles.DataBound, k):
 			refused = append(refused, k)
 		}
+	}
+	// Dropping a previous encryption key the host still has leaves the
+	// records it sealed unreadable unless a compaction re-encrypted them:
+	// the operator says so with --rotate.
+	if dropped := droppedPrevious(host, next, "ENCRYPTION_KEY"); dropped && !slices.Contains(rotate, keyring.EncryptionPrevious) && !slices.Contains(rotate, "ENCRYPTION_KEY") {
+		refused = append(refused, keyring.EncryptionPrevious)
 	}
 	if len(refused) > 0 {
 		return "", &SecretChangeError{Target: d.cfg.Name, Keys: refused}
@@ -93,6 +110,21 @@ func (d *Deployer) checkSecrets(ctx context.Context, envFiles map[string][]byte,
 		return "those of release " + release + ", but " + strings.Join(rotated, ", ") + " replaced (--rotate)", nil
 	}
 	return "the data-bound ones are those of release " + release, nil
+}
+
+// droppedPrevious reports whether a previous value of secret that host
+// holds is neither among next's previous values nor next's current value.
+func droppedPrevious(host, next deployfiles.DeployedSecrets, secret string) bool {
+	had, err := keyring.Parse(host.Previous[keyring.PreviousVar[secret]])
+	if err != nil {
+		return false
+	}
+	for _, e := range had {
+		if string(e.Value) != next.Values[secret] && !next.Keeps(secret, string(e.Value)) {
+			return true
+		}
+	}
+	return false
 }
 
 // currentEnvFiles returns the current release's id and its env files

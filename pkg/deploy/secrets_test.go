@@ -132,3 +132,81 @@ func sameSet(a, b []string) bool {
 	a, b = slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b))
 	return slices.Equal(a, b)
 }
+
+// TestCheckSecretsRotation: a rotation that keeps the old value among the
+// previous ones passes with --rotate and says so; one that drops it is
+// still allowed with --rotate but said to drop it; dropping a previous
+// encryption key the host holds is refused unless rotated on purpose.
+func TestCheckSecretsRotation(t *testing.T) {
+	ctx := context.Background()
+	d, events := secretsFixture(t)
+	onHost := render(t)
+	deployed(t, d, onHost)
+	rerender := func(values map[string]string) *deployfiles.Files {
+		f, err := deployfiles.Render(ctx, deployfiles.Options{ImageName: "x/{service}", ImageTag: "t", Existing: values})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	values := maps.Clone(onHost.EnvValues)
+	for _, k := range []string{"JWT_SECRET_KEY", "ENCRYPTION_KEY"} {
+		set, err := deployfiles.Rotate(values, deployfiles.Rotation{Key: k, Now: time.Now(), Overlap: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		maps.Copy(values, set)
+	}
+	rotated := rerender(values)
+	var sc *SecretChangeError
+	if err := d.CheckSecrets(ctx, rotated.ServiceEnvs, nil); !errors.As(err, &sc) || !sameSet(sc.Keys, []string{"ENCRYPTION_KEY", "JWT_SECRET_KEY"}) {
+		t.Fatalf("a rotation without --rotate: %v", err)
+	}
+	*events = nil
+	if err := d.CheckSecrets(ctx, rotated.ServiceEnvs, []string{"JWT_SECRET_KEY", "ENCRYPTION_KEY"}); err != nil {
+		t.Fatalf("a rotation with --rotate: %v", err)
+	}
+	said := ""
+	for _, e := range *events {
+		said += e.Message + "\n"
+	}
+	for _, k := range []string{"JWT_PREVIOUS_KEYS", "ENCRYPTION_PREVIOUS_KEYS"} {
+		if !strings.Contains(said, "the old value kept in "+k) {
+			t.Errorf("the check does not say the old value is kept in %s: %s", k, said)
+		}
+	}
+	for _, k := range []string{"JWT_SECRET_KEY", "ENCRYPTION_KEY"} {
+		if strings.Contains(said, onHost.EnvValues[k]) || strings.Contains(said, values[k]) {
+			t.Errorf("a value of %s was said", k)
+		}
+	}
+
+	// The rotation is deployed; dropping the old encryption key later
+	// needs saying so.
+	deployed(t, d, rotated)
+	pruned := maps.Clone(values)
+	pruned["ENCRYPTION_PREVIOUS_KEYS"] = ""
+	next := rerender(pruned)
+	if err := d.CheckSecrets(ctx, next.ServiceEnvs, nil); !errors.As(err, &sc) || !slices.Equal(sc.Keys, []string{"ENCRYPTION_PREVIOUS_KEYS"}) {
+		t.Fatalf("dropping the previous encryption key: %v", err)
+	}
+	if err := d.CheckSecrets(ctx, next.ServiceEnvs, []string{"ENCRYPTION_PREVIOUS_KEYS"}); err != nil {
+		t.Fatalf("dropping it with --rotate: %v", err)
+	}
+	// Dropping retired JWT keys needs nothing.
+	pruned = maps.Clone(values)
+	pruned["JWT_PREVIOUS_KEYS"] = ""
+	if err := d.CheckSecrets(ctx, rerender(pruned).ServiceEnvs, nil); err != nil {
+		t.Fatalf("dropping the previous JWT key: %v", err)
+	}
+	// A hard rotation (no previous value kept) is allowed, and said.
+	hard := maps.Clone(values)
+	hard["JWT_SECRET_KEY"], hard["JWT_PREVIOUS_KEYS"] = strings.Repeat("h", 48), ""
+	*events = nil
+	if err := d.CheckSecrets(ctx, rerender(hard).ServiceEnvs, []string{"JWT_SECRET_KEY"}); err != nil {
+		t.Fatal(err)
+	}
+	if said := (*events)[len(*events)-1].Message; !strings.Contains(said, "JWT_SECRET_KEY (the old value dropped)") {
+		t.Errorf("a hard rotation: %s", said)
+	}
+}

@@ -49,7 +49,7 @@ func redactEnv(env []byte, old map[string]string) []byte {
 		}
 		key := strings.TrimSpace(strings.TrimPrefix(k, "export "))
 		switch {
-		case slices.Contains(Secrets, key) || isSecretName(key) || quote != 0:
+		case slices.Contains(Secrets, key) || slices.Contains(PreviousKeys, key) || isSecretName(key) || quote != 0:
 			if pv, ok := old[key]; old != nil && (!ok || pv != unquote(v)) {
 				v = RedactedChanged
 			} else {

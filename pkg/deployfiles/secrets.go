@@ -7,7 +7,18 @@ import (
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/envfile"
+	"github.com/pickme/lucid/pkg/keyring"
 )
+
+// PreviousKeys are the variables holding rotated secrets' previous values
+// (keyring.PreviousVar), sorted. They are secrets too: redacted, and given
+// only to the service that verifies or opens with them (the gateway,
+// the data chain, the mesh controller: catalog).
+var PreviousKeys = func() []string {
+	out := slices.Collect(maps.Values(keyring.PreviousVar))
+	slices.Sort(out)
+	return out
+}()
 
 // DataBound are the secrets (keys of Secrets) that a host holding data
 // keeps: once a release ran with one, a release with another breaks what
@@ -54,6 +65,17 @@ type DeployedSecrets struct {
 	// OperatorTokenHash is auth.OperatorTokenHash of LUCID_OPERATOR_TOKEN,
 	// "" when no file holds it.
 	OperatorTokenHash string
+	// Previous are the previous-values variables (PreviousKeys) some file
+	// holds, by variable, as they are.
+	Previous map[string]string
+}
+
+// Keeps reports whether d holds value among the previous values of secret
+// (a key of keyring.PreviousVar): a rotation that keeps the old value
+// accepted. A variable that does not parse keeps nothing.
+func (d DeployedSecrets) Keeps(secret, value string) bool {
+	entries, err := keyring.Parse(d.Previous[keyring.PreviousVar[secret]])
+	return err == nil && value != "" && keyring.Contains(entries, []byte(value))
 }
 
 // ReadDeployedSecrets reads the env files of a release (by project path,
@@ -61,12 +83,12 @@ type DeployedSecrets struct {
 // itself). A file that does not parse is an error naming its path and
 // line, never a value.
 func ReadDeployedSecrets(files map[string][]byte) (DeployedSecrets, error) {
-	out := DeployedSecrets{Values: map[string]string{}}
+	out := DeployedSecrets{Values: map[string]string{}, Previous: map[string]string{}}
 	meshFile := ServiceEnvPath(catalog.MeshService)
 	// raw says whether file p holds key k as the operator's file does.
 	raw := func(p, k string) bool {
 		switch k {
-		case "LUCID_MESH_TOKEN":
+		case "LUCID_MESH_TOKEN", keyring.MeshPrevious:
 			return p == meshFile || p == EnvPath
 		case ConsulTokenKey:
 			return p == meshFile || p == ServiceEnvPath(consulEnvName) || p == EnvPath
@@ -84,6 +106,13 @@ func ReadDeployedSecrets(files map[string][]byte) (DeployedSecrets, error) {
 			if v := vals[k]; v != "" && raw(p, k) {
 				if _, ok := out.Values[k]; !ok {
 					out.Values[k] = v
+				}
+			}
+		}
+		for _, k := range PreviousKeys {
+			if v := vals[k]; v != "" && raw(p, k) {
+				if _, ok := out.Previous[k]; !ok {
+					out.Previous[k] = v
 				}
 			}
 		}
@@ -118,11 +147,15 @@ func (d DeployedSecrets) Differ(other DeployedSecrets) []string {
 }
 
 // OperatorValues are the secrets as the operator's env file holds them,
-// taken from d: every one d holds as it is. values is the operator's file
+// taken from d: every one d holds as it is, and the previous values of
+// rotated ones (PreviousKeys). values is the operator's file
 // as it is; the operator token, of which a host keeps only the hash, is
 // reported in unknown when values' does not match that hash.
 func (d DeployedSecrets) OperatorValues(values map[string]string) (set map[string]string, unknown []string) {
 	set = map[string]string{}
+	for k, v := range d.Previous {
+		set[k] = v
+	}
 	for _, k := range Secrets {
 		if v, ok := d.Values[k]; ok {
 			set[k] = v

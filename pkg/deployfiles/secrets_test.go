@@ -2,10 +2,17 @@ package deployfiles
 
 import (
 	"context"
+	"maps"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/pickme/lucid/pkg/envfile"
+	"github.com/pickme/lucid/pkg/keyring"
 )
 
 // TestDeployedSecretsTakesBackWhatRenderGave: the services' env files of a
@@ -96,6 +103,77 @@ func TestDataBoundAreSecrets(t *testing.T) {
 	for _, k := range DataBound {
 		if !slices.Contains(Secrets, k) {
 			t.Errorf("%s is data-bound but not in Secrets", k)
+		}
+	}
+}
+
+// TestRotatedKeysReachOnlyTheirServices: after rotations, each previous
+// values variable is in the env file of the one service that uses it (the
+// gateway, the data chain, the mesh controller) and no other's, is hidden
+// by redaction, and a release reads it as the previous value of its
+// secret.
+func TestRotatedKeysReachOnlyTheirServices(t *testing.T) {
+	ctx := context.Background()
+	first, err := Render(ctx, Options{ImageName: "x/{service}", ImageTag: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := maps.Clone(first.EnvValues)
+	now := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	for _, k := range keyring.Rotatable() {
+		set, err := Rotate(values, Rotation{Key: k, Now: now, Overlap: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		maps.Copy(values, set)
+	}
+	f, err := Render(ctx, Options{ImageName: "x/{service}", ImageTag: "t", Existing: values})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{keyring.JWTPrevious: "gateway", keyring.EncryptionPrevious: "datachain", keyring.MeshPrevious: "mesh"}
+	for p, data := range f.ServiceEnvs {
+		vals, err := envfile.Parse(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for v, svc := range want {
+			has := vals[v] != ""
+			if has != (p == ServiceEnvPath(svc)) {
+				t.Errorf("%s holds %s: %v", p, v, has)
+			}
+			if has && vals[v] != values[v] {
+				t.Errorf("%s: %s is not the operator's", p, v)
+			}
+		}
+	}
+	deployed, err := ReadDeployedSecrets(f.ServiceEnvs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keyring.Rotatable() {
+		if !deployed.Keeps(k, first.EnvValues[k]) || deployed.Keeps(k, values[k]) {
+			t.Errorf("%s: the release does not keep the old value as previous", k)
+		}
+	}
+	// The rendered files validate; the operator's file given to the
+	// gateway holds previous keys it does not use.
+	dir := t.TempDir()
+	writeRendered(t, dir, f)
+	vo := ValidateOptions{ComposeFile: filepath.Join(dir, ComposePath), ImageName: "x/{service}", ImageTag: "t"}
+	for _, p := range validate(t, vo) {
+		t.Errorf("rotated files: %s", p)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ServiceEnvPath("gateway")), f.Env, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if problems := validate(t, vo); !has(problems, RuleExcessSecret, "lucid-api-gateway", keyring.EncryptionPrevious, 0) {
+		t.Errorf("the gateway with every previous key: %v", problems)
+	}
+	red := string(redactEnv(f.Env, nil))
+	for _, v := range PreviousKeys {
+		if strings.Contains(red, values[v]) {
+			t.Errorf("redaction shows %s", v)
 		}
 	}
 }

@@ -10,6 +10,12 @@
 // its id, so a damaged chunk is an error, never wrong data. With a key,
 // payloads are encrypted at rest with XChaCha20-Poly1305.
 //
+// Keys form a ring so ENCRYPTION_KEY can be rotated: new records are
+// sealed with the current key and name it in their header; previous keys
+// still open what they sealed; Compact re-encrypts live records of a
+// previous key with the current one, after which KeyUsage shows the old
+// key is no longer needed.
+//
 // Every chunk and session belongs to an owner (the principal that stored
 // it), and each owner has a namespace of its own: the same bytes stored by
 // two owners are two chunks, and a session id names one session per
@@ -33,6 +39,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -50,7 +57,10 @@ var (
 	keyActivePack  = []byte("active_pack")
 	keyPackEnd     = []byte("pack_end") // committed end of the active pack
 	keyKeyCheck    = []byte("key_check")
-	keyDeadBytes   = []byte("dead_bytes")
+	// keyLegacyKey is the id of the key that sealed the encrypted version
+	// 1 records: the key the store had before key rings.
+	keyLegacyKey = []byte("legacy_key_id")
+	keyDeadBytes = []byte("dead_bytes")
 )
 
 // Errors callers map to answers.
@@ -65,9 +75,14 @@ var (
 type Options struct {
 	// Dir holds packs/ and index.db.
 	Dir string
-	// Key, when set, encrypts payloads at rest. A store keeps the mode and
-	// key it was created with; opening it otherwise is an error.
+	// Key, when set, encrypts payloads at rest: new records are sealed
+	// with it. A store keeps the mode it was created with, and opens only
+	// if Key or one of PreviousKeys is the key it last recorded (it then
+	// records Key).
 	Key []byte
+	// PreviousKeys still open the records they sealed, until Compact has
+	// re-encrypted those with Key.
+	PreviousKeys [][]byte
 	// MaxPackBytes starts a new pack once the active one is this big.
 	MaxPackBytes int64
 }
@@ -76,7 +91,15 @@ type Options struct {
 type Store struct {
 	opts Options
 	db   *bolt.DB
+	// aead seals new records; key is its id. keys opens records by the
+	// key id they name, and legacy is the key of encrypted version 1
+	// records.
 	aead cipher.AEAD
+	key  uint32
+	keys map[uint32]cipher.AEAD
+	// legacy changes once, when a compaction finds no version 1 record
+	// left under a previous key (Compact), while reads go on.
+	legacy atomic.Uint32
 
 	writes chan *writeReq
 	done   chan struct{}
@@ -137,13 +160,77 @@ func Open(opts Options) (*Store, error) {
 	return s, nil
 }
 
-func (s *Store) init() error {
-	if s.opts.Key != nil {
-		aead, err := newAEAD(s.opts.Key)
+// initKeys builds the key ring from the options.
+func (s *Store) initKeys() error {
+	if s.opts.Key == nil {
+		if len(s.opts.PreviousKeys) > 0 {
+			return errors.New("ENCRYPTION_PREVIOUS_KEYS is set without ENCRYPTION_KEY")
+		}
+		return nil
+	}
+	s.keys = map[uint32]cipher.AEAD{}
+	for i, k := range append([][]byte{s.opts.Key}, s.opts.PreviousKeys...) {
+		id, err := keyID(k)
 		if err != nil {
 			return err
 		}
-		s.aead = aead
+		aead, err := newAEAD(k)
+		if err != nil {
+			return err
+		}
+		if _, dup := s.keys[id]; dup {
+			if i > 0 && bytes.Equal(k, s.opts.Key) {
+				continue // the current key listed again
+			}
+			return fmt.Errorf("two keys of ENCRYPTION_KEY and ENCRYPTION_PREVIOUS_KEYS have the key id %s (the same key twice?)", KeyIDString(id))
+		}
+		s.keys[id] = aead
+		if i == 0 {
+			s.aead, s.key = aead, id
+		}
+	}
+	return nil
+}
+
+// checkKey opens the index's key check with the ring: with the current
+// key it is as it was; with a previous key (a rotation) it is re-sealed
+// with the current one. It records the legacy key id once: the key that
+// matched when no record could name its key yet.
+func (s *Store) checkKey(meta *bolt.Bucket, check []byte) error {
+	matched, found := uint32(0), false
+	ids := make([]uint32, 0, len(s.keys))
+	ids = append(ids, s.key)
+	for id := range s.keys {
+		if id != s.key {
+			ids = append(ids, id)
+		}
+	}
+	for _, id := range ids {
+		if _, err := open(s.keys[id], []byte("key check"), check); err == nil {
+			matched, found = id, true
+			break
+		}
+	}
+	if !found {
+		return ErrWrongKey
+	}
+	if v := meta.Get(keyLegacyKey); len(v) == 4 {
+		s.legacy.Store(binary.BigEndian.Uint32(v))
+	} else {
+		s.legacy.Store(matched)
+		if err := meta.Put(keyLegacyKey, binary.BigEndian.AppendUint32(nil, matched)); err != nil {
+			return err
+		}
+	}
+	if matched != s.key {
+		return meta.Put(keyKeyCheck, seal(s.aead, []byte("key check"), []byte("lucid data chain")))
+	}
+	return nil
+}
+
+func (s *Store) init() error {
+	if err := s.initKeys(); err != nil {
+		return err
 	}
 	var packEnd int64
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -159,6 +246,10 @@ func (s *Store) init() error {
 			v := []byte("plain")
 			if s.aead != nil {
 				v = seal(s.aead, []byte("key check"), []byte("lucid data chain"))
+				s.legacy.Store(s.key)
+				if err := meta.Put(keyLegacyKey, binary.BigEndian.AppendUint32(nil, s.key)); err != nil {
+					return err
+				}
 			}
 			if err := meta.Put(keyKeyCheck, v); err != nil {
 				return err
@@ -171,8 +262,8 @@ func (s *Store) init() error {
 		case string(check) != "plain" && s.aead == nil:
 			return errors.New("this data chain is encrypted; ENCRYPTION_KEY is required")
 		case s.aead != nil:
-			if _, err := open(s.aead, []byte("key check"), check); err != nil {
-				return ErrWrongKey
+			if err := s.checkKey(meta, check); err != nil {
+				return err
 			}
 		}
 		s.activeN = binary.BigEndian.Uint32(meta.Get(keyActivePack))
@@ -293,6 +384,9 @@ type writeReq struct {
 	// record, from where it is now.
 	raw  []byte
 	from *Location
+	// closePack asks the writer to start a new active pack (Compact, to
+	// re-encrypt what the active one holds).
+	closePack bool
 	// wrote is set by the writer before it replies: the bytes were new
 	// (or repaired) and went to a pack.
 	wrote bool
@@ -378,6 +472,9 @@ func (s *Store) commit(batch []*writeReq) {
 	_ = s.db.View(func(tx *bolt.Tx) error {
 		chunks, damaged := tx.Bucket(bucketChunks), tx.Bucket(bucketDamaged)
 		for i, r := range batch {
+			if r.closePack {
+				continue
+			}
 			keys[i] = scoped(r.owner, hex.EncodeToString(r.id[:]))
 			k := []byte(keys[i])
 			if chunks.Get(k) == nil || damaged.Get(k) != nil {
@@ -392,6 +489,9 @@ func (s *Store) commit(batch []*writeReq) {
 	moved := map[string]Location{}
 	for i, r := range batch {
 		key := keys[i]
+		if r.closePack {
+			continue
+		}
 		if r.raw != nil {
 			moved[key] = Location{Pack: s.activeN, Offset: start + int64(buf.Len()), Length: uint32(len(r.raw))}
 			buf.Write(r.raw)
@@ -404,16 +504,22 @@ func (s *Store) commit(batch []*writeReq) {
 			continue
 		}
 		r.wrote = true
-		payload, flags := r.data, byte(0)
+		off := start + int64(buf.Len())
 		if s.aead != nil {
-			payload, flags = seal(s.aead, r.id[:], r.data), flagEncrypted
+			ad := sealAD(r.id, s.key)
+			payload := seal(s.aead, ad[:], r.data)
+			var h [headerSize2]byte
+			encodeHeader2(h[:], r.id, flagEncrypted, s.key, payload)
+			buf.Write(h[:])
+			buf.Write(payload)
+			locs[key] = Location{Pack: s.activeN, Offset: off, Length: uint32(headerSize2 + len(payload))}
+			continue
 		}
 		var h [headerSize]byte
-		encodeHeader(h[:], r.id, flags, payload)
-		off := start + int64(buf.Len())
+		encodeHeader(h[:], r.id, 0, r.data)
 		buf.Write(h[:])
-		buf.Write(payload)
-		locs[key] = Location{Pack: s.activeN, Offset: off, Length: uint32(headerSize + len(payload))}
+		buf.Write(r.data)
+		locs[key] = Location{Pack: s.activeN, Offset: off, Length: uint32(headerSize + len(r.data))}
 	}
 	fail := func(err error) {
 		for _, r := range batch {
@@ -469,14 +575,22 @@ func (s *Store) commit(batch []*writeReq) {
 	s.mu.Lock()
 	s.activeSz = end
 	s.mu.Unlock()
+	var closers []*writeReq
 	for i, r := range batch {
+		if r.closePack {
+			closers = append(closers, r)
+			continue
+		}
 		r.reply <- errs[i]
 	}
-	if s.activeSz >= s.opts.MaxPackBytes {
-		if err := s.rotate(); err != nil {
-			// The active pack just keeps growing; reads are unaffected.
-			_ = err
-		}
+	var rerr error
+	if s.activeSz >= s.opts.MaxPackBytes || (len(closers) > 0 && s.activeSz > 0) {
+		// On failure the active pack just keeps growing; reads are
+		// unaffected, and a Compact that asked is told.
+		rerr = s.rotate()
+	}
+	for _, r := range closers {
+		r.reply <- rerr
 	}
 }
 
@@ -571,21 +685,49 @@ func (s *Store) read(id string, loc Location) ([]byte, error) {
 	if _, err := f.ReadAt(rec, loc.Offset); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("read chunk %s: %w", id, err)
 	}
-	rid, flags, payload, err := decodeRecord(rec)
+	r, err := decodeRecord(rec)
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s in pack %d at %d: %w", id, loc.Pack, loc.Offset, err)
 	}
-	data := payload
-	if flags&flagEncrypted != 0 {
-		if s.aead == nil {
-			return nil, fmt.Errorf("chunk %s is encrypted and no key is set", id)
-		}
-		if data, err = open(s.aead, rid[:], payload); err != nil {
-			return nil, fmt.Errorf("chunk %s: %w", id, err)
-		}
+	data, err := s.plaintext(r)
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", id, err)
 	}
-	if got := sha256.Sum256(data); hex.EncodeToString(got[:]) != id || got != rid {
+	if got := sha256.Sum256(data); hex.EncodeToString(got[:]) != id || got != r.id {
 		return nil, fmt.Errorf("chunk %s: %w: its bytes hash to %x", id, ErrCorrupt, got)
 	}
 	return data, nil
+}
+
+// sealedWith returns the id of the key that sealed r, and whether r is
+// encrypted at all.
+func (s *Store) sealedWith(r record) (uint32, bool) {
+	switch {
+	case r.flags&flagEncrypted == 0:
+		return 0, false
+	case r.versioned:
+		return r.key, true
+	default:
+		return s.legacy.Load(), true
+	}
+}
+
+// plaintext returns r's payload, opened with the key that sealed it.
+func (s *Store) plaintext(r record) ([]byte, error) {
+	kid, encrypted := s.sealedWith(r)
+	if !encrypted {
+		return r.payload, nil
+	}
+	if s.keys == nil {
+		return nil, errors.New("encrypted, and no key is set")
+	}
+	aead, ok := s.keys[kid]
+	if !ok {
+		return nil, fmt.Errorf("%w: key id %s", ErrUnknownKey, KeyIDString(kid))
+	}
+	if !r.versioned {
+		return open(aead, r.id[:], r.payload)
+	}
+	ad := sealAD(r.id, kid)
+	return open(aead, ad[:], r.payload)
 }

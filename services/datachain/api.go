@@ -368,13 +368,17 @@ func (a *api) compact(w http.ResponseWriter, r *http.Request) error {
 // Status answers GET /api/v1/status; its shape is the client's.
 type Status = datachainapi.Status
 
-func (a *api) status(w http.ResponseWriter, _ *http.Request) error {
+func (a *api) status(w http.ResponseWriter, r *http.Request) error {
 	st, err := a.app.store.Stats()
 	if err != nil {
 		return err
 	}
+	keys, err := a.app.store.KeyUsage(r.Context())
+	if err != nil {
+		return err
+	}
 	a.app.mu.Lock()
-	out := Status{Stats: st, LastScrub: a.app.lastScrub}
+	out := Status{Stats: st, LastScrub: a.app.lastScrub, Keys: keys}
 	a.app.mu.Unlock()
 	service.WriteJSON(w, http.StatusOK, out)
 	return nil

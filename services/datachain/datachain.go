@@ -16,6 +16,7 @@ import (
 
 	"github.com/pickme/lucid/pkg/api/anchoringapi"
 	"github.com/pickme/lucid/pkg/envconfig"
+	"github.com/pickme/lucid/pkg/keyring"
 	"github.com/pickme/lucid/pkg/logtree"
 	"github.com/pickme/lucid/pkg/packstore"
 	"github.com/pickme/lucid/pkg/service"
@@ -25,6 +26,7 @@ import (
 // App is the data chain service.
 type App struct {
 	key           []byte
+	previousKeys  [][]byte
 	minChunk      int
 	maxChunk      int
 	anchoringURL  string
@@ -67,13 +69,24 @@ var _ service.App = (*App)(nil)
 // New returns the data chain, ready to be configured.
 func New() service.App { return &App{} }
 
-// Configure reads the limits, the encryption key and the anchoring URL.
+// Configure reads the limits, the encryption key ring (ENCRYPTION_KEY and
+// ENCRYPTION_PREVIOUS_KEYS) and the anchoring URL.
 func (a *App) Configure(r *envconfig.Reader) {
 	if k := r.String("ENCRYPTION_KEY", ""); k != "" {
 		if len(k) < 32 {
 			r.Fail("ENCRYPTION_KEY", "is %d bytes; at least 32 are required", len(k))
 		}
 		a.key = []byte(k)
+	}
+	previous, err := keyring.Parse(r.String(keyring.EncryptionPrevious, ""))
+	if err != nil {
+		r.Fail(keyring.EncryptionPrevious, "%v", err)
+	}
+	for i, e := range previous {
+		if len(e.Value) < 32 {
+			r.Fail(keyring.EncryptionPrevious, "entry %d is %d bytes; at least 32 are required", i+1, len(e.Value))
+		}
+		a.previousKeys = append(a.previousKeys, e.Value)
 	}
 	a.minChunk = r.Int("LUCID_CHUNK_MIN_BYTES", 1<<10, 1, 16<<20)
 	a.maxChunk = r.Int("LUCID_CHUNK_MAX_BYTES", 16<<20, 1, 64<<20)
@@ -88,7 +101,7 @@ func (a *App) Configure(r *envconfig.Reader) {
 // Provision opens the store and starts the periodic scrub.
 func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	var err error
-	a.store, err = packstore.Open(packstore.Options{Dir: filepath.Join(srv.Config().DataDir, "chunks"), Key: a.key, MaxPackBytes: int64(a.packBytes)})
+	a.store, err = packstore.Open(packstore.Options{Dir: filepath.Join(srv.Config().DataDir, "chunks"), Key: a.key, PreviousKeys: a.previousKeys, MaxPackBytes: int64(a.packBytes)})
 	if err != nil {
 		return err
 	}

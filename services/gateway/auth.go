@@ -39,11 +39,11 @@ func (a *App) authenticate(r *http.Request, now time.Time) (*auth.Claims, error)
 	if c := a.tokens.get(tok, now); c != nil {
 		return c, nil
 	}
-	c, err := auth.Parse(a.secret, tok, func() time.Time { return now }, a.verify...)
+	c, until, err := a.keys.Parse(tok, func() time.Time { return now }, a.verify...)
 	if err != nil {
 		return nil, err
 	}
-	a.tokens.put(tok, &c)
+	a.tokens.put(tok, &c, until)
 	return &c, nil
 }
 

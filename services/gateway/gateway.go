@@ -25,6 +25,7 @@ import (
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/envconfig"
+	"github.com/pickme/lucid/pkg/keyring"
 	"github.com/pickme/lucid/pkg/ratelimit"
 	"github.com/pickme/lucid/pkg/routetable"
 	"github.com/pickme/lucid/pkg/service"
@@ -32,7 +33,9 @@ import (
 
 // App is the gateway service.
 type App struct {
-	secret  []byte
+	// keys verify client tokens: JWT_SECRET_KEY and the previous keys
+	// (JWT_PREVIOUS_KEYS) still within their retirement time.
+	keys    *auth.Keyring
 	routes  []routetable.Route
 	lookup  func(string) string
 	trusted []*net.IPNet
@@ -101,10 +104,19 @@ var _ service.App = (*App)(nil)
 // New returns the gateway, ready to be configured.
 func New() service.App { return &App{} }
 
-// Configure reads JWT_SECRET_KEY, the route table (LUCID_GATEWAY_ROUTES),
-// the rate limits, trusted proxies and CORS.
+// Configure reads JWT_SECRET_KEY and JWT_PREVIOUS_KEYS, the route table
+// (LUCID_GATEWAY_ROUTES), the rate limits, trusted proxies and CORS.
 func (a *App) Configure(r *envconfig.Reader) {
-	a.secret = []byte(r.Secret("JWT_SECRET_KEY", auth.MinSecretLen, "the gateway verifies client tokens with it"))
+	current := r.Secret("JWT_SECRET_KEY", auth.MinSecretLen, "the gateway verifies client tokens with it")
+	previous, err := keyring.Parse(r.String(keyring.JWTPrevious, ""))
+	if err != nil {
+		r.Fail(keyring.JWTPrevious, "%v", err)
+	}
+	if current != "" {
+		if a.keys, err = auth.NewKeyring([]byte(current), previous); err != nil {
+			r.Fail(keyring.JWTPrevious, "%v", err)
+		}
+	}
 	if iss := r.String(auth.EnvIssuer, ""); iss != "" {
 		a.verify = append(a.verify, auth.WithIssuer(iss))
 	}

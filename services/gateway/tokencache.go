@@ -10,7 +10,7 @@ import (
 
 // tokenCache remembers tokens already verified, by their whole text
 // (signature included, so a forged token can never hit), until they
-// expire. Verifying an HS256 token means base64, JSON and HMAC work on
+// expire or the previous key that signed them retires. Verifying an HS256 token means base64, JSON and HMAC work on
 // every request; a client reuses its token for many.
 type tokenCache struct {
 	seed   maphash.Seed
@@ -20,13 +20,20 @@ type tokenCache struct {
 
 type tokenShard struct {
 	mu sync.RWMutex
-	m  map[string]*auth.Claims
+	m  map[string]cachedToken
+}
+
+// cachedToken is a verified token's claims and, when a previous key
+// signed it, that key's retirement (else zero).
+type cachedToken struct {
+	claims *auth.Claims
+	until  time.Time
 }
 
 func newTokenCache(maxTokens int) *tokenCache {
 	c := &tokenCache{seed: maphash.MakeSeed(), max: max(maxTokens/32, 16)}
 	for i := range c.shards {
-		c.shards[i].m = map[string]*auth.Claims{}
+		c.shards[i].m = map[string]cachedToken{}
 	}
 	return c
 }
@@ -36,13 +43,15 @@ func (c *tokenCache) shard(tok string) *tokenShard {
 }
 
 // get returns the claims of a verified token that is still within its
-// validity window at now (with the same leeway as verification).
+// validity window at now (with the same leeway as verification) and whose
+// key has not retired.
 func (c *tokenCache) get(tok string, now time.Time) *auth.Claims {
 	sh := c.shard(tok)
 	sh.mu.RLock()
-	cl := sh.m[tok]
+	e := sh.m[tok]
 	sh.mu.RUnlock()
-	if cl == nil {
+	cl := e.claims
+	if cl == nil || (!e.until.IsZero() && !now.Before(e.until)) {
 		return nil
 	}
 	if cl.ExpiresAt == nil || !now.Before(cl.ExpiresAt.Add(auth.Leeway)) {
@@ -54,12 +63,12 @@ func (c *tokenCache) get(tok string, now time.Time) *auth.Claims {
 	return cl
 }
 
-func (c *tokenCache) put(tok string, cl *auth.Claims) {
+func (c *tokenCache) put(tok string, cl *auth.Claims, until time.Time) {
 	sh := c.shard(tok)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if len(sh.m) >= c.max {
 		clear(sh.m) // crude but bounded; hot tokens come back at once
 	}
-	sh.m[tok] = cl
+	sh.m[tok] = cachedToken{claims: cl, until: until}
 }

@@ -48,12 +48,42 @@ func enrolmentTokens(meshToken string) map[string][]byte {
 	return out
 }
 
-// enrolled reports whether r bears svc's enrolment token, compared in
-// constant time.
+// previousEnrolment are the enrolment tokens derived from a previous mesh
+// token, accepted until its retirement (zero: until it is removed).
+type previousEnrolment struct {
+	until  time.Time
+	tokens map[string][]byte
+}
+
+// enrolmentKeys are svc's enrolment tokens that count now: the current
+// one first, then those of previous mesh tokens not yet retired.
+func (a *App) enrolmentKeys(svc string) [][]byte {
+	cur, ok := a.enrolment[svc]
+	if !ok {
+		return nil
+	}
+	out := [][]byte{cur}
+	now := a.now()
+	for _, p := range a.previous {
+		if p.until.IsZero() || now.Before(p.until) {
+			out = append(out, p.tokens[svc])
+		}
+	}
+	return out
+}
+
+// enrolled reports whether r bears one of svc's enrolment tokens,
+// compared in constant time.
 func (a *App) enrolled(r *http.Request, svc string) bool {
-	want, ok := a.enrolment[svc]
 	tok, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && bearer && subtle.ConstantTimeCompare([]byte(tok), want) == 1
+	if !bearer {
+		return false
+	}
+	found := 0
+	for _, want := range a.enrolmentKeys(svc) {
+		found |= subtle.ConstantTimeCompare([]byte(tok), want)
+	}
+	return found == 1
 }
 
 var errEnrolment = service.Errorf(http.StatusUnauthorized, service.CodeAuth, "this service's enrolment token is required")
@@ -96,13 +126,17 @@ func (a *App) handleBundle(w http.ResponseWriter, r *http.Request) error {
 	if _, err := hex.DecodeString(nonce); err != nil || len(nonce) != meshapi.NonceLen {
 		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "nonce must be %d hex digits", meshapi.NonceLen)
 	}
-	key, ok := a.enrolment[svc]
-	if !ok {
+	keys := a.enrolmentKeys(svc)
+	if len(keys) == 0 {
 		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "service must name the Lucid service asking (%s)", strings.Join(slices.Sorted(maps.Keys(a.enrolment)), ", "))
 	}
 	body := meshca.EncodeCerts(a.ca.Bundle())
 	w.Header().Set("Content-Type", "application/pem-certificate-chain")
-	w.Header().Set(meshapi.BundleMACHeader, meshapi.BundleMAC(string(key), nonce, body))
+	// One MAC per enrolment token that counts: a service holding the token
+	// of before a rotation checks the bundle with it.
+	for _, key := range keys {
+		w.Header().Add(meshapi.BundleMACHeader, meshapi.BundleMAC(string(key), nonce, body))
+	}
 	w.Header().Set("Cache-Control", "no-store")
 	_, err := w.Write(body)
 	return err

@@ -45,6 +45,7 @@ import (
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/consulacl"
 	"github.com/pickme/lucid/pkg/envconfig"
+	"github.com/pickme/lucid/pkg/keyring"
 	"github.com/pickme/lucid/pkg/meshca"
 	"github.com/pickme/lucid/pkg/meshtls"
 	"github.com/pickme/lucid/pkg/ratelimit"
@@ -67,12 +68,19 @@ type App struct {
 
 	// enrolment holds each service's enrolment token, by name.
 	enrolment map[string][]byte
-	mtls      bool
-	ca        *meshca.CA
-	limiter   *ratelimit.Memory
-	logger    *slog.Logger
-	reg       *registrar
-	metrics   *metrics
+	// previousMesh are the mesh tokens before a rotation
+	// (LUCID_MESH_PREVIOUS_TOKENS) and previous the enrolment tokens
+	// derived from them: a service started with one still obtains its
+	// leaf and trust bundle until the token's retirement.
+	previousMesh []keyring.Entry
+	previous     []previousEnrolment
+	now          func() time.Time
+	mtls         bool
+	ca           *meshca.CA
+	limiter      *ratelimit.Memory
+	logger       *slog.Logger
+	reg          *registrar
+	metrics      *metrics
 
 	loops    sync.WaitGroup
 	stopSync context.CancelFunc
@@ -98,6 +106,16 @@ func (a *App) Configure(r *envconfig.Reader) {
 	a.checkInterval = r.Duration("LUCID_MESH_CHECK_INTERVAL", time.Second, 100*time.Millisecond, 5*time.Minute)
 	a.syncInterval = r.Duration("LUCID_MESH_SYNC_INTERVAL", 2*time.Second, 100*time.Millisecond, 5*time.Minute)
 	a.members = map[string]*url.URL{}
+	prev, err := keyring.Parse(r.String(keyring.MeshPrevious, ""))
+	if err != nil {
+		r.Fail(keyring.MeshPrevious, "%v", err)
+	}
+	for i, e := range prev {
+		if len(e.Value) < catalog.SecretMinLen {
+			r.Fail(keyring.MeshPrevious, "entry %d is %d bytes; at least %d are required", i+1, len(e.Value), catalog.SecretMinLen)
+		}
+	}
+	a.previousMesh = prev
 	for _, s := range catalog.Services {
 		key := catalog.URLKey(s.Name)
 		if u := r.URL(key); u != nil {
@@ -116,6 +134,14 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	cfg := srv.Config()
 	a.logger = srv.Logger()
 	a.enrolment = enrolmentTokens(cfg.MeshToken)
+	for _, e := range a.previousMesh {
+		if string(e.Value) != cfg.MeshToken {
+			a.previous = append(a.previous, previousEnrolment{until: e.Until, tokens: enrolmentTokens(string(e.Value))})
+		}
+	}
+	if a.now == nil {
+		a.now = time.Now
+	}
 	a.mtls = cfg.MTLS()
 	if !a.mtls {
 		a.logger.Warn("LUCID_MESH_URL is not set: the controller serves plain HTTP, so certificates and enrolment tokens cross the network in the clear")

@@ -80,6 +80,10 @@ func (c *Client) Seal(ctx context.Context, session string, req SealRequest) (*Se
 type Status struct {
 	packstore.Stats
 	LastScrub *packstore.ScrubReport `json:"last_scrub"`
+	// Keys counts the live records by the key that sealed them, current
+	// key first (empty for a plain store): a previous key with no records
+	// left can be dropped from ENCRYPTION_PREVIOUS_KEYS.
+	Keys []packstore.KeyRecords `json:"keys"`
 }
 
 // Status returns the store's status. The client's transport must carry

@@ -164,7 +164,15 @@ func (c *Client) Bundle(ctx context.Context, service string) ([]*x509.Certificat
 	if err != nil {
 		return nil, fmt.Errorf("mesh: trust bundle: %w", err)
 	}
-	if !hmac.Equal([]byte(resp.Header.Get(BundleMACHeader)), []byte(BundleMAC(c.token, nonce, body))) {
+	// The controller sends a MAC for each enrolment token it accepts (the
+	// current one and, after a rotation, the previous ones).
+	want, matched := []byte(BundleMAC(c.token, nonce, body)), false
+	for _, got := range resp.Header.Values(BundleMACHeader) {
+		if hmac.Equal([]byte(got), want) {
+			matched = true
+		}
+	}
+	if !matched {
 		return nil, fmt.Errorf("mesh: the trust bundle's MAC does not match %s's enrolment token (wrong LUCID_MESH_TOKEN, or not the mesh controller)", service)
 	}
 	return meshca.DecodeCerts(body)

@@ -26,6 +26,7 @@ import (
 	"github.com/pickme/lucid/pkg/deploy"
 	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/imagebuild"
+	"github.com/pickme/lucid/pkg/keyring"
 	"github.com/pickme/lucid/pkg/projectconfig"
 	"github.com/pickme/lucid/pkg/sshx"
 )
@@ -106,6 +107,10 @@ stderr).
      release's, and refuse to replace one its data is bound to (ENCRYPTION_KEY,
      JWT_SECRET_KEY, LUCID_MESH_TOKEN, CONSUL_HTTP_TOKEN, LUCID_OPERATOR_TOKEN)
      unless --rotate KEY names it (checked again after each host's preflight);
+     a rotation from lucidctl secrets rotate keeps the old JWT_SECRET_KEY,
+     LUCID_MESH_TOKEN or ENCRYPTION_KEY accepted among the previous values,
+     and dropping a previous encryption key needs --rotate
+     ENCRYPTION_PREVIOUS_KEYS (only once a compaction re-encrypted its records);
   4. build the images (or take --lucid, a ready binary) for lucid.yaml's platforms;
   then, host by host:
   5. check the host: Docker, compose, flock, architecture, free disk, clock,
@@ -127,7 +132,7 @@ either.`,
   lucidctl deploy pi --dry-run
   lucidctl deploy fleet --json
   lucidctl deploy fleet --hosts pi2,pi3 --skip-unreachable
-  lucidctl deploy pi --rotate JWT_SECRET_KEY   # every issued token stops working
+  lucidctl deploy pi --rotate JWT_SECRET_KEY   # after lucidctl secrets rotate: old tokens work until they retire
   lucidctl deploy pi --accept-new-host-key   # the first time, after checking the fingerprint`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Names = args
@@ -146,15 +151,15 @@ either.`,
 	f.StringSliceVar(&opts.Hosts, "hosts", nil, "only these of the targets named (comma-separated)")
 	f.BoolVar(&opts.SkipUnreachable, "skip-unreachable", false, "go on with the hosts that answer, and name the ones that did not")
 	f.StringArrayVar(&opts.Rotate, "rotate", nil, "replace this data-bound secret of the hosts' current release on purpose (repeatable)")
-	_ = cmd.RegisterFlagCompletionFunc("rotate", cobra.FixedCompletions(deployfiles.DataBound, cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc("rotate", cobra.FixedCompletions(append(slices.Clone(deployfiles.DataBound), keyring.EncryptionPrevious), cobra.ShellCompDirectiveNoFileComp))
 	return cli.SupportsJSON(cmd)
 }
 
 // checkRotate refuses a --rotate that names no secret render makes.
 func checkRotate(keys []string) error {
 	for _, k := range keys {
-		if !slices.Contains(deployfiles.Secrets, k) {
-			return cli.Usage(fmt.Errorf("--rotate: %q is not a secret of %s (one of: %s)", k, deployfiles.EnvPath, strings.Join(deployfiles.Secrets, ", ")))
+		if !slices.Contains(deployfiles.Secrets, k) && k != keyring.EncryptionPrevious {
+			return cli.Usage(fmt.Errorf("--rotate: %q is not a secret of %s (one of: %s, %s)", k, deployfiles.EnvPath, strings.Join(deployfiles.Secrets, ", "), keyring.EncryptionPrevious))
 		}
 	}
 	return nil

@@ -105,6 +105,10 @@ type CompactResult struct {
 	packstore.CompactReport
 	DeadBytesBefore int64 `json:"dead_bytes_before"`
 	DeadBytesAfter  int64 `json:"dead_bytes_after"`
+	// Keys counts the live records by the key that sealed them, after the
+	// compaction (empty for a plain store): a previous encryption key with
+	// none left can be dropped (lucidctl secrets prune --encryption-keys).
+	Keys []packstore.KeyRecords `json:"keys"`
 }
 
 // CompactOptions are the inputs of `lucidctl maintenance compact`.
@@ -120,6 +124,9 @@ func newCompactCmd(env *cli.Env) *cobra.Command {
 		Short: "Reclaim the space of deleted chunks in the data chain on the hosts",
 		Long: `Run a data-chain compaction now on each host: every closed pack file that is
 more than half deleted chunks is rewritten without them, while reads go on.
+After an ENCRYPTION_KEY rotation, every pack holding records sealed with a
+previous key is rewritten too, those records re-encrypted with the current
+key; the output counts the live records by key id.
 A pack that holds a damaged chunk is skipped until the chunk is repaired
 (see scrub). The data chain also compacts after each periodic scrub.`,
 		Example: `  lucidctl maintenance compact --target pi`,
@@ -152,7 +159,11 @@ func runCompact(ctx context.Context, opts *CompactOptions) error {
 			return nil, err
 		}
 		s.Say("compacted %d pack(s), moved %d chunk(s)", len(rep.Packs), rep.MovedChunks)
-		return &CompactResult{CompactReport: *rep, DeadBytesBefore: before.DeadBytes, DeadBytesAfter: after.DeadBytes}, nil
+		keys := after.Keys
+		if keys == nil {
+			keys = []packstore.KeyRecords{}
+		}
+		return &CompactResult{CompactReport: *rep, DeadBytesBefore: before.DeadBytes, DeadBytesAfter: after.DeadBytes, Keys: keys}, nil
 	})
 	if out == nil {
 		return err
@@ -162,6 +173,23 @@ func runCompact(ctx context.Context, opts *CompactOptions) error {
 		line := fmt.Sprintf("%s: compacted %d pack(s), reclaimed %s; dead bytes %s -> %s", h.Host, len(r.Packs), bytesText(r.ReclaimedBytes), bytesText(r.DeadBytesBefore), bytesText(r.DeadBytesAfter))
 		if len(r.Skipped) > 0 {
 			line += fmt.Sprintf("; %d pack(s) skipped for a damaged chunk (run scrub)", len(r.Skipped))
+		}
+		if r.ReencryptedChunks > 0 {
+			line += fmt.Sprintf("; re-encrypted %d chunk(s) with the current key", r.ReencryptedChunks)
+		}
+		if len(r.Keys) > 0 {
+			var keys []string
+			for _, k := range r.Keys {
+				mark := ""
+				switch {
+				case k.Current:
+					mark = " (current)"
+				case !k.InRing:
+					mark = " (not given: unreadable)"
+				}
+				keys = append(keys, fmt.Sprintf("%s%s %d", k.KeyID, mark, k.Records))
+			}
+			line += "; records by key: " + strings.Join(keys, ", ")
 		}
 		fmt.Fprintln(opts.Env.IO.Out, line)
 	}); perr != nil {

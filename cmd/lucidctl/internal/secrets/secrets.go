@@ -1,8 +1,9 @@
-// Package secrets implements `lucidctl secrets pull` and `lucidctl
-// secrets diff`: the secrets of a host's current release brought into the
-// operator's env file, and the names of those that differ from what a
-// deploy from here would send. Values never leave memory: only key names
-// are printed.
+// Package secrets implements `lucidctl secrets pull`, `diff`, `rotate`
+// and `prune`: the secrets of a host's current release brought into the
+// operator's env file, the names of those that differ from what a deploy
+// from here would send, and rotations without downtime in the local env
+// file (the old value kept, for a while, among the previous ones). Values
+// never leave memory: only key names are printed.
 package secrets
 
 import (
@@ -29,15 +30,17 @@ import (
 func NewCmd(env *cli.Env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "secrets <command>",
-		Short: "Take a host's secrets, or see which differ from the rendered ones",
+		Short: "Take a host's secrets, see which differ from the rendered ones, rotate them",
 		Long: `Once a host holds data, the secrets of its current release are the truth: a
 fresh clone's render makes new ones, and deploy refuses to replace those the
 data is bound to. pull brings the host's into the operator's env file; diff
-names those that differ. Only key names are ever printed.`,
+names those that differ; rotate replaces one in the local env file while the
+old value stays accepted for a while; prune drops retired old values. Only
+key names are ever printed.`,
 		Args: cli.Subcommands,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(newPullCmd(env), newDiffCmd(env))
+	cmd.AddCommand(newPullCmd(env), newDiffCmd(env), newRotateCmd(env), newPruneCmd(env))
 	return cmd
 }
 
