@@ -11,6 +11,7 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/backup"
+	"github.com/pickme/lucid/pkg/projectconfig"
 )
 
 // VerifyOptions are the inputs of `lucidctl backup verify`.
@@ -63,21 +64,9 @@ func runVerify(ctx context.Context, opts *VerifyOptions) error {
 	if err != nil {
 		return err
 	}
-	var ids []age.Identity
-	if repo.Encrypted() {
-		path := opts.Identity
-		if path == "" && cfg.Backup.Identity != "" {
-			path = cfg.Abs(cfg.Backup.Identity)
-			if strings.HasPrefix(cfg.Backup.Identity, "~/") { // ReadIdentities expands it
-				path = cfg.Backup.Identity
-			}
-		}
-		if path == "" {
-			return cli.Usage(errors.New("the repository is encrypted: --identity FILE, or backup.identity in lucid.yaml, names the key that decrypts it"))
-		}
-		if ids, err = backup.ReadIdentities(path); err != nil {
-			return fmt.Errorf("identity: %w", err)
-		}
+	ids, err := Identities(cfg, repo, opts.Identity)
+	if err != nil {
+		return err
 	}
 	id := opts.ID
 	if id == "" {
@@ -111,4 +100,28 @@ func runVerify(ctx context.Context, opts *VerifyOptions) error {
 		return cli.Problems(err)
 	}
 	return err
+}
+
+// Identities reads the keys that decrypt repo: from flag (--identity), else
+// backup.identity of lucid.yaml; none for a plaintext repository. Restore
+// reads a repository the same way.
+func Identities(cfg *projectconfig.Config, repo *backup.Repository, flag string) ([]age.Identity, error) {
+	if !repo.Encrypted() {
+		return nil, nil
+	}
+	path := flag
+	if path == "" && cfg.Backup.Identity != "" {
+		path = cfg.Abs(cfg.Backup.Identity)
+		if strings.HasPrefix(cfg.Backup.Identity, "~/") { // ReadIdentities expands it
+			path = cfg.Backup.Identity
+		}
+	}
+	if path == "" {
+		return nil, cli.Usage(errors.New("the repository is encrypted: --identity FILE, or backup.identity in lucid.yaml, names the key that decrypts it"))
+	}
+	ids, err := backup.ReadIdentities(path)
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	return ids, nil
 }

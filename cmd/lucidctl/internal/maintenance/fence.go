@@ -170,12 +170,14 @@ func runFence(ctx context.Context, opts *FenceOptions) error {
 	if err != nil {
 		return err
 	}
-	names, err := opts.Flags.Names(cfg)
-	if err != nil {
-		return err
-	}
-	if len(names) != 1 {
-		return cli.Usage(fmt.Errorf("a fence is one engine's: name one host (%q is %d hosts)", opts.Flags.Target, len(names)))
+	if opts.Flags.Target != "" || len(opts.Flags.Hosts) > 0 {
+		names, err := opts.Flags.Names(cfg)
+		if err != nil {
+			return err
+		}
+		if len(names) != 1 {
+			return cli.Usage(fmt.Errorf("a fence is one engine's: name one host (%q is %d hosts)", opts.Flags.Target, len(names)))
+		}
 	}
 	var receipt []byte
 	if opts.Receipt != "" {

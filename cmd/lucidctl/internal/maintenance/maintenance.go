@@ -18,6 +18,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"sync"
 	"time"
@@ -38,7 +39,8 @@ func NewCmd(env *cli.Env) *cobra.Command {
 		Short: "Scrub and compact the data chain, rotate the mesh CA, change the chain's voters, lift a restore fence",
 		Long: `Maintenance of deployed hosts with the operator credential: each command
 reaches the services on the host's loopback through SSH, as the Pi itself
-sees them, and sends LUCID_OPERATOR_TOKEN as the bearer token. With the mesh
+sees them, and sends LUCID_OPERATOR_TOKEN as the bearer token. Without
+--target it works on the local stack (lucidctl up) of this machine. With the mesh
 on, every service is verified by its mesh certificate against the mesh's
 trust bundle, which is authenticated with LUCID_MESH_TOKEN.
 
@@ -64,9 +66,9 @@ type Flags struct {
 }
 
 func (f *Flags) add(fs *pflag.FlagSet) {
-	f.Flags.Add(fs, "the target or group of lucid.yaml to work on")
+	f.Flags.Add(fs, "the target or group of lucid.yaml to work on (default: the local stack of lucidctl up)")
 	_ = fs.MarkHidden("docker-socket") // fleet's, for the commands that talk to Docker
-	fs.IntVar(&f.PortOffset, "port-offset", 0, "the --port-offset the hosts' stack was rendered with (0: the catalog's ports)")
+	fs.IntVar(&f.PortOffset, "port-offset", 0, "the --port-offset the hosts' stack was rendered with (0: the catalog's ports; for the local stack, local.port_offset)")
 	fs.StringVar(&f.EnvFile, "env-file", "", "the operator's env file, with LUCID_OPERATOR_TOKEN and LUCID_MESH_TOKEN (default: local.env_file of lucid.yaml)")
 }
 
@@ -113,6 +115,9 @@ func each[T any](ctx context.Context, env *cli.Env, f *Flags, action string, fn 
 	if err != nil {
 		return nil, err
 	}
+	if f.Target == "" && len(f.Hosts) == 0 {
+		return onLocal(ctx, env, f, creds, fn)
+	}
 	fl, err := f.Connect(ctx, env)
 	if err != nil {
 		return nil, err
@@ -151,6 +156,35 @@ func each[T any](ctx context.Context, env *cli.Env, f *Flags, action string, fn 
 	}
 	if s := fl.SkippedSummary(); s != "" {
 		fmt.Fprintln(env.IO.ErrOut, s)
+	}
+	return out, err
+}
+
+// onLocal runs fn on the local stack (lucidctl up) of this machine: its
+// services on the loopback, at --port-offset or else local.port_offset.
+// The local stack keeps no audit trail.
+func onLocal[T any](ctx context.Context, env *cli.Env, f *Flags, creds *hostservices.Credentials, fn func(context.Context, *session) (*T, error)) (*Output[T], error) {
+	cfg, err := env.Config()
+	if err != nil {
+		return nil, err
+	}
+	offset := f.PortOffset
+	if offset == 0 {
+		offset = cfg.Local.PortOffset
+	}
+	var d net.Dialer
+	s := &session{Host: "local", Offset: offset, Creds: creds,
+		Dial: func(addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) },
+		Say: func(format string, args ...any) {
+			fmt.Fprintf(env.IO.ErrOut, progressHostPrefix+format+"\n", append([]any{"local"}, args...)...)
+		},
+	}
+	defer s.Close()
+	res, err := fn(ctx, s)
+	err = hostservices.Classify(err)
+	out := &Output[T]{Hosts: []HostResult[T]{{Host: "local", Result: res}}}
+	if err != nil {
+		out.Hosts[0].Error = err.Error()
 	}
 	return out, err
 }

@@ -43,6 +43,8 @@ type Options struct {
 	// From is the backup repository (or backup directory); Backup the
 	// backup's id in it ("" for the newest, or the only one).
 	From, Backup string
+	// Identity decrypts the repository ("": backup.identity of lucid.yaml).
+	Identity string
 	// Yes answers the confirmations: replacing data a host or the local
 	// stack holds, and stopping a running local stack.
 	Yes bool
@@ -150,6 +152,7 @@ Exits 3 when a check fails.`,
 	_ = cmd.Flags().MarkHidden("skip-unreachable") // one host, which must answer
 	cmd.Flags().StringVar(&opts.From, "from", "", "the backup repository (required)")
 	cmd.Flags().StringVar(&opts.Backup, "backup", "", "the backup's id (default: the newest)")
+	cmd.Flags().StringVar(&opts.Identity, "backup-identity", "", "the age identity file or SSH private key that decrypts the repository (default: backup.identity of lucid.yaml; --identity is the SSH key)")
 	cmd.Flags().BoolVarP(&opts.Yes, "yes", "y", false, "replace existing data, and stop a running local stack, without asking")
 	cmd.Flags().BoolVar(&opts.WriteEnv, "env", false, "write the backup's env files where they differ from the deployed ones")
 	cmd.Flags().StringArrayVar(&opts.Receipts, "receipt", nil, "a receipt issued before the backup, to check against the restored chain (repeatable)")
@@ -163,7 +166,11 @@ Exits 3 when a check fails.`,
 }
 
 func run(ctx context.Context, opts *Options) error {
-	src, err := OpenSource(ctx, opts.From, opts.Backup)
+	cfg, err := opts.Env.Config()
+	if err != nil {
+		return err
+	}
+	src, err := OpenSource(ctx, cfg, opts.From, opts.Backup, opts.Identity)
 	if err != nil {
 		return err
 	}

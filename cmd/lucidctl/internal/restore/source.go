@@ -10,7 +10,13 @@ import (
 	"os"
 	"path/filepath"
 
+	"filippo.io/age"
+
+	backupcmd "github.com/pickme/lucid/cmd/lucidctl/internal/backup"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/api/snapshotapi"
+	"github.com/pickme/lucid/pkg/backup"
+	"github.com/pickme/lucid/pkg/projectconfig"
 	"github.com/pickme/lucid/pkg/restoredata"
 )
 
@@ -50,17 +56,64 @@ type dirSource struct {
 	idx dirIndex
 }
 
-// OpenSource opens the backup a restore reads from --from and --backup.
-// It is a variable so that the backup repository can take its place.
-var OpenSource = func(_ context.Context, from, id string) (Source, error) {
-	s, err := OpenDir(from)
+// OpenSource opens the backup a restore reads from --from and --backup: a
+// backup repository (lucidctl backup's, pkg/backup), whose newest complete
+// backup is the default; or a directory in the layout of OpenDir.
+func OpenSource(ctx context.Context, cfg *projectconfig.Config, from, id, identity string) (Source, error) {
+	if _, err := os.Stat(filepath.Join(from, DirIndex)); err == nil {
+		s, err := OpenDir(from)
+		if err != nil {
+			return nil, err
+		}
+		if id != "" && id != s.ID() {
+			return nil, fmt.Errorf("%s holds backup %s, not %s", from, s.ID(), id)
+		}
+		return s, nil
+	}
+	repo, err := backup.OpenRepository(ctx, from)
+	if errors.Is(err, backup.ErrNotRepository) {
+		return nil, cli.Usage(err)
+	}
 	if err != nil {
 		return nil, err
 	}
-	if id != "" && id != s.ID() {
-		return nil, fmt.Errorf("%s holds backup %s, not %s", from, s.ID(), id)
+	ids, err := backupcmd.Identities(cfg, repo, identity)
+	if err != nil {
+		return nil, err
 	}
-	return s, nil
+	if id == "" {
+		latest, err := repo.Latest(ctx)
+		if err != nil {
+			return nil, err
+		}
+		id = latest.ID
+	}
+	b, err := repo.Load(ctx, id, ids)
+	if errors.Is(err, backup.ErrWrongIdentity) {
+		return nil, cli.WithHint(err, "use the identity whose public key was in backup.recipients when this backup was taken")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &repoSource{repo: repo, b: b, ids: ids}, nil
+}
+
+// repoSource is a backup of a backup repository.
+type repoSource struct {
+	repo *backup.Repository
+	b    *backup.Backup
+	ids  []age.Identity
+}
+
+func (s *repoSource) ID() string                       { return s.b.ID }
+func (s *repoSource) Services() []snapshotapi.Manifest { return s.b.Services }
+func (s *repoSource) EnvFiles() []snapshotapi.File     { return s.b.Env }
+
+func (s *repoSource) Open(ctx context.Context, service, path string) (io.ReadCloser, error) {
+	if service == EnvService {
+		service = backup.EnvService
+	}
+	return s.repo.Open(ctx, s.b, service, path, s.ids)
 }
 
 // OpenDir opens a backup directory: DIR/backup.json (the id, each
