@@ -13,13 +13,14 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	backupcmd "github.com/pickme/lucid/cmd/lucidctl/internal/backup"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/restore"
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/engineapi"
-	"github.com/pickme/lucid/pkg/api/snapshotapi"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deploy"
 	"github.com/pickme/lucid/pkg/deployfiles"
@@ -60,15 +61,18 @@ func deployRelease(t *testing.T, sshd *testenv.SSHD, dir, bin string, f *deployf
 	}
 }
 
-// TestTargetRestoreThroughDocker drives `lucidctl restore --target pi`
-// end to end against a real sshd whose Docker Engine is this machine's: a
-// deployed release records a session and hands out its receipt; the
-// services' data, taken out of their stopped containers, is the backup.
-// The host holds data, so the restore needs --yes (exit 2 without); with
-// it, every volume is written by a one-shot `lucid data restore`
-// container, the engine's volume holds the fence, the services come back
-// healthy, and the checks pass through SSH: the chain audited, the data
-// chain scrubbed, the backup's figures, the receipt in the restored chain.
+// TestTargetRestoreThroughDocker drives a Pi's backup and restore end to
+// end against a real sshd whose Docker Engine is this machine's: a
+// deployed release records a session and hands out its receipt; `lucidctl
+// backup --target` copies it online, age-encrypted, and a second backup
+// after more data sends only what changed. Then the card dies: containers
+// and volumes are removed, a release is deployed onto empty volumes, and
+// `lucidctl restore --target` writes every volume through one-shot `lucid
+// data restore` containers. The engine comes back fenced; the checks pass
+// through SSH (the chain audited, every chunk scrubbed against its id, the
+// backup's figures, the receipt in the restored chain); a restore over the
+// data now there needs --yes; and once the fence is lifted at the height
+// the backup holds, new anchors are sealed.
 func TestTargetRestoreThroughDocker(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "lucid")
 	if err := imagebuild.Compile(context.Background(), imagebuild.CompileOptions{SourceDir: "../../../..", Platform: v1.Platform{OS: "linux", Architecture: "amd64"}, Out: bin, Version: "v0-restoretest", Commit: "test"}); err != nil {
@@ -93,7 +97,9 @@ func TestTargetRestoreThroughDocker(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	t.Cleanup(func() {
+	// removeRelease removes the release's containers and volumes, as a
+	// dead card loses them.
+	removeRelease := func() {
 		ids, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=com.docker.compose.project="+deploy.ComposeProject).Output()
 		for _, id := range strings.Fields(string(ids)) {
 			_ = exec.Command("docker", "rm", "-f", "-v", id).Run()
@@ -102,6 +108,9 @@ func TestTargetRestoreThroughDocker(t *testing.T) {
 		for _, v := range strings.Fields(string(vols)) {
 			_ = exec.Command("docker", "volume", "rm", v).Run()
 		}
+	}
+	t.Cleanup(func() {
+		removeRelease()
 		list, _ := exec.Command("docker", "images", "--format", "{{.Repository}}:{{.Tag}}").Output()
 		for _, ref := range strings.Fields(string(list)) {
 			if strings.HasPrefix(ref, "lucid-restoretest/") {
@@ -142,38 +151,63 @@ func TestTargetRestoreThroughDocker(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The backup: each stateful service's data, out of its stopped
-	// container.
-	stateful := []string{"mesh", "engine", "anchoring", "blocks", "datachain"}
-	if r := run(append([]string{"stop", "--target", "pi", "--force"}, stateful...)...); r.code != 0 {
-		t.Fatalf("stop: exit %d\n%s", r.code, r.errOut)
+	// Backups are encrypted to a key of the operator's.
+	ident, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
 	}
-	taken := t.TempDir()
-	for _, svc := range stateful {
-		s, _ := catalog.Lookup(svc)
-		if out, err := exec.Command("docker", "cp", s.Container+":"+deployfiles.DataRoot+"/"+svc, filepath.Join(taken, svc)).CombinedOutput(); err != nil {
-			t.Fatalf("docker cp %s: %v %s", svc, err, out)
+	idFile := filepath.Join(dir, "backup.key")
+	if err := os.WriteFile(idFile, []byte(ident.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	yml += fmt.Sprintf("backup:\n  dir: backups\n  recipients: [%s]\n  identity: %s\n", ident.Recipient(), idFile)
+	if err := os.WriteFile(p.config, []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	takeBackup := func() backupcmd.Output {
+		t.Helper()
+		r := run("--json", "backup", "--target", "pi", "--port-offset", strconv.Itoa(offset))
+		var out backupcmd.Output
+		if err := json.Unmarshal([]byte(r.out), &out); err != nil || r.code != 0 {
+			t.Fatalf("backup: exit %d %v\n%s\n%s", r.code, err, r.out, r.errOut)
+		}
+		return out
+	}
+	first := takeBackup()
+	if !first.Encrypted || len(first.Services) != 5 || first.Chain == nil || first.Chain.Height < info.Height || first.DataChain == nil || first.DataChain.Chunks != 2 {
+		t.Fatalf("first backup: %+v", first)
+	}
+	if first.Totals.BytesSent != first.Totals.Bytes {
+		t.Errorf("a first backup sends everything: %+v", first.Totals)
+	}
+	// More data, then a second backup: only what changed is sent.
+	for i, chunk := range []string{"three", "four"} {
+		if err := os.WriteFile(filepath.Join(rec, strconv.Itoa(2+i)), []byte(strings.Repeat(chunk, 1000)), 0o644); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if r := run(append([]string{"start", "--target", "pi"}, stateful...)...); r.code != 0 {
-		t.Fatalf("start: exit %d\n%s", r.code, r.errOut)
+	if r := p.lucidctl(ctx, "session", "push", rec, "--seal", "--wait", "--wait-timeout", "90s"); r.code != 0 {
+		t.Fatalf("second session push: exit %d\n%s", r.code, r.errOut)
 	}
-	backup := filepath.Join(dir, "backup")
-	copyBackup(t, backup, func(svc string) string { return filepath.Join(taken, svc) }, snapshotapi.Facts{
-		Chain:     &snapshotapi.ChainFacts{ChainID: info.ChainID, Height: info.Height, TreeSize: info.TreeSize, Root: info.Root, ValidatorKey: info.ValidatorKey},
-		DataChain: &snapshotapi.DataChainFacts{Chunks: 2, Sessions: 1, SealedSessions: 1},
-	})
+	second := takeBackup()
+	if second.Totals.PiecesReused == 0 || second.Totals.BytesSent >= second.Totals.Bytes {
+		t.Errorf("the second backup is not incremental: %+v", second.Totals)
+	}
+	t.Logf("backups: first %d of %d bytes sent, second %d of %d (%d pieces reused)",
+		first.Totals.BytesSent, first.Totals.Bytes, second.Totals.BytesSent, second.Totals.Bytes, second.Totals.PiecesReused)
 
-	restoreArgs := []string{"restore", "--target", "pi", "--from", backup, "--port-offset", strconv.Itoa(offset), "--receipt", receipt}
-	if r := run(restoreArgs...); r.code != 2 || !strings.Contains(r.errOut, "--yes") || !strings.Contains(r.errOut, "transactions") {
-		t.Fatalf("restore over a host holding data without --yes: exit %d\n%s", r.code, r.errOut)
-	}
-	r := run(append([]string{"--json"}, append(restoreArgs, "--yes")...)...)
+	// The card dies: no containers, no volumes. A new one gets a release
+	// first (restore writes into a deployed release's volumes).
+	removeRelease()
+	deployRelease(t, sshd, deployDir, bin, f)
+
+	restoreArgs := []string{"restore", "--target", "pi", "--from", filepath.Join(dir, "backups"), "--port-offset", strconv.Itoa(offset), "--receipt", receipt}
+	r := run(append([]string{"--json"}, restoreArgs...)...)
 	var out restore.Output
 	if err := json.Unmarshal([]byte(r.out), &out); err != nil || r.code != 0 {
-		t.Fatalf("restore: exit %d %v\n%s\n%s", r.code, err, r.out, r.errOut)
+		t.Fatalf("restore onto empty volumes: exit %d %v\n%s\n%s", r.code, err, r.out, r.errOut)
 	}
-	if !out.Existing || len(out.Services) != len(stateful) || out.Fence == nil || out.Verification == nil || !out.Verification.OK {
+	if out.Existing || out.Backup != second.ID || len(out.Services) != 5 || out.Fence == nil || out.Verification == nil || !out.Verification.OK {
 		t.Errorf("restore: %+v\n%s", out, r.errOut)
 	}
 	if len(out.Verification.Receipts) != 1 || out.Verification.Receipts[0].Status != restore.ReceiptInChain {
@@ -185,11 +219,23 @@ func TestTargetRestoreThroughDocker(t *testing.T) {
 		t.Fatalf("the engine's volume holds no fence: %v %s", err, b)
 	}
 	var fence engineapi.Fence
-	if b, err := os.ReadFile(fenceCopy); err != nil || json.Unmarshal(b, &fence) != nil || fence.Backup != "test-backup-1" || fence.RestoredHeight != info.Height {
+	if b, err := os.ReadFile(fenceCopy); err != nil || json.Unmarshal(b, &fence) != nil || fence.Backup != second.ID || fence.RestoredHeight != second.Chain.Height {
 		t.Errorf("fence: %+v %v", fence, err)
 	}
+	// Now the host holds data: restoring over it needs --yes.
+	if r := run(restoreArgs...); r.code != 2 || !strings.Contains(r.errOut, "--yes") {
+		t.Fatalf("restore over a host holding data without --yes: exit %d\n%s", r.code, r.errOut)
+	}
+
+	// The fence lifted at the height the backup holds, new anchors seal.
+	if r := run("maintenance", "fence", "lift", "--target", "pi", "--port-offset", strconv.Itoa(offset), "--known-height", strconv.FormatUint(second.Chain.Height, 10)); r.code != 0 {
+		t.Fatalf("fence lift: exit %d\n%s", r.code, r.errOut)
+	}
+	if r := p.lucidctl(ctx, "session", "push", rec, "--seal", "--wait", "--wait-timeout", "90s", "--receipt", filepath.Join(dir, "after.tlog-proof")); r.code != 0 {
+		t.Fatalf("a new anchor after the restore: exit %d\n%s", r.code, r.errOut)
+	}
 	audit, err := os.ReadFile(filepath.Join(deployDir, deploy.AuditFile))
-	if err != nil || !strings.Contains(string(audit), `"action":"restore"`) {
-		t.Errorf("the audit log has no restore: %v\n%s", err, audit)
+	if err != nil || !strings.Contains(string(audit), `"action":"restore"`) || !strings.Contains(string(audit), `"action":"backup"`) {
+		t.Errorf("the audit log has no backup and restore: %v\n%s", err, audit)
 	}
 }

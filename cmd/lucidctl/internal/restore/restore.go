@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	backupcmd "github.com/pickme/lucid/cmd/lucidctl/internal/backup"
 	"io"
 	"os"
 	"slices"
@@ -136,9 +137,6 @@ Exits 3 when a check fails.`,
   lucidctl restore --from /backups/lucid --verify-only --receipt anchor.tlog-proof`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if opts.From == "" {
-				return cli.Usage(errors.New("--from is required: the backup repository to restore from"))
-			}
 			if cmd.Flags().Changed("port-offset") {
 				opts.PortOffset = &offset
 			}
@@ -150,7 +148,7 @@ Exits 3 when a check fails.`,
 	}
 	opts.Fleet.Add(cmd.Flags(), "the target of lucid.yaml to restore onto (default: the local stack)")
 	_ = cmd.Flags().MarkHidden("skip-unreachable") // one host, which must answer
-	cmd.Flags().StringVar(&opts.From, "from", "", "the backup repository (required)")
+	cmd.Flags().StringVar(&opts.From, "from", "", "the backup repository (default: backup.dir of lucid.yaml)")
 	cmd.Flags().StringVar(&opts.Backup, "backup", "", "the backup's id (default: the newest)")
 	cmd.Flags().StringVar(&opts.Identity, "backup-identity", "", "the age identity file or SSH private key that decrypts the repository (default: backup.identity of lucid.yaml; --identity is the SSH key)")
 	cmd.Flags().BoolVarP(&opts.Yes, "yes", "y", false, "replace existing data, and stop a running local stack, without asking")
@@ -170,7 +168,12 @@ func run(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
-	src, err := OpenSource(ctx, cfg, opts.From, opts.Backup, opts.Identity)
+	from, err := backupcmd.RepositoryDir(cfg, opts.From)
+	if err != nil {
+		return cli.Usage(errors.New("--from DIR is required: the backup repository to restore from (or set backup.dir in lucid.yaml)"))
+	}
+	opts.From = from
+	src, err := OpenSource(ctx, cfg, from, opts.Backup, opts.Identity)
 	if err != nil {
 		return err
 	}
