@@ -350,13 +350,13 @@ func printOutput(env *cli.Env, out *Output) error {
 	return nil
 }
 
-// repoDir is --to, else backup.dir of lucid.yaml.
 // RepositoryDir is the backup repository: flag (--to, --from), else
 // backup.dir of lucid.yaml.
 func RepositoryDir(cfg *projectconfig.Config, flag string) (string, error) {
 	return repoDir(cfg, flag)
 }
 
+// repoDir is --to, else backup.dir of lucid.yaml.
 func repoDir(cfg *projectconfig.Config, to string) (string, error) {
 	if to != "" {
 		return to, nil

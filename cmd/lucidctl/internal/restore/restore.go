@@ -474,7 +474,14 @@ func runTarget(ctx context.Context, opts *Options, src Source, out *Output) erro
 		return err
 	}
 	out.Fence = f
-	out.Verification, err = verify(ctx, cl, backupFacts(src), opts.Receipts, say)
+	// The restore brought the backup's mesh CA: the trust bundle fetched
+	// before it is not the one the services now present.
+	after, err := maintenance.OpenServices(opts.Env, h, offset, opts.EnvFile)
+	if err != nil {
+		return err
+	}
+	defer after.Close()
+	out.Verification, err = verify(ctx, after, backupFacts(src), opts.Receipts, say)
 	return err
 }
 
@@ -503,16 +510,21 @@ func envDiff(ctx context.Context, src Source, deployed map[string][]byte, out *O
 	return write, nil
 }
 
+// genesisTransactions are what every chain holds from its first block on:
+// the transaction adding the validator's key.
+const genesisTransactions = 1
+
 // holdsData says what data the running services hold: transactions on
-// the chain (a chain of empty heartbeat blocks holds nothing), chunks in
-// the data chain. A service that cannot be asked counts as holding data.
+// the chain beyond the genesis transaction (a new node's chain of its own
+// validator key and empty heartbeat blocks holds nothing), chunks in the
+// data chain. A service that cannot be asked counts as holding data.
 func holdsData(ctx context.Context, cl clients) []string {
 	var reasons []string
 	if hc, base, err := cl.Client(ctx, "engine", 30*time.Second); err != nil {
 		reasons = append(reasons, "the engine could not be asked what it holds: "+err.Error())
 	} else if info, err := engineapi.New(base, hc).Chain(ctx); err != nil {
 		reasons = append(reasons, "the engine could not be asked what it holds: "+err.Error())
-	} else if info.TreeSize > 0 {
+	} else if info.TreeSize > genesisTransactions {
 		reasons = append(reasons, fmt.Sprintf("the chain holds %d transactions in %d blocks", info.TreeSize, info.Height))
 	}
 	if hc, base, err := cl.Client(ctx, "datachain", 30*time.Second); err != nil {

@@ -2,11 +2,8 @@ package restore_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io/fs"
 	"net/http"
 	"os"
 	"os/signal"
@@ -18,12 +15,12 @@ import (
 	"testing"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	backupcmd "github.com/pickme/lucid/cmd/lucidctl/internal/backup"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/restore"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/root"
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/engineapi"
-	"github.com/pickme/lucid/pkg/api/snapshotapi"
 )
 
 // lucidBin is the lucid binary the tests supervise, built once.
@@ -83,69 +80,14 @@ func (p *project) dataDir(service string) string {
 	return filepath.Join(p.dir, "state", "offset-"+strconv.Itoa(offset), "data", service)
 }
 
-// copyBackup copies the stopped stack's data into a backup directory
-// (restore.OpenDir's layout), with facts, as the snapshot endpoints
-// would describe them.
-func (p *project) copyBackup(t *testing.T, dst string, facts snapshotapi.Facts) {
-	t.Helper()
-	copyBackup(t, dst, p.dataDir, facts)
-}
-
-// copyBackup makes a backup directory of the services' data directories
-// (dataDir of each).
-func copyBackup(t *testing.T, dst string, dataDir func(string) string, facts snapshotapi.Facts) {
-	t.Helper()
-	var manifests []snapshotapi.Manifest
-	for _, svc := range []string{"mesh", "engine", "anchoring", "blocks", "datachain"} {
-		m := snapshotapi.Manifest{ID: "copy", Service: svc, PieceSize: snapshotapi.PieceSize}
-		switch svc {
-		case "engine":
-			m.Facts.Chain = facts.Chain
-		case "datachain":
-			m.Facts.DataChain = facts.DataChain
-		}
-		src := dataDir(svc)
-		err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
-			if err != nil || d.IsDir() {
-				return err
-			}
-			rel, _ := filepath.Rel(src, path)
-			rel = filepath.ToSlash(rel)
-			if strings.HasPrefix(rel, snapshotapi.SnapshotDir+"/") {
-				return nil
-			}
-			b, err := os.ReadFile(path)
-			if err != nil {
-				return err
-			}
-			out := filepath.Join(dst, "data", svc, filepath.FromSlash(rel))
-			if err := os.MkdirAll(filepath.Dir(out), 0o700); err != nil {
-				return err
-			}
-			if err := os.WriteFile(out, b, 0o600); err != nil {
-				return err
-			}
-			sum := sha256.Sum256(b)
-			m.Files = append(m.Files, snapshotapi.File{Path: rel, Size: int64(len(b)), Mode: 0o600, SHA256: hex.EncodeToString(sum[:])})
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		manifests = append(manifests, m)
-	}
-	if err := restore.WriteDirIndex(dst, "test-backup-1", manifests, nil); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestLocalRestoreEndToEnd: a stack at offset 18000 records a session and
-// hands out its receipt; its data, copied while it is down, is the backup.
+// hands out its receipt; `lucidctl backup` copies it while it serves.
 // A restore onto the stack that still holds data needs --yes (exit 2
 // without); after a wipe, the restore writes every data directory and
 // fences the engine; the stack comes up, and --verify-only finds the chain
 // audited, the data chain scrubbed clean with the backed-up chunks, the
-// backup's figures, and the receipt in the restored chain.
+// backup's figures, and the receipt in the restored chain. The fence lifted
+// at the backup's height, new anchors are sealed.
 func TestLocalRestoreEndToEnd(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("the end-to-end stack tests use Unix signals")
@@ -201,14 +143,20 @@ func TestLocalRestoreEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// An online backup, taken while the stack serves.
+	backup := filepath.Join(dir, "backup")
+	b := p.lucidctl(ctx, "--json", "backup", "--to", backup, "--plaintext")
+	var taken backupcmd.Output
+	if err := json.Unmarshal([]byte(b.out), &taken); err != nil || b.code != 0 {
+		t.Fatalf("backup: exit %d %v\n%s\n%s", b.code, err, b.out, b.errOut)
+	}
+	if taken.Chain == nil || taken.Chain.Height < info.Height || taken.DataChain == nil || taken.DataChain.Chunks != 3 {
+		t.Fatalf("backup facts: %+v", taken)
+	}
 	if r := p.lucidctl(ctx, "down"); r.code != 0 {
 		t.Fatalf("down: %s", r.errOut)
 	}
-	backup := filepath.Join(dir, "backup")
-	p.copyBackup(t, backup, snapshotapi.Facts{
-		Chain:     &snapshotapi.ChainFacts{ChainID: info.ChainID, Height: info.Height, TreeSize: info.TreeSize, Root: info.Root, ValidatorKey: info.ValidatorKey},
-		DataChain: &snapshotapi.DataChainFacts{Chunks: 3, Sessions: 1, SealedSessions: 1},
-	})
+	backupID, backupHeight := taken.ID, taken.Chain.Height
 
 	// The stack holds data: without --yes and without a terminal, exit 2.
 	if r := p.lucidctl(ctx, "restore", "--from", backup); r.code != 2 || !strings.Contains(r.errOut, "--yes") {
@@ -226,7 +174,7 @@ func TestLocalRestoreEndToEnd(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.out), &out); err != nil {
 		t.Fatalf("restore --json: %v\n%s", err, r.out)
 	}
-	if out.Existing || len(out.Services) != 5 || out.Fence == nil || out.Fence.RestoredHeight != info.Height || out.Backup != "test-backup-1" {
+	if out.Existing || len(out.Services) != 5 || out.Fence == nil || out.Fence.RestoredHeight != backupHeight || out.Backup != backupID {
 		t.Errorf("restore: %+v", out)
 	}
 	fb, err := os.ReadFile(filepath.Join(p.dataDir("engine"), engineapi.FenceFile))
@@ -234,7 +182,7 @@ func TestLocalRestoreEndToEnd(t *testing.T) {
 		t.Fatalf("the engine is not fenced: %v", err)
 	}
 	var fence engineapi.Fence
-	if err := json.Unmarshal(fb, &fence); err != nil || fence.Reason != "restored" || fence.Backup != "test-backup-1" || fence.RestoredHeight != info.Height {
+	if err := json.Unmarshal(fb, &fence); err != nil || fence.Reason != "restored" || fence.Backup != backupID || fence.RestoredHeight != backupHeight {
 		t.Errorf("fence %s: %v", fb, err)
 	}
 
@@ -281,5 +229,14 @@ func TestLocalRestoreEndToEnd(t *testing.T) {
 	}
 	if r := p.lucidctl(ctx, "restore", "--from", backup, "--verify-only", "--receipt", bad); r.code != 3 {
 		t.Errorf("verify-only with a bad receipt: exit %d\n%s\n%s", r.code, r.out, r.errOut)
+	}
+
+	// The fence lifted on the local stack at the backup's height, new
+	// anchors are sealed again.
+	if r := p.lucidctl(ctx, "maintenance", "fence", "lift", "--known-height", strconv.FormatUint(backupHeight, 10)); r.code != 0 {
+		t.Fatalf("fence lift: exit %d\n%s", r.code, r.errOut)
+	}
+	if r := p.lucidctl(ctx, "session", "push", rec, "--seal", "--wait", "--receipt", filepath.Join(dir, "after.tlog-proof"), "--wait-timeout", "60s"); r.code != 0 {
+		t.Fatalf("a new anchor after the restore: exit %d\n%s", r.code, r.errOut)
 	}
 }
