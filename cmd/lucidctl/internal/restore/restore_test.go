@@ -14,8 +14,8 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	backupcmd "github.com/pickme/lucid/cmd/lucidctl/internal/backup"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/restore"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/root"
 	"github.com/pickme/lucid/internal/testenv"
