@@ -348,6 +348,14 @@ func TestHostileUser(t *testing.T) {
 			{http.MethodPost, "/api/v1/compact"},
 			{http.MethodPost, "/api/v1/verify"},
 			{http.MethodGet, "/api/v1/status"},
+			// Backups and the restore fence: the engine is routed under
+			// /blockchain/, so these reach it; only the operator may.
+			{http.MethodPost, "/blockchain/api/v1/snapshots"},
+			{http.MethodGet, "/blockchain/api/v1/snapshots/x/files/chain.db"},
+			{http.MethodDelete, "/blockchain/api/v1/snapshots/x"},
+			{http.MethodGet, "/blockchain/api/v1/fence"},
+			{http.MethodPost, "/blockchain/api/v1/fence/lift"},
+			{http.MethodPost, "/blockchain/api/v1/fence/blocks"},
 		} {
 			if code, _ := h.do(t, tc.method, tc.path, h.mallory, nil); code < 400 {
 				t.Errorf("mallory %s %s: %d", tc.method, tc.path, code)
