@@ -32,6 +32,8 @@ bench:
 	LUCID_BENCH_SLOTS=100 go test -run '^$$' -bench SlotAccuracy -benchtime 1x ./services/engine
 	go test -run '^$$' -bench 'Ingest|Read' -benchtime 1000x ./pkg/packstore
 	go test -run '^$$' -bench SessionProof ./services/datachain
+	go test -run '^$$' -bench Snapshot -benchtime 3x ./services/datachain
+	go test -run '^$$' -bench Backup -benchtime 2x ./pkg/backup
 
 ## bench-gateway: the gateway against nginx with wrk on 127.0.0.1
 bench-gateway:
