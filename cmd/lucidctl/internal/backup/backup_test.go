@@ -2,7 +2,6 @@ package backup_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -10,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -26,6 +24,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/root"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/root/roottest"
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/api/snapshotapi"
 	repository "github.com/pickme/lucid/pkg/backup"
@@ -36,12 +35,7 @@ import (
 // TestMain makes the test binary act as lucidctl when a test starts it
 // again, to kill it mid-backup.
 func TestMain(m *testing.M) {
-	if os.Getenv("LUCIDCTL_TEST_AS_CLI") == "1" {
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		code := root.Execute(ctx, os.Args[1:], iostreams.System(), os.Getenv)
-		stop()
-		os.Exit(code)
-	}
+	roottest.RunAsCLI()
 	os.Exit(m.Run())
 }
 
@@ -286,7 +280,7 @@ func TestKilledBackupLeavesEarlierOnesIntact(t *testing.T) {
 		}
 	}
 	cmd := exec.Command(os.Args[0], "--config", filepath.Join(p.dir, "lucid.yaml"), "backup", "--parallel", "2")
-	cmd.Env = append(os.Environ(), "LUCIDCTL_TEST_AS_CLI=1")
+	cmd.Env = append(os.Environ(), roottest.EnvAsCLI+"=1")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

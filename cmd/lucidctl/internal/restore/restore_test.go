@@ -6,18 +6,17 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 
 	backupcmd "github.com/pickme/lucid/cmd/lucidctl/internal/backup"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/restore"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/root"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/root/roottest"
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/engineapi"
@@ -28,31 +27,7 @@ var lucidBin string
 
 // TestMain builds lucid, and makes the test binary act as lucidctl when `up
 // -d` starts it again as the background supervisor.
-func TestMain(m *testing.M) {
-	if os.Getenv("LUCIDCTL_TEST_AS_CLI") == "1" {
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		code := root.Execute(ctx, os.Args[1:], iostreams.System(), os.Getenv)
-		stop()
-		os.Exit(code)
-	}
-	if err := os.Setenv("LUCIDCTL_TEST_AS_CLI", "1"); err != nil {
-		panic(err)
-	}
-	dir, err := os.MkdirTemp("", "lucid-test-bin")
-	if err != nil {
-		panic(err)
-	}
-	if lucidBin, err = testenv.BuildLucid(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if err := os.RemoveAll(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		code = max(code, 1)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { roottest.Main(m, testenv.BuildLucid, &lucidBin) }
 
 type result struct {
 	code        int

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -21,6 +20,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/root"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/root/roottest"
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deployfiles"
@@ -33,33 +33,7 @@ var lucidBin string
 
 // TestMain builds lucid, and makes the test binary act as lucidctl when `up
 // -d` starts it again as the background supervisor.
-func TestMain(m *testing.M) {
-	if os.Getenv("LUCIDCTL_TEST_AS_CLI") == "1" {
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		code := root.Execute(ctx, os.Args[1:], iostreams.System(), os.Getenv)
-		stop()
-		os.Exit(code)
-	}
-	if err := os.Setenv("LUCIDCTL_TEST_AS_CLI", "1"); err != nil {
-		panic(err)
-	}
-	dir, err := os.MkdirTemp("", "lucid-test-bin")
-	if err != nil {
-		panic(err)
-	}
-	if lucidBin, err = testenv.BuildLucid(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	// TestMain has no t.TempDir; a directory it cannot remove fails the run
-	// as t.TempDir's cleanup would.
-	if err := os.RemoveAll(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		code = max(code, 1)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { roottest.Main(m, testenv.BuildLucid, &lucidBin) }
 
 // project is a scratch project directory with its own lucid.yaml.
 type project struct {
