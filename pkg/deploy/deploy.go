@@ -231,14 +231,7 @@ func (d *Deployer) deploy(ctx context.Context, b Bundle, dry bool) (_ *Result, d
 		// Recorded however it ends; a trail that cannot be written never
 		// undoes a release that went live, and is said either way.
 		defer func() {
-			aerr := d.audited(ctx, AuditEntry{Action: AuditDeploy, Release: id, Args: []string{"version=" + b.Version}}, deployErr)
-			switch {
-			case aerr == nil:
-			case deployErr == nil:
-				res.AuditError = aerr.Error()
-			default:
-				deployErr = errors.Join(deployErr, aerr)
-			}
+			d.auditOutcome(ctx, AuditEntry{Action: AuditDeploy, Release: id, Args: []string{"version=" + b.Version}}, &deployErr, func(msg string) { res.AuditError = msg })
 		}()
 	}
 	images, err := d.transferImages(b.Images, pf.Platform, id)
@@ -716,14 +709,7 @@ func (d *Deployer) Rollback(ctx context.Context, id string) (res *RollbackResult
 		if res != nil {
 			entry.Release = res.Release
 		}
-		aerr := d.audited(ctx, entry, rollbackErr)
-		switch {
-		case aerr == nil:
-		case rollbackErr == nil:
-			res.AuditError = aerr.Error()
-		default:
-			rollbackErr = errors.Join(rollbackErr, aerr)
-		}
+		d.auditOutcome(ctx, entry, &rollbackErr, func(msg string) { res.AuditError = msg })
 	}()
 	held, release, err := d.holdLock(ctx)
 	if err != nil {

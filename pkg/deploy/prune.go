@@ -87,14 +87,7 @@ func (d *Deployer) Prune(ctx context.Context, o PruneOptions) (res *PruneResult,
 			if res != nil {
 				e.Release = strings.Join(res.Kept, ",")
 			}
-			aerr := d.audited(ctx, e, pruneErr)
-			switch {
-			case aerr == nil:
-			case pruneErr == nil:
-				res.AuditError = aerr.Error()
-			default:
-				pruneErr = errors.Join(pruneErr, aerr)
-			}
+			d.auditOutcome(ctx, e, &pruneErr, func(msg string) { res.AuditError = msg })
 		}()
 	}
 	rs, err := h.releases(ctx)

@@ -108,16 +108,7 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 	if o.EnvFiles != nil {
 		entry.Args = append(entry.Args, "--env")
 	}
-	defer func() {
-		aerr := d.audited(ctx, entry, opErr)
-		switch {
-		case aerr == nil:
-		case opErr == nil:
-			res.AuditError = aerr.Error()
-		default:
-			opErr = errors.Join(opErr, aerr)
-		}
-	}()
+	defer func() { d.auditOutcome(ctx, entry, &opErr, func(msg string) { res.AuditError = msg }) }()
 
 	cur, err := d.h.current(ctx)
 	if err != nil {
@@ -127,15 +118,9 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 		return nil, fmt.Errorf("%s: %w", name, ErrNotDeployed)
 	}
 	entry.Release = cur.ID
-	list, err := d.h.projectContainers(ctx)
+	byService, err := d.h.serviceContainers(ctx)
 	if err != nil {
 		return nil, err
-	}
-	byService := map[string]container.Summary{}
-	for _, c := range list {
-		if c.Labels["com.docker.compose.oneoff"] != "True" {
-			byService[c.Labels[composeServiceLabel]] = c
-		}
 	}
 	type target struct {
 		data   ServiceData

@@ -142,16 +142,7 @@ func (d *Deployer) services(ctx context.Context, action AuditAction, o ServiceOp
 	if o.Force {
 		entry.Args = []string{"--force"}
 	}
-	defer func() {
-		aerr := d.audited(ctx, entry, opErr)
-		switch {
-		case aerr == nil:
-		case opErr == nil:
-			res.AuditError = aerr.Error()
-		default:
-			opErr = errors.Join(opErr, aerr)
-		}
-	}()
+	defer func() { d.auditOutcome(ctx, entry, &opErr, func(msg string) { res.AuditError = msg }) }()
 
 	cur, err := d.h.current(ctx)
 	if err != nil {
@@ -161,15 +152,9 @@ func (d *Deployer) services(ctx context.Context, action AuditAction, o ServiceOp
 		return nil, fmt.Errorf("%s: %w: nothing is deployed (no current release)", name, ErrNoRelease)
 	}
 	entry.Release = cur.ID
-	list, err := d.h.projectContainers(ctx)
+	byService, err := d.h.serviceContainers(ctx)
 	if err != nil {
 		return nil, err
-	}
-	byService := map[string]container.Summary{}
-	for _, c := range list {
-		if c.Labels["com.docker.compose.oneoff"] != "True" {
-			byService[c.Labels[composeServiceLabel]] = c
-		}
 	}
 	out := &ServiceResult{Target: name, Action: action, Release: cur.ID, Services: names}
 	if action != AuditStart {
@@ -233,4 +218,20 @@ func (d *Deployer) services(ctx context.Context, action AuditAction, o ServiceOp
 	}
 	d.emit(StepHealth, EventOK, "")
 	return out, nil
+}
+
+// serviceContainers are the project's service containers (not one-off
+// ones) by container name.
+func (h *host) serviceContainers(ctx context.Context) (map[string]container.Summary, error) {
+	list, err := h.projectContainers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byService := map[string]container.Summary{}
+	for _, c := range list {
+		if c.Labels["com.docker.compose.oneoff"] != "True" {
+			byService[c.Labels[composeServiceLabel]] = c
+		}
+	}
+	return byService, nil
 }
