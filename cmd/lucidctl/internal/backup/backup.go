@@ -143,7 +143,7 @@ func run(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
-	dir, err := repoDir(cfg, opts.To)
+	dir, err := repoDir(cfg, "--to", opts.To)
 	if err != nil {
 		return err
 	}
@@ -350,21 +350,30 @@ func printOutput(env *cli.Env, out *Output) error {
 	return nil
 }
 
-// RepositoryDir is the backup repository: flag (--to, --from), else
-// backup.dir of lucid.yaml.
-func RepositoryDir(cfg *projectconfig.Config, flag string) (string, error) {
-	return repoDir(cfg, flag)
+// OpenRepository opens the existing backup repository that flag (--to,
+// --from) names in value, else backup.dir of lucid.yaml. None named, or a
+// directory that is not one, is a usage error. Restore opens it so too.
+func OpenRepository(ctx context.Context, cfg *projectconfig.Config, flag, value string) (*backup.Repository, string, error) {
+	dir, err := repoDir(cfg, flag, value)
+	if err != nil {
+		return nil, "", err
+	}
+	repo, err := backup.OpenRepository(ctx, dir)
+	if errors.Is(err, backup.ErrNotRepository) {
+		return nil, "", cli.Usage(err)
+	}
+	return repo, dir, err
 }
 
-// repoDir is --to, else backup.dir of lucid.yaml.
-func repoDir(cfg *projectconfig.Config, to string) (string, error) {
-	if to != "" {
-		return to, nil
+// repoDir is the repository that flag names in value, else backup.dir.
+func repoDir(cfg *projectconfig.Config, flag, value string) (string, error) {
+	if value != "" {
+		return value, nil
 	}
 	if cfg.Backup.Dir != "" {
 		return cfg.Abs(cfg.Backup.Dir), nil
 	}
-	return "", cli.Usage(errors.New("--to DIR is required: the backup repository (or set backup.dir in lucid.yaml)"))
+	return "", cli.Usage(fmt.Errorf("%s DIR is required: the backup repository (or set backup.dir in lucid.yaml)", flag))
 }
 
 // readRecipients are backup.recipients of lucid.yaml; none only with

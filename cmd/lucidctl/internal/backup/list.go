@@ -2,7 +2,6 @@ package backup
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -52,14 +51,7 @@ func runList(ctx context.Context, opts *ListOptions) error {
 	if err != nil {
 		return err
 	}
-	dir, err := repoDir(cfg, opts.To)
-	if err != nil {
-		return err
-	}
-	repo, err := backup.OpenRepository(ctx, dir)
-	if errors.Is(err, backup.ErrNotRepository) {
-		return cli.Usage(err)
-	}
+	repo, dir, err := OpenRepository(ctx, cfg, "--to", opts.To)
 	if err != nil {
 		return err
 	}

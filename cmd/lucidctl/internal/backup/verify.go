@@ -53,14 +53,7 @@ func runVerify(ctx context.Context, opts *VerifyOptions) error {
 	if err != nil {
 		return err
 	}
-	dir, err := repoDir(cfg, opts.To)
-	if err != nil {
-		return err
-	}
-	repo, err := backup.OpenRepository(ctx, dir)
-	if errors.Is(err, backup.ErrNotRepository) {
-		return cli.Usage(err)
-	}
+	repo, dir, err := OpenRepository(ctx, cfg, "--to", opts.To)
 	if err != nil {
 		return err
 	}
@@ -78,9 +71,7 @@ func runVerify(ctx context.Context, opts *VerifyOptions) error {
 	}
 	fmt.Fprintf(opts.Env.IO.ErrOut, "verifying backup %s in %s\n", id, dir)
 	rep, err := repo.Verify(ctx, id, ids)
-	if errors.Is(err, backup.ErrWrongIdentity) {
-		return cli.WithHint(err, "use the identity whose public key was in backup.recipients when this backup was taken")
-	}
+	err = ExplainIdentity(err)
 	if rep == nil {
 		return err
 	}
@@ -124,4 +115,12 @@ func Identities(cfg *projectconfig.Config, repo *backup.Repository, flag string)
 		return nil, fmt.Errorf("identity: %w", err)
 	}
 	return ids, nil
+}
+
+// ExplainIdentity adds to an error of a wrong identity which one to use.
+func ExplainIdentity(err error) error {
+	if errors.Is(err, backup.ErrWrongIdentity) {
+		return cli.WithHint(err, "use the identity whose public key was in backup.recipients when this backup was taken")
+	}
+	return err
 }

@@ -15,7 +15,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	backupcmd "github.com/pickme/lucid/cmd/lucidctl/internal/backup"
 	"io"
 	"os"
 	"slices"
@@ -168,15 +167,11 @@ func run(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
-	from, err := backupcmd.RepositoryDir(cfg, opts.From)
-	if err != nil {
-		return cli.Usage(errors.New("--from DIR is required: the backup repository to restore from (or set backup.dir in lucid.yaml)"))
-	}
-	opts.From = from
-	src, err := OpenSource(ctx, cfg, from, opts.Backup, opts.Identity)
+	src, from, err := OpenSource(ctx, cfg, opts.From, opts.Backup, opts.Identity)
 	if err != nil {
 		return err
 	}
+	opts.From = from
 	for _, m := range src.Services() {
 		if _, ok := catalog.Lookup(m.Service); !ok {
 			return fmt.Errorf("backup %s holds service %q, which this lucidctl does not know", src.ID(), m.Service)

@@ -2,13 +2,11 @@ package restore
 
 import (
 	"context"
-	"errors"
 	"io"
 
 	"filippo.io/age"
 
 	backupcmd "github.com/pickme/lucid/cmd/lucidctl/internal/backup"
-	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/api/snapshotapi"
 	"github.com/pickme/lucid/pkg/backup"
 	"github.com/pickme/lucid/pkg/projectconfig"
@@ -31,38 +29,33 @@ type Source interface {
 }
 
 // EnvService is the service name under which Source.Open reads env files.
-const EnvService = ""
+const EnvService = backup.EnvService
 
-// OpenSource opens the backup a restore reads from --from and --backup: a
-// backup of lucidctl backup's repository (pkg/backup), by default its
-// newest complete one.
-func OpenSource(ctx context.Context, cfg *projectconfig.Config, from, id, identity string) (Source, error) {
-	repo, err := backup.OpenRepository(ctx, from)
-	if errors.Is(err, backup.ErrNotRepository) {
-		return nil, cli.Usage(err)
-	}
+// OpenSource opens the backup a restore reads from --from (default
+// backup.dir) and --backup: a backup of lucidctl backup's repository
+// (pkg/backup), by default its newest complete one. It also returns the
+// repository's directory.
+func OpenSource(ctx context.Context, cfg *projectconfig.Config, from, id, identity string) (Source, string, error) {
+	repo, dir, err := backupcmd.OpenRepository(ctx, cfg, "--from", from)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	ids, err := backupcmd.Identities(cfg, repo, identity)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if id == "" {
 		latest, err := repo.Latest(ctx)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		id = latest.ID
 	}
 	b, err := repo.Load(ctx, id, ids)
-	if errors.Is(err, backup.ErrWrongIdentity) {
-		return nil, cli.WithHint(err, "use the identity whose public key was in backup.recipients when this backup was taken")
-	}
 	if err != nil {
-		return nil, err
+		return nil, "", backupcmd.ExplainIdentity(err)
 	}
-	return &repoSource{repo: repo, b: b, ids: ids}, nil
+	return &repoSource{repo: repo, b: b, ids: ids}, dir, nil
 }
 
 // repoSource is a backup of a backup repository.
@@ -77,8 +70,5 @@ func (s *repoSource) Services() []snapshotapi.Manifest { return s.b.Services }
 func (s *repoSource) EnvFiles() []snapshotapi.File     { return s.b.Env }
 
 func (s *repoSource) Open(ctx context.Context, service, path string) (io.ReadCloser, error) {
-	if service == EnvService {
-		service = backup.EnvService
-	}
 	return s.repo.Open(ctx, s.b, service, path, s.ids)
 }
