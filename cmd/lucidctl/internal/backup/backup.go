@@ -10,11 +10,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path"
-	"sort"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +25,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/hostservices"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/snapshotapi"
 	"github.com/pickme/lucid/pkg/backup"
@@ -233,7 +234,7 @@ func run(ctx context.Context, opts *Options) error {
 		}
 		s.Say("release %s: %d env file(s)", release, len(files))
 		var env []backup.EnvFile
-		for _, p := range sortedKeys(files) {
+		for _, p := range slices.Sorted(maps.Keys(files)) {
 			env = append(env, backup.EnvFile{Name: p, Mode: 0o600, Data: files[p]})
 		}
 		return take(ctx, opts, repo, recipients, s, h.Name, h.Target.Host, env)
@@ -270,7 +271,7 @@ func take(ctx context.Context, opts *Options, repo *backup.Repository, recipient
 			return
 		}
 		last, lastService = time.Now(), p.Service
-		s.Say("%s: %d/%d pieces, %s sent", p.Service, p.PiecesDone, p.PiecesTotal, bytesText(p.BytesSent))
+		s.Say("%s: %d/%d pieces, %s sent", p.Service, p.PiecesDone, p.PiecesTotal, iostreams.Bytes(p.BytesSent))
 	}
 	s.Say("backing up into %s (%s)", repo.Dir(), kind(repo))
 	m, err := repo.Backup(ctx, backup.BeginOptions{
@@ -278,7 +279,7 @@ func take(ctx context.Context, opts *Options, repo *backup.Repository, recipient
 		Recipients: recipients, Parallel: opts.Parallel, Progress: progress,
 	}, srcs, env, backup.Events{
 		Taken: func(m *snapshotapi.Manifest) {
-			s.Say("%s: copy %s taken: %d file(s), %s", m.Service, m.ID, len(m.Files), bytesText(filesBytes(m.Files)))
+			s.Say("%s: copy %s taken: %d file(s), %s", m.Service, m.ID, len(m.Files), iostreams.Bytes(filesBytes(m.Files)))
 		},
 		DropFailed: func(service string, err error) {
 			s.Say("warning: %s: the copy was not deleted (the service deletes it within %s): %v", service, snapshotapi.MaxAge, err)
@@ -337,7 +338,7 @@ func printOutput(env *cli.Env, out *Output) error {
 		fmt.Fprintf(w, "  chain:     %s height %d, root %s\n", c.ChainID, c.Height, c.Root)
 	}
 	if d := out.DataChain; d != nil {
-		fmt.Fprintf(w, "  datachain: %d chunk(s), %d session(s) (%d sealed), %d pack(s) of %s\n", d.Chunks, d.Sessions, d.SealedSessions, d.Packs, bytesText(d.PackBytes))
+		fmt.Fprintf(w, "  datachain: %d chunk(s), %d session(s) (%d sealed), %d pack(s) of %s\n", d.Chunks, d.Sessions, d.SealedSessions, d.Packs, iostreams.Bytes(d.PackBytes))
 	}
 	t := out.Totals
 	pct := 0.0
@@ -345,7 +346,7 @@ func printOutput(env *cli.Env, out *Output) error {
 		pct = 100 * float64(t.BytesSent) / float64(t.Bytes)
 	}
 	fmt.Fprintf(w, "  bytes:     %s in %d file(s), %s sent (%.1f%%); pieces: %d new, %d already backed up\n",
-		bytesText(t.Bytes), t.Files, bytesText(t.BytesSent), pct, t.PiecesNew, t.PiecesReused)
+		iostreams.Bytes(t.Bytes), t.Files, iostreams.Bytes(t.BytesSent), pct, t.PiecesNew, t.PiecesReused)
 	fmt.Fprintf(w, "  took:      %s\n", (time.Duration(out.DurationMS) * time.Millisecond).String())
 	return nil
 }
@@ -448,27 +449,4 @@ func filesBytes(fs []snapshotapi.File) int64 {
 		n += f.Size
 	}
 	return n
-}
-
-func sortedKeys(m map[string][]byte) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
-}
-
-// bytesText is n bytes for people.
-func bytesText(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return strconv.FormatInt(n, 10) + " B"
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

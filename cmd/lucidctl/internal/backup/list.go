@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/pkg/backup"
 )
 
@@ -75,7 +76,7 @@ func runList(ctx context.Context, opts *ListOptions) error {
 	for _, b := range all {
 		size, sent, state := "-", "-", "complete"
 		if b.Totals != nil {
-			size, sent = bytesText(b.Totals.Bytes), bytesText(b.Totals.BytesSent)
+			size, sent = iostreams.Bytes(b.Totals.Bytes), iostreams.Bytes(b.Totals.BytesSent)
 		}
 		if b.Partial {
 			state = "PARTIAL"

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/pkg/backup"
 	"github.com/pickme/lucid/pkg/projectconfig"
 )
@@ -84,7 +85,7 @@ func runVerify(ctx context.Context, opts *VerifyOptions) error {
 			fmt.Fprintln(opts.Env.IO.Out, p)
 		}
 		if len(rep.Problems) == 0 {
-			fmt.Fprintf(opts.Env.IO.Out, "backup %s: %d piece(s), %s, all present and intact\n", id, rep.Pieces, bytesText(rep.Bytes))
+			fmt.Fprintf(opts.Env.IO.Out, "backup %s: %d piece(s), %s, all present and intact\n", id, rep.Pieces, iostreams.Bytes(rep.Bytes))
 		}
 	}
 	if errors.Is(err, backup.ErrCorrupt) {

@@ -66,3 +66,11 @@ func (f *failingWriter) Write(p []byte) (int, error) {
 	f.n += len(p)
 	return len(p), nil
 }
+
+func TestBytes(t *testing.T) {
+	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 1536: "1.5 KiB", 1 << 20: "1.0 MiB", 1101 << 20: "1.1 GiB"} {
+		if got := Bytes(n); got != want {
+			t.Errorf("Bytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+}

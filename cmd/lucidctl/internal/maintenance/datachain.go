@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/pkg/api/datachainapi"
 	"github.com/pickme/lucid/pkg/packstore"
 )
@@ -64,7 +65,7 @@ func runScrub(ctx context.Context, opts *ScrubOptions) error {
 		if err != nil {
 			return nil, err
 		}
-		s.Say("scrubbed %d chunk(s), %s, in %s", rep.Chunks, bytesText(rep.Bytes), rep.FinishedAt.Sub(rep.StartedAt).Round(time.Millisecond))
+		s.Say("scrubbed %d chunk(s), %s, in %s", rep.Chunks, iostreams.Bytes(rep.Bytes), rep.FinishedAt.Sub(rep.StartedAt).Round(time.Millisecond))
 		return rep, nil
 	})
 	if out == nil {
@@ -81,7 +82,7 @@ func runScrub(ctx context.Context, opts *ScrubOptions) error {
 		r := h.Result
 		w := opts.Env.IO.Out
 		if len(r.Damaged) == 0 {
-			fmt.Fprintf(w, "%s: scrub OK: %d chunk(s), %s, no damage\n", h.Host, r.Chunks, bytesText(r.Bytes))
+			fmt.Fprintf(w, "%s: scrub OK: %d chunk(s), %s, no damage\n", h.Host, r.Chunks, iostreams.Bytes(r.Bytes))
 			return
 		}
 		fmt.Fprintf(w, "%s: scrub found %d damaged chunk(s) of %d\n", h.Host, len(r.Damaged), r.Chunks)
@@ -147,7 +148,7 @@ func runCompact(ctx context.Context, opts *CompactOptions) error {
 		if err != nil {
 			return nil, err
 		}
-		s.Say("compacting: %d pack(s), %s, of which %s dead", before.Packs, bytesText(before.PackBytes), bytesText(before.DeadBytes))
+		s.Say("compacting: %d pack(s), %s, of which %s dead", before.Packs, iostreams.Bytes(before.PackBytes), iostreams.Bytes(before.DeadBytes))
 		stop := ticker(s, "compacting")
 		rep, err := dc.Compact(ctx)
 		stop()
@@ -170,7 +171,7 @@ func runCompact(ctx context.Context, opts *CompactOptions) error {
 	}
 	if perr := printOutput(opts.Env, out, func(h HostResult[CompactResult]) {
 		r := h.Result
-		line := fmt.Sprintf("%s: compacted %d pack(s), reclaimed %s; dead bytes %s -> %s", h.Host, len(r.Packs), bytesText(r.ReclaimedBytes), bytesText(r.DeadBytesBefore), bytesText(r.DeadBytesAfter))
+		line := fmt.Sprintf("%s: compacted %d pack(s), reclaimed %s; dead bytes %s -> %s", h.Host, len(r.Packs), iostreams.Bytes(r.ReclaimedBytes), iostreams.Bytes(r.DeadBytesBefore), iostreams.Bytes(r.DeadBytesAfter))
 		if len(r.Skipped) > 0 {
 			line += fmt.Sprintf("; %d pack(s) skipped for a damaged chunk (run scrub)", len(r.Skipped))
 		}

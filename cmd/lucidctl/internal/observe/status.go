@@ -190,12 +190,12 @@ func printHost(w io.Writer, st *iostreams.Styles, h HostDoc, now time.Time) {
 		if d.TotalBytes > 0 {
 			used = 100 * float64(d.TotalBytes-d.FreeBytes) / float64(d.TotalBytes)
 		}
-		host = append(host, fmt.Sprintf("disk %s free of %s on %s (%.0f%% used)", size(d.FreeBytes), size(d.TotalBytes), d.Path, used))
+		host = append(host, fmt.Sprintf("disk %s free of %s on %s (%.0f%% used)", iostreams.Bytes(d.FreeBytes), iostreams.Bytes(d.TotalBytes), d.Path, used))
 	} else {
 		host = append(host, "disk "+u(deploy.FigureDisk))
 	}
 	if m := s.Host.Memory; m != nil {
-		host = append(host, fmt.Sprintf("memory %s available of %s", size(m.AvailableBytes), size(m.TotalBytes)))
+		host = append(host, fmt.Sprintf("memory %s available of %s", iostreams.Bytes(m.AvailableBytes), iostreams.Bytes(m.TotalBytes)))
 	} else {
 		host = append(host, "memory "+u(deploy.FigureMemory))
 	}
@@ -248,7 +248,7 @@ func printHost(w io.Writer, st *iostreams.Styles, h HostDoc, now time.Time) {
 
 	data := u(deploy.FigureDataChain)
 	if r.DataChainBytes != nil {
-		data = fmt.Sprintf("%s in %d chunks, %d sessions", size(*r.DataChainBytes), deref(r.DataChainChunks), deref(r.DataChainSessions))
+		data = fmt.Sprintf("%s in %d chunks, %d sessions", iostreams.Bytes(*r.DataChainBytes), deref(r.DataChainChunks), deref(r.DataChainSessions))
 	}
 	fmt.Fprintln(w, "data chain: "+data)
 
@@ -330,17 +330,4 @@ func duration(d time.Duration) string {
 // when is t and how long ago.
 func when(t, now time.Time) string {
 	return fmt.Sprintf("%s (%s ago)", t.Local().Format("2006-01-02 15:04"), duration(now.Sub(t)))
-}
-
-func size(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
