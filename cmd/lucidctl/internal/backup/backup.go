@@ -200,12 +200,8 @@ func run(ctx context.Context, opts *Options) error {
 		return printOutput(env, out)
 	}
 
-	names, err := opts.Fleet.Names(cfg)
-	if err != nil {
+	if _, err := opts.Fleet.One(cfg, "a backup is of one host: back up each on its own"); err != nil {
 		return err
-	}
-	if len(names) != 1 {
-		return cli.Usage(fmt.Errorf("--target %s names %d hosts (%s); a backup is of one host: back up each on its own", opts.Fleet.Target, len(names), strings.Join(names, ", ")))
 	}
 	fl, err := opts.Fleet.Connect(ctx, env)
 	if err != nil {

@@ -101,6 +101,20 @@ func (f *Fleet) Close() {
 	}
 }
 
+// One is the single host the flags name, for a command that acts on one
+// host's own state (why says what that is); a group of several is a usage
+// error that names them.
+func (f *Flags) One(cfg *projectconfig.Config, why string) (string, error) {
+	names, err := f.Names(cfg)
+	if err != nil {
+		return "", err
+	}
+	if len(names) != 1 {
+		return "", cli.Usage(fmt.Errorf("--target %s names %d hosts (%s): %s; pick one with --hosts NAME", f.Target, len(names), strings.Join(names, ", "), why))
+	}
+	return names[0], nil
+}
+
 // Connect dials every selected host at once. An unreachable host fails
 // the command (exit 4, naming every host that failed) unless
 // --skip-unreachable is given; then it is listed in Unreachable, and only

@@ -94,3 +94,20 @@ func TestNamesAreUsageErrors(t *testing.T) {
 		t.Errorf("--hosts pi2 gave %v, %v", got, err)
 	}
 }
+
+func TestOneHostOrAUsageError(t *testing.T) {
+	env, _ := fleetEnv(t)
+	cfg, err := env.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = (&Flags{Target: "fleet"}).One(cfg, "a backup is of one host")
+	if !cli.IsUsage(err) || !strings.Contains(err.Error(), "names 2 hosts (pi1, pi2): a backup is of one host") || !strings.Contains(err.Error(), "--hosts NAME") {
+		t.Errorf("a group of two: %v, want a usage error naming them and why", err)
+	}
+	for _, f := range []Flags{{Target: "pi2"}, {Target: "fleet", Hosts: []string{"pi2"}}} {
+		if got, err := f.One(cfg, "why"); err != nil || got != "pi2" {
+			t.Errorf("%+v: %q, %v, want pi2", f, got, err)
+		}
+	}
+}

@@ -171,12 +171,8 @@ func runFence(ctx context.Context, opts *FenceOptions) error {
 		return err
 	}
 	if opts.Flags.Target != "" || len(opts.Flags.Hosts) > 0 {
-		names, err := opts.Flags.Names(cfg)
-		if err != nil {
+		if _, err := opts.Flags.One(cfg, "a fence is one engine's"); err != nil {
 			return err
-		}
-		if len(names) != 1 {
-			return cli.Usage(fmt.Errorf("a fence is one engine's: name one host (%q is %d hosts)", opts.Flags.Target, len(names)))
 		}
 	}
 	var receipt []byte

@@ -105,12 +105,8 @@ func runVoters(ctx context.Context, opts *VotersOptions) error {
 		if err != nil {
 			return err
 		}
-		names, err := opts.Flags.Names(cfg)
-		if err != nil {
+		if _, err := opts.Flags.One(cfg, "voters are the whole chain's: name the leader"); err != nil {
 			return err
-		}
-		if len(names) != 1 {
-			return cli.Usage(fmt.Errorf("voters are the whole chain's: name one host, the leader's (%q is %d hosts)", opts.Flags.Target, len(names)))
 		}
 	}
 	action := opts.action

@@ -390,12 +390,8 @@ func runTarget(ctx context.Context, opts *Options, src Source, out *Output) erro
 	if err != nil {
 		return err
 	}
-	names, err := opts.Fleet.Names(cfg)
-	if err != nil {
+	if _, err := opts.Fleet.One(cfg, "restore one host at a time"); err != nil {
 		return err
-	}
-	if len(names) != 1 {
-		return cli.Usage(fmt.Errorf("--target %s names %d hosts: restore one at a time (--hosts NAME)", opts.Fleet.Target, len(names)))
 	}
 	fl, err := opts.Fleet.Connect(ctx, opts.Env)
 	if err != nil {

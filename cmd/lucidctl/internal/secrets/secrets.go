@@ -92,12 +92,8 @@ func runPull(ctx context.Context, opts *PullOptions) error {
 	if err != nil {
 		return err
 	}
-	names, err := opts.Fleet.Names(cfg)
-	if err != nil {
+	if _, err := opts.Fleet.One(cfg, "pull takes one, whose secrets go into one env file"); err != nil {
 		return err
-	}
-	if len(names) != 1 {
-		return cli.Usage(fmt.Errorf("--target %s names %d hosts (%s); pull takes one: its secrets go into one env file", opts.Fleet.Target, len(names), strings.Join(names, ", ")))
 	}
 	fl, err := opts.Fleet.Connect(ctx, opts.Env)
 	if err != nil {
