@@ -99,7 +99,6 @@ unless --plaintext is given. Progress goes to stderr, the result to stdout.`,
 	fs := cmd.Flags()
 	opts.Fleet.Add(fs, "the target of lucid.yaml to back up (default: the local stack)")
 	_ = fs.MarkHidden("docker-socket")
-	_ = fs.MarkHidden("hosts")
 	_ = fs.MarkHidden("skip-unreachable")
 	fs.StringVar(&opts.To, "to", "", "the backup repository (default: backup.dir of lucid.yaml)")
 	fs.IntVar(&offset, "port-offset", 0, "the stack's --port-offset (default: local.port_offset for the local stack, 0 for a target)")
