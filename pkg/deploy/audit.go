@@ -205,16 +205,18 @@ func (d *Deployer) AuditLog(ctx context.Context, since time.Time) ([]AuditEntry,
 }
 
 // auditOutcome records entry in the host's audit trail with the
-// operation's outcome *opErr. A record that fails is joined to a failed
-// operation's error; an operation that succeeded stands, and the failure
-// goes to setAuditErr (its result says the trail misses it).
-func (d *Deployer) auditOutcome(ctx context.Context, entry AuditEntry, opErr *error, setAuditErr func(string)) {
-	aerr := d.audited(ctx, entry, *opErr)
+// operation's outcome opErr, and returns the operation's error: a record
+// that fails is joined to a failed operation's error; an operation that
+// succeeded stands, and the failure goes to setAuditErr (its result says
+// the trail misses it).
+func (d *Deployer) auditOutcome(ctx context.Context, entry AuditEntry, opErr error, setAuditErr func(string)) error {
+	aerr := d.audited(ctx, entry, opErr)
 	switch {
 	case aerr == nil:
-	case *opErr == nil:
+	case opErr == nil:
 		setAuditErr(aerr.Error())
 	default:
-		*opErr = errors.Join(*opErr, aerr)
+		return errors.Join(opErr, aerr)
 	}
+	return opErr
 }

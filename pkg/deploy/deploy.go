@@ -231,7 +231,7 @@ func (d *Deployer) deploy(ctx context.Context, b Bundle, dry bool) (_ *Result, d
 		// Recorded however it ends; a trail that cannot be written never
 		// undoes a release that went live, and is said either way.
 		defer func() {
-			d.auditOutcome(ctx, AuditEntry{Action: AuditDeploy, Release: id, Args: []string{"version=" + b.Version}}, &deployErr, func(msg string) { res.AuditError = msg })
+			deployErr = d.auditOutcome(ctx, AuditEntry{Action: AuditDeploy, Release: id, Args: []string{"version=" + b.Version}}, deployErr, func(msg string) { res.AuditError = msg })
 		}()
 	}
 	images, err := d.transferImages(b.Images, pf.Platform, id)
@@ -709,7 +709,7 @@ func (d *Deployer) Rollback(ctx context.Context, id string) (res *RollbackResult
 		if res != nil {
 			entry.Release = res.Release
 		}
-		d.auditOutcome(ctx, entry, &rollbackErr, func(msg string) { res.AuditError = msg })
+		rollbackErr = d.auditOutcome(ctx, entry, rollbackErr, func(msg string) { res.AuditError = msg })
 	}()
 	held, release, err := d.holdLock(ctx)
 	if err != nil {

@@ -87,7 +87,7 @@ func (d *Deployer) Prune(ctx context.Context, o PruneOptions) (res *PruneResult,
 			if res != nil {
 				e.Release = strings.Join(res.Kept, ",")
 			}
-			d.auditOutcome(ctx, e, &pruneErr, func(msg string) { res.AuditError = msg })
+			pruneErr = d.auditOutcome(ctx, e, pruneErr, func(msg string) { res.AuditError = msg })
 		}()
 	}
 	rs, err := h.releases(ctx)

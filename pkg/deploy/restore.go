@@ -108,7 +108,7 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 	if o.EnvFiles != nil {
 		entry.Args = append(entry.Args, "--env")
 	}
-	defer func() { d.auditOutcome(ctx, entry, &opErr, func(msg string) { res.AuditError = msg }) }()
+	defer func() { opErr = d.auditOutcome(ctx, entry, opErr, func(msg string) { res.AuditError = msg }) }()
 
 	cur, err := d.h.current(ctx)
 	if err != nil {

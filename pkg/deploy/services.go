@@ -142,7 +142,7 @@ func (d *Deployer) services(ctx context.Context, action AuditAction, o ServiceOp
 	if o.Force {
 		entry.Args = []string{"--force"}
 	}
-	defer func() { d.auditOutcome(ctx, entry, &opErr, func(msg string) { res.AuditError = msg }) }()
+	defer func() { opErr = d.auditOutcome(ctx, entry, opErr, func(msg string) { res.AuditError = msg }) }()
 
 	cur, err := d.h.current(ctx)
 	if err != nil {

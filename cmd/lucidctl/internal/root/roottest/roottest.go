@@ -15,8 +15,8 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/root"
 )
 
-// EnvAsCLI, set to 1 in its environment, makes the test binary run as
-// lucidctl.
+// EnvAsCLI is the variable that, set to 1 in its environment, makes the
+// test binary run as lucidctl.
 const EnvAsCLI = "LUCIDCTL_TEST_AS_CLI"
 
 // RunAsCLI runs the test binary as lucidctl, with its arguments, and exits
