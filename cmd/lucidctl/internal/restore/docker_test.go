@@ -124,6 +124,9 @@ func TestTargetRestoreThroughDocker(t *testing.T) {
 		t.Helper()
 		return p.lucidctl(ctx, append(args, ssh...)...)
 	}
+	// A run killed before its cleanup leaves its release behind: start
+	// from none.
+	removeRelease()
 	deployRelease(t, sshd, deployDir, bin, f)
 
 	tok := p.lucidctl(ctx, "token", "--sub", "alice")
