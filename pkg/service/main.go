@@ -90,9 +90,17 @@ func MainOn(ctx context.Context, ln net.Listener, name string, app App, lookup e
 			return err
 		}
 	}
-	if ln == nil {
+	switch sv, own := app.(Serving); {
+	case own:
+		if ln == nil {
+			if ln, err = srv.Listen(ctx); err != nil {
+				break
+			}
+		}
+		err = sv.ServeOn(ctx, ln, srv)
+	case ln == nil:
 		err = srv.Run(ctx)
-	} else {
+	default:
 		err = srv.Serve(ctx, ln)
 	}
 	if err != nil {

@@ -86,7 +86,11 @@ func methodLabel(m string) string {
 }
 
 func (m *httpMetrics) observe(r *http.Request, status int, elapsed time.Duration) {
-	k := observerKey{route(r), methodLabel(r.Method), status}
+	m.observeRoute(route(r), r.Method, status, elapsed)
+}
+
+func (m *httpMetrics) observeRoute(route, method string, status int, elapsed time.Duration) {
+	k := observerKey{route, methodLabel(method), status}
 	v, ok := m.byRoute.Load(k)
 	if !ok {
 		v, _ = m.byRoute.LoadOrStore(k, &routeObservers{

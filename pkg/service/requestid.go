@@ -53,9 +53,9 @@ func NewRequestID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// validRequestID accepts an incoming ID only when it is short and made of
+// ValidRequestID accepts an incoming ID only when it is short and made of
 // characters that are safe in logs and headers.
-func validRequestID(id string) bool {
+func ValidRequestID(id string) bool {
 	if id == "" || len(id) > 128 {
 		return false
 	}
@@ -78,7 +78,7 @@ func requestIDMiddleware(next http.Handler) http.Handler {
 		if v := r.Header[HeaderRequestID]; len(v) > 0 {
 			id = v[0]
 		}
-		if !validRequestID(id) {
+		if !ValidRequestID(id) {
 			id = NewRequestID()
 		}
 		w.Header()[HeaderRequestID] = []string{id}

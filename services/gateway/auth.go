@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/ratelimit"
@@ -22,23 +25,24 @@ import (
 // is a few hundred bytes.
 const maxAuthHeader = 4096
 
-// authenticate verifies the bearer token; the error is for the log only.
-func (a *App) authenticate(r *http.Request, now time.Time) (*auth.Claims, error) {
-	h := r.Header.Get("Authorization")
+// authenticate verifies the bearer token in the Authorization header h;
+// the error is for the log only.
+func (a *App) authenticate(h []byte, now time.Time) (*auth.Claims, error) {
 	switch {
-	case h == "":
+	case len(h) == 0:
 		return nil, errors.New("no Authorization header")
 	case len(h) > maxAuthHeader:
 		return nil, fmt.Errorf("an Authorization header of %d bytes", len(h))
 	}
-	tok, ok := strings.CutPrefix(h, "Bearer ")
+	raw, ok := bytes.CutPrefix(h, []byte("Bearer "))
 	if !ok {
 		return nil, errors.New("not a Bearer token")
 	}
-	tok = strings.TrimSpace(tok)
-	if c := a.tokens.get(tok, now); c != nil {
+	raw = bytes.TrimSpace(raw)
+	if c := a.tokens.get(raw, now); c != nil {
 		return c, nil
 	}
+	tok := string(raw)
 	c, until, err := a.keys.Parse(tok, func() time.Time { return now }, a.verify...)
 	if err != nil {
 		return nil, err
@@ -50,14 +54,14 @@ func (a *App) authenticate(r *http.Request, now time.Time) (*auth.Claims, error)
 // clientIP is the address the request came from; X-Forwarded-For counts
 // only when the direct peer is a trusted proxy, and then the rightmost
 // address not itself trusted is the client.
-func (a *App) clientIP(r *http.Request) string {
-	host := peerHost(r)
+func (a *App) clientIP(fc *fasthttp.RequestCtx) string {
+	host := peerHost(fc)
 	if !a.isTrusted(host) {
 		return host
 	}
 	// All X-Forwarded-For lines, in order: a client's own line comes
 	// first, the trusted proxy's last, and only the tail is believed.
-	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	hops := strings.Split(string(bytes.Join(fc.Request.Header.PeekAll("X-Forwarded-For"), []byte(","))), ",")
 	for i := len(hops) - 1; i >= 0; i-- {
 		ip := strings.TrimSpace(hops[i])
 		if net.ParseIP(ip) == nil {
@@ -75,8 +79,8 @@ func (a *App) clientIP(r *http.Request) string {
 // whole /64 (SLAAC, privacy addresses) and may rotate through it at will,
 // so keying by address would give it 2^64 budgets. An IPv4-mapped address
 // (::ffff:192.0.2.1, from a dual-stack listener) is its IPv4 address.
-func (a *App) clientKey(r *http.Request) string {
-	s := a.clientIP(r)
+func (a *App) clientKey(fc *fasthttp.RequestCtx) string {
+	s := a.clientIP(fc)
 	ip, err := netip.ParseAddr(s)
 	if err != nil || ip.Is4() {
 		return "ip:" + s
@@ -93,10 +97,17 @@ func (a *App) clientKey(r *http.Request) string {
 }
 
 // peerHost is the address of the direct peer.
-func peerHost(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
+func peerHost(fc *fasthttp.RequestCtx) string {
+	if tcp, ok := fc.RemoteAddr().(*net.TCPAddr); ok {
+		if ip4 := tcp.IP.To4(); ip4 != nil {
+			return ip4.String()
+		}
+		return tcp.IP.String()
+	}
+	addr := fc.RemoteAddr().String()
+	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return r.RemoteAddr
+		return addr
 	}
 	return host
 }
@@ -116,17 +127,17 @@ func (a *App) isTrusted(s string) bool {
 
 // principal is whom a request's limits apply to: its tier's budget and
 // its key, by sub, or the free tier by client address (clientKey).
-func (a *App) principal(r *http.Request, c *auth.Claims) (*budget, string) {
+func (a *App) principal(fc *fasthttp.RequestCtx, c *auth.Claims) (*budget, string) {
 	if c != nil {
 		return a.budgets[c.Tier], "sub:" + c.Subject
 	}
-	return a.budgets[auth.TierFree], a.clientKey(r)
+	return a.budgets[auth.TierFree], a.clientKey(fc)
 }
 
 // limit takes n units (requestCost) from key's budget b. It sets the
 // RateLimit-* headers and, when refused, answers 429 with Retry-After.
-func (a *App) limit(w http.ResponseWriter, r *http.Request, b *budget, key string, n int, now time.Time) error {
-	d, err := a.limiter.AllowN(r.Context(), key, b.limit, n, now)
+func (a *App) limit(ctx context.Context, fc *fasthttp.RequestCtx, b *budget, key string, n int, now time.Time) error {
+	d, err := a.limiter.AllowN(ctx, key, b.limit, n, now)
 	if err != nil {
 		// Redis without a fallback (LUCID_RATE_LIMIT_ON_ERROR=closed), or
 		// a client that has gone: never a pass without a limit.
@@ -135,13 +146,10 @@ func (a *App) limit(w http.ResponseWriter, r *http.Request, b *budget, key strin
 		he.Cause = err
 		return he
 	}
-	// Canonical keys and one backing array: this runs on every request.
-	vals := make([]string, 3)
-	vals[0], vals[1], vals[2] = b.limitText, strconv.Itoa(d.Remaining), strconv.Itoa(int(math.Ceil(d.Reset.Seconds())))
-	hdr := w.Header()
-	hdr["Ratelimit-Limit"] = vals[0:1:1]
-	hdr["Ratelimit-Remaining"] = vals[1:2:2]
-	hdr["Ratelimit-Reset"] = vals[2:3:3]
+	hdr := &fc.Response.Header
+	hdr.Set("RateLimit-Limit", b.limitText)
+	hdr.SetBytesV("RateLimit-Remaining", strconv.AppendInt(nil, int64(d.Remaining), 10))
+	hdr.SetBytesV("RateLimit-Reset", strconv.AppendInt(nil, int64(math.Ceil(d.Reset.Seconds())), 10))
 	if d.Allowed {
 		b.allowed.Inc()
 		return nil
@@ -210,27 +218,30 @@ func newCORS(spec string) cors {
 func (c cors) allowed(origin string) bool { return origin != "" && (c.any || c.origins[origin]) }
 
 // preflight answers an OPTIONS preflight itself; it reports whether it did.
-func (c cors) preflight(w http.ResponseWriter, r *http.Request) bool {
-	if r.Method != http.MethodOptions || r.Header.Get("Access-Control-Request-Method") == "" {
+func (c cors) preflight(fc *fasthttp.RequestCtx) bool {
+	if !fc.IsOptions() || len(fc.Request.Header.Peek("Access-Control-Request-Method")) == 0 {
 		return false
 	}
-	origin := r.Header.Get("Origin")
+	origin := string(fc.Request.Header.Peek("Origin"))
 	if c.allowed(origin) {
-		h := w.Header()
+		h := &fc.Response.Header
 		h.Set("Access-Control-Allow-Origin", origin)
 		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, HEAD, OPTIONS")
 		h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Request-ID")
 		h.Set("Access-Control-Max-Age", "600")
 		h.Add("Vary", "Origin")
 	}
-	w.WriteHeader(http.StatusNoContent)
+	fc.SetStatusCode(http.StatusNoContent)
 	return true
 }
 
-func (c cors) headers(w http.ResponseWriter, r *http.Request) {
-	if origin := r.Header.Get("Origin"); c.allowed(origin) {
-		w.Header().Set("Access-Control-Allow-Origin", origin)
-		w.Header().Set("Access-Control-Expose-Headers", "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Retry-After, X-Request-ID")
-		w.Header().Add("Vary", "Origin")
+func (c cors) headers(fc *fasthttp.RequestCtx) {
+	if c.any || len(c.origins) > 0 {
+		if origin := string(fc.Request.Header.Peek("Origin")); c.allowed(origin) {
+			h := &fc.Response.Header
+			h.Set("Access-Control-Allow-Origin", origin)
+			h.Set("Access-Control-Expose-Headers", "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Retry-After, X-Request-ID")
+			h.Add("Vary", "Origin")
+		}
 	}
 }

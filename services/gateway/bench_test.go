@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -86,20 +87,19 @@ func BenchmarkAdmission(b *testing.B) {
 		{"ipv6/rate limit and concurrency", "[2001:db8:1:2::7]:1234", nil, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			r := httptest.NewRequest(http.MethodGet, "/api/v1/anchors/x", nil)
-			r.RemoteAddr = bc.remote
-			w := httptest.NewRecorder()
+			fc := fastRequest(b, http.MethodGet, bc.remote, nil, "")
+			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {
 				now = now.Add(time.Millisecond)
-				bud, key := a.principal(r, bc.claims)
+				bud, key := a.principal(fc, bc.claims)
 				if bc.concurrency {
 					if err := a.enter(bud, key); err != nil {
 						b.Fatal(err)
 					}
 				}
-				cost, _, _ := a.requestCost(r, bud)
-				if err := a.limit(w, r, bud, key, cost, now); err != nil {
+				cost, _, _ := a.requestCost(fc, bud)
+				if err := a.limit(ctx, fc, bud, key, cost, now); err != nil {
 					b.Fatal(err)
 				}
 				if bc.concurrency {

@@ -14,56 +14,82 @@ import (
 	"testing"
 	"time"
 
+	"github.com/valyala/fasthttp"
+
 	"github.com/pickme/lucid/pkg/auth"
 )
 
-// The gateway proxies reads on its own fast path and everything else
-// through httputil.ReverseProxy. Both must behave the same, so each case
-// here runs once per path: GET takes the fast path, POST the other.
+// Reads and requests with bodies take one proxy path, but differ in what
+// may be retried and how a body flows; each case here runs for both.
 var proxyPaths = []struct {
 	name, method string
-	fastConns    int // idle fast-path connections one request leaves
-}{{"fast path", http.MethodGet, 1}, {"ReverseProxy", http.MethodPost, 0}}
+}{{"read", http.MethodGet}, {"body", http.MethodPost}}
 
-// fastIdle drops the fast path's idle connections to the anchoring
-// instance and returns a count of those there are later.
-func fastIdle(g *gw) func() int {
-	c := g.app.pools["anchoring"].all[0].conns
-	c.prune(time.Now().Add(upstreamIdleTimeout))
-	return func() int {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return len(c.idle)
-	}
+// idleConns closes the idle connections to the anchoring instance and
+// returns a count of those there are later.
+func idleConns(g *gw) func() int {
+	c := g.app.pools["anchoring"].all[0].client
+	c.CloseIdleConnections()
+	return c.IdleConnsCount
 }
 
-func TestFastPathTakesBodilessReads(t *testing.T) {
-	body := strings.NewReader("{}")
+// fastRequest is a request as the gateway's server hands it over, from
+// remote (host:port), with hdr, and a body when body is not empty.
+func fastRequest(tb testing.TB, method, remote string, hdr map[string]string, body string) *fasthttp.RequestCtx {
+	tb.Helper()
+	var req fasthttp.Request
+	req.Header.SetMethod(method)
+	req.SetRequestURI("/api/v1/anchors/x")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	if body != "" {
+		req.SetBodyString(body)
+		req.Header.SetContentLength(len(body))
+	}
+	addr, err := net.ResolveTCPAddr("tcp", remote)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	fc := &fasthttp.RequestCtx{}
+	fc.Init(&req, addr, nil)
+	return fc
+}
+
+// TestOnlyBodilessReadsAreRetried: what may be sent twice, on another
+// connection or instance, is an idempotent read without a body.
+func TestOnlyBodilessReadsAreRetried(t *testing.T) {
 	for _, tc := range []struct {
-		method string
-		body   io.Reader
-		header string
-		want   bool
+		method, body string
+		want         bool
 	}{
-		{http.MethodGet, nil, "", true},
-		{http.MethodHead, nil, "", true},
-		{http.MethodOptions, nil, "", true},
-		{http.MethodGet, body, "", false},
-		{http.MethodGet, nil, "Upgrade", false},
-		{http.MethodPost, nil, "", false},
-		{http.MethodDelete, nil, "", false},
+		{http.MethodGet, "", true},
+		{http.MethodHead, "", true},
+		{http.MethodOptions, "", true},
+		{http.MethodGet, "{}", false},
+		{http.MethodPost, "", false},
+		{http.MethodDelete, "", false},
 	} {
-		r := httptest.NewRequest(tc.method, "/x", tc.body)
-		if tc.header != "" {
-			r.Header.Set(tc.header, "websocket")
-		}
-		if got := fastPath(r); got != tc.want {
-			t.Errorf("%s (body %v, %s): fast path %v, want %v", tc.method, tc.body != nil, tc.header, got, tc.want)
+		if got := bodilessRead(fastRequest(t, tc.method, "127.0.0.1:1", nil, tc.body)); got != tc.want {
+			t.Errorf("%s (body %q): retried %v, want %v", tc.method, tc.body, got, tc.want)
 		}
 	}
 }
 
-func TestBothProxyPathsAgree(t *testing.T) {
+// TestUpgradesAreRefused: no Lucid service switches protocols, and the
+// gateway says so rather than pass on a request it cannot carry.
+func TestUpgradesAreRefused(t *testing.T) {
+	g := startGateway(t, newBackend(t).URL, nil)
+	resp, body := g.get(t, "/api/v1/anchors/ws", map[string]string{
+		"Authorization": "Bearer " + g.token(t, "u", auth.TierFree), "Connection": "Upgrade", "Upgrade": "websocket"})
+	if resp.StatusCode != http.StatusNotImplemented || !strings.Contains(body, "upgrades") {
+		t.Errorf("an upgrade: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestProxySemantics: what reaches the upstream and what comes back, for
+// reads and for requests with bodies alike.
+func TestProxySemantics(t *testing.T) {
 	var seen atomic.Pointer[http.Request]
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/health" {
@@ -126,7 +152,7 @@ func TestBothProxyPathsAgree(t *testing.T) {
 				return resp
 			}
 
-			idle := fastIdle(g)
+			idle := idleConns(g)
 			resp := do(context.Background(), "/api/v1/anchors/x?a=1&b=%2F", map[string]string{
 				"Connection": "X-Hop", "X-Hop": "1", "Proxy-Authorization": "Basic eA==", "Te": "trailers, deflate",
 				"Forwarded": "for=6.6.6.6", "X-Forwarded-Host": "evil.example", "X-Lucid-Tier": "enterprise",
@@ -137,8 +163,8 @@ func TestBothProxyPathsAgree(t *testing.T) {
 			if resp.StatusCode != 200 || string(body) != "ok "+pp.method {
 				t.Fatalf("%d %q", resp.StatusCode, body)
 			}
-			if n := idle(); n != pp.fastConns {
-				t.Errorf("%s left %d idle fast-path connections, want %d: it took the other path", pp.method, n, pp.fastConns)
+			if n := idle(); n != 1 {
+				t.Errorf("%s left %d idle upstream connections, want 1: the connection was not kept alive", pp.method, n)
 			}
 			r := seen.Load()
 			if r.URL.RawQuery != "a=1&b=%2F" || r.URL.Path != "/api/v1/anchors/x" {
@@ -446,32 +472,12 @@ func TestFastPathSpeaksTLSToHTTPSUpstreams(t *testing.T) {
 	}
 }
 
-// Idle connections past their time are closed by the pruner, fresh ones
-// kept; a connection returned after a long request counts as fresh.
-func TestIdleConnectionsArePruned(t *testing.T) {
-	p := newConnPool(mustURL(t, "http://127.0.0.1:1"), nil)
-	now := time.Now()
-	var closed atomic.Int32
-	for _, age := range []time.Duration{2 * upstreamIdleTimeout, time.Second, 3 * upstreamIdleTimeout} {
-		c1, c2 := net.Pipe()
-		t.Cleanup(func() { _ = c2.Close() }) // a pipe's Close never fails
-		p.idle = append(p.idle, &upstreamConn{nc: closeCounter{c1, &closed}, idleSince: now.Add(-age)})
-	}
-	p.prune(now)
-	if len(p.idle) != 1 || closed.Load() != 2 {
-		t.Errorf("after pruning: %d idle, %d closed; want 1 and 2", len(p.idle), closed.Load())
-	}
-	c1, c2 := net.Pipe()
-	defer c2.Close()
-	p.put(&upstreamConn{nc: c1, idleSince: now.Add(-time.Hour)})
-	if c, err := p.get(context.Background(), time.Now()); err != nil || c.nc != c1 {
-		t.Errorf("a connection just returned was not reused: %v", err)
+// TestIdleConnectionsOutliveNoUpstream: the gateway drops an idle
+// upstream connection before the services' own idle timeout would, so a
+// request seldom meets one the upstream has just closed.
+func TestIdleConnectionsOutliveNoUpstream(t *testing.T) {
+	c := newHostClient(mustURL(t, "http://127.0.0.1:1"), nil)
+	if c.MaxIdleConnDuration <= 0 || c.MaxIdleConnDuration >= idleTimeout {
+		t.Errorf("idle upstream connections kept %s; the services close theirs after %s", c.MaxIdleConnDuration, idleTimeout)
 	}
 }
-
-type closeCounter struct {
-	net.Conn
-	n *atomic.Int32
-}
-
-func (c closeCounter) Close() error { c.n.Add(1); return c.Conn.Close() }

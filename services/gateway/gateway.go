@@ -12,8 +12,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/httputil"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -21,6 +19,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
@@ -77,6 +76,14 @@ type App struct {
 	// uploadUnit is LUCID_RATE_UPLOAD_UNIT_BYTES: each started unit of a
 	// request's body costs one more rate-limit unit.
 	uploadUnit int64
+
+	// proxies are the routes' handlers, longest prefix first; srv, own and
+	// inFlight are the service's server, its handler (the gateway's own
+	// endpoints) and its in-flight gauge, set by ServeOn.
+	proxies  []*routeProxy
+	srv      *service.Server
+	own      fasthttp.RequestHandler
+	inFlight prometheus.Gauge
 }
 
 // defaultGCPercent is the gateway's garbage-collection target. Its live
@@ -230,50 +237,26 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	a.budgets = newBudgets(a.limits, a.concurrency, a.metrics)
 	a.inflight = newInflight()
 	a.tokens = newTokenCache(100_000)
-	buffers := newBufferPool()
 	a.pools = map[string]*pool{}
 	// With the mesh on, the Lucid services are called over mTLS, each
-	// through a transport that accepts only that service's identity; the
+	// through connections that accept only that service's identity; the
 	// Phase 1 auth service is not in the mesh and keeps its own scheme.
-	inMesh := func(svc string) bool { _, ok := catalog.Lookup(svc); return ok && srv.Identity() != nil }
 	for svc, u := range ups {
 		var tlsConfig *tls.Config
-		if inMesh(svc) {
+		if _, ok := catalog.Lookup(svc); ok && srv.Identity() != nil {
 			tlsConfig = srv.MeshClientTLS(svc)
 		}
 		a.pools[svc] = newPool(svc, tlsConfig, u)
 	}
-	type transportKey struct {
-		timeout time.Duration
-		service string // "" for transports outside the mesh, shared
-	}
-	transports := map[transportKey]*http.Transport{}
+	a.proxies = nil
 	for _, rt := range a.routes {
-		key := transportKey{timeout: rt.Timeout}
-		if inMesh(rt.Service) {
-			key.service = rt.Service
-		}
-		tr, ok := transports[key]
-		if !ok {
-			tr = newTransport(rt.Timeout)
-			if key.service != "" {
-				tr.TLSClientConfig = srv.MeshClientTLS(key.service)
-			}
-			transports[key] = tr
-		}
-		h := a.newRouteProxy(rt, a.pools[rt.Service], tr, buffers)
+		h := a.newRouteProxy(rt, a.pools[rt.Service])
 		if _, ok := catalog.Lookup(rt.Service); ok && srv.Identity() == nil {
 			h.serviceKey = srv.Config().ServiceKey
 		}
-		// Both the exact prefix and its subtree, so metrics are labelled
-		// by route, not by raw path.
-		if rt.Prefix == "/" {
-			srv.SetFallback(h) // "/" is the server's own catch-all pattern
-			continue
-		}
-		srv.HandleHTTP(rt.Prefix, h)
-		srv.HandleHTTP(rt.Prefix+"/", h)
+		a.proxies = append(a.proxies, h)
 	}
+	sortRoutes(a.proxies)
 	mode := "static"
 	if a.consulAddr != "" {
 		mode = "consul"
@@ -292,7 +275,6 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		}
 	}
 	slices.Sort(routedServices)
-	go a.pruneLoop(ctx)
 	srv.AddDetailedCheck("upstreams", func(context.Context) (string, error) {
 		var parts, missing []string
 		for _, svc := range routedServices {
@@ -348,23 +330,6 @@ func (a *App) newFallback(shared ratelimit.Limiter, reg prometheus.Registerer) *
 	return fb
 }
 
-// pruneLoop closes idle upstream connections past their time until ctx
-// ends.
-func (a *App) pruneLoop(ctx context.Context) {
-	t := time.NewTicker(upstreamIdleTimeout / 4)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			for _, p := range a.pools {
-				p.prune(now)
-			}
-		}
-	}
-}
-
 type metrics struct {
 	upstreamLatency    *prometheus.HistogramVec
 	decisions          *prometheus.CounterVec
@@ -401,5 +366,3 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	reg.MustRegister(m.upstreamLatency, m.decisions, m.upstreamErrors, m.authFailures, m.bodyUnits, m.inProgress, m.concurrencyLimited)
 	return m
 }
-
-var _ httputil.BufferPool = (*bufferPool)(nil)

@@ -125,7 +125,7 @@ func startGatewayLogging(t testing.TB, upstream string, env map[string]string, r
 		t.Fatal(err)
 	}
 	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(ctx, ln) }()
+	go func() { defer close(served); _ = app.ServeOn(ctx, ln, srv) }()
 	t.Cleanup(func() { cancel(); <-served; _ = app.Close() })
 	g.url = "http://" + ln.Addr().String()
 	return g

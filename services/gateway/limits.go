@@ -3,10 +3,10 @@ package gateway
 import (
 	"context"
 	"hash/maphash"
-	"io"
 	"net/http"
 	"sync"
-	"sync/atomic"
+
+	"github.com/valyala/fasthttp"
 
 	"github.com/pickme/lucid/pkg/service"
 )
@@ -31,14 +31,14 @@ const defaultUploadUnit = 2 << 20
 // further units afterwards, counted as the bytes pass (counted).
 // What is charged afterwards is at most the tier's limit (a period's
 // worth): the principal's next requests wait for it.
-func (a *App) requestCost(r *http.Request, b *budget) (now, later int, counted bool) {
-	switch {
-	case r.ContentLength > 0:
-		units := max(1, (r.ContentLength+a.uploadUnit-1)/a.uploadUnit)
+func (a *App) requestCost(fc *fasthttp.RequestCtx, b *budget) (now, later int, counted bool) {
+	switch n := int64(bodyLength(&fc.Request.Header)); {
+	case n > 0:
+		units := max(1, (n+a.uploadUnit-1)/a.uploadUnit)
 		now = int(min(units, int64(b.limit.MaxCost())))
 		later = int(min(units-int64(now), int64(b.limit.Limit)))
 		return now, later, false
-	case r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody:
+	case n == -1: // chunked
 		return 1, 0, true
 	}
 	return 1, 0, false
@@ -53,26 +53,14 @@ func (a *App) bodyUnits(n int64, b *budget) int {
 // charge takes units from key's budget once a request is done, whatever is
 // left, so that the principal's next request waits. The client may have
 // gone; the charge stands.
-func (a *App) charge(r *http.Request, b *budget, key string, units int) {
+func (a *App) charge(ctx context.Context, b *budget, key string, units int) {
 	if units <= 0 {
 		return
 	}
 	b.bodyUnits.Add(float64(units))
-	if err := a.limiter.Charge(context.WithoutCancel(r.Context()), key, b.limit, units, a.now()); err != nil {
-		a.logger.WarnContext(r.Context(), "rate limits: could not charge a request's body", "units", units, "error", err)
+	if err := a.limiter.Charge(ctx, key, b.limit, units, a.now()); err != nil {
+		a.logger.WarnContext(ctx, "rate limits: could not charge a request's body", "units", units, "error", err)
 	}
-}
-
-// countingBody counts the bytes of a request body as the proxy reads them.
-type countingBody struct {
-	io.ReadCloser
-	n atomic.Int64 // read on the handler's goroutine, written on the transport's
-}
-
-func (c *countingBody) Read(p []byte) (int, error) {
-	n, err := c.ReadCloser.Read(p)
-	c.n.Add(int64(n))
-	return n, err
 }
 
 // inflight counts each principal's requests in progress. A key is held

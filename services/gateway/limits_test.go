@@ -39,12 +39,11 @@ func TestClientKeyIPv6By64(t *testing.T) {
 		// An untrusted peer's X-Forwarded-For is ignored.
 		{"[2001:db8:1:2::1]:1234", "198.51.100.4", "ip:2001:db8:1:2::/64"},
 	} {
-		r := httptest.NewRequest(http.MethodGet, "/auth/x", nil)
-		r.RemoteAddr = tc.remote
+		hdr := map[string]string{}
 		if tc.xff != "" {
-			r.Header.Set("X-Forwarded-For", tc.xff)
+			hdr["X-Forwarded-For"] = tc.xff
 		}
-		if got := g.app.clientKey(r); got != tc.want {
+		if got := g.app.clientKey(fastRequest(t, http.MethodGet, tc.remote, hdr, "")); got != tc.want {
 			t.Errorf("peer %s, X-Forwarded-For %q: key %q, want %q", tc.remote, tc.xff, got, tc.want)
 		}
 	}
@@ -277,9 +276,9 @@ func TestDefaultUploadUnitFitsTheLargestChunk(t *testing.T) {
 		size      int64
 		now, rest int
 	}{{16 << 20, 8, 0}, {1 << 20, 1, 0}, {100, 1, 0}, {3 << 20, 2, 0}, {64 << 20, 11, 21}} {
-		r := httptest.NewRequest(http.MethodPost, "/api/v1/chunks", nil)
-		r.ContentLength = tc.size
-		now, rest, counted := g.app.requestCost(r, b)
+		fc := fastRequest(t, http.MethodPost, "127.0.0.1:1", nil, "")
+		fc.Request.Header.SetContentLength(int(tc.size))
+		now, rest, counted := g.app.requestCost(fc, b)
 		if now != tc.now || rest != tc.rest || counted {
 			t.Errorf("%d bytes: %d now, %d later (counted %v); want %d, %d", tc.size, now, rest, counted, tc.now, tc.rest)
 		}

@@ -13,7 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 
 	"github.com/pickme/lucid/pkg/api"
 )
@@ -31,9 +31,9 @@ var errNoUpstream = errors.New("no healthy instance")
 // instance is one address of a service.
 type instance struct {
 	url       *url.URL
-	conns     *connPool    // the fast path's keep-alive connections
-	downUntil atomic.Int64 // unix nanos; passive ejection
-	probeDown atomic.Bool  // active check failing
+	client    *fasthttp.HostClient // its keep-alive connections
+	downUntil atomic.Int64         // unix nanos; passive ejection
+	probeDown atomic.Bool          // active check failing
 }
 
 func (i *instance) healthy(now time.Time) bool {
@@ -78,21 +78,12 @@ func (p *pool) set(urls []*url.URL) {
 			next = append(next, i)
 			delete(old, u.String())
 		} else {
-			next = append(next, &instance{url: u, conns: newConnPool(u, p.tls)})
+			next = append(next, &instance{url: u, client: newHostClient(u, p.tls)})
 		}
 	}
 	p.all = next
 	for _, gone := range old {
-		gone.conns.close()
-	}
-}
-
-// prune closes the idle connections that have outlived the idle timeout.
-func (p *pool) prune(now time.Time) {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	for _, i := range p.all {
-		i.conns.prune(now)
+		gone.client.CloseIdleConnections()
 	}
 }
 
@@ -101,7 +92,7 @@ func (p *pool) close() {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	for _, i := range p.all {
-		i.conns.close()
+		i.client.CloseIdleConnections()
 	}
 }
 
@@ -179,28 +170,4 @@ func (p *pool) probeLoop(ctx context.Context, client *http.Client) {
 		case <-t.C:
 		}
 	}
-}
-
-// ejectingTransport is the transport of the requests ReverseProxy carries
-// (those with bodies, and upgrades): it takes a failing instance out of
-// rotation and times the upstream. It does not retry: the requests that
-// may safely be sent twice take the fast path, which does (forward).
-type ejectingTransport struct {
-	base    http.RoundTripper
-	pool    *pool
-	now     func() time.Time
-	latency prometheus.Observer // upstream time to response headers
-}
-
-func (t *ejectingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	start := time.Now()
-	resp, err := t.base.RoundTrip(req)
-	if err == nil {
-		t.latency.Observe(time.Since(start).Seconds())
-		return resp, nil
-	}
-	if px := proxiedOf(req); px != nil && req.Context().Err() == nil {
-		t.pool.eject(px.inst, t.now())
-	}
-	return nil, err
 }

@@ -1,19 +1,17 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
@@ -35,59 +33,15 @@ const (
 	CodeTimeout  = "LUCID_ERR_5004"
 )
 
-// bufferPool lends the proxy its copy buffers, so a request does not
-// allocate 32 KiB.
-type bufferPool struct{ p sync.Pool }
-
-// Get and Put serve httputil.ReverseProxy; the fast path keeps the
-// pointer and so spares an allocation per Put.
-func (b *bufferPool) Get() []byte   { return *b.get() }
-func (b *bufferPool) Put(v []byte)  { b.p.Put(&v) }
-func (b *bufferPool) get() *[]byte  { return b.p.Get().(*[]byte) }
-func (b *bufferPool) put(v *[]byte) { b.p.Put(v) }
-
-func newBufferPool() *bufferPool {
-	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
-}
-
-// newTransport keeps warm, pooled connections to the few upstreams; the
-// route's timeout bounds the wait for response headers (bodies such as
-// follow streams may last).
-func newTransport(headerTimeout time.Duration) *http.Transport {
-	return &http.Transport{
-		ResponseHeaderTimeout: headerTimeout,
-		Proxy:                 nil,
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		DisableCompression:    true, // pass bodies through as they are
-	}
-}
-
-// proxied is what serve decided for a request, for the proxy's Rewrite
-// and transport: one context value rather than one per item.
-type proxied struct {
-	inst   *instance
-	claims *auth.Claims
-}
-
-type proxiedKey struct{}
-
-func proxiedOf(r *http.Request) *proxied {
-	p, _ := r.Context().Value(proxiedKey{}).(*proxied)
-	return p
-}
-
 // routeProxy is the handler of one route.
 type routeProxy struct {
-	route   routetable.Route
-	pool    *pool
-	proxy   *httputil.ReverseProxy // for what the fast path does not carry
-	gw      *App
-	logger  *slog.Logger
-	buffers *bufferPool
+	route  routetable.Route
+	prefix string // route.Prefix, also the metrics' route label
+	pool   *pool
+	gw     *App
+	logger *slog.Logger
+	// methods are the route's allowed methods as bytes; nil allows all.
+	methods [][]byte
 	latency prometheus.Observer // upstream time to response headers
 	errors  prometheus.Counter  // requests not answered upstream
 	// serviceKey signs requests to a Lucid service when the mesh is off
@@ -95,43 +49,40 @@ type routeProxy struct {
 	serviceKey []byte
 }
 
-func (a *App) newRouteProxy(r routetable.Route, p *pool, transport http.RoundTripper, buffers *bufferPool) *routeProxy {
-	rp := &routeProxy{route: r, gw: a, logger: a.logger, pool: p, buffers: buffers,
+func (a *App) newRouteProxy(r routetable.Route, p *pool) *routeProxy {
+	rp := &routeProxy{route: r, prefix: r.Prefix, gw: a, logger: a.logger, pool: p,
 		latency: a.metrics.upstreamLatency.WithLabelValues(r.Service),
 		errors:  a.metrics.upstreamErrors.WithLabelValues(r.Service)}
-	rp.proxy = &httputil.ReverseProxy{
-		Transport:  &ejectingTransport{base: transport, pool: p, now: a.now, latency: rp.latency},
-		BufferPool: buffers,
-		// No forced flushing: a response of known length goes out in one
-		// write. Streams (follow, audits) have no Content-Length, and
-		// ReverseProxy flushes those after every write by itself.
-		FlushInterval: 0,
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			px := proxiedOf(pr.In)
-			target := px.inst.url
-			pr.SetURL(target)
-			// The escaped path, so %2F and %2e stay what they are; a
-			// stripped path that climbs out is refused in serve.
-			raw := rp.upstreamPath(pr.In, target)
-			pr.Out.URL.RawPath = raw
-			pr.Out.URL.Path, _ = url.PathUnescape(raw)
-			for k := range pr.Out.Header {
-				if !rp.passesHeader(k) {
-					delete(pr.Out.Header, k)
-				}
-			}
-			rp.forwardHeaders(pr.In, raw, px.claims, pr.Out.Header.Set)
-		},
-		ModifyResponse: func(resp *http.Response) error {
-			// The upstream echoes the request id the gateway gave it; the
-			// gateway has set it on the response already.
-			resp.Header.Del(service.HeaderRequestID)
-			return nil
-		},
-		ErrorHandler: rp.upstreamFailed,
-		ErrorLog:     slog.NewLogLogger(a.logger.Handler(), slog.LevelWarn),
+	for _, m := range r.Methods {
+		rp.methods = append(rp.methods, []byte(m))
 	}
 	return rp
+}
+
+// matches reports whether path is the route's prefix or lies under it.
+func (rp *routeProxy) matches(path []byte) bool {
+	p := rp.prefix
+	if p == "/" {
+		return true
+	}
+	if len(path) < len(p) || string(path[:len(p)]) != p {
+		return false
+	}
+	return len(path) == len(p) || path[len(p)] == '/'
+}
+
+// allows reports whether the route takes method (OPTIONS always, for CORS
+// preflights).
+func (rp *routeProxy) allows(method []byte) bool {
+	if rp.methods == nil || string(method) == http.MethodOptions {
+		return true
+	}
+	for _, m := range rp.methods {
+		if bytes.Equal(m, method) {
+			return true
+		}
+	}
+	return false
 }
 
 // keepsAuthorization reports whether the client's Authorization header
@@ -141,8 +92,8 @@ func (a *App) newRouteProxy(r routetable.Route, p *pool, transport http.RoundTri
 // and checks those tokens, gets it.
 func (rp *routeProxy) keepsAuthorization() bool { return rp.route.Service == routetable.AuthService }
 
-// gatewaySetHeader reports whether the gateway writes k itself, so a
-// client's copy must not reach the upstream.
+// gatewaySetHeader reports whether the gateway writes k (canonical) itself,
+// so a client's copy must not reach the upstream.
 func gatewaySetHeader(k string) bool {
 	switch k {
 	case "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded",
@@ -159,40 +110,42 @@ func (rp *routeProxy) passesHeader(k string) bool {
 	return !gatewaySetHeader(k) && (k != "Authorization" || rp.keepsAuthorization())
 }
 
-// forwardHeaders gives set each header the gateway writes upstream itself,
-// on both proxy paths: the forwarding chain (a client's own kept only
-// behind a trusted proxy, so a client cannot plant addresses upstream),
-// the original host and scheme, the request ID, the principal and, with
-// the mesh off, the gateway's signature over the request to path.
-func (rp *routeProxy) forwardHeaders(r *http.Request, path string, claims *auth.Claims, set func(k, v string)) {
-	peer := peerHost(r)
+// forwardHeaders gives set each header the gateway writes upstream itself:
+// the forwarding chain (a client's own kept only behind a trusted proxy,
+// so a client cannot plant addresses upstream), the original host and
+// scheme, the request ID, the principal and, with the mesh off, the
+// gateway's signature over the request to path.
+func (rp *routeProxy) forwardHeaders(c *call, path string, claims *auth.Claims, h *fasthttp.RequestHeader) {
+	fc := c.fc
+	peer := peerHost(fc)
 	xff := peer
-	if prior := r.Header["X-Forwarded-For"]; len(prior) > 0 && rp.gw.isTrusted(peer) {
-		xff = strings.Join(prior, ", ") + ", " + peer
+	if prior := fc.Request.Header.PeekAll("X-Forwarded-For"); len(prior) > 0 && rp.gw.isTrusted(peer) {
+		xff = string(bytes.Join(prior, []byte(", "))) + ", " + peer
 	}
-	set("X-Forwarded-For", xff)
-	set("X-Forwarded-Host", r.Host)
-	proto := "http"
-	if r.TLS != nil {
-		proto = "https"
+	h.Set("X-Forwarded-For", xff)
+	h.SetBytesV("X-Forwarded-Host", fc.Host())
+	if fc.IsTLS() {
+		h.Set("X-Forwarded-Proto", "https")
+	} else {
+		h.Set("X-Forwarded-Proto", "http")
 	}
-	set("X-Forwarded-Proto", proto)
-	set(service.HeaderRequestID, service.RequestID(r.Context()))
+	h.Set(service.HeaderRequestID, c.id)
 	var p *service.Principal
 	if claims != nil {
 		p = &service.Principal{Subject: claims.Subject, Tier: claims.Tier}
-		set(HeaderSub, claims.Subject)
-		set(HeaderTier, string(claims.Tier))
+		h.Set(HeaderSub, claims.Subject)
+		h.Set(HeaderTier, string(claims.Tier))
 	}
 	if rp.serviceKey != nil {
-		set(service.HeaderCaller, service.SignCaller(rp.serviceKey, catalog.GatewayService, rp.gw.now(), r.Method, path, p))
+		h.Set(service.HeaderCaller, service.SignCaller(rp.serviceKey, catalog.GatewayService, rp.gw.now(), string(fc.Method()), path, p))
 	}
 }
 
-// upstreamPath is the escaped path r goes to on target: the route's prefix
-// stripped if it says so, joined to the target's own path.
-func (rp *routeProxy) upstreamPath(r *http.Request, target *url.URL) string {
-	p := r.URL.EscapedPath()
+// upstreamPath is the escaped path a request for raw goes to on target:
+// the route's prefix stripped if it says so, joined to the target's own
+// path.
+func (rp *routeProxy) upstreamPath(raw string, target *url.URL) string {
+	p := raw
 	if rp.route.Strip {
 		p = strings.TrimPrefix(p, rp.route.Prefix)
 		if !strings.HasPrefix(p, "/") {
@@ -202,20 +155,17 @@ func (rp *routeProxy) upstreamPath(r *http.Request, target *url.URL) string {
 	return singleJoin(target.EscapedPath(), p)
 }
 
-// upstreamFailed answers a request the upstream did not: 504 after a
-// timeout, 502 otherwise, and nothing when the client itself went away.
-func (rp *routeProxy) upstreamFailed(w http.ResponseWriter, r *http.Request, err error) {
+// upstreamFailed is the answer to a request the upstream did not answer:
+// 504 after a timeout, 502 otherwise.
+func (rp *routeProxy) upstreamFailed(err error) error {
 	rp.errors.Inc()
-	if r.Context().Err() != nil {
-		return // the client went away
-	}
 	code, status, msg := CodeUpstream, http.StatusBadGateway, "upstream unavailable"
 	if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
 		code, status, msg = CodeTimeout, http.StatusGatewayTimeout, "upstream timed out"
 	}
 	he := service.Errorf(status, code, "%s", msg)
 	he.Cause = err
-	service.WriteError(w, r, rp.logger, he)
+	return he
 }
 
 func singleJoin(a, b string) string {
@@ -228,87 +178,152 @@ func singleJoin(a, b string) string {
 	return a + b
 }
 
-// ServeHTTP authenticates, rate-limits and proxies one request.
-func (rp *routeProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if err := rp.serve(w, r); err != nil {
-		service.WriteError(w, r, rp.logger, err)
+// climbs reports whether an escaped path holds a ".." segment, spelt
+// plainly or escaped.
+func climbs(raw []byte) bool {
+	if bytes.Contains(raw, []byte("..")) {
+		return true
 	}
+	if bytes.IndexByte(raw, '%') < 0 {
+		return false
+	}
+	p, err := url.PathUnescape(string(raw))
+	return err != nil || strings.Contains(p, "..")
 }
 
-func (rp *routeProxy) serve(w http.ResponseWriter, r *http.Request) error {
-	a := rp.gw
-	if len(rp.route.Methods) > 0 && !slices.Contains(rp.route.Methods, r.Method) && r.Method != http.MethodOptions {
-		return service.Errorf(http.StatusMethodNotAllowed, service.CodeBadRequest, "%s is not allowed here", r.Method)
+// serve authenticates, rate-limits and proxies one request. It reports
+// whether the answer streams on after it returns.
+func (rp *routeProxy) serve(c *call) (streaming bool, err error) {
+	a, fc := rp.gw, c.fc
+	if !rp.allows(fc.Method()) {
+		return false, service.Errorf(http.StatusMethodNotAllowed, service.CodeBadRequest, "%s is not allowed here", fc.Method())
 	}
-	if a.cors.preflight(w, r) {
-		return nil // never counted, never proxied
+	if a.cors.preflight(fc) {
+		return false, nil // never counted, never proxied
 	}
-	a.cors.headers(w, r)
-
-	if rp.route.Strip && strings.Contains(r.URL.Path, "..") {
-		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "the path may not contain \"..\"")
+	a.cors.headers(fc)
+	if len(fc.Request.Header.Peek("Upgrade")) > 0 {
+		// No Lucid service switches protocols; the gateway carries HTTP/1.1.
+		return false, service.Errorf(http.StatusNotImplemented, service.CodeBadRequest, "protocol upgrades are not supported")
+	}
+	raw := fc.URI().PathOriginal()
+	if rp.route.Strip && climbs(raw) {
+		return false, service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "the path may not contain \"..\"")
 	}
 	now := a.now() // once: the token, the budget and the pick see one instant
 	var claims *auth.Claims
-	if h := r.Header.Get("Authorization"); h != "" || !rp.route.Public {
-		c, err := a.authenticate(r, now)
+	if h := fc.Request.Header.Peek("Authorization"); len(h) > 0 || !rp.route.Public {
+		cl, err := a.authenticate(h, now)
 		if err != nil {
-			rp.logger.InfoContext(r.Context(), "authentication failed", "reason", err.Error(), "path", r.URL.Path)
+			rp.logger.InfoContext(c.ctx, "authentication failed", "reason", err.Error(), "path", string(fc.Path()))
 			a.metrics.authFailures.Inc()
 			// Failed attempts count against the client's address, so
 			// guessing tokens is rate limited like anything else.
-			b, key := a.principal(r, nil)
-			if lerr := a.limit(w, r, b, key, 1, now); lerr != nil {
-				return lerr
+			b, key := a.principal(fc, nil)
+			if lerr := a.limit(c.ctx, fc, b, key, 1, now); lerr != nil {
+				return false, lerr
 			}
-			return service.Errorf(http.StatusUnauthorized, service.CodeAuth, "invalid or missing token")
+			return false, service.Errorf(http.StatusUnauthorized, service.CodeAuth, "invalid or missing token")
 		}
-		claims = c
+		claims = cl
 	}
-	b, key := a.principal(r, claims)
+	b, key := a.principal(fc, claims)
 	if err := a.enter(b, key); err != nil {
-		return err
+		return false, err
 	}
-	defer a.leave(b, key)
-	cost, later, counted := a.requestCost(r, b)
-	if err := a.limit(w, r, b, key, cost, now); err != nil {
-		return err
-	}
-	inst, err := rp.pool.pick(now)
-	if err != nil {
-		he := service.Errorf(http.StatusServiceUnavailable, service.CodeUnready, "no healthy %s instance", rp.route.Service)
-		he.Cause = err
-		return he
-	}
-	if fastPath(r) {
-		rp.forward(w, r, inst, claims)
-		return nil
+	c.budget, c.key, c.entered = b, key, true
+	cost, later, counted := a.requestCost(fc, b)
+	if err := a.limit(c.ctx, fc, b, key, cost, now); err != nil {
+		return false, err
 	}
 	if cost > 1 {
 		b.bodyUnits.Add(float64(cost - 1))
 	}
-	rp.proxyBody(w, r, &proxied{inst: inst, claims: claims}, b, key, later, counted)
-	return nil
+	c.later = later
+	inst, err := rp.pool.pick(now)
+	if err != nil {
+		he := service.Errorf(http.StatusServiceUnavailable, service.CodeUnready, "no healthy %s instance", rp.route.Service)
+		he.Cause = err
+		return false, he
+	}
+	return rp.forward(c, inst, claims, counted)
 }
 
-// proxyBody proxies a request the fast path does not carry through
-// httputil.ReverseProxy, and then charges what its body costs beyond what
-// was taken up front: later units, or, for a body without a length, those
-// of the bytes that passed. The charge stands however the request ends.
-func (rp *routeProxy) proxyBody(w http.ResponseWriter, r *http.Request, px *proxied, b *budget, key string, later int, counted bool) {
-	out := r.WithContext(context.WithValue(r.Context(), proxiedKey{}, px))
-	if counted {
-		body := &countingBody{ReadCloser: r.Body}
-		out.Body = body
-		defer func() { rp.gw.charge(r, b, key, rp.gw.bodyUnits(body.n.Load(), b)) }()
-	} else if later > 0 {
-		defer rp.gw.charge(r, b, key, later)
+// proxyRequest writes into req what goes upstream for c: the method, the
+// target's path and query, the upstream's Host, the client's end-to-end
+// headers, and the gateway's own forwarding, request-ID and identity
+// headers. Hop-by-hop headers, and those the Connection header names, stay
+// behind.
+func (rp *routeProxy) proxyRequest(c *call, req *fasthttp.Request, target *url.URL, claims *auth.Claims) {
+	fc := c.fc
+	in := &fc.Request.Header
+	out := &req.Header
+	out.SetMethodBytes(in.Method())
+	path := rp.upstreamPath(string(fc.URI().PathOriginal()), target)
+	uri := path
+	if q := joinQuery(target.RawQuery, string(fc.URI().QueryString())); q != "" {
+		uri += "?" + q
 	}
-	// The answer may start before the body is all read (a stream, a large
-	// answer): without full duplex, the server would close the body under
-	// the transport as the answer's headers go out, cutting the request.
-	if err := http.NewResponseController(w).EnableFullDuplex(); err != nil {
-		rp.logger.WarnContext(r.Context(), "full duplex unavailable; a body must be read before the answer starts", "error", err)
+	out.SetRequestURI(uri)
+	out.SetHost(target.Host)
+	conn := connectionTokens(in.Peek("Connection"))
+	for k, v := range in.All() {
+		ks := string(k) // the compiler does not copy for these comparisons
+		if hopHeader(ks) || ks == "Content-Length" || !rp.passesHeader(ks) || (conn != nil && slices.Contains(conn, ks)) {
+			continue
+		}
+		out.AddBytesKV(k, v)
 	}
-	rp.proxy.ServeHTTP(w, out)
+	// A client may say it accepts trailers; nothing else of TE is ours
+	// to pass on.
+	if hasToken(in.PeekAll("Te"), "trailers") {
+		out.Set("Te", "trailers")
+	}
+	rp.forwardHeaders(c, path, claims, out)
+}
+
+// hopHeader reports whether k (canonical) is a hop-by-hop header (RFC
+// 9110 7.6.1), which a proxy never forwards.
+func hopHeader(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+		"Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
+
+// connectionTokens lists, canonical, the headers a Connection header names
+// as hop-by-hop too; nil when there are none, as for most messages.
+func connectionTokens(v []byte) []string {
+	if len(v) == 0 {
+		return nil
+	}
+	var out []string
+	for t := range strings.SplitSeq(string(v), ",") {
+		if t = strings.TrimSpace(t); t != "" && !strings.EqualFold(t, "close") && !strings.EqualFold(t, "keep-alive") {
+			out = append(out, http.CanonicalHeaderKey(t))
+		}
+	}
+	return out
+}
+
+// hasToken reports whether a comma-separated header holds token.
+func hasToken(values [][]byte, token string) bool {
+	for _, v := range values {
+		for t := range strings.SplitSeq(string(v), ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// joinQuery joins a target's query and a request's, as ReverseProxy does.
+func joinQuery(target, in string) string {
+	if target == "" || in == "" {
+		return target + in
+	}
+	return target + "&" + in
 }

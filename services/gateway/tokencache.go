@@ -38,17 +38,17 @@ func newTokenCache(maxTokens int) *tokenCache {
 	return c
 }
 
-func (c *tokenCache) shard(tok string) *tokenShard {
-	return &c.shards[maphash.String(c.seed, tok)%uint64(len(c.shards))]
+func (c *tokenCache) shard(tok []byte) *tokenShard {
+	return &c.shards[maphash.Bytes(c.seed, tok)%uint64(len(c.shards))]
 }
 
 // get returns the claims of a verified token that is still within its
 // validity window at now (with the same leeway as verification) and whose
 // key has not retired.
-func (c *tokenCache) get(tok string, now time.Time) *auth.Claims {
+func (c *tokenCache) get(tok []byte, now time.Time) *auth.Claims {
 	sh := c.shard(tok)
 	sh.mu.RLock()
-	e := sh.m[tok]
+	e := sh.m[string(tok)] // no copy: a map index by a converted slice
 	sh.mu.RUnlock()
 	cl := e.claims
 	if cl == nil || (!e.until.IsZero() && !now.Before(e.until)) {
@@ -64,7 +64,7 @@ func (c *tokenCache) get(tok string, now time.Time) *auth.Claims {
 }
 
 func (c *tokenCache) put(tok string, cl *auth.Claims, until time.Time) {
-	sh := c.shard(tok)
+	sh := c.shard([]byte(tok))
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if len(sh.m) >= c.max {

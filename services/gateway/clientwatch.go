@@ -1,0 +1,147 @@
+package gateway
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// A client that leaves while the upstream thinks, or while an answer
+// streams, ends the upstream exchange at once rather than at the route's
+// timeout, so a departed client holds no upstream connection and no
+// service work. fasthttp does not read a connection while its handler
+// runs, so a request that is still waiting after watchDelay has its
+// client's socket watched: the poller wakes the watch when the socket
+// turns readable, and a closed or reset socket ends the exchange. Most
+// requests are answered well before watchDelay and cost a timer.
+
+// errClientLeft ends an exchange whose client has gone.
+var errClientLeft = errors.New("the client went away")
+
+// watchDelay is how long an exchange runs before its client is watched.
+const watchDelay = 50 * time.Millisecond
+
+// clientWatch is one call's watch over its client.
+type clientWatch struct {
+	mu      sync.Mutex
+	gen     uint64      // arm count: a late timer of an earlier arm does nothing
+	timer   *time.Timer // nil while not armed
+	client  net.Conn
+	up      net.Conn // the upstream connection in use, cut when the client leaves
+	gone    bool
+	stopped bool
+	// watching is set while a watch goroutine runs; quit stops it and
+	// done says it has.
+	watching   bool
+	quit, done chan struct{}
+}
+
+// arm starts watching client after watchDelay, until stop.
+func (w *clientWatch) arm(client net.Conn) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.timer != nil || w.stopped {
+		return // armed already (a second exchange of the same call)
+	}
+	w.gen++
+	gen := w.gen
+	w.client = client
+	w.timer = time.AfterFunc(watchDelay, func() { w.watch(gen) })
+}
+
+// use points the watch at the upstream connection in use and sets its
+// read deadline (zero: none), unless the client has left.
+func (w *clientWatch) use(up net.Conn, deadline time.Time) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.gone {
+		return errClientLeft
+	}
+	w.up = up
+	return up.SetReadDeadline(deadline)
+}
+
+// left reports whether the client has left.
+func (w *clientWatch) left() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.gone
+}
+
+// stop ends the watch, waiting for its goroutine, and reports whether the
+// client had left. The watch can then be armed again.
+func (w *clientWatch) stop() (left bool) {
+	w.mu.Lock()
+	w.stopped = true
+	if w.timer != nil {
+		w.timer.Stop()
+		w.timer = nil
+	}
+	watching, done := w.watching, w.done
+	if watching {
+		close(w.quit)
+		_ = w.client.SetReadDeadline(time.Unix(1, 0)) // wakes the poller
+	}
+	w.mu.Unlock()
+	if watching {
+		<-done
+	}
+	w.mu.Lock()
+	left = w.gone
+	w.gone, w.stopped, w.watching = false, false, false
+	w.client, w.up = nil, nil
+	w.mu.Unlock()
+	return left
+}
+
+// watch runs on the timer's goroutine until the client leaves or the
+// watch stops.
+func (w *clientWatch) watch(gen uint64) {
+	w.mu.Lock()
+	if gen != w.gen || w.stopped || w.client == nil {
+		w.mu.Unlock()
+		return
+	}
+	raw := rawConnOf(w.client)
+	if raw == nil {
+		w.mu.Unlock()
+		return
+	}
+	// fasthttp's header deadline is still on the connection; the watch
+	// waits for as long as the exchange runs. fasthttp sets the next
+	// request's deadline itself.
+	_ = w.client.SetReadDeadline(time.Time{})
+	w.watching = true
+	w.quit, w.done = make(chan struct{}), make(chan struct{})
+	quit, done := w.quit, w.done
+	w.mu.Unlock()
+
+	gone := clientClosed(raw, quit)
+	w.mu.Lock()
+	if gone && !w.stopped {
+		w.gone = true
+		if w.up != nil {
+			_ = w.up.SetDeadline(time.Unix(1, 0))
+		}
+	}
+	w.mu.Unlock()
+	close(done)
+}
+
+// rawConnOf is the socket under a client connection (TLS or not), or nil.
+func rawConnOf(c net.Conn) syscall.RawConn {
+	if t, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = t.NetConn()
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return raw
+}

@@ -1,0 +1,62 @@
+package gateway
+
+import (
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// tcpCloseWait is Linux's TCP_CLOSE_WAIT: the peer has sent its FIN.
+const tcpCloseWait = 8
+
+// clientClosed waits until the client's side of raw is closed or reset
+// (true), or quit closes (false). It waits on the runtime's poller for the
+// socket to turn readable and peeks, never consuming a byte: nothing to
+// read means closed. Bytes that wait (a pipelined request, or TLS's
+// close_notify before the FIN) leave the socket readable, so from then on
+// its TCP state is checked a few times a second instead.
+func clientClosed(raw syscall.RawConn, quit <-chan struct{}) bool {
+	var closed, pending bool
+	err := raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case err == unix.EAGAIN || err == unix.EINTR:
+			return false // nothing yet: wait for the poller
+		case err != nil || n == 0:
+			closed = true
+		default:
+			pending = true
+		}
+		return true
+	})
+	if err != nil || closed {
+		return closed // err: the deadline stop set
+	}
+	if !pending {
+		return false
+	}
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-quit:
+			return false
+		case <-t.C:
+			if closeWait(raw) {
+				return true
+			}
+		}
+	}
+}
+
+func closeWait(raw syscall.RawConn) bool {
+	var state uint8
+	_ = raw.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.SOL_TCP, unix.TCP_INFO); err == nil {
+			state = info.State
+		}
+	})
+	return state == tcpCloseWait
+}

@@ -1,0 +1,277 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+
+	"github.com/pickme/lucid/pkg/buildinfo"
+	"github.com/pickme/lucid/pkg/service"
+)
+
+// The gateway serves its listener with fasthttp rather than net/http:
+// every request of a Pi passes here, and net/http's server alone caps a
+// proxy well below nginx on the same cores (docs/gateway.md). What the
+// other services get from package service's middleware (request IDs, the
+// access log, request metrics, panic recovery, JSON errors) the gateway
+// does itself on this path, with the same names and shapes; its own
+// endpoints (/health, /ready, /metrics) are still the service's handler.
+
+// Server limits. A request's headers must arrive within headerTimeout
+// (slowloris); a body (a 16 MiB chunk from a Pi on Wi-Fi) within
+// bodyTimeout. There is no write timeout: follow streams are long-lived by
+// design, and the services cut off readers that stop reading.
+const (
+	headerTimeout = 5 * time.Second
+	bodyTimeout   = 2 * time.Minute
+	idleTimeout   = 2 * time.Minute
+	// maxHeaderBytes bounds a request line and its headers (a token is at
+	// most 4 KiB). It is the read buffer's size, held only while a request
+	// is read: an idle keep-alive connection holds none.
+	maxHeaderBytes = 16 << 10
+	// maxBodyBytes bounds a request body, well above the data chain's
+	// largest chunk (16 MiB); bodies stream through, never held whole.
+	maxBodyBytes = 64 << 20
+)
+
+// ownPaths are the gateway's own endpoints, served by package service's
+// handler; the route table may not claim them.
+var ownPaths = [][]byte{[]byte("/health"), []byte("/ready"), []byte("/metrics")}
+
+// ServeOn serves ln until ctx ends: the routes through the proxy, the rest
+// through srv's handler. Then it drains for up to the shutdown timeout.
+func (a *App) ServeOn(ctx context.Context, ln net.Listener, srv *service.Server) error {
+	a.srv = srv
+	a.own = fasthttpadaptor.NewFastHTTPHandler(srv.Handler())
+	a.inFlight = srv.InFlight()
+	fs := &fasthttp.Server{
+		Handler:                      a.handle,
+		ReadTimeout:                  headerTimeout,
+		IdleTimeout:                  idleTimeout,
+		HeaderReceived:               receivedHeaders,
+		ReadBufferSize:               maxHeaderBytes,
+		MaxRequestBodySize:           maxBodyBytes,
+		StreamRequestBody:            true,
+		ReduceMemoryUsage:            true, // idle connections hold no buffers
+		DisablePreParseMultipartForm: true,
+		NoDefaultServerHeader:        true,
+		NoDefaultContentType:         true,
+		CloseOnShutdown:              true,
+		Logger:                       fasthttpLogger{a.logger},
+	}
+	cfg := srv.Config()
+	scheme := "http"
+	if cfg.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("TLS certificate (%s, %s): %w", service.EnvTLSCertFile, service.EnvTLSKeyFile, err)
+		}
+		ln = tls.NewListener(ln, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
+		scheme = "https"
+	}
+	bi := buildinfo.Read()
+	a.logger.Info("serving", "addr", ln.Addr().String(), "scheme", scheme, "version", bi.Version, "commit", bi.Commit)
+
+	errc := make(chan error, 1)
+	go func() { errc <- fs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	srv.Drain()
+	a.logger.Info("shutting down", "deadline", cfg.ShutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	defer cancel()
+	err := fs.ShutdownWithContext(sctx)
+	// Shutdown closes only listeners Serve has taken up, and Serve may
+	// not have started yet.
+	_ = ln.Close()
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("shutdown: requests still running after %s were cut off", cfg.ShutdownTimeout)
+		}
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-errc; err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	a.logger.Info("stopped")
+	return nil
+}
+
+// receivedHeaders gives a request with a body the body's time: the header
+// timeout ends once the headers are in.
+func receivedHeaders(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	if bodyLength(h) != 0 {
+		return fasthttp.RequestConfig{ReadTimeout: bodyTimeout}
+	}
+	return fasthttp.RequestConfig{}
+}
+
+// fasthttpLogger sends fasthttp's own messages (malformed requests,
+// connections it gave up on) to the service log as warnings.
+type fasthttpLogger struct{ l *slog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) { f.l.Warn(fmt.Sprintf(format, args...)) }
+
+// sortRoutes orders the route handlers longest prefix first, so the first
+// match is the longest.
+func sortRoutes(rps []*routeProxy) {
+	sort.SliceStable(rps, func(i, j int) bool { return len(rps[i].prefix) > len(rps[j].prefix) })
+}
+
+// routeFor is the route of path: the longest prefix it equals or lies
+// under; nil for none and for the gateway's own endpoints.
+func (a *App) routeFor(path []byte) *routeProxy {
+	for _, p := range ownPaths {
+		if bytes.Equal(path, p) {
+			return nil
+		}
+	}
+	for _, rp := range a.proxies {
+		if rp.matches(path) {
+			return rp
+		}
+	}
+	return nil
+}
+
+// call is one request through the proxy: what its handler decided, and
+// what must happen when it ends, which for a streamed answer is after the
+// handler has returned. Calls are pooled.
+type call struct {
+	fc    *fasthttp.RequestCtx
+	ctx   context.Context // carries the request ID, for the log and Redis
+	id    string
+	start time.Time
+	rp    *routeProxy
+
+	// budget and key are the principal's, once admitted (entered).
+	budget  *budget
+	key     string
+	entered bool
+	// later is the units charged once the request is done; body counts a
+	// body without a length as it passes.
+	later int
+	body  *countingReader
+
+	watch *clientWatch
+	// streamed is set when the answer streams; sent counts its bytes, for
+	// the access log.
+	streamed bool
+	sent     int64
+}
+
+var calls = sync.Pool{New: func() any { return &call{watch: &clientWatch{}} }}
+
+// handle serves one request.
+func (a *App) handle(fc *fasthttp.RequestCtx) {
+	rp := a.routeFor(fc.URI().PathOriginal())
+	if rp == nil {
+		a.own(fc)
+		return
+	}
+	c := calls.Get().(*call)
+	c.fc, c.rp, c.start = fc, rp, time.Now()
+	c.id = ""
+	if v := fc.Request.Header.Peek(service.HeaderRequestID); len(v) > 0 && service.ValidRequestID(string(v)) {
+		c.id = string(v)
+	}
+	if c.id == "" {
+		c.id = service.NewRequestID()
+	}
+	c.ctx = service.WithRequestID(context.Background(), c.id)
+	a.inFlight.Inc()
+	fc.Response.Header.Set(service.HeaderRequestID, c.id)
+	streaming := a.serve(c)
+	if !streaming {
+		a.end(c)
+	}
+}
+
+// serve runs the route's handler, answering its error and a panic; it
+// reports whether the answer streams on after it returns (and so ends
+// the call itself).
+func (a *App) serve(c *call) (streaming bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			a.logger.ErrorContext(c.ctx, "handler panicked", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			c.fc.Response.ResetBody()
+			a.writeError(c, service.Errorf(http.StatusInternalServerError, service.CodeInternal, "internal error"))
+			streaming = false
+		}
+	}()
+	streaming, err := c.rp.serve(c)
+	if err != nil {
+		a.writeError(c, err)
+	}
+	return streaming
+}
+
+// end finishes a call: the principal leaves, a body's cost is charged, and
+// the request is logged and metered. A streamed answer ends when its body
+// is closed.
+func (a *App) end(c *call) {
+	if c.entered {
+		b := c.budget
+		units := c.later
+		if c.body != nil {
+			units = a.bodyUnits(c.body.n, b)
+		}
+		a.charge(c.ctx, b, c.key, units)
+		a.leave(b, c.key)
+	}
+	c.watch.stop() // a no-op unless the handler panicked mid-exchange
+	fc := c.fc
+	status := fc.Response.StatusCode()
+	elapsed := time.Since(c.start)
+	method := string(fc.Method())
+	a.srv.ObserveRequest(c.rp.prefix, method, status, elapsed)
+	a.inFlight.Dec()
+	if a.logger.Enabled(c.ctx, slog.LevelInfo) {
+		n := c.sent
+		if !c.streamed { // Body would read a stream whole
+			n = int64(len(fc.Response.Body()))
+		}
+		a.logger.LogAttrs(c.ctx, slog.LevelInfo, "request",
+			slog.String("method", method), slog.String("path", string(fc.Path())), slog.String("route", c.rp.prefix),
+			slog.Int("status", status), slog.Int64("bytes", n), slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
+			slog.String("remote", fc.RemoteAddr().String()))
+	}
+	*c = call{watch: c.watch}
+	calls.Put(c)
+}
+
+// writeError answers err as package service does: JSON, with the request
+// ID, and logged (a 5xx as an error).
+func (a *App) writeError(c *call, err error) {
+	he, body := service.ErrorResponse(err, c.id)
+	level := slog.LevelInfo
+	if he.Status >= 500 {
+		level = slog.LevelError
+	}
+	a.logger.Log(c.ctx, level, "request failed", "method", string(c.fc.Method()), "path", string(c.fc.Path()),
+		"status", he.Status, "code", he.Code, "error", err)
+	h := &c.fc.Response.Header
+	if he.RetryAfter > 0 {
+		h.Set("Retry-After", fmt.Sprint(he.RetryAfter))
+	}
+	h.SetContentType("application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	c.fc.SetStatusCode(he.Status)
+	c.fc.SetBody(body)
+}
