@@ -211,7 +211,8 @@ run() {
 	[[ $t == nginx || $t == caddy || $t == gateway ]] && back=("$backpid")
 	s0="$(ticks "${srv[@]}")"
 	((${#back[@]})) && b0="$(ticks "${back[@]}")"
-	out="$(wrk -t "$((c < 2 ? 1 : 2))" -c "$c" -d "${secs}s" --latency ${hdr[$t]:+-H "${hdr[$t]}"} "${url[$t]}")"
+	out="$(wrk -t "$((c < 2 ? 1 : 2))" -c "$c" -d "${secs}s" --latency ${hdr[$t]:+-H "${hdr[$t]}"} "${url[$t]}")" ||
+		die "wrk failed against $t: $out"
 	s1="$(ticks "${srv[@]}")"
 	((${#back[@]})) && b1="$(ticks "${back[@]}")"
 	reqs="$(awk '/ requests in / { print $1 }' <<<"$out")"
@@ -280,6 +281,9 @@ idle_memory nginx 3000
 # a single run swings by a third: each configuration runs ROUNDS times,
 # interleaved, and the medians and spread are reported.
 load0="$(cut -d ' ' -f 1-3 /proc/loadavg)"
+if awk -v l="${load0%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n) }'; then
+	echo "warning: load average $load0 on $(nproc) cores: other processes are running, the figures will be low and noisy" >&2
+fi
 echo "== req/s, latency and CPU: ${secs}s per run, $rounds rounds" >&2
 round=warm-up
 for t in direct nginx caddy gateway const-backend const-nginx; do
@@ -305,7 +309,8 @@ fmt_rate() {
 		"$(median "$f" 1)" "$(col "$f" 1 | sort -g | head -1)" "$(col "$f" 1 | sort -g | tail -1)" \
 		"$(median "$f" 2)" "$(median "$f" 3)" "$(cpu1 "$(median "$f" 4)")" "$(cpu1 "$(median "$f" 5)")" "$(col "$f" 6 | awk '{ n += $1 } END { print n }')"
 }
-# ratio NAME A B CONNS COLUMN OP: per round A op B on COLUMN, the median first.
+# ratio NAME A B CONNS COLUMN OP KIND FORMAT: a KIND row of A OP B (/ or -)
+# on COLUMN of the results, the median, then every round in order.
 ratio() {
 	paste -d ' ' <(col "$work/res-$2-$4" "$5") <(col "$work/res-$3-$4" "$5") |
 		awk -v op="$6" '{ print (op == "/") ? $1 / $2 : $1 - $2 }' >"$work/$7-${1//\//-}-$4"
