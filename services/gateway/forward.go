@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -177,7 +178,7 @@ func (rp *routeProxy) exchange(c *call, inst *instance, req *fasthttp.Request, r
 			return nil, err
 		}
 		rp.latency.Observe(time.Since(start).Seconds())
-		if resp.BodyStream() == nil {
+		if readWhole(resp) {
 			// Bytes past the answer were never asked for (a late 408, a
 			// broken upstream): they would be read as the next answer.
 			keep := !resp.ConnectionClose() && br.Buffered() == 0
@@ -199,6 +200,13 @@ func (rp *routeProxy) exchange(c *call, inst *instance, req *fasthttp.Request, r
 			}
 		}, nil
 	}
+}
+
+// readWhole reports whether resp's body was read whole (small, or none):
+// fasthttp then serves it from memory, and the connection is free.
+func readWhole(resp *fasthttp.Response) bool {
+	_, ok := resp.BodyStream().(*bytes.Reader)
+	return ok || resp.BodyStream() == nil
 }
 
 func isTimeout(err error) bool {
@@ -275,9 +283,9 @@ func (rp *routeProxy) relay(c *call, resp *fasthttp.Response, finish func(keep b
 		out.SetContentLength(resp.Header.ContentLength())
 	}
 	stream := resp.BodyStream()
-	if stream == nil {
-		if !resp.SkipBody {
-			fc.SetBody(resp.Body())
+	if finish == nil { // read whole
+		if stream != nil && !resp.SkipBody {
+			_, _ = io.Copy(fc.Response.BodyWriter(), stream) // memory to memory
 		}
 		c.watch.stop()
 		fasthttp.ReleaseResponse(resp)
