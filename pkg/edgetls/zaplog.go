@@ -16,7 +16,9 @@ var _ zapcore.Core = slogCore{}
 
 func newSlogCore(l *slog.Logger) zapcore.Core { return slogCore{h: l.Handler()} }
 
-func (c slogCore) Enabled(l zapcore.Level) bool { return c.h.Enabled(context.Background(), slogLevel(l)) }
+func (c slogCore) Enabled(l zapcore.Level) bool {
+	return c.h.Enabled(context.Background(), slogLevel(l))
+}
 
 func (c slogCore) With(fields []zapcore.Field) zapcore.Core {
 	return slogCore{h: c.h.WithAttrs(slogAttrs(fields))}
