@@ -9,7 +9,9 @@ import (
 )
 
 // slogCore sends certmagic's zap log entries to the service's slog handler, so they are JSON lines like every
-// other. certmagic logs no key material; its entries keep their names under "logger".
+// other. certmagic logs no key material; its entries keep their names under "logger". Its debug entries are
+// dropped: there are three for every handshake and one for every ACME request, and they would drown the
+// gateway's own debug log.
 type slogCore struct{ h slog.Handler }
 
 var _ zapcore.Core = slogCore{}
@@ -17,7 +19,7 @@ var _ zapcore.Core = slogCore{}
 func newSlogCore(l *slog.Logger) zapcore.Core { return slogCore{h: l.Handler()} }
 
 func (c slogCore) Enabled(l zapcore.Level) bool {
-	return c.h.Enabled(context.Background(), slogLevel(l))
+	return l >= zapcore.InfoLevel && c.h.Enabled(context.Background(), slogLevel(l))
 }
 
 func (c slogCore) With(fields []zapcore.Field) zapcore.Core {
