@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,7 +44,7 @@ func startACMEEdge(t *testing.T, domain string, validity time.Duration, adjust f
 	tlsPort := tlsLn.Addr().(*net.TCPAddr).Port
 	p := testenv.StartPebble(t, testenv.PebbleOptions{HTTPPort: plainPort, TLSPort: tlsPort, Validity: validity})
 
-	a := &ACME{Domains: []string{domain}, Directory: p.DirectoryURL, CARootFile: p.CARootFile, StorageDir: t.TempDir()}
+	a := &ACME{Domains: []string{domain}, Directory: p.DirectoryURL, CARootFile: p.CARootFile, StorageDir: storageDir(t)}
 	if adjust != nil {
 		adjust(a)
 	}
@@ -55,6 +56,18 @@ func startACMEEdge(t *testing.T, domain string, validity time.Duration, adjust f
 		ae.servePlain(t)
 	}
 	return ae
+}
+
+// storageDir is the edge's ACME storage. Not t.TempDir: certmagic may still be releasing a lock file in it just
+// after Close, which would fail t.TempDir's check that it removed everything.
+func storageDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "edgetls-acme-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
 }
 
 func (ae *acmeEdge) servePlain(t *testing.T) {

@@ -286,7 +286,7 @@ func handshake(t *testing.T, addr, name string, roots *x509.CertPool) *x509.Cert
 	if err != nil {
 		t.Fatalf("handshake with %s for %s: %v", addr, name, err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	return c.ConnectionState().PeerCertificates[0]
 }
 

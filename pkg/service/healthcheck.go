@@ -16,8 +16,8 @@ import (
 	"github.com/pickme/lucid/pkg/envconfig"
 )
 
-// EnvACMEDomains, LUCID_ACME_DOMAINS, has a public listener serve TLS with
-// certificates obtained over ACME (pkg/edgetls reads it).
+// EnvACMEDomains is LUCID_ACME_DOMAINS: when set, a public listener serves
+// TLS with certificates obtained over ACME (pkg/edgetls reads it).
 const EnvACMEDomains = "LUCID_ACME_DOMAINS"
 
 // ProbeTarget reads from r only what a health probe of the service called
