@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -124,7 +125,9 @@ func Read(r *envconfig.Reader, dataDir string) Config {
 			r.Fail(EnvACMEDomains, "%q: %v", d, err)
 			continue
 		}
-		a.Domains = append(a.Domains, d)
+		if !slices.Contains(a.Domains, d) {
+			a.Domains = append(a.Domains, d)
+		}
 	}
 	if a.Email != "" && !strings.Contains(a.Email, "@") {
 		r.Fail(EnvACMEEmail, "%q is not an email address", a.Email)

@@ -47,7 +47,7 @@ func TestRead(t *testing.T) {
 		t.Fatalf("defaults: %+v, %v", c, err)
 	}
 
-	c, err = read(map[string]string{EnvACMEDomains: " Pi.Example.net, api.example.net ", EnvACMEEmail: "ops@example.net",
+	c, err = read(map[string]string{EnvACMEDomains: " Pi.Example.net, api.example.net,pi.example.net ", EnvACMEEmail: "ops@example.net",
 		EnvACMECARoot: root, EnvHTTPSPort: "8443", EnvHTTPAddr: "127.0.0.1:8079", EnvHSTSMaxAge: "0"})
 	if err != nil {
 		t.Fatal(err)
