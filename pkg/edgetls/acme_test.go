@@ -119,6 +119,9 @@ func TestACMEIssues(t *testing.T) {
 			if !ae.NotAfter().IsZero() {
 				t.Fatal("a certificate before the plain listener answered")
 			}
+			if !strings.Contains(ae.logs.String(), "a handshake found no certificate; none is obtained yet") {
+				t.Error("the log does not say why the handshake failed")
+			}
 			ae.servePlain(t)
 			ae.waitForCertificate(t)
 
@@ -162,6 +165,18 @@ func TestACMEIssues(t *testing.T) {
 			if want := "https://" + domain + ":8443/api/v1/anchors?x=1"; resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != want {
 				t.Errorf("plain POST: %d %q, want 308 %q", resp.StatusCode, resp.Header.Get("Location"), want)
 			}
+
+			// A restart finds the certificate in storage: nothing is obtained again.
+			if err := ae.Close(); err != nil {
+				t.Fatal(err)
+			}
+			reg := prometheus.NewRegistry()
+			again := start(t, Config{ACME: ae.cfg.ACME, HTTPAddr: ae.plainAddr}, reg)
+			testenv.Eventually(t, 10*time.Second, "the stored certificate loaded", func() bool { return !again.NotAfter().IsZero() })
+			if !again.NotAfter().Equal(leaf.NotAfter) {
+				t.Errorf("after a restart NotAfter is %s, want the stored %s", again.NotAfter(), leaf.NotAfter)
+			}
+			checkMetrics(t, reg, domain, leaf.NotAfter, 0)
 		})
 	}
 }
