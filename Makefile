@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -w -X $(MODULE)/pkg/buildinfo.Version=$(VERSION) -X $(MODULE)/pkg/buildinfo.Commit=$(COMMIT)
 
-.PHONY: build run test test-race bench bench-gateway bench-backup vet lint fmt clean consul
+.PHONY: build run test test-race bench bench-gateway bench-backup vet lint fmt clean consul pebble
 
 ## build: lucidctl and lucid into bin/
 build:
@@ -56,6 +56,10 @@ fmt:
 ## consul: build (once) and print the path of the Consul agent tests use
 consul:
 	./scripts/build-consul.sh
+
+## pebble: build (once) and print the directory of the Pebble ACME server tests use
+pebble:
+	./scripts/build-pebble.sh
 
 clean:
 	rm -rf bin dist

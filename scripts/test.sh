@@ -2,17 +2,18 @@
 # test.sh is Lucid's test command (the README's, and what .ci/run calls).
 # On a fresh machine with only Go it first installs or builds what the tests
 # need: sshd, Redis, wrk and qemu-user-static from apt, and a real Consul
-# agent, GoReleaser and golangci-lint built from the Go module proxy (cached,
-# so only the first run pays for them). Then it checks formatting, vets,
-# lints (.golangci.yml), cross-compiles lucidctl for the operator platforms
-# and runs every test. Extra arguments go to `go test`.
+# agent, the Pebble ACME server, GoReleaser and golangci-lint built from the
+# Go module proxy (cached, so only the first run pays for them). Then it
+# checks formatting, vets, lints (.golangci.yml), cross-compiles lucidctl for
+# the operator platforms and runs every test. Extra arguments go to `go test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-test-deps.sh
 LUCID_CONSUL_BIN="$(./scripts/build-consul.sh)"
+LUCID_PEBBLE_DIR="$(./scripts/build-pebble.sh)"
 LUCID_GORELEASER_BIN="$(./scripts/build-goreleaser.sh)"
-export LUCID_CONSUL_BIN LUCID_GORELEASER_BIN
+export LUCID_CONSUL_BIN LUCID_PEBBLE_DIR LUCID_GORELEASER_BIN
 golangci_lint="$(./scripts/build-golangci-lint.sh)"
 
 echo "== gofmt" >&2

@@ -1,7 +1,7 @@
 // Package testenv finds the real tools that Lucid's tests run against
-// (consul, sshd, redis-server, wrk, docker-compose) and decides what happens
-// when one is missing: the test is skipped on a developer's machine, and
-// fails in CI (CI=true), where scripts/test.sh has installed everything.
+// (consul, pebble, sshd, redis-server, wrk, docker-compose) and decides what
+// happens when one is missing: the test is skipped on a developer's machine,
+// and fails in CI (CI=true), where scripts/test.sh has installed everything.
 package testenv
 
 import (

@@ -16,6 +16,10 @@ import (
 	"github.com/pickme/lucid/pkg/envconfig"
 )
 
+// EnvACMEDomains is LUCID_ACME_DOMAINS: when set, a public listener serves
+// TLS with certificates obtained over ACME (pkg/edgetls reads it).
+const EnvACMEDomains = "LUCID_ACME_DOMAINS"
+
 // ProbeTarget reads from r only what a health probe of the service called
 // name needs: its listen address and whether it serves TLS. A probe holds
 // no credential, so a missing secret is not its concern.
@@ -26,7 +30,10 @@ func ProbeTarget(r *envconfig.Reader, name string) (addr string, tls bool) {
 	}
 	addr = r.ListenAddr(EnvAddr, ":"+strconv.Itoa(svc.Port))
 	if svc.Public {
-		return addr, r.String(EnvTLSCertFile, "") != ""
+		// An operator's certificate or an ACME one: either way the probe
+		// speaks TLS, and does not verify a certificate made for a public
+		// name while it dials 127.0.0.1 (see insecureHealthClient).
+		return addr, r.String(EnvTLSCertFile, "") != "" || r.String(EnvACMEDomains, "") != ""
 	}
 	return addr, r.String(EnvMeshURL, "") != ""
 }
