@@ -29,9 +29,6 @@ type Config struct {
 	// MeshURL is the mesh controller, LUCID_MESH_URL. When set, the service
 	// obtains a mesh certificate, serves mTLS and calls the others over it.
 	MeshURL string
-	// TLSCertFile and TLSKeyFile, LUCID_TLS_CERT_FILE and LUCID_TLS_KEY_FILE,
-	// are an operator's certificate for a public listener (the gateway).
-	TLSCertFile, TLSKeyFile string
 	// Public is the catalog's mark of a client-facing listener, which the
 	// mesh's mTLS leaves alone.
 	Public bool
@@ -53,15 +50,6 @@ type Config struct {
 
 // MTLS reports whether the service calls the others over mTLS.
 func (c Config) MTLS() bool { return c.MeshURL != "" }
-
-// ServesTLS reports whether the service's own listener speaks TLS: mesh
-// mTLS, or an operator certificate on a public listener.
-func (c Config) ServesTLS() bool {
-	if c.Public {
-		return c.TLSCertFile != ""
-	}
-	return c.MTLS()
-}
 
 // Environment variables read by LoadConfig.
 const (
@@ -91,12 +79,6 @@ func LoadConfig(r *envconfig.Reader, name string) Config {
 		ShutdownTimeout: r.Duration(EnvShutdownTimeout, 15*time.Second, 0, 10*time.Minute),
 	}
 	cfg.Public = svc.Public
-	if svc.Public {
-		cfg.TLSCertFile, cfg.TLSKeyFile = r.String(EnvTLSCertFile, ""), r.String(EnvTLSKeyFile, "")
-		if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
-			r.Fail(EnvTLSCertFile, "and %s must be set together", EnvTLSKeyFile)
-		}
-	}
 	if u := r.URL(EnvMeshURL); u != nil {
 		// The bootstrap token goes to this URL: never in the clear.
 		if u.Scheme != "https" {

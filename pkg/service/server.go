@@ -189,16 +189,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	scheme := "http"
 	switch id := s.identity.Load(); {
-	case s.cfg.Public && s.cfg.TLSCertFile != "":
-		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
-		if err != nil {
-			_ = ln.Close()
-			return fmt.Errorf("TLS certificate (%s, %s): %w", EnvTLSCertFile, EnvTLSKeyFile, err)
-		}
-		ln = tls.NewListener(ln, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}})
-		scheme = "https"
 	case s.cfg.Public:
-		// Clients reach a public listener without mesh certificates.
+		// Clients reach a public listener without mesh certificates; its
+		// TLS, if any, is the app's (the gateway serves its own listener).
 	case id != nil:
 		ln = tls.NewListener(ln, id.ServerTLS(s.mayBeCalledBy))
 		scheme = "https (mTLS)"

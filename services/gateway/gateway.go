@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/edgetls"
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/keyring"
 	"github.com/pickme/lucid/pkg/ratelimit"
@@ -80,8 +82,12 @@ type App struct {
 	// proxies are the routes' handlers, longest prefix first; srv, own and
 	// inFlight are the service's server, its handler (the gateway's own
 	// endpoints) and its in-flight gauge, set by ServeOn.
-	proxies  []*routeProxy
-	srv      *service.Server
+	proxies []*routeProxy
+	srv     *service.Server
+	// tls is the public edge's TLS (LUCID_TLS_* and LUCID_ACME_*); hsts,
+	// once it serves, the Strict-Transport-Security value, nil without.
+	tls      edgetls.Config
+	hsts     []byte
 	own      fasthttp.RequestHandler
 	inFlight prometheus.Gauge
 }
@@ -179,6 +185,7 @@ func (a *App) Configure(r *envconfig.Reader) {
 		a.trusted = append(a.trusted, n)
 	}
 	a.cors = newCORS(r.String("LUCID_CORS_ORIGINS", ""))
+	a.tls = edgetls.Read(r, r.String(service.EnvDataDir, filepath.Join("/var/lib/lucid", catalog.GatewayService)))
 	a.redisURL = r.String("REDIS_URL", "")
 	if h := r.String("CONSUL_HOST", ""); h != "" {
 		a.consulAddr = net.JoinHostPort(h, strconv.Itoa(r.Int("CONSUL_PORT", 8500, 1, 65535)))

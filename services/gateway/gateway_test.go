@@ -94,6 +94,13 @@ func startGatewayWith(t testing.TB, upstream string, env map[string]string, rout
 // startGatewayLogging is startGatewayWith with the gateway's log going to h.
 func startGatewayLogging(t testing.TB, upstream string, env map[string]string, routes []routetable.Route, h slog.Handler) *gw {
 	t.Helper()
+	return startGatewayOn(t, nil, upstream, env, routes, h, nil)
+}
+
+// startGatewayOn starts a gateway serving ln (nil: a fresh loopback
+// port), with adjust, if any, changing the app once it is configured.
+func startGatewayOn(t testing.TB, ln net.Listener, upstream string, env map[string]string, routes []routetable.Route, h slog.Handler, adjust func(*App)) *gw {
+	t.Helper()
 	vars := map[string]string{"JWT_SECRET_KEY": secret}
 	for _, svc := range []string{"ENGINE", "ANCHORING", "BLOCKS", "DATACHAIN"} {
 		vars["LUCID_"+svc+"_URL"] = upstream
@@ -111,6 +118,9 @@ func startGatewayLogging(t testing.TB, upstream string, env map[string]string, r
 	if routes != nil {
 		app.routes = append([]routetable.Route(nil), routes...)
 	}
+	if adjust != nil {
+		adjust(app)
+	}
 	g := &gw{app: app, now: time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)}
 	app.now = func() time.Time { g.mu.Lock(); defer g.mu.Unlock(); return g.now }
 	srv := service.New(service.Config{Name: "gateway", Public: true}, slog.New(h))
@@ -120,9 +130,11 @@ func startGatewayLogging(t testing.TB, upstream string, env map[string]string, r
 		t.Fatal(err)
 	}
 	// The service's own server, with its real timeouts.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	served := make(chan struct{})
 	go func() { defer close(served); _ = app.ServeOn(ctx, ln, srv) }()

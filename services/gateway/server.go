@@ -18,6 +18,7 @@ import (
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/pickme/lucid/pkg/buildinfo"
+	"github.com/pickme/lucid/pkg/edgetls"
 	"github.com/pickme/lucid/pkg/service"
 )
 
@@ -73,13 +74,15 @@ func (a *App) ServeOn(ctx context.Context, ln net.Listener, srv *service.Server)
 	}
 	cfg := srv.Config()
 	scheme := "http"
-	if cfg.TLSCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+	if a.tls.Enabled() {
+		edge, stopPlain, err := a.startEdge(ctx, srv)
 		if err != nil {
 			_ = ln.Close()
-			return fmt.Errorf("TLS certificate (%s, %s): %w", service.EnvTLSCertFile, service.EnvTLSKeyFile, err)
+			return err
 		}
-		ln = tls.NewListener(ln, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
+		defer func() { stopPlain(); _ = edge.Close() }()
+		ln = tls.NewListener(ln, edge.TLSConfig())
+		a.hsts = []byte(edge.HSTS())
 		scheme = "https"
 	}
 	bi := buildinfo.Read()
@@ -111,6 +114,33 @@ func (a *App) ServeOn(ctx context.Context, ln net.Listener, srv *service.Server)
 	}
 	a.logger.Info("stopped")
 	return nil
+}
+
+// startEdge starts the public edge's TLS (certificate files, or ACME) and
+// its plain-HTTP listener, which answers ACME HTTP-01 challenges and
+// redirects everything else to HTTPS. Certificates that cannot be loaded
+// are a configuration error.
+func (a *App) startEdge(ctx context.Context, srv *service.Server) (*edgetls.Edge, func(), error) {
+	var lc net.ListenConfig
+	pln, err := lc.Listen(ctx, "tcp", a.tls.HTTPAddr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen on %s (%s): %w", a.tls.HTTPAddr, edgetls.EnvHTTPAddr, err)
+	}
+	edge, err := edgetls.Start(ctx, a.tls, a.logger, srv.Registerer())
+	if err != nil {
+		_ = pln.Close()
+		return nil, nil, &service.ConfigError{Service: "gateway", Err: err}
+	}
+	plain := &http.Server{
+		Handler:           edge.PlainHandler(),
+		ReadHeaderTimeout: headerTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(a.logger.Handler(), slog.LevelWarn),
+	}
+	go func() { _ = plain.Serve(pln) }() // ends with Close
+	a.logger.Info("serving plain HTTP for ACME challenges and redirects to HTTPS", "addr", pln.Addr().String())
+	return edge, func() { _ = plain.Close() }, nil
 }
 
 // receivedHeaders gives a request with a body the body's time: the header
@@ -180,6 +210,9 @@ var calls = sync.Pool{New: func() any { return &call{watch: &clientWatch{}} }}
 
 // handle serves one request.
 func (a *App) handle(fc *fasthttp.RequestCtx) {
+	if a.hsts != nil {
+		fc.Response.Header.SetBytesV("Strict-Transport-Security", a.hsts)
+	}
 	rp := a.routeFor(fc.URI().PathOriginal())
 	if rp == nil {
 		a.own(fc)
