@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -178,7 +177,7 @@ func (rp *routeProxy) exchange(c *call, inst *instance, req *fasthttp.Request, r
 			return nil, err
 		}
 		rp.latency.Observe(time.Since(start).Seconds())
-		if readWhole(resp) {
+		if resp.BodyStream() == nil { // read whole, or none
 			// Bytes past the answer were never asked for (a late 408, a
 			// broken upstream): they would be read as the next answer.
 			keep := !resp.ConnectionClose() && br.Buffered() == 0
@@ -200,13 +199,6 @@ func (rp *routeProxy) exchange(c *call, inst *instance, req *fasthttp.Request, r
 			}
 		}, nil
 	}
-}
-
-// readWhole reports whether resp's body was read whole (small, or none):
-// fasthttp then serves it from memory, and the connection is free.
-func readWhole(resp *fasthttp.Response) bool {
-	_, ok := resp.BodyStream().(*bytes.Reader)
-	return ok || resp.BodyStream() == nil
 }
 
 func isTimeout(err error) bool {
@@ -248,15 +240,46 @@ func (rp *routeProxy) roundTrip(c *call, hc *fasthttp.HostClient, conn net.Conn,
 	}
 	br := hc.AcquireReader(conn)
 	resp.Reset()
-	resp.StreamBody = true
 	resp.SkipBody = req.Header.IsHead()
-	if err := resp.ReadLimitBody(br, smallBody); err != nil {
+	if err := readAnswer(br, resp); err != nil {
 		return br, err
 	}
-	if resp.StatusCode() == http.StatusSwitchingProtocols {
-		return br, errors.New("upstream switched protocols on a request that did not ask to")
-	}
 	return br, c.watch.use(conn, time.Time{})
+}
+
+// maxInterim bounds the informational answers (103 Early Hints) skipped
+// before the real one.
+const maxInterim = 8
+
+// readAnswer reads an upstream's answer into resp: the headers after any
+// informational ones, and a body of known length up to smallBody whole;
+// a larger body, or one without a length, is left to stream.
+func readAnswer(br *bufio.Reader, resp *fasthttp.Response) error {
+	for n := 0; ; n++ {
+		if err := resp.Header.Read(br); err != nil {
+			return err
+		}
+		status := resp.StatusCode()
+		if status == http.StatusSwitchingProtocols {
+			return errors.New("upstream switched protocols on a request that did not ask to")
+		}
+		if status >= 200 {
+			break
+		}
+		if n == maxInterim {
+			return errors.New("upstream sent too many informational answers")
+		}
+	}
+	switch resp.StatusCode() {
+	case http.StatusNoContent, http.StatusNotModified:
+		return nil // no body, whatever the headers say
+	}
+	if resp.SkipBody {
+		return nil
+	}
+	n := resp.Header.ContentLength()
+	resp.StreamBody = n < 0 || n > smallBody
+	return resp.ReadBody(br, 0)
 }
 
 // relay makes resp the client's answer. An answer read whole is copied
@@ -283,9 +306,9 @@ func (rp *routeProxy) relay(c *call, resp *fasthttp.Response, finish func(keep b
 		out.SetContentLength(resp.Header.ContentLength())
 	}
 	stream := resp.BodyStream()
-	if finish == nil { // read whole
-		if stream != nil && !resp.SkipBody {
-			_, _ = io.Copy(fc.Response.BodyWriter(), stream) // memory to memory
+	if stream == nil { // read whole, or none
+		if len(resp.Body()) > 0 {
+			fc.SetBody(resp.Body())
 		}
 		c.watch.stop()
 		fasthttp.ReleaseResponse(resp)

@@ -217,11 +217,13 @@ func TestProxySemantics(t *testing.T) {
 
 			// An upstream that breaks off mid-body must not look like a
 			// complete answer, with a length or without (chunked): the
-			// client gets no response or a short one.
+			// client gets a short one (a body that streams has its status
+			// out already) or, for a small body read whole before it is
+			// relayed, the gateway's 502.
 			for _, path := range []string{"/api/v1/anchors/cut", "/api/v1/anchors/cut-chunked"} {
 				resp := do(context.Background(), path, nil)
-				if _, err := io.ReadAll(resp.Body); err == nil {
-					t.Errorf("%s: a cut-off body read as complete", path)
+				if _, err := io.ReadAll(resp.Body); err == nil && resp.StatusCode != http.StatusBadGateway {
+					t.Errorf("%s: a cut-off body read as complete (%d)", path, resp.StatusCode)
 				}
 				resp.Body.Close()
 			}
