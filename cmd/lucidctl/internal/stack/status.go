@@ -13,6 +13,8 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/observe"
+	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/deploy"
 	"github.com/pickme/lucid/pkg/supervise"
 )
 
@@ -77,7 +79,16 @@ be reached without --skip-unreachable.`,
 	return cli.SupportsJSON(cmd)
 }
 
-func runStatus(_ context.Context, opts *StatusOptions) error {
+// statusDoc is `status --json` of the local stack: its state, and the
+// gateway's public certificates when it serves TLS (GatewayTLSError
+// says why they could not be read).
+type statusDoc struct {
+	*stackState
+	GatewayTLS      *deploy.GatewayTLS `json:"gateway_tls,omitempty"`
+	GatewayTLSError string             `json:"gateway_tls_error,omitempty"`
+}
+
+func runStatus(ctx context.Context, opts *StatusOptions) error {
 	l, err := stackLayout(opts.Env, opts.PortOffset)
 	if err != nil {
 		return err
@@ -89,18 +100,33 @@ func runStatus(_ context.Context, opts *StatusOptions) error {
 		return err
 	}
 	st = current(st, supervisorRunning(l))
+	doc := statusDoc{stackState: st}
+	for _, s := range st.Services {
+		if st.Running && s.Name == catalog.GatewayService && s.State == supervise.StateReady && s.URL != "" {
+			if g, err := gatewayTLS(ctx, s.URL); err != nil {
+				doc.GatewayTLSError = err.Error()
+			} else {
+				doc.GatewayTLS = g
+			}
+		}
+	}
 
 	if opts.Env.JSON {
 		if st.Services == nil {
 			st.Services = []serviceState{}
 		}
-		if err := opts.Env.PrintJSON(st); err != nil {
+		if err := opts.Env.PrintJSON(doc); err != nil {
 			return err
 		}
 	} else {
 		printTable(opts.Env, st)
 		if st.Running {
 			fmt.Fprintln(opts.Env.IO.Out, discoveryLine(st.Discovery))
+			if doc.GatewayTLSError != "" {
+				fmt.Fprintln(opts.Env.IO.Out, "gateway tls: unknown ("+doc.GatewayTLSError+")")
+			} else {
+				observe.PrintGatewayTLS(opts.Env.IO.Out, opts.Env.IO.OutStyles(), doc.GatewayTLS)
+			}
 		}
 	}
 	if !st.Running {
