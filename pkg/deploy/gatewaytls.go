@@ -96,7 +96,7 @@ func daysLeft(t, now time.Time) int {
 func labelValue(labels, label string) string {
 	for labels != "" {
 		k, rest, ok := strings.Cut(labels, "=")
-		if !ok || len(rest) == 0 || rest[0] != '"' {
+		if !ok || rest == "" || rest[0] != '"' {
 			return ""
 		}
 		var val strings.Builder

@@ -162,7 +162,7 @@ func checkDomain(d string) error {
 			return errors.New("is not a DNS name (labels of 1 to 63 letters, digits and hyphens, not starting or ending with one)")
 		}
 		for _, r := range label {
-			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+			if (r < 'a' || r > 'z') && (r < 'A' || r > 'Z') && (r < '0' || r > '9') && r != '-' {
 				return fmt.Errorf("is not a DNS name (%q is not a letter, digit or hyphen)", r)
 			}
 		}

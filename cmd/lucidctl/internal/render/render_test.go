@@ -160,7 +160,7 @@ func TestRenderMountsTheProjectsRouteTable(t *testing.T) {
 // section render warns that the gateway serves plain HTTP.
 func TestRenderTLSFiles(t *testing.T) {
 	dir := t.TempDir()
-	io, _, out, errOut := iostreams.Test()
+	io, _, _, errOut := iostreams.Test()
 	env := cli.NewEnv(io, func(string) string { return "" })
 	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
 	if err := run(context.Background(), &Options{Env: env, Dir: dir}); err != nil {
@@ -181,7 +181,7 @@ func TestRenderTLSFiles(t *testing.T) {
 		}
 	}
 	// A new run reads lucid.yaml again.
-	io, _, out, errOut = iostreams.Test()
+	io, _, out, errOut := iostreams.Test()
 	env = cli.NewEnv(io, func(string) string { return "" })
 	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
 	if err := run(context.Background(), &Options{Env: env, Dir: dir, DryRun: true}); err != nil {

@@ -19,8 +19,11 @@ import (
 // speaks TLS, which the URL does not say. nil when it serves plain HTTP.
 func gatewayTLS(ctx context.Context, base string) (*deploy.GatewayTLS, error) {
 	u, err := url.Parse(base)
-	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("the gateway's URL %q: %v", base, err)
+	if err != nil {
+		return nil, fmt.Errorf("the gateway's URL %q: %w", base, err)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("the gateway's URL %q names no host", base)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()

@@ -36,7 +36,9 @@ func TestLocalGatewayTLS(t *testing.T) {
 		t.Errorf("text: %q", out.String())
 	}
 
-	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("lucid_gateway_requests_total 1\n")) }))
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("lucid_gateway_requests_total 1\n"))
+	}))
 	defer plain.Close()
 	if g, err := gatewayTLS(context.Background(), plain.URL); g != nil || err != nil {
 		t.Errorf("plain gateway: %+v %v", g, err)
