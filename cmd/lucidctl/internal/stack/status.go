@@ -36,14 +36,16 @@ func newStatusCmd(env *cli.Env) *cobra.Command {
 		Short: "Show the state of the local stack, or of deployed hosts",
 		Long: `Show each service of the local stack: its state, pid, restarts and URL, and
 how the services are discovered: "consul" with a supervised Consul agent,
-"static" (fixed addresses) without one. --port-offset names the stack.
+"static" (fixed addresses) without one, and the gateway's public
+certificates (their expiry from its metrics, a warning under 14 days) when
+it serves HTTPS. --port-offset names the stack.
 
 With --target (a target or group of lucid.yaml), show the deployed hosts
 instead, read over SSH in parallel: the current release, each container's
 state, health, restarts, uptime and image, the host's disk, memory, load,
 Docker version and clock skew, and what the services report (chain height
 and newest block, Raft role, anchoring queue, data-chain size, mesh
-certificate expiry). A figure that cannot be read is shown as
+certificate expiry, the gateway's public certificates' expiry). A figure that cannot be read is shown as
 "unknown (why)". The engine's and the data chain's figures need the
 operator token: LUCID_OPERATOR_TOKEN, else the operator's env file
 (local.env_file of lucid.yaml).
