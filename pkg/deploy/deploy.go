@@ -18,7 +18,6 @@ import (
 	"os"
 	"path"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -70,7 +69,8 @@ type Config struct {
 	// KeepReleases is how many releases stay on the host (default 5).
 	KeepReleases int
 	// GatewayHostPort is the gateway's port on the host, for the gate's
-	// last check (default the catalog's).
+	// last check (default: the port its container publishes for its main
+	// listener, else the catalog's).
 	GatewayHostPort int
 	// ViaRegistry, when set ("host:port/prefix"), sends the images through
 	// that registry: pushed from here, pulled by the host's Engine.
@@ -104,10 +104,6 @@ func (c *Config) defaults() {
 	}
 	if c.KeepReleases == 0 {
 		c.KeepReleases = 5
-	}
-	if c.GatewayHostPort == 0 {
-		gw, _ := catalog.Lookup("gateway")
-		c.GatewayHostPort = gw.Port
 	}
 	if c.Reporter == nil {
 		c.Reporter = ReporterFunc(func(Event) {})
@@ -156,6 +152,11 @@ type Bundle struct {
 	// Routes is the gateway's route table the compose file mounts
 	// (deployfiles.RoutesPath); nil when it mounts none.
 	Routes []byte
+	// TLS are the gateway's TLS files the compose file mounts, by name in
+	// deployfiles.TLSDir (deployfiles.TLSFileNames); nil when it mounts
+	// none. Each release gets its own copy, readable by the gateway's
+	// container alone, and a rollback brings it back with the release.
+	TLS map[string][]byte
 	// Version is the version the images were built as.
 	Version string
 	// Images are the six services' images, for one or more platforms.
@@ -208,6 +209,9 @@ func (d *Deployer) DryRun(ctx context.Context, b Bundle) (*Result, error) {
 func (d *Deployer) deploy(ctx context.Context, b Bundle, dry bool) (_ *Result, deployErr error) {
 	name := d.cfg.Name
 	res := &Result{Target: name, DryRun: dry}
+	if err := checkTLSFiles(b.TLS); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
 	var platforms []v1.Platform
 	if len(b.Images) > 0 {
 		for _, pi := range b.Images[0].Images {
@@ -329,13 +333,15 @@ func (d *Deployer) sendImages(ctx context.Context, plan *TransferPlan, images []
 func (d *Deployer) rollout(ctx context.Context, b Bundle, rel *Release, compose []byte, prev *Release) error {
 	name := d.cfg.Name
 	d.emit(StepRelease, EventStart, rel.ID)
-	if err := d.h.writeRelease(ctx, rel, compose, b.EnvFiles, b.Routes); err != nil {
+	gw, _ := catalog.Lookup(catalog.GatewayService)
+	gwImage := releaseTag(deployfiles.Image(d.cfg.ImageName, d.cfg.Tag, gw), rel.ID)
+	if err := d.h.writeRelease(ctx, rel, compose, b.EnvFiles, b.Routes, b.TLS, gwImage); err != nil {
 		d.emit(StepRelease, EventFail, err.Error())
 		return fmt.Errorf("%s: write release %s: %w (the previous release still runs)", name, rel.ID, err)
 	}
 	d.emit(StepRelease, EventOK, d.h.releaseDir(rel.ID))
 
-	live, gateErr := d.activate(ctx, rel, prev)
+	live, gateErr := d.activate(ctx, rel, prev, leafOf(b.TLS[deployfiles.TLSCertName]))
 	switch {
 	case gateErr == nil:
 		d.prune(ctx)
@@ -356,7 +362,7 @@ func (d *Deployer) rollout(ctx context.Context, b Bundle, rel *Release, compose 
 		return errors.Join(fmt.Errorf("%s: %w (no previous release to return to)", name, gateErr), recErr)
 	}
 	d.emit(StepRollback, EventStart, "back to "+prev.ID)
-	if _, err := d.activate(bg, prev, nil); err != nil {
+	if _, err := d.activate(bg, prev, nil, nil); err != nil {
 		d.emit(StepRollback, EventFail, err.Error())
 		return errors.Join(fmt.Errorf("%s: %w; and the return to the previous release %s failed: %w", name, gateErr, prev.ID, err), recErr)
 	}
@@ -370,7 +376,9 @@ func (d *Deployer) rollout(ctx context.Context, b Bundle, rel *Release, compose 
 // recorded live, and replaces (the release current before, if any) is
 // recorded replaced. live reports whether r passed its gate: then it
 // serves, even when err says current or a record could not be written.
-func (d *Deployer) activate(ctx context.Context, r, replaces *Release) (live bool, err error) {
+// leaf, when given, is the certificate the gateway must serve (the one r
+// shipped).
+func (d *Deployer) activate(ctx context.Context, r, replaces *Release, leaf []byte) (live bool, err error) {
 	d.emit(StepUp, EventStart, r.ID)
 	if err := d.h.up(ctx, r.ID); err != nil {
 		// Compose gives up when a dependency never turns healthy; say
@@ -387,9 +395,17 @@ func (d *Deployer) activate(ctx context.Context, r, replaces *Release) (live boo
 	}
 	d.emit(StepUp, EventOK, "")
 	d.emit(StepHealth, EventStart, fmt.Sprintf("every service healthy within %s, then the gateway's /health", d.cfg.HealthTimeout))
-	if err := d.h.gate(ctx, r.ID, len(catalog.Services), d.cfg.HealthTimeout, "127.0.0.1:"+strconv.Itoa(d.cfg.GatewayHostPort)); err != nil {
+	if err := d.h.waitHealthy(ctx, r.ID, len(catalog.Services), d.cfg.HealthTimeout, nil); err != nil {
 		d.emit(StepHealth, EventFail, err.Error())
 		return false, err
+	}
+	pending, err := d.h.gatewayHealth(ctx, r.ID, d.gatewayAddr(ctx), leaf)
+	if err != nil {
+		d.emit(StepHealth, EventFail, err.Error())
+		return false, err
+	}
+	if pending != nil {
+		d.emit(StepHealth, EventInfo, pending.Error())
 	}
 	d.emit(StepHealth, EventOK, "")
 	return true, d.commit(ctx, r, replaces)
@@ -605,6 +621,22 @@ func (d *Deployer) dryRunPlan(ctx context.Context, b Bundle, prev *Release, plan
 			p.Files = append(p.Files, f.rel)
 		}
 	}
+	// The TLS files, by their sums: the deploy user cannot read the
+	// previous release's own.
+	var prevSums string
+	if prev != nil {
+		out, err := d.h.ssh.Run(ctx, "cat "+sshx.Quote(d.h.releaseDir(prev.ID)+"/"+tlsSums), nil)
+		var ee *sshx.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			return nil, fmt.Errorf("read %s of release %s: %w", tlsSums, prev.ID, err)
+		}
+		prevSums = string(out)
+	}
+	for _, n := range tlsNames(b.TLS) {
+		if !strings.Contains(prevSums, string(sums(map[string][]byte{n: b.TLS[n]}))) {
+			p.Files = append(p.Files, deployfiles.TLSDir+"/"+n)
+		}
+	}
 	for _, s := range catalog.Services {
 		if prev == nil || prev.Images[s.Name] != ids[s.Name] {
 			p.Services = append(p.Services, s.Name)
@@ -738,7 +770,7 @@ func (d *Deployer) Rollback(ctx context.Context, id string) (res *RollbackResult
 		out.Replaced = cur.ID
 	}
 	d.emit(StepRollback, EventStart, target.ID)
-	if _, err := d.activate(ctx, target, cur); err != nil {
+	if _, err := d.activate(ctx, target, cur, nil); err != nil {
 		d.emit(StepRollback, EventFail, err.Error())
 		return nil, fmt.Errorf("%s: rollback to %s: %w", name, target.ID, err)
 	}

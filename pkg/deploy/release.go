@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"path"
 	"regexp"
@@ -103,12 +102,13 @@ func (h *host) current(ctx context.Context) (*Release, error) {
 
 // writeRelease puts the release's files on the host: compose (images
 // pinned to the release's tags), each container's env file (0600), the
-// gateway's route table if there is one, and release.json, recording the
-// new release (status "") as deploying. A release of
+// gateway's route table if there is one, its TLS files if any (placed
+// through a container of gatewayImage, see writeTLS), and release.json,
+// recording the new release (status "") as deploying. A release of
 // before per-service env files has one shared env file; the next release
 // simply does not, so a deploy is the migration, and a rollback to the old
 // release brings its own files back.
-func (h *host) writeRelease(ctx context.Context, r *Release, compose []byte, envFiles map[string][]byte, routes []byte) error {
+func (h *host) writeRelease(ctx context.Context, r *Release, compose []byte, envFiles map[string][]byte, routes []byte, tlsFiles map[string][]byte, gatewayImage string) error {
 	dir := h.releaseDir(r.ID)
 	if err := h.ssh.WriteFile(ctx, path.Join(dir, deployfiles.ComposePath), compose, 0o644); err != nil {
 		return err
@@ -121,6 +121,11 @@ func (h *host) writeRelease(ctx context.Context, r *Release, compose []byte, env
 	// Readable by the gateway's non-root user, through a read-only mount.
 	if routes != nil {
 		if err := h.ssh.WriteFile(ctx, path.Join(dir, deployfiles.RoutesPath), routes, 0o644); err != nil {
+			return err
+		}
+	}
+	if len(tlsFiles) > 0 {
+		if err := h.writeTLS(ctx, r.ID, gatewayImage, tlsFiles); err != nil {
 			return err
 		}
 	}
@@ -215,15 +220,6 @@ func (g *GateFailure) Error() string {
 	return b.String()
 }
 
-// gate waits until every container of the project is running and healthy,
-// then checks the gateway's /health through the SSH connection.
-func (h *host) gate(ctx context.Context, release string, want int, timeout time.Duration, gatewayAddr string) error {
-	if err := h.waitHealthy(ctx, release, want, timeout, nil); err != nil {
-		return err
-	}
-	return h.gatewayHealth(release, gatewayAddr)
-}
-
 // waitHealthy waits until every container of the project (only those
 // whose compose service is in only, when only is not nil) is running and
 // healthy, and there are at least want of them.
@@ -269,20 +265,30 @@ func (h *host) waitHealthy(ctx context.Context, release string, want int, timeou
 // composeServiceLabel names a container's compose service.
 const composeServiceLabel = "com.docker.compose.service"
 
-// gatewayHealth asks the gateway's /health through the SSH connection.
-func (h *host) gatewayHealth(release, gatewayAddr string) error {
-	tr := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) { return h.ssh.DialTCP(gatewayAddr) }}
-	defer tr.CloseIdleConnections()
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: tr}
-	resp, err := hc.Get("http://" + gatewayAddr + "/health")
+// gatewayHealth asks the gateway's /health through the SSH connection,
+// over HTTPS when it serves TLS, and then only from a gateway serving
+// leaf when that is given (the certificate the release shipped). A
+// gateway still waiting for its first ACME certificate passes: the
+// containers' healthchecks have spoken, and pending says why /health was
+// not asked.
+func (h *host) gatewayHealth(ctx context.Context, release, gatewayAddr string, leaf []byte) (pending, err error) {
+	hc, scheme, pending, err := h.gatewayClient(ctx, gatewayAddr, leaf)
 	if err != nil {
-		return &GateFailure{Release: release, Smoke: err.Error()}
+		return nil, &GateFailure{Release: release, Smoke: err.Error()}
+	}
+	if pending != nil {
+		return pending, nil
+	}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get(scheme + "://" + gatewayAddr + "/health")
+	if err != nil {
+		return nil, &GateFailure{Release: release, Smoke: err.Error()}
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return &GateFailure{Release: release, Smoke: "gateway /health: " + resp.Status}
+		return nil, &GateFailure{Release: release, Smoke: "gateway /health: " + resp.Status}
 	}
-	return nil
+	return nil, nil
 }
 
 func (h *host) projectContainers(ctx context.Context) ([]container.Summary, error) {

@@ -42,7 +42,7 @@ func deployed(t *testing.T, d *Deployer, files *deployfiles.Files) {
 	t.Helper()
 	ctx := context.Background()
 	r := &Release{ID: "20260101T000000Z-v1", Version: "v1", Created: time.Unix(1, 0).UTC()}
-	if err := d.h.writeRelease(ctx, r, files.Compose, files.ServiceEnvs, nil); err != nil {
+	if err := d.h.writeRelease(ctx, r, files.Compose, files.ServiceEnvs, nil, nil, ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.h.record(ctx, r, ReleaseLive); err != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/docker/docker/api/types/container"
@@ -210,7 +209,7 @@ func (d *Deployer) services(ctx context.Context, action AuditAction, o ServiceOp
 	d.emit(StepHealth, EventStart, fmt.Sprintf("%s healthy within %s", strings.Join(names, ", "), d.cfg.HealthTimeout))
 	err = d.h.waitHealthy(ctx, cur.ID, len(only), d.cfg.HealthTimeout, only)
 	if gw, _ := catalog.Lookup("gateway"); err == nil && only[gw.Container] {
-		err = d.h.gatewayHealth(cur.ID, "127.0.0.1:"+strconv.Itoa(d.cfg.GatewayHostPort))
+		_, err = d.h.gatewayHealth(ctx, cur.ID, d.gatewayAddr(ctx), nil)
 	}
 	if err != nil {
 		d.emit(StepHealth, EventFail, err.Error())

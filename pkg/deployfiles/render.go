@@ -57,6 +57,27 @@ const (
 // RoutesMount is where the gateway's container sees RoutesPath.
 const RoutesMount = "/etc/lucid/gateway-routes.yaml"
 
+// The gateway's public TLS files: render copies the operator's certificate
+// and key (or the ACME CA root) from lucid.yaml's tls section into TLSDir,
+// the compose file mounts that directory read-only into the gateway only,
+// at TLSMount, and a deploy ships it with each release, readable by the
+// gateway's user alone.
+const (
+	TLSDir   = "configs/gateway/tls"
+	TLSMount = "/etc/lucid/tls"
+	// The files' names in TLSDir and TLSMount.
+	TLSCertName  = "tls.crt"
+	TLSKeyName   = "tls.key"
+	ACMERootName = "acme-root.pem"
+)
+
+// GatewayHTTPPort is the gateway's plain-HTTP listener in its container
+// with TLS on (LUCID_HTTP_ADDR's default): ACME challenges and redirects.
+const GatewayHTTPPort = 8079
+
+// TLSFileNames are the files TLSDir may hold, in the order they are shipped.
+var TLSFileNames = []string{TLSCertName, TLSKeyName, ACMERootName}
+
 // ReadRoutes returns the route table of the project in dir, nil if it has
 // none. It is not checked here.
 func ReadRoutes(dir string) ([]byte, error) {
@@ -129,6 +150,31 @@ type Options struct {
 	// Routes is the content of RoutesPath, nil when the project has none.
 	// It is checked, and the gateway's container mounts the file.
 	Routes []byte
+	// TLS is the gateway's public TLS (lucid.yaml's tls section); nil
+	// leaves it serving plain HTTP.
+	TLS *TLS
+}
+
+// TLS is the gateway's public TLS as Render needs it: the settings of
+// lucid.yaml's tls section and the content of the files it names.
+type TLS struct {
+	// ACME has the gateway obtain and renew its certificates; nil when
+	// Cert and Key are given instead.
+	ACME *ACME
+	// Cert and Key are the operator's certificate chain and key (PEM).
+	Cert, Key []byte
+	// HTTPSPort and HTTPPort are the host ports published for the
+	// gateway's HTTPS and plain-HTTP listeners (before PortOffset).
+	HTTPSPort, HTTPPort int
+}
+
+// ACME is where and for which names the gateway obtains certificates.
+type ACME struct {
+	Domains          []string
+	Email, Directory string
+	// CARoot verifies the directory's own HTTPS (a private CA); nil for
+	// the system roots.
+	CARoot []byte
 }
 
 // Files are the rendered files.
@@ -147,6 +193,12 @@ type Files struct {
 	Unread []string
 	// Generated lists the secrets made up this time.
 	Generated []string
+	// TLSFiles are the gateway's TLS files by project path (in TLSDir),
+	// none without lucid.yaml's tls section or with ACME and no CA root.
+	TLSFiles map[string][]byte
+	// Warnings are what the operator should know and need not fix now:
+	// the gateway publishing plain HTTP beyond the host's loopback.
+	Warnings []string
 }
 
 // Image is the image name of service s.
@@ -188,6 +240,9 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 		if _, err := routetable.Parse(RoutesPath, o.Routes); err != nil {
 			return nil, err
 		}
+	}
+	if err := o.TLS.check(); err != nil {
+		return nil, err
 	}
 	values, urlKeys := defaults()
 	// An existing value wins even when empty: an operator who emptied
@@ -261,6 +316,12 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 		} else {
 			s, _ := catalog.Lookup(cs.envName)
 			vals = ServiceEnv(values, s)
+			if s.Name == catalog.GatewayService {
+				o.TLS.env(vals, o.PortOffset)
+				if w := plainHTTPWarning(vals, cs.Ports); w != "" {
+					files.Warnings = append(files.Warnings, w)
+				}
+			}
 		}
 		b, err := serviceEnvFile(cs.envName, vals)
 		if err != nil {
@@ -280,6 +341,7 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 		return nil, fmt.Errorf("compose template: %w", err)
 	}
 	files.Compose = compose.Bytes()
+	files.TLSFiles = o.TLS.files()
 	return files, nil
 }
 
@@ -290,14 +352,23 @@ type File struct {
 	Content []byte
 	// Secret files are written with mode 0600 and redacted in output.
 	Secret bool
+	// Opaque files (the TLS files) are never shown, not even redacted:
+	// output says only whether they change.
+	Opaque bool
 }
 
 // All lists the rendered files: the compose file, the operator's env file,
-// then each container's env file in compose order.
+// each container's env file in compose order, then the gateway's TLS
+// files.
 func (f *Files) All() []File {
 	out := []File{{Path: ComposePath, Content: f.Compose}, {Path: EnvPath, Content: f.Env, Secret: true}}
 	for _, p := range f.ServiceEnvNames {
 		out = append(out, File{Path: p, Content: f.ServiceEnvs[p], Secret: true})
+	}
+	for _, n := range TLSFileNames {
+		if p := TLSDir + "/" + n; f.TLSFiles[p] != nil {
+			out = append(out, File{Path: p, Content: f.TLSFiles[p], Secret: true, Opaque: true})
+		}
 	}
 	return out
 }
@@ -450,9 +521,20 @@ func composeServices(o Options) []composeService {
 			DataDir:     filepath.ToSlash(filepath.Join(DataRoot, s.Name)),
 			Healthcheck: HealthcheckTest(s.Name),
 		}
-		if s.Name == "gateway" && o.Routes != nil {
+		if s.Name == catalog.GatewayService && o.Routes != nil {
 			cs.Mounts = append(cs.Mounts, fromCompose(RoutesPath)+":"+RoutesMount)
 			cs.Environment = append(cs.Environment, routetable.EnvVar+"="+RoutesMount)
+		}
+		if s.Name == catalog.GatewayService && o.TLS != nil {
+			// HTTPS on the gateway's own port, and the plain-HTTP listener
+			// for ACME's challenges and the redirects.
+			cs.Ports = []string{
+				strconv.Itoa(o.TLS.HTTPSPort+o.PortOffset) + ":" + port,
+				strconv.Itoa(o.TLS.HTTPPort+o.PortOffset) + ":" + strconv.Itoa(GatewayHTTPPort),
+			}
+			if o.TLS.files() != nil {
+				cs.Mounts = append(cs.Mounts, fromCompose(TLSDir)+":"+TLSMount)
+			}
 		}
 		if s.Name == "engine" {
 			// Raft remembers its node id; a container's hostname changes

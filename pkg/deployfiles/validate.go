@@ -39,6 +39,9 @@ const (
 	RuleHealthcheck   = "healthcheck-tool"
 	RuleMount         = "missing-mount-source"
 	RuleRoutes        = "route-table"
+	// RulePlainHTTP is a warning, not a problem: the gateway publishing
+	// plain HTTP beyond the host's loopback.
+	RulePlainHTTP = "plain-http"
 )
 
 // Problem is one thing that would break a deployment.
@@ -75,6 +78,21 @@ type ValidateOptions struct {
 // Validate loads the compose file with compose-go and reports every
 // problem it finds; the error is for failing to check at all.
 func Validate(ctx context.Context, o ValidateOptions) ([]Problem, error) {
+	problems, _, err := ValidateAll(ctx, o)
+	return problems, err
+}
+
+// ValidateAll is Validate, with the warnings too: what would not break a
+// deployment but should be known (RulePlainHTTP).
+func ValidateAll(ctx context.Context, o ValidateOptions) (problems, warnings []Problem, err error) {
+	v, err := runValidation(ctx, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	return v.problems, v.warnings, nil
+}
+
+func runValidation(ctx context.Context, o ValidateOptions) (*validation, error) {
 	data, err := os.ReadFile(o.ComposeFile)
 	if err != nil {
 		return nil, err
@@ -98,7 +116,7 @@ func Validate(ctx context.Context, o ValidateOptions) ([]Problem, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		v.add(lineOfYAMLError(err), "", RuleSyntax, "%v", err)
-		return v.problems, nil
+		return v, nil
 	}
 	v.root = &root
 	v.checkVariables(data)
@@ -120,7 +138,7 @@ func Validate(ctx context.Context, o ValidateOptions) ([]Problem, error) {
 	})
 	if err != nil {
 		v.add(0, "", RuleSyntax, "compose-go cannot load it: %v", err)
-		return v.problems, nil
+		return v, nil
 	}
 	names := make([]string, 0, len(project.Services))
 	for name := range project.Services {
@@ -132,7 +150,7 @@ func Validate(ctx context.Context, o ValidateOptions) ([]Problem, error) {
 	}
 	v.checkPorts(project, names)
 	sort.SliceStable(v.problems, func(i, j int) bool { return v.problems[i].Line < v.problems[j].Line })
-	return v.problems, nil
+	return v, nil
 }
 
 type validation struct {
@@ -141,6 +159,7 @@ type validation struct {
 	vars     map[string]string
 	root     *yaml.Node
 	problems []Problem
+	warnings []Problem
 	reported []string // variables reported missing or empty
 }
 
@@ -261,8 +280,27 @@ func (v *validation) checkService(project *types.Project, key string, svc types.
 		}
 	}
 	v.checkHealthcheck(key, s, svc)
-	v.checkEnvFiles(key, s, svc)
+	vals := v.checkEnvFiles(key, s, svc)
 	v.checkMounts(key, svc)
+	if s.Public {
+		v.checkPlainHTTP(key, s, svc, vals)
+	}
+}
+
+// checkPlainHTTP warns when the gateway, without TLS, publishes its port
+// beyond the host's loopback: bearer tokens would cross the network in
+// clear.
+func (v *validation) checkPlainHTTP(key string, s catalog.Service, svc types.ServiceConfig, env map[string]string) {
+	if ServesTLS(env) {
+		return
+	}
+	for i, p := range svc.Ports {
+		if p.Published == "" || int(p.Target) != s.Port || loopback(p.HostIP) {
+			continue
+		}
+		v.warnings = append(v.warnings, Problem{File: v.file, Line: v.line("services", key, "ports", i), Service: key, Rule: RulePlainHTTP,
+			Message: PlainHTTPMessage(p.HostIP, p.Published)})
+	}
 }
 
 // checkMounts: a bind mount's source exists (else Docker makes an empty
@@ -316,8 +354,9 @@ func (v *validation) checkHealthcheck(key string, s catalog.Service, svc types.S
 	}
 }
 
-// checkEnvFiles: the service's env files exist and hold its secrets.
-func (v *validation) checkEnvFiles(key string, s catalog.Service, svc types.ServiceConfig) {
+// checkEnvFiles: the service's env files exist and hold its secrets. It
+// returns what the container's environment is.
+func (v *validation) checkEnvFiles(key string, s catalog.Service, svc types.ServiceConfig) map[string]string {
 	// What the container sees: its env files and environment. --env-file
 	// values only fill ${VAR} in the compose file; no container gets them.
 	vals := map[string]string{}
@@ -361,6 +400,7 @@ func (v *validation) checkEnvFiles(key string, s catalog.Service, svc types.Serv
 			v.add(v.line("services", key), key, RuleSecret, "%s is %d characters; at least %d are required", k, len(val), catalog.SecretMinLen)
 		}
 	}
+	return vals
 }
 
 // hostPort is a published port on the host.

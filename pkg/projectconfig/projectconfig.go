@@ -54,6 +54,8 @@ type Config struct {
 	Bench BenchGoals `yaml:"bench"`
 	// Backup configures `lucidctl backup` and `lucidctl restore`.
 	Backup Backup `yaml:"backup"`
+	// TLS is the gateway's public TLS; nil serves plain HTTP.
+	TLS *TLS `yaml:"tls"`
 
 	// Dir is the directory of the file (or the working directory when there
 	// is no file); relative paths in the file are relative to it.
@@ -153,6 +155,9 @@ func (c *Config) applyDefaults() {
 	if c.Local.Consul == "" {
 		c.Local.Consul = "auto"
 	}
+	if c.TLS != nil {
+		c.TLS.applyDefaults()
+	}
 	for name, t := range c.Targets {
 		if t.Project == "" {
 			t.Project = DefaultProject
@@ -208,7 +213,7 @@ func Parse(name string, data []byte) (*Config, error) {
 		}
 	}
 	c.applyDefaults()
-	if err := c.validate(name); err != nil {
+	if err := errors.Join(c.validate(name), c.checkTLS(name, filepath.Dir(name), &root)); err != nil {
 		return nil, err
 	}
 	return c, nil

@@ -223,3 +223,60 @@ func TestBackupSection(t *testing.T) {
 		}
 	}
 }
+
+// The tls section: defaults, and every problem with the line of its key.
+func TestTLSSection(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"certs/pi.crt", "certs/pi.key", "certs/root.pem"} {
+		if err := os.MkdirAll(filepath.Join(dir, "certs"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("pem"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	name := filepath.Join(dir, "lucid.yaml")
+	c, err := Parse(name, []byte("tls:\n  acme:\n    domains: [pi.example.net]\n    ca_root: certs/root.pem\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := c.TLS.ACME; a.Directory != DefaultACMEDirectory || c.TLS.HTTPSPort != 443 || c.TLS.HTTPPort != 80 {
+		t.Errorf("defaults: %+v %+v", c.TLS, a)
+	}
+	c, err = Parse(name, []byte("tls:\n  cert_file: certs/pi.crt\n  key_file: certs/pi.key\n  https_port: 8443\n  http_port: 8081\n"))
+	if err != nil || c.TLS.CertFile != "certs/pi.crt" || c.TLS.HTTPSPort != 8443 {
+		t.Fatalf("files: %+v %v", c.TLS, err)
+	}
+	if c, err := Parse(name, []byte("images:\n  tag: v1\n")); err != nil || c.TLS != nil {
+		t.Errorf("no tls section: %+v %v", c.TLS, err)
+	}
+
+	for _, tc := range []struct{ src, want string }{
+		{"tls:\n  https_port: 443\n", ":1: tls: needs acme"},
+		{"tls:\n  acme:\n    domains: [a.example]\n  cert_file: certs/pi.crt\n  key_file: certs/pi.key\n", ":2: tls.acme: acme and cert_file/key_file exclude each other"},
+		{"tls:\n  cert_file: certs/pi.crt\n", ":2: tls.cert_file: cert_file needs key_file"},
+		{"tls:\n  key_file: certs/pi.key\n", ":2: tls.key_file: key_file needs cert_file"},
+		{"tls:\n  cert_file: certs/gone.crt\n  key_file: certs/pi.key\n", ":2: tls.cert_file: " + filepath.Join(dir, "certs/gone.crt") + ": no such file"},
+		{"tls:\n  acme:\n    domains: []\n", ":3: tls.acme.domains: lists no DNS name"},
+		{"tls:\n  acme:\n    domains: [pi.example.net, \"bad_name.net\"]\n", `:3: tls.acme.domains: "bad_name.net" is not a DNS name ('_' is not`},
+		{"tls:\n  acme:\n    domains: [\"*.example.net\"]\n", "is a wildcard"},
+		{"tls:\n  acme:\n    domains: [10.0.0.1]\n", "is an IP address"},
+		{"tls:\n  acme:\n    domains: [a.example, A.example]\n", `"A.example" is listed twice`},
+		{"tls:\n  acme:\n    domains: [a.example]\n    directory: http://acme.example/dir\n", `:4: tls.acme.directory: "http://acme.example/dir" is not an https URL`},
+		{"tls:\n  acme:\n    domains: [a.example]\n    email: not-an-address\n", `:4: tls.acme.email: "not-an-address" is not an email address`},
+		{"tls:\n  acme:\n    domains: [a.example]\n    ca_root: certs\n", ":4: tls.acme.ca_root: " + filepath.Join(dir, "certs") + " is a directory"},
+		{"tls:\n  acme:\n    domains: [a.example]\n  https_port: 70000\n", ":4: tls.https_port: 70000 is not a TCP port"},
+		{"tls:\n  acme:\n    domains: [a.example]\n  https_port: 8443\n  http_port: 8443\n", ":5: tls.http_port: 8443 is https_port too"},
+		{"tls:\n  acme:\n    domains: [a.example]\n    domain: [b.example]\n", `unknown key "domain" in tls.acme (did you mean "domains"?)`},
+	} {
+		_, err := Parse(name, []byte(tc.src))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.src, err, tc.want)
+		}
+	}
+	// Every problem at once.
+	_, err = Parse(name, []byte("tls:\n  acme:\n    domains: []\n    directory: ftp://x\n  http_port: 443\n"))
+	if err == nil || strings.Count(err.Error(), "\n") != 2 {
+		t.Errorf("three problems, one a line: %v", err)
+	}
+}

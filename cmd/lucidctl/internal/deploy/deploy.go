@@ -251,7 +251,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
-	bundle := deploy.Bundle{Compose: files.compose, EnvFiles: files.envs, Routes: files.routes, Version: version, Images: built, Rotate: opts.Rotate}
+	bundle := deploy.Bundle{Compose: files.compose, EnvFiles: files.envs, Routes: files.routes, TLS: files.tls, Version: version, Images: built, Rotate: opts.Rotate}
 
 	var live []int // the hosts to deploy to, in order: the first is the canary
 	for i := range targets {
@@ -378,6 +378,7 @@ type rendered struct {
 	compose []byte
 	envs    map[string][]byte // the containers' env files, by project path
 	routes  []byte            // nil unless the compose file mounts a route table
+	tls     map[string][]byte // the gateway's TLS files, by name; nil unless the compose file mounts them
 }
 
 // readRendered reads the rendered files and the gateway's route table, and
@@ -423,7 +424,56 @@ func readRendered(ctx context.Context, cfg *projectconfig.Config) (*rendered, er
 		return nil, cli.WithHint(fmt.Errorf("%s exists but the compose file does not mount it; nothing was deployed", deployfiles.RoutesPath),
 			"`lucidctl render` mounts it into the gateway")
 	}
+	if r.tls, err = readTLS(cfg, r.compose); err != nil {
+		return nil, err
+	}
 	return &r, nil
+}
+
+// readTLS reads the gateway's TLS files the compose file mounts, and
+// refuses them when they are not lucid.yaml's: a certificate renewed, or a
+// tls section added or removed, since the last render would otherwise
+// ship the old one. No error holds their content.
+func readTLS(cfg *projectconfig.Config, compose []byte) (map[string][]byte, error) {
+	// What lucid.yaml's tls section says the mount holds, by name.
+	want := map[string]string{}
+	if t := cfg.TLS; t != nil {
+		switch {
+		case t.ACME == nil:
+			want[deployfiles.TLSCertName], want[deployfiles.TLSKeyName] = t.CertFile, t.KeyFile
+		case t.ACME.CARoot != "":
+			want[deployfiles.ACMERootName] = t.ACME.CARoot
+		}
+	}
+	renderAgain := func(format string, args ...any) error {
+		return cli.WithHint(fmt.Errorf(format+"; nothing was deployed", args...), "`lucidctl render` copies lucid.yaml's tls files for the gateway")
+	}
+	mounted := bytes.Contains(compose, []byte(":"+deployfiles.TLSMount))
+	switch {
+	case !mounted && len(want) > 0:
+		return nil, renderAgain("lucid.yaml's tls section names files the compose file does not mount into the gateway")
+	case !mounted:
+		return nil, nil
+	case len(want) == 0:
+		return nil, renderAgain("the compose file mounts TLS files into the gateway that lucid.yaml's tls section does not name")
+	}
+	out := map[string][]byte{}
+	for name, src := range want {
+		rendered := filepath.Join(cfg.Dir, filepath.FromSlash(deployfiles.TLSDir), name)
+		got, err := os.ReadFile(rendered)
+		if err != nil {
+			return nil, renderAgain("%s: %v", rendered, errors.Unwrap(err))
+		}
+		source, err := os.ReadFile(cfg.Abs(src))
+		if err != nil {
+			return nil, fmt.Errorf("lucid.yaml's tls section: %w", err)
+		}
+		if !bytes.Equal(got, source) {
+			return nil, renderAgain("%s is not %s (renewed since the last render?)", rendered, cfg.Abs(src))
+		}
+		out[name] = got
+	}
+	return out, nil
 }
 
 // buildImages makes the images with lucidctl build's pipeline and image

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/build"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
@@ -175,5 +176,57 @@ func TestOnlyContainersEnvFilesAreShipped(t *testing.T) {
 	}
 	if _, err := readRendered(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "render again") {
 		t.Errorf("a compose file giving the gateway the operator's env file: %v", err)
+	}
+}
+
+// TestTLSFilesGoAsLucidYAMLNamesThem: the rendered TLS files the compose
+// file mounts are read for the release while they are lucid.yaml's; a
+// certificate renewed since the render, or a tls section the render did
+// not see, stops the deploy with "render again".
+func TestTLSFilesGoAsLucidYAMLNamesThem(t *testing.T) {
+	dir := t.TempDir()
+	ca := testenv.NewTestCA(t)
+	cert, key := ca.Issue(t, time.Now().Add(time.Hour), "pi.example.net")
+	for name, b := range map[string][]byte{"pi.crt": cert, "pi.key": key} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := projectconfig.Default(dir)
+	write := func(tlsOpts *deployfiles.TLS) {
+		t.Helper()
+		f, err := deployfiles.Render(context.Background(), deployfiles.Options{ImageName: cfg.Images.Name, ImageTag: cfg.Images.Tag, NoConsul: true, TLS: tlsOpts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rf := range f.All() {
+			if err := envfile.WriteAtomic(filepath.Join(dir, rf.Path), rf.Content); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write(nil)
+	cfg.TLS = &projectconfig.TLS{CertFile: "pi.crt", KeyFile: "pi.key", HTTPSPort: 443, HTTPPort: 80}
+	if _, err := readRendered(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "does not mount") || !strings.Contains(cli.Hint(err), "lucidctl render") {
+		t.Errorf("a tls section the render did not see: %v", err)
+	}
+	write(&deployfiles.TLS{Cert: cert, Key: key, HTTPSPort: 443, HTTPPort: 80})
+	r, err := readRendered(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(r.tls[deployfiles.TLSCertName]) != string(cert) || string(r.tls[deployfiles.TLSKeyName]) != string(key) || len(r.tls) != 2 {
+		t.Errorf("the release would carry %d TLS files", len(r.tls))
+	}
+	renewed, _ := ca.Issue(t, time.Now().Add(2*time.Hour), "pi.example.net")
+	if err := os.WriteFile(filepath.Join(dir, "pi.crt"), renewed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readRendered(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "renewed since the last render") || strings.Contains(err.Error(), "PRIVATE") {
+		t.Errorf("a certificate renewed since the render: %v", err)
+	}
+	cfg.TLS = nil
+	if _, err := readRendered(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "does not name") {
+		t.Errorf("a mount lucid.yaml no longer names: %v", err)
 	}
 }

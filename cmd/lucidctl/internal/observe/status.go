@@ -257,9 +257,42 @@ func printHost(w io.Writer, st *iostreams.Styles, h HostDoc, now time.Time) {
 		certs = fmt.Sprintf("the first expires %s (in %s)", r.CertNotAfter.Format(time.RFC3339), duration(r.CertNotAfter.Sub(now)))
 	}
 	fmt.Fprintln(w, "mesh certs: "+certs)
+	if _, ok := s.Unknown[deploy.FigureGatewayTLS]; ok {
+		fmt.Fprintln(w, "gateway tls: "+u(deploy.FigureGatewayTLS))
+	} else {
+		PrintGatewayTLS(w, st, r.GatewayTLS)
+	}
 	for _, p := range s.Problems {
 		fmt.Fprintln(w, st.Error.Render("problem:")+"    "+p)
 	}
+}
+
+// PrintGatewayTLS writes the gateway's public certificates: each one's
+// expiry and days left, with a warning under deploy.GatewayCertWarnDays;
+// or that it serves plain HTTP.
+func PrintGatewayTLS(w io.Writer, st *iostreams.Styles, g *deploy.GatewayTLS) {
+	if g == nil {
+		fmt.Fprintln(w, "gateway tls: none (plain HTTP)")
+		return
+	}
+	for _, c := range g.Certificates {
+		line := fmt.Sprintf("%s expires %s (%s)", orDash(c.Name), c.NotAfter.Format(time.RFC3339), daysLeft(c.DaysLeft))
+		if c.DaysLeft < deploy.GatewayCertWarnDays {
+			line = st.Warning.Render("warning: "+line) + "; renew it (ACME renews by itself: its log says why it has not)"
+		}
+		fmt.Fprintln(w, "gateway tls: "+line)
+	}
+}
+
+// daysLeft says a certificate's days left in words.
+func daysLeft(n int) string {
+	switch {
+	case n < 0:
+		return "EXPIRED"
+	case n == 1:
+		return "1 day left"
+	}
+	return fmt.Sprintf("%d days left", n)
 }
 
 // printFence writes the engine's restore fence and the forks accepted

@@ -19,6 +19,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/envfile"
+	"github.com/pickme/lucid/pkg/projectconfig"
 	"github.com/pickme/lucid/pkg/routetable"
 )
 
@@ -58,7 +59,14 @@ appear in any output: --dry-run shows a diff with them redacted.
 
 When configs/gateway/routes.yaml exists it is the gateway's route table
 (start one with ` + "`lucidctl render routes`" + `): it is checked, the compose file mounts it read-only into the gateway, and
-lucidctl deploy ships it. Without it the gateway runs DESIGN.md's table.`,
+lucidctl deploy ships it. Without it the gateway runs DESIGN.md's table.
+
+With lucid.yaml's tls section the gateway serves HTTPS: its env file gets
+the ACME settings, or the certificate and key files, which are copied into
+configs/gateway/tls/ (mode 0600) and mounted read-only into the gateway
+only; tls.https_port and tls.http_port are published for it. Without one,
+a gateway publishing plain HTTP beyond the host's loopback is warned about
+on stderr.`,
 		Example: `  lucidctl render
   lucidctl render --dry-run
   lucidctl render --set REDIS_URL=redis://lucid-redis:6379/0
@@ -98,6 +106,9 @@ type Output struct {
 	Routes string `json:"routes,omitempty"`
 	// Unread names keys of the operator's env file that no service reads.
 	Unread []string `json:"unread,omitempty"`
+	// Warnings are what the operator should know: the gateway serving
+	// plain HTTP beyond the host's loopback.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 var envKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -145,15 +156,19 @@ func run(ctx context.Context, opts *Options) error {
 		}
 	}
 
+	tlsOpts, err := TLSOptions(cfg)
+	if err != nil {
+		return err
+	}
 	files, err := deployfiles.Render(ctx, deployfiles.Options{
 		ImageName: cfg.Images.Name, ImageTag: cfg.Images.Tag, Existing: existing, Set: set,
-		NoConsul: opts.NoConsul, PortOffset: opts.PortOffset, Routes: routes,
+		NoConsul: opts.NoConsul, PortOffset: opts.PortOffset, Routes: routes, TLS: tlsOpts,
 	})
 	if err != nil {
 		return err
 	}
 
-	out := Output{DryRun: opts.DryRun, Generated: files.Generated, Unread: files.Unread}
+	out := Output{DryRun: opts.DryRun, Generated: files.Generated, Unread: files.Unread, Warnings: files.Warnings}
 	if routes != nil {
 		out.Routes = deployfiles.RoutesPath
 	}
@@ -167,7 +182,13 @@ func run(ctx context.Context, opts *Options) error {
 			return err
 		}
 		rec := File{Path: f.Path, Status: status(old, f.Content)}
-		if opts.DryRun {
+		switch {
+		case opts.DryRun && f.Opaque:
+			// Key material: whether it changes, never what it is.
+			if rec.Status != "unchanged" {
+				rec.Diff = fmt.Sprintf("%s: %s (content not shown)\n", f.Path, rec.Status)
+			}
+		case opts.DryRun:
 			newer := f.Content
 			if f.Secret {
 				var was map[string]string
@@ -177,7 +198,7 @@ func run(ctx context.Context, opts *Options) error {
 				old, newer = redactOrNil(old), deployfiles.RedactEnvChanges(newer, was)
 			}
 			rec.Diff = deployfiles.Diff(f.Path, old, newer)
-		} else if rec.Status != "unchanged" {
+		case rec.Status != "unchanged":
 			if err := envfile.WriteAtomic(path, f.Content); err != nil {
 				return fmt.Errorf("write %s: %w", path, err)
 			}
@@ -215,7 +236,44 @@ func report(opts *Options, out Output) error {
 	for _, k := range out.Unread {
 		fmt.Fprintf(opts.Env.IO.ErrOut, "warning: %s in %s is read by no service (a typo?); it stays there and goes nowhere\n", k, deployfiles.EnvPath)
 	}
+	for _, w := range out.Warnings {
+		fmt.Fprintf(opts.Env.IO.ErrOut, "warning: %s\n", w)
+	}
 	return nil
+}
+
+// TLSOptions reads the files lucid.yaml's tls section names, for Render;
+// nil without the section.
+func TLSOptions(cfg *projectconfig.Config) (*deployfiles.TLS, error) {
+	t := cfg.TLS
+	if t == nil {
+		return nil, nil
+	}
+	out := &deployfiles.TLS{HTTPSPort: t.HTTPSPort, HTTPPort: t.HTTPPort}
+	read := func(key, p string) ([]byte, error) {
+		b, err := os.ReadFile(cfg.Abs(p))
+		if err != nil {
+			return nil, fmt.Errorf("tls.%s: %w", key, err)
+		}
+		return b, nil
+	}
+	var err error
+	if a := t.ACME; a != nil {
+		out.ACME = &deployfiles.ACME{Domains: a.Domains, Email: a.Email, Directory: a.Directory}
+		if a.CARoot != "" {
+			if out.ACME.CARoot, err = read("acme.ca_root", a.CARoot); err != nil {
+				return nil, err
+			}
+		}
+		return out, nil
+	}
+	if out.Cert, err = read("cert_file", t.CertFile); err != nil {
+		return nil, err
+	}
+	if out.Key, err = read("key_file", t.KeyFile); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func status(old, cur []byte) string {

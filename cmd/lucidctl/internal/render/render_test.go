@@ -7,9 +7,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/envfile"
 )
@@ -149,5 +151,62 @@ func TestRenderMountsTheProjectsRouteTable(t *testing.T) {
 	compose, _ := os.ReadFile(filepath.Join(dir, deployfiles.ComposePath))
 	if !strings.Contains(string(compose), deployfiles.RoutesMount+":ro") {
 		t.Errorf("the compose file does not mount the route table:\n%s", compose)
+	}
+}
+
+// lucid.yaml's tls section with the operator's files: render copies them
+// into configs/gateway/tls (0600) for the gateway's read-only mount, a dry
+// run names them without their content, and nothing warns; without the
+// section render warns that the gateway serves plain HTTP.
+func TestRenderTLSFiles(t *testing.T) {
+	dir := t.TempDir()
+	io, _, _, errOut := iostreams.Test()
+	env := cli.NewEnv(io, func(string) string { return "" })
+	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
+	if err := run(context.Background(), &Options{Env: env, Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(errOut.String(), "warning: the gateway serves plain HTTP on every address of the host (port 8080)") {
+		t.Errorf("no plain-HTTP warning: %q", errOut.String())
+	}
+
+	ca := testenv.NewTestCA(t)
+	cert, key := ca.Issue(t, time.Now().Add(time.Hour), "pi.example.net")
+	if err := os.MkdirAll(filepath.Join(dir, "certs"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"certs/pi.crt": cert, "certs/pi.key": key, "lucid.yaml": []byte("tls:\n  cert_file: certs/pi.crt\n  key_file: certs/pi.key\n")} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A new run reads lucid.yaml again.
+	io, _, out, errOut := iostreams.Test()
+	env = cli.NewEnv(io, func(string) string { return "" })
+	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
+	if err := run(context.Background(), &Options{Env: env, Dir: dir, DryRun: true}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), deployfiles.TLSDir+"/tls.key: created (content not shown)") || strings.Contains(out.String(), "PRIVATE KEY") || strings.Contains(out.String(), "CERTIFICATE") {
+		t.Errorf("dry run:\n%s", out.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, deployfiles.TLSDir)); err == nil {
+		t.Error("a dry run wrote the TLS files")
+	}
+	errOut.Reset()
+	if err := run(context.Background(), &Options{Env: env, Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(errOut.String(), "plain HTTP") {
+		t.Errorf("warned with TLS on: %q", errOut.String())
+	}
+	got, err := os.ReadFile(filepath.Join(dir, deployfiles.TLSDir, "tls.key"))
+	fi, _ := os.Stat(filepath.Join(dir, deployfiles.TLSDir, "tls.key"))
+	if err != nil || string(got) != string(key) || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the key in %s: %v %v", deployfiles.TLSDir, err, fi.Mode())
+	}
+	gw, err := envfile.Read(filepath.Join(dir, deployfiles.ServiceEnvPath("gateway")))
+	if err != nil || gw[deployfiles.EnvTLSCertFile] != deployfiles.TLSMount+"/tls.crt" {
+		t.Errorf("gateway env: %v %v", gw, err)
 	}
 }

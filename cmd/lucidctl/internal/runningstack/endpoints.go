@@ -8,11 +8,14 @@ package runningstack
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +27,7 @@ import (
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/meshtls"
+	"github.com/pickme/lucid/pkg/projectconfig"
 	"github.com/pickme/lucid/pkg/sshx"
 	"github.com/spf13/pflag"
 )
@@ -48,6 +52,10 @@ type Endpoints struct {
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	ssh  *sshx.Client
 
+	// roots, from --cacert, verify the gateway's HTTPS instead of the
+	// system's roots.
+	roots *x509.CertPool
+
 	mu         sync.Mutex
 	transports [2]*http.Transport // verifying, insecure; made on first use
 }
@@ -64,7 +72,7 @@ func (e *Endpoints) Transport(insecure bool) *http.Transport {
 		i = 1
 	}
 	if e.transports[i] == nil {
-		tr := &http.Transport{MaxIdleConnsPerHost: 256}
+		tr := &http.Transport{MaxIdleConnsPerHost: 256, TLSClientConfig: &tls.Config{RootCAs: e.roots, MinVersion: tls.VersionTLS12}}
 		if insecure {
 			tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} // health endpoints only: nothing secret
 		}
@@ -105,6 +113,9 @@ type Flags struct {
 	target     string
 	portOffset int
 	envFile    string
+	// caCert is a PEM file of CAs the gateway's HTTPS is verified
+	// against, as curl's --cacert.
+	caCert string
 	// For a target of lucid.yaml, whose internal ports are reached
 	// through SSH.
 	ssh cli.SSHFlags
@@ -115,6 +126,7 @@ func (f *Flags) Add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.target, "target", "", "local (default), a gateway URL, or a target of lucid.yaml (reached through SSH)")
 	fs.IntVar(&f.portOffset, "port-offset", 0, "the local stack's --port-offset")
 	fs.StringVar(&f.envFile, "env-file", "", "env file with JWT_SECRET_KEY (default: lucid.yaml's local.env_file)")
+	fs.StringVar(&f.caCert, "cacert", "", "trust the CA certificates in this PEM `FILE` for the gateway's HTTPS (a private CA), instead of the system's")
 	f.ssh.Add(fs)
 }
 
@@ -137,6 +149,16 @@ func (f Flags) Resolve(ctx context.Context, env *cli.Env) (*Endpoints, error) {
 		return nil, err
 	}
 	e := &Endpoints{Service: map[string]string{}, mesh: vars["LUCID_MESH_TOKEN"]}
+	if f.caCert != "" {
+		pem, err := os.ReadFile(f.caCert)
+		if err != nil {
+			return nil, cli.Usage(fmt.Errorf("--cacert: %w", err))
+		}
+		e.roots = x509.NewCertPool()
+		if !e.roots.AppendCertsFromPEM(pem) {
+			return nil, cli.Usage(fmt.Errorf("--cacert %s holds no PEM certificate", f.caCert))
+		}
+	}
 	secret, source := env.Getenv("JWT_SECRET_KEY"), "the environment"
 	if secret == "" {
 		secret, source = vars["JWT_SECRET_KEY"], path
@@ -161,7 +183,8 @@ func (f Flags) Resolve(ctx context.Context, env *cli.Env) (*Endpoints, error) {
 	loopback := func() {
 		local := func(port int) string { return "127.0.0.1:" + strconv.Itoa(port+offset) }
 		gw, _ := catalog.Lookup("gateway")
-		e.Gateway = "http://" + local(gw.Port)
+		// HTTPS when the local gateway serves an operator's certificate.
+		e.Gateway = e.scheme(ctx, local(gw.Port)) + "://" + local(gw.Port)
 		for _, s := range catalog.Services {
 			if !s.Public {
 				e.Service[s.Name] = e.scheme(ctx, local(s.Port)) + "://" + local(s.Port)
@@ -195,10 +218,39 @@ func (f Flags) Resolve(ctx context.Context, env *cli.Env) (*Endpoints, error) {
 			return direct.DialContext(ctx, network, addr)
 		}
 		loopback() // --port-offset applies on the target too (a stack rendered with one)
-		gw, _ := catalog.Lookup("gateway")
-		e.Gateway = "http://" + net.JoinHostPort(t.Host, strconv.Itoa(gw.Port+offset))
+		e.Gateway = publicGateway(cfg, t, offset)
 	}
 	return e, nil
+}
+
+// publicGateway is where clients reach a target's gateway: with lucid.yaml's
+// tls section, https on tls.https_port under the certificate's name (the
+// first ACME domain, else the first DNS name of tls.cert_file), else
+// plain HTTP on the catalog's port at the target's host.
+func publicGateway(cfg *projectconfig.Config, t projectconfig.Target, offset int) string {
+	gw, _ := catalog.Lookup(catalog.GatewayService)
+	tc := cfg.TLS
+	if tc == nil {
+		return "http://" + net.JoinHostPort(t.Host, strconv.Itoa(gw.Port+offset))
+	}
+	host := t.Host
+	switch {
+	case tc.ACME != nil && len(tc.ACME.Domains) > 0:
+		host = tc.ACME.Domains[0]
+	case tc.CertFile != "":
+		if data, err := os.ReadFile(cfg.Abs(tc.CertFile)); err == nil {
+			if b, _ := pem.Decode(data); b != nil {
+				if c, err := x509.ParseCertificate(b.Bytes); err == nil && len(c.DNSNames) > 0 {
+					host = c.DNSNames[0]
+				}
+			}
+		}
+	}
+	port := tc.HTTPSPort + offset
+	if port == 443 {
+		return "https://" + host
+	}
+	return "https://" + net.JoinHostPort(host, strconv.Itoa(port))
 }
 
 // scheme tells whether a service speaks TLS (the mesh is on).

@@ -13,6 +13,8 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/observe"
+	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/deploy"
 	"github.com/pickme/lucid/pkg/supervise"
 )
 
@@ -34,14 +36,16 @@ func newStatusCmd(env *cli.Env) *cobra.Command {
 		Short: "Show the state of the local stack, or of deployed hosts",
 		Long: `Show each service of the local stack: its state, pid, restarts and URL, and
 how the services are discovered: "consul" with a supervised Consul agent,
-"static" (fixed addresses) without one. --port-offset names the stack.
+"static" (fixed addresses) without one, and the gateway's public
+certificates (their expiry from its metrics, a warning under 14 days) when
+it serves HTTPS. --port-offset names the stack.
 
 With --target (a target or group of lucid.yaml), show the deployed hosts
 instead, read over SSH in parallel: the current release, each container's
 state, health, restarts, uptime and image, the host's disk, memory, load,
 Docker version and clock skew, and what the services report (chain height
 and newest block, Raft role, anchoring queue, data-chain size, mesh
-certificate expiry). A figure that cannot be read is shown as
+certificate expiry, the gateway's public certificates' expiry). A figure that cannot be read is shown as
 "unknown (why)". The engine's and the data chain's figures need the
 operator token: LUCID_OPERATOR_TOKEN, else the operator's env file
 (local.env_file of lucid.yaml).
@@ -77,7 +81,16 @@ be reached without --skip-unreachable.`,
 	return cli.SupportsJSON(cmd)
 }
 
-func runStatus(_ context.Context, opts *StatusOptions) error {
+// statusDoc is `status --json` of the local stack: its state, and the
+// gateway's public certificates when it serves TLS (GatewayTLSError
+// says why they could not be read).
+type statusDoc struct {
+	*stackState
+	GatewayTLS      *deploy.GatewayTLS `json:"gateway_tls,omitempty"`
+	GatewayTLSError string             `json:"gateway_tls_error,omitempty"`
+}
+
+func runStatus(ctx context.Context, opts *StatusOptions) error {
 	l, err := stackLayout(opts.Env, opts.PortOffset)
 	if err != nil {
 		return err
@@ -89,18 +102,33 @@ func runStatus(_ context.Context, opts *StatusOptions) error {
 		return err
 	}
 	st = current(st, supervisorRunning(l))
+	doc := statusDoc{stackState: st}
+	for _, s := range st.Services {
+		if st.Running && s.Name == catalog.GatewayService && s.State == supervise.StateReady && s.URL != "" {
+			if g, err := gatewayTLS(ctx, s.URL); err != nil {
+				doc.GatewayTLSError = err.Error()
+			} else {
+				doc.GatewayTLS = g
+			}
+		}
+	}
 
 	if opts.Env.JSON {
 		if st.Services == nil {
 			st.Services = []serviceState{}
 		}
-		if err := opts.Env.PrintJSON(st); err != nil {
+		if err := opts.Env.PrintJSON(doc); err != nil {
 			return err
 		}
 	} else {
 		printTable(opts.Env, st)
 		if st.Running {
 			fmt.Fprintln(opts.Env.IO.Out, discoveryLine(st.Discovery))
+			if doc.GatewayTLSError != "" {
+				fmt.Fprintln(opts.Env.IO.Out, "gateway tls: unknown ("+doc.GatewayTLSError+")")
+			} else {
+				observe.PrintGatewayTLS(opts.Env.IO.Out, opts.Env.IO.OutStyles(), doc.GatewayTLS)
+			}
 		}
 	}
 	if !st.Running {

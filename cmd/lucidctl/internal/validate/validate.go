@@ -41,6 +41,11 @@ with compose-go and report, with file and line:
   image-name                     an image other than lucid.yaml's name for that service
   healthcheck-tool               a healthcheck needing a shell, curl or python (images are distroless)
 
+A warning is no problem (the exit status stays 0), on stderr and in --json's
+"warnings":
+
+  plain-http                     the gateway serving plain HTTP beyond the host's loopback
+
 Exit status 3 when there are problems.`,
 		Example: `  lucidctl validate
   lucidctl validate other/docker-compose.yml --env-file other/.env --json`,
@@ -61,6 +66,7 @@ Exit status 3 when there are problems.`,
 type Output struct {
 	File     string                `json:"file"`
 	Problems []deployfiles.Problem `json:"problems"`
+	Warnings []deployfiles.Problem `json:"warnings"`
 }
 
 func run(ctx context.Context, opts *Options) error {
@@ -75,7 +81,7 @@ func run(ctx context.Context, opts *Options) error {
 			return cli.WithHint(fmt.Errorf("%s does not exist", file), "`lucidctl render` writes it, or name a compose file")
 		}
 	}
-	problems, err := deployfiles.Validate(ctx, deployfiles.ValidateOptions{
+	problems, warnings, err := deployfiles.ValidateAll(ctx, deployfiles.ValidateOptions{
 		ComposeFile: file, EnvFiles: opts.EnvFiles, ImageName: cfg.Images.Name, ImageTag: cfg.Images.Tag,
 	})
 	if err != nil {
@@ -84,13 +90,19 @@ func run(ctx context.Context, opts *Options) error {
 	if problems == nil {
 		problems = []deployfiles.Problem{}
 	}
+	if warnings == nil {
+		warnings = []deployfiles.Problem{}
+	}
 	if opts.Env.JSON {
-		if err := opts.Env.PrintJSON(Output{File: file, Problems: problems}); err != nil {
+		if err := opts.Env.PrintJSON(Output{File: file, Problems: problems, Warnings: warnings}); err != nil {
 			return err
 		}
 	} else {
 		for _, p := range problems {
 			fmt.Fprintln(opts.Env.IO.Out, p.String())
+		}
+		for _, w := range warnings {
+			fmt.Fprintln(opts.Env.IO.ErrOut, "warning: "+w.String())
 		}
 	}
 	if len(problems) > 0 {

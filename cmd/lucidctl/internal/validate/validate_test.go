@@ -59,4 +59,18 @@ func TestRenderedFilesPass(t *testing.T) {
 	if !strings.Contains(errOut.String(), "no problems") {
 		t.Errorf("stderr %q", errOut.String())
 	}
+	// The gateway publishes plain HTTP on every address: a warning on
+	// stderr and in --json, and still exit 0.
+	if !strings.Contains(errOut.String(), "warning: ") || !strings.Contains(errOut.String(), "(plain-http)") {
+		t.Errorf("no plain-HTTP warning on stderr: %q", errOut.String())
+	}
+	out.Reset()
+	env.JSON = true
+	if err := run(context.Background(), &Options{Env: env}); err != nil {
+		t.Fatal(err)
+	}
+	var o Output
+	if err := json.Unmarshal(out.Bytes(), &o); err != nil || len(o.Problems) != 0 || len(o.Warnings) != 1 || o.Warnings[0].Rule != deployfiles.RulePlainHTTP {
+		t.Errorf("--json: %+v %v", o, err)
+	}
 }
