@@ -23,17 +23,19 @@ var errClientLeft = errors.New("the client went away")
 // watchDelay is how long an exchange runs before its client is watched.
 const watchDelay = 50 * time.Millisecond
 
-// clientWatch is one call's watch over its client.
+// clientWatch is one call's watch over its client. Calls are pooled, and
+// so are their watches with their timer.
 type clientWatch struct {
 	mu      sync.Mutex
-	gen     uint64      // arm count: a late timer of an earlier arm does nothing
-	timer   *time.Timer // nil while not armed
+	timer   *time.Timer // made once, reset by each arm
+	armed   bool
+	due     time.Time // when the armed watch starts: a late fire of an earlier arm does nothing
 	client  net.Conn
 	up      net.Conn // the upstream connection in use, cut when the client leaves
 	gone    bool
 	stopped bool
-	// watching is set while a watch goroutine runs; quit stops it and
-	// done says it has.
+	// watching is set while a watch runs; quit stops it and done says it
+	// has.
 	watching   bool
 	quit, done chan struct{}
 }
@@ -42,13 +44,15 @@ type clientWatch struct {
 func (w *clientWatch) arm(client net.Conn) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.timer != nil || w.stopped {
+	if w.armed || w.stopped {
 		return // armed already (a second exchange of the same call)
 	}
-	w.gen++
-	gen := w.gen
-	w.client = client
-	w.timer = time.AfterFunc(watchDelay, func() { w.watch(gen) })
+	w.armed, w.client, w.due = true, client, time.Now().Add(watchDelay)
+	if w.timer == nil {
+		w.timer = time.AfterFunc(watchDelay, w.watch)
+	} else {
+		w.timer.Reset(watchDelay)
+	}
 }
 
 // use points the watch at the upstream connection in use and sets its
@@ -63,6 +67,14 @@ func (w *clientWatch) use(up net.Conn, deadline time.Time) error {
 	return up.SetReadDeadline(deadline)
 }
 
+// detach forgets the upstream connection before it goes back to the pool,
+// where the watch must not cut it.
+func (w *clientWatch) detach() {
+	w.mu.Lock()
+	w.up = nil
+	w.mu.Unlock()
+}
+
 // left reports whether the client has left.
 func (w *clientWatch) left() bool {
 	w.mu.Lock()
@@ -70,14 +82,13 @@ func (w *clientWatch) left() bool {
 	return w.gone
 }
 
-// stop ends the watch, waiting for its goroutine, and reports whether the
-// client had left. The watch can then be armed again.
+// stop ends the watch, waiting for it, and reports whether the client had
+// left. The watch can then be armed again.
 func (w *clientWatch) stop() (left bool) {
 	w.mu.Lock()
 	w.stopped = true
-	if w.timer != nil {
+	if w.armed {
 		w.timer.Stop()
-		w.timer = nil
 	}
 	watching, done := w.watching, w.done
 	if watching {
@@ -90,7 +101,7 @@ func (w *clientWatch) stop() (left bool) {
 	}
 	w.mu.Lock()
 	left = w.gone
-	w.gone, w.stopped, w.watching = false, false, false
+	w.armed, w.gone, w.stopped, w.watching = false, false, false, false
 	w.client, w.up = nil, nil
 	w.mu.Unlock()
 	return left
@@ -98,9 +109,9 @@ func (w *clientWatch) stop() (left bool) {
 
 // watch runs on the timer's goroutine until the client leaves or the
 // watch stops.
-func (w *clientWatch) watch(gen uint64) {
+func (w *clientWatch) watch() {
 	w.mu.Lock()
-	if gen != w.gen || w.stopped || w.client == nil {
+	if !w.armed || w.stopped || w.watching || time.Now().Before(w.due) {
 		w.mu.Unlock()
 		return
 	}

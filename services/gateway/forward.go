@@ -167,6 +167,7 @@ func (rp *routeProxy) exchange(c *call, inst *instance, req *fasthttp.Request, r
 			err = errIdleTimedOut
 		}
 		if err != nil {
+			c.watch.detach()
 			if br != nil {
 				hc.ReleaseReader(br)
 			}
@@ -211,17 +212,13 @@ func isTimeout(err error) bool {
 // as long as the client stays. The body, if it streams, may take as long
 // as it takes (follow, audits).
 func (rp *routeProxy) roundTrip(c *call, hc *fasthttp.HostClient, conn net.Conn, req *fasthttp.Request, resp *fasthttp.Response, bodiless bool) (*bufio.Reader, error) {
-	if err := c.watch.use(conn, time.Time{}); err != nil {
-		return nil, err
-	}
 	// A body comes from the client as fast as it sends, within the
-	// server's body timeout.
-	wd := time.Now().Add(rp.route.Timeout)
+	// server's body timeout; a request without one fits the socket's
+	// buffer.
 	if !bodiless {
-		wd = time.Now().Add(bodyTimeout)
-	}
-	if err := conn.SetWriteDeadline(wd); err != nil {
-		return nil, err
+		if err := conn.SetWriteDeadline(time.Now().Add(bodyTimeout)); err != nil {
+			return nil, err
+		}
 	}
 	bw := hc.AcquireWriter(conn)
 	err := req.Write(bw)
@@ -243,6 +240,10 @@ func (rp *routeProxy) roundTrip(c *call, hc *fasthttp.HostClient, conn net.Conn,
 	resp.SkipBody = req.Header.IsHead()
 	if err := readAnswer(br, resp); err != nil {
 		return br, err
+	}
+	if resp.BodyStream() == nil {
+		c.watch.detach() // the connection goes back to the pool
+		return br, nil
 	}
 	return br, c.watch.use(conn, time.Time{})
 }

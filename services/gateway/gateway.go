@@ -259,7 +259,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	for _, rt := range a.routes {
 		h := a.newRouteProxy(rt, a.pools[rt.Service])
 		if _, ok := catalog.Lookup(rt.Service); ok && srv.Identity() == nil {
-			h.serviceKey = srv.Config().ServiceKey
+			h.signer = service.NewCallerSigner(srv.Config().ServiceKey, catalog.GatewayService)
 		}
 		a.proxies = append(a.proxies, h)
 	}

@@ -14,7 +14,6 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/pickme/lucid/pkg/auth"
-	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/routetable"
 	"github.com/pickme/lucid/pkg/service"
 )
@@ -44,9 +43,10 @@ type routeProxy struct {
 	methods [][]byte
 	latency prometheus.Observer // upstream time to response headers
 	errors  prometheus.Counter  // requests not answered upstream
-	// serviceKey signs requests to a Lucid service when the mesh is off
-	// (nil with the mesh, and towards the Phase 1 auth service).
-	serviceKey []byte
+	// signer signs requests to a Lucid service with the service key when
+	// the mesh is off (nil with the mesh, and towards the Phase 1 auth
+	// service).
+	signer *service.CallerSigner
 }
 
 func (a *App) newRouteProxy(r routetable.Route, p *pool) *routeProxy {
@@ -122,24 +122,38 @@ func (rp *routeProxy) forwardHeaders(c *call, path string, claims *auth.Claims, 
 	if prior := fc.Request.Header.PeekAll("X-Forwarded-For"); len(prior) > 0 && rp.gw.isTrusted(peer) {
 		xff = string(bytes.Join(prior, []byte(", "))) + ", " + peer
 	}
-	h.Set("X-Forwarded-For", xff)
-	h.SetBytesV("X-Forwarded-Host", fc.Host())
+	// Canonical names, set as they are: no normalising on every request.
+	h.SetCanonical(keyForwardedFor, []byte(xff))
+	h.SetCanonical(keyForwardedHost, fc.Host())
 	if fc.IsTLS() {
-		h.Set("X-Forwarded-Proto", "https")
+		h.SetCanonical(keyForwardedProto, valueHTTPS)
 	} else {
-		h.Set("X-Forwarded-Proto", "http")
+		h.SetCanonical(keyForwardedProto, valueHTTP)
 	}
-	h.Set(service.HeaderRequestID, c.id)
+	h.SetCanonical(keyRequestID, []byte(c.id))
 	var p *service.Principal
 	if claims != nil {
 		p = &service.Principal{Subject: claims.Subject, Tier: claims.Tier}
-		h.Set(HeaderSub, claims.Subject)
-		h.Set(HeaderTier, string(claims.Tier))
+		h.SetCanonical(keySub, []byte(claims.Subject))
+		h.SetCanonical(keyTier, []byte(claims.Tier))
 	}
-	if rp.serviceKey != nil {
-		h.Set(service.HeaderCaller, service.SignCaller(rp.serviceKey, catalog.GatewayService, rp.gw.now(), string(fc.Method()), path, p))
+	if rp.signer != nil {
+		h.SetCanonical(keyCaller, []byte(rp.signer.Sign(rp.gw.now(), string(fc.Method()), path, p)))
 	}
 }
+
+// The headers forwardHeaders writes, canonical.
+var (
+	keyForwardedFor   = []byte("X-Forwarded-For")
+	keyForwardedHost  = []byte("X-Forwarded-Host")
+	keyForwardedProto = []byte("X-Forwarded-Proto")
+	keyRequestID      = []byte(service.HeaderRequestID)
+	keySub            = []byte(HeaderSub)
+	keyTier           = []byte(HeaderTier)
+	keyCaller         = []byte(service.HeaderCaller)
+	valueHTTP         = []byte("http")
+	valueHTTPS        = []byte("https")
+)
 
 // upstreamPath is the escaped path a request for raw goes to on target:
 // the route's prefix stripped if it says so, joined to the target's own

@@ -38,10 +38,12 @@ const (
 	headerTimeout = 5 * time.Second
 	bodyTimeout   = 2 * time.Minute
 	idleTimeout   = 2 * time.Minute
-	// maxHeaderBytes bounds a request line and its headers (a token is at
-	// most 4 KiB). It is the read buffer's size, held only while a request
-	// is read: an idle keep-alive connection holds none.
-	maxHeaderBytes = 16 << 10
+	// maxHeaderBytes bounds a request line and its headers, as nginx's
+	// default does (a token is at most 4 KiB). It is the size of each
+	// connection's read buffer, which fasthttp keeps for the connection's
+	// life when bodies stream (as here): it is most of what an idle
+	// keep-alive connection costs.
+	maxHeaderBytes = 8 << 10
 	// maxBodyBytes bounds a request body, well above the data chain's
 	// largest chunk (16 MiB); bodies stream through, never held whole.
 	maxBodyBytes = 64 << 20
