@@ -160,7 +160,7 @@ func (rp *routeProxy) exchange(c *call, inst *instance, req *fasthttp.Request, r
 		}
 		conn := cc.Conn()
 		reused := !cc.LastUseTime().IsZero()
-		br, err := rp.roundTrip(c, hc, conn, req, resp, bodiless)
+		br, partial, err := rp.roundTrip(c, hc, conn, req, resp, bodiless)
 		if err == nil && reused && resp.StatusCode() == http.StatusRequestTimeout {
 			// As net/http reads it: a 408 on a kept-alive connection is
 			// the upstream closing it while idle, not an answer.
@@ -181,7 +181,7 @@ func (rp *routeProxy) exchange(c *call, inst *instance, req *fasthttp.Request, r
 		if resp.BodyStream() == nil { // read whole, or none
 			// Bytes past the answer were never asked for (a late 408, a
 			// broken upstream): they would be read as the next answer.
-			keep := !resp.ConnectionClose() && br.Buffered() == 0
+			keep := !partial && !resp.ConnectionClose() && br.Buffered() == 0
 			hc.ReleaseReader(br)
 			if keep {
 				hc.ReleaseConn(cc)
@@ -191,7 +191,7 @@ func (rp *routeProxy) exchange(c *call, inst *instance, req *fasthttp.Request, r
 			return nil, nil
 		}
 		return func(keep bool) { // the same, once the body is done
-			keep = keep && !resp.ConnectionClose() && br.Buffered() == 0
+			keep = keep && !partial && !resp.ConnectionClose() && br.Buffered() == 0
 			hc.ReleaseReader(br)
 			if keep {
 				hc.ReleaseConn(cc)
@@ -210,42 +210,89 @@ func isTimeout(err error) bool {
 // roundTrip writes req on conn and reads the answer's headers within the
 // route's timeout, counted from when the request is all written, and for
 // as long as the client stays. The body, if it streams, may take as long
-// as it takes (follow, audits).
-func (rp *routeProxy) roundTrip(c *call, hc *fasthttp.HostClient, conn net.Conn, req *fasthttp.Request, resp *fasthttp.Response, bodiless bool) (*bufio.Reader, error) {
-	// A body comes from the client as fast as it sends, within the
-	// server's body timeout; a request without one fits the socket's
-	// buffer.
-	if !bodiless {
+// as it takes (follow, audits). A request with a body is written while
+// the answer is read, since the upstream may answer before it has read
+// all of it (a refusal, a 413): that answer is the client's, and partial
+// says the connection, with the body cut short, cannot be used again.
+func (rp *routeProxy) roundTrip(c *call, hc *fasthttp.HostClient, conn net.Conn, req *fasthttp.Request, resp *fasthttp.Response, bodiless bool) (br *bufio.Reader, partial bool, err error) {
+	var sent chan error
+	if bodiless {
+		// A request without a body fits the socket's buffer.
+		if err := writeRequest(hc, conn, req); err != nil {
+			return nil, false, err
+		}
+		if err := rp.awaitAnswer(c, conn); err != nil {
+			return nil, false, err
+		}
+	} else {
+		// The body comes as fast as the client sends it, within the
+		// server's body timeout, and the answer may come before.
+		if err := c.watch.use(conn, time.Now().Add(bodyTimeout+rp.route.Timeout)); err != nil {
+			return nil, false, err
+		}
 		if err := conn.SetWriteDeadline(time.Now().Add(bodyTimeout)); err != nil {
-			return nil, err
+			return nil, false, err
+		}
+		sent = make(chan error, 1)
+		go func() {
+			err := writeRequest(hc, conn, req)
+			if err == nil {
+				err = rp.awaitAnswer(c, conn)
+			}
+			sent <- err
+		}()
+	}
+	br = hc.AcquireReader(conn)
+	resp.Reset()
+	resp.SkipBody = req.Header.IsHead()
+	err = readAnswer(br, resp)
+	if sent != nil {
+		select {
+		case werr := <-sent:
+			partial = werr != nil
+		default:
+			// Answered before the body was all sent: the rest is not
+			// wanted. Cut the write and wait for the writer, which reads
+			// the client's body and req.
+			_ = conn.SetWriteDeadline(time.Unix(1, 0))
+			partial = <-sent != nil
+		}
+		if !partial {
+			// The connection may be used again, by a request whose write
+			// has no deadline.
+			_ = conn.SetWriteDeadline(time.Time{})
+		}
+		if err != nil {
+			return br, partial, err
 		}
 	}
+	if err != nil {
+		return br, false, err
+	}
+	if resp.BodyStream() == nil {
+		c.watch.detach() // the connection goes back to the pool
+		return br, partial, nil
+	}
+	return br, partial, c.watch.use(conn, time.Time{})
+}
+
+// writeRequest writes req on conn through HostClient's pooled writer.
+func writeRequest(hc *fasthttp.HostClient, conn net.Conn, req *fasthttp.Request) error {
 	bw := hc.AcquireWriter(conn)
 	err := req.Write(bw)
 	if err == nil {
 		err = bw.Flush()
 	}
 	hc.ReleaseWriter(bw)
-	if err != nil {
-		return nil, err
-	}
-	// The request is all read from the client: from now on it can be
-	// watched for leaving.
+	return err
+}
+
+// awaitAnswer starts the wait for the answer once the request is all
+// sent: the client, all read, can be watched for leaving, and the route's
+// timeout runs.
+func (rp *routeProxy) awaitAnswer(c *call, conn net.Conn) error {
 	c.watch.arm(c.fc.Conn())
-	if err := c.watch.use(conn, time.Now().Add(rp.route.Timeout)); err != nil {
-		return nil, err
-	}
-	br := hc.AcquireReader(conn)
-	resp.Reset()
-	resp.SkipBody = req.Header.IsHead()
-	if err := readAnswer(br, resp); err != nil {
-		return br, err
-	}
-	if resp.BodyStream() == nil {
-		c.watch.detach() // the connection goes back to the pool
-		return br, nil
-	}
-	return br, c.watch.use(conn, time.Time{})
+	return c.watch.use(conn, time.Now().Add(rp.route.Timeout))
 }
 
 // maxInterim bounds the informational answers (103 Early Hints) skipped

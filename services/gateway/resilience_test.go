@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"net/http"
@@ -183,5 +184,37 @@ func TestForwardingAndGuessing(t *testing.T) {
 		t.Errorf("escaped slash: %d %q", resp.StatusCode, body)
 	} else if raw := be.lastRequest().URL.RawPath; raw != "/api/v1/a%2Fb" && be.lastRequest().RequestURI != "/api/v1/a%2Fb" {
 		t.Errorf("escaped slash reached the upstream as %q (%q)", be.lastRequest().RequestURI, raw)
+	}
+}
+
+// TestAnswersBeforeAnUploadReachTheClient: a request answered before its
+// upload is done gets that answer, not a connection reset under the
+// upload: refused by the gateway before forwarding (bad token, method,
+// rate limit), or answered by an upstream that does not read the body
+// (the test backend reads none).
+func TestAnswersBeforeAnUploadReachTheClient(t *testing.T) {
+	g := startGateway(t, newBackend(t).URL, map[string]string{"LUCID_RATE_FREE": "60"})
+	tok := g.token(t, "u", "free")
+	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 1}}
+	body := bytes.Repeat([]byte("u"), 8<<20)
+	for _, tc := range []struct {
+		method, path, token string
+		want                int
+	}{
+		{http.MethodPut, "/api/v1/chunks", "nope", http.StatusUnauthorized},
+		{http.MethodPost, "/api/v1/transactions", tok, http.StatusMethodNotAllowed},
+		{http.MethodPut, "/api/v1/chunks", tok, http.StatusOK},              // 4 units of the burst of 6
+		{http.MethodPut, "/api/v1/chunks", tok, http.StatusTooManyRequests}, // 4 more, with 2 left
+	} {
+		req, _ := http.NewRequest(tc.method, g.url+tc.path, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+tc.token)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", tc.method, tc.path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s %s: %d, want %d", tc.method, tc.path, resp.StatusCode, tc.want)
+		}
 	}
 }

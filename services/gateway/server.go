@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -234,7 +235,19 @@ func (a *App) handle(fc *fasthttp.RequestCtx) {
 	fc.Response.Header.Set(service.HeaderRequestID, c.id)
 	streaming := a.serve(c)
 	if !streaming {
+		drainBody(fc)
 		a.end(c)
+	}
+}
+
+// drainBody reads what is left of a request body the gateway answered
+// without forwarding (a 401, 405 or 429 before an upload), within the
+// body's own limits, as nginx's lingering close does: closing with it
+// unread would reset the connection under the client's upload, and the
+// client would see the reset instead of the answer.
+func drainBody(fc *fasthttp.RequestCtx) {
+	if s := fc.RequestBodyStream(); s != nil && bodyLength(&fc.Request.Header) != 0 {
+		_, _ = io.Copy(io.Discard, s)
 	}
 }
 
