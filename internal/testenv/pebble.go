@@ -1,17 +1,11 @@
 package testenv
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -56,10 +50,13 @@ func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
 	dir := t.TempDir()
 	p := &Pebble{CARootFile: filepath.Join(dir, "listener-root.pem")}
 
-	certPEM, keyPEM := listenerCert(t)
-	p.CARootPEM = certPEM
+	// Pebble's own HTTPS listeners (the directory, management) get a
+	// certificate of a CA made for this test.
+	ca := NewTestCA(t)
+	certPEM, keyPEM := ca.Issue(t, time.Now().Add(24*time.Hour), "127.0.0.1", "localhost")
+	p.CARootPEM = ca.RootPEM
 	certFile, keyFile := filepath.Join(dir, "listener.pem"), filepath.Join(dir, "listener.key")
-	for path, b := range map[string][]byte{p.CARootFile: certPEM, certFile: certPEM, keyFile: keyPEM} {
+	for path, b := range map[string][]byte{p.CARootFile: ca.RootPEM, certFile: certPEM, keyFile: keyPEM} {
 		if err := os.WriteFile(path, b, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -150,37 +147,6 @@ func pebbleTool(t testing.TB, name string) string {
 		return p
 	}
 	return Tool(t, name, "")
-}
-
-// listenerCert makes the self-signed certificate of Pebble's own HTTPS listeners (127.0.0.1, localhost).
-func listenerCert(t testing.TB) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "Pebble's listener, for Lucid's tests"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:              []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 }
 
 // process is a child run for a test: killed when the test ends, its output shown when the test failed.
