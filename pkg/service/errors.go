@@ -79,24 +79,32 @@ func writeErrorBody(w http.ResponseWriter, r *http.Request, he *HTTPError) {
 	if he.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(he.RetryAfter))
 	}
-	var body errorBody
-	body.Error.Code = he.Code
-	body.Error.Message = he.Message
-	body.Error.Fields = he.Fields
-	body.RequestID = RequestID(r.Context())
-	WriteJSON(w, he.Status, body)
+	_, body := ErrorResponse(he, RequestID(r.Context()))
+	writeJSONBytes(w, he.Status, body)
 }
 
 // WriteJSON writes v as a JSON response with status. HTML escaping is off
 // so that embedded canonical JSON (transactions in blocks) keeps its exact
 // bytes; the content type and nosniff keep browsers from reading it as HTML.
 func WriteJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
+	jsonHeader(w, status)
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)
 	_ = enc.Encode(v) // the client went away; nothing to do
+}
+
+// writeJSONBytes writes an encoded JSON body with status.
+func writeJSONBytes(w http.ResponseWriter, status int, body []byte) {
+	jsonHeader(w, status)
+	_, _ = w.Write(body) // the client went away; nothing to do
+}
+
+// jsonHeader sends the status with a JSON content type that browsers may
+// not sniff as HTML.
+func jsonHeader(w http.ResponseWriter, status int) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
 }
 
 // HandlerFunc is an HTTP handler that returns its error instead of writing

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -123,9 +124,11 @@ func (rp *routeProxy) forward(c *call, inst *instance, claims *auth.Claims, coun
 	resp := fasthttp.AcquireResponse()
 	start := time.Now()
 	finish, err := rp.exchange(c, inst, req, resp, bodiless, start)
-	if err != nil && bodiless && !c.watch.left() {
+	if err != nil && !c.watch.left() {
 		rp.pool.eject(inst, rp.gw.now())
-		if !isTimeout(err) && time.Since(start) <= time.Second {
+		// Only a read without a body may go again, and only after a
+		// quick failure: a timeout already spent the route's time.
+		if bodiless && !isTimeout(err) && time.Since(start) <= time.Second {
 			if other, perr := rp.pool.pick(rp.gw.now(), inst); perr == nil {
 				req.Reset()
 				rp.proxyRequest(c, req, other.url, claims)
@@ -134,8 +137,6 @@ func (rp *routeProxy) forward(c *call, inst *instance, claims *auth.Claims, coun
 				}
 			}
 		}
-	} else if err != nil && !c.watch.left() {
-		rp.pool.eject(inst, rp.gw.now())
 	}
 	if err != nil {
 		c.watch.stop()
@@ -342,7 +343,7 @@ func (rp *routeProxy) relay(c *call, resp *fasthttp.Response, finish func(keep b
 		// The gateway has set the request ID on the answer already.
 		switch ks := string(k); {
 		case hopHeader(ks), ks == "Content-Length", ks == service.HeaderRequestID:
-		case conn != nil && containsString(conn, ks):
+		case conn != nil && slices.Contains(conn, ks):
 		default:
 			out.AddBytesKV(k, v)
 		}
@@ -370,15 +371,6 @@ func (rp *routeProxy) relay(c *call, resp *fasthttp.Response, finish func(keep b
 	}
 	fc.Response.SetBodyStream(&upstreamBody{c: c, r: stream, resp: resp, finish: finish}, resp.Header.ContentLength())
 	return true
-}
-
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // upstreamBody is a streaming answer's body as the client's response reads

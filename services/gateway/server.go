@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -316,7 +317,7 @@ func (a *App) writeError(c *call, err error) {
 		"status", he.Status, "code", he.Code, "error", err)
 	h := &c.fc.Response.Header
 	if he.RetryAfter > 0 {
-		h.Set("Retry-After", fmt.Sprint(he.RetryAfter))
+		h.Set("Retry-After", strconv.Itoa(he.RetryAfter))
 	}
 	h.SetContentType("application/json")
 	h.Set("X-Content-Type-Options", "nosniff")
