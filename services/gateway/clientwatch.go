@@ -141,9 +141,15 @@ func (w *clientWatch) watch() {
 	close(done)
 }
 
-// rawConnOf is the socket under a client connection (TLS or not), or nil.
+// rawConnOf is the socket under a client connection (TLS or not, parkable
+// or not), or nil.
 func rawConnOf(c net.Conn) syscall.RawConn {
-	if t, ok := c.(interface{ NetConn() net.Conn }); ok {
+	// Unwrapped as far as it goes: the gateway's idle wrapper, then TLS.
+	for {
+		t, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
 		c = t.NetConn()
 	}
 	sc, ok := c.(syscall.Conn)

@@ -345,6 +345,7 @@ type metrics struct {
 	bodyUnits          *prometheus.CounterVec
 	inProgress         *prometheus.GaugeVec
 	concurrencyLimited *prometheus.CounterVec
+	parked             prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -369,7 +370,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		concurrencyLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lucid_gateway_concurrency_limited_total", Help: "Requests refused (429) because their principal had its tier's limit of requests in progress.",
 		}, []string{"tier"}),
+		parked: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lucid_gateway_parked_connections", Help: "Idle keep-alive connections parked until their next request, holding no buffer.",
+		}),
 	}
-	reg.MustRegister(m.upstreamLatency, m.decisions, m.upstreamErrors, m.authFailures, m.bodyUnits, m.inProgress, m.concurrencyLimited)
+	reg.MustRegister(m.upstreamLatency, m.decisions, m.upstreamErrors, m.authFailures, m.bodyUnits, m.inProgress, m.concurrencyLimited, m.parked)
 	return m
 }

@@ -89,6 +89,9 @@ func (a *App) ServeOn(ctx context.Context, ln net.Listener, srv *service.Server)
 		a.hsts = []byte(edge.HSTS())
 		scheme = "https"
 	}
+	pk := newParker(fs.ServeConn, a.metrics.parked)
+	fs.ConnState = pk.connState
+	ln = parkingListener{Listener: ln, p: pk}
 	bi := buildinfo.Read()
 	a.logger.Info("serving", "addr", ln.Addr().String(), "scheme", scheme, "version", bi.Version, "commit", bi.Commit)
 
@@ -100,6 +103,7 @@ func (a *App) ServeOn(ctx context.Context, ln net.Listener, srv *service.Server)
 	case <-ctx.Done():
 	}
 	srv.Drain()
+	pk.close() // before fasthttp's shutdown, which knows nothing of them
 	a.logger.Info("shutting down", "deadline", cfg.ShutdownTimeout.String())
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()

@@ -1,0 +1,233 @@
+package gateway
+
+import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+
+	"github.com/pickme/lucid/internal/testenv"
+)
+
+// parkEvents is the parker's gauge, reporting each park (+1) and each
+// end of one (-1) on a channel, so tests wait for the event itself.
+type parkEvents struct {
+	prometheus.Gauge
+	ch chan int
+}
+
+func (e *parkEvents) Inc() { e.Gauge.Inc(); e.ch <- 1 }
+func (e *parkEvents) Dec() { e.Gauge.Dec(); e.ch <- -1 }
+
+func (e *parkEvents) expect(t *testing.T, want int) {
+	t.Helper()
+	select {
+	case got := <-e.ch:
+		if got != want {
+			t.Fatalf("parker event %+d, want %+d", got, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no parker event (want %+d)", want)
+	}
+}
+
+// parkingServer serves, through a parker, an answer naming the request's
+// connection (so a test can tell it is the same one) and scheme.
+type parkingServer struct {
+	addr   string
+	events *parkEvents
+	fs     *fasthttp.Server
+	pk     *parker
+	served chan struct{}
+}
+
+func startParking(t *testing.T, tlsConfig *tls.Config, idle time.Duration) *parkingServer {
+	t.Helper()
+	if !canPark {
+		t.Skip("idle connections are parked on Linux only")
+	}
+	ps := &parkingServer{events: &parkEvents{Gauge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "parked"}), ch: make(chan int, 16)}, served: make(chan struct{})}
+	ps.fs = &fasthttp.Server{
+		Handler: func(fc *fasthttp.RequestCtx) {
+			scheme := "http"
+			if fc.IsTLS() {
+				scheme = "https"
+			}
+			_, _ = io.WriteString(fc, scheme+" "+fc.RemoteAddr().String()+" "+string(fc.Path())+" "+string(fc.Request.Body()))
+		},
+		ReadTimeout: 5 * time.Second,
+		IdleTimeout: idle,
+	}
+	ps.pk = newParker(ps.fs.ServeConn, ps.events)
+	ps.fs.ConnState = ps.pk.connState
+	var ln net.Listener
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps.addr = ln.Addr().String()
+	if tlsConfig != nil {
+		ln = tls.NewListener(ln, tlsConfig)
+	}
+	go func() { defer close(ps.served); _ = ps.fs.Serve(parkingListener{Listener: ln, p: ps.pk}) }()
+	t.Cleanup(func() {
+		ps.pk.close()
+		_ = ps.fs.Shutdown()
+		<-ps.served
+	})
+	return ps
+}
+
+// ask sends one request on c and reads its answer.
+func ask(t *testing.T, c net.Conn, br *bufio.Reader, path, body string) string {
+	t.Helper()
+	if _, err := io.WriteString(c, request(path, body)); err != nil {
+		t.Fatal(err)
+	}
+	return answer(t, br)
+}
+
+func request(path, body string) string {
+	return "POST " + path + " HTTP/1.1\r\nHost: x\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+}
+
+func answer(t *testing.T, br *bufio.Reader) string {
+	t.Helper()
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	return string(b)
+}
+
+func TestIdleConnectionsAreParkedAndServedAgain(t *testing.T) {
+	ps := startParking(t, nil, time.Minute)
+	c, err := net.Dial("tcp", ps.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	first := ask(t, c, br, "/one", "a")
+	ps.events.expect(t, +1) // idle: parked
+
+	// The next request comes in two writes, the second after the
+	// connection is back with fasthttp: nothing of it is lost.
+	req := request("/two", "body of two")
+	if _, err := io.WriteString(c, req[:10]); err != nil {
+		t.Fatal(err)
+	}
+	ps.events.expect(t, -1)
+	if _, err := io.WriteString(c, req[10:]); err != nil {
+		t.Fatal(err)
+	}
+	second := answer(t, br)
+	ps.events.expect(t, +1)
+
+	// Pipelined requests are served in order; the connection parks after.
+	if _, err := io.WriteString(c, request("/three", "3")+request("/four", "4")); err != nil {
+		t.Fatal(err)
+	}
+	ps.events.expect(t, -1)
+	third, fourth := answer(t, br), answer(t, br)
+	ps.events.expect(t, +1)
+
+	local := c.LocalAddr().String()
+	for i, got := range []string{first, second, third, fourth} {
+		want := []string{"http " + local + " /one a", "http " + local + " /two body of two", "http " + local + " /three 3", "http " + local + " /four 4"}[i]
+		if got != want {
+			t.Errorf("answer %d = %q, want %q", i+1, got, want)
+		}
+	}
+}
+
+func TestParkedConnectionsEnd(t *testing.T) {
+	ps := startParking(t, nil, 1500*time.Millisecond)
+
+	// A client that closes while parked: the gateway closes its side.
+	closer, err := net.Dial("tcp", ps.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ask(t, closer, bufio.NewReader(closer), "/x", "")
+	ps.events.expect(t, +1)
+	_ = closer.Close()
+	ps.events.expect(t, -1)
+
+	// One that says nothing for the idle timeout: closed then, not before
+	// the idle time fasthttp would have given it.
+	quiet, err := net.Dial("tcp", ps.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer quiet.Close()
+	br := bufio.NewReader(quiet)
+	ask(t, quiet, br, "/x", "")
+	answered := time.Now()
+	ps.events.expect(t, +1)
+	ps.events.expect(t, -1)
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("read after the idle timeout: %v, want EOF", err)
+	}
+	if waited := time.Since(answered); waited < time.Second {
+		t.Errorf("closed after %s idle, want the idle timeout (1.5s)", waited)
+	}
+
+	// The parker's close (the gateway stopping) closes what is parked.
+	last, err := net.Dial("tcp", ps.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer last.Close()
+	br = bufio.NewReader(last)
+	ask(t, last, br, "/x", "")
+	ps.events.expect(t, +1)
+	ps.pk.close()
+	ps.events.expect(t, -1)
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("read after the parker closed: %v, want EOF", err)
+	}
+}
+
+func TestParkedTLSConnectionsStayTLS(t *testing.T) {
+	ca := testenv.NewTestCA(t)
+	cert, err := tls.X509KeyPair(ca.Issue(t, time.Now().Add(time.Hour), "127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.RootPEM)
+	ps := startParking(t, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, time.Minute)
+	c, err := tls.Dial("tcp", ps.addr, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	local := c.LocalAddr().String()
+	if got, want := ask(t, c, br, "/one", ""), "https "+local+" /one "; got != want {
+		t.Fatalf("answer %q, want %q", got, want)
+	}
+	ps.events.expect(t, +1)
+	if got, want := ask(t, c, br, "/two", "2"), "https "+local+" /two 2"; got != want {
+		t.Fatalf("answer after parking %q, want %q", got, want)
+	}
+	ps.events.expect(t, -1)
+	ps.events.expect(t, +1)
+}
