@@ -8,13 +8,16 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/valyala/fasthttp"
 
 	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/auth"
 )
 
 // parkEvents is the parker's gauge, reporting each park (+1) and each
@@ -230,4 +233,41 @@ func TestParkedTLSConnectionsStayTLS(t *testing.T) {
 	}
 	ps.events.expect(t, -1)
 	ps.events.expect(t, +1)
+}
+
+// TestGatewayParksIdleClients: through the whole gateway, an idle client's
+// connection is parked, and its next request on that connection is
+// proxied as any other.
+func TestGatewayParksIdleClients(t *testing.T) {
+	if !canPark {
+		t.Skip("idle connections are parked on Linux only")
+	}
+	b := newBackend(t)
+	g := startGateway(t, b.URL, nil)
+	c, err := net.Dial("tcp", strings.TrimPrefix(g.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	get := func(path string) string {
+		t.Helper()
+		req := "GET " + path + " HTTP/1.1\r\nHost: lucid\r\nAuthorization: Bearer " + g.token(t, "alice", auth.TierFree) + "\r\n\r\n"
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatal(err)
+		}
+		return answer(t, br)
+	}
+	parked := func() float64 { return testutil.ToFloat64(g.app.metrics.parked) }
+	if got := get("/api/v1/anchors/one"); got != "upstream:/api/v1/anchors/one" {
+		t.Fatalf("first answer %q", got)
+	}
+	testenv.Eventually(t, 10*time.Second, "the idle connection parked", func() bool { return parked() == 1 })
+	if got := get("/api/v1/anchors/two"); got != "upstream:/api/v1/anchors/two" {
+		t.Fatalf("answer after parking %q", got)
+	}
+	if r := b.lastRequest(); r.Header.Get(HeaderSub) != "alice" {
+		t.Errorf("upstream saw %s %q after parking, want alice", HeaderSub, r.Header.Get(HeaderSub))
+	}
+	testenv.Eventually(t, 10*time.Second, "the connection parked again", func() bool { return parked() == 1 })
 }

@@ -43,8 +43,8 @@ const (
 	// maxHeaderBytes bounds a request line and its headers, as nginx's
 	// default does (a token is at most 4 KiB). It is the size of each
 	// connection's read buffer, which fasthttp keeps for the connection's
-	// life when bodies stream (as here): it is most of what an idle
-	// keep-alive connection costs.
+	// life when bodies stream (as here), until the connection is parked
+	// while idle (idlepark.go).
 	maxHeaderBytes = 8 << 10
 	// maxBodyBytes bounds a request body, well above the data chain's
 	// largest chunk (16 MiB); bodies stream through, never held whole.
