@@ -14,10 +14,10 @@ import (
 
 // BenchmarkProxy drives the gateway over loopback with keep-alive clients
 // (JWT verified, rate limit decided, request proxied to a trivial
-// backend): a read on the fast path, and a small POST through
-// httputil.ReverseProxy. The client and backend run in the same process,
-// so the figures compare paths rather than measure the gateway alone;
-// scripts/bench-gateway.sh does that. For profiling:
+// backend): a read, and a small POST whose body streams through. The
+// client and backend run in the same process, so the figures compare
+// paths rather than measure the gateway alone; scripts/bench-gateway.sh
+// does that. For profiling:
 //
 //	go test -run '^$' -bench Proxy -cpuprofile cpu.out ./services/gateway
 func BenchmarkProxy(b *testing.B) {
