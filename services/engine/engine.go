@@ -38,6 +38,10 @@ type Config struct {
 	BlockMaxTxs   int           // LUCID_BLOCK_MAX_TXS
 	MempoolBytes  int           // LUCID_MEMPOOL_MAX_BYTES
 	FastElections bool          // LUCID_RAFT_FAST (tests)
+	// RequireMTLS, LUCID_RAFT_REQUIRE_MTLS, refuses to start Raft over
+	// plain TCP: a cluster that relies on the mesh does not fall back to
+	// an unauthenticated transport when the mesh is missing from its env.
+	RequireMTLS bool
 	// Block streams users may hold open: LUCID_STREAMS_PER_USER each,
 	// LUCID_STREAMS_MAX together (the stack's own followers are not
 	// counted).
@@ -81,11 +85,15 @@ func (a *App) Configure(r *envconfig.Reader) {
 		BlockMaxTxs:    r.Int("LUCID_BLOCK_MAX_TXS", 20_000, 1, 100_000),
 		MempoolBytes:   r.Int("LUCID_MEMPOOL_MAX_BYTES", 256<<20, 1<<20, 4<<30),
 		FastElections:  r.Bool("LUCID_RAFT_FAST", false),
+		RequireMTLS:    r.Bool("LUCID_RAFT_REQUIRE_MTLS", false),
 		RaftLog:        os.Stderr,
 		StreamsPerUser: r.Int("LUCID_STREAMS_PER_USER", 2, 1, 1000),
 		StreamsMax:     r.Int("LUCID_STREAMS_MAX", 64, 1, 100_000),
 	}
 	a.cfg.RaftAdvertise = r.String("LUCID_RAFT_ADVERTISE", a.cfg.RaftAddr)
+	if a.cfg.RequireMTLS && r.String(service.EnvMeshURL, "") == "" {
+		r.Fail("LUCID_RAFT_REQUIRE_MTLS", "Raft over mTLS needs the mesh: set %s, or leave this unset for plain Raft on loopback", service.EnvMeshURL)
+	}
 	for key, v := range map[string]string{"LUCID_CHAIN_ID": a.cfg.ChainID, "LUCID_NODE_ID": a.cfg.NodeID} {
 		if !nameRE.MatchString(v) {
 			r.Fail(key, "%q must be 1-63 letters, digits, '.', '_' or '-'", v)
@@ -97,7 +105,7 @@ func (a *App) Configure(r *envconfig.Reader) {
 func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	a.cfg.DataDir = srv.Config().DataDir
 	m := newMetrics(srv.Registerer())
-	n, err := openNode(a.cfg, srv.Logger(), m)
+	n, err := openNode(a.cfg, srv.Logger(), m, srv.Identity())
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,9 @@ import (
 
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/chainstore"
+	"github.com/pickme/lucid/pkg/meshca"
+	"github.com/pickme/lucid/pkg/meshtls"
+	"github.com/pickme/lucid/pkg/service"
 )
 
 // node is one engine: its chain store, its raft member, its mempool and,
@@ -42,7 +45,9 @@ type node struct {
 	onSlot func(lag time.Duration)
 }
 
-func openNode(cfg Config, logger *slog.Logger, m *metrics) (n *node, err error) {
+// openNode opens the engine's stores and joins Raft: over mTLS as id, or
+// over plain TCP when id is nil (the mesh is off).
+func openNode(cfg Config, logger *slog.Logger, m *metrics, id *meshtls.Identity) (n *node, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
@@ -71,13 +76,13 @@ func openNode(cfg Config, logger *slog.Logger, m *metrics) (n *node, err error) 
 		logger.Warn("fenced after a restore: serving reads and taking transactions, producing no block until the operator lifts the fence (lucidctl maintenance fence lift)",
 			"height", n.store.Height(), "restored_height", n.fence.cur.RestoredHeight, "backup", n.fence.cur.Backup)
 	}
-	if err := n.startRaft(); err != nil {
+	if err := n.startRaft(id); err != nil {
 		return nil, err
 	}
 	return n, nil
 }
 
-func (n *node) startRaft() error {
+func (n *node) startRaft(id *meshtls.Identity) error {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(n.cfg.NodeID)
 	// The chain store is itself durable: on start, raft need not rebuild it
@@ -99,13 +104,8 @@ func (n *node) startRaft() error {
 	if err != nil {
 		return fmt.Errorf("raft snapshots: %w", err)
 	}
-	advertise, err := net.ResolveTCPAddr("tcp", n.cfg.RaftAdvertise)
-	if err != nil {
-		return fmt.Errorf("LUCID_RAFT_ADVERTISE %q: %w", n.cfg.RaftAdvertise, err)
-	}
-	n.trans, err = raft.NewTCPTransportWithLogger(n.cfg.RaftAddr, advertise, 3, 10*time.Second, rc.Logger)
-	if err != nil {
-		return fmt.Errorf("raft transport on %s: %w", n.cfg.RaftAddr, err)
+	if n.trans, err = n.raftTransport(id, rc.Logger); err != nil {
+		return err
 	}
 	existing, err := raft.HasExistingState(n.raftDB, n.raftDB, snaps)
 	if err != nil {
@@ -125,6 +125,59 @@ func (n *node) startRaft() error {
 		n.logger.Info("bootstrapped a one-voter cluster", "node", n.cfg.NodeID, "raft", n.trans.LocalAddr())
 	}
 	return nil
+}
+
+// raftTransport listens for the other nodes: over mTLS with the mesh
+// identity when there is one, else over plain TCP, as a one-Pi chain on
+// loopback needs.
+func (n *node) raftTransport(id *meshtls.Identity, logger hclog.Logger) (*raft.NetworkTransport, error) {
+	advertise, err := net.ResolveTCPAddr("tcp", n.cfg.RaftAdvertise)
+	if err != nil {
+		return nil, fmt.Errorf("LUCID_RAFT_ADVERTISE %q: %w", n.cfg.RaftAdvertise, err)
+	}
+	if id == nil {
+		if n.cfg.RequireMTLS {
+			return nil, &service.ConfigError{Service: "engine", Err: errors.New("LUCID_RAFT_REQUIRE_MTLS: Raft over mTLS needs a mesh identity, and the mesh is off (LUCID_MESH_URL)")}
+		}
+		trans, err := raft.NewTCPTransportWithLogger(n.cfg.RaftAddr, advertise, 3, raftTimeout, logger)
+		if err != nil {
+			return nil, fmt.Errorf("raft transport on %s: %w", n.cfg.RaftAddr, err)
+		}
+		if loopback(n.cfg.RaftAddr) {
+			n.logger.Info("raft transport: plain TCP on loopback", "addr", n.cfg.RaftAddr)
+		} else {
+			n.logger.Warn("raft transport: plain TCP on an address other hosts reach, without the mesh: anyone who reaches it can take part in consensus; switch the mesh on (LUCID_MESH_URL) or keep LUCID_RAFT_ADDR on loopback",
+				"addr", n.cfg.RaftAddr)
+		}
+		return trans, nil
+	}
+	// As raft's TCP transport does: the others must be able to dial it.
+	if advertise.IP == nil || advertise.IP.IsUnspecified() {
+		return nil, fmt.Errorf("LUCID_RAFT_ADVERTISE %q: not an address other nodes can reach", n.cfg.RaftAdvertise)
+	}
+	stream, err := listenRaftTLS(n.cfg.RaftAddr, advertise, id)
+	if err != nil {
+		return nil, fmt.Errorf("raft transport on %s: %w", n.cfg.RaftAddr, err)
+	}
+	n.logger.Info("raft transport: mTLS with the mesh identity", "addr", n.cfg.RaftAddr, "peers", meshca.SPIFFEID(id.Service()).String())
+	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: stream, MaxPool: 3, Timeout: raftTimeout, Logger: logger,
+	}), nil
+}
+
+// loopback reports whether a listen address (host:port) takes connections
+// from this host only. An empty host, or a name other than localhost, may
+// be reachable from elsewhere.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (n *node) close() error {
