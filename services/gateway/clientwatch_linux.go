@@ -17,25 +17,12 @@ const tcpCloseWait = 8
 // close_notify before the FIN) leave the socket readable, so from then on
 // its TCP state is checked a few times a second instead.
 func clientClosed(raw syscall.RawConn, quit <-chan struct{}) bool {
-	var closed, pending bool
-	err := raw.Read(func(fd uintptr) bool {
-		var b [1]byte
-		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		switch {
-		case err == unix.EAGAIN || err == unix.EINTR:
-			return false // nothing yet: wait for the poller
-		case err != nil || n == 0:
-			closed = true
-		default:
-			pending = true
-		}
-		return true
-	})
-	if err != nil || closed {
-		return closed // err: the deadline stop set
-	}
-	if !pending {
-		return false
+	pending, err := awaitReadable(raw)
+	switch {
+	case err != nil:
+		return false // the deadline stop set
+	case !pending:
+		return true // readable with nothing to read: closed or reset
 	}
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()

@@ -89,7 +89,8 @@ func (p *parker) park(c *idleConn) {
 func (p *parker) wait(c *idleConn) {
 	ready := false
 	if raw := rawConnOf(c.Conn); raw != nil && c.Conn.SetReadDeadline(c.idleUntil) == nil {
-		ready = awaitBytes(raw)
+		data, err := awaitReadable(raw)
+		ready = data && err == nil
 	}
 	p.mu.Lock()
 	delete(p.conns, c)
@@ -136,7 +137,7 @@ func (l parkingListener) Accept() (net.Conn, error) {
 // wrap makes c parkable. A TLS connection keeps its TLS methods, so
 // fasthttp still sees it as one.
 func (p *parker) wrap(c net.Conn) net.Conn {
-	if !canPark {
+	if !canPeek {
 		return c
 	}
 	ic := &idleConn{Conn: c, p: p}

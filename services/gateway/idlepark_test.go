@@ -54,7 +54,7 @@ type parkingServer struct {
 
 func startParking(t *testing.T, tlsConfig *tls.Config, idle time.Duration) *parkingServer {
 	t.Helper()
-	if !canPark {
+	if !canPeek {
 		t.Skip("idle connections are parked on Linux only")
 	}
 	ps := &parkingServer{events: &parkEvents{Gauge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "parked"}), ch: make(chan int, 16)}, served: make(chan struct{})}
@@ -239,7 +239,7 @@ func TestParkedTLSConnectionsStayTLS(t *testing.T) {
 // connection is parked, and its next request on that connection is
 // proxied as any other.
 func TestGatewayParksIdleClients(t *testing.T) {
-	if !canPark {
+	if !canPeek {
 		t.Skip("idle connections are parked on Linux only")
 	}
 	b := newBackend(t)
