@@ -173,3 +173,21 @@ func TestStatusOfOneVoterHostsHasNoVerdict(t *testing.T) {
 		t.Errorf("--json has a cluster: %s", b)
 	}
 }
+
+// TestClusterJSONShape pins `cluster` of `status --target --json` as
+// docs/cli.md has it: fields are added, never renamed or removed.
+func TestClusterJSONShape(t *testing.T) {
+	age := 4.0
+	c := deploy.Cluster{
+		Voters:        []deploy.Voter{{ID: "n1", Address: "a", Target: "pi1", State: "leader", Healthy: true}, {ID: "n2", Address: "b", Why: "x"}},
+		HealthyVoters: 1, QuorumNeeded: 2, Term: 7, Leader: &deploy.ClusterLeader{ID: "n1", Target: "pi1"},
+		NewestBlockTime: time.Date(2026, 12, 5, 14, 0, 0, 0, time.UTC), NewestBlockAgeSec: &age, NewestBlockTarget: "pi1",
+		Errors: []string{"x"},
+	}
+	want := `{"voters":[{"id":"n1","address":"a","target":"pi1","state":"leader","healthy":true},{"id":"n2","address":"b","healthy":false,"why":"x"}],` +
+		`"healthy_voters":1,"quorum_needed":2,"quorum":false,"term":7,"leader":{"id":"n1","target":"pi1"},` +
+		`"newest_block_time":"2026-12-05T14:00:00Z","newest_block_age_seconds":4,"newest_block_target":"pi1","errors":["x"],"healthy":false}`
+	if got, err := json.Marshal(c); err != nil || string(got) != want {
+		t.Errorf("got  %s (%v)\nwant %s", got, err, want)
+	}
+}
