@@ -115,6 +115,20 @@ type ServiceReports struct {
 	NewestBlockAgeSec *float64  `json:"newest_block_age_seconds,omitempty"`
 	// RaftRole is the engine's Raft state: leader, follower, candidate.
 	RaftRole string `json:"raft_role,omitempty"`
+	// The rest of the engine's consensus status, read with RaftRole: its
+	// Raft server id, current term, last log index and applied index, the
+	// leader it knows (empty when none), and the Raft configuration.
+	RaftNodeID       string             `json:"raft_node_id,omitempty"`
+	RaftTerm         *uint64            `json:"raft_term,omitempty"`
+	RaftLastIndex    *uint64            `json:"raft_last_index,omitempty"`
+	RaftAppliedIndex *uint64            `json:"raft_applied_index,omitempty"`
+	RaftLeaderID     string             `json:"raft_leader_id,omitempty"`
+	RaftServers      []engineapi.Server `json:"raft_servers,omitempty"`
+	// RaftCommitLag is how many log entries the leader has applied that
+	// this engine has not: 0 on the leader. It takes the leader's figures
+	// from the leader's host in the same status run (SetCommitLag), so it
+	// is unknown for a host read alone whose engine follows another.
+	RaftCommitLag *uint64 `json:"raft_commit_lag,omitempty"`
 	// Fence is the engine's restore fence and the forks accepted when
 	// lifting one; absent when it was never fenced or forked. A fenced
 	// engine produces no block: the host is then unhealthy.
@@ -148,6 +162,7 @@ const (
 	FigureChainHeight  = "chain_height"
 	FigureNewestBlock  = "newest_block"
 	FigureRaftRole     = "raft_role"
+	FigureCommitLag    = "raft_commit_lag"
 	FigureFence        = "fence"
 	FigureAnchorQueue  = "anchor_queue"
 	FigureOldestAnchor = "oldest_pending_anchor"
@@ -470,7 +485,9 @@ func (d *Deployer) readReports(ctx context.Context, o StatusOptions, st *HostSta
 			unknown(FigureRaftRole, err)
 		} else {
 			mu.Lock()
-			reports.RaftRole = cs.State
+			reports.RaftRole, reports.RaftNodeID, reports.RaftLeaderID = cs.State, cs.NodeID, cs.LeaderID
+			reports.RaftTerm, reports.RaftLastIndex, reports.RaftAppliedIndex = &cs.Term, &cs.LastIndex, &cs.AppliedIndex
+			reports.RaftServers = cs.Servers
 			mu.Unlock()
 		}
 	})

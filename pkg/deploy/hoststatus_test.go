@@ -78,6 +78,16 @@ func TestStatusAndLogsOfADeployedHost(t *testing.T) {
 	if r.ChainHeight == nil || r.RaftRole != "leader" || r.AnchorQueue == nil || *r.AnchorQueue != 0 || r.DataChainBytes == nil {
 		t.Errorf("reports %+v (unknown: %v)", r, st.Unknown)
 	}
+	// The rest of the engine's consensus status: a one-voter cluster, its
+	// own leader, so no lag and no cluster to judge.
+	if r.RaftNodeID == "" || r.RaftLeaderID != r.RaftNodeID || r.RaftTerm == nil || *r.RaftTerm == 0 || r.RaftAppliedIndex == nil || *r.RaftAppliedIndex == 0 ||
+		r.RaftLastIndex == nil || *r.RaftLastIndex < *r.RaftAppliedIndex || len(r.RaftServers) != 1 || r.RaftServers[0].ID != r.RaftNodeID || !r.RaftServers[0].Voter {
+		t.Errorf("consensus: node %q, leader %q, term %v, last %v, applied %v, servers %+v", r.RaftNodeID, r.RaftLeaderID, r.RaftTerm, r.RaftLastIndex, r.RaftAppliedIndex, r.RaftServers)
+	}
+	SetCommitLag([]*HostStatus{st})
+	if st.Reports.RaftCommitLag == nil || *st.Reports.RaftCommitLag != 0 || ClusterOf([]*HostStatus{st}) != nil {
+		t.Errorf("a one-voter engine: lag %v (unknown: %v), cluster %+v", st.Reports.RaftCommitLag, st.Unknown, ClusterOf([]*HostStatus{st}))
+	}
 	if r.CertNotAfter.Before(time.Now()) {
 		t.Errorf("certificates expire %s (unknown: %v)", r.CertNotAfter, st.Unknown[FigureCertificates])
 	}

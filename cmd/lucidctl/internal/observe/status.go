@@ -33,7 +33,12 @@ type StatusOptions struct {
 // StatusDoc is `status --target --json`: one document for every host.
 type StatusDoc struct {
 	Hosts []HostDoc `json:"hosts"`
-	// Healthy is true when every host was reached and is healthy.
+	// Cluster is the verdict on the Raft cluster the hosts' engines form;
+	// absent when they form none (a single host, or hosts each with its
+	// own one-voter chain).
+	Cluster *deploy.Cluster `json:"cluster,omitempty"`
+	// Healthy is true when every host was reached and is healthy, and the
+	// cluster, if any, is healthy: this decides the exit status.
 	Healthy bool `json:"healthy"`
 }
 
@@ -85,12 +90,7 @@ func RunStatus(ctx context.Context, opts *StatusOptions) error {
 	for _, u := range fl.Unreachable {
 		docs = append(docs, HostDoc{Target: u.Name, Error: u.Err.Error()})
 	}
-	doc := StatusDoc{Hosts: docs, Healthy: true}
-	for _, h := range docs {
-		if h.HostStatus == nil || !h.Healthy {
-			doc.Healthy = false
-		}
-	}
+	doc := newStatusDoc(docs)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -99,12 +99,7 @@ func RunStatus(ctx context.Context, opts *StatusOptions) error {
 			return err
 		}
 	} else {
-		for i, h := range docs {
-			if i > 0 {
-				fmt.Fprintln(env.IO.Out)
-			}
-			printHost(env.IO.Out, env.IO.OutStyles(), h, opts.Now())
-		}
+		printStatus(env.IO.Out, env.IO.OutStyles(), doc, opts.Now())
 		if s := fl.SkippedSummary(); s != "" {
 			fmt.Fprintln(env.IO.ErrOut, s)
 		}
@@ -113,6 +108,90 @@ func RunStatus(ctx context.Context, opts *StatusOptions) error {
 		return &cli.SilentError{Code: cli.ExitProblems}
 	}
 	return nil
+}
+
+// newStatusDoc completes the hosts read: each engine's commit lag behind
+// the leader read among them, the cluster's verdict, and whether all is
+// healthy, which alone decides the exit status.
+func newStatusDoc(hosts []HostDoc) StatusDoc {
+	var read []*deploy.HostStatus
+	for _, h := range hosts {
+		if h.HostStatus != nil {
+			read = append(read, h.HostStatus)
+		}
+	}
+	deploy.SetCommitLag(read)
+	doc := StatusDoc{Hosts: hosts, Cluster: deploy.ClusterOf(read), Healthy: true}
+	for _, h := range hosts {
+		if h.HostStatus == nil || !h.Healthy {
+			doc.Healthy = false
+		}
+	}
+	if doc.Cluster != nil && !doc.Cluster.Healthy {
+		doc.Healthy = false
+	}
+	return doc
+}
+
+// printStatus writes each host's block, then the cluster's verdict when
+// the hosts form one.
+func printStatus(w io.Writer, st *iostreams.Styles, doc StatusDoc, now time.Time) {
+	for i, h := range doc.Hosts {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		printHost(w, st, h, now)
+	}
+	if doc.Cluster != nil {
+		fmt.Fprintln(w)
+		printCluster(w, st, doc.Cluster)
+	}
+}
+
+// printCluster writes the Raft cluster's verdict: its voters, quorum,
+// leader and newest block, and an error line for each sign of a split.
+func printCluster(w io.Writer, st *iostreams.Styles, c *deploy.Cluster) {
+	verdict := st.Success.Render("healthy")
+	if !c.Healthy {
+		verdict = st.Error.Render("UNHEALTHY")
+	}
+	fmt.Fprintf(w, "%s  %s  %d voters, term %d\n", st.Bold.Render("raft cluster"), verdict, len(c.Voters), c.Term)
+	var voters []string
+	for _, v := range c.Voters {
+		s := v.ID
+		if v.Target != "" {
+			s += " on " + v.Target
+		}
+		switch {
+		case v.Healthy:
+			s += " (" + v.State + ")"
+		default:
+			s += " (" + st.Error.Render("not healthy") + ": " + v.Why + ")"
+		}
+		voters = append(voters, s)
+	}
+	fmt.Fprintln(w, "voters:     "+strings.Join(voters, ", "))
+	quorum := st.Success.Render("yes")
+	if !c.Quorum {
+		quorum = st.Error.Render("NO")
+	}
+	fmt.Fprintf(w, "quorum:     %s, %d of %d voters healthy, %d needed\n", quorum, c.HealthyVoters, len(c.Voters), c.QuorumNeeded)
+	switch {
+	case c.Leader == nil:
+		fmt.Fprintln(w, "leader:     "+st.Error.Render("NONE")+" (no engine leads or names a leader in the cluster's term)")
+	case c.Leader.Target == "":
+		fmt.Fprintf(w, "leader:     %s (named by the others; no host read answered as it)\n", c.Leader.ID)
+	default:
+		fmt.Fprintf(w, "leader:     %s on %s\n", c.Leader.ID, c.Leader.Target)
+	}
+	if c.NewestBlockAgeSec != nil {
+		fmt.Fprintf(w, "chain:      newest block %s ago (on %s)\n", duration(time.Duration(*c.NewestBlockAgeSec*float64(time.Second))), c.NewestBlockTarget)
+	} else {
+		fmt.Fprintln(w, "chain:      newest block unknown (no host of the cluster could say)")
+	}
+	for _, e := range c.Errors {
+		fmt.Fprintln(w, st.Error.Render("error:")+"      "+e)
+	}
 }
 
 // operatorToken is LUCID_OPERATOR_TOKEN from the environment, else from
@@ -225,6 +304,14 @@ func printHost(w io.Writer, st *iostreams.Styles, h HostDoc, now time.Time) {
 	}
 	if r.RaftRole != "" {
 		chain = append(chain, "raft "+r.RaftRole)
+		if r.RaftTerm != nil && r.RaftAppliedIndex != nil {
+			chain = append(chain, fmt.Sprintf("term %d", *r.RaftTerm), fmt.Sprintf("applied %d", *r.RaftAppliedIndex))
+		}
+		if r.RaftCommitLag != nil {
+			chain = append(chain, fmt.Sprintf("lag %d", *r.RaftCommitLag))
+		} else {
+			chain = append(chain, "lag "+u(deploy.FigureCommitLag))
+		}
 	} else {
 		chain = append(chain, "raft "+u(deploy.FigureRaftRole))
 	}

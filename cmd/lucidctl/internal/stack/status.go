@@ -44,17 +44,30 @@ With --target (a target or group of lucid.yaml), show the deployed hosts
 instead, read over SSH in parallel: the current release, each container's
 state, health, restarts, uptime and image, the host's disk, memory, load,
 Docker version and clock skew, and what the services report (chain height
-and newest block, Raft role, anchoring queue, data-chain size, mesh
-certificate expiry, the gateway's public certificates' expiry). A figure that cannot be read is shown as
-"unknown (why)". The engine's and the data chain's figures need the
-operator token: LUCID_OPERATOR_TOKEN, else the operator's env file
+and newest block; the engine's Raft role, term, applied index and commit
+lag, how many entries it has yet to apply that the leader read in the same
+run has applied; anchoring queue, data-chain size, mesh certificate expiry,
+the gateway's public certificates' expiry). A figure that cannot be read is
+shown as "unknown (why)". The engine's and the data chain's figures need
+the operator token: LUCID_OPERATOR_TOKEN, else the operator's env file
 (local.env_file of lucid.yaml).
+
+When the engines of the hosts form one Raft cluster (a configuration of
+more than one server), a verdict follows the hosts: the voters and the host
+of each, how many are healthy (host healthy, engine leader or follower),
+quorum (a majority of the voters healthy), the leader and its host, the
+newest block's age across the hosts, and an error line for each sign of a
+split (two engines leading in one term, engines naming different leaders,
+a leader of an older term). Select every host of the cluster: a voter no
+host answered as counts as not healthy. Hosts each with their own
+one-voter chain get no verdict.
 
 Exit status: 0 when the stack runs and every service is ready, 3 when it is
 not running or a service is not ready. With --target: 0 when every host is
 healthy, 3 when a container is not running or not healthy, a host has no
-current release, or a host was skipped as unreachable; 4 when a host cannot
-be reached without --skip-unreachable.`,
+current release, a host was skipped as unreachable, or the Raft cluster has
+no quorum, no leader or a sign of a split; 4 when a host cannot be reached
+without --skip-unreachable.`,
 		Example: `  lucidctl status
   lucidctl status --json
   lucidctl status --port-offset 1000
