@@ -156,7 +156,7 @@ type tlsConn = interface {
 	ConnectionState() tls.ConnectionState
 }
 
-// parkable is a connection wrap made.
+// parkable is what wrap returns: an idleConn, or its TLS wrapper.
 type parkable interface{ idle() *idleConn }
 
 // idleConn is a client connection that can be parked while idle.
@@ -177,7 +177,9 @@ func (c *idleConn) NetConn() net.Conn { return c.Conn }
 
 func (c *idleConn) SetReadDeadline(t time.Time) error {
 	if c.state.CompareAndSwap(connIdle, connWaiting) {
-		if t.IsZero() { // no idle timeout: wait only parkDelay here
+		if t.IsZero() {
+			// fasthttp without an idle timeout would wait for ever; a
+			// parked connection gets the gateway's.
 			t = time.Now().Add(idleTimeout)
 		}
 		c.idleUntil = t
