@@ -221,7 +221,7 @@ func TestParkedTLSConnectionsStayTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	br := bufio.NewReader(c)
 	local := c.LocalAddr().String()
 	if got, want := ask(t, c, br, "/one", ""), "https "+local+" /one "; got != want {
