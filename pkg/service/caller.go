@@ -125,36 +125,47 @@ func SignCaller(key []byte, caller string, now time.Time, method, path string, p
 // it forwards when the mesh is off.
 type CallerSigner struct {
 	caller string
-	macs   sync.Pool // of hash.Hash, keyed HMAC-SHA256
+	macs   sync.Pool // of *callerMAC, keyed HMAC-SHA256
 }
 
 // NewCallerSigner returns a signer for service caller with key.
 func NewCallerSigner(key []byte, caller string) *CallerSigner {
 	key = bytes.Clone(key)
-	return &CallerSigner{caller: caller, macs: sync.Pool{New: func() any { return hmac.New(sha256.New, key) }}}
+	return &CallerSigner{caller: caller, macs: sync.Pool{New: func() any { return &callerMAC{h: hmac.New(sha256.New, key)} }}}
 }
 
 // Sign is SignCaller's value for a request of method to path at now for p.
 func (s *CallerSigner) Sign(now time.Time, method, path string, p *Principal) string {
-	var tsBuf [20]byte
-	ts := strconv.AppendInt(tsBuf[:0], now.Unix(), 10)
-	m := s.macs.Get().(hash.Hash)
-	var sum [sha256.Size]byte
-	mac := callerMAC(m, s.caller, string(ts), method, path, p, sum[:0])
-	s.macs.Put(m)
 	var out [128]byte
-	b := append(out[:0], s.caller...)
-	b = append(b, ' ')
-	b = append(b, ts...)
-	b = append(b, ' ')
-	b = hex.AppendEncode(b, mac)
-	return string(b)
+	return string(s.AppendSign(out[:0], now, method, path, p))
 }
 
-// callerMAC is the signature of the parts with m, a keyed HMAC, appended
-// to dst. m is reset first.
-func callerMAC(m hash.Hash, caller, ts, method, path string, p *Principal, dst []byte) []byte {
-	m.Reset()
+// AppendSign appends Sign's value to dst, for a caller that copies it into
+// a header of its own without a string in between.
+func (s *CallerSigner) AppendSign(dst []byte, now time.Time, method, path string, p *Principal) []byte {
+	var tsBuf [20]byte
+	ts := strconv.AppendInt(tsBuf[:0], now.Unix(), 10)
+	m := s.macs.Get().(*callerMAC)
+	dst = append(dst, s.caller...)
+	dst = append(dst, ' ')
+	dst = append(dst, ts...)
+	dst = append(dst, ' ')
+	dst = hex.AppendEncode(dst, m.sum(s.caller, string(ts), method, path, p))
+	s.macs.Put(m)
+	return dst
+}
+
+// callerMAC computes signatures with a keyed HMAC. Its buffers are its
+// own: a slice handed to the hash's interface methods would escape, and
+// be allocated, on every request.
+type callerMAC struct {
+	h        hash.Hash
+	msg, out []byte
+}
+
+// sum is the signature of the parts, valid until the next sum.
+func (m *callerMAC) sum(caller, ts, method, path string, p *Principal) []byte {
+	m.h.Reset()
 	sub, tier := "-", "-"
 	if p != nil {
 		sub, tier = p.Subject, string(p.Tier)
@@ -162,14 +173,15 @@ func callerMAC(m hash.Hash, caller, ts, method, path string, p *Principal, dst [
 	// Newlines cannot occur in any part: header values, a method, an
 	// escaped path, a service name. One write of all of them: each write
 	// to the hash costs a call and a copy.
-	var buf [512]byte
-	msg := buf[:0]
-	for _, part := range []string{"lucid-caller/v1", caller, ts, method, path, sub, tier} {
+	msg := m.msg[:0]
+	for _, part := range [...]string{"lucid-caller/v1", caller, ts, method, path, sub, tier} {
 		msg = append(msg, part...)
 		msg = append(msg, '\n')
 	}
-	m.Write(msg)
-	return m.Sum(dst)
+	m.msg = msg
+	m.h.Write(msg)
+	m.out = m.h.Sum(m.out[:0])
+	return m.out
 }
 
 // verifyCaller checks a Lucid-Caller value against r and returns the
@@ -188,7 +200,8 @@ func verifyCaller(key []byte, value string, now time.Time, r *http.Request, p *P
 		return "", fmt.Errorf("service signature is %s away from this clock", d.Round(time.Second))
 	}
 	got, err := hex.DecodeString(mac)
-	if err != nil || !hmac.Equal(got, callerMAC(hmac.New(sha256.New, key), caller, ts, r.Method, r.URL.EscapedPath(), p, nil)) {
+	m := &callerMAC{h: hmac.New(sha256.New, key)}
+	if err != nil || !hmac.Equal(got, m.sum(caller, ts, r.Method, r.URL.EscapedPath(), p)) {
 		return "", errors.New("service signature does not verify")
 	}
 	return caller, nil

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"context"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -190,5 +191,45 @@ func TestSlotsBoundUsers(t *testing.T) {
 	}
 	if _, err := s.Acquire(as("dave").Context()); err == nil {
 		t.Error("a second release freed another slot")
+	}
+}
+
+// TestSigningAndRequestContextsAllocateNothing: the gateway signs every
+// request it forwards and carries every request's ID in a context; neither
+// may cost an allocation on its hot path, and both must say what the
+// allocating forms say.
+func TestSigningAndRequestContextsAllocateNothing(t *testing.T) {
+	s := NewCallerSigner([]byte(testKey), "gateway")
+	now := time.Unix(1_790_000_000, 0)
+	p := &Principal{Subject: "alice", Tier: auth.TierPremium}
+	want := SignCaller([]byte(testKey), "gateway", now, "GET", "/api/v1/anchors/x", p)
+	var buf [160]byte
+	if got := string(s.AppendSign(buf[:0], now, "GET", "/api/v1/anchors/x", p)); got != want {
+		t.Fatalf("AppendSign = %q, Sign = %q", got, want)
+	}
+	r := httptest.NewRequest(http.MethodGet, "/api/v1/anchors/x", nil)
+	if caller, err := verifyCaller([]byte(testKey), want, now, r, p); err != nil || caller != "gateway" {
+		t.Fatalf("the signature does not verify: %q, %v", caller, err)
+	}
+	if n := testing.AllocsPerRun(100, func() { s.AppendSign(buf[:0], now, "GET", "/api/v1/anchors/x", p) }); n != 0 && !raceEnabled {
+		t.Errorf("AppendSign allocates %.0f times a call", n)
+	}
+
+	type otherKey struct{}
+	parent := context.WithValue(context.Background(), otherKey{}, "kept")
+	var rc RequestContext
+	rc.Reset(parent, "req-1")
+	if got := RequestID(&rc); got != "req-1" {
+		t.Errorf("RequestID = %q, want req-1", got)
+	}
+	if got := (&rc).Value(otherKey{}); got != "kept" {
+		t.Errorf("the parent's value = %v, want kept", got)
+	}
+	rc.Reset(parent, "req-2")
+	if got := RequestID(&rc); got != "req-2" {
+		t.Errorf("after Reset, RequestID = %q, want req-2", got)
+	}
+	if n := testing.AllocsPerRun(100, func() { rc.Reset(parent, "req-3"); _ = RequestID(&rc) }); n != 0 && !raceEnabled {
+		t.Errorf("a request context allocates %.0f times a request", n)
 	}
 }

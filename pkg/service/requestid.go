@@ -46,6 +46,28 @@ func WithRequestID(ctx context.Context, id string) context.Context {
 	return context.WithValue(ctx, requestInfoKey{}, ri)
 }
 
+// RequestContext is a context carrying a request ID, as WithRequestID's
+// does, that its owner keeps in a value of its own: the gateway keeps one
+// in each pooled call, so that its hot path makes no context per request.
+// It must not be used once Reset for another request.
+type RequestContext struct {
+	context.Context
+	info requestInfo
+}
+
+// Reset makes c carry id over parent.
+func (c *RequestContext) Reset(parent context.Context, id string) {
+	c.Context, c.info = parent, requestInfo{id: id}
+}
+
+// Value answers the request ID's key itself, and any other from its parent.
+func (c *RequestContext) Value(key any) any {
+	if _, ok := key.(requestInfoKey); ok {
+		return &c.info
+	}
+	return c.Context.Value(key)
+}
+
 // NewRequestID returns a fresh random request ID (128 bits, hex).
 func NewRequestID() string {
 	var b [16]byte

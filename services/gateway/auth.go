@@ -96,6 +96,17 @@ func (a *App) clientKey(fc *fasthttp.RequestCtx) string {
 	return string(k)
 }
 
+// appendPeer appends peerHost's address to dst, which for a TCP peer
+// takes no allocation.
+func appendPeer(dst []byte, fc *fasthttp.RequestCtx) []byte {
+	if tcp, ok := fc.RemoteAddr().(*net.TCPAddr); ok {
+		if ip, ok := netip.AddrFromSlice(tcp.IP); ok {
+			return ip.Unmap().AppendTo(dst)
+		}
+	}
+	return append(dst, peerHost(fc)...)
+}
+
 // peerHost is the address of the direct peer.
 func peerHost(fc *fasthttp.RequestCtx) string {
 	if tcp, ok := fc.RemoteAddr().(*net.TCPAddr); ok {
@@ -148,8 +159,9 @@ func (a *App) limit(ctx context.Context, fc *fasthttp.RequestCtx, b *budget, key
 	}
 	hdr := &fc.Response.Header
 	hdr.Set("RateLimit-Limit", b.limitText)
-	hdr.SetBytesV("RateLimit-Remaining", strconv.AppendInt(nil, int64(d.Remaining), 10))
-	hdr.SetBytesV("RateLimit-Reset", strconv.AppendInt(nil, int64(math.Ceil(d.Reset.Seconds())), 10))
+	var buf [20]byte // the values are copied: no allocation for them
+	hdr.SetBytesV("RateLimit-Remaining", strconv.AppendInt(buf[:0], int64(d.Remaining), 10))
+	hdr.SetBytesV("RateLimit-Reset", strconv.AppendInt(buf[:0], int64(math.Ceil(d.Reset.Seconds())), 10))
 	if d.Allowed {
 		b.allowed.Inc()
 		return nil

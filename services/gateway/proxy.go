@@ -117,13 +117,13 @@ func (rp *routeProxy) passesHeader(k string) bool {
 // gateway's signature over the request to path.
 func (rp *routeProxy) forwardHeaders(c *call, path string, claims *auth.Claims, h *fasthttp.RequestHeader) {
 	fc := c.fc
-	peer := peerHost(fc)
-	xff := peer
-	if prior := fc.Request.Header.PeekAll("X-Forwarded-For"); len(prior) > 0 && rp.gw.isTrusted(peer) {
-		xff = string(bytes.Join(prior, []byte(", "))) + ", " + peer
+	var peerBuf [64]byte
+	xff := appendPeer(peerBuf[:0], fc)
+	if prior := fc.Request.Header.PeekAll("X-Forwarded-For"); len(prior) > 0 && rp.gw.isTrusted(string(xff)) {
+		xff = append(append(bytes.Join(prior, []byte(", ")), ", "...), xff...)
 	}
 	// Canonical names, set as they are: no normalising on every request.
-	h.SetCanonical(keyForwardedFor, []byte(xff))
+	h.SetCanonical(keyForwardedFor, xff)
 	h.SetCanonical(keyForwardedHost, fc.Host())
 	if fc.IsTLS() {
 		h.SetCanonical(keyForwardedProto, valueHTTPS)
@@ -138,7 +138,8 @@ func (rp *routeProxy) forwardHeaders(c *call, path string, claims *auth.Claims, 
 		h.SetCanonical(keyTier, []byte(claims.Tier))
 	}
 	if rp.signer != nil {
-		h.SetCanonical(keyCaller, []byte(rp.signer.Sign(rp.gw.now(), string(fc.Method()), path, p)))
+		var buf [160]byte // a signature's value fits: caller, time and 64 hex digits
+		h.SetCanonical(keyCaller, rp.signer.AppendSign(buf[:0], rp.gw.now(), string(fc.Method()), path, p))
 	}
 }
 

@@ -192,8 +192,11 @@ func (a *App) routeFor(path []byte) *routeProxy {
 // what must happen when it ends, which for a streamed answer is after the
 // handler has returned. Calls are pooled.
 type call struct {
-	fc    *fasthttp.RequestCtx
-	ctx   context.Context // carries the request ID, for the log and Redis
+	fc  *fasthttp.RequestCtx
+	ctx context.Context // carries the request ID, for the log and Redis: &rctx
+	// rctx is ctx's storage, kept with the pooled call rather than made
+	// per request.
+	rctx  service.RequestContext
 	id    string
 	start time.Time
 	rp    *routeProxy
@@ -235,7 +238,8 @@ func (a *App) handle(fc *fasthttp.RequestCtx) {
 	if c.id == "" {
 		c.id = service.NewRequestID()
 	}
-	c.ctx = service.WithRequestID(context.Background(), c.id)
+	c.rctx.Reset(context.Background(), c.id)
+	c.ctx = &c.rctx
 	a.inFlight.Inc()
 	fc.Response.Header.Set(service.HeaderRequestID, c.id)
 	streaming := a.serve(c)
