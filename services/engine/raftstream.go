@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -14,9 +13,22 @@ import (
 	"github.com/pickme/lucid/pkg/meshtls"
 )
 
-// raftTimeout bounds one Raft RPC, a dial to a peer with its handshake, and
-// the handshake of a connection a peer opened.
+// raftTimeout bounds one Raft RPC, and a dial to a peer with its handshake.
 const raftTimeout = 10 * time.Second
+
+// Handshakes of connections peers opened are done by the stream layer
+// itself, before Raft sees the connection: Raft gives every connection it
+// accepts a goroutine and some 260 KiB of buffers at once, so handing it
+// connections that have not proved anything would let anyone who reaches
+// the port exhaust the engine's memory with silent connections. Here a
+// handshake costs a goroutine and a TLS state, it has handshakeTimeout,
+// and only so many may be pending, in all and from one address; beyond
+// that a new connection is closed at once (a real peer dials again).
+const (
+	handshakeTimeout     = 5 * time.Second
+	maxPendingHandshakes = 64
+	maxPendingPerAddress = 8
+)
 
 // raftStream is the Raft transport's stream layer over mutual TLS with the
 // engine's mesh identity: both ends must hold a mesh certificate for the
@@ -25,14 +37,33 @@ const raftTimeout = 10 * time.Second
 // configurations take the identity's current leaf and trust bundle at every
 // handshake, so a renewal or a root rotation needs nothing here.
 type raftStream struct {
-	net.Listener // a TLS listener; Accept wraps its connections
-	advertise    net.Addr
-	client       *tls.Config
-	// handshake bounds the handshake of an accepted connection.
-	handshake time.Duration
+	ln        net.Listener // plain TCP: the handshakes are this layer's
+	server    *tls.Config  // nil: accept nothing (a transport that only dials)
+	client    *tls.Config
+	advertise net.Addr
+	timeout   time.Duration // of a handshake
+
+	ready chan net.Conn // connections whose handshake succeeded
+	done  chan struct{}
+	once  sync.Once
+
+	mu      sync.Mutex
+	pending map[string]int // handshakes in progress, by remote address
+	total   int
 }
 
 var _ raft.StreamLayer = (*raftStream)(nil)
+
+// raftTLS is the TLS of Raft between engines holding id's identity.
+func raftTLS(id *meshtls.Identity) (server, client *tls.Config) {
+	peers := sameService(id.Service())
+	server = id.ServerTLS(peers)
+	// ServerTLS lets a client without a certificate through, for health
+	// checks and scrapes; Raft has no such client, so a certificate is
+	// required before any byte of Raft is read.
+	server.ClientAuth = tls.RequireAnyClientCert
+	return server, id.ClientTLS(peers)
+}
 
 // listenRaftTLS listens on bind for Raft peers over mTLS as id; advertise
 // (nil: the listener's address) is the address the other nodes reach.
@@ -41,18 +72,17 @@ func listenRaftTLS(bind string, advertise net.Addr, id *meshtls.Identity) (*raft
 	if err != nil {
 		return nil, err
 	}
-	peers := sameService(id.Service())
-	server := id.ServerTLS(peers)
-	// ServerTLS lets a client without a certificate through, for health
-	// checks and scrapes; Raft has no such client, so a certificate is
-	// required before any byte of Raft is read.
-	server.ClientAuth = tls.RequireAnyClientCert
-	return &raftStream{
-		Listener:  tls.NewListener(ln, server),
-		advertise: advertise,
-		client:    id.ClientTLS(peers),
-		handshake: raftTimeout,
-	}, nil
+	server, client := raftTLS(id)
+	return newRaftStream(ln, advertise, server, client, handshakeTimeout), nil
+}
+
+// newRaftStream serves ln: it accepts connections and completes their
+// handshakes as server, within timeout, and dials as client.
+func newRaftStream(ln net.Listener, advertise net.Addr, server, client *tls.Config, timeout time.Duration) *raftStream {
+	s := &raftStream{ln: ln, server: server, client: client, advertise: advertise, timeout: timeout,
+		ready: make(chan net.Conn), done: make(chan struct{}), pending: map[string]int{}}
+	go s.acceptLoop()
+	return s
 }
 
 // sameService authorizes only peers that hold service's own identity: the
@@ -61,20 +91,100 @@ func sameService(service string) meshtls.Authorizer {
 	return func(peer string) bool { return peer == service }
 }
 
-// Accept returns the next connection. Its handshake is left to the
-// goroutine Raft serves the connection in (a peer that stays silent must
-// not hold the accept loop), and is bounded there.
-func (s *raftStream) Accept() (net.Conn, error) {
-	c, err := s.Listener.Accept()
+func (s *raftStream) acceptLoop() {
+	var backoff time.Duration
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			select {
+			case <-s.done:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of descriptors, say: wait a little, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			select {
+			case <-time.After(backoff):
+			case <-s.done:
+				return
+			}
+			continue
+		}
+		backoff = 0
+		addr := remoteHost(c)
+		if s.server == nil || !s.take(addr) {
+			_ = c.Close()
+			continue
+		}
+		go s.handshake(c, addr)
+	}
+}
+
+// take counts a handshake from addr in, unless too many are pending.
+func (s *raftStream) take(addr string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.total >= maxPendingHandshakes || s.pending[addr] >= maxPendingPerAddress {
+		return false
+	}
+	s.total++
+	s.pending[addr]++
+	return true
+}
+
+func (s *raftStream) give(addr string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.total--
+	if s.pending[addr]--; s.pending[addr] == 0 {
+		delete(s.pending, addr)
+	}
+}
+
+// handshake completes c's handshake and hands it to Raft's Accept; a peer
+// that fails it, or is too slow, is closed.
+func (s *raftStream) handshake(c net.Conn, addr string) {
+	tc := tls.Server(c, s.server)
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	err := tc.HandshakeContext(ctx) // closes c itself when ctx expires
+	cancel()
+	s.give(addr)
 	if err != nil {
-		return nil, err
+		_ = tc.Close()
+		return
 	}
-	tc, ok := c.(*tls.Conn)
-	if !ok {
-		_ = c.Close()
-		return nil, fmt.Errorf("raft stream: accepted a %T, not a TLS connection", c)
+	select {
+	case s.ready <- tc:
+	case <-s.done:
+		_ = tc.Close()
 	}
-	return &handshakeFirst{Conn: tc, timeout: s.handshake}, nil
+}
+
+func remoteHost(c net.Conn) string {
+	host, _, err := net.SplitHostPort(c.RemoteAddr().String())
+	if err != nil {
+		return c.RemoteAddr().String()
+	}
+	return host
+}
+
+// Accept returns the next connection a peer opened, its handshake done.
+func (s *raftStream) Accept() (net.Conn, error) {
+	select {
+	case c := <-s.ready:
+		return c, nil
+	case <-s.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting; connections already handed to Raft are Raft's.
+func (s *raftStream) Close() error {
+	s.once.Do(func() { close(s.done) })
+	return s.ln.Close()
 }
 
 // Addr is the address the other nodes reach this one at.
@@ -82,7 +192,7 @@ func (s *raftStream) Addr() net.Addr {
 	if s.advertise != nil {
 		return s.advertise
 	}
-	return s.Listener.Addr()
+	return s.ln.Addr()
 }
 
 // Dial connects to a peer and completes the handshake, both within timeout.
@@ -94,44 +204,4 @@ func (s *raftStream) Dial(address raft.ServerAddress, timeout time.Duration) (ne
 	defer cancel()
 	d := tls.Dialer{Config: s.client}
 	return d.DialContext(ctx, "tcp", string(address))
-}
-
-// handshakeFirst is an accepted TLS connection whose first Read or Write
-// completes the handshake within timeout, or closes the connection.
-// crypto/tls would handshake on first use too, but without a bound.
-type handshakeFirst struct {
-	*tls.Conn
-	timeout time.Duration
-	once    sync.Once
-	err     error
-}
-
-func (c *handshakeFirst) completeHandshake() error {
-	c.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
-		defer cancel()
-		// On timeout HandshakeContext closes the connection itself.
-		if err := c.Conn.HandshakeContext(ctx); err != nil {
-			_ = c.Conn.Close()
-			if errors.Is(err, context.DeadlineExceeded) {
-				err = fmt.Errorf("raft peer %s: no TLS handshake within %s", c.RemoteAddr(), c.timeout)
-			}
-			c.err = err
-		}
-	})
-	return c.err
-}
-
-func (c *handshakeFirst) Read(b []byte) (int, error) {
-	if err := c.completeHandshake(); err != nil {
-		return 0, err
-	}
-	return c.Conn.Read(b)
-}
-
-func (c *handshakeFirst) Write(b []byte) (int, error) {
-	if err := c.completeHandshake(); err != nil {
-		return 0, err
-	}
-	return c.Conn.Write(b)
 }

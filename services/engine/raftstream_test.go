@@ -10,6 +10,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -163,7 +164,7 @@ func dialingTransport(t *testing.T, client *tls.Config) *raft.NetworkTransport {
 	if err != nil {
 		t.Fatal(err)
 	}
-	trans := raft.NewNetworkTransport(&raftStream{Listener: ln, client: client, handshake: raftTimeout}, 1, 5*time.Second, io.Discard)
+	trans := raft.NewNetworkTransport(newRaftStream(ln, nil, nil, client, handshakeTimeout), 1, 5*time.Second, io.Discard)
 	t.Cleanup(func() { _ = trans.Close() })
 	return trans
 }
@@ -294,11 +295,12 @@ func TestRaftPlainOffLoopbackWarns(t *testing.T) {
 // handshake bound, its connection.
 func TestRaftHandshakeIsBounded(t *testing.T) {
 	ca := openMeshCA(t, meshca.Options{})
-	stream, err := listenRaftTLS("127.0.0.1:0", nil, meshIdentity(t, ca, "engine", meshtls.Options{}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	stream.handshake = 300 * time.Millisecond
+	serverTLS, clientTLS := raftTLS(meshIdentity(t, ca, "engine", meshtls.Options{}))
+	stream := newRaftStream(ln, nil, serverTLS, clientTLS, 300*time.Millisecond)
 	server := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: stream, MaxPool: 1, Timeout: 5 * time.Second, Logger: hclog.NewNullLogger()})
 	t.Cleanup(func() { _ = server.Close() })
 	go func() {
@@ -348,7 +350,7 @@ func TestRaftTakesRenewedLeaves(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dialer := &raftStream{Listener: ln, client: clientID.ClientTLS(sameService("engine"))}
+	dialer := newRaftStream(ln, nil, nil, clientID.ClientTLS(sameService("engine")), handshakeTimeout)
 	t.Cleanup(func() { _ = ln.Close() })
 
 	// connect returns the leaves each side saw of the other.
@@ -362,12 +364,7 @@ func TestRaftTakesRenewedLeaves(t *testing.T) {
 				return
 			}
 			defer c.Close()
-			hc := c.(*handshakeFirst)
-			if err := hc.completeHandshake(); err != nil {
-				accepted <- err.Error()
-				return
-			}
-			accepted <- hc.ConnectionState().PeerCertificates[0].SerialNumber.String()
+			accepted <- c.(*tls.Conn).ConnectionState().PeerCertificates[0].SerialNumber.String()
 		}()
 		c, err := dialer.Dial(raft.ServerAddress(stream.Addr().String()), 5*time.Second)
 		if err != nil {
@@ -426,4 +423,75 @@ func TestLoopback(t *testing.T) {
 			t.Errorf("loopback(%q) = %v", addr, got)
 		}
 	}
+}
+
+// TestRaftPortSurvivesAFlood: silent connections cost Raft nothing until
+// their handshake is done, and only so many may wait: one address's
+// beyond maxPendingPerAddress are closed at once, while an engine dialling
+// from another address is still served.
+func TestRaftPortSurvivesAFlood(t *testing.T) {
+	ca := openMeshCA(t, meshca.Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverTLS, clientTLS := raftTLS(meshIdentity(t, ca, "engine", meshtls.Options{}))
+	// A bound far beyond the test, so a closed connection was refused by
+	// the cap, not timed out.
+	stream := newRaftStream(ln, nil, serverTLS, clientTLS, time.Hour)
+	t.Cleanup(func() { _ = stream.Close() })
+	go func() {
+		for {
+			c, err := stream.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	addr := stream.Addr().String()
+
+	// waitPending waits until the server holds n handshakes from
+	// 127.0.0.1.
+	waitPending := func(n int) {
+		t.Helper()
+		testenv.Eventually(t, 10*time.Second, "the silent connections counted", func() bool {
+			stream.mu.Lock()
+			defer stream.mu.Unlock()
+			return stream.pending["127.0.0.1"] == n
+		})
+	}
+	var silent []net.Conn
+	for range maxPendingPerAddress {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		silent = append(silent, c)
+	}
+	defer func() {
+		for _, c := range silent {
+			_ = c.Close()
+		}
+	}()
+	waitPending(maxPendingPerAddress)
+
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	_ = extra.SetReadDeadline(time.Now().Add(10 * time.Second)) // only keeps a broken test from hanging
+	if _, err := extra.Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("a connection beyond the cap: %v, want closed at once", err)
+	}
+
+	// An engine from another address completes its handshake meanwhile.
+	d := tls.Dialer{NetDialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}, Config: clientTLS}
+	c, err := d.DialContext(context.Background(), "tcp", addr)
+	if err != nil {
+		t.Fatalf("an engine dialling during the flood: %v", err)
+	}
+	_ = c.Close()
+	waitPending(maxPendingPerAddress) // the flood's handshakes still wait
 }
