@@ -76,6 +76,9 @@ type Options struct {
 	// Rotate names the data-bound secrets the release may replace on
 	// hosts that hold others.
 	Rotate []string
+	// ForceQuorum takes a voter down even when its Raft cluster loses its
+	// quorum without it.
+	ForceQuorum bool
 }
 
 // NewCmds returns deploy, rollback and releases.
@@ -151,6 +154,7 @@ either.`,
 	f.StringSliceVar(&opts.Hosts, "hosts", nil, "only these of the targets named (comma-separated)")
 	f.BoolVar(&opts.SkipUnreachable, "skip-unreachable", false, "go on with the hosts that answer, and name the ones that did not")
 	f.StringArrayVar(&opts.Rotate, "rotate", nil, "replace this data-bound secret of the hosts' current release on purpose (repeatable)")
+	f.BoolVar(&opts.ForceQuorum, "force-quorum", false, "take a host down even when its engine's Raft cluster loses its quorum without it (the chain stops until the quorum is back)")
 	_ = cmd.RegisterFlagCompletionFunc("rotate", cobra.FixedCompletions(append(slices.Clone(deployfiles.DataBound), keyring.EncryptionPrevious), cobra.ShellCompDirectiveNoFileComp))
 	return cli.SupportsJSON(cmd)
 }
@@ -259,21 +263,34 @@ func runDeploy(ctx context.Context, opts *Options) error {
 			live = append(live, i)
 		}
 	}
-	var done []string
-	for n, i := range live {
-		name := targets[i]
-		t, err := cfg.Target(name)
+	token := operatorToken(opts.Env)
+	configs := make([]deploy.Config, len(targets))
+	for _, i := range live {
+		t, err := cfg.Target(targets[i])
 		if err != nil {
 			return cli.Usage(err)
 		}
-		res, err := deployTo(ctx, deploy.Config{
-			Name: name, SSH: clients[i], Dir: t.Dir, Project: t.Project, DockerSocket: opts.SSH.dockerSocket,
+		configs[i] = deploy.Config{
+			Name: targets[i], SSH: clients[i], Dir: t.Dir, Project: t.Project, DockerSocket: opts.SSH.dockerSocket,
 			ImageName: cfg.Images.Name, Tag: cfg.Images.Tag,
 			MinFreeBytes: opts.MinFreeMiB << 20, HealthTimeout: opts.HealthTimeout, LockWait: opts.LockWait,
-			ViaRegistry: opts.ViaRegistry, InsecureRegistry: opts.Insecure, Reporter: p,
-		}, bundle, opts.DryRun)
-		clients[i].Close()
-		clients[i] = nil
+			ViaRegistry: opts.ViaRegistry, InsecureRegistry: opts.Insecure, OperatorToken: token, Reporter: p,
+		}
+	}
+	var done []string
+	for n, i := range live {
+		name := targets[i]
+		// The connections stay open to the end: the quorum check before
+		// each host reads the hosts done too.
+		if !opts.DryRun {
+			if err := checkQuorum(ctx, name, deployReaders(i, configs, clients, token), p, opts.ForceQuorum); err != nil {
+				if len(done) > 0 {
+					err = fmt.Errorf("%w (%s already run the new release)", err, strings.Join(done, ", "))
+				}
+				return err
+			}
+		}
+		res, err := deployTo(ctx, configs[i], bundle, opts.DryRun)
 		if err != nil {
 			return groupFailure(err, name, done, targetsOf(targets, live[n+1:])) // it names the target
 		}
