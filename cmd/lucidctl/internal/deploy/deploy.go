@@ -123,9 +123,24 @@ stderr).
   8. write a release directory (compose, env 0600, the gateway's route table,
      release.json) under the deploy dir;
   9. compose up, then wait until every service is healthy and the gateway answers;
+     when the host's engine is in a Raft cluster of more than one server, also
+     until it knows its leader and has applied everything the cluster
+     committed, within the same --health-timeout (an engine alone skips this);
   10. on success, point current at the new release and record it live; on
      failure, record it failed, bring the previous release back and show the
      failing services' health output and logs.
+
+When the hosts' engines form one Raft cluster, the group goes one Pi at a
+time, each only after the one before is healthy and caught up, and before
+taking a voter down (the canary too) the deploy reads every host of the
+deploy as lucidctl status --target does: it refuses, naming the unhealthy
+voters and changing nothing, when the other healthy voters would be fewer
+than a majority (with three voters: one other already down). A voter no host
+of the deploy answered as counts as down, so deploy a cluster member with its
+whole group. Repair the voters named, or pass --force-quorum to take the host
+down anyway (the chain then stops until the quorum is back). Both checks read
+the engines with LUCID_OPERATOR_TOKEN (the environment, else the operator's
+env file); without it they warn and do not hold the deploy.
 
 --dry-run prints the plan (files that change, layers to send, services to
 restart) and changes nothing. Steps are reported on stderr; --json prints one
