@@ -77,6 +77,11 @@ type Config struct {
 	ViaRegistry string
 	// InsecureRegistry allows plain HTTP to ViaRegistry.
 	InsecureRegistry bool
+	// OperatorToken is the operator's bearer token (LUCID_OPERATOR_TOKEN),
+	// to read the engine's consensus status with for the caught-up gate;
+	// without it that gate is skipped with a warning. It is sent only to
+	// the engine, through the connection.
+	OperatorToken string
 	// Reporter hears every event (default: none).
 	Reporter Reporter
 	// Now is the clock (default time.Now).
@@ -341,7 +346,7 @@ func (d *Deployer) rollout(ctx context.Context, b Bundle, rel *Release, compose 
 	}
 	d.emit(StepRelease, EventOK, d.h.releaseDir(rel.ID))
 
-	live, gateErr := d.activate(ctx, rel, prev, leafOf(b.TLS[deployfiles.TLSCertName]))
+	live, gateErr := d.activate(ctx, rel, prev, leafOf(b.TLS[deployfiles.TLSCertName]), true)
 	switch {
 	case gateErr == nil:
 		d.prune(ctx)
@@ -362,7 +367,9 @@ func (d *Deployer) rollout(ctx context.Context, b Bundle, rel *Release, compose 
 		return errors.Join(fmt.Errorf("%s: %w (no previous release to return to)", name, gateErr), recErr)
 	}
 	d.emit(StepRollback, EventStart, "back to "+prev.ID)
-	if _, err := d.activate(bg, prev, nil, nil); err != nil {
+	// Back without the caught-up gate: the previous release serving again
+	// is what matters now, and Raft catches its engine up either way.
+	if _, err := d.activate(bg, prev, nil, nil, false); err != nil {
 		d.emit(StepRollback, EventFail, err.Error())
 		return errors.Join(fmt.Errorf("%s: %w; and the return to the previous release %s failed: %w", name, gateErr, prev.ID, err), recErr)
 	}
@@ -377,8 +384,9 @@ func (d *Deployer) rollout(ctx context.Context, b Bundle, rel *Release, compose 
 // recorded replaced. live reports whether r passed its gate: then it
 // serves, even when err says current or a record could not be written.
 // leaf, when given, is the certificate the gateway must serve (the one r
-// shipped).
-func (d *Deployer) activate(ctx context.Context, r, replaces *Release, leaf []byte) (live bool, err error) {
+// shipped). With caughtUp the gate ends, for an engine of a Raft cluster,
+// with its catching up with the cluster, within the same HealthTimeout.
+func (d *Deployer) activate(ctx context.Context, r, replaces *Release, leaf []byte, caughtUp bool) (live bool, err error) {
 	d.emit(StepUp, EventStart, r.ID)
 	if err := d.h.up(ctx, r.ID); err != nil {
 		// Compose gives up when a dependency never turns healthy; say
@@ -395,6 +403,7 @@ func (d *Deployer) activate(ctx context.Context, r, replaces *Release, leaf []by
 	}
 	d.emit(StepUp, EventOK, "")
 	d.emit(StepHealth, EventStart, fmt.Sprintf("every service healthy within %s, then the gateway's /health", d.cfg.HealthTimeout))
+	deadline := time.Now().Add(d.cfg.HealthTimeout)
 	if err := d.h.waitHealthy(ctx, r.ID, len(catalog.Services), d.cfg.HealthTimeout, nil); err != nil {
 		d.emit(StepHealth, EventFail, err.Error())
 		return false, err
@@ -408,6 +417,11 @@ func (d *Deployer) activate(ctx context.Context, r, replaces *Release, leaf []by
 		d.emit(StepHealth, EventInfo, pending.Error())
 	}
 	d.emit(StepHealth, EventOK, "")
+	if caughtUp {
+		if err := d.caughtUpGate(ctx, r.ID, deadline); err != nil {
+			return false, err
+		}
+	}
 	return true, d.commit(ctx, r, replaces)
 }
 
@@ -770,7 +784,7 @@ func (d *Deployer) Rollback(ctx context.Context, id string) (res *RollbackResult
 		out.Replaced = cur.ID
 	}
 	d.emit(StepRollback, EventStart, target.ID)
-	if _, err := d.activate(ctx, target, cur, nil); err != nil {
+	if _, err := d.activate(ctx, target, cur, nil, true); err != nil {
 		d.emit(StepRollback, EventFail, err.Error())
 		return nil, fmt.Errorf("%s: rollback to %s: %w", name, target.ID, err)
 	}

@@ -11,6 +11,10 @@ const (
 	// StepConnect is reaching the host over SSH (reported by the caller,
 	// which dials).
 	StepConnect Step = "connect"
+	// StepQuorum is a group deploy's check, before a host whose engine is
+	// a voter of a Raft cluster goes down, that the others keep a quorum
+	// (reported by the caller, which reads the group).
+	StepQuorum Step = "quorum"
 	// StepPreflight checks the host before anything changes.
 	StepPreflight Step = "preflight"
 	// StepSecrets compares the release's secrets with the host's current
@@ -28,6 +32,11 @@ const (
 	StepUp Step = "up"
 	// StepHealth is the health gate.
 	StepHealth Step = "health"
+	// StepCaughtUp is the gate's last step for an engine of a Raft cluster
+	// of more than one server: it knows its leader and has applied
+	// everything the cluster committed. An engine alone in its
+	// configuration skips it (one info event says so).
+	StepCaughtUp Step = "caught-up"
 	// StepActivate points current at a release that passed its gate and
 	// records it live.
 	StepActivate Step = "activate"

@@ -201,13 +201,7 @@ func (d *Deployer) Status(ctx context.Context, o StatusOptions) (*HostStatus, er
 	})
 	wg.Go(func() { d.hostFacts(ctx, st, lockedUnknown) })
 
-	byService := map[string]container.Summary{}
-	for _, c := range list {
-		if c.Labels["com.docker.compose.oneoff"] == "True" {
-			continue
-		}
-		byService[c.Labels["com.docker.compose.service"]] = c
-	}
+	byService := byComposeService(list)
 	for _, svc := range expectedContainers(byService) {
 		s := ServiceState{Service: svc.name, Container: svc.container, State: "missing", Health: "none"}
 		if c, ok := byService[svc.container]; ok {
@@ -624,6 +618,9 @@ func (d *Deployer) meshBundle(ctx context.Context, running map[string]container.
 	return pool, nil
 }
 
+// ErrNotRunning is a service asked about whose container does not run.
+var ErrNotRunning = errors.New("does not run")
+
 // serviceClient talks to one service through the connection.
 type serviceClient struct {
 	name     string
@@ -650,7 +647,7 @@ func (d *Deployer) serviceClient(ctx context.Context, name string, running map[s
 	sc := &serviceClient{name: name, token: o.OperatorToken, timeout: o.Timeout}
 	c, ok := running[svc.Container]
 	if !ok || c.State != "running" {
-		sc.err = fmt.Errorf("%s does not run", name)
+		sc.err = fmt.Errorf("%s %w", name, ErrNotRunning)
 		return sc
 	}
 	port := 0

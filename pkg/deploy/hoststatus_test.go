@@ -33,8 +33,20 @@ func TestStatusAndLogsOfADeployedHost(t *testing.T) {
 	ctx := context.Background()
 	var events []Event
 	o := f.options(f.dial(t), images(t, lucidBinary(t), "v1"), &events)
+	o.cfg.OperatorToken = f.operatorToken(t)
 	if _, err := runDeploy(ctx, t, o); err != nil {
 		t.Fatalf("deploy: %v", err)
+	}
+	// A single host's engine is alone in its Raft configuration: the
+	// caught-up gate says so once and waits for nothing.
+	var caught []Event
+	for _, e := range events {
+		if e.Step == StepCaughtUp {
+			caught = append(caught, e)
+		}
+	}
+	if len(caught) != 1 || caught[0].Status != EventInfo || caught[0].Message != "skipped: the engine is alone in its Raft configuration" {
+		t.Errorf("caught-up events of a single host: %+v", caught)
 	}
 	d, err := New(o.cfg)
 	if err != nil {

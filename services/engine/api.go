@@ -281,6 +281,10 @@ func (a *api) consensus(w http.ResponseWriter, _ *http.Request) error {
 		Term: n.raft.CurrentTerm(), LastIndex: n.raft.LastIndex(), AppliedIndex: n.raft.AppliedIndex(),
 		ValidatorKey: n.vkey, Height: n.store.Height(),
 	}
+	// Raft says its commit index only among its stats, as a string.
+	if ci, err := strconv.ParseUint(n.raft.Stats()["commit_index"], 10, 64); err == nil {
+		st.CommitIndex = ci
+	}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, s := range f.Configuration().Servers {
 			st.Servers = append(st.Servers, engineapi.Server{ID: string(s.ID), Address: string(s.Address), Voter: s.Suffrage == raft.Voter})

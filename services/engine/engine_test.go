@@ -311,6 +311,18 @@ func TestThreeVoters(t *testing.T) {
 		}
 		return true
 	})
+	// Every node says what the cluster committed, and a follower that has
+	// caught up has applied all of it (what lucidctl deploy waits for).
+	for _, n := range nodes {
+		testenv.Eventually(t, 10*time.Second, n.cfg.NodeID+" applies what it knows committed", func() bool {
+			st, err := n.client.Consensus(ctx)
+			return err == nil && st.CommitIndex > 0 && st.LeaderID != "" && st.AppliedIndex >= st.CommitIndex
+		})
+		st, err := n.client.Consensus(ctx)
+		if err != nil || st.CommitIndex == 0 || st.CommitIndex > st.LastIndex {
+			t.Fatalf("%s: commit index %+v %v, want one in (0, last index]", n.cfg.NodeID, st, err)
+		}
+	}
 
 	nodes[0].stop() // the leader dies
 	var leader *testNode

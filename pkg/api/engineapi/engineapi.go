@@ -96,14 +96,19 @@ type Server struct {
 
 // ConsensusStatus answers GET /api/v1/consensus/status.
 type ConsensusStatus struct {
-	NodeID       string   `json:"node_id"`
-	State        string   `json:"state"`
-	LeaderID     string   `json:"leader_id"`
-	LeaderAddr   string   `json:"leader_addr"`
-	RaftAddr     string   `json:"raft_addr"`
-	Term         uint64   `json:"term"`
-	LastIndex    uint64   `json:"last_index"`
-	AppliedIndex uint64   `json:"applied_index"`
+	NodeID       string `json:"node_id"`
+	State        string `json:"state"`
+	LeaderID     string `json:"leader_id"`
+	LeaderAddr   string `json:"leader_addr"`
+	RaftAddr     string `json:"raft_addr"`
+	Term         uint64 `json:"term"`
+	LastIndex    uint64 `json:"last_index"`
+	AppliedIndex uint64 `json:"applied_index"`
+	// CommitIndex is the highest log index the node knows the cluster has
+	// committed: a node with AppliedIndex at least CommitIndex and a known
+	// leader has caught up. 0 before the node has heard of any commit
+	// (and from engines too old to report it).
+	CommitIndex  uint64   `json:"commit_index"`
 	Height       uint64   `json:"height"`
 	ValidatorKey string   `json:"validator_key"`
 	Servers      []Server `json:"servers"`

@@ -76,6 +76,9 @@ type Options struct {
 	// Rotate names the data-bound secrets the release may replace on
 	// hosts that hold others.
 	Rotate []string
+	// ForceQuorum takes a voter down even when its Raft cluster loses its
+	// quorum without it.
+	ForceQuorum bool
 }
 
 // NewCmds returns deploy, rollback and releases.
@@ -120,9 +123,24 @@ stderr).
   8. write a release directory (compose, env 0600, the gateway's route table,
      release.json) under the deploy dir;
   9. compose up, then wait until every service is healthy and the gateway answers;
+     when the host's engine is in a Raft cluster of more than one server, also
+     until it knows its leader and has applied everything the cluster
+     committed, within the same --health-timeout (an engine alone skips this);
   10. on success, point current at the new release and record it live; on
      failure, record it failed, bring the previous release back and show the
      failing services' health output and logs.
+
+When the hosts' engines form one Raft cluster, the group goes one Pi at a
+time, each only after the one before is healthy and caught up, and before
+taking a voter down (the canary too) the deploy reads every host of the
+deploy as lucidctl status --target does: it refuses, naming the unhealthy
+voters and changing nothing, when the other healthy voters would be fewer
+than a majority (with three voters: one other already down). A voter no host
+of the deploy answered as counts as down, so deploy a cluster member with its
+whole group. Repair the voters named, or pass --force-quorum to take the host
+down anyway (the chain then stops until the quorum is back). Both checks read
+the engines with LUCID_OPERATOR_TOKEN (the environment, else the operator's
+env file); without it they warn and do not hold the deploy.
 
 --dry-run prints the plan (files that change, layers to send, services to
 restart) and changes nothing. Steps are reported on stderr; --json prints one
@@ -151,6 +169,7 @@ either.`,
 	f.StringSliceVar(&opts.Hosts, "hosts", nil, "only these of the targets named (comma-separated)")
 	f.BoolVar(&opts.SkipUnreachable, "skip-unreachable", false, "go on with the hosts that answer, and name the ones that did not")
 	f.StringArrayVar(&opts.Rotate, "rotate", nil, "replace this data-bound secret of the hosts' current release on purpose (repeatable)")
+	f.BoolVar(&opts.ForceQuorum, "force-quorum", false, "take a host down even when its engine's Raft cluster loses its quorum without it (the chain stops until the quorum is back)")
 	_ = cmd.RegisterFlagCompletionFunc("rotate", cobra.FixedCompletions(append(slices.Clone(deployfiles.DataBound), keyring.EncryptionPrevious), cobra.ShellCompDirectiveNoFileComp))
 	return cli.SupportsJSON(cmd)
 }
@@ -259,21 +278,34 @@ func runDeploy(ctx context.Context, opts *Options) error {
 			live = append(live, i)
 		}
 	}
-	var done []string
-	for n, i := range live {
-		name := targets[i]
-		t, err := cfg.Target(name)
+	token := operatorToken(opts.Env)
+	configs := make([]deploy.Config, len(targets))
+	for _, i := range live {
+		t, err := cfg.Target(targets[i])
 		if err != nil {
 			return cli.Usage(err)
 		}
-		res, err := deployTo(ctx, deploy.Config{
-			Name: name, SSH: clients[i], Dir: t.Dir, Project: t.Project, DockerSocket: opts.SSH.dockerSocket,
+		configs[i] = deploy.Config{
+			Name: targets[i], SSH: clients[i], Dir: t.Dir, Project: t.Project, DockerSocket: opts.SSH.dockerSocket,
 			ImageName: cfg.Images.Name, Tag: cfg.Images.Tag,
 			MinFreeBytes: opts.MinFreeMiB << 20, HealthTimeout: opts.HealthTimeout, LockWait: opts.LockWait,
-			ViaRegistry: opts.ViaRegistry, InsecureRegistry: opts.Insecure, Reporter: p,
-		}, bundle, opts.DryRun)
-		clients[i].Close()
-		clients[i] = nil
+			ViaRegistry: opts.ViaRegistry, InsecureRegistry: opts.Insecure, OperatorToken: token, Reporter: p,
+		}
+	}
+	var done []string
+	for n, i := range live {
+		name := targets[i]
+		// The connections stay open to the end: the quorum check before
+		// each host reads the hosts done too.
+		if !opts.DryRun {
+			if err := checkQuorum(ctx, name, deployReaders(i, configs, clients, token), p, opts.ForceQuorum); err != nil {
+				if len(done) > 0 {
+					err = fmt.Errorf("%w (%s already run the new release)", err, strings.Join(done, ", "))
+				}
+				return err
+			}
+		}
+		res, err := deployTo(ctx, configs[i], bundle, opts.DryRun)
 		if err != nil {
 			return groupFailure(err, name, done, targetsOf(targets, live[n+1:])) // it names the target
 		}

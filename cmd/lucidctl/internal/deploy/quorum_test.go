@@ -1,0 +1,120 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/deploy"
+)
+
+var threeVoters = []engineapi.Server{{ID: "n1", Address: "10.0.0.11:8094", Voter: true}, {ID: "n2", Address: "10.0.0.12:8094", Voter: true}, {ID: "n3", Address: "10.0.0.13:8094", Voter: true}}
+
+// voterOn is a host whose engine answered as node in the three-voter
+// cluster led by n1.
+func voterOn(target, node, role string, healthy bool) *deploy.HostStatus {
+	term, applied := uint64(3), uint64(120)
+	return &deploy.HostStatus{Target: target, Healthy: healthy, Reports: deploy.ServiceReports{
+		RaftRole: role, RaftNodeID: node, RaftTerm: &term, RaftAppliedIndex: &applied, RaftLastIndex: &applied, RaftLeaderID: "n1", RaftServers: threeVoters,
+	}}
+}
+
+// quorumCase reads own as the host's engine and hosts as the group; it
+// counts the group reads.
+func quorumCase(own *engineapi.ConsensusStatus, ownErr error, hosts ...*deploy.HostStatus) (quorumReaders, *int) {
+	reads := 0
+	return quorumReaders{
+		own:   func(context.Context) (*engineapi.ConsensusStatus, error) { return own, ownErr },
+		group: func(context.Context) []*deploy.HostStatus { reads++; return hosts },
+	}, &reads
+}
+
+// TestCheckQuorum: a voter of three goes down only while the two others
+// are healthy; one other down refuses (naming it, and with a hint), unless
+// forced; a single host, or one whose engine cannot be read, is not held
+// up, and a single host costs no read of the group.
+func TestCheckQuorum(t *testing.T) {
+	ctx := context.Background()
+	n2 := &engineapi.ConsensusStatus{NodeID: "n2", State: "follower", LeaderID: "n1", Servers: threeVoters}
+	var events []deploy.Event
+	rep := deploy.ReporterFunc(func(e deploy.Event) { events = append(events, e) })
+
+	t.Run("all up", func(t *testing.T) {
+		events = nil
+		r, _ := quorumCase(n2, nil, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "follower", true), voterOn("pi3", "n3", "follower", true))
+		if err := checkQuorum(ctx, "pi2", r, rep, false); err != nil {
+			t.Fatal(err)
+		}
+		if len(events) != 1 || events[0].Status != deploy.EventOK || events[0].Message != "without its engine (voter n2), 2 of 3 voters stay healthy, 2 needed" {
+			t.Errorf("events %+v", events)
+		}
+	})
+	t.Run("another down", func(t *testing.T) {
+		events = nil
+		r, _ := quorumCase(n2, nil, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "follower", true), voterOn("pi3", "n3", "follower", false))
+		err := checkQuorum(ctx, "pi2", r, rep, false)
+		if !errors.Is(err, errQuorum) {
+			t.Fatalf("err %v, want a refusal", err)
+		}
+		for _, want := range []string{"taking pi2 down (its engine is voter n2) would lose the Raft cluster's quorum: 1 other of 3 voters healthy, 2 needed", "not healthy: n3 on pi3 (its host is unhealthy)", "nothing was changed on pi2"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q lacks %q", err, want)
+			}
+		}
+		if h := cli.Hint(err); !strings.Contains(h, "--force-quorum") {
+			t.Errorf("hint %q", h)
+		}
+		if len(events) != 1 || events[0].Status != deploy.EventFail || events[0].Step != deploy.StepQuorum {
+			t.Errorf("events %+v", events)
+		}
+
+		// A voter no host of the deploy answered as counts as down.
+		r, _ = quorumCase(n2, nil, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "follower", true))
+		if err := checkQuorum(ctx, "pi2", r, rep, false); !errors.Is(err, errQuorum) || !strings.Contains(err.Error(), "n3 (no host read answered as it)") {
+			t.Errorf("with n3 not read: %v", err)
+		}
+
+		events = nil
+		r, _ = quorumCase(n2, nil, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "follower", true), voterOn("pi3", "n3", "follower", false))
+		if err := checkQuorum(ctx, "pi2", r, rep, true); err != nil {
+			t.Fatalf("forced: %v", err)
+		}
+		if len(events) != 1 || events[0].Status != deploy.EventWarn || !strings.Contains(events[0].Message, "--force-quorum") {
+			t.Errorf("forced: events %+v", events)
+		}
+	})
+	t.Run("its own voter already down", func(t *testing.T) {
+		r, _ := quorumCase(n2, nil, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "candidate", true), voterOn("pi3", "n3", "follower", false))
+		if err := checkQuorum(ctx, "pi2", r, rep, false); err != nil {
+			t.Fatalf("deploying the broken voter is refused: %v", err)
+		}
+	})
+	t.Run("single host", func(t *testing.T) {
+		events = nil
+		single := &engineapi.ConsensusStatus{NodeID: "n1", State: "leader", LeaderID: "n1", Servers: threeVoters[:1]}
+		r, reads := quorumCase(single, nil)
+		if err := checkQuorum(ctx, "pi", r, rep, false); err != nil || *reads != 0 || len(events) != 0 {
+			t.Fatalf("single host: %v, %d group reads, events %+v", err, *reads, events)
+		}
+	})
+	t.Run("engine not read", func(t *testing.T) {
+		events = nil
+		r, reads := quorumCase(nil, errors.New("engine /api/v1/consensus/status: 403 Forbidden"))
+		if err := checkQuorum(ctx, "pi", r, rep, false); err != nil || *reads != 0 {
+			t.Fatalf("%v, %d group reads", err, *reads)
+		}
+		if len(events) != 1 || events[0].Status != deploy.EventWarn || !strings.Contains(events[0].Message, "403 Forbidden") {
+			t.Errorf("events %+v", events)
+		}
+		// No engine running (a first deploy): nothing to say.
+		events = nil
+		r, _ = quorumCase(nil, fmt.Errorf("engine %w", deploy.ErrNotRunning))
+		if err := checkQuorum(ctx, "pi", r, rep, false); err != nil || len(events) != 0 {
+			t.Fatalf("%v, events %+v", err, events)
+		}
+	})
+}
