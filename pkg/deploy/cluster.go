@@ -19,10 +19,16 @@ type Cluster struct {
 	Voters []Voter `json:"voters"`
 	// HealthyVoters counts the voters whose host is healthy and whose
 	// engine answered as leader or follower; Quorum is true when they are
-	// at least QuorumNeeded, a majority of the voters.
+	// at least QuorumNeeded, a majority of the voters. UnreadVoters are
+	// the voters no host read answered as: on hosts not selected, or on
+	// hosts read whose engine did not answer, which count as down. While
+	// the others could still make up a quorum, it is neither known nor
+	// known lost (QuorumLost false).
 	HealthyVoters int  `json:"healthy_voters"`
+	UnreadVoters  int  `json:"unread_voters"`
 	QuorumNeeded  int  `json:"quorum_needed"`
 	Quorum        bool `json:"quorum"`
+	QuorumLost    bool `json:"quorum_lost"`
 	// Term is the newest Raft term a leader or follower answered with
 	// (a candidate's only when no engine is either).
 	Term uint64 `json:"term"`
@@ -39,7 +45,8 @@ type Cluster struct {
 	// lead in one term, engines that name different leaders in one term, a
 	// leader of an older term, two hosts answering as one node.
 	Errors []string `json:"errors"`
-	// Healthy is a quorum, a leader and no error.
+	// Healthy is a quorum not known lost, a leader and no error: a
+	// status of some of a cluster's hosts judges only what it read.
 	Healthy bool `json:"healthy"`
 }
 
@@ -132,10 +139,17 @@ func hasServer(servers []engineapi.Server, id string) bool {
 // host, or hosts each with its own one-voter chain), which is then no
 // cluster to judge.
 func ClusterOf(hosts []*HostStatus) *Cluster {
-	var members []*HostStatus
+	var members, alone []*HostStatus
+	silent := 0 // hosts read whose engine did not say who it is
 	for _, h := range hosts {
-		if h != nil && h.Reports.RaftRole != "" && len(h.Reports.RaftServers) > 1 {
+		switch {
+		case h == nil:
+		case h.Reports.RaftRole == "":
+			silent++
+		case len(h.Reports.RaftServers) > 1:
 			members = append(members, h)
+		default:
+			alone = append(alone, h)
 		}
 	}
 	if len(members) == 0 {
@@ -229,6 +243,12 @@ func ClusterOf(hosts []*HostStatus) *Cluster {
 			continue
 		}
 		v := Voter{ID: s.ID, Address: s.Address, Why: "no host read answered as it"}
+		if i := slices.IndexFunc(alone, func(h *HostStatus) bool { return h.Reports.RaftNodeID == s.ID }); i >= 0 {
+			// Wiped and bootstrapped again, say: it leads a chain of its own.
+			h := alone[i]
+			v.Target, v.State, v.Why = h.Target, h.Reports.RaftRole, "its engine runs a chain of its own"
+			c.Errors = append(c.Errors, fmt.Sprintf("%s answers as %s from a configuration of its own: a separate chain, not this cluster's", h.Target, s.ID))
+		}
 		if hs := byNode[s.ID]; len(hs) > 0 {
 			h := hs[0]
 			v.Target, v.State, v.Why = h.Target, h.Reports.RaftRole, ""
@@ -242,6 +262,9 @@ func ClusterOf(hosts []*HostStatus) *Cluster {
 				c.HealthyVoters++
 			}
 		}
+		if v.Target == "" {
+			c.UnreadVoters++
+		}
 		c.Voters = append(c.Voters, v)
 	}
 	for _, h := range members {
@@ -251,13 +274,16 @@ func ClusterOf(hosts []*HostStatus) *Cluster {
 	}
 	c.QuorumNeeded = len(c.Voters)/2 + 1
 	c.Quorum = c.HealthyVoters >= c.QuorumNeeded
+	// A host read whose engine did not answer may be any unread voter:
+	// each is taken for one, down. The other unread voters may be up.
+	c.QuorumLost = c.HealthyVoters+max(0, c.UnreadVoters-silent) < c.QuorumNeeded
 
 	for _, h := range members {
 		if t := h.Reports.NewestBlockTime; !t.IsZero() && t.After(c.NewestBlockTime) {
 			c.NewestBlockTime, c.NewestBlockAgeSec, c.NewestBlockTarget = t, h.Reports.NewestBlockAgeSec, h.Target
 		}
 	}
-	c.Healthy = c.Quorum && c.Leader != nil && len(c.Errors) == 0
+	c.Healthy = !c.QuorumLost && c.Leader != nil && len(c.Errors) == 0
 	return c
 }
 

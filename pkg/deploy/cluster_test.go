@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -243,5 +244,28 @@ func TestClusterVoters(t *testing.T) {
 		if !slices.Contains(c.Errors, e) {
 			t.Errorf("errors %q lack %q", c.Errors, e)
 		}
+	}
+}
+
+// TestClusterOfSomeHosts: a voter whose host runs a chain of its own (a
+// wiped node bootstrapped again) is a split, not a missing host; and one
+// host of a healthy cluster read alone judges only what it read: the
+// quorum is unknown, not lost, and the verdict is not unhealthy.
+func TestClusterOfSomeHosts(t *testing.T) {
+	c := ClusterOf([]*HostStatus{
+		engineOn("pi1", "n1", "leader", 7, 500, "n1", three),
+		engineOn("pi2", "n2", "follower", 7, 500, "n1", three),
+		engineOn("pi3", "n3", "leader", 2, 40, "n3", []engineapi.Server{{ID: "n3", Address: "10.0.0.13:8094", Voter: true}}),
+	})
+	if c.Healthy || len(c.Errors) != 1 || !strings.Contains(c.Errors[0], "pi3 answers as n3 from a configuration of its own") {
+		t.Errorf("a voter on a chain of its own: healthy %v, errors %q", c.Healthy, c.Errors)
+	}
+	if v := c.Voters[2]; v.Target != "pi3" || v.Healthy || v.Why != "its engine runs a chain of its own" {
+		t.Errorf("that voter: %+v", v)
+	}
+
+	c = ClusterOf([]*HostStatus{engineOn("pi2", "n2", "follower", 7, 500, "n1", three)})
+	if !c.Healthy || c.Quorum || c.QuorumLost || c.UnreadVoters != 2 || c.Leader == nil || c.Leader.ID != "n1" {
+		t.Errorf("one follower read alone: healthy %v, quorum %v, lost %v, unread %d, leader %+v", c.Healthy, c.Quorum, c.QuorumLost, c.UnreadVoters, c.Leader)
 	}
 }

@@ -143,9 +143,24 @@ func TestStatusShowsTheRaftCluster(t *testing.T) {
 		t.Errorf("healthy %v:\n%s", doc.Healthy, out)
 	}
 
-	// Without quorum: the leader alone.
+	// One host of a healthy cluster, alone (status --target pi1): the
+	// others were not read, so the quorum is unknown, not lost.
 	doc = newStatusDoc([]HostDoc{engineHost("pi1", "n1", "leader", 7, 500, "n1", three)})
-	hasLines(t, render(doc), "quorum:     NO, 1 of 3 voters healthy, 2 needed", "voters:     n1 on pi1 (leader), n2 (not healthy: no host read answered as it), n3 (not healthy: no host read answered as it)")
+	hasLines(t, render(doc), "quorum:     unknown, 1 of 3 voters healthy, 2 needed; 2 not read (select every host of the cluster to judge it)",
+		"voters:     n1 on pi1 (leader), n2 (not read), n3 (not read)")
+	if !doc.Healthy {
+		t.Error("one host of a healthy cluster read alone is unhealthy")
+	}
+
+	// Without quorum: a candidate, and a host whose engine did not answer.
+	silent := engineHost("pi3", "", "", 0, 0, "", nil)
+	silent.Reports = deploy.ServiceReports{}
+	doc = newStatusDoc([]HostDoc{
+		engineHost("pi1", "n1", "leader", 7, 500, "n1", three),
+		engineHost("pi2", "n2", "candidate", 7, 497, "", three),
+		silent,
+	})
+	hasLines(t, render(doc), "quorum:     NO, 1 of 3 voters healthy, 2 needed")
 	if doc.Healthy {
 		t.Error("a cluster without quorum is healthy")
 	}
@@ -185,7 +200,7 @@ func TestClusterJSONShape(t *testing.T) {
 		Errors: []string{"x"},
 	}
 	want := `{"voters":[{"id":"n1","address":"a","target":"pi1","state":"leader","healthy":true},{"id":"n2","address":"b","healthy":false,"why":"x"}],` +
-		`"healthy_voters":1,"quorum_needed":2,"quorum":false,"term":7,"leader":{"id":"n1","target":"pi1"},` +
+		`"healthy_voters":1,"unread_voters":0,"quorum_needed":2,"quorum":false,"quorum_lost":false,"term":7,"leader":{"id":"n1","target":"pi1"},` +
 		`"newest_block_time":"2026-12-05T14:00:00Z","newest_block_age_seconds":4,"newest_block_target":"pi1","errors":["x"],"healthy":false}`
 	if got, err := json.Marshal(c); err != nil || string(got) != want {
 		t.Errorf("got  %s (%v)\nwant %s", got, err, want)

@@ -165,6 +165,8 @@ func printCluster(w io.Writer, st *iostreams.Styles, c *deploy.Cluster) {
 		switch {
 		case v.Healthy:
 			s += " (" + v.State + ")"
+		case v.Target == "":
+			s += " (not read)"
 		default:
 			s += " (" + st.Error.Render("not healthy") + ": " + v.Why + ")"
 		}
@@ -172,10 +174,17 @@ func printCluster(w io.Writer, st *iostreams.Styles, c *deploy.Cluster) {
 	}
 	fmt.Fprintln(w, "voters:     "+strings.Join(voters, ", "))
 	quorum := st.Success.Render("yes")
-	if !c.Quorum {
+	switch {
+	case c.QuorumLost:
 		quorum = st.Error.Render("NO")
+	case !c.Quorum:
+		quorum = st.Warning.Render("unknown")
 	}
-	fmt.Fprintf(w, "quorum:     %s, %d of %d voters healthy, %d needed\n", quorum, c.HealthyVoters, len(c.Voters), c.QuorumNeeded)
+	fmt.Fprintf(w, "quorum:     %s, %d of %d voters healthy, %d needed", quorum, c.HealthyVoters, len(c.Voters), c.QuorumNeeded)
+	if c.UnreadVoters > 0 && !c.Quorum && !c.QuorumLost {
+		fmt.Fprintf(w, "; %d not read (select every host of the cluster to judge it)", c.UnreadVoters)
+	}
+	fmt.Fprintln(w)
 	switch {
 	case c.Leader == nil:
 		fmt.Fprintln(w, "leader:     "+st.Error.Render("NONE")+" (no engine leads or names a leader in the cluster's term)")

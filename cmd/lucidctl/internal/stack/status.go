@@ -58,15 +58,15 @@ of each, how many are healthy (host healthy, engine leader or follower),
 quorum (a majority of the voters healthy), the leader and its host, the
 newest block's age across the hosts, and an error line for each sign of a
 split (two engines leading in one term, engines naming different leaders,
-a leader of an older term). Select every host of the cluster: a voter no
-host answered as counts as not healthy. Hosts each with their own
-one-voter chain get no verdict.
+a leader of an older term, a voter on a chain of its own). Select every
+host of the cluster: with voters not read, the quorum may be "unknown".
+Hosts each with their own one-voter chain get no verdict.
 
 Exit status: 0 when the stack runs and every service is ready, 3 when it is
 not running or a service is not ready. With --target: 0 when every host is
 healthy, 3 when a container is not running or not healthy, a host has no
 current release, a host was skipped as unreachable, or the Raft cluster has
-no quorum, no leader or a sign of a split; 4 when a host cannot be reached
+lost its quorum, has no leader or shows a sign of a split; 4 when a host cannot be reached
 without --skip-unreachable.`,
 		Example: `  lucidctl status
   lucidctl status --json
