@@ -65,6 +65,9 @@ func (c *RequestContext) Value(key any) any {
 	if _, ok := key.(requestInfoKey); ok {
 		return &c.info
 	}
+	if c.Context == nil { // zero, or after its owner reset it
+		return nil
+	}
 	return c.Context.Value(key)
 }
 

@@ -371,7 +371,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lucid_gateway_concurrency_limited_total", Help: "Requests refused (429) because their principal had its tier's limit of requests in progress.",
 		}, []string{"tier"}),
 		parked: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "lucid_gateway_parked_connections", Help: "Idle keep-alive connections parked until their next request, holding no buffer.",
+			Name: "lucid_gateway_parked_connections", Help: "Idle keep-alive client connections parked until their next request, holding no goroutine or buffer of the HTTP server's.",
 		}),
 	}
 	reg.MustRegister(m.upstreamLatency, m.decisions, m.upstreamErrors, m.authFailures, m.bodyUnits, m.inProgress, m.concurrencyLimited, m.parked)

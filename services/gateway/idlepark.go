@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"net"
@@ -56,6 +57,9 @@ type parker struct {
 	mu     sync.Mutex
 	conns  map[*idleConn]struct{}
 	closed bool
+	// serving counts the connections given back to fasthttp, which its
+	// shutdown may not know of yet when it returns.
+	serving sync.WaitGroup
 }
 
 func newParker(serve func(net.Conn) error, gauge prometheus.Gauge) *parker {
@@ -95,18 +99,23 @@ func (p *parker) wait(c *idleConn) {
 	p.mu.Lock()
 	delete(p.conns, c)
 	closed := p.closed
+	if ready && !closed {
+		p.serving.Add(1)
+	}
 	p.mu.Unlock()
 	p.gauge.Dec()
 	if !ready || closed {
 		_ = c.Conn.Close()
 		return
 	}
+	defer p.serving.Done()
 	c.state.Store(connActive)
 	_ = p.serve(c.outer) // to its next idle spell or its close
 }
 
 // close closes every parked connection, and those parked from now on. It
-// comes before fasthttp's shutdown, which knows nothing of them.
+// comes before fasthttp's shutdown, which knows nothing of them; drain,
+// after that shutdown, waits for connections woken just before.
 func (p *parker) close() {
 	p.mu.Lock()
 	p.closed = true
@@ -117,6 +126,19 @@ func (p *parker) close() {
 	p.mu.Unlock()
 	for _, c := range conns {
 		_ = c.Conn.Close() // ends its wait
+	}
+}
+
+// drain waits until the connections given back to fasthttp before close
+// are done, or ctx ends.
+func (p *parker) drain(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { p.serving.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

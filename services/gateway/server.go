@@ -108,6 +108,9 @@ func (a *App) ServeOn(ctx context.Context, ln net.Listener, srv *service.Server)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()
 	err := fs.ShutdownWithContext(sctx)
+	if err == nil {
+		err = pk.drain(sctx)
+	}
 	// Shutdown closes only listeners Serve has taken up, and Serve may
 	// not have started yet.
 	_ = ln.Close()
@@ -310,6 +313,7 @@ func (a *App) end(c *call) {
 			slog.String("remote", fc.RemoteAddr().String()))
 	}
 	*c = call{watch: c.watch}
+	c.rctx.Reset(context.Background(), "") // a late user sees no request, not a nil parent
 	calls.Put(c)
 }
 
