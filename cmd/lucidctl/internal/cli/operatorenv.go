@@ -45,3 +45,17 @@ func (o *OperatorEnv) Value(key string) (value, source string) {
 	}
 	return o.vars[key], o.Path
 }
+
+// OperatorToken is LUCID_OPERATOR_TOKEN from the environment, else from
+// the operator's env file; "" when neither has it, or when the file cannot
+// be read, which is logged as a warning ending in without (what the
+// command does without the token).
+func (e *Env) OperatorToken(without string) string {
+	vals, err := e.OperatorEnv("")
+	if err != nil {
+		e.Logger.Warn("the operator's env file could not be read; "+without, "error", err)
+		return ""
+	}
+	token, _ := vals.Value("LUCID_OPERATOR_TOKEN")
+	return token
+}

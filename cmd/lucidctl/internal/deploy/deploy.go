@@ -278,7 +278,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 			live = append(live, i)
 		}
 	}
-	token := operatorToken(opts.Env)
+	token := opts.Env.OperatorToken("the engines' consensus status cannot be read")
 	configs := make([]deploy.Config, len(targets))
 	for _, i := range live {
 		t, err := cfg.Target(targets[i])

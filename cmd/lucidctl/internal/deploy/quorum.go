@@ -139,17 +139,3 @@ func deployReaders(i int, configs []deploy.Config, clients []*sshx.Client, token
 		},
 	}
 }
-
-// operatorToken is LUCID_OPERATOR_TOKEN from the environment, else from
-// the operator's env file, as lucidctl status --target finds it; "" when
-// neither has it (the caught-up gate and the quorum check then say they
-// could not look).
-func operatorToken(env *cli.Env) string {
-	vals, err := env.OperatorEnv("")
-	if err != nil {
-		env.Logger.Warn("the operator's env file could not be read; the engines' consensus status cannot be read", "error", err)
-		return ""
-	}
-	token, _ := vals.Value("LUCID_OPERATOR_TOKEN")
-	return token
-}

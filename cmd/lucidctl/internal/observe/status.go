@@ -65,7 +65,7 @@ func RunStatus(ctx context.Context, opts *StatusOptions) error {
 		return err
 	}
 	defer fl.Close()
-	token := operatorToken(env)
+	token := env.OperatorToken("figures that need the operator token will be unknown")
 
 	docs := make([]HostDoc, len(fl.Hosts))
 	var wg sync.WaitGroup
@@ -201,19 +201,6 @@ func printCluster(w io.Writer, st *iostreams.Styles, c *deploy.Cluster) {
 	for _, e := range c.Errors {
 		fmt.Fprintln(w, st.Error.Render("error:")+"      "+e)
 	}
-}
-
-// operatorToken is LUCID_OPERATOR_TOKEN from the environment, else from
-// the operator's env file; "" when neither has it (the figures that need
-// it are then unknown, and say so).
-func operatorToken(env *cli.Env) string {
-	vals, err := env.OperatorEnv("")
-	if err != nil {
-		env.Logger.Warn("the operator's env file could not be read; figures that need the operator token will be unknown", "error", err)
-		return ""
-	}
-	token, _ := vals.Value("LUCID_OPERATOR_TOKEN")
-	return token
 }
 
 // printHost writes one host: a heading with its release, the containers,
