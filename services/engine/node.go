@@ -155,7 +155,7 @@ func (n *node) raftTransport(id *meshtls.Identity, logger hclog.Logger) (*raft.N
 	if advertise.IP == nil || advertise.IP.IsUnspecified() {
 		return nil, fmt.Errorf("LUCID_RAFT_ADVERTISE %q: not an address other nodes can reach", n.cfg.RaftAdvertise)
 	}
-	stream, err := listenRaftTLS(n.cfg.RaftAddr, advertise, id)
+	stream, err := listenRaftTLS(n.cfg.RaftAddr, advertise, id, n.cfg.ChainID)
 	if err != nil {
 		return nil, fmt.Errorf("raft transport on %s: %w", n.cfg.RaftAddr, err)
 	}

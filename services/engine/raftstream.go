@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
+	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,13 +38,17 @@ const (
 // engine's own service, so neither another Lucid service nor anything
 // outside the mesh can vote, append entries or install a snapshot. The TLS
 // configurations take the identity's current leaf and trust bundle at every
-// handshake, so a renewal or a root rotation needs nothing here.
+// handshake, so a renewal or a root rotation needs nothing here. After the
+// handshake each end names its chain (chainLine) and refuses a peer of
+// another: the identity says "an engine", not "an engine of this chain",
+// and Pis whose mesh controllers share a CA may run different chains.
 type raftStream struct {
 	ln        net.Listener // plain TCP: the handshakes are this layer's
 	server    *tls.Config  // nil: accept nothing (a transport that only dials)
 	client    *tls.Config
 	advertise net.Addr
 	timeout   time.Duration // of a handshake
+	chain     string        // LUCID_CHAIN_ID: a peer must name the same
 
 	ready chan net.Conn // connections whose handshake succeeded
 	done  chan struct{}
@@ -67,19 +74,20 @@ func raftTLS(id *meshtls.Identity) (server, client *tls.Config) {
 
 // listenRaftTLS listens on bind for Raft peers over mTLS as id; advertise
 // (nil: the listener's address) is the address the other nodes reach.
-func listenRaftTLS(bind string, advertise net.Addr, id *meshtls.Identity) (*raftStream, error) {
+func listenRaftTLS(bind string, advertise net.Addr, id *meshtls.Identity, chain string) (*raftStream, error) {
 	ln, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, err
 	}
 	server, client := raftTLS(id)
-	return newRaftStream(ln, advertise, server, client, handshakeTimeout), nil
+	return newRaftStream(ln, advertise, server, client, handshakeTimeout, chain), nil
 }
 
 // newRaftStream serves ln: it accepts connections and completes their
-// handshakes as server, within timeout, and dials as client.
-func newRaftStream(ln net.Listener, advertise net.Addr, server, client *tls.Config, timeout time.Duration) *raftStream {
-	s := &raftStream{ln: ln, server: server, client: client, advertise: advertise, timeout: timeout,
+// handshakes as server, within timeout, and dials as client, for the
+// engines of chain.
+func newRaftStream(ln net.Listener, advertise net.Addr, server, client *tls.Config, timeout time.Duration, chain string) *raftStream {
+	s := &raftStream{ln: ln, server: server, client: client, advertise: advertise, timeout: timeout, chain: chain,
 		ready: make(chan net.Conn), done: make(chan struct{}), pending: map[string]int{}}
 	go s.acceptLoop()
 	return s
@@ -151,6 +159,9 @@ func (s *raftStream) handshake(c net.Conn, addr string) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	err := tc.HandshakeContext(ctx) // closes c itself when ctx expires
 	cancel()
+	if err == nil {
+		err = s.sameChain(tc, false)
+	}
 	s.give(addr)
 	if err != nil {
 		_ = tc.Close()
@@ -203,5 +214,62 @@ func (s *raftStream) Dial(address raft.ServerAddress, timeout time.Duration) (ne
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	d := tls.Dialer{Config: s.client}
-	return d.DialContext(ctx, "tcp", string(address))
+	c, err := d.DialContext(ctx, "tcp", string(address))
+	if err != nil {
+		return nil, err
+	}
+	if err := s.sameChain(c, true); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// chainLine is what each end sends after the handshake, before any byte
+// of Raft: the protocol and its chain's id (LUCID_CHAIN_ID, which holds no
+// newline), on one line.
+const chainLine = "lucid-raft/1 "
+
+// maxChainLine bounds the peer's line: an id is at most 63 characters.
+const maxChainLine = 128
+
+// sameChain exchanges chain lines on c, the dialling end first, within
+// the handshake's time, and refuses a peer of another chain.
+func (s *raftStream) sameChain(c net.Conn, dialled bool) error {
+	if err := c.SetDeadline(time.Now().Add(s.timeout)); err != nil {
+		return err
+	}
+	send := func() error { _, err := io.WriteString(c, chainLine+s.chain+"\n"); return err }
+	if dialled {
+		if err := send(); err != nil {
+			return err
+		}
+	}
+	// One byte at a time: what follows the line is Raft's, not ours.
+	var line []byte
+	b := make([]byte, 1)
+	for {
+		if _, err := io.ReadFull(c, b); err != nil {
+			return fmt.Errorf("raft peer %s: no chain line: %w", c.RemoteAddr(), err)
+		}
+		if b[0] == '\n' {
+			break
+		}
+		if line = append(line, b[0]); len(line) > maxChainLine {
+			return fmt.Errorf("raft peer %s: a chain line of over %d bytes", c.RemoteAddr(), maxChainLine)
+		}
+	}
+	peer, ok := strings.CutPrefix(string(line), chainLine)
+	switch {
+	case !ok:
+		return fmt.Errorf("raft peer %s: not a Lucid Raft peer", c.RemoteAddr())
+	case peer != s.chain:
+		return fmt.Errorf("raft peer %s is an engine of chain %q, not of %q", c.RemoteAddr(), peer, s.chain)
+	}
+	if !dialled {
+		if err := send(); err != nil {
+			return err
+		}
+	}
+	return c.SetDeadline(time.Time{})
 }

@@ -149,8 +149,15 @@ func lenient(id *meshtls.Identity) *tls.Config {
 }
 
 // dialingTransport is a Raft transport that reaches others through
-// client (nil: plain TCP) and serves nothing anyone dials.
+// client (nil: plain TCP), as an engine of the tests' chain, and serves
+// nothing anyone dials.
 func dialingTransport(t *testing.T, client *tls.Config) *raft.NetworkTransport {
+	t.Helper()
+	return dialingTransportOf(t, client, "test")
+}
+
+// dialingTransportOf is dialingTransport as an engine of chain.
+func dialingTransportOf(t *testing.T, client *tls.Config, chain string) *raft.NetworkTransport {
 	t.Helper()
 	if client == nil {
 		trans, err := raft.NewTCPTransport("127.0.0.1:0", nil, 1, 5*time.Second, io.Discard)
@@ -164,7 +171,7 @@ func dialingTransport(t *testing.T, client *tls.Config) *raft.NetworkTransport {
 	if err != nil {
 		t.Fatal(err)
 	}
-	trans := raft.NewNetworkTransport(newRaftStream(ln, nil, nil, client, handshakeTimeout), 1, 5*time.Second, io.Discard)
+	trans := raft.NewNetworkTransport(newRaftStream(ln, nil, nil, client, handshakeTimeout, chain), 1, 5*time.Second, io.Discard)
 	t.Cleanup(func() { _ = trans.Close() })
 	return trans
 }
@@ -246,6 +253,15 @@ func TestRaftRefusesStrangers(t *testing.T) {
 		}
 		untouched(t, term)
 	})
+	t.Run("an engine of the same mesh on another chain", func(t *testing.T) {
+		term := n.raft.CurrentTerm()
+		peer := meshIdentity(t, ca, "engine", meshtls.Options{})
+		voteErr, appendErr := forge(dialingTransportOf(t, peer.ClientTLS(sameService("engine")), "another-chain"))
+		if voteErr == nil || appendErr == nil || isTimeout(voteErr) || isTimeout(appendErr) {
+			t.Fatalf("RPCs not refused: vote %v, append %v", voteErr, appendErr)
+		}
+		untouched(t, term)
+	})
 	t.Run("an engine of the same mesh", func(t *testing.T) {
 		peer := meshIdentity(t, ca, "engine", meshtls.Options{})
 		trans := dialingTransport(t, peer.ClientTLS(sameService("engine")))
@@ -300,7 +316,7 @@ func TestRaftHandshakeIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	serverTLS, clientTLS := raftTLS(meshIdentity(t, ca, "engine", meshtls.Options{}))
-	stream := newRaftStream(ln, nil, serverTLS, clientTLS, 300*time.Millisecond)
+	stream := newRaftStream(ln, nil, serverTLS, clientTLS, 300*time.Millisecond, "test")
 	server := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: stream, MaxPool: 1, Timeout: 5 * time.Second, Logger: hclog.NewNullLogger()})
 	t.Cleanup(func() { _ = server.Close() })
 	go func() {
@@ -341,7 +357,7 @@ func TestRaftTakesRenewedLeaves(t *testing.T) {
 	serverID, clientID := meshIdentity(t, ca, "engine", serverOpts), meshIdentity(t, ca, "engine", clientOpts)
 	<-serverRenewed // the first leaves
 	<-clientRenewed
-	stream, err := listenRaftTLS("127.0.0.1:0", nil, serverID)
+	stream, err := listenRaftTLS("127.0.0.1:0", nil, serverID, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +366,7 @@ func TestRaftTakesRenewedLeaves(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dialer := newRaftStream(ln, nil, nil, clientID.ClientTLS(sameService("engine")), handshakeTimeout)
+	dialer := newRaftStream(ln, nil, nil, clientID.ClientTLS(sameService("engine")), handshakeTimeout, "test")
 	t.Cleanup(func() { _ = ln.Close() })
 
 	// connect returns the leaves each side saw of the other.
@@ -438,7 +454,7 @@ func TestRaftPortSurvivesAFlood(t *testing.T) {
 	serverTLS, clientTLS := raftTLS(meshIdentity(t, ca, "engine", meshtls.Options{}))
 	// A bound far beyond the test, so a closed connection was refused by
 	// the cap, not timed out.
-	stream := newRaftStream(ln, nil, serverTLS, clientTLS, time.Hour)
+	stream := newRaftStream(ln, nil, serverTLS, clientTLS, time.Hour, "test")
 	t.Cleanup(func() { _ = stream.Close() })
 	go func() {
 		for {
