@@ -160,7 +160,7 @@ func (s *raftStream) handshake(c net.Conn, addr string) {
 	err := tc.HandshakeContext(ctx) // closes c itself when ctx expires
 	cancel()
 	if err == nil {
-		err = s.sameChain(tc, false)
+		err = s.sameChain(tc, false, time.Now().Add(s.timeout))
 	}
 	s.give(addr)
 	if err != nil {
@@ -218,7 +218,8 @@ func (s *raftStream) Dial(address raft.ServerAddress, timeout time.Duration) (ne
 	if err != nil {
 		return nil, err
 	}
-	if err := s.sameChain(c, true); err != nil {
+	deadline, _ := ctx.Deadline()
+	if err := s.sameChain(c, true, deadline); err != nil {
 		_ = c.Close()
 		return nil, err
 	}
@@ -233,10 +234,10 @@ const chainLine = "lucid-raft/1 "
 // maxChainLine bounds the peer's line: an id is at most 63 characters.
 const maxChainLine = 128
 
-// sameChain exchanges chain lines on c, the dialling end first, within
-// the handshake's time, and refuses a peer of another chain.
-func (s *raftStream) sameChain(c net.Conn, dialled bool) error {
-	if err := c.SetDeadline(time.Now().Add(s.timeout)); err != nil {
+// sameChain exchanges chain lines on c, the dialling end first, by
+// deadline, and refuses a peer of another chain.
+func (s *raftStream) sameChain(c net.Conn, dialled bool, deadline time.Time) error {
+	if err := c.SetDeadline(deadline); err != nil {
 		return err
 	}
 	send := func() error { _, err := io.WriteString(c, chainLine+s.chain+"\n"); return err }
