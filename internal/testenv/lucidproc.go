@@ -3,6 +3,7 @@ package testenv
 import (
 	"crypto/tls"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,32 +13,39 @@ import (
 )
 
 // GatewayTLS is a real `lucid gateway` process serving HTTPS with a
-// certificate of a TestCA (LUCID_TLS_CERT_FILE), its upstreams all at
-// upstream, for tests of clients of an HTTPS gateway.
+// certificate of a TestCA (LUCID_TLS_CERT_FILE), its upstreams all one
+// server that answers {} to everything, for tests of clients of an HTTPS
+// gateway.
 type GatewayTLS struct {
 	// URL is https://127.0.0.1:port.
 	URL string
 	// CAFile is the test CA's root, for a client's --cacert.
 	CAFile string
-	// Secret is its JWT_SECRET_KEY.
-	Secret string
+	// Secret is its JWT_SECRET_KEY, and EnvFile an operator's env file
+	// holding it, for a client's --env-file.
+	Secret  string
+	EnvFile string
 }
 
-// StartGatewayTLS builds lucid (or takes bin, if not empty), and runs
-// its gateway with a certificate for 127.0.0.1 until the test ends.
-func StartGatewayTLS(t testing.TB, bin, upstream string) *GatewayTLS {
+// StartGatewayTLS builds lucid and runs its gateway with a certificate
+// for 127.0.0.1 until the test ends.
+func StartGatewayTLS(t testing.TB) *GatewayTLS {
 	t.Helper()
 	dir := t.TempDir()
-	if bin == "" {
-		var err error
-		if bin, err = BuildLucid(dir); err != nil {
-			t.Fatal(err)
-		}
+	bin, err := BuildLucid(dir)
+	if err != nil {
+		t.Fatal(err)
 	}
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{}`))
+	}))
+	t.Cleanup(up.Close)
+	upstream := up.URL
 	ca := NewTestCA(t)
 	cert, key := ca.Issue(t, time.Now().Add(12*time.Hour), "pi.example.net", "127.0.0.1")
-	g := &GatewayTLS{CAFile: filepath.Join(dir, "ca.pem"), Secret: "test-secret-of-the-gateway-0123456789abcdef"}
-	for name, b := range map[string][]byte{"ca.pem": ca.RootPEM, "tls.crt": cert, "tls.key": key} {
+	g := &GatewayTLS{CAFile: filepath.Join(dir, "ca.pem"), Secret: "test-secret-of-the-gateway-0123456789abcdef", EnvFile: filepath.Join(dir, ".env.core")}
+	for name, b := range map[string][]byte{"ca.pem": ca.RootPEM, "tls.crt": cert, "tls.key": key, ".env.core": []byte("JWT_SECRET_KEY=" + g.Secret + "\n")} {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -46,7 +54,10 @@ func StartGatewayTLS(t testing.TB, bin, upstream string) *GatewayTLS {
 	g.URL = "https://127.0.0.1:" + strconv.Itoa(port)
 	cmd := exec.Command(bin, "gateway")
 	cmd.Env = append(os.Environ(),
-		"LUCID_ADDR=127.0.0.1:"+strconv.Itoa(port), "LUCID_DATA_DIR="+filepath.Join(dir, "data"),
+		// Its plain port too: the default (:8079) is one for every
+		// gateway two packages' tests start at once.
+		"LUCID_ADDR=127.0.0.1:"+strconv.Itoa(port), "LUCID_HTTP_ADDR=127.0.0.1:"+strconv.Itoa(FreePort(t)),
+		"LUCID_DATA_DIR="+filepath.Join(dir, "data"),
 		"JWT_SECRET_KEY="+g.Secret, "LUCID_SERVICE_KEY=test-service-key-0123456789abcdefghijklmnop",
 		"LUCID_TLS_CERT_FILE="+filepath.Join(dir, "tls.crt"), "LUCID_TLS_KEY_FILE="+filepath.Join(dir, "tls.key"),
 		"LUCID_ENGINE_URL="+upstream, "LUCID_ANCHORING_URL="+upstream, "LUCID_BLOCKS_URL="+upstream, "LUCID_DATACHAIN_URL="+upstream,

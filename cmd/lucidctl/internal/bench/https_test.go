@@ -3,9 +3,6 @@ package bench
 import (
 	"context"
 	"encoding/json"
-	"net/http"
-	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,23 +16,14 @@ import (
 // with a private CA's certificate; without --cacert every request fails
 // on the certificate.
 func TestBenchAgainstAnHTTPSGateway(t *testing.T) {
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{}`))
-	}))
-	defer upstream.Close()
-	gw := testenv.StartGatewayTLS(t, "", upstream.URL)
-	envFile := filepath.Join(t.TempDir(), ".env.core")
-	if err := os.WriteFile(envFile, []byte("JWT_SECRET_KEY="+gw.Secret+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	gw := testenv.StartGatewayTLS(t)
 	run := func(args ...string) ScenarioResult {
 		t.Helper()
 		io, _, out, _ := iostreams.Test()
 		env := cli.NewEnv(io, func(string) string { return "" })
 		env.ConfigPath, env.JSON = filepath.Join(t.TempDir(), "lucid.yaml"), true
 		cmd := NewCmd(env)
-		cmd.SetArgs(append([]string{"--target", gw.URL, "--env-file", envFile, "--scenarios", "gateway-throughput", "--duration", "1s", "--concurrency", "4"}, args...))
+		cmd.SetArgs(append([]string{"--target", gw.URL, "--env-file", gw.EnvFile, "--scenarios", "gateway-throughput", "--duration", "1s", "--concurrency", "4"}, args...))
 		cmd.SetContext(context.Background())
 		cmd.SilenceUsage, cmd.SilenceErrors = true, true
 		_ = cmd.Execute() // the Phase 2 target may be missed on a loaded machine

@@ -3,9 +3,6 @@ package stackcheck
 import (
 	"context"
 	"encoding/json"
-	"net/http"
-	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,23 +17,14 @@ import (
 // (a request without a token gets 401, the free tier's limit 429); without
 // it the certificate is refused, as it should be.
 func TestPhase2AgainstAnHTTPSGateway(t *testing.T) {
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{}`))
-	}))
-	defer upstream.Close()
-	gw := testenv.StartGatewayTLS(t, "", upstream.URL)
-	envFile := filepath.Join(t.TempDir(), ".env.core")
-	if err := os.WriteFile(envFile, []byte("JWT_SECRET_KEY="+gw.Secret+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	gw := testenv.StartGatewayTLS(t)
 	run := func(args ...string) map[string]CheckResult {
 		t.Helper()
 		io, _, out, _ := iostreams.Test()
 		env := cli.NewEnv(io, func(string) string { return "" })
 		env.ConfigPath, env.JSON = filepath.Join(t.TempDir(), "lucid.yaml"), true
 		cmd := NewCmd(env)
-		cmd.SetArgs(append([]string{"--target", gw.URL, "--env-file", envFile, "--source", t.TempDir()}, args...))
+		cmd.SetArgs(append([]string{"--target", gw.URL, "--env-file", gw.EnvFile, "--source", t.TempDir()}, args...))
 		cmd.SetContext(context.Background())
 		cmd.SilenceUsage, cmd.SilenceErrors = true, true
 		_ = cmd.Execute() // exit 3: the checks that need the internal ports fail here
