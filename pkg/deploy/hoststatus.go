@@ -171,6 +171,26 @@ const (
 	FigureGatewayTLS   = "gateway_tls"
 )
 
+// StatusOf reads the hosts of configs at once, as Status does each:
+// hosts[i] is configs[i]'s status, or nil with errs[i] saying why.
+func StatusOf(ctx context.Context, configs []Config, o StatusOptions) (hosts []*HostStatus, errs []error) {
+	hosts, errs = make([]*HostStatus, len(configs)), make([]error, len(configs))
+	var wg sync.WaitGroup
+	for i, c := range configs {
+		wg.Go(func() {
+			d, err := New(c)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer d.Close()
+			hosts[i], errs[i] = d.Status(ctx, o)
+		})
+	}
+	wg.Wait()
+	return hosts, errs
+}
+
 // Status reads the host: it fails only when the host's Docker Engine
 // cannot be asked which containers run (without that there is no status
 // to give); every other figure that cannot be read is named in Unknown.

@@ -199,13 +199,14 @@ func (c *idleConn) NetConn() net.Conn { return c.Conn }
 
 func (c *idleConn) SetReadDeadline(t time.Time) error {
 	if c.state.CompareAndSwap(connIdle, connWaiting) {
+		now := time.Now()
 		if t.IsZero() {
 			// fasthttp without an idle timeout would wait for ever; a
 			// parked connection gets the gateway's.
-			t = time.Now().Add(idleTimeout)
+			t = now.Add(idleTimeout)
 		}
 		c.idleUntil = t
-		if d := time.Now().Add(c.p.delay); d.Before(t) {
+		if d := now.Add(c.p.delay); d.Before(t) {
 			t = d
 		}
 		return c.Conn.SetReadDeadline(t)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
@@ -119,22 +118,15 @@ func deployReaders(i int, configs []deploy.Config, clients []*sshx.Client, token
 			return d.Consensus(ctx, opts)
 		},
 		group: func(ctx context.Context) []*deploy.HostStatus {
-			out := make([]*deploy.HostStatus, len(clients))
-			var wg sync.WaitGroup
+			var connected []deploy.Config
 			for j := range clients {
-				if clients[j] == nil {
-					continue
+				if clients[j] != nil {
+					connected = append(connected, configs[j])
 				}
-				wg.Go(func() {
-					d, err := deploy.New(configs[j])
-					if err != nil {
-						return
-					}
-					defer d.Close()
-					out[j], _ = d.Status(ctx, opts)
-				})
 			}
-			wg.Wait()
+			// A host that cannot be read is left out; its voter then
+			// counts as not healthy.
+			out, _ := deploy.StatusOf(ctx, connected, opts)
 			return slices.DeleteFunc(out, func(h *deploy.HostStatus) bool { return h == nil })
 		},
 	}

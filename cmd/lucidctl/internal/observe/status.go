@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/charmbracelet/lipgloss"
@@ -67,26 +66,18 @@ func RunStatus(ctx context.Context, opts *StatusOptions) error {
 	defer fl.Close()
 	token := env.OperatorToken("figures that need the operator token will be unknown")
 
-	docs := make([]HostDoc, len(fl.Hosts))
-	var wg sync.WaitGroup
+	configs := make([]deploy.Config, len(fl.Hosts))
 	for i, h := range fl.Hosts {
-		wg.Go(func() {
-			docs[i] = HostDoc{Target: h.Name, Reachable: true}
-			d, err := deploy.New(h.DeployConfig())
-			if err != nil {
-				docs[i].Error = err.Error()
-				return
-			}
-			defer d.Close()
-			st, err := d.Status(ctx, deploy.StatusOptions{OperatorToken: token})
-			if err != nil {
-				docs[i].Error = err.Error()
-				return
-			}
-			docs[i].HostStatus = st
-		})
+		configs[i] = h.DeployConfig()
 	}
-	wg.Wait()
+	sts, errs := deploy.StatusOf(ctx, configs, deploy.StatusOptions{OperatorToken: token})
+	docs := make([]HostDoc, len(fl.Hosts))
+	for i, h := range fl.Hosts {
+		docs[i] = HostDoc{Target: h.Name, Reachable: true, HostStatus: sts[i]}
+		if errs[i] != nil {
+			docs[i].Error = errs[i].Error()
+		}
+	}
 	for _, u := range fl.Unreachable {
 		docs = append(docs, HostDoc{Target: u.Name, Error: u.Err.Error()})
 	}
