@@ -41,6 +41,10 @@ type Config struct {
 	Targets map[string]Target `yaml:"targets"`
 	// Groups name lists of targets that deploy rolls out host by host.
 	Groups map[string][]string `yaml:"groups"`
+	// Clusters name groups deployed as one Lucid: one chain under Raft,
+	// Consul servers that join each other, one mesh CA (docs/cluster.md).
+	// A project has at most one.
+	Clusters map[string]Cluster `yaml:"clusters"`
 	// Images names the service images.
 	Images Images `yaml:"images"`
 	// Platforms are the OS/arch pairs to build for.
@@ -77,6 +81,23 @@ type Target struct {
 	// (default "lucid"): what deploy, status, logs, restart and prune
 	// look for on its Docker Engine, and leave alone when it is another's.
 	Project string `yaml:"project"`
+	// ClusterAddress is where the other hosts of its cluster reach this
+	// one (an IP address or a name they resolve); default Host.
+	ClusterAddress string `yaml:"cluster_address"`
+}
+
+// ClusterAddr is the address the other hosts of its cluster reach t at.
+func (t Target) ClusterAddr() string {
+	if t.ClusterAddress != "" {
+		return t.ClusterAddress
+	}
+	return t.Host
+}
+
+// Cluster is a group of hosts deployed as one Lucid.
+type Cluster struct {
+	// Hosts are the cluster's targets in deploy order: 1, 3 or 5.
+	Hosts []string `yaml:"hosts"`
 }
 
 // Images names the service images: Name with "{service}" replaced by the
@@ -329,7 +350,21 @@ func (c *Config) Resolve(name string) ([]string, error) {
 	if members, ok := c.Groups[name]; ok {
 		return members, nil
 	}
+	if cl, ok := c.Clusters[name]; ok {
+		return cl.Hosts, nil
+	}
 	return nil, fmt.Errorf("no target or group %q in %s", name, c.describe())
+}
+
+// ClusterOf returns the cluster the target called name belongs to, and
+// the cluster's name; ok is false when it belongs to none.
+func (c *Config) ClusterOf(name string) (cluster string, cl Cluster, ok bool) {
+	for _, cn := range slices.Sorted(maps.Keys(c.Clusters)) {
+		if slices.Contains(c.Clusters[cn].Hosts, name) {
+			return cn, c.Clusters[cn], true
+		}
+	}
+	return "", Cluster{}, false
 }
 
 // Abs resolves a path from the file against the file's directory.
