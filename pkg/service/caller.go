@@ -393,6 +393,19 @@ func ForOperator(h HandlerFunc) HandlerFunc {
 	}
 }
 
+// NotForUsers lets in the Pi's services and the operator, never a request
+// made for a user: what h answers describes the deployment itself (hosts,
+// addresses, consensus), which a user reaching the service through the
+// gateway has no business reading.
+func NotForUsers(h HandlerFunc) HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if _, ok := PrincipalOf(r.Context()); ok {
+			return Errorf(http.StatusForbidden, CodeForbidden, "this endpoint describes the deployment: it answers the Pi's services and the operator, not users")
+		}
+		return h(w, r)
+	}
+}
+
 // OwnerOf names whose data r is about: the principal's own, or, for the
 // operator, the owner named by ?owner= (empty: data stored before owners
 // existed). Anyone else gets a 401 saying what would do.

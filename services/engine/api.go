@@ -49,8 +49,11 @@ func (a *api) routes(srv *service.Server) {
 	store.Register(srv)
 	srv.Handle("GET /api/v1/blocks/stream", a.stream)
 	srv.Handle("GET /api/v1/consistency", a.consistency)
-	srv.Handle("GET /api/v1/consensus/status", a.consensus)
-	srv.Handle("GET /consensus/status", a.consensus)
+	// The consensus status names the cluster's nodes and their addresses:
+	// for the operator and the services, not for users through the
+	// gateway's /blockchain prefix.
+	srv.Handle("GET /api/v1/consensus/status", service.NotForUsers(a.consensus))
+	srv.Handle("GET /consensus/status", service.NotForUsers(a.consensus))
 	srv.Handle("POST /api/v1/consensus/voters", service.ForOperator(a.addVoter))
 	srv.Handle("DELETE /api/v1/consensus/voters/{id}", service.ForOperator(a.removeVoter))
 	a.fenceRoutes(srv)

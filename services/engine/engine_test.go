@@ -424,6 +424,37 @@ func TestClusterChangesAreGuarded(t *testing.T) {
 	}
 }
 
+// TestConsensusStatusIsNotForUsers: the consensus status names the
+// cluster's nodes and addresses; the gateway's /blockchain prefix must not
+// hand it to any user, while the services and the operator still read it.
+func TestConsensusStatusIsNotForUsers(t *testing.T) {
+	n := startNode(t, nodeConfig(t, "solo", true))
+	for _, p := range []string{"/api/v1/consensus/status", "/consensus/status"} {
+		for _, c := range []struct {
+			who    string
+			client *http.Client
+			want   int
+		}{
+			{"a user through the gateway", servicetest.User("alice"), http.StatusForbidden},
+			{"a service", servicetest.Client("anchoring"), http.StatusOK},
+			{"the operator", servicetest.Operator(), http.StatusOK},
+		} {
+			resp, err := c.client.Get(n.http.URL + p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != c.want {
+				t.Errorf("%s reading %s = %d, want %d", c.who, p, resp.StatusCode, c.want)
+			}
+			if c.want == http.StatusForbidden && strings.Contains(string(body), "raft") {
+				t.Errorf("%s reading %s was told about Raft: %s", c.who, p, body)
+			}
+		}
+	}
+}
+
 // TestEscapableCharactersAreSealed: an anchor whose owner holds '<', '&'
 // and U+2028 is sealed and the chain keeps growing (a JSON encoder that
 // escapes them would make the block unappliable).
