@@ -125,7 +125,7 @@ var Services = []Service{
 		Container: "lucid-service-mesh-controller",
 		Port:      8088,
 		Secrets:   []string{"LUCID_MESH_TOKEN"},
-		Env: append([]string{keyring.MeshPrevious, "LUCID_MESH_LEAF_TTL", "LUCID_MESH_SIGN_RATE", "LUCID_MESH_CHECK_INTERVAL", "LUCID_MESH_SYNC_INTERVAL",
+		Env: append([]string{keyring.MeshPrevious, "LUCID_MESH_LEAF_TTL", "LUCID_MESH_SIGN_RATE", "LUCID_MESH_CA_SEED", "LUCID_MESH_CHECK_INTERVAL", "LUCID_MESH_SYNC_INTERVAL",
 			"CONSUL_HOST", "CONSUL_PORT", "CONSUL_HTTP_TOKEN"}, urlKeys("engine", "anchoring", "blocks", "datachain", "gateway")...),
 		UsesConsul: true,
 	},

@@ -1,8 +1,6 @@
 package meshca
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -31,6 +29,5 @@ func (ca *CA) CopyTo(dir string) (string, error) {
 			return "", fmt.Errorf("mesh CA copy: %w", err)
 		}
 	}
-	sum := sha256.Sum256(ca.root.Raw)
-	return hex.EncodeToString(sum[:]), nil
+	return fingerprint(ca.root), nil
 }

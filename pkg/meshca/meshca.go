@@ -10,9 +10,16 @@
 // trusts only the old root accepts them, while a peer that already has the
 // new bundle accepts them directly. The old root stays in the trust bundle
 // until every leaf it could have signed has expired.
+//
+// A seed is a CA directory made elsewhere (by Open: ca.json and the
+// bundle) that several controllers start from, so that they share one
+// root: the CA of a cluster, shipped to each of its Pis. A CA started on
+// its own adopts a seed the way a rotation replaces a root: its old root is
+// kept in the bundle, and cross-signs the seed's, until its leaves expire.
 package meshca
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -118,8 +125,12 @@ type authority struct {
 	rootK  *ecdsa.PrivateKey
 	inter  *x509.Certificate
 	interK *ecdsa.PrivateKey
-	cross  *x509.Certificate // the current root signed by its predecessor, while that is trusted
-	trust  []trusted
+	// crosses certify the current root's key under roots it replaced
+	// (a rotation's predecessor, or the local root a seed displaced): a
+	// leaf carries those whose signer is still in the bundle, so a peer
+	// that trusts only that older root accepts it.
+	crosses []*x509.Certificate
+	trust   []trusted
 }
 
 // trusted is a root in the bundle and how long it stays there.
@@ -230,7 +241,7 @@ func (ca *CA) Rotate(ctx context.Context) error {
 			trust = append(trust, t)
 		}
 	}
-	next := authority{root: root, rootK: rootK, inter: inter, interK: interK, cross: cross, trust: append(trust, trusted{cert: root})}
+	next := authority{root: root, rootK: rootK, inter: inter, interK: interK, crosses: []*x509.Certificate{cross}, trust: append(trust, trusted{cert: root})}
 	if err := ca.save(next); err != nil {
 		return err
 	}
@@ -299,10 +310,7 @@ func (ca *CA) Sign(ctx context.Context, csr *x509.CertificateRequest, service st
 	if err != nil {
 		return Leaf{}, err
 	}
-	chain := []*x509.Certificate{leaf, ca.inter}
-	if ca.cross != nil && ca.trustedLocked(now) > 1 {
-		chain = append(chain, ca.cross)
-	}
+	chain := append([]*x509.Certificate{leaf, ca.inter}, ca.crossesLocked(now)...)
 	return Leaf{Chain: chain, NotAfter: leaf.NotAfter}, nil
 }
 
@@ -326,18 +334,32 @@ func (ca *CA) Bundle() []*x509.Certificate {
 func (ca *CA) Fingerprint() string {
 	ca.mu.RLock()
 	defer ca.mu.RUnlock()
-	sum := sha256.Sum256(ca.root.Raw)
+	return fingerprint(ca.root)
+}
+
+func fingerprint(root *x509.Certificate) string {
+	sum := sha256.Sum256(root.Raw)
 	return hex.EncodeToString(sum[:])
 }
 
-func (ca *CA) trustedLocked(now time.Time) int {
-	n := 0
-	for _, t := range ca.trust {
-		if t.until.IsZero() || t.until.After(now) {
-			n++
+// crossesLocked are the cross certificates whose signer is a previous root
+// still in the bundle at now.
+func (ca *CA) crossesLocked(now time.Time) []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, c := range ca.crosses {
+		if slices.ContainsFunc(ca.trust, func(t trusted) bool {
+			return !t.until.IsZero() && t.until.After(now) && signedBy(c, t.cert)
+		}) {
+			out = append(out, c)
 		}
 	}
-	return n
+	return out
+}
+
+// signedBy reports whether parent names c's issuer: subject and key id.
+// Only roots this CA made or adopted are compared, so names suffice.
+func signedBy(c, parent *x509.Certificate) bool {
+	return bytes.Equal(c.RawIssuer, parent.RawSubject) && bytes.Equal(c.AuthorityKeyId, parent.SubjectKeyId)
 }
 
 // refreshIntermediate re-issues the intermediate from the root when less
@@ -458,12 +480,14 @@ func randomSerial() *big.Int {
 
 // state is the content of ca.json.
 type state struct {
-	RootKey          string        `json:"root_key"`
-	RootCert         string        `json:"root_cert"`
-	IntermediateKey  string        `json:"intermediate_key"`
-	IntermediateCert string        `json:"intermediate_cert"`
-	CrossCert        string        `json:"cross_cert,omitempty"`
-	Trust            []trustRecord `json:"trust"`
+	RootKey          string `json:"root_key"`
+	RootCert         string `json:"root_cert"`
+	IntermediateKey  string `json:"intermediate_key"`
+	IntermediateCert string `json:"intermediate_cert"`
+	// CrossCert holds the cross certificates as concatenated PEM (one,
+	// after a rotation; more after adopting a seed during its rotation).
+	CrossCert string        `json:"cross_cert,omitempty"`
+	Trust     []trustRecord `json:"trust"`
 }
 
 // trustRecord is one root of the bundle.
@@ -484,8 +508,8 @@ func (ca *CA) save(a authority) error {
 	if st.IntermediateKey, err = encodeKey(a.interK); err != nil {
 		return err
 	}
-	if a.cross != nil {
-		st.CrossCert = pemOf(a.cross)
+	if len(a.crosses) > 0 {
+		st.CrossCert = string(EncodeCerts(a.crosses))
 	}
 	var bundle []*x509.Certificate
 	for _, t := range a.trust {
@@ -526,7 +550,7 @@ func (ca *CA) load() error {
 	field("root_cert", func() (e error) { ca.root, e = decodeOne([]byte(st.RootCert)); return })
 	field("intermediate_cert", func() (e error) { ca.inter, e = decodeOne([]byte(st.IntermediateCert)); return })
 	if st.CrossCert != "" {
-		field("cross_cert", func() (e error) { ca.cross, e = decodeOne([]byte(st.CrossCert)); return })
+		field("cross_cert", func() (e error) { ca.crosses, e = DecodeCerts([]byte(st.CrossCert)); return })
 	}
 	for _, r := range st.Trust {
 		field("trust", func() error {

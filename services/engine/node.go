@@ -111,6 +111,11 @@ func (n *node) startRaft(id *meshtls.Identity) error {
 	if err != nil {
 		return err
 	}
+	if existing {
+		if err := n.recoverAlone(rc, snaps); err != nil {
+			return err
+		}
+	}
 	n.raft, err = raft.NewRaft(rc, (*fsm)(n), n.raftDB, n.raftDB, snaps, n.trans)
 	if err != nil {
 		return fmt.Errorf("raft: %w", err)
@@ -125,6 +130,83 @@ func (n *node) startRaft(id *meshtls.Identity) error {
 		n.logger.Info("bootstrapped a one-voter cluster", "node", n.cfg.NodeID, "raft", n.trans.LocalAddr())
 	}
 	return nil
+}
+
+// recoverAlone rewrites the stored Raft configuration to this node alone
+// when it names this node alone under an earlier id or address (recovery,
+// below): a single Pi that becomes the first node of a cluster restarts
+// with its cluster id and LAN address, and Raft, which never finds itself
+// in the stored configuration, would never elect. It uses raft's manual
+// recovery, raft.RecoverCluster, which keeps the log's blocks (replayed
+// into the chain store, which already holds them) and the validator key.
+func (n *node) recoverAlone(rc *raft.Config, snaps raft.SnapshotStore) error {
+	// Read and rewritten through an in-memory transport: the unstarted
+	// Raft that reads the configuration would otherwise take the real
+	// transport's heartbeats, and nothing here needs the network.
+	_, probe := raft.NewInmemTransport(n.trans.LocalAddr())
+	defer func() { _ = probe.Close() }()
+	conf := *rc // GetConfiguration marks the config it is given as not to start
+	stored, err := raft.GetConfiguration(&conf, (*fsm)(n), n.raftDB, n.raftDB, snaps, probe)
+	if err != nil {
+		return fmt.Errorf("raft: read the stored configuration: %w", err)
+	}
+	self := raft.Server{ID: rc.LocalID, Address: n.trans.LocalAddr(), Suffrage: raft.Voter}
+	d := recovery(stored, self, n.signer.Name(), n.cfg.Bootstrap)
+	if d.Refusal != "" {
+		n.logger.Warn("raft: the stored configuration does not name this node; not rewriting it", "reason", d.Refusal,
+			"servers", fmt.Sprint(stored.Servers), "node", self.ID, "raft", self.Address)
+	}
+	if !d.Recover {
+		return nil
+	}
+	conf = *rc
+	if err := raft.RecoverCluster(&conf, (*fsm)(n), n.raftDB, n.raftDB, snaps, probe, raft.Configuration{Servers: []raft.Server{self}}); err != nil {
+		return fmt.Errorf("raft: recover the configuration to this node alone: %w", err)
+	}
+	n.logger.Warn("raft: the one-voter configuration named this node under an earlier id or address; recovered it to this node alone",
+		"was_id", d.Was.ID, "was_address", d.Was.Address, "id", self.ID, "address", self.Address, "height", n.store.Height(), "validator_key", n.vkey)
+	return nil
+}
+
+// recoveryDecision says whether a stored configuration is rewritten to
+// this node alone, and why not when it names someone else.
+type recoveryDecision struct {
+	Recover bool
+	// Was is the one server the stored configuration named.
+	Was raft.Server
+	// Refusal, when set, says why a one-server configuration that is not
+	// this node as it is now is left alone.
+	Refusal string
+}
+
+// recovery decides on the stored configuration of a node that is self now,
+// whose validator key was made under keyName (its id when it first
+// started). Only a configuration of one voter that is this node, by its
+// current id or the key's name, at another id or address, is rewritten:
+// never one of several servers, where this node alone would split from
+// the others, and never another node's (this one was removed from a
+// cluster, or its data came from elsewhere), where it would fork the
+// chain. Only a node that may bootstrap a cluster alone (bootstrap) may
+// also be recovered to one alone; a joining node waits for the leader.
+func recovery(stored raft.Configuration, self raft.Server, keyName string, bootstrap bool) recoveryDecision {
+	if len(stored.Servers) != 1 {
+		return recoveryDecision{}
+	}
+	was := stored.Servers[0]
+	d := recoveryDecision{Was: was}
+	switch {
+	case was.ID == self.ID && was.Address == self.Address:
+		return d
+	case was.Suffrage != raft.Voter:
+		d.Refusal = "its one server is not a voter"
+	case was.ID != self.ID && string(was.ID) != keyName:
+		d.Refusal = fmt.Sprintf("its one server, %s, is neither this node's id nor the name of its validator key (%s)", was.ID, keyName)
+	case !bootstrap:
+		d.Refusal = "LUCID_RAFT_BOOTSTRAP is false: a joining node does not stand alone"
+	default:
+		d.Recover = true
+	}
+	return d
 }
 
 // raftTransport listens for the other nodes: over mTLS with the mesh

@@ -196,6 +196,9 @@ func (a *App) handleIssue(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *App) handleRotate(w http.ResponseWriter, r *http.Request) error {
+	if a.seed != nil {
+		return errSeeded
+	}
 	if err := a.ca.Rotate(r.Context()); err != nil {
 		if busy := (*meshca.RotationInProgressError)(nil); errors.As(err, &busy) {
 			return service.Errorf(http.StatusConflict, service.CodeConflict, "%v", err)

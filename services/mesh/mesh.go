@@ -8,7 +8,7 @@
 //
 //	GET    /certificates/ca             trust bundle (PEM), MAC'd with the asking service's enrolment token
 //	POST   /certificates/{service}      issue a leaf from a CSR (that service's enrolment token; rate-limited)
-//	POST   /ca/rotate                   replace the root by cross-signing (operator)
+//	POST   /ca/rotate                   replace the root by cross-signing (operator; refused with a seed)
 //	GET    /services                    every registered instance, healthy or not, from Consul
 //	GET    /services/{name}             the instances of one service
 //	POST   /services/register           register a service outside the stack (operator)
@@ -25,6 +25,9 @@
 // Consul runs with ACLs and default deny (pkg/consulacl). The controller
 // holds Consul's management token (CONSUL_HTTP_TOKEN), registers with it,
 // and keeps each service's Consul policy and token in place (acl.go).
+//
+// The Pis of a cluster share one CA: each controller starts from, or
+// adopts, the seed CA in LUCID_MESH_CA_SEED (seed.go).
 package mesh
 
 import (
@@ -82,6 +85,12 @@ type App struct {
 	reg          *registrar
 	metrics      *metrics
 
+	// seedDir and seed are the cluster's CA seed (LUCID_MESH_CA_SEED),
+	// read and checked at configuration: the CA starts from it or adopts
+	// it (seed.go), and is not rotated here.
+	seedDir string
+	seed    *meshca.Seed
+
 	loops    sync.WaitGroup
 	stopSync context.CancelFunc
 }
@@ -99,6 +108,15 @@ func New() service.App { return &App{} }
 func (a *App) Configure(r *envconfig.Reader) {
 	a.leafTTL = r.Duration("LUCID_MESH_LEAF_TTL", meshca.DefaultLeafTTL, time.Minute, 90*24*time.Hour)
 	a.signRate = r.Int("LUCID_MESH_SIGN_RATE", 50, 1, 100_000)
+	if a.seedDir = r.String(EnvCASeed, ""); a.seedDir != "" {
+		// Read here, so a seed that cannot be used is a configuration
+		// error reported before anything is opened or changed.
+		seed, err := meshca.LoadSeed(a.seedDir)
+		if err != nil {
+			r.Fail(EnvCASeed, "%v", err)
+		}
+		a.seed = seed
+	}
 	if h := r.String("CONSUL_HOST", ""); h != "" {
 		a.consulAddr = net.JoinHostPort(h, strconv.Itoa(r.Int("CONSUL_PORT", 8500, 1, 65535)))
 		a.consulToken = consulacl.Token(r, "Consul's management token: the controller registers the stack with it and keeps each service's Consul token")
@@ -146,12 +164,12 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	if !a.mtls {
 		a.logger.Warn("LUCID_MESH_URL is not set: the controller serves plain HTTP, so certificates and enrolment tokens cross the network in the clear")
 	}
-	ca, err := meshca.Open(ctx, filepath.Join(cfg.DataDir, "ca"), meshca.Options{LeafTTL: a.leafTTL})
+	ca, err := a.openCA(ctx, cfg.DataDir)
 	if err != nil {
 		return err
 	}
 	a.ca = ca
-	a.logger.Info("mesh CA ready", "root_sha256", ca.Fingerprint(), "leaf_ttl", a.leafTTL.String())
+	a.logger.Info("mesh CA ready", "root_sha256", ca.Fingerprint(), "leaf_ttl", a.leafTTL.String(), "seeded", a.seed != nil)
 	a.limiter = ratelimit.NewMemory(16)
 	a.metrics = newMetrics(srv.Registerer())
 
