@@ -83,7 +83,9 @@ type Target struct {
 	// look for on its Docker Engine, and leave alone when it is another's.
 	Project string `yaml:"project"`
 	// ClusterAddress is where the other hosts of its cluster reach this
-	// one (an IP address or a name they resolve); default Host.
+	// one; default Host. It must be an IP address (Consul advertises only
+	// those), so a target whose Host is a name needs one to be in a
+	// cluster.
 	ClusterAddress string `yaml:"cluster_address"`
 }
 
@@ -339,21 +341,17 @@ func (c *Config) validate(name string) error {
 // wants to be a DNS label.
 var clusterHostRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
 
-// clusterAddressRE is a host name as a cluster address may be one: DNS
-// labels separated by dots.
-var clusterAddressRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$`)
-
 // validateClusters checks the clusters section: at most one cluster, of
 // 1, 3 or 5 distinct targets, named unlike any target or group, whose
-// cluster addresses differ.
+// cluster addresses are distinct IP addresses.
 func (c *Config) validateClusters(name string) []error {
 	var errs []error
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
 	}
 	for _, tn := range slices.Sorted(maps.Keys(c.Targets)) {
-		if a := c.Targets[tn].ClusterAddress; a != "" && net.ParseIP(a) == nil && !clusterAddressRE.MatchString(a) {
-			bad("targets.%s.cluster_address %q is not an IP address or a host name (no port: the cluster's ports are fixed)", tn, a)
+		if a := c.Targets[tn].ClusterAddress; a != "" && net.ParseIP(a) == nil {
+			bad("targets.%s.cluster_address %q is not an IP address (Consul advertises only IP addresses; no port: the cluster's ports are fixed)", tn, a)
 		}
 	}
 	names := slices.Sorted(maps.Keys(c.Clusters))
@@ -392,7 +390,11 @@ func (c *Config) validateClusters(name string) []error {
 			case !clusterHostRE.MatchString(h):
 				bad("clusters.%s: the target name %q cannot name a cluster host: it is the host's Raft node id and Consul node name, 1-63 letters, digits and '-', starting and ending with a letter or digit", cn, h)
 			}
-			addr := strings.ToLower(t.ClusterAddr())
+			if t.ClusterAddress == "" && net.ParseIP(t.Host) == nil {
+				bad("clusters.%s: %s is reached at its host %q, which is not an IP address: set targets.%s.cluster_address to the IP address the other hosts reach it at (Consul advertises only IP addresses)", cn, h, t.Host, h)
+				continue
+			}
+			addr := net.ParseIP(t.ClusterAddr()).String()
 			if other, dup := byAddr[addr]; dup {
 				bad("clusters.%s: %s and %s have the same cluster address %q (targets' cluster_address, default host): each host needs its own", cn, other, h, t.ClusterAddr())
 				continue

@@ -200,10 +200,11 @@ func TestClusterErrors(t *testing.T) {
 		{"clusters:\n  pi1: {hosts: [pi1]}\n", "clusters.pi1: a target has that name too"},
 		{"groups:\n  lucid: [pi1]\nclusters:\n  lucid: {hosts: [pi1]}\n", "clusters.lucid: a group has that name too"},
 		{"clusters:\n  lucid: {hosts: [pi_6]}\n", `clusters.lucid: the target name "pi_6" cannot name a cluster host`},
+		{"clusters:\n  lucid: {hosts: [pi8]}\n", `targets.pi8.cluster_address "10.0.0.8:8300" is not an IP address (Consul advertises only IP addresses; no port`},
 		{"clusters:\n  lucid: {hosts: [pi1, pi2, pi7]}\n", `clusters.lucid: pi1 and pi7 have the same cluster address "10.0.0.1"`},
-		{"clusters:\n  lucid: {hosts: [pi8]}\n", `targets.pi8.cluster_address "10.0.0.8:8300" is not an IP address or a host name (no port`},
+		{"clusters:\n  lucid: {hosts: [pi1, pi2, pi9]}\n", `clusters.lucid: pi9 is reached at its host "pi9.local", which is not an IP address: set targets.pi9.cluster_address`},
 	} {
-		yml := clusterTargets + "  pi6: {host: 10.0.0.6}\n  pi_6: {host: 10.0.0.66}\n  pi7: {host: pi7.local, cluster_address: 10.0.0.1}\n"
+		yml := clusterTargets + "  pi6: {host: 10.0.0.6}\n  pi_6: {host: 10.0.0.66}\n  pi7: {host: pi7.local, cluster_address: 10.0.0.1}\n  pi9: {host: pi9.local}\n"
 		if strings.Contains(tc.yml, "pi8") {
 			yml += "  pi8: {host: 10.0.0.8, cluster_address: \"10.0.0.8:8300\"}\n"
 		}
@@ -213,10 +214,9 @@ func TestClusterErrors(t *testing.T) {
 			t.Errorf("%q: %v\nwant an error containing %q", tc.yml, err, tc.want)
 		}
 	}
-	// A host of the cluster in a group as well is fine, and so is a
-	// cluster address that is a host name.
+	// A host of the cluster in a group as well is fine, and so is one
+	// whose SSH host is a name when its cluster address is an IP address.
 	yml := clusterTargets + "groups:\n  all: [pi1, pi2, pi3, pi5]\nclusters:\n  lucid: {hosts: [pi1, pi3, pi5]}\n"
-	yml = strings.Replace(yml, "cluster_address: 192.168.7.5", "cluster_address: pi5.lan", 1)
 	if _, err := Parse("lucid.yaml", []byte(yml)); err != nil {
 		t.Errorf("a cluster host in a group: %v", err)
 	}
