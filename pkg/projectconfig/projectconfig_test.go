@@ -184,6 +184,15 @@ func TestClusters(t *testing.T) {
 	if a, b := c.Targets["pi5"].ClusterAddr(), c.Targets["pi1"].ClusterAddr(); a != "192.168.7.5" || b != "10.0.0.1" {
 		t.Errorf("cluster addresses %q %q, want cluster_address, else host", a, b)
 	}
+	if err := c.ApplyEnv(func(k string) string { return map[string]string{"LUCID_CLUSTERS_LUCID_HOSTS": "pi5"}[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := c.Resolve("lucid"); strings.Join(got, ",") != "pi5" {
+		t.Errorf("LUCID_CLUSTERS_LUCID_HOSTS did not override: %v", got)
+	}
+	if err := c.ApplyEnv(func(k string) string { return map[string]string{"LUCID_CLUSTERS_LUCID_HOSTS": "pi1,pi2"}[k] }); err == nil || !strings.Contains(err.Error(), "environment: clusters.lucid has 2 hosts") {
+		t.Errorf("two hosts from the environment: %v", err)
+	}
 }
 
 // TestClusterErrors: every rule of the clusters section, each with a
