@@ -88,8 +88,8 @@ func TestRenderClusterGolden(t *testing.T) {
 	}
 	// The key is Consul's alone.
 	for p, content := range f.ServiceEnvs {
-		if strings.Contains(string(content), placeholderGossipKey()) != (p == ServiceEnvPath(consulEnvName)) {
-			t.Errorf("%s has the gossip key: %v", p, !(p == ServiceEnvPath(consulEnvName)))
+		if has := strings.Contains(string(content), placeholderGossipKey()); has != (p == ServiceEnvPath(consulEnvName)) {
+			t.Errorf("%s has the gossip key: %v", p, has)
 		}
 	}
 	// The seed: listed last, secret and opaque, and a CA meshca opens.
@@ -442,5 +442,31 @@ func TestGossipKeyIsConsuls(t *testing.T) {
 		if s.Reads(ConsulGossipKey) {
 			t.Errorf("%s reads the gossip key; only Consul's container has it", s.Name)
 		}
+	}
+}
+
+// TestDeployedGossipKey: a release's env files tell the gossip key, so a
+// deploy and `lucidctl secrets` see it differ and can pull it back into
+// the operator's file.
+func TestDeployedGossipKey(t *testing.T) {
+	f := renderCluster(t, 3, Options{})
+	pi1, err := ForHost(f.ServiceEnvs, HostRole{Name: "pi1", Address: "10.0.0.1", Peers: []string{"10.0.0.2", "10.0.0.3"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, err := ReadDeployedSecrets(pi1)
+	if err != nil || host.Values[ConsulGossipKey] != placeholderGossipKey() {
+		t.Fatalf("deployed gossip key %q %v", host.Values[ConsulGossipKey], err)
+	}
+	other := renderCluster(t, 3, Options{Existing: map[string]string{ConsulGossipKey: NewGossipKey()}})
+	next, err := ReadDeployedSecrets(other.ServiceEnvs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := host.Differ(next); !slices.Equal(d, []string{ConsulGossipKey}) {
+		t.Errorf("differ %v", d)
+	}
+	if set, _ := host.OperatorValues(other.EnvValues); set[ConsulGossipKey] != placeholderGossipKey() {
+		t.Error("the host's gossip key is not among the values to pull")
 	}
 }
