@@ -49,7 +49,10 @@ func redactEnv(env []byte, old map[string]string) []byte {
 		}
 		key := strings.TrimSpace(strings.TrimPrefix(k, "export "))
 		switch {
-		case slices.Contains(Secrets, key) || slices.Contains(PreviousKeys, key) || isSecretName(key) || quote != 0:
+		case slices.Contains(Secrets, key) || slices.Contains(ClusterSecrets, key) || slices.Contains(PreviousKeys, key) ||
+			key == ConsulConfigKey || isSecretName(key) || quote != 0:
+			// Consul's configuration holds its management token (and a
+			// cluster's gossip key).
 			if pv, ok := old[key]; old != nil && (!ok || pv != unquote(v)) {
 				v = RedactedChanged
 			} else {

@@ -153,6 +153,12 @@ type Options struct {
 	// TLS is the gateway's public TLS (lucid.yaml's tls section); nil
 	// leaves it serving plain HTTP.
 	TLS *TLS
+	// Cluster renders the files of a cluster's hosts (see Cluster), which
+	// ForHost then gives each host's values; nil renders one Pi's.
+	Cluster *Cluster
+	// NewGossipKey generates Consul's gossip key (default NewGossipKey);
+	// tests fix it.
+	NewGossipKey func() string
 }
 
 // TLS is the gateway's public TLS as Render needs it: the settings of
@@ -197,8 +203,14 @@ type Files struct {
 	// none without lucid.yaml's tls section or with ACME and no CA root.
 	TLSFiles map[string][]byte
 	// Warnings are what the operator should know and need not fix now:
-	// the gateway publishing plain HTTP beyond the host's loopback.
+	// the gateway publishing plain HTTP beyond the host's loopback, a
+	// cluster's gateways without a shared rate budget.
 	Warnings []string
+	// MeshCASeed are a cluster's mesh CA seed files by project path (in
+	// MeshCASeedDir); nil without a cluster. NewMeshCA says they are a new
+	// CA, made this time.
+	MeshCASeed map[string][]byte
+	NewMeshCA  bool
 }
 
 // Image is the image name of service s.
@@ -244,6 +256,18 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 	if err := o.TLS.check(); err != nil {
 		return nil, err
 	}
+	if o.Cluster != nil {
+		switch {
+		case o.NoConsul:
+			return nil, errors.New("a cluster runs a Consul server on each host, which the others join: leave --no-consul out")
+		case o.PortOffset != 0:
+			return nil, errors.New("the hosts of a cluster reach each other on fixed ports: a port offset does not fit a cluster")
+		}
+		if o.NewGossipKey == nil {
+			o.NewGossipKey = NewGossipKey
+		}
+	}
+	var err error
 	values, urlKeys := defaults()
 	// An existing value wins even when empty: an operator who emptied
 	// CONSUL_HOST or LUCID_MESH_URL turned that off (secrets excepted).
@@ -265,6 +289,23 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 	}
 	if _, err := uuid.Parse(values[ConsulTokenKey]); err != nil {
 		return nil, fmt.Errorf("%s: Consul's management token must be a UUID", ConsulTokenKey)
+	}
+	var seed map[string][]byte
+	var newCA bool
+	if o.Cluster != nil {
+		if values["LUCID_MESH_URL"] == "" {
+			return nil, errors.New("LUCID_MESH_URL is empty: the engines of a cluster speak Raft over mTLS with mesh identities, which needs the mesh")
+		}
+		if values[ConsulGossipKey] == "" {
+			values[ConsulGossipKey] = o.NewGossipKey()
+			generated = append(generated, ConsulGossipKey)
+		}
+		if err := checkGossipKey(values[ConsulGossipKey]); err != nil {
+			return nil, err
+		}
+		if seed, newCA, err = meshCASeed(ctx, o.Cluster.MeshCASeed); err != nil {
+			return nil, err
+		}
 	}
 
 	tmpl, err := template.New("").Funcs(template.FuncMap{
@@ -310,7 +351,7 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 		path := ServiceEnvPath(cs.envName)
 		var vals map[string]string
 		if cs.envName == consulEnvName {
-			if vals, err = consulEnv(values); err != nil {
+			if vals, err = consulEnv(values, o.Cluster != nil); err != nil {
 				return nil, err
 			}
 		} else {
@@ -321,6 +362,9 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 				if w := plainHTTPWarning(vals, cs.Ports); w != "" {
 					files.Warnings = append(files.Warnings, w)
 				}
+			}
+			if o.Cluster != nil {
+				clusterEnv(vals, s)
 			}
 		}
 		b, err := serviceEnvFile(cs.envName, vals)
@@ -342,6 +386,11 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 	}
 	files.Compose = compose.Bytes()
 	files.TLSFiles = o.TLS.files()
+	files.MeshCASeed, files.NewMeshCA = seed, newCA
+	if o.Cluster != nil && values["REDIS_URL"] == "" {
+		files.Warnings = append(files.Warnings, fmt.Sprintf("the cluster's gateways share no rate budget: REDIS_URL is empty in %s, so each of the %d gateways limits from its own budget and the cluster allows %d times a Pi's limits; set it to one Redis every host reaches (each gateway falls back to its own budget while Redis cannot answer)",
+			EnvPath, o.Cluster.Hosts, o.Cluster.Hosts))
+	}
 	return files, nil
 }
 
@@ -359,7 +408,7 @@ type File struct {
 
 // All lists the rendered files: the compose file, the operator's env file,
 // each container's env file in compose order, then the gateway's TLS
-// files.
+// files and a cluster's mesh CA seed.
 func (f *Files) All() []File {
 	out := []File{{Path: ComposePath, Content: f.Compose}, {Path: EnvPath, Content: f.Env, Secret: true}}
 	for _, p := range f.ServiceEnvNames {
@@ -368,6 +417,11 @@ func (f *Files) All() []File {
 	for _, n := range TLSFileNames {
 		if p := TLSDir + "/" + n; f.TLSFiles[p] != nil {
 			out = append(out, File{Path: p, Content: f.TLSFiles[p], Secret: true, Opaque: true})
+		}
+	}
+	for _, n := range MeshCASeedFileNames {
+		if p := MeshCASeedDir + "/" + n; f.MeshCASeed[p] != nil {
+			out = append(out, File{Path: p, Content: f.MeshCASeed[p], Secret: true, Opaque: true})
 		}
 	}
 	return out
@@ -440,13 +494,39 @@ const consulEnvName = "consul"
 
 // consulEnv is the Consul container's environment: ACLs on, default deny,
 // with the management token, which its own CLI (the healthcheck's
-// `consul members`) uses too.
-func consulEnv(values map[string]string) (map[string]string, error) {
+// `consul members`) uses too. A cluster's is a server's, with the gossip
+// key (ForHost adds each host's settings); the key is there on its own
+// too, where ForHost and a deploy's secrets check find it.
+func consulEnv(values map[string]string, cluster bool) (map[string]string, error) {
 	cfg, err := meshapi.ConsulAgentConfig(values[ConsulTokenKey])
 	if err != nil {
 		return nil, err
 	}
-	return map[string]string{ConsulConfigKey: string(cfg), ConsulTokenKey: values[ConsulTokenKey]}, nil
+	out := map[string]string{ConsulConfigKey: string(cfg), ConsulTokenKey: values[ConsulTokenKey]}
+	if cluster {
+		p := ServiceEnvPath(consulEnvName)
+		if out[ConsulConfigKey], err = consulServerConfig(p, string(cfg), values[ConsulGossipKey], nil); err != nil {
+			return nil, err
+		}
+		out[ConsulGossipKey] = values[ConsulGossipKey]
+	}
+	return out, nil
+}
+
+// clusterEnv sets what a cluster changes in service s's env file, vals:
+// the engine's node id (the compose file does not set it in a cluster;
+// ForHost gives each host its own), the mesh controller's CA seed.
+func clusterEnv(vals map[string]string, s catalog.Service) {
+	switch s.Name {
+	case "engine":
+		if vals["LUCID_NODE_ID"] == "" {
+			vals["LUCID_NODE_ID"] = s.Container
+		}
+	case catalog.MeshService:
+		// Set here, not from the operator's file: the seed is where the
+		// compose file mounts it.
+		vals[EnvMeshCASeed] = MeshCASeedMount
+	}
 }
 
 // serviceEnvFile writes vals as the env file of the container name.
@@ -492,7 +572,7 @@ func defaults() (map[string]string, []string) {
 func composeServices(o Options) []composeService {
 	var out []composeService
 	if !o.NoConsul {
-		out = append(out, composeService{
+		cs := composeService{
 			Container:   ConsulContainer,
 			Image:       ConsulImage,
 			EnvFile:     fromCompose(ServiceEnvPath(consulEnvName)),
@@ -500,7 +580,16 @@ func composeServices(o Options) []composeService {
 			Command:     []string{"agent", "-dev", "-client=0.0.0.0"},
 			Ports:       []string{"127.0.0.1:" + strconv.Itoa(consulPort+o.PortOffset) + ":" + strconv.Itoa(consulPort)},
 			Healthcheck: []string{"CMD", "consul", "members"},
-		})
+		}
+		if o.Cluster != nil {
+			// A server that keeps its state; the other hosts' servers
+			// reach its RPC and gossip ports.
+			cs.Command = []string{"agent", "-server", "-client=0.0.0.0"}
+			cs.Volume, cs.DataDir = ConsulContainer+"-data", ConsulDataDir
+			server, serf := strconv.Itoa(ClusterPorts.ConsulServer), strconv.Itoa(ClusterPorts.ConsulSerfLAN)
+			cs.Ports = append(cs.Ports, server+":"+server, serf+":"+serf, serf+":"+serf+"/udp")
+		}
+		out = append(out, cs)
 	}
 	for _, s := range catalog.Services {
 		port := strconv.Itoa(s.Port)
@@ -536,10 +625,19 @@ func composeServices(o Options) []composeService {
 				cs.Mounts = append(cs.Mounts, fromCompose(TLSDir)+":"+TLSMount)
 			}
 		}
-		if s.Name == "engine" {
+		switch {
+		case s.Name == "engine" && o.Cluster != nil:
+			// The other hosts' engines and anchoring reach its API and
+			// Raft, both over mTLS; its node id is in its env file, each
+			// host's own (ForHost).
+			api, raft := strconv.Itoa(ClusterPorts.EngineAPI), strconv.Itoa(ClusterPorts.Raft)
+			cs.Ports = []string{api + ":" + port, raft + ":" + raft}
+		case s.Name == "engine":
 			// Raft remembers its node id; a container's hostname changes
 			// when it is recreated.
 			cs.Environment = append(cs.Environment, "LUCID_NODE_ID="+s.Container)
+		case s.Name == catalog.MeshService && o.Cluster != nil:
+			cs.Mounts = append(cs.Mounts, fromCompose(MeshCASeedDir)+":"+MeshCASeedMount)
 		}
 		var deps []string
 		if s.Name != catalog.MeshService {

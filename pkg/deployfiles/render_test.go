@@ -271,3 +271,29 @@ func TestEnvFilesOf(t *testing.T) {
 		}
 	}
 }
+
+// TestRedactConsulConfig: Consul's configuration holds its management
+// token (and a cluster's gossip key), so its whole value is hidden, as is
+// the gossip key's.
+func TestRedactConsulConfig(t *testing.T) {
+	f, err := Render(context.Background(), Options{ImageName: "x/{service}", ImageTag: "t", NewUUID: placeholderUUID,
+		Cluster: &Cluster{Hosts: 3}, NewGossipKey: placeholderGossipKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{ServiceEnvPath(consulEnvName), EnvPath} {
+		content := f.ServiceEnvs[p]
+		if p == EnvPath {
+			content = f.Env
+		}
+		got := string(RedactEnv(content))
+		for _, leak := range []string{placeholderUUID(), placeholderGossipKey()} {
+			if strings.Contains(got, leak) {
+				t.Errorf("redacted %s still has %q:\n%s", p, leak, got)
+			}
+		}
+	}
+	if got := string(RedactEnv(f.ServiceEnvs[ServiceEnvPath(consulEnvName)])); !strings.Contains(got, ConsulConfigKey+"="+Redacted+"\n") {
+		t.Errorf("consul.env redacted:\n%s", got)
+	}
+}

@@ -49,6 +49,10 @@ var DataBound = []string{
 	// gives all of them the new one at once.
 }
 
+// deployedSecrets are the secrets a release's env files may hold as the
+// operator's file does: Secrets, and a cluster's.
+var deployedSecrets = append(slices.Clone(Secrets), ClusterSecrets...)
+
 // operatorTokenHashKey is the key the services get the operator token's
 // hash under (ServiceEnv).
 const operatorTokenHashKey = "LUCID_OPERATOR_TOKEN_SHA256"
@@ -60,7 +64,8 @@ const operatorTokenHashKey = "LUCID_OPERATOR_TOKEN_SHA256"
 // token) are not secrets of their own: they follow the one they derive
 // from.
 type DeployedSecrets struct {
-	// Values are the secrets by key of the operator's env file.
+	// Values are the secrets by key of the operator's env file (Secrets
+	// and ClusterSecrets).
 	Values map[string]string
 	// OperatorTokenHash is auth.OperatorTokenHash of LUCID_OPERATOR_TOKEN,
 	// "" when no file holds it.
@@ -92,6 +97,8 @@ func ReadDeployedSecrets(files map[string][]byte) (DeployedSecrets, error) {
 			return p == meshFile || p == EnvPath
 		case ConsulTokenKey:
 			return p == meshFile || p == ServiceEnvPath(consulEnvName) || p == EnvPath
+		case ConsulGossipKey:
+			return p == ServiceEnvPath(consulEnvName) || p == EnvPath
 		case "LUCID_OPERATOR_TOKEN":
 			return p == EnvPath
 		}
@@ -102,7 +109,7 @@ func ReadDeployedSecrets(files map[string][]byte) (DeployedSecrets, error) {
 		if err != nil {
 			return DeployedSecrets{}, &envFileError{path: p, err: err}
 		}
-		for _, k := range Secrets {
+		for _, k := range deployedSecrets {
 			if v := vals[k]; v != "" && raw(p, k) {
 				if _, ok := out.Values[k]; !ok {
 					out.Values[k] = v
@@ -126,11 +133,12 @@ func ReadDeployedSecrets(files map[string][]byte) (DeployedSecrets, error) {
 	return out, nil
 }
 
-// Differ lists the keys of Secrets whose values d and other both know and
-// that differ, sorted. The operator token is compared by its hash.
+// Differ lists the keys of Secrets (and ClusterSecrets) whose values d and
+// other both know and that differ, sorted. The operator token is compared
+// by its hash.
 func (d DeployedSecrets) Differ(other DeployedSecrets) []string {
 	var out []string
-	for _, k := range Secrets {
+	for _, k := range deployedSecrets {
 		if k == "LUCID_OPERATOR_TOKEN" {
 			if d.OperatorTokenHash != "" && other.OperatorTokenHash != "" && d.OperatorTokenHash != other.OperatorTokenHash {
 				out = append(out, k)
@@ -156,7 +164,7 @@ func (d DeployedSecrets) OperatorValues(values map[string]string) (set map[strin
 	for k, v := range d.Previous {
 		set[k] = v
 	}
-	for _, k := range Secrets {
+	for _, k := range deployedSecrets {
 		if v, ok := d.Values[k]; ok {
 			set[k] = v
 			continue

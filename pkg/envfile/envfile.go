@@ -178,10 +178,26 @@ func Set(path string, values map[string]string) ([]string, error) {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("read env file %s: %w", path, err)
 	}
+	data, changed, err := Update(path, old, values)
+	if err != nil || len(changed) == 0 {
+		return nil, err
+	}
+	if err := WriteAtomic(path, data); err != nil {
+		return nil, err
+	}
+	return changed, nil
+}
+
+// Update is Set on the content of an env file rather than the file: it
+// returns the new content and the keys whose value changed, sorted, and
+// data itself when none did. name labels errors (a path); they never
+// hold a value.
+func Update(name string, data []byte, values map[string]string) ([]byte, []string, error) {
 	have := map[string]string{}
-	if len(old) > 0 {
-		if have, err = Parse(old); err != nil {
-			return nil, fmt.Errorf("read env file %s: %w", path, err)
+	if len(data) > 0 {
+		var err error
+		if have, err = Parse(data); err != nil {
+			return nil, nil, fmt.Errorf("read env file %s: %w", name, err)
 		}
 	}
 	var changed []string
@@ -191,20 +207,20 @@ func Set(path string, values map[string]string) ([]string, error) {
 		}
 	}
 	if len(changed) == 0 {
-		return nil, nil
+		return data, nil, nil
 	}
 	slices.Sort(changed)
 	lines := make(map[string]string, len(changed))
 	for _, k := range changed {
 		v, err := Value(k, values[k])
 		if err != nil {
-			return nil, fmt.Errorf("env file %s: %w", path, err) // nothing written
+			return nil, nil, fmt.Errorf("env file %s: %w", name, err) // nothing written
 		}
 		lines[k] = k + "=" + v
 	}
 	var buf bytes.Buffer
 	done := map[string]bool{}
-	for _, line := range bytes.SplitAfter(old, []byte("\n")) {
+	for _, line := range bytes.SplitAfter(data, []byte("\n")) {
 		if len(line) == 0 {
 			continue
 		}
@@ -225,22 +241,19 @@ func Set(path string, values map[string]string) ([]string, error) {
 	}
 	got, err := Parse(buf.Bytes())
 	if err != nil {
-		return nil, fmt.Errorf("env file %s: cannot set %s in place (%w); nothing was written", path, strings.Join(changed, ", "), err)
+		return nil, nil, fmt.Errorf("env file %s: cannot set %s in place (%w); nothing was written", name, strings.Join(changed, ", "), err)
 	}
 	for k := range have {
 		if _, set := values[k]; !set && got[k] != have[k] {
-			return nil, fmt.Errorf("env file %s: setting %s would change %s (a value over several lines?); nothing was written", path, strings.Join(changed, ", "), k)
+			return nil, nil, fmt.Errorf("env file %s: setting %s would change %s (a value over several lines?); nothing was written", name, strings.Join(changed, ", "), k)
 		}
 	}
 	for k, v := range values {
 		if got[k] != v {
-			return nil, fmt.Errorf("env file %s: %s would not read back as set; nothing was written", path, k)
+			return nil, nil, fmt.Errorf("env file %s: %s would not read back as set; nothing was written", name, k)
 		}
 	}
-	if err := WriteAtomic(path, buf.Bytes()); err != nil {
-		return nil, err
-	}
-	return changed, nil
+	return buf.Bytes(), changed, nil
 }
 
 // definedKey is the key a KEY=value line defines (an `export ` prefix

@@ -14,6 +14,7 @@ import (
 	"io/fs"
 	"maps"
 	"math"
+	"net"
 	"os"
 	"path"
 	"path/filepath"
@@ -82,7 +83,9 @@ type Target struct {
 	// look for on its Docker Engine, and leave alone when it is another's.
 	Project string `yaml:"project"`
 	// ClusterAddress is where the other hosts of its cluster reach this
-	// one (an IP address or a name they resolve); default Host.
+	// one; default Host. It must be an IP address (Consul advertises only
+	// those), so a target whose Host is a name needs one to be in a
+	// cluster.
 	ClusterAddress string `yaml:"cluster_address"`
 }
 
@@ -308,6 +311,7 @@ func (c *Config) validate(name string) error {
 			}
 		}
 	}
+	errs = append(errs, c.validateClusters(name)...)
 	for _, p := range c.Platforms {
 		if !platformRE.MatchString(p) {
 			bad("platforms: %q is not os/arch (for example linux/arm64)", p)
@@ -330,6 +334,75 @@ func (c *Config) validate(name string) error {
 		bad("images.name %q must contain {service}", c.Images.Name)
 	}
 	return errors.Join(errs...)
+}
+
+// clusterHostRE is what a cluster host's target name must be: it is its
+// engine's Raft node id and its Consul server's node name, which Consul
+// wants to be a DNS label.
+var clusterHostRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+
+// validateClusters checks the clusters section: at most one cluster, of
+// 1, 3 or 5 distinct targets, named unlike any target or group, whose
+// cluster addresses are distinct IP addresses.
+func (c *Config) validateClusters(name string) []error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
+	}
+	for _, tn := range slices.Sorted(maps.Keys(c.Targets)) {
+		if a := c.Targets[tn].ClusterAddress; a != "" && net.ParseIP(a) == nil {
+			bad("targets.%s.cluster_address %q is not an IP address (Consul advertises only IP addresses; no port: the cluster's ports are fixed)", tn, a)
+		}
+	}
+	names := slices.Sorted(maps.Keys(c.Clusters))
+	if len(names) > 1 {
+		bad("clusters: %s: a project has at most one cluster (one chain, one mesh CA)", strings.Join(names, ", "))
+	}
+	for _, cn := range names {
+		cl := c.Clusters[cn]
+		if _, clash := c.Targets[cn]; clash {
+			bad("clusters.%s: a target has that name too", cn)
+		}
+		if _, clash := c.Groups[cn]; clash {
+			bad("clusters.%s: a group has that name too", cn)
+		}
+		switch n := len(cl.Hosts); n {
+		case 1, 3, 5:
+		case 0:
+			bad("clusters.%s lists no hosts", cn)
+		case 2:
+			bad("clusters.%s has 2 hosts: the chain needs a majority of its hosts up, and a majority of 2 is 2, so losing either host stops the chain; list 1 or 3", cn)
+		case 4:
+			bad("clusters.%s has 4 hosts: the chain needs a majority of its hosts up, and a majority of 4 is 3, so 4 survive the loss of one host as 3 do, with one more to wait for on every block; list 3 or 5", cn)
+		default:
+			bad("clusters.%s has %d hosts: a cluster has 1, 3 (survives the loss of one) or 5 (of two)", cn, n)
+		}
+		byAddr := map[string]string{}
+		for i, h := range cl.Hosts {
+			t, ok := c.Targets[h]
+			switch {
+			case !ok:
+				bad("clusters.%s: %q is not a target", cn, h)
+				continue
+			case slices.Contains(cl.Hosts[:i], h):
+				bad("clusters.%s lists %q twice", cn, h)
+				continue
+			case !clusterHostRE.MatchString(h):
+				bad("clusters.%s: the target name %q cannot name a cluster host: it is the host's Raft node id and Consul node name, 1-63 letters, digits and '-', starting and ending with a letter or digit", cn, h)
+			}
+			if t.ClusterAddress == "" && net.ParseIP(t.Host) == nil {
+				bad("clusters.%s: %s is reached at its host %q, which is not an IP address: set targets.%s.cluster_address to the IP address the other hosts reach it at (Consul advertises only IP addresses)", cn, h, t.Host, h)
+				continue
+			}
+			addr := net.ParseIP(t.ClusterAddr()).String()
+			if other, dup := byAddr[addr]; dup {
+				bad("clusters.%s: %s and %s have the same cluster address %q (targets' cluster_address, default host): each host needs its own", cn, other, h, t.ClusterAddr())
+				continue
+			}
+			byAddr[addr] = h
+		}
+	}
+	return errs
 }
 
 // Target returns the target called name.

@@ -48,7 +48,7 @@ platfroms: [linux/arm64]
 	}
 	msg := err.Error()
 	for _, want := range []string{
-		`lucid.yaml:4:5: unknown key "hots" in targets.pi (did you mean "host"?); known keys: dir, host, port, project, user`,
+		`lucid.yaml:4:5: unknown key "hots" in targets.pi (did you mean "host"?); known keys: cluster_address, dir, host, port, project, user`,
 		`lucid.yaml:7:1: unknown key "platfroms" at the top level (did you mean "platforms"?)`, //nolint:misspell // the misspelt key, quoted back
 	} {
 		if !strings.Contains(msg, want) {
@@ -143,6 +143,91 @@ func TestGroups(t *testing.T) {
 	}
 	if _, err := Parse("lucid.yaml", []byte(yml+"  broken: [pi3]\n")); err == nil || !strings.Contains(err.Error(), `"pi3" is not a target`) {
 		t.Errorf("unknown member: %v", err)
+	}
+}
+
+// clusterTargets are five targets for the cluster tests; pi5 is reached at
+// another address than its SSH host.
+const clusterTargets = `targets:
+  pi1: {host: 10.0.0.1}
+  pi2: {host: 10.0.0.2}
+  pi3: {host: 10.0.0.3}
+  pi4: {host: 10.0.0.4}
+  pi5: {host: pi5.example.net, cluster_address: 192.168.7.5}
+`
+
+// TestClusters: a cluster of 1, 3 or 5 targets loads, resolves like a
+// group, and says which cluster a target is in and where its peers reach
+// it; a host may be in groups too.
+func TestClusters(t *testing.T) {
+	for _, hosts := range []string{"[pi1]", "[pi1, pi2, pi3]", "[pi1, pi2, pi3, pi4, pi5]"} {
+		yml := clusterTargets + "groups:\n  fleet: [pi1, pi2]\nclusters:\n  lucid: {hosts: " + hosts + "}\n"
+		c, err := Parse("lucid.yaml", []byte(yml))
+		if err != nil {
+			t.Fatalf("%s: %v", hosts, err)
+		}
+		got, err := c.Resolve("lucid")
+		if err != nil || "["+strings.Join(got, ", ")+"]" != hosts {
+			t.Errorf("Resolve(lucid) = %v, %v, want %s", got, err, hosts)
+		}
+	}
+	c, err := Parse("lucid.yaml", []byte(clusterTargets+"clusters:\n  lucid:\n    hosts: [pi1, pi2, pi5]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if name, cl, ok := c.ClusterOf("pi5"); !ok || name != "lucid" || len(cl.Hosts) != 3 {
+		t.Errorf("ClusterOf(pi5) = %q %v %v", name, cl, ok)
+	}
+	if _, _, ok := c.ClusterOf("pi4"); ok {
+		t.Error("pi4 is in no cluster")
+	}
+	if a, b := c.Targets["pi5"].ClusterAddr(), c.Targets["pi1"].ClusterAddr(); a != "192.168.7.5" || b != "10.0.0.1" {
+		t.Errorf("cluster addresses %q %q, want cluster_address, else host", a, b)
+	}
+	if err := c.ApplyEnv(func(k string) string { return map[string]string{"LUCID_CLUSTERS_LUCID_HOSTS": "pi5"}[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := c.Resolve("lucid"); strings.Join(got, ",") != "pi5" {
+		t.Errorf("LUCID_CLUSTERS_LUCID_HOSTS did not override: %v", got)
+	}
+	if err := c.ApplyEnv(func(k string) string { return map[string]string{"LUCID_CLUSTERS_LUCID_HOSTS": "pi1,pi2"}[k] }); err == nil || !strings.Contains(err.Error(), "environment: clusters.lucid has 2 hosts") {
+		t.Errorf("two hosts from the environment: %v", err)
+	}
+}
+
+// TestClusterErrors: every rule of the clusters section, each with a
+// message that says what is wrong and why.
+func TestClusterErrors(t *testing.T) {
+	for _, tc := range []struct{ yml, want string }{
+		{"clusters:\n  a: {hosts: [pi1]}\n  b: {hosts: [pi2]}\n", "clusters: a, b: a project has at most one cluster"},
+		{"clusters:\n  lucid: {hosts: []}\n", "clusters.lucid lists no hosts"},
+		{"clusters:\n  lucid: {hosts: [pi1, pi2]}\n", "clusters.lucid has 2 hosts: the chain needs a majority of its hosts up, and a majority of 2 is 2, so losing either host stops the chain; list 1 or 3"},
+		{"clusters:\n  lucid: {hosts: [pi1, pi2, pi3, pi4]}\n", "clusters.lucid has 4 hosts: the chain needs a majority of its hosts up, and a majority of 4 is 3"},
+		{"clusters:\n  lucid: {hosts: [pi1, pi2, pi3, pi4, pi5, pi6]}\n", "clusters.lucid has 6 hosts: a cluster has 1, 3"},
+		{"clusters:\n  lucid: {hosts: [pi1, pi2, nas]}\n", `clusters.lucid: "nas" is not a target`},
+		{"clusters:\n  lucid: {hosts: [pi1, pi2, pi1]}\n", `clusters.lucid lists "pi1" twice`},
+		{"clusters:\n  pi1: {hosts: [pi1]}\n", "clusters.pi1: a target has that name too"},
+		{"groups:\n  lucid: [pi1]\nclusters:\n  lucid: {hosts: [pi1]}\n", "clusters.lucid: a group has that name too"},
+		{"clusters:\n  lucid: {hosts: [pi_6]}\n", `clusters.lucid: the target name "pi_6" cannot name a cluster host`},
+		{"clusters:\n  lucid: {hosts: [pi8]}\n", `targets.pi8.cluster_address "10.0.0.8:8300" is not an IP address (Consul advertises only IP addresses; no port`},
+		{"clusters:\n  lucid: {hosts: [pi1, pi2, pi7]}\n", `clusters.lucid: pi1 and pi7 have the same cluster address "10.0.0.1"`},
+		{"clusters:\n  lucid: {hosts: [pi1, pi2, pi9]}\n", `clusters.lucid: pi9 is reached at its host "pi9.local", which is not an IP address: set targets.pi9.cluster_address`},
+	} {
+		yml := clusterTargets + "  pi6: {host: 10.0.0.6}\n  pi_6: {host: 10.0.0.66}\n  pi7: {host: pi7.local, cluster_address: 10.0.0.1}\n  pi9: {host: pi9.local}\n"
+		if strings.Contains(tc.yml, "pi8") {
+			yml += "  pi8: {host: 10.0.0.8, cluster_address: \"10.0.0.8:8300\"}\n"
+		}
+		yml += tc.yml
+		_, err := Parse("lucid.yaml", []byte(yml))
+		if err == nil || !strings.Contains(err.Error(), "lucid.yaml: "+tc.want) {
+			t.Errorf("%q: %v\nwant an error containing %q", tc.yml, err, tc.want)
+		}
+	}
+	// A host of the cluster in a group as well is fine, and so is one
+	// whose SSH host is a name when its cluster address is an IP address.
+	yml := clusterTargets + "groups:\n  all: [pi1, pi2, pi3, pi5]\nclusters:\n  lucid: {hosts: [pi1, pi3, pi5]}\n"
+	if _, err := Parse("lucid.yaml", []byte(yml)); err != nil {
+		t.Errorf("a cluster host in a group: %v", err)
 	}
 }
 

@@ -66,7 +66,18 @@ the ACME settings, or the certificate and key files, which are copied into
 configs/gateway/tls/ (mode 0600) and mounted read-only into the gateway
 only; tls.https_port and tls.http_port are published for it. Without one,
 a gateway publishing plain HTTP beyond the host's loopback is warned about
-on stderr.`,
+on stderr.
+
+With a cluster in lucid.yaml (docs/cluster.md) the files are a cluster
+host's, which a deploy completes for each host: Consul runs as a server
+with gossip encrypted by CONSUL_GOSSIP_KEY (generated when missing, Consul's
+alone); the engine's API and Raft ports and Consul's server and gossip
+ports are published on every address for the other hosts; and every mesh
+controller adopts one CA, kept in configs/mesh/ca/ (made when missing, mode
+0700, its files 0600 and never shown), which is mounted read-only into the
+mesh controller alone. Back that directory up: it holds the CA's keys.
+Without REDIS_URL the cluster's gateways each keep their own rate budget,
+which render warns about.`,
 		Example: `  lucidctl render
   lucidctl render --dry-run
   lucidctl render --set REDIS_URL=redis://lucid-redis:6379/0
@@ -107,8 +118,11 @@ type Output struct {
 	// Unread names keys of the operator's env file that no service reads.
 	Unread []string `json:"unread,omitempty"`
 	// Warnings are what the operator should know: the gateway serving
-	// plain HTTP beyond the host's loopback.
+	// plain HTTP beyond the host's loopback, a cluster without REDIS_URL.
 	Warnings []string `json:"warnings,omitempty"`
+	// NewMeshCA names the directory of a cluster's mesh CA when render
+	// made a new one (deployfiles.MeshCASeedDir).
+	NewMeshCA string `json:"new_mesh_ca,omitempty"`
 }
 
 var envKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -160,9 +174,13 @@ func run(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
+	cluster, err := ClusterOptions(cfg, dir)
+	if err != nil {
+		return err
+	}
 	files, err := deployfiles.Render(ctx, deployfiles.Options{
 		ImageName: cfg.Images.Name, ImageTag: cfg.Images.Tag, Existing: existing, Set: set,
-		NoConsul: opts.NoConsul, PortOffset: opts.PortOffset, Routes: routes, TLS: tlsOpts,
+		NoConsul: opts.NoConsul, PortOffset: opts.PortOffset, Routes: routes, TLS: tlsOpts, Cluster: cluster,
 	})
 	if err != nil {
 		return err
@@ -174,6 +192,9 @@ func run(ctx context.Context, opts *Options) error {
 	}
 	if out.Generated == nil {
 		out.Generated = []string{}
+	}
+	if files.NewMeshCA {
+		out.NewMeshCA = deployfiles.MeshCASeedDir
 	}
 	for _, f := range files.All() {
 		path := filepath.Join(dir, filepath.FromSlash(f.Path))
@@ -199,6 +220,12 @@ func run(ctx context.Context, opts *Options) error {
 			}
 			rec.Diff = deployfiles.Diff(f.Path, old, newer)
 		case rec.Status != "unchanged":
+			if strings.HasPrefix(f.Path, deployfiles.MeshCASeedDir+"/") {
+				// The CA's keys: the directory is the operator's alone.
+				if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+					return err
+				}
+			}
 			if err := envfile.WriteAtomic(path, f.Content); err != nil {
 				return fmt.Errorf("write %s: %w", path, err)
 			}
@@ -229,6 +256,9 @@ func report(opts *Options, out Output) error {
 	}
 	for _, k := range out.Generated {
 		fmt.Fprintf(opts.Env.IO.ErrOut, "%s %s (the value is in the env file only)\n", verb, k)
+	}
+	if out.NewMeshCA != "" {
+		fmt.Fprintf(opts.Env.IO.ErrOut, "%s a new mesh CA for the cluster in %s (its keys are there only: back it up)\n", verb, out.NewMeshCA)
 	}
 	if out.Routes != "" {
 		fmt.Fprintf(opts.Env.IO.ErrOut, "the gateway's route table is %s (mounted read-only)\n", out.Routes)
@@ -274,6 +304,19 @@ func TLSOptions(cfg *projectconfig.Config) (*deployfiles.TLS, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// ClusterOptions is what Render needs of lucid.yaml's cluster, with the
+// mesh CA seed the project in dir holds; nil without a cluster.
+func ClusterOptions(cfg *projectconfig.Config, dir string) (*deployfiles.Cluster, error) {
+	for _, cl := range cfg.Clusters { // at most one (projectconfig)
+		seed, err := deployfiles.ReadMeshCASeed(dir)
+		if err != nil {
+			return nil, err
+		}
+		return &deployfiles.Cluster{Hosts: len(cl.Hosts), MeshCASeed: seed}, nil
+	}
+	return nil, nil
 }
 
 func status(old, cur []byte) string {

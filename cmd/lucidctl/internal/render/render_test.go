@@ -210,3 +210,63 @@ func TestRenderTLSFiles(t *testing.T) {
 		t.Errorf("gateway env: %v %v", gw, err)
 	}
 }
+
+// With a cluster in lucid.yaml render makes the gossip key and a mesh CA
+// in configs/mesh/ca (0700, its files 0600, never shown), warns without
+// REDIS_URL, and a second render keeps both.
+func TestRenderCluster(t *testing.T) {
+	dir := t.TempDir()
+	yml := "targets:\n  pi1: {host: 10.0.0.1}\n  pi2: {host: 10.0.0.2}\n  pi3: {host: 10.0.0.3}\nclusters:\n  lucid: {hosts: [pi1, pi2, pi3]}\n"
+	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run1 := func(dry bool) (string, string) {
+		t.Helper()
+		io, _, out, errOut := iostreams.Test()
+		env := cli.NewEnv(io, func(string) string { return "" })
+		env.ConfigPath = filepath.Join(dir, "lucid.yaml")
+		if err := run(context.Background(), &Options{Env: env, Dir: dir, DryRun: dry}); err != nil {
+			t.Fatal(err)
+		}
+		return out.String(), errOut.String()
+	}
+	out, errOut := run1(true)
+	for _, want := range []string{deployfiles.MeshCASeedDir + "/ca.json: created (content not shown)", deployfiles.MeshCASeedDir + "/bundle.pem: created (content not shown)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dry run lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "PRIVATE") || strings.Contains(out, "root_key") || !strings.Contains(out, "CONSUL_LOCAL_CONFIG=<redacted") {
+		t.Errorf("dry run shows a secret:\n%s", out)
+	}
+	if !strings.Contains(errOut, "would generate CONSUL_GOSSIP_KEY") || !strings.Contains(errOut, "would generate a new mesh CA for the cluster in configs/mesh/ca") {
+		t.Errorf("dry run stderr: %q", errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, deployfiles.MeshCASeedDir)); err == nil {
+		t.Error("a dry run made the CA")
+	}
+
+	out, errOut = run1(false)
+	if !strings.Contains(out, "created   "+deployfiles.MeshCASeedDir+"/ca.json") || !strings.Contains(errOut, "warning: the cluster's gateways share no rate budget") {
+		t.Errorf("render: %q %q", out, errOut)
+	}
+	seedDir := filepath.Join(dir, filepath.FromSlash(deployfiles.MeshCASeedDir))
+	if fi, err := os.Stat(seedDir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("%s: %v %v", seedDir, err, fi.Mode())
+	}
+	ca1, err := os.ReadFile(filepath.Join(seedDir, "ca.json"))
+	if fi, _ := os.Stat(filepath.Join(seedDir, "ca.json")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("ca.json: %v", err)
+	}
+	env1, _ := envfile.Read(filepath.Join(dir, deployfiles.EnvPath))
+
+	out, errOut = run1(false)
+	ca2, _ := os.ReadFile(filepath.Join(seedDir, "ca.json"))
+	env2, _ := envfile.Read(filepath.Join(dir, deployfiles.EnvPath))
+	if string(ca1) != string(ca2) || env1[deployfiles.ConsulGossipKey] == "" || env1[deployfiles.ConsulGossipKey] != env2[deployfiles.ConsulGossipKey] {
+		t.Error("a second render changed the CA or the gossip key")
+	}
+	if !strings.Contains(out, "unchanged "+deployfiles.MeshCASeedDir+"/ca.json") || strings.Contains(errOut, "generate") {
+		t.Errorf("second render: %q %q", out, errOut)
+	}
+}
