@@ -162,6 +162,12 @@ type Bundle struct {
 	// none. Each release gets its own copy, readable by the gateway's
 	// container alone, and a rollback brings it back with the release.
 	TLS map[string][]byte
+	// MeshCASeed are a cluster's mesh CA seed files the compose file
+	// mounts into the mesh controller, by name in
+	// deployfiles.MeshCASeedDir (deployfiles.MeshCASeedFileNames); nil
+	// outside a cluster. Placed like TLS, readable by the controller's
+	// container alone.
+	MeshCASeed map[string][]byte
 	// Version is the version the images were built as.
 	Version string
 	// Images are the six services' images, for one or more platforms.
@@ -214,7 +220,7 @@ func (d *Deployer) DryRun(ctx context.Context, b Bundle) (*Result, error) {
 func (d *Deployer) deploy(ctx context.Context, b Bundle, dry bool) (_ *Result, deployErr error) {
 	name := d.cfg.Name
 	res := &Result{Target: name, DryRun: dry}
-	if err := checkTLSFiles(b.TLS); err != nil {
+	if err := errors.Join(tlsDir.check(b.TLS), seedDir.check(b.MeshCASeed)); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	var platforms []v1.Platform
@@ -338,9 +344,15 @@ func (d *Deployer) sendImages(ctx context.Context, plan *TransferPlan, images []
 func (d *Deployer) rollout(ctx context.Context, b Bundle, rel *Release, compose []byte, prev *Release) error {
 	name := d.cfg.Name
 	d.emit(StepRelease, EventStart, rel.ID)
-	gw, _ := catalog.Lookup(catalog.GatewayService)
-	gwImage := releaseTag(deployfiles.Image(d.cfg.ImageName, d.cfg.Tag, gw), rel.ID)
-	if err := d.h.writeRelease(ctx, rel, compose, b.EnvFiles, b.Routes, b.TLS, gwImage); err != nil {
+	image := func(service string) string {
+		s, _ := catalog.Lookup(service)
+		return releaseTag(deployfiles.Image(d.cfg.ImageName, d.cfg.Tag, s), rel.ID)
+	}
+	private := []privateFiles{
+		{tlsDir, image(catalog.GatewayService), b.TLS},
+		{seedDir, image(catalog.MeshService), b.MeshCASeed},
+	}
+	if err := d.h.writeRelease(ctx, rel, compose, b.EnvFiles, b.Routes, private); err != nil {
 		d.emit(StepRelease, EventFail, err.Error())
 		return fmt.Errorf("%s: write release %s: %w (the previous release still runs)", name, rel.ID, err)
 	}
@@ -635,20 +647,25 @@ func (d *Deployer) dryRunPlan(ctx context.Context, b Bundle, prev *Release, plan
 			p.Files = append(p.Files, f.rel)
 		}
 	}
-	// The TLS files, by their sums: the deploy user cannot read the
+	// The private files, by their sums: the deploy user cannot read the
 	// previous release's own.
-	var prevSums string
-	if prev != nil {
-		out, err := d.h.ssh.Run(ctx, "cat "+sshx.Quote(d.h.releaseDir(prev.ID)+"/"+tlsSums), nil)
-		var ee *sshx.ExitError
-		if err != nil && !errors.As(err, &ee) {
-			return nil, fmt.Errorf("read %s of release %s: %w", tlsSums, prev.ID, err)
+	for _, pf := range []struct {
+		dir   privateDir
+		files map[string][]byte
+	}{{tlsDir, b.TLS}, {seedDir, b.MeshCASeed}} {
+		var prevSums string
+		if prev != nil && len(pf.files) > 0 {
+			out, err := d.h.ssh.Run(ctx, "cat "+sshx.Quote(d.h.releaseDir(prev.ID)+"/"+pf.dir.sums), nil)
+			var ee *sshx.ExitError
+			if err != nil && !errors.As(err, &ee) {
+				return nil, fmt.Errorf("read %s of release %s: %w", pf.dir.sums, prev.ID, err)
+			}
+			prevSums = string(out)
 		}
-		prevSums = string(out)
-	}
-	for _, n := range tlsNames(b.TLS) {
-		if !strings.Contains(prevSums, string(sums(map[string][]byte{n: b.TLS[n]}))) {
-			p.Files = append(p.Files, deployfiles.TLSDir+"/"+n)
+		for _, n := range pf.dir.ordered(pf.files) {
+			if !strings.Contains(prevSums, string(pf.dir.sumsOf(map[string][]byte{n: pf.files[n]}))) {
+				p.Files = append(p.Files, pf.dir.dir+"/"+n)
+			}
 		}
 	}
 	for _, s := range catalog.Services {

@@ -102,13 +102,14 @@ func (h *host) current(ctx context.Context) (*Release, error) {
 
 // writeRelease puts the release's files on the host: compose (images
 // pinned to the release's tags), each container's env file (0600), the
-// gateway's route table if there is one, its TLS files if any (placed
-// through a container of gatewayImage, see writeTLS), and release.json,
+// gateway's route table if there is one, its TLS files and the mesh
+// controller's CA seed if any (each placed through a container of its
+// service's image, see place), and release.json,
 // recording the new release (status "") as deploying. A release of
 // before per-service env files has one shared env file; the next release
 // simply does not, so a deploy is the migration, and a rollback to the old
 // release brings its own files back.
-func (h *host) writeRelease(ctx context.Context, r *Release, compose []byte, envFiles map[string][]byte, routes []byte, tlsFiles map[string][]byte, gatewayImage string) error {
+func (h *host) writeRelease(ctx context.Context, r *Release, compose []byte, envFiles map[string][]byte, routes []byte, private []privateFiles) error {
 	dir := h.releaseDir(r.ID)
 	if err := h.ssh.WriteFile(ctx, path.Join(dir, deployfiles.ComposePath), compose, 0o644); err != nil {
 		return err
@@ -124,12 +125,22 @@ func (h *host) writeRelease(ctx context.Context, r *Release, compose []byte, env
 			return err
 		}
 	}
-	if len(tlsFiles) > 0 {
-		if err := h.writeTLS(ctx, r.ID, gatewayImage, tlsFiles); err != nil {
-			return err
+	for _, p := range private {
+		if len(p.files) > 0 {
+			if err := h.place(ctx, r.ID, p.image, p.dir, p.files); err != nil {
+				return err
+			}
 		}
 	}
 	return h.record(ctx, r, ReleaseDeploying)
+}
+
+// privateFiles are the files of a privateDir and the image of the service
+// they belong to.
+type privateFiles struct {
+	dir   privateDir
+	image string
+	files map[string][]byte
 }
 
 // record moves release r to status to, as the life cycle allows

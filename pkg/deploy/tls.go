@@ -26,31 +26,45 @@ import (
 	"github.com/pickme/lucid/pkg/sshx"
 )
 
-// The gateway's TLS files in a release: deployfiles.TLSDir, which the
-// release's compose file mounts read-only into the gateway alone, each
-// file owned by the services' user (65532) with mode 0600, so that the
-// gateway's container reads them and no other container has them. The
-// deploy user cannot give a file away (chown needs root), so the files
-// are put there by the Docker Engine: copied into a one-shot container
-// of the gateway's image that bind-mounts the directory, from a tar whose
-// headers carry that owner and mode. The container is only created,
-// never started. Each release has its own copy: a rollback brings its
-// certificate back with it, and pruning a release removes it (the
-// directory stays the deploy user's).
+// Files of a release that belong to one service's container alone: the
+// gateway's TLS files (deployfiles.TLSDir) and, in a cluster, the mesh
+// controller's CA seed (deployfiles.MeshCASeedDir). The release's compose
+// file mounts each directory read-only into that container only, each
+// file owned by the services' user (65532) with mode 0600, so that its
+// container reads them and no other container has them. The deploy user
+// cannot give a file away (chown needs root), so the files are put there
+// by the Docker Engine: copied into a one-shot container of the service's
+// image that bind-mounts the directory, from a tar whose headers carry
+// that owner and mode. The container is only created, never started. Each
+// release has its own copy: a rollback brings its files back with it,
+// and pruning a release removes them (the directory stays the deploy
+// user's).
+type privateDir struct {
+	// what names the files in messages.
+	what string
+	// dir is the directory in a release.
+	dir string
+	// sums lists the SHA-256 of each file, beside the directory: a dry
+	// run compares them with the next release's without reading the
+	// files, which the deploy user cannot.
+	sums string
+	// names are the files the directory may hold, in shipping order.
+	names []string
+}
 
-// tlsSums lists the SHA-256 of each TLS file of a release, beside the
-// directory: a dry run compares them with the next release's without
-// reading the files, which the deploy user cannot.
-const tlsSums = "configs/gateway/tls.sha256"
+var (
+	tlsDir  = privateDir{what: "TLS file of the gateway", dir: deployfiles.TLSDir, sums: "configs/gateway/tls.sha256", names: deployfiles.TLSFileNames}
+	seedDir = privateDir{what: "file of the mesh CA seed", dir: deployfiles.MeshCASeedDir, sums: "configs/mesh/ca.sha256", names: deployfiles.MeshCASeedFileNames}
+)
 
-// tlsLabel marks the one-shot containers that place the TLS files.
-const tlsLabel = "io.lucid.tls"
+// privateLabel marks the one-shot containers that place private files.
+const privateLabel = "io.lucid.tls"
 
-// writeTLS puts files (name in deployfiles.TLSDir → content) into release
-// id's TLS directory, owned by the services' user with mode 0600, through
-// a container of image, and checks they arrived so.
-func (h *host) writeTLS(ctx context.Context, id, image string, files map[string][]byte) error {
-	dir := path.Join(h.releaseDir(id), deployfiles.TLSDir)
+// place puts files (name in pd.dir → content) into release id's pd.dir,
+// owned by the services' user with mode 0600, through a container of
+// image, and checks they arrived so.
+func (h *host) place(ctx context.Context, id, image string, pd privateDir, files map[string][]byte) error {
+	dir := path.Join(h.releaseDir(id), pd.dir)
 	if _, err := h.run(ctx, "mkdir -p "+sshx.Quote(dir)+" && chmod 0755 "+sshx.Quote(dir)); err != nil {
 		return fmt.Errorf("make %s: %w", dir, err)
 	}
@@ -60,7 +74,7 @@ func (h *host) writeTLS(ctx context.Context, id, image string, files map[string]
 	}
 	var archive bytes.Buffer
 	tw := tar.NewWriter(&archive)
-	names := tlsNames(files)
+	names := pd.ordered(files)
 	now := time.Now()
 	for _, n := range names {
 		if err := tw.WriteHeader(&tar.Header{Name: n, Mode: 0o600, Size: int64(len(files[n])), Uid: uid, Gid: gid, ModTime: now, Typeflag: tar.TypeReg}); err != nil {
@@ -73,16 +87,16 @@ func (h *host) writeTLS(ctx context.Context, id, image string, files map[string]
 	if err := tw.Close(); err != nil {
 		return err
 	}
-	const target = "/lucid-tls"
+	const target = "/lucid-private"
 	created, err := h.docker.ContainerCreate(ctx, &container.Config{
 		Image: image, Entrypoint: []string{deployfiles.Binary}, Cmd: []string{"version"},
-		Labels: map[string]string{tlsLabel: id},
+		Labels: map[string]string{privateLabel: id},
 	}, &container.HostConfig{
 		NetworkMode: "none",
 		Mounts:      []mount.Mount{{Type: mount.TypeBind, Source: dir, Target: target}},
 	}, nil, nil, "")
 	if err != nil {
-		return fmt.Errorf("create the container that places the TLS files: %w", err)
+		return fmt.Errorf("create the container that places each %s: %w", pd.what, err)
 	}
 	defer func() {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -90,24 +104,24 @@ func (h *host) writeTLS(ctx context.Context, id, image string, files map[string]
 		_ = h.docker.ContainerRemove(rctx, created.ID, container.RemoveOptions{Force: true})
 	}()
 	if err := h.docker.CopyToContainer(ctx, created.ID, target, &archive, container.CopyToContainerOptions{}); err != nil {
-		return fmt.Errorf("place the TLS files: %w", err)
+		return fmt.Errorf("place each %s: %w", pd.what, err)
 	}
-	// What the gateway's container will see: checked, not assumed.
+	// What the service's container will see: checked, not assumed.
 	var quoted []string
 	for _, n := range names {
 		quoted = append(quoted, sshx.Quote(path.Join(dir, n)))
 	}
 	out, err := h.run(ctx, "stat -c '%u:%g:%a %n' "+strings.Join(quoted, " "))
 	if err != nil {
-		return fmt.Errorf("check the TLS files: %w", err)
+		return fmt.Errorf("check each %s: %w", pd.what, err)
 	}
 	want := fmt.Sprintf("%d:%d:600 ", uid, gid)
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		if !strings.HasPrefix(line, want) {
-			return fmt.Errorf("the TLS file %s is not the gateway's alone (owner:group:mode %s, want %s)", path.Base(line[strings.LastIndex(line, " ")+1:]), strings.Fields(line)[0], strings.TrimSpace(want))
+			return fmt.Errorf("the %s %s is not its container's alone (owner:group:mode %s, want %s)", pd.what, path.Base(line[strings.LastIndex(line, " ")+1:]), strings.Fields(line)[0], strings.TrimSpace(want))
 		}
 	}
-	return h.ssh.WriteFile(ctx, path.Join(h.releaseDir(id), tlsSums), sums(files), 0o644)
+	return h.ssh.WriteFile(ctx, path.Join(h.releaseDir(id), pd.sums), pd.sumsOf(files), 0o644)
 }
 
 // serviceUser is deployfiles.User as numbers.
@@ -122,10 +136,10 @@ func serviceUser() (uid, gid int, err error) {
 	return uid, gid, nil
 }
 
-// tlsNames are files' names in the order TLS files are shipped.
-func tlsNames(files map[string][]byte) []string {
+// ordered are files' names in the order pd ships them.
+func (pd privateDir) ordered(files map[string][]byte) []string {
 	var out []string
-	for _, n := range deployfiles.TLSFileNames {
+	for _, n := range pd.names {
 		if _, ok := files[n]; ok {
 			out = append(out, n)
 		}
@@ -133,21 +147,21 @@ func tlsNames(files map[string][]byte) []string {
 	return out
 }
 
-// sums is tlsSums' content for files.
-func sums(files map[string][]byte) []byte {
+// sumsOf is pd.sums' content for files.
+func (pd privateDir) sumsOf(files map[string][]byte) []byte {
 	var b strings.Builder
-	for _, n := range tlsNames(files) {
+	for _, n := range pd.ordered(files) {
 		s := sha256.Sum256(files[n])
 		fmt.Fprintf(&b, "%s  %s\n", hex.EncodeToString(s[:]), n)
 	}
 	return []byte(b.String())
 }
 
-// checkTLSFiles refuses names Bundle.TLS may not hold.
-func checkTLSFiles(files map[string][]byte) error {
+// check refuses names pd may not hold.
+func (pd privateDir) check(files map[string][]byte) error {
 	for n := range files {
-		if !slices.Contains(deployfiles.TLSFileNames, n) {
-			return fmt.Errorf("%q is not a TLS file of the gateway (%s)", n, strings.Join(deployfiles.TLSFileNames, ", "))
+		if !slices.Contains(pd.names, n) {
+			return fmt.Errorf("%q is not a %s (%s)", n, pd.what, strings.Join(pd.names, ", "))
 		}
 	}
 	return nil

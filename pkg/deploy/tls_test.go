@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -46,6 +47,7 @@ func TestDeployShipsTheGatewayCertificate(t *testing.T) {
 		f.compose, f.envs = files.Compose, files.ServiceEnvs
 	}
 	good := images(t, lucidBinary(t), "v1")
+	seed := map[string][]byte{deployfiles.MeshCAStateName: []byte(`{"seed":"not read here"}`), deployfiles.MeshCABundleName: []byte("bundle")}
 	deployWith := func(cert, key []byte) string {
 		t.Helper()
 		render(cert, key)
@@ -53,6 +55,10 @@ func TestDeployShipsTheGatewayCertificate(t *testing.T) {
 		o := f.options(f.dial(t), good, &events)
 		o.cfg.GatewayHostPort = 0 // found from the gateway's container: the HTTPS port
 		o.b.TLS = map[string][]byte{deployfiles.TLSCertName: cert, deployfiles.TLSKeyName: key}
+		// A cluster's mesh CA seed is placed the same way, for the mesh
+		// controller (this compose file mounts none: only its placement is
+		// checked here).
+		o.b.MeshCASeed = seed
 		if _, err := runDeploy(ctx, t, o); err != nil {
 			t.Fatalf("deploy: %v", err)
 		}
@@ -84,12 +90,18 @@ func TestDeployShipsTheGatewayCertificate(t *testing.T) {
 	if !bytes.Equal(served(), leafOf(certA)) {
 		t.Fatal("the gateway does not serve the first release's certificate")
 	}
-	// On the host: the deploy user's directory, the gateway's files.
-	dir := filepath.Join(f.dir, "releases", first, filepath.FromSlash(deployfiles.TLSDir))
-	for _, n := range []string{deployfiles.TLSCertName, deployfiles.TLSKeyName} {
-		fi, err := os.Stat(filepath.Join(dir, n))
+	// On the host: the deploy user's directories, the services' files.
+	for _, p := range []string{
+		path.Join(deployfiles.TLSDir, deployfiles.TLSCertName), path.Join(deployfiles.TLSDir, deployfiles.TLSKeyName),
+		path.Join(deployfiles.MeshCASeedDir, deployfiles.MeshCAStateName), path.Join(deployfiles.MeshCASeedDir, deployfiles.MeshCABundleName),
+	} {
+		n := filepath.Join(f.dir, "releases", first, filepath.FromSlash(p))
+		fi, err := os.Stat(n)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if data, err := os.ReadFile(n); err == nil && !bytes.Equal(data, seed[path.Base(p)]) && strings.HasPrefix(p, deployfiles.MeshCASeedDir) {
+			t.Errorf("%s on the host holds %q", p, data)
 		}
 		st := fi.Sys().(*syscall.Stat_t)
 		if st.Uid != 65532 || st.Gid != 65532 || fi.Mode().Perm() != 0o600 {

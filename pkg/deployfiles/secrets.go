@@ -45,6 +45,10 @@ var DataBound = []string{
 	// The operator's token: the services hold its hash, the operator and
 	// their scripts the token; a new one locks them out of maintenance.
 	"LUCID_OPERATOR_TOKEN",
+	// A cluster's gossip key: Consul keeps its keyring in its data and
+	// ignores a new key once it has one, so a Pi given another could no
+	// longer join the others.
+	ConsulGossipKey,
 	// LUCID_SERVICE_KEY is not here: only services read it, and a release
 	// gives all of them the new one at once.
 }

@@ -270,7 +270,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
-	bundle := deploy.Bundle{Compose: files.compose, EnvFiles: files.envs, Routes: files.routes, TLS: files.tls, Version: version, Images: built, Rotate: opts.Rotate}
+	bundle := deploy.Bundle{Compose: files.compose, EnvFiles: files.envs, Routes: files.routes, TLS: files.tls, MeshCASeed: files.seed, Version: version, Images: built, Rotate: opts.Rotate}
 
 	var live []int // the hosts to deploy to, in order: the first is the canary
 	for i := range targets {
@@ -411,6 +411,7 @@ type rendered struct {
 	envs    map[string][]byte // the containers' env files, by project path
 	routes  []byte            // nil unless the compose file mounts a route table
 	tls     map[string][]byte // the gateway's TLS files, by name; nil unless the compose file mounts them
+	seed    map[string][]byte // a cluster's mesh CA seed, by name; nil unless the compose file mounts it
 }
 
 // readRendered reads the rendered files and the gateway's route table, and
@@ -459,7 +460,38 @@ func readRendered(ctx context.Context, cfg *projectconfig.Config) (*rendered, er
 	if r.tls, err = readTLS(cfg, r.compose); err != nil {
 		return nil, err
 	}
+	if r.seed, err = readSeed(cfg, r.compose); err != nil {
+		return nil, err
+	}
 	return &r, nil
+}
+
+// readSeed reads the cluster's mesh CA seed the compose file mounts into
+// the mesh controller, and refuses a render that does not match
+// lucid.yaml: a cluster added or removed since, or a seed missing (every
+// host of a cluster must share it, or their engines refuse each other).
+// No error holds its content.
+func readSeed(cfg *projectconfig.Config, compose []byte) (map[string][]byte, error) {
+	renderAgain := func(msg string) error {
+		return cli.WithHint(fmt.Errorf("%s; nothing was deployed", msg), "`lucidctl render` writes the files of lucid.yaml's cluster")
+	}
+	mounted := bytes.Contains(compose, []byte(deployfiles.MeshCASeedMount))
+	switch {
+	case len(cfg.Clusters) > 0 && !mounted:
+		return nil, renderAgain("lucid.yaml has a cluster but the compose file was rendered without one")
+	case len(cfg.Clusters) == 0 && mounted:
+		return nil, renderAgain("the compose file was rendered for a cluster that lucid.yaml no longer has")
+	case !mounted:
+		return nil, nil
+	}
+	seed, err := deployfiles.ReadMeshCASeed(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("the mesh CA seed: %w", err)
+	}
+	if seed[deployfiles.MeshCAStateName] == nil {
+		return nil, renderAgain(deployfiles.MeshCASeedDir + "/" + deployfiles.MeshCAStateName + " is missing")
+	}
+	return seed, nil
 }
 
 // readTLS reads the gateway's TLS files the compose file mounts, and
