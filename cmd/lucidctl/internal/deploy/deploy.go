@@ -79,6 +79,10 @@ type Options struct {
 	// ForceQuorum takes a voter down even when its Raft cluster loses its
 	// quorum without it.
 	ForceQuorum bool
+	// RemoveVoters names voters of a cluster's Raft configuration that are
+	// no host of the cluster in lucid.yaml, to remove (with their
+	// validator keys) before any host changes.
+	RemoveVoters []string
 }
 
 // NewCmds returns deploy, rollback and releases.
@@ -170,6 +174,7 @@ either.`,
 	f.BoolVar(&opts.SkipUnreachable, "skip-unreachable", false, "go on with the hosts that answer, and name the ones that did not")
 	f.StringArrayVar(&opts.Rotate, "rotate", nil, "replace this data-bound secret of the hosts' current release on purpose (repeatable)")
 	f.BoolVar(&opts.ForceQuorum, "force-quorum", false, "take a host down even when its engine's Raft cluster loses its quorum without it (the chain stops until the quorum is back)")
+	f.StringArrayVar(&opts.RemoveVoters, "remove-voter", nil, "remove this voter, which is no host of the cluster in lucid.yaml, and its validator key (repeatable)")
 	_ = cmd.RegisterFlagCompletionFunc("rotate", cobra.FixedCompletions(append(slices.Clone(deployfiles.DataBound), keyring.EncryptionPrevious), cobra.ShellCompDirectiveNoFileComp))
 	return cli.SupportsJSON(cmd)
 }
@@ -209,6 +214,13 @@ func runDeploy(ctx context.Context, opts *Options) error {
 	if err := checkRotate(opts.Rotate); err != nil {
 		return err
 	}
+	clusterName, cluster, err := clusterOf(cfg, targets)
+	if err != nil {
+		return err
+	}
+	if err := checkRemoveVoters(opts.RemoveVoters, clusterName, cluster); err != nil {
+		return err
+	}
 	files, err := readRendered(ctx, cfg)
 	if err != nil {
 		return err
@@ -227,6 +239,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 		}
 	}()
 	var skipped []string
+	skippedWhy := map[string]string{}
 	for i, name := range targets {
 		t, err := cfg.Target(name)
 		if err != nil {
@@ -237,6 +250,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 			p.Event(deploy.Event{Time: time.Now(), Target: name, Step: deploy.StepConnect, Status: deploy.EventFail, Message: err.Error()})
 			if opts.SkipUnreachable {
 				skipped = append(skipped, name)
+				skippedWhy[name] = "not reached: " + firstLine(err.Error())
 				continue
 			}
 			if len(targets) > 1 {
@@ -252,26 +266,6 @@ func runDeploy(ctx context.Context, opts *Options) error {
 	if len(skipped) > 0 {
 		fmt.Fprintf(opts.Env.IO.ErrOut, "skipped %d unreachable host(s): %s\n", len(skipped), strings.Join(skipped, ", "))
 	}
-	// Every host's secrets before the build: a fresh clone's new ones are
-	// refused at once, and a group's before its canary changes.
-	for i, name := range targets {
-		if clients[i] == nil {
-			continue
-		}
-		t, err := cfg.Target(name)
-		if err != nil {
-			return cli.Usage(err)
-		}
-		if err := checkSecrets(ctx, deploy.Config{Name: name, SSH: clients[i], Dir: t.Dir, Project: t.Project, DockerSocket: opts.SSH.dockerSocket, Reporter: p}, files.envs, opts.Rotate); err != nil {
-			return err
-		}
-	}
-	built, version, err := buildImages(ctx, opts, cfg)
-	if err != nil {
-		return err
-	}
-	bundle := deploy.Bundle{Compose: files.compose, EnvFiles: files.envs, Routes: files.routes, TLS: files.tls, Version: version, Images: built, Rotate: opts.Rotate}
-
 	var live []int // the hosts to deploy to, in order: the first is the canary
 	for i := range targets {
 		if clients[i] != nil {
@@ -292,20 +286,85 @@ func runDeploy(ctx context.Context, opts *Options) error {
 			ViaRegistry: opts.ViaRegistry, InsecureRegistry: opts.Insecure, OperatorToken: token, Reporter: p,
 		}
 	}
+	// A cluster is read, and its hosts ordered, before the build: a host
+	// that cannot join, or a bootstrap that cannot be decided, stops the
+	// deploy before anything changes, and each host's secrets are checked
+	// in its own env files.
+	var cr *clusterRun
+	if clusterName != "" {
+		run := map[string]deploy.Config{}
+		for _, i := range live {
+			run[targets[i]] = configs[i]
+		}
+		if cr, err = newClusterRun(ctx, opts, cfg, clusterName, cluster, run, skippedWhy, token, files.envs, p); err != nil {
+			return err
+		}
+		defer cr.close()
+		if live, err = clusterOrder(ctx, cr, targets, live); err != nil {
+			return err
+		}
+	}
+	envFor := func(name string) (map[string][]byte, error) {
+		if cr != nil && cr.has(name) {
+			return cr.envFor(name)
+		}
+		return files.envs, nil
+	}
+	// Every host's secrets before the build: a fresh clone's new ones are
+	// refused at once, and a group's before its canary changes.
+	for _, i := range live {
+		envs, err := envFor(targets[i])
+		if err != nil {
+			return err
+		}
+		if err := checkSecrets(ctx, configs[i], envs, opts.Rotate); err != nil {
+			return err
+		}
+	}
+	built, version, err := buildImages(ctx, opts, cfg)
+	if err != nil {
+		return err
+	}
+	bundle := deploy.Bundle{Compose: files.compose, EnvFiles: files.envs, Routes: files.routes, TLS: files.tls, Version: version, Images: built, Rotate: opts.Rotate}
+
+	// Voters that are no host of the cluster: said, and removed when
+	// named, before a host changes (fewer voters down make the rolling
+	// deploy's quorum easier to keep).
+	if cr != nil {
+		if err := cr.m.leave(ctx, opts.RemoveVoters, opts.DryRun); err != nil {
+			return err
+		}
+	}
+
 	var done []string
 	for n, i := range live {
 		name := targets[i]
 		// The connections stay open to the end: the quorum check before
 		// each host reads the hosts done too.
+		readers := deployReaders(i, configs, clients, token)
+		hostBundle := bundle
+		var member *clusterTurn
+		if cr != nil && cr.has(name) {
+			if member, err = cr.turn(ctx, name, opts.DryRun); err != nil {
+				return withDone(err, done)
+			}
+			readers.group = member.group
+			hostBundle.EnvFiles = member.envs
+		}
 		if !opts.DryRun {
-			if err := checkQuorum(ctx, name, deployReaders(i, configs, clients, token), p, opts.ForceQuorum); err != nil {
-				if len(done) > 0 {
-					err = fmt.Errorf("%w (%s already run the new release)", err, strings.Join(done, ", "))
-				}
-				return err
+			if err := checkQuorum(ctx, name, readers, p, opts.ForceQuorum); err != nil {
+				return withDone(err, done)
 			}
 		}
-		res, err := deployTo(ctx, configs[i], bundle, opts.DryRun)
+		deployHost := func(ctx context.Context) (*deploy.Result, error) {
+			return deployTo(ctx, configs[i], hostBundle, opts.DryRun)
+		}
+		var res *deploy.Result
+		if member != nil {
+			res, err = member.deploy(ctx, opts.HealthTimeout, deployHost)
+		} else {
+			res, err = deployHost(ctx)
+		}
 		if err != nil {
 			return groupFailure(err, name, done, targetsOf(targets, live[n+1:])) // it names the target
 		}
@@ -321,6 +380,15 @@ func runDeploy(ctx context.Context, opts *Options) error {
 		}
 	}
 	return nil
+}
+
+// withDone says which hosts already run the new release when a group
+// deploy stops.
+func withDone(err error, done []string) error {
+	if len(done) > 0 {
+		return fmt.Errorf("%w (%s already run the new release)", err, strings.Join(done, ", "))
+	}
+	return err
 }
 
 // onlyHosts keeps the targets --hosts names; a name not among them is a
