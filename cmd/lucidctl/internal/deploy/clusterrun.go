@@ -231,6 +231,10 @@ func (cr *clusterRun) readyToJoin(v *clusterView, h string) error {
 		return cli.WithHint(fmt.Errorf("%s must join cluster %s as a voter, through its leader, but %s; nothing was changed on %s", h, cr.name, noLeader(v), h),
 			fmt.Sprintf("lucidctl status --target %s shows the cluster", cr.name))
 	}
+	if err := quorumNow(v); err != nil {
+		return cli.WithHint(fmt.Errorf("%s cannot join: %w; nothing was changed on %s", h, err, h),
+			fmt.Sprintf("repair the voters first (lucidctl status --target %s)", cr.name))
+	}
 	if _, ok := cr.configs[v.leaderTarget]; !ok {
 		return fmt.Errorf("%s must join cluster %s through its leader %s, which is not reached (%s); nothing was changed on %s", h, cr.name, v.leaderTarget, cr.why[v.leaderTarget], h)
 	}

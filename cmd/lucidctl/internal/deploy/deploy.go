@@ -146,6 +146,30 @@ down anyway (the chain then stops until the quorum is back). Both checks read
 the engines with LUCID_OPERATOR_TOKEN (the environment, else the operator's
 env file); without it they warn and do not hold the deploy.
 
+A cluster of lucid.yaml (clusters: NAME: hosts: [...]) is one Lucid whose
+Raft membership follows that list; deploy it by name, or one of its hosts.
+Before anything changes every host of the cluster is read, those not being
+deployed too, and then:
+
+  - a host whose engine holds a chain other than the cluster's, or that
+    lucid.yaml names differently from its engine's node (a renamed target),
+    is refused;
+  - when no host holds a Raft configuration, the first host deployed starts
+    the cluster (LUCID_RAFT_BOOTSTRAP=true in its env files only); when a
+    host cannot be read that is refused, since it may hold the chain;
+  - hosts that are not voters yet go first, and each joins as its engine
+    comes up: once the leader's host reaches the new engine's Raft address,
+    the leader seals its validator key into the chain and adds it as a
+    voter; its deploy ends when the leader's configuration holds it as a
+    healthy voter that has caught up;
+  - a voter that is no host of the cluster is reported and stays (a typo in
+    lucid.yaml removes nothing); --remove-voter ID removes it with its
+    validator key before any host changes, only while the voters left keep a
+    healthy majority, and never the leader.
+Cluster deploys read the engines with LUCID_OPERATOR_TOKEN and refuse
+without it where a decision needs it; each voter change is recorded in the
+leader host's audit trail.
+
 --dry-run prints the plan (files that change, layers to send, services to
 restart) and changes nothing. Steps are reported on stderr; --json prints one
 JSON event per step on stdout, then a result line. Secrets never appear in
@@ -154,6 +178,8 @@ either.`,
   lucidctl deploy pi --dry-run
   lucidctl deploy fleet --json
   lucidctl deploy fleet --hosts pi2,pi3 --skip-unreachable
+  lucidctl deploy home                       # a cluster: the first deploy starts it, a host added joins it
+  lucidctl deploy home --remove-voter pi3    # after taking pi3 out of the cluster's hosts
   lucidctl deploy pi --rotate JWT_SECRET_KEY   # after lucidctl secrets rotate: old tokens work until they retire
   lucidctl deploy pi --accept-new-host-key   # the first time, after checking the fingerprint`,
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -264,6 +264,9 @@ func checkRemoval(v *clusterView, id string) error {
 		return cli.WithHint(fmt.Errorf("voter %s leads cluster %s, and a leader cannot remove itself with its validator key: %w", id, v.name, errRemoval),
 			fmt.Sprintf("stop %s's engine (on its host) so that the other voters elect a leader among themselves, then deploy again", id))
 	}
+	if err := quorumNow(v); err != nil {
+		return fmt.Errorf("voter %s cannot be removed: %w: %w", id, err, errRemoval)
+	}
 	healthy := 0
 	for _, x := range v.voters {
 		if x.ID != id && x.Healthy {
@@ -273,6 +276,16 @@ func checkRemoval(v *clusterView, id string) error {
 	after := len(v.voters) - 1
 	if needed := after/2 + 1; healthy < needed {
 		return fmt.Errorf("removing voter %s would leave %d healthy of %d voters, %d needed for the quorum: %w", id, healthy, after, needed, errRemoval)
+	}
+	return nil
+}
+
+// quorumNow refuses a cluster whose healthy voters are not a majority
+// now: a voter change seals a validator key first, which it cannot
+// commit.
+func quorumNow(v *clusterView) error {
+	if c := v.cluster; c != nil && !c.Quorum {
+		return fmt.Errorf("cluster %s has no quorum now (%d of %d voters healthy, %d needed), so no change of its voters can be committed", v.name, c.HealthyVoters, len(c.Voters), c.QuorumNeeded)
 	}
 	return nil
 }

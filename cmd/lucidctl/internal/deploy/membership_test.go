@@ -1,9 +1,14 @@
 package deploy
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -11,11 +16,15 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/pickme/lucid/cmd/lucidctl/internal/build"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/deploy"
+	"github.com/pickme/lucid/pkg/imagebuild"
 )
 
 // The hosts' statuses the membership decisions read, as deploy.StatusOf
@@ -211,12 +220,23 @@ func TestCheckRemoval(t *testing.T) {
 		}
 	})
 	t.Run("the quorum", func(t *testing.T) {
+		// Lost now: no change can be committed.
 		sts := healthyThree()
 		delete(sts, "pi3")
 		sts["pi2"].Healthy = false
 		err := checkRemoval(viewOf(hosts, sts), "pi3")
+		if !errors.Is(err, errRemoval) || !strings.Contains(err.Error(), "cluster home has no quorum now (1 of 3 voters healthy, 2 needed)") {
+			t.Errorf("lost now: %v", err)
+		}
+		// Kept now, lost without it: pi-3 (renamed from pi3) still answers
+		// as voter pi3, while pi2 is down.
+		sts = healthyThree()
+		sts["pi-3"] = sts["pi3"]
+		delete(sts, "pi3")
+		sts["pi2"].Healthy = false
+		err = checkRemoval(viewOf([]string{"pi1", "pi2", "pi-3"}, sts), "pi3")
 		if !errors.Is(err, errRemoval) || !strings.Contains(err.Error(), "removing voter pi3 would leave 1 healthy of 2 voters, 2 needed") {
-			t.Errorf("%v", err)
+			t.Errorf("lost without it: %v", err)
 		}
 	})
 	t.Run("the leader", func(t *testing.T) {
@@ -615,6 +635,141 @@ func TestRemoveVoterFlag(t *testing.T) {
 		err := execute(t, newDeployCmd, yml, tt.args...)
 		if cli.ExitCode(ctx, err) != cli.ExitUsage || !strings.Contains(fmt.Sprint(err), tt.want) {
 			t.Errorf("%q: %v (exit %d), want a usage error saying %q", tt.args, err, cli.ExitCode(ctx, err), tt.want)
+		}
+	}
+}
+
+// TestReadyToJoin: a join is refused before its host changes without the
+// operator token (saying what to set), without a leader, or without a
+// quorum to commit it.
+func TestReadyToJoin(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte("local:\n  env_file: operator.env\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := cli.NewEnv(iostreams.System(), func(string) string { return "" })
+	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
+	cr := &clusterRun{env: env, name: "home", configs: map[string]deploy.Config{"pi1": {}}, why: map[string]string{}}
+	four := append(slices.Clone(three), "pi4")
+	err := cr.readyToJoin(viewOf(four, healthyThree()), "pi4")
+	if err == nil || !strings.Contains(err.Error(), "pi4 must join cluster home as a voter, which takes the operator token: LUCID_OPERATOR_TOKEN is in neither the environment nor") ||
+		!strings.Contains(cli.Hint(err), "set LUCID_OPERATOR_TOKEN in the environment") {
+		t.Errorf("without the token: %v (hint %q)", err, cli.Hint(err))
+	}
+
+	env = cli.NewEnv(iostreams.System(), func(k string) string {
+		if k == "LUCID_OPERATOR_TOKEN" {
+			return "operator-token-of-the-test-0123456789abcdef"
+		}
+		return ""
+	})
+	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
+	cr = &clusterRun{env: env, name: "home", configs: map[string]deploy.Config{"pi1": {}}, why: map[string]string{}}
+	if err := cr.readyToJoin(viewOf(four, healthyThree()), "pi4"); err != nil {
+		t.Fatalf("with the token: %v", err)
+	}
+	sts := healthyThree()
+	for _, h := range three {
+		sts[h].Reports.RaftRole, sts[h].Reports.RaftLeaderID = "candidate", ""
+	}
+	if err := cr.readyToJoin(viewOf(four, sts), "pi4"); err == nil || !strings.Contains(err.Error(), "it has no leader now") {
+		t.Errorf("without a leader: %v", err)
+	}
+	sts = healthyThree()
+	sts["pi2"].Healthy, sts["pi3"].Healthy = false, false
+	if err := cr.readyToJoin(viewOf(four, sts), "pi4"); err == nil || !strings.Contains(err.Error(), "has no quorum now (1 of 3 voters healthy, 2 needed)") {
+		t.Errorf("without a quorum: %v", err)
+	}
+}
+
+// TestClusterDryRun drives `lucidctl deploy CLUSTER --dry-run --json`
+// against real hosts (a throwaway sshd whose Docker is this machine's,
+// each host a deploy dir and compose project of its own): every host of
+// the cluster is read before the build, the first host deployed would
+// start the cluster and the others join it; and a host of the cluster that
+// cannot be reached refuses the bootstrap before anything is built.
+func TestClusterDryRun(t *testing.T) {
+	if err := exec.Command("docker", "version").Run(); err != nil {
+		testenv.Missing(t, "a running Docker Engine")
+	}
+	s := testenv.StartSSHD(t, testenv.SSHDOptions{})
+	dir, _ := project(t, s)
+	var yml strings.Builder
+	yml.WriteString("targets:\n")
+	for i, h := range three {
+		port := s.Port
+		if h == "pi3" {
+			port = 1 // refuses at once: a host that is off
+		}
+		fmt.Fprintf(&yml, "  %s:\n    host: %s\n    port: %d\n    user: %s\n    dir: %s\n    project: lucidclustertest%s\n    cluster_address: 10.0.0.%d\n",
+			h, s.Host, port, s.User, filepath.Join(t.TempDir(), h), strings.TrimPrefix(h, "pi"), 11+i)
+	}
+	yml.WriteString("clusters:\n  home:\n    hosts: [pi1, pi2, pi3]\nimages:\n  name: lucid-clitest/{service}\n  tag: t\nplatforms: [linux/amd64]\n")
+	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte(yml.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lucid := lucidAmd64(t)
+	run := func(hosts ...string) ([]deploy.Event, error) {
+		io, _, out, errOut := iostreams.Test()
+		env := cli.NewEnv(io, func(string) string { return "" })
+		env.JSON, env.ConfigPath = true, filepath.Join(dir, "lucid.yaml")
+		opts := &Options{Env: env, Names: []string{"home"}, Hosts: hosts, DryRun: true, MinFreeMiB: 16, Image: build.ImageFlags{Base: imagebuild.BaseScratch, Lucid: lucid}}
+		opts.SSH = sshFlags{SSHFlags: cli.SSHFlags{Identities: []string{s.ClientKey}, KnownHosts: s.KnownHosts, NoAgent: true}, dockerSocket: "/var/run/docker.sock"}
+		err := runDeploy(context.Background(), opts)
+		var events []deploy.Event
+		sc := bufio.NewScanner(strings.NewReader(out.String()))
+		for sc.Scan() {
+			var e deploy.Event
+			if json.Unmarshal(sc.Bytes(), &e) == nil && e.Step != resultStep {
+				events = append(events, e)
+			}
+		}
+		if t.Failed() {
+			t.Logf("stdout:\n%s\nstderr:\n%s", out, errOut)
+		}
+		return events, err
+	}
+	has := func(events []deploy.Event, target string, step deploy.Step, status deploy.EventStatus, words string) bool {
+		return slices.ContainsFunc(events, func(e deploy.Event) bool {
+			return e.Target == target && e.Step == step && e.Status == status && strings.Contains(e.Message, words)
+		})
+	}
+
+	// pi3 is off: whether it holds the chain is unknown, so nobody starts one.
+	events, err := run("pi1", "pi2")
+	if !errors.Is(err, errCannotBootstrap) || !strings.Contains(err.Error(), "pi3 (not reached: ") {
+		t.Fatalf("with pi3 off: %v", err)
+	}
+	if !has(events, "pi3", deploy.StepConnect, deploy.EventWarn, "a host of cluster home, not deployed now, not reached to read it") ||
+		!has(events, "pi1", deploy.StepBootstrap, deploy.EventFail, "pi1 would start a new chain") ||
+		slices.ContainsFunc(events, func(e deploy.Event) bool { return e.Step == deploy.StepPlan }) {
+		t.Errorf("with pi3 off: events %+v", events)
+	}
+
+	// pi3 out of the cluster: pi1 would start it, pi2 join it.
+	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte(strings.Replace(yml.String(), "hosts: [pi1, pi2, pi3]", "hosts: [pi1, pi2]", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	events, err = run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []struct {
+		target string
+		step   deploy.Step
+		words  string
+	}{
+		{"pi1", deploy.StepBootstrap, "no host of cluster home holds a Raft configuration: pi1's engine starts the cluster"},
+		{"pi1", deploy.StepBootstrap, "would start cluster home"},
+		{"pi2", deploy.StepJoin, "would join cluster home as a voter once its first host has started it"},
+	} {
+		if !has(events, want.target, want.step, deploy.EventInfo, want.words) {
+			t.Errorf("no %s %s event saying %q: %+v", want.target, want.step, want.words, events)
+		}
+	}
+	for _, h := range []string{"pi1", "pi2"} {
+		if !has(events, h, deploy.StepPlan, deploy.EventOK, "") {
+			t.Errorf("no plan for %s: %+v", h, events)
 		}
 	}
 }
