@@ -227,13 +227,13 @@ func (cr *clusterRun) readyToJoin(v *clusterView, h string) error {
 		return cli.WithHint(fmt.Errorf("%s must join cluster %s as a voter, which takes the operator token: %w; nothing was changed on %s", h, cr.name, err, h),
 			"set LUCID_OPERATOR_TOKEN in the environment, or keep it in the operator's env file (local.env_file of lucid.yaml), as `lucidctl render` writes it")
 	}
-	if v.leaderTarget == "" {
-		return cli.WithHint(fmt.Errorf("%s must join cluster %s as a voter, through its leader, but %s; nothing was changed on %s", h, cr.name, noLeader(v), h),
-			fmt.Sprintf("lucidctl status --target %s shows the cluster", cr.name))
-	}
 	if err := quorumNow(v); err != nil {
 		return cli.WithHint(fmt.Errorf("%s cannot join: %w; nothing was changed on %s", h, err, h),
 			fmt.Sprintf("repair the voters first (lucidctl status --target %s)", cr.name))
+	}
+	if v.leaderTarget == "" {
+		return cli.WithHint(fmt.Errorf("%s must join cluster %s as a voter, through its leader, but %s; nothing was changed on %s", h, cr.name, noLeader(v), h),
+			fmt.Sprintf("lucidctl status --target %s shows the cluster", cr.name))
 	}
 	if _, ok := cr.configs[v.leaderTarget]; !ok {
 		return fmt.Errorf("%s must join cluster %s through its leader %s, which is not reached (%s); nothing was changed on %s", h, cr.name, v.leaderTarget, cr.why[v.leaderTarget], h)

@@ -281,11 +281,18 @@ func checkRemoval(v *clusterView, id string) error {
 }
 
 // quorumNow refuses a cluster whose healthy voters are not a majority
-// now: a voter change seals a validator key first, which it cannot
-// commit.
+// now (a voter change seals a validator key first, which it could not
+// commit), or whose engines disagree (lucidctl status's errors: a split,
+// a leader cut off, two hosts as one node), which no voter change should
+// be made in.
 func quorumNow(v *clusterView) error {
-	if c := v.cluster; c != nil && !c.Quorum {
+	c := v.cluster
+	switch {
+	case c == nil:
+	case !c.Quorum:
 		return fmt.Errorf("cluster %s has no quorum now (%d of %d voters healthy, %d needed), so no change of its voters can be committed", v.name, c.HealthyVoters, len(c.Voters), c.QuorumNeeded)
+	case len(c.Errors) > 0:
+		return fmt.Errorf("cluster %s is not sound: %s", v.name, strings.Join(c.Errors, "; "))
 	}
 	return nil
 }

@@ -669,16 +669,19 @@ func TestReadyToJoin(t *testing.T) {
 		t.Fatalf("with the token: %v", err)
 	}
 	sts := healthyThree()
-	for _, h := range three {
-		sts[h].Reports.RaftRole, sts[h].Reports.RaftLeaderID = "candidate", ""
-	}
-	if err := cr.readyToJoin(viewOf(four, sts), "pi4"); err == nil || !strings.Contains(err.Error(), "it has no leader now") {
+	delete(sts, "pi1") // the leader's host is not reached
+	if err := cr.readyToJoin(viewOf(four, sts), "pi4"); err == nil || !strings.Contains(err.Error(), "through its leader, but its leader pi1 is not among the hosts read") {
 		t.Errorf("without a leader: %v", err)
 	}
 	sts = healthyThree()
 	sts["pi2"].Healthy, sts["pi3"].Healthy = false, false
 	if err := cr.readyToJoin(viewOf(four, sts), "pi4"); err == nil || !strings.Contains(err.Error(), "has no quorum now (1 of 3 voters healthy, 2 needed)") {
 		t.Errorf("without a quorum: %v", err)
+	}
+	sts = healthyThree()
+	sts["pi3"].Reports.RaftRole = "leader" // two leaders in one term
+	if err := cr.readyToJoin(viewOf(four, sts), "pi4"); err == nil || !strings.Contains(err.Error(), "cluster home is not sound: split") {
+		t.Errorf("split: %v", err)
 	}
 }
 
