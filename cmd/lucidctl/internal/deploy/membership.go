@@ -393,13 +393,15 @@ func (m *membership) join(ctx context.Context, target string) error {
 			// The release before may still run; the new engine is target.
 			last = fmt.Sprintf("its engine answers as node %s, not %s (are the env files rendered for cluster %s?)", got.NodeID, target, m.cluster)
 		case len(got.Servers) == 0:
-			cs = got
-			continue
+			cs = got // waiting to be added
 		case len(got.Servers) > 1 && m.view(ctx).voter(target) != nil:
 			m.event(target, deploy.StepJoin, deploy.EventInfo, "its engine already is a voter of the cluster")
 			return nil
 		default:
 			return fmt.Errorf("%s's engine holds a Raft configuration of its own (%s), not cluster %s's: it is not added", target, describeServers(got.Servers), m.cluster)
+		}
+		if cs != nil {
+			break
 		}
 		if err := m.wait(ctx); err != nil {
 			return fmt.Errorf("%s did not join cluster %s: %s: %w", target, m.cluster, last, err)
