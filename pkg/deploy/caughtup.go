@@ -11,6 +11,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/catalog"
 )
 
 // Consensus reads the consensus status of the host's engine through the
@@ -51,6 +52,28 @@ func (d *Deployer) consensus(ctx context.Context, o StatusOptions) (_ *engineapi
 		return nil, false, fmt.Errorf("%s /api/v1/consensus/status: %w", c.name, err)
 	}
 	return &cs, has.CommitIndex != nil, nil
+}
+
+// PortOffset is the offset at which the host's stack publishes the
+// catalog's ports on its loopback (lucidctl render --port-offset; 0 on a
+// Pi), read from the port its engine's container publishes: what reaching
+// the services by the catalog's ports through the connection needs.
+func (d *Deployer) PortOffset(ctx context.Context) (int, error) {
+	list, err := d.h.projectContainers(ctx)
+	if err != nil {
+		return 0, err
+	}
+	svc, _ := catalog.Lookup("engine")
+	c, ok := byComposeService(list)[svc.Container]
+	if !ok || c.State != "running" {
+		return 0, fmt.Errorf("engine %w", ErrNotRunning)
+	}
+	for _, p := range c.Ports {
+		if int(p.PrivatePort) == svc.Port && p.PublicPort != 0 && p.Type == "tcp" {
+			return int(p.PublicPort) - svc.Port, nil
+		}
+	}
+	return 0, errors.New("engine publishes no port on the host")
 }
 
 // byComposeService maps the project's containers (one-off runs left out)

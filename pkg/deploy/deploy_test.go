@@ -268,6 +268,16 @@ func TestDeployEndToEnd(t *testing.T) {
 		t.Errorf("the route only the deployed table has: %d %s", code, body)
 	}
 	f.noSecrets(t, events)
+	// The offset of the ports its stack publishes, by which a cluster
+	// deploy reaches a host's voter API.
+	pd, err := New(Config{Name: "pi", SSH: f.dial(t), Dir: f.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if off, err := pd.PortOffset(ctx); err != nil || off != portOffset {
+		t.Errorf("port offset %d, %v; want %d", off, err, portOffset)
+	}
+	pd.Close()
 
 	events = nil
 	res, err = runDeploy(ctx, t, f.options(f.dial(t), good, &events))

@@ -15,6 +15,17 @@ const (
 	// a voter of a Raft cluster goes down, that the others keep a quorum
 	// (reported by the caller, which reads the group).
 	StepQuorum Step = "quorum"
+	// StepLeave is a cluster deploy's removal, before any host changes,
+	// of the voters of its Raft configuration that are no host of the
+	// cluster in lucid.yaml: each is reported, and removed (with its
+	// validator key) only when the operator names it (reported by the
+	// caller, which reads the cluster).
+	StepLeave Step = "leave"
+	// StepBootstrap is a cluster deploy's decision that its first host
+	// starts a new Raft cluster, taken when no host of the cluster has a
+	// Raft configuration, and that host's engine leading it afterwards
+	// (reported by the caller).
+	StepBootstrap Step = "bootstrap"
 	// StepPreflight checks the host before anything changes.
 	StepPreflight Step = "preflight"
 	// StepSecrets compares the release's secrets with the host's current
@@ -37,6 +48,12 @@ const (
 	// everything the cluster committed. An engine alone in its
 	// configuration skips it (one info event says so).
 	StepCaughtUp Step = "caught-up"
+	// StepJoin is a cluster host's engine joining the cluster: as soon as
+	// the new release's engine answers, its validator key is sealed into
+	// the chain and it is added as a Raft voter through the leader; the
+	// host's deploy then ends only once the leader's configuration holds
+	// it as a voter and its engine has caught up (reported by the caller).
+	StepJoin Step = "join"
 	// StepActivate points current at a release that passed its gate and
 	// records it live.
 	StepActivate Step = "activate"

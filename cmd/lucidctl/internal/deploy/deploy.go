@@ -79,6 +79,10 @@ type Options struct {
 	// ForceQuorum takes a voter down even when its Raft cluster loses its
 	// quorum without it.
 	ForceQuorum bool
+	// RemoveVoters names voters of a cluster's Raft configuration that are
+	// no host of the cluster in lucid.yaml, to remove (with their
+	// validator keys) before any host changes.
+	RemoveVoters []string
 }
 
 // NewCmds returns deploy, rollback and releases.
@@ -142,6 +146,30 @@ down anyway (the chain then stops until the quorum is back). Both checks read
 the engines with LUCID_OPERATOR_TOKEN (the environment, else the operator's
 env file); without it they warn and do not hold the deploy.
 
+A cluster of lucid.yaml (clusters: NAME: hosts: [...]) is one Lucid whose
+Raft membership follows that list; deploy it by name, or one of its hosts.
+Before anything changes every host of the cluster is read, those not being
+deployed too, and then:
+
+  - a host whose engine holds a chain other than the cluster's, or that
+    lucid.yaml names differently from its engine's node (a renamed target),
+    is refused;
+  - when no host holds a Raft configuration, the first host deployed starts
+    the cluster (LUCID_RAFT_BOOTSTRAP=true in its env files only); when a
+    host cannot be read that is refused, since it may hold the chain;
+  - hosts that are not voters yet go first, and each joins as its engine
+    comes up: once the leader's host reaches the new engine's Raft address,
+    the leader seals its validator key into the chain and adds it as a
+    voter; its deploy ends when the leader's configuration holds it as a
+    healthy voter that has caught up;
+  - a voter that is no host of the cluster is reported and stays (a typo in
+    lucid.yaml removes nothing); --remove-voter ID removes it with its
+    validator key before any host changes, only while the voters left keep a
+    healthy majority, and never the leader.
+Cluster deploys read the engines with LUCID_OPERATOR_TOKEN and refuse
+without it where a decision needs it; each voter change is recorded in the
+leader host's audit trail.
+
 --dry-run prints the plan (files that change, layers to send, services to
 restart) and changes nothing. Steps are reported on stderr; --json prints one
 JSON event per step on stdout, then a result line. Secrets never appear in
@@ -150,6 +178,8 @@ either.`,
   lucidctl deploy pi --dry-run
   lucidctl deploy fleet --json
   lucidctl deploy fleet --hosts pi2,pi3 --skip-unreachable
+  lucidctl deploy home                       # a cluster: the first deploy starts it, a host added joins it
+  lucidctl deploy home --remove-voter pi3    # after taking pi3 out of the cluster's hosts
   lucidctl deploy pi --rotate JWT_SECRET_KEY   # after lucidctl secrets rotate: old tokens work until they retire
   lucidctl deploy pi --accept-new-host-key   # the first time, after checking the fingerprint`,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -170,6 +200,7 @@ either.`,
 	f.BoolVar(&opts.SkipUnreachable, "skip-unreachable", false, "go on with the hosts that answer, and name the ones that did not")
 	f.StringArrayVar(&opts.Rotate, "rotate", nil, "replace this data-bound secret of the hosts' current release on purpose (repeatable)")
 	f.BoolVar(&opts.ForceQuorum, "force-quorum", false, "take a host down even when its engine's Raft cluster loses its quorum without it (the chain stops until the quorum is back)")
+	f.StringArrayVar(&opts.RemoveVoters, "remove-voter", nil, "remove this voter, which is no host of the cluster in lucid.yaml, and its validator key (repeatable)")
 	_ = cmd.RegisterFlagCompletionFunc("rotate", cobra.FixedCompletions(append(slices.Clone(deployfiles.DataBound), keyring.EncryptionPrevious), cobra.ShellCompDirectiveNoFileComp))
 	return cli.SupportsJSON(cmd)
 }
@@ -209,6 +240,13 @@ func runDeploy(ctx context.Context, opts *Options) error {
 	if err := checkRotate(opts.Rotate); err != nil {
 		return err
 	}
+	clusterName, cluster, err := clusterOf(cfg, targets)
+	if err != nil {
+		return err
+	}
+	if err := checkRemoveVoters(opts.RemoveVoters, clusterName, cluster); err != nil {
+		return err
+	}
 	files, err := readRendered(ctx, cfg)
 	if err != nil {
 		return err
@@ -227,6 +265,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 		}
 	}()
 	var skipped []string
+	skippedWhy := map[string]string{}
 	for i, name := range targets {
 		t, err := cfg.Target(name)
 		if err != nil {
@@ -237,6 +276,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 			p.Event(deploy.Event{Time: time.Now(), Target: name, Step: deploy.StepConnect, Status: deploy.EventFail, Message: err.Error()})
 			if opts.SkipUnreachable {
 				skipped = append(skipped, name)
+				skippedWhy[name] = "not reached: " + firstLine(err.Error())
 				continue
 			}
 			if len(targets) > 1 {
@@ -252,26 +292,6 @@ func runDeploy(ctx context.Context, opts *Options) error {
 	if len(skipped) > 0 {
 		fmt.Fprintf(opts.Env.IO.ErrOut, "skipped %d unreachable host(s): %s\n", len(skipped), strings.Join(skipped, ", "))
 	}
-	// Every host's secrets before the build: a fresh clone's new ones are
-	// refused at once, and a group's before its canary changes.
-	for i, name := range targets {
-		if clients[i] == nil {
-			continue
-		}
-		t, err := cfg.Target(name)
-		if err != nil {
-			return cli.Usage(err)
-		}
-		if err := checkSecrets(ctx, deploy.Config{Name: name, SSH: clients[i], Dir: t.Dir, Project: t.Project, DockerSocket: opts.SSH.dockerSocket, Reporter: p}, files.envs, opts.Rotate); err != nil {
-			return err
-		}
-	}
-	built, version, err := buildImages(ctx, opts, cfg)
-	if err != nil {
-		return err
-	}
-	bundle := deploy.Bundle{Compose: files.compose, EnvFiles: files.envs, Routes: files.routes, TLS: files.tls, MeshCASeed: files.seed, Version: version, Images: built, Rotate: opts.Rotate}
-
 	var live []int // the hosts to deploy to, in order: the first is the canary
 	for i := range targets {
 		if clients[i] != nil {
@@ -292,20 +312,85 @@ func runDeploy(ctx context.Context, opts *Options) error {
 			ViaRegistry: opts.ViaRegistry, InsecureRegistry: opts.Insecure, OperatorToken: token, Reporter: p,
 		}
 	}
+	// A cluster is read, and its hosts ordered, before the build: a host
+	// that cannot join, or a bootstrap that cannot be decided, stops the
+	// deploy before anything changes, and each host's secrets are checked
+	// in its own env files.
+	var cr *clusterRun
+	if clusterName != "" {
+		run := map[string]deploy.Config{}
+		for _, i := range live {
+			run[targets[i]] = configs[i]
+		}
+		if cr, err = newClusterRun(ctx, opts, cfg, clusterName, cluster, run, skippedWhy, token, files.envs, p); err != nil {
+			return err
+		}
+		defer cr.close()
+		if live, err = clusterOrder(ctx, cr, targets, live); err != nil {
+			return err
+		}
+	}
+	envFor := func(name string) (map[string][]byte, error) {
+		if cr != nil && cr.has(name) {
+			return cr.envFor(name)
+		}
+		return files.envs, nil
+	}
+	// Every host's secrets before the build: a fresh clone's new ones are
+	// refused at once, and a group's before its canary changes.
+	for _, i := range live {
+		envs, err := envFor(targets[i])
+		if err != nil {
+			return err
+		}
+		if err := checkSecrets(ctx, configs[i], envs, opts.Rotate); err != nil {
+			return err
+		}
+	}
+	built, version, err := buildImages(ctx, opts, cfg)
+	if err != nil {
+		return err
+	}
+	bundle := deploy.Bundle{Compose: files.compose, EnvFiles: files.envs, Routes: files.routes, TLS: files.tls, MeshCASeed: files.seed, Version: version, Images: built, Rotate: opts.Rotate}
+
+	// Voters that are no host of the cluster: said, and removed when
+	// named, before a host changes (fewer voters down make the rolling
+	// deploy's quorum easier to keep).
+	if cr != nil {
+		if err := cr.m.leave(ctx, opts.RemoveVoters, opts.DryRun); err != nil {
+			return err
+		}
+	}
+
 	var done []string
 	for n, i := range live {
 		name := targets[i]
 		// The connections stay open to the end: the quorum check before
 		// each host reads the hosts done too.
+		readers := deployReaders(i, configs, clients, token)
+		hostBundle := bundle
+		var member *clusterTurn
+		if cr != nil && cr.has(name) {
+			if member, err = cr.turn(ctx, name, opts.DryRun); err != nil {
+				return withDone(err, done)
+			}
+			readers.group = member.group
+			hostBundle.EnvFiles = member.envs
+		}
 		if !opts.DryRun {
-			if err := checkQuorum(ctx, name, deployReaders(i, configs, clients, token), p, opts.ForceQuorum); err != nil {
-				if len(done) > 0 {
-					err = fmt.Errorf("%w (%s already run the new release)", err, strings.Join(done, ", "))
-				}
-				return err
+			if err := checkQuorum(ctx, name, readers, p, opts.ForceQuorum); err != nil {
+				return withDone(err, done)
 			}
 		}
-		res, err := deployTo(ctx, configs[i], bundle, opts.DryRun)
+		deployHost := func(ctx context.Context) (*deploy.Result, error) {
+			return deployTo(ctx, configs[i], hostBundle, opts.DryRun)
+		}
+		var res *deploy.Result
+		if member != nil {
+			res, err = member.deploy(ctx, opts.HealthTimeout, deployHost)
+		} else {
+			res, err = deployHost(ctx)
+		}
 		if err != nil {
 			return groupFailure(err, name, done, targetsOf(targets, live[n+1:])) // it names the target
 		}
@@ -321,6 +406,15 @@ func runDeploy(ctx context.Context, opts *Options) error {
 		}
 	}
 	return nil
+}
+
+// withDone says which hosts already run the new release when a group
+// deploy stops.
+func withDone(err error, done []string) error {
+	if len(done) > 0 {
+		return fmt.Errorf("%w (%s already run the new release)", err, strings.Join(done, ", "))
+	}
+	return err
 }
 
 // onlyHosts keeps the targets --hosts names; a name not among them is a

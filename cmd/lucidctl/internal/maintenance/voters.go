@@ -2,14 +2,13 @@ package maintenance
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
-	"github.com/pickme/lucid/pkg/api"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/hostservices"
 	"github.com/pickme/lucid/pkg/api/engineapi"
 )
 
@@ -114,15 +113,10 @@ func runVoters(ctx context.Context, opts *VotersOptions) error {
 		action = "chain.voters.list"
 	}
 	out, err := each(ctx, opts.Env, &opts.Flags, action, func(ctx context.Context, s *session) (*engineapi.ConsensusStatus, error) {
-		hc, base, err := s.Client(ctx, "engine", shortRequest)
-		if err != nil {
-			return nil, err
-		}
-		eng := engineapi.New(base, hc)
 		switch opts.action {
 		case actionVoterAdd:
 			s.Say("sealing validator key of %s, then adding it as a voter at %s", opts.ID, opts.Address)
-			if err := eng.AddVoter(ctx, s.Creds.Operator, engineapi.AddVoterRequest{ID: opts.ID, Address: opts.Address, Key: opts.Key}); err != nil {
+			if err := s.AddVoter(ctx, shortRequest, engineapi.AddVoterRequest{ID: opts.ID, Address: opts.Address, Key: opts.Key}); err != nil {
 				return nil, notLeaderHint(err)
 			}
 		case actionVoterRemove:
@@ -131,11 +125,15 @@ func runVoters(ctx context.Context, opts *VotersOptions) error {
 			} else {
 				s.Say("removing %s from the voters", opts.ID)
 			}
-			st, err := eng.RemoveVoter(ctx, s.Creds.Operator, opts.ID, opts.Key)
+			st, err := s.RemoveVoter(ctx, shortRequest, opts.ID, opts.Key)
 			if err != nil {
 				return nil, notLeaderHint(err)
 			}
 			return st, nil
+		}
+		eng, err := s.Engine(ctx, shortRequest)
+		if err != nil {
+			return nil, err
 		}
 		return eng.Consensus(ctx)
 	})
@@ -165,8 +163,7 @@ func runVoters(ctx context.Context, opts *VotersOptions) error {
 // notLeaderHint says where to go when the host's engine is not the
 // leader.
 func notLeaderHint(err error) error {
-	var ae *api.Error
-	if errors.As(err, &ae) && ae.Code == engineapi.CodeNotLeader {
+	if hostservices.NotLeader(err) {
 		return cli.WithHint(err, "run it with --target naming the leader's host (`lucidctl maintenance voters list` shows the leader)")
 	}
 	return err

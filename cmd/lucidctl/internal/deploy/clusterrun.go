@@ -1,0 +1,474 @@
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/hostservices"
+	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/deploy"
+	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/projectconfig"
+	"github.com/pickme/lucid/pkg/sshx"
+)
+
+// voterRequestTimeout bounds one request to the voter API: adding a voter
+// waits for a block to seal its key, then for the cluster to commit the
+// new configuration, which the new voter must have caught up to.
+const voterRequestTimeout = 3 * time.Minute
+
+// clusterRun is the cluster of lucid.yaml that a deploy's targets belong
+// to: every host of it, connected to read it (those of the deploy through
+// the deploy's connections, the others through connections of its own),
+// and the decisions taken before the first host changes.
+type clusterRun struct {
+	env  *cli.Env
+	name string
+	// hosts are the cluster's hosts in lucid.yaml's order.
+	hosts   []string
+	targets map[string]projectconfig.Target
+	// configs are the hosts connected; why says why a host is not.
+	configs map[string]deploy.Config
+	why     map[string]string
+	// opened are the connections the run opened itself.
+	opened []*sshx.Client
+	token  string
+	// envs are the rendered env files, before any host's own values.
+	envs map[string][]byte
+	// bootstrap is the host whose engine starts the cluster, if any.
+	bootstrap string
+	rep       deploy.Reporter
+	m         *membership
+
+	credsOnce sync.Once
+	creds     *hostservices.Credentials
+	credsErr  error
+}
+
+// clusterOf is the one cluster of lucid.yaml that targets belong to, and
+// its name; "" when none does.
+func clusterOf(cfg *projectconfig.Config, targets []string) (string, projectconfig.Cluster, error) {
+	var name string
+	var cl projectconfig.Cluster
+	for _, t := range targets {
+		n, c, ok := cfg.ClusterOf(t)
+		switch {
+		case !ok:
+		case name == "":
+			name, cl = n, c
+		case n != name:
+			return "", cl, cli.Usage(fmt.Errorf("the targets named belong to two clusters, %s and %s: deploy one at a time", name, n))
+		}
+	}
+	return name, cl, nil
+}
+
+// checkRemoveVoters refuses a --remove-voter that names a host of the
+// cluster (a host leaves by being taken out of lucid.yaml's cluster, not
+// by a flag that its next deploy would undo), or that has no cluster to
+// act on.
+func checkRemoveVoters(ids []string, cluster string, cl projectconfig.Cluster) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	if cluster == "" {
+		return cli.Usage(errors.New("--remove-voter: no target named is a host of a cluster of lucid.yaml"))
+	}
+	for _, id := range ids {
+		if slices.Contains(cl.Hosts, id) {
+			return cli.Usage(fmt.Errorf("--remove-voter %s: %s is a host of cluster %s in lucid.yaml; take it out of the cluster's hosts first, then remove its voter", id, id, cluster))
+		}
+	}
+	return nil
+}
+
+// newClusterRun connects to the hosts of cluster name that the deploy
+// does not (run holds the deploy's connected hosts, skipped why the
+// others of the deploy are not), to read them; one that cannot be reached
+// is read as unknown.
+func newClusterRun(ctx context.Context, opts *Options, cfg *projectconfig.Config, name string, cl projectconfig.Cluster, run map[string]deploy.Config, skipped map[string]string, token string, envs map[string][]byte, rep deploy.Reporter) (*clusterRun, error) {
+	cr := &clusterRun{env: opts.Env, name: name, hosts: cl.Hosts, targets: map[string]projectconfig.Target{}, configs: map[string]deploy.Config{}, why: map[string]string{}, token: token, envs: envs, rep: rep}
+	for _, h := range cl.Hosts {
+		t, err := cfg.Target(h)
+		if err != nil {
+			return nil, cli.Usage(err)
+		}
+		cr.targets[h] = t
+		if c, ok := run[h]; ok {
+			cr.configs[h] = c
+			continue
+		}
+		if why, ok := skipped[h]; ok {
+			cr.why[h] = why
+			continue
+		}
+		c, err := opts.SSH.Dial(ctx, opts.Env, t)
+		if err != nil {
+			cr.why[h] = "not reached: " + firstLine(err.Error())
+			rep.Event(deploy.Event{Time: time.Now(), Target: h, Step: deploy.StepConnect, Status: deploy.EventWarn,
+				Message: fmt.Sprintf("a host of cluster %s, not deployed now, not reached to read it: %s", name, firstLine(err.Error()))})
+			continue
+		}
+		cr.opened = append(cr.opened, c)
+		cr.configs[h] = deploy.Config{Name: h, SSH: c, Dir: t.Dir, Project: t.Project, DockerSocket: opts.SSH.dockerSocket, Reporter: rep}
+	}
+	cr.m = &membership{cluster: name, view: cr.read, engine: cr.engine, voters: cr.voterAPI, audit: cr.audit, rep: rep}
+	return cr, nil
+}
+
+// close closes the connections the run opened.
+func (cr *clusterRun) close() {
+	for _, c := range cr.opened {
+		c.Close()
+	}
+}
+
+// has says whether target is a host of the cluster.
+func (cr *clusterRun) has(target string) bool { return slices.Contains(cr.hosts, target) }
+
+// read reads every connected host of the cluster at once.
+func (cr *clusterRun) read(ctx context.Context) *clusterView {
+	var configs []deploy.Config
+	for _, h := range cr.hosts {
+		if c, ok := cr.configs[h]; ok {
+			configs = append(configs, c)
+		}
+	}
+	got, gotErrs := deploy.StatusOf(ctx, configs, deploy.StatusOptions{OperatorToken: cr.token})
+	statuses, errs := make([]*deploy.HostStatus, len(cr.hosts)), make([]error, len(cr.hosts))
+	j := 0
+	for i, h := range cr.hosts {
+		if _, ok := cr.configs[h]; !ok {
+			errs[i] = errors.New(cr.why[h])
+			continue
+		}
+		statuses[i], errs[i] = got[j], gotErrs[j]
+		j++
+	}
+	return newClusterView(cr.name, cr.hosts, statuses, errs)
+}
+
+// role is host h's part in the cluster, which its env files say.
+func (cr *clusterRun) role(h string) deployfiles.HostRole {
+	r := deployfiles.HostRole{Name: h, Address: cr.targets[h].ClusterAddr(), Bootstrap: h == cr.bootstrap}
+	for _, o := range cr.hosts {
+		if o != h {
+			r.Peers = append(r.Peers, cr.targets[o].ClusterAddr())
+		}
+	}
+	return r
+}
+
+// envFor are host h's env files: the rendered ones with its own values.
+func (cr *clusterRun) envFor(h string) (map[string][]byte, error) {
+	files, err := deployfiles.ForHost(cr.envs, cr.role(h))
+	if err != nil {
+		return nil, fmt.Errorf("%s: the env files of cluster %s's host: %w", h, cr.name, err)
+	}
+	return files, nil
+}
+
+// plan reads the cluster before any host changes: it refuses hosts of
+// order (the hosts to deploy) whose engine holds a chain that is not the
+// cluster's, decides whether the first of them starts the cluster, and
+// returns order with the hosts to be added first (each joins the cluster
+// those before it form) and the voters after.
+func (cr *clusterRun) plan(ctx context.Context, order []string) ([]string, error) {
+	v := cr.read(ctx)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var joiners, voters []string
+	for _, h := range order {
+		join, err := needsJoin(v, h)
+		if err != nil {
+			cr.rep.Event(deploy.Event{Time: time.Now(), Target: h, Step: deploy.StepJoin, Status: deploy.EventFail, Message: err.Error()})
+			return nil, err
+		}
+		if join || len(v.voters) == 0 {
+			joiners = append(joiners, h)
+		} else {
+			voters = append(voters, h)
+		}
+	}
+	order = append(joiners, voters...)
+	if len(v.voters) > 0 || len(order) == 0 {
+		return order, nil
+	}
+	first := order[0]
+	boot, err := decideBootstrap(v, first)
+	if err != nil {
+		cr.rep.Event(deploy.Event{Time: time.Now(), Target: first, Step: deploy.StepBootstrap, Status: deploy.EventFail, Message: err.Error()})
+		return nil, err
+	}
+	if boot {
+		cr.bootstrap = first
+		cr.rep.Event(deploy.Event{Time: time.Now(), Target: first, Step: deploy.StepBootstrap, Status: deploy.EventInfo,
+			Message: fmt.Sprintf("no host of cluster %s holds a Raft configuration: %s's engine starts the cluster, and the others join it as they are deployed", cr.name, first)})
+	}
+	return order, nil
+}
+
+// credentials are the operator's, which adding or removing a voter takes.
+func (cr *clusterRun) credentials() (*hostservices.Credentials, error) {
+	cr.credsOnce.Do(func() { cr.creds, cr.credsErr = hostservices.ReadCredentials(cr.env, "") })
+	return cr.creds, cr.credsErr
+}
+
+// readyToJoin refuses, before host h changes, a join that cannot be made:
+// without the operator token, or without a leader among the hosts read.
+func (cr *clusterRun) readyToJoin(v *clusterView, h string) error {
+	if _, err := cr.credentials(); err != nil {
+		return cli.WithHint(fmt.Errorf("%s must join cluster %s as a voter, which takes the operator token: %w; nothing was changed on %s", h, cr.name, err, h),
+			"set LUCID_OPERATOR_TOKEN in the environment, or keep it in the operator's env file (local.env_file of lucid.yaml), as `lucidctl render` writes it")
+	}
+	if err := quorumNow(v); err != nil {
+		return cli.WithHint(fmt.Errorf("%s cannot join: %w; nothing was changed on %s", h, err, h),
+			fmt.Sprintf("repair the voters first (lucidctl status --target %s)", cr.name))
+	}
+	if v.leaderTarget == "" {
+		return cli.WithHint(fmt.Errorf("%s must join cluster %s as a voter, through its leader, but %s; nothing was changed on %s", h, cr.name, noLeader(v), h),
+			fmt.Sprintf("lucidctl status --target %s shows the cluster", cr.name))
+	}
+	if _, ok := cr.configs[v.leaderTarget]; !ok {
+		return fmt.Errorf("%s must join cluster %s through its leader %s, which is not reached (%s); nothing was changed on %s", h, cr.name, v.leaderTarget, cr.why[v.leaderTarget], h)
+	}
+	return nil
+}
+
+// engine reads the consensus status of target's engine.
+func (cr *clusterRun) engine(ctx context.Context, target string) (*engineapi.ConsensusStatus, error) {
+	c, ok := cr.configs[target]
+	if !ok {
+		return nil, fmt.Errorf("%s is not reached: %s", target, cr.why[target])
+	}
+	d, err := deploy.New(c)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return d.Consensus(ctx, deploy.StatusOptions{OperatorToken: cr.token})
+}
+
+// voterAPI reaches the voter API of target's engine as `lucidctl
+// maintenance voters` does: through the host's connection, on its
+// loopback, verified by the mesh's certificates, with the operator token.
+func (cr *clusterRun) voterAPI(ctx context.Context, target string) (voterAPI, error) {
+	c, ok := cr.configs[target]
+	if !ok {
+		return nil, fmt.Errorf("%s is not reached: %s", target, cr.why[target])
+	}
+	creds, err := cr.credentials()
+	if err != nil {
+		return nil, err
+	}
+	d, err := deploy.New(c)
+	if err != nil {
+		return nil, err
+	}
+	offset, err := d.PortOffset(ctx)
+	_ = d.Close() // a read's client
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", target, err)
+	}
+	return &sessionVoters{s: &hostservices.Session{Host: target, Dial: c.SSH.DialTCP, Offset: offset, Creds: creds, Say: func(string, ...any) {}}}, nil
+}
+
+// audit records a voter change made through target in its audit trail,
+// as a maintenance action.
+func (cr *clusterRun) audit(ctx context.Context, target string, args []string, opErr error) error {
+	d, err := deploy.New(cr.configs[target])
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	e := deploy.AuditEntry{Action: deploy.AuditMaintenance, Args: args}
+	if opErr != nil {
+		e.Error = opErr.Error()
+	}
+	return d.Audit(ctx, e)
+}
+
+// sessionVoters is the voter API through a hostservices session.
+type sessionVoters struct{ s *hostservices.Session }
+
+var _ voterAPI = (*sessionVoters)(nil)
+
+func (v *sessionVoters) AddVoter(ctx context.Context, req engineapi.AddVoterRequest) error {
+	return hostservices.Classify(v.s.AddVoter(ctx, voterRequestTimeout, req))
+}
+
+func (v *sessionVoters) RemoveVoter(ctx context.Context, id, key string) error {
+	_, err := v.s.RemoveVoter(ctx, voterRequestTimeout, id, key)
+	return hostservices.Classify(err)
+}
+
+func (v *sessionVoters) Validators(ctx context.Context) ([]string, error) {
+	eng, err := v.s.Engine(ctx, voterRequestTimeout)
+	if err != nil {
+		return nil, hostservices.Classify(err)
+	}
+	info, err := eng.Chain(ctx)
+	if err != nil {
+		return nil, hostservices.Classify(err)
+	}
+	return info.Validators, nil
+}
+
+func (v *sessionVoters) ProbeRaft(ctx context.Context, addr string) error {
+	return hostservices.Classify(v.s.ProbeRaft(ctx, addr))
+}
+
+func (v *sessionVoters) Close() { v.s.Close() }
+
+// deployJoining runs deployHost, host target's deploy, with its engine's
+// join beside it (membership.join), then waits until healthTimeout for
+// the leader's configuration to hold it as a healthy voter. When the
+// deploy fails, why the join failed (if it did) comes with its error: an
+// engine that was never added knows no leader, and fails its gate.
+func (m *membership) deployJoining(ctx context.Context, target string, healthTimeout time.Duration, deployHost func(context.Context) (*deploy.Result, error)) (*deploy.Result, error) {
+	jctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	joined := make(chan error, 1)
+	go func() { joined <- m.join(jctx, target) }()
+	res, err := deployHost(ctx)
+	if err != nil {
+		cancel()
+		jerr := <-joined
+		switch {
+		case jerr == nil:
+			return nil, cli.WithHint(fmt.Errorf("%w (%s's engine was added to cluster %s as a voter, and stays one)", err, target, m.cluster),
+				fmt.Sprintf("repair %s and deploy it again; or take it out of the cluster's hosts in lucid.yaml and remove it with --remove-voter %s", target, target))
+		case errors.Is(jerr, context.Canceled) && ctx.Err() == nil:
+			return nil, err // the deploy failed before the engine answered
+		}
+		m.event(target, deploy.StepJoin, deploy.EventFail, jerr.Error())
+		return nil, fmt.Errorf("%w; and its engine was not added to the cluster, so it knew no leader: %w", err, jerr)
+	}
+	deadline := time.Now().Add(healthTimeout)
+	jerr := <-joined
+	if jerr != nil {
+		// A request that gave up may still have added it: one read says.
+		m.event(target, deploy.StepJoin, deploy.EventWarn, jerr.Error())
+		deadline = time.Now()
+	}
+	if err := m.confirmJoined(ctx, target, deadline); err != nil {
+		if jerr != nil {
+			err = fmt.Errorf("%w: %w", err, jerr)
+		}
+		return res, err
+	}
+	return res, nil
+}
+
+// dryRunSays says, in a dry run, what the cluster's deploy would do to
+// host h.
+func (cr *clusterRun) dryRunSays(v *clusterView, h string, join bool) {
+	switch {
+	case h == cr.bootstrap:
+		cr.rep.Event(deploy.Event{Time: time.Now(), Target: h, Step: deploy.StepBootstrap, Status: deploy.EventInfo, Message: "would start cluster " + cr.name})
+	case join && v.leaderTarget != "":
+		cr.rep.Event(deploy.Event{Time: time.Now(), Target: h, Step: deploy.StepJoin, Status: deploy.EventInfo, Message: fmt.Sprintf("would join cluster %s as a voter, through the leader %s", cr.name, v.leaderTarget)})
+	case join || len(v.voters) == 0:
+		cr.rep.Event(deploy.Event{Time: time.Now(), Target: h, Step: deploy.StepJoin, Status: deploy.EventInfo, Message: fmt.Sprintf("would join cluster %s as a voter once its first host has started it", cr.name)})
+	}
+}
+
+// clusterOrder puts the cluster's hosts among live (indexes of targets) in
+// the order plan gives them, in the places they held: the other targets
+// keep theirs.
+func clusterOrder(ctx context.Context, cr *clusterRun, targets []string, live []int) ([]int, error) {
+	var names []string
+	var slots []int
+	index := map[string]int{}
+	for k, i := range live {
+		if cr.has(targets[i]) {
+			names = append(names, targets[i])
+			slots = append(slots, k)
+			index[targets[i]] = i
+		}
+	}
+	ordered, err := cr.plan(ctx, names)
+	if err != nil {
+		return nil, err
+	}
+	out := slices.Clone(live)
+	for k, name := range ordered {
+		out[slots[k]] = index[name]
+	}
+	return out, nil
+}
+
+// clusterTurn is one cluster host's turn in a deploy, decided on a read
+// of the cluster just before the host changes.
+type clusterTurn struct {
+	cr   *clusterRun
+	name string
+	view *clusterView
+	// join: its engine is added to the cluster as a voter.
+	join bool
+	dry  bool
+	// envs are its env files.
+	envs map[string][]byte
+}
+
+// turn reads the cluster before host name changes and decides its part.
+func (cr *clusterRun) turn(ctx context.Context, name string, dry bool) (*clusterTurn, error) {
+	v := cr.read(ctx)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*clusterTurn, error) {
+		cr.rep.Event(deploy.Event{Time: time.Now(), Target: name, Step: deploy.StepJoin, Status: deploy.EventFail, Message: err.Error()})
+		return nil, err
+	}
+	join, err := needsJoin(v, name)
+	if err != nil {
+		return fail(err)
+	}
+	if !dry && len(v.voters) == 0 && name != cr.bootstrap {
+		// Its engine would wait for a leader that no host provides.
+		return fail(fmt.Errorf("cluster %s holds no Raft configuration yet, and %s is not the host that starts it; nothing was changed on %s", cr.name, name, name))
+	}
+	envs, err := cr.envFor(name)
+	if err != nil {
+		return nil, err
+	}
+	t := &clusterTurn{cr: cr, name: name, view: v, join: join, dry: dry, envs: envs}
+	switch {
+	case dry:
+		cr.dryRunSays(v, name, join)
+	case join:
+		if err := cr.readyToJoin(v, name); err != nil {
+			return fail(err)
+		}
+		cr.rep.Event(deploy.Event{Time: time.Now(), Target: name, Step: deploy.StepJoin, Status: deploy.EventInfo,
+			Message: fmt.Sprintf("not a voter of cluster %s: its engine is added through the leader %s as soon as it answers", cr.name, v.leaderTarget)})
+	}
+	return t, nil
+}
+
+// group is the quorum check's read of the cluster: the turn's own.
+func (t *clusterTurn) group(context.Context) []*deploy.HostStatus { return t.view.read() }
+
+// deploy runs the host's deploy with its part in the cluster: a join
+// beside it, or the bootstrap's confirmation after it.
+func (t *clusterTurn) deploy(ctx context.Context, healthTimeout time.Duration, deployHost func(context.Context) (*deploy.Result, error)) (*deploy.Result, error) {
+	switch {
+	case t.dry:
+	case t.join:
+		return t.cr.m.deployJoining(ctx, t.name, healthTimeout, deployHost)
+	case t.name == t.cr.bootstrap:
+		res, err := deployHost(ctx)
+		if err == nil {
+			t.cr.m.confirmBootstrap(ctx, t.name)
+		}
+		return res, err
+	}
+	return deployHost(ctx)
+}

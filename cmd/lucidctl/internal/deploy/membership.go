@@ -1,0 +1,630 @@
+package deploy
+
+// A cluster of lucid.yaml (clusters: NAME: hosts: [...]) is one Lucid:
+// its hosts' engines are one Raft cluster, and lucid.yaml says who is in
+// it. The first deploy bootstraps it on its first host, a host added to
+// the list joins as a voter when it is deployed, and a voter that no host
+// of the list is stays until the operator names it for removal: a typo in
+// lucid.yaml must never take a voter away.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/hostservices"
+	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/chain"
+	"github.com/pickme/lucid/pkg/deploy"
+)
+
+// chainState is what a host's engine holds, as far as one read tells.
+type chainState int
+
+const (
+	// chainUnknown: the host, or its engine, could not be read.
+	chainUnknown chainState = iota
+	// chainNone: no Raft configuration (a host never deployed, or an
+	// engine waiting to be added).
+	chainNone
+	// chainSome: a Raft configuration.
+	chainSome
+)
+
+// clusterView is one read of every host of a cluster of lucid.yaml: what
+// each host's engine says, and the cluster's Raft configuration.
+type clusterView struct {
+	name string
+	// hosts are the cluster's hosts in lucid.yaml's order.
+	hosts []string
+	// status is each host read; why says why a host was not.
+	status map[string]*deploy.HostStatus
+	why    map[string]string
+	// voters are the voters of the cluster's Raft configuration: the
+	// leader's as deploy.ClusterOf judges it, else that of the one host
+	// whose engine holds a configuration of its own (a cluster of one);
+	// none when no engine holds one.
+	voters []deploy.Voter
+	// leaderID is the leader's node id, and leaderTarget the host whose
+	// engine answered as it ("" when there is none, or it was not read).
+	leaderID, leaderTarget string
+	// cluster is deploy.ClusterOf's verdict; nil for a configuration of
+	// one server.
+	cluster *deploy.Cluster
+	// split says that the hosts' engines hold several chains, which no
+	// membership change may merge.
+	split string
+}
+
+// newClusterView judges one read of the cluster's hosts: statuses[i] is
+// hosts[i]'s status, or nil with errs[i] saying why.
+func newClusterView(name string, hosts []string, statuses []*deploy.HostStatus, errs []error) *clusterView {
+	v := &clusterView{name: name, hosts: hosts, status: map[string]*deploy.HostStatus{}, why: map[string]string{}}
+	var read []*deploy.HostStatus
+	for i, h := range hosts {
+		switch {
+		case statuses[i] != nil:
+			v.status[h] = statuses[i]
+			read = append(read, statuses[i])
+		case errs[i] != nil:
+			v.why[h] = firstLine(errs[i].Error())
+		default:
+			v.why[h] = "not read"
+		}
+	}
+	if c := deploy.ClusterOf(read); c != nil {
+		v.cluster, v.voters = c, c.Voters
+		if c.Leader != nil {
+			v.leaderID, v.leaderTarget = c.Leader.ID, c.Leader.Target
+		}
+		return v
+	}
+	// No configuration of more than one server: at most one host may hold
+	// one of its own, and it is the cluster so far.
+	var own []*deploy.HostStatus
+	for _, h := range read {
+		if len(h.Reports.RaftServers) > 0 {
+			own = append(own, h)
+		}
+	}
+	switch len(own) {
+	case 0:
+	case 1:
+		h := own[0]
+		r := h.Reports
+		for _, s := range r.RaftServers {
+			if !s.Voter {
+				continue
+			}
+			vt := deploy.Voter{ID: s.ID, Address: s.Address, Why: "no host read answered as it"}
+			if s.ID == r.RaftNodeID {
+				vt.Target, vt.State, vt.Why = h.Target, r.RaftRole, ""
+				vt.Healthy = h.Healthy && (r.RaftRole == "leader" || r.RaftRole == "follower")
+				if !vt.Healthy {
+					vt.Why = "its host is unhealthy"
+				}
+			}
+			v.voters = append(v.voters, vt)
+		}
+		if r.RaftRole == "leader" {
+			v.leaderID, v.leaderTarget = r.RaftNodeID, h.Target
+		}
+	default:
+		var names []string
+		for _, h := range own {
+			names = append(names, fmt.Sprintf("%s (node %s)", h.Target, h.Reports.RaftNodeID))
+		}
+		v.split = fmt.Sprintf("the engines of %s each hold a chain of their own, and a cluster has one", strings.Join(names, ", "))
+	}
+	return v
+}
+
+// voter is the configuration's voter id, nil when it is none.
+func (v *clusterView) voter(id string) *deploy.Voter {
+	if i := slices.IndexFunc(v.voters, func(x deploy.Voter) bool { return x.ID == id }); i >= 0 {
+		return &v.voters[i]
+	}
+	return nil
+}
+
+// strangers are the configuration's voters that are no host of the
+// cluster in lucid.yaml.
+func (v *clusterView) strangers() []deploy.Voter {
+	var out []deploy.Voter
+	for _, x := range v.voters {
+		if !slices.Contains(v.hosts, x.ID) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// read are the statuses read, in lucid.yaml's order.
+func (v *clusterView) read() []*deploy.HostStatus {
+	var out []*deploy.HostStatus
+	for _, h := range v.hosts {
+		if st := v.status[h]; st != nil {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+// chainOf says whether host h's engine holds a Raft configuration, and
+// when that is unknown, why.
+func (v *clusterView) chainOf(h string) (chainState, string) {
+	st := v.status[h]
+	switch {
+	case st == nil:
+		return chainUnknown, v.why[h]
+	case st.Reports.RaftRole != "" && len(st.Reports.RaftServers) > 0:
+		return chainSome, ""
+	case st.Reports.RaftRole != "":
+		return chainNone, ""
+	case st.Release == nil && st.Unknown[deploy.FigureRelease] == "" && engineMissing(st):
+		return chainNone, "" // never deployed
+	}
+	why := st.Unknown[deploy.FigureRaftRole]
+	if why == "" {
+		why = "its engine's consensus status was not read"
+	}
+	return chainUnknown, why
+}
+
+func engineMissing(st *deploy.HostStatus) bool {
+	return slices.ContainsFunc(st.Services, func(s deploy.ServiceState) bool { return s.Service == "engine" && s.State == "missing" })
+}
+
+// errCannotBootstrap marks a refusal to start a new cluster.
+var errCannotBootstrap = errors.New("cannot tell whether the cluster already exists")
+
+// decideBootstrap says whether first, the first host of the cluster a
+// deploy changes, starts a new Raft cluster (LUCID_RAFT_BOOTSTRAP=true):
+// only when no host of the cluster holds a Raft configuration. A host
+// that could not be read may hold one, and then nothing may start a
+// second chain beside it: the decision is refused. first's own state does
+// not matter (an engine that holds a configuration ignores the flag).
+func decideBootstrap(v *clusterView, first string) (bool, error) {
+	if v.split != "" {
+		return false, fmt.Errorf("cluster %s: %s", v.name, v.split)
+	}
+	if len(v.voters) > 0 {
+		return false, nil
+	}
+	var unknown []string
+	for _, h := range v.hosts {
+		if h == first {
+			continue
+		}
+		switch st, why := v.chainOf(h); st {
+		case chainSome:
+			return false, nil
+		case chainUnknown:
+			unknown = append(unknown, h+" ("+why+")")
+		}
+	}
+	if len(unknown) > 0 {
+		return false, cli.WithHint(fmt.Errorf("cluster %s: %w: no host read holds a Raft configuration, so %s would start a new chain, but %s could not be read and may already hold the cluster's; nothing was changed",
+			v.name, errCannotBootstrap, first, strings.Join(unknown, ", ")),
+			fmt.Sprintf("deploy when every host of the cluster answers (lucidctl status --target %s); a host gone for good leaves the cluster's hosts in lucid.yaml first", v.name))
+	}
+	return true, nil
+}
+
+// needsJoin says whether host h's engine must be added to the cluster as
+// a voter: the cluster has a configuration, and h is not a voter of it.
+// It refuses a host whose engine holds a configuration that is not the
+// cluster's (a chain of its own, which joining would throw away), and one
+// whose engine is a node of another name (a target renamed in lucid.yaml,
+// which would come back as a node the cluster does not know).
+func needsJoin(v *clusterView, h string) (bool, error) {
+	if v.split != "" {
+		return false, fmt.Errorf("cluster %s: %s", v.name, v.split)
+	}
+	if st := v.status[h]; st != nil && st.Reports.RaftRole != "" && len(st.Reports.RaftServers) > 0 {
+		r := st.Reports
+		switch node := r.RaftNodeID; {
+		case node != h && v.voter(node) != nil:
+			return false, cli.WithHint(fmt.Errorf("%s's engine is node %s of cluster %s, but lucid.yaml names the host %s: its engine would start again as node %s, which the cluster does not know; nothing was changed on %s", h, node, v.name, h, h, h),
+				fmt.Sprintf("name the target %s again in lucid.yaml (a cluster host's engine is named after its target)", node))
+		case node != h:
+			return false, fmt.Errorf("%s's engine is node %s, with a Raft configuration of its own (%s): as a host of cluster %s it would start again as node %s; nothing was changed on %s", h, node, describeServers(r.RaftServers), v.name, h, h)
+		case v.voter(h) == nil:
+			return false, fmt.Errorf("%s's engine holds a chain of its own (Raft configuration: %s), not cluster %s's: joining would throw it away, so it is not done; nothing was changed on %s", h, describeServers(r.RaftServers), v.name, h)
+		}
+	}
+	return len(v.voters) > 0 && v.voter(h) == nil, nil
+}
+
+func describeServers(ss []engineapi.Server) string {
+	var out []string
+	for _, s := range ss {
+		out = append(out, s.ID+" at "+s.Address)
+	}
+	return strings.Join(out, ", ")
+}
+
+// errRemoval marks a removal the deploy refuses.
+var errRemoval = errors.New("not removed")
+
+// checkRemoval refuses to remove voter id unless the voters left keep a
+// healthy majority (the quorum of lucidctl status's verdict), and never
+// removes the leader: the leader cannot remove its own validator key, and
+// no leader is chosen by lucidctl.
+func checkRemoval(v *clusterView, id string) error {
+	if v.leaderID == "" || v.leaderTarget == "" {
+		return fmt.Errorf("cluster %s has no leader among the hosts read, through which to remove voter %s: %w", v.name, id, errRemoval)
+	}
+	if id == v.leaderID {
+		return cli.WithHint(fmt.Errorf("voter %s leads cluster %s, and a leader cannot remove itself with its validator key: %w", id, v.name, errRemoval),
+			fmt.Sprintf("stop %s's engine (on its host) so that the other voters elect a leader among themselves, then deploy again", id))
+	}
+	if err := quorumNow(v); err != nil {
+		return fmt.Errorf("voter %s cannot be removed: %w: %w", id, err, errRemoval)
+	}
+	healthy := 0
+	for _, x := range v.voters {
+		if x.ID != id && x.Healthy {
+			healthy++
+		}
+	}
+	after := len(v.voters) - 1
+	if needed := after/2 + 1; healthy < needed {
+		return fmt.Errorf("removing voter %s would leave %d healthy of %d voters, %d needed for the quorum: %w", id, healthy, after, needed, errRemoval)
+	}
+	return nil
+}
+
+// quorumNow refuses a cluster whose healthy voters are not a majority
+// now (a voter change seals a validator key first, which it could not
+// commit), or whose engines disagree (lucidctl status's errors: a split,
+// a leader cut off, two hosts as one node), which no voter change should
+// be made in.
+func quorumNow(v *clusterView) error {
+	c := v.cluster
+	switch {
+	case c == nil:
+	case !c.Quorum:
+		return fmt.Errorf("cluster %s has no quorum now (%d of %d voters healthy, %d needed), so no change of its voters can be committed", v.name, c.HealthyVoters, len(c.Voters), c.QuorumNeeded)
+	case len(c.Errors) > 0:
+		return fmt.Errorf("cluster %s is not sound: %s", v.name, strings.Join(c.Errors, "; "))
+	}
+	return nil
+}
+
+// validatorKeyOf is the key of the chain's validator set named after node
+// id: an engine names its key after its node id when it makes it.
+func validatorKeyOf(id string, keys []string) (string, error) {
+	var found []string
+	for _, k := range keys {
+		if vr, err := chain.ParseVerifier(k); err == nil && vr.Name() == id {
+			found = append(found, k)
+		}
+	}
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+		return "", fmt.Errorf("no key of the chain's %d validators is named %s", len(keys), id)
+	}
+	return "", fmt.Errorf("%d keys of the chain's validators are named %s", len(found), id)
+}
+
+// voterAPI is the engine's voter API on one host of the cluster, as the
+// operator (hostservices, through the host's SSH connection).
+type voterAPI interface {
+	AddVoter(ctx context.Context, req engineapi.AddVoterRequest) error
+	RemoveVoter(ctx context.Context, id, key string) error
+	// Validators are the chain's validator keys.
+	Validators(ctx context.Context) ([]string, error)
+	// ProbeRaft checks that the host reaches an engine's Raft transport
+	// at addr (and, with the mesh on, verifies its certificate).
+	ProbeRaft(ctx context.Context, addr string) error
+	Close()
+}
+
+// membership is what joining a host and removing a voter read and call.
+type membership struct {
+	cluster string
+	// view reads every host of the cluster, now.
+	view func(ctx context.Context) *clusterView
+	// engine reads the consensus status of a host's engine.
+	engine func(ctx context.Context, target string) (*engineapi.ConsensusStatus, error)
+	// voters opens the voter API of a host's engine.
+	voters func(ctx context.Context, target string) (voterAPI, error)
+	// audit records a voter change made through a host in its audit
+	// trail.
+	audit func(ctx context.Context, target string, args []string, err error) error
+	rep   deploy.Reporter
+	// poll is how long to wait before reading again (default joinPoll).
+	poll time.Duration
+}
+
+// joinPoll is how often a join reads its host's engine or the cluster
+// again.
+const joinPoll = 2 * time.Second
+
+// joinAttempts bounds the tries at adding a voter through a leader, when
+// the cluster has none for a moment or leadership moves meanwhile.
+const joinAttempts = 5
+
+func (m *membership) event(target string, step deploy.Step, status deploy.EventStatus, msg string) {
+	m.rep.Event(deploy.Event{Time: time.Now(), Target: target, Step: step, Status: status, Message: msg})
+}
+
+// wait waits one poll, or until ctx ends.
+func (m *membership) wait(ctx context.Context) error {
+	d := m.poll
+	if d <= 0 {
+		d = joinPoll
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// join adds host target's engine to the cluster as a voter once the
+// engine answers as node target with no Raft configuration: with the
+// validator key and Raft address its consensus status gives, through the
+// leader's host, whose engine seals the key into the chain and then adds
+// the voter. It runs beside the host's deploy, since an engine waiting to
+// be added knows no leader and so never passes its health gate, and reads
+// the engine every poll until ctx ends. An engine that already is a voter
+// is left as it is.
+func (m *membership) join(ctx context.Context, target string) error {
+	var cs *engineapi.ConsensusStatus
+	last := "its engine did not answer"
+	for cs == nil {
+		got, err := m.engine(ctx, target)
+		switch {
+		case err != nil:
+			last = "its engine: " + firstLine(err.Error())
+		case got.NodeID != target:
+			// The release before may still run; the new engine is target.
+			last = fmt.Sprintf("its engine answers as node %s, not %s (are the env files rendered for cluster %s?)", got.NodeID, target, m.cluster)
+		case len(got.Servers) == 0:
+			cs = got // waiting to be added
+		case len(got.Servers) > 1 && m.view(ctx).voter(target) != nil:
+			m.event(target, deploy.StepJoin, deploy.EventInfo, "its engine already is a voter of the cluster")
+			return nil
+		default:
+			return fmt.Errorf("%s's engine holds a Raft configuration of its own (%s), not cluster %s's: it is not added", target, describeServers(got.Servers), m.cluster)
+		}
+		if cs != nil {
+			break
+		}
+		if err := m.wait(ctx); err != nil {
+			return fmt.Errorf("%s did not join cluster %s: %s: %w", target, m.cluster, last, err)
+		}
+	}
+	if err := reachableRaftAddr(cs.RaftAddr); err != nil {
+		return fmt.Errorf("%s cannot join cluster %s: its engine's Raft address %s %w (LUCID_RAFT_ADVERTISE of its env file)", target, m.cluster, cs.RaftAddr, err)
+	}
+	req := engineapi.AddVoterRequest{ID: target, Address: cs.RaftAddr, Key: cs.ValidatorKey}
+	var err error
+	for range joinAttempts {
+		v := m.view(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if x := v.voter(target); x != nil {
+			m.event(target, deploy.StepJoin, deploy.EventInfo, "already a voter of the cluster")
+			return nil
+		}
+		leader := v.leaderTarget
+		if leader == "" {
+			err = fmt.Errorf("%s cannot join cluster %s: %s", target, m.cluster, noLeader(v))
+		} else {
+			m.event(target, deploy.StepJoin, deploy.EventStart, fmt.Sprintf("its engine answers: sealing its validator key into the chain, then adding it as a voter at %s, through the leader %s", cs.RaftAddr, leader))
+			err = m.addVoter(ctx, leader, req)
+			if err == nil {
+				m.event(target, deploy.StepJoin, deploy.EventInfo, "added as a voter; its engine now follows the leader "+leader)
+				return nil
+			}
+			if !hostservices.NotLeader(err) {
+				return fmt.Errorf("%s cannot join cluster %s: through the leader %s: %w", target, m.cluster, leader, err)
+			}
+			err = fmt.Errorf("%s cannot join cluster %s: %s no longer leads: %w", target, m.cluster, leader, err)
+		}
+		if werr := m.wait(ctx); werr != nil {
+			return errors.Join(err, werr)
+		}
+	}
+	return err
+}
+
+// addVoter adds the voter through host leader, and records it in that
+// host's audit trail.
+func (m *membership) addVoter(ctx context.Context, leader string, req engineapi.AddVoterRequest) error {
+	api, err := m.voters(ctx, leader)
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+	// A voter the leader cannot reach would hold up every commit that
+	// needs it (all of them, in a cluster of two), and no configuration
+	// change can take it out again without it: it is not added.
+	if err := api.ProbeRaft(ctx, req.Address); err != nil {
+		return fmt.Errorf("the leader's host cannot reach %s's engine over Raft, so it is not added: %w", req.ID, err)
+	}
+	err = api.AddVoter(ctx, req)
+	if aerr := m.audit(ctx, leader, []string{"chain.voters.add", req.ID}, err); aerr != nil && err == nil {
+		m.event(req.ID, deploy.StepJoin, deploy.EventWarn, fmt.Sprintf("added through %s, but %v", leader, aerr))
+	}
+	return err
+}
+
+// noLeader says why the cluster has no leader to go through.
+func noLeader(v *clusterView) string {
+	if v.leaderID != "" {
+		return fmt.Sprintf("its leader %s is not among the hosts read", v.leaderID)
+	}
+	return "it has no leader now"
+}
+
+// reachableRaftAddr refuses an address the other hosts cannot reach: a
+// loopback or unspecified one is the engine's default, left when its env
+// file lacks its cluster address.
+func reachableRaftAddr(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("is not host:port: %w", err)
+	}
+	if ip := net.ParseIP(host); ip != nil && (ip.IsLoopback() || ip.IsUnspecified()) || host == "localhost" {
+		return errors.New("is not one the other hosts can reach")
+	}
+	return nil
+}
+
+// confirmJoined waits, until deadline, until the leader's configuration
+// holds target as a voter whose engine answers as a healthy leader or
+// follower (its host's gate has seen it catch up).
+func (m *membership) confirmJoined(ctx context.Context, target string, deadline time.Time) error {
+	for {
+		v := m.view(ctx)
+		x := v.voter(target)
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case x != nil && x.Healthy && v.leaderTarget != "":
+			healthy := 0
+			for _, y := range v.voters {
+				if y.Healthy {
+					healthy++
+				}
+			}
+			m.event(target, deploy.StepJoin, deploy.EventOK, fmt.Sprintf("a voter of cluster %s (%d voters, %d healthy, leader %s), caught up", m.cluster, len(v.voters), healthy, v.leaderID))
+			return nil
+		case !time.Now().Before(deadline):
+			why := "the leader's configuration does not hold it"
+			switch {
+			case x != nil && !x.Healthy:
+				why = "it is a voter, but not a healthy one: " + x.Why
+			case v.leaderTarget == "":
+				why = noLeader(v)
+			}
+			err := fmt.Errorf("%s joined cluster %s, but %s", target, m.cluster, why)
+			m.event(target, deploy.StepJoin, deploy.EventFail, err.Error())
+			return err
+		}
+		if err := m.wait(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// confirmBootstrap says whether target's engine leads the cluster it
+// started, alone in its configuration.
+func (m *membership) confirmBootstrap(ctx context.Context, target string) {
+	cs, err := m.engine(ctx, target)
+	switch {
+	case err != nil:
+		m.event(target, deploy.StepBootstrap, deploy.EventWarn, "its engine's consensus status: "+firstLine(err.Error()))
+	case cs.State == "leader" && len(cs.Servers) == 1 && cs.Servers[0].ID == target:
+		m.event(target, deploy.StepBootstrap, deploy.EventOK, fmt.Sprintf("its engine leads the new cluster %s, its one voter so far", m.cluster))
+	default:
+		m.event(target, deploy.StepBootstrap, deploy.EventWarn, "its engine did not start a cluster of its own: "+describeConsensus(cs))
+	}
+}
+
+func describeConsensus(cs *engineapi.ConsensusStatus) string {
+	return fmt.Sprintf("node %s, %s, leader %q, servers: %s", cs.NodeID, cs.State, cs.LeaderID, describeServers(cs.Servers))
+}
+
+// leave reports the voters of the cluster's configuration that are no
+// host of the cluster in lucid.yaml, and removes those that remove names,
+// one at a time, each with its validator key: each only while the voters
+// left keep a healthy majority, and never the leader (checkRemoval). dry
+// says what it would do.
+func (m *membership) leave(ctx context.Context, remove []string, dry bool) error {
+	v := m.view(ctx)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	for _, x := range v.strangers() {
+		if !slices.Contains(remove, x.ID) {
+			m.event(m.cluster, deploy.StepLeave, deploy.EventWarn, fmt.Sprintf("voter %s (%s) is no host of cluster %s in lucid.yaml; it stays a voter (--remove-voter %s removes it, with its validator key)", x.ID, x.Address, m.cluster, x.ID))
+		}
+	}
+	for _, id := range remove {
+		if v.voter(id) == nil {
+			m.event(m.cluster, deploy.StepLeave, deploy.EventInfo, fmt.Sprintf("%s is no voter of cluster %s: nothing to remove", id, m.cluster))
+			continue
+		}
+		if err := checkRemoval(v, id); err != nil {
+			m.event(m.cluster, deploy.StepLeave, deploy.EventFail, err.Error())
+			return fmt.Errorf("%w; nothing was changed", err)
+		}
+		leader := v.leaderTarget
+		api, err := m.voters(ctx, leader)
+		if err != nil {
+			return fmt.Errorf("remove voter %s through the leader %s: %w", id, leader, err)
+		}
+		err = m.removeVoter(ctx, api, leader, id, dry)
+		api.Close()
+		if err != nil {
+			m.event(m.cluster, deploy.StepLeave, deploy.EventFail, err.Error())
+			return err
+		}
+		if dry {
+			continue
+		}
+		// The next removal is judged on the configuration this one left.
+		if v = m.view(ctx); ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if v.voter(id) != nil {
+			err := fmt.Errorf("voter %s was removed through %s, but the configuration read afterwards still holds it", id, leader)
+			m.event(m.cluster, deploy.StepLeave, deploy.EventFail, err.Error())
+			return err
+		}
+		m.event(m.cluster, deploy.StepLeave, deploy.EventOK, fmt.Sprintf("voter %s and its validator key removed; %d voters left", id, len(v.voters)))
+	}
+	return nil
+}
+
+// removeVoter removes voter id, with the validator key named after it,
+// through host leader.
+func (m *membership) removeVoter(ctx context.Context, api voterAPI, leader, id string, dry bool) error {
+	keys, err := api.Validators(ctx)
+	if err != nil {
+		return fmt.Errorf("remove voter %s: the chain's validators, through %s: %w", id, leader, err)
+	}
+	key, err := validatorKeyOf(id, keys)
+	if err != nil {
+		return cli.WithHint(fmt.Errorf("voter %s is not removed: its validator key is not known: %w", id, err),
+			"`lucidctl maintenance voters remove "+id+" --key KEY --target "+leader+"` removes it with the key named")
+	}
+	if dry {
+		m.event(m.cluster, deploy.StepLeave, deploy.EventInfo, fmt.Sprintf("would remove voter %s and its validator key, through the leader %s", id, leader))
+		return nil
+	}
+	m.event(m.cluster, deploy.StepLeave, deploy.EventStart, fmt.Sprintf("sealing the removal of %s's validator key, then removing it from the voters, through the leader %s", id, leader))
+	err = api.RemoveVoter(ctx, id, key)
+	if aerr := m.audit(ctx, leader, []string{"chain.voters.remove", id}, err); aerr != nil && err == nil {
+		m.event(m.cluster, deploy.StepLeave, deploy.EventWarn, fmt.Sprintf("removed through %s, but %v", leader, aerr))
+	}
+	if err != nil {
+		return fmt.Errorf("remove voter %s through the leader %s: %w", id, leader, err)
+	}
+	return nil
+}
+
+// firstLine keeps the first line of s.
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i] + " …"
+	}
+	return s
+}

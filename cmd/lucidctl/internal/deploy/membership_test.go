@@ -1,0 +1,778 @@
+package deploy
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/pickme/lucid/cmd/lucidctl/internal/build"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
+	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/api"
+	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/chain"
+	"github.com/pickme/lucid/pkg/deploy"
+	"github.com/pickme/lucid/pkg/imagebuild"
+)
+
+// The hosts' statuses the membership decisions read, as deploy.StatusOf
+// gives them.
+
+// neverDeployed is a host with no release and no engine container.
+func neverDeployed(target string) *deploy.HostStatus {
+	return &deploy.HostStatus{Target: target, Services: []deploy.ServiceState{{Service: "engine", State: "missing"}},
+		Unknown: map[string]string{deploy.FigureRaftRole: "engine does not run"}}
+}
+
+// unreadEngine is a host whose engine runs, but whose consensus status
+// was not read (why).
+func unreadEngine(target, why string) *deploy.HostStatus {
+	return &deploy.HostStatus{Target: target, Release: &deploy.Release{ID: "r1"}, Healthy: true,
+		Services: []deploy.ServiceState{{Service: "engine", State: "running", Health: "healthy"}},
+		Unknown:  map[string]string{deploy.FigureRaftRole: why}}
+}
+
+// engineOn is a host whose engine answered as node, in role, with its
+// configuration servers and leader.
+func engineOn(target, node, role, leader string, healthy bool, servers ...engineapi.Server) *deploy.HostStatus {
+	term, applied := uint64(3), uint64(120)
+	return &deploy.HostStatus{Target: target, Release: &deploy.Release{ID: "r1"}, Healthy: healthy,
+		Services: []deploy.ServiceState{{Service: "engine", State: "running", Health: "healthy"}},
+		Reports: deploy.ServiceReports{RaftRole: role, RaftNodeID: node, RaftTerm: &term, RaftAppliedIndex: &applied, RaftLastIndex: &applied,
+			RaftLeaderID: leader, RaftServers: servers}}
+}
+
+// waitingToJoin is a host whose engine runs without a configuration.
+func waitingToJoin(target string) *deploy.HostStatus {
+	return engineOn(target, target, "follower", "", false)
+}
+
+func servers(ids ...string) []engineapi.Server {
+	var out []engineapi.Server
+	for i, id := range ids {
+		out = append(out, engineapi.Server{ID: id, Address: fmt.Sprintf("10.0.0.%d:8094", 11+i), Voter: true})
+	}
+	return out
+}
+
+// viewOf reads hosts as given; a host without a status could not be
+// reached.
+func viewOf(hosts []string, sts map[string]*deploy.HostStatus) *clusterView {
+	statuses, errs := make([]*deploy.HostStatus, len(hosts)), make([]error, len(hosts))
+	for i, h := range hosts {
+		if st, ok := sts[h]; ok {
+			statuses[i] = st
+		} else {
+			errs[i] = errors.New("not reached: dial tcp 10.0.0.13:22: i/o timeout")
+		}
+	}
+	return newClusterView("home", hosts, statuses, errs)
+}
+
+var three = []string{"pi1", "pi2", "pi3"}
+
+// healthyThree is the cluster pi1, pi2, pi3 led by pi1, every voter up.
+func healthyThree() map[string]*deploy.HostStatus {
+	cfg := servers("pi1", "pi2", "pi3")
+	return map[string]*deploy.HostStatus{
+		"pi1": engineOn("pi1", "pi1", "leader", "pi1", true, cfg...),
+		"pi2": engineOn("pi2", "pi2", "follower", "pi1", true, cfg...),
+		"pi3": engineOn("pi3", "pi3", "follower", "pi1", true, cfg...),
+	}
+}
+
+// TestDecideBootstrap: the first host deployed starts the cluster only
+// when every other host was read and none holds a Raft configuration; a
+// host that could not be read makes it unknown, and then nothing starts a
+// chain beside one that may exist.
+func TestDecideBootstrap(t *testing.T) {
+	tests := []struct {
+		name  string
+		hosts map[string]*deploy.HostStatus
+		want  bool
+		// wantErr are words the refusal must say; none: no refusal.
+		wantErr []string
+	}{
+		{name: "a first deploy", hosts: map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": neverDeployed("pi2"), "pi3": neverDeployed("pi3")}, want: true},
+		{name: "engines waiting to join are no chain", hosts: map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": waitingToJoin("pi2"), "pi3": waitingToJoin("pi3")}, want: true},
+		{name: "the first's own state does not matter", hosts: map[string]*deploy.HostStatus{"pi1": unreadEngine("pi1", "engine does not run"), "pi2": neverDeployed("pi2"), "pi3": neverDeployed("pi3")}, want: true},
+		{name: "the cluster runs", hosts: healthyThree(), want: false},
+		{name: "a single Pi grows", hosts: map[string]*deploy.HostStatus{"pi1": engineOn("pi1", "pi1", "leader", "pi1", true, servers("pi1")...), "pi2": neverDeployed("pi2"), "pi3": neverDeployed("pi3")}, want: false},
+		{name: "another holds a chain and the rest are not read", hosts: map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": engineOn("pi2", "pi2", "leader", "pi2", true, servers("pi2")...)}, want: false},
+		{name: "a host not reached", hosts: map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": neverDeployed("pi2")},
+			wantErr: []string{"pi1 would start a new chain", "pi3 (not reached: dial tcp 10.0.0.13:22: i/o timeout)", "nothing was changed"}},
+		{name: "an engine not read", hosts: map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": unreadEngine("pi2", "no operator token (LUCID_OPERATOR_TOKEN) to ask engine with"), "pi3": neverDeployed("pi3")},
+			wantErr: []string{"pi2 (no operator token (LUCID_OPERATOR_TOKEN) to ask engine with)"}},
+		{name: "an engine that was deployed and does not run", hosts: map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": neverDeployed("pi2"), "pi3": unreadEngine("pi3", "engine does not run")},
+			wantErr: []string{"pi3 (engine does not run)"}},
+		{name: "two chains", hosts: map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": engineOn("pi2", "pi2", "leader", "pi2", true, servers("pi2")...), "pi3": engineOn("pi3", "pi3", "leader", "pi3", true, servers("pi3")...)},
+			wantErr: []string{"pi2 (node pi2), pi3 (node pi3) each hold a chain of their own"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := decideBootstrap(viewOf(three, tt.hosts), "pi1")
+			if len(tt.wantErr) > 0 {
+				if err == nil {
+					t.Fatalf("bootstrap %v, want a refusal", got)
+				}
+				for _, w := range tt.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("%q lacks %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("bootstrap %v, %v; want %v", got, err, tt.want)
+			}
+		})
+	}
+	// The refusal says what to do.
+	_, err := decideBootstrap(viewOf(three, map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": neverDeployed("pi2")}), "pi1")
+	if !errors.Is(err, errCannotBootstrap) || !strings.Contains(cli.Hint(err), "deploy when every host of the cluster answers") {
+		t.Errorf("refusal %v, hint %q", err, cli.Hint(err))
+	}
+}
+
+// TestNeedsJoin: a host joins when the cluster has a configuration that
+// lacks it; a voter does not; a host whose engine holds another chain, or
+// answers as another node, is refused before it changes.
+func TestNeedsJoin(t *testing.T) {
+	four := append(slices.Clone(three), "pi4")
+	t.Run("voters and a new host", func(t *testing.T) {
+		sts := healthyThree()
+		v := viewOf(four, sts)
+		for _, h := range three {
+			if join, err := needsJoin(v, h); join || err != nil {
+				t.Errorf("%s: join %v, %v", h, join, err)
+			}
+		}
+		if join, err := needsJoin(v, "pi4"); !join || err != nil {
+			t.Errorf("pi4 not reached: join %v, %v", join, err)
+		}
+		sts["pi4"] = neverDeployed("pi4")
+		if join, err := needsJoin(viewOf(four, sts), "pi4"); !join || err != nil {
+			t.Errorf("pi4 never deployed: join %v, %v", join, err)
+		}
+		sts["pi4"] = waitingToJoin("pi4")
+		if join, err := needsJoin(viewOf(four, sts), "pi4"); !join || err != nil {
+			t.Errorf("pi4 waiting: join %v, %v", join, err)
+		}
+		// A voter down is still a voter: it comes back by itself.
+		sts["pi2"] = unreadEngine("pi2", "engine does not run")
+		if join, err := needsJoin(viewOf(four, sts), "pi2"); join || err != nil {
+			t.Errorf("pi2 down: join %v, %v", join, err)
+		}
+	})
+	t.Run("a chain of its own", func(t *testing.T) {
+		sts := healthyThree()
+		sts["pi4"] = engineOn("pi4", "pi4", "leader", "pi4", true, servers("pi4")...)
+		_, err := needsJoin(viewOf(four, sts), "pi4")
+		if err == nil || !strings.Contains(err.Error(), "pi4's engine holds a chain of its own (Raft configuration: pi4 at 10.0.0.11:8094), not cluster home's: joining would throw it away") {
+			t.Errorf("own chain: %v", err)
+		}
+	})
+	t.Run("a renamed target", func(t *testing.T) {
+		// lucid.yaml says pi-2 where it said pi2: its engine is still pi2.
+		hosts := []string{"pi1", "pi-2", "pi3"}
+		sts := healthyThree()
+		sts["pi-2"] = sts["pi2"]
+		sts["pi-2"].Target = "pi-2"
+		delete(sts, "pi2")
+		_, err := needsJoin(viewOf(hosts, sts), "pi-2")
+		if err == nil || !strings.Contains(err.Error(), "pi-2's engine is node pi2 of cluster home, but lucid.yaml names the host pi-2") || !strings.Contains(cli.Hint(err), "name the target pi2 again") {
+			t.Errorf("renamed: %v (hint %q)", err, cli.Hint(err))
+		}
+		// And pi2 is a voter no host is: it stays unless named.
+		if s := viewOf(hosts, sts).strangers(); len(s) != 1 || s[0].ID != "pi2" {
+			t.Errorf("strangers %+v", s)
+		}
+	})
+	t.Run("a first deploy", func(t *testing.T) {
+		v := viewOf(three, map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": neverDeployed("pi2"), "pi3": neverDeployed("pi3")})
+		if join, err := needsJoin(v, "pi2"); join || err != nil {
+			t.Errorf("join %v, %v: nothing to join yet", join, err)
+		}
+	})
+}
+
+// TestCheckRemoval: a voter leaves only while the voters left keep a
+// healthy majority, and never the leader.
+func TestCheckRemoval(t *testing.T) {
+	hosts := []string{"pi1", "pi2"} // pi3 was taken out of lucid.yaml
+	t.Run("a dead voter", func(t *testing.T) {
+		sts := healthyThree()
+		delete(sts, "pi3")
+		if err := checkRemoval(viewOf(hosts, sts), "pi3"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("the quorum", func(t *testing.T) {
+		// Lost now: no change can be committed.
+		sts := healthyThree()
+		delete(sts, "pi3")
+		sts["pi2"].Healthy = false
+		err := checkRemoval(viewOf(hosts, sts), "pi3")
+		if !errors.Is(err, errRemoval) || !strings.Contains(err.Error(), "cluster home has no quorum now (1 of 3 voters healthy, 2 needed)") {
+			t.Errorf("lost now: %v", err)
+		}
+		// Kept now, lost without it: pi-3 (renamed from pi3) still answers
+		// as voter pi3, while pi2 is down.
+		sts = healthyThree()
+		sts["pi-3"] = sts["pi3"]
+		delete(sts, "pi3")
+		sts["pi2"].Healthy = false
+		err = checkRemoval(viewOf([]string{"pi1", "pi2", "pi-3"}, sts), "pi3")
+		if !errors.Is(err, errRemoval) || !strings.Contains(err.Error(), "removing voter pi3 would leave 1 healthy of 2 voters, 2 needed") {
+			t.Errorf("lost without it: %v", err)
+		}
+	})
+	t.Run("the leader", func(t *testing.T) {
+		cfg := servers("pi1", "pi2", "pi3")
+		sts := map[string]*deploy.HostStatus{
+			"pi1": engineOn("pi1", "pi1", "follower", "pi3", true, cfg...),
+			"pi2": engineOn("pi2", "pi2", "follower", "pi3", true, cfg...),
+		}
+		v := viewOf(hosts, sts)
+		err := checkRemoval(v, "pi3")
+		if !errors.Is(err, errRemoval) || !strings.Contains(err.Error(), "no leader among the hosts read") {
+			t.Errorf("leader not read: %v", err)
+		}
+		v.leaderTarget = "pi3-host" // as if its host were read
+		err = checkRemoval(v, "pi3")
+		if !errors.Is(err, errRemoval) || !strings.Contains(err.Error(), "voter pi3 leads cluster home") || !strings.Contains(cli.Hint(err), "stop pi3's engine") {
+			t.Errorf("leader: %v (hint %q)", err, cli.Hint(err))
+		}
+	})
+}
+
+// fakeVoters is the voter API of one host, recording what was asked.
+type fakeVoters struct {
+	host string
+	log  *[]string
+	// addErr answers the AddVoter calls in turn; probeErr ProbeRaft.
+	addErr   []error
+	probeErr error
+	keys     []string
+}
+
+func (f *fakeVoters) AddVoter(_ context.Context, req engineapi.AddVoterRequest) error {
+	*f.log = append(*f.log, fmt.Sprintf("%s: add %s at %s key %s", f.host, req.ID, req.Address, req.Key))
+	if len(f.addErr) > 0 {
+		err := f.addErr[0]
+		f.addErr = f.addErr[1:]
+		return err
+	}
+	return nil
+}
+
+func (f *fakeVoters) RemoveVoter(_ context.Context, id, key string) error {
+	*f.log = append(*f.log, fmt.Sprintf("%s: remove %s key %s", f.host, id, key))
+	return nil
+}
+
+func (f *fakeVoters) Validators(context.Context) ([]string, error) { return f.keys, nil }
+
+func (f *fakeVoters) ProbeRaft(_ context.Context, addr string) error {
+	*f.log = append(*f.log, f.host+": probe "+addr)
+	return f.probeErr
+}
+
+func (f *fakeVoters) Close() {}
+
+// fakeCluster is a membership over statuses the test changes, with the
+// voter API of each host.
+type fakeCluster struct {
+	mu      sync.Mutex
+	hosts   []string
+	sts     map[string]*deploy.HostStatus
+	engines map[string][]*engineapi.ConsensusStatus // answered in turn, the last again
+	apis    map[string]*fakeVoters
+	log     []string
+	events  []deploy.Event
+	audits  []string
+}
+
+func newFakeCluster(hosts []string, sts map[string]*deploy.HostStatus) *fakeCluster {
+	return &fakeCluster{hosts: hosts, sts: sts, engines: map[string][]*engineapi.ConsensusStatus{}, apis: map[string]*fakeVoters{}}
+}
+
+func (f *fakeCluster) membership() *membership {
+	return &membership{
+		cluster: "home",
+		view: func(context.Context) *clusterView {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return viewOf(f.hosts, f.sts)
+		},
+		engine: func(_ context.Context, target string) (*engineapi.ConsensusStatus, error) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			answers := f.engines[target]
+			if len(answers) == 0 {
+				return nil, fmt.Errorf("engine %w", deploy.ErrNotRunning)
+			}
+			cs := answers[0]
+			if len(answers) > 1 {
+				f.engines[target] = answers[1:]
+			}
+			if cs == nil {
+				return nil, fmt.Errorf("engine %w", deploy.ErrNotRunning)
+			}
+			return cs, nil
+		},
+		voters: func(_ context.Context, target string) (voterAPI, error) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			a, ok := f.apis[target]
+			if !ok {
+				a = &fakeVoters{host: target}
+				f.apis[target] = a
+			}
+			a.log = &f.log
+			return a, nil
+		},
+		audit: func(_ context.Context, target string, args []string, err error) error {
+			f.audits = append(f.audits, target+": "+strings.Join(args, " "))
+			return nil
+		},
+		rep: deploy.ReporterFunc(func(e deploy.Event) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.events = append(f.events, e)
+		}),
+	}
+}
+
+func (f *fakeCluster) said(step deploy.Step, status deploy.EventStatus, words string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.ContainsFunc(f.events, func(e deploy.Event) bool {
+		return e.Step == step && e.Status == status && strings.Contains(e.Message, words)
+	})
+}
+
+// TestJoin: once the new engine answers without a configuration, its key
+// and Raft address go to the leader's voter API (after the leader's host
+// reaches it); leadership moving meanwhile is followed; a host whose
+// engine holds another chain, or advertises loopback, is not added.
+func TestJoin(t *testing.T) {
+	four := append(slices.Clone(three), "pi4")
+	newEngine := &engineapi.ConsensusStatus{NodeID: "pi4", State: "follower", RaftAddr: "10.0.0.14:8094", ValidatorKey: "pi4+0123abcd+KEY"}
+	t.Run("as soon as it answers", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFakeCluster(four, healthyThree())
+			// Not yet running, then the release before (another node id),
+			// then the new engine.
+			f.engines["pi4"] = []*engineapi.ConsensusStatus{nil, nil, {NodeID: "lucid-blockchain-engine", State: "leader"}, newEngine}
+			start := time.Now()
+			if err := f.membership().join(t.Context(), "pi4"); err != nil {
+				t.Fatal(err)
+			}
+			if waited := time.Since(start); waited != 3*joinPoll {
+				t.Errorf("added after %s, want %s (three polls)", waited, 3*joinPoll)
+			}
+			want := []string{"pi1: probe 10.0.0.14:8094", "pi1: add pi4 at 10.0.0.14:8094 key pi4+0123abcd+KEY"}
+			if !slices.Equal(f.log, want) {
+				t.Errorf("calls %q, want %q", f.log, want)
+			}
+			if !f.said(deploy.StepJoin, deploy.EventStart, "sealing its validator key into the chain, then adding it as a voter at 10.0.0.14:8094, through the leader pi1") {
+				t.Errorf("events %+v", f.events)
+			}
+			if len(f.audits) != 1 || f.audits[0] != "pi1: chain.voters.add pi4" {
+				t.Errorf("audits %q", f.audits)
+			}
+		})
+	})
+	t.Run("the leader moved", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFakeCluster(four, healthyThree())
+			f.engines["pi4"] = []*engineapi.ConsensusStatus{newEngine}
+			f.apis["pi1"] = &fakeVoters{host: "pi1", addErr: []error{&api.Error{Status: 503, Code: engineapi.CodeNotLeader, Message: "this node is not the leader"}}}
+			m := f.membership()
+			view := m.view
+			reads := 0
+			m.view = func(ctx context.Context) *clusterView {
+				reads++
+				if reads == 2 { // pi2 took over
+					cfg := servers("pi1", "pi2", "pi3")
+					f.sts["pi1"] = engineOn("pi1", "pi1", "follower", "pi2", true, cfg...)
+					f.sts["pi2"] = engineOn("pi2", "pi2", "leader", "pi2", true, cfg...)
+					f.sts["pi3"] = engineOn("pi3", "pi3", "follower", "pi2", true, cfg...)
+				}
+				return view(ctx)
+			}
+			if err := m.join(t.Context(), "pi4"); err != nil {
+				t.Fatal(err)
+			}
+			if n := len(f.log); n != 4 || f.log[3] != "pi2: add pi4 at 10.0.0.14:8094 key pi4+0123abcd+KEY" {
+				t.Errorf("calls %q", f.log)
+			}
+		})
+	})
+	t.Run("refused", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			for name, tt := range map[string]struct {
+				engine *engineapi.ConsensusStatus
+				probe  error
+				want   string
+			}{
+				"a chain of its own": {engine: &engineapi.ConsensusStatus{NodeID: "pi4", State: "leader", Servers: servers("pi4")}, want: "pi4's engine holds a Raft configuration of its own (pi4 at 10.0.0.11:8094), not cluster home's"},
+				"loopback":           {engine: &engineapi.ConsensusStatus{NodeID: "pi4", State: "follower", RaftAddr: "127.0.0.1:8094"}, want: "its engine's Raft address 127.0.0.1:8094 is not one the other hosts can reach"},
+				"not reached":        {engine: newEngine, probe: errors.New("pi1 cannot reach 10.0.0.14:8094: connect: no route to host"), want: "the leader's host cannot reach pi4's engine over Raft, so it is not added"},
+			} {
+				f := newFakeCluster(four, healthyThree())
+				f.engines["pi4"] = []*engineapi.ConsensusStatus{tt.engine}
+				f.apis["pi1"] = &fakeVoters{host: "pi1", probeErr: tt.probe}
+				err := f.membership().join(t.Context(), "pi4")
+				if err == nil || !strings.Contains(err.Error(), tt.want) {
+					t.Errorf("%s: %v, want %q", name, err, tt.want)
+				}
+				if slices.ContainsFunc(f.log, func(s string) bool { return strings.Contains(s, ": add ") }) {
+					t.Errorf("%s: added anyway: %q", name, f.log)
+				}
+			}
+		})
+	})
+	t.Run("the deploy gives up first", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFakeCluster(four, healthyThree())
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+			defer cancel()
+			err := f.membership().join(ctx, "pi4")
+			if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "pi4 did not join cluster home: its engine: engine does not run") {
+				t.Errorf("%v", err)
+			}
+		})
+	})
+}
+
+// TestDeployJoining: the join runs beside the host's deploy, which passes
+// its gate only once the engine was added; afterwards the leader's
+// configuration must hold it. When the deploy fails, the join's failure
+// (the reason its engine knew no leader) is said with it.
+func TestDeployJoining(t *testing.T) {
+	four := append(slices.Clone(three), "pi4")
+	newEngine := &engineapi.ConsensusStatus{NodeID: "pi4", State: "follower", RaftAddr: "10.0.0.14:8094", ValidatorKey: "pi4+0123abcd+KEY"}
+	t.Run("joined", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFakeCluster(four, healthyThree())
+			f.engines["pi4"] = []*engineapi.ConsensusStatus{nil, newEngine}
+			added := make(chan struct{})
+			f.apis["pi1"] = &fakeVoters{host: "pi1"}
+			m := f.membership()
+			voters := m.voters
+			m.voters = func(ctx context.Context, target string) (voterAPI, error) {
+				defer close(added)
+				return voters(ctx, target)
+			}
+			deployHost := func(ctx context.Context) (*deploy.Result, error) {
+				<-added // the engine's gate passes once it has a leader
+				cfg := servers("pi1", "pi2", "pi3", "pi4")
+				f.mu.Lock()
+				for _, h := range three {
+					f.sts[h].Reports.RaftServers = cfg
+				}
+				f.sts["pi4"] = engineOn("pi4", "pi4", "follower", "pi1", true, cfg...)
+				f.mu.Unlock()
+				return &deploy.Result{Target: "pi4"}, nil
+			}
+			res, err := m.deployJoining(t.Context(), "pi4", time.Minute, deployHost)
+			if err != nil || res == nil {
+				t.Fatalf("%v", err)
+			}
+			if !f.said(deploy.StepJoin, deploy.EventOK, "a voter of cluster home (4 voters, 4 healthy, leader pi1), caught up") {
+				t.Errorf("events %+v", f.events)
+			}
+		})
+	})
+	t.Run("never added", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFakeCluster(four, healthyThree())
+			f.engines["pi4"] = []*engineapi.ConsensusStatus{{NodeID: "pi4", State: "follower", RaftAddr: "127.0.0.1:8094"}}
+			deployHost := func(ctx context.Context) (*deploy.Result, error) {
+				// The gate gives up on an engine that knows no leader.
+				t := time.NewTimer(3 * time.Minute)
+				defer t.Stop()
+				<-t.C
+				return nil, errors.New("pi4: engine: unhealthy")
+			}
+			_, err := f.membership().deployJoining(t.Context(), "pi4", time.Minute, deployHost)
+			if err == nil || !strings.Contains(err.Error(), "pi4: engine: unhealthy; and its engine was not added to the cluster, so it knew no leader: pi4 cannot join cluster home: its engine's Raft address 127.0.0.1:8094") {
+				t.Errorf("%v", err)
+			}
+		})
+	})
+	t.Run("the deploy fails before the engine answers", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFakeCluster(four, healthyThree())
+			deployHost := func(ctx context.Context) (*deploy.Result, error) {
+				return nil, errors.New("pi4: preflight: no docker compose")
+			}
+			_, err := f.membership().deployJoining(t.Context(), "pi4", time.Minute, deployHost)
+			if err == nil || err.Error() != "pi4: preflight: no docker compose" {
+				t.Errorf("%v", err)
+			}
+		})
+	})
+}
+
+// TestLeave: a voter that is no host of the cluster is reported and
+// stays; named, it is removed with the validator key named after it,
+// unless the quorum or an unknown key forbids it; a dry run removes
+// nothing.
+func TestLeave(t *testing.T) {
+	_, pi3Key, err := chain.GenerateKey("pi3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, pi1Key, _ := chain.GenerateKey("pi1")
+	_, pi2Key, _ := chain.GenerateKey("pi2")
+	keys := []string{pi1Key, pi2Key, pi3Key}
+	hosts := []string{"pi1", "pi2"} // pi3 was taken out of lucid.yaml
+	cluster := func() *fakeCluster {
+		sts := healthyThree()
+		delete(sts, "pi3")
+		f := newFakeCluster(hosts, sts)
+		f.apis["pi1"] = &fakeVoters{host: "pi1", keys: keys}
+		return f
+	}
+	removed := func(f *fakeCluster) bool {
+		return slices.ContainsFunc(f.log, func(s string) bool { return strings.Contains(s, "remove") })
+	}
+
+	t.Run("reported, not removed", func(t *testing.T) {
+		f := cluster()
+		if err := f.membership().leave(t.Context(), nil, false); err != nil {
+			t.Fatal(err)
+		}
+		if removed(f) || !f.said(deploy.StepLeave, deploy.EventWarn, "voter pi3 (10.0.0.13:8094) is no host of cluster home in lucid.yaml; it stays a voter (--remove-voter pi3 removes it") {
+			t.Errorf("calls %q, events %+v", f.log, f.events)
+		}
+	})
+	t.Run("removed when named", func(t *testing.T) {
+		f := cluster()
+		m := f.membership()
+		view := m.view
+		m.view = func(ctx context.Context) *clusterView {
+			if removed(f) {
+				for _, h := range hosts {
+					f.sts[h].Reports.RaftServers = servers("pi1", "pi2")
+				}
+			}
+			return view(ctx)
+		}
+		if err := m.leave(t.Context(), []string{"pi3"}, false); err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{"pi1: remove pi3 key " + pi3Key}; !slices.Equal(f.log, want) {
+			t.Errorf("calls %q, want %q", f.log, want)
+		}
+		if !f.said(deploy.StepLeave, deploy.EventOK, "voter pi3 and its validator key removed; 2 voters left") || len(f.audits) != 1 || f.audits[0] != "pi1: chain.voters.remove pi3" {
+			t.Errorf("events %+v, audits %q", f.events, f.audits)
+		}
+	})
+	t.Run("dry run", func(t *testing.T) {
+		f := cluster()
+		if err := f.membership().leave(t.Context(), []string{"pi3"}, true); err != nil {
+			t.Fatal(err)
+		}
+		if removed(f) || !f.said(deploy.StepLeave, deploy.EventInfo, "would remove voter pi3 and its validator key, through the leader pi1") {
+			t.Errorf("calls %q, events %+v", f.log, f.events)
+		}
+	})
+	t.Run("not a voter", func(t *testing.T) {
+		f := cluster()
+		if err := f.membership().leave(t.Context(), []string{"pi9"}, false); err != nil || removed(f) {
+			t.Fatalf("%v, calls %q", err, f.log)
+		}
+		if !f.said(deploy.StepLeave, deploy.EventInfo, "pi9 is no voter of cluster home: nothing to remove") {
+			t.Errorf("events %+v", f.events)
+		}
+	})
+	t.Run("the quorum", func(t *testing.T) {
+		f := cluster()
+		f.sts["pi2"].Healthy = false
+		err := f.membership().leave(t.Context(), []string{"pi3"}, false)
+		if !errors.Is(err, errRemoval) || removed(f) {
+			t.Errorf("%v, calls %q", err, f.log)
+		}
+	})
+	t.Run("no key named after it", func(t *testing.T) {
+		f := cluster()
+		f.apis["pi1"].keys = keys[:2]
+		err := f.membership().leave(t.Context(), []string{"pi3"}, false)
+		if err == nil || !strings.Contains(err.Error(), "no key of the chain's 2 validators is named pi3") || !strings.Contains(cli.Hint(err), "lucidctl maintenance voters remove pi3 --key KEY --target pi1") || removed(f) {
+			t.Errorf("%v (hint %q), calls %q", err, cli.Hint(err), f.log)
+		}
+	})
+}
+
+// TestRemoveVoterFlag: --remove-voter names voters that are no host of
+// the cluster, and needs a cluster.
+func TestRemoveVoterFlag(t *testing.T) {
+	ctx := context.Background()
+	yml := "targets:\n  pi1: {host: 127.0.0.1, port: 1}\n  pi2: {host: 127.0.0.1, port: 1}\n  lab: {host: 127.0.0.1, port: 1}\nclusters:\n  home:\n    hosts: [pi1, pi2]\n" + imagesYAML
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"home", "--remove-voter", "pi2"}, "--remove-voter pi2: pi2 is a host of cluster home in lucid.yaml"},
+		{[]string{"lab", "--remove-voter", "pi3"}, "--remove-voter: no target named is a host of a cluster of lucid.yaml"},
+	} {
+		err := execute(t, newDeployCmd, yml, tt.args...)
+		if cli.ExitCode(ctx, err) != cli.ExitUsage || !strings.Contains(fmt.Sprint(err), tt.want) {
+			t.Errorf("%q: %v (exit %d), want a usage error saying %q", tt.args, err, cli.ExitCode(ctx, err), tt.want)
+		}
+	}
+}
+
+// TestReadyToJoin: a join is refused before its host changes without the
+// operator token (saying what to set), without a leader, or without a
+// quorum to commit it.
+func TestReadyToJoin(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte("local:\n  env_file: operator.env\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := cli.NewEnv(iostreams.System(), func(string) string { return "" })
+	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
+	cr := &clusterRun{env: env, name: "home", configs: map[string]deploy.Config{"pi1": {}}, why: map[string]string{}}
+	four := append(slices.Clone(three), "pi4")
+	err := cr.readyToJoin(viewOf(four, healthyThree()), "pi4")
+	if err == nil || !strings.Contains(err.Error(), "pi4 must join cluster home as a voter, which takes the operator token: LUCID_OPERATOR_TOKEN is in neither the environment nor") ||
+		!strings.Contains(cli.Hint(err), "set LUCID_OPERATOR_TOKEN in the environment") {
+		t.Errorf("without the token: %v (hint %q)", err, cli.Hint(err))
+	}
+
+	env = cli.NewEnv(iostreams.System(), func(k string) string {
+		if k == "LUCID_OPERATOR_TOKEN" {
+			return "operator-token-of-the-test-0123456789abcdef"
+		}
+		return ""
+	})
+	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
+	cr = &clusterRun{env: env, name: "home", configs: map[string]deploy.Config{"pi1": {}}, why: map[string]string{}}
+	if err := cr.readyToJoin(viewOf(four, healthyThree()), "pi4"); err != nil {
+		t.Fatalf("with the token: %v", err)
+	}
+	sts := healthyThree()
+	delete(sts, "pi1") // the leader's host is not reached
+	if err := cr.readyToJoin(viewOf(four, sts), "pi4"); err == nil || !strings.Contains(err.Error(), "through its leader, but its leader pi1 is not among the hosts read") {
+		t.Errorf("without a leader: %v", err)
+	}
+	sts = healthyThree()
+	sts["pi2"].Healthy, sts["pi3"].Healthy = false, false
+	if err := cr.readyToJoin(viewOf(four, sts), "pi4"); err == nil || !strings.Contains(err.Error(), "has no quorum now (1 of 3 voters healthy, 2 needed)") {
+		t.Errorf("without a quorum: %v", err)
+	}
+	sts = healthyThree()
+	sts["pi3"].Reports.RaftRole = "leader" // two leaders in one term
+	if err := cr.readyToJoin(viewOf(four, sts), "pi4"); err == nil || !strings.Contains(err.Error(), "cluster home is not sound: split") {
+		t.Errorf("split: %v", err)
+	}
+}
+
+// TestClusterDryRun drives `lucidctl deploy CLUSTER --dry-run --json`
+// against real hosts (a throwaway sshd whose Docker is this machine's,
+// each host a deploy dir and compose project of its own): every host of
+// the cluster is read before the build, the first host deployed would
+// start the cluster and the others join it; and a host of the cluster that
+// cannot be reached refuses the bootstrap before anything is built.
+func TestClusterDryRun(t *testing.T) {
+	if err := exec.Command("docker", "version").Run(); err != nil {
+		testenv.Missing(t, "a running Docker Engine")
+	}
+	s := testenv.StartSSHD(t, testenv.SSHDOptions{})
+	dir, _ := project(t, s)
+	var yml strings.Builder
+	yml.WriteString("targets:\n")
+	for i, h := range three {
+		port := s.Port
+		if h == "pi3" {
+			port = 1 // refuses at once: a host that is off
+		}
+		fmt.Fprintf(&yml, "  %s:\n    host: %s\n    port: %d\n    user: %s\n    dir: %s\n    project: lucidclustertest%s\n    cluster_address: 10.0.0.%d\n",
+			h, s.Host, port, s.User, filepath.Join(t.TempDir(), h), strings.TrimPrefix(h, "pi"), 11+i)
+	}
+	yml.WriteString("clusters:\n  home:\n    hosts: [pi1, pi2, pi3]\nimages:\n  name: lucid-clitest/{service}\n  tag: t\nplatforms: [linux/amd64]\n")
+	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte(yml.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lucid := lucidAmd64(t)
+	run := func(hosts ...string) ([]deploy.Event, error) {
+		io, _, out, errOut := iostreams.Test()
+		env := cli.NewEnv(io, func(string) string { return "" })
+		env.JSON, env.ConfigPath = true, filepath.Join(dir, "lucid.yaml")
+		opts := &Options{Env: env, Names: []string{"home"}, Hosts: hosts, DryRun: true, MinFreeMiB: 16, Image: build.ImageFlags{Base: imagebuild.BaseScratch, Lucid: lucid}}
+		opts.SSH = sshFlags{SSHFlags: cli.SSHFlags{Identities: []string{s.ClientKey}, KnownHosts: s.KnownHosts, NoAgent: true}, dockerSocket: "/var/run/docker.sock"}
+		err := runDeploy(context.Background(), opts)
+		var events []deploy.Event
+		sc := bufio.NewScanner(strings.NewReader(out.String()))
+		for sc.Scan() {
+			var e deploy.Event
+			if json.Unmarshal(sc.Bytes(), &e) == nil && e.Step != resultStep {
+				events = append(events, e)
+			}
+		}
+		if t.Failed() {
+			t.Logf("stdout:\n%s\nstderr:\n%s", out, errOut)
+		}
+		return events, err
+	}
+	has := func(events []deploy.Event, target string, step deploy.Step, status deploy.EventStatus, words string) bool {
+		return slices.ContainsFunc(events, func(e deploy.Event) bool {
+			return e.Target == target && e.Step == step && e.Status == status && strings.Contains(e.Message, words)
+		})
+	}
+
+	// pi3 is off: whether it holds the chain is unknown, so nobody starts one.
+	events, err := run("pi1", "pi2")
+	if !errors.Is(err, errCannotBootstrap) || !strings.Contains(err.Error(), "pi3 (not reached: ") {
+		t.Fatalf("with pi3 off: %v", err)
+	}
+	if !has(events, "pi3", deploy.StepConnect, deploy.EventWarn, "a host of cluster home, not deployed now, not reached to read it") ||
+		!has(events, "pi1", deploy.StepBootstrap, deploy.EventFail, "pi1 would start a new chain") ||
+		slices.ContainsFunc(events, func(e deploy.Event) bool { return e.Step == deploy.StepPlan }) {
+		t.Errorf("with pi3 off: events %+v", events)
+	}
+
+	// pi3 out of the cluster: pi1 would start it, pi2 join it.
+	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte(strings.Replace(yml.String(), "hosts: [pi1, pi2, pi3]", "hosts: [pi1, pi2]", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	events, err = run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []struct {
+		target string
+		step   deploy.Step
+		words  string
+	}{
+		{"pi1", deploy.StepBootstrap, "no host of cluster home holds a Raft configuration: pi1's engine starts the cluster"},
+		{"pi1", deploy.StepBootstrap, "would start cluster home"},
+		{"pi2", deploy.StepJoin, "would join cluster home as a voter once its first host has started it"},
+	} {
+		if !has(events, want.target, want.step, deploy.EventInfo, want.words) {
+			t.Errorf("no %s %s event saying %q: %+v", want.target, want.step, want.words, events)
+		}
+	}
+	for _, h := range []string{"pi1", "pi2"} {
+		if !has(events, h, deploy.StepPlan, deploy.EventOK, "") {
+			t.Errorf("no plan for %s: %+v", h, events)
+		}
+	}
+}
