@@ -184,6 +184,17 @@ func (cr *clusterRun) plan(ctx context.Context, order []string) ([]string, error
 		return nil, err
 	}
 	var joiners, voters []string
+	if slices.Contains(order, v.grows) {
+		// The single Pi of before goes first and starts the cluster under
+		// its target's name, keeping its chain; the others join it.
+		cr.bootstrap = v.grows
+		cr.rep.Event(deploy.Event{Time: time.Now(), Target: v.grows, Step: deploy.StepBootstrap, Status: deploy.EventInfo,
+			Message: fmt.Sprintf("%s's engine (node %s) holds a chain of its own: it starts cluster %s as node %s, keeping its chain, and the others join it as they are deployed", v.grows, v.voters[0].ID, cr.name, v.grows)})
+		// The others' part is decided at their turn, on a read made after
+		// it has become the cluster's first host.
+		others := slices.DeleteFunc(slices.Clone(order), func(h string) bool { return h == v.grows })
+		return append([]string{v.grows}, others...), nil
+	}
 	for _, h := range order {
 		join, err := needsJoin(v, h)
 		if err != nil {
@@ -426,6 +437,16 @@ func (cr *clusterRun) turn(ctx context.Context, name string, dry bool) (*cluster
 	fail := func(err error) (*clusterTurn, error) {
 		cr.rep.Event(deploy.Event{Time: time.Now(), Target: name, Step: deploy.StepJoin, Status: deploy.EventFail, Message: err.Error()})
 		return nil, err
+	}
+	if dry && v.grows != "" && name != v.grows && v.grows == cr.bootstrap {
+		// A dry run changes nothing: the single Pi of before is still one.
+		envs, err := cr.envFor(name)
+		if err != nil {
+			return nil, err
+		}
+		cr.rep.Event(deploy.Event{Time: time.Now(), Target: name, Step: deploy.StepJoin, Status: deploy.EventInfo,
+			Message: fmt.Sprintf("would join cluster %s as a voter once %s has started it", cr.name, v.grows)})
+		return &clusterTurn{cr: cr, name: name, view: v, dry: true, envs: envs}, nil
 	}
 	join, err := needsJoin(v, name)
 	if err != nil {

@@ -56,6 +56,13 @@ type clusterView struct {
 	// cluster is deploy.ClusterOf's verdict; nil for a configuration of
 	// one server.
 	cluster *deploy.Cluster
+	// grows is the host whose engine is a single Pi's of before the
+	// cluster: a configuration of itself alone, under another node id
+	// (lucid-blockchain-engine) than its target's. Started as the host
+	// that bootstraps, the engine takes its target's id and cluster
+	// address and keeps its chain (the engine's recovery of a one-voter
+	// configuration); it must be the first host deployed.
+	grows string
 	// split says that the hosts' engines hold several chains, which no
 	// membership change may merge.
 	split string
@@ -113,6 +120,9 @@ func newClusterView(name string, hosts []string, statuses []*deploy.HostStatus, 
 		}
 		if r.RaftRole == "leader" {
 			v.leaderID, v.leaderTarget = r.RaftNodeID, h.Target
+		}
+		if len(r.RaftServers) == 1 && r.RaftServers[0].Voter && r.RaftServers[0].ID == r.RaftNodeID && r.RaftNodeID != h.Target {
+			v.grows = h.Target
 		}
 	default:
 		var names []string
@@ -226,6 +236,13 @@ func needsJoin(v *clusterView, h string) (bool, error) {
 	if v.split != "" {
 		return false, fmt.Errorf("cluster %s: %s", v.name, v.split)
 	}
+	switch {
+	case v.grows == h:
+		return false, nil // it starts the cluster, keeping its chain
+	case v.grows != "":
+		return false, cli.WithHint(fmt.Errorf("%s's engine is still the single Pi's (node %s at %s): %s cannot join it before it becomes the cluster's first host; nothing was changed on %s",
+			v.grows, v.voters[0].ID, v.voters[0].Address, h, h), fmt.Sprintf("deploy %s first, or with the others: lucidctl deploy %s", v.grows, v.name))
+	}
 	if st := v.status[h]; st != nil && st.Reports.RaftRole != "" && len(st.Reports.RaftServers) > 0 {
 		r := st.Reports
 		switch node := r.RaftNodeID; {
@@ -238,7 +255,14 @@ func needsJoin(v *clusterView, h string) (bool, error) {
 			return false, fmt.Errorf("%s's engine holds a chain of its own (Raft configuration: %s), not cluster %s's: joining would throw it away, so it is not done; nothing was changed on %s", h, describeServers(r.RaftServers), v.name, h)
 		}
 	}
-	return len(v.voters) > 0 && v.voter(h) == nil, nil
+	if v.voter(h) != nil {
+		// A voter whose card holds no chain is a new card in its place:
+		// its engine makes a new validator key, which must be sealed
+		// before the engine may lead (join re-adds it, sealing the key).
+		st, _ := v.chainOf(h)
+		return st == chainNone && v.status[h] != nil, nil
+	}
+	return len(v.voters) > 0, nil
 }
 
 func describeServers(ss []engineapi.Server) string {
@@ -395,8 +419,9 @@ func (m *membership) join(ctx context.Context, target string) error {
 		case len(got.Servers) == 0:
 			cs = got // waiting to be added
 		case len(got.Servers) > 1 && m.view(ctx).voter(target) != nil:
-			m.event(target, deploy.StepJoin, deploy.EventInfo, "its engine already is a voter of the cluster")
-			return nil
+			// The leader reached it first (a new card in a voter's place):
+			// a voter, but its key may not be sealed yet.
+			cs = got
 		default:
 			return fmt.Errorf("%s's engine holds a Raft configuration of its own (%s), not cluster %s's: it is not added", target, describeServers(got.Servers), m.cluster)
 		}
@@ -417,11 +442,13 @@ func (m *membership) join(ctx context.Context, target string) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if x := v.voter(target); x != nil {
-			m.event(target, deploy.StepJoin, deploy.EventInfo, "already a voter of the cluster")
-			return nil
-		}
 		leader := v.leaderTarget
+		if v.voter(target) != nil && leader != "" {
+			if sealed, serr := m.keySealed(ctx, leader, cs.ValidatorKey); serr == nil && sealed {
+				m.event(target, deploy.StepJoin, deploy.EventInfo, "already a voter of the cluster, its validator key sealed")
+				return nil
+			}
+		}
 		if leader == "" {
 			err = fmt.Errorf("%s cannot join cluster %s: %s", target, m.cluster, noLeader(v))
 		} else {
@@ -462,6 +489,18 @@ func (m *membership) addVoter(ctx context.Context, leader string, req engineapi.
 		m.event(req.ID, deploy.StepJoin, deploy.EventWarn, fmt.Sprintf("added through %s, but %v", leader, aerr))
 	}
 	return err
+}
+
+// keySealed says whether key is among the chain's validators, as the
+// leader's host reads them.
+func (m *membership) keySealed(ctx context.Context, leader, key string) (bool, error) {
+	api, err := m.voters(ctx, leader)
+	if err != nil {
+		return false, err
+	}
+	defer api.Close()
+	keys, err := api.Validators(ctx)
+	return slices.Contains(keys, key), err
 }
 
 // noLeader says why the cluster has no leader to go through.

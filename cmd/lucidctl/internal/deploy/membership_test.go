@@ -200,6 +200,39 @@ func TestNeedsJoin(t *testing.T) {
 			t.Errorf("strangers %+v", s)
 		}
 	})
+	t.Run("a single Pi of before grows", func(t *testing.T) {
+		// pi1 ran alone: its engine is still the single Pi's node.
+		single := []engineapi.Server{{ID: "lucid-blockchain-engine", Address: "127.0.0.1:8094", Voter: true}}
+		sts := map[string]*deploy.HostStatus{
+			"pi1": engineOn("pi1", "lucid-blockchain-engine", "leader", "lucid-blockchain-engine", true, single...),
+			"pi2": neverDeployed("pi2"), "pi3": neverDeployed("pi3"),
+		}
+		v := viewOf(three, sts)
+		if v.grows != "pi1" || v.split != "" {
+			t.Fatalf("grows %q, split %q", v.grows, v.split)
+		}
+		if join, err := needsJoin(v, "pi1"); join || err != nil {
+			t.Errorf("pi1 starts the cluster keeping its chain: join %v, %v", join, err)
+		}
+		// pi2 cannot join an engine that still advertises its loopback.
+		_, err := needsJoin(v, "pi2")
+		if err == nil || !strings.Contains(err.Error(), "pi1's engine is still the single Pi's (node lucid-blockchain-engine at 127.0.0.1:8094)") || !strings.Contains(cli.Hint(err), "deploy pi1 first") {
+			t.Errorf("pi2 before pi1: %v (hint %q)", err, cli.Hint(err))
+		}
+		// Once pi1 runs as the cluster's first node, pi2 joins it.
+		sts["pi1"] = engineOn("pi1", "pi1", "leader", "pi1", true, servers("pi1")...)
+		if v := viewOf(three, sts); v.grows != "" {
+			t.Errorf("grows %q after pi1 took its name", v.grows)
+		} else if join, err := needsJoin(v, "pi2"); !join || err != nil {
+			t.Errorf("pi2 after pi1: join %v, %v", join, err)
+		}
+		// A one-voter chain under the target's own name is no single Pi
+		// of before, and another host's chain of its own is still refused.
+		sts["pi2"] = engineOn("pi2", "lucid-blockchain-engine", "leader", "lucid-blockchain-engine", true, single...)
+		if v := viewOf(three, sts); v.split == "" {
+			t.Error("two chains were not seen as a split")
+		}
+	})
 	t.Run("a first deploy", func(t *testing.T) {
 		v := viewOf(three, map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": neverDeployed("pi2"), "pi3": neverDeployed("pi3")})
 		if join, err := needsJoin(v, "pi2"); join || err != nil {
@@ -371,6 +404,36 @@ func (f *fakeCluster) said(step deploy.Step, status deploy.EventStatus, words st
 func TestJoin(t *testing.T) {
 	four := append(slices.Clone(three), "pi4")
 	newEngine := &engineapi.ConsensusStatus{NodeID: "pi4", State: "follower", RaftAddr: "10.0.0.14:8094", ValidatorKey: "pi4+0123abcd+KEY"}
+	t.Run("a new card in a voter's place", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			// pi2's card died; the new one holds no chain. It is still a
+			// voter, so the leader reaches it at once, but its new key must
+			// be sealed before it may ever lead.
+			sts := healthyThree()
+			sts["pi2"] = neverDeployed("pi2")
+			if join, err := needsJoin(viewOf(three, sts), "pi2"); !join || err != nil {
+				t.Fatalf("a new card in pi2's place: join %v, %v", join, err)
+			}
+			f := newFakeCluster(three, healthyThree())
+			f.apis["pi1"] = &fakeVoters{host: "pi1", keys: []string{"pi1+key", "pi2+oldkey", "pi3+key"}}
+			fresh := &engineapi.ConsensusStatus{NodeID: "pi2", State: "follower", RaftAddr: "10.0.0.12:8094", ValidatorKey: "pi2+newkey",
+				Servers: servers("pi1", "pi2", "pi3")}
+			f.engines["pi2"] = []*engineapi.ConsensusStatus{fresh}
+			if err := f.membership().join(t.Context(), "pi2"); err != nil {
+				t.Fatal(err)
+			}
+			if want := "pi1: add pi2 at 10.0.0.12:8094 key pi2+newkey"; !slices.Contains(f.log, want) {
+				t.Errorf("calls %q, want %q", f.log, want)
+			}
+			// A voter whose key is sealed is left as it is.
+			f = newFakeCluster(three, healthyThree())
+			f.apis["pi1"] = &fakeVoters{host: "pi1", keys: []string{"pi1+key", "pi2+newkey", "pi3+key"}}
+			f.engines["pi2"] = []*engineapi.ConsensusStatus{fresh}
+			if err := f.membership().join(t.Context(), "pi2"); err != nil || len(f.log) != 0 {
+				t.Errorf("a sealed voter: %v, calls %q", err, f.log)
+			}
+		})
+	})
 	t.Run("as soon as it answers", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := newFakeCluster(four, healthyThree())
