@@ -17,6 +17,8 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
@@ -442,5 +444,70 @@ func TestCorruptFenceStopsTheStart(t *testing.T) {
 	}
 	if !n.app.node.fence.active() {
 		t.Error("the fence was lifted")
+	}
+}
+
+// TestFencedLeaderHandsOver: a restored engine of a cluster that comes to
+// lead while fenced would stop the whole chain until the operator lifts
+// its fence; it hands the leadership over instead, and blocks go on.
+func TestFencedLeaderHandsOver(t *testing.T) {
+	ctx := context.Background()
+	nodes := []*testNode{startNode(t, nodeConfig(t, "n1", true))}
+	waitLeader(t, nodes[0])
+	for _, id := range []string{"n2", "n3"} {
+		n := startNode(t, nodeConfig(t, id, false))
+		st, err := n.client.Consensus(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nodes[0].client.AddVoter(ctx, servicetest.OperatorToken, engineapi.AddVoterRequest{ID: id, Address: n.cfg.RaftAddr, Key: st.ValidatorKey}); err != nil {
+			t.Fatalf("add %s: %v", id, err)
+		}
+		nodes = append(nodes, n)
+	}
+	// n3 comes back from a restore: fenced.
+	cfg := nodes[2].cfg
+	nodes[2].stop()
+	writeFence(t, cfg.DataDir, engineapi.Fence{Reason: "restored", Backup: "b-1", At: time.Now().UTC()})
+	nodes[2] = startNode(t, cfg)
+	t.Cleanup(nodes[2].stop)
+	if st := fenceOf(t, nodes[2]); !st.Fenced {
+		t.Fatalf("n3 not fenced: %+v", st)
+	}
+	leader := func() *testNode {
+		for _, n := range nodes {
+			if n.app.node.isLeader() {
+				return n
+			}
+		}
+		return nil
+	}
+	var from *testNode
+	testenv.Eventually(t, 15*time.Second, "a leader", func() bool { from = leader(); return from != nil && from != nodes[2] })
+	testenv.Eventually(t, 15*time.Second, "n3 catches up", func() bool {
+		a, errA := from.client.Chain(ctx)
+		b, errB := nodes[2].client.Chain(ctx)
+		return errA == nil && errB == nil && b.Height >= a.Height
+	})
+	// The fenced engine is made leader: it must hand over.
+	if err := from.app.node.raft.LeadershipTransferToServer(raft.ServerID("n3"), raft.ServerAddress(cfg.RaftAdvertise)).Error(); err != nil {
+		t.Fatalf("transfer to n3: %v", err)
+	}
+	info, err := nodes[0].client.Chain(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, "blocks go on beyond the fenced engine's lead", func() bool {
+		i, err := nodes[0].client.Chain(ctx)
+		return err == nil && i.Height >= info.Height+3
+	})
+	if metric(t, nodes[2], "lucid_engine_fenced_slots_total") < 1 {
+		t.Error("n3 never led while fenced: the transfer did not happen, so the hand-over was not tested")
+	}
+	if n := leader(); n == nodes[2] {
+		t.Error("the fenced engine leads")
+	}
+	if st := fenceOf(t, nodes[2]); !st.Fenced {
+		t.Errorf("the fence was lifted without the operator: %+v", st)
 	}
 }

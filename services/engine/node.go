@@ -309,9 +309,35 @@ func (n *node) produce(ctx context.Context) {
 		}
 		if err := n.propose(slot); errors.Is(err, errFenced) {
 			n.fence.skipped.Inc()
+			n.handOverWhileFenced()
 		} else if err != nil {
 			n.logger.Warn("block not produced", "slot", slot, "error", err)
 		}
+	}
+}
+
+// handOverWhileFenced gives the leadership to another voter when this
+// engine leads while fenced: it produces no block until the operator
+// lifts its fence, and as a leader it would stop the whole cluster's
+// chain meanwhile. A leader alone keeps it (there is no one to hand over
+// to, and a restored single Pi waits for the operator as before).
+func (n *node) handOverWhileFenced() {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	voters := 0
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	if voters < 2 {
+		return
+	}
+	n.logger.Warn("fenced after a restore while leading: handing the leadership over to another voter, so that the cluster's chain goes on")
+	if err := n.raft.LeadershipTransfer().Error(); err != nil {
+		n.logger.Warn("leadership transfer while fenced", "error", err)
 	}
 }
 
