@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -26,9 +27,9 @@ import (
 	"github.com/pickme/lucid/pkg/deployfiles"
 )
 
-// consulImageFormat changes whenever what ConsulImage puts in the image
-// does, so that a cached tarball of the old kind is not used.
-const consulImageFormat = "1"
+// imageFormat changes whenever what the images of this file hold does,
+// so that a cached tarball of the old kind is not used.
+const imageFormat = "1"
 
 var consulImage struct {
 	once sync.Once
@@ -54,25 +55,96 @@ var consulImage struct {
 func ConsulImage(t testing.TB) string {
 	t.Helper()
 	bin := Tool(t, "consul", "LUCID_CONSUL_BIN")
-	consulImage.once.Do(func() { consulImage.path, consulImage.err = buildConsulImage(bin) })
+	consulImage.once.Do(func() {
+		consulImage.path, consulImage.err = imageSpec{
+			ref: deployfiles.ConsulImage,
+			layers: [][]imageFile{
+				{
+					{name: "consul/data/", mode: 0o755},
+					{name: "consul/config/", mode: 0o755},
+					{name: "tmp/", mode: 0o1777},
+					{name: "usr/local/bin/docker-entrypoint.sh", mode: 0o755, content: []byte(consulEntrypoint)},
+					{name: "bin/sh", mode: 0o755, source: "/bin/sh", libraries: true},
+				},
+				{{name: "bin/consul", mode: 0o755, source: bin, strip: true}},
+			},
+			entrypoint:  []string{"docker-entrypoint.sh"},
+			cmd:         []string{"agent", "-dev", "-client", "0.0.0.0"},
+			description: "Consul for Lucid's tests, from LUCID_CONSUL_BIN",
+		}.tarball()
+	})
 	if consulImage.err != nil {
 		t.Fatalf("consul image: %v", consulImage.err)
 	}
 	return consulImage.path
 }
 
-func buildConsulImage(bin string) (string, error) {
-	fi, err := os.Stat(bin)
+// HostBinaryImage returns a `docker save` tarball of an image named ref
+// that runs cmd, made of this machine's binaries (each in
+// /usr/local/bin, on PATH) with the libraries they load, /bin/sh (for a
+// healthcheck's CMD-SHELL) and /tmp: for a server such as redis-server
+// that a compose file runs from a registry's image, which tests cannot
+// pull. It is built once per set of binaries and kept in the user's cache
+// directory (lucid/test-images).
+func HostBinaryImage(t testing.TB, ref string, cmd []string, binaries ...string) string {
+	t.Helper()
+	files := []imageFile{
+		{name: "tmp/", mode: 0o1777},
+		{name: "bin/sh", mode: 0o755, source: "/bin/sh", libraries: true},
+	}
+	for _, b := range binaries {
+		files = append(files, imageFile{name: "usr/local/bin/" + filepath.Base(b), mode: 0o755, source: b, libraries: true})
+	}
+	out, err := imageSpec{ref: ref, layers: [][]imageFile{files}, cmd: cmd, description: "for Lucid's tests, from this machine's " + strings.Join(binaries, ", ")}.tarball()
+	if err != nil {
+		t.Fatalf("image %s: %v", ref, err)
+	}
+	return out
+}
+
+// imageSpec is an image made of this machine's files, one layer per
+// slice of layers.
+type imageSpec struct {
+	ref             string
+	layers          [][]imageFile
+	entrypoint, cmd []string
+	description     string
+}
+
+// key names the spec and the files it is made of, as they are now.
+func (s imageSpec) key() (string, error) {
+	b := fmt.Appendf(nil, "%s %s %s %q %q\n", imageFormat, runtime.GOARCH, s.ref, s.entrypoint, s.cmd)
+	for _, layer := range s.layers {
+		for _, f := range layer {
+			b = fmt.Appendf(b, "%s %o %v %v %x", f.name, f.mode, f.strip, f.libraries, sha256.Sum256(f.content))
+			if f.source != "" {
+				fi, err := os.Stat(f.source)
+				if err != nil {
+					return "", err
+				}
+				b = fmt.Appendf(b, " %s %d %d", f.source, fi.Size(), fi.ModTime().UnixNano())
+			}
+			b = append(b, '\n')
+		}
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:6]), nil
+}
+
+// tarball returns the cached tarball of the image, built first if it is
+// not there.
+func (s imageSpec) tarball() (string, error) {
+	key, err := s.key()
 	if err != nil {
 		return "", err
 	}
-	sum := sha256.Sum256(fmt.Appendf(nil, "%s %s %d %d %s", consulImageFormat, bin, fi.Size(), fi.ModTime().UnixNano(), runtime.GOARCH))
 	cache, err := os.UserCacheDir()
 	if err != nil {
 		return "", err
 	}
 	dir := filepath.Join(cache, "lucid", "test-images")
-	out := filepath.Join(dir, "consul-"+hex.EncodeToString(sum[:6])+".tar")
+	repo, _, _ := strings.Cut(filepath.Base(s.ref), ":")
+	out := filepath.Join(dir, repo+"-"+key+".tar")
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}
@@ -84,34 +156,42 @@ func buildConsulImage(bin string) (string, error) {
 		return "", err
 	}
 	defer func() { _ = os.RemoveAll(work) }() // a build's leftovers; the tarball is renamed out first
-	consul := bin
-	if strip, err := exec.LookPath("strip"); err == nil {
-		consul = filepath.Join(work, "consul")
-		if out, err := exec.Command(strip, "-o", consul, bin).CombinedOutput(); err != nil {
-			return "", fmt.Errorf("strip %s: %w: %s", bin, err, out)
+	img := empty.Image
+	var libDirs []string
+	for _, files := range s.layers {
+		var entries []imageFile
+		seen := map[string]bool{} // a library two binaries load, once
+		add := func(f imageFile) {
+			if !seen[f.name] {
+				seen[f.name] = true
+				entries = append(entries, f)
+			}
 		}
-	}
-	shell, err := shellFiles()
-	if err != nil {
-		return "", err
-	}
-	base := []imageFile{
-		{name: "consul/data/", mode: 0o755},
-		{name: "consul/config/", mode: 0o755},
-		{name: "tmp/", mode: 0o1777},
-		{name: "usr/local/bin/docker-entrypoint.sh", mode: 0o755, content: []byte(consulEntrypoint)},
-	}
-	baseLayer, err := imageLayer(append(base, shell...))
-	if err != nil {
-		return "", err
-	}
-	consulLayer, err := imageLayer([]imageFile{{name: "bin/consul", mode: 0o755, source: consul}})
-	if err != nil {
-		return "", err
-	}
-	img, err := mutate.AppendLayers(empty.Image, baseLayer, consulLayer)
-	if err != nil {
-		return "", err
+		for _, f := range files {
+			if f.strip {
+				if f, err = stripped(f, work); err != nil {
+					return "", err
+				}
+			}
+			add(f)
+			if f.libraries {
+				libs, err := librariesOf(f.source)
+				if err != nil {
+					return "", err
+				}
+				for _, l := range libs {
+					libDirs = append(libDirs, filepath.Dir(l.source))
+					add(l)
+				}
+			}
+		}
+		layer, err := imageLayer(entries)
+		if err != nil {
+			return "", err
+		}
+		if img, err = mutate.AppendLayers(img, layer); err != nil {
+			return "", err
+		}
 	}
 	cf, err := img.ConfigFile()
 	if err != nil {
@@ -121,13 +201,16 @@ func buildConsulImage(bin string) (string, error) {
 	cf.OS, cf.Architecture = "linux", runtime.GOARCH
 	cf.Created = v1.Time{Time: time.Unix(0, 0).UTC()}
 	cf.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-	cf.Config.Entrypoint = []string{"docker-entrypoint.sh"}
-	cf.Config.Cmd = []string{"agent", "-dev", "-client", "0.0.0.0"}
-	cf.Config.Labels = map[string]string{"org.opencontainers.image.description": "Consul for Lucid's tests, from LUCID_CONSUL_BIN"}
+	if len(libDirs) > 0 {
+		slices.Sort(libDirs)
+		cf.Config.Env = append(cf.Config.Env, "LD_LIBRARY_PATH="+strings.Join(slices.Compact(libDirs), ":"))
+	}
+	cf.Config.Entrypoint, cf.Config.Cmd = s.entrypoint, s.cmd
+	cf.Config.Labels = map[string]string{"org.opencontainers.image.description": s.description}
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		return "", err
 	}
-	ref, err := name.NewTag(deployfiles.ConsulImage)
+	ref, err := name.NewTag(s.ref)
 	if err != nil {
 		return "", err
 	}
@@ -137,6 +220,21 @@ func buildConsulImage(bin string) (string, error) {
 	}
 	// Whole or not at all, for a test process building it at once.
 	return out, os.Rename(tmp, out)
+}
+
+// stripped is f with its source stripped of debug information into dir,
+// when strip(1) is here; else f.
+func stripped(f imageFile, dir string) (imageFile, error) {
+	strip, err := exec.LookPath("strip")
+	if err != nil {
+		return f, nil
+	}
+	dst := filepath.Join(dir, strings.ReplaceAll(f.name, "/", "_"))
+	if out, err := exec.Command(strip, "-o", dst, f.source).CombinedOutput(); err != nil {
+		return f, fmt.Errorf("strip %s: %w: %s", f.source, err, out)
+	}
+	f.source = dst
+	return f, nil
 }
 
 // consulEntrypoint is the official image's docker-entrypoint.sh, as much
@@ -161,26 +259,29 @@ exec "$@"
 `
 
 // imageFile is one entry of a layer: a directory (name ends in /), a
-// file with content, or a file copied from source.
+// file with content, or a file copied from source (stripped of debug
+// information with strip, with the libraries it loads with libraries).
 type imageFile struct {
-	name    string
-	mode    int64
-	content []byte
-	source  string
+	name      string
+	mode      int64
+	content   []byte
+	source    string
+	strip     bool
+	libraries bool
 }
 
-// shellFiles are /bin/sh and the libraries it loads, at the paths it
-// loads them from, as ldd(1) says.
-func shellFiles() ([]imageFile, error) {
-	sh, err := filepath.EvalSymlinks("/bin/sh")
+// librariesOf are the shared libraries a binary loads, the dynamic loader
+// among them, at the paths it loads them from, as ldd(1) says; none for a
+// static binary.
+func librariesOf(bin string) ([]imageFile, error) {
+	out, err := exec.Command("ldd", bin).CombinedOutput()
 	if err != nil {
-		return nil, err
+		if strings.Contains(string(out), "not a dynamic executable") {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("ldd %s: %w: %s", bin, err, out)
 	}
-	out, err := exec.Command("ldd", sh).Output()
-	if err != nil {
-		return nil, fmt.Errorf("ldd %s: %w", sh, err)
-	}
-	files := []imageFile{{name: "bin/sh", mode: 0o755, source: sh}}
+	var files []imageFile
 	for _, line := range strings.Split(string(out), "\n") {
 		// "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
 		// "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vDSO has no file.
