@@ -143,6 +143,9 @@ func TestPisAreHostsOfTheirOwn(t *testing.T) {
 		}
 	}
 	checkPaths(t, ctx, "at first", append(all, conn{pi1, pi3, "probe1", true})...)
+	if out, err := pi1.Exec(ctx, "getent", "hosts", pi3.Name); err != nil || !strings.HasPrefix(string(out), pi3.Addr+" ") {
+		t.Errorf("pi1 resolves %s as %q (%v), want %s", pi3.Name, out, err, pi3.Addr)
+	}
 
 	if err := pi3.Partition(ctx); err != nil {
 		t.Fatal(err)

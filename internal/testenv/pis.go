@@ -233,7 +233,9 @@ func (p *Pi) runArgs(piDir string, bins map[string]string) []string {
 	return []string{"run", "-d", "--name", p.Container, "--hostname", p.Name,
 		"-e", "DOCKERD=" + bins["dockerd"], "-e", "SSHD=" + bins["sshd"],
 		"--label", piOwnerLabel + "=" + p.set.owner,
-		"--network", p.set.network, "--ip", p.Addr,
+		// The Pis resolve each other's names (Docker's DNS on the network);
+		// the containers on a Pi do not: give them addresses.
+		"--network", p.set.network, "--ip", p.Addr, "--network-alias", p.Name,
 		"--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
 		"--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined", "--security-opt", "systempaths=unconfined",
 		"--cgroupns", "private", "--device-cgroup-rule", "a *:* rwm",
