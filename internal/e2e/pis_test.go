@@ -14,13 +14,14 @@ import (
 	"time"
 
 	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/internal/testenv/pis"
 	"github.com/pickme/lucid/pkg/catalog"
 )
 
 // reaches reports whether from (a Pi, or with probe a container on it)
 // opens a TCP connection to to's sshd and reads its banner within 2 s: a
 // partitioned peer's packets are dropped, so a cut shows as that timeout.
-func reaches(ctx context.Context, from, to *testenv.Pi, probe string) bool {
+func reaches(ctx context.Context, from, to *pis.Pi, probe string) bool {
 	args := []string{"timeout", "2", "bash", "-c", "exec 3<>/dev/tcp/" + to.Addr + "/22 && head -c 4 <&3"}
 	var out []byte
 	var err error
@@ -34,7 +35,7 @@ func reaches(ctx context.Context, from, to *testenv.Pi, probe string) bool {
 
 // conn is one connection a check expects to open or not.
 type conn struct {
-	from, to *testenv.Pi
+	from, to *pis.Pi
 	probe    string // a container on from, or "" for the Pi itself
 	open     bool
 }
@@ -62,7 +63,7 @@ func checkPaths(t *testing.T, ctx context.Context, when string, paths ...conn) {
 }
 
 // sshWorks reports whether this machine logs in to the Pi over SSH.
-func sshWorks(ctx context.Context, pi *testenv.Pi) bool {
+func sshWorks(ctx context.Context, pi *pis.Pi) bool {
 	c, err := pi.SSH(ctx)
 	if err != nil {
 		return false
@@ -76,7 +77,7 @@ func sshWorks(ctx context.Context, pi *testenv.Pi) bool {
 // unless-stopped, as lucid's services have; ending on SIGTERM, as they
 // do), from an image of the Pi's /usr made there, for connections from a
 // Pi's containers.
-func startProbe(t *testing.T, ctx context.Context, pi *testenv.Pi, name string) {
+func startProbe(t *testing.T, ctx context.Context, pi *pis.Pi, name string) {
 	t.Helper()
 	script := `set -e; d=$(mktemp -d); mkdir "$d/usr"; for l in bin lib lib64 sbin; do ln -s usr/$l "$d/$l"; done
 tar -C "$d" -c . | docker import - lucid-probe >/dev/null
@@ -88,7 +89,7 @@ docker run -d --restart unless-stopped --name "$1" -v /usr:/usr:ro lucid-probe b
 
 // containerRuns reports whether the Pi's container runs, and how often
 // its Engine has restarted it.
-func containerRuns(ctx context.Context, pi *testenv.Pi, name string) (running bool, restarts int) {
+func containerRuns(ctx context.Context, pi *pis.Pi, name string) (running bool, restarts int) {
 	out, err := pi.Docker(ctx, "inspect", "-f", "{{.State.Running}} {{.RestartCount}}", name)
 	if err != nil {
 		return false, -1
@@ -107,21 +108,21 @@ func containerRuns(ctx context.Context, pi *testenv.Pi, name string) (running bo
 func TestPisAreHostsOfTheirOwn(t *testing.T) {
 	ctx := context.Background()
 	began := time.Now()
-	pis := testenv.StartPis(t, 3)
+	three := pis.Start(t, 3)
 	t.Logf("3 Pis up in %s", time.Since(began).Round(time.Millisecond))
-	for _, pi := range pis {
+	for _, pi := range three {
 		if m, err := pi.MemoryBytes(ctx); err != nil {
 			t.Error(err)
 		} else {
 			t.Logf("%s (%s), idle: %d MiB", pi.Name, pi.Addr, m>>20)
 		}
 	}
-	pi1, pi2, pi3 := pis[0], pis[1], pis[2]
+	pi1, pi2, pi3 := three[0], three[1], three[2]
 	startProbe(t, ctx, pi1, "probe1")
 
 	// A server whose image no registry can give, made of this machine's
 	// binary, on one Pi; another reaches it at its address.
-	redis := testenv.HostBinaryImage(t, "lucid-test/redis:host", []string{"redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no"},
+	redis := pis.HostBinaryImage(t, "lucid-test/redis:host", []string{"redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no"},
 		testenv.Tool(t, "redis-server", "LUCID_REDIS_BIN"))
 	if err := pi2.LoadImage(ctx, redis); err != nil {
 		t.Fatal(err)
@@ -135,8 +136,8 @@ func TestPisAreHostsOfTheirOwn(t *testing.T) {
 	})
 
 	var all []conn
-	for _, from := range pis {
-		for _, to := range pis {
+	for _, from := range three {
+		for _, to := range three {
 			if from != to {
 				all = append(all, conn{from: from, to: to, open: true})
 			}
@@ -226,11 +227,11 @@ func TestPisAreHostsOfTheirOwn(t *testing.T) {
 func TestDeployToAPi(t *testing.T) {
 	ctx := context.Background()
 	began := time.Now()
-	pi := testenv.StartPis(t, 1)[0]
+	pi := pis.Start(t, 1)[0]
 	t.Logf("1 Pi up in %s", time.Since(began).Round(time.Millisecond))
 
 	began = time.Now()
-	consul := testenv.ConsulImage(t)
+	consul := pis.ConsulImage(t)
 	built := time.Since(began)
 	began = time.Now()
 	if err := pi.LoadImage(ctx, consul); err != nil {

@@ -1,4 +1,13 @@
-package testenv
+// Package pis runs stand-ins for Raspberry Pis in tests: each Pi a
+// container of this machine's Docker Engine on a private network of the
+// test's own, with its own address, sshd and Docker Engine, so that
+// lucidctl deploy reaches it as it reaches a real Pi; and the faults a
+// cluster must survive (a crashed container, a Pi shut down or powered
+// off, a Pi cut off from the others). It is a package of its own, not
+// part of testenv, because it uses packages (sshx, deployfiles) whose own
+// tests use testenv. A test that needs a missing tool skips, or fails
+// when CI=true, as testenv decides.
+package pis
 
 import (
 	"archive/tar"
@@ -21,6 +30,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
+	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/sshx"
 )
 
@@ -60,7 +70,7 @@ type Pi struct {
 	cutFrom []string
 }
 
-// piSet is the Pis of one StartPis and what they share.
+// piSet is the Pis of one Start and what they share.
 type piSet struct {
 	id      string
 	owner   string
@@ -70,7 +80,7 @@ type piSet struct {
 	pis     []*Pi
 }
 
-// Labels and names of what StartPis leaves on the Engine, for its cleanup
+// Labels and names of what Start leaves on the Engine, for its cleanup
 // and for the next run's cleanup of a killed run's leftovers.
 const (
 	piOwnerLabel = "lucid.test.pis.owner"
@@ -90,42 +100,42 @@ var piSets struct {
 	n  int
 }
 
-// StartPis starts n Pis on a private network of their own, each with its
+// Start starts n Pis on a private network of their own, each with its
 // own address, sshd and Docker Engine, and removes them (containers,
 // volumes, network, image) when the test ends, failed or not. It first
 // removes what a killed earlier run left. It skips (fails when CI=true)
 // without a running Docker Engine or the host tools a Pi runs.
-func StartPis(t testing.TB, n int) []*Pi {
+func Start(t testing.TB, n int) []*Pi {
 	t.Helper()
 	if err := exec.Command("docker", "version").Run(); err != nil {
-		Missing(t, "a running Docker Engine")
+		testenv.Missing(t, "a running Docker Engine")
 	}
 	// The Pi's /bin, /sbin and /lib are links into the host's /usr.
 	for _, d := range []string{"/bin", "/sbin", "/lib"} {
 		if target, err := os.Readlink(d); err != nil || strings.TrimPrefix(target, "/") != "usr"+d {
-			Missing(t, "a merged /usr ("+d+" -> usr"+d+"), which a Pi's root filesystem shares")
+			testenv.Missing(t, "a merged /usr ("+d+" -> usr"+d+"), which a Pi's root filesystem shares")
 		}
 	}
 	// The tools the Pi runs are the host's, through its /usr.
 	bins := map[string]string{}
 	for _, tool := range []string{"dockerd", "containerd", "runc", "docker-init", "sshd", "iptables", "flock"} {
-		bins[tool] = Tool(t, tool, "")
+		bins[tool] = testenv.Tool(t, tool, "")
 		if !underUsr(bins[tool]) {
-			Missing(t, tool+" under /usr ("+bins[tool]+" is not in a Pi's root filesystem)")
+			testenv.Missing(t, tool+" under /usr ("+bins[tool]+" is not in a Pi's root filesystem)")
 		}
 	}
 	if exec.Command("docker", "compose", "version").Run() != nil {
-		Tool(t, "docker-compose", "")
+		testenv.Tool(t, "docker-compose", "")
 	}
 	sftp := ""
 	for _, p := range []string{"/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server"} {
-		if isFile(p) {
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
 			sftp = p
 			break
 		}
 	}
 	if sftp == "" {
-		Missing(t, "sftp-server (openssh-server)")
+		testenv.Missing(t, "sftp-server (openssh-server)")
 	}
 	removeStalePis(t)
 
@@ -146,7 +156,7 @@ func StartPis(t testing.TB, n int) []*Pi {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	_, clientKey := writeKey(t, dir, "client_ed25519")
+	_, clientKey := testenv.WriteKey(t, dir, "client_ed25519")
 	knownHosts := filepath.Join(dir, "known_hosts")
 	clientPub, err := publicKeyOfFile(clientKey)
 	if err != nil {
@@ -168,7 +178,7 @@ func StartPis(t testing.TB, n int) []*Pi {
 		if err := os.Mkdir(piDir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		p.HostKey, _ = writeKey(t, piDir, "host_ed25519")
+		p.HostKey, _ = testenv.WriteKey(t, piDir, "host_ed25519")
 		files := map[string]string{
 			"authorized_keys": string(ssh.MarshalAuthorizedKey(clientPub)),
 			"sshd_config":     piSSHDConfig(sftp),
@@ -293,7 +303,7 @@ func piSSHDConfig(sftp string) string {
 		"KbdInteractiveAuthentication no",
 		"AllowStreamLocalForwarding yes",
 		"AllowTcpForwarding yes",
-		// The host's /etc/bash.bashrc is the Pi's; see StartSSHD.
+		// The host's /etc/bash.bashrc is the Pi's; see testenv.StartSSHD.
 		"SetEnv SHLVL=1",
 		"Subsystem sftp " + sftp,
 	}, "\n") + "\n"
@@ -453,7 +463,7 @@ func processStart(pid int) string {
 func ownerAlive(owner string) bool {
 	pidText, start, ok := strings.Cut(owner, "-")
 	pid, err := strconv.Atoi(pidText)
-	if !ok || err != nil || !ProcessAlive(pid) {
+	if !ok || err != nil || !testenv.ProcessAlive(pid) {
 		return false
 	}
 	return processStart(pid) == start
@@ -511,7 +521,7 @@ func (p *Pi) waitUp(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, piUpTimeout)
 	defer cancel()
 	var last error
-	up := PollUntil(piUpTimeout, func() bool {
+	up := testenv.PollUntil(piUpTimeout, func() bool {
 		c, err := p.SSH(ctx)
 		if err != nil {
 			last = err

@@ -1,4 +1,4 @@
-package testenv
+package pis
 
 import (
 	"archive/tar"
@@ -24,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/deployfiles"
 )
 
@@ -54,7 +55,7 @@ var consulImage struct {
 // cache directory (lucid/test-images), as the binary itself is.
 func ConsulImage(t testing.TB) string {
 	t.Helper()
-	bin := Tool(t, "consul", "LUCID_CONSUL_BIN")
+	bin := testenv.Tool(t, "consul", "LUCID_CONSUL_BIN")
 	consulImage.once.Do(func() {
 		consulImage.path, consulImage.err = imageSpec{
 			ref: deployfiles.ConsulImage,
