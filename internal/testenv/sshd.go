@@ -131,6 +131,13 @@ func (s *SSHD) KillSessions(t testing.TB) {
 	_ = exec.Command("pkill", "-KILL", "-P", fmt.Sprint(s.cmd.Process.Pid)).Run()
 }
 
+// WriteKey makes an ed25519 key pair, writes the private key to dir/name
+// in OpenSSH format (0600) and returns the public key and the file.
+func WriteKey(t testing.TB, dir, name string) (ssh.PublicKey, string) {
+	t.Helper()
+	return writeKey(t, dir, name)
+}
+
 // writeKey makes an ed25519 key pair, writes the private key in OpenSSH
 // format (0600) and returns the public key and the file.
 func writeKey(t testing.TB, dir, name string) (ssh.PublicKey, string) {
