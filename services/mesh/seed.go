@@ -50,7 +50,7 @@ func readSeedRecord(dataDir string) (seedRecord, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&rec); err != nil || rec.RootSHA256 == "" {
-		return seedRecord{}, fmt.Errorf("mesh CA seed record %s is damaged (%v); remove it and the controller adopts %s again if the CA differs from it", path, err, EnvCASeed)
+		return seedRecord{}, fmt.Errorf("mesh CA seed record %s is damaged (%w); remove it and the controller adopts %s again if the CA differs from it", path, err, EnvCASeed)
 	}
 	return rec, nil
 }

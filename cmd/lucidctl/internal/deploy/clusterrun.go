@@ -207,7 +207,7 @@ func (cr *clusterRun) plan(ctx context.Context, order []string) ([]string, error
 			voters = append(voters, h)
 		}
 	}
-	order = append(joiners, voters...)
+	order = slices.Concat(joiners, voters)
 	if len(v.voters) > 0 || len(order) == 0 {
 		return order, nil
 	}
