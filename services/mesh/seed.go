@@ -49,7 +49,11 @@ func readSeedRecord(dataDir string) (seedRecord, error) {
 	var rec seedRecord
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&rec); err != nil || rec.RootSHA256 == "" {
+	err = dec.Decode(&rec)
+	if err == nil && rec.RootSHA256 == "" {
+		err = errors.New("no root fingerprint")
+	}
+	if err != nil {
 		return seedRecord{}, fmt.Errorf("mesh CA seed record %s is damaged (%w); remove it and the controller adopts %s again if the CA differs from it", path, err, EnvCASeed)
 	}
 	return rec, nil
