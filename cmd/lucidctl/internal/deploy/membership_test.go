@@ -24,6 +24,8 @@ import (
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/deploy"
+	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/imagebuild"
 )
 
@@ -687,13 +689,13 @@ func TestLeave(t *testing.T) {
 // the cluster, and needs a cluster.
 func TestRemoveVoterFlag(t *testing.T) {
 	ctx := context.Background()
-	yml := "targets:\n  pi1: {host: 127.0.0.1, port: 1}\n  pi2: {host: 127.0.0.1, port: 1}\n  lab: {host: 127.0.0.1, port: 1}\nclusters:\n  home:\n    hosts: [pi1, pi2]\n" + imagesYAML
+	yml := "targets:\n  pi1: {host: 127.0.0.1, port: 1}\n  pi2: {host: 127.0.0.2, port: 1}\n  pi3: {host: 127.0.0.3, port: 1}\n  lab: {host: 127.0.0.1, port: 1}\nclusters:\n  home:\n    hosts: [pi1, pi2, pi3]\n" + imagesYAML
 	for _, tt := range []struct {
 		args []string
 		want string
 	}{
 		{[]string{"home", "--remove-voter", "pi2"}, "--remove-voter pi2: pi2 is a host of cluster home in lucid.yaml"},
-		{[]string{"lab", "--remove-voter", "pi3"}, "--remove-voter: no target named is a host of a cluster of lucid.yaml"},
+		{[]string{"lab", "--remove-voter", "pi4"}, "--remove-voter: no target named is a host of a cluster of lucid.yaml"},
 	} {
 		err := execute(t, newDeployCmd, yml, tt.args...)
 		if cli.ExitCode(ctx, err) != cli.ExitUsage || !strings.Contains(fmt.Sprint(err), tt.want) {
@@ -760,20 +762,38 @@ func TestClusterDryRun(t *testing.T) {
 	}
 	s := testenv.StartSSHD(t, testenv.SSHDOptions{})
 	dir, _ := project(t, s)
-	var yml strings.Builder
-	yml.WriteString("targets:\n")
-	for i, h := range three {
-		port := s.Port
-		if h == "pi3" {
-			port = 1 // refuses at once: a host that is off
-		}
-		fmt.Fprintf(&yml, "  %s:\n    host: %s\n    port: %d\n    user: %s\n    dir: %s\n    project: lucidclustertest%s\n    cluster_address: 10.0.0.%d\n",
-			h, s.Host, port, s.User, filepath.Join(t.TempDir(), h), strings.TrimPrefix(h, "pi"), 11+i)
-	}
-	yml.WriteString("clusters:\n  home:\n    hosts: [pi1, pi2, pi3]\nimages:\n  name: lucid-clitest/{service}\n  tag: t\nplatforms: [linux/amd64]\n")
-	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte(yml.String()), 0o600); err != nil {
+	// The files of a cluster, which the deploy of one requires.
+	f, err := deployfiles.Render(context.Background(), deployfiles.Options{ImageName: "lucid-clitest/{service}", ImageTag: "t", Cluster: &deployfiles.Cluster{Hosts: 3}})
+	if err != nil {
 		t.Fatal(err)
 	}
+	for _, rf := range f.All() {
+		if err := envfile.WriteAtomic(filepath.Join(dir, rf.Path), rf.Content); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dirs := map[string]string{}
+	for _, h := range three {
+		dirs[h] = filepath.Join(t.TempDir(), h)
+	}
+	writeYAML := func(pi3Off bool) {
+		t.Helper()
+		var yml strings.Builder
+		yml.WriteString("targets:\n")
+		for i, h := range three {
+			port := s.Port
+			if h == "pi3" && pi3Off {
+				port = 1 // refuses at once: a host that is off
+			}
+			fmt.Fprintf(&yml, "  %s:\n    host: %s\n    port: %d\n    user: %s\n    dir: %s\n    project: lucidclustertest%s\n    cluster_address: 10.0.0.%d\n",
+				h, s.Host, port, s.User, dirs[h], strings.TrimPrefix(h, "pi"), 11+i)
+		}
+		yml.WriteString("clusters:\n  home:\n    hosts: [pi1, pi2, pi3]\nimages:\n  name: lucid-clitest/{service}\n  tag: t\nplatforms: [linux/amd64]\n")
+		if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte(yml.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeYAML(true)
 	lucid := lucidAmd64(t)
 	run := func(hosts ...string) ([]deploy.Event, error) {
 		io, _, out, errOut := iostreams.Test()
@@ -812,10 +832,8 @@ func TestClusterDryRun(t *testing.T) {
 		t.Errorf("with pi3 off: events %+v", events)
 	}
 
-	// pi3 out of the cluster: pi1 would start it, pi2 join it.
-	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte(strings.Replace(yml.String(), "hosts: [pi1, pi2, pi3]", "hosts: [pi1, pi2]", 1)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	// pi3 answers: pi1 would start the cluster, pi2 and pi3 join it.
+	writeYAML(false)
 	events, err = run()
 	if err != nil {
 		t.Fatal(err)
@@ -828,12 +846,13 @@ func TestClusterDryRun(t *testing.T) {
 		{"pi1", deploy.StepBootstrap, "no host of cluster home holds a Raft configuration: pi1's engine starts the cluster"},
 		{"pi1", deploy.StepBootstrap, "would start cluster home"},
 		{"pi2", deploy.StepJoin, "would join cluster home as a voter once its first host has started it"},
+		{"pi3", deploy.StepJoin, "would join cluster home as a voter once its first host has started it"},
 	} {
 		if !has(events, want.target, want.step, deploy.EventInfo, want.words) {
 			t.Errorf("no %s %s event saying %q: %+v", want.target, want.step, want.words, events)
 		}
 	}
-	for _, h := range []string{"pi1", "pi2"} {
+	for _, h := range three {
 		if !has(events, h, deploy.StepPlan, deploy.EventOK, "") {
 			t.Errorf("no plan for %s: %+v", h, events)
 		}
