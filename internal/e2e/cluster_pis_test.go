@@ -257,7 +257,8 @@ func (c *piCluster) chainInfo(ctx context.Context, pi *pis.Pi) (struct {
 	if code != http.StatusOK {
 		return info, fmt.Errorf("%s: chain: %d %s", pi.Name, code, raw)
 	}
-	return info, json.Unmarshal(raw, &info)
+	err = json.Unmarshal(raw, &info)
+	return info, err
 }
 
 // chainReader reads the nodes' chains, each block and validator set once.
