@@ -496,6 +496,14 @@ func (c *piCluster) verifyEverywhere(ctx context.Context, receipt string) error 
 		if err != nil {
 			return fmt.Errorf("%s: receipt: %w", pi.Name, err)
 		}
+		// A follower applies a committed block a moment after the
+		// leader: wait for it to hold the height, then compare.
+		if !testenv.PollUntil(30*time.Second, func() bool {
+			i, err := c.chainInfo(ctx, pi)
+			return err == nil && i.Height >= v.Header.Height
+		}) {
+			return fmt.Errorf("%s: no block %d within 30 s", pi.Name, v.Header.Height)
+		}
 		b, err := c.block(ctx, pi, v.Header.Height)
 		if err != nil {
 			return err
