@@ -325,7 +325,11 @@ func (r *chainReader) verify(ctx context.Context, receipt string) (*chain.Header
 		if err != nil {
 			return nil, fmt.Errorf("%s: receipt: %w", pi.Name, err)
 		}
+		// A follower applies a committed block a moment after the leader.
 		b, err := r.block(ctx, pi, v.Header.Height)
+		if err != nil {
+			testenv.PollUntil(30*time.Second, func() bool { b, err = r.block(ctx, pi, v.Header.Height); return err == nil })
+		}
 		if err != nil {
 			return nil, err
 		}
