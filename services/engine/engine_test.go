@@ -279,10 +279,10 @@ func TestOneRefusalHoldsBackNothing(t *testing.T) {
 	}
 }
 
-// TestThreeVoters: a leader and two joined voters; the leader is killed,
-// another is elected, blocks continue, and every height has exactly one
-// block on every node.
-func TestThreeVoters(t *testing.T) {
+// startThreeVoters starts n1, which leads, and n2 and n3, which it adds as
+// voters with their validator keys, as the voter API does.
+func startThreeVoters(t *testing.T) []*testNode {
+	t.Helper()
 	ctx := context.Background()
 	nodes := []*testNode{startNode(t, nodeConfig(t, "n1", true))}
 	testenv.Eventually(t, 10*time.Second, "n1 leads", func() bool { i, err := nodes[0].client.Chain(ctx); return err == nil && i.Leader && i.Height >= 1 })
@@ -297,6 +297,15 @@ func TestThreeVoters(t *testing.T) {
 		}
 		nodes = append(nodes, n)
 	}
+	return nodes
+}
+
+// TestThreeVoters: a leader and two joined voters; the leader is killed,
+// another is elected, blocks continue, and every height has exactly one
+// block on every node.
+func TestThreeVoters(t *testing.T) {
+	ctx := context.Background()
+	nodes := startThreeVoters(t)
 	info, _ := nodes[0].client.Chain(ctx)
 	if len(info.Validators) != 3 {
 		t.Fatalf("validators = %v", info.Validators)

@@ -452,19 +452,7 @@ func TestCorruptFenceStopsTheStart(t *testing.T) {
 // its fence; it hands the leadership over instead, and blocks go on.
 func TestFencedLeaderHandsOver(t *testing.T) {
 	ctx := context.Background()
-	nodes := []*testNode{startNode(t, nodeConfig(t, "n1", true))}
-	waitLeader(t, nodes[0])
-	for _, id := range []string{"n2", "n3"} {
-		n := startNode(t, nodeConfig(t, id, false))
-		st, err := n.client.Consensus(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := nodes[0].client.AddVoter(ctx, servicetest.OperatorToken, engineapi.AddVoterRequest{ID: id, Address: n.cfg.RaftAddr, Key: st.ValidatorKey}); err != nil {
-			t.Fatalf("add %s: %v", id, err)
-		}
-		nodes = append(nodes, n)
-	}
+	nodes := startThreeVoters(t)
 	// n3 comes back from a restore: fenced.
 	cfg := nodes[2].cfg
 	nodes[2].stop()
