@@ -555,14 +555,12 @@ func TestClusterOnThreePis(t *testing.T) {
 	}
 
 	var st clusterStatus
-	var raw string
 	testenv.Eventually(t, 30*time.Second, "status: 3 healthy voters, one leader", func() bool {
 		var code int
-		st, raw, code = c.status(t)
+		st, _, code = c.status(t)
 		return code == 0 && st.Cluster != nil && len(st.Cluster.Voters) == 3 && st.Cluster.HealthyVoters == 3 && st.Cluster.Leader != nil && st.Cluster.Healthy
 	})
 	t.Logf("leader %s (%s)", st.Cluster.Leader.ID, st.Cluster.Leader.Target)
-	_ = raw
 
 	for _, pi := range c.pis {
 		testenv.Eventually(t, 30*time.Second, pi.Name+"'s Consul sees 3 servers", func() bool {
