@@ -91,9 +91,22 @@ func TestOperateADeployedHost(t *testing.T) {
 	if out, err := exec.Command("docker", "tag", "lucid-deploytest/gateway:t", oldTag).CombinedOutput(); err != nil {
 		t.Fatalf("docker tag: %v %s", err, out)
 	}
+	// A dangling Lucid image made a moment ago, as a Docker build's step
+	// in progress is: prune leaves it alone until it is an hour old.
+	dangling := danglingLucidImage(t)
 	pr, err := d.Prune(ctx, PruneOptions{Keep: 1, DryRun: true})
 	if err != nil || !hasItem(pr, PruneRelease, old) {
 		t.Fatalf("dry run: %+v, %v", pr, err)
+	}
+	if hasItem(pr, PruneDangling, dangling) {
+		t.Errorf("the dry run lists a dangling image made a moment ago")
+	}
+	now := d.cfg.Now
+	d.cfg.Now = func() time.Time { return now().Add(danglingGrace + time.Minute) }
+	later, err := d.Prune(ctx, PruneOptions{Keep: 1, DryRun: true})
+	d.cfg.Now = now
+	if err != nil || !hasItem(later, PruneDangling, dangling) {
+		t.Errorf("an hour later the dry run does not list the dangling image %s: %+v, %v", dangling, later, err)
 	}
 	if _, err := os.Stat(oldDir); err != nil {
 		t.Fatal("the dry run removed the old release")
@@ -105,6 +118,9 @@ func TestOperateADeployedHost(t *testing.T) {
 	t.Logf("prune: %+v", pr)
 	if !hasItem(pr, PruneRelease, old) || !slices.Equal(pr.Kept, []string{r2.Release, r1.Release}) {
 		t.Errorf("prune removed %+v and kept %v, want %s gone and %s, %s kept", pr.Items, pr.Kept, old, r2.Release, r1.Release)
+	}
+	if out, err := exec.Command("docker", "image", "inspect", dangling).CombinedOutput(); err != nil {
+		t.Errorf("prune removed the young dangling image: %v %s", err, out)
 	}
 	if _, err := os.Stat(oldDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the old release is still there: %v", err)
@@ -141,6 +157,22 @@ func TestOperateADeployedHost(t *testing.T) {
 		t.Errorf("since the last entry: %d entries, %v", len(later), err)
 	}
 	f.noSecrets(t, events)
+}
+
+// danglingLucidImage builds an untagged image with imagebuild's label, as
+// the Docker builder's intermediate steps are, and returns its ID.
+func danglingLucidImage(t *testing.T) string {
+	t.Helper()
+	build := exec.Command("docker", "build", "-q", "-")
+	build.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
+	build.Stdin = strings.NewReader("FROM scratch\nLABEL " + lucidImageLabel + "=prune-test\n")
+	out, err := build.Output()
+	if err != nil {
+		t.Fatalf("docker build: %v", err)
+	}
+	id := strings.TrimSpace(string(out))
+	t.Cleanup(func() { _ = exec.Command("docker", "rmi", "-f", id).Run() })
+	return id
 }
 
 func hasItem(pr *PruneResult, kind PruneKind, name string) bool {

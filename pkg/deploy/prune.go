@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
@@ -65,7 +66,8 @@ type PruneResult struct {
 // newest o.Keep (never the current one, nor the previous one that went
 // live, which a rollback returns to), Lucid images no kept release uses
 // (by image ID, so a kept release's images stay whatever their tags),
-// dangling Lucid image layers, and stopped Lucid containers of releases
+// dangling Lucid image layers older than an hour (a younger one may be a
+// build's step in progress), and stopped Lucid containers of releases
 // that are not current (a service stopped with Stop stays, for Start). An
 // item that cannot be removed is listed with its error and makes Prune
 // fail once everything else was tried.
@@ -232,7 +234,7 @@ func (d *Deployer) Prune(ctx context.Context, o PruneOptions) (res *PruneResult,
 		return nil, fmt.Errorf("%s: docker images: %w", name, err)
 	}
 	for _, img := range dangling {
-		if keepIDs[img.ID] || usedImages[img.ID] {
+		if keepIDs[img.ID] || usedImages[img.ID] || d.cfg.Now().Sub(time.Unix(img.Created, 0)) < danglingGrace {
 			continue
 		}
 		size := img.Size
@@ -249,6 +251,11 @@ func (d *Deployer) Prune(ctx context.Context, o PruneOptions) (res *PruneResult,
 	}
 	return out, nil
 }
+
+// danglingGrace is how old a dangling Lucid image must be before Prune
+// removes it: the Docker builder's intermediate images are dangling while
+// the build runs, and removing one fails that build.
+const danglingGrace = time.Hour
 
 // lucidImageLabel marks the images imagebuild makes.
 const lucidImageLabel = "io.lucid.service"
