@@ -335,9 +335,9 @@ func TestHostileUser(t *testing.T) {
 		if limited == 0 {
 			t.Error("with Redis gone, twelve requests of a six-request burst all passed")
 		}
-		_, body := h.do(t, http.MethodGet, "/metrics", "", nil)
+		code, body := h.do(t, http.MethodGet, "/metrics", "", nil)
 		if !strings.Contains(body, "lucid_gateway_ratelimit_fallback_active 1") {
-			t.Error("the gateway's metrics do not say it is on its own budget")
+			t.Errorf("the gateway's metrics do not say it is on its own budget: %d\n%s", code, body)
 		}
 	})
 
@@ -415,7 +415,7 @@ func TestHostileUser(t *testing.T) {
 		for _, path := range []string{"/ready", "/metrics", "/health"} {
 			code, body := h.do(t, http.MethodGet, path, "", nil)
 			if code >= 500 && path != "/ready" {
-				t.Errorf("%s: %d", path, code)
+				t.Errorf("%s: %d\n%s", path, code, body)
 			}
 			for _, leak := range []string{"127.0.0.1:", "https://", "lucid-", "dial tcp", "connection refused"} {
 				if strings.Contains(body, leak) {

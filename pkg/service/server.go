@@ -67,7 +67,11 @@ func New(cfg Config, logger *slog.Logger) *Server {
 
 	s.Handle("GET /health", s.handleHealth)
 	s.Handle("GET /ready", s.handleReady)
-	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{Registry: s.registry}))
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{
+		Registry: s.registry,
+		// A failed gather answers 500; its cause belongs in the log.
+		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelError),
+	}))
 	s.mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if h := s.fallback.Load(); h != nil {
 			(*h).ServeHTTP(w, r)
