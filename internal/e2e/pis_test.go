@@ -15,7 +15,10 @@ import (
 
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/internal/testenv/pis"
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/envfile"
+	"github.com/pickme/lucid/pkg/projectconfig"
 )
 
 // reaches reports whether from (a Pi, or with probe a container on it)
@@ -290,6 +293,18 @@ func TestDeployToAPi(t *testing.T) {
 	if len(status.Hosts) != 1 || !status.Hosts[0].Healthy {
 		t.Fatalf("status after the deploy: %+v", status)
 	}
+
+	// The same load as the cluster test's, for its figures' sake: one Pi
+	// against three.
+	secrets, err := envfile.Read(filepath.Join(p.dir, projectconfig.DefaultEnvFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := &piCluster{pis: []*pis.Pi{pi}, p: p, ssh: ssh, secrets: secrets, subject: "pi-e2e@example.org"}
+	if one.token, _, err = auth.Mint([]byte(secrets["JWT_SECRET_KEY"]), auth.MintOptions{Subject: one.subject, Tier: auth.TierEnterprise, TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("1 Pi, 12 clients: %s", one.measure(t, newChainReader(one), one.pis, 12))
 	// The image's entrypoint did what the official one does with the
 	// compose file's CONSUL_LOCAL_CONFIG: ACLs on.
 	if out, err := pi.Docker(ctx, "cp", "lucid-consul:/consul/config/local.json", "-"); err != nil || !strings.Contains(string(out), `"acl"`) {
