@@ -238,7 +238,8 @@ func newPruneCmd(env *cli.Env) *cobra.Command {
   - releases beyond the newest --keep (default 5); the current release and the
     previous one that went live (what rollback returns to) always stay;
   - Lucid images no kept release uses (kept by image ID, whatever their tags);
-  - dangling Lucid image layers;
+  - dangling Lucid image layers an hour old or more (a younger one may be a
+    build's step in progress);
   - stopped Lucid containers of releases that are not current (a service
     stopped with lucidctl stop stays, for lucidctl start).
 
