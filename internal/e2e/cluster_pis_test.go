@@ -494,7 +494,7 @@ const readsPerSecond = 200
 // waiting out each 429 for its Retry-After, until ctx ends.
 func (c *piCluster) sealedStatus(ctx context.Context, s *submission, limited *atomic.Int64) (anchorStatus, error) {
 	var st anchorStatus
-	last := "no answer"
+	var last string
 	for {
 		wait := 500 * time.Millisecond // a block is sealed every few seconds
 		code, raw, hdr, err := request(ctx, s.token, http.MethodGet, gatewayOf(s.gateway)+"/api/v1/anchors/"+s.session, nil)
@@ -524,11 +524,6 @@ func (c *piCluster) sealedStatus(ctx context.Context, s *submission, limited *at
 		case <-time.After(wait):
 		}
 	}
-}
-
-func deadlineOf(ctx context.Context) time.Time {
-	d, _ := ctx.Deadline()
-	return d
 }
 
 // loadFigures says what a load did: anchors accepted a second, other
