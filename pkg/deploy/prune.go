@@ -233,8 +233,9 @@ func (d *Deployer) Prune(ctx context.Context, o PruneOptions) (res *PruneResult,
 	if err != nil {
 		return nil, fmt.Errorf("%s: docker images: %w", name, err)
 	}
+	cutoff := d.cfg.Now().Add(-danglingGrace).Unix() // one clock read for the whole list
 	for _, img := range dangling {
-		if keepIDs[img.ID] || usedImages[img.ID] || d.cfg.Now().Sub(time.Unix(img.Created, 0)) < danglingGrace {
+		if keepIDs[img.ID] || usedImages[img.ID] || img.Created > cutoff {
 			continue
 		}
 		size := img.Size
