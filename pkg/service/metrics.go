@@ -75,27 +75,19 @@ func route(r *http.Request) string {
 	return r.Pattern
 }
 
+// methodLabels are the methods that get a label of their own.
+var methodLabels = []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions}
+
 // methodLabel keeps the method label bounded against made-up methods. It
-// returns its own constants, never m: behind the gateway's fasthttp
-// adaptor a request's Method shares the connection's buffer, which the
-// next request overwrites, and a label kept by the metrics would change
-// under them (two series with the same labels fail every scrape).
+// returns its own string, never m: behind the gateway's fasthttp adaptor a
+// request's Method shares the connection's buffer, which the next request
+// overwrites, and a label kept by the metrics would change under them (two
+// series with the same labels fail every scrape).
 func methodLabel(m string) string {
-	switch m {
-	case http.MethodGet:
-		return http.MethodGet
-	case http.MethodHead:
-		return http.MethodHead
-	case http.MethodPost:
-		return http.MethodPost
-	case http.MethodPut:
-		return http.MethodPut
-	case http.MethodPatch:
-		return http.MethodPatch
-	case http.MethodDelete:
-		return http.MethodDelete
-	case http.MethodOptions:
-		return http.MethodOptions
+	for _, l := range methodLabels {
+		if m == l {
+			return l
+		}
 	}
 	return "OTHER"
 }
