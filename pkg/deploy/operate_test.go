@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -166,7 +167,9 @@ func danglingLucidImage(t *testing.T) string {
 	t.Helper()
 	build := exec.Command("docker", "build", "-q", "-")
 	build.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
-	build.Stdin = strings.NewReader("FROM scratch\nLABEL " + lucidImageLabel + "=prune-test\n")
+	// A label of its own, so that no cached build of an earlier run
+	// (with an older creation time) answers instead.
+	build.Stdin = strings.NewReader(fmt.Sprintf("FROM scratch\nLABEL %s=prune-test-%d\n", lucidImageLabel, time.Now().UnixNano()))
 	out, err := build.Output()
 	if err != nil {
 		t.Fatalf("docker build: %v", err)
