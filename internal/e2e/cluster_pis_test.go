@@ -726,10 +726,71 @@ func (c *piCluster) piNamed(name string) *pis.Pi {
 	return nil
 }
 
+// blockWatch samples each node's newest block while the faults run, so
+// that two nodes holding different blocks at one height are caught while
+// it is so, not only in the history at the end.
+type blockWatch struct {
+	mu       sync.Mutex
+	seen     map[uint64]seenBlock
+	diverged []string
+	samples  int
+	stop     func()
+}
+
+// seenBlock is the first block a watch saw at a height, and on which node.
+type seenBlock struct{ hash, on string }
+
+// watchBlocks starts a watch over c's nodes; stop ends it.
+func (c *piCluster) watchBlocks(ctx context.Context) *blockWatch {
+	w := &blockWatch{seen: map[uint64]seenBlock{}}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	w.stop = func() { cancel(); <-done }
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			for _, pi := range c.pis {
+				// A Pi that is off or cut off does not answer; the
+				// others are still read.
+				rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+				if info, err := c.chainInfo(rctx, pi); err == nil && info.Height > 0 {
+					if b, err := c.block(rctx, pi, info.Height); err == nil {
+						w.note(info.Height, b.Hash, pi.Name)
+					}
+				}
+				rcancel()
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return w
+}
+
+// note records that node on held hash at height.
+func (w *blockWatch) note(height uint64, hash, on string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.samples++
+	first, ok := w.seen[height]
+	switch {
+	case !ok:
+		w.seen[height] = seenBlock{hash, on}
+	case first.hash != hash:
+		w.diverged = append(w.diverged, fmt.Sprintf("height %d: %s held %s, %s %s", height, first.on, first.hash, on, hash))
+	}
+}
+
 // faultsUnderLoad drives the faults a cluster must survive while clients
 // send anchors through every gateway, then checks the history: every
 // anchor that got a 202 is sealed exactly once, every node holds the same
-// block at every height, every receipt verifies against every node's
+// block at every height (at the end, and in each node's newest block
+// sampled every second during the faults), every receipt verifies against every node's
 // chain, and every node has caught up.
 func faultsUnderLoad(t *testing.T, c *piCluster) {
 	ctx := context.Background()
@@ -742,6 +803,8 @@ func faultsUnderLoad(t *testing.T, c *piCluster) {
 	began := time.Now()
 	run := fmt.Sprintf("%08x", time.Now().UnixNano()&0xffffffff)
 	go func() { loaded <- c.load(lctx, t, run, c.pis, 1) }()
+	watch := c.watchBlocks(ctx)
+	defer watch.stop()
 
 	// The leader's engine crashes: the others elect a new leader.
 	old := c.piNamed(leader)
@@ -839,6 +902,10 @@ func faultsUnderLoad(t *testing.T, c *piCluster) {
 	stopLoad()
 	subs := <-loaded
 	took := time.Since(began)
+	watch.stop()
+	for _, d := range watch.diverged {
+		t.Errorf("while the faults ran, two nodes held different blocks: %s", d)
+	}
 
 	// The history.
 	r := newChainReader(c)
@@ -877,6 +944,9 @@ func faultsUnderLoad(t *testing.T, c *piCluster) {
 		if first == nil {
 			continue
 		}
+		if seen, ok := watch.seen[h]; ok && seen.hash != first.Hash {
+			t.Errorf("height %d: %s held %s while the faults ran; every node holds %s now", h, seen.on, seen.hash, first.Hash)
+		}
 		for _, raw := range first.Transactions {
 			var tx chain.Transaction
 			if err := json.Unmarshal(raw, &tx); err != nil {
@@ -897,7 +967,7 @@ func faultsUnderLoad(t *testing.T, c *piCluster) {
 			t.Errorf("anchor %s sealed %d times, in blocks %v", sid, len(hs), hs)
 		}
 	}
-	t.Logf("history: %d blocks identical on the 3 nodes, %d anchors in them", top, len(sealedIn))
+	t.Logf("history: %d blocks identical on the 3 nodes, %d anchors in them; %d samples of the nodes' newest blocks taken during the faults, at %d heights", top, len(sealedIn), watch.samples, len(watch.seen))
 	for _, pi := range c.pis {
 		for _, name := range []string{"lucid-api-gateway", "lucid-session-anchoring", engine.Container} {
 			running, restarts := containerRuns(ctx, pi, name)
