@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
@@ -67,6 +69,13 @@ func startNode(t testing.TB, cfg Config) *testNode {
 	n := &testNode{app: app, http: hs, client: engineapi.New(hs.URL, servicetest.Client("anchoring")), cfg: cfg, cancel: cancel}
 	t.Cleanup(n.stop)
 	return n
+}
+
+// kill stops n as a crash would: its Raft stops before the engine could
+// hand its leadership over.
+func (n *testNode) kill() {
+	_ = n.app.node.raft.Shutdown().Error()
+	n.stop()
 }
 
 func (n *testNode) stop() {
@@ -333,7 +342,7 @@ func TestThreeVoters(t *testing.T) {
 		}
 	}
 
-	nodes[0].stop() // the leader dies
+	nodes[0].kill() // the leader crashes: no hand-over, an election
 	var leader *testNode
 	testenv.Eventually(t, 15*time.Second, "a new leader", func() bool {
 		for _, n := range nodes[1:] {
@@ -381,6 +390,66 @@ func TestThreeVoters(t *testing.T) {
 	if len(proposers) < 2 {
 		t.Errorf("proposers %v: the new leader signed nothing", proposers)
 	}
+}
+
+// TestStoppingLeaderHandsOver: a leader that is stopped (a deploy, docker
+// stop, a reboot) gives its leadership to another voter before it goes,
+// so the others seal on without waiting out an election timeout.
+func TestStoppingLeaderHandsOver(t *testing.T) {
+	ctx := context.Background()
+	nodes := startThreeVoters(t)
+	old := nodes[0]
+	// A follower that stops has nothing to hand over.
+	follower := nodes[2]
+	follower.stop()
+	handovers := func(n *testNode) float64 {
+		return testutil.ToFloat64(n.app.node.metrics.handovers.WithLabelValues(handOverStopping))
+	}
+	if got := handovers(follower); got != 0 {
+		t.Errorf("a stopping follower counted %v hand-overs", got)
+	}
+	follower = startNode(t, follower.cfg)
+	nodes[2] = follower
+	testenv.Eventually(t, 15*time.Second, "n3 back as a follower", func() bool {
+		st, err := follower.client.Consensus(ctx)
+		return err == nil && st.State == "follower" && st.LeaderID == "n1"
+	})
+
+	before, err := old.client.Consensus(ctx)
+	if err != nil || before.State != "leader" {
+		t.Fatalf("n1: %+v %v, want the leader", before, err)
+	}
+	old.stop()
+	if got := handovers(old); got != 1 {
+		t.Fatalf("the stopping leader handed over %v times, want 1", got)
+	}
+	// The hand-over is the one election: the term moved by one, and a
+	// survivor leads in it.
+	var leader *testNode
+	testenv.Eventually(t, 15*time.Second, "a survivor leads", func() bool {
+		for _, n := range nodes[1:] {
+			if st, err := n.client.Consensus(ctx); err == nil && st.State == "leader" {
+				leader = n
+				return true
+			}
+		}
+		return false
+	})
+	after, err := leader.client.Consensus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Term != before.Term+1 {
+		t.Errorf("term %d after the hand-over, want %d: more than one election", after.Term, before.Term+1)
+	}
+	res, err := leader.client.Submit(ctx, [][]byte{anchorJSON(7)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 15*time.Second, "sealed by the new leader", func() bool {
+		st, err := leader.client.Tx(ctx, res.Transactions[0].ID)
+		return err == nil && st.Status == engineapi.StatusSealed
+	})
 }
 
 func TestNextSlot(t *testing.T) {

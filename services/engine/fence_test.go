@@ -492,6 +492,9 @@ func TestFencedLeaderHandsOver(t *testing.T) {
 	if metric(t, nodes[2], "lucid_engine_fenced_slots_total") < 1 {
 		t.Error("n3 never led while fenced: the transfer did not happen, so the hand-over was not tested")
 	}
+	if metric(t, nodes[2], `lucid_engine_leadership_handovers_total{reason="fenced"}`) < 1 {
+		t.Error("n3 counted no hand-over while fenced")
+	}
 	if n := leader(); n == nodes[2] {
 		t.Error("the fenced engine leads")
 	}

@@ -322,6 +322,25 @@ func (n *node) produce(ctx context.Context) {
 // chain meanwhile. A leader alone keeps it (there is no one to hand over
 // to, and a restored single Pi waits for the operator as before).
 func (n *node) handOverWhileFenced() {
+	if n.raft.State() == raft.Leader {
+		n.logger.Warn("fenced after a restore while leading: handing the leadership over, so that the cluster's chain goes on")
+	}
+	n.handOver(handOverFenced)
+}
+
+// The reasons an engine hands its leadership over, as its metric says them.
+const (
+	handOverStopping = "stopping"
+	handOverFenced   = "fenced"
+)
+
+// handOver gives the leadership to the most up-to-date other voter, when
+// this engine leads and there is one. Raft bounds the wait by its
+// election timeout.
+func (n *node) handOver(reason string) {
+	if n.raft.State() != raft.Leader {
+		return
+	}
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
 		return
@@ -335,10 +354,15 @@ func (n *node) handOverWhileFenced() {
 	if voters < 2 {
 		return
 	}
-	n.logger.Warn("fenced after a restore while leading: handing the leadership over to another voter, so that the cluster's chain goes on")
+	n.logger.Info("handing the leadership over to another voter", "reason", reason)
+	start := time.Now()
 	if err := n.raft.LeadershipTransfer().Error(); err != nil {
-		n.logger.Warn("leadership transfer while fenced", "error", err)
+		n.logger.Warn("leadership not handed over", "reason", reason, "error", err)
+		return
 	}
+	n.metrics.handovers.WithLabelValues(reason).Inc()
+	_, to := n.raft.LeaderWithID()
+	n.logger.Info("leadership handed over", "reason", reason, "to", string(to), "took", time.Since(start).Round(time.Millisecond).String())
 }
 
 // propose seals the mempool into the block for slot and commits it through
