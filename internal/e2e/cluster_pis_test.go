@@ -717,6 +717,19 @@ func (c *piCluster) caughtUp(t *testing.T, ctx context.Context, within time.Dura
 	})
 }
 
+// awaitLeader waits until one of among says it leads.
+func (c *piCluster) awaitLeader(t *testing.T, ctx context.Context, among []*pis.Pi, what string) {
+	t.Helper()
+	testenv.Eventually(t, time.Minute, what, func() bool {
+		for _, pi := range among {
+			if info, err := c.chainInfo(ctx, pi); err == nil && info.Leader {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 func (c *piCluster) piNamed(name string) *pis.Pi {
 	for _, pi := range c.pis {
 		if pi.Name == name {
@@ -806,26 +819,39 @@ func faultsUnderLoad(t *testing.T, c *piCluster) {
 	watch := c.watchBlocks(ctx)
 	defer watch.stop()
 
-	// The leader's engine crashes: the others elect a new leader.
+	// The leader's engine is restarted, as a deploy restarts it: it hands
+	// its leadership over as it stops.
 	old := c.piNamed(leader)
+	others := slices.DeleteFunc(slices.Clone(c.pis), func(pi *pis.Pi) bool { return pi == old })
+	restarted := time.Now()
+	restartErr := make(chan error, 1)
+	go func() {
+		out, err := old.Docker(ctx, "restart", engine.Container)
+		if err != nil {
+			err = fmt.Errorf("restart the leader's engine: %w: %s", err, out)
+		}
+		restartErr <- err
+	}()
+	c.awaitLeader(t, ctx, others, "a new leader after the leader's engine was restarted")
+	t.Logf("the leader's engine (%s) restarted: a new leader in %s", leader, time.Since(restarted).Round(time.Millisecond))
+	if err := <-restartErr; err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := old.Docker(ctx, "logs", engine.Container); !bytes.Contains(out, []byte(`"msg":"leadership handed over"`)) {
+		t.Errorf("the restarted leader's engine did not hand its leadership over; its log:\n%s", out)
+	}
+	leader = c.healthyCluster(t, 2*time.Minute, "after the leader's engine was restarted")
+	c.caughtUp(t, ctx, time.Minute, "the restarted engine caught up")
+	t.Logf("the restarted engine back and caught up %s after the restart", time.Since(restarted).Round(time.Millisecond))
+
+	// The leader's engine crashes: the others elect a new leader.
+	old = c.piNamed(leader)
+	others = slices.DeleteFunc(slices.Clone(c.pis), func(pi *pis.Pi) bool { return pi == old })
 	killed := time.Now()
 	if err := old.Kill(ctx, engine.Container); err != nil {
 		t.Fatal(err)
 	}
-	var others []*pis.Pi
-	for _, pi := range c.pis {
-		if pi != old {
-			others = append(others, pi)
-		}
-	}
-	testenv.Eventually(t, time.Minute, "a new leader after the leader's engine was killed", func() bool {
-		for _, pi := range others {
-			if info, err := c.chainInfo(ctx, pi); err == nil && info.Leader {
-				return true
-			}
-		}
-		return false
-	})
+	c.awaitLeader(t, ctx, others, "a new leader after the leader's engine was killed")
 	t.Logf("the leader's engine (%s) killed: a new leader in %s", leader, time.Since(killed).Round(time.Millisecond))
 	c.advances(t, ctx, others, 2, time.Minute, "blocks go on without the killed engine")
 	leader = c.healthyCluster(t, 2*time.Minute, "after the leader's engine was killed")
@@ -860,14 +886,7 @@ func faultsUnderLoad(t *testing.T, c *piCluster) {
 		t.Fatal(err)
 	}
 	others = slices.DeleteFunc(slices.Clone(c.pis), func(pi *pis.Pi) bool { return pi == cutOff })
-	testenv.Eventually(t, time.Minute, "a leader on the majority side of the partition", func() bool {
-		for _, pi := range others {
-			if info, err := c.chainInfo(ctx, pi); err == nil && info.Leader {
-				return true
-			}
-		}
-		return false
-	})
+	c.awaitLeader(t, ctx, others, "a leader on the majority side of the partition")
 	t.Logf("%s (the leader) cut off: a leader on the majority side in %s", cutOff.Name, time.Since(cut).Round(time.Millisecond))
 	c.advances(t, ctx, others, 2, time.Minute, "blocks go on while "+cutOff.Name+" is cut off")
 	if err := cutOff.Heal(ctx); err != nil {
