@@ -286,7 +286,7 @@ func checkRemoval(v *clusterView, id string) error {
 	}
 	if id == v.leaderID {
 		return cli.WithHint(fmt.Errorf("voter %s leads cluster %s, and a leader cannot remove itself with its validator key: %w", id, v.name, errRemoval),
-			fmt.Sprintf("stop %s's engine (on its host) so that the other voters elect a leader among themselves, then deploy again", id))
+			fmt.Sprintf("stop %s's engine on its host (docker stop lucid-blockchain-engine): it hands its leadership to another voter as it stops; then deploy again", id))
 	}
 	if err := quorumNow(v); err != nil {
 		return fmt.Errorf("voter %s cannot be removed: %w: %w", id, err, errRemoval)
