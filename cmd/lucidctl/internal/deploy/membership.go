@@ -281,12 +281,15 @@ var errRemoval = errors.New("not removed")
 // removes the leader: the leader cannot remove its own validator key, and
 // no leader is chosen by lucidctl.
 func checkRemoval(v *clusterView, id string) error {
-	if v.leaderID == "" || v.leaderTarget == "" {
-		return fmt.Errorf("cluster %s has no leader among the hosts read, through which to remove voter %s: %w", v.name, id, errRemoval)
-	}
+	// The leader first: a voter that leaves lucid.yaml's hosts is read by
+	// no one but named as leader by the others, and the operator must
+	// act on its host.
 	if id == v.leaderID {
 		return cli.WithHint(fmt.Errorf("voter %s leads cluster %s, and a leader cannot remove itself with its validator key: %w", id, v.name, errRemoval),
 			fmt.Sprintf("stop %s's engine on its host (docker stop lucid-blockchain-engine): it hands its leadership to another voter as it stops; then deploy again", id))
+	}
+	if v.leaderID == "" || v.leaderTarget == "" {
+		return fmt.Errorf("cluster %s has no leader among the hosts read, through which to remove voter %s: %w", v.name, id, errRemoval)
 	}
 	if err := quorumNow(v); err != nil {
 		return fmt.Errorf("voter %s cannot be removed: %w: %w", id, err, errRemoval)

@@ -280,15 +280,23 @@ func TestCheckRemoval(t *testing.T) {
 			"pi1": engineOn("pi1", "pi1", "follower", "pi3", true, cfg...),
 			"pi2": engineOn("pi2", "pi2", "follower", "pi3", true, cfg...),
 		}
+		// pi3 has left lucid.yaml's hosts: no one reads it, the others
+		// name it as their leader.
 		v := viewOf(hosts, sts)
 		err := checkRemoval(v, "pi3")
-		if !errors.Is(err, errRemoval) || !strings.Contains(err.Error(), "no leader among the hosts read") {
-			t.Errorf("leader not read: %v", err)
+		if !errors.Is(err, errRemoval) || !strings.Contains(err.Error(), "voter pi3 leads cluster home") || !strings.Contains(cli.Hint(err), "stop pi3's engine") {
+			t.Errorf("leader not read: %v (hint %q)", err, cli.Hint(err))
 		}
 		v.leaderTarget = "pi3-host" // as if its host were read
 		err = checkRemoval(v, "pi3")
 		if !errors.Is(err, errRemoval) || !strings.Contains(err.Error(), "voter pi3 leads cluster home") || !strings.Contains(cli.Hint(err), "stop pi3's engine") {
 			t.Errorf("leader: %v (hint %q)", err, cli.Hint(err))
+		}
+		// No leader known at all.
+		v.leaderID, v.leaderTarget = "", ""
+		err = checkRemoval(v, "pi2")
+		if !errors.Is(err, errRemoval) || !strings.Contains(err.Error(), "no leader among the hosts read") {
+			t.Errorf("no leader: %v", err)
 		}
 	})
 }
