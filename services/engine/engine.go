@@ -114,8 +114,8 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		return err
 	}
 	pctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	handedOver := make(chan struct{})
-	a.stop = func() { stop(); <-handedOver }
+	stopped := make(chan struct{}) // closed once any hand-over is done
+	a.stop = func() { stop(); <-stopped }
 	go func() {
 		select {
 		case <-ctx.Done():
@@ -127,7 +127,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		// of after an election timeout (a deploy, docker stop, a
 		// reboot). A crash still costs the election.
 		n.handOver(handOverStopping)
-		close(handedOver)
+		close(stopped)
 	}()
 	go n.produce(pctx)
 	m.mempool = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lucid_engine_mempool_txs", Help: "Transactions waiting for a block."},

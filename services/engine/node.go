@@ -322,10 +322,11 @@ func (n *node) produce(ctx context.Context) {
 // chain meanwhile. A leader alone keeps it (there is no one to hand over
 // to, and a restored single Pi waits for the operator as before).
 func (n *node) handOverWhileFenced() {
-	if n.raft.State() == raft.Leader {
-		n.logger.Warn("fenced after a restore while leading: handing the leadership over, so that the cluster's chain goes on")
+	if !n.canHandOver() {
+		return
 	}
-	n.handOver(handOverFenced)
+	n.logger.Warn("fenced after a restore while leading: handing the leadership over, so that the cluster's chain goes on")
+	n.transfer(handOverFenced)
 }
 
 // The reasons an engine hands its leadership over, as its metric says them.
@@ -334,16 +335,15 @@ const (
 	handOverFenced   = "fenced"
 )
 
-// handOver gives the leadership to the most up-to-date other voter, when
-// this engine leads and there is one. Raft bounds the wait by its
-// election timeout.
-func (n *node) handOver(reason string) {
+// canHandOver reports whether this engine leads and another voter could
+// take the leadership from it.
+func (n *node) canHandOver() bool {
 	if n.raft.State() != raft.Leader {
-		return
+		return false
 	}
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
-		return
+		return false
 	}
 	voters := 0
 	for _, s := range f.Configuration().Servers {
@@ -351,9 +351,20 @@ func (n *node) handOver(reason string) {
 			voters++
 		}
 	}
-	if voters < 2 {
-		return
+	return voters >= 2
+}
+
+// handOver gives the leadership to the most up-to-date other voter, when
+// canHandOver.
+func (n *node) handOver(reason string) {
+	if n.canHandOver() {
+		n.transfer(reason)
 	}
+}
+
+// transfer gives the leadership to the most up-to-date other voter, and
+// counts it. Raft bounds the wait by its election timeout.
+func (n *node) transfer(reason string) {
 	n.logger.Info("handing the leadership over to another voter", "reason", reason)
 	start := time.Now()
 	if err := n.raft.LeadershipTransfer().Error(); err != nil {
