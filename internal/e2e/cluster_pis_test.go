@@ -730,6 +730,11 @@ func (c *piCluster) awaitLeader(t *testing.T, ctx context.Context, among []*pis.
 	})
 }
 
+// without is the cluster's Pis but pi.
+func (c *piCluster) without(pi *pis.Pi) []*pis.Pi {
+	return slices.DeleteFunc(slices.Clone(c.pis), func(p *pis.Pi) bool { return p == pi })
+}
+
 func (c *piCluster) piNamed(name string) *pis.Pi {
 	for _, pi := range c.pis {
 		if pi.Name == name {
@@ -803,8 +808,8 @@ func (w *blockWatch) note(height uint64, hash, on string) {
 // send anchors through every gateway, then checks the history: every
 // anchor that got a 202 is sealed exactly once, every node holds the same
 // block at every height (at the end, and in each node's newest block
-// sampled every second during the faults), every receipt verifies against every node's
-// chain, and every node has caught up.
+// sampled every second during the faults), every receipt verifies against
+// every node's chain, and every node has caught up.
 func faultsUnderLoad(t *testing.T, c *piCluster) {
 	ctx := context.Background()
 	engine, _ := catalog.Lookup("engine")
@@ -822,7 +827,7 @@ func faultsUnderLoad(t *testing.T, c *piCluster) {
 	// The leader's engine is restarted, as a deploy restarts it: it hands
 	// its leadership over as it stops.
 	old := c.piNamed(leader)
-	others := slices.DeleteFunc(slices.Clone(c.pis), func(pi *pis.Pi) bool { return pi == old })
+	others := c.without(old)
 	restarted := time.Now()
 	restartErr := make(chan error, 1)
 	go func() {
@@ -846,7 +851,7 @@ func faultsUnderLoad(t *testing.T, c *piCluster) {
 
 	// The leader's engine crashes: the others elect a new leader.
 	old = c.piNamed(leader)
-	others = slices.DeleteFunc(slices.Clone(c.pis), func(pi *pis.Pi) bool { return pi == old })
+	others = c.without(old)
 	killed := time.Now()
 	if err := old.Kill(ctx, engine.Container); err != nil {
 		t.Fatal(err)
@@ -870,7 +875,7 @@ func faultsUnderLoad(t *testing.T, c *piCluster) {
 	if err := off.PowerOff(ctx); err != nil {
 		t.Fatal(err)
 	}
-	others = slices.DeleteFunc(slices.Clone(c.pis), func(pi *pis.Pi) bool { return pi == off })
+	others = c.without(off)
 	c.advances(t, ctx, others, 2, time.Minute, "blocks go on while "+off.Name+" is off")
 	if err := off.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -885,7 +890,7 @@ func faultsUnderLoad(t *testing.T, c *piCluster) {
 	if err := cutOff.Partition(ctx); err != nil {
 		t.Fatal(err)
 	}
-	others = slices.DeleteFunc(slices.Clone(c.pis), func(pi *pis.Pi) bool { return pi == cutOff })
+	others = c.without(cutOff)
 	c.awaitLeader(t, ctx, others, "a leader on the majority side of the partition")
 	t.Logf("%s (the leader) cut off: a leader on the majority side in %s", cutOff.Name, time.Since(cut).Round(time.Millisecond))
 	c.advances(t, ctx, others, 2, time.Minute, "blocks go on while "+cutOff.Name+" is cut off")
