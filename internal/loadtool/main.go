@@ -1,8 +1,11 @@
 // Command loadtool is the helper of scripts/bench-gateway.sh: a trivial
-// HTTP backend to proxy to, and a holder of many idle keep-alive
-// connections for measuring the gateway's memory per connection.
+// HTTP backend to proxy to, a bare fasthttp proxy (the floor of the
+// library the gateway is built on: no checks, no headers of its own), and
+// a holder of many idle keep-alive connections for measuring the
+// gateway's memory per connection.
 //
 //	loadtool backend -addr 127.0.0.1:9000
+//	loadtool proxy -addr 127.0.0.1:9001 -upstream 127.0.0.1:9000
 //	loadtool idle -url http://127.0.0.1:8080/api/v1/anchors/x -n 10000 -hold 10s -header "Authorization: Bearer ..."
 package main
 
@@ -16,17 +19,21 @@ import (
 	"net/url"
 	"os"
 	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: loadtool backend|idle [flags]")
+		fmt.Fprintln(os.Stderr, "usage: loadtool backend|proxy|idle [flags]")
 		os.Exit(2)
 	}
 	var err error
 	switch os.Args[1] {
 	case "backend":
 		err = backend(os.Args[2:])
+	case "proxy":
+		err = proxy(os.Args[2:])
 	case "idle":
 		err = idle(os.Args[2:])
 	default:
@@ -47,6 +54,26 @@ func backend(args []string) error {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(body)
 	}))
+}
+
+// proxy forwards every request to upstream as it came, through
+// fasthttp's HostClient, and answers what upstream answers: what fasthttp
+// costs before the gateway does any work of its own.
+func proxy(args []string) error {
+	fs := flag.NewFlagSet("proxy", flag.ExitOnError)
+	addr := fs.String("addr", "127.0.0.1:9001", "listen address")
+	upstream := fs.String("upstream", "127.0.0.1:9000", "host:port to proxy to")
+	_ = fs.Parse(args)
+	hc := &fasthttp.HostClient{Addr: *upstream, MaxConns: 4096}
+	return fasthttp.ListenAndServe(*addr, func(fc *fasthttp.RequestCtx) {
+		resp := fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseResponse(resp)
+		if err := hc.Do(&fc.Request, resp); err != nil {
+			fc.Error(err.Error(), http.StatusBadGateway)
+			return
+		}
+		resp.CopyTo(&fc.Response)
+	})
 }
 
 // idle opens n connections, makes one request on each (so each is a
