@@ -47,7 +47,9 @@ type fixture struct {
 	compose []byte
 	envs    map[string][]byte
 	routes  []byte
-	clock   atomic.Int64
+	// deploys counts the deploys' clocks made (options): each runs that
+	// many seconds ahead of the real clock.
+	deploys atomic.Int64
 	secrets []string
 }
 
@@ -69,7 +71,6 @@ func newFixture(t *testing.T) *fixture {
 	for _, k := range deployfiles.Secrets {
 		f.secrets = append(f.secrets, files.EnvValues[k])
 	}
-	f.clock.Store(time.Now().Unix())
 	t.Cleanup(func() {
 		// Whatever the test left, even without a current release.
 		ids, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=com.docker.compose.project="+ComposeProject).Output()
@@ -157,15 +158,20 @@ type deployment struct {
 	b   Bundle
 }
 
-// options for a deploy; each gets its own second, so release ids differ.
+// options for a deploy. Its clock is the real one, a second further ahead
+// for each deploy of the test: two deploys never share a second, so their
+// release ids differ, and however often a deploy reads its clock, the host's
+// clock stays within the skew a deploy accepts (a few seconds after a test's
+// dozen deploys, not minutes).
 func (f *fixture) options(c *sshx.Client, built []imagebuild.Built, events *[]Event) deployment {
 	var mu sync.Mutex
+	ahead := time.Duration(f.deploys.Add(1)) * time.Second
 	return deployment{
 		cfg: Config{
 			Name: "pi", SSH: c, Dir: f.dir, ImageName: imageName, Tag: imageTag,
 			MinFreeBytes: 64 << 20, HealthTimeout: 90 * time.Second,
 			GatewayHostPort: 8080 + portOffset,
-			Now:             func() time.Time { return time.Unix(f.clock.Add(1), 0) },
+			Now:             func() time.Time { return time.Now().Add(ahead) },
 			Reporter: ReporterFunc(func(e Event) {
 				mu.Lock()
 				defer mu.Unlock()

@@ -102,7 +102,7 @@ func TestOperateADeployedHost(t *testing.T) {
 	if hasItem(pr, PruneDangling, dangling) {
 		t.Errorf("the dry run lists a dangling image made a moment ago")
 	}
-	// The real clock: the fixture's moves a second a read and may lag.
+	// An hour and a minute on: the dangling image is past its grace.
 	now := d.cfg.Now
 	d.cfg.Now = func() time.Time { return time.Now().Add(danglingGrace + time.Minute) }
 	later, err := d.Prune(ctx, PruneOptions{Keep: 1, DryRun: true})
