@@ -842,7 +842,15 @@ func faultsUnderLoad(t *testing.T, c *piCluster) {
 	if err := <-restartErr; err != nil {
 		t.Fatal(err)
 	}
-	if out, _ := old.Docker(ctx, "logs", engine.Container); !bytes.Contains(out, []byte(`"msg":"leadership handed over"`)) {
+	// A leader starved of CPU may step down, cut off from its quorum,
+	// between the test's read and the stop: it then says it stopped while
+	// not leading, and has nothing to hand over (TestStoppingLeaderHandsOver
+	// checks the hand-over itself).
+	switch out, _ := old.Docker(ctx, "logs", engine.Container); {
+	case bytes.Contains(out, []byte(`"msg":"leadership handed over"`)):
+	case bytes.Contains(out, []byte(`"msg":"stopping while not leading: no leadership to hand over"`)):
+		t.Logf("the leader's engine (%s) had lost the leadership before its stop: no hand-over to check", leader)
+	default:
 		t.Errorf("the restarted leader's engine did not hand its leadership over; its log:\n%s", out)
 	}
 	leader = c.healthyCluster(t, 2*time.Minute, "after the leader's engine was restarted")

@@ -126,7 +126,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		// as the stop begins: the others go on sealing at once instead
 		// of after an election timeout (a deploy, docker stop, a
 		// reboot). A crash still costs the election.
-		n.handOver(handOverStopping)
+		n.handOverOnStop()
 		close(stopped)
 	}()
 	go n.produce(pctx)

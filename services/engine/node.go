@@ -354,11 +354,17 @@ func (n *node) canHandOver() bool {
 	return voters >= 2
 }
 
-// handOver gives the leadership to the most up-to-date other voter, when
-// canHandOver.
-func (n *node) handOver(reason string) {
+// handOverOnStop gives the leadership to the most up-to-date other voter,
+// when canHandOver, as the engine stops. A voter that is not leading says
+// so: one that had just lost the leadership (a leader cut off from its
+// quorum steps down) has nothing to hand over, and its log shows why.
+func (n *node) handOverOnStop() {
 	if n.canHandOver() {
-		n.transfer(reason)
+		n.transfer(handOverStopping)
+		return
+	}
+	if st := n.raft.State(); st != raft.Leader {
+		n.logger.Info("stopping while not leading: no leadership to hand over", "raft_state", st.String())
 	}
 }
 
