@@ -845,8 +845,9 @@ func faultsUnderLoad(t *testing.T, c *piCluster) {
 	// A leader starved of CPU may step down, cut off from its quorum,
 	// between the test's read and the stop: it then says it stopped while
 	// not leading, and has nothing to hand over (TestStoppingLeaderHandsOver
-	// checks the hand-over itself).
-	switch out, _ := old.Docker(ctx, "logs", engine.Container); {
+	// checks the hand-over itself). Only this stop's log counts, not an
+	// earlier stop of the same container.
+	switch out, _ := old.Docker(ctx, "logs", "--since", restarted.Format(time.RFC3339Nano), engine.Container); {
 	case bytes.Contains(out, []byte(`"msg":"leadership handed over"`)):
 	case bytes.Contains(out, []byte(`"msg":"stopping while not leading: no leadership to hand over"`)):
 		t.Logf("the leader's engine (%s) had lost the leadership before its stop: no hand-over to check", leader)

@@ -47,8 +47,8 @@ type fixture struct {
 	compose []byte
 	envs    map[string][]byte
 	routes  []byte
-	// deploys counts the deploys' clocks made (options): each runs that
-	// many seconds ahead of the real clock.
+	// deploys counts the deploys the test has set up (options); the
+	// clock of each runs that many seconds ahead of the real one.
 	deploys atomic.Int64
 	secrets []string
 }
