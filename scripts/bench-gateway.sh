@@ -5,13 +5,16 @@
 #   - requests/s, p50 and p99 at 1 and 16 connections for direct (the
 #     backend), nginx, Caddy, fasthttp (a bare proxy on the library the
 #     gateway is built on: HostClient.Do, no checks, no headers of its own,
-#     the floor of that foundation) and the gateway (JWT and rate limiting
+#     the floor of that foundation), eventloop (a bare proxy on epoll event
+#     loops with fasthttp's header parsing: the floor of a design with no
+#     goroutine per connection) and the gateway (JWT and rate limiting
 #     on, enterprise tier with a limit that never triggers), over several
 #     interleaved rounds: the median and the spread (min-max) of req/s;
 #   - CPU per request of each server process, from utime+stime in
 #     /proc/PID/stat (all threads; nginx's master and workers summed), over
 #     each run, divided by the requests wrk completed;
-#   - gateway/nginx, caddy/nginx and fasthttp/nginx req/s ratios, and at
+#   - gateway/nginx, caddy/nginx, fasthttp/nginx and eventloop/nginx req/s
+#     ratios, and at
 #     1 connection the p50 latency each proxy adds over direct;
 #   - resident memory per idle keep-alive connection: 10,000 for the gateway
 #     and Caddy, 3,000 for nginx (its 2 x 4096 worker_connections stay as
@@ -24,13 +27,13 @@
 # stdout is the result: one row a line, words separated by spaces, the first
 # word the row's kind; lines starting with # name the columns. Progress and
 # every single run go to stderr. It installs wrk, nginx-light and caddy with
-# apt-get when missing, and uses the fixed ports 127.0.0.1:19101-19105.
+# apt-get when missing, and uses the fixed ports 127.0.0.1:19101-19106.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-5}"
 rounds="${2:-5}"
 
-BACK=127.0.0.1:19101 NGX=127.0.0.1:19102 GW=127.0.0.1:19103 CADDY=127.0.0.1:19104 FH=127.0.0.1:19105
+BACK=127.0.0.1:19101 NGX=127.0.0.1:19102 GW=127.0.0.1:19103 CADDY=127.0.0.1:19104 FH=127.0.0.1:19105 EV=127.0.0.1:19106
 
 die() {
 	echo "bench-gateway: $*" >&2
@@ -52,7 +55,7 @@ CADDYBIN="$(command -v caddy)"
 
 # A listener left by an earlier run that was killed hard would be measured
 # instead of ours.
-for a in "$BACK" "$NGX" "$GW" "$CADDY" "$FH"; do
+for a in "$BACK" "$NGX" "$GW" "$CADDY" "$FH" "$EV"; do
 	if (exec 3<>"/dev/tcp/${a%:*}/${a#*:}") 2>/dev/null; then
 		die "something already listens on $a; stop it first"
 	fi
@@ -105,6 +108,9 @@ pids+=($backpid)
 "$work/loadtool" proxy -addr "$FH" -upstream "$BACK" >"$work/fasthttp.log" 2>&1 &
 fhpid=$!
 pids+=($fhpid)
+"$work/loadtool" eventloop -addr "$EV" -upstream "$BACK" >"$work/eventloop.log" 2>&1 &
+evpid=$!
+pids+=($evpid)
 
 # nginx's configuration is the reference the gateway's goals are stated
 # against: keep it as it is.
@@ -172,13 +178,14 @@ token="$("$work/lucidctl" token --tier enterprise --sub bench --ttl 1h)"
 PATHQ=/api/v1/anchors/x
 declare -A url=(
 	[direct]="http://$BACK$PATHQ" [nginx]="http://$NGX$PATHQ" [caddy]="http://$CADDY$PATHQ" [fasthttp]="http://$FH$PATHQ"
+	[eventloop]="http://$EV$PATHQ"
 	[gateway]="http://$GW$PATHQ"
 	[const-backend]="http://$BACK/constant" [const-nginx]="http://$NGX/constant"
 )
 declare -A hdr=([gateway]="Authorization: Bearer $token")
 
 # Every target must answer 200 before anything is measured.
-for t in direct nginx caddy fasthttp gateway const-nginx; do
+for t in direct nginx caddy fasthttp eventloop gateway const-nginx; do
 	ok=0
 	for _ in $(seq 100); do
 		if curl -fsS -o /dev/null ${hdr[$t]:+-H "${hdr[$t]}"} "${url[$t]}" 2>/dev/null; then
@@ -200,6 +207,7 @@ pids_of() {
 	nginx | const-nginx) nginx_pids ;;
 	caddy) echo "$caddypid" ;;
 	fasthttp) echo "$fhpid" ;;
+	eventloop) echo "$evpid" ;;
 	gateway) echo "$gwpid" ;;
 	esac
 }
@@ -215,7 +223,7 @@ to_us() { awk '{ v = $1; if (v ~ /us$/) { sub(/us$/, "", v); print v } else if (
 run() {
 	local t=$1 c=$2 srv back=() s0 s1 b0=0 b1=0 out reqs rps p50 p99 errs cpu bcpu=-
 	srv=($(pids_of "$t"))
-	[[ $t == nginx || $t == caddy || $t == fasthttp || $t == gateway ]] && back=("$backpid")
+	[[ $t == nginx || $t == caddy || $t == fasthttp || $t == eventloop || $t == gateway ]] && back=("$backpid")
 	s0="$(ticks "${srv[@]}")"
 	((${#back[@]})) && b0="$(ticks "${back[@]}")"
 	out="$(wrk -t "$((c < 2 ? 1 : 2))" -c "$c" -d "${secs}s" --latency ${hdr[$t]:+-H "${hdr[$t]}"} "${url[$t]}")" ||
@@ -293,12 +301,12 @@ if awk -v l="${load0%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n) }'; then
 fi
 echo "== req/s, latency and CPU: ${secs}s per run, $rounds rounds" >&2
 round=warm-up
-for t in direct nginx caddy fasthttp gateway const-backend const-nginx; do
+for t in direct nginx caddy fasthttp eventloop gateway const-backend const-nginx; do
 	wrk -t 2 -c 16 -d 1s ${hdr[$t]:+-H "${hdr[$t]}"} "${url[$t]}" >/dev/null
 done
 for c in 1 16; do
 	for round in $(seq "$rounds"); do
-		for t in direct nginx caddy fasthttp gateway; do run "$t" "$c"; done
+		for t in direct nginx caddy fasthttp eventloop gateway; do run "$t" "$c"; done
 	done
 done
 # The reference: the backend's server (net/http) against nginx, both
@@ -329,7 +337,7 @@ echo "# bench-gateway $(date -u +%FT%TZ): ${secs}s per run, $rounds rounds, $(np
 echo "# load average (this run's own processes included): $load0 before the runs, $(cut -d ' ' -f 1-3 /proc/loadavg) after"
 echo "# rate target conns rounds rps rps_min rps_max p50_us p99_us cpu_us_per_req backend_cpu_us_per_req errors"
 for c in 1 16; do
-	for t in direct nginx caddy fasthttp gateway; do fmt_rate rate "$t" "$c"; done
+	for t in direct nginx caddy fasthttp eventloop gateway; do fmt_rate rate "$t" "$c"; done
 done
 echo "# const: the same columns for a constant answer with no proxying, the backend's server (net/http) and nginx"
 fmt_rate const const-backend 16
@@ -339,9 +347,10 @@ for c in 16 1; do
 	ratio gateway/nginx gateway nginx "$c" 1 / ratio %.2f
 	ratio caddy/nginx caddy nginx "$c" 1 / ratio %.2f
 	ratio fasthttp/nginx fasthttp nginx "$c" 1 / ratio %.2f
+	ratio eventloop/nginx eventloop nginx "$c" 1 / ratio %.2f
 done
 ratio backend/nginx const-backend const-nginx 16 1 / ratio %.2f
 echo "# added_p50 proxy conns median_us round1..roundN (p50 over direct's, same round)"
-for t in nginx caddy fasthttp gateway; do ratio "$t" "$t" direct 1 2 - added_p50 %.0f; done
+for t in nginx caddy fasthttp eventloop gateway; do ratio "$t" "$t" direct 1 2 - added_p50 %.0f; done
 echo "# memory target conns rss_before_kib rss_held_kib kib_per_conn"
 cat "$work/memory"

@@ -1,11 +1,13 @@
 // Command loadtool is the helper of scripts/bench-gateway.sh: a trivial
 // HTTP backend to proxy to, a bare fasthttp proxy (the floor of the
-// library the gateway is built on: no checks, no headers of its own), and
-// a holder of many idle keep-alive connections for measuring the
-// gateway's memory per connection.
+// library the gateway is built on: no checks, no headers of its own), a
+// bare proxy on epoll event loops (the floor of a design with no
+// goroutine per connection), and a holder of many idle keep-alive
+// connections for measuring the gateway's memory per connection.
 //
 //	loadtool backend -addr 127.0.0.1:9000
 //	loadtool proxy -addr 127.0.0.1:9001 -upstream 127.0.0.1:9000
+//	loadtool eventloop -addr 127.0.0.1:9002 -upstream 127.0.0.1:9000
 //	loadtool idle -url http://127.0.0.1:8080/api/v1/anchors/x -n 10000 -hold 10s -header "Authorization: Bearer ..."
 package main
 
@@ -25,7 +27,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: loadtool backend|proxy|idle [flags]")
+		fmt.Fprintln(os.Stderr, "usage: loadtool backend|proxy|eventloop|idle [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -34,6 +36,8 @@ func main() {
 		err = backend(os.Args[2:])
 	case "proxy":
 		err = proxy(os.Args[2:])
+	case "eventloop":
+		err = eventLoop(os.Args[2:])
 	case "idle":
 		err = idle(os.Args[2:])
 	default:
