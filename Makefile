@@ -35,7 +35,7 @@ bench:
 	go test -run '^$$' -bench Snapshot -benchtime 3x ./services/datachain
 	go test -run '^$$' -bench Backup -benchtime 2x ./pkg/backup
 
-## bench-gateway: the gateway against direct, nginx, Caddy, bare fasthttp and a bare event-loop proxy with wrk on 127.0.0.1: req/s, p50/p99, CPU and memory per connection (about 6 min)
+## bench-gateway: the gateway against direct, nginx, Caddy, bare fasthttp and a bare event-loop proxy with wrk on 127.0.0.1: req/s, p50/p99, CPU and memory per connection (about 8 min)
 bench-gateway:
 	./scripts/bench-gateway.sh
 

@@ -14,8 +14,8 @@
 #     /proc/PID/stat (all threads; nginx's master and workers summed), over
 #     each run, divided by the requests wrk completed;
 #   - gateway/nginx, caddy/nginx, fasthttp/nginx and eventloop/nginx req/s
-#     ratios, and at
-#     1 connection the p50 latency each proxy adds over direct;
+#     ratios, and at 1 connection the p50 latency each proxy adds over
+#     direct;
 #   - resident memory per idle keep-alive connection: 10,000 for the gateway
 #     and Caddy, 3,000 for nginx (its 2 x 4096 worker_connections stay as
 #     configured);

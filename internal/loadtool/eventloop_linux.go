@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"slices"
 
 	"github.com/valyala/fasthttp"
 	"golang.org/x/sys/unix"
@@ -146,10 +147,14 @@ func (l *evLoop) add(c *evConn) {
 }
 
 // close closes c and the connection paired with it, whose exchange cannot
-// finish.
+// finish. An idle upstream connection leaves the idle list: its descriptor's
+// number may soon be another connection's.
 func (l *evLoop) close(c *evConn) {
 	delete(l.conns, c.fd)
 	_ = unix.Close(c.fd)
+	if i := slices.Index(l.idle, c); i >= 0 {
+		l.idle = slices.Delete(l.idle, i, i+1)
+	}
 	if p := c.peer; p != nil {
 		c.peer, p.peer = nil, nil
 		l.close(p)
@@ -186,7 +191,7 @@ func (l *evLoop) readable(c *evConn) {
 
 var endOfHeaders = []byte("\r\n\r\n")
 
-// parse reads the header that ends c.in's first end+4 bytes into h.
+// parse reads into h the header that in holds, up to its blank line.
 func (l *evLoop) parse(h interface{ Read(*bufio.Reader) error }, in []byte) error {
 	l.src.Reset(in)
 	l.br.Reset(&l.src)
