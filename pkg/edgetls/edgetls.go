@@ -272,6 +272,11 @@ func (e *Edge) HSTS() string { return e.hsts }
 // the same host, path and query over HTTPS for everything else.
 func (e *Edge) PlainHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength != 0 {
+			// Nothing here reads a body: the connection ends with the
+			// answer rather than wait for the body to be sent and dropped.
+			w.Header().Set("Connection", "close")
+		}
 		if e.acme != nil && e.acme.issuer.HandleHTTPChallenge(w, r) {
 			return
 		}

@@ -111,19 +111,23 @@ func (rp *routeProxy) forward(c *call, inst *instance, claims *auth.Claims, coun
 	bodiless := bodilessRead(fc)
 	if n := bodyLength(&fc.Request.Header); n != 0 {
 		if s := fc.RequestBodyStream(); s != nil {
-			if counted {
-				c.body = &countingReader{r: s}
-				req.SetBodyStream(c.body, n)
-			} else {
-				req.SetBodyStream(s, n)
-			}
+			c.body = clientBody{r: s, length: int64(n)}
+			req.SetBodyStream(&c.body, n)
 		} else {
 			req.SetBodyRaw(fc.Request.Body())
 		}
 	}
+	c.counted = counted
 	resp := fasthttp.AcquireResponse()
 	start := time.Now()
 	finish, err := rp.exchange(c, inst, req, resp, bodiless, start)
+	if err != nil && c.body.failed != nil {
+		// The client's side failed, not the upstream's: no instance is
+		// blamed, and nothing goes again.
+		c.watch.stop()
+		fasthttp.ReleaseResponse(resp)
+		return false, c.body.refusal()
+	}
 	if err != nil && !c.watch.left() {
 		rp.pool.eject(inst, rp.gw.now())
 		// Only a read without a body may go again, and only after a
@@ -239,6 +243,10 @@ func (rp *routeProxy) roundTrip(c *call, hc *fasthttp.HostClient, conn net.Conn,
 			err := writeRequest(hc, conn, req)
 			if err == nil {
 				err = rp.awaitAnswer(c, conn)
+			} else if c.body.failed != nil {
+				// The client's body broke off or grew too large: no answer
+				// is coming that it could have, so the read ends now.
+				_ = conn.SetReadDeadline(time.Unix(1, 0))
 			}
 			sent <- err
 		}()
@@ -418,15 +426,56 @@ func (b *upstreamBody) Close() error {
 	return nil
 }
 
-// countingReader counts the bytes of a request body as the proxy sends
-// them.
-type countingReader struct {
-	r io.Reader
-	n int64
+// errBodyTooLarge stops a body without a length that passes maxBodyBytes.
+var errBodyTooLarge = errors.New("the request body is larger than allowed")
+
+// clientBody is a request body as the proxy sends it upstream: it counts
+// the bytes, stops a body without a length at maxBodyBytes (a length over
+// it is refused before), and keeps the error of the client's side, for
+// which the exchange ends at once (roundTrip) instead of waiting for an
+// answer to a body that will not come.
+type clientBody struct {
+	r      io.Reader
+	length int64 // the Content-Length, -1 without
+	n      int64
+	failed error // the client's read error, or errBodyTooLarge; never io.EOF
 }
 
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
+func (b *clientBody) Read(p []byte) (int, error) {
+	if b.failed != nil {
+		return 0, b.failed
+	}
+	rest := maxBodyBytes - b.n
+	if rest <= 0 {
+		// At the limit, one byte more says the body passes it.
+		var one [1]byte
+		p = one[:]
+	} else if int64(len(p)) > rest {
+		p = p[:rest]
+	}
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	switch {
+	case rest <= 0 && n > 0:
+		b.failed = errBodyTooLarge
+		return 0, b.failed
+	case err == io.EOF && b.length >= 0 && b.n < b.length:
+		// fasthttp's stream ends at a client that closed early as at the
+		// body's end.
+		err = io.ErrUnexpectedEOF
+		b.failed = err
+	case err != nil && err != io.EOF:
+		b.failed = err
+	}
 	return n, err
+}
+
+// refusal is the client's answer when its side of the exchange failed.
+func (b *clientBody) refusal() error {
+	if errors.Is(b.failed, errBodyTooLarge) {
+		return service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge, "a request body is at most %d MiB", maxBodyBytes>>20)
+	}
+	he := service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "the request body could not be read")
+	he.Cause = b.failed
+	return he
 }

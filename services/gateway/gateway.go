@@ -90,6 +90,8 @@ type App struct {
 	hsts     []byte
 	own      fasthttp.RequestHandler
 	inFlight prometheus.Gauge
+	// sendTimeout, when set (by tests), replaces the const sendTimeout.
+	sendTimeout time.Duration
 }
 
 // defaultGCPercent is the gateway's garbage-collection target. Its live

@@ -48,11 +48,21 @@ const (
 	connParked                // handed to the parker
 )
 
+// sendTimeout bounds how long a write to a client may wait for the client
+// to read, as nginx's send_timeout does. A client that stops reading its
+// answer, or pipelines requests and reads none, loses its connection
+// rather than hold it, its goroutine and buffers, and for a streamed
+// answer an upstream connection and its concurrency slot, for ever; an
+// answer that keeps moving, however long (a follow stream), is not cut.
+const sendTimeout = 60 * time.Second
+
 // parker holds the parked connections and gives each back to fasthttp
-// when its client speaks again.
+// when its client speaks again. It also keeps every client connection's
+// send timeout, which it wraps anyway.
 type parker struct {
 	serve  func(net.Conn) error // fasthttp's ServeConn
 	delay  time.Duration
+	send   time.Duration // sendTimeout
 	gauge  prometheus.Gauge
 	mu     sync.Mutex
 	conns  map[*idleConn]struct{}
@@ -63,7 +73,7 @@ type parker struct {
 }
 
 func newParker(serve func(net.Conn) error, gauge prometheus.Gauge) *parker {
-	return &parker{serve: serve, delay: parkDelay, gauge: gauge, conns: map[*idleConn]struct{}{}}
+	return &parker{serve: serve, delay: parkDelay, send: sendTimeout, gauge: gauge, conns: map[*idleConn]struct{}{}}
 }
 
 // connState is fasthttp's ConnState hook: it marks a connection that has
@@ -190,6 +200,9 @@ type idleConn struct {
 	// idleUntil is fasthttp's idle deadline, kept while the connection
 	// waits under the shorter park deadline.
 	idleUntil time.Time
+	// sendUntil is the write deadline last set; only fasthttp's serving
+	// goroutine writes.
+	sendUntil time.Time
 }
 
 func (c *idleConn) idle() *idleConn { return c }
@@ -226,6 +239,20 @@ func (c *idleConn) Read(b []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// Write gives each write the send timeout. The deadline is moved only
+// once a 64th of the timeout has passed (about a second), so a write may
+// wait that much less than the timeout: setting a deadline costs a timer's
+// update, a clock read does not.
+func (c *idleConn) Write(b []byte) (int, error) {
+	if until := time.Now().Add(c.p.send); until.Sub(c.sendUntil) > c.p.send/64 {
+		if err := c.Conn.SetWriteDeadline(until); err != nil {
+			return 0, err
+		}
+		c.sendUntil = until
+	}
+	return c.Conn.Write(b)
 }
 
 // Close parks a connection whose park deadline passed with nothing read;

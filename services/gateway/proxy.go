@@ -221,6 +221,9 @@ func (rp *routeProxy) serve(c *call) (streaming bool, err error) {
 		// No Lucid service switches protocols; the gateway carries HTTP/1.1.
 		return false, service.Errorf(http.StatusNotImplemented, service.CodeBadRequest, "protocol upgrades are not supported")
 	}
+	if n := bodyLength(&fc.Request.Header); n > maxBodyBytes {
+		return false, service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge, "a request body is at most %d MiB", maxBodyBytes>>20)
+	}
 	raw := fc.URI().PathOriginal()
 	if rp.route.Strip && climbs(raw) {
 		return false, service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "the path may not contain \"..\"")

@@ -48,7 +48,14 @@ const (
 	maxHeaderBytes = 8 << 10
 	// maxBodyBytes bounds a request body, well above the data chain's
 	// largest chunk (16 MiB); bodies stream through, never held whole.
+	// fasthttp streams a larger one rather than refuse it, so the proxy
+	// checks it itself (routeProxy.serve, clientBody).
 	maxBodyBytes = 64 << 20
+	// maxOwnBodyBytes bounds the body of a request the gateway answers
+	// itself: its health, readiness and metrics, and the 404 of a path no
+	// route claims. None reads a body, but package service's handler, through
+	// fasthttp's adaptor, would hold one whole, with no token asked.
+	maxOwnBodyBytes = 64 << 10
 )
 
 // ownPaths are the gateway's own endpoints, served by package service's
@@ -74,7 +81,10 @@ func (a *App) ServeOn(ctx context.Context, ln net.Listener, srv *service.Server)
 		NoDefaultServerHeader:        true,
 		NoDefaultContentType:         true,
 		CloseOnShutdown:              true,
-		Logger:                       fasthttpLogger{a.logger},
+		// A malformed request's error quotes no bytes of it, which may
+		// hold a token.
+		SecureErrorLogMessage: true,
+		Logger:                fasthttpLogger{a.logger},
 	}
 	cfg := srv.Config()
 	scheme := "http"
@@ -86,10 +96,15 @@ func (a *App) ServeOn(ctx context.Context, ln net.Listener, srv *service.Server)
 		}
 		defer func() { stopPlain(); _ = edge.Close() }()
 		ln = tls.NewListener(ln, edge.TLSConfig())
-		a.hsts = []byte(edge.HSTS())
+		if v := edge.HSTS(); v != "" { // none at all with a max-age of 0
+			a.hsts = []byte(v)
+		}
 		scheme = "https"
 	}
 	pk := newParker(fs.ServeConn, a.metrics.parked)
+	if a.sendTimeout > 0 {
+		pk.send = a.sendTimeout
+	}
 	fs.ConnState = pk.connState
 	ln = parkingListener{Listener: ln, p: pk}
 	bi := buildinfo.Read()
@@ -142,9 +157,14 @@ func (a *App) startEdge(ctx context.Context, srv *service.Server) (*edgetls.Edge
 		_ = pln.Close()
 		return nil, nil, &service.ConfigError{Service: "gateway", Err: err}
 	}
+	// Nothing on this port reads a body, and a client's whole request
+	// must come within the header timeout: net/http would otherwise wait
+	// without end for a body it means to drop. Its answer is small.
 	plain := &http.Server{
 		Handler:           edge.PlainHandler(),
 		ReadHeaderTimeout: headerTimeout,
+		ReadTimeout:       headerTimeout,
+		WriteTimeout:      2 * headerTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(a.logger.Handler(), slog.LevelWarn),
@@ -208,10 +228,12 @@ type call struct {
 	budget  *budget
 	key     string
 	entered bool
-	// later is the units charged once the request is done; body counts a
-	// body without a length as it passes.
-	later int
-	body  *countingReader
+	// later is the units charged once the request is done. body is the
+	// request body as it streams upstream; counted says its bytes are
+	// charged as they passed (a body without a length).
+	later   int
+	body    clientBody
+	counted bool
 
 	watch *clientWatch
 	// streamed is set when the answer streams; sent counts its bytes, for
@@ -229,7 +251,7 @@ func (a *App) handle(fc *fasthttp.RequestCtx) {
 	}
 	rp := a.routeFor(fc.URI().PathOriginal())
 	if rp == nil {
-		a.own(fc)
+		a.serveOwn(fc)
 		return
 	}
 	c := calls.Get().(*call)
@@ -247,9 +269,34 @@ func (a *App) handle(fc *fasthttp.RequestCtx) {
 	fc.Response.Header.Set(service.HeaderRequestID, c.id)
 	streaming := a.serve(c)
 	if !streaming {
-		drainBody(fc)
+		if c.body.failed != nil {
+			fc.SetConnectionClose() // the body broke off, or passed the bound
+		} else {
+			drainBody(fc)
+		}
 		a.end(c)
 	}
+}
+
+// serveOwn answers a request no route claims through package service's
+// handler, unless its body could be large: that handler would hold it
+// whole, so a body of unknown length or over maxOwnBodyBytes gets 413, and
+// the connection ends rather than read it.
+func (a *App) serveOwn(fc *fasthttp.RequestCtx) {
+	if n := bodyLength(&fc.Request.Header); n < 0 || n > maxOwnBodyBytes {
+		id := service.NewRequestID()
+		_, body := service.ErrorResponse(service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge,
+			"no request body of unknown length or over %d KiB is accepted here", maxOwnBodyBytes>>10), id)
+		h := &fc.Response.Header
+		h.Set(service.HeaderRequestID, id)
+		h.SetContentType("application/json")
+		h.Set("X-Content-Type-Options", "nosniff")
+		fc.SetStatusCode(http.StatusRequestEntityTooLarge)
+		fc.SetBody(body)
+		fc.SetConnectionClose()
+		return
+	}
+	a.own(fc)
 }
 
 // drainBody reads what is left of a request body the gateway answered
@@ -257,9 +304,19 @@ func (a *App) handle(fc *fasthttp.RequestCtx) {
 // body's own limits, as nginx's lingering close does: closing with it
 // unread would reset the connection under the client's upload, and the
 // client would see the reset instead of the answer.
+// A body refused for its size is not read at all, and no more than
+// maxBodyBytes of one without a length: the connection ends instead.
 func drainBody(fc *fasthttp.RequestCtx) {
-	if s := fc.RequestBodyStream(); s != nil && bodyLength(&fc.Request.Header) != 0 {
-		_, _ = io.Copy(io.Discard, s)
+	n := bodyLength(&fc.Request.Header)
+	s := fc.RequestBodyStream()
+	switch {
+	case s == nil || n == 0:
+	case n > maxBodyBytes:
+		fc.SetConnectionClose()
+	default:
+		if m, _ := io.CopyN(io.Discard, s, maxBodyBytes+1); m > maxBodyBytes {
+			fc.SetConnectionClose()
+		}
 	}
 }
 
@@ -289,7 +346,7 @@ func (a *App) end(c *call) {
 	if c.entered {
 		b := c.budget
 		units := c.later
-		if c.body != nil {
+		if c.counted {
 			units = a.bodyUnits(c.body.n, b)
 		}
 		a.charge(c.ctx, b, c.key, units)

@@ -1,0 +1,342 @@
+package gateway
+
+import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/auth"
+)
+
+// rawExchange sends head (a request line and headers, up to their blank
+// line) and then body on a new connection to addr, and reads one answer.
+// The connection stays open for the caller, with a 30-second deadline: an
+// answer that does not come fails the test rather than hang it.
+func rawExchange(t *testing.T, addr, head string, body []byte) (*http.Response, string, net.Conn) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	if err := conn.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(conn, head); err != nil {
+		t.Fatal(err)
+	}
+	if len(body) > 0 {
+		if _, err := conn.Write(body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("%q: no answer: %v", strings.SplitN(head, "\r\n", 2)[0], err)
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	return resp, string(b), &bufferedConn{Conn: conn, r: br}
+}
+
+// bufferedConn reads what rawExchange's reader had buffered first.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// upstreamFunc is an upstream serving f, and the gateway's health checks.
+func upstreamFunc(t *testing.T, f http.HandlerFunc) *httptest.Server {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/health" {
+			f(w, r)
+		}
+	}))
+	t.Cleanup(be.Close)
+	return be
+}
+
+// closedByServer reports whether the server ends conn, reading and
+// dropping what it still sends.
+func closedByServer(conn net.Conn) bool {
+	_, err := io.Copy(io.Discard, conn)
+	return err == nil // EOF: closed; a timeout or reset is an error
+}
+
+// TestOwnEndpointsBoundBodies: the gateway's own endpoints, and the 404 of
+// a path no route claims, take no token, so a body that could be large
+// is refused at once with 413 and the connection ended, never read; a
+// small one is still answered as before.
+func TestOwnEndpointsBoundBodies(t *testing.T) {
+	g := startGateway(t, newBackend(t).URL, nil)
+	addr := strings.TrimPrefix(g.url, "http://")
+	// fasthttp reads the first 8 KiB of a body with a length before the
+	// handler sees the request; the rest is never sent.
+	first := []byte(strings.Repeat("a", 8<<10))
+	for _, head := range []string{
+		"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n",
+		"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n",
+		// A body without a length, which never ends.
+		"POST /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n" + strings.Repeat("a", 1024) + "\r\n",
+	} {
+		var sent []byte
+		if strings.Contains(head, "Content-Length") {
+			sent = first
+		}
+		resp, body, conn := rawExchange(t, addr, head, sent)
+		if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(body, "LUCID_ERR_1013") || resp.Header.Get("X-Request-Id") == "" {
+			t.Errorf("%q: %d %s, want 413 with the request ID", strings.SplitN(head, "\r\n", 2)[0], resp.StatusCode, body)
+		}
+		if !closedByServer(conn) {
+			t.Errorf("%q: the connection stays open after the 413", strings.SplitN(head, "\r\n", 2)[0])
+		}
+	}
+	// A small body is read and answered by the path's own handler.
+	resp, body, _ := rawExchange(t, addr, "POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", []byte("hello"))
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("a small body to an unknown path: %d %s, want 404", resp.StatusCode, body)
+	}
+}
+
+// TestProxiedBodiesAreBounded: a request body is at most maxBodyBytes. A
+// longer Content-Length gets 413 before anything is forwarded; a body
+// without a length is cut at the bound, the upstream exchange ended and
+// the client answered 413, and the instance is not blamed for it.
+func TestProxiedBodiesAreBounded(t *testing.T) {
+	got := make(chan int64, 4)
+	be := upstreamFunc(t, func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		got <- n
+		_, _ = io.WriteString(w, "read "+strconv.FormatInt(n, 10))
+	})
+	g := startGateway(t, be.URL, nil)
+	tok := g.token(t, "alice", auth.TierEnterprise)
+	addr := strings.TrimPrefix(g.url, "http://")
+
+	head := fmt.Sprintf("POST /api/v1/chunks/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", tok, maxBodyBytes+1)
+	resp, body, conn := rawExchange(t, addr, head, []byte(strings.Repeat("a", 8<<10)))
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(body, "at most 64 MiB") {
+		t.Errorf("Content-Length over the bound: %d %s, want 413", resp.StatusCode, body)
+	}
+	if !closedByServer(conn) {
+		t.Error("the connection stays open after the 413, its body unread")
+	}
+	select {
+	case n := <-got:
+		t.Errorf("the upstream was sent a request of %d bytes", n)
+	default:
+	}
+
+	// A chunked body that goes on past the bound, sent as the gateway
+	// reads it.
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.SetDeadline(time.Now().Add(2 * time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_, _ = fmt.Fprintf(conn, "POST /api/v1/chunks/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nTransfer-Encoding: chunked\r\n\r\n", tok)
+		chunk := fmt.Appendf(nil, "%x\r\n%s\r\n", 1<<20, strings.Repeat("z", 1<<20))
+		for range maxBodyBytes>>20 + 8 {
+			if _, err := conn.Write(chunk); err != nil {
+				return // the gateway has ended the connection
+			}
+		}
+	}()
+	resp, err = http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("a chunked body past the bound: no answer: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(b), "at most 64 MiB") {
+		t.Errorf("a chunked body past the bound: %d %s, want 413", resp.StatusCode, b)
+	}
+	if n := <-got; n > maxBodyBytes {
+		t.Errorf("the upstream read %d bytes, more than the bound", n)
+	}
+	// The instance is still in use: the client's fault is not the
+	// upstream's.
+	if resp, body := g.get(t, "/api/v1/anchors/x", map[string]string{"Authorization": "Bearer " + tok}); resp.StatusCode != 200 {
+		t.Errorf("after the refusal: %d %s, want 200 from the same instance", resp.StatusCode, body)
+	}
+}
+
+// TestClientLeavingMidUploadEndsTheExchange: a client that goes away while
+// its body is still coming ends the upstream exchange at once, not at the
+// route's timeout, and the instance is not blamed for it.
+func TestClientLeavingMidUploadEndsTheExchange(t *testing.T) {
+	ended := make(chan error, 1)
+	be := upstreamFunc(t, func(_ http.ResponseWriter, r *http.Request) {
+		_, err := io.Copy(io.Discard, r.Body)
+		ended <- err
+	})
+	g := startGateway(t, be.URL, nil)
+	tok := g.token(t, "alice", auth.TierEnterprise)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(g.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = fmt.Fprintf(conn, "POST /api/v1/chunks/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s",
+		tok, 10<<20, strings.Repeat("z", 1<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The upstream is reading the body; the client leaves.
+	if err := conn.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-ended:
+		if err == nil {
+			t.Error("the upstream read a whole body the client never sent")
+		}
+	case <-time.After(20 * time.Second): // the route's timeout is minutes
+		t.Fatal("the upstream exchange still runs after the client left")
+	}
+	if resp, body := g.get(t, "/api/v1/anchors/x", map[string]string{"Authorization": "Bearer " + tok}); resp.StatusCode != 200 {
+		t.Errorf("after the client left: %d %s, want 200 from the same instance", resp.StatusCode, body)
+	}
+}
+
+// TestMalformedRequestLogsNoBytes: fasthttp's warning about a request it
+// cannot parse quotes none of it, so a token in it stays out of the log.
+func TestMalformedRequestLogsNoBytes(t *testing.T) {
+	var log testenv.SyncBuffer
+	g := startGatewayLogging(t, newBackend(t).URL, nil, nil, slog.NewJSONHandler(&log, nil))
+	const token = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXRva2VuLWJ5dGVz.c2lnbmF0dXJl"
+	resp, _, _ := rawExchange(t, strings.TrimPrefix(g.url, "http://"),
+		"GET /api/v1/anchors/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+token+"\r\nBroken Header : v\r\n\r\n", nil)
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("a malformed request: %d, want 400", resp.StatusCode)
+	}
+	testenv.Eventually(t, 10*time.Second, "a warning about the malformed request", func() bool {
+		return strings.Contains(log.String(), "error when reading request headers")
+	})
+	if strings.Contains(log.String(), token) || strings.Contains(log.String(), "c2VjcmV0") {
+		t.Errorf("the log holds the request's token:\n%s", log.String())
+	}
+}
+
+// TestPlainPortAndHSTSSettings: the plain-HTTP port answers a request
+// whose body never comes within the header timeout instead of waiting for
+// it, and a max-age of 0 sends no HSTS header at all.
+func TestPlainPortAndHSTSSettings(t *testing.T) {
+	ca := testenv.NewTestCA(t)
+	certPEM, keyPEM := ca.Issue(t, time.Now().Add(time.Hour), "gw.lucid.test")
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	for f, b := range map[string][]byte{certFile: certPEM, keyFile: keyPEM} {
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plain := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	g := startGateway(t, newBackend(t).URL, map[string]string{
+		"LUCID_TLS_CERT_FILE": certFile, "LUCID_TLS_KEY_FILE": keyFile,
+		"LUCID_HTTP_ADDR": plain, "LUCID_HSTS_MAX_AGE": "0",
+	})
+	start := time.Now()
+	var resp *http.Response
+	testenv.Eventually(t, 10*time.Second, "the plain port answering", func() bool {
+		conn, err := net.Dial("tcp", plain)
+		if err != nil {
+			return false
+		}
+		_ = conn.Close()
+		return true
+	})
+	resp, _, conn := rawExchange(t, plain, "POST /x HTTP/1.1\r\nHost: gw.lucid.test\r\nContent-Length: 100\r\n\r\n", nil)
+	if resp.StatusCode != http.StatusPermanentRedirect {
+		t.Errorf("plain POST: %d, want 308", resp.StatusCode)
+	}
+	if !closedByServer(conn) {
+		t.Error("the plain port keeps a connection whose body never came")
+	}
+	if d := time.Since(start); d > headerTimeout+5*time.Second {
+		t.Errorf("the plain port answered after %s", d)
+	}
+
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.RootPEM)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "gw.lucid.test", MinVersion: tls.VersionTLS12},
+	}}
+	r, err := client.Get(strings.Replace(g.url, "http://", "https://", 1) + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+	if v, ok := r.Header["Strict-Transport-Security"]; ok {
+		t.Errorf("max-age 0: Strict-Transport-Security %q sent, want none", v)
+	}
+}
+
+// TestClientThatStopsReadingIsCut: a client that reads a streamed answer
+// slowly keeps it for longer than the send timeout; once it stops reading
+// it loses its connection after the send timeout, and the upstream
+// exchange behind it ends with it.
+func TestClientThatStopsReadingIsCut(t *testing.T) {
+	ended := make(chan struct{})
+	be := upstreamFunc(t, func(w http.ResponseWriter, _ *http.Request) {
+		defer close(ended)
+		chunk := []byte(strings.Repeat("f", 64<<10))
+		for { // a follow stream that never ends by itself
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+		}
+	})
+	g := startGatewayOn(t, nil, be.URL, nil, nil, slog.DiscardHandler, func(a *App) { a.sendTimeout = 2 * time.Second })
+	tok := g.token(t, "alice", auth.TierEnterprise)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(g.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := fmt.Fprintf(conn, "GET /api/v1/anchors/follow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", tok); err != nil {
+		t.Fatal(err)
+	}
+	// A slow reader, for more than twice the send timeout: 64 KiB, then a
+	// pause. (Socket buffers of a few MiB on loopback are given back to
+	// the writer in large steps, so it is not much slower than that.)
+	buf := make([]byte, 64<<10)
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		if err := conn.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(conn, buf); err != nil {
+			t.Fatalf("a client reading slowly was cut: %v", err)
+		}
+	}
+	select {
+	case <-ended:
+		t.Fatal("the stream ended while its client was reading it")
+	default:
+	}
+	// The client reads nothing from here on.
+	select {
+	case <-ended:
+	case <-time.After(30 * time.Second): // the send timeout is 2 s here
+		t.Fatal("the upstream still streams to a client that stopped reading")
+	}
+}
