@@ -267,10 +267,27 @@ func TestProxyHeadersAndPaths(t *testing.T) {
 	if a := be.lastRequest().Header.Get("Authorization"); a != "Bearer "+tok {
 		t.Errorf("the auth service got Authorization %q", a)
 	}
-	// A public route without a token still strips forged identity.
-	g.get(t, "/auth/login", map[string]string{"X-Lucid-Sub": "mallory"})
-	if be.lastRequest().Header.Get(HeaderSub) != "" {
-		t.Error("a forged X-Lucid-Sub reached the upstream")
+	// A token the gateway does not accept still reaches the auth service,
+	// which judges it (an expired one, to refresh or log out), as an
+	// anonymous request's; any other route refuses it.
+	g.advance(2 * time.Hour)
+	if resp, body := g.get(t, "/auth/refresh", map[string]string{"Authorization": "Bearer " + tok}); resp.StatusCode != 200 {
+		t.Errorf("an expired token to the auth service: %d %s, want it forwarded", resp.StatusCode, body)
+	}
+	if r := be.lastRequest(); r.Header.Get("Authorization") != "Bearer "+tok || r.Header.Get(HeaderSub) != "" {
+		t.Errorf("the auth service got Authorization %q and %s %q for an expired token", r.Header.Get("Authorization"), HeaderSub, r.Header.Get(HeaderSub))
+	}
+	if resp, _ := g.get(t, "/api/v1/anchors/x", map[string]string{"Authorization": "Bearer " + tok}); resp.StatusCode != 401 {
+		t.Errorf("an expired token to a Lucid service: %d, want 401", resp.StatusCode)
+	}
+	// A public route without a token still strips forged identity, and
+	// any header whose name has an underscore (a CGI-style upstream
+	// reads X_Lucid_Sub as X-Lucid-Sub).
+	g.get(t, "/auth/login", map[string]string{"X-Lucid-Sub": "mallory", "X_Lucid_Sub": "mallory", "X-Client_Note": "x"})
+	for k, v := range be.lastRequest().Header {
+		if k == HeaderSub || strings.Contains(k, "_") {
+			t.Errorf("a forged %s: %q reached the upstream", k, v)
+		}
 	}
 	if resp, _ := g.get(t, "/nowhere", nil); resp.StatusCode != 404 {
 		t.Errorf("unrouted path: %d", resp.StatusCode)

@@ -232,6 +232,12 @@ func (rp *routeProxy) serve(c *call) (streaming bool, err error) {
 	var claims *auth.Claims
 	if h := fc.Request.Header.Peek("Authorization"); len(h) > 0 || !rp.route.Public {
 		cl, err := a.authenticate(h, now)
+		if err != nil && rp.route.Public && rp.keepsAuthorization() {
+			// The auth service judges the tokens it issues, a stale one
+			// too (a refresh, a logout): the request goes on as an
+			// anonymous one, with its header.
+			cl, err = nil, nil
+		}
 		if err != nil {
 			rp.logger.InfoContext(c.ctx, "authentication failed", "reason", err.Error(), "path", string(fc.Path()))
 			a.metrics.authFailures.Inc()
@@ -288,6 +294,11 @@ func (rp *routeProxy) proxyRequest(c *call, req *fasthttp.Request, target *url.U
 	for k, v := range in.All() {
 		ks := string(k) // the compiler does not copy for these comparisons
 		if hopHeader(ks) || ks == "Content-Length" || !rp.passesHeader(ks) || (conn != nil && slices.Contains(conn, ks)) {
+			continue
+		}
+		if bytes.IndexByte(k, '_') >= 0 {
+			// As nginx by default: a CGI-style upstream reads X_Lucid_Sub
+			// as X-Lucid-Sub, which the gateway alone may set.
 			continue
 		}
 		out.AddBytesKV(k, v)
