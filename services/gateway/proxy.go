@@ -225,7 +225,10 @@ func (rp *routeProxy) serve(c *call) (streaming bool, err error) {
 		return false, service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge, "a request body is at most %d MiB", maxBodyBytes>>20)
 	}
 	raw := fc.URI().PathOriginal()
-	if rp.route.Strip && climbs(raw) {
+	// Every route, not only a stripped one: another route's prefix may
+	// lead to the same upstream under another policy (public or not),
+	// and an upstream that resolves ".." itself would serve it.
+	if climbs(raw) {
 		return false, service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "the path may not contain \"..\"")
 	}
 	now := a.now() // once: the token, the budget and the pick see one instant

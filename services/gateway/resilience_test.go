@@ -174,7 +174,7 @@ func TestForwardingAndGuessing(t *testing.T) {
 	}
 	g.advance(time.Minute)
 	tok := g.token(t, "u", "enterprise")
-	for _, p := range []string{"/blockchain/..%2Fapi%2Fv1%2Fx", "/blockchain/%2e%2e/x"} {
+	for _, p := range []string{"/blockchain/..%2Fapi%2Fv1%2Fx", "/blockchain/%2e%2e/x", "/auth/../api/v1/blocks/1", "/api/v1/anchors/%2E%2E/blocks/1"} {
 		resp, _ := g.get(t, p, map[string]string{"Authorization": "Bearer " + tok})
 		if resp.StatusCode != 400 && resp.StatusCode != 404 {
 			t.Errorf("%s: %d, want it refused", p, resp.StatusCode)
