@@ -146,11 +146,15 @@ func (a *App) follow(ctx context.Context) {
 			return
 		}
 		var be *chain.BlockError
+		// lastErr is on the users' status endpoint: a refused block says
+		// why, anything else (internal names and addresses) only the log.
+		lastErr := "following the engine failed; the block manager's log says why"
 		if errors.As(err, &be) {
 			backoff.AtLeast(5 * time.Second) // a refused block will not fix itself at once
+			lastErr = be.Error()
 		}
 		a.mu.Lock()
-		a.lastErr = err.Error()
+		a.lastErr = lastErr
 		a.mu.Unlock()
 		a.logger.Warn("following the engine stopped; resuming", "from", from, "error", err, "backoff", backoff.Delay())
 		if !backoff.Wait(ctx) {

@@ -170,3 +170,29 @@ func TestRewrittenHistoryIsRefused(t *testing.T) {
 		t.Errorf("height = %d after the rewrite", app.store.Height())
 	}
 }
+
+// TestStatusKeepsInternalErrorsToTheLog: the status every user may read
+// says that following the engine failed, never the error itself, which
+// names the engine's internal address; a refused block says why.
+func TestStatusKeepsInternalErrorsToTheLog(t *testing.T) {
+	dead := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	app, _ := startApp(t, "http://"+dead, map[string]string{})
+	lastErr := func() string { app.mu.Lock(); defer app.mu.Unlock(); return app.lastErr }
+	testenv.Eventually(t, 10*time.Second, "the engine's failure recorded", func() bool { return lastErr() != "" })
+	if e := lastErr(); strings.Contains(e, dead) || !strings.Contains(e, "log says why") {
+		t.Errorf("last_error = %q, want the fixed message without the engine's address", e)
+	}
+
+	c := chaintest.New()
+	c.Append(chaintest.Anchor(1))
+	c.Append(chaintest.Anchor(2))
+	forged := *c.Blocks[1]
+	forged.Transactions = append([]json.RawMessage(nil), forged.Transactions...)
+	forged.Transactions[0] = json.RawMessage(strings.Replace(string(forged.Transactions[0]), "operator@", "mallory@", 1))
+	c.Blocks[1] = &forged
+	app, _ = startApp(t, newFakeEngine(t, c).URL, map[string]string{})
+	testenv.Eventually(t, 10*time.Second, "the refused block recorded", func() bool { return lastErr() != "" })
+	if e := lastErr(); !strings.Contains(e, "block 2 rejected") {
+		t.Errorf("last_error = %q, want the refused block and why", e)
+	}
+}

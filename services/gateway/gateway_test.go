@@ -292,6 +292,17 @@ func TestProxyHeadersAndPaths(t *testing.T) {
 	if resp, _ := g.get(t, "/nowhere", nil); resp.StatusCode != 404 {
 		t.Errorf("unrouted path: %d", resp.StatusCode)
 	}
+	// A stripped route does not reach a service's own health, readiness
+	// and metrics: the operator's, not a user's.
+	tok = g.token(t, "alice", auth.TierPremium) // the clock moved past the first
+	for _, p := range []string{"/blockchain/metrics", "/blockchain/ready", "/blockchain/health", "/blockchain/metrics/x"} {
+		if resp, body := g.get(t, p, map[string]string{"Authorization": "Bearer " + tok}); resp.StatusCode != 404 {
+			t.Errorf("%s: %d %s, want 404", p, resp.StatusCode, body)
+		}
+	}
+	if resp, body := g.get(t, "/blockchain/metricsx", map[string]string{"Authorization": "Bearer " + tok}); resp.StatusCode != 200 {
+		t.Errorf("/blockchain/metricsx: %d %s, want it proxied", resp.StatusCode, body)
+	}
 }
 
 func TestRateLimitsPerTier(t *testing.T) {

@@ -193,6 +193,23 @@ func singleJoin(a, b string) string {
 	return a + b
 }
 
+// reachesOwnEndpoint reports whether a stripped route would send raw to
+// the service's own health, readiness or metrics endpoint, which are the
+// operator's and its monitor's (build, process and internal state), not a
+// user's.
+func (rp *routeProxy) reachesOwnEndpoint(raw []byte) bool {
+	if !rp.route.Strip {
+		return false
+	}
+	p := bytes.TrimPrefix(raw, []byte(rp.route.Prefix))
+	for _, own := range ownPaths {
+		if bytes.Equal(p, own) || (len(p) > len(own) && bytes.HasPrefix(p, own) && p[len(own)] == '/') {
+			return true
+		}
+	}
+	return false
+}
+
 // climbs reports whether an escaped path holds a ".." segment, spelt
 // plainly or escaped.
 func climbs(raw []byte) bool {
@@ -230,6 +247,9 @@ func (rp *routeProxy) serve(c *call) (streaming bool, err error) {
 	// and an upstream that resolves ".." itself would serve it.
 	if climbs(raw) {
 		return false, service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "the path may not contain \"..\"")
+	}
+	if rp.reachesOwnEndpoint(raw) {
+		return false, service.Errorf(http.StatusNotFound, service.CodeNotFound, "no such endpoint")
 	}
 	now := a.now() // once: the token, the budget and the pick see one instant
 	var claims *auth.Claims
