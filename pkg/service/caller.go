@@ -86,6 +86,14 @@ func PrincipalOf(ctx context.Context) (Principal, bool) {
 	return Principal{}, false
 }
 
+// fromPublicDoor reports whether the request ctx belongs to came through
+// the gateway, which relays only users' requests: one without a principal
+// is an anonymous user's (a public route), never the gateway's own.
+func fromPublicDoor(ctx context.Context) bool {
+	id := identityOf(ctx)
+	return id != nil && id.caller == catalog.GatewayService
+}
+
 // IsOperator reports whether the request ctx belongs to carries the
 // operator credential.
 func IsOperator(ctx context.Context) bool {
@@ -396,10 +404,11 @@ func ForOperator(h HandlerFunc) HandlerFunc {
 // NotForUsers lets in the Pi's services and the operator, never a request
 // made for a user: what h answers describes the deployment itself (hosts,
 // addresses, consensus), which a user reaching the service through the
-// gateway has no business reading.
+// gateway has no business reading, with a token or without one (on a route
+// the operator made public).
 func NotForUsers(h HandlerFunc) HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		if _, ok := PrincipalOf(r.Context()); ok {
+		if _, ok := PrincipalOf(r.Context()); ok || fromPublicDoor(r.Context()) {
 			return Errorf(http.StatusForbidden, CodeForbidden, "this endpoint describes the deployment: it answers the Pi's services and the operator, not users")
 		}
 		return h(w, r)

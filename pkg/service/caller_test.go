@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/catalog"
 )
 
 // whoServer is a service called name whose /who answers who made the
@@ -183,6 +184,12 @@ func TestSlotsBoundUsers(t *testing.T) {
 	}
 	if _, err := s.Acquire(t.Context()); err != nil {
 		t.Errorf("a service for itself: %v", err)
+	}
+	// Anonymous users, through a public route of the gateway, are one
+	// user: counted, and refused at the per-user limit.
+	anon := context.WithValue(t.Context(), requestInfoKey{}, &requestInfo{who: &identity{caller: catalog.GatewayService}})
+	if _, err := s.Acquire(anon); !errors.As(err, &he) || he.Status != http.StatusServiceUnavailable {
+		t.Errorf("an anonymous user, with all three slots taken: %v, want 503", err)
 	}
 	a1()
 	a1() // twice is once

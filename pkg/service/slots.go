@@ -10,7 +10,8 @@ import (
 // chain audits: at most PerUser at once for any one principal, and Total
 // for all users together, so one user cannot take what the others need.
 // Requests made by a service for itself (no principal) are not counted:
-// the stack's own followers must never wait behind users.
+// the stack's own followers must never wait behind users. Anonymous users
+// (a public route through the gateway) are counted as one user.
 type Slots struct {
 	name           string
 	total, perUser int
@@ -19,6 +20,10 @@ type Slots struct {
 	inUse  int
 	byUser map[string]int
 }
+
+// anonymousSlotsKey holds the anonymous users' slots: no token subject is
+// empty.
+const anonymousSlotsKey = ""
 
 // NewSlots returns slots for the work called name (it appears in errors).
 func NewSlots(name string, total, perUser int) *Slots {
@@ -30,7 +35,11 @@ func NewSlots(name string, total, perUser int) *Slots {
 // with Retry-After. release gives the slot back.
 func (s *Slots) Acquire(ctx context.Context) (release func(), err error) {
 	p, ok := PrincipalOf(ctx)
-	if !ok {
+	switch {
+	case ok:
+	case fromPublicDoor(ctx):
+		p = Principal{Subject: anonymousSlotsKey}
+	default:
 		return func() {}, nil
 	}
 	s.mu.Lock()

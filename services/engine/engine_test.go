@@ -504,7 +504,8 @@ func TestClusterChangesAreGuarded(t *testing.T) {
 
 // TestConsensusStatusIsNotForUsers: the consensus status names the
 // cluster's nodes and addresses; the gateway's /blockchain prefix must not
-// hand it to any user, while the services and the operator still read it.
+// hand it to any user, with a token or on a route made public, while the
+// services and the operator still read it.
 func TestConsensusStatusIsNotForUsers(t *testing.T) {
 	n := startNode(t, nodeConfig(t, "solo", true))
 	for _, p := range []string{"/api/v1/consensus/status", "/consensus/status"} {
@@ -514,6 +515,7 @@ func TestConsensusStatusIsNotForUsers(t *testing.T) {
 			want   int
 		}{
 			{"a user through the gateway", servicetest.User("alice"), http.StatusForbidden},
+			{"an anonymous user through a public route", servicetest.Client("gateway"), http.StatusForbidden},
 			{"a service", servicetest.Client("anchoring"), http.StatusOK},
 			{"the operator", servicetest.Operator(), http.StatusOK},
 		} {
