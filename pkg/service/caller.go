@@ -122,8 +122,11 @@ const callerSkew = 2 * time.Minute
 // SignCaller returns the Lucid-Caller value by which service caller vouches,
 // with the shared service key, for a request of method to the escaped path,
 // made at now for principal p (nil: for no user). The signature binds all
-// of them, so a value seen on the wire serves no other request, principal
-// or service, and only for callerSkew.
+// of them, so a value seen on the wire serves no other path, method,
+// principal or service, and only for callerSkew; it does not bind the
+// query or the body, so within that time it could be replayed with others.
+// It is the guard of the mesh-off mode only: with the mesh on, mTLS
+// identifies callers and encrypts the traffic.
 func SignCaller(key []byte, caller string, now time.Time, method, path string, p *Principal) string {
 	return NewCallerSigner(key, caller).Sign(now, method, path, p)
 }
