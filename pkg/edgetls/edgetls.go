@@ -274,8 +274,11 @@ func (e *Edge) PlainHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength != 0 {
 			// Nothing here reads a body: the connection ends with the
-			// answer rather than wait for the body to be sent and dropped.
+			// answer rather than wait for the body to be sent and dropped,
+			// before the answer (net/http's discard) or after it (its
+			// close).
 			w.Header().Set("Connection", "close")
+			_ = http.NewResponseController(w).SetReadDeadline(time.Unix(1, 0))
 		}
 		if e.acme != nil && e.acme.issuer.HandleHTTPChallenge(w, r) {
 			return

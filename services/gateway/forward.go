@@ -97,6 +97,9 @@ func bodyLength(h *fasthttp.RequestHeader) int {
 	return 0
 }
 
+// errMalformedAnswer is an answer whose headers could not be parsed.
+var errMalformedAnswer = errors.New("the upstream's answer headers are malformed or too large")
+
 // errIdleTimedOut is a 408 found on a reused connection.
 var errIdleTimedOut = errors.New("the upstream timed out the idle connection (408)")
 
@@ -314,7 +317,13 @@ const maxInterim = 8
 func readAnswer(br *bufio.Reader, resp *fasthttp.Response) error {
 	for n := 0; ; n++ {
 		if err := resp.Header.Read(br); err != nil {
-			return err
+			var ne net.Error // fasthttp's own ErrTimeout is not one
+			if isTimeout(err) || errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return err
+			}
+			// fasthttp's parse errors quote the bytes, which may hold a
+			// Set-Cookie: the log learns only that they were bad.
+			return errMalformedAnswer
 		}
 		status := resp.StatusCode()
 		if status == http.StatusSwitchingProtocols {
@@ -474,6 +483,9 @@ func (b *clientBody) Read(p []byte) (int, error) {
 func (b *clientBody) refusal() error {
 	if errors.Is(b.failed, errBodyTooLarge) {
 		return service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge, "a request body is at most %d MiB", maxBodyBytes>>20)
+	}
+	if isTimeout(b.failed) {
+		return service.Errorf(http.StatusRequestTimeout, service.CodeBadRequest, "the request body did not come within %s", bodyTimeout)
 	}
 	he := service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "the request body could not be read")
 	he.Cause = b.failed

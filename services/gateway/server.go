@@ -285,8 +285,12 @@ func (a *App) handle(fc *fasthttp.RequestCtx) {
 func (a *App) serveOwn(fc *fasthttp.RequestCtx) {
 	if n := bodyLength(&fc.Request.Header); n < 0 || n > maxOwnBodyBytes {
 		id := service.NewRequestID()
-		_, body := service.ErrorResponse(service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge,
+		he, body := service.ErrorResponse(service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge,
 			"no request body of unknown length or over %d KiB is accepted here", maxOwnBodyBytes>>10), id)
+		// Logged and metered as package service's handler would have.
+		a.logger.Info("request failed", "request_id", id, "method", string(fc.Method()), "path", string(fc.Path()),
+			"status", he.Status, "code", he.Code, "error", he.Message)
+		a.srv.ObserveRequest("unmatched", string(fc.Method()), he.Status, time.Since(fc.Time()))
 		h := &fc.Response.Header
 		h.Set(service.HeaderRequestID, id)
 		h.SetContentType("application/json")
