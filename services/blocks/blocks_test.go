@@ -101,6 +101,15 @@ func startApp(t *testing.T, engineURL string, env map[string]string) (*App, http
 	return app, srv.Handler()
 }
 
+// forge alters the first transaction of c's block i (from 0), keeping its
+// signature: a forged block.
+func forge(c *chaintest.Chain, i int) {
+	forged := *c.Blocks[i]
+	forged.Transactions = append([]json.RawMessage(nil), forged.Transactions...)
+	forged.Transactions[0] = json.RawMessage(strings.Replace(string(forged.Transactions[0]), "operator@", "mallory@", 1))
+	c.Blocks[i] = &forged
+}
+
 // TestForgedBlockIsRefused: the third block carries an altered
 // transaction; the block manager indexes the first two, refuses the third
 // with the reason, and reports it on status and /ready.
@@ -109,10 +118,7 @@ func TestForgedBlockIsRefused(t *testing.T) {
 	c.Append(chaintest.Anchor(1))
 	c.Append(chaintest.Anchor(2))
 	c.Append(chaintest.Anchor(3))
-	forged := *c.Blocks[2]
-	forged.Transactions = append([]json.RawMessage(nil), forged.Transactions...)
-	forged.Transactions[0] = json.RawMessage(strings.Replace(string(forged.Transactions[0]), "operator@", "mallory@", 1))
-	c.Blocks[2] = &forged
+	forge(c, 2)
 	eng := newFakeEngine(t, c)
 
 	app, h := startApp(t, eng.URL, map[string]string{})
@@ -186,10 +192,7 @@ func TestStatusKeepsInternalErrorsToTheLog(t *testing.T) {
 	c := chaintest.New()
 	c.Append(chaintest.Anchor(1))
 	c.Append(chaintest.Anchor(2))
-	forged := *c.Blocks[1]
-	forged.Transactions = append([]json.RawMessage(nil), forged.Transactions...)
-	forged.Transactions[0] = json.RawMessage(strings.Replace(string(forged.Transactions[0]), "operator@", "mallory@", 1))
-	c.Blocks[1] = &forged
+	forge(c, 1)
 	app, _ = startApp(t, newFakeEngine(t, c).URL, map[string]string{})
 	testenv.Eventually(t, 10*time.Second, "the refused block recorded", func() bool { return lastErr() != "" })
 	if e := lastErr(); !strings.Contains(e, "block 2 rejected") {

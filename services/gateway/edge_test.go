@@ -384,37 +384,23 @@ func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 // be parsed is a 502, and the log says so without quoting them (a
 // Set-Cookie of the auth service's, say).
 func TestMalformedAnswerLogsNoBytes(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
+	addr := rawUpstream(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			r, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					r, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					if r.URL.Path == "/health" {
-						_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-						continue
-					}
-					_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nSet-Cookie: sid=SECRETCOOKIE\r\nContent-Length: nope\r\n\r\n")
-					return
-				}
-			}()
+			if r.URL.Path == "/health" {
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+				continue
+			}
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nSet-Cookie: sid=SECRETCOOKIE\r\nContent-Length: nope\r\n\r\n")
+			return
 		}
-	}()
+	})
 	var log testenv.SyncBuffer
-	g := startGatewayLogging(t, "http://"+ln.Addr().String(), nil, nil, slog.NewJSONHandler(&log, nil))
+	g := startGatewayLogging(t, "http://"+addr, nil, nil, slog.NewJSONHandler(&log, nil))
 	tok := g.token(t, "alice", auth.TierEnterprise)
 	if resp, body := g.get(t, "/api/v1/anchors/x", map[string]string{"Authorization": "Bearer " + tok}); resp.StatusCode != http.StatusBadGateway {
 		t.Errorf("a malformed answer: %d %s, want 502", resp.StatusCode, body)

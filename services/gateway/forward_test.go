@@ -300,12 +300,42 @@ func newLateAnswer() *lateAnswer {
 // or once late says so) and hangs up; it returns its URL.
 func oneShotUpstream(t *testing.T, after string, late *lateAnswer) string {
 	t.Helper()
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
+	return "http://" + rawUpstream(t, func(c net.Conn) {
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
+		}
+		answer := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
+		switch {
+		case after == "" || req.URL.Path == "/health": // the gateway's probes are not under test
+		case late == nil:
+			answer += after // in the same segment as the answer
+		default:
+			_, _ = io.WriteString(c, answer)
+			select {
+			case <-late.answered:
+			case <-done:
+				return
+			}
+			_, _ = io.WriteString(c, after)
+			late.written <- struct{}{}
+			return
+		}
+		_, _ = io.WriteString(c, answer)
+	})
+}
+
+// rawUpstream serves each connection to a fresh loopback port with serve,
+// on its own goroutine, and closes it after; it returns the address.
+func rawUpstream(t *testing.T, serve func(c net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	t.Cleanup(func() { close(done); ln.Close() })
+	t.Cleanup(func() { _ = ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -314,31 +344,11 @@ func oneShotUpstream(t *testing.T, after string, late *lateAnswer) string {
 			}
 			go func() {
 				defer c.Close()
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				answer := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
-				switch {
-				case after == "" || req.URL.Path == "/health": // the gateway's probes are not under test
-				case late == nil:
-					answer += after // in the same segment as the answer
-				default:
-					_, _ = io.WriteString(c, answer)
-					select {
-					case <-late.answered:
-					case <-done:
-						return
-					}
-					_, _ = io.WriteString(c, after)
-					late.written <- struct{}{}
-					return
-				}
-				_, _ = io.WriteString(c, answer)
+				serve(c)
 			}()
 		}
 	}()
-	return "http://" + ln.Addr().String()
+	return ln.Addr().String()
 }
 
 // TestLateAnswerIsNotTheNextOnes: an upstream that sends a 408 on a
