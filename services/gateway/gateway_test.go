@@ -295,7 +295,7 @@ func TestProxyHeadersAndPaths(t *testing.T) {
 	// A stripped route does not reach a service's own health, readiness
 	// and metrics: the operator's, not a user's.
 	tok = g.token(t, "alice", auth.TierPremium) // the clock moved past the first
-	for _, p := range []string{"/blockchain/metrics", "/blockchain/ready", "/blockchain/health", "/blockchain/metrics/x"} {
+	for _, p := range []string{"/blockchain/metrics", "/blockchain/ready", "/blockchain/health", "/blockchain/metrics/x", "/blockchain/%6Detrics"} {
 		if resp, body := g.get(t, p, map[string]string{"Authorization": "Bearer " + tok}); resp.StatusCode != 404 {
 			t.Errorf("%s: %d %s, want 404", p, resp.StatusCode, body)
 		}

@@ -202,6 +202,14 @@ func (rp *routeProxy) reachesOwnEndpoint(raw []byte) bool {
 		return false
 	}
 	p := bytes.TrimPrefix(raw, []byte(rp.route.Prefix))
+	if bytes.IndexByte(p, '%') >= 0 {
+		// The service matches the unescaped path: /%6Detrics is /metrics.
+		u, err := url.PathUnescape(string(p))
+		if err != nil {
+			return true // nothing to serve a user
+		}
+		p = []byte(u)
+	}
 	for _, own := range ownPaths {
 		if bytes.Equal(p, own) || (len(p) > len(own) && bytes.HasPrefix(p, own) && p[len(own)] == '/') {
 			return true
