@@ -332,7 +332,9 @@ func TestClientThatStopsReadingIsCut(t *testing.T) {
 	// pause. (Socket buffers of a few MiB on loopback are given back to
 	// the writer in large steps, so it is not much slower than that.)
 	buf := make([]byte, 64<<10)
-	for end := time.Now().Add(4 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+	pace := time.NewTicker(5 * time.Millisecond)
+	defer pace.Stop()
+	for end := time.Now().Add(4 * time.Second); time.Now().Before(end); <-pace.C {
 		if err := conn.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
 			t.Fatal(err)
 		}

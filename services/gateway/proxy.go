@@ -193,10 +193,13 @@ func singleJoin(a, b string) string {
 	return a + b
 }
 
+// internalPaths are a service's own endpoints that describe its insides
+// (process, build, its checks' errors): the operator's and its monitor's.
+// /health, a bare liveness answer, a route may expose (an uptime check).
+var internalPaths = [][]byte{[]byte("/ready"), []byte("/metrics")}
+
 // reachesOwnEndpoint reports whether a stripped route would send raw to
-// the service's own health, readiness or metrics endpoint, which are the
-// operator's and its monitor's (build, process and internal state), not a
-// user's.
+// the service's readiness or metrics, which are not a user's.
 func (rp *routeProxy) reachesOwnEndpoint(raw []byte) bool {
 	if !rp.route.Strip {
 		return false
@@ -210,7 +213,7 @@ func (rp *routeProxy) reachesOwnEndpoint(raw []byte) bool {
 		}
 		p = []byte(u)
 	}
-	for _, own := range ownPaths {
+	for _, own := range internalPaths {
 		if bytes.Equal(p, own) || (len(p) > len(own) && bytes.HasPrefix(p, own) && p[len(own)] == '/') {
 			return true
 		}
