@@ -87,11 +87,16 @@ func PrincipalOf(ctx context.Context) (Principal, bool) {
 }
 
 // fromPublicDoor reports whether the request ctx belongs to came through
-// the gateway, which relays only users' requests: one without a principal
-// is an anonymous user's (a public route), never the gateway's own.
+// the service that faces clients (catalog's Public: the gateway), which
+// relays only users' requests: one without a principal is an anonymous
+// user's (a public route), never that service's own.
 func fromPublicDoor(ctx context.Context) bool {
 	id := identityOf(ctx)
-	return id != nil && id.caller == catalog.GatewayService
+	if id == nil || id.caller == "" {
+		return false
+	}
+	s, ok := catalog.Lookup(id.caller)
+	return ok && s.Public
 }
 
 // IsOperator reports whether the request ctx belongs to carries the

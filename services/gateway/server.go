@@ -269,11 +269,7 @@ func (a *App) handle(fc *fasthttp.RequestCtx) {
 	fc.Response.Header.Set(service.HeaderRequestID, c.id)
 	streaming := a.serve(c)
 	if !streaming {
-		if c.body.failed != nil {
-			fc.SetConnectionClose() // the body broke off, or passed the bound
-		} else {
-			drainBody(fc)
-		}
+		drainBody(c)
 		a.end(c)
 	}
 }
@@ -284,19 +280,12 @@ func (a *App) handle(fc *fasthttp.RequestCtx) {
 // the connection ends rather than read it.
 func (a *App) serveOwn(fc *fasthttp.RequestCtx) {
 	if n := bodyLength(&fc.Request.Header); n < 0 || n > maxOwnBodyBytes {
+		// Answered, logged and metered as package service's handler would.
 		id := service.NewRequestID()
-		he, body := service.ErrorResponse(service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge,
-			"no request body of unknown length or over %d KiB is accepted here", maxOwnBodyBytes>>10), id)
-		// Logged and metered as package service's handler would have.
-		a.logger.Info("request failed", "request_id", id, "method", string(fc.Method()), "path", string(fc.Path()),
-			"status", he.Status, "code", he.Code, "error", he.Message)
-		a.srv.ObserveRequest("unmatched", string(fc.Method()), he.Status, time.Since(fc.Time()))
-		h := &fc.Response.Header
-		h.Set(service.HeaderRequestID, id)
-		h.SetContentType("application/json")
-		h.Set("X-Content-Type-Options", "nosniff")
-		fc.SetStatusCode(http.StatusRequestEntityTooLarge)
-		fc.SetBody(body)
+		fc.Response.Header.Set(service.HeaderRequestID, id)
+		a.writeError(service.WithRequestID(context.Background(), id), fc, id, service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge,
+			"no request body of unknown length or over %d KiB is accepted here", maxOwnBodyBytes>>10))
+		a.srv.ObserveRequest("unmatched", string(fc.Method()), fc.Response.StatusCode(), time.Since(fc.Time()))
 		fc.SetConnectionClose()
 		return
 	}
@@ -307,15 +296,17 @@ func (a *App) serveOwn(fc *fasthttp.RequestCtx) {
 // without forwarding (a 401, 405 or 429 before an upload), within the
 // body's own limits, as nginx's lingering close does: closing with it
 // unread would reset the connection under the client's upload, and the
-// client would see the reset instead of the answer.
-// A body refused for its size is not read at all, and no more than
-// maxBodyBytes of one without a length: the connection ends instead.
-func drainBody(fc *fasthttp.RequestCtx) {
+// client would see the reset instead of the answer. A body that broke off
+// or passed the bound on its way upstream, or was refused for its size, is
+// not read at all, and no more than maxBodyBytes of one without a length:
+// the connection ends instead.
+func drainBody(c *call) {
+	fc := c.fc
 	n := bodyLength(&fc.Request.Header)
 	s := fc.RequestBodyStream()
 	switch {
 	case s == nil || n == 0:
-	case n > maxBodyBytes:
+	case c.body.failed != nil || n > maxBodyBytes:
 		fc.SetConnectionClose()
 	default:
 		if m, _ := io.CopyN(io.Discard, s, maxBodyBytes+1); m > maxBodyBytes {
@@ -332,13 +323,13 @@ func (a *App) serve(c *call) (streaming bool) {
 		if v := recover(); v != nil {
 			a.logger.ErrorContext(c.ctx, "handler panicked", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 			c.fc.Response.ResetBody()
-			a.writeError(c, service.Errorf(http.StatusInternalServerError, service.CodeInternal, "internal error"))
+			a.writeError(c.ctx, c.fc, c.id, service.Errorf(http.StatusInternalServerError, service.CodeInternal, "internal error"))
 			streaming = false
 		}
 	}()
 	streaming, err := c.rp.serve(c)
 	if err != nil {
-		a.writeError(c, err)
+		a.writeError(c.ctx, c.fc, c.id, err)
 	}
 	return streaming
 }
@@ -380,20 +371,20 @@ func (a *App) end(c *call) {
 
 // writeError answers err as package service does: JSON, with the request
 // ID, and logged (a 5xx as an error).
-func (a *App) writeError(c *call, err error) {
-	he, body := service.ErrorResponse(err, c.id)
+func (a *App) writeError(ctx context.Context, fc *fasthttp.RequestCtx, id string, err error) {
+	he, body := service.ErrorResponse(err, id)
 	level := slog.LevelInfo
 	if he.Status >= 500 {
 		level = slog.LevelError
 	}
-	a.logger.Log(c.ctx, level, "request failed", "method", string(c.fc.Method()), "path", string(c.fc.Path()),
+	a.logger.Log(ctx, level, "request failed", "method", string(fc.Method()), "path", string(fc.Path()),
 		"status", he.Status, "code", he.Code, "error", err)
-	h := &c.fc.Response.Header
+	h := &fc.Response.Header
 	if he.RetryAfter > 0 {
 		h.Set("Retry-After", strconv.Itoa(he.RetryAfter))
 	}
 	h.SetContentType("application/json")
 	h.Set("X-Content-Type-Options", "nosniff")
-	c.fc.SetStatusCode(he.Status)
-	c.fc.SetBody(body)
+	fc.SetStatusCode(he.Status)
+	fc.SetBody(body)
 }
