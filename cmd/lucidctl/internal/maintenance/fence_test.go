@@ -67,6 +67,14 @@ func TestFenceThroughSSH(t *testing.T) {
 	}
 	engineDir := filepath.Join(dir, "state", fmt.Sprintf("offset-%d", offsetFence), "data", "engine")
 	backup := filepath.Join(t.TempDir(), "engine")
+	// The backup holds the chain's first block, which names the
+	// validators: a fenced engine seals none, and without it would know
+	// no validator to check a receipt against. A ready stack may not have
+	// sealed it yet.
+	testenv.Eventually(t, 30*time.Second, "the engine seals its first block", func() bool {
+		b, err := blocks.LatestBlock(ctx)
+		return err == nil && b.Height >= 1
+	})
 	down()
 	copyTree(t, engineDir, backup)
 	up()
