@@ -62,25 +62,46 @@ func LoadOrCreateKey(dir, name string) (note.Signer, string, error) {
 	return signer, vkey, nil
 }
 
+// writeNew writes a key file whole or not at all, and durably: a power cut
+// while the key is made leaves no empty or partial key that every later
+// start would refuse. The public key is written before the private one, so
+// a missing private key (made again, with its public key) is the only
+// half-way state.
 func writeNew(path, content string, mode os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
 	if err != nil {
 		return err
 	}
-	// On a failed write the file is abandoned: the write's error is the
-	// one to report, not the Close after it.
-	if _, err := f.WriteString(content + "\n"); err != nil {
-		_ = f.Close()
+	// After the rename there is nothing left to remove; before it, the
+	// temporary file is abandoned, and the write's error is the one to
+	// report, not the Close or Remove after it.
+	defer func() { _ = os.Remove(tmp.Name()) }()
+	for _, step := range []func() error{
+		func() error { return tmp.Chmod(mode) },
+		func() error { _, err := tmp.WriteString(content + "\n"); return err },
+		tmp.Sync,
+	} {
+		if err := step(); err != nil {
+			_ = tmp.Close()
+			return err
+		}
+	}
+	if err := tmp.Close(); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		_ = f.Close()
+	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
 	}
-	return f.Close()
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // ParseVerifier parses a verifier key.
