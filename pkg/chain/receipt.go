@@ -80,6 +80,53 @@ func VerifyReceipt(data []byte, validators note.Verifiers, origin string) (*Veri
 	if err != nil {
 		return nil, err
 	}
+	return r.verifyUnder(h, origin)
+}
+
+// ErrNotInChain reports a receipt whose checkpoint is not the chain's own
+// block at its height.
+var ErrNotInChain = errors.New("the receipt's checkpoint is not this chain's block at its height")
+
+// ReceiptHeight is the height a receipt's checkpoint names, read without
+// checking its signature: which block of a chain to hold it against
+// (VerifyReceiptInChain).
+func ReceiptHeight(data []byte) (uint64, error) {
+	r, err := ParseReceipt(data)
+	if err != nil {
+		return 0, err
+	}
+	h, err := (&Block{Checkpoint: string(r.Checkpoint)}).Header()
+	if err != nil {
+		return 0, fmt.Errorf("receipt checkpoint: %w", err)
+	}
+	return h.Height, nil
+}
+
+// VerifyReceiptInChain checks a receipt against stored, the block a chain
+// holds at the receipt's height: the receipt's checkpoint must be that
+// block's, byte for byte, and the chain, the transaction and the inclusion
+// proof are checked as VerifyReceipt does. The signature is not checked
+// again: the chain checked it when it stored the block, against the
+// validators of that time, one of whom may have been removed since; its
+// receipts stay good.
+func VerifyReceiptInChain(data []byte, stored *Block, origin string) (*VerifiedReceipt, error) {
+	r, err := ParseReceipt(data)
+	if err != nil {
+		return nil, err
+	}
+	if stored == nil || !bytes.Equal(r.Checkpoint, []byte(stored.Checkpoint)) {
+		return nil, ErrNotInChain
+	}
+	h, err := stored.Header()
+	if err != nil {
+		return nil, err
+	}
+	return r.verifyUnder(h, origin)
+}
+
+// verifyUnder checks what a receipt proves under its checkpoint's header
+// h, once h is known to be the chain's.
+func (r *Receipt) verifyUnder(h *Header, origin string) (*VerifiedReceipt, error) {
 	if origin != "" && h.Origin != origin {
 		return nil, fmt.Errorf("receipt is from chain %q, not %q", h.Origin, origin)
 	}

@@ -285,13 +285,46 @@ func (a *App) chainKeys(ctx context.Context, refresh bool) (string, []string, er
 
 // verifyReceipt checks a receipt against this chain. A signature by a
 // key it does not know is checked once more with fresh keys, since
-// validators join.
+// validators join, and then against the block the chain holds at the
+// receipt's height, since validators leave: a receipt signed by a
+// validator removed since is good if its checkpoint is the chain's own.
 func (a *App) verifyReceipt(ctx context.Context, receipt []byte) (*chain.VerifiedReceipt, error) {
 	v, err := a.verifyWith(ctx, receipt, false)
 	if errors.Is(err, chain.ErrSignature) {
 		v, err = a.verifyWith(ctx, receipt, true)
 	}
+	if errors.Is(err, chain.ErrSignature) {
+		sv, serr := a.verifyInChain(ctx, receipt)
+		switch {
+		case serr == nil:
+			return sv, nil
+		case errors.As(serr, new(*keysUnavailableError)):
+			return nil, serr
+		}
+		// Not the chain's checkpoint either: the signature's is the
+		// better reason.
+	}
 	return v, err
+}
+
+// verifyInChain holds a receipt against the chain's block at its height.
+func (a *App) verifyInChain(ctx context.Context, receipt []byte) (*chain.VerifiedReceipt, error) {
+	height, err := chain.ReceiptHeight(receipt)
+	if err != nil {
+		return nil, err
+	}
+	b, err := a.engine.Block(ctx, height)
+	switch {
+	case errors.Is(err, engineapi.ErrNotFound):
+		return nil, chain.ErrNotInChain
+	case err != nil:
+		return nil, &keysUnavailableError{err}
+	}
+	origin, _, err := a.chainKeys(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	return chain.VerifyReceiptInChain(receipt, b, origin)
 }
 
 func (a *App) verifyWith(ctx context.Context, receipt []byte, refresh bool) (*chain.VerifiedReceipt, error) {

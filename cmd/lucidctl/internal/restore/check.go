@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/pickme/lucid/pkg/api"
@@ -34,14 +36,15 @@ type Check struct {
 
 // Receipt statuses.
 const (
-	// ReceiptInChain: it verifies with the restored validator key, and
-	// the restored chain holds its block.
+	// ReceiptInChain: the restored chain holds its block, and its proof
+	// leads to that block's root.
 	ReceiptInChain = "in_restored_chain"
-	// ReceiptAfterBackup: it verifies, but its block is above the restored
-	// height: blocks were signed after the backup, which the fence keeps
-	// from being signed again differently.
+	// ReceiptAfterBackup: it verifies with the validators' keys, but its
+	// block is above the restored height: blocks were signed after the
+	// backup, which the fence keeps from being signed again differently.
 	ReceiptAfterBackup = "after_backup"
-	// ReceiptInvalid: it does not verify with the restored validator key.
+	// ReceiptInvalid: it is not the restored chain's and does not verify
+	// with the validators' keys.
 	ReceiptInvalid = "invalid"
 	// ReceiptForked: it verifies, but the restored chain's block at its
 	// height is another one.
@@ -116,10 +119,18 @@ func verify(ctx context.Context, cl clients, facts snapshotapi.Facts, receipts [
 		return nil, fmt.Errorf("the engine's chain: %w", err)
 	}
 	v.Restored.ChainHeight, v.Restored.ChainRoot, v.Restored.ValidatorKey = info.Height, info.Root, info.ValidatorKey
-	validatorKey, chainID := info.ValidatorKey, info.ChainID
+	chainID := info.ChainID
+	// The restored chain's validators, and the backed-up engine's own key:
+	// in a cluster another validator may have signed a block.
+	keys := slices.Clone(info.Validators)
+	if info.ValidatorKey != "" && !slices.Contains(keys, info.ValidatorKey) {
+		keys = append(keys, info.ValidatorKey)
+	}
 
 	if c := facts.Chain; c != nil {
-		validatorKey = c.ValidatorKey
+		if !slices.Contains(keys, c.ValidatorKey) {
+			keys = append(keys, c.ValidatorKey)
+		}
 		switch {
 		case info.ChainID != c.ChainID:
 			v.add("chain_facts", false, "the restored engine runs chain %q, the backup holds %q", info.ChainID, c.ChainID)
@@ -128,7 +139,7 @@ func verify(ctx context.Context, cl clients, facts snapshotapi.Facts, receipts [
 		case info.Height < c.Height:
 			v.add("chain_facts", false, "the restored chain has %d blocks, the backup %d", info.Height, c.Height)
 		default:
-			root, err := rootAt(ctx, blocks, c.Height, c.ValidatorKey)
+			root, err := rootAt(ctx, blocks, c.Height)
 			switch {
 			case err != nil:
 				v.add("chain_facts", false, "block %d from the block manager: %v", c.Height, err)
@@ -177,7 +188,7 @@ func verify(ctx context.Context, cl clients, facts snapshotapi.Facts, receipts [
 	}
 
 	for _, file := range receipts {
-		rc := checkReceipt(ctx, blocks, file, validatorKey, chainID, info.Height)
+		rc := checkReceipt(ctx, blocks, file, keys, chainID, info.Height)
 		v.Receipts = append(v.Receipts, rc)
 		ok := rc.Status == ReceiptInChain || rc.Status == ReceiptAfterBackup
 		v.add("receipt", ok, "%s: %s%s", file, rc.Status, detail(rc.Detail))
@@ -192,30 +203,21 @@ func detail(s string) string {
 	return " (" + s + ")"
 }
 
-// rootAt is the base64 tree root of the block at height.
-func rootAt(ctx context.Context, blocks *engineapi.Client, height uint64, validatorKey string) (string, error) {
+// rootAt is the base64 tree root of the block at height. Its signature is
+// the audit's to check (chain_audit), against the validators of its time.
+func rootAt(ctx context.Context, blocks *engineapi.Client, height uint64) (string, error) {
 	if height == 0 {
 		return "", fmt.Errorf("no block at height 0")
 	}
-	h, err := headerAt(ctx, blocks, height, validatorKey)
+	b, err := blocks.Block(ctx, height)
+	if err != nil {
+		return "", err
+	}
+	h, err := b.Header()
 	if err != nil {
 		return "", err
 	}
 	return base64.StdEncoding.EncodeToString(h.Root), nil
-}
-
-// headerAt is the header of the block at height, its signature checked
-// with the validator key.
-func headerAt(ctx context.Context, blocks *engineapi.Client, height uint64, validatorKey string) (*chain.Header, error) {
-	vs, err := chain.Verifiers([]string{validatorKey})
-	if err != nil {
-		return nil, fmt.Errorf("the validator key: %w", err)
-	}
-	b, err := blocks.Block(ctx, height)
-	if err != nil {
-		return nil, err
-	}
-	return chain.OpenHeader([]byte(b.Checkpoint), vs)
 }
 
 // auditLine is a line of the block manager's GET /api/v1/chain/verify.
@@ -259,40 +261,56 @@ func chainAudit(ctx context.Context, hc *http.Client, base string) (*auditLine, 
 	return nil, fmt.Errorf("the block manager's audit ended without a verdict")
 }
 
-// checkReceipt verifies a receipt offline with the restored validator key,
-// then holds its block against the restored chain.
-func checkReceipt(ctx context.Context, blocks *engineapi.Client, file, validatorKey, chainID string, height uint64) ReceiptCheck {
+// checkReceipt holds a receipt against the restored chain: in it when its
+// checkpoint is the restored block's at its height (whoever signed it, a
+// validator removed since included). Otherwise it is checked against the
+// validators' keys: a good one above the restored height was signed after
+// the backup, one at or below it is of another block (a fork).
+func checkReceipt(ctx context.Context, blocks *engineapi.Client, file string, keys []string, chainID string, height uint64) ReceiptCheck {
 	rc := ReceiptCheck{File: file}
 	data, err := os.ReadFile(file)
 	if err != nil {
 		rc.Status, rc.Detail = ReceiptInvalid, err.Error()
 		return rc
 	}
-	vs, err := chain.Verifiers([]string{validatorKey})
+	origin := chain.Origin(chainID)
+	at, err := chain.ReceiptHeight(data)
 	if err != nil {
-		rc.Status, rc.Detail = ReceiptInvalid, "the restored validator key: "+err.Error()
+		rc.Status, rc.Detail = ReceiptInvalid, err.Error()
 		return rc
 	}
-	vr, err := chain.VerifyReceipt(data, vs, chain.Origin(chainID))
+	var restored *chain.Block
+	if at <= height {
+		if restored, err = blocks.Block(ctx, at); err != nil {
+			rc.Status, rc.Detail = ReceiptForked, fmt.Sprintf("block %d of the restored chain: %v", at, err)
+			return rc
+		}
+		vr, err := chain.VerifyReceiptInChain(data, restored, origin)
+		if err == nil {
+			rc.TxID, rc.Height, rc.Status = vr.TxID, vr.Header.Height, ReceiptInChain
+			return rc
+		}
+		if !errors.Is(err, chain.ErrNotInChain) {
+			rc.Status, rc.Detail = ReceiptInvalid, err.Error()
+			return rc
+		}
+	}
+	vs, err := chain.Verifiers(keys)
+	if err != nil {
+		rc.Status, rc.Detail = ReceiptInvalid, "the validator keys: "+err.Error()
+		return rc
+	}
+	vr, err := chain.VerifyReceipt(data, vs, origin)
 	if err != nil {
 		rc.Status, rc.Detail = ReceiptInvalid, err.Error()
 		return rc
 	}
 	rc.TxID, rc.Height = vr.TxID, vr.Header.Height
-	if vr.Header.Height > height {
+	if restored == nil {
 		rc.Status = ReceiptAfterBackup
 		rc.Detail = fmt.Sprintf("its block %d is above the restored height %d: blocks were signed after the backup; the engine stays fenced until the operator lifts it", vr.Header.Height, height)
 		return rc
 	}
-	h, err := headerAt(ctx, blocks, vr.Header.Height, validatorKey)
-	if err != nil {
-		rc.Status, rc.Detail = ReceiptForked, fmt.Sprintf("block %d of the restored chain: %v", vr.Header.Height, err)
-		return rc
-	}
-	if h.Hash() != vr.Header.Hash() {
-		rc.Status, rc.Detail = ReceiptForked, fmt.Sprintf("the restored block %d is %s, the receipt's %s", h.Height, h.Hash(), vr.Header.Hash())
-		return rc
-	}
-	rc.Status = ReceiptInChain
+	rc.Status, rc.Detail = ReceiptForked, fmt.Sprintf("the restored block %d is %s, the receipt's %s", at, restored.Hash, vr.Header.Hash())
 	return rc
 }

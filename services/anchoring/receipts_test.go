@@ -1,0 +1,90 @@
+package anchoring
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"testing"
+
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/chain"
+	"github.com/pickme/lucid/pkg/chain/chaintest"
+)
+
+// TestReceiptsOfARemovedValidator: a receipt signed by a validator the
+// chain has removed since (a dead Pi's, `maintenance voters remove`) still
+// verifies, since its checkpoint is the chain's own block; one that the
+// removed key signs for a block the chain does not hold does not.
+func TestReceiptsOfARemovedValidator(t *testing.T) {
+	c := chaintest.New()          // validator A
+	c.Append(chaintest.Anchor(1)) // block 1 by A: the genesis change, then the anchor at index 1
+	skB, vkB := chaintest.Key("validator-2", 2)
+	c.Append(chaintest.AddValidator(vkB)) // block 2 by A adds B
+	signerB, err := note.NewSigner(skB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	removedA := c.Verifier
+	c.Signer = signerB
+	c.Append(&chain.Transaction{Type: chain.TypeSystem, System: &chain.SystemChange{Action: chain.ActionRemoveValidator, Key: removedA}}) // block 3 by B removes A
+	c.Append(chaintest.Anchor(2))                                                                                                         // block 4 by B
+
+	// The engine, as anchoring sees it: B alone validates now.
+	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/v1/chain" {
+			_ = json.NewEncoder(w).Encode(engineapi.ChainInfo{ChainID: chaintest.ChainID, Origin: chain.Origin(chaintest.ChainID), Height: uint64(len(c.Blocks)), Validators: []string{vkB}})
+			return
+		}
+		for _, b := range c.Blocks {
+			if r.URL.Path == "/api/v1/blocks/"+strconv.FormatUint(b.Height, 10) {
+				enc, _ := b.Encode()
+				_, _ = w.Write(enc)
+				return
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"error":{"code":"not_found","message":"no such block"}}`))
+	}))
+	defer engine.Close()
+	a := &App{engine: engineapi.New(engine.URL, engine.Client())}
+	ctx := t.Context()
+
+	for _, tc := range []struct {
+		name          string
+		index, height int
+	}{
+		{"signed by A, removed since", 1, 1},
+		{"signed by B", 4, 4},
+	} {
+		v, err := a.verifyReceipt(ctx, c.Receipt(uint64(tc.index), tc.height).Marshal())
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if v.Header.Height != uint64(tc.height) || v.Index != uint64(tc.index) {
+			t.Errorf("%s: verified height %d index %d", tc.name, v.Header.Height, v.Index)
+		}
+	}
+
+	// A's key, were it stolen, signs another block 1: not the chain's.
+	forged := chaintest.New()
+	forged.Append(chaintest.Anchor(7))
+	if _, err := a.verifyReceipt(ctx, forged.Receipt(1, 1).Marshal()); !errors.Is(err, chain.ErrSignature) {
+		t.Errorf("a receipt the removed key signed for another block 1: %v, want %v", err, chain.ErrSignature)
+	}
+	// Nor a block past the chain's head.
+	for range 2 {
+		forged.Append(chaintest.Anchor(8))
+	}
+	for range 2 {
+		forged.Append(chaintest.Anchor(9))
+	}
+	if _, err := a.verifyReceipt(ctx, forged.Receipt(5, 5).Marshal()); !errors.Is(err, chain.ErrSignature) {
+		t.Errorf("a receipt the removed key signed past the head: %v, want %v", err, chain.ErrSignature)
+	}
+}
