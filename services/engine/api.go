@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -324,7 +325,7 @@ func (a *api) addVoter(w http.ResponseWriter, r *http.Request) error {
 	if !a.node.isLeader() {
 		return notLeader(a.node)
 	}
-	if err := a.node.sealSystem(r.Context(), tx); err != nil {
+	if err := a.node.addValidator(r.Context(), tx); err != nil {
 		return err
 	}
 	if err := a.node.raft.AddVoter(raft.ServerID(req.ID), raft.ServerAddress(req.Address), 0, 10*time.Second).Error(); err != nil {
@@ -358,6 +359,28 @@ func (a *api) removeVoter(w http.ResponseWriter, r *http.Request) error {
 		return service.Errorf(http.StatusServiceUnavailable, engineapi.CodeConsensus, "remove voter: %v", err)
 	}
 	return a.consensus(w, r)
+}
+
+// addValidator makes tx's key a validator, unless it is one already. A
+// system transaction is sealed once: the same change again has the same
+// id, so the key of a validator removed earlier would never be added back
+// (the change is sealed already, its effect undone), and the node would
+// join with blocks that every node refuses. That key is refused; the node
+// takes a new one.
+func (n *node) addValidator(ctx context.Context, tx *chain.Transaction) error {
+	if slices.Contains(n.store.Validators(), tx.System.Key) {
+		return nil
+	}
+	c, err := tx.Encode()
+	if err != nil {
+		return err
+	}
+	if id := chain.TxID(c); n.store.HasTx(id) {
+		return service.Errorf(http.StatusConflict, service.CodeConflict,
+			"validator key %s was removed from the chain and cannot be a validator again: give node %s a new key (move validator.key and validator.pub out of its engine's data directory and restart it), then add it with that key",
+			tx.System.Key, tx.System.Node)
+	}
+	return n.sealSystem(ctx, tx)
 }
 
 // sealSystem queues a system transaction ahead of the others and waits

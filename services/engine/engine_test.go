@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pickme/lucid/internal/testenv"
+	lucidapi "github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/chain/chaintest"
@@ -577,5 +580,63 @@ func TestOpenFailureIsAnError(t *testing.T) {
 	srv := service.New(servicetest.Config("engine", cfg.DataDir), slog.New(slog.DiscardHandler))
 	if err := app.Provision(context.Background(), srv); err == nil || !strings.Contains(err.Error(), "chain.db") {
 		t.Fatalf("Provision with a broken store = %v, want an error naming chain.db", err)
+	}
+}
+
+// TestRemovedValidatorIsNotAddedBack: a node whose validator key was
+// removed (a Pi given up for dead that comes back) is refused when it is
+// added again with that key, rather than joining as a voter whose blocks
+// every node refuses; with a new key it joins.
+func TestRemovedValidatorIsNotAddedBack(t *testing.T) {
+	ctx := context.Background()
+	n1 := startNode(t, nodeConfig(t, "n1", true))
+	testenv.Eventually(t, 10*time.Second, "n1 leads", func() bool { i, err := n1.client.Chain(ctx); return err == nil && i.Leader && i.Height >= 1 })
+	cfg := nodeConfig(t, "n2", false)
+	n2 := startNode(t, cfg)
+	st, err := n2.client.Consensus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := engineapi.AddVoterRequest{ID: "n2", Address: cfg.RaftAddr, Key: st.ValidatorKey}
+	if err := n1.client.AddVoter(ctx, servicetest.OperatorToken, add); err != nil {
+		t.Fatal(err)
+	}
+	// Added twice is added once.
+	if err := n1.client.AddVoter(ctx, servicetest.OperatorToken, add); err != nil {
+		t.Fatalf("the same voter added again: %v", err)
+	}
+	if _, err := n1.client.RemoveVoter(ctx, servicetest.OperatorToken, "n2", st.ValidatorKey); err != nil {
+		t.Fatal(err)
+	}
+	err = n1.client.AddVoter(ctx, servicetest.OperatorToken, add)
+	var ae *lucidapi.Error
+	if !errors.As(err, &ae) || ae.Status != http.StatusConflict || !strings.Contains(err.Error(), "cannot be a validator again") {
+		t.Fatalf("a removed key added back: %v", err)
+	}
+	if info, _ := n1.client.Chain(ctx); slices.Contains(info.Validators, st.ValidatorKey) || len(info.Validators) != 1 {
+		t.Errorf("validators %v", info.Validators)
+	}
+	if cs, _ := n1.client.Consensus(ctx); len(cs.Servers) != 1 {
+		t.Errorf("the refused node is a Raft server: %+v", cs.Servers)
+	}
+
+	// The node takes a new key.
+	n2.stop()
+	for _, f := range []string{"validator.key", "validator.pub"} {
+		if err := os.Remove(filepath.Join(cfg.DataDir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n2 = startNode(t, cfg)
+	st2, err := n2.client.Consensus(ctx)
+	if err != nil || st2.ValidatorKey == st.ValidatorKey {
+		t.Fatalf("restarted without its key: %v, key %s", err, st2.ValidatorKey)
+	}
+	add.Key = st2.ValidatorKey
+	if err := n1.client.AddVoter(ctx, servicetest.OperatorToken, add); err != nil {
+		t.Fatalf("added with a new key: %v", err)
+	}
+	if info, _ := n1.client.Chain(ctx); !slices.Contains(info.Validators, st2.ValidatorKey) {
+		t.Errorf("validators %v lack the new key", info.Validators)
 	}
 }
