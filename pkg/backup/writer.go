@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -314,7 +315,17 @@ func (w *Writer) piece(ctx context.Context, t pieceTask, fetch func(context.Cont
 }
 
 func (w *Writer) storeBlob(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	dir := filepath.Dir(path)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		// A new fan-out directory: its own entry in blobs/ must be on disk
+		// before a manifest names a piece in it.
+		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		if err := syncDir(filepath.Dir(dir)); err != nil {
+			return err
+		}
+	} else if err != nil {
 		return err
 	}
 	return writeAtomicFunc(path, 0o600, func(f *os.File) error { return w.seal(f, data) })

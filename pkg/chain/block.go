@@ -135,7 +135,17 @@ func VerifyBlockTxs(b *Block, prev *Header, origin string, tree *logtree.Tree, v
 		}
 		txs[i] = tx
 	}
-	size, root, err := tree.RootWith(b.LeafHashes())
+	leaves := b.LeafHashes()
+	// A transaction is sealed once: twice in a block, its location would
+	// be the later copy's.
+	seen := make(map[string]int, len(leaves))
+	for i, lh := range leaves {
+		if j, ok := seen[string(lh)]; ok {
+			return reject("transaction %d repeats transaction %d", i, j)
+		}
+		seen[string(lh)] = i
+	}
+	size, root, err := tree.RootWith(leaves)
 	if err != nil {
 		return reject("recompute root: %v", err)
 	}

@@ -221,7 +221,25 @@ func (s *Store) verifyLocked(b *chain.Block) (*chain.Header, []*chain.Transactio
 	if err != nil {
 		return nil, nil, err
 	}
-	return chain.VerifyBlockTxs(b, s.head, s.origin, s.tree, vs)
+	h, txs, err := chain.VerifyBlockTxs(b, s.head, s.origin, s.tree, vs)
+	if err != nil {
+		return nil, nil, err
+	}
+	// Nor is a transaction sealed again in a later block: its receipt and
+	// location would move to the copy.
+	err = s.db.View(func(tx *bolt.Tx) error {
+		sealed := tx.Bucket(bucketTxs)
+		for i, raw := range b.Transactions {
+			if id := chain.TxID(raw); sealed.Get([]byte(id)) != nil {
+				return &chain.BlockError{Height: b.Height, Reason: fmt.Sprintf("transaction %d (%s) is sealed already", i, id)}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return h, txs, nil
 }
 
 // Append verifies b as the next block and stores it durably. A block at a

@@ -179,3 +179,43 @@ func storeWith(t *testing.T, path string, c *chaintest.Chain) *Store {
 	}
 	return s
 }
+
+// TestTransactionSealedOnce: a block (signed by a validator, so only a
+// faulty or hostile one makes it) that seals a transaction a second time,
+// in itself or after an earlier block, is refused, and the transaction
+// stays where it was first sealed.
+func TestTransactionSealedOnce(t *testing.T) {
+	c := chaintest.New()
+	c.Append(chaintest.Anchor(1)) // block 1: the genesis change, the anchor at index 1
+	c.Append(chaintest.Anchor(2))
+	again := c.Append(chaintest.Anchor(1)) // block 3 seals block 1's anchor again
+	twice := chaintest.New()
+	twice.Append(chaintest.Anchor(5), chaintest.Anchor(5)) // block 1 with the anchor twice
+
+	s, err := Open(filepath.Join(t.TempDir(), "chain.db"), chain.Origin(chaintest.ChainID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refused *chain.BlockError
+	if _, err := s.Append(twice.Blocks[0]); !errors.As(err, &refused) || !strings.Contains(err.Error(), "repeats") {
+		t.Errorf("a block with a transaction twice: %v", err)
+	}
+	for _, b := range c.Blocks[:2] {
+		if _, err := s.Append(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Append(again); !errors.As(err, &refused) || !strings.Contains(err.Error(), "sealed already") {
+		t.Errorf("a block sealing a sealed transaction again: %v", err)
+	}
+	if _, err := s.Verify(again); !errors.As(err, &refused) {
+		t.Errorf("Verify of that block: %v", err)
+	}
+	loc, err := s.Tx(chain.TxID(c.Blocks[0].Transactions[1]))
+	if err != nil || loc.Height != 1 || loc.Index != 1 {
+		t.Errorf("the anchor is at %+v (%v), want height 1 index 1", loc, err)
+	}
+	if s.Height() != 2 {
+		t.Errorf("height %d, want 2", s.Height())
+	}
+}
