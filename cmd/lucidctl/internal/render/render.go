@@ -123,6 +123,10 @@ type Output struct {
 	// NewMeshCA names the directory of a cluster's mesh CA when render
 	// made a new one (deployfiles.MeshCASeedDir).
 	NewMeshCA string `json:"new_mesh_ca,omitempty"`
+	// Tightened names the secret files and directories others could read,
+	// which render made the owner's alone (0600, 0700); a dry run names
+	// them without changing them.
+	Tightened []string `json:"tightened,omitempty"`
 }
 
 var envKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -232,6 +236,18 @@ func run(ctx context.Context, opts *Options) error {
 		}
 		out.Files = append(out.Files, rec)
 	}
+	// A secret file render did not rewrite keeps the mode it came with.
+	tighten := deployfiles.TightenSecrets
+	if opts.DryRun {
+		tighten = deployfiles.LooseSecrets
+	}
+	loose, err := tighten(ctx, dir)
+	if err != nil {
+		return err
+	}
+	for _, l := range loose {
+		out.Tightened = append(out.Tightened, l.Path)
+	}
 	return report(opts, out)
 }
 
@@ -268,6 +284,13 @@ func report(opts *Options, out Output) error {
 	}
 	for _, w := range out.Warnings {
 		fmt.Fprintf(opts.Env.IO.ErrOut, "warning: %s\n", w)
+	}
+	done := "made it the owner's alone"
+	if opts.DryRun {
+		done = "render would make it the owner's alone"
+	}
+	for _, p := range out.Tightened {
+		fmt.Fprintf(opts.Env.IO.ErrOut, "%s: others could read its secrets; %s\n", p, done)
 	}
 	return nil
 }

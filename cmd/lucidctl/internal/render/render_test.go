@@ -270,3 +270,46 @@ func TestRenderCluster(t *testing.T) {
 		t.Errorf("second render: %q %q", out, errOut)
 	}
 }
+
+// TestRenderTightensLooseSecrets: an env file others can read (copied,
+// checked out, restored) is made the owner's alone by the next render,
+// though its content does not change; a dry run only says so.
+func TestRenderTightensLooseSecrets(t *testing.T) {
+	dir := t.TempDir()
+	if _, _, err := render(t, dir, false); err != nil {
+		t.Fatal(err)
+	}
+	loose := []string{deployfiles.EnvPath, "configs/environment/gateway.env"}
+	for _, p := range loose {
+		if err := os.Chmod(filepath.Join(dir, p), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mode := func(p string) os.FileMode {
+		fi, err := os.Stat(filepath.Join(dir, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Mode().Perm()
+	}
+	_, errOut, err := render(t, dir, false, "--dry-run")
+	if err != nil || !strings.Contains(errOut, deployfiles.EnvPath+": others could read its secrets; render would make") || mode(deployfiles.EnvPath) != 0o644 {
+		t.Fatalf("dry run: %v, mode %v, stderr %q", err, mode(deployfiles.EnvPath), errOut)
+	}
+	out, _, err := render(t, dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var o Output
+	if err := json.Unmarshal([]byte(out), &o); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(o.Tightened, " ") != strings.Join([]string{"configs/environment/.env.core", "configs/environment/gateway.env"}, " ") {
+		t.Errorf("tightened %v, want %v", o.Tightened, loose)
+	}
+	for _, p := range loose {
+		if m := mode(p); m != 0o600 {
+			t.Errorf("%s: mode %v after render", p, m)
+		}
+	}
+}

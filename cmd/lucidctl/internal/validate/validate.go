@@ -87,6 +87,14 @@ func run(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
+	loose, err := deployfiles.LooseSecrets(ctx, cfg.Dir)
+	if err != nil {
+		return err
+	}
+	for _, l := range loose {
+		problems = append(problems, deployfiles.Problem{File: l.Path, Rule: "secret-mode",
+			Message: fmt.Sprintf("mode %04o lets others read the secrets it holds; want %04o (`lucidctl render` sets it)", l.Mode, l.Want)})
+	}
 	if problems == nil {
 		problems = []deployfiles.Problem{}
 	}

@@ -3,6 +3,7 @@ package validate
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,5 +73,36 @@ func TestRenderedFilesPass(t *testing.T) {
 	var o Output
 	if err := json.Unmarshal(out.Bytes(), &o); err != nil || len(o.Problems) != 0 || len(o.Warnings) != 1 || o.Warnings[0].Rule != deployfiles.RulePlainHTTP {
 		t.Errorf("--json: %+v %v", o, err)
+	}
+}
+
+// TestLooseSecretFileIsAProblem: an env file others can read fails
+// validate, named with its mode.
+func TestLooseSecretFileIsAProblem(t *testing.T) {
+	dir := t.TempDir()
+	f, err := deployfiles.Render(context.Background(), deployfiles.Options{ImageName: "pickme/lucid-{service}", ImageTag: "latest-arm64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rf := range f.All() {
+		p := filepath.Join(dir, rf.Path)
+		_ = os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, rf.Content, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(filepath.Join(dir, "configs/environment/engine.env"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte("images:\n  tag: latest-arm64\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	io, _, out, _ := iostreams.Test()
+	env := cli.NewEnv(io, func(string) string { return "" })
+	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
+	err = run(context.Background(), &Options{Env: env})
+	var se *cli.SilentError
+	if !errors.As(err, &se) || se.Code != cli.ExitProblems || !strings.Contains(out.String(), "configs/environment/engine.env") || !strings.Contains(out.String(), "mode 0640") {
+		t.Errorf("validate with a loose env file: %v\n%s", err, out.String())
 	}
 }
