@@ -236,7 +236,8 @@ func (d *Deployer) deploy(ctx context.Context, b Bundle, dry bool) (_ *Result, d
 	res.Preflight = pf
 	// Before the lock, the images and the release: a host that holds data
 	// keeps its secrets unless told otherwise.
-	if err := d.CheckSecrets(ctx, b.EnvFiles, b.Rotate); err != nil {
+	checked, err := d.checkSecretsStep(ctx, b.EnvFiles, b.Rotate)
+	if err != nil {
 		return nil, err
 	}
 
@@ -254,19 +255,38 @@ func (d *Deployer) deploy(ctx context.Context, b Bundle, dry bool) (_ *Result, d
 		return nil, err
 	}
 
+	confirmLock := func(context.Context) error { return nil }
 	if !dry {
-		held, release, err := d.holdLock(ctx)
+		held, release, confirm, err := d.holdLockConfirmed(ctx)
 		if err != nil {
 			return nil, err
 		}
 		defer release()
-		ctx = held
+		ctx, confirmLock = held, confirm
 		defer func() { deployErr = lockLost(held, deployErr) }()
 	}
 
 	prev, err := d.h.current(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%s: releases: %w", name, err)
+	}
+	if cur := currentID(prev); !dry && cur != checked {
+		// Another deploy went live while this one waited for the lock
+		// (one that rotated a secret, say): its secrets are the ones to
+		// keep now.
+		if _, err := d.checkSecretsStep(ctx, b.EnvFiles, b.Rotate); err != nil {
+			return nil, err
+		}
+	}
+	if !dry {
+		// The release's directory is new, or this deploy would write
+		// into another's (the same second and version), the current one
+		// perhaps.
+		if taken, err := d.h.releaseExists(ctx, id); err != nil {
+			return nil, fmt.Errorf("%s: releases: %w", name, err)
+		} else if taken {
+			return nil, fmt.Errorf("%s: release %s exists already: another deploy of version %s made it in the same second; deploy again (nothing was changed)", name, id, b.Version)
+		}
 	}
 	// Through a registry the host pulls what it lacks itself: nothing is
 	// sent over SSH, so there is nothing to ask its Engine.
@@ -300,7 +320,7 @@ func (d *Deployer) deploy(ctx context.Context, b Bundle, dry bool) (_ *Result, d
 		return nil, fmt.Errorf("%s: %w (nothing was changed; the previous release still runs)", name, err)
 	}
 	rel := &Release{ID: id, Version: b.Version, Created: d.cfg.Now().UTC(), By: localUser() + "@" + localHost(), Images: ids}
-	if err := d.rollout(ctx, b, rel, compose, prev); err != nil {
+	if err := d.rollout(ctx, b, rel, compose, prev, confirmLock); err != nil {
 		return nil, err // a *RolledBackError when the previous release serves again
 	}
 	return res, nil
@@ -340,8 +360,9 @@ func (d *Deployer) sendImages(ctx context.Context, plan *TransferPlan, images []
 }
 
 // rollout writes release rel, activates it, and when it fails its gate
-// records it failed and activates prev again.
-func (d *Deployer) rollout(ctx context.Context, b Bundle, rel *Release, compose []byte, prev *Release) error {
+// records it failed and activates prev again, if the lock (confirmLock)
+// is still this deploy's.
+func (d *Deployer) rollout(ctx context.Context, b Bundle, rel *Release, compose []byte, prev *Release, confirmLock func(context.Context) error) error {
 	name := d.cfg.Name
 	d.emit(StepRelease, EventStart, rel.ID)
 	image := func(service string) string {
@@ -371,6 +392,11 @@ func (d *Deployer) rollout(ctx context.Context, b Bundle, rel *Release, compose 
 
 	// From here on an interrupt must not stop the way back.
 	bg := context.WithoutCancel(ctx)
+	if err := confirmLock(bg); errors.Is(err, errLockTaken) || errors.Is(context.Cause(ctx), errLockTaken) {
+		// The host is another deploy's now: it decides what runs there,
+		// and this one records and starts nothing more.
+		return fmt.Errorf("%s: %w (release %s did not pass its gate and is left as it is; the other deploy decides what runs)", name, gateErr, rel.ID)
+	}
 	recErr := d.h.record(bg, rel, ReleaseFailed)
 	if recErr != nil {
 		d.emit(StepRelease, EventFail, recErr.Error())
@@ -585,19 +611,25 @@ func imageIDs(images []TransferImage) (map[string]string, error) {
 // deploy goes on with the returned context, which ends if the lock is
 // lost to another deploy.
 func (d *Deployer) holdLock(ctx context.Context) (held context.Context, release func(), err error) {
+	held, release, _, err = d.holdLockConfirmed(ctx)
+	return held, release, err
+}
+
+// holdLockConfirmed is holdLock that also returns host.holdLock's confirm.
+func (d *Deployer) holdLockConfirmed(ctx context.Context) (held context.Context, release func(), confirm func(context.Context) error, err error) {
 	d.emit(StepLock, EventStart, "")
 	me := lockInfo{Host: localHost(), PID: os.Getpid(), User: localUser()}
-	held, unlock, err := d.h.holdLock(ctx, me, d.cfg.LockWait, d.cfg.LockTTL, d.cfg.Now, func(m string) { d.emit(StepLock, EventInfo, m) })
+	held, unlock, confirm, err := d.h.holdLock(ctx, me, d.cfg.LockWait, d.cfg.LockTTL, d.cfg.Now, func(m string) { d.emit(StepLock, EventInfo, m) })
 	if err != nil {
 		d.emit(StepLock, EventFail, err.Error())
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	d.emit(StepLock, EventOK, d.h.lockPath())
 	return held, func() {
 		if err := unlock(); err != nil {
 			d.emit(StepLock, EventWarn, err.Error())
 		}
-	}, nil
+	}, confirm, nil
 }
 
 // lockLost puts a step's failure in words when it came of losing the
@@ -676,7 +708,8 @@ func (d *Deployer) dryRunPlan(ctx context.Context, b Bundle, prev *Release, plan
 	return p, nil
 }
 
-// prune removes releases beyond the newest KeepReleases, with their tags.
+// prune removes releases beyond the newest KeepReleases, with their tags,
+// but never the current one nor the one a rollback returns to.
 // What it cannot remove stays, and is said.
 func (d *Deployer) prune(ctx context.Context) {
 	h := d.h
@@ -688,8 +721,11 @@ func (d *Deployer) prune(ctx context.Context) {
 	if len(rs) <= d.cfg.KeepReleases {
 		return
 	}
+	// As Prune keeps them: the current release and the one a rollback
+	// returns to, however many failed deploys came between.
+	back, _ := pickRollback(rs, "")
 	for _, r := range rs[d.cfg.KeepReleases:] {
-		if r.Current {
+		if r.Current || back != nil && r.ID == back.ID {
 			continue
 		}
 		for _, s := range catalog.Services {
@@ -758,8 +794,10 @@ type RollbackResult struct {
 
 // Rollback brings release id back (by default the newest release older
 // than the current one that went live) through the same activation as a
-// deploy: compose up, the health gate, current, the records.
-func (d *Deployer) Rollback(ctx context.Context, id string) (res *RollbackResult, rollbackErr error) {
+// deploy: compose up, the health gate, current, the records. As a deploy,
+// it refuses, with a *SecretChangeError, a release whose data-bound
+// secrets are not the current release's, unless rotate names them.
+func (d *Deployer) Rollback(ctx context.Context, id string, rotate []string) (res *RollbackResult, rollbackErr error) {
 	name := d.cfg.Name
 	if _, err := d.preflight(ctx, nil, false); err != nil {
 		return nil, err
@@ -799,6 +837,21 @@ func (d *Deployer) Rollback(ctx context.Context, id string) (res *RollbackResult
 	out := &RollbackResult{Target: name, Release: target.ID}
 	if cur != nil {
 		out.Replaced = cur.ID
+		// The host's data and its users' tokens are bound to the
+		// secrets it runs with now, as for a deploy: a release from
+		// before a rotation would bring back a key the data chain's
+		// newer records do not open, or void every token issued since.
+		files, err := d.h.releaseEnvFiles(ctx, target.ID)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := d.checkSecretsStep(ctx, files, rotate); err != nil {
+			var sc *SecretChangeError
+			if errors.As(err, &sc) {
+				sc.Rollback = target.ID
+			}
+			return nil, err
+		}
 	}
 	d.emit(StepRollback, EventStart, target.ID)
 	if _, err := d.activate(ctx, target, cur, nil, true); err != nil {

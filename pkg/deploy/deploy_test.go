@@ -367,7 +367,7 @@ func TestDeployEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rd.Close()
-	rbRes, err := rd.Rollback(ctx, "")
+	rbRes, err := rd.Rollback(ctx, "", nil)
 	if err != nil {
 		t.Fatalf("rollback: %v", err)
 	}
@@ -530,7 +530,7 @@ func TestLockIsKeptWhileTheDeployRuns(t *testing.T) {
 	// slowly (a busy machine, a heavy shell profile), and the first one is
 	// still due within seconds.
 	const ttl = 9 * time.Second
-	held, release, err := mine.holdLock(ctx, lockInfo{Host: "here", PID: 1, User: "me"}, 0, ttl, time.Now, func(string) {})
+	held, release, _, err := mine.holdLock(ctx, lockInfo{Host: "here", PID: 1, User: "me"}, 0, ttl, time.Now, func(string) {})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -570,7 +570,7 @@ func TestLockIsKeptWhileTheDeployRuns(t *testing.T) {
 	if err := os.Remove(lockFile); err != nil {
 		t.Fatal(err)
 	}
-	held, release, err = mine.holdLock(ctx, lockInfo{Host: "here", PID: 1, User: "me"}, 0, ttl, time.Now, func(string) {})
+	held, release, _, err = mine.holdLock(ctx, lockInfo{Host: "here", PID: 1, User: "me"}, 0, ttl, time.Now, func(string) {})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -177,7 +177,7 @@ func TestLockRace(t *testing.T) {
 				defer g.running.Add(-1)
 				<-start
 				me := lockInfo{Host: fmt.Sprintf("racer%d", i), PID: i, User: "deployer"}
-				_, releases[i], errs[i] = h.holdLock(ctx, me, 0, time.Hour, time.Now, func(m string) { said[i] = append(said[i], m) })
+				_, releases[i], _, errs[i] = h.holdLock(ctx, me, 0, time.Hour, time.Now, func(m string) { said[i] = append(said[i], m) })
 			})
 		}
 		go func() { wg.Wait(); close(done) }()

@@ -132,7 +132,7 @@ func TestOperateADeployedHost(t *testing.T) {
 	}
 
 	// The previous release is whole: a rollback brings it back.
-	rb, err := d.Rollback(ctx, "")
+	rb, err := d.Rollback(ctx, "", nil)
 	if err != nil || rb.Release != r1.Release || !f.gatewayHealthy() {
 		t.Fatalf("rollback after prune: %+v, %v", rb, err)
 	}

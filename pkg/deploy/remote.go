@@ -12,6 +12,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/docker/docker/api/types/network"
@@ -390,10 +391,13 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 // changing a host someone else is deploying to. release stops the
 // renewal, removes the lock and returns the first renewal failure and the
 // removal's, if any (a renewal that release itself cut short is none).
-func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duration, now func() time.Time, notify func(string)) (held context.Context, release func() error, err error) {
+// confirm renews the lock at once, ending held as a renewal would if the
+// lock is another deploy's: for a step that must not run on a host
+// someone else holds, however recently the last renewal went through.
+func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duration, now func() time.Time, notify func(string)) (held context.Context, release func() error, confirm func(context.Context) error, err error) {
 	me.Since, me.Expires = now().UTC(), now().Add(ttl).UTC()
 	if err := h.lock(ctx, me, wait, notify); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	held, lost := context.WithCancelCause(ctx)
 	// Renewed until release, even past an interrupt: a rollback may still
@@ -401,6 +405,19 @@ func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duratio
 	rctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	var renewErr error
+	var mu sync.Mutex // one renewal at a time: they read and write h.held
+	renew := func(ctx context.Context) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return h.renewLock(ctx, now().Add(ttl))
+	}
+	confirm = func(ctx context.Context) error {
+		err := renew(ctx)
+		if errors.Is(err, errLockTaken) {
+			lost(errLockTaken)
+		}
+		return err
+	}
 	go func() {
 		defer close(done)
 		t := time.NewTicker(ttl / 3)
@@ -411,7 +428,7 @@ func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duratio
 				return
 			case <-t.C:
 				cctx, cancel := context.WithTimeout(rctx, ttl/3)
-				err := h.renewLock(cctx, now().Add(ttl))
+				err := renew(cctx)
 				cancel()
 				switch {
 				case rctx.Err() != nil:
@@ -435,7 +452,7 @@ func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duratio
 			return renewErr // said once
 		}
 		return errors.Join(renewErr, err)
-	}, nil
+	}, confirm, nil
 }
 
 // errLockTaken reports that the lock stopped being this deploy's.

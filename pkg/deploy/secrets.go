@@ -20,9 +20,16 @@ type SecretChangeError struct {
 	Target string
 	// Keys are the data-bound secrets that differ, sorted.
 	Keys []string
+	// Rollback is the release a refused rollback would have brought back,
+	// "" for a deploy.
+	Rollback string
 }
 
 func (e *SecretChangeError) Error() string {
+	if e.Rollback != "" {
+		return fmt.Sprintf("%s: release %s holds other values of the host's %s than the release it runs, which its data and its users' tokens are bound to now; nothing was changed",
+			e.Target, e.Rollback, strings.Join(e.Keys, ", "))
+	}
 	return fmt.Sprintf("%s: the release would replace the host's %s, which its data and its users' tokens are bound to; nothing was changed",
 		e.Target, strings.Join(e.Keys, ", "))
 }
@@ -56,27 +63,34 @@ func (d *Deployer) CurrentEnvFiles(ctx context.Context) (release string, files m
 // replace a data-bound one that rotate does not name. A host without a
 // current release accepts anything. It changes nothing on the host.
 func (d *Deployer) CheckSecrets(ctx context.Context, envFiles map[string][]byte, rotate []string) error {
-	d.emit(StepSecrets, EventStart, "")
-	msg, err := d.checkSecrets(ctx, envFiles, rotate)
-	if err != nil {
-		d.emit(StepSecrets, EventFail, err.Error())
-		return err
-	}
-	d.emit(StepSecrets, EventOK, msg)
-	return nil
+	_, err := d.checkSecretsStep(ctx, envFiles, rotate)
+	return err
 }
 
-func (d *Deployer) checkSecrets(ctx context.Context, envFiles map[string][]byte, rotate []string) (string, error) {
-	release, host, err := d.CurrentSecrets(ctx)
+// checkSecretsStep is CheckSecrets that also returns the release it held
+// the secrets against ("" for none).
+func (d *Deployer) checkSecretsStep(ctx context.Context, envFiles map[string][]byte, rotate []string) (string, error) {
+	d.emit(StepSecrets, EventStart, "")
+	release, msg, err := d.checkSecrets(ctx, envFiles, rotate)
 	if err != nil {
+		d.emit(StepSecrets, EventFail, err.Error())
 		return "", err
 	}
+	d.emit(StepSecrets, EventOK, msg)
+	return release, nil
+}
+
+func (d *Deployer) checkSecrets(ctx context.Context, envFiles map[string][]byte, rotate []string) (release, msg string, err error) {
+	release, host, err := d.CurrentSecrets(ctx)
+	if err != nil {
+		return "", "", err
+	}
 	if release == "" {
-		return "no current release: nothing to keep", nil
+		return "", "no current release: nothing to keep", nil
 	}
 	next, err := deployfiles.ReadDeployedSecrets(envFiles)
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", d.cfg.Name, err)
+		return "", "", fmt.Errorf("%s: %w", d.cfg.Name, err)
 	}
 	var refused, rotated []string
 	for _, k := range host.Differ(next) {
@@ -104,12 +118,12 @@ func (d *Deployer) checkSecrets(ctx context.Context, envFiles map[string][]byte,
 		refused = append(refused, keyring.EncryptionPrevious)
 	}
 	if len(refused) > 0 {
-		return "", &SecretChangeError{Target: d.cfg.Name, Keys: refused}
+		return "", "", &SecretChangeError{Target: d.cfg.Name, Keys: refused}
 	}
 	if len(rotated) > 0 {
-		return "those of release " + release + ", but " + strings.Join(rotated, ", ") + " replaced (--rotate)", nil
+		return release, "those of release " + release + ", but " + strings.Join(rotated, ", ") + " replaced (--rotate)", nil
 	}
-	return "the data-bound ones are those of release " + release, nil
+	return release, "the data-bound ones are those of release " + release, nil
 }
 
 // droppedPrevious reports whether a previous value of secret that host
@@ -131,12 +145,25 @@ func droppedPrevious(host, next deployfiles.DeployedSecrets, secret string) bool
 // (those under configs/environment), by project path; "" when the host
 // has no current release.
 func (h *host) currentEnvFiles(ctx context.Context) (string, map[string][]byte, error) {
+	return h.envFilesAt(ctx, h.currentLink(), "the current release")
+}
+
+// releaseEnvFiles returns release id's env files, as currentEnvFiles.
+func (h *host) releaseEnvFiles(ctx context.Context, id string) (map[string][]byte, error) {
+	_, files, err := h.envFilesAt(ctx, h.releaseDir(id), "release "+id)
+	return files, err
+}
+
+// envFilesAt reads the env files of the release link names (a symlink to
+// it, or its directory): its id and the files, none when link is not
+// there.
+func (h *host) envFilesAt(ctx context.Context, link, what string) (string, map[string][]byte, error) {
 	envDir := path.Dir(deployfiles.EnvPath)
-	script := fmt.Sprintf(`cur=%s; [ -L "$cur" ] || exit 0; readlink "$cur"; cd "$cur"/%s 2>/dev/null || exit 0; for f in * .env*; do [ -f "$f" ] || continue; printf '%%s\n' "$f"; base64 -w0 "$f"; echo; done`,
-		sshx.Quote(h.currentLink()), sshx.Quote(envDir))
+	script := fmt.Sprintf(`cur=%s; [ -L "$cur" ] || [ -d "$cur" ] || exit 0; if [ -L "$cur" ]; then readlink "$cur"; else echo "$cur"; fi; cd "$cur"/%s 2>/dev/null || exit 0; for f in * .env*; do [ -f "$f" ] || continue; printf '%%s\n' "$f"; base64 -w0 "$f"; echo; done`,
+		sshx.Quote(link), sshx.Quote(envDir))
 	out, err := h.ssh.Run(ctx, script, nil)
 	if err != nil {
-		return "", nil, fmt.Errorf("%s: read the current release's env files: %w", h.name, err)
+		return "", nil, fmt.Errorf("%s: read %s's env files: %w", h.name, what, err)
 	}
 	lines := strings.Split(string(out), "\n")
 	release := path.Base(strings.TrimSpace(lines[0]))

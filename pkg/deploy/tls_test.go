@@ -135,7 +135,7 @@ func TestDeployShipsTheGatewayCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rd.Close()
-	if res, err := rd.Rollback(ctx, ""); err != nil || res.Release != first {
+	if res, err := rd.Rollback(ctx, "", nil); err != nil || res.Release != first {
 		t.Fatalf("rollback: %+v %v", res, err)
 	}
 	if !bytes.Equal(served(), leafOf(certA)) {

@@ -128,6 +128,9 @@ func Hint(err error) string {
 		}
 	}
 	var sc *deploy.SecretChangeError
+	if errors.As(err, &sc) && sc.Rollback != "" {
+		return "`lucidctl rollback " + sc.Target + " " + sc.Rollback + " --rotate KEY` brings an older value back on purpose; the data sealed or tokens issued under the newer one may then fail"
+	}
 	if errors.As(err, &sc) {
 		return "`lucidctl secrets pull --target " + sc.Target + "` takes the host's secrets; --rotate KEY replaces one on purpose"
 	}

@@ -781,6 +781,9 @@ type RollbackOptions struct {
 	SSH           sshFlags
 	HealthTimeout time.Duration
 	LockWait      time.Duration
+	// Rotate names data-bound secrets the release may bring other values
+	// of (a release from before their rotation).
+	Rotate []string
 }
 
 func newRollbackCmd(env *cli.Env) *cobra.Command {
@@ -817,6 +820,7 @@ then a result line.`,
 	opts.SSH.add(cmd)
 	cmd.Flags().DurationVar(&opts.HealthTimeout, "health-timeout", 3*time.Minute, "how long every service gets to become healthy")
 	cmd.Flags().DurationVar(&opts.LockWait, "lock-wait", 0, "wait this long for another deploy's lock")
+	cmd.Flags().StringSliceVar(&opts.Rotate, "rotate", nil, "data-bound secrets the release may bring back other values of (it holds them from before a rotation)")
 	return cli.SupportsJSON(cmd)
 }
 
@@ -835,7 +839,7 @@ func runRollback(ctx context.Context, opts *RollbackOptions) error {
 		return err
 	}
 	defer d.Close()
-	res, err := d.Rollback(ctx, opts.Release)
+	res, err := d.Rollback(ctx, opts.Release, opts.Rotate)
 	if err != nil {
 		return err
 	}
