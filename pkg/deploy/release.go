@@ -208,7 +208,12 @@ func (h *host) up(ctx context.Context, id string) error {
 // makeCurrent points <dir>/current at a release, atomically.
 func (h *host) makeCurrent(ctx context.Context, id string) error {
 	tmp := h.currentLink() + ".new"
-	_, err := h.run(ctx, fmt.Sprintf("ln -sfn %s %s && mv -Tf %s %s", sshx.Quote(path.Join("releases", id)), sshx.Quote(tmp), sshx.Quote(tmp), sshx.Quote(h.currentLink())))
+	// Then the deploy dir's file system is flushed: current, the
+	// release's files and their directories are on the card before the
+	// release is called live (sync -f is coreutils'; a plain sync, all
+	// file systems, elsewhere).
+	_, err := h.run(ctx, fmt.Sprintf("ln -sfn %s %s && mv -Tf %s %s && { sync -f %s 2>/dev/null || sync; }",
+		sshx.Quote(path.Join("releases", id)), sshx.Quote(tmp), sshx.Quote(tmp), sshx.Quote(h.currentLink()), sshx.Quote(h.dir)))
 	return err
 }
 

@@ -76,8 +76,9 @@ func shorten(cmd string) string {
 func Quote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // WriteFile writes data to path on the host with mode: to a temporary name
-// beside it, then renamed, so a reader never sees half a file. It uses SFTP
-// with concurrent writes, or, when the host has no SFTP subsystem, a plain
+// beside it, flushed to the host's disk, then renamed, so a reader never
+// sees half a file, nor a power cut an empty one. It uses SFTP with
+// concurrent writes, or, when the host has no SFTP subsystem, a plain
 // command.
 func (c *Client) WriteFile(ctx context.Context, p string, data []byte, mode os.FileMode) error {
 	if err := c.writeSFTP(p, data, mode); err == nil {
@@ -86,8 +87,10 @@ func (c *Client) WriteFile(ctx context.Context, p string, data []byte, mode os.F
 		return err
 	}
 	tmp := p + ".lucid-tmp"
-	cmd := fmt.Sprintf("mkdir -p %s && umask 077 && cat > %s && chmod %o %s && mv -f %s %s",
-		Quote(path.Dir(p)), Quote(tmp), mode.Perm(), Quote(tmp), Quote(tmp), Quote(p))
+	// sync with a file flushes that file (coreutils); a sync without one
+	// (busybox) flushes everything.
+	cmd := fmt.Sprintf("mkdir -p %s && umask 077 && cat > %s && chmod %o %s && { sync %s 2>/dev/null || sync; } && mv -f %s %s",
+		Quote(path.Dir(p)), Quote(tmp), mode.Perm(), Quote(tmp), Quote(tmp), Quote(tmp), Quote(p))
 	if _, err := c.Run(ctx, cmd, bytes.NewReader(data)); err != nil {
 		return fmt.Errorf("write %s: %w", p, err)
 	}
@@ -130,6 +133,14 @@ func (c *Client) writeSFTP(p string, data []byte, mode os.FileMode) error {
 	if _, err := f.ReadFrom(bytes.NewReader(data)); err != nil {
 		_ = f.Close()
 		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	// On the host's disk before the rename makes it the file (OpenSSH's
+	// fsync extension; a server without it renames unflushed).
+	if v, ok := sc.HasExtension("fsync@openssh.com"); ok && v == "1" {
+		if err := f.Sync(); err != nil {
+			_ = f.Close()
+			return fmt.Errorf("fsync %s: %w", tmp, err)
+		}
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("write %s: %w", tmp, err)
