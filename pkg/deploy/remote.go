@@ -371,8 +371,8 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 		}
 		stale = ""
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: %w: %s@%s, pid %d, since %s (expires %s)",
-				h.name, ErrLocked, held.User, held.Host, held.PID, held.Since.Format(time.RFC3339), held.Expires.Format(time.RFC3339))
+			return fmt.Errorf("%s: %w: %s@%s, pid %d, since %s (expires %s; the lock is %s)",
+				h.name, ErrLocked, held.User, held.Host, held.PID, held.Since.Format(time.RFC3339), held.Expires.Format(time.RFC3339), h.lockPath())
 		}
 		select {
 		case <-ctx.Done():

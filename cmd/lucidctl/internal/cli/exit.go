@@ -86,7 +86,7 @@ var knownHints = []struct {
 	{yamlkeys.ErrUnknownKey, "fix the key's spelling: the error lists the keys allowed there"},
 	{projectconfig.ErrNotFound, "run lucidctl from the project directory, or name the file with --config"},
 	{sshx.ErrUnknownHostKey, "check the fingerprint with the host's owner, then run again with --accept-new-host-key"},
-	{deploy.ErrLocked, "wait for it with --lock-wait; a lock past its expiry is taken over by the next deploy"},
+	{deploy.ErrLocked, "wait for it with --lock-wait; a lock past its expiry is taken over by the next deploy. If its holder is gone for sure (a laptop that died mid-deploy), remove the lock file on the host: a holder still alive notices at its next renewal and stops"},
 	{deploy.ErrNoFlock, "install util-linux on the host (sudo apt-get install util-linux), which Raspberry Pi OS and Debian normally include"},
 }
 
