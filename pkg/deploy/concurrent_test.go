@@ -137,28 +137,56 @@ func indexOf(t *testing.T, list []string, s string) int {
 	return -1
 }
 
-// TestReleaseIDTakenIsRefused: a deploy whose release id (second and
-// version) another deploy took writes nothing into that release, which
-// may be the live one.
-func TestReleaseIDTakenIsRefused(t *testing.T) {
+// TestReleaseIDsFollowTheHost: a deploy names its release after every
+// release the host has, even one made by a machine whose clock ran ahead,
+// so it never writes into another deploy's release and a rollback goes
+// back along the order releases were made in.
+func TestReleaseIDsFollowTheHost(t *testing.T) {
 	f := newFixture(t)
 	built := images(t, brokenBinary(t), "broken")
-	now := time.Now().Add(time.Second).Truncate(time.Second)
-	id := releaseID(now, "test")
-	plantRelease(t, f, id, ReleaseLive, f.envs, true)
+	ahead := releaseID(time.Now().Add(time.Hour), "test") // the same version, an hour ahead
+	plantRelease(t, f, ahead, ReleaseFailed, f.envs, false)
 	var events []Event
 	o := f.options(f.dial(t), built, &events)
-	o.cfg.Now = func() time.Time { return now }
-	_, err := runDeploy(context.Background(), t, o)
-	if err == nil || !strings.Contains(err.Error(), "exists already") {
-		t.Fatalf("deploy into an existing release: %v", err)
+	o.cfg.HealthTimeout = 20 * time.Second
+	res, err := runDeploy(context.Background(), t, o)
+	if err == nil {
+		t.Fatalf("a broken release went live: %+v", res)
 	}
-	if st := recordOf(t, f, id); st != ReleaseLive {
-		t.Errorf("the live release's record now says %q", st)
-	}
+	var made string
 	for _, e := range events {
-		if e.Step == StepImages || e.Step == StepRelease || e.Step == StepUp {
-			t.Errorf("after the refusal: %s %s %s", e.Step, e.Status, e.Message)
+		if e.Step == StepRelease && e.Status == EventStart {
+			made = e.Message
+		}
+	}
+	if made <= ahead {
+		t.Errorf("the new release is %q; want one after %s", made, ahead)
+	}
+	if st := recordOf(t, f, ahead); st != ReleaseFailed {
+		t.Errorf("the other release's record now says %q", st)
+	}
+	if st := recordOf(t, f, made); st != ReleaseFailed {
+		t.Errorf("the new release's record says %q", st)
+	}
+}
+
+func TestNextReleaseID(t *testing.T) {
+	now := time.Date(2026, 12, 6, 10, 0, 0, 500, time.UTC)
+	for _, tc := range []struct {
+		have []string
+		want string
+	}{
+		{nil, "20261206T100000Z-v2"},
+		{[]string{"20261206T095959Z-v1"}, "20261206T100000Z-v2"},
+		{[]string{"20261206T100000Z-v2"}, "20261206T100001Z-v2"},
+		{[]string{"20261206T095000Z-v1", "20261206T100400Z-v1"}, "20261206T100401Z-v2"},
+	} {
+		var rs []Release
+		for _, id := range tc.have {
+			rs = append(rs, Release{ID: id})
+		}
+		if got := nextReleaseID(now, "v2", rs); got != tc.want {
+			t.Errorf("after %v: %s, want %s", tc.have, got, tc.want)
 		}
 	}
 }

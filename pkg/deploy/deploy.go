@@ -241,18 +241,13 @@ func (d *Deployer) deploy(ctx context.Context, b Bundle, dry bool) (_ *Result, d
 		return nil, err
 	}
 
-	id := releaseID(d.cfg.Now(), b.Version)
-	res.Release = id
+	var id string // named under the lock
 	if !dry {
 		// Recorded however it ends; a trail that cannot be written never
 		// undoes a release that went live, and is said either way.
 		defer func() {
 			deployErr = d.auditOutcome(ctx, AuditEntry{Action: AuditDeploy, Release: id, Args: []string{"version=" + b.Version}}, deployErr, func(msg string) { res.AuditError = msg })
 		}()
-	}
-	images, err := d.transferImages(b.Images, pf.Platform, id)
-	if err != nil {
-		return nil, err
 	}
 
 	confirmLock := func(context.Context) error { return nil }
@@ -266,9 +261,19 @@ func (d *Deployer) deploy(ctx context.Context, b Bundle, dry bool) (_ *Result, d
 		defer func() { deployErr = lockLost(held, deployErr) }()
 	}
 
-	prev, err := d.h.current(ctx)
+	rs, err := d.h.releases(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%s: releases: %w", name, err)
+	}
+	_, prev := pickRollback(rs, "")
+	// After every release the host has, whatever the clock of the machine
+	// that made it: ids order releases as they were made, which is what
+	// a rollback goes back along, and no two deploys share one.
+	id = nextReleaseID(d.cfg.Now(), b.Version, rs)
+	res.Release = id
+	images, err := d.transferImages(b.Images, pf.Platform, id)
+	if err != nil {
+		return nil, err
 	}
 	if cur := currentID(prev); !dry && cur != checked {
 		// Another deploy went live while this one waited for the lock
@@ -279,13 +284,12 @@ func (d *Deployer) deploy(ctx context.Context, b Bundle, dry bool) (_ *Result, d
 		}
 	}
 	if !dry {
-		// The release's directory is new, or this deploy would write
-		// into another's (the same second and version), the current one
-		// perhaps.
+		// A directory under another name than a release's (left by hand)
+		// is not listed: this deploy still never writes into one.
 		if taken, err := d.h.releaseExists(ctx, id); err != nil {
 			return nil, fmt.Errorf("%s: releases: %w", name, err)
 		} else if taken {
-			return nil, fmt.Errorf("%s: release %s exists already: another deploy of version %s made it in the same second; deploy again (nothing was changed)", name, id, b.Version)
+			return nil, fmt.Errorf("%s: %s exists already and is not a release this deploy can name past; move it away and deploy again (nothing was changed)", name, d.h.releaseDir(id))
 		}
 	}
 	// Through a registry the host pulls what it lacks itself: nothing is
@@ -742,9 +746,25 @@ func (d *Deployer) prune(ctx context.Context) {
 	}
 }
 
+// nextReleaseID names a new release at now, or a second after the newest
+// of rs if that is later (a clock behind another's, two deploys in one
+// second).
+func nextReleaseID(now time.Time, version string, rs []Release) string {
+	at := now.UTC().Truncate(time.Second)
+	for _, r := range rs {
+		if t, err := time.Parse(releaseIDTime, r.ID[:min(len(r.ID), len(releaseIDTime))]); err == nil && !t.Before(at) {
+			at = t.Add(time.Second)
+		}
+	}
+	return releaseID(at, version)
+}
+
+// releaseIDTime is the layout of a release id's time.
+const releaseIDTime = "20060102T150405Z"
+
 // releaseID names a release by time (sortable) and version.
 func releaseID(t time.Time, version string) string {
-	id := t.UTC().Format("20060102T150405Z")
+	id := t.UTC().Format(releaseIDTime)
 	if v := strings.Map(func(r rune) rune {
 		if r == '.' || r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' {
 			return r

@@ -382,9 +382,9 @@ func TestDeployEndToEnd(t *testing.T) {
 	for _, e := range events {
 		steps = append(steps, string(e.Step)+"/"+string(e.Status))
 	}
-	// Without an operator token the caught-up gate cannot ask the engine,
-	// and says so.
-	if want := "preflight/start preflight/ok lock/start lock/ok rollback/start up/start up/ok health/start health/ok caught-up/warn activate/ok rollback/ok"; strings.Join(steps, " ") != want {
+	// The secrets are checked as for a deploy. Without an operator token
+	// the caught-up gate cannot ask the engine, and says so.
+	if want := "preflight/start preflight/ok lock/start lock/ok secrets/start secrets/ok rollback/start up/start up/ok health/start health/ok caught-up/warn activate/ok rollback/ok"; strings.Join(steps, " ") != want {
 		t.Errorf("rollback events %s, want %s", strings.Join(steps, " "), want)
 	}
 	f.noSecrets(t, events)
