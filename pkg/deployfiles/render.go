@@ -342,7 +342,8 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 
 	files := &Files{Env: env.Bytes(), EnvValues: values, Generated: generated, ServiceEnvs: map[string][]byte{}}
 	for _, k := range extra {
-		if !readBySomeone(k) && !operatorOnly[k] {
+		consulReads := o.Cluster != nil && slices.Contains(ClusterSecrets, k)
+		if !readBySomeone(k) && !operatorOnly[k] && !consulReads {
 			files.Unread = append(files.Unread, k)
 		}
 	}

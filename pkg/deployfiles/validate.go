@@ -388,7 +388,7 @@ func (v *validation) checkEnvFiles(key string, s catalog.Service, svc types.Serv
 	// A secret a service does not use is one more a compromise of it
 	// gives away.
 	for _, k := range slices.Sorted(maps.Keys(vals)) {
-		if (slices.Contains(Secrets, k) || slices.Contains(PreviousKeys, k) || k == ConsulConfigKey) && !s.Reads(k) {
+		if (slices.Contains(Secrets, k) || slices.Contains(PreviousKeys, k) || slices.Contains(ClusterSecrets, k) || k == ConsulConfigKey) && !s.Reads(k) {
 			v.add(v.line("services", key), key, RuleExcessSecret, "%s is given %s, which it does not use (lucidctl render gives each service only its own)", s.Name, k)
 		}
 	}

@@ -71,12 +71,15 @@ func TestRenderedFilesValidate(t *testing.T) {
 	if n := len(problems); n != 6 {
 		t.Errorf("%d image problems, want 6", n)
 	}
-	// A service given the operator's file holds secrets it does not use.
-	if err := os.WriteFile(filepath.Join(dir, ServiceEnvPath("gateway")), f.Env, 0o600); err != nil {
+	// A service given the operator's file holds secrets it does not use,
+	// a cluster's gossip key among them.
+	withGossip := append(append([]byte{}, f.Env...), []byte(ConsulGossipKey+"=c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=\n")...)
+	if err := os.WriteFile(filepath.Join(dir, ServiceEnvPath("gateway")), withGossip, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	problems = validate(t, ValidateOptions{ComposeFile: filepath.Join(dir, ComposePath), ImageName: "pickme/lucid-{service}", ImageTag: "v1"})
-	if !has(problems, RuleExcessSecret, "lucid-api-gateway", "ENCRYPTION_KEY", 0) || !has(problems, RuleExcessSecret, "lucid-api-gateway", "LUCID_OPERATOR_TOKEN", 0) {
+	if !has(problems, RuleExcessSecret, "lucid-api-gateway", "ENCRYPTION_KEY", 0) || !has(problems, RuleExcessSecret, "lucid-api-gateway", "LUCID_OPERATOR_TOKEN", 0) ||
+		!has(problems, RuleExcessSecret, "lucid-api-gateway", ConsulGossipKey, 0) {
 		t.Errorf("the gateway with every secret: %v", problems)
 	}
 	// Without its env file, a service says so.

@@ -269,6 +269,10 @@ func TestRenderCluster(t *testing.T) {
 	if !strings.Contains(out, "unchanged "+deployfiles.MeshCASeedDir+"/ca.json") || strings.Contains(errOut, "generate") {
 		t.Errorf("second render: %q %q", out, errOut)
 	}
+	// Consul reads the gossip key: no typo to warn of.
+	if strings.Contains(errOut, deployfiles.ConsulGossipKey+" in") {
+		t.Errorf("the gossip key is called unread: %q", errOut)
+	}
 }
 
 // TestRenderTightensLooseSecrets: an env file others can read (copied,
