@@ -5,9 +5,11 @@
 package render
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -81,6 +83,7 @@ which render warns about.`,
 		Example: `  lucidctl render
   lucidctl render --dry-run
   lucidctl render --set REDIS_URL=redis://lucid-redis:6379/0
+  lucidctl render --set JWT_SECRET_KEY=- < new-key   # a secret off the command line
   lucidctl render routes          # start configs/gateway/routes.yaml`,
 		Args: cli.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -90,7 +93,7 @@ which render warns about.`,
 	cmd.AddCommand(newRoutesCmd(env))
 	f := cmd.Flags()
 	f.BoolVar(&opts.DryRun, "dry-run", false, "print what would change, as a diff with secrets redacted, and write nothing")
-	f.StringArrayVar(&opts.Set, "set", nil, "set an env value, `KEY=VALUE` (repeatable; beats the existing file)")
+	f.StringArrayVar(&opts.Set, "set", nil, "set an env value, `KEY=VALUE` (repeatable; beats the existing file); KEY=- reads the value from standard input")
 	f.BoolVar(&opts.NoConsul, "no-consul", false, "leave the Consul container out (Consul runs elsewhere, or the gateway uses static URLs)")
 	f.IntVar(&opts.PortOffset, "port-offset", 0, "add N to every published host port, to run a second stack on one host")
 	f.StringVar(&opts.Dir, "dir", "", "directory to write configs/ under (default: the directory of lucid.yaml)")
@@ -141,11 +144,29 @@ func run(ctx context.Context, opts *Options) error {
 		dir = cfg.Dir
 	}
 	set := map[string]string{}
+	var fromStdin []string // KEY=-: one at most
+	for _, kv := range opts.Set {
+		if k, v, _ := strings.Cut(kv, "="); v == "-" {
+			fromStdin = append(fromStdin, k)
+		}
+	}
+	if len(fromStdin) > 1 {
+		return cli.Usage(fmt.Errorf("--set %s=-: one value at most comes from standard input", strings.Join(fromStdin, "=-, ")))
+	}
 	for i, kv := range opts.Set {
 		// The argument is never echoed: it may be a secret.
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || !envKey.MatchString(k) {
 			return cli.Usage(fmt.Errorf("--set number %d: want KEY=VALUE with a variable name as KEY", i+1))
+		}
+		if v == "-" {
+			// A secret typed or piped in, never on a command line that
+			// ps and the shell's history keep.
+			line, err := bufio.NewReader(opts.Env.IO.In).ReadString('\n')
+			if err != nil && (!errors.Is(err, io.EOF) || line == "") {
+				return cli.Usage(fmt.Errorf("--set %s=-: no value on standard input", k))
+			}
+			v = strings.TrimRight(line, "\r\n")
 		}
 		if _, err := envfile.Value(k, v); err != nil {
 			return cli.Usage(fmt.Errorf("--set %w", err))

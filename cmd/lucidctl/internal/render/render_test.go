@@ -317,3 +317,32 @@ func TestRenderTightensLooseSecrets(t *testing.T) {
 		}
 	}
 }
+
+// TestRenderSetFromStdin: --set KEY=- takes the value from standard input,
+// so a secret never sits on a command line; it never reaches the output.
+func TestRenderSetFromStdin(t *testing.T) {
+	dir := t.TempDir()
+	const secret = "typed-in-0123456789abcdefghijklmnopqrstuv"
+	io, in, out, errOut := iostreams.Test()
+	in.WriteString(secret + "\n")
+	env := cli.NewEnv(io, func(string) string { return "" })
+	if err := run(context.Background(), &Options{Env: env, Dir: dir, Set: []string{"JWT_SECRET_KEY=-"}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := envfile.Read(filepath.Join(dir, deployfiles.EnvPath))
+	if err != nil || got["JWT_SECRET_KEY"] != secret {
+		t.Errorf("JWT_SECRET_KEY = %q (%v), want the line from standard input", got["JWT_SECRET_KEY"], err)
+	}
+	if strings.Contains(out.String()+errOut.String(), secret) {
+		t.Error("the secret reached the output")
+	}
+
+	io, _, _, _ = iostreams.Test() // nothing on standard input
+	env = cli.NewEnv(io, func(string) string { return "" })
+	if err := run(context.Background(), &Options{Env: env, Dir: dir, Set: []string{"JWT_SECRET_KEY=-"}}); err == nil || !strings.Contains(err.Error(), "no value on standard input") {
+		t.Errorf("with nothing on standard input: %v", err)
+	}
+	if err := run(context.Background(), &Options{Env: env, Dir: dir, Set: []string{"JWT_SECRET_KEY=-", "ENCRYPTION_KEY=-"}}); err == nil || !strings.Contains(err.Error(), "one value at most") {
+		t.Errorf("two values from standard input: %v", err)
+	}
+}
