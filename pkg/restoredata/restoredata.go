@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -38,6 +39,31 @@ const ManifestName = ".lucid-restore.json"
 // the staged files until they are all checked. It sits on the same file
 // system as their final place, so each swap is a rename.
 const stagingPrefix = ".lucid-restore-"
+
+// IncompleteName marks a data directory whose files a restore began to
+// replace and has not finished with: a power cut between the first removal
+// and the last rename leaves a mix of the old files and the backup's. The
+// services refuse to start on such a directory (Incomplete); running the
+// restore again finishes it. It shares stagingPrefix, so no restored file
+// can be called that.
+const IncompleteName = stagingPrefix + "incomplete"
+
+// ErrIncomplete is a data directory a restore did not finish replacing.
+var ErrIncomplete = errors.New("a restore began replacing the files of this data directory and did not finish")
+
+// Incomplete returns an error wrapping ErrIncomplete when a restore into
+// dir did not finish, nil when none is under way.
+func Incomplete(dir string) error {
+	_, err := os.Lstat(filepath.Join(dir, IncompleteName))
+	switch {
+	case err == nil:
+		return fmt.Errorf("%s: %w (the host stopped halfway?): run the restore again; nothing starts on half-replaced data", dir, ErrIncomplete)
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	default:
+		return fmt.Errorf("%s: %w", dir, err)
+	}
+}
 
 // maxManifest bounds the manifest entry.
 const maxManifest = 16 << 20
@@ -234,12 +260,44 @@ func Replace(ctx context.Context, dir string, r io.Reader) (_ *Result, err error
 			return nil, fmt.Errorf("%w: %q is missing from the stream", ErrStream, f.Path)
 		}
 	}
+	// From the first removal to the last rename the directory is neither
+	// the old one nor the backup's: marked so, durably, until it is done.
+	marker := filepath.Join(dir, IncompleteName)
+	if err := writeSynced(marker, []byte("a restore is replacing the files of this directory\n")); err != nil {
+		return nil, fmt.Errorf("mark the restore under way: %w", err)
+	}
 	removed, err := swap(dir, staging, m.Files)
 	res.Removed = removed
 	if err != nil {
+		return res, fmt.Errorf("%w; the data directory is half replaced: run the restore again", err)
+	}
+	if err := os.Remove(marker); err != nil {
+		return res, fmt.Errorf("the restore is done, but its mark stays: %w", err)
+	}
+	if err := syncDir(dir); err != nil {
 		return res, err
 	}
 	return res, nil
+}
+
+// writeSynced writes data to the new file p and makes it, and its entry in
+// its folder, durable.
+func writeSynced(p string, data []byte) error {
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(p))
 }
 
 func readManifest(tr *tar.Reader) (*Manifest, error) {
@@ -321,7 +379,7 @@ func swap(dir, staging string, files []snapshotapi.File) (int, error) {
 				p = e.Name()
 			}
 			full := filepath.Join(dir, filepath.FromSlash(p))
-			if full == staging {
+			if full == staging || p == IncompleteName {
 				continue
 			}
 			switch {

@@ -258,3 +258,30 @@ func TestReplaceRefusesWhatTheManifestDoesNotSay(t *testing.T) {
 		}
 	})
 }
+
+// TestHalfReplacedIsMarked: a directory whose restore stopped between the
+// first removal and the last rename (a power cut) is marked, Incomplete
+// says so, and running the restore again finishes it and clears the mark.
+func TestHalfReplacedIsMarked(t *testing.T) {
+	dir := t.TempDir()
+	if err := restoredata.Incomplete(dir); err != nil {
+		t.Fatalf("a directory no restore touched: %v", err)
+	}
+	// What a cut left: the mark, one old file gone, one new in place.
+	write(t, dir, map[string]string{restoredata.IncompleteName: "", "chain.db": "new chain", "stale.db": "old"})
+	if err := restoredata.Incomplete(dir); !errors.Is(err, restoredata.ErrIncomplete) || !strings.Contains(err.Error(), "run the restore again") {
+		t.Fatalf("a half-replaced directory: %v", err)
+	}
+	want := map[string]string{"chain.db": "new chain", "raft/raft.db": "new raft"}
+	buf, _ := stream(t, want)
+	if _, err := restoredata.Replace(context.Background(), dir, buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := restoredata.Incomplete(dir); err != nil {
+		t.Errorf("after the restore ran again: %v", err)
+	}
+	got := tree(t, dir)
+	if len(got) != 3 || got["chain.db"] != "new chain" || got["raft/raft.db"] != "new raft" {
+		t.Errorf("dir holds %v", got)
+	}
+}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/meshtls"
+	"github.com/pickme/lucid/pkg/restoredata"
 )
 
 // App is what a service package adds to the shared plumbing. Its life:
@@ -71,6 +72,10 @@ func MainOn(ctx context.Context, ln net.Listener, name string, app App, lookup e
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory (LUCID_DATA_DIR): %w", err)
+	}
+	if err := restoredata.Incomplete(cfg.DataDir); err != nil {
+		logger.Error("a restore did not finish", "error", err)
+		return err
 	}
 	// A service gets its mesh certificate before Provision, so the clients
 	// it makes there speak mTLS; the controller issues its own after

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pickme/lucid/pkg/envconfig"
+	"github.com/pickme/lucid/pkg/restoredata"
 )
 
 // slowApp serves GET /slow, which logs that it is in flight and answers
@@ -122,3 +124,17 @@ type appFunc func(r *envconfig.Reader)
 
 func (f appFunc) Configure(r *envconfig.Reader)          { f(r) }
 func (appFunc) Provision(context.Context, *Server) error { return nil }
+
+// TestMainRefusesAHalfRestoredDataDir: a service does not start on a data
+// directory a restore did not finish replacing.
+func TestMainRefusesAHalfRestoredDataDir(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, restoredata.IncompleteName), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := Main(context.Background(), "engine", appFunc(func(*envconfig.Reader) {}),
+		envconfig.Map(map[string]string{EnvDataDir: dir, "LUCID_SERVICE_KEY": strings.Repeat("k", 48)}), io.Discard)
+	if !errors.Is(err, restoredata.ErrIncomplete) {
+		t.Fatalf("Main on a half-restored data directory = %v", err)
+	}
+}
