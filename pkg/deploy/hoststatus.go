@@ -124,6 +124,10 @@ type ServiceReports struct {
 	RaftAppliedIndex *uint64            `json:"raft_applied_index,omitempty"`
 	RaftLeaderID     string             `json:"raft_leader_id,omitempty"`
 	RaftServers      []engineapi.Server `json:"raft_servers,omitempty"`
+	// ValidatorSealed says whether the engine's own validator key is
+	// among the chain's validators, as its chain says: an engine whose
+	// key is not must not lead, every block it made would be refused.
+	ValidatorSealed *bool `json:"validator_sealed,omitempty"`
 	// RaftCommitLag is how many log entries the leader has applied that
 	// this engine has not: 0 on the leader. It takes the leader's figures
 	// from the leader's host in the same status run (SetCommitLag), so it
@@ -487,6 +491,10 @@ func (d *Deployer) readReports(ctx context.Context, o StatusOptions, st *HostSta
 			reports.ChainHeight = &info.Height
 			if !info.HeadTime.IsZero() {
 				reports.NewestBlockTime = info.HeadTime.UTC()
+			}
+			if info.ValidatorKey != "" {
+				sealed := slices.Contains(info.Validators, info.ValidatorKey)
+				reports.ValidatorSealed = &sealed
 			}
 			mu.Unlock()
 			if info.HeadTime.IsZero() {

@@ -334,11 +334,18 @@ func (a *api) addVoter(w http.ResponseWriter, r *http.Request) error {
 	return a.consensus(w, r)
 }
 
+// removeVoter takes node id out of Raft, then, with ?key=, seals the
+// removal of its validator key: in that order, so that no voter is left
+// whose blocks every node refuses, however the request ends. A key named
+// after id that another key of id's has replaced (a new card's engine
+// made a new key and joined) is removed alone: the node, live, stays.
 func (a *api) removeVoter(w http.ResponseWriter, r *http.Request) error {
 	if !a.node.isLeader() {
 		return notLeader(a.node)
 	}
 	id := r.PathValue("id")
+	var tx *chain.Transaction
+	replaced := false
 	if key := r.URL.Query().Get("key"); key != "" {
 		vals := a.node.store.Validators()
 		if key == a.node.vkey {
@@ -347,18 +354,34 @@ func (a *api) removeVoter(w http.ResponseWriter, r *http.Request) error {
 		if len(vals) == 1 && vals[0] == key {
 			return service.Errorf(http.StatusConflict, service.CodeConflict, "that is the last validator; the chain would stop")
 		}
-		tx := &chain.Transaction{Type: chain.TypeSystem, System: &chain.SystemChange{Action: chain.ActionRemoveValidator, Key: key, Node: id}}
+		tx = &chain.Transaction{Type: chain.TypeSystem, System: &chain.SystemChange{Action: chain.ActionRemoveValidator, Key: key, Node: id}}
 		if err := tx.Validate(); err != nil {
 			return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "key: %v", err)
 		}
-		if err := a.node.sealSystem(r.Context(), tx); err != nil {
+		replaced = keyName(key) == id && slices.ContainsFunc(vals, func(k string) bool { return k != key && keyName(k) == id })
+	}
+	if !replaced {
+		if err := a.node.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
+			return service.Errorf(http.StatusServiceUnavailable, engineapi.CodeConsensus, "remove voter: %v", err)
+		}
+	}
+	if tx != nil {
+		// Sealed even if the client leaves: the node is out already.
+		if err := a.node.sealSystem(context.WithoutCancel(r.Context()), tx); err != nil {
 			return err
 		}
 	}
-	if err := a.node.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
-		return service.Errorf(http.StatusServiceUnavailable, engineapi.CodeConsensus, "remove voter: %v", err)
-	}
 	return a.consensus(w, r)
+}
+
+// keyName is the name a validator key carries: its node's id when the key
+// was made.
+func keyName(key string) string {
+	v, err := chain.ParseVerifier(key)
+	if err != nil {
+		return ""
+	}
+	return v.Name()
 }
 
 // addValidator makes tx's key a validator, unless it is one already. A

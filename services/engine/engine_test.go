@@ -640,3 +640,74 @@ func TestRemovedValidatorIsNotAddedBack(t *testing.T) {
 		t.Errorf("validators %v lack the new key", info.Validators)
 	}
 }
+
+// TestRemoveVoter: removing a voter with its key takes it out of Raft and
+// its key out of the validators; removing the key of a node that a new
+// card replaced (the same id, a new key sealed since) removes the key
+// alone and keeps the live node a voter.
+func TestRemoveVoter(t *testing.T) {
+	ctx := context.Background()
+	nodes := startThreeVoters(t)
+	leader := nodes[0].client
+	keyOf := func(n *testNode) string {
+		st, err := n.client.Consensus(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.ValidatorKey
+	}
+	serverIDs := func() []string {
+		cs, err := leader.Consensus(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, s := range cs.Servers {
+			ids = append(ids, s.ID)
+		}
+		return ids
+	}
+	validators := func() []string {
+		info, err := leader.Chain(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Validators
+	}
+
+	// n2's card dies; a new one (no data, the same id and address) takes
+	// its place and seals a new key.
+	old2 := keyOf(nodes[1])
+	nodes[1].stop()
+	cfg := nodes[1].cfg
+	cfg.DataDir = filepath.Join(t.TempDir(), "n2-new-card")
+	nodes[1] = startNode(t, cfg)
+	new2 := keyOf(nodes[1])
+	if new2 == old2 {
+		t.Fatal("the new card has the old key")
+	}
+	if err := leader.AddVoter(ctx, servicetest.OperatorToken, engineapi.AddVoterRequest{ID: "n2", Address: cfg.RaftAddr, Key: new2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leader.RemoveVoter(ctx, servicetest.OperatorToken, "n2", old2); err != nil {
+		t.Fatal(err)
+	}
+	if ids := serverIDs(); !slices.Contains(ids, "n2") {
+		t.Errorf("removing n2's old key took the new card out of Raft: servers %v", ids)
+	}
+	if v := validators(); slices.Contains(v, old2) || !slices.Contains(v, new2) {
+		t.Errorf("validators %v: want n2's new key, not its old one", v)
+	}
+
+	// n3 leaves, with its key.
+	key3 := keyOf(nodes[2])
+	if _, err := leader.RemoveVoter(ctx, servicetest.OperatorToken, "n3", key3); err != nil {
+		t.Fatal(err)
+	}
+	if ids := serverIDs(); slices.Contains(ids, "n3") {
+		t.Errorf("n3 is still a server: %v", ids)
+	}
+	if v := validators(); slices.Contains(v, key3) {
+		t.Errorf("n3's key is still a validator: %v", v)
+	}
+}

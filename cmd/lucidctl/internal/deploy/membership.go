@@ -259,8 +259,10 @@ func needsJoin(v *clusterView, h string) (bool, error) {
 		// A voter whose card holds no chain is a new card in its place:
 		// its engine makes a new validator key, which must be sealed
 		// before the engine may lead (join re-adds it, sealing the key).
+		// So is one whose key its chain does not hold: a join of before
+		// that stopped before the key was sealed.
 		st, _ := v.chainOf(h)
-		return st == chainNone && v.status[h] != nil, nil
+		return (st == chainNone && v.status[h] != nil) || keyUnsealed(v.status[h]), nil
 	}
 	return len(v.voters) > 0, nil
 }
@@ -326,6 +328,9 @@ func quorumNow(v *clusterView) error {
 
 // validatorKeyOf is the key of the chain's validator set named after node
 // id: an engine names its key after its node id when it makes it.
+// errNoKeyNamed: no validator key carries the voter's name.
+var errNoKeyNamed = errors.New("no key is named")
+
 func validatorKeyOf(id string, keys []string) (string, error) {
 	var found []string
 	for _, k := range keys {
@@ -337,7 +342,7 @@ func validatorKeyOf(id string, keys []string) (string, error) {
 	case 1:
 		return found[0], nil
 	case 0:
-		return "", fmt.Errorf("no key of the chain's %d validators is named %s", len(keys), id)
+		return "", fmt.Errorf("%w %s among the chain's %d validators", errNoKeyNamed, id, len(keys))
 	}
 	return "", fmt.Errorf("%d keys of the chain's validators are named %s", len(found), id)
 }
@@ -528,9 +533,16 @@ func reachableRaftAddr(addr string) error {
 	return nil
 }
 
+// keyUnsealed says whether h's engine says its validator key is not among
+// the chain's validators.
+func keyUnsealed(h *deploy.HostStatus) bool {
+	return h != nil && h.Reports.ValidatorSealed != nil && !*h.Reports.ValidatorSealed
+}
+
 // confirmJoined waits, until deadline, until the leader's configuration
 // holds target as a voter whose engine answers as a healthy leader or
-// follower (its host's gate has seen it catch up).
+// follower (its host's gate has seen it catch up), and its chain holds
+// the engine's validator key.
 func (m *membership) confirmJoined(ctx context.Context, target string, deadline time.Time) error {
 	for {
 		v := m.view(ctx)
@@ -538,7 +550,7 @@ func (m *membership) confirmJoined(ctx context.Context, target string, deadline 
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
-		case x != nil && x.Healthy && v.leaderTarget != "":
+		case x != nil && x.Healthy && v.leaderTarget != "" && !keyUnsealed(v.status[target]):
 			healthy := 0
 			for _, y := range v.voters {
 				if y.Healthy {
@@ -552,6 +564,8 @@ func (m *membership) confirmJoined(ctx context.Context, target string, deadline 
 			switch {
 			case x != nil && !x.Healthy:
 				why = "it is a voter, but not a healthy one: " + x.Why
+			case x != nil && keyUnsealed(v.status[target]):
+				why = "its validator key is not sealed in the chain, so it must not lead (deploy it again: its engine joins again, sealing its key)"
 			case v.leaderTarget == "":
 				why = noLeader(v)
 			}
@@ -643,7 +657,12 @@ func (m *membership) removeVoter(ctx context.Context, api voterAPI, leader, id s
 		return fmt.Errorf("remove voter %s: the chain's validators, through %s: %w", id, leader, err)
 	}
 	key, err := validatorKeyOf(id, keys)
-	if err != nil {
+	switch {
+	case errors.Is(err, errNoKeyNamed):
+		// Its key left the chain already (a removal of before that
+		// stopped halfway): it leaves Raft alone.
+		key = ""
+	case err != nil:
 		return cli.WithHint(fmt.Errorf("voter %s is not removed: its validator key is not known: %w", id, err),
 			"`lucidctl maintenance voters remove "+id+" --key KEY --target "+leader+"` removes it with the key named")
 	}
@@ -651,7 +670,11 @@ func (m *membership) removeVoter(ctx context.Context, api voterAPI, leader, id s
 		m.event(m.cluster, deploy.StepLeave, deploy.EventInfo, fmt.Sprintf("would remove voter %s and its validator key, through the leader %s", id, leader))
 		return nil
 	}
-	m.event(m.cluster, deploy.StepLeave, deploy.EventStart, fmt.Sprintf("sealing the removal of %s's validator key, then removing it from the voters, through the leader %s", id, leader))
+	says := fmt.Sprintf("removing %s from the voters, then sealing the removal of its validator key, through the leader %s", id, leader)
+	if key == "" {
+		says = fmt.Sprintf("removing %s from the voters (its validator key left the chain already), through the leader %s", id, leader)
+	}
+	m.event(m.cluster, deploy.StepLeave, deploy.EventStart, says)
 	err = api.RemoveVoter(ctx, id, key)
 	if aerr := m.audit(ctx, leader, []string{"chain.voters.remove", id}, err); aerr != nil && err == nil {
 		m.event(m.cluster, deploy.StepLeave, deploy.EventWarn, fmt.Sprintf("removed through %s, but %v", leader, aerr))

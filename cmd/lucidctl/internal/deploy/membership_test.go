@@ -683,11 +683,37 @@ func TestLeave(t *testing.T) {
 			t.Errorf("%v, calls %q", err, f.log)
 		}
 	})
-	t.Run("no key named after it", func(t *testing.T) {
+	t.Run("its key gone already", func(t *testing.T) {
+		// A removal of before that stopped once the key was sealed out:
+		// the voter leaves Raft alone.
 		f := cluster()
 		f.apis["pi1"].keys = keys[:2]
+		m := f.membership()
+		view := m.view
+		m.view = func(ctx context.Context) *clusterView {
+			if removed(f) {
+				for _, h := range hosts {
+					f.sts[h].Reports.RaftServers = servers("pi1", "pi2")
+				}
+			}
+			return view(ctx)
+		}
+		if err := m.leave(t.Context(), []string{"pi3"}, false); err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{"pi1: remove pi3 key "}; !slices.Equal(f.log, want) {
+			t.Errorf("calls %q, want %q", f.log, want)
+		}
+		if !f.said(deploy.StepLeave, deploy.EventStart, "its validator key left the chain already") {
+			t.Errorf("events %+v", f.events)
+		}
+	})
+	t.Run("two keys named after it", func(t *testing.T) {
+		f := cluster()
+		_, other3, _ := chain.GenerateKey("pi3")
+		f.apis["pi1"].keys = append(slices.Clone(keys), other3)
 		err := f.membership().leave(t.Context(), []string{"pi3"}, false)
-		if err == nil || !strings.Contains(err.Error(), "no key of the chain's 2 validators is named pi3") || !strings.Contains(cli.Hint(err), "lucidctl maintenance voters remove pi3 --key KEY --target pi1") || removed(f) {
+		if err == nil || !strings.Contains(err.Error(), "2 keys of the chain's validators are named pi3") || !strings.Contains(cli.Hint(err), "lucidctl maintenance voters remove pi3 --key KEY --target pi1") || removed(f) {
 			t.Errorf("%v (hint %q), calls %q", err, cli.Hint(err), f.log)
 		}
 	})
@@ -865,4 +891,34 @@ func TestClusterDryRun(t *testing.T) {
 			t.Errorf("no plan for %s: %+v", h, events)
 		}
 	}
+}
+
+// TestNewCardKeyMustBeSealed: a new card in pi2's place is a voter at once
+// (the old configuration); when the join that seals its new key fails (the
+// leader's host's connection drops), the deploy does not say pi2 joined,
+// and the next deploy joins it again, since its chain lacks its key.
+func TestNewCardKeyMustBeSealed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sts := healthyThree()
+		unsealed := false
+		sts["pi2"].Reports.ValidatorSealed = &unsealed
+		f := newFakeCluster(three, sts)
+		f.apis["pi1"] = &fakeVoters{host: "pi1", keys: []string{"pi1+key", "pi2+oldkey", "pi3+key"},
+			addErr: []error{errors.New("ssh: connection to pi1 lost")}}
+		f.engines["pi2"] = []*engineapi.ConsensusStatus{{NodeID: "pi2", State: "follower", RaftAddr: "10.0.0.12:8094", ValidatorKey: "pi2+newkey",
+			Servers: servers("pi1", "pi2", "pi3")}}
+		deployHost := func(context.Context) (*deploy.Result, error) { return &deploy.Result{Target: "pi2"}, nil }
+		_, err := f.membership().deployJoining(t.Context(), "pi2", time.Minute, deployHost)
+		if err == nil || !strings.Contains(err.Error(), "validator key is not sealed") {
+			t.Errorf("a voter whose key was never sealed: %v", err)
+		}
+		if join, err := needsJoin(viewOf(three, sts), "pi2"); !join || err != nil {
+			t.Errorf("the next deploy joins pi2: %v, %v; want it to", join, err)
+		}
+		sealed := true
+		sts["pi2"].Reports.ValidatorSealed = &sealed
+		if join, err := needsJoin(viewOf(three, sts), "pi2"); join || err != nil {
+			t.Errorf("a voter whose key is sealed joins again: %v, %v", join, err)
+		}
+	})
 }
