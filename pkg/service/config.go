@@ -65,6 +65,10 @@ const (
 	EnvOperatorHash    = "LUCID_OPERATOR_TOKEN_SHA256"
 )
 
+// DefaultShutdownTimeout is LUCID_SHUTDOWN_TIMEOUT's default: how long a
+// stopped service drains.
+const DefaultShutdownTimeout = 15 * time.Second
+
 // LoadConfig reads the base configuration of the service called name. Errors
 // are recorded in r; the caller checks r.Err once it has read its own keys.
 func LoadConfig(r *envconfig.Reader, name string) Config {
@@ -76,7 +80,7 @@ func LoadConfig(r *envconfig.Reader, name string) Config {
 		Name:            name,
 		Addr:            r.ListenAddr(EnvAddr, ":"+strconv.Itoa(svc.Port)),
 		DataDir:         r.String(EnvDataDir, filepath.Join("/var/lib/lucid", name)),
-		ShutdownTimeout: r.Duration(EnvShutdownTimeout, 15*time.Second, 0, 10*time.Minute),
+		ShutdownTimeout: r.Duration(EnvShutdownTimeout, DefaultShutdownTimeout, 0, 10*time.Minute),
 	}
 	cfg.Public = svc.Public
 	if u := r.URL(EnvMeshURL); u != nil {

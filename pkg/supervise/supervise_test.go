@@ -62,6 +62,23 @@ func helper(mode string) {
 		}
 		writePID()
 		waitTerm()
+	case "setsid-grandchild":
+		// A child that leaves the group and keeps the pipes, then the
+		// program dies.
+		gc := exec.Command(os.Args[0])
+		gc.Env = append(os.Environ(), "LUCID_SUPERVISE_HELPER=linger")
+		gc.Stdout, gc.Stderr = os.Stdout, os.Stderr
+		gc.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := gc.Start(); err != nil {
+			os.Exit(1)
+		}
+		os.Exit(2)
+	case "linger":
+		// Holds what it inherited for a minute, then goes by itself.
+		if dir := os.Getenv("HELPER_PID_DIR"); dir != "" {
+			_ = os.WriteFile(filepath.Join(dir, "linger-"+strconv.Itoa(os.Getpid())+".pid"), []byte(strconv.Itoa(os.Getpid())), 0o644)
+		}
+		<-time.After(time.Minute)
 	case "supervisor":
 		var specs []Spec
 		for _, name := range []string{"a", "b"} {
@@ -431,7 +448,7 @@ func TestNotReadyInTimeIsKilledAndRestarted(t *testing.T) {
 	spec.Restart = RestartPolicy{InitialBackoff: 20 * time.Millisecond, MaxDeaths: 2, Window: time.Minute}
 	sup, rec, _ := start(t, []Spec{spec}, Options{ReadyTimeout: 300 * time.Millisecond, ProbeInterval: 20 * time.Millisecond})
 	st := rec.waitState(t, sup, "sluggish", StateFailed, 10*time.Second)
-	if st.LastExit != "signal: killed" || st.Restarts != 1 {
+	if st.LastExit != "not ready within 300ms, so killed (not yet)" || st.Restarts != 1 {
 		t.Errorf("status = %+v", st)
 	}
 	if got := len(rec.transitions("sluggish", StateReady)); got != 0 {
@@ -454,4 +471,51 @@ func TestDeathsAgeOutOfTheWindow(t *testing.T) {
 	if failed := rec.transitions("flaky", StateFailed); len(failed) > 0 {
 		t.Fatalf("failed after %d restarts although deaths were %s apart with a %s window", sup.Status()[0].Restarts, 150*time.Millisecond, 200*time.Millisecond)
 	}
+}
+
+// TestNeverReadyFailsWhateverTheWindow: a program that never becomes ready
+// fails after MaxDeaths such runs in a row, though each takes longer than
+// the window counts deaths over, and its backoff grows.
+func TestNeverReadyFailsWhateverTheWindow(t *testing.T) {
+	skipUnlessUnix(t)
+	spec := helperSpec("stuck", "sleep")
+	spec.Ready = func(context.Context) error { return fmt.Errorf("503") }
+	spec.Restart = RestartPolicy{InitialBackoff: 20 * time.Millisecond, StableAfter: 100 * time.Millisecond, MaxDeaths: 3, Window: 100 * time.Millisecond}
+	sup, rec, _ := start(t, []Spec{spec}, Options{ReadyTimeout: 300 * time.Millisecond, ProbeInterval: 20 * time.Millisecond})
+	st := rec.waitState(t, sup, "stuck", StateFailed, 20*time.Second)
+	if st.Restarts != 2 || !strings.HasPrefix(st.LastExit, "not ready within") {
+		t.Errorf("status = %+v", st)
+	}
+	starts := rec.transitions("stuck", StateStarting)
+	if len(starts) != 3 {
+		t.Fatalf("started %d times, want 3", len(starts))
+	}
+	// No run was stable: the second delay doubles the first.
+	if gap := starts[2].Sub(starts[1]) - starts[1].Sub(starts[0]); gap < 15*time.Millisecond {
+		t.Errorf("the backoff did not grow: starts %v", starts)
+	}
+}
+
+// TestChildKeepingThePipesHoldsNoRestart: a program whose child left its
+// process group with the output pipes still open is restarted when it
+// dies, rather than the supervisor waiting for that child.
+func TestChildKeepingThePipesHoldsNoRestart(t *testing.T) {
+	skipUnlessUnix(t)
+	dir := t.TempDir()
+	spec := helperSpec("leaky", "setsid-grandchild", "HELPER_PID_DIR="+dir)
+	spec.Restart = RestartPolicy{InitialBackoff: 20 * time.Millisecond, MaxDeaths: 10, Window: time.Minute}
+	_, rec, _ := start(t, []Spec{spec}, Options{})
+	t.Cleanup(func() {
+		files, _ := filepath.Glob(filepath.Join(dir, "linger-*.pid"))
+		for _, f := range files {
+			if b, err := os.ReadFile(f); err == nil {
+				if pid, err := strconv.Atoi(string(b)); err == nil {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+	})
+	rec.await(t, 20*time.Second, "leaky started again", func() bool {
+		return len(rec.transitions("leaky", StateStarting)) >= 2
+	})
 }

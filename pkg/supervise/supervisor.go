@@ -216,13 +216,14 @@ func (s *Supervisor) supervise(p *program) {
 	log := s.opts.Logger.With("program", p.spec.Name)
 	var deaths []time.Time
 	var backoff time.Duration
+	unready := 0 // runs in a row that ended without becoming ready
 	for {
 		if !s.waitDeps(p) {
 			s.set(p, func(st *Status) { st.State, st.PID, st.NextStart = StateStopped, 0, nil })
 			return
 		}
 		started := time.Now()
-		exit, stopped := s.runOnce(p, log)
+		exit, ready, stopped := s.runOnce(p, log)
 		if stopped {
 			s.set(p, func(st *Status) { st.State, st.PID, st.LastExit = StateStopped, 0, exit })
 			return
@@ -231,13 +232,24 @@ func (s *Supervisor) supervise(p *program) {
 		now := time.Now()
 		deaths = append(deaths, now)
 		deaths = slices.DeleteFunc(deaths, func(t time.Time) bool { return now.Sub(t) > p.policy.Window })
-		if len(deaths) >= p.policy.MaxDeaths {
-			log.Warn("program failed too often; giving up", "deaths", len(deaths), "window", p.policy.Window, "last_exit", exit)
+		ran := now.Sub(started)
+		if ready {
+			unready = 0
+		} else {
+			// A run that never became ready was no stable one however
+			// long it lasted, and as many of them in a row as MaxDeaths
+			// fail the program even when each took longer than Window
+			// allows for (the ready timeout).
+			unready++
+			ran = 0
+		}
+		if len(deaths) >= p.policy.MaxDeaths || unready >= p.policy.MaxDeaths {
+			log.Warn("program failed too often; giving up", "deaths", len(deaths), "window", p.policy.Window, "never_ready", unready, "last_exit", exit)
 			s.set(p, func(st *Status) { st.State, st.PID, st.LastExit = StateFailed, 0, exit })
 			<-p.stop
 			return
 		}
-		backoff = p.policy.next(backoff, now.Sub(started))
+		backoff = p.policy.next(backoff, ran)
 		next := now.Add(backoff)
 		log.Info("program died; restarting", "last_exit", exit, "backoff", backoff)
 		s.set(p, func(st *Status) {
@@ -255,17 +267,18 @@ func (s *Supervisor) supervise(p *program) {
 }
 
 // runOnce starts p and waits for it to end. It returns how the process
-// ended, and whether it ended because p was stopped.
-func (s *Supervisor) runOnce(p *program, log *slog.Logger) (exit string, stopped bool) {
+// ended, whether it had become ready, and whether it ended because p was
+// stopped.
+func (s *Supervisor) runOnce(p *program, log *slog.Logger) (exit string, ready, stopped bool) {
 	cmd := exec.Command(p.spec.Path, p.spec.Args...)
 	cmd.Env = p.spec.Env
 	cmd.Dir = p.spec.Dir
 	configure(cmd)
 
 	var readers sync.WaitGroup
-	outW, errW, err := s.pipes(p.spec.Name, &readers)
+	outW, errW, cut, err := s.pipes(p.spec.Name, &readers)
 	if err != nil {
-		return fmt.Sprintf("start: %v", err), false
+		return fmt.Sprintf("start: %v", err), false, false
 	}
 	cmd.Stdout, cmd.Stderr = outW, errW
 	err = cmd.Start()
@@ -276,7 +289,7 @@ func (s *Supervisor) runOnce(p *program, log *slog.Logger) (exit string, stopped
 	if err != nil {
 		readers.Wait()
 		log.Warn("start failed", "error", err)
-		return fmt.Sprintf("start: %v", err), false
+		return fmt.Sprintf("start: %v", err), false, false
 	}
 	s.set(p, func(st *Status) { st.State, st.PID = StateStarting, cmd.Process.Pid })
 	log.Debug("started", "pid", cmd.Process.Pid)
@@ -289,16 +302,18 @@ func (s *Supervisor) runOnce(p *program, log *slog.Logger) (exit string, stopped
 	readyc := make(chan error, 1)
 	go func() { readyc <- s.awaitReady(probeCtx, p) }()
 
-	var waitErr error
+	var waitErr, notReady error
 	deadline := time.Now().Add(p.spec.StopTimeout) // for a group left after a crash
 	for done := false; !done; {
 		select {
 		case err := <-readyc:
 			if err != nil {
 				log.Warn("not ready in time; killing it", "timeout", s.opts.ReadyTimeout, "error", err)
+				notReady = err
 				_ = kill(cmd.Process)
 				continue
 			}
+			ready = true
 			s.set(p, func(st *Status) { st.State = StateReady })
 		case waitErr = <-exited:
 			done = true
@@ -313,9 +328,26 @@ func (s *Supervisor) runOnce(p *program, log *slog.Logger) (exit string, stopped
 	// Whatever the leader left behind in its group goes with it, within the
 	// same deadline.
 	reapGroup(cmd.Process.Pid, deadline)
-	readers.Wait()
-	return describeExit(waitErr), stopped
+	// A child that left the group (setsid) may still hold the pipes: what
+	// it writes from now on is not this run's, and the readers stop.
+	drained := make(chan struct{})
+	go func() { readers.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(readersGrace):
+		cut()
+		<-drained
+	}
+	exit = describeExit(waitErr)
+	if notReady != nil && !stopped {
+		exit = fmt.Sprintf("not ready within %s, so killed (%v)", s.opts.ReadyTimeout, notReady)
+	}
+	return exit, ready, stopped
 }
+
+// readersGrace is how long the output readers get to reach the end of a
+// run's pipes once its process group is gone.
+const readersGrace = 2 * time.Second
 
 // awaitReady probes p until it is ready, the ready timeout passes, or ctx
 // ends (the process exited or is being stopped).
@@ -383,17 +415,23 @@ func describeExit(err error) string {
 // pipes returns the write ends the child gets for stdout and stderr, and
 // starts readers that pass each line to the log sink. os.Pipe rather than
 // cmd.StdoutPipe: a grandchild may keep the pipe open after the child
-// exits, and cmd.Wait must not wait for it.
-func (s *Supervisor) pipes(name string, readers *sync.WaitGroup) (outW, errW *os.File, err error) {
+// exits, and cmd.Wait must not wait for it. cut makes the readers stop at
+// once, whatever they are reading.
+func (s *Supervisor) pipes(name string, readers *sync.WaitGroup) (outW, errW *os.File, cut func(), err error) {
 	outR, outW, err := os.Pipe()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	errR, errW, err := os.Pipe()
 	if err != nil {
 		_ = outR.Close() // unused; the failure is what to report
 		_ = outW.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
+	}
+	cut = func() {
+		// A read end is closed by its reader; a deadline ends its read.
+		_ = outR.SetReadDeadline(time.Unix(1, 0))
+		_ = errR.SetReadDeadline(time.Unix(1, 0))
 	}
 	for _, x := range []struct {
 		r      *os.File
@@ -406,7 +444,7 @@ func (s *Supervisor) pipes(name string, readers *sync.WaitGroup) (outW, errW *os
 			s.copyLines(name, x.stream, x.r)
 		}()
 	}
-	return outW, errW, nil
+	return outW, errW, cut, nil
 }
 
 // maxLine bounds one log line; longer lines are passed on in pieces.

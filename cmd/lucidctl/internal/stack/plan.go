@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,11 +14,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/api/meshapi"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/routetable"
+	"github.com/pickme/lucid/pkg/service"
 	"github.com/pickme/lucid/pkg/supervise"
 )
 
@@ -52,6 +55,44 @@ func (p *plan) port(s catalog.Service) int { return s.Port + p.portOffset }
 
 func (p *plan) url(s catalog.Service) string {
 	return s.Scheme(p.mtls) + "://127.0.0.1:" + strconv.Itoa(p.port(s))
+}
+
+// ports are the TCP ports the stack listens on, by who listens.
+func (p *plan) ports() map[int]string {
+	m := map[int]string{}
+	if p.consul != "" {
+		for _, port := range []int{consulHTTPPort, consulGRPCPort, consulServerPort, consulSerfLAN, consulSerfWAN} {
+			m[port+p.portOffset] = consulName
+		}
+	}
+	for _, s := range p.services {
+		m[p.port(s)] = s.Name
+		for _, port := range s.ExtraPorts {
+			m[port+p.portOffset] = s.Name
+		}
+	}
+	return m
+}
+
+// checkPortsFree refuses a stack whose ports another program holds: a
+// service's readiness is asked of its port, and whoever answers there
+// would pass for it.
+func (p *plan) checkPortsFree() error {
+	ports := p.ports()
+	var taken []string
+	for _, port := range slices.Sorted(maps.Keys(ports)) {
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			taken = append(taken, fmt.Sprintf("%d (%s's)", port, ports[port]))
+			continue
+		}
+		_ = ln.Close() // a probe: nothing was served
+	}
+	if len(taken) > 0 {
+		return cli.WithHint(fmt.Errorf("127.0.0.1 port %s already in use, by another program or another stack whose ports overlap; nothing was started", strings.Join(taken, ", ")),
+			"`lucidctl status --port-offset N` shows a stack at offset N; choose a --port-offset whose ports are free")
+	}
+	return nil
 }
 
 func (p *plan) names() []string {
@@ -160,13 +201,20 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 		if len(p.absent(s.After)) > 0 {
 			probe = "/health"
 		}
+		// Stopped, a service drains for up to its shutdown timeout: it is
+		// killed only after that.
+		drain := service.DefaultShutdownTimeout
+		if d, err := time.ParseDuration(own[service.EnvShutdownTimeout]); err == nil && d > 0 {
+			drain = d
+		}
 		specs = append(specs, supervise.Spec{
-			Name:      s.Name,
-			Path:      p.lucid,
-			Args:      []string{s.Name},
-			Env:       env,
-			DependsOn: deps,
-			Ready:     supervise.HTTPProbe(p.url(s) + probe),
+			Name:        s.Name,
+			Path:        p.lucid,
+			Args:        []string{s.Name},
+			Env:         env,
+			DependsOn:   deps,
+			Ready:       supervise.HTTPProbe(p.url(s) + probe),
+			StopTimeout: drain + 5*time.Second,
 		})
 	}
 	return specs, nil

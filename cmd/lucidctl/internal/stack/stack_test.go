@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -471,5 +472,26 @@ func TestUpRefusesWeakSecret(t *testing.T) {
 	}
 	if strings.Contains(r.errOut, "=short") {
 		t.Error("the secret's value reached the error")
+	}
+}
+
+// TestUpRefusesTakenPort: a port of the stack that another program holds
+// (another stack whose offset overlaps, say) stops up before anything
+// starts: whoever answers there would pass for the service.
+func TestUpRefusesTakenPort(t *testing.T) {
+	p := newProject(t, 20600)
+	engine, _ := catalog.Lookup("engine")
+	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(engine.Port+p.offset))
+	if err != nil {
+		t.Skipf("the port is not free to take: %v", err)
+	}
+	defer ln.Close()
+	r := p.lucidctl(context.Background(), "up", "-d", "--lucid", lucidBin, "--port-offset", strconv.Itoa(p.offset))
+	want := fmt.Sprintf("port %d (engine's) already in use", engine.Port+p.offset)
+	if r.code != 1 || !strings.Contains(r.errOut, want) {
+		t.Errorf("exit %d, stderr %q; want %q", r.code, r.errOut, want)
+	}
+	if _, err := os.Stat(filepath.Join(p.dir, p.state("logs/supervisor.log"))); err == nil {
+		t.Error("a supervisor started")
 	}
 }

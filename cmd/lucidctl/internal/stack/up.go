@@ -123,6 +123,9 @@ func runUp(ctx context.Context, opts *UpOptions) error {
 	if err != nil {
 		return err
 	}
+	if err := p.checkPortsFree(); err != nil {
+		return err
+	}
 	if opts.Detach && !opts.supervisor {
 		return startDetached(ctx, opts, l, p)
 	}
