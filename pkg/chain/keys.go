@@ -100,7 +100,7 @@ func writeNew(path, content string, mode os.FileMode) error {
 	if err != nil {
 		return err
 	}
-	defer d.Close()
+	defer func() { _ = d.Close() }() // opened for reading: nothing to lose
 	return d.Sync()
 }
 

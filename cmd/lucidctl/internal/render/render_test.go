@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -308,7 +309,7 @@ func TestRenderTightensLooseSecrets(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &o); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(o.Tightened, " ") != strings.Join([]string{"configs/environment/.env.core", "configs/environment/gateway.env"}, " ") {
+	if !slices.Equal(o.Tightened, loose) {
 		t.Errorf("tightened %v, want %v", o.Tightened, loose)
 	}
 	for _, p := range loose {
