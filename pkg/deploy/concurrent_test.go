@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -53,6 +54,17 @@ func plantRelease(t *testing.T, f *fixture, id string, st ReleaseStatus, envs ma
 		}
 		if err := os.Rename(tmp, filepath.Join(f.dir, "current")); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// noneOf fails for each event of the steps named: steps a refusal must not
+// have reached.
+func noneOf(t *testing.T, events []Event, steps ...Step) {
+	t.Helper()
+	for _, e := range events {
+		if slices.Contains(steps, e.Step) {
+			t.Errorf("after the refusal: %s %s %s", e.Step, e.Status, e.Message)
 		}
 	}
 }
@@ -116,11 +128,7 @@ func TestSecretsCheckedAgainUnderTheLock(t *testing.T) {
 	if !errors.As(err, &sc) || !strings.Contains(err.Error(), "JWT_SECRET_KEY") {
 		t.Fatalf("the deploy that waited went on with the secret alice rotated: %v", err)
 	}
-	for _, e := range events {
-		if e.Step == StepRelease || e.Step == StepUp {
-			t.Errorf("after the refusal: %s %s %s", e.Step, e.Status, e.Message)
-		}
-	}
+	noneOf(t, events, StepRelease, StepUp)
 	if got := f.current(t); got != "20200101T000001Z-r1" {
 		t.Errorf("current is %s, want alice's release", got)
 	}
@@ -246,11 +254,7 @@ func TestLockLostLeavesTheHost(t *testing.T) {
 	if !errors.Is(err, errLockTaken) {
 		t.Fatalf("deploy: %v, want the lock's loss said", err)
 	}
-	for _, e := range events {
-		if e.Step == StepRollback {
-			t.Errorf("the deploy went back on a host bob holds: %s %s %s", e.Step, e.Status, e.Message)
-		}
-	}
+	noneOf(t, events, StepRollback) // on a host bob holds
 	if l, ok := readLock(t, lockFile); !ok || l.User != "bob" {
 		t.Errorf("the lock is now %+v (held: %v), want bob's", l, ok)
 	}
@@ -292,11 +296,7 @@ func TestRollbackKeepsDataBoundSecrets(t *testing.T) {
 	if !errors.As(err, &sc) || sc.Rollback != "20200101T000000Z-r0" || strings.Join(sc.Keys, ",") != "JWT_SECRET_KEY" {
 		t.Fatalf("rollback across a rotation: %v", err)
 	}
-	for _, e := range events {
-		if e.Step == StepRollback || e.Step == StepUp {
-			t.Errorf("after the refusal: %s %s %s", e.Step, e.Status, e.Message)
-		}
-	}
+	noneOf(t, events, StepRollback, StepUp)
 	if got := f.current(t); got != "20200101T000001Z-r1" {
 		t.Errorf("current is %s", got)
 	}

@@ -82,6 +82,23 @@ func AddValidator(vkey string) *chain.Transaction {
 	return &chain.Transaction{Type: chain.TypeSystem, System: &chain.SystemChange{Action: chain.ActionAddValidator, Key: vkey, Node: "node-1"}}
 }
 
+// HandOver makes a new validator named name (key seed seed) take over
+// from the chain's: a block the current validator signs adds the new key,
+// and a block the new one signs removes the old key, which the chain then
+// knows as removed. It returns the removed key.
+func (c *Chain) HandOver(name string, seed byte) (removed string) {
+	skey, vkey := Key(name, seed)
+	signer, err := note.NewSigner(skey)
+	if err != nil {
+		panic(err)
+	}
+	c.Append(AddValidator(vkey))
+	removed = c.Verifier
+	c.Signer, c.Verifier = signer, vkey
+	c.Append(&chain.Transaction{Type: chain.TypeSystem, System: &chain.SystemChange{Action: chain.ActionRemoveValidator, Key: removed}})
+	return removed
+}
+
 // Append seals txs into the next block, one second after the previous. The
 // first block starts with the system transaction that makes the chain's key
 // its validator, as the engine's genesis block does.

@@ -626,6 +626,21 @@ func TestLeave(t *testing.T) {
 		return slices.ContainsFunc(f.log, func(s string) bool { return strings.Contains(s, "remove") })
 	}
 
+	// leaving is f's membership, whose reads after a removal see pi3 gone.
+	leaving := func(f *fakeCluster) *membership {
+		m := f.membership()
+		view := m.view
+		m.view = func(ctx context.Context) *clusterView {
+			if removed(f) {
+				for _, h := range hosts {
+					f.sts[h].Reports.RaftServers = servers("pi1", "pi2")
+				}
+			}
+			return view(ctx)
+		}
+		return m
+	}
+
 	t.Run("reported, not removed", func(t *testing.T) {
 		f := cluster()
 		if err := f.membership().leave(t.Context(), nil, false); err != nil {
@@ -637,16 +652,7 @@ func TestLeave(t *testing.T) {
 	})
 	t.Run("removed when named", func(t *testing.T) {
 		f := cluster()
-		m := f.membership()
-		view := m.view
-		m.view = func(ctx context.Context) *clusterView {
-			if removed(f) {
-				for _, h := range hosts {
-					f.sts[h].Reports.RaftServers = servers("pi1", "pi2")
-				}
-			}
-			return view(ctx)
-		}
+		m := leaving(f)
 		if err := m.leave(t.Context(), []string{"pi3"}, false); err != nil {
 			t.Fatal(err)
 		}
@@ -688,16 +694,7 @@ func TestLeave(t *testing.T) {
 		// the voter leaves Raft alone.
 		f := cluster()
 		f.apis["pi1"].keys = keys[:2]
-		m := f.membership()
-		view := m.view
-		m.view = func(ctx context.Context) *clusterView {
-			if removed(f) {
-				for _, h := range hosts {
-					f.sts[h].Reports.RaftServers = servers("pi1", "pi2")
-				}
-			}
-			return view(ctx)
-		}
+		m := leaving(f)
 		if err := m.leave(t.Context(), []string{"pi3"}, false); err != nil {
 			t.Fatal(err)
 		}

@@ -8,8 +8,6 @@ import (
 	"strconv"
 	"testing"
 
-	"golang.org/x/mod/sumdb/note"
-
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/chain/chaintest"
@@ -20,18 +18,12 @@ import (
 // since: each is in it, after it, forked from it or invalid for what it
 // is, not for who signed it.
 func TestCheckReceiptWithManyValidators(t *testing.T) {
-	c := chaintest.New()          // validator A
-	c.Append(chaintest.Anchor(1)) // block 1 by A
-	skB, vkB := chaintest.Key("validator-2", 2)
-	c.Append(chaintest.AddValidator(vkB)) // block 2 by A adds B
-	signerB, err := note.NewSigner(skB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Signer = signerB
-	c.Append(&chain.Transaction{Type: chain.TypeSystem, System: &chain.SystemChange{Action: chain.ActionRemoveValidator, Key: c.Verifier}}) // block 3 by B removes A
-	c.Append(chaintest.Anchor(2))                                                                                                           // block 4 by B
-	c.Append(chaintest.Anchor(3))                                                                                                           // block 5 by B, signed after the backup
+	c := chaintest.New()                 // validator A
+	c.Append(chaintest.Anchor(1))        // block 1 by A
+	keyA := c.HandOver("validator-2", 2) // block 2 by A adds B, block 3 by B removes A
+	vkB := c.Verifier
+	c.Append(chaintest.Anchor(2)) // block 4 by B
+	c.Append(chaintest.Anchor(3)) // block 5 by B, signed after the backup
 	const restoredHeight = 4
 
 	// The restored block manager holds blocks 1-4.
@@ -63,7 +55,7 @@ func TestCheckReceiptWithManyValidators(t *testing.T) {
 		{"signed by B", c.Receipt(4, 4), []string{vkB}, ReceiptInChain},
 		{"signed by B after the backup", c.Receipt(5, 5), []string{vkB}, ReceiptAfterBackup},
 		{"another block 1, A no validator", fork.Receipt(1, 1), []string{vkB}, ReceiptInvalid},
-		{"another block 1, A a validator", fork.Receipt(1, 1), []string{vkB, c.Verifier}, ReceiptForked},
+		{"another block 1, A a validator", fork.Receipt(1, 1), []string{vkB, keyA}, ReceiptForked},
 	} {
 		file := filepath.Join(dir, tc.name+chain.ReceiptExt)
 		if err := os.WriteFile(file, tc.receipt.Marshal(), 0o600); err != nil {

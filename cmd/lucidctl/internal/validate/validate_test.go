@@ -35,7 +35,10 @@ func TestPhase2FileExitsThreeWithJSON(t *testing.T) {
 	}
 }
 
-func TestRenderedFilesPass(t *testing.T) {
+// renderedProject is a project directory holding what render writes, and
+// a lucid.yaml naming its images.
+func renderedProject(t *testing.T) string {
+	t.Helper()
 	dir := t.TempDir()
 	f, err := deployfiles.Render(context.Background(), deployfiles.Options{ImageName: "pickme/lucid-{service}", ImageTag: "latest-arm64"})
 	if err != nil {
@@ -51,6 +54,11 @@ func TestRenderedFilesPass(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte("images:\n  tag: latest-arm64\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return dir
+}
+
+func TestRenderedFilesPass(t *testing.T) {
+	dir := renderedProject(t)
 	io, _, out, errOut := iostreams.Test()
 	env := cli.NewEnv(io, func(string) string { return "" })
 	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
@@ -79,28 +87,14 @@ func TestRenderedFilesPass(t *testing.T) {
 // TestLooseSecretFileIsAProblem: an env file others can read fails
 // validate, named with its mode.
 func TestLooseSecretFileIsAProblem(t *testing.T) {
-	dir := t.TempDir()
-	f, err := deployfiles.Render(context.Background(), deployfiles.Options{ImageName: "pickme/lucid-{service}", ImageTag: "latest-arm64"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, rf := range f.All() {
-		p := filepath.Join(dir, rf.Path)
-		_ = os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, rf.Content, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := renderedProject(t)
 	if err := os.Chmod(filepath.Join(dir, "configs/environment/engine.env"), 0o640); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte("images:\n  tag: latest-arm64\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	io, _, out, _ := iostreams.Test()
 	env := cli.NewEnv(io, func(string) string { return "" })
 	env.ConfigPath = filepath.Join(dir, "lucid.yaml")
-	err = run(context.Background(), &Options{Env: env})
+	err := run(context.Background(), &Options{Env: env})
 	var se *cli.SilentError
 	if !errors.As(err, &se) || se.Code != cli.ExitProblems || !strings.Contains(out.String(), "configs/environment/engine.env") || !strings.Contains(out.String(), "mode 0640") {
 		t.Errorf("validate with a loose env file: %v\n%s", err, out.String())
