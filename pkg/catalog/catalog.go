@@ -196,6 +196,9 @@ const MeshService = "mesh"
 // GatewayService is the gateway, the only service users reach.
 const GatewayService = "gateway"
 
+// EngineService is the blockchain engine, the Raft voter of a host.
+const EngineService = "engine"
+
 // MayCall reports whether the allow list lets caller send requests to
 // callee.
 func MayCall(caller, callee string) bool {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/catalog"
 )
 
 // Cluster is the verdict on the Raft cluster that the engines of a group
@@ -17,7 +18,7 @@ type Cluster struct {
 	// that of the engine furthest on), each with the host that answered as
 	// it.
 	Voters []Voter `json:"voters"`
-	// HealthyVoters counts the voters whose host is healthy and whose
+	// HealthyVoters counts the voters whose engine is healthy and whose
 	// engine answered as leader or follower; Quorum is true when they are
 	// at least QuorumNeeded, a majority of the voters. UnreadVoters are
 	// the voters no host read answered as: on hosts not selected, or on
@@ -252,9 +253,9 @@ func ClusterOf(hosts []*HostStatus) *Cluster {
 		if hs := byNode[s.ID]; len(hs) > 0 {
 			h := hs[0]
 			v.Target, v.State, v.Why = h.Target, h.Reports.RaftRole, ""
-			switch {
-			case !h.Healthy:
-				v.Why = "its host is unhealthy"
+			switch ok, why := EngineHealth(h); {
+			case !ok:
+				v.Why = why
 			case v.State != "leader" && v.State != "follower":
 				v.Why = "its engine is " + v.State
 			default:
@@ -327,4 +328,25 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// EngineHealth says whether h's engine container runs and passes its
+// healthcheck, and if not why: a voter's health is its engine's, whatever
+// the host's other containers do (a sick gateway takes no vote away). A
+// host whose containers were not read is judged whole.
+func EngineHealth(h *HostStatus) (ok bool, why string) {
+	i := slices.IndexFunc(h.Services, func(s ServiceState) bool { return s.Service == catalog.EngineService })
+	if i < 0 {
+		if h.Healthy {
+			return true, ""
+		}
+		return false, "its host is unhealthy"
+	}
+	switch s := h.Services[i]; {
+	case s.State != "running":
+		return false, "its engine container is " + s.State
+	case s.Health != "healthy" && s.Health != "none":
+		return false, "its engine container is " + s.Health
+	}
+	return true, ""
 }

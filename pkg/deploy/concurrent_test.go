@@ -317,3 +317,30 @@ func TestRollbackKeepsDataBoundSecrets(t *testing.T) {
 		t.Errorf("the rollback with --rotate did not start: %v", err)
 	}
 }
+
+// TestBeforeUpStopsTheDeploy: a check that fails under the lock, right
+// before the release goes up (a cluster's quorum lost meanwhile), stops
+// the deploy with nothing changed on the host.
+func TestBeforeUpStopsTheDeploy(t *testing.T) {
+	f := newFixture(t)
+	built := images(t, brokenBinary(t), "broken")
+	plantRelease(t, f, "20200101T000000Z-r0", ReleaseLive, f.envs, true)
+	var events []Event
+	o := f.options(f.dial(t), built, &events)
+	lost := errors.New("the cluster's quorum is lost now")
+	locked := false
+	o.cfg.BeforeUp = func(context.Context) error {
+		_, locked = readLock(t, filepath.Join(f.dir, ".deploy.lock"))
+		return lost
+	}
+	if _, err := runDeploy(context.Background(), t, o); !errors.Is(err, lost) {
+		t.Fatalf("deploy: %v, want the check's error", err)
+	}
+	if !locked {
+		t.Error("the check ran without the deploy lock held")
+	}
+	noneOf(t, events, StepRelease, StepUp)
+	if ents, _ := os.ReadDir(filepath.Join(f.dir, "releases")); len(ents) != 1 {
+		t.Errorf("releases %v, want the planted one alone", ents)
+	}
+}

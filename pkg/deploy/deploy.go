@@ -72,6 +72,12 @@ type Config struct {
 	// last check (default: the port its container publishes for its main
 	// listener, else the catalog's).
 	GatewayHostPort int
+	// BeforeUp, when set, is called under the deploy lock once the images
+	// are on the host, just before the release is written and goes up: a
+	// check that must still hold when the host's services go down (a
+	// cluster's quorum), not only when the deploy began. An error stops
+	// the deploy, with nothing changed.
+	BeforeUp func(ctx context.Context) error
 	// ViaRegistry, when set ("host:port/prefix"), sends the images through
 	// that registry: pushed from here, pulled by the host's Engine.
 	ViaRegistry string
@@ -322,6 +328,11 @@ func (d *Deployer) deploy(ctx context.Context, b Bundle, dry bool) (_ *Result, d
 
 	if res.SentBytes, err = d.sendImages(ctx, plan, images); err != nil {
 		return nil, fmt.Errorf("%s: %w (nothing was changed; the previous release still runs)", name, err)
+	}
+	if d.cfg.BeforeUp != nil {
+		if err := d.cfg.BeforeUp(ctx); err != nil {
+			return nil, err
+		}
 	}
 	rel := &Release{ID: id, Version: b.Version, Created: d.cfg.Now().UTC(), By: localUser() + "@" + localHost(), Images: ids}
 	if err := d.rollout(ctx, b, rel, compose, prev, confirmLock); err != nil {

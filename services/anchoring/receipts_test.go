@@ -8,8 +8,6 @@ import (
 	"strconv"
 	"testing"
 
-	"golang.org/x/mod/sumdb/note"
-
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/chain/chaintest"
@@ -22,16 +20,9 @@ import (
 func TestReceiptsOfARemovedValidator(t *testing.T) {
 	c := chaintest.New()          // validator A
 	c.Append(chaintest.Anchor(1)) // block 1 by A: the genesis change, then the anchor at index 1
-	skB, vkB := chaintest.Key("validator-2", 2)
-	c.Append(chaintest.AddValidator(vkB)) // block 2 by A adds B
-	signerB, err := note.NewSigner(skB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	removedA := c.Verifier
-	c.Signer = signerB
-	c.Append(&chain.Transaction{Type: chain.TypeSystem, System: &chain.SystemChange{Action: chain.ActionRemoveValidator, Key: removedA}}) // block 3 by B removes A
-	c.Append(chaintest.Anchor(2))                                                                                                         // block 4 by B
+	c.HandOver("validator-2", 2)  // block 2 by A adds B, block 3 by B removes A
+	c.Append(chaintest.Anchor(2)) // block 4 by B
+	vkB := c.Verifier
 
 	// The engine, as anchoring sees it: B alone validates now.
 	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -377,13 +377,21 @@ func runDeploy(ctx context.Context, opts *Options) error {
 			readers.group = member.group
 			hostBundle.EnvFiles = member.envs
 		}
+		hostConfig := configs[i]
 		if !opts.DryRun {
 			if err := checkQuorum(ctx, name, readers, p, opts.ForceQuorum); err != nil {
 				return withDone(err, done)
 			}
+			// Once more under the host's lock, right before its engine
+			// goes down: another voter may have gone meanwhile (the
+			// upload takes minutes), or another operator's deploy taken
+			// one down.
+			hostConfig.BeforeUp = func(ctx context.Context) error {
+				return checkQuorum(ctx, name, readers, p, opts.ForceQuorum)
+			}
 		}
 		deployHost := func(ctx context.Context) (*deploy.Result, error) {
-			return deployTo(ctx, configs[i], hostBundle, opts.DryRun)
+			return deployTo(ctx, hostConfig, hostBundle, opts.DryRun)
 		}
 		var res *deploy.Result
 		if member != nil {

@@ -111,9 +111,13 @@ func newClusterView(name string, hosts []string, statuses []*deploy.HostStatus, 
 			vt := deploy.Voter{ID: s.ID, Address: s.Address, Why: "no host read answered as it"}
 			if s.ID == r.RaftNodeID {
 				vt.Target, vt.State, vt.Why = h.Target, r.RaftRole, ""
-				vt.Healthy = h.Healthy && (r.RaftRole == "leader" || r.RaftRole == "follower")
-				if !vt.Healthy {
-					vt.Why = "its host is unhealthy"
+				ok, why := deploy.EngineHealth(h)
+				vt.Healthy = ok && (r.RaftRole == "leader" || r.RaftRole == "follower")
+				switch {
+				case !ok:
+					vt.Why = why
+				case !vt.Healthy:
+					vt.Why = "its engine is " + r.RaftRole
 				}
 			}
 			v.voters = append(v.voters, vt)

@@ -56,6 +56,16 @@ func engineOn(target, node, role, leader string, healthy bool, servers ...engine
 			RaftLeaderID: leader, RaftServers: servers}}
 }
 
+// down makes h a host whose engine fails its healthcheck.
+func down(h *deploy.HostStatus) {
+	h.Healthy = false
+	for i := range h.Services {
+		if h.Services[i].Service == "engine" {
+			h.Services[i].Health = "unhealthy"
+		}
+	}
+}
+
 // waitingToJoin is a host whose engine runs without a configuration.
 func waitingToJoin(target string) *deploy.HostStatus {
 	return engineOn(target, target, "follower", "", false)
@@ -258,7 +268,7 @@ func TestCheckRemoval(t *testing.T) {
 		// Lost now: no change can be committed.
 		sts := healthyThree()
 		delete(sts, "pi3")
-		sts["pi2"].Healthy = false
+		down(sts["pi2"])
 		err := checkRemoval(viewOf(hosts, sts), "pi3")
 		if !errors.Is(err, errRemoval) || !strings.Contains(err.Error(), "cluster home has no quorum now (1 of 3 voters healthy, 2 needed)") {
 			t.Errorf("lost now: %v", err)
@@ -268,7 +278,7 @@ func TestCheckRemoval(t *testing.T) {
 		sts = healthyThree()
 		sts["pi-3"] = sts["pi3"]
 		delete(sts, "pi3")
-		sts["pi2"].Healthy = false
+		down(sts["pi2"])
 		err = checkRemoval(viewOf([]string{"pi1", "pi2", "pi-3"}, sts), "pi3")
 		if !errors.Is(err, errRemoval) || !strings.Contains(err.Error(), "removing voter pi3 would leave 1 healthy of 2 voters, 2 needed") {
 			t.Errorf("lost without it: %v", err)
@@ -683,7 +693,7 @@ func TestLeave(t *testing.T) {
 	})
 	t.Run("the quorum", func(t *testing.T) {
 		f := cluster()
-		f.sts["pi2"].Healthy = false
+		down(f.sts["pi2"])
 		err := f.membership().leave(t.Context(), []string{"pi3"}, false)
 		if !errors.Is(err, errRemoval) || removed(f) {
 			t.Errorf("%v, calls %q", err, f.log)
@@ -770,7 +780,8 @@ func TestReadyToJoin(t *testing.T) {
 		t.Errorf("without a leader: %v", err)
 	}
 	sts = healthyThree()
-	sts["pi2"].Healthy, sts["pi3"].Healthy = false, false
+	down(sts["pi2"])
+	down(sts["pi3"])
 	if err := cr.readyToJoin(viewOf(four, sts), "pi4"); err == nil || !strings.Contains(err.Error(), "has no quorum now (1 of 3 voters healthy, 2 needed)") {
 		t.Errorf("without a quorum: %v", err)
 	}

@@ -118,3 +118,27 @@ func TestCheckQuorum(t *testing.T) {
 		}
 	})
 }
+
+// TestQuorumCountsEngines: a voter whose engine serves counts, though
+// another container of its host is unhealthy: with pi3 down, taking pi2's
+// working engine down would stop the chain, and the deploy says so.
+func TestQuorumCountsEngines(t *testing.T) {
+	ctx := context.Background()
+	withEngine := func(h *deploy.HostStatus, engineHealth string) *deploy.HostStatus {
+		h.Services = []deploy.ServiceState{{Service: "engine", State: "running", Health: engineHealth}, {Service: "gateway", State: "running", Health: "unhealthy"}}
+		return h
+	}
+	n2 := &engineapi.ConsensusStatus{NodeID: "n2", State: "follower", LeaderID: "n1", Servers: threeVoters}
+	var events []deploy.Event
+	rep := deploy.ReporterFunc(func(e deploy.Event) { events = append(events, e) })
+	r, _ := quorumCase(n2, nil,
+		withEngine(voterOn("pi1", "n1", "leader", true), "healthy"),
+		withEngine(voterOn("pi2", "n2", "follower", false), "healthy"), // its gateway is sick
+		withEngine(voterOn("pi3", "n3", "follower", false), "unhealthy"))
+	if err := checkQuorum(ctx, "pi2", r, rep, false); !errors.Is(err, errQuorum) {
+		t.Fatalf("pi2's working engine taken down with pi3's engine down: %v (events %+v)", err, events)
+	}
+	if err := checkQuorum(ctx, "pi2", r, rep, false); err == nil || !strings.Contains(err.Error(), "n3 on pi3 (its engine container is unhealthy)") {
+		t.Errorf("the refusal names why n3 does not count: %v", err)
+	}
+}
