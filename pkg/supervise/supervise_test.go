@@ -78,7 +78,9 @@ func helper(mode string) {
 		if dir := os.Getenv("HELPER_PID_DIR"); dir != "" {
 			_ = os.WriteFile(filepath.Join(dir, "linger-"+strconv.Itoa(os.Getpid())+".pid"), []byte(strconv.Itoa(os.Getpid())), 0o644)
 		}
-		<-time.After(time.Minute)
+		// Not a test waiting: a program that exits after its life.
+		life := time.NewTimer(time.Minute)
+		<-life.C
 	case "supervisor":
 		var specs []Spec
 		for _, name := range []string{"a", "b"} {
