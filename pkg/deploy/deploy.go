@@ -289,15 +289,6 @@ func (d *Deployer) deploy(ctx context.Context, b Bundle, dry bool) (_ *Result, d
 			return nil, err
 		}
 	}
-	if !dry {
-		// A directory under another name than a release's (left by hand)
-		// is not listed: this deploy still never writes into one.
-		if taken, err := d.h.releaseExists(ctx, id); err != nil {
-			return nil, fmt.Errorf("%s: releases: %w", name, err)
-		} else if taken {
-			return nil, fmt.Errorf("%s: %s exists already and is not a release this deploy can name past; move it away and deploy again (nothing was changed)", name, d.h.releaseDir(id))
-		}
-	}
 	// Through a registry the host pulls what it lacks itself: nothing is
 	// sent over SSH, so there is nothing to ask its Engine.
 	plan := &TransferPlan{Images: images}

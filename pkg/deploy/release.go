@@ -87,15 +87,6 @@ func (h *host) releases(ctx context.Context) ([]Release, error) {
 	return rs, nil
 }
 
-// releaseExists reports whether the host has a directory for release id.
-func (h *host) releaseExists(ctx context.Context, id string) (bool, error) {
-	out, err := h.run(ctx, "test -e "+sshx.Quote(h.releaseDir(id))+" && echo yes; true")
-	if err != nil {
-		return false, err
-	}
-	return strings.TrimSpace(out) == "yes", nil
-}
-
 // currentID is r's id, "" for no release.
 func currentID(r *Release) string {
 	if r == nil {
