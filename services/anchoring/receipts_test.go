@@ -1,11 +1,8 @@
 package anchoring
 
 import (
-	"encoding/json"
 	"errors"
-	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"testing"
 
 	"github.com/pickme/lucid/pkg/api/engineapi"
@@ -25,22 +22,7 @@ func TestReceiptsOfARemovedValidator(t *testing.T) {
 	vkB := c.Verifier
 
 	// The engine, as anchoring sees it: B alone validates now.
-	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/api/v1/chain" {
-			_ = json.NewEncoder(w).Encode(engineapi.ChainInfo{ChainID: chaintest.ChainID, Origin: chain.Origin(chaintest.ChainID), Height: uint64(len(c.Blocks)), Validators: []string{vkB}})
-			return
-		}
-		for _, b := range c.Blocks {
-			if r.URL.Path == "/api/v1/blocks/"+strconv.FormatUint(b.Height, 10) {
-				enc, _ := b.Encode()
-				_, _ = w.Write(enc)
-				return
-			}
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusNotFound)
-		_, _ = w.Write([]byte(`{"error":{"code":"not_found","message":"no such block"}}`))
-	}))
+	engine := httptest.NewServer(c.EngineAPI(vkB))
 	defer engine.Close()
 	a := &App{engine: engineapi.New(engine.URL, engine.Client())}
 	ctx := t.Context()

@@ -9,10 +9,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"strconv"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/logtree"
 )
@@ -168,4 +171,26 @@ func (c *Chain) Receipt(index uint64, height int) *chain.Receipt {
 		}
 	}
 	return &chain.Receipt{Tx: tx, Index: index, Proof: p, Checkpoint: []byte(c.Blocks[height-1].Checkpoint)}
+}
+
+// EngineAPI serves the chain's reads as the engine's API does: its info
+// (GET /api/v1/chain, naming validators as the chain's current ones) and
+// its blocks by height (GET /api/v1/blocks/N, 404 past the head).
+func (c *Chain) EngineAPI(validators ...string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/v1/chain" {
+			_ = json.NewEncoder(w).Encode(engineapi.ChainInfo{ChainID: ChainID, Origin: chain.Origin(ChainID), Height: uint64(len(c.Blocks)), Validators: validators})
+			return
+		}
+		for _, b := range c.Blocks {
+			if r.URL.Path == "/api/v1/blocks/"+strconv.FormatUint(b.Height, 10) {
+				enc, _ := b.Encode()
+				_, _ = w.Write(enc)
+				return
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"error":{"code":"not_found","message":"no such block"}}`))
+	})
 }

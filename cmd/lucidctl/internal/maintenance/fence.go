@@ -108,7 +108,9 @@ holds (which it then produces again exactly as before).
 
   --known-height N   the height, as you know it
   --receipt FILE     the height of the newest receipt you hold (checked
-                     against the engine's validator keys first)
+                     against the engine's validator keys first, or, signed
+                     by a validator removed since, against the engine's own
+                     block at its height)
   --blocks-from URL  a block manager that still has the blocks (another
                      Pi's, or a gateway in front of one; a user token from
                      --blocks-token or $LUCID_TOKEN): the blocks above the
@@ -242,17 +244,13 @@ func liftFence(ctx context.Context, opts *FenceOptions, s *session, eng *enginea
 	res := &LiftResult{KnownHeight: opts.KnownHeight, KnownFrom: "flag"}
 	switch {
 	case receipt != nil:
-		info, err := eng.Chain(ctx)
+		v, err := verifyReceipt(ctx, eng, receipt)
+		var bad *badReceiptError
+		if errors.As(err, &bad) {
+			return nil, cli.Problems(fmt.Errorf("the receipt %s %w", opts.Receipt, bad))
+		}
 		if err != nil {
 			return nil, err
-		}
-		vs, err := chain.Verifiers(info.Validators)
-		if err != nil {
-			return nil, err
-		}
-		v, err := chain.VerifyReceipt(receipt, vs, info.Origin)
-		if err != nil {
-			return nil, cli.Problems(fmt.Errorf("the receipt %s does not verify against the engine's validators: %w", opts.Receipt, err))
 		}
 		res.KnownHeight, res.KnownFrom = v.Header.Height, "receipt"
 		s.Say("the receipt's checkpoint is at height %d", res.KnownHeight)
@@ -308,6 +306,59 @@ func liftFence(ctx context.Context, opts *FenceOptions, s *session, eng *enginea
 	}
 	res.Status = *after
 	return res, nil
+}
+
+// badReceiptError is a receipt that does not verify against the engine's
+// chain.
+type badReceiptError struct{ err error }
+
+func (e *badReceiptError) Error() string {
+	return "does not verify against the engine's validators or its chain: " + e.err.Error()
+}
+func (e *badReceiptError) Unwrap() error { return e.err }
+
+// verifyReceipt checks a receipt against the fenced engine's chain: its
+// validators' keys, or, for a receipt signed by a validator removed since
+// (a dead Pi's, replaced), the engine's own block at the receipt's height,
+// which the chain checked when it stored it. A receipt above the engine's
+// height must carry a current validator's signature: a key the chain has
+// removed could have been stolen. A *badReceiptError says it does not
+// verify; any other error, that the engine could not be asked.
+func verifyReceipt(ctx context.Context, eng *engineapi.Client, receipt []byte) (*chain.VerifiedReceipt, error) {
+	info, err := eng.Chain(ctx)
+	if err != nil {
+		return nil, err
+	}
+	vs, err := chain.Verifiers(info.Validators)
+	if err != nil {
+		return nil, err
+	}
+	v, err := chain.VerifyReceipt(receipt, vs, info.Origin)
+	if err == nil {
+		return v, nil
+	}
+	if !errors.Is(err, chain.ErrSignature) {
+		return nil, &badReceiptError{err}
+	}
+	height, herr := chain.ReceiptHeight(receipt)
+	if herr != nil || height > info.Height {
+		return nil, &badReceiptError{err}
+	}
+	b, berr := eng.Block(ctx, height)
+	switch {
+	case errors.Is(berr, engineapi.ErrNotFound):
+		return nil, &badReceiptError{err}
+	case berr != nil:
+		return nil, fmt.Errorf("the engine's block %d, to check the receipt against: %w", height, berr)
+	}
+	v, cerr := chain.VerifyReceiptInChain(receipt, b, info.Origin)
+	if errors.Is(cerr, chain.ErrNotInChain) {
+		return nil, &badReceiptError{err} // the signature's is the better reason
+	}
+	if cerr != nil {
+		return nil, &badReceiptError{cerr}
+	}
+	return v, nil
 }
 
 // confirmFork says plainly what accepting the fork voids, and asks the
