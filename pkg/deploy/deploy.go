@@ -72,11 +72,12 @@ type Config struct {
 	// last check (default: the port its container publishes for its main
 	// listener, else the catalog's).
 	GatewayHostPort int
-	// BeforeUp, when set, is called under the deploy lock once the images
-	// are on the host, just before the release is written and goes up: a
-	// check that must still hold when the host's services go down (a
-	// cluster's quorum), not only when the deploy began. An error stops
-	// the deploy, with nothing changed.
+	// BeforeUp, when set, is called under the deploy lock just before the
+	// host's services go down: a deploy's once the images are on the
+	// host, before the release is written and goes up, a Rollback's, and
+	// a Restart's or Stop's that takes the engine down. It is a check that must still
+	// hold then (a cluster's quorum), not only when the command began. An
+	// error stops there, with nothing changed.
 	BeforeUp func(ctx context.Context) error
 	// ViaRegistry, when set ("host:port/prefix"), sends the images through
 	// that registry: pushed from here, pulled by the host's Engine.
@@ -872,6 +873,11 @@ func (d *Deployer) Rollback(ctx context.Context, id string, rotate []string) (re
 			if errors.As(err, &sc) {
 				sc.Rollback = target.ID
 			}
+			return nil, err
+		}
+	}
+	if d.cfg.BeforeUp != nil {
+		if err := d.cfg.BeforeUp(ctx); err != nil {
 			return nil, err
 		}
 	}

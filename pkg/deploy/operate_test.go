@@ -42,9 +42,53 @@ func TestOperateADeployedHost(t *testing.T) {
 	}
 	defer d.Close()
 
+	// A restart or stop that takes the engine down asks BeforeUp (a
+	// cluster's quorum check) under the lock first; refused, it leaves the
+	// engine as it was. Nothing else asks it.
+	engineStarted := func() time.Time {
+		t.Helper()
+		st, err := d.Status(ctx, StatusOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range st.Services {
+			if s.Service == "engine" {
+				return s.StartedAt
+			}
+		}
+		t.Fatal("no engine in the status")
+		return time.Time{}
+	}
+	lost := errors.New("the cluster's quorum is lost now")
+	checks, unlocked := 0, 0
+	d.cfg.BeforeUp = func(context.Context) error {
+		checks++
+		if _, locked := readLock(t, filepath.Join(f.dir, ".deploy.lock")); !locked {
+			unlocked++
+		}
+		return lost
+	}
+	before := engineStarted()
+	if _, err := d.Restart(ctx, ServiceOptions{Services: []string{"engine"}}); !errors.Is(err, lost) {
+		t.Errorf("restart of the engine with the quorum check failing: %v", err)
+	}
+	if _, err := d.Stop(ctx, ServiceOptions{Force: true}); !errors.Is(err, lost) {
+		t.Errorf("stop of every service with the quorum check failing: %v", err)
+	}
+	if checks != 2 || unlocked != 0 {
+		t.Errorf("the check ran %d times (%d without the lock), want twice under it", checks, unlocked)
+	}
+	if after := engineStarted(); !after.Equal(before) {
+		t.Errorf("the engine restarted (started %s, before %s) though the check refused", after, before)
+	}
+	d.cfg.BeforeUp = func(context.Context) error { checks++; return nil }
+
 	res, err := d.Restart(ctx, ServiceOptions{Services: []string{"engine"}})
 	if err != nil {
 		t.Fatalf("restart engine: %v", err)
+	}
+	if checks != 3 {
+		t.Errorf("the restart of the engine ran the check %d times in all, want 3", checks)
 	}
 	if res.Release != r2.Release || !slices.Contains(res.Dependants, "anchoring") || !f.gatewayHealthy() {
 		t.Errorf("restart: %+v, gateway healthy %v", res, f.gatewayHealthy())
@@ -71,6 +115,9 @@ func TestOperateADeployedHost(t *testing.T) {
 	res, err = d.Start(ctx, ServiceOptions{Services: []string{"gateway"}})
 	if err != nil || res.AuditError == "" || !f.gatewayHealthy() {
 		t.Fatalf("start gateway with an unwritable trail: %+v, %v", res, err)
+	}
+	if checks != 3 {
+		t.Errorf("the quorum check ran %d times in all, want 3: the gateway's stop and start do not take the engine down", checks)
 	}
 	if err := os.Remove(audit); err != nil {
 		t.Fatal(err)
@@ -132,6 +179,14 @@ func TestOperateADeployedHost(t *testing.T) {
 	}
 
 	// The previous release is whole: a rollback brings it back.
+	d.cfg.BeforeUp = func(context.Context) error { return lost }
+	if _, err := d.Rollback(ctx, "", nil); !errors.Is(err, lost) {
+		t.Fatalf("rollback with the quorum check failing: %v", err)
+	}
+	if cur := f.current(t); cur != r2.Release {
+		t.Fatalf("current is %s after a refused rollback, want %s", cur, r2.Release)
+	}
+	d.cfg.BeforeUp = nil
 	rb, err := d.Rollback(ctx, "", nil)
 	if err != nil || rb.Release != r1.Release || !f.gatewayHealthy() {
 		t.Fatalf("rollback after prune: %+v, %v", rb, err)
@@ -148,11 +203,12 @@ func TestOperateADeployedHost(t *testing.T) {
 			t.Errorf("entry %+v: want the client key's fingerprint, the target, the user and host", e)
 		}
 	}
-	want := []string{"deploy/ok", "deploy/ok", "restart/ok", "stop/failed", "stop/ok", "prune/ok", "rollback/ok"}
+	// The refusals of the quorum check are on the trail too.
+	want := []string{"deploy/ok", "deploy/ok", "restart/failed", "stop/failed", "restart/ok", "stop/failed", "stop/ok", "prune/ok", "rollback/failed", "rollback/ok"}
 	if !slices.Equal(got, want) {
 		t.Errorf("audit trail %v, want %v", got, want)
 	}
-	if len(entries) == len(want) && (entries[0].Release != r1.Release || entries[6].Release != r1.Release || !slices.Equal(entries[2].Services, []string{"engine"})) {
+	if len(entries) == len(want) && (entries[0].Release != r1.Release || entries[9].Release != r1.Release || !slices.Equal(entries[4].Services, []string{"engine"})) {
 		t.Errorf("entries: %+v", entries)
 	}
 	if later, err := d.AuditLog(ctx, entries[len(entries)-1].Time); err != nil || len(later) == 0 || len(later) >= len(entries) {

@@ -173,6 +173,11 @@ func (d *Deployer) services(ctx context.Context, action AuditAction, o ServiceOp
 		d.emit(step, EventWarn, msg+"; they keep running and reconnect")
 	}
 
+	if action != AuditStart && d.cfg.BeforeUp != nil && slices.ContainsFunc(sel, func(s catalog.Service) bool { return s.Name == catalog.EngineService }) {
+		if err := d.cfg.BeforeUp(ctx); err != nil {
+			return nil, err // the check reported why
+		}
+	}
 	order := sel
 	if action == AuditStop {
 		order = slices.Clone(sel)

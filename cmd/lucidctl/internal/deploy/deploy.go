@@ -23,6 +23,8 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/build"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/quorum"
+	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/deploy"
 	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/imagebuild"
@@ -374,12 +376,12 @@ func runDeploy(ctx context.Context, opts *Options) error {
 			if member, err = cr.turn(ctx, name, opts.DryRun); err != nil {
 				return withDone(err, done)
 			}
-			readers.group = member.group
+			readers.Group = member.group
 			hostBundle.EnvFiles = member.envs
 		}
 		hostConfig := configs[i]
 		if !opts.DryRun {
-			if err := checkQuorum(ctx, name, readers, p, opts.ForceQuorum); err != nil {
+			if err := quorum.Check(ctx, name, readers, p, opts.ForceQuorum); err != nil {
 				return withDone(err, done)
 			}
 			// Once more under the host's lock, right before its engine
@@ -387,7 +389,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 			// upload takes minutes), or another operator's deploy taken
 			// one down.
 			hostConfig.BeforeUp = func(ctx context.Context) error {
-				return checkQuorum(ctx, name, readers, p, opts.ForceQuorum)
+				return quorum.Check(ctx, name, readers, p, opts.ForceQuorum)
 			}
 		}
 		deployHost := func(ctx context.Context) (*deploy.Result, error) {
@@ -792,6 +794,9 @@ type RollbackOptions struct {
 	// Rotate names data-bound secrets the release may bring other values
 	// of (a release from before their rotation).
 	Rotate []string
+	// ForceQuorum takes a voter down even when its Raft cluster loses its
+	// quorum without it.
+	ForceQuorum bool
 }
 
 func newRollbackCmd(env *cli.Env) *cobra.Command {
@@ -802,6 +807,10 @@ func newRollbackCmd(env *cli.Env) *cobra.Command {
 		Long: `Bring back RELEASE (default: the newest earlier release that went live), wait
 until every service is healthy, and point current at it: the same steps as a
 deploy's last ones, under the same deploy lock. lucidctl releases lists them.
+
+On a host of a cluster, it is refused as a deploy is when the host's engine
+is a voter whose cluster would lose its quorum without it (the cluster's other
+hosts are read to judge); --force-quorum goes on anyway.
 
 Steps are reported on stderr; --json prints one JSON event per step on stdout,
 then a result line.`,
@@ -829,6 +838,7 @@ then a result line.`,
 	cmd.Flags().DurationVar(&opts.HealthTimeout, "health-timeout", 3*time.Minute, "how long every service gets to become healthy")
 	cmd.Flags().DurationVar(&opts.LockWait, "lock-wait", 0, "wait this long for another deploy's lock")
 	cmd.Flags().StringSliceVar(&opts.Rotate, "rotate", nil, "data-bound secrets the release may bring back other values of (it holds them from before a rotation)")
+	cmd.Flags().BoolVar(&opts.ForceQuorum, "force-quorum", false, "take the host down even when its engine's Raft cluster loses its quorum without it (the chain stops until the quorum is back)")
 	return cli.SupportsJSON(cmd)
 }
 
@@ -838,11 +848,25 @@ func runRollback(ctx context.Context, opts *RollbackOptions) error {
 		return err
 	}
 	defer c.Close()
+	cfg, err := opts.Env.Config()
+	if err != nil {
+		return err
+	}
 	p := newPrinter(opts.Env)
-	d, err := deploy.New(deploy.Config{
+	hc := deploy.Config{
 		Name: opts.Target, SSH: c, Dir: t.Dir, Project: t.Project, DockerSocket: opts.SSH.dockerSocket,
 		HealthTimeout: opts.HealthTimeout, LockWait: opts.LockWait, Reporter: p,
+	}
+	gate := quorum.NewGate(ctx, quorum.GateOptions{
+		Config: cfg, Acting: []deploy.Config{hc}, DockerSocket: opts.SSH.dockerSocket, Force: opts.ForceQuorum, Reporter: p,
+		Dial: func(ctx context.Context, t projectconfig.Target) (*sshx.Client, error) {
+			return opts.SSH.Dial(ctx, opts.Env, t)
+		},
+		OperatorToken: opts.Env.OperatorToken("the engines' consensus status cannot be read, so a cluster's quorum is not checked"),
 	})
+	defer gate.Close()
+	hc.BeforeUp = gate.Check(opts.Target)
+	d, err := deploy.New(hc)
 	if err != nil {
 		return err
 	}
@@ -982,4 +1006,24 @@ func runReleases(ctx context.Context, opts *ReleasesOptions) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Version, r.Status, r.Created.Format(time.RFC3339), r.By, mark)
 	}
 	return tw.Flush()
+}
+
+// deployReaders are the quorum check's readers over the deploy's open
+// connections: Own reads host i's engine, Group every host still
+// connected, in parallel.
+func deployReaders(i int, configs []deploy.Config, clients []*sshx.Client, token string) quorum.Readers {
+	return quorum.Readers{
+		Own: func(ctx context.Context) (*engineapi.ConsensusStatus, error) {
+			return quorum.ReadOwn(ctx, configs[i], token)
+		},
+		Group: func(ctx context.Context) []*deploy.HostStatus {
+			var connected []deploy.Config
+			for j := range clients {
+				if clients[j] != nil {
+					connected = append(connected, configs[j])
+				}
+			}
+			return quorum.ReadGroup(ctx, connected, token)
+		},
+	}
 }

@@ -20,8 +20,11 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/quorum"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deploy"
+	"github.com/pickme/lucid/pkg/projectconfig"
+	"github.com/pickme/lucid/pkg/sshx"
 )
 
 // NewCmds returns restart, stop, start, prune and audit.
@@ -77,6 +80,9 @@ type ServiceOptions struct {
 	Force         bool
 	HealthTimeout time.Duration
 	LockWait      time.Duration
+	// ForceQuorum takes a voter's engine down even when its Raft cluster
+	// loses its quorum without it.
+	ForceQuorum bool
 }
 
 // serviceOutput is `lucidctl restart|stop|start --json`.
@@ -100,6 +106,15 @@ the current release are found by their compose labels and changed through the
 host's Docker Engine over SSH, under the host's deploy lock. A group's hosts go
 one at a time, stopping at the first that fails. Each action is recorded in
 the host's audit log.`
+	if action != deploy.AuditStart {
+		long += `
+
+A restart or stop that takes the engine down is refused, as a deploy is, when
+the engine is a Raft voter whose cluster would lose its quorum without it (all
+the hosts of its cluster in lucid.yaml are read to judge, under the host's
+lock); --force-quorum takes it down anyway, and the chain then stops until the
+quorum is back.`
+	}
 	switch action {
 	case deploy.AuditRestart:
 		long += `
@@ -137,6 +152,9 @@ within --health-timeout.`
 	} else {
 		cmd.Flags().DurationVar(&opts.HealthTimeout, "health-timeout", 3*time.Minute, "how long the services get to become healthy")
 	}
+	if action != deploy.AuditStart {
+		cmd.Flags().BoolVar(&opts.ForceQuorum, "force-quorum", false, "take a voter's engine down even when its Raft cluster loses its quorum without it (the chain stops until the quorum is back)")
+	}
 	cmd.Flags().DurationVar(&opts.LockWait, "lock-wait", 0, "wait this long for another deploy's lock")
 	return cli.SupportsJSON(cmd)
 }
@@ -154,11 +172,29 @@ func runService(ctx context.Context, opts *ServiceOptions) error {
 	}
 	p := &eventPrinter{w: opts.Env.IO.ErrOut}
 	out := serviceOutput{Hosts: []*deploy.ServiceResult{}, Unreachable: unreachable(fl)}
+	var gate *quorum.Gate
+	if takesEngineDown(opts.Action, opts.Services) {
+		acting := make([]deploy.Config, 0, len(fl.Hosts))
+		for _, h := range fl.Hosts {
+			acting = append(acting, h.DeployConfig())
+		}
+		gate = quorum.NewGate(ctx, quorum.GateOptions{
+			Config: cfg, Acting: acting, DockerSocket: opts.Fleet.DockerSocket, Force: opts.ForceQuorum, Reporter: p,
+			Dial: func(ctx context.Context, t projectconfig.Target) (*sshx.Client, error) {
+				return opts.Fleet.Dial(ctx, opts.Env, t)
+			},
+			OperatorToken: opts.Env.OperatorToken("the engines' consensus status cannot be read, so a cluster's quorum is not checked"),
+		})
+		defer gate.Close()
+	}
 	var runErr error
 	for _, h := range fl.Hosts {
 		c := h.DeployConfig()
 		c.ImageName, c.Tag = cfg.Images.Name, cfg.Images.Tag
 		c.HealthTimeout, c.LockWait, c.Reporter = opts.HealthTimeout, opts.LockWait, p
+		if gate != nil {
+			c.BeforeUp = gate.Check(h.Name)
+		}
 		res, err := serviceOn(ctx, c, opts)
 		if res != nil {
 			out.Hosts = append(out.Hosts, res)
@@ -456,4 +492,10 @@ func dash(s string) string {
 // times.
 func sortEntries(es []deploy.AuditEntry) {
 	slices.SortStableFunc(es, func(a, b deploy.AuditEntry) int { return a.Time.Compare(b.Time) })
+}
+
+// takesEngineDown reports whether a restart or stop of services takes the
+// engine down (none named is every service).
+func takesEngineDown(action deploy.AuditAction, services []string) bool {
+	return action != deploy.AuditStart && (len(services) == 0 || slices.Contains(services, catalog.EngineService))
 }

@@ -1,4 +1,4 @@
-package deploy
+package quorum
 
 import (
 	"context"
@@ -25,11 +25,11 @@ func voterOn(target, node, role string, healthy bool) *deploy.HostStatus {
 
 // quorumCase reads own as the host's engine and hosts as the group; it
 // counts the group reads.
-func quorumCase(own *engineapi.ConsensusStatus, ownErr error, hosts ...*deploy.HostStatus) (quorumReaders, *int) {
+func quorumCase(own *engineapi.ConsensusStatus, ownErr error, hosts ...*deploy.HostStatus) (Readers, *int) {
 	reads := 0
-	return quorumReaders{
-		own:   func(context.Context) (*engineapi.ConsensusStatus, error) { return own, ownErr },
-		group: func(context.Context) []*deploy.HostStatus { reads++; return hosts },
+	return Readers{
+		Own:   func(context.Context) (*engineapi.ConsensusStatus, error) { return own, ownErr },
+		Group: func(context.Context) []*deploy.HostStatus { reads++; return hosts },
 	}, &reads
 }
 
@@ -46,7 +46,7 @@ func TestCheckQuorum(t *testing.T) {
 	t.Run("all up", func(t *testing.T) {
 		events = nil
 		r, _ := quorumCase(n2, nil, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "follower", true), voterOn("pi3", "n3", "follower", true))
-		if err := checkQuorum(ctx, "pi2", r, rep, false); err != nil {
+		if err := Check(ctx, "pi2", r, rep, false); err != nil {
 			t.Fatal(err)
 		}
 		if len(events) != 1 || events[0].Status != deploy.EventOK || events[0].Message != "without its engine (voter n2), 2 of 3 voters stay healthy, 2 needed" {
@@ -56,8 +56,8 @@ func TestCheckQuorum(t *testing.T) {
 	t.Run("another down", func(t *testing.T) {
 		events = nil
 		r, _ := quorumCase(n2, nil, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "follower", true), voterOn("pi3", "n3", "follower", false))
-		err := checkQuorum(ctx, "pi2", r, rep, false)
-		if !errors.Is(err, errQuorum) {
+		err := Check(ctx, "pi2", r, rep, false)
+		if !errors.Is(err, ErrLost) {
 			t.Fatalf("err %v, want a refusal", err)
 		}
 		for _, want := range []string{"taking pi2 down (its engine is voter n2) would lose the Raft cluster's quorum: 1 other of 3 voters healthy, 2 needed", "not healthy: n3 on pi3 (its host is unhealthy)", "nothing was changed on pi2"} {
@@ -74,13 +74,13 @@ func TestCheckQuorum(t *testing.T) {
 
 		// A voter no host of the deploy answered as counts as down.
 		r, _ = quorumCase(n2, nil, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "follower", true))
-		if err := checkQuorum(ctx, "pi2", r, rep, false); !errors.Is(err, errQuorum) || !strings.Contains(err.Error(), "n3 (no host read answered as it)") {
+		if err := Check(ctx, "pi2", r, rep, false); !errors.Is(err, ErrLost) || !strings.Contains(err.Error(), "n3 (no host read answered as it)") {
 			t.Errorf("with n3 not read: %v", err)
 		}
 
 		events = nil
 		r, _ = quorumCase(n2, nil, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "follower", true), voterOn("pi3", "n3", "follower", false))
-		if err := checkQuorum(ctx, "pi2", r, rep, true); err != nil {
+		if err := Check(ctx, "pi2", r, rep, true); err != nil {
 			t.Fatalf("forced: %v", err)
 		}
 		if len(events) != 1 || events[0].Status != deploy.EventWarn || !strings.Contains(events[0].Message, "--force-quorum") {
@@ -89,7 +89,7 @@ func TestCheckQuorum(t *testing.T) {
 	})
 	t.Run("its own voter already down", func(t *testing.T) {
 		r, _ := quorumCase(n2, nil, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "candidate", true), voterOn("pi3", "n3", "follower", false))
-		if err := checkQuorum(ctx, "pi2", r, rep, false); err != nil {
+		if err := Check(ctx, "pi2", r, rep, false); err != nil {
 			t.Fatalf("deploying the broken voter is refused: %v", err)
 		}
 	})
@@ -97,14 +97,14 @@ func TestCheckQuorum(t *testing.T) {
 		events = nil
 		single := &engineapi.ConsensusStatus{NodeID: "n1", State: "leader", LeaderID: "n1", Servers: threeVoters[:1]}
 		r, reads := quorumCase(single, nil)
-		if err := checkQuorum(ctx, "pi", r, rep, false); err != nil || *reads != 0 || len(events) != 0 {
+		if err := Check(ctx, "pi", r, rep, false); err != nil || *reads != 0 || len(events) != 0 {
 			t.Fatalf("single host: %v, %d group reads, events %+v", err, *reads, events)
 		}
 	})
 	t.Run("engine not read", func(t *testing.T) {
 		events = nil
 		r, reads := quorumCase(nil, errors.New("engine /api/v1/consensus/status: 403 Forbidden"))
-		if err := checkQuorum(ctx, "pi", r, rep, false); err != nil || *reads != 0 {
+		if err := Check(ctx, "pi", r, rep, false); err != nil || *reads != 0 {
 			t.Fatalf("%v, %d group reads", err, *reads)
 		}
 		if len(events) != 1 || events[0].Status != deploy.EventWarn || !strings.Contains(events[0].Message, "403 Forbidden") {
@@ -113,7 +113,7 @@ func TestCheckQuorum(t *testing.T) {
 		// No engine running (a first deploy): nothing to say.
 		events = nil
 		r, _ = quorumCase(nil, fmt.Errorf("engine %w", deploy.ErrNotRunning))
-		if err := checkQuorum(ctx, "pi", r, rep, false); err != nil || len(events) != 0 {
+		if err := Check(ctx, "pi", r, rep, false); err != nil || len(events) != 0 {
 			t.Fatalf("%v, events %+v", err, events)
 		}
 	})
@@ -135,10 +135,10 @@ func TestQuorumCountsEngines(t *testing.T) {
 		withEngine(voterOn("pi1", "n1", "leader", true), "healthy"),
 		withEngine(voterOn("pi2", "n2", "follower", false), "healthy"), // its gateway is sick
 		withEngine(voterOn("pi3", "n3", "follower", false), "unhealthy"))
-	if err := checkQuorum(ctx, "pi2", r, rep, false); !errors.Is(err, errQuorum) {
+	if err := Check(ctx, "pi2", r, rep, false); !errors.Is(err, ErrLost) {
 		t.Fatalf("pi2's working engine taken down with pi3's engine down: %v (events %+v)", err, events)
 	}
-	if err := checkQuorum(ctx, "pi2", r, rep, false); err == nil || !strings.Contains(err.Error(), "n3 on pi3 (its engine container is unhealthy)") {
+	if err := Check(ctx, "pi2", r, rep, false); err == nil || !strings.Contains(err.Error(), "n3 on pi3 (its engine container is unhealthy)") {
 		t.Errorf("the refusal names why n3 does not count: %v", err)
 	}
 }

@@ -1,4 +1,7 @@
-package deploy
+// Package quorum keeps lucidctl from taking a Raft voter's engine down when
+// its cluster would lose its quorum without it: a deploy, a restart or a
+// stop of the engine asks it first, and again under the host's lock.
+package quorum
 
 import (
 	"context"
@@ -11,23 +14,22 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/deploy"
-	"github.com/pickme/lucid/pkg/sshx"
 )
 
-// quorumReaders read what the quorum check needs to know.
-type quorumReaders struct {
-	// own reads the consensus status of the engine of the host about to
+// Readers read what the quorum check needs to know.
+type Readers struct {
+	// Own reads the consensus status of the engine of the host about to
 	// go down.
-	own func(ctx context.Context) (*engineapi.ConsensusStatus, error)
-	// group reads every host of the deploy, as lucidctl status --target
-	// does; a host that could not be read is left out.
-	group func(ctx context.Context) []*deploy.HostStatus
+	Own func(ctx context.Context) (*engineapi.ConsensusStatus, error)
+	// Group reads every host of the cluster that can be read, as lucidctl
+	// status --target does; a host that could not be read is left out.
+	Group func(ctx context.Context) []*deploy.HostStatus
 }
 
-// errQuorum marks a refusal to take a voter down.
-var errQuorum = errors.New("would lose the Raft cluster's quorum")
+// ErrLost marks a refusal to take a voter down.
+var ErrLost = errors.New("would lose the Raft cluster's quorum")
 
-// checkQuorum refuses to take target down when its engine is a voter of
+// Check refuses to take target down when its engine is a voter of
 // a Raft cluster of more than one server and the cluster would lose its
 // quorum without it: fewer healthy voters other than it than a majority
 // of the voters (the cluster's verdict of lucidctl status, from the
@@ -37,11 +39,11 @@ var errQuorum = errors.New("would lose the Raft cluster's quorum")
 // nothing, and deploying may be what repairs it. When the host's engine
 // cannot be read the check cannot be made, and a warning says so. force
 // turns the refusal into a warning.
-func checkQuorum(ctx context.Context, target string, r quorumReaders, rep deploy.Reporter, force bool) error {
+func Check(ctx context.Context, target string, r Readers, rep deploy.Reporter, force bool) error {
 	event := func(status deploy.EventStatus, msg string) {
 		rep.Event(deploy.Event{Time: time.Now(), Target: target, Step: deploy.StepQuorum, Status: status, Message: msg})
 	}
-	cs, err := r.own(ctx)
+	cs, err := r.Own(ctx)
 	switch {
 	case errors.Is(err, deploy.ErrNotRunning):
 		return nil // no engine serving (a first deploy): none to take down
@@ -55,7 +57,7 @@ func checkQuorum(ctx context.Context, target string, r quorumReaders, rep deploy
 	if len(cs.Servers) <= 1 || !slices.ContainsFunc(cs.Servers, func(s engineapi.Server) bool { return s.ID == cs.NodeID && s.Voter }) {
 		return nil
 	}
-	c := deploy.ClusterOf(r.group(ctx))
+	c := deploy.ClusterOf(r.Group(ctx))
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -87,7 +89,7 @@ func checkQuorum(ctx context.Context, target string, r quorumReaders, rep deploy
 		event(deploy.EventOK, fmt.Sprintf("without its engine (voter %s), %d of %d voters stay healthy, %d needed", cs.NodeID, len(others), voters, needed))
 		return nil
 	}
-	why := fmt.Sprintf("taking %s down (its engine is voter %s) %v: %d other of %d voters healthy, %d needed", target, cs.NodeID, errQuorum, len(others), voters, needed)
+	why := fmt.Sprintf("taking %s down (its engine is voter %s) %v: %d other of %d voters healthy, %d needed", target, cs.NodeID, ErrLost, len(others), voters, needed)
 	switch {
 	case c == nil:
 		why += "; the cluster's other voters could not be read"
@@ -99,35 +101,23 @@ func checkQuorum(ctx context.Context, target string, r quorumReaders, rep deploy
 		return nil
 	}
 	event(deploy.EventFail, why)
-	return cli.WithHint(fmt.Errorf("%s; nothing was changed on %s: %w", why, target, errQuorum),
-		"repair the voters named (lucidctl status --target GROUP shows the cluster; a voter no host of this deploy answered as needs its host in the deploy), then deploy again; --force-quorum takes the host down anyway, and the chain stops until the quorum is back")
+	return cli.WithHint(fmt.Errorf("%s; nothing was changed on %s: %w", why, target, ErrLost),
+		"repair the voters named (lucidctl status --target GROUP shows the cluster; a voter no host read answered as needs its host reachable), then try again; --force-quorum takes the engine down anyway, and the chain stops until the quorum is back")
 }
 
-// deployReaders are the quorum check's readers over the deploy's open
-// connections: own reads host i's engine, group every host still
-// connected, in parallel.
-func deployReaders(i int, configs []deploy.Config, clients []*sshx.Client, token string) quorumReaders {
-	opts := deploy.StatusOptions{OperatorToken: token}
-	return quorumReaders{
-		own: func(ctx context.Context) (*engineapi.ConsensusStatus, error) {
-			d, err := deploy.New(configs[i])
-			if err != nil {
-				return nil, err
-			}
-			defer d.Close()
-			return d.Consensus(ctx, opts)
-		},
-		group: func(ctx context.Context) []*deploy.HostStatus {
-			var connected []deploy.Config
-			for j := range clients {
-				if clients[j] != nil {
-					connected = append(connected, configs[j])
-				}
-			}
-			// A host that cannot be read is left out; its voter then
-			// counts as not healthy.
-			out, _ := deploy.StatusOf(ctx, connected, opts)
-			return slices.DeleteFunc(out, func(h *deploy.HostStatus) bool { return h == nil })
-		},
+// ReadOwn reads the consensus status of host's engine.
+func ReadOwn(ctx context.Context, host deploy.Config, token string) (*engineapi.ConsensusStatus, error) {
+	d, err := deploy.New(host)
+	if err != nil {
+		return nil, err
 	}
+	defer d.Close()
+	return d.Consensus(ctx, deploy.StatusOptions{OperatorToken: token})
+}
+
+// ReadGroup reads hosts in parallel. A host that cannot be read is left
+// out; its voter then counts as not healthy.
+func ReadGroup(ctx context.Context, hosts []deploy.Config, token string) []*deploy.HostStatus {
+	out, _ := deploy.StatusOf(ctx, hosts, deploy.StatusOptions{OperatorToken: token})
+	return slices.DeleteFunc(out, func(h *deploy.HostStatus) bool { return h == nil })
 }
