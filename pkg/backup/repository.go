@@ -52,10 +52,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/pickme/lucid/pkg/atomicfile"
 )
 
 // Format names the repository format in its marker.
@@ -155,7 +156,7 @@ func InitRepository(ctx context.Context, dir string, encrypted bool) (*Repositor
 	if err != nil {
 		return nil, err
 	}
-	if err := writeAtomic(filepath.Join(dir, markerName), append(b, '\n'), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, markerName), append(b, '\n'), 0o600); err != nil {
 		return nil, err
 	}
 	return &Repository{dir: dir, marker: m}, nil
@@ -314,61 +315,4 @@ func validSum(s string) bool {
 	}
 	_, err := hex.DecodeString(s)
 	return err == nil && strings.ToLower(s) == s
-}
-
-// writeAtomic writes data to path so that path holds either its old
-// content or all of data, durably.
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	return writeAtomicFunc(path, mode, func(f *os.File) error {
-		_, err := f.Write(data)
-		return err
-	})
-}
-
-func writeAtomicFunc(path string, mode os.FileMode, write func(*os.File) error) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	if err := fill(f, mode, write); err != nil {
-		_ = f.Close()
-		_ = os.Remove(tmp) // the rename did not happen: nothing refers to it
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp) // likewise
-		return err
-	}
-	return syncDir(dir)
-}
-
-// fill writes a new file's content durably, and closes it.
-func fill(f *os.File, mode os.FileMode, write func(*os.File) error) error {
-	if err := f.Chmod(mode); err != nil {
-		return err
-	}
-	if err := write(f); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	return f.Close()
-}
-
-func syncDir(dir string) error {
-	if runtime.GOOS == "windows" {
-		return nil // directories cannot be fsynced there; the rename is durable by itself on NTFS
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = d.Close() }() // opened for reading: nothing to lose
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
 }

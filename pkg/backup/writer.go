@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pickme/lucid/pkg/api/snapshotapi"
+	"github.com/pickme/lucid/pkg/atomicfile"
 )
 
 // EnvService is the service name under which a backup holds the host's
@@ -161,7 +162,7 @@ func (w *Writer) writeInfo(suffix string) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(filepath.Join(w.repo.dir, backupsDir, w.m.ID+suffix), append(b, '\n'), 0o600)
+	return atomicfile.Write(filepath.Join(w.repo.dir, backupsDir, w.m.ID+suffix), append(b, '\n'), 0o600)
 }
 
 type pieceTask struct {
@@ -322,13 +323,13 @@ func (w *Writer) storeBlob(path string, data []byte) error {
 		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return err
 		}
-		if err := syncDir(filepath.Dir(dir)); err != nil {
+		if err := atomicfile.SyncDir(filepath.Dir(dir)); err != nil {
 			return err
 		}
 	} else if err != nil {
 		return err
 	}
-	return writeAtomicFunc(path, 0o600, func(f *os.File) error { return w.seal(f, data) })
+	return atomicfile.WriteFunc(path, 0o600, func(f *os.File) error { return w.seal(f, data) })
 }
 
 // seal writes data to dst, encrypted for the recipients in an encrypted
@@ -368,7 +369,7 @@ func (w *Writer) Commit(ctx context.Context) (*Manifest, error) {
 	if err := w.seal(&buf, b); err != nil {
 		return nil, err
 	}
-	if err := writeAtomic(filepath.Join(w.repo.dir, backupsDir, w.m.ID+w.repo.manifestSuffix()), buf.Bytes(), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(w.repo.dir, backupsDir, w.m.ID+w.repo.manifestSuffix()), buf.Bytes(), 0o600); err != nil {
 		return nil, fmt.Errorf("write the manifest of backup %s: %w", w.m.ID, err)
 	}
 	// The backup exists now; the summary only spares listing a decryption.

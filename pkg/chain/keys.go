@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/pickme/lucid/pkg/atomicfile"
 )
 
 // Validator keys are note keys (Ed25519). The signer key stays in the
@@ -68,40 +70,10 @@ func LoadOrCreateKey(dir, name string) (note.Signer, string, error) {
 // a missing private key (made again, with its public key) is the only
 // half-way state.
 func writeNew(path, content string, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	// After the rename there is nothing left to remove; before it, the
-	// temporary file is abandoned, and the write's error is the one to
-	// report, not the Close or Remove after it.
-	defer func() { _ = os.Remove(tmp.Name()) }()
-	for _, step := range []func() error{
-		func() error { return tmp.Chmod(mode) },
-		func() error { _, err := tmp.WriteString(content + "\n"); return err },
-		tmp.Sync,
-	} {
-		if err := step(); err != nil {
-			_ = tmp.Close()
-			return err
-		}
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = d.Close() }() // opened for reading: nothing to lose
-	return d.Sync()
+	return atomicfile.Write(path, []byte(content+"\n"), mode)
 }
 
 // ParseVerifier parses a verifier key.

@@ -21,6 +21,8 @@ import (
 	"strings"
 
 	"github.com/compose-spec/compose-go/v2/dotenv"
+
+	"github.com/pickme/lucid/pkg/atomicfile"
 )
 
 // Mode is the permission env files are written with.
@@ -132,36 +134,13 @@ func AddMissing(path string, values map[string]string) ([]string, error) {
 	return added, nil
 }
 
-// WriteAtomic replaces the file at path with data, mode 0600.
+// WriteAtomic replaces the file at path with data, mode 0600, whole or
+// not at all, and durably; it creates the folder if missing.
 func WriteAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	// After the rename there is nothing left to remove; before it, the
-	// temporary file is abandoned and its removal or Close failing adds
-	// nothing to the error returned.
-	defer func() { _ = os.Remove(tmp.Name()) }()
-	if err := tmp.Chmod(Mode); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		_ = tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := atomicfile.Write(path, data, Mode); err != nil {
 		return fmt.Errorf("write env file %s: %w", path, err)
 	}
 	return nil

@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/pickme/lucid/pkg/atomicfile"
 )
 
 // CompactReport says what a compaction did.
@@ -356,5 +358,5 @@ func (s *Store) dropPack(n uint32) (bool, error) {
 	if err := os.Remove(s.packPath(n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return false, err
 	}
-	return true, syncDir(s.packDir())
+	return true, atomicfile.SyncDir(s.packDir())
 }

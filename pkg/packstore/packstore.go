@@ -43,6 +43,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/pickme/lucid/pkg/atomicfile"
 )
 
 // Index keys are scoped by owner (see scoped): a chunk's key is its id,
@@ -281,7 +283,7 @@ func (s *Store) init() error {
 	}
 	// On failure the pack is left as it was, and the failure is what to
 	// report rather than the Close after it.
-	if err := syncDir(s.packDir()); err != nil {
+	if err := atomicfile.SyncDir(s.packDir()); err != nil {
 		_ = f.Close()
 		return err
 	}
@@ -312,15 +314,6 @@ func (s *Store) init() error {
 
 func (s *Store) packPath(n uint32) string {
 	return filepath.Join(s.opts.Dir, "packs", fmt.Sprintf("pack-%06d.dat", n))
-}
-
-// syncDir makes a new file's directory entry durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	return errors.Join(d.Sync(), d.Close())
 }
 
 // ErrClosed is returned by a Store that is closing.
@@ -601,7 +594,7 @@ func (s *Store) rotate() error {
 	if err != nil {
 		return err
 	}
-	if err := syncDir(s.packDir()); err != nil {
+	if err := atomicfile.SyncDir(s.packDir()); err != nil {
 		_ = f.Close() // the new pack is unused; the failure is what to report
 		return err
 	}

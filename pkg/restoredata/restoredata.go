@@ -25,11 +25,11 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 
 	"github.com/pickme/lucid/pkg/api/snapshotapi"
+	"github.com/pickme/lucid/pkg/atomicfile"
 )
 
 // ManifestName is the first entry of a restore stream: a JSON Manifest.
@@ -274,14 +274,15 @@ func Replace(ctx context.Context, dir string, r io.Reader) (_ *Result, err error
 	if err := os.Remove(marker); err != nil {
 		return res, fmt.Errorf("the restore is done, but its mark stays: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return res, err
 	}
 	return res, nil
 }
 
 // writeSynced writes data to the new file p and makes it, and its entry in
-// its folder, durable.
+// its folder, durable. Only its existence counts (a mark), so it is
+// written in place: no temporary file is left in the data directory.
 func writeSynced(p string, data []byte) error {
 	f, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -297,7 +298,7 @@ func writeSynced(p string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(p))
+	return atomicfile.SyncDir(filepath.Dir(p))
 }
 
 func readManifest(tr *tar.Reader) (*Manifest, error) {
@@ -418,26 +419,11 @@ func swap(dir, staging string, files []snapshotapi.File) (int, error) {
 		}
 	}
 	for i := len(sorted) - 1; i >= 0; i-- {
-		if err := syncDir(filepath.Join(dir, filepath.FromSlash(sorted[i]))); err != nil {
+		if err := atomicfile.SyncDir(filepath.Join(dir, filepath.FromSlash(sorted[i]))); err != nil {
 			return removed, err
 		}
 	}
 	return removed, nil
-}
-
-func syncDir(d string) error {
-	if runtime.GOOS == "windows" {
-		return nil // Windows cannot open a folder for fsync; NTFS journals its entries
-	}
-	f, err := os.Open(d)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = f.Close() }() // opened for reading; Sync said what matters
-	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
-		return fmt.Errorf("fsync %s: %w", d, err)
-	}
-	return nil
 }
 
 // FileOf describes data as a manifest entry named p, for the files a

@@ -30,6 +30,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/atomicfile"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/service"
 )
@@ -144,15 +145,7 @@ func (f *fence) remove() error {
 	if err := os.Remove(f.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove the restore fence: %w", err)
 	}
-	d, err := os.Open(filepath.Dir(f.path))
-	if err != nil {
-		return fmt.Errorf("sync the data directory: %w", err)
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(f.path)); err != nil {
 		return fmt.Errorf("sync the data directory: %w", err)
 	}
 	return nil
