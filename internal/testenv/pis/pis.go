@@ -85,8 +85,11 @@ type piSet struct {
 const (
 	piOwnerLabel = "lucid.test.pis.owner"
 	piImageRepo  = "lucid-test-pi"
-	// piUpTimeout bounds a Pi's boot: sshd and its Engine answering.
-	piUpTimeout = 60 * time.Second
+	// piUpTimeout bounds a Pi's boot: sshd and its Engine answering. A
+	// boot takes seconds alone, but CI runs pkg/deploy's Docker work beside
+	// the cluster test on 2 cores, and a Pi booted after a power cut there
+	// once took over a minute to start its container.
+	piUpTimeout = 3 * time.Minute
 	// piStopTimeout is how long a graceful stop may take before the Engine
 	// kills the Pi: its Engine stops its containers first (10 s each at
 	// most, and its own shutdown timeout is 15 s).
