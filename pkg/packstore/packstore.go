@@ -67,10 +67,11 @@ var (
 
 // Errors callers map to answers.
 var (
-	ErrNotFound   = errors.New("chunk not found")
-	ErrSealed     = errors.New("session is sealed")
-	ErrIndexTaken = errors.New("another chunk holds that index in the session")
-	ErrReferenced = errors.New("chunk is referenced by a sealed session")
+	ErrNotFound    = errors.New("chunk not found")
+	ErrSealed      = errors.New("session is sealed")
+	ErrIndexTaken  = errors.New("another chunk holds that index in the session")
+	ErrSessionFull = errors.New("the session holds as many chunks as a session may")
+	ErrReferenced  = errors.New("chunk is referenced by a sealed session")
 )
 
 // Options configure a Store.
@@ -87,6 +88,11 @@ type Options struct {
 	PreviousKeys [][]byte
 	// MaxPackBytes starts a new pack once the active one is this big.
 	MaxPackBytes int64
+	// MaxSessionChunks, when above 0, is how many chunks a session may
+	// hold: what is derived from a session whole (its Merkle tree, its
+	// list of chunks) stays bounded in memory. A chunk beyond it is
+	// refused with ErrSessionFull.
+	MaxSessionChunks uint64
 }
 
 // Store is a chunk store. It is safe for concurrent use.
@@ -556,7 +562,7 @@ func (s *Store) commit(batch []*writeReq) {
 		}
 		for i, r := range batch {
 			if r.member != nil {
-				errs[i] = addMember(tx, r.owner, hex.EncodeToString(r.id[:]), *r.member)
+				errs[i] = addMember(tx, r.owner, hex.EncodeToString(r.id[:]), *r.member, s.opts.MaxSessionChunks)
 			}
 		}
 		return meta.Put(keyPackEnd, binary.BigEndian.AppendUint64(nil, uint64(end)))

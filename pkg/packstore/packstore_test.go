@@ -448,3 +448,32 @@ func TestScopedKeys(t *testing.T) {
 		t.Error("an owned key starts with a bare id")
 	}
 }
+
+// TestSessionChunksAreBounded: a session takes at most MaxSessionChunks
+// chunks; the same chunk at a held index again is still a no-op, and
+// another session is not affected.
+func TestSessionChunksAreBounded(t *testing.T) {
+	s, err := Open(Options{Dir: t.TempDir(), MaxSessionChunks: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeT(t, s)
+	ctx := context.Background()
+	for i := range 3 {
+		if _, err := s.Put(ctx, owner, chunk(i, 100), &Member{Session: "s1", Index: uint64(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Put(ctx, owner, chunk(3, 100), &Member{Session: "s1", Index: 3}); !errors.Is(err, ErrSessionFull) {
+		t.Errorf("a fourth chunk into a session of at most 3: %v, want %v", err, ErrSessionFull)
+	}
+	if _, err := s.Put(ctx, owner, chunk(2, 100), &Member{Session: "s1", Index: 2}); err != nil {
+		t.Errorf("a retried upload of a held index: %v", err)
+	}
+	if _, err := s.Put(ctx, owner, chunk(3, 100), &Member{Session: "s2", Index: 0}); err != nil {
+		t.Errorf("another session: %v", err)
+	}
+	if sess, ids, err := s.SessionChunks(owner, "s1"); err != nil || sess.Chunks != 3 || len(ids) != 3 {
+		t.Errorf("the full session: %+v %v %v", sess, ids, err)
+	}
+}

@@ -75,8 +75,9 @@ func refKey(owner, id, session string) []byte {
 }
 
 // addMember records owner's chunk id at m.Index of owner's session
-// m.Session. The same chunk at the same index again is a no-op.
-func addMember(tx *bolt.Tx, owner, id string, m Member) error {
+// m.Session, which may hold at most max chunks (0: no bound). The same
+// chunk at the same index again is a no-op.
+func addMember(tx *bolt.Tx, owner, id string, m Member, max uint64) error {
 	sess, err := getSession(tx, owner, m.Session)
 	if err != nil {
 		return err
@@ -94,6 +95,9 @@ func addMember(tx *bolt.Tx, owner, id string, m Member) error {
 	}
 	if sess.Sealed {
 		return fmt.Errorf("%w: %s", ErrSealed, m.Session)
+	}
+	if max > 0 && sess.Chunks >= max {
+		return fmt.Errorf("%w: session %s holds %d", ErrSessionFull, m.Session, sess.Chunks)
 	}
 	if err := members.Put(key, []byte(id)); err != nil {
 		return err

@@ -55,7 +55,7 @@ type ChunkStored struct {
 // put stores a chunk: the raw body, or the "chunk" part of a multipart
 // form; session_id and index come from the query or the form.
 func (a *api) put(w http.ResponseWriter, r *http.Request, p service.Principal) error {
-	release, err := acquire(r, a.app.putSlots)
+	release, err := a.app.putSlots.acquire(r.Context(), p.Subject)
 	if err != nil {
 		return err
 	}
@@ -134,6 +134,8 @@ func (a *api) put(w http.ResponseWriter, r *http.Request, p service.Principal) e
 		return service.Errorf(http.StatusConflict, service.CodeConflict, "session %s is sealed; it takes no more chunks", sid)
 	case errors.Is(err, packstore.ErrIndexTaken):
 		return service.Errorf(http.StatusConflict, service.CodeConflict, "%v", err)
+	case errors.Is(err, packstore.ErrSessionFull):
+		return service.Errorf(http.StatusConflict, service.CodeConflict, "session %s holds %d chunks, as many as a session may here (LUCID_SESSION_MAX_CHUNKS); start another session", sid, a.app.sessionChunks)
 	case err != nil:
 		return err
 	}
@@ -144,16 +146,6 @@ func (a *api) put(w http.ResponseWriter, r *http.Request, p service.Principal) e
 	out.ID = id
 	service.WriteJSON(w, http.StatusCreated, out)
 	return nil
-}
-
-// acquire takes a slot, waiting while the client is there.
-func acquire(r *http.Request, slots chan struct{}) (func(), error) {
-	select {
-	case slots <- struct{}{}:
-		return func() { <-slots }, nil
-	case <-r.Context().Done():
-		return nil, r.Context().Err()
-	}
 }
 
 func tooLarge(limit int) error {
@@ -182,7 +174,7 @@ func chunkError(id string, err error) error {
 
 // get streams a chunk back after checking it against its id.
 func (a *api) get(w http.ResponseWriter, r *http.Request, p service.Principal) error {
-	release, err := acquire(r, a.app.getSlots)
+	release, err := a.app.getSlots.acquire(r.Context(), p.Subject)
 	if err != nil {
 		return err
 	}
@@ -243,7 +235,7 @@ type SessionInfo struct {
 
 func (a *api) session(w http.ResponseWriter, r *http.Request, p service.Principal) error {
 	sid := r.PathValue("id")
-	sess, t, err := a.app.tree(p.Subject, sid)
+	sess, t, err := a.app.tree(r.Context(), p.Subject, sid)
 	if err != nil {
 		return sessionError(sid, err)
 	}
@@ -270,7 +262,7 @@ func (a *api) proof(w http.ResponseWriter, r *http.Request, p service.Principal)
 	if err != nil {
 		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "index must be a whole number")
 	}
-	_, t, err := a.app.tree(p.Subject, sid)
+	_, t, err := a.app.tree(r.Context(), p.Subject, sid)
 	if err != nil {
 		return sessionError(sid, err)
 	}
@@ -328,7 +320,7 @@ func (a *api) seal(w http.ResponseWriter, r *http.Request, p service.Principal) 
 	if _, err := a.app.store.Seal(p.Subject, sid, ""); err != nil {
 		return err
 	}
-	_, t, err := a.app.tree(p.Subject, sid)
+	_, t, err := a.app.tree(r.Context(), p.Subject, sid)
 	if err != nil {
 		return err
 	}

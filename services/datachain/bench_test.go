@@ -39,7 +39,7 @@ func BenchmarkSessionProof(b *testing.B) {
 		}()
 	}
 	wg.Wait()
-	if _, _, err := app.tree(owner, sid); err != nil { // build the cache once
+	if _, _, err := app.tree(context.Background(), owner, sid); err != nil { // build the cache once
 		b.Fatal(err)
 	}
 	b.ResetTimer()
@@ -47,7 +47,7 @@ func BenchmarkSessionProof(b *testing.B) {
 		i := uint64(7)
 		for pb.Next() {
 			i = (i*2862933555777941757 + 3037000493) % n
-			_, t, err := app.tree(owner, sid)
+			_, t, err := app.tree(context.Background(), owner, sid)
 			if err != nil {
 				b.Error(err)
 				return

@@ -9,10 +9,12 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/pickme/lucid/pkg/api/anchoringapi"
 	"github.com/pickme/lucid/pkg/envconfig"
@@ -32,23 +34,32 @@ type App struct {
 	anchoringURL  string
 	scrubInterval time.Duration
 	packBytes     int
+	sessionChunks int
 
 	store     *packstore.Store
 	anchoring *anchoringapi.Client
 	logger    *slog.Logger
 
-	mu        sync.Mutex
-	trees     map[treeKey]*sessionTree // cached per session
-	lastScrub *packstore.ScrubReport
-	scrubbing sync.Mutex
+	mu    sync.Mutex
+	trees map[treeKey]*sessionTree // cached per session
+	// treeLeaves counts the chunks of the cached trees.
+	treeLeaves int
+	// building makes one build of a session's tree serve every request
+	// for it; buildSlots bound the builds at once.
+	building   singleflight.Group
+	buildSlots chan struct{}
+	lastScrub  *packstore.ScrubReport
+	scrubbing  sync.Mutex
 
 	stored prometheus.Counter
 	bytes  prometheus.Counter
+	builds prometheus.Counter // session trees built (cache misses)
 
 	// Uploads and reads hold whole chunks (up to 16 MiB, more while
-	// encrypting); these bound how many are in memory at once.
-	putSlots chan struct{}
-	getSlots chan struct{}
+	// encrypting); these bound how many are in memory at once, half of
+	// them at most for one user.
+	putSlots *fairSlots
+	getSlots *fairSlots
 	loops    sync.WaitGroup
 }
 
@@ -96,22 +107,25 @@ func (a *App) Configure(r *envconfig.Reader) {
 	a.anchoringURL = r.URLList("LUCID_ANCHORING_URL", "http://127.0.0.1:8085")
 	a.scrubInterval = r.Duration("LUCID_SCRUB_INTERVAL", 24*time.Hour, time.Minute, 30*24*time.Hour)
 	a.packBytes = r.Int("LUCID_PACK_MAX_BYTES", 1<<30, 1<<20, 1<<40)
+	a.sessionChunks = r.Int("LUCID_SESSION_MAX_CHUNKS", 100_000, 1, 1_000_000)
 }
 
 // Provision opens the store and starts the periodic scrub.
 func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	var err error
-	a.store, err = packstore.Open(packstore.Options{Dir: filepath.Join(srv.Config().DataDir, "chunks"), Key: a.key, PreviousKeys: a.previousKeys, MaxPackBytes: int64(a.packBytes)})
+	a.store, err = packstore.Open(packstore.Options{Dir: filepath.Join(srv.Config().DataDir, "chunks"), Key: a.key, PreviousKeys: a.previousKeys, MaxPackBytes: int64(a.packBytes), MaxSessionChunks: uint64(a.sessionChunks)})
 	if err != nil {
 		return err
 	}
 	a.anchoring = anchoringapi.New(a.anchoringURL, srv.Client("anchoring", 30*time.Second))
 	a.logger = srv.Logger()
 	a.trees = map[treeKey]*sessionTree{}
-	a.putSlots, a.getSlots = make(chan struct{}, 8), make(chan struct{}, 16)
+	a.buildSlots = make(chan struct{}, treeBuilds)
+	a.putSlots, a.getSlots = newFairSlots(8, 4), newFairSlots(16, 8)
 	a.stored = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_datachain_chunks_stored_total", Help: "Chunks stored (new bytes)."})
 	a.bytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_datachain_bytes_stored_total", Help: "Chunk bytes received and stored."})
-	srv.Registerer().MustRegister(a.stored, a.bytes)
+	a.builds = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_datachain_session_trees_built_total", Help: "Session Merkle trees built from the store (requests the tree cache did not answer)."})
+	srv.Registerer().MustRegister(a.stored, a.bytes, a.builds)
 	srv.AddCheck("store", func(context.Context) error {
 		_, err := a.store.Stats()
 		return err
@@ -175,9 +189,18 @@ func (a *App) scrub(ctx context.Context) (*packstore.ScrubReport, error) {
 	return rep, nil
 }
 
+// Session trees are built whole in memory, about 330 bytes a chunk while
+// held: at most treeBuilds are built at once (one build per session
+// version, however many ask), and the cache holds at most treeCacheLeaves
+// chunks' worth of them.
+const (
+	treeBuilds      = 2
+	treeCacheLeaves = 1 << 18
+)
+
 // tree returns the Merkle tree of owner's session over its current chunks;
 // it is rebuilt only when the session's version has changed.
-func (a *App) tree(owner, sessionID string) (*packstore.Session, *sessionTree, error) {
+func (a *App) tree(ctx context.Context, owner, sessionID string) (*packstore.Session, *sessionTree, error) {
 	sess, err := a.store.Session(owner, sessionID)
 	if err != nil {
 		return nil, nil, err
@@ -189,30 +212,79 @@ func (a *App) tree(owner, sessionID string) (*packstore.Session, *sessionTree, e
 	if cached != nil && cached.version == sess.Version {
 		return sess, cached, nil
 	}
+	// Owner and session id hold no NUL (subjects hold no control
+	// characters, session ids are UUIDs).
+	flight := owner + "\x00" + sessionID + "\x00" + strconv.FormatUint(sess.Version, 10)
+	// The build is everyone's who asks for it: it waits for its slot
+	// whoever of them leaves.
+	ch := a.building.DoChan(flight, func() (any, error) {
+		// A build that ended since this request missed the cache left
+		// the tree there.
+		a.mu.Lock()
+		cached := a.trees[key]
+		a.mu.Unlock()
+		if cached != nil && cached.version == sess.Version {
+			return &builtTree{sess, cached}, nil
+		}
+		a.buildSlots <- struct{}{}
+		defer func() { <-a.buildSlots }()
+		return a.buildTree(owner, sessionID)
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, nil, res.Err
+		}
+		st := res.Val.(*builtTree)
+		return st.sess, st.tree, nil
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
+}
+
+// builtTree is what one build gives every caller waiting for it.
+type builtTree struct {
+	sess *packstore.Session
+	tree *sessionTree
+}
+
+// buildTree builds owner's session's tree from the store and caches it.
+func (a *App) buildTree(owner, sessionID string) (*builtTree, error) {
+	a.builds.Inc()
 	sess, ids, err := a.store.SessionChunks(owner, sessionID)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	t, _ := logtree.New(logtree.MemoryStore{}, 0)
 	for _, id := range ids {
 		raw, err := hex.DecodeString(id)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if _, err := t.AppendLeaf(raw); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	root, err := t.Root()
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	st := &sessionTree{ids: ids, tree: t, root: root, version: sess.Version}
+	key := treeKey{owner, sessionID}
 	a.mu.Lock()
-	if len(a.trees) >= 64 { // a small cache: open sessions are few
-		clear(a.trees)
+	defer a.mu.Unlock()
+	if old := a.trees[key]; old != nil {
+		a.treeLeaves -= len(old.ids)
+		delete(a.trees, key)
+	}
+	if len(ids) > treeCacheLeaves {
+		return &builtTree{sess, st}, nil // too big to keep
+	}
+	if a.treeLeaves+len(ids) > treeCacheLeaves || len(a.trees) >= 64 {
+		clear(a.trees) // open sessions are few: start again
+		a.treeLeaves = 0
 	}
 	a.trees[key] = st
-	a.mu.Unlock()
-	return sess, st, nil
+	a.treeLeaves += len(ids)
+	return &builtTree{sess, st}, nil
 }

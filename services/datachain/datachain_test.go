@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
@@ -26,8 +27,16 @@ const sid = "11111111-2222-4333-8444-555555555555"
 
 func start(t testing.TB) (*App, *httptest.Server, string) {
 	t.Helper()
+	return startWith(t, nil)
+}
+
+// startWith starts the service with env on top of the tests' own.
+func startWith(t testing.TB, env map[string]string) (*App, *httptest.Server, string) {
+	t.Helper()
 	app := New().(*App)
-	r := envconfig.New(envconfig.Map(map[string]string{"LUCID_CHUNK_MAX_BYTES": "65536"}))
+	vars := map[string]string{"LUCID_CHUNK_MAX_BYTES": "65536"}
+	maps.Copy(vars, env)
+	r := envconfig.New(envconfig.Map(vars))
 	app.Configure(r)
 	if err := r.Err(); err != nil {
 		t.Fatal(err)
