@@ -150,7 +150,7 @@ func (rp *routeProxy) forward(c *call, inst *instance, claims *auth.Claims, coun
 		fasthttp.ReleaseResponse(resp)
 		return false, rp.upstreamFailed(err)
 	}
-	return rp.relay(c, resp, finish), nil
+	return rp.relay(c, resp, finish)
 }
 
 // exchange sends req to inst and reads the answer's headers, and its body
@@ -285,6 +285,11 @@ func (rp *routeProxy) roundTrip(c *call, hc *fasthttp.HostClient, conn net.Conn,
 		c.watch.detach() // the connection goes back to the pool
 		return br, partial, nil
 	}
+	if resp.Header.ContentLength() < 0 && !c.fc.Request.Header.IsHTTP11() {
+		// Read whole for an HTTP/1.0 client (readWhole): within the
+		// route's time.
+		return br, partial, c.watch.use(conn, time.Now().Add(rp.route.Timeout))
+	}
 	return br, partial, c.watch.use(conn, time.Time{})
 }
 
@@ -352,8 +357,13 @@ func readAnswer(br *bufio.Reader, resp *fasthttp.Response) error {
 // and the call ends with the handler; one that streams is sent as it comes
 // (flushed chunk by chunk when it has no length), and the call ends when
 // it is done. It reports whether the answer streams.
-func (rp *routeProxy) relay(c *call, resp *fasthttp.Response, finish func(keep bool)) bool {
+func (rp *routeProxy) relay(c *call, resp *fasthttp.Response, finish func(keep bool)) (bool, error) {
 	fc := c.fc
+	if resp.BodyStream() != nil && resp.Header.ContentLength() < 0 && !fc.Request.Header.IsHTTP11() {
+		if err := rp.readWhole(c, resp, finish); err != nil {
+			return false, err
+		}
+	}
 	out := &fc.Response.Header
 	conn := connectionTokens(resp.Header.Peek("Connection"))
 	for k, v := range resp.Header.All() {
@@ -378,7 +388,7 @@ func (rp *routeProxy) relay(c *call, resp *fasthttp.Response, finish func(keep b
 		}
 		c.watch.stop()
 		fasthttp.ReleaseResponse(resp)
-		return false
+		return false, nil
 	}
 	c.streamed = true
 	// Trailers the upstream announces follow a chunked body; their values
@@ -387,7 +397,36 @@ func (rp *routeProxy) relay(c *call, resp *fasthttp.Response, finish func(keep b
 		_ = out.AddTrailerBytes(t) // one fasthttp refuses is left out
 	}
 	fc.Response.SetBodyStream(&upstreamBody{c: c, r: stream, resp: resp, finish: finish}, resp.Header.ContentLength())
-	return true
+	return true, nil
+}
+
+// http10Body bounds an answer without a length read whole for an HTTP/1.0
+// client.
+const http10Body = 1 << 20
+
+// readWhole reads into resp the body of an answer without a length, for
+// an HTTP/1.0 client: it cannot take a chunked answer (RFC 9112 6.1), the
+// one way fasthttp sends a body of unknown length. The body must end
+// within http10Body and the route's timeout (roundTrip kept it on the
+// connection); a longer one is 502, a slower one (a follow stream) 504,
+// and neither is the instance's fault.
+func (rp *routeProxy) readWhole(c *call, resp *fasthttp.Response, finish func(keep bool)) error {
+	body, err := io.ReadAll(io.LimitReader(resp.BodyStream(), http10Body+1))
+	whole := err == nil && len(body) <= http10Body
+	finish(whole)
+	if !whole {
+		c.watch.stop()
+		fasthttp.ReleaseResponse(resp)
+	}
+	switch {
+	case err != nil:
+		return rp.upstreamFailed(err)
+	case len(body) > http10Body:
+		rp.errors.Inc()
+		return service.Errorf(http.StatusBadGateway, CodeUpstream, "the answer has no length and is over %d KiB: an HTTP/1.0 client cannot take it (ask with HTTP/1.1)", http10Body>>10)
+	}
+	resp.SetBodyRaw(body) // ends the stream
+	return nil
 }
 
 // upstreamBody is a streaming answer's body as the client's response reads

@@ -92,6 +92,9 @@ type App struct {
 	inFlight prometheus.Gauge
 	// sendTimeout, when set (by tests), replaces the const sendTimeout.
 	sendTimeout time.Duration
+	// connsPerAddr and conns bound the client connections (connlimit.go);
+	// 0 is the default.
+	connsPerAddr, conns int
 }
 
 // defaultGCPercent is the gateway's garbage-collection target. Its live
@@ -348,6 +351,7 @@ type metrics struct {
 	inProgress         *prometheus.GaugeVec
 	concurrencyLimited *prometheus.CounterVec
 	parked             prometheus.Gauge
+	connsRefused       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -376,6 +380,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lucid_gateway_parked_connections", Help: "Idle keep-alive client connections parked until their next request, holding no goroutine or buffer of the HTTP server's.",
 		}),
 	}
-	reg.MustRegister(m.upstreamLatency, m.decisions, m.upstreamErrors, m.authFailures, m.bodyUnits, m.inProgress, m.concurrencyLimited, m.parked)
+	m.connsRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "lucid_gateway_connections_refused_total", Help: "Client connections closed on accept: their address held as many as one address may, or the gateway as many as it takes.",
+	})
+	reg.MustRegister(m.upstreamLatency, m.decisions, m.upstreamErrors, m.authFailures, m.bodyUnits, m.inProgress, m.concurrencyLimited, m.parked, m.connsRefused)
 	return m
 }

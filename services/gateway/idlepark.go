@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -60,10 +61,12 @@ const sendTimeout = 60 * time.Second
 // when its client speaks again. It also keeps every client connection's
 // send timeout, which it wraps anyway.
 type parker struct {
-	serve  func(net.Conn) error // fasthttp's ServeConn
-	delay  time.Duration
-	send   time.Duration // sendTimeout
-	gauge  prometheus.Gauge
+	serve func(net.Conn) error // fasthttp's ServeConn
+	delay time.Duration
+	send  time.Duration // sendTimeout
+	gauge prometheus.Gauge
+	// limit counts the connections wrapped, when set.
+	limit  *connLimit
 	mu     sync.Mutex
 	conns  map[*idleConn]struct{}
 	closed bool
@@ -89,7 +92,7 @@ func (p *parker) park(c *idleConn) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		_ = c.Conn.Close()
+		_ = c.closeConn()
 		return
 	}
 	p.conns[c] = struct{}{}
@@ -115,7 +118,7 @@ func (p *parker) wait(c *idleConn) {
 	p.mu.Unlock()
 	p.gauge.Dec()
 	if !ready || closed {
-		_ = c.Conn.Close()
+		_ = c.closeConn()
 		return
 	}
 	defer p.serving.Done()
@@ -135,7 +138,7 @@ func (p *parker) close() {
 	}
 	p.mu.Unlock()
 	for _, c := range conns {
-		_ = c.Conn.Close() // ends its wait
+		_ = c.closeConn() // ends its wait
 	}
 }
 
@@ -159,20 +162,33 @@ type parkingListener struct {
 }
 
 func (l parkingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if w := l.p.wrap(c); w != nil {
+			return w, nil
+		}
+		_ = c.Close() // over a connection bound: nothing was read or written
 	}
-	return l.p.wrap(c), nil
 }
 
-// wrap makes c parkable. A TLS connection keeps its TLS methods, so
-// fasthttp still sees it as one.
+// wrap makes c parkable, and counts it; nil when it is over a connection
+// bound. A TLS connection keeps its TLS methods, so fasthttp still sees it
+// as one.
 func (p *parker) wrap(c net.Conn) net.Conn {
 	if !canPeek {
 		return c
 	}
 	ic := &idleConn{Conn: c, p: p}
+	if p.limit != nil {
+		ic.addr = connAddr(c)
+		if !p.limit.admit(ic.addr) {
+			return nil
+		}
+		ic.counted = true
+	}
 	ic.outer = ic
 	if tc, ok := c.(tlsConn); ok {
 		t := &idleTLSConn{idleConn: ic, tls: tc}
@@ -203,6 +219,20 @@ type idleConn struct {
 	// sendUntil is the write deadline last set; only fasthttp's serving
 	// goroutine writes.
 	sendUntil time.Time
+	// addr is what the connection counts against in the parker's limit,
+	// when counted; closed says it was closed for good.
+	addr    netip.Addr
+	counted bool
+	closed  atomic.Bool
+}
+
+// closeConn closes the connection for good, and counts it closed once.
+func (c *idleConn) closeConn() error {
+	err := c.Conn.Close()
+	if !c.closed.Swap(true) && c.counted {
+		c.p.limit.release(c.addr)
+	}
+	return err
 }
 
 func (c *idleConn) idle() *idleConn { return c }
@@ -262,7 +292,7 @@ func (c *idleConn) Close() error {
 		c.p.park(c)
 		return nil
 	}
-	return c.Conn.Close()
+	return c.closeConn()
 }
 
 // idleTLSConn is an idleConn over TLS.

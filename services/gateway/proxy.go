@@ -198,13 +198,15 @@ func singleJoin(a, b string) string {
 // /health, a bare liveness answer, a route may expose (an uptime check).
 var internalPaths = [][]byte{[]byte("/ready"), []byte("/metrics")}
 
-// reachesOwnEndpoint reports whether a stripped route would send raw to
-// the service's readiness or metrics, which are not a user's.
+// reachesOwnEndpoint reports whether the route would send raw to the
+// service's readiness or metrics, which are not a user's: through a
+// stripped prefix, or through the catch-all route "/", which gets what
+// the gateway's own endpoints do not (an escaped /%6Detrics).
 func (rp *routeProxy) reachesOwnEndpoint(raw []byte) bool {
-	if !rp.route.Strip {
-		return false
+	p := raw
+	if rp.route.Strip && rp.route.Prefix != "/" {
+		p = bytes.TrimPrefix(raw, []byte(rp.route.Prefix))
 	}
-	p := bytes.TrimPrefix(raw, []byte(rp.route.Prefix))
 	if bytes.IndexByte(p, '%') >= 0 {
 		// The service matches the unescaped path: /%6Detrics is /metrics.
 		u, err := url.PathUnescape(string(p))
@@ -330,9 +332,10 @@ func (rp *routeProxy) proxyRequest(c *call, req *fasthttp.Request, target *url.U
 		if hopHeader(ks) || ks == "Content-Length" || !rp.passesHeader(ks) || (conn != nil && slices.Contains(conn, ks)) {
 			continue
 		}
-		if bytes.IndexByte(k, '_') >= 0 {
-			// As nginx by default: a CGI-style upstream reads X_Lucid_Sub
-			// as X-Lucid-Sub, which the gateway alone may set.
+		if bytes.IndexByte(k, '_') >= 0 || bytes.IndexByte(k, ' ') >= 0 {
+			// As nginx by default: a CGI-style upstream reads X_Lucid_Sub,
+			// or X-Lucid Sub, as X-Lucid-Sub, which the gateway alone may
+			// set.
 			continue
 		}
 		out.AddBytesKV(k, v)

@@ -1,0 +1,136 @@
+package gateway
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/pickme/lucid/internal/testenv"
+)
+
+// served reports whether a new connection to addr gets an answer to
+// GET /health; the connection stays open (parked) until the test ends, or
+// until the caller closes it.
+func served(t *testing.T, addr string) (net.Conn, bool) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	if err := c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(c, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		return c, false // closed under the write
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("no answer and no close: %v", err)
+		}
+		return c, false
+	}
+	_ = resp.Body.Close()
+	return c, resp.StatusCode == http.StatusOK
+}
+
+// TestOneAddressHoldsBoundedConnections: one client address holds at most
+// its share of connections, served or parked; the next is closed unread,
+// and a closed one frees its place. A trusted proxy's address is bounded
+// only by the total.
+func TestOneAddressHoldsBoundedConnections(t *testing.T) {
+	if !canPeek {
+		t.Skip("connections are counted where they are parked (Linux)")
+	}
+	be := newBackend(t)
+	g := startGatewayOn(t, nil, be.URL, nil, nil, slog.DiscardHandler, func(a *App) { a.connsPerAddr = 4 })
+	addr := strings.TrimPrefix(g.url, "http://")
+	var held []net.Conn
+	for i := range 4 {
+		c, ok := served(t, addr)
+		if !ok {
+			t.Fatalf("connection %d of an address allowed 4 was not served", i+1)
+		}
+		held = append(held, c)
+	}
+	if _, ok := served(t, addr); ok {
+		t.Fatal("a fifth connection of an address allowed 4 was served")
+	}
+	if n := testutil.ToFloat64(g.app.metrics.connsRefused); n != 1 {
+		t.Errorf("refused connections counted %v, want 1", n)
+	}
+	_ = held[0].Close()
+	testenv.Eventually(t, 10*time.Second, "a closed connection frees its place", func() bool {
+		c, ok := served(t, addr)
+		if ok {
+			held[0] = c
+		}
+		return ok
+	})
+
+	// Behind a trusted proxy, the address is many clients'.
+	g = startGatewayOn(t, nil, be.URL, map[string]string{"LUCID_TRUSTED_PROXIES": "127.0.0.1"}, nil, slog.DiscardHandler, func(a *App) { a.connsPerAddr, a.conns = 2, 4 })
+	addr = strings.TrimPrefix(g.url, "http://")
+	for i := range 4 {
+		if _, ok := served(t, addr); !ok {
+			t.Fatalf("connection %d of a trusted proxy was not served", i+1)
+		}
+	}
+	if _, ok := served(t, addr); ok {
+		t.Error("a connection over the total was served")
+	}
+}
+
+// TestConnAddr: IPv4 addresses count alone, IPv4-mapped ones as their
+// IPv4 address, and IPv6 ones by their /64.
+func TestConnAddr(t *testing.T) {
+	l := newConnLimit(func(string) bool { return false }, prometheus.NewCounter(prometheus.CounterOpts{Name: "x"}))
+	l.perAddr = 1
+	for _, tc := range []struct{ a, b string }{
+		{"192.0.2.1:1000", "[::ffff:192.0.2.1]:2000"},
+		{"[2001:db8:1:2::1]:1000", "[2001:db8:1:2:ffff::9]:2000"},
+	} {
+		a, b := connAddr(fakeConn{tc.a}), connAddr(fakeConn{tc.b})
+		if a != b {
+			t.Errorf("%s and %s count apart (%s, %s)", tc.a, tc.b, a, b)
+		}
+		if !l.admit(a) || l.admit(b) {
+			t.Errorf("%s: the second connection of the address was admitted", tc.b)
+		}
+	}
+	if a := connAddr(fakeConn{"[2001:db8:1:3::1]:1"}); !l.admit(a) {
+		t.Error("another /64 was refused")
+	}
+	for _, s := range []string{"192.0.2.1:1", "[2001:db8:1:2::1]:1", "[2001:db8:1:3::1]:1"} {
+		l.release(connAddr(fakeConn{s}))
+	}
+	if l.open != 0 || len(l.byAddr) != 0 {
+		t.Errorf("after every release: %d open, %v", l.open, l.byAddr)
+	}
+}
+
+// fakeConn is a connection with a remote address alone.
+type fakeConn struct{ remote string }
+
+func (fakeConn) Read([]byte) (int, error)    { return 0, io.EOF }
+func (fakeConn) Write(b []byte) (int, error) { return len(b), nil }
+func (fakeConn) Close() error                { return nil }
+func (fakeConn) LocalAddr() net.Addr         { return nil }
+func (c fakeConn) RemoteAddr() net.Addr {
+	return net.TCPAddrFromAddrPort(netip.MustParseAddrPort(c.remote))
+}
+func (fakeConn) SetDeadline(time.Time) error      { return nil }
+func (fakeConn) SetReadDeadline(time.Time) error  { return nil }
+func (fakeConn) SetWriteDeadline(time.Time) error { return nil }

@@ -1,0 +1,106 @@
+package gateway
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/routetable"
+)
+
+// TestCatchAllRouteHidesServiceInternals: through a catch-all route ("/"),
+// stripped or not, an escaped spelling of /metrics or /ready, which is not
+// the gateway's own path, does not reach the service's own endpoint.
+func TestCatchAllRouteHidesServiceInternals(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", func(http.ResponseWriter, *http.Request) {})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "internal") })
+	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "internal") })
+	mux.HandleFunc("GET /api/v1/blocks", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "blocks") })
+	up := upstreamFunc(t, mux.ServeHTTP)
+	for _, strip := range []bool{false, true} {
+		g := startGatewayWithRoutes(t, up.URL, []routetable.Route{{Prefix: "/", Service: "blocks", Strip: strip, Timeout: routetable.DefaultTimeout}})
+		tok := map[string]string{"Authorization": "Bearer " + g.token(t, "u", auth.TierFree)}
+		for _, p := range []string{"/%6Detrics", "/%72eady", "/%6detrics/x"} {
+			if resp, body := g.get(t, p, tok); body == "internal" || resp.StatusCode != http.StatusNotFound {
+				t.Errorf("strip=%v %s: %d %q, want 404", strip, p, resp.StatusCode, body)
+			}
+		}
+		if resp, body := g.get(t, "/api/v1/blocks", tok); resp.StatusCode != http.StatusOK || body != "blocks" {
+			t.Errorf("strip=%v: the route's own path: %d %q", strip, resp.StatusCode, body)
+		}
+	}
+}
+
+// TestHeaderNamesWithSpacesStayBehind: a header whose name holds a space
+// is not forwarded, as one with an underscore is not: a CGI-style upstream
+// would read "X-Lucid Sub" as X-Lucid-Sub, which the gateway alone sets.
+func TestHeaderNamesWithSpacesStayBehind(t *testing.T) {
+	got := make(chan http.Header, 1)
+	up := upstreamFunc(t, func(_ http.ResponseWriter, r *http.Request) { got <- r.Header.Clone() })
+	g := startGateway(t, up.URL, nil)
+	resp, _, _ := rawExchange(t, strings.TrimPrefix(g.url, "http://"),
+		"GET /auth/login HTTP/1.1\r\nHost: x\r\nX-Lucid Sub: mallory\r\nX-Kept: yes\r\n\r\n", nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: the upstream refused what the gateway sent", resp.StatusCode)
+	}
+	h := <-got
+	for k := range h {
+		if strings.Contains(k, " ") || strings.EqualFold(k, "X-Lucid-Sub") {
+			t.Errorf("the upstream got %q", k)
+		}
+	}
+	if h.Get("X-Kept") != "yes" {
+		t.Errorf("an ordinary header was dropped: %v", h)
+	}
+}
+
+// TestHTTP10ClientsGetNoChunkedAnswer: an answer without a length reaches
+// an HTTP/1.0 client whole, with a length and no Transfer-Encoding (RFC
+// 9112 6.1); one over 1 MiB is 502, and one that does not end within the
+// route's timeout (a follow stream) 504. An HTTP/1.1 client still gets
+// the stream.
+func TestHTTP10ClientsGetNoChunkedAnswer(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	up := upstreamFunc(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/auth/big":
+			for range 20 {
+				_, _ = w.Write(bytes.Repeat([]byte("x"), 64<<10))
+				w.(http.Flusher).Flush()
+			}
+		case "/auth/follow":
+			_, _ = io.WriteString(w, "first\n")
+			w.(http.Flusher).Flush()
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		default:
+			_, _ = io.WriteString(w, "first\n")
+			w.(http.Flusher).Flush() // no length: chunked upstream
+			_, _ = io.WriteString(w, "second\n")
+		}
+	})
+	g := startGatewayWithRoutes(t, up.URL, []routetable.Route{{Prefix: "/auth", Service: "auth", Public: true, Timeout: 500 * time.Millisecond}})
+	addr := strings.TrimPrefix(g.url, "http://")
+	resp, body, _ := rawExchange(t, addr, "GET /auth/x HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n", nil)
+	if len(resp.TransferEncoding) > 0 || resp.ContentLength != int64(len("first\nsecond\n")) || body != "first\nsecond\n" {
+		t.Errorf("HTTP/1.0: Transfer-Encoding %v, length %d, body %q", resp.TransferEncoding, resp.ContentLength, body)
+	}
+	resp, _, _ = rawExchange(t, addr, "GET /auth/x HTTP/1.1\r\nHost: x\r\n\r\n", nil)
+	if len(resp.TransferEncoding) == 0 {
+		t.Error("HTTP/1.1: the stream was not passed on as one")
+	}
+	if resp, body, _ := rawExchange(t, addr, "GET /auth/big HTTP/1.0\r\nHost: x\r\n\r\n", nil); resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, "HTTP/1.0") {
+		t.Errorf("HTTP/1.0, over 1 MiB: %d, %d bytes of body", resp.StatusCode, len(body))
+	}
+	if resp, body, _ := rawExchange(t, addr, "GET /auth/follow HTTP/1.0\r\nHost: x\r\n\r\n", nil); resp.StatusCode != http.StatusGatewayTimeout {
+		t.Errorf("HTTP/1.0, an answer that does not end: %d, %d bytes of body", resp.StatusCode, len(body))
+	}
+}
