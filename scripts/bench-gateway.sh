@@ -169,7 +169,8 @@ random() { head -c 64 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 48; }
 JWT_SECRET_KEY="$(random)" LUCID_SERVICE_KEY="$(random)"
 export JWT_SECRET_KEY LUCID_SERVICE_KEY
 for s in ENGINE ANCHORING BLOCKS DATACHAIN; do export "LUCID_${s}_URL=http://$BACK"; done
-LUCID_ADDR="$GW" LUCID_RATE_ENTERPRISE=10000000 LUCID_LOG_LEVEL=warn AUTH_SERVICE_URL="http://$BACK" \
+# The idle-connection holder opens 10,000 connections from one address.
+LUCID_ADDR="$GW" LUCID_RATE_ENTERPRISE=10000000 LUCID_LOG_LEVEL=warn AUTH_SERVICE_URL="http://$BACK" LUCID_CONNS_PER_ADDRESS=20000 LUCID_CONNS_MAX=20000 \
 	"$work/lucid" gateway >"$work/gateway.log" 2>&1 &
 gwpid=$!
 pids+=($gwpid)

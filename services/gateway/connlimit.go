@@ -8,12 +8,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Client connections are bounded per address and in all. A parked
+// Client connections are bounded per address and in all
+// (LUCID_CONNS_PER_ADDRESS, LUCID_CONNS_MAX). A parked
 // connection costs little (about 4 KiB, 13 over TLS) but not nothing, and
 // fasthttp's own per-address count stops counting a connection once it is
 // parked: unbounded, one address could open connections until the Pi ran
 // out of memory or descriptors. A connection over a bound is closed as
 // soon as it is accepted, before a byte is read.
+// The defaults:
 const (
 	// maxConnsPerAddr bounds one client address's connections (an IPv6
 	// host's /64, as for rate limits): far above a browser's 6 per host,
@@ -36,8 +38,8 @@ type connLimit struct {
 	open   int
 }
 
-func newConnLimit(exempt func(string) bool, refused prometheus.Counter) *connLimit {
-	return &connLimit{perAddr: maxConnsPerAddr, total: maxConns, exempt: exempt, refused: refused, byAddr: map[netip.Addr]int{}}
+func newConnLimit(perAddr, total int, exempt func(string) bool, refused prometheus.Counter) *connLimit {
+	return &connLimit{perAddr: perAddr, total: total, exempt: exempt, refused: refused, byAddr: map[netip.Addr]int{}}
 }
 
 // connAddr is the address a connection counts against: its IPv4 address

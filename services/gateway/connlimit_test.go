@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -55,7 +54,7 @@ func TestOneAddressHoldsBoundedConnections(t *testing.T) {
 		t.Skip("connections are counted where they are parked (Linux)")
 	}
 	be := newBackend(t)
-	g := startGatewayOn(t, nil, be.URL, nil, nil, slog.DiscardHandler, func(a *App) { a.connsPerAddr = 4 })
+	g := startGateway(t, be.URL, map[string]string{"LUCID_CONNS_PER_ADDRESS": "4"})
 	addr := strings.TrimPrefix(g.url, "http://")
 	var held []net.Conn
 	for i := range 4 {
@@ -81,7 +80,7 @@ func TestOneAddressHoldsBoundedConnections(t *testing.T) {
 	})
 
 	// Behind a trusted proxy, the address is many clients'.
-	g = startGatewayOn(t, nil, be.URL, map[string]string{"LUCID_TRUSTED_PROXIES": "127.0.0.1"}, nil, slog.DiscardHandler, func(a *App) { a.connsPerAddr, a.conns = 2, 4 })
+	g = startGateway(t, be.URL, map[string]string{"LUCID_TRUSTED_PROXIES": "127.0.0.1", "LUCID_CONNS_PER_ADDRESS": "2", "LUCID_CONNS_MAX": "4"})
 	addr = strings.TrimPrefix(g.url, "http://")
 	for i := range 4 {
 		if _, ok := served(t, addr); !ok {
@@ -96,8 +95,7 @@ func TestOneAddressHoldsBoundedConnections(t *testing.T) {
 // TestConnAddr: IPv4 addresses count alone, IPv4-mapped ones as their
 // IPv4 address, and IPv6 ones by their /64.
 func TestConnAddr(t *testing.T) {
-	l := newConnLimit(func(string) bool { return false }, prometheus.NewCounter(prometheus.CounterOpts{Name: "x"}))
-	l.perAddr = 1
+	l := newConnLimit(1, 100, func(string) bool { return false }, prometheus.NewCounter(prometheus.CounterOpts{Name: "x"}))
 	for _, tc := range []struct{ a, b string }{
 		{"192.0.2.1:1000", "[::ffff:192.0.2.1]:2000"},
 		{"[2001:db8:1:2::1]:1000", "[2001:db8:1:2:ffff::9]:2000"},

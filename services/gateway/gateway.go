@@ -92,8 +92,7 @@ type App struct {
 	inFlight prometheus.Gauge
 	// sendTimeout, when set (by tests), replaces the const sendTimeout.
 	sendTimeout time.Duration
-	// connsPerAddr and conns bound the client connections (connlimit.go);
-	// 0 is the default.
+	// connsPerAddr and conns bound the client connections (connlimit.go).
 	connsPerAddr, conns int
 }
 
@@ -150,6 +149,8 @@ func (a *App) Configure(r *envconfig.Reader) {
 	if _, err := upstreams(a.routes, a.lookup); err != nil {
 		r.Fail("routes", "%v", err)
 	}
+	a.connsPerAddr = r.Int("LUCID_CONNS_PER_ADDRESS", maxConnsPerAddr, 1, 1<<20)
+	a.conns = r.Int("LUCID_CONNS_MAX", maxConns, 1, 1<<20)
 	divisor := r.Int("LUCID_RATE_BURST_DIVISOR", 10, 1, 1000)
 	a.limits = map[auth.Tier]ratelimit.Limit{}
 	a.concurrency = map[auth.Tier]int{}

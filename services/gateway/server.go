@@ -102,13 +102,7 @@ func (a *App) ServeOn(ctx context.Context, ln net.Listener, srv *service.Server)
 		scheme = "https"
 	}
 	pk := newParker(fs.ServeConn, a.metrics.parked)
-	pk.limit = newConnLimit(a.isTrusted, a.metrics.connsRefused)
-	if a.connsPerAddr > 0 {
-		pk.limit.perAddr = a.connsPerAddr
-	}
-	if a.conns > 0 {
-		pk.limit.total = a.conns
-	}
+	pk.limit = newConnLimit(a.connsPerAddr, a.conns, a.isTrusted, a.metrics.connsRefused)
 	if a.sendTimeout > 0 {
 		pk.send = a.sendTimeout
 	}
