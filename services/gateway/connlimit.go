@@ -9,13 +9,12 @@ import (
 )
 
 // Client connections are bounded per address and in all
-// (LUCID_CONNS_PER_ADDRESS, LUCID_CONNS_MAX). A parked
-// connection costs little (about 4 KiB, 13 over TLS) but not nothing, and
-// fasthttp's own per-address count stops counting a connection once it is
-// parked: unbounded, one address could open connections until the Pi ran
-// out of memory or descriptors. A connection over a bound is closed as
-// soon as it is accepted, before a byte is read.
-// The defaults:
+// (LUCID_CONNS_PER_ADDRESS, LUCID_CONNS_MAX). A parked connection costs
+// little (about 4 KiB, 13 over TLS) but not nothing, and fasthttp's own
+// per-address count stops counting a connection once it is parked:
+// unbounded, one address could open connections until the Pi ran out of
+// memory or descriptors. A connection over a bound is closed as soon as
+// it is accepted, before a byte is read. The default bounds:
 const (
 	// maxConnsPerAddr bounds one client address's connections (an IPv6
 	// host's /64, as for rate limits): far above a browser's 6 per host,
