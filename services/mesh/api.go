@@ -161,7 +161,9 @@ func (a *App) handleIssue(w http.ResponseWriter, r *http.Request) error {
 		a.metrics.enrolRefused.WithLabelValues(svc).Inc()
 		return errEnrolment
 	}
-	d, err := a.limiter.Allow(r.Context(), "sign", ratelimit.Limit{Limit: a.signRate, Period: time.Second, Burst: a.signRate}, time.Now())
+	// Each service its own budget: one service (compromised, or in a
+	// loop) cannot spend the others' and leave them without leaves.
+	d, err := a.limiter.Allow(r.Context(), "sign/"+svc, ratelimit.Limit{Limit: a.signRate, Period: time.Second, Burst: a.signRate}, time.Now())
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,12 @@ package mesh
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -342,6 +347,20 @@ func TestSigningIsRateLimited(t *testing.T) {
 	wg.Wait()
 	if n := limited.Load(); n < 10 {
 		t.Fatalf("%d of 20 immediate requests were rate-limited at 5/s, want most", n)
+	}
+	// The engine spent its budget, not the others': the data chain's
+	// request is signed at once.
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+	if _, _, err := c.remote("datachain").Issue(context.Background(), "datachain", csr); err != nil {
+		t.Fatalf("the data chain's leaf after the engine spent its signing budget: %v", err)
 	}
 }
 
