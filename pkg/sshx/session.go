@@ -79,12 +79,17 @@ func Quote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + 
 // beside it, flushed to the host's disk, then renamed, so a reader never
 // sees half a file, nor a power cut an empty one. It uses SFTP with
 // concurrent writes, or, when the host has no SFTP subsystem, a plain
-// command.
+// command. A file for its owner alone (a secret: no group or other bits)
+// always takes the command, under umask 077: SFTP creates a file with the
+// server's umask (0644) and can only chmod it a round trip later, and
+// another user who opened it meanwhile would keep reading it.
 func (c *Client) WriteFile(ctx context.Context, p string, data []byte, mode os.FileMode) error {
-	if err := c.writeSFTP(p, data, mode); err == nil {
-		return nil
-	} else if !errors.Is(err, errNoSFTP) {
-		return err
+	if mode.Perm()&0o077 != 0 {
+		if err := c.writeSFTP(p, data, mode); err == nil {
+			return nil
+		} else if !errors.Is(err, errNoSFTP) {
+			return err
+		}
 	}
 	tmp := p + ".lucid-tmp"
 	// sync with a file flushes that file (coreutils); a sync without one

@@ -12,8 +12,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -194,3 +196,46 @@ func mustRead(t *testing.T, p string) string {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestWriteFileNeverExposesSecrets: a file for its owner alone (an env
+// file of secrets) never exists, under its temporary name, with a mode
+// another user of the host could open it with: whoever opens it then keeps
+// reading it after a chmod. A watcher looks for such a moment through many
+// writes (SFTP created the file 0644 and chmodded it a round trip later).
+func TestWriteFileNeverExposesSecrets(t *testing.T) {
+	s := testenv.StartSSHD(t, testenv.SSHDOptions{})
+	c, err := dial(t, s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), "configs", "environment", "gateway.env")
+	var loose atomic.Uint32
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if fi, err := os.Lstat(dst + ".lucid-tmp"); err == nil && fi.Mode().Perm()&0o077 != 0 {
+				loose.Store(uint32(fi.Mode().Perm()))
+			}
+			runtime.Gosched()
+		}
+	}()
+	for i := 0; i < 100 && loose.Load() == 0; i++ {
+		if err := c.WriteFile(context.Background(), dst, []byte("JWT_SECRET_KEY=secret\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	<-done
+	if m := loose.Load(); m != 0 {
+		t.Errorf("the temporary copy of a secret file existed with mode %#o", m)
+	}
+	if fi, err := os.Stat(dst); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the file: %v %v", fi, err)
+	}
+}
