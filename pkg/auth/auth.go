@@ -15,6 +15,7 @@
 package auth
 
 import (
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -192,10 +193,24 @@ func Parse(secret []byte, token string, now func() time.Time, options ...ParseOp
 	return c, err
 }
 
-// OperatorTokenHash is the hex SHA-256 of an operator token. Services are
-// given the hash (LUCID_OPERATOR_TOKEN_SHA256), never the token, so no
-// container holds the operator's credential; the token is long and random,
-// so the hash gives nothing away.
+// OperatorCredential is what the operator presents to service (a catalog
+// name) as its bearer token: a value derived from the operator token for
+// that service alone. A service is sent only its own credential, and it
+// cannot derive another's, so one that is compromised cannot replay what
+// the operator sent it to another service (say, to the mesh controller for
+// the CA's keys). Each service holds the hash of its own credential
+// (OperatorTokenHash of it, in LUCID_OPERATOR_TOKEN_SHA256), never the
+// token.
+func OperatorCredential(token, service string) string {
+	m := hmac.New(sha256.New, []byte(token))
+	m.Write([]byte("lucid operator credential v1\x00" + service))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// OperatorTokenHash is the hex SHA-256 of an operator token or credential.
+// Services are given the hash of their credential (OperatorCredential),
+// never the token; the token is long and random, so the hash gives
+// nothing away.
 func OperatorTokenHash(token string) string {
 	sum := sha256.Sum256([]byte(token))
 	return hex.EncodeToString(sum[:])

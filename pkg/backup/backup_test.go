@@ -19,6 +19,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/pickme/lucid/pkg/api/snapshotapi"
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/backup"
 	"github.com/pickme/lucid/pkg/backup/backuptest"
 )
@@ -31,7 +32,7 @@ func fake(t testing.TB, svc *backuptest.Service) *snapshotapi.Client {
 	svc.Token = token
 	srv := httptest.NewServer(svc)
 	t.Cleanup(srv.Close)
-	return snapshotapi.New(srv.URL, &http.Client{Transport: bearer{token}})
+	return snapshotapi.New(srv.URL, &http.Client{Transport: bearer{auth.OperatorCredential(token, svc.Name)}})
 }
 
 type bearer struct{ token string }

@@ -22,6 +22,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/meshca"
@@ -672,7 +673,11 @@ func (c *serviceClient) close() {
 // TLS, and returns a client for it (its err says why there is none).
 func (d *Deployer) serviceClient(ctx context.Context, name string, running map[string]container.Summary, bundle *x509.CertPool, bundleErr error, o StatusOptions) *serviceClient {
 	svc, _ := catalog.Lookup(name)
-	sc := &serviceClient{name: name, token: o.OperatorToken, timeout: o.Timeout}
+	sc := &serviceClient{name: name, timeout: o.Timeout}
+	if o.OperatorToken != "" {
+		// The operator's credential for this service alone.
+		sc.token = auth.OperatorCredential(o.OperatorToken, name)
+	}
 	c, ok := running[svc.Container]
 	if !ok || c.State != "running" {
 		sc.err = fmt.Errorf("%s %w", name, ErrNotRunning)

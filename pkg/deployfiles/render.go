@@ -447,8 +447,8 @@ func readBySomeone(key string) bool {
 // derived for its name. The mesh controller gets the mesh token and
 // Consul's management token; every other service the enrolment token of
 // its own name (with the mesh on) or the service key (with it off); the
-// gateway a Consul token of its own; all the operator token's hash, never
-// the token. LUCID_ADDR and LUCID_DATA_DIR are the container's, set by the
+// gateway a Consul token of its own; each the hash of its own operator
+// credential (auth.OperatorCredential), never the token. LUCID_ADDR and LUCID_DATA_DIR are the container's, set by the
 // compose file or the supervisor.
 func ServiceEnv(values map[string]string, s catalog.Service) map[string]string {
 	mesh := values["LUCID_MESH_URL"] != ""
@@ -473,7 +473,7 @@ func ServiceEnv(values map[string]string, s catalog.Service) map[string]string {
 			}
 		case "LUCID_OPERATOR_TOKEN_SHA256":
 			if tok := values["LUCID_OPERATOR_TOKEN"]; v == "" && tok != "" {
-				v = auth.OperatorTokenHash(tok)
+				v = auth.OperatorTokenHash(auth.OperatorCredential(tok, s.Name))
 			}
 		case ConsulTokenKey:
 			switch {

@@ -201,6 +201,7 @@ func TestEachServiceGetsOnlyItsOwn(t *testing.T) {
 		}
 		return got
 	}
+	hashes := map[string]string{} // operator credential hashes, by service
 	for _, s := range catalog.Services {
 		got := env(s.Name)
 		for k := range got {
@@ -208,9 +209,13 @@ func TestEachServiceGetsOnlyItsOwn(t *testing.T) {
 				t.Errorf("%s is given %s, which it does not read", s.Name, k)
 			}
 		}
-		if got["LUCID_OPERATOR_TOKEN_SHA256"] != auth.OperatorTokenHash(v["LUCID_OPERATOR_TOKEN"]) {
-			t.Errorf("%s has not the operator token's hash", s.Name)
+		if got["LUCID_OPERATOR_TOKEN_SHA256"] != auth.OperatorTokenHash(auth.OperatorCredential(v["LUCID_OPERATOR_TOKEN"], s.Name)) {
+			t.Errorf("%s has not the hash of its own operator credential", s.Name)
 		}
+		if seen, ok := hashes[got["LUCID_OPERATOR_TOKEN_SHA256"]]; ok {
+			t.Errorf("%s and %s accept the same operator credential: one could replay what the operator sends it to the other", seen, s.Name)
+		}
+		hashes[got["LUCID_OPERATOR_TOKEN_SHA256"]] = s.Name
 		for _, val := range got {
 			if val == v["LUCID_OPERATOR_TOKEN"] || (s.Name != "gateway" && val == v["JWT_SECRET_KEY"]) || (s.Name != "datachain" && val == v["ENCRYPTION_KEY"]) {
 				t.Errorf("%s is given another's secret", s.Name)

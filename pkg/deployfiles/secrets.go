@@ -2,7 +2,9 @@ package deployfiles
 
 import (
 	"maps"
+	"path"
 	"slices"
+	"strings"
 
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
@@ -71,9 +73,11 @@ type DeployedSecrets struct {
 	// Values are the secrets by key of the operator's env file (Secrets
 	// and ClusterSecrets).
 	Values map[string]string
-	// OperatorTokenHash is auth.OperatorTokenHash of LUCID_OPERATOR_TOKEN,
-	// "" when no file holds it.
-	OperatorTokenHash string
+	// operatorHashes are the LUCID_OPERATOR_TOKEN_SHA256 values the files
+	// hold, by service: the hash of the service's own operator credential
+	// (auth.OperatorCredential), or, in a release rendered before those,
+	// of the token itself in every file. All a host has of the token.
+	operatorHashes map[string]string
 	// Previous are the previous-values variables (PreviousKeys) some file
 	// holds, by variable, as they are.
 	Previous map[string]string
@@ -92,7 +96,7 @@ func (d DeployedSecrets) Keeps(secret, value string) bool {
 // itself). A file that does not parse is an error naming its path and
 // line, never a value.
 func ReadDeployedSecrets(files map[string][]byte) (DeployedSecrets, error) {
-	out := DeployedSecrets{Values: map[string]string{}, Previous: map[string]string{}}
+	out := DeployedSecrets{Values: map[string]string{}, Previous: map[string]string{}, operatorHashes: map[string]string{}}
 	meshFile := ServiceEnvPath(catalog.MeshService)
 	// raw says whether file p holds key k as the operator's file does.
 	raw := func(p, k string) bool {
@@ -127,14 +131,75 @@ func ReadDeployedSecrets(files map[string][]byte) (DeployedSecrets, error) {
 				}
 			}
 		}
-		if h := vals[operatorTokenHashKey]; h != "" && out.OperatorTokenHash == "" {
-			out.OperatorTokenHash = h
+		if h := vals[operatorTokenHashKey]; h != "" {
+			svc := strings.TrimSuffix(path.Base(p), ".env")
+			if p == EnvPath {
+				svc = "" // a release of before per-service env files
+			}
+			out.operatorHashes[svc] = h
 		}
 	}
-	if tok := out.Values["LUCID_OPERATOR_TOKEN"]; tok != "" && out.OperatorTokenHash == "" {
-		out.OperatorTokenHash = auth.OperatorTokenHash(tok)
-	}
 	return out, nil
+}
+
+// operatorTokenIs reports whether d knows the operator token (known) and
+// whether it is tok (same).
+func (d DeployedSecrets) operatorTokenIs(tok string) (known, same bool) {
+	if v := d.Values["LUCID_OPERATOR_TOKEN"]; v != "" {
+		return true, v == tok
+	}
+	if len(d.operatorHashes) == 0 {
+		return false, false
+	}
+	for svc, h := range d.operatorHashes {
+		if tok == "" || (h != auth.OperatorTokenHash(auth.OperatorCredential(tok, svc)) && h != auth.OperatorTokenHash(tok)) {
+			return true, false
+		}
+	}
+	return true, true
+}
+
+// sameOperatorToken reports whether d and other hold the same operator
+// token, when both say enough to tell (known).
+func (d DeployedSecrets) sameOperatorToken(other DeployedSecrets) (known, same bool) {
+	if v := d.Values["LUCID_OPERATOR_TOKEN"]; v != "" {
+		return other.operatorTokenIs(v)
+	}
+	if v := other.Values["LUCID_OPERATOR_TOKEN"]; v != "" {
+		return d.operatorTokenIs(v)
+	}
+	// Hashes alone compare only if both are of one kind: per service, or
+	// of the token itself (the same in every file, in releases rendered
+	// before per-service credentials).
+	if d.tokenHashed() != other.tokenHashed() {
+		return false, false
+	}
+	for svc, h := range d.operatorHashes {
+		if o, ok := other.operatorHashes[svc]; ok {
+			known = true
+			if o != h {
+				return true, false
+			}
+		}
+	}
+	return known, known
+}
+
+// tokenHashed says the files hold the hash of the operator token itself,
+// as releases rendered before per-service credentials did: one value in
+// every file.
+func (d DeployedSecrets) tokenHashed() bool {
+	if _, ok := d.operatorHashes[""]; ok {
+		return true
+	}
+	first := ""
+	for _, h := range d.operatorHashes {
+		if first != "" && h != first {
+			return false
+		}
+		first = h
+	}
+	return len(d.operatorHashes) > 1
 }
 
 // Differ lists the keys of Secrets (and ClusterSecrets) whose values d and
@@ -144,7 +209,7 @@ func (d DeployedSecrets) Differ(other DeployedSecrets) []string {
 	var out []string
 	for _, k := range deployedSecrets {
 		if k == "LUCID_OPERATOR_TOKEN" {
-			if d.OperatorTokenHash != "" && other.OperatorTokenHash != "" && d.OperatorTokenHash != other.OperatorTokenHash {
+			if known, same := d.sameOperatorToken(other); known && !same {
 				out = append(out, k)
 			}
 			continue
@@ -173,9 +238,8 @@ func (d DeployedSecrets) OperatorValues(values map[string]string) (set map[strin
 			set[k] = v
 			continue
 		}
-		if k == "LUCID_OPERATOR_TOKEN" && d.OperatorTokenHash != "" {
-			tok := values[k]
-			if tok == "" || auth.OperatorTokenHash(tok) != d.OperatorTokenHash {
+		if k == "LUCID_OPERATOR_TOKEN" {
+			if known, same := d.operatorTokenIs(values[k]); known && !same {
 				unknown = append(unknown, k)
 			}
 		}

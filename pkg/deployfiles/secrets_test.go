@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/keyring"
 )
@@ -175,5 +176,48 @@ func TestRotatedKeysReachOnlyTheirServices(t *testing.T) {
 		if strings.Contains(red, values[v]) {
 			t.Errorf("redaction shows %s", v)
 		}
+	}
+}
+
+// TestDeployedSecretsOfOperatorCredentials: each service's file holds the
+// hash of its own operator credential, which tells whether an operator
+// token is the deployed one; a release rendered before per-service
+// credentials (the token's own hash in every file) knows the token too,
+// and compares with a render of now as neither same nor different.
+func TestDeployedSecretsOfOperatorCredentials(t *testing.T) {
+	f, err := Render(context.Background(), Options{ImageName: "x/{service}", ImageTag: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := f.EnvValues["LUCID_OPERATOR_TOKEN"]
+	now, err := ReadDeployedSecrets(f.ServiceEnvs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacyFiles := map[string][]byte{}
+	for p, b := range f.ServiceEnvs {
+		vals, err := envfile.Parse(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if vals["LUCID_OPERATOR_TOKEN_SHA256"] != "" {
+			b = []byte("LUCID_OPERATOR_TOKEN_SHA256=" + auth.OperatorTokenHash(tok) + "\n")
+		}
+		legacyFiles[p] = b
+	}
+	legacy, err := ReadDeployedSecrets(legacyFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, d := range map[string]DeployedSecrets{"per service": now, "legacy": legacy} {
+		if _, unknown := d.OperatorValues(map[string]string{"LUCID_OPERATOR_TOKEN": tok}); len(unknown) != 0 {
+			t.Errorf("%s: the deployed token is unknown", name)
+		}
+		if _, unknown := d.OperatorValues(map[string]string{"LUCID_OPERATOR_TOKEN": "another"}); len(unknown) != 1 {
+			t.Errorf("%s: another token is taken for the deployed one", name)
+		}
+	}
+	if d := legacy.Differ(now); slices.Contains(d, "LUCID_OPERATOR_TOKEN") {
+		t.Errorf("a release of before per-service credentials differs from a render of now in the operator token")
 	}
 }

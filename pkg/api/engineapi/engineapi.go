@@ -284,8 +284,9 @@ func (c *Client) Consensus(ctx context.Context) (*ConsensusStatus, error) {
 	return &out, nil
 }
 
-// AddVoter asks the leader to add a node; operatorToken is the operator
-// credential (the engine holds its SHA-256, LUCID_OPERATOR_TOKEN_SHA256).
+// AddVoter asks the leader to add a node; operatorToken is the operator's
+// credential for the engine (auth.OperatorCredential; the engine holds its
+// SHA-256, LUCID_OPERATOR_TOKEN_SHA256).
 func (c *Client) AddVoter(ctx context.Context, operatorToken string, req AddVoterRequest) error {
 	body, _ := json.Marshal(req)
 	return c.doAuth(ctx, http.MethodPost, "/api/v1/consensus/voters", operatorToken, body, nil)

@@ -18,13 +18,16 @@ import (
 	"time"
 
 	"github.com/pickme/lucid/pkg/api/snapshotapi"
+	"github.com/pickme/lucid/pkg/auth"
 )
 
 // Service is a fake stateful service: its files live in memory and a
 // snapshot copies them. It is an http.Handler.
 type Service struct {
 	Name string
-	// Token, if set, is the operator token every call must carry.
+	// Token, if set, is the operator token whose credential for this
+	// service (auth.OperatorCredential) every call must carry, as a
+	// deployed service's hash says.
 	Token string
 	// Facts go into every manifest.
 	Facts snapshotapi.Facts
@@ -80,7 +83,7 @@ func (s *Service) Dropped() []string {
 }
 
 func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if s.Token != "" && r.Header.Get("Authorization") != "Bearer "+s.Token {
+	if s.Token != "" && r.Header.Get("Authorization") != "Bearer "+auth.OperatorCredential(s.Token, s.Name) {
 		writeError(w, http.StatusUnauthorized, "the operator credential is required")
 		return
 	}

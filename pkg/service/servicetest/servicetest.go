@@ -36,9 +36,18 @@ func operatorHash() []byte {
 }
 
 // Env is the environment a test gives a `lucid` process with the mesh
-// off: the service key and the operator token's hash.
+// off: the service key and the operator token's hash, for tests that send
+// the token itself.
 func Env() []string {
 	return []string{service.EnvServiceKey + "=" + Key, service.EnvOperatorHash + "=" + auth.OperatorTokenHash(OperatorToken)}
+}
+
+// EnvFor is Env for a `lucid` process of service name that lucidctl's
+// clients reach as a deployment's are: with the operator credential of
+// that service (auth.OperatorCredential of OperatorToken), as render
+// gives it.
+func EnvFor(name string) []string {
+	return []string{service.EnvServiceKey + "=" + Key, service.EnvOperatorHash + "=" + auth.OperatorTokenHash(auth.OperatorCredential(OperatorToken, name))}
 }
 
 // Transport signs each request as service caller; with p set it acts for

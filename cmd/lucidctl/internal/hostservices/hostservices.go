@@ -5,7 +5,8 @@
 // (maintenance, backup).
 //
 // The operator token (LUCID_OPERATOR_TOKEN) leaves lucidctl only as the
-// bearer token of those requests. With the mesh on, the services speak TLS
+// credential derived from it for each service (auth.OperatorCredential),
+// the bearer token of the requests to that service alone. With the mesh on, the services speak TLS
 // with mesh certificates, and each is verified against the mesh's trust
 // bundle, itself authenticated by the MAC the controller computes with an
 // enrolment token the operator derives from LUCID_MESH_TOKEN.
@@ -26,6 +27,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/meshapi"
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/meshtls"
 )
@@ -42,6 +44,12 @@ type Credentials struct {
 	MeshOn bool
 	// Source names where the operator token came from.
 	Source string
+}
+
+// EngineOperator is the operator's credential for the engine, for the
+// engine client's calls that take it.
+func (c *Credentials) EngineOperator() string {
+	return auth.OperatorCredential(c.Operator, catalog.EngineService)
 }
 
 // ReadCredentials takes each value from the environment, else the env
@@ -204,7 +212,9 @@ func (s *Session) Client(ctx context.Context, service string, timeout time.Durat
 	if on && !svc.Public {
 		scheme, tc = "https", meshtls.VerifyServerTLS(bundle, service)
 	}
-	hc := &http.Client{Timeout: timeout, Transport: api.WithBearer(s.Transport(addr, tc), s.Creds.Operator)}
+	// The operator's credential for this service alone: the service
+	// cannot replay it to another.
+	hc := &http.Client{Timeout: timeout, Transport: api.WithBearer(s.Transport(addr, tc), auth.OperatorCredential(s.Creds.Operator, service))}
 	return hc, scheme + "://" + addr, nil
 }
 
@@ -213,7 +223,7 @@ func (s *Session) Client(ctx context.Context, service string, timeout time.Durat
 func Classify(err error) error {
 	var ae *api.Error
 	if errors.As(err, &ae) && (ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden) {
-		return cli.Auth(cli.WithHint(err, "the host's services hold the SHA-256 of another LUCID_OPERATOR_TOKEN: use the env file the deployment was rendered from (--env-file)"))
+		return cli.Auth(cli.WithHint(err, "the host's services hold credentials of another LUCID_OPERATOR_TOKEN: use the env file the deployment was rendered from (--env-file); a release rendered before per-service operator credentials holds none yet: deploy"))
 	}
 	return err
 }

@@ -5,7 +5,8 @@
 // needed in the images and no maintenance endpoint faces the network.
 //
 // The operator token (LUCID_OPERATOR_TOKEN) leaves lucidctl only as the
-// bearer token of those requests. With the mesh on, the services speak TLS
+// credential derived from it for each service (auth.OperatorCredential),
+// the bearer token of the requests to that service alone. With the mesh on, the services speak TLS
 // with mesh certificates, and each is verified against the mesh's trust
 // bundle, itself authenticated by the MAC the controller computes with an
 // enrolment token the operator derives from LUCID_MESH_TOKEN.
@@ -38,7 +39,8 @@ func NewCmd(env *cli.Env) *cobra.Command {
 		Short: "Scrub and compact the data chain, rotate the mesh CA, change the chain's voters, lift a restore fence",
 		Long: `Maintenance of deployed hosts with the operator credential: each command
 reaches the services on the host's loopback through SSH, as the Pi itself
-sees them, and sends LUCID_OPERATOR_TOKEN as the bearer token. Without
+sees them, and sends each the credential derived from LUCID_OPERATOR_TOKEN for
+it alone as the bearer token. Without
 --target it works on the local stack (lucidctl up) of this machine. With the mesh
 on, every service is verified by its mesh certificate against the mesh's
 trust bundle, which is authenticated with LUCID_MESH_TOKEN.
