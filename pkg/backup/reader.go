@@ -33,7 +33,7 @@ func (r *Repository) Load(ctx context.Context, id string, identities []age.Ident
 	if !validID(id) {
 		return nil, fmt.Errorf("%q: %w", id, ErrNoBackup)
 	}
-	raw, err := os.ReadFile(filepath.Join(r.dir, backupsDir, id+r.manifestSuffix()))
+	raw, err := readBounded(filepath.Join(r.dir, backupsDir, id+r.manifestSuffix()), maxManifestBytes)
 	if errors.Is(err, os.ErrNotExist) {
 		if _, perr := os.Stat(filepath.Join(r.dir, backupsDir, id+partialSuffix)); perr == nil {
 			return nil, fmt.Errorf("backup %s is partial (it never completed): %w", id, ErrNoBackup)
@@ -43,7 +43,7 @@ func (r *Repository) Load(ctx context.Context, id string, identities []age.Ident
 	if err != nil {
 		return nil, err
 	}
-	plain, err := r.open(raw, identities)
+	plain, err := r.open(raw, identities, maxManifestBytes)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", id, err)
 	}
@@ -60,8 +60,43 @@ func (r *Repository) Load(ctx context.Context, id string, identities []age.Ident
 	return &b, nil
 }
 
-// open decrypts raw in an encrypted repository.
-func (r *Repository) open(raw []byte, identities []age.Identity) ([]byte, error) {
+// A repository's files are read whole, so their size is checked first:
+// anyone who can write to the backup disk could put a file of many GiB in
+// place of a blob or a manifest.
+const (
+	// maxPieceBytes bounds a piece (snapshotapi.PieceSize is 1 MiB).
+	maxPieceBytes = 16 << 20
+	// maxBlobBytes bounds a blob: a piece and age's framing.
+	maxBlobBytes = maxPieceBytes + maxPieceBytes/1024 + 64<<10
+	// maxManifestBytes bounds a manifest: some 100 bytes a piece of a
+	// file, a hundred GiB of data in 1 MiB pieces and then some.
+	maxManifestBytes = 256 << 20
+)
+
+// readBounded reads the file at p whole, when it holds at most limit
+// bytes.
+func readBounded(p string, limit int64) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }() // read only
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() > limit {
+		return nil, fmt.Errorf("%s is %d bytes, more than such a file holds (%d): %w", filepath.Base(p), fi.Size(), limit, ErrCorrupt)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err == nil && int64(len(b)) > limit {
+		err = fmt.Errorf("%s grew past %d bytes while read: %w", filepath.Base(p), limit, ErrCorrupt)
+	}
+	return b, err
+}
+
+// open decrypts raw in an encrypted repository, to at most limit bytes.
+func (r *Repository) open(raw []byte, identities []age.Identity, limit int64) ([]byte, error) {
 	if !r.marker.Encrypted {
 		return raw, nil
 	}
@@ -76,9 +111,12 @@ func (r *Repository) open(raw []byte, identities []age.Identity) ([]byte, error)
 		}
 		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
-	b, err := io.ReadAll(d)
+	b, err := io.ReadAll(io.LimitReader(d, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%w: it decrypts to more than %d bytes", ErrCorrupt, limit)
 	}
 	return b, nil
 }
@@ -88,14 +126,14 @@ func (r *Repository) readPiece(sum string, identities []age.Identity) ([]byte, e
 	if !validSum(sum) {
 		return nil, fmt.Errorf("piece %q: %w", sum, ErrCorrupt)
 	}
-	raw, err := os.ReadFile(r.blobPath(sum))
+	raw, err := readBounded(r.blobPath(sum), maxBlobBytes)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("piece %s is missing: %w", sum, ErrCorrupt)
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("piece %s: %w", sum, err)
 	}
-	data, err := r.open(raw, identities)
+	data, err := r.open(raw, identities, maxPieceBytes)
 	if err != nil {
 		return nil, fmt.Errorf("piece %s: %w", sum, err)
 	}

@@ -109,7 +109,7 @@ func OpenRepository(ctx context.Context, dir string) (*Repository, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(filepath.Join(dir, markerName))
+	b, err := readBounded(filepath.Join(dir, markerName), 1<<20)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%s: %w (no %s)", dir, ErrNotRepository, markerName)
 	}
@@ -268,7 +268,7 @@ func idOf(name string) (string, bool) {
 }
 
 func readInfo(path string) (Info, error) {
-	b, err := os.ReadFile(path)
+	b, err := readBounded(path, 1<<20)
 	if err != nil {
 		return Info{}, err
 	}

@@ -176,8 +176,8 @@ type pieceTask struct {
 // not in the repository yet is read from src, checked against its hash,
 // and stored.
 func (w *Writer) AddService(ctx context.Context, m *snapshotapi.Manifest, src Source) error {
-	if m.PieceSize <= 0 {
-		return fmt.Errorf("%s: snapshot %s has no piece size", m.Service, m.ID)
+	if m.PieceSize <= 0 || m.PieceSize > maxPieceBytes {
+		return fmt.Errorf("%s: snapshot %s has piece size %d, not 1..%d", m.Service, m.ID, m.PieceSize, maxPieceBytes)
 	}
 	var tasks []pieceTask
 	for i := range m.Files {
@@ -292,12 +292,15 @@ func (w *Writer) piece(ctx context.Context, t pieceTask, fetch func(context.Cont
 	w.claimed[t.sum] = true
 	w.mu.Unlock()
 	path := w.repo.blobPath(t.sum)
-	if _, err := os.Stat(path); err == nil {
+	if fi, err := os.Stat(path); err == nil && w.plausible(fi.Size(), t.length) {
 		w.mu.Lock()
 		w.m.Totals.PiecesReused++
 		w.mu.Unlock()
 		return 0, nil
 	}
+	// Missing, or of a size no blob of this piece has (cut short on a
+	// damaged disk): fetched again and written over, rather than named by
+	// one backup after another that none could restore.
 	data, err := fetch(ctx)
 	if err != nil {
 		return 0, err
@@ -313,6 +316,19 @@ func (w *Writer) piece(ctx context.Context, t pieceTask, fetch func(context.Cont
 	w.written++
 	w.mu.Unlock()
 	return int64(len(data)), nil
+}
+
+// plausible reports whether a blob of size bytes can hold a piece of
+// length bytes: the same in a plaintext repository; with age's header
+// (a few hundred bytes a recipient) and a 16-byte tag every 64 KiB in an
+// encrypted one. A blob damaged in place, at its size, is found only by
+// backup verify.
+func (w *Writer) plausible(size, length int64) bool {
+	if !w.repo.marker.Encrypted {
+		return size == length
+	}
+	tags := (length/(64<<10) + 1) * 16
+	return size >= length+tags && size <= length+tags+64<<10
 }
 
 func (w *Writer) storeBlob(path string, data []byte) error {

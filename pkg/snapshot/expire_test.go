@@ -50,3 +50,42 @@ func TestExpiredWhileRunning(t *testing.T) {
 		}
 	})
 }
+
+// A copy read from (a first backup over a slow link) outlives MaxAge from
+// its taking, and expires MaxAge after its last read.
+func TestCopyInUseIsNotExpired(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		srv := service.New(servicetest.Config("anchoring", t.TempDir()), slog.New(slog.DiscardHandler))
+		s, err := snapshot.Register(ctx, srv, func(_ context.Context, dir string) (*snapshot.Copy, error) {
+			return &snapshot.Copy{}, os.WriteFile(filepath.Join(dir, "state"), []byte("x"), 0o600)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := s.Take(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A read every 20 minutes, for twice MaxAge.
+		tick := time.NewTicker(20 * time.Minute)
+		defer tick.Stop()
+		for range 2 * int(snapshotapi.MaxAge/(20*time.Minute)) {
+			<-tick.C
+			synctest.Wait()
+			f, err := s.Open(m.ID, "state", 0, 1)
+			if err != nil {
+				t.Fatalf("a read %s into the backup: %v", time.Since(m.TakenAt), err)
+			}
+			_ = f.Close()
+		}
+		tick.Stop()
+		idle := time.NewTimer(snapshotapi.MaxAge + 15*time.Minute)
+		<-idle.C
+		synctest.Wait()
+		if ids := s.IDs(); len(ids) != 0 {
+			t.Fatalf("copies left unread past MaxAge = %v", ids)
+		}
+	})
+}

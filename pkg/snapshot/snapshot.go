@@ -3,7 +3,7 @@
 // consistent copy of its state into a fresh directory, and this package
 // serves the rest: it takes copies one at a time, lists their files with
 // each file's SHA-256 and per-piece SHA-256, serves byte ranges of them,
-// drops them, and removes copies older than snapshotapi.MaxAge.
+// drops them, and removes copies left unread for snapshotapi.MaxAge.
 //
 // A copy lives in <data dir>/.snapshots/<id>/ and mirrors the data
 // directory's layout; its manifest is kept beside it in <id>.json, so a
@@ -83,6 +83,10 @@ type Server struct {
 
 	mu     sync.Mutex
 	copies map[string]*snapshotapi.Manifest
+	// read is when each copy was last read from: a first backup over a
+	// slow link may read one for hours, and expiring it then would fail
+	// every such backup halfway.
+	read map[string]time.Time
 }
 
 // ErrBusy is returned by Take while another copy is being taken.
@@ -100,7 +104,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{opts: opts, root: filepath.Join(opts.DataDir, snapshotapi.SnapshotDir), hashes: newHashCache(), copies: map[string]*snapshotapi.Manifest{}}
+	s := &Server{opts: opts, root: filepath.Join(opts.DataDir, snapshotapi.SnapshotDir), hashes: newHashCache(), copies: map[string]*snapshotapi.Manifest{}, read: map[string]time.Time{}}
 	if err := s.load(); err != nil {
 		return nil, err
 	}
@@ -191,8 +195,9 @@ func (s *Server) load() error {
 	return nil
 }
 
-// Expire removes the copies older than snapshotapi.MaxAge, and anything
-// else in the snapshot directory that old (a copy a crash interrupted).
+// Expire removes the copies neither taken nor read from for
+// snapshotapi.MaxAge, and anything else in the snapshot directory that old
+// (a copy a crash interrupted).
 func (s *Server) Expire() error {
 	entries, err := os.ReadDir(s.root)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -206,11 +211,14 @@ func (s *Server) Expire() error {
 	for _, e := range entries {
 		id := strings.TrimSuffix(e.Name(), ".json")
 		s.mu.Lock()
-		m := s.copies[id]
+		m, read := s.copies[id], s.read[id]
 		s.mu.Unlock()
 		var taken time.Time
 		if m != nil {
 			taken = m.TakenAt
+			if read.After(taken) {
+				taken = read
+			}
 		} else if fi, err := e.Info(); err == nil {
 			taken = fi.ModTime()
 		} else {
@@ -327,6 +335,9 @@ func (s *Server) take(ctx context.Context, id, dir string, now time.Time) (*snap
 func (s *Server) Open(id, path string, offset, length int64) (io.ReadCloser, error) {
 	s.mu.Lock()
 	m := s.copies[id]
+	if m != nil {
+		s.read[id] = s.opts.Now()
+	}
 	s.mu.Unlock()
 	if m == nil || !fs.ValidPath(path) {
 		return nil, ErrNotFound
@@ -372,6 +383,7 @@ func (s *Server) Drop(id string) error {
 	s.mu.Lock()
 	_, ok := s.copies[id]
 	delete(s.copies, id)
+	delete(s.read, id)
 	s.mu.Unlock()
 	if !ok {
 		return ErrNotFound

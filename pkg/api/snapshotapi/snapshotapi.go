@@ -15,7 +15,7 @@
 //	DELETE /api/v1/snapshots/{id}                       204
 //
 // A copy lives under the service's data directory in SnapshotDir until it
-// is deleted; the service removes copies older than MaxAge by itself, so a
+// is deleted; the service removes copies unread for MaxAge by itself, so a
 // backup that died halfway costs disk only for that long.
 package snapshotapi
 
@@ -42,7 +42,8 @@ const PieceSize = 1 << 20
 // taken. A restore never writes it, and a backup never includes it.
 const SnapshotDir = ".snapshots"
 
-// MaxAge is how long a service keeps a copy nobody deleted.
+// MaxAge is how long a service keeps a copy nobody deleted, from when it
+// was taken or last read.
 const MaxAge = time.Hour
 
 // Manifest describes one service's consistent copy.
