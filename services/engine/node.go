@@ -39,6 +39,8 @@ type node struct {
 	raft    *raft.Raft
 	raftDB  *raftboltdb.BoltStore
 	trans   *raft.NetworkTransport
+	// stream is the mTLS stream layer under trans (nil over plain TCP).
+	stream  *raftStream
 	metrics *metrics
 	origin  string
 	// onSlot, if set, is told how late each block production started.
@@ -119,6 +121,9 @@ func (n *node) startRaft(id *meshtls.Identity) error {
 	n.raft, err = raft.NewRaft(rc, (*fsm)(n), n.raftDB, n.raftDB, snaps, n.trans)
 	if err != nil {
 		return fmt.Errorf("raft: %w", err)
+	}
+	if n.stream != nil {
+		n.stream.trustPeers(n.isServerHost)
 	}
 	if !existing && n.cfg.Bootstrap {
 		f := n.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
@@ -241,10 +246,26 @@ func (n *node) raftTransport(id *meshtls.Identity, logger hclog.Logger) (*raft.N
 	if err != nil {
 		return nil, fmt.Errorf("raft transport on %s: %w", n.cfg.RaftAddr, err)
 	}
+	n.stream = stream // told the cluster's servers once Raft runs
 	n.logger.Info("raft transport: mTLS with the mesh identity", "addr", n.cfg.RaftAddr, "peers", meshca.SPIFFEID(id.Service()).String())
 	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: stream, MaxPool: 3, Timeout: raftTimeout, Logger: logger,
 	}), nil
+}
+
+// isServerHost reports whether host is the address of a server of the
+// Raft configuration.
+func (n *node) isServerHost(host string) bool {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, srv := range f.Configuration().Servers {
+		if h, _, err := net.SplitHostPort(string(srv.Address)); err == nil && h == host {
+			return true
+		}
+	}
+	return false
 }
 
 // loopback reports whether a listen address (host:port) takes connections

@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -26,7 +27,10 @@ const raftTimeout = 10 * time.Second
 // the port exhaust the engine's memory with silent connections. Here a
 // handshake costs a goroutine and a TLS state, it has handshakeTimeout,
 // and only so many may be pending, in all and from one address; beyond
-// that a new connection is closed at once (a real peer dials again).
+// that a new connection is closed at once (a real peer dials again). The
+// address of a server of the Raft configuration is held to its own bound
+// only, not the total: a LAN host with a few addresses could otherwise
+// keep every slot taken and the engines from reaching each other.
 const (
 	handshakeTimeout     = 5 * time.Second
 	maxPendingHandshakes = 64
@@ -57,7 +61,13 @@ type raftStream struct {
 	mu      sync.Mutex
 	pending map[string]int // handshakes in progress, by remote address
 	total   int
+	// peer, once set (trustPeers), says whether a remote address is a
+	// server's of the Raft configuration.
+	peer atomic.Pointer[func(host string) bool]
 }
+
+// trustPeers gives the stream the way to know the cluster's servers.
+func (s *raftStream) trustPeers(peer func(host string) bool) { s.peer.Store(&peer) }
 
 var _ raft.StreamLayer = (*raftStream)(nil)
 
@@ -131,15 +141,26 @@ func (s *raftStream) acceptLoop() {
 	}
 }
 
-// take counts a handshake from addr in, unless too many are pending.
+// take counts a handshake from addr in, unless too many are pending: from
+// addr, or in all from an address not a server's of the configuration.
+// Only the accept loop takes, so the counts read are not raised meanwhile.
 func (s *raftStream) take(addr string) bool {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.total >= maxPendingHandshakes || s.pending[addr] >= maxPendingPerAddress {
+	full, over := s.total >= maxPendingHandshakes, s.pending[addr] >= maxPendingPerAddress
+	s.mu.Unlock()
+	if over {
 		return false
 	}
+	if full {
+		peer := s.peer.Load()
+		if peer == nil || !(*peer)(addr) {
+			return false
+		}
+	}
+	s.mu.Lock()
 	s.total++
 	s.pending[addr]++
+	s.mu.Unlock()
 	return true
 }
 

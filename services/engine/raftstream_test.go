@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -510,4 +511,67 @@ func TestRaftPortSurvivesAFlood(t *testing.T) {
 	}
 	_ = c.Close()
 	waitPending(maxPendingPerAddress) // the flood's handshakes still wait
+}
+
+// TestRaftPortKeepsRoomForTheServers: a LAN host with a few addresses
+// holds every handshake slot with silent connections; an engine dialling
+// from a server's address of the Raft configuration still gets through,
+// while another address is refused.
+func TestRaftPortKeepsRoomForTheServers(t *testing.T) {
+	ca := openMeshCA(t, meshca.Options{})
+	ln, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverTLS, clientTLS := raftTLS(meshIdentity(t, ca, "engine", meshtls.Options{}))
+	stream := newRaftStream(ln, nil, serverTLS, clientTLS, time.Hour, "test")
+	stream.trustPeers(func(host string) bool { return host == "127.0.0.100" })
+	t.Cleanup(func() { _ = stream.Close() })
+	go func() {
+		for {
+			c, err := stream.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	var silent []net.Conn
+	t.Cleanup(func() {
+		for _, c := range silent {
+			_ = c.Close()
+		}
+	})
+	for a := byte(2); a < 2+maxPendingHandshakes/maxPendingPerAddress; a++ {
+		for range maxPendingPerAddress {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, a)}}
+			c, err := d.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			silent = append(silent, c)
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, "every slot taken", func() bool {
+		stream.mu.Lock()
+		defer stream.mu.Unlock()
+		return stream.total == maxPendingHandshakes
+	})
+	dial := func(last byte) error {
+		d := tls.Dialer{NetDialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, last)}}, Config: clientTLS}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			_ = c.Close()
+		}
+		return err
+	}
+	if err := dial(100); err != nil {
+		t.Fatalf("a server's engine could not connect while %d silent connections wait: %v", len(silent), err)
+	}
+	if err := dial(101); err == nil {
+		t.Error("an address that is no server's got past the full slots")
+	}
 }
