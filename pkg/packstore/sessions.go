@@ -75,9 +75,9 @@ func refKey(owner, id, session string) []byte {
 }
 
 // addMember records owner's chunk id at m.Index of owner's session
-// m.Session, which may hold at most max chunks (0: no bound). The same
+// m.Session, which may hold at most limit chunks (0: no bound). The same
 // chunk at the same index again is a no-op.
-func addMember(tx *bolt.Tx, owner, id string, m Member, max uint64) error {
+func addMember(tx *bolt.Tx, owner, id string, m Member, limit uint64) error {
 	sess, err := getSession(tx, owner, m.Session)
 	if err != nil {
 		return err
@@ -96,7 +96,7 @@ func addMember(tx *bolt.Tx, owner, id string, m Member, max uint64) error {
 	if sess.Sealed {
 		return fmt.Errorf("%w: %s", ErrSealed, m.Session)
 	}
-	if max > 0 && sess.Chunks >= max {
+	if limit > 0 && sess.Chunks >= limit {
 		return fmt.Errorf("%w: session %s holds %d", ErrSessionFull, m.Session, sess.Chunks)
 	}
 	if err := members.Put(key, []byte(id)); err != nil {
