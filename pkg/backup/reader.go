@@ -43,6 +43,9 @@ func (r *Repository) Load(ctx context.Context, id string, identities []age.Ident
 	if err != nil {
 		return nil, err
 	}
+	if err := r.checkSigned(id, raw); err != nil {
+		return nil, err
+	}
 	plain, err := r.open(raw, identities, maxManifestBytes)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", id, err)

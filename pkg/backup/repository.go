@@ -44,6 +44,7 @@ package backup
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -102,6 +103,9 @@ type Marker struct {
 type Repository struct {
 	dir    string
 	marker Marker
+	// trusted are the keys whose signatures the repository takes
+	// (Trust); none: every backup.
+	trusted []ed25519.PublicKey
 }
 
 // OpenRepository opens the repository in dir.
@@ -236,16 +240,29 @@ func (r *Repository) Backups(ctx context.Context) ([]Info, error) {
 	return out, nil
 }
 
-// Latest is the newest complete backup.
+// Latest is the newest complete backup (of those a trusted key signed,
+// when the repository trusts any).
 func (r *Repository) Latest(ctx context.Context) (Info, error) {
 	all, err := r.Backups(ctx)
 	if err != nil {
 		return Info{}, err
 	}
 	for i := len(all) - 1; i >= 0; i-- {
-		if !all[i].Partial {
-			return all[i], nil
+		if all[i].Partial {
+			continue
 		}
+		if len(r.trusted) > 0 {
+			// One no trusted key signed is not the operator's: the
+			// newest is the newest that is.
+			raw, err := readBounded(filepath.Join(r.dir, backupsDir, all[i].ID+r.manifestSuffix()), maxManifestBytes)
+			if err != nil || r.checkSigned(all[i].ID, raw) != nil {
+				continue
+			}
+		}
+		return all[i], nil
+	}
+	if len(r.trusted) > 0 {
+		return Info{}, fmt.Errorf("%s: %w signed by a trusted key", r.dir, ErrNoBackup)
 	}
 	return Info{}, fmt.Errorf("%s: %w", r.dir, ErrNoBackup)
 }

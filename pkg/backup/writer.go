@@ -3,6 +3,7 @@ package backup
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -103,6 +104,8 @@ type BeginOptions struct {
 	Progress func(Progress)
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Signer, if set, signs the backup's manifest (SigningKey).
+	Signer ed25519.PrivateKey
 }
 
 // Writer takes one backup into a repository.
@@ -384,6 +387,13 @@ func (w *Writer) Commit(ctx context.Context) (*Manifest, error) {
 	var buf bytes.Buffer
 	if err := w.seal(&buf, b); err != nil {
 		return nil, err
+	}
+	if w.opts.Signer != nil {
+		// Before the manifest, which makes the backup exist: a complete
+		// backup is never without its signature.
+		if err := w.repo.sign(w.m.ID, buf.Bytes(), w.opts.Signer); err != nil {
+			return nil, fmt.Errorf("sign backup %s: %w", w.m.ID, err)
+		}
 	}
 	if err := atomicfile.Write(filepath.Join(w.repo.dir, backupsDir, w.m.ID+w.repo.manifestSuffix()), buf.Bytes(), 0o600); err != nil {
 		return nil, fmt.Errorf("write the manifest of backup %s: %w", w.m.ID, err)

@@ -141,6 +141,10 @@ type Backup struct {
 	// Identity is the path of the age identity file (or SSH private key)
 	// that decrypts backups for restores; never the key itself.
 	Identity string `yaml:"identity"`
+	// Signers are the public keys ("ed25519:" and base64) whose
+	// signatures restore and verify take on a backup: the one lucidctl
+	// backup printed, and those of operator tokens rotated since.
+	Signers []string `yaml:"signers"`
 }
 
 // Defaults, from DESIGN.md.
@@ -325,6 +329,11 @@ func (c *Config) validate(name string) error {
 	for i, r := range c.Backup.Recipients {
 		if _, err := backup.ParseRecipient(r); err != nil {
 			bad("backup.recipients[%d]: %q is not an age recipient (age1...) or an SSH public key (ssh-ed25519 ..., ssh-rsa ...): %v", i, r, err)
+		}
+	}
+	for i, k := range c.Backup.Signers {
+		if _, err := backup.ParseSigner(k); err != nil {
+			bad("backup.signers[%d]: %q: %v (lucidctl backup prints the key, \"signed by: ed25519:...\")", i, k, err)
 		}
 	}
 	if strings.HasPrefix(strings.TrimSpace(c.Backup.Identity), "AGE-SECRET-KEY-") {

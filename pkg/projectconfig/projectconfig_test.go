@@ -298,6 +298,7 @@ func TestBackupSection(t *testing.T) {
 	}
 	for src, want := range map[string]string{
 		"backup:\n  recipients: [age1nope]\n":                "backup.recipients[0]",
+		"backup:\n  signers: [ssh-ed25519 AAAA]\n":           "backup.signers[0]",
 		"backup:\n  identity: AGE-SECRET-KEY-1QQQ\n":         "must be the path of the identity file",
 		"backup:\n  recipient: [age1nope]\n":                 `did you mean "recipients"?`,
 		"backup:\n  recipients: [ssh-ed25519 AAAAnotakey]\n": "SSH public key",

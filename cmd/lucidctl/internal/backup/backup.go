@@ -8,6 +8,7 @@ package backup
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"maps"
@@ -126,6 +127,9 @@ type Output struct {
 	EnvFiles   []string      `json:"env_files"`
 	Totals     backup.Totals `json:"totals"`
 	DurationMS int64         `json:"duration_ms"`
+	// Signer is the public key the manifest is signed with
+	// (backup.signers of lucid.yaml pins it).
+	Signer string `json:"signer"`
 }
 
 // ServiceOutput is one service's copy.
@@ -250,6 +254,10 @@ func run(ctx context.Context, opts *Options) error {
 
 // take backs up the services of s and env files into repo.
 func take(ctx context.Context, opts *Options, repo *backup.Repository, recipients []age.Recipient, s *hostservices.Session, target, host string, env []backup.EnvFile) (*Output, error) {
+	signer, err := backup.SigningKey(s.Creds.Operator)
+	if err != nil {
+		return nil, err
+	}
 	var srcs []backup.Snapshotter
 	for _, name := range Services {
 		hc, base, err := s.Client(ctx, name, 0) // as long as the copy takes: ctx ends it
@@ -271,7 +279,7 @@ func take(ctx context.Context, opts *Options, repo *backup.Repository, recipient
 	s.Say("backing up into %s (%s)", repo.Dir(), kind(repo))
 	m, err := repo.Backup(ctx, backup.BeginOptions{
 		Target: target, Host: host, Version: buildinfo.Read().String(),
-		Recipients: recipients, Parallel: opts.Parallel, Progress: progress,
+		Recipients: recipients, Parallel: opts.Parallel, Progress: progress, Signer: signer,
 	}, srcs, env, backup.Events{
 		Taken: func(m *snapshotapi.Manifest) {
 			s.Say("%s: copy %s taken: %d file(s), %s", m.Service, m.ID, len(m.Files), iostreams.Bytes(filesBytes(m.Files)))
@@ -283,7 +291,7 @@ func take(ctx context.Context, opts *Options, repo *backup.Repository, recipient
 	if err != nil {
 		return nil, err
 	}
-	out := &Output{ID: m.ID, Repository: repo.Dir(), Encrypted: repo.Encrypted(), Target: m.Target, Host: m.Host, Totals: m.Totals}
+	out := &Output{ID: m.ID, Repository: repo.Dir(), Encrypted: repo.Encrypted(), Target: m.Target, Host: m.Host, Totals: m.Totals, Signer: backup.SignerOf(signer)}
 	for _, sm := range m.Services {
 		out.Services = append(out.Services, ServiceOutput{Name: sm.Service, Files: len(sm.Files), Bytes: filesBytes(sm.Files), Facts: sm.Facts})
 		if sm.Facts.Chain != nil {
@@ -343,6 +351,7 @@ func printOutput(env *cli.Env, out *Output) error {
 	fmt.Fprintf(w, "  bytes:     %s in %d file(s), %s sent (%.1f%%); pieces: %d new, %d already backed up\n",
 		iostreams.Bytes(t.Bytes), t.Files, iostreams.Bytes(t.BytesSent), pct, t.PiecesNew, t.PiecesReused)
 	fmt.Fprintf(w, "  took:      %s\n", (time.Duration(out.DurationMS) * time.Millisecond).String())
+	fmt.Fprintf(w, "  signed by: %s\n", out.Signer)
 	return nil
 }
 
@@ -359,6 +368,58 @@ func OpenRepository(ctx context.Context, cfg *projectconfig.Config, flag, value 
 		return nil, "", cli.Usage(err)
 	}
 	return repo, dir, err
+}
+
+// TrustSigners makes repo take only backups signed by a key of
+// backup.signers in lucid.yaml, or by the one derived from operatorToken
+// (the key lucidctl backup signs with). With neither, a read is refused
+// unless allowUnsigned: anyone who can write to the backup disk could
+// otherwise put a backup of their own there.
+func TrustSigners(repo *backup.Repository, cfg *projectconfig.Config, operatorToken string, allowUnsigned bool) error {
+	var keys []ed25519.PublicKey
+	for _, s := range cfg.Backup.Signers {
+		k, err := backup.ParseSigner(s)
+		if err != nil {
+			return cli.Usage(fmt.Errorf("backup.signers: %q: %w", s, err))
+		}
+		keys = append(keys, k)
+	}
+	if operatorToken != "" {
+		k, err := backup.SigningKey(operatorToken)
+		if err != nil {
+			return err
+		}
+		keys = append(keys, k.Public().(ed25519.PublicKey))
+	}
+	switch {
+	case allowUnsigned:
+		return nil // every backup, signed or not
+	case len(keys) == 0:
+		return cli.Usage(cli.WithHint(errors.New("no key to check the backups' signatures with: backup.signers of lucid.yaml is empty and the operator token is not at hand"),
+			"pin the key lucidctl backup printed (signed by: ...) in backup.signers of lucid.yaml, or give the operator's env file (--env-file); --allow-unsigned takes a backup nobody signed"))
+	}
+	repo.Trust(keys)
+	return nil
+}
+
+// OperatorToken is LUCID_OPERATOR_TOKEN from the environment, else from
+// the env file at path ("": local.env_file), or "": a restore onto a new
+// machine may have neither, and backup.signers then says whom to trust.
+func OperatorToken(env *cli.Env, path string) string {
+	vals, err := env.OperatorEnv(path)
+	if err != nil {
+		return ""
+	}
+	tok, _ := vals.Value("LUCID_OPERATOR_TOKEN")
+	return tok
+}
+
+// ExplainUnsigned adds what to do to an unsigned backup's error.
+func ExplainUnsigned(err error) error {
+	if errors.Is(err, backup.ErrUnsigned) {
+		return cli.Problems(cli.WithHint(err, "a backup no trusted key signed may be someone else's (anyone who can write to the backup disk): if it is yours, taken before backups were signed or with an operator token rotated since, pin its key in backup.signers, or pass --allow-unsigned"))
+	}
+	return err
 }
 
 // repoDir is the repository that flag names in value, else backup.dir.

@@ -2,6 +2,7 @@ package backup_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -30,6 +31,7 @@ import (
 	repository "github.com/pickme/lucid/pkg/backup"
 	"github.com/pickme/lucid/pkg/backup/backuptest"
 	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/projectconfig"
 )
 
 // TestMain makes the test binary act as lucidctl when a test starts it
@@ -409,5 +411,38 @@ func TestBackupTarget(t *testing.T) {
 	}
 	if audit, _ = os.ReadFile(filepath.Join(deployDir, "audit.log")); !strings.Contains(string(audit), `"result":"failed"`) {
 		t.Fatalf("the failed backup is not in the audit log:\n%s", audit)
+	}
+}
+
+// TestTrustSigners: restore and verify take backups signed by a key of
+// backup.signers or the operator token's; with neither they refuse unless
+// --allow-unsigned, and a malformed signer is a usage error.
+func TestTrustSigners(t *testing.T) {
+	ctx := context.Background()
+	repo, err := repository.InitRepository(ctx, t.TempDir(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := repository.SigningKey("operator-token-of-the-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &projectconfig.Config{}
+	if err := backup.TrustSigners(repo, cfg, "", false); cli.ExitCode(ctx, err) != cli.ExitUsage {
+		t.Errorf("no signer and no token: %v, want a usage error", err)
+	}
+	if err := backup.TrustSigners(repo, cfg, "", true); err != nil {
+		t.Errorf("no signer, --allow-unsigned: %v", err)
+	}
+	if err := backup.TrustSigners(repo, cfg, "operator-token-of-the-test", false); err != nil {
+		t.Errorf("the operator token: %v", err)
+	}
+	cfg.Backup.Signers = []string{repository.SignerOf(key)}
+	if err := backup.TrustSigners(repo, cfg, "", false); err != nil {
+		t.Errorf("a pinned signer: %v", err)
+	}
+	cfg.Backup.Signers = []string{"ed25519:nope"}
+	if err := backup.TrustSigners(repo, cfg, "", false); cli.ExitCode(ctx, err) != cli.ExitUsage {
+		t.Errorf("a malformed signer: %v, want a usage error", err)
 	}
 }

@@ -23,6 +23,11 @@ type VerifyOptions struct {
 	ID string
 	// Identity decrypts it ("": backup.identity of lucid.yaml).
 	Identity string
+	// EnvFile holds the operator token, whose signing key is trusted
+	// ("": local.env_file).
+	EnvFile string
+	// AllowUnsigned verifies a backup no trusted key signed.
+	AllowUnsigned bool
 }
 
 func newVerifyCmd(env *cli.Env) *cobra.Command {
@@ -33,7 +38,11 @@ func newVerifyCmd(env *cli.Env) *cobra.Command {
 		Long: `Read every piece of the backup (by default the latest complete one), decrypt
 it with the identity (backup.identity of lucid.yaml, or --identity) and check
 its SHA-256 against its name. Exit 3 when a piece is missing or damaged; the
-pieces are named on stdout.`,
+pieces are named on stdout.
+
+The backup must be signed by a key of backup.signers in lucid.yaml, or by the
+one lucidctl backup derives from the operator token (--env-file); one nobody
+trusted signed is refused (exit 3) unless --allow-unsigned.`,
 		Example: `  lucidctl backup verify --to /srv/lucid-backups
   lucidctl backup verify 20261205T140238.179476Z-8ecb6a --identity ~/.config/lucid/backup.key`,
 		Args: cli.MaxArgs(1),
@@ -46,6 +55,8 @@ pieces are named on stdout.`,
 	}
 	cmd.Flags().StringVar(&opts.To, "to", "", "the backup repository (default: backup.dir of lucid.yaml)")
 	cmd.Flags().StringVar(&opts.Identity, "identity", "", "age identity file or SSH private key (default: backup.identity of lucid.yaml)")
+	cmd.Flags().StringVar(&opts.EnvFile, "env-file", "", "the operator's env file, whose LUCID_OPERATOR_TOKEN's signing key is trusted (default: local.env_file of lucid.yaml)")
+	cmd.Flags().BoolVar(&opts.AllowUnsigned, "allow-unsigned", false, "verify a backup that no trusted key signed")
 	return cli.SupportsJSON(cmd)
 }
 
@@ -56,6 +67,9 @@ func runVerify(ctx context.Context, opts *VerifyOptions) error {
 	}
 	repo, dir, err := OpenRepository(ctx, cfg, "--to", opts.To)
 	if err != nil {
+		return err
+	}
+	if err := TrustSigners(repo, cfg, OperatorToken(opts.Env, opts.EnvFile), opts.AllowUnsigned); err != nil {
 		return err
 	}
 	ids, err := Identities(cfg, repo, opts.Identity)
@@ -72,7 +86,7 @@ func runVerify(ctx context.Context, opts *VerifyOptions) error {
 	}
 	fmt.Fprintf(opts.Env.IO.ErrOut, "verifying backup %s in %s\n", id, dir)
 	rep, err := repo.Verify(ctx, id, ids)
-	err = ExplainIdentity(err)
+	err = ExplainUnsigned(ExplainIdentity(err))
 	if rep == nil {
 		return err
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	backupcmd "github.com/pickme/lucid/cmd/lucidctl/internal/backup"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/maintenance"
@@ -59,7 +60,9 @@ type Options struct {
 	// one a target's stack was rendered with.
 	PortOffset *int
 	// EnvFile holds the operator's tokens ("": local.env_file).
-	EnvFile       string
+	EnvFile string
+	// AllowUnsigned restores a backup no trusted key signed.
+	AllowUnsigned bool
 	HealthTimeout time.Duration
 	LockWait      time.Duration
 	// DownTimeout bounds stopping a running local stack.
@@ -156,6 +159,7 @@ Exits 3 when a check fails.`,
 	cmd.Flags().BoolVar(&opts.VerifyOnly, "verify-only", false, "only run the checks against the running stack")
 	cmd.Flags().IntVar(&offset, "port-offset", 0, "the local stack's port offset (default: local.port_offset), or the one the target's stack was rendered with")
 	cmd.Flags().StringVar(&opts.EnvFile, "env-file", "", "the operator's env file, with LUCID_OPERATOR_TOKEN (default: local.env_file of lucid.yaml)")
+	cmd.Flags().BoolVar(&opts.AllowUnsigned, "allow-unsigned", false, "restore a backup that no key of backup.signers (nor the operator token's) signed: one taken before backups were signed, or not yours")
 	cmd.Flags().DurationVar(&opts.HealthTimeout, "health-timeout", 3*time.Minute, "how long the services get to become healthy")
 	cmd.Flags().DurationVar(&opts.LockWait, "lock-wait", 0, "wait this long for another deploy's lock")
 	cmd.Flags().DurationVar(&opts.DownTimeout, "down-timeout", 2*time.Minute, "how long a running local stack gets to stop")
@@ -167,7 +171,8 @@ func run(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
-	src, from, err := OpenSource(ctx, cfg, opts.From, opts.Backup, opts.Identity)
+	src, from, err := OpenSource(ctx, cfg, opts.From, opts.Backup, opts.Identity,
+		Trust{OperatorToken: backupcmd.OperatorToken(opts.Env, opts.EnvFile), AllowUnsigned: opts.AllowUnsigned})
 	if err != nil {
 		return err
 	}
@@ -175,6 +180,15 @@ func run(ctx context.Context, opts *Options) error {
 	for _, m := range src.Services() {
 		if _, ok := catalog.Lookup(m.Service); !ok {
 			return fmt.Errorf("backup %s holds service %q, which this lucidctl does not know", src.ID(), m.Service)
+		}
+	}
+	// Every piece is read and checked before anything is stopped or
+	// written: a damaged piece found halfway would leave some services'
+	// data restored and the others' not.
+	if v, ok := src.(interface{ Verify(context.Context) error }); ok && !opts.VerifyOnly {
+		fmt.Fprintf(opts.Env.IO.ErrOut, "checking every piece of backup %s before anything is stopped\n", src.ID())
+		if err := v.Verify(ctx); err != nil {
+			return cli.Problems(cli.WithHint(fmt.Errorf("%w; nothing was stopped or written", err), "lucidctl backup verify names the damaged pieces; restore another backup (--backup ID), or take a new one"))
 		}
 	}
 	out := &Output{Backup: src.ID(), Target: "local", Services: map[string]*restoredata.Result{}, EnvDiffer: []string{}, EnvWritten: []string{}}

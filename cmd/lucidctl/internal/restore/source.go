@@ -2,7 +2,9 @@ package restore
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"strings"
 
 	"filippo.io/age"
 
@@ -35,9 +37,12 @@ const EnvService = backup.EnvService
 // backup.dir) and --backup: a backup of lucidctl backup's repository
 // (pkg/backup), by default its newest complete one. It also returns the
 // repository's directory.
-func OpenSource(ctx context.Context, cfg *projectconfig.Config, from, id, identity string) (Source, string, error) {
+func OpenSource(ctx context.Context, cfg *projectconfig.Config, from, id, identity string, trust Trust) (Source, string, error) {
 	repo, dir, err := backupcmd.OpenRepository(ctx, cfg, "--from", from)
 	if err != nil {
+		return nil, "", err
+	}
+	if err := backupcmd.TrustSigners(repo, cfg, trust.OperatorToken, trust.AllowUnsigned); err != nil {
 		return nil, "", err
 	}
 	ids, err := backupcmd.Identities(cfg, repo, identity)
@@ -53,9 +58,17 @@ func OpenSource(ctx context.Context, cfg *projectconfig.Config, from, id, identi
 	}
 	b, err := repo.Load(ctx, id, ids)
 	if err != nil {
-		return nil, "", backupcmd.ExplainIdentity(err)
+		return nil, "", backupcmd.ExplainUnsigned(backupcmd.ExplainIdentity(err))
 	}
 	return &repoSource{repo: repo, b: b, ids: ids}, dir, nil
+}
+
+// Trust says whose backups a restore takes: those signed by a key of
+// backup.signers or the one derived from OperatorToken, or, with
+// AllowUnsigned, any.
+type Trust struct {
+	OperatorToken string
+	AllowUnsigned bool
 }
 
 // repoSource is a backup of a backup repository.
@@ -68,6 +81,15 @@ type repoSource struct {
 func (s *repoSource) ID() string                       { return s.b.ID }
 func (s *repoSource) Services() []snapshotapi.Manifest { return s.b.Services }
 func (s *repoSource) EnvFiles() []snapshotapi.File     { return s.b.Env }
+
+// Verify reads every piece of the backup and checks it.
+func (s *repoSource) Verify(ctx context.Context) error {
+	rep, err := s.repo.Verify(ctx, s.b.ID, s.ids)
+	if rep != nil && len(rep.Problems) > 0 {
+		return fmt.Errorf("backup %s is damaged: %s", s.b.ID, strings.Join(rep.Problems, "; "))
+	}
+	return err
+}
 
 func (s *repoSource) Open(ctx context.Context, service, path string) (io.ReadCloser, error) {
 	return s.repo.Open(ctx, s.b, service, path, s.ids)
