@@ -20,19 +20,7 @@ import (
 func TestExpiredWhileRunning(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		dataDir := t.TempDir()
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		srv := service.New(servicetest.Config("anchoring", dataDir), slog.New(slog.DiscardHandler))
-		s, err := snapshot.Register(ctx, srv, func(_ context.Context, dir string) (*snapshot.Copy, error) {
-			return &snapshot.Copy{}, os.WriteFile(filepath.Join(dir, "state"), []byte("x"), 0o600)
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, err := s.Take(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		s, m := registerAndTake(t, dataDir)
 		half := time.NewTimer(snapshotapi.MaxAge / 2)
 		<-half.C
 		synctest.Wait()
@@ -55,19 +43,7 @@ func TestExpiredWhileRunning(t *testing.T) {
 // its taking, and expires MaxAge after its last read.
 func TestCopyInUseIsNotExpired(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		srv := service.New(servicetest.Config("anchoring", t.TempDir()), slog.New(slog.DiscardHandler))
-		s, err := snapshot.Register(ctx, srv, func(_ context.Context, dir string) (*snapshot.Copy, error) {
-			return &snapshot.Copy{}, os.WriteFile(filepath.Join(dir, "state"), []byte("x"), 0o600)
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, err := s.Take(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		s, m := registerAndTake(t, t.TempDir())
 		// A read every 20 minutes, for twice MaxAge.
 		tick := time.NewTicker(20 * time.Minute)
 		defer tick.Stop()
@@ -88,4 +64,24 @@ func TestCopyInUseIsNotExpired(t *testing.T) {
 			t.Fatalf("copies left unread past MaxAge = %v", ids)
 		}
 	})
+}
+
+// registerAndTake registers a service's snapshots in dataDir, running
+// until the test ends, and takes one copy.
+func registerAndTake(t *testing.T, dataDir string) (*snapshot.Server, *snapshotapi.Manifest) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	srv := service.New(servicetest.Config("anchoring", dataDir), slog.New(slog.DiscardHandler))
+	s, err := snapshot.Register(ctx, srv, func(_ context.Context, dir string) (*snapshot.Copy, error) {
+		return &snapshot.Copy{}, os.WriteFile(filepath.Join(dir, "state"), []byte("x"), 0o600)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.Take(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, m
 }

@@ -447,25 +447,7 @@ func TestLoopback(t *testing.T) {
 // beyond maxPendingPerAddress are closed at once, while an engine dialling
 // from another address is still served.
 func TestRaftPortSurvivesAFlood(t *testing.T) {
-	ca := openMeshCA(t, meshca.Options{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverTLS, clientTLS := raftTLS(meshIdentity(t, ca, "engine", meshtls.Options{}))
-	// A bound far beyond the test, so a closed connection was refused by
-	// the cap, not timed out.
-	stream := newRaftStream(ln, nil, serverTLS, clientTLS, time.Hour, "test")
-	t.Cleanup(func() { _ = stream.Close() })
-	go func() {
-		for {
-			c, err := stream.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.Close()
-		}
-	}()
+	stream, clientTLS := floodedStream(t, "127.0.0.1:0")
 	addr := stream.Addr().String()
 
 	// waitPending waits until the server holds n handshakes from
@@ -518,25 +500,9 @@ func TestRaftPortSurvivesAFlood(t *testing.T) {
 // from a server's address of the Raft configuration still gets through,
 // while another address is refused.
 func TestRaftPortKeepsRoomForTheServers(t *testing.T) {
-	ca := openMeshCA(t, meshca.Options{})
-	ln, err := net.Listen("tcp", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverTLS, clientTLS := raftTLS(meshIdentity(t, ca, "engine", meshtls.Options{}))
-	stream := newRaftStream(ln, nil, serverTLS, clientTLS, time.Hour, "test")
+	stream, clientTLS := floodedStream(t, "0.0.0.0:0")
 	stream.trustPeers(func(host string) bool { return host == "127.0.0.100" })
-	t.Cleanup(func() { _ = stream.Close() })
-	go func() {
-		for {
-			c, err := stream.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.Close()
-		}
-	}()
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(stream.Addr().(*net.TCPAddr).Port))
 	var silent []net.Conn
 	t.Cleanup(func() {
 		for _, c := range silent {
@@ -574,4 +540,30 @@ func TestRaftPortKeepsRoomForTheServers(t *testing.T) {
 	if err := dial(101); err == nil {
 		t.Error("an address that is no server's got past the full slots")
 	}
+}
+
+// floodedStream is an engine's Raft stream listening on bind, for a
+// flood: its handshakes may take an hour (so a connection closed was
+// refused by a cap, not timed out), and what it accepts is closed. It
+// returns the client TLS of an engine of the same mesh.
+func floodedStream(t *testing.T, bind string) (*raftStream, *tls.Config) {
+	t.Helper()
+	ca := openMeshCA(t, meshca.Options{})
+	ln, err := net.Listen("tcp", bind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverTLS, clientTLS := raftTLS(meshIdentity(t, ca, "engine", meshtls.Options{}))
+	stream := newRaftStream(ln, nil, serverTLS, clientTLS, time.Hour, "test")
+	t.Cleanup(func() { _ = stream.Close() })
+	go func() {
+		for {
+			c, err := stream.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	return stream, clientTLS
 }
