@@ -15,10 +15,7 @@ import (
 // verifies, since its checkpoint is the chain's own block; one that the
 // removed key signs for a block the chain does not hold does not.
 func TestReceiptsOfARemovedValidator(t *testing.T) {
-	c := chaintest.New()          // validator A
-	c.Append(chaintest.Anchor(1)) // block 1 by A: the genesis change, then the anchor at index 1
-	c.HandOver("validator-2", 2)  // block 2 by A adds B, block 3 by B removes A
-	c.Append(chaintest.Anchor(2)) // block 4 by B
+	c, _ := chaintest.HandedOver() // blocks 1-2 by A, 3-4 by B, who removed A
 	vkB := c.Verifier
 
 	// The engine, as anchoring sees it: B alone validates now.

@@ -102,6 +102,18 @@ func (c *Chain) HandOver(name string, seed byte) (removed string) {
 	return removed
 }
 
+// HandedOver returns a chain of four blocks whose first validator, A, was
+// removed: block 1 by A holds anchor 1 (at index 1), block 2 by A adds a
+// validator B (key seed 2), block 3 by B removes A, and block 4 by B holds
+// anchor 2 (at index 4). It returns A's key, removed.
+func HandedOver() (c *Chain, removed string) {
+	c = New()
+	c.Append(Anchor(1))
+	removed = c.HandOver("validator-2", 2)
+	c.Append(Anchor(2))
+	return c, removed
+}
+
 // Append seals txs into the next block, one second after the previous. The
 // first block starts with the system transaction that makes the chain's key
 // its validator, as the engine's genesis block does.

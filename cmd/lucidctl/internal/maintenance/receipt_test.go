@@ -15,10 +15,7 @@ import (
 // its checkpoint is the engine's own block, and refuses one that key signs
 // for any other block, in the chain's range or above it.
 func TestLiftReceiptOfARemovedValidator(t *testing.T) {
-	c := chaintest.New()          // validator A
-	c.Append(chaintest.Anchor(1)) // block 1 by A
-	c.HandOver("validator-2", 2)  // block 2 by A adds B, block 3 by B removes A
-	c.Append(chaintest.Anchor(2)) // block 4 by B
+	c, _ := chaintest.HandedOver() // blocks 1-2 by A, 3-4 by B, who removed A
 	srv := httptest.NewServer(c.EngineAPI(c.Verifier))
 	defer srv.Close()
 	eng := engineapi.New(srv.URL, srv.Client())

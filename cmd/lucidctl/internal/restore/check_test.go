@@ -18,11 +18,8 @@ import (
 // since: each is in it, after it, forked from it or invalid for what it
 // is, not for who signed it.
 func TestCheckReceiptWithManyValidators(t *testing.T) {
-	c := chaintest.New()                 // validator A
-	c.Append(chaintest.Anchor(1))        // block 1 by A
-	keyA := c.HandOver("validator-2", 2) // block 2 by A adds B, block 3 by B removes A
+	c, keyA := chaintest.HandedOver() // blocks 1-2 by A, 3-4 by B, who removed A
 	vkB := c.Verifier
-	c.Append(chaintest.Anchor(2)) // block 4 by B
 	c.Append(chaintest.Anchor(3)) // block 5 by B, signed after the backup
 	const restoredHeight = 4
 
