@@ -413,6 +413,9 @@ const http10Body = 1 << 20
 func (rp *routeProxy) readWhole(c *call, resp *fasthttp.Response, finish func(keep bool)) error {
 	body, err := io.ReadAll(io.LimitReader(resp.BodyStream(), http10Body+1))
 	whole := err == nil && len(body) <= http10Body
+	if whole {
+		c.watch.detach() // the connection goes back to the pool
+	}
 	finish(whole)
 	if !whole {
 		c.watch.stop()

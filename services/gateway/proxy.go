@@ -203,8 +203,12 @@ var internalPaths = [][]byte{[]byte("/ready"), []byte("/metrics")}
 // stripped prefix, or through the catch-all route "/", which gets what
 // the gateway's own endpoints do not (an escaped /%6Detrics).
 func (rp *routeProxy) reachesOwnEndpoint(raw []byte) bool {
+	catchAll := rp.route.Prefix == "/"
+	if !rp.route.Strip && !catchAll {
+		return false // the path keeps a prefix no endpoint of a service has
+	}
 	p := raw
-	if rp.route.Strip && rp.route.Prefix != "/" {
+	if !catchAll {
 		p = bytes.TrimPrefix(raw, []byte(rp.route.Prefix))
 	}
 	if bytes.IndexByte(p, '%') >= 0 {
