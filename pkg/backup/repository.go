@@ -262,7 +262,7 @@ func (r *Repository) Latest(ctx context.Context) (Info, error) {
 		return all[i], nil
 	}
 	if len(r.trusted) > 0 {
-		return Info{}, fmt.Errorf("%s: %w signed by a trusted key", r.dir, ErrNoBackup)
+		return Info{}, fmt.Errorf("%s: no complete backup there is signed by a trusted key: %w", r.dir, ErrUnsigned)
 	}
 	return Info{}, fmt.Errorf("%s: %w", r.dir, ErrNoBackup)
 }

@@ -25,7 +25,7 @@ import (
 // names every piece by its SHA-256, so its signature covers the backup.
 
 // ErrUnsigned reports a backup whose manifest no trusted key signed.
-var ErrUnsigned = errors.New("its manifest is not signed by a trusted key")
+var ErrUnsigned = errors.New("not signed by a trusted key")
 
 const sigSuffix = ".sig"
 

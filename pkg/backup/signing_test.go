@@ -110,6 +110,19 @@ func TestForgedBackupIsRefused(t *testing.T) {
 	if _, err := repo.Verify(t.Context(), good.ID, []age.Identity{id}); err != nil {
 		t.Errorf("verify the operator's backup: %v", err)
 	}
+	// With none of its backups signed by a trusted key, there is no
+	// latest, and the error says why.
+	lone, err := backup.InitRepository(t.Context(), t.TempDir(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lone.Backup(t.Context(), backup.BeginOptions{Target: "pi"}, []backup.Snapshotter{fake(t, backuptest.NewService("engine", map[string][]byte{"chain.db": random(3, 100)}))}, nil, backup.Events{}); err != nil {
+		t.Fatal(err)
+	}
+	lone.Trust([]ed25519.PublicKey{key.Public().(ed25519.PublicKey)})
+	if _, err := lone.Latest(t.Context()); !errors.Is(err, backup.ErrUnsigned) {
+		t.Errorf("latest of unsigned backups only: %v, want %v", err, backup.ErrUnsigned)
+	}
 	// A key it does not trust signs nothing it takes.
 	other, err := backup.SigningKey("another-token")
 	if err != nil {

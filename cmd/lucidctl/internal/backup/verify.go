@@ -80,7 +80,7 @@ func runVerify(ctx context.Context, opts *VerifyOptions) error {
 	if id == "" {
 		latest, err := repo.Latest(ctx)
 		if err != nil {
-			return err
+			return ExplainUnsigned(err)
 		}
 		id = latest.ID
 	}

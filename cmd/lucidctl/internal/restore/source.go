@@ -52,7 +52,7 @@ func OpenSource(ctx context.Context, cfg *projectconfig.Config, from, id, identi
 	if id == "" {
 		latest, err := repo.Latest(ctx)
 		if err != nil {
-			return nil, "", err
+			return nil, "", backupcmd.ExplainUnsigned(err)
 		}
 		id = latest.ID
 	}
