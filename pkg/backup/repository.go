@@ -191,6 +191,10 @@ type Info struct {
 	StartedAt  time.Time `json:"started_at"`
 	FinishedAt time.Time `json:"finished_at,omitzero"`
 	Totals     *Totals   `json:"totals,omitempty"`
+	// Signature is what the backup's signature is worth to the
+	// repository, with the keys it trusts (Trust): set by SignatureOf,
+	// which reads the manifest, never by Backups.
+	Signature Signature `json:"signature,omitempty"`
 }
 
 // Backups lists the repository's backups by id, oldest first, so the
@@ -230,7 +234,7 @@ func (r *Repository) Backups(ctx context.Context) ([]Info, error) {
 			// A torn summary must not hide the backup: the id says when.
 			info = Info{ID: id}
 		}
-		info.ID, info.Partial = id, !complete
+		info.ID, info.Partial, info.Signature = id, !complete, ""
 		if info.Partial {
 			info.FinishedAt, info.Totals = time.Time{}, nil
 		}
@@ -251,13 +255,10 @@ func (r *Repository) Latest(ctx context.Context) (Info, error) {
 		if all[i].Partial {
 			continue
 		}
-		if len(r.trusted) > 0 {
+		if len(r.trusted) > 0 && r.SignatureOf(all[i].ID) != SignatureTrusted {
 			// One no trusted key signed is not the operator's: the
 			// newest is the newest that is.
-			raw, err := readBounded(filepath.Join(r.dir, backupsDir, all[i].ID+r.manifestSuffix()), maxManifestBytes)
-			if err != nil || r.checkSigned(all[i].ID, raw) != nil {
-				continue
-			}
+			continue
 		}
 		return all[i], nil
 	}

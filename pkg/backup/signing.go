@@ -70,6 +70,41 @@ func signedMessage(id string, manifest []byte) []byte {
 // (the default) takes every backup.
 func (r *Repository) Trust(keys []ed25519.PublicKey) { r.trusted = keys }
 
+// Signature is what a complete backup's signature is worth to the
+// repository that lists it (Info.Signature).
+type Signature string
+
+const (
+	// SignatureTrusted is a backup signed by a key the repository trusts.
+	SignatureTrusted Signature = "trusted"
+	// SignatureUntrusted is a backup with a signature no trusted key made
+	// (another operator token's, one rotated since, or a forgery).
+	SignatureUntrusted Signature = "untrusted"
+	// SignatureUnchecked is a backup with a signature and a repository that trusts no
+	// key to check it with.
+	SignatureUnchecked Signature = "signed"
+	// SignatureNone is a backup without a signature (taken before backups were
+	// signed, or planted).
+	SignatureNone Signature = "unsigned"
+)
+
+// SignatureOf is complete backup id's Signature. Its manifest, as
+// stored, is read only when there are keys to check it with.
+func (r *Repository) SignatureOf(id string) Signature {
+	_, err := os.Stat(filepath.Join(r.dir, backupsDir, id+sigSuffix))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return SignatureNone
+	case len(r.trusted) == 0:
+		return SignatureUnchecked
+	}
+	raw, err := readBounded(filepath.Join(r.dir, backupsDir, id+r.manifestSuffix()), maxManifestBytes)
+	if err != nil || r.checkSigned(id, raw) != nil {
+		return SignatureUntrusted
+	}
+	return SignatureTrusted
+}
+
 // checkSigned reports whether backup id's manifest, as stored, is signed
 // by a trusted key, when the repository trusts any.
 func (r *Repository) checkSigned(id string, manifest []byte) error {

@@ -97,7 +97,18 @@ func TestForgedBackupIsRefused(t *testing.T) {
 		t.Fatalf("without trust: latest %s, %v; the test's forgeries are not newer", latest.ID, err)
 	}
 
+	signatures := func(want map[string]backup.Signature) {
+		t.Helper()
+		for id, w := range want {
+			if got := repo.SignatureOf(id); got != w {
+				t.Errorf("signature of %s: %q, want %q", id, got, w)
+			}
+		}
+	}
+	signatures(map[string]backup.Signature{good.ID: backup.SignatureUnchecked, forged: backup.SignatureNone, moved: backup.SignatureUnchecked})
+
 	repo.Trust([]ed25519.PublicKey{key.Public().(ed25519.PublicKey)})
+	signatures(map[string]backup.Signature{good.ID: backup.SignatureTrusted, forged: backup.SignatureNone, moved: backup.SignatureUntrusted})
 	latest, err := repo.Latest(t.Context())
 	if err != nil || latest.ID != good.ID {
 		t.Fatalf("latest %s, %v; want the operator's backup %s", latest.ID, err, good.ID)

@@ -376,20 +376,9 @@ func OpenRepository(ctx context.Context, cfg *projectconfig.Config, flag, value 
 // unless allowUnsigned: anyone who can write to the backup disk could
 // otherwise put a backup of their own there.
 func TrustSigners(repo *backup.Repository, cfg *projectconfig.Config, operatorToken string, allowUnsigned bool) error {
-	var keys []ed25519.PublicKey
-	for _, s := range cfg.Backup.Signers {
-		k, err := backup.ParseSigner(s)
-		if err != nil {
-			return cli.Usage(fmt.Errorf("backup.signers: %q: %w", s, err))
-		}
-		keys = append(keys, k)
-	}
-	if operatorToken != "" {
-		k, err := backup.SigningKey(operatorToken)
-		if err != nil {
-			return err
-		}
-		keys = append(keys, k.Public().(ed25519.PublicKey))
+	keys, err := trustedKeys(cfg, operatorToken)
+	if err != nil {
+		return err
 	}
 	switch {
 	case allowUnsigned:
@@ -400,6 +389,27 @@ func TrustSigners(repo *backup.Repository, cfg *projectconfig.Config, operatorTo
 	}
 	repo.Trust(keys)
 	return nil
+}
+
+// trustedKeys are the keys of backup.signers and the one derived from
+// operatorToken, when given.
+func trustedKeys(cfg *projectconfig.Config, operatorToken string) ([]ed25519.PublicKey, error) {
+	var keys []ed25519.PublicKey
+	for _, s := range cfg.Backup.Signers {
+		k, err := backup.ParseSigner(s)
+		if err != nil {
+			return nil, cli.Usage(fmt.Errorf("backup.signers: %q: %w", s, err))
+		}
+		keys = append(keys, k)
+	}
+	if operatorToken != "" {
+		k, err := backup.SigningKey(operatorToken)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, k.Public().(ed25519.PublicKey))
+	}
+	return keys, nil
 }
 
 // OperatorToken is LUCID_OPERATOR_TOKEN from the environment, else from

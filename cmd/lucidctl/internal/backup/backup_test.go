@@ -206,6 +206,10 @@ func TestBackupLocalStack(t *testing.T) {
 	if r.code != 0 || strings.Count(r.out, "complete") != 4 || !strings.Contains(r.out, third.ID) {
 		t.Fatalf("backup list: exit %d\n%s%s", r.code, r.out, r.errOut)
 	}
+	// Signed with the operator token's key, which the list trusts.
+	if !strings.Contains(r.out, "SIGNATURE") || strings.Count(r.out, "complete  trusted") != 4 {
+		t.Fatalf("backup list does not say the backups are signed by a trusted key:\n%s", r.out)
+	}
 
 	// verify: with the identity, all intact; a damaged piece is exit 3.
 	keyFile := filepath.Join(p.dir, "backup.key")

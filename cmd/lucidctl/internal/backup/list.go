@@ -17,6 +17,9 @@ import (
 type ListOptions struct {
 	Env *cli.Env
 	To  string
+	// EnvFile holds the operator token, whose signing key is trusted
+	// ("": local.env_file).
+	EnvFile string
 }
 
 // ListOutput is `lucidctl backup list --json`.
@@ -31,11 +34,17 @@ func newListCmd(env *cli.Env) *cobra.Command {
 	opts := &ListOptions{Env: env}
 	cmd := &cobra.Command{
 		Use:   "list [--to DIR]",
-		Short: "List the backups of a repository, partial ones marked",
+		Short: "List the backups of a repository, partial ones and signatures marked",
 		Long: `List the backups in the repository, oldest first. A partial backup never
 completed (it was killed or failed): it cannot be restored, and the next
 backup reuses its pieces. Listing needs no identity: what it shows is kept in
-plaintext beside each encrypted manifest.`,
+plaintext beside each encrypted manifest.
+
+SIGNATURE says whether restore would take the backup: "trusted" (signed by a
+key of backup.signers in lucid.yaml or by the operator token's, --env-file),
+"untrusted" (signed by none of them: an older operator token's, or not the
+operator's at all), "unsigned" (taken before backups were signed, or not the
+operator's), or "signed" when there is no key at hand to check it with.`,
 		Example: `  lucidctl backup list --to /srv/lucid-backups
   lucidctl backup list --json`,
 		Args: cli.NoArgs,
@@ -44,6 +53,7 @@ plaintext beside each encrypted manifest.`,
 		},
 	}
 	cmd.Flags().StringVar(&opts.To, "to", "", "the backup repository (default: backup.dir of lucid.yaml)")
+	cmd.Flags().StringVar(&opts.EnvFile, "env-file", "", "the operator's env file, whose LUCID_OPERATOR_TOKEN's signing key is trusted (default: local.env_file of lucid.yaml)")
 	return cli.SupportsJSON(cmd)
 }
 
@@ -56,9 +66,19 @@ func runList(ctx context.Context, opts *ListOptions) error {
 	if err != nil {
 		return err
 	}
+	keys, err := trustedKeys(cfg, OperatorToken(opts.Env, opts.EnvFile))
+	if err != nil {
+		return err
+	}
+	repo.Trust(keys)
 	all, err := repo.Backups(ctx)
 	if err != nil {
 		return err
+	}
+	for i := range all {
+		if !all[i].Partial {
+			all[i].Signature = repo.SignatureOf(all[i].ID)
+		}
 	}
 	out := ListOutput{Repository: dir, Encrypted: repo.Encrypted(), Backups: all}
 	if out.Backups == nil {
@@ -72,16 +92,16 @@ func runList(ctx context.Context, opts *ListOptions) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(opts.Env.IO.Out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tTARGET\tHOST\tSTARTED\tBYTES\tSENT\tSTATE")
+	fmt.Fprintln(tw, "ID\tTARGET\tHOST\tSTARTED\tBYTES\tSENT\tSTATE\tSIGNATURE")
 	for _, b := range all {
-		size, sent, state := "-", "-", "complete"
+		size, sent, state, sig := "-", "-", "complete", string(b.Signature)
 		if b.Totals != nil {
 			size, sent = iostreams.Bytes(b.Totals.Bytes), iostreams.Bytes(b.Totals.BytesSent)
 		}
 		if b.Partial {
-			state = "PARTIAL"
+			state, sig = "PARTIAL", "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.ID, b.Target, b.Host, b.StartedAt.Local().Format(time.DateTime), size, sent, state)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.ID, b.Target, b.Host, b.StartedAt.Local().Format(time.DateTime), size, sent, state, sig)
 	}
 	return tw.Flush()
 }
