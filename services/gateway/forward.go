@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -48,8 +49,9 @@ const (
 
 // newHostClient makes the connection pool of the instance at u. tlsConfig
 // is the mesh's; without it an https instance is still called over TLS,
-// verified against the system's roots.
-func newHostClient(u *url.URL, tlsConfig *tls.Config) *fasthttp.HostClient {
+// verified against the system's roots. load is the gateway's requests in
+// flight (quietConn).
+func newHostClient(u *url.URL, tlsConfig *tls.Config, load *atomic.Int64) *fasthttp.HostClient {
 	isTLS := u.Scheme == "https"
 	if isTLS && tlsConfig == nil {
 		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12}
@@ -64,10 +66,16 @@ func newHostClient(u *url.URL, tlsConfig *tls.Config) *fasthttp.HostClient {
 	}
 	d := &net.Dialer{Timeout: upstreamDialTimeout, KeepAlive: 30 * time.Second}
 	return &fasthttp.HostClient{
-		Addr:                     addr,
-		IsTLS:                    isTLS,
-		TLSConfig:                tlsConfig,
-		Dial:                     func(addr string) (net.Conn, error) { return d.Dial("tcp", addr) },
+		Addr:      addr,
+		IsTLS:     isTLS,
+		TLSConfig: tlsConfig,
+		Dial: func(addr string) (net.Conn, error) {
+			c, err := d.Dial("tcp", addr)
+			if err != nil {
+				return nil, err
+			}
+			return newQuietConn(c, load), nil
+		},
 		MaxConns:                 maxUpstreamConns,
 		MaxConnWaitTimeout:       upstreamDialTimeout,
 		MaxIdleConnDuration:      upstreamIdleTimeout,

@@ -1,0 +1,181 @@
+package gateway
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+)
+
+// A quiet gateway reads and writes its sockets without the runtime's
+// system-call bookkeeping. Go's runtime takes every read and write for a
+// system call that might block: entering one wakes the scheduler's monitor
+// thread (sysmon) if it went to sleep because every P was idle, which is
+// where a gateway serving one client at a time is between requests; woken,
+// the monitor polls every 20 µs for a while. At one connection that cost
+// about 20 µs of CPU per request on the development machine (a fifth of
+// the gateway's) and shows in the latency it adds (docs/gateway.md).
+//
+// The sockets are non-blocking, so a read or write never waits in the
+// kernel: it is made as a raw system call inside the connection's RawConn,
+// which waits on the runtime's poller, deadlines and all, when the socket
+// is not ready, as net.Conn's own Read and Write do. Under load the Ps are
+// never all idle and the monitor never sleeps, while the bookkeeping lets
+// a P go to other work when a thread is held up in the kernel: with more
+// than quietMax requests in flight a connection reads and writes as
+// net.Conn does.
+
+// quietMax is the most requests in flight at which sockets are read and
+// written raw.
+const quietMax = 1
+
+// quietListener wraps each accepted connection in a quietConn.
+type quietListener struct {
+	net.Listener
+	load *atomic.Int64
+}
+
+func (l quietListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return newQuietConn(c, l.load), nil
+}
+
+// quietConn is a socket read and written raw while load, the requests in
+// flight, is at most quietMax.
+type quietConn struct {
+	net.Conn
+	raw  syscall.RawConn
+	load *atomic.Int64
+
+	// The read and the write in progress, each under its own lock (a body
+	// may stream out while its answer is read), for the functions RawConn
+	// calls with the descriptor: method values made once, not a closure
+	// per call.
+	rmu    sync.Mutex
+	rbuf   []byte
+	rn     int
+	rerr   error
+	readFn func(fd uintptr) bool
+
+	wmu     sync.Mutex
+	wbuf    []byte
+	wn      int
+	werr    error
+	writeFn func(fd uintptr) bool
+}
+
+// newQuietConn wraps c, a socket; anything else is returned as it is.
+func newQuietConn(c net.Conn, load *atomic.Int64) net.Conn {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return c
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	q := &quietConn{Conn: c, raw: raw, load: load}
+	q.readFn, q.writeFn = q.read, q.write
+	return q
+}
+
+// SyscallConn is the socket's, for the client watch and idle parking.
+func (c *quietConn) SyscallConn() (syscall.RawConn, error) { return c.raw, nil }
+
+func (c *quietConn) quiet() bool { return c.load.Load() <= quietMax }
+
+func (c *quietConn) Read(b []byte) (int, error) {
+	if len(b) == 0 || !c.quiet() {
+		return c.Conn.Read(b)
+	}
+	c.rmu.Lock()
+	c.rbuf = b
+	err := c.raw.Read(c.readFn)
+	n, rerr := c.rn, c.rerr
+	c.rbuf, c.rn, c.rerr = nil, 0, nil
+	c.rmu.Unlock()
+	switch {
+	case err != nil:
+		return 0, c.opError("read", err)
+	case rerr != nil:
+		return 0, rerr
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// read is one read on fd: false asks RawConn to wait until it is readable.
+func (c *quietConn) read(fd uintptr) bool {
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rbuf[0])), uintptr(len(c.rbuf)))
+		switch e {
+		case 0:
+			c.rn = int(n)
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		c.rerr = c.opError("read", os.NewSyscallError("read", e))
+		return true
+	}
+}
+
+func (c *quietConn) Write(b []byte) (int, error) {
+	if len(b) == 0 || !c.quiet() {
+		return c.Conn.Write(b)
+	}
+	c.wmu.Lock()
+	c.wbuf, c.wn = b, 0
+	err := c.raw.Write(c.writeFn)
+	n, werr := c.wn, c.werr
+	c.wbuf, c.wn, c.werr = nil, 0, nil
+	c.wmu.Unlock()
+	switch {
+	case err != nil:
+		return n, c.opError("write", err)
+	case werr != nil:
+		return n, werr
+	}
+	return n, nil
+}
+
+// write writes what is left of wbuf on fd: false asks RawConn to wait
+// until it is writable. MSG_NOSIGNAL: a peer that has gone is EPIPE, not a
+// signal.
+func (c *quietConn) write(fd uintptr) bool {
+	for len(c.wbuf) > 0 {
+		n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&c.wbuf[0])), uintptr(len(c.wbuf)), syscall.MSG_NOSIGNAL, 0, 0)
+		switch e {
+		case 0:
+			c.wn += int(n)
+			c.wbuf = c.wbuf[n:]
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			c.werr = c.opError("write", os.NewSyscallError("write", e))
+			return true
+		}
+	}
+	return true
+}
+
+// opError is err as net.Conn's own Read and Write report it: RawConn's
+// wait says "raw-read" or "raw-write".
+func (c *quietConn) opError(op string, err error) error {
+	if oe, ok := errors.AsType[*net.OpError](err); ok {
+		oe.Op = op
+		return oe
+	}
+	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
