@@ -12,11 +12,16 @@
 // previous keys (JWT_PREVIOUS_KEYS) still verify the tokens they signed
 // until their retirement time. A token without `kid` (minted before key
 // ids) verifies against the current key only; an unknown `kid` is refused.
+//
+// It also derives the operator's credentials from the operator token
+// (OperatorCredential): one for each service on each host, so that none
+// can be replayed elsewhere.
 package auth
 
 import (
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -193,15 +198,48 @@ func Parse(secret []byte, token string, now func() time.Time, options ...ParseOp
 	return c, err
 }
 
+// LocalHost is the host name of the local stack (lucidctl up, on the
+// operator's own machine): its services' operator credentials are bound
+// to it, as are those of the env files lucidctl render writes until a
+// deploy binds them to its target. lucid.yaml may name no target so.
+const LocalHost = "local"
+
+// operatorCredentialDomain opens every operator credential's message: it
+// keeps them apart from anything else derived from the token (backup
+// signing keys), and from the credentials of releases rendered before
+// (LegacyOperatorCredential's "v1").
+const operatorCredentialDomain = "lucid operator credential v2"
+
 // OperatorCredential is what the operator presents to service (a catalog
-// name) as its bearer token: a value derived from the operator token for
-// that service alone. A service is sent only its own credential, and it
+// name) on host (its target name in lucid.yaml, or LocalHost) as its
+// bearer token: a value derived from the operator token for that service
+// on that host alone. A service is sent only its own credential and
 // cannot derive another's, so one that is compromised cannot replay what
-// the operator sent it to another service (say, to the mesh controller for
-// the CA's keys). Each service holds the hash of its own credential
-// (OperatorTokenHash of it, in LUCID_OPERATOR_TOKEN_SHA256), never the
-// token.
-func OperatorCredential(token, service string) string {
+// the operator sent it to another service (say, to the mesh controller
+// for the CA's keys), nor to the same service on another host of a
+// cluster (another Pi's engine). Each service holds the hash of its own
+// credential (OperatorTokenHash of it, in LUCID_OPERATOR_TOKEN_SHA256),
+// never the token.
+//
+// Each name goes into the MAC after its length, so no two pairs of names
+// give one message, whatever bytes they hold.
+func OperatorCredential(token, service, host string) string {
+	msg := []byte(operatorCredentialDomain)
+	for _, name := range []string{service, host} {
+		msg = binary.BigEndian.AppendUint64(msg, uint64(len(name)))
+		msg = append(msg, name...)
+	}
+	m := hmac.New(sha256.New, []byte(token))
+	m.Write(msg)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// LegacyOperatorCredential is the operator credential of releases rendered
+// before per-host credentials: bound to the service alone, so one host's
+// service could replay it to the same service on another host. lucidctl
+// never sends it; it serves only to recognise such a release's hashes
+// and say that the host must be deployed.
+func LegacyOperatorCredential(token, service string) string {
 	m := hmac.New(sha256.New, []byte(token))
 	m.Write([]byte("lucid operator credential v1\x00" + service))
 	return hex.EncodeToString(m.Sum(nil))

@@ -29,10 +29,10 @@ const token = "operator-token"
 // fake runs svc behind an httptest server and returns its client.
 func fake(t testing.TB, svc *backuptest.Service) *snapshotapi.Client {
 	t.Helper()
-	svc.Token = token
+	svc.Token, svc.Host = token, "pi"
 	srv := httptest.NewServer(svc)
 	t.Cleanup(srv.Close)
-	return snapshotapi.New(srv.URL, &http.Client{Transport: bearer{auth.OperatorCredential(token, svc.Name)}})
+	return snapshotapi.New(srv.URL, &http.Client{Transport: bearer{auth.OperatorCredential(token, svc.Name, svc.Host)}})
 }
 
 type bearer struct{ token string }

@@ -67,7 +67,13 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.compose, f.envs, f.routes = files.Compose, files.ServiceEnvs, routes
+	// As lucidctl deploy sends them to target "pi" (options): the
+	// services' operator credentials bound to it.
+	envs, err := deployfiles.BindOperatorCredentials(files.ServiceEnvs, files.EnvValues["LUCID_OPERATOR_TOKEN"], "pi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.compose, f.envs, f.routes = files.Compose, envs, routes
 	for _, k := range deployfiles.Secrets {
 		f.secrets = append(f.secrets, files.EnvValues[k])
 	}

@@ -675,8 +675,9 @@ func (d *Deployer) serviceClient(ctx context.Context, name string, running map[s
 	svc, _ := catalog.Lookup(name)
 	sc := &serviceClient{name: name, timeout: o.Timeout}
 	if o.OperatorToken != "" {
-		// The operator's credential for this service alone.
-		sc.token = auth.OperatorCredential(o.OperatorToken, name)
+		// The operator's credential for this service on this host alone:
+		// neither another service nor this one on another host accepts it.
+		sc.token = auth.OperatorCredential(o.OperatorToken, name, d.cfg.Name)
 	}
 	c, ok := running[svc.Container]
 	if !ok || c.State != "running" {

@@ -116,6 +116,24 @@ func TestStatusAndLogsOfADeployedHost(t *testing.T) {
 		t.Errorf("without a token: raft role unknown because %q, height %v, healthy %v", why, st.Reports.ChainHeight, st.Healthy)
 	}
 
+	// The same host as another target of lucid.yaml would reach it: the
+	// credentials derived for pi2 open nothing on pi's services, as those
+	// a compromised pi2 recorded would not.
+	as := o.cfg
+	as.Name = "pi2"
+	d2, err := New(as)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	st, err = d2.Status(ctx, StatusOptions{OperatorToken: f.operatorToken(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if why := st.Unknown[FigureRaftRole]; !strings.Contains(why, "403") || st.Reports.RaftRole != "" {
+		t.Errorf("pi2's credentials sent to pi's engine: raft role %q, unknown because %q", st.Reports.RaftRole, why)
+	}
+
 	// The last lines of one service.
 	var lines []LogLine
 	if err := d.Logs(ctx, LogOptions{Services: []string{"engine"}, Tail: 3}, func(l LogLine) { lines = append(lines, l) }); err != nil {

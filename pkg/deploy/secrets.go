@@ -43,7 +43,7 @@ func (d *Deployer) CurrentSecrets(ctx context.Context) (release string, s deploy
 	if err != nil || release == "" {
 		return release, deployfiles.DeployedSecrets{}, err
 	}
-	s, err = deployfiles.ReadDeployedSecrets(files)
+	s, err = deployfiles.ReadDeployedSecrets(d.cfg.Name, files)
 	if err != nil {
 		return "", s, fmt.Errorf("%s: release %s: %w", d.cfg.Name, release, err)
 	}
@@ -88,12 +88,12 @@ func (d *Deployer) checkSecrets(ctx context.Context, envFiles map[string][]byte,
 	if release == "" {
 		return "", "no current release: nothing to keep", nil
 	}
-	next, err := deployfiles.ReadDeployedSecrets(envFiles)
+	next, err := deployfiles.ReadDeployedSecrets(d.cfg.Name, envFiles)
 	if err != nil {
 		return "", "", fmt.Errorf("%s: %w", d.cfg.Name, err)
 	}
 	var refused, rotated []string
-	for _, k := range host.Differ(next) {
+	for _, k := range host.Differ(next, d.cfg.OperatorToken) {
 		switch {
 		case slices.Contains(rotate, k):
 			// A rotation without downtime keeps the old value among the
@@ -120,10 +120,27 @@ func (d *Deployer) checkSecrets(ctx context.Context, envFiles map[string][]byte,
 	if len(refused) > 0 {
 		return "", "", &SecretChangeError{Target: d.cfg.Name, Keys: refused}
 	}
+	msg = "the data-bound ones are those of release " + release
 	if len(rotated) > 0 {
-		return release, "those of release " + release + ", but " + strings.Join(rotated, ", ") + " replaced (--rotate)", nil
+		msg = "those of release " + release + ", but " + strings.Join(rotated, ", ") + " replaced (--rotate)"
 	}
-	return release, "the data-bound ones are those of release " + release, nil
+	return release, msg + operatorBinding(d.cfg.Name, host, next, d.cfg.OperatorToken), nil
+}
+
+// operatorBinding says, for the secrets step, what becomes of the
+// operator credentials the services of host (the current release) hold
+// when those of next replace them: bound to the target at last, or,
+// rolling back to a release rendered before per-host credentials, refused
+// by lucidctl until a deploy. "" when neither.
+func operatorBinding(target string, host, next deployfiles.DeployedSecrets, token string) string {
+	was, will := host.OperatorHashesOf(token), next.OperatorHashesOf(token)
+	switch {
+	case was.Stale() && will == deployfiles.OperatorHashesBound:
+		return "; the services' operator credentials, of a release rendered before per-host ones, are bound to " + target + " from now on"
+	case will.Stale():
+		return "; but it was rendered before per-host operator credentials: " + target + "'s services will refuse lucidctl's operator commands and figures (maintenance, backup, status) until it is deployed again"
+	}
+	return ""
 }
 
 // droppedPrevious reports whether a previous value of secret that host

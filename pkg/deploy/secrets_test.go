@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/envfile"
 )
 
 // render is a render with new secrets, as a fresh clone makes.
@@ -210,5 +212,73 @@ func TestCheckSecretsRotation(t *testing.T) {
 	}
 	if said := (*events)[len(*events)-1].Message; !strings.Contains(said, "JWT_SECRET_KEY (the old value dropped)") {
 		t.Errorf("a hard rotation: %s", said)
+	}
+}
+
+// withOperatorHashes is f's service env files with each
+// LUCID_OPERATOR_TOKEN_SHA256 hash(service), as another render made them.
+func withOperatorHashes(t *testing.T, f *deployfiles.Files, hash func(service string) string) *deployfiles.Files {
+	t.Helper()
+	out := *f
+	out.ServiceEnvs = map[string][]byte{}
+	for p, b := range f.ServiceEnvs {
+		if svc := strings.TrimSuffix(filepath.Base(p), ".env"); strings.Contains(string(b), "LUCID_OPERATOR_TOKEN_SHA256=") {
+			var err error
+			if b, _, err = envfile.Update(p, b, map[string]string{"LUCID_OPERATOR_TOKEN_SHA256": hash(svc)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out.ServiceEnvs[p] = b
+	}
+	return &out
+}
+
+// TestSecretsOfReleasesBeforePerHostCredentials: a host whose release was
+// rendered before per-host operator credentials holds the same token in
+// another form: a deploy binding them to the host keeps the token, and
+// says so; another token's credentials are refused as before. Rolling
+// back to such a release is said to leave lucidctl refused.
+func TestSecretsOfReleasesBeforePerHostCredentials(t *testing.T) {
+	ctx := context.Background()
+	f := render(t)
+	tok := f.EnvValues["LUCID_OPERATOR_TOKEN"]
+	d, events := secretsFixture(t)
+	d.cfg.OperatorToken = tok
+	bind := func(f *deployfiles.Files, token string) map[string][]byte {
+		t.Helper()
+		envs, err := deployfiles.BindOperatorCredentials(f.ServiceEnvs, token, "pi")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return envs
+	}
+	legacy := withOperatorHashes(t, f, func(svc string) string { return auth.OperatorTokenHash(auth.LegacyOperatorCredential(tok, svc)) })
+	deployed(t, d, legacy)
+	*events = nil
+	if err := d.CheckSecrets(ctx, bind(f, tok), nil); err != nil {
+		t.Fatalf("binding the same token's credentials: %v", err)
+	}
+	if said := (*events)[len(*events)-1].Message; !strings.Contains(said, "of a release rendered before per-host ones, are bound to pi from now on") {
+		t.Errorf("the secrets step says %q", said)
+	}
+	other := withOperatorHashes(t, f, func(svc string) string {
+		return auth.OperatorTokenHash(auth.OperatorCredential("another-operator-token-0123456789abcdef", svc, "pi"))
+	})
+	var sc *SecretChangeError
+	if err := d.CheckSecrets(ctx, other.ServiceEnvs, nil); !errors.As(err, &sc) || !slices.Contains(sc.Keys, "LUCID_OPERATOR_TOKEN") {
+		t.Errorf("another token's credentials: %v", err)
+	}
+
+	// Bound now; a rollback to the release of before is said to leave
+	// lucidctl's operator commands refused.
+	boundFiles := *f
+	boundFiles.ServiceEnvs = bind(f, tok)
+	deployed(t, d, &boundFiles)
+	*events = nil
+	if err := d.CheckSecrets(ctx, legacy.ServiceEnvs, nil); err != nil {
+		t.Fatal(err)
+	}
+	if said := (*events)[len(*events)-1].Message; !strings.Contains(said, "rendered before per-host operator credentials: pi's services will refuse lucidctl's operator commands") {
+		t.Errorf("a rollback to a release of before: %q", said)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/meshca"
@@ -47,6 +48,58 @@ func serviceEnvs(names []string, envs map[string][]byte) []byte {
 	return out
 }
 
+// clusterHostAddrs are the addresses of the hosts clusterHostEnvs knows.
+var clusterHostAddrs = map[string]string{"pi1": "10.0.0.1", "pi2": "10.0.0.2", "pi3": "10.0.0.3"}
+
+// clusterHostEnvs are the env files a deploy ships to host, one of a
+// three-host cluster: its own values (ForHost), and its services'
+// operator credentials bound to it.
+func clusterHostEnvs(t *testing.T, f *Files, host string) map[string][]byte {
+	t.Helper()
+	r := HostRole{Name: host, Address: clusterHostAddrs[host]}
+	for _, o := range []string{"pi1", "pi2", "pi3"} {
+		if o != host {
+			r.Peers = append(r.Peers, clusterHostAddrs[o])
+		}
+	}
+	files, err := ForHost(f.ServiceEnvs, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files, err = BindOperatorCredentials(files, f.EnvValues["LUCID_OPERATOR_TOKEN"], host); err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+// TestClusterHostsHoldTheirOwnOperatorCredentials: each host of a cluster
+// gets, for each service, the hash of the operator credential for that
+// service on that host, and no other host's: what the operator sends
+// pi1's engine (status, maintenance, a backup, the fence) opens nothing on
+// pi2's.
+func TestClusterHostsHoldTheirOwnOperatorCredentials(t *testing.T) {
+	f := renderCluster(t, 3, Options{})
+	tok := f.EnvValues["LUCID_OPERATOR_TOKEN"]
+	seen := map[string]string{} // hash → service on host
+	for _, host := range []string{"pi1", "pi2", "pi3"} {
+		files := clusterHostEnvs(t, f, host)
+		for _, s := range catalog.Services {
+			got := clusterEnvOf(t, files, s.Name)["LUCID_OPERATOR_TOKEN_SHA256"]
+			if want := auth.OperatorTokenHash(auth.OperatorCredential(tok, s.Name, host)); got != want {
+				t.Errorf("%s's %s does not hold the hash of its credential on %s", host, s.Name, host)
+			}
+			if other, ok := seen[got]; ok {
+				t.Errorf("%s's %s and %s accept the same operator credential", host, s.Name, other)
+			}
+			seen[got] = s.Name + " on " + host
+		}
+	}
+	pi1, pi2 := clusterHostEnvs(t, f, "pi1"), clusterHostEnvs(t, f, "pi2")
+	if clusterEnvOf(t, pi1, "engine")["LUCID_OPERATOR_TOKEN_SHA256"] == clusterEnvOf(t, pi2, "engine")["LUCID_OPERATOR_TOKEN_SHA256"] {
+		t.Error("pi1's and pi2's engines accept the same operator credential: one could replay what the operator sends it to the other")
+	}
+}
+
 // clusterEnvOf parses one env file of files.
 func clusterEnvOf(t *testing.T, files map[string][]byte, name string) map[string]string {
 	t.Helper()
@@ -68,16 +121,14 @@ func consulConfigOf(t *testing.T, files map[string][]byte) map[string]any {
 }
 
 // TestRenderClusterGolden: a cluster's compose and env files, as rendered
-// and as ForHost makes them for its second host; the mesh CA seed is a
-// new CA in meshca's own files, secret and never shown.
+// and as ForHost and a deploy's binding of the operator credentials make
+// them for its second host; the mesh CA seed is a new CA in meshca's own
+// files, secret and never shown.
 func TestRenderClusterGolden(t *testing.T) {
 	f := renderCluster(t, 3, Options{Set: map[string]string{"REDIS_URL": "redis://10.0.0.1:6379/0"}})
 	golden(t, "docker-compose.cluster.yml.golden", f.Compose)
 	golden(t, "service-envs.cluster.golden", serviceEnvs(f.ServiceEnvNames, f.ServiceEnvs))
-	pi2, err := ForHost(f.ServiceEnvs, HostRole{Name: "pi2", Address: "10.0.0.2", Peers: []string{"10.0.0.1", "10.0.0.3"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pi2 := clusterHostEnvs(t, f, "pi2")
 	golden(t, "service-envs.cluster-pi2.golden", serviceEnvs(f.ServiceEnvNames, pi2))
 
 	if !slices.Contains(f.Generated, ConsulGossipKey) || !f.NewMeshCA || len(f.Warnings) != 1 { // plain HTTP
@@ -454,16 +505,16 @@ func TestDeployedGossipKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	host, err := ReadDeployedSecrets(pi1)
+	host, err := ReadDeployedSecrets(auth.LocalHost, pi1)
 	if err != nil || host.Values[ConsulGossipKey] != placeholderGossipKey() {
 		t.Fatalf("deployed gossip key %q %v", host.Values[ConsulGossipKey], err)
 	}
 	other := renderCluster(t, 3, Options{Existing: map[string]string{ConsulGossipKey: NewGossipKey()}})
-	next, err := ReadDeployedSecrets(other.ServiceEnvs)
+	next, err := ReadDeployedSecrets(auth.LocalHost, other.ServiceEnvs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := host.Differ(next); !slices.Equal(d, []string{ConsulGossipKey}) {
+	if d := host.Differ(next, ""); !slices.Equal(d, []string{ConsulGossipKey}) {
 		t.Errorf("differ %v", d)
 	}
 	if set, _ := host.OperatorValues(other.EnvValues); set[ConsulGossipKey] != placeholderGossipKey() {

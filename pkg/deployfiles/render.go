@@ -357,7 +357,9 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 			}
 		} else {
 			s, _ := catalog.Lookup(cs.envName)
-			vals = ServiceEnv(values, s)
+			// Bound to this machine's name until a deploy binds them to
+			// its target's.
+			vals = ServiceEnv(values, s, auth.LocalHost)
 			if s.Name == catalog.GatewayService {
 				o.TLS.env(vals, o.PortOffset)
 				if w := plainHTTPWarning(vals, cs.Ports); w != "" {
@@ -448,9 +450,12 @@ func readBySomeone(key string) bool {
 // Consul's management token; every other service the enrolment token of
 // its own name (with the mesh on) or the service key (with it off); the
 // gateway a Consul token of its own; each the hash of its own operator
-// credential (auth.OperatorCredential), never the token. LUCID_ADDR and LUCID_DATA_DIR are the container's, set by the
-// compose file or the supervisor.
-func ServiceEnv(values map[string]string, s catalog.Service) map[string]string {
+// credential on host (auth.OperatorCredential), never the token: the
+// local stack's and the rendered files' host is auth.LocalHost, and a
+// deploy binds the files to its target (BindOperatorCredentials).
+// LUCID_ADDR and LUCID_DATA_DIR are the container's, set by the compose
+// file or the supervisor.
+func ServiceEnv(values map[string]string, s catalog.Service, host string) map[string]string {
 	mesh := values["LUCID_MESH_URL"] != ""
 	consul := values["CONSUL_HOST"] != ""
 	out := map[string]string{}
@@ -473,7 +478,7 @@ func ServiceEnv(values map[string]string, s catalog.Service) map[string]string {
 			}
 		case "LUCID_OPERATOR_TOKEN_SHA256":
 			if tok := values["LUCID_OPERATOR_TOKEN"]; v == "" && tok != "" {
-				v = auth.OperatorTokenHash(auth.OperatorCredential(tok, s.Name))
+				v = auth.OperatorTokenHash(auth.OperatorCredential(tok, s.Name, host))
 			}
 		case ConsulTokenKey:
 			switch {

@@ -209,8 +209,8 @@ func TestEachServiceGetsOnlyItsOwn(t *testing.T) {
 				t.Errorf("%s is given %s, which it does not read", s.Name, k)
 			}
 		}
-		if got["LUCID_OPERATOR_TOKEN_SHA256"] != auth.OperatorTokenHash(auth.OperatorCredential(v["LUCID_OPERATOR_TOKEN"], s.Name)) {
-			t.Errorf("%s has not the hash of its own operator credential", s.Name)
+		if got["LUCID_OPERATOR_TOKEN_SHA256"] != auth.OperatorTokenHash(auth.OperatorCredential(v["LUCID_OPERATOR_TOKEN"], s.Name, auth.LocalHost)) {
+			t.Errorf("%s has not the hash of its own operator credential on this machine (until a deploy binds it to its target)", s.Name)
 		}
 		if seen, ok := hashes[got["LUCID_OPERATOR_TOKEN_SHA256"]]; ok {
 			t.Errorf("%s and %s accept the same operator credential: one could replay what the operator sends it to the other", seen, s.Name)

@@ -1,6 +1,7 @@
 package deployfiles
 
 import (
+	"fmt"
 	"maps"
 	"path"
 	"slices"
@@ -65,18 +66,22 @@ const operatorTokenHashKey = "LUCID_OPERATOR_TOKEN_SHA256"
 
 // DeployedSecrets is what a set of service env files, as a release holds
 // them, says of the operator's secrets (Secrets): the value of each one
-// some file holds as it is, and the operator token's hash, which is all a
-// host has of it. Derived values (enrolment tokens, the gateway's Consul
-// token) are not secrets of their own: they follow the one they derive
-// from.
+// some file holds as it is, and the hashes of the operator's credentials,
+// which are all a host has of the operator token. Derived values
+// (enrolment tokens, the gateway's Consul token) are not secrets of their
+// own: they follow the one they derive from.
 type DeployedSecrets struct {
 	// Values are the secrets by key of the operator's env file (Secrets
 	// and ClusterSecrets).
 	Values map[string]string
+	// host is the host the files are for (its target name in lucid.yaml),
+	// to which their operator credentials are bound.
+	host string
 	// operatorHashes are the LUCID_OPERATOR_TOKEN_SHA256 values the files
 	// hold, by service: the hash of the service's own operator credential
-	// (auth.OperatorCredential), or, in a release rendered before those,
-	// of the token itself in every file. All a host has of the token.
+	// on the host (auth.OperatorCredential), or, in a release rendered
+	// before those, of its credential for any host, or before that of the
+	// token itself in every file (OperatorHashes).
 	operatorHashes map[string]string
 	// Previous are the previous-values variables (PreviousKeys) some file
 	// holds, by variable, as they are.
@@ -93,10 +98,12 @@ func (d DeployedSecrets) Keeps(secret, value string) bool {
 
 // ReadDeployedSecrets reads the env files of a release (by project path,
 // ServiceEnvPath; a release of before per-service env files holds EnvPath
-// itself). A file that does not parse is an error naming its path and
-// line, never a value.
-func ReadDeployedSecrets(files map[string][]byte) (DeployedSecrets, error) {
-	out := DeployedSecrets{Values: map[string]string{}, Previous: map[string]string{}, operatorHashes: map[string]string{}}
+// itself) for host, the target they are deployed on or are for (the
+// rendered files, before a deploy binds them, are auth.LocalHost's). A
+// file that does not parse is an error naming its path and line, never a
+// value.
+func ReadDeployedSecrets(host string, files map[string][]byte) (DeployedSecrets, error) {
+	out := DeployedSecrets{Values: map[string]string{}, Previous: map[string]string{}, host: host, operatorHashes: map[string]string{}}
 	meshFile := ServiceEnvPath(catalog.MeshService)
 	// raw says whether file p holds key k as the operator's file does.
 	raw := func(p, k string) bool {
@@ -142,21 +149,105 @@ func ReadDeployedSecrets(files map[string][]byte) (DeployedSecrets, error) {
 	return out, nil
 }
 
+// OperatorHashes is what a release's services hold of the operator's
+// credentials, as a token and the host's name tell: DeployedSecrets'
+// OperatorHashesOf.
+type OperatorHashes int
+
+// What a release's services may hold of the operator's credentials, from
+// the newest form to none at all.
+const (
+	// OperatorHashesNone: no service holds a hash (nobody may act as the
+	// operator), or there was no token to tell by.
+	OperatorHashesNone OperatorHashes = iota
+	// OperatorHashesBound: each service holds the hash of its credential
+	// from the token for this host, the one lucidctl sends it.
+	OperatorHashesBound
+	// OperatorHashesPerService: the release was rendered before per-host
+	// credentials: each service holds the hash of its credential from the
+	// token for any host (auth.LegacyOperatorCredential), which lucidctl
+	// no longer sends, since another host's service could replay it.
+	OperatorHashesPerService
+	// OperatorHashesOfToken: the release was rendered before per-service
+	// credentials: the services hold the hash of the token itself (or
+	// the token, before per-service env files).
+	OperatorHashesOfToken
+	// OperatorHashesOther: another token's credentials, or this token's
+	// bound to another host (env files restored from another host's
+	// backup).
+	OperatorHashesOther
+)
+
+// Stale says the hashes are the token's, in the form of a release
+// rendered before per-host credentials: the same token, whose credentials
+// a deploy of the host binds to it.
+func (h OperatorHashes) Stale() bool {
+	return h == OperatorHashesPerService || h == OperatorHashesOfToken
+}
+
+// Refusal says why the services of host, which hold h, refuse the
+// credentials lucidctl derives from its token, and what to do; both ""
+// when h gives them no reason to. Neither names a value.
+func (h OperatorHashes) Refusal(host string) (why, hint string) {
+	deploy := fmt.Sprintf("deploy %s (lucidctl deploy %s): a release rendered now binds each service's operator credential to the host; lucidctl never falls back to the older credentials", host, host)
+	switch h {
+	case OperatorHashesPerService:
+		return fmt.Sprintf("%s runs a release rendered before per-host operator credentials: its services accept each service's credential for any host, which lucidctl no longer sends, since a compromised service could replay it to the same service on another host", host), deploy
+	case OperatorHashesOfToken:
+		return fmt.Sprintf("%s runs a release rendered before per-service operator credentials: its services hold the operator token's own hash, which lucidctl no longer sends", host), deploy
+	case OperatorHashesOther:
+		return fmt.Sprintf("%s's services hold operator credentials of another LUCID_OPERATOR_TOKEN, or ones bound to another host", host),
+			"use the env file the deployment was rendered from (--env-file); env files restored from another host's backup are bound to that host: deploy this one with --rotate LUCID_OPERATOR_TOKEN"
+	case OperatorHashesNone:
+		return fmt.Sprintf("%s's services hold no operator credential", host), "render with LUCID_OPERATOR_TOKEN in the operator's env file, then deploy " + host
+	}
+	return "", ""
+}
+
+// OperatorHashesOf says what d's services hold of the operator
+// credentials lucidctl derives from token for d's host.
+func (d DeployedSecrets) OperatorHashesOf(token string) OperatorHashes {
+	if token == "" {
+		return OperatorHashesNone
+	}
+	if v := d.Values["LUCID_OPERATOR_TOKEN"]; v != "" {
+		// The token itself: a release of before per-service env files.
+		if v == token {
+			return OperatorHashesOfToken
+		}
+		return OperatorHashesOther
+	}
+	if len(d.operatorHashes) == 0 {
+		return OperatorHashesNone
+	}
+	out := OperatorHashesBound
+	for svc, h := range d.operatorHashes {
+		switch {
+		case svc != "" && h == auth.OperatorTokenHash(auth.OperatorCredential(token, svc, d.host)):
+		case svc != "" && h == auth.OperatorTokenHash(auth.LegacyOperatorCredential(token, svc)):
+			out = max(out, OperatorHashesPerService)
+		case h == auth.OperatorTokenHash(token):
+			out = max(out, OperatorHashesOfToken)
+		default:
+			return OperatorHashesOther
+		}
+	}
+	return out
+}
+
+// holdsToken says d's services hold credentials of token, in any form.
+func (d DeployedSecrets) holdsToken(token string) bool {
+	h := d.OperatorHashesOf(token)
+	return h == OperatorHashesBound || h.Stale()
+}
+
 // operatorTokenIs reports whether d knows the operator token (known) and
 // whether it is tok (same).
 func (d DeployedSecrets) operatorTokenIs(tok string) (known, same bool) {
-	if v := d.Values["LUCID_OPERATOR_TOKEN"]; v != "" {
-		return true, v == tok
-	}
-	if len(d.operatorHashes) == 0 {
+	if d.Values["LUCID_OPERATOR_TOKEN"] == "" && len(d.operatorHashes) == 0 {
 		return false, false
 	}
-	for svc, h := range d.operatorHashes {
-		if tok == "" || (h != auth.OperatorTokenHash(auth.OperatorCredential(tok, svc)) && h != auth.OperatorTokenHash(tok)) {
-			return true, false
-		}
-	}
-	return true, true
+	return true, d.holdsToken(tok)
 }
 
 // sameOperatorToken reports whether d and other hold the same operator
@@ -168,10 +259,10 @@ func (d DeployedSecrets) sameOperatorToken(other DeployedSecrets) (known, same b
 	if v := other.Values["LUCID_OPERATOR_TOKEN"]; v != "" {
 		return d.operatorTokenIs(v)
 	}
-	// Hashes alone compare only if both are of one kind: per service, or
-	// of the token itself (the same in every file, in releases rendered
-	// before per-service credentials).
-	if d.tokenHashed() != other.tokenHashed() {
+	// Hashes alone compare only if both are bound to one host and of one
+	// kind: per service, or of the token itself (the same in every file,
+	// in releases rendered before per-service credentials).
+	if d.host != other.host || d.tokenHashed() != other.tokenHashed() {
 		return false, false
 	}
 	for svc, h := range d.operatorHashes {
@@ -204,11 +295,16 @@ func (d DeployedSecrets) tokenHashed() bool {
 
 // Differ lists the keys of Secrets (and ClusterSecrets) whose values d and
 // other both know and that differ, sorted. The operator token is compared
-// by its hash.
-func (d DeployedSecrets) Differ(other DeployedSecrets) []string {
+// by the hashes of its credentials; with token, the operator's (or ""),
+// hashes of token in the form of an older release are the same token as
+// the newer ones a deploy replaces them with.
+func (d DeployedSecrets) Differ(other DeployedSecrets, token string) []string {
 	var out []string
 	for _, k := range deployedSecrets {
 		if k == "LUCID_OPERATOR_TOKEN" {
+			if token != "" && d.host == other.host && d.holdsToken(token) && other.holdsToken(token) {
+				continue
+			}
 			if known, same := d.sameOperatorToken(other); known && !same {
 				out = append(out, k)
 			}
@@ -226,8 +322,9 @@ func (d DeployedSecrets) Differ(other DeployedSecrets) []string {
 // OperatorValues are the secrets as the operator's env file holds them,
 // taken from d: every one d holds as it is, and the previous values of
 // rotated ones (PreviousKeys). values is the operator's file
-// as it is; the operator token, of which a host keeps only the hash, is
-// reported in unknown when values' does not match that hash.
+// as it is; the operator token, of which a host keeps only the hashes of
+// its credentials, is reported in unknown when values' does not match
+// them.
 func (d DeployedSecrets) OperatorValues(values map[string]string) (set map[string]string, unknown []string) {
 	set = map[string]string{}
 	for k, v := range d.Previous {

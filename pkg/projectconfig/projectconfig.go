@@ -24,6 +24,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/backup"
 	"github.com/pickme/lucid/pkg/benchtarget"
 	"github.com/pickme/lucid/pkg/isolation"
@@ -127,6 +128,12 @@ type Local struct {
 	// PortOffset is added to every port of the local stack; it also names
 	// the stack (`lucidctl status --port-offset N`).
 	PortOffset int `yaml:"port_offset"`
+	// Name is the local stack's name as a host (default auth.LocalHost):
+	// its services' operator credentials are bound to it, and the
+	// commands that reach it without --target derive them for it. A
+	// target's name when this machine's stack is that target too, reached
+	// from elsewhere through SSH.
+	Name string `yaml:"name"`
 }
 
 // Backup configures the operator's backups.
@@ -182,6 +189,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Local.Consul == "" {
 		c.Local.Consul = "auto"
+	}
+	if c.Local.Name == "" {
+		c.Local.Name = auth.LocalHost
 	}
 	if c.TLS != nil {
 		c.TLS.applyDefaults()
@@ -289,6 +299,12 @@ func (c *Config) validate(name string) error {
 		errs = append(errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
 	}
 	for tn, t := range c.Targets {
+		if tn == auth.LocalHost {
+			// A Pi of that name would accept the operator credentials
+			// lucidctl sends the local stack's services, and the other
+			// way round.
+			bad("targets.%s: %q names the local stack (lucidctl up) to lucidctl, whose services' operator credentials are bound to that name: give the target another (and set local.name to it if this machine's stack is that target)", tn, tn)
+		}
 		if t.Host == "" {
 			bad("targets.%s.host is required", tn)
 		}

@@ -67,6 +67,7 @@ func TestInvalidValues(t *testing.T) {
 		"images:\n  name: pickme/lucid\n":                       "must contain {service}",
 		"targets:\n  pi:\n    host: a\n    port: twenty-two\n":  "line 4",
 		"targets: [a, b\n":                                      "lucid.yaml",
+		"targets:\n  local:\n    host: a\n":                     `targets.local: "local" names the local stack`,
 	}
 	for src, want := range tests {
 		_, err := Parse("lucid.yaml", []byte(src))

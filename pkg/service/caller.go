@@ -26,11 +26,12 @@ import (
 //   - another Lucid service, known by its mesh certificate (mTLS) or, with
 //     the mesh off, by a signature made with the shared service key
 //     (LUCID_SERVICE_KEY, header Lucid-Caller);
-//   - the operator, with its credential for this service (derived from
-//     the operator token for the service's name, auth.OperatorCredential)
-//     as a bearer token, checked against its SHA-256
-//     (LUCID_OPERATOR_TOKEN_SHA256), so no container holds the token, nor
-//     another service's credential;
+//   - the operator, with its credential for this service on this host
+//     (derived from the operator token for the service's name and the
+//     host's, auth.OperatorCredential) as a bearer token, checked against
+//     its SHA-256 (LUCID_OPERATOR_TOKEN_SHA256), so no container holds the
+//     token, nor another service's credential, nor its own service's on
+//     another host;
 //   - nobody known, who gets only /health, /ready and /metrics.
 //
 // A user is never a caller: users reach the services through the gateway,

@@ -285,8 +285,10 @@ func (c *Client) Consensus(ctx context.Context) (*ConsensusStatus, error) {
 }
 
 // AddVoter asks the leader to add a node; operatorToken is the operator's
-// credential for the engine (auth.OperatorCredential; the engine holds its
-// SHA-256, LUCID_OPERATOR_TOKEN_SHA256).
+// credential for the engine on the leader's host
+// (auth.OperatorCredential(token, "engine", host); the engine holds its
+// SHA-256, LUCID_OPERATOR_TOKEN_SHA256). Another host's engine refuses
+// it, as it does the credential of any other host.
 func (c *Client) AddVoter(ctx context.Context, operatorToken string, req AddVoterRequest) error {
 	body, _ := json.Marshal(req)
 	return c.doAuth(ctx, http.MethodPost, "/api/v1/consensus/voters", operatorToken, body, nil)
@@ -359,7 +361,8 @@ var errIdle = errors.New("follow: the stream was silent too long; reconnecting")
 
 // RemoveVoter asks the leader to remove node id from the voters and, when
 // key is set, its validator key from the chain; operatorToken is the
-// operator credential. The answer is the consensus status afterwards.
+// operator's credential for the engine on its host, as for AddVoter. The
+// answer is the consensus status afterwards.
 func (c *Client) RemoveVoter(ctx context.Context, operatorToken, id, key string) (*ConsensusStatus, error) {
 	path := "/api/v1/consensus/voters/" + url.PathEscape(id)
 	if key != "" {
@@ -440,7 +443,9 @@ type ImportResult struct {
 }
 
 // Fence returns the engine's fence, and the forks accepted; ErrNotFound
-// when it is not fenced and no fork was ever accepted.
+// when it is not fenced and no fork was ever accepted. operatorToken, here
+// and in LiftFence and ImportBlocks, is the operator's credential for the
+// engine on its host, as for AddVoter.
 func (c *Client) Fence(ctx context.Context, operatorToken string) (*FenceStatus, error) {
 	var out FenceStatus
 	if err := c.doAuth(ctx, http.MethodGet, "/api/v1/fence", operatorToken, nil, &out); err != nil {

@@ -26,9 +26,12 @@ import (
 type Service struct {
 	Name string
 	// Token, if set, is the operator token whose credential for this
-	// service (auth.OperatorCredential) every call must carry, as a
-	// deployed service's hash says.
+	// service on Host (auth.OperatorCredential) every call must carry, as
+	// a deployed service's hash says.
 	Token string
+	// Host is the host the service runs on, lucid.yaml's name for it
+	// ("": auth.LocalHost, the local stack).
+	Host string
 	// Facts go into every manifest.
 	Facts snapshotapi.Facts
 	// OnRead, if set, is called before each file read is served, with
@@ -52,6 +55,14 @@ func NewService(name string, files map[string][]byte) *Service {
 		s.files[p] = slices.Clone(b)
 	}
 	return s
+}
+
+// host is the host the service runs on.
+func (s *Service) host() string {
+	if s.Host == "" {
+		return auth.LocalHost
+	}
+	return s.Host
 }
 
 // Set replaces (or adds) one file of the live state.
@@ -83,7 +94,7 @@ func (s *Service) Dropped() []string {
 }
 
 func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if s.Token != "" && r.Header.Get("Authorization") != "Bearer "+auth.OperatorCredential(s.Token, s.Name) {
+	if s.Token != "" && r.Header.Get("Authorization") != "Bearer "+auth.OperatorCredential(s.Token, s.Name, s.host()) {
 		writeError(w, http.StatusUnauthorized, "the operator credential is required")
 		return
 	}

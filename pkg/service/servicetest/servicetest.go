@@ -42,12 +42,12 @@ func Env() []string {
 	return []string{service.EnvServiceKey + "=" + Key, service.EnvOperatorHash + "=" + auth.OperatorTokenHash(OperatorToken)}
 }
 
-// EnvFor is Env for a `lucid` process of service name that lucidctl's
-// clients reach as a deployment's are: with the operator credential of
-// that service (auth.OperatorCredential of OperatorToken), as render
-// gives it.
-func EnvFor(name string) []string {
-	return []string{service.EnvServiceKey + "=" + Key, service.EnvOperatorHash + "=" + auth.OperatorTokenHash(auth.OperatorCredential(OperatorToken, name))}
+// EnvFor is Env for a `lucid` process of service name on host (its name in
+// lucid.yaml) that lucidctl's clients reach as a deployment's are: with
+// the operator credential of that service on that host
+// (auth.OperatorCredential of OperatorToken), as a deploy gives it.
+func EnvFor(name, host string) []string {
+	return []string{service.EnvServiceKey + "=" + Key, service.EnvOperatorHash + "=" + auth.OperatorTokenHash(auth.OperatorCredential(OperatorToken, name, host))}
 }
 
 // Transport signs each request as service caller; with p set it acts for

@@ -29,6 +29,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/snapshotapi"
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/backup"
 	"github.com/pickme/lucid/pkg/buildinfo"
 	"github.com/pickme/lucid/pkg/deploy"
@@ -185,7 +186,7 @@ func run(ctx context.Context, opts *Options) error {
 			offset = *opts.PortOffset
 		}
 		host, _ := os.Hostname()
-		s := &hostservices.Session{Host: "local", Dial: dialLocal, Offset: offset, Creds: creds, Say: say}
+		s := &hostservices.Session{Host: cfg.Local.Name, Dial: dialLocal, Offset: offset, Creds: creds, Say: say}
 		defer s.Close()
 		envPath := opts.EnvFile
 		if envPath == "" {
@@ -195,7 +196,7 @@ func run(ctx context.Context, opts *Options) error {
 		if err != nil {
 			return err
 		}
-		out, err := take(ctx, opts, repo, recipients, s, "local", host, files)
+		out, err := take(ctx, opts, repo, recipients, s, auth.LocalHost, host, files)
 		if err != nil {
 			return err
 		}

@@ -65,10 +65,17 @@ func random(seed uint64, n int) []byte {
 
 func startStack(t *testing.T, sizes map[string]int) *stack {
 	t.Helper()
+	return startStackOn(t, "", sizes)
+}
+
+// startStackOn is startStack whose services take the operator's
+// credentials for host ("": the local stack's), as a deployed host's do.
+func startStackOn(t *testing.T, host string, sizes map[string]int) *stack {
+	t.Helper()
 	st := &stack{svcs: map[string]*backuptest.Service{}}
 	for i, name := range backup.Services {
 		svc := backuptest.NewService(name, map[string][]byte{name + ".db": random(uint64(i+1), sizes[name]+1000)})
-		svc.Token = operatorToken
+		svc.Token, svc.Host = operatorToken, host
 		switch name {
 		case "engine":
 			svc.Facts.Chain = &snapshotapi.ChainFacts{ChainID: "lucid-test", Height: 1234, Root: "cm9vdC1vZi10aGUtdGVzdA=="}
@@ -361,9 +368,10 @@ func blobs(t *testing.T, dir string) int {
 }
 
 // TestBackupTarget backs up a target through SSH: a real sshd on this
-// machine, whose loopback holds the fake services as a Pi's would.
+// machine, whose loopback holds the fake services as a Pi's would, taking
+// the operator's credentials for that Pi.
 func TestBackupTarget(t *testing.T) {
-	st := startStack(t, map[string]int{"engine": 1 << 20, "datachain": 2 << 20})
+	st := startStackOn(t, "pi", map[string]int{"engine": 1 << 20, "datachain": 2 << 20})
 	sshd := testenv.StartSSHD(t, testenv.SSHDOptions{})
 	p := newProject(t, true)
 	deployDir := filepath.Join(t.TempDir(), "production")

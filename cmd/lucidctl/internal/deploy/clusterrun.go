@@ -164,13 +164,14 @@ func (cr *clusterRun) role(h string) deployfiles.HostRole {
 	return r
 }
 
-// envFor are host h's env files: the rendered ones with its own values.
+// envFor are host h's env files: the rendered ones with its own values,
+// its services' operator credentials bound to it.
 func (cr *clusterRun) envFor(h string) (map[string][]byte, error) {
 	files, err := deployfiles.ForHost(cr.envs, cr.role(h))
 	if err != nil {
 		return nil, fmt.Errorf("%s: the env files of cluster %s's host: %w", h, cr.name, err)
 	}
-	return files, nil
+	return bindOperator(cr.env, files, cr.token, h)
 }
 
 // plan reads the cluster before any host changes: it refuses hosts of

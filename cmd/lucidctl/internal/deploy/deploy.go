@@ -336,7 +336,7 @@ func runDeploy(ctx context.Context, opts *Options) error {
 		if cr != nil && cr.has(name) {
 			return cr.envFor(name)
 		}
-		return files.envs, nil
+		return bindOperator(opts.Env, files.envs, token, name)
 	}
 	// Every host's secrets before the build: a fresh clone's new ones are
 	// refused at once, and a group's before its canary changes.
@@ -378,6 +378,8 @@ func runDeploy(ctx context.Context, opts *Options) error {
 			}
 			readers.Group = member.group
 			hostBundle.EnvFiles = member.envs
+		} else if hostBundle.EnvFiles, err = envFor(name); err != nil {
+			return withDone(err, done)
 		}
 		hostConfig := configs[i]
 		if !opts.DryRun {
@@ -461,6 +463,26 @@ func groupFailure(err error, name string, done, untouched []string) error {
 		return cli.WithHint(err, fmt.Sprintf("%s run the new release", strings.Join(done, ", ")))
 	}
 	return cli.WithHint(err, fmt.Sprintf("%s run the new release; %s were not touched", strings.Join(done, ", "), strings.Join(untouched, ", ")))
+}
+
+// bindOperator are envs, the rendered env files, as deployed to target:
+// each service's operator credential bound to it, so that what the
+// operator sends one host's services opens nothing on another host's.
+// It needs the operator token when the files hold credentials' hashes.
+func bindOperator(env *cli.Env, envs map[string][]byte, token, target string) (map[string][]byte, error) {
+	bound, err := deployfiles.BindOperatorCredentials(envs, token, target)
+	switch {
+	case errors.Is(err, deployfiles.ErrNoOperatorToken):
+		file := "the operator's env file"
+		if cfg, cerr := env.Config(); cerr == nil {
+			file = cfg.Local.EnvFile
+		}
+		return nil, cli.WithHint(fmt.Errorf("%s: %w; nothing was deployed", target, err),
+			"set LUCID_OPERATOR_TOKEN in the environment, or keep it in "+file+" (local.env_file of lucid.yaml), as `lucidctl render` writes it")
+	case err != nil:
+		return nil, fmt.Errorf("%s: %w; nothing was deployed", target, err)
+	}
+	return bound, nil
 }
 
 // deployTo deploys bundle (or, dry, plans it) to the one target c names.

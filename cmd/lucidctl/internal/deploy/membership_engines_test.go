@@ -86,7 +86,7 @@ func startEngine(t *testing.T, bin, lan, name string, bootstrap bool) *engineHos
 	engine, _ := catalog.Lookup("engine")
 	h := &engineHost{name: name, offset: freeOffset(t), raftAddr: net.JoinHostPort(lan, strconv.Itoa(testenv.FreePort(t))), out: &testenv.SyncBuffer{}}
 	h.cmd = exec.Command(bin, "engine")
-	h.cmd.Env = append(append(os.Environ(), servicetest.EnvFor("engine")...),
+	h.cmd.Env = append(append(os.Environ(), servicetest.EnvFor("engine", name)...),
 		"LUCID_ADDR=127.0.0.1:"+strconv.Itoa(engine.Port+h.offset), "LUCID_DATA_DIR="+filepath.Join(t.TempDir(), name),
 		"LUCID_NODE_ID="+name, "LUCID_CHAIN_ID=lucid", "LUCID_RAFT_ADDR="+h.raftAddr, "LUCID_RAFT_ADVERTISE="+h.raftAddr,
 		"LUCID_RAFT_BOOTSTRAP="+strconv.FormatBool(bootstrap), "LUCID_RAFT_FAST=true", "LUCID_BLOCK_INTERVAL=1s",

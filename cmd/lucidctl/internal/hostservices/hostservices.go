@@ -5,8 +5,11 @@
 // (maintenance, backup).
 //
 // The operator token (LUCID_OPERATOR_TOKEN) leaves lucidctl only as the
-// credential derived from it for each service (auth.OperatorCredential),
-// the bearer token of the requests to that service alone. With the mesh on, the services speak TLS
+// credential derived from it for each service on the host it runs on
+// (auth.OperatorCredential, for the host's target name in lucid.yaml, or
+// the local stack's local.name), the bearer token of the requests to that service
+// alone: neither another service nor the same service on another host
+// accepts it. With the mesh on, the services speak TLS
 // with mesh certificates, and each is verified against the mesh's trust
 // bundle, itself authenticated by the MAC the controller computes with an
 // enrolment token the operator derives from LUCID_MESH_TOKEN.
@@ -46,12 +49,6 @@ type Credentials struct {
 	Source string
 }
 
-// EngineOperator is the operator's credential for the engine, for the
-// engine client's calls that take it.
-func (c *Credentials) EngineOperator() string {
-	return auth.OperatorCredential(c.Operator, catalog.EngineService)
-}
-
 // ReadCredentials takes each value from the environment, else the env
 // file at path ("": local.env_file of lucid.yaml).
 func ReadCredentials(env *cli.Env, path string) (*Credentials, error) {
@@ -74,7 +71,9 @@ func ReadCredentials(env *cli.Env, path string) (*Credentials, error) {
 
 // Session is one host's services.
 type Session struct {
-	// Host names the host in lucid.yaml (local for the local stack).
+	// Host names the host in lucid.yaml (for the local stack local.name,
+	// auth.LocalHost by default): the operator's credentials are derived
+	// for it.
 	Host string
 	// Dial connects to an address on the host's loopback (through SSH for
 	// a deployed host).
@@ -90,6 +89,18 @@ type Session struct {
 	tls        bool
 	bundle     []*x509.Certificate
 	transports []*http.Transport
+}
+
+// OperatorCredential is the operator's credential for service on the
+// session's host, never for any other.
+func (s *Session) OperatorCredential(service string) string {
+	return auth.OperatorCredential(s.Creds.Operator, service, s.Host)
+}
+
+// EngineOperator is the operator's credential for the host's engine, for
+// the engine client's calls that take it.
+func (s *Session) EngineOperator() string {
+	return s.OperatorCredential(catalog.EngineService)
 }
 
 // Addr is where service listens on the host's loopback.
@@ -200,6 +211,9 @@ func (s *Session) FetchBundle(ctx context.Context, overTLS bool) ([]*x509.Certif
 // verifying the service by its mesh certificate when the mesh is on, and
 // the service's base URL. timeout 0 leaves the request to ctx.
 func (s *Session) Client(ctx context.Context, service string, timeout time.Duration) (*http.Client, string, error) {
+	if s.Host == "" {
+		return nil, "", errors.New("no host name to derive the operator's credentials for")
+	}
 	if err := s.Secure(ctx); err != nil {
 		return nil, "", err
 	}
@@ -212,9 +226,9 @@ func (s *Session) Client(ctx context.Context, service string, timeout time.Durat
 	if on && !svc.Public {
 		scheme, tc = "https", meshtls.VerifyServerTLS(bundle, service)
 	}
-	// The operator's credential for this service alone: the service
-	// cannot replay it to another.
-	hc := &http.Client{Timeout: timeout, Transport: api.WithBearer(s.Transport(addr, tc), auth.OperatorCredential(s.Creds.Operator, service))}
+	// The operator's credential for this service on this host alone: the
+	// service cannot replay it to another, nor to itself on another host.
+	hc := &http.Client{Timeout: timeout, Transport: api.WithBearer(s.Transport(addr, tc), s.OperatorCredential(service))}
 	return hc, scheme + "://" + addr, nil
 }
 
@@ -223,7 +237,7 @@ func (s *Session) Client(ctx context.Context, service string, timeout time.Durat
 func Classify(err error) error {
 	var ae *api.Error
 	if errors.As(err, &ae) && (ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden) {
-		return cli.Auth(cli.WithHint(err, "the host's services hold credentials of another LUCID_OPERATOR_TOKEN: use the env file the deployment was rendered from (--env-file); a release rendered before per-service operator credentials holds none yet: deploy"))
+		return cli.Auth(cli.WithHint(err, "the host's services hold credentials of another LUCID_OPERATOR_TOKEN: use the env file the deployment was rendered from (--env-file); a release rendered before per-host operator credentials holds none lucidctl sends: deploy the host"))
 	}
 	return err
 }

@@ -37,7 +37,7 @@ func (s *Session) AddVoter(ctx context.Context, timeout time.Duration, req engin
 	if err != nil {
 		return err
 	}
-	return eng.AddVoter(ctx, s.Creds.EngineOperator(), req)
+	return eng.AddVoter(ctx, s.EngineOperator(), req)
 }
 
 // RemoveVoter removes the node from the Raft voters through the engine of
@@ -50,7 +50,7 @@ func (s *Session) RemoveVoter(ctx context.Context, timeout time.Duration, id, ke
 	if err != nil {
 		return nil, err
 	}
-	return eng.RemoveVoter(ctx, s.Creds.EngineOperator(), id, key)
+	return eng.RemoveVoter(ctx, s.EngineOperator(), id, key)
 }
 
 // NotLeader reports whether err is an engine's refusal to change the

@@ -230,7 +230,7 @@ func runFence(ctx context.Context, opts *FenceOptions) error {
 // liftFence works out the known height, imports blocks if asked, confirms
 // a fork, and lifts the fence of one host's engine.
 func liftFence(ctx context.Context, opts *FenceOptions, s *session, eng *engineapi.Client, receipt []byte, remote *engineapi.Client) (*LiftResult, error) {
-	token := s.Creds.EngineOperator()
+	token := s.EngineOperator()
 	st, err := eng.Fence(ctx, token)
 	if errors.Is(err, engineapi.ErrNotFound) {
 		return nil, errors.New("the engine is not fenced: nothing to lift")
@@ -384,7 +384,7 @@ func runFenceStatus(ctx context.Context, opts *FenceOptions) error {
 			return nil, err
 		}
 		eng := engineapi.New(base, hc)
-		st, err := eng.Fence(ctx, s.Creds.EngineOperator())
+		st, err := eng.Fence(ctx, s.EngineOperator())
 		if errors.Is(err, engineapi.ErrNotFound) {
 			info, err := eng.Chain(ctx)
 			if err != nil {

@@ -5,8 +5,9 @@
 // needed in the images and no maintenance endpoint faces the network.
 //
 // The operator token (LUCID_OPERATOR_TOKEN) leaves lucidctl only as the
-// credential derived from it for each service (auth.OperatorCredential),
-// the bearer token of the requests to that service alone. With the mesh on, the services speak TLS
+// credential derived from it for each service on each host
+// (auth.OperatorCredential), the bearer token of the requests to that
+// service on that host alone. With the mesh on, the services speak TLS
 // with mesh certificates, and each is verified against the mesh's trust
 // bundle, itself authenticated by the MAC the controller computes with an
 // enrolment token the operator derives from LUCID_MESH_TOKEN.
@@ -29,6 +30,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/hostservices"
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/deploy"
 )
 
@@ -40,7 +42,7 @@ func NewCmd(env *cli.Env) *cobra.Command {
 		Long: `Maintenance of deployed hosts with the operator credential: each command
 reaches the services on the host's loopback through SSH, as the Pi itself
 sees them, and sends each the credential derived from LUCID_OPERATOR_TOKEN for
-it alone as the bearer token. Without
+it on that host alone as the bearer token. Without
 --target it works on the local stack (lucidctl up) of this machine. With the mesh
 on, every service is verified by its mesh certificate against the mesh's
 trust bundle, which is authenticated with LUCID_MESH_TOKEN.
@@ -174,16 +176,16 @@ func onLocal[T any](ctx context.Context, env *cli.Env, f *Flags, creds *hostserv
 		offset = cfg.Local.PortOffset
 	}
 	var d net.Dialer
-	s := &session{Host: "local", Offset: offset, Creds: creds,
+	s := &session{Host: cfg.Local.Name, Offset: offset, Creds: creds,
 		Dial: func(addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) },
 		Say: func(format string, args ...any) {
-			fmt.Fprintf(env.IO.ErrOut, progressHostPrefix+format+"\n", append([]any{"local"}, args...)...)
+			fmt.Fprintf(env.IO.ErrOut, progressHostPrefix+format+"\n", append([]any{auth.LocalHost}, args...)...)
 		},
 	}
 	defer s.Close()
 	res, err := fn(ctx, s)
 	err = hostservices.Classify(err)
-	out := &Output[T]{Hosts: []HostResult[T]{{Host: "local", Result: res}}}
+	out := &Output[T]{Hosts: []HostResult[T]{{Host: auth.LocalHost, Result: res}}}
 	if err != nil {
 		out.Hosts[0].Error = err.Error()
 	}

@@ -65,7 +65,9 @@ func newProject(t *testing.T, offset int, upArgs ...string) *project {
 	sshd := testenv.StartSSHD(t, testenv.SSHDOptions{})
 	dir := t.TempDir()
 	p := &project{t: t, dir: dir, offset: offset, sshd: sshd, getenv: map[string]string{}}
-	yml := fmt.Sprintf("local:\n  state_dir: state\n  env_file: secrets.env\n  consul: \"off\"\n  port_offset: %d\ntargets:\n  pi:\n    host: %s\n    port: %d\n    user: %s\n    dir: %s\n",
+	// The stack is target pi (local.name): its services take the
+	// operator's credentials for pi, as that Pi's would.
+	yml := fmt.Sprintf("local:\n  name: pi\n  state_dir: state\n  env_file: secrets.env\n  consul: \"off\"\n  port_offset: %d\ntargets:\n  pi:\n    host: %s\n    port: %d\n    user: %s\n    dir: %s\n",
 		offset, sshd.Host, sshd.Port, sshd.User, filepath.Join(dir, "pi"))
 	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte(yml), 0o600); err != nil {
 		t.Fatal(err)

@@ -25,10 +25,15 @@ func OpenServices(env *cli.Env, host *fleet.Host, offset int, envFile string) (*
 	if err != nil {
 		return nil, err
 	}
-	s := &session{Host: "local", Offset: offset, Creds: creds, Say: func(string, ...any) {}}
+	s := &session{Offset: offset, Creds: creds, Say: func(string, ...any) {}}
 	if host != nil {
 		s.Host, s.Dial = host.Name, host.SSH.DialTCP
 	} else {
+		cfg, err := env.Config()
+		if err != nil {
+			return nil, err
+		}
+		s.Host = cfg.Local.Name
 		var d net.Dialer
 		s.Dial = func(addr string) (net.Conn, error) { return d.Dial("tcp", addr) }
 	}

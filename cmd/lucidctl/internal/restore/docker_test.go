@@ -33,9 +33,14 @@ const dockerImages = "lucid-restoretest/{service}"
 
 // deployRelease deploys the rendered files with images of bin, through
 // pkg/deploy: lucidctl deploy's gate asks the gateway on its catalog port,
-// and this stack's ports are shifted by the test's offset.
+// and this stack's ports are shifted by the test's offset. As lucidctl
+// deploy does, the services' operator credentials are bound to target pi.
 func deployRelease(t *testing.T, sshd *testenv.SSHD, dir, bin string, f *deployfiles.Files) {
 	t.Helper()
+	envs, err := deployfiles.BindOperatorCredentials(f.ServiceEnvs, f.EnvValues["LUCID_OPERATOR_TOKEN"], "pi")
+	if err != nil {
+		t.Fatal(err)
+	}
 	amd64 := v1.Platform{OS: "linux", Architecture: "amd64"}
 	built, err := imagebuild.Assemble(context.Background(), imagebuild.Options{
 		Binaries: map[string]string{amd64.String(): bin}, Platforms: []v1.Platform{amd64}, Base: imagebuild.BaseScratch,
@@ -56,7 +61,7 @@ func deployRelease(t *testing.T, sshd *testenv.SSHD, dir, bin string, f *deployf
 		t.Fatal(err)
 	}
 	defer d.Close()
-	if _, err := d.Deploy(context.Background(), deploy.Bundle{Compose: f.Compose, EnvFiles: f.ServiceEnvs, Version: "v0-restoretest", Images: built}); err != nil {
+	if _, err := d.Deploy(context.Background(), deploy.Bundle{Compose: f.Compose, EnvFiles: envs, Version: "v0-restoretest", Images: built}); err != nil {
 		t.Fatalf("deploy: %v", err)
 	}
 }

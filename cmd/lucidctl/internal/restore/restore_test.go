@@ -69,11 +69,12 @@ func TestLocalRestoreEndToEnd(t *testing.T) {
 	}
 	// The stack is also target "pi", through a real sshd, as the
 	// maintenance tests do: its services are reached on the loopback as a
-	// Pi's are. It runs no release there.
+	// Pi's are, and takes the operator's credentials for pi (local.name).
+	// It runs no release there.
 	sshd := testenv.StartSSHD(t, testenv.SSHDOptions{})
 	dir := t.TempDir()
 	p := &project{t: t, dir: dir, config: filepath.Join(dir, "lucid.yaml")}
-	yaml := fmt.Sprintf("local:\n  state_dir: state\n  env_file: secrets.env\n  consul: \"off\"\n  port_offset: %d\ntargets:\n  pi:\n    host: %s\n    port: %d\n    user: %s\n    dir: %s\n",
+	yaml := fmt.Sprintf("local:\n  name: pi\n  state_dir: state\n  env_file: secrets.env\n  consul: \"off\"\n  port_offset: %d\ntargets:\n  pi:\n    host: %s\n    port: %d\n    user: %s\n    dir: %s\n",
 		offset, sshd.Host, sshd.Port, sshd.User, filepath.Join(dir, "pi"))
 	ssh := []string{"--target", "pi", "-i", sshd.ClientKey, "--known-hosts", sshd.KnownHosts, "--no-agent"}
 	if err := os.WriteFile(p.config, []byte(yaml), 0o644); err != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/deploy"
 	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/envfile"
@@ -212,9 +213,12 @@ func runDiff(ctx context.Context, opts *DiffOptions) error {
 	if err != nil {
 		return err
 	}
-	local, err := deployfiles.ReadDeployedSecrets(envs)
-	if err != nil {
-		return err
+	// Each host is compared with the files a deploy would send it, their
+	// operator credentials bound to it; without the token they stay the
+	// local stack's, and the operator token is not compared.
+	token := opts.Env.OperatorToken("LUCID_OPERATOR_TOKEN is not compared")
+	if _, err := deployfiles.ReadDeployedSecrets(auth.LocalHost, envs); err != nil {
+		return err // a file that does not parse, before any host is asked
 	}
 	fl, err := opts.Fleet.Connect(ctx, opts.Env)
 	if err != nil {
@@ -240,9 +244,13 @@ func runDiff(ctx context.Context, opts *DiffOptions) error {
 		if err != nil {
 			return err
 		}
+		local, err := renderedFor(envs, token, h.Name)
+		if err != nil {
+			return err
+		}
 		r := DiffHost{Target: h.Name, Release: release, Differ: []string{}, DataBound: []string{}}
 		if release != "" {
-			for _, k := range host.Differ(local) {
+			for _, k := range host.Differ(local, token) {
 				r.Differ = append(r.Differ, k)
 				if slices.Contains(deployfiles.DataBound, k) {
 					r.DataBound = append(r.DataBound, k)
@@ -310,6 +318,20 @@ func renderedEnvFiles(ctx context.Context, cfg *projectconfig.Config) (map[strin
 		}
 	}
 	return out, nil
+}
+
+// renderedFor is what the rendered env files say of the secrets as a
+// deploy would send them to host: their operator credentials bound to it
+// with token, or, without one, as rendered (the local stack's).
+func renderedFor(envs map[string][]byte, token, host string) (deployfiles.DeployedSecrets, error) {
+	if token == "" {
+		return deployfiles.ReadDeployedSecrets(auth.LocalHost, envs)
+	}
+	bound, err := deployfiles.BindOperatorCredentials(envs, token, host)
+	if err != nil {
+		return deployfiles.DeployedSecrets{}, fmt.Errorf("%s: %w", host, err)
+	}
+	return deployfiles.ReadDeployedSecrets(host, bound)
 }
 
 // relTo is file relative to the project directory when it is inside it.

@@ -37,9 +37,14 @@ func newWorld(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	w.host = renderInto(t, "", nil)
-	// The host's current release, as a deploy leaves it.
+	// The host's current release, as a deploy leaves it: its operator
+	// credentials bound to it.
+	bound, err := deployfiles.BindOperatorCredentials(w.host.ServiceEnvs, w.host.EnvValues["LUCID_OPERATOR_TOKEN"], "pi")
+	if err != nil {
+		t.Fatal(err)
+	}
 	rel := filepath.Join(deployDir, "releases", "20260101T000000Z-v1")
-	for p, data := range w.host.ServiceEnvs {
+	for p, data := range bound {
 		if err := envfile.WriteAtomic(filepath.Join(rel, filepath.FromSlash(p)), data); err != nil {
 			t.Fatal(err)
 		}

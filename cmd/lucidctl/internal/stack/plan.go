@@ -16,6 +16,7 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/api/meshapi"
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/envfile"
@@ -49,6 +50,9 @@ type plan struct {
 	// routes is the project's gateway route table (deployfiles.RoutesPath),
 	// "" to run the default one.
 	routes string
+	// host is the stack's name as a host (local.name), to which its
+	// services' operator credentials are bound.
+	host string
 }
 
 func (p *plan) port(s catalog.Service) int { return s.Port + p.portOffset }
@@ -186,7 +190,14 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 			deps = append(deps, catalog.MeshService) // it issues their certificates
 		}
 		env := slices.Clone(base)
-		own := deployfiles.ServiceEnv(values, s)
+		// lucidctl's operator commands derive the stack's services'
+		// credentials for its name (local.name, auth.LocalHost unless
+		// this machine's stack is a target too).
+		host := p.host
+		if host == "" {
+			host = auth.LocalHost
+		}
+		own := deployfiles.ServiceEnv(values, s, host)
 		for _, k := range slices.Sorted(maps.Keys(own)) {
 			env = append(env, k+"="+own[k])
 		}

@@ -145,7 +145,7 @@ func makePlan(ctx context.Context, opts *UpOptions, cfg *projectconfig.Config, l
 			return nil, cli.Usage(err)
 		}
 	}
-	p := &plan{portOffset: offset, mtls: !opts.NoMTLS, services: services}
+	p := &plan{portOffset: offset, mtls: !opts.NoMTLS, services: services, host: cfg.Local.Name}
 	// Say what a service that routes to others runs without.
 	for _, s := range services {
 		if absent := p.absent(s.After); len(absent) > 0 && !opts.supervisor {
