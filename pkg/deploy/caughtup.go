@@ -35,7 +35,7 @@ func (d *Deployer) consensus(ctx context.Context, o StatusOptions) (_ *engineapi
 	}
 	running := byComposeService(list)
 	bundle, bundleErr := d.meshBundle(ctx, running)
-	c := d.serviceClient(ctx, "engine", running, bundle, bundleErr, o)
+	c := d.serviceClient(ctx, "engine", running, bundle, bundleErr, o, d.operatorRefusal(o.OperatorToken))
 	defer c.close()
 	if c.err != nil {
 		return nil, false, c.err

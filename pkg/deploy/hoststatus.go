@@ -257,7 +257,8 @@ func (d *Deployer) Status(ctx context.Context, o StatusOptions) (*HostStatus, er
 		st.Services = append(st.Services, s)
 	}
 
-	wg.Go(func() { d.readReports(ctx, o, st, byService, &mu, lockedUnknown) })
+	refused := d.operatorRefusal(o.OperatorToken)
+	wg.Go(func() { d.readReports(ctx, o, st, byService, refused, &mu, lockedUnknown) })
 	wg.Wait()
 	// Ages by the host's clock, which stamped what they count from.
 	now := d.cfg.Now()
@@ -446,7 +447,8 @@ var meshBundlePath = path.Join(deployfiles.DataRoot, catalog.MeshService, "ca", 
 // readReports asks the services about themselves through the connection:
 // each on its port published on the host's loopback, over TLS verified
 // against the mesh CA's bundle when the mesh is on.
-func (d *Deployer) readReports(ctx context.Context, o StatusOptions, st *HostStatus, running map[string]container.Summary, mu *sync.Mutex, unknown func(string, error)) {
+// refused explains a service's refusal of the operator's credentials.
+func (d *Deployer) readReports(ctx context.Context, o StatusOptions, st *HostStatus, running map[string]container.Summary, refused *operatorRefusal, mu *sync.Mutex, unknown func(string, error)) {
 	bundle, bundleErr := d.meshBundle(ctx, running)
 	clients := map[string]*serviceClient{}
 	var cmu sync.Mutex
@@ -456,7 +458,7 @@ func (d *Deployer) readReports(ctx context.Context, o StatusOptions, st *HostSta
 		if c, ok := clients[name]; ok {
 			return c, c.err
 		}
-		c := d.serviceClient(ctx, name, running, bundle, bundleErr, o)
+		c := d.serviceClient(ctx, name, running, bundle, bundleErr, o, refused)
 		clients[name] = c
 		return c, c.err
 	}
@@ -656,6 +658,7 @@ type serviceClient struct {
 	addr     string // on the host's loopback
 	tls      bool
 	token    string
+	refused  *operatorRefusal
 	hc       *http.Client
 	tr       *http.Transport
 	timeout  time.Duration
@@ -671,9 +674,10 @@ func (c *serviceClient) close() {
 
 // serviceClient finds the service's published port and whether it speaks
 // TLS, and returns a client for it (its err says why there is none).
-func (d *Deployer) serviceClient(ctx context.Context, name string, running map[string]container.Summary, bundle *x509.CertPool, bundleErr error, o StatusOptions) *serviceClient {
+// refused explains an operator request the service refuses.
+func (d *Deployer) serviceClient(ctx context.Context, name string, running map[string]container.Summary, bundle *x509.CertPool, bundleErr error, o StatusOptions, refused *operatorRefusal) *serviceClient {
 	svc, _ := catalog.Lookup(name)
-	sc := &serviceClient{name: name, timeout: o.Timeout}
+	sc := &serviceClient{name: name, timeout: o.Timeout, refused: refused}
 	if o.OperatorToken != "" {
 		// The operator's credential for this service on this host alone:
 		// neither another service nor this one on another host accepts it.
@@ -821,12 +825,46 @@ func (c *serviceClient) get(ctx context.Context, p string, operator bool) ([]byt
 		if json.Unmarshal(body, &e) == nil && e.Error.Message != "" {
 			msg += ": " + e.Error.Message
 		}
-		if resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusUnauthorized {
-			msg += " (is LUCID_OPERATOR_TOKEN the one deployed?)"
+		if operator && (resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusUnauthorized) {
+			msg += " (" + c.refused.say(ctx) + ")"
 		}
 		return nil, &statusError{code: resp.StatusCode, msg: fmt.Sprintf("%s %s: %s", c.name, p, msg)}
 	}
 	return body, nil
+}
+
+// operatorRefusal says why the host's services refuse the operator's
+// credentials, from what its current release holds of them, read once
+// when a service first refuses.
+type operatorRefusal struct {
+	once sync.Once
+	read func(context.Context) string
+	why  string
+}
+
+// operatorRefusal explains the refusals of the credentials derived from
+// token.
+func (d *Deployer) operatorRefusal(token string) *operatorRefusal {
+	return &operatorRefusal{read: func(ctx context.Context) string {
+		const unknown = "is LUCID_OPERATOR_TOKEN the one deployed?"
+		release, s, err := d.CurrentSecrets(ctx)
+		if err != nil || release == "" {
+			return unknown
+		}
+		why, hint := s.OperatorHashesOf(token).Refusal(d.cfg.Name)
+		if why == "" {
+			// The release holds this token's credentials for the host:
+			// the containers run another (a deploy that did not finish).
+			return unknown
+		}
+		return why + "; " + hint
+	}}
+}
+
+// say is why the services refuse the operator's credentials.
+func (r *operatorRefusal) say(ctx context.Context) string {
+	r.once.Do(func() { r.why = r.read(ctx) })
+	return r.why
 }
 
 // statusError is a service's answer other than 200.

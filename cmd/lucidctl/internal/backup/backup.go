@@ -198,7 +198,7 @@ func run(ctx context.Context, opts *Options) error {
 		}
 		out, err := take(ctx, opts, repo, recipients, s, auth.LocalHost, host, files)
 		if err != nil {
-			return err
+			return s.Classify(ctx, err)
 		}
 		out.DurationMS = time.Since(start).Milliseconds()
 		return printOutput(env, out)
@@ -217,7 +217,8 @@ func run(ctx context.Context, opts *Options) error {
 	if opts.PortOffset != nil {
 		offset = *opts.PortOffset
 	}
-	s := &hostservices.Session{Host: h.Name, Dial: h.SSH.DialTCP, Offset: offset, Creds: creds, Say: func(format string, args ...any) { say(h.Name+": "+format, args...) }}
+	s := &hostservices.Session{Host: h.Name, Dial: h.SSH.DialTCP, Offset: offset, Creds: creds, Say: func(format string, args ...any) { say(h.Name+": "+format, args...) },
+		Deployed: hostservices.DeployedOf(h.DeployConfig())}
 	defer s.Close()
 	out, err := func() (*Output, error) {
 		d, err := deploy.New(h.DeployConfig())
@@ -239,7 +240,7 @@ func run(ctx context.Context, opts *Options) error {
 		}
 		return take(ctx, opts, repo, recipients, s, h.Name, h.Target.Host, env)
 	}()
-	err = hostservices.Classify(err)
+	err = s.Classify(ctx, err)
 	if aerr := record(ctx, h, out, err); aerr != nil {
 		err = errors.Join(err, aerr)
 	}

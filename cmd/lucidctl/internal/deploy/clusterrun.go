@@ -288,7 +288,7 @@ func (cr *clusterRun) voterAPI(ctx context.Context, target string) (voterAPI, er
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", target, err)
 	}
-	return &sessionVoters{s: &hostservices.Session{Host: target, Dial: c.SSH.DialTCP, Offset: offset, Creds: creds, Say: func(string, ...any) {}}}, nil
+	return &sessionVoters{s: &hostservices.Session{Host: target, Dial: c.SSH.DialTCP, Offset: offset, Creds: creds, Say: func(string, ...any) {}, Deployed: hostservices.DeployedOf(c)}}, nil
 }
 
 // audit records a voter change made through target in its audit trail,
@@ -312,28 +312,28 @@ type sessionVoters struct{ s *hostservices.Session }
 var _ voterAPI = (*sessionVoters)(nil)
 
 func (v *sessionVoters) AddVoter(ctx context.Context, req engineapi.AddVoterRequest) error {
-	return hostservices.Classify(v.s.AddVoter(ctx, voterRequestTimeout, req))
+	return v.s.Classify(ctx, v.s.AddVoter(ctx, voterRequestTimeout, req))
 }
 
 func (v *sessionVoters) RemoveVoter(ctx context.Context, id, key string) error {
 	_, err := v.s.RemoveVoter(ctx, voterRequestTimeout, id, key)
-	return hostservices.Classify(err)
+	return v.s.Classify(ctx, err)
 }
 
 func (v *sessionVoters) Validators(ctx context.Context) ([]string, error) {
 	eng, err := v.s.Engine(ctx, voterRequestTimeout)
 	if err != nil {
-		return nil, hostservices.Classify(err)
+		return nil, v.s.Classify(ctx, err)
 	}
 	info, err := eng.Chain(ctx)
 	if err != nil {
-		return nil, hostservices.Classify(err)
+		return nil, v.s.Classify(ctx, err)
 	}
 	return info.Validators, nil
 }
 
 func (v *sessionVoters) ProbeRaft(ctx context.Context, addr string) error {
-	return hostservices.Classify(v.s.ProbeRaft(ctx, addr))
+	return v.s.Classify(ctx, v.s.ProbeRaft(ctx, addr))
 }
 
 func (v *sessionVoters) Close() { v.s.Close() }

@@ -32,6 +32,8 @@ import (
 	"github.com/pickme/lucid/pkg/api/meshapi"
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/deploy"
+	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/meshtls"
 )
 
@@ -83,12 +85,29 @@ type Session struct {
 	Creds  *Credentials
 	// Say reports progress on stderr, named by host.
 	Say func(format string, args ...any)
+	// Deployed reads the secrets of the host's current release (release
+	// "" when it has none), to explain a refused credential; nil for the
+	// local stack (DeployedOf makes it for a deployed host).
+	Deployed func(ctx context.Context) (release string, s deployfiles.DeployedSecrets, err error)
 
 	mu         sync.Mutex
 	probed     bool
 	tls        bool
 	bundle     []*x509.Certificate
 	transports []*http.Transport
+}
+
+// DeployedOf is Session.Deployed for the host c deploys to: the secrets
+// of its current release, read through its connection.
+func DeployedOf(c deploy.Config) func(context.Context) (string, deployfiles.DeployedSecrets, error) {
+	return func(ctx context.Context) (string, deployfiles.DeployedSecrets, error) {
+		d, err := deploy.New(c)
+		if err != nil {
+			return "", deployfiles.DeployedSecrets{}, err
+		}
+		defer func() { _ = d.Close() }() // a read's
+		return d.CurrentSecrets(ctx)
+	}
 }
 
 // OperatorCredential is the operator's credential for service on the
@@ -233,11 +252,28 @@ func (s *Session) Client(ctx context.Context, service string, timeout time.Durat
 }
 
 // Classify marks a refused operator credential as an authentication
-// failure (exit 4).
-func Classify(err error) error {
+// failure (exit 4), and says why the host's services refuse it, from what
+// its current release holds (Deployed): a release rendered before
+// per-host credentials must be deployed, for lucidctl never falls back to
+// the older credentials, which another host's service could replay.
+func (s *Session) Classify(ctx context.Context, err error) error {
 	var ae *api.Error
-	if errors.As(err, &ae) && (ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden) {
-		return cli.Auth(cli.WithHint(err, "the host's services hold credentials of another LUCID_OPERATOR_TOKEN: use the env file the deployment was rendered from (--env-file); a release rendered before per-host operator credentials holds none lucidctl sends: deploy the host"))
+	if !errors.As(err, &ae) || (ae.Status != http.StatusUnauthorized && ae.Status != http.StatusForbidden) {
+		return err
 	}
-	return err
+	if s.Deployed == nil {
+		return cli.Auth(cli.WithHint(err, "the local stack's services hold credentials of another LUCID_OPERATOR_TOKEN, or were started by a lucidctl from before per-host operator credentials: use the env file it was started with (--env-file), or start it again with this lucidctl (lucidctl down, then lucidctl up)"))
+	}
+	const unknown = "the host's services hold credentials of another LUCID_OPERATOR_TOKEN: use the env file the deployment was rendered from (--env-file); a release rendered before per-host operator credentials holds none lucidctl sends: deploy the host"
+	release, deployed, rerr := s.Deployed(ctx)
+	if rerr != nil || release == "" {
+		return cli.Auth(cli.WithHint(err, unknown))
+	}
+	why, hint := deployed.OperatorHashesOf(s.Creds.Operator).Refusal(s.Host)
+	if why == "" {
+		// Release holds the credentials lucidctl sent: the containers
+		// run another (a deploy that did not finish).
+		return cli.Auth(cli.WithHint(err, fmt.Sprintf("release %s of %s holds the credentials lucidctl sends, but its services refused them: do they run another release? lucidctl status --target %s", release, s.Host, s.Host)))
+	}
+	return cli.Auth(cli.WithHint(fmt.Errorf("%w: %s (release %s)", err, why, release), hint))
 }

@@ -139,10 +139,11 @@ func each[T any](ctx context.Context, env *cli.Env, f *Flags, action string, fn 
 		fmt.Fprintf(env.IO.ErrOut, progressHostPrefix+format+"\n", append([]any{host}, args...)...)
 	}
 	err = fl.Each(ctx, func(ctx context.Context, h *fleet.Host) error {
-		s := &session{Host: h.Name, Dial: h.SSH.DialTCP, Offset: f.PortOffset, Creds: creds, Say: func(format string, args ...any) { say(h.Name, format, args...) }}
+		s := &session{Host: h.Name, Dial: h.SSH.DialTCP, Offset: f.PortOffset, Creds: creds, Say: func(format string, args ...any) { say(h.Name, format, args...) },
+			Deployed: hostservices.DeployedOf(h.DeployConfig())}
 		defer s.Close()
 		res, err := fn(ctx, s)
-		err = hostservices.Classify(err)
+		err = s.Classify(ctx, err)
 		if aerr := recordMaintenance(ctx, h, action, err); aerr != nil {
 			// The action stands; the trail not saying so fails the run.
 			err = errors.Join(err, aerr)
@@ -184,7 +185,7 @@ func onLocal[T any](ctx context.Context, env *cli.Env, f *Flags, creds *hostserv
 	}
 	defer s.Close()
 	res, err := fn(ctx, s)
-	err = hostservices.Classify(err)
+	err = s.Classify(ctx, err)
 	out := &Output[T]{Hosts: []HostResult[T]{{Host: auth.LocalHost, Result: res}}}
 	if err != nil {
 		out.Hosts[0].Error = err.Error()

@@ -27,7 +27,7 @@ func OpenServices(env *cli.Env, host *fleet.Host, offset int, envFile string) (*
 	}
 	s := &session{Offset: offset, Creds: creds, Say: func(string, ...any) {}}
 	if host != nil {
-		s.Host, s.Dial = host.Name, host.SSH.DialTCP
+		s.Host, s.Dial, s.Deployed = host.Name, host.SSH.DialTCP, hostservices.DeployedOf(host.DeployConfig())
 	} else {
 		cfg, err := env.Config()
 		if err != nil {
@@ -44,7 +44,7 @@ func OpenServices(env *cli.Env, host *fleet.Host, offset int, envFile string) (*
 // leaves each request to its context.
 func (v *Services) Client(ctx context.Context, service string, timeout time.Duration) (*http.Client, string, error) {
 	hc, base, err := v.s.Client(ctx, service, timeout)
-	return hc, base, hostservices.Classify(err)
+	return hc, base, v.s.Classify(ctx, err)
 }
 
 // Close drops the idle connections.
