@@ -25,6 +25,7 @@ import (
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/meshca"
 	"github.com/pickme/lucid/pkg/sshx"
 )
@@ -57,6 +58,22 @@ type HostStatus struct {
 	// Problems are what makes the host unhealthy, in words.
 	Problems []string `json:"problems"`
 	Healthy  bool     `json:"healthy"`
+	// StaleCredentials is set when the host's services refused the
+	// operator's credentials because its current release was rendered
+	// before per-host ones (deployfiles.OperatorHashes' Stale): the
+	// figures that need them stay unknown until the host is deployed.
+	StaleCredentials *StaleCredentials `json:"stale_credentials,omitempty"`
+}
+
+// StaleCredentials is a release whose services hold the operator's
+// credentials in the form of before per-host ones, which lucidctl no
+// longer sends.
+type StaleCredentials struct {
+	Release string `json:"release"`
+	// EngineNode is the node id the release's engine env file gives the
+	// engine: a cluster host's target name, which its Raft state keeps;
+	// "" for a single Pi's release (its compose file names the engine).
+	EngineNode string `json:"engine_node,omitempty"`
 }
 
 // ServiceState is one container of the deployment, as its Docker Engine
@@ -260,6 +277,7 @@ func (d *Deployer) Status(ctx context.Context, o StatusOptions) (*HostStatus, er
 	refused := d.operatorRefusal(o.OperatorToken)
 	wg.Go(func() { d.readReports(ctx, o, st, byService, refused, &mu, lockedUnknown) })
 	wg.Wait()
+	st.StaleCredentials = refused.staleCredentials()
 	// Ages by the host's clock, which stamped what they count from.
 	now := d.cfg.Now()
 	if skew := st.Host.ClockSkewSeconds; skew != nil {
@@ -837,34 +855,55 @@ func (c *serviceClient) get(ctx context.Context, p string, operator bool) ([]byt
 // credentials, from what its current release holds of them, read once
 // when a service first refuses.
 type operatorRefusal struct {
-	once sync.Once
-	read func(context.Context) string
-	why  string
+	once  sync.Once
+	read  func(context.Context) (string, *StaleCredentials)
+	why   string
+	stale *StaleCredentials
 }
 
 // operatorRefusal explains the refusals of the credentials derived from
 // token.
 func (d *Deployer) operatorRefusal(token string) *operatorRefusal {
-	return &operatorRefusal{read: func(ctx context.Context) string {
+	return &operatorRefusal{read: func(ctx context.Context) (string, *StaleCredentials) {
 		const unknown = "is LUCID_OPERATOR_TOKEN the one deployed?"
-		release, s, err := d.CurrentSecrets(ctx)
+		release, files, err := d.h.currentEnvFiles(ctx)
 		if err != nil || release == "" {
-			return unknown
+			return unknown, nil
 		}
-		why, hint := s.OperatorHashesOf(token).Refusal(d.cfg.Name)
+		s, err := deployfiles.ReadDeployedSecrets(d.cfg.Name, files)
+		if err != nil {
+			return unknown, nil
+		}
+		h := s.OperatorHashesOf(token)
+		why, hint := h.Refusal(d.cfg.Name)
 		if why == "" {
 			// The release holds this token's credentials for the host:
 			// the containers run another (a deploy that did not finish).
-			return unknown
+			return unknown, nil
 		}
-		return why + "; " + hint
+		var stale *StaleCredentials
+		if h.Stale() {
+			stale = &StaleCredentials{Release: release}
+			if vals, err := envfile.Parse(files[deployfiles.ServiceEnvPath("engine")]); err == nil {
+				stale.EngineNode = vals["LUCID_NODE_ID"]
+			}
+		}
+		return why + "; " + hint, stale
 	}}
 }
 
 // say is why the services refuse the operator's credentials.
 func (r *operatorRefusal) say(ctx context.Context) string {
-	r.once.Do(func() { r.why = r.read(ctx) })
+	r.once.Do(func() { r.why, r.stale = r.read(ctx) })
 	return r.why
+}
+
+// staleCredentials is the host's release when a service refused the
+// credentials because it was rendered before per-host ones; nil
+// otherwise. Called once the reads are done.
+func (r *operatorRefusal) staleCredentials() *StaleCredentials {
+	r.once.Do(func() {}) // orders it after a read made; none made, none refused
+	return r.stale
 }
 
 // statusError is a service's answer other than 200.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -453,9 +454,14 @@ func (cr *clusterRun) turn(ctx context.Context, name string, dry bool) (*cluster
 	if err != nil {
 		return fail(err)
 	}
-	if !dry && len(v.voters) == 0 && name != cr.bootstrap {
+	if !dry && len(v.voters) == 0 && name != cr.bootstrap && !v.inPlace(name) {
 		// Its engine would wait for a leader that no host provides.
-		return fail(fmt.Errorf("cluster %s holds no Raft configuration yet, and %s is not the host that starts it; nothing was changed on %s", cr.name, name, name))
+		err := fmt.Errorf("cluster %s holds no Raft configuration yet, and %s is not the host that starts it; nothing was changed on %s", cr.name, name, name)
+		if stale := v.stale(); len(stale) > 0 {
+			err = cli.WithHint(fmt.Errorf("no host of cluster %s could be read for its Raft configuration, and %s is not one deployed before; nothing was changed on %s", cr.name, name, name),
+				fmt.Sprintf("%s run releases rendered before per-host operator credentials, which refuse lucidctl's reads: deploy them first (lucidctl deploy %s), then %s", strings.Join(stale, ", "), strings.Join(stale, " "), name))
+		}
+		return fail(err)
 	}
 	envs, err := cr.envFor(name)
 	if err != nil {

@@ -169,6 +169,30 @@ func (v *clusterView) read() []*deploy.HostStatus {
 	return out
 }
 
+// inPlace says host h runs a release of this cluster's, deployed as host
+// h (its engine named after it), whose services refuse the operator's
+// credentials because it was rendered before per-host ones: its engine
+// cannot be read, but keeps its Raft state, the cluster's. A deploy
+// replaces it in place, neither joining it nor starting a chain, and
+// binds the credentials to h, after which it can be read. lucidctl never
+// falls back to the older credentials to read it.
+func (v *clusterView) inPlace(h string) bool {
+	st := v.status[h]
+	return st != nil && st.StaleCredentials != nil && st.StaleCredentials.EngineNode == h
+}
+
+// stale are the hosts whose services refused the operator's credentials
+// because their release was rendered before per-host ones.
+func (v *clusterView) stale() []string {
+	var out []string
+	for _, h := range v.hosts {
+		if st := v.status[h]; st != nil && st.StaleCredentials != nil {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
 // chainOf says whether host h's engine holds a Raft configuration, and
 // when that is unknown, why.
 func (v *clusterView) chainOf(h string) (chainState, string) {
@@ -178,6 +202,8 @@ func (v *clusterView) chainOf(h string) (chainState, string) {
 		return chainUnknown, v.why[h]
 	case st.Reports.RaftRole != "" && len(st.Reports.RaftServers) > 0:
 		return chainSome, ""
+	case v.inPlace(h):
+		return chainSome, "" // unread, but deployed as a host of this cluster
 	case st.Reports.RaftRole != "":
 		return chainNone, ""
 	case st.Release == nil && st.Unknown[deploy.FigureRelease] == "" && engineMissing(st):
@@ -207,7 +233,7 @@ func decideBootstrap(v *clusterView, first string) (bool, error) {
 	if v.split != "" {
 		return false, fmt.Errorf("cluster %s: %s", v.name, v.split)
 	}
-	if len(v.voters) > 0 {
+	if len(v.voters) > 0 || v.inPlace(first) {
 		return false, nil
 	}
 	var unknown []string
@@ -223,9 +249,14 @@ func decideBootstrap(v *clusterView, first string) (bool, error) {
 		}
 	}
 	if len(unknown) > 0 {
+		hint := fmt.Sprintf("deploy when every host of the cluster answers (lucidctl status --target %s); a host gone for good leaves the cluster's hosts in lucid.yaml first", v.name)
+		if stale := v.stale(); len(stale) > 0 {
+			// A single Pi's release of before per-host credentials: only
+			// a deploy of it alone binds them, and then it can be read.
+			hint = fmt.Sprintf("%s run a single Pi's release rendered before per-host operator credentials: take them out of the cluster's hosts in lucid.yaml, deploy each alone (lucidctl deploy HOST), then put them back and deploy the cluster", strings.Join(stale, ", "))
+		}
 		return false, cli.WithHint(fmt.Errorf("cluster %s: %w: no host read holds a Raft configuration, so %s would start a new chain, but %s could not be read and may already hold the cluster's; nothing was changed",
-			v.name, errCannotBootstrap, first, strings.Join(unknown, ", ")),
-			fmt.Sprintf("deploy when every host of the cluster answers (lucidctl status --target %s); a host gone for good leaves the cluster's hosts in lucid.yaml first", v.name))
+			v.name, errCannotBootstrap, first, strings.Join(unknown, ", ")), hint)
 	}
 	return true, nil
 }

@@ -46,6 +46,15 @@ func unreadEngine(target, why string) *deploy.HostStatus {
 		Unknown:  map[string]string{deploy.FigureRaftRole: why}}
 }
 
+// staleRelease is a host whose services refused the operator's
+// credentials because its release was rendered before per-host ones; its
+// engine env file names the engine node ("" for a single Pi's release).
+func staleRelease(target, node string) *deploy.HostStatus {
+	h := unreadEngine(target, "engine /api/v1/consensus/status: 403 Forbidden ("+target+" runs a release rendered before per-host operator credentials)")
+	h.StaleCredentials = &deploy.StaleCredentials{Release: "r1", EngineNode: node}
+	return h
+}
+
 // engineOn is a host whose engine answered as node, in role, with its
 // configuration servers and leader.
 func engineOn(target, node, role, leader string, healthy bool, servers ...engineapi.Server) *deploy.HostStatus {
@@ -155,6 +164,51 @@ func TestDecideBootstrap(t *testing.T) {
 	_, err := decideBootstrap(viewOf(three, map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": neverDeployed("pi2")}), "pi1")
 	if !errors.Is(err, errCannotBootstrap) || !strings.Contains(cli.Hint(err), "deploy when every host of the cluster answers") {
 		t.Errorf("refusal %v, hint %q", err, cli.Hint(err))
+	}
+}
+
+// TestClusterOfReleasesBeforePerHostCredentials: hosts whose releases were
+// rendered before per-host operator credentials refuse lucidctl's reads,
+// and lucidctl does not fall back to the credentials they take. Those
+// deployed as hosts of the cluster keep its chain: they are deployed in
+// place, neither started anew nor joined, which binds their credentials.
+// A single Pi's release of before cannot be told from a chain of its own:
+// the cluster's deploy is refused, saying to deploy it alone first.
+func TestClusterOfReleasesBeforePerHostCredentials(t *testing.T) {
+	all := map[string]*deploy.HostStatus{"pi1": staleRelease("pi1", "pi1"), "pi2": staleRelease("pi2", "pi2"), "pi3": staleRelease("pi3", "pi3")}
+	v := viewOf(three, all)
+	if boot, err := decideBootstrap(v, "pi1"); boot || err != nil {
+		t.Errorf("every host of before: bootstrap %v, %v; want none, and no refusal", boot, err)
+	}
+	for _, h := range three {
+		if join, err := needsJoin(v, h); join || err != nil || !v.inPlace(h) {
+			t.Errorf("%s: join %v, %v, in place %v; want it deployed in place", h, join, err, v.inPlace(h))
+		}
+	}
+	// Once pi1 is deployed it is read, and the others, voters of its
+	// configuration, are not joined either.
+	now := healthyThree()
+	now["pi2"], now["pi3"] = all["pi2"], all["pi3"]
+	v = viewOf(three, now)
+	for _, h := range []string{"pi2", "pi3"} {
+		if join, err := needsJoin(v, h); join || err != nil {
+			t.Errorf("%s after pi1: join %v, %v", h, join, err)
+		}
+	}
+	// A host never deployed beside them cannot start a chain.
+	v = viewOf(three, map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": staleRelease("pi2", "pi2"), "pi3": staleRelease("pi3", "pi3")})
+	if boot, err := decideBootstrap(v, "pi1"); boot || err != nil || v.inPlace("pi1") {
+		t.Errorf("a new host beside hosts of before: bootstrap %v, %v", boot, err)
+	}
+	// A single Pi's release: its chain is its own, not the cluster's.
+	single := viewOf(three, map[string]*deploy.HostStatus{"pi1": staleRelease("pi1", ""), "pi2": neverDeployed("pi2"), "pi3": neverDeployed("pi3")})
+	if single.inPlace("pi1") {
+		t.Error("a single Pi's release of before is taken for a cluster host's")
+	}
+	_, err := decideBootstrap(single, "pi2")
+	if !errors.Is(err, errCannotBootstrap) || !strings.Contains(err.Error(), "pi1 (engine /api/v1/consensus/status: 403") ||
+		!strings.Contains(cli.Hint(err), "pi1 run a single Pi's release rendered before per-host operator credentials") || !strings.Contains(cli.Hint(err), "deploy each alone") {
+		t.Errorf("a single Pi of before: %v, hint %q", err, cli.Hint(err))
 	}
 }
 
