@@ -158,8 +158,10 @@ type Bundle struct {
 	// name the images in it.
 	Compose []byte
 	// EnvFiles are the containers' env files by path relative to the
-	// project (deployfiles.ServiceEnvPath), written with mode 0600. The
-	// operator's own env file is never among them.
+	// project (deployfiles.ServiceEnvPath), written with mode 0600, their
+	// operator credentials bound to the target
+	// (deployfiles.BindOperatorCredentials). The operator's own env file
+	// is never among them.
 	EnvFiles map[string][]byte
 	// Routes is the gateway's route table the compose file mounts
 	// (deployfiles.RoutesPath); nil when it mounts none.
@@ -235,6 +237,9 @@ func (d *Deployer) deploy(ctx context.Context, b Bundle, dry bool) (_ *Result, d
 		for _, pi := range b.Images[0].Images {
 			platforms = append(platforms, pi.Platform)
 		}
+	}
+	if err := d.checkBound(b.EnvFiles); err != nil {
+		return nil, err
 	}
 	pf, err := d.preflight(ctx, platforms, dry)
 	if err != nil {

@@ -143,6 +143,26 @@ func operatorBinding(target string, host, next deployfiles.DeployedSecrets, toke
 	return ""
 }
 
+// checkBound refuses env files whose services' operator credentials are
+// not bound to the target (deployfiles.BindOperatorCredentials): the
+// rendered files' are the local stack's, and files shipped to two hosts
+// as they are would let one host's service replay what the operator sends
+// it to the other's. Without the operator token it cannot tell, and lets
+// them pass.
+func (d *Deployer) checkBound(envFiles map[string][]byte) error {
+	if d.cfg.OperatorToken == "" {
+		return nil
+	}
+	next, err := deployfiles.ReadDeployedSecrets(d.cfg.Name, envFiles)
+	if err != nil {
+		return fmt.Errorf("%s: %w", d.cfg.Name, err)
+	}
+	if h := next.OperatorHashesOf(d.cfg.OperatorToken); h != deployfiles.OperatorHashesBound && h != deployfiles.OperatorHashesNone {
+		return fmt.Errorf("%s: the env files' operator credentials are not the operator token's bound to %s (deployfiles.BindOperatorCredentials); nothing was changed", d.cfg.Name, d.cfg.Name)
+	}
+	return nil
+}
+
 // droppedPrevious reports whether a previous value of secret that host
 // holds is neither among next's previous values nor next's current value.
 func droppedPrevious(host, next deployfiles.DeployedSecrets, secret string) bool {

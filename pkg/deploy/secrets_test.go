@@ -237,7 +237,8 @@ func withOperatorHashes(t *testing.T, f *deployfiles.Files, hash func(service st
 // rendered before per-host operator credentials holds the same token in
 // another form: a deploy binding them to the host keeps the token, and
 // says so; another token's credentials are refused as before. Rolling
-// back to such a release is said to leave lucidctl refused.
+// back to such a release is said to leave lucidctl refused. A deploy of
+// files not bound to the host is refused before anything changes.
 func TestSecretsOfReleasesBeforePerHostCredentials(t *testing.T) {
 	ctx := context.Background()
 	f := render(t)
@@ -280,5 +281,19 @@ func TestSecretsOfReleasesBeforePerHostCredentials(t *testing.T) {
 	}
 	if said := (*events)[len(*events)-1].Message; !strings.Contains(said, "rendered before per-host operator credentials: pi's services will refuse lucidctl's operator commands") {
 		t.Errorf("a rollback to a release of before: %q", said)
+	}
+
+	// Files not bound to pi: the rendered ones (the local stack's), or
+	// another host's.
+	for name, envs := range map[string]map[string][]byte{"as rendered": f.ServiceEnvs, "pi2's": func() map[string][]byte {
+		envs, err := deployfiles.BindOperatorCredentials(f.ServiceEnvs, tok, "pi2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return envs
+	}()} {
+		if _, err := d.DryRun(ctx, Bundle{EnvFiles: envs}); err == nil || !strings.Contains(err.Error(), "not the operator token's bound to pi") {
+			t.Errorf("a deploy of files %s: %v", name, err)
+		}
 	}
 }
