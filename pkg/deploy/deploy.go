@@ -84,10 +84,12 @@ type Config struct {
 	ViaRegistry string
 	// InsecureRegistry allows plain HTTP to ViaRegistry.
 	InsecureRegistry bool
-	// OperatorToken is the operator's bearer token (LUCID_OPERATOR_TOKEN),
-	// to read the engine's consensus status with for the caught-up gate;
-	// without it that gate is skipped with a warning. It is sent only to
-	// the engine, through the connection.
+	// OperatorToken is the operator's token (LUCID_OPERATOR_TOKEN), to read
+	// the engine's consensus status with for the caught-up gate (only the
+	// credential derived from it for the engine on this target is sent,
+	// through the connection), and to check that a deploy's env files are
+	// bound to this target; without it that gate is skipped with a
+	// warning, and the check too.
 	OperatorToken string
 	// Reporter hears every event (default: none).
 	Reporter Reporter

@@ -32,11 +32,13 @@ import (
 
 // StatusOptions tune what Status reads.
 type StatusOptions struct {
-	// OperatorToken is the operator's bearer token (LUCID_OPERATOR_TOKEN):
-	// the engine's chain and consensus and the data chain's status answer
-	// only the operator (or a mesh member). Without it those figures are
-	// unknown. It is sent only to the services, through the connection, and
-	// never appears in the result or an error.
+	// OperatorToken is the operator's token (LUCID_OPERATOR_TOKEN): the
+	// engine's chain and consensus and the data chain's status answer only
+	// the operator (or a mesh member). Without it those figures are
+	// unknown. Only the credential derived from it for each service on
+	// this target (auth.OperatorCredential, for Config.Name) is sent, to
+	// that service alone, through the connection; neither appears in the
+	// result or an error.
 	OperatorToken string
 	// Timeout bounds each question asked of a service (default 5 s).
 	Timeout time.Duration

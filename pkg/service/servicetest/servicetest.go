@@ -36,7 +36,7 @@ func operatorHash() []byte {
 }
 
 // Env is the environment a test gives a `lucid` process with the mesh
-// off: the service key and the operator token's hash, for tests that send
+// off: the service key and the operator token's own hash, for tests that send
 // the token itself.
 func Env() []string {
 	return []string{service.EnvServiceKey + "=" + Key, service.EnvOperatorHash + "=" + auth.OperatorTokenHash(OperatorToken)}

@@ -270,7 +270,8 @@ func (cr *clusterRun) engine(ctx context.Context, target string) (*engineapi.Con
 
 // voterAPI reaches the voter API of target's engine as `lucidctl
 // maintenance voters` does: through the host's connection, on its
-// loopback, verified by the mesh's certificates, with the operator token.
+// loopback, verified by the mesh's certificates, with the operator's
+// credential for that host's engine.
 func (cr *clusterRun) voterAPI(ctx context.Context, target string) (voterAPI, error) {
 	c, ok := cr.configs[target]
 	if !ok {

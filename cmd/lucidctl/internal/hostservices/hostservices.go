@@ -226,9 +226,9 @@ func (s *Session) FetchBundle(ctx context.Context, overTLS bool) ([]*x509.Certif
 	return bundle, nil
 }
 
-// Client is an HTTP client for service that sends the operator token,
-// verifying the service by its mesh certificate when the mesh is on, and
-// the service's base URL. timeout 0 leaves the request to ctx.
+// Client is an HTTP client for service that sends the operator's
+// credential for it on the session's host, verifying the service by its
+// mesh certificate when the mesh is on, and the service's base URL. timeout 0 leaves the request to ctx.
 func (s *Session) Client(ctx context.Context, service string, timeout time.Duration) (*http.Client, string, error) {
 	if s.Host == "" {
 		return nil, "", errors.New("no host name to derive the operator's credentials for")

@@ -50,8 +50,9 @@ container, from the embedded templates and lucid.yaml's image names.
 
 .env.core stays on this machine. Each service's env file holds only what
 that service reads, with its mesh credentials derived for its own name and
-the operator token's hash rather than the token: a deploy ships these, so
-one compromised container holds no other's secrets. A key of .env.core
+the hash of its own operator credential rather than the operator token
+(for this machine, "local"; lucidctl deploy binds it to each target): a
+deploy ships these, so one compromised container holds no other's secrets. A key of .env.core
 that no service reads is named (a typo, most likely).
 
 Values the env file already has are kept; --set overrides one. Missing
