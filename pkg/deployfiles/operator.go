@@ -29,6 +29,22 @@ var ErrNoOperatorToken = errors.New("no operator token (LUCID_OPERATOR_TOKEN) to
 // an error: the files were rendered from another token than the one
 // lucidctl will send. Errors name files, never a value.
 func BindOperatorCredentials(files map[string][]byte, token, host string) (map[string][]byte, error) {
+	return bindOperatorCredentials(files, token, host, false)
+}
+
+// RebindOperatorCredentials is BindOperatorCredentials for env files that
+// come back from a backup: whatever each service's hash was bound to (the
+// host the backup was taken of, a release rendered before per-host
+// credentials, an operator token rotated since), it becomes that of the
+// credential from token for host. Written back as they were, another
+// host's files would let that host's services replay what the operator
+// sends them to this host's, and lucidctl's own credentials would be
+// refused.
+func RebindOperatorCredentials(files map[string][]byte, token, host string) (map[string][]byte, error) {
+	return bindOperatorCredentials(files, token, host, true)
+}
+
+func bindOperatorCredentials(files map[string][]byte, token, host string, whatever bool) (map[string][]byte, error) {
 	if host == "" {
 		return nil, errors.New("bind the operator credentials: no host name")
 	}
@@ -49,7 +65,7 @@ func BindOperatorCredentials(files map[string][]byte, token, host string) (map[s
 		if token == "" {
 			return nil, fmt.Errorf("%s: %w", p, ErrNoOperatorToken)
 		}
-		if !hashOfToken(h, token, svc.Name, host) {
+		if !whatever && !hashOfToken(h, token, svc.Name, host) {
 			return nil, fmt.Errorf("%s holds the operator credential of another LUCID_OPERATOR_TOKEN than the one given: render again from the env file that holds the token (lucidctl render)", p)
 		}
 		bound := auth.OperatorTokenHash(auth.OperatorCredential(token, svc.Name, host))

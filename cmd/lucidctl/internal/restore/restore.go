@@ -34,6 +34,7 @@ import (
 	"github.com/pickme/lucid/pkg/api/snapshotapi"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deploy"
+	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/restoredata"
 )
 
@@ -448,7 +449,7 @@ func runTarget(ctx context.Context, opts *Options, src Source, out *Output) erro
 	if release == "" {
 		return cli.WithHint(fmt.Errorf("%s: %w", h.Name, deploy.ErrNotDeployed), "a new SD card: `lucidctl deploy "+h.Name+"` first, then restore")
 	}
-	envWrite, err := envDiff(ctx, src, deployed, out)
+	envWrite, unbound, err := envDiff(ctx, src, deployed, backupcmd.OperatorToken(opts.Env, opts.EnvFile), h.Name, out)
 	if err != nil {
 		return err
 	}
@@ -457,6 +458,10 @@ func runTarget(ctx context.Context, opts *Options, src Source, out *Output) erro
 	}
 	var env map[string][]byte
 	if opts.WriteEnv && len(envWrite) > 0 {
+		if unbound {
+			return cli.WithHint(fmt.Errorf("%s: the backup's env files hold operator credentials, and %w; nothing was restored", h.Name, deployfiles.ErrNoOperatorToken),
+				"give the operator's env file (--env-file) or set LUCID_OPERATOR_TOKEN: the restored files are bound to "+h.Name+" with it")
+		}
 		env = envWrite
 	}
 	f, fb, err := fence(src, opts.Now())
@@ -492,27 +497,38 @@ func runTarget(ctx context.Context, opts *Options, src Source, out *Output) erro
 
 // envDiff compares the backup's env files with the deployed ones: the
 // paths that differ go into out, and their backup bytes are returned.
-func envDiff(ctx context.Context, src Source, deployed map[string][]byte, out *Output) (map[string][]byte, error) {
-	write := map[string][]byte{}
+func envDiff(ctx context.Context, src Source, deployed map[string][]byte, token, host string, out *Output) (write map[string][]byte, unbound bool, err error) {
+	write = map[string][]byte{}
 	for _, f := range src.EnvFiles() {
 		rc, err := src.Open(ctx, EnvService, f.Path)
 		if err != nil {
-			return nil, fmt.Errorf("the backup's %s: %w", f.Path, err)
+			return nil, false, fmt.Errorf("the backup's %s: %w", f.Path, err)
 		}
 		b, err := io.ReadAll(io.LimitReader(rc, 1<<20))
 		rc.Close()
 		if err != nil {
-			return nil, fmt.Errorf("the backup's %s: %w", f.Path, err)
+			return nil, false, fmt.Errorf("the backup's %s: %w", f.Path, err)
 		}
 		if want := restoredata.FileOf(f.Path, b); f.SHA256 != "" && want.SHA256 != f.SHA256 {
-			return nil, fmt.Errorf("the backup's %s: %w", f.Path, restoredata.ErrMismatch)
+			return nil, false, fmt.Errorf("the backup's %s: %w", f.Path, restoredata.ErrMismatch)
+		}
+		// The operator credentials are bound to host, whatever host the
+		// backup was taken of (deployfiles.RebindOperatorCredentials).
+		rebound, err := deployfiles.RebindOperatorCredentials(map[string][]byte{f.Path: b}, token, host)
+		switch {
+		case errors.Is(err, deployfiles.ErrNoOperatorToken):
+			unbound = true
+		case err != nil:
+			return nil, false, fmt.Errorf("the backup's %s: %w", f.Path, err)
+		default:
+			b = rebound[f.Path]
 		}
 		if !bytes.Equal(deployed[f.Path], b) {
 			out.EnvDiffer = append(out.EnvDiffer, f.Path)
 			write[f.Path] = b
 		}
 	}
-	return write, nil
+	return write, unbound, nil
 }
 
 // genesisTransactions are what every chain holds from its first block on:

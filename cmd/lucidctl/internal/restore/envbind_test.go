@@ -1,0 +1,78 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/pickme/lucid/pkg/api/snapshotapi"
+	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/envfile"
+	"github.com/pickme/lucid/pkg/restoredata"
+)
+
+// envSource is a backup holding only env files.
+type envSource map[string][]byte
+
+func (s envSource) ID() string                       { return "test" }
+func (s envSource) Services() []snapshotapi.Manifest { return nil }
+func (s envSource) EnvFiles() []snapshotapi.File {
+	var out []snapshotapi.File
+	for p, b := range s {
+		out = append(out, restoredata.FileOf(p, b))
+	}
+	return out
+}
+
+func (s envSource) Open(_ context.Context, service, p string) (io.ReadCloser, error) {
+	if service != EnvService {
+		return nil, errors.New("no such service")
+	}
+	return io.NopCloser(strings.NewReader(string(s[p]))), nil
+}
+
+// TestRestoredEnvFilesAreBoundToTheHost: env files written back from
+// another host's backup (pi1's, restored onto pi2) hold pi2's operator
+// credentials, not pi1's: pi1's services could otherwise replay to pi2's
+// what the operator sends them, and lucidctl's own calls to pi2 would be
+// refused. Without the operator token the files cannot be bound, and
+// say so.
+func TestRestoredEnvFilesAreBoundToTheHost(t *testing.T) {
+	const token = "operator-token-for-tests"
+	p := deployfiles.ServiceEnvPath("engine")
+	hashFor := func(host string) string {
+		return auth.OperatorTokenHash(auth.OperatorCredential(token, "engine", host))
+	}
+	src := envSource{p: []byte("ENCRYPTION_KEY=k\nLUCID_OPERATOR_TOKEN_SHA256=" + hashFor("pi1") + "\n")}
+	deployed := map[string][]byte{p: []byte("ENCRYPTION_KEY=k\nLUCID_OPERATOR_TOKEN_SHA256=" + hashFor("pi2") + "\n")}
+
+	var out Output
+	write, unbound, err := envDiff(t.Context(), src, deployed, token, "pi2", &out)
+	if err != nil || unbound {
+		t.Fatalf("envDiff: %v, unbound %v", err, unbound)
+	}
+	if len(write) != 0 || len(out.EnvDiffer) != 0 {
+		t.Fatalf("pi1's backup, bound to pi2, differs from pi2's files: %v", out.EnvDiffer)
+	}
+
+	// A secret that differs is written back, bound to pi2.
+	src[p] = []byte("ENCRYPTION_KEY=old\nLUCID_OPERATOR_TOKEN_SHA256=" + hashFor("pi1") + "\n")
+	write, _, err = envDiff(t.Context(), src, deployed, token, "pi2", &Output{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vals, err := envfile.Parse(write[p])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vals["ENCRYPTION_KEY"] != "old" || vals["LUCID_OPERATOR_TOKEN_SHA256"] != hashFor("pi2") {
+		t.Fatalf("written back: %q", write[p])
+	}
+
+	if _, unbound, err := envDiff(t.Context(), src, deployed, "", "pi2", &Output{}); err != nil || !unbound {
+		t.Fatalf("without the token: %v, unbound %v; want unbound", err, unbound)
+	}
+}
