@@ -299,7 +299,7 @@ func (c *Config) validate(name string) error {
 		errs = append(errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
 	}
 	for tn, t := range c.Targets {
-		if tn == auth.LocalHost {
+		if tn == auth.LocalHost && c.Local.Name == auth.LocalHost {
 			// A Pi of that name would accept the operator credentials
 			// lucidctl sends the local stack's services, and the other
 			// way round.

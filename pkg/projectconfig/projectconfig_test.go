@@ -92,6 +92,15 @@ func TestLoadMissing(t *testing.T) {
 	}
 }
 
+// TestTargetNamedLocal: a target may be called local only when the local
+// stack is called something else (local.name): the two would otherwise
+// share operator credentials.
+func TestTargetNamedLocal(t *testing.T) {
+	if _, err := Parse("lucid.yaml", []byte("local:\n  name: laptop\ntargets:\n  local:\n    host: a\n")); err != nil {
+		t.Errorf("a target called local beside a local stack called laptop: %v", err)
+	}
+}
+
 func TestApplyEnv(t *testing.T) {
 	c, err := Parse("lucid.yaml", []byte("targets:\n  pi:\n    host: pi.local\nlocal:\n  consul: auto\n"))
 	if err != nil {

@@ -386,6 +386,8 @@ func (cr *clusterRun) dryRunSays(v *clusterView, h string, join bool) {
 	switch {
 	case h == cr.bootstrap:
 		cr.rep.Event(deploy.Event{Time: time.Now(), Target: h, Step: deploy.StepBootstrap, Status: deploy.EventInfo, Message: "would start cluster " + cr.name})
+	case v.inPlace(h):
+		cr.rep.Event(deploy.Event{Time: time.Now(), Target: h, Step: deploy.StepJoin, Status: deploy.EventInfo, Message: fmt.Sprintf("would be deployed in place, keeping cluster %s's chain (its release was rendered before per-host operator credentials)", cr.name)})
 	case join && v.leaderTarget != "":
 		cr.rep.Event(deploy.Event{Time: time.Now(), Target: h, Step: deploy.StepJoin, Status: deploy.EventInfo, Message: fmt.Sprintf("would join cluster %s as a voter, through the leader %s", cr.name, v.leaderTarget)})
 	case join || len(v.voters) == 0:

@@ -185,6 +185,15 @@ func TestClusterOfReleasesBeforePerHostCredentials(t *testing.T) {
 			t.Errorf("%s: join %v, %v, in place %v; want it deployed in place", h, join, err, v.inPlace(h))
 		}
 	}
+	// A dry run says so, not that they would join a cluster no host starts.
+	var said []string
+	cr := &clusterRun{name: "home", rep: deploy.ReporterFunc(func(e deploy.Event) { said = append(said, e.Target+": "+e.Message) })}
+	for _, h := range three {
+		cr.dryRunSays(v, h, false)
+	}
+	if len(said) != 3 || !strings.Contains(said[0], "pi1: would be deployed in place") {
+		t.Errorf("a dry run of hosts of before says %q", said)
+	}
 	// Once pi1 is deployed it is read, and the others, voters of its
 	// configuration, are not joined either.
 	now := healthyThree()
