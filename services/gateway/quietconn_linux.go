@@ -1,3 +1,5 @@
+//go:build !386
+
 package gateway
 
 import (
@@ -28,6 +30,9 @@ import (
 // a P go to other work when a thread is held up in the kernel: with more
 // than quietMax requests in flight a connection reads and writes as
 // net.Conn does.
+
+// On linux/386 sendto is no system call of its own, and sockets are read
+// and written as net.Conn does (quietconn_other.go).
 
 // quietMax is the most requests in flight at which sockets are read and
 // written raw.
@@ -157,6 +162,12 @@ func (c *quietConn) write(fd uintptr) bool {
 		n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&c.wbuf[0])), uintptr(len(c.wbuf)), syscall.MSG_NOSIGNAL, 0, 0)
 		switch e {
 		case 0:
+			if n == 0 {
+				// Never for a socket; were it to, no progress would be
+				// made, as net.Conn reports it.
+				c.werr = c.opError("write", io.ErrUnexpectedEOF)
+				return true
+			}
 			c.wn += int(n)
 			c.wbuf = c.wbuf[n:]
 		case syscall.EINTR:

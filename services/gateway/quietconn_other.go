@@ -1,4 +1,4 @@
-//go:build !linux
+//go:build !linux || 386
 
 package gateway
 
@@ -7,8 +7,8 @@ import (
 	"sync/atomic"
 )
 
-// quietListener elsewhere than Linux accepts connections as they are; the
-// gateway runs on Linux (quietconn_linux.go).
+// quietListener elsewhere than Linux (and on linux/386) accepts
+// connections as they are; the gateway runs on Linux (quietconn_linux.go).
 type quietListener struct {
 	net.Listener
 	load *atomic.Int64
