@@ -86,6 +86,9 @@ const (
 	// SignatureNone is a backup without a signature (taken before backups were
 	// signed, or planted).
 	SignatureNone Signature = "unsigned"
+	// SignatureUnreadable is a backup whose signature or manifest could not
+	// be read (a damaged disk; backup verify says more).
+	SignatureUnreadable Signature = "unreadable"
 )
 
 // SignatureOf is complete backup id's Signature. Its manifest, as
@@ -95,12 +98,20 @@ func (r *Repository) SignatureOf(id string) Signature {
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return SignatureNone
+	case err != nil:
+		return SignatureUnreadable
 	case len(r.trusted) == 0:
 		return SignatureUnchecked
 	}
 	raw, err := readBounded(filepath.Join(r.dir, backupsDir, id+r.manifestSuffix()), maxManifestBytes)
-	if err != nil || r.checkSigned(id, raw) != nil {
+	if err != nil {
+		return SignatureUnreadable
+	}
+	switch err := r.checkSigned(id, raw); {
+	case errors.Is(err, ErrUnsigned):
 		return SignatureUntrusted
+	case err != nil:
+		return SignatureUnreadable
 	}
 	return SignatureTrusted
 }

@@ -109,6 +109,14 @@ func TestForgedBackupIsRefused(t *testing.T) {
 
 	repo.Trust([]ed25519.PublicKey{key.Public().(ed25519.PublicKey)})
 	signatures(map[string]backup.Signature{good.ID: backup.SignatureTrusted, forged: backup.SignatureNone, moved: backup.SignatureUntrusted})
+	// A signature that cannot be read is said to be so, not a forgery.
+	if err := os.Mkdir(filepath.Join(dir, "backups", forged+".sig"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	signatures(map[string]backup.Signature{forged: backup.SignatureUnreadable})
+	if err := os.Remove(filepath.Join(dir, "backups", forged+".sig")); err != nil {
+		t.Fatal(err)
+	}
 	latest, err := repo.Latest(t.Context())
 	if err != nil || latest.ID != good.ID {
 		t.Fatalf("latest %s, %v; want the operator's backup %s", latest.ID, err, good.ID)

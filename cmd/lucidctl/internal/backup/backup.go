@@ -7,6 +7,7 @@
 package backup
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -394,13 +395,16 @@ func TrustSigners(repo *backup.Repository, cfg *projectconfig.Config, operatorTo
 }
 
 // trustedKeys are the keys of backup.signers and the one derived from
-// operatorToken, when given.
+// operatorToken, when given. A malformed signer is a usage error, returned
+// with the keys that are not.
 func trustedKeys(cfg *projectconfig.Config, operatorToken string) ([]ed25519.PublicKey, error) {
 	var keys []ed25519.PublicKey
+	var bad error
 	for _, s := range cfg.Backup.Signers {
 		k, err := backup.ParseSigner(s)
 		if err != nil {
-			return nil, cli.Usage(fmt.Errorf("backup.signers: %q: %w", s, err))
+			bad = cmp.Or(bad, cli.Usage(fmt.Errorf("backup.signers: %q: %w", s, err)))
+			continue
 		}
 		keys = append(keys, k)
 	}
@@ -411,7 +415,7 @@ func trustedKeys(cfg *projectconfig.Config, operatorToken string) ([]ed25519.Pub
 		}
 		keys = append(keys, k.Public().(ed25519.PublicKey))
 	}
-	return keys, nil
+	return keys, bad
 }
 
 // OperatorToken is LUCID_OPERATOR_TOKEN from the environment, else from

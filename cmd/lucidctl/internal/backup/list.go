@@ -44,7 +44,9 @@ SIGNATURE says whether restore would take the backup: "trusted" (signed by a
 key of backup.signers in lucid.yaml or by the operator token's, --env-file),
 "untrusted" (signed by none of them: an older operator token's, or not the
 operator's at all), "unsigned" (taken before backups were signed, or not the
-operator's), or "signed" when there is no key at hand to check it with.`,
+operator's), "unreadable" (its signature or manifest could not be read:
+backup verify says more), or "signed" when there is no key at hand to check
+it with.`,
 		Example: `  lucidctl backup list --to /srv/lucid-backups
   lucidctl backup list --json`,
 		Args: cli.NoArgs,
@@ -68,7 +70,8 @@ func runList(ctx context.Context, opts *ListOptions) error {
 	}
 	keys, err := trustedKeys(cfg, OperatorToken(opts.Env, opts.EnvFile))
 	if err != nil {
-		return err
+		// The list is still worth seeing; restore and verify refuse.
+		fmt.Fprintf(opts.Env.IO.ErrOut, "warning: %v; the backups are checked against the other keys\n", err)
 	}
 	repo.Trust(keys)
 	all, err := repo.Backups(ctx)
