@@ -15,9 +15,11 @@ import (
 )
 
 // quietPair is a connected loopback pair: the accepted side wrapped in a
-// quietConn reading and writing by load, the dialled side plain.
-func quietPair(t testing.TB, load *atomic.Int64) (q, peer net.Conn) {
+// quietConn that sees inFlight requests in flight, the dialled side plain.
+func quietPair(t testing.TB, inFlight int64) (q, peer net.Conn) {
 	t.Helper()
+	load := new(atomic.Int64)
+	load.Store(inFlight)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -45,9 +47,7 @@ func quietPair(t testing.TB, load *atomic.Int64) (q, peer net.Conn) {
 func TestQuietConnReadsAndWritesAsNetConn(t *testing.T) {
 	for name, inFlight := range map[string]int64{"quiet": 0, "busy": quietMax + 1} {
 		t.Run(name, func(t *testing.T) {
-			load := new(atomic.Int64)
-			load.Store(inFlight)
-			q, peer := quietPair(t, load)
+			q, peer := quietPair(t, inFlight)
 
 			// 8 MiB each way: the writer meets a full socket and waits
 			// on the poller.
@@ -123,7 +123,7 @@ func TestQuietConnReadsAndWritesAsNetConn(t *testing.T) {
 
 // TestQuietConnEndsAtEOF: a peer that closes cleanly is io.EOF, raw too.
 func TestQuietConnEndsAtEOF(t *testing.T) {
-	q, peer := quietPair(t, new(atomic.Int64))
+	q, peer := quietPair(t, 0)
 	if err := peer.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -137,9 +137,7 @@ func TestQuietConnEndsAtEOF(t *testing.T) {
 func BenchmarkQuietConn(b *testing.B) {
 	for name, inFlight := range map[string]int64{"raw": 0, "netconn": quietMax + 1} {
 		b.Run(name, func(b *testing.B) {
-			load := new(atomic.Int64)
-			load.Store(inFlight)
-			q, peer := quietPair(b, load)
+			q, peer := quietPair(b, inFlight)
 			go func() { _, _ = io.Copy(peer, peer) }() // echo
 			msg, buf := make([]byte, 100), make([]byte, 100)
 			b.ReportAllocs()
