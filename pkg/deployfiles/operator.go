@@ -80,15 +80,6 @@ func bindOperatorCredentials(files map[string][]byte, token, host string, whatev
 // token in a form render writes or wrote: bound to auth.LocalHost or to
 // host already, per service, or of the token itself.
 func hashOfToken(h, token, service, host string) bool {
-	for _, c := range []string{
-		auth.OperatorCredential(token, service, auth.LocalHost),
-		auth.OperatorCredential(token, service, host),
-		auth.LegacyOperatorCredential(token, service),
-		token,
-	} {
-		if h == auth.OperatorTokenHash(c) {
-			return true
-		}
-	}
-	return false
+	return operatorFormOf(h, token, service, host) != OperatorHashesOther ||
+		operatorFormOf(h, token, service, auth.LocalHost) == OperatorHashesBound
 }

@@ -222,17 +222,30 @@ func (d DeployedSecrets) OperatorHashesOf(token string) OperatorHashes {
 	}
 	out := OperatorHashesBound
 	for svc, h := range d.operatorHashes {
-		switch {
-		case svc != "" && h == auth.OperatorTokenHash(auth.OperatorCredential(token, svc, d.host)):
-		case svc != "" && h == auth.OperatorTokenHash(auth.LegacyOperatorCredential(token, svc)):
-			out = max(out, OperatorHashesPerService)
-		case h == auth.OperatorTokenHash(token):
-			out = max(out, OperatorHashesOfToken)
-		default:
+		form := operatorFormOf(h, token, svc, d.host)
+		if form == OperatorHashesOther || (svc == "" && form != OperatorHashesOfToken) {
 			return OperatorHashesOther
 		}
+		out = max(out, form)
 	}
 	return out
+}
+
+// operatorFormOf is what h, the hash service holds, is of token on host:
+// the hash of service's credential for host (OperatorHashesBound), of its
+// credential in a release rendered before per-host ones
+// (OperatorHashesPerService), of the token itself (OperatorHashesOfToken),
+// or of none of these (OperatorHashesOther).
+func operatorFormOf(h, token, service, host string) OperatorHashes {
+	switch h {
+	case auth.OperatorTokenHash(token):
+		return OperatorHashesOfToken
+	case auth.OperatorTokenHash(auth.OperatorCredential(token, service, host)):
+		return OperatorHashesBound
+	case auth.OperatorTokenHash(auth.LegacyOperatorCredential(token, service)):
+		return OperatorHashesPerService
+	}
+	return OperatorHashesOther
 }
 
 // holdsToken says d's services hold credentials of token, in any form.
