@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -49,9 +48,8 @@ const (
 
 // newHostClient makes the connection pool of the instance at u. tlsConfig
 // is the mesh's; without it an https instance is still called over TLS,
-// verified against the system's roots. load is the gateway's requests in
-// flight (quietConn).
-func newHostClient(u *url.URL, tlsConfig *tls.Config, load *atomic.Int64) *fasthttp.HostClient {
+// verified against the system's roots.
+func newHostClient(u *url.URL, tlsConfig *tls.Config) *fasthttp.HostClient {
 	isTLS := u.Scheme == "https"
 	if isTLS && tlsConfig == nil {
 		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12}
@@ -74,7 +72,7 @@ func newHostClient(u *url.URL, tlsConfig *tls.Config, load *atomic.Int64) *fasth
 			if err != nil {
 				return nil, err
 			}
-			return newQuietConn(c, load), nil
+			return newQuietConn(c), nil
 		},
 		MaxConns:                 maxUpstreamConns,
 		MaxConnWaitTimeout:       upstreamDialTimeout,

@@ -488,7 +488,7 @@ func TestFastPathSpeaksTLSToHTTPSUpstreams(t *testing.T) {
 // upstream connection before the services' own idle timeout would, so a
 // request seldom meets one the upstream has just closed.
 func TestIdleConnectionsOutliveNoUpstream(t *testing.T) {
-	c := newHostClient(mustURL(t, "http://127.0.0.1:1"), nil, new(atomic.Int64))
+	c := newHostClient(mustURL(t, "http://127.0.0.1:1"), nil)
 	if c.MaxIdleConnDuration <= 0 || c.MaxIdleConnDuration >= idleTimeout {
 		t.Errorf("idle upstream connections kept %s; the services close theirs after %s", c.MaxIdleConnDuration, idleTimeout)
 	}

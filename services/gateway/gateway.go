@@ -17,7 +17,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -91,9 +90,6 @@ type App struct {
 	hsts     []byte
 	own      fasthttp.RequestHandler
 	inFlight prometheus.Gauge
-	// proxying counts the requests in flight through the proxy, which
-	// says how sockets are read and written (quietConn).
-	proxying atomic.Int64
 	// sendTimeout, when set (by tests), replaces the const sendTimeout.
 	sendTimeout time.Duration
 	// connsPerAddr and conns bound the client connections (connlimit.go).
@@ -263,7 +259,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		if _, ok := catalog.Lookup(svc); ok && srv.Identity() != nil {
 			tlsConfig = srv.MeshClientTLS(svc)
 		}
-		a.pools[svc] = newPool(svc, tlsConfig, &a.proxying, u)
+		a.pools[svc] = newPool(svc, tlsConfig, u)
 	}
 	a.proxies = nil
 	for _, rt := range a.routes {

@@ -45,19 +45,15 @@ func (i *instance) healthy(now time.Time) bool {
 type pool struct {
 	service string
 	tls     *tls.Config // the mesh's client side, nil when it is off
-	// load is the gateway's requests in flight, which says how the
-	// connections are read and written (quietConn).
-	load *atomic.Int64
-	mu   sync.RWMutex
-	all  []*instance
-	next atomic.Uint64
+	mu      sync.RWMutex
+	all     []*instance
+	next    atomic.Uint64
 }
 
 // newPool makes the pool of service; with tlsConfig (mTLS) its instances
-// are called over https whatever scheme their addresses came with. load is
-// the gateway's requests in flight.
-func newPool(service string, tlsConfig *tls.Config, load *atomic.Int64, urls ...*url.URL) *pool {
-	p := &pool{service: service, tls: tlsConfig, load: load}
+// are called over https whatever scheme their addresses came with.
+func newPool(service string, tlsConfig *tls.Config, urls ...*url.URL) *pool {
+	p := &pool{service: service, tls: tlsConfig}
 	p.set(urls)
 	return p
 }
@@ -82,7 +78,7 @@ func (p *pool) set(urls []*url.URL) {
 			next = append(next, i)
 			delete(old, u.String())
 		} else {
-			next = append(next, &instance{url: u, client: newHostClient(u, p.tls, p.load)})
+			next = append(next, &instance{url: u, client: newHostClient(u, p.tls)})
 		}
 	}
 	p.all = next

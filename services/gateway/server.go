@@ -88,7 +88,7 @@ func (a *App) ServeOn(ctx context.Context, ln net.Listener, srv *service.Server)
 	}
 	cfg := srv.Config()
 	scheme := "http"
-	ln = quietListener{Listener: ln, load: &a.proxying} // under TLS, if any
+	ln = quietListener{ln} // under TLS, if any
 	if a.tls.Enabled() {
 		edge, stopPlain, err := a.startEdge(ctx, srv)
 		if err != nil {
@@ -268,7 +268,6 @@ func (a *App) handle(fc *fasthttp.RequestCtx) {
 	c.rctx.Reset(context.Background(), c.id)
 	c.ctx = &c.rctx
 	a.inFlight.Inc()
-	a.proxying.Add(1)
 	fc.Response.Header.Set(service.HeaderRequestID, c.id)
 	streaming := a.serve(c)
 	if !streaming {
@@ -357,7 +356,6 @@ func (a *App) end(c *call) {
 	method := string(fc.Method())
 	a.srv.ObserveRequest(c.rp.prefix, method, status, elapsed)
 	a.inFlight.Dec()
-	a.proxying.Add(-1)
 	if a.logger.Enabled(c.ctx, slog.LevelInfo) {
 		n := c.sent
 		if !c.streamed { // Body would read a stream whole
