@@ -18,6 +18,7 @@ import (
 	"github.com/pickme/lucid/pkg/buildinfo"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/meshtls"
+	"github.com/pickme/lucid/pkg/quietconn"
 )
 
 // Server timeouts. Slowloris-style clients are cut off by ReadHeaderTimeout;
@@ -192,6 +193,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
 	}
 	scheme := "http"
+	ln = quietconn.Listener(ln) // under TLS, if any
 	switch id := s.identity.Load(); {
 	case s.cfg.Public:
 		// Clients reach a public listener without mesh certificates; its

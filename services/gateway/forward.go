@@ -14,6 +14,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/quietconn"
 	"github.com/pickme/lucid/pkg/service"
 )
 
@@ -72,7 +73,7 @@ func newHostClient(u *url.URL, tlsConfig *tls.Config) *fasthttp.HostClient {
 			if err != nil {
 				return nil, err
 			}
-			return newQuietConn(c), nil
+			return quietconn.Wrap(c), nil
 		},
 		MaxConns:                 maxUpstreamConns,
 		MaxConnWaitTimeout:       upstreamDialTimeout,

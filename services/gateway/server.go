@@ -21,6 +21,7 @@ import (
 
 	"github.com/pickme/lucid/pkg/buildinfo"
 	"github.com/pickme/lucid/pkg/edgetls"
+	"github.com/pickme/lucid/pkg/quietconn"
 	"github.com/pickme/lucid/pkg/service"
 )
 
@@ -88,7 +89,7 @@ func (a *App) ServeOn(ctx context.Context, ln net.Listener, srv *service.Server)
 	}
 	cfg := srv.Config()
 	scheme := "http"
-	ln = quietListener{ln} // under TLS, if any
+	ln = quietconn.Listener(ln) // under TLS, if any
 	if a.tls.Enabled() {
 		edge, stopPlain, err := a.startEdge(ctx, srv)
 		if err != nil {

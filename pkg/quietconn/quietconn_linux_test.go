@@ -1,6 +1,6 @@
 //go:build !386
 
-package gateway
+package quietconn
 
 import (
 	"bytes"
@@ -26,9 +26,9 @@ func quietPair(t testing.TB, quiet bool) (q, peer net.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var l net.Listener = ln
+	l := ln
 	if quiet {
-		l = quietListener{ln}
+		l = Listener(ln)
 	}
 	q, err = l.Accept()
 	if err != nil {
@@ -130,6 +130,32 @@ func TestQuietConnEndsAtEOF(t *testing.T) {
 	}
 	if n, err := q.Read(make([]byte, 4)); n != 0 || !errors.Is(err, io.EOF) {
 		t.Fatalf("read at the end: %d, %v; want 0, EOF", n, err)
+	}
+}
+
+// TestQuietConnClosesItsSendingSide: CloseWrite ends what the peer reads,
+// and the connection still reads what the peer sends.
+func TestQuietConnClosesItsSendingSide(t *testing.T) {
+	q, peer := quietPair(t, true)
+	cw, ok := q.(interface{ CloseWrite() error })
+	if !ok {
+		t.Fatalf("%T has no CloseWrite", q)
+	}
+	if _, err := q.Write([]byte("last")); err != nil {
+		t.Fatal(err)
+	}
+	if err := cw.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(peer); err != nil || string(b) != "last" {
+		t.Fatalf("the peer read %q, %v; want last, then the end", b, err)
+	}
+	if _, err := peer.Write([]byte("reply")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 5)
+	if _, err := io.ReadFull(q, b); err != nil || string(b) != "reply" {
+		t.Fatalf("read %q, %v after CloseWrite; want reply", b, err)
 	}
 }
 

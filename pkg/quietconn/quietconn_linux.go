@@ -1,6 +1,6 @@
 //go:build !386
 
-package gateway
+package quietconn
 
 import (
 	"errors"
@@ -12,34 +12,8 @@ import (
 	"unsafe"
 )
 
-// The gateway reads and writes its sockets without the runtime's
-// system-call bookkeeping. Go's runtime takes every read and write for a
-// system call that might block: entering one wakes the scheduler's monitor
-// thread (sysmon) if it went to sleep because every P was idle, which is
-// where a gateway serving one client at a time is between requests, and
-// woken, the monitor polls every 20 µs for a while; under load, a thread
-// that stays in the kernel past one of those polls has its P handed to
-// another thread, which the first must then get back. Neither helps a
-// socket: it is non-blocking, so a read or write never waits in the
-// kernel. Each is therefore made as a raw system call inside the
-// connection's RawConn, which waits on the runtime's poller, deadlines and
-// all, when the socket is not ready, as net.Conn's own Read and Write do.
-// Measured in docs/gateway.md (Tuning): about a quarter less CPU per
-// request at one connection, and 5 µs less at 16.
-
 // On linux/386 sendto is no system call of its own, and sockets are read
 // and written as net.Conn does (quietconn_other.go).
-
-// quietListener wraps each accepted connection in a quietConn.
-type quietListener struct{ net.Listener }
-
-func (l quietListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return newQuietConn(c), nil
-}
 
 // quietConn is a socket read and written raw.
 type quietConn struct {
@@ -63,8 +37,9 @@ type quietConn struct {
 	writeFn func(fd uintptr) bool
 }
 
-// newQuietConn wraps c, a socket; anything else is returned as it is.
-func newQuietConn(c net.Conn) net.Conn {
+// Wrap returns c, a socket, read and written raw; anything else is
+// returned as it is.
+func Wrap(c net.Conn) net.Conn {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return c
@@ -78,8 +53,18 @@ func newQuietConn(c net.Conn) net.Conn {
 	return q
 }
 
-// SyscallConn is the socket's, for the client watch and idle parking.
+// SyscallConn is the socket's, for callers that wait on it or read its
+// options (the gateway's client watch and idle parking).
 func (c *quietConn) SyscallConn() (syscall.RawConn, error) { return c.raw, nil }
+
+// CloseWrite shuts the socket's sending side, as net.TCPConn's does:
+// net/http's server sends an error answer and then a FIN, not a reset.
+func (c *quietConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return &net.OpError{Op: "close", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errors.ErrUnsupported}
+}
 
 func (c *quietConn) Read(b []byte) (int, error) {
 	if len(b) == 0 {
