@@ -9,7 +9,6 @@ import (
 	"os"
 	"sync"
 	"syscall"
-	"unsafe"
 )
 
 // On linux/386 sendto is no system call of its own, and sockets are read
@@ -87,13 +86,23 @@ func (c *quietConn) Read(b []byte) (int, error) {
 	return n, nil
 }
 
+// maxRawCall bounds the bytes one raw system call copies. A goroutine in
+// one cannot be preempted, and a stop-the-world waits for it; a socket
+// buffer of several MiB could take a millisecond. Net.Conn's calls are
+// not bounded, but the runtime does not wait for them.
+const maxRawCall = 64 << 10
+
 // read is one read on fd: false asks RawConn to wait until it is readable.
 func (c *quietConn) read(fd uintptr) bool {
+	b := c.rbuf
+	if len(b) > maxRawCall {
+		b = b[:maxRawCall] // a short read, as any read may be
+	}
 	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rbuf[0])), uintptr(len(c.rbuf)))
+		n, e := sysRead(fd, b)
 		switch e {
 		case 0:
-			c.rn = int(n)
+			c.rn = n
 			return true
 		case syscall.EINTR:
 			continue
@@ -124,12 +133,15 @@ func (c *quietConn) Write(b []byte) (int, error) {
 	return n, nil
 }
 
-// write writes what is left of wbuf on fd: false asks RawConn to wait
-// until it is writable. MSG_NOSIGNAL: a peer that has gone is EPIPE, not a
-// signal.
+// write writes what is left of wbuf on fd, at most maxRawCall bytes a
+// call: false asks RawConn to wait until it is writable.
 func (c *quietConn) write(fd uintptr) bool {
 	for len(c.wbuf) > 0 {
-		n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&c.wbuf[0])), uintptr(len(c.wbuf)), syscall.MSG_NOSIGNAL, 0, 0)
+		b := c.wbuf
+		if len(b) > maxRawCall {
+			b = b[:maxRawCall]
+		}
+		n, e := sysWrite(fd, b)
 		switch e {
 		case 0:
 			if n == 0 {
@@ -138,7 +150,7 @@ func (c *quietConn) write(fd uintptr) bool {
 				c.werr = c.opError("write", io.ErrUnexpectedEOF)
 				return true
 			}
-			c.wn += int(n)
+			c.wn += n
 			c.wbuf = c.wbuf[n:]
 		case syscall.EINTR:
 		case syscall.EAGAIN:
