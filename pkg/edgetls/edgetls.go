@@ -269,7 +269,10 @@ func (e *Edge) TLSConfig() *tls.Config { return e.tlsConfig.Clone() }
 func (e *Edge) HSTS() string { return e.hsts }
 
 // PlainHandler serves the plain-HTTP listener (Config.HTTPAddr): ACME HTTP-01 challenges, and a 308 redirect to
-// the same host, path and query over HTTPS for everything else.
+// HTTPS, path and query kept, for everything else. The redirect goes to the request's host only when the edge
+// serves a certificate for it; any other host (a LAN address, a name the operator never configured, a forged
+// Host) is sent to the edge's own first name (redirectHost), so the plain port never points a client at a host
+// of the requester's choosing.
 func (e *Edge) PlainHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength != 0 {
@@ -292,9 +295,11 @@ func (e *Edge) redirect(w http.ResponseWriter, r *http.Request) {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
-	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-	if host == "" {
-		http.Error(w, "a Host header is required", http.StatusBadRequest)
+	host = strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
+	host, ok := e.redirectHost(host)
+	if !ok {
+		http.Error(w, "this address has no HTTPS name to redirect to: ask for one of the names its certificate holds",
+			http.StatusMisdirectedRequest)
 		return
 	}
 	authority := host
@@ -305,6 +310,37 @@ func (e *Edge) redirect(w http.ResponseWriter, r *http.Request) {
 	}
 	// 308 keeps the method and body, so a POST sent to the wrong port is repeated as it was.
 	http.Redirect(w, r, "https://"+authority+r.URL.RequestURI(), http.StatusPermanentRedirect)
+}
+
+// redirectHost is the host a plain request for host is redirected to: host itself when the edge serves a
+// certificate for it, else the edge's first name (ACME's first domain; the certificate's first DNS name that is
+// not a wildcard, or its first IP address). ok is false when there is neither (no certificate yet, or a
+// wildcard-only certificate that does not cover host).
+func (e *Edge) redirectHost(host string) (string, bool) {
+	switch {
+	case e.acme != nil:
+		if slices.Contains(e.acme.domains, host) {
+			return host, true
+		}
+		return e.acme.domains[0], true
+	case e.files != nil:
+		c := e.files.current()
+		if c == nil || c.Leaf == nil {
+			return "", false
+		}
+		if host != "" && c.Leaf.VerifyHostname(host) == nil {
+			return host, true
+		}
+		for _, name := range c.Leaf.DNSNames {
+			if !strings.HasPrefix(name, "*.") {
+				return strings.ToLower(name), true
+			}
+		}
+		if len(c.Leaf.IPAddresses) > 0 {
+			return c.Leaf.IPAddresses[0].String(), true
+		}
+	}
+	return "", false
 }
 
 // NotAfter is the earliest NotAfter among the certificates in use (zero before the first).

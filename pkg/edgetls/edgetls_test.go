@@ -106,18 +106,29 @@ func TestHSTS(t *testing.T) {
 }
 
 func TestPlainHandlerRedirects(t *testing.T) {
-	certFile, keyFile := writeCert(t, t.TempDir(), "edge.example", 1, time.Hour)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "edge.crt"), filepath.Join(dir, "edge.key")
+	writeCertFor(t, certFile, keyFile, []string{"*.lan.example", "pi.example.net", "192.0.2.7", "::1"})
 	for _, tc := range []struct {
 		port         int
 		method, host string
 		target, want string
 	}{
 		{443, "GET", "pi.example.net", "/api/v1/blocks?from=3&to=4", "https://pi.example.net/api/v1/blocks?from=3&to=4"},
-		{443, "GET", "pi.example.net:80", "/", "https://pi.example.net/"},
+		{443, "GET", "PI.Example.NET:80", "/", "https://pi.example.net/"},
 		{8443, "POST", "pi.example.net:8079", "/api/v1/anchors", "https://pi.example.net:8443/api/v1/anchors"},
 		{8443, "GET", "[::1]:8079", "/a%20b?q=%2F", "https://[::1]:8443/a%20b?q=%2F"},
 		{443, "HEAD", "[::1]", "/x", "https://[::1]/x"},
 		{443, "GET", "192.0.2.7:8079", "/.well-known/acme-challenge/unknown", "https://192.0.2.7/.well-known/acme-challenge/unknown"},
+		{443, "GET", "box.lan.example", "/", "https://box.lan.example/"},
+		// A host the certificate does not hold goes to its first name, never
+		// where the request says.
+		{443, "GET", "evil.example", "/x?y=1", "https://pi.example.net/x?y=1"},
+		{8443, "GET", "evil.example:8079", "/", "https://pi.example.net:8443/"},
+		{443, "GET", "a.b.lan.example", "/", "https://pi.example.net/"},
+		{443, "GET", "192.168.1.20:8079", "/", "https://pi.example.net/"},
+		{443, "GET", "[2001:db8::1]", "/", "https://pi.example.net/"},
+		{443, "GET", "", "/", "https://pi.example.net/"},
 	} {
 		e := start(t, Config{CertFile: certFile, KeyFile: keyFile, HTTPSPort: tc.port}, nil)
 		req := httptest.NewRequest(tc.method, tc.target, nil)
@@ -130,13 +141,43 @@ func TestPlainHandlerRedirects(t *testing.T) {
 		}
 	}
 
-	e := start(t, Config{CertFile: certFile, KeyFile: keyFile}, nil)
-	req := httptest.NewRequest("GET", "/", nil)
-	req.Host = ""
-	w := httptest.NewRecorder()
-	e.PlainHandler().ServeHTTP(w, req)
-	if w.Code != http.StatusBadRequest {
-		t.Errorf("no Host: %d, want 400", w.Code)
+	// A certificate of addresses only: its first one. A wildcard alone names
+	// no host to send a stranger to.
+	for _, tc := range []struct {
+		sans       []string
+		host, want string
+	}{
+		{[]string{"192.0.2.9", "192.0.2.10"}, "evil.example", "https://192.0.2.9/"},
+		{[]string{"192.0.2.9", "192.0.2.10"}, "192.0.2.10", "https://192.0.2.10/"},
+		{[]string{"*.lan.example"}, "box.lan.example", "https://box.lan.example/"},
+		{[]string{"*.lan.example"}, "evil.example", ""},
+	} {
+		dir := t.TempDir()
+		certFile, keyFile := filepath.Join(dir, "edge.crt"), filepath.Join(dir, "edge.key")
+		writeCertFor(t, certFile, keyFile, tc.sans)
+		e := start(t, Config{CertFile: certFile, KeyFile: keyFile}, nil)
+		req := httptest.NewRequest("GET", "/", nil)
+		req.Host = tc.host
+		w := httptest.NewRecorder()
+		e.PlainHandler().ServeHTTP(w, req)
+		switch {
+		case tc.want == "" && (w.Code != http.StatusMisdirectedRequest || w.Header().Get("Location") != ""):
+			t.Errorf("%v, host %q: %d %q, want 421 and no redirect", tc.sans, tc.host, w.Code, w.Header().Get("Location"))
+		case tc.want != "" && (w.Code != http.StatusPermanentRedirect || w.Header().Get("Location") != tc.want):
+			t.Errorf("%v, host %q: %d %q, want 308 %q", tc.sans, tc.host, w.Code, w.Header().Get("Location"), tc.want)
+		}
+	}
+}
+
+func TestACMERedirectsOnlyToItsDomains(t *testing.T) {
+	e := &Edge{acme: &acmeCerts{domains: []string{"pi.example.net", "pi2.example.net"}}}
+	for host, want := range map[string]string{
+		"pi.example.net": "pi.example.net", "pi2.example.net": "pi2.example.net",
+		"evil.example": "pi.example.net", "192.168.1.20": "pi.example.net", "": "pi.example.net",
+	} {
+		if got, ok := e.redirectHost(host); !ok || got != want {
+			t.Errorf("redirectHost(%q) = %q, %v; want %q", host, got, ok, want)
+		}
 	}
 }
 
@@ -358,6 +399,22 @@ func writeCertTo(t *testing.T, certFile, keyFile, name string, serial int64, lif
 
 func selfSigned(t *testing.T, name string, serial int64, life time.Duration) (certPEM, keyPEM []byte) {
 	t.Helper()
+	return selfSignedFor(t, []string{name}, serial, life)
+}
+
+// writeCertFor writes a self-signed certificate for sans (DNS names, and IP addresses as such), valid for an hour.
+func writeCertFor(t *testing.T, certFile, keyFile string, sans []string) {
+	t.Helper()
+	certPEM, keyPEM := selfSignedFor(t, sans, 1, time.Hour)
+	for f, b := range map[string][]byte{certFile: certPEM, keyFile: keyPEM} {
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func selfSignedFor(t *testing.T, sans []string, serial int64, life time.Duration) (certPEM, keyPEM []byte) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -365,14 +422,20 @@ func selfSigned(t *testing.T, name string, serial int64, life time.Duration) (ce
 	now := time.Now().Truncate(time.Second)
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(serial),
-		Subject:               pkix.Name{CommonName: name},
-		DNSNames:              []string{name},
+		Subject:               pkix.Name{CommonName: sans[0]},
 		NotBefore:             now.Add(-time.Minute),
 		NotAfter:              now.Add(life),
 		IsCA:                  true, // its own root, for the test's client
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, san := range sans {
+		if ip := net.ParseIP(san); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, san)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {

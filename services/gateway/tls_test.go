@@ -112,6 +112,16 @@ func TestGatewayGetsAndRenewsItsCertificate(t *testing.T) {
 	if want := "https://" + domain + ":" + strconv.Itoa(tlsPort) + "/api/v1/anchors/x?a=1"; presp.StatusCode != http.StatusPermanentRedirect || presp.Header.Get("Location") != want {
 		t.Errorf("plain HTTP: %d to %q, want 308 to %q", presp.StatusCode, presp.Header.Get("Location"), want)
 	}
+	// A Host the gateway has no certificate for is sent to its own name.
+	preq.Host = "elsewhere.example"
+	presp, err = noFollow.Do(preq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	presp.Body.Close()
+	if want := "https://" + domain + ":" + strconv.Itoa(tlsPort) + "/api/v1/anchors/x?a=1"; presp.StatusCode != http.StatusPermanentRedirect || presp.Header.Get("Location") != want {
+		t.Errorf("plain HTTP for another host: %d to %q, want 308 to %q", presp.StatusCode, presp.Header.Get("Location"), want)
+	}
 	mreq, _ := http.NewRequest(http.MethodGet, "https://"+domain+":"+strconv.Itoa(tlsPort)+"/metrics", nil)
 	mresp, err := fresh.Do(mreq)
 	if err != nil {
