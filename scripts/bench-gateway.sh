@@ -300,6 +300,11 @@ load0="$(cut -d ' ' -f 1-3 /proc/loadavg)"
 if awk -v l="${load0%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n) }'; then
 	echo "warning: load average $load0 on $(nproc) cores: other processes are running, the figures will be low and noisy" >&2
 fi
+# stolen: the CPU time of this VM that its host gave to others ("steal" in
+# /proc/stat) and all of it, in ticks. On a busy host it slows every
+# process unevenly, so the run says how much there was.
+stolen() { awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t }' /proc/stat; }
+steal0="$(stolen)"
 echo "== req/s, latency and CPU: ${secs}s per run, $rounds rounds" >&2
 round=warm-up
 for t in direct nginx caddy fasthttp eventloop gateway const-backend const-nginx; do
@@ -316,6 +321,11 @@ for round in $(seq "$rounds"); do
 	run const-backend 16
 	run const-nginx 16
 done
+
+steal="$(awk -v a="$steal0" -v b="$(stolen)" 'BEGIN { split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.0f", (d > 0 ? 100 * (y[1] - x[1]) / d : 0) }')"
+if ((steal > 5)); then
+	echo "warning: the hypervisor took $steal % of this VM's CPU time during the runs: the figures are low and noisy" >&2
+fi
 
 # fmt_rate KIND TARGET CONNS: one row of medians, spread and errors.
 fmt_rate() {
@@ -336,6 +346,7 @@ ratio() {
 
 echo "# bench-gateway $(date -u +%FT%TZ): ${secs}s per run, $rounds rounds, $(nproc) cores, $("$NGINX" -v 2>&1 | sed 's/.*: //'), caddy $("$CADDYBIN" version | awk '{ print $1 }'), $(go env GOVERSION)"
 echo "# load average (this run's own processes included): $load0 before the runs, $(cut -d ' ' -f 1-3 /proc/loadavg) after"
+echo "# steal: $steal % of the CPU time during the runs went to other guests of the host"
 echo "# rate target conns rounds rps rps_min rps_max p50_us p99_us cpu_us_per_req backend_cpu_us_per_req errors"
 for c in 1 16; do
 	for t in direct nginx caddy fasthttp eventloop gateway; do fmt_rate rate "$t" "$c"; done
