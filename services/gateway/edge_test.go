@@ -226,21 +226,34 @@ func TestClientLeavingMidUploadEndsTheExchange(t *testing.T) {
 }
 
 // TestMalformedRequestLogsNoBytes: fasthttp's warning about a request it
-// cannot parse quotes none of it, so a token in it stays out of the log.
+// cannot parse quotes none of it, so a token in it stays out of the log,
+// whichever part of the request is malformed; the warning still names the
+// connection.
 func TestMalformedRequestLogsNoBytes(t *testing.T) {
-	var log testenv.SyncBuffer
-	g := startGatewayLogging(t, newBackend(t).URL, nil, nil, slog.NewJSONHandler(&log, nil))
 	const token = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXRva2VuLWJ5dGVz.c2lnbmF0dXJl"
-	resp, _, _ := rawExchange(t, strings.TrimPrefix(g.url, "http://"),
-		"GET /api/v1/anchors/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+token+"\r\nBroken Header : v\r\n\r\n", nil)
-	if resp.StatusCode != http.StatusBadRequest {
-		t.Errorf("a malformed request: %d, want 400", resp.StatusCode)
-	}
-	testenv.Eventually(t, 10*time.Second, "a warning about the malformed request", func() bool {
-		return strings.Contains(log.String(), "error when reading request headers")
-	})
-	if strings.Contains(log.String(), token) || strings.Contains(log.String(), "c2VjcmV0") {
-		t.Errorf("the log holds the request's token:\n%s", log.String())
+	for name, head := range map[string]string{
+		"another header broken": "GET /api/v1/anchors/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + "\r\nBroken Header : v\r\n\r\n",
+		"no colon":              "GET /api/v1/anchors/x HTTP/1.1\r\nHost: x\r\nAuthorization Bearer " + token + "\r\n\r\n",
+		"a DEL in the value":    "GET /api/v1/anchors/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + "\x7f\r\n\r\n",
+		"no HTTP version":       "GET /api/v1/anchors/x\r\nHost: x\r\nAuthorization: Bearer " + token + "\r\n\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			var log testenv.SyncBuffer
+			g := startGatewayLogging(t, newBackend(t).URL, nil, nil, slog.NewJSONHandler(&log, nil))
+			resp, _, _ := rawExchange(t, strings.TrimPrefix(g.url, "http://"), head, nil)
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Errorf("a malformed request: %d, want 400", resp.StatusCode)
+			}
+			testenv.Eventually(t, 10*time.Second, "a warning about the malformed request", func() bool {
+				return strings.Contains(log.String(), "error when reading request headers")
+			})
+			if strings.Contains(log.String(), "c2VjcmV0") || strings.Contains(log.String(), "Bearer") {
+				t.Errorf("the log holds the request's token:\n%s", log.String())
+			}
+			if !strings.Contains(log.String(), strings.TrimPrefix(g.url, "http://")) {
+				t.Errorf("the warning does not name the gateway's end of the connection:\n%s", log.String())
+			}
+		})
 	}
 }
 
@@ -411,5 +424,18 @@ func TestMalformedAnswerLogsNoBytes(t *testing.T) {
 	}
 	if !strings.Contains(log.String(), "malformed") || strings.Contains(log.String(), "SECRETCOOKIE") {
 		t.Errorf("the log, which must say the answer was malformed and quote none of it:\n%s", log.String())
+	}
+}
+
+func TestRedactQuoted(t *testing.T) {
+	for in, want := range map[string]string{
+		`error when serving connection "127.0.0.1:8080"<->"[::1]:5000": invalid header value "Bearer a\"b\\c"`: `error when serving connection "127.0.0.1:8080"<->"[::1]:5000": invalid header value "…"`,
+		`cannot find whitespace in the first line of request "GET /x\r\nAuthorization: Bearer t\r\n"`:          `cannot find whitespace in the first line of request "…"`,
+		`unsupported http version "HTTP/9" in "GET / HTTP/9"`:                                                  `unsupported http version "…" in "…"`,
+		`no quotes here`: `no quotes here`,
+	} {
+		if got := redactQuoted(in); got != want {
+			t.Errorf("redactQuoted(%s) = %s, want %s", in, got, want)
+		}
 	}
 }

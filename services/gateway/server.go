@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"regexp"
 	"runtime/debug"
 	"sort"
 	"strconv"
@@ -187,10 +189,32 @@ func receivedHeaders(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
 }
 
 // fasthttpLogger sends fasthttp's own messages (malformed requests,
-// connections it gave up on) to the service log as warnings.
+// connections it gave up on) to the service log as warnings, without the
+// request's bytes.
 type fasthttpLogger struct{ l *slog.Logger }
 
-func (f fasthttpLogger) Printf(format string, args ...any) { f.l.Warn(fmt.Sprintf(format, args...)) }
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	f.l.Warn(redactQuoted(fmt.Sprintf(format, args...)))
+}
+
+// quoted matches a string quoted as %q quotes it.
+var quoted = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+
+// redactQuoted replaces every quoted string in msg with "…", but for the
+// connection's addresses. SecureErrorLogMessage drops only fasthttp's dump
+// of its buffer: its parse errors still quote what they failed on (a
+// header's value, a whole request line and the headers after it), which
+// may be a bearer token or a cookie.
+func redactQuoted(msg string) string {
+	return quoted.ReplaceAllStringFunc(msg, func(q string) string {
+		if s, err := strconv.Unquote(q); err == nil {
+			if _, err := netip.ParseAddrPort(s); err == nil {
+				return q
+			}
+		}
+		return `"…"`
+	})
+}
 
 // sortRoutes orders the route handlers longest prefix first, so the first
 // match is the longest.
