@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -80,4 +81,42 @@ func (l *connLimit) release(addr netip.Addr) {
 		delete(l.byAddr, addr)
 	}
 	l.open--
+}
+
+// limitListener bounds the connections of a listener the parker does not
+// serve (the plain-HTTP port's) with the same limit as the main listener's,
+// so one address cannot hold more there, nor the two listeners together.
+type limitListener struct {
+	net.Listener
+	limit *connLimit
+}
+
+func (l limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		addr := connAddr(c)
+		if l.limit.admit(addr) {
+			return &limitedConn{Conn: c, limit: l.limit, addr: addr}, nil
+		}
+		_ = c.Close() // over a bound: nothing was read or written
+	}
+}
+
+// limitedConn counts itself closed once, however often it is closed.
+type limitedConn struct {
+	net.Conn
+	limit  *connLimit
+	addr   netip.Addr
+	closed atomic.Bool
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	if !c.closed.Swap(true) {
+		c.limit.release(c.addr)
+	}
+	return err
 }

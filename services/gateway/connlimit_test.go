@@ -2,11 +2,16 @@ package gateway
 
 import (
 	"bufio"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +31,13 @@ func served(t *testing.T, addr string) (net.Conn, bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return answers(t, c, http.StatusOK)
+}
+
+// answers reports whether c gets an answer of status to GET /health; c
+// stays open until the test ends, or until the caller closes it.
+func answers(t *testing.T, c net.Conn, status int) (net.Conn, bool) {
+	t.Helper()
 	t.Cleanup(func() { _ = c.Close() })
 	if err := c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
 		t.Fatal(err)
@@ -42,7 +54,7 @@ func served(t *testing.T, addr string) (net.Conn, bool) {
 		return c, false
 	}
 	_ = resp.Body.Close()
-	return c, resp.StatusCode == http.StatusOK
+	return c, resp.StatusCode == status
 }
 
 // TestOneAddressHoldsBoundedConnections: one client address holds at most
@@ -132,3 +144,64 @@ func (c fakeConn) RemoteAddr() net.Addr {
 func (fakeConn) SetDeadline(time.Time) error      { return nil }
 func (fakeConn) SetReadDeadline(time.Time) error  { return nil }
 func (fakeConn) SetWriteDeadline(time.Time) error { return nil }
+
+// TestPlainPortSharesTheConnectionBound: the plain-HTTP port's connections
+// count against the same bounds as the main listener's, so one address
+// cannot hold more on the two together; one over is closed unread.
+func TestPlainPortSharesTheConnectionBound(t *testing.T) {
+	if !canPeek {
+		t.Skip("connections are counted where they are parked (Linux)")
+	}
+	ca := testenv.NewTestCA(t)
+	certPEM, keyPEM := ca.Issue(t, time.Now().Add(time.Hour), "gw.lucid.test")
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	for f, b := range map[string][]byte{certFile: certPEM, keyFile: keyPEM} {
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plain := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	g := startGateway(t, newBackend(t).URL, map[string]string{
+		"LUCID_TLS_CERT_FILE": certFile, "LUCID_TLS_KEY_FILE": keyFile,
+		"LUCID_HTTP_ADDR": plain, "LUCID_CONNS_PER_ADDRESS": "2",
+	})
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.RootPEM)
+	c, err := tls.Dial("tcp", strings.TrimPrefix(g.url, "http://"), &tls.Config{RootCAs: roots, ServerName: "gw.lucid.test", MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := answers(t, c, http.StatusOK); !ok {
+		t.Fatal("the first connection, over TLS, was not served")
+	}
+	var pc net.Conn
+	testenv.Eventually(t, 10*time.Second, "the plain port answering", func() bool {
+		pc, err = net.Dial("tcp", plain)
+		return err == nil
+	})
+	first, ok := answers(t, pc, http.StatusPermanentRedirect)
+	if !ok {
+		t.Fatal("the second connection, on the plain port, was not redirected")
+	}
+	pc, err = net.Dial("tcp", plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := answers(t, pc, http.StatusPermanentRedirect); ok {
+		t.Fatal("a third connection of an address allowed 2 was served on the plain port")
+	}
+	if n := testutil.ToFloat64(g.app.metrics.connsRefused); n != 1 {
+		t.Errorf("refused connections counted %v, want 1", n)
+	}
+	// A plain-port connection closed gives its place back.
+	_ = first.Close()
+	testenv.Eventually(t, 10*time.Second, "a closed connection frees its place", func() bool {
+		pc, err := net.Dial("tcp", plain)
+		if err != nil {
+			return false
+		}
+		_, ok := answers(t, pc, http.StatusPermanentRedirect)
+		return ok
+	})
+}

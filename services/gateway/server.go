@@ -92,8 +92,11 @@ func (a *App) ServeOn(ctx context.Context, ln net.Listener, srv *service.Server)
 	cfg := srv.Config()
 	scheme := "http"
 	ln = quietconn.Listener(ln) // under TLS, if any
+	// One bound for the connections of both listeners, the main one and
+	// the plain-HTTP port.
+	limit := newConnLimit(a.connsPerAddr, a.conns, a.isTrusted, a.metrics.connsRefused)
 	if a.tls.Enabled() {
-		edge, stopPlain, err := a.startEdge(ctx, srv)
+		edge, stopPlain, err := a.startEdge(ctx, srv, limit)
 		if err != nil {
 			_ = ln.Close()
 			return err
@@ -106,7 +109,7 @@ func (a *App) ServeOn(ctx context.Context, ln net.Listener, srv *service.Server)
 		scheme = "https"
 	}
 	pk := newParker(fs.ServeConn, a.metrics.parked)
-	pk.limit = newConnLimit(a.connsPerAddr, a.conns, a.isTrusted, a.metrics.connsRefused)
+	pk.limit = limit
 	if a.sendTimeout > 0 {
 		pk.send = a.sendTimeout
 	}
@@ -149,9 +152,10 @@ func (a *App) ServeOn(ctx context.Context, ln net.Listener, srv *service.Server)
 
 // startEdge starts the public edge's TLS (certificate files, or ACME) and
 // its plain-HTTP listener, which answers ACME HTTP-01 challenges and
-// redirects everything else to HTTPS. Certificates that cannot be loaded
-// are a configuration error.
-func (a *App) startEdge(ctx context.Context, srv *service.Server) (*edgetls.Edge, func(), error) {
+// redirects everything else to HTTPS; limit bounds its connections with
+// the main listener's. Certificates that cannot be loaded are a
+// configuration error.
+func (a *App) startEdge(ctx context.Context, srv *service.Server, limit *connLimit) (*edgetls.Edge, func(), error) {
 	var lc net.ListenConfig
 	pln, err := lc.Listen(ctx, "tcp", a.tls.HTTPAddr)
 	if err != nil {
@@ -164,17 +168,19 @@ func (a *App) startEdge(ctx context.Context, srv *service.Server) (*edgetls.Edge
 	}
 	// Nothing on this port reads a body, and a client's whole request
 	// must come within the header timeout: net/http would otherwise wait
-	// without end for a body it means to drop. Its answer is small.
+	// without end for a body it means to drop. Its answer is small, and
+	// a client it redirects goes elsewhere: an idle connection is kept no
+	// longer than a request may take.
 	plain := &http.Server{
 		Handler:           edge.PlainHandler(),
 		ReadHeaderTimeout: headerTimeout,
 		ReadTimeout:       headerTimeout,
 		WriteTimeout:      2 * headerTimeout,
-		IdleTimeout:       idleTimeout,
+		IdleTimeout:       headerTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(a.logger.Handler(), slog.LevelWarn),
 	}
-	go func() { _ = plain.Serve(pln) }() // ends with Close
+	go func() { _ = plain.Serve(limitListener{Listener: pln, limit: limit}) }() // ends with Close
 	a.logger.Info("serving plain HTTP for ACME challenges and redirects to HTTPS", "addr", pln.Addr().String())
 	return edge, func() { _ = plain.Close() }, nil
 }
