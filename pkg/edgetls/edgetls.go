@@ -308,8 +308,18 @@ func (e *Edge) redirect(w http.ResponseWriter, r *http.Request) {
 	} else if strings.Contains(host, ":") {
 		authority = "[" + host + "]" // an IPv6 literal
 	}
+	// Only a path goes after the authority: an absolute-form target with an opaque part
+	// (GET http:@evil.example/x), which net/http accepts, would otherwise move the redirect's host.
+	path := r.URL.EscapedPath()
+	if r.URL.Opaque != "" || !strings.HasPrefix(path, "/") {
+		http.Error(w, "the request target is not a path", http.StatusBadRequest)
+		return
+	}
+	if r.URL.RawQuery != "" {
+		path += "?" + r.URL.RawQuery
+	}
 	// 308 keeps the method and body, so a POST sent to the wrong port is repeated as it was.
-	http.Redirect(w, r, "https://"+authority+r.URL.RequestURI(), http.StatusPermanentRedirect)
+	http.Redirect(w, r, "https://"+authority+path, http.StatusPermanentRedirect)
 }
 
 // redirectHost is the host a plain request for host is redirected to: host itself when the edge serves a

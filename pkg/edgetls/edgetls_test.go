@@ -1,6 +1,7 @@
 package edgetls
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -16,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -165,6 +167,53 @@ func TestPlainHandlerRedirects(t *testing.T) {
 			t.Errorf("%v, host %q: %d %q, want 421 and no redirect", tc.sans, tc.host, w.Code, w.Header().Get("Location"))
 		case tc.want != "" && (w.Code != http.StatusPermanentRedirect || w.Header().Get("Location") != tc.want):
 			t.Errorf("%v, host %q: %d %q, want 308 %q", tc.sans, tc.host, w.Code, w.Header().Get("Location"), tc.want)
+		}
+	}
+}
+
+// TestPlainHandlerRedirectsOnlyPaths: a request target that is not a path
+// (an absolute form with an opaque part, which net/http accepts, or *) is
+// refused rather than glued to the redirect's authority, where it would
+// move its host; an absolute form with a path redirects as its path.
+func TestPlainHandlerRedirectsOnlyPaths(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "edge.crt"), filepath.Join(dir, "edge.key")
+	writeCertFor(t, certFile, keyFile, []string{"pi.example.net"})
+	for _, port := range []int{443, 8443} {
+		e := start(t, Config{CertFile: certFile, KeyFile: keyFile, HTTPSPort: port}, nil)
+		for target, want := range map[string]string{
+			"http:@evil.example/phish":        "",
+			"http:evil.example":               "",
+			"*":                               "",
+			"http://pi.example.net/a%2Fb?q=1": "/a%2Fb?q=1",
+			"http://evil.example/x":           "/x",
+			"//evil.example/x":                "//evil.example/x",
+		} {
+			method := "GET"
+			if target == "*" {
+				method = "OPTIONS"
+			}
+			// The bytes as net/http's server reads them.
+			req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(method + " " + target + " HTTP/1.1\r\nHost: pi.example.net\r\n\r\n")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := httptest.NewRecorder()
+			e.PlainHandler().ServeHTTP(w, req)
+			loc := w.Header().Get("Location")
+			if want == "" {
+				if w.Code != http.StatusBadRequest || loc != "" {
+					t.Errorf("HTTPS port %d, %s %s: %d %q, want 400 and no redirect", port, method, target, w.Code, loc)
+				}
+				continue
+			}
+			u, err := url.Parse(loc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w.Code != http.StatusPermanentRedirect || u.Hostname() != "pi.example.net" || u.RequestURI() != want {
+				t.Errorf("HTTPS port %d, %s %s: %d %q, want 308 to pi.example.net%s", port, method, target, w.Code, loc, want)
+			}
 		}
 	}
 }
