@@ -146,15 +146,20 @@ func Mint(secret []byte, opts MintOptions) (string, Claims, error) {
 // in a header and keys rate limits by.
 const MaxSubjectLen = 256
 
-// CheckSubject accepts a subject that is non-empty, short, and free of
-// control characters, so it is safe as a header value, a log field and a
-// key prefix in the services' stores.
+// CheckSubject accepts a subject that is non-empty, short, free of
+// control characters and of spaces at either end, so it is safe as a
+// header value, a log field and a key prefix in the services' stores, and
+// reaches a service as the gateway verified it: a header's parser drops the
+// spaces around a value, so " alice " would reach a service as "alice",
+// another user than the one the gateway counted.
 func CheckSubject(sub string) error {
 	switch {
 	case sub == "":
 		return errors.New("token has no subject")
 	case len(sub) > MaxSubjectLen:
 		return fmt.Errorf("token subject of %d bytes (at most %d)", len(sub), MaxSubjectLen)
+	case sub[0] == ' ' || sub[len(sub)-1] == ' ':
+		return errors.New("token subject begins or ends with a space")
 	}
 	for _, c := range []byte(sub) {
 		if c < 0x20 || c == 0x7f {

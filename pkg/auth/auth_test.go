@@ -48,6 +48,8 @@ func TestMintRefuses(t *testing.T) {
 		{"no subject", secret, MintOptions{Tier: TierFree, TTL: time.Hour}, false},
 		{"subject with a newline", secret, MintOptions{Subject: "a\r\nX-Lucid-Tier: enterprise", Tier: TierFree, TTL: time.Hour}, false},
 		{"long subject", secret, MintOptions{Subject: strings.Repeat("a", MaxSubjectLen+1), Tier: TierFree, TTL: time.Hour}, false},
+		{"subject with a space in front", secret, MintOptions{Subject: " alice", Tier: TierFree, TTL: time.Hour}, false},
+		{"subject with a space behind", secret, MintOptions{Subject: "alice ", Tier: TierFree, TTL: time.Hour}, false},
 		{"bad tier", secret, MintOptions{Subject: "a", Tier: "gold", TTL: time.Hour}, false},
 		{"no ttl", secret, MintOptions{Subject: "a", Tier: TierFree}, false},
 	}
@@ -77,7 +79,12 @@ func TestParseStrict(t *testing.T) {
 	ctl := claims
 	ctl.Subject = "a\nX-Lucid-Tier: enterprise"
 	ctlTok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, ctl).SignedString(secret)
-	for name, tok := range map[string]string{"alg none": none, "HS512": hs512, "no exp": noExpTok, "control characters in sub": ctlTok} {
+	// A validly signed subject that a header's parser would trim to another
+	// user's.
+	padded := claims
+	padded.Subject = " a "
+	paddedTok, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, padded).SignedString(secret)
+	for name, tok := range map[string]string{"alg none": none, "HS512": hs512, "no exp": noExpTok, "control characters in sub": ctlTok, "spaces around sub": paddedTok} {
 		if _, err := Parse(secret, tok, nil); err == nil {
 			t.Errorf("%s: token accepted", name)
 		}

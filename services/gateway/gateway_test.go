@@ -214,6 +214,8 @@ func TestTokens(t *testing.T) {
 		{"malformed", "not.a.jwt", false},
 		{"oversized", strings.Repeat("a", 5000), false},
 		{"forged tier", forged, false},
+		// A header's parser would trim it to another user's subject.
+		{"subject with spaces around it", sign(jwt.SigningMethodHS256, []byte(secret), claims(func(c *auth.Claims) { c.Subject = " alice " })), false},
 	}
 	for _, tt := range tests {
 		resp, body := g.get(t, "/api/v1/blocks/1", map[string]string{"Authorization": "Bearer " + tt.token})
