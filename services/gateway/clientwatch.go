@@ -129,16 +129,25 @@ func (w *clientWatch) watch() {
 	quit, done := w.quit, w.done
 	w.mu.Unlock()
 
-	gone := clientClosed(raw, quit)
-	w.mu.Lock()
-	if gone && !w.stopped {
-		w.gone = true
-		if w.up != nil {
-			_ = w.up.SetDeadline(time.Unix(1, 0))
-		}
+	if clientClosed(raw, quit) {
+		w.clientGone()
 	}
-	w.mu.Unlock()
 	close(done)
+}
+
+// clientGone records that the client has left, unless the watch has
+// stopped, and cuts the upstream connection in use, if any: a connection
+// cut so must not go back to the pool (left).
+func (w *clientWatch) clientGone() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped {
+		return
+	}
+	w.gone = true
+	if w.up != nil {
+		_ = w.up.SetDeadline(time.Unix(1, 0))
+	}
 }
 
 // rawConnOf is the socket under a client connection (TLS or not, parkable

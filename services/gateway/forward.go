@@ -195,8 +195,10 @@ func (rp *routeProxy) exchange(c *call, inst *instance, req *fasthttp.Request, r
 		rp.latency.Observe(time.Since(start).Seconds())
 		if resp.BodyStream() == nil { // read whole, or none
 			// Bytes past the answer were never asked for (a late 408, a
-			// broken upstream): they would be read as the next answer.
-			keep := !partial && !resp.ConnectionClose() && br.Buffered() == 0
+			// broken upstream): they would be read as the next answer. A
+			// client seen leaving before the watch let the connection go
+			// may have cut it (clientGone).
+			keep := !partial && !resp.ConnectionClose() && br.Buffered() == 0 && !c.watch.left()
 			hc.ReleaseReader(br)
 			if keep {
 				hc.ReleaseConn(cc)
@@ -216,6 +218,10 @@ func (rp *routeProxy) exchange(c *call, inst *instance, req *fasthttp.Request, r
 		}, nil
 	}
 }
+
+// answeredHook, when set (by tests), runs when an answer has been read
+// whole, before the client watch lets its connection go.
+var answeredHook func(*call)
 
 func isTimeout(err error) bool {
 	var ne interface{ Timeout() bool }
@@ -289,6 +295,9 @@ func (rp *routeProxy) roundTrip(c *call, hc *fasthttp.HostClient, conn net.Conn,
 		return br, false, err
 	}
 	if resp.BodyStream() == nil {
+		if answeredHook != nil {
+			answeredHook(c)
+		}
 		c.watch.detach() // the connection goes back to the pool
 		return br, partial, nil
 	}
@@ -423,7 +432,7 @@ func (rp *routeProxy) readWhole(c *call, resp *fasthttp.Response, finish func(ke
 	if whole {
 		c.watch.detach() // the connection goes back to the pool
 	}
-	finish(whole)
+	finish(whole && !c.watch.left()) // unless the watch cut it first
 	if !whole {
 		c.watch.stop()
 		fasthttp.ReleaseResponse(resp)

@@ -493,3 +493,28 @@ func TestIdleConnectionsOutliveNoUpstream(t *testing.T) {
 		t.Errorf("idle upstream connections kept %s; the services close theirs after %s", c.MaxIdleConnDuration, idleTimeout)
 	}
 }
+
+// TestConnectionCutForALeavingClientIsNotPooled: when the client watch
+// sees its client leave after the answer is read but before the
+// connection is let go, it cuts the connection (a past deadline); that
+// connection must not go back to the pool, where it would fail the next
+// request and eject a healthy instance.
+func TestConnectionCutForALeavingClientIsNotPooled(t *testing.T) {
+	be := newBackend(t)
+	g := startGateway(t, be.URL, nil)
+	tok := g.token(t, "u", auth.TierEnterprise)
+	h := map[string]string{"Authorization": "Bearer " + tok}
+	// A first request puts a connection in the pool, so the next ones
+	// reuse it.
+	if resp, body := g.get(t, "/api/v1/anchors/x", h); resp.StatusCode != http.StatusOK {
+		t.Fatalf("first request: %d %s", resp.StatusCode, body)
+	}
+	var once sync.Once
+	answeredHook = func(c *call) { once.Do(c.watch.clientGone) }
+	t.Cleanup(func() { answeredHook = nil })
+	for i := range 3 {
+		if resp, body := g.get(t, "/api/v1/anchors/x", h); resp.StatusCode != http.StatusOK {
+			t.Errorf("request %d after a connection was cut: %d %s", i+1, resp.StatusCode, body)
+		}
+	}
+}
