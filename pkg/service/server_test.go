@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/pickme/lucid/internal/testenv"
 )
 
@@ -233,6 +235,68 @@ func TestMetricsPerRoute(t *testing.T) {
 	}
 	if strings.Contains(body, `route="/api/v1/blocks/1"`) {
 		t.Error("raw paths leak into route labels")
+	}
+}
+
+// blockingCollector holds a gather until released: entered says one has
+// begun.
+type blockingCollector struct {
+	desc             *prometheus.Desc
+	entered, release chan struct{}
+}
+
+func (c *blockingCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *blockingCollector) Collect(ch chan<- prometheus.Metric) {
+	c.entered <- struct{}{}
+	<-c.release
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, 1)
+}
+
+// TestPublicMetricsOneAtATime: a public listener answers one /metrics
+// request at a time, and at once 503 to another meanwhile, so a flood of
+// them takes at most one core; an internal service's are not bounded.
+func TestPublicMetricsOneAtATime(t *testing.T) {
+	for _, public := range []bool{true, false} {
+		s := testServer(t, nil)
+		if public {
+			cfg := Config{Name: "gateway", Addr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second, Public: true}
+			s = New(cfg, NewLogger(io.Discard, slog.LevelDebug, cfg.Name))
+		}
+		c := &blockingCollector{desc: prometheus.NewDesc("test_slow_gather", "A gather that waits.", nil, nil),
+			entered: make(chan struct{}, 2), release: make(chan struct{})}
+		s.Registerer().MustRegister(c)
+		first := make(chan int)
+		go func() { first <- get(t, s.Handler(), "/metrics").Code }()
+		select {
+		case <-c.entered: // the first gather runs
+		case code := <-first:
+			t.Fatalf("public %v: the first /metrics answered %d without gathering", public, code)
+		}
+		second := make(chan int, 1)
+		go func() { second <- get(t, s.Handler(), "/metrics").Code }()
+		if public {
+			select {
+			case code := <-second:
+				if code != http.StatusServiceUnavailable {
+					t.Errorf("public: a second /metrics while one runs: %d, want 503", code)
+				}
+			case <-c.entered:
+				close(c.release)
+				t.Fatal("public: a second /metrics gathered beside the first")
+			}
+		} else {
+			<-c.entered // the second gather runs beside the first
+		}
+		close(c.release)
+		if code := <-first; code != http.StatusOK {
+			t.Errorf("public %v: the first /metrics: %d, want 200", public, code)
+		}
+		if !public {
+			if code := <-second; code != http.StatusOK {
+				t.Errorf("internal: the second /metrics: %d, want 200", code)
+			}
+		}
 	}
 }
 
