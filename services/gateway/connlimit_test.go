@@ -9,9 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -152,20 +149,7 @@ func TestPlainPortSharesTheConnectionBound(t *testing.T) {
 	if !canPeek {
 		t.Skip("connections are counted where they are parked (Linux)")
 	}
-	ca := testenv.NewTestCA(t)
-	certPEM, keyPEM := ca.Issue(t, time.Now().Add(time.Hour), "gw.lucid.test")
-	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	for f, b := range map[string][]byte{certFile: certPEM, keyFile: keyPEM} {
-		if err := os.WriteFile(f, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	plain := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
-	g := startGateway(t, newBackend(t).URL, map[string]string{
-		"LUCID_TLS_CERT_FILE": certFile, "LUCID_TLS_KEY_FILE": keyFile,
-		"LUCID_HTTP_ADDR": plain, "LUCID_CONNS_PER_ADDRESS": "2",
-	})
+	g, plain, ca := startHTTPSGateway(t, map[string]string{"LUCID_CONNS_PER_ADDRESS": "2"})
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(ca.RootPEM)
 	c, err := tls.Dial("tcp", strings.TrimPrefix(g.url, "http://"), &tls.Config{RootCAs: roots, ServerName: "gw.lucid.test", MinVersion: tls.VersionTLS12})

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -257,11 +258,12 @@ func TestMalformedRequestLogsNoBytes(t *testing.T) {
 	}
 }
 
-// TestPlainPortAndHSTSSettings: the plain-HTTP port answers a request
-// whose body never comes within the header timeout instead of waiting for
-// it, and a max-age of 0 sends no HSTS header at all.
-func TestPlainPortAndHSTSSettings(t *testing.T) {
-	ca := testenv.NewTestCA(t)
+// startHTTPSGateway starts a gateway serving HTTPS with a certificate for
+// gw.lucid.test from a test CA, and its plain-HTTP port (plain), with env
+// on top.
+func startHTTPSGateway(t *testing.T, env map[string]string) (g *gw, plain string, ca *testenv.TestCA) {
+	t.Helper()
+	ca = testenv.NewTestCA(t)
 	certPEM, keyPEM := ca.Issue(t, time.Now().Add(time.Hour), "gw.lucid.test")
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
@@ -270,11 +272,17 @@ func TestPlainPortAndHSTSSettings(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	plain := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
-	g := startGateway(t, newBackend(t).URL, map[string]string{
-		"LUCID_TLS_CERT_FILE": certFile, "LUCID_TLS_KEY_FILE": keyFile,
-		"LUCID_HTTP_ADDR": plain, "LUCID_HSTS_MAX_AGE": "0",
-	})
+	plain = "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	all := map[string]string{"LUCID_TLS_CERT_FILE": certFile, "LUCID_TLS_KEY_FILE": keyFile, "LUCID_HTTP_ADDR": plain}
+	maps.Copy(all, env)
+	return startGateway(t, newBackend(t).URL, all), plain, ca
+}
+
+// TestPlainPortAndHSTSSettings: the plain-HTTP port answers a request
+// whose body never comes within the header timeout instead of waiting for
+// it, and a max-age of 0 sends no HSTS header at all.
+func TestPlainPortAndHSTSSettings(t *testing.T) {
+	g, plain, ca := startHTTPSGateway(t, map[string]string{"LUCID_HSTS_MAX_AGE": "0"})
 	testenv.Eventually(t, 10*time.Second, "the plain port answering", func() bool {
 		conn, err := net.Dial("tcp", plain)
 		if err != nil {
