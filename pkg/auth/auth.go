@@ -107,7 +107,7 @@ func Mint(secret []byte, opts MintOptions) (string, Claims, error) {
 		return "", Claims{}, err
 	}
 	if err := CheckSubject(opts.Subject); err != nil {
-		return "", Claims{}, fmt.Errorf("a token needs a subject: one of 1..%d bytes without control characters (%w)", MaxSubjectLen, err)
+		return "", Claims{}, fmt.Errorf("a token needs a subject: one of 1..%d bytes without control characters or spaces at either end (%w)", MaxSubjectLen, err)
 	}
 	if _, err := ParseTier(string(opts.Tier)); err != nil {
 		return "", Claims{}, err

@@ -295,8 +295,7 @@ func (e *Edge) redirect(w http.ResponseWriter, r *http.Request) {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
-	host = strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
-	host, ok := e.redirectHost(host)
+	host, ok := e.redirectHost(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
 	if !ok {
 		http.Error(w, "this address has no HTTPS name to redirect to: ask for one of the names its certificate holds",
 			http.StatusMisdirectedRequest)
@@ -311,6 +310,9 @@ func (e *Edge) redirect(w http.ResponseWriter, r *http.Request) {
 	// Only a path goes after the authority: an absolute-form target with an opaque part
 	// (GET http:@evil.example/x), which net/http accepts, would otherwise move the redirect's host.
 	path := r.URL.EscapedPath()
+	if path == "" && r.URL.Opaque == "" && r.URL.Host != "" {
+		path = "/" // an absolute form without a path: GET http://pi.example.net
+	}
 	if r.URL.Opaque != "" || !strings.HasPrefix(path, "/") {
 		http.Error(w, "the request target is not a path", http.StatusBadRequest)
 		return
@@ -327,6 +329,9 @@ func (e *Edge) redirect(w http.ResponseWriter, r *http.Request) {
 // not a wildcard, or its first IP address). ok is false when there is neither (no certificate yet, or a
 // wildcard-only certificate that does not cover host).
 func (e *Edge) redirectHost(host string) (string, bool) {
+	// Names compare in lower case, and a trailing dot (pi.example.net.)
+	// names the same host.
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
 	switch {
 	case e.acme != nil:
 		if slices.Contains(e.acme.domains, host) {

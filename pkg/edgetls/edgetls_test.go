@@ -123,6 +123,7 @@ func TestPlainHandlerRedirects(t *testing.T) {
 		{443, "HEAD", "[::1]", "/x", "https://[::1]/x"},
 		{443, "GET", "192.0.2.7:8079", "/.well-known/acme-challenge/unknown", "https://192.0.2.7/.well-known/acme-challenge/unknown"},
 		{443, "GET", "box.lan.example", "/", "https://box.lan.example/"},
+		{443, "GET", "pi.example.net.:8079", "/", "https://pi.example.net/"},
 		// A host the certificate does not hold goes to its first name, never
 		// where the request says.
 		{443, "GET", "evil.example", "/x?y=1", "https://pi.example.net/x?y=1"},
@@ -187,6 +188,8 @@ func TestPlainHandlerRedirectsOnlyPaths(t *testing.T) {
 			"*":                               "",
 			"http://pi.example.net/a%2Fb?q=1": "/a%2Fb?q=1",
 			"http://evil.example/x":           "/x",
+			"http://pi.example.net":           "/",
+			"https://pi.example.net?x=1":      "/?x=1",
 			"//evil.example/x":                "//evil.example/x",
 		} {
 			method := "GET"
@@ -221,7 +224,7 @@ func TestPlainHandlerRedirectsOnlyPaths(t *testing.T) {
 func TestACMERedirectsOnlyToItsDomains(t *testing.T) {
 	e := &Edge{acme: &acmeCerts{domains: []string{"pi.example.net", "pi2.example.net"}}}
 	for host, want := range map[string]string{
-		"pi.example.net": "pi.example.net", "pi2.example.net": "pi2.example.net",
+		"pi.example.net": "pi.example.net", "pi2.example.net": "pi2.example.net", "pi2.example.net.": "pi2.example.net",
 		"evil.example": "pi.example.net", "192.168.1.20": "pi.example.net", "": "pi.example.net",
 	} {
 		if got, ok := e.redirectHost(host); !ok || got != want {

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"sync"
@@ -111,6 +112,16 @@ type limitedConn struct {
 	limit  *connLimit
 	addr   netip.Addr
 	closed atomic.Bool
+}
+
+// CloseWrite ends the sending side, which net/http's server does after an
+// error answer (a 431) so that the client reads it before the close
+// rather than wait half a second for it.
+func (c *limitedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
 }
 
 func (c *limitedConn) Close() error {

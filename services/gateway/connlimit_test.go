@@ -189,3 +189,48 @@ func TestPlainPortSharesTheConnectionBound(t *testing.T) {
 		return ok
 	})
 }
+
+// TestLimitedConnClosesItsSendingSide: a plain-port connection ends its
+// sending side as the TCP connection under it does (net/http's server
+// does so after an error answer), and still reads.
+func TestLimitedConnClosesItsSendingSide(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	refused := prometheus.NewCounter(prometheus.CounterOpts{Name: "refused"})
+	ll := limitListener{Listener: ln, limit: newConnLimit(1, 1, func(string) bool { return false }, refused)}
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ll.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	cw, ok := server.(interface{ CloseWrite() error })
+	if !ok {
+		t.Fatal("a plain-port connection cannot close its sending side")
+	}
+	if _, err := io.WriteString(server, "answer"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cw.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	_ = client.SetDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(client); err != nil || string(got) != "answer" {
+		t.Fatalf("the client read %q, %v; want the answer, then EOF", got, err)
+	}
+	if _, err := io.WriteString(client, "more"); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	_ = server.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(server, buf); err != nil || string(buf) != "more" {
+		t.Fatalf("after CloseWrite the server read %q, %v", buf, err)
+	}
+}

@@ -430,6 +430,9 @@ func (rp *routeProxy) readWhole(c *call, resp *fasthttp.Response, finish func(ke
 	body, err := io.ReadAll(io.LimitReader(resp.BodyStream(), http10Body+1))
 	whole := err == nil && len(body) <= http10Body
 	if whole {
+		if answeredHook != nil {
+			answeredHook(c)
+		}
 		c.watch.detach() // the connection goes back to the pool
 	}
 	finish(whole && !c.watch.left()) // unless the watch cut it first

@@ -498,23 +498,43 @@ func TestIdleConnectionsOutliveNoUpstream(t *testing.T) {
 // sees its client leave after the answer is read but before the
 // connection is let go, it cuts the connection (a past deadline); that
 // connection must not go back to the pool, where it would fail the next
-// request and eject a healthy instance.
+// request and eject a healthy instance. Both ways an answer is read
+// whole: one of known length, and one without a length for an HTTP/1.0
+// client.
 func TestConnectionCutForALeavingClientIsNotPooled(t *testing.T) {
-	be := newBackend(t)
-	g := startGateway(t, be.URL, nil)
-	tok := g.token(t, "u", auth.TierEnterprise)
-	h := map[string]string{"Authorization": "Bearer " + tok}
-	// A first request puts a connection in the pool, so the next ones
-	// reuse it.
-	if resp, body := g.get(t, "/api/v1/anchors/x", h); resp.StatusCode != http.StatusOK {
-		t.Fatalf("first request: %d %s", resp.StatusCode, body)
-	}
-	var once sync.Once
-	answeredHook = func(c *call) { once.Do(c.watch.clientGone) }
-	t.Cleanup(func() { answeredHook = nil })
-	for i := range 3 {
-		if resp, body := g.get(t, "/api/v1/anchors/x", h); resp.StatusCode != http.StatusOK {
-			t.Errorf("request %d after a connection was cut: %d %s", i+1, resp.StatusCode, body)
+	up := upstreamFunc(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "first\n")
+		if r.URL.Path == "/api/v1/anchors/chunked" {
+			w.(http.Flusher).Flush() // no length: chunked upstream
+			_, _ = io.WriteString(w, "second\n")
 		}
+	})
+	for name, path := range map[string]string{"known length": "/api/v1/anchors/x", "HTTP/1.0, no length": "/api/v1/anchors/chunked"} {
+		t.Run(name, func(t *testing.T) {
+			g := startGateway(t, up.URL, nil)
+			tok := g.token(t, "u", auth.TierEnterprise)
+			h := map[string]string{"Authorization": "Bearer " + tok}
+			// A first request puts a connection in the pool, so the next
+			// ones reuse it.
+			if resp, body := g.get(t, "/api/v1/anchors/x", h); resp.StatusCode != http.StatusOK {
+				t.Fatalf("first request: %d %s", resp.StatusCode, body)
+			}
+			var once sync.Once
+			answeredHook = func(c *call) { once.Do(c.watch.clientGone) }
+			t.Cleanup(func() { answeredHook = nil })
+			proto := "HTTP/1.1"
+			if path == "/api/v1/anchors/chunked" {
+				proto = "HTTP/1.0"
+			}
+			resp, body, _ := rawExchange(t, strings.TrimPrefix(g.url, "http://"), "GET "+path+" "+proto+"\r\nHost: x\r\nAuthorization: Bearer "+tok+"\r\n\r\n", nil)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("the request whose client was seen leaving: %d %s", resp.StatusCode, body)
+			}
+			for i := range 3 {
+				if resp, body := g.get(t, "/api/v1/anchors/x", h); resp.StatusCode != http.StatusOK {
+					t.Errorf("request %d after a connection was cut: %d %s", i+1, resp.StatusCode, body)
+				}
+			}
+		})
 	}
 }
