@@ -269,8 +269,8 @@ func (e *Edge) TLSConfig() *tls.Config { return e.tlsConfig.Clone() }
 func (e *Edge) HSTS() string { return e.hsts }
 
 // PlainHandler serves the plain-HTTP listener (Config.HTTPAddr): ACME HTTP-01 challenges, and a 308 redirect to
-// HTTPS, path and query kept, for everything else. The redirect goes to the request's host only when the edge
-// serves a certificate for it; any other host (a LAN address, a name the operator never configured, a forged
+// HTTPS, path and query kept, for everything else. The redirect goes to the request's host only when it is one of
+// the edge's names (an ACME domain, or a name or address the certificate files cover); any other host (a LAN address, a name the operator never configured, a forged
 // Host) is sent to the edge's own first name (redirectHost), so the plain port never points a client at a host
 // of the requester's choosing.
 func (e *Edge) PlainHandler() http.Handler {
@@ -324,8 +324,8 @@ func (e *Edge) redirect(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "https://"+authority+path, http.StatusPermanentRedirect)
 }
 
-// redirectHost is the host a plain request for host is redirected to: host itself when the edge serves a
-// certificate for it, else the edge's first name (ACME's first domain; the certificate's first DNS name that is
+// redirectHost is the host a plain request for host is redirected to: host itself (in lower case, without a
+// trailing dot) when it is one of the edge's names, else the edge's first name (ACME's first domain; the certificate's first DNS name that is
 // not a wildcard, or its first IP address). ok is false when there is neither (no certificate yet, or a
 // wildcard-only certificate that does not cover host).
 func (e *Edge) redirectHost(host string) (string, bool) {
