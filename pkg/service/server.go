@@ -53,17 +53,36 @@ type Server struct {
 	lastFailure map[string]string
 }
 
-// metricsInFlight bounds the /metrics requests a server answers at once
-// (more get 503 at once; 0 is no bound). Anyone may ask a public
+// metricsQueue is how many /metrics requests of a public listener wait
+// while one is answered; any more get 503 at once. Anyone may ask a public
 // listener's, and a gather of every metric costs what about 30 proxied
 // requests do (the gateway's: 820 µs of CPU against 28 for a 404), so a
 // flood of them could take every core from the requests the server is
-// for; one at a time it takes at most one. A monitor asks once per scrape.
-func metricsInFlight(cfg Config) int {
-	if cfg.Public {
-		return 1
-	}
-	return 0
+// for: answered one at a time they take at most one. A few wait rather
+// than fail, so that monitors asking at the same moment all get answers.
+const metricsQueue = 4
+
+// oneAtATime serves h one request at a time: up to queue more wait their
+// turn (or until they give up), and any beyond get 503.
+func oneAtATime(h http.Handler, queue int) http.Handler {
+	admitted := make(chan struct{}, 1+queue) // the one served and those waiting
+	serving := make(chan struct{}, 1)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case admitted <- struct{}{}:
+		default:
+			http.Error(w, "too many requests for this at once", http.StatusServiceUnavailable)
+			return
+		}
+		defer func() { <-admitted }()
+		select {
+		case serving <- struct{}{}:
+		case <-r.Context().Done():
+			return
+		}
+		defer func() { <-serving }()
+		h.ServeHTTP(w, r)
+	})
 }
 
 // New provisions a server for cfg: /health, /ready and /metrics are routed,
@@ -81,12 +100,15 @@ func New(cfg Config, logger *slog.Logger) *Server {
 
 	s.Handle("GET /health", s.handleHealth)
 	s.Handle("GET /ready", s.handleReady)
-	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{
+	metrics := promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{
 		Registry: s.registry,
 		// A failed gather answers 500; its cause belongs in the log.
-		ErrorLog:            slog.NewLogLogger(logger.Handler(), slog.LevelError),
-		MaxRequestsInFlight: metricsInFlight(cfg),
-	}))
+		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelError),
+	})
+	if cfg.Public {
+		metrics = oneAtATime(metrics, metricsQueue)
+	}
+	s.mux.Handle("GET /metrics", metrics)
 	s.mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if h := s.fallback.Load(); h != nil {
 			(*h).ServeHTTP(w, r)

@@ -253,9 +253,10 @@ func (c *blockingCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, 1)
 }
 
-// TestPublicMetricsOneAtATime: a public listener answers one /metrics
-// request at a time, and at once 503 to another meanwhile, so a flood of
-// them takes at most one core; an internal service's are not bounded.
+// TestPublicMetricsOneAtATime: a public listener gathers for one /metrics
+// request at a time; metricsQueue more wait their turn and are answered,
+// and one beyond them gets 503 at once, so a flood takes at most one
+// core. An internal service's are not bounded.
 func TestPublicMetricsOneAtATime(t *testing.T) {
 	for _, public := range []bool{true, false} {
 		s := testServer(t, nil)
@@ -264,37 +265,45 @@ func TestPublicMetricsOneAtATime(t *testing.T) {
 			s = New(cfg, NewLogger(io.Discard, slog.LevelDebug, cfg.Name))
 		}
 		c := &blockingCollector{desc: prometheus.NewDesc("test_slow_gather", "A gather that waits.", nil, nil),
-			entered: make(chan struct{}, 2), release: make(chan struct{})}
+			entered: make(chan struct{}, 2+metricsQueue), release: make(chan struct{})}
 		s.Registerer().MustRegister(c)
-		first := make(chan int)
-		go func() { first <- get(t, s.Handler(), "/metrics").Code }()
+		codes := make(chan int, 2+metricsQueue)
+		ask := func() { codes <- get(t, s.Handler(), "/metrics").Code }
+		go ask()
 		select {
 		case <-c.entered: // the first gather runs
-		case code := <-first:
+		case code := <-codes:
 			t.Fatalf("public %v: the first /metrics answered %d without gathering", public, code)
 		}
-		second := make(chan int, 1)
-		go func() { second <- get(t, s.Handler(), "/metrics").Code }()
-		if public {
-			select {
-			case code := <-second:
-				if code != http.StatusServiceUnavailable {
-					t.Errorf("public: a second /metrics while one runs: %d, want 503", code)
+		if !public {
+			go ask()
+			<-c.entered // a second gather runs beside the first
+			close(c.release)
+			for range 2 {
+				if code := <-codes; code != http.StatusOK {
+					t.Errorf("internal: /metrics %d, want 200", code)
 				}
-			case <-c.entered:
-				close(c.release)
-				t.Fatal("public: a second /metrics gathered beside the first")
 			}
-		} else {
-			<-c.entered // the second gather runs beside the first
+			continue
+		}
+		for range metricsQueue + 1 {
+			go ask()
+		}
+		// All but one wait their turn; the one beyond the queue is
+		// refused, and none gathers beside the first.
+		select {
+		case code := <-codes:
+			if code != http.StatusServiceUnavailable {
+				t.Errorf("public: /metrics beyond the queue: %d, want 503", code)
+			}
+		case <-c.entered:
+			close(c.release)
+			t.Fatal("public: a second /metrics gathered beside the first")
 		}
 		close(c.release)
-		if code := <-first; code != http.StatusOK {
-			t.Errorf("public %v: the first /metrics: %d, want 200", public, code)
-		}
-		if !public {
-			if code := <-second; code != http.StatusOK {
-				t.Errorf("internal: the second /metrics: %d, want 200", code)
+		for range metricsQueue + 1 {
+			if code := <-codes; code != http.StatusOK {
+				t.Errorf("public: a /metrics that waited its turn: %d, want 200", code)
 			}
 		}
 	}
