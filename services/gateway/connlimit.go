@@ -84,26 +84,15 @@ func (l *connLimit) release(addr netip.Addr) {
 	l.open--
 }
 
-// limitListener bounds the connections of a listener the parker does not
-// serve (the plain-HTTP port's) with the same limit as the main listener's,
-// so one address cannot hold more there, nor the two listeners together.
-type limitListener struct {
-	net.Listener
-	limit *connLimit
-}
-
-func (l limitListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		addr := connAddr(c)
-		if l.limit.admit(addr) {
-			return &limitedConn{Conn: c, limit: l.limit, addr: addr}, nil
-		}
-		_ = c.Close() // over a bound: nothing was read or written
+// counted admits c under the limit, for a listener the parker does not
+// serve (the plain-HTTP port's), so one address cannot hold more there,
+// nor on the two listeners together; nil over a bound.
+func (l *connLimit) counted(c net.Conn) net.Conn {
+	addr := connAddr(c)
+	if !l.admit(addr) {
+		return nil
 	}
+	return &limitedConn{Conn: c, limit: l, addr: addr}
 }
 
 // limitedConn counts itself closed once, however often it is closed.

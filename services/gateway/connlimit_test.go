@@ -200,7 +200,7 @@ func TestLimitedConnClosesItsSendingSide(t *testing.T) {
 	}
 	defer ln.Close()
 	refused := prometheus.NewCounter(prometheus.CounterOpts{Name: "refused"})
-	ll := limitListener{Listener: ln, limit: newConnLimit(1, 1, func(string) bool { return false }, refused)}
+	ll := admittingListener{Listener: ln, admit: newConnLimit(1, 1, func(string) bool { return false }, refused).counted}
 	client, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)

@@ -155,22 +155,24 @@ func (p *parker) drain(ctx context.Context) error {
 	}
 }
 
-// parkingListener wraps each accepted connection, so it can be parked.
-type parkingListener struct {
+// admittingListener hands out each accepted connection as admit wraps
+// it (the parker's wrap, or the plain port's limit), and closes one admit
+// refuses (nil): over a connection bound, nothing was read or written.
+type admittingListener struct {
 	net.Listener
-	p *parker
+	admit func(net.Conn) net.Conn
 }
 
-func (l parkingListener) Accept() (net.Conn, error) {
+func (l admittingListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
 			return nil, err
 		}
-		if w := l.p.wrap(c); w != nil {
+		if w := l.admit(c); w != nil {
 			return w, nil
 		}
-		_ = c.Close() // over a connection bound: nothing was read or written
+		_ = c.Close()
 	}
 }
 

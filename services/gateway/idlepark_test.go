@@ -80,7 +80,7 @@ func startParking(t *testing.T, tlsConfig *tls.Config, idle time.Duration) *park
 	if tlsConfig != nil {
 		ln = tls.NewListener(ln, tlsConfig)
 	}
-	go func() { defer close(ps.served); _ = ps.fs.Serve(parkingListener{Listener: ln, p: ps.pk}) }()
+	go func() { defer close(ps.served); _ = ps.fs.Serve(admittingListener{Listener: ln, admit: ps.pk.wrap}) }()
 	t.Cleanup(func() {
 		ps.pk.close()
 		_ = ps.fs.Shutdown()

@@ -114,7 +114,7 @@ func (a *App) ServeOn(ctx context.Context, ln net.Listener, srv *service.Server)
 		pk.send = a.sendTimeout
 	}
 	fs.ConnState = pk.connState
-	ln = parkingListener{Listener: ln, p: pk}
+	ln = admittingListener{Listener: ln, admit: pk.wrap}
 	bi := buildinfo.Read()
 	a.logger.Info("serving", "addr", ln.Addr().String(), "scheme", scheme, "version", bi.Version, "commit", bi.Commit)
 
@@ -180,7 +180,7 @@ func (a *App) startEdge(ctx context.Context, srv *service.Server, limit *connLim
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(a.logger.Handler(), slog.LevelWarn),
 	}
-	go func() { _ = plain.Serve(limitListener{Listener: pln, limit: limit}) }() // ends with Close
+	go func() { _ = plain.Serve(admittingListener{Listener: pln, admit: limit.counted}) }() // ends with Close
 	a.logger.Info("serving plain HTTP for ACME challenges and redirects to HTTPS", "addr", pln.Addr().String())
 	return edge, func() { _ = plain.Close() }, nil
 }
