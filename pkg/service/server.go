@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/pickme/lucid/pkg/buildinfo"
 	"github.com/pickme/lucid/pkg/catalog"
@@ -47,6 +48,10 @@ type Server struct {
 	draining atomic.Bool
 	fallback atomic.Pointer[http.Handler]
 	identity atomic.Pointer[meshtls.Identity]
+
+	// readyRuns shares one run of the checks among a public listener's
+	// concurrent /ready callers.
+	readyRuns singleflight.Group
 
 	// lastFailure is each failing check's error as last logged (a public
 	// listener, whose /ready does not show it); under mu.

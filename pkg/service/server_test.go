@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -306,6 +307,52 @@ func TestPublicMetricsOneAtATime(t *testing.T) {
 				t.Errorf("public: a /metrics that waited its turn: %d, want 200", code)
 			}
 		}
+	}
+}
+
+// TestPublicReadyRunsOnce: concurrent /ready calls to a public listener
+// share one run of the checks (each of which may cost a dependency a
+// call), all get its answer, and a later call runs the checks again; an
+// internal listener runs them for every caller.
+func TestPublicReadyRunsOnce(t *testing.T) {
+	for _, public := range []bool{true, false} {
+		synctest.Test(t, func(t *testing.T) {
+			s := testServer(t, nil)
+			if public {
+				cfg := Config{Name: "gateway", Addr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second, Public: true}
+				s = New(cfg, NewLogger(io.Discard, slog.LevelDebug, cfg.Name))
+			}
+			var runs atomic.Int32
+			release := make(chan struct{})
+			s.AddCheck("dependency", func(context.Context) error {
+				runs.Add(1)
+				<-release
+				return nil
+			})
+			const callers = 6
+			codes := make(chan int, callers)
+			for range callers {
+				go func() { codes <- get(t, s.Handler(), "/ready").Code }()
+			}
+			synctest.Wait() // every caller runs the checks or waits for a run
+			want := int32(1)
+			if !public {
+				want = callers
+			}
+			if n := runs.Load(); n != want {
+				t.Errorf("public %v: %d concurrent /ready ran the checks %d times, want %d", public, callers, n, want)
+			}
+			close(release)
+			for range callers {
+				if code := <-codes; code != http.StatusOK {
+					t.Errorf("public %v: /ready %d, want 200", public, code)
+				}
+			}
+			get(t, s.Handler(), "/ready")
+			if n := runs.Load(); n != want+1 {
+				t.Errorf("public %v: a later /ready ran the checks %d times in all, want %d", public, n, want+1)
+			}
+		})
 	}
 }
 
