@@ -76,8 +76,9 @@ func shorten(cmd string) string {
 func Quote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // WriteFile writes data to path on the host with mode: to a temporary name
-// beside it, flushed to the host's disk, then renamed, so a reader never
-// sees half a file, nor a power cut an empty one. It uses SFTP with
+// beside it, checked whole, flushed to the host's disk, then renamed, so a
+// reader never sees half a file, nor a power cut or a cut connection an
+// empty or shortened one. It uses SFTP with
 // concurrent writes, or, when the host has no SFTP subsystem, a plain
 // command. A file for its owner alone (a secret: no group or other bits)
 // always takes the command, under umask 077: SFTP creates a file with the
@@ -91,12 +92,24 @@ func (c *Client) WriteFile(ctx context.Context, p string, data []byte, mode os.F
 			return err
 		}
 	}
-	tmp := p + ".lucid-tmp"
+	return c.writeCommand(ctx, p, bytes.NewReader(data), len(data), mode)
+}
+
+// writeCommand writes the size bytes of body to p by a command that reads
+// them on its standard input. A cut connection or a killed lucidctl only
+// ends that input early (sshd does not stop a command without a
+// terminal), which cat takes for the end of the file: the command checks
+// the size it received before the rename, or a cut transfer would replace
+// the file with its first part.
+func (c *Client) writeCommand(ctx context.Context, p string, body io.Reader, size int, mode os.FileMode) error {
+	tmp := Quote(p + ".lucid-tmp")
 	// sync with a file flushes that file (coreutils); a sync without one
-	// (busybox) flushes everything.
-	cmd := fmt.Sprintf("mkdir -p %s && umask 077 && cat > %s && chmod %o %s && { sync %s 2>/dev/null || sync; } && mv -f %s %s",
-		Quote(path.Dir(p)), Quote(tmp), mode.Perm(), Quote(tmp), Quote(tmp), Quote(tmp), Quote(p))
-	if _, err := c.Run(ctx, cmd, bytes.NewReader(data)); err != nil {
+	// (busybox) flushes everything. $n is unquoted: some wc pad it.
+	cmd := fmt.Sprintf("mkdir -p %s && umask 077 && cat > %s && n=$(wc -c < %s) && "+
+		"{ [ $n -eq %d ] || { rm -f %s; echo \"received $n of %d bytes: the transfer was cut\" >&2; exit 1; }; } && "+
+		"chmod %o %s && { sync %s 2>/dev/null || sync; } && mv -f %s %s",
+		Quote(path.Dir(p)), tmp, tmp, size, tmp, size, mode.Perm(), tmp, tmp, tmp, Quote(p))
+	if _, err := c.Run(ctx, cmd, body); err != nil {
 		return fmt.Errorf("write %s: %w", p, err)
 	}
 	return nil

@@ -1,6 +1,7 @@
 package sshx
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -17,6 +18,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -78,6 +80,35 @@ func TestRunAndWriteFile(t *testing.T) {
 				t.Error("the temporary file was left behind")
 			}
 		})
+	}
+}
+
+// TestCutWriteKeepsTheFile: a transfer that ends early (the connection
+// cut, lucidctl killed) only closes the remote command's input, which cat
+// takes for the file's end; the file keeps its old content rather than
+// become the part that arrived.
+func TestCutWriteKeepsTheFile(t *testing.T) {
+	s := testenv.StartSSHD(t, testenv.SSHDOptions{NoSFTP: true})
+	c, err := dial(t, s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), "lucid.env")
+	old := []byte("JWT_SECRET_KEY=old\n")
+	if err := c.WriteFile(context.Background(), dst, old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("LUCID_SERVICE_KEY=new\n"), 1000)
+	cut := io.MultiReader(bytes.NewReader(data[:len(data)/2]), iotest.ErrReader(errors.New("connection lost")))
+	err = c.writeCommand(context.Background(), dst, cut, len(data), 0o600)
+	if err == nil {
+		t.Fatal("a cut transfer reported success")
+	}
+	if got, rerr := os.ReadFile(dst); rerr != nil || !bytes.Equal(got, old) {
+		t.Fatalf("after a cut transfer the file holds %d bytes (%v), want its old %d", len(got), rerr, len(old))
+	}
+	if _, err := os.Stat(dst + ".lucid-tmp"); !errors.Is(err, os.ErrNotExist) {
+		t.Error("the cut transfer's part was left behind")
 	}
 }
 
