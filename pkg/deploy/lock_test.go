@@ -394,3 +394,71 @@ func TestLockStepCutOff(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestLockExpiryByTheHostsClock: a lock that says how long it lives is
+// judged expired by the host's clock (the time since it was last
+// written), whatever the clock of the laptop that wrote it, or of the one
+// asking, says; and a lock file that holds no lock is replaced only once
+// it is older than any lock lives unrenewed.
+func TestLockExpiryByTheHostsClock(t *testing.T) {
+	t.Parallel() // each on its own sshd
+	f, lockFile := lockFixture(t)
+	h := &host{name: "pi", ssh: f.dial(t), dir: f.dir}
+	ctx := context.Background()
+	now := time.Now()
+	me := lockInfo{Host: "next", PID: 3, User: "me", Since: now, Expires: now.Add(time.Hour)}
+	var said []string
+	notify := func(m string) { said = append(said, m) }
+
+	// Written a moment ago for 30 minutes by a laptop whose clock is two
+	// hours slow: its Expires is long past by ours, and it is held.
+	slow := now.Add(-2 * time.Hour).UTC()
+	plant(t, lockFile, lockInfo{Host: "slow", PID: 1, User: "alice", Since: slow, Expires: slow.Add(30 * time.Minute), TTL: 1800, Nonce: "slow"})
+	if err := h.lock(ctx, me, 0, notify); !errors.Is(err, ErrLocked) {
+		t.Fatalf("a live lock from a slow laptop: %v, want ErrLocked", err)
+	}
+
+	// Written 31 minutes ago for 30 by a laptop two hours fast, never
+	// renewed: its Expires is still ahead by ours, and it has expired.
+	fast := now.Add(2 * time.Hour).UTC()
+	plant(t, lockFile, lockInfo{Host: "fast", PID: 2, User: "bob", Since: fast, Expires: fast.Add(30 * time.Minute), TTL: 1800, Nonce: "fast"})
+	written := now.Add(-31 * time.Minute)
+	if err := os.Chtimes(lockFile, written, written); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.lock(ctx, me, 0, notify); err != nil {
+		t.Fatalf("an expired lock from a fast laptop: %v", err)
+	}
+	if held, ok := readLock(t, lockFile); !ok || held.Nonce != h.held.Nonce {
+		t.Fatalf("the lock file is %+v (present %v), want the new deploy's", held, ok)
+	}
+	if len(said) != 1 || !strings.Contains(said[0], "bob@fast") {
+		t.Errorf("notices %q", said)
+	}
+	if err := h.unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// An empty lock file (a power cut before the lock reached the disk)
+	// is refused while it is recent, and replaced once it is old.
+	if err := os.WriteFile(lockFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.lock(ctx, me, 0, notify); err == nil || !strings.Contains(err.Error(), "not a lock") {
+		t.Fatalf("a recent empty lock file: %v, want it refused", err)
+	}
+	written = now.Add(-unreadableLockAge - time.Minute)
+	if err := os.Chtimes(lockFile, written, written); err != nil {
+		t.Fatal(err)
+	}
+	said = nil
+	if err := h.lock(ctx, me, 0, notify); err != nil {
+		t.Fatalf("an old empty lock file: %v", err)
+	}
+	if len(said) != 1 || !strings.Contains(said[0], "unreadable lock file") {
+		t.Errorf("notices %q", said)
+	}
+	if err := h.unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

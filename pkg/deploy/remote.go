@@ -230,6 +230,13 @@ type lockInfo struct {
 	User    string    `json:"user"`
 	Since   time.Time `json:"since"`
 	Expires time.Time `json:"expires"`
+	// TTL is how long, in seconds, the lock lives after it was last
+	// written (taken or renewed), by the host's clock: whether it has
+	// expired is judged by the host, whose clock is the same for every
+	// deploy, not by a laptop's, which may be minutes off. Expires,
+	// written by the holder's clock, is what a lock without TTL (of an
+	// earlier lucidctl) is judged by, and what messages show.
+	TTL int64 `json:"ttl_seconds,omitempty"`
 	// Nonce makes each lock's content unique, so a deploy removes or
 	// renews only its own lock, and a takeover replaces only the very
 	// lock it saw expire.
@@ -260,15 +267,27 @@ const (
 // The steps' scripts; "$1" is the lock file, "$2" a temporary file beside
 // it (free to use under the guard).
 const (
-	// acquireScript creates the lock as "$3", or replaces it when its
-	// content is exactly "$4" (a takeover of the lock seen expired: a
-	// renewal or another takeover since then changed the content). It
-	// answers "taken", or "held" and the lock's content.
+	// acquireScript creates the lock as "$3", or, when "$5" is
+	// "takeover", replaces it when its content is exactly "$4" (the lock
+	// seen expired: a renewal or another takeover since then changed the
+	// content; an empty file has empty content). It
+	// answers "taken", or "held", the seconds since the lock was last
+	// written by the host's clock ("-" if stat cannot say) and the lock's
+	// content. A lock is flushed to disk before its rename: a power cut
+	// just after must not leave an empty lock file.
 	acquireScript = `if [ -e "$1" ]; then
 	cur=$(cat "$1") || exit
-	if [ -z "$4" ] || [ "$cur" != "$4" ]; then printf 'held\n%s\n' "$cur"; exit 0; fi
+	if [ "$5" != takeover ] || [ "$cur" != "$4" ]; then
+		age=-
+		m=$(stat -c %Y -- "$1" 2>/dev/null) && age=$(( $(date +%s) - m ))
+		printf 'held\n%s\n%s\n' "$age" "$cur"; exit 0
+	fi
 fi
-printf '%s\n' "$3" > "$2" && mv -f "$2" "$1" && echo taken`
+printf '%s\n' "$3" > "$2" && ` + syncTemp + ` && mv -f "$2" "$1" && echo taken`
+
+	// syncTemp flushes the temporary file "$2": sync with a file flushes
+	// that file (coreutils), one without (busybox) everything.
+	syncTemp = `{ sync "$2" 2>/dev/null || sync; }`
 
 	// ownsScript answers "lost" and stops unless the lock names nonce "$3".
 	ownsScript = `if [ -e "$1" ]; then grep -qF -e "$3" -- "$1"; else false; fi
@@ -276,7 +295,7 @@ case $? in 0) ;; 1) echo lost; exit 0 ;; *) exit 2 ;; esac
 `
 	// renewScript replaces our lock with "$4" (the same nonce, a later
 	// expiry).
-	renewScript = ownsScript + `printf '%s\n' "$4" > "$2" && mv -f "$2" "$1" && echo renewed`
+	renewScript = ownsScript + `printf '%s\n' "$4" > "$2" && ` + syncTemp + ` && mv -f "$2" "$1" && echo renewed`
 
 	// releaseScript removes our lock, and a temporary file a step cut
 	// off may have left.
@@ -341,9 +360,10 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 		return fmt.Errorf("%s: deploy lock: %w", h.name, err)
 	}
 	deadline := time.Now().Add(wait)
-	stale := "" // the content of the expired lock to take over
+	// The content of the expired lock to take over, when takeover.
+	stale, takeover := "", ""
 	for {
-		out, err := h.lockStep(ctx, acquireScript, string(data), stale)
+		out, err := h.lockStep(ctx, acquireScript, string(data), stale, takeover)
 		if err != nil {
 			return fmt.Errorf("%s: deploy lock %s: %w", h.name, h.lockPath(), err)
 		}
@@ -351,25 +371,38 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 			h.held = me
 			return nil
 		}
-		raw, ok := strings.CutPrefix(out, "held\n")
-		raw, ok2 := strings.CutSuffix(raw, "\n")
+		rest, ok := strings.CutPrefix(out, "held\n")
+		ageText, raw, ok2 := strings.Cut(rest, "\n")
+		raw, ok3 := strings.CutSuffix(raw, "\n")
 		var held lockInfo
-		if !ok || !ok2 {
+		if !ok || !ok2 || !ok3 {
 			return fmt.Errorf("%s: deploy lock %s: unexpected answer %q", h.name, h.lockPath(), out)
 		}
+		// Seconds since the lock was written, by the host's clock; an
+		// error when the host's stat cannot say.
+		age, ageErr := strconv.ParseInt(ageText, 10, 64)
 		if err := json.Unmarshal([]byte(raw), &held); err != nil {
+			if ageErr == nil && age > int64(unreadableLockAge/time.Second) {
+				// Not a lock, and older than any lock lives unrenewed:
+				// no deploy can be holding it.
+				if takeover == "" || raw != stale {
+					notify(fmt.Sprintf("taking over an unreadable lock file written %s ago", time.Duration(age)*time.Second))
+				}
+				stale, takeover = raw, "takeover"
+				continue
+			}
 			return fmt.Errorf("%s: deploy lock %s holds %q, not a lock (%w); remove it if no deploy runs there", h.name, h.lockPath(), raw, err)
 		}
-		if time.Now().After(held.Expires) {
+		if lockExpired(held, age, ageErr) {
 			// Replaced only if it is still this content, exactly as read:
 			// a renewal or another takeover since then changes it.
-			if raw != stale {
+			if takeover == "" || raw != stale {
 				notify(fmt.Sprintf("taking over a stale lock of %s@%s (pid %d, expired %s)", held.User, held.Host, held.PID, held.Expires.Format(time.RFC3339)))
 			}
-			stale = raw
+			stale, takeover = raw, "takeover"
 			continue
 		}
-		stale = ""
+		stale, takeover = "", ""
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s: %w: %s@%s, pid %d, since %s (expires %s; the lock is %s)",
 				h.name, ErrLocked, held.User, held.Host, held.PID, held.Since.Format(time.RFC3339), held.Expires.Format(time.RFC3339), h.lockPath())
@@ -380,6 +413,21 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 		case <-time.After(2 * time.Second):
 		}
 	}
+}
+
+// unreadableLockAge is how old a lock file that holds no lock must be
+// before a deploy replaces it: longer than a lock lives without renewal
+// by default.
+const unreadableLockAge = time.Hour
+
+// lockExpired reports whether held, last written age seconds ago by the
+// host's clock (ageErr when the host could not say), has expired: by the
+// host's clock when held says how long it lives, else by this machine's.
+func lockExpired(held lockInfo, age int64, ageErr error) bool {
+	if held.TTL > 0 && ageErr == nil {
+		return age > held.TTL
+	}
+	return time.Now().After(held.Expires)
 }
 
 // holdLock takes the lock as me, for ttl from now, and keeps it for as
@@ -396,6 +444,7 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 // someone else holds, however recently the last renewal went through.
 func (h *host) holdLock(ctx context.Context, me lockInfo, wait, ttl time.Duration, now func() time.Time, notify func(string)) (held context.Context, release func() error, confirm func(context.Context) error, err error) {
 	me.Since, me.Expires = now().UTC(), now().Add(ttl).UTC()
+	me.TTL = max(1, int64(ttl/time.Second))
 	if err := h.lock(ctx, me, wait, notify); err != nil {
 		return nil, nil, nil, err
 	}
