@@ -404,16 +404,28 @@ func (d *Deployer) rollout(ctx context.Context, b Bundle, rel *Release, compose 
 		return fmt.Errorf("%s: release %s serves, but: %w", name, rel.ID, gateErr)
 	}
 
-	// From here on an interrupt must not stop the way back.
+	return d.returnTo(ctx, rel, prev, gateErr, confirmLock, true)
+}
+
+// returnTo brings prev back after rel, whose containers replaced prev's,
+// failed its gate with gateErr (a deploy's new release, or a rollback's
+// target), if the lock (confirmLock) is still this run's. With
+// recordFailed, rel is recorded failed first. The way back runs to its end
+// whatever happens to ctx: an interrupt must not leave the host with
+// nothing serving.
+func (d *Deployer) returnTo(ctx context.Context, rel, prev *Release, gateErr error, confirmLock func(context.Context) error, recordFailed bool) error {
+	name := d.cfg.Name
 	bg := context.WithoutCancel(ctx)
 	if err := confirmLock(bg); errors.Is(err, errLockTaken) || errors.Is(context.Cause(ctx), errLockTaken) {
 		// The host is another deploy's now: it decides what runs there,
 		// and this one records and starts nothing more.
 		return fmt.Errorf("%s: %w (release %s did not pass its gate and is left as it is; the other deploy decides what runs)", name, gateErr, rel.ID)
 	}
-	recErr := d.h.record(bg, rel, ReleaseFailed)
-	if recErr != nil {
-		d.emit(StepRelease, EventFail, recErr.Error())
+	var recErr error
+	if recordFailed {
+		if recErr = d.h.record(bg, rel, ReleaseFailed); recErr != nil {
+			d.emit(StepRelease, EventFail, recErr.Error())
+		}
 	}
 	if prev == nil {
 		return errors.Join(fmt.Errorf("%s: %w (no previous release to return to)", name, gateErr), recErr)
@@ -842,7 +854,7 @@ func (d *Deployer) Rollback(ctx context.Context, id string, rotate []string) (re
 		}
 		rollbackErr = d.auditOutcome(ctx, entry, rollbackErr, func(msg string) { res.AuditError = msg })
 	}()
-	held, release, err := d.holdLock(ctx)
+	held, release, confirmLock, err := d.holdLockConfirmed(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -889,9 +901,22 @@ func (d *Deployer) Rollback(ctx context.Context, id string, rotate []string) (re
 		}
 	}
 	d.emit(StepRollback, EventStart, target.ID)
-	if _, err := d.activate(ctx, target, cur, nil, true); err != nil {
+	live, err := d.activate(ctx, target, cur, nil, true)
+	switch {
+	case err == nil:
+	case live:
+		d.emit(StepRollback, EventFail, err.Error())
+		return nil, fmt.Errorf("%s: release %s serves, but: %w", name, target.ID, err)
+	case cur == nil || cur.ID == target.ID:
 		d.emit(StepRollback, EventFail, err.Error())
 		return nil, fmt.Errorf("%s: rollback to %s: %w", name, target.ID, err)
+	default:
+		// The target's containers replaced the current release's and do
+		// not serve: the current release comes back, as after a failed
+		// deploy. The target keeps its record: it went live once, and
+		// what failed now may be passing (a slow start).
+		d.emit(StepRollback, EventFail, err.Error())
+		return nil, d.returnTo(ctx, target, cur, fmt.Errorf("rollback to %s: %w", target.ID, err), confirmLock, false)
 	}
 	d.emit(StepRollback, EventOK, "release "+target.ID+" is live")
 	return out, nil

@@ -394,6 +394,22 @@ func TestDeployEndToEnd(t *testing.T) {
 		t.Errorf("rollback events %s, want %s", strings.Join(steps, " "), want)
 	}
 	f.noSecrets(t, events)
+
+	// A rollback whose target fails its gate (here the broken release,
+	// named) has replaced the current release's containers: the current
+	// release comes back, rather than leave nothing serving.
+	broken := rs[1].ID
+	_, err = rd.Rollback(ctx, broken, nil)
+	if !errors.As(err, &rb) || rb.Release != broken || rb.Previous != second {
+		t.Fatalf("rollback to the broken release: %v, want a return to %s", err, second)
+	}
+	if f.current(t) != second || !f.gatewayHealthy() {
+		t.Fatalf("after the failed rollback: current %s, gateway healthy %v", f.current(t), f.gatewayHealthy())
+	}
+	rs, err = rd.Releases(ctx)
+	if err != nil || rs[1].ID != broken || rs[1].Status != ReleaseFailed || rs[2].ID != second || rs[2].Status != ReleaseLive || !rs[2].Current {
+		t.Errorf("releases after the failed rollback: %+v %v", rs, err)
+	}
 }
 
 // buildVersion is lucid stamped with another version: a new binary layer.
