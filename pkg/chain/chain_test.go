@@ -114,6 +114,30 @@ func TestValidateFieldErrors(t *testing.T) {
 	}
 }
 
+// TestValidateNewBoundsTimes: a new anchor's time may be nanosecond
+// precise and no more (time.Parse takes a fraction of any length, and the
+// string would go on the chain as sent), while a sealed block holding a
+// longer one still verifies: Validate, the rule for sealed blocks, keeps
+// accepting it.
+func TestValidateNewBoundsTimes(t *testing.T) {
+	tx := chaintest.Anchor(1)
+	tx.Anchor.StartedAt = "2026-11-26T09:00:00.123456789+01:00"
+	if err := tx.ValidateNew(); err != nil {
+		t.Fatalf("a nanosecond time with a zone: %v", err)
+	}
+	tx.Anchor.StartedAt = "2026-11-26T09:00:00." + strings.Repeat("0", 16000) + "Z"
+	var fe chain.FieldErrors
+	if err := tx.ValidateNew(); !errors.As(err, &fe) || len(fe) != 1 || fe[0].Field != "anchor.started_at" {
+		t.Fatalf("a padded time: %v, want anchor.started_at refused", err)
+	}
+	if err := tx.Anchor.ValidateNew(); !errors.As(err, &fe) || len(fe) != 1 || fe[0].Field != "started_at" {
+		t.Fatalf("a padded time, the anchor alone: %v, want started_at refused", err)
+	}
+	if err := tx.Validate(); err != nil {
+		t.Fatalf("Validate, the sealed blocks' rule, refuses what it took before: %v", err)
+	}
+}
+
 func TestVerifyBlockChain(t *testing.T) {
 	c := fixture(t)
 	tree, _ := logtree.New(logtree.MemoryStore{}, 0)

@@ -123,6 +123,61 @@ func (tx *Transaction) Validate() error {
 	return nil
 }
 
+// maxTimeLen is the longest RFC 3339 time a new anchor may carry:
+// nanoseconds and a numeric zone ("2006-01-02T15:04:05.999999999-07:00").
+// time.Parse takes a fraction of any length, and the string goes on the
+// chain as sent.
+const maxTimeLen = len("2006-01-02T15:04:05.999999999-07:00")
+
+// ValidateNew checks a transaction submitted for the chain: what Validate
+// checks, and the rules that came after blocks were first sealed, which
+// Validate, the rule for sealed blocks, must not gain (a chain sealed
+// before them must still verify): an anchor's times at most nanosecond
+// precise, and the whole transaction within MaxTxBytes, so that nothing is
+// accepted (by anchoring, or frozen by a seal) that the engine must then
+// refuse.
+func (tx *Transaction) ValidateNew() error {
+	if err := tx.Validate(); err != nil {
+		return err
+	}
+	var fe FieldErrors
+	if tx.Anchor != nil {
+		tx.Anchor.validateNew(&fe, "anchor.")
+	}
+	if len(fe) > 0 {
+		return fe
+	}
+	canon, err := tx.Encode()
+	if err != nil {
+		return err
+	}
+	if len(canon) > MaxTxBytes {
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, len(canon), MaxTxBytes)
+	}
+	return nil
+}
+
+// ValidateNew checks a session anchor submitted for the chain, as
+// Transaction.ValidateNew does, naming its fields without a prefix.
+func (a *SessionAnchor) ValidateNew() error {
+	var fe FieldErrors
+	a.validate(&fe, "")
+	a.validateNew(&fe, "")
+	if len(fe) > 0 {
+		return fe
+	}
+	return (&Transaction{Type: TypeSessionAnchor, Anchor: a}).ValidateNew()
+}
+
+func (a *SessionAnchor) validateNew(fe *FieldErrors, prefix string) {
+	if len(a.StartedAt) > maxTimeLen {
+		fe.add(prefix+"started_at", "must be at most %d characters (nanoseconds at most)", maxTimeLen)
+	}
+	if len(a.EndedAt) > maxTimeLen {
+		fe.add(prefix+"ended_at", "must be at most %d characters (nanoseconds at most)", maxTimeLen)
+	}
+}
+
 // Validate checks a session anchor; prefix names its fields in errors.
 func (a *SessionAnchor) Validate() error {
 	var fe FieldErrors

@@ -45,10 +45,10 @@ func (a *api) create(w http.ResponseWriter, r *http.Request, p service.Principal
 		return he
 	}
 	tx := &chain.Transaction{Type: chain.TypeSessionAnchor, Anchor: &m}
-	if err := m.Validate(); err != nil {
+	if err := m.ValidateNew(); err != nil {
 		var fe chain.FieldErrors
-		errors.As(err, &fe)
-		he := service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "invalid manifest: %s", fe.Error())
+		errors.As(err, &fe) // the fields, when it names them
+		he := service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "invalid manifest: %s", err.Error())
 		he.Fields = fe
 		return he
 	}

@@ -310,10 +310,10 @@ func (a *api) seal(w http.ResponseWriter, r *http.Request, p service.Principal) 
 	// below, once the session can no longer change).
 	m := &chain.SessionAnchor{SessionID: sid, Owner: p.Subject, ManifestHash: req.ManifestHash,
 		MerkleRoot: strings.Repeat("0", 64), StartedAt: req.StartedAt, EndedAt: req.EndedAt}
-	if err := m.Validate(); err != nil {
+	if err := m.ValidateNew(); err != nil {
 		var fe chain.FieldErrors
-		errors.As(err, &fe)
-		he := service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "invalid seal request: %s", fe.Error())
+		errors.As(err, &fe) // the fields, when it names them
+		he := service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "invalid seal request: %s", err.Error())
 		he.Fields = fe
 		return he
 	}

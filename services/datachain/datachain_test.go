@@ -142,7 +142,13 @@ func TestChunkAPI(t *testing.T) {
 	if code, body := do(t, http.MethodPost, hs.URL+"/api/v1/sessions/"+sid+"/seal", "application/json", []byte(`{}`)); code != 400 || !strings.Contains(body, "manifest_hash") {
 		t.Errorf("seal with a bad manifest: %d %s", code, body)
 	}
-	// The invalid seal did not freeze the session.
+	// A time padded with 16,000 digits parses, but would make a
+	// transaction the engine refuses after the seal froze the session.
+	padded := []byte(`{"manifest_hash":"` + strings.Repeat("a", 64) + `","started_at":"2026-11-26T09:00:00.` + strings.Repeat("0", 16000) + `Z","ended_at":"2026-11-26T10:00:00Z"}`)
+	if code, body := do(t, http.MethodPost, hs.URL+"/api/v1/sessions/"+sid+"/seal", "application/json", padded); code != 400 || !strings.Contains(body, "started_at") {
+		t.Errorf("seal with a padded time: %d %.300s", code, body)
+	}
+	// The invalid seals did not freeze the session.
 	if code, _ := do(t, http.MethodPut, hs.URL+"/api/v1/chunks?session_id="+sid+"&index=2", "", bytes.Repeat([]byte("e"), 2048)); code != 201 {
 		t.Errorf("the session was frozen by an invalid seal: %d", code)
 	}

@@ -192,7 +192,12 @@ func TestHostileInput(t *testing.T) {
 	valid := chaintest.Anchor(5)
 	valid.Anchor.ChunkCount = -1
 	negative, _ := json.Marshal(valid)
+	// Under MaxTxBytes, but 16 KiB of nothing on the chain for good.
+	valid = chaintest.Anchor(7)
+	valid.Anchor.StartedAt = "2026-11-26T09:00:00." + strings.Repeat("0", 15000) + "Z"
+	padded, _ := json.Marshal(valid)
 	items := []struct{ body, want string }{
+		{string(padded), "anchor.started_at"},
 		{`{"type":"session_anchor","anchor":{"chunk_count":"ten"}}`, "chunk_count"},
 		{`{"type":"system","evil":true}`, "unknown field"},
 		{`{"type":"session_anchor","anchor":{}}`, "anchor.session_id"},
