@@ -223,6 +223,12 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request) error {
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
+	// The answer's headers go now, not with the first block: a follower
+	// from the head waits for the next block, which may be longer in
+	// coming than a proxy waits for headers (the gateway's 30 s).
+	if err := rc.Flush(); err != nil || r.Method == http.MethodHead {
+		return nil // gone, or asked for the headers alone
+	}
 	next := from
 	for {
 		_ = rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))

@@ -224,6 +224,28 @@ func TestHostileInput(t *testing.T) {
 	if last := res.Transactions[len(batch)-1]; last.Status != engineapi.StatusPending || last.ID == "" {
 		t.Errorf("the good item after the bad ones: %+v", last)
 	}
+	// A follower beyond the head gets the stream's headers at once, not
+	// with the next block (which a proxy waiting for headers would not
+	// see), and a HEAD of it ends there rather than hold a stream slot.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// More HEADs than the stream slots a caller has (2): each must end.
+	for _, method := range []string{http.MethodHead, http.MethodHead, http.MethodHead, http.MethodGet} {
+		req, _ := http.NewRequestWithContext(ctx, method, n.http.URL+"/api/v1/blocks/stream?from=1000000", nil)
+		resp, err := anchoring.Do(req)
+		if err != nil {
+			t.Fatalf("%s of a stream beyond the head: %v (no headers before the next block)", method, err)
+		}
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/x-ndjson" {
+			t.Errorf("%s of a stream beyond the head: %d %s", method, resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+		if method == http.MethodHead {
+			if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+				t.Errorf("HEAD of a stream did not end: %v", err)
+			}
+		}
+		resp.Body.Close()
+	}
 	for _, path := range []string{"/api/v1/blocks/abc", "/api/v1/blocks/0", "/api/v1/consistency?from=5&to=1", "/api/v1/blocks/stream?from=x"} {
 		resp, err := anchoring.Get(n.http.URL + path)
 		if err != nil {
