@@ -313,6 +313,10 @@ func (a *App) verifyInChain(ctx context.Context, receipt []byte) (*chain.Verifie
 	if err != nil {
 		return nil, err
 	}
+	if height == 0 {
+		// No block has height 0; the engine would refuse the question.
+		return nil, chain.ErrNotInChain
+	}
 	b, err := a.engine.Block(ctx, height)
 	switch {
 	case errors.Is(err, engineapi.ErrNotFound):

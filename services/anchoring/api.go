@@ -137,7 +137,11 @@ func (a *api) verify(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		var unavailable *keysUnavailableError
 		if errors.As(err, &unavailable) {
-			return service.Errorf(http.StatusServiceUnavailable, service.CodeUnready, "%v", err)
+			// Anyone may ask: what the engine said, or where it is,
+			// belongs in the log.
+			he := service.Errorf(http.StatusServiceUnavailable, service.CodeUnready, "the chain's validator keys are unavailable; try again")
+			he.Cause = err
+			return he
 		}
 		service.WriteJSON(w, http.StatusOK, VerifyResult{Valid: false, Reason: err.Error()})
 		return nil

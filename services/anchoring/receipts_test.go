@@ -1,13 +1,19 @@
 package anchoring
 
 import (
+	"bytes"
 	"errors"
+	"io"
+	"net/http"
 	"net/http/httptest"
+	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/chain/chaintest"
+	"github.com/pickme/lucid/pkg/service/servicetest"
 )
 
 // TestReceiptsOfARemovedValidator: a receipt signed by a validator the
@@ -56,5 +62,61 @@ func TestReceiptsOfARemovedValidator(t *testing.T) {
 	}
 	if _, err := a.verifyReceipt(ctx, forged.Receipt(5, 5).Marshal()); !errors.Is(err, chain.ErrSignature) {
 		t.Errorf("a receipt the removed key signed past the head: %v, want %v", err, chain.ErrSignature)
+	}
+}
+
+// TestForgedReceiptAtHeightZero: a receipt whose checkpoint names height
+// 0 (no block has it) is not the chain's: the engine is not asked for a
+// block it would refuse, and the answer is "not valid", not a 503.
+func TestForgedReceiptAtHeightZero(t *testing.T) {
+	c, _ := chaintest.HandedOver()
+	api := c.EngineAPI(c.Verifier)
+	var blockAsks atomic.Int32 // the real engine answers height 0 with 400
+	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/api/v1/blocks/") {
+			blockAsks.Add(1)
+		}
+		api.ServeHTTP(w, r)
+	}))
+	defer engine.Close()
+	a := &App{engine: engineapi.New(engine.URL, engine.Client())}
+
+	forged := chaintest.New()
+	forged.Append(chaintest.Anchor(7))
+	r := forged.Receipt(1, 1)
+	r.Checkpoint = bytes.Replace(r.Checkpoint, []byte("\nheight 1\n"), []byte("\nheight 0\n"), 1)
+	if h, err := chain.ReceiptHeight(r.Marshal()); err != nil || h != 0 {
+		t.Fatalf("the forged receipt's height: %d, %v", h, err)
+	}
+	_, err := a.verifyReceipt(t.Context(), r.Marshal())
+	if err == nil || errors.As(err, new(*keysUnavailableError)) {
+		t.Fatalf("a forged receipt at height 0: %v, want it not valid", err)
+	}
+	if n := blockAsks.Load(); n != 0 {
+		t.Errorf("the engine was asked for block 0 (%d times)", n)
+	}
+}
+
+// TestVerifyHidesTheEngine: with the engine unreachable, /verify answers
+// 503 without the engine's address or the transport's error, which are
+// for the log: anyone may ask it.
+func TestVerifyHidesTheEngine(t *testing.T) {
+	hs := startAnchoring(t) // its engine is http://127.0.0.1:1
+	forged := chaintest.New()
+	forged.Append(chaintest.Anchor(7))
+	client := servicetest.Client("gateway")
+	resp, err := client.Post(hs.URL+"/api/v1/anchors/verify", "text/plain", bytes.NewReader(forged.Receipt(1, 1).Marshal()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("verify with the engine down: %d %s", resp.StatusCode, body)
+	}
+	for _, s := range []string{"127.0.0.1", "connection refused", "dial tcp"} {
+		if strings.Contains(string(body), s) {
+			t.Errorf("the answer shows %q: %s", s, body)
+		}
 	}
 }
