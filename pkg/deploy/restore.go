@@ -34,6 +34,10 @@ const StepRestore Step = "restore"
 // with come from a deploy.
 var ErrNotDeployed = errors.New("no deployed release to restore into: deploy first (lucidctl deploy), then restore")
 
+// ErrReleaseChanged is a restore whose release (RestoreOptions.Release)
+// is no longer the current one when it holds the lock.
+var ErrReleaseChanged = errors.New("another release went live while the restore waited for the lock")
+
 // ServiceData is one service's files, to be written into its volume.
 type ServiceData struct {
 	// Service is the catalog name.
@@ -53,6 +57,12 @@ type RestoreOptions struct {
 	// the same paths (deployfiles.ServiceEnvPath), and the services are
 	// recreated with compose up to read them.
 	EnvFiles map[string][]byte
+	// Release, when set, is the release EnvFiles were worked out
+	// against (which of its files differ from the backup's): if another
+	// is current once the lock is held (a deploy finished while this
+	// restore waited), the restore stops before anything changes, rather
+	// than mix the backup's files with the new release's.
+	Release string
 	// Backup names what is restored, for the audit trail.
 	Backup string
 	// BeforeStop runs under the lock with the services still running; an
@@ -118,6 +128,10 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 		return nil, fmt.Errorf("%s: %w", name, ErrNotDeployed)
 	}
 	entry.Release = cur.ID
+	if o.EnvFiles != nil && o.Release != "" && o.Release != cur.ID {
+		return nil, fmt.Errorf("%s: %w: release %s is current now, not %s, which the env files were compared with; nothing was restored (run the restore again)",
+			name, ErrReleaseChanged, cur.ID, o.Release)
+	}
 	byService, err := d.h.serviceContainers(ctx)
 	if err != nil {
 		return nil, err

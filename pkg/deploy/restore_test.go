@@ -88,6 +88,17 @@ func TestRestoreIntoTheVolumes(t *testing.T) {
 	if len(sd.Manifest.Files) < 2 {
 		t.Fatalf("the data chain's data holds %d files", len(sd.Manifest.Files))
 	}
+	// Env files worked out against a release that is no longer current
+	// (a deploy finished while the restore waited for the lock): refused
+	// before anything changes.
+	_, err = d.Restore(ctx, RestoreOptions{Data: []ServiceData{sd}, EnvFiles: map[string][]byte{}, Release: "20000101T000000Z-gone", Backup: "test-backup",
+		BeforeStop: func(context.Context) error {
+			t.Error("a restore into a release it did not compare with went on")
+			return nil
+		}})
+	if !errors.Is(err, ErrReleaseChanged) {
+		t.Fatalf("restore of env files compared with another release: %v, want ErrReleaseChanged", err)
+	}
 	stopped := false
 	res, err := d.Restore(ctx, RestoreOptions{Data: []ServiceData{sd}, Backup: "test-backup", BeforeStop: func(context.Context) error {
 		stopped = true

@@ -469,7 +469,7 @@ func runTarget(ctx context.Context, opts *Options, src Source, out *Output) erro
 		return err
 	}
 	res, err := d.Restore(ctx, deploy.RestoreOptions{
-		Data: serviceData(src, fb), EnvFiles: env, Backup: src.ID(),
+		Data: serviceData(src, fb), EnvFiles: env, Release: release, Backup: src.ID(),
 		BeforeStop: func(ctx context.Context) error {
 			reasons := holdsData(ctx, cl)
 			out.Existing, out.Reasons = len(reasons) > 0, reasons
