@@ -249,11 +249,27 @@ func (g *GateFailure) Error() string {
 // healthy, and there are at least want of them.
 func (h *host) waitHealthy(ctx context.Context, release string, want int, timeout time.Duration, only map[string]bool) error {
 	deadline := time.Now().Add(timeout)
+	// The deadline is checked between the Engine's answers; an Engine
+	// that stops answering (a failing SD card, with sshd still up) would
+	// hold the gate, and the lock, for ever without a bound on the calls.
+	wait := h.dockerWait
+	if wait == 0 {
+		wait = 30 * time.Second
+	}
+	outer := ctx
+	ctx, cancel := context.WithDeadline(ctx, deadline.Add(wait))
+	defer cancel()
+	silent := func(err error) error {
+		if outer.Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("%s: the Docker Engine did not answer within %s of the health gate's %s: %w", h.name, wait, timeout, err)
+		}
+		return err
+	}
 	var last []container.Summary
 	for {
 		list, err := h.projectContainers(ctx)
 		if err != nil {
-			return err
+			return silent(err)
 		}
 		healthy, broken := 0, false
 		list = slices.DeleteFunc(list, func(c container.Summary) bool {
@@ -275,11 +291,11 @@ func (h *host) waitHealthy(ctx context.Context, release string, want int, timeou
 			break
 		}
 		if broken || time.Now().After(deadline) {
-			return h.gateFailure(ctx, release, last)
+			return silent(h.gateFailure(ctx, release, last))
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return silent(ctx.Err())
 		case <-time.After(time.Second):
 		}
 	}

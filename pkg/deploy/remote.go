@@ -39,6 +39,10 @@ type host struct {
 	// each lock step takes its guard, so that a test can start two
 	// deploys' steps at the same instant.
 	stepGate string
+	// dockerWait is how long past the health gate's own timeout the gate
+	// waits for the host's Docker Engine to answer (zero: 30 s); tests
+	// shorten it.
+	dockerWait time.Duration
 }
 
 func newHost(name string, ssh *sshx.Client, dir, socket, project string) (*host, error) {
