@@ -21,7 +21,7 @@ func TestHealthGateOutlastsNoDockerAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dc.Close()
+	defer func() { _ = dc.Close() }()
 	h := &host{name: "pi", docker: dc, project: "lucid", dockerWait: 200 * time.Millisecond}
 	err = h.waitHealthy(context.Background(), "r1", 1, 100*time.Millisecond, nil)
 	if err == nil || !strings.Contains(err.Error(), "did not answer") {
