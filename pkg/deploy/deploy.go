@@ -869,6 +869,18 @@ func (d *Deployer) Rollback(ctx context.Context, id string, rotate []string) (re
 		return nil, fmt.Errorf("%s: releases: %w", name, err)
 	}
 	target, cur := pickRollback(rs, id)
+	var cut []*Release
+	if id == "" && cur != nil {
+		if cut = interruptedDeploys(rs); len(cut) > 0 {
+			// A deploy cut off after its compose up (the connection
+			// lost, the laptop gone) may have left its release's
+			// containers running in place of the current one's: what
+			// to bring back is the current release, not the one before.
+			target = cur
+			d.emit(StepRollback, EventInfo, fmt.Sprintf("release %s was left %s by a deploy that was cut off, and its containers may be running: bringing back the current release %s (roll back again to go further back)",
+				cut[0].ID, ReleaseDeploying, cur.ID))
+		}
+	}
 	if target == nil {
 		if id == "" {
 			return nil, fmt.Errorf("%s: %w: no earlier release that went live", name, ErrNoRelease)
@@ -877,8 +889,12 @@ func (d *Deployer) Rollback(ctx context.Context, id string, rotate []string) (re
 	}
 	entry.Release = target.ID
 	out := &RollbackResult{Target: name, Release: target.ID}
-	if cur != nil {
+	if len(cut) > 0 {
+		out.Replaced = cut[0].ID
+	} else if cur != nil {
 		out.Replaced = cur.ID
+	}
+	if cur != nil {
 		// The host's data and its users' tokens are bound to the
 		// secrets it runs with now, as for a deploy: a release from
 		// before a rotation would bring back a key the data chain's
@@ -918,8 +934,38 @@ func (d *Deployer) Rollback(ctx context.Context, id string, rotate []string) (re
 		d.emit(StepRollback, EventFail, err.Error())
 		return nil, d.returnTo(ctx, target, cur, fmt.Errorf("rollback to %s: %w", target.ID, err), confirmLock, false)
 	}
+	// The cut deploys' releases never passed their gate: recorded so,
+	// the next rollback goes back past the current release.
+	var recErrs []error
+	for _, r := range cut {
+		if err := d.h.record(ctx, r, ReleaseFailed); err != nil {
+			recErrs = append(recErrs, err)
+		}
+	}
+	if err := errors.Join(recErrs...); err != nil {
+		d.emit(StepRollback, EventFail, err.Error())
+		return nil, fmt.Errorf("%s: release %s serves, but: %w", name, target.ID, err)
+	}
 	d.emit(StepRollback, EventOK, "release "+target.ID+" is live")
 	return out, nil
+}
+
+// interruptedDeploys are the releases in rs (newest first) newer than the
+// current one and still recorded deploying: a deploy that ends in any
+// way it can see records its release live or failed, so these are of
+// deploys cut off (the connection lost, lucidctl killed) after writing
+// them, possibly after their compose up.
+func interruptedDeploys(rs []Release) []*Release {
+	var out []*Release
+	for i := range rs {
+		if rs[i].Current {
+			return out
+		}
+		if rs[i].Status == ReleaseDeploying {
+			out = append(out, &rs[i])
+		}
+	}
+	return nil // no current release: nothing is newer than it
 }
 
 // pickRollback finds the release a rollback goes to in rs (newest first):

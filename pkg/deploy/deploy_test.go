@@ -410,6 +410,45 @@ func TestDeployEndToEnd(t *testing.T) {
 	if err != nil || rs[1].ID != broken || rs[1].Status != ReleaseFailed || rs[2].ID != second || rs[2].Status != ReleaseLive || !rs[2].Current {
 		t.Errorf("releases after the failed rollback: %+v %v", rs, err)
 	}
+
+	// A deploy cut off after writing its release (the connection lost
+	// during its gate) leaves it deploying, newer than current, its
+	// containers perhaps running: a plain rollback brings the current
+	// release back, not the one before it, and records the cut one failed.
+	const cutID = "29991231T000000Z-cut"
+	copyRelease(t, filepath.Join(f.dir, "releases", second), filepath.Join(f.dir, "releases", cutID), cutID, ReleaseDeploying)
+	rbRes, err = rd.Rollback(ctx, "", nil)
+	if err != nil || rbRes.Release != second || rbRes.Replaced != cutID || f.current(t) != second || !f.gatewayHealthy() {
+		t.Fatalf("rollback after a cut deploy: %+v %v, current %s; want %s back in place of %s", rbRes, err, f.current(t), second, cutID)
+	}
+	rs, err = rd.Releases(ctx)
+	if err != nil || rs[0].ID != cutID || rs[0].Status != ReleaseFailed {
+		t.Errorf("releases after the rollback past a cut deploy: %+v %v", rs, err)
+	}
+}
+
+// copyRelease makes release id at to, a copy of the release at from,
+// recorded with status.
+func copyRelease(t *testing.T, from, to, id string, status ReleaseStatus) {
+	t.Helper()
+	if out, err := exec.Command("cp", "-a", from, to).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	data, err := os.ReadFile(filepath.Join(to, releaseRecord))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r Release
+	if err := json.Unmarshal(data, &r); err != nil {
+		t.Fatal(err)
+	}
+	r.ID, r.Status = id, status
+	if data, err = json.Marshal(r); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(to, releaseRecord), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // buildVersion is lucid stamped with another version: a new binary layer.

@@ -89,6 +89,18 @@ func TestPickRollback(t *testing.T) {
 	if target, _ := pickRollback(rs[4:], ""); target != nil {
 		t.Errorf("nothing current: %+v", target)
 	}
+	// Only a release newer than the current one and left deploying is a
+	// cut deploy's.
+	if cut := interruptedDeploys(rs); len(cut) != 0 {
+		t.Errorf("cut deploys where none is newer than current: %+v", cut)
+	}
+	withCut := append([]Release{{ID: "6", Status: ReleaseDeploying}}, rs...)
+	if cut := interruptedDeploys(withCut); len(cut) != 1 || cut[0].ID != "6" {
+		t.Errorf("cut deploys: %+v, want 6", cut)
+	}
+	if cut := interruptedDeploys(withCut[:2]); len(cut) != 0 {
+		t.Errorf("cut deploys with nothing current: %+v", cut)
+	}
 }
 
 // recordFixture is a host (sshd only, no Docker) with two releases: prev
