@@ -388,6 +388,11 @@ func (w *Writer) Commit(ctx context.Context) (*Manifest, error) {
 	if err := w.seal(&buf, b); err != nil {
 		return nil, err
 	}
+	if buf.Len() > maxManifestBytes {
+		// Load would refuse it: a backup nobody could restore must not
+		// look complete.
+		return nil, fmt.Errorf("backup %s: its manifest takes %d bytes, more than a manifest may (%d): the data is too large for one backup", w.m.ID, buf.Len(), maxManifestBytes)
+	}
 	if w.opts.Signer != nil {
 		// Before the manifest, which makes the backup exist: a complete
 		// backup is never without its signature.
