@@ -229,6 +229,14 @@ func registryError(err error) error {
 
 func (a *App) handleServices(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
+	if name != "" {
+		// PathValue is decoded: "..%2F..%2Fagent%2Fself" would reach
+		// Consul, with the controller's management token, as a path of
+		// its own choosing.
+		if err := meshca.ValidServiceName(name); err != nil {
+			return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "%v", err)
+		}
+	}
 	in, err := a.reg.instances(r.Context(), name)
 	if err != nil {
 		return registryError(err)

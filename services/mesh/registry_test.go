@@ -94,6 +94,22 @@ func TestRegistrationFollowsConsul(t *testing.T) {
 			t.Errorf("GET %s passes a check's output on: %s", path, body)
 		}
 	}
+	// A name that is not a service's never reaches Consul: decoded, it
+	// would be a path of the caller's choosing, asked with the
+	// controller's management token.
+	for _, name := range []string{"..%2F..%2Fagent%2Fself", "engine%2F..%2F..%2Fkv%2Fx", "Engine"} {
+		req, _ := http.NewRequest(http.MethodGet, c.url+"/services/"+name, nil)
+		req.Header.Set("Authorization", "Bearer "+testOperator)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("GET /services/%s: %d %s, want 400", name, resp.StatusCode, b)
+		}
+	}
 	engine.sick.Store(false)
 	testenv.Eventually(t, 5*time.Second, "engine passing again", func() bool { return status("engine", "lucid-engine") == "passing" })
 
