@@ -54,25 +54,22 @@ func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request) error {
 }
 
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) error {
+	// Anyone may ask a public listener's /ready, and any container on the
+	// Pi's network an internal one's, and each run of the checks may cost
+	// a dependency a call (the gateway's Redis with limits failing
+	// closed; the engine, for anchoring and the block manager):
+	// concurrent callers share the run in progress, so a flood of them
+	// makes one call at a time. The run outlives a caller that leaves;
+	// each check is still bounded by checkTimeout.
+	run := s.readyRuns.DoChan("ready", func() (any, error) {
+		return s.Ready(context.WithoutCancel(r.Context())), nil
+	})
 	var rd Readiness
-	if s.cfg.Public {
-		// Anyone may ask a public listener's /ready, and each run of the
-		// checks may cost a dependency a call (the gateway's Redis, with
-		// limits failing closed): concurrent callers share the run in
-		// progress, so a flood of them makes one call at a time. The run
-		// outlives a caller that leaves; each check is still bounded by
-		// checkTimeout.
-		run := s.readyRuns.DoChan("ready", func() (any, error) {
-			return s.Ready(context.WithoutCancel(r.Context())), nil
-		})
-		select {
-		case res := <-run:
-			rd = res.Val.(Readiness)
-		case <-r.Context().Done():
-			return nil
-		}
-	} else {
-		rd = s.Ready(r.Context())
+	select {
+	case res := <-run:
+		rd = res.Val.(Readiness)
+	case <-r.Context().Done():
+		return nil
 	}
 	status := http.StatusOK
 	if rd.Status != "ready" {

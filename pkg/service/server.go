@@ -49,8 +49,8 @@ type Server struct {
 	fallback atomic.Pointer[http.Handler]
 	identity atomic.Pointer[meshtls.Identity]
 
-	// readyRuns shares one run of the checks among a public listener's
-	// concurrent /ready callers.
+	// readyRuns shares one run of the checks among concurrent /ready
+	// callers.
 	readyRuns singleflight.Group
 
 	// lastFailure is each failing check's error as last logged (a public
@@ -58,13 +58,15 @@ type Server struct {
 	lastFailure map[string]string
 }
 
-// metricsQueue is how many /metrics requests of a public listener wait
-// while one is answered; any more get 503 at once. Anyone may ask a public
-// listener's, and a gather of every metric costs what about 30 proxied
-// requests do (the gateway's: 820 µs of CPU against 28 for a 404), so a
-// flood of them could take every core from the requests the server is
-// for: answered one at a time they take at most one. A few wait rather
-// than fail, so that monitors asking at the same moment all get answers.
+// metricsQueue is how many /metrics requests wait while one is answered;
+// any more get 503 at once. Anyone may ask a public listener's, and any
+// container on the Pi's network an internal one's (the shared endpoints
+// need no credential), and a gather of every metric costs what about 30
+// proxied requests do (the gateway's: 820 µs of CPU against 28 for a
+// 404), so a flood of them could take every core from the requests the
+// server is for: answered one at a time they take at most one. A few wait
+// rather than fail, so that monitors asking at the same moment all get
+// answers.
 const metricsQueue = 4
 
 // oneAtATime serves h one request at a time: up to queue more wait their
@@ -110,10 +112,7 @@ func New(cfg Config, logger *slog.Logger) *Server {
 		// A failed gather answers 500; its cause belongs in the log.
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelError),
 	})
-	if cfg.Public {
-		metrics = oneAtATime(metrics, metricsQueue)
-	}
-	s.mux.Handle("GET /metrics", metrics)
+	s.mux.Handle("GET /metrics", oneAtATime(metrics, metricsQueue))
 	s.mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if h := s.fallback.Load(); h != nil {
 			(*h).ServeHTTP(w, r)

@@ -254,11 +254,10 @@ func (c *blockingCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, 1)
 }
 
-// TestPublicMetricsOneAtATime: a public listener gathers for one /metrics
-// request at a time; metricsQueue more wait their turn and are answered,
-// and one beyond them gets 503 at once, so a flood takes at most one
-// core. An internal service's are not bounded.
-func TestPublicMetricsOneAtATime(t *testing.T) {
+// TestMetricsOneAtATime: a listener, public or internal (anyone may ask
+// either), gathers for one /metrics request at a time; metricsQueue more
+// wait their turn and are answered, and any beyond those get 503 at once.
+func TestMetricsOneAtATime(t *testing.T) {
 	for _, public := range []bool{true, false} {
 		s := testServer(t, nil)
 		if public {
@@ -276,17 +275,6 @@ func TestPublicMetricsOneAtATime(t *testing.T) {
 		case code := <-codes:
 			t.Fatalf("public %v: the first /metrics answered %d without gathering", public, code)
 		}
-		if !public {
-			go ask()
-			<-c.entered // a second gather runs beside the first
-			close(c.release)
-			for range 2 {
-				if code := <-codes; code != http.StatusOK {
-					t.Errorf("internal: /metrics %d, want 200", code)
-				}
-			}
-			continue
-		}
 		for range metricsQueue + 1 {
 			go ask()
 		}
@@ -295,26 +283,27 @@ func TestPublicMetricsOneAtATime(t *testing.T) {
 		select {
 		case code := <-codes:
 			if code != http.StatusServiceUnavailable {
-				t.Errorf("public: /metrics beyond the queue: %d, want 503", code)
+				t.Errorf("public %v: /metrics beyond the queue: %d, want 503", public, code)
 			}
 		case <-c.entered:
 			close(c.release)
-			t.Fatal("public: a second /metrics gathered beside the first")
+			t.Fatalf("public %v: a second /metrics gathered beside the first", public)
 		}
 		close(c.release)
 		for range metricsQueue + 1 {
 			if code := <-codes; code != http.StatusOK {
-				t.Errorf("public: a /metrics that waited its turn: %d, want 200", code)
+				t.Errorf("public %v: a /metrics that waited its turn: %d, want 200", public, code)
 			}
 		}
 	}
 }
 
-// TestPublicReadyRunsOnce: concurrent /ready calls to a public listener
-// share one run of the checks (each of which may cost a dependency a
-// call), all get its answer, and a later call runs the checks again; an
-// internal listener runs them for every caller.
-func TestPublicReadyRunsOnce(t *testing.T) {
+// TestReadyRunsOnce: concurrent /ready calls share one run of the checks
+// (each of which may cost a dependency a call), on a public listener and
+// an internal one alike (any container on the Pi's network may ask an
+// internal one's); all get its answer, and a later call runs the checks
+// again.
+func TestReadyRunsOnce(t *testing.T) {
 	for _, public := range []bool{true, false} {
 		synctest.Test(t, func(t *testing.T) {
 			s := testServer(t, nil)
@@ -335,12 +324,8 @@ func TestPublicReadyRunsOnce(t *testing.T) {
 				go func() { codes <- get(t, s.Handler(), "/ready").Code }()
 			}
 			synctest.Wait() // every caller runs the checks or waits for a run
-			want := int32(1)
-			if !public {
-				want = callers
-			}
-			if n := runs.Load(); n != want {
-				t.Errorf("public %v: %d concurrent /ready ran the checks %d times, want %d", public, callers, n, want)
+			if n := runs.Load(); n != 1 {
+				t.Errorf("public %v: %d concurrent /ready ran the checks %d times, want once", public, callers, n)
 			}
 			close(release)
 			for range callers {
@@ -349,8 +334,8 @@ func TestPublicReadyRunsOnce(t *testing.T) {
 				}
 			}
 			get(t, s.Handler(), "/ready")
-			if n := runs.Load(); n != want+1 {
-				t.Errorf("public %v: a later /ready ran the checks %d times in all, want %d", public, n, want+1)
+			if n := runs.Load(); n != 2 {
+				t.Errorf("public %v: a later /ready ran the checks %d times in all, want 2", public, n)
 			}
 		})
 	}
