@@ -2,8 +2,10 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -26,5 +28,26 @@ func TestHealthGateOutlastsNoDockerAnswer(t *testing.T) {
 	err = h.waitHealthy(context.Background(), "r1", 1, 100*time.Millisecond, nil)
 	if err == nil || !strings.Contains(err.Error(), "did not answer") {
 		t.Fatalf("the gate with a silent Docker Engine: %v", err)
+	}
+}
+
+// TestRestoreWritesOnlyServiceEnvFiles: a backup's env file whose path is
+// not a service's (a planted backup's "../../.ssh/authorized_keys") is
+// refused before anything happens on the host.
+func TestRestoreWritesOnlyServiceEnvFiles(t *testing.T) {
+	f, lockFile := lockFixture(t)
+	d, err := New(Config{Name: "pi", SSH: f.dial(t), Dir: f.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, p := range []string{"../../.ssh/authorized_keys", "configs/environment/../../../x.env", "configs/environment/evil.env", "/etc/passwd"} {
+		_, err := d.Restore(context.Background(), RestoreOptions{EnvFiles: map[string][]byte{p: []byte("x")}})
+		if err == nil || !strings.Contains(err.Error(), "not a service's env file") {
+			t.Errorf("env file %q: %v", p, err)
+		}
+	}
+	if _, err := os.Stat(lockFile); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused restore touched the host (its lock file: %v)", err)
 	}
 }

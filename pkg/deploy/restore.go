@@ -104,6 +104,14 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 			return nil, fmt.Errorf("%w %q", ErrUnknownService, sd.Service)
 		}
 	}
+	for p := range o.EnvFiles {
+		// Paths from a backup, which whoever can write to its disk
+		// chooses: joined to the release's directory, "../../.ssh/..."
+		// would land anywhere the deploy user may write.
+		if !deployfiles.IsServiceEnvPath(p) {
+			return nil, fmt.Errorf("%s: %q is not a service's env file (%s); nothing was restored", name, p, deployfiles.ServiceEnvPath("<service>"))
+		}
+	}
 	held, release, err := d.holdLock(ctx)
 	if err != nil {
 		return nil, err

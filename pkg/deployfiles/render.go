@@ -112,6 +112,22 @@ const (
 // called name, relative to the project directory: what is deployed.
 func ServiceEnvPath(name string) string { return "configs/environment/" + name + ".env" }
 
+// IsServiceEnvPath reports whether p is the env file of a Lucid service or
+// of Consul's container: the only env files a release holds, and so the
+// only paths under a release an env file from elsewhere (a backup) may be
+// written to.
+func IsServiceEnvPath(p string) bool {
+	if p == ServiceEnvPath(consulEnvName) {
+		return true
+	}
+	for _, n := range catalog.Names() {
+		if p == ServiceEnvPath(n) {
+			return true
+		}
+	}
+	return false
+}
+
 // Secrets are the env keys of the operator's file generated when missing
 // and redacted in output.
 var Secrets = []string{"JWT_SECRET_KEY", "ENCRYPTION_KEY", "LUCID_MESH_TOKEN", "LUCID_SERVICE_KEY", "LUCID_OPERATOR_TOKEN", ConsulTokenKey}

@@ -302,3 +302,18 @@ func TestRedactConsulConfig(t *testing.T) {
 		t.Errorf("consul.env redacted:\n%s", got)
 	}
 }
+
+// TestIsServiceEnvPath: the env files of the catalog's services and of
+// Consul's container, and nothing else.
+func TestIsServiceEnvPath(t *testing.T) {
+	for _, p := range []string{ServiceEnvPath("gateway"), ServiceEnvPath("datachain"), ServiceEnvPath("consul")} {
+		if !IsServiceEnvPath(p) {
+			t.Errorf("%s is a service's env file", p)
+		}
+	}
+	for _, p := range []string{"../../.ssh/authorized_keys", ServiceEnvPath("../x"), ServiceEnvPath("evil"), EnvPath, "configs/environment/gateway.env/x"} {
+		if IsServiceEnvPath(p) {
+			t.Errorf("%s is not a service's env file", p)
+		}
+	}
+}
