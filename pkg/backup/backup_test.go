@@ -432,3 +432,33 @@ func TestSSHRecipient(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestLatestOfATarget: one repository holds several hosts' backups;
+// LatestOf gives the newest of the one asked for, whoever backed up last,
+// and says when that host has none.
+func TestLatestOfATarget(t *testing.T) {
+	ctx := t.Context()
+	repo, err := backup.InitRepository(ctx, t.TempDir(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := fake(t, backuptest.NewService("engine", map[string][]byte{"chain.db": random(7, 1024)}))
+	ofHost := func(target string) *backup.Manifest {
+		m, err := repo.Backup(ctx, backup.BeginOptions{Target: target, Host: target + ".local"}, []backup.Snapshotter{c}, nil, backup.Events{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	pi2 := ofHost("pi2")
+	pi3 := ofHost("pi3")
+	if latest, err := repo.LatestOf(ctx, "pi2"); err != nil || latest.ID != pi2.ID {
+		t.Errorf("the newest of pi2: %+v %v, want %s (pi3's %s is newer)", latest, err, pi2.ID, pi3.ID)
+	}
+	if latest, err := repo.Latest(ctx); err != nil || latest.ID != pi3.ID {
+		t.Errorf("the newest of any: %+v %v, want %s", latest, err, pi3.ID)
+	}
+	if _, err := repo.LatestOf(ctx, "pi4"); !errors.Is(err, backup.ErrNoBackup) || !strings.Contains(err.Error(), "of pi4") {
+		t.Errorf("the newest of a host never backed up: %v", err)
+	}
+}

@@ -247,14 +247,28 @@ func (r *Repository) Backups(ctx context.Context) ([]Info, error) {
 // Latest is the newest complete backup (of those a trusted key signed,
 // when the repository trusts any).
 func (r *Repository) Latest(ctx context.Context) (Info, error) {
+	return r.LatestOf(ctx, "")
+}
+
+// LatestOf is Latest among the backups of target (Info.Target) alone, or
+// of any target when target is "". One repository may hold the backups
+// of several hosts (a cluster's, the local stack's): a restore onto one
+// of them must not take another's newest.
+func (r *Repository) LatestOf(ctx context.Context, target string) (Info, error) {
 	all, err := r.Backups(ctx)
 	if err != nil {
 		return Info{}, err
 	}
+	of := ""
+	if target != "" {
+		of = " of " + target
+	}
+	complete := 0 // of target
 	for i := len(all) - 1; i >= 0; i-- {
-		if all[i].Partial {
+		if all[i].Partial || target != "" && all[i].Target != target {
 			continue
 		}
+		complete++
 		if len(r.trusted) > 0 && r.SignatureOf(all[i].ID) != SignatureTrusted {
 			// One no trusted key signed is not the operator's: the
 			// newest is the newest that is.
@@ -262,10 +276,10 @@ func (r *Repository) Latest(ctx context.Context) (Info, error) {
 		}
 		return all[i], nil
 	}
-	if len(r.trusted) > 0 {
-		return Info{}, fmt.Errorf("%s: no complete backup there is signed by a trusted key: %w", r.dir, ErrUnsigned)
+	if complete > 0 && len(r.trusted) > 0 {
+		return Info{}, fmt.Errorf("%s: no complete backup%s there is signed by a trusted key: %w", r.dir, of, ErrUnsigned)
 	}
-	return Info{}, fmt.Errorf("%s: %w", r.dir, ErrNoBackup)
+	return Info{}, fmt.Errorf("%s: %w%s", r.dir, ErrNoBackup, of)
 }
 
 func (r *Repository) manifestSuffix() string {

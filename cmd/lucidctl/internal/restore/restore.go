@@ -32,6 +32,7 @@ import (
 	"github.com/pickme/lucid/pkg/api/datachainapi"
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/api/snapshotapi"
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deploy"
 	"github.com/pickme/lucid/pkg/deployfiles"
@@ -172,8 +173,15 @@ func run(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
-	src, from, err := OpenSource(ctx, cfg, opts.From, opts.Backup, opts.Identity,
-		Trust{OperatorToken: backupcmd.OperatorToken(opts.Env, opts.EnvFile), AllowUnsigned: opts.AllowUnsigned})
+	onto := auth.LocalHost
+	if opts.Fleet.Target != "" {
+		if onto, err = opts.Fleet.One(cfg, "restore one host at a time"); err != nil {
+			return err
+		}
+	}
+	src, from, err := OpenSource(ctx, cfg, opts.From, opts.Backup, opts.Identity, onto,
+		Trust{OperatorToken: backupcmd.OperatorToken(opts.Env, opts.EnvFile), AllowUnsigned: opts.AllowUnsigned},
+		func(msg string) { fmt.Fprintln(opts.Env.IO.ErrOut, "note: "+msg) })
 	if err != nil {
 		return err
 	}

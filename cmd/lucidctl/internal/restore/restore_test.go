@@ -187,14 +187,24 @@ func TestLocalRestoreEndToEnd(t *testing.T) {
 		t.Errorf("restored data chain: %+v", checked.Verification.Restored)
 	}
 
-	// The same checks through SSH, as on a Pi.
-	remote := p.lucidctl(ctx, append([]string{"--json", "restore", "--from", backup, "--verify-only", "--receipt", receipt, "--port-offset", strconv.Itoa(offset)}, ssh...)...)
+	// The same checks through SSH, as on a Pi. The repository holds the
+	// local stack's backup, not pi's: a restore onto pi never takes
+	// another host's newest by default, and takes it when named, saying
+	// whose it is.
+	if r := p.lucidctl(ctx, append([]string{"restore", "--from", backup, "--verify-only", "--port-offset", strconv.Itoa(offset)}, ssh...)...); r.code == 0 ||
+		!strings.Contains(r.errOut, "no such backup of pi") || !strings.Contains(r.errOut, "--backup") {
+		t.Errorf("restore onto pi from a repository of the local stack's backups: exit %d\n%s", r.code, r.errOut)
+	}
+	remote := p.lucidctl(ctx, append([]string{"--json", "restore", "--from", backup, "--backup", backupID, "--verify-only", "--receipt", receipt, "--port-offset", strconv.Itoa(offset)}, ssh...)...)
 	var viaSSH restore.Output
 	if err := json.Unmarshal([]byte(remote.out), &viaSSH); err != nil || remote.code != 0 || viaSSH.Verification == nil || !viaSSH.Verification.OK || viaSSH.Target != "pi" {
 		t.Errorf("verify-only --target pi: exit %d %v\n%s\n%s", remote.code, err, remote.out, remote.errOut)
 	}
+	if !strings.Contains(remote.errOut, "backup "+backupID+" is of local") {
+		t.Errorf("restoring the local stack's backup onto pi said nothing of it:\n%s", remote.errOut)
+	}
 	// A host without a release: deploy first.
-	if r := p.lucidctl(ctx, append([]string{"restore", "--from", backup, "--yes"}, ssh...)...); r.code != 1 || !strings.Contains(r.errOut, "deploy first") {
+	if r := p.lucidctl(ctx, append([]string{"restore", "--from", backup, "--backup", backupID, "--yes"}, ssh...)...); r.code != 1 || !strings.Contains(r.errOut, "deploy first") {
 		t.Errorf("restore onto a host without a release: exit %d\n%s", r.code, r.errOut)
 	}
 

@@ -2,6 +2,7 @@ package restore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"filippo.io/age"
 
 	backupcmd "github.com/pickme/lucid/cmd/lucidctl/internal/backup"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/api/snapshotapi"
 	"github.com/pickme/lucid/pkg/backup"
 	"github.com/pickme/lucid/pkg/projectconfig"
@@ -33,11 +35,12 @@ type Source interface {
 // EnvService is the service name under which Source.Open reads env files.
 const EnvService = backup.EnvService
 
-// OpenSource opens the backup a restore reads from --from (default
-// backup.dir) and --backup: a backup of lucidctl backup's repository
-// (pkg/backup), by default its newest complete one. It also returns the
-// repository's directory.
-func OpenSource(ctx context.Context, cfg *projectconfig.Config, from, id, identity string, trust Trust) (Source, string, error) {
+// OpenSource opens the backup a restore onto target (a host's name, or
+// auth.LocalHost) reads from --from (default backup.dir) and --backup: a
+// backup of lucidctl backup's repository (pkg/backup), by default the
+// newest complete one of target; a backup named by id may be another
+// target's, which note says. It also returns the repository's directory.
+func OpenSource(ctx context.Context, cfg *projectconfig.Config, from, id, identity, target string, trust Trust, note func(string)) (Source, string, error) {
 	repo, dir, err := backupcmd.OpenRepository(ctx, cfg, "--from", from)
 	if err != nil {
 		return nil, "", err
@@ -50,7 +53,13 @@ func OpenSource(ctx context.Context, cfg *projectconfig.Config, from, id, identi
 		return nil, "", err
 	}
 	if id == "" {
-		latest, err := repo.Latest(ctx)
+		// The newest of this target's only: one repository holds the
+		// backups of every host, and another host's data (its
+		// validator key, its chain) must never be restored by default.
+		latest, err := repo.LatestOf(ctx, target)
+		if errors.Is(err, backup.ErrNoBackup) {
+			err = cli.WithHint(err, "`lucidctl backup list` shows each backup's target; restore another's with --backup ID")
+		}
 		if err != nil {
 			return nil, "", backupcmd.ExplainUnsigned(err)
 		}
@@ -59,6 +68,10 @@ func OpenSource(ctx context.Context, cfg *projectconfig.Config, from, id, identi
 	b, err := repo.Load(ctx, id, ids)
 	if err != nil {
 		return nil, "", backupcmd.ExplainUnsigned(backupcmd.ExplainIdentity(err))
+	}
+	if b.Target != target {
+		note(fmt.Sprintf("backup %s is of %s (host %s), restored onto %s as --backup asks: its engine brings %s's validator key, which two running hosts must never share",
+			b.ID, b.Target, b.Host, target, b.Target))
 	}
 	return &repoSource{repo: repo, b: b, ids: ids}, dir, nil
 }
