@@ -452,7 +452,7 @@ func (d *Deployer) returnTo(ctx context.Context, rel, prev *Release, gateErr err
 // with its catching up with the cluster, within the same HealthTimeout.
 func (d *Deployer) activate(ctx context.Context, r, replaces *Release, leaf []byte, caughtUp bool) (live bool, err error) {
 	d.emit(StepUp, EventStart, r.ID)
-	if err := d.h.up(ctx, r.ID); err != nil {
+	if err := d.h.up(ctx, r.ID, d.cfg.HealthTimeout+composeUpGrace); err != nil {
 		// Compose gives up when a dependency never turns healthy; say
 		// which services failed, as the gate would.
 		if list, lerr := d.h.projectContainers(ctx); lerr == nil {

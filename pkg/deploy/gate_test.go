@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -49,5 +50,23 @@ func TestRestoreWritesOnlyServiceEnvFiles(t *testing.T) {
 	}
 	if _, err := os.Stat(lockFile); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a refused restore touched the host (its lock file: %v)", err)
+	}
+}
+
+// TestComposeUpIsBounded: a compose up that does not finish (a Docker
+// Engine that stopped answering) ends at its limit, saying so, rather than
+// hold the deploy and its lock for ever.
+func TestComposeUpIsBounded(t *testing.T) {
+	f, _ := lockFixture(t)
+	const id = "20260101T000000Z-v1"
+	if err := os.MkdirAll(filepath.Join(f.dir, "releases", id), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The compose command waits like a hung Engine; what follows it on
+	// the line runs only after.
+	h := &host{name: "pi", ssh: f.dial(t), dir: f.dir, project: "lucid", compose: "sleep 60;"}
+	err := h.up(context.Background(), id, 300*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "did not finish within 300ms") {
+		t.Fatalf("a compose up that hangs: %v", err)
 	}
 }

@@ -179,13 +179,24 @@ func (h *host) record(ctx context.Context, r *Release, to ReleaseStatus) error {
 // releaseRecord is a release's record in its directory.
 const releaseRecord = "release.json"
 
-// up runs compose up for a release.
-func (h *host) up(ctx context.Context, id string) error {
+// composeUpGrace is how long compose up may take beyond the health
+// gate's timeout. It starts the services in order, each once its
+// dependencies are healthy, so it may take about as long as the gate; a
+// Docker Engine that stops answering (sshd still up) would otherwise hold
+// it, the lock and lucidctl for ever.
+const composeUpGrace = 5 * time.Minute
+
+// up runs compose up for a release, within limit.
+func (h *host) up(ctx context.Context, id string, limit time.Duration) error {
 	cmd := fmt.Sprintf("cd %s && %s -p %s -f %s up -d --remove-orphans 2>&1",
 		sshx.Quote(h.releaseDir(id)), h.compose, sshx.Quote(h.project), sshx.Quote(deployfiles.ComposePath))
-	out, err := h.ssh.Run(ctx, cmd, nil)
+	uctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	out, err := h.ssh.Run(uctx, cmd, nil)
 	var ee *sshx.ExitError
 	switch {
+	case err != nil && ctx.Err() == nil && uctx.Err() != nil:
+		return fmt.Errorf("%s: compose up of release %s did not finish within %s; is the host's Docker Engine answering?", h.name, id, limit)
 	case errors.As(err, &ee):
 		// The command line says nothing the operator needs; compose's own
 		// words (it writes them all to stdout here) do.
