@@ -164,12 +164,17 @@ func (s *store) accept(rec *record) (existing *record, created bool, err error) 
 			if err := json.Unmarshal(v, &old); err != nil {
 				return err
 			}
-			if old.TxID != rec.TxID {
+			switch {
+			case old.TxID == rec.TxID:
+				existing = &old
+				return nil
+			case old.Status != statusRefused:
 				existing = &old
 				return errConflict
 			}
-			existing = &old
-			return nil
+			// The engine refused the earlier manifest, so the session
+			// is not anchored: another may take its place (a seal
+			// again with corrected times), or it would be stuck.
 		}
 		enc, err := json.Marshal(rec)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -96,6 +97,23 @@ func TestRefusedLeavesTheQueueWithItsReason(t *testing.T) {
 	got, _ := s.get("alice", "s1")
 	if got.Status != statusRefused || got.Code != "C" || got.Reason != "why" {
 		t.Errorf("refused record = %+v", got)
+	}
+	// The session is not anchored: another manifest takes the refused
+	// one's place and is queued, where a pending one's would conflict.
+	again := &record{Owner: "alice", SessionID: "s1", TxID: "t2b", Tx: []byte(`{}`), Status: statusPending}
+	if _, created, err := s.accept(again); err != nil || !created {
+		t.Fatalf("another manifest for a session whose anchor was refused: created %v, %v", created, err)
+	}
+	if got, _ := s.get("alice", "s1"); got.TxID != "t2b" || got.Status != statusPending {
+		t.Errorf("the record after it: %+v", got)
+	}
+	ids, _, _ = s.pending(10, func(string) bool { return false })
+	if !slices.Contains(ids, "t2b") {
+		t.Errorf("pending = %v, want t2b among them", ids)
+	}
+	other := &record{Owner: "alice", SessionID: "s0", TxID: "t1b", Tx: []byte(`{}`), Status: statusPending}
+	if _, _, err := s.accept(other); !errors.Is(err, errConflict) {
+		t.Errorf("another manifest for a session whose anchor is pending: %v, want a conflict", err)
 	}
 }
 
