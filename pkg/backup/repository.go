@@ -106,6 +106,9 @@ type Repository struct {
 	// trusted are the keys whose signatures the repository takes
 	// (Trust); none: every backup.
 	trusted []ed25519.PublicKey
+	// preferred are the keys whose backups Latest takes first when the
+	// repository trusts none (Prefer).
+	preferred []ed25519.PublicKey
 }
 
 // OpenRepository opens the repository in dir.
@@ -264,6 +267,8 @@ func (r *Repository) LatestOf(ctx context.Context, target string) (Info, error) 
 		of = " of " + target
 	}
 	complete := 0 // of target
+	prefer := len(r.trusted) == 0 && len(r.preferred) > 0
+	var newest *Info // of any signature, when prefer
 	for i := len(all) - 1; i >= 0; i-- {
 		if all[i].Partial || target != "" && all[i].Target != target {
 			continue
@@ -274,7 +279,18 @@ func (r *Repository) LatestOf(ctx context.Context, target string) (Info, error) 
 			// newest is the newest that is.
 			continue
 		}
+		if prefer {
+			if newest == nil {
+				newest = &all[i]
+			}
+			if r.signatureWith(r.preferred, all[i].ID) != SignatureTrusted {
+				continue
+			}
+		}
 		return all[i], nil
+	}
+	if newest != nil {
+		return *newest, nil // none of the preferred keys' at all
 	}
 	if complete > 0 && len(r.trusted) > 0 {
 		return Info{}, fmt.Errorf("%s: no complete backup%s there is signed by a trusted key: %w", r.dir, of, ErrUnsigned)

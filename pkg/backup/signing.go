@@ -70,6 +70,14 @@ func signedMessage(id string, manifest []byte) []byte {
 // (the default) takes every backup.
 func (r *Repository) Trust(keys []ed25519.PublicKey) { r.trusted = keys }
 
+// Prefer makes a repository that trusts no key (a restore with
+// --allow-unsigned) still take, for Latest, the newest backup one of keys
+// signed when there is one: anyone who can write to the backup disk can
+// plant an unsigned backup newer than every one of the operator's, and a
+// backup nobody signed is then taken only when it is named, or when no
+// backup is signed by keys at all.
+func (r *Repository) Prefer(keys []ed25519.PublicKey) { r.preferred = keys }
+
 // Signature is what a complete backup's signature is worth to the
 // repository that lists it (Info.Signature).
 type Signature string
@@ -93,21 +101,24 @@ const (
 
 // SignatureOf is complete backup id's Signature. Its manifest, as
 // stored, is read only when there are keys to check it with.
-func (r *Repository) SignatureOf(id string) Signature {
+func (r *Repository) SignatureOf(id string) Signature { return r.signatureWith(r.trusted, id) }
+
+// signatureWith is SignatureOf with keys in place of the trusted ones.
+func (r *Repository) signatureWith(keys []ed25519.PublicKey, id string) Signature {
 	_, err := os.Stat(filepath.Join(r.dir, backupsDir, id+sigSuffix))
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return SignatureNone
 	case err != nil:
 		return SignatureUnreadable
-	case len(r.trusted) == 0:
+	case len(keys) == 0:
 		return SignatureUnchecked
 	}
 	raw, err := readBounded(filepath.Join(r.dir, backupsDir, id+r.manifestSuffix()), maxManifestBytes)
 	if err != nil {
 		return SignatureUnreadable
 	}
-	switch err := r.checkSigned(id, raw); {
+	switch err := signedBy(keys, r.dir, id, raw); {
 	case errors.Is(err, ErrUnsigned):
 		return SignatureUntrusted
 	case err != nil:
@@ -122,7 +133,13 @@ func (r *Repository) checkSigned(id string, manifest []byte) error {
 	if len(r.trusted) == 0 {
 		return nil
 	}
-	b, err := readBounded(filepath.Join(r.dir, backupsDir, id+sigSuffix), 1<<10)
+	return signedBy(r.trusted, r.dir, id, manifest)
+}
+
+// signedBy reports whether backup id's manifest, as stored in the
+// repository at dir, is signed by one of keys.
+func signedBy(keys []ed25519.PublicKey, dir, id string, manifest []byte) error {
+	b, err := readBounded(filepath.Join(dir, backupsDir, id+sigSuffix), 1<<10)
 	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("backup %s: %w (it has no signature)", id, ErrUnsigned)
 	}
@@ -132,7 +149,7 @@ func (r *Repository) checkSigned(id string, manifest []byte) error {
 	sig, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
 	if err == nil {
 		msg := signedMessage(id, manifest)
-		for _, k := range r.trusted {
+		for _, k := range keys {
 			if ed25519.Verify(k, msg, sig) {
 				return nil
 			}

@@ -129,6 +129,19 @@ func TestForgedBackupIsRefused(t *testing.T) {
 	if _, err := repo.Verify(t.Context(), good.ID, []age.Identity{id}); err != nil {
 		t.Errorf("verify the operator's backup: %v", err)
 	}
+	// Trusting no key but preferring the operator's (--allow-unsigned):
+	// every backup loads, and the newest is still the operator's, not
+	// the newer unsigned or foreign-signed ones.
+	repo.Trust(nil)
+	repo.Prefer([]ed25519.PublicKey{key.Public().(ed25519.PublicKey)})
+	if latest, err := repo.Latest(t.Context()); err != nil || latest.ID != good.ID {
+		t.Errorf("preferring the operator's key: latest %s, %v; want %s", latest.ID, err, good.ID)
+	}
+	if _, err := repo.Load(t.Context(), forged, []age.Identity{id}); err != nil {
+		t.Errorf("load of an unsigned backup, trusting no key: %v", err)
+	}
+	repo.Prefer(nil)
+	repo.Trust([]ed25519.PublicKey{key.Public().(ed25519.PublicKey)})
 	// With none of its backups signed by a trusted key, there is no
 	// latest, and the error says why.
 	lone, err := backup.InitRepository(t.Context(), t.TempDir(), false)
@@ -138,6 +151,11 @@ func TestForgedBackupIsRefused(t *testing.T) {
 	if _, err := lone.Backup(t.Context(), backup.BeginOptions{Target: "pi"}, []backup.Snapshotter{fake(t, backuptest.NewService("engine", map[string][]byte{"chain.db": random(3, 100)}))}, nil, backup.Events{}); err != nil {
 		t.Fatal(err)
 	}
+	lone.Prefer([]ed25519.PublicKey{key.Public().(ed25519.PublicKey)})
+	if _, err := lone.Latest(t.Context()); err != nil {
+		t.Errorf("latest of unsigned backups only, preferring a key: %v, want the newest", err)
+	}
+	lone.Prefer(nil)
 	lone.Trust([]ed25519.PublicKey{key.Public().(ed25519.PublicKey)})
 	if _, err := lone.Latest(t.Context()); !errors.Is(err, backup.ErrUnsigned) {
 		t.Errorf("latest of unsigned backups only: %v, want %v", err, backup.ErrUnsigned)

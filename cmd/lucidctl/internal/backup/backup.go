@@ -377,7 +377,9 @@ func OpenRepository(ctx context.Context, cfg *projectconfig.Config, flag, value 
 // backup.signers in lucid.yaml, or by the one derived from operatorToken
 // (the key lucidctl backup signs with). With neither, a read is refused
 // unless allowUnsigned: anyone who can write to the backup disk could
-// otherwise put a backup of their own there.
+// otherwise put a backup of their own there. With allowUnsigned every
+// backup is taken, but the newest is still the newest those keys signed
+// when there is one (backup.Repository.Prefer).
 func TrustSigners(repo *backup.Repository, cfg *projectconfig.Config, operatorToken string, allowUnsigned bool) error {
 	keys, err := trustedKeys(cfg, operatorToken)
 	if err != nil {
@@ -385,7 +387,8 @@ func TrustSigners(repo *backup.Repository, cfg *projectconfig.Config, operatorTo
 	}
 	switch {
 	case allowUnsigned:
-		return nil // every backup, signed or not
+		repo.Prefer(keys) // every backup, signed or not
+		return nil
 	case len(keys) == 0:
 		return cli.Usage(cli.WithHint(errors.New("no key to check the backups' signatures with: backup.signers of lucid.yaml is empty and the operator token is not at hand"),
 			"pin the key lucidctl backup printed (signed by: ...) in backup.signers of lucid.yaml, or give the operator's env file (--env-file); --allow-unsigned takes a backup nobody signed"))
