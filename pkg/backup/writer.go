@@ -480,6 +480,12 @@ func (r *Repository) Backup(ctx context.Context, opts BeginOptions, services []S
 			ev.Taken(m)
 		}
 	}
+	touched := make([]touchedCopy, len(copies))
+	for i, c := range copies {
+		touched[i] = touchedCopy{c.src, c.m}
+	}
+	stopTouching := keepCopies(ctx, touched, snapshotapi.MaxAge/4)
+	defer stopTouching()
 	for _, c := range copies {
 		if err := w.AddService(ctx, c.m, c.src); err != nil {
 			return nil, err
@@ -491,4 +497,44 @@ func (r *Repository) Backup(ctx context.Context, opts BeginOptions, services []S
 		}
 	}
 	return w.Commit(ctx)
+}
+
+// touchedCopy is a service's copy kept alive by keepCopies.
+type touchedCopy struct {
+	src Source
+	m   *snapshotapi.Manifest
+}
+
+// keepCopies reads a byte of each copy every every until the returned
+// stop is called. A service drops a copy nobody took or read from for
+// snapshotapi.MaxAge, and the copies of one backup are taken together
+// and transferred one after the other: behind a first transfer of tens of
+// GiB from an SD card, the last copies would expire before their turn.
+func keepCopies(ctx context.Context, copies []touchedCopy, every time.Duration) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			for _, c := range copies {
+				if len(c.m.Files) == 0 {
+					continue
+				}
+				// A failed read is the transfer's to report, when its
+				// turn comes.
+				if rc, err := c.src.Read(ctx, c.m.ID, c.m.Files[0].Path, 0, 1); err == nil {
+					_, _ = io.Copy(io.Discard, rc)
+					_ = rc.Close()
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
