@@ -452,16 +452,21 @@ func (d *Deployer) returnTo(ctx context.Context, rel, prev *Release, gateErr err
 // with its catching up with the cluster, within the same HealthTimeout.
 func (d *Deployer) activate(ctx context.Context, r, replaces *Release, leaf []byte, caughtUp bool) (live bool, err error) {
 	d.emit(StepUp, EventStart, r.ID)
-	if err := d.h.up(ctx, r.ID, d.cfg.HealthTimeout+composeUpGrace); err != nil {
+	if err := d.h.up(ctx, r.ID, d.h.upLimit(d.cfg.HealthTimeout)); err != nil {
 		// Compose gives up when a dependency never turns healthy; say
-		// which services failed, as the gate would.
-		if list, lerr := d.h.projectContainers(ctx); lerr == nil {
+		// which services failed, as the gate would. Asked within a
+		// bound of its own: compose may have failed because the Engine
+		// stopped answering, and this runs on the way back too, which
+		// no interrupt ends.
+		lctx, cancel := context.WithTimeout(ctx, d.h.dockerAnswer())
+		if list, lerr := d.h.projectContainers(lctx); lerr == nil {
 			var gf *GateFailure
-			if errors.As(d.h.gateFailure(ctx, r.ID, list), &gf) && len(gf.Services) > 0 {
+			if errors.As(d.h.gateFailure(lctx, r.ID, list), &gf) && len(gf.Services) > 0 {
 				gf.Smoke = err.Error()
 				err = gf
 			}
 		}
+		cancel()
 		d.emit(StepUp, EventFail, err.Error())
 		return false, err
 	}
@@ -951,10 +956,14 @@ func (d *Deployer) Rollback(ctx context.Context, id string, rotate []string) (re
 }
 
 // interruptedDeploys are the releases in rs (newest first) newer than the
-// current one and still recorded deploying: a deploy that ends in any
-// way it can see records its release live or failed, so these are of
-// deploys cut off (the connection lost, lucidctl killed) after writing
-// them, possibly after their compose up.
+// current one and still recorded deploying: a deploy records its release
+// live or failed whenever it can reach the host to do so, so these are
+// mostly of deploys cut off (the connection lost, lucidctl killed) after
+// writing them, possibly after their compose up. (The others: a release
+// that passed its gate but could not be made current, and one left as it
+// was because another deploy took the lock. For a rollback, which goes
+// back from whatever serves, the current release is the one to bring
+// back in each case.)
 func interruptedDeploys(rs []Release) []*Release {
 	var out []*Release
 	for i := range rs {

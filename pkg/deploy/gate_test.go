@@ -18,15 +18,8 @@ import (
 // answering (sshd still up) ends the health gate soon after its timeout,
 // saying so, instead of holding it (and the lock) for ever.
 func TestHealthGateOutlastsNoDockerAnswer(t *testing.T) {
-	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
-	defer silent.Close()
-	dc, err := client.NewClientWithOpts(client.WithHost("tcp://"+silent.Listener.Addr().String()), client.WithVersion("1.44"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = dc.Close() }()
-	h := &host{name: "pi", docker: dc, project: "lucid", dockerWait: 200 * time.Millisecond}
-	err = h.waitHealthy(context.Background(), "r1", 1, 100*time.Millisecond, nil)
+	h := &host{name: "pi", docker: silentDocker(t), project: "lucid", dockerWait: 200 * time.Millisecond}
+	err := h.waitHealthy(context.Background(), "r1", 1, 100*time.Millisecond, nil)
 	if err == nil || !strings.Contains(err.Error(), "did not answer") {
 		t.Fatalf("the gate with a silent Docker Engine: %v", err)
 	}
@@ -53,8 +46,9 @@ func TestRestoreWritesOnlyServiceEnvFiles(t *testing.T) {
 	}
 }
 
-// TestComposeUpIsBounded: a compose up that does not finish (a Docker
-// Engine that stopped answering) ends at its limit, saying so, rather than
+// TestComposeUpIsBounded: an activation whose compose up does not finish
+// (a Docker Engine that stopped answering) ends at compose up's limit,
+// saying so, and so does the look at the containers after it, rather than
 // hold the deploy and its lock for ever.
 func TestComposeUpIsBounded(t *testing.T) {
 	f, _ := lockFixture(t)
@@ -62,11 +56,39 @@ func TestComposeUpIsBounded(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(f.dir, "releases", id), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	// The compose command waits like a hung Engine; what follows it on
-	// the line runs only after.
-	h := &host{name: "pi", ssh: f.dial(t), dir: f.dir, project: "lucid", compose: "sleep 60;"}
-	err := h.up(context.Background(), id, 300*time.Millisecond)
-	if err == nil || !strings.Contains(err.Error(), "did not finish within 300ms") {
-		t.Fatalf("a compose up that hangs: %v", err)
+	d, err := New(Config{Name: "pi", SSH: f.dial(t), Dir: f.dir, HealthTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer d.Close()
+	// The compose command waits like a hung Engine (what follows it on
+	// the line runs only after), and the Engine's API never answers.
+	d.h.compose, d.h.upGrace, d.h.dockerWait = "sleep 60;", 200*time.Millisecond, 200*time.Millisecond
+	d.h.docker = silentDocker(t)
+	done := make(chan error, 1)
+	go func() {
+		_, err := d.activate(context.WithoutCancel(t.Context()), &Release{ID: id}, nil, nil, false)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "did not finish within 300ms") {
+			t.Fatalf("an activation whose compose up hangs: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("an activation whose compose up hangs, with a silent Engine, did not end")
+	}
+}
+
+// silentDocker is a Docker client of an Engine that never answers.
+func silentDocker(t *testing.T) *client.Client {
+	t.Helper()
+	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+	t.Cleanup(silent.Close)
+	dc, err := client.NewClientWithOpts(client.WithHost("tcp://"+silent.Listener.Addr().String()), client.WithVersion("1.44"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dc.Close() })
+	return dc
 }

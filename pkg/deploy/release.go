@@ -179,6 +179,11 @@ func (h *host) record(ctx context.Context, r *Release, to ReleaseStatus) error {
 // releaseRecord is a release's record in its directory.
 const releaseRecord = "release.json"
 
+// dockerAnswerWait bounds what waits on the host's Docker Engine beyond
+// a step's own timeout: the health gate's calls past its deadline, and
+// the look at the containers after a failed compose up.
+const dockerAnswerWait = 30 * time.Second
+
 // composeUpGrace is how long compose up may take beyond the health
 // gate's timeout. It starts the services in order, each once its
 // dependencies are healthy, so it may take about as long as the gate; a
@@ -263,10 +268,7 @@ func (h *host) waitHealthy(ctx context.Context, release string, want int, timeou
 	// The deadline is checked between the Engine's answers; an Engine
 	// that stops answering (a failing SD card, with sshd still up) would
 	// hold the gate, and the lock, for ever without a bound on the calls.
-	wait := h.dockerWait
-	if wait == 0 {
-		wait = 30 * time.Second
-	}
+	wait := h.dockerAnswer()
 	outer := ctx
 	ctx, cancel := context.WithDeadline(ctx, deadline.Add(wait))
 	defer cancel()

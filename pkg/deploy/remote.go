@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -40,9 +41,20 @@ type host struct {
 	// deploys' steps at the same instant.
 	stepGate string
 	// dockerWait is how long past the health gate's own timeout the gate
-	// waits for the host's Docker Engine to answer (zero: 30 s); tests
-	// shorten it.
-	dockerWait time.Duration
+	// waits for the host's Docker Engine to answer, and how long a look
+	// at the containers after a failed compose up may take (zero:
+	// dockerAnswerWait); upGrace how long compose up may take beyond the
+	// health timeout (zero: composeUpGrace). Tests shorten them.
+	dockerWait, upGrace time.Duration
+}
+
+// dockerAnswer is h.dockerWait or its default.
+func (h *host) dockerAnswer() time.Duration { return cmp.Or(h.dockerWait, dockerAnswerWait) }
+
+// upLimit is how long compose up may take with the health gate's
+// timeout healthTimeout.
+func (h *host) upLimit(healthTimeout time.Duration) time.Duration {
+	return healthTimeout + cmp.Or(h.upGrace, composeUpGrace)
 }
 
 func newHost(name string, ssh *sshx.Client, dir, socket, project string) (*host, error) {
@@ -385,6 +397,11 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 		// Seconds since the lock was written, by the host's clock; an
 		// error when the host's stat cannot say.
 		age, ageErr := strconv.ParseInt(ageText, 10, 64)
+		if ageErr == nil && age < 0 {
+			// Written "in the future": the host's clock stepped back
+			// since (a Pi without a battery clock, after a power cut).
+			ageErr = fmt.Errorf("the lock file was written %ds from now by the host's clock", -age)
+		}
 		if err := json.Unmarshal([]byte(raw), &held); err != nil {
 			if ageErr == nil && age > int64(unreadableLockAge/time.Second) {
 				// Not a lock, and older than any lock lives unrenewed:

@@ -225,7 +225,7 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 			return nil, err
 		}
 		d.emit(StepUp, EventStart, cur.ID)
-		if err := d.h.up(ctx, cur.ID, d.cfg.HealthTimeout+composeUpGrace); err != nil {
+		if err := d.h.up(ctx, cur.ID, d.h.upLimit(d.cfg.HealthTimeout)); err != nil {
 			d.emit(StepUp, EventFail, err.Error())
 			return nil, err
 		}
