@@ -461,4 +461,12 @@ func TestLatestOfATarget(t *testing.T) {
 	if _, err := repo.LatestOf(ctx, "pi4"); !errors.Is(err, backup.ErrNoBackup) || !strings.Contains(err.Error(), "of pi4") {
 		t.Errorf("the newest of a host never backed up: %v", err)
 	}
+	// A backup whose summary is lost does not hide: its target is
+	// unknown, and the caller holds its manifest's against the one asked.
+	if err := os.Remove(filepath.Join(repo.Dir(), "backups", pi3.ID+".info.json")); err != nil {
+		t.Fatal(err)
+	}
+	if latest, err := repo.LatestOf(ctx, "pi2"); err != nil || latest.ID != pi3.ID || latest.Target != "" {
+		t.Errorf("the newest of pi2 with pi3's summary lost: %+v %v, want %s of no known target", latest, err, pi3.ID)
+	}
 }

@@ -256,7 +256,9 @@ func (r *Repository) Latest(ctx context.Context) (Info, error) {
 // LatestOf is Latest among the backups of target (Info.Target) alone, or
 // of any target when target is "". One repository may hold the backups
 // of several hosts (a cluster's, the local stack's): a restore onto one
-// of them must not take another's newest.
+// of them must not take another's newest. Info comes from a backup's
+// plaintext summary, which nobody signs: the caller checks the target of
+// the manifest it loads (Manifest.Target).
 func (r *Repository) LatestOf(ctx context.Context, target string) (Info, error) {
 	all, err := r.Backups(ctx)
 	if err != nil {
@@ -270,7 +272,10 @@ func (r *Repository) LatestOf(ctx context.Context, target string) (Info, error) 
 	prefer := len(r.trusted) == 0 && len(r.preferred) > 0
 	var newest *Info // of any signature, when prefer
 	for i := len(all) - 1; i >= 0; i-- {
-		if all[i].Partial || target != "" && all[i].Target != target {
+		// A summary that does not say its target (torn, or lost) does
+		// not hide its backup: the caller holds the signed manifest's
+		// target against the one it asked for.
+		if all[i].Partial || target != "" && all[i].Target != "" && all[i].Target != target {
 			continue
 		}
 		complete++

@@ -3,7 +3,10 @@ package restore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 
@@ -50,7 +53,7 @@ func TestRestoredEnvFilesAreBoundToTheHost(t *testing.T) {
 	deployed := map[string][]byte{p: []byte("ENCRYPTION_KEY=k\nLUCID_OPERATOR_TOKEN_SHA256=" + hashFor("pi2") + "\n")}
 
 	var out Output
-	write, unbound, err := envDiff(t.Context(), src, deployed, token, "pi2", &out)
+	write, unbound, err := envDiff(t.Context(), src, deployed, token, "pi2", &out, t.Logf)
 	if err != nil || unbound {
 		t.Fatalf("envDiff: %v, unbound %v", err, unbound)
 	}
@@ -60,7 +63,7 @@ func TestRestoredEnvFilesAreBoundToTheHost(t *testing.T) {
 
 	// A secret that differs is written back, bound to pi2.
 	src[p] = []byte("ENCRYPTION_KEY=old\nLUCID_OPERATOR_TOKEN_SHA256=" + hashFor("pi1") + "\n")
-	write, _, err = envDiff(t.Context(), src, deployed, token, "pi2", &Output{})
+	write, _, err = envDiff(t.Context(), src, deployed, token, "pi2", &Output{}, t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +75,21 @@ func TestRestoredEnvFilesAreBoundToTheHost(t *testing.T) {
 		t.Fatalf("written back: %q", write[p])
 	}
 
-	if _, unbound, err := envDiff(t.Context(), src, deployed, "", "pi2", &Output{}); err != nil || !unbound {
+	if _, unbound, err := envDiff(t.Context(), src, deployed, "", "pi2", &Output{}, t.Logf); err != nil || !unbound {
 		t.Fatalf("without the token: %v, unbound %v; want unbound", err, unbound)
+	}
+
+	// A path that is not a service's env file (an old release's shared
+	// .env.core, or one a planted manifest chose) is left out, said so,
+	// and the rest is written.
+	src[deployfiles.EnvPath] = []byte("JWT_SECRET_KEY=x\n")
+	src["../../.ssh/authorized_keys"] = []byte("ssh-ed25519 AAAA evil\n")
+	var said []string
+	write, _, err = envDiff(t.Context(), src, deployed, token, "pi2", &Output{}, func(f string, a ...any) { said = append(said, fmt.Sprintf(f, a...)) })
+	if err != nil || len(write) != 1 || write[p] == nil {
+		t.Fatalf("with paths that are not services' env files: %v, writes %v", err, slices.Collect(maps.Keys(write)))
+	}
+	if len(said) != 2 {
+		t.Errorf("notes: %q, want one for each path left out", said)
 	}
 }

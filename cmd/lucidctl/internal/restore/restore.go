@@ -462,7 +462,7 @@ func runTarget(ctx context.Context, opts *Options, src Source, out *Output) erro
 	if release == "" {
 		return cli.WithHint(fmt.Errorf("%s: %w", h.Name, deploy.ErrNotDeployed), "a new SD card: `lucidctl deploy "+h.Name+"` first, then restore")
 	}
-	envWrite, unbound, err := envDiff(ctx, src, deployed, backupcmd.OperatorToken(opts.Env, opts.EnvFile), h.Name, out)
+	envWrite, unbound, err := envDiff(ctx, src, deployed, backupcmd.OperatorToken(opts.Env, opts.EnvFile), h.Name, out, say)
 	if err != nil {
 		return err
 	}
@@ -510,9 +510,16 @@ func runTarget(ctx context.Context, opts *Options, src Source, out *Output) erro
 
 // envDiff compares the backup's env files with the deployed ones: the
 // paths that differ go into out, and their backup bytes are returned.
-func envDiff(ctx context.Context, src Source, deployed map[string][]byte, token, host string, out *Output) (write map[string][]byte, unbound bool, err error) {
+func envDiff(ctx context.Context, src Source, deployed map[string][]byte, token, host string, out *Output, say func(string, ...any)) (write map[string][]byte, unbound bool, err error) {
 	write = map[string][]byte{}
 	for _, f := range src.EnvFiles() {
+		if !deployfiles.IsServiceEnvPath(f.Path) {
+			// A release holds the services' env files alone (one from
+			// before per-service files held the shared .env.core); a
+			// path of the manifest's choosing is never written.
+			say("the backup's %s is not a service's env file: left out", f.Path)
+			continue
+		}
 		rc, err := src.Open(ctx, EnvService, f.Path)
 		if err != nil {
 			return nil, false, fmt.Errorf("the backup's %s: %w", f.Path, err)

@@ -52,7 +52,8 @@ func OpenSource(ctx context.Context, cfg *projectconfig.Config, from, id, identi
 	if err != nil {
 		return nil, "", err
 	}
-	if id == "" {
+	named := id != ""
+	if !named {
 		// The newest of this target's only: one repository holds the
 		// backups of every host, and another host's data (its
 		// validator key, its chain) must never be restored by default.
@@ -69,7 +70,14 @@ func OpenSource(ctx context.Context, cfg *projectconfig.Config, from, id, identi
 	if err != nil {
 		return nil, "", backupcmd.ExplainUnsigned(backupcmd.ExplainIdentity(err))
 	}
-	if b.Target != target {
+	switch {
+	case b.Target == target:
+	case !named:
+		// The summary LatestOf chose by is nobody's word; the manifest
+		// is the backup's (signed, unless --allow-unsigned).
+		return nil, "", cli.WithHint(fmt.Errorf("%s: the newest backup of %s by its summary, %s, is of %s by its manifest: the summary was damaged or changed; nothing was restored", dir, target, b.ID, b.Target),
+			"`lucidctl backup list` shows the backups; name the one to restore with --backup ID")
+	default:
 		note(fmt.Sprintf("backup %s is of %s (host %s), restored onto %s as --backup asks: its engine brings %s's validator key, which two running hosts must never share",
 			b.ID, b.Target, b.Host, target, b.Target))
 	}
