@@ -56,6 +56,10 @@ func (a *api) create(w http.ResponseWriter, r *http.Request, p service.Principal
 	if err != nil {
 		return err
 	}
+	if len(canon) > chain.MaxTxBytes {
+		// Queued, it would only be refused by the engine.
+		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "invalid manifest: %v: %d bytes, at most %d", chain.ErrTooLarge, len(canon), chain.MaxTxBytes)
+	}
 	rec := &record{Owner: p.Subject, SessionID: m.SessionID, TxID: chain.TxID(canon), Tx: canon, Status: statusPending, CreatedAt: time.Now().UTC()}
 	existing, created, err := a.app.store.accept(rec)
 	if errors.Is(err, errConflict) {

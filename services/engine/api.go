@@ -128,9 +128,7 @@ func (n *node) submitOne(item []byte) engineapi.TxStatus {
 		// authenticated and checks what it changes.
 		return refuse(st, service.CodeBadRequest, "type: system transactions are made by the engine itself (use the consensus voter API)")
 	}
-	if err := tx.ValidateNew(); errors.Is(err, chain.ErrTooLarge) {
-		return refuse(st, service.CodeTooLarge, "%v", err)
-	} else if err != nil {
+	if err := tx.ValidateNew(); err != nil {
 		return refuse(st, service.CodeBadRequest, "%v", err)
 	}
 	c, err := tx.Encode()
