@@ -4,12 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"path"
 	"slices"
-	"strings"
 
 	"github.com/pickme/lucid/pkg/auth"
-	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/envfile"
 )
 
@@ -50,8 +47,8 @@ func bindOperatorCredentials(files map[string][]byte, token, host string, whatev
 	}
 	out := maps.Clone(files)
 	for _, p := range slices.Sorted(maps.Keys(files)) {
-		svc, ok := catalog.Lookup(strings.TrimSuffix(path.Base(p), ".env"))
-		if !ok || p != ServiceEnvPath(svc.Name) {
+		svc, ok := envFileService(p)
+		if !ok {
 			continue
 		}
 		vals, err := envfile.Parse(files[p])

@@ -117,15 +117,14 @@ func ServiceEnvPath(name string) string { return "configs/environment/" + name +
 // only paths under a release an env file from elsewhere (a backup) may be
 // written to.
 func IsServiceEnvPath(p string) bool {
-	if p == ServiceEnvPath(consulEnvName) {
-		return true
-	}
-	for _, n := range catalog.Names() {
-		if p == ServiceEnvPath(n) {
-			return true
-		}
-	}
-	return false
+	_, ok := envFileService(p)
+	return ok || p == ServiceEnvPath(consulEnvName)
+}
+
+// envFileService is the catalog service whose env file p is, if any.
+func envFileService(p string) (catalog.Service, bool) {
+	svc, ok := catalog.Lookup(strings.TrimSuffix(path.Base(p), ".env"))
+	return svc, ok && p == ServiceEnvPath(svc.Name)
 }
 
 // Secrets are the env keys of the operator's file generated when missing
