@@ -2,6 +2,7 @@ package backup
 
 import (
 	"context"
+	"errors"
 	"io"
 	"strings"
 	"sync"
@@ -12,7 +13,7 @@ import (
 	"github.com/pickme/lucid/pkg/api/snapshotapi"
 )
 
-// readCounter is a Source that counts the reads of each copy.
+// readCounter is a Snapshotter that counts the reads of each copy.
 type readCounter struct {
 	mu    sync.Mutex
 	reads map[string]int
@@ -24,6 +25,12 @@ func (r *readCounter) Read(_ context.Context, id, _ string, _, _ int64) (io.Read
 	r.reads[id]++
 	return io.NopCloser(strings.NewReader("x")), nil
 }
+
+func (r *readCounter) Take(context.Context) (*snapshotapi.Manifest, error) {
+	return nil, errors.New("not here")
+}
+
+func (r *readCounter) Drop(context.Context, string) error { return nil }
 
 func (r *readCounter) count(id string) int {
 	r.mu.Lock()
@@ -38,7 +45,7 @@ func (r *readCounter) count(id string) int {
 func TestQueuedCopiesAreKeptAlive(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		src := &readCounter{reads: map[string]int{}}
-		copies := []touchedCopy{
+		copies := []takenCopy{
 			{src, &snapshotapi.Manifest{ID: "engine-1", Files: []snapshotapi.File{{Path: "chain.db"}}}},
 			{src, &snapshotapi.Manifest{ID: "mesh-1", Files: []snapshotapi.File{{Path: "ca.json"}}}},
 		}

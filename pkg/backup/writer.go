@@ -455,11 +455,7 @@ func (r *Repository) Backup(ctx context.Context, opts BeginOptions, services []S
 	if err != nil {
 		return nil, err
 	}
-	type taken struct {
-		src Snapshotter
-		m   *snapshotapi.Manifest
-	}
-	var copies []taken
+	var copies []takenCopy
 	defer func() {
 		// Dropped even when ctx is done: the copies hold disk on the host.
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -475,16 +471,12 @@ func (r *Repository) Backup(ctx context.Context, opts BeginOptions, services []S
 		if err != nil {
 			return nil, err
 		}
-		copies = append(copies, taken{s, m})
+		copies = append(copies, takenCopy{s, m})
 		if ev.Taken != nil {
 			ev.Taken(m)
 		}
 	}
-	touched := make([]touchedCopy, len(copies))
-	for i, c := range copies {
-		touched[i] = touchedCopy{c.src, c.m}
-	}
-	stopTouching := keepCopies(ctx, touched, snapshotapi.MaxAge/4)
+	stopTouching := keepCopies(ctx, copies, snapshotapi.MaxAge/4)
 	defer stopTouching()
 	for _, c := range copies {
 		if err := w.AddService(ctx, c.m, c.src); err != nil {
@@ -499,18 +491,18 @@ func (r *Repository) Backup(ctx context.Context, opts BeginOptions, services []S
 	return w.Commit(ctx)
 }
 
-// touchedCopy is a service's copy kept alive by keepCopies.
-type touchedCopy struct {
-	src Source
+// takenCopy is a service's copy a backup took, and where to read it.
+type takenCopy struct {
+	src Snapshotter
 	m   *snapshotapi.Manifest
 }
 
-// keepCopies reads a byte of each copy every every until the returned
-// stop is called. A service drops a copy nobody took or read from for
+// keepCopies reads a byte of each copy at every tick of every, until the
+// returned stop is called. A service drops a copy nobody took or read from for
 // snapshotapi.MaxAge, and the copies of one backup are taken together
 // and transferred one after the other: behind a first transfer of tens of
 // GiB from an SD card, the last copies would expire before their turn.
-func keepCopies(ctx context.Context, copies []touchedCopy, every time.Duration) (stop func()) {
+func keepCopies(ctx context.Context, copies []takenCopy, every time.Duration) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
