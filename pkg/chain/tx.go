@@ -133,18 +133,15 @@ const maxTimeLen = len("2006-01-02T15:04:05.999999999-07:00")
 // checks, and the rules that came after blocks were first sealed, which
 // Validate, the rule for sealed blocks, must not gain (a chain sealed
 // before them must still verify): an anchor's times at most nanosecond
-// precise. With every field bounded, an anchor's canonical form stays
-// far below MaxTxBytes; whoever accepts a transaction for good still
-// holds its canonical form to that (Encode), so that nothing is accepted
-// (queued by anchoring, frozen by a seal) that the engine must refuse.
+// precise. With every field of an anchor bounded, its canonical form
+// stays far below MaxTxBytes, so nothing anchoring queues or a seal
+// freezes is refused by the engine for its size.
 func (tx *Transaction) ValidateNew() error {
-	if err := tx.Validate(); err != nil {
+	if err := tx.Validate(); err != nil || tx.Anchor == nil {
 		return err
 	}
 	var fe FieldErrors
-	if tx.Anchor != nil {
-		tx.Anchor.validateNew(&fe, "anchor.")
-	}
+	tx.Anchor.validateNew(&fe, "anchor.")
 	if len(fe) > 0 {
 		return fe
 	}

@@ -47,18 +47,14 @@ func (a *api) create(w http.ResponseWriter, r *http.Request, p service.Principal
 	tx := &chain.Transaction{Type: chain.TypeSessionAnchor, Anchor: &m}
 	if err := m.ValidateNew(); err != nil {
 		var fe chain.FieldErrors
-		errors.As(err, &fe) // the fields, when it names them
-		he := service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "invalid manifest: %s", err.Error())
+		errors.As(err, &fe)
+		he := service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "invalid manifest: %s", fe.Error())
 		he.Fields = fe
 		return he
 	}
 	canon, err := tx.Encode()
 	if err != nil {
 		return err
-	}
-	if len(canon) > chain.MaxTxBytes {
-		// Queued, it would only be refused by the engine.
-		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "invalid manifest: %v: %d bytes, at most %d", chain.ErrTooLarge, len(canon), chain.MaxTxBytes)
 	}
 	rec := &record{Owner: p.Subject, SessionID: m.SessionID, TxID: chain.TxID(canon), Tx: canon, Status: statusPending, CreatedAt: time.Now().UTC()}
 	existing, created, err := a.app.store.accept(rec)

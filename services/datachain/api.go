@@ -312,8 +312,8 @@ func (a *api) seal(w http.ResponseWriter, r *http.Request, p service.Principal) 
 		MerkleRoot: strings.Repeat("0", 64), StartedAt: req.StartedAt, EndedAt: req.EndedAt}
 	if err := m.ValidateNew(); err != nil {
 		var fe chain.FieldErrors
-		errors.As(err, &fe) // the fields, when it names them
-		he := service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "invalid seal request: %s", err.Error())
+		errors.As(err, &fe)
+		he := service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "invalid seal request: %s", fe.Error())
 		he.Fields = fe
 		return he
 	}
