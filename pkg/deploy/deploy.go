@@ -922,21 +922,18 @@ func (d *Deployer) Rollback(ctx context.Context, id string, rotate []string) (re
 		}
 	}
 	d.emit(StepRollback, EventStart, target.ID)
-	live, err := d.activate(ctx, target, cur, nil, true)
-	switch {
-	case err == nil:
-	case live:
+	if live, err := d.activate(ctx, target, cur, nil, true); err != nil {
 		d.emit(StepRollback, EventFail, err.Error())
-		return nil, fmt.Errorf("%s: release %s serves, but: %w", name, target.ID, err)
-	case cur == nil || cur.ID == target.ID:
-		d.emit(StepRollback, EventFail, err.Error())
-		return nil, fmt.Errorf("%s: rollback to %s: %w", name, target.ID, err)
-	default:
+		switch {
+		case live:
+			return nil, fmt.Errorf("%s: release %s serves, but: %w", name, target.ID, err)
+		case cur == nil || cur.ID == target.ID:
+			return nil, fmt.Errorf("%s: rollback to %s: %w", name, target.ID, err)
+		}
 		// The target's containers replaced the current release's and do
 		// not serve: the current release comes back, as after a failed
 		// deploy. The target keeps its record: it went live once, and
 		// what failed now may be passing (a slow start).
-		d.emit(StepRollback, EventFail, err.Error())
 		return nil, d.returnTo(ctx, target, cur, fmt.Errorf("rollback to %s: %w", target.ID, err), confirmLock, false)
 	}
 	// The cut deploys' releases never passed their gate: recorded so,
