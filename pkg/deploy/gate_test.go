@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,8 +12,52 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/client"
 )
+
+// TestEveryDockerCallIsBounded: every call a host's Docker client makes
+// (restart, stop, start, the container list status and prune read) ends
+// once the Engine has not begun to answer within the client's bound, so
+// no command holds the deploy lock for ever on a hung Engine.
+func TestEveryDockerCallIsBounded(t *testing.T) {
+	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/_ping") {
+			w.Header().Set("Api-Version", "1.44") // version negotiation answers; the rest hangs
+			return
+		}
+		<-r.Context().Done()
+	}))
+	t.Cleanup(silent.Close)
+	t.Cleanup(silent.CloseClientConnections) // first: a call left hanging would hold Close
+	dc, err := newDockerClient(func() (net.Conn, error) { return net.Dial("tcp", silent.Listener.Addr().String()) }, 200*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dc.Close() })
+	ctx := context.WithoutCancel(t.Context())
+	calls := map[string]func() error{
+		"restart": func() error { return dc.ContainerRestart(ctx, "c1", container.StopOptions{}) },
+		"stop":    func() error { return dc.ContainerStop(ctx, "c1", container.StopOptions{}) },
+		"start":   func() error { return dc.ContainerStart(ctx, "c1", container.StartOptions{}) },
+		"list": func() error {
+			_, err := dc.ContainerList(ctx, container.ListOptions{All: true})
+			return err
+		},
+	}
+	for name, call := range calls {
+		done := make(chan error, 1)
+		go func() { done <- call() }()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "timeout awaiting response headers") {
+				t.Errorf("%s on a silent Engine: %v", name, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s on a silent Engine did not end", name)
+		}
+	}
+}
 
 // TestHealthGateOutlastsNoDockerAnswer: a host whose Docker Engine stops
 // answering (sshd still up) ends the health gate soon after its timeout,

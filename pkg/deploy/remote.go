@@ -58,17 +58,35 @@ func (h *host) upLimit(healthTimeout time.Duration) time.Duration {
 }
 
 func newHost(name string, ssh *sshx.Client, dir, socket, project string) (*host, error) {
-	dc, err := client.NewClientWithOpts(
-		client.WithHost("http://docker"),
-		client.WithHTTPClient(&http.Client{Transport: &http.Transport{
-			DialContext: func(context.Context, string, string) (net.Conn, error) { return ssh.DialUnix(socket) },
-		}}),
-		client.WithAPIVersionNegotiation(),
-	)
+	dc, err := newDockerClient(func() (net.Conn, error) { return ssh.DialUnix(socket) }, dockerCallWait)
 	if err != nil {
 		return nil, err
 	}
 	return &host{name: name, ssh: ssh, docker: dc, dir: dir, project: project}, nil
+}
+
+// dockerCallWait bounds how long any call to a host's Docker Engine waits
+// for its answer to begin. The slowest call that answers only when done
+// is a restart: the container's stop timeout (Docker's 10 s, as the
+// compose file sets none), then its start; an image's removal from a slow
+// SD card takes seconds. Streams (logs, events, a pull's progress) begin
+// their answer at once. An Engine that stopped answering (a failing SD
+// card, with sshd still up) would otherwise hold a command, and the
+// deploy lock, for ever.
+const dockerCallWait = 2 * time.Minute
+
+// newDockerClient is a Docker client over dial whose every call fails
+// once the Engine has not begun to answer it within wait. The transport
+// stays an *http.Transport, which the client closes idle connections of.
+func newDockerClient(dial func() (net.Conn, error), wait time.Duration) (*client.Client, error) {
+	return client.NewClientWithOpts(
+		client.WithHost("http://docker"),
+		client.WithHTTPClient(&http.Client{Transport: &http.Transport{
+			DialContext:           func(context.Context, string, string) (net.Conn, error) { return dial() },
+			ResponseHeaderTimeout: wait,
+		}}),
+		client.WithAPIVersionNegotiation(),
+	)
 }
 
 func (h *host) run(ctx context.Context, cmd string) (string, error) {
