@@ -111,7 +111,9 @@ func Do(ctx context.Context, hc *http.Client, r Request, out any) error {
 
 // WithBearer returns a transport that sends token as the bearer credential
 // of every request (through the gateway, say), on top of base (nil: the
-// default transport).
+// default transport). A redirect to another host does not get it: the
+// client copies a header set on the first request to the same host only,
+// and a transport sees each request of the chain as new.
 func WithBearer(base http.RoundTripper, token string) http.RoundTripper {
 	if base == nil {
 		base = http.DefaultTransport
@@ -125,9 +127,18 @@ type bearer struct {
 }
 
 func (b bearer) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.Header.Get("Authorization") == "" {
+	if req.Header.Get("Authorization") == "" && req.URL.Host == firstOfRedirects(req).URL.Host {
 		req = req.Clone(req.Context())
 		req.Header.Set("Authorization", b.header)
 	}
 	return b.base.RoundTrip(req)
+}
+
+// firstOfRedirects is the request a chain of redirects that led to req
+// began with (req itself when it is not a redirect's).
+func firstOfRedirects(req *http.Request) *http.Request {
+	for req.Response != nil && req.Response.Request != nil {
+		req = req.Response.Request
+	}
+	return req
 }
