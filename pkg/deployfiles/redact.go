@@ -40,8 +40,15 @@ func redactEnv(env []byte, old map[string]string) []byte {
 			lines[i] = Redacted + line[len(body):]
 			continue
 		}
-		k, v, ok := strings.Cut(body, "=")
-		if !ok || strings.HasPrefix(strings.TrimSpace(body), "#") || v == "" {
+		// A key ends at its first "=" or, as compose reads the file
+		// (YAML style), ":"; neither can be part of one.
+		end := strings.IndexAny(body, "=:")
+		if end < 0 || strings.HasPrefix(strings.TrimSpace(body), "#") {
+			continue
+		}
+		v := strings.TrimLeft(body[end+1:], " \t")
+		k, sep := body[:end], body[end:len(body)-len(v)] // the separator and the blanks after it
+		if v == "" {
 			continue
 		}
 		if q := v[0]; (q == '\'' || q == '"') && strings.IndexByte(v[1:], q) < 0 {
@@ -61,7 +68,7 @@ func redactEnv(env []byte, old map[string]string) []byte {
 		default:
 			v = redactURL(unquote(v), v)
 		}
-		lines[i] = k + "=" + v + line[len(body):]
+		lines[i] = k + sep + v + line[len(body):]
 	}
 	return []byte(strings.Join(lines, ""))
 }

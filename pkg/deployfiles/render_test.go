@@ -164,9 +164,14 @@ func TestRenderRoundTripsAwkwardValues(t *testing.T) {
 }
 
 func TestRedactEnvAwkward(t *testing.T) {
-	in := "REDIS_URL=\"redis://:pw1@h:6379\"\nMONGODB_URI=mongodb://u:se#cr%zz@h\nMULTI='first\nsecond-secret\nthird'\nAFTER=visible\n"
+	// compose also reads YAML-style lines, KEY: value.
+	in := "REDIS_URL=\"redis://:pw1@h:6379\"\nMONGODB_URI=mongodb://u:se#cr%zz@h\nMULTI='first\nsecond-secret\nthird'\n" +
+		"JWT_SECRET_KEY: colon-secret\nexport ENCRYPTION_KEY = spaced-secret\nYAML_MULTI:  \"y-first\ny-second\"\nAFTER=visible\n"
+	if vals, err := envfile.Parse([]byte(in)); err != nil || vals["JWT_SECRET_KEY"] != "colon-secret" || vals["ENCRYPTION_KEY"] != "spaced-secret" {
+		t.Fatalf("the lines are not read as the test means them: %v %v", vals, err)
+	}
 	got := string(RedactEnv([]byte(in)))
-	for _, leak := range []string{"pw1", "se#cr", "second-secret", "third", "first"} {
+	for _, leak := range []string{"pw1", "se#cr", "second-secret", "third", "first", "colon-secret", "spaced-secret", "y-first", "y-second"} {
 		if strings.Contains(got, leak) {
 			t.Errorf("redacted output still has %q:\n%s", leak, got)
 		}
