@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -25,6 +26,10 @@ type Spec struct {
 	Dir string
 	// DependsOn names programs that must be ready before this one starts.
 	DependsOn []string
+	// After names programs this one starts after, without needing them:
+	// it waits until each is ready or has failed (given up), so one that
+	// cannot start does not keep it from starting.
+	After []string
 	// Ready reports whether the started program is ready for dependants.
 	// Nil means ready as soon as it has started.
 	Ready Probe
@@ -138,7 +143,7 @@ func validate(specs []Spec) ([]Spec, error) {
 		}
 		mark[name] = visiting
 		s := byName[name]
-		for _, d := range s.DependsOn {
+		for _, d := range slices.Concat(s.DependsOn, s.After) {
 			if _, ok := byName[d]; !ok {
 				return fmt.Errorf("%s depends on %q, which is not defined", name, d)
 			}

@@ -2,6 +2,7 @@ package supervise
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -386,6 +387,35 @@ func TestReadinessGatesDependants(t *testing.T) {
 	}
 	if names := []string{sup.Status()[0].Name, sup.Status()[1].Name, sup.Status()[2].Name}; names[0] != "db" || names[2] != "web" {
 		t.Errorf("status order = %v, want start order", names)
+	}
+}
+
+// TestAfterAFailedProgram: a program that starts after another, without
+// needing it, starts once that one has failed for good; one that depends
+// on it keeps waiting. (A route to a service that cannot start answers 503
+// at the gateway; the gateway itself must run.)
+func TestAfterAFailedProgram(t *testing.T) {
+	skipUnlessUnix(t)
+	broken := helperSpec("broken", "crash")
+	broken.Restart = RestartPolicy{InitialBackoff: 10 * time.Millisecond, MaxDeaths: 2, Window: time.Minute}
+	broken.Ready = func(context.Context) error { return errors.New("never ready") }
+	front := helperSpec("front", "sleep")
+	front.After = []string{"broken"}
+	needy := helperSpec("needy", "sleep")
+	needy.DependsOn = []string{"broken"}
+	sup, rec, _ := start(t, []Spec{front, needy, broken}, Options{})
+	rec.waitState(t, sup, "front", StateReady, 15*time.Second)
+	failed := rec.transitions("broken", StateFailed)
+	if starts := rec.transitions("front", StateStarting); len(failed) != 1 || starts[0].Before(failed[0]) {
+		t.Errorf("front started at %v, broken failed at %v: it should start once broken has failed", starts, failed)
+	}
+	for _, st := range sup.Status() {
+		if st.Name == "needy" && st.State != StateWaiting {
+			t.Errorf("needy, which depends on a failed program, is %s", st.State)
+		}
+	}
+	if _, err := New([]Spec{{Name: "a", Path: "x", After: []string{"nope"}}}, Options{}); err == nil || !strings.Contains(err.Error(), `"nope"`) {
+		t.Errorf("a program after an undefined one: %v", err)
 	}
 }
 

@@ -180,17 +180,20 @@ func (s *Supervisor) set(p *program, update func(*Status)) {
 	}
 }
 
-// waitDeps blocks until every dependency of p is ready. It returns false if
-// p is stopped first.
+// waitDeps blocks until every dependency of p is ready, and every program
+// it starts after is ready or failed. It returns false if p is stopped
+// first.
 func (s *Supervisor) waitDeps(p *program) bool {
 	for {
 		s.mu.Lock()
 		ready := true
-		for _, d := range p.spec.DependsOn {
-			for _, q := range s.programs {
-				if q.spec.Name == d && q.status.State != StateReady {
-					ready = false
-				}
+		for _, q := range s.programs {
+			st := q.status.State
+			switch {
+			case slices.Contains(p.spec.DependsOn, q.spec.Name):
+				ready = ready && st == StateReady
+			case slices.Contains(p.spec.After, q.spec.Name):
+				ready = ready && (st == StateReady || st == StateFailed)
 			}
 		}
 		changed := s.changed

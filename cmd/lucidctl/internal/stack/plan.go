@@ -177,10 +177,13 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 			return nil, err
 		}
 		deps := slices.Clone(s.DependsOn)
-		// Those it merely starts after, when they run too.
+		// Those it merely starts after, when they run too: one that
+		// fails to start does not hold it back (the gateway answers 503
+		// on its routes instead).
+		var after []string
 		for _, a := range s.After {
 			if p.runs(a) {
-				deps = append(deps, a)
+				after = append(after, a)
 			}
 		}
 		if p.consul != "" && s.UsesConsul {
@@ -224,6 +227,7 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 			Args:        []string{s.Name},
 			Env:         env,
 			DependsOn:   deps,
+			After:       after,
 			Ready:       supervise.HTTPProbe(p.url(s) + probe),
 			StopTimeout: drain + 5*time.Second,
 		})
