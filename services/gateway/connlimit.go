@@ -43,43 +43,52 @@ func newConnLimit(perAddr, total int, exempt func(string) bool, refused promethe
 	return &connLimit{perAddr: perAddr, total: total, exempt: exempt, refused: refused, byAddr: map[netip.Addr]int{}}
 }
 
-// connAddr is the address a connection counts against: its IPv4 address
-// (an IPv4-mapped one unmapped), or its IPv6 /64.
+// connAddr is a connection's peer address (an IPv4-mapped one unmapped).
 func connAddr(c net.Conn) netip.Addr {
 	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
 	if err != nil {
 		return netip.Addr{} // not TCP: one key for all such
 	}
-	ip := ap.Addr().Unmap().WithZone("")
-	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		ip = p.Addr()
-	}
-	return ip
+	return ap.Addr().Unmap().WithZone("")
 }
 
-// admit counts a new connection from addr, or refuses it over a bound.
-func (l *connLimit) admit(addr netip.Addr) bool {
+// countedAs is the address a peer's connections count against: an IPv4
+// address alone, an IPv6 one by its /64.
+func countedAs(peer netip.Addr) netip.Addr {
+	if peer.Is6() {
+		p, _ := peer.Prefix(64)
+		return p.Addr()
+	}
+	return peer
+}
+
+// admit counts a new connection from peer, or refuses it over a bound.
+// Whether the peer is a trusted proxy is its own address's question, not
+// its /64's: a trusted ::1 or 2001:db8::10 is exempt, the rest of its /64
+// is not.
+func (l *connLimit) admit(peer netip.Addr) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	n := l.byAddr[addr]
-	if l.open >= l.total || (n >= l.perAddr && !l.exempt(addr.String())) {
+	key := countedAs(peer)
+	n := l.byAddr[key]
+	if l.open >= l.total || (n >= l.perAddr && !l.exempt(peer.String())) {
 		l.refused.Inc()
 		return false
 	}
-	l.byAddr[addr] = n + 1
+	l.byAddr[key] = n + 1
 	l.open++
 	return true
 }
 
-// release counts a connection from addr closed.
-func (l *connLimit) release(addr netip.Addr) {
+// release counts a connection from peer closed.
+func (l *connLimit) release(peer netip.Addr) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if n := l.byAddr[addr] - 1; n > 0 {
-		l.byAddr[addr] = n
+	key := countedAs(peer)
+	if n := l.byAddr[key] - 1; n > 0 {
+		l.byAddr[key] = n
 	} else {
-		delete(l.byAddr, addr)
+		delete(l.byAddr, key)
 	}
 	l.open--
 }

@@ -110,8 +110,8 @@ func TestConnAddr(t *testing.T) {
 		{"[2001:db8:1:2::1]:1000", "[2001:db8:1:2:ffff::9]:2000"},
 	} {
 		a, b := connAddr(fakeConn{tc.a}), connAddr(fakeConn{tc.b})
-		if a != b {
-			t.Errorf("%s and %s count apart (%s, %s)", tc.a, tc.b, a, b)
+		if countedAs(a) != countedAs(b) {
+			t.Errorf("%s and %s count apart (%s, %s)", tc.a, tc.b, countedAs(a), countedAs(b))
 		}
 		if !l.admit(a) || l.admit(b) {
 			t.Errorf("%s: the second connection of the address was admitted", tc.b)
@@ -125,6 +125,31 @@ func TestConnAddr(t *testing.T) {
 	}
 	if l.open != 0 || len(l.byAddr) != 0 {
 		t.Errorf("after every release: %d open, %v", l.open, l.byAddr)
+	}
+}
+
+// TestTrustedIPv6ProxyIsExempt: a trusted proxy reaching the gateway
+// over IPv6 is bounded only by the total, as one over IPv4 is, while the
+// rest of its /64 is not exempt with it.
+func TestTrustedIPv6ProxyIsExempt(t *testing.T) {
+	trusted := map[string]bool{"::1": true, "2001:db8::10": true, "10.0.0.1": true}
+	l := newConnLimit(2, 100, func(ip string) bool { return trusted[ip] }, prometheus.NewCounter(prometheus.CounterOpts{Name: "x"}))
+	for _, peer := range []string{"[::1]:4000", "[2001:db8::10]:4000", "10.0.0.1:4000"} {
+		for i := range 5 {
+			if !l.admit(connAddr(fakeConn{peer})) {
+				t.Errorf("connection %d of trusted proxy %s was refused", i+1, peer)
+			}
+		}
+	}
+	l = newConnLimit(2, 100, func(ip string) bool { return ip == "2001:db8::" }, prometheus.NewCounter(prometheus.CounterOpts{Name: "y"}))
+	n := 0
+	for range 5 {
+		if l.admit(connAddr(fakeConn{"[2001:db8::99]:4000"})) {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Errorf("a peer in the /64 of a trusted address, not trusted itself, got %d connections, want 2", n)
 	}
 }
 
