@@ -3,13 +3,16 @@ package gateway
 import (
 	"bytes"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/pickme/lucid/internal/testenv"
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/routetable"
+	"github.com/pickme/lucid/pkg/service"
 )
 
 // TestCatchAllRouteHidesServiceInternals: through a catch-all route ("/"),
@@ -103,4 +106,57 @@ func TestHTTP10ClientsGetNoChunkedAnswer(t *testing.T) {
 	if resp, body, _ := rawExchange(t, addr, "GET /auth/follow HTTP/1.0\r\nHost: x\r\n\r\n", nil); resp.StatusCode != http.StatusGatewayTimeout {
 		t.Errorf("HTTP/1.0, an answer that does not end: %d, %d bytes of body", resp.StatusCode, len(body))
 	}
+}
+
+// TestRawPathBytesAreForwardedAsServicesReadThem: a path with bytes a
+// path may not carry raw ("|", as browsers send it, "{", non-ASCII) goes
+// upstream escaped, as a Go service reads it back, and the gateway's
+// signature (the mesh off) is over that form, so the service's check
+// passes; a path of ordinary bytes goes as sent.
+func TestRawPathBytesAreForwardedAsServicesReadThem(t *testing.T) {
+	type seen struct{ raw, escaped, caller string }
+	got := make(chan seen, 1)
+	up := upstreamFunc(t, func(_ http.ResponseWriter, r *http.Request) {
+		got <- seen{r.RequestURI, r.URL.EscapedPath(), r.Header.Get(service.HeaderCaller)}
+	})
+	g := startGateway(t, up.URL, nil)
+	tok := g.token(t, "alice", auth.TierPremium)
+	signer := service.NewCallerSigner(nil, "gateway") // the test gateway's key
+	for path, want := range map[string]string{
+		"/api/v1/blocks/a|b":          "/api/v1/blocks/a%7Cb",
+		"/api/v1/blocks/{x}":          "/api/v1/blocks/%7Bx%7D",
+		"/api/v1/blocks/\xc3\xa9":     "/api/v1/blocks/%C3%A9",
+		"/api/v1/blocks/a%7Cb":        "/api/v1/blocks/a%7Cb",
+		"/api/v1/blocks/a%2Fb:c@d[e]": "/api/v1/blocks/a%2Fb:c@d[e]",
+	} {
+		resp, _, _ := rawExchange(t, strings.TrimPrefix(g.url, "http://"),
+			"GET "+path+" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+tok+"\r\n\r\n", nil)
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%q: status %d", path, resp.StatusCode)
+			continue
+		}
+		s := <-got
+		if s.raw != want || s.escaped != want {
+			t.Errorf("%q went upstream as %q (read back as %q), want %q", path, s.raw, s.escaped, want)
+		}
+		if sig := signer.Sign(g.now, http.MethodGet, s.escaped, &service.Principal{Subject: "alice", Tier: auth.TierPremium}); s.caller != sig {
+			t.Errorf("%q: signature %q is not over the path the service reads (%q)", path, s.caller, sig)
+		}
+	}
+}
+
+// TestLogsNameThePathAsSent: the access log and the refusal's log line
+// name the path as the client sent it, not fasthttp's normalised one (a
+// probe of /%2e%2e/ready logged as /api/ready could not be found).
+func TestLogsNameThePathAsSent(t *testing.T) {
+	var log testenv.SyncBuffer
+	g := startGatewayLogging(t, newBackend(t).URL, nil, nil, slog.NewJSONHandler(&log, nil))
+	const probe = "/api/v1/blocks/%2e%2e/%2e%2e/ready"
+	resp, _, _ := rawExchange(t, strings.TrimPrefix(g.url, "http://"), "GET "+probe+" HTTP/1.1\r\nHost: x\r\n\r\n", nil)
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("a climbing path: %d, want 400", resp.StatusCode)
+	}
+	testenv.Eventually(t, 10*time.Second, "the request's log lines", func() bool {
+		return strings.Count(log.String(), `"path":"`+probe+`"`) == 2 // "request failed" and "request"
+	})
 }

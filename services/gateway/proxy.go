@@ -167,8 +167,35 @@ func (rp *routeProxy) upstreamPath(raw string, target *url.URL) string {
 			p = "/" + p
 		}
 	}
-	return singleJoin(target.EscapedPath(), p)
+	return canonicalPath(singleJoin(target.EscapedPath(), p))
 }
+
+// canonicalPath is the escaped path p as a Go service reads it back
+// (url.URL.EscapedPath): the bytes a path may not carry raw ("|", "{",
+// a quote, non-ASCII) escaped, the rest as sent. The gateway forwards and
+// signs that form, so that a service checking the signature over the
+// path it got sees the path that was signed; browsers send "|" raw.
+func canonicalPath(p string) string {
+	for i := range len(p) {
+		if !keptInPath[p[i]] {
+			u, err := url.PathUnescape(p)
+			if err != nil {
+				return p // refused before it gets here (climbs)
+			}
+			return (&url.URL{Path: u, RawPath: p}).EscapedPath()
+		}
+	}
+	return p
+}
+
+// keptInPath are the bytes EscapedPath leaves as they are: unreserved,
+// sub-delims, ":", "@", "/", "[", "]" and the escapes' "%".
+var keptInPath = func() (t [256]bool) {
+	for _, c := range []byte("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/[]%") {
+		t[c] = true
+	}
+	return t
+}()
 
 // upstreamFailed is the answer to a request the upstream did not answer:
 // 504 after a timeout, 502 otherwise.
@@ -279,7 +306,7 @@ func (rp *routeProxy) serve(c *call) (streaming bool, err error) {
 			cl, err = nil, nil
 		}
 		if err != nil {
-			rp.logger.InfoContext(c.ctx, "authentication failed", "reason", err.Error(), "path", string(fc.Path()))
+			rp.logger.InfoContext(c.ctx, "authentication failed", "reason", err.Error(), "path", string(fc.URI().PathOriginal()))
 			a.metrics.authFailures.Inc()
 			// Failed attempts count against the client's address, so
 			// guessing tokens is rate limited like anything else.
