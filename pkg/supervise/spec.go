@@ -33,6 +33,10 @@ type Spec struct {
 	// Ready reports whether the started program is ready for dependants.
 	// Nil means ready as soon as it has started.
 	Ready Probe
+	// ReadyWithout, when set, stands in for Ready while a program in After
+	// has failed: a front for several programs is as ready as it can be
+	// without one of them, where Ready would wait for that one for ever.
+	ReadyWithout Probe
 	// StopTimeout is how long the program gets between SIGTERM and SIGKILL.
 	StopTimeout time.Duration
 	// Restart sets the restart policy; zero fields take the defaults.

@@ -391,16 +391,20 @@ func TestReadinessGatesDependants(t *testing.T) {
 }
 
 // TestAfterAFailedProgram: a program that starts after another, without
-// needing it, starts once that one has failed for good; one that depends
-// on it keeps waiting. (A route to a service that cannot start answers 503
-// at the gateway; the gateway itself must run.)
+// needing it, starts once that one has failed for good, and is then ready
+// by its ReadyWithout probe; one that depends on it keeps waiting. (A
+// route to a service that cannot start answers 503 at the gateway; the
+// gateway itself must run, though its /ready never passes.)
 func TestAfterAFailedProgram(t *testing.T) {
 	skipUnlessUnix(t)
+	never := func(context.Context) error { return errors.New("never ready") }
 	broken := helperSpec("broken", "crash")
 	broken.Restart = RestartPolicy{InitialBackoff: 10 * time.Millisecond, MaxDeaths: 2, Window: time.Minute}
-	broken.Ready = func(context.Context) error { return errors.New("never ready") }
+	broken.Ready = never
 	front := helperSpec("front", "sleep")
 	front.After = []string{"broken"}
+	front.Ready = never // it waits for broken, which will not come
+	front.ReadyWithout = func(context.Context) error { return nil }
 	needy := helperSpec("needy", "sleep")
 	needy.DependsOn = []string{"broken"}
 	sup, rec, _ := start(t, []Spec{front, needy, broken}, Options{})

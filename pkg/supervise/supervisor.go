@@ -209,6 +209,18 @@ func (s *Supervisor) waitDeps(p *program) bool {
 	}
 }
 
+// anyFailed reports whether a program of names has failed for good.
+func (s *Supervisor) anyFailed(names []string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, q := range s.programs {
+		if q.status.State == StateFailed && slices.Contains(names, q.spec.Name) {
+			return true
+		}
+	}
+	return false
+}
+
 // supervise is the life of one program: wait, start, watch, restart.
 func (s *Supervisor) supervise(p *program) {
 	// Linux delivers a child's parent-death signal when the thread that
@@ -361,8 +373,12 @@ func (s *Supervisor) awaitReady(ctx context.Context, p *program) error {
 	deadline := time.Now().Add(s.opts.ReadyTimeout)
 	var last error
 	for {
+		probe := p.spec.Ready
+		if p.spec.ReadyWithout != nil && s.anyFailed(p.spec.After) {
+			probe = p.spec.ReadyWithout
+		}
 		pctx, cancel := context.WithTimeout(ctx, s.opts.ProbeInterval*5)
-		last = p.spec.Ready(pctx)
+		last = probe(pctx)
 		cancel()
 		if last == nil {
 			return nil

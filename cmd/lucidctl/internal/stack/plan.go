@@ -209,8 +209,9 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 			env = append(env, routetable.EnvVar+"="+p.routes)
 		}
 		// A service is ready when its /ready says so, which for one that
-		// runs without services it routes to never happens: serving
-		// (/health) is all it can be then.
+		// runs without services it routes to (absent, or failed once it
+		// runs: ReadyWithout) never happens: serving (/health) is all it
+		// can be then.
 		probe := "/ready"
 		if len(p.absent(s.After)) > 0 {
 			probe = "/health"
@@ -222,14 +223,15 @@ func (p *plan) specs(l layout) ([]supervise.Spec, error) {
 			drain = d
 		}
 		specs = append(specs, supervise.Spec{
-			Name:        s.Name,
-			Path:        p.lucid,
-			Args:        []string{s.Name},
-			Env:         env,
-			DependsOn:   deps,
-			After:       after,
-			Ready:       supervise.HTTPProbe(p.url(s) + probe),
-			StopTimeout: drain + 5*time.Second,
+			Name:         s.Name,
+			Path:         p.lucid,
+			Args:         []string{s.Name},
+			Env:          env,
+			DependsOn:    deps,
+			After:        after,
+			Ready:        supervise.HTTPProbe(p.url(s) + probe),
+			ReadyWithout: supervise.HTTPProbe(p.url(s) + "/health"),
+			StopTimeout:  drain + 5*time.Second,
 		})
 	}
 	return specs, nil

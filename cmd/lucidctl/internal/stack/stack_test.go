@@ -495,3 +495,40 @@ func TestUpRefusesTakenPort(t *testing.T) {
 		t.Error("a supervisor started")
 	}
 }
+
+// TestGatewayRunsWithAFailedService: a service that cannot start (a bad
+// ENCRYPTION_KEY fails the data chain) is marked failed, and the gateway,
+// which starts after the services it routes to, starts all the same and
+// is ready: the other routes work, and the failed one's answer 503.
+func TestGatewayRunsWithAFailedService(t *testing.T) {
+	p := newProject(t, 20700)
+	if err := os.WriteFile(filepath.Join(p.dir, "secrets.env"), []byte("ENCRYPTION_KEY=bad\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := p.lucidctl(context.Background(), "up", "-d", "--lucid", lucidBin, "--port-offset", strconv.Itoa(p.offset), "--wait-timeout", "60s")
+	if r.code != 1 || !strings.Contains(r.errOut, "datachain") {
+		t.Errorf("up with a service that cannot start: exit %d, stderr %q", r.code, r.errOut)
+	}
+	var gw svcJSON
+	testenv.Eventually(t, 90*time.Second, "the gateway ready beside the failed data chain", func() bool {
+		st, _ := p.status()
+		gw = st.service("gateway")
+		return gw.State == "ready" && st.service("datachain").State == "failed"
+	})
+	tok := p.lucidctl(context.Background(), "token", "--sub", "alice")
+	if tok.code != 0 {
+		t.Fatalf("token: exit %d %s", tok.code, tok.errOut)
+	}
+	for path, want := range map[string]int{"/api/v1/sessions/s1": http.StatusServiceUnavailable, "/blockchain/api/v1/chain": http.StatusOK} {
+		req, _ := http.NewRequest(http.MethodGet, gw.URL+path, nil)
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(tok.out))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s beside the failed data chain: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
+}
