@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/json"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -60,5 +61,34 @@ func TestPublicEndpointsShowNoInternals(t *testing.T) {
 				t.Errorf("%s: /metrics shows %q: ...%s...", policy, s, metrics[max(0, i-200):min(len(metrics), i+100)])
 			}
 		}
+	}
+}
+
+// TestOwnEndpointsCountAgainstTheAsker: /ready and /metrics, which answer
+// without a token, count against the asking address's anonymous budget,
+// so one address flooding them cannot starve the operator's monitor,
+// which asks from another with a budget of its own; /health is not
+// counted.
+func TestOwnEndpointsCountAgainstTheAsker(t *testing.T) {
+	// The free tier's 60 a minute allow 7 at one instant (the test's
+	// clock stands still).
+	g := startGateway(t, newBackend(t).URL, map[string]string{"LUCID_RATE_FREE": "60", "LUCID_TRUSTED_PROXIES": "127.0.0.1"})
+	flood := map[string]string{"X-Forwarded-For": "192.0.2.66"}
+	for i := range 7 {
+		p := []string{"/metrics", "/ready", "/%6Detrics"}[i%3]
+		if resp, body := g.get(t, p, flood); resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d (%s) within the budget: %d %s", i+1, p, resp.StatusCode, body)
+		}
+	}
+	for _, p := range []string{"/metrics", "/ready", "/%6Detrics"} {
+		if resp, body := g.get(t, p, flood); resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("%s beyond the address's budget: %d %s, want 429 with Retry-After", p, resp.StatusCode, body)
+		}
+	}
+	if resp, _ := g.get(t, "/health", flood); resp.StatusCode != http.StatusOK {
+		t.Errorf("/health beyond the budget: %d, want 200 (not counted)", resp.StatusCode)
+	}
+	if resp, _ := g.get(t, "/metrics", map[string]string{"X-Forwarded-For": "192.0.2.9"}); resp.StatusCode != http.StatusOK {
+		t.Errorf("the monitor's /metrics from another address: %d", resp.StatusCode)
 	}
 }

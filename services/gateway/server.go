@@ -63,7 +63,7 @@ const (
 
 // ownPaths are the gateway's own endpoints, served by package service's
 // handler; the route table may not claim them.
-var ownPaths = [][]byte{[]byte("/health"), []byte("/ready"), []byte("/metrics")}
+var ownPaths = [][]byte{[]byte("/health"), pathReady, pathMetrics}
 
 // ServeOn serves ln until ctx ends: the routes through the proxy, the rest
 // through srv's handler. Then it drains for up to the shutdown timeout.
@@ -313,16 +313,41 @@ func (a *App) handle(fc *fasthttp.RequestCtx) {
 // the connection ends rather than read it.
 func (a *App) serveOwn(fc *fasthttp.RequestCtx) {
 	if n := bodyLength(&fc.Request.Header); n < 0 || n > maxOwnBodyBytes {
-		// Answered, logged and metered as package service's handler would.
-		id := service.NewRequestID()
-		fc.Response.Header.Set(service.HeaderRequestID, id)
-		a.writeError(service.WithRequestID(context.Background(), id), fc, id, service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge,
+		a.refuseOwn(fc, service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge,
 			"no request body of unknown length or over %d KiB is accepted here", maxOwnBodyBytes>>10))
-		a.srv.ObserveRequest("unmatched", string(fc.Method()), fc.Response.StatusCode(), time.Since(fc.Time()))
 		fc.SetConnectionClose()
 		return
 	}
+	if p := fc.Path(); bytes.Equal(p, pathReady) || bytes.Equal(p, pathMetrics) {
+		// They answer without a token, and each is costly or queued
+		// (one gather of the metrics at a time): one address asking for
+		// nothing else would starve the operator's monitor. They count
+		// against the asker's address as an anonymous request does.
+		// Judged on the decoded path, as package service's mux serves
+		// /%6Detrics as /metrics. When limiting is down (Redis, with
+		// LUCID_RATE_LIMIT_ON_ERROR=closed), they still answer: that is
+		// when the operator needs them.
+		b, key := a.principal(fc, nil)
+		if he, ok := errors.AsType[*service.HTTPError](a.limit(context.Background(), fc, b, key, 1, a.now())); ok && he.Status == http.StatusTooManyRequests {
+			a.refuseOwn(fc, he)
+			return
+		}
+	}
 	a.own(fc)
+}
+
+var (
+	pathReady   = []byte("/ready")
+	pathMetrics = []byte("/metrics")
+)
+
+// refuseOwn answers a request for the gateway's own endpoints with err,
+// logged and metered as package service's handler would.
+func (a *App) refuseOwn(fc *fasthttp.RequestCtx, err error) {
+	id := service.NewRequestID()
+	fc.Response.Header.Set(service.HeaderRequestID, id)
+	a.writeError(service.WithRequestID(context.Background(), id), fc, id, err)
+	a.srv.ObserveRequest("unmatched", string(fc.Method()), fc.Response.StatusCode(), time.Since(fc.Time()))
 }
 
 // drainBody reads what is left of a request body the gateway answered
