@@ -136,6 +136,9 @@ type Output struct {
 var envKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 func run(ctx context.Context, opts *Options) error {
+	if opts.PortOffset < 0 || opts.PortOffset > deployfiles.MaxPortOffset {
+		return cli.Usage(fmt.Errorf("--port-offset %d is outside 0..%d", opts.PortOffset, deployfiles.MaxPortOffset))
+	}
 	cfg, err := opts.Env.Config()
 	if err != nil {
 		return err

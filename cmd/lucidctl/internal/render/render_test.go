@@ -3,6 +3,7 @@ package render
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -116,6 +117,30 @@ func TestRenderRefusesBadSet(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, deployfiles.EnvPath)); err == nil {
 		t.Error("render wrote the env file despite a refused --set")
+	}
+}
+
+// TestRenderRefusesAPortOffsetPastThePorts: an offset that would publish
+// a port past 65535, or below the one given, is a usage error, and nothing
+// is written; the library refuses it too.
+func TestRenderRefusesAPortOffsetPastThePorts(t *testing.T) {
+	for _, off := range []int{70000, -8000, deployfiles.MaxPortOffset + 1} {
+		dir := t.TempDir()
+		io, _, _, _ := iostreams.Test()
+		err := run(context.Background(), &Options{Env: cli.NewEnv(io, func(string) string { return "" }), Dir: dir, PortOffset: off})
+		if cli.ExitCode(context.Background(), err) != cli.ExitUsage || !strings.Contains(fmt.Sprint(err), "--port-offset") {
+			t.Errorf("--port-offset %d: %v, want a usage error", off, err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, deployfiles.ComposePath)); err == nil {
+			t.Errorf("--port-offset %d: a compose file was written", off)
+		}
+		if _, err := deployfiles.Render(context.Background(), deployfiles.Options{PortOffset: off}); err == nil {
+			t.Errorf("deployfiles.Render took the port offset %d", off)
+		}
+	}
+	_, err := deployfiles.Render(context.Background(), deployfiles.Options{PortOffset: 100, TLS: &deployfiles.TLS{HTTPSPort: 65500, HTTPPort: 80}})
+	if err == nil || !strings.Contains(err.Error(), "past 65535") {
+		t.Errorf("an HTTPS port shifted past 65535: %v", err)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/projectconfig"
 	"github.com/pickme/lucid/pkg/supervise"
@@ -52,8 +53,9 @@ func (l layout) serviceLog(n string) string { return filepath.Join(l.logDir(), n
 func (l layout) dataDir(n string) string    { return filepath.Join(l.dir, "data", n) }
 func (l layout) binDir() string             { return filepath.Join(l.base, "bin") }
 
-// maxPortOffset bounds --port-offset, so that every port stays below 65536.
-const maxPortOffset = 50000
+// maxPortOffset bounds --port-offset, so that every port stays below
+// 65536; render's bound.
+const maxPortOffset = deployfiles.MaxPortOffset
 
 // portOffset is the offset given (nil: none), else local.port_offset of
 // lucid.yaml, checked.
