@@ -94,6 +94,9 @@ func run(_ context.Context, opts *Options) error {
 	if opts.TTL <= 0 || opts.TTL > maxTTL {
 		return cli.Usage(fmt.Errorf("--ttl %s is outside 1s..%s", opts.TTL, maxTTL))
 	}
+	if err := auth.CheckSubject(opts.Subject); err != nil {
+		return cli.Usage(fmt.Errorf("--sub: %w", err))
+	}
 	d := &deployment{opts: opts}
 	secret, source, err := d.secret()
 	if err != nil {

@@ -33,6 +33,19 @@ func TestTokenFromEnvironment(t *testing.T) {
 	}
 }
 
+// TestTokenRefusesABadSubject: a subject no token may carry is the
+// flag's fault, a usage error before any secret is read, not the secret's.
+func TestTokenRefusesABadSubject(t *testing.T) {
+	for _, sub := range []string{"", " alice", "bob\n"} {
+		io, _, _, _ := iostreams.Test()
+		env := cli.NewEnv(io, func(k string) string { return map[string]string{"JWT_SECRET_KEY": goodSecret}[k] })
+		err := run(context.Background(), &Options{Env: env, Subject: sub, Tier: "free", TTL: time.Hour, Now: time.Now})
+		if cli.ExitCode(context.Background(), err) != cli.ExitUsage || !strings.Contains(err.Error(), "--sub") || strings.Contains(err.Error(), "JWT_SECRET_KEY") {
+			t.Errorf("--sub %q: %v, want a usage error about --sub", sub, err)
+		}
+	}
+}
+
 func TestTokenFromEnvFileAsJSON(t *testing.T) {
 	dir := t.TempDir()
 	envFile := filepath.Join(dir, ".env.core")
