@@ -222,6 +222,17 @@ func (o Options) base(ctx context.Context, ref string, p v1.Platform) (v1.Image,
 		if err != nil {
 			return nil, nil, fmt.Errorf("base image %s for %s: %w", ref, p, err)
 		}
+		// A reference to a single image, not an index, is taken whatever
+		// the platform asked: its own must be it, or the image would say
+		// arm64 over another architecture's files.
+		cf, err := img.ConfigFile()
+		if err != nil {
+			return nil, nil, fmt.Errorf("base image %s for %s: %w", ref, p, err)
+		}
+		if cf.OS != p.OS || cf.Architecture != p.Architecture || (cf.Variant != "" && p.Variant != "" && cf.Variant != p.Variant) {
+			got := v1.Platform{OS: cf.OS, Architecture: cf.Architecture, Variant: cf.Variant}
+			return nil, nil, fmt.Errorf("base image %s is for %s, not %s: give an index (a multi-platform tag) or an image for %s", ref, got.String(), p, p)
+		}
 		d, _ := img.Digest()
 		o.Progress(Event{Image: "base", Platform: p.String(), Step: "base", Detail: ref + "@" + d.String()})
 		return img, nil, nil

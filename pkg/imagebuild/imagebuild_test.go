@@ -274,6 +274,43 @@ func TestRegistryBase(t *testing.T) {
 	}
 }
 
+// TestSingleImageBaseMustBeThePlatforms: a base given as one image, not
+// an index, is taken whatever the platform asked, so its own platform
+// must be the one built; one for another architecture is refused rather
+// than relabelled, and one for the platform is taken.
+func TestSingleImageBaseMustBeThePlatforms(t *testing.T) {
+	reg := httptest.NewServer(registry.New(registry.Logger(nilLogger())))
+	defer reg.Close()
+	host := strings.TrimPrefix(reg.URL, "http://")
+	amd, arm := v1.Platform{OS: "linux", Architecture: "amd64"}, v1.Platform{OS: "linux", Architecture: "arm64"}
+	baseImg, err := random.Image(256, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := baseImg.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = amd.OS, amd.Architecture
+	baseImg, _ = mutate.ConfigFile(baseImg, cf)
+	baseRef, _ := name.NewTag(host+"/amd64only:1", name.Insecure)
+	if err := remote.Write(baseRef, baseImg); err != nil { // a manifest, no index
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		p  v1.Platform
+		ok bool
+	}{{arm, false}, {amd, true}} {
+		o := testOptions(t, host+"/lucid-{service}", tc.p)
+		o.Base = baseRef.String()
+		_, err := Assemble(context.Background(), o)
+		if tc.ok && err != nil {
+			t.Errorf("an amd64 base for amd64: %v", err)
+		}
+		if !tc.ok && (err == nil || !strings.Contains(err.Error(), "is for linux/amd64, not linux/arm64")) {
+			t.Errorf("an amd64 base for arm64: %v, want it refused", err)
+		}
+	}
+}
+
 // TestDockerfileMatchesCatalog keeps Dockerfiles/Dockerfile's targets in
 // step with the catalog: one per service, with its port, title and
 // description.
