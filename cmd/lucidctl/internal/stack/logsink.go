@@ -70,7 +70,9 @@ func (s *logSink) Line(program string, _ supervise.Stream, line []byte) {
 	}
 	s.stack.writeLine(program+" | ", line)
 	if s.term != nil {
-		fmt.Fprintf(s.term, "%s %s\n", s.prefixes[program], line)
+		if _, err := fmt.Fprintf(s.term, "%s %s\n", s.prefixes[program], line); err != nil {
+			s.term = nil // gone (a closed pipe): the log files still have every line
+		}
 	}
 }
 

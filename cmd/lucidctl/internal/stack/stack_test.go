@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -530,5 +531,39 @@ func TestGatewayRunsWithAFailedService(t *testing.T) {
 		if resp.StatusCode != want {
 			t.Errorf("%s beside the failed data chain: %d, want %d", path, resp.StatusCode, want)
 		}
+	}
+}
+
+// TestForegroundUpOutlivesABrokenPipe: a foreground up whose stderr is a
+// pipe that closes (`up | tee`, and Ctrl-C ends tee too) still stops its
+// services in order on the interrupt and exits 0, rather than die of
+// SIGPIPE at its next line and leave them killed.
+func TestForegroundUpOutlivesABrokenPipe(t *testing.T) {
+	p := newProject(t, 20800)
+	cmd := exec.Command(os.Args[0], "--config", p.config, "up", "--lucid", lucidBin, "--port-offset", strconv.Itoa(p.offset), "datachain")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	drained := make(chan struct{})
+	go func() { _, _ = io.Copy(io.Discard, stderr); close(drained) }()
+	testenv.Eventually(t, 30*time.Second, "the foreground stack ready", func() bool {
+		st, r := p.status()
+		return r.code == 0 && st.service("datachain").State == "ready"
+	})
+	_ = stderr.Close() // tee is gone
+	<-drained
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Wait()
+	if code := cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("up with its stderr closed, interrupted: %v (exit %d), want exit 0", err, code)
+	}
+	if log := p.read(p.state("logs/stack.log")); !strings.Contains(log, "lucidctl | datachain stopped") {
+		t.Errorf("the services were not stopped in order; the stack log:\n%s", log)
 	}
 }

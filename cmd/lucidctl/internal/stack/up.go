@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/google/uuid"
@@ -302,6 +304,15 @@ func supervisePlan(ctx context.Context, opts *UpOptions, l layout, p *plan) erro
 	var term = opts.Env.IO.ErrOut
 	if opts.supervisor {
 		term = nil // the background supervisor's output is the log files
+	} else {
+		// A terminal piped through tee, which Ctrl-C ends too: Go's
+		// default for a write to a broken pipe on stderr is to die of
+		// SIGPIPE, mid-shutdown, leaving the services killed rather than
+		// stopped. Asked for, the signal only fails the write, and the
+		// sink stops writing there. The services do not inherit this.
+		sigpipe := make(chan os.Signal, 1)
+		signal.Notify(sigpipe, syscall.SIGPIPE)
+		defer signal.Stop(sigpipe)
 	}
 	if err := os.MkdirAll(l.dir, 0o755); err != nil {
 		return err
