@@ -55,7 +55,7 @@ func runDown(ctx context.Context, opts *DownOptions) error {
 		}
 		return nil
 	}
-	if err := os.WriteFile(l.stopFile(), nil, 0o644); err != nil {
+	if err := os.WriteFile(l.stopFile(), nil, 0o600); err != nil {
 		return fmt.Errorf("request stop: %w", err)
 	}
 	// The lock proves the supervisor in the state file is alive, so its pid

@@ -14,7 +14,7 @@ import (
 // runs: a zombie, a stale state file or a recycled pid cannot fake it.
 
 func acquireLock(path string) (release func(), err error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
 	}

@@ -35,7 +35,7 @@ var _ supervise.LogSink = (*logSink)(nil)
 const supervisorName = "lucidctl"
 
 func newLogSink(l layout, names []string, term io.Writer, styles *iostreams.Styles) (*logSink, error) {
-	if err := os.MkdirAll(l.logDir(), 0o755); err != nil {
+	if err := l.makePrivate(); err != nil {
 		return nil, err
 	}
 	s := &logSink{files: map[string]*rotatingFile{}, term: term, styles: styles, prefixes: map[string]string{}}
@@ -116,7 +116,7 @@ func openRotating(path string, fresh bool) (*rotatingFile, error) {
 			_ = os.Rename(path, path+".1")
 		}
 	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +136,7 @@ func (r *rotatingFile) writeLine(prefix string, line []byte) {
 	if r.size+n > maxLogBytes {
 		r.keep(r.f.Close())
 		_ = os.Rename(r.path, r.path+".1")
-		f, err := os.OpenFile(r.path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+		f, err := os.OpenFile(r.path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 		if err != nil {
 			r.keep(err)
 			r.f = nil

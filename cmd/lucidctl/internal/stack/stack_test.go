@@ -148,10 +148,23 @@ func TestUpStatusLogsDown(t *testing.T) {
 	// engine's own endpoints that only this table has.
 	p.write(deployfiles.RoutesPath, "routes:\n  - prefix: /engine\n    service: engine\n    strip: true\n    public: true\n"+
 		strings.TrimPrefix(mustMarshal(t, routetable.Default()), "routes:\n"))
+	// A state directory an older lucidctl made open to all is tightened.
+	if err := os.MkdirAll(filepath.Join(p.dir, p.state("logs")), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	r := p.up()
 	for _, s := range catalog.Services {
 		if !strings.Contains(r.out, s.Name) {
 			t.Errorf("up -d table lacks %s:\n%s", s.Name, r.out)
+		}
+	}
+	// The lock that names the supervisor (what down signals), the state
+	// and the logs are the operator's alone.
+	for rel, want := range map[string]os.FileMode{".": 0o700, "logs": 0o700, "supervisor.lock": 0o600, "logs/stack.log": 0o600, "logs/supervisor.log": 0o600, "logs/gateway.log": 0o600} {
+		if fi, err := os.Stat(filepath.Join(p.dir, p.state(rel))); err != nil {
+			t.Error(err)
+		} else if fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v", rel, fi.Mode().Perm(), want)
 		}
 	}
 

@@ -53,6 +53,22 @@ func (l layout) serviceLog(n string) string { return filepath.Join(l.logDir(), n
 func (l layout) dataDir(n string) string    { return filepath.Join(l.dir, "data", n) }
 func (l layout) binDir() string             { return filepath.Join(l.base, "bin") }
 
+// makePrivate creates the stack's state and log directories, or tightens
+// them, as only their owner's: they hold the lock that says which
+// process is the supervisor (and so what down signals), the state file
+// and the services' logs. One made by an older lucidctl was 0755.
+func (l layout) makePrivate() error {
+	for _, dir := range []string{l.dir, l.logDir()} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // maxPortOffset bounds --port-offset, so that every port stays below
 // 65536; render's bound.
 const maxPortOffset = deployfiles.MaxPortOffset

@@ -314,7 +314,7 @@ func supervisePlan(ctx context.Context, opts *UpOptions, l layout, p *plan) erro
 		signal.Notify(sigpipe, syscall.SIGPIPE)
 		defer signal.Stop(sigpipe)
 	}
-	if err := os.MkdirAll(l.dir, 0o755); err != nil {
+	if err := l.makePrivate(); err != nil {
 		return err
 	}
 	release, err := acquireLock(l.lockFile())
@@ -444,10 +444,10 @@ func startDetached(ctx context.Context, opts *UpOptions, l layout, p *plan) erro
 	}
 	args = append(args, opts.Services...)
 
-	if err := os.MkdirAll(l.logDir(), 0o755); err != nil {
+	if err := l.makePrivate(); err != nil {
 		return err
 	}
-	logf, err := os.OpenFile(l.supervisorLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(l.supervisorLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
