@@ -57,6 +57,36 @@ platfroms: [linux/arm64]
 	}
 }
 
+// TestMergeKeys: YAML's merge key ("<<: *pi", or a list of anchors) is
+// read as the keys it brings in, which are checked where they land; a
+// typo inside an anchored mapping is still named.
+func TestMergeKeys(t *testing.T) {
+	cfg, err := Parse("lucid.yaml", []byte(`targets:
+  pi1: &pi
+    host: 10.0.0.11
+    user: pi
+  pi2:
+    <<: *pi
+    host: 10.0.0.12
+  pi3:
+    <<: [*pi]
+    host: 10.0.0.13
+`))
+	if err != nil {
+		t.Fatalf("merge keys: %v", err)
+	}
+	if pi2 := cfg.Targets["pi2"]; pi2.Host != "10.0.0.12" || pi2.User != "pi" {
+		t.Errorf("pi2 = %+v, want pi1's user and its own host", pi2)
+	}
+	if pi3 := cfg.Targets["pi3"]; pi3.User != "pi" {
+		t.Errorf("pi3 = %+v, want pi1's user", pi3)
+	}
+	_, err = Parse("lucid.yaml", []byte("base: &b\n  hots: x\ntargets:\n  pi:\n    <<: *b\n    host: h\n")) //nolint:misspell // the typo is the test
+	if !errors.Is(err, ErrUnknownKey) || !strings.Contains(err.Error(), `"hots" in targets.pi`) {
+		t.Errorf("a typo merged in: %v", err)
+	}
+}
+
 func TestInvalidValues(t *testing.T) {
 	tests := map[string]string{
 		"targets:\n  pi:\n    port: 22\n":                       "targets.pi.host is required",

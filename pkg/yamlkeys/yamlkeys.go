@@ -48,6 +48,10 @@ func checkKeys(file string, n *yaml.Node, t reflect.Type, at string) []error {
 		fields := yamlFields(t)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
+			if merges(k) {
+				errs = append(errs, checkMerged(file, v, t, at)...)
+				continue
+			}
 			f, ok := fields[k.Value]
 			if !ok {
 				errs = append(errs, unknownKey(file, k, at, fields))
@@ -60,6 +64,10 @@ func checkKeys(file string, n *yaml.Node, t reflect.Type, at string) []error {
 			return nil
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k := n.Content[i]; merges(k) {
+				errs = append(errs, checkMerged(file, n.Content[i+1], t, at)...)
+				continue
+			}
 			errs = append(errs, checkKeys(file, n.Content[i+1], t.Elem(), join(at, n.Content[i].Value))...)
 		}
 	case reflect.Slice:
@@ -69,6 +77,27 @@ func checkKeys(file string, n *yaml.Node, t reflect.Type, at string) []error {
 		for i, item := range n.Content {
 			errs = append(errs, checkKeys(file, item, t.Elem(), fmt.Sprintf("%s[%d]", at, i))...)
 		}
+	}
+	return errs
+}
+
+// merges reports whether k is YAML's merge key, "<<": its value, a
+// mapping or a list of them (anchored elsewhere, as a rule), is read as if
+// its keys stood where it does.
+func merges(k *yaml.Node) bool { return k.Kind == yaml.ScalarNode && k.ShortTag() == "!!merge" }
+
+// checkMerged checks what a merge key brings in, against the type of the
+// mapping it is merged into.
+func checkMerged(file string, v *yaml.Node, t reflect.Type, at string) []error {
+	if v.Kind == yaml.AliasNode && v.Alias != nil {
+		v = v.Alias
+	}
+	if v.Kind != yaml.SequenceNode {
+		return checkKeys(file, v, t, at)
+	}
+	var errs []error
+	for _, item := range v.Content {
+		errs = append(errs, checkKeys(file, item, t, at)...)
 	}
 	return errs
 }
