@@ -293,6 +293,25 @@ func TestUpStatusLogsDown(t *testing.T) {
 		t.Errorf("engine last exit = %q", st.service("engine").LastExit)
 	}
 
+	// A service that hangs (stopped, deadlocked) still runs: status asks
+	// each ready one's /health and says so.
+	anchoring := st.service("anchoring")
+	if err := syscall.Kill(anchoring.PID, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	hung, r := p.status()
+	text := p.lucidctl(context.Background(), "status")
+	_ = syscall.Kill(anchoring.PID, syscall.SIGCONT)
+	if a := hung.service("anchoring"); a.State != "unresponsive" || r.code != 3 {
+		t.Errorf("a stopped anchoring: state %q, exit %d; want unresponsive, 3", a.State, r.code)
+	}
+	if !strings.Contains(text.out, "anchoring is unresponsive: /health:") {
+		t.Errorf("status text does not say why anchoring is unresponsive:\n%s", text.out)
+	}
+	if st, r := p.status(); st.service("anchoring").State != "ready" || r.code != 0 {
+		t.Errorf("anchoring resumed: state %q, exit %d", st.service("anchoring").State, r.code)
+	}
+
 	logs := p.lucidctl(context.Background(), "logs", "engine")
 	if logs.code != 0 || !strings.Contains(logs.out, `"msg":"serving"`) {
 		t.Errorf("logs engine: exit %d %q", logs.code, logs.out)

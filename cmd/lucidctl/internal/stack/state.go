@@ -175,6 +175,9 @@ type stackState struct {
 type serviceState struct {
 	supervise.Status
 	URL string `json:"url,omitempty"`
+	// Problem says why status found a ready service unresponsive; it is
+	// never in the state file.
+	Problem string `json:"problem,omitempty"`
 }
 
 // errNoState means no stack has run from this state directory.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/charmbracelet/lipgloss"
@@ -63,7 +64,8 @@ host of the cluster: with voters not read, the quorum may be "unknown".
 Hosts each with their own one-voter chain get no verdict.
 
 Exit status: 0 when the stack runs and every service is ready, 3 when it is
-not running or a service is not ready. With --target: 0 when every host is
+not running or a service is not ready (a ready one whose /health does not
+answer within 2 s is shown "unresponsive"). With --target: 0 when every host is
 healthy, 3 when a container is not running or not healthy, a host has no
 current release, a host was skipped as unreachable, or the Raft cluster has
 lost its quorum, has no leader or shows a sign of a split; 4 when a host cannot be reached
@@ -115,6 +117,9 @@ func runStatus(ctx context.Context, opts *StatusOptions) error {
 		return err
 	}
 	st = current(st, supervisorRunning(l))
+	if st.Running {
+		checkAnswering(ctx, st)
+	}
 	doc := statusDoc{stackState: st}
 	for _, s := range st.Services {
 		if st.Running && s.Name == catalog.GatewayService && s.State == supervise.StateReady && s.URL != "" {
@@ -159,6 +164,35 @@ func runStatus(ctx context.Context, opts *StatusOptions) error {
 		}
 	}
 	return nil
+}
+
+// stateUnresponsive is status's word for a service the supervisor holds
+// ready whose /health does not answer now: the supervisor judges
+// readiness once, as a service starts, and a process that hangs (stopped,
+// deadlocked, swapping) still runs.
+const stateUnresponsive supervise.State = "unresponsive"
+
+// answerWithin bounds each service's /health check in status.
+const answerWithin = 2 * time.Second
+
+// checkAnswering asks every ready service's /health, together, and marks
+// one that does not answer within answerWithin unresponsive, saying why.
+func checkAnswering(ctx context.Context, st *stackState) {
+	ctx, cancel := context.WithTimeout(ctx, answerWithin)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := range st.Services {
+		s := &st.Services[i]
+		if s.State != supervise.StateReady || s.URL == "" {
+			continue
+		}
+		wg.Go(func() {
+			if err := supervise.HTTPProbe(s.URL + "/health")(ctx); err != nil {
+				s.State, s.Problem = stateUnresponsive, "/health: "+err.Error()
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // localOnly refuses the host-selection flags without --target: they
@@ -220,13 +254,18 @@ func printTable(env *cli.Env, st *stackState) {
 		}
 		return lipgloss.NewStyle()
 	})
+	for _, s := range st.Services {
+		if s.Problem != "" {
+			fmt.Fprintf(env.IO.Out, "%s is %s: %s\n", s.Name, s.State, s.Problem)
+		}
+	}
 }
 
 func stateStyle(styles *iostreams.Styles, s supervise.State) lipgloss.Style {
 	switch s {
 	case supervise.StateReady:
 		return styles.Success
-	case supervise.StateFailed:
+	case supervise.StateFailed, stateUnresponsive:
 		return styles.Error
 	case supervise.StateBackoff, supervise.StateStarting, supervise.StateWaiting:
 		return styles.Warning
