@@ -75,6 +75,25 @@ func helper(mode string) {
 			os.Exit(1)
 		}
 		os.Exit(2)
+	case "crash-leaving-child":
+		// Leaves a child in its group that needs a moment after SIGTERM,
+		// and crashes once it has run past its stop timeout.
+		gc := exec.Command(os.Args[0])
+		gc.Env = append(os.Environ(), "LUCID_SUPERVISE_HELPER=slow-term")
+		if err := gc.Start(); err != nil {
+			os.Exit(1)
+		}
+		life := time.NewTimer(300 * time.Millisecond) // a program's life, not a test's wait
+		<-life.C
+		os.Exit(2)
+	case "slow-term":
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, syscall.SIGTERM)
+		<-c
+		cleanup := time.NewTimer(20 * time.Millisecond) // its shutdown's work
+		<-cleanup.C
+		_ = os.WriteFile(filepath.Join(os.Getenv("HELPER_PID_DIR"), "slow-term.done"), nil, 0o644)
+		os.Exit(0)
 	case "linger":
 		// Holds what it inherited for a minute, then goes by itself.
 		if dir := os.Getenv("HELPER_PID_DIR"); dir != "" {
@@ -388,6 +407,23 @@ func TestReadinessGatesDependants(t *testing.T) {
 	if names := []string{sup.Status()[0].Name, sup.Status()[1].Name, sup.Status()[2].Name}; names[0] != "db" || names[2] != "web" {
 		t.Errorf("status order = %v, want start order", names)
 	}
+}
+
+// TestCrashLeavesItsGroupAGrace: what a crashed program leaves in its
+// process group gets SIGTERM and the stop timeout from the crash to end,
+// not SIGKILL at once because the run lasted longer than that timeout.
+func TestCrashLeavesItsGroupAGrace(t *testing.T) {
+	skipUnlessUnix(t)
+	dir := t.TempDir()
+	spec := helperSpec("crashy", "crash-leaving-child", "HELPER_PID_DIR="+dir)
+	spec.StopTimeout = 100 * time.Millisecond // the run outlives it before it crashes
+	spec.Restart = RestartPolicy{MaxDeaths: 1, Window: time.Minute}
+	sup, rec, _ := start(t, []Spec{spec}, Options{})
+	rec.waitState(t, sup, "crashy", StateFailed, 20*time.Second)
+	testenv.Eventually(t, 10*time.Second, "the child's shutdown done", func() bool {
+		_, err := os.Stat(filepath.Join(dir, "slow-term.done"))
+		return err == nil
+	})
 }
 
 // TestAfterAFailedProgram: a program that starts after another, without

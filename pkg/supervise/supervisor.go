@@ -318,7 +318,7 @@ func (s *Supervisor) runOnce(p *program, log *slog.Logger) (exit string, ready, 
 	go func() { readyc <- s.awaitReady(probeCtx, p) }()
 
 	var waitErr, notReady error
-	deadline := time.Now().Add(p.spec.StopTimeout) // for a group left after a crash
+	var deadline time.Time // for what the group holds once the leader is gone
 	for done := false; !done; {
 		select {
 		case err := <-readyc:
@@ -331,6 +331,9 @@ func (s *Supervisor) runOnce(p *program, log *slog.Logger) (exit string, ready, 
 			ready = true
 			s.set(p, func(st *Status) { st.State = StateReady })
 		case waitErr = <-exited:
+			// A crash: what it left in its group gets the stop timeout
+			// from now, not from when the run began.
+			deadline = time.Now().Add(p.spec.StopTimeout)
 			done = true
 		case <-p.stop:
 			s.set(p, func(st *Status) { st.State = StateStopping })
