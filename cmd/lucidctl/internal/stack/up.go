@@ -472,6 +472,9 @@ func startDetached(ctx context.Context, opts *UpOptions, l layout, p *plan) erro
 	for {
 		select {
 		case <-ctx.Done():
+			// Only the wait ends: the supervisor is in the background.
+			fmt.Fprintln(opts.Env.IO.ErrOut, "the stack keeps starting in the background; `lucidctl status"+offsetFlag(p.portOffset)+
+				"` shows it, `lucidctl down"+offsetFlag(p.portOffset)+"` stops it")
 			return ctx.Err()
 		case <-exited:
 			return cli.WithHint(fmt.Errorf("the background supervisor exited during start"), "see "+l.supervisorLog())
