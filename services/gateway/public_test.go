@@ -65,10 +65,11 @@ func TestPublicEndpointsShowNoInternals(t *testing.T) {
 }
 
 // TestOwnEndpointsCountAgainstTheAsker: /ready and /metrics, which answer
-// without a token, count against the asking address's anonymous budget,
-// so one address flooding them cannot starve the operator's monitor,
-// which asks from another with a budget of its own; /health is not
-// counted.
+// without a token, count against a budget of the asking address, apart
+// from its API requests, so one address flooding them cannot starve the
+// operator's monitor, which asks from another with a budget of its own,
+// nor the flooding address's API requests starve its scrapes; /health is
+// not counted.
 func TestOwnEndpointsCountAgainstTheAsker(t *testing.T) {
 	// The free tier's 60 a minute allow 7 at one instant (the test's
 	// clock stands still).
@@ -84,6 +85,9 @@ func TestOwnEndpointsCountAgainstTheAsker(t *testing.T) {
 		if resp, body := g.get(t, p, flood); resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
 			t.Errorf("%s beyond the address's budget: %d %s, want 429 with Retry-After", p, resp.StatusCode, body)
 		}
+	}
+	if resp, _ := g.get(t, "/auth/x", flood); resp.StatusCode != http.StatusOK {
+		t.Errorf("an API request from the flooding address: %d, want its own budget", resp.StatusCode)
 	}
 	if resp, _ := g.get(t, "/health", flood); resp.StatusCode != http.StatusOK {
 		t.Errorf("/health beyond the budget: %d, want 200 (not counted)", resp.StatusCode)

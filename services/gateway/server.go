@@ -322,13 +322,15 @@ func (a *App) serveOwn(fc *fasthttp.RequestCtx) {
 		// They answer without a token, and each is costly or queued
 		// (one gather of the metrics at a time): one address asking for
 		// nothing else would starve the operator's monitor. They count
-		// against the asker's address as an anonymous request does.
-		// Judged on the decoded path, as package service's mux serves
-		// /%6Detrics as /metrics. When limiting is down (Redis, with
-		// LUCID_RATE_LIMIT_ON_ERROR=closed), they still answer: that is
-		// when the operator needs them.
+		// against a budget of the asker's address, the free tier's size,
+		// kept apart from its API requests: a monitor behind the same
+		// address as busy clients (a tunnel on loopback) keeps its
+		// answers. Judged on the decoded path, as package service's mux
+		// serves /%6Detrics as /metrics. When limiting is down (Redis,
+		// with LUCID_RATE_LIMIT_ON_ERROR=closed), they still answer: that
+		// is when the operator needs them.
 		b, key := a.principal(fc, nil)
-		if he, ok := errors.AsType[*service.HTTPError](a.limit(context.Background(), fc, b, key, 1, a.now())); ok && he.Status == http.StatusTooManyRequests {
+		if he, ok := errors.AsType[*service.HTTPError](a.limit(context.Background(), fc, b, "own:"+key, 1, a.now())); ok && he.Status == http.StatusTooManyRequests {
 			a.refuseOwn(fc, he)
 			return
 		}
