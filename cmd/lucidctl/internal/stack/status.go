@@ -14,6 +14,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/observe"
+	"github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deploy"
 	"github.com/pickme/lucid/pkg/supervise"
@@ -177,6 +178,8 @@ const answerWithin = 2 * time.Second
 
 // checkAnswering asks every ready service's /health, together, and marks
 // one that does not answer within answerWithin unresponsive, saying why.
+// Any HTTP answer will do (Consul's agent has no /health): the question
+// is whether the process answers, not what its checks say.
 func checkAnswering(ctx context.Context, st *stackState) {
 	ctx, cancel := context.WithTimeout(ctx, answerWithin)
 	defer cancel()
@@ -187,7 +190,7 @@ func checkAnswering(ctx context.Context, st *stackState) {
 			continue
 		}
 		wg.Go(func() {
-			if err := supervise.HTTPProbe(s.URL + "/health")(ctx); err != nil {
+			if err := supervise.HTTPProbe(s.URL + "/health")(ctx); err != nil && !errors.As(err, new(*api.Error)) {
 				s.State, s.Problem = stateUnresponsive, "/health: "+err.Error()
 			}
 		})
