@@ -75,22 +75,6 @@ const (
 // shifted by it, is still a port (Consul's 8600 the highest).
 const MaxPortOffset = 50000
 
-// checkPorts refuses an offset that would publish a port outside
-// 1..65535, which compose could not load.
-func (o *Options) checkPorts() error {
-	if o.PortOffset < 0 || o.PortOffset > MaxPortOffset {
-		return fmt.Errorf("the port offset %d is outside 0..%d", o.PortOffset, MaxPortOffset)
-	}
-	if o.TLS != nil {
-		for _, p := range []int{o.TLS.HTTPSPort, o.TLS.HTTPPort} {
-			if p+o.PortOffset > 65535 {
-				return fmt.Errorf("the gateway's port %d with the port offset %d is %d, past 65535", p, o.PortOffset, p+o.PortOffset)
-			}
-		}
-	}
-	return nil
-}
-
 // GatewayHTTPPort is the gateway's plain-HTTP listener in its container
 // with TLS on (LUCID_HTTP_ADDR's default): ACME challenges and redirects.
 const GatewayHTTPPort = 8079
@@ -216,6 +200,22 @@ type ACME struct {
 	// CARoot verifies the directory's own HTTPS (a private CA); nil for
 	// the system roots.
 	CARoot []byte
+}
+
+// checkPorts refuses an offset that would publish a port outside
+// 1..65535, which compose could not load.
+func (o *Options) checkPorts() error {
+	if o.PortOffset < 0 || o.PortOffset > MaxPortOffset {
+		return fmt.Errorf("the port offset %d is outside 0..%d", o.PortOffset, MaxPortOffset)
+	}
+	if o.TLS != nil {
+		for _, p := range []int{o.TLS.HTTPSPort, o.TLS.HTTPPort} {
+			if p+o.PortOffset > 65535 {
+				return fmt.Errorf("the gateway's port %d with the port offset %d is %d, past 65535", p, o.PortOffset, p+o.PortOffset)
+			}
+		}
+	}
+	return nil
 }
 
 // Files are the rendered files.

@@ -81,7 +81,7 @@ func TestMergeKeys(t *testing.T) {
 	if pi3 := cfg.Targets["pi3"]; pi3.User != "pi" {
 		t.Errorf("pi3 = %+v, want pi1's user", pi3)
 	}
-	_, err = Parse("lucid.yaml", []byte("base: &b\n  hots: x\ntargets:\n  pi:\n    <<: *b\n    host: h\n")) //nolint:misspell // the typo is the test
+	_, err = Parse("lucid.yaml", []byte("base: &b\n  hots: x\ntargets:\n  pi:\n    <<: *b\n    host: h\n"))
 	if !errors.Is(err, ErrUnknownKey) || !strings.Contains(err.Error(), `"hots" in targets.pi`) {
 		t.Errorf("a typo merged in: %v", err)
 	}
