@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -148,10 +149,12 @@ func (f *Flags) Connect(ctx context.Context, env *cli.Env) (*Fleet, error) {
 	wg.Wait()
 	fl := &Fleet{}
 	var failed []error
+	refused := false // a host that answered and was refused, or refused us
 	for i, name := range names {
 		if errs[i] != nil {
 			fl.Unreachable = append(fl.Unreachable, Unreachable{Name: name, Err: errs[i]})
 			failed = append(failed, fmt.Errorf("%s: %w", name, errs[i]))
+			refused = refused || !unreachable(errs[i])
 			continue
 		}
 		fl.Hosts = append(fl.Hosts, hosts[i])
@@ -159,15 +162,32 @@ func (f *Flags) Connect(ctx context.Context, env *cli.Env) (*Fleet, error) {
 	switch {
 	case len(failed) == 0:
 		return fl, nil
-	case f.SkipUnreachable && len(fl.Hosts) > 0:
+	case f.SkipUnreachable && len(fl.Hosts) > 0 && !refused:
 		return fl, nil
 	}
 	fl.Close()
 	err = errors.Join(failed...)
-	if len(names) > 1 && !f.SkipUnreachable {
+	switch {
+	case f.SkipUnreachable && refused:
+		err = cli.WithHint(err, "--skip-unreachable skips a host that cannot be reached, never one whose key or login was refused")
+	case len(names) > 1 && !f.SkipUnreachable:
 		err = cli.WithHint(err, "--skip-unreachable goes on with the hosts that answer")
 	}
 	return nil, cli.Auth(err)
+}
+
+// unreachable reports whether a dial failed for want of the host (off,
+// no route, sshd down, no answer in time), which --skip-unreachable
+// skips; a changed host key or a refused login is something else, a
+// host that may not be the one it says, or a credential that is wrong,
+// and skipping it would hide that behind exit 0.
+func unreachable(err error) bool {
+	if errors.Is(err, sshx.ErrHostKeyChanged) || errors.Is(err, sshx.ErrUnknownHostKey) || errors.Is(err, sshx.ErrAuth) {
+		return false
+	}
+	var ne net.Error
+	return errors.Is(err, sshx.ErrNoRoute) || errors.Is(err, sshx.ErrRefused) || errors.Is(err, context.DeadlineExceeded) ||
+		(errors.As(err, &ne) && ne.Timeout())
 }
 
 // Each runs fn on every connected host at once and returns the hosts'

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/sshx"
 )
 
 // deadPort is a loopback port nothing listens on: a Pi that is off.
@@ -75,6 +77,34 @@ func TestConnectToleratesADeadHostOnlyWhenAsked(t *testing.T) {
 	f.Hosts = []string{"pi2"}
 	if _, err := f.Connect(ctx, env); err == nil {
 		t.Error("no host answered, and Connect said nothing")
+	}
+}
+
+// TestSkipUnreachableSkipsOnlyTheUnreachable: a host that answers with a
+// key known_hosts does not hold for it (one that may not be the Pi it
+// says) is never skipped as unreachable: the command fails, saying why,
+// rather than go on and exit 0 without it.
+func TestSkipUnreachableSkipsOnlyTheUnreachable(t *testing.T) {
+	env, s := fleetEnv(t)
+	cfg, err := os.ReadFile(env.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// pi3 is pi1's sshd under a name known_hosts has no key for.
+	extra := fmt.Sprintf("  pi3:\n    host: localhost\n    port: %d\n    user: %s\n", s.Port, s.User)
+	cfg = []byte(strings.Replace(string(cfg), "groups:\n", extra+"groups:\n  strange: [pi1, pi3]\n", 1))
+	if err := os.WriteFile(env.ConfigPath, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	f := &Flags{SSHFlags: cli.SSHFlags{Identities: []string{s.ClientKey}, KnownHosts: s.KnownHosts, NoAgent: true}, Target: "strange", SkipUnreachable: true}
+	fl, err := f.Connect(ctx, env)
+	if err == nil {
+		fl.Close()
+		t.Fatal("a host with an unknown key was skipped as unreachable")
+	}
+	if !errors.Is(err, sshx.ErrUnknownHostKey) || !strings.Contains(cli.Hint(err), "never one whose key or login was refused") {
+		t.Errorf("error %v, hint %q", err, cli.Hint(err))
 	}
 }
 
