@@ -70,6 +70,13 @@ func Check(ctx context.Context, target string, r Readers, rep deploy.Reporter, f
 			switch {
 			case v.ID == cs.NodeID:
 				ownHealthy = v.Healthy
+				if v.Target == "" {
+					// Its host's status was not read this time (a
+					// moment's failure): its engine's own answer above
+					// says whether it is a working voter, and one that
+					// is must not go as if it were down already.
+					ownHealthy = cs.State == "leader" || cs.State == "follower"
+				}
 			case v.Healthy:
 				others = append(others, v.ID)
 			default:

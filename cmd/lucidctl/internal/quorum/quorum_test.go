@@ -93,6 +93,20 @@ func TestCheckQuorum(t *testing.T) {
 			t.Fatalf("deploying the broken voter is refused: %v", err)
 		}
 	})
+	t.Run("its own host not read", func(t *testing.T) {
+		// Its engine answered as a follower, but its host's status did
+		// not come back: it is a working voter, and with n3 down taking
+		// it down loses the quorum.
+		r, _ := quorumCase(n2, nil, voterOn("pi1", "n1", "leader", true), &deploy.HostStatus{Target: "pi2", Healthy: true}, voterOn("pi3", "n3", "follower", false))
+		if err := Check(ctx, "pi2", r, rep, false); !errors.Is(err, ErrLost) {
+			t.Errorf("a working voter whose host was not read, with n3 down: %v, want a refusal", err)
+		}
+		candidate := &engineapi.ConsensusStatus{NodeID: "n2", State: "candidate", Servers: threeVoters}
+		r, _ = quorumCase(candidate, nil, voterOn("pi1", "n1", "leader", true), &deploy.HostStatus{Target: "pi2", Healthy: true}, voterOn("pi3", "n3", "follower", false))
+		if err := Check(ctx, "pi2", r, rep, false); err != nil {
+			t.Errorf("a voter that answers as a candidate, host not read: %v, want it let go", err)
+		}
+	})
 	t.Run("single host", func(t *testing.T) {
 		events = nil
 		single := &engineapi.ConsensusStatus{NodeID: "n1", State: "leader", LeaderID: "n1", Servers: threeVoters[:1]}
