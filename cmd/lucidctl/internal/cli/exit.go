@@ -164,11 +164,13 @@ func Report(ctx context.Context, io *iostreams.IOStreams, err error) int {
 	}
 	printError(io.ErrOut, st, err)
 	if h := Hint(err); h != "" {
-		fmt.Fprintln(io.ErrOut, st.Dim.Render("hint: "+h))
+		fmt.Fprintln(io.ErrOut, st.Dim.Render("hint: "+iostreams.SafeText(h)))
 	}
 	return code
 }
 
 func printError(w io.Writer, st *iostreams.Styles, err error) {
-	fmt.Fprintln(w, st.Error.Render("error:")+" "+err.Error())
+	// An error may quote a host's or a service's words (a remote
+	// command's stderr), which may hold escape sequences.
+	fmt.Fprintln(w, st.Error.Render("error:")+" "+iostreams.SafeText(err.Error()))
 }

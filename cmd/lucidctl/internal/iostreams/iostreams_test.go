@@ -74,3 +74,41 @@ func TestBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestSafe: a line keeps its text and loses its control characters,
+// escaped; SafeText keeps newlines and tabs; SafeStrings reaches every
+// string of a structure, and Table's cells cannot add a row.
+func TestSafe(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain, é ✓":             "plain, é ✓",
+		"a\x1b[2Kb":              `a\x1b[2Kb`,
+		"two\nlines\tx":          `two\x0alines\x09x`,
+		"c1 \u009b31m, del \x7f": `c1 \x9b31m, del \x7f`,
+		"bad \xff byte":          `bad \xff byte`,
+	} {
+		if got := Safe(in); got != want {
+			t.Errorf("Safe(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if got := SafeText("one\n\ttwo\x1b"); got != "one\n\ttwo\\x1b" {
+		t.Errorf("SafeText = %q", got)
+	}
+	type inner struct{ S string }
+	v := struct {
+		A    string
+		B    []string
+		M    map[string]string
+		P    *inner
+		priv string
+	}{A: "\x1b", B: []string{"\a"}, M: map[string]string{"k": "\x1b"}, P: &inner{S: "\x1b"}, priv: "\x1b"}
+	SafeStrings(&v)
+	if v.A != `\x1b` || v.B[0] != `\x07` || v.M["k"] != `\x1b` || v.P.S != `\x1b` || v.priv != "\x1b" {
+		t.Errorf("SafeStrings: %+v", v)
+	}
+	var b strings.Builder
+	st := &Styles{}
+	st.Table(&b, [][]string{{"A", "B"}, {"x\nforged\trow", "y"}}, nil)
+	if strings.Count(b.String(), "\n") != 2 {
+		t.Errorf("a cell added a row:\n%s", b.String())
+	}
+}

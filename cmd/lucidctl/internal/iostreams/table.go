@@ -3,8 +3,11 @@ package iostreams
 import (
 	"fmt"
 	"io"
+	"reflect"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/charmbracelet/lipgloss"
 )
@@ -12,7 +15,7 @@ import (
 // Table writes rows as columns, the first row (the header) in bold and
 // every other cell in the style style gives it (nil: plain). Cells are
 // padded before they are colored, so escape codes do not upset the
-// columns.
+// columns; a cell's own control characters are escaped (Safe), in rows too.
 func (st *Styles) Table(w io.Writer, rows [][]string, style func(col int, cell string) lipgloss.Style) {
 	if len(rows) == 0 {
 		return
@@ -20,7 +23,8 @@ func (st *Styles) Table(w io.Writer, rows [][]string, style func(col int, cell s
 	widths := make([]int, len(rows[0]))
 	for _, r := range rows {
 		for i, c := range r {
-			widths[i] = max(widths[i], len(c))
+			r[i] = Safe(c)
+			widths[i] = max(widths[i], len(r[i]))
 		}
 	}
 	for ri, r := range rows {
@@ -54,4 +58,86 @@ func Bytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// Safe is s fit to print on a terminal as one line (a table's cell, a
+// field): every control character (an escape sequence's ESC, a newline, a
+// tab, C1 codes) and every byte that is not UTF-8 written as a Go escape
+// (\x1b, \x0a), the rest as it is. Text a host, a service or a client
+// chose (log lines, container states, release records, remote errors)
+// passes through it, or SafeText, before text output, so that it cannot
+// move the cursor, rewrite earlier lines, retitle the window or set the
+// clipboard, nor add a row to a table. --json needs none of it:
+// encoding/json escapes them.
+func Safe(s string) string { return escapeControls(s, false) }
+
+// SafeText is Safe for text of several lines (an error that quotes a
+// command's output): newlines and tabs stay.
+func SafeText(s string) string { return escapeControls(s, true) }
+
+func escapeControls(s string, lines bool) string {
+	unsafe := func(r rune) bool {
+		return r == utf8.RuneError || unicode.IsControl(r) && !(lines && (r == '\n' || r == '\t'))
+	}
+	i := strings.IndexFunc(s, unsafe)
+	if i < 0 {
+		return s
+	}
+	var b strings.Builder
+	b.WriteString(s[:i])
+	for i < len(s) {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case unsafe(r) && r < 0x100:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		case unsafe(r):
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
+}
+
+// SafeStrings replaces, in place, every string v reaches (through
+// pointers, structs' exported fields, slices and maps' values) with its
+// Safe form: what a command read from hosts, made fit for its text
+// output at once, however many of its fields that output shows. Call it
+// on what is about to be printed as text, never on what --json prints.
+func SafeStrings(v any) { safeValue(reflect.ValueOf(v)) }
+
+func safeValue(v reflect.Value) {
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Interface:
+		if !v.IsNil() {
+			safeValue(v.Elem())
+		}
+	case reflect.Struct:
+		for i := range v.NumField() {
+			if v.Type().Field(i).IsExported() {
+				safeValue(v.Field(i))
+			}
+		}
+	case reflect.Slice, reflect.Array:
+		for i := range v.Len() {
+			safeValue(v.Index(i))
+		}
+	case reflect.Map:
+		for _, k := range v.MapKeys() {
+			e := v.MapIndex(k)
+			switch e.Kind() {
+			case reflect.String:
+				v.SetMapIndex(k, reflect.ValueOf(Safe(e.String())).Convert(e.Type()))
+			case reflect.Pointer:
+				safeValue(e)
+			}
+		}
+	case reflect.String:
+		if v.CanSet() {
+			v.SetString(Safe(v.String()))
+		}
+	}
 }

@@ -205,6 +205,7 @@ func printOutput[T any](env *cli.Env, out *Output[T], line func(HostResult[T])) 
 	if env.JSON {
 		return env.PrintJSON(out)
 	}
+	iostreams.SafeStrings(out) // what the hosts answered, for a terminal
 	for _, h := range out.Hosts {
 		if h.Result != nil {
 			line(h)

@@ -125,15 +125,18 @@ const maxKeys = 5
 
 // readable renders a JSON log record (log/slog's JSONHandler) as time,
 // level, message and a few key=value; any other line is left as it is.
+// Control characters are escaped (iostreams.Safe), in a record's strings
+// too, where JSON escaped them: a client chooses the path an access log
+// line quotes (a request for /%1b]52;c;...).
 func readable(l deploy.LogLine, st *iostreams.Styles) string {
 	if !strings.HasPrefix(l.Text, "{") {
-		return l.Text
+		return iostreams.Safe(l.Text)
 	}
 	dec := json.NewDecoder(strings.NewReader(l.Text))
 	dec.UseNumber()
 	var rec map[string]any
 	if err := dec.Decode(&rec); err != nil {
-		return l.Text
+		return iostreams.Safe(l.Text)
 	}
 	t := l.Time
 	if s, ok := rec["time"].(string); ok {
@@ -169,13 +172,13 @@ func readable(l deploy.LogLine, st *iostreams.Styles) string {
 		}
 		b.WriteString(lv + " ")
 	}
-	b.WriteString(msg)
+	b.WriteString(iostreams.Safe(msg))
 	for i, k := range keys {
 		if i == maxKeys {
 			fmt.Fprintf(&b, " …(+%d)", len(keys)-maxKeys)
 			break
 		}
-		fmt.Fprintf(&b, " %s=%s", st.Dim.Render(k), value(rec[k]))
+		fmt.Fprintf(&b, " %s=%s", st.Dim.Render(iostreams.Safe(k)), value(rec[k]))
 	}
 	return b.String()
 }
@@ -186,9 +189,9 @@ func value(v any) string {
 	switch x := v.(type) {
 	case string:
 		if x == "" || strings.ContainsAny(x, " \t\"=") {
-			return fmt.Sprintf("%q", x)
+			return fmt.Sprintf("%q", x) // which escapes control characters too
 		}
-		return x
+		return iostreams.Safe(x)
 	case json.Number:
 		return x.String()
 	case nil:
@@ -196,7 +199,7 @@ func value(v any) string {
 	}
 	b, err := json.Marshal(v)
 	if err != nil {
-		return fmt.Sprint(v)
+		return iostreams.Safe(fmt.Sprint(v))
 	}
-	return string(b)
+	return iostreams.Safe(string(b)) // JSON escapes C0, not DEL or C1
 }

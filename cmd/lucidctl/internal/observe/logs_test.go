@@ -2,6 +2,7 @@ package observe
 
 import (
 	"bytes"
+	"encoding/json"
 	"regexp"
 	"strings"
 	"testing"
@@ -44,5 +45,36 @@ func TestPrinter(t *testing.T) {
 	}
 	if strings.Contains(out.String(), "drop") {
 		t.Error("--grep let a line through")
+	}
+}
+
+// TestHostTextCannotDriveTheTerminal: control characters a client, a
+// service or a host chose (an access log's path from a request for
+// /%1b]52;c;..., a release record's version, a container's state) reach
+// the text output escaped, never as the escape sequences they would be.
+func TestHostTextCannotDriveTheTerminal(t *testing.T) {
+	const osc52 = "\x1b]52;c;Y3Vy\a"
+	io, _, _, _ := iostreams.Test()
+	var out bytes.Buffer
+	p := &printer{out: &out, styles: io.OutStyles(), colors: map[string]int{}}
+	rec, err := json.Marshal(map[string]any{"level": "INFO", "msg": "request\x1b[2K", "path": "/" + osc52, "n\x1bk": 1, "obj": map[string]string{"x": "\u009b31m"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.print("pi", deploy.LogLine{Service: "gateway", Text: string(rec)})
+	p.print("pi", deploy.LogLine{Service: "consul", Text: "raw " + osc52})
+	doc := StatusDoc{Hosts: []HostDoc{{Target: "pi", Reachable: true, HostStatus: &deploy.HostStatus{
+		Target: "pi", Release: &deploy.Release{ID: "r1", Version: "v1\x1b[1A\x1b[2Kpi2  healthy", By: "ops"},
+		Services: []deploy.ServiceState{{Service: "engine", State: "running\x1b]0;owned\a"}}, Problems: []string{"disk\x1b[31m"},
+		Unknown: map[string]string{deploy.FigureDocker: "\x1b[8m"},
+	}}}}
+	printStatus(&out, io.OutStyles(), doc, time.Now())
+	for _, c := range []string{"\x1b", "\a", "\u009b"} {
+		if strings.Contains(out.String(), c) {
+			t.Errorf("the text output holds %q:\n%q", c, out.String())
+		}
+	}
+	if !strings.Contains(out.String(), `/\x1b]52;c;Y3Vy\x07`) || !strings.Contains(out.String(), `v1\x1b[1A\x1b[2Kpi2`) {
+		t.Errorf("the escaped text is not shown as such:\n%s", out.String())
 	}
 }

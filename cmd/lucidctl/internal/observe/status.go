@@ -127,6 +127,8 @@ func newStatusDoc(hosts []HostDoc) StatusDoc {
 // printStatus writes each host's block, then the cluster's verdict when
 // the hosts form one.
 func printStatus(w io.Writer, st *iostreams.Styles, doc StatusDoc, now time.Time) {
+	// Every string here came from a host, which may be a hostile one.
+	iostreams.SafeStrings(&doc)
 	for i, h := range doc.Hosts {
 		if i > 0 {
 			fmt.Fprintln(w)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/quorum"
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deploy"
@@ -345,6 +346,7 @@ func runPrune(ctx context.Context, opts *PruneOptions) error {
 	if opts.Env.JSON {
 		return errors.Join(runErr, opts.Env.PrintJSON(out))
 	}
+	iostreams.SafeStrings(&out) // names and errors a host gave, for a terminal
 	tw := tabwriter.NewWriter(opts.Env.IO.Out, 0, 4, 2, ' ', 0)
 	verb := "FREED"
 	if opts.DryRun {
@@ -468,6 +470,9 @@ func runAudit(ctx context.Context, opts *AuditOptions) error {
 		}
 		return errors.Join(runErr, opts.Env.PrintJSON(auditOutput{Entries: entries, Unreachable: unreachable(fl)}))
 	}
+	// A host writes its own audit log: a newline or a tab in a field
+	// would add a row, or a column, to the table.
+	iostreams.SafeStrings(entries)
 	tw := tabwriter.NewWriter(opts.Env.IO.Out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tTARGET\tWHO\tKEY\tACTION\tSERVICES\tRELEASE\tRESULT\t")
 	for _, e := range entries {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/deploy"
 	"github.com/pickme/lucid/pkg/deployfiles"
@@ -134,6 +135,7 @@ func runPull(ctx context.Context, opts *PullOptions) error {
 		out.Changed = []string{}
 	}
 	w := opts.Env.IO.ErrOut
+	release = iostreams.Safe(release) // the host's current link names it
 	if len(changed) == 0 {
 		fmt.Fprintf(w, "%s: %s already holds the secrets of release %s\n", h.Name, out.File, release)
 	} else {
