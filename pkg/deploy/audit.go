@@ -169,7 +169,8 @@ func (h *host) appendAudit(ctx context.Context, e AuditEntry) error {
 var ErrAuditLine = errors.New("not an audit entry")
 
 // AuditLog reads the host's audit log: the entries at or after since (all
-// of them when since is zero), oldest first. A host without a log has no
+// of them when since is zero), oldest first, each with the host's target
+// name. A host without a log has no
 // entries. A line that is not an entry is an error naming it, with the
 // entries read.
 func (d *Deployer) AuditLog(ctx context.Context, since time.Time) ([]AuditEntry, error) {
@@ -196,6 +197,9 @@ func (d *Deployer) AuditLog(ctx context.Context, since time.Time) ([]AuditEntry,
 		if !since.IsZero() && e.Time.Before(since) {
 			continue
 		}
+		// The log is this host's: a line naming another target (written
+		// there by hand, or by the host itself) does not speak for it.
+		e.Target = d.cfg.Name
 		entries = append(entries, e)
 	}
 	if err := sc.Err(); err != nil {
