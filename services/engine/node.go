@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -106,6 +107,16 @@ func (n *node) startRaft(id *meshtls.Identity) error {
 	if err != nil {
 		return fmt.Errorf("raft snapshots: %w", err)
 	}
+	if top, behind := chainBehindSnapshot(n.cfg.DataDir, snaps, n.store.Height()); behind {
+		// A snapshot from the leader is written before it is applied:
+		// cut off in between (power, a full disk), the chain store lacks
+		// blocks Raft holds applied, and this node, leading, would sign
+		// another block at a height already committed. Raft restores the
+		// snapshot on start instead; blocks already held are skipped.
+		rc.NoSnapshotRestoreOnStart = false
+		n.logger.Warn("the chain store is behind Raft's newest snapshot (its install was cut off); restoring the snapshot before Raft starts",
+			"height", n.store.Height(), "snapshot_height", top)
+	}
 	if n.trans, err = n.raftTransport(id, rc.Logger); err != nil {
 		return err
 	}
@@ -135,6 +146,60 @@ func (n *node) startRaft(id *meshtls.Identity) error {
 		n.logger.Info("bootstrapped a one-voter cluster", "node", n.cfg.NodeID, "raft", n.trans.LocalAddr())
 	}
 	return nil
+}
+
+// chainBehindSnapshot reports whether Raft's newest snapshot in dir holds
+// a block above height, and the snapshot's top height. A snapshot is the
+// chain's blocks, one per line (snapshot.Persist), so its last line says:
+// read from the end of raft's file store's state file, not the whole of
+// it. One whose end cannot be read counts as ahead (top 0): Raft's own
+// restore then reads it, checksum and all, and says what is wrong.
+func chainBehindSnapshot(dir string, snaps raft.SnapshotStore, height uint64) (top uint64, behind bool) {
+	metas, err := snaps.List()
+	if err != nil || len(metas) == 0 {
+		return 0, false // none listed: nothing raft would skip restoring
+	}
+	line, err := lastLine(filepath.Join(dir, "snapshots", metas[0].ID, "state.bin"))
+	if err != nil {
+		return 0, true
+	}
+	if len(line) == 0 {
+		return 0, false // a snapshot of no blocks
+	}
+	b, err := chain.DecodeBlock(line)
+	if err != nil {
+		return 0, true
+	}
+	return b.Height, b.Height > height
+}
+
+// lastLine is a file's last line without its newline, read backwards in
+// growing windows.
+func lastLine(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	size := fi.Size()
+	for window := int64(64 << 10); ; window *= 2 {
+		start := max(size-window, 0)
+		buf := make([]byte, size-start)
+		if _, err := f.ReadAt(buf, start); err != nil && !errors.Is(err, io.EOF) {
+			return nil, err
+		}
+		buf = bytes.TrimSuffix(buf, []byte("\n"))
+		if i := bytes.LastIndexByte(buf, '\n'); i >= 0 {
+			return buf[i+1:], nil
+		}
+		if start == 0 {
+			return buf, nil
+		}
+	}
 }
 
 // recoverAlone rewrites the stored Raft configuration to this node alone

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,6 +134,68 @@ func TestSnapshotOpensAsAnEngine(t *testing.T) {
 		}
 		if err := a.Next(b); err != nil {
 			t.Fatalf("audit of the restored chain at %d: %v", height, err)
+		}
+	}
+}
+
+// TestChainBehindRaftSnapshotIsRestored: an engine whose chain store is
+// behind Raft's newest snapshot (a leader's snapshot written, its apply
+// cut off by a power cut) restores that snapshot on start, so that it
+// holds every block Raft counts applied and never signs another block at
+// a committed height.
+func TestChainBehindRaftSnapshotIsRestored(t *testing.T) {
+	cfg := nodeConfig(t, "solo", true)
+	n := startNode(t, cfg)
+	ctx := context.Background()
+	testenv.Eventually(t, 10*time.Second, "first blocks", func() bool { info, err := n.client.Chain(ctx); return err == nil && info.Height >= 2 })
+	old := filepath.Join(t.TempDir(), "chain.db")
+	head, err := n.app.node.store.CopyTo(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, "three blocks more", func() bool { return n.app.node.store.Height() >= head.Height+3 })
+	if err := n.app.node.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	committed, err := n.app.node.store.Block(head.Height + 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := n.app.node.store.Height()
+	n.kill()
+	// What a follower holds when the install was cut off: the older
+	// chain store, and no signature of its own at those heights.
+	data, err := os.ReadFile(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cfg.DataDir, "chain.db"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(cfg.DataDir, "guard.db")); err != nil {
+		t.Fatal(err)
+	}
+	n2 := startNode(t, cfg)
+	if h := n2.app.node.store.Height(); h < top {
+		t.Fatalf("restarted at height %d, below the snapshot's %d", h, top)
+	}
+	b, err := n2.app.node.store.Block(head.Height + 1)
+	if err != nil || b.Hash != committed.Hash {
+		t.Fatalf("block %d after restart: %v %v, want the committed %s", head.Height+1, b, err, committed.Hash)
+	}
+}
+
+// TestLastLine: a snapshot's last line is found from its end, however
+// long its lines (windows beyond the first), with or without its newline.
+func TestLastLine(t *testing.T) {
+	long1, long2 := strings.Repeat("a", 100<<10), strings.Repeat("b", 200<<10)
+	for content, want := range map[string]string{"": "", "one": "one", "one\n": "one", long1 + "\n" + long2 + "\n": long2, "x\n" + long1: long1} {
+		path := filepath.Join(t.TempDir(), "state.bin")
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := lastLine(path); err != nil || string(got) != want {
+			t.Errorf("last line of %d bytes: %d bytes, %v; want %d", len(content), len(got), err, len(want))
 		}
 	}
 }
