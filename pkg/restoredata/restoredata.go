@@ -195,6 +195,9 @@ func WriteStream(ctx context.Context, w io.Writer, m Manifest, open func(ctx con
 // file arrived whole and matched; then the files are renamed into place,
 // everything else in dir is removed, and the folders are fsynced.
 func Replace(ctx context.Context, dir string, r io.Reader) (_ *Result, err error) {
+	// Clean, as the paths the swap compares it with are: given as
+	// "data/." the staging folder would not be known for what it is.
+	dir = filepath.Clean(dir)
 	info, err := os.Stat(dir)
 	if err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)

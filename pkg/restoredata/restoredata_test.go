@@ -128,6 +128,24 @@ func TestReplaceHoldsExactlyTheFiles(t *testing.T) {
 	}
 }
 
+// TestReplaceIntoAnUncleanPath: a folder given as "dir/." or "dir/./"
+// (a hand-typed --dir) is the same folder: the swap knows its staging
+// folder and keeps it until the files are in place.
+func TestReplaceIntoAnUncleanPath(t *testing.T) {
+	for _, suffix := range []string{"/.", "/./", "//"} {
+		dir := t.TempDir()
+		write(t, dir, map[string]string{"chain.db": "old chain", "other": "old"})
+		buf, _ := stream(t, map[string]string{"chain.db": "new chain"})
+		if _, err := restoredata.Replace(context.Background(), dir+suffix, buf); err != nil {
+			t.Errorf("into %q: %v", "dir"+suffix, err)
+			continue
+		}
+		if got := tree(t, dir); len(got) != 1 || got["chain.db"] != "new chain" {
+			t.Errorf("into %q: the folder holds %v", "dir"+suffix, got)
+		}
+	}
+}
+
 func TestReplaceRefusesAMismatchAndLeavesTheDirectory(t *testing.T) {
 	dir := t.TempDir()
 	before := map[string]string{"chain.db": "old chain", "other": "stays"}
