@@ -636,9 +636,33 @@ func (s *Store) Get(owner, id string) ([]byte, error) {
 		if loc, err = s.Locate(owner, id); err != nil {
 			return nil, err
 		}
-		return s.read(id, loc)
+		data, err = s.read(id, loc)
+	}
+	if errors.Is(err, ErrCorrupt) {
+		// Found by a read, it is recorded as a scrub records it, so that
+		// the client told to upload the same bytes again repairs it
+		// (commit rewrites a damaged chunk, and skips any other it has).
+		if merr := s.markDamaged(owner, id, loc); merr != nil {
+			return nil, errors.Join(err, merr)
+		}
 	}
 	return data, err
+}
+
+// markDamaged records owner's chunk id damaged, unless it has moved from
+// loc (repaired or compacted) since it was read there.
+func (s *Store) markDamaged(owner, id string, loc Location) error {
+	k := []byte(scoped(owner, id))
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketChunks).Get(k); len(v) != 16 || decodeLocation(v) != loc {
+			return nil
+		}
+		return tx.Bucket(bucketDamaged).Put(k, nil)
+	})
+	if err != nil {
+		return fmt.Errorf("record damaged chunk %s: %w", id, err)
+	}
+	return nil
 }
 
 // Locate returns where owner's chunk id is stored.

@@ -308,6 +308,28 @@ func TestReuploadRepairsDamage(t *testing.T) {
 	}
 }
 
+// TestReuploadRepairsDamageARead: a chunk no scrub has looked at yet is
+// recorded damaged once a read finds it so (the client told, 5201, to
+// upload it again), and that upload of the same bytes repairs it rather
+// than be taken as a copy of what is already stored.
+func TestReuploadRepairsDamageARead(t *testing.T) {
+	s := openT(t, t.TempDir(), nil)
+	defer closeT(t, s)
+	ctx := context.Background()
+	data := chunk(5, 3000)
+	id, _ := s.Put(ctx, owner, data, &Member{Session: "s1", Index: 0})
+	damage(t, s, id)
+	if _, err := s.Get(owner, id); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("read of a damaged chunk: %v", err)
+	}
+	if _, err := s.Put(ctx, owner, data, &Member{Session: "s2", Index: 0}); err != nil {
+		t.Fatalf("re-upload: %v", err)
+	}
+	if got, err := s.Get(owner, id); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("after the re-upload: %v", err)
+	}
+}
+
 // TestCompactionAndScrubTogether: a scrub running while compaction moves
 // chunks reports no false damage; a pack holding a damaged record is
 // skipped while the others are reclaimed.

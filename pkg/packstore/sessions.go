@@ -298,8 +298,8 @@ func (s *Store) Scrub(ctx context.Context) (*ScrubReport, error) {
 				}
 			}
 			rep.Damaged = append(rep.Damaged, Damage{ID: e.id, Owner: e.owner, Sessions: s.sessionsOf(e.owner, e.id), Error: err.Error()})
-			if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDamaged).Put([]byte(scoped(e.owner, e.id)), nil) }); err != nil {
-				return nil, fmt.Errorf("record damaged chunk %s: %w", e.id, err)
+			if err := s.markDamaged(e.owner, e.id, now); err != nil {
+				return nil, err
 			}
 			continue
 		}
