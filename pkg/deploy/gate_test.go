@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -136,4 +137,52 @@ func silentDocker(t *testing.T) *client.Client {
 	}
 	t.Cleanup(func() { _ = dc.Close() })
 	return dc
+}
+
+// TestStatusOutlastsAHostThatHangs: a host whose commands stop answering
+// (a release record that cannot be read: a dying card; here a named pipe
+// no one writes) gives its status within the status timeout, the release
+// unknown, instead of holding status, and the quorum check that reads it
+// under the deploy lock, for ever.
+func TestStatusOutlastsAHostThatHangs(t *testing.T) {
+	f, _ := lockFixture(t)
+	rel := filepath.Join(f.dir, "releases", "20260101T000000Z-v1")
+	if err := os.MkdirAll(rel, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(rel, "release.json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/_ping"):
+			w.Header().Set("Api-Version", "1.44")
+		case strings.HasSuffix(r.URL.Path, "/containers/json"):
+			_, _ = w.Write([]byte("[]"))
+		default:
+			_, _ = w.Write([]byte("{}"))
+		}
+	}))
+	t.Cleanup(engine.Close)
+	d, err := New(Config{Name: "pi", SSH: f.dial(t), Dir: f.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if d.h.docker, err = newDockerClient(func() (net.Conn, error) { return net.Dial("tcp", engine.Listener.Addr().String()) }, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *HostStatus, 1)
+	go func() {
+		st, _ := d.Status(context.WithoutCancel(t.Context()), StatusOptions{Timeout: 300 * time.Millisecond})
+		done <- st
+	}()
+	select {
+	case st := <-done:
+		if st == nil || st.Unknown[FigureRelease] == "" {
+			t.Errorf("status of a hung host: %+v, want the release unknown", st)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("status of a host whose commands hang did not end")
+	}
 }

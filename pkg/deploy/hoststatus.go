@@ -40,7 +40,8 @@ type StatusOptions struct {
 	// that service alone, through the connection; neither appears in the
 	// result or an error.
 	OperatorToken string
-	// Timeout bounds each question asked of a service (default 5 s).
+	// Timeout bounds each question asked of a service, and the host's own
+	// commands (default 5 s).
 	Timeout time.Duration
 }
 
@@ -234,8 +235,13 @@ func (d *Deployer) Status(ctx context.Context, o StatusOptions) (*HostStatus, er
 	var mu sync.Mutex // guards st.Unknown and st.Reports from the readers
 	lockedUnknown := func(fig string, err error) { mu.Lock(); defer mu.Unlock(); unknown(fig, err) }
 
+	// The host's own commands get the same bound as the services' calls:
+	// a host whose disk stopped answering (sshd still up) must not hold
+	// status, or the quorum check that reads it under the deploy lock.
 	wg.Go(func() {
-		cur, err := h.current(ctx)
+		rctx, cancel := context.WithTimeout(ctx, o.Timeout)
+		defer cancel()
+		cur, err := h.current(rctx)
 		switch {
 		case err != nil:
 			lockedUnknown(FigureRelease, err)
@@ -243,7 +249,11 @@ func (d *Deployer) Status(ctx context.Context, o StatusOptions) (*HostStatus, er
 			st.Release = cur
 		}
 	})
-	wg.Go(func() { d.hostFacts(ctx, st, lockedUnknown) })
+	wg.Go(func() {
+		fctx, cancel := context.WithTimeout(ctx, o.Timeout)
+		defer cancel()
+		d.hostFacts(fctx, st, lockedUnknown)
+	})
 
 	byService := byComposeService(list)
 	for _, svc := range expectedContainers(byService) {
