@@ -66,9 +66,12 @@ type Flags struct {
 	PortOffset int
 	// EnvFile holds the operator's tokens ("": local.env_file).
 	EnvFile string
+	// set are the flags, to tell a --port-offset 0 given from none.
+	set *pflag.FlagSet
 }
 
 func (f *Flags) add(fs *pflag.FlagSet) {
+	f.set = fs
 	f.Flags.Add(fs, "the target or group of lucid.yaml to work on (default: the local stack of lucidctl up)")
 	_ = fs.MarkHidden("docker-socket") // fleet's, for the commands that talk to Docker
 	fs.IntVar(&f.PortOffset, "port-offset", 0, "the --port-offset the hosts' stack was rendered with (0: the catalog's ports; for the local stack, local.port_offset)")
@@ -105,7 +108,9 @@ const (
 	actionRotateCA     = "mesh.rotate-ca"
 	actionVoterAdd     = "chain.voters.add"
 	actionVoterRemove  = "chain.voters.remove"
+	actionVotersList   = "chain.voters.list"
 	progressEvery      = 10 * time.Second
+	auditWait          = 30 * time.Second // recording an action after an interrupt
 	shortRequest       = 30 * time.Second
 	progressHostPrefix = "%s: "
 )
@@ -119,6 +124,9 @@ func each[T any](ctx context.Context, env *cli.Env, f *Flags, action string, fn 
 		return nil, err
 	}
 	if f.Target == "" && len(f.Hosts) == 0 {
+		if err := f.localOnly(); err != nil {
+			return nil, err
+		}
 		return onLocal(ctx, env, f, creds, fn)
 	}
 	fl, err := f.Connect(ctx, env)
@@ -144,7 +152,14 @@ func each[T any](ctx context.Context, env *cli.Env, f *Flags, action string, fn 
 		defer s.Close()
 		res, err := fn(ctx, s)
 		err = s.Classify(ctx, err)
-		if aerr := recordMaintenance(ctx, h, action, err); aerr != nil {
+		switch aerr := recordMaintenance(ctx, h, action, err); {
+		case aerr == nil:
+		case readOnly[action]:
+			// A look changed nothing: a trail that cannot be written (a
+			// full disk, a card gone read-only) is said, not failed on,
+			// so that the answer still counts (a fence's exit 3).
+			s.Say("warning: %v", aerr)
+		default:
 			// The action stands; the trail not saying so fails the run.
 			err = errors.Join(err, aerr)
 		}
@@ -164,6 +179,24 @@ func each[T any](ctx context.Context, env *cli.Env, f *Flags, action string, fn 
 	return out, err
 }
 
+// readOnly are the actions that only look.
+var readOnly = map[string]bool{actionVotersList: true, actionFenceStatus: true}
+
+// localOnly refuses, for the local stack, the flags that choose and reach
+// hosts: silently ignored, they would send the action elsewhere than the
+// operator meant.
+func (f *Flags) localOnly() error {
+	if f.set == nil {
+		return nil
+	}
+	for _, name := range []string{"skip-unreachable", "identity", "known-hosts", "accept-new-host-key", "no-agent"} {
+		if fl := f.set.Lookup(name); fl != nil && fl.Changed {
+			return cli.Usage(fmt.Errorf("--%s needs --target (a target or group of lucid.yaml); without it the command works on the local stack", name))
+		}
+	}
+	return nil
+}
+
 // onLocal runs fn on the local stack (lucidctl up) of this machine: its
 // services on the loopback, at --port-offset or else local.port_offset.
 // The local stack keeps no audit trail.
@@ -173,8 +206,8 @@ func onLocal[T any](ctx context.Context, env *cli.Env, f *Flags, creds *hostserv
 		return nil, err
 	}
 	offset := f.PortOffset
-	if offset == 0 {
-		offset = cfg.Local.PortOffset
+	if f.set == nil || !f.set.Changed("port-offset") {
+		offset = cfg.Local.PortOffset // --port-offset 0 names the stack at 0
 	}
 	var d net.Dialer
 	s := &session{Host: cfg.Local.Name, Offset: offset, Creds: creds,
@@ -206,7 +239,11 @@ func recordMaintenance(ctx context.Context, h *fleet.Host, action string, err er
 	if err != nil {
 		e.Error = err.Error()
 	}
-	return d.Audit(ctx, e)
+	// An interrupt ends the action, not its record: what was done on the
+	// host (a rotation, a compaction) is on the trail all the same.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditWait)
+	defer cancel()
+	return d.Audit(actx, e)
 }
 
 // fingerprint is the hex SHA-256 of a certificate, as the mesh reports its

@@ -166,6 +166,21 @@ func TestMaintenanceThroughSSH(t *testing.T) {
 		t.Errorf("scrub text: exit %d\n%s%s", text.code, text.out, text.errOut)
 	}
 
+	// The local stack (no --target) is local.port_offset's; a
+	// --port-offset 0 given names the stack at 0 (none runs there), and
+	// the flags that reach hosts are refused rather than ignored.
+	if local := p.lucidctl("maintenance", "scrub"); local.code != 0 {
+		t.Errorf("scrub of the local stack: exit %d\n%s", local.code, local.errOut)
+	}
+	if zero := p.lucidctl("maintenance", "scrub", "--port-offset", "0"); zero.code == 0 {
+		t.Errorf("scrub --port-offset 0 reached the stack at offset %d:\n%s", offset, zero.out)
+	}
+	for _, flag := range [][]string{{"-i", p.sshd.ClientKey}, {"--skip-unreachable"}, {"--known-hosts", p.sshd.KnownHosts}} {
+		if r := p.lucidctl(append([]string{"maintenance", "scrub"}, flag...)...); r.code != 2 || !strings.Contains(r.errOut, "needs --target") {
+			t.Errorf("scrub %v without --target: exit %d\n%s", flag, r.code, r.errOut)
+		}
+	}
+
 	// compact: nothing deleted, nothing to reclaim, and it says so.
 	r = p.remote("compact", "--json")
 	noSecret("compact", r)

@@ -110,7 +110,7 @@ func runVoters(ctx context.Context, opts *VotersOptions) error {
 	}
 	action := opts.action
 	if action == "" {
-		action = "chain.voters.list"
+		action = actionVotersList
 	}
 	out, err := each(ctx, opts.Env, &opts.Flags, action, func(ctx context.Context, s *session) (*engineapi.ConsensusStatus, error) {
 		switch opts.action {
