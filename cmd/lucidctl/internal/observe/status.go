@@ -306,6 +306,9 @@ func printHost(w io.Writer, st *iostreams.Styles, h HostDoc, now time.Time) {
 	}
 	fmt.Fprintln(w, "chain:      "+strings.Join(chain, ", "))
 	printFence(w, st, r.Fence)
+	if why, ok := s.Unknown[deploy.FigureFence]; ok && r.Fence == nil {
+		fmt.Fprintln(w, "fence:      unknown ("+why+")")
+	}
 
 	anchors := "queue " + u(deploy.FigureAnchorQueue)
 	if r.AnchorQueue != nil {

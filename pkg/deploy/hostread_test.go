@@ -1,0 +1,59 @@
+package deploy
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestAuditLogSpeaksForItsHost: every entry read from a host's audit log
+// is that host's, whatever target a line names (one planted there to
+// show up as another host's in the operator's table).
+func TestAuditLogSpeaksForItsHost(t *testing.T) {
+	f, _ := lockFixture(t)
+	if err := os.MkdirAll(f.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	line := `{"time":"2026-12-05T10:15:03Z","target":"pi2","user":"mallory","host":"x","action":"deploy","result":"ok"}` + "\n"
+	if err := os.WriteFile(filepath.Join(f.dir, AuditFile), []byte(line), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{Name: "pi1", SSH: f.dial(t), Dir: f.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	entries, err := d.AuditLog(context.Background(), time.Time{})
+	if err != nil || len(entries) != 1 || entries[0].Target != "pi1" {
+		t.Errorf("entries %+v, %v: want one, of pi1", entries, err)
+	}
+}
+
+// TestAFencedEngineIsSeenWithoutTheOperatorToken: an engine whose fence
+// cannot be read (no operator token on this laptop) is still found
+// fenced by its public gauge, and its host is not shown healthy.
+func TestAFencedEngineIsSeenWithoutTheOperatorToken(t *testing.T) {
+	for _, gauge := range []string{"1", "0"} {
+		engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/metrics" {
+				_, _ = w.Write([]byte("# TYPE lucid_engine_fenced gauge\nlucid_engine_fenced " + gauge + "\n"))
+				return
+			}
+			http.Error(w, "{}", http.StatusUnauthorized)
+		}))
+		c := &serviceClient{name: "engine", addr: engine.Listener.Addr().String(), hc: engine.Client(), timeout: time.Second}
+		st := &HostStatus{Unknown: map[string]string{}}
+		var mu sync.Mutex
+		(&Deployer{}).readFence(context.Background(), c, st, false, &mu, func(fig string, err error) { st.Unknown[fig] = err.Error() })
+		engine.Close()
+		fenced := st.Reports.Fence != nil && st.Reports.Fence.Fenced && len(st.Problems) == 1
+		if fenced != (gauge == "1") {
+			t.Errorf("gauge %s: fence %+v, problems %v, unknown %v", gauge, st.Reports.Fence, st.Problems, st.Unknown)
+		}
+	}
+}
