@@ -214,13 +214,11 @@ func (d *Deployer) readLogs(ctx context.Context, name, id string, since time.Tim
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	scan := func(r io.Reader, stream string) {
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			ts, text, _ := strings.Cut(sc.Text(), " ")
+		eachLine(r, maxLogLine, func(line string) {
+			ts, text, _ := strings.Cut(line, " ")
 			t, err := time.Parse(time.RFC3339Nano, ts)
 			if err != nil {
-				t, text = time.Time{}, sc.Text()
+				t, text = time.Time{}, line
 			}
 			mu.Lock()
 			if t.After(last) {
@@ -228,8 +226,8 @@ func (d *Deployer) readLogs(ctx context.Context, name, id string, since time.Tim
 			}
 			mu.Unlock()
 			emit(LogLine{Service: name, Time: t, Stream: stream, Text: text})
-		}
-		_, _ = io.Copy(io.Discard, r) // a line past the buffer: let the demux go on
+		})
+		_, _ = io.Copy(io.Discard, r) // a read error: let the demux go on
 	}
 	wg.Go(func() { scan(outR, "stdout") })
 	wg.Go(func() { scan(errR, "stderr") })
@@ -241,4 +239,41 @@ func (d *Deployer) readLogs(ctx context.Context, name, id string, since time.Tim
 		err = nil
 	}
 	return last, err
+}
+
+// maxLogLine is the most of one log line shown; the rest of a longer one
+// is cut, said so, and the lines after it go on.
+const maxLogLine = 1 << 20
+
+// truncatedMark ends a log line cut at maxLogLine.
+const truncatedMark = " …[truncated]"
+
+// eachLine calls fn with each line of r, without its newline, a line
+// longer than limit cut there (marked) rather than ending the stream.
+func eachLine(r io.Reader, limit int, fn func(string)) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var long []byte // a line longer than the buffer, so far
+	cut := false    // the line passed max: the rest of it is dropped
+	for {
+		part, err := br.ReadSlice('\n')
+		full := errors.Is(err, bufio.ErrBufferFull)
+		done := err == nil || (len(part) > 0 && !full)
+		if !cut {
+			long = append(long, part...)
+			if len(long) > limit {
+				long, cut = append(long[:limit], truncatedMark...), true
+			}
+		}
+		if done {
+			line := strings.TrimSuffix(strings.TrimSuffix(string(long), "\n"), "\r")
+			if cut {
+				line = string(long)
+			}
+			fn(line)
+			long, cut = long[:0], false
+		}
+		if err != nil && !full {
+			return
+		}
+	}
 }

@@ -2,10 +2,13 @@ package deploy
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -55,5 +58,25 @@ func TestAFencedEngineIsSeenWithoutTheOperatorToken(t *testing.T) {
 		if fenced != (gauge == "1") {
 			t.Errorf("gauge %s: fence %+v, problems %v, unknown %v", gauge, st.Reports.Fence, st.Problems, st.Unknown)
 		}
+	}
+}
+
+// TestALongLogLineIsCutNotTheStream: a log line over the bound is shown
+// cut, said so, and the lines after it still come; a carriage return
+// before a newline goes, as before.
+func TestALongLogLineIsCutNotTheStream(t *testing.T) {
+	long := strings.Repeat("x", maxLogLine+100<<10)
+	in := "before\n" + long + "\nafter\r\nERROR disk failing"
+	var got []string
+	eachLine(strings.NewReader(in), maxLogLine, func(l string) { got = append(got, l) })
+	want := []string{"before", long[:maxLogLine] + truncatedMark, "after", "ERROR disk failing"}
+	if !slices.Equal(got, want) {
+		short := func(s []string) (out []string) {
+			for _, l := range s {
+				out = append(out, fmt.Sprintf("%d bytes %.20q", len(l), l))
+			}
+			return out
+		}
+		t.Errorf("lines %v, want %v", short(got), short(want))
 	}
 }

@@ -77,7 +77,8 @@ func SafeText(s string) string { return escapeControls(s, true) }
 
 func escapeControls(s string, lines bool) string {
 	unsafe := func(r rune) bool {
-		return r == utf8.RuneError || unicode.IsControl(r) && !(lines && (r == '\n' || r == '\t'))
+		kept := lines && (r == '\n' || r == '\t')
+		return r == utf8.RuneError || unicode.IsControl(r) && !kept
 	}
 	i := strings.IndexFunc(s, unsafe)
 	if i < 0 {
