@@ -206,8 +206,15 @@ func (a *App) index(b *chain.Block) error {
 		}
 	}
 	h, err := a.store.Append(b)
-	if err != nil {
+	var be *chain.BlockError
+	switch {
+	case errors.As(err, &be):
 		return a.refuse(b, err)
+	case err != nil:
+		// The store's own failure (a full disk, an I/O error) says nothing
+		// against the block: not a refusal on /ready or the users' status,
+		// but an error the loop logs and retries.
+		return fmt.Errorf("store block %d: %w", b.Height, err)
 	}
 	a.indexed.Inc()
 	a.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pickme/lucid/internal/testenv"
+	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/chain/chaintest"
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/service"
@@ -197,5 +199,24 @@ func TestStatusKeepsInternalErrorsToTheLog(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, "the refused block recorded", func() bool { return lastErr() != "" })
 	if e := lastErr(); !strings.Contains(e, "block 2 rejected") {
 		t.Errorf("last_error = %q, want the refused block and why", e)
+	}
+}
+
+// TestAStorageFailureIsNoRefusal: a block the index cannot store (a full
+// disk, an I/O error; here a closed store) is not recorded as refused,
+// which /ready and the users' status would show with the store's own
+// error, but comes back as an error to retry.
+func TestAStorageFailureIsNoRefusal(t *testing.T) {
+	dead := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	app, _ := startApp(t, "http://"+dead, map[string]string{})
+	c := chaintest.New()
+	c.Append(chaintest.Anchor(1))
+	if err := app.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	err := app.index(c.Blocks[0])
+	var be *chain.BlockError
+	if err == nil || errors.As(err, &be) || app.rejection() != nil {
+		t.Errorf("index on a failing store: %v (rejection %+v), want an error that is no refusal", err, app.rejection())
 	}
 }
