@@ -167,7 +167,7 @@ var Services = []Service{
 		Calls:           []string{"anchoring"},
 		PassesPrincipal: true,
 		Env: []string{"ENCRYPTION_KEY", keyring.EncryptionPrevious, "LUCID_ANCHORING_URL", "LUCID_CHUNK_MIN_BYTES", "LUCID_CHUNK_MAX_BYTES",
-			"LUCID_SCRUB_INTERVAL", "LUCID_PACK_MAX_BYTES", "LUCID_SESSION_MAX_CHUNKS"},
+			"LUCID_SCRUB_INTERVAL", "LUCID_PACK_MAX_BYTES", "LUCID_SESSION_MAX_CHUNKS", "LUCID_DISK_RESERVE_BYTES"},
 	},
 	{
 		Name:      "gateway",

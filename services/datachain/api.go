@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
@@ -23,6 +24,7 @@ import (
 const (
 	CodeDamaged   = "LUCID_ERR_5201"
 	CodeAnchoring = "LUCID_ERR_5202"
+	CodeDiskFull  = "LUCID_ERR_5203"
 )
 
 type api struct{ app *App }
@@ -128,6 +130,9 @@ func (a *api) put(w http.ResponseWriter, r *http.Request, p service.Principal) e
 		member = &packstore.Member{Session: sid, Index: n}
 		out.SessionID, out.Index = sid, &n
 	}
+	if err := a.app.room(len(data)); err != nil {
+		return err
+	}
 	id, isNew, err := a.app.store.Add(r.Context(), p.Subject, data, member)
 	switch {
 	case errors.Is(err, packstore.ErrSealed):
@@ -148,6 +153,21 @@ func (a *api) put(w http.ResponseWriter, r *http.Request, p service.Principal) e
 	return nil
 }
 
+// room refuses a chunk of n bytes that would leave less free disk than
+// the reserve. A disk that cannot be measured is not held against it.
+func (a *App) room(n int) error {
+	if a.reserve == 0 || a.diskFree == nil {
+		return nil
+	}
+	free, err := a.diskFree()
+	if err != nil || free >= a.reserve+uint64(n) {
+		return nil
+	}
+	he := service.Errorf(http.StatusInsufficientStorage, CodeDiskFull, "the disk is full: the data chain stores no more chunks until space is freed")
+	he.Cause = fmt.Errorf("%d bytes free, %d kept in reserve (%s), a chunk of %d", free, a.reserve, envDiskReserve, n)
+	return he
+}
+
 func tooLarge(limit int) error {
 	return service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge, "a chunk is at most %d bytes", limit)
 }
@@ -165,7 +185,7 @@ func chunkError(id string, err error) error {
 	case errors.Is(err, packstore.ErrNotFound):
 		return service.Errorf(http.StatusNotFound, service.CodeNotFound, "no chunk %s", id)
 	case errors.Is(err, packstore.ErrCorrupt):
-		he := service.Errorf(http.StatusInternalServerError, CodeDamaged, "chunk %s is damaged on disk; it will not be served (run POST /api/v1/verify)", id)
+		he := service.Errorf(http.StatusInternalServerError, CodeDamaged, "chunk %s is damaged on disk; it will not be served: upload the same bytes again to repair it", id)
 		he.Cause = err
 		return he
 	}

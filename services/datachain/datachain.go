@@ -35,6 +35,11 @@ type App struct {
 	scrubInterval time.Duration
 	packBytes     int
 	sessionChunks int
+	// reserve is the disk the data chain leaves free (LUCID_DISK_RESERVE_BYTES):
+	// on a Pi its volume shares one card with the chain engine, which
+	// stops when it cannot store a committed block. diskFree measures it.
+	reserve  uint64
+	diskFree func() (uint64, error)
 
 	store     *packstore.Store
 	anchoring *anchoringapi.Client
@@ -108,7 +113,11 @@ func (a *App) Configure(r *envconfig.Reader) {
 	a.scrubInterval = r.Duration("LUCID_SCRUB_INTERVAL", 24*time.Hour, time.Minute, 30*24*time.Hour)
 	a.packBytes = r.Int("LUCID_PACK_MAX_BYTES", 1<<30, 1<<20, 1<<40)
 	a.sessionChunks = r.Int("LUCID_SESSION_MAX_CHUNKS", 100_000, 1, 1_000_000)
+	a.reserve = uint64(r.Int(envDiskReserve, 1<<30, 0, 1<<40))
 }
+
+// envDiskReserve is how many bytes of its disk the data chain leaves free.
+const envDiskReserve = "LUCID_DISK_RESERVE_BYTES"
 
 // Provision opens the store and starts the periodic scrub.
 func (a *App) Provision(ctx context.Context, srv *service.Server) error {
@@ -117,6 +126,8 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	if err != nil {
 		return err
 	}
+	dir := filepath.Join(srv.Config().DataDir, "chunks")
+	a.diskFree = func() (uint64, error) { return diskFree(dir) }
 	a.anchoring = anchoringapi.New(a.anchoringURL, srv.Client("anchoring", 30*time.Second))
 	a.logger = srv.Logger()
 	a.trees = map[treeKey]*sessionTree{}

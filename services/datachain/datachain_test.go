@@ -181,6 +181,25 @@ func TestDamagedChunkIsNotServed(t *testing.T) {
 	}
 }
 
+// TestTheDiskReserveIsKept: a chunk that would leave the disk with less
+// free than the reserve (the chain engine shares the card, and stops when
+// it cannot store a block) is refused, 507, saying so without the figures;
+// with room again it is stored.
+func TestTheDiskReserveIsKept(t *testing.T) {
+	app, hs, _ := start(t)
+	free := uint64(app.reserve + 100)
+	app.diskFree = func() (uint64, error) { return free, nil }
+	chunk := []byte(strings.Repeat("r", 4096))
+	code, body := do(t, http.MethodPut, hs.URL+"/api/v1/chunks", "", chunk)
+	if code != http.StatusInsufficientStorage || !strings.Contains(body, CodeDiskFull) || strings.Contains(body, "reserve") {
+		t.Errorf("a chunk into the reserve: %d %s", code, body)
+	}
+	free = app.reserve + 1<<20
+	if code, body := do(t, http.MethodPut, hs.URL+"/api/v1/chunks", "", chunk); code != http.StatusCreated {
+		t.Errorf("a chunk with room: %d %s", code, body)
+	}
+}
+
 // TestSealRetryAndDelete: a seal whose anchoring call fails leaves the
 // session sealed and says to retry; the retry (and a repeated push of the
 // same chunks) succeeds once anchoring answers. DELETE refuses a sealed
