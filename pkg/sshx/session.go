@@ -42,12 +42,17 @@ func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader) ([]byte, 
 	// A session's Close reports io.EOF once the command has ended, and
 	// the command's own result is what Run returns.
 	defer func() { _ = s.Close() }()
-	var stdout, stderr bytes.Buffer
-	s.Stdout, s.Stderr, s.Stdin = &stdout, &stderr, stdin
+	over := &overflow{ch: make(chan struct{})}
+	stdout, stderr := &capped{limit: MaxOutput, over: over}, &capped{limit: MaxOutput, over: over}
+	s.Stdout, s.Stderr, s.Stdin = stdout, stderr, stdin
 	done := make(chan error, 1)
 	go func() { done <- s.Run(cmd) }()
 	select {
 	case err = <-done:
+	case <-over.ch:
+		_ = s.Signal(ssh.SIGTERM)
+		_ = s.Close()
+		return nil, fmt.Errorf("%s on %s: %w", shorten(cmd), c.addr, ErrOutputTooLarge)
 	case <-ctx.Done():
 		_ = s.Signal(ssh.SIGTERM)
 		_ = s.Close()
@@ -56,11 +61,43 @@ func (c *Client) Run(ctx context.Context, cmd string, stdin io.Reader) ([]byte, 
 	var ee *ssh.ExitError
 	switch {
 	case errors.As(err, &ee):
-		return stdout.Bytes(), &ExitError{Command: shorten(cmd), Code: ee.ExitStatus(), Stderr: stderr.String()}
+		return stdout.buf.Bytes(), &ExitError{Command: shorten(cmd), Code: ee.ExitStatus(), Stderr: stderr.buf.String()}
 	case err != nil:
 		return nil, fmt.Errorf("%s on %s: %w", shorten(cmd), c.addr, err)
 	}
-	return stdout.Bytes(), nil
+	return stdout.buf.Bytes(), nil
+}
+
+// MaxOutput bounds what Run keeps of a command's output, each of stdout
+// and stderr: far above what any of lucidctl's commands reads (a
+// release's files, the audit log), and a host that sends more (a hostile
+// one, a runaway log) cannot fill the laptop's memory.
+const MaxOutput = 64 << 20
+
+// ErrOutputTooLarge is a command whose output passed MaxOutput.
+var ErrOutputTooLarge = fmt.Errorf("its output passed %d MiB", MaxOutput>>20)
+
+// capped is a buffer that refuses to grow past its limit, and then says
+// so on its overflow.
+type capped struct {
+	buf   bytes.Buffer
+	limit int
+	over  *overflow
+}
+
+// overflow is closed once, by whichever of a command's buffers is first
+// to pass its limit.
+type overflow struct {
+	ch   chan struct{}
+	once sync.Once
+}
+
+func (b *capped) Write(p []byte) (int, error) {
+	if b.buf.Len()+len(p) > b.limit {
+		b.over.once.Do(func() { close(b.over.ch) })
+		return 0, ErrOutputTooLarge
+	}
+	return b.buf.Write(p)
 }
 
 // shorten keeps error messages readable; commands carry no secrets (the

@@ -270,3 +270,30 @@ func TestWriteFileNeverExposesSecrets(t *testing.T) {
 		t.Errorf("the file: %v %v", fi, err)
 	}
 }
+
+// TestRunBoundsTheOutput: a command whose output does not end (a hostile
+// host, a runaway log) ends at MaxOutput, saying so, rather than fill the
+// laptop's memory.
+func TestRunBoundsTheOutput(t *testing.T) {
+	s := testenv.StartSSHD(t, testenv.SSHDOptions{})
+	c, err := dial(t, s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Run(context.Background(), "yes", nil)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrOutputTooLarge) {
+			t.Errorf("an endless output: %v, want ErrOutputTooLarge", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("a command with an endless output did not end")
+	}
+	if out, err := c.Run(context.Background(), "echo still here", nil); err != nil || string(out) != "still here\n" {
+		t.Errorf("the connection after: %q %v", out, err)
+	}
+}
