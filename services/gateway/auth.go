@@ -189,6 +189,17 @@ type budget struct {
 	concurrencyLimited prometheus.Counter
 }
 
+// ownBudget is free's limit for the gateway's own endpoints, its
+// decisions counted as tier "own", not as the free tier's API traffic.
+func ownBudget(free *budget, m *metrics) *budget {
+	return &budget{
+		limit: free.limit, limitText: free.limitText,
+		allowed: m.decisions.WithLabelValues("own", "allowed"),
+		limited: m.decisions.WithLabelValues("own", "limited"),
+		errored: m.decisions.WithLabelValues("own", "error"),
+	}
+}
+
 func newBudgets(limits map[auth.Tier]ratelimit.Limit, concurrency map[auth.Tier]int, m *metrics) map[auth.Tier]*budget {
 	out := map[auth.Tier]*budget{}
 	for tier, l := range limits {

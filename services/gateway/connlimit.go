@@ -65,32 +65,40 @@ func countedAs(peer netip.Addr) netip.Addr {
 // admit counts a new connection from peer, or refuses it over a bound.
 // Whether the peer is a trusted proxy is its own address's question, not
 // its /64's: a trusted ::1 or 2001:db8::10 is exempt, the rest of its /64
-// is not.
+// is not. An exempt peer's connections count in the total alone, not
+// against its /64, whose other hosts keep their own bound.
 func (l *connLimit) admit(peer netip.Addr) bool {
+	exempt := l.exempt(peer.String())
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	key := countedAs(peer)
 	n := l.byAddr[key]
-	if l.open >= l.total || (n >= l.perAddr && !l.exempt(peer.String())) {
+	if l.open >= l.total || (!exempt && n >= l.perAddr) {
 		l.refused.Inc()
 		return false
 	}
-	l.byAddr[key] = n + 1
+	if !exempt {
+		l.byAddr[key] = n + 1
+	}
 	l.open++
 	return true
 }
 
 // release counts a connection from peer closed.
 func (l *connLimit) release(peer netip.Addr) {
+	exempt := l.exempt(peer.String())
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.open--
+	if exempt {
+		return
+	}
 	key := countedAs(peer)
 	if n := l.byAddr[key] - 1; n > 0 {
 		l.byAddr[key] = n
 	} else {
 		delete(l.byAddr, key)
 	}
-	l.open--
 }
 
 // counted admits c under the limit, for a listener the parker does not

@@ -141,8 +141,19 @@ func TestTrustedIPv6ProxyIsExempt(t *testing.T) {
 			}
 		}
 	}
-	l = newConnLimit(2, 100, func(ip string) bool { return ip == "2001:db8::" }, prometheus.NewCounter(prometheus.CounterOpts{Name: "y"}))
+	// The trusted 2001:db8::10's connections do not use up its /64's
+	// bound: another host there still gets its own two.
 	n := 0
+	for range 3 {
+		if l.admit(connAddr(fakeConn{"[2001:db8::77]:4000"})) {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Errorf("a neighbour in a trusted proxy's /64 got %d connections, want 2", n)
+	}
+	l = newConnLimit(2, 100, func(ip string) bool { return ip == "2001:db8::" }, prometheus.NewCounter(prometheus.CounterOpts{Name: "y"}))
+	n = 0
 	for range 5 {
 		if l.admit(connAddr(fakeConn{"[2001:db8::99]:4000"})) {
 			n++

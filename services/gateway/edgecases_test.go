@@ -128,6 +128,7 @@ func TestRawPathBytesAreForwardedAsServicesReadThem(t *testing.T) {
 		"/api/v1/blocks/\xc3\xa9":     "/api/v1/blocks/%C3%A9",
 		"/api/v1/blocks/a%7Cb":        "/api/v1/blocks/a%7Cb",
 		"/api/v1/blocks/a%2Fb:c@d[e]": "/api/v1/blocks/a%2Fb:c@d[e]",
+		"/api/v1/blocks/a%2Fb|c":      "/api/v1/blocks/a%2Fb%7Cc", // the escaped slash stays one
 	} {
 		resp, _, _ := rawExchange(t, strings.TrimPrefix(g.url, "http://"),
 			"GET "+path+" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+tok+"\r\n\r\n", nil)

@@ -42,6 +42,9 @@ type App struct {
 	trusted []*net.IPNet
 	limits  map[auth.Tier]ratelimit.Limit
 	budgets map[auth.Tier]*budget
+	// ownBudget limits calls to the gateway's own /ready and /metrics:
+	// the free tier's size, its decisions metered apart (tier "own").
+	ownBudget *budget
 	cors    cors
 	now     func() time.Time
 	// redisURL, if set, moves the limiter's state to Redis so several
@@ -248,6 +251,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		}
 	}
 	a.budgets = newBudgets(a.limits, a.concurrency, a.metrics)
+	a.ownBudget = ownBudget(a.budgets[auth.TierFree], a.metrics)
 	a.inflight = newInflight()
 	a.tokens = newTokenCache(100_000)
 	a.pools = map[string]*pool{}

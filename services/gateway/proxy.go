@@ -171,18 +171,25 @@ func (rp *routeProxy) upstreamPath(raw string, target *url.URL) string {
 }
 
 // canonicalPath is the escaped path p as a Go service reads it back
-// (url.URL.EscapedPath): the bytes a path may not carry raw ("|", "{",
-// a quote, non-ASCII) escaped, the rest as sent. The gateway forwards and
-// signs that form, so that a service checking the signature over the
-// path it got sees the path that was signed; browsers send "|" raw.
+// (url.URL.EscapedPath): each byte a path may not carry raw ("|", "{", a
+// quote, non-ASCII) escaped where it stands, the rest, escapes included
+// ("%2F" stays "%2F"), as sent. The gateway forwards and signs that form,
+// so that a service checking the signature over the path it got sees
+// the path that was signed; browsers send "|" raw.
 func canonicalPath(p string) string {
 	for i := range len(p) {
 		if !keptInPath[p[i]] {
-			u, err := url.PathUnescape(p)
-			if err != nil {
-				return p // refused before it gets here (climbs)
+			const hex = "0123456789ABCDEF"
+			out := make([]byte, 0, len(p)+8)
+			out = append(out, p[:i]...)
+			for _, c := range []byte(p[i:]) {
+				if keptInPath[c] {
+					out = append(out, c)
+				} else {
+					out = append(out, '%', hex[c>>4], hex[c&15])
+				}
 			}
-			return (&url.URL{Path: u, RawPath: p}).EscapedPath()
+			return string(out)
 		}
 	}
 	return p

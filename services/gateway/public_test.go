@@ -92,7 +92,12 @@ func TestOwnEndpointsCountAgainstTheAsker(t *testing.T) {
 	if resp, _ := g.get(t, "/health", flood); resp.StatusCode != http.StatusOK {
 		t.Errorf("/health beyond the budget: %d, want 200 (not counted)", resp.StatusCode)
 	}
-	if resp, _ := g.get(t, "/metrics", map[string]string{"X-Forwarded-For": "192.0.2.9"}); resp.StatusCode != http.StatusOK {
+	resp, body := g.get(t, "/metrics", map[string]string{"X-Forwarded-For": "192.0.2.9"})
+	if resp.StatusCode != http.StatusOK {
 		t.Errorf("the monitor's /metrics from another address: %d", resp.StatusCode)
+	}
+	// Metered apart: scrapes are not the free tier's API traffic.
+	if !strings.Contains(body, `lucid_gateway_ratelimit_decisions_total{outcome="limited",tier="own"} 3`) || !strings.Contains(body, `lucid_gateway_ratelimit_decisions_total{outcome="limited",tier="free"} 0`) {
+		t.Errorf("the own endpoints' decisions are not metered apart:\n%s", body)
 	}
 }

@@ -329,8 +329,8 @@ func (a *App) serveOwn(fc *fasthttp.RequestCtx) {
 		// serves /%6Detrics as /metrics. When limiting is down (Redis,
 		// with LUCID_RATE_LIMIT_ON_ERROR=closed), they still answer: that
 		// is when the operator needs them.
-		b, key := a.principal(fc, nil)
-		if he, ok := errors.AsType[*service.HTTPError](a.limit(context.Background(), fc, b, "own:"+key, 1, a.now())); ok && he.Status == http.StatusTooManyRequests {
+		_, key := a.principal(fc, nil)
+		if he, ok := errors.AsType[*service.HTTPError](a.limit(context.Background(), fc, a.ownBudget, "own:"+key, 1, a.now())); ok && he.Status == http.StatusTooManyRequests {
 			a.refuseOwn(fc, he)
 			return
 		}
