@@ -45,8 +45,8 @@ type App struct {
 	// ownBudget limits calls to the gateway's own /ready and /metrics:
 	// the free tier's size, its decisions metered apart (tier "own").
 	ownBudget *budget
-	cors    cors
-	now     func() time.Time
+	cors      cors
+	now       func() time.Time
 	// redisURL, if set, moves the limiter's state to Redis so several
 	// gateways share one budget. While Redis cannot decide, each gateway
 	// limits from its own in-memory budget, or with failClosed refuses
