@@ -27,14 +27,15 @@ type Spec struct {
 	// DependsOn names programs that must be ready before this one starts.
 	DependsOn []string
 	// After names programs this one starts after, without needing them:
-	// it waits until each is ready or has failed (given up), so one that
-	// cannot start does not keep it from starting.
+	// it waits until each is ready or will not run (failed, given up, or
+	// waiting on a dependency that did), so one that cannot start does not
+	// keep it from starting.
 	After []string
 	// Ready reports whether the started program is ready for dependants.
 	// Nil means ready as soon as it has started.
 	Ready Probe
 	// ReadyWithout, when set, stands in for Ready while a program in After
-	// has failed: a front for several programs is as ready as it can be
+	// will not run: a front for several programs is as ready as it can be
 	// without one of them, where Ready would wait for that one for ever.
 	ReadyWithout Probe
 	// StopTimeout is how long the program gets between SIGTERM and SIGKILL.

@@ -83,12 +83,20 @@ func helper(mode string) {
 		if err := gc.Start(); err != nil {
 			os.Exit(1)
 		}
-		life := time.NewTimer(300 * time.Millisecond) // a program's life, not a test's wait
+		// Its child handles SIGTERM before it crashes, however loaded
+		// the machine: a program's life, not a test's wait.
+		ready := filepath.Join(os.Getenv("HELPER_PID_DIR"), "slow-term.ready")
+		tick := time.NewTicker(5 * time.Millisecond)
+		for _, err := os.Stat(ready); err != nil; _, err = os.Stat(ready) {
+			<-tick.C
+		}
+		life := time.NewTimer(300 * time.Millisecond)
 		<-life.C
 		os.Exit(2)
 	case "slow-term":
 		c := make(chan os.Signal, 1)
 		signal.Notify(c, syscall.SIGTERM)
+		_ = os.WriteFile(filepath.Join(os.Getenv("HELPER_PID_DIR"), "slow-term.ready"), nil, 0o644)
 		<-c
 		cleanup := time.NewTimer(20 * time.Millisecond) // its shutdown's work
 		<-cleanup.C
@@ -454,6 +462,19 @@ func TestAfterAFailedProgram(t *testing.T) {
 			t.Errorf("needy, which depends on a failed program, is %s", st.State)
 		}
 	}
+	// One it starts after that waits on the failed one will not run
+	// either: the engine failing leaves anchoring waiting, and the
+	// gateway must not wait on it for ever.
+	waiting := helperSpec("waiting", "sleep")
+	waiting.DependsOn = []string{"broken"}
+	front2 := helperSpec("front2", "sleep")
+	front2.After = []string{"waiting"}
+	front2.Ready = never
+	front2.ReadyWithout = func(context.Context) error { return nil }
+	broken2 := broken
+	broken2.Name = "broken"
+	sup2, rec2, _ := start(t, []Spec{front2, waiting, broken2}, Options{})
+	rec2.waitState(t, sup2, "front2", StateReady, 15*time.Second)
 	if _, err := New([]Spec{{Name: "a", Path: "x", After: []string{"nope"}}}, Options{}); err == nil || !strings.Contains(err.Error(), `"nope"`) {
 		t.Errorf("a program after an undefined one: %v", err)
 	}

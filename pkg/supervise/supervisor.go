@@ -181,19 +181,18 @@ func (s *Supervisor) set(p *program, update func(*Status)) {
 }
 
 // waitDeps blocks until every dependency of p is ready, and every program
-// it starts after is ready or failed. It returns false if p is stopped
-// first.
+// it starts after is ready or will not run (failed, or waiting on one
+// that failed). It returns false if p is stopped first.
 func (s *Supervisor) waitDeps(p *program) bool {
 	for {
 		s.mu.Lock()
 		ready := true
 		for _, q := range s.programs {
-			st := q.status.State
 			switch {
 			case slices.Contains(p.spec.DependsOn, q.spec.Name):
-				ready = ready && st == StateReady
+				ready = ready && q.status.State == StateReady
 			case slices.Contains(p.spec.After, q.spec.Name):
-				ready = ready && (st == StateReady || st == StateFailed)
+				ready = ready && (q.status.State == StateReady || s.blockedLocked(q))
 			}
 		}
 		changed := s.changed
@@ -209,13 +208,31 @@ func (s *Supervisor) waitDeps(p *program) bool {
 	}
 }
 
-// anyFailed reports whether a program of names has failed for good.
+// anyFailed reports whether a program of names will not run: failed for
+// good, or waiting on one that has.
 func (s *Supervisor) anyFailed(names []string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, q := range s.programs {
-		if q.status.State == StateFailed && slices.Contains(names, q.spec.Name) {
+		if slices.Contains(names, q.spec.Name) && s.blockedLocked(q) {
 			return true
+		}
+	}
+	return false
+}
+
+// blockedLocked reports whether q will not run until the supervisor is
+// started again: it failed, or it waits on a dependency that is blocked
+// (the graph has no cycle). s.mu is held.
+func (s *Supervisor) blockedLocked(q *program) bool {
+	switch q.status.State {
+	case StateFailed:
+		return true
+	case StateWaiting:
+		for _, d := range s.programs {
+			if slices.Contains(q.spec.DependsOn, d.spec.Name) && s.blockedLocked(d) {
+				return true
+			}
 		}
 	}
 	return false
