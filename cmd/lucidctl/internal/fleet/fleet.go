@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -177,17 +176,13 @@ func (f *Flags) Connect(ctx context.Context, env *cli.Env) (*Fleet, error) {
 }
 
 // unreachable reports whether a dial failed for want of the host (off,
-// no route, sshd down, no answer in time), which --skip-unreachable
-// skips; a changed host key or a refused login is something else, a
-// host that may not be the one it says, or a credential that is wrong,
-// and skipping it would hide that behind exit 0.
+// no route, sshd down or not answering, a reset), which --skip-unreachable
+// skips: anything but a refusal. An unknown or changed host key, or a
+// refused login, is something else, a host that may not be the one it
+// says or a credential that is wrong, and skipping it would hide that
+// behind exit 0.
 func unreachable(err error) bool {
-	if errors.Is(err, sshx.ErrHostKeyChanged) || errors.Is(err, sshx.ErrUnknownHostKey) || errors.Is(err, sshx.ErrAuth) {
-		return false
-	}
-	var ne net.Error
-	return errors.Is(err, sshx.ErrNoRoute) || errors.Is(err, sshx.ErrRefused) || errors.Is(err, context.DeadlineExceeded) ||
-		(errors.As(err, &ne) && ne.Timeout())
+	return !errors.Is(err, sshx.ErrHostKeyChanged) && !errors.Is(err, sshx.ErrUnknownHostKey) && !errors.Is(err, sshx.ErrAuth)
 }
 
 // Each runs fn on every connected host at once and returns the hosts'
