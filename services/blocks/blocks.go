@@ -149,9 +149,12 @@ func (a *App) follow(ctx context.Context) {
 		// lastErr is on the users' status endpoint: a refused block says
 		// why, anything else (internal names and addresses) only the log.
 		lastErr := "following the engine failed; the block manager's log says why"
-		if errors.As(err, &be) {
+		switch {
+		case errors.As(err, &be):
 			backoff.AtLeast(5 * time.Second) // a refused block will not fix itself at once
 			lastErr = be.Error()
+		case errors.Is(err, errStoring):
+			backoff.AtLeast(5 * time.Second) // nor a full disk
 		}
 		a.mu.Lock()
 		a.lastErr = lastErr
@@ -193,6 +196,9 @@ func (a *App) checkConsistency(ctx context.Context) error {
 	return nil
 }
 
+// errStoring is the index's own failure to store a block.
+var errStoring = errors.New("store block")
+
 // index verifies b independently and stores it, or refuses it.
 func (a *App) index(b *chain.Block) error {
 	if a.store.Height() == 0 && len(a.validators) > 0 {
@@ -214,7 +220,7 @@ func (a *App) index(b *chain.Block) error {
 		// The store's own failure (a full disk, an I/O error) says nothing
 		// against the block: not a refusal on /ready or the users' status,
 		// but an error the loop logs and retries.
-		return fmt.Errorf("store block %d: %w", b.Height, err)
+		return fmt.Errorf("%w %d: %w", errStoring, b.Height, err)
 	}
 	a.indexed.Inc()
 	a.mu.Lock()

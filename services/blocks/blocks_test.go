@@ -216,7 +216,7 @@ func TestAStorageFailureIsNoRefusal(t *testing.T) {
 	}
 	err := app.index(c.Blocks[0])
 	var be *chain.BlockError
-	if err == nil || errors.As(err, &be) || app.rejection() != nil {
+	if !errors.Is(err, errStoring) || errors.As(err, &be) || app.rejection() != nil {
 		t.Errorf("index on a failing store: %v (rejection %+v), want an error that is no refusal", err, app.rejection())
 	}
 }
