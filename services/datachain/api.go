@@ -130,7 +130,9 @@ func (a *api) put(w http.ResponseWriter, r *http.Request, p service.Principal) e
 		member = &packstore.Member{Session: sid, Index: n}
 		out.SessionID, out.Index = sid, &n
 	}
-	if err := a.app.room(len(data)); err != nil {
+	// A chunk already stored takes no more room (a retried push, the
+	// re-upload that repairs a damaged one); its hash is taken only then.
+	if err := a.app.room(len(data)); err != nil && !a.app.store.Has(p.Subject, packstore.ID(data)) {
 		return err
 	}
 	id, isNew, err := a.app.store.Add(r.Context(), p.Subject, data, member)

@@ -128,6 +128,10 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	}
 	dir := filepath.Join(srv.Config().DataDir, "chunks")
 	a.diskFree = func() (uint64, error) { return diskFree(dir) }
+	if free, err := a.diskFree(); err == nil && a.reserve > 0 && free < a.reserve {
+		srv.Logger().Warn("the disk has less free than the data chain keeps in reserve: it stores no new chunk until space is freed",
+			"free_bytes", free, "reserve_bytes", a.reserve, "setting", envDiskReserve)
+	}
 	a.anchoring = anchoringapi.New(a.anchoringURL, srv.Client("anchoring", 30*time.Second))
 	a.logger = srv.Logger()
 	a.trees = map[treeKey]*sessionTree{}

@@ -184,7 +184,7 @@ func TestDamagedChunkIsNotServed(t *testing.T) {
 // TestTheDiskReserveIsKept: a chunk that would leave the disk with less
 // free than the reserve (the chain engine shares the card, and stops when
 // it cannot store a block) is refused, 507, saying so without the figures;
-// with room again it is stored.
+// with room again it is stored, and once stored it may be sent again.
 func TestTheDiskReserveIsKept(t *testing.T) {
 	app, hs, _ := start(t)
 	free := uint64(app.reserve + 100)
@@ -197,6 +197,11 @@ func TestTheDiskReserveIsKept(t *testing.T) {
 	free = app.reserve + 1<<20
 	if code, body := do(t, http.MethodPut, hs.URL+"/api/v1/chunks", "", chunk); code != http.StatusCreated {
 		t.Errorf("a chunk with room: %d %s", code, body)
+	}
+	// Full again: the same bytes (a retried push, a repair) take no room.
+	free = 0
+	if code, body := do(t, http.MethodPut, hs.URL+"/api/v1/chunks", "", chunk); code != http.StatusCreated {
+		t.Errorf("a chunk already stored, on a full disk: %d %s", code, body)
 	}
 }
 
