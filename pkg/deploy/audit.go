@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -165,19 +166,31 @@ func (h *host) appendAudit(ctx context.Context, e AuditEntry) error {
 	return nil
 }
 
+// auditReadMax is how much of a host's audit log AuditLog reads, the
+// newest: some 100,000 entries, far below what sshx.Run keeps.
+const auditReadMax = 32 << 20
+
 // ErrAuditLine is a line of the audit log that is not an entry.
 var ErrAuditLine = errors.New("not an audit entry")
 
 // AuditLog reads the host's audit log: the entries at or after since (all
-// of them when since is zero), oldest first, each with the host's target
-// name. A host without a log has no
+// of them when since is zero, of its newest 32 MiB), oldest first, each
+// with the host's target name. A host without a log has no
 // entries. A line that is not an entry is an error naming it, with the
 // entries read.
 func (d *Deployer) AuditLog(ctx context.Context, since time.Time) ([]AuditEntry, error) {
 	h := d.h
-	out, err := h.ssh.Run(ctx, fmt.Sprintf("f=%s; [ -e \"$f\" ] || exit 0; cat -- \"$f\"", sshx.Quote(h.auditPath())), nil)
+	// The newest auditReadMax bytes: the log is never cut, and grows for
+	// years; what is older than them begins mid-line and is dropped.
+	out, err := h.ssh.Run(ctx, fmt.Sprintf("f=%s; [ -e \"$f\" ] || exit 0; wc -c < \"$f\"; tail -c %d -- \"$f\"", sshx.Quote(h.auditPath()), auditReadMax), nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s: read %s: %w", d.cfg.Name, h.auditPath(), err)
+	}
+	if size, rest, ok := bytes.Cut(out, []byte("\n")); ok {
+		out = rest
+		if n, _ := strconv.ParseInt(strings.TrimSpace(string(size)), 10, 64); n > auditReadMax {
+			_, out, _ = bytes.Cut(out, []byte("\n"))
+		}
 	}
 	var (
 		entries []AuditEntry

@@ -80,3 +80,30 @@ func TestALongLogLineIsCutNotTheStream(t *testing.T) {
 		t.Errorf("lines %v, want %v", short(got), short(want))
 	}
 }
+
+// TestALongAuditLogIsReadFromItsEnd: a log of years (past what is read)
+// gives its newest entries, whole, the cut one at the start left out
+// rather than taken for a broken line.
+func TestALongAuditLogIsReadFromItsEnd(t *testing.T) {
+	f, _ := lockFixture(t)
+	if err := os.MkdirAll(f.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var log strings.Builder
+	for i := 0; log.Len() <= auditReadMax+1<<20; i++ {
+		fmt.Fprintf(&log, `{"time":"2026-12-05T10:15:03Z","user":"ops","host":"laptop","action":"restart","result":"ok","release":"r%d"}`+"\n", i)
+	}
+	log.WriteString(`{"time":"2026-12-06T10:15:03Z","user":"ops","host":"laptop","action":"deploy","result":"ok","release":"newest"}` + "\n")
+	if err := os.WriteFile(filepath.Join(f.dir, AuditFile), []byte(log.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{Name: "pi", SSH: f.dial(t), Dir: f.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	entries, err := d.AuditLog(context.Background(), time.Time{})
+	if err != nil || len(entries) == 0 || entries[len(entries)-1].Release != "newest" {
+		t.Fatalf("%d entries, %v; want the newest last, and no broken line", len(entries), err)
+	}
+}
