@@ -107,15 +107,8 @@ func (n *node) startRaft(id *meshtls.Identity) error {
 	if err != nil {
 		return fmt.Errorf("raft snapshots: %w", err)
 	}
-	if top, behind := chainBehindSnapshot(n.cfg.DataDir, snaps, n.store.Height()); behind {
-		// A snapshot from the leader is written before it is applied:
-		// cut off in between (power, a full disk), the chain store lacks
-		// blocks Raft holds applied, and this node, leading, would sign
-		// another block at a height already committed. Raft restores the
-		// snapshot on start instead; blocks already held are skipped.
-		rc.NoSnapshotRestoreOnStart = false
-		n.logger.Warn("the chain store is behind Raft's newest snapshot (its install was cut off); restoring the snapshot before Raft starts",
-			"height", n.store.Height(), "snapshot_height", top)
+	if err := n.catchUpWithSnapshot(snaps); err != nil {
+		return err
 	}
 	if n.trans, err = n.raftTransport(id, rc.Logger); err != nil {
 		return err
@@ -148,29 +141,75 @@ func (n *node) startRaft(id *meshtls.Identity) error {
 	return nil
 }
 
+// catchUpWithSnapshot stores the blocks of Raft's newest snapshot that
+// the chain store lacks. A snapshot from the leader is written before it
+// is applied: cut off in between (power, a full disk), the chain store
+// lacks blocks Raft counts applied, and this node, leading, would sign
+// another block at a height already committed. Only the missing blocks
+// are decoded and stored, once, before Raft starts; a snapshot that
+// cannot be read then stops the start, saying so.
+func (n *node) catchUpWithSnapshot(snaps raft.SnapshotStore) error {
+	height := n.store.Height()
+	meta, top, behind := chainBehindSnapshot(n.cfg.DataDir, snaps, height, n.logger)
+	if !behind {
+		return nil
+	}
+	n.logger.Warn("the chain store is behind Raft's newest snapshot (its install was cut off); storing the snapshot's blocks before Raft starts",
+		"height", height, "snapshot_height", top, "snapshot", meta.ID)
+	_, rc, err := snaps.Open(meta.ID) // checks the snapshot's checksum
+	if err != nil {
+		return fmt.Errorf("raft snapshot %s, which holds blocks to height %d this chain store lacks: %w", meta.ID, top, err)
+	}
+	defer func() { _ = rc.Close() }() // only read
+	sc := bufio.NewScanner(rc)
+	sc.Buffer(make([]byte, 1<<20), 512<<20)
+	for line := uint64(1); sc.Scan(); line++ {
+		if line <= height {
+			continue // the snapshot holds block h on line h: held already
+		}
+		b, err := chain.DecodeBlock(sc.Bytes())
+		if err != nil {
+			return fmt.Errorf("raft snapshot %s, line %d: %w", meta.ID, line, err)
+		}
+		if _, err := n.store.Append(b); err != nil {
+			return fmt.Errorf("raft snapshot %s, block %d: %w", meta.ID, b.Height, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("raft snapshot %s: %w", meta.ID, err)
+	}
+	if h := n.store.Height(); h < top {
+		return fmt.Errorf("raft snapshot %s ends at height %d, below the %d its last line says", meta.ID, h, top)
+	}
+	return nil
+}
+
 // chainBehindSnapshot reports whether Raft's newest snapshot in dir holds
-// a block above height, and the snapshot's top height. A snapshot is the
-// chain's blocks, one per line (snapshot.Persist), so its last line says:
-// read from the end of raft's file store's state file, not the whole of
-// it. One whose end cannot be read counts as ahead (top 0): Raft's own
-// restore then reads it, checksum and all, and says what is wrong.
-func chainBehindSnapshot(dir string, snaps raft.SnapshotStore, height uint64) (top uint64, behind bool) {
+// a block above height: its meta, its top height, and so. A snapshot is
+// the chain's blocks, one per line (snapshot.Persist), so its last line
+// says: read from the end of raft's file store's state file, not the
+// whole of it. One whose end cannot be read is said in the log and
+// counts as not behind, as before this check: Raft itself reads it, and
+// says, when it is needed.
+func chainBehindSnapshot(dir string, snaps raft.SnapshotStore, height uint64, logger *slog.Logger) (meta *raft.SnapshotMeta, top uint64, behind bool) {
 	metas, err := snaps.List()
 	if err != nil || len(metas) == 0 {
-		return 0, false // none listed: nothing raft would skip restoring
+		return nil, 0, false
 	}
-	line, err := lastLine(filepath.Join(dir, "snapshots", metas[0].ID, "state.bin"))
+	meta = metas[0]
+	line, err := lastLine(filepath.Join(dir, "snapshots", meta.ID, "state.bin"))
+	if err == nil && len(line) == 0 {
+		return meta, 0, false // a snapshot of no blocks
+	}
+	var b *chain.Block
+	if err == nil {
+		b, err = chain.DecodeBlock(line)
+	}
 	if err != nil {
-		return 0, true
+		logger.Warn("cannot tell whether the chain store is behind Raft's newest snapshot", "snapshot", meta.ID, "error", err)
+		return meta, 0, false
 	}
-	if len(line) == 0 {
-		return 0, false // a snapshot of no blocks
-	}
-	b, err := chain.DecodeBlock(line)
-	if err != nil {
-		return 0, true
-	}
-	return b.Height, b.Height > height
+	return meta, b.Height, b.Height > height
 }
 
 // lastLine is a file's last line without its newline, read backwards in
