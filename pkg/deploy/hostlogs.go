@@ -257,7 +257,9 @@ func eachLine(r io.Reader, limit int, fn func(string)) {
 	for {
 		part, err := br.ReadSlice('\n')
 		full := errors.Is(err, bufio.ErrBufferFull)
-		done := err == nil || (len(part) > 0 && !full)
+		// A line ends at its newline, or at the stream's end after a part
+		// of it (that part possibly read already, a whole buffer long).
+		done := err == nil || (!full && (len(part) > 0 || len(long) > 0))
 		if !cut {
 			long = append(long, part...)
 			if len(long) > limit {

@@ -70,6 +70,13 @@ func TestALongLogLineIsCutNotTheStream(t *testing.T) {
 	var got []string
 	eachLine(strings.NewReader(in), maxLogLine, func(l string) { got = append(got, l) })
 	want := []string{"before", long[:maxLogLine] + truncatedMark, "after", "ERROR disk failing"}
+	// A last line without its newline, as long as the reader's buffer.
+	exact := strings.Repeat("y", 64<<10)
+	var tail []string
+	eachLine(strings.NewReader("a\n"+exact), maxLogLine, func(l string) { tail = append(tail, l) })
+	if len(tail) != 2 || tail[1] != exact {
+		t.Errorf("a last line of 64 KiB without a newline: %d lines", len(tail))
+	}
 	if !slices.Equal(got, want) {
 		short := func(s []string) (out []string) {
 			for _, l := range s {

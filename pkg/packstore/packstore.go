@@ -653,6 +653,11 @@ func (s *Store) Get(owner, id string) ([]byte, error) {
 // loc (repaired or compacted) since it was read there.
 func (s *Store) markDamaged(owner, id string, loc Location) error {
 	k := []byte(scoped(owner, id))
+	var marked bool
+	_ = s.db.View(func(tx *bolt.Tx) error { marked = tx.Bucket(bucketDamaged).Get(k) != nil; return nil })
+	if marked {
+		return nil // each read of a damaged chunk need not write it down again
+	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketChunks).Get(k); len(v) != 16 || decodeLocation(v) != loc {
 			return nil

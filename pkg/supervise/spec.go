@@ -102,11 +102,15 @@ func (p RestartPolicy) next(prev, ran time.Duration) time.Duration {
 // Probe reports whether a started program is ready.
 type Probe func(ctx context.Context) error
 
-// HTTPProbe is ready when GET url answers with success. An https URL is
-// read without checking the server's certificate: a readiness endpoint
-// carries nothing secret, and the supervisor holds no mesh certificate.
-func HTTPProbe(url string) Probe {
-	client := &http.Client{Timeout: time.Second}
+// HTTPProbe is ready when GET url answers with success within a second.
+// An https URL is read without checking the server's certificate: a
+// readiness endpoint carries nothing secret, and the supervisor holds no
+// mesh certificate.
+func HTTPProbe(url string) Probe { return HTTPProbeWithin(url, time.Second) }
+
+// HTTPProbeWithin is HTTPProbe answering within d.
+func HTTPProbeWithin(url string, d time.Duration) Probe {
+	client := &http.Client{Timeout: d}
 	if strings.HasPrefix(url, "https://") {
 		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}}
 	}

@@ -177,22 +177,24 @@ func (rp *routeProxy) upstreamPath(raw string, target *url.URL) string {
 // so that a service checking the signature over the path it got sees
 // the path that was signed; browsers send "|" raw.
 func canonicalPath(p string) string {
-	for i := range len(p) {
-		if !keptInPath[p[i]] {
-			const hex = "0123456789ABCDEF"
-			out := make([]byte, 0, len(p)+8)
-			out = append(out, p[:i]...)
-			for _, c := range []byte(p[i:]) {
-				if keptInPath[c] {
-					out = append(out, c)
-				} else {
-					out = append(out, '%', hex[c>>4], hex[c&15])
-				}
-			}
-			return string(out)
+	i := 0
+	for i < len(p) && keptInPath[p[i]] {
+		i++
+	}
+	if i == len(p) {
+		return p // as a path nearly always is
+	}
+	const hex = "0123456789ABCDEF"
+	out := make([]byte, 0, len(p)+8)
+	out = append(out, p[:i]...)
+	for _, c := range []byte(p[i:]) {
+		if keptInPath[c] {
+			out = append(out, c)
+		} else {
+			out = append(out, '%', hex[c>>4], hex[c&15])
 		}
 	}
-	return p
+	return string(out)
 }
 
 // keptInPath are the bytes EscapedPath leaves as they are: unreserved,

@@ -179,7 +179,8 @@ func run(ctx context.Context, opts *Options) error {
 	say := func(format string, args ...any) {
 		mu.Lock()
 		defer mu.Unlock()
-		fmt.Fprintf(env.IO.ErrOut, format+"\n", args...)
+		// What a host answered (its release's name) may be in the words.
+		fmt.Fprintln(env.IO.ErrOut, iostreams.SafeText(fmt.Sprintf(format, args...)))
 	}
 	if opts.Fleet.Target == "" {
 		offset := cfg.Local.PortOffset

@@ -85,6 +85,7 @@ func TestSafe(t *testing.T) {
 		"two\nlines\tx":          `two\x0alines\x09x`,
 		"c1 \u009b31m, del \x7f": `c1 \x9b31m, del \x7f`,
 		"bad \xff byte":          `bad \xff byte`,
+		"rlo \u202eevil":         `rlo \u202eevil`,
 	} {
 		if got := Safe(in); got != want {
 			t.Errorf("Safe(%q) = %q, want %q", in, got, want)

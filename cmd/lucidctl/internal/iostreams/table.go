@@ -62,13 +62,15 @@ func Bytes(n int64) string {
 
 // Safe is s fit to print on a terminal as one line (a table's cell, a
 // field): every control character (an escape sequence's ESC, a newline, a
-// tab, C1 codes) and every byte that is not UTF-8 written as a Go escape
-// (\x1b, \x0a), the rest as it is. Text a host, a service or a client
-// chose (log lines, container states, release records, remote errors)
-// passes through it, or SafeText, before text output, so that it cannot
-// move the cursor, rewrite earlier lines, retitle the window or set the
-// clipboard, nor add a row to a table. --json needs none of it:
-// encoding/json escapes them.
+// tab, C1 codes), every format character (the bidirectional overrides,
+// zero-width ones) and every byte that is not UTF-8 written as a Go
+// escape (\x1b, \u202e), the rest as it is. Text a host, a service or a
+// client chose (log lines, container states, release records, remote
+// errors) passes through it, or SafeText, before text output, so that it
+// cannot move the cursor, rewrite earlier lines, retitle the window, set
+// the clipboard, show other words than it holds, nor add a row to a
+// table. --json is data for a program, which shows it as it sees fit:
+// encoding/json escapes C0 codes there, not DEL or C1 ones.
 func Safe(s string) string { return escapeControls(s, false) }
 
 // SafeText is Safe for text of several lines (an error that quotes a
@@ -78,7 +80,7 @@ func SafeText(s string) string { return escapeControls(s, true) }
 func escapeControls(s string, lines bool) string {
 	unsafe := func(r rune) bool {
 		kept := lines && (r == '\n' || r == '\t')
-		return r == utf8.RuneError || unicode.IsControl(r) && !kept
+		return r == utf8.RuneError || (unicode.IsControl(r) || unicode.Is(unicode.Cf, r)) && !kept
 	}
 	i := strings.IndexFunc(s, unsafe)
 	if i < 0 {

@@ -30,6 +30,7 @@ import (
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/hostservices"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/deploy"
 )
@@ -110,7 +111,7 @@ const (
 	actionVoterRemove  = "chain.voters.remove"
 	actionVotersList   = "chain.voters.list"
 	progressEvery      = 10 * time.Second
-	auditWait          = 30 * time.Second // recording an action after an interrupt
+	auditWait          = 5 * time.Second // recording an action after an interrupt, which waits for it
 	shortRequest       = 30 * time.Second
 	progressHostPrefix = "%s: "
 )
@@ -144,7 +145,8 @@ func each[T any](ctx context.Context, env *cli.Env, f *Flags, action string, fn 
 	say := func(host, format string, args ...any) {
 		mu.Lock()
 		defer mu.Unlock()
-		fmt.Fprintf(env.IO.ErrOut, progressHostPrefix+format+"\n", append([]any{host}, args...)...)
+		// What a host's services answered may be in the words.
+		fmt.Fprintln(env.IO.ErrOut, iostreams.SafeText(fmt.Sprintf(progressHostPrefix+format, append([]any{host}, args...)...)))
 	}
 	err = fl.Each(ctx, func(ctx context.Context, h *fleet.Host) error {
 		s := &session{Host: h.Name, Dial: h.SSH.DialTCP, Offset: f.PortOffset, Creds: creds, Say: func(format string, args ...any) { say(h.Name, format, args...) },
@@ -213,7 +215,7 @@ func onLocal[T any](ctx context.Context, env *cli.Env, f *Flags, creds *hostserv
 	s := &session{Host: cfg.Local.Name, Offset: offset, Creds: creds,
 		Dial: func(addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) },
 		Say: func(format string, args ...any) {
-			fmt.Fprintf(env.IO.ErrOut, progressHostPrefix+format+"\n", append([]any{auth.LocalHost}, args...)...)
+			fmt.Fprintln(env.IO.ErrOut, iostreams.SafeText(fmt.Sprintf(progressHostPrefix+format, append([]any{auth.LocalHost}, args...)...)))
 		},
 	}
 	defer s.Close()

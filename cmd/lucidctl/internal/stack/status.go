@@ -190,7 +190,7 @@ func checkAnswering(ctx context.Context, st *stackState) {
 			continue
 		}
 		wg.Go(func() {
-			if err := supervise.HTTPProbe(s.URL + "/health")(ctx); err != nil && !errors.As(err, new(*api.Error)) {
+			if err := supervise.HTTPProbeWithin(s.URL+"/health", answerWithin)(ctx); err != nil && !errors.As(err, new(*api.Error)) {
 				s.State, s.Problem = stateUnresponsive, "/health: "+err.Error()
 			}
 		})
