@@ -18,7 +18,6 @@ import (
 	"path"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"filippo.io/age"
@@ -175,20 +174,14 @@ func run(ctx context.Context, opts *Options) error {
 	if err != nil {
 		return err
 	}
-	var mu sync.Mutex
-	say := func(format string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		// What a host answered (its release's name) may be in the words.
-		fmt.Fprintln(env.IO.ErrOut, iostreams.SafeText(fmt.Sprintf(format, args...)))
-	}
+	progress := iostreams.NewProgress(env.IO.ErrOut)
 	if opts.Fleet.Target == "" {
 		offset := cfg.Local.PortOffset
 		if opts.PortOffset != nil {
 			offset = *opts.PortOffset
 		}
 		host, _ := os.Hostname()
-		s := &hostservices.Session{Host: cfg.Local.Name, Dial: dialLocal, Offset: offset, Creds: creds, Say: say}
+		s := &hostservices.Session{Host: cfg.Local.Name, Dial: dialLocal, Offset: offset, Creds: creds, Say: progress.Sayer("")}
 		defer s.Close()
 		envPath := opts.EnvFile
 		if envPath == "" {
@@ -219,7 +212,7 @@ func run(ctx context.Context, opts *Options) error {
 	if opts.PortOffset != nil {
 		offset = *opts.PortOffset
 	}
-	s := &hostservices.Session{Host: h.Name, Dial: h.SSH.DialTCP, Offset: offset, Creds: creds, Say: func(format string, args ...any) { say(h.Name+": "+format, args...) },
+	s := &hostservices.Session{Host: h.Name, Dial: h.SSH.DialTCP, Offset: offset, Creds: creds, Say: progress.Sayer(h.Name + ": "),
 		Deployed: hostservices.DeployedOf(h.DeployConfig())}
 	defer s.Close()
 	out, err := func() (*Output, error) {

@@ -113,3 +113,31 @@ func TestSafe(t *testing.T) {
 		t.Errorf("a cell added a row:\n%s", b.String())
 	}
 }
+
+// TestProgress: hosts saying their progress at once leave each line whole
+// and prefixed, with a host's escape sequences escaped.
+func TestProgress(t *testing.T) {
+	var b strings.Builder
+	p := NewProgress(&b)
+	done := make(chan struct{})
+	for _, host := range []string{"pi1", "pi2"} {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			say := p.Sayer(host + ": ")
+			for range 100 {
+				say("release %s", "r1\x1b[2K")
+			}
+		}()
+	}
+	<-done
+	<-done
+	lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
+	for _, l := range lines {
+		if l != `pi1: release r1\x1b[2K` && l != `pi2: release r1\x1b[2K` {
+			t.Fatalf("line %q", l)
+		}
+	}
+	if len(lines) != 200 {
+		t.Errorf("%d lines, want 200", len(lines))
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode"
 	"unicode/utf8"
 
@@ -15,19 +16,21 @@ import (
 // Table writes rows as columns, the first row (the header) in bold and
 // every other cell in the style style gives it (nil: plain). Cells are
 // padded before they are colored, so escape codes do not upset the
-// columns; a cell's own control characters are escaped (Safe), in rows too.
+// columns; a cell's own control characters are escaped (Safe).
 func (st *Styles) Table(w io.Writer, rows [][]string, style func(col int, cell string) lipgloss.Style) {
 	if len(rows) == 0 {
 		return
 	}
 	widths := make([]int, len(rows[0]))
-	for _, r := range rows {
+	safe := make([][]string, len(rows)) // the caller's rows stay as they are
+	for ri, r := range rows {
+		safe[ri] = make([]string, len(r))
 		for i, c := range r {
-			r[i] = Safe(c)
-			widths[i] = max(widths[i], len(r[i]))
+			safe[ri][i] = Safe(c)
+			widths[i] = max(widths[i], len(safe[ri][i]))
 		}
 	}
-	for ri, r := range rows {
+	for ri, r := range safe {
 		var line strings.Builder
 		for i, c := range r {
 			cell := c
@@ -142,5 +145,27 @@ func safeValue(v reflect.Value) {
 		if v.CanSet() {
 			v.SetString(Safe(v.String()))
 		}
+	}
+}
+
+// Progress writes the progress lines of a command that works on several
+// hosts at once to one stream (stderr): each line whole, and what a host
+// or its services put in it escaped (SafeText).
+type Progress struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+// NewProgress writes progress lines to w.
+func NewProgress(w io.Writer) *Progress { return &Progress{w: w} }
+
+// Sayer returns the function a host's work says its progress with: each
+// line begins with prefix ("pi2: ").
+func (p *Progress) Sayer(prefix string) func(format string, args ...any) {
+	return func(format string, args ...any) {
+		line := SafeText(prefix + fmt.Sprintf(format, args...))
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		fmt.Fprintln(p.w, line)
 	}
 }

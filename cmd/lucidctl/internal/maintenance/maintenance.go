@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -104,16 +103,15 @@ type SkippedHost struct {
 
 // Audit actions of the maintenance commands.
 const (
-	actionScrub        = "datachain.scrub"
-	actionCompact      = "datachain.compact"
-	actionRotateCA     = "mesh.rotate-ca"
-	actionVoterAdd     = "chain.voters.add"
-	actionVoterRemove  = "chain.voters.remove"
-	actionVotersList   = "chain.voters.list"
-	progressEvery      = 10 * time.Second
-	auditWait          = 5 * time.Second // recording an action after an interrupt, which waits for it
-	shortRequest       = 30 * time.Second
-	progressHostPrefix = "%s: "
+	actionScrub       = "datachain.scrub"
+	actionCompact     = "datachain.compact"
+	actionRotateCA    = "mesh.rotate-ca"
+	actionVoterAdd    = "chain.voters.add"
+	actionVoterRemove = "chain.voters.remove"
+	actionVotersList  = "chain.voters.list"
+	progressEvery     = 10 * time.Second
+	auditWait         = 5 * time.Second // recording an action after an interrupt, which waits for it
+	shortRequest      = 30 * time.Second
 )
 
 // each connects to the selected hosts and runs fn on all of them at once,
@@ -141,15 +139,9 @@ func each[T any](ctx context.Context, env *cli.Env, f *Flags, action string, fn 
 		index[h.Name] = i
 		out.Hosts[i].Host = h.Name
 	}
-	var mu sync.Mutex
-	say := func(host, format string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		// What a host's services answered may be in the words.
-		fmt.Fprintln(env.IO.ErrOut, iostreams.SafeText(fmt.Sprintf(progressHostPrefix+format, append([]any{host}, args...)...)))
-	}
+	progress := iostreams.NewProgress(env.IO.ErrOut)
 	err = fl.Each(ctx, func(ctx context.Context, h *fleet.Host) error {
-		s := &session{Host: h.Name, Dial: h.SSH.DialTCP, Offset: f.PortOffset, Creds: creds, Say: func(format string, args ...any) { say(h.Name, format, args...) },
+		s := &session{Host: h.Name, Dial: h.SSH.DialTCP, Offset: f.PortOffset, Creds: creds, Say: progress.Sayer(h.Name + ": "),
 			Deployed: hostservices.DeployedOf(h.DeployConfig())}
 		defer s.Close()
 		res, err := fn(ctx, s)
@@ -214,9 +206,7 @@ func onLocal[T any](ctx context.Context, env *cli.Env, f *Flags, creds *hostserv
 	var d net.Dialer
 	s := &session{Host: cfg.Local.Name, Offset: offset, Creds: creds,
 		Dial: func(addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) },
-		Say: func(format string, args ...any) {
-			fmt.Fprintln(env.IO.ErrOut, iostreams.SafeText(fmt.Sprintf(progressHostPrefix+format, append([]any{auth.LocalHost}, args...)...)))
-		},
+		Say:  iostreams.NewProgress(env.IO.ErrOut).Sayer(auth.LocalHost + ": "),
 	}
 	defer s.Close()
 	res, err := fn(ctx, s)

@@ -27,6 +27,7 @@ import (
 	backupcmd "github.com/pickme/lucid/cmd/lucidctl/internal/backup"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/fleet"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/maintenance"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/stack"
 	"github.com/pickme/lucid/pkg/api/datachainapi"
@@ -346,7 +347,7 @@ func runLocal(ctx context.Context, opts *Options, src Source, out *Output) error
 	if err != nil {
 		return err
 	}
-	say := func(format string, args ...any) { fmt.Fprintf(opts.Env.IO.ErrOut, "local: "+format+"\n", args...) }
+	say := iostreams.NewProgress(opts.Env.IO.ErrOut).Sayer("local: ")
 	if opts.VerifyOnly {
 		cl, err := maintenance.OpenServices(opts.Env, nil, ld.Offset, opts.EnvFile)
 		if err != nil {
@@ -432,7 +433,7 @@ func runTarget(ctx context.Context, opts *Options, src Source, out *Output) erro
 	if opts.PortOffset != nil {
 		offset = *opts.PortOffset
 	}
-	say := func(format string, args ...any) { fmt.Fprintf(opts.Env.IO.ErrOut, h.Name+": "+format+"\n", args...) }
+	say := iostreams.NewProgress(opts.Env.IO.ErrOut).Sayer(h.Name + ": ")
 	cl, err := maintenance.OpenServices(opts.Env, h, offset, opts.EnvFile)
 	if err != nil {
 		return err
