@@ -247,6 +247,9 @@ func (s *Store) init() error {
 				return err
 			}
 		}
+		if err := countUsage(tx); err != nil {
+			return fmt.Errorf("count each owner's usage: %w", err)
+		}
 		meta := tx.Bucket(bucketMeta)
 		check := meta.Get(keyKeyCheck)
 		switch {
@@ -379,6 +382,9 @@ type writeReq struct {
 	owner  string
 	data   []byte
 	member *Member
+	// quota, when above 0, bounds what owner's chunks may take with this
+	// one if it is new to owner (AddWithin).
+	quota uint64
 	// raw and from move an existing record (compaction): raw is the whole
 	// record, from where it is now.
 	raw  []byte
@@ -403,7 +409,11 @@ func (s *Store) Put(ctx context.Context, owner string, data []byte, m *Member) (
 // Add is Put that also reports whether the bytes were new to owner
 // (false when owner had stored them already: nothing was written).
 func (s *Store) Add(ctx context.Context, owner string, data []byte, m *Member) (id string, isNew bool, err error) {
-	req := &writeReq{id: sha256.Sum256(data), owner: owner, data: data, member: m, reply: make(chan error, 1)}
+	return s.add(ctx, owner, data, m, 0)
+}
+
+func (s *Store) add(ctx context.Context, owner string, data []byte, m *Member, quota uint64) (id string, isNew bool, err error) {
+	req := &writeReq{id: sha256.Sum256(data), owner: owner, data: data, member: m, quota: quota, reply: make(chan error, 1)}
 	if err := s.enqueue(ctx, req); err != nil {
 		return "", false, err
 	}
@@ -468,20 +478,29 @@ func (s *Store) commit(batch []*writeReq) {
 	// (an upload of the same bytes repairs them).
 	keys := make([]string, len(batch))
 	fresh := map[string]bool{}
+	// held is true for the fresh chunks the index has (damaged ones);
+	// used is what each owner with a quota in the batch has stored.
+	held := map[string]bool{}
+	used := map[string]uint64{}
 	_ = s.db.View(func(tx *bolt.Tx) error {
-		chunks, damaged := tx.Bucket(bucketChunks), tx.Bucket(bucketDamaged)
+		chunks, damaged, usage := tx.Bucket(bucketChunks), tx.Bucket(bucketDamaged), tx.Bucket(bucketUsage)
 		for i, r := range batch {
 			if r.closePack {
 				continue
 			}
 			keys[i] = scoped(r.owner, hex.EncodeToString(r.id[:]))
 			k := []byte(keys[i])
-			if chunks.Get(k) == nil || damaged.Get(k) != nil {
+			if c := chunks.Get(k); c == nil || damaged.Get(k) != nil {
 				fresh[keys[i]] = true
+				held[keys[i]] = c != nil
+			}
+			if _, ok := used[r.owner]; r.quota > 0 && !ok {
+				used[r.owner] = usageOf(usage, r.owner).Bytes
 			}
 		}
 		return nil
 	})
+	errs := make([]error, len(batch))
 	var buf bytes.Buffer
 	locs := map[string]Location{}
 	start := s.activeSz
@@ -502,23 +521,33 @@ func (s *Store) commit(batch []*writeReq) {
 		if _, done := locs[key]; done {
 			continue
 		}
-		r.wrote = true
 		off := start + int64(buf.Len())
+		// A record is its header and its payload, written one after the
+		// other (a chunk is up to 64 MiB: not copied to join them).
+		var header, payload []byte
 		if s.aead != nil {
 			ad := sealAD(r.id, s.key)
-			payload := seal(s.aead, ad[:], r.data)
+			payload = seal(s.aead, ad[:], r.data)
 			var h [headerSize2]byte
 			encodeHeader2(h[:], r.id, flagEncrypted, s.key, payload)
-			buf.Write(h[:])
-			buf.Write(payload)
-			locs[key] = Location{Pack: s.activeN, Offset: off, Length: uint32(headerSize2 + len(payload))}
-			continue
+			header = h[:]
+		} else {
+			var h [headerSize]byte
+			encodeHeader(h[:], r.id, 0, r.data)
+			header, payload = h[:], r.data
 		}
-		var h [headerSize]byte
-		encodeHeader(h[:], r.id, 0, r.data)
-		buf.Write(h[:])
-		buf.Write(r.data)
-		locs[key] = Location{Pack: s.activeN, Offset: off, Length: uint32(headerSize + len(r.data))}
+		n := uint64(len(header) + len(payload))
+		if r.quota > 0 && !held[key] {
+			if used[r.owner]+n > r.quota {
+				errs[i] = &QuotaError{Used: used[r.owner], Quota: r.quota, Record: n}
+				continue
+			}
+			used[r.owner] += n
+		}
+		r.wrote = true
+		buf.Write(header)
+		buf.Write(payload)
+		locs[key] = Location{Pack: s.activeN, Offset: off, Length: uint32(n)}
 	}
 	fail := func(err error) {
 		for _, r := range batch {
@@ -536,11 +565,18 @@ func (s *Store) commit(batch []*writeReq) {
 		}
 	}
 	end := start + int64(buf.Len())
-	errs := make([]error, len(batch))
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		chunks, meta := tx.Bucket(bucketChunks), tx.Bucket(bucketMeta)
 		for key, loc := range locs {
 			k := []byte(key)
+			bytes, count := int64(loc.Length), int64(1)
+			if v := chunks.Get(k); len(v) == 16 { // a repair replaces its record
+				bytes, count = bytes-int64(decodeLocation(v).Length), 0
+			}
+			owner, _ := unscoped(key)
+			if err := changeUsage(tx, owner, bytes, count); err != nil {
+				return err
+			}
 			if err := chunks.Put(k, loc.encode()); err != nil {
 				return err
 			}
@@ -554,14 +590,19 @@ func (s *Store) commit(batch []*writeReq) {
 			if r.from != nil {
 				key := []byte(keys[i])
 				if v := chunks.Get(key); len(v) == 16 && decodeLocation(v) == *r.from {
-					if err := chunks.Put(key, moved[keys[i]].encode()); err != nil {
+					to := moved[keys[i]]
+					if err := chunks.Put(key, to.encode()); err != nil {
+						return err
+					}
+					// Re-encrypting an old record may change its length.
+					if err := changeUsage(tx, r.owner, int64(to.Length)-int64(r.from.Length), 0); err != nil {
 						return err
 					}
 				}
 			}
 		}
 		for i, r := range batch {
-			if r.member != nil {
+			if r.member != nil && errs[i] == nil {
 				errs[i] = addMember(tx, r.owner, hex.EncodeToString(r.id[:]), *r.member, s.opts.MaxSessionChunks)
 			}
 		}

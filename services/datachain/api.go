@@ -25,6 +25,7 @@ const (
 	CodeDamaged   = "LUCID_ERR_5201"
 	CodeAnchoring = "LUCID_ERR_5202"
 	CodeDiskFull  = "LUCID_ERR_5203"
+	CodeQuota     = "LUCID_ERR_5204"
 )
 
 type api struct{ app *App }
@@ -135,8 +136,14 @@ func (a *api) put(w http.ResponseWriter, r *http.Request, p service.Principal) e
 	if err := a.app.room(len(data)); err != nil && !a.app.store.Has(p.Subject, packstore.ID(data)) {
 		return err
 	}
-	id, isNew, err := a.app.store.Add(r.Context(), p.Subject, data, member)
+	id, isNew, err := a.app.store.AddWithin(r.Context(), p.Subject, data, member, a.app.quota(p))
+	var qe *packstore.QuotaError
 	switch {
+	case errors.As(err, &qe):
+		a.app.overQuota.WithLabelValues(string(p.Tier)).Inc()
+		return service.Errorf(http.StatusInsufficientStorage, CodeQuota,
+			"your chunks take %d of the %d bytes your tier may store here, and this one would take %d more: delete chunks you no longer need (DELETE /api/v1/chunks/{id}), or ask the operator for a larger quota",
+			qe.Used, qe.Quota, qe.Record)
 	case errors.Is(err, packstore.ErrSealed):
 		return service.Errorf(http.StatusConflict, service.CodeConflict, "session %s is sealed; it takes no more chunks", sid)
 	case errors.Is(err, packstore.ErrIndexTaken):

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/pickme/lucid/pkg/api/anchoringapi"
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/keyring"
 	"github.com/pickme/lucid/pkg/logtree"
@@ -40,6 +42,10 @@ type App struct {
 	// stops when it cannot store a committed block. diskFree measures it.
 	reserve  uint64
 	diskFree func() (uint64, error)
+	// quotas bound what one user's chunks may take on disk, by tier
+	// (LUCID_QUOTA_<TIER>_BYTES; 0: no bound): without them one token
+	// could fill the card for everyone.
+	quotas map[auth.Tier]uint64
 
 	store     *packstore.Store
 	anchoring *anchoringapi.Client
@@ -58,7 +64,9 @@ type App struct {
 
 	stored prometheus.Counter
 	bytes  prometheus.Counter
-	builds prometheus.Counter // session trees built (cache misses)
+	// overQuota counts chunks refused by their owner's quota, by tier.
+	overQuota *prometheus.CounterVec
+	builds    prometheus.Counter // session trees built (cache misses)
 
 	// Uploads and reads hold whole chunks (up to 16 MiB, more while
 	// encrypting); these bound how many are in memory at once, half of
@@ -114,6 +122,30 @@ func (a *App) Configure(r *envconfig.Reader) {
 	a.packBytes = r.Int("LUCID_PACK_MAX_BYTES", 1<<30, 1<<20, 1<<40)
 	a.sessionChunks = r.Int("LUCID_SESSION_MAX_CHUNKS", 100_000, 1, 1_000_000)
 	a.reserve = uint64(r.Int(envDiskReserve, 1<<30, 0, 1<<40))
+	a.quotas = map[auth.Tier]uint64{}
+	for _, q := range defaultQuotas {
+		a.quotas[q.tier] = uint64(r.Int(quotaSetting(q.tier), q.bytes, 0, 1<<50))
+	}
+}
+
+// defaultQuotas are what one user's chunks may take, by tier: a free
+// user a gigabyte, a premium one sixteen, an enterprise one without a
+// bound of its own (the disk reserve still keeps the card from filling).
+var defaultQuotas = []struct {
+	tier  auth.Tier
+	bytes int
+}{{auth.TierFree, 1 << 30}, {auth.TierPremium, 16 << 30}, {auth.TierEnterprise, 0}}
+
+// quotaSetting names the variable of tier's quota.
+func quotaSetting(t auth.Tier) string { return "LUCID_QUOTA_" + strings.ToUpper(string(t)) + "_BYTES" }
+
+// quota is what p's chunks may take; a principal of no known tier gets
+// the free tier's.
+func (a *App) quota(p service.Principal) uint64 {
+	if q, ok := a.quotas[p.Tier]; ok {
+		return q
+	}
+	return a.quotas[auth.TierFree]
 }
 
 // envDiskReserve is how many bytes of its disk the data chain leaves free.
@@ -140,7 +172,8 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	a.stored = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_datachain_chunks_stored_total", Help: "Chunks stored (new bytes)."})
 	a.bytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_datachain_bytes_stored_total", Help: "Chunk bytes received and stored."})
 	a.builds = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_datachain_session_trees_built_total", Help: "Session Merkle trees built from the store (requests the tree cache did not answer)."})
-	srv.Registerer().MustRegister(a.stored, a.bytes, a.builds)
+	a.overQuota = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lucid_datachain_quota_refusals_total", Help: "New chunks refused because they would take their owner past its tier's quota."}, []string{"tier"})
+	srv.Registerer().MustRegister(a.stored, a.bytes, a.builds, a.overQuota)
 	srv.AddCheck("store", func(context.Context) error {
 		_, err := a.store.Stats()
 		return err

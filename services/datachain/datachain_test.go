@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/packstore"
 	"github.com/pickme/lucid/pkg/service"
@@ -359,5 +360,70 @@ func TestSessionsBelongToTheirOwner(t *testing.T) {
 	}
 	if code, _ := doAs(t, servicetest.Client("gateway"), http.MethodGet, hs.URL+"/api/v1/chunks/"+id, "", nil); code != 401 {
 		t.Errorf("the gateway acting for nobody: %d, want 401", code)
+	}
+}
+
+// TestAUsersQuotaIsKept: a free user's new chunks stop at its tier's
+// quota with 507 LUCID_ERR_5204, saying what it uses; a chunk it stored
+// already is still taken; a premium user is held to its own tier's
+// quota; deleting a chunk makes room; the refusal is counted.
+func TestAUsersQuotaIsKept(t *testing.T) {
+	// Two 4 KiB chunks, with their records' headers, fit; a third does not.
+	_, hs, _ := startWith(t, map[string]string{"LUCID_QUOTA_FREE_BYTES": "10000"})
+	chunk := func(i int) []byte { return []byte(strings.Repeat(string(rune('a'+i)), 4096)) }
+	var ids []string
+	for i := range 2 {
+		code, body := do(t, http.MethodPut, hs.URL+"/api/v1/chunks", "", chunk(i))
+		if code != http.StatusCreated {
+			t.Fatalf("chunk %d within the quota: %d %s", i, code, body)
+		}
+		var out ChunkStored
+		if err := json.Unmarshal([]byte(body), &out); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, out.ID)
+	}
+	code, body := do(t, http.MethodPut, hs.URL+"/api/v1/chunks", "", chunk(2))
+	if code != http.StatusInsufficientStorage || !strings.Contains(body, CodeQuota) || !strings.Contains(body, "of the 10000 bytes") {
+		t.Fatalf("a chunk past the quota: %d %s", code, body)
+	}
+	if code, body := do(t, http.MethodPut, hs.URL+"/api/v1/chunks?session_id="+sid+"&index=0", "", chunk(0)); code != http.StatusCreated {
+		t.Fatalf("a chunk already stored, at the quota: %d %s", code, body)
+	}
+	premium := &http.Client{Transport: &servicetest.Transport{Caller: "gateway", Principal: &service.Principal{Subject: "bob", Tier: auth.TierPremium}}}
+	for i := range 3 {
+		if code, body := doAs(t, premium, http.MethodPut, hs.URL+"/api/v1/chunks", "", chunk(i)); code != http.StatusCreated {
+			t.Fatalf("a premium user's chunk %d: %d %s", i, code, body)
+		}
+	}
+	if code, body := do(t, http.MethodDelete, hs.URL+"/api/v1/chunks/"+ids[1], "", nil); code != http.StatusNoContent {
+		t.Fatalf("delete: %d %s", code, body)
+	}
+	if code, body := do(t, http.MethodPut, hs.URL+"/api/v1/chunks", "", chunk(2)); code != http.StatusCreated {
+		t.Fatalf("after a delete made room: %d %s", code, body)
+	}
+	_, metrics := doAs(t, operator, http.MethodGet, hs.URL+"/metrics", "", nil)
+	if !strings.Contains(metrics, `lucid_datachain_quota_refusals_total{tier="free"} 1`) {
+		t.Errorf("the refusal is not counted:\n%s", metrics)
+	}
+}
+
+// TestQuotaSettingsAreChecked: a quota is a whole number of bytes, 0 for
+// none.
+func TestQuotaSettingsAreChecked(t *testing.T) {
+	for v, ok := range map[string]bool{"0": true, "1073741824": true, "-1": false, "1GiB": false} {
+		r := envconfig.New(envconfig.Map(map[string]string{"LUCID_QUOTA_PREMIUM_BYTES": v}))
+		app := New().(*App)
+		app.Configure(r)
+		if err := r.Err(); (err == nil) != ok {
+			t.Errorf("LUCID_QUOTA_PREMIUM_BYTES=%s: %v", v, err)
+		} else if err != nil && !strings.Contains(err.Error(), "LUCID_QUOTA_PREMIUM_BYTES") {
+			t.Errorf("the error does not name the setting: %v", err)
+		}
+	}
+	app := New().(*App)
+	app.Configure(envconfig.New(envconfig.Map(nil)))
+	if app.quotas[auth.TierFree] != 1<<30 || app.quotas[auth.TierPremium] != 16<<30 || app.quotas[auth.TierEnterprise] != 0 {
+		t.Errorf("default quotas: %v", app.quotas)
 	}
 }
