@@ -494,17 +494,26 @@ func mustMarshal(t *testing.T, routes []routetable.Route) string {
 	return string(b)
 }
 
+// TestUpRefusesWeakSecret: a secret too short for its service stops up
+// before anything starts, naming it without its value: one the stack
+// needs, and one it can do without but was given (a short ENCRYPTION_KEY
+// would fail the data chain five times over).
 func TestUpRefusesWeakSecret(t *testing.T) {
 	p := newProject(t, 20300)
-	if err := os.WriteFile(filepath.Join(p.dir, "secrets.env"), []byte("JWT_SECRET_KEY=short\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	r := p.lucidctl(context.Background(), "up", "-d", "--lucid", lucidBin, "--port-offset", strconv.Itoa(p.offset))
-	if r.code != 1 || !strings.Contains(r.errOut, "JWT_SECRET_KEY from") || !strings.Contains(r.errOut, "is 5 bytes") {
-		t.Errorf("exit %d, stderr %q", r.code, r.errOut)
-	}
-	if strings.Contains(r.errOut, "=short") {
-		t.Error("the secret's value reached the error")
+	for key, value := range map[string]string{"JWT_SECRET_KEY": "short", "ENCRYPTION_KEY": "shrt2"} {
+		if err := os.WriteFile(filepath.Join(p.dir, "secrets.env"), []byte(key+"="+value+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r := p.lucidctl(context.Background(), "up", "-d", "--lucid", lucidBin, "--port-offset", strconv.Itoa(p.offset))
+		if r.code != 1 || !strings.Contains(r.errOut, key+" from") || !strings.Contains(r.errOut, "is 5 bytes") {
+			t.Errorf("%s: exit %d, stderr %q", key, r.code, r.errOut)
+		}
+		if strings.Contains(r.errOut, value) {
+			t.Errorf("%s: the secret's value reached the error", key)
+		}
+		if _, err := os.Stat(filepath.Join(p.dir, p.state("logs/supervisor.log"))); err == nil {
+			t.Errorf("%s: a supervisor started", key)
+		}
 	}
 }
 
@@ -529,13 +538,13 @@ func TestUpRefusesTakenPort(t *testing.T) {
 	}
 }
 
-// TestGatewayRunsWithAFailedService: a service that cannot start (a bad
-// ENCRYPTION_KEY fails the data chain) is marked failed, and the gateway,
+// TestGatewayRunsWithAFailedService: a service that cannot start (a
+// setting out of its range fails the data chain) is marked failed, and the gateway,
 // which starts after the services it routes to, starts all the same and
 // is ready: the other routes work, and the failed one's answer 503.
 func TestGatewayRunsWithAFailedService(t *testing.T) {
 	p := newProject(t, 20700)
-	if err := os.WriteFile(filepath.Join(p.dir, "secrets.env"), []byte("ENCRYPTION_KEY=bad\n"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(p.dir, "secrets.env"), []byte("LUCID_CHUNK_MIN_BYTES=0\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	r := p.lucidctl(context.Background(), "up", "-d", "--lucid", lucidBin, "--port-offset", strconv.Itoa(p.offset), "--wait-timeout", "60s")

@@ -260,9 +260,13 @@ func operatorValues(opts *UpOptions, cfg *projectconfig.Config, secrets []string
 		}
 	}
 	// A secret that is there but too weak would crash-loop its service;
-	// say so now, once.
-	for _, key := range secrets {
+	// say so now, once. That holds for a secret the stack can do without
+	// (ENCRYPTION_KEY) when it is set.
+	for _, key := range deployfiles.Secrets {
 		v := values[key]
+		if v == "" && !slices.Contains(secrets, key) {
+			continue
+		}
 		from := path
 		if opts.Env.Getenv(key) != "" {
 			from = "the environment"
