@@ -29,7 +29,7 @@ func TestAnInterruptedActionIsOnTheTrail(t *testing.T) {
 	h := &fleet.Host{Name: "pi", Target: projectconfig.Target{Dir: dir}, SSH: c}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // Ctrl-C
-	if err := recordMaintenance(ctx, h, actionRotateCA, context.Canceled); err != nil {
+	if err := recordMaintenance(ctx, h, []string{actionRotateCA}, context.Canceled); err != nil {
 		t.Fatalf("recording after an interrupt: %v", err)
 	}
 	trail, err := os.ReadFile(filepath.Join(dir, deploy.AuditFile))

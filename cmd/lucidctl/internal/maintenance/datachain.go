@@ -49,7 +49,7 @@ func datachain(ctx context.Context, s *session, timeout time.Duration) (*datacha
 }
 
 func runScrub(ctx context.Context, opts *ScrubOptions) error {
-	out, err := each(ctx, opts.Env, &opts.Flags, actionScrub, func(ctx context.Context, s *session) (*packstore.ScrubReport, error) {
+	out, err := each(ctx, opts.Env, &opts.Flags, []string{actionScrub}, func(ctx context.Context, s *session) (*packstore.ScrubReport, error) {
 		dc, err := datachain(ctx, s, 0) // as long as the store takes: ctx ends it
 		if err != nil {
 			return nil, err
@@ -139,7 +139,7 @@ A pack that holds a damaged chunk is skipped until the chunk is repaired
 }
 
 func runCompact(ctx context.Context, opts *CompactOptions) error {
-	out, err := each(ctx, opts.Env, &opts.Flags, actionCompact, func(ctx context.Context, s *session) (*CompactResult, error) {
+	out, err := each(ctx, opts.Env, &opts.Flags, []string{actionCompact}, func(ctx context.Context, s *session) (*CompactResult, error) {
 		dc, err := datachain(ctx, s, 0)
 		if err != nil {
 			return nil, err

@@ -202,7 +202,7 @@ func runFence(ctx context.Context, opts *FenceOptions) error {
 	if opts.AcceptFork {
 		action = actionFenceLiftFork
 	}
-	out, err := each(ctx, opts.Env, &opts.Flags, action, func(ctx context.Context, s *session) (*LiftResult, error) {
+	out, err := each(ctx, opts.Env, &opts.Flags, []string{action}, func(ctx context.Context, s *session) (*LiftResult, error) {
 		hc, base, err := s.Client(ctx, "engine", time.Minute)
 		if err != nil {
 			return nil, err
@@ -378,7 +378,7 @@ func confirmFork(opts *FenceOptions, host string, from, to uint64) error {
 }
 
 func runFenceStatus(ctx context.Context, opts *FenceOptions) error {
-	out, err := each(ctx, opts.Env, &opts.Flags, actionFenceStatus, func(ctx context.Context, s *session) (*engineapi.FenceStatus, error) {
+	out, err := each(ctx, opts.Env, &opts.Flags, []string{actionFenceStatus}, func(ctx context.Context, s *session) (*engineapi.FenceStatus, error) {
 		hc, base, err := s.Client(ctx, "engine", shortRequest)
 		if err != nil {
 			return nil, err

@@ -116,8 +116,9 @@ const (
 
 // each connects to the selected hosts and runs fn on all of them at once,
 // each with its own session; the hosts' errors come back joined, each
-// naming its host.
-func each[T any](ctx context.Context, env *cli.Env, f *Flags, action string, fn func(context.Context, *session) (*T, error)) (*Output[T], error) {
+// naming its host. audit is what each host's audit trail records: the
+// action, then what it acted on (a voter's node id).
+func each[T any](ctx context.Context, env *cli.Env, f *Flags, audit []string, fn func(context.Context, *session) (*T, error)) (*Output[T], error) {
 	creds, err := hostservices.ReadCredentials(env, f.EnvFile)
 	if err != nil {
 		return nil, err
@@ -146,9 +147,9 @@ func each[T any](ctx context.Context, env *cli.Env, f *Flags, action string, fn 
 		defer s.Close()
 		res, err := fn(ctx, s)
 		err = s.Classify(ctx, err)
-		switch aerr := recordMaintenance(ctx, h, action, err); {
+		switch aerr := recordMaintenance(ctx, h, audit, err); {
 		case aerr == nil:
-		case readOnly[action]:
+		case readOnly[audit[0]]:
 			// A look changed nothing: a trail that cannot be written (a
 			// full disk, a card gone read-only) is said, not failed on,
 			// so that the answer still counts (a fence's exit 3).
@@ -219,15 +220,15 @@ func onLocal[T any](ctx context.Context, env *cli.Env, f *Flags, creds *hostserv
 }
 
 // recordMaintenance records one host's maintenance action and its outcome
-// in the host's audit trail (pkg/deploy's): who ran which action, and the
-// error if it failed.
-func recordMaintenance(ctx context.Context, h *fleet.Host, action string, err error) error {
+// in the host's audit trail (pkg/deploy's): who ran which action (audit:
+// the action and its arguments), and the error if it failed.
+func recordMaintenance(ctx context.Context, h *fleet.Host, audit []string, err error) error {
 	d, derr := deploy.New(h.DeployConfig())
 	if derr != nil {
 		return fmt.Errorf("audit trail: %w", derr)
 	}
 	defer func() { _ = d.Close() }()
-	e := deploy.AuditEntry{Action: deploy.AuditMaintenance, Args: []string{action}}
+	e := deploy.AuditEntry{Action: deploy.AuditMaintenance, Args: audit}
 	if err != nil {
 		e.Error = err.Error()
 	}

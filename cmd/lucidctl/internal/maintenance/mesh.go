@@ -60,7 +60,7 @@ by the controller.`,
 }
 
 func runRotateCA(ctx context.Context, opts *RotateCAOptions) error {
-	out, err := each(ctx, opts.Env, &opts.Flags, actionRotateCA, rotateCA)
+	out, err := each(ctx, opts.Env, &opts.Flags, []string{actionRotateCA}, rotateCA)
 	if out == nil {
 		return err
 	}

@@ -108,11 +108,12 @@ func runVoters(ctx context.Context, opts *VotersOptions) error {
 			return err
 		}
 	}
-	action := opts.action
-	if action == "" {
-		action = actionVotersList
+	// The trail names the node a change was for.
+	audit := []string{actionVotersList}
+	if opts.action != "" {
+		audit = []string{opts.action, opts.ID}
 	}
-	out, err := each(ctx, opts.Env, &opts.Flags, action, func(ctx context.Context, s *session) (*engineapi.ConsensusStatus, error) {
+	out, err := each(ctx, opts.Env, &opts.Flags, audit, func(ctx context.Context, s *session) (*engineapi.ConsensusStatus, error) {
 		switch opts.action {
 		case actionVoterAdd:
 			s.Say("sealing validator key of %s, then adding it as a voter at %s", opts.ID, opts.Address)
