@@ -424,6 +424,15 @@ func runFenceStatus(ctx context.Context, opts *FenceOptions) error {
 			return &cli.SilentError{Code: cli.ExitProblems}
 		}
 	}
+	// A host skipped as unreachable may be the fenced one: not knowing is
+	// no all-clear (as with status --target).
+	if len(out.Skipped) > 0 {
+		names := make([]string, len(out.Skipped))
+		for i, sk := range out.Skipped {
+			names[i] = sk.Host
+		}
+		return cli.Problems(fmt.Errorf("whether the engine of %s is fenced is not known: not reached", strings.Join(names, ", ")))
+	}
 	return nil
 }
 

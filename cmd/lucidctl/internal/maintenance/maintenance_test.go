@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -256,6 +257,34 @@ func TestMaintenanceThroughSSH(t *testing.T) {
 		if !strings.Contains(string(trail), want) {
 			t.Errorf("the audit trail lacks %s:\n%s", want, trail)
 		}
+	}
+
+	// fence status over a group with a Pi that is off: skipped, and not
+	// knowing whether its engine is fenced is no all-clear.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := ln.Addr().(*net.TCPAddr).Port
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	yml, err := os.ReadFile(filepath.Join(dir, "lucid.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	withGone := fmt.Sprintf("%s  gone:\n    host: 127.0.0.1\n    port: %d\n    user: %s\n    dir: %s\ngroups:\n  both: [pi, gone]\n",
+		yml, gone, p.sshd.User, filepath.Join(dir, "gone"))
+	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), []byte(withGone), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ssh := []string{"--port-offset", strconv.Itoa(p.offset), "-i", p.sshd.ClientKey, "--known-hosts", p.sshd.KnownHosts, "--no-agent"}
+	r = p.lucidctl(append([]string{"maintenance", "fence", "status", "--target", "both", "--skip-unreachable"}, ssh...)...)
+	if r.code != 3 || !strings.Contains(r.out, "pi: not fenced") || !strings.Contains(r.errOut, "whether the engine of gone is fenced is not known") {
+		t.Errorf("fence status with a host skipped: exit %d\n%s%s", r.code, r.out, r.errOut)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "lucid.yaml"), yml, 0o600); err != nil {
+		t.Fatal(err)
 	}
 
 	// rotate-ca: the new root is in the authenticated bundle beside the
