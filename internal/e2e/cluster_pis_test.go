@@ -160,8 +160,9 @@ func hasEvent(events, target, step, status string) bool {
 // clusterStatus is what the test reads of `lucidctl status --json`.
 type clusterStatus struct {
 	Hosts []struct {
-		Target  string
-		Healthy bool
+		Target     string
+		Healthy    bool
+		DeployLock *struct{ User, Host string } `json:"deploy_lock"`
 	}
 	Cluster *struct {
 		Voters []struct {
@@ -643,7 +644,42 @@ func TestClusterOnThreePis(t *testing.T) {
 	if t.Failed() {
 		return
 	}
+	t.Run("another operator holds a host", func(t *testing.T) { anotherOperatorHoldsAHost(t, c) })
 	t.Run("faults under load", func(t *testing.T) { faultsUnderLoad(t, c) })
+}
+
+// anotherOperatorHoldsAHost: while another operator's command (another
+// laptop's deploy) holds pi3's deploy lock, pi3's engine may go down at
+// any moment, so a restart of pi2's engine is refused before anything
+// stops, naming that lock; status shows who holds it.
+func anotherOperatorHoldsAHost(t *testing.T, c *piCluster) {
+	ctx := context.Background()
+	pi2, pi3 := c.pis[1], c.pis[2]
+	since := time.Now().UTC().Truncate(time.Second)
+	lock := fmt.Sprintf(`{"host":"laptop2","pid":4242,"user":"bob","since":%q,"expires":%q,"ttl_seconds":1800,"nonce":"e2e"}`,
+		since.Format(time.RFC3339), since.Add(30*time.Minute).Format(time.RFC3339))
+	if out, err := pi3.Exec(ctx, "sh", "-c", `printf '%s\n' "$1" > /srv/lucid/.deploy.lock`, "plant", lock); err != nil {
+		t.Fatalf("plant the lock: %v %s", err, out)
+	}
+	defer func() {
+		if out, err := pi3.Exec(ctx, "rm", "-f", "/srv/lucid/.deploy.lock"); err != nil {
+			t.Errorf("remove the lock: %v %s", err, out)
+		}
+	}()
+	st, raw, _ := c.status(t)
+	var lockOf3 string
+	for _, h := range st.Hosts {
+		if h.Target == pi3.Name && h.DeployLock != nil {
+			lockOf3 = h.DeployLock.User + "@" + h.DeployLock.Host
+		}
+	}
+	if lockOf3 != "bob@laptop2" {
+		t.Errorf("status does not show pi3's lock:\n%s", raw)
+	}
+	_, errOut, code := c.p.lucidctl(t, append([]string{"restart", "--target", pi2.Name, "engine"}, c.ssh...)...)
+	if code == 0 || !strings.Contains(errOut, "its host's deploy lock is held by bob@laptop2 (pid 4242)") || !strings.Contains(errOut, "nothing was changed on "+pi2.Name) {
+		t.Errorf("restart of pi2's engine beside pi3's held lock: exit %d\n%s", code, errOut)
+	}
 }
 
 // healthyCluster waits until `lucidctl status --target home` says the

@@ -114,3 +114,45 @@ func TestALongAuditLogIsReadFromItsEnd(t *testing.T) {
 		t.Fatalf("%d entries, %v; want the newest last, and no broken line", len(entries), err)
 	}
 }
+
+// TestTheDeployLockIsInTheStatus: a host's status names who holds its
+// deploy lock; a lock left to expire is none, and a file that holds no
+// lock is said unknown.
+func TestTheDeployLockIsInTheStatus(t *testing.T) {
+	f, file := lockFixture(t)
+	if err := os.MkdirAll(f.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{Name: "pi1", SSH: f.dial(t), Dir: f.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	facts := func() *HostStatus {
+		t.Helper()
+		st := &HostStatus{Unknown: map[string]string{}}
+		d.hostFacts(context.Background(), st, func(fig string, err error) { st.Unknown[fig] = err.Error() })
+		if st.Host.Disk == nil {
+			t.Fatalf("the host's figures were not read: %v", st.Unknown)
+		}
+		return st
+	}
+	if st := facts(); st.DeployLock != nil || st.Unknown[FigureDeployLock] != "" {
+		t.Errorf("no lock: %+v, %q", st.DeployLock, st.Unknown[FigureDeployLock])
+	}
+	since := time.Now().UTC().Truncate(time.Second)
+	plant(t, file, lockInfo{Host: "laptop2", PID: 4242, User: "bob", Since: since, Expires: since.Add(30 * time.Minute), TTL: 1800, Nonce: "n1"})
+	if st := facts(); st.DeployLock == nil || st.DeployLock.User != "bob" || st.DeployLock.Host != "laptop2" || st.DeployLock.PID != 4242 || !st.DeployLock.Since.Equal(since) {
+		t.Errorf("a held lock: %+v, %v", st.DeployLock, st.Unknown)
+	}
+	plantStale(t, file, 1)
+	if st := facts(); st.DeployLock != nil || st.Unknown[FigureDeployLock] != "" {
+		t.Errorf("an expired lock: %+v, %q", st.DeployLock, st.Unknown[FigureDeployLock])
+	}
+	if err := os.WriteFile(file, []byte("not a lock\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if st := facts(); st.DeployLock != nil || !strings.Contains(st.Unknown[FigureDeployLock], "holds no lock") {
+		t.Errorf("a file that holds no lock: %+v, %q", st.DeployLock, st.Unknown[FigureDeployLock])
+	}
+}

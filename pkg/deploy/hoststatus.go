@@ -61,6 +61,10 @@ type HostStatus struct {
 	// Problems are what makes the host unhealthy, in words.
 	Problems []string `json:"problems"`
 	Healthy  bool     `json:"healthy"`
+	// DeployLock is who holds the host's deploy lock, while a deploy,
+	// rollback, restart, stop, prune or restore runs there; nil when it is
+	// free (or the lock left behind has expired).
+	DeployLock *DeployLock `json:"deploy_lock,omitempty"`
 	// StaleCredentials is set when the host's services refused the
 	// operator's credentials because its current release was rendered
 	// before per-host ones (deployfiles.OperatorHashes' Stale): the
@@ -77,6 +81,20 @@ type StaleCredentials struct {
 	// engine: a cluster host's target name, which its Raft state keeps;
 	// "" for a single Pi's release (its compose file names the engine).
 	EngineNode string `json:"engine_node,omitempty"`
+}
+
+// DeployLock is a live deploy lock: who took it, from where, and when it
+// expires unless renewed (by the holder's clock; the host judges it).
+type DeployLock struct {
+	User    string    `json:"user"`
+	Host    string    `json:"host"`
+	PID     int       `json:"pid"`
+	Since   time.Time `json:"since"`
+	Expires time.Time `json:"expires"`
+}
+
+func (l *DeployLock) String() string {
+	return fmt.Sprintf("%s@%s (pid %d) since %s", l.User, l.Host, l.PID, l.Since.Format(time.RFC3339))
 }
 
 // ServiceState is one container of the deployment, as its Docker Engine
@@ -184,6 +202,7 @@ const (
 	FigureMemory       = "memory"
 	FigureLoad         = "load"
 	FigureClock        = "clock_skew"
+	FigureDeployLock   = "deploy_lock"
 	FigureChainHeight  = "chain_height"
 	FigureNewestBlock  = "newest_block"
 	FigureRaftRole     = "raft_role"
@@ -379,20 +398,25 @@ func (d *Deployer) hostFacts(ctx context.Context, st *HostStatus, unknown func(s
 		st.Host.Docker = v.Version
 	}
 	const mark = "--lucid-status--"
+	// The lock last: its age by the host's clock ("-" if stat cannot
+	// say), then its content; nothing when there is none. It is only ever
+	// replaced by rename, so a read without its guard sees a whole one.
+	lock := sshx.Quote(h.lockPath())
 	cmd := `d=` + sshx.Quote(h.dir) + `; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; df -Pk "$d"; echo ` + mark +
-		`; cat /proc/meminfo; echo ` + mark + `; cat /proc/loadavg; echo ` + mark + `; date +%s.%N`
+		`; cat /proc/meminfo; echo ` + mark + `; cat /proc/loadavg; echo ` + mark + `; date +%s.%N; echo ` + mark +
+		`; if [ -e ` + lock + ` ]; then age=-; m=$(stat -c %Y -- ` + lock + ` 2>/dev/null) && age=$(( $(date +%s) - m )); echo "$age"; cat -- ` + lock + `; fi`
 	before := d.cfg.Now()
 	start := time.Now()
 	out, err := h.ssh.Run(ctx, cmd, nil)
 	mid := before.Add(time.Since(start) / 2)
 	if err != nil {
-		for _, f := range []string{FigureDisk, FigureMemory, FigureLoad, FigureClock} {
+		for _, f := range []string{FigureDisk, FigureMemory, FigureLoad, FigureClock, FigureDeployLock} {
 			unknown(f, err)
 		}
 		return
 	}
 	parts := strings.Split(string(out), mark+"\n")
-	for len(parts) < 4 {
+	for len(parts) < 5 {
 		parts = append(parts, "")
 	}
 	if disk, err := parseDF(parts[0]); err != nil {
@@ -417,6 +441,32 @@ func (d *Deployer) hostFacts(ctx context.Context, st *HostStatus, unknown func(s
 		skew = float64(int64(skew*1000)) / 1000
 		st.Host.ClockSkewSeconds = &skew
 	}
+	if l, err := parseDeployLock(parts[4]); err != nil {
+		unknown(FigureDeployLock, err)
+	} else {
+		st.DeployLock = l
+	}
+}
+
+// parseDeployLock reads what hostFacts printed of the lock file: nothing,
+// or its age and content. An expired lock is none.
+func parseDeployLock(out string) (*DeployLock, error) {
+	if strings.TrimSpace(out) == "" {
+		return nil, nil
+	}
+	ageText, raw, _ := strings.Cut(out, "\n")
+	var held lockInfo
+	if err := json.Unmarshal([]byte(strings.TrimSpace(raw)), &held); err != nil {
+		return nil, fmt.Errorf("the lock file holds no lock: %w", err)
+	}
+	age, ageErr := strconv.ParseInt(strings.TrimSpace(ageText), 10, 64)
+	if ageErr == nil && age < 0 {
+		ageErr = errors.New("written in the future by the host's clock")
+	}
+	if lockExpired(held, age, ageErr) {
+		return nil, nil
+	}
+	return &DeployLock{User: held.User, Host: held.Host, PID: held.PID, Since: held.Since, Expires: held.Expires}, nil
 }
 
 func parseDF(out string) (*Disk, error) {

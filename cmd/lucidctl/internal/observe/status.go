@@ -278,6 +278,15 @@ func printHost(w io.Writer, st *iostreams.Styles, h HostDoc, now time.Time) {
 		host = append(host, "clock "+u(deploy.FigureClock))
 	}
 	fmt.Fprintln(w, "host:       "+strings.Join(host, ", "))
+	// A held lock is a command running there now (or one that died and
+	// whose lock has yet to expire); a free one is not worth a line.
+	switch l := s.DeployLock; {
+	case l != nil:
+		fmt.Fprintf(w, "lock:       %s by %s (a deploy, rollback, restart, stop, prune or restore runs there; unless renewed it expires %s)\n",
+			st.Warning.Render("HELD"), l, l.Expires.Local().Format("2006-01-02 15:04"))
+	case !known(deploy.FigureDeployLock):
+		fmt.Fprintln(w, "lock:       "+u(deploy.FigureDeployLock))
+	}
 
 	r := s.Reports
 	var chain []string

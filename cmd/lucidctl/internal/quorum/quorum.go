@@ -39,6 +39,13 @@ var ErrLost = errors.New("would lose the Raft cluster's quorum")
 // nothing, and deploying may be what repairs it. When the host's engine
 // cannot be read the check cannot be made, and a warning says so. force
 // turns the refusal into a warning.
+//
+// A healthy voter whose host's deploy lock someone else holds does not
+// count either: that deploy, rollback or restart may take it down at any
+// moment. This is what keeps two operators (two laptops) from taking a
+// cluster's quorum down together, each under its own host's lock: each
+// takes its lock before it checks under it (deploy.Config.BeforeUp), so
+// of two at the same moment at least one sees the other's, and refuses.
 func Check(ctx context.Context, target string, r Readers, rep deploy.Reporter, force bool) error {
 	event := func(status deploy.EventStatus, msg string) {
 		rep.Event(deploy.Event{Time: time.Now(), Target: target, Step: deploy.StepQuorum, Status: status, Message: msg})
@@ -57,11 +64,18 @@ func Check(ctx context.Context, target string, r Readers, rep deploy.Reporter, f
 	if len(cs.Servers) <= 1 || !slices.ContainsFunc(cs.Servers, func(s engineapi.Server) bool { return s.ID == cs.NodeID && s.Voter }) {
 		return nil
 	}
-	c := deploy.ClusterOf(r.Group(ctx))
+	group := r.Group(ctx)
+	c := deploy.ClusterOf(group)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	var others, unhealthy []string
+	locked := map[string]*deploy.DeployLock{}
+	for _, h := range group {
+		if h.DeployLock != nil && h.Target != target { // its own is ours, under BeforeUp
+			locked[h.Target] = h.DeployLock
+		}
+	}
+	var others, unhealthy, busy []string
 	needed, voters := len(cs.Servers)/2+1, len(cs.Servers)
 	ownHealthy := false
 	if c != nil {
@@ -77,6 +91,8 @@ func Check(ctx context.Context, target string, r Readers, rep deploy.Reporter, f
 					// is must not go as if it were down already.
 					ownHealthy = cs.State == "leader" || cs.State == "follower"
 				}
+			case v.Healthy && locked[v.Target] != nil:
+				busy = append(busy, fmt.Sprintf("%s on %s (its host's deploy lock is held by %s)", v.ID, v.Target, locked[v.Target]))
 			case v.Healthy:
 				others = append(others, v.ID)
 			default:
@@ -103,13 +119,16 @@ func Check(ctx context.Context, target string, r Readers, rep deploy.Reporter, f
 	case len(unhealthy) > 0:
 		why += "; not healthy: " + strings.Join(unhealthy, ", ")
 	}
+	if len(busy) > 0 {
+		why += "; may be going down under another command: " + strings.Join(busy, ", ")
+	}
 	if force {
 		event(deploy.EventWarn, why+"; going on (--force-quorum): the chain produces no block until the quorum is back")
 		return nil
 	}
 	event(deploy.EventFail, why)
 	return cli.WithHint(fmt.Errorf("%s; nothing was changed on %s: %w", why, target, ErrLost),
-		"repair the voters named (lucidctl status --target GROUP shows the cluster; a voter no host read answered as needs its host reachable), then try again; --force-quorum takes the engine down anyway, and the chain stops until the quorum is back")
+		"repair the voters named, or wait for the command that holds a host's lock to end (lucidctl status --target GROUP shows the cluster and each host's lock; a voter no host read answered as needs its host reachable), then try again; --force-quorum takes the engine down anyway, and the chain stops until the quorum is back")
 }
 
 // ReadOwn reads the consensus status of host's engine.

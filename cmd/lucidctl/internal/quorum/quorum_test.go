@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/api/engineapi"
@@ -85,6 +86,28 @@ func TestCheckQuorum(t *testing.T) {
 		}
 		if len(events) != 1 || events[0].Status != deploy.EventWarn || !strings.Contains(events[0].Message, "--force-quorum") {
 			t.Errorf("forced: events %+v", events)
+		}
+	})
+	t.Run("another host locked", func(t *testing.T) {
+		// Another operator deploys pi3: its voter is healthy now, but
+		// may go down at any moment, so pi2 may not go too. Its own
+		// host's lock (this command's, under BeforeUp) is no concern.
+		since := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+		pi3 := voterOn("pi3", "n3", "follower", true)
+		pi3.DeployLock = &deploy.DeployLock{User: "bob", Host: "laptop2", PID: 4242, Since: since, Expires: since.Add(30 * time.Minute)}
+		pi2 := voterOn("pi2", "n2", "follower", true)
+		pi2.DeployLock = &deploy.DeployLock{User: "alice", Host: "laptop1", PID: 7, Since: since}
+		r, _ := quorumCase(n2, nil, voterOn("pi1", "n1", "leader", true), pi2, pi3)
+		err := Check(ctx, "pi2", r, rep, false)
+		if !errors.Is(err, ErrLost) || !strings.Contains(err.Error(), "n3 on pi3 (its host's deploy lock is held by bob@laptop2 (pid 4242) since 2026-12-07T10:00:00Z)") {
+			t.Fatalf("with pi3's lock held by another: %v", err)
+		}
+		if h := cli.Hint(err); !strings.Contains(h, "wait for the command that holds a host's lock") {
+			t.Errorf("hint %q", h)
+		}
+		pi3.DeployLock = nil
+		if err := Check(ctx, "pi2", r, rep, false); err != nil {
+			t.Errorf("with only its own host locked: %v", err)
 		}
 	})
 	t.Run("its own voter already down", func(t *testing.T) {
