@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path"
 	"slices"
 	"strconv"
@@ -92,6 +93,10 @@ type DeployLock struct {
 	Since   time.Time `json:"since"`
 	Expires time.Time `json:"expires"`
 }
+
+// Ours reports whether this process took the lock (one whose removal
+// failed, still on a host this process is done with).
+func (l *DeployLock) Ours() bool { return l.Host == localHost() && l.PID == os.Getpid() }
 
 func (l *DeployLock) String() string {
 	return fmt.Sprintf("%s@%s (pid %d) since %s", l.User, l.Host, l.PID, l.Since.Format(time.RFC3339))

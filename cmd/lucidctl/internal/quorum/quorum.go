@@ -71,7 +71,8 @@ func Check(ctx context.Context, target string, r Readers, rep deploy.Reporter, f
 	}
 	locked := map[string]*deploy.DeployLock{}
 	for _, h := range group {
-		if h.DeployLock != nil && h.Target != target { // its own is ours, under BeforeUp
+		// The target's own lock is this command's, under BeforeUp.
+		if h.DeployLock != nil && h.Target != target && !h.DeployLock.Ours() {
 			locked[h.Target] = h.DeployLock
 		}
 	}
