@@ -35,7 +35,8 @@ type CompactReport struct {
 // are group-committed like any Put), those of a previous key re-encrypted
 // with the current one, the index is pointed at them, and the old pack is
 // removed. An active pack holding records of a previous key is closed
-// first, so no copy under the old key stays behind. Reads go on
+// first, so no copy under the old key stays behind, and so is one of at
+// least a mebibyte that is more than half dead. Reads go on
 // throughout: a read that meets a pack removed under it looks the chunk up
 // again.
 func (s *Store) Compact(ctx context.Context) (*CompactReport, error) {
@@ -86,11 +87,19 @@ func (s *Store) Compact(ctx context.Context) (*CompactReport, error) {
 		}
 	}
 	s.mu.Lock()
-	wasActive := s.activeN
+	wasActive, activeSize := s.activeN, s.activeSz
 	s.mu.Unlock()
-	if stale[wasActive] {
+	switch {
+	case stale[wasActive]:
 		if err := s.closeActive(ctx); err != nil {
 			return nil, fmt.Errorf("close the active pack to re-encrypt it: %w", err)
+		}
+	case activeSize >= closeDeadActive && liveBytes[wasActive]*2 < activeSize:
+		// Mostly deleted records: without this they would wait for the
+		// pack to fill (a gigabyte, by default), and their owners' quota
+		// with them.
+		if err := s.closeActive(ctx); err != nil {
+			return nil, fmt.Errorf("close the active pack to compact it: %w", err)
 		}
 	}
 	entries, err := os.ReadDir(s.packDir())
@@ -265,6 +274,11 @@ func (s *Store) headerKey(loc Location) (uint32, bool, error) {
 	return 0, false, fmt.Errorf("pack %d at %d: %w: bad magic", loc.Pack, loc.Offset, ErrCorrupt)
 }
 
+// closeDeadActive is how big an active pack of mostly deleted records
+// must be for compaction to close and compact it: below it, reclaiming
+// is not worth a pack file.
+const closeDeadActive = 1 << 20
+
 // closeActive has the writer start a new active pack, so the one that
 // was active can be compacted.
 func (s *Store) closeActive(ctx context.Context) error {
@@ -347,6 +361,9 @@ func (s *Store) dropPack(n uint32) (bool, error) {
 	})
 	if err != nil || stillUsed {
 		return false, err
+	}
+	if err := s.reclaimed(n); err != nil {
+		return false, fmt.Errorf("give owners back pack %d's deleted records: %w", n, err)
 	}
 	s.readMu.Lock()
 	if f, ok := s.readers[n]; ok {

@@ -242,7 +242,7 @@ func (s *Store) init() error {
 	}
 	var packEnd int64
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketChunks, bucketSessions, bucketMembers, bucketRefs, bucketMeta, bucketDamaged} {
+		for _, b := range [][]byte{bucketChunks, bucketSessions, bucketMembers, bucketRefs, bucketMeta, bucketDamaged, bucketDeadRecords} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -481,7 +481,7 @@ func (s *Store) commit(batch []*writeReq) {
 	// held is true for the fresh chunks the index has (damaged ones);
 	// used is what each owner with a quota in the batch has stored.
 	held := map[string]bool{}
-	used := map[string]uint64{}
+	used := map[string]Usage{}
 	_ = s.db.View(func(tx *bolt.Tx) error {
 		chunks, damaged, usage := tx.Bucket(bucketChunks), tx.Bucket(bucketDamaged), tx.Bucket(bucketUsage)
 		for i, r := range batch {
@@ -495,7 +495,7 @@ func (s *Store) commit(batch []*writeReq) {
 				held[keys[i]] = c != nil
 			}
 			if _, ok := used[r.owner]; r.quota > 0 && !ok {
-				used[r.owner] = usageOf(usage, r.owner).Bytes
+				used[r.owner] = usageOf(usage, r.owner)
 			}
 		}
 		return nil
@@ -538,11 +538,13 @@ func (s *Store) commit(batch []*writeReq) {
 		}
 		n := uint64(len(header) + len(payload))
 		if r.quota > 0 && !held[key] {
-			if used[r.owner]+n > r.quota {
-				errs[i] = &QuotaError{Used: used[r.owner], Quota: r.quota, Record: n}
+			u := used[r.owner]
+			if !u.fits(n, r.quota) {
+				errs[i] = &QuotaError{Usage: u, Quota: r.quota, Record: n}
 				continue
 			}
-			used[r.owner] += n
+			u.Bytes += n
+			used[r.owner] = u
 		}
 		r.wrote = true
 		buf.Write(header)
@@ -570,11 +572,15 @@ func (s *Store) commit(batch []*writeReq) {
 		for key, loc := range locs {
 			k := []byte(key)
 			bytes, count := int64(loc.Length), int64(1)
-			if v := chunks.Get(k); len(v) == 16 { // a repair replaces its record
-				bytes, count = bytes-int64(decodeLocation(v).Length), 0
-			}
 			owner, _ := unscoped(key)
-			if err := changeUsage(tx, owner, bytes, count); err != nil {
+			if v := chunks.Get(k); len(v) == 16 { // a repair replaces its record
+				old := decodeLocation(v)
+				bytes, count = bytes-int64(old.Length), 0
+				if err := markDead(tx, owner, old); err != nil {
+					return err
+				}
+			}
+			if err := changeUsage(tx, owner, bytes, count, 0); err != nil {
 				return err
 			}
 			if err := chunks.Put(k, loc.encode()); err != nil {
@@ -595,7 +601,7 @@ func (s *Store) commit(batch []*writeReq) {
 						return err
 					}
 					// Re-encrypting an old record may change its length.
-					if err := changeUsage(tx, r.owner, int64(to.Length)-int64(r.from.Length), 0); err != nil {
+					if err := changeUsage(tx, r.owner, int64(to.Length)-int64(r.from.Length), 0, 0); err != nil {
 						return err
 					}
 				}

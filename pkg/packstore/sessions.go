@@ -235,7 +235,10 @@ func (s *Store) Delete(owner, id string) error {
 		if err := tx.Bucket(bucketDamaged).Delete(key); err != nil {
 			return err
 		}
-		if err := changeUsage(tx, owner, -int64(loc.Length), -1); err != nil {
+		if err := changeUsage(tx, owner, -int64(loc.Length), -1, 0); err != nil {
+			return err
+		}
+		if err := markDead(tx, owner, loc); err != nil {
 			return err
 		}
 		return chunks.Delete(key)

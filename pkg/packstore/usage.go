@@ -9,17 +9,34 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// bucketUsage keeps each owner's usage: owner → bytes(8) ‖ chunks(8). It
-// is kept in the same transactions that add and remove the owner's chunks,
-// so it is exact; a store from before it is counted once when opened.
-// Chunks stored before owners (the empty owner) are not counted.
-var bucketUsage = []byte("usage")
+// Each owner's usage is kept in the same transactions that add and remove
+// its chunks, so it is exact; a store from before it is counted once when
+// opened (its deleted records then count for nobody). Chunks stored before
+// owners (the empty owner) are not counted.
+var (
+	// bucketUsage: owner → bytes(8) ‖ chunks(8) ‖ dead bytes(8).
+	bucketUsage = []byte("usage")
+	// bucketDeadRecords: pack(4) ‖ owner → bytes(8), the owner's deleted
+	// (or replaced) records still in that pack, which compaction
+	// reclaims when it removes the pack.
+	bucketDeadRecords = []byte("dead_records")
+)
 
 // Usage is what one owner's chunks take: their records on disk (each a
-// few dozen bytes more than its data) and how many there are.
+// few dozen bytes more than its data) and how many there are, and the
+// records it deleted that still take room until compaction reclaims them.
 type Usage struct {
-	Bytes  uint64 `json:"bytes"`
-	Chunks uint64 `json:"chunks"`
+	Bytes     uint64 `json:"bytes"`
+	Chunks    uint64 `json:"chunks"`
+	DeadBytes uint64 `json:"dead_bytes"`
+}
+
+// fits reports whether a new record of n bytes fits quota: the owner's
+// chunks may take the quota, and with its deleted records compaction has
+// yet to reclaim, twice the quota. So deleting makes room at once, but
+// deleting and storing again cannot fill the disk between compactions.
+func (u Usage) fits(n, quota uint64) bool {
+	return u.Bytes+n <= quota && u.Bytes+u.DeadBytes+n <= 2*quota
 }
 
 // ErrQuota is wrapped by a *QuotaError.
@@ -27,13 +44,18 @@ var ErrQuota = errors.New("the owner's chunks would take more than its quota")
 
 // QuotaError refuses a new chunk that would take its owner past its quota.
 type QuotaError struct {
-	// Used is what the owner's chunks took when the chunk was refused,
-	// Quota what they may take, and Record what the chunk would add.
-	Used, Quota, Record uint64
+	// Usage is the owner's when the chunk was refused, Quota what its
+	// chunks may take, and Record what the chunk would add.
+	Usage
+	Quota, Record uint64
 }
 
+// Deleted reports whether the chunk would fit but for the owner's deleted
+// records that compaction has yet to reclaim.
+func (e *QuotaError) Deleted() bool { return e.Bytes+e.Record <= e.Quota }
+
 func (e *QuotaError) Error() string {
-	return fmt.Sprintf("%v: %d bytes stored, %d allowed, a new record of %d", ErrQuota, e.Used, e.Quota, e.Record)
+	return fmt.Sprintf("%v: %d bytes stored and %d deleted but not yet reclaimed, %d allowed, a new record of %d", ErrQuota, e.Bytes, e.DeadBytes, e.Quota, e.Record)
 }
 
 // Is makes errors.Is(err, ErrQuota) hold.
@@ -65,27 +87,80 @@ func usageOf(b *bolt.Bucket, owner string) Usage {
 		return Usage{}
 	}
 	v := b.Get([]byte(owner))
-	if len(v) != 16 {
+	if len(v) < 16 {
 		return Usage{}
 	}
-	return Usage{Bytes: binary.BigEndian.Uint64(v), Chunks: binary.BigEndian.Uint64(v[8:])}
+	u := Usage{Bytes: binary.BigEndian.Uint64(v), Chunks: binary.BigEndian.Uint64(v[8:])}
+	if len(v) >= 24 {
+		u.DeadBytes = binary.BigEndian.Uint64(v[16:])
+	}
+	return u
 }
 
-// changeUsage adds bytes and chunks (either may be negative) to owner's
-// usage in tx. An owner left with nothing is removed.
-func changeUsage(tx *bolt.Tx, owner string, bytes, chunks int64) error {
-	if owner == "" || (bytes == 0 && chunks == 0) {
+// changeUsage adds bytes, chunks and dead bytes (each may be negative) to
+// owner's usage in tx. An owner left with nothing is removed.
+func changeUsage(tx *bolt.Tx, owner string, bytes, chunks, dead int64) error {
+	if owner == "" || (bytes == 0 && chunks == 0 && dead == 0) {
 		return nil
 	}
 	b := tx.Bucket(bucketUsage)
 	u := usageOf(b, owner)
 	u.Bytes = uint64(max(int64(u.Bytes)+bytes, 0))
 	u.Chunks = uint64(max(int64(u.Chunks)+chunks, 0))
-	if u.Chunks == 0 {
+	u.DeadBytes = uint64(max(int64(u.DeadBytes)+dead, 0))
+	if u.Chunks == 0 && u.DeadBytes == 0 {
 		return b.Delete([]byte(owner))
 	}
-	v := binary.BigEndian.AppendUint64(make([]byte, 0, 16), u.Bytes)
-	return b.Put([]byte(owner), binary.BigEndian.AppendUint64(v, u.Chunks))
+	v := make([]byte, 0, 24)
+	v = binary.BigEndian.AppendUint64(v, u.Bytes)
+	v = binary.BigEndian.AppendUint64(v, u.Chunks)
+	return b.Put([]byte(owner), binary.BigEndian.AppendUint64(v, u.DeadBytes))
+}
+
+// markDead charges owner, in tx, for its record at loc, deleted or
+// replaced, until compaction removes loc's pack.
+func markDead(tx *bolt.Tx, owner string, loc Location) error {
+	if owner == "" {
+		return nil
+	}
+	if err := changeUsage(tx, owner, 0, 0, int64(loc.Length)); err != nil {
+		return err
+	}
+	b := tx.Bucket(bucketDeadRecords)
+	k := binary.BigEndian.AppendUint32(nil, loc.Pack)
+	k = append(k, owner...)
+	n := uint64(loc.Length)
+	if v := b.Get(k); len(v) == 8 {
+		n += binary.BigEndian.Uint64(v)
+	}
+	return b.Put(k, binary.BigEndian.AppendUint64(nil, n))
+}
+
+// reclaimed gives each owner back the deleted records it had in pack n,
+// which compaction is about to remove. Done before the removal: a crash
+// between them leaves a pack no record uses, which the next compaction
+// removes, rather than owners charged for a pack gone.
+func (s *Store) reclaimed(n uint32) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDeadRecords)
+		prefix := binary.BigEndian.AppendUint32(nil, n)
+		var keys [][]byte
+		c := b.Cursor()
+		for k, v := c.Seek(prefix); k != nil && len(k) > 4 && [4]byte(k) == [4]byte(prefix); k, v = c.Next() {
+			if len(v) == 8 {
+				if err := changeUsage(tx, string(k[4:]), 0, 0, -int64(binary.BigEndian.Uint64(v))); err != nil {
+					return err
+				}
+			}
+			keys = append(keys, append([]byte(nil), k...)) // deleting under a cursor can skip keys
+		}
+		for _, k := range keys {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // countUsage creates the usage bucket of a store that has none, from the
@@ -113,7 +188,7 @@ func countUsage(tx *bolt.Tx) error {
 		return err
 	}
 	for owner, u := range totals {
-		if err := changeUsage(tx, owner, int64(u.Bytes), int64(u.Chunks)); err != nil {
+		if err := changeUsage(tx, owner, int64(u.Bytes), int64(u.Chunks), 0); err != nil {
 			return err
 		}
 	}

@@ -1,7 +1,9 @@
 package packstore
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"path/filepath"
 	"sync"
@@ -13,11 +15,21 @@ import (
 // plainRecord is what a plain chunk of size bytes takes on disk.
 func plainRecord(size int) uint64 { return uint64(headerSize + size) }
 
-// countedUsage is owner's usage counted from the chunks the index holds.
+// countedUsage is owner's usage counted from the chunks the index holds
+// and the deleted records it keeps by pack.
 func countedUsage(t *testing.T, s *Store, owner string) Usage {
 	t.Helper()
 	var u Usage
 	err := s.db.View(func(tx *bolt.Tx) error {
+		err := tx.Bucket(bucketDeadRecords).ForEach(func(k, v []byte) error {
+			if string(k[4:]) == owner {
+				u.DeadBytes += binary.BigEndian.Uint64(v)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 		return tx.Bucket(bucketChunks).ForEach(func(k, v []byte) error {
 			if o, _ := unscoped(string(k)); o == owner {
 				u.Bytes += uint64(decodeLocation(v).Length)
@@ -64,7 +76,7 @@ func TestQuotaBoundsAnOwner(t *testing.T) {
 	before, _ := s.Stats()
 	_, _, err := s.AddWithin(ctx, owner, chunk(3, 4096), &Member{Session: "s", Index: 3}, quota)
 	var qe *QuotaError
-	if !errors.As(err, &qe) || !errors.Is(err, ErrQuota) || qe.Used != quota || qe.Quota != quota || qe.Record != plainRecord(4096) {
+	if !errors.As(err, &qe) || !errors.Is(err, ErrQuota) || qe.Bytes != quota || qe.Quota != quota || qe.Record != plainRecord(4096) || qe.Deleted() {
 		t.Fatalf("a chunk past the quota: %v", err)
 	}
 	after, _ := s.Stats()
@@ -84,7 +96,7 @@ func TestQuotaBoundsAnOwner(t *testing.T) {
 	if err := s.Delete(owner, ID(chunk(1, 4096))); err != nil {
 		t.Fatal(err)
 	}
-	if u := usageT(t, s, owner); u != (Usage{Bytes: 2 * plainRecord(4096), Chunks: 2}) {
+	if u := usageT(t, s, owner); u != (Usage{Bytes: 2 * plainRecord(4096), Chunks: 2, DeadBytes: plainRecord(4096)}) {
 		t.Fatalf("usage after a delete: %+v", u)
 	}
 	if _, _, err := s.AddWithin(ctx, owner, chunk(3, 4096), nil, quota); err != nil {
@@ -147,7 +159,8 @@ func TestQuotaLetsARepairIn(t *testing.T) {
 	if _, err := s.Get(owner, id); err != nil {
 		t.Fatalf("after the repair: %v", err)
 	}
-	if u := usageT(t, s, owner); u != (Usage{Bytes: plainRecord(3000), Chunks: 1}) {
+	// The damaged record it replaced takes room until compaction.
+	if u := usageT(t, s, owner); u != (Usage{Bytes: plainRecord(3000), Chunks: 1, DeadBytes: plainRecord(3000)}) {
 		t.Fatalf("usage after the repair: %+v", u)
 	}
 }
@@ -178,7 +191,10 @@ func TestUsageOfAStoreFromBefore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketUsage) }); err != nil {
+	err = db.Update(func(tx *bolt.Tx) error {
+		return errors.Join(tx.DeleteBucket(bucketUsage), tx.DeleteBucket(bucketDeadRecords))
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	closeT(t, db)
@@ -199,4 +215,84 @@ func TestUsageOfAStoreFromBefore(t *testing.T) {
 	}
 	usageT(t, s, owner)
 	usageT(t, s, "bob")
+}
+
+// TestDeletingCannotOutrunCompaction: deleting makes room for new chunks
+// at once, but what an owner deleted takes room until compaction
+// reclaims it, so storing and deleting in turn stops at twice the quota
+// on disk; compaction gives it back.
+func TestDeletingCannotOutrunCompaction(t *testing.T) {
+	// One record per pack, so that compaction can remove each.
+	s, err := Open(Options{Dir: t.TempDir(), MaxPackBytes: int64(plainRecord(2048))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeT(t, s)
+	ctx := context.Background()
+	quota := 2 * plainRecord(2048)
+	for i := range 4 {
+		id, _, err := s.AddWithin(ctx, owner, chunk(i, 2048), nil, quota)
+		if err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+		if err := s.Delete(owner, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if u := usageT(t, s, owner); u != (Usage{DeadBytes: 4 * plainRecord(2048)}) {
+		t.Fatalf("after four rounds: %+v", u)
+	}
+	_, _, err = s.AddWithin(ctx, owner, chunk(4, 2048), nil, quota)
+	var qe *QuotaError
+	if !errors.As(err, &qe) || !qe.Deleted() {
+		t.Fatalf("a fifth round with twice the quota deleted but not reclaimed: %v", err)
+	}
+	if _, err := s.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if u := usageT(t, s, owner); u.DeadBytes >= 4*plainRecord(2048) {
+		t.Fatalf("compaction gave nothing back: %+v", u)
+	}
+	if _, _, err := s.AddWithin(ctx, owner, chunk(4, 2048), nil, quota); err != nil {
+		t.Fatalf("after compaction: %v", err)
+	}
+}
+
+// TestCompactionClosesAMostlyDeletedActivePack: deleted records in the
+// active pack do not wait for it to fill (a gigabyte by default) to be
+// reclaimed, nor their owner's quota with them.
+func TestCompactionClosesAMostlyDeletedActivePack(t *testing.T) {
+	s := openT(t, t.TempDir(), nil)
+	defer closeT(t, s)
+	ctx := context.Background()
+	var ids []string
+	for i := range 40 { // 40 × 64 KiB: 2.5 MiB in the active pack
+		id, err := s.Put(ctx, owner, chunk(i, 64<<10), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	for _, id := range ids[:30] {
+		if err := s.Delete(owner, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, _ := s.Stats()
+	rep, err := s.Compact(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, _ := s.Stats()
+	if len(rep.Packs) != 1 || after.PackBytes >= before.PackBytes/2 {
+		t.Fatalf("compaction %+v: %d pack bytes, then %d", rep, before.PackBytes, after.PackBytes)
+	}
+	if u := usageT(t, s, owner); u != (Usage{Bytes: 10 * plainRecord(64<<10), Chunks: 10}) {
+		t.Fatalf("usage after compaction: %+v", u)
+	}
+	for i, id := range ids[30:] {
+		if got, err := s.Get(owner, id); err != nil || !bytes.Equal(got, chunk(30+i, 64<<10)) {
+			t.Fatalf("chunk %d after compaction: %v", 30+i, err)
+		}
+	}
 }

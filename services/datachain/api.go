@@ -141,9 +141,14 @@ func (a *api) put(w http.ResponseWriter, r *http.Request, p service.Principal) e
 	switch {
 	case errors.As(err, &qe):
 		a.app.overQuota.WithLabelValues(string(p.Tier)).Inc()
+		if qe.Deleted() {
+			return service.Errorf(http.StatusInsufficientStorage, CodeQuota,
+				"your chunks take %d of the %d bytes your tier may store here, but the %d bytes of chunks you deleted still take room until compaction reclaims them, and together they may take at most twice that: store this chunk after the next compaction (with each daily scrub), or ask the operator to compact now",
+				qe.Bytes, qe.Quota, qe.DeadBytes)
+		}
 		return service.Errorf(http.StatusInsufficientStorage, CodeQuota,
 			"your chunks take %d of the %d bytes your tier may store here, and this one would take %d more: delete chunks you no longer need (DELETE /api/v1/chunks/{id}), or ask the operator for a larger quota",
-			qe.Used, qe.Quota, qe.Record)
+			qe.Bytes, qe.Quota, qe.Record)
 	case errors.Is(err, packstore.ErrSealed):
 		return service.Errorf(http.StatusConflict, service.CodeConflict, "session %s is sealed; it takes no more chunks", sid)
 	case errors.Is(err, packstore.ErrIndexTaken):
