@@ -145,6 +145,27 @@ func TestTheDeployLockIsInTheStatus(t *testing.T) {
 	if st := facts(); st.DeployLock == nil || st.DeployLock.User != "bob" || st.DeployLock.Host != "laptop2" || st.DeployLock.PID != 4242 || !st.DeployLock.Since.Equal(since) {
 		t.Errorf("a held lock: %+v, %v", st.DeployLock, st.Unknown)
 	}
+	if st := facts(); st.DeployLock.Ours() || time.Until(st.DeployLock.Expires) < 29*time.Minute {
+		t.Errorf("another's lock written now, for 30 minutes: ours %v, expires %s", st.DeployLock.Ours(), st.DeployLock.Expires)
+	}
+	// Expired by the host's clock: its file is older than its TTL, whatever
+	// its expiry by the holder's clock says.
+	old := time.Now().Add(-31 * time.Minute)
+	if err := os.Chtimes(file, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if st := facts(); st.DeployLock != nil {
+		t.Errorf("a lock older than its TTL on the host: %+v", st.DeployLock)
+	}
+	// Written "in the future" (the host's clock stepped back since): judged
+	// by its expiry, which is to come.
+	future := time.Now().Add(time.Hour)
+	if err := os.Chtimes(file, future, future); err != nil {
+		t.Fatal(err)
+	}
+	if st := facts(); st.DeployLock == nil {
+		t.Errorf("a lock written in the future, its expiry to come: none")
+	}
 	plantStale(t, file, 1)
 	if st := facts(); st.DeployLock != nil || st.Unknown[FigureDeployLock] != "" {
 		t.Errorf("an expired lock: %+v, %q", st.DeployLock, st.Unknown[FigureDeployLock])
@@ -154,5 +175,32 @@ func TestTheDeployLockIsInTheStatus(t *testing.T) {
 	}
 	if st := facts(); st.DeployLock != nil || !strings.Contains(st.Unknown[FigureDeployLock], "holds no lock") {
 		t.Errorf("a file that holds no lock: %+v, %q", st.DeployLock, st.Unknown[FigureDeployLock])
+	}
+	// One that cannot be read is unknown, and costs the host's other
+	// figures nothing.
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(file, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if st := facts(); !strings.Contains(st.Unknown[FigureDeployLock], "could not be read") || st.Host.Memory == nil || st.Host.ClockSkewSeconds == nil {
+		t.Errorf("an unreadable lock: %q, %+v", st.Unknown[FigureDeployLock], st.Host)
+	}
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	// This process's own lock is known as its own; another with the same
+	// machine name and pid is not.
+	h := &host{name: "pi1", ssh: f.dial(t), dir: f.dir}
+	if err := h.lock(context.Background(), lockInfo{Host: localHost(), PID: os.Getpid(), User: "alice", Since: time.Now(), Expires: time.Now().Add(time.Hour)}, 0, func(string) {}); err != nil {
+		t.Fatal(err)
+	}
+	if st := facts(); st.DeployLock == nil || !st.DeployLock.Ours() {
+		t.Errorf("this process's lock: %+v", st.DeployLock)
+	}
+	plant(t, file, lockInfo{Host: localHost(), PID: os.Getpid(), User: "alice", Since: time.Now(), Expires: time.Now().Add(time.Hour), Nonce: "another"})
+	if st := facts(); st.DeployLock == nil || st.DeployLock.Ours() {
+		t.Errorf("a lock of the same machine name and pid, not taken here: %+v", st.DeployLock)
 	}
 }

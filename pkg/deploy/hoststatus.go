@@ -12,7 +12,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"path"
 	"slices"
 	"strconv"
@@ -65,7 +64,7 @@ type HostStatus struct {
 	// DeployLock is who holds the host's deploy lock, while a deploy,
 	// rollback, restart, stop, prune or restore runs there; nil when it is
 	// free (or the lock left behind has expired).
-	DeployLock *DeployLock `json:"deploy_lock,omitempty"`
+	DeployLock *LockHolder `json:"deploy_lock,omitempty"`
 	// StaleCredentials is set when the host's services refused the
 	// operator's credentials because its current release was rendered
 	// before per-host ones (deployfiles.OperatorHashes' Stale): the
@@ -84,21 +83,31 @@ type StaleCredentials struct {
 	EngineNode string `json:"engine_node,omitempty"`
 }
 
-// DeployLock is a live deploy lock: who took it, from where, and when it
-// expires unless renewed (by the holder's clock; the host judges it).
-type DeployLock struct {
+// LockHolder is a live deploy lock: who took it, from where, and when it
+// expires unless renewed, by this machine's clock (the host judges it by
+// its own, from the lock's age: Expires is that, moved to this clock).
+type LockHolder struct {
 	User    string    `json:"user"`
 	Host    string    `json:"host"`
 	PID     int       `json:"pid"`
 	Since   time.Time `json:"since"`
 	Expires time.Time `json:"expires"`
+	// nonce is the lock's own, to tell this process's locks.
+	nonce string
 }
 
 // Ours reports whether this process took the lock (one whose removal
-// failed, still on a host this process is done with).
-func (l *DeployLock) Ours() bool { return l.Host == localHost() && l.PID == os.Getpid() }
+// failed, still on a host this process is done with). Its nonce says so,
+// not its machine's name and pid, which another machine may share.
+func (l *LockHolder) Ours() bool {
+	_, ok := ownLocks.Load(l.nonce)
+	return l.nonce != "" && ok
+}
 
-func (l *DeployLock) String() string {
+// ownLocks holds the nonce of every lock this process took.
+var ownLocks sync.Map
+
+func (l *LockHolder) String() string {
 	return fmt.Sprintf("%s@%s (pid %d) since %s", l.User, l.Host, l.PID, l.Since.Format(time.RFC3339))
 }
 
@@ -405,11 +414,13 @@ func (d *Deployer) hostFacts(ctx context.Context, st *HostStatus, unknown func(s
 	const mark = "--lucid-status--"
 	// The lock last: its age by the host's clock ("-" if stat cannot
 	// say), then its content; nothing when there is none. It is only ever
-	// replaced by rename, so a read without its guard sees a whole one.
+	// replaced by rename, so a read without its guard sees a whole one. A
+	// read that fails (a lock released in between, a file that cannot be
+	// read) leaves the content empty, and fails no other figure.
 	lock := sshx.Quote(h.lockPath())
 	cmd := `d=` + sshx.Quote(h.dir) + `; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; df -Pk "$d"; echo ` + mark +
 		`; cat /proc/meminfo; echo ` + mark + `; cat /proc/loadavg; echo ` + mark + `; date +%s.%N; echo ` + mark +
-		`; if [ -e ` + lock + ` ]; then age=-; m=$(stat -c %Y -- ` + lock + ` 2>/dev/null) && age=$(( $(date +%s) - m )); echo "$age"; cat -- ` + lock + `; fi`
+		`; if [ -e ` + lock + ` ]; then age=-; m=$(stat -c %Y -- ` + lock + ` 2>/dev/null) && age=$(( $(date +%s) - m )); echo "$age"; cat -- ` + lock + ` 2>/dev/null; fi; true`
 	before := d.cfg.Now()
 	start := time.Now()
 	out, err := h.ssh.Run(ctx, cmd, nil)
@@ -446,22 +457,27 @@ func (d *Deployer) hostFacts(ctx context.Context, st *HostStatus, unknown func(s
 		skew = float64(int64(skew*1000)) / 1000
 		st.Host.ClockSkewSeconds = &skew
 	}
-	if l, err := parseDeployLock(parts[4]); err != nil {
+	if l, err := parseDeployLock(parts[4], mid); err != nil {
 		unknown(FigureDeployLock, err)
 	} else {
 		st.DeployLock = l
 	}
 }
 
-// parseDeployLock reads what hostFacts printed of the lock file: nothing,
-// or its age and content. An expired lock is none.
-func parseDeployLock(out string) (*DeployLock, error) {
+// parseDeployLock reads what hostFacts printed of the lock file at now
+// (this machine's clock): nothing, or its age and content. An expired
+// lock is none.
+func parseDeployLock(out string, now time.Time) (*LockHolder, error) {
 	if strings.TrimSpace(out) == "" {
 		return nil, nil
 	}
 	ageText, raw, _ := strings.Cut(out, "\n")
+	raw = strings.TrimSpace(raw)
+	if raw == "" {
+		return nil, errors.New("the lock file is there but could not be read")
+	}
 	var held lockInfo
-	if err := json.Unmarshal([]byte(strings.TrimSpace(raw)), &held); err != nil {
+	if err := json.Unmarshal([]byte(raw), &held); err != nil {
 		return nil, fmt.Errorf("the lock file holds no lock: %w", err)
 	}
 	age, ageErr := strconv.ParseInt(strings.TrimSpace(ageText), 10, 64)
@@ -471,7 +487,11 @@ func parseDeployLock(out string) (*DeployLock, error) {
 	if lockExpired(held, age, ageErr) {
 		return nil, nil
 	}
-	return &DeployLock{User: held.User, Host: held.Host, PID: held.PID, Since: held.Since, Expires: held.Expires}, nil
+	l := &LockHolder{User: held.User, Host: held.Host, PID: held.PID, Since: held.Since, Expires: held.Expires, nonce: held.Nonce}
+	if held.TTL > 0 && ageErr == nil {
+		l.Expires = now.Add(time.Duration(held.TTL-age) * time.Second).UTC()
+	}
+	return l, nil
 }
 
 func parseDF(out string) (*Disk, error) {

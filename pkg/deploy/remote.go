@@ -403,6 +403,7 @@ func (h *host) lock(ctx context.Context, me lockInfo, wait time.Duration, notify
 		}
 		if out == "taken\n" {
 			h.held = me
+			ownLocks.Store(me.Nonce, true)
 			return nil
 		}
 		rest, ok := strings.CutPrefix(out, "held\n")

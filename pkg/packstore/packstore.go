@@ -571,16 +571,16 @@ func (s *Store) commit(batch []*writeReq) {
 		chunks, meta := tx.Bucket(bucketChunks), tx.Bucket(bucketMeta)
 		for key, loc := range locs {
 			k := []byte(key)
-			bytes, count := int64(loc.Length), int64(1)
+			size, count := int64(loc.Length), int64(1)
 			owner, _ := unscoped(key)
 			if v := chunks.Get(k); len(v) == 16 { // a repair replaces its record
 				old := decodeLocation(v)
-				bytes, count = bytes-int64(old.Length), 0
+				size, count = size-int64(old.Length), 0
 				if err := markDead(tx, owner, old); err != nil {
 					return err
 				}
 			}
-			if err := changeUsage(tx, owner, bytes, count, 0); err != nil {
+			if err := changeUsage(tx, owner, size, count, 0); err != nil {
 				return err
 			}
 			if err := chunks.Put(k, loc.encode()); err != nil {

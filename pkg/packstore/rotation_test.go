@@ -237,9 +237,15 @@ func TestVersion1RecordsStillRead(t *testing.T) {
 	if u := usage(t, s); u[KeyIDString(mustID(t, keyA))] != 4 {
 		t.Fatalf("version 1 records are counted under A: %v", u)
 	}
+	before := usageT(t, s, "alice")
 	rep, err := s.Compact(ctx)
 	if err != nil || rep.ReencryptedChunks != 4 {
 		t.Fatalf("compact: %+v %v", rep, err)
+	}
+	// Re-encrypted as version 2 records, 4 bytes longer each: the owner's
+	// usage follows them.
+	if after := usageT(t, s, "alice"); after.Bytes != before.Bytes+4*4 {
+		t.Fatalf("alice's usage %+v before re-encryption, %+v after", before, after)
 	}
 	if !s.rekeying() {
 		t.Fatal("with A in the ring, compaction has to look")

@@ -10,9 +10,10 @@ import (
 )
 
 // Each owner's usage is kept in the same transactions that add and remove
-// its chunks, so it is exact; a store from before it is counted once when
-// opened (its deleted records then count for nobody). Chunks stored before
-// owners (the empty owner) are not counted.
+// its chunks, so it is exact, and counted afresh at every open (see
+// countUsage); deleted records of a store from before it count for
+// nobody. Chunks stored before owners (the empty owner) are neither
+// counted nor bounded.
 var (
 	// bucketUsage: owner → bytes(8) ‖ chunks(8) ‖ dead bytes(8).
 	bucketUsage = []byte("usage")
@@ -62,7 +63,7 @@ func (e *QuotaError) Error() string {
 func (e *QuotaError) Is(target error) bool { return target == ErrQuota }
 
 // AddWithin is Add for an owner whose chunks may take at most quota
-// bytes on disk (0: no bound). A new chunk that would take them past it
+// bytes on disk (0: no bound; the empty owner has none either). A new chunk that would take them past it
 // is refused with a *QuotaError, and nothing is written; a chunk the owner
 // has stored already is not new, so a retried upload, or the upload that
 // repairs a damaged chunk, is never refused. The check and the write are
@@ -97,15 +98,15 @@ func usageOf(b *bolt.Bucket, owner string) Usage {
 	return u
 }
 
-// changeUsage adds bytes, chunks and dead bytes (each may be negative) to
-// owner's usage in tx. An owner left with nothing is removed.
-func changeUsage(tx *bolt.Tx, owner string, bytes, chunks, dead int64) error {
-	if owner == "" || (bytes == 0 && chunks == 0 && dead == 0) {
+// changeUsage adds live bytes, chunks and dead bytes (each may be
+// negative) to owner's usage in tx. An owner left with nothing is removed.
+func changeUsage(tx *bolt.Tx, owner string, live, chunks, dead int64) error {
+	if owner == "" || (live == 0 && chunks == 0 && dead == 0) {
 		return nil
 	}
 	b := tx.Bucket(bucketUsage)
 	u := usageOf(b, owner)
-	u.Bytes = uint64(max(int64(u.Bytes)+bytes, 0))
+	u.Bytes = uint64(max(int64(u.Bytes)+live, 0))
 	u.Chunks = uint64(max(int64(u.Chunks)+chunks, 0))
 	u.DeadBytes = uint64(max(int64(u.DeadBytes)+dead, 0))
 	if u.Chunks == 0 && u.DeadBytes == 0 {
@@ -146,7 +147,7 @@ func (s *Store) reclaimed(n uint32) error {
 		prefix := binary.BigEndian.AppendUint32(nil, n)
 		var keys [][]byte
 		c := b.Cursor()
-		for k, v := c.Seek(prefix); k != nil && len(k) > 4 && [4]byte(k) == [4]byte(prefix); k, v = c.Next() {
+		for k, v := c.Seek(prefix); len(k) > 4 && [4]byte(k) == [4]byte(prefix); k, v = c.Next() {
 			if len(v) == 8 {
 				if err := changeUsage(tx, string(k[4:]), 0, 0, -int64(binary.BigEndian.Uint64(v))); err != nil {
 					return err
@@ -163,11 +164,17 @@ func (s *Store) reclaimed(n uint32) error {
 	})
 }
 
-// countUsage creates the usage bucket of a store that has none, from the
-// chunks it holds.
+// countUsage counts every owner's usage afresh, from the chunks the index
+// holds and the deleted records it keeps by pack. The store keeps it exact
+// as it goes, but runs at every open: a binary from before usage was kept
+// (a rollback) may have added and deleted chunks since, without counting.
+// A scan of the index's keys: 0.2 s for a million chunks on the 2-core
+// development machine, from the page cache.
 func countUsage(tx *bolt.Tx) error {
 	if tx.Bucket(bucketUsage) != nil {
-		return nil
+		if err := tx.DeleteBucket(bucketUsage); err != nil {
+			return err
+		}
 	}
 	if _, err := tx.CreateBucket(bucketUsage); err != nil {
 		return err
@@ -187,8 +194,19 @@ func countUsage(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
+	err = tx.Bucket(bucketDeadRecords).ForEach(func(k, v []byte) error {
+		if len(k) > 4 && len(v) == 8 {
+			u := totals[string(k[4:])]
+			u.DeadBytes += binary.BigEndian.Uint64(v)
+			totals[string(k[4:])] = u
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
 	for owner, u := range totals {
-		if err := changeUsage(tx, owner, int64(u.Bytes), int64(u.Chunks), 0); err != nil {
+		if err := changeUsage(tx, owner, int64(u.Bytes), int64(u.Chunks), int64(u.DeadBytes)); err != nil {
 			return err
 		}
 	}

@@ -484,8 +484,14 @@ func (cr *clusterRun) turn(ctx context.Context, name string, dry bool) (*cluster
 	return t, nil
 }
 
-// group is the quorum check's read of the cluster: the turn's own.
+// group is the quorum check's read of the cluster before the host's
+// lock: the turn's own.
 func (t *clusterTurn) group(context.Context) []*deploy.HostStatus { return t.view.read() }
+
+// reread is the quorum check's read under the host's lock: the cluster
+// read again, as it is now. The turn's read is from before the upload,
+// and before another operator took a host's lock.
+func (t *clusterTurn) reread(ctx context.Context) []*deploy.HostStatus { return t.cr.read(ctx).read() }
 
 // deploy runs the host's deploy with its part in the cluster: a join
 // beside it, or the bootstrap's confirmation after it.

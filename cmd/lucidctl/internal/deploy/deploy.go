@@ -23,6 +23,7 @@ import (
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/build"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
+	"github.com/pickme/lucid/cmd/lucidctl/internal/iostreams"
 	"github.com/pickme/lucid/cmd/lucidctl/internal/quorum"
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/deploy"
@@ -387,11 +388,15 @@ func runDeploy(ctx context.Context, opts *Options) error {
 				return withDone(err, done)
 			}
 			// Once more under the host's lock, right before its engine
-			// goes down: another voter may have gone meanwhile (the
-			// upload takes minutes), or another operator's deploy taken
-			// one down.
+			// goes down, with the cluster read again: another voter may
+			// have gone meanwhile (the upload takes minutes), or another
+			// operator's deploy taken one down or holds its host.
+			now := readers
+			if member != nil {
+				now.Group = member.reread
+			}
 			hostConfig.BeforeUp = func(ctx context.Context) error {
-				return quorum.Check(ctx, name, readers, p, opts.ForceQuorum)
+				return quorum.Check(ctx, name, now, p, opts.ForceQuorum)
 			}
 		}
 		deployHost := func(ctx context.Context) (*deploy.Result, error) {
@@ -729,7 +734,8 @@ func (p *textPrinter) Event(e deploy.Event) {
 		fmt.Fprintln(p.errOut)
 		p.midLine = false
 	}
-	fmt.Fprintf(p.errOut, "%-8s %-9s %-5s %s\n", e.Target, e.Step, e.Status, e.Message)
+	// A message may quote a host (a lock's holder, a container's error).
+	fmt.Fprintf(p.errOut, "%-8s %-9s %-5s %s\n", e.Target, e.Step, e.Status, iostreams.SafeText(e.Message))
 }
 
 // Deployed prints the plan of a dry run, or what a deploy sent.

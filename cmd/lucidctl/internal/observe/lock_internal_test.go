@@ -27,7 +27,7 @@ func TestStatusShowsAHeldLock(t *testing.T) {
 	if out := host(&deploy.HostStatus{}); strings.Contains(out, "lock:") {
 		t.Errorf("a free lock has a line:\n%s", out)
 	}
-	out := host(&deploy.HostStatus{DeployLock: &deploy.DeployLock{User: "bob", Host: "laptop2", PID: 4242, Since: since, Expires: since.Add(30 * time.Minute)}})
+	out := host(&deploy.HostStatus{DeployLock: &deploy.LockHolder{User: "bob", Host: "laptop2", PID: 4242, Since: since, Expires: since.Add(30 * time.Minute)}})
 	if !strings.Contains(out, "lock:       HELD by bob@laptop2 (pid 4242) since 2026-12-07T10:00:00Z") {
 		t.Errorf("a held lock:\n%s", out)
 	}

@@ -60,7 +60,8 @@ type eventPrinter struct {
 func (p *eventPrinter) Event(e deploy.Event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	fmt.Fprintf(p.w, "%-8s %-9s %-5s %s\n", e.Target, e.Step, e.Status, e.Message)
+	// A message may quote a host (a lock's holder, a container's error).
+	fmt.Fprintf(p.w, "%-8s %-9s %-5s %s\n", e.Target, e.Step, e.Status, iostreams.SafeText(e.Message))
 }
 
 var _ deploy.Reporter = (*eventPrinter)(nil)

@@ -69,11 +69,17 @@ func Check(ctx context.Context, target string, r Readers, rep deploy.Reporter, f
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	locked := map[string]*deploy.DeployLock{}
+	// Why each other host's voter may be going down under another
+	// command: its lock is held, or could not be read (not seeing is no
+	// all-clear). The target's own lock is this command's, under BeforeUp.
+	held := map[string]string{}
 	for _, h := range group {
-		// The target's own lock is this command's, under BeforeUp.
-		if h.DeployLock != nil && h.Target != target && !h.DeployLock.Ours() {
-			locked[h.Target] = h.DeployLock
+		switch {
+		case h.Target == target:
+		case h.DeployLock != nil && !h.DeployLock.Ours():
+			held[h.Target] = "its host's deploy lock is held by " + h.DeployLock.String()
+		case h.Unknown[deploy.FigureDeployLock] != "":
+			held[h.Target] = "its host's deploy lock could not be read: " + h.Unknown[deploy.FigureDeployLock]
 		}
 	}
 	var others, unhealthy, busy []string
@@ -92,8 +98,8 @@ func Check(ctx context.Context, target string, r Readers, rep deploy.Reporter, f
 					// is must not go as if it were down already.
 					ownHealthy = cs.State == "leader" || cs.State == "follower"
 				}
-			case v.Healthy && locked[v.Target] != nil:
-				busy = append(busy, fmt.Sprintf("%s on %s (its host's deploy lock is held by %s)", v.ID, v.Target, locked[v.Target]))
+			case v.Healthy && held[v.Target] != "":
+				busy = append(busy, fmt.Sprintf("%s on %s (%s)", v.ID, v.Target, held[v.Target]))
 			case v.Healthy:
 				others = append(others, v.ID)
 			default:
@@ -113,7 +119,11 @@ func Check(ctx context.Context, target string, r Readers, rep deploy.Reporter, f
 		event(deploy.EventOK, fmt.Sprintf("without its engine (voter %s), %d of %d voters stay healthy, %d needed", cs.NodeID, len(others), voters, needed))
 		return nil
 	}
-	why := fmt.Sprintf("taking %s down (its engine is voter %s) %v: %d other of %d voters healthy, %d needed", target, cs.NodeID, ErrLost, len(others), voters, needed)
+	healthy := "healthy"
+	if len(busy) > 0 {
+		healthy = "healthy and not under another command"
+	}
+	why := fmt.Sprintf("taking %s down (its engine is voter %s) %v: %d other of %d voters %s, %d needed", target, cs.NodeID, ErrLost, len(others), voters, healthy, needed)
 	switch {
 	case c == nil:
 		why += "; the cluster's other voters could not be read"

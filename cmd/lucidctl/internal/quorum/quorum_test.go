@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -95,9 +94,9 @@ func TestCheckQuorum(t *testing.T) {
 		// host's lock (this command's, under BeforeUp) is no concern.
 		since := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
 		pi3 := voterOn("pi3", "n3", "follower", true)
-		pi3.DeployLock = &deploy.DeployLock{User: "bob", Host: "laptop2", PID: 4242, Since: since, Expires: since.Add(30 * time.Minute)}
+		pi3.DeployLock = &deploy.LockHolder{User: "bob", Host: "laptop2", PID: 4242, Since: since, Expires: since.Add(30 * time.Minute)}
 		pi2 := voterOn("pi2", "n2", "follower", true)
-		pi2.DeployLock = &deploy.DeployLock{User: "alice", Host: "laptop1", PID: 7, Since: since}
+		pi2.DeployLock = &deploy.LockHolder{User: "alice", Host: "laptop1", PID: 7, Since: since}
 		r, _ := quorumCase(n2, nil, voterOn("pi1", "n1", "leader", true), pi2, pi3)
 		err := Check(ctx, "pi2", r, rep, false)
 		if !errors.Is(err, ErrLost) || !strings.Contains(err.Error(), "n3 on pi3 (its host's deploy lock is held by bob@laptop2 (pid 4242) since 2026-12-07T10:00:00Z)") {
@@ -106,17 +105,19 @@ func TestCheckQuorum(t *testing.T) {
 		if h := cli.Hint(err); !strings.Contains(h, "wait for the command that holds a host's lock") {
 			t.Errorf("hint %q", h)
 		}
+		if !strings.Contains(err.Error(), "1 other of 3 voters healthy and not under another command, 2 needed") {
+			t.Errorf("the count: %v", err)
+		}
 		pi3.DeployLock = nil
 		if err := Check(ctx, "pi2", r, rep, false); err != nil {
 			t.Errorf("with only its own host locked: %v", err)
 		}
-		// A lock of this very process (its removal failed on a host done
-		// with) holds nothing up.
-		host, _ := os.Hostname()
-		pi3.DeployLock = &deploy.DeployLock{User: "alice", Host: host, PID: os.Getpid(), Since: since}
-		if err := Check(ctx, "pi2", r, rep, false); err != nil {
-			t.Errorf("with this process's own lock left on pi3: %v", err)
+		// A lock that could not be read is no all-clear.
+		pi3.Unknown = map[string]string{deploy.FigureDeployLock: "the lock file holds no lock"}
+		if err := Check(ctx, "pi2", r, rep, false); !errors.Is(err, ErrLost) || !strings.Contains(err.Error(), "n3 on pi3 (its host's deploy lock could not be read: the lock file holds no lock)") {
+			t.Errorf("with pi3's lock unread: %v", err)
 		}
+		pi3.Unknown = nil
 	})
 	t.Run("its own voter already down", func(t *testing.T) {
 		r, _ := quorumCase(n2, nil, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "candidate", true), voterOn("pi3", "n3", "follower", false))

@@ -500,13 +500,16 @@ func mustMarshal(t *testing.T, routes []routetable.Route) string {
 // would fail the data chain five times over).
 func TestUpRefusesWeakSecret(t *testing.T) {
 	p := newProject(t, 20300)
-	for key, value := range map[string]string{"JWT_SECRET_KEY": "short", "ENCRYPTION_KEY": "shrt2"} {
+	for key, value := range map[string]string{"JWT_SECRET_KEY": "short", "ENCRYPTION_KEY": "shrt2", "ENCRYPTION_PREVIOUS_KEYS": "c2hydDM"} {
 		if err := os.WriteFile(filepath.Join(p.dir, "secrets.env"), []byte(key+"="+value+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		r := p.lucidctl(context.Background(), "up", "-d", "--lucid", lucidBin, "--port-offset", strconv.Itoa(p.offset))
 		if r.code != 1 || !strings.Contains(r.errOut, key+" from") || !strings.Contains(r.errOut, "is 5 bytes") {
 			t.Errorf("%s: exit %d, stderr %q", key, r.code, r.errOut)
+		}
+		if key == "ENCRYPTION_KEY" && strings.Contains(r.errOut, "generates a strong one") {
+			t.Errorf("the hint for ENCRYPTION_KEY promises what up does not do: %q", r.errOut)
 		}
 		if strings.Contains(r.errOut, value) {
 			t.Errorf("%s: the secret's value reached the error", key)

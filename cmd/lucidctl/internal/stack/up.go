@@ -21,6 +21,7 @@ import (
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/envfile"
+	"github.com/pickme/lucid/pkg/keyring"
 	"github.com/pickme/lucid/pkg/projectconfig"
 	"github.com/pickme/lucid/pkg/routetable"
 	"github.com/pickme/lucid/pkg/supervise"
@@ -202,6 +203,10 @@ func noteDiscovery(env *cli.Env, setting, consul string) {
 	}
 }
 
+// encryptionKey is the data chain's key at rest: a secret the stack can do
+// without.
+const encryptionKey = "ENCRYPTION_KEY"
+
 // upSecrets are the secrets a stack needs: the catalog's and each
 // service's credential (see catalog.Service.RequiredSecrets; with mTLS the
 // mesh controller always runs, so its mesh token is among them), the
@@ -260,20 +265,37 @@ func operatorValues(opts *UpOptions, cfg *projectconfig.Config, secrets []string
 		}
 	}
 	// A secret that is there but too weak would crash-loop its service;
-	// say so now, once. That holds for a secret the stack can do without
-	// (ENCRYPTION_KEY) when it is set.
-	for _, key := range deployfiles.Secrets {
-		v := values[key]
-		if v == "" && !slices.Contains(secrets, key) {
-			continue
-		}
-		from := path
+	// say so now, once: the secrets the stack needs, and the data chain's
+	// encryption keys, which it can do without but takes when set.
+	from := func(key string) string {
 		if opts.Env.Getenv(key) != "" {
-			from = "the environment"
+			return "the environment"
 		}
-		if key != deployfiles.ConsulTokenKey && len(v) < catalog.SecretMinLen {
-			return nil, cli.WithHint(fmt.Errorf("%s from %s is %d bytes; the stack needs at least %d", key, from, len(v), catalog.SecretMinLen),
-				"remove it from "+from+" and `lucidctl up` generates a strong one")
+		return path
+	}
+	for _, key := range secrets {
+		if v := values[key]; key != deployfiles.ConsulTokenKey && len(v) < catalog.SecretMinLen {
+			return nil, cli.WithHint(fmt.Errorf("%s from %s is %d bytes; the stack needs at least %d", key, from(key), len(v), catalog.SecretMinLen),
+				"remove it from "+from(key)+" and `lucidctl up` generates a strong one")
+		}
+	}
+	if v := values[encryptionKey]; v != "" && len(v) < catalog.SecretMinLen {
+		return nil, cli.WithHint(fmt.Errorf("%s from %s is %d bytes; the data chain needs at least %d", encryptionKey, from(encryptionKey), len(v), catalog.SecretMinLen),
+			"set one of at least 32 bytes (for example `openssl rand -base64 48`), or remove it to store chunks unencrypted")
+	}
+	if v := values[keyring.EncryptionPrevious]; v != "" {
+		previous, err := keyring.Parse(v)
+		if err == nil {
+			for i, e := range previous {
+				if len(e.Value) < catalog.SecretMinLen {
+					err = fmt.Errorf("entry %d is %d bytes; at least %d are required", i+1, len(e.Value), catalog.SecretMinLen)
+					break
+				}
+			}
+		}
+		if err != nil {
+			return nil, cli.WithHint(fmt.Errorf("%s from %s: %w", keyring.EncryptionPrevious, from(keyring.EncryptionPrevious), err),
+				"`lucidctl secrets rotate ENCRYPTION_KEY` writes it; mend or remove the entry")
 		}
 	}
 	if consul := values[deployfiles.ConsulTokenKey]; consul != "" {
