@@ -6,6 +6,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -314,5 +315,39 @@ func TestReceiptFromAnotherChain(t *testing.T) {
 	}
 	if _, err := chain.VerifyReceipt(data, c.Verifiers(), chain.Origin(chaintest.ChainID)); err != nil {
 		t.Errorf("receipt of this chain: %v", err)
+	}
+}
+
+// TestAnAuditHoldsOnlyTheBorder: auditing a chain keeps the transaction
+// log's right border, not a node per transaction, so an audit anyone may
+// ask of the block manager costs memory by the log's depth, not its size.
+func TestAnAuditHoldsOnlyTheBorder(t *testing.T) {
+	c := chaintest.New()
+	for b := range 20 {
+		txs := make([]*chain.Transaction, 5000)
+		for i := range txs {
+			txs[i] = chaintest.Anchor(b*5000 + i)
+		}
+		c.Append(txs...)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	a := chain.NewAuditor(chain.Origin(chaintest.ChainID), nil)
+	for _, b := range c.Blocks {
+		if err := a.Next(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(a)
+	runtime.KeepAlive(c) // the chain built, and its own tree, stay what they were
+	if a.Txs != 100_001 {
+		t.Fatalf("audited %d transactions", a.Txs)
+	}
+	// A node per transaction would be over 10 MiB here.
+	if grown := int64(after.HeapAlloc) - int64(before.HeapAlloc); grown > 1<<20 {
+		t.Errorf("the audit of 100,001 transactions holds %d bytes", grown)
 	}
 }
