@@ -102,12 +102,19 @@ func Do(ctx context.Context, hc *http.Client, r Request, out any) error {
 		_, _ = io.Copy(io.Discard, resp.Body)
 		return nil
 	case *[]byte:
-		*v, err = io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+		*v, err = io.ReadAll(io.LimitReader(resp.Body, MaxRawAnswer+1))
+		if err == nil && len(*v) > MaxRawAnswer {
+			*v, err = nil, fmt.Errorf("%s %s: the answer is over %d MiB", r.Method, r.URL, MaxRawAnswer>>20)
+		}
 		return err
 	default:
 		return json.NewDecoder(resp.Body).Decode(out)
 	}
 }
+
+// MaxRawAnswer bounds an answer read whole as bytes: a block, the largest
+// (its transactions are at most 32 MiB), with room for its encoding.
+const MaxRawAnswer = 48 << 20
 
 // WithBearer returns a transport that sends token as the bearer credential
 // of every request (through the gateway, say), on top of base (nil: the

@@ -47,3 +47,27 @@ func TestBearerStaysWithItsHost(t *testing.T) {
 		t.Errorf("a redirect on the same host carried Authorization %q, want the token", got)
 	}
 }
+
+// TestABlockAnswerIsReadWhole: an answer read as bytes may be as long as
+// the largest block (32 MiB of transactions), not cut short at 16 MiB
+// into something that fails to decode; a longer one is an error that
+// says so.
+func TestABlockAnswerIsReadWhole(t *testing.T) {
+	size := 0
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write(make([]byte, size))
+	}))
+	defer hs.Close()
+	for _, n := range []int{33 << 20, MaxRawAnswer} {
+		size = n
+		var raw []byte
+		if err := Do(t.Context(), hs.Client(), Request{Method: http.MethodGet, URL: hs.URL}, &raw); err != nil || len(raw) != n {
+			t.Errorf("an answer of %d bytes: %d read, %v", n, len(raw), err)
+		}
+	}
+	size = MaxRawAnswer + 1
+	var raw []byte
+	if err := Do(t.Context(), hs.Client(), Request{Method: http.MethodGet, URL: hs.URL}, &raw); err == nil || raw != nil {
+		t.Errorf("an answer over the bound: %d bytes, %v", len(raw), err)
+	}
+}

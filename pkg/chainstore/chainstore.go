@@ -340,6 +340,78 @@ func (s *Store) block(height uint64) (*chain.Block, error) {
 	return b, err
 }
 
+// RawBlock returns the stored encoding of the block at height: canonical
+// JSON, verified when it was stored, for a server to send as it is rather
+// than decode and encode again (a block is up to 32 MiB).
+func (s *Store) RawBlock(height uint64) ([]byte, error) {
+	var raw []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketBlocks).Get(u64(height))
+		if v == nil {
+			return ErrNotFound
+		}
+		raw = bytes.Clone(v)
+		return nil
+	})
+	return raw, err
+}
+
+// HeightOf returns the height of the block with hash.
+func (s *Store) HeightOf(hash string) (uint64, error) {
+	var height uint64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketHashes).Get([]byte(hash))
+		if v == nil {
+			return ErrNotFound
+		}
+		height = binary.BigEndian.Uint64(v)
+		return nil
+	})
+	return height, err
+}
+
+// Checkpoint returns the signed checkpoint of the block at height: what a
+// receipt of it carries, and its header, without the block.
+func (s *Store) Checkpoint(height uint64) ([]byte, error) {
+	var cp []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketHeaders).Get(u64(height))
+		if v == nil {
+			return ErrNotFound
+		}
+		cp = bytes.Clone(v)
+		return nil
+	})
+	return cp, err
+}
+
+// Headers calls fn with the header of each block from height from
+// (inclusive) up to to (inclusive), in order, until fn returns an error.
+// It reads the checkpoints, never the blocks.
+func (s *Store) Headers(from, to uint64, fn func(*chain.Header) error) error {
+	var cps [][]byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketHeaders).Cursor()
+		for k, v := c.Seek(u64(from)); k != nil && binary.BigEndian.Uint64(k) <= to; k, v = c.Next() {
+			cps = append(cps, bytes.Clone(v))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, cp := range cps {
+		h, err := (&chain.Block{Checkpoint: string(cp)}).Header()
+		if err != nil {
+			return err
+		}
+		if err := fn(h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // BlockByHash returns the block with hash.
 func (s *Store) BlockByHash(hash string) (*chain.Block, error) {
 	var height uint64

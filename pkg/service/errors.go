@@ -80,7 +80,7 @@ func writeErrorBody(w http.ResponseWriter, r *http.Request, he *HTTPError) {
 		w.Header().Set("Retry-After", strconv.Itoa(he.RetryAfter))
 	}
 	_, body := ErrorResponse(he, RequestID(r.Context()))
-	writeJSONBytes(w, he.Status, body)
+	WriteJSONBytes(w, he.Status, body)
 }
 
 // WriteJSON writes v as a JSON response with status. HTML escaping is off
@@ -93,8 +93,9 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	_ = enc.Encode(v) // the client went away; nothing to do
 }
 
-// writeJSONBytes writes an encoded JSON body with status.
-func writeJSONBytes(w http.ResponseWriter, status int, body []byte) {
+// WriteJSONBytes writes an encoded JSON body with status: a document
+// stored encoded (a block), sent as it is.
+func WriteJSONBytes(w http.ResponseWriter, status int, body []byte) {
 	jsonHeader(w, status)
 	_, _ = w.Write(body) // the client went away; nothing to do
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
@@ -41,9 +42,14 @@ type App struct {
 	head      uint64               // the engine's height, as last seen
 	chainID   string
 	vkeys     []string
-	accepted  prometheus.Counter
-	sealed    prometheus.Counter
-	refused   prometheus.Counter
+	// keysAt is when vkeys were read, by now (default time.Now);
+	// keysRead makes one read serve every request that wants them then.
+	keysAt   time.Time
+	keysRead singleflight.Group
+	now      func() time.Time
+	accepted prometheus.Counter
+	sealed   prometheus.Counter
+	refused  prometheus.Counter
 }
 
 var _ service.App = (*App)(nil)
@@ -261,25 +267,45 @@ type keysUnavailableError struct{ err error }
 
 func (e *keysUnavailableError) Error() string { return "validator keys unavailable: " + e.err.Error() }
 
+func (a *App) clock() time.Time {
+	if a.now != nil {
+		return a.now()
+	}
+	return time.Now()
+}
+
+// keysRefreshEvery bounds how often a signature by an unknown key makes
+// anchoring ask the engine for its validators again. Anyone may send a
+// receipt signed by a key of their own; a validator that joined within it
+// is still found, by the receipt's checkpoint (verifyInChain).
+const keysRefreshEvery = 5 * time.Second
+
 // chainKeys returns the chain's origin and validator keys from the engine,
-// cached; refresh asks again.
+// cached; refresh asks again, unless it was asked within keysRefreshEvery.
 func (a *App) chainKeys(ctx context.Context, refresh bool) (string, []string, error) {
 	a.mu.Lock()
-	if a.vkeys != nil && !refresh {
+	if a.vkeys != nil && (!refresh || a.clock().Sub(a.keysAt) < keysRefreshEvery) {
 		defer a.mu.Unlock()
 		return chain.Origin(a.chainID), a.vkeys, nil
 	}
 	a.mu.Unlock()
-	info, err := a.engine.Chain(ctx)
+	v, err, _ := a.keysRead.Do("keys", func() (any, error) {
+		info, err := a.engine.Chain(ctx)
+		if err != nil {
+			return nil, &keysUnavailableError{err}
+		}
+		if len(info.Validators) == 0 {
+			return nil, &keysUnavailableError{errors.New("the engine has no validators yet")}
+		}
+		a.mu.Lock()
+		a.vkeys, a.chainID, a.keysAt = info.Validators, info.ChainID, a.clock()
+		a.mu.Unlock()
+		return info, nil
+	})
 	if err != nil {
-		return "", nil, &keysUnavailableError{err}
+		return "", nil, err
 	}
-	if len(info.Validators) == 0 {
-		return "", nil, &keysUnavailableError{errors.New("the engine has no validators yet")}
-	}
-	a.mu.Lock()
-	a.vkeys, a.chainID = info.Validators, info.ChainID
-	a.mu.Unlock()
+	info := v.(*engineapi.ChainInfo)
 	return chain.Origin(info.ChainID), info.Validators, nil
 }
 
@@ -307,7 +333,8 @@ func (a *App) verifyReceipt(ctx context.Context, receipt []byte) (*chain.Verifie
 	return v, err
 }
 
-// verifyInChain holds a receipt against the chain's block at its height.
+// verifyInChain holds a receipt against the chain's block at its height:
+// its checkpoint only, a few hundred bytes, whatever the block's size.
 func (a *App) verifyInChain(ctx context.Context, receipt []byte) (*chain.VerifiedReceipt, error) {
 	height, err := chain.ReceiptHeight(receipt)
 	if err != nil {
@@ -317,7 +344,7 @@ func (a *App) verifyInChain(ctx context.Context, receipt []byte) (*chain.Verifie
 		// No block has height 0; the engine would refuse the question.
 		return nil, chain.ErrNotInChain
 	}
-	b, err := a.engine.Block(ctx, height)
+	cp, err := a.engine.Checkpoint(ctx, height)
 	switch {
 	case errors.Is(err, engineapi.ErrNotFound):
 		return nil, chain.ErrNotInChain
@@ -328,7 +355,7 @@ func (a *App) verifyInChain(ctx context.Context, receipt []byte) (*chain.Verifie
 	if err != nil {
 		return nil, err
 	}
-	return chain.VerifyReceiptInChain(receipt, b, origin)
+	return chain.VerifyReceiptAtCheckpoint(receipt, cp, origin)
 }
 
 func (a *App) verifyWith(ctx context.Context, receipt []byte, refresh bool) (*chain.VerifiedReceipt, error) {

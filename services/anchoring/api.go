@@ -127,8 +127,12 @@ type VerifyResult struct {
 // chain's validators.
 func (a *api) verify(w http.ResponseWriter, r *http.Request) error {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 256<<10))
-	if err != nil {
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
 		return service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge, "a receipt is at most 256 KiB")
+	case err != nil:
+		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "reading the body: %v", err)
 	}
 	if !strings.HasPrefix(string(body), "c2sp.org/tlog-proof@v1\n") {
 		return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "the body must be a receipt (c2sp.org/tlog-proof@v1)")

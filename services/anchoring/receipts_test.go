@@ -7,8 +7,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/pickme/lucid/pkg/api/engineapi"
 	"github.com/pickme/lucid/pkg/chain"
@@ -118,5 +120,54 @@ func TestVerifyHidesTheEngine(t *testing.T) {
 		if strings.Contains(string(body), s) {
 			t.Errorf("the answer shows %q: %s", s, body)
 		}
+	}
+}
+
+// TestAForgedReceiptCostsTheEngineLittle: anyone may send receipts signed
+// by a key of their own. A flood of them asks the engine for its
+// validators at most once per keysRefreshEvery, and for a checkpoint each,
+// never for a whole block (up to 32 MiB, decoded on both sides).
+func TestAForgedReceiptCostsTheEngineLittle(t *testing.T) {
+	c, _ := chaintest.HandedOver()
+	api := c.EngineAPI(c.Verifier)
+	var mu sync.Mutex
+	asks := map[string]int{}
+	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		what := r.URL.Path
+		if strings.HasPrefix(what, "/api/v1/blocks/") && !strings.HasPrefix(what, "/api/v1/blocks/checkpoint/") {
+			what = "block"
+		}
+		mu.Lock()
+		asks[what]++
+		mu.Unlock()
+		api.ServeHTTP(w, r)
+	}))
+	defer engine.Close()
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	a := &App{engine: engineapi.New(engine.URL, engine.Client()), now: func() time.Time { return now }}
+	ctx := t.Context()
+	if _, err := a.verifyReceipt(ctx, c.Receipt(4, 4).Marshal()); err != nil {
+		t.Fatal(err)
+	}
+	forged := chaintest.New()
+	for range 4 {
+		forged.Append(chaintest.Anchor(7))
+	}
+	for i := range 50 {
+		if _, err := a.verifyReceipt(ctx, forged.Receipt(1, 1+i%4).Marshal()); !errors.Is(err, chain.ErrSignature) {
+			t.Fatalf("forged receipt %d: %v", i, err)
+		}
+	}
+	if asks["/api/v1/chain"] != 1 || asks["block"] != 0 || asks["/api/v1/blocks/checkpoint/1"] == 0 {
+		t.Errorf("the engine was asked %v", asks)
+	}
+	// Past the interval, a signature by a key it does not know asks again,
+	// once.
+	now = now.Add(keysRefreshEvery)
+	for range 5 {
+		_, _ = a.verifyReceipt(ctx, forged.Receipt(1, 1).Marshal())
+	}
+	if asks["/api/v1/chain"] != 2 {
+		t.Errorf("after the interval, the validators were asked %d times in all", asks["/api/v1/chain"])
 	}
 }

@@ -168,8 +168,12 @@ func (a *api) txStatus(w http.ResponseWriter, r *http.Request) error {
 	switch {
 	case err == nil:
 		st.Status, st.Height, st.Index = engineapi.StatusSealed, loc.Height, &loc.Index
-		if b, err := a.node.store.Block(loc.Height); err == nil {
-			st.BlockHash = b.Hash
+		// The block's hash is its header's: read from its checkpoint,
+		// not from the whole block.
+		if cp, err := a.node.store.Checkpoint(loc.Height); err == nil {
+			if h, err := (&chain.Block{Checkpoint: string(cp)}).Header(); err == nil {
+				st.BlockHash = h.Hash()
+			}
 		}
 		st.Confirmations = a.node.store.Height() - loc.Height + 1
 	case a.node.mempool.has(id):

@@ -246,6 +246,16 @@ func (c *Client) Block(ctx context.Context, height uint64) (*chain.Block, error)
 	return chain.DecodeBlock(raw)
 }
 
+// Checkpoint returns the signed checkpoint of the block at height: its
+// header, without its transactions.
+func (c *Client) Checkpoint(ctx context.Context, height uint64) ([]byte, error) {
+	var raw []byte
+	if err := c.do(ctx, http.MethodGet, "/api/v1/blocks/checkpoint/"+strconv.FormatUint(height, 10), nil, &raw); err != nil {
+		return nil, err
+	}
+	return raw, nil
+}
+
 // LatestBlock returns the newest block: the engine's, or a block
 // manager's, which serves the same path.
 func (c *Client) LatestBlock(ctx context.Context) (*chain.Block, error) {

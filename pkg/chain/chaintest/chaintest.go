@@ -200,6 +200,10 @@ func (c *Chain) EngineAPI(validators ...string) http.Handler {
 				_, _ = w.Write(enc)
 				return
 			}
+			if r.URL.Path == "/api/v1/blocks/checkpoint/"+strconv.FormatUint(b.Height, 10) {
+				_, _ = w.Write([]byte(b.Checkpoint))
+				return
+			}
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusNotFound)
