@@ -147,7 +147,8 @@ var Services = []Service{
 		Port:      8085,
 		DependsOn: []string{"engine"},
 		Calls:     []string{"engine"},
-		Env:       []string{"BLOCKCHAIN_ENGINE_URL", "LUCID_ANCHOR_BATCH", "LUCID_ANCHOR_RESUBMIT"},
+		Env: []string{"BLOCKCHAIN_ENGINE_URL", "LUCID_ANCHOR_BATCH", "LUCID_ANCHOR_RESUBMIT",
+			"LUCID_ANCHORS_PER_DAY_FREE", "LUCID_ANCHORS_PER_DAY_PREMIUM", "LUCID_ANCHORS_PER_DAY_ENTERPRISE"},
 	},
 	{
 		Name:      "blocks",

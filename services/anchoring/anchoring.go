@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/pickme/lucid/pkg/api/engineapi"
+	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/envconfig"
 	"github.com/pickme/lucid/pkg/service"
@@ -47,9 +49,14 @@ type App struct {
 	keysAt   time.Time
 	keysRead singleflight.Group
 	now      func() time.Time
-	accepted prometheus.Counter
-	sealed   prometheus.Counter
-	refused  prometheus.Counter
+	// perDayOf bounds each user's new anchors a day, by tier
+	// (LUCID_ANCHORS_PER_DAY_<TIER>; 0: no bound): every anchor is kept
+	// on the chain for good, on every Pi.
+	perDayOf  map[auth.Tier]uint64
+	overDaily *prometheus.CounterVec
+	accepted  prometheus.Counter
+	sealed    prometheus.Counter
+	refused   prometheus.Counter
 }
 
 var _ service.App = (*App)(nil)
@@ -64,6 +71,28 @@ func (a *App) Configure(r *envconfig.Reader) {
 	a.engineURL = r.URLList("BLOCKCHAIN_ENGINE_URL", "http://127.0.0.1:8084")
 	a.batch = r.Int("LUCID_ANCHOR_BATCH", 1000, 1, 1000)
 	a.resubmitAfter = r.Duration("LUCID_ANCHOR_RESUBMIT", 15*time.Second, time.Second, time.Hour)
+	a.perDayOf = map[auth.Tier]uint64{}
+	for _, d := range defaultPerDay {
+		a.perDayOf[d.tier] = uint64(r.Int("LUCID_ANCHORS_PER_DAY_"+strings.ToUpper(string(d.tier)), d.anchors, 0, 100_000_000))
+	}
+}
+
+// defaultPerDay are the new anchors a user may submit a day, by tier:
+// far more sessions than a person records, far fewer than a script
+// could fill the chain with (a free token's rate limit alone lets 144,000
+// a day through).
+var defaultPerDay = []struct {
+	tier    auth.Tier
+	anchors int
+}{{auth.TierFree, 1_000}, {auth.TierPremium, 20_000}, {auth.TierEnterprise, 0}}
+
+// perDay is p's bound on new anchors a day; a principal of no known tier
+// gets the free tier's.
+func (a *App) perDay(p service.Principal) uint64 {
+	if n, ok := a.perDayOf[p.Tier]; ok {
+		return n
+	}
+	return a.perDayOf[auth.TierFree]
 }
 
 // Provision opens the queue and starts the submitter and the follower.
@@ -76,6 +105,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 	a.logger = srv.Logger()
 	a.kick = make(chan struct{}, 1)
 	a.submitted = map[string]time.Time{}
+	a.overDaily = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lucid_anchoring_daily_limit_refusals_total", Help: "New anchors refused because their owner had submitted as many as its tier allows a day."}, []string{"tier"})
 	a.accepted = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_anchoring_accepted_total", Help: "Anchors accepted (durably queued)."})
 	a.sealed = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_anchoring_sealed_total", Help: "Anchors seen sealed in a block."})
 	a.refused = prometheus.NewCounter(prometheus.CounterOpts{Name: "lucid_anchoring_refused_total", Help: "Anchors the engine refused for good (their status says why)."})
@@ -89,7 +119,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 			}
 			return float64(t.UnixNano()) / 1e9
 		})
-	srv.Registerer().MustRegister(a.accepted, a.sealed, a.refused, pending, oldest)
+	srv.Registerer().MustRegister(a.accepted, a.sealed, a.refused, a.overDaily, pending, oldest)
 	srv.AddCheck("engine", func(ctx context.Context) error {
 		_, err := a.engine.Chain(ctx)
 		return err

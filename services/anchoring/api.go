@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -57,9 +58,19 @@ func (a *api) create(w http.ResponseWriter, r *http.Request, p service.Principal
 		return err
 	}
 	rec := &record{Owner: p.Subject, SessionID: m.SessionID, TxID: chain.TxID(canon), Tx: canon, Status: statusPending, CreatedAt: time.Now().UTC()}
-	existing, created, err := a.app.store.accept(rec)
-	if errors.Is(err, errConflict) {
+	existing, created, err := a.app.store.accept(rec, a.app.perDay(p))
+	var daily *dailyLimitError
+	switch {
+	case errors.Is(err, errConflict):
 		return service.Errorf(http.StatusConflict, service.CodeConflict, "session %s is already anchored with another manifest (transaction %s)", m.SessionID, existing.TxID)
+	case errors.As(err, &daily):
+		// Every anchor stays on the chain for good, on every Pi: a day's
+		// are bounded per user, and the refusal says until when.
+		a.app.overDaily.WithLabelValues(string(p.Tier)).Inc()
+		midnight := rec.CreatedAt.Truncate(24 * time.Hour).Add(24 * time.Hour)
+		w.Header().Set("Retry-After", strconv.Itoa(int(midnight.Sub(rec.CreatedAt).Seconds())+1))
+		return service.Errorf(http.StatusTooManyRequests, service.CodeRateLimit,
+			"%d new anchors a day is what your tier may submit here, and today's are used; submit again after %s (the same anchor again is always answered)", daily.limit, midnight.Format(time.RFC3339))
 	}
 	if err != nil {
 		return err

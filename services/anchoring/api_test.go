@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -42,5 +43,42 @@ func TestPaddedTimeIsRefused(t *testing.T) {
 	body, _ = json.Marshal(m)
 	if code, resp := post(body); code != http.StatusAccepted {
 		t.Fatalf("the corrected manifest: %d %s, want 202", code, resp)
+	}
+}
+
+// TestAUsersAnchorsADayAreBounded: past its tier's anchors of a day, a
+// user's new anchor gets 429 with Retry-After until midnight UTC and a
+// message that says so; the refusal is counted.
+func TestAUsersAnchorsADayAreBounded(t *testing.T) {
+	hs := startAnchoringWith(t, map[string]string{"LUCID_ANCHORS_PER_DAY_FREE": "2"})
+	alice := servicetest.User("alice@example.org")
+	for i := range 3 {
+		m := chaintest.Anchor(i).Anchor
+		m.Owner = ""
+		body, _ := json.Marshal(m)
+		resp, err := alice.Post(hs.URL+"/api/v1/anchors", "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		text, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch {
+		case i < 2 && resp.StatusCode != http.StatusAccepted:
+			t.Fatalf("anchor %d: %d %s", i, resp.StatusCode, text)
+		case i == 2:
+			retry, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
+			if resp.StatusCode != http.StatusTooManyRequests || retry < 1 || retry > 86400 || !strings.Contains(string(text), "2 new anchors a day is what your tier may submit here") {
+				t.Errorf("a third anchor the same day: %d, Retry-After %q: %s", resp.StatusCode, resp.Header.Get("Retry-After"), text)
+			}
+		}
+	}
+	resp, err := servicetest.Operator().Get(hs.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), `lucid_anchoring_daily_limit_refusals_total{tier="free"} 1`) {
+		t.Errorf("the refusal is not counted")
 	}
 }

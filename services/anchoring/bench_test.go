@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -24,11 +25,22 @@ import (
 
 func startAnchoring(tb testing.TB) *httptest.Server {
 	tb.Helper()
+	return startAnchoringWith(tb, nil)
+}
+
+// startAnchoringWith is startAnchoring with env on top of its own.
+func startAnchoringWith(tb testing.TB, env map[string]string) *httptest.Server {
+	tb.Helper()
 	app := New().(*App)
 	// No engine: this measures durable acceptance alone; the submitter
 	// backs off quietly.
-	r := envconfig.New(envconfig.Map(map[string]string{"BLOCKCHAIN_ENGINE_URL": "http://127.0.0.1:1"}))
+	vars := map[string]string{"BLOCKCHAIN_ENGINE_URL": "http://127.0.0.1:1"}
+	maps.Copy(vars, env)
+	r := envconfig.New(envconfig.Map(vars))
 	app.Configure(r)
+	if err := r.Err(); err != nil {
+		tb.Fatal(err)
+	}
 	srv := service.New(servicetest.Config("anchoring", tb.TempDir()), slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := app.Provision(ctx, srv); err != nil {

@@ -16,7 +16,7 @@ func TestSnapshotOfTheQueue(t *testing.T) {
 	defer closeStore(t, s)
 	for _, id := range []string{"t1", "t2", "t3"} {
 		rec := &record{Owner: "alice", SessionID: "s-" + id, TxID: id, Tx: []byte(`{"type":"session_anchor"}`), Status: statusPending, CreatedAt: time.Now()}
-		if _, _, err := s.accept(rec); err != nil {
+		if _, _, err := s.accept(rec, 0); err != nil {
 			t.Fatal(err)
 		}
 	}

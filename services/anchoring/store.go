@@ -1,6 +1,7 @@
 package anchoring
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -19,8 +20,12 @@ var (
 	bucketAnchors = []byte("anchors") // owner ‖ 0 ‖ session id → record JSON
 	bucketPending = []byte("pending") // tx id → its key in anchors
 	bucketMeta    = []byte("meta")
-	keyFollowed   = []byte("followed") // height of the last block seen
-	keySchema     = []byte("schema")   // layout version, see migrate
+	// bucketDaily counts each owner's new anchors of a day: day(4, days
+	// since 1970-01-01 UTC) ‖ owner → count(8). Days before today are
+	// dropped as they pass.
+	bucketDaily = []byte("daily")
+	keyFollowed = []byte("followed") // height of the last block seen
+	keySchema   = []byte("schema")   // layout version, see migrate
 )
 
 // schema is the layout this code writes: 2 keys anchors by owner and
@@ -70,7 +75,7 @@ func openStore(path string) (*store, error) {
 	db.MaxBatchDelay = 2 * time.Millisecond
 	db.MaxBatchSize = 2000
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketAnchors, bucketPending, bucketMeta} {
+		for _, b := range [][]byte{bucketAnchors, bucketPending, bucketMeta, bucketDaily} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -151,11 +156,25 @@ func migrate(tx *bolt.Tx) error {
 
 func (s *store) close() error { return s.db.Close() }
 
+// dailyLimitError refuses a new anchor beyond its owner's anchors of a
+// day.
+type dailyLimitError struct{ limit uint64 }
+
+func (e *dailyLimitError) Error() string {
+	return fmt.Sprintf("%d new anchors today already, as many as a day allows", e.limit)
+}
+
+// dayOf numbers t's UTC day.
+func dayOf(t time.Time) uint32 { return uint32(t.Unix() / 86400) }
+
 // accept queues rec unless its owner's session is already anchored: the
 // same transaction again is the same anchor (created=false); another is a
-// conflict.
-func (s *store) accept(rec *record) (existing *record, created bool, err error) {
+// conflict. A new anchor is refused with a *dailyLimitError once its owner
+// has perDay new ones on rec's day (0: no bound); the same anchor again
+// counts nothing.
+func (s *store) accept(rec *record, perDay uint64) (existing *record, created bool, err error) {
 	key := anchorKey(rec.Owner, rec.SessionID)
+	day := dayOf(rec.CreatedAt)
 	err = s.db.Batch(func(tx *bolt.Tx) error {
 		existing, created = nil, false
 		anchors := tx.Bucket(bucketAnchors)
@@ -176,6 +195,9 @@ func (s *store) accept(rec *record) (existing *record, created bool, err error) 
 			// is not anchored: another may take its place (a seal
 			// again with corrected times), or it would be stuck.
 		}
+		if err := countToday(tx.Bucket(bucketDaily), day, rec.Owner, perDay); err != nil {
+			return err
+		}
 		enc, err := json.Marshal(rec)
 		if err != nil {
 			return err
@@ -187,6 +209,30 @@ func (s *store) accept(rec *record) (existing *record, created bool, err error) 
 		return tx.Bucket(bucketPending).Put([]byte(rec.TxID), key)
 	})
 	return existing, created, err
+}
+
+// countToday counts one more new anchor of owner's on day, refusing it
+// past perDay (0: counted, not bounded), and drops the days before.
+func countToday(b *bolt.Bucket, day uint32, owner string, perDay uint64) error {
+	var old [][]byte
+	c := b.Cursor()
+	for k, _ := c.First(); len(k) >= 4 && binary.BigEndian.Uint32(k) < day; k, _ = c.Next() {
+		old = append(old, bytes.Clone(k))
+	}
+	for _, k := range old { // deleting under a cursor can skip keys
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	k := append(binary.BigEndian.AppendUint32(nil, day), owner...)
+	var n uint64
+	if v := b.Get(k); len(v) == 8 {
+		n = binary.BigEndian.Uint64(v)
+	}
+	if perDay > 0 && n >= perDay {
+		return &dailyLimitError{limit: perDay}
+	}
+	return b.Put(k, binary.BigEndian.AppendUint64(nil, n+1))
 }
 
 // get returns owner's anchor of a session, nil if there is none.

@@ -27,24 +27,24 @@ func TestQueueSurvivesReopen(t *testing.T) {
 		t.Error("an empty queue has an oldest anchor")
 	}
 	rec := &record{Owner: "alice", SessionID: "s1", TxID: "t1", Tx: []byte(`{"type":"session_anchor"}`), Status: statusPending, CreatedAt: time.Now()}
-	if _, created, err := s.accept(rec); err != nil || !created {
+	if _, created, err := s.accept(rec, 0); err != nil || !created {
 		t.Fatalf("accept: %v %v", created, err)
 	}
 	if got := s.oldestPending(); !got.Equal(rec.CreatedAt) {
 		t.Errorf("oldest pending %s, want %s", got, rec.CreatedAt)
 	}
-	if _, created, err := s.accept(rec); err != nil || created {
+	if _, created, err := s.accept(rec, 0); err != nil || created {
 		t.Fatalf("same anchor again: created=%v %v", created, err)
 	}
 	other := *rec
 	other.TxID = "t2"
-	if _, _, err := s.accept(&other); !errors.Is(err, errConflict) {
+	if _, _, err := s.accept(&other, 0); !errors.Is(err, errConflict) {
 		t.Fatalf("conflicting anchor: %v", err)
 	}
 	// Sessions are per owner: mallory's s1 is hers, and alice's stays.
 	mallorys := other
 	mallorys.Owner = "mallory"
-	if _, created, err := s.accept(&mallorys); err != nil || !created {
+	if _, created, err := s.accept(&mallorys, 0); err != nil || !created {
 		t.Fatalf("another owner's anchor of the same session id: created=%v %v", created, err)
 	}
 	if got, _ := s.get("mallory", "s1"); got == nil || got.TxID != "t2" {
@@ -83,7 +83,7 @@ func TestRefusedLeavesTheQueueWithItsReason(t *testing.T) {
 	defer closeStore(t, s)
 	for i, id := range []string{"t1", "t2", "t3"} {
 		rec := &record{Owner: "alice", SessionID: fmt.Sprintf("s%d", i), TxID: id, Tx: []byte(`{}`), Status: statusPending}
-		if _, _, err := s.accept(rec); err != nil {
+		if _, _, err := s.accept(rec, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -101,7 +101,7 @@ func TestRefusedLeavesTheQueueWithItsReason(t *testing.T) {
 	// The session is not anchored: another manifest takes the refused
 	// one's place and is queued, where a pending one's would conflict.
 	again := &record{Owner: "alice", SessionID: "s1", TxID: "t2b", Tx: []byte(`{}`), Status: statusPending}
-	if _, created, err := s.accept(again); err != nil || !created {
+	if _, created, err := s.accept(again, 0); err != nil || !created {
 		t.Fatalf("another manifest for a session whose anchor was refused: created %v, %v", created, err)
 	}
 	if got, _ := s.get("alice", "s1"); got.TxID != "t2b" || got.Status != statusPending {
@@ -112,7 +112,7 @@ func TestRefusedLeavesTheQueueWithItsReason(t *testing.T) {
 		t.Errorf("pending = %v, want t2b among them", ids)
 	}
 	other := &record{Owner: "alice", SessionID: "s0", TxID: "t1b", Tx: []byte(`{}`), Status: statusPending}
-	if _, _, err := s.accept(other); !errors.Is(err, errConflict) {
+	if _, _, err := s.accept(other, 0); !errors.Is(err, errConflict) {
 		t.Errorf("another manifest for a session whose anchor is pending: %v, want a conflict", err)
 	}
 }
@@ -177,5 +177,52 @@ func closeStore(t *testing.T, s *store) {
 	t.Helper()
 	if err := s.close(); err != nil {
 		t.Errorf("close: %v", err)
+	}
+}
+
+// TestNewAnchorsADayAreBounded: an owner's new anchors stop at the day's
+// bound; the same anchor again is answered and counts nothing; another
+// owner is not affected; the next day starts again, and the days before
+// are dropped.
+func TestNewAnchorsADayAreBounded(t *testing.T) {
+	s, err := openStore(filepath.Join(t.TempDir(), "anchors.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.close() }()
+	day := time.Date(2026, 12, 7, 9, 0, 0, 0, time.UTC)
+	anchor := func(owner string, i int, at time.Time) error {
+		rec := &record{Owner: owner, SessionID: fmt.Sprint("s", i), TxID: fmt.Sprint(owner, i), Tx: []byte(`{}`), Status: statusPending, CreatedAt: at}
+		_, _, err := s.accept(rec, 3)
+		return err
+	}
+	for i := range 3 {
+		if err := anchor("alice", i, day); err != nil {
+			t.Fatalf("anchor %d: %v", i, err)
+		}
+	}
+	var daily *dailyLimitError
+	if err := anchor("alice", 3, day.Add(time.Hour)); !errors.As(err, &daily) || daily.limit != 3 {
+		t.Fatalf("a fourth new anchor the same day: %v", err)
+	}
+	if err := anchor("alice", 1, day.Add(2*time.Hour)); err != nil {
+		t.Errorf("the same anchor again: %v", err)
+	}
+	if err := anchor("bob", 0, day); err != nil {
+		t.Errorf("another owner: %v", err)
+	}
+	if err := anchor("alice", 3, day.Add(24*time.Hour)); err != nil {
+		t.Errorf("the next day: %v", err)
+	}
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDaily).ForEach(func(k, _ []byte) error {
+			if string(k[4:]) != "alice" {
+				t.Errorf("a count of a day gone is kept: %q", k)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

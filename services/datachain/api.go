@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 
+	lucidapi "github.com/pickme/lucid/pkg/api"
 	"github.com/pickme/lucid/pkg/api/datachainapi"
 	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/packstore"
@@ -360,6 +361,12 @@ func (a *api) seal(w http.ResponseWriter, r *http.Request, p service.Principal) 
 	}
 	m.MerkleRoot, m.ChunkCount = hex.EncodeToString(t.root), int64(len(t.ids))
 	st, err := a.app.anchoring.Anchor(r.Context(), m)
+	var refused *lucidapi.Error
+	if errors.As(err, &refused) && refused.Status == http.StatusTooManyRequests {
+		// The user's anchors of the day are used: its words, which say
+		// until when.
+		return service.Errorf(http.StatusTooManyRequests, service.CodeRateLimit, "the session is sealed, but anchoring did not take its anchor: %s; seal again then", refused.Message)
+	}
 	if err != nil {
 		he := service.Errorf(http.StatusBadGateway, CodeAnchoring, "the session is sealed but anchoring did not accept it yet; seal again to retry")
 		he.Cause = err

@@ -211,13 +211,19 @@ func TestTheDiskReserveIsKept(t *testing.T) {
 // same chunks) succeeds once anchoring answers. DELETE refuses a sealed
 // session's chunk and removes a free one.
 func TestSealRetryAndDelete(t *testing.T) {
-	var up atomic.Bool
+	var up, limited atomic.Bool
 	var actedFor atomic.Value
 	anchoring := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.Header.Get(service.HeaderCaller), "datachain ") {
 			actedFor.Store(r.Header.Get(service.HeaderSub))
 		}
-		if !up.Load() {
+		switch {
+		case limited.Load():
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusTooManyRequests)
+			_, _ = io.WriteString(w, `{"error":{"code":"LUCID_ERR_3001","message":"1000 new anchors a day is what your tier may submit here, and today's are used; submit again after 2026-12-08T00:00:00Z"}}`)
+			return
+		case !up.Load():
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
 		}
@@ -246,6 +252,13 @@ func TestSealRetryAndDelete(t *testing.T) {
 	if code, body := do(t, http.MethodPut, hs.URL+"/api/v1/chunks?session_id="+sid+"&index=0", "", chunk); code != 201 {
 		t.Errorf("repeated push after seal: %d %s", code, body)
 	}
+	// Anchoring refuses the user's anchor for today: the user is told so,
+	// and when to seal again.
+	limited.Store(true)
+	if code, body := do(t, http.MethodPost, hs.URL+"/api/v1/sessions/"+sid+"/seal", "application/json", seal); code != 429 || !strings.Contains(body, "submit again after 2026-12-08T00:00:00Z; seal again then") {
+		t.Errorf("seal past the day's anchors: %d %s", code, body)
+	}
+	limited.Store(false)
 	up.Store(true)
 	if code, body := do(t, http.MethodPost, hs.URL+"/api/v1/sessions/"+sid+"/seal", "application/json", seal); code != 200 || !strings.Contains(body, `"tx_id":"abc"`) {
 		t.Fatalf("seal retry: %d %s", code, body)
