@@ -40,7 +40,10 @@ func startStack(t *testing.T) *stack {
 		fmt.Sprintf("LUCID_RAFT_ADDR=127.0.0.1:%d", raft))
 	eng.start()
 	eng.ready() // a leader is elected
-	anc := newProc(t, "anchoring", "BLOCKCHAIN_ENGINE_URL="+eng.url, "LUCID_ANCHOR_RESUBMIT=2s")
+	// The tests' user is of the free tier, and the load tests post it
+	// thousands of anchors a minute: no daily bound (which has tests of
+	// its own) for it here.
+	anc := newProc(t, "anchoring", "BLOCKCHAIN_ENGINE_URL="+eng.url, "LUCID_ANCHOR_RESUBMIT=2s", "LUCID_ANCHORS_PER_DAY_FREE=0")
 	anc.start()
 	return &stack{engine: eng, anchoring: anc, client: engineapi.New(eng.url, servicetest.Client("anchoring"))}
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 )
 
@@ -19,6 +20,8 @@ type Error struct {
 	Status  int
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// RetryAfter is the answer's Retry-After in seconds, when it gave one.
+	RetryAfter int `json:"-"`
 }
 
 func (e *Error) Error() string {
@@ -51,10 +54,11 @@ func DecodeError(resp *http.Response) error {
 		Error Error `json:"error"`
 	}
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	retry, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
 	if json.Unmarshal(data, &body) != nil || body.Error.Code == "" {
-		return &Error{Status: resp.StatusCode, Message: strings.TrimSpace(string(data))}
+		return &Error{Status: resp.StatusCode, Message: strings.TrimSpace(string(data)), RetryAfter: max(retry, 0)}
 	}
-	body.Error.Status = resp.StatusCode
+	body.Error.Status, body.Error.RetryAfter = resp.StatusCode, max(retry, 0)
 	return &body.Error
 }
 
@@ -68,7 +72,7 @@ type Request struct {
 }
 
 // Do sends r and decodes a 2xx answer into out: nil discards it, *[]byte
-// takes the raw body (up to 16 MiB), anything else is JSON. Other answers
+// takes the raw body (up to MaxRawAnswer), anything else is JSON. Other answers
 // are *Error.
 func Do(ctx context.Context, hc *http.Client, r Request, out any) error {
 	var body io.Reader

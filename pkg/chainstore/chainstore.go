@@ -71,9 +71,11 @@ func Open(path, origin string) (*Store, error) {
 			}
 		}
 		if rebuild {
-			return reindexAnchors(tx)
+			if err := reindexAnchors(tx); err != nil {
+				return err
+			}
 		}
-		return nil
+		return fillCheckpoints(tx)
 	})
 	if err == nil {
 		err = s.load()
@@ -83,6 +85,25 @@ func Open(path, origin string) (*Store, error) {
 		return nil, fmt.Errorf("open chain store %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// fillCheckpoints stores the checkpoint of every block that has none: a
+// store written before checkpoints were kept beside the blocks. Once.
+func fillCheckpoints(tx *bolt.Tx) error {
+	blocks, headers := tx.Bucket(bucketBlocks), tx.Bucket(bucketHeaders)
+	if headers.Stats().KeyN >= blocks.Stats().KeyN {
+		return nil
+	}
+	return blocks.ForEach(func(k, v []byte) error {
+		if headers.Get(k) != nil {
+			return nil
+		}
+		b, err := chain.DecodeBlock(v)
+		if err != nil {
+			return fmt.Errorf("block %d: %w", binary.BigEndian.Uint64(k), err)
+		}
+		return headers.Put(bytes.Clone(k), []byte(b.Checkpoint))
+	})
 }
 
 // Close closes the store.
@@ -392,8 +413,13 @@ func (s *Store) Headers(from, to uint64, fn func(*chain.Header) error) error {
 	var cps [][]byte
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketHeaders).Cursor()
+		want := from
 		for k, v := c.Seek(u64(from)); k != nil && binary.BigEndian.Uint64(k) <= to; k, v = c.Next() {
+			if got := binary.BigEndian.Uint64(k); got != want {
+				return fmt.Errorf("checkpoint of block %d: %w", want, ErrNotFound)
+			}
 			cps = append(cps, bytes.Clone(v))
+			want++
 		}
 		return nil
 	})

@@ -413,14 +413,15 @@ func (d *Deployer) hostFacts(ctx context.Context, st *HostStatus, unknown func(s
 	}
 	const mark = "--lucid-status--"
 	// The lock last: its age by the host's clock ("-" if stat cannot
-	// say), then its content; nothing when there is none. It is only ever
-	// replaced by rename, so a read without its guard sees a whole one. A
-	// read that fails (a lock released in between, a file that cannot be
-	// read) leaves the content empty, and fails no other figure.
+	// say), then its content; nothing when there is none, or when it was
+	// released while being read. It is only ever replaced by rename, so a
+	// read without its guard sees a whole one. A file there that cannot be
+	// read gives its age alone, and fails no other figure.
 	lock := sshx.Quote(h.lockPath())
 	cmd := `d=` + sshx.Quote(h.dir) + `; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; df -Pk "$d"; echo ` + mark +
 		`; cat /proc/meminfo; echo ` + mark + `; cat /proc/loadavg; echo ` + mark + `; date +%s.%N; echo ` + mark +
-		`; if [ -e ` + lock + ` ]; then age=-; m=$(stat -c %Y -- ` + lock + ` 2>/dev/null) && age=$(( $(date +%s) - m )); echo "$age"; cat -- ` + lock + ` 2>/dev/null; fi; true`
+		`; l=` + lock + `; if [ -e "$l" ]; then age=-; m=$(stat -c %Y -- "$l" 2>/dev/null) && age=$(( $(date +%s) - m )); ` +
+		`if c=$(cat -- "$l" 2>/dev/null); then echo "$age"; printf '%s\n' "$c"; elif [ -e "$l" ]; then echo "$age"; fi; fi; true`
 	before := d.cfg.Now()
 	start := time.Now()
 	out, err := h.ssh.Run(ctx, cmd, nil)

@@ -241,13 +241,17 @@ func (s *Store) init() error {
 		return err
 	}
 	var packEnd int64
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	packs, err := s.packsOnDisk()
+	if err != nil {
+		return err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketChunks, bucketSessions, bucketMembers, bucketRefs, bucketMeta, bucketDamaged, bucketDeadRecords} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		if err := countUsage(tx); err != nil {
+		if err := countUsage(tx, packs); err != nil {
 			return fmt.Errorf("count each owner's usage: %w", err)
 		}
 		meta := tx.Bucket(bucketMeta)

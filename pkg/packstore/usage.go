@@ -1,10 +1,13 @@
 package packstore
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -165,12 +168,14 @@ func (s *Store) reclaimed(n uint32) error {
 }
 
 // countUsage counts every owner's usage afresh, from the chunks the index
-// holds and the deleted records it keeps by pack. The store keeps it exact
-// as it goes, but runs at every open: a binary from before usage was kept
-// (a rollback) may have added and deleted chunks since, without counting.
+// holds and the deleted records it keeps by pack, dropping those of packs
+// no longer on disk (a release from before usage was kept compacts without
+// giving them back). The store keeps usage exact as it goes, but this runs
+// at every open: such a release (a rollback) may have added and deleted
+// chunks since, without counting.
 // A scan of the index's keys: 0.2 s for a million chunks on the 2-core
 // development machine, from the page cache.
-func countUsage(tx *bolt.Tx) error {
+func countUsage(tx *bolt.Tx, packs map[uint32]bool) error {
 	if tx.Bucket(bucketUsage) != nil {
 		if err := tx.DeleteBucket(bucketUsage); err != nil {
 			return err
@@ -194,8 +199,14 @@ func countUsage(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	err = tx.Bucket(bucketDeadRecords).ForEach(func(k, v []byte) error {
-		if len(k) > 4 && len(v) == 8 {
+	dead := tx.Bucket(bucketDeadRecords)
+	var gone [][]byte
+	err = dead.ForEach(func(k, v []byte) error {
+		switch {
+		case len(k) <= 4 || len(v) != 8:
+		case !packs[binary.BigEndian.Uint32(k)]:
+			gone = append(gone, bytes.Clone(k))
+		default:
 			u := totals[string(k[4:])]
 			u.DeadBytes += binary.BigEndian.Uint64(v)
 			totals[string(k[4:])] = u
@@ -205,10 +216,31 @@ func countUsage(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
+	for _, k := range gone {
+		if err := dead.Delete(k); err != nil {
+			return err
+		}
+	}
 	for owner, u := range totals {
 		if err := changeUsage(tx, owner, int64(u.Bytes), int64(u.Chunks), int64(u.DeadBytes)); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// packsOnDisk numbers the pack files there are.
+func (s *Store) packsOnDisk() (map[uint32]bool, error) {
+	entries, err := os.ReadDir(s.packDir())
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	packs := map[uint32]bool{}
+	for _, e := range entries {
+		var n uint32
+		if _, err := fmt.Sscanf(e.Name(), "pack-%06d.dat", &n); err == nil {
+			packs[n] = true
+		}
+	}
+	return packs, nil
 }

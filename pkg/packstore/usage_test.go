@@ -312,3 +312,36 @@ func TestCompactionClosesAMostlyDeletedActivePack(t *testing.T) {
 		}
 	}
 }
+
+// TestDeadRecordsOfAPackGoneAreDropped: a release from before usage was
+// kept compacts packs without giving their deleted records back; at the
+// next open those of packs no longer on disk are dropped, not charged to
+// their owners for good.
+func TestDeadRecordsOfAPackGoneAreDropped(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, nil)
+	id, err := s.Put(context.Background(), owner, chunk(1, 2048), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(owner, id); err != nil {
+		t.Fatal(err)
+	}
+	closeT(t, s)
+	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		return markDead(tx, owner, Location{Pack: 99, Length: 5000})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeT(t, db)
+	s = openT(t, dir, nil)
+	defer closeT(t, s)
+	if u := usageT(t, s, owner); u.DeadBytes != plainRecord(2048) {
+		t.Errorf("dead bytes %d, want those of pack 1 alone (%d)", u.DeadBytes, plainRecord(2048))
+	}
+}

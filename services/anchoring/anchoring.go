@@ -310,6 +310,10 @@ func (a *App) clock() time.Time {
 // is still found, by the receipt's checkpoint (verifyInChain).
 const keysRefreshEvery = 5 * time.Second
 
+// keysReadWait bounds one read of the validators, shared by the requests
+// waiting for it.
+const keysReadWait = 10 * time.Second
+
 // chainKeys returns the chain's origin and validator keys from the engine,
 // cached; refresh asks again, unless it was asked within keysRefreshEvery.
 func (a *App) chainKeys(ctx context.Context, refresh bool) (string, []string, error) {
@@ -319,8 +323,13 @@ func (a *App) chainKeys(ctx context.Context, refresh bool) (string, []string, er
 		return chain.Origin(a.chainID), a.vkeys, nil
 	}
 	a.mu.Unlock()
-	v, err, _ := a.keysRead.Do("keys", func() (any, error) {
-		info, err := a.engine.Chain(ctx)
+	// One read serves every request waiting then; it is no one request's
+	// to cancel (a client that hangs up must not fail the others), so it
+	// has a bound of its own, and each request waits as long as it may.
+	read := a.keysRead.DoChan("keys", func() (any, error) {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keysReadWait)
+		defer cancel()
+		info, err := a.engine.Chain(rctx)
 		if err != nil {
 			return nil, &keysUnavailableError{err}
 		}
@@ -332,10 +341,16 @@ func (a *App) chainKeys(ctx context.Context, refresh bool) (string, []string, er
 		a.mu.Unlock()
 		return info, nil
 	})
-	if err != nil {
-		return "", nil, err
+	var res singleflight.Result
+	select {
+	case res = <-read:
+	case <-ctx.Done():
+		return "", nil, ctx.Err()
 	}
-	info := v.(*engineapi.ChainInfo)
+	if res.Err != nil {
+		return "", nil, res.Err
+	}
+	info := res.Val.(*engineapi.ChainInfo)
 	return chain.Origin(info.ChainID), info.Validators, nil
 }
 
@@ -375,6 +390,15 @@ func (a *App) verifyInChain(ctx context.Context, receipt []byte) (*chain.Verifie
 		return nil, chain.ErrNotInChain
 	}
 	cp, err := a.engine.Checkpoint(ctx, height)
+	if errors.Is(err, engineapi.ErrNotFound) {
+		// No such block, or an engine of a release before the checkpoint
+		// endpoint (the client moves on to a peer when its own is down):
+		// the block says which, and is found only below the head.
+		var b *chain.Block
+		if b, err = a.engine.Block(ctx, height); err == nil {
+			cp = []byte(b.Checkpoint)
+		}
+	}
 	switch {
 	case errors.Is(err, engineapi.ErrNotFound):
 		return nil, chain.ErrNotInChain

@@ -57,7 +57,7 @@ func (a *api) create(w http.ResponseWriter, r *http.Request, p service.Principal
 	if err != nil {
 		return err
 	}
-	rec := &record{Owner: p.Subject, SessionID: m.SessionID, TxID: chain.TxID(canon), Tx: canon, Status: statusPending, CreatedAt: time.Now().UTC()}
+	rec := &record{Owner: p.Subject, SessionID: m.SessionID, TxID: chain.TxID(canon), Tx: canon, Status: statusPending, CreatedAt: a.app.clock().UTC()}
 	existing, created, err := a.app.store.accept(rec, a.app.perDay(p))
 	var daily *dailyLimitError
 	switch {

@@ -2,6 +2,7 @@ package anchoring
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -169,5 +170,64 @@ func TestAForgedReceiptCostsTheEngineLittle(t *testing.T) {
 	}
 	if asks["/api/v1/chain"] != 2 {
 		t.Errorf("after the interval, the validators were asked %d times in all", asks["/api/v1/chain"])
+	}
+}
+
+// TestAClientThatHangsUpFailsNoOther: the validators' read is shared by
+// the requests waiting for it; the one that started it hanging up fails
+// only itself.
+func TestAClientThatHangsUpFailsNoOther(t *testing.T) {
+	c, _ := chaintest.HandedOver()
+	api := c.EngineAPI(c.Verifier)
+	release := make(chan struct{})
+	asked := make(chan struct{}, 1)
+	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/v1/chain" {
+			asked <- struct{}{}
+			<-release
+		}
+		api.ServeHTTP(w, r)
+	}))
+	defer engine.Close()
+	a := &App{engine: engineapi.New(engine.URL, engine.Client())}
+	first, hangUp := context.WithCancel(t.Context())
+	firstErr := make(chan error, 1)
+	go func() {
+		_, err := a.verifyReceipt(first, c.Receipt(4, 4).Marshal())
+		firstErr <- err
+	}()
+	<-asked // the read is under way, started by the first request
+	second := make(chan error, 1)
+	go func() {
+		_, err := a.verifyReceipt(t.Context(), c.Receipt(4, 4).Marshal())
+		second <- err
+	}()
+	hangUp()
+	if err := <-firstErr; !errors.Is(err, context.Canceled) {
+		t.Errorf("the request that hung up: %v", err)
+	}
+	close(release)
+	if err := <-second; err != nil {
+		t.Errorf("another request, waiting for the same read: %v", err)
+	}
+}
+
+// TestAnOlderEngineStillVerifies: an engine of a release before the
+// checkpoint endpoint (a peer, while this Pi's engine is down) answers its
+// path 404; a removed validator's receipt is still found in its block.
+func TestAnOlderEngineStillVerifies(t *testing.T) {
+	c, _ := chaintest.HandedOver()
+	api := c.EngineAPI(c.Verifier)
+	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/api/v1/blocks/checkpoint/") {
+			http.NotFound(w, r)
+			return
+		}
+		api.ServeHTTP(w, r)
+	}))
+	defer engine.Close()
+	a := &App{engine: engineapi.New(engine.URL, engine.Client())}
+	if v, err := a.verifyReceipt(t.Context(), c.Receipt(1, 1).Marshal()); err != nil || v.Header.Height != 1 {
+		t.Errorf("a removed validator's receipt, through an older engine: %v", err)
 	}
 }

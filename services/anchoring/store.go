@@ -175,6 +175,25 @@ func dayOf(t time.Time) uint32 { return uint32(t.Unix() / 86400) }
 func (s *store) accept(rec *record, perDay uint64) (existing *record, created bool, err error) {
 	key := anchorKey(rec.Owner, rec.SessionID)
 	day := dayOf(rec.CreatedAt)
+	if perDay > 0 {
+		// A refusal found inside the batch would roll back every other
+		// accept in it, to run them again: an owner at its bound is told
+		// so before (the batch checks again, for one that gets there at
+		// the same moment).
+		var over bool
+		_ = s.db.View(func(tx *bolt.Tx) error {
+			if v := tx.Bucket(bucketAnchors).Get(key); v != nil {
+				return nil // the batch tells the same anchor from a conflict
+			}
+			k := append(binary.BigEndian.AppendUint32(nil, day), rec.Owner...)
+			v := tx.Bucket(bucketDaily).Get(k)
+			over = len(v) == 8 && binary.BigEndian.Uint64(v) >= perDay
+			return nil
+		})
+		if over {
+			return nil, false, &dailyLimitError{limit: perDay}
+		}
+	}
 	err = s.db.Batch(func(tx *bolt.Tx) error {
 		existing, created = nil, false
 		anchors := tx.Bucket(bucketAnchors)

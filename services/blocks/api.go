@@ -199,8 +199,9 @@ const auditWriteTimeout = 30 * time.Second
 // verify re-verifies every stored block from the first, streaming a
 // progress line every 1,000 blocks and a final verdict (NDJSON).
 func (a *api) verify(w http.ResponseWriter, r *http.Request) error {
-	// Each audit holds the whole log's hashes in memory: a user runs one
-	// at a time, and all users together at most LUCID_AUDITS_MAX.
+	// Each audit reads every block from the disk, a core's work for a
+	// while: a user runs one at a time, and all users together at most
+	// LUCID_AUDITS_MAX.
 	release, err := a.app.audits.Acquire(r.Context())
 	if err != nil {
 		return err

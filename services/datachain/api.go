@@ -365,7 +365,9 @@ func (a *api) seal(w http.ResponseWriter, r *http.Request, p service.Principal) 
 	if errors.As(err, &refused) && refused.Status == http.StatusTooManyRequests {
 		// The user's anchors of the day are used: its words, which say
 		// until when.
-		return service.Errorf(http.StatusTooManyRequests, service.CodeRateLimit, "the session is sealed, but anchoring did not take its anchor: %s; seal again then", refused.Message)
+		he := service.Errorf(http.StatusTooManyRequests, service.CodeRateLimit, "the session is sealed, but anchoring did not take its anchor: %s; seal again then", refused.Message)
+		he.RetryAfter, he.Cause = refused.RetryAfter, err
+		return he
 	}
 	if err != nil {
 		he := service.Errorf(http.StatusBadGateway, CodeAnchoring, "the session is sealed but anchoring did not accept it yet; seal again to retry")

@@ -220,6 +220,7 @@ func TestSealRetryAndDelete(t *testing.T) {
 		switch {
 		case limited.Load():
 			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Retry-After", "3600")
 			w.WriteHeader(http.StatusTooManyRequests)
 			_, _ = io.WriteString(w, `{"error":{"code":"LUCID_ERR_3001","message":"1000 new anchors a day is what your tier may submit here, and today's are used; submit again after 2026-12-08T00:00:00Z"}}`)
 			return
@@ -255,8 +256,16 @@ func TestSealRetryAndDelete(t *testing.T) {
 	// Anchoring refuses the user's anchor for today: the user is told so,
 	// and when to seal again.
 	limited.Store(true)
-	if code, body := do(t, http.MethodPost, hs.URL+"/api/v1/sessions/"+sid+"/seal", "application/json", seal); code != 429 || !strings.Contains(body, "submit again after 2026-12-08T00:00:00Z; seal again then") {
-		t.Errorf("seal past the day's anchors: %d %s", code, body)
+	req, _ := http.NewRequest(http.MethodPost, hs.URL+"/api/v1/sessions/"+sid+"/seal", bytes.NewReader(seal))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := alice.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusal, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "3600" || !strings.Contains(string(refusal), "submit again after 2026-12-08T00:00:00Z; seal again then") {
+		t.Errorf("seal past the day's anchors: %d, Retry-After %q: %s", resp.StatusCode, resp.Header.Get("Retry-After"), refusal)
 	}
 	limited.Store(false)
 	up.Store(true)

@@ -734,8 +734,7 @@ func (p *textPrinter) Event(e deploy.Event) {
 		fmt.Fprintln(p.errOut)
 		p.midLine = false
 	}
-	// A message may quote a host (a lock's holder, a container's error).
-	fmt.Fprintf(p.errOut, "%-8s %-9s %-5s %s\n", e.Target, e.Step, e.Status, iostreams.SafeText(e.Message))
+	fmt.Fprintln(p.errOut, iostreams.EventLine(e.Target, string(e.Step), string(e.Status), e.Message))
 }
 
 // Deployed prints the plan of a dry run, or what a deploy sent.

@@ -169,3 +169,19 @@ func (p *Progress) Sayer(prefix string) func(format string, args ...any) {
 		fmt.Fprintln(p.w, line)
 	}
 }
+
+// Event writes one EventLine.
+func (p *Progress) Event(target, step, status, message string) {
+	line := EventLine(target, step, status, message)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintln(p.w, line)
+}
+
+// EventLine is one event of a deploy, rollback, restart or restore, in
+// the columns every such command prints: the target, the step, the status
+// and the message, which may quote a host (a lock's holder, a container's
+// error) and so is escaped.
+func EventLine(target, step, status, message string) string {
+	return SafeText(fmt.Sprintf("%-8s %-9s %-5s %s", target, step, status, message))
+}

@@ -51,17 +51,15 @@ func unreachable(fl *fleet.Fleet) []unreachableOutput {
 }
 
 // eventPrinter shows the steps on stderr, one line each.
-type eventPrinter struct {
-	mu sync.Mutex
-	w  io.Writer
+type eventPrinter struct{ events *iostreams.Progress }
+
+func newEventPrinter(w io.Writer) *eventPrinter {
+	return &eventPrinter{events: iostreams.NewProgress(w)}
 }
 
 // Event prints e.
 func (p *eventPrinter) Event(e deploy.Event) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	// A message may quote a host (a lock's holder, a container's error).
-	fmt.Fprintf(p.w, "%-8s %-9s %-5s %s\n", e.Target, e.Step, e.Status, iostreams.SafeText(e.Message))
+	p.events.Event(e.Target, string(e.Step), string(e.Status), e.Message)
 }
 
 var _ deploy.Reporter = (*eventPrinter)(nil)
@@ -172,7 +170,7 @@ func runService(ctx context.Context, opts *ServiceOptions) error {
 	if err != nil {
 		return err
 	}
-	p := &eventPrinter{w: opts.Env.IO.ErrOut}
+	p := newEventPrinter(opts.Env.IO.ErrOut)
 	out := serviceOutput{Hosts: []*deploy.ServiceResult{}, Unreachable: unreachable(fl)}
 	var gate *quorum.Gate
 	if takesEngineDown(opts.Action, opts.Services) {
@@ -316,7 +314,7 @@ func runPrune(ctx context.Context, opts *PruneOptions) error {
 	if err != nil {
 		return err
 	}
-	p := &eventPrinter{w: opts.Env.IO.ErrOut}
+	p := newEventPrinter(opts.Env.IO.ErrOut)
 	results := make([]*deploy.PruneResult, len(fl.Hosts))
 	idx := map[string]int{}
 	for i, h := range fl.Hosts {

@@ -168,7 +168,7 @@ func TestJSONShapes(t *testing.T) {
 // are printed with a host's control characters escaped.
 func TestServiceEventsCannotDriveTheTerminal(t *testing.T) {
 	var w bytes.Buffer
-	(&eventPrinter{w: &w}).Event(deploy.Event{Target: "pi2", Step: deploy.StepQuorum, Status: deploy.EventFail, Message: "held by \x1b[2Jbob"})
+	newEventPrinter(&w).Event(deploy.Event{Target: "pi2", Step: deploy.StepQuorum, Status: deploy.EventFail, Message: "held by \x1b[2Jbob"})
 	if strings.Contains(w.String(), "\x1b") {
 		t.Errorf("printed %q", w.String())
 	}

@@ -447,8 +447,9 @@ func runTarget(ctx context.Context, opts *Options, src Source, out *Output) erro
 	c := h.DeployConfig()
 	c.ImageName, c.Tag = cfg.Images.Name, cfg.Images.Tag
 	c.HealthTimeout, c.LockWait = opts.HealthTimeout, opts.LockWait
+	events := iostreams.NewProgress(opts.Env.IO.ErrOut)
 	c.Reporter = deploy.ReporterFunc(func(e deploy.Event) {
-		fmt.Fprintf(opts.Env.IO.ErrOut, "%-8s %-9s %-5s %s\n", e.Target, e.Step, e.Status, e.Message)
+		events.Event(e.Target, string(e.Step), string(e.Status), e.Message)
 	})
 	d, err := deploy.New(c)
 	if err != nil {
