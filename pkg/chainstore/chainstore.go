@@ -365,45 +365,35 @@ func (s *Store) block(height uint64) (*chain.Block, error) {
 // JSON, verified when it was stored, for a server to send as it is rather
 // than decode and encode again (a block is up to 32 MiB).
 func (s *Store) RawBlock(height uint64) ([]byte, error) {
-	var raw []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketBlocks).Get(u64(height))
-		if v == nil {
-			return ErrNotFound
-		}
-		raw = bytes.Clone(v)
-		return nil
-	})
-	return raw, err
+	return s.stored(bucketBlocks, u64(height))
 }
 
 // HeightOf returns the height of the block with hash.
 func (s *Store) HeightOf(hash string) (uint64, error) {
-	var height uint64
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketHashes).Get([]byte(hash))
-		if v == nil {
-			return ErrNotFound
-		}
-		height = binary.BigEndian.Uint64(v)
-		return nil
-	})
-	return height, err
+	v, err := s.stored(bucketHashes, []byte(hash))
+	if err != nil {
+		return 0, err
+	}
+	return binary.BigEndian.Uint64(v), nil
 }
 
 // Checkpoint returns the signed checkpoint of the block at height: what a
 // receipt of it carries, and its header, without the block.
 func (s *Store) Checkpoint(height uint64) ([]byte, error) {
-	var cp []byte
+	return s.stored(bucketHeaders, u64(height))
+}
+
+// stored returns a copy of key's value in bucket, or ErrNotFound.
+func (s *Store) stored(bucket, key []byte) ([]byte, error) {
+	var v []byte
 	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketHeaders).Get(u64(height))
-		if v == nil {
+		if v = tx.Bucket(bucket).Get(key); v == nil {
 			return ErrNotFound
 		}
-		cp = bytes.Clone(v)
+		v = bytes.Clone(v)
 		return nil
 	})
-	return cp, err
+	return v, err
 }
 
 // Headers calls fn with the header of each block from height from
@@ -440,15 +430,7 @@ func (s *Store) Headers(from, to uint64, fn func(*chain.Header) error) error {
 
 // BlockByHash returns the block with hash.
 func (s *Store) BlockByHash(hash string) (*chain.Block, error) {
-	var height uint64
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketHashes).Get([]byte(hash))
-		if v == nil {
-			return ErrNotFound
-		}
-		height = binary.BigEndian.Uint64(v)
-		return nil
-	})
+	height, err := s.HeightOf(hash)
 	if err != nil {
 		return nil, err
 	}

@@ -44,6 +44,20 @@ func countedUsage(t *testing.T, s *Store, owner string) Usage {
 	return u
 }
 
+// editIndex changes the closed store's index in dir, as another release
+// of the store would have.
+func editIndex(t *testing.T, dir string, edit func(*bolt.Tx) error) {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeT(t, db)
+	if err := db.Update(edit); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func usageT(t *testing.T, s *Store, owner string) Usage {
 	t.Helper()
 	u, err := s.Usage(owner)
@@ -187,17 +201,9 @@ func TestUsageOfAStoreFromBefore(t *testing.T) {
 		}
 	}
 	closeT(t, s)
-	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	editIndex(t, dir, func(tx *bolt.Tx) error {
 		return errors.Join(tx.DeleteBucket(bucketUsage), tx.DeleteBucket(bucketDeadRecords))
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeT(t, db)
 
 	s = openT(t, dir, nil)
 	defer func() { closeT(t, s) }()
@@ -219,14 +225,7 @@ func TestUsageOfAStoreFromBefore(t *testing.T) {
 	// An older release that ran on the store meanwhile (a rollback) left
 	// the counts behind what the index holds: counted afresh at open.
 	closeT(t, s)
-	if db, err = bolt.Open(filepath.Join(dir, "index.db"), 0o600, nil); err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error { return changeUsage(tx, "bob", -1000, -3, 0) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeT(t, db)
+	editIndex(t, dir, func(tx *bolt.Tx) error { return changeUsage(tx, "bob", -1000, -3, 0) })
 	s = openT(t, dir, nil)
 	if u := usageT(t, s, "bob"); u.Chunks != 12 {
 		t.Fatalf("bob after an older release: %+v", u)
@@ -328,17 +327,7 @@ func TestDeadRecordsOfAPackGoneAreDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	closeT(t, s)
-	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		return markDead(tx, owner, Location{Pack: 99, Length: 5000})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	closeT(t, db)
+	editIndex(t, dir, func(tx *bolt.Tx) error { return markDead(tx, owner, Location{Pack: 99, Length: 5000}) })
 	s = openT(t, dir, nil)
 	defer closeT(t, s)
 	if u := usageT(t, s, owner); u.DeadBytes != plainRecord(2048) {
