@@ -120,8 +120,10 @@ func TestChunksSealedIntoTheChain(t *testing.T) {
 // repeatedly; every chunk whose PUT succeeded reads back intact and stays
 // in its session.
 func TestKillNineDuringIngest(t *testing.T) {
+	// The tests' user is of the free tier, and this load may store more
+	// than its quota (which has tests of its own): none here.
 	dc := newProc(t, "datachain", "LUCID_ANCHORING_URL=http://127.0.0.1:1", "LUCID_PACK_MAX_BYTES=4194304",
-		"ENCRYPTION_KEY=an-e2e-encryption-key-of-enough-length")
+		"ENCRYPTION_KEY=an-e2e-encryption-key-of-enough-length", "LUCID_QUOTA_FREE_BYTES=0")
 	dc.start()
 	var mu sync.Mutex
 	acked := map[string][]byte{}
