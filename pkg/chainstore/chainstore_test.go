@@ -24,11 +24,7 @@ func TestAppendReopenReceipts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, b := range c.Blocks {
-		if _, err := s.Append(b); err != nil {
-			t.Fatalf("append %d: %v", b.Height, err)
-		}
-	}
+	appendAll(t, s, c)
 	// Replaying a stored block is a no-op; a different one is refused.
 	if _, err := s.Append(c.Blocks[1]); err != nil {
 		t.Errorf("replay of block 2: %v", err)
@@ -233,11 +229,7 @@ func TestCheckpointsOfAnOlderStoreAreFilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, b := range c.Blocks {
-		if _, err := s.Append(b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	appendAll(t, s, c)
 	closeT(t, s)
 	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {
@@ -258,5 +250,15 @@ func TestCheckpointsOfAnOlderStoreAreFilled(t *testing.T) {
 	n := 0
 	if err := s.Headers(1, 2, func(*chain.Header) error { n++; return nil }); err != nil || n != 2 {
 		t.Errorf("headers 1..2: %d, %v", n, err)
+	}
+}
+
+// appendAll stores every block of c in s.
+func appendAll(t *testing.T, s *Store, c *chaintest.Chain) {
+	t.Helper()
+	for _, b := range c.Blocks {
+		if _, err := s.Append(b); err != nil {
+			t.Fatalf("append %d: %v", b.Height, err)
+		}
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -261,14 +260,7 @@ func TestMaintenanceThroughSSH(t *testing.T) {
 
 	// fence status over a group with a Pi that is off: skipped, and not
 	// knowing whether its engine is fenced is no all-clear.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gone := ln.Addr().(*net.TCPAddr).Port
-	if err := ln.Close(); err != nil {
-		t.Fatal(err)
-	}
+	gone := testenv.FreePort(t) // nothing listens there
 	yml, err := os.ReadFile(filepath.Join(dir, "lucid.yaml"))
 	if err != nil {
 		t.Fatal(err)
