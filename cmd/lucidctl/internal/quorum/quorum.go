@@ -35,8 +35,9 @@ var ErrLost = errors.New("would lose the Raft cluster's quorum")
 // of the voters (the cluster's verdict of lucidctl status, from the
 // deploy's hosts). A host whose engine is alone in its configuration is
 // no concern of it (one read of its engine's consensus status says so),
-// nor is one whose engine does not run, nor one whose own voter is already unhealthy: taking it down loses
-// nothing, and deploying may be what repairs it. When the host's engine
+// nor is one whose engine does not run, nor one whose own voter is already
+// down (unhealthy, and its engine answers as neither leader nor follower):
+// taking it down loses nothing, and deploying may be what repairs it. When the host's engine
 // cannot be read the check cannot be made, and a warning says so. force
 // turns the refusal into a warning.
 //
@@ -90,14 +91,13 @@ func Check(ctx context.Context, target string, r Readers, rep deploy.Reporter, f
 		for _, v := range c.Voters {
 			switch {
 			case v.ID == cs.NodeID:
-				ownHealthy = v.Healthy
-				if v.Target == "" {
-					// Its host's status was not read this time (a
-					// moment's failure): its engine's own answer above
-					// says whether it is a working voter, and one that
-					// is must not go as if it were down already.
-					ownHealthy = cs.State == "leader" || cs.State == "follower"
-				}
+				// Its engine's own answer above counts over its host's
+				// read: an engine that answers as leader or follower
+				// votes, whatever its container's healthcheck said (on
+				// a loaded Pi one times out now and then) or when its
+				// host's status was not read this time. Such a voter
+				// must not go as if it were down already.
+				ownHealthy = v.Healthy || cs.State == "leader" || cs.State == "follower"
 			case v.Healthy && held[v.Target] != "":
 				busy = append(busy, fmt.Sprintf("%s on %s (%s)", v.ID, v.Target, held[v.Target]))
 			case v.Healthy:

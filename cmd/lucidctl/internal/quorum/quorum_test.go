@@ -120,7 +120,8 @@ func TestCheckQuorum(t *testing.T) {
 		pi3.Unknown = nil
 	})
 	t.Run("its own voter already down", func(t *testing.T) {
-		r, _ := quorumCase(n2, nil, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "candidate", true), voterOn("pi3", "n3", "follower", false))
+		candidate := &engineapi.ConsensusStatus{NodeID: "n2", State: "candidate", Servers: threeVoters}
+		r, _ := quorumCase(candidate, nil, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "candidate", true), voterOn("pi3", "n3", "follower", false))
 		if err := Check(ctx, "pi2", r, rep, false); err != nil {
 			t.Fatalf("deploying the broken voter is refused: %v", err)
 		}
@@ -186,5 +187,16 @@ func TestQuorumCountsEngines(t *testing.T) {
 	}
 	if err := Check(ctx, "pi2", r, rep, false); err == nil || !strings.Contains(err.Error(), "n3 on pi3 (its engine container is unhealthy)") {
 		t.Errorf("the refusal names why n3 does not count: %v", err)
+	}
+
+	// pi2's own engine container failed its healthcheck (one timed out
+	// on a loaded Pi), but the engine answers as a follower: it votes,
+	// and taking it down with pi3's engine down stops the chain.
+	r, _ = quorumCase(n2, nil,
+		withEngine(voterOn("pi1", "n1", "leader", true), "healthy"),
+		withEngine(voterOn("pi2", "n2", "follower", false), "unhealthy"),
+		withEngine(voterOn("pi3", "n3", "follower", false), "unhealthy"))
+	if err := Check(ctx, "pi2", r, rep, false); !errors.Is(err, ErrLost) {
+		t.Errorf("pi2's engine, unhealthy by its container but answering as a follower, taken down with pi3's engine down: %v", err)
 	}
 }
