@@ -5,9 +5,10 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/chain/chaintest"
@@ -50,9 +51,13 @@ func TestPaddedTimeIsRefused(t *testing.T) {
 // user's new anchor gets 429 with Retry-After until midnight UTC and a
 // message that says so; the refusal is counted.
 func TestAUsersAnchorsADayAreBounded(t *testing.T) {
-	hs := startAnchoringWith(t, map[string]string{"LUCID_ANCHORS_PER_DAY_FREE": "2"})
+	var mu sync.Mutex
+	now := time.Date(2026, 12, 7, 23, 59, 0, 0, time.UTC)
+	setNow := func(t time.Time) { mu.Lock(); now = t; mu.Unlock() }
+	hs := startAnchoringAt(t, map[string]string{"LUCID_ANCHORS_PER_DAY_FREE": "2"}, func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
 	alice := servicetest.User("alice@example.org")
-	for i := range 3 {
+	post := func(i int) (*http.Response, string) {
+		t.Helper()
 		m := chaintest.Anchor(i).Anchor
 		m.Owner = ""
 		body, _ := json.Marshal(m)
@@ -62,15 +67,27 @@ func TestAUsersAnchorsADayAreBounded(t *testing.T) {
 		}
 		text, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		switch {
-		case i < 2 && resp.StatusCode != http.StatusAccepted:
+		return resp, string(text)
+	}
+	for i := range 2 {
+		if resp, text := post(i); resp.StatusCode != http.StatusAccepted {
 			t.Fatalf("anchor %d: %d %s", i, resp.StatusCode, text)
-		case i == 2:
-			retry, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
-			if resp.StatusCode != http.StatusTooManyRequests || retry < 1 || retry > 86400 || !strings.Contains(string(text), "2 new anchors a day is what your tier may submit here") {
-				t.Errorf("a third anchor the same day: %d, Retry-After %q: %s", resp.StatusCode, resp.Header.Get("Retry-After"), text)
-			}
 		}
+	}
+	setNow(time.Date(2026, 12, 7, 23, 59, 30, 0, time.UTC))
+	resp, text := post(2)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "31" ||
+		!strings.Contains(text, "2 new anchors a day is what your tier may submit here") || !strings.Contains(text, "submit again after 2026-12-08T00:00:00Z") {
+		t.Errorf("a third anchor the same day: %d, Retry-After %q: %s", resp.StatusCode, resp.Header.Get("Retry-After"), text)
+	}
+	// The same anchor again is always answered.
+	if resp, text := post(0); resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusAccepted {
+		t.Errorf("the first anchor again, past the bound: %d %s", resp.StatusCode, text)
+	}
+	// A new UTC day: a new count.
+	setNow(time.Date(2026, 12, 8, 0, 0, 1, 0, time.UTC))
+	if resp, text := post(2); resp.StatusCode != http.StatusAccepted {
+		t.Errorf("the third anchor the next day: %d %s", resp.StatusCode, text)
 	}
 	resp, err := servicetest.Operator().Get(hs.URL + "/metrics")
 	if err != nil {

@@ -31,7 +31,15 @@ func startAnchoring(tb testing.TB) *httptest.Server {
 // startAnchoringWith is startAnchoring with env on top of its own.
 func startAnchoringWith(tb testing.TB, env map[string]string) *httptest.Server {
 	tb.Helper()
+	return startAnchoringAt(tb, env, nil)
+}
+
+// startAnchoringAt is startAnchoringWith whose clock is now (nil: the
+// wall clock).
+func startAnchoringAt(tb testing.TB, env map[string]string, now func() time.Time) *httptest.Server {
+	tb.Helper()
 	app := New().(*App)
+	app.now = now
 	// No engine: this measures durable acceptance alone; the submitter
 	// backs off quietly.
 	vars := map[string]string{"BLOCKCHAIN_ENGINE_URL": "http://127.0.0.1:1"}
