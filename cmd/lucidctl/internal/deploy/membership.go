@@ -528,7 +528,7 @@ func (m *membership) addVoter(ctx context.Context, leader string, req engineapi.
 		return fmt.Errorf("the leader's host cannot reach %s's engine over Raft, so it is not added: %w", req.ID, err)
 	}
 	err = api.AddVoter(ctx, req)
-	if aerr := m.audit(ctx, leader, []string{"chain.voters.add", req.ID}, err); aerr != nil && err == nil {
+	if aerr := m.audit(ctx, leader, hostservices.VoterAddAudit(req), err); aerr != nil && err == nil {
 		m.event(req.ID, deploy.StepJoin, deploy.EventWarn, fmt.Sprintf("added through %s, but %v", leader, aerr))
 	}
 	return err
@@ -711,7 +711,7 @@ func (m *membership) removeVoter(ctx context.Context, api voterAPI, leader, id s
 	}
 	m.event(m.cluster, deploy.StepLeave, deploy.EventStart, says)
 	err = api.RemoveVoter(ctx, id, key)
-	if aerr := m.audit(ctx, leader, []string{"chain.voters.remove", id}, err); aerr != nil && err == nil {
+	if aerr := m.audit(ctx, leader, hostservices.VoterRemoveAudit(id, key), err); aerr != nil && err == nil {
 		m.event(m.cluster, deploy.StepLeave, deploy.EventWarn, fmt.Sprintf("removed through %s, but %v", leader, aerr))
 	}
 	if err != nil {

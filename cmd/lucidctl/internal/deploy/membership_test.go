@@ -537,7 +537,7 @@ func TestJoin(t *testing.T) {
 			if !f.said(deploy.StepJoin, deploy.EventStart, "sealing its validator key into the chain, then adding it as a voter at 10.0.0.14:8094, through the leader pi1") {
 				t.Errorf("events %+v", f.events)
 			}
-			if len(f.audits) != 1 || f.audits[0] != "pi1: chain.voters.add pi4" {
+			if len(f.audits) != 1 || f.audits[0] != "pi1: chain.voters.add pi4 --address 10.0.0.14:8094 --key pi4+0123abcd+KEY" {
 				t.Errorf("audits %q", f.audits)
 			}
 		})
@@ -732,7 +732,7 @@ func TestLeave(t *testing.T) {
 		if want := []string{"pi1: remove pi3 key " + pi3Key}; !slices.Equal(f.log, want) {
 			t.Errorf("calls %q, want %q", f.log, want)
 		}
-		if !f.said(deploy.StepLeave, deploy.EventOK, "voter pi3 and its validator key removed; 2 voters left") || len(f.audits) != 1 || f.audits[0] != "pi1: chain.voters.remove pi3" {
+		if !f.said(deploy.StepLeave, deploy.EventOK, "voter pi3 and its validator key removed; 2 voters left") || len(f.audits) != 1 || f.audits[0] != "pi1: chain.voters.remove pi3 --key "+pi3Key {
 			t.Errorf("events %+v, audits %q", f.events, f.audits)
 		}
 	})

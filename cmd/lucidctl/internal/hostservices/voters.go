@@ -53,6 +53,29 @@ func (s *Session) RemoveVoter(ctx context.Context, timeout time.Duration, id, ke
 	return eng.RemoveVoter(ctx, s.EngineOperator(), id, key)
 }
 
+// The audit trail's actions of voter changes, the same whichever command
+// made them.
+const (
+	AuditVoterAdd    = "chain.voters.add"
+	AuditVoterRemove = "chain.voters.remove"
+)
+
+// VoterAddAudit is what a host's audit trail records of adding req as a
+// voter: the node, its Raft address and its validator key (a public key,
+// no secret).
+func VoterAddAudit(req engineapi.AddVoterRequest) []string {
+	return []string{AuditVoterAdd, req.ID, "--address", req.Address, "--key", req.Key}
+}
+
+// VoterRemoveAudit is what a host's audit trail records of removing node
+// id from the voters, and with key its validator key.
+func VoterRemoveAudit(id, key string) []string {
+	if key == "" {
+		return []string{AuditVoterRemove, id}
+	}
+	return []string{AuditVoterRemove, id, "--key", key}
+}
+
 // NotLeader reports whether err is an engine's refusal to change the
 // voters because it does not lead.
 func NotLeader(err error) bool {

@@ -106,8 +106,8 @@ const (
 	actionScrub       = "datachain.scrub"
 	actionCompact     = "datachain.compact"
 	actionRotateCA    = "mesh.rotate-ca"
-	actionVoterAdd    = "chain.voters.add"
-	actionVoterRemove = "chain.voters.remove"
+	actionVoterAdd    = hostservices.AuditVoterAdd
+	actionVoterRemove = hostservices.AuditVoterRemove
 	actionVotersList  = "chain.voters.list"
 	progressEvery     = 10 * time.Second
 	auditWait         = 5 * time.Second // recording an action after an interrupt, which waits for it

@@ -247,12 +247,13 @@ func TestMaintenanceThroughSSH(t *testing.T) {
 	if text := p.remote("voters", "list"); text.code != 0 || !strings.Contains(text.out, st.NodeID) || !strings.Contains(text.out, "leader "+st.NodeID) {
 		t.Errorf("voters list text: exit %d\n%s%s", text.code, text.out, text.errOut)
 	}
-	// The trail names the node each change was for, and how it ended.
+	// The trail names the node each change was for, its address and key,
+	// and how it ended.
 	trail, err = os.ReadFile(filepath.Join(dir, "pi", deploy.AuditFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"args":["chain.voters.remove","ghost"]`, `"args":["chain.voters.add","pi2"],`, `"args":["chain.voters.remove","` + st.NodeID + `"],`} {
+	for _, want := range []string{`"args":["chain.voters.remove","ghost"]`, `"args":["chain.voters.add","pi2","--address","127.0.0.1:1","--key","not-a-key"],`, `"args":["chain.voters.remove","` + st.NodeID + `","--key","` + st.ValidatorKey + `"],`} {
 		if !strings.Contains(string(trail), want) {
 			t.Errorf("the audit trail lacks %s:\n%s", want, trail)
 		}

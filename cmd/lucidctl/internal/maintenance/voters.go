@@ -108,10 +108,14 @@ func runVoters(ctx context.Context, opts *VotersOptions) error {
 			return err
 		}
 	}
-	// The trail names the node a change was for.
+	// The trail names the node a change was for, where it was added and
+	// which validator key went with it.
 	audit := []string{actionVotersList}
-	if opts.action != "" {
-		audit = []string{opts.action, opts.ID}
+	switch opts.action {
+	case actionVoterAdd:
+		audit = hostservices.VoterAddAudit(engineapi.AddVoterRequest{ID: opts.ID, Address: opts.Address, Key: opts.Key})
+	case actionVoterRemove:
+		audit = hostservices.VoterRemoveAudit(opts.ID, opts.Key)
 	}
 	out, err := each(ctx, opts.Env, &opts.Flags, audit, func(ctx context.Context, s *session) (*engineapi.ConsensusStatus, error) {
 		switch opts.action {
