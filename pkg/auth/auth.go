@@ -60,6 +60,19 @@ const (
 // Tiers lists every valid tier.
 var Tiers = []Tier{TierFree, TierPremium, TierEnterprise}
 
+// PerTier is a setting with a value for each tier: a rate limit, a quota,
+// a daily bound.
+type PerTier[T any] map[Tier]T
+
+// Of is t's value. A tier the setting does not hold (a principal of no
+// known tier) gets the free tier's, the least any token carries.
+func (p PerTier[T]) Of(t Tier) T {
+	if v, ok := p[t]; ok {
+		return v
+	}
+	return p[TierFree]
+}
+
 // ParseTier returns the tier called s.
 func ParseTier(s string) (Tier, error) {
 	for _, t := range Tiers {

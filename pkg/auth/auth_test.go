@@ -133,3 +133,14 @@ func TestIssuerAndAudience(t *testing.T) {
 		t.Errorf("empty requirements require nothing: %v", err)
 	}
 }
+
+// TestPerTierOf: each tier gets its own value; a tier the setting does not
+// hold gets the free tier's, never a zero that could mean "no bound".
+func TestPerTierOf(t *testing.T) {
+	quota := PerTier[uint64]{TierFree: 1 << 30, TierPremium: 16 << 30, TierEnterprise: 0}
+	for tier, want := range map[Tier]uint64{TierFree: 1 << 30, TierPremium: 16 << 30, TierEnterprise: 0, "gold": 1 << 30, "": 1 << 30} {
+		if got := quota.Of(tier); got != want {
+			t.Errorf("Of(%q) = %d, want %d", tier, got, want)
+		}
+	}
+}

@@ -49,10 +49,10 @@ type App struct {
 	keysAt   time.Time
 	keysRead singleflight.Group
 	now      func() time.Time
-	// perDayOf bounds each user's new anchors a day, by tier
+	// perDay bounds each user's new anchors a day, by tier
 	// (LUCID_ANCHORS_PER_DAY_<TIER>; 0: no bound): every anchor is kept
 	// on the chain for good, on every Pi.
-	perDayOf  map[auth.Tier]uint64
+	perDay    auth.PerTier[uint64]
 	overDaily *prometheus.CounterVec
 	accepted  prometheus.Counter
 	sealed    prometheus.Counter
@@ -71,9 +71,9 @@ func (a *App) Configure(r *envconfig.Reader) {
 	a.engineURL = r.URLList("BLOCKCHAIN_ENGINE_URL", "http://127.0.0.1:8084")
 	a.batch = r.Int("LUCID_ANCHOR_BATCH", 1000, 1, 1000)
 	a.resubmitAfter = r.Duration("LUCID_ANCHOR_RESUBMIT", 15*time.Second, time.Second, time.Hour)
-	a.perDayOf = map[auth.Tier]uint64{}
-	for _, d := range defaultPerDay {
-		a.perDayOf[d.tier] = uint64(r.Int("LUCID_ANCHORS_PER_DAY_"+strings.ToUpper(string(d.tier)), d.anchors, 0, 100_000_000))
+	a.perDay = auth.PerTier[uint64]{}
+	for _, t := range auth.Tiers {
+		a.perDay[t] = uint64(r.Int("LUCID_ANCHORS_PER_DAY_"+strings.ToUpper(string(t)), defaultPerDay[t], 0, 100_000_000))
 	}
 }
 
@@ -81,19 +81,7 @@ func (a *App) Configure(r *envconfig.Reader) {
 // far more sessions than a person records, far fewer than a script
 // could fill the chain with (a free token's rate limit alone lets 144,000
 // a day through).
-var defaultPerDay = []struct {
-	tier    auth.Tier
-	anchors int
-}{{auth.TierFree, 1_000}, {auth.TierPremium, 20_000}, {auth.TierEnterprise, 0}}
-
-// perDay is p's bound on new anchors a day; a principal of no known tier
-// gets the free tier's.
-func (a *App) perDay(p service.Principal) uint64 {
-	if n, ok := a.perDayOf[p.Tier]; ok {
-		return n
-	}
-	return a.perDayOf[auth.TierFree]
-}
+var defaultPerDay = auth.PerTier[int]{auth.TierFree: 1_000, auth.TierPremium: 20_000, auth.TierEnterprise: 0}
 
 // Provision opens the queue and starts the submitter and the follower.
 func (a *App) Provision(ctx context.Context, srv *service.Server) error {

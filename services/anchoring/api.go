@@ -58,7 +58,7 @@ func (a *api) create(w http.ResponseWriter, r *http.Request, p service.Principal
 		return err
 	}
 	rec := &record{Owner: p.Subject, SessionID: m.SessionID, TxID: chain.TxID(canon), Tx: canon, Status: statusPending, CreatedAt: a.app.clock().UTC()}
-	existing, created, err := a.app.store.accept(rec, a.app.perDay(p))
+	existing, created, err := a.app.store.accept(rec, a.app.perDay.Of(p.Tier))
 	var daily *dailyLimitError
 	switch {
 	case errors.Is(err, errConflict):

@@ -137,7 +137,7 @@ func (a *api) put(w http.ResponseWriter, r *http.Request, p service.Principal) e
 	if err := a.app.room(len(data)); err != nil && !a.app.store.Has(p.Subject, packstore.ID(data)) {
 		return err
 	}
-	id, isNew, err := a.app.store.AddWithin(r.Context(), p.Subject, data, member, a.app.quota(p))
+	id, isNew, err := a.app.store.AddWithin(r.Context(), p.Subject, data, member, a.app.quotas.Of(p.Tier))
 	var qe *packstore.QuotaError
 	switch {
 	case errors.As(err, &qe):

@@ -45,7 +45,7 @@ type App struct {
 	// quotas bound what one user's chunks may take on disk, by tier
 	// (LUCID_QUOTA_<TIER>_BYTES; 0: no bound): without them one token
 	// could fill the card for everyone.
-	quotas map[auth.Tier]uint64
+	quotas auth.PerTier[uint64]
 
 	store     *packstore.Store
 	anchoring *anchoringapi.Client
@@ -122,31 +122,19 @@ func (a *App) Configure(r *envconfig.Reader) {
 	a.packBytes = r.Int("LUCID_PACK_MAX_BYTES", 1<<30, 1<<20, 1<<40)
 	a.sessionChunks = r.Int("LUCID_SESSION_MAX_CHUNKS", 100_000, 1, 1_000_000)
 	a.reserve = uint64(r.Int(envDiskReserve, 1<<30, 0, 1<<40))
-	a.quotas = map[auth.Tier]uint64{}
-	for _, q := range defaultQuotas {
-		a.quotas[q.tier] = uint64(r.Int(quotaSetting(q.tier), q.bytes, 0, 1<<50))
+	a.quotas = auth.PerTier[uint64]{}
+	for _, t := range auth.Tiers {
+		a.quotas[t] = uint64(r.Int(quotaSetting(t), defaultQuotas[t], 0, 1<<50))
 	}
 }
 
 // defaultQuotas are what one user's chunks may take, by tier: a free
 // user a gigabyte, a premium one sixteen, an enterprise one without a
 // bound of its own (the disk reserve still keeps the card from filling).
-var defaultQuotas = []struct {
-	tier  auth.Tier
-	bytes int
-}{{auth.TierFree, 1 << 30}, {auth.TierPremium, 16 << 30}, {auth.TierEnterprise, 0}}
+var defaultQuotas = auth.PerTier[int]{auth.TierFree: 1 << 30, auth.TierPremium: 16 << 30, auth.TierEnterprise: 0}
 
 // quotaSetting names the variable of tier's quota.
 func quotaSetting(t auth.Tier) string { return "LUCID_QUOTA_" + strings.ToUpper(string(t)) + "_BYTES" }
-
-// quota is what p's chunks may take; a principal of no known tier gets
-// the free tier's.
-func (a *App) quota(p service.Principal) uint64 {
-	if q, ok := a.quotas[p.Tier]; ok {
-		return q
-	}
-	return a.quotas[auth.TierFree]
-}
 
 // envDiskReserve is how many bytes of its disk the data chain leaves free.
 const envDiskReserve = "LUCID_DISK_RESERVE_BYTES"

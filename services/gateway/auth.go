@@ -140,9 +140,9 @@ func (a *App) isTrusted(s string) bool {
 // its key, by sub, or the free tier by client address (clientKey).
 func (a *App) principal(fc *fasthttp.RequestCtx, c *auth.Claims) (*budget, string) {
 	if c != nil {
-		return a.budgets[c.Tier], "sub:" + c.Subject
+		return a.budgets.Of(c.Tier), "sub:" + c.Subject
 	}
-	return a.budgets[auth.TierFree], a.clientKey(fc)
+	return a.budgets.Of(auth.TierFree), a.clientKey(fc)
 }
 
 // limit takes n units (requestCost) from key's budget b. It sets the
@@ -200,8 +200,8 @@ func ownBudget(free *budget, m *metrics) *budget {
 	}
 }
 
-func newBudgets(limits map[auth.Tier]ratelimit.Limit, concurrency map[auth.Tier]int, m *metrics) map[auth.Tier]*budget {
-	out := map[auth.Tier]*budget{}
+func newBudgets(limits auth.PerTier[ratelimit.Limit], concurrency auth.PerTier[int], m *metrics) auth.PerTier[*budget] {
+	out := auth.PerTier[*budget]{}
 	for tier, l := range limits {
 		t := string(tier)
 		out[tier] = &budget{

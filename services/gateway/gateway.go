@@ -40,8 +40,8 @@ type App struct {
 	routes  []routetable.Route
 	lookup  func(string) string
 	trusted []*net.IPNet
-	limits  map[auth.Tier]ratelimit.Limit
-	budgets map[auth.Tier]*budget
+	limits  auth.PerTier[ratelimit.Limit]
+	budgets auth.PerTier[*budget]
 	// ownBudget limits calls to the gateway's own /ready and /metrics:
 	// the free tier's size, its decisions metered apart (tier "own").
 	ownBudget *budget
@@ -76,7 +76,7 @@ type App struct {
 	verify []auth.ParseOption
 	// concurrency bounds each principal's requests in progress, per tier;
 	// inflight counts them.
-	concurrency map[auth.Tier]int
+	concurrency auth.PerTier[int]
 	inflight    *inflight
 	// uploadUnit is LUCID_RATE_UPLOAD_UNIT_BYTES: each started unit of a
 	// request's body costs one more rate-limit unit.
@@ -155,8 +155,8 @@ func (a *App) Configure(r *envconfig.Reader) {
 	a.connsPerAddr = r.Int("LUCID_CONNS_PER_ADDRESS", maxConnsPerAddr, 1, 1<<20)
 	a.conns = r.Int("LUCID_CONNS_MAX", maxConns, 1, 1<<20)
 	divisor := r.Int("LUCID_RATE_BURST_DIVISOR", 10, 1, 1000)
-	a.limits = map[auth.Tier]ratelimit.Limit{}
-	a.concurrency = map[auth.Tier]int{}
+	a.limits = auth.PerTier[ratelimit.Limit]{}
+	a.concurrency = auth.PerTier[int]{}
 	// Requests in progress per principal at once, at each gateway: a free
 	// principal gets 8 (a browser's 6 connections to a host and a couple
 	// of follow streams); premium 32 and enterprise 128 carry several
@@ -251,7 +251,7 @@ func (a *App) Provision(ctx context.Context, srv *service.Server) error {
 		}
 	}
 	a.budgets = newBudgets(a.limits, a.concurrency, a.metrics)
-	a.ownBudget = ownBudget(a.budgets[auth.TierFree], a.metrics)
+	a.ownBudget = ownBudget(a.budgets.Of(auth.TierFree), a.metrics)
 	a.inflight = newInflight()
 	a.tokens = newTokenCache(100_000)
 	a.pools = map[string]*pool{}
