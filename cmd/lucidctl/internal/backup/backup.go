@@ -37,9 +37,14 @@ import (
 )
 
 // Services are the stateful services a backup copies, in the order their
-// copies are taken: the engine first, so that every anchor the others
-// know as sealed is in its copy or later.
-var Services = []string{"engine", "anchoring", "blocks", "datachain", "mesh"}
+// copies are taken: each before the services it follows, the engine last.
+// What a service's copy knows of another's state then lies in that
+// other's copy, taken later: every anchor anchoring holds as sealed, every
+// block the block manager indexed, is in the engine's copy, and every
+// anchor a data chain session was sealed with is in anchoring's. The other
+// order would restore anchors marked sealed at heights the restored chain
+// lacks, never sent again, and a block index ahead of its chain.
+var Services = []string{"datachain", "anchoring", "blocks", "engine", "mesh"}
 
 // Options are the inputs of `lucidctl backup`.
 type Options struct {

@@ -63,6 +63,12 @@ func random(seed uint64, n int) []byte {
 	return b
 }
 
+// seedOf is the seed of the random content of a fake service's file.
+func seedOf(name string) uint64 {
+	c, _ := catalog.Lookup(name)
+	return uint64(c.Port)
+}
+
 func startStack(t *testing.T, sizes map[string]int) *stack {
 	t.Helper()
 	return startStackOn(t, "", sizes)
@@ -73,8 +79,8 @@ func startStack(t *testing.T, sizes map[string]int) *stack {
 func startStackOn(t *testing.T, host string, sizes map[string]int) *stack {
 	t.Helper()
 	st := &stack{svcs: map[string]*backuptest.Service{}}
-	for i, name := range backup.Services {
-		svc := backuptest.NewService(name, map[string][]byte{name + ".db": random(uint64(i+1), sizes[name]+1000)})
+	for _, name := range backup.Services {
+		svc := backuptest.NewService(name, map[string][]byte{name + ".db": random(seedOf(name), sizes[name]+1000)})
 		svc.Token, svc.Host = operatorToken, host
 		switch name {
 		case "engine":
@@ -196,7 +202,7 @@ func TestBackupLocalStack(t *testing.T) {
 		t.Fatalf("second backup: %+v", second.Totals)
 	}
 	// A grown file: only its last piece.
-	st.svcs["datachain"].Set("datachain.db", append(random(4, (5<<20)+1000), random(9, 10)...))
+	st.svcs["datachain"].Set("datachain.db", append(random(seedOf("datachain"), (5<<20)+1000), random(9, 10)...))
 	third := p.backupJSON(t)
 	if third.Totals.PiecesNew != 1 || third.Totals.BytesSent != 1000+10 {
 		t.Fatalf("third backup: %+v", third.Totals)
