@@ -105,6 +105,14 @@ const (
 	DataRoot = "/var/lib/lucid"
 )
 
+// Each container's log, rotated by Docker: at most LogMaxFiles files of
+// LogMaxSize, 30 MiB a container, 210 MiB for a Pi's seven, and the
+// last few hours of a busy gateway's access log.
+const (
+	LogMaxSize  = "10m"
+	LogMaxFiles = 3
+)
+
 // Consul in the compose file: not ours, so not built by lucidctl.
 const (
 	ConsulContainer = "lucid-consul"
@@ -421,6 +429,9 @@ func Render(ctx context.Context, o Options) (*Files, error) {
 		"Services": services,
 		"User":     User,
 		"Network":  Network,
+		// Strings: compose wants the options' values quoted.
+		"LogMaxSize":  LogMaxSize,
+		"LogMaxFiles": strconv.Itoa(LogMaxFiles),
 	}
 	if err := tmpl.ExecuteTemplate(&compose, "docker-compose.core.yml.tmpl", data); err != nil {
 		return nil, fmt.Errorf("compose template: %w", err)

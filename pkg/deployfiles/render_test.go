@@ -6,8 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/compose-spec/compose-go/v2/loader"
+	"github.com/compose-spec/compose-go/v2/types"
 
 	"github.com/pickme/lucid/pkg/api/meshapi"
 	"github.com/pickme/lucid/pkg/auth"
@@ -319,6 +323,34 @@ func TestIsServiceEnvPath(t *testing.T) {
 	for _, p := range []string{"../../.ssh/authorized_keys", ServiceEnvPath("../x"), ServiceEnvPath("evil"), EnvPath, "configs/environment/gateway.env/x"} {
 		if IsServiceEnvPath(p) {
 			t.Errorf("%s is not a service's env file", p)
+		}
+	}
+}
+
+// TestEveryContainerLogIsRotated: each container's log is bounded by the
+// compose file itself, whatever the host's Docker daemon is configured
+// with, so a flood of logged refusals cannot fill the card.
+func TestEveryContainerLogIsRotated(t *testing.T) {
+	f, err := Render(context.Background(), Options{ImageName: "pickme/lucid-{service}", ImageTag: "latest-arm64", NewSecret: placeholderSecret, NewUUID: placeholderUUID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	project, err := loader.LoadWithContext(context.Background(), types.ConfigDetails{
+		WorkingDir:  t.TempDir(),
+		ConfigFiles: []types.ConfigFile{{Filename: ComposePath, Content: f.Compose}},
+	}, func(lo *loader.Options) {
+		lo.SkipInterpolation, lo.SkipConsistencyCheck, lo.SkipResolveEnvironment = true, true, true
+		lo.SetProjectName("lucid", false)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(project.Services) != len(catalog.Services)+1 { // and Consul
+		t.Errorf("%d services in the compose file", len(project.Services))
+	}
+	for name, s := range project.Services {
+		if l := s.Logging; l == nil || l.Driver != "json-file" || l.Options["max-size"] != LogMaxSize || l.Options["max-file"] != strconv.Itoa(LogMaxFiles) {
+			t.Errorf("%s's log is not rotated: %+v", name, l)
 		}
 	}
 }
