@@ -274,7 +274,7 @@ func (s *Server) identify(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := s.identityOfRequest(r)
 		if err != nil {
-			s.logger.WarnContext(r.Context(), "refused a request", "reason", err.Error(), "remote", r.RemoteAddr, "path", r.URL.Path)
+			s.logger.WarnContext(r.Context(), "refused a request", "reason", err.Error(), "remote", r.RemoteAddr, "path", LogPath(r.URL.Path))
 			WriteError(w, r, s.logger, Errorf(http.StatusForbidden, CodeForbidden, "the caller is not allowed here"))
 			return
 		}
@@ -283,7 +283,7 @@ func (s *Server) identify(next http.Handler) http.Handler {
 			if s.identity.Load() == nil {
 				msg = "a Lucid service signature is required (users reach the services through the gateway)"
 			}
-			s.logger.WarnContext(r.Context(), "refused a request from an unknown caller", "remote", r.RemoteAddr, "path", r.URL.Path)
+			s.logger.WarnContext(r.Context(), "refused a request from an unknown caller", "remote", r.RemoteAddr, "path", LogPath(r.URL.Path))
 			WriteError(w, r, s.logger, Errorf(http.StatusForbidden, CodeForbidden, "%s", msg))
 			return
 		}

@@ -71,7 +71,7 @@ func WriteError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 	if he.Status >= 500 {
 		level = slog.LevelError
 	}
-	logger.Log(r.Context(), level, "request failed", "method", r.Method, "path", r.URL.Path, "status", he.Status, "code", he.Code, "error", err)
+	logger.Log(r.Context(), level, "request failed", "method", r.Method, "path", LogPath(r.URL.Path), "status", he.Status, "code", he.Code, "error", err)
 	writeErrorBody(w, r, he)
 }
 

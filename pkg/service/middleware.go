@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // statusWriter records the status and size of a response. It unwraps for
@@ -67,11 +69,30 @@ func instrument(logger *slog.Logger, m *httpMetrics, next http.Handler) http.Han
 		}
 		if logger.Enabled(r.Context(), level) {
 			logger.Log(r.Context(), level, "request",
-				"method", r.Method, "path", r.URL.Path, "route", route(r),
+				"method", r.Method, "path", LogPath(r.URL.Path), "route", route(r),
 				"status", status, "bytes", sw.bytes, "duration_ms", float64(elapsed.Microseconds())/1000,
 				"remote", r.RemoteAddr)
 		}
 	})
+}
+
+// MaxLoggedPath is how much of a request's path a log record keeps: a
+// path may be tens of kilobytes, and a record is written for every
+// request, refused ones too, which anyone who reaches a port can send.
+const MaxLoggedPath = 256
+
+// LogPath is path as a log record keeps it: whole up to MaxLoggedPath
+// bytes, else cut there (on a character's boundary) and marked with how
+// much was left out.
+func LogPath(path string) string {
+	if len(path) <= MaxLoggedPath {
+		return path
+	}
+	n := MaxLoggedPath
+	for n > 0 && !utf8.RuneStart(path[n]) {
+		n--
+	}
+	return path[:n] + "…(+" + strconv.Itoa(len(path)-n) + " bytes)"
 }
 
 // recoverPanics turns a handler panic into a logged 500 instead of a dropped

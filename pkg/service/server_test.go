@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"unicode/utf8"
 	"testing/synctest"
 	"time"
 
@@ -423,5 +424,32 @@ func TestProbe(t *testing.T) {
 	ts.Close()
 	if err := Probe(context.Background(), ":"+port, "/health", false); err == nil {
 		t.Error("Probe of a closed port succeeded")
+	}
+}
+
+// TestLongPathsAreCutInTheLog: a request's path is logged up to
+// MaxLoggedPath bytes, cut on a character's boundary and marked, so a
+// flood of 60 KiB paths writes short records.
+func TestLongPathsAreCutInTheLog(t *testing.T) {
+	if got := LogPath("/api/v1/blocks/7"); got != "/api/v1/blocks/7" {
+		t.Errorf("a short path: %q", got)
+	}
+	long := "/" + strings.Repeat("é", 30_000) // two bytes each
+	got := LogPath(long)
+	if !utf8.ValidString(got) || !strings.HasSuffix(got, " bytes)") || len(got) > MaxLoggedPath+32 || !strings.HasPrefix(long, strings.Split(got, "…(+")[0]) {
+		t.Errorf("a long path logged as %q", got)
+	}
+	var logs bytes.Buffer
+	s := testServer(t, &logs)
+	if rec := get(t, s.Handler(), "/"+strings.Repeat("a", 60<<10)); rec.Code != 404 {
+		t.Fatalf("code %d", rec.Code)
+	}
+	for line := range strings.Lines(logs.String()) {
+		if len(line) > 2<<10 {
+			t.Errorf("a record of %d bytes for one request: %.300s…", len(line), line)
+		}
+	}
+	if !strings.Contains(logs.String(), "…(+61185 bytes)") {
+		t.Errorf("the cut is not marked:\n%.2000s", logs.String())
 	}
 }

@@ -315,7 +315,7 @@ func (rp *routeProxy) serve(c *call) (streaming bool, err error) {
 			cl, err = nil, nil
 		}
 		if err != nil {
-			rp.logger.InfoContext(c.ctx, "authentication failed", "reason", err.Error(), "path", string(fc.URI().PathOriginal()))
+			rp.logger.InfoContext(c.ctx, "authentication failed", "reason", err.Error(), "path", service.LogPath(string(fc.URI().PathOriginal())))
 			a.metrics.authFailures.Inc()
 			// Failed attempts count against the client's address, so
 			// guessing tokens is rate limited like anything else.

@@ -420,7 +420,7 @@ func (a *App) end(c *call) {
 			n = int64(len(fc.Response.Body()))
 		}
 		a.logger.LogAttrs(c.ctx, slog.LevelInfo, "request",
-			slog.String("method", method), slog.String("path", string(fc.URI().PathOriginal())), slog.String("route", c.rp.prefix),
+			slog.String("method", method), slog.String("path", service.LogPath(string(fc.URI().PathOriginal()))), slog.String("route", c.rp.prefix),
 			slog.Int("status", status), slog.Int64("bytes", n), slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
 			slog.String("remote", fc.RemoteAddr().String()))
 	}
@@ -437,7 +437,7 @@ func (a *App) writeError(ctx context.Context, fc *fasthttp.RequestCtx, id string
 	if he.Status >= 500 {
 		level = slog.LevelError
 	}
-	a.logger.Log(ctx, level, "request failed", "method", string(fc.Method()), "path", string(fc.URI().PathOriginal()),
+	a.logger.Log(ctx, level, "request failed", "method", string(fc.Method()), "path", service.LogPath(string(fc.URI().PathOriginal())),
 		"status", he.Status, "code", he.Code, "error", err)
 	h := &fc.Response.Header
 	if he.RetryAfter > 0 {

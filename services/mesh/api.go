@@ -100,7 +100,7 @@ func (a *App) operator(h service.HandlerFunc) service.HandlerFunc {
 			if caller, ok := service.CallerOf(r.Context()); ok {
 				who = "service " + caller
 			}
-			a.logger.Warn("mesh: refused an operator action without the operator credential", "caller", who, "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path)
+			a.logger.Warn("mesh: refused an operator action without the operator credential", "caller", who, "remote", r.RemoteAddr, "method", r.Method, "path", service.LogPath(r.URL.Path))
 		}
 		return guarded(w, r)
 	}
@@ -113,7 +113,7 @@ func (a *App) member(h service.HandlerFunc) service.HandlerFunc {
 		if _, ok := service.CallerOf(r.Context()); ok || service.IsOperator(r.Context()) {
 			return h(w, r)
 		}
-		a.logger.Warn("mesh: refused a request without a mesh certificate or the operator credential", "remote", r.RemoteAddr, "path", r.URL.Path)
+		a.logger.Warn("mesh: refused a request without a mesh certificate or the operator credential", "remote", r.RemoteAddr, "path", service.LogPath(r.URL.Path))
 		return service.Errorf(http.StatusUnauthorized, service.CodeAuth, "a mesh certificate or the operator credential is required")
 	}
 }
