@@ -752,11 +752,18 @@ func (d *Deployer) prune(ctx context.Context) {
 	if len(rs) <= d.cfg.KeepReleases {
 		return
 	}
-	// As Prune keeps them: the current release and the one a rollback
-	// returns to, however many failed deploys came between.
+	// As Prune keeps them: the current release, the one a rollback
+	// returns to, however many failed deploys came between, and any a
+	// container runs from.
+	list, err := h.projectContainers(ctx)
+	if err != nil {
+		d.emit(StepPrune, EventWarn, "old releases left: "+err.Error())
+		return
+	}
+	running := h.inUse(rs, list)
 	back, _ := pickRollback(rs, "")
 	for _, r := range rs[d.cfg.KeepReleases:] {
-		if r.Current || back != nil && r.ID == back.ID {
+		if r.Current || back != nil && r.ID == back.ID || running[r.ID] {
 			continue
 		}
 		for _, s := range catalog.Services {

@@ -64,7 +64,8 @@ type PruneResult struct {
 
 // Prune frees the host's disk under the deploy lock: releases beyond the
 // newest o.Keep (never the current one, nor the previous one that went
-// live, which a rollback returns to), Lucid images no kept release uses
+// live, which a rollback returns to, nor one a running container runs
+// from), Lucid images no kept release uses
 // (by image ID, so a kept release's images stay whatever their tags),
 // dangling Lucid image layers older than an hour (a younger one may be a
 // build's step in progress), and stopped Lucid containers of releases
@@ -97,12 +98,17 @@ func (d *Deployer) Prune(ctx context.Context, o PruneOptions) (res *PruneResult,
 		return nil, fmt.Errorf("%s: releases: %w", name, err)
 	}
 	out := &PruneResult{Target: name, DryRun: o.DryRun, Items: []PruneItem{}, Kept: []string{}}
+	list, err := h.projectContainers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	running := h.inUse(rs, list)
 	back, cur := pickRollback(rs, "")
 	keepIDs := map[string]bool{} // image IDs a kept release needs
 	keepTags := map[string]bool{}
 	var gone []Release
 	for i, r := range rs {
-		if i < o.Keep || r.Current || back != nil && r.ID == back.ID {
+		if i < o.Keep || r.Current || back != nil && r.ID == back.ID || running[r.ID] {
 			out.Kept = append(out.Kept, r.ID)
 			for _, id := range r.Images {
 				keepIDs[id] = true
@@ -144,10 +150,6 @@ func (d *Deployer) Prune(ctx context.Context, o PruneOptions) (res *PruneResult,
 	}
 
 	// Containers first: an image a stopped container uses cannot go.
-	list, err := h.projectContainers(ctx)
-	if err != nil {
-		return nil, err
-	}
 	curDir := ""
 	if cur != nil {
 		curDir = h.releaseDir(cur.ID)

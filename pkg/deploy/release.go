@@ -344,6 +344,27 @@ func (h *host) gatewayHealth(ctx context.Context, release, gatewayAddr string, l
 	return nil, nil
 }
 
+// inUse is the releases of rs that a running container of list runs from
+// (its compose working directory): a deploy cut off after its compose up
+// leaves its containers running from a release that is not current, and
+// their bind mounts (the gateway's routes and certificates) live in its
+// directory.
+func (h *host) inUse(rs []Release, list []container.Summary) map[string]bool {
+	used := map[string]bool{}
+	for _, c := range list {
+		if c.State != "running" && c.State != "restarting" && c.State != "paused" {
+			continue
+		}
+		wd := c.Labels["com.docker.compose.project.working_dir"]
+		for _, r := range rs {
+			if dir := h.releaseDir(r.ID); wd == dir || strings.HasPrefix(wd, dir+"/") {
+				used[r.ID] = true
+			}
+		}
+	}
+	return used
+}
+
 func (h *host) projectContainers(ctx context.Context) ([]container.Summary, error) {
 	list, err := h.docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "com.docker.compose.project="+h.project))})
 	if err != nil {
