@@ -185,14 +185,43 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 			cycle = append(cycle, member{s.Name, c})
 		}
 	}
+	// From the first stop on, a failure keeps what was restored in res,
+	// and says where the host stands. While no volume was replaced, the
+	// services stopped start again: the host serves its data as it was (a
+	// volume cut off mid-swap holds a mark, and its service refuses to
+	// start until it is restored again).
+	var stopped []member
+	failed := func(err error) (*RestoreResult, error) {
+		done := slices.Sorted(maps.Keys(res.Services))
+		if len(done) > 0 {
+			return res, fmt.Errorf("%w; restored before it: %s; the stack's services may be stopped: run the restore again", err, strings.Join(done, ", "))
+		}
+		if len(stopped) == 0 {
+			return res, err
+		}
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), restartWait)
+		defer cancel()
+		var serr []error
+		for i := len(stopped) - 1; i >= 0; i-- {
+			if e := d.h.docker.ContainerStart(sctx, stopped[i].c.ID, container.StartOptions{}); e != nil {
+				serr = append(serr, fmt.Errorf("start %s: %w", stopped[i].name, e))
+			}
+		}
+		if len(serr) > 0 {
+			return res, fmt.Errorf("%w; no volume was replaced, and starting the services again failed: %w", err, errors.Join(serr...))
+		}
+		d.emit(StepStart, EventOK, "no volume was replaced: the services stopped for the restore run again")
+		return res, fmt.Errorf("%w; no volume was replaced, and the services stopped for the restore run again", err)
+	}
 	for i := len(cycle) - 1; i >= 0; i-- {
 		m := cycle[i]
 		d.emit(StepStop, EventStart, m.name)
 		if err := d.h.docker.ContainerStop(ctx, m.c.ID, container.StopOptions{}); err != nil {
 			err = fmt.Errorf("%s: stop %s: %w", name, m.name, err)
 			d.emit(StepStop, EventFail, err.Error())
-			return nil, err
+			return failed(err)
 		}
+		stopped = append(stopped, m)
 		d.emit(StepStop, EventOK, m.name)
 	}
 	for _, t := range targets {
@@ -201,7 +230,7 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 		if err != nil {
 			err = fmt.Errorf("%s: restore %s: %w", name, t.data.Service, err)
 			d.emit(StepRestore, EventFail, err.Error())
-			return nil, err
+			return failed(err)
 		}
 		res.Services[t.data.Service] = r
 		d.emit(StepRestore, EventOK, fmt.Sprintf("%s: %d files, %d bytes", t.data.Service, r.Files, r.Bytes))
@@ -215,19 +244,19 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 		dir := d.h.releaseDir(cur.ID)
 		for _, p := range slices.Sorted(maps.Keys(o.EnvFiles)) {
 			if err := d.h.ssh.WriteFile(ctx, path.Join(dir, p), o.EnvFiles[p], 0o600); err != nil {
-				return nil, fmt.Errorf("%s: write %s: %w", name, p, err)
+				return failed(fmt.Errorf("%s: write %s: %w", name, p, err))
 			}
 			res.EnvFiles = append(res.EnvFiles, p)
 		}
 		// A container reads its env file when it is created: compose
 		// recreates those whose file changed, and starts the stopped ones.
 		if err := d.h.detectCompose(ctx); err != nil {
-			return nil, err
+			return failed(err)
 		}
 		d.emit(StepUp, EventStart, cur.ID)
 		if err := d.h.up(ctx, cur.ID, d.h.upLimit(d.cfg.HealthTimeout)); err != nil {
 			d.emit(StepUp, EventFail, err.Error())
-			return nil, err
+			return failed(err)
 		}
 		d.emit(StepUp, EventOK, "")
 		only = nil // every service may have been recreated
@@ -237,7 +266,7 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 			if err := d.h.docker.ContainerStart(ctx, m.c.ID, container.StartOptions{}); err != nil {
 				err = fmt.Errorf("%s: start %s: %w", name, m.name, err)
 				d.emit(StepStart, EventFail, err.Error())
-				return nil, err
+				return failed(err)
 			}
 			d.emit(StepStart, EventOK, m.name)
 		}
@@ -249,7 +278,7 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 	d.emit(StepHealth, EventStart, fmt.Sprintf("healthy within %s", d.cfg.HealthTimeout))
 	if err := d.h.waitHealthy(ctx, cur.ID, want, d.cfg.HealthTimeout, only); err != nil {
 		d.emit(StepHealth, EventFail, err.Error())
-		return nil, fmt.Errorf("%s: %w", name, err)
+		return failed(fmt.Errorf("%s: %w", name, err))
 	}
 	d.emit(StepHealth, EventOK, "")
 	return res, nil
@@ -271,6 +300,16 @@ func (d *Deployer) volumeOf(ctx context.Context, id, dir string) (string, error)
 
 // restoreLabel marks the one-shot containers of a restore.
 const restoreLabel = "io.lucid.restore"
+
+const (
+	// swapWait bounds the wait for a restore container to exit once its
+	// stream has ended, interrupt or not: what is left is syncing the
+	// staged files to the card and renaming them into place.
+	swapWait = 15 * time.Minute
+	// restartWait bounds starting the services again after a restore
+	// that replaced nothing, interrupt or not.
+	restartWait = 2 * time.Minute
+)
 
 // writeVolume runs `lucid data restore` in a one-shot container of image
 // with volume mounted at dir, and streams sd's files to its stdin.
@@ -302,7 +341,11 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 	if err != nil {
 		return nil, fmt.Errorf("create the restore container: %w", err)
 	}
+	running := false // left alone: it may be swapping files
 	defer func() {
+		if running {
+			return
+		}
 		// Removed even when ctx ended: a left-over container holds the volume.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
@@ -313,7 +356,15 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 		return nil, fmt.Errorf("attach to the restore container: %w", err)
 	}
 	defer hj.Close()
-	waitC, waitErr := dc.ContainerWait(ctx, created.ID, container.WaitConditionNextExit)
+	// Once started, the container is waited for, not removed by force,
+	// even when ctx ends: killed while it renames the staged files into
+	// place, it would leave the volume half-replaced (marked, so no
+	// service starts on it, but down until restored again). A stream cut
+	// short on this side makes it refuse and exit at once, the volume as
+	// it was.
+	wctx, stopWaiting := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWaiting()
+	waitC, waitErr := dc.ContainerWait(wctx, created.ID, container.WaitConditionNextExit)
 	if err := dc.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 		return nil, fmt.Errorf("start the restore container: %w", err)
 	}
@@ -328,6 +379,8 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 		sendErr = cerr
 	}
 	var code int64
+	exited := time.NewTimer(swapWait)
+	defer exited.Stop()
 	select {
 	case w := <-waitC:
 		code = w.StatusCode
@@ -336,8 +389,9 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 		}
 	case err := <-waitErr:
 		return nil, fmt.Errorf("wait for the restore container: %w", err)
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	case <-exited.C:
+		running = true
+		return nil, fmt.Errorf("the restore container %.12s did not exit within %s of its stream's end; it is left running, as it may be renaming files into the volume (docker logs on the host says how far it got)", created.ID, swapWait)
 	}
 	copyErr := <-copied
 	if code != 0 {

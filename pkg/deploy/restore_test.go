@@ -122,15 +122,25 @@ func TestRestoreIntoTheVolumes(t *testing.T) {
 	}
 
 	// A file whose bytes differ from the manifest's: refused, the volume
-	// as it was (the marker stays).
+	// as it was (the marker stays), and the services stopped for it run
+	// again.
 	bad := dirData(t, "datachain", taken, map[string]string{"restored/other": "x"})
 	for i := range bad.Manifest.Files {
 		if bad.Manifest.Files[i].Path == "restored/other" {
 			bad.Manifest.Files[i] = snapshotapi.File{Path: "restored/other", Size: 1, Mode: 0o600, SHA256: strings.Repeat("0", 64)}
 		}
 	}
-	if _, err := d.Restore(ctx, RestoreOptions{Data: []ServiceData{bad}}); err == nil || !strings.Contains(err.Error(), "does not match") {
+	res, err = d.Restore(ctx, RestoreOptions{Data: []ServiceData{bad}})
+	if err == nil || !strings.Contains(err.Error(), "does not match") || !strings.Contains(err.Error(), "no volume was replaced, and the services stopped for the restore run again") {
 		t.Fatalf("restore of a mismatching file: %v", err)
+	}
+	if res == nil || len(res.Services) != 0 {
+		t.Errorf("a restore that replaced nothing: %+v", res)
+	}
+	for _, c := range []string{ctr, "lucid-api-gateway", "lucid-blockchain-engine"} {
+		if out, err := exec.Command("docker", "inspect", "-f", "{{.State.Running}}", c).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "true" {
+			t.Errorf("%s after a restore that replaced nothing: running %s %v", c, out, err)
+		}
 	}
 	if out, err := exec.Command("docker", "cp", ctr+":/var/lib/lucid/datachain/restored/marker", check).CombinedOutput(); err != nil {
 		t.Fatalf("the failed restore changed the volume: %v %s", err, out)

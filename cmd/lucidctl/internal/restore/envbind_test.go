@@ -14,6 +14,7 @@ import (
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/envfile"
+	"github.com/pickme/lucid/pkg/keyring"
 	"github.com/pickme/lucid/pkg/restoredata"
 )
 
@@ -91,5 +92,40 @@ func TestRestoredEnvFilesAreBoundToTheHost(t *testing.T) {
 	}
 	if len(said) != 2 {
 		t.Errorf("notes: %q, want one for each path left out", said)
+	}
+}
+
+// TestRestoreRefusesPacksTheDeployedKeysCannotRead: a backup whose data
+// chain env file holds an encryption key the deployed one lacks (current
+// or previous) is refused before anything stops, naming no key; a
+// deployed key set that still holds the backup's, rotated since, reads
+// its packs.
+func TestRestoreRefusesPacksTheDeployedKeysCannotRead(t *testing.T) {
+	prev := func(keys ...string) string {
+		var e []keyring.Entry
+		for _, k := range keys {
+			e = append(e, keyring.Entry{Value: []byte(k)})
+		}
+		return keyring.EncryptionPrevious + "=" + keyring.Format(e) + "\n"
+	}
+	backup := []byte("ENCRYPTION_KEY=backup-key-0123456789abcdef0123456789\n" + prev("older-key-0123456789abcdef0123456789"))
+	for name, tc := range map[string]struct {
+		deployed string
+		missing  int
+	}{
+		"the same keys":         {string(backup), 0},
+		"rotated since":         {"ENCRYPTION_KEY=newer-key-0123456789abcdef01234567\n" + prev("backup-key-0123456789abcdef0123456789", "older-key-0123456789abcdef0123456789"), 0},
+		"another key":           {"ENCRYPTION_KEY=fresh-key-0123456789abcdef012345678\n", 2},
+		"the older key dropped": {"ENCRYPTION_KEY=backup-key-0123456789abcdef0123456789\n", 1},
+	} {
+		err := keysReadBy(backup, []byte(tc.deployed))
+		switch {
+		case tc.missing == 0 && err != nil:
+			t.Errorf("%s: %v", name, err)
+		case tc.missing > 0 && (!errors.Is(err, ErrKeysUnreadable) || !strings.Contains(err.Error(), fmt.Sprintf("%d of the 2 encryption keys", tc.missing))):
+			t.Errorf("%s: %v, want %d keys missing", name, err, tc.missing)
+		case err != nil && strings.Contains(err.Error(), "0123456789abcdef"):
+			t.Errorf("%s: the error shows a key: %v", name, err)
+		}
 	}
 }

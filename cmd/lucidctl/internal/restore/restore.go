@@ -12,6 +12,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,6 +38,8 @@ import (
 	"github.com/pickme/lucid/pkg/catalog"
 	"github.com/pickme/lucid/pkg/deploy"
 	"github.com/pickme/lucid/pkg/deployfiles"
+	"github.com/pickme/lucid/pkg/envfile"
+	"github.com/pickme/lucid/pkg/keyring"
 	"github.com/pickme/lucid/pkg/restoredata"
 )
 
@@ -396,8 +399,10 @@ func runLocal(ctx context.Context, opts *Options, src Source, out *Output) error
 			return fmt.Errorf("restore %s: %w", sd.Service, err)
 		}
 		out.Services[sd.Service] = res
+		if sd.Service == "engine" {
+			out.Fence = f // in its restored data, whatever fails after
+		}
 	}
-	out.Fence = f
 	return nil
 }
 
@@ -469,7 +474,14 @@ func runTarget(ctx context.Context, opts *Options, src Source, out *Output) erro
 		return err
 	}
 	if len(out.EnvDiffer) > 0 && !opts.WriteEnv {
-		say("WARNING: the deployed env files differ from the backup's: %s. Restored data may need the backup's secrets (ENCRYPTION_KEY, the tokens); --env writes them back", strings.Join(out.EnvDiffer, ", "))
+		dc := deployfiles.ServiceEnvPath("datachain")
+		if b, ok := envWrite[dc]; ok {
+			if err := keysReadBy(b, deployed[dc]); err != nil {
+				return cli.WithHint(fmt.Errorf("%s: %w; nothing was stopped or written", h.Name, err),
+					"--env writes the backup's env files back with its data (the restored stack then runs with the backup's secrets), or deploy with the backup's ENCRYPTION_KEY among ENCRYPTION_PREVIOUS_KEYS first")
+			}
+		}
+		say("WARNING: the deployed env files differ from the backup's: %s. Restored data may need the backup's secrets (the tokens); --env writes them back", strings.Join(out.EnvDiffer, ", "))
 	}
 	var env map[string][]byte
 	if opts.WriteEnv && len(envWrite) > 0 {
@@ -494,11 +506,13 @@ func runTarget(ctx context.Context, opts *Options, src Source, out *Output) erro
 	if res != nil {
 		out.Release, out.Services, out.AuditError = res.Release, res.Services, res.AuditError
 		out.EnvWritten = append(out.EnvWritten, res.EnvFiles...)
+		if res.Services["engine"] != nil {
+			out.Fence = f // in the engine's restored volume, failure after or not
+		}
 	}
 	if err != nil {
 		return err
 	}
-	out.Fence = f
 	// The restore brought the backup's mesh CA: the trust bundle fetched
 	// before it is not the one the services now present.
 	after, err := maintenance.OpenServices(opts.Env, h, offset, opts.EnvFile)
@@ -551,6 +565,54 @@ func envDiff(ctx context.Context, src Source, deployed map[string][]byte, token,
 		}
 	}
 	return write, unbound, nil
+}
+
+// ErrKeysUnreadable marks a restore whose data chain packs the deployed
+// data chain could not open.
+var ErrKeysUnreadable = errors.New("the deployed data chain could not read the backup's packs")
+
+// keysReadBy checks that the data chain of env file deployed holds every
+// encryption key of the backup's env file (ENCRYPTION_KEY and
+// ENCRYPTION_PREVIOUS_KEYS, current or previous): the backup's packs may
+// be sealed with any of them. The error counts the missing keys, never
+// shows one.
+func keysReadBy(backup, deployed []byte) error {
+	keysOf := func(b []byte) ([][]byte, error) {
+		vals, err := envfile.Parse(b)
+		if err != nil {
+			return nil, err
+		}
+		prev, err := keyring.Parse(vals[keyring.EncryptionPrevious])
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", keyring.EncryptionPrevious, err)
+		}
+		var keys [][]byte
+		if k := vals["ENCRYPTION_KEY"]; k != "" {
+			keys = append(keys, []byte(k))
+		}
+		for _, e := range prev {
+			keys = append(keys, e.Value)
+		}
+		return keys, nil
+	}
+	want, err := keysOf(backup)
+	if err != nil {
+		return fmt.Errorf("the backup's data chain env file: %w", err)
+	}
+	have, err := keysOf(deployed)
+	if err != nil {
+		return fmt.Errorf("the deployed data chain env file: %w", err)
+	}
+	missing := 0
+	for _, k := range want {
+		if !slices.ContainsFunc(have, func(h []byte) bool { return subtle.ConstantTimeCompare(h, k) == 1 }) {
+			missing++
+		}
+	}
+	if missing > 0 {
+		return fmt.Errorf("%w: %d of the %d encryption keys its env file holds (ENCRYPTION_KEY, ENCRYPTION_PREVIOUS_KEYS) are not among the deployed ones", ErrKeysUnreadable, missing, len(want))
+	}
+	return nil
 }
 
 // genesisTransactions are what every chain holds from its first block on:
