@@ -1,9 +1,12 @@
 package backup_test
 
 import (
+	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 
 	"filippo.io/age"
@@ -72,6 +75,49 @@ func TestDamagedBlobDoesNotPoisonLaterBackups(t *testing.T) {
 		}
 		if second.Totals.PiecesNew != 1 || second.Totals.PiecesReused != first.Totals.PiecesNew-1 {
 			t.Errorf("encrypted=%v: %d pieces new, %d reused; want the damaged one new, the %d others reused", encrypted, second.Totals.PiecesNew, second.Totals.PiecesReused, first.Totals.PiecesNew-1)
+		}
+	}
+}
+
+// TestVerifyChecksWholeFiles: pieces each whole, but a manifest whose
+// pieces do not make the file it names (its size or SHA-256 differs) is
+// found by Verify, as a restore would find it, before anything stops.
+func TestVerifyChecksWholeFiles(t *testing.T) {
+	dir := t.TempDir()
+	repo, err := backup.InitRepository(t.Context(), dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := take(t, repo, nil, fake(t, backuptest.NewService("engine", map[string][]byte{"chain.db": random(3, snapshotapi.PieceSize+10)})))
+	if _, err := repo.Verify(t.Context(), m.ID, nil); err != nil {
+		t.Fatalf("a sound backup: %v", err)
+	}
+	path := filepath.Join(dir, "backups", m.ID+".json")
+	sound, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, edit := range map[string]func(*snapshotapi.File){
+		"size":    func(f *snapshotapi.File) { f.Size++ },
+		"SHA-256": func(f *snapshotapi.File) { f.SHA256 = strings.Repeat("0", 64) },
+	} {
+		var doc map[string]json.RawMessage
+		if err := json.Unmarshal(sound, &doc); err != nil {
+			t.Fatal(err)
+		}
+		var services []snapshotapi.Manifest
+		if err := json.Unmarshal(doc["services"], &services); err != nil {
+			t.Fatalf("the manifest's services: %v", err)
+		}
+		edit(&services[0].Files[0])
+		doc["services"], _ = json.Marshal(services)
+		b, _ := json.Marshal(doc)
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := repo.Verify(t.Context(), m.ID, nil)
+		if !errors.Is(err, backup.ErrCorrupt) || len(rep.Problems) != 1 || !strings.Contains(rep.Problems[0], "chain.db") {
+			t.Errorf("a manifest whose file's %s is not its pieces': %v %+v", name, err, rep)
 		}
 	}
 }

@@ -251,22 +251,39 @@ func (r *Repository) Verify(ctx context.Context, id string, identities []age.Ide
 	}
 	rep := &VerifyReport{ID: id}
 	seen := map[string]bool{}
+	// Each piece is checked against its own hash as it is read, and each
+	// file's pieces, in order, against the file's size and hash, as a
+	// restore checks them: a manifest whose pieces do not make its file
+	// would otherwise pass here and fail a restore halfway.
 	check := func(where string, f *snapshotapi.File) error {
+		whole, size, broken := sha256.New(), int64(0), false
 		for _, sum := range f.Pieces {
-			if seen[sum] {
-				continue
-			}
-			seen[sum] = true
 			if err := ctx.Err(); err != nil {
 				return err
 			}
 			data, err := r.readPiece(sum, identities)
 			if err != nil {
-				rep.Problems = append(rep.Problems, fmt.Sprintf("%s %s: %v", where, f.Path, err))
+				broken = true
+				if !seen[sum] {
+					rep.Problems = append(rep.Problems, fmt.Sprintf("%s %s: %v", where, f.Path, err))
+				}
+				seen[sum] = true
 				continue
 			}
-			rep.Pieces++
-			rep.Bytes += int64(len(data))
+			if !seen[sum] {
+				seen[sum] = true
+				rep.Pieces++
+				rep.Bytes += int64(len(data))
+			}
+			whole.Write(data)
+			size += int64(len(data))
+		}
+		switch {
+		case broken:
+		case size != f.Size:
+			rep.Problems = append(rep.Problems, fmt.Sprintf("%s %s: its pieces hold %d bytes, its manifest says %d", where, f.Path, size, f.Size))
+		case f.SHA256 != "" && hex.EncodeToString(whole.Sum(nil)) != f.SHA256:
+			rep.Problems = append(rep.Problems, fmt.Sprintf("%s %s: its pieces do not make the file its manifest names (SHA-256 differs)", where, f.Path))
 		}
 		return nil
 	}
