@@ -199,6 +199,10 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 		if len(stopped) == 0 {
 			return res, err
 		}
+		if errors.Is(context.Cause(ctx), errLockTaken) {
+			// Another command holds the host now: it is its to start.
+			return res, fmt.Errorf("%w; no volume was replaced; the services stopped for the restore stay stopped", err)
+		}
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), restartWait)
 		defer cancel()
 		var serr []error
