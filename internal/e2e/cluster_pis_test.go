@@ -676,23 +676,14 @@ func anotherOperatorHoldsAHost(t *testing.T, c *piCluster) {
 	if lockOf3 != "bob@laptop2" {
 		t.Errorf("status does not show pi3's lock:\n%s", raw)
 	}
-	// The refusal needs pi2's engine to be a working voter. On this
-	// shared machine, just after the load, Raft may be between leaders
-	// for a moment: then pi2's engine answers as a candidate, the check
-	// rightly lets it go (it is down already), and the restart runs. Wait
-	// for the cluster again and ask once more; three such moments in a
-	// row fail the test.
-	for try := 1; ; try++ {
-		c.healthyCluster(t, 2*time.Minute, "before pi2's restart beside pi3's lock")
-		_, errOut, code := c.p.lucidctl(t, append([]string{"restart", "--target", pi2.Name, "engine"}, c.ssh...)...)
-		if code == 0 && strings.Contains(errOut, "is not a healthy voter now") && try < 3 {
-			t.Logf("try %d: pi2's engine was not a working voter at the check, so it was restarted:\n%s", try, errOut)
-			continue
-		}
-		if code == 0 || !strings.Contains(errOut, "its host's deploy lock is held by bob@laptop2 (pid 4242)") || !strings.Contains(errOut, "nothing was changed on "+pi2.Name) {
-			t.Errorf("restart of pi2's engine beside pi3's held lock: exit %d\n%s", code, errOut)
-		}
-		return
+	// Just after the load the cluster may still be settling; pi2's
+	// engine is a working voter once it is (leader, follower, or a
+	// candidate in an election, whatever its container's healthcheck
+	// says), and then it may not go beside pi3's lock.
+	c.healthyCluster(t, 2*time.Minute, "before pi2's restart beside pi3's lock")
+	_, errOut, code := c.p.lucidctl(t, append([]string{"restart", "--target", pi2.Name, "engine"}, c.ssh...)...)
+	if code == 0 || !strings.Contains(errOut, "its host's deploy lock is held by bob@laptop2 (pid 4242)") || !strings.Contains(errOut, "nothing was changed on "+pi2.Name) {
+		t.Errorf("restart of pi2's engine beside pi3's held lock: exit %d\n%s", code, errOut)
 	}
 }
 

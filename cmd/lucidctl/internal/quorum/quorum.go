@@ -36,7 +36,8 @@ var ErrLost = errors.New("would lose the Raft cluster's quorum")
 // deploy's hosts). A host whose engine is alone in its configuration is
 // no concern of it (one read of its engine's consensus status says so),
 // nor is one whose engine does not run, nor one whose own voter is already
-// down (unhealthy, and its engine answers as neither leader nor follower):
+// down (unhealthy, and its engine answers as neither leader, follower nor
+// candidate, as a Raft that shut down does):
 // taking it down loses nothing, and deploying may be what repairs it. When the host's engine
 // cannot be read the check cannot be made, and a warning says so. force
 // turns the refusal into a warning.
@@ -92,12 +93,14 @@ func Check(ctx context.Context, target string, r Readers, rep deploy.Reporter, f
 			switch {
 			case v.ID == cs.NodeID:
 				// Its engine's own answer above counts over its host's
-				// read: an engine that answers as leader or follower
-				// votes, whatever its container's healthcheck said (on
-				// a loaded Pi one times out now and then) or when its
-				// host's status was not read this time. Such a voter
-				// must not go as if it were down already.
-				ownHealthy = v.Healthy || cs.State == "leader" || cs.State == "follower"
+				// read: an engine that answers as leader, follower or
+				// candidate (an election under way, which a loaded
+				// cluster holds now and then) takes part in the
+				// cluster's votes, whatever its container's healthcheck
+				// said (on a loaded Pi one times out now and then) or
+				// when its host's status was not read this time. Such a
+				// voter must not go as if it were down already.
+				ownHealthy = v.Healthy || slices.Contains([]string{"leader", "follower", "candidate"}, cs.State)
 			case v.Healthy && held[v.Target] != "":
 				busy = append(busy, fmt.Sprintf("%s on %s (%s)", v.ID, v.Target, held[v.Target]))
 			case v.Healthy:

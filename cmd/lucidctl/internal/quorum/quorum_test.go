@@ -120,10 +120,17 @@ func TestCheckQuorum(t *testing.T) {
 		pi3.Unknown = nil
 	})
 	t.Run("its own voter already down", func(t *testing.T) {
-		candidate := &engineapi.ConsensusStatus{NodeID: "n2", State: "candidate", Servers: threeVoters}
-		r, _ := quorumCase(candidate, nil, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "candidate", true), voterOn("pi3", "n3", "follower", false))
+		shutdown := &engineapi.ConsensusStatus{NodeID: "n2", State: "shutdown", Servers: threeVoters}
+		r, _ := quorumCase(shutdown, nil, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "shutdown", true), voterOn("pi3", "n3", "follower", false))
 		if err := Check(ctx, "pi2", r, rep, false); err != nil {
 			t.Fatalf("deploying the broken voter is refused: %v", err)
+		}
+		// A candidate is in an election, not down: with n3 down, taking
+		// it down loses the quorum.
+		candidate := &engineapi.ConsensusStatus{NodeID: "n2", State: "candidate", Servers: threeVoters}
+		r, _ = quorumCase(candidate, nil, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "candidate", true), voterOn("pi3", "n3", "follower", false))
+		if err := Check(ctx, "pi2", r, rep, false); !errors.Is(err, ErrLost) {
+			t.Errorf("a candidate taken down with n3 down: %v, want a refusal", err)
 		}
 	})
 	t.Run("its own host not read", func(t *testing.T) {
@@ -134,10 +141,10 @@ func TestCheckQuorum(t *testing.T) {
 		if err := Check(ctx, "pi2", r, rep, false); !errors.Is(err, ErrLost) {
 			t.Errorf("a working voter whose host was not read, with n3 down: %v, want a refusal", err)
 		}
-		candidate := &engineapi.ConsensusStatus{NodeID: "n2", State: "candidate", Servers: threeVoters}
-		r, _ = quorumCase(candidate, nil, voterOn("pi1", "n1", "leader", true), &deploy.HostStatus{Target: "pi2", Healthy: true}, voterOn("pi3", "n3", "follower", false))
+		shutdown := &engineapi.ConsensusStatus{NodeID: "n2", State: "shutdown", Servers: threeVoters}
+		r, _ = quorumCase(shutdown, nil, voterOn("pi1", "n1", "leader", true), &deploy.HostStatus{Target: "pi2", Healthy: true}, voterOn("pi3", "n3", "follower", false))
 		if err := Check(ctx, "pi2", r, rep, false); err != nil {
-			t.Errorf("a voter that answers as a candidate, host not read: %v, want it let go", err)
+			t.Errorf("a voter whose Raft shut down, host not read: %v, want it let go", err)
 		}
 	})
 	t.Run("single host", func(t *testing.T) {
