@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -63,13 +64,18 @@ func TestDataRestoreRefusesABadStream(t *testing.T) {
 	root := newRootCmd(&out, &errOut)
 	root.SetIn(strings.NewReader("not a tar"))
 	root.SetArgs([]string{"data", "restore", "--dir", dir})
-	if err := root.ExecuteContext(context.Background()); err == nil {
-		t.Fatal("a bad stream was taken")
+	if err := root.ExecuteContext(context.Background()); !errors.Is(err, restoredata.ErrUnchanged) {
+		t.Fatalf("a bad stream: %v, want it refused with the directory as it was", err)
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "old.db")); err != nil || string(b) != "old" {
 		t.Errorf("old.db: %q, %v", b, err)
 	}
 	if code := run(context.Background(), []string{"data", "restore"}, &out, &errOut); code != 2 {
 		t.Errorf("without --dir: exit %d, want 2", code)
+	}
+	// Refused before anything changed: the exit code says so, for
+	// lucidctl to start the services again on the volume as it was.
+	if code := run(context.Background(), []string{"data", "restore", "--dir", filepath.Join(dir, "absent")}, &out, &errOut); code != restoredata.ExitUnchanged {
+		t.Errorf("a directory that does not exist: exit %d, want %d", code, restoredata.ExitUnchanged)
 	}
 }

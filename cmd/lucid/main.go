@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/pickme/lucid/pkg/restoredata"
 	"github.com/pickme/lucid/pkg/service"
 )
 
@@ -37,8 +38,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	_, _ = fmt.Fprintln(stderr, "lucid:", err) // stderr is the last place to report to
 	var ue usageError
 	var ce *service.ConfigError
-	if errors.As(err, &ue) || errors.As(err, &ce) {
+	switch {
+	case errors.As(err, &ue) || errors.As(err, &ce):
 		return 2
+	case errors.Is(err, restoredata.ErrUnchanged):
+		return restoredata.ExitUnchanged
 	}
 	return 1
 }

@@ -186,17 +186,19 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 		}
 	}
 	// From the first stop on, a failure keeps what was restored in res,
-	// and says where the host stands. While no volume was replaced, the
-	// services stopped start again: the host serves its data as it was (a
-	// volume cut off mid-swap holds a mark, and its service refuses to
-	// start until it is restored again).
+	// and says where the host stands. While every volume is known to be
+	// as it was, the services stopped start again: the host serves its
+	// data as before.
 	var stopped []member
+	touched := "" // a volume whose restore failed after it may have begun to change it
 	failed := func(err error) (*RestoreResult, error) {
 		done := slices.Sorted(maps.Keys(res.Services))
-		if len(done) > 0 {
+		switch {
+		case len(done) > 0:
 			return res, fmt.Errorf("%w; restored before it: %s; the stack's services may be stopped: run the restore again", err, strings.Join(done, ", "))
-		}
-		if len(stopped) == 0 {
+		case touched != "":
+			return res, fmt.Errorf("%w; %s's volume may be half replaced (marked so: its service refuses to start on it); the services stay stopped: run the restore again", err, touched)
+		case len(stopped) == 0:
 			return res, err
 		}
 		if errors.Is(context.Cause(ctx), errLockTaken) {
@@ -231,6 +233,9 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 	for _, t := range targets {
 		d.emit(StepRestore, EventStart, fmt.Sprintf("%s: %d files into volume %s", t.data.Service, len(t.data.Manifest.Files), t.volume))
 		r, err := d.writeVolume(ctx, t.c.ImageID, t.volume, t.dir, t.data)
+		if err != nil && !errors.Is(err, restoredata.ErrUnchanged) {
+			touched = t.data.Service
+		}
 		if err != nil {
 			err = fmt.Errorf("%s: restore %s: %w", name, t.data.Service, err)
 			d.emit(StepRestore, EventFail, err.Error())
@@ -324,8 +329,10 @@ func (d *Deployer) writeVolume(ctx context.Context, image, volume, dir string, s
 // WriteVolume runs `lucid data restore --dir dir` in a one-shot container
 // of image (one of the services' images, which hold the lucid binary and
 // nothing else) as the services' user, with volume mounted at dir and no
-// network, and streams sd's files to its stdin. The container is removed
-// whatever happens.
+// network, and streams sd's files to its stdin. An error that wraps
+// restoredata.ErrUnchanged left the volume as it was; any other may have
+// come after the swap began. The container is removed once it has
+// exited; one that could not be seen to exit is left to end its swap.
 func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir string, sd ServiceData) (*restoredata.Result, error) {
 	created, err := dc.ContainerCreate(ctx, &container.Config{
 		Image:        image,
@@ -343,7 +350,7 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 		Mounts:      []mount.Mount{{Type: mount.TypeVolume, Source: volume, Target: dir}},
 	}, nil, nil, "")
 	if err != nil {
-		return nil, fmt.Errorf("create the restore container: %w", err)
+		return nil, fmt.Errorf("create the restore container: %w; %w", err, restoredata.ErrUnchanged)
 	}
 	running := false // left alone: it may be swapping files
 	defer func() {
@@ -357,7 +364,7 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 	}()
 	hj, err := dc.ContainerAttach(ctx, created.ID, container.AttachOptions{Stream: true, Stdin: true, Stdout: true, Stderr: true})
 	if err != nil {
-		return nil, fmt.Errorf("attach to the restore container: %w", err)
+		return nil, fmt.Errorf("attach to the restore container: %w; %w", err, restoredata.ErrUnchanged)
 	}
 	defer hj.Close()
 	// Once started, the container is waited for, not removed by force,
@@ -370,7 +377,7 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 	defer stopWaiting()
 	waitC, waitErr := dc.ContainerWait(wctx, created.ID, container.WaitConditionNextExit)
 	if err := dc.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
-		return nil, fmt.Errorf("start the restore container: %w", err)
+		return nil, fmt.Errorf("start the restore container: %w; %w", err, restoredata.ErrUnchanged)
 	}
 	var stdout, stderr bytes.Buffer
 	copied := make(chan error, 1)
@@ -392,12 +399,15 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 			return nil, fmt.Errorf("the restore container: %s", w.Error.Message)
 		}
 	case err := <-waitErr:
-		return nil, fmt.Errorf("wait for the restore container: %w", err)
+		// The link to the Docker Engine broke, say: whether it still
+		// renames files is not known, so it is left to end.
+		running = true
+		return nil, fmt.Errorf("wait for the restore container %.12s: %w; it is left to end on its own", created.ID, err)
 	case <-exited.C:
 		running = true
 		return nil, fmt.Errorf("the restore container %.12s did not exit within %s of its stream's end; it is left running, as it may be renaming files into the volume (docker logs on the host says how far it got)", created.ID, swapWait)
 	}
-	copyErr := <-copied
+	<-copied // its answer, read whole or cut: the exit code decides
 	if code != 0 {
 		// Its own words say why (a mismatch, a full disk); a stream that
 		// broke on this side comes second.
@@ -405,14 +415,17 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 		if sendErr != nil {
 			err = fmt.Errorf("%w (sending: %w)", err, sendErr)
 		}
+		if code == restoredata.ExitUnchanged {
+			err = fmt.Errorf("%w; %w", err, restoredata.ErrUnchanged)
+		}
 		return nil, err
 	}
-	if sendErr != nil {
-		return nil, fmt.Errorf("send the files: %w", sendErr)
-	}
+	// Exit 0: every file arrived whole and matched, and the volume is the
+	// backup's, whatever this side's end of the stream said. An answer
+	// lost on the way leaves its counts unknown (zero), not the volume.
 	var res restoredata.Result
-	if err := json.Unmarshal(bytes.TrimSpace(stdout.Bytes()), &res); err != nil {
-		return nil, fmt.Errorf("the restore container's answer %q: %w", lastLines(stdout.String(), 3), errors.Join(err, copyErr))
+	if json.Unmarshal(bytes.TrimSpace(stdout.Bytes()), &res) != nil {
+		res = restoredata.Result{}
 	}
 	return &res, nil
 }

@@ -91,7 +91,15 @@ var (
 	ErrMismatch = errors.New("file does not match the manifest")
 	// ErrStream is a stream that is not a restore stream.
 	ErrStream = errors.New("not a restore stream")
+	// ErrUnchanged marks a Replace that failed before it touched the
+	// directory: it holds what it held.
+	ErrUnchanged = errors.New("the data directory is as it was")
 )
+
+// ExitUnchanged is `lucid data restore`'s exit code for a failure with
+// the directory as it was (ErrUnchanged), told apart from one that may
+// have left it half replaced, which a caller must not start a service on.
+const ExitUnchanged = 3
 
 // CheckPath refuses a path that could land outside the data directory, or
 // in the places a restore never writes (its own staging folder).
@@ -112,9 +120,10 @@ func CheckPath(p string) error {
 	return nil
 }
 
-// check validates a manifest: safe unique paths, no file that is also a
+// Check validates a manifest as Replace does before it stages a file:
+// safe unique paths, each with a SHA-256, no file that is also a
 // folder of another.
-func (m *Manifest) check() error {
+func (m *Manifest) Check() error {
 	seen := map[string]bool{}
 	for _, f := range m.Files {
 		if err := CheckPath(f.Path); err != nil {
@@ -152,7 +161,7 @@ func fileMode(m uint32) os.FileMode {
 // file's bytes as open returns them, in the manifest's order. It checks
 // nothing but sizes; the receiving end checks the hashes.
 func WriteStream(ctx context.Context, w io.Writer, m Manifest, open func(ctx context.Context, path string) (io.ReadCloser, error)) error {
-	if err := m.check(); err != nil {
+	if err := m.Check(); err != nil {
 		return err
 	}
 	tw := tar.NewWriter(w)
@@ -195,6 +204,12 @@ func WriteStream(ctx context.Context, w io.Writer, m Manifest, open func(ctx con
 // file arrived whole and matched; then the files are renamed into place,
 // everything else in dir is removed, and the folders are fsynced.
 func Replace(ctx context.Context, dir string, r io.Reader) (_ *Result, err error) {
+	touched := false // from the mark on
+	defer func() {
+		if err != nil && !touched {
+			err = fmt.Errorf("%w; %w", err, ErrUnchanged)
+		}
+	}()
 	// Clean, as the paths the swap compares it with are: given as
 	// "data/." the staging folder would not be known for what it is.
 	dir = filepath.Clean(dir)
@@ -266,6 +281,7 @@ func Replace(ctx context.Context, dir string, r io.Reader) (_ *Result, err error
 	// From the first removal to the last rename the directory is neither
 	// the old one nor the backup's: marked so, durably, until it is done.
 	marker := filepath.Join(dir, IncompleteName)
+	touched = true
 	if err := writeSynced(marker, []byte("a restore is replacing the files of this directory\n")); err != nil {
 		return nil, fmt.Errorf("mark the restore under way: %w", err)
 	}
@@ -319,7 +335,7 @@ func readManifest(tr *tar.Reader) (*Manifest, error) {
 	if err := json.NewDecoder(io.LimitReader(tr, maxManifest)).Decode(&m); err != nil {
 		return nil, fmt.Errorf("%w: manifest: %w", ErrStream, err)
 	}
-	if err := m.check(); err != nil {
+	if err := m.Check(); err != nil {
 		return nil, err
 	}
 	return &m, nil
