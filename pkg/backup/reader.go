@@ -18,6 +18,7 @@ import (
 	"filippo.io/age/agessh"
 
 	"github.com/pickme/lucid/pkg/api/snapshotapi"
+	"github.com/pickme/lucid/pkg/restoredata"
 )
 
 // Backup is a complete backup, loaded.
@@ -282,12 +283,19 @@ func (r *Repository) Verify(ctx context.Context, id string, identities []age.Ide
 		case broken:
 		case size != f.Size:
 			rep.Problems = append(rep.Problems, fmt.Sprintf("%s %s: its pieces hold %d bytes, its manifest says %d", where, f.Path, size, f.Size))
-		case f.SHA256 != "" && hex.EncodeToString(whole.Sum(nil)) != f.SHA256:
+		case hex.EncodeToString(whole.Sum(nil)) != f.SHA256:
 			rep.Problems = append(rep.Problems, fmt.Sprintf("%s %s: its pieces do not make the file its manifest names (SHA-256 differs)", where, f.Path))
 		}
 		return nil
 	}
 	for _, s := range b.Services {
+		// The manifest as the restore container will refuse it, after
+		// the stack stopped: a path it may not write, a file twice, no
+		// SHA-256.
+		m := restoredata.Manifest{Service: s.Service, Files: s.Files}
+		if err := m.Check(); err != nil {
+			rep.Problems = append(rep.Problems, fmt.Sprintf("%s: %v", s.Service, err))
+		}
 		for i := range s.Files {
 			if err := check(s.Service, &s.Files[i]); err != nil {
 				return rep, err
