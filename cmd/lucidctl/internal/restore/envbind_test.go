@@ -129,3 +129,23 @@ func TestRestoreRefusesPacksTheDeployedKeysCannotRead(t *testing.T) {
 		}
 	}
 }
+
+// TestDataChainEnvOfAnOlderBackup: the data chain's keys are read from its
+// own env file, or from the shared .env.core of a backup taken before each
+// service had one.
+func TestDataChainEnvOfAnOlderBackup(t *testing.T) {
+	own, core := deployfiles.ServiceEnvPath("datachain"), deployfiles.EnvPath
+	for name, tc := range map[string]struct {
+		src  envSource
+		want string
+	}{
+		"its own":        {envSource{own: []byte("ENCRYPTION_KEY=own\n"), core: []byte("ENCRYPTION_KEY=core\n")}, "ENCRYPTION_KEY=own\n"},
+		"the shared one": {envSource{core: []byte("ENCRYPTION_KEY=core\n")}, "ENCRYPTION_KEY=core\n"},
+		"neither":        {envSource{deployfiles.ServiceEnvPath("engine"): []byte("X=1\n")}, ""},
+	} {
+		b, err := dataChainEnvOf(t.Context(), tc.src)
+		if err != nil || string(b) != tc.want {
+			t.Errorf("%s: %q, %v; want %q", name, b, err, tc.want)
+		}
+	}
+}

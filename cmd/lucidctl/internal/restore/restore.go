@@ -473,15 +473,26 @@ func runTarget(ctx context.Context, opts *Options, src Source, out *Output) erro
 	if err != nil {
 		return err
 	}
-	if len(out.EnvDiffer) > 0 && !opts.WriteEnv {
-		dc := deployfiles.ServiceEnvPath("datachain")
-		if b, ok := envWrite[dc]; ok {
-			if err := keysReadBy(b, deployed[dc]); err != nil {
+	// The data chain's packs open only with a key of the env file it
+	// will run with: the backup's own with --env, else the deployed one.
+	if dc := deployfiles.ServiceEnvPath("datachain"); !opts.WriteEnv || envWrite[dc] == nil {
+		b, err := dataChainEnvOf(ctx, src)
+		if err != nil {
+			return err
+		}
+		now := deployed[dc]
+		if now == nil {
+			now = deployed[deployfiles.EnvPath] // a release from before per-service files
+		}
+		if b != nil && now != nil {
+			if err := keysReadBy(b, now); err != nil {
 				return cli.WithHint(fmt.Errorf("%s: %w; nothing was stopped or written", h.Name, err),
-					"--env writes the backup's env files back with its data (the restored stack then runs with the backup's secrets), or deploy with the backup's ENCRYPTION_KEY among ENCRYPTION_PREVIOUS_KEYS first")
+					"--env writes the backup's env files back with its data (the restored stack then runs with the backup's secrets), or deploy first with the backup's encryption keys among ENCRYPTION_PREVIOUS_KEYS")
 			}
 		}
-		say("WARNING: the deployed env files differ from the backup's: %s. Restored data may need the backup's secrets (the tokens); --env writes them back", strings.Join(out.EnvDiffer, ", "))
+	}
+	if len(out.EnvDiffer) > 0 && !opts.WriteEnv {
+		say("WARNING: the deployed env files differ from the backup's: %s. Restored data may need the backup's secrets (ENCRYPTION_KEY, the tokens); --env writes them back", strings.Join(out.EnvDiffer, ", "))
 	}
 	var env map[string][]byte
 	if opts.WriteEnv && len(envWrite) > 0 {
@@ -536,17 +547,9 @@ func envDiff(ctx context.Context, src Source, deployed map[string][]byte, token,
 			say("the backup's %s is not a service's env file: left out", f.Path)
 			continue
 		}
-		rc, err := src.Open(ctx, EnvService, f.Path)
+		b, err := readEnvFile(ctx, src, f)
 		if err != nil {
-			return nil, false, fmt.Errorf("the backup's %s: %w", f.Path, err)
-		}
-		b, err := io.ReadAll(io.LimitReader(rc, 1<<20))
-		rc.Close()
-		if err != nil {
-			return nil, false, fmt.Errorf("the backup's %s: %w", f.Path, err)
-		}
-		if want := restoredata.FileOf(f.Path, b); f.SHA256 != "" && want.SHA256 != f.SHA256 {
-			return nil, false, fmt.Errorf("the backup's %s: %w", f.Path, restoredata.ErrMismatch)
+			return nil, false, err
 		}
 		// The operator credentials are bound to host, whatever host the
 		// backup was taken of (deployfiles.RebindOperatorCredentials).
@@ -565,6 +568,36 @@ func envDiff(ctx context.Context, src Source, deployed map[string][]byte, token,
 		}
 	}
 	return write, unbound, nil
+}
+
+// readEnvFile reads the backup's env file f, checked against its hash.
+func readEnvFile(ctx context.Context, src Source, f snapshotapi.File) ([]byte, error) {
+	rc, err := src.Open(ctx, EnvService, f.Path)
+	if err != nil {
+		return nil, fmt.Errorf("the backup's %s: %w", f.Path, err)
+	}
+	b, err := io.ReadAll(io.LimitReader(rc, 1<<20))
+	rc.Close()
+	if err != nil {
+		return nil, fmt.Errorf("the backup's %s: %w", f.Path, err)
+	}
+	if want := restoredata.FileOf(f.Path, b); f.SHA256 != "" && want.SHA256 != f.SHA256 {
+		return nil, fmt.Errorf("the backup's %s: %w", f.Path, restoredata.ErrMismatch)
+	}
+	return b, nil
+}
+
+// dataChainEnvOf is the env file the backup's data chain ran with: its
+// own, or in a backup from before each service had one, the shared
+// .env.core; nil when it holds neither.
+func dataChainEnvOf(ctx context.Context, src Source) ([]byte, error) {
+	files := src.EnvFiles()
+	for _, p := range []string{deployfiles.ServiceEnvPath("datachain"), deployfiles.EnvPath} {
+		if i := slices.IndexFunc(files, func(f snapshotapi.File) bool { return f.Path == p }); i >= 0 {
+			return readEnvFile(ctx, src, files[i])
+		}
+	}
+	return nil, nil
 }
 
 // ErrKeysUnreadable marks a restore whose data chain packs the deployed
