@@ -88,8 +88,11 @@ func LogPath(path string) string {
 	if len(path) <= MaxLoggedPath {
 		return path
 	}
+	// Back to the start of the character cut, if any: at most
+	// UTFMax-1 bytes, so that bytes that start no character (a path is
+	// any bytes) do not take the readable start with them.
 	n := MaxLoggedPath
-	for n > 0 && !utf8.RuneStart(path[n]) {
+	for i := 0; i < utf8.UTFMax-1 && !utf8.RuneStart(path[n]); i++ {
 		n--
 	}
 	return path[:n] + "…(+" + strconv.Itoa(len(path)-n) + " bytes)"

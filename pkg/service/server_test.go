@@ -14,9 +14,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"unicode/utf8"
 	"testing/synctest"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -438,6 +438,10 @@ func TestLongPathsAreCutInTheLog(t *testing.T) {
 	got := LogPath(long)
 	if !utf8.ValidString(got) || !strings.HasSuffix(got, " bytes)") || len(got) > MaxLoggedPath+32 || !strings.HasPrefix(long, strings.Split(got, "…(+")[0]) {
 		t.Errorf("a long path logged as %q", got)
+	}
+	// Bytes that start no character keep the readable start.
+	if got := LogPath("/api/v1/probe" + strings.Repeat("\x80", 400)); !strings.HasPrefix(got, "/api/v1/probe") || len(got) < MaxLoggedPath-utf8.UTFMax {
+		t.Errorf("a path of continuation bytes logged as %q", got)
 	}
 	var logs bytes.Buffer
 	s := testServer(t, &logs)

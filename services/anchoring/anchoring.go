@@ -73,7 +73,7 @@ func (a *App) Configure(r *envconfig.Reader) {
 	a.resubmitAfter = r.Duration("LUCID_ANCHOR_RESUBMIT", 15*time.Second, time.Second, time.Hour)
 	a.perDay = auth.PerTier[uint64]{}
 	for _, t := range auth.Tiers {
-		a.perDay[t] = uint64(r.Int("LUCID_ANCHORS_PER_DAY_"+strings.ToUpper(string(t)), defaultPerDay[t], 0, 100_000_000))
+		a.perDay[t] = uint64(r.Int("LUCID_ANCHORS_PER_DAY_"+strings.ToUpper(string(t)), defaultPerDay.Of(t), 0, 100_000_000))
 	}
 }
 

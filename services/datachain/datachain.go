@@ -124,7 +124,7 @@ func (a *App) Configure(r *envconfig.Reader) {
 	a.reserve = uint64(r.Int(envDiskReserve, 1<<30, 0, 1<<40))
 	a.quotas = auth.PerTier[uint64]{}
 	for _, t := range auth.Tiers {
-		a.quotas[t] = uint64(r.Int(quotaSetting(t), defaultQuotas[t], 0, 1<<50))
+		a.quotas[t] = uint64(r.Int(quotaSetting(t), defaultQuotas.Of(t), 0, 1<<50))
 	}
 }
 
