@@ -39,7 +39,9 @@ func (a *App) routes(srv *service.Server) {
 // controller itself, whose leaf comes from its own CA in-process, so no
 // credential anywhere yields the controller's identity.
 func enrolmentTokens(meshToken string) map[string][]byte {
-	out := map[string][]byte{}
+	// The operator's key MACs only the bundle: no leaf is issued for a
+	// name the catalog does not hold.
+	out := map[string][]byte{meshapi.OperatorBundle: []byte(meshapi.EnrolmentToken(meshToken, meshapi.OperatorBundle))}
 	for _, s := range catalog.Services {
 		if s.Name != catalog.MeshService {
 			out[s.Name] = []byte(meshapi.EnrolmentToken(meshToken, s.Name))

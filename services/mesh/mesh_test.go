@@ -259,6 +259,23 @@ func TestCertificates(t *testing.T) {
 			t.Error("the refusals are not logged")
 		}
 	})
+	t.Run("the operator's bundle verifies with the operator's key alone", func(t *testing.T) {
+		// lucidctl checks the bundle it trusts with the operator's
+		// credentials against a key no container holds: the gateway's
+		// token, or any service's, does not pass for it.
+		if _, err := meshtls.NewRemote(c.url, enrolment(meshapi.OperatorBundle)).Bundle(context.Background(), meshapi.OperatorBundle); err != nil {
+			t.Errorf("the operator's bundle with the operator's key: %v", err)
+		}
+		for _, svc := range []string{"gateway", "engine"} {
+			if _, err := meshtls.NewRemote(c.url, enrolment(svc)).Bundle(context.Background(), meshapi.OperatorBundle); err == nil || !strings.Contains(err.Error(), "MAC") {
+				t.Errorf("the operator's bundle checked with %s's enrolment token = %v, want a MAC mismatch", svc, err)
+			}
+		}
+		// The operator's key yields no identity.
+		if resp := post("/certificates/"+meshapi.OperatorBundle, enrolment(meshapi.OperatorBundle), `{"csr":""}`); resp.StatusCode != http.StatusNotFound {
+			t.Errorf("a leaf for the operator's key: %s, want 404", resp.Status)
+		}
+	})
 	t.Run("unknown service and bad CSR", func(t *testing.T) {
 		if resp := post("/certificates/payments", testToken, `{"csr":""}`); resp.StatusCode != http.StatusNotFound {
 			t.Errorf("unknown service: %s", resp.Status)

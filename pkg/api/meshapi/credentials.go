@@ -33,6 +33,15 @@ func EnrolmentToken(meshToken, service string) string {
 	return derive(meshToken, "lucid-mesh-enrolment-v1", service)
 }
 
+// OperatorBundle is the name lucidctl asks the trust bundle for, and the
+// controller MACs it with EnrolmentToken(meshToken, OperatorBundle): a key
+// no container holds but the controller. A bundle checked with a
+// service's enrolment token could be forged by whoever took that service
+// (the gateway, facing the Internet), and lucidctl sends the operator's
+// credentials to the services that bundle vouches for, the controller's
+// among them.
+const OperatorBundle = "operator"
+
 // ConsulToken is the Consul ACL token of service, derived from the
 // management token: an accessor id and a secret id, both UUIDs as Consul
 // wants them. The controller creates it with the service's policy; the

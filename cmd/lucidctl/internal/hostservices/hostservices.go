@@ -204,8 +204,9 @@ func (s *Session) speaksTLS(ctx context.Context, addr string) (bool, error) {
 }
 
 // FetchBundle fetches the mesh's trust bundle (over TLS when the mesh is
-// on) and checks its MAC with the gateway's enrolment token, derived from
-// the mesh token: the connection need not be trusted for that.
+// on) and checks its MAC with the operator's bundle key, derived from the
+// mesh token (meshapi.OperatorBundle), which no container holds but the
+// controller: the connection need not be trusted for that.
 func (s *Session) FetchBundle(ctx context.Context, overTLS bool) ([]*x509.Certificate, error) {
 	if s.Creds.Mesh == "" {
 		return nil, cli.WithHint(errors.New("the mesh is on, and LUCID_MESH_TOKEN is in neither the environment nor the env file: the mesh's trust bundle cannot be authenticated"),
@@ -215,12 +216,17 @@ func (s *Session) FetchBundle(ctx context.Context, overTLS bool) ([]*x509.Certif
 	if overTLS {
 		scheme = "https"
 	}
-	r := meshtls.NewRemote(scheme+"://"+s.Addr(catalog.MeshService), meshapi.EnrolmentToken(s.Creds.Mesh, "gateway"))
+	r := meshtls.NewRemote(scheme+"://"+s.Addr(catalog.MeshService), meshapi.EnrolmentToken(s.Creds.Mesh, meshapi.OperatorBundle))
 	r.SetDialContext(func(context.Context, string, string) (net.Conn, error) {
 		return s.Dial(s.Addr(catalog.MeshService))
 	})
-	bundle, err := r.Bundle(ctx, "gateway")
+	bundle, err := r.Bundle(ctx, meshapi.OperatorBundle)
 	if err != nil {
+		var ae *api.Error
+		if errors.As(err, &ae) && ae.Status == http.StatusBadRequest {
+			// A controller of a release from before the operator's key.
+			return nil, cli.WithHint(fmt.Errorf("the mesh's trust bundle: %w", err), "deploy the host with this lucidctl first: its mesh controller predates the operator's bundle key")
+		}
 		return nil, fmt.Errorf("the mesh's trust bundle: %w", err)
 	}
 	return bundle, nil
