@@ -407,7 +407,11 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 		running = true
 		return nil, fmt.Errorf("the restore container %.12s did not exit within %s of its stream's end; it is left running, as it may be renaming files into the volume (docker logs on the host says how far it got)", created.ID, swapWait)
 	}
-	<-copied // its answer, read whole or cut: the exit code decides
+	// Its answer, read whole or cut: the exit code decides, and a cut
+	// answer costs only the counts below.
+	if copyErr := <-copied; copyErr != nil && code == 0 {
+		stdout.Reset()
+	}
 	if code != 0 {
 		// Its own words say why (a mismatch, a full disk); a stream that
 		// broke on this side comes second.
