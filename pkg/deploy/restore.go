@@ -194,6 +194,8 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 	failed := func(err error) (*RestoreResult, error) {
 		done := slices.Sorted(maps.Keys(res.Services))
 		switch {
+		case len(done) > 0 && touched != "":
+			return res, fmt.Errorf("%w; restored before it: %s; %s's volume may be half replaced (marked so: its service refuses to start on it); the stack's services may be stopped: run the restore again", err, strings.Join(done, ", "), touched)
 		case len(done) > 0:
 			return res, fmt.Errorf("%w; restored before it: %s; the stack's services may be stopped: run the restore again", err, strings.Join(done, ", "))
 		case touched != "":
