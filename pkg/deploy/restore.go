@@ -192,14 +192,16 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 	var stopped []member
 	touched := "" // a volume whose restore failed after it may have begun to change it
 	failed := func(err error) (*RestoreResult, error) {
-		done := slices.Sorted(maps.Keys(res.Services))
+		var changed []string
+		if len(res.Services) > 0 {
+			changed = append(changed, "restored before it: "+strings.Join(slices.Sorted(maps.Keys(res.Services)), ", "))
+		}
+		if touched != "" {
+			changed = append(changed, touched+"'s volume may be half replaced (marked so: its service refuses to start on it)")
+		}
 		switch {
-		case len(done) > 0 && touched != "":
-			return res, fmt.Errorf("%w; restored before it: %s; %s's volume may be half replaced (marked so: its service refuses to start on it); the stack's services may be stopped: run the restore again", err, strings.Join(done, ", "), touched)
-		case len(done) > 0:
-			return res, fmt.Errorf("%w; restored before it: %s; the stack's services may be stopped: run the restore again", err, strings.Join(done, ", "))
-		case touched != "":
-			return res, fmt.Errorf("%w; %s's volume may be half replaced (marked so: its service refuses to start on it); the services stay stopped: run the restore again", err, touched)
+		case len(changed) > 0:
+			return res, fmt.Errorf("%w; %s; the stack's services may be stopped: run the restore again", err, strings.Join(changed, "; "))
 		case len(stopped) == 0:
 			return res, err
 		}
@@ -354,9 +356,9 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 	if err != nil {
 		return nil, fmt.Errorf("create the restore container: %w; %w", err, restoredata.ErrUnchanged)
 	}
-	running := false // left alone: it may be swapping files
+	leave := false // it may still be swapping files: not removed by force
 	defer func() {
-		if running {
+		if leave {
 			return
 		}
 		// Removed even when ctx ended: a left-over container holds the volume.
@@ -403,10 +405,10 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 	case err := <-waitErr:
 		// The link to the Docker Engine broke, say: whether it still
 		// renames files is not known, so it is left to end.
-		running = true
+		leave = true
 		return nil, fmt.Errorf("wait for the restore container %.12s: %w; it is left to end on its own", created.ID, err)
 	case <-exited.C:
-		running = true
+		leave = true
 		return nil, fmt.Errorf("the restore container %.12s did not exit within %s of its stream's end; it is left running, as it may be renaming files into the volume (docker logs on the host says how far it got)", created.ID, swapWait)
 	}
 	// Its answer, read whole or cut: the exit code decides, and a cut
