@@ -752,18 +752,14 @@ func (d *Deployer) prune(ctx context.Context) {
 	if len(rs) <= d.cfg.KeepReleases {
 		return
 	}
-	// As Prune keeps them: the current release, the one a rollback
-	// returns to, however many failed deploys came between, and any a
-	// container runs from.
 	list, err := h.projectContainers(ctx)
 	if err != nil {
 		d.emit(StepPrune, EventWarn, "old releases left: "+err.Error())
 		return
 	}
-	running := h.inUse(rs, list)
-	back, _ := pickRollback(rs, "")
+	kept := h.alwaysKept(rs, list) // as Prune keeps them
 	for _, r := range rs[d.cfg.KeepReleases:] {
-		if r.Current || back != nil && r.ID == back.ID || running[r.ID] {
+		if kept(r) {
 			continue
 		}
 		for _, s := range catalog.Services {

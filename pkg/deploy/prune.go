@@ -102,13 +102,13 @@ func (d *Deployer) Prune(ctx context.Context, o PruneOptions) (res *PruneResult,
 	if err != nil {
 		return nil, err
 	}
-	running := h.inUse(rs, list)
-	back, cur := pickRollback(rs, "")
+	kept := h.alwaysKept(rs, list)
+	_, cur := pickRollback(rs, "")
 	keepIDs := map[string]bool{} // image IDs a kept release needs
 	keepTags := map[string]bool{}
 	var gone []Release
 	for i, r := range rs {
-		if i < o.Keep || r.Current || back != nil && r.ID == back.ID || running[r.ID] {
+		if i < o.Keep || kept(r) {
 			out.Kept = append(out.Kept, r.ID)
 			for _, id := range r.Images {
 				keepIDs[id] = true
@@ -160,7 +160,7 @@ func (d *Deployer) Prune(ctx context.Context, o PruneOptions) (res *PruneResult,
 		// A stopped container of the current release stays for Start: it
 		// is known by its project directory and, should that be spelt
 		// otherwise (a symlink resolved), by an image a kept release runs.
-		stale := c.State != "running" && c.State != "restarting" && c.State != "paused" && !keepIDs[c.ImageID] &&
+		stale := !live(c) && !keepIDs[c.ImageID] &&
 			(curDir == "" && c.Labels["com.docker.compose.oneoff"] == "True" || curDir != "" && wd != curDir && !strings.HasPrefix(wd, curDir+"/"))
 		if !stale {
 			usedImages[c.ImageID] = true

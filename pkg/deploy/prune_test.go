@@ -28,4 +28,8 @@ func TestPruneKeepsWhatContainersRunFrom(t *testing.T) {
 	if want := []string{"20261207T090000Z-r2", "20261207T100000Z-r3"}; !slices.Equal(got, want) {
 		t.Errorf("in use: %v, want %v", got, want)
 	}
+	kept := h.alwaysKept(rs, list)
+	if !kept(rs[0]) || !kept(rs[1]) || kept(rs[3]) {
+		t.Errorf("kept whatever their age: r3 %v, r2 %v, the unused one %v; want true, true, false", kept(rs[0]), kept(rs[1]), kept(rs[3]))
+	}
 }

@@ -352,7 +352,7 @@ func (h *host) gatewayHealth(ctx context.Context, release, gatewayAddr string, l
 func (h *host) inUse(rs []Release, list []container.Summary) map[string]bool {
 	used := map[string]bool{}
 	for _, c := range list {
-		if c.State != "running" && c.State != "restarting" && c.State != "paused" {
+		if !live(c) {
 			continue
 		}
 		wd := c.Labels["com.docker.compose.project.working_dir"]
@@ -363,6 +363,21 @@ func (h *host) inUse(rs []Release, list []container.Summary) map[string]bool {
 		}
 	}
 	return used
+}
+
+// alwaysKept says which releases of rs a prune keeps whatever their age:
+// the current one, the one a rollback returns to (however many failed
+// deploys came between), and any a running container of list, the
+// project's, works from.
+func (h *host) alwaysKept(rs []Release, list []container.Summary) func(Release) bool {
+	used := h.inUse(rs, list)
+	back, _ := pickRollback(rs, "")
+	return func(r Release) bool { return r.Current || back != nil && r.ID == back.ID || used[r.ID] }
+}
+
+// live reports whether c runs, or is about to again (restarting, paused).
+func live(c container.Summary) bool {
+	return c.State == "running" || c.State == "restarting" || c.State == "paused"
 }
 
 func (h *host) projectContainers(ctx context.Context) ([]container.Summary, error) {
