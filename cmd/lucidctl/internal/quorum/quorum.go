@@ -37,8 +37,8 @@ var ErrLost = errors.New("would lose the Raft cluster's quorum")
 // no concern of it (one read of its engine's consensus status says so),
 // nor is one whose engine does not run, nor one whose own voter is already
 // down (unhealthy, and its engine answers as neither leader, follower nor
-// candidate, as a Raft that shut down does):
-// taking it down loses nothing, and deploying may be what repairs it. When the host's engine
+// candidate, as a Raft that shut down does): taking it down loses nothing,
+// and deploying may be what repairs it. When the host's engine
 // cannot be read the check cannot be made, and a warning says so. force
 // turns the refusal into a warning.
 //

@@ -643,7 +643,7 @@ func keysReadBy(backup, deployed []byte) error {
 		}
 	}
 	if missing > 0 {
-		return fmt.Errorf("%w: %d of the %d encryption keys its env file holds (ENCRYPTION_KEY, ENCRYPTION_PREVIOUS_KEYS) are not among the deployed ones", ErrKeysUnreadable, missing, len(want))
+		return fmt.Errorf("%w: %d of the %d encryption keys the backup's env file holds (ENCRYPTION_KEY, ENCRYPTION_PREVIOUS_KEYS) are not among the deployed ones", ErrKeysUnreadable, missing, len(want))
 	}
 	return nil
 }
