@@ -5,9 +5,11 @@
 package testenv
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -209,12 +211,15 @@ type ConsulAgent struct {
 	args []string
 	cmd  *exec.Cmd
 	out  SyncBuffer
+	// token reads the catalog of an agent whose configuration turns ACLs
+	// on: its initial management token.
+	token string
 }
 
 // StartConsulAgent is StartConsul for tests that also restart the agent.
 func StartConsulAgent(t testing.TB) *ConsulAgent {
 	t.Helper()
-	return startConsulAgent(t)
+	return startConsulAgent(t, "")
 }
 
 // StartConsulAgentWithConfig is StartConsulAgent with a configuration file
@@ -226,17 +231,28 @@ func StartConsulAgentWithConfig(t testing.TB, configJSON []byte) *ConsulAgent {
 	if err := os.WriteFile(path, configJSON, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return startConsulAgent(t, "-config-file="+path)
+	var cfg struct {
+		ACL struct {
+			Tokens struct {
+				InitialManagement string `json:"initial_management"`
+			} `json:"tokens"`
+		} `json:"acl"`
+	}
+	if err := json.Unmarshal(configJSON, &cfg); err != nil {
+		t.Fatalf("consul configuration: %v", err)
+	}
+	return startConsulAgent(t, cfg.ACL.Tokens.InitialManagement, "-config-file="+path)
 }
 
-func startConsulAgent(t testing.TB, extra ...string) *ConsulAgent {
+func startConsulAgent(t testing.TB, token string, extra ...string) *ConsulAgent {
 	t.Helper()
 	bin := Tool(t, "consul", "LUCID_CONSUL_BIN")
 	port := func() string { return fmt.Sprint(FreePort(t)) }
 	httpPort := port()
 	a := &ConsulAgent{
-		Addr: "127.0.0.1:" + httpPort,
-		bin:  bin,
+		Addr:  "127.0.0.1:" + httpPort,
+		bin:   bin,
+		token: token,
 		args: []string{"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-node=lucid-test",
 			"-http-port=" + httpPort, "-grpc-port=-1", "-grpc-tls-port=-1", "-dns-port=-1",
 			"-server-port=" + port(), "-serf-lan-port=" + port(), "-serf-wan-port=" + port()},
@@ -251,6 +267,9 @@ func startConsulAgent(t testing.TB, extra ...string) *ConsulAgent {
 	a.start(t)
 	return a
 }
+
+// Output is what the agent has printed, in every start.
+func (a *ConsulAgent) Output() string { return a.out.String() }
 
 // Restart kills the agent and starts a new one on the same ports. A dev
 // agent keeps nothing, so every registration is gone, as after a crash.
@@ -270,23 +289,77 @@ func (a *ConsulAgent) stop() {
 
 func (a *ConsulAgent) start(t testing.TB) {
 	t.Helper()
-	a.cmd = exec.Command(a.bin, a.args...)
-	a.cmd.Stdout, a.cmd.Stderr = &a.out, &a.out
-	if err := a.cmd.Start(); err != nil {
-		t.Fatalf("start consul: %v", err)
-	}
-	Eventually(t, 30*time.Second, "consul has a leader", func() bool {
-		c, err := net.DialTimeout("tcp", a.Addr, 100*time.Millisecond)
-		if err != nil {
-			return false
+	const starts = 3
+	for n := 1; ; n++ {
+		a.cmd = exec.Command(a.bin, a.args...)
+		a.cmd.Stdout, a.cmd.Stderr = &a.out, &a.out
+		if err := a.cmd.Start(); err != nil {
+			t.Fatalf("start consul: %v", err)
 		}
-		defer c.Close()
-		_, _ = c.Write([]byte("GET /v1/status/leader HTTP/1.0\r\n\r\n"))
-		_ = c.SetReadDeadline(time.Now().Add(time.Second))
-		resp, _ := io.ReadAll(c)                                                                         // HTTP/1.0: the server closes when done
-		return strings.Contains(string(resp), "200 OK") && strings.Contains(string(resp), `"127.0.0.1:`) // a leader address
-	})
+		Eventually(t, 30*time.Second, "consul has a leader", a.hasLeader)
+		// An agent whose first copy of its state to the catalog came too
+		// early (before its leader, or before the leader wrote the ACL
+		// tokens, on a loaded machine) copies its checks' results there
+		// only 15 to 30 seconds later: a test would wait in vain for a
+		// service to pass.
+		if a.copiesToCatalog() {
+			return
+		}
+		if n == starts {
+			t.Fatalf("consul's agent copied no registration to its catalog, in %d starts", n)
+		}
+		t.Logf("consul's agent copied no registration to its catalog; starting it again")
+		a.stop()
+	}
 }
+
+func (a *ConsulAgent) hasLeader() bool {
+	code, body := a.call(http.MethodGet, "/v1/status/leader", "")
+	return code == http.StatusOK && strings.Contains(body, `"127.0.0.1:`) // a leader's address
+}
+
+// copiesToCatalog registers a service whose check asks the agent itself,
+// and reports whether the catalog shows it passing within a few seconds
+// (a registration reaches the catalog at once; a check's result only
+// through the agent's background copy), then removes it again.
+func (a *ConsulAgent) copiesToCatalog() bool {
+	const probe = "lucid-testenv-probe"
+	reg := `{"ID":"` + probe + `","Name":"` + probe + `","Port":1,` +
+		`"Check":{"HTTP":"http://` + a.Addr + `/v1/status/leader","Interval":"100ms"}}`
+	registered := PollUntil(5*time.Second, func() bool { // the token may not be written yet
+		code, _ := a.call(http.MethodPut, "/v1/agent/service/register", reg)
+		return code == http.StatusOK
+	})
+	listed := func() bool {
+		code, body := a.call(http.MethodGet, "/v1/health/service/"+probe+"?passing=true", "")
+		return code == http.StatusOK && strings.Contains(body, probe)
+	}
+	// The agent's first copy comes up to 3 seconds after it starts.
+	copied := registered && PollUntil(5*time.Second, listed)
+	a.call(http.MethodPut, "/v1/agent/service/deregister/"+probe, "")
+	return copied && PollUntil(5*time.Second, func() bool { return !listed() })
+}
+
+// call sends one request to the agent's HTTP API, with the agent's token
+// if it has one, and returns the status and body (0 when unanswered).
+func (a *ConsulAgent) call(method, path, body string) (int, string) {
+	req, err := http.NewRequest(method, "http://"+a.Addr+path, strings.NewReader(body))
+	if err != nil {
+		return 0, ""
+	}
+	if a.token != "" {
+		req.Header.Set("X-Consul-Token", a.token)
+	}
+	resp, err := consulTestClient.Do(req)
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, string(b)
+}
+
+var consulTestClient = &http.Client{Timeout: 2 * time.Second}
 
 // SyncBuffer collects a child process's output, written from several
 // goroutines.
