@@ -49,11 +49,28 @@ type registrar struct {
 	// syncs counts the rounds of sync by result (nil: not counted).
 	syncs *prometheus.CounterVec
 
+	// node is the local agent's node name, read once.
+	node string
+
 	mu       sync.Mutex
 	lastErr  error
 	lastSync time.Time
 	synced   int
+	// lagging names the registrations the catalog lags behind the agent
+	// on, since lagSince; lagWarned says the log has said so.
+	lagging   []string
+	lagSince  time.Time
+	lagWarned bool
 }
+
+// catalogWait is how long a round of sync waits for the catalog to take
+// what the agent holds: the agent copies a change within milliseconds
+// when all is well.
+const catalogWait = time.Second
+
+// lagWarnAfter is how long the catalog may lack a registration before the
+// log says so.
+const lagWarnAfter = 10 * time.Second
 
 func openRegistrar(path string, logger *slog.Logger) (*registrar, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
@@ -135,6 +152,17 @@ func (g *registrar) sync(ctx context.Context) {
 	if err == nil {
 		err = g.apply(ctx, want)
 	}
+	// A catalog that cannot be read (a cluster electing its leader) leaves
+	// the last verdict standing: only a catalog seen lacking them counts.
+	var lagging []string
+	lagRead := false
+	if err == nil {
+		var lagErr error
+		lagging, lagErr = g.catalogLag(ctx, want)
+		if lagRead = lagErr == nil; !lagRead {
+			g.logger.Debug("consul's catalog unread", "error", lagErr)
+		}
+	}
 	err = errors.Join(aclErr, err)
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -143,6 +171,9 @@ func (g *registrar) sync(ctx context.Context) {
 		g.logger.Warn("consul sync failed; retrying", "error", err)
 	case err == nil && g.lastErr != nil:
 		g.logger.Info("consul sync recovered", "registrations", len(want))
+	}
+	if lagRead {
+		g.noteLag(lagging)
 	}
 	g.lastErr = err
 	result := "failed"
@@ -182,6 +213,88 @@ func (g *registrar) apply(ctx context.Context, want []*consul.AgentServiceRegist
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// catalogLag names the registrations the local agent holds that Consul's
+// catalog lacks, or shows with a check status other than the agent's,
+// after waiting up to catalogWait for them. The agent copies both there
+// on its own; when a copy of its whole state fails (its first, made before
+// the cluster had a leader or had written the ACL tokens, on a loaded Pi)
+// it copies nothing more for 15 to 30 seconds. Until then the gateway,
+// which reads the catalog, finds the services still critical, as they
+// were registered.
+func (g *registrar) catalogLag(ctx context.Context, want []*consul.AgentServiceRegistration) ([]string, error) {
+	if g.node == "" {
+		var self struct{ Config struct{ NodeName string } }
+		if _, err := g.consul.Raw().Query("/v1/agent/self", &self, (&consul.QueryOptions{}).WithContext(ctx)); err != nil {
+			return nil, fmt.Errorf("the agent's node name: %w", err)
+		}
+		g.node = self.Config.NodeName
+	}
+	deadline := time.Now().Add(catalogWait)
+	var index uint64
+	for {
+		wait := time.Until(deadline)
+		q := (&consul.QueryOptions{}).WithContext(ctx)
+		checks, meta, err := g.consul.Health().Node(g.node, (&consul.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx))
+		if err != nil {
+			return nil, fmt.Errorf("read the catalog's checks: %w", err)
+		}
+		node, _, err := g.consul.Catalog().Node(g.node, q)
+		if err != nil {
+			return nil, fmt.Errorf("read the catalog: %w", err)
+		}
+		local, err := g.consul.Agent().ChecksWithFilterOpts("", q)
+		if err != nil {
+			return nil, fmt.Errorf("read the agent's checks: %w", err)
+		}
+		lagging := lagBehind(want, local, node, checks)
+		if len(lagging) == 0 || wait <= 0 || (index != 0 && meta.LastIndex == index) {
+			return lagging, nil
+		}
+		index = meta.LastIndex // block until the catalog's checks change, or the deadline
+	}
+}
+
+// lagBehind names the registrations of want that the catalog's node lacks,
+// or whose checks there differ in status from the agent's own.
+func lagBehind(want []*consul.AgentServiceRegistration, local map[string]*consul.AgentCheck, node *consul.CatalogNode, checks consul.HealthChecks) []string {
+	inCatalog := map[string]string{}
+	for _, c := range checks {
+		inCatalog[c.CheckID] = c.Status
+	}
+	var lagging []string
+	for _, r := range want {
+		behind := node == nil || node.Services[r.ID] == nil
+		for _, c := range local {
+			if c.ServiceID == r.ID && inCatalog[c.CheckID] != c.Status {
+				behind = true
+			}
+		}
+		if behind {
+			lagging = append(lagging, r.ID)
+		}
+	}
+	return lagging
+}
+
+// noteLag keeps what the catalog lags behind on for /ready, and says in
+// the log when it has for lagWarnAfter. The caller holds g.mu.
+func (g *registrar) noteLag(lagging []string) {
+	switch {
+	case len(lagging) == 0 && g.lagWarned:
+		g.logger.Info("consul's catalog is level with its agent again", "after", time.Since(g.lagSince).Round(time.Second).String())
+	case len(lagging) > 0 && len(g.lagging) == 0:
+		g.lagSince = time.Now()
+	case len(lagging) > 0 && !g.lagWarned && time.Since(g.lagSince) >= lagWarnAfter:
+		g.logger.Warn("consul's catalog lags behind its agent on registrations or their checks; the agent copies them again within 30s",
+			"registrations", lagging, "for", time.Since(g.lagSince).Round(time.Second).String())
+		g.lagWarned = true
+	}
+	if len(lagging) == 0 {
+		g.lagWarned = false
+	}
+	g.lagging = lagging
 }
 
 func sameRegistration(cur *consul.AgentService, r *consul.AgentServiceRegistration) bool {
@@ -340,6 +453,10 @@ func (g *registrar) check(context.Context) (string, error) {
 	}
 	if g.lastSync.IsZero() {
 		return "", errors.New("consul: not synced yet")
+	}
+	if len(g.lagging) > 0 {
+		return "", fmt.Errorf("consul's catalog lags behind its agent on %d of the %d registrations (or their checks); the agent copies them again within 30s",
+			len(g.lagging), g.synced)
 	}
 	return fmt.Sprintf("%d registrations in sync", g.synced), nil
 }

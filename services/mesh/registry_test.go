@@ -214,6 +214,88 @@ func TestRegistrationFollowsConsul(t *testing.T) {
 	}
 }
 
+// TestReadyWaitsForConsulsCatalog, against a real Consul agent: an agent
+// whose copy of its state to the catalog failed keeps its checks' results
+// to itself for 15 to 30 seconds, and the catalog, which the gateway
+// reads, shows the old ones. The controller is not ready while the
+// catalog lags behind, and says why.
+func TestReadyWaitsForConsulsCatalog(t *testing.T) {
+	// ACLs as on a Pi, but the agent's token is not kept on disk: the test
+	// changes it below.
+	agent := testenv.StartConsulAgentWithConfig(t, []byte(`{"acl":{"enabled":true,"default_policy":"deny",`+
+		`"tokens":{"initial_management":"`+testManagement+`","agent":"`+testManagement+`"}}}`))
+	host, port, _ := net.SplitHostPort(agent.Addr)
+	engine := newFakeEngine(t)
+	c := startController(t, map[string]string{
+		"LUCID_MESH_URL":            "",
+		"CONSUL_HOST":               host,
+		"CONSUL_PORT":               port,
+		"CONSUL_HTTP_TOKEN":         testManagement,
+		"LUCID_ENGINE_URL":          engine.URL,
+		"LUCID_MESH_CHECK_INTERVAL": "200ms",
+		"LUCID_MESH_SYNC_INTERVAL":  "200ms",
+	})
+	ready := func() (int, string) {
+		resp, err := http.Get(c.url + "/ready")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	catalogSays := func() string {
+		return getAs(t, "http://"+agent.Addr+"/v1/health/checks/engine", testManagement)
+	}
+	testenv.Eventually(t, 10*time.Second, "the engine passing in the catalog", func() bool { return strings.Contains(catalogSays(), `"passing"`) })
+
+	// The agent's own token replaced by one Consul does not know, as if
+	// read before the leader wrote it: its next copy of its whole state
+	// fails, and it copies nothing more for 15 to 30 seconds.
+	setAgentToken := func(token string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPut, "http://"+agent.Addr+"/v1/agent/token/agent", strings.NewReader(`{"Token":"`+token+`"}`))
+		req.Header.Set("X-Consul-Token", testManagement)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("set the agent's token: %s %s", resp.Status, b)
+		}
+	}
+	const failed = "failed to sync remote state"
+	before := strings.Count(agent.Output(), failed)
+	setAgentToken("5b0f3a38-8f3e-4d3c-9a4e-1c2d3e4f5a6b")
+	testenv.Eventually(t, 10*time.Second, "the agent's copy failed", func() bool { return strings.Count(agent.Output(), failed) > before })
+
+	// The engine fails its checks: the agent knows, the catalog does not.
+	engine.sick.Store(true)
+	var body string
+	testenv.Eventually(t, 10*time.Second, "the controller unready while the catalog lags behind", func() bool {
+		var code int
+		code, body = ready()
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "catalog lags behind its agent on 1 of the 1 registrations")
+	})
+	if !strings.Contains(catalogSays(), `"passing"`) {
+		t.Fatalf("the catalog followed the agent after all: %s", catalogSays())
+	}
+	if strings.Contains(body, "lucid-engine") {
+		t.Errorf("/ready names a registration: %s", body)
+	}
+	// The agent's token back: it copies its state at once.
+	setAgentToken(testManagement)
+	testenv.Eventually(t, 10*time.Second, "the controller ready once the catalog has caught up", func() bool {
+		code, _ := ready()
+		return code == http.StatusOK
+	})
+	if !strings.Contains(catalogSays(), `"critical"`) {
+		t.Errorf("the catalog did not catch up: %s", catalogSays())
+	}
+}
+
 // getAs GETs url with token as the bearer and returns the body.
 func getAs(t *testing.T, url, token string) string {
 	t.Helper()
