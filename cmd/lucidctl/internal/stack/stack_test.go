@@ -459,7 +459,21 @@ func TestUpSupervisesConsul(t *testing.T) {
 		}
 		return len(entries)
 	}
-	testenv.Eventually(t, 10*time.Second, "mesh registered and passing in consul", func() bool { return passing(secrets[deployfiles.ConsulTokenKey]) == 1 })
+	// Consul runs the check every second. An agent whose first copy of
+	// its state to the catalog failed (on a loaded machine) shows the
+	// result there only 15 to 30 seconds later; the wait ends on the event.
+	if !testenv.PollUntil(45*time.Second, func() bool { return passing(secrets[deployfiles.ConsulTokenKey]) == 1 }) {
+		req, _ := http.NewRequest(http.MethodGet, c.URL+"/v1/health/checks/mesh", nil)
+		req.Header.Set("X-Consul-Token", secrets[deployfiles.ConsulTokenKey])
+		checks := "unreadable"
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			checks = string(b)
+		}
+		t.Fatalf("mesh not registered and passing in consul within 45s; its checks there: %s\nconsul's log ends:\n%s\nmesh's log ends:\n%s",
+			checks, lastLines(p.read(p.state("logs/consul.log")), 30), lastLines(p.read(p.state("logs/mesh.log")), 30))
+	}
 	if n := passing(""); n != 0 {
 		t.Errorf("an anonymous read of Consul found %d instances", n)
 	}
@@ -610,4 +624,10 @@ func TestForegroundUpOutlivesABrokenPipe(t *testing.T) {
 	if log := p.read(p.state("logs/stack.log")); !strings.Contains(log, "lucidctl | datachain stopped") {
 		t.Errorf("the services were not stopped in order; the stack log:\n%s", log)
 	}
+}
+
+// lastLines is the end of a log, for a failure's message.
+func lastLines(log string, n int) string {
+	lines := strings.Split(strings.TrimRight(log, "\n"), "\n")
+	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
 }
