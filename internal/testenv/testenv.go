@@ -5,11 +5,10 @@
 package testenv
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +18,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	consul "github.com/hashicorp/consul/api"
+
+	"github.com/pickme/lucid/pkg/consulready"
 )
 
 // InCI reports whether the tests run in CI, where no tool may be missing.
@@ -289,77 +292,63 @@ func (a *ConsulAgent) stop() {
 
 func (a *ConsulAgent) start(t testing.TB) {
 	t.Helper()
-	const starts = 3
-	for n := 1; ; n++ {
-		a.cmd = exec.Command(a.bin, a.args...)
-		a.cmd.Stdout, a.cmd.Stderr = &a.out, &a.out
-		if err := a.cmd.Start(); err != nil {
-			t.Fatalf("start consul: %v", err)
-		}
-		Eventually(t, 30*time.Second, "consul has a leader", a.hasLeader)
-		// An agent whose first copy of its state to the catalog came too
-		// early (before its leader, or before the leader wrote the ACL
-		// tokens, on a loaded machine) copies its checks' results there
-		// only 15 to 30 seconds later: a test would wait in vain for a
-		// service to pass.
-		if a.copiesToCatalog() {
-			return
-		}
-		if n == starts {
-			t.Fatalf("consul's agent copied no registration to its catalog, in %d starts", n)
-		}
-		t.Logf("consul's agent copied no registration to its catalog; starting it again")
-		a.stop()
+	a.cmd = exec.Command(a.bin, a.args...)
+	a.cmd.Stdout, a.cmd.Stderr = &a.out, &a.out
+	if err := a.cmd.Start(); err != nil {
+		t.Fatalf("start consul: %v", err)
+	}
+	// Not only a leader: an agent whose first copy of its state to the
+	// catalog came too early copies its checks' results there only 15 to
+	// 30 seconds later (consulready), and a test would wait in vain for a
+	// service to pass.
+	var last error
+	if !PollUntil(60*time.Second, func() bool { last = a.ready(); return last == nil }) {
+		t.Fatalf("consul not ready within 60s: %v", last)
 	}
 }
 
-func (a *ConsulAgent) hasLeader() bool {
-	code, body := a.call(http.MethodGet, "/v1/status/leader", "")
-	return code == http.StatusOK && strings.Contains(body, `"127.0.0.1:`) // a leader's address
+// BreakCatalogCopy gives the agent a token of its own that Consul does not
+// know, as if read before its leader wrote the ACL tokens, and returns once
+// the copy of its state to the catalog that this starts has failed: the
+// agent then copies nothing more for 15 to 30 seconds, or until
+// MendCatalogCopy. Its configuration must turn ACLs on and not keep tokens
+// on disk (the agent would keep them in the test's directory).
+func (a *ConsulAgent) BreakCatalogCopy(t testing.TB) {
+	t.Helper()
+	const failed = "failed to sync remote state"
+	before := strings.Count(a.Output(), failed)
+	a.setAgentToken(t, "5b0f3a38-8f3e-4d3c-9a4e-1c2d3e4f5a6b")
+	Eventually(t, 10*time.Second, "the agent's copy to its catalog failed", func() bool { return strings.Count(a.Output(), failed) > before })
 }
 
-// copiesToCatalog registers a service whose check asks the agent itself,
-// and reports whether the catalog shows it passing within a few seconds
-// (a registration reaches the catalog at once; a check's result only
-// through the agent's background copy), then removes it again.
-func (a *ConsulAgent) copiesToCatalog() bool {
-	const probe = "lucid-testenv-probe"
-	reg := `{"ID":"` + probe + `","Name":"` + probe + `","Port":1,` +
-		`"Check":{"HTTP":"http://` + a.Addr + `/v1/status/leader","Interval":"100ms"}}`
-	registered := PollUntil(5*time.Second, func() bool { // the token may not be written yet
-		code, _ := a.call(http.MethodPut, "/v1/agent/service/register", reg)
-		return code == http.StatusOK
-	})
-	listed := func() bool {
-		code, body := a.call(http.MethodGet, "/v1/health/service/"+probe+"?passing=true", "")
-		return code == http.StatusOK && strings.Contains(body, probe)
-	}
-	// The agent's first copy comes up to 3 seconds after it starts.
-	copied := registered && PollUntil(5*time.Second, listed)
-	a.call(http.MethodPut, "/v1/agent/service/deregister/"+probe, "")
-	return copied && PollUntil(5*time.Second, func() bool { return !listed() })
+// MendCatalogCopy gives the agent its management token back, which has it
+// copy its state to the catalog within seconds.
+func (a *ConsulAgent) MendCatalogCopy(t testing.TB) {
+	t.Helper()
+	a.setAgentToken(t, a.token)
 }
 
-// call sends one request to the agent's HTTP API, with the agent's token
-// if it has one, and returns the status and body (0 when unanswered).
-func (a *ConsulAgent) call(method, path, body string) (int, string) {
-	req, err := http.NewRequest(method, "http://"+a.Addr+path, strings.NewReader(body))
+func (a *ConsulAgent) setAgentToken(t testing.TB, token string) {
+	t.Helper()
+	client, err := consul.NewClient(&consul.Config{Address: a.Addr, Scheme: "http", Token: a.token})
 	if err != nil {
-		return 0, ""
+		t.Fatal(err)
 	}
-	if a.token != "" {
-		req.Header.Set("X-Consul-Token", a.token)
+	if _, err := client.Agent().UpdateAgentACLToken(token, nil); err != nil {
+		t.Fatalf("set the agent's token: %v", err)
 	}
-	resp, err := consulTestClient.Do(req)
-	if err != nil {
-		return 0, ""
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return resp.StatusCode, string(b)
 }
 
-var consulTestClient = &http.Client{Timeout: 2 * time.Second}
+// ready is one consulready.Check of the agent.
+func (a *ConsulAgent) ready() error {
+	client, err := consul.NewClient(&consul.Config{Address: a.Addr, Scheme: "http", Token: a.token})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return consulready.Check(ctx, client, a.Addr)
+}
 
 // SyncBuffer collects a child process's output, written from several
 // goroutines.

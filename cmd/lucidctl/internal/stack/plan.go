@@ -3,10 +3,8 @@ package stack
 import (
 	"context"
 	"fmt"
-	"io"
 	"maps"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,10 +12,13 @@ import (
 	"strings"
 	"time"
 
+	consul "github.com/hashicorp/consul/api"
+
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/api/meshapi"
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/consulready"
 	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/routetable"
@@ -289,31 +290,20 @@ func (p *plan) consulSpec(l layout) (supervise.Spec, error) {
 			"-dns-port=-1",
 		},
 		Env:   withoutKeys(os.Environ(), lucidKeys()),
-		Ready: consulLeaderProbe("http://127.0.0.1:" + strconv.Itoa(http)),
+		Ready: consulProbe("127.0.0.1:"+strconv.Itoa(http), p.values[deployfiles.ConsulTokenKey]),
 	}, nil
 }
 
-// consulLeaderProbe is ready once the agent answers and has elected itself
-// leader: before that its catalog refuses writes.
-func consulLeaderProbe(base string) supervise.Probe {
-	client := &http.Client{Timeout: time.Second}
+// consulProbe is ready once the agent has elected itself leader (before
+// that its catalog refuses writes) and its checks' results reach the
+// catalog the gateway reads (consulready). The token is handed to the
+// client, never read from the environment.
+func consulProbe(addr, token string) supervise.Probe {
+	client, err := consul.NewClient(&consul.Config{Address: addr, Scheme: "http", Token: token})
 	return func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/status/leader", nil)
 		if err != nil {
 			return err
 		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("consul: %s", resp.Status)
-		}
-		if leader := strings.Trim(strings.TrimSpace(string(body)), `"`); leader == "" {
-			return fmt.Errorf("consul has no leader yet")
-		}
-		return nil
+		return consulready.Check(ctx, client, addr)
 	}
 }
