@@ -509,7 +509,7 @@ func runTarget(ctx context.Context, opts *Options, src Source, out *Output) erro
 	res, err := d.Restore(ctx, deploy.RestoreOptions{
 		Data: serviceData(src, fb), EnvFiles: env, Release: release, Backup: src.ID(),
 		BeforeStop: func(ctx context.Context) error {
-			reasons := holdsData(ctx, cl)
+			reasons := holdsData(ctx, cl, backupFacts(src))
 			out.Existing, out.Reasons = len(reasons) > 0, reasons
 			return confirm(opts.Env, opts.Yes, fmt.Sprintf("restoring backup %s onto %s replaces its data", src.ID(), h.Name), reasons)
 		},
@@ -655,22 +655,38 @@ const genesisTransactions = 1
 // holdsData says what data the running services hold: transactions on
 // the chain beyond the genesis transaction (a new node's chain of its own
 // validator key and empty heartbeat blocks holds nothing), chunks in the
-// data chain. A service that cannot be asked counts as holding data.
-func holdsData(ctx context.Context, cl clients) []string {
+// data chain. A service that cannot be asked counts as holding data. What
+// the host holds beyond the backup's facts is said as such: the restore
+// drops it from the host, which --yes must not let pass unread.
+func holdsData(ctx context.Context, cl clients, backup snapshotapi.Facts) []string {
 	var reasons []string
 	if hc, base, err := cl.Client(ctx, "engine", 30*time.Second); err != nil {
 		reasons = append(reasons, "the engine could not be asked what it holds: "+err.Error())
 	} else if info, err := engineapi.New(base, hc).Chain(ctx); err != nil {
 		reasons = append(reasons, "the engine could not be asked what it holds: "+err.Error())
 	} else if info.TreeSize > genesisTransactions {
-		reasons = append(reasons, fmt.Sprintf("the chain holds %d transactions in %d blocks", info.TreeSize, info.Height))
+		reason := fmt.Sprintf("the chain holds %d transactions in %d blocks", info.TreeSize, info.Height)
+		switch b := backup.Chain; {
+		case b == nil:
+		case b.ChainID != info.ChainID:
+			reason += fmt.Sprintf(", of another chain than the backup's (%s, the backup's %s)", info.ChainID, b.ChainID)
+		case info.TreeSize > b.TreeSize:
+			reason += fmt.Sprintf(", %d transactions and %d blocks more than the backup: the restore drops them from this host, "+
+				"and anchors in them are lost unless another block manager holds them for `lucidctl maintenance fence lift --blocks-from` "+
+				"(take a backup of the host first to keep them)", info.TreeSize-b.TreeSize, info.Height-min(info.Height, b.Height))
+		}
+		reasons = append(reasons, reason)
 	}
 	if hc, base, err := cl.Client(ctx, "datachain", 30*time.Second); err != nil {
 		reasons = append(reasons, "the data chain could not be asked what it holds: "+err.Error())
 	} else if st, err := datachainapi.New(base, hc).Status(ctx); err != nil {
 		reasons = append(reasons, "the data chain could not be asked what it holds: "+err.Error())
 	} else if st.Chunks > 0 {
-		reasons = append(reasons, fmt.Sprintf("the data chain holds %d chunks of %d sessions", st.Chunks, st.Sessions))
+		reason := fmt.Sprintf("the data chain holds %d chunks of %d sessions", st.Chunks, st.Sessions)
+		if b := backup.DataChain; b != nil && st.Chunks > b.Chunks {
+			reason += fmt.Sprintf(", %d more than the backup: chunks stored since it are deleted from this host", st.Chunks-b.Chunks)
+		}
+		reasons = append(reasons, reason)
 	}
 	return reasons
 }
