@@ -902,7 +902,7 @@ func (c *serviceClient) handshake(ctx context.Context) error {
 // at hand.
 func (c *serviceClient) get(ctx context.Context, p string, operator bool) ([]byte, error) {
 	if operator && c.token == "" {
-		return nil, errors.New("no operator token (LUCID_OPERATOR_TOKEN) to ask " + c.name + " with")
+		return nil, noOperatorToken{c.name}
 	}
 	scheme := "http"
 	if c.tls {
@@ -1008,6 +1008,26 @@ type statusError struct {
 }
 
 func (e *statusError) Error() string { return e.msg }
+
+// ErrCredentialsRefused is a host's service refusing the operator's
+// credentials (401, 403), or there being none to send: the token is
+// another than the host's, or the host runs a release from before the
+// credentials it is asked with.
+var ErrCredentialsRefused = errors.New("the operator's credentials were refused")
+
+// Is makes a refusal of the operator's credentials ErrCredentialsRefused.
+func (e *statusError) Is(target error) bool {
+	return target == ErrCredentialsRefused && (e.code == http.StatusUnauthorized || e.code == http.StatusForbidden)
+}
+
+// noOperatorToken is a call the operator makes, without the token.
+type noOperatorToken struct{ service string }
+
+func (e noOperatorToken) Error() string {
+	return "no operator token (LUCID_OPERATOR_TOKEN) to ask " + e.service + " with"
+}
+
+func (noOperatorToken) Is(target error) bool { return target == ErrCredentialsRefused }
 
 func (c *serviceClient) getJSON(ctx context.Context, p string, operator bool, v any) error {
 	body, err := c.get(ctx, p, operator)

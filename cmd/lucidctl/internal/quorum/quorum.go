@@ -52,24 +52,39 @@ func Check(ctx context.Context, target string, r Readers, rep deploy.Reporter, f
 	event := func(status deploy.EventStatus, msg string) {
 		rep.Event(deploy.Event{Time: time.Now(), Target: target, Step: deploy.StepQuorum, Status: status, Message: msg})
 	}
-	cs, err := r.Own(ctx)
-	switch {
-	case errors.Is(err, deploy.ErrNotRunning):
-		return nil // no engine serving (a first deploy): none to take down
-	case err != nil:
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+	notChecked := func(err error) error {
 		event(deploy.EventWarn, "not checked whether taking the host down keeps its Raft cluster's quorum: its engine's consensus status: "+err.Error())
 		return nil
 	}
-	if len(cs.Servers) <= 1 || !slices.ContainsFunc(cs.Servers, func(s engineapi.Server) bool { return s.ID == cs.NodeID && s.Voter }) {
+	cs, ownErr := r.Own(ctx)
+	switch {
+	case errors.Is(ownErr, deploy.ErrNotRunning):
+		return nil // no engine serving (a first deploy): none to take down
+	case ownErr != nil && ctx.Err() != nil:
+		return ctx.Err()
+	case errors.Is(ownErr, deploy.ErrCredentialsRefused):
+		// A host not yet deployed with this lucidctl's credentials (an
+		// upgrade under way) refuses the reads this check needs, its own
+		// and the others'; refusing would hold the upgrade up for good.
+		return notChecked(ownErr)
+	case ownErr == nil && (len(cs.Servers) <= 1 || !slices.ContainsFunc(cs.Servers, func(s engineapi.Server) bool { return s.ID == cs.NodeID && s.Voter })):
 		return nil
 	}
 	group := r.Group(ctx)
 	c := deploy.ClusterOf(group)
 	if ctx.Err() != nil {
 		return ctx.Err()
+	}
+	if ownErr != nil {
+		// Its engine did not answer (a timeout on a loaded Pi, say). Not
+		// seeing is no all-clear: when the cluster's read shows the host's
+		// voter, that voter counts as voting, and the others must make a
+		// quorum without it.
+		v := hostVoter(c, target)
+		if v == nil || len(c.Voters) <= 1 {
+			return notChecked(ownErr)
+		}
+		cs = &engineapi.ConsensusStatus{NodeID: v.ID}
 	}
 	// Why each other host's voter may be going down under another
 	// command: its lock is held, or could not be read (not seeing is no
@@ -100,7 +115,7 @@ func Check(ctx context.Context, target string, r Readers, rep deploy.Reporter, f
 				// said (on a loaded Pi one times out now and then) or
 				// when its host's status was not read this time. Such a
 				// voter must not go as if it were down already.
-				ownHealthy = v.Healthy || slices.Contains([]string{"leader", "follower", "candidate"}, cs.State)
+				ownHealthy = ownErr != nil || v.Healthy || slices.Contains([]string{"leader", "follower", "candidate"}, cs.State)
 			case v.Healthy && held[v.Target] != "":
 				busy = append(busy, fmt.Sprintf("%s on %s (%s)", v.ID, v.Target, held[v.Target]))
 			case v.Healthy:
@@ -127,6 +142,9 @@ func Check(ctx context.Context, target string, r Readers, rep deploy.Reporter, f
 		healthy = "healthy and not under another command"
 	}
 	why := fmt.Sprintf("taking %s down (its engine is voter %s) %v: %d other of %d voters %s, %d needed", target, cs.NodeID, ErrLost, len(others), voters, healthy, needed)
+	if ownErr != nil {
+		why += fmt.Sprintf("; its engine did not answer (%v), so it counts as voting", ownErr)
+	}
 	switch {
 	case c == nil:
 		why += "; the cluster's other voters could not be read"
@@ -143,6 +161,23 @@ func Check(ctx context.Context, target string, r Readers, rep deploy.Reporter, f
 	event(deploy.EventFail, why)
 	return cli.WithHint(fmt.Errorf("%s; nothing was changed on %s: %w", why, target, ErrLost),
 		"repair the voters named, or wait for the command that holds a host's lock to end (lucidctl status --target GROUP shows the cluster and each host's lock; a voter no host read answered as needs its host reachable), then try again; --force-quorum takes the engine down anyway, and the chain stops until the quorum is back")
+}
+
+// hostVoter is target's voter in c: the one its engine answered as, else
+// the one named after it (a cluster's engines take their host's name as
+// their Raft id).
+func hostVoter(c *deploy.Cluster, target string) *deploy.Voter {
+	if c == nil {
+		return nil
+	}
+	for _, byTarget := range []bool{true, false} {
+		for i, v := range c.Voters {
+			if byTarget && v.Target == target || !byTarget && v.Target == "" && v.ID == target {
+				return &c.Voters[i]
+			}
+		}
+	}
+	return nil
 }
 
 // ReadOwn reads the consensus status of host's engine.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -157,7 +158,7 @@ func TestCheckQuorum(t *testing.T) {
 	})
 	t.Run("engine not read", func(t *testing.T) {
 		events = nil
-		r, reads := quorumCase(nil, errors.New("engine /api/v1/consensus/status: 403 Forbidden"))
+		r, reads := quorumCase(nil, fmt.Errorf("engine /api/v1/consensus/status: 403 Forbidden: %w", deploy.ErrCredentialsRefused))
 		if err := Check(ctx, "pi", r, rep, false); err != nil || *reads != 0 {
 			t.Fatalf("%v, %d group reads", err, *reads)
 		}
@@ -205,5 +206,56 @@ func TestQuorumCountsEngines(t *testing.T) {
 		withEngine(voterOn("pi3", "n3", "follower", false), "unhealthy"))
 	if err := Check(ctx, "pi2", r, rep, false); !errors.Is(err, ErrLost) {
 		t.Errorf("pi2's engine, unhealthy by its container but answering as a follower, taken down with pi3's engine down: %v", err)
+	}
+}
+
+// TestCheckQuorumWhenItsEngineDoesNotAnswer: an engine that times out
+// (a loaded Pi) is no all-clear. When the cluster's read shows the host's
+// voter, it counts as voting and the others must make a quorum without
+// it; only when no read places it is the check skipped, with a warning.
+func TestCheckQuorumWhenItsEngineDoesNotAnswer(t *testing.T) {
+	ctx := context.Background()
+	slow := errors.New("engine /api/v1/consensus/status: context deadline exceeded")
+	var events []deploy.Event
+	rep := deploy.ReporterFunc(func(e deploy.Event) { events = append(events, e) })
+
+	// pi3 down: taking pi2 down too leaves one voter of three.
+	r, _ := quorumCase(nil, slow, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "follower", true), voterOn("pi3", "n3", "follower", false))
+	err := Check(ctx, "pi2", r, rep, false)
+	if !errors.Is(err, ErrLost) || !strings.Contains(err.Error(), "its engine did not answer (engine /api/v1/consensus/status: context deadline exceeded), so it counts as voting") {
+		t.Errorf("pi3 down, pi2's engine silent: %v", err)
+	}
+
+	// Its own host's read did not answer either (its voter unhealthy, no
+	// host named for it): found by its id, the host's name, and counted
+	// as voting all the same.
+	named := func(id string) *deploy.HostStatus {
+		h := voterOn("pi1", "n1", "leader", true)
+		servers := slices.Clone(h.Reports.RaftServers)
+		for i := range servers {
+			if servers[i].ID == "n2" {
+				servers[i].ID = id
+			}
+		}
+		h.Reports.RaftServers = servers
+		return h
+	}
+	r, _ = quorumCase(nil, slow, named("pi2"))
+	if err := Check(ctx, "pi2", r, rep, false); !errors.Is(err, ErrLost) {
+		t.Errorf("pi2's voter known only by its id: %v", err)
+	}
+
+	// The others make a quorum without it: on.
+	events = nil
+	r, _ = quorumCase(nil, slow, voterOn("pi1", "n1", "leader", true), voterOn("pi2", "n2", "follower", false), voterOn("pi3", "n3", "follower", true))
+	if err := Check(ctx, "pi2", r, rep, false); err != nil || len(events) != 1 || events[0].Status != deploy.EventOK {
+		t.Errorf("two others healthy: %v, events %+v", err, events)
+	}
+
+	// No read places the host's voter: not checked, and said.
+	events = nil
+	r, _ = quorumCase(nil, slow)
+	if err := Check(ctx, "pi2", r, rep, false); err != nil || len(events) != 1 || events[0].Status != deploy.EventWarn || !strings.Contains(events[0].Message, "context deadline exceeded") {
+		t.Errorf("nothing read: %v, events %+v", err, events)
 	}
 }
