@@ -410,7 +410,7 @@ func (d *Deployer) rollout(ctx context.Context, b Bundle, rel *Release, compose 
 // returnTo brings prev back after rel, whose containers replaced prev's,
 // failed its gate with gateErr (a deploy's new release, or a rollback's
 // target), if the lock (confirmLock) is still this run's. With
-// recordFailed, rel is recorded failed first. The way back runs to its end
+// recordFailed, rel is recorded failed once back. The way back runs to its end
 // whatever happens to ctx: an interrupt must not leave the host with
 // nothing serving.
 func (d *Deployer) returnTo(ctx context.Context, rel, prev *Release, gateErr error, confirmLock func(context.Context) error, recordFailed bool) error {
@@ -421,24 +421,32 @@ func (d *Deployer) returnTo(ctx context.Context, rel, prev *Release, gateErr err
 		// and this one records and starts nothing more.
 		return fmt.Errorf("%s: %w (release %s did not pass its gate and is left as it is; the other deploy decides what runs)", name, gateErr, rel.ID)
 	}
-	var recErr error
-	if recordFailed {
-		if recErr = d.h.record(bg, rel, ReleaseFailed); recErr != nil {
-			d.emit(StepRelease, EventFail, recErr.Error())
+	// rel is recorded failed once the way back has run (or when there is
+	// none): cut off on the way (the laptop or the link gone), rel stays
+	// deploying, and a rollback sees a deploy cut short, whose containers
+	// may run, and brings current back rather than the release before it.
+	recordRel := func() error {
+		if !recordFailed {
+			return nil
 		}
+		err := d.h.record(bg, rel, ReleaseFailed)
+		if err != nil {
+			d.emit(StepRelease, EventFail, err.Error())
+		}
+		return err
 	}
 	if prev == nil {
-		return errors.Join(fmt.Errorf("%s: %w (no previous release to return to)", name, gateErr), recErr)
+		return errors.Join(fmt.Errorf("%s: %w (no previous release to return to)", name, gateErr), recordRel())
 	}
 	d.emit(StepRollback, EventStart, "back to "+prev.ID)
 	// Back without the caught-up gate: the previous release serving again
 	// is what matters now, and Raft catches its engine up either way.
 	if _, err := d.activate(bg, prev, nil, nil, false); err != nil {
 		d.emit(StepRollback, EventFail, err.Error())
-		return errors.Join(fmt.Errorf("%s: %w; and the return to the previous release %s failed: %w", name, gateErr, prev.ID, err), recErr)
+		return errors.Join(fmt.Errorf("%s: %w; and the return to the previous release %s failed: %w", name, gateErr, prev.ID, err), recordRel())
 	}
 	d.emit(StepRollback, EventOK, "release "+prev.ID+" is serving again")
-	return errors.Join(&RolledBackError{Release: rel.ID, Previous: prev.ID, Cause: gateErr}, recErr)
+	return errors.Join(&RolledBackError{Release: rel.ID, Previous: prev.ID, Cause: gateErr}, recordRel())
 }
 
 // activate is the one way a release goes live, for a deploy's new release,

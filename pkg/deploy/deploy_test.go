@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -305,8 +306,26 @@ func TestDeployEndToEnd(t *testing.T) {
 		t.Fatal("the second deploy did not make a new release")
 	}
 
+	// While it goes back, the broken release is still deploying: cut off
+	// there, a rollback would see a deploy cut short and bring the
+	// current release back, not the one before it.
 	events = nil
-	_, err = runDeploy(ctx, t, f.options(f.dial(t), images(t, brokenBinary(t), "broken"), &events))
+	bo := f.options(f.dial(t), images(t, brokenBinary(t), "broken"), &events)
+	var whileBack []ReleaseStatus
+	brokenReporter := bo.cfg.Reporter
+	bo.cfg.Reporter = ReporterFunc(func(e Event) {
+		if e.Step == StepRollback && e.Status == EventStart {
+			whileBack = append(whileBack, newestRelease(t, f.dir).Status)
+		}
+		brokenReporter.Event(e)
+	})
+	_, err = runDeploy(ctx, t, bo)
+	if !slices.Equal(whileBack, []ReleaseStatus{ReleaseDeploying}) {
+		t.Errorf("the broken release's status on the way back: %v, want %s", whileBack, ReleaseDeploying)
+	}
+	if r := newestRelease(t, f.dir); r.Status != ReleaseFailed {
+		t.Errorf("the broken release back: %s, want %s", r.Status, ReleaseFailed)
+	}
 	var rb *RolledBackError
 	if !errors.As(err, &rb) || rb.Previous != second {
 		t.Fatalf("broken deploy: %v, want a rollback to %s", err, second)
@@ -449,6 +468,25 @@ func copyRelease(t *testing.T, from, to, id string, status ReleaseStatus) {
 	if err := os.WriteFile(filepath.Join(to, releaseRecord), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// newestRelease is the record of the newest release in the host's
+// directory dir.
+func newestRelease(t *testing.T, dir string) Release {
+	t.Helper()
+	ids, err := os.ReadDir(filepath.Join(dir, "releases"))
+	if err != nil || len(ids) == 0 {
+		t.Fatalf("releases: %v %v", ids, err)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "releases", ids[len(ids)-1].Name(), releaseRecord)) // ReadDir sorts; ids sort by time
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r Release
+	if err := json.Unmarshal(data, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
 // buildVersion is lucid stamped with another version: a new binary layer.
