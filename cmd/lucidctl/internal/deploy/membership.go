@@ -649,7 +649,10 @@ func (m *membership) leave(ctx context.Context, remove []string, dry bool) error
 	}
 	for _, id := range remove {
 		if v.voter(id) == nil {
-			m.event(m.cluster, deploy.StepLeave, deploy.EventInfo, fmt.Sprintf("%s is no voter of cluster %s: nothing to remove", id, m.cluster))
+			if err := m.leaveKey(ctx, v, id, dry); err != nil {
+				m.event(m.cluster, deploy.StepLeave, deploy.EventFail, err.Error())
+				return err
+			}
 			continue
 		}
 		if err := checkRemoval(v, id); err != nil {
@@ -681,6 +684,50 @@ func (m *membership) leave(ctx context.Context, remove []string, dry bool) error
 		}
 		m.event(m.cluster, deploy.StepLeave, deploy.EventOK, fmt.Sprintf("voter %s and its validator key removed; %d voters left", id, len(v.voters)))
 	}
+	return nil
+}
+
+// leaveKey finishes the removal of id, no voter (any more): the engine
+// takes a voter out of Raft first and seals its key's removal second, so
+// a removal cut off between the two (the seal timed out, the leader
+// changed, the laptop died) leaves a validator key named after it, which
+// a card of it brought back could sign with. That key is removed now.
+func (m *membership) leaveKey(ctx context.Context, v *clusterView, id string, dry bool) error {
+	leader := v.leaderTarget
+	if leader == "" {
+		m.event(m.cluster, deploy.StepLeave, deploy.EventWarn, fmt.Sprintf("%s is no voter of cluster %s; whether a validator key named after it is left is not known, as %s: run again to check", id, m.cluster, noLeader(v)))
+		return nil
+	}
+	api, err := m.voters(ctx, leader)
+	if err != nil {
+		return fmt.Errorf("the validators of cluster %s, through the leader %s: %w", m.cluster, leader, err)
+	}
+	defer api.Close()
+	keys, err := api.Validators(ctx)
+	if err != nil {
+		return fmt.Errorf("the chain's validators, through %s: %w", leader, err)
+	}
+	key, err := validatorKeyOf(id, keys)
+	switch {
+	case errors.Is(err, errNoKeyNamed):
+		m.event(m.cluster, deploy.StepLeave, deploy.EventInfo, fmt.Sprintf("%s is no voter of cluster %s, and no validator key is named after it: nothing to remove", id, m.cluster))
+		return nil
+	case err != nil:
+		return cli.WithHint(fmt.Errorf("%s is no voter of cluster %s, but its validator key is not known: %w", id, m.cluster, err),
+			"`lucidctl maintenance voters remove "+id+" --key KEY --target "+leader+"` removes the key named")
+	case dry:
+		m.event(m.cluster, deploy.StepLeave, deploy.EventInfo, fmt.Sprintf("%s is no voter of cluster %s, but its validator key is: would remove the key, through the leader %s", id, m.cluster, leader))
+		return nil
+	}
+	m.event(m.cluster, deploy.StepLeave, deploy.EventStart, fmt.Sprintf("%s is no voter of cluster %s, but its validator key is (a removal of before stopped halfway): sealing the key's removal, through the leader %s", id, m.cluster, leader))
+	err = api.RemoveVoter(ctx, id, key)
+	if aerr := m.audit(ctx, leader, hostservices.VoterRemoveAudit(id, key), err); aerr != nil && err == nil {
+		m.event(m.cluster, deploy.StepLeave, deploy.EventWarn, fmt.Sprintf("removed through %s, but %v", leader, aerr))
+	}
+	if err != nil {
+		return fmt.Errorf("remove the validator key of %s through the leader %s: %w", id, leader, err)
+	}
+	m.event(m.cluster, deploy.StepLeave, deploy.EventOK, fmt.Sprintf("the validator key of %s removed", id))
 	return nil
 }
 

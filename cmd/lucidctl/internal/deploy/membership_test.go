@@ -750,7 +750,7 @@ func TestLeave(t *testing.T) {
 		if err := f.membership().leave(t.Context(), []string{"pi9"}, false); err != nil || removed(f) {
 			t.Fatalf("%v, calls %q", err, f.log)
 		}
-		if !f.said(deploy.StepLeave, deploy.EventInfo, "pi9 is no voter of cluster home: nothing to remove") {
+		if !f.said(deploy.StepLeave, deploy.EventInfo, "pi9 is no voter of cluster home, and no validator key is named after it: nothing to remove") {
 			t.Errorf("events %+v", f.events)
 		}
 	})
@@ -776,6 +776,31 @@ func TestLeave(t *testing.T) {
 		}
 		if !f.said(deploy.StepLeave, deploy.EventStart, "its validator key left the chain already") {
 			t.Errorf("events %+v", f.events)
+		}
+	})
+	t.Run("its voter gone, its key left", func(t *testing.T) {
+		// The engine takes a voter out of Raft first and seals its key's
+		// removal second: a removal cut off between the two left pi3's
+		// key a validator. Run again, it removes the key.
+		sts := healthyThree()
+		delete(sts, "pi3")
+		for _, h := range []string{"pi1", "pi2"} {
+			sts[h].Reports.RaftServers = servers("pi1", "pi2")
+		}
+		f := newFakeCluster([]string{"pi1", "pi2"}, sts)
+		f.apis["pi1"] = &fakeVoters{host: "pi1", keys: slices.Clone(keys)}
+		if err := f.membership().leave(t.Context(), []string{"pi3"}, true); err != nil || len(f.log) != 0 ||
+			!f.said(deploy.StepLeave, deploy.EventInfo, "pi3 is no voter of cluster home, but its validator key is: would remove the key, through the leader pi1") {
+			t.Fatalf("dry run: %v, calls %q, events %+v", err, f.log, f.events)
+		}
+		if err := f.membership().leave(t.Context(), []string{"pi3"}, false); err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{"pi1: remove pi3 key " + pi3Key}; !slices.Equal(f.log, want) {
+			t.Errorf("calls %q, want %q", f.log, want)
+		}
+		if !f.said(deploy.StepLeave, deploy.EventOK, "the validator key of pi3 removed") || len(f.audits) != 1 || f.audits[0] != "pi1: chain.voters.remove pi3 --key "+pi3Key {
+			t.Errorf("events %+v, audits %q", f.events, f.audits)
 		}
 	})
 	t.Run("two keys named after it", func(t *testing.T) {
