@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -217,6 +218,10 @@ type ConsulAgent struct {
 	// token reads the catalog of an agent whose configuration turns ACLs
 	// on: its initial management token.
 	token string
+	// client makes this helper's calls, its connections reused: Consul
+	// refuses a client address more than 200 at a time, and every
+	// process of a test shares 127.0.0.1.
+	client *http.Client
 }
 
 // StartConsulAgent is StartConsul for tests that also restart the agent.
@@ -253,9 +258,10 @@ func startConsulAgent(t testing.TB, token string, extra ...string) *ConsulAgent 
 	port := func() string { return fmt.Sprint(FreePort(t)) }
 	httpPort := port()
 	a := &ConsulAgent{
-		Addr:  "127.0.0.1:" + httpPort,
-		bin:   bin,
-		token: token,
+		Addr:   "127.0.0.1:" + httpPort,
+		bin:    bin,
+		token:  token,
+		client: &http.Client{Timeout: 2 * time.Second},
 		args: []string{"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-node=lucid-test",
 			"-http-port=" + httpPort, "-grpc-port=-1", "-grpc-tls-port=-1", "-dns-port=-1",
 			"-server-port=" + port(), "-serf-lan-port=" + port(), "-serf-wan-port=" + port()},
@@ -330,7 +336,7 @@ func (a *ConsulAgent) MendCatalogCopy(t testing.TB) {
 
 func (a *ConsulAgent) setAgentToken(t testing.TB, token string) {
 	t.Helper()
-	client, err := consul.NewClient(&consul.Config{Address: a.Addr, Scheme: "http", Token: a.token})
+	client, err := consul.NewClient(&consul.Config{Address: a.Addr, Scheme: "http", Token: a.token, HttpClient: a.client})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,15 +345,9 @@ func (a *ConsulAgent) setAgentToken(t testing.TB, token string) {
 	}
 }
 
-// ready is one consulready.Check of the agent.
+// ready is one consulready check of the agent.
 func (a *ConsulAgent) ready() error {
-	client, err := consul.NewClient(&consul.Config{Address: a.Addr, Scheme: "http", Token: a.token})
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	return consulready.Check(ctx, client, a.Addr)
+	return consulready.Agent{Addr: a.Addr, Token: a.token, Client: a.client}.Check(context.Background())
 }
 
 // SyncBuffer collects a child process's output, written from several

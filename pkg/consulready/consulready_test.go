@@ -2,6 +2,7 @@ package consulready_test
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -26,12 +27,8 @@ func TestCheckWaitsForTheCatalog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	check := func() error {
-		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		return consulready.Check(ctx, client, agent.Addr)
-	}
+	ready := consulready.Agent{Addr: agent.Addr, Token: management, Client: &http.Client{Timeout: 2 * time.Second}}
+	check := func() error { return ready.Check(context.Background()) }
 	testenv.Eventually(t, 10*time.Second, "a started agent ready", func() bool { return check() == nil })
 
 	agent.BreakCatalogCopy(t)

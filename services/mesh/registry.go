@@ -49,9 +49,6 @@ type registrar struct {
 	// syncs counts the rounds of sync by result (nil: not counted).
 	syncs *prometheus.CounterVec
 
-	// node is the local agent's node name, read once.
-	node string
-
 	mu       sync.Mutex
 	lastErr  error
 	lastSync time.Time
@@ -224,23 +221,23 @@ func (g *registrar) apply(ctx context.Context, want []*consul.AgentServiceRegist
 // which reads the catalog, finds the services still critical, as they
 // were registered.
 func (g *registrar) catalogLag(ctx context.Context, want []*consul.AgentServiceRegistration) ([]string, error) {
-	if g.node == "" {
-		var self struct{ Config struct{ NodeName string } }
-		if _, err := g.consul.Raw().Query("/v1/agent/self", &self, (&consul.QueryOptions{}).WithContext(ctx)); err != nil {
-			return nil, fmt.Errorf("the agent's node name: %w", err)
-		}
-		g.node = self.Config.NodeName
+	// Read each round: a single Pi's agent is named after its container,
+	// whose hostname changes when it is made again.
+	var self struct{ Config struct{ NodeName string } }
+	if _, err := g.consul.Raw().Query("/v1/agent/self", &self, (&consul.QueryOptions{}).WithContext(ctx)); err != nil {
+		return nil, fmt.Errorf("the agent's node name: %w", err)
 	}
+	nodeName := self.Config.NodeName
 	deadline := time.Now().Add(catalogWait)
 	var index uint64
+	var wait time.Duration // the first read does not block
 	for {
-		wait := time.Until(deadline)
 		q := (&consul.QueryOptions{}).WithContext(ctx)
-		checks, meta, err := g.consul.Health().Node(g.node, (&consul.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx))
+		checks, meta, err := g.consul.Health().Node(nodeName, (&consul.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx))
 		if err != nil {
 			return nil, fmt.Errorf("read the catalog's checks: %w", err)
 		}
-		node, _, err := g.consul.Catalog().Node(g.node, q)
+		node, _, err := g.consul.Catalog().Node(nodeName, q)
 		if err != nil {
 			return nil, fmt.Errorf("read the catalog: %w", err)
 		}
@@ -249,8 +246,11 @@ func (g *registrar) catalogLag(ctx context.Context, want []*consul.AgentServiceR
 			return nil, fmt.Errorf("read the agent's checks: %w", err)
 		}
 		lagging := lagBehind(want, local, node, checks)
-		if len(lagging) == 0 || wait <= 0 || (index != 0 && meta.LastIndex == index) {
-			return lagging, nil
+		// A blocking query needs a wait above zero: without one Consul
+		// waits its default, five minutes.
+		wait = time.Until(deadline)
+		if len(lagging) == 0 || wait <= 0 || index != 0 && meta.LastIndex <= index {
+			return lagging, nil // level, out of time, or unchanged for the wait (or gone back: a restart)
 		}
 		index = meta.LastIndex // block until the catalog's checks change, or the deadline
 	}
@@ -287,7 +287,7 @@ func (g *registrar) noteLag(lagging []string) {
 	case len(lagging) > 0 && len(g.lagging) == 0:
 		g.lagSince = time.Now()
 	case len(lagging) > 0 && !g.lagWarned && time.Since(g.lagSince) >= lagWarnAfter:
-		g.logger.Warn("consul's catalog lags behind its agent on registrations or their checks; the agent copies them again within 30s",
+		g.logger.Warn("consul's catalog lags behind its agent on registrations or their checks; the agent copies them with its next sync of its whole state",
 			"registrations", lagging, "for", time.Since(g.lagSince).Round(time.Second).String())
 		g.lagWarned = true
 	}
@@ -455,7 +455,7 @@ func (g *registrar) check(context.Context) (string, error) {
 		return "", errors.New("consul: not synced yet")
 	}
 	if len(g.lagging) > 0 {
-		return "", fmt.Errorf("consul's catalog lags behind its agent on %d of the %d registrations (or their checks); the agent copies them again within 30s",
+		return "", fmt.Errorf("consul's catalog lags behind its agent on %d of the %d registrations (or their checks); the agent copies them with its next sync of its whole state",
 			len(g.lagging), g.synced)
 	}
 	return fmt.Sprintf("%d registrations in sync", g.synced), nil

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -413,5 +414,34 @@ func closeRegistrar(t *testing.T, g *registrar) {
 	t.Helper()
 	if err := g.close(); err != nil {
 		t.Errorf("close: %v", err)
+	}
+}
+
+// TestLagBehind: a registration lags when the catalog's node lacks it or
+// shows one of its checks with another status than the agent's; checks of
+// other services, and the node's own, do not count.
+func TestLagBehind(t *testing.T) {
+	want := []*consul.AgentServiceRegistration{{ID: "lucid-engine"}, {ID: "lucid-blocks"}, {ID: "auth-1"}}
+	local := map[string]*consul.AgentCheck{
+		"lucid-engine-ready": {CheckID: "lucid-engine-ready", ServiceID: "lucid-engine", Status: consul.HealthPassing},
+		"lucid-blocks-ready": {CheckID: "lucid-blocks-ready", ServiceID: "lucid-blocks", Status: consul.HealthCritical},
+		"other":              {CheckID: "other", ServiceID: "someone-else", Status: consul.HealthPassing},
+		"_node_maintenance":  {CheckID: "_node_maintenance", Status: consul.HealthCritical},
+	}
+	node := &consul.CatalogNode{Services: map[string]*consul.AgentService{"lucid-engine": {}, "lucid-blocks": {}}}
+	checks := consul.HealthChecks{
+		{CheckID: "lucid-engine-ready", ServiceID: "lucid-engine", Status: consul.HealthCritical}, // not copied yet
+		{CheckID: "lucid-blocks-ready", ServiceID: "lucid-blocks", Status: consul.HealthCritical},
+	}
+	if got := lagBehind(want, local, node, checks); !slices.Equal(got, []string{"lucid-engine", "auth-1"}) {
+		t.Errorf("lagging %v, want the engine (its check) and auth-1 (missing)", got)
+	}
+	checks[0].Status = consul.HealthPassing
+	node.Services["auth-1"] = &consul.AgentService{}
+	if got := lagBehind(want, local, node, checks); len(got) != 0 {
+		t.Errorf("level, yet lagging %v", got)
+	}
+	if got := lagBehind(want, local, nil, checks); len(got) != 3 {
+		t.Errorf("no node in the catalog: lagging %v, want all three", got)
 	}
 }

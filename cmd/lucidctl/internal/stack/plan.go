@@ -1,18 +1,16 @@
 package stack
 
 import (
-	"context"
 	"fmt"
 	"maps"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	consul "github.com/hashicorp/consul/api"
 
 	"github.com/pickme/lucid/cmd/lucidctl/internal/cli"
 	"github.com/pickme/lucid/pkg/api/meshapi"
@@ -296,14 +294,8 @@ func (p *plan) consulSpec(l layout) (supervise.Spec, error) {
 
 // consulProbe is ready once the agent has elected itself leader (before
 // that its catalog refuses writes) and its checks' results reach the
-// catalog the gateway reads (consulready). The token is handed to the
-// client, never read from the environment.
+// catalog the gateway reads (consulready).
 func consulProbe(addr, token string) supervise.Probe {
-	client, err := consul.NewClient(&consul.Config{Address: addr, Scheme: "http", Token: token})
-	return func(ctx context.Context) error {
-		if err != nil {
-			return err
-		}
-		return consulready.Check(ctx, client, addr)
-	}
+	agent := consulready.Agent{Addr: addr, Token: token, Client: &http.Client{Timeout: 2 * time.Second}}
+	return agent.Check
 }

@@ -466,7 +466,7 @@ func TestUpSupervisesConsul(t *testing.T) {
 		req, _ := http.NewRequest(http.MethodGet, c.URL+"/v1/health/checks/mesh", nil)
 		req.Header.Set("X-Consul-Token", secrets[deployfiles.ConsulTokenKey])
 		checks := "unreadable"
-		if resp, err := http.DefaultClient.Do(req); err == nil {
+		if resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req); err == nil {
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			checks = string(b)
