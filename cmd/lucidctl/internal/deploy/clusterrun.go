@@ -345,12 +345,32 @@ func (v *sessionVoters) Close() { v.s.Close() }
 // the leader's configuration to hold it as a healthy voter. When the
 // deploy fails, why the join failed (if it did) comes with its error: an
 // engine that was never added knows no leader, and fails its gate.
-func (m *membership) deployJoining(ctx context.Context, target string, healthTimeout time.Duration, deployHost func(context.Context) (*deploy.Result, error)) (*deploy.Result, error) {
+//
+// The join starts once up is closed (at once when up is nil): when the
+// deploy has passed its quorum check under the host's lock and its
+// compose up follows. Started earlier, it could add an engine a failed
+// deploy of before left running, and the quorum check would then count
+// a voter that this deploy is about to take down.
+func (m *membership) deployJoining(ctx context.Context, target string, healthTimeout time.Duration, up <-chan struct{}, deployHost func(context.Context) (*deploy.Result, error)) (*deploy.Result, error) {
 	jctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	joined := make(chan error, 1)
-	go func() { joined <- m.join(jctx, target) }()
+	joined, deployed := make(chan error, 1), make(chan struct{})
+	go func() {
+		if up != nil {
+			select {
+			case <-up:
+			case <-deployed: // done without a compose up of its own
+			case <-jctx.Done():
+				joined <- jctx.Err()
+				return
+			}
+		}
+		joined <- m.join(jctx, target)
+	}()
 	res, err := deployHost(ctx)
+	if err == nil {
+		close(deployed)
+	}
 	if err != nil {
 		cancel()
 		jerr := <-joined
@@ -431,7 +451,15 @@ type clusterTurn struct {
 	dry  bool
 	// envs are its env files.
 	envs map[string][]byte
+	// up is closed by upNext, when its compose up follows (a join waits
+	// for it).
+	up     chan struct{}
+	upOnce sync.Once
 }
+
+// upNext says that the host's compose up follows: its quorum check under
+// the lock has passed.
+func (t *clusterTurn) upNext() { t.upOnce.Do(func() { close(t.up) }) }
 
 // turn reads the cluster before host name changes and decides its part.
 func (cr *clusterRun) turn(ctx context.Context, name string, dry bool) (*clusterTurn, error) {
@@ -470,7 +498,7 @@ func (cr *clusterRun) turn(ctx context.Context, name string, dry bool) (*cluster
 	if err != nil {
 		return nil, err
 	}
-	t := &clusterTurn{cr: cr, name: name, view: v, join: join, dry: dry, envs: envs}
+	t := &clusterTurn{cr: cr, name: name, view: v, join: join, dry: dry, envs: envs, up: make(chan struct{})}
 	switch {
 	case dry:
 		cr.dryRunSays(v, name, join)
@@ -499,7 +527,7 @@ func (t *clusterTurn) deploy(ctx context.Context, healthTimeout time.Duration, d
 	switch {
 	case t.dry:
 	case t.join:
-		return t.cr.m.deployJoining(ctx, t.name, healthTimeout, deployHost)
+		return t.cr.m.deployJoining(ctx, t.name, healthTimeout, t.up, deployHost)
 	case t.name == t.cr.bootstrap:
 		res, err := deployHost(ctx)
 		if err == nil {

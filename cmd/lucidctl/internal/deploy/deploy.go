@@ -396,7 +396,13 @@ func runDeploy(ctx context.Context, opts *Options) error {
 				now.Group = member.reread
 			}
 			hostConfig.BeforeUp = func(ctx context.Context) error {
-				return quorum.Check(ctx, name, now, p, opts.ForceQuorum)
+				if err := quorum.Check(ctx, name, now, p, opts.ForceQuorum); err != nil {
+					return err
+				}
+				if member != nil {
+					member.upNext() // its engine's join may start
+				}
+				return nil
 			}
 		}
 		deployHost := func(ctx context.Context) (*deploy.Result, error) {

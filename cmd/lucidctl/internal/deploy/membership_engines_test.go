@@ -209,7 +209,7 @@ func TestJoinAndLeaveRealEngines(t *testing.T) {
 			}
 			return &deploy.Result{Target: name}, nil
 		}
-		if _, err := m.deployJoining(ctx, name, time.Minute, deployHost); err != nil {
+		if _, err := m.deployJoining(ctx, name, time.Minute, nil, deployHost); err != nil {
 			t.Fatalf("%s: %v\nevents: %+v", name, err, events)
 		}
 	}

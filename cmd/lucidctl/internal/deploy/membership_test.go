@@ -635,7 +635,7 @@ func TestDeployJoining(t *testing.T) {
 				f.mu.Unlock()
 				return &deploy.Result{Target: "pi4"}, nil
 			}
-			res, err := m.deployJoining(t.Context(), "pi4", time.Minute, deployHost)
+			res, err := m.deployJoining(t.Context(), "pi4", time.Minute, nil, deployHost)
 			if err != nil || res == nil {
 				t.Fatalf("%v", err)
 			}
@@ -655,7 +655,7 @@ func TestDeployJoining(t *testing.T) {
 				<-t.C
 				return nil, errors.New("pi4: engine: unhealthy")
 			}
-			_, err := f.membership().deployJoining(t.Context(), "pi4", time.Minute, deployHost)
+			_, err := f.membership().deployJoining(t.Context(), "pi4", time.Minute, nil, deployHost)
 			if err == nil || !strings.Contains(err.Error(), "pi4: engine: unhealthy; and its engine was not added to the cluster, so it knew no leader: pi4 cannot join cluster home: its engine's Raft address 127.0.0.1:8094") {
 				t.Errorf("%v", err)
 			}
@@ -667,7 +667,7 @@ func TestDeployJoining(t *testing.T) {
 			deployHost := func(ctx context.Context) (*deploy.Result, error) {
 				return nil, errors.New("pi4: preflight: no docker compose")
 			}
-			_, err := f.membership().deployJoining(t.Context(), "pi4", time.Minute, deployHost)
+			_, err := f.membership().deployJoining(t.Context(), "pi4", time.Minute, nil, deployHost)
 			if err == nil || err.Error() != "pi4: preflight: no docker compose" {
 				t.Errorf("%v", err)
 			}
@@ -1004,7 +1004,7 @@ func TestNewCardKeyMustBeSealed(t *testing.T) {
 		f.engines["pi2"] = []*engineapi.ConsensusStatus{{NodeID: "pi2", State: "follower", RaftAddr: "10.0.0.12:8094", ValidatorKey: "pi2+newkey",
 			Servers: servers("pi1", "pi2", "pi3")}}
 		deployHost := func(context.Context) (*deploy.Result, error) { return &deploy.Result{Target: "pi2"}, nil }
-		_, err := f.membership().deployJoining(t.Context(), "pi2", time.Minute, deployHost)
+		_, err := f.membership().deployJoining(t.Context(), "pi2", time.Minute, nil, deployHost)
 		if err == nil || !strings.Contains(err.Error(), "validator key is not sealed") {
 			t.Errorf("a voter whose key was never sealed: %v", err)
 		}
