@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -183,4 +185,13 @@ func waitListening(ctx context.Context, logger *slog.Logger, addr string) bool {
 		case <-tick.C:
 		}
 	}
+}
+
+// owns reports whether host (a request's Host, a port and a final dot
+// allowed) is one of the domains certificates are obtained for.
+func (ac *acmeCerts) owns(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return slices.Contains(ac.domains, strings.ToLower(strings.TrimSuffix(host, ".")))
 }

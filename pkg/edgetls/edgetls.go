@@ -283,7 +283,11 @@ func (e *Edge) PlainHandler() http.Handler {
 			w.Header().Set("Connection", "close")
 			_ = http.NewResponseController(w).SetReadDeadline(time.Unix(1, 0))
 		}
-		if e.acme != nil && e.acme.issuer.HandleHTTPChallenge(w, r) {
+		// Challenges only for the names asked for: certmagic looks any
+		// other Host up in its storage too, and logs a failed look-up (a
+		// name too long for a file) with the request's URI, Host and
+		// User-Agent, whole: kilobytes of log for each request.
+		if e.acme != nil && e.acme.owns(r.Host) && e.acme.issuer.HandleHTTPChallenge(w, r) {
 			return
 		}
 		e.redirect(w, r)

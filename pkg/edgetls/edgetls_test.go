@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/certmagic"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -499,4 +500,40 @@ func selfSignedFor(t *testing.T, sans []string, serial int64, life time.Duration
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+}
+
+// TestPlainPortAnswersChallengesOnlyForItsDomains: a request on the plain
+// port for any other name is redirected without certmagic's look-up, which
+// for a name too long for a file logged the request's URI, Host and
+// User-Agent whole, kilobytes for each request, to anyone.
+func TestPlainPortAnswersChallengesOnlyForItsDomains(t *testing.T) {
+	logs := &testenv.SyncBuffer{}
+	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	a := &ACME{Domains: []string{"pi.example.net"}, Directory: "https://127.0.0.1:1/dir", StorageDir: t.TempDir()}
+	e, err := Start(context.Background(), Config{ACME: a, HTTPAddr: "127.0.0.1:1", HTTPSPort: 443}, logger, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	// As after a challenge was once solved: the tokens' directory exists.
+	if err := os.MkdirAll(filepath.Join(a.StorageDir, "acme", certmagic.StorageKeys.Safe(e.acme.issuer.IssuerKey()), "challenge_tokens"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("a", 300)
+	r := httptest.NewRequest(http.MethodGet, "/.well-known/acme-challenge/"+strings.Repeat("U", 3000), nil)
+	r.Host = long
+	r.Header.Set("User-Agent", strings.Repeat("X", 4000))
+	w := httptest.NewRecorder()
+	e.PlainHandler().ServeHTTP(w, r)
+	if w.Code != http.StatusPermanentRedirect || !strings.HasPrefix(w.Header().Get("Location"), "https://pi.example.net/") {
+		t.Errorf("a challenge for another name: %d %q, want a redirect to pi.example.net", w.Code, w.Header().Get("Location"))
+	}
+	if out := logs.String(); strings.Contains(out, long) || strings.Contains(out, "XXXXXXXX") {
+		t.Errorf("the request reached the log: %.300s", out)
+	}
+	for host, want := range map[string]bool{"pi.example.net": true, "PI.example.net:80": true, "pi.example.net.": true, "[::1]:80": false, long: false} {
+		if got := e.acme.owns(host); got != want {
+			t.Errorf("owns(%.20q) = %v, want %v", host, got, want)
+		}
+	}
 }
