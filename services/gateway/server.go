@@ -335,6 +335,18 @@ func (a *App) serveOwn(fc *fasthttp.RequestCtx) {
 			return
 		}
 	}
+	// The adaptor takes the body whole through Request.Body, which logs a
+	// warning when the body streams, as every body here does: one line of
+	// log for any request that says Content-Length, to anyone. Read here,
+	// within the bound checked above.
+	if stream := fc.RequestBodyStream(); stream != nil {
+		body, err := io.ReadAll(io.LimitReader(stream, maxOwnBodyBytes))
+		if err != nil {
+			fc.SetConnectionClose()
+			return // the client left mid-body: no one to answer
+		}
+		fc.Request.SetBody(body)
+	}
 	a.own(fc)
 }
 
