@@ -374,12 +374,19 @@ func (m *membership) deployJoining(ctx context.Context, target string, healthTim
 	if err != nil {
 		cancel()
 		jerr := <-joined
-		switch {
-		case jerr == nil:
+		added := jerr == nil
+		if !added && errors.Is(jerr, context.Canceled) && ctx.Err() == nil {
+			// The deploy failed first. An AddVoter under way then may have
+			// gone through all the same (the leader does not stop it when
+			// the request goes): one read says.
+			if m.view(ctx).voter(target) == nil {
+				return nil, err
+			}
+			added = true
+		}
+		if added {
 			return nil, cli.WithHint(fmt.Errorf("%w (%s's engine was added to cluster %s as a voter, and stays one)", err, target, m.cluster),
 				fmt.Sprintf("repair %s and deploy it again; or take it out of the cluster's hosts in lucid.yaml and remove it with --remove-voter %s", target, target))
-		case errors.Is(jerr, context.Canceled) && ctx.Err() == nil:
-			return nil, err // the deploy failed before the engine answered
 		}
 		m.event(target, deploy.StepJoin, deploy.EventFail, jerr.Error())
 		return nil, fmt.Errorf("%w; and its engine was not added to the cluster, so it knew no leader: %w", err, jerr)

@@ -417,13 +417,15 @@ func runDeploy(ctx context.Context, opts *Options) error {
 		if err != nil {
 			return groupFailure(err, name, done, targetsOf(targets, live[n+1:])) // it names the target
 		}
+		// The host runs the new release from here on: a stop now says so,
+		// and which hosts were not touched.
+		done = append(done, name)
 		if err := p.Deployed(res); err != nil {
-			return err
+			return groupFailure(err, name, done, targetsOf(targets, live[n+1:]))
 		}
 		if res.AuditError != "" {
-			return fmt.Errorf("%s: release %s is live, but %s", name, res.Release, res.AuditError)
+			return groupFailure(fmt.Errorf("%s: release %s is live, but %s", name, res.Release, res.AuditError), name, done, targetsOf(targets, live[n+1:]))
 		}
-		done = append(done, name)
 		if n == 0 && len(live) > 1 && !opts.DryRun {
 			fmt.Fprintf(opts.Env.IO.ErrOut, "canary %s ok; deploying the other %d\n", name, len(live)-1)
 		}

@@ -12,15 +12,22 @@ import (
 	"github.com/pickme/lucid/pkg/deploy"
 )
 
-// addHook is a voter API that runs onAdd after each AddVoter.
+// addHook is a voter API that runs onAdd after each AddVoter; with
+// hang, the call then waits for its context to end, as a request the
+// leader carries out but whose answer never comes.
 type addHook struct {
 	voterAPI
 	onAdd func()
+	hang  bool
 }
 
 func (h *addHook) AddVoter(ctx context.Context, req engineapi.AddVoterRequest) error {
 	err := h.voterAPI.AddVoter(ctx, req)
 	h.onAdd()
+	if h.hang {
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	return err
 }
 

@@ -661,6 +661,37 @@ func TestDeployJoining(t *testing.T) {
 			}
 		})
 	})
+	t.Run("the deploy fails while the engine is being added", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFakeCluster(four, healthyThree())
+			f.engines["pi4"] = []*engineapi.ConsensusStatus{newEngine}
+			adding := make(chan struct{})
+			m := f.membership()
+			voters := m.voters
+			m.voters = func(ctx context.Context, target string) (voterAPI, error) {
+				a, err := voters(ctx, target)
+				return &addHook{voterAPI: a, onAdd: func() {
+					// The leader adds it, though the request is given up.
+					cfg := servers("pi1", "pi2", "pi3", "pi4")
+					f.mu.Lock()
+					for _, h := range three {
+						f.sts[h].Reports.RaftServers = cfg
+					}
+					f.sts["pi4"] = engineOn("pi4", "pi4", "follower", "pi1", true, cfg...)
+					f.mu.Unlock()
+					close(adding)
+				}, hang: true}, err
+			}
+			deployHost := func(ctx context.Context) (*deploy.Result, error) {
+				<-adding
+				return nil, errors.New("pi4: health: gateway unhealthy")
+			}
+			_, err := m.deployJoining(t.Context(), "pi4", time.Minute, nil, deployHost)
+			if err == nil || !strings.Contains(err.Error(), "pi4's engine was added to cluster home as a voter, and stays one") {
+				t.Errorf("%v", err)
+			}
+		})
+	})
 	t.Run("the deploy fails before the engine answers", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := newFakeCluster(four, healthyThree())
