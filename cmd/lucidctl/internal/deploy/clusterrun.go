@@ -374,17 +374,14 @@ func (m *membership) deployJoining(ctx context.Context, target string, healthTim
 	if err != nil {
 		cancel()
 		jerr := <-joined
-		added := jerr == nil
-		if !added && errors.Is(jerr, context.Canceled) && ctx.Err() == nil {
-			// The deploy failed first. An AddVoter under way then may have
-			// gone through all the same (the leader does not stop it when
-			// the request goes): one read says.
-			if m.view(ctx).voter(target) == nil {
-				return nil, err
-			}
-			added = true
-		}
-		if added {
+		// An AddVoter that failed, or was given up when the deploy failed
+		// first, may have gone through all the same (the leader carries
+		// out what it has begun): one read says.
+		added := jerr == nil || ctx.Err() == nil && m.view(ctx).voter(target) != nil
+		switch {
+		case !added && errors.Is(jerr, context.Canceled) && ctx.Err() == nil:
+			return nil, err // the deploy failed before the engine was added
+		case added:
 			return nil, cli.WithHint(fmt.Errorf("%w (%s's engine was added to cluster %s as a voter, and stays one)", err, target, m.cluster),
 				fmt.Sprintf("repair %s and deploy it again; or take it out of the cluster's hosts in lucid.yaml and remove it with --remove-voter %s", target, target))
 		}

@@ -715,7 +715,19 @@ func (m *membership) leaveKey(ctx context.Context, v *clusterView, id string, dr
 	case err != nil:
 		return cli.WithHint(fmt.Errorf("%s is no voter of cluster %s, but its validator key is not known: %w", id, m.cluster, err),
 			"`lucidctl maintenance voters remove "+id+" --key KEY --target "+leader+"` removes the key named")
-	case dry:
+	}
+	// A key is named after the node that made it; an engine whose node id
+	// was changed since keeps its key, under the old name. Such a key is
+	// a live voter's, and stays.
+	for _, h := range v.hosts {
+		if cs, err := m.engine(ctx, h); err == nil && cs.ValidatorKey == key {
+			return fmt.Errorf("the validator key named %s is the key of %s's engine (node %s), which runs: it is not removed: %w", id, h, cs.NodeID, errRemoval)
+		}
+	}
+	if err := quorumNow(v); err != nil {
+		return fmt.Errorf("the validator key of %s cannot be removed: %w: %w", id, err, errRemoval)
+	}
+	if dry {
 		m.event(m.cluster, deploy.StepLeave, deploy.EventInfo, fmt.Sprintf("%s is no voter of cluster %s, but its validator key is: would remove the key, through the leader %s", id, m.cluster, leader))
 		return nil
 	}

@@ -834,6 +834,22 @@ func TestLeave(t *testing.T) {
 			t.Errorf("events %+v, audits %q", f.events, f.audits)
 		}
 	})
+	t.Run("its key a running engine's", func(t *testing.T) {
+		// pi2's engine was renamed from pi3 and kept its key: the key
+		// named pi3 is a live voter's, and stays.
+		sts := healthyThree()
+		delete(sts, "pi3")
+		for _, h := range []string{"pi1", "pi2"} {
+			sts[h].Reports.RaftServers = servers("pi1", "pi2")
+		}
+		f := newFakeCluster([]string{"pi1", "pi2"}, sts)
+		f.apis["pi1"] = &fakeVoters{host: "pi1", keys: slices.Clone(keys)}
+		f.engines["pi2"] = []*engineapi.ConsensusStatus{{NodeID: "pi2", State: "follower", ValidatorKey: pi3Key}}
+		err := f.membership().leave(t.Context(), []string{"pi3"}, false)
+		if err == nil || !strings.Contains(err.Error(), "the validator key named pi3 is the key of pi2's engine (node pi2), which runs") || removed(f) {
+			t.Errorf("%v, calls %q", err, f.log)
+		}
+	})
 	t.Run("two keys named after it", func(t *testing.T) {
 		f := cluster()
 		_, other3, _ := chain.GenerateKey("pi3")
