@@ -38,9 +38,14 @@ var ErrLost = errors.New("would lose the Raft cluster's quorum")
 // nor is one whose engine does not run, nor one whose own voter is already
 // down (unhealthy, and its engine answers as neither leader, follower nor
 // candidate, as a Raft that shut down does): taking it down loses nothing,
-// and deploying may be what repairs it. When the host's engine
-// cannot be read the check cannot be made, and a warning says so. force
-// turns the refusal into a warning.
+// and deploying may be what repairs it. A host whose engine does not
+// answer (a timeout on a loaded Pi) is no all-clear: when the cluster's
+// read shows its voter, that voter counts as voting, even if that read
+// found it unhealthy too, so a deploy meant to repair a hung engine
+// beside another voter down needs force. Only when the host refuses the
+// operator's credentials (not yet deployed with this lucidctl's), or no
+// read places its voter, is the check not made, and a warning says so.
+// force turns the refusal into a warning.
 //
 // A healthy voter whose host's deploy lock someone else holds does not
 // count either: that deploy, rollback or restart may take it down at any
