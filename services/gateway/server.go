@@ -342,8 +342,10 @@ func (a *App) serveOwn(fc *fasthttp.RequestCtx) {
 	if stream := fc.RequestBodyStream(); stream != nil {
 		body, err := io.ReadAll(io.LimitReader(stream, maxOwnBodyBytes))
 		if err != nil {
+			// Too slow for the body's read timeout, or broken off.
+			a.refuseOwn(fc, service.Errorf(http.StatusRequestTimeout, service.CodeBadRequest, "the request body was not received whole"))
 			fc.SetConnectionClose()
-			return // the client left mid-body: no one to answer
+			return
 		}
 		fc.Request.SetBody(body)
 	}

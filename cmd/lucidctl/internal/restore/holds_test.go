@@ -53,7 +53,7 @@ func TestHoldsDataSaysWhatTheBackupLacks(t *testing.T) {
 			Chain:     &snapshotapi.ChainFacts{ChainID: "lucid-a", Height: 100, TreeSize: 260},
 			DataChain: &snapshotapi.DataChainFacts{Chunks: 40},
 		}, []string{
-			"the chain holds 300 transactions in 120 blocks, 40 transactions and 20 blocks more than the backup",
+			"the chain holds 300 transactions in 120 blocks, 40 transactions in 20 blocks more than the backup",
 			"anchors in them are lost unless another block manager holds them",
 			"take a backup of the host first",
 			"the data chain holds 50 chunks of 5 sessions, 10 more than the backup",

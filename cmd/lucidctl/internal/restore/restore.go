@@ -671,9 +671,13 @@ func holdsData(ctx context.Context, cl clients, backup snapshotapi.Facts) []stri
 		case b.ChainID != info.ChainID:
 			reason += fmt.Sprintf(", of another chain than the backup's (%s, the backup's %s)", info.ChainID, b.ChainID)
 		case info.TreeSize > b.TreeSize:
-			reason += fmt.Sprintf(", %d transactions and %d blocks more than the backup: the restore drops them from this host, "+
+			blocks := ""
+			if info.Height > b.Height {
+				blocks = fmt.Sprintf(" in %d blocks", info.Height-b.Height)
+			}
+			reason += fmt.Sprintf(", %d transactions%s more than the backup: the restore drops them from this host, "+
 				"and anchors in them are lost unless another block manager holds them for `lucidctl maintenance fence lift --blocks-from` "+
-				"(take a backup of the host first to keep them)", info.TreeSize-b.TreeSize, info.Height-min(info.Height, b.Height))
+				"(take a backup of the host first to keep them)", info.TreeSize-b.TreeSize, blocks)
 		}
 		reasons = append(reasons, reason)
 	}
