@@ -327,7 +327,7 @@ const (
 // writeVolume runs `lucid data restore` in a one-shot container of image
 // with volume mounted at dir, and streams sd's files to its stdin.
 func (d *Deployer) writeVolume(ctx context.Context, image, volume, dir string, sd ServiceData) (*restoredata.Result, error) {
-	return WriteVolume(ctx, d.h.docker, image, volume, dir, sd)
+	return WriteVolume(ctx, d.h.docker, image, volume, dir, sd, func(msg string) { d.emit(StepRestore, EventWarn, msg) })
 }
 
 // WriteVolume runs `lucid data restore --dir dir` in a one-shot container
@@ -337,7 +337,9 @@ func (d *Deployer) writeVolume(ctx context.Context, image, volume, dir string, s
 // restoredata.ErrUnchanged left the volume as it was; any other may have
 // come after the swap began. The container is removed once it has
 // exited; one that could not be seen to exit is left to end its swap.
-func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir string, sd ServiceData) (*restoredata.Result, error) {
+// interrupted (when not nil) hears, once ctx ends before the container
+// has exited, that it is being waited for.
+func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir string, sd ServiceData, interrupted func(msg string)) (*restoredata.Result, error) {
 	created, err := dc.ContainerCreate(ctx, &container.Config{
 		Image:        image,
 		Entrypoint:   []string{deployfiles.Binary},
@@ -396,6 +398,28 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 	var code int64
 	exited := time.NewTimer(swapWait)
 	defer exited.Stop()
+	if interrupted != nil {
+		// Said once, so that an operator who pressed Ctrl-C knows why
+		// nothing ends yet.
+		say := func() {
+			interrupted(fmt.Sprintf("%s: interrupted; waiting for the restore container %.12s to finish with volume %s (at most %s), as stopping it could leave the volume half replaced",
+				sd.Service, created.ID, volume, swapWait))
+		}
+		if ctx.Err() != nil {
+			say()
+		} else {
+			done, said := make(chan struct{}), make(chan struct{})
+			defer func() { close(done); <-said }() // no event after the caller's next
+			go func() {
+				defer close(said)
+				select {
+				case <-ctx.Done():
+					say()
+				case <-done:
+				}
+			}()
+		}
+	}
 	select {
 	case w := <-waitC:
 		code = w.StatusCode

@@ -145,6 +145,38 @@ func TestRestoreIntoTheVolumes(t *testing.T) {
 	if out, err := exec.Command("docker", "cp", ctr+":/var/lib/lucid/datachain/restored/marker", check).CombinedOutput(); err != nil {
 		t.Fatalf("the failed restore changed the volume: %v %s", err, out)
 	}
+	// Interrupted (Ctrl-C) while the files stream: the restore container
+	// is waited for, not killed, and the operator is told so; it refuses
+	// the cut stream, so the volume is as it was and the services run
+	// again.
+	ictx, interrupt := context.WithCancel(ctx)
+	cut := sd
+	cut.Open = func(c context.Context, path string) (io.ReadCloser, error) {
+		interrupt()
+		return sd.Open(c, path)
+	}
+	events = events[:0]
+	if _, err := d.Restore(ictx, RestoreOptions{Data: []ServiceData{cut}}); err == nil || !strings.Contains(err.Error(), "no volume was replaced") {
+		t.Fatalf("an interrupted restore: %v", err)
+	}
+	said := 0
+	for _, e := range events {
+		if e.Step == StepRestore && e.Status == EventWarn && strings.Contains(e.Message, "datachain: interrupted; waiting for the restore container") {
+			said++
+		}
+	}
+	if said != 1 {
+		t.Errorf("an interrupted restore said %d times that it waits for its container: %+v", said, events)
+	}
+	for _, c := range []string{ctr, "lucid-api-gateway"} {
+		if out, err := exec.Command("docker", "inspect", "-f", "{{.State.Running}}", c).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "true" {
+			t.Errorf("%s after an interrupted restore: running %s %v", c, out, err)
+		}
+	}
+	if out, err := exec.Command("docker", "cp", ctr+":/var/lib/lucid/datachain/restored/marker", check).CombinedOutput(); err != nil {
+		t.Fatalf("the interrupted restore changed the volume: %v %s", err, out)
+	}
+
 	log, err := os.ReadFile(filepath.Join(f.dir, AuditFile))
 	if err != nil || strings.Count(string(log), `"action":"restore"`) < 2 {
 		t.Errorf("audit log has %d restores: %s", strings.Count(string(log), `"action":"restore"`), log)
