@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -118,7 +120,10 @@ func newClusterRun(ctx context.Context, opts *Options, cfg *projectconfig.Config
 		cr.opened = append(cr.opened, c)
 		cr.configs[h] = deploy.Config{Name: h, SSH: c, Dir: t.Dir, Project: t.Project, DockerSocket: opts.SSH.dockerSocket, Reporter: rep}
 	}
-	cr.m = &membership{cluster: name, view: cr.read, engine: cr.engine, voters: cr.voterAPI, audit: cr.audit, rep: rep}
+	cr.m = &membership{cluster: name, view: cr.read, engine: cr.engine, voters: cr.voterAPI, audit: cr.audit, rep: rep,
+		raftAddr: func(h string) string {
+			return net.JoinHostPort(cr.role(h).Address, strconv.Itoa(deployfiles.ClusterPorts.Raft))
+		}}
 	return cr, nil
 }
 
@@ -511,7 +516,7 @@ func (cr *clusterRun) turn(ctx context.Context, name string, dry bool) (*cluster
 			return fail(err)
 		}
 		cr.rep.Event(deploy.Event{Time: time.Now(), Target: name, Step: deploy.StepJoin, Status: deploy.EventInfo,
-			Message: fmt.Sprintf("not a voter of cluster %s: its engine is added through the leader %s as soon as it answers", cr.name, v.leaderTarget)})
+			Message: fmt.Sprintf("not a voter of cluster %s: its engine is added through the leader %s once the quorum check under its lock has passed and this release's engine answers", cr.name, v.leaderTarget)})
 	}
 	return t, nil
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -410,6 +411,23 @@ type membership struct {
 	rep   deploy.Reporter
 	// poll is how long to wait before reading again (default joinPoll).
 	poll time.Duration
+	// raftAddr is the Raft address a host's engine advertises in the
+	// release being deployed (nil: any): an engine that advertises
+	// another is the release before's, still running.
+	raftAddr func(target string) string
+}
+
+// sameRaftAddr says whether an engine advertising got advertises want,
+// the address its release gives it. An engine advertises its address
+// resolved: a want that names a host, not an address, is not compared
+// (the laptop may resolve it otherwise than the Pi).
+func sameRaftAddr(got, want string) bool {
+	w, err := netip.ParseAddrPort(want)
+	if err != nil {
+		return true
+	}
+	g, err := netip.ParseAddrPort(got)
+	return err == nil && g.Addr().Unmap() == w.Addr().Unmap() && g.Port() == w.Port()
 }
 
 // joinPoll is how often a join reads its host's engine or the cluster
@@ -459,6 +477,11 @@ func (m *membership) join(ctx context.Context, target string) error {
 		case got.NodeID != target:
 			// The release before may still run; the new engine is target.
 			last = fmt.Sprintf("its engine answers as node %s, not %s (are the env files rendered for cluster %s?)", got.NodeID, target, m.cluster)
+		case m.raftAddr != nil && !sameRaftAddr(got.RaftAddr, m.raftAddr(target)):
+			// The engine of a release before (a deploy that failed)
+			// with another address: added, it would be a voter no one
+			// reaches once this release's engine replaces it.
+			last = fmt.Sprintf("its engine advertises Raft address %s, not %s (the release before may still run)", got.RaftAddr, m.raftAddr(target))
 		case len(got.Servers) == 0:
 			cs = got // waiting to be added
 		case len(got.Servers) > 1 && m.view(ctx).voter(target) != nil:

@@ -542,6 +542,26 @@ func TestJoin(t *testing.T) {
 			}
 		})
 	})
+	t.Run("the engine of a failed deploy of before", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			// It answers as pi4, waiting to be added, at the address the
+			// release before gave it: not added until this release's
+			// engine answers.
+			f := newFakeCluster(four, healthyThree())
+			before := *newEngine
+			before.RaftAddr = "10.0.0.99:8094"
+			f.engines["pi4"] = []*engineapi.ConsensusStatus{&before, &before, newEngine}
+			f.apis["pi1"] = &fakeVoters{host: "pi1"}
+			m := f.membership()
+			m.raftAddr = func(string) string { return "10.0.0.14:8094" }
+			if err := m.join(t.Context(), "pi4"); err != nil {
+				t.Fatal(err)
+			}
+			if want := []string{"pi1: probe 10.0.0.14:8094", "pi1: add pi4 at 10.0.0.14:8094 key pi4+0123abcd+KEY"}; !slices.Equal(f.log, want) {
+				t.Errorf("calls %q, want %q", f.log, want)
+			}
+		})
+	})
 	t.Run("the leader moved", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			f := newFakeCluster(four, healthyThree())
@@ -1064,4 +1084,25 @@ func TestNewCardKeyMustBeSealed(t *testing.T) {
 			t.Errorf("a voter whose key is sealed joins again: %v, %v", join, err)
 		}
 	})
+}
+
+// TestSameRaftAddr: an engine's advertised address against its release's,
+// compared as addresses; a release that names a host is not compared.
+func TestSameRaftAddr(t *testing.T) {
+	for _, tc := range []struct {
+		got, want string
+		same      bool
+	}{
+		{"10.0.0.14:8094", "10.0.0.14:8094", true},
+		{"10.0.0.99:8094", "10.0.0.14:8094", false},
+		{"10.0.0.14:9000", "10.0.0.14:8094", false},
+		{"[::ffff:10.0.0.14]:8094", "10.0.0.14:8094", true},
+		{"[fd00::14]:8094", "[fd00:0::14]:8094", true},
+		{"192.168.1.14:8094", "pi4.local:8094", true},
+		{"", "10.0.0.14:8094", false},
+	} {
+		if got := sameRaftAddr(tc.got, tc.want); got != tc.same {
+			t.Errorf("sameRaftAddr(%q, %q) = %v", tc.got, tc.want, got)
+		}
+	}
 }
