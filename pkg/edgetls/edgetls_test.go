@@ -514,7 +514,7 @@ func TestPlainPortAnswersChallengesOnlyForItsDomains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.Close()
+	t.Cleanup(func() { _ = e.Close() })
 	// As after a challenge was once solved: the tokens' directory exists.
 	if err := os.MkdirAll(filepath.Join(a.StorageDir, "acme", certmagic.StorageKeys.Safe(e.acme.issuer.IssuerKey()), "challenge_tokens"), 0o700); err != nil {
 		t.Fatal(err)
