@@ -46,6 +46,23 @@ func newFakeEngine(t *testing.T) *fakeEngine {
 	return f
 }
 
+// startRegistrar starts a controller that registers engine, in plain
+// HTTP (the fake engine speaks no mTLS), with agent, checking and syncing
+// every 200 ms.
+func startRegistrar(t *testing.T, agent *testenv.ConsulAgent, engine *fakeEngine) *controller {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(agent.Addr)
+	return startController(t, map[string]string{
+		"LUCID_MESH_URL":            "",
+		"CONSUL_HOST":               host,
+		"CONSUL_PORT":               port,
+		"CONSUL_HTTP_TOKEN":         testManagement,
+		"LUCID_ENGINE_URL":          engine.URL,
+		"LUCID_MESH_CHECK_INTERVAL": "200ms",
+		"LUCID_MESH_SYNC_INTERVAL":  "200ms",
+	})
+}
+
 func statusOf(in []meshapi.Instance, id string) string {
 	for _, i := range in {
 		if i.ID == id {
@@ -61,17 +78,8 @@ func statusOf(in []meshapi.Instance, id string) string {
 // restarting anything else, and the stack is deregistered on shutdown.
 func TestRegistrationFollowsConsul(t *testing.T) {
 	agent := startACLConsul(t)
-	host, port, _ := net.SplitHostPort(agent.Addr)
 	engine := newFakeEngine(t)
-	c := startController(t, map[string]string{
-		"LUCID_MESH_URL":            "", // plain HTTP: the fake engine speaks no mTLS
-		"CONSUL_HOST":               host,
-		"CONSUL_PORT":               port,
-		"CONSUL_HTTP_TOKEN":         testManagement,
-		"LUCID_ENGINE_URL":          engine.URL,
-		"LUCID_MESH_CHECK_INTERVAL": "200ms",
-		"LUCID_MESH_SYNC_INTERVAL":  "200ms",
-	})
+	c := startRegistrar(t, agent, engine)
 	client := meshapi.New(c.url, testOperator, nil)
 	ctx := context.Background()
 	status := func(name, id string) string {
@@ -225,17 +233,8 @@ func TestReadyWaitsForConsulsCatalog(t *testing.T) {
 	// changes it below.
 	agent := testenv.StartConsulAgentWithConfig(t, []byte(`{"acl":{"enabled":true,"default_policy":"deny",`+
 		`"tokens":{"initial_management":"`+testManagement+`","agent":"`+testManagement+`"}}}`))
-	host, port, _ := net.SplitHostPort(agent.Addr)
 	engine := newFakeEngine(t)
-	c := startController(t, map[string]string{
-		"LUCID_MESH_URL":            "",
-		"CONSUL_HOST":               host,
-		"CONSUL_PORT":               port,
-		"CONSUL_HTTP_TOKEN":         testManagement,
-		"LUCID_ENGINE_URL":          engine.URL,
-		"LUCID_MESH_CHECK_INTERVAL": "200ms",
-		"LUCID_MESH_SYNC_INTERVAL":  "200ms",
-	})
+	c := startRegistrar(t, agent, engine)
 	ready := func() (int, string) {
 		resp, err := http.Get(c.url + "/ready")
 		if err != nil {

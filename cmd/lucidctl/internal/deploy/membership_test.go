@@ -625,6 +625,17 @@ func TestJoin(t *testing.T) {
 	})
 }
 
+// pi4Added is f once the leader added pi4 to the three voters.
+func pi4Added(f *fakeCluster) {
+	cfg := servers("pi1", "pi2", "pi3", "pi4")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, h := range three {
+		f.sts[h].Reports.RaftServers = cfg
+	}
+	f.sts["pi4"] = engineOn("pi4", "pi4", "follower", "pi1", true, cfg...)
+}
+
 // TestDeployJoining: the join runs beside the host's deploy, which passes
 // its gate only once the engine was added; afterwards the leader's
 // configuration must hold it. When the deploy fails, the join's failure
@@ -646,13 +657,7 @@ func TestDeployJoining(t *testing.T) {
 			}
 			deployHost := func(ctx context.Context) (*deploy.Result, error) {
 				<-added // the engine's gate passes once it has a leader
-				cfg := servers("pi1", "pi2", "pi3", "pi4")
-				f.mu.Lock()
-				for _, h := range three {
-					f.sts[h].Reports.RaftServers = cfg
-				}
-				f.sts["pi4"] = engineOn("pi4", "pi4", "follower", "pi1", true, cfg...)
-				f.mu.Unlock()
+				pi4Added(f)
 				return &deploy.Result{Target: "pi4"}, nil
 			}
 			res, err := m.deployJoining(t.Context(), "pi4", time.Minute, nil, deployHost)
@@ -691,14 +696,7 @@ func TestDeployJoining(t *testing.T) {
 			m.voters = func(ctx context.Context, target string) (voterAPI, error) {
 				a, err := voters(ctx, target)
 				return &addHook{voterAPI: a, onAdd: func() {
-					// The leader adds it, though the request is given up.
-					cfg := servers("pi1", "pi2", "pi3", "pi4")
-					f.mu.Lock()
-					for _, h := range three {
-						f.sts[h].Reports.RaftServers = cfg
-					}
-					f.sts["pi4"] = engineOn("pi4", "pi4", "follower", "pi1", true, cfg...)
-					f.mu.Unlock()
+					pi4Added(f) // by the leader, though the request is given up
 					close(adding)
 				}, hang: true}, err
 			}
@@ -738,6 +736,29 @@ func TestLeave(t *testing.T) {
 	_, pi1Key, _ := chain.GenerateKey("pi1")
 	_, pi2Key, _ := chain.GenerateKey("pi2")
 	keys := []string{pi1Key, pi2Key, pi3Key}
+	// pi3Gone is the cluster after pi3 left Raft, its key still a
+	// validator: a removal cut off between its two steps.
+	pi3Gone := func() *fakeCluster {
+		sts := healthyThree()
+		delete(sts, "pi3")
+		for _, h := range []string{"pi1", "pi2"} {
+			sts[h].Reports.RaftServers = servers("pi1", "pi2")
+		}
+		f := newFakeCluster([]string{"pi1", "pi2"}, sts)
+		f.apis["pi1"] = &fakeVoters{host: "pi1", keys: slices.Clone(keys)}
+		return f
+	}
+	// removedPi3 checks that pi3's key, and pi3 if a voter, were removed
+	// through pi1, recorded there, and said with ok.
+	removedPi3 := func(t *testing.T, f *fakeCluster, ok string) {
+		t.Helper()
+		if want := []string{"pi1: remove pi3 key " + pi3Key}; !slices.Equal(f.log, want) {
+			t.Errorf("calls %q, want %q", f.log, want)
+		}
+		if !f.said(deploy.StepLeave, deploy.EventOK, ok) || len(f.audits) != 1 || f.audits[0] != "pi1: chain.voters.remove pi3 --key "+pi3Key {
+			t.Errorf("events %+v, audits %q", f.events, f.audits)
+		}
+	}
 	hosts := []string{"pi1", "pi2"} // pi3 was taken out of lucid.yaml
 	cluster := func() *fakeCluster {
 		sts := healthyThree()
@@ -780,12 +801,7 @@ func TestLeave(t *testing.T) {
 		if err := m.leave(t.Context(), []string{"pi3"}, false); err != nil {
 			t.Fatal(err)
 		}
-		if want := []string{"pi1: remove pi3 key " + pi3Key}; !slices.Equal(f.log, want) {
-			t.Errorf("calls %q, want %q", f.log, want)
-		}
-		if !f.said(deploy.StepLeave, deploy.EventOK, "voter pi3 and its validator key removed; 2 voters left") || len(f.audits) != 1 || f.audits[0] != "pi1: chain.voters.remove pi3 --key "+pi3Key {
-			t.Errorf("events %+v, audits %q", f.events, f.audits)
-		}
+		removedPi3(t, f, "voter pi3 and its validator key removed; 2 voters left")
 	})
 	t.Run("dry run", func(t *testing.T) {
 		f := cluster()
@@ -833,13 +849,7 @@ func TestLeave(t *testing.T) {
 		// The engine takes a voter out of Raft first and seals its key's
 		// removal second: a removal cut off between the two left pi3's
 		// key a validator. Run again, it removes the key.
-		sts := healthyThree()
-		delete(sts, "pi3")
-		for _, h := range []string{"pi1", "pi2"} {
-			sts[h].Reports.RaftServers = servers("pi1", "pi2")
-		}
-		f := newFakeCluster([]string{"pi1", "pi2"}, sts)
-		f.apis["pi1"] = &fakeVoters{host: "pi1", keys: slices.Clone(keys)}
+		f := pi3Gone()
 		if err := f.membership().leave(t.Context(), []string{"pi3"}, true); err != nil || len(f.log) != 0 ||
 			!f.said(deploy.StepLeave, deploy.EventInfo, "pi3 is no voter of cluster home, but its validator key is: would remove the key, through the leader pi1") {
 			t.Fatalf("dry run: %v, calls %q, events %+v", err, f.log, f.events)
@@ -847,23 +857,12 @@ func TestLeave(t *testing.T) {
 		if err := f.membership().leave(t.Context(), []string{"pi3"}, false); err != nil {
 			t.Fatal(err)
 		}
-		if want := []string{"pi1: remove pi3 key " + pi3Key}; !slices.Equal(f.log, want) {
-			t.Errorf("calls %q, want %q", f.log, want)
-		}
-		if !f.said(deploy.StepLeave, deploy.EventOK, "the validator key of pi3 removed") || len(f.audits) != 1 || f.audits[0] != "pi1: chain.voters.remove pi3 --key "+pi3Key {
-			t.Errorf("events %+v, audits %q", f.events, f.audits)
-		}
+		removedPi3(t, f, "the validator key of pi3 removed")
 	})
 	t.Run("its key a running engine's", func(t *testing.T) {
 		// pi2's engine was renamed from pi3 and kept its key: the key
 		// named pi3 is a live voter's, and stays.
-		sts := healthyThree()
-		delete(sts, "pi3")
-		for _, h := range []string{"pi1", "pi2"} {
-			sts[h].Reports.RaftServers = servers("pi1", "pi2")
-		}
-		f := newFakeCluster([]string{"pi1", "pi2"}, sts)
-		f.apis["pi1"] = &fakeVoters{host: "pi1", keys: slices.Clone(keys)}
+		f := pi3Gone()
 		f.engines["pi2"] = []*engineapi.ConsensusStatus{{NodeID: "pi2", State: "follower", ValidatorKey: pi3Key}}
 		err := f.membership().leave(t.Context(), []string{"pi3"}, false)
 		if err == nil || !strings.Contains(err.Error(), "the validator key named pi3 is the key of pi2's engine (node pi2), which runs") || removed(f) {
