@@ -412,6 +412,14 @@ func ForOperator(h HandlerFunc) HandlerFunc {
 	}
 }
 
+// ForAUser reports whether the request ctx belongs to is made for a user:
+// with a principal, or through the service that faces clients (an
+// anonymous user's, on a route the operator made public).
+func ForAUser(ctx context.Context) bool {
+	_, ok := PrincipalOf(ctx)
+	return ok || fromPublicDoor(ctx)
+}
+
 // NotForUsers lets in the Pi's services and the operator, never a request
 // made for a user: what h answers describes the deployment itself (hosts,
 // addresses, consensus), which a user reaching the service through the
@@ -419,7 +427,7 @@ func ForOperator(h HandlerFunc) HandlerFunc {
 // the operator made public).
 func NotForUsers(h HandlerFunc) HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		if _, ok := PrincipalOf(r.Context()); ok || fromPublicDoor(r.Context()) {
+		if ForAUser(r.Context()) {
 			return Errorf(http.StatusForbidden, CodeForbidden, "this endpoint describes the deployment: it answers the Pi's services and the operator, not users")
 		}
 		return h(w, r)

@@ -185,7 +185,7 @@ func (a *api) txStatus(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (a *api) chainInfo(w http.ResponseWriter, _ *http.Request) error {
+func (a *api) chainInfo(w http.ResponseWriter, r *http.Request) error {
 	n := a.node
 	vals := n.store.Validators()
 	if vals == nil {
@@ -196,6 +196,9 @@ func (a *api) chainInfo(w http.ResponseWriter, _ *http.Request) error {
 		Validators: vals, BlockInterval: n.cfg.BlockInterval.String(), Leader: n.isLeader(),
 		Root:   base64.StdEncoding.EncodeToString(logtree.Hasher.EmptyRoot()),
 		Fenced: n.fence.active(),
+	}
+	if service.ForAUser(r.Context()) {
+		info.NodeID = "" // which host answers is the deployment's, not a user's, business
 	}
 	if h := n.store.Head(); h != nil {
 		info.Height, info.HeadHash, info.TreeSize = h.Height, h.Hash(), h.TreeSize

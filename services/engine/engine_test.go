@@ -565,6 +565,37 @@ func TestConsensusStatusIsNotForUsers(t *testing.T) {
 	}
 }
 
+// TestChainInfoKeepsTheNodeFromUsers: the chain's description answers
+// users too, but which node answers (the host's name, in a cluster) only
+// the services and the operator.
+func TestChainInfoKeepsTheNodeFromUsers(t *testing.T) {
+	n := startNode(t, nodeConfig(t, "solo", true))
+	for _, c := range []struct {
+		who    string
+		client *http.Client
+		told   bool
+	}{
+		{"a user through the gateway", servicetest.User("alice"), false},
+		{"an anonymous user through a public route", servicetest.Client("gateway"), false},
+		{"a service", servicetest.Client("anchoring"), true},
+		{"the operator", servicetest.Operator(), true},
+	} {
+		resp, err := c.client.Get(n.http.URL + "/api/v1/chain")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var info engineapi.ChainInfo
+		err = json.NewDecoder(resp.Body).Decode(&info)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || info.ChainID == "" {
+			t.Fatalf("%s: %d %+v %v", c.who, resp.StatusCode, info, err)
+		}
+		if told := info.NodeID != ""; told != c.told {
+			t.Errorf("%s told the node %q", c.who, info.NodeID)
+		}
+	}
+}
+
 // TestEscapableCharactersAreSealed: an anchor whose owner holds '<', '&'
 // and U+2028 is sealed and the chain keeps growing (a JSON encoder that
 // escapes them would make the block unappliable).

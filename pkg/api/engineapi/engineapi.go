@@ -63,18 +63,19 @@ type SubmitResponse struct {
 
 // ChainInfo answers GET /api/v1/chain.
 type ChainInfo struct {
-	ChainID       string    `json:"chain_id"`
-	Origin        string    `json:"origin"`
-	Height        uint64    `json:"height"`
-	HeadHash      string    `json:"head_hash,omitempty"`
-	HeadTime      time.Time `json:"head_time,omitzero"`
-	TreeSize      uint64    `json:"tree_size"`
-	Root          string    `json:"root"`
-	Validators    []string  `json:"validators"`
-	ValidatorKey  string    `json:"validator_key"`
-	NodeID        string    `json:"node_id"`
-	Leader        bool      `json:"leader"`
-	BlockInterval string    `json:"block_interval"`
+	ChainID      string    `json:"chain_id"`
+	Origin       string    `json:"origin"`
+	Height       uint64    `json:"height"`
+	HeadHash     string    `json:"head_hash,omitempty"`
+	HeadTime     time.Time `json:"head_time,omitzero"`
+	TreeSize     uint64    `json:"tree_size"`
+	Root         string    `json:"root"`
+	Validators   []string  `json:"validators"`
+	ValidatorKey string    `json:"validator_key"`
+	// NodeID is the answering engine's Raft id; not told to users.
+	NodeID        string `json:"node_id,omitempty"`
+	Leader        bool   `json:"leader"`
+	BlockInterval string `json:"block_interval"`
 	// Fenced is true while the engine produces no block after a restore
 	// (see Fence).
 	Fenced bool `json:"fenced,omitempty"`
