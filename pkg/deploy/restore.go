@@ -402,8 +402,12 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 		// Said once, so that an operator who pressed Ctrl-C knows why
 		// nothing ends yet.
 		say := func() {
-			interrupted(fmt.Sprintf("%s: interrupted; waiting for the restore container %.12s to finish with volume %s (at most %s), as stopping it could leave the volume half replaced",
-				sd.Service, created.ID, volume, swapWait))
+			why := "interrupted"
+			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+				why = cause.Error() // the deploy lock lost, say
+			}
+			interrupted(fmt.Sprintf("%s: %s; waiting for the restore container %.12s to finish with volume %s (at most %s), as stopping it could leave the volume half replaced",
+				sd.Service, why, created.ID, volume, swapWait))
 		}
 		if ctx.Err() != nil {
 			say()

@@ -418,9 +418,10 @@ type membership struct {
 }
 
 // sameRaftAddr says whether an engine advertising got advertises want,
-// the address its release gives it. An engine advertises its address
-// resolved: a want that names a host, not an address, is not compared
-// (the laptop may resolve it otherwise than the Pi).
+// the address its release gives it, compared as addresses (an engine
+// advertises its address resolved, in its own spelling). lucid.yaml takes
+// only addresses for a cluster's hosts; a want that is none is not
+// compared rather than never matched.
 func sameRaftAddr(got, want string) bool {
 	w, err := netip.ParseAddrPort(want)
 	if err != nil {
