@@ -11,7 +11,6 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -189,9 +188,4 @@ func waitListening(ctx context.Context, logger *slog.Logger, addr string) bool {
 
 // owns reports whether host (a request's Host, a port and a final dot
 // allowed) is one of the domains certificates are obtained for.
-func (ac *acmeCerts) owns(host string) bool {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	return slices.Contains(ac.domains, strings.ToLower(strings.TrimSuffix(host, ".")))
-}
+func (ac *acmeCerts) owns(host string) bool { return slices.Contains(ac.domains, hostOf(host)) }

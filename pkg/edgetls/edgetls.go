@@ -295,11 +295,7 @@ func (e *Edge) PlainHandler() http.Handler {
 }
 
 func (e *Edge) redirect(w http.ResponseWriter, r *http.Request) {
-	host := r.Host
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	host, ok := e.redirectHost(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
+	host, ok := e.redirectHost(r.Host)
 	if !ok {
 		http.Error(w, "this address has no HTTPS name to redirect to: ask for one of the names its certificate holds",
 			http.StatusMisdirectedRequest)
@@ -328,14 +324,23 @@ func (e *Edge) redirect(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "https://"+authority+path, http.StatusPermanentRedirect)
 }
 
+// hostOf is a request's Host as names compare: without its port or an
+// IPv6 literal's brackets, in lower case, and without a trailing dot
+// (pi.example.net. names the same host).
+func hostOf(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	return strings.TrimSuffix(strings.ToLower(host), ".")
+}
+
 // redirectHost is the host a plain request for host is redirected to: host itself (in lower case, without a
 // trailing dot) when it is one of the edge's names, else the edge's first name (ACME's first domain; the certificate's first DNS name that is
 // not a wildcard, or its first IP address). ok is false when there is neither (no certificate yet, or a
 // wildcard-only certificate that does not cover host).
 func (e *Edge) redirectHost(host string) (string, bool) {
-	// Names compare in lower case, and a trailing dot (pi.example.net.)
-	// names the same host.
-	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	host = hostOf(host)
 	switch {
 	case e.acme != nil:
 		if slices.Contains(e.acme.domains, host) {
