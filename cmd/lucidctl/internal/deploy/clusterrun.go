@@ -373,9 +373,6 @@ func (m *membership) deployJoining(ctx context.Context, target string, healthTim
 		joined <- m.join(jctx, target)
 	}()
 	res, err := deployHost(ctx)
-	if err == nil {
-		close(deployed)
-	}
 	if err != nil {
 		cancel()
 		jerr := <-joined
@@ -393,6 +390,7 @@ func (m *membership) deployJoining(ctx context.Context, target string, healthTim
 		m.event(target, deploy.StepJoin, deploy.EventFail, jerr.Error())
 		return nil, fmt.Errorf("%w; and its engine was not added to the cluster, so it knew no leader: %w", err, jerr)
 	}
+	close(deployed)
 	deadline := time.Now().Add(healthTimeout)
 	jerr := <-joined
 	if jerr != nil {

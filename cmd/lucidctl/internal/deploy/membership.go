@@ -756,11 +756,7 @@ func (m *membership) leaveKey(ctx context.Context, v *clusterView, id string, dr
 		return nil
 	}
 	m.event(m.cluster, deploy.StepLeave, deploy.EventStart, fmt.Sprintf("%s is no voter of cluster %s, but its validator key is (a removal of before stopped halfway): sealing the key's removal, through the leader %s", id, m.cluster, leader))
-	err = api.RemoveVoter(ctx, id, key)
-	if aerr := m.audit(ctx, leader, hostservices.VoterRemoveAudit(id, key), err); aerr != nil && err == nil {
-		m.event(m.cluster, deploy.StepLeave, deploy.EventWarn, fmt.Sprintf("removed through %s, but %v", leader, aerr))
-	}
-	if err != nil {
+	if err := m.removeThrough(ctx, api, leader, id, key); err != nil {
 		return fmt.Errorf("remove the validator key of %s through the leader %s: %w", id, leader, err)
 	}
 	m.event(m.cluster, deploy.StepLeave, deploy.EventOK, fmt.Sprintf("the validator key of %s removed", id))
@@ -777,8 +773,8 @@ func (m *membership) removeVoter(ctx context.Context, api voterAPI, leader, id s
 	key, err := validatorKeyOf(id, keys)
 	switch {
 	case errors.Is(err, errNoKeyNamed):
-		// Its key left the chain already (a removal of before that
-		// stopped halfway): it leaves Raft alone.
+		// Its key left the chain already (removed by hand with
+		// maintenance voters): it leaves Raft alone.
 		key = ""
 	case err != nil:
 		return cli.WithHint(fmt.Errorf("voter %s is not removed: its validator key is not known: %w", id, err),
@@ -793,14 +789,21 @@ func (m *membership) removeVoter(ctx context.Context, api voterAPI, leader, id s
 		says = fmt.Sprintf("removing %s from the voters (its validator key left the chain already), through the leader %s", id, leader)
 	}
 	m.event(m.cluster, deploy.StepLeave, deploy.EventStart, says)
-	err = api.RemoveVoter(ctx, id, key)
-	if aerr := m.audit(ctx, leader, hostservices.VoterRemoveAudit(id, key), err); aerr != nil && err == nil {
-		m.event(m.cluster, deploy.StepLeave, deploy.EventWarn, fmt.Sprintf("removed through %s, but %v", leader, aerr))
-	}
-	if err != nil {
+	if err := m.removeThrough(ctx, api, leader, id, key); err != nil {
 		return fmt.Errorf("remove voter %s through the leader %s: %w", id, leader, err)
 	}
 	return nil
+}
+
+// removeThrough removes voter id (if still one) and the validator key key
+// (if any) through host leader's engine, and records it in that host's
+// audit trail, whether it went through or not.
+func (m *membership) removeThrough(ctx context.Context, api voterAPI, leader, id, key string) error {
+	err := api.RemoveVoter(ctx, id, key)
+	if aerr := m.audit(ctx, leader, hostservices.VoterRemoveAudit(id, key), err); aerr != nil && err == nil {
+		m.event(m.cluster, deploy.StepLeave, deploy.EventWarn, fmt.Sprintf("removed through %s, but %v", leader, aerr))
+	}
+	return err
 }
 
 // firstLine keeps the first line of s.
