@@ -398,46 +398,44 @@ func WriteVolume(ctx context.Context, dc *client.Client, image, volume, dir stri
 	var code int64
 	exited := time.NewTimer(swapWait)
 	defer exited.Stop()
-	if interrupted != nil {
-		// Said once, so that an operator who pressed Ctrl-C knows why
-		// nothing ends yet.
-		say := func() {
-			why := "interrupted"
-			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
-				why = cause.Error() // the deploy lock lost, say
-			}
-			interrupted(fmt.Sprintf("%s: %s; waiting for the restore container %.12s to finish with volume %s (at most %s), as stopping it could leave the volume half replaced",
-				sd.Service, why, created.ID, volume, swapWait))
+	// ctx ending does not end the wait; it is said once, so that an
+	// operator who pressed Ctrl-C knows why nothing ends yet.
+	ended := ctx.Done()
+	say := func() {
+		ended = nil
+		if interrupted == nil {
+			return
 		}
-		if ctx.Err() != nil {
-			say()
-		} else {
-			done, said := make(chan struct{}), make(chan struct{})
-			defer func() { close(done); <-said }() // no event after the caller's next
-			go func() {
-				defer close(said)
-				select {
-				case <-ctx.Done():
-					say()
-				case <-done:
-				}
-			}()
+		why := "interrupted"
+		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			why = cause.Error() // the deploy lock lost, say
 		}
+		interrupted(fmt.Sprintf("%s: %s; waiting for the restore container %.12s to finish with volume %s (at most %s), as stopping it could leave the volume half replaced",
+			sd.Service, why, created.ID, volume, swapWait))
 	}
-	select {
-	case w := <-waitC:
-		code = w.StatusCode
-		if w.Error != nil {
-			return nil, fmt.Errorf("the restore container: %s", w.Error.Message)
+	if ctx.Err() != nil {
+		say()
+	}
+wait:
+	for {
+		select {
+		case <-ended:
+			say()
+		case w := <-waitC:
+			code = w.StatusCode
+			if w.Error != nil {
+				return nil, fmt.Errorf("the restore container: %s", w.Error.Message)
+			}
+			break wait
+		case err := <-waitErr:
+			// The link to the Docker Engine broke, say: whether it still
+			// renames files is not known, so it is left to end.
+			leave = true
+			return nil, fmt.Errorf("wait for the restore container %.12s: %w; it is left to end on its own", created.ID, err)
+		case <-exited.C:
+			leave = true
+			return nil, fmt.Errorf("the restore container %.12s did not exit within %s of its stream's end; it is left running, as it may be renaming files into the volume (docker logs on the host says how far it got)", created.ID, swapWait)
 		}
-	case err := <-waitErr:
-		// The link to the Docker Engine broke, say: whether it still
-		// renames files is not known, so it is left to end.
-		leave = true
-		return nil, fmt.Errorf("wait for the restore container %.12s: %w; it is left to end on its own", created.ID, err)
-	case <-exited.C:
-		leave = true
-		return nil, fmt.Errorf("the restore container %.12s did not exit within %s of its stream's end; it is left running, as it may be renaming files into the volume (docker logs on the host says how far it got)", created.ID, swapWait)
 	}
 	// Its answer, read whole or cut: the exit code decides, and a cut
 	// answer costs only the counts below.
