@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,10 +37,12 @@ import (
 	"github.com/pickme/lucid/pkg/api/snapshotapi"
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/catalog"
+	"github.com/pickme/lucid/pkg/chain"
 	"github.com/pickme/lucid/pkg/deploy"
 	"github.com/pickme/lucid/pkg/deployfiles"
 	"github.com/pickme/lucid/pkg/envfile"
 	"github.com/pickme/lucid/pkg/keyring"
+	"github.com/pickme/lucid/pkg/logtree"
 	"github.com/pickme/lucid/pkg/restoredata"
 )
 
@@ -652,6 +655,90 @@ func keysReadBy(backup, deployed []byte) error {
 // the transaction adding the validator's key.
 const genesisTransactions = 1
 
+// lostAnchors is what dropping a host's transactions costs, and how to keep them.
+const lostAnchors = "anchors in them are lost unless another block manager holds them for `lucidctl maintenance fence lift --blocks-from` " +
+	"(take a backup of the host first to keep them)"
+
+// chainHolds says what the host's chain holds beyond a new node's, beside
+// the backup's b; "" when it holds nothing.
+func chainHolds(ctx context.Context, cl clients, b *snapshotapi.ChainFacts) string {
+	hc, base, err := cl.Client(ctx, "engine", 30*time.Second)
+	if err != nil {
+		return "the engine could not be asked what it holds: " + err.Error()
+	}
+	eng := engineapi.New(base, hc)
+	info, err := eng.Chain(ctx)
+	if err != nil {
+		return "the engine could not be asked what it holds: " + err.Error()
+	}
+	if info.TreeSize <= genesisTransactions {
+		return ""
+	}
+	return fmt.Sprintf("the chain holds %d transactions in %d blocks", info.TreeSize, info.Height) + besideBackup(ctx, eng, info, b)
+}
+
+// besideBackup says how the host's chain stands beside the backup's b,
+// as the end of a sentence: of another chain; ahead of it; or, when the
+// backup's transactions are not the first ones of the host's chain (its
+// tree at the backup's size has another root), of another history, all
+// of which the restore replaces. A host behind the backup is not
+// compared: only the backup's own tree could prove it a prefix.
+func besideBackup(ctx context.Context, eng *engineapi.Client, info *engineapi.ChainInfo, b *snapshotapi.ChainFacts) string {
+	switch {
+	case b == nil:
+		return ""
+	case b.ChainID != info.ChainID:
+		return fmt.Sprintf(", of another chain than the backup's (%s, the backup's %s)", info.ChainID, b.ChainID)
+	case info.TreeSize < b.TreeSize:
+		return ""
+	}
+	compared := ""
+	switch err := extendsBackup(ctx, eng, info, b); {
+	case errors.Is(err, chain.ErrInconsistent):
+		return fmt.Sprintf(", of another history than the backup's (its first %d transactions are not the backup's): "+
+			"the restore replaces all of them with the backup's, and %s", b.TreeSize, lostAnchors)
+	case err != nil:
+		compared = fmt.Sprintf(" (not compared with the backup's history: %v)", err)
+	}
+	if info.TreeSize == b.TreeSize {
+		return compared
+	}
+	blocks := ""
+	if info.Height > b.Height {
+		blocks = fmt.Sprintf(" in %d blocks", info.Height-b.Height)
+	}
+	return fmt.Sprintf(", %d transactions%s more than the backup%s: the restore drops them from this host, and %s",
+		info.TreeSize-b.TreeSize, blocks, compared, lostAnchors)
+}
+
+// extendsBackup checks, with the engine's consistency proof, that the
+// host's chain (info, at least the backup's size) begins with the
+// backup's transactions: chain.ErrInconsistent when it does not. A
+// backup whose facts carry no root is taken as a prefix.
+func extendsBackup(ctx context.Context, eng *engineapi.Client, info *engineapi.ChainInfo, b *snapshotapi.ChainFacts) error {
+	if b.Root == "" || b.TreeSize == 0 {
+		return nil
+	}
+	older, err := base64.StdEncoding.DecodeString(b.Root)
+	if err != nil {
+		return fmt.Errorf("the backup's root: %w", err)
+	}
+	newer, err := base64.StdEncoding.DecodeString(info.Root)
+	if err != nil {
+		return fmt.Errorf("the engine's root: %w", err)
+	}
+	var p [][]byte
+	if info.TreeSize > b.TreeSize {
+		if p, err = eng.Consistency(ctx, b.TreeSize, info.TreeSize); err != nil {
+			return fmt.Errorf("the engine's consistency proof: %w", err)
+		}
+	}
+	if err := logtree.VerifyConsistency(b.TreeSize, info.TreeSize, p, older, newer); err != nil {
+		return fmt.Errorf("%w: %w", chain.ErrInconsistent, err)
+	}
+	return nil
+}
+
 // holdsData says what data the running services hold: transactions on
 // the chain beyond the genesis transaction (a new node's chain of its own
 // validator key and empty heartbeat blocks holds nothing), chunks in the
@@ -660,26 +747,8 @@ const genesisTransactions = 1
 // drops it from the host, which --yes must not let pass unread.
 func holdsData(ctx context.Context, cl clients, backup snapshotapi.Facts) []string {
 	var reasons []string
-	if hc, base, err := cl.Client(ctx, "engine", 30*time.Second); err != nil {
-		reasons = append(reasons, "the engine could not be asked what it holds: "+err.Error())
-	} else if info, err := engineapi.New(base, hc).Chain(ctx); err != nil {
-		reasons = append(reasons, "the engine could not be asked what it holds: "+err.Error())
-	} else if info.TreeSize > genesisTransactions {
-		reason := fmt.Sprintf("the chain holds %d transactions in %d blocks", info.TreeSize, info.Height)
-		switch b := backup.Chain; {
-		case b == nil:
-		case b.ChainID != info.ChainID:
-			reason += fmt.Sprintf(", of another chain than the backup's (%s, the backup's %s)", info.ChainID, b.ChainID)
-		case info.TreeSize > b.TreeSize:
-			blocks := ""
-			if info.Height > b.Height {
-				blocks = fmt.Sprintf(" in %d blocks", info.Height-b.Height)
-			}
-			reason += fmt.Sprintf(", %d transactions%s more than the backup: the restore drops them from this host, "+
-				"and anchors in them are lost unless another block manager holds them for `lucidctl maintenance fence lift --blocks-from` "+
-				"(take a backup of the host first to keep them)", info.TreeSize-b.TreeSize, blocks)
-		}
-		reasons = append(reasons, reason)
+	if r := chainHolds(ctx, cl, backup.Chain); r != "" {
+		reasons = append(reasons, r)
 	}
 	if hc, base, err := cl.Client(ctx, "datachain", 30*time.Second); err != nil {
 		reasons = append(reasons, "the data chain could not be asked what it holds: "+err.Error())
