@@ -136,8 +136,9 @@ func (a *App) poke() {
 	}
 }
 
-// submitLoop sends pending anchors to the engine: new ones at once,
-// unsealed ones again after resubmitAfter (the engine drops duplicates).
+// submitLoop sends pending anchors to the engine, oldest first: new ones
+// at once, unsealed ones again after resubmitAfter (the engine drops
+// duplicates).
 func (a *App) submitLoop(ctx context.Context) {
 	backoff := service.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
 	tick := time.NewTicker(time.Second)
@@ -149,24 +150,38 @@ func (a *App) submitLoop(ctx context.Context) {
 		case <-a.kick:
 		case <-tick.C:
 		}
-		for ctx.Err() == nil {
-			n, err := a.submitOnce(ctx)
-			if err != nil {
-				a.logger.Warn("submit to the engine failed; retrying", "error", err, "backoff", backoff.Delay())
-				if !backoff.Wait(ctx) {
-					return
-				}
-				continue
-			}
-			backoff.Reset()
-			if n < a.batch {
-				break
-			}
+		if !a.submitPass(ctx, &backoff) {
+			return
 		}
 	}
 }
 
-func (a *App) submitOnce(ctx context.Context) (int, error) {
+// submitPass goes through the queue once, in batches, oldest first,
+// retrying a batch that fails after backoff; false when ctx ended.
+func (a *App) submitPass(ctx context.Context, backoff *service.Backoff) bool {
+	var after uint64
+	for ctx.Err() == nil {
+		n, last, err := a.submitOnce(ctx, after)
+		if err != nil {
+			a.logger.Warn("submit to the engine failed; retrying", "error", err, "backoff", backoff.Delay())
+			if !backoff.Wait(ctx) {
+				return false
+			}
+			continue
+		}
+		backoff.Reset()
+		if n < a.batch {
+			return true
+		}
+		after = last
+	}
+	return false
+}
+
+// submitOnce sends the engine the next batch of pending anchors after
+// the queue's place after, and returns how many it sent and the place it
+// got to.
+func (a *App) submitOnce(ctx context.Context, after uint64) (int, uint64, error) {
 	now := time.Now()
 	skip := func(id string) bool {
 		a.mu.Lock()
@@ -176,16 +191,16 @@ func (a *App) submitOnce(ctx context.Context) (int, error) {
 	}
 	// The queue is read without holding a.mu, so status requests and the
 	// follower are not held up by a long pending list.
-	ids, txs, err := a.store.pending(a.batch, skip)
+	ids, txs, last, err := a.store.pending(a.batch, after, skip)
 	if err != nil || len(ids) == 0 {
-		return 0, err
+		return 0, last, err
 	}
 	res, err := a.engine.Submit(ctx, txs)
 	if err != nil {
-		return 0, err
+		return 0, after, err
 	}
 	if len(res.Transactions) != len(ids) {
-		return 0, fmt.Errorf("the engine answered %d items for %d transactions", len(res.Transactions), len(ids))
+		return 0, after, fmt.Errorf("the engine answered %d items for %d transactions", len(res.Transactions), len(ids))
 	}
 	// The engine answers item by item. A transaction it already sealed
 	// (sent there by another route, or sealed in a block this follower
@@ -208,14 +223,14 @@ func (a *App) submitOnce(ctx context.Context) (int, error) {
 	if len(sealed) > 0 {
 		n, err := a.store.markSealedOnly(sealed)
 		if err != nil {
-			return 0, err
+			return 0, after, err
 		}
 		a.sealed.Add(float64(n))
 	}
 	if len(refused) > 0 {
 		n, err := a.store.markRefused(refused)
 		if err != nil {
-			return 0, err
+			return 0, after, err
 		}
 		a.refused.Add(float64(n))
 	}
@@ -230,7 +245,7 @@ func (a *App) submitOnce(ctx context.Context) (int, error) {
 		delete(a.submitted, r.id)
 	}
 	a.mu.Unlock()
-	return len(ids), nil
+	return len(ids), last, nil
 }
 
 // followLoop follows the engine's blocks from the last one seen and marks

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/pickme/lucid/pkg/chain"
 )
@@ -19,7 +21,12 @@ import (
 var (
 	bucketAnchors = []byte("anchors") // owner ‖ 0 ‖ session id → record JSON
 	bucketPending = []byte("pending") // tx id → its key in anchors
-	bucketMeta    = []byte("meta")
+	// bucketQueue orders the pending anchors as they were accepted:
+	// place(8) → tx id. The engine is offered the oldest first, so an
+	// anchor accepted early is never passed over for newer ones while
+	// the engine defers some (its mempool full).
+	bucketQueue = []byte("queue")
+	bucketMeta  = []byte("meta")
 	// bucketDaily counts each owner's new anchors of a day: day(4, days
 	// since 1970-01-01 UTC) ‖ owner → count(8). Days before today are
 	// dropped as they pass.
@@ -28,9 +35,10 @@ var (
 	keySchema   = []byte("schema")   // layout version, see migrate
 )
 
-// schema is the layout this code writes: 2 keys anchors by owner and
-// session; 1 (no key) keyed them by session alone.
-const schema = "2"
+// schema is the layout this code writes: 3 orders the pending anchors in
+// bucketQueue; 2 keys anchors by owner and session; 1 (no key) keyed them
+// by session alone.
+const schema = "3"
 
 // record is one anchor's state.
 type record struct {
@@ -40,8 +48,10 @@ type record struct {
 	TxID      string          `json:"tx_id"`
 	Tx        json.RawMessage `json:"tx"`
 	Status    status          `json:"status"`
-	Height    uint64          `json:"height,omitempty"`
-	Index     uint64          `json:"index,omitempty"`
+	// Queued is the anchor's place in bucketQueue while it is pending.
+	Queued uint64 `json:"queued,omitempty"`
+	Height uint64 `json:"height,omitempty"`
+	Index  uint64 `json:"index,omitempty"`
 	// Code and Reason say why the engine refused the anchor.
 	Code      string    `json:"code,omitempty"`
 	Reason    string    `json:"reason,omitempty"`
@@ -75,7 +85,7 @@ func openStore(path string) (*store, error) {
 	db.MaxBatchDelay = 2 * time.Millisecond
 	db.MaxBatchSize = 2000
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketAnchors, bucketPending, bucketMeta, bucketDaily} {
+		for _, b := range [][]byte{bucketAnchors, bucketPending, bucketQueue, bucketMeta, bucketDaily} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -89,15 +99,29 @@ func openStore(path string) (*store, error) {
 	return &store{db: db}, nil
 }
 
-// migrate moves a queue of schema 1 (records keyed by session alone) to
-// schema 2: each record under its owner (the one its transaction names;
-// the gateway set it then too, or the client did) and session, and the
-// pending index pointing at the new keys. One transaction: all or none.
+// migrate brings a queue of an earlier schema to this one, in one
+// transaction: all or none.
 func migrate(tx *bolt.Tx) error {
 	meta := tx.Bucket(bucketMeta)
-	if string(meta.Get(keySchema)) == schema {
+	switch string(meta.Get(keySchema)) {
+	case schema:
 		return nil
+	case "", "1":
+		if err := keyByOwner(tx); err != nil {
+			return err
+		}
 	}
+	if err := orderPending(tx); err != nil {
+		return fmt.Errorf("migrate the anchor queue: %w", err)
+	}
+	return meta.Put(keySchema, []byte(schema))
+}
+
+// keyByOwner moves a queue of schema 1 (records keyed by session alone)
+// to schema 2: each record under its owner (the one its transaction
+// names; the gateway set it then too, or the client did) and session, and
+// the pending index pointing at the new keys.
+func keyByOwner(tx *bolt.Tx) error {
 	anchors, pending := tx.Bucket(bucketAnchors), tx.Bucket(bucketPending)
 	type moved struct{ old, new, value []byte }
 	var moves []moved
@@ -151,8 +175,60 @@ func migrate(tx *bolt.Tx) error {
 			return err
 		}
 	}
-	return meta.Put(keySchema, []byte(schema))
+	return nil
 }
+
+// orderPending builds bucketQueue again from the pending index, oldest
+// accepted first. It runs on any queue not written at schema 3, which
+// includes one written by an earlier release after a rollback: that
+// release neither queued what it accepted nor took out of the queue what
+// it sealed.
+func orderPending(tx *bolt.Tx) error {
+	if err := tx.DeleteBucket(bucketQueue); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
+		return err
+	}
+	queue, err := tx.CreateBucket(bucketQueue)
+	if err != nil {
+		return err
+	}
+	anchors := tx.Bucket(bucketAnchors)
+	type waiting struct {
+		key []byte
+		rec record
+	}
+	var all []waiting
+	err = tx.Bucket(bucketPending).ForEach(func(_, key []byte) error {
+		w := waiting{key: bytes.Clone(key)}
+		if err := json.Unmarshal(anchors.Get(key), &w.rec); err != nil {
+			return fmt.Errorf("anchor %s: %w", key, err)
+		}
+		all = append(all, w)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	slices.SortStableFunc(all, func(a, b waiting) int { return a.rec.CreatedAt.Compare(b.rec.CreatedAt) })
+	for _, w := range all {
+		if w.rec.Queued, err = queue.NextSequence(); err != nil {
+			return err
+		}
+		enc, err := json.Marshal(&w.rec)
+		if err != nil {
+			return err
+		}
+		if err := anchors.Put(w.key, enc); err != nil {
+			return err
+		}
+		if err := queue.Put(place(w.rec.Queued), []byte(w.rec.TxID)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// place is a queue key.
+func place(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
 
 func (s *store) close() error { return s.db.Close() }
 
@@ -217,11 +293,19 @@ func (s *store) accept(rec *record, perDay uint64) (existing *record, created bo
 		if err := countToday(tx.Bucket(bucketDaily), day, rec.Owner, perDay); err != nil {
 			return err
 		}
+		queue := tx.Bucket(bucketQueue)
+		var err error
+		if rec.Queued, err = queue.NextSequence(); err != nil {
+			return err
+		}
 		enc, err := json.Marshal(rec)
 		if err != nil {
 			return err
 		}
 		if err := anchors.Put(key, enc); err != nil {
+			return err
+		}
+		if err := queue.Put(place(rec.Queued), []byte(rec.TxID)); err != nil {
 			return err
 		}
 		created = true
@@ -268,43 +352,52 @@ func (s *store) get(owner, sessionID string) (*record, error) {
 	return rec, err
 }
 
-// pending returns up to n pending transactions (id → canonical tx).
-func (s *store) pending(n int, skip func(id string) bool) (ids []string, txs [][]byte, err error) {
+// pending returns up to n pending transactions (id → canonical tx) in
+// the order they were accepted, from the place after after on, and the
+// place of the last one looked at: a caller going through the queue in
+// batches starts the next one there.
+func (s *store) pending(n int, after uint64, skip func(id string) bool) (ids []string, txs [][]byte, last uint64, err error) {
+	last = after
 	err = s.db.View(func(tx *bolt.Tx) error {
-		anchors := tx.Bucket(bucketAnchors)
-		c := tx.Bucket(bucketPending).Cursor()
-		for k, v := c.First(); k != nil && len(ids) < n; k, v = c.Next() {
-			if skip(string(k)) {
+		anchors, pending := tx.Bucket(bucketAnchors), tx.Bucket(bucketPending)
+		c := tx.Bucket(bucketQueue).Cursor()
+		for k, id := c.Seek(place(after + 1)); k != nil && len(ids) < n; k, id = c.Next() {
+			last = binary.BigEndian.Uint64(k)
+			key := pending.Get(id)
+			if key == nil || skip(string(id)) {
 				continue
 			}
 			var rec record
-			if err := json.Unmarshal(anchors.Get(v), &rec); err != nil {
+			if err := json.Unmarshal(anchors.Get(key), &rec); err != nil {
 				return err
 			}
-			ids = append(ids, string(k))
+			ids = append(ids, string(id))
 			txs = append(txs, rec.Tx)
 		}
 		return nil
 	})
-	return ids, txs, err
+	return ids, txs, last, err
 }
 
-// oldestPending is when the oldest anchor still pending was accepted;
-// zero when none is. It reads every pending record: the queue is short
-// when the chain keeps up, and /metrics is read seldom.
+// oldestPending is when the anchor first in the queue was accepted; zero
+// when none is pending.
 func (s *store) oldestPending() time.Time {
 	var oldest time.Time
 	_ = s.db.View(func(tx *bolt.Tx) error {
-		anchors := tx.Bucket(bucketAnchors)
-		return tx.Bucket(bucketPending).ForEach(func(_, v []byte) error {
-			var rec struct {
-				CreatedAt time.Time `json:"created_at"`
+		anchors, pending := tx.Bucket(bucketAnchors), tx.Bucket(bucketPending)
+		c := tx.Bucket(bucketQueue).Cursor()
+		for _, id := c.First(); id != nil; _, id = c.Next() {
+			if key := pending.Get(id); key != nil {
+				var rec struct {
+					CreatedAt time.Time `json:"created_at"`
+				}
+				if json.Unmarshal(anchors.Get(key), &rec) == nil {
+					oldest = rec.CreatedAt
+				}
+				return nil
 			}
-			if json.Unmarshal(anchors.Get(v), &rec) == nil && !rec.CreatedAt.IsZero() && (oldest.IsZero() || rec.CreatedAt.Before(oldest)) {
-				oldest = rec.CreatedAt
-			}
-			return nil
-		})
+		}
+		return nil
 	})
 	return oldest
 }
@@ -348,7 +441,7 @@ func (s *store) markRefused(refused []refusal) (int, error) { return s.mark(nil,
 func (s *store) mark(txs []sealedTx, followed *uint64, refused []refusal) (int, error) {
 	marked := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		pending, anchors := tx.Bucket(bucketPending), tx.Bucket(bucketAnchors)
+		pending, anchors, queue := tx.Bucket(bucketPending), tx.Bucket(bucketAnchors), tx.Bucket(bucketQueue)
 		update := func(id string, change func(*record)) error {
 			key := pending.Get([]byte(id))
 			if key == nil {
@@ -359,6 +452,12 @@ func (s *store) mark(txs []sealedTx, followed *uint64, refused []refusal) (int, 
 				return err
 			}
 			change(&rec)
+			if rec.Queued != 0 && string(queue.Get(place(rec.Queued))) == id {
+				if err := queue.Delete(place(rec.Queued)); err != nil {
+					return err
+				}
+			}
+			rec.Queued = 0
 			enc, err := json.Marshal(&rec)
 			if err != nil {
 				return err

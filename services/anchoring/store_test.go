@@ -60,7 +60,7 @@ func TestQueueSurvivesReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer closeStore(t, s)
-	ids, _, err := s.pending(10, func(string) bool { return false })
+	ids, _, _, err := s.pending(10, 0, func(string) bool { return false })
 	if err != nil || len(ids) != 1 || ids[0] != "t1" {
 		t.Fatalf("pending after reopen = %v %v", ids, err)
 	}
@@ -90,7 +90,7 @@ func TestRefusedLeavesTheQueueWithItsReason(t *testing.T) {
 	if _, err := s.markRefused([]refusal{{id: "t2", code: "C", reason: "why"}}); err != nil {
 		t.Fatal(err)
 	}
-	ids, _, _ := s.pending(10, func(string) bool { return false })
+	ids, _, _, _ := s.pending(10, 0, func(string) bool { return false })
 	if len(ids) != 2 || ids[0] != "t1" || ids[1] != "t3" {
 		t.Errorf("pending = %v, want t1 t3", ids)
 	}
@@ -107,7 +107,7 @@ func TestRefusedLeavesTheQueueWithItsReason(t *testing.T) {
 	if got, _ := s.get("alice", "s1"); got.TxID != "t2b" || got.Status != statusPending {
 		t.Errorf("the record after it: %+v", got)
 	}
-	ids, _, _ = s.pending(10, func(string) bool { return false })
+	ids, _, _, _ = s.pending(10, 0, func(string) bool { return false })
 	if !slices.Contains(ids, "t2b") {
 		t.Errorf("pending = %v, want t2b among them", ids)
 	}
@@ -160,7 +160,7 @@ func TestOldQueueIsMigrated(t *testing.T) {
 			t.Fatalf("%s after the migration: %+v %v", a.Anchor.SessionID, got, err)
 		}
 	}
-	ids, txs, err := s.pending(10, func(string) bool { return false })
+	ids, txs, _, err := s.pending(10, 0, func(string) bool { return false })
 	raw, _ := a1.Encode()
 	if err != nil || len(ids) != 1 || ids[0] != chain.TxID(raw) || string(txs[0]) != string(raw) {
 		t.Fatalf("pending after the migration: %v %v", ids, err)
@@ -224,5 +224,145 @@ func TestNewAnchorsADayAreBounded(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// queueOf accepts an anchor for each tx id, in that order, a second apart.
+func queueOf(t *testing.T, s *store, ids ...string) []*record {
+	t.Helper()
+	start := time.Date(2026, 12, 7, 9, 0, 0, 0, time.UTC)
+	var recs []*record
+	for i, id := range ids {
+		rec := &record{Owner: "alice", SessionID: "s-" + id, TxID: id, Tx: []byte(`{"tx":"` + id + `"}`), Status: statusPending,
+			CreatedAt: start.Add(time.Duration(i) * time.Second)}
+		if _, created, err := s.accept(rec, 0); err != nil || !created {
+			t.Fatalf("accept %s: %v %v", id, created, err)
+		}
+		recs = append(recs, rec)
+	}
+	return recs
+}
+
+// allPending is every pending tx id, in the order the engine is offered them.
+func allPending(t *testing.T, s *store) []string {
+	t.Helper()
+	ids, _, _, err := s.pending(1000, 0, func(string) bool { return false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+// TestQueueIsFirstInFirstOut: the engine is offered pending anchors in
+// the order they were accepted, whatever their ids, batch after batch
+// from where the last one ended; an anchor sealed or refused leaves its
+// place, and the oldest pending one is the first in the queue.
+func TestQueueIsFirstInFirstOut(t *testing.T) {
+	s, err := openStore(filepath.Join(t.TempDir(), "anchors.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeStore(t, s)
+	recs := queueOf(t, s, "t9", "t1", "t5", "t3")
+	if got := allPending(t, s); !slices.Equal(got, []string{"t9", "t1", "t5", "t3"}) {
+		t.Fatalf("pending = %v, want the order of acceptance", got)
+	}
+	none := func(string) bool { return false }
+	ids, txs, last, err := s.pending(2, 0, none)
+	if err != nil || !slices.Equal(ids, []string{"t9", "t1"}) || string(txs[1]) != `{"tx":"t1"}` {
+		t.Fatalf("first batch = %v %s %v", ids, txs, err)
+	}
+	if ids, _, _, _ = s.pending(2, last, none); !slices.Equal(ids, []string{"t5", "t3"}) {
+		t.Fatalf("second batch = %v, want t5 t3", ids)
+	}
+	// Ones sent moments ago are passed over, not the batch cut short.
+	if ids, _, _, _ = s.pending(2, 0, func(id string) bool { return id == "t1" }); !slices.Equal(ids, []string{"t9", "t5"}) {
+		t.Fatalf("batch with t1 skipped = %v, want t9 t5", ids)
+	}
+	if !s.oldestPending().Equal(recs[0].CreatedAt) {
+		t.Errorf("oldest pending %s, want t9's %s", s.oldestPending(), recs[0].CreatedAt)
+	}
+	if _, err := s.markSealedOnly([]sealedTx{{id: "t9", height: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.markRefused([]refusal{{id: "t5", code: "C", reason: "why"}}); err != nil {
+		t.Fatal(err)
+	}
+	queueOf(t, s, "t0")
+	if got := allPending(t, s); !slices.Equal(got, []string{"t1", "t3", "t0"}) {
+		t.Fatalf("pending after sealing t9 and refusing t5 = %v, want t1 t3 t0", got)
+	}
+	if !s.oldestPending().Equal(recs[1].CreatedAt) {
+		t.Errorf("oldest pending %s, want t1's %s", s.oldestPending(), recs[1].CreatedAt)
+	}
+	if n := queueLen(t, s); n != 3 {
+		t.Errorf("the queue holds %d places, want 3: sealed and refused anchors leave it", n)
+	}
+}
+
+// queueLen is how many places s's queue holds.
+func queueLen(t *testing.T, s *store) int {
+	t.Helper()
+	n := 0
+	if err := s.db.View(func(tx *bolt.Tx) error { n = tx.Bucket(bucketQueue).Stats().KeyN; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestQueueOrderIsRebuiltAfterAnOlderRelease: a queue an earlier release
+// wrote (schema 2: no order kept), as after a rollback and a deploy
+// again, which sealed anchors without taking them out of the order and
+// accepted others without putting them in, opens with every pending
+// anchor in the order of its acceptance and nothing else.
+func TestQueueOrderIsRebuiltAfterAnOlderRelease(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "anchors.db")
+	s, err := openStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	queueOf(t, s, "t8", "t2", "t6")
+	closeStore(t, s)
+
+	// The earlier release: t8 sealed (its pending entry gone, its place
+	// kept), t1 accepted before t4 (no places), schema 2 written.
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketPending).Delete([]byte("t8")); err != nil {
+			return err
+		}
+		for i, id := range []string{"t1", "t4"} {
+			v, _ := json.Marshal(map[string]any{"owner": "bob", "session_id": "s-" + id, "tx_id": id, "tx": json.RawMessage(`{}`), "status": "pending",
+				"created_at": time.Date(2026, 12, 7, 10, 0, i, 0, time.UTC)})
+			key := anchorKey("bob", "s-"+id)
+			if err := errors.Join(tx.Bucket(bucketAnchors).Put(key, v), tx.Bucket(bucketPending).Put([]byte(id), key)); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketMeta).Put(keySchema, []byte("2"))
+	})
+	if err := errors.Join(err, db.Close()); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = openStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeStore(t, s)
+	if got := allPending(t, s); !slices.Equal(got, []string{"t2", "t6", "t1", "t4"}) {
+		t.Fatalf("pending = %v, want t2 t6 t1 t4", got)
+	}
+	if n := queueLen(t, s); n != 4 {
+		t.Errorf("the queue holds %d places, want 4", n)
+	}
+	if _, err := s.markSealedOnly([]sealedTx{{id: "t2"}, {id: "t1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := allPending(t, s); !slices.Equal(got, []string{"t6", "t4"}) || queueLen(t, s) != 2 {
+		t.Fatalf("pending after sealing two = %v (%d places), want t6 t4", got, queueLen(t, s))
 	}
 }
