@@ -123,6 +123,18 @@ func peerHost(fc *fasthttp.RequestCtx) string {
 	return host
 }
 
+// viaTrustedProxy reports whether the request's direct peer is a trusted
+// proxy, whose X-Request-ID the gateway keeps. Anyone else's is replaced:
+// a client could otherwise give its requests another's ID, in every log
+// line and error body that follows it.
+func (a *App) viaTrustedProxy(fc *fasthttp.RequestCtx) bool {
+	if len(a.trusted) == 0 {
+		return false
+	}
+	var buf [64]byte
+	return a.isTrusted(string(appendPeer(buf[:0], fc)))
+}
+
 func (a *App) isTrusted(s string) bool {
 	ip := net.ParseIP(s)
 	if ip == nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/pickme/lucid/pkg/auth"
+	"github.com/pickme/lucid/pkg/service"
 )
 
 // Reads and requests with bodies take one proxy path, but differ in what
@@ -185,13 +186,14 @@ func TestProxySemantics(t *testing.T) {
 			if r.Header.Get(HeaderSub) != "alice" || r.Header.Get(HeaderTier) != "enterprise" || len(r.Header.Values(HeaderTier)) != 1 {
 				t.Errorf("identity: %v", r.Header)
 			}
-			if r.Header.Get("X-Request-ID") != "rid-1" || r.Host != strings.TrimPrefix(up.URL, "http://") {
+			// The client is no trusted proxy: its own ID is replaced.
+			if id := r.Header.Get("X-Request-ID"); id == "rid-1" || !service.ValidRequestID(id) || r.Host != strings.TrimPrefix(up.URL, "http://") {
 				t.Errorf("request ID %q, Host %q", r.Header.Get("X-Request-ID"), r.Host)
 			}
 			if resp.Header.Get("X-Internal") != "" || resp.Header.Get("Keep-Alive") != "" {
 				t.Errorf("hop-by-hop response headers relayed: %v", resp.Header)
 			}
-			if ids := resp.Header.Values("X-Request-ID"); len(ids) != 1 || ids[0] != "rid-1" || resp.Header.Get("X-Answer") != "42" {
+			if ids := resp.Header.Values("X-Request-ID"); len(ids) != 1 || ids[0] != r.Header.Get("X-Request-ID") || resp.Header.Get("X-Answer") != "42" {
 				t.Errorf("response headers: %v", resp.Header)
 			}
 			if resp.Header.Get("RateLimit-Limit") == "" {

@@ -248,11 +248,12 @@ func TestProxyHeadersAndPaths(t *testing.T) {
 	if r.Header.Get(HeaderSub) != "alice" || r.Header.Get(HeaderTier) != "premium" {
 		t.Errorf("identity headers upstream: sub %q tier %q", r.Header.Get(HeaderSub), r.Header.Get(HeaderTier))
 	}
-	if r.Header.Get("X-Request-ID") != "req-123" || r.Header.Get("X-Forwarded-For") == "" || r.Header.Get("X-Forwarded-Proto") != "http" {
+	// The client is no trusted proxy: its X-Request-ID is replaced.
+	if id := r.Header.Get("X-Request-ID"); id == "req-123" || !service.ValidRequestID(id) || r.Header.Get("X-Forwarded-For") == "" || r.Header.Get("X-Forwarded-Proto") != "http" {
 		t.Errorf("forwarding headers: %v", r.Header)
 	}
-	if ids := resp.Header.Values("X-Request-ID"); len(ids) != 1 || ids[0] != "req-123" {
-		t.Errorf("X-Request-ID on the response = %v", ids)
+	if ids := resp.Header.Values("X-Request-ID"); len(ids) != 1 || ids[0] != r.Header.Get("X-Request-ID") {
+		t.Errorf("X-Request-ID on the response = %v, upstream got %q", ids, r.Header.Get("X-Request-ID"))
 	}
 	if resp.Header.Get("RateLimit-Limit") != "1000" {
 		t.Errorf("RateLimit-Limit = %q", resp.Header.Get("RateLimit-Limit"))
@@ -401,5 +402,43 @@ func TestGCTarget(t *testing.T) {
 	startGateway(t, be.URL, map[string]string{"GOGC": "150"})
 	if got := debug.SetGCPercent(100); got != 100 {
 		t.Errorf("GC percent %d with GOGC set, want it left alone", got)
+	}
+}
+
+// TestRequestIDKeptOnlyFromATrustedProxy: a trusted proxy's X-Request-ID
+// goes on, upstream and back, on proxied requests and on the gateway's
+// own endpoints alike; anyone else's is replaced, so that no client can
+// give its requests another request's ID in the logs.
+func TestRequestIDKeptOnlyFromATrustedProxy(t *testing.T) {
+	be := newBackend(t)
+	for _, tc := range []struct {
+		name    string
+		trusted string
+		kept    bool
+	}{
+		{"no trusted proxy", "", false},
+		{"another address trusted", "192.0.2.1", false},
+		{"the client a trusted proxy", "127.0.0.1", true},
+	} {
+		env := map[string]string{}
+		if tc.trusted != "" {
+			env["LUCID_TRUSTED_PROXIES"] = tc.trusted
+		}
+		g := startGateway(t, be.URL, env)
+		tok := g.token(t, "alice", auth.TierPremium)
+		resp, _ := g.get(t, "/api/v1/anchors/x", map[string]string{"Authorization": "Bearer " + tok, "X-Request-ID": "edge-42"})
+		up := be.lastRequest().Header.Get("X-Request-ID")
+		if back := resp.Header.Get("X-Request-ID"); (up == "edge-42") != tc.kept || back != up {
+			t.Errorf("%s: upstream got %q, the client %q; kept should be %v", tc.name, up, back, tc.kept)
+		}
+		for _, path := range []string{"/health", "/nowhere"} {
+			resp, body := g.get(t, path, map[string]string{"X-Request-ID": "edge-43"})
+			if got := resp.Header.Get("X-Request-ID"); (got == "edge-43") != tc.kept || !service.ValidRequestID(got) {
+				t.Errorf("%s: %s answered X-Request-ID %q; kept should be %v", tc.name, path, got, tc.kept)
+			}
+			if path == "/nowhere" && strings.Contains(body, "edge-43") != tc.kept {
+				t.Errorf("%s: the 404's body %s", tc.name, body)
+			}
+		}
 	}
 }

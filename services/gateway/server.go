@@ -290,7 +290,7 @@ func (a *App) handle(fc *fasthttp.RequestCtx) {
 	c := calls.Get().(*call)
 	c.fc, c.rp, c.start = fc, rp, time.Now()
 	c.id = ""
-	if v := fc.Request.Header.Peek(service.HeaderRequestID); len(v) > 0 && service.ValidRequestID(string(v)) {
+	if v := fc.Request.Header.Peek(service.HeaderRequestID); len(v) > 0 && service.ValidRequestID(string(v)) && a.viaTrustedProxy(fc) {
 		c.id = string(v)
 	}
 	if c.id == "" {
@@ -348,6 +348,9 @@ func (a *App) serveOwn(fc *fasthttp.RequestCtx) {
 			return
 		}
 		fc.Request.SetBody(body)
+	}
+	if !a.viaTrustedProxy(fc) {
+		fc.Request.Header.Del(service.HeaderRequestID) // package service's handlers would keep it
 	}
 	a.own(fc)
 }
