@@ -205,9 +205,19 @@ func VerifyInclusion(index, size uint64, leafHash []byte, p [][]byte, root []byt
 	return nil
 }
 
+// ErrRootMismatch marks a consistency proof that is well formed but leads
+// to another root than the one it is checked against: the two trees hold
+// different leaves. Any other failure says nothing of the trees (a proof
+// cut short, or of the wrong size).
+var ErrRootMismatch = errors.New("the proof leads to another root")
+
 // VerifyConsistency checks that root1 (size1) is a prefix of root2 (size2).
 func VerifyConsistency(size1, size2 uint64, p [][]byte, root1, root2 []byte) error {
-	return proof.VerifyConsistency(Hasher, size1, size2, p, root1, root2)
+	err := proof.VerifyConsistency(Hasher, size1, size2, p, root1, root2)
+	if _, ok := errors.AsType[proof.RootMismatchError](err); ok {
+		return fmt.Errorf("%w: %w", ErrRootMismatch, err)
+	}
+	return err
 }
 
 // MemoryStore is a NodeStore in memory.

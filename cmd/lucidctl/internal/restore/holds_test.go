@@ -175,13 +175,18 @@ func TestHoldsDataComparesHistories(t *testing.T) {
 			[]string{"40 transactions in 20 blocks more than the backup: the restore drops them"}, []string{another, "not compared"}},
 		{"ahead on another history", theirs, backupAt(260),
 			[]string{"the chain holds 300 transactions in 120 blocks, " + another + " (its first 260 transactions are not the backup's)",
-				"the restore replaces all of them", "anchors in them are lost"}, []string{"more than the backup"}},
+				"the restore replaces all of them", "anchors in them are lost", "take a backup of the host first"},
+			// No block of another history follows the restored head.
+			[]string{"more than the backup", "fence lift"}},
 		{"ahead of a backup taken before the fork", theirs, backupAt(200),
 			[]string{"100 transactions in 20 blocks more than the backup"}, []string{another}},
 		{"as far as the backup, on its history", ours, backupAt(300),
 			[]string{"the chain holds 300 transactions in 120 blocks"}, []string{another, "more than the backup", "not compared"}},
 		{"as far as the backup, on another history", theirs, backupAt(300),
 			[]string{another}, []string{"more than the backup"}},
+		{"behind the backup", chainOf(t, 200, forked), backupAt(260),
+			[]string{"the chain holds 200 transactions in 120 blocks, fewer than the backup's 260 and not compared with its history",
+				"take a backup of the host first"}, []string{another, "more than the backup"}},
 	} {
 		host = tc.host
 		got := strings.Join(holdsData(ctx, hostServices{srv.URL}, tc.backup), "; ")
@@ -200,19 +205,30 @@ func TestHoldsDataComparesHistories(t *testing.T) {
 		t.Errorf("%d consistency proofs asked for, want 3 (one per host ahead of its backup)", proofs)
 	}
 
-	// An engine that cannot prove its history leaves the figures said,
-	// with why they were not compared.
-	broken := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/api/v1/consistency" {
+	// An engine that cannot prove its history, or whose proof is cut
+	// short, leaves the figures said, with why they were not compared:
+	// neither is a sign of another history.
+	for name, answer := range map[string]func(http.ResponseWriter){
+		"an error": func(w http.ResponseWriter) {
 			http.Error(w, `{"error":{"code":"LUCID_ERR_5000","message":"no proof"}}`, http.StatusInternalServerError)
-			return
+		},
+		"an empty proof": func(w http.ResponseWriter) {
+			_ = json.NewEncoder(w).Encode(engineapi.ConsistencyProof{From: 260, To: 300, Proof: []string{}})
+		},
+	} {
+		broken := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/api/v1/consistency" {
+				answer(w)
+				return
+			}
+			srv.Config.Handler.ServeHTTP(w, r)
+		}))
+		host = theirs
+		got := strings.Join(holdsData(ctx, hostServices{broken.URL}, backupAt(260)), "; ")
+		if !strings.Contains(got, "40 transactions in 20 blocks more than the backup (not compared with the backup's history: the engine's consistency proof:") ||
+			strings.Contains(got, another) {
+			t.Errorf("an engine answering %s: %q", name, got)
 		}
-		srv.Config.Handler.ServeHTTP(w, r)
-	}))
-	defer broken.Close()
-	host = ours
-	got := strings.Join(holdsData(ctx, hostServices{broken.URL}, backupAt(260)), "; ")
-	if !strings.Contains(got, "40 transactions in 20 blocks more than the backup (not compared with the backup's history: the engine's consistency proof:") {
-		t.Errorf("an engine without proofs: %q", got)
+		broken.Close()
 	}
 }

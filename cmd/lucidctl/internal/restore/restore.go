@@ -655,7 +655,9 @@ func keysReadBy(backup, deployed []byte) error {
 // the transaction adding the validator's key.
 const genesisTransactions = 1
 
-// lostAnchors is what dropping a host's transactions costs, and how to keep them.
+// lostAnchors is what dropping a host's transactions beyond the backup's
+// costs, and how to keep them: the fence lift takes blocks that follow
+// the restored head only.
 const lostAnchors = "anchors in them are lost unless another block manager holds them for `lucidctl maintenance fence lift --blocks-from` " +
 	"(take a backup of the host first to keep them)"
 
@@ -690,13 +692,16 @@ func besideBackup(ctx context.Context, eng *engineapi.Client, info *engineapi.Ch
 	case b.ChainID != info.ChainID:
 		return fmt.Sprintf(", of another chain than the backup's (%s, the backup's %s)", info.ChainID, b.ChainID)
 	case info.TreeSize < b.TreeSize:
-		return ""
+		return fmt.Sprintf(", fewer than the backup's %d and not compared with its history: if they are not its first ones, "+
+			"the restore drops them (take a backup of the host first to keep them)", b.TreeSize)
 	}
 	compared := ""
 	switch err := extendsBackup(ctx, eng, info, b); {
 	case errors.Is(err, chain.ErrInconsistent):
+		// Blocks of another history never follow the restored head, so
+		// no fence lift brings these back.
 		return fmt.Sprintf(", of another history than the backup's (its first %d transactions are not the backup's): "+
-			"the restore replaces all of them with the backup's, and %s", b.TreeSize, lostAnchors)
+			"the restore replaces all of them with the backup's, and anchors in them are lost (take a backup of the host first to keep them)", b.TreeSize)
 	case err != nil:
 		compared = fmt.Sprintf(" (not compared with the backup's history: %v)", err)
 	}
@@ -733,8 +738,11 @@ func extendsBackup(ctx context.Context, eng *engineapi.Client, info *engineapi.C
 			return fmt.Errorf("the engine's consistency proof: %w", err)
 		}
 	}
-	if err := logtree.VerifyConsistency(b.TreeSize, info.TreeSize, p, older, newer); err != nil {
+	switch err := logtree.VerifyConsistency(b.TreeSize, info.TreeSize, p, older, newer); {
+	case errors.Is(err, logtree.ErrRootMismatch):
 		return fmt.Errorf("%w: %w", chain.ErrInconsistent, err)
+	case err != nil:
+		return fmt.Errorf("the engine's consistency proof: %w", err) // malformed: proves nothing either way
 	}
 	return nil
 }
