@@ -209,18 +209,27 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 			// Another command holds the host now: it is its to start.
 			return res, fmt.Errorf("%w; no volume was replaced; the services stopped for the restore stay stopped", err)
 		}
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), restartWait)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), restartWait+d.cfg.HealthTimeout)
 		defer cancel()
 		var serr []error
+		again := map[string]bool{}
 		for i := len(stopped) - 1; i >= 0; i-- {
 			if e := d.h.docker.ContainerStart(sctx, stopped[i].c.ID, container.StartOptions{}); e != nil {
 				serr = append(serr, fmt.Errorf("start %s: %w", stopped[i].name, e))
 			}
+			again[stopped[i].c.Labels[composeServiceLabel]] = true
 		}
 		if len(serr) > 0 {
 			return res, fmt.Errorf("%w; no volume was replaced, and starting the services again failed: %w", err, errors.Join(serr...))
 		}
-		d.emit(StepStart, EventOK, "no volume was replaced: the services stopped for the restore run again")
+		// Started is not serving: the operator is told they run only
+		// once their health checks pass, as after a restore that did.
+		d.emit(StepHealth, EventStart, fmt.Sprintf("no volume was replaced: the services stopped for the restore started again, healthy within %s", d.cfg.HealthTimeout))
+		if e := d.h.waitHealthy(sctx, cur.ID, len(again), d.cfg.HealthTimeout, again); e != nil {
+			d.emit(StepHealth, EventFail, e.Error())
+			return res, fmt.Errorf("%w; no volume was replaced, and the services stopped for the restore started again but are not healthy: %w", err, e)
+		}
+		d.emit(StepHealth, EventOK, "no volume was replaced: the services stopped for the restore run again")
 		return res, fmt.Errorf("%w; no volume was replaced, and the services stopped for the restore run again", err)
 	}
 	for i := len(cycle) - 1; i >= 0; i-- {
@@ -320,7 +329,8 @@ const (
 	// staged files to the card and renaming them into place.
 	swapWait = 15 * time.Minute
 	// restartWait bounds starting the services again after a restore
-	// that replaced nothing, interrupt or not.
+	// that replaced nothing, interrupt or not (their health gate has its
+	// own bound on top).
 	restartWait = 2 * time.Minute
 )
 

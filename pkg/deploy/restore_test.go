@@ -130,9 +130,14 @@ func TestRestoreIntoTheVolumes(t *testing.T) {
 			bad.Manifest.Files[i] = snapshotapi.File{Path: "restored/other", Size: 1, Mode: 0o600, SHA256: strings.Repeat("0", 64)}
 		}
 	}
+	events = events[:0]
 	res, err = d.Restore(ctx, RestoreOptions{Data: []ServiceData{bad}})
 	if err == nil || !strings.Contains(err.Error(), "does not match") || !strings.Contains(err.Error(), "no volume was replaced, and the services stopped for the restore run again") {
 		t.Fatalf("restore of a mismatching file: %v", err)
+	}
+	// They are said to run again once their health checks pass.
+	if last := events[len(events)-1]; last.Step != StepHealth || last.Status != EventOK || !f.gatewayHealthy() {
+		t.Errorf("after a restore that replaced nothing, the last event is %+v, want the services' health gate passed", last)
 	}
 	if res == nil || len(res.Services) != 0 {
 		t.Errorf("a restore that replaced nothing: %+v", res)
