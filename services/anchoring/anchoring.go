@@ -141,6 +141,9 @@ func (a *App) poke() {
 // duplicates).
 func (a *App) submitLoop(ctx context.Context) {
 	backoff := service.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
+	// While the engine defers anchors, the next pass waits this long:
+	// every new anchor's kick would only have it turn the same ones away.
+	full := service.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -150,38 +153,48 @@ func (a *App) submitLoop(ctx context.Context) {
 		case <-a.kick:
 		case <-tick.C:
 		}
-		if !a.submitPass(ctx, &backoff) {
+		deferred, ok := a.submitPass(ctx, &backoff)
+		switch {
+		case !ok:
+			return
+		case !deferred:
+			full.Reset()
+		case !full.Wait(ctx):
 			return
 		}
 	}
 }
 
 // submitPass goes through the queue once, in batches, oldest first,
-// retrying a batch that fails after backoff; false when ctx ended.
-func (a *App) submitPass(ctx context.Context, backoff *service.Backoff) bool {
+// retrying a batch that fails after backoff. It stops after a batch the
+// engine deferred anchors of (its mempool full): the next pass starts
+// from the oldest again, so the anchors accepted first take the room
+// that frees first. It reports whether it stopped so; ok is false when
+// ctx ended.
+func (a *App) submitPass(ctx context.Context, backoff *service.Backoff) (deferred, ok bool) {
 	var after uint64
 	for ctx.Err() == nil {
-		n, last, err := a.submitOnce(ctx, after)
+		n, last, deferred, err := a.submitOnce(ctx, after)
 		if err != nil {
 			a.logger.Warn("submit to the engine failed; retrying", "error", err, "backoff", backoff.Delay())
 			if !backoff.Wait(ctx) {
-				return false
+				return false, false
 			}
 			continue
 		}
 		backoff.Reset()
-		if n < a.batch {
-			return true
+		if deferred || n < a.batch {
+			return deferred, true
 		}
 		after = last
 	}
-	return false
+	return false, false
 }
 
 // submitOnce sends the engine the next batch of pending anchors after
-// the queue's place after, and returns how many it sent and the place it
-// got to.
-func (a *App) submitOnce(ctx context.Context, after uint64) (int, uint64, error) {
+// the queue's place after, and returns how many it sent, the place it
+// got to, and whether the engine deferred any.
+func (a *App) submitOnce(ctx context.Context, after uint64) (sent int, last uint64, deferred bool, err error) {
 	now := time.Now()
 	skip := func(id string) bool {
 		a.mu.Lock()
@@ -193,14 +206,14 @@ func (a *App) submitOnce(ctx context.Context, after uint64) (int, uint64, error)
 	// follower are not held up by a long pending list.
 	ids, txs, last, err := a.store.pending(a.batch, after, skip)
 	if err != nil || len(ids) == 0 {
-		return 0, last, err
+		return 0, last, false, err
 	}
 	res, err := a.engine.Submit(ctx, txs)
 	if err != nil {
-		return 0, after, err
+		return 0, after, false, err
 	}
 	if len(res.Transactions) != len(ids) {
-		return 0, after, fmt.Errorf("the engine answered %d items for %d transactions", len(res.Transactions), len(ids))
+		return 0, after, false, fmt.Errorf("the engine answered %d items for %d transactions", len(res.Transactions), len(ids))
 	}
 	// The engine answers item by item. A transaction it already sealed
 	// (sent there by another route, or sealed in a block this follower
@@ -209,6 +222,7 @@ func (a *App) submitOnce(ctx context.Context, after uint64) (int, uint64, error)
 	// never holds back the others.
 	var sealed []sealedTx
 	var refused []refusal
+	var later []string // deferred: not skipped as sent, so the next pass offers them first
 	for i, st := range res.Transactions {
 		switch st.Status {
 		case engineapi.StatusSealed:
@@ -218,19 +232,21 @@ func (a *App) submitOnce(ctx context.Context, after uint64) (int, uint64, error)
 		case engineapi.StatusRefused:
 			refused = append(refused, refusal{id: ids[i], code: st.Code, reason: st.Reason})
 			a.logger.Warn("the engine refused an anchor", "tx", ids[i], "code", st.Code, "reason", st.Reason)
+		case engineapi.StatusDeferred:
+			later = append(later, ids[i])
 		}
 	}
 	if len(sealed) > 0 {
 		n, err := a.store.markSealedOnly(sealed)
 		if err != nil {
-			return 0, after, err
+			return 0, after, false, err
 		}
 		a.sealed.Add(float64(n))
 	}
 	if len(refused) > 0 {
 		n, err := a.store.markRefused(refused)
 		if err != nil {
-			return 0, after, err
+			return 0, after, false, err
 		}
 		a.refused.Add(float64(n))
 	}
@@ -244,8 +260,11 @@ func (a *App) submitOnce(ctx context.Context, after uint64) (int, uint64, error)
 	for _, r := range refused {
 		delete(a.submitted, r.id)
 	}
+	for _, id := range later {
+		delete(a.submitted, id)
+	}
 	a.mu.Unlock()
-	return len(ids), last, nil
+	return len(ids), last, len(later) > 0, nil
 }
 
 // followLoop follows the engine's blocks from the last one seen and marks

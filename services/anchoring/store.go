@@ -10,7 +10,6 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/pickme/lucid/pkg/chain"
 )
@@ -184,8 +183,10 @@ func keyByOwner(tx *bolt.Tx) error {
 // release neither queued what it accepted nor took out of the queue what
 // it sealed.
 func orderPending(tx *bolt.Tx) error {
-	if err := tx.DeleteBucket(bucketQueue); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
-		return err
+	if tx.Bucket(bucketQueue) != nil {
+		if err := tx.DeleteBucket(bucketQueue); err != nil { // its places, and its sequence
+			return err
+		}
 	}
 	queue, err := tx.CreateBucket(bucketQueue)
 	if err != nil {

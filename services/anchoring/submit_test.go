@@ -19,70 +19,105 @@ import (
 	"github.com/pickme/lucid/pkg/service"
 )
 
-// TestDeferredAnchorsGoFirstAgain: while the engine defers anchors (its
-// mempool full), each pass offers it the pending ones in the order they
-// were accepted, batch after batch: an anchor accepted early is offered
-// before every newer one, whatever its id.
-func TestDeferredAnchorsGoFirstAgain(t *testing.T) {
-	var mu sync.Mutex
-	var offered [][]string
-	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var txs []struct{ Tx string }
-		if err := json.NewDecoder(r.Body).Decode(&txs); err != nil || r.URL.Path != "/api/v1/transactions" {
-			http.Error(w, "bad submission", http.StatusBadRequest)
-			return
+// fullEngine takes anchors while its mempool has room and defers the
+// rest, as the engine does, and records what each pass offers it.
+type fullEngine struct {
+	t       *testing.T
+	mu      sync.Mutex
+	room    int
+	offered [][]string
+	seen    map[string]bool // this pass
+	cancel  context.CancelFunc
+}
+
+func (e *fullEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var txs []struct{ Tx string }
+	if err := json.NewDecoder(r.Body).Decode(&txs); err != nil || r.URL.Path != "/api/v1/transactions" {
+		http.Error(w, "bad submission", http.StatusBadRequest)
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var batch []string
+	out := engineapi.SubmitResponse{}
+	for _, tx := range txs {
+		if e.seen[tx.Tx] {
+			e.t.Errorf("%s offered twice in one pass", tx.Tx)
+			e.cancel() // a pass that goes round for ever
 		}
-		var batch []string
-		out := engineapi.SubmitResponse{}
-		for _, tx := range txs {
-			batch = append(batch, tx.Tx)
-			out.Transactions = append(out.Transactions, engineapi.TxStatus{ID: tx.Tx, Status: engineapi.StatusDeferred, Code: engineapi.CodeMempoolFull})
+		e.seen[tx.Tx] = true
+		batch = append(batch, tx.Tx)
+		st := engineapi.TxStatus{ID: tx.Tx, Status: engineapi.StatusPending}
+		if e.room == 0 {
+			st.Status, st.Code = engineapi.StatusDeferred, engineapi.CodeMempoolFull
+		} else {
+			e.room--
 		}
-		mu.Lock()
-		offered = append(offered, batch)
-		mu.Unlock()
-		_ = json.NewEncoder(w).Encode(out)
-	}))
-	defer engine.Close()
+		out.Transactions = append(out.Transactions, st)
+	}
+	e.offered = append(e.offered, batch)
+	_ = json.NewEncoder(w).Encode(out)
+}
+
+// TestOldestAnchorsTakeTheRoomFirst: each pass offers the engine the
+// pending anchors in the order they were accepted, batch after batch
+// from where the last one ended. A pass stops at a batch the engine
+// deferred anchors of (its mempool full), and the deferred ones are not
+// held back as sent: the next pass offers them before any newer anchor,
+// so the room that frees goes to the oldest.
+func TestOldestAnchorsTakeTheRoomFirst(t *testing.T) {
 	s, err := openStore(filepath.Join(t.TempDir(), "anchors.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer closeStore(t, s)
+	eng := &fullEngine{t: t}
+	srv := httptest.NewServer(eng)
+	defer srv.Close()
 	a := &App{
-		batch: 2, resubmitAfter: time.Hour, store: s, engine: engineapi.New(engine.URL, engine.Client()),
+		batch: 2, resubmitAfter: time.Hour, store: s, engine: engineapi.New(srv.URL, srv.Client()),
 		logger: slog.New(slog.NewTextHandler(io.Discard, nil)), submitted: map[string]time.Time{},
 		sealed: prometheus.NewCounter(prometheus.CounterOpts{Name: "sealed"}), refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "refused"}),
 	}
-	pass := func() [][]string {
+	pass := func(room int) ([][]string, bool) {
 		t.Helper()
-		mu.Lock()
-		offered = nil
-		mu.Unlock()
-		if !a.submitPass(context.Background(), &service.Backoff{Min: time.Millisecond, Max: time.Millisecond}) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		eng.mu.Lock()
+		eng.room, eng.offered, eng.seen, eng.cancel = room, nil, map[string]bool{}, cancel
+		eng.mu.Unlock()
+		deferred, ok := a.submitPass(ctx, &service.Backoff{Min: time.Millisecond, Max: time.Millisecond})
+		if !ok {
 			t.Fatal("the pass ended early")
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		return offered
+		eng.mu.Lock()
+		defer eng.mu.Unlock()
+		return eng.offered, deferred
+	}
+	want := func(name string, got [][]string, deferred bool, batches [][]string, wantDeferred bool) {
+		t.Helper()
+		if !slices.EqualFunc(got, batches, slices.Equal) || deferred != wantDeferred {
+			t.Fatalf("%s: offered %v (stopped deferred: %v), want %v (%v)", name, got, deferred, batches, wantDeferred)
+		}
 	}
 
 	queueOf(t, s, "t4", "t3", "t2", "t1", "t5")
-	if got := pass(); !slices.EqualFunc(got, [][]string{{"t4", "t3"}, {"t2", "t1"}, {"t5"}}, slices.Equal) {
-		t.Fatalf("first pass offered %v, want the order of acceptance in batches of 2", got)
-	}
-	// Within resubmitAfter, nothing goes again; a new anchor goes at once.
+	got, deferred := pass(3)
+	want("room for three", got, deferred, [][]string{{"t4", "t3"}, {"t2", "t1"}}, true)
+	// t1 was deferred: with room for one, it goes before t5 and the
+	// newer t0; the rest, taken, are not offered again.
 	queueOf(t, s, "t0")
-	if got := pass(); !slices.EqualFunc(got, [][]string{{"t0"}}, slices.Equal) {
-		t.Fatalf("second pass offered %v, want the new t0 alone", got)
+	got, deferred = pass(1)
+	want("room for one", got, deferred, [][]string{{"t1", "t5"}}, true)
+	got, deferred = pass(10)
+	want("room for all", got, deferred, [][]string{{"t5", "t0"}}, false)
+	if got, deferred = pass(10); len(got) != 0 || deferred {
+		t.Fatalf("a pass with everything taken offered %v", got)
 	}
-	// Once resubmitAfter has passed, the deferred ones go again, oldest first.
-	a.mu.Lock()
-	for id := range a.submitted {
-		a.submitted[id] = time.Now().Add(-2 * time.Hour)
-	}
-	a.mu.Unlock()
-	if got := pass(); !slices.EqualFunc(got, [][]string{{"t4", "t3"}, {"t2", "t1"}, {"t5", "t0"}}, slices.Equal) {
-		t.Fatalf("third pass offered %v, want every anchor again in the order of acceptance", got)
-	}
+
+	// Offered again each pass (resubmitAfter 0), every anchor goes once
+	// a pass: each batch starts where the last one ended.
+	a.resubmitAfter = 0
+	got, deferred = pass(10)
+	want("every anchor again", got, deferred, [][]string{{"t4", "t3"}, {"t2", "t1"}, {"t5", "t0"}}, false)
 }
