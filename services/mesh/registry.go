@@ -58,6 +58,10 @@ type registrar struct {
 	lagging   []string
 	lagSince  time.Time
 	lagWarned bool
+	// unreadSince is when the catalog could last not be read, in a row
+	// (zero: it was read); unreadWarned says the log has said so.
+	unreadSince  time.Time
+	unreadWarned bool
 }
 
 // catalogWait is how long a round of sync waits for the catalog to take
@@ -152,17 +156,19 @@ func (g *registrar) sync(ctx context.Context) {
 	// A catalog that cannot be read (a cluster electing its leader) leaves
 	// the last verdict standing: only a catalog seen lacking them counts.
 	var lagging []string
+	var lagErr error
 	lagRead := false
 	if err == nil {
-		var lagErr error
 		lagging, lagErr = g.catalogLag(ctx, want)
-		if lagRead = lagErr == nil; !lagRead {
-			g.logger.Debug("consul's catalog unread", "error", lagErr)
-		}
+		lagRead = lagErr == nil
 	}
+	applied := err == nil
 	err = errors.Join(aclErr, err)
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if applied {
+		g.noteRead(lagErr, time.Now())
+	}
 	switch {
 	case err != nil && g.lastErr == nil:
 		g.logger.Warn("consul sync failed; retrying", "error", err)
@@ -295,6 +301,29 @@ func (g *registrar) noteLag(lagging []string) {
 		g.lagWarned = false
 	}
 	g.lagging = lagging
+}
+
+// noteRead keeps since when the catalog could not be read, and says in the
+// log once it has not been for lagWarnAfter, while /ready keeps the
+// verdict of its last read, and again when it is read. The caller holds
+// g.mu.
+func (g *registrar) noteRead(err error, now time.Time) {
+	switch {
+	case err == nil:
+		if g.unreadWarned {
+			g.logger.Info("consul's catalog can be read again", "after", now.Sub(g.unreadSince).Round(time.Second).String())
+		}
+		g.unreadSince, g.unreadWarned = time.Time{}, false
+	case g.unreadSince.IsZero():
+		g.unreadSince = now
+		g.logger.Debug("consul's catalog unread", "error", err)
+	case !g.unreadWarned && now.Sub(g.unreadSince) >= lagWarnAfter:
+		g.logger.Warn("consul's catalog cannot be read (a cluster without a leader?); /ready keeps the verdict of its last read",
+			"error", err, "for", now.Sub(g.unreadSince).Round(time.Second).String())
+		g.unreadWarned = true
+	default:
+		g.logger.Debug("consul's catalog unread", "error", err)
+	}
 }
 
 func sameRegistration(cur *consul.AgentService, r *consul.AgentServiceRegistration) bool {

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -442,5 +443,39 @@ func TestLagBehind(t *testing.T) {
 	}
 	if got := lagBehind(want, local, nil, checks); len(got) != 3 {
 		t.Errorf("no node in the catalog: lagging %v, want all three", got)
+	}
+}
+
+// TestCatalogUnreadIsSaid: a catalog that cannot be read for
+// lagWarnAfter in a row is said once at warn level, with the error and
+// that /ready keeps its last verdict, and once more when it is read
+// again; a short spell stays at debug level.
+func TestCatalogUnreadIsSaid(t *testing.T) {
+	var log bytes.Buffer
+	g := &registrar{logger: slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelInfo}))}
+	start := time.Date(2026, 12, 7, 20, 0, 0, 0, time.UTC)
+	noLeader := errors.New("Unexpected response code: 500 (No cluster leader)")
+	g.noteRead(noLeader, start)
+	g.noteRead(noLeader, start.Add(lagWarnAfter/2))
+	g.noteRead(nil, start.Add(lagWarnAfter))
+	if log.Len() != 0 {
+		t.Fatalf("a short spell unread was logged: %s", log.String())
+	}
+	g.noteRead(noLeader, start.Add(time.Minute))
+	g.noteRead(noLeader, start.Add(time.Minute+lagWarnAfter-time.Second))
+	if log.Len() != 0 {
+		t.Fatalf("logged before lagWarnAfter: %s", log.String())
+	}
+	for i := range 3 {
+		g.noteRead(noLeader, start.Add(time.Minute+lagWarnAfter+time.Duration(i)*time.Second))
+	}
+	if got := log.String(); strings.Count(got, "level=WARN") != 1 || !strings.Contains(got, "No cluster leader") ||
+		!strings.Contains(got, "/ready keeps the verdict of its last read") || !strings.Contains(got, "for=10s") {
+		t.Fatalf("after lagWarnAfter unread: %s", got)
+	}
+	log.Reset()
+	g.noteRead(nil, start.Add(2*time.Minute))
+	if got := log.String(); !strings.Contains(got, "level=INFO") || !strings.Contains(got, "can be read again") || !strings.Contains(got, "after=1m0s") {
+		t.Fatalf("read again: %s", got)
 	}
 }
