@@ -70,16 +70,21 @@ func TestHoldsDataSaysWhatTheBackupLacks(t *testing.T) {
 			Chain: &snapshotapi.ChainFacts{ChainID: "lucid-b", Height: 500, TreeSize: 900},
 		}, []string{"of another chain than the backup's (lucid-a, the backup's lucid-b)"}, []string{"more than the backup"}},
 	} {
-		got := strings.Join(holdsData(ctx, host, tc.backup), "; ")
-		for _, w := range tc.want {
-			if !strings.Contains(got, w) {
-				t.Errorf("%s: %q lacks %q", tc.name, got, w)
-			}
+		saysWhat(t, tc.name, strings.Join(holdsData(ctx, host, tc.backup), "; "), tc.want, tc.not)
+	}
+}
+
+// saysWhat checks that got says each of want and none of not.
+func saysWhat(t *testing.T, name, got string, want, not []string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(got, w) {
+			t.Errorf("%s: %q lacks %q", name, got, w)
 		}
-		for _, n := range tc.not {
-			if strings.Contains(got, n) {
-				t.Errorf("%s: %q says %q", tc.name, got, n)
-			}
+	}
+	for _, n := range not {
+		if strings.Contains(got, n) {
+			t.Errorf("%s: %q says %q", name, got, n)
 		}
 	}
 }
@@ -189,17 +194,7 @@ func TestHoldsDataComparesHistories(t *testing.T) {
 				"take a backup of the host first"}, []string{another, "more than the backup"}},
 	} {
 		host = tc.host
-		got := strings.Join(holdsData(ctx, hostServices{srv.URL}, tc.backup), "; ")
-		for _, w := range tc.want {
-			if !strings.Contains(got, w) {
-				t.Errorf("%s: %q lacks %q", tc.name, got, w)
-			}
-		}
-		for _, n := range tc.not {
-			if strings.Contains(got, n) {
-				t.Errorf("%s: %q says %q", tc.name, got, n)
-			}
-		}
+		saysWhat(t, tc.name, strings.Join(holdsData(ctx, hostServices{srv.URL}, tc.backup), "; "), tc.want, tc.not)
 	}
 	if proofs != 3 {
 		t.Errorf("%d consistency proofs asked for, want 3 (one per host ahead of its backup)", proofs)
