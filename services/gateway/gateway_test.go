@@ -440,5 +440,17 @@ func TestRequestIDKeptOnlyFromATrustedProxy(t *testing.T) {
 				t.Errorf("%s: the 404's body %s", tc.name, body)
 			}
 		}
+		// Refused before package service's handlers see it: a body of
+		// unknown length to /health.
+		req, _ := http.NewRequest(http.MethodPost, g.url+"/health", io.MultiReader(strings.NewReader("x")))
+		req.Header.Set("X-Request-ID", "edge-44")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := resp.Header.Get("X-Request-ID"); resp.StatusCode != http.StatusRequestEntityTooLarge || (got == "edge-44") != tc.kept {
+			t.Errorf("%s: a refused own request: %d, X-Request-ID %q; kept should be %v", tc.name, resp.StatusCode, got, tc.kept)
+		}
 	}
 }

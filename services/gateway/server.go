@@ -289,13 +289,7 @@ func (a *App) handle(fc *fasthttp.RequestCtx) {
 	}
 	c := calls.Get().(*call)
 	c.fc, c.rp, c.start = fc, rp, time.Now()
-	c.id = ""
-	if v := fc.Request.Header.Peek(service.HeaderRequestID); len(v) > 0 && service.ValidRequestID(string(v)) && a.viaTrustedProxy(fc) {
-		c.id = string(v)
-	}
-	if c.id == "" {
-		c.id = service.NewRequestID()
-	}
+	c.id = a.requestID(fc)
 	c.rctx.Reset(context.Background(), c.id)
 	c.ctx = &c.rctx
 	a.inFlight.Inc()
@@ -360,10 +354,19 @@ var (
 	pathMetrics = []byte("/metrics")
 )
 
+// requestID is the ID a request goes by: the X-Request-ID a trusted proxy
+// sent, or a new one.
+func (a *App) requestID(fc *fasthttp.RequestCtx) string {
+	if v := fc.Request.Header.Peek(service.HeaderRequestID); len(v) > 0 && service.ValidRequestID(string(v)) && a.viaTrustedProxy(fc) {
+		return string(v)
+	}
+	return service.NewRequestID()
+}
+
 // refuseOwn answers a request for the gateway's own endpoints with err,
 // logged and metered as package service's handler would.
 func (a *App) refuseOwn(fc *fasthttp.RequestCtx, err error) {
-	id := service.NewRequestID()
+	id := a.requestID(fc)
 	fc.Response.Header.Set(service.HeaderRequestID, id)
 	a.writeError(service.WithRequestID(context.Background(), id), fc, id, err)
 	a.srv.ObserveRequest("unmatched", string(fc.Method()), fc.Response.StatusCode(), time.Since(fc.Time()))
