@@ -172,6 +172,7 @@ func (a *App) submitLoop(ctx context.Context) {
 // that frees first. It reports whether it stopped so; ok is false when
 // ctx ended.
 func (a *App) submitPass(ctx context.Context, backoff *service.Backoff) (deferred, ok bool) {
+	a.forgetSubmitted(time.Now())
 	var after uint64
 	for ctx.Err() == nil {
 		n, last, deferred, err := a.submitOnce(ctx, after)
@@ -189,6 +190,19 @@ func (a *App) submitPass(ctx context.Context, backoff *service.Backoff) (deferre
 		after = last
 	}
 	return false, false
+}
+
+// forgetSubmitted drops the submissions older than resubmitAfter, which
+// no longer hold an anchor back: one sealed while its batch was on the
+// way is never deleted otherwise.
+func (a *App) forgetSubmitted(now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id, t := range a.submitted {
+		if now.Sub(t) >= a.resubmitAfter {
+			delete(a.submitted, id)
+		}
+	}
 }
 
 // submitOnce sends the engine the next batch of pending anchors after

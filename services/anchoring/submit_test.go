@@ -120,4 +120,17 @@ func TestOldestAnchorsTakeTheRoomFirst(t *testing.T) {
 	a.resubmitAfter = 0
 	got, deferred = pass(10)
 	want("every anchor again", got, deferred, [][]string{{"t4", "t3"}, {"t2", "t1"}, {"t5", "t0"}}, false)
+
+	// What was sent before resubmitAfter is forgotten on the next pass,
+	// so anchors sealed meanwhile leave nothing behind.
+	if _, err := s.markSealedOnly([]sealedTx{{id: "t4"}, {id: "t3"}, {id: "t2"}, {id: "t1"}, {id: "t5"}, {id: "t0"}}); err != nil {
+		t.Fatal(err)
+	}
+	a.resubmitAfter = time.Hour
+	a.mu.Lock()
+	a.submitted["sealed-on-the-way"] = time.Now().Add(-2 * time.Hour)
+	a.mu.Unlock()
+	if got, _ = pass(10); len(got) != 0 || len(a.submitted) != 6 {
+		t.Fatalf("with nothing pending: offered %v, %d submissions kept, want the 6 of the last pass", got, len(a.submitted))
+	}
 }
