@@ -58,8 +58,9 @@ type registrar struct {
 	lagging   []string
 	lagSince  time.Time
 	lagWarned bool
-	// unreadSince is when the catalog could last not be read, in a row
-	// (zero: it was read); unreadWarned says the log has said so.
+	// unreadSince is when the catalog's reads began to fail, the first
+	// failure of the current run (zero: the last read worked);
+	// unreadWarned says the log has said so.
 	unreadSince  time.Time
 	unreadWarned bool
 }
