@@ -2,6 +2,7 @@ package logtree
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"testing"
 
@@ -180,4 +181,62 @@ func BenchmarkVerifyInclusionParallel(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "proofs/s")
+}
+
+// TestConsistencyTellsAnotherTreeFromABadProof: a well-formed proof that
+// leads to another root is ErrRootMismatch, whether the older or the
+// newer tree differs; a proof cut short or grown is some other error.
+func TestConsistencyTellsAnotherTreeFromABadProof(t *testing.T) {
+	build := func(n int, name func(int) []byte) *Tree {
+		tr, err := New(MemoryStore{}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			if _, err := tr.AppendLeaf(name(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return tr
+	}
+	ours := build(20, leaf)
+	theirs := build(20, func(i int) []byte {
+		if i == 3 {
+			return []byte("another leaf")
+		}
+		return leaf(i)
+	})
+	root := func(tr *Tree, size uint64) []byte {
+		r, err := tr.RootAt(size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	p, err := ours.ConsistencyProof(7, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifyConsistency(7, 20, p, root(ours, 7), root(ours, 20)); err != nil {
+		t.Fatalf("a good proof: %v", err)
+	}
+	theirProof, _ := theirs.ConsistencyProof(7, 20)
+	for name, err := range map[string]error{
+		"another older tree":      VerifyConsistency(7, 20, theirProof, root(ours, 7), root(theirs, 20)),
+		"another newer tree":      VerifyConsistency(7, 20, p, root(ours, 7), root(theirs, 20)),
+		"same size, another root": VerifyConsistency(20, 20, nil, root(ours, 20), root(theirs, 20)),
+	} {
+		if !errors.Is(err, ErrRootMismatch) {
+			t.Errorf("%s: %v, want ErrRootMismatch", name, err)
+		}
+	}
+	for name, err := range map[string]error{
+		"cut short": VerifyConsistency(7, 20, p[:len(p)-1], root(ours, 7), root(ours, 20)),
+		"grown":     VerifyConsistency(7, 20, append(p, p[0]), root(ours, 7), root(ours, 20)),
+		"empty":     VerifyConsistency(7, 20, nil, root(ours, 7), root(ours, 20)),
+	} {
+		if err == nil || errors.Is(err, ErrRootMismatch) {
+			t.Errorf("%s: %v, want an error that is not ErrRootMismatch", name, err)
+		}
+	}
 }
