@@ -29,6 +29,9 @@ import (
 // ready, and removes once it is.
 const ProbeService = "lucid-consul-probe"
 
+// probeTarget is the probe's meta key naming what its check asks.
+const probeTarget = "lucid_probe_target"
+
 // Agent is a Consul agent's HTTP API.
 type Agent struct {
 	// Addr is host:port of its HTTP API.
@@ -51,15 +54,18 @@ func (a Agent) Check(ctx context.Context) error {
 	if leader == "" {
 		return errors.New("consul has no leader yet")
 	}
-	var services map[string]json.RawMessage
+	var services map[string]struct{ Meta map[string]string }
 	if err := a.call(ctx, http.MethodGet, "/v1/agent/services", nil, &services); err != nil {
 		return err
 	}
 	// Registered once: registering it again would start its check over.
-	if services[ProbeService] == nil {
-		reg := map[string]any{"ID": ProbeService, "Name": ProbeService, "Port": 1,
+	// One left by an earlier run that asked the agent at another address
+	// (its check failing for good) is registered again, to this one.
+	target := "http://" + a.Addr + "/v1/status/leader"
+	if p, ok := services[ProbeService]; !ok || p.Meta[probeTarget] != target {
+		reg := map[string]any{"ID": ProbeService, "Name": ProbeService, "Port": 1, "Meta": map[string]string{probeTarget: target},
 			// 1s is the shortest interval Consul runs a check at.
-			"Check": map[string]string{"HTTP": "http://" + a.Addr + "/v1/status/leader", "Interval": "1s", "Timeout": "1s"}}
+			"Check": map[string]string{"HTTP": target, "Interval": "1s", "Timeout": "1s"}}
 		if err := a.call(ctx, http.MethodPut, "/v1/agent/service/register", reg, nil); err != nil {
 			return fmt.Errorf("consul refused a registration (its ACL tokens may not be written yet): %w", err)
 		}
