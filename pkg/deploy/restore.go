@@ -209,7 +209,7 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 			// Another command holds the host now: it is its to start.
 			return res, fmt.Errorf("%w; no volume was replaced; the services stopped for the restore stay stopped", err)
 		}
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), restartWait+d.cfg.HealthTimeout)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), restartWait)
 		defer cancel()
 		var serr []error
 		again := map[string]bool{}
@@ -222,10 +222,16 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 		if len(serr) > 0 {
 			return res, fmt.Errorf("%w; no volume was replaced, and starting the services again failed: %w", err, errors.Join(serr...))
 		}
+		if ctx.Err() != nil {
+			// Interrupted, or the lock lost since the starts: the
+			// operator asked to stop, or another command holds the host.
+			d.emit(StepStart, EventOK, "no volume was replaced: the services stopped for the restore started again")
+			return res, fmt.Errorf("%w; no volume was replaced, and the services stopped for the restore started again (their health not awaited: %w)", err, context.Cause(ctx))
+		}
 		// Started is not serving: the operator is told they run only
 		// once their health checks pass, as after a restore that did.
 		d.emit(StepHealth, EventStart, fmt.Sprintf("no volume was replaced: the services stopped for the restore started again, healthy within %s", d.cfg.HealthTimeout))
-		if e := d.h.waitHealthy(sctx, cur.ID, len(again), d.cfg.HealthTimeout, again); e != nil {
+		if e := d.h.waitHealthy(ctx, cur.ID, len(again), d.cfg.HealthTimeout, again); e != nil {
 			d.emit(StepHealth, EventFail, e.Error())
 			return res, fmt.Errorf("%w; no volume was replaced, and the services stopped for the restore started again but are not healthy: %w", err, e)
 		}
@@ -235,12 +241,15 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 	for i := len(cycle) - 1; i >= 0; i-- {
 		m := cycle[i]
 		d.emit(StepStop, EventStart, m.name)
+		// Counted before the stop: one that fails (an interrupt while
+		// the Engine stops it) may have stopped it all the same, and
+		// starting a running container again does nothing.
+		stopped = append(stopped, m)
 		if err := d.h.docker.ContainerStop(ctx, m.c.ID, container.StopOptions{}); err != nil {
 			err = fmt.Errorf("%s: stop %s: %w", name, m.name, err)
 			d.emit(StepStop, EventFail, err.Error())
 			return failed(err)
 		}
-		stopped = append(stopped, m)
 		d.emit(StepStop, EventOK, m.name)
 	}
 	for _, t := range targets {
