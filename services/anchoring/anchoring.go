@@ -41,6 +41,7 @@ type App struct {
 
 	mu        sync.Mutex
 	submitted map[string]time.Time // tx id → last submission
+	forgot    time.Time            // when forgetSubmitted last went through submitted
 	head      uint64               // the engine's height, as last seen
 	chainID   string
 	vkeys     []string
@@ -194,10 +195,15 @@ func (a *App) submitPass(ctx context.Context, backoff *service.Backoff) (deferre
 
 // forgetSubmitted drops the submissions older than resubmitAfter, which
 // no longer hold an anchor back: one sealed while its batch was on the
-// way is never deleted otherwise.
+// way is never deleted otherwise. It goes through them at most once a
+// second, as new anchors start a pass each.
 func (a *App) forgetSubmitted(now time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if now.Sub(a.forgot) < time.Second {
+		return
+	}
+	a.forgot = now
 	for id, t := range a.submitted {
 		if now.Sub(t) >= a.resubmitAfter {
 			delete(a.submitted, id)

@@ -129,6 +129,7 @@ func TestOldestAnchorsTakeTheRoomFirst(t *testing.T) {
 	a.resubmitAfter = time.Hour
 	a.mu.Lock()
 	a.submitted["sealed-on-the-way"] = time.Now().Add(-2 * time.Hour)
+	a.forgot = time.Now().Add(-2 * time.Second) // the last look a while ago
 	a.mu.Unlock()
 	if got, _ = pass(10); len(got) != 0 || len(a.submitted) != 6 {
 		t.Fatalf("with nothing pending: offered %v, %d submissions kept, want the 6 of the last pass", got, len(a.submitted))
