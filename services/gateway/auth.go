@@ -131,12 +131,15 @@ func (a *App) viaTrustedProxy(fc *fasthttp.RequestCtx) bool {
 	if len(a.trusted) == 0 {
 		return false
 	}
-	var buf [64]byte
-	return a.isTrusted(string(appendPeer(buf[:0], fc)))
+	tcp, ok := fc.RemoteAddr().(*net.TCPAddr)
+	return ok && a.trustedIP(tcp.IP)
 }
 
-func (a *App) isTrusted(s string) bool {
-	ip := net.ParseIP(s)
+func (a *App) isTrusted(s string) bool { return a.trustedIP(net.ParseIP(s)) }
+
+// trustedIP reports whether ip (nil for none) is in LUCID_TRUSTED_PROXIES;
+// an IPv4-mapped address matches as the IPv4 one.
+func (a *App) trustedIP(ip net.IP) bool {
 	if ip == nil {
 		return false
 	}
