@@ -176,7 +176,7 @@ func (a *App) submitPass(ctx context.Context, backoff *service.Backoff) (deferre
 	a.forgetSubmitted(time.Now())
 	var after uint64
 	for ctx.Err() == nil {
-		n, last, deferred, err := a.submitOnce(ctx, after)
+		n, last, held, err := a.submitOnce(ctx, after)
 		if err != nil {
 			a.logger.Warn("submit to the engine failed; retrying", "error", err, "backoff", backoff.Delay())
 			if !backoff.Wait(ctx) {
@@ -185,8 +185,8 @@ func (a *App) submitPass(ctx context.Context, backoff *service.Backoff) (deferre
 			continue
 		}
 		backoff.Reset()
-		if deferred || n < a.batch {
-			return deferred, true
+		if held || n < a.batch {
+			return held, true
 		}
 		after = last
 	}
