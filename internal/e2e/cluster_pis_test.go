@@ -104,7 +104,7 @@ func deployCluster(t *testing.T) (*piCluster, string) {
 	args := append([]string{"deploy", "home", "--json", "--lucid", lucidBin, "--base", "scratch", "--ca-certs", caCerts, "--min-free", "16"}, c.ssh...)
 	out, errOut, code := c.p.lucidctl(t, args...)
 	if code != 0 {
-		t.Fatalf("lucidctl deploy home: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+		t.Fatal(failedRun(args, code, out, errOut))
 	}
 	t.Logf("cluster deployed (3 hosts, one after another) in %s", time.Since(began).Round(time.Millisecond))
 	for _, pi := range three {
@@ -128,7 +128,7 @@ func (c *piCluster) run(t *testing.T, args ...string) string {
 	t.Helper()
 	out, errOut, code := c.p.lucidctl(t, args...)
 	if code != 0 {
-		t.Fatalf("lucidctl %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, out, errOut)
+		t.Fatal(failedRun(args, code, out, errOut))
 	}
 	return out
 }

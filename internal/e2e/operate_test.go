@@ -48,7 +48,7 @@ func TestOperateAPiFromTheCLI(t *testing.T) {
 		t.Helper()
 		out, errOut, code := p.lucidctl(t, args...)
 		if code != want {
-			t.Fatalf("lucidctl %s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, want, out, errOut)
+			t.Fatalf("want exit %d: %s", want, failedRun(args, code, out, errOut))
 		}
 		return out
 	}

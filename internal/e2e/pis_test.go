@@ -257,7 +257,7 @@ func TestDeployToAPi(t *testing.T) {
 		t.Helper()
 		out, errOut, code := p.lucidctl(t, args...)
 		if code != 0 {
-			t.Fatalf("lucidctl %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, out, errOut)
+			t.Fatal(failedRun(args, code, out, errOut))
 		}
 		return out
 	}
@@ -266,7 +266,7 @@ func TestDeployToAPi(t *testing.T) {
 	deployArgs := append([]string{"deploy", "pi", "--json", "--lucid", lucidBin, "--base", "scratch", "--ca-certs", caCerts, "--min-free", "16"}, ssh...)
 	out, errOut, code := p.lucidctl(t, deployArgs...)
 	if code != 0 {
-		t.Fatalf("lucidctl deploy: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+		t.Fatal(failedRun(deployArgs, code, out, errOut))
 	}
 	t.Logf("deploy steps: %s", stepTimes(out))
 	t.Logf("first deploy (images into the Pi's empty Engine, compose up, health gate) in %s", time.Since(began).Round(time.Millisecond))
@@ -356,6 +356,21 @@ func TestDeployToAPi(t *testing.T) {
 }
 
 // stepTimes says how long each step of a deploy's --json events took.
+// failedRun says why a lucidctl run failed with its cause first: its
+// stderr and the events that failed or warned, then the whole stdout. A
+// report that keeps only the head of a long failure still shows why.
+func failedRun(args []string, code int, out, errOut string) string {
+	var bad []string
+	for _, line := range strings.Split(out, "\n") {
+		var e struct{ Status string }
+		if json.Unmarshal([]byte(line), &e) == nil && (e.Status == "fail" || e.Status == "warn") {
+			bad = append(bad, line)
+		}
+	}
+	return fmt.Sprintf("lucidctl %s: exit %d\nstderr:\n%s\nfailed or warned:\n%s\nstdout:\n%s",
+		strings.Join(args, " "), code, errOut, strings.Join(bad, "\n"), out)
+}
+
 func stepTimes(events string) string {
 	var steps []string
 	began := map[string]time.Time{}
