@@ -342,7 +342,7 @@ func (a *api) addVoter(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if err := a.node.raft.AddVoter(raft.ServerID(req.ID), raft.ServerAddress(req.Address), 0, 10*time.Second).Error(); err != nil {
-		return service.Errorf(http.StatusServiceUnavailable, engineapi.CodeConsensus, "add voter: %v", err)
+		return configurationError(a.node, "add voter", err)
 	}
 	return a.consensus(w, r)
 }
@@ -375,7 +375,7 @@ func (a *api) removeVoter(w http.ResponseWriter, r *http.Request) error {
 	}
 	if !replaced {
 		if err := a.node.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
-			return service.Errorf(http.StatusServiceUnavailable, engineapi.CodeConsensus, "remove voter: %v", err)
+			return configurationError(a.node, "remove voter", err)
 		}
 	}
 	if tx != nil {
@@ -385,6 +385,17 @@ func (a *api) removeVoter(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	return a.consensus(w, r)
+}
+
+// configurationError is the answer to a change of the voters that Raft
+// did not make. Leadership lost while it was under way (an election on a
+// starved core) is said as not leading, so the caller goes to the new
+// leader, where the same change is safe to make again.
+func configurationError(n *node, what string, err error) error {
+	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+		return notLeader(n)
+	}
+	return service.Errorf(http.StatusServiceUnavailable, engineapi.CodeConsensus, "%s: %v", what, err)
 }
 
 // keyName is the name a validator key carries: its node's id when the key
@@ -434,6 +445,10 @@ func (n *node) sealSystem(ctx context.Context, tx *chain.Transaction) error {
 	for {
 		if _, err := n.store.Tx(id); err == nil {
 			return nil
+		}
+		if !n.isLeader() {
+			// Only a leader seals: the change goes to the one there is now.
+			return notLeader(n)
 		}
 		select {
 		case <-ctx.Done():

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pickme/lucid/internal/testenv"
@@ -767,5 +768,45 @@ func TestRemoveVoter(t *testing.T) {
 	}
 	if v := validators(); slices.Contains(v, key3) {
 		t.Errorf("n3's key is still a validator: %v", v)
+	}
+}
+
+// TestLeadershipLostMidChangeIsNotLeading: a change of the voters whose
+// leader loses its quorum while it waits for the change to be sealed is
+// answered as not leading, at once, so the caller takes it to the next
+// leader, rather than as a timeout seconds later that it would give up on.
+func TestLeadershipLostMidChangeIsNotLeading(t *testing.T) {
+	ctx := context.Background()
+	n1 := startNode(t, nodeConfig(t, "n1", true))
+	testenv.Eventually(t, 10*time.Second, "n1 leads", func() bool { i, err := n1.client.Chain(ctx); return err == nil && i.Leader && i.Height >= 1 })
+	n2 := startNode(t, nodeConfig(t, "n2", false))
+	st, err := n2.client.Consensus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n1.client.AddVoter(ctx, servicetest.OperatorToken, engineapi.AddVoterRequest{ID: "n2", Address: n2.cfg.RaftAddr, Key: st.ValidatorKey}); err != nil {
+		t.Fatal(err)
+	}
+	n3 := startNode(t, nodeConfig(t, "n3", false))
+	st3, err := n3.client.Consensus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// n2 gone, n1 cannot seal anything: it steps down once its lease ends.
+	n2.kill()
+	tx := &chain.Transaction{Type: chain.TypeSystem, System: &chain.SystemChange{Action: chain.ActionAddValidator, Key: st3.ValidatorKey, Node: "n3"}}
+	err = n1.app.node.sealSystem(ctx, tx)
+	var he *service.HTTPError
+	if !errors.As(err, &he) || he.Code != engineapi.CodeNotLeader {
+		t.Errorf("sealing with the quorum lost: %v, want %s (not the leader)", err, engineapi.CodeNotLeader)
+	}
+
+	for _, lost := range []error{raft.ErrLeadershipLost, raft.ErrNotLeader} {
+		if err := configurationError(n1.app.node, "add voter", lost); !errors.As(err, &he) || he.Code != engineapi.CodeNotLeader {
+			t.Errorf("%v: %v, want %s", lost, err, engineapi.CodeNotLeader)
+		}
+	}
+	if err := configurationError(n1.app.node, "add voter", raft.ErrEnqueueTimeout); !errors.As(err, &he) || he.Code != engineapi.CodeConsensus {
+		t.Errorf("a timeout: %v, want %s", err, engineapi.CodeConsensus)
 	}
 }
