@@ -525,10 +525,16 @@ func (m *membership) join(ctx context.Context, target string) error {
 				m.event(target, deploy.StepJoin, deploy.EventInfo, "added as a voter; its engine now follows the leader "+leader)
 				return nil
 			}
-			if !hostservices.NotLeader(err) {
-				return fmt.Errorf("%s cannot join cluster %s: through the leader %s: %w", target, m.cluster, leader, err)
+			if hostservices.NotLeader(err) {
+				err = fmt.Errorf("%s cannot join cluster %s: %s no longer leads: %w", target, m.cluster, leader, err)
+			} else {
+				err = fmt.Errorf("%s cannot join cluster %s: through the leader %s: %w", target, m.cluster, leader, err)
 			}
-			err = fmt.Errorf("%s cannot join cluster %s: %s no longer leads: %w", target, m.cluster, leader, err)
+			// An election mid-change, or a commit slower than the engine
+			// waits, is made again, through the leader then.
+			if !hostservices.Unfinished(err) {
+				return err
+			}
 		}
 		if werr := m.wait(ctx); werr != nil {
 			return errors.Join(err, werr)

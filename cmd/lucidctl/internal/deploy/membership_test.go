@@ -588,6 +588,45 @@ func TestJoin(t *testing.T) {
 			}
 		})
 	})
+	t.Run("the change did not finish", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			// An election while the leader sealed the key, then a commit
+			// slower than it waits: made again, each time a poll later.
+			f := newFakeCluster(four, healthyThree())
+			f.engines["pi4"] = []*engineapi.ConsensusStatus{newEngine}
+			f.apis["pi1"] = &fakeVoters{host: "pi1", addErr: []error{
+				&api.Error{Status: 503, Code: engineapi.CodeConsensus, Message: "add voter: leadership lost while committing log"},
+				&api.Error{Status: 504, Code: engineapi.CodeConsensus, Message: "system transaction 0a1b not sealed in time"},
+			}}
+			start := time.Now()
+			if err := f.membership().join(t.Context(), "pi4"); err != nil {
+				t.Fatal(err)
+			}
+			if waited := time.Since(start); waited != 2*joinPoll {
+				t.Errorf("added after %s, want %s (two polls)", waited, 2*joinPoll)
+			}
+			if adds := slices.DeleteFunc(slices.Clone(f.log), func(s string) bool { return !strings.Contains(s, ": add ") }); len(adds) != 3 {
+				t.Errorf("calls %q, want three adds", f.log)
+			}
+			// Every try failing: the last answer is said.
+			f = newFakeCluster(four, healthyThree())
+			f.engines["pi4"] = []*engineapi.ConsensusStatus{newEngine}
+			busy := &api.Error{Status: 504, Code: engineapi.CodeConsensus, Message: "system transaction 0a1b not sealed in time"}
+			f.apis["pi1"] = &fakeVoters{host: "pi1", addErr: slices.Repeat([]error{busy}, joinAttempts)}
+			err := f.membership().join(t.Context(), "pi4")
+			if err == nil || !strings.Contains(err.Error(), "pi4 cannot join cluster home: through the leader pi1: ") || !strings.Contains(err.Error(), "not sealed in time") {
+				t.Errorf("every try unfinished: %v", err)
+			}
+			// A refusal is not made again.
+			f = newFakeCluster(four, healthyThree())
+			f.engines["pi4"] = []*engineapi.ConsensusStatus{newEngine}
+			f.apis["pi1"] = &fakeVoters{host: "pi1", addErr: []error{&api.Error{Status: 409, Code: "LUCID_ERR_1009", Message: "validator key pi4+0123abcd+KEY was removed from the chain"}}}
+			err = f.membership().join(t.Context(), "pi4")
+			if err == nil || !strings.Contains(err.Error(), "was removed from the chain") || strings.Count(strings.Join(f.log, "\n"), ": add ") != 1 {
+				t.Errorf("a refusal: %v, calls %q", err, f.log)
+			}
+		})
+	})
 	t.Run("refused", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			for name, tt := range map[string]struct {

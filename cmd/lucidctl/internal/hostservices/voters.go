@@ -83,6 +83,15 @@ func NotLeader(err error) bool {
 	return errors.As(err, &ae) && ae.Code == engineapi.CodeNotLeader
 }
 
+// Unfinished reports whether err is an engine's answer that a change of
+// the voters was not made but may pass if made again, through whichever
+// engine leads then: it does not lead (any more), or its consensus did
+// not finish the change in time. Both changes are safe to make twice.
+func Unfinished(err error) bool {
+	var ae *api.Error
+	return errors.As(err, &ae) && (ae.Code == engineapi.CodeNotLeader || ae.Code == engineapi.CodeConsensus)
+}
+
 // ProbeRaft checks, from the session's host, the Raft transport of an
 // engine at addr before the host's engine is made to depend on it as a
 // voter: addr must take a TCP connection from the host, and with the mesh
