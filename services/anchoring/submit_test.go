@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -134,4 +135,115 @@ func TestOldestAnchorsTakeTheRoomFirst(t *testing.T) {
 	if got, _ = pass(10); len(got) != 0 || len(a.submitted) != 6 {
 		t.Fatalf("with nothing pending: offered %v, %d submissions kept, want the 6 of the last pass", got, len(a.submitted))
 	}
+}
+
+// pacedEngine answers submissions in memory, deferring every anchor while
+// it is full, and records when each submission came.
+type pacedEngine struct {
+	mu    sync.Mutex
+	full  bool
+	times []time.Time
+}
+
+func (e *pacedEngine) RoundTrip(r *http.Request) (*http.Response, error) {
+	var txs []struct{ Tx string }
+	if err := json.NewDecoder(r.Body).Decode(&txs); err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.times = append(e.times, time.Now())
+	out := engineapi.SubmitResponse{}
+	for _, tx := range txs {
+		st := engineapi.TxStatus{ID: tx.Tx, Status: engineapi.StatusPending}
+		if e.full {
+			st.Status, st.Code = engineapi.StatusDeferred, engineapi.CodeMempoolFull
+		}
+		out.Transactions = append(out.Transactions, st)
+	}
+	rec := httptest.NewRecorder()
+	_ = json.NewEncoder(rec).Encode(out)
+	return rec.Result(), nil
+}
+
+// submissions is when the engine was offered anchors, after since.
+func (e *pacedEngine) submissions(since time.Time) []time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.DeleteFunc(slices.Clone(e.times), func(at time.Time) bool { return at.Before(since) })
+}
+
+// advance moves a synctest bubble's clock on by d, and returns once every
+// goroutine in it waits again.
+func advance(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	<-t.C
+	synctest.Wait()
+}
+
+// TestAFullEngineSlowsThePasses: while the engine defers every anchor,
+// new anchors arriving every 10 ms do not each start a pass that it
+// would turn away: the passes come 0.1 s, 0.2 s, ... apart, at most 5 s
+// (and the ticker's second). Once the engine takes anchors again, a new
+// anchor is offered at once.
+func TestAFullEngineSlowsThePasses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, err := openStore(filepath.Join(t.TempDir(), "anchors.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closeStore(t, s)
+		eng := &pacedEngine{full: true}
+		a := &App{
+			batch: 10, resubmitAfter: time.Hour, store: s, engine: engineapi.New("http://engine.test", &http.Client{Transport: eng}),
+			logger: slog.New(slog.NewTextHandler(io.Discard, nil)), submitted: map[string]time.Time{}, kick: make(chan struct{}, 1),
+			sealed: prometheus.NewCounter(prometheus.CounterOpts{Name: "sealed"}), refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "refused"}),
+		}
+		queueOf(t, s, "t1")
+		ctx, cancel := context.WithCancel(t.Context())
+		var wg sync.WaitGroup
+		wg.Go(func() { a.submitLoop(ctx) })
+		wg.Go(func() {
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+					a.poke()
+				}
+			}
+		})
+		start := time.Now()
+		advance(30 * time.Second)
+		passes := eng.submissions(start)
+		// 0.1+0.2+0.4+0.8+1.6+3.2 s, then 5 s each: about ten in 30 s,
+		// where a pass a kick would be three thousand.
+		if n := len(passes); n < 8 || n > 12 {
+			t.Errorf("%d passes in 30s while the engine was full, want about ten", n)
+		}
+		for i := 1; i < len(passes); i++ {
+			gap := passes[i].Sub(passes[i-1])
+			want := min(100*time.Millisecond<<(i-1), 5*time.Second)
+			if gap < want || gap > want+time.Second {
+				t.Errorf("pass %d came %s after the one before, want %s to %s", i, gap, want, want+time.Second)
+			}
+		}
+
+		// Room again: the next pass is taken, and the wait starts over.
+		eng.mu.Lock()
+		eng.full = false
+		eng.mu.Unlock()
+		advance(6 * time.Second)
+		queueOf(t, s, "t2")
+		taken := time.Now()
+		advance(100 * time.Millisecond)
+		if got := eng.submissions(taken); len(got) != 1 || got[0].Sub(taken) > 20*time.Millisecond {
+			t.Errorf("a new anchor once the engine has room: offered at %v, want within 20ms of %v", got, taken)
+		}
+		cancel()
+		wg.Wait()
+	})
 }
