@@ -810,3 +810,22 @@ func TestLeadershipLostMidChangeIsNotLeading(t *testing.T) {
 		t.Errorf("a timeout: %v, want %s", err, engineapi.CodeConsensus)
 	}
 }
+
+// TestStepsDown: a leader that keeps leading is waited for no longer than
+// asked; an engine that does not lead has stepped down already.
+func TestStepsDown(t *testing.T) {
+	ctx := context.Background()
+	n1 := startNode(t, nodeConfig(t, "n1", true))
+	testenv.Eventually(t, 10*time.Second, "n1 leads", func() bool { i, err := n1.client.Chain(ctx); return err == nil && i.Leader })
+	start := time.Now()
+	if n1.app.node.stepsDown(200 * time.Millisecond) {
+		t.Error("a leader alone said to have stepped down")
+	}
+	if waited := time.Since(start); waited < 200*time.Millisecond || waited > 5*time.Second {
+		t.Errorf("waited %s for a leader to step down, want 200ms", waited)
+	}
+	n2 := startNode(t, nodeConfig(t, "n2", false))
+	if !n2.app.node.stepsDown(time.Minute) {
+		t.Error("an engine that waits to be added said to lead")
+	}
+}
