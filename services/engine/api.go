@@ -381,6 +381,12 @@ func (a *api) removeVoter(w http.ResponseWriter, r *http.Request) error {
 	if tx != nil {
 		// Sealed even if the client leaves: the node is out already.
 		if err := a.node.sealSystem(context.WithoutCancel(r.Context()), tx); err != nil {
+			var he *service.HTTPError
+			if !replaced && errors.As(err, &he) && he.Code == engineapi.CodeNotLeader {
+				// Not "nothing was done": the node is out of Raft.
+				he.Message = fmt.Sprintf("node %s was removed from the voters, but this engine stopped leading before the removal of its key was sealed: "+
+					"remove it again through the leader, which finds the key alone and seals its removal", id)
+			}
 			return err
 		}
 	}
@@ -390,12 +396,19 @@ func (a *api) removeVoter(w http.ResponseWriter, r *http.Request) error {
 // configurationError is the answer to a change of the voters that Raft
 // did not make. Leadership lost while it was under way (an election on a
 // starved core) is said as not leading, so the caller goes to the new
-// leader, where the same change is safe to make again.
+// leader, where the same change is safe to make again; a change Raft
+// could not take yet (another still committing, a hand-over, a stop) as
+// a consensus error, worth trying again; any other as a conflict with the
+// configuration (a duplicate address, no voter left), which no retry
+// mends.
 func configurationError(n *node, what string, err error) error {
-	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost):
 		return notLeader(n)
+	case errors.Is(err, raft.ErrEnqueueTimeout) || errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, raft.ErrRaftShutdown):
+		return service.Errorf(http.StatusServiceUnavailable, engineapi.CodeConsensus, "%s: %v", what, err)
 	}
-	return service.Errorf(http.StatusServiceUnavailable, engineapi.CodeConsensus, "%s: %v", what, err)
+	return service.Errorf(http.StatusConflict, service.CodeConflict, "%s: %v", what, err)
 }
 
 // keyName is the name a validator key carries: its node's id when the key

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -772,9 +773,11 @@ func TestRemoveVoter(t *testing.T) {
 }
 
 // TestLeadershipLostMidChangeIsNotLeading: a change of the voters whose
-// leader loses its quorum while it waits for the change to be sealed is
-// answered as not leading, at once, so the caller takes it to the next
-// leader, rather than as a timeout seconds later that it would give up on.
+// leader loses its quorum while Raft commits it, or while it waits for a
+// validator key to be sealed, is answered as not leading, at once, so the
+// caller takes it to the next leader, rather than as a timeout seconds
+// later that it would give up on. Raft's refusals are told apart by
+// whether trying again may pass.
 func TestLeadershipLostMidChangeIsNotLeading(t *testing.T) {
 	ctx := context.Background()
 	n1 := startNode(t, nodeConfig(t, "n1", true))
@@ -792,8 +795,14 @@ func TestLeadershipLostMidChangeIsNotLeading(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// n2 gone, n1 cannot seal anything: it steps down once its lease ends.
+	// n2 gone, n1 can commit nothing: it steps down once its lease ends,
+	// with a change of the voters under way.
 	n2.kill()
+	_, err = n1.client.RemoveVoter(ctx, servicetest.OperatorToken, "n3", "")
+	var ae *lucidapi.Error
+	if !errors.As(err, &ae) || ae.Code != engineapi.CodeNotLeader {
+		t.Errorf("a change of the voters with the quorum lost: %v, want %s (not the leader)", err, engineapi.CodeNotLeader)
+	}
 	tx := &chain.Transaction{Type: chain.TypeSystem, System: &chain.SystemChange{Action: chain.ActionAddValidator, Key: st3.ValidatorKey, Node: "n3"}}
 	err = n1.app.node.sealSystem(ctx, tx)
 	var he *service.HTTPError
@@ -806,8 +815,14 @@ func TestLeadershipLostMidChangeIsNotLeading(t *testing.T) {
 			t.Errorf("%v: %v, want %s", lost, err, engineapi.CodeNotLeader)
 		}
 	}
-	if err := configurationError(n1.app.node, "add voter", raft.ErrEnqueueTimeout); !errors.As(err, &he) || he.Code != engineapi.CodeConsensus {
-		t.Errorf("a timeout: %v, want %s", err, engineapi.CodeConsensus)
+	for _, later := range []error{raft.ErrEnqueueTimeout, raft.ErrLeadershipTransferInProgress, raft.ErrRaftShutdown} {
+		if err := configurationError(n1.app.node, "add voter", later); !errors.As(err, &he) || he.Code != engineapi.CodeConsensus {
+			t.Errorf("%v: %v, want %s (try again)", later, err, engineapi.CodeConsensus)
+		}
+	}
+	refused := fmt.Errorf("found duplicate address in configuration: %s", n3.cfg.RaftAddr)
+	if err := configurationError(n1.app.node, "add voter", refused); !errors.As(err, &he) || he.Code != service.CodeConflict {
+		t.Errorf("a duplicate address: %v, want %s (no retry mends it)", err, service.CodeConflict)
 	}
 }
 

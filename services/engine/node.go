@@ -499,9 +499,11 @@ func (n *node) transfer(reason string) {
 	n.logger.Info("handing the leadership over to another voter", "reason", reason)
 	start := time.Now()
 	if err := n.raft.LeadershipTransfer().Error(); err != nil {
-		if n.stepsDown(n.raft.ReloadableConfig().ElectionTimeout) {
-			// A leader starved of CPU hears of the next term after Raft's
-			// wait for it has ended: the leadership moved all the same.
+		// A leader starved of CPU hears of the next term after Raft's wait
+		// for it has ended: the leadership moved all the same. Raft says
+		// that timeout in words alone. It is not counted as a hand-over:
+		// the leader may have lost its quorum instead.
+		if err.Error() == transferTimeout && n.stepsDown(n.raft.ReloadableConfig().ElectionTimeout) {
 			n.logger.Info("leadership moved on, though Raft's wait for the hand-over ended first", "reason", reason, "error", err)
 			return
 		}
@@ -512,6 +514,10 @@ func (n *node) transfer(reason string) {
 	_, to := n.raft.LeaderWithID()
 	n.logger.Info("leadership handed over", "reason", reason, "to", string(to), "took", time.Since(start).Round(time.Millisecond).String())
 }
+
+// transferTimeout is hashicorp/raft's error when the leader did not step
+// down within an election timeout of handing its leadership over.
+const transferTimeout = "leadership transfer timeout"
 
 // stepsDown waits up to d for this engine to stop leading, and reports
 // whether it did.
