@@ -355,7 +355,6 @@ func TestDeployToAPi(t *testing.T) {
 	t.Logf("the Pi shut down in %s, and its gateway answered %s after the boot began", stopped.Round(time.Millisecond), (time.Since(began) - stopped).Round(time.Millisecond))
 }
 
-// stepTimes says how long each step of a deploy's --json events took.
 // failedRun says why a lucidctl run failed with its cause first: its
 // stderr and the events that failed or warned, then the whole stdout. A
 // report that keeps only the head of a long failure still shows why.
@@ -371,6 +370,7 @@ func failedRun(args []string, code int, out, errOut string) string {
 		strings.Join(args, " "), code, errOut, strings.Join(bad, "\n"), out)
 }
 
+// stepTimes says how long each step of a deploy's --json events took.
 func stepTimes(events string) string {
 	var steps []string
 	began := map[string]time.Time{}

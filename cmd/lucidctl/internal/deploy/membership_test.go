@@ -590,12 +590,13 @@ func TestJoin(t *testing.T) {
 	})
 	t.Run("the change did not finish", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			// An election while the leader sealed the key, then a commit
-			// slower than it waits: made again, each time a poll later.
+			// Raft could not take the change yet (another still
+			// committing), then the key was not sealed in time: made
+			// again, each time a poll later.
 			f := newFakeCluster(four, healthyThree())
 			f.engines["pi4"] = []*engineapi.ConsensusStatus{newEngine}
 			f.apis["pi1"] = &fakeVoters{host: "pi1", addErr: []error{
-				&api.Error{Status: 503, Code: engineapi.CodeConsensus, Message: "add voter: leadership lost while committing log"},
+				&api.Error{Status: 503, Code: engineapi.CodeConsensus, Message: "add voter: timed out enqueuing operation"},
 				&api.Error{Status: 504, Code: engineapi.CodeConsensus, Message: "system transaction 0a1b not sealed in time"},
 			}}
 			start := time.Now()
