@@ -146,6 +146,7 @@ type pacedEngine struct {
 }
 
 func (e *pacedEngine) RoundTrip(r *http.Request) (*http.Response, error) {
+	defer r.Body.Close() // a RoundTripper closes the request's body
 	var txs []struct{ Tx string }
 	if err := json.NewDecoder(r.Body).Decode(&txs); err != nil {
 		return nil, err
