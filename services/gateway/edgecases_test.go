@@ -39,6 +39,69 @@ func TestCatchAllRouteHidesServiceInternals(t *testing.T) {
 	}
 }
 
+// TestEscapedLettersKeepTheirRoute: a path that escapes a letter of a
+// route's prefix (/api/v1/%63hain) takes that route, as the service reads
+// it as the prefix: not a shorter route to the same service under another
+// policy (public, or other methods). The path goes upstream, and is
+// signed, as the service reads it.
+func TestEscapedLettersKeepTheirRoute(t *testing.T) {
+	paths := make(chan string, 8)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/api/v1/chain/{id}", func(w http.ResponseWriter, r *http.Request) {
+		paths <- r.URL.EscapedPath()
+		_, _ = io.WriteString(w, "chain "+r.Method+" sub="+r.Header.Get(HeaderSub))
+	})
+	up := upstreamFunc(t, mux.ServeHTTP)
+	g := startGatewayWithRoutes(t, up.URL, []routetable.Route{
+		{Prefix: "/", Service: "blocks", Public: true, Timeout: routetable.DefaultTimeout},
+		{Prefix: "/api/v1/chain", Service: "blocks", Methods: []string{http.MethodGet}, Timeout: routetable.DefaultTimeout},
+	})
+	tok := map[string]string{"Authorization": "Bearer " + g.token(t, "alice", auth.TierFree)}
+	for _, p := range []string{"/api/v1/chain/1", "/api/v1/%63hain/1", "/api/v1/%63%68%61in/1", "/%61pi/v1/chai%6e/1"} {
+		if resp, body := g.get(t, p, nil); resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("GET %s without a token: %d %q, want 401 (the route of /api/v1/chain)", p, resp.StatusCode, body)
+		}
+		if resp, body := g.request(t, http.MethodDelete, p, tok); resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("DELETE %s: %d %q, want 405 (the route of /api/v1/chain)", p, resp.StatusCode, body)
+		}
+		resp, body := g.get(t, p, tok)
+		if resp.StatusCode != http.StatusOK || body != "chain GET sub=alice" {
+			t.Fatalf("GET %s with a token: %d %q", p, resp.StatusCode, body)
+		}
+		if got := <-paths; got != "/api/v1/chain/1" {
+			t.Errorf("GET %s reached the service as %s", p, got)
+		}
+	}
+	// Escapes of anything but an unreserved byte stay as they came.
+	if resp, _ := g.get(t, "/api/v1/chain/a%2Fb%20c", tok); resp.StatusCode != http.StatusOK {
+		t.Fatalf("an escaped slash and space: %d", resp.StatusCode)
+	}
+	if got := <-paths; got != "/api/v1/chain/a%2Fb%20c" {
+		t.Errorf("the upstream got %s", got)
+	}
+}
+
+func TestPlainPath(t *testing.T) {
+	for raw, want := range map[string]string{
+		"/api/v1/chain":        "/api/v1/chain",
+		"/a%2Fb%20c%25":        "/a%2Fb%20c%25",
+		"/%61%62%7E%2d%2E%5f":  "/ab~-._",
+		"/x%6":                 "/x%6",
+		"/x%zz%61":             "/x%zza",
+		"%41%C3%A9":            "A%C3%A9",
+		"/%2e%2e/%2E%2E%2fetc": "/../..%2fetc",
+		"/%":                   "/%",
+	} {
+		if got := string(plainPath([]byte(raw))); got != want {
+			t.Errorf("plainPath(%q) = %q, want %q", raw, got, want)
+		}
+	}
+	raw := []byte("/a%2Fb")
+	if got := plainPath(raw); &got[0] != &raw[0] {
+		t.Error("a path with nothing to write plainly was copied")
+	}
+}
+
 // TestHeaderNamesWithSpacesStayBehind: a header whose name holds a space
 // is not forwarded, as one with an underscore is not: a CGI-style upstream
 // would read "X-Lucid Sub" as X-Lucid-Sub, which the gateway alone sets.

@@ -197,6 +197,73 @@ func canonicalPath(p string) string {
 	return string(out)
 }
 
+// plainPath is the escaped path raw with each escaped unreserved byte
+// (a letter, a digit, "-", ".", "_", "~") written plainly, as RFC 3986
+// 6.2.2.2 normalises it and as a service's ServeMux reads it: the route is
+// chosen, and the path forwarded and signed, as the service will see it.
+// Matched as sent, /api/v1/%63hain would miss the route of /api/v1/chain
+// and reach the same service through a shorter route, under that route's
+// policy (public, or other methods). A route's prefix holds only
+// unreserved bytes and "/" (package routetable), so the escapes left in
+// place cannot hide one. raw itself is returned when nothing changes, as
+// for nearly every path.
+func plainPath(raw []byte) []byte {
+	i := bytes.IndexByte(raw, '%')
+	for i >= 0 && !escapedUnreserved(raw[i:]) {
+		j := bytes.IndexByte(raw[i+1:], '%')
+		if j < 0 {
+			return raw
+		}
+		i += 1 + j
+	}
+	if i < 0 {
+		return raw
+	}
+	out := make([]byte, 0, len(raw))
+	out = append(out, raw[:i]...)
+	for ; i < len(raw); i++ {
+		if raw[i] == '%' && escapedUnreserved(raw[i:]) {
+			out = append(out, unhex(raw[i+1])<<4|unhex(raw[i+2]))
+			i += 2
+			continue
+		}
+		out = append(out, raw[i])
+	}
+	return out
+}
+
+// escapedUnreserved reports whether p starts with an escape ("%" and two
+// hex digits, either case) of an unreserved byte.
+func escapedUnreserved(p []byte) bool {
+	if len(p) < 3 || p[0] != '%' || !isHex(p[1]) || !isHex(p[2]) {
+		return false
+	}
+	c := unhex(p[1])<<4 | unhex(p[2])
+	return c < 0x80 && unreserved[c]
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c >= 'a':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
+}
+
+// unreserved are RFC 3986's unreserved bytes.
+var unreserved = func() (t [128]bool) {
+	for _, c := range []byte("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~") {
+		t[c] = true
+	}
+	return t
+}()
+
 // keptInPath are the bytes EscapedPath leaves as they are: unreserved,
 // sub-delims, ":", "@", "/", "[", "]" and the escapes' "%".
 var keptInPath = func() (t [256]bool) {
@@ -294,7 +361,7 @@ func (rp *routeProxy) serve(c *call) (streaming bool, err error) {
 	if n := bodyLength(&fc.Request.Header); n > maxBodyBytes {
 		return false, service.Errorf(http.StatusRequestEntityTooLarge, service.CodeTooLarge, "a request body is at most %d MiB", maxBodyBytes>>20)
 	}
-	raw := fc.URI().PathOriginal()
+	raw := c.path
 	// Every route, not only a stripped one: another route's prefix may
 	// lead to the same upstream under another policy (public or not),
 	// and an upstream that resolves ".." itself would serve it.
@@ -359,7 +426,7 @@ func (rp *routeProxy) proxyRequest(c *call, req *fasthttp.Request, target *url.U
 	in := &fc.Request.Header
 	out := &req.Header
 	out.SetMethodBytes(in.Method())
-	path := rp.upstreamPath(string(fc.URI().PathOriginal()), target)
+	path := rp.upstreamPath(string(c.path), target)
 	uri := path
 	if q := joinQuery(target.RawQuery, string(fc.URI().QueryString())); q != "" {
 		uri += "?" + q

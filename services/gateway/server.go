@@ -228,11 +228,13 @@ func sortRoutes(rps []*routeProxy) {
 	sort.SliceStable(rps, func(i, j int) bool { return len(rps[i].prefix) > len(rps[j].prefix) })
 }
 
-// routeFor is the route of path: the longest prefix it equals or lies
-// under; nil for none and for the gateway's own endpoints.
-func (a *App) routeFor(path []byte) *routeProxy {
+// routeFor is the route of path (raw, plainPath): the longest prefix it
+// equals or lies under; nil for none and for the gateway's own endpoints,
+// which are matched as sent (an escaped /%6Detrics is a route's path, and
+// reachesOwnEndpoint keeps it from the service's own).
+func (a *App) routeFor(raw, path []byte) *routeProxy {
 	for _, p := range ownPaths {
-		if bytes.Equal(path, p) {
+		if bytes.Equal(raw, p) {
 			return nil
 		}
 	}
@@ -256,6 +258,9 @@ type call struct {
 	id    string
 	start time.Time
 	rp    *routeProxy
+	// path is the request's escaped path as its service reads it
+	// (plainPath): what picked the route, and what goes upstream.
+	path []byte
 
 	// budget and key are the principal's, once admitted (entered).
 	budget  *budget
@@ -282,13 +287,15 @@ func (a *App) handle(fc *fasthttp.RequestCtx) {
 	if a.hsts != nil {
 		fc.Response.Header.SetBytesV("Strict-Transport-Security", a.hsts)
 	}
-	rp := a.routeFor(fc.URI().PathOriginal())
+	raw := fc.URI().PathOriginal()
+	path := plainPath(raw)
+	rp := a.routeFor(raw, path)
 	if rp == nil {
 		a.serveOwn(fc)
 		return
 	}
 	c := calls.Get().(*call)
-	c.fc, c.rp, c.start = fc, rp, time.Now()
+	c.fc, c.rp, c.path, c.start = fc, rp, path, time.Now()
 	c.id = a.requestID(fc)
 	c.rctx.Reset(context.Background(), c.id)
 	c.ctx = &c.rctx
