@@ -528,6 +528,33 @@ func (t *clusterTurn) group(context.Context) []*deploy.HostStatus { return t.vie
 // and before another operator took a host's lock.
 func (t *clusterTurn) reread(ctx context.Context) []*deploy.HostStatus { return t.cr.read(ctx).read() }
 
+// stillStarts confirms, under the lock of the host that starts the
+// cluster and right before its engine does, that no other host holds a
+// chain or is being deployed by another operator: the plan's read is from
+// before the upload, and two operators' first deploys may each have
+// chosen a host of their own to start it. Each reads the others only
+// once it holds its own host's lock, so of two such deploys the later
+// read sees the other's lock or chain, and that deploy stops.
+func (t *clusterTurn) stillStarts(ctx context.Context) error {
+	if t.dry || t.name != t.cr.bootstrap || t.view.grows != "" {
+		return nil
+	}
+	v := t.cr.m.view(ctx)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	boot, err := decideBootstrap(v, t.name)
+	if err == nil && !boot {
+		err = cli.WithHint(fmt.Errorf("cluster %s: another host holds a Raft configuration now, started while this deploy uploaded to %s, which would start a second chain beside it; nothing was changed on %s", t.cr.name, t.name, t.name),
+			fmt.Sprintf("deploy again: %s then joins the cluster (lucidctl status --target %s shows it)", t.name, t.cr.name))
+	}
+	if err != nil {
+		t.cr.rep.Event(deploy.Event{Time: time.Now(), Target: t.name, Step: deploy.StepBootstrap, Status: deploy.EventFail, Message: err.Error()})
+		return err
+	}
+	return nil
+}
+
 // deploy runs the host's deploy with its part in the cluster: a join
 // beside it, or the bootstrap's confirmation after it.
 func (t *clusterTurn) deploy(ctx context.Context, healthTimeout time.Duration, deployHost func(context.Context) (*deploy.Result, error)) (*deploy.Result, error) {

@@ -390,7 +390,8 @@ func runDeploy(ctx context.Context, opts *Options) error {
 			// Once more under the host's lock, right before its engine
 			// goes down, with the cluster read again: another voter may
 			// have gone meanwhile (the upload takes minutes), or another
-			// operator's deploy taken one down or holds its host.
+			// operator's deploy taken one down or holds its host. The
+			// host that starts a cluster checks no other has meanwhile.
 			now := readers
 			if member != nil {
 				now.Group = member.reread
@@ -400,6 +401,9 @@ func runDeploy(ctx context.Context, opts *Options) error {
 					return err
 				}
 				if member != nil {
+					if err := member.stillStarts(ctx); err != nil {
+						return err
+					}
 					member.upNext() // its engine's join may start
 				}
 				return nil

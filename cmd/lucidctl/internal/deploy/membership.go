@@ -217,6 +217,24 @@ func (v *clusterView) chainOf(h string) (chainState, string) {
 	return chainUnknown, why
 }
 
+// deployedElsewhere says why host h, which holds no chain yet, may be
+// about to: another operator's deploy holds its lock (a first deploy,
+// still uploading, may be starting the cluster there), or its lock could
+// not be read. "" when neither.
+func (v *clusterView) deployedElsewhere(h string) string {
+	st := v.status[h]
+	if st == nil {
+		return ""
+	}
+	if l := st.DeployLock; l != nil && !l.Ours() {
+		return "holds no chain yet, but " + l.String() + " holds its deploy lock, and may be starting the cluster there"
+	}
+	if why := st.Unknown[deploy.FigureDeployLock]; why != "" {
+		return "holds no chain yet, but whether another deploy holds its lock was not read: " + why
+	}
+	return ""
+}
+
 func engineMissing(st *deploy.HostStatus) bool {
 	return slices.ContainsFunc(st.Services, func(s deploy.ServiceState) bool { return s.Service == "engine" && s.State == "missing" })
 }
@@ -247,6 +265,10 @@ func decideBootstrap(v *clusterView, first string) (bool, error) {
 			return false, nil
 		case chainUnknown:
 			unknown = append(unknown, h+" ("+why+")")
+		case chainNone:
+			if why := v.deployedElsewhere(h); why != "" {
+				unknown = append(unknown, h+" ("+why+")")
+			}
 		}
 	}
 	if len(unknown) > 0 {

@@ -38,6 +38,19 @@ func neverDeployed(target string) *deploy.HostStatus {
 		Unknown: map[string]string{deploy.FigureRaftRole: "engine does not run"}}
 }
 
+// lockedBy is h with its deploy lock held by another operator's deploy.
+func lockedBy(h *deploy.HostStatus, user string) *deploy.HostStatus {
+	since := time.Date(2026, 12, 8, 2, 0, 0, 0, time.UTC)
+	h.DeployLock = &deploy.LockHolder{User: user, Host: "laptop-b", PID: 42, Since: since, Expires: since.Add(30 * time.Minute)}
+	return h
+}
+
+// lockUnread is h with its deploy lock not read.
+func lockUnread(h *deploy.HostStatus) *deploy.HostStatus {
+	h.Unknown[deploy.FigureDeployLock] = "cat: permission denied"
+	return h
+}
+
 // unreadEngine is a host whose engine runs, but whose consensus status
 // was not read (why).
 func unreadEngine(target, why string) *deploy.HostStatus {
@@ -138,6 +151,11 @@ func TestDecideBootstrap(t *testing.T) {
 			wantErr: []string{"pi2 (no operator token (LUCID_OPERATOR_TOKEN) to ask engine with)"}},
 		{name: "an engine that was deployed and does not run", hosts: map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": neverDeployed("pi2"), "pi3": unreadEngine("pi3", "engine does not run")},
 			wantErr: []string{"pi3 (engine does not run)"}},
+		{name: "another operator's deploy holds a host", hosts: map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": lockedBy(neverDeployed("pi2"), "bob"), "pi3": neverDeployed("pi3")},
+			wantErr: []string{"pi2 (holds no chain yet, but bob@laptop-b (pid 42) since", "holds its deploy lock, and may be starting the cluster there)", "nothing was changed"}},
+		{name: "a host's lock not read", hosts: map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": neverDeployed("pi2"), "pi3": lockUnread(neverDeployed("pi3"))},
+			wantErr: []string{"pi3 (holds no chain yet, but whether another deploy holds its lock was not read: cat: permission denied)"}},
+		{name: "the first's own lock does not matter", hosts: map[string]*deploy.HostStatus{"pi1": lockedBy(neverDeployed("pi1"), "alice"), "pi2": neverDeployed("pi2"), "pi3": waitingToJoin("pi3")}, want: true},
 		{name: "two chains", hosts: map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": engineOn("pi2", "pi2", "leader", "pi2", true, servers("pi2")...), "pi3": engineOn("pi3", "pi3", "leader", "pi3", true, servers("pi3")...)},
 			wantErr: []string{"pi2 (node pi2), pi3 (node pi3) each hold a chain of their own"}},
 	}
@@ -164,6 +182,77 @@ func TestDecideBootstrap(t *testing.T) {
 	_, err := decideBootstrap(viewOf(three, map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": neverDeployed("pi2")}), "pi1")
 	if !errors.Is(err, errCannotBootstrap) || !strings.Contains(cli.Hint(err), "deploy when every host of the cluster answers") {
 		t.Errorf("refusal %v, hint %q", err, cli.Hint(err))
+	}
+}
+
+// TestStartingHostChecksUnderItsLock: the host that starts a cluster
+// reads the others again under its own lock, right before its engine
+// starts: another operator's deploy that has since started a chain, or
+// holds another host's lock, stops it; so does a host not read. The
+// other hosts' turns read nothing more.
+func TestStartingHostChecksUnderItsLock(t *testing.T) {
+	fresh := func() map[string]*deploy.HostStatus {
+		return map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": neverDeployed("pi2"), "pi3": neverDeployed("pi3")}
+	}
+	tests := []struct {
+		name string
+		now  map[string]*deploy.HostStatus
+		// wantErr are words the refusal must say; none: it starts.
+		wantErr []string
+	}{
+		{name: "nothing changed", now: fresh()},
+		{name: "another deploy holds a host", now: map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": lockedBy(neverDeployed("pi2"), "bob"), "pi3": neverDeployed("pi3")},
+			wantErr: []string{"pi1 would start a new chain", "bob@laptop-b", "nothing was changed"}},
+		{name: "another deploy started a chain", now: map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": engineOn("pi2", "pi2", "leader", "pi2", true, servers("pi2")...), "pi3": neverDeployed("pi3")},
+			wantErr: []string{"another host holds a Raft configuration now", "would start a second chain", "nothing was changed on pi1"}},
+		{name: "a host not reached", now: map[string]*deploy.HostStatus{"pi1": neverDeployed("pi1"), "pi2": neverDeployed("pi2")},
+			wantErr: []string{"pi3 (not reached"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var failed []string
+			cr := &clusterRun{name: "home", bootstrap: "pi1", rep: deploy.ReporterFunc(func(e deploy.Event) {
+				if e.Status == deploy.EventFail {
+					failed = append(failed, e.Target+" "+string(e.Step))
+				}
+			})}
+			reads := 0
+			cr.m = &membership{view: func(context.Context) *clusterView { reads++; return viewOf(three, tt.now) }}
+			err := (&clusterTurn{cr: cr, name: "pi1", view: viewOf(three, fresh())}).stillStarts(context.Background())
+			if reads != 1 {
+				t.Errorf("the cluster was read %d times under the lock, want once", reads)
+			}
+			if len(tt.wantErr) == 0 {
+				if err != nil || len(failed) > 0 {
+					t.Fatalf("refused: %v (events %v)", err, failed)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("it would start a chain")
+			}
+			for _, w := range tt.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("%q lacks %q", err, w)
+				}
+			}
+			if want := []string{"pi1 " + string(deploy.StepBootstrap)}; !slices.Equal(failed, want) {
+				t.Errorf("failed events %v, want %v", failed, want)
+			}
+		})
+	}
+	cr := &clusterRun{name: "home", bootstrap: "pi1"}
+	cr.m = &membership{view: func(context.Context) *clusterView {
+		t.Error("a host that does not start the cluster read it again")
+		return nil
+	}}
+	for _, turn := range []*clusterTurn{
+		{cr: cr, name: "pi2", view: viewOf(three, fresh())},
+		{cr: cr, name: "pi1", view: viewOf(three, fresh()), dry: true},
+	} {
+		if err := turn.stillStarts(context.Background()); err != nil {
+			t.Errorf("%s: %v", turn.name, err)
+		}
 	}
 }
 
