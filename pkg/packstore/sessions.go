@@ -42,6 +42,18 @@ func (s *Store) Session(owner, id string) (*Session, error) {
 	return sess, err
 }
 
+// HasMember reports whether index m.Index of owner's session m.Session
+// holds chunk id already: adding it there again (a retried push) writes
+// nothing.
+func (s *Store) HasMember(owner, id string, m Member) bool {
+	held := false
+	_ = s.db.View(func(tx *bolt.Tx) error { // an error reads as not held
+		held = string(tx.Bucket(bucketMembers).Get(memberKey(owner, m.Session, m.Index))) == id
+		return nil
+	})
+	return held
+}
+
 // memberPrefix is where the members of a session start; each is followed
 // by its index (8 bytes).
 func memberPrefix(owner, session string) []byte {

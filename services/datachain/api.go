@@ -134,7 +134,10 @@ func (a *api) put(w http.ResponseWriter, r *http.Request, p service.Principal) e
 	}
 	// A chunk already stored takes no more room (a retried push, the
 	// re-upload that repairs a damaged one); its hash is taken only then.
-	if err := a.app.room(len(data)); err != nil && !a.app.store.Has(p.Subject, packstore.ID(data)) {
+	// Put in a session at a new index it does: the index grows by its
+	// entries, and stored chunks put in ever new sessions would fill the
+	// card through it.
+	if err := a.app.room(len(data)); err != nil && !a.app.holds(p.Subject, packstore.ID(data), member) {
 		return err
 	}
 	id, isNew, err := a.app.store.AddWithin(r.Context(), p.Subject, data, member, a.app.quotas.Of(p.Tier))
@@ -166,6 +169,16 @@ func (a *api) put(w http.ResponseWriter, r *http.Request, p service.Principal) e
 	out.ID = id
 	service.WriteJSON(w, http.StatusCreated, out)
 	return nil
+}
+
+// holds reports whether owner's upload of chunk id, with member (nil
+// for none), would write nothing new: the chunk is stored, and so is the
+// member.
+func (a *App) holds(owner, id string, member *packstore.Member) bool {
+	if !a.store.Has(owner, id) {
+		return false
+	}
+	return member == nil || a.store.HasMember(owner, id, *member)
 }
 
 // room refuses a chunk of n bytes that would leave less free disk than

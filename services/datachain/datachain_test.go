@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,6 +17,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/google/uuid"
 
 	"github.com/pickme/lucid/pkg/auth"
 	"github.com/pickme/lucid/pkg/envconfig"
@@ -185,7 +188,9 @@ func TestDamagedChunkIsNotServed(t *testing.T) {
 // TestTheDiskReserveIsKept: a chunk that would leave the disk with less
 // free than the reserve (the chain engine shares the card, and stops when
 // it cannot store a block) is refused, 507, saying so without the figures;
-// with room again it is stored, and once stored it may be sent again.
+// with room again it is stored, and once stored it may be sent again, at
+// the index of a session it holds too; put at a new index, or in a new
+// session, it grows the index, and is refused.
 func TestTheDiskReserveIsKept(t *testing.T) {
 	app, hs, _ := start(t)
 	free := uint64(app.reserve + 100)
@@ -199,10 +204,32 @@ func TestTheDiskReserveIsKept(t *testing.T) {
 	if code, body := do(t, http.MethodPut, hs.URL+"/api/v1/chunks", "", chunk); code != http.StatusCreated {
 		t.Errorf("a chunk with room: %d %s", code, body)
 	}
+	session := uuid.NewString()
+	at := func(index int) string {
+		return fmt.Sprintf("%s/api/v1/chunks?session_id=%s&index=%d", hs.URL, session, index)
+	}
+	if code, body := do(t, http.MethodPut, at(0), "", chunk); code != http.StatusCreated {
+		t.Errorf("the chunk put in a session, with room: %d %s", code, body)
+	}
 	// Full again: the same bytes (a retried push, a repair) take no room.
 	free = 0
 	if code, body := do(t, http.MethodPut, hs.URL+"/api/v1/chunks", "", chunk); code != http.StatusCreated {
 		t.Errorf("a chunk already stored, on a full disk: %d %s", code, body)
+	}
+	if code, body := do(t, http.MethodPut, at(0), "", chunk); code != http.StatusCreated {
+		t.Errorf("a retried push of a session's chunk, on a full disk: %d %s", code, body)
+	}
+	other := uuid.NewString()
+	for _, u := range []string{at(1), strings.Replace(at(0), session, other, 1)} {
+		if code, body := do(t, http.MethodPut, u, "", chunk); code != http.StatusInsufficientStorage || !strings.Contains(body, CodeDiskFull) {
+			t.Errorf("a stored chunk at a new index, on a full disk (%s): %d %s", u, code, body)
+		}
+	}
+	if sess, ids, err := app.store.SessionChunks(owner, session); err != nil || len(ids) != 1 || sess.Chunks != 1 {
+		t.Errorf("session after the refusals: %+v %v %v", sess, ids, err)
+	}
+	if _, err := app.store.Session(owner, other); !errors.Is(err, packstore.ErrNotFound) {
+		t.Errorf("the new session was made on a full disk: %v", err)
 	}
 }
 
