@@ -114,7 +114,16 @@ func TestOperateAPiFromTheCLI(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(deployDir, "releases", first)); err != nil {
 		t.Fatalf("prune removed the previous release: %v", err)
 	}
-	run(0, append([]string{"rollback", "pi"}, ssh...)...)
+	// The rollback reads the engine's consensus status after the gate,
+	// with the operator token, as the deploy does.
+	args := append([]string{"rollback", "pi"}, ssh...)
+	out, errOut, code := p.lucidctl(t, args...)
+	if code != 0 {
+		t.Fatalf("rollback: %s", failedRun(args, code, out, errOut))
+	}
+	if !strings.Contains(errOut, "caught-up") || strings.Contains(errOut, "no operator token") {
+		t.Errorf("the rollback's caught-up gate did not read the engine with the operator token:\n%s", errOut)
+	}
 
 	// Who did what: the whole day, in order.
 	var trail struct {

@@ -892,16 +892,20 @@ func runRollback(ctx context.Context, opts *RollbackOptions) error {
 		return err
 	}
 	p := newPrinter(opts.Env)
+	// The token reads the engines' consensus status: the quorum check's
+	// before the engine goes down, and the caught-up gate's after it is
+	// back, which a cluster host's rollback waits on as a deploy does.
+	token := opts.Env.OperatorToken("the engines' consensus status cannot be read, so a cluster's quorum is not checked")
 	hc := deploy.Config{
 		Name: opts.Target, SSH: c, Dir: t.Dir, Project: t.Project, DockerSocket: opts.SSH.dockerSocket,
-		HealthTimeout: opts.HealthTimeout, LockWait: opts.LockWait, Reporter: p,
+		HealthTimeout: opts.HealthTimeout, LockWait: opts.LockWait, OperatorToken: token, Reporter: p,
 	}
 	gate := quorum.NewGate(ctx, quorum.GateOptions{
 		Config: cfg, Acting: []deploy.Config{hc}, DockerSocket: opts.SSH.dockerSocket, Force: opts.ForceQuorum, Reporter: p,
 		Dial: func(ctx context.Context, t projectconfig.Target) (*sshx.Client, error) {
 			return opts.SSH.Dial(ctx, opts.Env, t)
 		},
-		OperatorToken: opts.Env.OperatorToken("the engines' consensus status cannot be read, so a cluster's quorum is not checked"),
+		OperatorToken: token,
 	})
 	defer gate.Close()
 	hc.BeforeUp = gate.Check(opts.Target)
