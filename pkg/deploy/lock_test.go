@@ -395,6 +395,55 @@ func TestLockStepCutOff(t *testing.T) {
 	}
 }
 
+// TestLockStepOnAHungHost: a lock step the host never ends (its card
+// stopped answering mid-sync) ends at the step's bound, even where it
+// runs whatever happens to the deploy's context (the release, the
+// confirmation on the way back), saying what to suspect; the lock is
+// left to expire, and a host that answers again releases it.
+func TestLockStepOnAHungHost(t *testing.T) {
+	t.Parallel() // each on its own sshd
+	f, lockFile := lockFixture(t)
+	h := &host{name: "pi", ssh: f.dial(t), dir: f.dir, stepTimeout: 2 * time.Second}
+	now := time.Now()
+	if err := h.lock(context.Background(), lockInfo{Host: "here", PID: 1, User: "me", Since: now, Expires: now.Add(time.Hour)}, 0, func(string) {}); err != nil {
+		t.Fatal(err)
+	}
+	g := newGate(t)
+	h.stepGate = g.cmd() // waits on its FIFO until let go: a step that hangs
+	t.Cleanup(func() { letGo(t, g) })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // an interrupted deploy releases its lock all the same
+	err := h.unlock(ctx)
+	if err == nil || !strings.Contains(err.Error(), "did not end within 2s: is its disk answering?") || !strings.Contains(err.Error(), "waits for it to expire") {
+		t.Fatalf("the release on a hung host: %v", err)
+	}
+	if held, ok := readLock(t, lockFile); !ok || held.Nonce != h.held.Nonce {
+		t.Errorf("the lock file is %+v (present %v), want the lock left as it was", held, ok)
+	}
+	letGo(t, g)
+	h.stepGate = ""
+	if err := h.unlock(context.Background()); err != nil {
+		t.Fatalf("the release once the host answers: %v", err)
+	}
+	if _, ok := readLock(t, lockFile); ok {
+		t.Error("the lock is still there")
+	}
+}
+
+// letGo ends every step waiting at g's FIFOs.
+func letGo(t *testing.T, g *gate) {
+	t.Helper()
+	for _, name := range g.waiting(t) {
+		// A FIFO whose reader has gone cannot be opened to write without
+		// one (ENXIO): nothing waits there.
+		f, err := os.OpenFile(filepath.Join(g.dir, name), os.O_WRONLY|syscall.O_NONBLOCK, 0)
+		if err == nil {
+			_ = f.Close()
+		}
+		g.released[name] = true
+	}
+}
+
 // TestLockExpiryByTheHostsClock: a lock that says how long it lives is
 // judged expired by the host's clock (the time since it was last
 // written), whatever the clock of the laptop that wrote it, or of the one

@@ -46,6 +46,9 @@ type host struct {
 	// dockerAnswerWait); upGrace how long compose up may take beyond the
 	// health timeout (zero: composeUpGrace). Tests shorten them.
 	dockerWait, upGrace time.Duration
+	// stepTimeout bounds a lock step (zero: lockStepTimeout). Tests
+	// shorten it.
+	stepTimeout time.Duration
 }
 
 // dockerAnswer is h.dockerWait or its default.
@@ -296,6 +299,13 @@ const (
 	// guardWait bounds the wait for the guard: a step holds it for
 	// milliseconds, so a longer wait means a host in trouble.
 	guardWait = 20 * time.Second
+	// lockStepTimeout bounds a whole lock step: the guard's wait, and the
+	// step's writes and sync, which a card that stopped answering would
+	// hold up for ever. Releasing the lock and confirming it on the way
+	// back run whatever happens to the deploy's context (an interrupt is
+	// ignored there), so only this ends them on a hung host; the lock
+	// then expires by itself.
+	lockStepTimeout = guardWait + 40*time.Second
 )
 
 // The steps' scripts; "$1" is the lock file, "$2" a temporary file beside
@@ -351,9 +361,17 @@ func (h *host) lockStep(ctx context.Context, script string, args ...string) (str
 	if h.stepGate != "" {
 		cmd = h.stepGate + " && " + cmd
 	}
-	out, err := h.ssh.Run(ctx, cmd, nil)
+	limit := h.stepTimeout
+	if limit <= 0 {
+		limit = lockStepTimeout
+	}
+	sctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	out, err := h.ssh.Run(sctx, cmd, nil)
 	var ee *sshx.ExitError
 	switch {
+	case err != nil && ctx.Err() == nil && sctx.Err() != nil:
+		return "", fmt.Errorf("the lock step on the host did not end within %s: is its disk answering?", limit)
 	case errors.As(err, &ee) && ee.Code == guardBusy:
 		return "", fmt.Errorf("the lock's guard (flock on %s) stayed taken for over %s; is a lucidctl step stuck on the host?", h.dir, guardWait)
 	case errors.As(err, &ee) && ee.Code == 127 && strings.Contains(ee.Stderr, "flock"):
