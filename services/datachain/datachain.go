@@ -53,8 +53,10 @@ type App struct {
 
 	mu    sync.Mutex
 	trees map[treeKey]*sessionTree // cached per session
-	// treeLeaves counts the chunks of the cached trees.
+	// treeLeaves counts the chunks of the cached trees; treeUses counts
+	// the cache's answers, each tree's used telling its last.
 	treeLeaves int
+	treeUses   uint64
 	// building makes one build of a session's tree serve every request
 	// for it; buildSlots bound the builds at once.
 	building   singleflight.Group
@@ -86,6 +88,7 @@ type sessionTree struct {
 	tree    *logtree.Tree
 	root    []byte
 	version uint64
+	used    uint64 // App.treeUses when the cache last gave it, under App.mu
 }
 
 var _ service.App = (*App)(nil)
@@ -228,10 +231,14 @@ func (a *App) scrub(ctx context.Context) (*packstore.ScrubReport, error) {
 // Session trees are built whole in memory, about 330 bytes a chunk while
 // held: at most treeBuilds are built at once (one build per session
 // version, however many ask), and the cache holds at most treeCacheLeaves
-// chunks' worth of them.
+// chunks' worth of them, and treeCacheTrees trees. The cache is every
+// user's: one user's trees may take at most half of either, so that one
+// user reading many sessions drops only the trees it used least, and
+// never more than half of everyone else's.
 const (
 	treeBuilds      = 2
 	treeCacheLeaves = 1 << 18
+	treeCacheTrees  = 64
 )
 
 // tree returns the Merkle tree of owner's session over its current chunks;
@@ -244,6 +251,10 @@ func (a *App) tree(ctx context.Context, owner, sessionID string) (*packstore.Ses
 	key := treeKey{owner, sessionID}
 	a.mu.Lock()
 	cached := a.trees[key]
+	if cached != nil && cached.version == sess.Version {
+		a.treeUses++
+		cached.used = a.treeUses
+	}
 	a.mu.Unlock()
 	if cached != nil && cached.version == sess.Version {
 		return sess, cached, nil
@@ -313,14 +324,44 @@ func (a *App) buildTree(owner, sessionID string) (*builtTree, error) {
 		a.treeLeaves -= len(old.ids)
 		delete(a.trees, key)
 	}
-	if len(ids) > treeCacheLeaves {
+	if len(ids) > treeCacheLeaves/2 {
 		return &builtTree{sess, st}, nil // too big to keep
 	}
-	if a.treeLeaves+len(ids) > treeCacheLeaves || len(a.trees) >= 64 {
-		clear(a.trees) // open sessions are few: start again
-		a.treeLeaves = 0
-	}
+	a.makeRoom(owner, len(ids))
+	a.treeUses++
+	st.used = a.treeUses
 	a.trees[key] = st
 	a.treeLeaves += len(ids)
 	return &builtTree{sess, st}, nil
+}
+
+// makeRoom drops cached trees, least recently used first, until one of
+// owner's with leaves chunks fits: owner's own while it holds its half of
+// the cache's trees or chunks, then anyone's. Called with a.mu held.
+func (a *App) makeRoom(owner string, leaves int) {
+	for {
+		ownTrees, ownLeaves := 0, 0
+		for k, t := range a.trees {
+			if k.owner == owner {
+				ownTrees++
+				ownLeaves += len(t.ids)
+			}
+		}
+		onlyOwn := ownTrees >= treeCacheTrees/2 || ownLeaves+leaves > treeCacheLeaves/2
+		if !onlyOwn && len(a.trees) < treeCacheTrees && a.treeLeaves+leaves <= treeCacheLeaves {
+			return
+		}
+		var victim treeKey
+		var oldest *sessionTree
+		for k, t := range a.trees {
+			if (!onlyOwn || k.owner == owner) && (oldest == nil || t.used < oldest.used) {
+				victim, oldest = k, t
+			}
+		}
+		if oldest == nil {
+			return // nothing of owner's left to drop: it fits its half
+		}
+		a.treeLeaves -= len(oldest.ids)
+		delete(a.trees, victim)
+	}
 }

@@ -146,3 +146,50 @@ func TestSessionsAreBounded(t *testing.T) {
 		t.Errorf("8 reads of an unchanged session built its tree %v times, want once", n)
 	}
 }
+
+// TestOneUserCannotEmptyTheTreeCache: a user reading many sessions keeps
+// at most half the tree cache, dropping its own trees it used least; the
+// other users' trees stay cached.
+func TestOneUserCannotEmptyTheTreeCache(t *testing.T) {
+	app, hs, _ := start(t)
+	bob, mallory := servicetest.User("bob"), servicetest.User("mallory")
+	session := func(i int) string { return fmt.Sprintf("aaaaaaaa-0000-4000-8000-%012x", i) }
+	put := func(c *http.Client, s string, chunk []byte) {
+		t.Helper()
+		if code, out := doAs(t, c, http.MethodPut, hs.URL+"/api/v1/chunks?session_id="+s+"&index=0", "", chunk); code != http.StatusCreated {
+			t.Fatalf("put: %d %s", code, out)
+		}
+	}
+	read := func(c *http.Client, s string) {
+		t.Helper()
+		if code, out := doAs(t, c, http.MethodGet, hs.URL+"/api/v1/sessions/"+s+"/proof/0", "", nil); code != http.StatusOK {
+			t.Fatalf("proof: %d %s", code, out)
+		}
+	}
+	put(bob, sid, bytes.Repeat([]byte("b"), 1024))
+	read(bob, sid)
+	for i := range 2 * treeCacheTrees {
+		put(mallory, session(i), bytes.Repeat([]byte("m"), 1024))
+		read(mallory, session(i))
+		read(mallory, session(0)) // used most: kept
+	}
+	builds := testutil.ToFloat64(app.builds)
+	read(bob, sid)
+	if n := testutil.ToFloat64(app.builds) - builds; n != 0 {
+		t.Errorf("bob's tree was built again after mallory read %d sessions", 2*treeCacheTrees)
+	}
+	app.mu.Lock()
+	held := 0
+	for k := range app.trees {
+		if k.owner == "mallory" {
+			held++
+		}
+	}
+	_, first := app.trees[treeKey{"mallory", session(0)}]
+	_, last := app.trees[treeKey{"mallory", session(2*treeCacheTrees - 1)}]
+	_, early := app.trees[treeKey{"mallory", session(1)}]
+	app.mu.Unlock()
+	if held != treeCacheTrees/2 || !first || !last || early {
+		t.Errorf("mallory holds %d trees (want %d), the one used most %v, the last %v, one used least %v", held, treeCacheTrees/2, first, last, early)
+	}
+}
