@@ -193,10 +193,12 @@ func (h *host) releaseEnvFiles(ctx context.Context, id string) (map[string][]byt
 
 // envFilesAt reads the env files of the release link names (a symlink to
 // it, or its directory): its id and the files, none when link is not
-// there.
+// there. A file that cannot be read (a failing card) fails the read
+// rather than come back empty: a backup would hold it so, and lose the
+// keys in it.
 func (h *host) envFilesAt(ctx context.Context, link, what string) (string, map[string][]byte, error) {
 	envDir := path.Dir(deployfiles.EnvPath)
-	script := fmt.Sprintf(`cur=%s; [ -L "$cur" ] || [ -d "$cur" ] || exit 0; if [ -L "$cur" ]; then readlink "$cur"; else echo "$cur"; fi; cd "$cur"/%s 2>/dev/null || exit 0; for f in * .env*; do [ -f "$f" ] || continue; printf '%%s\n' "$f"; base64 -w0 "$f"; echo; done`,
+	script := fmt.Sprintf(`cur=%s; [ -L "$cur" ] || [ -d "$cur" ] || exit 0; if [ -L "$cur" ]; then readlink "$cur"; else echo "$cur"; fi; cd "$cur"/%s 2>/dev/null || exit 0; for f in * .env*; do [ -f "$f" ] || continue; printf '%%s\n' "$f"; base64 -w0 "$f" || { printf '%%s cannot be read\n' "$f" >&2; exit 1; }; echo; done`,
 		sshx.Quote(link), sshx.Quote(envDir))
 	out, err := h.ssh.Run(ctx, script, nil)
 	if err != nil {

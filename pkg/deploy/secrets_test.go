@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -295,5 +297,42 @@ func TestSecretsOfReleasesBeforePerHostCredentials(t *testing.T) {
 		if _, err := d.DryRun(ctx, Bundle{EnvFiles: envs}); err == nil || !strings.Contains(err.Error(), "not the operator token's bound to pi") {
 			t.Errorf("a deploy of files %s: %v", name, err)
 		}
+	}
+}
+
+// TestEnvFilesThatCannotBeRead: an env file the host cannot read (a
+// failing card's I/O error) fails the read of the release's env files,
+// naming it, instead of coming back empty, which a backup would keep.
+func TestEnvFilesThatCannotBeRead(t *testing.T) {
+	t.Parallel() // each on its own sshd
+	if _, err := os.Stat("/proc/self/mem"); err != nil {
+		t.Skip("no /proc/self/mem to stand for a file whose reads fail")
+	}
+	f, _ := lockFixture(t)
+	envDir := filepath.Join(f.dir, "releases", "r1", filepath.FromSlash(path.Dir(deployfiles.EnvPath)))
+	if err := os.MkdirAll(envDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(envDir, "engine.env"), []byte("A=1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join("releases", "r1"), filepath.Join(f.dir, "current")); err != nil {
+		t.Fatal(err)
+	}
+	// Reading the process's own memory from its start fails with EIO.
+	broken := filepath.Join(envDir, "datachain.env")
+	if err := os.Symlink("/proc/self/mem", broken); err != nil {
+		t.Fatal(err)
+	}
+	h := &host{name: "pi", ssh: f.dial(t), dir: f.dir}
+	if _, files, err := h.currentEnvFiles(context.Background()); err == nil || !strings.Contains(err.Error(), "datachain.env") {
+		t.Fatalf("an unreadable env file: %v, files %v", err, slices.Sorted(maps.Keys(files)))
+	}
+	if err := os.Remove(broken); err != nil {
+		t.Fatal(err)
+	}
+	release, files, err := h.currentEnvFiles(context.Background())
+	if err != nil || release != "r1" || len(files) != 1 || string(files[path.Dir(deployfiles.EnvPath)+"/engine.env"]) != "A=1\n" {
+		t.Fatalf("the env files: %s %q %v", release, files, err)
 	}
 }

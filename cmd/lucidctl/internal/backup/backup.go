@@ -233,6 +233,9 @@ func run(ctx context.Context, opts *Options) error {
 		if release == "" {
 			return nil, fmt.Errorf("%s has no current release: there is nothing deployed to back up", h.Name)
 		}
+		if err := wholeEnvFiles(h.Name, release, files); err != nil {
+			return nil, err
+		}
 		s.Say("release %s: %d env file(s)", release, len(files))
 		var env []backup.EnvFile
 		for _, p := range slices.Sorted(maps.Keys(files)) {
@@ -252,6 +255,22 @@ func run(ctx context.Context, opts *Options) error {
 		return perr
 	}
 	return err
+}
+
+// wholeEnvFiles refuses a release's env files that a restore could not
+// bring back the keys of: none at all (the release's env folder gone), or
+// one empty (render writes none so). A backup without them would be
+// taken, signed and listed as the newest all the same.
+func wholeEnvFiles(target, release string, files map[string][]byte) error {
+	if len(files) == 0 {
+		return fmt.Errorf("%s: release %s holds no env files: a backup without them could not restore the keys its data is read with; nothing was backed up (deploy again, then back up)", target, release)
+	}
+	for _, p := range slices.Sorted(maps.Keys(files)) {
+		if len(files[p]) == 0 {
+			return fmt.Errorf("%s: release %s's %s is empty: a backup with it could not restore the keys its data is read with; nothing was backed up (deploy again, then back up)", target, release, p)
+		}
+	}
+	return nil
 }
 
 // take backs up the services of s and env files into repo.
