@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -82,6 +83,25 @@ type RestoreResult struct {
 	AuditError string `json:"audit_error,omitempty"`
 }
 
+// largestFirst orders names (catalog order) by the size of their data,
+// largest first: the order the volumes are written in. A volume's copy is
+// staged beside its old data, which goes only at the swap, so a disk
+// without room for both fails on the largest (the data chain's, as a
+// rule) before any other volume was replaced, and the services start
+// again on their data as it was; each swap then frees the old data for
+// the smaller ones after it.
+func largestFirst(names []string, data []ServiceData) []string {
+	size := map[string]int64{}
+	for _, sd := range data {
+		for _, f := range sd.Manifest.Files {
+			size[sd.Service] += f.Size
+		}
+	}
+	out := slices.Clone(names)
+	slices.SortStableFunc(out, func(a, b string) int { return cmp.Compare(size[b], size[a]) })
+	return out
+}
+
 // Restore writes backed-up data into the services' volumes of the current
 // release, under the deploy lock: it stops every service of the release,
 // runs `lucid data
@@ -151,7 +171,7 @@ func (d *Deployer) Restore(ctx context.Context, o RestoreOptions) (res *RestoreR
 		dir    string
 	}
 	var targets []target
-	for _, n := range names {
+	for _, n := range largestFirst(names, o.Data) {
 		s, _ := catalog.Lookup(n)
 		c, ok := byService[s.Container]
 		if !ok {

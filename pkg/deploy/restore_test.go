@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -188,5 +189,27 @@ func TestRestoreIntoTheVolumes(t *testing.T) {
 	log, err := os.ReadFile(filepath.Join(f.dir, AuditFile))
 	if err != nil || strings.Count(string(log), `"action":"restore"`) < 2 {
 		t.Errorf("audit log has %d restores: %s", strings.Count(string(log), `"action":"restore"`), log)
+	}
+}
+
+// TestRestoreWritesTheLargestFirst: the volumes are written largest
+// first, so that a disk without room for a volume's copy beside its old
+// data fails before any other volume was replaced; equal ones keep the
+// catalog's order.
+func TestRestoreWritesTheLargestFirst(t *testing.T) {
+	sized := func(service string, sizes ...int64) ServiceData {
+		sd := ServiceData{Service: service}
+		for _, n := range sizes {
+			sd.Manifest.Files = append(sd.Manifest.Files, snapshotapi.File{Size: n})
+		}
+		return sd
+	}
+	names := []string{"mesh", "engine", "anchoring", "blocks", "datachain"}
+	data := []ServiceData{sized("mesh", 10), sized("engine", 300, 400), sized("anchoring", 10), sized("blocks", 200), sized("datachain", 5000, 1)}
+	if got, want := largestFirst(names, data), []string{"datachain", "engine", "blocks", "mesh", "anchoring"}; !slices.Equal(got, want) {
+		t.Errorf("order %v, want %v", got, want)
+	}
+	if !slices.Equal(names, []string{"mesh", "engine", "anchoring", "blocks", "datachain"}) {
+		t.Errorf("the catalog's order was changed in place: %v", names)
 	}
 }
