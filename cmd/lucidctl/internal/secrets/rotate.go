@@ -19,7 +19,9 @@ import (
 
 // DefaultOverlap is how long, by default, a rotated JWT_SECRET_KEY or
 // LUCID_MESH_TOKEN keeps being accepted: the longest token lifetime the
-// operator is expected to issue (lucidctl token's --ttl is far below it).
+// operator is expected to issue. lucidctl token's default --ttl (1 h) is
+// far below it; a token minted with a longer one (up to 30 days) needs a
+// longer --overlap, as the flag says.
 const DefaultOverlap = 24 * time.Hour
 
 // RotateOptions are the inputs of `lucidctl secrets rotate`.
