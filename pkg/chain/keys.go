@@ -85,6 +85,24 @@ func ParseVerifier(vkey string) (note.Verifier, error) {
 	return v, nil
 }
 
+// CanonicalVerifier checks that vkey is a verifier key spelt as note
+// writes one: nothing around it, and its hash in lower-case hex. The chain
+// compares validator keys as strings (the set a block is checked against,
+// a key removed), while ParseVerifier reads those other spellings as the
+// same key: a key added twice so would make every block it signs
+// ambiguous, and one removed so would stay a validator. (note reads the
+// key's data strictly: a 33-byte key has one base64 spelling.)
+func CanonicalVerifier(vkey string) error {
+	if _, err := ParseVerifier(vkey); err != nil {
+		return err
+	}
+	parts := strings.SplitN(vkey, "+", 3)
+	if vkey != strings.TrimSpace(vkey) || len(parts) != 3 || parts[1] != strings.ToLower(parts[1]) {
+		return errors.New("not a validator public key as the node's validator.pub spells it (name+hash+key, the hash in lower-case hex, nothing around it)")
+	}
+	return nil
+}
+
 // Verifiers parses a list of verifier keys.
 func Verifiers(vkeys []string) (note.Verifiers, error) {
 	var vs []note.Verifier

@@ -3,6 +3,7 @@ package chain
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -45,5 +46,43 @@ func TestLoadOrCreateKey(t *testing.T) {
 	}
 	if _, vkey3, err := LoadOrCreateKey(dir, "pi1"); err != nil || vkey3 == vkey {
 		t.Errorf("after losing the private key: %v, key %s (was %s)", err, vkey3, vkey)
+	}
+}
+
+// TestCanonicalVerifier: a validator key is taken for a new system change
+// only as note spells it; every other spelling ParseVerifier reads as the
+// same key (space around it, the hash in upper case) is refused, as the chain compares keys as strings.
+func TestCanonicalVerifier(t *testing.T) {
+	var vkey string
+	var parts []string
+	// A key whose hash has a letter, which an upper-case spelling changes
+	// (one in 43 has none).
+	for range 100 {
+		_, k, err := LoadOrCreateKey(filepath.Join(t.TempDir(), "engine"), "pi1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := CanonicalVerifier(k); err != nil {
+			t.Fatalf("the node's own key: %v", err)
+		}
+		if vkey, parts = k, strings.SplitN(k, "+", 3); strings.ToUpper(parts[1]) != parts[1] {
+			break
+		}
+	}
+	for name, k := range map[string]string{
+		"a newline after it": vkey + "\n",
+		"a space before it":  " " + vkey,
+		"an upper-case hash": parts[0] + "+" + strings.ToUpper(parts[1]) + "+" + parts[2],
+	} {
+		if _, err := ParseVerifier(k); err != nil {
+			t.Errorf("%s: ParseVerifier refuses it already (%v): the case tests nothing", name, err)
+		}
+		if err := CanonicalVerifier(k); err == nil {
+			t.Errorf("%s: %q taken", name, k)
+		}
+		tx := &Transaction{Type: TypeSystem, System: &SystemChange{Action: ActionRemoveValidator, Key: k, Node: "pi1"}}
+		if err := tx.ValidateNew(); err == nil {
+			t.Errorf("%s: a new system change with it is taken", name)
+		}
 	}
 }

@@ -135,10 +135,19 @@ const maxTimeLen = len("2006-01-02T15:04:05.999999999-07:00")
 // before them must still verify): an anchor's times at most nanosecond
 // precise. With every field of an anchor bounded, its canonical form
 // stays far below MaxTxBytes, so nothing anchoring queues or a seal
-// freezes is refused by the engine for its size.
+// freezes is refused by the engine for its size; a validator key in its
+// canonical spelling (CanonicalVerifier).
 func (tx *Transaction) ValidateNew() error {
-	if err := tx.Validate(); err != nil || tx.Anchor == nil {
+	if err := tx.Validate(); err != nil {
 		return err
+	}
+	if tx.System != nil {
+		if err := CanonicalVerifier(tx.System.Key); err != nil {
+			return FieldErrors{{Field: "system.key", Message: err.Error()}}
+		}
+	}
+	if tx.Anchor == nil {
+		return nil
 	}
 	var fe FieldErrors
 	tx.Anchor.validateNew(&fe, "anchor.")

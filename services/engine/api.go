@@ -327,7 +327,7 @@ func (a *api) addVoter(w http.ResponseWriter, r *http.Request) error {
 		fields = append(fields, chain.FieldError{Field: "address", Message: "is required (host:port of its raft transport)"})
 	}
 	tx := &chain.Transaction{Type: chain.TypeSystem, System: &chain.SystemChange{Action: chain.ActionAddValidator, Key: req.Key, Node: req.ID}}
-	if err := tx.Validate(); err != nil {
+	if err := tx.ValidateNew(); err != nil {
 		fields = append(fields, chain.FieldError{Field: "key", Message: err.Error()})
 	}
 	if len(fields) > 0 {
@@ -368,7 +368,7 @@ func (a *api) removeVoter(w http.ResponseWriter, r *http.Request) error {
 			return service.Errorf(http.StatusConflict, service.CodeConflict, "that is the last validator; the chain would stop")
 		}
 		tx = &chain.Transaction{Type: chain.TypeSystem, System: &chain.SystemChange{Action: chain.ActionRemoveValidator, Key: key, Node: id}}
-		if err := tx.Validate(); err != nil {
+		if err := tx.ValidateNew(); err != nil {
 			return service.Errorf(http.StatusBadRequest, service.CodeBadRequest, "key: %v", err)
 		}
 		replaced = keyName(key) == id && slices.ContainsFunc(vals, func(k string) bool { return k != key && keyName(k) == id })

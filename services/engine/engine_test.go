@@ -844,3 +844,32 @@ func TestStepsDown(t *testing.T) {
 		t.Error("an engine that waits to be added said to lead")
 	}
 }
+
+// TestVoterKeysAsSpelt: a voter change takes a validator key only as its
+// node spells it. The chain compares keys as strings: the leader's own key
+// added again with a space after it would be a second validator of the
+// same key, and every block it signs ambiguous; a key removed with a
+// newline after it would stay a validator, its node a voter.
+func TestVoterKeysAsSpelt(t *testing.T) {
+	ctx := context.Background()
+	cfg := nodeConfig(t, "n1", true)
+	n1 := startNode(t, cfg)
+	testenv.Eventually(t, 10*time.Second, "n1 leading", func() bool { i, err := n1.client.Chain(ctx); return err == nil && i.Leader && i.Height >= 1 })
+	st, err := n1.client.Consensus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ae *lucidapi.Error
+	err = n1.client.AddVoter(ctx, servicetest.OperatorToken, engineapi.AddVoterRequest{ID: "n1", Address: cfg.RaftAddr, Key: st.ValidatorKey + " "})
+	if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest || !strings.Contains(err.Error(), "as the node's validator.pub spells it") {
+		t.Errorf("the leader's key with a space after it: %v, want 400", err)
+	}
+	_, err = n1.client.RemoveVoter(ctx, servicetest.OperatorToken, "n2", st.ValidatorKey+"\n")
+	if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest {
+		t.Errorf("a key with a newline after it: %v, want 400", err)
+	}
+	info, err := n1.client.Chain(ctx)
+	if err != nil || !slices.Equal(info.Validators, []string{st.ValidatorKey}) {
+		t.Errorf("validators %q (%v), want the leader's key once", info.Validators, err)
+	}
+}
