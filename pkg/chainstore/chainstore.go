@@ -133,9 +133,34 @@ func (s *Store) load() error {
 		if err != nil {
 			return fmt.Errorf("log tree: %w", err)
 		}
+		if s.head != nil {
+			// bbolt checks no data page: a flipped bit in a stored node
+			// would give every next block a root no other node accepts,
+			// signed all the same.
+			if err := sameRoot(t, s.head); err != nil {
+				return err
+			}
+		}
 		s.tree = t
 		return nil
 	})
+}
+
+// ErrDamaged is a chain store whose log tree does not give the root its
+// blocks say: a stored node is damaged.
+var ErrDamaged = errors.New("the chain store is damaged")
+
+// sameRoot checks that t, the log tree at h's size, has h's root.
+func sameRoot(t *logtree.Tree, h *chain.Header) error {
+	root, err := t.Root()
+	if err != nil {
+		return fmt.Errorf("log tree: %w", err)
+	}
+	if !bytes.Equal(root, h.Root) {
+		return fmt.Errorf("%w: its log tree's root over %d transactions is %x, but block %d says %x: a stored tree node is damaged (restore the engine's data from a backup, or give this node an empty data directory to catch up from the cluster)",
+			ErrDamaged, h.TreeSize, root, h.Height, h.Root)
+	}
+	return nil
 }
 
 // anchorKey indexes the anchor of an owner's session: sessions are per
@@ -323,6 +348,9 @@ func (s *Store) Append(b *chain.Block) (*chain.Header, error) {
 			if _, err := tree.AppendHash(lh); err != nil {
 				return err
 			}
+		}
+		if err := sameRoot(tree, h); err != nil {
+			return err // nothing of the block is stored
 		}
 		meta := tx.Bucket(bucketMeta)
 		vj, _ := json.Marshal(validators)

@@ -1,6 +1,7 @@
 package chainstore
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"path/filepath"
@@ -260,5 +261,49 @@ func appendAll(t *testing.T, s *Store, c *chaintest.Chain) {
 		if _, err := s.Append(b); err != nil {
 			t.Fatalf("append %d: %v", b.Height, err)
 		}
+	}
+}
+
+// TestDamagedTreeIsRefused: a flipped bit in a stored node of the log
+// tree (bbolt checks no data page) is found when the store opens, since
+// the tree then gives another root than the head block says, and the
+// store refuses to open: built on, it would give every next block a root
+// no other node accepts, signed all the same.
+func TestDamagedTreeIsRefused(t *testing.T) {
+	c := chaintest.New()
+	c.Append(chaintest.Anchor(1), chaintest.Anchor(2))
+	c.Append(chaintest.Anchor(3))
+	path := filepath.Join(t.TempDir(), "chain.db")
+	s, err := Open(path, chain.Origin(chaintest.ChainID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendAll(t, s, c)
+	closeT(t, s)
+
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketNodes)
+		k, v := b.Cursor().Last() // the highest node: a border of the tree
+		flipped := bytes.Clone(v)
+		flipped[0] ^= 1
+		return b.Put(bytes.Clone(k), flipped)
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(path, chain.Origin(chaintest.ChainID))
+	if err == nil {
+		closeT(t, s)
+		t.Fatal("the damaged store opened")
+	}
+	if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "restore the engine's data from a backup") {
+		t.Errorf("open: %v", err)
 	}
 }
