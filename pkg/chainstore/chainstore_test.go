@@ -225,22 +225,9 @@ func TestCheckpointsOfAnOlderStoreAreFilled(t *testing.T) {
 	c := chaintest.New()
 	c.Append(chaintest.Anchor(1))
 	c.Append(chaintest.Anchor(2))
-	path := filepath.Join(t.TempDir(), "chain.db")
+	path := storedChain(t, c)
+	rewrite(t, path, func(tx *bolt.Tx) error { return tx.Bucket(bucketHeaders).Delete(u64(1)) })
 	s, err := Open(path, chain.Origin(chaintest.ChainID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	appendAll(t, s, c)
-	closeT(t, s)
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketHeaders).Delete(u64(1)) }); err != nil {
-		t.Fatal(err)
-	}
-	closeT(t, db)
-	s, err = Open(path, chain.Origin(chaintest.ChainID))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,32 +260,15 @@ func TestDamagedTreeIsRefused(t *testing.T) {
 	c := chaintest.New()
 	c.Append(chaintest.Anchor(1), chaintest.Anchor(2))
 	c.Append(chaintest.Anchor(3))
-	path := filepath.Join(t.TempDir(), "chain.db")
-	s, err := Open(path, chain.Origin(chaintest.ChainID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	appendAll(t, s, c)
-	closeT(t, s)
-
-	db, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	path := storedChain(t, c)
+	rewrite(t, path, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketNodes)
 		k, v := b.Cursor().Last() // the highest node: a border of the tree
 		flipped := bytes.Clone(v)
 		flipped[0] ^= 1
 		return b.Put(bytes.Clone(k), flipped)
 	})
-	if cerr := db.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err = Open(path, chain.Origin(chaintest.ChainID))
+	s, err := Open(path, chain.Origin(chaintest.ChainID))
 	if err == nil {
 		closeT(t, s)
 		t.Fatal("the damaged store opened")
@@ -306,4 +276,31 @@ func TestDamagedTreeIsRefused(t *testing.T) {
 	if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "restore the engine's data from a backup") {
 		t.Errorf("open: %v", err)
 	}
+}
+
+// storedChain is the path of a closed store holding c's blocks.
+func storedChain(t *testing.T, c *chaintest.Chain) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "chain.db")
+	s, err := Open(path, chain.Origin(chaintest.ChainID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendAll(t, s, c)
+	closeT(t, s)
+	return path
+}
+
+// rewrite changes the closed store at path behind its back, as an older
+// release or a damaged card would have.
+func rewrite(t *testing.T, path string, change func(*bolt.Tx) error) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(change); err != nil {
+		t.Fatal(err)
+	}
+	closeT(t, db)
 }
