@@ -246,17 +246,45 @@ func (cr *clusterRun) readyToJoin(v *clusterView, h string) error {
 			"set LUCID_OPERATOR_TOKEN in the environment, or keep it in the operator's env file (local.env_file of lucid.yaml), as `lucidctl render` writes it")
 	}
 	if err := quorumNow(v); err != nil {
-		return cli.WithHint(fmt.Errorf("%s cannot join: %w; nothing was changed on %s", h, err, h),
+		return cli.WithHint(fmt.Errorf("%s cannot join: %w; nothing was changed on %s%w", h, err, h, errNotNow),
 			fmt.Sprintf("repair the voters first (lucidctl status --target %s)", cr.name))
 	}
 	if v.leaderTarget == "" {
-		return cli.WithHint(fmt.Errorf("%s must join cluster %s as a voter, through its leader, but %s; nothing was changed on %s", h, cr.name, noLeader(v), h),
+		return cli.WithHint(fmt.Errorf("%s must join cluster %s as a voter, through its leader, but %s; nothing was changed on %s%w", h, cr.name, noLeader(v), h, errNotNow),
 			fmt.Sprintf("lucidctl status --target %s shows the cluster", cr.name))
 	}
 	if _, ok := cr.configs[v.leaderTarget]; !ok {
 		return fmt.Errorf("%s must join cluster %s through its leader %s, which is not reached (%s); nothing was changed on %s", h, cr.name, v.leaderTarget, cr.why[v.leaderTarget], h)
 	}
 	return nil
+}
+
+// errNotNow marks a join refused for the cluster's state of the moment
+// (no quorum, no leader among the hosts read), which an election ends. It
+// adds nothing to the message.
+var errNotNow = notNow{}
+
+type notNow struct{}
+
+func (notNow) Error() string { return "" }
+
+// awaitJoinable is readyToJoin, read again a poll apart, up to
+// joinAttempts times, while it refuses for the cluster's state of the
+// moment: just after a join, or on busy cores, an election can leave the
+// cluster without a leader or a quorum for a few seconds, and a deploy
+// refused for that would have gone through a moment later. It returns
+// the cluster as last read.
+func (cr *clusterRun) awaitJoinable(ctx context.Context, v *clusterView, h string) (*clusterView, error) {
+	for attempt := 1; ; attempt++ {
+		err := cr.readyToJoin(v, h)
+		if err == nil || !errors.Is(err, errNotNow) || attempt == joinAttempts {
+			return v, err
+		}
+		if werr := cr.m.wait(ctx); werr != nil {
+			return v, errors.Join(err, werr)
+		}
+		v = cr.m.view(ctx)
+	}
 }
 
 // engine reads the consensus status of target's engine.
@@ -510,9 +538,10 @@ func (cr *clusterRun) turn(ctx context.Context, name string, dry bool) (*cluster
 	case dry:
 		cr.dryRunSays(v, name, join)
 	case join:
-		if err := cr.readyToJoin(v, name); err != nil {
+		if t.view, err = cr.awaitJoinable(ctx, v, name); err != nil {
 			return fail(err)
 		}
+		v = t.view
 		cr.rep.Event(deploy.Event{Time: time.Now(), Target: name, Step: deploy.StepJoin, Status: deploy.EventInfo,
 			Message: fmt.Sprintf("not a voter of cluster %s: its engine is added through the leader %s once the quorum check under its lock has passed and this release's engine answers", cr.name, v.leaderTarget)})
 	}

@@ -1234,3 +1234,67 @@ func TestSameRaftAddr(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinWaitsOutAnElection: a join refused for the cluster's state of
+// the moment (no quorum, no leader read) reads the cluster again a poll
+// apart and goes on once it has both; refused so joinAttempts times in a
+// row, or refused for what waiting does not change, it says why at once.
+func TestJoinWaitsOutAnElection(t *testing.T) {
+	env := cli.NewEnv(iostreams.System(), func(k string) string {
+		if k == "LUCID_OPERATOR_TOKEN" {
+			return "operator-token-of-the-test-0123456789abcdef"
+		}
+		return ""
+	})
+	env.ConfigPath = filepath.Join(t.TempDir(), "lucid.yaml")
+	four := append(slices.Clone(three), "pi4")
+	electing := func() map[string]*deploy.HostStatus {
+		sts := healthyThree()
+		for _, h := range sts {
+			h.Reports.RaftRole, h.Reports.RaftLeaderID = "candidate", ""
+		}
+		return sts
+	}
+	for _, tt := range []struct {
+		name    string
+		reads   []map[string]*deploy.HostStatus // what each read again gives
+		want    string                          // words of the refusal; "" none
+		readsTo int
+	}{
+		{name: "a leader after two reads", reads: []map[string]*deploy.HostStatus{electing(), healthyThree()}, readsTo: 2},
+		{name: "no leader for good", reads: []map[string]*deploy.HostStatus{electing(), electing(), electing(), electing()}, want: "has no quorum now (0 of 3 voters healthy, 2 needed)", readsTo: joinAttempts - 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cr := &clusterRun{env: env, name: "home", configs: map[string]deploy.Config{"pi1": {}}, why: map[string]string{}}
+			reads := 0
+			cr.m = &membership{poll: time.Millisecond, view: func(context.Context) *clusterView {
+				reads++
+				return viewOf(four, tt.reads[min(reads, len(tt.reads))-1])
+			}}
+			v, err := cr.awaitJoinable(context.Background(), viewOf(four, electing()), "pi4")
+			switch {
+			case tt.want == "" && (err != nil || v.leaderTarget != "pi1"):
+				t.Fatalf("refused: %v (leader %q)", err, v.leaderTarget)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n")):
+				t.Fatalf("%q, want a refusal saying %q, on one line", err, tt.want)
+			}
+			if reads != tt.readsTo {
+				t.Errorf("read the cluster again %d times, want %d", reads, tt.readsTo)
+			}
+		})
+	}
+	// Without the operator token, waiting changes nothing: no read again.
+	bare := cli.NewEnv(iostreams.System(), func(string) string { return "" })
+	bare.ConfigPath = filepath.Join(t.TempDir(), "lucid.yaml")
+	if err := os.WriteFile(bare.ConfigPath, []byte("local:\n  env_file: operator.env\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cr := &clusterRun{env: bare, name: "home", configs: map[string]deploy.Config{"pi1": {}}, why: map[string]string{}}
+	cr.m = &membership{poll: time.Millisecond, view: func(context.Context) *clusterView {
+		t.Error("read again for a refusal that waiting does not change")
+		return nil
+	}}
+	if _, err := cr.awaitJoinable(context.Background(), viewOf(four, electing()), "pi4"); err == nil || !strings.Contains(err.Error(), "takes the operator token") {
+		t.Errorf("without the token: %v", err)
+	}
+}
